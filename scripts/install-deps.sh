@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package Bellwether needs to build, test and benchmark.
+# Skips apt entirely when everything is already present, so a warm CI run starts at once.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential g++ cmake ninja-build ccache pkg-config git curl python3
+  libboost1.81-dev libboost-system1.81-dev libboost-json1.81-dev
+  libssl-dev libsimdjson-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libhiredis-dev libsqlite3-dev sqlite3 libpq-dev
+  redis-server postgresql prometheus wrk nginx-light clang-format
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts services on install; the project starts its own on free ports.
+for svc in redis-server nginx prometheus postgresql; do
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
+echo "install-deps: done"

@@ -1,0 +1,53 @@
+#pragma once
+// Clock: the one place time is read. Pure algorithms (limits/, admission/, routing/, cost/) never
+// call it; they take `now` (monotonic nanoseconds) as an argument so tests are exact and instant.
+// Thread safety: SteadyClock is stateless; FakeClock is safe to read and advance from any thread.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace bw {
+
+// Monotonic time in nanoseconds since an arbitrary epoch.
+using Nanos = std::int64_t;
+
+constexpr Nanos kNanosPerMicro = 1'000;
+constexpr Nanos kNanosPerMilli = 1'000'000;
+constexpr Nanos kNanosPerSecond = 1'000'000'000;
+
+constexpr Nanos seconds(double s) { return static_cast<Nanos>(s * 1e9); }
+constexpr Nanos millis(std::int64_t ms) { return ms * kNanosPerMilli; }
+constexpr double to_seconds(Nanos n) { return static_cast<double>(n) / 1e9; }
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Monotonic now.
+  virtual Nanos now() const = 0;
+  // Wall clock, milliseconds since the Unix epoch (for ledgers, logs and daily resets).
+  virtual std::int64_t unix_millis() const = 0;
+};
+
+class SteadyClock final : public Clock {
+ public:
+  Nanos now() const override;
+  std::int64_t unix_millis() const override;
+  static const SteadyClock& instance();
+};
+
+// A clock for tests: starts at a fixed point and only moves when told.
+class FakeClock final : public Clock {
+ public:
+  explicit FakeClock(Nanos start = seconds(1000), std::int64_t unix_ms = 1'767'225'600'000)
+      : now_(start), unix_offset_ms_(unix_ms - start / kNanosPerMilli) {}
+  Nanos now() const override { return now_.load(std::memory_order_acquire); }
+  std::int64_t unix_millis() const override { return now() / kNanosPerMilli + unix_offset_ms_; }
+  void advance(Nanos d) { now_.fetch_add(d, std::memory_order_acq_rel); }
+  void set(Nanos t) { now_.store(t, std::memory_order_release); }
+
+ private:
+  std::atomic<Nanos> now_;
+  std::int64_t unix_offset_ms_;
+};
+
+}  // namespace bw
