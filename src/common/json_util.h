@@ -1,0 +1,44 @@
+#pragma once
+// Small JSON writing helpers: escaping and an append-only writer. Parsing uses simdjson.
+// Thread safety: pure functions; JsonWriter is a value type.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace bw {
+
+// Appends `s` as a JSON string literal (with quotes), escaping per RFC 8259.
+void append_json_string(std::string& out, std::string_view s);
+std::string json_string(std::string_view s);
+
+// An OpenAI-style error body: {"error":{"message":...,"type":...,"param":...,"code":...}}.
+std::string openai_error_body(std::string_view message, std::string_view type,
+                              std::string_view code, std::string_view param = {});
+
+// Minimal streaming writer for flat and nested objects. The caller is responsible for structure.
+class JsonWriter {
+ public:
+  JsonWriter& begin_object();
+  JsonWriter& end_object();
+  JsonWriter& begin_array();
+  JsonWriter& end_array();
+  JsonWriter& key(std::string_view k);
+  JsonWriter& value(std::string_view v);
+  JsonWriter& value(const char* v) { return value(std::string_view(v)); }
+  JsonWriter& value(std::int64_t v);
+  JsonWriter& value(std::uint64_t v);
+  JsonWriter& value(int v) { return value(static_cast<std::int64_t>(v)); }
+  JsonWriter& value(double v);
+  JsonWriter& value(bool v);
+  JsonWriter& null();
+  JsonWriter& raw(std::string_view json);  // an already serialized value
+  const std::string& str() const { return out_; }
+  std::string take() { return std::move(out_); }
+
+ private:
+  void comma();
+  std::string out_;
+  bool need_comma_ = false;
+};
+
+}  // namespace bw

@@ -1,0 +1,123 @@
+#pragma once
+// Typed configuration. A Config is loaded once, validated, and then treated as an immutable
+// snapshot: reload builds a new one and swaps it in whole. Errors name file:line and the key.
+// Thread safety: a loaded Config is immutable and may be shared between threads.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "http/client.h"
+#include "http/server.h"
+
+namespace bw::config {
+
+struct ProviderConfig {
+  std::string name;
+  std::string type = "openai";  // openai | sim (the in-process simulator)
+  std::string base_url;         // e.g. https://api.openai.com/v1
+  std::string api_key_env;      // environment variable holding the provider key
+  std::string api_key;          // resolved at load time; never logged
+  http::ClientTimeouts timeouts;
+  std::size_t max_connections = 512;  // per worker thread
+};
+
+struct DeploymentConfig {
+  std::string id;
+  std::string provider;
+  std::string model;  // the provider's model id
+  int weight = 1;
+  std::int64_t rpm = 0;  // 0 = unlimited
+  std::int64_t tpm = 0;
+};
+
+struct ModelGroupConfig {
+  std::string name;  // the public model name
+  std::vector<DeploymentConfig> deployments;
+  std::vector<std::string> fallbacks;
+  std::string context_fallback;
+  std::string balancer = "p2c_peak_ewma";
+  std::int64_t max_output_tokens = 4096;  // default cap when a request sets no max_tokens
+  std::int64_t context_window = 128000;
+  std::string owned_by = "bellwether";
+};
+
+struct KeyConfig {
+  std::string name;         // public id used in logs and metrics
+  std::string secret_hash;  // hex SHA-256 of the key
+  std::string tenant;
+  std::string plan;
+  std::vector<std::string> allowed_models;  // empty = all
+  int default_priority = 1;
+  int max_priority = 0;  // the most urgent priority this key may ask for
+};
+
+struct Distribution {
+  double median_ms = 0;
+  double p99_ms = 0;  // > median gives a lognormal tail
+};
+
+struct SimModelConfig {
+  std::string name;
+  Distribution ttft{150, 600};
+  Distribution itl{15, 60};
+  std::int64_t completion_tokens = 64;  // when the request sets no max_tokens
+  std::int64_t max_concurrency = 0;     // 0 = unlimited
+  std::int64_t rpm = 0;
+  std::int64_t tpm = 0;
+  double error_rate = 0;  // share of requests answered 500
+  double reset_rate = 0;  // share of streams reset mid-way
+  double stall_rate = 0;  // share of requests that never answer
+  std::int64_t context_window = 128000;
+};
+
+struct SimConfig {
+  std::string listen = "127.0.0.1:0";
+  bool zero_latency = false;
+  int workers = 1;
+  std::uint64_t seed = 42;
+  std::vector<SimModelConfig> models;
+  SimModelConfig defaults;  // for a model not listed
+};
+
+struct AccessLogConfig {
+  std::string path = "-";  // "-" = stdout, "off" = disabled, else a file
+};
+
+struct Config {
+  std::string source = "<embedded>";
+  bool embedded = false;
+  http::ServerOptions server;
+  std::string admin_listen;      // "" = admin routes on the main listener
+  std::string admin_key_hash;    // hex SHA-256; "" = admin API disabled
+  Nanos drain_timeout = seconds(20);
+  Nanos request_timeout = seconds(300);
+  std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
+  std::vector<std::string> trusted_proxies;
+  std::vector<ProviderConfig> providers;
+  std::vector<ModelGroupConfig> model_groups;
+  std::vector<KeyConfig> keys;
+  AccessLogConfig access_log;
+  SimConfig sim;
+
+  const ProviderConfig* provider(const std::string& name) const;
+  const ModelGroupConfig* model_group(const std::string& name) const;
+};
+
+// Loads and validates. Errors come back as "file:line: key: message".
+Result<std::shared_ptr<const Config>> load_file(const std::string& path);
+Result<std::shared_ptr<const Config>> load_string(const std::string& yaml, const std::string& name);
+
+// The embedded default: simulated providers in process, a demo key from BELLWETHER_DEMO_KEY.
+const std::string& embedded_default_yaml();
+
+// Parses "host:port" ("[v6]:port" too).
+bool parse_listen(const std::string& s, std::string& host, std::uint16_t& port);
+
+// Hex SHA-256, used for API keys.
+std::string sha256_hex(std::string_view data);
+
+}  // namespace bw::config

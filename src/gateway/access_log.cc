@@ -1,0 +1,104 @@
+#include "gateway/access_log.h"
+
+#include <chrono>
+
+#include "common/json_util.h"
+
+namespace bw::gateway {
+
+AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
+    : max_(max_buffer_bytes) {
+  if (path == "off") return;
+  if (path == "-" || path.empty()) {
+    out_ = stdout;
+  } else {
+    out_ = std::fopen(path.c_str(), "a");
+    owns_ = out_ != nullptr;
+  }
+  if (out_) writer_ = std::thread([this] { run(); });
+}
+
+AccessLog::~AccessLog() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  if (owns_) std::fclose(out_);
+}
+
+void AccessLog::log(const AccessRecord& r) {
+  if (!out_) return;
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  JsonWriter j;
+  j.begin_object()
+      .key("ts_ms").value(static_cast<std::int64_t>(now_ms))
+      .key("request_id").value(r.request_id)
+      .key("key_id").value(r.key_id)
+      .key("client_ip").value(r.client_ip)
+      .key("method").value(r.method)
+      .key("path").value(r.path)
+      .key("model").value(r.model_requested)
+      .key("model_served").value(r.model_served)
+      .key("upstream").value(r.upstream)
+      .key("status").value(r.status)
+      .key("stream").value(r.stream)
+      .key("latency_ms").value(r.latency_ms);
+  if (r.ttft_ms >= 0) j.key("ttft_ms").value(r.ttft_ms);
+  j.key("queue_ms").value(r.queue_ms)
+      .key("prompt_tokens").value(r.prompt_tokens)
+      .key("completion_tokens").value(r.completion_tokens)
+      .key("cost_usd").value(static_cast<double>(r.cost_micro_usd) / 1e6)
+      .key("attempts").value(r.attempts)
+      .key("bytes_in").value(static_cast<std::uint64_t>(r.bytes_in))
+      .key("bytes_out").value(static_cast<std::uint64_t>(r.bytes_out));
+  if (r.priority >= 0) j.key("priority").value(r.priority);
+  if (r.priority_lowered) j.key("priority_lowered").value(true);
+  if (r.cancelled) j.key("cancelled").value(true);
+  if (!r.error_code.empty()) j.key("error").value(r.error_code);
+  j.end_object();
+  std::string line = j.take();
+  line.push_back('\n');
+  {
+    std::lock_guard lock(mu_);
+    if (buffer_.size() + line.size() > max_) {
+      dropped_.fetch_add(1);
+      return;
+    }
+    buffer_ += line;
+  }
+  cv_.notify_one();
+}
+
+void AccessLog::flush() {
+  std::string chunk;
+  {
+    std::lock_guard lock(mu_);
+    chunk.swap(buffer_);
+  }
+  if (!chunk.empty()) std::fwrite(chunk.data(), 1, chunk.size(), out_);
+  std::fflush(out_);
+}
+
+void AccessLog::run() {
+  std::string chunk;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_ || !buffer_.empty(); });
+      chunk.swap(buffer_);
+      if (stop_ && chunk.empty()) break;
+    }
+    if (!chunk.empty()) {
+      std::fwrite(chunk.data(), 1, chunk.size(), out_);
+      std::fflush(out_);
+      chunk.clear();
+    }
+  }
+  std::fflush(out_);
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,64 @@
+#pragma once
+// One JSON line per request. Lines are formatted on the worker and appended to a shared buffer;
+// a background thread writes them out, so a slow disk or a full pipe never stalls a request.
+// When the buffer is full, lines are dropped and counted (never blocking).
+// Thread safety: log() may be called from any thread.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace bw::gateway {
+
+struct AccessRecord {
+  std::string_view request_id;
+  std::string_view key_id;
+  std::string_view method;
+  std::string_view path;
+  std::string_view model_requested;
+  std::string_view model_served;
+  std::string_view upstream;
+  std::string_view error_code;
+  std::string_view client_ip;
+  int status = 0;
+  int priority = -1;
+  bool priority_lowered = false;
+  bool stream = false;
+  bool cancelled = false;
+  double latency_ms = 0;
+  double ttft_ms = -1;
+  double queue_ms = 0;
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t cost_micro_usd = 0;
+  std::int64_t attempts = 0;
+  std::size_t bytes_in = 0;
+  std::size_t bytes_out = 0;
+};
+
+class AccessLog {
+ public:
+  // path: "-" for stdout, "off" to disable, else a file opened for append.
+  explicit AccessLog(const std::string& path, std::size_t max_buffer_bytes = 8 << 20);
+  ~AccessLog();
+  void log(const AccessRecord& r);
+  std::uint64_t dropped() const { return dropped_.load(); }
+  void flush();
+
+ private:
+  void run();
+  std::FILE* out_ = nullptr;
+  bool owns_ = false;
+  std::size_t max_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string buffer_;
+  bool stop_ = false;
+  std::atomic<std::uint64_t> dropped_{0};
+  std::thread writer_;
+};
+
+}  // namespace bw::gateway

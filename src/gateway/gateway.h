@@ -1,0 +1,57 @@
+#pragma once
+// Gateway: wires the HTTP server, the route table, the request pipeline and the shared runtime
+// state (config snapshot, simulator, access log). main() owns one Gateway.
+// Thread safety: start/reload/drain from the control thread; handlers run on the workers and
+// read the current Runtime through an atomic shared_ptr.
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+#include "config/config.h"
+#include "gateway/access_log.h"
+#include "gateway/runtime.h"
+#include "http/server.h"
+
+namespace bw::sim {
+class Simulator;
+}
+
+namespace bw::gateway {
+
+struct Shared;
+
+struct GatewayOptions {
+  std::string listen_override;  // --listen
+};
+
+class Gateway {
+ public:
+  Gateway(std::shared_ptr<const config::Config> cfg, GatewayOptions options);
+  ~Gateway();
+
+  Result<Ok> start();
+  // Swaps in a new configuration; in-flight requests finish on the old one. Listener addresses
+  // and worker counts are not changed by a reload.
+  Result<Ok> reload(std::shared_ptr<const config::Config> cfg);
+  // Stops accepting, waits for in-flight requests up to the drain timeout, stops everything.
+  // Returns the number of connections that were still open at the deadline.
+  std::size_t drain_and_stop();
+
+  std::uint16_t port() const;
+  std::uint16_t admin_port() const;
+  std::uint16_t sim_port() const { return sim_port_; }
+  std::shared_ptr<const Runtime> runtime() const { return runtime_.load(); }
+
+ private:
+  std::shared_ptr<const config::Config> initial_;
+  GatewayOptions options_;
+  std::unique_ptr<sim::Simulator> sim_;
+  std::uint16_t sim_port_ = 0;
+  std::atomic<std::shared_ptr<const Runtime>> runtime_;
+  std::shared_ptr<Shared> shared_;
+  std::unique_ptr<http::Server> server_;
+  std::unique_ptr<http::Server> admin_server_;
+};
+
+}  // namespace bw::gateway

@@ -1,0 +1,64 @@
+#include "gateway/runtime.h"
+
+#include "common/json_util.h"
+
+namespace bw::gateway {
+
+Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port)
+    : cfg_(std::move(cfg)) {
+  for (const auto& p : cfg_->providers) {
+    Provider prov;
+    prov.cfg = &p;
+    if (p.type == "sim") {
+      prov.endpoint.host = "127.0.0.1";
+      prov.endpoint.port = sim_port;
+      prov.endpoint.base_path = "/v1";
+    } else {
+      auto ep = http::Endpoint::parse(p.base_url);
+      if (ep) prov.endpoint = *ep;  // validated at load time
+    }
+    if (!p.api_key.empty()) prov.authorization = "Bearer " + p.api_key;
+    providers_.emplace(p.name, std::move(prov));
+  }
+  for (const auto& g : cfg_->model_groups) {
+    ModelGroup group;
+    group.cfg = &g;
+    for (const auto& d : g.deployments) {
+      Deployment dep;
+      dep.cfg = &d;
+      dep.provider = &providers_.at(d.provider);
+      const auto& base = dep.provider->endpoint.base_path;
+      dep.chat_target = base + "/chat/completions";
+      dep.completions_target = base + "/completions";
+      dep.embeddings_target = base + "/embeddings";
+      group.deployments.push_back(std::move(dep));
+    }
+    groups_.emplace(g.name, std::move(group));
+  }
+  for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
+
+  JsonWriter j;
+  j.begin_object().key("object").value("list").key("data").begin_array();
+  for (const auto& g : cfg_->model_groups) {
+    j.begin_object()
+        .key("id").value(g.name)
+        .key("object").value("model")
+        .key("created").value(static_cast<std::int64_t>(0))
+        .key("owned_by").value(g.owned_by)
+        .end_object();
+  }
+  j.end_array().end_object();
+  models_json_ = j.take();
+}
+
+const ModelGroup* Runtime::group(std::string_view model) const {
+  auto it = groups_.find(std::string(model));
+  return it == groups_.end() ? nullptr : &it->second;
+}
+
+const KeyInfo* Runtime::key_by_hash(const std::string& hex_hash) const {
+  auto it = keys_.find(hex_hash);
+  return it == keys_.end() ? nullptr : &it->second;
+}
+
+}  // namespace bw::gateway

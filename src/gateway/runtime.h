@@ -1,0 +1,55 @@
+#pragma once
+// Runtime: the immutable snapshot the data plane reads, built from one Config. A reload builds a
+// new Runtime and swaps it in atomically; requests in flight keep the snapshot they started with.
+// Thread safety: immutable after construction.
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.h"
+#include "http/client.h"
+
+namespace bw::gateway {
+
+struct Provider {
+  const config::ProviderConfig* cfg = nullptr;
+  http::Endpoint endpoint;
+  std::string authorization;  // "Bearer <provider key>" or empty; never logged
+};
+
+struct Deployment {
+  const config::DeploymentConfig* cfg = nullptr;
+  const Provider* provider = nullptr;
+  std::string chat_target, completions_target, embeddings_target;
+};
+
+struct ModelGroup {
+  const config::ModelGroupConfig* cfg = nullptr;
+  std::vector<Deployment> deployments;
+};
+
+struct KeyInfo {
+  const config::KeyConfig* cfg = nullptr;
+};
+
+class Runtime {
+ public:
+  // sim_port: where the in-process simulator listens, for providers of type sim.
+  Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port);
+
+  const config::Config& config() const { return *cfg_; }
+  std::shared_ptr<const config::Config> config_ptr() const { return cfg_; }
+  const ModelGroup* group(std::string_view model) const;
+  const KeyInfo* key_by_hash(const std::string& hex_hash) const;
+  const std::string& models_json() const { return models_json_; }
+
+ private:
+  std::shared_ptr<const config::Config> cfg_;
+  std::unordered_map<std::string, Provider> providers_;
+  std::unordered_map<std::string, ModelGroup> groups_;
+  std::unordered_map<std::string, KeyInfo> keys_;
+  std::string models_json_;
+};
+
+}  // namespace bw::gateway

@@ -1,0 +1,95 @@
+#pragma once
+// HTTP/1.1 server: one io_context per worker thread, one SO_REUSEPORT listener per worker, one
+// coroutine per connection. It enforces the protocol limits (header size and count, body size,
+// header/body/idle timeouts) and the request-smuggling defences before a handler sees a request.
+// Thread safety: start/stop/drain may be called from any thread; the handler runs on the worker
+// that owns the connection, and the ResponseWriter is used only from that coroutine.
+#include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "http/http.h"
+
+namespace bw::http {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;  // 0 picks a free port; see Server::port()
+  int workers = 0;            // 0 = one per core
+  std::size_t max_header_bytes = 64 * 1024;
+  std::size_t max_headers = 100;
+  std::size_t max_body_bytes = 10 * 1024 * 1024;
+  Nanos header_timeout = seconds(10);  // whole request head, against slowloris
+  Nanos body_timeout = seconds(30);
+  Nanos idle_timeout = seconds(60);  // keep-alive wait for the next request
+  Nanos write_timeout = seconds(30);
+  std::string server_name = "bellwether";
+};
+
+class ResponseWriter {
+ public:
+  virtual ~ResponseWriter() = default;
+  // A complete response. Returns false if the client is gone.
+  virtual boost::asio::awaitable<bool> send(Response response) = 0;
+  // A chunked response whose body follows in write_chunk calls; each chunk is flushed at once.
+  virtual boost::asio::awaitable<bool> begin_stream(int status, const Headers& headers) = 0;
+  virtual boost::asio::awaitable<bool> write_chunk(std::string_view data) = 0;
+  virtual boost::asio::awaitable<bool> end_stream() = 0;
+  // True once any byte of the response has been written.
+  virtual bool started() const = 0;
+  // Ask to close the connection after this response.
+  virtual void close_after() = 0;
+};
+
+using Handler = std::function<boost::asio::awaitable<void>(Request&, ResponseWriter&)>;
+
+class Server {
+ public:
+  Server(ServerOptions options, Handler handler);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds every worker's listener. Fails with a message if the address cannot be bound.
+  Result<Ok> start();
+  // Runs the worker threads; returns immediately.
+  void run();
+  // Stops accepting, closes idle keep-alive connections and lets in-flight requests finish.
+  void begin_drain();
+  // Waits until no connection is active or the deadline passes; returns the number still active.
+  std::size_t wait_drained(Nanos timeout);
+  // Stops the workers and joins them.
+  void stop();
+
+  std::uint16_t port() const { return port_; }
+  std::size_t active_connections() const { return active_.load(); }
+  std::size_t in_flight_requests() const { return in_flight_.load(); }
+  bool draining() const { return draining_.load(); }
+  int workers() const { return static_cast<int>(workers_.size()); }
+
+  struct Worker;
+
+ private:
+  // Declaration order matters: sessions destroyed with the workers still touch the counters.
+  ServerOptions options_;
+  Handler handler_;
+  std::atomic<std::size_t> active_{0};
+  std::atomic<std::size_t> in_flight_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> stopped_{false};
+  std::uint16_t port_ = 0;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::thread> threads_;
+
+  friend class Session;
+};
+
+}  // namespace bw::http

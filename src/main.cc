@@ -1,0 +1,215 @@
+// bellwether: the command line. Subcommands: serve, sim, check-config (and more as modules land).
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "gateway/gateway.h"
+#include "tools/sim/sim.h"
+
+#ifdef BW_HAVE_BENCHTOOL
+#include "tools/bench/bench.h"
+#endif
+
+namespace {
+
+std::string random_key(const char* prefix) {
+  unsigned char bytes[24];
+  RAND_bytes(bytes, sizeof bytes);
+  static constexpr char kAlphabet[] =
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::string s = prefix;
+  for (unsigned char b : bytes) s.push_back(kAlphabet[b % 62]);
+  return s;
+}
+
+// Blocks the control signals in every thread; the main thread takes them with sigwait.
+sigset_t block_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  return set;
+}
+
+bw::Result<std::shared_ptr<const bw::config::Config>> load(const std::string& path) {
+  if (path.empty()) return bw::config::load_string(bw::config::embedded_default_yaml(), "<embedded>");
+  return bw::config::load_file(path);
+}
+
+int serve(const std::string& config_path, const std::string& listen) {
+  auto sigs = block_signals();
+  bool generated_demo = false;
+  std::string demo_key;
+  if (config_path.empty()) {
+    // The embedded default needs a demo key and an admin key; generate them unless provided.
+    if (const char* k = std::getenv("BELLWETHER_DEMO_KEY"); k && *k) {
+      demo_key = k;
+    } else {
+      demo_key = random_key("bw-demo-");
+      setenv("BELLWETHER_DEMO_KEY", demo_key.c_str(), 1);
+      generated_demo = true;
+    }
+    if (const char* a = std::getenv("BELLWETHER_ADMIN_KEY"); !a || !*a) {
+      auto admin = random_key("bw-admin-");
+      setenv("BELLWETHER_ADMIN_KEY", admin.c_str(), 1);
+      std::cerr << "admin key (generated): " << admin << "\n";
+    }
+  }
+  auto cfg = load(config_path);
+  if (!cfg) {
+    std::cerr << "bellwether: " << cfg.error().message << "\n";
+    return 2;
+  }
+  bw::gateway::Gateway gw(*cfg, {listen});
+  if (auto r = gw.start(); !r) {
+    std::cerr << "bellwether: " << r.error().message << "\n";
+    return 1;
+  }
+  const auto& c = **cfg;
+  std::string host = c.server.host;
+  if (!listen.empty()) {
+    std::uint16_t p;
+    bw::config::parse_listen(listen, host, p);
+  }
+  std::cerr << "bellwether listening on http://" << host << ":" << gw.port()
+            << " (config: " << c.source << ", " << c.model_groups.size() << " models";
+  if (gw.sim_port()) std::cerr << ", simulated providers on 127.0.0.1:" << gw.sim_port();
+  std::cerr << ")\n";
+  if (gw.admin_port()) std::cerr << "admin API on " << c.admin_listen << "\n";
+  if (config_path.empty()) {
+    std::cerr << "demo key" << (generated_demo ? " (generated)" : "") << ": " << demo_key << "\n"
+              << "try:\n"
+              << "  curl -s http://" << host << ":" << gw.port()
+              << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
+              << "    -H 'Content-Type: application/json' \\\n"
+              << "    -d '{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
+              << "  curl -sN http://" << host << ":" << gw.port()
+              << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
+              << "    -H 'Content-Type: application/json' \\\n"
+              << "    -d '{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n";
+  }
+  std::cerr.flush();
+  for (;;) {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    if (sig == SIGHUP) {
+      if (config_path.empty()) {
+        std::cerr << "SIGHUP: the embedded default has no file to reload\n";
+        continue;
+      }
+      auto next = bw::config::load_file(config_path);
+      if (!next) {
+        std::cerr << "reload failed, keeping the current config: " << next.error().message << "\n";
+        continue;
+      }
+      if (auto r = gw.reload(*next); !r) {
+        std::cerr << "reload failed, keeping the current config: " << r.error().message << "\n";
+        continue;
+      }
+      std::cerr << "reloaded " << config_path << "\n";
+      continue;
+    }
+    std::cerr << "signal " << sig << ": draining\n";
+    std::size_t left = gw.drain_and_stop();
+    std::cerr << "stopped (" << left << " connections cut at the drain deadline)\n";
+    std::cerr.flush();
+    std::fflush(stdout);
+    _exit(0);
+  }
+}
+
+int run_sim(const std::string& config_path, const std::string& listen) {
+  auto sigs = block_signals();
+  bw::config::SimConfig sc;
+  if (!config_path.empty()) {
+    auto cfg = bw::config::load_file(config_path);
+    if (!cfg) {
+      std::cerr << "bellwether sim: " << cfg.error().message << "\n";
+      return 2;
+    }
+    sc = (*cfg)->sim;
+  } else {
+    auto cfg = bw::config::load_string(bw::config::embedded_default_yaml(), "<embedded>");
+    if (cfg) sc = (*cfg)->sim;
+    sc.listen = "127.0.0.1:9001";
+  }
+  if (sc.workers < 1) sc.workers = 1;
+  bw::sim::Simulator sim(sc);
+  auto port = sim.start(listen);
+  if (!port) {
+    std::cerr << "bellwether sim: " << port.error().message << "\n";
+    return 1;
+  }
+  std::cerr << "bellwether sim listening on port " << *port << "\n";
+  std::cerr.flush();
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  _exit(0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Bellwether: an OpenAI-compatible LLM API gateway"};
+  app.require_subcommand(1);
+
+  std::string config_path, listen;
+  auto* serve_cmd = app.add_subcommand("serve", "Run the gateway");
+  serve_cmd->add_option("--config,-c", config_path, "YAML config file (default: embedded)");
+  serve_cmd->add_option("--listen,-l", listen, "Override the data-plane address HOST:PORT");
+
+  std::string sim_config, sim_listen;
+  auto* sim_cmd = app.add_subcommand("sim", "Run the simulated LLM provider");
+  sim_cmd->add_option("--config,-c", sim_config, "YAML config file with a sim: section");
+  sim_cmd->add_option("--listen,-l", sim_listen, "HOST:PORT (default 127.0.0.1:9001)");
+
+  std::string check_path;
+  auto* check_cmd = app.add_subcommand("check-config", "Validate a config file and exit");
+  check_cmd->add_option("file", check_path, "YAML config file")->required();
+
+#ifdef BW_HAVE_BENCHTOOL
+  auto* bench_cmd = app.add_subcommand("bench", "Open-loop load generator (see docs/spike-benchmark.md)");
+  bench_cmd->allow_extras();
+  bench_cmd->prefix_command();
+#endif
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*serve_cmd) return serve(config_path, listen);
+  if (*sim_cmd) return run_sim(sim_config, sim_listen);
+  if (*check_cmd) {
+    auto cfg = bw::config::load_file(check_path);
+    if (!cfg) {
+      std::cerr << cfg.error().message << "\n";
+      return 1;
+    }
+    std::cout << check_path << ": ok (" << (*cfg)->model_groups.size() << " model groups, "
+              << (*cfg)->keys.size() << " keys)\n";
+    return 0;
+  }
+#ifdef BW_HAVE_BENCHTOOL
+  if (*bench_cmd) {
+    auto rest = bench_cmd->remaining();
+    std::vector<std::string> args{"bellwether bench"};
+    args.insert(args.end(), rest.begin(), rest.end());
+    std::vector<char*> av;
+    for (auto& a : args) av.push_back(a.data());
+    if (args.size() > 1 && args[1] == "compare") {
+      av.erase(av.begin() + 1);
+      return bw::bench::run_bench_compare(static_cast<int>(av.size()), av.data());
+    }
+    return bw::bench::run_bench(static_cast<int>(av.size()), av.data());
+  }
+#endif
+  return 0;
+}

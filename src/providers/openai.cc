@@ -1,0 +1,258 @@
+#include "providers/openai.h"
+
+#include <simdjson.h>
+
+#include "common/json_util.h"
+
+namespace bw::providers {
+
+namespace {
+
+simdjson::dom::parser& parser() {
+  thread_local simdjson::dom::parser p(16 * 1024 * 1024);
+  return p;
+}
+
+Error bad(std::string message, std::string param = {}, std::string code = {}) {
+  return make_error(400, "invalid_request_error", std::move(code), std::move(message),
+                    std::move(param));
+}
+
+std::size_t depth_of(simdjson::dom::element e, std::size_t limit) {
+  // Iterative would be faster; recursion is bounded by `limit`.
+  if (limit == 0) return 1;
+  std::size_t best = 0;
+  if (e.is_object()) {
+    for (auto field : e.get_object().value_unsafe()) {
+      best = std::max(best, depth_of(field.value, limit - 1));
+      if (best >= limit) break;
+    }
+    return best + 1;
+  }
+  if (e.is_array()) {
+    for (auto v : e.get_array().value_unsafe()) {
+      best = std::max(best, depth_of(v, limit - 1));
+      if (best >= limit) break;
+    }
+    return best + 1;
+  }
+  return 0;
+}
+
+void read_usage(simdjson::dom::element usage, Usage& u) {
+  if (!usage.is_object()) return;
+  std::int64_t v = 0;
+  if (usage["prompt_tokens"].get(v) == simdjson::SUCCESS) u.prompt_tokens = v;
+  if (usage["completion_tokens"].get(v) == simdjson::SUCCESS) u.completion_tokens = v;
+  if (usage["prompt_tokens_details"]["cached_tokens"].get(v) == simdjson::SUCCESS) {
+    u.cached_tokens = v;
+  }
+  u.present = true;
+}
+
+std::size_t text_chars(simdjson::dom::element v) {
+  std::string_view s;
+  if (v.get(s) == simdjson::SUCCESS) return s.size();
+  std::size_t n = 0;
+  simdjson::dom::array arr;
+  if (v.get(arr) == simdjson::SUCCESS) {
+    for (auto part : arr) {  // content parts: [{"type":"text","text":"..."}] or strings
+      if (part.get(s) == simdjson::SUCCESS) {
+        n += s.size();
+      } else if (part["text"].get(s) == simdjson::SUCCESS) {
+        n += s.size();
+      } else {
+        n += 1000;  // images and other parts: a fixed conservative charge
+      }
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
+  simdjson::dom::element doc;
+  auto err = parser().parse(body.data(), body.size()).get(doc);
+  if (err == simdjson::UTF8_ERROR) return bad("The request body is not valid UTF-8.", {}, "invalid_json");
+  if (err == simdjson::DEPTH_ERROR) return bad("The JSON body is nested too deeply.", {}, "invalid_json");
+  if (err) {
+    return bad(std::string("We could not parse the JSON body of your request: ") +
+                   simdjson::error_message(err),
+               {}, "invalid_json");
+  }
+  if (!doc.is_object()) return bad("The request body must be a JSON object.", {}, "invalid_json");
+  if (depth_of(doc, kMaxJsonDepth + 1) > kMaxJsonDepth) {
+    return bad("The JSON body is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels.",
+               {}, "invalid_json");
+  }
+  LlmRequest r;
+  r.endpoint = endpoint;
+  simdjson::dom::element model;
+  if (doc["model"].get(model) != simdjson::SUCCESS) {
+    return bad("you must provide a model parameter", "model");
+  }
+  std::string_view m;
+  if (model.get(m) != simdjson::SUCCESS || m.empty()) return bad("model must be a non-empty string", "model");
+  if (m.size() > 256) return bad("model name too long", "model");
+  r.model = std::string(m);
+
+  simdjson::dom::element v;
+  if (doc["stream"].get(v) == simdjson::SUCCESS && !v.is_null()) {
+    bool s = false;
+    if (v.get(s) != simdjson::SUCCESS) return bad("stream must be a boolean", "stream");
+    r.stream = s;
+  }
+  if (r.stream && endpoint == Endpoint::kEmbeddings) return bad("embeddings cannot stream", "stream");
+  if (doc["stream_options"].get(v) == simdjson::SUCCESS && !v.is_null()) {
+    if (!v.is_object()) return bad("stream_options must be an object", "stream_options");
+    bool u = false;
+    if (v["include_usage"].get(u) == simdjson::SUCCESS) r.client_wants_usage = u;
+  }
+  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
+    if (doc[key].get(v) == simdjson::SUCCESS && !v.is_null()) {
+      std::int64_t mt = 0;
+      if (v.get(mt) != simdjson::SUCCESS || mt < 1) {
+        return bad(std::string(key) + " must be a positive integer", key);
+      }
+      r.max_tokens = mt;
+      break;
+    }
+  }
+  switch (endpoint) {
+    case Endpoint::kChat: {
+      simdjson::dom::array messages;
+      if (doc["messages"].get(messages) != simdjson::SUCCESS) {
+        return bad("messages must be an array", "messages");
+      }
+      for (auto msg : messages) {
+        if (!msg.is_object()) return bad("each message must be an object", "messages");
+        std::string_view role;
+        if (msg["role"].get(role) != simdjson::SUCCESS) {
+          return bad("each message needs a role", "messages");
+        }
+        simdjson::dom::element content;
+        if (msg["content"].get(content) == simdjson::SUCCESS) r.prompt_chars += text_chars(content);
+        ++r.message_count;
+      }
+      if (r.message_count == 0) return bad("messages must not be empty", "messages");
+      break;
+    }
+    case Endpoint::kCompletions: {
+      if (doc["prompt"].get(v) != simdjson::SUCCESS) return bad("prompt is required", "prompt");
+      r.prompt_chars = text_chars(v);
+      break;
+    }
+    case Endpoint::kEmbeddings: {
+      if (doc["input"].get(v) != simdjson::SUCCESS) return bad("input is required", "input");
+      r.prompt_chars = text_chars(v);
+      break;
+    }
+  }
+  return r;
+}
+
+Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
+                                    bool force_include_usage, std::int64_t max_tokens_cap) {
+  simdjson::dom::element doc;
+  if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
+    return bad("invalid JSON", {}, "invalid_json");
+  }
+  std::string out;
+  out.reserve(body.size() + 64);
+  out.push_back('{');
+  bool first = true;
+  bool saw_stream_options = false;
+  bool saw_max = false;
+  for (auto field : doc.get_object().value_unsafe()) {
+    if (!first) out.push_back(',');
+    first = false;
+    append_json_string(out, field.key);
+    out.push_back(':');
+    if (field.key == "model") {
+      append_json_string(out, provider_model);
+    } else if (field.key == "stream_options" && force_include_usage) {
+      saw_stream_options = true;
+      out.push_back('{');
+      bool f2 = true;
+      if (field.value.is_object()) {
+        for (auto opt : field.value.get_object().value_unsafe()) {
+          if (opt.key == "include_usage") continue;
+          if (!f2) out.push_back(',');
+          f2 = false;
+          append_json_string(out, opt.key);
+          out.push_back(':');
+          out += simdjson::minify(opt.value);
+        }
+      }
+      if (!f2) out.push_back(',');
+      out += "\"include_usage\":true}";
+    } else if ((field.key == "max_tokens" || field.key == "max_completion_tokens") &&
+               max_tokens_cap > 0) {
+      saw_max = true;
+      std::int64_t v = 0;
+      if (field.value.get(v) == simdjson::SUCCESS && v > max_tokens_cap) v = max_tokens_cap;
+      out += std::to_string(v);
+    } else {
+      out += simdjson::minify(field.value);
+    }
+  }
+  if (force_include_usage && !saw_stream_options) {
+    if (!first) out.push_back(',');
+    first = false;
+    out += "\"stream_options\":{\"include_usage\":true}";
+  }
+  (void)saw_max;
+  out.push_back('}');
+  return out;
+}
+
+Usage extract_usage(std::string_view body) {
+  Usage u;
+  simdjson::dom::element doc;
+  if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
+  simdjson::dom::element usage;
+  if (doc["usage"].get(usage) == simdjson::SUCCESS) read_usage(usage, u);
+  return u;
+}
+
+ChunkInfo inspect_chunk(std::string_view data) {
+  ChunkInfo info;
+  if (data == "[DONE]") {
+    info.done = true;
+    return info;
+  }
+  // Cheap path: most chunks carry one delta and no usage.
+  const bool maybe_usage = data.find("\"usage\"") != std::string_view::npos;
+  simdjson::dom::element doc;
+  if (parser().parse(data.data(), data.size()).get(doc) != simdjson::SUCCESS) return info;
+  simdjson::dom::array choices;
+  bool empty_choices = false;
+  if (doc["choices"].get(choices) == simdjson::SUCCESS) {
+    empty_choices = choices.size() == 0;
+    for (auto c : choices) {
+      std::string_view s;
+      if (c["delta"]["content"].get(s) == simdjson::SUCCESS ||
+          c["text"].get(s) == simdjson::SUCCESS) {
+        info.text_chars += s.size();
+        info.has_text = info.has_text || !s.empty();
+      }
+    }
+  }
+  if (maybe_usage) {
+    simdjson::dom::element usage;
+    if (doc["usage"].get(usage) == simdjson::SUCCESS && usage.is_object()) {
+      read_usage(usage, info.usage);
+      info.usage_only = empty_choices;
+    }
+  }
+  return info;
+}
+
+std::int64_t estimate_prompt_tokens(const LlmRequest& req) {
+  // Conservative: about 3 characters a token for English, plus per-message framing.
+  return static_cast<std::int64_t>((req.prompt_chars + 2) / 3) +
+         4 * static_cast<std::int64_t>(req.message_count) + 3;
+}
+
+}  // namespace bw::providers

@@ -1,0 +1,107 @@
+#pragma once
+// Test harness for whole-process tests: free ports, child processes, temp files, and a raw HTTP
+// client over POSIX sockets (so tests can send malformed bytes and watch chunks arrive).
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bw::test {
+
+std::string binary();  // path of the bellwether binary under test
+int free_port();
+bool wait_for_port(int port, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+std::string temp_dir();  // a fresh directory, removed at exit
+void write_file(const std::string& path, const std::string& text);
+std::string read_file(const std::string& path);
+
+class Process {
+ public:
+  Process() = default;
+  Process(std::vector<std::string> args, std::map<std::string, std::string> env = {},
+          std::string log_prefix = {});
+  ~Process();
+  Process(Process&& o) noexcept;
+  Process& operator=(Process&& o) noexcept;
+  pid_t pid() const { return pid_; }
+  void signal(int sig);
+  // Waits for exit; returns the exit status (or 128+signal), -1 on timeout.
+  int wait(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  bool running();
+  std::string stdout_text() const { return read_file(out_); }
+  std::string stderr_text() const { return read_file(err_); }
+  const std::string& stdout_path() const { return out_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string out_, err_;
+};
+
+struct HttpResponse {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;                            // de-chunked
+  bool closed = false;                         // the server closed the connection after it
+  std::string header(const std::string& name) const {
+    auto it = headers.find(name);
+    return it == headers.end() ? std::string() : it->second;
+  }
+};
+
+// Sends raw bytes and reads one response (or until close/timeout).
+HttpResponse raw_request(int port, const std::string& bytes,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+HttpResponse request(int port, const std::string& method, const std::string& path,
+                     const std::string& body = {},
+                     const std::vector<std::pair<std::string, std::string>>& headers = {},
+                     std::chrono::milliseconds timeout = std::chrono::seconds(10));
+HttpResponse post_json(int port, const std::string& path, const std::string& body,
+                       const std::string& key,
+                       const std::vector<std::pair<std::string, std::string>>& extra = {});
+
+// A streaming read: each element is (ms since send, bytes received in that read).
+struct TimedChunk {
+  double at_ms;
+  std::string data;
+};
+class StreamReader {
+ public:
+  StreamReader(int port, const std::string& bytes);
+  ~StreamReader();
+  // Reads whatever arrives next; false on close or timeout.
+  bool read_some(TimedChunk& out, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  void close();
+
+ private:
+  int fd_ = -1;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::string chat_body(const std::string& model, bool stream, int max_tokens = 0,
+                      const std::string& content = "Hello there");
+// Builds the raw bytes of a POST with a JSON body.
+std::string raw_post(const std::string& path, const std::string& body, const std::string& key,
+                     const std::vector<std::pair<std::string, std::string>>& extra = {});
+
+// Counts occurrences of a substring.
+std::size_t count(const std::string& hay, const std::string& needle);
+
+// Starts `bellwether sim` with the given YAML; returns its port.
+struct Sim {
+  Process proc;
+  int port = 0;
+};
+Sim start_sim(const std::string& yaml);
+// Starts `bellwether serve` with the given YAML (which must contain "listen: 127.0.0.1:PORT").
+struct Gw {
+  Process proc;
+  int port = 0;
+  std::string config_path;
+  std::string access_log;
+};
+Gw start_gateway(const std::string& yaml_without_listen, std::map<std::string, std::string> env = {});
+
+}  // namespace bw::test
