@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <cstdlib>
+#include <optional>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -57,6 +58,13 @@ const ProviderConfig* Config::provider(const std::string& name) const {
   return nullptr;
 }
 
+const limits::Plan* Config::plan(const std::string& name) const {
+  for (const auto& p : plans) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
 const ModelGroupConfig* Config::model_group(const std::string& name) const {
   for (const auto& g : model_groups) {
     if (g.name == name) return &g;
@@ -93,6 +101,35 @@ void read_sim_model(Reader& r, SimModelConfig& m) {
   r.get("context_window", m.context_window, 1, 100'000'000);
 }
 
+template <class T>
+void read_enum(Reader& r, const char* key, T& out, std::optional<T> (*parse)(std::string_view),
+               const char* choices) {
+  std::string v;
+  r.get(key, v);
+  if (v.empty()) return;
+  auto p = parse(v);
+  if (!p) r.fail(key, "unknown value '" + v + "' (expected " + choices + ")");
+  out = *p;
+}
+
+// Reads one limit on top of `spec` (so an override may name only the fields it changes).
+void read_limit(Reader& r, limits::LimitSpec& spec) {
+  r.get("name", spec.name);
+  read_enum(r, "algorithm", spec.algorithm, &limits::parse_algorithm,
+            "gcra, token_bucket, sliding_window");
+  read_enum(r, "unit", spec.unit, &limits::parse_unit, "requests, tokens");
+  r.get("rate", spec.rate, 1, INT64_MAX / 4);
+  read_enum(r, "period", spec.period, &limits::parse_period, "second, minute, hour, day");
+  r.get("burst", spec.burst, 0, INT64_MAX / 4);
+  read_enum(r, "mode", spec.mode, &limits::parse_mode, "enforce, shadow");
+  read_enum(r, "on_exceed", spec.on_exceed, &limits::parse_on_exceed, "reject, wait");
+  read_enum(r, "scope", spec.scope, &limits::parse_scope,
+            "key, tenant, ip, endpoint, model, global");
+  r.get("match", spec.match);
+  if (spec.name.empty()) r.fail_here("a limit needs a name");
+  if (auto v = limits::validate(spec); !v) r.fail_here(v.error().message);
+}
+
 void read_listen(Reader& r, const char* key, std::string& host, std::uint16_t& port) {
   std::string s;
   r.get(key, s);
@@ -126,7 +163,45 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     s.get_list("trusted_proxies", cfg->trusted_proxies);
     s.finish();
     if (cfg->server.max_header_bytes < 1024) s.fail("max_header_bytes", "must be at least 1KiB");
+    for (const auto& t : cfg->trusted_proxies) {
+      auto c = limits::parse_cidr(t);
+      if (!c) s.fail("trusted_proxies", "'" + t + "' is not an IP address or CIDR range");
+      cfg->trusted_cidrs.push_back(*c);
+    }
   }
+  std::set<std::string> limit_names;
+  top.each("limits", [&](Reader& r) {
+    limits::LimitSpec spec;
+    spec.scope = limits::Scope::kGlobal;
+    read_limit(r, spec);
+    if (!limit_names.insert(spec.name).second) r.fail("name", "duplicate limit name");
+    cfg->limits.push_back(std::move(spec));
+  });
+  cfg->plans = limits::default_plans();
+  top.each_entry("plans", [&](const std::string& name, Reader& r) {
+    limits::Plan plan;
+    plan.name = name;
+    if (auto* builtin = cfg->plan(name)) plan = *builtin;
+    if (r.has("daily_requests")) {
+      std::int64_t d = 0;
+      r.get("daily_requests", d, 0, INT64_MAX / 4);
+      plan.daily_requests = d > 0 ? std::optional<std::int64_t>(d) : std::nullopt;
+    } else {
+      std::int64_t unused = 0;
+      r.get("daily_requests", unused, 0, 1);
+    }
+    r.get_list("allowed_models", plan.allowed_models);
+    r.get("default_priority", plan.default_priority, 0, 2);
+    r.get("max_priority", plan.max_priority, 0, 2);
+    if (r.has("limits")) plan.limits.clear();
+    r.each("limits", [&](Reader& l) {
+      limits::LimitSpec spec;
+      read_limit(l, spec);
+      plan.limits.push_back(std::move(spec));
+    });
+    std::erase_if(cfg->plans, [&](const limits::Plan& p) { return p.name == name; });
+    cfg->plans.push_back(std::move(plan));
+  });
   {
     auto a = top.child("admin");
     a.get("listen", cfg->admin_listen);
@@ -245,10 +320,30 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       k.secret_hash = sha256_hex(secret);
     }
     r.get("tenant", k.tenant);
+    k.plan = "enterprise";
     r.get("plan", k.plan);
+    const limits::Plan* plan = cfg->plan(k.plan);
+    if (!plan) r.fail("plan", "unknown plan '" + k.plan + "'");
     r.get_list("allowed_models", k.allowed_models);
     r.get("default_priority", k.default_priority, 0, 2);
     r.get("max_priority", k.max_priority, 0, 2);
+    r.each("limits", [&](Reader& l) {
+      // An override starts from the plan's limit of the same name.
+      limits::LimitSpec spec;
+      std::string name;
+      l.get("name", name);
+      for (const auto& pl : plan->limits) {
+        if (pl.name == name) spec = pl;
+      }
+      if (name == limits::kDailyQuotaName && plan->daily_requests) {
+        spec.name = name;
+        spec.algorithm = limits::Algorithm::kSlidingWindow;
+        spec.rate = *plan->daily_requests;
+        spec.period = limits::Period::kDay;
+      }
+      read_limit(l, spec);
+      k.limit_overrides.push_back(std::move(spec));
+    });
     if (!key_names.insert(k.name).second) r.fail("name", "duplicate key name '" + k.name + "'");
     if (!key_hashes.insert(k.secret_hash).second) r.fail_here("duplicate key secret");
     for (const auto& m : k.allowed_models) {
@@ -257,6 +352,58 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     cfg->keys.push_back(std::move(k));
   });
 
+  {
+    auto res = top.child("resilience");
+    auto b = res.child("breaker");
+    b.get("consecutive_failures", cfg->breaker.consecutive_failures, 0, 1'000'000);
+    b.get("failure_rate", cfg->breaker.failure_rate, 0, 1);
+    b.get_duration("window", cfg->breaker.window);
+    b.get("min_requests", cfg->breaker.min_requests, 0, 1'000'000);
+    b.get_duration("open_base", cfg->breaker.open_base);
+    b.get_duration("open_max", cfg->breaker.open_max);
+    b.get("open_jitter", cfg->breaker.open_jitter, 0, 1);
+    b.get("half_open_probes", cfg->breaker.half_open_probes, 1, 1000);
+    b.get_duration("cooldown_429", cfg->breaker.cooldown_429);
+    b.get_duration("cooldown_max", cfg->breaker.cooldown_max);
+    b.finish();
+    auto rt = res.child("retry");
+    rt.get("max_attempts", cfg->retry.max_attempts, 1, 10);
+    rt.get_duration("base", cfg->retry.base);
+    rt.get_duration("cap", cfg->retry.cap);
+    rt.get_duration("deadline", cfg->retry.deadline);
+    rt.get("budget_ratio", cfg->retry.budget_ratio, 0, 10);
+    rt.get("budget_min_per_s", cfg->retry.budget_min_per_s, 0, 1e6);
+    rt.get_duration("budget_window", cfg->retry.budget_window);
+    if (rt.has("retry_statuses")) {
+      std::vector<std::string> st;
+      rt.get_list("retry_statuses", st);
+      cfg->retry.retry_statuses.clear();
+      for (const auto& x : st) {
+        int v = std::atoi(x.c_str());
+        if (v < 500 || v > 599) rt.fail("retry_statuses", "only 5xx statuses can be retried");
+        cfg->retry.retry_statuses.push_back(v);
+      }
+    } else {
+      std::vector<std::string> unused;
+      rt.get_list("retry_statuses", unused);
+    }
+    rt.finish();
+    res.get_duration("ewma_tau", cfg->ewma_tau);
+    res.finish();
+    if (top.has("dead_letter")) {
+      auto d = top.child("dead_letter");
+      cfg->dead_letter_enabled = true;
+      d.get("enabled", cfg->dead_letter_enabled);
+      d.get("path", cfg->dead_letter.path);
+      d.get("max_entries", cfg->dead_letter.max_entries, 1, 100'000'000);
+      std::size_t max_bytes = static_cast<std::size_t>(cfg->dead_letter.max_bytes);
+      d.get_size("max_bytes", max_bytes);
+      cfg->dead_letter.max_bytes = static_cast<std::int64_t>(max_bytes);
+      d.finish();
+    } else {
+      top.child("dead_letter");
+    }
+  }
   {
     auto s = top.child("sim");
     s.get("listen", cfg->sim.listen);

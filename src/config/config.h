@@ -12,6 +12,11 @@
 #include "common/result.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "limits/client_ip.h"
+#include "limits/limit_spec.h"
+#include "routing/circuit_breaker.h"
+#include "routing/dead_letter.h"
+#include "routing/retry.h"
 
 namespace bw::config {
 
@@ -50,9 +55,10 @@ struct KeyConfig {
   std::string secret_hash;  // hex SHA-256 of the key
   std::string tenant;
   std::string plan;
-  std::vector<std::string> allowed_models;  // empty = all
-  int default_priority = 1;
-  int max_priority = 0;  // the most urgent priority this key may ask for
+  std::vector<std::string> allowed_models;  // empty = the plan's list (empty there = all)
+  int default_priority = -1;  // -1 = the plan's
+  int max_priority = -1;      // the most urgent priority this key may ask for; -1 = the plan's
+  std::vector<limits::LimitSpec> limit_overrides;  // replace plan limits of the same name
 };
 
 struct Distribution {
@@ -97,11 +103,21 @@ struct Config {
   Nanos request_timeout = seconds(300);
   std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
   std::vector<std::string> trusted_proxies;
+  std::vector<limits::Cidr> trusted_cidrs;
+  std::vector<limits::LimitSpec> limits;  // global / ip / endpoint / model limits
+  std::vector<limits::Plan> plans;        // the built-in plans, overridden by name
+  const limits::Plan* plan(const std::string& name) const;
   std::vector<ProviderConfig> providers;
   std::vector<ModelGroupConfig> model_groups;
   std::vector<KeyConfig> keys;
   AccessLogConfig access_log;
   SimConfig sim;
+  // Resilience (routing/): breaker and retry policy for every deployment, and the DLQ.
+  routing::BreakerConfig breaker;
+  routing::RetryConfig retry;
+  Nanos ewma_tau = seconds(10);
+  routing::DeadLetterConfig dead_letter;
+  bool dead_letter_enabled = false;
 
   const ProviderConfig* provider(const std::string& name) const;
   const ModelGroupConfig* model_group(const std::string& name) const;

@@ -26,6 +26,12 @@ Result<Ok> Gateway::start() {
     if (!port) return port.error();
     sim_port_ = *port;
   }
+  if (auto r = apply_config(*shared_, cfg); !r) return r;
+  if (cfg.dead_letter_enabled) {
+    auto dlq = routing::DeadLetterQueue::open(cfg.dead_letter);
+    if (!dlq) return dlq.error();
+    shared_->dead_letters = std::move(dlq.value());
+  }
   runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_));
   shared_->runtime = &runtime_;
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
@@ -58,6 +64,8 @@ Result<Ok> Gateway::start() {
 
 Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   // The simulator and listeners stay as they are; everything the data plane reads is swapped.
+  // Limit buckets and breaker state survive (they are keyed by name, not by config object).
+  if (auto r = apply_config(*shared_, *cfg); !r) return r;
   runtime_.store(std::make_shared<const Runtime>(std::move(cfg), sim_port_));
   return Ok{};
 }

@@ -3,6 +3,11 @@
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cmath>
 #include <random>
 
 #include "common/clock.h"
@@ -10,6 +15,7 @@
 #include "config/config.h"
 #include "http/client.h"
 #include "http/sse.h"
+#include "limits/client_ip.h"
 #include "providers/openai.h"
 
 namespace bw::gateway {
@@ -37,6 +43,11 @@ struct Ctx {
   const KeyInfo* key = nullptr;
   providers::LlmRequest llm;
   const ModelGroup* group = nullptr;
+  const limits::Plan* plan = nullptr;
+  std::vector<limits::LimitSpec> key_limits;  // the key's plan limits with its overrides applied
+  limits::Verdict verdict;                    // rate-limit decision (reservation settled at the end)
+  std::int64_t reserved_tokens = 0;
+  http::Headers extra;  // added to every response from the rate-limit phase on
   // Outcome, for the access log.
   int status = 0;
   std::string model_served;
@@ -72,6 +83,7 @@ std::string request_id_for(const Request& req) {
 Response error_response(const Ctx& c, const Error& e) {
   auto r = Response::json(e.status, openai_error_body(e.message, e.type, e.code, e.param));
   r.headers.add("x-request-id", c.request_id);
+  for (const auto& [k, v] : c.extra.items()) r.headers.add(k, v);
   if (e.retry_after_s >= 0) {
     r.headers.add("retry-after",
                   std::to_string(static_cast<long>(std::ceil(std::max(e.retry_after_s, 0.0)))));
@@ -159,8 +171,11 @@ Result<const ModelGroup*> resolve(const Runtime& rt, const KeyInfo& key, const s
                       "The model '" + model + "' does not exist or you do not have access to it.",
                       "model");
   }
-  const auto& allowed = key.cfg->allowed_models;
-  if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), model) == allowed.end()) {
+  const auto& own = key.cfg->allowed_models;
+  const limits::Plan* plan = rt.config().plan(key.cfg->plan);
+  const bool allowed = own.empty() ? (!plan || plan->allows_model(model))
+                                   : std::find(own.begin(), own.end(), model) != own.end();
+  if (!allowed) {
     return make_error(403, "permission_error", "model_not_allowed",
                       "This API key may not use the model '" + model + "'.", "model");
   }
@@ -282,53 +297,178 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   if (!c.cancelled) co_await c.w.end_stream();
 }
 
-// Phases 7 and 8: send to a deployment and answer. Deployments are tried in turn on connect
-// errors; once the upstream has answered, its answer (success or error) goes to the client.
+routing::Rng& thread_rng() {
+  thread_local routing::Rng rng(std::random_device{}() ^
+                                static_cast<std::uint64_t>(SteadyClock::instance().now()));
+  return rng;
+}
+
+asio::awaitable<void> sleep_for(Nanos n) {
+  if (n <= 0) co_return;
+  asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::nanoseconds(n));
+  co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+Nanos parse_retry_after(std::string_view v) {
+  if (v.empty()) return 0;
+  char* end = nullptr;
+  std::string s(v);
+  double secs = std::strtod(s.c_str(), &end);
+  if (end == s.c_str() || !std::isfinite(secs) || secs < 0) return 0;  // HTTP dates: ignored
+  return static_cast<Nanos>(std::min(secs, 86400.0) * 1e9);
+}
+
+routing::Outcome outcome_for_error(const Error& e, Nanos latency) {
+  routing::Outcome o;
+  o.latency_ns = latency;
+  o.kind = e.code == http::kUpstreamTimeout ? routing::OutcomeKind::timeout
+                                            : routing::OutcomeKind::connect_error;
+  return o;
+}
+
+routing::Outcome outcome_for_status(int status, const http::Headers& h, std::string_view body,
+                                    Nanos latency) {
+  routing::Outcome o;
+  o.status = status;
+  o.latency_ns = latency;
+  if (status < 400) {
+    o.kind = routing::OutcomeKind::success;
+  } else if (status == 429) {
+    o.kind = routing::OutcomeKind::http_429;
+    o.retry_after_ns = parse_retry_after(h.get("retry-after"));
+  } else if (status >= 500) {
+    o.kind = routing::OutcomeKind::http_5xx;
+    o.retry_after_ns = parse_retry_after(h.get("retry-after"));
+  } else {
+    o.kind = routing::OutcomeKind::client_error;
+    o.context_overflow = body.find("context_length_exceeded") != std::string_view::npos;
+  }
+  return o;
+}
+
+// Phases 7 and 8: pick a deployment (balancer, breakers, capacity), send, and answer. Retries go
+// to another deployment where there is one, with backoff and within the retry budget, and only
+// while nothing has reached the client; fallback models follow when a model has nothing left.
 asio::awaitable<void> forward(Ctx& c) {
-  const auto& deployments = c.group->deployments;
-  thread_local std::size_t rr = 0;
-  const std::size_t first = rr++;
-  auto body = providers::rewrite_request(c.req.body, deployments[first % deployments.size()].cfg->model,
-                                         c.llm.stream, 0);
-  Error last = make_error(502, "upstream_error", "upstream_unavailable", "No upstream answered.");
-  for (std::size_t i = 0; i < deployments.size(); ++i) {
-    const Deployment& d = deployments[(first + i) % deployments.size()];
-    if (i > 0) {
-      body = providers::rewrite_request(c.req.body, d.cfg->model, c.llm.stream, 0);
+  auto& router = c.sh.router;
+  auto& rng = thread_rng();
+  auto plan = router.plan(c.llm.model, SteadyClock::instance().now());
+  std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
+  std::optional<Error> last_error;
+  for (;;) {
+    Nanos now = SteadyClock::instance().now();
+    auto step = plan.next(now, rng);
+    if (!step.ticket) {
+      if (last_response) {
+        c.status = last_response->status;
+        c.bytes_out += last_response->body.size();
+        co_await c.w.send(std::move(*last_response));
+        co_return;
+      }
+      if (last_error && last_error->code == http::kUpstreamTimeout) {
+        co_await reply_error(c, *last_error);
+        co_return;
+      }
+      const double wait_s =
+          step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
+      Error e = make_error(503, "service_unavailable", "upstream_degraded",
+                           "The service is degraded: no deployment of '" + c.llm.model +
+                               "' or its fallbacks can take the request now (" +
+                               routing::to_string(step.failure) + "). Retry later.");
+      if (step.failure == routing::PickFailure::all_at_capacity) {
+        e = make_error(429, "rate_limit_exceeded", "upstream_capacity",
+                       "Every deployment of '" + c.llm.model +
+                           "' is at its provider capacity. Retry later.");
+      }
+      e.retry_after_s = std::max(1.0, wait_s);
+      if (last_error) c.error_code = last_error->code;
+      co_await reply_error(c, e);
+      co_return;
     }
+    routing::Ticket& ticket = *step.ticket;
+    const auto& dep_cfg = ticket.deployment();
+    const Deployment* d = c.rt->deployment(dep_cfg.id);
+    if (!d) {  // a reload removed it between pick and use
+      routing::Outcome o;
+      o.kind = routing::OutcomeKind::cancelled;
+      plan.finish(ticket, o, now, false, rng);
+      continue;
+    }
+    auto body = providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, 0);
     if (!body) {
       co_await reply_error(c, body.error());
       co_return;
     }
     ++c.attempts;
-    c.upstream = d.cfg->id;
-    c.model_served = c.group->cfg->name;
+    c.upstream = dep_cfg.id;
+    c.model_served = ticket.group();
+    router.on_start(ticket, now);
+    const Nanos sent_at = now;
     auto& pool = http::ClientPool::for_this_thread();
-    auto resp = co_await pool.send(d.provider->endpoint,
-                                   build_upstream_request(c, d, body.value()),
-                                   d.provider->cfg->timeouts);
+    auto resp = co_await pool.send(d->provider->endpoint,
+                                   build_upstream_request(c, *d, std::move(body.value())),
+                                   d->provider->cfg->timeouts);
     if (!resp) {
-      last = resp.error();
-      if (resp.error().code == http::kUpstreamConnectError) continue;
-      break;
+      now = SteadyClock::instance().now();
+      auto o = outcome_for_error(resp.error(), now - sent_at);
+      last_error = resp.error();
+      last_response.reset();
+      auto decision = plan.finish(ticket, o, now, false, rng);
+      if (decision.retry()) {
+        co_await sleep_for(decision.delay);
+        continue;
+      }
+      if (decision.verdict == routing::RetryVerdict::attempts_exhausted ||
+          decision.verdict == routing::RetryVerdict::deadline ||
+          decision.verdict == routing::RetryVerdict::budget_exhausted ||
+          decision.verdict == routing::RetryVerdict::not_retryable) {
+        co_await reply_error(c, resp.error());
+        co_return;
+      }
+      continue;
     }
     auto& up = resp.value();
     http::Headers headers;
     headers.add("x-request-id", c.request_id);
     headers.add("x-bellwether-model", c.model_served);
+    if (c.model_served != c.llm.model) headers.add("x-bellwether-fallback-from", c.llm.model);
+    for (const auto& [k, v] : c.extra.items()) headers.add(k, v);
     copy_response_headers(up.headers(), headers);
     const bool is_sse = up.headers().get("content-type").starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       co_await relay_stream(c, up, std::move(headers));
+      now = SteadyClock::instance().now();
+      routing::Outcome o;
+      o.status = 200;
+      o.latency_ns = now - sent_at;
+      o.ttft_ns = c.ttft;
+      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+      o.kind = c.cancelled ? routing::OutcomeKind::cancelled
+               : c.error_code.empty() ? routing::OutcomeKind::success
+                                      : routing::OutcomeKind::http_5xx;
+      plan.finish(ticket, o, now, true, rng);
       co_return;
     }
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
+    now = SteadyClock::instance().now();
     if (!all) {
-      last = all.error();
-      break;
+      auto o = outcome_for_error(all.error(), now - sent_at);
+      last_error = all.error();
+      last_response.reset();
+      auto decision = plan.finish(ticket, o, now, false, rng);
+      if (decision.retry()) {
+        co_await sleep_for(decision.delay);
+        continue;
+      }
+      co_await reply_error(c, all.error());
+      co_return;
     }
-    if (c.ttft < 0) c.ttft = SteadyClock::instance().now() - c.start;
-    if (up.status() == 200) c.usage = providers::extract_usage(*all);
+    if (c.ttft < 0) c.ttft = now - c.start;
+    auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
+    if (up.status() == 200) {
+      c.usage = providers::extract_usage(*all);
+      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    }
     Response r;
     r.status = up.status();
     r.headers = std::move(headers);
@@ -338,13 +478,78 @@ asio::awaitable<void> forward(Ctx& c) {
       r.headers.add("retry-after", std::string(ra));
     }
     r.body = std::move(all.value());
+    auto decision = plan.finish(ticket, o, now, false, rng);
+    if (decision.retry()) {
+      last_response = std::move(r);
+      last_error.reset();
+      c.error_code = "upstream_" + std::to_string(up.status());
+      co_await sleep_for(decision.delay);
+      continue;
+    }
     c.status = r.status;
     if (r.status >= 400) c.error_code = "upstream_" + std::to_string(r.status);
     c.bytes_out += r.body.size();
     co_await c.w.send(std::move(r));
     co_return;
   }
-  co_await reply_error(c, last);
+}
+
+// Phase 4: every applicable limit is checked at once, all or nothing. A limit set to `wait`
+// holds the request until it would pass (bounded by the limit's own retry time and the request
+// deadline) instead of refusing it.
+asio::awaitable<bool> rate_limit(Ctx& c) {
+  const auto& cfg = c.rt->config();
+  limits::RequestScope scope;
+  scope.key_id = c.key->cfg->name;
+  scope.tenant_id = c.key->cfg->tenant;
+  scope.client_ip = c.client_ip;
+  scope.endpoint = c.req.path();
+  scope.model = c.llm.model;
+  scope.plan = c.plan;
+  scope.key_overrides = c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
+  const std::int64_t output_cap =
+      c.llm.endpoint == Endpoint::kEmbeddings
+          ? 0
+          : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
+  c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) + output_cap;
+  const Nanos deadline = c.start + cfg.retry.deadline;
+  for (;;) {
+    const Nanos now = SteadyClock::instance().now();
+    c.verdict = c.sh.limiter->check(scope, c.reserved_tokens, now);
+    auto& v = c.verdict;
+    c.extra = http::Headers();
+    if (v.requests.present) {
+      c.extra.add("x-ratelimit-limit-requests", std::to_string(v.requests.limit));
+      c.extra.add("x-ratelimit-remaining-requests", std::to_string(v.requests.remaining));
+      c.extra.add("x-ratelimit-reset-requests", limits::format_reset(v.requests.reset_after));
+    }
+    if (v.tokens.present) {
+      c.extra.add("x-ratelimit-limit-tokens", std::to_string(v.tokens.limit));
+      c.extra.add("x-ratelimit-remaining-tokens", std::to_string(v.tokens.remaining));
+      c.extra.add("x-ratelimit-reset-tokens", limits::format_reset(v.tokens.reset_after));
+    }
+    if (!v.shadow_rejections.empty()) {
+      c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
+      spdlog::info("shadow limit would reject request {} (key {}): {}", c.request_id,
+                   c.key->cfg->name, v.shadow_rejections.front());
+    }
+    if (v.allowed) co_return true;
+    if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline) {
+      co_await sleep_for(v.retry_after_ns);
+      continue;
+    }
+    Error e = make_error(429, "rate_limit_exceeded", "rate_limit_exceeded",
+                         "Rate limit reached for limit '" + v.limit_name + "' of key '" +
+                             c.key->cfg->name + "'. Retry after the time in Retry-After.");
+    if (v.retry_after_ns != limits::kNever) {
+      e.retry_after_s = std::max(0.001, to_seconds(v.retry_after_ns));
+    } else {
+      e.message = "The request is larger than the limit '" + v.limit_name + "' can ever admit.";
+    }
+    c.error_code = "rate_limited:" + v.limit_name;
+    co_await reply_error(c, e);
+    co_return false;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,11 +568,20 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   auto group = resolve(*c.rt, *c.key, c.llm.model);
   if (!group) co_return co_await reply_error(c, group.error());
   c.group = *group;
+  c.plan = c.rt->config().plan(c.key->cfg->plan);
 
-  // 3 cache, 4 rate limit, 5 cost guard, 6 admission: see the modules wired in gateway.cc.
+  // 4 rate limit
+  if (!co_await rate_limit(c)) co_return;
 
   // 7 forward and 8 respond
   co_await forward(c);
+}
+
+// Phase 9 (part): token reservations are corrected to real usage, also after errors.
+void settle_limits(Ctx& c) {
+  if (c.verdict.reservation.token_limits.empty() || c.verdict.reservation.settled) return;
+  std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
+  c.sh.limiter->settle(c.verdict.reservation, actual, SteadyClock::instance().now());
 }
 
 asio::awaitable<void> send_json(Ctx& c, int status, std::string body) {
@@ -382,7 +596,7 @@ struct Route {
   std::string_view path;
   std::string_view method;
 };
-constexpr std::array<Route, 9> kRoutes = {{{"/v1/chat/completions", "POST"},
+constexpr std::array<Route, 10> kRoutes = {{{"/admin/breakers", "GET"},{"/v1/chat/completions", "POST"},
                                            {"/v1/completions", "POST"},
                                            {"/v1/embeddings", "POST"},
                                            {"/v1/models", "GET"},
@@ -399,7 +613,8 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   Ctx c{sh, sh.runtime->load(), req, w};
   c.start = SteadyClock::instance().now();
   c.request_id = request_id_for(req);
-  c.client_ip = req.peer_ip;
+  c.client_ip = limits::client_ip(req.peer_ip, req.header("x-forwarded-for"),
+                                  c.rt->config().trusted_cidrs);
   sh.requests.fetch_add(1, std::memory_order_relaxed);
   const auto path = req.path();
   const auto& cfg = c.rt->config();
@@ -456,6 +671,9 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
     if (!admin_authorized(*c.rt, req)) {
       co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_admin_key",
                                          "The admin API needs the admin (master) key."));
+    } else if (path == "/admin/breakers") {
+      co_await send_json(c, 200,
+                         routing::status_json(sh.router.status(SteadyClock::instance().now())));
     } else {
       JsonWriter j;
       j.begin_object()
@@ -471,7 +689,43 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                        "Not available yet: " + std::string(path)));
   }
   // 9 settle: always runs, also after errors and disconnects.
+  settle_limits(c);
   write_access_log(c);
+}
+
+Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
+  routing::RouterConfig rc;
+  rc.breaker = cfg.breaker;
+  rc.retry = cfg.retry;
+  rc.ewma_tau = cfg.ewma_tau;
+  for (const auto& g : cfg.model_groups) {
+    routing::ModelGroupConfig rg;
+    rg.name = g.name;
+    rg.balancer = routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
+    rg.fallbacks = g.fallbacks;
+    rg.context_fallback = g.context_fallback;
+    for (const auto& d : g.deployments) {
+      routing::DeploymentConfig rd;
+      rd.id = d.id;
+      rd.provider = d.provider;
+      rd.model = d.model;
+      rd.weight = static_cast<std::uint32_t>(d.weight);
+      rd.rpm = d.rpm;
+      rd.tpm = d.tpm;
+      rg.deployments.push_back(std::move(rd));
+    }
+    rc.groups.push_back(std::move(rg));
+  }
+  if (auto r = sh.router.reload(std::move(rc)); !r) return r;
+  auto lc = std::make_shared<limits::LimiterConfig>();
+  lc->limits = cfg.limits;
+  if (!sh.limiter) {
+    sh.limit_store = std::make_shared<limits::MemoryLimitStore>();
+    sh.limiter = std::make_unique<limits::Limiter>(lc, sh.limit_store);
+  } else {
+    sh.limiter->reload(lc);
+  }
+  return Ok{};
 }
 
 }  // namespace bw::gateway

@@ -9,15 +9,28 @@
 #include "gateway/access_log.h"
 #include "gateway/runtime.h"
 #include "http/server.h"
+#include "limits/limiter.h"
+#include "limits/memory_limit_store.h"
+#include "routing/dead_letter.h"
+#include "routing/router.h"
 
 namespace bw::gateway {
 
+// State that outlives config reloads: limit buckets, breaker state, the access log.
 struct Shared {
   std::atomic<std::shared_ptr<const Runtime>>* runtime = nullptr;
   std::unique_ptr<AccessLog> access_log;
   std::atomic<bool> draining{false};
   std::atomic<std::uint64_t> requests{0};
+  std::shared_ptr<limits::MemoryLimitStore> limit_store;
+  std::unique_ptr<limits::Limiter> limiter;
+  routing::Router router;
+  std::unique_ptr<routing::DeadLetterQueue> dead_letters;
+  std::atomic<std::uint64_t> shadow_rejections{0};
 };
+
+// Applies a (new) config to the long-lived state: limits and routing.
+Result<Ok> apply_config(Shared& shared, const config::Config& cfg);
 
 // Entry point for every request on the data-plane listener (admin=false) or the admin listener.
 boost::asio::awaitable<void> handle_request(Shared& shared, http::Request& req,

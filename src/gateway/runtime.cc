@@ -35,6 +35,9 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
     }
     groups_.emplace(g.name, std::move(group));
   }
+  for (const auto& [name, g] : groups_) {
+    for (const auto& d : g.deployments) deployments_.emplace(d.cfg->id, &d);
+  }
   for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
 
   JsonWriter j;
@@ -54,6 +57,11 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
 const ModelGroup* Runtime::group(std::string_view model) const {
   auto it = groups_.find(std::string(model));
   return it == groups_.end() ? nullptr : &it->second;
+}
+
+const Deployment* Runtime::deployment(const std::string& id) const {
+  auto it = deployments_.find(id);
+  return it == deployments_.end() ? nullptr : it->second;
 }
 
 const KeyInfo* Runtime::key_by_hash(const std::string& hex_hash) const {

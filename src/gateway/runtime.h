@@ -42,6 +42,7 @@ class Runtime {
   std::shared_ptr<const config::Config> config_ptr() const { return cfg_; }
   const ModelGroup* group(std::string_view model) const;
   const KeyInfo* key_by_hash(const std::string& hex_hash) const;
+  const Deployment* deployment(const std::string& id) const;
   const std::string& models_json() const { return models_json_; }
 
  private:
@@ -49,6 +50,7 @@ class Runtime {
   std::unordered_map<std::string, Provider> providers_;
   std::unordered_map<std::string, ModelGroup> groups_;
   std::unordered_map<std::string, KeyInfo> keys_;
+  std::unordered_map<std::string, const Deployment*> deployments_;
   std::string models_json_;
 };
 

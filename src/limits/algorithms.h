@@ -1,0 +1,99 @@
+#pragma once
+// Pure rate-limit algorithms with exact integer arithmetic in nanoseconds.
+//
+// All three meters share one model: a limit admits at most `capacity = rate + burst` units at
+// once and regains `rate` units per `period`. Costs are whole units (1 per request, n per token
+// batch). Fractions of a unit are carried exactly (never rounded), so over any run the number of
+// admitted units equals the closed-form allowance to the unit.
+//
+// Contract: every function is pure (no clock reads, no I/O, no allocation); the caller passes
+// `now`. States are plain values and not thread safe; the LimitStore serialises access to them.
+// `check` never mutates, `consume` mutates only when the decision is `allowed`, so a caller can
+// check several limits first and consume all or none. `adjust` corrects a charge after the fact
+// (positive: more cost, may go into debt; negative: refund, never below empty).
+#include <array>
+#include <cstdint>
+#include <limits>
+
+#include "common/clock.h"
+
+namespace bw::limits {
+
+// retry_after for a cost that can never pass (cost > capacity).
+inline constexpr Nanos kNever = std::numeric_limits<Nanos>::max();
+
+struct Decision {
+  bool allowed = true;
+  std::int64_t limit = 0;      // capacity (rate + burst), the most the bucket ever admits at once
+  std::int64_t remaining = 0;  // whole units left after this request (or now, when rejected)
+  Nanos retry_after = 0;       // 0 when allowed; else exact ns until this cost would pass; kNever
+  Nanos reset_after = 0;       // ns until the bucket is completely full/empty of usage again
+};
+
+// Normalised parameters of one limit. rate >= 1, period >= 1 ns, burst >= 0.
+struct BucketParams {
+  std::int64_t rate = 1;
+  Nanos period = kNanosPerSecond;
+  std::int64_t burst = 0;
+  std::int64_t capacity() const { return rate + burst; }
+};
+
+// GCRA: the state is the theoretical arrival time (TAT) of the next unit, kept exactly as
+// tat + frac/rate ns. Identical admissions to the token bucket, smaller state, no last-update time.
+// The rate and period the TAT was computed with are kept so that a reload that changes them
+// preserves the units used rather than the time to drain.
+struct GcraState {
+  Nanos tat = std::numeric_limits<Nanos>::min();  // min() = never used (empty)
+  std::int64_t frac = 0;                          // sub-ns part of TAT, in 1/rate ns, [0, rate)
+  std::int64_t rate = 0;                          // params of tat/frac
+  Nanos period = 0;
+};
+
+// Token bucket: whole tokens plus an exact fraction (in 1/period of a token) as of `last`.
+struct TokenBucketState {
+  std::int64_t tokens = 0;
+  std::int64_t frac = 0;                           // [0, period)
+  Nanos last = std::numeric_limits<Nanos>::min();  // min() = never used (full)
+};
+
+// Sliding window over sub-window buckets. The window W = period is cut into kSlots slots of
+// g = W / kSlots; a request is counted against every slot that intersects [now - W - g, now].
+// Guarantee: in ANY interval of length W at most `capacity` units are admitted (no edge double
+// burst). Error: usage is forgotten up to g later than an exact log would forget it, i.e. a
+// request may be rejected for at most g = W/20 longer than strictly necessary.
+struct SlidingWindowState {
+  static constexpr int kSlots = 20;                              // sub-windows per window
+  static constexpr int kRing = kSlots + 1;                       // slots counted at any time
+  std::int64_t head = std::numeric_limits<std::int64_t>::min();  // newest slot index in the ring
+  Nanos slot = 0;  // slot width the indexes refer to (a reload may change the period)
+  std::array<std::int64_t, kRing> counts{};
+};
+
+struct Gcra {
+  static Decision check(const GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now);
+  static Decision consume(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now);
+  static void adjust(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now);
+  // Time from which the state carries no information (equals a fresh state).
+  static Nanos idle_at(const GcraState& s, const BucketParams& p, Nanos now);
+};
+
+struct TokenBucket {
+  static Decision check(const TokenBucketState& s, const BucketParams& p, std::int64_t cost,
+                        Nanos now);
+  static Decision consume(TokenBucketState& s, const BucketParams& p, std::int64_t cost, Nanos now);
+  static void adjust(TokenBucketState& s, const BucketParams& p, std::int64_t delta, Nanos now);
+  static Nanos idle_at(const TokenBucketState& s, const BucketParams& p, Nanos now);
+};
+
+struct SlidingWindow {
+  static Decision check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
+                        Nanos now);
+  static Decision consume(SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
+                          Nanos now);
+  static void adjust(SlidingWindowState& s, const BucketParams& p, std::int64_t delta, Nanos now);
+  static Nanos idle_at(const SlidingWindowState& s, const BucketParams& p, Nanos now);
+  // Slot width g for a window: period / kSlots, at least 1 ns.
+  static Nanos slot_width(const BucketParams& p);
+};
+
+}  // namespace bw::limits

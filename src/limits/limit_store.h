@@ -1,0 +1,53 @@
+#pragma once
+// LimitStore: where bucket state lives. One call checks every limit of a request atomically, so
+// the same interface fits the in-process store and a Redis store (one Lua script per request).
+//
+// Contract of check_and_consume (all-or-nothing):
+//  * every check is evaluated against the state as of `now`;
+//  * if every ENFORCED check passes, each enforced check consumes its cost, and each SHADOW check
+//    consumes only if it passed (so a shadow bucket simulates exactly what enforcement would do);
+//  * if any enforced check fails, nothing is consumed and no state is created ("no trace");
+//  * shadow checks never block; a failed shadow check is reported via `allowed == false` on its
+//    own result while the batch stays allowed.
+// Keys within one batch may repeat; later checks then see the earlier checks' tentative usage.
+// Implementations are thread safe.
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include <boost/container/small_vector.hpp>
+
+#include "common/clock.h"
+#include "limits/algorithms.h"
+#include "limits/limit_spec.h"
+
+namespace bw::limits {
+
+struct LimitCheck {
+  std::string_view key;   // bucket identity: limit name + scope id (stable across reloads)
+  const LimitSpec* spec;  // parameters for this call; the store never keeps the pointer
+  std::int64_t cost = 1;  // >= 0
+};
+
+struct CheckResult {
+  Decision decision;      // on an allowed batch: after consumption; else: state unchanged
+  bool consumed = false;  // this check's cost was charged (needed to refund it later)
+};
+
+struct BatchResult {
+  bool allowed = true;    // every enforced check passed (and the store had room)
+  bool overflow = false;  // rejected because the store is at its entry cap (kReject policy)
+  Nanos retry_after = 0;  // with overflow: when to retry
+  boost::container::small_vector<CheckResult, 8> results;  // same order as the checks
+};
+
+class LimitStore {
+ public:
+  virtual ~LimitStore() = default;
+  virtual BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) = 0;
+  // delta > 0 charges more (may go into debt); delta < 0 refunds (never below empty).
+  virtual void adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta,
+                      Nanos now) = 0;
+};
+
+}  // namespace bw::limits

@@ -1,0 +1,391 @@
+#include "limits/memory_limit_store.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+#include <variant>
+
+namespace bw::limits {
+namespace {
+
+// 128 bits make an accidental merge of two buckets practically impossible (p ~ n^2 / 2^129),
+// and the per-process random seed keeps chosen keys from colliding on purpose.
+struct KeyHash {
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  bool operator==(const KeyHash&) const = default;
+};
+
+struct KeyHashHasher {
+  // noexcept + cheap: libstdc++ then does not cache the hash in each node (saves 8 bytes/key).
+  std::size_t operator()(const KeyHash& k) const noexcept { return k.lo; }
+};
+
+std::uint64_t mum(std::uint64_t a, std::uint64_t b) {
+  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
+}
+
+KeyHash hash_key(std::string_view s, std::uint64_t seed) {
+  constexpr std::uint64_t k1 = 0xa0761d6478bd642full, k2 = 0xe7037ed1a0b428dbull,
+                          k3 = 0x8ebc6af09c88c6e3ull, k4 = 0x589965cc75374cc3ull;
+  std::uint64_t a = seed ^ k1, b = (seed * k2) ^ k3;
+  std::size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    a = mum(a ^ w, k2);
+    b = mum(b ^ w ^ k4, k3) + a;
+  }
+  std::uint64_t tail = 0;
+  std::memcpy(&tail, s.data() + i, s.size() - i);
+  a = mum(a ^ tail ^ (static_cast<std::uint64_t>(s.size()) << 56), k2);
+  b = mum(b ^ tail ^ k4, k3) + a;
+  return KeyHash{mum(a ^ k1, b ^ k4), mum(b ^ k2, a ^ k3)};
+}
+
+using StoredState = std::variant<GcraState, TokenBucketState, std::unique_ptr<SlidingWindowState>>;
+
+struct Entry {
+  Nanos idle_at = 0;  // from then on the bucket equals a fresh one and may be deleted
+  StoredState state;
+};
+
+constexpr std::size_t kMinSweepSize = 1024;
+
+// A bucket's state while a batch is evaluated; committed only if the batch passes.
+struct Working {
+  KeyHash key;
+  std::size_t shard = 0;
+  Entry* entry = nullptr;  // existing entry, or null for a new bucket
+  Algorithm algorithm = Algorithm::kGcra;
+  const LimitSpec* spec = nullptr;  // spec of the last check that touched it
+  GcraState gcra;
+  TokenBucketState tb;
+  SlidingWindowState sw;
+  bool touched = false;
+  bool untracked = false;
+};
+
+std::size_t variant_index(Algorithm a) {
+  return static_cast<std::size_t>(a);
+}
+
+void load(Working& w, Algorithm algorithm) {
+  w.algorithm = algorithm;
+  w.gcra = {};
+  w.tb = {};
+  w.sw = {};
+  // A reload that changed a limit's algorithm starts that bucket afresh.
+  if (!w.entry || w.entry->state.index() != variant_index(algorithm)) return;
+  switch (algorithm) {
+    case Algorithm::kGcra:
+      w.gcra = std::get<GcraState>(w.entry->state);
+      break;
+    case Algorithm::kTokenBucket:
+      w.tb = std::get<TokenBucketState>(w.entry->state);
+      break;
+    case Algorithm::kSlidingWindow: {
+      const auto& p = std::get<std::unique_ptr<SlidingWindowState>>(w.entry->state);
+      if (p) w.sw = *p;
+      break;
+    }
+  }
+}
+
+Decision run(Working& w, const BucketParams& p, std::int64_t cost, Nanos now, bool mutate) {
+  switch (w.algorithm) {
+    case Algorithm::kGcra:
+      return mutate ? Gcra::consume(w.gcra, p, cost, now) : Gcra::check(w.gcra, p, cost, now);
+    case Algorithm::kTokenBucket:
+      return mutate ? TokenBucket::consume(w.tb, p, cost, now)
+                    : TokenBucket::check(w.tb, p, cost, now);
+    case Algorithm::kSlidingWindow:
+      return mutate ? SlidingWindow::consume(w.sw, p, cost, now)
+                    : SlidingWindow::check(w.sw, p, cost, now);
+  }
+  return {};
+}
+
+void adjust_working(Working& w, const BucketParams& p, std::int64_t delta, Nanos now) {
+  switch (w.algorithm) {
+    case Algorithm::kGcra:
+      Gcra::adjust(w.gcra, p, delta, now);
+      break;
+    case Algorithm::kTokenBucket:
+      TokenBucket::adjust(w.tb, p, delta, now);
+      break;
+    case Algorithm::kSlidingWindow:
+      SlidingWindow::adjust(w.sw, p, delta, now);
+      break;
+  }
+}
+
+Nanos idle_at(const Working& w, const BucketParams& p, Nanos now) {
+  switch (w.algorithm) {
+    case Algorithm::kGcra:
+      return Gcra::idle_at(w.gcra, p, now);
+    case Algorithm::kTokenBucket:
+      return TokenBucket::idle_at(w.tb, p, now);
+    case Algorithm::kSlidingWindow:
+      return SlidingWindow::idle_at(w.sw, p, now);
+  }
+  return now;
+}
+
+void store(Entry& e, const Working& w, Nanos idle) {
+  e.idle_at = idle;
+  switch (w.algorithm) {
+    case Algorithm::kGcra:
+      e.state = w.gcra;
+      break;
+    case Algorithm::kTokenBucket:
+      e.state = w.tb;
+      break;
+    case Algorithm::kSlidingWindow:
+      if (auto* p = std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state); p && *p) {
+        **p = w.sw;
+      } else {
+        e.state = std::make_unique<SlidingWindowState>(w.sw);
+      }
+      break;
+  }
+}
+
+}  // namespace
+
+struct alignas(64) MemoryLimitStore::Shard {
+  std::mutex mu;
+  std::unordered_map<KeyHash, Entry, KeyHashHasher> map;
+  std::size_t sweep_at = kMinSweepSize;
+  Nanos last_full_sweep = std::numeric_limits<Nanos>::min();
+  std::uint64_t evicted = 0;
+
+  std::size_t sweep(Nanos now) {
+    const std::size_t removed =
+        std::erase_if(map, [now](const auto& kv) { return kv.second.idle_at <= now; });
+    evicted += removed;
+    sweep_at = std::max(kMinSweepSize, 2 * map.size());
+    return removed;
+  }
+
+  // Called with the lock held, before any entry pointer of this batch is taken.
+  void maintain(Nanos now, std::size_t cap, Nanos full_interval) {
+    if (map.size() >= sweep_at) {
+      sweep(now);
+    } else if (map.size() >= cap && (last_full_sweep == std::numeric_limits<Nanos>::min() ||
+                                     now - last_full_sweep >= full_interval)) {
+      last_full_sweep = now;
+      sweep(now);
+    }
+  }
+};
+
+MemoryLimitStore::MemoryLimitStore(MemoryLimitStoreOptions options) : options_(options) {
+  const std::size_t n = std::bit_ceil(std::max<std::size_t>(options_.shards, 1));
+  shard_mask_ = n - 1;
+  shard_cap_ = std::max<std::size_t>(1, (options_.max_entries + n - 1) / n);
+  seed_ = options_.hash_seed;
+  if (seed_ == 0) {
+    std::random_device rd;
+    seed_ = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^ 0x9e3779b97f4a7c15ull;
+  }
+  shards_ = std::make_unique<Shard[]>(n);
+}
+
+MemoryLimitStore::~MemoryLimitStore() = default;
+
+BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> checks, Nanos now) {
+  BatchResult out;
+  out.results.resize(checks.size());
+  if (checks.empty()) return out;
+
+  boost::container::small_vector<Working, 8> work;
+  boost::container::small_vector<std::size_t, 8> slot(checks.size());
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    const KeyHash h = hash_key(checks[i].key, seed_);
+    auto it = std::find_if(work.begin(), work.end(), [&](const Working& w) { return w.key == h; });
+    if (it == work.end()) {
+      Working w;
+      w.key = h;
+      w.shard = static_cast<std::size_t>(h.hi) & shard_mask_;
+      work.push_back(w);
+      it = work.end() - 1;
+    }
+    slot[i] = static_cast<std::size_t>(it - work.begin());
+  }
+
+  // Lock in ascending shard order so that overlapping batches cannot deadlock.
+  boost::container::small_vector<std::size_t, 8> locked;
+  for (const Working& w : work) locked.push_back(w.shard);
+  std::sort(locked.begin(), locked.end());
+  locked.erase(std::unique(locked.begin(), locked.end()), locked.end());
+  for (std::size_t s : locked) shards_[s].mu.lock();
+  struct Unlock {
+    Shard* shards;
+    const boost::container::small_vector<std::size_t, 8>& ids;
+    ~Unlock() {
+      for (auto it = ids.rbegin(); it != ids.rend(); ++it) shards[*it].mu.unlock();
+    }
+  } unlock{shards_.get(), locked};
+
+  for (std::size_t s : locked) {
+    shards_[s].maintain(now, shard_cap_, options_.full_sweep_interval);
+  }
+  for (Working& w : work) {
+    auto& map = shards_[w.shard].map;
+    auto it = map.find(w.key);
+    w.entry = it == map.end() ? nullptr : &it->second;
+  }
+
+  // Phase 1: evaluate every check on tentative copies.
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    Working& w = work[slot[i]];
+    const LimitSpec& spec = *checks[i].spec;
+    if (!w.touched || w.algorithm != spec.algorithm) {
+      load(w, spec.algorithm);
+      w.touched = true;
+    }
+    w.spec = &spec;
+    CheckResult& r = out.results[i];
+    r.decision = run(w, spec.params(), checks[i].cost, now, /*mutate=*/true);
+    r.consumed = r.decision.allowed;
+    if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
+  }
+
+  // A bucket is written only if some check on it consumed; a failed shadow check leaves no trace.
+  boost::container::small_vector<bool, 8> commit(work.size(), false);
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    if (out.results[i].consumed) commit[slot[i]] = true;
+  }
+
+  // Room for the new buckets this batch would create.
+  if (out.allowed) {
+    boost::container::small_vector<std::size_t, 8> added;  // shard of each new bucket so far
+    for (std::size_t k = 0; k < work.size(); ++k) {
+      Working& w = work[k];
+      if (w.entry || !commit[k]) continue;
+      const auto pending =
+          static_cast<std::size_t>(std::count(added.begin(), added.end(), w.shard));
+      if (shards_[w.shard].map.size() + pending < shard_cap_) {
+        added.push_back(w.shard);
+        continue;
+      }
+      overflows_.fetch_add(1, std::memory_order_relaxed);
+      if (options_.overflow == OverflowPolicy::kReject) {
+        out.allowed = false;
+        out.overflow = true;
+        out.retry_after = options_.overflow_retry_after;
+        break;
+      }
+      w.untracked = true;
+    }
+  }
+
+  if (!out.allowed) {
+    // Nothing is kept; report the untouched state of the checks that would have passed.
+    for (Working& w : work) w.touched = false;
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      CheckResult& r = out.results[i];
+      r.consumed = false;
+      if (!r.decision.allowed && !out.overflow) continue;
+      Working& w = work[slot[i]];
+      const LimitSpec& spec = *checks[i].spec;
+      if (!w.touched || w.algorithm != spec.algorithm) {
+        load(w, spec.algorithm);
+        w.touched = true;
+      }
+      const Decision current = run(w, spec.params(), 0, now, /*mutate=*/false);
+      r.decision.remaining = current.remaining;
+      r.decision.reset_after = current.reset_after;
+      if (out.overflow) {
+        r.decision.allowed = false;
+        r.decision.retry_after = options_.overflow_retry_after;
+      }
+    }
+    return out;
+  }
+
+  // Phase 2: commit.
+  for (std::size_t k = 0; k < work.size(); ++k) {
+    Working& w = work[k];
+    if (!commit[k] || w.untracked) continue;
+    const Nanos idle = idle_at(w, w.spec->params(), now);
+    if (w.entry) {
+      store(*w.entry, w, idle);
+    } else if (idle > now) {
+      Entry e;
+      store(e, w, idle);
+      shards_[w.shard].map.emplace(w.key, std::move(e));
+    }
+  }
+  return out;
+}
+
+void MemoryLimitStore::adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta,
+                              Nanos now) {
+  if (delta == 0) return;
+  const KeyHash h = hash_key(key, seed_);
+  Shard& shard = shards_[static_cast<std::size_t>(h.hi) & shard_mask_];
+  std::lock_guard lock(shard.mu);
+  auto it = shard.map.find(h);
+  if (it == shard.map.end()) {
+    if (delta < 0) return;  // an untracked bucket is already empty
+    if (shard.map.size() >= shard_cap_) {
+      overflows_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  Working w;
+  w.entry = it == shard.map.end() ? nullptr : &it->second;
+  load(w, spec.algorithm);
+  const BucketParams p = spec.params();
+  adjust_working(w, p, delta, now);
+  const Nanos idle = idle_at(w, p, now);
+  if (w.entry) {
+    if (idle <= now) {
+      shard.map.erase(it);
+      ++shard.evicted;
+    } else {
+      store(*w.entry, w, idle);
+    }
+  } else if (idle > now) {
+    Entry e;
+    store(e, w, idle);
+    shard.map.emplace(h, std::move(e));
+  }
+}
+
+std::size_t MemoryLimitStore::evict_idle(Nanos now) {
+  std::size_t removed = 0;
+  for (std::size_t s = 0; s <= shard_mask_; ++s) {
+    std::lock_guard lock(shards_[s].mu);
+    removed += shards_[s].sweep(now);
+  }
+  return removed;
+}
+
+std::size_t MemoryLimitStore::size() const {
+  std::size_t n = 0;
+  for (std::size_t s = 0; s <= shard_mask_; ++s) {
+    std::lock_guard lock(shards_[s].mu);
+    n += shards_[s].map.size();
+  }
+  return n;
+}
+
+MemoryLimitStoreStats MemoryLimitStore::stats() const {
+  MemoryLimitStoreStats st;
+  for (std::size_t s = 0; s <= shard_mask_; ++s) {
+    std::lock_guard lock(shards_[s].mu);
+    st.entries += shards_[s].map.size();
+    st.evicted += shards_[s].evicted;
+  }
+  st.overflows = overflows_.load(std::memory_order_relaxed);
+  return st;
+}
+
+}  // namespace bw::limits

@@ -1,0 +1,74 @@
+#pragma once
+// MemoryLimitStore: the in-process LimitStore (single node).
+//
+// Thread safety: all methods may be called from any thread. State is split over N shards, each a
+// mutex + hash map; a batch locks the shards it touches in ascending order (no deadlock) and holds
+// them for a few hundred ns of pure arithmetic, never across I/O.
+//
+// Memory: a bucket is stored as a 128-bit hash of its key (no key string), so an entry costs about
+// 90 bytes whatever the key length (sliding-window buckets add a 176-byte ring). A bucket whose
+// usage has fully drained equals a fresh one and is deleted: each shard sweeps itself whenever it
+// has doubled since its last sweep, and evict_idle() sweeps everything (call it from a timer).
+// `max_entries` is a hard cap; see OverflowPolicy for what happens at the cap.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "limits/limit_store.h"
+
+namespace bw::limits {
+
+enum class OverflowPolicy : std::uint8_t {
+  // A new bucket that does not fit is not stored: the request is judged against a fresh bucket
+  // and admitted if that passes. Existing buckets keep being enforced. Fails open for new keys,
+  // so that a flood of distinct IPs cannot lock out new legitimate clients.
+  kAllowUntracked,
+  // The whole batch is rejected (BatchResult::overflow) with retry_after = overflow_retry_after.
+  kReject,
+};
+
+struct MemoryLimitStoreOptions {
+  std::size_t shards = 64;              // rounded up to a power of two
+  std::size_t max_entries = 2'000'000;  // hard cap on tracked buckets (all shards)
+  OverflowPolicy overflow = OverflowPolicy::kAllowUntracked;
+  Nanos overflow_retry_after = kNanosPerSecond;  // Retry-After for kReject
+  // A full shard sweeps at most this often, so an attack at the cap cannot make every request
+  // pay for a scan.
+  Nanos full_sweep_interval = 100 * kNanosPerMilli;
+  std::uint64_t hash_seed = 0;  // 0: random per process (keys are attacker-chosen)
+};
+
+struct MemoryLimitStoreStats {
+  std::size_t entries = 0;
+  std::uint64_t evicted = 0;    // idle buckets deleted
+  std::uint64_t overflows = 0;  // new buckets refused by the cap
+};
+
+class MemoryLimitStore final : public LimitStore {
+ public:
+  explicit MemoryLimitStore(MemoryLimitStoreOptions options = {});
+  ~MemoryLimitStore() override;
+  MemoryLimitStore(const MemoryLimitStore&) = delete;
+  MemoryLimitStore& operator=(const MemoryLimitStore&) = delete;
+
+  BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) override;
+  void adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta, Nanos now) override;
+
+  // Deletes every bucket that is idle at `now`; returns how many.
+  std::size_t evict_idle(Nanos now);
+  std::size_t size() const;
+  MemoryLimitStoreStats stats() const;
+
+  struct Shard;
+
+ private:
+  MemoryLimitStoreOptions options_;
+  std::size_t shard_mask_;
+  std::size_t shard_cap_;
+  std::uint64_t seed_;
+  std::unique_ptr<Shard[]> shards_;
+  std::atomic<std::uint64_t> overflows_{0};
+};
+
+}  // namespace bw::limits

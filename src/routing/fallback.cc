@@ -1,0 +1,107 @@
+#include "routing/fallback.h"
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace bw::routing {
+
+std::optional<std::string> validate_fallbacks(const FallbackTable& table) {
+  // Sorted traversal so the reported error is deterministic.
+  std::vector<const std::string*> names;
+  names.reserve(table.size());
+  for (const auto& [name, _] : table) names.push_back(&name);
+  std::sort(names.begin(), names.end(), [](auto* a, auto* b) { return *a < *b; });
+
+  for (const std::string* name : names) {
+    const FallbackEntry& e = table.find(*name)->second;
+    std::unordered_set<std::string_view> listed;
+    for (const std::string& f : e.fallbacks) {
+      if (f == *name) return "model '" + *name + "': fallbacks list the model itself";
+      if (!table.contains(f)) return "model '" + *name + "': unknown fallback model '" + f + "'";
+      if (!listed.insert(f).second) {
+        return "model '" + *name + "': fallback model '" + f + "' listed twice (loop)";
+      }
+    }
+    if (!e.context_fallback.empty()) {
+      if (e.context_fallback == *name) {
+        return "model '" + *name + "': context_fallback is the model itself";
+      }
+      if (!table.contains(e.context_fallback)) {
+        return "model '" + *name + "': unknown context_fallback model '" + e.context_fallback + "'";
+      }
+    }
+  }
+  for (const std::string* name : names) {
+    std::vector<std::string_view> path{*name};
+    std::string_view cur = *name;
+    while (true) {
+      const std::string& next = table.find(cur)->second.context_fallback;
+      if (next.empty()) break;
+      if (std::find(path.begin(), path.end(), next) != path.end()) {
+        std::string msg = "context_fallback cycle: ";
+        for (auto p : path) msg.append(p).append(" -> ");
+        msg.append(next);
+        return msg;
+      }
+      path.push_back(next);
+      cur = next;
+    }
+  }
+  return std::nullopt;
+}
+
+AttemptPlanner::AttemptPlanner(const FallbackTable* table, std::string_view model) : table_(table) {
+  enter(model);
+}
+
+bool AttemptPlanner::seen(std::string_view m) const {
+  return std::find(visited_.begin(), visited_.end(), m) != visited_.end();
+}
+
+void AttemptPlanner::enter(std::string_view m) {
+  model_.assign(m);
+  exclude_ = 0;
+  visited_.emplace_back(m);
+  queue_.clear();
+  next_ = 0;
+  if (table_ == nullptr) return;
+  if (auto it = table_->find(m); it != table_->end()) queue_ = it->second.fallbacks;
+}
+
+AttemptPlanner::Move AttemptPlanner::on_unavailable(bool only_exclusions) {
+  // Pending chain entries come first: a fresh model beats one that just failed.
+  while (next_ < queue_.size()) {
+    std::string candidate = queue_[next_++];
+    if (seen(candidate)) continue;
+    // Keep the origin's remaining chain: entering a fallback must not replace it.
+    std::vector<std::string> rest(queue_.begin() + static_cast<std::ptrdiff_t>(next_),
+                                  queue_.end());
+    model_ = std::move(candidate);
+    exclude_ = 0;
+    visited_.push_back(model_);
+    queue_ = std::move(rest);
+    next_ = 0;
+    return Move::next_model;
+  }
+  if (only_exclusions && exclude_ != 0) {
+    exclude_ = 0;
+    return Move::same_model;
+  }
+  return Move::exhausted;
+}
+
+void AttemptPlanner::on_failed(std::uint32_t index) {
+  if (index < 64) exclude_ |= std::uint64_t{1} << index;
+}
+
+bool AttemptPlanner::on_context_overflow() {
+  if (table_ == nullptr) return false;
+  auto it = table_->find(model_);
+  if (it == table_->end() || it->second.context_fallback.empty()) return false;
+  const std::string target = it->second.context_fallback;
+  if (seen(target)) return false;
+  enter(target);
+  return true;
+}
+
+}  // namespace bw::routing

@@ -1,0 +1,113 @@
+#include "routing/retry.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace bw::routing {
+
+namespace {
+constexpr std::size_t kRequests = 0;
+constexpr std::size_t kRetries = 1;
+constexpr int kBudgetBuckets = 10;
+}  // namespace
+
+Nanos backoff_ceiling(const RetryConfig& cfg, int retry) {
+  if (retry < 1) retry = 1;
+  const double grown = static_cast<double>(cfg.base) * std::ldexp(1.0, std::min(retry - 1, 62));
+  return static_cast<Nanos>(std::min(grown, static_cast<double>(cfg.cap)));
+}
+
+Nanos full_jitter_backoff(const RetryConfig& cfg, int retry, Rng& rng) {
+  const Nanos ceiling = backoff_ceiling(cfg, retry);
+  if (ceiling <= 0) return 0;
+  return static_cast<Nanos>(rng.below(static_cast<std::uint64_t>(ceiling) + 1));
+}
+
+bool is_retryable(const RetryConfig& cfg, const Outcome& o) {
+  switch (o.kind) {
+    case OutcomeKind::connect_error:
+    case OutcomeKind::timeout:
+    case OutcomeKind::http_429:
+      return true;
+    case OutcomeKind::http_5xx:
+      return std::find(cfg.retry_statuses.begin(), cfg.retry_statuses.end(), o.status) !=
+             cfg.retry_statuses.end();
+    default:
+      return false;
+  }
+}
+
+RetryBudget::RetryBudget(const RetryConfig& cfg)
+    : ratio_(cfg.budget_ratio),
+      min_per_s_(cfg.budget_min_per_s),
+      window_(cfg.budget_window, kBudgetBuckets) {}
+
+void RetryBudget::reconfigure(const RetryConfig& cfg) {
+  std::lock_guard lock(mu_);
+  ratio_ = cfg.budget_ratio;
+  min_per_s_ = cfg.budget_min_per_s;
+  if (window_.window() != RollingWindow<2>(cfg.budget_window, kBudgetBuckets).window()) {
+    window_ = RollingWindow<2>(cfg.budget_window, kBudgetBuckets);
+  }
+}
+
+void RetryBudget::record_request(Nanos now) {
+  std::lock_guard lock(mu_);
+  window_.add(now, kRequests, 1);
+}
+
+bool RetryBudget::try_withdraw(Nanos now) {
+  std::lock_guard lock(mu_);
+  const double allowed = ratio_ * static_cast<double>(window_.sum(now, kRequests)) +
+                         min_per_s_ * to_seconds(window_.window());
+  if (static_cast<double>(window_.sum(now, kRetries) + 1) > allowed) return false;
+  window_.add(now, kRetries, 1);
+  return true;
+}
+
+std::int64_t RetryBudget::requests(Nanos now) const {
+  std::lock_guard lock(mu_);
+  return window_.sum(now, kRequests);
+}
+
+std::int64_t RetryBudget::retries(Nanos now) const {
+  std::lock_guard lock(mu_);
+  return window_.sum(now, kRetries);
+}
+
+const char* to_string(RetryVerdict v) {
+  switch (v) {
+    case RetryVerdict::retry:
+      return "retry";
+    case RetryVerdict::succeeded:
+      return "succeeded";
+    case RetryVerdict::not_retryable:
+      return "not_retryable";
+    case RetryVerdict::response_started:
+      return "response_started";
+    case RetryVerdict::attempts_exhausted:
+      return "attempts_exhausted";
+    case RetryVerdict::deadline:
+      return "deadline";
+    case RetryVerdict::budget_exhausted:
+      return "budget_exhausted";
+  }
+  return "unknown";
+}
+
+RetryDecision decide_retry(const RetryConfig& cfg, const AttemptState& st, const Outcome& o,
+                           Nanos now, RetryBudget* budget, Rng& rng) {
+  if (o.kind == OutcomeKind::success) return {RetryVerdict::succeeded, 0};
+  // Nobody is waiting for a cancelled request's answer.
+  if (o.kind == OutcomeKind::cancelled) return {RetryVerdict::not_retryable, 0};
+  if (!is_retryable(cfg, o)) return {RetryVerdict::not_retryable, 0};
+  if (st.response_started) return {RetryVerdict::response_started, 0};
+  if (st.attempts >= cfg.max_attempts) return {RetryVerdict::attempts_exhausted, 0};
+  const Nanos delay = std::max(full_jitter_backoff(cfg, st.attempts, rng), o.retry_after_ns);
+  if (now + delay >= st.deadline_at) return {RetryVerdict::deadline, 0};
+  // Withdraw last, so a retry that would be refused anyway does not spend budget.
+  if (budget != nullptr && !budget->try_withdraw(now)) return {RetryVerdict::budget_exhausted, 0};
+  return {RetryVerdict::retry, delay};
+}
+
+}  // namespace bw::routing

@@ -1,0 +1,284 @@
+#include "limits/algorithms.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <random>
+
+namespace bw::limits {
+namespace {
+
+constexpr Nanos kT0 = 1000 * kNanosPerSecond;
+constexpr Nanos kMs = kNanosPerMilli;
+
+// ---- exact sequences ----
+
+TEST(Gcra, BurstThenExactSpacing) {
+  const BucketParams p{10, kNanosPerSecond, 0};  // one unit per 100 ms, capacity 10
+  GcraState s;
+  for (int i = 0; i < 10; ++i) {
+    const Decision d = Gcra::consume(s, p, 1, kT0);
+    ASSERT_TRUE(d.allowed) << i;
+    EXPECT_EQ(d.limit, 10);
+    EXPECT_EQ(d.remaining, 9 - i);
+    EXPECT_EQ(d.reset_after, (i + 1) * 100 * kMs);
+  }
+  Decision d = Gcra::consume(s, p, 1, kT0);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.remaining, 0);
+  EXPECT_EQ(d.retry_after, 100 * kMs);
+  EXPECT_EQ(d.reset_after, kNanosPerSecond);
+  d = Gcra::consume(s, p, 1, kT0 + 100 * kMs - 1);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, 1);
+  EXPECT_TRUE(Gcra::consume(s, p, 1, kT0 + 100 * kMs).allowed);
+  EXPECT_FALSE(Gcra::consume(s, p, 1, kT0 + 100 * kMs).allowed);
+}
+
+TEST(Gcra, FractionalIntervalIsExactOverManySteps) {
+  const BucketParams p{3, kNanosPerSecond, 0};  // 333,333,333.33.. ns per unit
+  GcraState s;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Gcra::consume(s, p, 1, kT0).allowed);
+  for (std::int64_t k = 1; k <= 30; ++k) {
+    const Nanos due = kT0 + (k * kNanosPerSecond + 2) / 3;  // ceil(k * 1e9 / 3)
+    const Decision early = Gcra::check(s, p, 1, due - 1);
+    ASSERT_FALSE(early.allowed) << k;
+    ASSERT_EQ(early.retry_after, 1) << k;
+    ASSERT_TRUE(Gcra::consume(s, p, 1, due).allowed) << k;
+  }
+}
+
+TEST(Gcra, BurstAddsToCapacityAndCostOverCapacityNeverPasses) {
+  const BucketParams p{2, kNanosPerSecond, 3};  // capacity 5
+  GcraState s;
+  EXPECT_TRUE(Gcra::consume(s, p, 5, kT0).allowed);
+  Decision d = Gcra::consume(s, p, 2, kT0);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, kNanosPerSecond);  // 2 units at 2/s
+  EXPECT_EQ(d.reset_after, 2500 * kMs);
+  d = Gcra::check(GcraState{}, p, 6, kT0);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, kNever);
+  EXPECT_EQ(d.remaining, 5);
+}
+
+TEST(Gcra, CheckDoesNotConsume) {
+  const BucketParams p{1, kNanosPerSecond, 0};
+  GcraState s;
+  EXPECT_TRUE(Gcra::check(s, p, 1, kT0).allowed);
+  EXPECT_TRUE(Gcra::check(s, p, 1, kT0).allowed);
+  EXPECT_TRUE(Gcra::consume(s, p, 1, kT0).allowed);
+  EXPECT_FALSE(Gcra::check(s, p, 1, kT0).allowed);
+}
+
+TEST(Gcra, NoDoubleBurstAtWindowEdge) {
+  // A fixed one-second window would admit 10 at 0.999 s and 10 more at 1.000 s.
+  const BucketParams p{10, kNanosPerSecond, 0};
+  GcraState s;
+  int admitted = 0;
+  for (int i = 0; i < 20; ++i) admitted += Gcra::consume(s, p, 1, kT0 + 999 * kMs).allowed;
+  for (int i = 0; i < 20; ++i) admitted += Gcra::consume(s, p, 1, kT0 + 1000 * kMs).allowed;
+  EXPECT_EQ(admitted, 10);
+}
+
+TEST(Gcra, AdjustRefundsNeverBelowEmptyAndChargesDebt) {
+  const BucketParams p{100, kNanosPerSecond, 0};
+  GcraState s;
+  ASSERT_TRUE(Gcra::consume(s, p, 80, kT0).allowed);
+  Gcra::adjust(s, p, -30, kT0);  // used 50 of 80
+  EXPECT_EQ(Gcra::check(s, p, 50, kT0).remaining, 0);
+  EXPECT_FALSE(Gcra::check(s, p, 51, kT0).allowed);
+  Gcra::adjust(s, p, -1000, kT0);  // refund beyond empty stops at empty
+  EXPECT_EQ(Gcra::check(s, p, 0, kT0).remaining, 100);
+  EXPECT_EQ(Gcra::idle_at(s, p, kT0), kT0);
+  Gcra::adjust(s, p, 150, kT0);  // real usage above the reservation: 50 units of debt
+  const Decision d = Gcra::check(s, p, 1, kT0);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, 510 * kMs);
+  EXPECT_EQ(d.reset_after, 1500 * kMs);
+}
+
+TEST(TokenBucket, ExactSequence) {
+  const BucketParams p{4, kNanosPerSecond, 1};  // capacity 5, one token per 250 ms
+  TokenBucketState s;
+  for (int i = 0; i < 5; ++i) {
+    const Decision d = TokenBucket::consume(s, p, 1, kT0);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 4 - i);
+  }
+  Decision d = TokenBucket::consume(s, p, 1, kT0 + 100 * kMs);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, 150 * kMs);
+  EXPECT_EQ(d.reset_after, 1150 * kMs);
+  d = TokenBucket::consume(s, p, 2, kT0 + 250 * kMs);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.remaining, 1);
+  EXPECT_EQ(d.retry_after, 250 * kMs);
+  EXPECT_TRUE(TokenBucket::consume(s, p, 2, kT0 + 500 * kMs).allowed);
+  TokenBucket::adjust(s, p, -100, kT0 + 500 * kMs);
+  EXPECT_EQ(TokenBucket::check(s, p, 0, kT0 + 500 * kMs).remaining, 5);
+  TokenBucket::adjust(s, p, 7, kT0 + 500 * kMs);  // 2 tokens of debt
+  d = TokenBucket::check(s, p, 1, kT0 + 500 * kMs);
+  EXPECT_EQ(d.retry_after, 750 * kMs);
+  EXPECT_EQ(d.reset_after, 1750 * kMs);
+}
+
+TEST(SlidingWindow, ExactSequenceAndRetry) {
+  const BucketParams p{10, kNanosPerSecond, 0};  // slots of 50 ms
+  SlidingWindowState s;
+  const Nanos t = kT0 + 10 * kMs;
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(SlidingWindow::consume(s, p, 1, t).allowed);
+  Decision d = SlidingWindow::consume(s, p, 1, t);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.remaining, 0);
+  // The slot [1000.000, 1000.050) is counted until 1001.050 s.
+  EXPECT_EQ(d.retry_after, 1040 * kMs);
+  EXPECT_EQ(d.reset_after, 1040 * kMs);
+  EXPECT_FALSE(SlidingWindow::consume(s, p, 1, t + 1040 * kMs - 1).allowed);
+  EXPECT_TRUE(SlidingWindow::consume(s, p, 1, t + 1040 * kMs).allowed);
+}
+
+TEST(SlidingWindow, RetryWalksOldestSlotsFirst) {
+  const BucketParams p{6, kNanosPerSecond, 0};
+  SlidingWindowState s;
+  ASSERT_TRUE(SlidingWindow::consume(s, p, 2, kT0).allowed);              // slot 0
+  ASSERT_TRUE(SlidingWindow::consume(s, p, 3, kT0 + 200 * kMs).allowed);  // slot 4
+  ASSERT_TRUE(SlidingWindow::consume(s, p, 1, kT0 + 400 * kMs).allowed);  // slot 8
+  Decision d = SlidingWindow::check(s, p, 3, kT0 + 500 * kMs);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, (1050 + 200 - 500) * kMs);  // needs slots 0 and 4 gone
+  d = SlidingWindow::check(s, p, 2, kT0 + 500 * kMs);
+  EXPECT_EQ(d.retry_after, (1050 - 500) * kMs);
+  SlidingWindow::adjust(s, p, -2, kT0 + 500 * kMs);  // refund from the newest slots
+  EXPECT_TRUE(SlidingWindow::check(s, p, 2, kT0 + 500 * kMs).allowed);
+  EXPECT_EQ(SlidingWindow::check(s, p, 0, kT0 + 500 * kMs).reset_after, (1250 - 500) * kMs);
+}
+
+TEST(SlidingWindow, NoDoubleBurstAtWindowEdge) {
+  const BucketParams p{10, kNanosPerSecond, 0};
+  SlidingWindowState s;
+  int admitted = 0;
+  for (int i = 0; i < 20; ++i) admitted += SlidingWindow::consume(s, p, 1, kT0 + 999 * kMs).allowed;
+  for (int i = 0; i < 20; ++i)
+    admitted += SlidingWindow::consume(s, p, 1, kT0 + 1000 * kMs).allowed;
+  for (int i = 0; i < 20; ++i)
+    admitted += SlidingWindow::consume(s, p, 1, kT0 + 1998 * kMs).allowed;
+  EXPECT_EQ(admitted, 10);
+}
+
+// ---- randomized comparison against brute-force reference models ----
+
+// Textbook token bucket over exact rationals (tokens * period), refilled step by step.
+struct RefBucket {
+  BucketParams p;
+  __int128 tokens_scaled;  // tokens * period
+  Nanos last;
+  void advance(Nanos now) {
+    if (now <= last) return;
+    tokens_scaled += static_cast<__int128>(now - last) * p.rate;
+    const __int128 cap = static_cast<__int128>(p.capacity()) * p.period;
+    if (tokens_scaled > cap) tokens_scaled = cap;
+    last = now;
+  }
+  bool can(std::int64_t n, Nanos now) const {
+    RefBucket c = *this;
+    c.advance(now);
+    return c.tokens_scaled >= static_cast<__int128>(n) * p.period;
+  }
+};
+
+// Smallest t >= now at which `pred(t)` holds (pred is monotone); brute force by bisection.
+template <class Pred>
+Nanos first_true(Nanos now, Pred pred) {
+  Nanos lo = now, hi = now + 1;
+  while (!pred(hi)) hi = now + 2 * (hi - now);
+  while (lo < hi) {
+    const Nanos mid = lo + (hi - lo) / 2;
+    if (pred(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+TEST(Randomized, GcraAndTokenBucketMatchReference) {
+  std::mt19937_64 rng(12345);
+  for (int round = 0; round < 40; ++round) {
+    const BucketParams p{static_cast<std::int64_t>(rng() % 9 + 1),
+                         static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond,
+                         static_cast<std::int64_t>(rng() % 4)};
+    GcraState g;
+    TokenBucketState tb;
+    RefBucket ref{p, static_cast<__int128>(p.capacity()) * p.period, kT0};
+    Nanos now = kT0;
+    for (int step = 0; step < 500; ++step) {
+      now += static_cast<Nanos>(rng() % (300 * kMs)) + static_cast<Nanos>(rng() % 7);
+      const std::int64_t cost = static_cast<std::int64_t>(rng() % (p.capacity() + 2));
+      const bool want = ref.can(cost, now);
+      const Decision dg = Gcra::consume(g, p, cost, now);
+      const Decision dt = TokenBucket::consume(tb, p, cost, now);
+      ASSERT_EQ(dg.allowed, want) << round << "/" << step;
+      ASSERT_EQ(dt.allowed, want) << round << "/" << step;
+      ref.advance(now);
+      if (want) ref.tokens_scaled -= static_cast<__int128>(cost) * p.period;
+      const std::int64_t ref_remaining = static_cast<std::int64_t>(ref.tokens_scaled / p.period);
+      ASSERT_EQ(dg.remaining, ref_remaining);
+      ASSERT_EQ(dt.remaining, ref_remaining);
+      const Nanos ref_reset =
+          first_true(now, [&](Nanos t) { return ref.can(p.capacity(), t); }) - now;
+      ASSERT_EQ(dg.reset_after, ref_reset);
+      ASSERT_EQ(dt.reset_after, ref_reset);
+      if (!want) {
+        const Nanos ref_retry =
+            cost > p.capacity() ? kNever
+                                : first_true(now, [&](Nanos t) { return ref.can(cost, t); }) - now;
+        ASSERT_EQ(dg.retry_after, ref_retry);
+        ASSERT_EQ(dt.retry_after, ref_retry);
+      }
+    }
+  }
+}
+
+TEST(Randomized, SlidingWindowMatchesLogAndNeverExceedsAnyWindow) {
+  std::mt19937_64 rng(777);
+  for (int round = 0; round < 30; ++round) {
+    const BucketParams p{static_cast<std::int64_t>(rng() % 20 + 1), kNanosPerSecond,
+                         static_cast<std::int64_t>(rng() % 3)};
+    const Nanos g = SlidingWindow::slot_width(p);
+    SlidingWindowState s;
+    std::deque<std::pair<Nanos, std::int64_t>> log;  // every admitted charge
+    auto counted = [&](Nanos t) {  // reference: charges in slots [slot(t) - 20, slot(t)]
+      std::int64_t sum = 0;
+      for (auto& [at, c] : log) {
+        if (at / g >= t / g - SlidingWindowState::kSlots) sum += c;
+      }
+      return sum;
+    };
+    Nanos now = kT0;
+    for (int step = 0; step < 600; ++step) {
+      now += static_cast<Nanos>(rng() % (120 * kMs));
+      const std::int64_t cost = static_cast<std::int64_t>(rng() % 4);
+      const bool want = counted(now) + cost <= p.capacity();
+      const Decision d = SlidingWindow::consume(s, p, cost, now);
+      ASSERT_EQ(d.allowed, want) << round << "/" << step;
+      if (want) {
+        log.emplace_back(now, cost);
+      } else if (cost <= p.capacity()) {
+        const Nanos retry =
+            first_true(now, [&](Nanos t) { return counted(t) + cost <= p.capacity(); }) - now;
+        ASSERT_EQ(d.retry_after, retry);
+      }
+      ASSERT_EQ(d.remaining, std::max<std::int64_t>(0, p.capacity() - counted(now)));
+      // The guarantee: no interval of length W ever holds more than capacity.
+      std::int64_t in_window = 0;
+      for (auto& [at, c] : log) {
+        if (at > now - p.period) in_window += c;
+      }
+      ASSERT_LE(in_window, p.capacity());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bw::limits

@@ -1,0 +1,256 @@
+#include "limits/limiter.h"
+
+#include <gtest/gtest.h>
+
+#include "limits/memory_limit_store.h"
+
+namespace bw::limits {
+namespace {
+
+constexpr Nanos kT0 = 1000 * kNanosPerSecond;
+constexpr Nanos kMs = kNanosPerMilli;
+
+LimitSpec spec(std::string name, Scope scope, std::int64_t rate, std::string match = {},
+               Unit unit = Unit::kRequests, Period period = Period::kSecond) {
+  LimitSpec s;
+  s.name = std::move(name);
+  s.scope = scope;
+  s.rate = rate;
+  s.match = std::move(match);
+  s.unit = unit;
+  s.period = period;
+  return s;
+}
+
+std::shared_ptr<MemoryLimitStore> new_store() {
+  MemoryLimitStoreOptions o;
+  o.hash_seed = 7;
+  return std::make_shared<MemoryLimitStore>(o);
+}
+
+std::shared_ptr<const LimiterConfig> cfg(std::vector<LimitSpec> limits) {
+  return std::make_shared<const LimiterConfig>(LimiterConfig{std::move(limits)});
+}
+
+RequestScope scope(std::string_view key = "k1", std::string_view ip = "10.0.0.1",
+                   std::string_view model = "gpt-4o",
+                   std::string_view endpoint = "/v1/chat/completions") {
+  RequestScope s;
+  s.key_id = key;
+  s.tenant_id = "t1";
+  s.client_ip = ip;
+  s.model = model;
+  s.endpoint = endpoint;
+  return s;
+}
+
+int admit(Limiter& l, const RequestScope& s, int n, Nanos now, std::int64_t tokens = 0) {
+  int ok = 0;
+  for (int i = 0; i < n; ++i) ok += l.check(s, tokens, now).allowed;
+  return ok;
+}
+
+TEST(Limiter, IpScopeIsPerAddress) {
+  Limiter l(cfg({spec("ip-rps", Scope::kIp, 2)}), new_store());
+  EXPECT_EQ(admit(l, scope("k1", "10.0.0.1"), 5, kT0), 2);
+  EXPECT_EQ(admit(l, scope("k2", "10.0.0.1"), 5, kT0), 0);  // same IP, other key
+  EXPECT_EQ(admit(l, scope("k1", "10.0.0.2"), 5, kT0), 2);
+}
+
+TEST(Limiter, EndpointAndModelMatching) {
+  Limiter l(
+      cfg({spec("chat", Scope::kEndpoint, 1, "/v1/chat/completions"),
+           spec("per-model", Scope::kModel, 3), spec("gpt4-family", Scope::kModel, 4, "gpt-4*")}),
+      new_store());
+  // Embeddings are not covered by "chat"; "per-model" counts each model separately.
+  EXPECT_EQ(admit(l, scope("k", "ip", "text-embed", "/v1/embeddings"), 5, kT0), 3);
+  EXPECT_EQ(admit(l, scope("k", "ip", "gpt-4o", "/v1/embeddings"), 2, kT0), 2);
+  // gpt-4o-mini shares the gpt-4* bucket (2 used) but has its own per-model bucket.
+  EXPECT_EQ(admit(l, scope("k", "ip", "gpt-4o-mini", "/v1/embeddings"), 5, kT0), 2);
+  const Verdict v = l.check(scope("k", "ip", "claude", "/v1/chat/completions"), 0, kT0);
+  EXPECT_TRUE(v.allowed);
+  const Verdict v2 = l.check(scope("k", "ip", "claude", "/v1/chat/completions"), 0, kT0);
+  EXPECT_FALSE(v2.allowed);
+  EXPECT_EQ(v2.limit_name, "chat");
+  EXPECT_EQ(v2.retry_after_ns, kNanosPerSecond);
+}
+
+TEST(Limiter, PlanDailyQuotaAndKeyOverride) {
+  Plan plan;
+  plan.name = "tiny";
+  plan.daily_requests = 3;
+  plan.limits = {spec("rps", Scope::kKey, 100)};
+  Limiter l(cfg({}), new_store());
+  RequestScope s = scope("k1");
+  s.plan = &plan;
+  EXPECT_EQ(admit(l, s, 5, kT0), 3);
+  const Verdict v = l.check(s, 0, kT0 + kNanosPerSecond);
+  EXPECT_FALSE(v.allowed);
+  EXPECT_EQ(v.limit_name, "daily-requests");
+  // Slots are 72 min wide from the clock origin: the slot [0 s, 4320 s) counts until 21 * 4320 s.
+  EXPECT_EQ(v.retry_after_ns, (21 * 4320 - 1001) * kNanosPerSecond);
+  // Another key on the same plan has its own quota; an override raises it for one key.
+  const std::vector<LimitSpec> overrides = {[] {
+                                              LimitSpec o;
+                                              o.name = "daily-requests";
+                                              o.rate = 5;
+                                              o.period = Period::kDay;
+                                              o.algorithm = Algorithm::kSlidingWindow;
+                                              return o;
+                                            }(),
+                                            spec("rps", Scope::kKey, 1)};
+  RequestScope s2 = scope("k2");
+  s2.plan = &plan;
+  s2.key_overrides = &overrides;
+  EXPECT_EQ(admit(l, s2, 5, kT0), 1);  // the rps override (1/s) binds first
+  for (int i = 1; i < 10; ++i) l.check(s2, 0, kT0 + i * kNanosPerSecond);
+  EXPECT_EQ(admit(l, s2, 1, kT0 + 20 * kNanosPerSecond), 0);  // 5 per day reached
+}
+
+TEST(Limiter, TenantScopedPlanLimitIsShared) {
+  Plan plan;
+  plan.limits = {spec("tenant-rps", Scope::kTenant, 3)};
+  Limiter l(cfg({}), new_store());
+  RequestScope a = scope("ka"), b = scope("kb");
+  a.plan = b.plan = &plan;
+  EXPECT_EQ(admit(l, a, 2, kT0), 2);
+  EXPECT_EQ(admit(l, b, 2, kT0), 1);
+}
+
+TEST(Limiter, HeadersShadowWaitAndSettle) {
+  LimitSpec rpm = spec("rpm", Scope::kKey, 60, {}, Unit::kRequests, Period::kMinute);
+  rpm.on_exceed = OnExceed::kWait;
+  LimitSpec tpm = spec("tpm", Scope::kKey, 1000, {}, Unit::kTokens, Period::kMinute);
+  LimitSpec shadow = spec("shadow-ip", Scope::kIp, 1);
+  shadow.mode = Mode::kShadow;
+  Limiter l(cfg({rpm, tpm, shadow}), new_store());
+  Verdict v = l.check(scope(), 600, kT0);
+  ASSERT_TRUE(v.allowed);
+  EXPECT_TRUE(v.shadow_rejections.empty());
+  EXPECT_EQ(v.requests.limit, 60);
+  EXPECT_EQ(v.requests.remaining, 59);
+  EXPECT_EQ(v.requests.reset_after, kNanosPerSecond);
+  EXPECT_EQ(v.tokens.limit, 1000);
+  EXPECT_EQ(v.tokens.remaining, 400);
+  EXPECT_EQ(v.tokens.reset_after, 36 * kNanosPerSecond);
+  ASSERT_EQ(v.reservation.token_limits.size(), 1u);
+  EXPECT_EQ(v.reservation.reserved_tokens, 600);
+
+  Verdict v2 = l.check(scope(), 600, kT0);  // tokens exhausted; shadow-ip would also reject
+  EXPECT_FALSE(v2.allowed);
+  EXPECT_EQ(v2.limit_name, "tpm");
+  EXPECT_EQ(v2.retry_after_ns, 12 * kNanosPerSecond);
+  EXPECT_FALSE(v2.wait_ok);  // tpm rejects, it does not wait
+  EXPECT_EQ(v2.shadow_rejections, std::vector<std::string>{"shadow-ip"});
+  EXPECT_EQ(v2.requests.remaining, 59);  // the rejected request left no trace
+  EXPECT_TRUE(v2.reservation.token_limits.empty());
+
+  l.settle(v.reservation, 100, kT0);  // 500 of the 600 reserved come back
+  l.settle(v.reservation, 100, kT0);  // idempotent
+  Verdict v3 = l.check(scope(), 600, kT0);
+  EXPECT_TRUE(v3.allowed);
+  EXPECT_EQ(v3.tokens.remaining, 300);
+
+  // Only the wait-able request limit blocks: the queue may wait.
+  LimitSpec rpm1 = rpm;
+  rpm1.rate = 1;
+  l.reload(cfg({rpm1}));
+  Verdict v4 = l.check(scope("other"), 0, kT0);
+  ASSERT_TRUE(v4.allowed);
+  v4 = l.check(scope("other"), 0, kT0);
+  EXPECT_FALSE(v4.allowed);
+  EXPECT_TRUE(v4.wait_ok);
+  EXPECT_EQ(v4.retry_after_ns, 60 * kNanosPerSecond);
+}
+
+TEST(Limiter, StateSurvivesReload) {
+  Limiter l(cfg({spec("g", Scope::kGlobal, 5)}), new_store());
+  EXPECT_EQ(admit(l, scope(), 5, kT0), 5);
+  l.reload(cfg({spec("g", Scope::kGlobal, 5)}));
+  EXPECT_EQ(admit(l, scope(), 5, kT0), 0);
+  l.reload(cfg({spec("g", Scope::kGlobal, 8)}));
+  EXPECT_EQ(admit(l, scope(), 5, kT0), 3);
+  EXPECT_EQ(admit(l, scope(), 1, kT0 + 125 * kMs), 1);
+}
+
+TEST(Limiter, DefaultPlans) {
+  const auto plans = default_plans();
+  ASSERT_EQ(plans.size(), 4u);
+  EXPECT_EQ(plans[0].name, "free");
+  EXPECT_EQ(plans[0].daily_requests, 1000);
+  EXPECT_EQ(plans[1].daily_requests, 50'000);
+  EXPECT_EQ(plans[2].daily_requests, 500'000);
+  EXPECT_FALSE(plans[3].daily_requests.has_value());
+  for (const Plan& p : plans) {
+    ASSERT_EQ(p.limits.size(), 3u) << p.name;
+    for (const LimitSpec& s : p.limits) EXPECT_TRUE(validate(s).ok()) << p.name << s.name;
+  }
+  EXPECT_TRUE(plans[0].allows_model("deepseek-v3.2"));
+  EXPECT_FALSE(plans[0].allows_model("gpt-4o"));
+  EXPECT_TRUE(plans[3].allows_model("gpt-4o"));
+  const std::vector<LimitSpec> ov = {spec("rpm", Scope::kKey, 60), spec("extra", Scope::kKey, 1)};
+  const auto merged = merge_limits(plans[0], &ov);
+  ASSERT_EQ(merged.size(), 5u);
+  EXPECT_EQ(merged[1].name, "rpm");
+  EXPECT_EQ(merged[1].rate, 60);
+  EXPECT_EQ(merged[3].name, "daily-requests");
+  EXPECT_EQ(merged[4].name, "extra");
+}
+
+TEST(Limiter, ValidateAndParse) {
+  EXPECT_FALSE(validate(spec("", Scope::kKey, 1)).ok());
+  EXPECT_FALSE(validate(spec("x", Scope::kKey, 0)).ok());
+  EXPECT_FALSE(validate(spec("x", Scope::kIp, 1, "/v1")).ok());
+  EXPECT_TRUE(validate(spec("x", Scope::kModel, 1, "gpt-4*")).ok());
+  EXPECT_EQ(parse_algorithm("sliding_window"), Algorithm::kSlidingWindow);
+  EXPECT_EQ(parse_scope("endpoint"), Scope::kEndpoint);
+  EXPECT_EQ(parse_period("day"), Period::kDay);
+  EXPECT_FALSE(parse_mode("enforced").has_value());
+  EXPECT_EQ(to_string(OnExceed::kWait), "wait");
+}
+
+TEST(FormatReset, OpenAiStyle) {
+  EXPECT_EQ(format_reset(0), "0s");
+  EXPECT_EQ(format_reset(1), "1ms");
+  EXPECT_EQ(format_reset(20 * kMs), "20ms");
+  EXPECT_EQ(format_reset(20 * kMs + 1), "21ms");
+  EXPECT_EQ(format_reset(kNanosPerSecond), "1s");
+  EXPECT_EQ(format_reset(1500 * kMs), "1.5s");
+  EXPECT_EQ(format_reset(8640 * kMs), "8.64s");
+  EXPECT_EQ(format_reset(360 * kNanosPerSecond), "6m0s");
+  EXPECT_EQ(format_reset(3723 * kNanosPerSecond + 5 * kMs), "1h2m3.005s");
+}
+
+TEST(ClientIp, TrustedProxies) {
+  std::vector<Cidr> trusted;
+  for (auto c : {"10.0.0.0/8", "2001:db8::/32", "127.0.0.1"}) {
+    auto r = parse_cidr(c);
+    ASSERT_TRUE(r.ok()) << c;
+    trusted.push_back(*r);
+  }
+  // Untrusted peer: the header is ignored.
+  EXPECT_EQ(client_ip("203.0.113.9", "1.1.1.1", trusted), "203.0.113.9");
+  // Trusted peer: walk right to left past trusted hops.
+  EXPECT_EQ(client_ip("10.1.2.3", "198.51.100.7, 10.9.9.9", trusted), "198.51.100.7");
+  // A spoofed leftmost entry is not believed: the first untrusted from the right wins.
+  EXPECT_EQ(client_ip("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9", trusted), "198.51.100.7");
+  // All hops trusted: the leftmost.
+  EXPECT_EQ(client_ip("127.0.0.1", "10.0.0.5,10.0.0.6", trusted), "10.0.0.5");
+  // IPv6 peer and hops, brackets and ports, canonical output.
+  EXPECT_EQ(client_ip("2001:db8::1", "[2001:0DB8:0:0::9]:443, 2001:db8:1::2", trusted),
+            "2001:db8::9");
+  EXPECT_EQ(client_ip("2001:db8::1", "2600:1f18::abcd", trusted), "2600:1f18::abcd");
+  // IPv4-mapped peer is the same client as the plain IPv4 address.
+  EXPECT_EQ(client_ip("::ffff:203.0.113.9", "", trusted), "203.0.113.9");
+  EXPECT_EQ(client_ip("::ffff:10.0.0.1", "198.51.100.1:5555", trusted), "198.51.100.1");
+  // Garbage stops the walk at the last trusted hop.
+  EXPECT_EQ(client_ip("10.1.2.3", "198.51.100.7, garbage", trusted), "10.1.2.3");
+  EXPECT_EQ(client_ip("10.1.2.3", "", trusted), "10.1.2.3");
+  EXPECT_FALSE(parse_cidr("10.0.0.0/33").ok());
+  EXPECT_FALSE(parse_cidr("nonsense").ok());
+  EXPECT_TRUE(parse_cidr("0.0.0.0/0")->contains(*parse_ip("8.8.8.8")));
+  EXPECT_FALSE(parse_cidr("10.0.0.0/9")->contains(*parse_ip("10.128.0.1")));
+}
+
+}  // namespace
+}  // namespace bw::limits

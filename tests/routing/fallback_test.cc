@@ -1,0 +1,109 @@
+#include "routing/fallback.h"
+
+#include <gtest/gtest.h>
+
+namespace bw::routing {
+namespace {
+
+FallbackTable chain_table() {
+  FallbackTable t;
+  t["gpt-4.1"] = {{"gemini-2.5-flash", "deepseek-v3.2"}, "gemini-2.5-pro"};
+  t["gemini-2.5-flash"] = {{"deepseek-v3.2"}, ""};
+  t["deepseek-v3.2"] = {};
+  t["gemini-2.5-pro"] = {{"claude-sonnet"}, ""};
+  t["claude-sonnet"] = {};
+  return t;
+}
+
+TEST(ValidateFallbacks, AcceptsValidAndMutualBackups) {
+  EXPECT_EQ(validate_fallbacks(chain_table()), std::nullopt);
+  FallbackTable t;
+  t["a"] = {{"b"}, ""};
+  t["b"] = {{"a"}, ""};  // lists are not followed transitively, so this cannot loop
+  EXPECT_EQ(validate_fallbacks(t), std::nullopt);
+}
+
+TEST(ValidateFallbacks, ReportsErrors) {
+  FallbackTable t = chain_table();
+  t["deepseek-v3.2"].fallbacks = {"nope"};
+  EXPECT_EQ(validate_fallbacks(t), "model 'deepseek-v3.2': unknown fallback model 'nope'");
+  t = chain_table();
+  t["gpt-4.1"].fallbacks = {"gemini-2.5-flash", "gpt-4.1"};
+  EXPECT_EQ(validate_fallbacks(t), "model 'gpt-4.1': fallbacks list the model itself");
+  t = chain_table();
+  t["gpt-4.1"].fallbacks = {"gemini-2.5-flash", "deepseek-v3.2", "gemini-2.5-flash"};
+  EXPECT_EQ(validate_fallbacks(t),
+            "model 'gpt-4.1': fallback model 'gemini-2.5-flash' listed twice (loop)");
+  t = chain_table();
+  t["gemini-2.5-pro"].context_fallback = "claude-sonnet";
+  t["claude-sonnet"].context_fallback = "gpt-4.1";
+  EXPECT_EQ(validate_fallbacks(t),
+            "context_fallback cycle: claude-sonnet -> gpt-4.1 -> gemini-2.5-pro -> claude-sonnet");
+  t = chain_table();
+  t["gpt-4.1"].context_fallback = "missing";
+  EXPECT_EQ(validate_fallbacks(t), "model 'gpt-4.1': unknown context_fallback model 'missing'");
+}
+
+TEST(AttemptPlanner, WalksTheChainInOrder) {
+  FallbackTable t = chain_table();
+  AttemptPlanner p(&t, "gpt-4.1");
+  EXPECT_EQ(p.model(), "gpt-4.1");
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.model(), "gemini-2.5-flash");
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.model(), "deepseek-v3.2");
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+  EXPECT_EQ(p.visited(),
+            (std::vector<std::string>{"gpt-4.1", "gemini-2.5-flash", "deepseek-v3.2"}));
+}
+
+TEST(AttemptPlanner, ExcludesFailedDeploymentsAndResetsPerModel) {
+  FallbackTable t = chain_table();
+  AttemptPlanner p(&t, "gpt-4.1");
+  p.on_failed(0);
+  p.on_failed(3);
+  EXPECT_EQ(p.exclude_mask(), 0b1001u);
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::next_model);  // chain first
+  EXPECT_EQ(p.exclude_mask(), 0u);
+}
+
+TEST(AttemptPlanner, RetriesSameModelWhenOnlyExclusionsBlockAndChainIsEmpty) {
+  FallbackTable t = chain_table();
+  AttemptPlanner p(&t, "deepseek-v3.2");
+  p.on_failed(0);
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::same_model);
+  EXPECT_EQ(p.exclude_mask(), 0u);
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::exhausted);  // mask was already empty
+}
+
+TEST(AttemptPlanner, ContextOverflowMovesUpAndUsesThatModelsChain) {
+  FallbackTable t = chain_table();
+  AttemptPlanner p(&t, "gpt-4.1");
+  EXPECT_TRUE(p.on_context_overflow());
+  EXPECT_EQ(p.model(), "gemini-2.5-pro");
+  EXPECT_FALSE(p.on_context_overflow());  // no larger model configured
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.model(), "claude-sonnet");
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+}
+
+TEST(AttemptPlanner, TerminatesOnAnInvalidLoopingTable) {
+  FallbackTable t;
+  t["a"] = {{"b", "a", "b"}, "b"};
+  t["b"] = {{"a"}, "a"};
+  AttemptPlanner p(&t, "a");
+  int steps = 0;
+  while (p.on_unavailable(false) == AttemptPlanner::Move::next_model) ++steps;
+  EXPECT_EQ(steps, 1);                    // only b is new
+  EXPECT_FALSE(p.on_context_overflow());  // a already visited
+  EXPECT_EQ(p.visited(), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(AttemptPlanner, UnknownModelWithoutTable) {
+  AttemptPlanner p(nullptr, "x");
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+  EXPECT_FALSE(p.on_context_overflow());
+}
+
+}  // namespace
+}  // namespace bw::routing
