@@ -130,6 +130,27 @@ void read_limit(Reader& r, limits::LimitSpec& spec) {
   if (auto v = limits::validate(spec); !v) r.fail_here(v.error().message);
 }
 
+void read_concurrency(Reader& r, admission::LimiterConfig& c) {
+  std::string mode;
+  r.get("mode", mode);
+  if (mode == "fixed") c.mode = admission::LimitMode::kFixed;
+  else if (mode == "aimd") c.mode = admission::LimitMode::kAimd;
+  else if (mode == "adaptive" || mode == "gradient") c.mode = admission::LimitMode::kGradient;
+  else if (!mode.empty()) r.fail("mode", "unknown mode '" + mode + "' (fixed, aimd, adaptive)");
+  r.get("initial", c.initial, 1, 1'000'000);
+  r.get("min", c.min_limit, 1, 1'000'000);
+  r.get("max", c.max_limit, 1, 1'000'000);
+  r.get("decrease_factor", c.decrease_factor, 0.05, 0.99);
+  r.get_duration("latency_threshold", c.aimd_latency_threshold);
+  r.get("tolerance", c.tolerance, 1.0, 100.0);
+  if (c.mode == admission::LimitMode::kFixed) {
+    c.min_limit = std::min(c.min_limit, c.initial);
+    c.max_limit = std::max(c.max_limit, c.initial);
+  }
+  if (c.min_limit > c.max_limit) r.fail_here("min must be <= max");
+  if (c.initial < c.min_limit || c.initial > c.max_limit) r.fail("initial", "must be within [min, max]");
+}
+
 void read_listen(Reader& r, const char* key, std::string& host, std::uint16_t& port) {
   std::string s;
   r.get(key, s);
@@ -225,6 +246,50 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     l.finish();
   }
 
+  {
+    auto a = top.child("admission");
+    auto& ad = cfg->admission;
+    ad.default_limiter.mode = admission::LimitMode::kFixed;
+    ad.default_limiter.initial = 1024;
+    ad.default_limiter.min_limit = 1;
+    ad.default_limiter.max_limit = 1024;
+    std::int64_t max_queue = static_cast<std::int64_t>(ad.queue.max_size);
+    a.get("max_queue", max_queue, 1, 10'000'000);
+    ad.queue.max_size = static_cast<std::size_t>(max_queue);
+    auto w = a.child("max_wait");
+    w.get_duration("p0", ad.queue.max_wait[0]);
+    w.get_duration("p1", ad.queue.max_wait[1]);
+    w.get_duration("p2", ad.queue.max_wait[2]);
+    w.finish();
+    a.get_duration("aging", ad.queue.aging);
+    auto o = a.child("overload");
+    auto get_count = [&](const char* k, std::size_t& v) {
+      std::int64_t x = static_cast<std::int64_t>(v);
+      o.get(k, x, 1, 100'000'000);
+      v = static_cast<std::size_t>(x);
+    };
+    get_count("shed_p2_at", ad.overload.shed_p2_at);
+    get_count("shed_p1_at", ad.overload.shed_p1_at);
+    get_count("hard_limit", ad.overload.hard_limit);
+    o.finish();
+    if (!(ad.overload.shed_p2_at <= ad.overload.shed_p1_at &&
+          ad.overload.shed_p1_at <= ad.overload.hard_limit)) {
+      o.fail_here("needs shed_p2_at <= shed_p1_at <= hard_limit");
+    }
+    if (a.has("default_concurrency")) {
+      auto dc = a.child("default_concurrency");
+      read_concurrency(dc, ad.default_limiter);
+      dc.finish();
+    } else {
+      a.child("default_concurrency");
+    }
+    std::string access = "any_key";
+    a.get("metrics_access", access);
+    if (access != "any_key" && access != "admin") a.fail("metrics_access", "expected any_key or admin");
+    cfg->queue_metrics_public = access == "any_key";
+    a.finish();
+  }
+
   top.each_entry("providers", [&](const std::string& name, Reader& r) {
     ProviderConfig p;
     p.name = name;
@@ -267,6 +332,15 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     r.get("max_output_tokens", g.max_output_tokens, 1, 10'000'000);
     r.get("context_window", g.context_window, 1, 100'000'000);
     r.get("owned_by", g.owned_by);
+    g.concurrency = cfg->admission.default_limiter;
+    if (r.has("concurrency")) {
+      g.has_concurrency = true;
+      auto cc = r.child("concurrency");
+      read_concurrency(cc, g.concurrency);
+      cc.finish();
+    } else {
+      r.child("concurrency");
+    }
     r.require("deployments");
     int index = 0;
     r.each("deployments", [&](Reader& d) {

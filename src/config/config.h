@@ -12,6 +12,7 @@
 #include "common/result.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "admission/admission_controller.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "routing/circuit_breaker.h"
@@ -48,6 +49,8 @@ struct ModelGroupConfig {
   std::int64_t max_output_tokens = 4096;  // default cap when a request sets no max_tokens
   std::int64_t context_window = 128000;
   std::string owned_by = "bellwether";
+  bool has_concurrency = false;
+  admission::LimiterConfig concurrency;  // in-flight limit of the group
 };
 
 struct KeyConfig {
@@ -118,6 +121,9 @@ struct Config {
   Nanos ewma_tau = seconds(10);
   routing::DeadLetterConfig dead_letter;
   bool dead_letter_enabled = false;
+  // Admission (admission/): queue, waits, shedding. Applied at startup (not on reload).
+  admission::AdmissionConfig admission;
+  bool queue_metrics_public = true;  // any valid API key may read /v1/metrics/queue
 
   const ProviderConfig* provider(const std::string& name) const;
   const ModelGroupConfig* model_group(const std::string& name) const;

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -47,6 +48,14 @@ struct Ctx {
   std::vector<limits::LimitSpec> key_limits;  // the key's plan limits with its overrides applied
   limits::Verdict verdict;                    // rate-limit decision (reservation settled at the end)
   std::int64_t reserved_tokens = 0;
+  admission::PriorityDecision priority;
+  admission::Permit permit;
+  Nanos queue_wait = 0;
+  int upstream_status = 0;     // last upstream answer (0 = none)
+  Nanos upstream_latency = 0;  // of the last attempt
+  bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
+  std::string last_failure;
+  const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
   http::Headers extra;  // added to every response from the rate-limit phase on
   // Outcome, for the access log.
   int status = 0;
@@ -119,6 +128,9 @@ void write_access_log(Ctx& c) {
   r.prompt_tokens = c.usage.prompt_tokens;
   r.completion_tokens = c.usage.completion_tokens;
   r.attempts = c.attempts;
+  r.priority = c.key ? c.priority.priority : -1;
+  r.priority_lowered = c.priority.lowered;
+  r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
   r.bytes_in = c.req.body.size();
   r.bytes_out = c.bytes_out;
   c.sh.access_log->log(r);
@@ -359,12 +371,14 @@ asio::awaitable<void> forward(Ctx& c) {
     Nanos now = SteadyClock::instance().now();
     auto step = plan.next(now, rng);
     if (!step.ticket) {
+      c.forward_failed = true;
       if (last_response) {
         c.status = last_response->status;
         c.bytes_out += last_response->body.size();
         co_await c.w.send(std::move(*last_response));
         co_return;
       }
+      if (last_error) c.last_failure = last_error->message;
       if (last_error && last_error->code == http::kUpstreamTimeout) {
         co_await reply_error(c, *last_error);
         co_return;
@@ -410,6 +424,8 @@ asio::awaitable<void> forward(Ctx& c) {
                                    d->provider->cfg->timeouts);
     if (!resp) {
       now = SteadyClock::instance().now();
+      c.upstream_status = 0;
+      c.upstream_latency = now - sent_at;
       auto o = outcome_for_error(resp.error(), now - sent_at);
       last_error = resp.error();
       last_response.reset();
@@ -422,6 +438,8 @@ asio::awaitable<void> forward(Ctx& c) {
           decision.verdict == routing::RetryVerdict::deadline ||
           decision.verdict == routing::RetryVerdict::budget_exhausted ||
           decision.verdict == routing::RetryVerdict::not_retryable) {
+        c.forward_failed = true;
+        c.last_failure = resp.error().message;
         co_await reply_error(c, resp.error());
         co_return;
       }
@@ -436,8 +454,10 @@ asio::awaitable<void> forward(Ctx& c) {
     copy_response_headers(up.headers(), headers);
     const bool is_sse = up.headers().get("content-type").starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
+      c.upstream_status = 200;
       co_await relay_stream(c, up, std::move(headers));
       now = SteadyClock::instance().now();
+      c.upstream_latency = now - sent_at;
       routing::Outcome o;
       o.status = 200;
       o.latency_ns = now - sent_at;
@@ -449,8 +469,10 @@ asio::awaitable<void> forward(Ctx& c) {
       plan.finish(ticket, o, now, true, rng);
       co_return;
     }
+    c.upstream_status = up.status();
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = SteadyClock::instance().now();
+    c.upstream_latency = now - sent_at;
     if (!all) {
       auto o = outcome_for_error(all.error(), now - sent_at);
       last_error = all.error();
@@ -488,6 +510,10 @@ asio::awaitable<void> forward(Ctx& c) {
     }
     c.status = r.status;
     if (r.status >= 400) c.error_code = "upstream_" + std::to_string(r.status);
+    if (r.status >= 500 || r.status == 429) {
+      c.forward_failed = true;
+      c.last_failure = "upstream answered " + std::to_string(r.status);
+    }
     c.bytes_out += r.body.size();
     co_await c.w.send(std::move(r));
     co_return;
@@ -534,8 +560,19 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
                    c.key->cfg->name, v.shadow_rejections.front());
     }
     if (v.allowed) co_return true;
-    if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline) {
-      co_await sleep_for(v.retry_after_ns);
+    const Nanos max_wait = cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
+    if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
+        v.retry_after_ns <= max_wait) {
+      // The wait counts in the queue depth, and the overload policy may refuse it.
+      auto waited = co_await c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority);
+      if (!waited.ok()) {
+        auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
+        e.status = 429;
+        e.type = "rate_limit_exceeded";
+        co_await reply_error(c, e);
+        co_return false;
+      }
+      c.queue_wait += v.retry_after_ns;
       continue;
     }
     Error e = make_error(429, "rate_limit_exceeded", "rate_limit_exceeded",
@@ -556,9 +593,22 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
 // The pipeline of one LLM request, in phase order.
 asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   // 1 authenticate
-  auto key = authenticate(*c.rt, c.req);
-  if (!key) co_return co_await reply_error(c, key.error());
-  c.key = *key;
+  if (c.replay_key) {
+    c.key = c.replay_key;
+  } else {
+    auto key = authenticate(*c.rt, c.req);
+    if (!key) co_return co_await reply_error(c, key.error());
+    c.key = *key;
+  }
+  c.plan = c.rt->config().plan(c.key->cfg->plan);
+  {
+    // The priority: the X-Priority header or the key's default, never above the key's maximum.
+    const int def = c.key->cfg->default_priority >= 0 ? c.key->cfg->default_priority
+                                                      : (c.plan ? c.plan->default_priority : 1);
+    const int highest = c.key->cfg->max_priority >= 0 ? c.key->cfg->max_priority
+                                                       : (c.plan ? c.plan->max_priority : 0);
+    c.priority = admission::resolve_priority(c.req.header("x-priority"), def, highest);
+  }
 
   auto parsed = providers::parse_request(endpoint, c.req.body);
   if (!parsed) co_return co_await reply_error(c, parsed.error());
@@ -568,13 +618,49 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   auto group = resolve(*c.rt, *c.key, c.llm.model);
   if (!group) co_return co_await reply_error(c, group.error());
   c.group = *group;
-  c.plan = c.rt->config().plan(c.key->cfg->plan);
 
   // 4 rate limit
   if (!co_await rate_limit(c)) co_return;
+  c.extra.add("x-bellwether-priority", std::to_string(c.priority.priority));
+  if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
+
+  // 6 admission: a slot of the model group's concurrency limit, waiting in priority order
+  {
+    const Nanos t0 = SteadyClock::instance().now();
+    auto admitted = co_await c.sh.admission->acquire(c.group->cfg->name, c.priority.priority);
+    c.queue_wait += SteadyClock::instance().now() - t0;
+    if (!admitted.ok()) {
+      c.error_code = "admission";
+      co_return co_await reply_error(c, admission::admission_error(admitted.refusal,
+                                                                   admitted.retry_after_s));
+    }
+    c.permit = std::move(admitted.permit);
+  }
 
   // 7 forward and 8 respond
   co_await forward(c);
+  c.permit.complete(c.upstream_latency, c.upstream_status);
+}
+
+// A batch (P2) request that failed after every retry and fallback is kept for a later replay.
+asio::awaitable<void> dead_letter(Ctx& c) {
+  if (!c.forward_failed || c.replay_key || !c.sh.dead_letters || c.priority.priority != 2 ||
+      c.cancelled) {
+    co_return;
+  }
+  routing::NewDeadLetter e;
+  e.created_unix_ms = SteadyClock::instance().unix_millis();
+  e.key_id = c.key->cfg->name;
+  e.model = c.llm.model;
+  e.endpoint = std::string(c.req.path());
+  e.body = c.req.body;
+  e.error = c.last_failure.empty() ? c.error_code : c.last_failure;
+  e.attempts = static_cast<int>(c.attempts);
+  auto home = co_await asio::this_coro::executor;
+  co_await asio::post(c.sh.blocking->get_executor(), asio::use_awaitable);
+  auto r = c.sh.dead_letters->add(e);
+  co_await asio::post(home, asio::use_awaitable);
+  if (!r) spdlog::error("dead-letter queue: {}", r.error().message);
 }
 
 // Phase 9 (part): token reservations are corrected to real usage, also after errors.
@@ -596,15 +682,189 @@ struct Route {
   std::string_view path;
   std::string_view method;
 };
-constexpr std::array<Route, 10> kRoutes = {{{"/admin/breakers", "GET"},{"/v1/chat/completions", "POST"},
+constexpr std::array<Route, 8> kRoutes = {{{"/v1/chat/completions", "POST"},
                                            {"/v1/completions", "POST"},
                                            {"/v1/embeddings", "POST"},
                                            {"/v1/models", "GET"},
                                            {"/healthz", "GET"},
                                            {"/readyz", "GET"},
                                            {"/v1/metrics/queue", "GET"},
-                                           {"/metrics", "GET"},
-                                           {"/admin/status", "GET"}}};
+                                           {"/metrics", "GET"}}};
+
+template <class F>
+auto run_blocking(Shared& sh, F f) -> asio::awaitable<decltype(f())> {
+  auto home = co_await asio::this_coro::executor;
+  co_await asio::post(sh.blocking->get_executor(), asio::use_awaitable);
+  auto r = f();
+  co_await asio::post(home, asio::use_awaitable);
+  co_return r;
+}
+
+std::string dead_letter_json(const routing::DeadLetter& d, bool with_body) {
+  JsonWriter j;
+  j.begin_object()
+      .key("id").value(d.id)
+      .key("created_unix_ms").value(d.created_unix_ms)
+      .key("key_id").value(d.key_id)
+      .key("model").value(d.model)
+      .key("endpoint").value(d.endpoint)
+      .key("error").value(d.error)
+      .key("attempts").value(static_cast<std::int64_t>(d.attempts))
+      .key("replayed_unix_ms");
+  if (d.replayed_unix_ms) {
+    j.value(*d.replayed_unix_ms);
+  } else {
+    j.null();
+  }
+  if (with_body) j.key("body").value(d.body);
+  j.end_object();
+  return j.take();
+}
+
+std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t def) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return def;
+  auto query = target.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    if (part.starts_with(name) && part.size() > name.size() && part[name.size()] == '=') {
+      return std::atoll(std::string(part.substr(name.size() + 1)).c_str());
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  return def;
+}
+
+// The admin API (master key only): status, breakers, dead letters.
+asio::awaitable<void> handle_admin(Ctx& c) {
+  auto& sh = c.sh;
+  const auto path = c.req.path();
+  const auto method = c.req.method;
+  if (!admin_authorized(*c.rt, c.req)) {
+    co_return co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_admin_key",
+                                                 "The admin API needs the admin (master) key."));
+  }
+  auto not_allowed = [&](const char* allow) -> asio::awaitable<void> {
+    auto r = error_response(c, make_error(405, "invalid_request_error", "method_not_allowed",
+                                          "Method not allowed on " + std::string(path) + "."));
+    r.headers.add("allow", allow);
+    c.status = 405;
+    co_await c.w.send(std::move(r));
+  };
+  if (path == "/admin/status") {
+    if (method != "GET") co_return co_await not_allowed("GET");
+    JsonWriter j;
+    j.begin_object()
+        .key("config").value(c.rt->config().source)
+        .key("requests").value(sh.requests.load())
+        .key("model_groups").value(static_cast<std::int64_t>(c.rt->config().model_groups.size()))
+        .key("keys").value(static_cast<std::int64_t>(c.rt->config().keys.size()))
+        .key("shadow_rejections").value(sh.shadow_rejections.load())
+        .end_object();
+    co_return co_await send_json(c, 200, j.take());
+  }
+  if (path == "/admin/breakers") {
+    if (method != "GET") co_return co_await not_allowed("GET");
+    co_return co_await send_json(
+        c, 200, routing::status_json(sh.router.status(SteadyClock::instance().now())));
+  }
+  if (path == "/admin/dead-letters" || path.starts_with("/admin/dead-letters/")) {
+    if (!sh.dead_letters) {
+      co_return co_await reply_error(c, make_error(404, "invalid_request_error", "dlq_disabled",
+                                                   "The dead-letter queue is not configured."));
+    }
+    auto& dlq = *sh.dead_letters;
+    if (path == "/admin/dead-letters") {
+      if (method != "GET") co_return co_await not_allowed("GET");
+      const auto after = query_int(c.req.target, "after", 0);
+      const int limit = static_cast<int>(std::clamp<std::int64_t>(query_int(c.req.target, "limit", 100), 1, 1000));
+      auto list = co_await run_blocking(sh, [&] { return dlq.list(after, limit, false); });
+      if (!list) co_return co_await reply_error(c, list.error());
+      std::string body = "{\"object\":\"list\",\"data\":[";
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        if (i) body += ",";
+        body += dead_letter_json((*list)[i], false);
+      }
+      body += "],\"size\":" + std::to_string(dlq.size()) + ",\"added_total\":" +
+              std::to_string(dlq.added_total()) + ",\"dropped_total\":" +
+              std::to_string(dlq.dropped_total()) + "}";
+      co_return co_await send_json(c, 200, std::move(body));
+    }
+    auto rest = path.substr(std::string_view("/admin/dead-letters/").size());
+    const bool replay = rest.ends_with("/replay");
+    if (replay) rest.remove_suffix(7);
+    const std::int64_t id = std::atoll(std::string(rest).c_str());
+    if (id <= 0) {
+      co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
+                                                   "No such dead letter."));
+    }
+    if (replay) {
+      if (method != "POST") co_return co_await not_allowed("POST");
+      auto entry = co_await run_blocking(sh, [&] { return dlq.get(id); });
+      if (!entry) co_return co_await reply_error(c, entry.error());
+      if (!entry->has_value()) {
+        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
+                                                     "No such dead letter."));
+      }
+      const auto& d = **entry;
+      const KeyInfo* key = c.rt->key_by_name(d.key_id);
+      if (!key) {
+        co_return co_await reply_error(
+            c, make_error(409, "invalid_request_error", "key_gone",
+                          "The key '" + d.key_id + "' of this entry no longer exists."));
+      }
+      // The replay goes through the whole pipeline again (limits and budgets included), as
+      // the original key, and its answer is the admin's answer.
+      Request replay_req;
+      replay_req.method = "POST";
+      replay_req.target = d.endpoint;
+      replay_req.body = d.body;
+      replay_req.peer_ip = c.req.peer_ip;
+      replay_req.headers.emplace_back("x-priority", "2");
+      Ctx rc(sh, c.rt, replay_req, c.w);
+      rc.start = SteadyClock::instance().now();
+      rc.request_id = c.request_id;
+      rc.client_ip = c.client_ip;
+      rc.replay_key = key;
+      const Endpoint ep = d.endpoint == "/v1/completions" ? Endpoint::kCompletions
+                          : d.endpoint == "/v1/embeddings" ? Endpoint::kEmbeddings
+                                                           : Endpoint::kChat;
+      co_await handle_llm(rc, ep);
+      settle_limits(rc);
+      rc.permit.release();
+      write_access_log(rc);
+      c.status = rc.status;
+      if (rc.status >= 200 && rc.status < 300) {
+        auto now_ms = SteadyClock::instance().unix_millis();
+        co_await run_blocking(sh, [&] { return dlq.mark_replayed(id, now_ms); });
+      }
+      co_return;
+    }
+    if (method == "GET") {
+      auto entry = co_await run_blocking(sh, [&] { return dlq.get(id); });
+      if (!entry) co_return co_await reply_error(c, entry.error());
+      if (!entry->has_value()) {
+        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
+                                                     "No such dead letter."));
+      }
+      co_return co_await send_json(c, 200, dead_letter_json(**entry, true));
+    }
+    if (method == "DELETE") {
+      auto removed = co_await run_blocking(sh, [&] { return dlq.remove(id); });
+      if (!removed) co_return co_await reply_error(c, removed.error());
+      if (!*removed) {
+        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
+                                                     "No such dead letter."));
+      }
+      co_return co_await send_json(c, 200, "{\"deleted\":true,\"id\":" + std::to_string(id) + "}");
+    }
+    co_return co_await not_allowed("GET, DELETE");
+  }
+  co_await reply_error(c, make_error(404, "invalid_request_error", "unknown_url",
+                                     "Unknown admin URL: " + std::string(path) + "."));
+}
 
 }  // namespace
 
@@ -620,6 +880,16 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   const auto& cfg = c.rt->config();
   const bool admin_here = admin_listener || cfg.admin_listen.empty();
 
+  if (path.starts_with("/admin/")) {
+    if (admin_here) {
+      co_await handle_admin(c);
+    } else {
+      co_await reply_error(c, make_error(404, "invalid_request_error", "unknown_url",
+                                         "The admin API is on the admin listener."));
+    }
+    write_access_log(c);
+    co_return;
+  }
   const Route* route = nullptr;
   bool path_known = false;
   for (const auto& r : kRoutes) {
@@ -628,8 +898,7 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
       if (r.method == req.method) route = &r;
     }
   }
-  if (admin_listener && !path.starts_with("/admin/") && path != "/healthz") route = nullptr;
-  if (path.starts_with("/admin/") && !admin_here) route = nullptr, path_known = false;
+  if (admin_listener && path != "/healthz" && path != "/readyz") route = nullptr, path_known = false;
 
   if (!route) {
     if (path_known) {
@@ -661,35 +930,30 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
     } else {
       co_await send_json(c, 200, c.rt->models_json());
     }
+  } else if (path == "/v1/metrics/queue") {
+    // Client keys may read it when configured so; the admin key always may.
+    bool allowed = admin_authorized(*c.rt, req);
+    if (!allowed && cfg.queue_metrics_public) allowed = authenticate(*c.rt, req).ok();
+    if (!allowed) {
+      co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_api_key",
+                                         "Reading queue metrics needs an API key."));
+    } else {
+      co_await send_json(c, 200, sh.admission->metrics_json());
+    }
   } else if (path == "/v1/chat/completions") {
     co_await handle_llm(c, Endpoint::kChat);
   } else if (path == "/v1/completions") {
     co_await handle_llm(c, Endpoint::kCompletions);
   } else if (path == "/v1/embeddings") {
     co_await handle_llm(c, Endpoint::kEmbeddings);
-  } else if (path.starts_with("/admin/")) {
-    if (!admin_authorized(*c.rt, req)) {
-      co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_admin_key",
-                                         "The admin API needs the admin (master) key."));
-    } else if (path == "/admin/breakers") {
-      co_await send_json(c, 200,
-                         routing::status_json(sh.router.status(SteadyClock::instance().now())));
-    } else {
-      JsonWriter j;
-      j.begin_object()
-          .key("config").value(cfg.source)
-          .key("requests").value(sh.requests.load())
-          .key("model_groups").value(static_cast<std::int64_t>(cfg.model_groups.size()))
-          .key("keys").value(static_cast<std::int64_t>(cfg.keys.size()))
-          .end_object();
-      co_await send_json(c, 200, j.take());
-    }
   } else {
     co_await reply_error(c, make_error(404, "invalid_request_error", "unknown_url",
                                        "Not available yet: " + std::string(path)));
   }
   // 9 settle: always runs, also after errors and disconnects.
   settle_limits(c);
+  c.permit.release();
+  co_await dead_letter(c);
   write_access_log(c);
 }
 
@@ -717,6 +981,8 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
     rc.groups.push_back(std::move(rg));
   }
   if (auto r = sh.router.reload(std::move(rc)); !r) return r;
+  if (!sh.admission) sh.admission = std::make_unique<admission::AdmissionController>(cfg.admission);
+  for (const auto& g : cfg.model_groups) sh.admission->configure_group(g.name, g.concurrency);
   auto lc = std::make_shared<limits::LimiterConfig>();
   lc->limits = cfg.limits;
   if (!sh.limiter) {

@@ -8,6 +8,9 @@
 
 #include "gateway/access_log.h"
 #include "gateway/runtime.h"
+#include <boost/asio/thread_pool.hpp>
+
+#include "admission/admission_controller.h"
 #include "http/server.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
@@ -26,6 +29,9 @@ struct Shared {
   std::unique_ptr<limits::Limiter> limiter;
   routing::Router router;
   std::unique_ptr<routing::DeadLetterQueue> dead_letters;
+  std::unique_ptr<admission::AdmissionController> admission;
+  // Blocking work (SQLite) runs here, never on a worker's event loop.
+  std::unique_ptr<boost::asio::thread_pool> blocking{std::make_unique<boost::asio::thread_pool>(1)};
   std::atomic<std::uint64_t> shadow_rejections{0};
 };
 

@@ -39,6 +39,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
     for (const auto& d : g.deployments) deployments_.emplace(d.cfg->id, &d);
   }
   for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
+  for (const auto& [hash, info] : keys_) keys_by_name_.emplace(info.cfg->name, &info);
 
   JsonWriter j;
   j.begin_object().key("object").value("list").key("data").begin_array();
@@ -62,6 +63,11 @@ const ModelGroup* Runtime::group(std::string_view model) const {
 const Deployment* Runtime::deployment(const std::string& id) const {
   auto it = deployments_.find(id);
   return it == deployments_.end() ? nullptr : it->second;
+}
+
+const KeyInfo* Runtime::key_by_name(const std::string& name) const {
+  auto it = keys_by_name_.find(name);
+  return it == keys_by_name_.end() ? nullptr : it->second;
 }
 
 const KeyInfo* Runtime::key_by_hash(const std::string& hex_hash) const {

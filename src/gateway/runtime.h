@@ -43,6 +43,7 @@ class Runtime {
   const ModelGroup* group(std::string_view model) const;
   const KeyInfo* key_by_hash(const std::string& hex_hash) const;
   const Deployment* deployment(const std::string& id) const;
+  const KeyInfo* key_by_name(const std::string& name) const;
   const std::string& models_json() const { return models_json_; }
 
  private:
@@ -51,6 +52,7 @@ class Runtime {
   std::unordered_map<std::string, ModelGroup> groups_;
   std::unordered_map<std::string, KeyInfo> keys_;
   std::unordered_map<std::string, const Deployment*> deployments_;
+  std::unordered_map<std::string, const KeyInfo*> keys_by_name_;
   std::string models_json_;
 };
 

@@ -1,0 +1,183 @@
+#pragma once
+// AdmissionController: concurrency slots per model group, handed out in priority order to
+// coroutines running on any worker thread.
+//
+//   AdmitResult r = co_await admission.acquire("gpt-4.1", priority, max_wait);
+//   if (!r.ok()) return error_response(admission_error(r));   // 503 + Retry-After
+//   ... forward ...
+//   r.permit.complete(upstream_latency, upstream_status);      // or let it go out of scope
+//
+// Contract:
+//  - Thread safe. Each group has its own mutex, held only for O(1)/O(log n) queue work and never
+//    across a co_await. A waiter sleeps on a steady_timer of its OWN executor; whoever frees a
+//    slot decides who gets it under the group mutex and then posts a wake-up to that waiter's
+//    executor. The coroutine calling acquire()/wait_until() must run on a single-threaded
+//    executor (one io_context per worker thread, or a strand).
+//  - A slot handed to a waiter is never lost: the Permit releases it on destruction, and a waiter
+//    whose coroutine is destroyed before it resumes releases it too.
+//  - Cancellation: when the awaiting coroutine's cancellation slot fires (client disconnect,
+//    `||` with a timeout), the waiter leaves the queue at once and gets Refusal::kCancelled.
+//  - The controller must outlive every Permit and every pending acquire()/wait_until().
+//  - Groups are created on first use with AdmissionConfig::default_limiter, or up front with
+//    configure_group(). A deployment-level limit is just another group name (e.g.
+//    "gpt-4.1/azure-east") used with try_acquire() so that the balancer can pick another one.
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/awaitable.hpp>
+
+#include "admission/admission.h"
+#include "common/clock.h"
+#include "common/result.h"
+
+namespace bw::admission {
+
+struct AdmissionConfig {
+  QueueConfig queue;                 // per group: max_size, max_wait per priority, aging
+  OverloadConfig overload;           // process wide
+  LimiterConfig default_limiter;     // for groups not configured with configure_group()
+  Nanos stats_window = seconds(60);  // window of the wait-time percentiles
+  double min_retry_after_s = 1;      // bounds of the Retry-After suggestion
+  double max_retry_after_s = 30;
+  std::size_t max_groups = 4096;  // more distinct names share the group "_other"
+};
+
+enum class Refusal {
+  kNone,                  // admitted
+  kQueueFull,             // queue full of equal or higher priority work
+  kShedByHigherPriority,  // was waiting, evicted by a more important arrival
+  kOverload,              // process-wide threshold for this priority reached
+  kTimedOut,              // waited max_wait without getting a slot
+  kCancelled,             // the awaiting coroutine was cancelled (client went away)
+};
+std::string_view refusal_name(Refusal r);
+
+namespace detail {
+struct Group;
+struct Waiter;
+}  // namespace detail
+
+class AdmissionController;
+
+// A held concurrency slot. Move-only; releasing (complete(), release() or destruction) frees
+// the slot and wakes the next waiter of the group.
+class Permit {
+ public:
+  Permit() = default;
+  Permit(Permit&& o) noexcept;
+  Permit& operator=(Permit&& o) noexcept;
+  Permit(const Permit&) = delete;
+  Permit& operator=(const Permit&) = delete;
+  ~Permit() { release(); }
+
+  bool valid() const { return owner_ != nullptr; }
+  explicit operator bool() const { return valid(); }
+
+  // Releases with an upstream sample for the adaptive limit. upstream_latency: time from sending
+  // to the upstream until its answer (headers or first token; queue wait excluded).
+  // upstream_status: HTTP status, 0 when no response (429/503 lower the limit at once).
+  void complete(Nanos upstream_latency, int upstream_status);
+  // Releases without a sample (request never reached the upstream, client went away).
+  void release();
+
+ private:
+  friend class AdmissionController;
+  Permit(AdmissionController* owner, std::shared_ptr<detail::Group> group,
+         ConcurrencyLimiter::Ticket ticket);
+  AdmissionController* owner_ = nullptr;
+  std::shared_ptr<detail::Group> group_;
+  ConcurrencyLimiter::Ticket ticket_;
+};
+
+struct AdmitResult {
+  Permit permit;  // valid iff refusal == kNone
+  Refusal refusal = Refusal::kNone;
+  double retry_after_s = 0;  // suggestion for the Retry-After header when refused
+  Nanos waited = 0;          // time spent in the queue
+  bool ok() const { return refusal == Refusal::kNone; }
+};
+
+struct WaitResult {
+  Refusal refusal = Refusal::kNone;  // kNone, kOverload or kCancelled
+  double retry_after_s = 0;
+  bool ok() const { return refusal == Refusal::kNone; }
+};
+
+// OpenAI-style error for a refusal: 503 "server_error" with codes queue_full,
+// shed_by_higher_priority, overloaded, queue_timeout; 499 for cancelled (nobody will read it).
+Error admission_error(Refusal refusal, double retry_after_s);
+
+class AdmissionController {
+ public:
+  // max_wait for acquire(): use the priority's configured maximum.
+  static constexpr Nanos kConfiguredWait = -1;
+
+  explicit AdmissionController(AdmissionConfig config,
+                               const Clock& clock = SteadyClock::instance());
+  ~AdmissionController();
+  AdmissionController(const AdmissionController&) = delete;
+  AdmissionController& operator=(const AdmissionController&) = delete;
+
+  // Creates the group or changes its limiter (slots in use are kept).
+  void configure_group(std::string_view group, const LimiterConfig& limiter);
+
+  // Waits for a slot of `group`. priority: 0..2 (clamped). max_wait: kConfiguredWait for the
+  // priority's maximum, 0 to not wait at all, otherwise min(max_wait, configured maximum).
+  // Never throws for admission reasons; a cancelled caller gets Refusal::kCancelled.
+  boost::asio::awaitable<AdmitResult> acquire(std::string_view group, int priority,
+                                              Nanos max_wait = kConfiguredWait);
+
+  // Takes a slot only if one is free right now and nobody of the group is waiting. No overload
+  // check: meant for deployment-level limits of a request that was already admitted.
+  Permit try_acquire(std::string_view group);
+
+  // Sleeps until `deadline` (Clock time) for a rate limit, counted in the queue depth of
+  // `priority` and in the overload load meanwhile. Refused at entry by the overload policy; a
+  // cancelled caller returns at once with kCancelled. Needs no slot.
+  boost::asio::awaitable<WaitResult> wait_until(Nanos deadline, int priority);
+
+  QueueSnapshot snapshot() const;
+  std::string metrics_json() const { return render_queue_metrics_json(snapshot()); }
+
+  // Current totals (cheap, lock free).
+  std::size_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  std::size_t queued() const;               // slot waiters + rate-limit waiters
+  int limit(std::string_view group) const;  // -1 for an unknown group
+
+ private:
+  friend class Permit;
+  friend struct detail::Waiter;
+  using WakeList = std::vector<std::shared_ptr<detail::Waiter>>;
+
+  std::shared_ptr<detail::Group> group_for(std::string_view name);
+  std::shared_ptr<detail::Group> find_group(std::string_view name) const;
+  void grant_locked(detail::Group& g, Nanos now, WakeList& wake);
+  void release_slot(const std::shared_ptr<detail::Group>& g, const ConcurrencyLimiter::Ticket& t,
+                    Nanos latency, SampleOutcome outcome);
+  static void wake_all(WakeList& wake);
+  void abandon(detail::Waiter& w);
+  std::size_t load() const;
+  double retry_after(Nanos now) const;
+
+  AdmissionConfig config_;
+  const Clock& clock_;
+
+  mutable std::shared_mutex groups_mu_;
+  std::map<std::string, std::shared_ptr<detail::Group>, std::less<>> groups_;
+
+  mutable std::mutex stats_mu_;  // leaf lock: taken under a group mutex, never the reverse
+  AdmissionStats stats_;
+
+  std::atomic<std::size_t> in_flight_{0};
+  PerPriority<std::atomic<std::int64_t>> slot_waiting_{};
+  PerPriority<std::atomic<std::int64_t>> rate_waiting_{};
+};
+
+}  // namespace bw::admission

@@ -1,0 +1,114 @@
+#pragma once
+// Queue statistics with bounded memory: wait-time percentiles over a sliding window, throughput
+// over the last minute, shed/time-out counters, and the JSON body of GET /v1/metrics/queue.
+// Pure and single threaded (takes `now`); the AdmissionController guards its instance.
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "admission/priority.h"
+#include "common/clock.h"
+
+namespace bw::admission {
+
+// Log-linear histogram of durations (16 sub-buckets per power of two of microseconds, so a
+// reported percentile is within ~3% of the true value) kept in `slices` rotating slices that
+// together cover `window`. Memory is fixed: slices * kBuckets counters.
+class LatencyWindow {
+ public:
+  static constexpr int kSubBits = 4;
+  static constexpr int kBuckets = 16 * 38;  // up to 2^41 us (~25 days): anything longer is capped
+
+  explicit LatencyWindow(Nanos window = seconds(60), int slices = 6);
+
+  void record(Nanos now, Nanos value);
+  // q in (0, 1]; milliseconds; 0 when the window holds no sample.
+  double percentile_ms(Nanos now, double q) const;
+  std::uint64_t count(Nanos now) const;
+
+  static int bucket_of(std::uint64_t micros);
+  // Representative value (microseconds) reported for a bucket.
+  static double bucket_value_us(int bucket);
+
+ private:
+  struct Slice {
+    std::int64_t epoch = -1;
+    std::uint64_t total = 0;
+    std::array<std::uint32_t, kBuckets> counts{};
+  };
+  bool live(const Slice& s, Nanos now) const;
+  Nanos slice_len_;
+  std::vector<Slice> slices_;
+};
+
+// Event count over the last `seconds_kept` whole seconds (one counter per second).
+class RateWindow {
+ public:
+  explicit RateWindow(int seconds_kept = 60) : buckets_(seconds_kept) {}
+  void record(Nanos now, std::uint64_t n = 1);
+  std::uint64_t sum(Nanos now) const;
+  int span_seconds() const { return static_cast<int>(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    std::int64_t second = -1;
+    std::uint64_t count = 0;
+  };
+  std::vector<Bucket> buckets_;
+};
+
+struct WaitPercentiles {
+  double p50 = 0, p95 = 0, p99 = 0;  // milliseconds
+};
+
+struct QueueSnapshot {
+  PerPriority<std::size_t> depth{};  // waiting for a slot + waiting for a rate limit
+  std::size_t in_flight = 0;
+  double throughput_rpm = 0;  // completions in the last 60 s
+  PerPriority<WaitPercentiles> wait_ms{};
+  // Counters since start. shed = evicted + refused_full + refused_overload.
+  PerPriority<std::uint64_t> shed{}, timed_out{}, evicted{}, refused_full{}, refused_overload{},
+      cancelled{};
+  // depth / completion rate; nullopt when requests wait but nothing completed recently.
+  std::optional<double> estimated_drain_seconds;
+  std::vector<std::pair<std::string, int>> concurrency_limits;  // group -> current limit
+
+  std::size_t queue_depth() const { return depth[0] + depth[1] + depth[2]; }
+};
+
+class AdmissionStats {
+ public:
+  explicit AdmissionStats(Nanos wait_window = seconds(60));
+
+  void record_wait(int priority, Nanos now, Nanos waited);  // a waiter got its slot
+  void record_completion(Nanos now);                        // a permit was released
+  void record_timeout(int priority) { ++timed_out_[priority]; }
+  void record_evicted(int priority) { ++evicted_[priority]; }
+  void record_refused_full(int priority) { ++refused_full_[priority]; }
+  void record_refused_overload(int priority) { ++refused_overload_[priority]; }
+  void record_cancelled(int priority) { ++cancelled_[priority]; }
+
+  // Completions per second over the last minute.
+  double completion_rate(Nanos now) const;
+  // Fills everything except depth, in_flight and concurrency_limits, which the caller sets
+  // first (the drain estimate uses depth).
+  void fill(Nanos now, QueueSnapshot& s) const;
+
+ private:
+  PerPriority<LatencyWindow> waits_;
+  RateWindow completions_;
+  PerPriority<std::uint64_t> timed_out_{}, evicted_{}, refused_full_{}, refused_overload_{},
+      cancelled_{};
+};
+
+// Body of GET /v1/metrics/queue:
+// {"queue_depth","depth_by_priority":{p0,p1,p2},"in_flight","throughput_rpm",
+//  "wait_ms":{"p0":{"p50","p95","p99"},...},"shed":{..},"timed_out":{..},
+//  "estimated_drain_seconds" (number or null),"concurrency_limits":{group:limit}}
+std::string render_queue_metrics_json(const QueueSnapshot& s);
+
+}  // namespace bw::admission
