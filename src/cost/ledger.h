@@ -1,0 +1,115 @@
+#pragma once
+// Ledger: the durable record of every reservation and settlement. A reservation must be durable
+// before the request is forwarded, so that a crash (kill -9, power loss) can never lose spend.
+//
+// Contract
+//  - append_*() never blocks on I/O: it queues the record and returns false at once when the
+//    bounded queue is full (the gateway then refuses the request with 503: money never fails
+//    open). The callback runs exactly once, on the ledger's writer thread, after the record's
+//    transaction is durable (ok) or has failed (error). It must be cheap and must not call back
+//    into the ledger's append functions synchronously with a full queue; the gateway posts it to
+//    the request's executor.
+//  - A settlement updates the open row of its request_id; settling an unknown or already closed
+//    request fails that record only.
+//  - Query functions are synchronous, run on the caller's thread and may be slow: use them at
+//    startup (recovery), from the admin API, or off the request path.
+//  - Implementations are thread-safe.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "cost/money.h"
+
+namespace bw::cost {
+
+enum class LedgerStatus { kOpen, kSettled, kReleased };
+const char* to_string(LedgerStatus s);
+
+struct LedgerReservation {
+  std::string request_id;
+  std::string key_id;
+  std::string tenant_id;
+  std::string model;
+  std::vector<std::string> budgets;  // ids the reservation was taken against
+  Micros reserved_micro = 0;
+  std::int64_t created_unix_ms = 0;
+};
+
+struct LedgerSettlement {
+  std::string request_id;
+  LedgerStatus status = LedgerStatus::kSettled;  // kSettled or kReleased
+  Micros actual_micro = 0;                       // 0 for kReleased
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t settled_unix_ms = 0;
+};
+
+struct LedgerRow {
+  std::string request_id;
+  std::string key_id;
+  std::string tenant_id;
+  std::string model;
+  std::vector<std::string> budgets;  // empty for rows written before schema v3
+  Micros reserved_micro = 0;
+  Micros actual_micro = 0;
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  LedgerStatus status = LedgerStatus::kOpen;
+  std::int64_t created_unix_ms = 0;
+  std::int64_t settled_unix_ms = 0;
+};
+
+// Settled spend of one (budgets, key, tenant, UTC day) group; used to rebuild budget counters.
+struct SpendAggregate {
+  std::vector<std::string> budgets;
+  std::string key_id;
+  std::string tenant_id;
+  std::int64_t day_start_unix_ms = 0;
+  Micros actual_micro = 0;
+};
+
+enum class SpendGroup { kKey, kTenant, kModel, kDay };
+
+struct SpendReportRow {
+  std::string group;  // key id, tenant id, model, or "YYYY-MM-DD" (UTC)
+  std::int64_t requests = 0;
+  Micros actual_micro = 0;
+  Micros open_reserved_micro = 0;
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+};
+
+struct LedgerStats {
+  std::uint64_t records_committed = 0;
+  std::uint64_t records_failed = 0;
+  std::uint64_t commits = 0;  // transactions, i.e. fsyncs of the WAL with synchronous=FULL
+  std::uint64_t queue_full = 0;
+  std::uint64_t max_batch = 0;
+  std::size_t queue_depth = 0;
+};
+
+using LedgerCallback = std::function<void(const Result<Ok>&)>;
+
+class Ledger {
+ public:
+  virtual ~Ledger() = default;
+  [[nodiscard]] virtual bool append_reservation(LedgerReservation record, LedgerCallback done) = 0;
+  [[nodiscard]] virtual bool append_settlement(LedgerSettlement record, LedgerCallback done) = 0;
+  // Waits until every record queued before the call is committed (tests, shutdown).
+  virtual void flush() = 0;
+
+  virtual Result<std::vector<LedgerRow>> open_reservations() = 0;
+  // Settled rows created at or after `since_unix_ms`, grouped by (budgets, key, tenant, UTC day).
+  virtual Result<std::vector<SpendAggregate>> settled_since(std::int64_t since_unix_ms) = 0;
+  virtual Result<std::optional<LedgerRow>> find(const std::string& request_id) = 0;
+  // Rows created in [from, to), grouped; sorted by group.
+  virtual Result<std::vector<SpendReportRow>> spend_report(SpendGroup group,
+                                                           std::int64_t from_unix_ms,
+                                                           std::int64_t to_unix_ms) = 0;
+  virtual LedgerStats stats() const = 0;
+};
+
+}  // namespace bw::cost

@@ -1,0 +1,93 @@
+#include "cost/pricing.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace bw::cost {
+
+Micros usd_to_micros(double usd) {
+  if (!(usd == usd)) return 0;  // NaN
+  const double m = std::round(usd * static_cast<double>(kMicrosPerUsd));
+  if (m >= 9.2e18) return kMaxMicros;
+  if (m <= -9.2e18) return kMinMicros;
+  return static_cast<Micros>(m);
+}
+
+namespace {
+
+constexpr __int128 kTokensPerPriceUnit = 1'000'000;
+
+Micros clamp_to_micros(__int128 v) {
+  if (v > static_cast<__int128>(kMaxMicros)) return kMaxMicros;
+  if (v < 0) return 0;
+  return static_cast<Micros>(v);
+}
+
+}  // namespace
+
+Micros cost_micros(const ModelPrice& price, std::int64_t prompt_tokens,
+                   std::int64_t completion_tokens, std::int64_t cached_tokens) {
+  prompt_tokens = std::max<std::int64_t>(prompt_tokens, 0);
+  completion_tokens = std::max<std::int64_t>(completion_tokens, 0);
+  cached_tokens = std::clamp<std::int64_t>(cached_tokens, 0, prompt_tokens);
+  const Micros cached_rate =
+      price.cached_input_per_mtok < 0 ? price.input_per_mtok : price.cached_input_per_mtok;
+  // 63-bit token counts times 63-bit prices fit in 126 bits; the sum of three stays below 2^127.
+  const __int128 numerator =
+      static_cast<__int128>(prompt_tokens - cached_tokens) *
+          std::max<Micros>(price.input_per_mtok, 0) +
+      static_cast<__int128>(cached_tokens) * std::max<Micros>(cached_rate, 0) +
+      static_cast<__int128>(completion_tokens) * std::max<Micros>(price.output_per_mtok, 0);
+  return clamp_to_micros((numerator + kTokensPerPriceUnit - 1) / kTokensPerPriceUnit);
+}
+
+std::int64_t estimate_prompt_tokens(std::int64_t text_chars, std::int64_t message_count) {
+  text_chars = std::max<std::int64_t>(text_chars, 0);
+  message_count = std::max<std::int64_t>(message_count, 0);
+  const std::int64_t text_tokens = text_chars / 3 + (text_chars % 3 != 0 ? 1 : 0);
+  std::int64_t framing = 0;
+  constexpr std::int64_t kMaxTokens = std::numeric_limits<std::int64_t>::max();
+  if (__builtin_mul_overflow(message_count, std::int64_t{4}, &framing)) return kMaxTokens;
+  std::int64_t total = 0;
+  if (__builtin_add_overflow(text_tokens, framing, &total)) return kMaxTokens;
+  if (__builtin_add_overflow(total, std::int64_t{3}, &total)) return kMaxTokens;
+  return total;
+}
+
+std::int64_t completion_token_limit(const ModelPrice& price,
+                                    std::optional<std::int64_t> max_tokens) {
+  const std::int64_t cap =
+      price.max_output_tokens > 0 ? price.max_output_tokens : kDefaultMaxOutputTokens;
+  if (max_tokens && *max_tokens > 0) return std::min(*max_tokens, cap);
+  return cap;
+}
+
+WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_tokens,
+                     std::optional<std::int64_t> max_tokens) {
+  WorstCase w;
+  w.prompt_tokens = std::max<std::int64_t>(estimated_prompt_tokens, 0);
+  w.completion_tokens = completion_token_limit(price, max_tokens);
+  w.cost = cost_micros(price, w.prompt_tokens, w.completion_tokens, 0);
+  return w;
+}
+
+PriceTable PriceTable::defaults() {
+  PriceTable t;
+  t.set("gpt-4.1", {2'500'000, 8'000'000, 500'000, 32'768});
+  t.set("claude-sonnet-4.5", {3'000'000, 15'000'000, 300'000, 64'000});
+  t.set("gemini-2.5-flash", {300'000, 2'500'000, 30'000, 65'536});
+  t.set("deepseek-v3.2", {100'000, 420'000, 10'000, 8'192});
+  return t;
+}
+
+void PriceTable::set(std::string model, ModelPrice price) {
+  prices_.insert_or_assign(std::move(model), price);
+}
+
+const ModelPrice* PriceTable::find(std::string_view model) const {
+  auto it = prices_.find(std::string(model));
+  return it == prices_.end() ? nullptr : &it->second;
+}
+
+}  // namespace bw::cost

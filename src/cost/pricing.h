@@ -1,0 +1,77 @@
+#pragma once
+// Prices per model and request cost estimation. Pure functions and an immutable-after-build
+// table: safe to share across threads once constructed (build a new table on config reload).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "cost/money.h"
+
+namespace bw::cost {
+
+// Prices in micro-dollars per million tokens, i.e. numerically equal to "USD per 1M tokens * 1e6".
+// $2.50 / 1M tokens is input_per_mtok = 2'500'000.
+struct ModelPrice {
+  Micros input_per_mtok = 0;
+  Micros output_per_mtok = 0;
+  // Price of prompt tokens served from the provider's prompt cache; < 0 means "same as input".
+  Micros cached_input_per_mtok = -1;
+  // Output cap used for the worst case when the request has no max_tokens, and the upper clamp
+  // of max_tokens. 0 means "unknown": kDefaultMaxOutputTokens is used.
+  std::int64_t max_output_tokens = 0;
+};
+
+constexpr std::int64_t kDefaultMaxOutputTokens = 16'384;
+
+// Exact cost of a completed request, rounded UP to the next micro-dollar (rounding is applied
+// once, to the sum, so splitting a request never changes its price by more than 1 micro).
+// `prompt_tokens` includes `cached_tokens` (OpenAI usage semantics); cached tokens are priced at
+// the cached-input rate, the rest at the input rate. Negative counts are treated as 0; cached is
+// clamped to prompt. Saturates at kMaxMicros.
+Micros cost_micros(const ModelPrice& price, std::int64_t prompt_tokens,
+                   std::int64_t completion_tokens, std::int64_t cached_tokens = 0);
+
+// Conservative prompt token estimate, before tokenisation is possible:
+//   ceil(text_chars / 3) + 4 * message_count + 3
+// Real tokenisers average ~4 characters per token for English and code; 3 leaves headroom for
+// other scripts. Pass the UTF-8 byte length of all message text (bytes >= code points, which only
+// makes the estimate larger). 4 per message and 3 per request cover role and framing tokens.
+std::int64_t estimate_prompt_tokens(std::int64_t text_chars, std::int64_t message_count);
+
+// The output token budget the request is allowed: min(max_tokens, model cap) when max_tokens is
+// given and positive, else the model cap. The gateway must forward exactly this as max_tokens
+// (when the client sent none) so the actual cost cannot exceed the worst case.
+std::int64_t completion_token_limit(const ModelPrice& price,
+                                    std::optional<std::int64_t> max_tokens);
+
+struct WorstCase {
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  Micros cost = 0;
+};
+
+// Worst case: estimated prompt at the full (uncached) input price + the completion limit at the
+// output price. This is the amount reserved against budgets before forwarding.
+WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_tokens,
+                     std::optional<std::int64_t> max_tokens);
+
+class PriceTable {
+ public:
+  // The built-in table (USD per 1M tokens, input/output/cached input):
+  //   gpt-4.1 2.50/8.00/0.50, claude-sonnet-4.5 3.00/15.00/0.30,
+  //   gemini-2.5-flash 0.30/2.50/0.03, deepseek-v3.2 0.10/0.42/0.01
+  static PriceTable defaults();
+
+  void set(std::string model, ModelPrice price);
+  // nullptr when the model has no price: the caller must refuse (money never fails open).
+  const ModelPrice* find(std::string_view model) const;
+  std::size_t size() const { return prices_.size(); }
+  const std::unordered_map<std::string, ModelPrice>& all() const { return prices_; }
+
+ private:
+  std::unordered_map<std::string, ModelPrice> prices_;
+};
+
+}  // namespace bw::cost

@@ -1,0 +1,94 @@
+#include "telemetry/gateway_metrics.h"
+
+namespace bw::telemetry {
+
+std::string_view status_class(int http_status) {
+  switch (http_status / 100) {
+    case 1:
+      return "1xx";
+    case 2:
+      return "2xx";
+    case 3:
+      return "3xx";
+    case 4:
+      return "4xx";
+    case 5:
+      return "5xx";
+    default:
+      return "other";
+  }
+}
+
+namespace {
+std::vector<double> ttft_buckets() {
+  return {0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30};
+}
+}  // namespace
+
+GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
+    : requests(r.counter("bellwether_requests_total",
+                         "Requests answered, by endpoint, model, HTTP status class and priority.",
+                         {"endpoint", "model", "status_class", "priority"}, 1.0,
+                         o.max_children_per_family)),
+      request_duration(r.histogram("bellwether_request_duration_seconds",
+                                   "Time from request received to last byte sent, in seconds.",
+                                   latency_buckets(), {"endpoint", "model"},
+                                   o.max_children_per_family)),
+      ttft(r.histogram("bellwether_ttft_seconds",
+                       "Time to first token of streamed completions, in seconds.", ttft_buckets(),
+                       {"model"}, o.max_children_per_family)),
+      upstream_latency(r.histogram("bellwether_upstream_latency_seconds",
+                                   "Latency of one upstream attempt, in seconds.",
+                                   latency_buckets(), {"deployment"}, o.max_children_per_family)),
+      upstream_requests(r.counter("bellwether_upstream_requests_total",
+                                  "Upstream attempts by deployment and status class.",
+                                  {"deployment", "status_class"}, 1.0, o.max_children_per_family)),
+      tokens(r.counter("bellwether_tokens_total", "Tokens processed, by model and type.",
+                       {"model", "type"}, 1.0, o.max_children_per_family)),
+      cost_usd(r.counter("bellwether_cost_usd_total", "Settled spend in US dollars, by model.",
+                         {"model"}, 1e-6, o.max_children_per_family)),
+      rate_limited(r.counter("bellwether_rate_limited_total",
+                             "Requests rejected with 429 by a rate limit, by limit name.",
+                             {"limit"}, 1.0, o.max_children_per_family)),
+      queue_depth(r.gauge("bellwether_queue_depth", "Requests waiting in the admission queue.",
+                          {"priority"}, o.max_children_per_family)),
+      queue_wait(r.histogram("bellwether_queue_wait_seconds",
+                             "Time spent in the admission queue, in seconds.", queue_wait_buckets(),
+                             {"priority"}, o.max_children_per_family)),
+      in_flight(r.gauge("bellwether_in_flight", "Requests admitted and not yet finished.")),
+      shed(r.counter("bellwether_shed_total", "Requests shed by admission, by priority and reason.",
+                     {"priority", "reason"}, 1.0, o.max_children_per_family)),
+      queue_timeouts(r.counter("bellwether_queue_timeouts_total",
+                               "Requests that timed out while queued.", {"priority"}, 1.0,
+                               o.max_children_per_family)),
+      breaker_state(r.gauge("bellwether_breaker_state",
+                            "Circuit breaker state: 0 closed, 1 half-open, 2 open.", {"deployment"},
+                            o.max_children_per_family)),
+      retries(r.counter("bellwether_retries_total", "Upstream retries, by model.", {"model"}, 1.0,
+                        o.max_children_per_family)),
+      fallbacks(r.counter("bellwether_fallbacks_total", "Fallbacks from one model to another.",
+                          {"from", "to"}, 1.0, o.max_children_per_family)),
+      dlq_entries(r.counter("bellwether_dlq_entries_total",
+                            "Settlements written to the dead-letter queue.")),
+      dlq_dropped(r.counter("bellwether_dlq_dropped_total",
+                            "Settlements dropped because the dead-letter queue was full.")),
+      cache_hits(r.counter("bellwether_cache_hits_total", "Response cache hits.")),
+      cache_misses(r.counter("bellwether_cache_misses_total", "Response cache misses.")),
+      budget_utilization(o.budget_utilization ? &r.gauge("bellwether_budget_utilization_ratio",
+                                                         "Spend divided by cap, by budget (0..1).",
+                                                         {"budget"}, o.max_children_per_family)
+                                              : nullptr),
+      replicas_recommended(r.gauge("bellwether_replicas_recommended",
+                                   "Replica count recommended by the predictive scaler.")) {
+  r.set_build_info(o.version, o.commit);
+  // Unlabelled families get their single child now, so they are exported as 0 from the start
+  // (rate() and absent() alerts need the series to exist before the first event).
+  in_flight.get();
+  dlq_entries.get();
+  dlq_dropped.get();
+  cache_hits.get();
+  cache_misses.get();
+  replicas_recommended.get();
+}
+
+}  // namespace bw::telemetry

@@ -1,0 +1,55 @@
+#pragma once
+// GatewayMetrics: every metric family the gateway records, registered once with their exact
+// exported names. Callers resolve the labelled children they need (e.g. per endpoint and model)
+// once and keep the references; see metrics.h for the threading and cardinality contract.
+#include <cstdint>
+#include <string>
+
+#include "telemetry/metrics.h"
+
+namespace bw::telemetry {
+
+struct GatewayMetricsOptions {
+  std::string version = "0.1.0";   // bellwether_build_info{version}
+  std::string commit = "unknown";  // bellwether_build_info{commit}
+  // Hard cap on label combinations per family; extra combinations go to "__overflow__".
+  std::size_t max_children_per_family = kDefaultMaxChildren;
+  // bellwether_budget_utilization_ratio is opt-in: a budget label per tenant can be large.
+  bool budget_utilization = false;
+};
+
+// Label values used by the gateway; kept here so every recorder spells them the same way.
+std::string_view status_class(int http_status);  // "2xx", "4xx", "5xx", ...; "other" if invalid
+
+struct GatewayMetrics {
+  explicit GatewayMetrics(Registry& registry, const GatewayMetricsOptions& options = {});
+
+  CounterFamily& requests;            // {endpoint,model,status_class,priority}
+  HistogramFamily& request_duration;  // {endpoint,model}, seconds
+  HistogramFamily& ttft;              // {model}, seconds to first streamed token
+  HistogramFamily& upstream_latency;  // {deployment}, seconds
+  CounterFamily& upstream_requests;   // {deployment,status_class}
+  CounterFamily& tokens;              // {model,type}; type = prompt|completion
+  CounterFamily& cost_usd;            // {model}; add() takes micro-dollars
+  CounterFamily& rate_limited;        // {limit}
+  GaugeFamily& queue_depth;           // {priority}
+  HistogramFamily& queue_wait;        // {priority}, seconds
+  GaugeFamily& in_flight;             // no labels
+  CounterFamily& shed;                // {priority,reason}
+  CounterFamily& queue_timeouts;      // {priority}
+  GaugeFamily& breaker_state;         // {deployment}; 0 closed, 1 half-open, 2 open
+  CounterFamily& retries;             // {model}
+  CounterFamily& fallbacks;           // {from,to}
+  CounterFamily& dlq_entries;         // no labels
+  CounterFamily& dlq_dropped;         // no labels
+  CounterFamily& cache_hits;          // no labels
+  CounterFamily& cache_misses;        // no labels
+  GaugeFamily* budget_utilization;    // {budget}; nullptr unless opted in
+  GaugeFamily& replicas_recommended;  // no labels
+
+  static constexpr double kBreakerClosed = 0;
+  static constexpr double kBreakerHalfOpen = 1;
+  static constexpr double kBreakerOpen = 2;
+};
+
+}  // namespace bw::telemetry

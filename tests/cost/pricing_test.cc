@@ -1,0 +1,138 @@
+#include "cost/pricing.h"
+
+#include <gtest/gtest.h>
+
+#include "cost/period.h"
+
+namespace bw::cost {
+namespace {
+
+TEST(Money, SaturatingArithmetic) {
+  EXPECT_EQ(sat_add(kMaxMicros, 1), kMaxMicros);
+  EXPECT_EQ(sat_add(kMinMicros, -1), kMinMicros);
+  EXPECT_EQ(sat_sub(kMinMicros, 1), kMinMicros);
+  EXPECT_EQ(sat_sub(0, kMinMicros), kMaxMicros);
+  EXPECT_EQ(sat_mul(kMaxMicros / 2 + 1, 2), kMaxMicros);
+  EXPECT_EQ(sat_mul(kMaxMicros, -2), kMinMicros);
+  EXPECT_EQ(sat_add(40, 2), 42);
+  EXPECT_EQ(usd_to_micros(2.50), 2'500'000);
+  EXPECT_EQ(usd_to_micros(0.625), 625'000);
+  EXPECT_EQ(usd_to_micros(0.42), 420'000);
+  EXPECT_EQ(usd_to_micros(1e30), kMaxMicros);
+}
+
+TEST(Pricing, DefaultTable) {
+  const PriceTable t = PriceTable::defaults();
+  ASSERT_EQ(t.size(), 4u);
+  const ModelPrice* gpt = t.find("gpt-4.1");
+  ASSERT_NE(gpt, nullptr);
+  EXPECT_EQ(gpt->input_per_mtok, 2'500'000);
+  EXPECT_EQ(gpt->output_per_mtok, 8'000'000);
+  EXPECT_EQ(t.find("claude-sonnet-4.5")->output_per_mtok, 15'000'000);
+  EXPECT_EQ(t.find("gemini-2.5-flash")->input_per_mtok, 300'000);
+  EXPECT_EQ(t.find("deepseek-v3.2")->output_per_mtok, 420'000);
+  EXPECT_EQ(t.find("no-such-model"), nullptr);
+}
+
+TEST(Pricing, CostIsExactAndRoundsUpOnce) {
+  const ModelPrice gpt{2'500'000, 8'000'000, 500'000, 32'768};
+  // 1M prompt tokens at $2.50 + 1M completion at $8.00 = $10.50
+  EXPECT_EQ(cost_micros(gpt, 1'000'000, 1'000'000), 10'500'000);
+  // 1 prompt token = 2.5 micros -> 3
+  EXPECT_EQ(cost_micros(gpt, 1, 0), 3);
+  // 2 prompt tokens = 5 micros exactly
+  EXPECT_EQ(cost_micros(gpt, 2, 0), 5);
+  // 1 prompt + 1 completion = 2.5 + 8 = 10.5 -> 11 (rounded once, not 3 + 8)
+  EXPECT_EQ(cost_micros(gpt, 1, 1), 11);
+  EXPECT_EQ(cost_micros(gpt, 0, 0), 0);
+  // 1000 prompt of which 400 cached: 600*2.5 + 400*0.5 = 1500 + 200 = 1700 micros
+  EXPECT_EQ(cost_micros(gpt, 1000, 0, 400), 1700);
+  // cached > prompt is clamped; negative counts count as 0
+  EXPECT_EQ(cost_micros(gpt, 1000, 0, 5000), 500);
+  EXPECT_EQ(cost_micros(gpt, -5, -7, -1), 0);
+}
+
+TEST(Pricing, CachedDefaultsToInputPrice) {
+  const ModelPrice p{3'000'000, 15'000'000, -1, 0};
+  EXPECT_EQ(cost_micros(p, 1000, 0, 1000), cost_micros(p, 1000, 0, 0));
+  EXPECT_EQ(cost_micros(p, 1000, 0, 1000), 3000);
+}
+
+TEST(Pricing, CostSaturates) {
+  const ModelPrice p{kMaxMicros, kMaxMicros, kMaxMicros, 0};
+  EXPECT_EQ(cost_micros(p, kMaxMicros, kMaxMicros, 0), kMaxMicros);
+  EXPECT_EQ(cost_micros(p, 1'000'000, 0), kMaxMicros);
+  const ModelPrice cheap{1, 1, 1, 0};
+  EXPECT_EQ(cost_micros(cheap, kMaxMicros, kMaxMicros),
+            18'446'744'073'710);  // ceil(2*(2^63-1)/1e6)
+}
+
+TEST(Estimation, PromptTokensRule) {
+  EXPECT_EQ(estimate_prompt_tokens(0, 0), 3);
+  EXPECT_EQ(estimate_prompt_tokens(0, 1), 7);
+  EXPECT_EQ(estimate_prompt_tokens(1, 1), 8);
+  EXPECT_EQ(estimate_prompt_tokens(3, 1), 8);
+  EXPECT_EQ(estimate_prompt_tokens(4, 1), 9);
+  EXPECT_EQ(estimate_prompt_tokens(3000, 2), 1000 + 8 + 3);
+  EXPECT_EQ(estimate_prompt_tokens(-10, -1), 3);
+  EXPECT_EQ(estimate_prompt_tokens(kMaxMicros, kMaxMicros), kMaxMicros);
+}
+
+TEST(Estimation, WorstCaseUsesMaxTokensOrModelCap) {
+  const ModelPrice gpt{2'500'000, 8'000'000, 500'000, 32'768};
+  // 1011 prompt tokens * 2.5 + 500 * 8 = 2527.5 + 4000 = 6527.5 -> 6528
+  WorstCase w = worst_case(gpt, 1011, 500);
+  EXPECT_EQ(w.prompt_tokens, 1011);
+  EXPECT_EQ(w.completion_tokens, 500);
+  EXPECT_EQ(w.cost, 6528);
+  // No max_tokens: model cap 32768 * 8 = 262144 + 2527.5 -> 264672
+  w = worst_case(gpt, 1011, std::nullopt);
+  EXPECT_EQ(w.completion_tokens, 32'768);
+  EXPECT_EQ(w.cost, 264'672);
+  // max_tokens above the cap is clamped to the cap; 0 / negative mean "not given"
+  EXPECT_EQ(worst_case(gpt, 0, 1'000'000).completion_tokens, 32'768);
+  EXPECT_EQ(worst_case(gpt, 0, 0).completion_tokens, 32'768);
+  const ModelPrice unknown_cap{1'000'000, 1'000'000, -1, 0};
+  EXPECT_EQ(completion_token_limit(unknown_cap, std::nullopt), kDefaultMaxOutputTokens);
+}
+
+TEST(Period, DailyWindow) {
+  // 2026-01-01T00:00:00Z = 1767225600000
+  const std::int64_t jan1 = 1'767'225'600'000;
+  auto w = period_window(BudgetPeriod::kDaily, jan1 + 5 * 3'600'000);
+  EXPECT_EQ(w.start_unix_ms, jan1);
+  EXPECT_EQ(w.end_unix_ms, jan1 + kMillisPerDay);
+  w = period_window(BudgetPeriod::kDaily, jan1 - 1);
+  EXPECT_EQ(w.start_unix_ms, jan1 - kMillisPerDay);
+  EXPECT_EQ(w.end_unix_ms, jan1);
+  EXPECT_EQ(utc_day_start(-1), -kMillisPerDay);
+}
+
+TEST(Period, MonthlyWindowAcrossYearAndLeapDay) {
+  const std::int64_t jan1_2026 = 1'767'225'600'000;
+  const std::int64_t feb1_2026 = jan1_2026 + 31 * kMillisPerDay;
+  auto w = period_window(BudgetPeriod::kMonthly, jan1_2026 + 10 * kMillisPerDay);
+  EXPECT_EQ(w.start_unix_ms, jan1_2026);
+  EXPECT_EQ(w.end_unix_ms, feb1_2026);
+  // December 2025 ends on 2026-01-01
+  w = period_window(BudgetPeriod::kMonthly, jan1_2026 - 1);
+  EXPECT_EQ(w.start_unix_ms, jan1_2026 - 31 * kMillisPerDay);
+  EXPECT_EQ(w.end_unix_ms, jan1_2026);
+  // February 2028 has 29 days: 2028-02-01 = 1832976000000, 2028-03-01 = +29 days
+  const std::int64_t feb1_2028 = 1'832'976'000'000;
+  w = period_window(BudgetPeriod::kMonthly, feb1_2028 + 28 * kMillisPerDay + 1);
+  EXPECT_EQ(w.start_unix_ms, feb1_2028);
+  EXPECT_EQ(w.end_unix_ms, feb1_2028 + 29 * kMillisPerDay);
+}
+
+TEST(Period, TotalNeverResets) {
+  auto w = period_window(BudgetPeriod::kTotal, 123);
+  EXPECT_EQ(w.end_unix_ms, kForeverUnixMs);
+  EXPECT_LT(w.start_unix_ms, 0);
+  EXPECT_EQ(parse_period("monthly"), BudgetPeriod::kMonthly);
+  EXPECT_EQ(parse_period("weekly"), std::nullopt);
+  EXPECT_EQ(to_string(BudgetPeriod::kDaily), "daily");
+}
+
+}  // namespace
+}  // namespace bw::cost
