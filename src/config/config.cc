@@ -151,6 +151,35 @@ void read_concurrency(Reader& r, admission::LimiterConfig& c) {
   if (c.initial < c.min_limit || c.initial > c.max_limit) r.fail("initial", "must be within [min, max]");
 }
 
+void read_budget(Reader& r, std::vector<cost::KeyBudget>& out) {
+  cost::KeyBudget b;
+  double usd = -1;
+  r.require("cap_usd");
+  r.get("cap_usd", usd, 0, 1e9);
+  b.cap_micro = cost::usd_to_micros(usd);
+  std::string period = "monthly";
+  r.get("period", period);
+  auto p = cost::parse_period(period);
+  if (!p) r.fail("period", "unknown period '" + period + "' (daily, monthly, total)");
+  b.period = *p;
+  for (const auto& e : out) {
+    if (e.period == b.period) r.fail("period", "two budgets with the same period");
+  }
+  out.push_back(b);
+}
+
+// `budget: {...}` or `budgets: [{...}, ...]` under r.
+void read_budgets(Reader& r, std::vector<cost::KeyBudget>& out) {
+  if (r.has("budget")) {
+    auto b = r.child("budget");
+    read_budget(b, out);
+    b.finish();
+  } else {
+    r.child("budget");
+  }
+  r.each("budgets", [&](Reader& b) { read_budget(b, out); });
+}
+
 void read_listen(Reader& r, const char* key, std::string& host, std::uint16_t& port) {
   std::string s;
   r.get(key, s);
@@ -401,6 +430,8 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     r.get_list("allowed_models", k.allowed_models);
     r.get("default_priority", k.default_priority, 0, 2);
     r.get("max_priority", k.max_priority, 0, 2);
+    read_budgets(r, k.budgets);
+    r.get("downgrade_opt_out", k.downgrade_opt_out);
     r.each("limits", [&](Reader& l) {
       // An override starts from the plan's limit of the same name.
       limits::LimitSpec spec;
@@ -477,6 +508,76 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     } else {
       top.child("dead_letter");
     }
+  }
+  {
+    // Prices: the built-in table, extended or overridden per model.
+    top.each_entry("pricing", [&](const std::string& model, Reader& r) {
+      cost::ModelPrice price;
+      if (auto* existing = cfg->prices.find(model)) price = *existing;
+      double v = -1;
+      r.get("input", v, 0, 1e6);
+      if (v >= 0) price.input_per_mtok = cost::usd_to_micros(v);
+      v = -1;
+      r.get("output", v, 0, 1e6);
+      if (v >= 0) price.output_per_mtok = cost::usd_to_micros(v);
+      v = -1;
+      r.get("cached_input", v, 0, 1e6);
+      if (v >= 0) price.cached_input_per_mtok = cost::usd_to_micros(v);
+      r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
+      cfg->prices.set(model, price);
+    });
+    auto b = top.child("budgets");
+    if (b.has("global")) {
+      auto g = b.child("global");
+      read_budget(g, cfg->global_budgets);
+      g.finish();
+    } else {
+      b.child("global");
+    }
+    b.each("global_budgets", [&](Reader& g) { read_budget(g, cfg->global_budgets); });
+    b.finish();
+    top.each_entry("tenants", [&](const std::string& name, Reader& r) {
+      TenantConfig t;
+      t.name = name;
+      read_budgets(r, t.budgets);
+      cfg->tenants.push_back(std::move(t));
+    });
+    auto cg = top.child("cost_guard");
+    cg.get("soft_threshold", cfg->cost_guard.soft_threshold, 0, 1);
+    std::vector<std::pair<std::string, std::string>> downgrade;
+    cg.get_string_map("downgrade", downgrade);
+    for (auto& [from, to] : downgrade) {
+      if (!cfg->model_group(to)) cg.fail("downgrade", "'" + to + "' is not a model group");
+      cfg->cost_guard.downgrade[from] = to;
+    }
+    auto al = cg.child("alerts");
+    if (al.has("thresholds")) {
+      std::vector<std::string> th;
+      al.get_list("thresholds", th);
+      cfg->cost_guard.alert_thresholds.clear();
+      for (const auto& t : th) {
+        double v = std::atof(t.c_str());
+        if (v <= 0 || v > 1) al.fail("thresholds", "thresholds are fractions in (0, 1]");
+        cfg->cost_guard.alert_thresholds.push_back(v);
+      }
+    } else {
+      std::vector<std::string> unused;
+      al.get_list("thresholds", unused);
+    }
+    al.get("webhook", cfg->webhook_url);
+    std::string secret_env;
+    al.get("secret_env", secret_env);
+    if (!secret_env.empty()) {
+      const char* v = std::getenv(secret_env.c_str());
+      if (!v || !*v) al.fail("secret_env", "environment variable " + secret_env + " is not set");
+      cfg->webhook_secret = v;
+    }
+    al.finish();
+    cg.get("budget_metrics_per_key", cfg->budget_metrics_per_key);
+    cg.finish();
+    auto led = top.child("ledger");
+    led.get("path", cfg->ledger_path);
+    led.finish();
   }
   {
     auto s = top.child("sim");

@@ -13,6 +13,10 @@
 #include "http/client.h"
 #include "http/server.h"
 #include "admission/admission_controller.h"
+#include "cost/alerts.h"
+#include "cost/budget_manager.h"
+#include "cost/key_store.h"
+#include "cost/pricing.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "routing/circuit_breaker.h"
@@ -62,6 +66,14 @@ struct KeyConfig {
   int default_priority = -1;  // -1 = the plan's
   int max_priority = -1;      // the most urgent priority this key may ask for; -1 = the plan's
   std::vector<limits::LimitSpec> limit_overrides;  // replace plan limits of the same name
+  std::vector<cost::KeyBudget> budgets;            // at most one per period
+  bool downgrade_opt_out = false;                  // refuse at the cap instead of downgrading
+  bool from_store = false;                         // created through the admin API
+};
+
+struct TenantConfig {
+  std::string name;
+  std::vector<cost::KeyBudget> budgets;
 };
 
 struct Distribution {
@@ -124,6 +136,15 @@ struct Config {
   // Admission (admission/): queue, waits, shedding. Applied at startup (not on reload).
   admission::AdmissionConfig admission;
   bool queue_metrics_public = true;  // any valid API key may read /v1/metrics/queue
+  // Cost guard (cost/): prices, budgets, downgrade, alerts, ledger.
+  cost::PriceTable prices = cost::PriceTable::defaults();
+  std::vector<cost::KeyBudget> global_budgets;
+  std::vector<TenantConfig> tenants;
+  cost::CostGuardOptions cost_guard;
+  std::string webhook_url;
+  std::string webhook_secret;  // resolved from secret_env; never logged
+  std::string ledger_path;     // "" = no ledger (then no budgets and no stored keys)
+  bool budget_metrics_per_key = false;
 
   const ProviderConfig* provider(const std::string& name) const;
   const ModelGroupConfig* model_group(const std::string& name) const;

@@ -214,6 +214,15 @@ void Reader::get_list(const char* key, std::vector<std::string>& out) {
   for (const auto& item : n) out.push_back(scalar(item, key));
 }
 
+void Reader::get_string_map(const char* key,
+                            std::vector<std::pair<std::string, std::string>>& out) {
+  auto n = at(key);
+  if (!n || n.IsNull()) return;
+  if (!n.IsMap()) fail(key, "expected a map, found " + type_name(n));
+  out.clear();
+  for (const auto& kv : n) out.emplace_back(kv.first.as<std::string>(), scalar(kv.second, key));
+}
+
 Reader Reader::child(const char* key) {
   auto n = at(key);
   if (n && !n.IsNull() && !n.IsMap()) fail(key, "expected a map, found " + type_name(n));

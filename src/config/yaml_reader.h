@@ -34,6 +34,8 @@ class Reader {
   void get_duration(const char* key, Nanos& out);
   void get_size(const char* key, std::size_t& out);
   void get_list(const char* key, std::vector<std::string>& out);
+  // A map of scalars, e.g. {gpt-4.1: deepseek-v3.2}.
+  void get_string_map(const char* key, std::vector<std::pair<std::string, std::string>>& out);
   void require(const char* key);
   // A nested map under `key` (must be a map).
   Reader child(const char* key);

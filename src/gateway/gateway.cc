@@ -2,6 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/clock.h"
+
+#include "cost/recovery.h"
+#include "cost/sqlite_key_store.h"
+#include "cost/sqlite_ledger.h"
 #include "gateway/pipeline.h"
 #include "tools/sim/sim.h"
 
@@ -32,7 +37,42 @@ Result<Ok> Gateway::start() {
     if (!dlq) return dlq.error();
     shared_->dead_letters = std::move(dlq.value());
   }
-  runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_));
+  // Cost guard: budgets, the durable ledger (recovered before serving) and stored keys.
+  std::vector<config::KeyConfig> stored;
+  if (!cfg.ledger_path.empty()) {
+    cost::SqliteLedgerOptions lo;
+    lo.path = cfg.ledger_path;
+    auto ledger = cost::SqliteLedger::open(lo);
+    if (!ledger) return ledger.error();
+    shared_->ledger = std::move(ledger.value());
+    auto keys = cost::SqliteKeyStore::open(cfg.ledger_path);
+    if (!keys) return keys.error();
+    shared_->key_store = std::move(keys.value());
+    auto list = shared_->key_store->list();
+    if (!list) return list.error();
+    for (const auto& r : *list) {
+      if (!r.revoked) stored.push_back(key_config_from_record(r, cfg));
+    }
+  }
+  shared_->budgets = std::make_unique<cost::BudgetManager>(cfg.cost_guard);
+  declare_budgets(*shared_, cfg, stored);
+  if (shared_->ledger) {
+    auto rec = cost::recover_budgets(*shared_->ledger, *shared_->budgets,
+                                     SteadyClock::instance().unix_millis());
+    if (!rec) return rec.error();
+    if (rec->settled_micro > 0 || !rec->open.empty()) {
+      spdlog::info("ledger recovered: ${:.6f} settled this period, {} open reservations counted "
+                   "at their reserved amount",
+                   static_cast<double>(rec->settled_micro) / 1e6, rec->open.size());
+    }
+  }
+  if (!cfg.webhook_url.empty()) {
+    cost::WebhookOptions wo;
+    wo.url = cfg.webhook_url;
+    wo.secret = cfg.webhook_secret;
+    shared_->webhooks = std::make_unique<cost::WebhookSender>(wo);
+  }
+  runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_, std::move(stored)));
   shared_->runtime = &runtime_;
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
 
@@ -66,7 +106,10 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   // The simulator and listeners stay as they are; everything the data plane reads is swapped.
   // Limit buckets and breaker state survive (they are keyed by name, not by config object).
   if (auto r = apply_config(*shared_, *cfg); !r) return r;
-  runtime_.store(std::make_shared<const Runtime>(std::move(cfg), sim_port_));
+  std::lock_guard lock(shared_->keys_mu);
+  auto stored = runtime_.load()->stored_keys();
+  declare_budgets(*shared_, *cfg, stored);
+  runtime_.store(std::make_shared<const Runtime>(std::move(cfg), sim_port_, std::move(stored)));
   return Ok{};
 }
 
@@ -79,6 +122,7 @@ std::size_t Gateway::drain_and_stop() {
   server_->stop();
   if (admin_server_) admin_server_->stop();
   if (sim_) sim_->stop();
+  if (shared_->ledger) shared_->ledger->flush();
   if (shared_->access_log) shared_->access_log->flush();
   return left;
 }

@@ -9,6 +9,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cmath>
+#include <ctime>
 #include <random>
 
 #include "common/clock.h"
@@ -16,6 +17,8 @@
 #include "config/config.h"
 #include "http/client.h"
 #include "http/sse.h"
+#include "cost/pricing.h"
+#include "gateway/keys.h"
 #include "limits/client_ip.h"
 #include "providers/openai.h"
 
@@ -56,6 +59,13 @@ struct Ctx {
   bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
   std::string last_failure;
   const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
+  std::string route_model;              // the model routed to (differs after a downgrade)
+  const cost::ModelPrice* price = nullptr;
+  std::int64_t forced_max_tokens = 0;  // the cost guard's output cap, forwarded upstream
+  cost::Reservation budget;
+  std::vector<std::string> budget_ids;
+  cost::Micros cost_micro = 0;
+  bool reservation_logged = false;
   http::Headers extra;  // added to every response from the rate-limit phase on
   // Outcome, for the access log.
   int status = 0;
@@ -128,6 +138,7 @@ void write_access_log(Ctx& c) {
   r.prompt_tokens = c.usage.prompt_tokens;
   r.completion_tokens = c.usage.completion_tokens;
   r.attempts = c.attempts;
+  r.cost_micro_usd = c.cost_micro;
   r.priority = c.key ? c.priority.priority : -1;
   r.priority_lowered = c.priority.lowered;
   r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
@@ -364,7 +375,7 @@ routing::Outcome outcome_for_status(int status, const http::Headers& h, std::str
 asio::awaitable<void> forward(Ctx& c) {
   auto& router = c.sh.router;
   auto& rng = thread_rng();
-  auto plan = router.plan(c.llm.model, SteadyClock::instance().now());
+  auto plan = router.plan(c.route_model, SteadyClock::instance().now());
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
   for (;;) {
@@ -386,7 +397,7 @@ asio::awaitable<void> forward(Ctx& c) {
       const double wait_s =
           step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
       Error e = make_error(503, "service_unavailable", "upstream_degraded",
-                           "The service is degraded: no deployment of '" + c.llm.model +
+                           "The service is degraded: no deployment of '" + c.route_model +
                                "' or its fallbacks can take the request now (" +
                                routing::to_string(step.failure) + "). Retry later.");
       if (step.failure == routing::PickFailure::all_at_capacity) {
@@ -408,7 +419,8 @@ asio::awaitable<void> forward(Ctx& c) {
       plan.finish(ticket, o, now, false, rng);
       continue;
     }
-    auto body = providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, 0);
+    auto body = providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream,
+                                           c.forced_max_tokens);
     if (!body) {
       co_await reply_error(c, body.error());
       co_return;
@@ -449,7 +461,7 @@ asio::awaitable<void> forward(Ctx& c) {
     http::Headers headers;
     headers.add("x-request-id", c.request_id);
     headers.add("x-bellwether-model", c.model_served);
-    if (c.model_served != c.llm.model) headers.add("x-bellwether-fallback-from", c.llm.model);
+    if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
     for (const auto& [k, v] : c.extra.items()) headers.add(k, v);
     copy_response_headers(up.headers(), headers);
     const bool is_sse = up.headers().get("content-type").starts_with("text/event-stream");
@@ -517,6 +529,154 @@ asio::awaitable<void> forward(Ctx& c) {
     c.bytes_out += r.body.size();
     co_await c.w.send(std::move(r));
     co_return;
+  }
+}
+
+// Waits for the ledger's group commit of one record (the callback runs on the writer thread).
+asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec,
+                                          bool& queued) {
+  auto ex = co_await asio::this_coro::executor;
+  queued = true;
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
+      [&](auto handler) {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        const bool ok = ledger.append_reservation(std::move(rec), [h, ex](const Result<Ok>& r) {
+          asio::post(ex, [h, r]() mutable { (*h)(r); });
+        });
+        if (!ok) {
+          queued = false;
+          asio::post(ex, [h]() mutable {
+            (*h)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
+          });
+        }
+      },
+      asio::use_awaitable);
+}
+
+std::string utc_time(std::int64_t unix_ms) {
+  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Phase 5: estimate the worst case, maybe downgrade near the cap, reserve against every budget
+// that applies, and make the reservation durable before anything is forwarded.
+asio::awaitable<bool> cost_guard(Ctx& c) {
+  auto& sh = c.sh;
+  const auto& cfg = c.rt->config();
+  c.price = cfg.prices.find(c.route_model);
+  if (!sh.budgets) co_return true;
+  c.budget_ids = budget_ids_for(cfg, *c.key->cfg);
+  if (c.budget_ids.empty()) co_return true;
+  if (!c.price) {
+    co_await reply_error(c, make_error(403, "invalid_request_error", "model_not_priced",
+                                       "The model '" + c.route_model +
+                                           "' has no price, so its spend cannot be held to a "
+                                           "budget. Add it to the pricing table."));
+    co_return false;
+  }
+  const std::int64_t now_ms = SteadyClock::instance().unix_millis();
+  if (auto cheaper = sh.budgets->should_downgrade(c.budget_ids, c.route_model,
+                                                  c.key->cfg->downgrade_opt_out, now_ms)) {
+    const ModelGroup* g = c.rt->group(*cheaper);
+    const cost::ModelPrice* p = cfg.prices.find(*cheaper);
+    if (g && p) {
+      c.extra.add("x-bellwether-downgraded-from", c.route_model);
+      c.route_model = *cheaper;
+      c.group = g;
+      c.price = p;
+    }
+  }
+  // Embeddings produce no output tokens; everything else is capped at the worst case.
+  cost::Micros worst = 0;
+  const std::int64_t prompt_estimate = providers::estimate_prompt_tokens(c.llm);
+  if (c.llm.endpoint == Endpoint::kEmbeddings) {
+    worst = cost::cost_micros(*c.price, prompt_estimate, 0);
+  } else {
+    const std::int64_t cap =
+        c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens;
+    auto wc = cost::worst_case(*c.price, prompt_estimate, cap);
+    c.forced_max_tokens = wc.completion_tokens;
+    worst = wc.cost;
+  }
+  auto res = sh.budgets->reserve(c.budget_ids, worst, now_ms);
+  if (!res.ok()) {
+    const auto& ref = res.refusal;
+    Error e = make_error(429, "insufficient_quota", "insufficient_quota",
+                         "The budget '" + ref.budget_id + "' would be exceeded by this request " +
+                             "(cap $" + std::to_string(static_cast<double>(ref.cap_micro) / 1e6) +
+                             "); it resets at " + utc_time(ref.reset_unix_ms) + ".");
+    if (ref.reset_unix_ms > now_ms && ref.reset_unix_ms < now_ms + 400LL * 86400 * 1000) {
+      e.retry_after_s = static_cast<double>(ref.reset_unix_ms - now_ms) / 1000.0;
+    }
+    c.error_code = "budget:" + ref.budget_id;
+    co_await reply_error(c, e);
+    co_return false;
+  }
+  c.budget = std::move(*res.reservation);
+  if (sh.ledger) {
+    cost::LedgerReservation rec;
+    rec.request_id = c.request_id;
+    rec.key_id = c.key->cfg->name;
+    rec.tenant_id = c.key->cfg->tenant;
+    rec.model = c.route_model;
+    rec.budgets = c.budget.budget_ids();
+    rec.reserved_micro = c.budget.amount();
+    rec.created_unix_ms = now_ms;
+    bool queued = false;
+    auto committed = co_await ledger_commit(*sh.ledger, std::move(rec), queued);
+    if (!committed) {
+      sh.budgets->release(c.budget);
+      Error e = make_error(503, "server_error", "ledger_unavailable",
+                           "Spend cannot be recorded right now; the request was not sent.");
+      e.retry_after_s = 1;
+      co_await reply_error(c, e);
+      co_return false;
+    }
+    c.reservation_logged = true;
+  }
+  co_return true;
+}
+
+// Phase 9 (part): the actual cost goes to the budgets and the ledger; unused reservation is
+// released; crossed alert thresholds go to the webhook sender.
+void settle_cost(Ctx& c) {
+  const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  if (c.price && tokens > 0) {
+    c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
+                                     c.usage.cached_tokens);
+  }
+  if (!c.budget.active()) return;
+  auto& sh = c.sh;
+  const std::int64_t now_ms = SteadyClock::instance().unix_millis();
+  cost::LedgerSettlement rec;
+  rec.request_id = c.request_id;
+  rec.prompt_tokens = c.usage.prompt_tokens;
+  rec.completion_tokens = c.usage.completion_tokens;
+  rec.settled_unix_ms = now_ms;
+  if (tokens == 0) {
+    sh.budgets->release(c.budget);
+    rec.status = cost::LedgerStatus::kReleased;
+  } else {
+    auto out = sh.budgets->settle(c.budget, c.cost_micro, now_ms);
+    rec.status = cost::LedgerStatus::kSettled;
+    rec.actual_micro = c.cost_micro;
+    if (out.overshoot_micro > 0) {
+      spdlog::warn("request {} cost {} micro-USD more than its reservation", c.request_id,
+                   out.overshoot_micro);
+    }
+    if (sh.webhooks) {
+      for (const auto& a : out.alerts) sh.webhooks->enqueue(a);
+    }
+  }
+  if (sh.ledger && c.reservation_logged) {
+    if (!sh.ledger->append_settlement(rec, [](const Result<Ok>&) {})) {
+      spdlog::error("ledger queue full: settlement of {} not recorded (the reservation stays "
+                    "counted until reconciled)", c.request_id);
+    }
   }
 }
 
@@ -618,11 +778,15 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   auto group = resolve(*c.rt, *c.key, c.llm.model);
   if (!group) co_return co_await reply_error(c, group.error());
   c.group = *group;
+  c.route_model = c.llm.model;
 
   // 4 rate limit
   if (!co_await rate_limit(c)) co_return;
   c.extra.add("x-bellwether-priority", std::to_string(c.priority.priority));
   if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
+
+  // 5 cost guard
+  if (!co_await cost_guard(c)) co_return;
 
   // 6 admission: a slot of the model group's concurrency limit, waiting in priority order
   {
@@ -770,6 +934,17 @@ asio::awaitable<void> handle_admin(Ctx& c) {
     co_return co_await send_json(
         c, 200, routing::status_json(sh.router.status(SteadyClock::instance().now())));
   }
+  if (path == "/admin/keys" || path.starts_with("/admin/keys/") || path == "/admin/spend" ||
+      path == "/admin/budgets") {
+    auto resp = co_await run_blocking(sh, [&] {
+      return handle_key_admin(sh, c.rt->config(), method, path, c.req.target, c.req.body);
+    });
+    resp.headers.add("x-request-id", c.request_id);
+    c.status = resp.status;
+    c.bytes_out += resp.body.size();
+    co_await c.w.send(std::move(resp));
+    co_return;
+  }
   if (path == "/admin/dead-letters" || path.starts_with("/admin/dead-letters/")) {
     if (!sh.dead_letters) {
       co_return co_await reply_error(c, make_error(404, "invalid_request_error", "dlq_disabled",
@@ -833,6 +1008,7 @@ asio::awaitable<void> handle_admin(Ctx& c) {
                                                            : Endpoint::kChat;
       co_await handle_llm(rc, ep);
       settle_limits(rc);
+      settle_cost(rc);
       rc.permit.release();
       write_access_log(rc);
       c.status = rc.status;
@@ -952,9 +1128,58 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   }
   // 9 settle: always runs, also after errors and disconnects.
   settle_limits(c);
+  settle_cost(c);
   c.permit.release();
   co_await dead_letter(c);
   write_access_log(c);
+}
+
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key) {
+  std::vector<std::string> ids;
+  for (const auto& b : cfg.global_budgets) ids.push_back(cost::global_budget_id(b.period));
+  if (!key.tenant.empty()) {
+    for (const auto& t : cfg.tenants) {
+      if (t.name != key.tenant) continue;
+      for (const auto& b : t.budgets) ids.push_back(cost::tenant_budget_id(t.name, b.period));
+    }
+  }
+  for (const auto& b : key.budgets) ids.push_back(cost::key_budget_id(key.name, b.period));
+  return ids;
+}
+
+void declare_budgets(Shared& sh, const config::Config& cfg,
+                     const std::vector<config::KeyConfig>& stored_keys) {
+  if (!sh.budgets) return;
+  auto declare = [&](const std::string& id, const cost::KeyBudget& b) {
+    if (!sh.budgets->upsert_budget(cost::BudgetSpec{id, b.cap_micro, b.period})) {
+      spdlog::error("budget {} cannot change its period; keeping the old one", id);
+    }
+  };
+  for (const auto& b : cfg.global_budgets) declare(cost::global_budget_id(b.period), b);
+  for (const auto& t : cfg.tenants) {
+    for (const auto& b : t.budgets) declare(cost::tenant_budget_id(t.name, b.period), b);
+  }
+  for (const auto* keys : {&cfg.keys, &stored_keys}) {
+    for (const auto& k : *keys) {
+      for (const auto& b : k.budgets) declare(cost::key_budget_id(k.name, b.period), b);
+    }
+  }
+}
+
+Result<Ok> refresh_stored_keys(Shared& sh) {
+  auto current = sh.runtime->load();
+  std::vector<config::KeyConfig> stored;
+  if (sh.key_store) {
+    auto list = sh.key_store->list();
+    if (!list) return list.error();
+    for (const auto& r : *list) {
+      if (!r.revoked) stored.push_back(key_config_from_record(r, current->config()));
+    }
+  }
+  declare_budgets(sh, current->config(), stored);
+  sh.runtime->store(
+      std::make_shared<const Runtime>(current->config_ptr(), current->sim_port(), std::move(stored)));
+  return Ok{};
 }
 
 Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {

@@ -11,6 +11,10 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "admission/admission_controller.h"
+#include "cost/alerts.h"
+#include "cost/budget_manager.h"
+#include "cost/key_store.h"
+#include "cost/ledger.h"
 #include "http/server.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
@@ -33,7 +37,24 @@ struct Shared {
   // Blocking work (SQLite) runs here, never on a worker's event loop.
   std::unique_ptr<boost::asio::thread_pool> blocking{std::make_unique<boost::asio::thread_pool>(1)};
   std::atomic<std::uint64_t> shadow_rejections{0};
+  // Cost guard: budgets in memory, the durable ledger, stored keys, alert delivery.
+  std::unique_ptr<cost::BudgetManager> budgets;
+  std::unique_ptr<cost::Ledger> ledger;
+  std::unique_ptr<cost::KeyStore> key_store;
+  std::unique_ptr<cost::WebhookSender> webhooks;
+  std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows
 };
+
+// Budget ids that apply to a key: global, its tenant's, its own (one per configured period).
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key);
+// Declares every configured budget (and the stored keys' budgets) to the BudgetManager.
+void declare_budgets(Shared& shared, const config::Config& cfg,
+                     const std::vector<config::KeyConfig>& stored_keys);
+// A key created through the admin API, as the data plane sees it.
+config::KeyConfig key_config_from_record(const cost::ApiKeyRecord& record,
+                                         const config::Config& cfg);
+// Reloads the stored keys from the KeyStore and swaps in a runtime that knows them.
+Result<Ok> refresh_stored_keys(Shared& shared);
 
 // Applies a (new) config to the long-lived state: limits and routing.
 Result<Ok> apply_config(Shared& shared, const config::Config& cfg);

@@ -4,8 +4,9 @@
 
 namespace bw::gateway {
 
-Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port)
-    : cfg_(std::move(cfg)) {
+Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port,
+                 std::vector<config::KeyConfig> stored_keys)
+    : cfg_(std::move(cfg)), stored_keys_(std::move(stored_keys)), sim_port_(sim_port) {
   for (const auto& p : cfg_->providers) {
     Provider prov;
     prov.cfg = &p;
@@ -39,6 +40,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
     for (const auto& d : g.deployments) deployments_.emplace(d.cfg->id, &d);
   }
   for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
+  for (const auto& k : stored_keys_) keys_.emplace(k.secret_hash, KeyInfo{&k});  // config wins
   for (const auto& [hash, info] : keys_) keys_by_name_.emplace(info.cfg->name, &info);
 
   JsonWriter j;

@@ -2,6 +2,7 @@
 // Runtime: the immutable snapshot the data plane reads, built from one Config. A reload builds a
 // new Runtime and swaps it in atomically; requests in flight keep the snapshot they started with.
 // Thread safety: immutable after construction.
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -36,7 +37,9 @@ struct KeyInfo {
 class Runtime {
  public:
   // sim_port: where the in-process simulator listens, for providers of type sim.
-  Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port);
+  // stored_keys: keys created through the admin API (the KeyStore), beside the config's keys.
+  Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port,
+          std::vector<config::KeyConfig> stored_keys = {});
 
   const config::Config& config() const { return *cfg_; }
   std::shared_ptr<const config::Config> config_ptr() const { return cfg_; }
@@ -54,6 +57,14 @@ class Runtime {
   std::unordered_map<std::string, const Deployment*> deployments_;
   std::unordered_map<std::string, const KeyInfo*> keys_by_name_;
   std::string models_json_;
+  std::vector<config::KeyConfig> stored_keys_;  // never resized after construction
+
+ public:
+  const std::vector<config::KeyConfig>& stored_keys() const { return stored_keys_; }
+  std::uint16_t sim_port() const { return sim_port_; }
+
+ private:
+  std::uint16_t sim_port_ = 0;
 };
 
 }  // namespace bw::gateway

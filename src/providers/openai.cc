@@ -153,7 +153,7 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
 }
 
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
-                                    bool force_include_usage, std::int64_t max_tokens_cap) {
+                                    bool force_include_usage, std::int64_t max_tokens) {
   simdjson::dom::element doc;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
     return bad("invalid JSON", {}, "invalid_json");
@@ -188,11 +188,9 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
       if (!f2) out.push_back(',');
       out += "\"include_usage\":true}";
     } else if ((field.key == "max_tokens" || field.key == "max_completion_tokens") &&
-               max_tokens_cap > 0) {
+               max_tokens > 0) {
       saw_max = true;
-      std::int64_t v = 0;
-      if (field.value.get(v) == simdjson::SUCCESS && v > max_tokens_cap) v = max_tokens_cap;
-      out += std::to_string(v);
+      out += std::to_string(max_tokens);
     } else {
       out += simdjson::minify(field.value);
     }
@@ -202,7 +200,10 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
     first = false;
     out += "\"stream_options\":{\"include_usage\":true}";
   }
-  (void)saw_max;
+  if (max_tokens > 0 && !saw_max) {
+    if (!first) out.push_back(',');
+    out += "\"max_tokens\":" + std::to_string(max_tokens);
+  }
   out.push_back('}');
   return out;
 }

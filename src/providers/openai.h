@@ -38,10 +38,11 @@ inline constexpr std::size_t kMaxJsonDepth = 64;
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
 
 // Rewrites the body for the upstream: `model` becomes `provider_model` (escaped), and for a stream
-// stream_options.include_usage is forced on so usage can always be counted. Other fields are
-// copied as they are.
+// stream_options.include_usage is forced on so usage can always be counted. With max_tokens > 0
+// the output cap is set to it (replacing max_tokens / max_completion_tokens, or adding max_tokens),
+// so that the cost guard's worst case holds. Other fields are copied as they are.
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
-                                    bool force_include_usage, std::int64_t max_tokens_cap);
+                                    bool force_include_usage, std::int64_t max_tokens);
 
 // Usage from a buffered response body; absent usage leaves present=false.
 Usage extract_usage(std::string_view body);

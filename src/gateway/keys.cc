@@ -1,0 +1,409 @@
+#include "gateway/keys.h"
+
+#include <simdjson.h>
+
+#include "common/clock.h"
+#include "common/json_util.h"
+#include "cost/money.h"
+#include "cost/period.h"
+#include "gateway/pipeline.h"
+
+namespace bw::gateway {
+
+namespace {
+
+Error bad(std::string msg, std::string param = {}) {
+  return make_error(400, "invalid_request_error", "invalid_key_spec", std::move(msg),
+                    std::move(param));
+}
+
+http::Response error(const Error& e) {
+  return http::Response::json(e.status, openai_error_body(e.message, e.type, e.code, e.param));
+}
+
+Result<cost::KeyBudget> budget_from(simdjson::dom::element b) {
+  cost::KeyBudget kb;
+  double usd = -1;
+  if (b["cap_usd"].get(usd) != simdjson::SUCCESS) {
+    std::int64_t i = 0;
+    if (b["cap_usd"].get(i) != simdjson::SUCCESS) return bad("budget needs cap_usd", "budget");
+    usd = static_cast<double>(i);
+  }
+  if (usd < 0 || usd > 1e9) return bad("cap_usd must be between 0 and 1e9", "budget");
+  kb.cap_micro = cost::usd_to_micros(usd);
+  std::string_view period = "monthly";
+  if (b["period"].get(period) != simdjson::SUCCESS) period = "monthly";
+  auto p = cost::parse_period(period);
+  if (!p) return bad("budget period must be daily, monthly or total", "budget");
+  kb.period = *p;
+  return kb;
+}
+
+}  // namespace
+
+Result<Ok> key_spec_from_json(std::string_view body, const config::Config& cfg,
+                              cost::KeySpec& spec) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
+    return bad("the body must be a JSON object");
+  }
+  for (auto field : doc.get_object().value_unsafe()) {
+    const auto k = field.key;
+    auto v = field.value;
+    std::string_view s;
+    std::int64_t i = 0;
+    bool flag = false;
+    if (k == "name") {
+      if (v.get(s) != simdjson::SUCCESS) return bad("name must be a string", "name");
+      spec.name = std::string(s);
+    } else if (k == "tenant") {
+      if (v.get(s) != simdjson::SUCCESS) return bad("tenant must be a string", "tenant");
+      spec.tenant = std::string(s);
+    } else if (k == "plan") {
+      if (v.get(s) != simdjson::SUCCESS || !cfg.plan(std::string(s))) {
+        return bad("plan must name a configured plan", "plan");
+      }
+      spec.plan = std::string(s);
+    } else if (k == "allowed_models") {
+      simdjson::dom::array arr;
+      if (v.get(arr) != simdjson::SUCCESS) return bad("allowed_models must be a list", k.data());
+      spec.allowed_models.clear();
+      for (auto m : arr) {
+        if (m.get(s) != simdjson::SUCCESS || !cfg.model_group(std::string(s))) {
+          return bad("allowed_models must name configured models", "allowed_models");
+        }
+        spec.allowed_models.emplace_back(s);
+      }
+    } else if (k == "default_priority" || k == "max_priority") {
+      if (v.get(i) != simdjson::SUCCESS || i < 0 || i > 2) {
+        return bad(std::string(k) + " must be 0, 1 or 2", std::string(k));
+      }
+      (k == "default_priority" ? spec.default_priority : spec.max_priority) = static_cast<int>(i);
+    } else if (k == "downgrade_opt_out") {
+      if (v.get(flag) != simdjson::SUCCESS) return bad("downgrade_opt_out must be a boolean");
+      spec.downgrade_opt_out = flag;
+    } else if (k == "budget" || k == "budgets") {
+      spec.budgets.clear();
+      if (v.is_null()) continue;
+      std::vector<simdjson::dom::element> items;
+      if (v.is_array()) {
+        for (auto b : v.get_array().value_unsafe()) items.push_back(b);
+      } else {
+        items.push_back(v);
+      }
+      for (auto b : items) {
+        auto kb = budget_from(b);
+        if (!kb) return kb.error();
+        for (const auto& e : spec.budgets) {
+          if (e.period == kb->period) return bad("two budgets with the same period", "budgets");
+        }
+        spec.budgets.push_back(*kb);
+      }
+    } else if (k == "limits") {
+      if (!v.is_array()) return bad("limits must be a list of limit objects", "limits");
+      for (auto l : v.get_array().value_unsafe()) {
+        if (l["name"].get(s) != simdjson::SUCCESS) return bad("each limit needs a name", "limits");
+      }
+      spec.limits_json = simdjson::minify(v);
+    } else {
+      return bad("unknown field '" + std::string(k) + "'", std::string(k));
+    }
+  }
+  if (spec.plan.empty()) spec.plan = "enterprise";
+  if (spec.name.empty()) return bad("name is required", "name");
+  // Validate the limits against the plan now, so a key is never stored with a broken override.
+  cost::ApiKeyRecord probe;
+  probe.spec = spec;
+  probe.id = "probe";
+  auto kc = key_config_from_record(probe, cfg);
+  for (const auto& l : kc.limit_overrides) {
+    if (auto r = limits::validate(l); !r) return bad(r.error().message, "limits");
+  }
+  return Ok{};
+}
+
+config::KeyConfig key_config_from_record(const cost::ApiKeyRecord& r, const config::Config& cfg) {
+  config::KeyConfig k;
+  k.name = r.id;
+  k.secret_hash = r.secret_hash;
+  k.tenant = r.spec.tenant;
+  k.plan = r.spec.plan.empty() ? "enterprise" : r.spec.plan;
+  k.allowed_models = r.spec.allowed_models;
+  k.default_priority = r.spec.default_priority;
+  k.max_priority = r.spec.max_priority;
+  k.budgets = r.spec.budgets;
+  k.downgrade_opt_out = r.spec.downgrade_opt_out;
+  k.from_store = true;
+  // Limit overrides: [{"name":..., "rate":..., "period":..., "burst":..., "unit":...,
+  // "algorithm":..., "mode":..., "on_exceed":...}], each on top of the plan's limit of that name.
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(r.spec.limits_json).get(doc) != simdjson::SUCCESS || !doc.is_array()) return k;
+  const limits::Plan* plan = cfg.plan(k.plan);
+  for (auto l : doc.get_array().value_unsafe()) {
+    limits::LimitSpec spec;
+    std::string_view s;
+    std::int64_t i = 0;
+    if (l["name"].get(s) != simdjson::SUCCESS) continue;
+    spec.name = std::string(s);
+    if (plan) {
+      for (const auto& pl : plan->limits) {
+        if (pl.name == spec.name) spec = pl;
+      }
+    }
+    if (l["rate"].get(i) == simdjson::SUCCESS) spec.rate = i;
+    if (l["burst"].get(i) == simdjson::SUCCESS) spec.burst = i;
+    if (l["period"].get(s) == simdjson::SUCCESS) {
+      if (auto p = limits::parse_period(s)) spec.period = *p;
+    }
+    if (l["unit"].get(s) == simdjson::SUCCESS) {
+      if (auto u = limits::parse_unit(s)) spec.unit = *u;
+    }
+    if (l["algorithm"].get(s) == simdjson::SUCCESS) {
+      if (auto a = limits::parse_algorithm(s)) spec.algorithm = *a;
+    }
+    if (l["mode"].get(s) == simdjson::SUCCESS) {
+      if (auto m = limits::parse_mode(s)) spec.mode = *m;
+    }
+    if (l["on_exceed"].get(s) == simdjson::SUCCESS) {
+      if (auto o = limits::parse_on_exceed(s)) spec.on_exceed = *o;
+    }
+    k.limit_overrides.push_back(std::move(spec));
+  }
+  return k;
+}
+
+std::string key_json(const cost::ApiKeyRecord& r, std::string_view secret) {
+  JsonWriter j;
+  j.begin_object()
+      .key("id").value(r.id)
+      .key("source").value("store")
+      .key("name").value(r.spec.name)
+      .key("prefix").value(r.prefix)
+      .key("tenant").value(r.spec.tenant)
+      .key("plan").value(r.spec.plan)
+      .key("limits").raw(r.spec.limits_json.empty() ? "[]" : r.spec.limits_json)
+      .key("budgets").begin_array();
+  for (const auto& b : r.spec.budgets) {
+    j.begin_object()
+        .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
+        .key("period").value(cost::to_string(b.period))
+        .end_object();
+  }
+  j.end_array().key("allowed_models").begin_array();
+  for (const auto& m : r.spec.allowed_models) j.value(m);
+  j.end_array()
+      .key("default_priority").value(r.spec.default_priority)
+      .key("max_priority").value(r.spec.max_priority)
+      .key("downgrade_opt_out").value(r.spec.downgrade_opt_out)
+      .key("revoked").value(r.revoked)
+      .key("created_unix_ms").value(r.created_unix_ms)
+      .key("rotated_unix_ms").value(r.rotated_unix_ms);
+  if (!secret.empty()) j.key("secret").value(secret);
+  j.end_object();
+  return j.take();
+}
+
+std::string config_key_json(const config::KeyConfig& k) {
+  JsonWriter j;
+  j.begin_object()
+      .key("id").value(k.name)
+      .key("source").value("config")
+      .key("name").value(k.name)
+      .key("tenant").value(k.tenant)
+      .key("plan").value(k.plan)
+      .key("budgets").begin_array();
+  for (const auto& b : k.budgets) {
+    j.begin_object()
+        .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
+        .key("period").value(cost::to_string(b.period))
+        .end_object();
+  }
+  j.end_array().end_object();
+  return j.take();
+}
+
+namespace {
+
+std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t def) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return def;
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
+      return std::atoll(std::string(part.substr(name.size() + 1)).c_str());
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  return def;
+}
+
+std::string query_str(std::string_view target, std::string_view name) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
+      return std::string(part.substr(name.size() + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  return {};
+}
+
+http::Response not_found() {
+  return error(make_error(404, "invalid_request_error", "not_found", "No such key."));
+}
+
+http::Response method_not_allowed(const char* allow) {
+  auto r = error(make_error(405, "invalid_request_error", "method_not_allowed",
+                            "Method not allowed here."));
+  r.headers.add("allow", allow);
+  return r;
+}
+
+}  // namespace
+
+http::Response handle_key_admin(Shared& sh, const config::Config& cfg, std::string_view method,
+                                std::string_view path, std::string_view target,
+                                const std::string& body) {
+  const std::int64_t now_ms = SteadyClock::instance().unix_millis();
+  if (path == "/admin/budgets") {
+    if (method != "GET") return method_not_allowed("GET");
+    if (!sh.budgets) return http::Response::json(200, "{\"object\":\"list\",\"data\":[]}");
+    JsonWriter j;
+    j.begin_object().key("object").value("list").key("data").begin_array();
+    for (const auto& b : sh.budgets->snapshots(now_ms)) {
+      j.begin_object()
+          .key("id").value(b.id)
+          .key("period").value(cost::to_string(b.period))
+          .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
+          .key("spent_usd").value(static_cast<double>(b.spent_micro) / 1e6)
+          .key("reserved_usd").value(static_cast<double>(b.reserved_micro) / 1e6)
+          .key("utilization").value(b.utilisation)
+          .key("reset_unix_ms").value(b.reset_unix_ms)
+          .end_object();
+    }
+    j.end_array().end_object();
+    return http::Response::json(200, j.take());
+  }
+  if (path == "/admin/spend") {
+    if (method != "GET") return method_not_allowed("GET");
+    if (!sh.ledger) {
+      return error(make_error(404, "invalid_request_error", "no_ledger", "No ledger is configured."));
+    }
+    const std::string by = query_str(target, "group");
+    cost::SpendGroup group = cost::SpendGroup::kKey;
+    if (by == "tenant") group = cost::SpendGroup::kTenant;
+    else if (by == "model") group = cost::SpendGroup::kModel;
+    else if (by == "day") group = cost::SpendGroup::kDay;
+    else if (!by.empty() && by != "key") {
+      return error(make_error(400, "invalid_request_error", "bad_group",
+                              "group must be key, tenant, model or day", "group"));
+    }
+    const auto from = query_int(target, "from", 0);
+    const auto to = query_int(target, "to", now_ms + 1);
+    auto rows = sh.ledger->spend_report(group, from, to);
+    if (!rows) return error(rows.error());
+    JsonWriter j;
+    j.begin_object().key("object").value("list").key("group").value(by.empty() ? "key" : by)
+        .key("data").begin_array();
+    for (const auto& r : *rows) {
+      j.begin_object()
+          .key("group").value(r.group)
+          .key("requests").value(r.requests)
+          .key("spend_usd").value(static_cast<double>(r.actual_micro) / 1e6)
+          .key("open_reserved_usd").value(static_cast<double>(r.open_reserved_micro) / 1e6)
+          .key("prompt_tokens").value(r.prompt_tokens)
+          .key("completion_tokens").value(r.completion_tokens)
+          .end_object();
+    }
+    j.end_array().end_object();
+    return http::Response::json(200, j.take());
+  }
+  // /admin/keys[/id[/rotate|/revoke]]
+  if (!sh.key_store) {
+    return error(make_error(404, "invalid_request_error", "no_key_store",
+                            "Stored keys need a ledger (ledger.path) to be configured."));
+  }
+  auto& store = *sh.key_store;
+  std::lock_guard lock(sh.keys_mu);
+  if (path == "/admin/keys") {
+    if (method == "GET") {
+      auto list = store.list();
+      if (!list) return error(list.error());
+      std::string out = "{\"object\":\"list\",\"data\":[";
+      bool first = true;
+      for (const auto& k : cfg.keys) {
+        if (!first) out += ",";
+        first = false;
+        out += config_key_json(k);
+      }
+      for (const auto& r : *list) {
+        if (!first) out += ",";
+        first = false;
+        out += key_json(r);
+      }
+      out += "]}";
+      return http::Response::json(200, std::move(out));
+    }
+    if (method == "POST") {
+      cost::KeySpec spec;
+      if (auto v = key_spec_from_json(body, cfg, spec); !v) return error(v.error());
+      auto issued = store.create(spec, now_ms);
+      if (!issued) return error(issued.error());
+      if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
+      return http::Response::json(201, key_json(issued->record, issued->secret));
+    }
+    return method_not_allowed("GET, POST");
+  }
+  std::string_view rest = path.substr(std::string_view("/admin/keys/").size());
+  std::string_view action;
+  if (auto slash = rest.find('/'); slash != std::string_view::npos) {
+    action = rest.substr(slash + 1);
+    rest = rest.substr(0, slash);
+  }
+  const std::string id(rest);
+  if (action == "rotate") {
+    if (method != "POST") return method_not_allowed("POST");
+    auto issued = store.rotate(id, now_ms);
+    if (!issued) return issued.error().status == 404 ? not_found() : error(issued.error());
+    if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
+    return http::Response::json(200, key_json(issued->record, issued->secret));
+  }
+  if (action == "revoke") {
+    if (method != "POST") return method_not_allowed("POST");
+    auto r = store.revoke(id);
+    if (!r) return r.error().status == 404 ? not_found() : error(r.error());
+    if (auto rr = refresh_stored_keys(sh); !rr) return error(rr.error());
+    return http::Response::json(200, "{\"id\":" + json_string(id) + ",\"revoked\":true}");
+  }
+  if (!action.empty()) return not_found();
+  auto rec = store.get(id);
+  if (!rec) return rec.error().status == 404 ? not_found() : error(rec.error());
+  if (method == "GET") return http::Response::json(200, key_json(*rec));
+  if (method == "PATCH") {
+    cost::KeySpec spec = rec->spec;
+    if (auto v = key_spec_from_json(body, cfg, spec); !v) return error(v.error());
+    auto updated = store.update(id, spec);
+    if (!updated) return error(updated.error());
+    if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
+    return http::Response::json(200, key_json(*updated));
+  }
+  if (method == "DELETE") {
+    auto r = store.revoke(id);
+    if (!r) return error(r.error());
+    if (auto rr = refresh_stored_keys(sh); !rr) return error(rr.error());
+    return http::Response::json(200, "{\"id\":" + json_string(id) + ",\"revoked\":true}");
+  }
+  return method_not_allowed("GET, PATCH, DELETE");
+}
+
+}  // namespace bw::gateway
