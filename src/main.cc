@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "cost/sqlite_key_store.h"
+#include "gateway/keys.h"
+#include "telemetry/autoscale.h"
+#include "telemetry/autoscale_cli.h"
 #include "gateway/gateway.h"
 #include "tools/sim/sim.h"
 
@@ -157,6 +161,78 @@ int run_sim(const std::string& config_path, const std::string& listen) {
   _exit(0);
 }
 
+// `bellwether keys ...`: the admin key operations, locally on the SQLite key store. A running
+// gateway sees the change on its next SIGHUP (or at once when done through the admin API).
+int run_keys(const std::string& action, const std::string& db, const std::string& config_path,
+             const std::string& id, const std::string& json) {
+  auto cfg = config_path.empty()
+                 ? bw::config::load_string("listen: 127.0.0.1:0\n", "<keys>")
+                 : bw::config::load_file(config_path);
+  if (!cfg) {
+    std::cerr << cfg.error().message << "\n";
+    return 2;
+  }
+  auto store = bw::cost::SqliteKeyStore::open(db);
+  if (!store) {
+    std::cerr << "bellwether keys: " << store.error().message << "\n";
+    return 2;
+  }
+  auto& ks = **store;
+  const auto now_ms = bw::SteadyClock::instance().unix_millis();
+  auto fail = [](const bw::Error& e) {
+    std::cerr << "bellwether keys: " << e.message << "\n";
+    return 1;
+  };
+  if (action == "list") {
+    auto list = ks.list();
+    if (!list) return fail(list.error());
+    for (const auto& r : *list) std::cout << bw::gateway::key_json(r) << "\n";
+    return 0;
+  }
+  if (action == "create") {
+    bw::cost::KeySpec spec;
+    if (auto v = bw::gateway::key_spec_from_json(json, **cfg, spec); !v) return fail(v.error());
+    auto issued = ks.create(spec, now_ms);
+    if (!issued) return fail(issued.error());
+    std::cout << bw::gateway::key_json(issued->record, issued->secret) << "\n";
+    return 0;
+  }
+  if (id.empty()) {
+    std::cerr << "bellwether keys " << action << ": needs a key id\n";
+    return 2;
+  }
+  if (action == "show") {
+    auto r = ks.get(id);
+    if (!r) return fail(r.error());
+    std::cout << bw::gateway::key_json(*r) << "\n";
+    return 0;
+  }
+  if (action == "update") {
+    auto r = ks.get(id);
+    if (!r) return fail(r.error());
+    auto spec = r->spec;
+    if (auto v = bw::gateway::key_spec_from_json(json, **cfg, spec); !v) return fail(v.error());
+    auto u = ks.update(id, spec);
+    if (!u) return fail(u.error());
+    std::cout << bw::gateway::key_json(*u) << "\n";
+    return 0;
+  }
+  if (action == "revoke") {
+    auto r = ks.revoke(id);
+    if (!r) return fail(r.error());
+    std::cout << "{\"id\":\"" << id << "\",\"revoked\":true}\n";
+    return 0;
+  }
+  if (action == "rotate") {
+    auto issued = ks.rotate(id, now_ms);
+    if (!issued) return fail(issued.error());
+    std::cout << bw::gateway::key_json(issued->record, issued->secret) << "\n";
+    return 0;
+  }
+  std::cerr << "bellwether keys: unknown action '" << action << "'\n";
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -177,6 +253,24 @@ int main(int argc, char** argv) {
   auto* check_cmd = app.add_subcommand("check-config", "Validate a config file and exit");
   check_cmd->add_option("file", check_path, "YAML config file")->required();
 
+  std::string keys_action, keys_db = "bellwether.db", keys_config, keys_id, keys_json = "{}";
+  auto* keys_cmd = app.add_subcommand("keys", "Manage stored API keys (SQLite key store)");
+  keys_cmd->add_option("action", keys_action, "create | list | show | update | revoke | rotate")
+      ->required()
+      ->check(CLI::IsMember({"create", "list", "show", "update", "revoke", "rotate"}));
+  keys_cmd->add_option("id", keys_id, "Key id (show, update, revoke, rotate)");
+  keys_cmd->add_option("--db", keys_db, "SQLite file (the gateway's ledger.path)");
+  keys_cmd->add_option("--config,-c", keys_config, "Gateway config, to validate plans and models");
+  keys_cmd->add_option("--json,-j", keys_json,
+                       "Key fields as JSON: name, tenant, plan, limits, budget, allowed_models, "
+                       "default_priority, max_priority, downgrade_opt_out");
+
+  bw::telemetry::AutoscaleOptions autoscale_opts;
+  bw::telemetry::AutoscaleFlagSeconds autoscale_secs;
+  auto* autoscale_cmd = app.add_subcommand(
+      "autoscale", "Set a Deployment's replicas from the gateways' recommendation");
+  bw::telemetry::add_autoscale_flags(*autoscale_cmd, autoscale_opts, autoscale_secs);
+
 #ifdef BW_HAVE_BENCHTOOL
   auto* bench_cmd = app.add_subcommand("bench", "Open-loop load generator (see docs/spike-benchmark.md)");
   bench_cmd->allow_extras();
@@ -187,6 +281,11 @@ int main(int argc, char** argv) {
 
   if (*serve_cmd) return serve(config_path, listen);
   if (*sim_cmd) return run_sim(sim_config, sim_listen);
+  if (*keys_cmd) return run_keys(keys_action, keys_db, keys_config, keys_id, keys_json);
+  if (*autoscale_cmd) {
+    bw::telemetry::finish_autoscale_flags(autoscale_opts, autoscale_secs);
+    return bw::telemetry::run_autoscale(autoscale_opts);
+  }
   if (*check_cmd) {
     auto cfg = bw::config::load_file(check_path);
     if (!cfg) {

@@ -580,6 +580,31 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     led.finish();
   }
   {
+    auto sc = top.child("scaler");
+    std::string method;
+    sc.get("method", method);
+    if (!method.empty()) {
+      auto m = telemetry::parse_scale_method(method);
+      if (!m) sc.fail("method", "unknown method '" + method + "' (wma, holt, reactive)");
+      cfg->scaler.method = *m;
+    }
+    sc.get("min_replicas", cfg->scaler.min_replicas, 1, 10'000);
+    sc.get("max_replicas", cfg->scaler.max_replicas, 1, 10'000);
+    sc.get("capacity_rps_per_replica", cfg->scaler.capacity_rps_per_replica, 0.001, 1e9);
+    sc.get("headroom", cfg->scaler.headroom, 0, 10);
+    sc.get("scale_down_utilization", cfg->scaler.scale_down_utilization, 0.05, 1);
+    sc.get_duration("sample_interval", cfg->scaler.sample_interval);
+    sc.get_duration("forecast_horizon", cfg->scaler.forecast_horizon);
+    sc.get_duration("scale_up_cooldown", cfg->scaler.scale_up_cooldown);
+    sc.get_duration("scale_down_cooldown", cfg->scaler.scale_down_cooldown);
+    sc.get("reactive_queue_threshold", cfg->scaler.reactive_queue_threshold, 0, 1e9);
+    sc.get("current_replicas", cfg->current_replicas, 1, 10'000);
+    sc.finish();
+    if (cfg->scaler.min_replicas > cfg->scaler.max_replicas) {
+      sc.fail_here("min_replicas must be <= max_replicas");
+    }
+  }
+  {
     auto s = top.child("sim");
     s.get("listen", cfg->sim.listen);
     s.get("zero_latency", cfg->sim.zero_latency);

@@ -20,6 +20,7 @@
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "routing/circuit_breaker.h"
+#include "telemetry/scaler.h"
 #include "routing/dead_letter.h"
 #include "routing/retry.h"
 
@@ -145,6 +146,9 @@ struct Config {
   std::string webhook_secret;  // resolved from secret_env; never logged
   std::string ledger_path;     // "" = no ledger (then no budgets and no stored keys)
   bool budget_metrics_per_key = false;
+  // Autoscaling signal (telemetry/): the predictive scaler's parameters.
+  telemetry::ScalerConfig scaler;
+  int current_replicas = 1;  // how many replicas run now (env BELLWETHER_REPLICAS in k8s)
 
   const ProviderConfig* provider(const std::string& name) const;
   const ModelGroupConfig* model_group(const std::string& name) const;

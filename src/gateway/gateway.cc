@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+
 #include "common/clock.h"
 
 #include "cost/recovery.h"
@@ -15,7 +17,17 @@ namespace bw::gateway {
 Gateway::Gateway(std::shared_ptr<const config::Config> cfg, GatewayOptions options)
     : initial_(std::move(cfg)), options_(std::move(options)), shared_(std::make_shared<Shared>()) {}
 
+void Gateway::stop_scaler() {
+  {
+    std::lock_guard lock(scaler_mu_);
+    scaler_stop_ = true;
+  }
+  scaler_cv_.notify_all();
+  if (scaler_thread_.joinable()) scaler_thread_.join();
+}
+
 Gateway::~Gateway() {
+  stop_scaler();
   if (server_) server_->stop();
   if (admin_server_) admin_server_->stop();
   if (sim_) sim_->stop();
@@ -74,6 +86,25 @@ Result<Ok> Gateway::start() {
   }
   runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_, std::move(stored)));
   shared_->runtime = &runtime_;
+
+  telemetry::GatewayMetricsOptions mo;
+  mo.version = "0.1.0";
+  mo.budget_utilization = cfg.budget_metrics_per_key;
+  shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
+  shared_->scaler = std::make_unique<telemetry::PredictiveScaler>(cfg.scaler);
+  int replicas = cfg.current_replicas;
+  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0) replicas = std::atoi(r);
+  scaler_thread_ = std::thread([this, replicas] {
+    std::unique_lock lock(scaler_mu_);
+    while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
+      telemetry::Observation o;
+      o.arrivals_total = shared_->llm_arrivals.load();
+      o.completions_total = shared_->llm_completions.load();
+      o.queue_depth = static_cast<double>(shared_->admission->queued());
+      o.current_replicas = replicas;
+      shared_->scaler->observe(SteadyClock::instance().now(), o);
+    }
+  });
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
 
   http::ServerOptions opt = cfg.server;
@@ -115,6 +146,7 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
 
 std::size_t Gateway::drain_and_stop() {
   shared_->draining.store(true);
+  stop_scaler();
   const Nanos timeout = runtime_.load()->config().drain_timeout;
   server_->begin_drain();
   if (admin_server_) admin_server_->begin_drain();

@@ -4,6 +4,9 @@
 // Thread safety: start/reload/drain from the control thread; handlers run on the workers and
 // read the current Runtime through an atomic shared_ptr.
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <string>
 
@@ -52,6 +55,12 @@ class Gateway {
   std::shared_ptr<Shared> shared_;
   std::unique_ptr<http::Server> server_;
   std::unique_ptr<http::Server> admin_server_;
+  // Feeds the predictive scaler once a second.
+  std::thread scaler_thread_;
+  std::mutex scaler_mu_;
+  std::condition_variable scaler_cv_;
+  bool scaler_stop_ = false;
+  void stop_scaler();
 };
 
 }  // namespace bw::gateway

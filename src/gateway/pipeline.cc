@@ -118,7 +118,39 @@ asio::awaitable<void> reply_error(Ctx& c, const Error& e) {
   co_await c.w.send(std::move(r));
 }
 
+void record_metrics(Ctx& c) {
+  auto& m = *c.sh.metrics;
+  const auto path = c.req.path();
+  const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
+  static constexpr std::array<std::string_view, 4> kPrio = {"0", "1", "2", ""};
+  const std::string_view prio = c.key ? kPrio[static_cast<std::size_t>(c.priority.priority)] : "";
+  m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
+  if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
+  c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
+  const Nanos now = SteadyClock::instance().now();
+  m.request_duration.with({path, model}).observe(to_seconds(now - c.start));
+  if (c.ttft >= 0 && c.llm.stream) m.ttft.with({model}).observe(to_seconds(c.ttft));
+  if (c.usage.prompt_tokens > 0) {
+    m.tokens.with({c.model_served.empty() ? model : std::string_view(c.model_served), "prompt"})
+        .add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
+  }
+  if (c.usage.completion_tokens > 0) {
+    m.tokens.with({c.model_served.empty() ? model : std::string_view(c.model_served), "completion"})
+        .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
+  }
+  if (c.cost_micro > 0) m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
+  if (c.error_code.starts_with("rate_limited:")) {
+    m.rate_limited.with({std::string_view(c.error_code).substr(13)}).inc();
+  }
+  m.queue_wait.with({prio}).observe(to_seconds(c.queue_wait));
+  if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
+  if (!c.model_served.empty() && c.model_served != c.route_model) {
+    m.fallbacks.with({c.route_model, c.model_served}).inc();
+  }
+}
+
 void write_access_log(Ctx& c) {
+  record_metrics(c);
   AccessRecord r;
   r.request_id = c.request_id;
   r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
@@ -369,6 +401,14 @@ routing::Outcome outcome_for_status(int status, const http::Headers& h, std::str
   return o;
 }
 
+void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos latency) {
+  auto& m = *c.sh.metrics;
+  m.upstream_requests.with({deployment, status == 0 ? std::string_view("error")
+                                                    : telemetry::status_class(status)})
+      .inc();
+  m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+}
+
 // Phases 7 and 8: pick a deployment (balancer, breakers, capacity), send, and answer. Retries go
 // to another deployment where there is one, with backoff and within the retry budget, and only
 // while nothing has reached the client; fallback models follow when a model has nothing left.
@@ -438,6 +478,7 @@ asio::awaitable<void> forward(Ctx& c) {
       now = SteadyClock::instance().now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
+      record_attempt(c, dep_cfg.id, 0, now - sent_at);
       auto o = outcome_for_error(resp.error(), now - sent_at);
       last_error = resp.error();
       last_response.reset();
@@ -470,6 +511,7 @@ asio::awaitable<void> forward(Ctx& c) {
       co_await relay_stream(c, up, std::move(headers));
       now = SteadyClock::instance().now();
       c.upstream_latency = now - sent_at;
+      record_attempt(c, dep_cfg.id, 200, now - sent_at);
       routing::Outcome o;
       o.status = 200;
       o.latency_ns = now - sent_at;
@@ -485,6 +527,7 @@ asio::awaitable<void> forward(Ctx& c) {
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = SteadyClock::instance().now();
     c.upstream_latency = now - sent_at;
+    record_attempt(c, dep_cfg.id, all ? up.status() : 0, now - sent_at);
     if (!all) {
       auto o = outcome_for_error(all.error(), now - sent_at);
       last_error = all.error();
@@ -752,6 +795,7 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
 // ---------------------------------------------------------------------------------------------
 // The pipeline of one LLM request, in phase order.
 asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
+  c.sh.llm_arrivals.fetch_add(1, std::memory_order_relaxed);
   // 1 authenticate
   if (c.replay_key) {
     c.key = c.replay_key;
@@ -795,6 +839,13 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
     c.queue_wait += SteadyClock::instance().now() - t0;
     if (!admitted.ok()) {
       c.error_code = "admission";
+      static constexpr std::array<std::string_view, 3> kP = {"0", "1", "2"};
+      const auto pr = kP[static_cast<std::size_t>(c.priority.priority)];
+      if (admitted.refusal == admission::Refusal::kTimedOut) {
+        c.sh.metrics->queue_timeouts.with({pr}).inc();
+      } else if (admitted.refusal != admission::Refusal::kCancelled) {
+        c.sh.metrics->shed.with({pr, admission::admission_error(admitted.refusal, 0).code}).inc();
+      }
       co_return co_await reply_error(c, admission::admission_error(admitted.refusal,
                                                                    admitted.retry_after_s));
     }
@@ -1114,8 +1165,24 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
       co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_api_key",
                                          "Reading queue metrics needs an API key."));
     } else {
-      co_await send_json(c, 200, sh.admission->metrics_json());
+      // The admission queue's figures plus the scaler's recommendation.
+      std::string body = sh.admission->metrics_json();
+      if (sh.scaler && !body.empty() && body.back() == '}') {
+        auto rec = sh.scaler->last();
+        body.pop_back();
+        body += ",\"recommended_replicas\":" + std::to_string(rec.recommended_replicas) +
+                ",\"scaling\":" + telemetry::to_json(rec) + "}";
+      }
+      co_await send_json(c, 200, std::move(body));
     }
+  } else if (path == "/metrics") {
+    auto r = Response();
+    r.status = 200;
+    r.headers.add("content-type", std::string(telemetry::Registry::kContentType));
+    r.body = render_metrics(sh);
+    c.status = 200;
+    c.bytes_out += r.body.size();
+    co_await w.send(std::move(r));
   } else if (path == "/v1/chat/completions") {
     co_await handle_llm(c, Endpoint::kChat);
   } else if (path == "/v1/completions") {
@@ -1164,6 +1231,43 @@ void declare_budgets(Shared& sh, const config::Config& cfg,
       for (const auto& b : k.budgets) declare(cost::key_budget_id(k.name, b.period), b);
     }
   }
+}
+
+std::string render_metrics(Shared& sh) {
+  auto& m = *sh.metrics;
+  const Nanos now = SteadyClock::instance().now();
+  if (sh.admission) {
+    auto snap = sh.admission->snapshot();
+    static constexpr std::array<std::string_view, 3> kP = {"0", "1", "2"};
+    for (std::size_t p = 0; p < 3; ++p) {
+      m.queue_depth.with({kP[p]}).set(static_cast<double>(snap.depth[p]));
+    }
+    m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
+  }
+  for (const auto& d : sh.router.status(now)) {
+    const double v = d.state == routing::BreakerState::open        ? telemetry::GatewayMetrics::kBreakerOpen
+                     : d.state == routing::BreakerState::half_open ? telemetry::GatewayMetrics::kBreakerHalfOpen
+                                                                   : telemetry::GatewayMetrics::kBreakerClosed;
+    m.breaker_state.with({d.id}).set(v);
+  }
+  if (sh.dead_letters) {
+    auto& added = m.dlq_entries.get();
+    auto& dropped = m.dlq_dropped.get();
+    // Counters only move forward: add the difference since the last scrape.
+    if (sh.dead_letters->added_total() > added.units()) {
+      added.add(sh.dead_letters->added_total() - added.units());
+    }
+    if (sh.dead_letters->dropped_total() > dropped.units()) {
+      dropped.add(sh.dead_letters->dropped_total() - dropped.units());
+    }
+  }
+  if (m.budget_utilization && sh.budgets) {
+    for (const auto& b : sh.budgets->snapshots(SteadyClock::instance().unix_millis())) {
+      m.budget_utilization->with({b.id}).set(b.utilisation);
+    }
+  }
+  if (sh.scaler) m.replicas_recommended.get().set(sh.scaler->last().recommended_replicas);
+  return sh.registry.expose();
 }
 
 Result<Ok> refresh_stored_keys(Shared& sh) {

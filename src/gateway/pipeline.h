@@ -20,6 +20,9 @@
 #include "limits/memory_limit_store.h"
 #include "routing/dead_letter.h"
 #include "routing/router.h"
+#include "telemetry/gateway_metrics.h"
+#include "telemetry/metrics.h"
+#include "telemetry/scaler.h"
 
 namespace bw::gateway {
 
@@ -43,7 +46,16 @@ struct Shared {
   std::unique_ptr<cost::KeyStore> key_store;
   std::unique_ptr<cost::WebhookSender> webhooks;
   std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows
+  // Telemetry: Prometheus registry, the gateway's metric families, the scaling predictor.
+  telemetry::Registry registry;
+  std::unique_ptr<telemetry::GatewayMetrics> metrics;
+  std::unique_ptr<telemetry::PredictiveScaler> scaler;
+  std::atomic<std::uint64_t> llm_arrivals{0};
+  std::atomic<std::uint64_t> llm_completions{0};
 };
+
+// The /metrics body: gauges that are read at scrape time are refreshed first.
+std::string render_metrics(Shared& shared);
 
 // Budget ids that apply to a key: global, its tenant's, its own (one per configured period).
 std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key);
