@@ -25,6 +25,8 @@
 #include "cost/key_store.h"
 #include "cost/ledger.h"
 #include "cost/money.h"
+#include "cost/pg_key_store.h"
+#include "cost/pg_ledger.h"
 #include "cost/period.h"
 #include "cost/pricing.h"
 #include "cost/recovery.h"

@@ -150,19 +150,23 @@ Result<PgConn> PgConn::connect(const PgConnectOptions& options) {
   if (!parsed) {
     return db_error("postgres connect", "invalid connection string (libpq could not parse it)");
   }
-  const std::string timeout = std::to_string(options.connect_timeout_s > 0 ? options.connect_timeout_s
-                                                                            : 5);
+  const std::string timeout =
+      std::to_string(options.connect_timeout_s > 0 ? options.connect_timeout_s : 5);
   // Defaults first: the expanded connection string (dbname, processed last) overrides them.
   const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* vals[] = {timeout.c_str(), options.application_name.c_str(),
-                        options.conninfo.c_str(), nullptr};
+  const char* vals[] = {timeout.c_str(), options.application_name.c_str(), options.conninfo.c_str(),
+                        nullptr};
   PGconn* raw = PQconnectdbParams(keys, vals, /*expand_dbname=*/1);
   PgConn conn(raw, parsed->target, parsed->password, options.io_timeout_ms);
   if (!raw) return db_error("postgres connect " + conn.target_, "out of memory");
   if (PQstatus(raw) != CONNECTION_OK) return conn.error("postgres connect " + conn.target_);
   if (PQsetnonblocking(raw, 1) != 0) return conn.error("postgres connect " + conn.target_);
+  // Notices (e.g. "already exists, skipping" from idempotent migrations) are not for stderr.
+  PQsetNoticeProcessor(
+      raw, [](void*, const char*) {}, nullptr);
   const std::string setup =
-      "SET statement_timeout = " + std::to_string(std::max(0, options.statement_timeout_ms));
+      "SET statement_timeout = " + std::to_string(std::max(0, options.statement_timeout_ms)) +
+      "; SET client_min_messages = warning";
   auto r = conn.exec(setup);
   if (!r.ok()) return r.error();
   return conn;
@@ -193,8 +197,26 @@ PgConn::~PgConn() {
 }
 
 bool PgConn::healthy() const {
-  return conn_ && PQstatus(conn_) == CONNECTION_OK &&
-         PQtransactionStatus(conn_) == PQTRANS_IDLE && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF;
+  return conn_ && PQstatus(conn_) == CONNECTION_OK && PQtransactionStatus(conn_) == PQTRANS_IDLE &&
+         PQpipelineStatus(conn_) == PQ_PIPELINE_OFF;
+}
+
+bool PgConn::alive() {
+  if (!healthy()) return false;
+  // An idle connection receives nothing but notices, or a FATAL error followed by EOF when the
+  // server drops it; read until the socket is quiet (bounded) so the EOF is seen now.
+  for (int i = 0; i < 16; ++i) {
+    pollfd p{PQsocket(conn_), POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) break;
+    if (!PQconsumeInput(conn_)) return false;
+    while (!PQisBusy(conn_)) {
+      PGresult* r = PQgetResult(conn_);
+      if (!r) break;
+      PQclear(r);
+    }
+    if (PQstatus(conn_) != CONNECTION_OK) return false;
+  }
+  return healthy();
 }
 
 Error PgConn::error(std::string_view what, const PGresult* r) const {
@@ -368,7 +390,7 @@ Result<PgPool::Lease> PgPool::acquire() {
     if (!idle_.empty()) {
       auto c = std::move(idle_.back());
       idle_.pop_back();
-      if (c->healthy()) return Lease(this, std::move(c));
+      if (c->alive()) return Lease(this, std::move(c));
       --total_;  // dropped by the server meanwhile; open a fresh one below
       continue;
     }
@@ -387,9 +409,9 @@ Result<PgPool::Lease> PgPool::acquire() {
     }
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
         total_ >= options_.max_size) {
-      return make_error(503, "server_error", "ledger_unavailable",
-                        "postgres pool: all " + std::to_string(options_.max_size) +
-                            " connections busy");
+      return make_error(
+          503, "server_error", "ledger_unavailable",
+          "postgres pool: all " + std::to_string(options_.max_size) + " connections busy");
     }
   }
 }

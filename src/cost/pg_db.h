@@ -33,7 +33,7 @@ struct PgConnectOptions {
   // "postgresql://user:pw@127.0.0.1:5432/db?sslmode=require" or "host=... dbname=..."; libpq's
   // environment variables (PGHOST, PGPASSWORD, ...) fill what it leaves out.
   std::string conninfo;
-  int connect_timeout_s = 5;         // per connection attempt
+  int connect_timeout_s = 5;          // per connection attempt
   int statement_timeout_ms = 30'000;  // server-side cap on any one statement; 0 = none
   int io_timeout_ms = 30'000;         // client-side deadline for one round trip / pipeline
   std::string application_name = "bellwether";
@@ -88,6 +88,9 @@ class PgConn {
 
   PGconn* get() const { return conn_; }
   bool healthy() const;  // connected and not inside a failed/unfinished transaction
+  // healthy(), after reading whatever the server sent while the connection sat idle: a server
+  // restart or pg_terminate_backend() shows up here instead of failing the next query.
+  bool alive();
   const std::string& target() const { return target_; }
 
   // Runs one statement (or several without parameters) and returns the last result; any status

@@ -2,9 +2,11 @@
 
 #include <set>
 
+#include <atomic>
+#include <thread>
+
+#include "backends.h"
 #include "cost/key_crypto.h"
-#include "cost/sqlite_key_store.h"
-#include "test_util.h"
 
 namespace bw::cost {
 namespace {
@@ -59,15 +61,13 @@ KeySpec sample_spec() {
   return s;
 }
 
-std::unique_ptr<SqliteKeyStore> open_store(const std::string& path) {
-  auto s = SqliteKeyStore::open(path);
-  EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
-  return s.ok() ? std::move(*s) : nullptr;
-}
+// Every case runs against SQLite and PostgreSQL (tests/cost/backends.h).
+template <class B>
+class KeyStoreParity : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(KeyStoreParity, testing::Backends, testing::BackendNames);
 
-TEST(SqliteKeyStore, CreateStoresOnlyTheHashAndVerifies) {
-  testing::TempDir dir;
-  auto store = open_store(dir.file("keys.db"));
+TYPED_TEST(KeyStoreParity, CreateStoresOnlyTheHashAndVerifies) {
+  auto store = this->backend().open_key_store();
   ASSERT_TRUE(store);
   auto issued = store->create(sample_spec(), kNow);
   ASSERT_TRUE(issued.ok()) << issued.error().message;
@@ -105,9 +105,8 @@ TEST(SqliteKeyStore, CreateStoresOnlyTheHashAndVerifies) {
   EXPECT_EQ(missing.error().status, 404);
 }
 
-TEST(SqliteKeyStore, RotateInvalidatesTheOldSecret) {
-  testing::TempDir dir;
-  auto store = open_store(dir.file("keys.db"));
+TYPED_TEST(KeyStoreParity, RotateInvalidatesTheOldSecret) {
+  auto store = this->backend().open_key_store();
   ASSERT_TRUE(store);
   auto issued = store->create(sample_spec(), kNow);
   ASSERT_TRUE(issued.ok());
@@ -122,9 +121,8 @@ TEST(SqliteKeyStore, RotateInvalidatesTheOldSecret) {
   EXPECT_FALSE(store->rotate("key_nope", kNow).ok());
 }
 
-TEST(SqliteKeyStore, RevokeListAndUpdate) {
-  testing::TempDir dir;
-  auto store = open_store(dir.file("keys.db"));
+TYPED_TEST(KeyStoreParity, RevokeListAndUpdate) {
+  auto store = this->backend().open_key_store();
   ASSERT_TRUE(store);
   auto a = store->create(sample_spec(), kNow);
   KeySpec other;
@@ -162,9 +160,8 @@ TEST(SqliteKeyStore, RevokeListAndUpdate) {
   EXPECT_FALSE(store->revoke("key_nope").ok());
 }
 
-TEST(SqliteKeyStore, ValidatesSpecs) {
-  testing::TempDir dir;
-  auto store = open_store(dir.file("keys.db"));
+TYPED_TEST(KeyStoreParity, ValidatesSpecs) {
+  auto store = this->backend().open_key_store();
   ASSERT_TRUE(store);
   KeySpec s;
   s.budgets = {{10, BudgetPeriod::kDaily}, {20, BudgetPeriod::kDaily}};
@@ -181,12 +178,12 @@ TEST(SqliteKeyStore, ValidatesSpecs) {
   EXPECT_TRUE(store->list()->empty());
 }
 
-TEST(SqliteKeyStore, SharesTheFileWithTheLedgerSchema) {
-  testing::TempDir dir;
-  const std::string path = dir.file("bellwether.db");
-  auto store = open_store(path);
+TYPED_TEST(KeyStoreParity, SharesTheDatabaseWithTheLedgerSchema) {
+  auto ledger = this->backend().open_ledger();  // ledger and keys share one database
+  ASSERT_TRUE(ledger);
+  auto store = this->backend().open_key_store();
   ASSERT_TRUE(store);
-  auto again = open_store(path);  // second opener sees the migrated schema
+  auto again = this->backend().open_key_store();  // second opener sees the migrated schema
   ASSERT_TRUE(again);
   auto k = store->create(KeySpec{}, kNow);
   ASSERT_TRUE(k.ok());
@@ -199,6 +196,42 @@ TEST(KeyEncoding, RoundTrips) {
   EXPECT_EQ(decode_key_budgets(encode_key_budgets(b)), b);
   EXPECT_TRUE(decode_key_budgets("weekly:5;daily:x").empty());
   EXPECT_EQ(decode_models(encode_models({"a", "b"})), (std::vector<std::string>{"a", "b"}));
+}
+
+// Replicas verify keys concurrently while an admin rotates one: the old secret stops working for
+// every instance as soon as rotate() returns.
+TYPED_TEST(KeyStoreParity, ConcurrentVerifyAcrossInstancesAndRotation) {
+  auto admin = this->backend().open_key_store();
+  auto replica = this->backend().open_key_store();
+  ASSERT_TRUE(admin && replica);
+  auto issued = admin->create(sample_spec(), kNow);
+  ASSERT_TRUE(issued.ok());
+  std::atomic<int> verified{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto v = replica->verify(issued->secret);
+        if (v.ok() && v->id == issued->record.id) {
+          ++verified;
+        } else {
+          ++errors;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(verified.load(), 200);
+  EXPECT_EQ(errors.load(), 0);
+  auto rotated = admin->rotate(issued->record.id, kNow + 5);
+  ASSERT_TRUE(rotated.ok());
+  auto old = replica->verify(issued->secret);
+  ASSERT_FALSE(old.ok());
+  EXPECT_EQ(old.error().code, "invalid_api_key");
+  auto fresh = replica->verify(rotated->secret);
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(fresh->rotated_unix_ms, kNow + 5);
+  EXPECT_EQ(fresh->spec.budgets, sample_spec().budgets);
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,10 +10,10 @@
 #include <random>
 #include <set>
 
+#include <thread>
+
+#include "backends.h"
 #include "cost/recovery.h"
-#include "cost/sqlite_db.h"
-#include "cost/sqlite_ledger.h"
-#include "test_util.h"
 
 namespace bw::cost {
 namespace {
@@ -44,14 +43,20 @@ LedgerSettlement settlement(std::string id, Micros actual, std::int64_t when,
   return {std::move(id), status, actual, 100, 50, when};
 }
 
-std::unique_ptr<SqliteLedger> open_ledger(const std::string& path, std::size_t capacity = 65'536) {
-  SqliteLedgerOptions o;
-  o.path = path;
-  o.queue_capacity = capacity;
-  auto l = SqliteLedger::open(o);
-  EXPECT_TRUE(l.ok()) << (l.ok() ? "" : l.error().message);
-  return l.ok() ? std::move(*l) : nullptr;
-}
+// The same cases run against every backend (tests/cost/backends.h): SQLite and PostgreSQL must
+// behave identically for recovery and the spend report to work on either.
+template <class B>
+class LedgerParity : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(LedgerParity, testing::Backends, testing::BackendNames);
+template <class B>
+class Recovery : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(Recovery, testing::Backends, testing::BackendNames);
+template <class B>
+class Migrations : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(Migrations, testing::Backends, testing::BackendNames);
+template <class B>
+class LedgerCrashSafety : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(LedgerCrashSafety, testing::Backends, testing::BackendNames);
 
 // Appends and waits for the commit; returns the callback's result.
 Result<Ok> append_sync(Ledger& l, const LedgerReservation& r) {
@@ -67,9 +72,8 @@ Result<Ok> append_sync(Ledger& l, const LedgerSettlement& s) {
   return out.value_or(Result<Ok>(make_error(500, "", "", "no callback")));
 }
 
-TEST(SqliteLedger, GroupCommitRunsEveryCallbackAfterCommit) {
-  testing::TempDir dir;
-  auto ledger = open_ledger(dir.file("l.db"));
+TYPED_TEST(LedgerParity, GroupCommitRunsEveryCallbackAfterCommit) {
+  auto ledger = this->backend().open_ledger();
   ASSERT_TRUE(ledger);
   constexpr int kRecords = 500;
   std::atomic<int> ok{0};
@@ -94,9 +98,8 @@ TEST(SqliteLedger, GroupCommitRunsEveryCallbackAfterCommit) {
   EXPECT_EQ((*row)->created_unix_ms, kJan1 + 499);
 }
 
-TEST(SqliteLedger, SettleReleaseAndPerRecordErrors) {
-  testing::TempDir dir;
-  auto ledger = open_ledger(dir.file("l.db"));
+TYPED_TEST(LedgerParity, SettleReleaseAndPerRecordErrors) {
+  auto ledger = this->backend().open_ledger();
   ASSERT_TRUE(ledger);
   ASSERT_TRUE(append_sync(*ledger, reservation("a", "key_a", "acme", "gpt-4.1", 1000, kJan1,
                                                {"global/monthly", "key:key_a/daily"}))
@@ -131,9 +134,8 @@ TEST(SqliteLedger, SettleReleaseAndPerRecordErrors) {
   EXPECT_FALSE(none->has_value());
 }
 
-TEST(SqliteLedger, BoundedQueueRefusesWhenFull) {
-  testing::TempDir dir;
-  auto ledger = open_ledger(dir.file("l.db"), /*capacity=*/4);
+TYPED_TEST(LedgerParity, BoundedQueueRefusesWhenFull) {
+  auto ledger = this->backend().open_ledger(/*capacity=*/4);
   ASSERT_TRUE(ledger);
   // Hold the writer inside the first callback so the queue cannot drain.
   std::mutex mu;
@@ -165,9 +167,8 @@ TEST(SqliteLedger, BoundedQueueRefusesWhenFull) {
   EXPECT_EQ(ledger->stats().records_committed, 5u);
 }
 
-TEST(SqliteLedger, SpendReports) {
-  testing::TempDir dir;
-  auto ledger = open_ledger(dir.file("l.db"));
+TYPED_TEST(LedgerParity, SpendReports) {
+  auto ledger = this->backend().open_ledger();
   ASSERT_TRUE(ledger);
   struct Row {
     const char* id;
@@ -231,14 +232,13 @@ TEST(SqliteLedger, SpendReports) {
   EXPECT_EQ((*by_day)[1].open_reserved_micro, 300);
 }
 
-TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
-  testing::TempDir dir;
+TYPED_TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
   const std::string gm = global_budget_id(BudgetPeriod::kMonthly);
   const std::string kd = key_budget_id("key_a", BudgetPeriod::kDaily);
   const std::string tt = tenant_budget_id("acme", BudgetPeriod::kTotal);
   const std::int64_t now = kJan1 + 3 * kDay + 5000;  // Jan 4th
   {
-    auto ledger = open_ledger(dir.file("l.db"));
+    auto ledger = this->backend().open_ledger();
     ASSERT_TRUE(ledger);
     const std::vector<std::string> all = {gm, kd, tt};
     // Last month (counts only in the total budget).
@@ -264,7 +264,7 @@ TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
     ASSERT_TRUE(
         append_sync(*ledger, reservation("o2", "key_a", "acme", "m", 30, now - 500, all)).ok());
   }
-  auto ledger = open_ledger(dir.file("l.db"));
+  auto ledger = this->backend().open_ledger();
   ASSERT_TRUE(ledger);
   BudgetManager m;
   ASSERT_TRUE(m.upsert_budget({gm, 10'000, BudgetPeriod::kMonthly}));
@@ -296,29 +296,23 @@ TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
   EXPECT_EQ(m.snapshot(kd, now)->spent_micro, 170);
 }
 
-TEST(Migrations, UpgradesAnOldDatabaseAndKeepsRows) {
-  testing::TempDir dir;
-  const std::string path = dir.file("old.db");
+TYPED_TEST(Migrations, UpgradesAnOldDatabaseAndKeepsRows) {
+  testing::Backend& db = this->backend();
   {
-    auto db = SqliteDb::open(path);
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(migrate(*db, 1).ok());
-    EXPECT_EQ(*db->query_int("PRAGMA user_version"), 1);
+    ASSERT_TRUE(db.migrate_to(1).ok());
+    EXPECT_EQ(*db.schema_version(), 1);
     // A v1 binary's rows: no budgets column yet.
-    ASSERT_TRUE(
-        db->exec("INSERT INTO ledger (request_id, key_id, tenant_id, model, reserved_micro,"
-                 " actual_micro, status, created_unix_ms) VALUES"
-                 " ('old1', 'key_a', 'acme', 'gpt-4.1', 500, 400, 'settled', 1767225600001),"
-                 " ('old2', 'key_a', 'acme', 'gpt-4.1', 90, 0, 'open', 1767225600002)")
-            .ok());
+    ASSERT_TRUE(db.exec("INSERT INTO ledger (request_id, key_id, tenant_id, model, reserved_micro,"
+                        " actual_micro, status, created_unix_ms) VALUES"
+                        " ('old1', 'key_a', 'acme', 'gpt-4.1', 500, 400, 'settled', 1767225600001),"
+                        " ('old2', 'key_a', 'acme', 'gpt-4.1', 90, 0, 'open', 1767225600002)")
+                    .ok());
   }
-  auto ledger = open_ledger(path);
+  auto ledger = db.open_ledger();
   ASSERT_TRUE(ledger);
   {
-    auto db = SqliteDb::open(path);
-    ASSERT_TRUE(db.ok());
-    EXPECT_EQ(*db->query_int("PRAGMA user_version"), kSchemaVersion);
-    EXPECT_EQ(*db->query_int("SELECT COUNT(*) FROM api_keys"), 0);
+    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM api_keys"), 0);
   }
   auto row = ledger->find("old1");
   ASSERT_TRUE(row.ok() && row->has_value());
@@ -342,17 +336,9 @@ TEST(Migrations, UpgradesAnOldDatabaseAndKeepsRows) {
       append_sync(*ledger, reservation("new", "k", "t", "m", 1, kJan1, {"global/monthly"})).ok());
 }
 
-TEST(Migrations, RefusesANewerDatabase) {
-  testing::TempDir dir;
-  const std::string path = dir.file("future.db");
-  {
-    auto db = SqliteDb::open(path);
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(db->exec("PRAGMA user_version=99").ok());
-  }
-  SqliteLedgerOptions o;
-  o.path = path;
-  auto l = SqliteLedger::open(o);
+TYPED_TEST(Migrations, RefusesANewerDatabase) {
+  ASSERT_TRUE(this->backend().mark_schema_version(99).ok());
+  auto l = this->backend().try_open_ledger(65'536, 4'096);
   ASSERT_FALSE(l.ok());
   EXPECT_NE(l.error().message.find("newer"), std::string::npos);
 }
@@ -373,11 +359,8 @@ void read_acks(int fd, std::string& buf, std::vector<std::string>& acks, long wa
   }
 }
 
-[[noreturn]] void crash_child(const std::string& path, int cycle, int ack_fd) {
-  SqliteLedgerOptions o;
-  o.path = path;
-  o.queue_capacity = 256;
-  auto opened = SqliteLedger::open(o);
+[[noreturn]] void crash_child(testing::Backend& backend, int cycle, int ack_fd) {
+  auto opened = backend.try_open_ledger(/*capacity=*/256, /*max_batch=*/4'096);
   if (!opened.ok()) _exit(2);
   auto ledger = std::move(*opened);
   auto ack = [ack_fd](std::string line) {
@@ -406,9 +389,7 @@ void read_acks(int fd, std::string& buf, std::vector<std::string>& acks, long wa
 
 // A writer process is SIGKILLed at a random moment, 20 times over the same file. Every record
 // whose completion callback fired must survive, and the database must stay intact.
-TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
-  testing::TempDir dir;
-  const std::string path = dir.file("crash.db");
+TYPED_TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
   std::mt19937 rng(20261129);
   std::size_t total_acked = 0;
   for (int cycle = 0; cycle < 20; ++cycle) {
@@ -418,7 +399,7 @@ TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       ::close(fds[0]);
-      crash_child(path, cycle, fds[1]);
+      crash_child(this->backend(), cycle, fds[1]);
     }
     ::close(fds[1]);
     std::string buf;
@@ -435,15 +416,8 @@ TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     total_acked += acks.size();
 
-    {
-      auto db = SqliteDb::open(path);
-      ASSERT_TRUE(db.ok());
-      auto st = Statement::prepare(*db, "PRAGMA integrity_check");
-      ASSERT_TRUE(st.ok());
-      ASSERT_EQ(st->step(), SQLITE_ROW);
-      EXPECT_EQ(st->column_text(0), "ok") << "cycle " << cycle;
-    }
-    auto ledger = open_ledger(path);
+    EXPECT_EQ(this->backend().integrity_problem(), "") << "cycle " << cycle;
+    auto ledger = this->backend().open_ledger();
     ASSERT_TRUE(ledger);
     for (const auto& a : acks) {
       const std::string id = a.substr(2);
@@ -457,6 +431,176 @@ TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
     }
   }
   EXPECT_GE(total_acked, 20u);
+}
+
+// The callback means "committed": another connection must already see the row when it runs.
+TYPED_TEST(LedgerParity, CallbackRunsAfterTheCommitIsVisible) {
+  auto ledger = this->backend().open_ledger();
+  auto observer = this->backend().open_ledger();
+  ASSERT_TRUE(ledger && observer);
+  constexpr int kRecords = 50;
+  std::atomic<int> visible{0};
+  for (int i = 0; i < kRecords; ++i) {
+    const std::string id = id_of("v", i);
+    ASSERT_TRUE(ledger->append_reservation(
+        reservation(id, "key_a", "acme", "gpt-4.1", 7, kJan1 + i), [&, id](const Result<Ok>& r) {
+          if (!r.ok()) return;
+          auto row = observer->find(id);
+          if (row.ok() && row->has_value() && (*row)->status == LedgerStatus::kOpen) ++visible;
+        }));
+  }
+  ledger->flush();
+  EXPECT_EQ(visible.load(), kRecords);
+}
+
+TYPED_TEST(LedgerParity, ConcurrentAppendsFromSeveralThreads) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::string id = id_of(id_of("t", t) + "-", i);
+        auto cb = [&](const Result<Ok>& r) { (r.ok() ? ok : failed) += 1; };
+        while (!ledger->append_reservation(
+            reservation(id, id_of("key_", t), "acme", "gpt-4.1", 100, kJan1 + i), cb)) {
+          std::this_thread::yield();
+        }
+        // Every second request settles at once: a settlement may share the batch of its
+        // reservation and must be applied after it.
+        if (i % 2 == 0) {
+          while (!ledger->append_settlement(settlement(id, 40, kJan1 + i), cb)) {
+            std::this_thread::yield();
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ledger->flush();
+  constexpr int kRecords = kThreads * kPerThread + kThreads * kPerThread / 2;
+  EXPECT_EQ(ok.load(), kRecords);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(ledger->stats().records_committed, static_cast<std::uint64_t>(kRecords));
+  auto by_key = ledger->spend_report(SpendGroup::kKey, kJan1, kJan1 + kDay);
+  ASSERT_TRUE(by_key.ok());
+  ASSERT_EQ(by_key->size(), static_cast<std::size_t>(kThreads));
+  for (int t = 0; t < kThreads; ++t) {
+    const auto& row = (*by_key)[static_cast<std::size_t>(t)];
+    EXPECT_EQ(row.group, id_of("key_", t));
+    EXPECT_EQ(row.requests, kPerThread);
+    EXPECT_EQ(row.actual_micro, 40 * kPerThread / 2);
+    EXPECT_EQ(row.open_reserved_micro, 100 * kPerThread / 2);
+  }
+  auto open = ledger->open_reservations();
+  ASSERT_TRUE(open.ok());
+  EXPECT_EQ(open->size(), static_cast<std::size_t>(kThreads * kPerThread / 2));
+}
+
+// Two gateway replicas on one ledger: both append at the same time, each sees the other's rows,
+// and a request id is unique across both.
+TYPED_TEST(LedgerParity, TwoInstancesOnOneStorageBothAppend) {
+  auto a = this->backend().open_ledger();
+  auto b = this->backend().open_ledger();
+  ASSERT_TRUE(a && b);
+  constexpr int kPerReplica = 300;
+  std::atomic<int> ok{0}, failed{0};
+  auto cb = [&](const Result<Ok>& r) { (r.ok() ? ok : failed) += 1; };
+  std::thread ta([&] {
+    for (int i = 0; i < kPerReplica; ++i) {
+      while (!a->append_reservation(reservation(id_of("a", i), "key_a", "acme", "m", 3, kJan1 + i),
+                                    cb)) {
+        std::this_thread::yield();
+      }
+    }
+  });
+  std::thread tb([&] {
+    for (int i = 0; i < kPerReplica; ++i) {
+      while (!b->append_reservation(reservation(id_of("b", i), "key_b", "acme", "m", 5, kJan1 + i),
+                                    cb)) {
+        std::this_thread::yield();
+      }
+    }
+  });
+  ta.join();
+  tb.join();
+  a->flush();
+  b->flush();
+  EXPECT_EQ(ok.load(), 2 * kPerReplica);
+  EXPECT_EQ(failed.load(), 0);
+  // Replica b settles a row that replica a reserved (e.g. the settle ran after a failover).
+  ASSERT_TRUE(append_sync(*b, settlement("a7", 2, kJan1 + 10)).ok());
+  auto dup = append_sync(*a, reservation("b3", "key_b", "acme", "m", 1, kJan1));
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, "duplicate_request_id");
+  auto row = a->find("a7");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*row)->actual_micro, 2);
+  auto by_tenant = b->spend_report(SpendGroup::kTenant, kJan1, kJan1 + kDay);
+  ASSERT_TRUE(by_tenant.ok());
+  ASSERT_EQ(by_tenant->size(), 1u);
+  EXPECT_EQ((*by_tenant)[0].requests, 2 * kPerReplica);
+  EXPECT_EQ((*by_tenant)[0].actual_micro, 2);
+  EXPECT_EQ((*by_tenant)[0].open_reserved_micro, 3 * kPerReplica + 5 * kPerReplica - 3);
+}
+
+TYPED_TEST(Migrations, EmptyThenAlreadyMigratedStorage) {
+  testing::Backend& db = this->backend();
+  EXPECT_EQ(*db.schema_version(), 0);
+  {
+    auto ledger = db.open_ledger();
+    ASSERT_TRUE(ledger);
+    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    ASSERT_TRUE(append_sync(*ledger, reservation("keep", "k", "t", "m", 11, kJan1)).ok());
+  }
+  // Re-opening (a restart, or another replica) applies nothing and keeps the rows.
+  auto keys = db.open_key_store();
+  ASSERT_TRUE(keys);
+  auto ledger = db.open_ledger();
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  ASSERT_TRUE(db.migrate_to(kSchemaVersion).ok());
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  auto row = ledger->find("keep");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->reserved_micro, 11);
+  EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM ledger"), 1);
+}
+
+// Replicas starting at the same moment on an empty database: every one opens, and each
+// migration step is applied exactly once.
+TYPED_TEST(Migrations, ConcurrentOpenersMigrateOnce) {
+  testing::Backend& db = this->backend();
+  constexpr int kOpeners = 6;
+  std::vector<std::unique_ptr<Ledger>> ledgers(kOpeners);
+  std::vector<std::string> errors(kOpeners);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kOpeners; ++i) {
+    threads.emplace_back([&, i] {
+      auto l = db.try_open_ledger(1'024, 256);
+      if (l.ok()) {
+        ledgers[static_cast<std::size_t>(i)] = std::move(*l);
+      } else {
+        errors[static_cast<std::size_t>(i)] = l.error().message;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kOpeners; ++i) {
+    EXPECT_EQ(errors[static_cast<std::size_t>(i)], "") << "opener " << i;
+    EXPECT_TRUE(ledgers[static_cast<std::size_t>(i)]) << "opener " << i;
+  }
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  for (int i = 0; i < kOpeners; ++i) {
+    if (!ledgers[static_cast<std::size_t>(i)]) continue;
+    EXPECT_TRUE(append_sync(*ledgers[static_cast<std::size_t>(i)],
+                            reservation(id_of("m", i), "k", "t", "m", 1, kJan1))
+                    .ok());
+  }
 }
 
 }  // namespace
