@@ -48,7 +48,9 @@ Result<Ok> key_spec_from_json(std::string_view body, const config::Config& cfg,
   if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
     return bad("the body must be a JSON object");
   }
-  for (auto field : doc.get_object().value_unsafe()) {
+  // Bound to a local: iterating the temporary result would dangle.
+  simdjson::dom::object object_1 = doc.get_object().value_unsafe();
+  for (auto field : object_1) {
     const auto k = field.key;
     auto v = field.value;
     std::string_view s;
@@ -88,7 +90,9 @@ Result<Ok> key_spec_from_json(std::string_view body, const config::Config& cfg,
       if (v.is_null()) continue;
       std::vector<simdjson::dom::element> items;
       if (v.is_array()) {
-        for (auto b : v.get_array().value_unsafe()) items.push_back(b);
+        // Bound to a local: iterating the temporary result would dangle.
+        simdjson::dom::array array_2 = v.get_array().value_unsafe();
+        for (auto b : array_2) items.push_back(b);
       } else {
         items.push_back(v);
       }
@@ -102,7 +106,9 @@ Result<Ok> key_spec_from_json(std::string_view body, const config::Config& cfg,
       }
     } else if (k == "limits") {
       if (!v.is_array()) return bad("limits must be a list of limit objects", "limits");
-      for (auto l : v.get_array().value_unsafe()) {
+      // Bound to a local: iterating the temporary result would dangle.
+      simdjson::dom::array array_3 = v.get_array().value_unsafe();
+      for (auto l : array_3) {
         if (l["name"].get(s) != simdjson::SUCCESS) return bad("each limit needs a name", "limits");
       }
       spec.limits_json = simdjson::minify(v);
@@ -141,7 +147,9 @@ config::KeyConfig key_config_from_record(const cost::ApiKeyRecord& r, const conf
   simdjson::dom::element doc;
   if (parser.parse(r.spec.limits_json).get(doc) != simdjson::SUCCESS || !doc.is_array()) return k;
   const limits::Plan* plan = cfg.plan(k.plan);
-  for (auto l : doc.get_array().value_unsafe()) {
+  // Bound to a local: iterating the temporary result would dangle.
+  simdjson::dom::array array_4 = doc.get_array().value_unsafe();
+  for (auto l : array_4) {
     limits::LimitSpec spec;
     std::string_view s;
     std::int64_t i = 0;

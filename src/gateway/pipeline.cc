@@ -341,6 +341,16 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       }
     }
   }
+  if (!saw_done && !c.cancelled && c.error_code.empty()) {
+    // The upstream ended the body without [DONE]: a truncated stream, not a success.
+    c.error_code = "upstream_truncated";
+    std::string ev = "data: " +
+                     openai_error_body("The upstream stream ended before it was complete.",
+                                       "upstream_error", "upstream_truncated") +
+                     "\n\n";
+    c.bytes_out += ev.size();
+    co_await c.w.write_chunk(ev);
+  }
   if (!c.usage.present) {
     // An abandoned or broken stream is charged for what was generated up to that point.
     c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
@@ -348,7 +358,6 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
         std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
                                static_cast<std::int64_t>((text_chars + 3) / 4));
   }
-  (void)saw_done;
   if (!c.cancelled) co_await c.w.end_stream();
 }
 
@@ -418,6 +427,9 @@ asio::awaitable<void> forward(Ctx& c) {
   auto plan = router.plan(c.route_model, SteadyClock::instance().now());
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
+  // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
+  // worth holding a concurrency slot for: the client gets the answer and its Retry-After now.
+  const Nanos max_retry_wait = c.rt->config().retry.cap;
   for (;;) {
     Nanos now = SteadyClock::instance().now();
     auto step = plan.next(now, rng);
@@ -440,10 +452,13 @@ asio::awaitable<void> forward(Ctx& c) {
                            "The service is degraded: no deployment of '" + c.route_model +
                                "' or its fallbacks can take the request now (" +
                                routing::to_string(step.failure) + "). Retry later.");
-      if (step.failure == routing::PickFailure::all_at_capacity) {
-        e = make_error(429, "rate_limit_exceeded", "upstream_capacity",
-                       "Every deployment of '" + c.llm.model +
-                           "' is at its provider capacity. Retry later.");
+      if (step.failure == routing::PickFailure::all_at_capacity ||
+          step.failure == routing::PickFailure::all_cooling) {
+        // The providers' own rate limits: say so as a rate limit, with their reset time.
+        e = make_error(429, "rate_limit_exceeded", "upstream_rate_limited",
+                       "Every deployment of '" + c.route_model +
+                           "' is at its provider's rate limit or cooling down after a 429. "
+                           "Retry after the time in Retry-After.");
       }
       e.retry_after_s = std::max(1.0, wait_s);
       if (last_error) c.error_code = last_error->code;
@@ -483,11 +498,11 @@ asio::awaitable<void> forward(Ctx& c) {
       last_error = resp.error();
       last_response.reset();
       auto decision = plan.finish(ticket, o, now, false, rng);
-      if (decision.retry()) {
+      if (decision.retry() && decision.delay <= max_retry_wait) {
         co_await sleep_for(decision.delay);
         continue;
       }
-      if (decision.verdict == routing::RetryVerdict::attempts_exhausted ||
+      if (decision.retry() || decision.verdict == routing::RetryVerdict::attempts_exhausted ||
           decision.verdict == routing::RetryVerdict::deadline ||
           decision.verdict == routing::RetryVerdict::budget_exhausted ||
           decision.verdict == routing::RetryVerdict::not_retryable) {
@@ -533,7 +548,7 @@ asio::awaitable<void> forward(Ctx& c) {
       last_error = all.error();
       last_response.reset();
       auto decision = plan.finish(ticket, o, now, false, rng);
-      if (decision.retry()) {
+      if (decision.retry() && decision.delay <= max_retry_wait) {
         co_await sleep_for(decision.delay);
         continue;
       }
@@ -556,7 +571,7 @@ asio::awaitable<void> forward(Ctx& c) {
     }
     r.body = std::move(all.value());
     auto decision = plan.finish(ticket, o, now, false, rng);
-    if (decision.retry()) {
+    if (decision.retry() && decision.delay <= max_retry_wait) {
       last_response = std::move(r);
       last_error.reset();
       c.error_code = "upstream_" + std::to_string(up.status());
@@ -744,8 +759,18 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
   const Nanos deadline = c.start + cfg.retry.deadline;
   for (;;) {
     const Nanos now = SteadyClock::instance().now();
-    c.verdict = c.sh.limiter->check(scope, c.reserved_tokens, now);
+    c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, now);
     auto& v = c.verdict;
+    if (v.unavailable) {
+      // The shared limit store is unreachable and this limit is set to fail closed.
+      Error e = make_error(503, "service_unavailable", "limits_unavailable",
+                           "Rate limits cannot be checked right now (limit '" + v.limit_name +
+                               "' fails closed). Retry later.");
+      e.retry_after_s = std::max(1.0, to_seconds(v.retry_after_ns));
+      c.error_code = "limits_unavailable";
+      co_await reply_error(c, e);
+      co_return false;
+    }
     c.extra = http::Headers();
     if (v.requests.present) {
       c.extra.add("x-ratelimit-limit-requests", std::to_string(v.requests.limit));
@@ -879,10 +904,10 @@ asio::awaitable<void> dead_letter(Ctx& c) {
 }
 
 // Phase 9 (part): token reservations are corrected to real usage, also after errors.
-void settle_limits(Ctx& c) {
-  if (c.verdict.reservation.token_limits.empty() || c.verdict.reservation.settled) return;
+asio::awaitable<void> settle_limits(Ctx& c) {
+  if (c.verdict.reservation.token_limits.empty() || c.verdict.reservation.settled) co_return;
   std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
-  c.sh.limiter->settle(c.verdict.reservation, actual, SteadyClock::instance().now());
+  co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, SteadyClock::instance().now());
 }
 
 asio::awaitable<void> send_json(Ctx& c, int status, std::string body) {
@@ -1058,7 +1083,7 @@ asio::awaitable<void> handle_admin(Ctx& c) {
                           : d.endpoint == "/v1/embeddings" ? Endpoint::kEmbeddings
                                                            : Endpoint::kChat;
       co_await handle_llm(rc, ep);
-      settle_limits(rc);
+      co_await settle_limits(rc);
       settle_cost(rc);
       rc.permit.release();
       write_access_log(rc);
@@ -1147,6 +1172,10 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   } else if (path == "/readyz") {
     if (sh.draining.load()) {
       co_await send_json(c, 503, "{\"status\":\"draining\"}");
+    } else if (sh.limiter->degraded()) {
+      // Still ready: every replica would be degraded at once, and dropping them all would turn
+      // a Redis outage into a full outage. Limits follow their failure policy meanwhile.
+      co_await send_json(c, 200, "{\"status\":\"degraded\",\"reason\":\"redis unreachable\"}");
     } else {
       co_await send_json(c, 200, "{\"status\":\"ready\"}");
     }
@@ -1194,7 +1223,7 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                        "Not available yet: " + std::string(path)));
   }
   // 9 settle: always runs, also after errors and disconnects.
-  settle_limits(c);
+  co_await settle_limits(c);
   settle_cost(c);
   c.permit.release();
   co_await dead_letter(c);

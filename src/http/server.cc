@@ -170,8 +170,10 @@ class Session final : public ResponseWriter {
       }
       if (broken_ || !keep_alive_ || server_.draining_.load()) break;
     }
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.close();
+    if (stream_.socket().is_open()) {
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+      stream_.close();
+    }
   }
 
   asio::awaitable<bool> send(Response r) override {
@@ -228,6 +230,13 @@ class Session final : public ResponseWriter {
 
   bool started() const override { return started_; }
   void close_after() override { keep_alive_ = false; }
+  void abort() override {
+    broken_ = true;
+    keep_alive_ = false;
+    beast::error_code ec;
+    stream_.socket().set_option(asio::socket_base::linger(true, 0), ec);  // close → RST
+    stream_.socket().close(ec);
+  }
 
  private:
   asio::awaitable<void> send_protocol_error(int status) {

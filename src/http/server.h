@@ -47,6 +47,8 @@ class ResponseWriter {
   virtual bool started() const = 0;
   // Ask to close the connection after this response.
   virtual void close_after() = 0;
+  // Drops the connection at once with a TCP reset; nothing more is written (fault injection).
+  virtual void abort() = 0;
 };
 
 using Handler = std::function<boost::asio::awaitable<void>(Request&, ResponseWriter&)>;

@@ -23,14 +23,18 @@ std::size_t depth_of(simdjson::dom::element e, std::size_t limit) {
   if (limit == 0) return 1;
   std::size_t best = 0;
   if (e.is_object()) {
-    for (auto field : e.get_object().value_unsafe()) {
+    // Bound to a local: iterating the temporary result would dangle.
+    simdjson::dom::object object_1 = e.get_object().value_unsafe();
+    for (auto field : object_1) {
       best = std::max(best, depth_of(field.value, limit - 1));
       if (best >= limit) break;
     }
     return best + 1;
   }
   if (e.is_array()) {
-    for (auto v : e.get_array().value_unsafe()) {
+    // Bound to a local: iterating the temporary result would dangle.
+    simdjson::dom::array array_2 = e.get_array().value_unsafe();
+    for (auto v : array_2) {
       best = std::max(best, depth_of(v, limit - 1));
       if (best >= limit) break;
     }
@@ -164,7 +168,9 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
   bool first = true;
   bool saw_stream_options = false;
   bool saw_max = false;
-  for (auto field : doc.get_object().value_unsafe()) {
+  // Bound to a local: iterating the temporary result would dangle.
+  simdjson::dom::object object_3 = doc.get_object().value_unsafe();
+  for (auto field : object_3) {
     if (!first) out.push_back(',');
     first = false;
     append_json_string(out, field.key);
@@ -176,7 +182,9 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
       out.push_back('{');
       bool f2 = true;
       if (field.value.is_object()) {
-        for (auto opt : field.value.get_object().value_unsafe()) {
+        // Bound to a local: iterating the temporary result would dangle.
+        simdjson::dom::object object_4 = field.value.get_object().value_unsafe();
+        for (auto opt : object_4) {
           if (opt.key == "include_usage") continue;
           if (!f2) out.push_back(',');
           f2 = false;

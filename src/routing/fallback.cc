@@ -90,6 +90,13 @@ AttemptPlanner::Move AttemptPlanner::on_unavailable(bool only_exclusions) {
   return Move::exhausted;
 }
 
+bool AttemptPlanner::has_pending_fallback() const {
+  for (std::size_t i = next_; i < queue_.size(); ++i) {
+    if (!seen(queue_[i])) return true;
+  }
+  return false;
+}
+
 void AttemptPlanner::on_failed(std::uint32_t index) {
   if (index < 64) exclude_ |= std::uint64_t{1} << index;
 }

@@ -54,6 +54,8 @@ class AttemptPlanner {
   void on_failed(std::uint32_t index);
   // The request does not fit model()'s context window: switch to its context fallback if any.
   bool on_context_overflow();
+  // Whether a chain entry not visited yet is still pending (on_unavailable would move to it).
+  bool has_pending_fallback() const;
 
   // Models in the order they were entered.
   const std::vector<std::string>& visited() const { return visited_; }

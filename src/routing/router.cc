@@ -467,9 +467,26 @@ RetryDecision RequestPlan::finish(Ticket& t, const Outcome& o, Nanos now, bool r
     if (planner_.on_context_overflow()) return {RetryVerdict::retry, 0};
     return {RetryVerdict::not_retryable, 0};
   }
-  RetryDecision d = decide_retry(cfg, st_, o, now, budget_, rng);
+  // A Retry-After speaks for the deployment that sent it, and that deployment is excluded for the
+  // rest of this request (a 429 also cools it down for everyone). When the retry can go to another
+  // deployment or a fallback model, waiting for it would only delay the client; it is honoured
+  // when the retry has to return to the deployment that asked for the pause.
+  Outcome eff = o;
+  if (o.retry_after_ns > 0 && has_other_target(t.index())) eff.retry_after_ns = 0;
+  RetryDecision d = decide_retry(cfg, st_, eff, now, budget_, rng);
   if (d.retry()) planner_.on_failed(t.index());
   return d;
+}
+
+bool RequestPlan::has_other_target(std::uint32_t failed_index) const {
+  if (const GroupState* g = snap_->find(planner_.model())) {
+    std::uint64_t mask = planner_.exclude_mask();
+    if (failed_index < 64) mask |= std::uint64_t{1} << failed_index;
+    for (std::size_t i = 0; i < g->cfg.deployments.size() && i < 64; ++i) {
+      if ((mask & (std::uint64_t{1} << i)) == 0) return true;
+    }
+  }
+  return planner_.has_pending_fallback();
 }
 
 }  // namespace bw::routing

@@ -190,6 +190,9 @@ class RequestPlan {
   friend class Router;
   RequestPlan(Router* router, std::shared_ptr<const RouterSnapshot> snap, std::string_view model,
               Nanos now);
+  // Whether a retry after a failure on deployment `failed_index` of model() has somewhere else
+  // to go: another deployment not yet failed in this request, or a pending fallback model.
+  bool has_other_target(std::uint32_t failed_index) const;
 
   Router* router_;
   std::shared_ptr<const RouterSnapshot> snap_;

@@ -469,8 +469,8 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     co_await sleep_for(total);
     if (reset) {
       st->resets.fetch_add(1);
-      w.close_after();
-      co_return;  // the session closes without answering
+      w.abort();  // the connection is reset without an answer
+      co_return;
     }
     std::string text = completion_text(completion);
     std::string body;
@@ -531,8 +531,8 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     if (i == reset_at) {
       if (!batch.empty()) co_await w.write_chunk(batch);
       st->resets.fetch_add(1);
-      w.close_after();
-      co_return;  // no terminating chunk: the connection just closes
+      w.abort();  // mid-stream reset: no terminating chunk, the connection is reset
+      co_return;
     }
     std::string word(kWords[static_cast<std::size_t>(i) % kWords.size()]);
     if (i) word.insert(word.begin(), ' ');
