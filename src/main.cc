@@ -18,7 +18,7 @@
 #include "tools/sim/sim.h"
 
 #ifdef BW_HAVE_BENCHTOOL
-#include "tools/bench/bench.h"
+#include "bench_tool.h"
 #endif
 
 namespace {

@@ -101,6 +101,12 @@ void read_sim_model(Reader& r, SimModelConfig& m) {
   r.get("context_window", m.context_window, 1, 100'000'000);
 }
 
+std::optional<limits::RedisFailurePolicy> parse_redis_policy(std::string_view s) {
+  if (s == "fail_open_local") return limits::RedisFailurePolicy::kFailOpenLocal;
+  if (s == "fail_closed") return limits::RedisFailurePolicy::kFailClosed;
+  return std::nullopt;
+}
+
 template <class T>
 void read_enum(Reader& r, const char* key, T& out, std::optional<T> (*parse)(std::string_view),
                const char* choices) {
@@ -113,7 +119,7 @@ void read_enum(Reader& r, const char* key, T& out, std::optional<T> (*parse)(std
 }
 
 // Reads one limit on top of `spec` (so an override may name only the fields it changes).
-void read_limit(Reader& r, limits::LimitSpec& spec) {
+void read_limit(Reader& r, limits::LimitSpec& spec, Config* cfg = nullptr) {
   r.get("name", spec.name);
   read_enum(r, "algorithm", spec.algorithm, &limits::parse_algorithm,
             "gcra, token_bucket, sliding_window");
@@ -127,6 +133,13 @@ void read_limit(Reader& r, limits::LimitSpec& spec) {
             "key, tenant, ip, endpoint, model, global");
   r.get("match", spec.match);
   if (spec.name.empty()) r.fail_here("a limit needs a name");
+  std::string on_failure;
+  r.get("on_redis_failure", on_failure);
+  if (!on_failure.empty()) {
+    auto p = parse_redis_policy(on_failure);
+    if (!p) r.fail("on_redis_failure", "expected fail_open_local or fail_closed");
+    if (cfg) cfg->redis.policy_overrides[spec.name] = *p;
+  }
   if (auto v = limits::validate(spec); !v) r.fail_here(v.error().message);
 }
 
@@ -208,7 +221,6 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     s.get_duration("idle_timeout", cfg->server.idle_timeout);
     s.get_duration("write_timeout", cfg->server.write_timeout);
     s.get_duration("drain_timeout", cfg->drain_timeout);
-    s.get_duration("request_timeout", cfg->request_timeout);
     s.get_size("max_upstream_response_bytes", cfg->max_upstream_response_bytes);
     s.get_list("trusted_proxies", cfg->trusted_proxies);
     s.finish();
@@ -219,11 +231,34 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       cfg->trusted_cidrs.push_back(*c);
     }
   }
+  if (top.has("redis")) {
+    auto rd = top.child("redis");
+    cfg->redis_enabled = true;
+    rd.get("enabled", cfg->redis_enabled);
+    rd.get("url", cfg->redis.url);
+    if (auto ep = limits::parse_redis_url(cfg->redis.url); !ep) rd.fail("url", ep.error().message);
+    rd.get_duration("timeout", cfg->redis.timeout);
+    std::int64_t pool = static_cast<std::int64_t>(cfg->redis.pool_size);
+    rd.get("pool_size", pool, 0, 1024);
+    cfg->redis.pool_size = static_cast<std::size_t>(pool);
+    rd.get("replicas", cfg->redis.replicas, 1, 10'000);
+    std::string policy;
+    rd.get("failure_policy", policy);
+    if (!policy.empty()) {
+      auto p = parse_redis_policy(policy);
+      if (!p) rd.fail("failure_policy", "expected fail_open_local or fail_closed");
+      cfg->redis.failure_policy = *p;
+    }
+    rd.get("key_prefix", cfg->redis.key_prefix);
+    rd.finish();
+  } else {
+    top.child("redis");
+  }
   std::set<std::string> limit_names;
   top.each("limits", [&](Reader& r) {
     limits::LimitSpec spec;
     spec.scope = limits::Scope::kGlobal;
-    read_limit(r, spec);
+    read_limit(r, spec, cfg.get());
     if (!limit_names.insert(spec.name).second) r.fail("name", "duplicate limit name");
     cfg->limits.push_back(std::move(spec));
   });
@@ -246,7 +281,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     if (r.has("limits")) plan.limits.clear();
     r.each("limits", [&](Reader& l) {
       limits::LimitSpec spec;
-      read_limit(l, spec);
+      read_limit(l, spec, cfg.get());
       plan.limits.push_back(std::move(spec));
     });
     std::erase_if(cfg->plans, [&](const limits::Plan& p) { return p.name == name; });
@@ -446,7 +481,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
         spec.rate = *plan->daily_requests;
         spec.period = limits::Period::kDay;
       }
-      read_limit(l, spec);
+      read_limit(l, spec, cfg.get());
       k.limit_overrides.push_back(std::move(spec));
     });
     if (!key_names.insert(k.name).second) r.fail("name", "duplicate key name '" + k.name + "'");
@@ -577,7 +612,11 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     cg.finish();
     auto led = top.child("ledger");
     led.get("path", cfg->ledger_path);
+    led.get("postgres", cfg->ledger_postgres);
     led.finish();
+    if (!cfg->ledger_path.empty() && !cfg->ledger_postgres.empty()) {
+      led.fail_here("choose one of path (SQLite) and postgres");
+    }
   }
   {
     auto sc = top.child("scaler");

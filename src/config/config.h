@@ -19,6 +19,7 @@
 #include "cost/pricing.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
+#include "limits/redis_limit_store.h"
 #include "routing/circuit_breaker.h"
 #include "telemetry/scaler.h"
 #include "routing/dead_letter.h"
@@ -116,12 +117,14 @@ struct Config {
   std::string admin_listen;      // "" = admin routes on the main listener
   std::string admin_key_hash;    // hex SHA-256; "" = admin API disabled
   Nanos drain_timeout = seconds(20);
-  Nanos request_timeout = seconds(300);
   std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
   std::vector<std::string> trusted_proxies;
   std::vector<limits::Cidr> trusted_cidrs;
   std::vector<limits::LimitSpec> limits;  // global / ip / endpoint / model limits
   std::vector<limits::Plan> plans;        // the built-in plans, overridden by name
+  // Distributed mode: limits shared by every replica through Redis (one EVALSHA per request).
+  bool redis_enabled = false;
+  limits::RedisLimitStoreOptions redis;
   const limits::Plan* plan(const std::string& name) const;
   std::vector<ProviderConfig> providers;
   std::vector<ModelGroupConfig> model_groups;
@@ -144,7 +147,8 @@ struct Config {
   cost::CostGuardOptions cost_guard;
   std::string webhook_url;
   std::string webhook_secret;  // resolved from secret_env; never logged
-  std::string ledger_path;     // "" = no ledger (then no budgets and no stored keys)
+  std::string ledger_path;     // SQLite file; "" = no ledger (then no stored keys)
+  std::string ledger_postgres; // postgresql://... : the ledger and key store on PostgreSQL
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;

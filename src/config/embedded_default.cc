@@ -12,6 +12,15 @@ admin:
   key: ${BELLWETHER_ADMIN_KEY}
 access_log:
   path: "-"
+ledger:
+  path: ${BELLWETHER_DB:-bellwether.db}
+admission:
+  max_queue: 10000
+  max_wait: {p0: 30s, p1: 20s, p2: 10s}
+  default_concurrency: {mode: adaptive, initial: 64, min: 8, max: 512}
+cost_guard:
+  soft_threshold: 0.9
+  downgrade: {gpt-4.1: deepseek-v3.2, claude-sonnet-4.5: gemini-2.5-flash}
 providers:
   simulated:
     type: sim
@@ -37,6 +46,7 @@ keys:
     plan: starter
     default_priority: 1
     max_priority: 0
+    budget: {cap_usd: 10, period: daily}
 sim:
   listen: 127.0.0.1:0
   defaults:

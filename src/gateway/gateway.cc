@@ -6,10 +6,13 @@
 
 #include "common/clock.h"
 
+#include "cost/pg_key_store.h"
+#include "cost/pg_ledger.h"
 #include "cost/recovery.h"
 #include "cost/sqlite_key_store.h"
 #include "cost/sqlite_ledger.h"
 #include "gateway/pipeline.h"
+#include "limits/redis_limit_store.h"
 #include "tools/sim/sim.h"
 
 namespace bw::gateway {
@@ -44,6 +47,12 @@ Result<Ok> Gateway::start() {
     sim_port_ = *port;
   }
   if (auto r = apply_config(*shared_, cfg); !r) return r;
+  if (cfg.redis_enabled) {
+    // Starts even when Redis is down: limits then follow their failure policy.
+    auto store = limits::RedisLimitStore::create(cfg.redis);
+    if (!store) return store.error();
+    shared_->limiter->set_async_store(*store);
+  }
   if (cfg.dead_letter_enabled) {
     auto dlq = routing::DeadLetterQueue::open(cfg.dead_letter);
     if (!dlq) return dlq.error();
@@ -51,7 +60,18 @@ Result<Ok> Gateway::start() {
   }
   // Cost guard: budgets, the durable ledger (recovered before serving) and stored keys.
   std::vector<config::KeyConfig> stored;
-  if (!cfg.ledger_path.empty()) {
+  if (!cfg.ledger_postgres.empty()) {
+    cost::PgLedgerOptions lo;
+    lo.db.conninfo = cfg.ledger_postgres;
+    auto ledger = cost::PgLedger::open(lo);
+    if (!ledger) return ledger.error();
+    shared_->ledger = std::move(ledger.value());
+    cost::PgKeyStoreOptions ko;
+    ko.db = lo.db;
+    auto keys = cost::PgKeyStore::open(ko);
+    if (!keys) return keys.error();
+    shared_->key_store = std::move(keys.value());
+  } else if (!cfg.ledger_path.empty()) {
     cost::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
     auto ledger = cost::SqliteLedger::open(lo);
@@ -60,6 +80,8 @@ Result<Ok> Gateway::start() {
     auto keys = cost::SqliteKeyStore::open(cfg.ledger_path);
     if (!keys) return keys.error();
     shared_->key_store = std::move(keys.value());
+  }
+  if (shared_->key_store) {
     auto list = shared_->key_store->list();
     if (!list) return list.error();
     for (const auto& r : *list) {

@@ -15,6 +15,7 @@
 #include <span>
 #include <string_view>
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include "common/clock.h"
@@ -37,7 +38,10 @@ struct CheckResult {
 struct BatchResult {
   bool allowed = true;    // every enforced check passed (and the store had room)
   bool overflow = false;  // rejected because the store is at its entry cap (kReject policy)
-  Nanos retry_after = 0;  // with overflow: when to retry
+  Nanos retry_after = 0;  // with overflow or unavailable: when to retry
+  // Rejected because the shared store (Redis) is unreachable and a limit fails closed: the
+  // gateway answers 503 with Retry-After rather than 429.
+  bool unavailable = false;
   boost::container::small_vector<CheckResult, 8> results;  // same order as the checks
 };
 
@@ -48,6 +52,22 @@ class LimitStore {
   // delta > 0 charges more (may go into debt); delta < 0 refunds (never below empty).
   virtual void adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta,
                       Nanos now) = 0;
+};
+
+// The same contract for stores that do I/O (RedisLimitStore). Callers co_await the result on
+// their worker's io_context; the calls never throw and always complete within the store's
+// deadline (on failure the store applies its failure policy and still returns a BatchResult).
+// Arguments are borrowed until the awaitable completes: pass them to a direct co_await.
+// Implementations are thread safe.
+class AsyncLimitStore {
+ public:
+  virtual ~AsyncLimitStore() = default;
+  virtual boost::asio::awaitable<BatchResult> check_and_consume_async(
+      std::span<const LimitCheck> checks, Nanos now) = 0;
+  virtual boost::asio::awaitable<void> adjust_async(std::string_view key, const LimitSpec& spec,
+                                                    std::int64_t delta, Nanos now) = 0;
+  // The shared backend is unreachable and decisions come from the failure policy (for /readyz).
+  virtual bool degraded() const = 0;
 };
 
 }  // namespace bw::limits

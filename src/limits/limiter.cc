@@ -93,11 +93,19 @@ std::shared_ptr<const LimiterConfig> Limiter::config() const {
   return config_.load(std::memory_order_acquire);
 }
 
-Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now) {
-  const std::shared_ptr<const LimiterConfig> cfg = config();
-  token_cost = std::max<std::int64_t>(token_cost, 0);
-
+// Every limit that applies to the request, as store checks. Not movable: the checks point into
+// `arena` and at `daily`.
+struct Limiter::Gathered {
+  std::shared_ptr<const LimiterConfig> cfg;
   std::string arena;
+  LimitSpec daily;
+  boost::container::small_vector<LimitCheck, 12> checks;
+};
+
+void Limiter::gather(Gathered& g, const RequestScope& s, std::int64_t token_cost) const {
+  g.cfg = config();
+  const std::shared_ptr<const LimiterConfig>& cfg = g.cfg;
+  std::string& arena = g.arena;
   arena.reserve(512);
   boost::container::small_vector<Pending, 12> pending;
   auto add = [&](const LimitSpec& spec, char source, std::string_view id,
@@ -113,7 +121,7 @@ Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now
   }
 
   // Plan limits belong to the key (or its tenant); endpoint/model scope narrows them further.
-  LimitSpec daily;
+  LimitSpec& daily = g.daily;
   if (s.plan) {
     auto plan_limit = [&](const LimitSpec& base) {
       const LimitSpec* spec = &base;
@@ -148,17 +156,64 @@ Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now
     }
   }
 
-  boost::container::small_vector<LimitCheck, 12> checks;
+  auto& checks = g.checks;
   for (const Pending& p : pending) {
     checks.push_back(LimitCheck{std::string_view(arena).substr(p.key_begin, p.key_len), p.spec,
                                 p.spec->unit == Unit::kTokens ? token_cost : 1});
   }
+}
 
+Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now) {
+  token_cost = std::max<std::int64_t>(token_cost, 0);
+  Gathered g;
+  gather(g, s, token_cost);
+  if (g.checks.empty()) return Verdict{};
+  return make_verdict(g.checks, store_->check_and_consume(g.checks, now), token_cost);
+}
+
+boost::asio::awaitable<Verdict> Limiter::check_async(const RequestScope& s, std::int64_t token_cost,
+                                                     Nanos now) {
+  const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
+  if (!async) co_return check(s, token_cost, now);
+  token_cost = std::max<std::int64_t>(token_cost, 0);
+  Gathered g;
+  gather(g, s, token_cost);
+  if (g.checks.empty()) co_return Verdict{};
+  const BatchResult r = co_await async->check_and_consume_async(g.checks, now);
+  co_return make_verdict(g.checks, r, token_cost);
+}
+
+boost::asio::awaitable<void> Limiter::settle_async(Reservation& reservation,
+                                                   std::int64_t actual_tokens, Nanos now) {
+  const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
+  if (!async) {
+    settle(reservation, actual_tokens, now);
+    co_return;
+  }
+  if (reservation.settled) co_return;
+  reservation.settled = true;
+  actual_tokens = std::max<std::int64_t>(actual_tokens, 0);
+  for (const ChargedLimit& c : reservation.token_limits) {
+    co_await async->adjust_async(c.key, c.spec, actual_tokens - c.charged, now);
+  }
+}
+
+void Limiter::set_async_store(std::shared_ptr<AsyncLimitStore> store) {
+  async_store_.store(std::move(store), std::memory_order_release);
+}
+
+bool Limiter::degraded() const {
+  const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
+  return async && async->degraded();
+}
+
+Verdict Limiter::make_verdict(std::span<const LimitCheck> checks, const BatchResult& r,
+                              std::int64_t token_cost) {
   Verdict v;
   if (checks.empty()) return v;
-  const BatchResult r = store_->check_and_consume(checks, now);
   v.allowed = r.allowed;
   v.overflow = r.overflow;
+  v.unavailable = r.unavailable;
   bool all_wait = true;
   for (std::size_t i = 0; i < checks.size(); ++i) {
     const LimitSpec& spec = *checks[i].spec;
@@ -186,6 +241,7 @@ Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now
     v.retry_after_ns = r.retry_after;
     all_wait = false;
   }
+  if (r.unavailable) all_wait = false;  // waiting does not bring Redis back
   v.wait_ok = !v.allowed && all_wait && v.retry_after_ns != kNever;
   if (v.allowed) {
     v.reservation.reserved_tokens = token_cost;

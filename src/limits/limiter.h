@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/awaitable.hpp>
+
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "limits/limit_store.h"
@@ -68,8 +70,11 @@ struct Verdict {
   RateHeaders requests;      // most restrictive enforced request limit
   RateHeaders tokens;        // most restrictive enforced token limit
   std::vector<std::string> shadow_rejections;  // shadow limits that would have rejected
-  bool wait_ok = false;     // every blocking limit is on_exceed: wait (and can pass)
-  bool overflow = false;    // store at its entry cap (see OverflowPolicy)
+  bool wait_ok = false;   // every blocking limit is on_exceed: wait (and can pass)
+  bool overflow = false;  // store at its entry cap (see OverflowPolicy)
+  // The shared store (Redis) is unreachable and a blocking limit fails closed: answer 503 with
+  // Retry-After = retry_after_ns (not 429).
+  bool unavailable = false;
   Reservation reservation;  // pass to settle() when the request ends
 };
 
@@ -86,9 +91,26 @@ class Limiter {
   // Idempotent: a second call does nothing.
   void settle(Reservation& reservation, std::int64_t actual_tokens, Nanos now);
 
+  // Distributed limits (docs/distributed.md). With an async store set, check_async/settle_async
+  // use it (one round trip per request); without one they run the synchronous path above. Call
+  // set_async_store before serving; the gateway should always use the *_async forms.
+  void set_async_store(std::shared_ptr<AsyncLimitStore> store);
+  boost::asio::awaitable<Verdict> check_async(const RequestScope& scope, std::int64_t token_cost,
+                                              Nanos now);
+  boost::asio::awaitable<void> settle_async(Reservation& reservation, std::int64_t actual_tokens,
+                                            Nanos now);
+  // The async store cannot reach its backend and answers by failure policy (for /readyz).
+  bool degraded() const;
+
  private:
+  struct Gathered;
+  void gather(Gathered& g, const RequestScope& scope, std::int64_t token_cost) const;
+  static Verdict make_verdict(std::span<const LimitCheck> checks, const BatchResult& r,
+                              std::int64_t token_cost);
+
   std::atomic<std::shared_ptr<const LimiterConfig>> config_;
   std::shared_ptr<LimitStore> store_;
+  std::atomic<std::shared_ptr<AsyncLimitStore>> async_store_;
 };
 
 // OpenAI-style duration for x-ratelimit-reset-*: rounded UP to whole milliseconds (a client that

@@ -15,3 +15,4 @@
 #include "limits/limit_store.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
+#include "limits/redis_limit_store.h"
