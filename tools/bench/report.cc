@@ -1,0 +1,314 @@
+// Text table, JSON and self-contained HTML (inline SVG) reports of one or more runs.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include <boost/json.hpp>
+
+#include "bench_tool.h"
+
+namespace bw::bench {
+namespace json = boost::json;
+
+namespace {
+
+double pct(std::int64_t part, std::int64_t whole) {
+  return whole > 0 ? 100.0 * static_cast<double>(part) / static_cast<double>(whole) : 0.0;
+}
+
+std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), format, v);
+  return buf;
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+struct Row {
+  std::string label;
+  std::vector<std::string> cells;
+};
+
+std::vector<Row> table_rows(const std::vector<RunSummary>& runs) {
+  std::vector<Row> rows;
+  auto add = [&](std::string label, auto cell) {
+    Row r{std::move(label), {}};
+    for (const auto& run : runs) r.cells.push_back(cell(run));
+    rows.push_back(std::move(r));
+  };
+  add("requests sent", [](const RunSummary& r) { return std::to_string(r.sent); });
+  add("P50 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p50_ms); });
+  add("P95 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p95_ms); });
+  add("P99 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p99_ms); });
+  add("success rate", [](const RunSummary& r) { return fmt("%.2f%%", pct(r.ok, r.sent)); });
+  add("429 rate", [](const RunSummary& r) { return fmt("%.2f%%", pct(r.rate_limited, r.sent)); });
+  add("other error rate", [](const RunSummary& r) { return fmt("%.2f%%", pct(r.errors, r.sent)); });
+  add("dropped by client (in-flight bound)",
+      [](const RunSummary& r) { return std::to_string(r.dropped); });
+  for (int p = 0; p < 3; ++p) {
+    add("success rate P" + std::to_string(p), [p](const RunSummary& r) {
+      const auto& s = r.by_priority[static_cast<std::size_t>(p)];
+      return fmt("%.2f%%", pct(s.ok, s.sent)) + " of " + std::to_string(s.sent);
+    });
+  }
+  add("completion tokens/s", [](const RunSummary& r) { return fmt("%.1f", r.tokens_per_s); });
+  add("spend (USD)", [](const RunSummary& r) {
+    return fmt("%.4f", r.spend_usd) + (r.budget_usd ? " of cap " + fmt("%.4f", *r.budget_usd) : "");
+  });
+  add("duration (s)", [](const RunSummary& r) { return fmt("%.1f", r.duration_s); });
+  return rows;
+}
+
+// A line chart as inline SVG. Series share the x axis (seconds) and y axis (auto-scaled).
+struct Series {
+  std::string name;
+  std::string color;
+  std::vector<double> y;  // one value per second; NaN = gap
+  bool dashed = false;
+};
+
+std::string svg_chart(const std::string& title, const std::string& y_label,
+                      const std::vector<Series>& series) {
+  constexpr double kW = 760, kH = 260, kLeft = 60, kRight = 150, kTop = 30, kBottom = 40;
+  std::size_t n = 0;
+  double ymax = 0;
+  for (const auto& s : series) {
+    n = std::max(n, s.y.size());
+    for (double v : s.y)
+      if (std::isfinite(v)) ymax = std::max(ymax, v);
+  }
+  if (ymax <= 0) ymax = 1;
+  ymax *= 1.05;
+  const double plot_w = kW - kLeft - kRight, plot_h = kH - kTop - kBottom;
+  const double xmax = n > 1 ? static_cast<double>(n - 1) : 1;
+  auto X = [&](double i) { return kLeft + plot_w * i / xmax; };
+  auto Y = [&](double v) { return kTop + plot_h * (1 - v / ymax); };
+  std::ostringstream o;
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kW << "\" height=\"" << kH
+    << "\" viewBox=\"0 0 " << kW << ' ' << kH << "\" font-family=\"sans-serif\" font-size=\"11\">";
+  o << "<text x=\"" << kLeft << "\" y=\"18\" font-size=\"14\" font-weight=\"bold\">"
+    << html_escape(title) << "</text>";
+  o << "<rect x=\"" << kLeft << "\" y=\"" << kTop << "\" width=\"" << plot_w << "\" height=\""
+    << plot_h << "\" fill=\"none\" stroke=\"#999\"/>";
+  for (int g = 0; g <= 4; ++g) {
+    const double v = ymax * g / 4;
+    o << "<line x1=\"" << kLeft << "\" x2=\"" << kLeft + plot_w << "\" y1=\"" << Y(v) << "\" y2=\""
+      << Y(v) << "\" stroke=\"#eee\"/><text x=\"" << kLeft - 6 << "\" y=\"" << Y(v) + 4
+      << "\" text-anchor=\"end\">" << fmt(v >= 100 ? "%.0f" : "%.1f", v) << "</text>";
+  }
+  for (int g = 0; g <= 5; ++g) {
+    const double i = xmax * g / 5;
+    o << "<text x=\"" << X(i) << "\" y=\"" << kTop + plot_h + 16 << "\" text-anchor=\"middle\">"
+      << fmt("%.0f", i) << "</text>";
+  }
+  o << "<text x=\"" << kLeft + plot_w / 2 << "\" y=\"" << kH - 6
+    << "\" text-anchor=\"middle\">time (s)</text>";
+  o << "<text x=\"14\" y=\"" << kTop + plot_h / 2 << "\" transform=\"rotate(-90 14 "
+    << kTop + plot_h / 2 << ")\" text-anchor=\"middle\">" << html_escape(y_label) << "</text>";
+  int legend = 0;
+  for (const auto& s : series) {
+    std::string d;
+    bool pen_up = true;
+    for (std::size_t i = 0; i < s.y.size(); ++i) {
+      if (!std::isfinite(s.y[i])) {
+        pen_up = true;
+        continue;
+      }
+      // Appended piecewise: GCC 12 reports a false -Wrestrict on `const char* + std::string`.
+      d += pen_up ? 'M' : 'L';
+      d += fmt("%.1f", X(static_cast<double>(i)));
+      d += ',';
+      d += fmt("%.1f", Y(s.y[i]));
+      pen_up = false;
+    }
+    if (!d.empty())
+      o << "<path d=\"" << d << "\" fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"1.5\""
+        << (s.dashed ? " stroke-dasharray=\"5,3\"" : "") << "/>";
+    const double ly = kTop + 12 + 16 * legend++;
+    o << "<line x1=\"" << kW - kRight + 10 << "\" x2=\"" << kW - kRight + 30 << "\" y1=\"" << ly - 4
+      << "\" y2=\"" << ly - 4 << "\" stroke=\"" << s.color << "\" stroke-width=\"2\""
+      << (s.dashed ? " stroke-dasharray=\"5,3\"" : "") << "/><text x=\"" << kW - kRight + 35
+      << "\" y=\"" << ly << "\">" << html_escape(s.name) << "</text>";
+  }
+  o << "</svg>";
+  return o.str();
+}
+
+std::vector<double> column(const RunSummary& r, double (*get)(const SecondStats&)) {
+  std::vector<double> v;
+  v.reserve(r.series.size());
+  for (const auto& s : r.series) v.push_back(get(s));
+  return v;
+}
+
+}  // namespace
+
+std::string comparison_table(const std::vector<RunSummary>& runs) {
+  const auto rows = table_rows(runs);
+  std::size_t label_w = 6;
+  for (const auto& r : rows) label_w = std::max(label_w, r.label.size());
+  std::vector<std::size_t> widths;
+  for (std::size_t c = 0; c < runs.size(); ++c) {
+    std::size_t w = runs[c].name.size();
+    for (const auto& r : rows) w = std::max(w, r.cells[c].size());
+    widths.push_back(w);
+  }
+  std::ostringstream o;
+  auto line = [&](const std::string& label, const std::vector<std::string>& cells) {
+    o << label << std::string(label_w - label.size(), ' ');
+    for (std::size_t c = 0; c < cells.size(); ++c)
+      o << " | " << std::string(widths[c] - cells[c].size(), ' ') << cells[c];
+    o << '\n';
+  };
+  std::vector<std::string> names;
+  for (const auto& r : runs) names.push_back(r.name);
+  line("metric", names);
+  o << std::string(label_w, '-');
+  for (auto w : widths) o << "-+-" << std::string(w, '-');
+  o << '\n';
+  for (const auto& r : rows) line(r.label, r.cells);
+  return o.str();
+}
+
+std::string to_json(const std::vector<RunSummary>& runs, const std::string& profile_text) {
+  json::object root;
+  root["tool"] = "bellwether bench";
+  root["profile"] = profile_text;
+  json::array out_runs;
+  for (const auto& r : runs) {
+    json::object o;
+    o["name"] = r.name;
+    json::object s{{"duration_s", r.duration_s},
+                   {"sent", r.sent},
+                   {"ok", r.ok},
+                   {"rate_limited", r.rate_limited},
+                   {"errors", r.errors},
+                   {"dropped", r.dropped},
+                   {"p50_ms", r.p50_ms},
+                   {"p95_ms", r.p95_ms},
+                   {"p99_ms", r.p99_ms},
+                   {"max_ms", r.max_ms},
+                   {"success_rate", pct(r.ok, r.sent) / 100},
+                   {"rate_limited_rate", pct(r.rate_limited, r.sent) / 100},
+                   {"error_rate", pct(r.errors, r.sent) / 100},
+                   {"prompt_tokens", r.prompt_tokens},
+                   {"completion_tokens", r.completion_tokens},
+                   {"tokens_per_s", r.tokens_per_s},
+                   {"spend_usd", r.spend_usd}};
+    s["budget_usd"] = r.budget_usd ? json::value(*r.budget_usd) : json::value(nullptr);
+    json::array prio;
+    for (std::size_t p = 0; p < r.by_priority.size(); ++p)
+      prio.push_back(
+          json::object{{"priority", p},
+                       {"sent", r.by_priority[p].sent},
+                       {"ok", r.by_priority[p].ok},
+                       {"success_rate", pct(r.by_priority[p].ok, r.by_priority[p].sent) / 100}});
+    s["by_priority"] = std::move(prio);
+    o["summary"] = std::move(s);
+    json::array series;
+    for (std::size_t t = 0; t < r.series.size(); ++t) {
+      const auto& x = r.series[t];
+      json::object row{{"t", t},
+                       {"sent", x.sent},
+                       {"ok", x.ok},
+                       {"rate_limited", x.rate_limited},
+                       {"errors", x.errors},
+                       {"dropped", x.dropped},
+                       {"p50_ms", x.p50_ms},
+                       {"p95_ms", x.p95_ms},
+                       {"p99_ms", x.p99_ms}};
+      row["queue_depth"] = x.queue_depth ? json::value(*x.queue_depth) : json::value(nullptr);
+      series.push_back(std::move(row));
+    }
+    o["series"] = std::move(series);
+    out_runs.push_back(std::move(o));
+  }
+  root["runs"] = std::move(out_runs);
+  return json::serialize(root);
+}
+
+std::string to_html(const std::vector<RunSummary>& runs, const std::string& profile_text) {
+  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+  const auto nan = std::nan("");
+  std::ostringstream o;
+  o << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Bellwether spike "
+       "benchmark</title>"
+       "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
+       "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child"
+       "{text-align:left}svg{display:block;margin:12px 0}</style></head><body>\n";
+  o << "<h1>Bellwether spike benchmark</h1>\n<p>Profile (time_s:rate_per_min): <code>"
+    << html_escape(profile_text)
+    << "</code>. Open-loop load; latency is measured from each request's intended send time and "
+       "covers successful requests.</p>\n";
+  o << "<table><tr><th>metric</th>";
+  for (const auto& r : runs) o << "<th>" << html_escape(r.name) << "</th>";
+  o << "</tr>\n";
+  for (const auto& row : table_rows(runs)) {
+    o << "<tr><td>" << html_escape(row.label) << "</td>";
+    for (const auto& c : row.cells) o << "<td>" << html_escape(c) << "</td>";
+    o << "</tr>\n";
+  }
+  o << "</table>\n";
+
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const auto& r = runs[i];
+    auto ok_or_gap = [&](double (*get)(const SecondStats&)) {
+      std::vector<double> v;
+      for (const auto& s : r.series) v.push_back(s.ok > 0 ? get(s) : nan);
+      return v;
+    };
+    o << svg_chart("Latency percentiles over time: " + r.name, "latency (ms)",
+                   {{"p50", "#2ca02c", ok_or_gap([](const SecondStats& s) { return s.p50_ms; })},
+                    {"p95", "#ff7f0e", ok_or_gap([](const SecondStats& s) { return s.p95_ms; })},
+                    {"p99", "#d62728", ok_or_gap([](const SecondStats& s) { return s.p99_ms; })}})
+      << '\n';
+  }
+  std::vector<Series> rate, r429, queue;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const auto& r = runs[i];
+    const std::string color = kColors[i % 6];
+    if (i == 0)
+      rate.push_back({"offered", "#777",
+                      column(r, [](const SecondStats& s) { return double(s.sent); }), true});
+    rate.push_back(
+        {"ok " + r.name, color, column(r, [](const SecondStats& s) { return double(s.ok); })});
+    r429.push_back(
+        {r.name, color, column(r, [](const SecondStats& s) { return double(s.rate_limited); })});
+    bool has_queue = false;
+    std::vector<double> q;
+    for (const auto& s : r.series) {
+      q.push_back(s.queue_depth ? *s.queue_depth : nan);
+      has_queue = has_queue || s.queue_depth.has_value();
+    }
+    if (has_queue) queue.push_back({r.name, color, q});
+  }
+  o << svg_chart("Request rate", "requests/s", rate) << '\n';
+  o << svg_chart("HTTP 429 over time", "429/s", r429) << '\n';
+  if (!queue.empty()) o << svg_chart("Gateway queue depth", "queued requests", queue) << '\n';
+  o << "</body></html>\n";
+  return o.str();
+}
+
+}  // namespace bw::bench
