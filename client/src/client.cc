@@ -590,7 +590,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       if (attempts > 1) ++n_retries;
       if (*chosen > 0) ++n_fallbacks;
       const Nanos attempt_deadline = std::min(deadline, now_ns() + cfg.request_timeout);
-      const std::string body = serialize_chat_request(req, model, stream);
+      const std::string body = serialize_chat_request(req, model, stream, cfg.include_stream_usage);
 
       std::optional<StreamState> st;
       BodySink sink;

@@ -56,7 +56,7 @@ std::string HttpResponse::header(std::string_view name) const {
 }
 
 std::string serialize_chat_request(const ChatRequest& request, const std::string& model,
-                                   bool stream) {
+                                   bool stream, bool include_usage) {
   json::object body;
   body["model"] = model;
   json::array messages;
@@ -69,7 +69,7 @@ std::string serialize_chat_request(const ChatRequest& request, const std::string
   if (request.temperature) body["temperature"] = *request.temperature;
   if (stream) {
     body["stream"] = true;
-    body["stream_options"] = json::object{{"include_usage", true}};
+    if (include_usage) body["stream_options"] = json::object{{"include_usage", true}};
   }
   return json::serialize(body);
 }

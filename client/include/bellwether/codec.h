@@ -11,8 +11,10 @@
 
 namespace bellwether {
 
+// `include_usage` adds stream_options.include_usage to a streamed request (ClientConfig::
+// include_stream_usage); it is ignored when `stream` is false.
 std::string serialize_chat_request(const ChatRequest& request, const std::string& model,
-                                   bool stream);
+                                   bool stream, bool include_usage = true);
 Result<ChatResponse> parse_chat_response(std::string_view body);
 // One `data:` payload of a stream (not "[DONE]").
 Result<ChatChunk> parse_chat_chunk(std::string_view data);
