@@ -191,7 +191,9 @@ std::string key_json(const cost::ApiKeyRecord& r, std::string_view secret) {
       .key("prefix").value(r.prefix)
       .key("tenant").value(r.spec.tenant)
       .key("plan").value(r.spec.plan)
-      .key("limits").raw(r.spec.limits_json.empty() ? "[]" : r.spec.limits_json)
+      .key("limits").raw(r.spec.limits_json.empty() || r.spec.limits_json == "{}"
+                             ? std::string_view("[]")
+                             : std::string_view(r.spec.limits_json))
       .key("budgets").begin_array();
   for (const auto& b : r.spec.budgets) {
     j.begin_object()

@@ -176,7 +176,14 @@ void append_sample(std::string& out, std::string_view name, std::string_view suf
 
 void expose_child(std::string& out, const FamilyBase& f, double scale,
                   const std::vector<std::string>& values, const Counter& c) {
-  append_sample(out, f.name(), "", f.label_names(), values, static_cast<double>(c.units()) * scale);
+  // Dividing by an integral 1/scale (e.g. micro-dollars / 1e6) prints 95 units as 9.5e-05, where
+  // multiplying by 1e-6 would print 9.499999999999999e-05.
+  const double inverse = 1.0 / scale;
+  const double units = static_cast<double>(c.units());
+  const double v = scale < 1 && std::abs(inverse - std::round(inverse)) < 1e-9
+                       ? units / std::round(inverse)
+                       : units * scale;
+  append_sample(out, f.name(), "", f.label_names(), values, v);
 }
 
 void expose_child(std::string& out, const FamilyBase& f, double,

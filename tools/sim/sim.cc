@@ -400,13 +400,19 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   std::int64_t req_used = 0, tok_used = 0;
   const std::int64_t now_s = SteadyClock::instance().now() / kNanosPerSecond;
   const std::int64_t in_flight = ms.in_flight.fetch_add(1) + 1;
+  // In flight means "being generated": the count drops before the last bytes are written, since
+  // the caller may start its next request the moment it has them.
   struct Guard {
     ModelState& m;
     Simulator::State& s;
-    ~Guard() {
+    bool released = false;
+    void release() {
+      if (released) return;
+      released = true;
       m.in_flight.fetch_sub(1);
       s.in_flight.fetch_sub(1);
     }
+    ~Guard() { release(); }
   } guard{ms, *st};
   {
     auto total = st->in_flight.fetch_add(1) + 1;
@@ -457,6 +463,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
             std::to_string(p.prompt_tokens) + "}}";
     auto r = Response::json(200, std::move(body));
     for (const auto& [k, v] : h.items()) r.headers.add(k, v);
+    guard.release();
     co_await w.send(std::move(r));
     st->completed.fetch_add(1);
     co_return;
@@ -490,6 +497,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     }
     auto r = Response::json(200, std::move(body));
     for (const auto& [k, v] : h.items()) r.headers.add(k, v);
+    guard.release();
     co_await w.send(std::move(r));
     st->completed.fetch_add(1);
     co_return;
@@ -554,6 +562,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   }
   tail += "data: [DONE]\n\n";
   batch += tail;
+  guard.release();
   if (!co_await w.write_chunk(batch) || !co_await w.end_stream()) {
     st->cancelled.fetch_add(1);
     co_return;
