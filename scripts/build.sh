@@ -3,6 +3,8 @@
 # rebuilds fast. Usage: scripts/build.sh [preset] [cmake --build args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache keys on paths relative to the checkout, so a fresh clone elsewhere (CI) reuses the cache.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 preset="${1:-release}"
 shift || true
 cmake --preset "$preset" >/dev/null
