@@ -28,10 +28,11 @@ namespace fs = std::filesystem;
 constexpr double kCompress = 40;
 constexpr const char* kKey = "sk-bench-compare-000001";  // the key in bench/compare/gateway.yaml
 
-// The repository root: BW_SOURCE_DIR if set, else derived from this file's path.
+// The repository root: the environment's BW_SOURCE_DIR if set, else the one this was built from
+// (not __FILE__, which ccache may have rewritten to a relative path).
 std::string source_dir() {
   if (const char* d = std::getenv("BW_SOURCE_DIR"); d && *d) return d;
-  return fs::path(__FILE__).parent_path().parent_path().parent_path().string();
+  return BW_SOURCE_DIR;
 }
 
 // Structural JSON check without a parser: brackets balance outside strings, strings close, and

@@ -8,8 +8,8 @@
 
 namespace {
 
-const std::filesystem::path kRepo =
-    std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+// The repository root, from the build (ccache may rewrite __FILE__ to a relative path).
+const std::filesystem::path kRepo = BW_SOURCE_DIR;
 
 std::pair<int, std::string> run(const std::string& cmd) {
   std::string out;
