@@ -2,9 +2,10 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cstdlib>
-#include <optional>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -146,10 +147,14 @@ void read_limit(Reader& r, limits::LimitSpec& spec, Config* cfg = nullptr) {
 void read_concurrency(Reader& r, admission::LimiterConfig& c) {
   std::string mode;
   r.get("mode", mode);
-  if (mode == "fixed") c.mode = admission::LimitMode::kFixed;
-  else if (mode == "aimd") c.mode = admission::LimitMode::kAimd;
-  else if (mode == "adaptive" || mode == "gradient") c.mode = admission::LimitMode::kGradient;
-  else if (!mode.empty()) r.fail("mode", "unknown mode '" + mode + "' (fixed, aimd, adaptive)");
+  if (mode == "fixed")
+    c.mode = admission::LimitMode::kFixed;
+  else if (mode == "aimd")
+    c.mode = admission::LimitMode::kAimd;
+  else if (mode == "adaptive" || mode == "gradient")
+    c.mode = admission::LimitMode::kGradient;
+  else if (!mode.empty())
+    r.fail("mode", "unknown mode '" + mode + "' (fixed, aimd, adaptive)");
   r.get("initial", c.initial, 1, 1'000'000);
   r.get("min", c.min_limit, 1, 1'000'000);
   r.get("max", c.max_limit, 1, 1'000'000);
@@ -161,7 +166,8 @@ void read_concurrency(Reader& r, admission::LimiterConfig& c) {
     c.max_limit = std::max(c.max_limit, c.initial);
   }
   if (c.min_limit > c.max_limit) r.fail_here("min must be <= max");
-  if (c.initial < c.min_limit || c.initial > c.max_limit) r.fail("initial", "must be within [min, max]");
+  if (c.initial < c.min_limit || c.initial > c.max_limit)
+    r.fail("initial", "must be within [min, max]");
 }
 
 void read_budget(Reader& r, std::vector<cost::KeyBudget>& out) {
@@ -250,6 +256,15 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       cfg->redis.failure_policy = *p;
     }
     rd.get("key_prefix", cfg->redis.key_prefix);
+    rd.get("budgets", cfg->redis_budgets_enabled);
+    rd.get("budget_key_prefix", cfg->redis_budgets.key_prefix);
+    rd.get_duration("rebuild_timeout", cfg->redis_budgets.rebuild_timeout);
+    if (cfg->redis_budgets.rebuild_timeout <= 0) rd.fail("rebuild_timeout", "must be > 0");
+    rd.get_duration("rebuild_grace", cfg->redis_budgets.rebuild_grace);
+    cfg->redis_budgets.url = cfg->redis.url;
+    cfg->redis_budgets.timeout = cfg->redis.timeout;
+    cfg->redis_budgets.pool_size = cfg->redis.pool_size;
+    cfg->redis_budgets.replicas = cfg->redis.replicas;
     rd.finish();
   } else {
     top.child("redis");
@@ -349,7 +364,8 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     }
     std::string access = "any_key";
     a.get("metrics_access", access);
-    if (access != "any_key" && access != "admin") a.fail("metrics_access", "expected any_key or admin");
+    if (access != "any_key" && access != "admin")
+      a.fail("metrics_access", "expected any_key or admin");
     cfg->queue_metrics_public = access == "any_key";
     a.finish();
   }
@@ -411,7 +427,8 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       DeploymentConfig dep;
       d.require("provider");
       d.get("provider", dep.provider);
-      if (!cfg->provider(dep.provider)) d.fail("provider", "unknown provider '" + dep.provider + "'");
+      if (!cfg->provider(dep.provider))
+        d.fail("provider", "unknown provider '" + dep.provider + "'");
       dep.model = name;
       d.get("model", dep.model);
       dep.id = name + "/" + dep.provider + "/" + std::to_string(index++);
@@ -616,6 +633,19 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     led.finish();
     if (!cfg->ledger_path.empty() && !cfg->ledger_postgres.empty()) {
       led.fail_here("choose one of path (SQLite) and postgres");
+    }
+    const bool any_budget = !cfg->global_budgets.empty() ||
+                            std::any_of(cfg->tenants.begin(), cfg->tenants.end(),
+                                        [](const TenantConfig& t) { return !t.budgets.empty(); }) ||
+                            std::any_of(cfg->keys.begin(), cfg->keys.end(),
+                                        [](const KeyConfig& k) { return !k.budgets.empty(); });
+    // A budget counter that Redis loses is rebuilt from the ledger; without one it could only
+    // restart at zero, i.e. fail open.
+    if (cfg->redis_enabled && cfg->redis_budgets_enabled && any_budget &&
+        cfg->ledger_path.empty() && cfg->ledger_postgres.empty()) {
+      led.fail_here(
+          "budgets in Redis need a ledger to rebuild from: set ledger.postgres (or "
+          "redis.budgets: false)");
     }
   }
   {

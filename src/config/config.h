@@ -8,22 +8,23 @@
 #include <string>
 #include <vector>
 
+#include "admission/admission_controller.h"
 #include "common/clock.h"
 #include "common/result.h"
-#include "http/client.h"
-#include "http/server.h"
-#include "admission/admission_controller.h"
 #include "cost/alerts.h"
 #include "cost/budget_manager.h"
 #include "cost/key_store.h"
 #include "cost/pricing.h"
+#include "cost/redis_budget.h"
+#include "http/client.h"
+#include "http/server.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "limits/redis_limit_store.h"
 #include "routing/circuit_breaker.h"
-#include "telemetry/scaler.h"
 #include "routing/dead_letter.h"
 #include "routing/retry.h"
+#include "telemetry/scaler.h"
 
 namespace bw::config {
 
@@ -65,8 +66,8 @@ struct KeyConfig {
   std::string tenant;
   std::string plan;
   std::vector<std::string> allowed_models;  // empty = the plan's list (empty there = all)
-  int default_priority = -1;  // -1 = the plan's
-  int max_priority = -1;      // the most urgent priority this key may ask for; -1 = the plan's
+  int default_priority = -1;                // -1 = the plan's
+  int max_priority = -1;  // the most urgent priority this key may ask for; -1 = the plan's
   std::vector<limits::LimitSpec> limit_overrides;  // replace plan limits of the same name
   std::vector<cost::KeyBudget> budgets;            // at most one per period
   bool downgrade_opt_out = false;                  // refuse at the cap instead of downgrading
@@ -114,8 +115,8 @@ struct Config {
   std::string source = "<embedded>";
   bool embedded = false;
   http::ServerOptions server;
-  std::string admin_listen;      // "" = admin routes on the main listener
-  std::string admin_key_hash;    // hex SHA-256; "" = admin API disabled
+  std::string admin_listen;    // "" = admin routes on the main listener
+  std::string admin_key_hash;  // hex SHA-256; "" = admin API disabled
   Nanos drain_timeout = seconds(20);
   std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
   std::vector<std::string> trusted_proxies;
@@ -125,6 +126,10 @@ struct Config {
   // Distributed mode: limits shared by every replica through Redis (one EVALSHA per request).
   bool redis_enabled = false;
   limits::RedisLimitStoreOptions redis;
+  // Budgets in the same Redis (cost/redis_budget.h) when redis is enabled, budgets exist and
+  // redis.budgets is not false; url, timeout, pool_size, replicas are shared with `redis`.
+  bool redis_budgets_enabled = true;
+  cost::RedisBudgetOptions redis_budgets;
   const limits::Plan* plan(const std::string& name) const;
   std::vector<ProviderConfig> providers;
   std::vector<ModelGroupConfig> model_groups;
@@ -146,9 +151,9 @@ struct Config {
   std::vector<TenantConfig> tenants;
   cost::CostGuardOptions cost_guard;
   std::string webhook_url;
-  std::string webhook_secret;  // resolved from secret_env; never logged
-  std::string ledger_path;     // SQLite file; "" = no ledger (then no stored keys)
-  std::string ledger_postgres; // postgresql://... : the ledger and key store on PostgreSQL
+  std::string webhook_secret;   // resolved from secret_env; never logged
+  std::string ledger_path;      // SQLite file; "" = no ledger (then no stored keys)
+  std::string ledger_postgres;  // postgresql://... : the ledger and key store on PostgreSQL
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;

@@ -9,6 +9,7 @@
 #include "cost/pg_key_store.h"
 #include "cost/pg_ledger.h"
 #include "cost/recovery.h"
+#include "cost/redis_budget.h"
 #include "cost/sqlite_key_store.h"
 #include "cost/sqlite_ledger.h"
 #include "gateway/pipeline.h"
@@ -90,15 +91,37 @@ Result<Ok> Gateway::start() {
   }
   shared_->budgets = std::make_unique<cost::BudgetManager>(cfg.cost_guard);
   declare_budgets(*shared_, cfg, stored);
-  if (shared_->ledger) {
+  const bool redis_budgets = cfg.redis_enabled && cfg.redis_budgets_enabled &&
+                             (!shared_->budgets->budget_ids().empty() || shared_->key_store);
+  if (redis_budgets) {
+    // The shared counters live in Redis and are rebuilt from the ledger per budget period when
+    // missing, so there is nothing to recover into memory here; shared_->budgets only names the
+    // budgets (caps, periods) from now on.
+    auto store =
+        cost::RedisBudgetStore::create(cfg.redis_budgets, *shared_->budgets, shared_->ledger.get(),
+                                       shared_->blocking->get_executor());
+    if (!store) return store.error();
+    shared_->redis_budgets = std::move(*store);
+    if (!shared_->ledger) {
+      spdlog::warn(
+          "budgets in Redis without a ledger: a lost counter cannot be rebuilt, so "
+          "those budgets run on the local share until it is back");
+    } else if (cfg.ledger_postgres.empty()) {
+      spdlog::warn(
+          "budgets in Redis with a SQLite ledger: a rebuild sees only this replica's "
+          "spend; use ledger.postgres with several replicas");
+    }
+  } else if (shared_->ledger) {
     auto rec = cost::recover_budgets(*shared_->ledger, *shared_->budgets,
                                      SteadyClock::instance().unix_millis());
     if (!rec) return rec.error();
     if (rec->settled_micro > 0 || !rec->open.empty()) {
-      spdlog::info("ledger recovered: ${:.6f} settled this period, {} open reservations counted "
-                   "at their reserved amount",
-                   static_cast<double>(rec->settled_micro) / 1e6, rec->open.size());
+      spdlog::info(
+          "ledger recovered: ${:.6f} settled this period, {} open reservations counted "
+          "at their reserved amount",
+          static_cast<double>(rec->settled_micro) / 1e6, rec->open.size());
     }
+    recovered_ = std::move(rec->open);
   }
   if (!cfg.webhook_url.empty()) {
     cost::WebhookOptions wo;
@@ -115,7 +138,8 @@ Result<Ok> Gateway::start() {
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaler = std::make_unique<telemetry::PredictiveScaler>(cfg.scaler);
   int replicas = cfg.current_replicas;
-  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0) replicas = std::atoi(r);
+  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
+    replicas = std::atoi(r);
   scaler_thread_ = std::thread([this, replicas] {
     std::unique_lock lock(scaler_mu_);
     while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
@@ -181,7 +205,11 @@ std::size_t Gateway::drain_and_stop() {
   return left;
 }
 
-std::uint16_t Gateway::port() const { return server_ ? server_->port() : 0; }
-std::uint16_t Gateway::admin_port() const { return admin_server_ ? admin_server_->port() : 0; }
+std::uint16_t Gateway::port() const {
+  return server_ ? server_->port() : 0;
+}
+std::uint16_t Gateway::admin_port() const {
+  return admin_server_ ? admin_server_->port() : 0;
+}
 
 }  // namespace bw::gateway

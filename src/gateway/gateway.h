@@ -5,13 +5,14 @@
 // read the current Runtime through an atomic shared_ptr.
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "common/result.h"
 #include "config/config.h"
+#include "cost/recovery.h"
 #include "gateway/access_log.h"
 #include "gateway/runtime.h"
 #include "http/server.h"
@@ -53,6 +54,9 @@ class Gateway {
   std::uint16_t sim_port_ = 0;
   std::atomic<std::shared_ptr<const Runtime>> runtime_;
   std::shared_ptr<Shared> shared_;
+  // Open ledger rows found at startup, held in the budgets until reconciled (recovery.h):
+  // dropping them would free headroom that the ledger still counts as reserved.
+  std::vector<cost::RecoveredReservation> recovered_;
   std::unique_ptr<http::Server> server_;
   std::unique_ptr<http::Server> admin_server_;
   // Feeds the predictive scaler once a second.

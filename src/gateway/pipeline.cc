@@ -9,16 +9,17 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <random>
 
 #include "common/clock.h"
 #include "common/json_util.h"
 #include "config/config.h"
-#include "http/client.h"
-#include "http/sse.h"
 #include "cost/pricing.h"
 #include "gateway/keys.h"
+#include "http/client.h"
+#include "http/sse.h"
 #include "limits/client_ip.h"
 #include "providers/openai.h"
 
@@ -49,13 +50,13 @@ struct Ctx {
   const ModelGroup* group = nullptr;
   const limits::Plan* plan = nullptr;
   std::vector<limits::LimitSpec> key_limits;  // the key's plan limits with its overrides applied
-  limits::Verdict verdict;                    // rate-limit decision (reservation settled at the end)
+  limits::Verdict verdict;  // rate-limit decision (reservation settled at the end)
   std::int64_t reserved_tokens = 0;
   admission::PriorityDecision priority;
   admission::Permit permit;
   Nanos queue_wait = 0;
-  int upstream_status = 0;     // last upstream answer (0 = none)
-  Nanos upstream_latency = 0;  // of the last attempt
+  int upstream_status = 0;      // last upstream answer (0 = none)
+  Nanos upstream_latency = 0;   // of the last attempt
   bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
   std::string last_failure;
   const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
@@ -63,6 +64,7 @@ struct Ctx {
   const cost::ModelPrice* price = nullptr;
   std::int64_t forced_max_tokens = 0;  // the cost guard's output cap, forwarded upstream
   cost::Reservation budget;
+  cost::RedisBudgetReservation shared_budget;  // distributed mode (Shared::redis_budgets)
   std::vector<std::string> budget_ids;
   cost::Micros cost_micro = 0;
   bool reservation_logged = false;
@@ -78,6 +80,20 @@ struct Ctx {
   std::int64_t attempts = 0;
   bool cancelled = false;
 };
+
+// The limiter's view of time. BELLWETHER_CLOCK_OFFSET_MS (hidden, tests only) shifts it to
+// simulate a replica whose clock is off; everything else keeps the real clock.
+Nanos limiter_now() {
+  static const Nanos offset = [] {
+    const char* v = std::getenv("BELLWETHER_CLOCK_OFFSET_MS");
+    return v ? static_cast<Nanos>(std::atoll(v)) * kNanosPerMilli : Nanos{0};
+  }();
+  return SteadyClock::instance().now() + offset;
+}
+
+bool budget_active(const Ctx& c) {
+  return c.budget.active() || c.shared_budget.active();
+}
 
 std::string new_request_id() {
   thread_local std::mt19937_64 rng(std::random_device{}());
@@ -118,12 +134,28 @@ asio::awaitable<void> reply_error(Ctx& c, const Error& e) {
   co_await c.w.send(std::move(r));
 }
 
+// Priority label values, spelled as in /v1/metrics/queue and the docs.
+constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
+
+// The endpoint label: a known route, or "other", so that clients cannot mint series by probing
+// URLs (label cardinality stays bounded).
+std::string_view endpoint_label(std::string_view path) {
+  static constexpr std::array<std::string_view, 9> kKnown = {
+      "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz",
+      "/readyz",              "/metrics",        "/v1/metrics/queue", "/admin"};
+  for (auto k : kKnown) {
+    if (path == k) return k;
+  }
+  if (path.starts_with("/admin/")) return "/admin";
+  return "other";
+}
+
 void record_metrics(Ctx& c) {
   auto& m = *c.sh.metrics;
-  const auto path = c.req.path();
+  const auto path = endpoint_label(c.req.path());
   const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
-  static constexpr std::array<std::string_view, 4> kPrio = {"0", "1", "2", ""};
-  const std::string_view prio = c.key ? kPrio[static_cast<std::size_t>(c.priority.priority)] : "";
+  const std::string_view prio =
+      c.key ? kPriorityLabel[static_cast<std::size_t>(c.priority.priority)] : "";
   m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
@@ -138,7 +170,8 @@ void record_metrics(Ctx& c) {
     m.tokens.with({c.model_served.empty() ? model : std::string_view(c.model_served), "completion"})
         .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
   }
-  if (c.cost_micro > 0) m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
+  if (c.cost_micro > 0)
+    m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
   if (c.error_code.starts_with("rate_limited:")) {
     m.rate_limited.with({std::string_view(c.error_code).substr(13)}).inc();
   }
@@ -214,8 +247,7 @@ bool admin_authorized(const Runtime& rt, const Request& req) {
   if (presented.empty()) presented = req.header("x-api-key");
   if (presented.empty()) return false;
   const std::string hash = config::sha256_hex(presented);
-  return hash.size() == want.size() &&
-         CRYPTO_memcmp(hash.data(), want.data(), hash.size()) == 0;
+  return hash.size() == want.size() && CRYPTO_memcmp(hash.data(), want.data(), hash.size()) == 0;
 }
 
 // Phase 2: resolve the public model name to its group, and check the key may use it.
@@ -239,9 +271,12 @@ Result<const ModelGroup*> resolve(const Runtime& rt, const KeyInfo& key, const s
 
 const std::string& target_for(const Deployment& d, Endpoint e) {
   switch (e) {
-    case Endpoint::kChat: return d.chat_target;
-    case Endpoint::kCompletions: return d.completions_target;
-    case Endpoint::kEmbeddings: return d.embeddings_target;
+    case Endpoint::kChat:
+      return d.chat_target;
+    case Endpoint::kCompletions:
+      return d.completions_target;
+    case Endpoint::kEmbeddings:
+      return d.embeddings_target;
   }
   return d.chat_target;
 }
@@ -254,8 +289,7 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d,
-                                             std::string body) {
+http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d, std::string body) {
   http::OutboundRequest out;
   out.method = "POST";
   out.target = target_for(d, c.llm.endpoint);
@@ -301,9 +335,9 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       // The upstream failed after bytes reached the client: no retry is possible. End the stream
       // cleanly with an error event so the client sees why it stopped.
       c.error_code = piece.error().code;
-      std::string ev = "data: " + openai_error_body("The upstream stream failed: " +
-                                                        piece.error().message,
-                                                    "upstream_error", piece.error().code) +
+      std::string ev = "data: " +
+                       openai_error_body("The upstream stream failed: " + piece.error().message,
+                                         "upstream_error", piece.error().code) +
                        "\n\n";
       c.bytes_out += ev.size();
       co_await c.w.write_chunk(ev);
@@ -354,9 +388,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   if (!c.usage.present) {
     // An abandoned or broken stream is charged for what was generated up to that point.
     c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens =
-        std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
-                               static_cast<std::int64_t>((text_chars + 3) / 4));
+    c.usage.completion_tokens = std::max<std::int64_t>(
+        static_cast<std::int64_t>(text_chunks), static_cast<std::int64_t>((text_chars + 3) / 4));
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -412,8 +445,8 @@ routing::Outcome outcome_for_status(int status, const http::Headers& h, std::str
 
 void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos latency) {
   auto& m = *c.sh.metrics;
-  m.upstream_requests.with({deployment, status == 0 ? std::string_view("error")
-                                                    : telemetry::status_class(status)})
+  m.upstream_requests
+      .with({deployment, status == 0 ? std::string_view("error") : telemetry::status_class(status)})
       .inc();
   m.upstream_latency.with({deployment}).observe(to_seconds(latency));
 }
@@ -436,6 +469,7 @@ asio::awaitable<void> forward(Ctx& c) {
     if (!step.ticket) {
       c.forward_failed = true;
       if (last_response) {
+        c.last_failure = "upstream answered " + std::to_string(last_response->status);
         c.status = last_response->status;
         c.bytes_out += last_response->body.size();
         co_await c.w.send(std::move(*last_response));
@@ -446,8 +480,7 @@ asio::awaitable<void> forward(Ctx& c) {
         co_await reply_error(c, *last_error);
         co_return;
       }
-      const double wait_s =
-          step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
+      const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
       Error e = make_error(503, "service_unavailable", "upstream_degraded",
                            "The service is degraded: no deployment of '" + c.route_model +
                                "' or its fallbacks can take the request now (" +
@@ -474,8 +507,8 @@ asio::awaitable<void> forward(Ctx& c) {
       plan.finish(ticket, o, now, false, rng);
       continue;
     }
-    auto body = providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream,
-                                           c.forced_max_tokens);
+    auto body =
+        providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
     if (!body) {
       co_await reply_error(c, body.error());
       co_return;
@@ -532,7 +565,7 @@ asio::awaitable<void> forward(Ctx& c) {
       o.latency_ns = now - sent_at;
       o.ttft_ns = c.ttft;
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      o.kind = c.cancelled ? routing::OutcomeKind::cancelled
+      o.kind = c.cancelled            ? routing::OutcomeKind::cancelled
                : c.error_code.empty() ? routing::OutcomeKind::success
                                       : routing::OutcomeKind::http_5xx;
       plan.finish(ticket, o, now, true, rng);
@@ -637,8 +670,12 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
     co_return false;
   }
   const std::int64_t now_ms = SteadyClock::instance().unix_millis();
-  if (auto cheaper = sh.budgets->should_downgrade(c.budget_ids, c.route_model,
-                                                  c.key->cfg->downgrade_opt_out, now_ms)) {
+  auto cheaper = sh.redis_budgets
+                     ? sh.redis_budgets->should_downgrade(c.budget_ids, c.route_model,
+                                                          c.key->cfg->downgrade_opt_out, now_ms)
+                     : sh.budgets->should_downgrade(c.budget_ids, c.route_model,
+                                                    c.key->cfg->downgrade_opt_out, now_ms);
+  if (cheaper) {
     const ModelGroup* g = c.rt->group(*cheaper);
     const cost::ModelPrice* p = cfg.prices.find(*cheaper);
     if (g && p) {
@@ -660,9 +697,36 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
     c.forced_max_tokens = wc.completion_tokens;
     worst = wc.cost;
   }
-  auto res = sh.budgets->reserve(c.budget_ids, worst, now_ms);
-  if (!res.ok()) {
-    const auto& ref = res.refusal;
+  // One Redis round trip in distributed mode (rebuilt from the ledger if Redis lost the
+  // counters); the in-process budgets otherwise.
+  bool reserved = false;
+  cost::BudgetRefusal refusal;
+  std::vector<std::string> held_ids;
+  cost::Micros held = 0;
+  if (sh.redis_budgets) {
+    auto res = co_await sh.redis_budgets->reserve(c.budget_ids, worst, now_ms,
+                                                  SteadyClock::instance().now());
+    reserved = res.ok();
+    if (reserved) {
+      c.shared_budget = std::move(*res.reservation);
+      held_ids = c.shared_budget.budget_ids();
+      held = c.shared_budget.amount();
+    } else {
+      refusal = std::move(res.refusal);
+    }
+  } else {
+    auto res = sh.budgets->reserve(c.budget_ids, worst, now_ms);
+    reserved = res.ok();
+    if (reserved) {
+      c.budget = std::move(*res.reservation);
+      held_ids = c.budget.budget_ids();
+      held = c.budget.amount();
+    } else {
+      refusal = std::move(res.refusal);
+    }
+  }
+  if (!reserved) {
+    const auto& ref = refusal;
     Error e = make_error(429, "insufficient_quota", "insufficient_quota",
                          "The budget '" + ref.budget_id + "' would be exceeded by this request " +
                              "(cap $" + std::to_string(static_cast<double>(ref.cap_micro) / 1e6) +
@@ -674,20 +738,23 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
     co_await reply_error(c, e);
     co_return false;
   }
-  c.budget = std::move(*res.reservation);
   if (sh.ledger) {
     cost::LedgerReservation rec;
     rec.request_id = c.request_id;
     rec.key_id = c.key->cfg->name;
     rec.tenant_id = c.key->cfg->tenant;
     rec.model = c.route_model;
-    rec.budgets = c.budget.budget_ids();
-    rec.reserved_micro = c.budget.amount();
+    rec.budgets = std::move(held_ids);
+    rec.reserved_micro = held;
     rec.created_unix_ms = now_ms;
     bool queued = false;
     auto committed = co_await ledger_commit(*sh.ledger, std::move(rec), queued);
     if (!committed) {
-      sh.budgets->release(c.budget);
+      if (c.shared_budget.active()) {
+        co_await sh.redis_budgets->release(c.shared_budget, SteadyClock::instance().now());
+      } else {
+        sh.budgets->release(c.budget);
+      }
       Error e = make_error(503, "server_error", "ledger_unavailable",
                            "Spend cannot be recorded right now; the request was not sent.");
       e.retry_after_s = 1;
@@ -701,13 +768,13 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
 
 // Phase 9 (part): the actual cost goes to the budgets and the ledger; unused reservation is
 // released; crossed alert thresholds go to the webhook sender.
-void settle_cost(Ctx& c) {
+asio::awaitable<void> settle_cost(Ctx& c) {
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   if (c.price && tokens > 0) {
     c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
                                      c.usage.cached_tokens);
   }
-  if (!c.budget.active()) return;
+  if (!budget_active(c)) co_return;
   auto& sh = c.sh;
   const std::int64_t now_ms = SteadyClock::instance().unix_millis();
   cost::LedgerSettlement rec;
@@ -715,11 +782,23 @@ void settle_cost(Ctx& c) {
   rec.prompt_tokens = c.usage.prompt_tokens;
   rec.completion_tokens = c.usage.completion_tokens;
   rec.settled_unix_ms = now_ms;
+  // The budget counters move before the ledger row closes: a rebuild of lost Redis counters in
+  // between still sees the row open and counts it as reserved (redis_budget.h).
   if (tokens == 0) {
-    sh.budgets->release(c.budget);
+    if (c.shared_budget.active()) {
+      co_await sh.redis_budgets->release(c.shared_budget, SteadyClock::instance().now());
+    } else {
+      sh.budgets->release(c.budget);
+    }
     rec.status = cost::LedgerStatus::kReleased;
   } else {
-    auto out = sh.budgets->settle(c.budget, c.cost_micro, now_ms);
+    cost::SettleOutcome out;
+    if (c.shared_budget.active()) {
+      out = co_await sh.redis_budgets->settle(c.shared_budget, c.cost_micro, now_ms,
+                                              SteadyClock::instance().now());
+    } else {
+      out = sh.budgets->settle(c.budget, c.cost_micro, now_ms);
+    }
     rec.status = cost::LedgerStatus::kSettled;
     rec.actual_micro = c.cost_micro;
     if (out.overshoot_micro > 0) {
@@ -732,8 +811,10 @@ void settle_cost(Ctx& c) {
   }
   if (sh.ledger && c.reservation_logged) {
     if (!sh.ledger->append_settlement(rec, [](const Result<Ok>&) {})) {
-      spdlog::error("ledger queue full: settlement of {} not recorded (the reservation stays "
-                    "counted until reconciled)", c.request_id);
+      spdlog::error(
+          "ledger queue full: settlement of {} not recorded (the reservation stays "
+          "counted until reconciled)",
+          c.request_id);
     }
   }
 }
@@ -750,7 +831,8 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
   scope.endpoint = c.req.path();
   scope.model = c.llm.model;
   scope.plan = c.plan;
-  scope.key_overrides = c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
+  scope.key_overrides =
+      c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
   const std::int64_t output_cap =
       c.llm.endpoint == Endpoint::kEmbeddings
           ? 0
@@ -759,7 +841,7 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
   const Nanos deadline = c.start + cfg.retry.deadline;
   for (;;) {
     const Nanos now = SteadyClock::instance().now();
-    c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, now);
+    c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, limiter_now());
     auto& v = c.verdict;
     if (v.unavailable) {
       // The shared limit store is unreachable and this limit is set to fail closed.
@@ -788,11 +870,13 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
                    c.key->cfg->name, v.shadow_rejections.front());
     }
     if (v.allowed) co_return true;
-    const Nanos max_wait = cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
+    const Nanos max_wait =
+        cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
     if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
         v.retry_after_ns <= max_wait) {
       // The wait counts in the queue depth, and the overload policy may refuse it.
-      auto waited = co_await c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority);
+      auto waited =
+          co_await c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority);
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
         e.status = 429;
@@ -835,7 +919,7 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
     const int def = c.key->cfg->default_priority >= 0 ? c.key->cfg->default_priority
                                                       : (c.plan ? c.plan->default_priority : 1);
     const int highest = c.key->cfg->max_priority >= 0 ? c.key->cfg->max_priority
-                                                       : (c.plan ? c.plan->max_priority : 0);
+                                                      : (c.plan ? c.plan->max_priority : 0);
     c.priority = admission::resolve_priority(c.req.header("x-priority"), def, highest);
   }
 
@@ -864,15 +948,14 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
     c.queue_wait += SteadyClock::instance().now() - t0;
     if (!admitted.ok()) {
       c.error_code = "admission";
-      static constexpr std::array<std::string_view, 3> kP = {"0", "1", "2"};
-      const auto pr = kP[static_cast<std::size_t>(c.priority.priority)];
+      const auto pr = kPriorityLabel[static_cast<std::size_t>(c.priority.priority)];
       if (admitted.refusal == admission::Refusal::kTimedOut) {
         c.sh.metrics->queue_timeouts.with({pr}).inc();
       } else if (admitted.refusal != admission::Refusal::kCancelled) {
         c.sh.metrics->shed.with({pr, admission::admission_error(admitted.refusal, 0).code}).inc();
       }
-      co_return co_await reply_error(c, admission::admission_error(admitted.refusal,
-                                                                   admitted.retry_after_s));
+      co_return co_await reply_error(
+          c, admission::admission_error(admitted.refusal, admitted.retry_after_s));
     }
     c.permit = std::move(admitted.permit);
   }
@@ -907,7 +990,7 @@ asio::awaitable<void> dead_letter(Ctx& c) {
 asio::awaitable<void> settle_limits(Ctx& c) {
   if (c.verdict.reservation.token_limits.empty() || c.verdict.reservation.settled) co_return;
   std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
-  co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, SteadyClock::instance().now());
+  co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, limiter_now());
 }
 
 asio::awaitable<void> send_json(Ctx& c, int status, std::string body) {
@@ -943,13 +1026,20 @@ auto run_blocking(Shared& sh, F f) -> asio::awaitable<decltype(f())> {
 std::string dead_letter_json(const routing::DeadLetter& d, bool with_body) {
   JsonWriter j;
   j.begin_object()
-      .key("id").value(d.id)
-      .key("created_unix_ms").value(d.created_unix_ms)
-      .key("key_id").value(d.key_id)
-      .key("model").value(d.model)
-      .key("endpoint").value(d.endpoint)
-      .key("error").value(d.error)
-      .key("attempts").value(static_cast<std::int64_t>(d.attempts))
+      .key("id")
+      .value(d.id)
+      .key("created_unix_ms")
+      .value(d.created_unix_ms)
+      .key("key_id")
+      .value(d.key_id)
+      .key("model")
+      .value(d.model)
+      .key("endpoint")
+      .value(d.endpoint)
+      .key("error")
+      .value(d.error)
+      .key("attempts")
+      .value(static_cast<std::int64_t>(d.attempts))
       .key("replayed_unix_ms");
   if (d.replayed_unix_ms) {
     j.value(*d.replayed_unix_ms);
@@ -997,11 +1087,16 @@ asio::awaitable<void> handle_admin(Ctx& c) {
     if (method != "GET") co_return co_await not_allowed("GET");
     JsonWriter j;
     j.begin_object()
-        .key("config").value(c.rt->config().source)
-        .key("requests").value(sh.requests.load())
-        .key("model_groups").value(static_cast<std::int64_t>(c.rt->config().model_groups.size()))
-        .key("keys").value(static_cast<std::int64_t>(c.rt->config().keys.size()))
-        .key("shadow_rejections").value(sh.shadow_rejections.load())
+        .key("config")
+        .value(c.rt->config().source)
+        .key("requests")
+        .value(sh.requests.load())
+        .key("model_groups")
+        .value(static_cast<std::int64_t>(c.rt->config().model_groups.size()))
+        .key("keys")
+        .value(static_cast<std::int64_t>(c.rt->config().keys.size()))
+        .key("shadow_rejections")
+        .value(sh.shadow_rejections.load())
         .end_object();
     co_return co_await send_json(c, 200, j.take());
   }
@@ -1030,7 +1125,8 @@ asio::awaitable<void> handle_admin(Ctx& c) {
     if (path == "/admin/dead-letters") {
       if (method != "GET") co_return co_await not_allowed("GET");
       const auto after = query_int(c.req.target, "after", 0);
-      const int limit = static_cast<int>(std::clamp<std::int64_t>(query_int(c.req.target, "limit", 100), 1, 1000));
+      const int limit = static_cast<int>(
+          std::clamp<std::int64_t>(query_int(c.req.target, "limit", 100), 1, 1000));
       auto list = co_await run_blocking(sh, [&] { return dlq.list(after, limit, false); });
       if (!list) co_return co_await reply_error(c, list.error());
       std::string body = "{\"object\":\"list\",\"data\":[";
@@ -1038,9 +1134,9 @@ asio::awaitable<void> handle_admin(Ctx& c) {
         if (i) body += ",";
         body += dead_letter_json((*list)[i], false);
       }
-      body += "],\"size\":" + std::to_string(dlq.size()) + ",\"added_total\":" +
-              std::to_string(dlq.added_total()) + ",\"dropped_total\":" +
-              std::to_string(dlq.dropped_total()) + "}";
+      body += "],\"size\":" + std::to_string(dlq.size()) +
+              ",\"added_total\":" + std::to_string(dlq.added_total()) +
+              ",\"dropped_total\":" + std::to_string(dlq.dropped_total()) + "}";
       co_return co_await send_json(c, 200, std::move(body));
     }
     auto rest = path.substr(std::string_view("/admin/dead-letters/").size());
@@ -1048,16 +1144,16 @@ asio::awaitable<void> handle_admin(Ctx& c) {
     if (replay) rest.remove_suffix(7);
     const std::int64_t id = std::atoll(std::string(rest).c_str());
     if (id <= 0) {
-      co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
-                                                   "No such dead letter."));
+      co_return co_await reply_error(
+          c, make_error(404, "invalid_request_error", "not_found", "No such dead letter."));
     }
     if (replay) {
       if (method != "POST") co_return co_await not_allowed("POST");
       auto entry = co_await run_blocking(sh, [&] { return dlq.get(id); });
       if (!entry) co_return co_await reply_error(c, entry.error());
       if (!entry->has_value()) {
-        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
-                                                     "No such dead letter."));
+        co_return co_await reply_error(
+            c, make_error(404, "invalid_request_error", "not_found", "No such dead letter."));
       }
       const auto& d = **entry;
       const KeyInfo* key = c.rt->key_by_name(d.key_id);
@@ -1079,12 +1175,12 @@ asio::awaitable<void> handle_admin(Ctx& c) {
       rc.request_id = c.request_id;
       rc.client_ip = c.client_ip;
       rc.replay_key = key;
-      const Endpoint ep = d.endpoint == "/v1/completions" ? Endpoint::kCompletions
+      const Endpoint ep = d.endpoint == "/v1/completions"  ? Endpoint::kCompletions
                           : d.endpoint == "/v1/embeddings" ? Endpoint::kEmbeddings
                                                            : Endpoint::kChat;
       co_await handle_llm(rc, ep);
       co_await settle_limits(rc);
-      settle_cost(rc);
+      co_await settle_cost(rc);
       rc.permit.release();
       write_access_log(rc);
       c.status = rc.status;
@@ -1098,8 +1194,8 @@ asio::awaitable<void> handle_admin(Ctx& c) {
       auto entry = co_await run_blocking(sh, [&] { return dlq.get(id); });
       if (!entry) co_return co_await reply_error(c, entry.error());
       if (!entry->has_value()) {
-        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
-                                                     "No such dead letter."));
+        co_return co_await reply_error(
+            c, make_error(404, "invalid_request_error", "not_found", "No such dead letter."));
       }
       co_return co_await send_json(c, 200, dead_letter_json(**entry, true));
     }
@@ -1107,8 +1203,8 @@ asio::awaitable<void> handle_admin(Ctx& c) {
       auto removed = co_await run_blocking(sh, [&] { return dlq.remove(id); });
       if (!removed) co_return co_await reply_error(c, removed.error());
       if (!*removed) {
-        co_return co_await reply_error(c, make_error(404, "invalid_request_error", "not_found",
-                                                     "No such dead letter."));
+        co_return co_await reply_error(
+            c, make_error(404, "invalid_request_error", "not_found", "No such dead letter."));
       }
       co_return co_await send_json(c, 200, "{\"deleted\":true,\"id\":" + std::to_string(id) + "}");
     }
@@ -1125,8 +1221,8 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   Ctx c{sh, sh.runtime->load(), req, w};
   c.start = SteadyClock::instance().now();
   c.request_id = request_id_for(req);
-  c.client_ip = limits::client_ip(req.peer_ip, req.header("x-forwarded-for"),
-                                  c.rt->config().trusted_cidrs);
+  c.client_ip =
+      limits::client_ip(req.peer_ip, req.header("x-forwarded-for"), c.rt->config().trusted_cidrs);
   sh.requests.fetch_add(1, std::memory_order_relaxed);
   const auto path = req.path();
   const auto& cfg = c.rt->config();
@@ -1150,7 +1246,8 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
       if (r.method == req.method) route = &r;
     }
   }
-  if (admin_listener && path != "/healthz" && path != "/readyz") route = nullptr, path_known = false;
+  if (admin_listener && path != "/healthz" && path != "/readyz")
+    route = nullptr, path_known = false;
 
   if (!route) {
     if (path_known) {
@@ -1172,6 +1269,11 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   } else if (path == "/readyz") {
     if (sh.draining.load()) {
       co_await send_json(c, 503, "{\"status\":\"draining\"}");
+    } else if (sh.redis_budgets && sh.redis_budgets->degraded()) {
+      // Budgets run on the local share (cap / replicas): still serving, never overspending.
+      co_await send_json(c, 200,
+                         "{\"status\":\"degraded\",\"reason\":\"redis unreachable: budgets on "
+                         "local share\"}");
     } else if (sh.limiter->degraded()) {
       // Still ready: every replica would be degraded at once, and dropping them all would turn
       // a Redis outage into a full outage. Limits follow their failure policy meanwhile.
@@ -1224,7 +1326,7 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   }
   // 9 settle: always runs, also after errors and disconnects.
   co_await settle_limits(c);
-  settle_cost(c);
+  co_await settle_cost(c);
   c.permit.release();
   co_await dead_letter(c);
   write_access_log(c);
@@ -1267,19 +1369,22 @@ std::string render_metrics(Shared& sh) {
   const Nanos now = SteadyClock::instance().now();
   if (sh.admission) {
     auto snap = sh.admission->snapshot();
-    static constexpr std::array<std::string_view, 3> kP = {"0", "1", "2"};
     for (std::size_t p = 0; p < 3; ++p) {
-      m.queue_depth.with({kP[p]}).set(static_cast<double>(snap.depth[p]));
+      m.queue_depth.with({kPriorityLabel[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
   }
   for (const auto& d : sh.router.status(now)) {
-    const double v = d.state == routing::BreakerState::open        ? telemetry::GatewayMetrics::kBreakerOpen
-                     : d.state == routing::BreakerState::half_open ? telemetry::GatewayMetrics::kBreakerHalfOpen
-                                                                   : telemetry::GatewayMetrics::kBreakerClosed;
+    const double v =
+        d.state == routing::BreakerState::open        ? telemetry::GatewayMetrics::kBreakerOpen
+        : d.state == routing::BreakerState::half_open ? telemetry::GatewayMetrics::kBreakerHalfOpen
+                                                      : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);
   }
   if (sh.dead_letters) {
+    // Scrapes may run on two workers at once; the read-then-add below must not interleave.
+    static std::mutex dlq_mu;
+    std::lock_guard lock(dlq_mu);
     auto& added = m.dlq_entries.get();
     auto& dropped = m.dlq_dropped.get();
     // Counters only move forward: add the difference since the last scrape.
@@ -1290,7 +1395,12 @@ std::string render_metrics(Shared& sh) {
       dropped.add(sh.dead_letters->dropped_total() - dropped.units());
     }
   }
-  if (m.budget_utilization && sh.budgets) {
+  if (m.budget_utilization && sh.redis_budgets) {
+    for (const auto& [id, u] :
+         sh.redis_budgets->utilisation(SteadyClock::instance().unix_millis())) {
+      m.budget_utilization->with({id}).set(u);
+    }
+  } else if (m.budget_utilization && sh.budgets) {
     for (const auto& b : sh.budgets->snapshots(SteadyClock::instance().unix_millis())) {
       m.budget_utilization->with({b.id}).set(b.utilisation);
     }
@@ -1310,8 +1420,8 @@ Result<Ok> refresh_stored_keys(Shared& sh) {
     }
   }
   declare_budgets(sh, current->config(), stored);
-  sh.runtime->store(
-      std::make_shared<const Runtime>(current->config_ptr(), current->sim_port(), std::move(stored)));
+  sh.runtime->store(std::make_shared<const Runtime>(current->config_ptr(), current->sim_port(),
+                                                    std::move(stored)));
   return Ok{};
 }
 
@@ -1323,7 +1433,8 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
   for (const auto& g : cfg.model_groups) {
     routing::ModelGroupConfig rg;
     rg.name = g.name;
-    rg.balancer = routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
+    rg.balancer =
+        routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
     rg.fallbacks = g.fallbacks;
     rg.context_fallback = g.context_fallback;
     for (const auto& d : g.deployments) {

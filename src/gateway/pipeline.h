@@ -15,6 +15,7 @@
 #include "cost/budget_manager.h"
 #include "cost/key_store.h"
 #include "cost/ledger.h"
+#include "cost/redis_budget.h"
 #include "http/server.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
@@ -43,6 +44,8 @@ struct Shared {
   // Cost guard: budgets in memory, the durable ledger, stored keys, alert delivery.
   std::unique_ptr<cost::BudgetManager> budgets;
   std::unique_ptr<cost::Ledger> ledger;
+  // Distributed mode: budgets shared through Redis (declared after `ledger`: destroyed first).
+  std::shared_ptr<cost::RedisBudgetStore> redis_budgets;
   std::unique_ptr<cost::KeyStore> key_store;
   std::unique_ptr<cost::WebhookSender> webhooks;
   std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows

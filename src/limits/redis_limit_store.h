@@ -6,12 +6,8 @@
 // consumes all buckets of the batch atomically inside Redis with the exact arithmetic of
 // algorithms.h. Keys expire (PX) when their bucket is full again.
 //
-// I/O: Boost.Asio TCP sockets with hiredis only for the RESP encoding (redisFormatCommandArgv) and
-// the reply parser (redisReader). Connections are per io_context: a caller on worker W uses W's
-// connection directly (no locks, no thread hop). Requests are pipelined on it and replies matched
-// FIFO. With pool_size > 0 and more workers than that, extra workers hop onto an existing
-// connection's executor. Every call has a deadline; the connection and the script are loaded
-// lazily and reloaded after a restart (NOSCRIPT falls back to EVAL once).
+// I/O: RedisClient (redis_conn.h): one pipelined connection per worker io_context, a deadline on
+// every call, the script loaded lazily and reloaded after a restart (NOSCRIPT falls back to EVAL).
 //
 // Failure: after `breaker_failures` consecutive failures (timeouts, connection or protocol errors)
 // the store fails fast for `breaker_cooldown`, then lets one probe through. While Redis cannot
@@ -33,6 +29,7 @@
 #include "common/result.h"
 #include "limits/limit_store.h"
 #include "limits/memory_limit_store.h"
+#include "limits/redis_conn.h"
 
 namespace bw::limits {
 
@@ -70,17 +67,6 @@ struct RedisLimitStoreOptions {
   MemoryLimitStoreOptions local;  // the fail-open store
 };
 
-struct RedisEndpoint {
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 6379;
-  std::string user;
-  std::string password;
-  int db = 0;
-};
-
-// Parses redis://[[user]:password@]host[:port][/db] (and [v6]:port). Errors name the problem.
-Result<RedisEndpoint> parse_redis_url(std::string_view url);
-
 struct RedisLimitStoreStats {
   std::uint64_t calls = 0;         // round trips attempted (EVALSHA/EVAL)
   std::uint64_t failures = 0;      // calls that failed (timeout, connection, protocol)
@@ -88,9 +74,6 @@ struct RedisLimitStoreStats {
   std::uint64_t script_loads = 0;  // NOSCRIPT replies answered with EVAL
   bool breaker_open = false;
 };
-
-class RedisConnection;
-struct RedisCallResult;  // a reply or an error text
 
 class RedisLimitStore final : public AsyncLimitStore {
  public:
@@ -113,30 +96,15 @@ class RedisLimitStore final : public AsyncLimitStore {
  private:
   RedisLimitStore(RedisLimitStoreOptions options, RedisEndpoint endpoint);
 
-  boost::asio::awaitable<RedisCallResult> execute(std::string command, Nanos deadline);
-  boost::asio::awaitable<RedisCallResult> run_script(std::vector<std::string> args, Nanos deadline);
-  std::shared_ptr<RedisConnection> connection_for(const boost::asio::any_io_executor& ex,
-                                                  bool& local);
-
-  bool breaker_allows(Nanos now);
-  void record_success();
-  void record_failure(Nanos now);
   BatchResult fallback(std::span<const LimitCheck> checks, Nanos now);
   LimitSpec local_spec(const LimitSpec& spec) const;
 
   RedisLimitStoreOptions options_;
-  RedisEndpoint endpoint_;
+
+  RedisClient client_;
+  RedisBreaker breaker_;
   MemoryLimitStore local_;
-
-  mutable std::mutex mu_;  // guards connections_ and the breaker; never held across co_await
-  std::vector<std::pair<const void*, std::shared_ptr<RedisConnection>>> connections_;
-  std::size_t next_shared_ = 0;
-  int consecutive_failures_ = 0;
-  Nanos opened_at_ = 0;
-  bool probing_ = false;
-
-  std::atomic<bool> degraded_{false};
-  std::atomic<std::uint64_t> calls_{0}, failures_{0}, fallbacks_{0}, script_loads_{0};
+  std::atomic<std::uint64_t> failures_{0}, fallbacks_{0};
 };
 
 }  // namespace bw::limits

@@ -110,12 +110,15 @@ Process::Process(std::vector<std::string> args, std::map<std::string, std::strin
   }
 }
 
-Process::~Process() {
+Process::~Process() { kill_and_reap(); }
+
+void Process::kill_and_reap() {
   if (pid_ > 0 && status_ < 0) {
     ::kill(pid_, SIGKILL);
     int st = 0;
     ::waitpid(pid_, &st, 0);
   }
+  pid_ = -1;
 }
 
 Process::Process(Process&& o) noexcept
@@ -125,7 +128,7 @@ Process::Process(Process&& o) noexcept
 
 Process& Process::operator=(Process&& o) noexcept {
   if (this != &o) {
-    this->~Process();
+    kill_and_reap();  // not the destructor: the members must stay alive to be assigned
     pid_ = o.pid_;
     status_ = o.status_;
     out_ = std::move(o.out_);

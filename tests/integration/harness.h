@@ -35,6 +35,7 @@ class Process {
   const std::string& stdout_path() const { return out_; }
 
  private:
+  void kill_and_reap();
   pid_t pid_ = -1;
   int status_ = -1;
   std::string out_, err_;

@@ -1,0 +1,495 @@
+// Distributed mode through real processes: one redis-server (free port, no persistence), one
+// PostgreSQL 15 cluster (initdb into a temp dir as the postgres user, one database per test),
+// three `bellwether serve` replicas sharing both, and a zero-latency `bellwether sim`.
+// The simulator bills prompt = ceil(chars/4) + 4*messages + 3 and completion = max_tokens; the
+// gateway reserves ceil(chars/3) + 4*messages + 3 prompt tokens, so every micro-dollar is exact.
+#include <gtest/gtest.h>
+#include <pwd.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <latch>
+#include <optional>
+#include <thread>
+
+#include "harness.h"
+
+namespace bw::test {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr const char* kChat = "/v1/chat/completions";
+constexpr const char* kPgBin = "/usr/lib/postgresql/15/bin";
+
+std::string sh(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+template <class F>
+bool eventually(F pred, milliseconds timeout = milliseconds(5000)) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (pred()) return true;
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+// --- PostgreSQL: one cluster for the file, stopped by a gtest Environment ------------------------
+
+class Postgres {
+ public:
+  static Postgres* get() {
+    static Postgres* pg = [] {
+      auto* p = new Postgres();
+      if (!p->start()) {
+        delete p;
+        return static_cast<Postgres*>(nullptr);
+      }
+      return p;
+    }();
+    return pg;
+  }
+  std::string error;
+  int port = 0;
+  std::string create_database(const std::string& name) {
+    sh(psql("postgres") + " -c 'CREATE DATABASE " + name + "' 2>&1");
+    return "postgresql://postgres@127.0.0.1:" + std::to_string(port) + "/" + name;
+  }
+  std::string query(const std::string& db, const std::string& sql) {
+    return sh(psql(db) + " -Atc \"" + sql + "\" 2>&1");
+  }
+  void stop() {
+    if (!dir_.empty()) {
+      sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ +
+         "/data -m immediate stop >/dev/null 2>&1");
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+
+ private:
+  std::string psql(const std::string& db) const {
+    return "psql -h 127.0.0.1 -p " + std::to_string(port) + " -U postgres -d " + db;
+  }
+  bool start() {
+    const passwd* pw = ::getpwnam("postgres");
+    if (!pw) return false;
+    std::string tmpl = (std::filesystem::temp_directory_path() / "bw_dist_pg_XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) return false;
+    dir_ = tmpl;
+    if (::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) return false;
+    const std::string bin = kPgBin;
+    if (sh("runuser -u postgres -- " + bin + "/initdb -D " + dir_ +
+           "/data -A trust -U postgres -E UTF8 --locale=C --no-sync >/dev/null 2>&1; echo $?") !=
+        "0") {
+      return false;
+    }
+    port = free_port();
+    const std::string opts =
+        "-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 "
+        "-k " +
+        dir_ + " -p " + std::to_string(port);
+    if (sh("runuser -u postgres -- " + bin + "/pg_ctl -D " + dir_ + "/data -l " + dir_ +
+           "/log -w -o '" + opts + "' start >/dev/null 2>&1; echo $?") != "0") {
+      return false;
+    }
+    return wait_for_port(port);
+  }
+  std::string dir_;
+};
+
+class PgEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (auto* pg = Postgres::get()) pg->stop();
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kPgEnv =
+    ::testing::AddGlobalTestEnvironment(new PgEnvironment);
+
+// --- Redis -------------------------------------------------------------------------------------
+
+struct Redis {
+  Redis() : port(free_port()), dir(temp_dir()) { start(); }
+  void start() {
+    // emplace, not assignment: Process's move-assignment destroys its own strings first.
+    proc.reset();
+    proc.emplace(
+        std::vector<std::string>{"/usr/bin/redis-server", "--port", std::to_string(port), "--bind",
+                                 "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir},
+        std::map<std::string, std::string>{}, std::string("redis-"));
+    wait_for_port(port);
+  }
+  std::string cli(const std::string& args) const {
+    return sh("redis-cli -p " + std::to_string(port) + " " + args + " 2>&1");
+  }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port); }
+  int port;
+  std::string dir;
+  std::optional<Process> proc;
+};
+
+// --- the fleet ---------------------------------------------------------------------------------
+
+std::string sim_yaml() {
+  return "sim:\n  zero_latency: true\n  workers: 1\n";
+}
+
+struct Fleet {
+  Redis redis;
+  std::string db;  // database name
+  std::string pg_url;
+  Sim sim;
+  std::vector<Gw> gws;
+  std::string yaml;
+
+  std::string sql(const std::string& q) { return Postgres::get()->query(db, q); }
+  // Micro-dollars settled in the ledger for one key.
+  long long settled(const std::string& key) {
+    return std::atoll(sql("SELECT COALESCE(SUM(actual_micro),0) FROM ledger WHERE key_id='" + key +
+                          "' AND status='settled'")
+                          .c_str());
+  }
+  long long open_rows() {
+    return std::atoll(sql("SELECT COUNT(*) FROM ledger WHERE status='open'").c_str());
+  }
+  // The Redis counter of a total budget.
+  long long redis_field(const std::string& budget, const std::string& f) {
+    auto keys = redis.cli("--raw KEYS 'bw:bg:" + budget + "|*'");
+    auto nl = keys.find('\n');
+    if (nl != std::string::npos) keys = keys.substr(0, nl);
+    if (keys.empty()) return -1;
+    return std::atoll(redis.cli("--raw HGET '" + keys + "' " + f).c_str());
+  }
+};
+
+std::string fleet_yaml(const Fleet& f, const std::string& extra) {
+  return R"(workers: 1
+providers:
+  sim:
+    base_url: http://127.0.0.1:)" +
+         std::to_string(f.sim.port) + R"(/v1
+redis:
+  url: )" +
+         f.redis.url() +
+         R"(
+  timeout: 20ms
+  replicas: 3
+  failure_policy: fail_open_local
+ledger: {postgres: ")" +
+         f.pg_url +
+         R"("}
+model_groups:
+  metered:
+    deployments: [{provider: sim, model: metered}]
+pricing:
+  metered: {input: 15, output: 100}
+)" + extra;
+}
+
+std::unique_ptr<Fleet> start_fleet(const std::string& name, const std::string& extra,
+                                   std::vector<std::map<std::string, std::string>> envs = {
+                                       {}, {}, {}}) {
+  auto* pg = Postgres::get();
+  if (!pg) return nullptr;
+  auto f = std::make_unique<Fleet>();
+  f->db = name;
+  f->pg_url = pg->create_database(name);
+  f->sim = start_sim(sim_yaml());
+  f->yaml = fleet_yaml(*f, extra);
+  for (auto& env : envs) f->gws.push_back(start_gateway(f->yaml, env));
+  return f;
+}
+
+#define NEED_FLEET(f)                                                             \
+  if (!(f))                                                                       \
+  GTEST_SKIP() << "PostgreSQL 15 is not installed or could not start (needs the " \
+                  "postgres user and /usr/lib/postgresql/15/bin)"
+
+// 4000 characters, max_tokens 10: reserve 1341 x 15 + 10 x 100 = 21,115 micro-USD; the simulator
+// bills 1007 prompt tokens: 16,105 micro-USD.
+constexpr long long kReserve = 21'115;
+constexpr long long kActual = 16'105;
+const std::string kBigBody = chat_body("metered", false, 10, std::string(4000, 'x'));
+const std::string kSmallBody = chat_body("metered", false, 1, "hi");
+
+// --- 1. fleet accuracy ---------------------------------------------------------------------------
+
+// Sends `per_second` requests per second, round-robin over the replicas, for `windows` seconds;
+// returns the number admitted in each one-second window of send time.
+std::vector<int> paced_run(Fleet& f, const std::string& key, int per_second, int windows) {
+  // Each replica connects to Redis and loads the script on its first call; measure afterwards.
+  for (const auto& g : f.gws) {
+    EXPECT_TRUE(eventually([&] {
+      return post_json(g.port, kChat, kSmallBody, "sk-dist-warm-0001").status == 200 &&
+             request(g.port, "GET", "/readyz").body.find("\"ready\"") != std::string::npos;
+    }));
+  }
+  std::vector<int> admitted(windows, 0);
+  const auto start = Clock::now();
+  const auto step = std::chrono::microseconds(1'000'000 / per_second);
+  for (int i = 0; i < per_second * windows; ++i) {
+    const auto at = start + i * step;
+    std::this_thread::sleep_until(at);
+    // The window of the real send time: a sender that falls behind must not fold two seconds
+    // of admissions into one scheduled window.
+    const auto sent = Clock::now();
+    auto r = post_json(f.gws[i % f.gws.size()].port, kChat, kSmallBody, key);
+    const int w = std::min<int>(
+        windows - 1,
+        static_cast<int>(std::chrono::duration_cast<milliseconds>(sent - start).count() / 1000));
+    if (r.status == 200) ++admitted[w];
+    EXPECT_TRUE(r.status == 200 || r.status == 429) << r.status << " " << r.body;
+  }
+  return admitted;
+}
+
+const char* kRateKey = R"(plans:
+  ten:
+    limits: [{name: rps, rate: 10, period: second, burst: 2}]
+keys:
+  - {name: fleet, key: sk-dist-fleet-0001, plan: ten}
+  - {name: warm, key: sk-dist-warm-0001, plan: ten}
+)";
+
+// GCRA starts from a full bucket: the first window may admit capacity (rate + burst) plus what
+// refills during it (rate); every later window at most rate + burst.
+void check_windows(const std::vector<int>& admitted, const char* what) {
+  int total = 0;
+  std::string shown;
+  for (std::size_t w = 0; w < admitted.size(); ++w) {
+    total += admitted[w];
+    shown += std::to_string(admitted[w]) + " ";
+    EXPECT_LE(admitted[w], w == 0 ? 10 + 2 + 10 : 10 + 2) << what << ": window " << w;
+    if (w > 0) {
+      EXPECT_GE(admitted[w], 10) << what << ": window " << w << " below 98% of 10";
+    }
+  }
+  std::printf("[ %s ] admitted per 1 s window (limit 10/s, burst 2, 30 req/s): %s\n", what,
+              shown.c_str());
+  // Without Redis three replicas would admit ~30 per window; with it the fleet admits the limit.
+  const int n = static_cast<int>(admitted.size());
+  EXPECT_GE(total - admitted[0], static_cast<int>(0.98 * 10 * (n - 1)));
+  EXPECT_LE(total, 10 * n + 2 + 10);
+}
+
+TEST(Distributed, FleetHoldsAPerSecondLimitAcrossThreeReplicas) {
+  auto f = start_fleet("fleet_accuracy", kRateKey);
+  NEED_FLEET(f);
+  check_windows(paced_run(*f, "sk-dist-fleet-0001", 30, 6), "fleet");
+}
+
+TEST(Distributed, ClockSkewOfOneReplicaDoesNotWidenTheLimit) {
+  auto f = start_fleet(
+      "clock_skew", kRateKey,
+      {{}, {{"BELLWETHER_CLOCK_OFFSET_MS", "-5000"}}, {{"BELLWETHER_CLOCK_OFFSET_MS", "5000"}}});
+  NEED_FLEET(f);
+  check_windows(paced_run(*f, "sk-dist-fleet-0001", 30, 4), "skew +5s/-5s");
+}
+
+// --- 2. the budget race --------------------------------------------------------------------------
+
+const char* kBudgetKeys = R"(plans:
+  bulk:
+    limits: [{name: rps, rate: 1000000, period: second, burst: 1000000}]
+  strict:
+    limits: [{name: strict-rps, rate: 1000000, period: second, on_redis_failure: fail_closed}]
+  thirty:
+    limits: [{name: rpm30, rate: 30, period: minute}]
+keys:
+  - {name: race, key: sk-dist-race-0001, plan: bulk, budget: {cap_usd: 1.00, period: total}}
+  - {name: spender, key: sk-dist-spend-0001, plan: bulk, budget: {cap_usd: 0.30, period: total}}
+  - {name: closed, key: sk-dist-closed-0001, plan: strict}
+  - {name: open, key: sk-dist-open-0001, plan: thirty}
+)";
+
+struct Burst {
+  int ok = 0, refused = 0, other = 0;
+};
+
+Burst burst(Fleet& f, const std::string& key, int n) {
+  std::vector<HttpResponse> out(n);
+  std::latch go(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      out[i] = post_json(f.gws[i % f.gws.size()].port, kChat, kBigBody, key);
+    });
+  }
+  for (auto& t : threads) t.join();
+  Burst b;
+  for (const auto& r : out) {
+    if (r.status == 200) {
+      ++b.ok;
+    } else if (r.status == 429 && r.body.find("insufficient_quota") != std::string::npos) {
+      ++b.refused;
+    } else {
+      ++b.other;
+      ADD_FAILURE() << r.status << " " << r.body;
+    }
+  }
+  return b;
+}
+
+TEST(Distributed, BudgetRaceOverThreeReplicasNeverSettlesAboveTheCap) {
+  auto f = start_fleet("budget_race", kBudgetKeys);
+  NEED_FLEET(f);
+  const Burst b = burst(*f, "sk-dist-race-0001", 200);
+  std::printf("[ race ] 200 concurrent over 3 replicas: %d served, %d refused\n", b.ok, b.refused);
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  const long long spent = f->settled("race");
+  EXPECT_EQ(spent, b.ok * kActual);
+  EXPECT_LE(spent, 1'000'000);
+  EXPECT_GE(b.ok, 1'000'000 / kReserve);  // 47: the cap admits at least this many at once
+  EXPECT_GT(b.refused, 0);
+  // The shared counter agrees with the durable record to the micro-dollar.
+  EXPECT_EQ(f->redis_field("key:race/total", "s"), spent);
+  EXPECT_EQ(f->redis_field("key:race/total", "r"), 0);
+}
+
+// --- 3. FLUSHALL: rebuilt from PostgreSQL
+// ---------------------------------------------------------
+
+TEST(Distributed, FlushallRebuildsBudgetsFromTheLedgerAndTheCapHolds) {
+  auto f = start_fleet("flushall", kBudgetKeys);
+  NEED_FLEET(f);
+  const Burst first = burst(*f, "sk-dist-race-0001", 30);
+  EXPECT_EQ(first.ok, 30);
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  EXPECT_EQ(f->redis.cli("FLUSHALL"), "OK");
+  EXPECT_EQ(f->redis_field("key:race/total", "s"), -1);
+  // Rebuilt on first use: spent = the 30 settled requests.
+  auto r = post_json(f->gws[1].port, kChat, kBigBody, "sk-dist-race-0001");
+  EXPECT_EQ(r.status, 200) << r.body;
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  EXPECT_EQ(f->redis_field("key:race/total", "s"), 31 * kActual);
+  // A second FLUSHALL in the middle of a concurrent burst.
+  std::thread flusher([&] {
+    std::this_thread::sleep_for(milliseconds(15));
+    f->redis.cli("FLUSHALL");
+  });
+  const Burst second = burst(*f, "sk-dist-race-0001", 120);
+  flusher.join();
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  const long long spent = f->settled("race");
+  std::printf("[ flushall ] %d + 1 + %d served (%d refused); settled %lld of 1000000 micro-USD\n",
+              first.ok, second.ok, second.refused, spent);
+  EXPECT_LE(spent, 1'000'000);
+  EXPECT_EQ(spent, (first.ok + 1 + second.ok) * kActual);
+  EXPECT_GT(second.refused, 0);
+}
+
+// --- 4. Redis stopped and killed -----------------------------------------------------------------
+
+struct Timed {
+  HttpResponse r;
+  long long ms;
+};
+Timed timed_post(int port, const std::string& body, const std::string& key) {
+  const auto t0 = Clock::now();
+  Timed t{post_json(port, kChat, body, key), 0};
+  t.ms = std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count();
+  return t;
+}
+
+TEST(Distributed, StoppedAndKilledRedisFollowPoliciesAndResume) {
+  auto f = start_fleet("outage", kBudgetKeys);
+  NEED_FLEET(f);
+  const int a = f->gws[0].port;
+  // Redis sees the spender's first request: 16,105 of 300,000 committed.
+  ASSERT_EQ(timed_post(a, kBigBody, "sk-dist-spend-0001").r.status, 200);
+  ASSERT_EQ(timed_post(a, kSmallBody, "sk-dist-closed-0001").r.status, 200);
+
+  f->redis.proc->signal(SIGSTOP);
+  long long worst = 0;
+  // fail_closed: 503 with Retry-After, within the 20 ms timeout (+ breaker) per call.
+  for (int i = 0; i < 8; ++i) {
+    auto t = timed_post(a, kSmallBody, "sk-dist-closed-0001");
+    worst = std::max(worst, t.ms);
+    EXPECT_EQ(t.r.status, 503) << t.r.body;
+    EXPECT_EQ(t.r.header("retry-after"), "1");
+  }
+  // fail_open_local: 30/minute becomes 10/minute on this replica.
+  int open_ok = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto t = timed_post(a, kSmallBody, "sk-dist-open-0001");
+    worst = std::max(worst, t.ms);
+    if (t.r.status == 200) ++open_ok;
+  }
+  EXPECT_EQ(open_ok, 10);
+  // Budget on the local share: (300,000 - 16,105) / 3 = 94,631; one request at a time settles
+  // 16,105, so 5 fit (4 x 16,105 + 21,115 = 85,535) and the 6th does not.
+  int spend_ok = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto t = timed_post(a, kBigBody, "sk-dist-spend-0001");
+    worst = std::max(worst, t.ms);
+    if (t.r.status == 200) ++spend_ok;
+    if (t.r.status != 200) {
+      EXPECT_EQ(t.r.status, 429) << t.r.body;
+    }
+  }
+  EXPECT_EQ(spend_ok, 5);
+  auto ready = request(a, "GET", "/readyz");
+  EXPECT_EQ(ready.status, 200);
+  EXPECT_NE(ready.body.find("degraded"), std::string::npos) << ready.body;
+  std::printf(
+      "[ sigstop ] slowest request %lld ms; fail_open_local admitted %d of 20 (limit 30/min,"
+      " 3 replicas); budget local share admitted %d\n",
+      worst, open_ok, spend_ok);
+  EXPECT_LT(worst, 300);
+
+  // A partition that lasts: the calls stuck in Redis' socket buffer are older than stale_after
+  // (1 s) when it wakes up, so their scripts change nothing.
+  std::this_thread::sleep_for(milliseconds(1200));
+  f->redis.proc->signal(SIGCONT);
+  ASSERT_TRUE(eventually(
+      [&] { return post_json(a, kChat, kSmallBody, "sk-dist-closed-0001").status == 200; }));
+  // The next Redis reservation flushes the locally settled spend: Redis matches the ledger.
+  ASSERT_TRUE(eventually([&] {
+    return post_json(a, kChat, kSmallBody, "sk-dist-spend-0001").status == 200 &&
+           f->open_rows() == 0 && f->redis_field("key:spender/total", "s") == f->settled("spender");
+  })) << f->redis_field("key:spender/total", "s")
+      << " vs " << f->settled("spender");
+  ready = request(a, "GET", "/readyz");
+  EXPECT_NE(ready.body.find("\"ready\""), std::string::npos) << ready.body;
+
+  // Killed: refused connections fail fast; a restarted, empty Redis is rebuilt from PostgreSQL.
+  f->redis.proc->signal(SIGKILL);
+  f->redis.proc->wait();
+  worst = 0;
+  for (int i = 0; i < 6; ++i) {
+    auto t = timed_post(f->gws[1].port, kSmallBody, "sk-dist-closed-0001");
+    worst = std::max(worst, t.ms);
+    EXPECT_EQ(t.r.status, 503);
+  }
+  EXPECT_LT(worst, 300);
+  f->redis.start();
+  ASSERT_TRUE(eventually([&] {
+    return post_json(f->gws[1].port, kChat, kSmallBody, "sk-dist-closed-0001").status == 200;
+  }));
+  ASSERT_TRUE(eventually([&] {
+    return post_json(f->gws[1].port, kChat, kSmallBody, "sk-dist-spend-0001").status == 200 &&
+           f->open_rows() == 0;
+  }));
+  EXPECT_EQ(f->redis_field("key:spender/total", "s"), f->settled("spender"));
+  EXPECT_LE(f->settled("spender"), 300'000);
+}
+
+}  // namespace
+}  // namespace bw::test
