@@ -1,20 +1,20 @@
 // bellwether: the command line. Subcommands: serve, sim, check-config (and more as modules land).
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
-#include <csignal>
-#include <cstdlib>
-#include <iostream>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <unistd.h>
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
 
 #include "config/config.h"
 #include "cost/sqlite_key_store.h"
+#include "gateway/gateway.h"
 #include "gateway/keys.h"
 #include "telemetry/autoscale.h"
 #include "telemetry/autoscale_cli.h"
-#include "gateway/gateway.h"
 #include "tools/sim/sim.h"
 
 #ifdef BW_HAVE_BENCHTOOL
@@ -46,7 +46,8 @@ sigset_t block_signals() {
 }
 
 bw::Result<std::shared_ptr<const bw::config::Config>> load(const std::string& path) {
-  if (path.empty()) return bw::config::load_string(bw::config::embedded_default_yaml(), "<embedded>");
+  if (path.empty())
+    return bw::config::load_string(bw::config::embedded_default_yaml(), "<embedded>");
   return bw::config::load_file(path);
 }
 
@@ -91,16 +92,20 @@ int serve(const std::string& config_path, const std::string& listen) {
   std::cerr << ")\n";
   if (gw.admin_port()) std::cerr << "admin API on " << c.admin_listen << "\n";
   if (config_path.empty()) {
-    std::cerr << "demo key" << (generated_demo ? " (generated)" : "") << ": " << demo_key << "\n"
-              << "try:\n"
-              << "  curl -s http://" << host << ":" << gw.port()
-              << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
-              << "    -H 'Content-Type: application/json' \\\n"
-              << "    -d '{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
-              << "  curl -sN http://" << host << ":" << gw.port()
-              << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
-              << "    -H 'Content-Type: application/json' \\\n"
-              << "    -d '{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n";
+    std::cerr
+        << "demo key" << (generated_demo ? " (generated)" : "") << ": " << demo_key << "\n"
+        << "try:\n"
+        << "  curl -s http://" << host << ":" << gw.port()
+        << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
+        << "    -H 'Content-Type: application/json' \\\n"
+        << "    -d "
+           "'{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
+        << "  curl -sN http://" << host << ":" << gw.port()
+        << "/v1/chat/completions -H 'Authorization: Bearer " << demo_key << "' \\\n"
+        << "    -H 'Content-Type: application/json' \\\n"
+        << "    -d "
+           "'{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":"
+           "\"Hello\"}]}'\n";
   }
   std::cerr.flush();
   for (;;) {
@@ -165,9 +170,8 @@ int run_sim(const std::string& config_path, const std::string& listen) {
 // gateway sees the change on its next SIGHUP (or at once when done through the admin API).
 int run_keys(const std::string& action, const std::string& db, const std::string& config_path,
              const std::string& id, const std::string& json) {
-  auto cfg = config_path.empty()
-                 ? bw::config::load_string("listen: 127.0.0.1:0\n", "<keys>")
-                 : bw::config::load_file(config_path);
+  auto cfg = config_path.empty() ? bw::config::load_string("listen: 127.0.0.1:0\n", "<keys>")
+                                 : bw::config::load_file(config_path);
   if (!cfg) {
     std::cerr << cfg.error().message << "\n";
     return 2;
@@ -272,7 +276,8 @@ int main(int argc, char** argv) {
   bw::telemetry::add_autoscale_flags(*autoscale_cmd, autoscale_opts, autoscale_secs);
 
 #ifdef BW_HAVE_BENCHTOOL
-  auto* bench_cmd = app.add_subcommand("bench", "Open-loop load generator (see docs/spike-benchmark.md)");
+  auto* bench_cmd =
+      app.add_subcommand("bench", "Open-loop load generator (see docs/spike-benchmark.md)");
   bench_cmd->allow_extras();
   bench_cmd->prefix_command();
 #endif

@@ -15,9 +15,15 @@ constexpr Nanos kNanosPerMicro = 1'000;
 constexpr Nanos kNanosPerMilli = 1'000'000;
 constexpr Nanos kNanosPerSecond = 1'000'000'000;
 
-constexpr Nanos seconds(double s) { return static_cast<Nanos>(s * 1e9); }
-constexpr Nanos millis(std::int64_t ms) { return ms * kNanosPerMilli; }
-constexpr double to_seconds(Nanos n) { return static_cast<double>(n) / 1e9; }
+constexpr Nanos seconds(double s) {
+  return static_cast<Nanos>(s * 1e9);
+}
+constexpr Nanos millis(std::int64_t ms) {
+  return ms * kNanosPerMilli;
+}
+constexpr double to_seconds(Nanos n) {
+  return static_cast<double>(n) / 1e9;
+}
 
 class Clock {
  public:

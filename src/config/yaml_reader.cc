@@ -9,11 +9,16 @@ namespace bw::config {
 namespace {
 std::string type_name(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Scalar: return "a scalar";
-    case YAML::NodeType::Null: return "null";
-    default: return "undefined";
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "a scalar";
+    case YAML::NodeType::Null:
+      return "null";
+    default:
+      return "undefined";
   }
 }
 }  // namespace
@@ -28,13 +33,20 @@ bool parse_duration(std::string_view s, Nanos& out) {
   if (ec != std::errc{} || p != s.data() + i || v < 0) return false;
   std::string_view unit = s.substr(i);
   double mult;
-  if (unit.empty() || unit == "s") mult = 1e9;
-  else if (unit == "ms") mult = 1e6;
-  else if (unit == "us") mult = 1e3;
-  else if (unit == "m") mult = 60e9;
-  else if (unit == "h") mult = 3600e9;
-  else if (unit == "d") mult = 86400e9;
-  else return false;
+  if (unit.empty() || unit == "s")
+    mult = 1e9;
+  else if (unit == "ms")
+    mult = 1e6;
+  else if (unit == "us")
+    mult = 1e3;
+  else if (unit == "m")
+    mult = 60e9;
+  else if (unit == "h")
+    mult = 3600e9;
+  else if (unit == "d")
+    mult = 86400e9;
+  else
+    return false;
   double total = v * mult;
   if (total > 9.2e18) return false;
   out = static_cast<Nanos>(std::llround(total));
@@ -50,14 +62,22 @@ bool parse_size(std::string_view s, std::size_t& out) {
   if (ec != std::errc{}) return false;
   std::string_view unit = s.substr(i);
   std::uint64_t mult = 1;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB") mult = 1ull << 10;
-  else if (unit == "MiB") mult = 1ull << 20;
-  else if (unit == "GiB") mult = 1ull << 30;
-  else if (unit == "KB") mult = 1000;
-  else if (unit == "MB") mult = 1000 * 1000;
-  else if (unit == "GB") mult = 1000ull * 1000 * 1000;
-  else return false;
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "KiB")
+    mult = 1ull << 10;
+  else if (unit == "MiB")
+    mult = 1ull << 20;
+  else if (unit == "GiB")
+    mult = 1ull << 30;
+  else if (unit == "KB")
+    mult = 1000;
+  else if (unit == "MB")
+    mult = 1000 * 1000;
+  else if (unit == "GB")
+    mult = 1000ull * 1000 * 1000;
+  else
+    return false;
   if (v > (1ull << 50) / mult) return false;
   out = static_cast<std::size_t>(v * mult);
   return true;
@@ -150,9 +170,12 @@ void Reader::get(const char* key, bool& out) {
   auto n = at(key);
   if (!n || n.IsNull()) return;
   auto s = scalar(n, key);
-  if (s == "true" || s == "yes" || s == "on") out = true;
-  else if (s == "false" || s == "no" || s == "off") out = false;
-  else fail(key, "expected true or false, found '" + s + "'");
+  if (s == "true" || s == "yes" || s == "on")
+    out = true;
+  else if (s == "false" || s == "no" || s == "off")
+    out = false;
+  else
+    fail(key, "expected true or false, found '" + s + "'");
 }
 
 void Reader::get(const char* key, std::int64_t& out, std::int64_t min, std::int64_t max) {
@@ -161,10 +184,11 @@ void Reader::get(const char* key, std::int64_t& out, std::int64_t min, std::int6
   auto s = scalar(n, key);
   std::int64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || p != s.data() + s.size()) fail(key, "expected an integer, found '" + s + "'");
+  if (ec != std::errc{} || p != s.data() + s.size())
+    fail(key, "expected an integer, found '" + s + "'");
   if (v < min || v > max) {
-    fail(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
-                  ", found " + s);
+    fail(key,
+         "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", found " + s);
   }
   out = v;
 }
@@ -236,8 +260,9 @@ void Reader::each(const char* key, const std::function<void(Reader&)>& f) {
   if (!n.IsSequence()) fail(key, "expected a list, found " + type_name(n));
   std::size_t i = 0;
   for (const auto& item : n) {
-    Reader r(item, file_, (path_.empty() ? std::string(key) : path_ + "." + key) + "[" +
-                              std::to_string(i++) + "]");
+    Reader r(
+        item, file_,
+        (path_.empty() ? std::string(key) : path_ + "." + key) + "[" + std::to_string(i++) + "]");
     f(r);
     r.finish();
   }

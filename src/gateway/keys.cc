@@ -185,31 +185,47 @@ config::KeyConfig key_config_from_record(const cost::ApiKeyRecord& r, const conf
 std::string key_json(const cost::ApiKeyRecord& r, std::string_view secret) {
   JsonWriter j;
   j.begin_object()
-      .key("id").value(r.id)
-      .key("source").value("store")
-      .key("name").value(r.spec.name)
-      .key("prefix").value(r.prefix)
-      .key("tenant").value(r.spec.tenant)
-      .key("plan").value(r.spec.plan)
-      .key("limits").raw(r.spec.limits_json.empty() || r.spec.limits_json == "{}"
-                             ? std::string_view("[]")
-                             : std::string_view(r.spec.limits_json))
-      .key("budgets").begin_array();
+      .key("id")
+      .value(r.id)
+      .key("source")
+      .value("store")
+      .key("name")
+      .value(r.spec.name)
+      .key("prefix")
+      .value(r.prefix)
+      .key("tenant")
+      .value(r.spec.tenant)
+      .key("plan")
+      .value(r.spec.plan)
+      .key("limits")
+      .raw(r.spec.limits_json.empty() || r.spec.limits_json == "{}"
+               ? std::string_view("[]")
+               : std::string_view(r.spec.limits_json))
+      .key("budgets")
+      .begin_array();
   for (const auto& b : r.spec.budgets) {
     j.begin_object()
-        .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
-        .key("period").value(cost::to_string(b.period))
+        .key("cap_usd")
+        .value(static_cast<double>(b.cap_micro) / 1e6)
+        .key("period")
+        .value(cost::to_string(b.period))
         .end_object();
   }
   j.end_array().key("allowed_models").begin_array();
   for (const auto& m : r.spec.allowed_models) j.value(m);
   j.end_array()
-      .key("default_priority").value(r.spec.default_priority)
-      .key("max_priority").value(r.spec.max_priority)
-      .key("downgrade_opt_out").value(r.spec.downgrade_opt_out)
-      .key("revoked").value(r.revoked)
-      .key("created_unix_ms").value(r.created_unix_ms)
-      .key("rotated_unix_ms").value(r.rotated_unix_ms);
+      .key("default_priority")
+      .value(r.spec.default_priority)
+      .key("max_priority")
+      .value(r.spec.max_priority)
+      .key("downgrade_opt_out")
+      .value(r.spec.downgrade_opt_out)
+      .key("revoked")
+      .value(r.revoked)
+      .key("created_unix_ms")
+      .value(r.created_unix_ms)
+      .key("rotated_unix_ms")
+      .value(r.rotated_unix_ms);
   if (!secret.empty()) j.key("secret").value(secret);
   j.end_object();
   return j.take();
@@ -218,16 +234,24 @@ std::string key_json(const cost::ApiKeyRecord& r, std::string_view secret) {
 std::string config_key_json(const config::KeyConfig& k) {
   JsonWriter j;
   j.begin_object()
-      .key("id").value(k.name)
-      .key("source").value("config")
-      .key("name").value(k.name)
-      .key("tenant").value(k.tenant)
-      .key("plan").value(k.plan)
-      .key("budgets").begin_array();
+      .key("id")
+      .value(k.name)
+      .key("source")
+      .value("config")
+      .key("name")
+      .value(k.name)
+      .key("tenant")
+      .value(k.tenant)
+      .key("plan")
+      .value(k.plan)
+      .key("budgets")
+      .begin_array();
   for (const auto& b : k.budgets) {
     j.begin_object()
-        .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
-        .key("period").value(cost::to_string(b.period))
+        .key("cap_usd")
+        .value(static_cast<double>(b.cap_micro) / 1e6)
+        .key("period")
+        .value(cost::to_string(b.period))
         .end_object();
   }
   j.end_array().end_object();
@@ -236,45 +260,13 @@ std::string config_key_json(const config::KeyConfig& k) {
 
 namespace {
 
-std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t def) {
-  auto q = target.find('?');
-  if (q == std::string_view::npos) return def;
-  std::string_view query = target.substr(q + 1);
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    auto part = query.substr(0, amp);
-    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
-      return std::atoll(std::string(part.substr(name.size() + 1)).c_str());
-    }
-    if (amp == std::string_view::npos) break;
-    query = query.substr(amp + 1);
-  }
-  return def;
-}
-
-std::string query_str(std::string_view target, std::string_view name) {
-  auto q = target.find('?');
-  if (q == std::string_view::npos) return {};
-  std::string_view query = target.substr(q + 1);
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    auto part = query.substr(0, amp);
-    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
-      return std::string(part.substr(name.size() + 1));
-    }
-    if (amp == std::string_view::npos) break;
-    query = query.substr(amp + 1);
-  }
-  return {};
-}
-
 http::Response not_found() {
   return error(make_error(404, "invalid_request_error", "not_found", "No such key."));
 }
 
 http::Response method_not_allowed(const char* allow) {
-  auto r = error(make_error(405, "invalid_request_error", "method_not_allowed",
-                            "Method not allowed here."));
+  auto r = error(
+      make_error(405, "invalid_request_error", "method_not_allowed", "Method not allowed here."));
   r.headers.add("allow", allow);
   return r;
 }
@@ -292,13 +284,20 @@ http::Response handle_key_admin(Shared& sh, const config::Config& cfg, std::stri
     j.begin_object().key("object").value("list").key("data").begin_array();
     for (const auto& b : sh.budgets->snapshots(now_ms)) {
       j.begin_object()
-          .key("id").value(b.id)
-          .key("period").value(cost::to_string(b.period))
-          .key("cap_usd").value(static_cast<double>(b.cap_micro) / 1e6)
-          .key("spent_usd").value(static_cast<double>(b.spent_micro) / 1e6)
-          .key("reserved_usd").value(static_cast<double>(b.reserved_micro) / 1e6)
-          .key("utilization").value(b.utilisation)
-          .key("reset_unix_ms").value(b.reset_unix_ms)
+          .key("id")
+          .value(b.id)
+          .key("period")
+          .value(cost::to_string(b.period))
+          .key("cap_usd")
+          .value(static_cast<double>(b.cap_micro) / 1e6)
+          .key("spent_usd")
+          .value(static_cast<double>(b.spent_micro) / 1e6)
+          .key("reserved_usd")
+          .value(static_cast<double>(b.reserved_micro) / 1e6)
+          .key("utilization")
+          .value(b.utilisation)
+          .key("reset_unix_ms")
+          .value(b.reset_unix_ms)
           .end_object();
     }
     j.end_array().end_object();
@@ -307,32 +306,47 @@ http::Response handle_key_admin(Shared& sh, const config::Config& cfg, std::stri
   if (path == "/admin/spend") {
     if (method != "GET") return method_not_allowed("GET");
     if (!sh.ledger) {
-      return error(make_error(404, "invalid_request_error", "no_ledger", "No ledger is configured."));
+      return error(
+          make_error(404, "invalid_request_error", "no_ledger", "No ledger is configured."));
     }
-    const std::string by = query_str(target, "group");
+    const std::string by(http::query_param(target, "group"));
     cost::SpendGroup group = cost::SpendGroup::kKey;
-    if (by == "tenant") group = cost::SpendGroup::kTenant;
-    else if (by == "model") group = cost::SpendGroup::kModel;
-    else if (by == "day") group = cost::SpendGroup::kDay;
+    if (by == "tenant")
+      group = cost::SpendGroup::kTenant;
+    else if (by == "model")
+      group = cost::SpendGroup::kModel;
+    else if (by == "day")
+      group = cost::SpendGroup::kDay;
     else if (!by.empty() && by != "key") {
       return error(make_error(400, "invalid_request_error", "bad_group",
                               "group must be key, tenant, model or day", "group"));
     }
-    const auto from = query_int(target, "from", 0);
-    const auto to = query_int(target, "to", now_ms + 1);
+    const auto from = http::query_int(target, "from", 0);
+    const auto to = http::query_int(target, "to", now_ms + 1);
     auto rows = sh.ledger->spend_report(group, from, to);
     if (!rows) return error(rows.error());
     JsonWriter j;
-    j.begin_object().key("object").value("list").key("group").value(by.empty() ? "key" : by)
-        .key("data").begin_array();
+    j.begin_object()
+        .key("object")
+        .value("list")
+        .key("group")
+        .value(by.empty() ? "key" : by)
+        .key("data")
+        .begin_array();
     for (const auto& r : *rows) {
       j.begin_object()
-          .key("group").value(r.group)
-          .key("requests").value(r.requests)
-          .key("spend_usd").value(static_cast<double>(r.actual_micro) / 1e6)
-          .key("open_reserved_usd").value(static_cast<double>(r.open_reserved_micro) / 1e6)
-          .key("prompt_tokens").value(r.prompt_tokens)
-          .key("completion_tokens").value(r.completion_tokens)
+          .key("group")
+          .value(r.group)
+          .key("requests")
+          .value(r.requests)
+          .key("spend_usd")
+          .value(static_cast<double>(r.actual_micro) / 1e6)
+          .key("open_reserved_usd")
+          .value(static_cast<double>(r.open_reserved_micro) / 1e6)
+          .key("prompt_tokens")
+          .value(r.prompt_tokens)
+          .key("completion_tokens")
+          .value(r.completion_tokens)
           .end_object();
     }
     j.end_array().end_object();

@@ -140,9 +140,15 @@ constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
 // The endpoint label: a known route, or "other", so that clients cannot mint series by probing
 // URLs (label cardinality stays bounded).
 std::string_view endpoint_label(std::string_view path) {
-  static constexpr std::array<std::string_view, 9> kKnown = {
-      "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz",
-      "/readyz",              "/metrics",        "/v1/metrics/queue", "/admin"};
+  static constexpr std::array<std::string_view, 9> kKnown = {"/v1/chat/completions",
+                                                             "/v1/completions",
+                                                             "/v1/embeddings",
+                                                             "/v1/models",
+                                                             "/healthz",
+                                                             "/readyz",
+                                                             "/metrics",
+                                                             "/v1/metrics/queue",
+                                                             "/admin"};
   for (auto k : kKnown) {
     if (path == k) return k;
   }
@@ -1051,22 +1057,6 @@ std::string dead_letter_json(const routing::DeadLetter& d, bool with_body) {
   return j.take();
 }
 
-std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t def) {
-  auto q = target.find('?');
-  if (q == std::string_view::npos) return def;
-  auto query = target.substr(q + 1);
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    auto part = query.substr(0, amp);
-    if (part.starts_with(name) && part.size() > name.size() && part[name.size()] == '=') {
-      return std::atoll(std::string(part.substr(name.size() + 1)).c_str());
-    }
-    if (amp == std::string_view::npos) break;
-    query = query.substr(amp + 1);
-  }
-  return def;
-}
-
 // The admin API (master key only): status, breakers, dead letters.
 asio::awaitable<void> handle_admin(Ctx& c) {
   auto& sh = c.sh;
@@ -1124,9 +1114,9 @@ asio::awaitable<void> handle_admin(Ctx& c) {
     auto& dlq = *sh.dead_letters;
     if (path == "/admin/dead-letters") {
       if (method != "GET") co_return co_await not_allowed("GET");
-      const auto after = query_int(c.req.target, "after", 0);
+      const auto after = http::query_int(c.req.target, "after", 0);
       const int limit = static_cast<int>(
-          std::clamp<std::int64_t>(query_int(c.req.target, "limit", 100), 1, 1000));
+          std::clamp<std::int64_t>(http::query_int(c.req.target, "limit", 100), 1, 1000));
       auto list = co_await run_blocking(sh, [&] { return dlq.list(after, limit, false); });
       if (!list) co_return co_await reply_error(c, list.error());
       std::string body = "{\"object\":\"list\",\"data\":[";

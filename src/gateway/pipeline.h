@@ -6,9 +6,9 @@
 #include <boost/asio/awaitable.hpp>
 #include <memory>
 
+#include <boost/asio/thread_pool.hpp>
 #include "gateway/access_log.h"
 #include "gateway/runtime.h"
-#include <boost/asio/thread_pool.hpp>
 
 #include "admission/admission_controller.h"
 #include "cost/alerts.h"

@@ -47,10 +47,14 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   j.begin_object().key("object").value("list").key("data").begin_array();
   for (const auto& g : cfg_->model_groups) {
     j.begin_object()
-        .key("id").value(g.name)
-        .key("object").value("model")
-        .key("created").value(static_cast<std::int64_t>(0))
-        .key("owned_by").value(g.owned_by)
+        .key("id")
+        .value(g.name)
+        .key("object")
+        .value("model")
+        .key("created")
+        .value(static_cast<std::int64_t>(0))
+        .key("owned_by")
+        .value(g.owned_by)
         .end_object();
   }
   j.end_array().end_object();

@@ -27,7 +27,9 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-std::chrono::nanoseconds ns(Nanos n) { return std::chrono::nanoseconds(n); }
+std::chrono::nanoseconds ns(Nanos n) {
+  return std::chrono::nanoseconds(n);
+}
 
 Error upstream_error(std::string_view code, const std::string& what) {
   int status = code == kUpstreamTimeout ? 504 : 502;
@@ -141,8 +143,12 @@ UpstreamResponse::~UpstreamResponse() = default;
 UpstreamResponse::UpstreamResponse(UpstreamResponse&&) noexcept = default;
 UpstreamResponse& UpstreamResponse::operator=(UpstreamResponse&&) noexcept = default;
 
-int UpstreamResponse::status() const { return impl_->status; }
-const Headers& UpstreamResponse::headers() const { return impl_->headers; }
+int UpstreamResponse::status() const {
+  return impl_->status;
+}
+const Headers& UpstreamResponse::headers() const {
+  return impl_->headers;
+}
 
 void UpstreamResponse::abort() {
   impl_->failed = true;
@@ -165,9 +171,8 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
     body.data = im.chunk.data();
     body.size = im.chunk.size();
     im.conn->lowest().expires_after(ns(im.timeouts.idle));
-    auto [ec, n] = co_await im.conn->with_stream([&](auto& s) {
-      return bhttp::async_read_some(s, im.conn->buffer, im.parser, kNoThrow);
-    });
+    auto [ec, n] = co_await im.conn->with_stream(
+        [&](auto& s) { return bhttp::async_read_some(s, im.conn->buffer, im.parser, kNoThrow); });
     im.conn->lowest().expires_never();
     if (ec == bhttp::error::need_buffer) ec = {};
     if (ec) {
@@ -219,8 +224,10 @@ Result<Endpoint> Endpoint::parse(std::string_view url) {
     }
     host = authority.substr(1, close - 1);
     authority = authority.substr(close + 1);
-    if (authority.starts_with(':')) authority = authority.substr(0);
-    else authority = {};
+    if (authority.starts_with(':'))
+      authority = authority.substr(0);
+    else
+      authority = {};
   } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
     host = authority.substr(0, colon);
     authority = authority.substr(colon);
@@ -267,8 +274,7 @@ asio::awaitable<Result<std::unique_ptr<Conn>>> connect(ClientPool::State& st, co
                                                        const ClientTimeouts& t) {
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
-  auto [rec, results] =
-      co_await resolver.async_resolve(ep.host, std::to_string(ep.port), kNoThrow);
+  auto [rec, results] = co_await resolver.async_resolve(ep.host, std::to_string(ep.port), kNoThrow);
   if (rec) {
     co_return upstream_error(kUpstreamConnectError,
                              "cannot resolve upstream host '" + ep.host + "': " + rec.message());
@@ -309,8 +315,8 @@ asio::awaitable<Result<std::unique_ptr<Conn>>> connect(ClientPool::State& st, co
 }  // namespace
 
 asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
-                                                            const OutboundRequest& request,
-                                                            const ClientTimeouts& t) {
+                                                           const OutboundRequest& request,
+                                                           const ClientTimeouts& t) {
   auto& st = *state_;
   st.limits = limits_;
   const std::string key = ep.pool_key();
@@ -367,7 +373,8 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     }
     const auto& head = impl->parser.get();
     impl->status = static_cast<int>(head.result_int());
-    for (const auto& f : head) impl->headers.add(std::string(f.name_string()), std::string(f.value()));
+    for (const auto& f : head)
+      impl->headers.add(std::string(f.name_string()), std::string(f.value()));
     if (impl->parser.is_done()) impl->done = true;
     co_return UpstreamResponse(std::move(impl));
   }

@@ -79,8 +79,8 @@ class ClientPool {
   void set_limits(const ClientLimits& limits) { limits_ = limits; }
 
   boost::asio::awaitable<Result<UpstreamResponse>> send(const Endpoint& endpoint,
-                                                         const OutboundRequest& request,
-                                                         const ClientTimeouts& timeouts);
+                                                        const OutboundRequest& request,
+                                                        const ClientTimeouts& timeouts);
   std::size_t idle_connections() const;
 
   struct State;

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 
 namespace bw::http {
 
 namespace {
-inline char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
+inline char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
 }  // namespace
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -63,10 +66,34 @@ Response Response::json(int status, std::string body) {
   return r;
 }
 
+std::string_view query_param(std::string_view target, std::string_view name) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    if (part.size() > name.size() && part.starts_with(name) && part[name.size()] == '=') {
+      return part.substr(name.size() + 1);
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  return {};
+}
+
+std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t fallback) {
+  auto v = query_param(target, name);
+  std::int64_t out = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  return (v.empty() || ec != std::errc{} || p != v.data() + v.size()) ? fallback : out;
+}
+
 bool is_hop_by_hop(std::string_view name) {
   static constexpr std::array<std::string_view, 9> kHop = {
-      "connection",        "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-      "trailer",           "transfer-encoding", "upgrade",     "proxy-connection"};
+      "connection",          "keep-alive", "proxy-authenticate",
+      "proxy-authorization", "te",         "trailer",
+      "transfer-encoding",   "upgrade",    "proxy-connection"};
   return std::any_of(kHop.begin(), kHop.end(), [&](auto h) { return iequals(h, name); });
 }
 

@@ -51,6 +51,11 @@ struct Response {
   static Response json(int status, std::string body);
 };
 
+// The raw value of query parameter `name` in a request target ("" if absent; no decoding).
+std::string_view query_param(std::string_view target, std::string_view name);
+// The same as an integer, or `fallback` when absent or not a number.
+std::int64_t query_int(std::string_view target, std::string_view name, std::int64_t fallback);
+
 // Hop-by-hop headers (RFC 9110 7.6.1) that a proxy must not forward.
 bool is_hop_by_hop(std::string_view name);
 

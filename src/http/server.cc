@@ -37,7 +37,9 @@ struct Server::Worker {
 
 namespace {
 
-std::chrono::nanoseconds ns(Nanos n) { return std::chrono::nanoseconds(n); }
+std::chrono::nanoseconds ns(Nanos n) {
+  return std::chrono::nanoseconds(n);
+}
 
 // Maps a parse error to the status a client should see; 0 means close without answering.
 int status_for_parse_error(const beast::error_code& ec) {
@@ -53,10 +55,14 @@ int status_for_parse_error(const beast::error_code& ec) {
 
 std::string_view reason_for(int status) {
   switch (status) {
-    case 400: return "The request could not be parsed as HTTP/1.1.";
-    case 413: return "The request body is larger than the configured limit.";
-    case 431: return "The request headers are larger than the configured limits.";
-    default: return "Bad request.";
+    case 400:
+      return "The request could not be parsed as HTTP/1.1.";
+    case 413:
+      return "The request body is larger than the configured limit.";
+    case 431:
+      return "The request headers are larger than the configured limits.";
+    default:
+      return "Bad request.";
   }
 }
 
@@ -165,7 +171,8 @@ class Session final : public ResponseWriter {
         if (started_) {
           co_await end_stream();
         } else {
-          co_await send(Response::json(500, openai_error_body("Internal error", "server_error", "")));
+          co_await send(
+              Response::json(500, openai_error_body("Internal error", "server_error", "")));
         }
       }
       if (broken_ || !keep_alive_ || server_.draining_.load()) break;
@@ -284,12 +291,15 @@ asio::awaitable<void> accept_loop(Server& server, Server::Worker& worker) {
 
 Server::Server(ServerOptions options, Handler handler)
     : options_(std::move(options)), handler_(std::move(handler)) {
-  int n = options_.workers > 0 ? options_.workers
-                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int n = options_.workers > 0
+              ? options_.workers
+              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
 }
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+}
 
 Result<Ok> Server::start() {
   beast::error_code ec;
@@ -312,9 +322,9 @@ Result<Ok> Server::start() {
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      return make_error(500, "server_error", "",
-                        "cannot listen on " + options_.host + ":" + std::to_string(port) + ": " +
-                            ec.message());
+      return make_error(
+          500, "server_error", "",
+          "cannot listen on " + options_.host + ":" + std::to_string(port) + ": " + ec.message());
     }
     if (port == 0) port = acc->local_endpoint().port();
     w->acceptor = std::move(acc);

@@ -13,7 +13,8 @@ bool SseSplitter::next(std::string_view& event) {
   std::size_t lf = rest.find("\n\n");
   std::size_t crlf = rest.find("\r\n\r\n");
   if (lf != std::string_view::npos) end = lf + 2;
-  if (crlf != std::string_view::npos && crlf + 4 < (end == std::string_view::npos ? ~0ul : end + 2)) {
+  if (crlf != std::string_view::npos &&
+      crlf + 4 < (end == std::string_view::npos ? ~0ul : end + 2)) {
     if (end == std::string_view::npos || crlf < lf) end = crlf + 4;
   }
   if (end == std::string_view::npos) return false;

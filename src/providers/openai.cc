@@ -78,8 +78,10 @@ std::size_t text_chars(simdjson::dom::element v) {
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   simdjson::dom::element doc;
   auto err = parser().parse(body.data(), body.size()).get(doc);
-  if (err == simdjson::UTF8_ERROR) return bad("The request body is not valid UTF-8.", {}, "invalid_json");
-  if (err == simdjson::DEPTH_ERROR) return bad("The JSON body is nested too deeply.", {}, "invalid_json");
+  if (err == simdjson::UTF8_ERROR)
+    return bad("The request body is not valid UTF-8.", {}, "invalid_json");
+  if (err == simdjson::DEPTH_ERROR)
+    return bad("The JSON body is nested too deeply.", {}, "invalid_json");
   if (err) {
     return bad(std::string("We could not parse the JSON body of your request: ") +
                    simdjson::error_message(err),
@@ -97,7 +99,8 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
     return bad("you must provide a model parameter", "model");
   }
   std::string_view m;
-  if (model.get(m) != simdjson::SUCCESS || m.empty()) return bad("model must be a non-empty string", "model");
+  if (model.get(m) != simdjson::SUCCESS || m.empty())
+    return bad("model must be a non-empty string", "model");
   if (m.size() > 256) return bad("model name too long", "model");
   r.model = std::string(m);
 
@@ -107,7 +110,8 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
     if (v.get(s) != simdjson::SUCCESS) return bad("stream must be a boolean", "stream");
     r.stream = s;
   }
-  if (r.stream && endpoint == Endpoint::kEmbeddings) return bad("embeddings cannot stream", "stream");
+  if (r.stream && endpoint == Endpoint::kEmbeddings)
+    return bad("embeddings cannot stream", "stream");
   if (doc["stream_options"].get(v) == simdjson::SUCCESS && !v.is_null()) {
     if (!v.is_object()) return bad("stream_options must be an object", "stream_options");
     bool u = false;

@@ -70,8 +70,9 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                           {"from", "to"}, 1.0, o.max_children_per_family)),
       dlq_entries(r.counter("bellwether_dlq_entries_total",
                             "Failed batch (P2) requests stored in the dead-letter queue.")),
-      dlq_dropped(r.counter("bellwether_dlq_dropped_total",
-                            "Dead-letter entries dropped (oldest first) to keep the queue within its bounds.")),
+      dlq_dropped(r.counter(
+          "bellwether_dlq_dropped_total",
+          "Dead-letter entries dropped (oldest first) to keep the queue within its bounds.")),
       cache_hits(r.counter("bellwether_cache_hits_total", "Response cache hits.")),
       cache_misses(r.counter("bellwether_cache_misses_total", "Response cache misses.")),
       budget_utilization(o.budget_utilization ? &r.gauge("bellwether_budget_utilization_ratio",

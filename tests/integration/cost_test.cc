@@ -1,7 +1,8 @@
 // Cost guard, ledger and admin API through real processes: `bellwether serve` (one per test, with
 // its own SQLite ledger) in front of `bellwether sim`. The simulator's usage is deterministic
 // (prompt = ceil(chars/4) + 4*messages + 3, completion = the forwarded max_tokens), and the
-// gateway's reservation uses ceil(chars/3), so every expected micro-dollar below is computed exactly.
+// gateway's reservation uses ceil(chars/3), so every expected micro-dollar below is computed
+// exactly.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -53,9 +54,13 @@ std::string str_field(const std::string& obj, const std::string& field) {
   return obj.substr(at, obj.find('"', at) - at);
 }
 
-std::int64_t micros(double usd) { return std::llround(usd * 1e6); }
+std::int64_t micros(double usd) {
+  return std::llround(usd * 1e6);
+}
 
-Headers admin_auth() { return {{"Authorization", std::string("Bearer ") + kAdmin}}; }
+Headers admin_auth() {
+  return {{"Authorization", std::string("Bearer ") + kAdmin}};
+}
 
 HttpResponse admin(int port, const std::string& method, const std::string& path,
                    const std::string& body = {}) {
@@ -122,10 +127,12 @@ std::string sim_yaml() {
 }
 
 // Providers, plans, model groups and prices shared by every test; the test adds keys and budgets.
-std::string base_yaml(int sim_port, const std::string& dir, const std::string& provider_extra = {}) {
+std::string base_yaml(int sim_port, const std::string& dir,
+                      const std::string& provider_extra = {}) {
   return R"(workers: 2
 admin:
-  key: )" + std::string(kAdmin) +
+  key: )" +
+         std::string(kAdmin) +
          R"(
 providers:
   sim:
@@ -151,7 +158,8 @@ pricing:
   quick: {input: 1, output: 2}
   crashy: {input: 100, output: 1000}
   slow: {input: 1, output: 1000}
-ledger: {path: )" + dir +
+ledger: {path: )" +
+         dir +
          R"(/ledger.db}
 )";
 }
@@ -234,7 +242,8 @@ TEST(CostGuard, ConcurrentRequestsNeverSettleAboveTheCap) {
   EXPECT_EQ(micros(num(budget, "cap_usd")), kCap);
   EXPECT_EQ(micros(num(budget, "spent_usd")), ok * kActual);
   EXPECT_LE(micros(num(budget, "spent_usd")), kCap);
-  EXPECT_EQ(micros(num(budget, "reserved_usd")), 0) << "a refused or finished request kept its hold";
+  EXPECT_EQ(micros(num(budget, "reserved_usd")), 0)
+      << "a refused or finished request kept its hold";
   EXPECT_EQ(num(spend, "requests"), ok) << "refused requests must not have ledger rows";
   EXPECT_EQ(micros(num(spend, "spend_usd")), ok * kActual);
   EXPECT_EQ(num(spend, "prompt_tokens"), 1007.0 * ok);
@@ -242,7 +251,8 @@ TEST(CostGuard, ConcurrentRequestsNeverSettleAboveTheCap) {
   EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE status <> 'settled'"), "0");
 }
 
-// --- 2. kill -9 under load, 20 times, on one ledger ------------------------------------------------
+// --- 2. kill -9 under load, 20 times, on one ledger
+// ------------------------------------------------
 
 TEST(CostGuard, LedgerSurvivesKillNineUnderLoad) {
   const std::string dir = temp_dir();
@@ -327,18 +337,22 @@ TEST(CostGuard, LedgerSurvivesKillNineUnderLoad) {
       ++ok_open;  // answered, but killed before its settlement was committed
     }
   }
-  const auto settled = std::atoll(
-      sqlite(dir + "/ledger.db",
-             "SELECT COALESCE(SUM(actual_micro),0) FROM ledger WHERE status='settled'").c_str());
-  const auto open_reserved = std::atoll(
-      sqlite(dir + "/ledger.db",
-             "SELECT COALESCE(SUM(reserved_micro),0) FROM ledger WHERE status='open'").c_str());
-  const auto open_rows = sqlite(dir + "/ledger.db", "SELECT COUNT(*) FROM ledger WHERE status='open'");
-  std::printf("[ crash ] %d cycles, %zu 2xx checked (%d missing, %d still open), %d refused 429 "
-              "(first in cycle %d); ledger: %zu rows, settled $%.6f, %s open rows holding $%.6f, "
-              "cap $%.2f\n",
-              cycles, ok_ids.size(), missing, ok_open, refused, first_refusal_cycle, rows.size(),
-              settled / 1e6, open_rows.c_str(), open_reserved / 1e6, kCap / 1e6);
+  const auto settled =
+      std::atoll(sqlite(dir + "/ledger.db",
+                        "SELECT COALESCE(SUM(actual_micro),0) FROM ledger WHERE status='settled'")
+                     .c_str());
+  const auto open_reserved =
+      std::atoll(sqlite(dir + "/ledger.db",
+                        "SELECT COALESCE(SUM(reserved_micro),0) FROM ledger WHERE status='open'")
+                     .c_str());
+  const auto open_rows =
+      sqlite(dir + "/ledger.db", "SELECT COUNT(*) FROM ledger WHERE status='open'");
+  std::printf(
+      "[ crash ] %d cycles, %zu 2xx checked (%d missing, %d still open), %d refused 429 "
+      "(first in cycle %d); ledger: %zu rows, settled $%.6f, %s open rows holding $%.6f, "
+      "cap $%.2f\n",
+      cycles, ok_ids.size(), missing, ok_open, refused, first_refusal_cycle, rows.size(),
+      settled / 1e6, open_rows.c_str(), open_reserved / 1e6, kCap / 1e6);
   EXPECT_EQ(cycles, kCycles);
   EXPECT_GT(ok_ids.size(), 0u);
   EXPECT_EQ(missing, 0);
@@ -459,7 +473,7 @@ std::string prepare_admin_targets(int admin_port, int data_port, int sim_port) {
 void expect_admin_key_works(int port, const std::string& id) {
   const auto keys_before = admin(port, "GET", "/admin/keys").body;
   for (const auto& rt : admin_routes(id)) {
-    if (rt.path == "/admin/keys" && rt.method == "POST") continue;  // created below
+    if (rt.path == "/admin/keys" && rt.method == "POST") continue;               // created below
     if (rt.method == "DELETE" && rt.path.starts_with("/admin/keys/")) continue;  // after revoke
     auto r = admin(port, rt.method, rt.path, rt.body);
     EXPECT_EQ(r.status, 200) << rt.method << " " << rt.path << ": " << r.body;
@@ -534,7 +548,8 @@ TEST(Secrets, CanariesAppearNowhereButTheCreateAndRotateAnswers) {
   // quick: $1 / $2 per 1M tokens. The $0.001 cap admits small requests and refuses a huge one.
   auto e = start(R"(keys:
   - name: canary
-    key: )" + client + R"(
+    key: )" + client +
+                     R"(
     plan: bulk
     allowed_models: [quick, slow]
     budget: {cap_usd: 0.001, period: total}
@@ -565,12 +580,12 @@ TEST(Secrets, CanariesAppearNowhereButTheCreateAndRotateAnswers) {
             200);
   auto upstream = keep(post_json(port, kChat, chat_body("quick", false, 5), client));
   EXPECT_GE(upstream.status, 500) << upstream.body;
-  ASSERT_EQ(request(e.sim.port, "POST", "/sim/control", R"({"error_status":0,"error_rate":0.0})")
-                .status,
-            200);
-  EXPECT_EQ(keep(request(port, "GET", "/admin/keys", "",
-                         {{"Authorization", "Bearer " + client}})).status,
-            401);
+  ASSERT_EQ(
+      request(e.sim.port, "POST", "/sim/control", R"({"error_status":0,"error_rate":0.0})").status,
+      200);
+  EXPECT_EQ(
+      keep(request(port, "GET", "/admin/keys", "", {{"Authorization", "Bearer " + client}})).status,
+      401);
 
   // A stored key: its secrets may appear only in the create and rotate answers.
   auto created = admin(port, "POST", "/admin/keys", R"({"name":"stored","plan":"bulk"})");
@@ -598,9 +613,11 @@ TEST(Secrets, CanariesAppearNowhereButTheCreateAndRotateAnswers) {
   const std::string out = e.gw.proc.stdout_text(), err = e.gw.proc.stderr_text(),
                     access = read_file(e.gw.access_log);
   EXPECT_GE(count(access, "\"request_id\""), 12u) << "the access log was not written";
-  const std::vector<std::pair<std::string, std::string>> canaries = {
-      {"client key", client}, {"provider key", provider}, {"admin key", kAdmin},
-      {"stored secret", s1},  {"rotated secret", s2}};
+  const std::vector<std::pair<std::string, std::string>> canaries = {{"client key", client},
+                                                                     {"provider key", provider},
+                                                                     {"admin key", kAdmin},
+                                                                     {"stored secret", s1},
+                                                                     {"rotated secret", s2}};
   const std::vector<std::pair<std::string, const std::string*>> places = {
       {"stdout", &out}, {"stderr", &err}, {"access log", &access}, {"responses", &seen}};
   for (const auto& [what, secret] : canaries) {
@@ -612,9 +629,10 @@ TEST(Secrets, CanariesAppearNowhereButTheCreateAndRotateAnswers) {
   EXPECT_EQ(seen.find(s2.substr(0, 12)), std::string::npos);
   EXPECT_NE(created.body.find(s1), std::string::npos);
   EXPECT_NE(rotated.body.find(s2), std::string::npos);
-  std::printf("[ secrets ] %zu bytes of answers, %zu of stdout, %zu of stderr, %zu of access log, "
-              "metrics %d: no canary\n",
-              seen.size(), out.size(), err.size(), access.size(), metrics.status);
+  std::printf(
+      "[ secrets ] %zu bytes of answers, %zu of stdout, %zu of stderr, %zu of access log, "
+      "metrics %d: no canary\n",
+      seen.size(), out.size(), err.size(), access.size(), metrics.status);
 }
 
 // --- 6. downgrade near the cap, or a refusal for keys that opt out -----------------------------
@@ -657,7 +675,8 @@ keys:
   auto refused = post_json(port, kChat, chat_body("gpt-4.1", false, 100), "sk-cost-optout-01");
   EXPECT_EQ(refused.status, 429) << refused.body;
   EXPECT_EQ(refused.header("x-bellwether-downgraded-from"), "");
-  EXPECT_NE(refused.body.find("\"code\":\"insufficient_quota\""), std::string::npos) << refused.body;
+  EXPECT_NE(refused.body.find("\"code\":\"insufficient_quota\""), std::string::npos)
+      << refused.body;
   EXPECT_NE(refused.body.find("'key:optout/total'"), std::string::npos) << refused.body;
   EXPECT_EQ(refused.header("retry-after"), "") << "a total budget never resets";
   EXPECT_EQ(micros(num(budget_row(port, "key:optout/total"), "spent_usd")), 9650);
@@ -674,7 +693,8 @@ keys:
               dg.header("x-bellwether-downgraded-from").c_str(), refused.status, model_row.c_str());
 }
 
-// --- 7. key lifecycle through the admin API -------------------------------------------------------
+// --- 7. key lifecycle through the admin API
+// -------------------------------------------------------
 
 TEST(AdminApi, KeyLifecycleCreateRotatePatchRevoke) {
   auto e = start("");
@@ -682,8 +702,9 @@ TEST(AdminApi, KeyLifecycleCreateRotatePatchRevoke) {
   auto chat = [&](const std::string& key, const std::string& model = "quick") {
     return post_json(port, kChat, chat_body(model, false, 5), key);
   };
-  auto created = admin(port, "POST", "/admin/keys",
-                       R"({"name":"life","tenant":"acme","plan":"bulk","budget":{"cap_usd":10,"period":"total"}})");
+  auto created = admin(
+      port, "POST", "/admin/keys",
+      R"({"name":"life","tenant":"acme","plan":"bulk","budget":{"cap_usd":10,"period":"total"}})");
   ASSERT_EQ(created.status, 201) << created.body;
   const std::string id = str_field(created.body, "id");
   const std::string s1 = str_field(created.body, "secret");
@@ -719,16 +740,18 @@ TEST(AdminApi, KeyLifecycleCreateRotatePatchRevoke) {
   // PATCH budget: a cap below what was spent refuses the next request; a larger one admits it.
   const std::string bid = "key:" + id + "/total";
   EXPECT_EQ(micros(num(budget_row(port, bid), "cap_usd")), 10'000'000);
-  ASSERT_EQ(admin(port, "PATCH", "/admin/keys/" + id, R"({"budget":{"cap_usd":0.00001,"period":"total"}})")
+  ASSERT_EQ(admin(port, "PATCH", "/admin/keys/" + id,
+                  R"({"budget":{"cap_usd":0.00001,"period":"total"}})")
                 .status,
             200);
   EXPECT_EQ(micros(num(budget_row(port, bid), "cap_usd")), 10);
   auto broke = chat(s2);
   EXPECT_EQ(broke.status, 429) << broke.body;
   EXPECT_NE(broke.body.find("'" + bid + "'"), std::string::npos) << broke.body;
-  ASSERT_EQ(admin(port, "PATCH", "/admin/keys/" + id, R"({"budget":{"cap_usd":1,"period":"total"}})")
-                .status,
-            200);
+  ASSERT_EQ(
+      admin(port, "PATCH", "/admin/keys/" + id, R"({"budget":{"cap_usd":1,"period":"total"}})")
+          .status,
+      200);
   EXPECT_EQ(chat(s2).status, 200);
 
   auto revoked = admin(port, "POST", "/admin/keys/" + id + "/revoke");

@@ -21,8 +21,8 @@ namespace {
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 constexpr const char* kAdminKey = "admin-key-dlq-0123456789abcdef";
-constexpr const char* kClientKey = "sk-test-dlq-client-01";  // enterprise plan: P1 by default
-constexpr const char* kBatchKey = "sk-test-dlq-batch-01";    // default_priority 2
+constexpr const char* kClientKey = "sk-test-dlq-client-01";    // enterprise plan: P1 by default
+constexpr const char* kBatchKey = "sk-test-dlq-batch-01";      // default_priority 2
 constexpr const char* kMeteredKey = "sk-test-dlq-metered-01";  // P2, two requests a minute
 constexpr const char* kChat = "/v1/chat/completions";
 constexpr const char* kBreak = R"({"error_status":503,"error_rate":1.0})";
@@ -65,11 +65,21 @@ std::optional<std::string> json_str(const std::string& doc, const std::string& k
     }
     char e = doc[p++];
     switch (e) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
       case 'u': {
         std::uint32_t cp = hex4(p);
         p += 4;
@@ -80,7 +90,8 @@ std::optional<std::string> json_str(const std::string& doc, const std::string& k
         put_utf8(cp);
         break;
       }
-      default: out += e;  // \" \\ \/
+      default:
+        out += e;  // \" \\ \/
     }
   }
   return out;
@@ -114,7 +125,8 @@ double metric(const std::string& text, const std::string& name) {
   return std::strtod(text.c_str() + p + name.size() + 2, nullptr);
 }
 
-// ---- processes -----------------------------------------------------------------------------------
+// ---- processes
+// -----------------------------------------------------------------------------------
 
 std::string sim_yaml() {
   return "sim:\n  workers: 2\n  defaults: {ttft: {median_ms: 5}, itl: {median_ms: 1}, "
@@ -166,8 +178,9 @@ Env start(int max_entries = 100) {
 resilience:
   breaker: {consecutive_failures: 0, failure_rate: 0}
   retry: {max_attempts: 3, base: 10ms, cap: 50ms, deadline: 20s}
-dead_letter: {path: )" + e.dir + "/dlq.db, max_entries: " +
-                       std::to_string(max_entries) + ", max_bytes: 1048576}\n");
+dead_letter: {path: )" +
+                       e.dir + "/dlq.db, max_entries: " + std::to_string(max_entries) +
+                       ", max_bytes: 1048576}\n");
   return e;
 }
 
@@ -180,7 +193,9 @@ void heal_all(const Env& e) {
   sim_control(e.b, kHeal);
 }
 
-Headers admin_auth() { return {{"Authorization", std::string("Bearer ") + kAdminKey}}; }
+Headers admin_auth() {
+  return {{"Authorization", std::string("Bearer ") + kAdminKey}};
+}
 
 HttpResponse admin(const Env& e, const std::string& method, const std::string& path) {
   return request(e.gw.port, method, path, "", admin_auth());
@@ -194,7 +209,8 @@ std::string odd_body(const std::string& tag) {
          "  \"max_tokens\": 5 }";
 }
 
-// ---- 1: what lands in the queue, and what does not ------------------------------------------------
+// ---- 1: what lands in the queue, and what does not
+// ------------------------------------------------
 
 TEST(DeadLetterQueue, FailedBatchRequestIsStoredAndInteractiveOneIsNot) {
   Env e = start();
@@ -254,8 +270,9 @@ TEST(DeadLetterQueue, FailedBatchRequestIsStoredAndInteractiveOneIsNot) {
   // The key is recorded by name; its secret is nowhere.
   EXPECT_EQ(g.body.find(kClientKey), std::string::npos) << g.body;
 
-  auto g2 = admin(e, "GET", "/admin/dead-letters/" +
-                               std::to_string(static_cast<std::int64_t>(json_num(entries[1], "id"))));
+  auto g2 = admin(e, "GET",
+                  "/admin/dead-letters/" +
+                      std::to_string(static_cast<std::int64_t>(json_num(entries[1], "id"))));
   ASSERT_EQ(g2.status, 200) << g2.body;
   EXPECT_EQ(json_str(g2.body, "body"), sent2) << g2.body;
   EXPECT_EQ(g2.body.find(kBatchKey), std::string::npos) << g2.body;

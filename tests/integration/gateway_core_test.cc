@@ -35,10 +35,12 @@ admin:
   key: admin-key-0123456789abcdef
 providers:
   sim:
-    base_url: )" + base + R"(
+    base_url: )" +
+         base + R"(
     api_key_env: SIM_PROVIDER_KEY
   sim-timeout:
-    base_url: )" + base + R"(
+    base_url: )" +
+         base + R"(
     first_byte_timeout: 400ms
 model_groups:
   public-model:
@@ -52,7 +54,8 @@ model_groups:
   stalled:
     deployments: [{provider: sim-timeout, model: stall}]
 keys:
-  - {name: tester, key: )" + std::string(kKey) + R"(}
+  - {name: tester, key: )" +
+         std::string(kKey) + R"(}
 )";
 }
 
@@ -110,7 +113,8 @@ TEST_F(GatewayCore, StreamPassesEventsAndHidesUsageChunkUnlessAsked) {
   // The gateway asked upstream for usage anyway.
   EXPECT_NE(sim_last().find("include_usage"), std::string::npos);
 
-  auto with_usage = std::string(R"({"model":"public-model","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]})");
+  auto with_usage = std::string(
+      R"({"model":"public-model","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]})");
   auto u = post_json(gw_->port, "/v1/chat/completions", with_usage, kKey);
   ASSERT_EQ(u.status, 200);
   EXPECT_EQ(count(u.body, "\"usage\":{\"prompt_tokens\""), 1u) << u.body;
@@ -124,7 +128,8 @@ TEST_F(GatewayCore, SseArrivesIncrementally) {
   std::string all;
   while (s.read_some(c, std::chrono::seconds(5))) {
     all += c.data;
-    if (first_token < 0 && c.data.find("\"content\":\"the\"") != std::string::npos) first_token = c.at_ms;
+    if (first_token < 0 && c.data.find("\"content\":\"the\"") != std::string::npos)
+      first_token = c.at_ms;
     last = c.at_ms;
     if (all.find("[DONE]") != std::string::npos) break;
   }
@@ -177,7 +182,8 @@ TEST_F(GatewayCore, ErrorStatusesUseOpenAiShape) {
   auto no_key = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false), "");
   EXPECT_EQ(no_key.status, 401);
   EXPECT_NE(no_key.body.find("\"code\":\"invalid_api_key\""), std::string::npos);
-  auto bad_key = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false), "nope-nope-nope");
+  auto bad_key = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false),
+                           "nope-nope-nope");
   EXPECT_EQ(bad_key.status, 401);
   auto x_api = request(gw_->port, "POST", "/v1/chat/completions", chat_body("public-model", false),
                        {{"x-api-key", kKey}});
@@ -185,16 +191,19 @@ TEST_F(GatewayCore, ErrorStatusesUseOpenAiShape) {
   auto unknown_path = request(gw_->port, "GET", "/v1/nothing-here");
   EXPECT_EQ(unknown_path.status, 404);
   EXPECT_NE(unknown_path.body.find("\"error\":{\"message\""), std::string::npos);
-  auto unknown_model = post_json(gw_->port, "/v1/chat/completions", chat_body("no-such", false), kKey);
+  auto unknown_model =
+      post_json(gw_->port, "/v1/chat/completions", chat_body("no-such", false), kKey);
   EXPECT_EQ(unknown_model.status, 404);
   EXPECT_NE(unknown_model.body.find("model_not_found"), std::string::npos);
-  auto wrong_method = request(gw_->port, "GET", "/v1/chat/completions", "", {{"Authorization", std::string("Bearer ") + kKey}});
+  auto wrong_method = request(gw_->port, "GET", "/v1/chat/completions", "",
+                              {{"Authorization", std::string("Bearer ") + kKey}});
   EXPECT_EQ(wrong_method.status, 405);
   EXPECT_EQ(wrong_method.header("allow"), "POST");
   auto missing_model = post_json(gw_->port, "/v1/chat/completions", R"({"messages":[]})", kKey);
   EXPECT_EQ(missing_model.status, 400);
   EXPECT_NE(missing_model.body.find("\"param\":\"model\""), std::string::npos);
-  auto models = request(gw_->port, "GET", "/v1/models", "", {{"Authorization", std::string("Bearer ") + kKey}});
+  auto models = request(gw_->port, "GET", "/v1/models", "",
+                        {{"Authorization", std::string("Bearer ") + kKey}});
   EXPECT_EQ(models.status, 200);
   EXPECT_NE(models.body.find("\"id\":\"public-model\""), std::string::npos);
   EXPECT_EQ(request(gw_->port, "GET", "/healthz").status, 200);
@@ -209,8 +218,10 @@ TEST_F(GatewayCore, BodyAndHeaderLimits) {
   EXPECT_EQ(big.status, 413);
   EXPECT_TRUE(big.closed);
   // Chunked bodies are limited while they are read.
-  std::string chunked = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n" +
-                        std::string(0x2000, 'a') + "\r\n0\r\n\r\n";
+  std::string chunked =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n2000\r\n" +
+      std::string(0x2000, 'a') + "\r\n0\r\n\r\n";
   EXPECT_EQ(raw_request(gw_->port, chunked).status, 413);
   auto huge_header = request(gw_->port, "GET", "/healthz", "", {{"X-Big", std::string(9000, 'h')}});
   EXPECT_EQ(huge_header.status, 431);
@@ -221,12 +232,14 @@ TEST_F(GatewayCore, BodyAndHeaderLimits) {
 
 TEST_F(GatewayCore, SmugglingDefences) {
   std::string cl_te =
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n0\r\n\r\n";
   auto r1 = raw_request(gw_->port, cl_te);
   EXPECT_EQ(r1.status, 400);
   EXPECT_TRUE(r1.closed);
   std::string bad_chunk =
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+      "chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
   auto r2 = raw_request(gw_->port, bad_chunk);
   EXPECT_EQ(r2.status, 400);
   EXPECT_TRUE(r2.closed);
@@ -236,19 +249,22 @@ TEST_F(GatewayCore, SmugglingDefences) {
   std::string bad_header = "GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n";
   EXPECT_EQ(raw_request(gw_->port, bad_header).status, 400);
   std::string two_cl =
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: "
+      "4\r\n\r\nabcd";
   EXPECT_EQ(raw_request(gw_->port, two_cl).status, 400);
 }
 
 TEST_F(GatewayCore, MalformedJson) {
-  auto truncated = post_json(gw_->port, "/v1/chat/completions", R"({"model":"public-model","messages":[{"role":"user")", kKey);
+  auto truncated = post_json(gw_->port, "/v1/chat/completions",
+                             R"({"model":"public-model","messages":[{"role":"user")", kKey);
   EXPECT_EQ(truncated.status, 400);
   EXPECT_NE(truncated.body.find("invalid_json"), std::string::npos);
   std::string deep = R"({"model":"public-model","messages":[{"role":"user","content":"x"}],"x":)" +
                      std::string(1500, '[') + std::string(1500, ']') + "}";
   auto nested = post_json(gw_->port, "/v1/chat/completions", deep, kKey);
   EXPECT_EQ(nested.status, 400) << nested.body;
-  std::string bad_utf8 = "{\"model\":\"public-model\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}";
+  std::string bad_utf8 =
+      "{\"model\":\"public-model\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}";
   auto utf = post_json(gw_->port, "/v1/chat/completions", bad_utf8, kKey);
   EXPECT_EQ(utf.status, 400);
   EXPECT_NE(utf.body.find("UTF-8"), std::string::npos) << utf.body;
@@ -259,17 +275,21 @@ TEST_F(GatewayCore, MalformedJson) {
 TEST_F(GatewayCore, UpstreamTimeoutIs504) {
   auto t0 = std::chrono::steady_clock::now();
   auto r = post_json(gw_->port, "/v1/chat/completions", chat_body("stalled", false), kKey);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   EXPECT_EQ(r.status, 504) << r.body;
   EXPECT_NE(r.body.find("upstream_timeout"), std::string::npos);
   EXPECT_LT(ms, 3000);
 }
 
 TEST_F(GatewayCore, EmbeddingsAndCompletions) {
-  auto e = post_json(gw_->port, "/v1/embeddings", R"({"model":"public-model","input":["a","bb"]})", kKey);
+  auto e = post_json(gw_->port, "/v1/embeddings", R"({"model":"public-model","input":["a","bb"]})",
+                     kKey);
   ASSERT_EQ(e.status, 200) << e.body;
   EXPECT_EQ(count(e.body, "\"object\":\"embedding\""), 2u);
-  auto c = post_json(gw_->port, "/v1/completions", R"({"model":"public-model","prompt":"Say hi","max_tokens":4})", kKey);
+  auto c = post_json(gw_->port, "/v1/completions",
+                     R"({"model":"public-model","prompt":"Say hi","max_tokens":4})", kKey);
   ASSERT_EQ(c.status, 200) << c.body;
   EXPECT_NE(c.body.find("\"completion_tokens\":4"), std::string::npos);
 }
@@ -337,25 +357,31 @@ TEST(CheckConfig, ReportsFileLineAndKey) {
              "    fallbacks: [nope]\n");
   Process p({binary(), "check-config", path});
   EXPECT_EQ(p.wait(), 1);
-  EXPECT_NE(p.stderr_text().find(path + ":7: model_groups.m.fallbacks: 'nope' is not another model group"),
+  EXPECT_NE(p.stderr_text().find(path +
+                                 ":7: model_groups.m.fallbacks: 'nope' is not another model group"),
             std::string::npos)
       << p.stderr_text();
 
   write_file(path, "listen: 127.0.0.1:8080\nserver:\n  max_body_bytes: lots\n");
   Process p2({binary(), "check-config", path});
   EXPECT_EQ(p2.wait(), 1);
-  EXPECT_NE(p2.stderr_text().find(path + ":3: server.max_body_bytes: expected a size"), std::string::npos)
+  EXPECT_NE(p2.stderr_text().find(path + ":3: server.max_body_bytes: expected a size"),
+            std::string::npos)
       << p2.stderr_text();
 
   write_file(path, "listen: 127.0.0.1:8080\nlsiten: typo\n");
   Process p3({binary(), "check-config", path});
   EXPECT_EQ(p3.wait(), 1);
-  EXPECT_NE(p3.stderr_text().find(path + ":2: lsiten: unknown key"), std::string::npos) << p3.stderr_text();
+  EXPECT_NE(p3.stderr_text().find(path + ":2: lsiten: unknown key"), std::string::npos)
+      << p3.stderr_text();
 
-  write_file(path, "providers:\n  p:\n    base_url: http://127.0.0.1:1/v1\n    api_key_env: BW_SURELY_UNSET_VAR\n");
+  write_file(path,
+             "providers:\n  p:\n    base_url: http://127.0.0.1:1/v1\n    api_key_env: "
+             "BW_SURELY_UNSET_VAR\n");
   Process p4({binary(), "check-config", path});
   EXPECT_EQ(p4.wait(), 1);
-  EXPECT_NE(p4.stderr_text().find(":4: providers.p.api_key_env: environment variable BW_SURELY_UNSET_VAR is not set"),
+  EXPECT_NE(p4.stderr_text().find(
+                ":4: providers.p.api_key_env: environment variable BW_SURELY_UNSET_VAR is not set"),
             std::string::npos)
       << p4.stderr_text();
 

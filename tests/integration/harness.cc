@@ -110,7 +110,9 @@ Process::Process(std::vector<std::string> args, std::map<std::string, std::strin
   }
 }
 
-Process::~Process() { kill_and_reap(); }
+Process::~Process() {
+  kill_and_reap();
+}
 
 void Process::kill_and_reap() {
   if (pid_ > 0 && status_ < 0) {
@@ -268,7 +270,8 @@ HttpResponse request(int port, const std::string& method, const std::string& pat
                      std::chrono::milliseconds timeout) {
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
   for (const auto& [k, v] : headers) req += k + ": " + v + "\r\n";
-  if (!body.empty() || method == "POST") req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  if (!body.empty() || method == "POST")
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   req += "Connection: close\r\n\r\n" + body;
   return raw_request(port, req, timeout);
 }
@@ -288,7 +291,9 @@ StreamReader::StreamReader(int port, const std::string& bytes) {
   if (fd_ >= 0) send_all(fd_, bytes);
 }
 
-StreamReader::~StreamReader() { close(); }
+StreamReader::~StreamReader() {
+  close();
+}
 
 void StreamReader::close() {
   if (fd_ >= 0) ::close(fd_);
@@ -302,8 +307,8 @@ bool StreamReader::read_some(TimedChunk& out, std::chrono::milliseconds timeout)
   char tmp[65536];
   ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
   if (n <= 0) return false;
-  out.at_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_)
-                  .count();
+  out.at_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
   out.data.assign(tmp, static_cast<std::size_t>(n));
   return true;
 }
@@ -319,7 +324,8 @@ std::string chat_body(const std::string& model, bool stream, int max_tokens,
 
 std::string raw_post(const std::string& path, const std::string& body, const std::string& key,
                      const std::vector<std::pair<std::string, std::string>>& extra) {
-  std::string req = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+  std::string req =
+      "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
   if (!key.empty()) req += "Authorization: Bearer " + key + "\r\n";
   for (const auto& [k, v] : extra) req += k + ": " + v + "\r\n";
   req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -343,7 +349,8 @@ Sim start_sim(const std::string& yaml) {
   s.proc = Process({binary(), "sim", "--config", dir + "/sim.yaml", "--listen",
                     "127.0.0.1:" + std::to_string(s.port)},
                    {}, "sim-");
-  if (!wait_for_port(s.port)) throw std::runtime_error("sim did not start: " + s.proc.stderr_text());
+  if (!wait_for_port(s.port))
+    throw std::runtime_error("sim did not start: " + s.proc.stderr_text());
   return s;
 }
 

@@ -103,6 +103,7 @@ struct Gw {
   std::string config_path;
   std::string access_log;
 };
-Gw start_gateway(const std::string& yaml_without_listen, std::map<std::string, std::string> env = {});
+Gw start_gateway(const std::string& yaml_without_listen,
+                 std::map<std::string, std::string> env = {});
 
 }  // namespace bw::test

@@ -120,7 +120,9 @@ class Limits : public ::testing::Test {
     sim_ = nullptr;
   }
   // A gateway with the shared providers/models plus this test's limits, plans, keys, server.
-  static Gw gateway(const std::string& extra) { return start_gateway(base_yaml(sim_->port) + extra); }
+  static Gw gateway(const std::string& extra) {
+    return start_gateway(base_yaml(sim_->port) + extra);
+  }
   static HttpResponse chat(const Gw& gw, const std::string& model, const std::string& key = kKey,
                            const std::vector<std::pair<std::string, std::string>>& extra = {},
                            int max_tokens = 0) {
@@ -159,7 +161,8 @@ keys:
   EXPECT_EQ(rejected.header("x-ratelimit-limit-requests"), "8");
   EXPECT_EQ(rejected.header("x-ratelimit-remaining-requests"), "0");
 
-  std::this_thread::sleep_for(std::chrono::seconds(std::atoi(rejected.header("retry-after").c_str())));
+  std::this_thread::sleep_for(
+      std::chrono::seconds(std::atoi(rejected.header("retry-after").c_str())));
   auto again = chat(gw, "model-x");
   EXPECT_EQ(again.status, 200) << again.body;
 

@@ -204,7 +204,8 @@ keys:
   - {name: main, key: )" +
          std::string(kMainKey) + R"(, plan: bare, default_priority: 1, max_priority: 0}
   - name: tiny
-    key: )" + std::string(kTinyKey) +
+    key: )" +
+         std::string(kTinyKey) +
          R"(
     plan: bare
     default_priority: 1
@@ -213,15 +214,17 @@ keys:
 )";
 }
 
-std::int64_t ceil4(std::size_t chars) { return static_cast<std::int64_t>((chars + 3) / 4); }
+std::int64_t ceil4(std::size_t chars) {
+  return static_cast<std::int64_t>((chars + 3) / 4);
+}
 
 struct Call {
   std::string path;
   std::string body;
   std::string key;
-  int status;                  // expected HTTP status
-  std::string model;           // expected `model` label ("" when no group was resolved)
-  std::int64_t prompt = 0;     // expected usage (only for 200s)
+  int status;               // expected HTTP status
+  std::string model;        // expected `model` label ("" when no group was resolved)
+  std::int64_t prompt = 0;  // expected usage (only for 200s)
   std::int64_t completion = 0;
   bool stream = false;
 };
@@ -241,15 +244,17 @@ std::vector<Call> golden_calls() {
                    msg("user", "Count to three please") + "]}",
                kMainKey, 200, "obs-model", ceil4(14 + 21) + 8 + 3, kSimCompletion});
   // Legacy completions: 16 chars -> 4, max_tokens 11.
-  c.push_back({"/v1/completions", R"({"model":"obs-model","prompt":"Once upon a time","max_tokens":11})",
-               kMainKey, 200, "obs-model", 4, 11});
+  c.push_back({"/v1/completions",
+               R"({"model":"obs-model","prompt":"Once upon a time","max_tokens":11})", kMainKey,
+               200, "obs-model", 4, 11});
   // Streams: usage comes from the usage chunk the gateway asks for.
   c.push_back({kChat, chat_body("obs-model", true, 0, hello), kMainKey, 200, "obs-model", 10,
                kSimCompletion, true});
-  c.push_back({kChat,
-               R"({"model":"obs-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":9,"messages":[)" +
-                   msg("user", "abcdefghijklmnopq") + "]}",
-               kMainKey, 200, "obs-model", ceil4(17) + 4 + 3, 9, true});
+  c.push_back(
+      {kChat,
+       R"({"model":"obs-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":9,"messages":[)" +
+           msg("user", "abcdefghijklmnopq") + "]}",
+       kMainKey, 200, "obs-model", ceil4(17) + 4 + 3, 9, true});
   // Embeddings: 10 chars -> 3 prompt tokens, no completion.
   c.push_back({"/v1/embeddings", R"({"model":"obs-model","input":"abcdefghij"})", kMainKey, 200,
                "obs-model", 3, 0});
@@ -272,7 +277,9 @@ std::vector<Call> golden_calls() {
   return c;
 }
 
-std::string status_class(int s) { return std::to_string(s / 100) + "xx"; }
+std::string status_class(int s) {
+  return std::to_string(s / 100) + "xx";
+}
 
 class Stack {
  public:
@@ -318,7 +325,8 @@ TEST(Observability, MetricsAreValidAndExactAfterMixedTraffic) {
   const std::string text = resp.body;
 
   // promtool: the exposition parses and passes its lint rules.
-  if (::access(kPromtool, X_OK) != 0) GTEST_FAIL() << kPromtool << " missing (apt-get install prometheus)";
+  if (::access(kPromtool, X_OK) != 0)
+    GTEST_FAIL() << kPromtool << " missing (apt-get install prometheus)";
   auto dir = temp_dir();
   write_file(dir + "/metrics.txt", text);
   auto pt = run_cmd(std::string(kPromtool) + " check metrics < " + dir + "/metrics.txt");
@@ -358,9 +366,11 @@ TEST(Observability, MetricsAreValidAndExactAfterMixedTraffic) {
   // Tokens and money.
   EXPECT_EQ(value_of(e, "bellwether_tokens_total", {{"model", "obs-model"}, {"type", "prompt"}}),
             static_cast<double>(prompt));
-  EXPECT_EQ(value_of(e, "bellwether_tokens_total", {{"model", "obs-model"}, {"type", "completion"}}),
-            static_cast<double>(completion));
-  EXPECT_EQ(select(e, "bellwether_tokens_total").size(), 2u) << "no token series for failed requests";
+  EXPECT_EQ(
+      value_of(e, "bellwether_tokens_total", {{"model", "obs-model"}, {"type", "completion"}}),
+      static_cast<double>(completion));
+  EXPECT_EQ(select(e, "bellwether_tokens_total").size(), 2u)
+      << "no token series for failed requests";
   EXPECT_NEAR(value_of(e, "bellwether_cost_usd_total", {{"model", "obs-model"}}),
               static_cast<double>(cost_micro) * 1e-6, 1e-12);
   EXPECT_EQ(select(e, "bellwether_cost_usd_total").size(), 1u);
@@ -424,8 +434,9 @@ TEST(Observability, PriorityLabelValuesAreSpelledAsDocumented) {
   std::set<std::string> depth;
   for (const auto& s : select(e, "bellwether_queue_depth")) depth.insert(s.labels.at("priority"));
   EXPECT_EQ(depth, (std::set<std::string>{"p0", "p1", "p2"}));
-  EXPECT_EQ(select(e, "bellwether_requests_total", {{"model", "obs-model"}, {"priority", "p1"}}).size(),
-            1u);
+  EXPECT_EQ(
+      select(e, "bellwether_requests_total", {{"model", "obs-model"}, {"priority", "p1"}}).size(),
+      1u);
   EXPECT_EQ(select(e, "bellwether_queue_wait_seconds_count", {{"priority", "p1"}}).size(), 1u);
 }
 
@@ -514,7 +525,8 @@ double unix_now() {
 }
 
 TEST(Observability, PrometheusScrapesAndRecordingRuleMatchesGeneratedTokens) {
-  if (::access(kPrometheus, X_OK) != 0) GTEST_FAIL() << kPrometheus << " missing (apt-get install prometheus)";
+  if (::access(kPrometheus, X_OK) != 0)
+    GTEST_FAIL() << kPrometheus << " missing (apt-get install prometheus)";
   const auto t_begin = std::chrono::steady_clock::now();
   Stack st;
 
@@ -536,7 +548,8 @@ rule_files: [")" + dir + R"(/rules.yml"]
 scrape_configs:
   - job_name: bellwether
     static_configs:
-      - targets: ["127.0.0.1:)" + std::to_string(st.port()) + R"("]
+      - targets: ["127.0.0.1:)" + std::to_string(st.port()) +
+                                          R"("]
 )");
   const int prom_port = free_port();
   Process prom({kPrometheus, "--config.file=" + dir + "/prometheus.yml",
@@ -556,9 +569,9 @@ scrape_configs:
       << prom.stderr_text();
   // The gateway target is up (one successful scrape). Prometheus hands new static targets to
   // the scrape manager after its 5 s discovery throttle.
-  ASSERT_TRUE(wait_until(
-      [&] { return prom_query(prom_port, "up{job=\"bellwether\"} == 1").series == 1; },
-      std::chrono::seconds(15)))
+  ASSERT_TRUE(
+      wait_until([&] { return prom_query(prom_port, "up{job=\"bellwether\"} == 1").series == 1; },
+                 std::chrono::seconds(15)))
       << prom.stderr_text();
 
   // Steady load: 20 requests/s for 12 s, each 10 prompt + 20 completion tokens.
@@ -574,7 +587,8 @@ scrape_configs:
   }
   const double load_end = unix_now();
   ASSERT_EQ(ok, kRps * kSeconds);
-  const double generated_rate = static_cast<double>(ok * kTokensPerRequest) / (load_end - load_start);
+  const double generated_rate =
+      static_cast<double>(ok * kTokensPerRequest) / (load_end - load_start);
 
   // 1. The raw counter, seen through Prometheus in the middle of the load, runs at the
   //    generated rate.
@@ -601,9 +615,10 @@ scrape_configs:
   ASSERT_EQ(rec.series, 1u) << rec.raw;
   ASSERT_LT(eval_ts - 60, load_start) << "the rule's window no longer covers the whole load";
   const double window_rate = static_cast<double>(ok * kTokensPerRequest) / 60.0;
-  std::printf("generated %.1f tokens/s during the load; rate(5s) mid-load %.1f; recording rule "
-              "%.2f tokens/s vs %.2f expected over its 1 m window (ratio %.3f)\n",
-              generated_rate, mid.value, rec.value, window_rate, rec.value / window_rate);
+  std::printf(
+      "generated %.1f tokens/s during the load; rate(5s) mid-load %.1f; recording rule "
+      "%.2f tokens/s vs %.2f expected over its 1 m window (ratio %.3f)\n",
+      generated_rate, mid.value, rec.value, window_rate, rec.value / window_rate);
   // rate() extrapolates by at most about one scrape interval at each end: a few per cent here
   // (measured 1.05); double counting or a lost scrape would leave this band.
   EXPECT_GT(rec.value, window_rate * 0.8) << rec.raw;
@@ -617,7 +632,8 @@ scrape_configs:
 
   prom.signal(SIGTERM);
   EXPECT_EQ(prom.wait(std::chrono::seconds(10)), 0) << prom.stderr_text();
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
   std::printf("test took %.1f s\n", took);
   EXPECT_LT(took, 60);
 }

@@ -51,7 +51,8 @@ std::string json_str(const std::string& doc, const std::string& key, std::size_t
   return doc.substr(p, doc.find('"', p) - p);
 }
 
-// ---- one sim process per deployment --------------------------------------------------------------
+// ---- one sim process per deployment
+// --------------------------------------------------------------
 
 std::string sim_yaml(const std::string& models) {
   return "sim:\n  workers: 2\n  defaults: {ttft: {median_ms: 5}, itl: {median_ms: 1}, "
@@ -75,8 +76,8 @@ std::string provider_yaml(const std::string& name, const Sim& s) {
 }
 
 std::string common_gw_yaml() {
-  return std::string("workers: 2\nadmin: {key: ") + kAdminKey + "}\nkeys:\n  - {name: tester, key: " +
-         kKey + "}\n";
+  return std::string("workers: 2\nadmin: {key: ") + kAdminKey +
+         "}\nkeys:\n  - {name: tester, key: " + kKey + "}\n";
 }
 
 struct Breaker {
@@ -106,7 +107,8 @@ Breaker breaker(const Gw& gw, const std::string& id) {
   return b;
 }
 
-// ---- client load ---------------------------------------------------------------------------------
+// ---- client load
+// ---------------------------------------------------------------------------------
 
 struct Result {
   int status = 0;
@@ -129,8 +131,8 @@ std::vector<Result> run_load(const Gw& gw, const std::string& model, int threads
       for (;;) {
         const int i = next.fetch_add(1);
         if (i >= total) return;
-        std::this_thread::sleep_until(t0 + std::chrono::microseconds(
-                                               static_cast<std::int64_t>(i * gap_ms * 1000)));
+        std::this_thread::sleep_until(
+            t0 + std::chrono::microseconds(static_cast<std::int64_t>(i * gap_ms * 1000)));
         Result& r = out[static_cast<std::size_t>(i)];
         r.sent_ms = ms_since(t0);
         auto start = Clock::now();
@@ -185,11 +187,14 @@ class Monitor {
   std::thread th_;
 };
 
-// ---- 1: a 5xx storm on one deployment ------------------------------------------------------------
+// ---- 1: a 5xx storm on one deployment
+// ------------------------------------------------------------
 
 TEST(Resilience, FiveHundredStormMovesToHealthyDeploymentAndBreakerOnlyProbes) {
-  Sim a = start_sim(sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
-  Sim b = start_sim(sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
+  Sim a = start_sim(
+      sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
+  Sim b = start_sim(
+      sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
   constexpr int kThreshold = 3;
   constexpr int kProbes = 1;
   Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + provider_yaml("pa", a) +
@@ -259,8 +264,8 @@ resilience:
   ASSERT_NE(base, nullptr);
   ASSERT_EQ(base->brk.state, "open") << "baseline must lie inside the first open interval";
   const Sample& last = samples.back();
-  const int episodes = (last.brk.openings - base->brk.openings) +
-                       (last.brk.state == "half_open" ? 1 : 0);
+  const int episodes =
+      (last.brk.openings - base->brk.openings) + (last.brk.state == "half_open" ? 1 : 0);
   const std::int64_t probes = last.a - base->a;
   EXPECT_GE(episodes, 1) << "the breaker never probed A again";
   EXPECT_LE(probes, static_cast<std::int64_t>(kProbes) * episodes)
@@ -274,11 +279,14 @@ resilience:
       opened->at_ms, percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 1.0));
 }
 
-// ---- 2: a 429 storm with Retry-After: 10 ---------------------------------------------------------
+// ---- 2: a 429 storm with Retry-After: 10
+// ---------------------------------------------------------
 
 TEST(Resilience, TooManyRequestsWithRetryAfterKeepsDeploymentIdleAndBoundsAttempts) {
-  Sim a = start_sim(sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
-  Sim b = start_sim(sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
+  Sim a = start_sim(
+      sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
+  Sim b = start_sim(
+      sim_yaml("    m: {ttft: {median_ms: 5}, itl: {median_ms: 1}, completion_tokens: 4}\n"));
   Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + provider_yaml("pa", a) +
                         provider_yaml("pb", b) + R"(model_groups:
   limited:
@@ -301,10 +309,10 @@ resilience:
     pending.push_back(std::async(std::launch::async, [&gw] {
       Result r;
       auto start = Clock::now();
-      auto resp = request(gw.port, "POST", "/v1/chat/completions", chat_body("limited", false),
-                          {{"Content-Type", "application/json"},
-                           {"Authorization", std::string("Bearer ") + kKey}},
-                          std::chrono::seconds(20));
+      auto resp = request(
+          gw.port, "POST", "/v1/chat/completions", chat_body("limited", false),
+          {{"Content-Type", "application/json"}, {"Authorization", std::string("Bearer ") + kKey}},
+          std::chrono::seconds(20));
       r.latency_ms = ms_since(start);
       r.status = resp.status;
       r.body = resp.body;
@@ -419,7 +427,8 @@ resilience:
     EXPECT_EQ(d.status, 503) << d.body;
     EXPECT_FALSE(d.header("retry-after").empty()) << "request " << i << ": " << d.body;
     EXPECT_GE(std::atoi(d.header("retry-after").c_str()), 1);
-    EXPECT_LT(all_down_ms.back(), 2000) << "request " << i << " took " << all_down_ms.back() << " ms";
+    EXPECT_LT(all_down_ms.back(), 2000)
+        << "request " << i << " took " << all_down_ms.back() << " ms";
     codes += json_str(d.body, "code") + ",";
   }
   // Once both breakers are open the answer is the gateway's own, with nothing sent upstream.
@@ -443,10 +452,12 @@ resilience:
       degraded_ms, d.header("retry-after").c_str());
 }
 
-// ---- 4: a slow deployment ------------------------------------------------------------------------
+// ---- 4: a slow deployment
+// ------------------------------------------------------------------------
 
 TEST(Resilience, PeakEwmaMovesTrafficAwayFromSlowDeployment) {
-  const std::string model = "    m: {ttft: {median_ms: 20}, itl: {median_ms: 2}, completion_tokens: 4}\n";
+  const std::string model =
+      "    m: {ttft: {median_ms: 20}, itl: {median_ms: 2}, completion_tokens: 4}\n";
   Sim a = start_sim(sim_yaml(model));
   Sim b = start_sim(sim_yaml(model));
   Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + provider_yaml("pa", a) +
@@ -471,18 +482,20 @@ TEST(Resilience, PeakEwmaMovesTrafficAwayFromSlowDeployment) {
   const double share = static_cast<double>(na) / static_cast<double>(na + nb);
   EXPECT_LT(share, 0.20) << "slow A got " << na << " of " << (na + nb);
   EXPECT_GT(na, 0) << "A was never explored";
-  std::printf("[slow] A (10x latency) got %lld of %lld requests (%.1f%%); latency p50 %.1f ms "
-              "p99 %.1f ms\n",
-              static_cast<long long>(na), static_cast<long long>(na + nb), 100 * share,
-              percentile(lat, 0.5), percentile(lat, 0.99));
+  std::printf(
+      "[slow] A (10x latency) got %lld of %lld requests (%.1f%%); latency p50 %.1f ms "
+      "p99 %.1f ms\n",
+      static_cast<long long>(na), static_cast<long long>(na + nb), 100 * share,
+      percentile(lat, 0.5), percentile(lat, 0.99));
 }
 
-// ---- 5: a stream reset after bytes reached the client --------------------------------------------
+// ---- 5: a stream reset after bytes reached the client
+// --------------------------------------------
 
 TEST(Resilience, MidStreamResetEndsStreamCleanlyWithoutRetry) {
-  Sim s = start_sim(sim_yaml(
-      "    resetting: {ttft: {median_ms: 5}, itl: {median_ms: 5}, completion_tokens: 12, "
-      "reset_rate: 1.0}\n"));
+  Sim s = start_sim(
+      sim_yaml("    resetting: {ttft: {median_ms: 5}, itl: {median_ms: 5}, completion_tokens: 12, "
+               "reset_rate: 1.0}\n"));
   Sim spare = start_sim(sim_yaml("    resetting: {}\n"));
   Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + provider_yaml("ps", s) +
                         provider_yaml("pspare", spare) + R"(model_groups:
@@ -495,7 +508,8 @@ TEST(Resilience, MidStreamResetEndsStreamCleanlyWithoutRetry) {
   StreamReader rd(gw.port, raw_post("/v1/chat/completions", chat_body("flaky", true), kKey));
   std::string raw;
   TimedChunk c;
-  while (raw.find("\r\n0\r\n\r\n") == std::string::npos && rd.read_some(c, std::chrono::seconds(5))) {
+  while (raw.find("\r\n0\r\n\r\n") == std::string::npos &&
+         rd.read_some(c, std::chrono::seconds(5))) {
     raw += c.data;
   }
   ASSERT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
@@ -508,9 +522,8 @@ TEST(Resilience, MidStreamResetEndsStreamCleanlyWithoutRetry) {
       << "no terminating chunk: ..." << raw.substr(raw.size() > 300 ? raw.size() - 300 : 0);
   // Some tokens arrived, then an error event says why the stream stopped; no [DONE].
   EXPECT_NE(raw.find("\"delta\":{\"content\":\"the\"}"), std::string::npos) << raw;
-  EXPECT_NE(raw.find("data: {\"error\":"), std::string::npos)
-      << "no error event in the stream:\n"
-      << raw;
+  EXPECT_NE(raw.find("data: {\"error\":"), std::string::npos) << "no error event in the stream:\n"
+                                                              << raw;
   EXPECT_EQ(raw.find("[DONE]"), std::string::npos);
   // Exactly one upstream request: nothing is retried once bytes reached the client.
   EXPECT_EQ(sim_requests(s), 1);
@@ -568,9 +581,11 @@ class ResettingUpstream {
         auto he = buf.find("\r\n\r\n");
         if (he != std::string::npos && need == std::string::npos) {
           std::string head = buf.substr(0, he);
-          for (auto& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+          for (auto& ch : head)
+            ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
           auto cl = head.find("content-length:");
-          need = he + 4 + (cl == std::string::npos ? 0 : std::strtoul(head.c_str() + cl + 15, nullptr, 10));
+          need = he + 4 +
+                 (cl == std::string::npos ? 0 : std::strtoul(head.c_str() + cl + 15, nullptr, 10));
         }
       }
       if (need == std::string::npos || buf.size() < need) {
@@ -579,11 +594,14 @@ class ResettingUpstream {
       }
       ++requests;
       std::string out =
-          "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+          "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: "
+          "chunked\r\n\r\n";
       for (const char* w : {"the", " gateway", " keeps"}) {
-        std::string ev = std::string("data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\","
-                                     "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"") +
-                         w + "\"},\"finish_reason\":null}]}\n\n";
+        std::string ev =
+            std::string(
+                "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\","
+                "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"") +
+            w + "\"},\"finish_reason\":null}]}\n\n";
         char size[16];
         std::snprintf(size, sizeof size, "%zx\r\n", ev.size());
         out += size + ev + "\r\n";
@@ -616,12 +634,14 @@ TEST(Resilience, UpstreamTcpResetMidStreamEndsWithErrorEventWithoutRetry) {
   StreamReader rd(gw.port, raw_post("/v1/chat/completions", chat_body("flaky", true), kKey));
   std::string raw;
   TimedChunk c;
-  while (raw.find("\r\n0\r\n\r\n") == std::string::npos && rd.read_some(c, std::chrono::seconds(5))) {
+  while (raw.find("\r\n0\r\n\r\n") == std::string::npos &&
+         rd.read_some(c, std::chrono::seconds(5))) {
     raw += c.data;
   }
   ASSERT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
   EXPECT_TRUE(raw.size() >= 7 && raw.compare(raw.size() - 7, 7, "\r\n0\r\n\r\n") == 0)
-      << "no terminating chunk:\n" << raw;
+      << "no terminating chunk:\n"
+      << raw;
   EXPECT_NE(raw.find("\"content\":\" keeps\""), std::string::npos) << raw;
   EXPECT_NE(raw.find("data: {\"error\":"), std::string::npos) << "no error event:\n" << raw;
   EXPECT_EQ(raw.find("[DONE]"), std::string::npos);
@@ -656,8 +676,8 @@ resilience:
   // ~400 prompt tokens do not fit in 64: the request moves to the larger model, at once.
   const std::string long_prompt(1600, 'x');
   auto t = Clock::now();
-  auto r = post_json(gw.port, "/v1/chat/completions", chat_body("short", false, 0, long_prompt),
-                     kKey);
+  auto r =
+      post_json(gw.port, "/v1/chat/completions", chat_body("short", false, 0, long_prompt), kKey);
   const double took = ms_since(t);
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("x-bellwether-model"), "long");

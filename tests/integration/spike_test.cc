@@ -39,13 +39,13 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kKey = "sk-spike-key-0001";
 
 // ---- scenario ---------------------------------------------------------------------------------
-constexpr int kSlots = 8;                 // fixed concurrency of the model group
-constexpr double kServiceMs = 100;        // simulator latency (median == p99: no tail)
-constexpr double kOfferedRps = 240;       // 3x the 80 req/s capacity
+constexpr int kSlots = 8;            // fixed concurrency of the model group
+constexpr double kServiceMs = 100;   // simulator latency (median == p99: no tail)
+constexpr double kOfferedRps = 240;  // 3x the 80 req/s capacity
 constexpr double kSpikeSeconds = 6;
 constexpr int kClientThreads = 3;
 constexpr std::size_t kMaxQueue = 100;
-constexpr std::size_t kShedP2At = 80;     // overload policy: new P2 refused from this load on
+constexpr std::size_t kShedP2At = 80;  // overload policy: new P2 refused from this load on
 // P0 p99 wait bound. With strict priority a P0 only waits for the next free slot behind other
 // P0s: P0 arrives at 24 req/s against 80 req/s of service, 8 slots of 100 ms free one every
 // 12.5 ms on average and at worst after 100 ms, so the theoretical p99 is ~100-150 ms. 500 ms
@@ -78,17 +78,21 @@ providers:
 plans:
   bare: {limits: []}
 admission:
-  max_queue: )" + std::to_string(kMaxQueue) + R"(
+  max_queue: )" +
+         std::to_string(kMaxQueue) + R"(
   max_wait: {p0: 5s, p1: 2s, p2: 1s}
   aging: 10s
-  overload: {shed_p2_at: )" + std::to_string(kShedP2At) + R"(, shed_p1_at: 1000, hard_limit: 2000}
+  overload: {shed_p2_at: )" +
+         std::to_string(kShedP2At) + R"(, shed_p1_at: 1000, hard_limit: 2000}
   metrics_access: any_key
 model_groups:
   spike-model:
     deployments: [{provider: sim, model: spike-upstream}]
-    concurrency: {mode: fixed, initial: )" + std::to_string(kSlots) + R"(}
+    concurrency: {mode: fixed, initial: )" +
+         std::to_string(kSlots) + R"(}
 keys:
-  - {name: spiker, key: )" + std::string(kKey) + R"(, plan: bare, default_priority: 1, max_priority: 0}
+  - {name: spiker, key: )" +
+         std::string(kKey) + R"(, plan: bare, default_priority: 1, max_priority: 0}
 )";
 }
 
@@ -115,8 +119,8 @@ bool parse_response(const std::string& buf, Outcome& o, bool eof) {
   o.headers.clear();
   while (pos != std::string::npos) {
     std::size_t next = head.find("\r\n", pos + 2);
-    std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos
-                                                                      : next - pos - 2);
+    std::string line =
+        head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
     pos = next;
     auto colon = line.find(':');
     if (colon == std::string::npos) continue;
@@ -198,11 +202,13 @@ void run_client(int port, const std::vector<Planned>& plan, std::vector<Outcome>
     std::vector<pollfd> fds;
     fds.reserve(live.size());
     for (auto& l : live) {
-      fds.push_back(pollfd{l.fd, static_cast<short>(l.sent < l.request.size() ? POLLOUT : POLLIN), 0});
+      fds.push_back(
+          pollfd{l.fd, static_cast<short>(l.sent < l.request.size() ? POLLOUT : POLLIN), 0});
     }
     int wait_ms = 5;
     if (next < plan.size()) {
-      auto until = std::chrono::duration_cast<std::chrono::milliseconds>(plan[next].at - Clock::now());
+      auto until =
+          std::chrono::duration_cast<std::chrono::milliseconds>(plan[next].at - Clock::now());
       wait_ms = static_cast<int>(std::clamp<long>(until.count(), 0, 5));
     }
     ::poll(fds.data(), fds.size(), wait_ms);
@@ -212,7 +218,8 @@ void run_client(int port, const std::vector<Planned>& plan, std::vector<Outcome>
       const short ev = fds[i].revents;
       if (l.sent < l.request.size()) {
         if (ev & (POLLOUT | POLLERR | POLLHUP)) {
-          ssize_t n = ::send(l.fd, l.request.data() + l.sent, l.request.size() - l.sent, MSG_NOSIGNAL);
+          ssize_t n =
+              ::send(l.fd, l.request.data() + l.sent, l.request.size() - l.sent, MSG_NOSIGNAL);
           if (n < 0 && errno != EAGAIN) {
             finish(l, false, std::string("send: ") + std::strerror(errno));
             continue;
@@ -225,8 +232,9 @@ void run_client(int port, const std::vector<Planned>& plan, std::vector<Outcome>
         if (n < 0 && errno == EAGAIN) continue;
         if (n <= 0) {
           bool ok = parse_response(l.buf, out[l.index], true);
-          finish(l, ok, n < 0 ? std::string("recv: ") + std::strerror(errno)
-                              : "connection closed before a complete answer");
+          finish(l, ok,
+                 n < 0 ? std::string("recv: ") + std::strerror(errno)
+                       : "connection closed before a complete answer");
           continue;
         }
         l.buf.append(tmp, static_cast<std::size_t>(n));
@@ -295,8 +303,7 @@ TEST(Spike, ThreeTimesCapacityShedsByPriorityAndDrains) {
     while (watch.load()) {
       auto tick = Clock::now();
       auto r = request(gw.port, "GET", "/v1/metrics/queue", {},
-                       {{"Authorization", std::string("Bearer ") + kKey}},
-                       std::chrono::seconds(2));
+                       {{"Authorization", std::string("Bearer ") + kKey}}, std::chrono::seconds(2));
       ++polls;
       const double depth = json_number(r.body, {"queue_depth"});
       const double in_flight = json_number(r.body, {"in_flight"});
@@ -311,7 +318,8 @@ TEST(Spike, ThreeTimesCapacityShedsByPriorityAndDrains) {
           return;
         }
       }
-      if (tick > spike_end + std::chrono::milliseconds(static_cast<int>(kDrainBoundMs) + 2000)) return;
+      if (tick > spike_end + std::chrono::milliseconds(static_cast<int>(kDrainBoundMs) + 2000))
+        return;
       std::this_thread::sleep_until(tick + std::chrono::milliseconds(50));
     }
   });
@@ -359,13 +367,16 @@ TEST(Spike, ThreeTimesCapacityShedsByPriorityAndDrains) {
     ++refused[p];
     const std::string ra = h("retry-after");
     if (ra.empty() || std::atoi(ra.c_str()) < 1) fail("no usable Retry-After");
-    if (o.body.find("{\"error\":{\"message\":") != 0 || o.body.find("\"type\":") == std::string::npos) {
+    if (o.body.find("{\"error\":{\"message\":") != 0 ||
+        o.body.find("\"type\":") == std::string::npos) {
       fail("not an OpenAI error body");
     }
     auto c = o.body.find("\"code\":\"");
-    std::string code = c == std::string::npos ? "" : o.body.substr(c + 8, o.body.find('"', c + 8) - c - 8);
+    std::string code =
+        c == std::string::npos ? "" : o.body.substr(c + 8, o.body.find('"', c + 8) - c - 8);
     ++codes[p][code];
-    if (o.status == 503 && !kQueueCodes.count(code)) fail("503 with unexpected code '" + code + "'");
+    if (o.status == 503 && !kQueueCodes.count(code))
+      fail("503 with unexpected code '" + code + "'");
     if (h("x-bellwether-priority") != std::to_string(p)) fail("wrong x-bellwether-priority");
   }
 
@@ -416,7 +427,8 @@ TEST(Spike, ThreeTimesCapacityShedsByPriorityAndDrains) {
   EXPECT_GE(refused_frac[2], 0.8) << summary;
   // Served work cannot exceed capacity: 80 req/s over the spike plus the drained queue.
   EXPECT_LE(ok[0] + ok[1] + ok[2],
-            static_cast<int>(kSlots * 1000 / kServiceMs * (kSpikeSeconds + 1.5)) + static_cast<int>(kMaxQueue))
+            static_cast<int>(kSlots * 1000 / kServiceMs * (kSpikeSeconds + 1.5)) +
+                static_cast<int>(kMaxQueue))
       << summary;
 
   // Urgent work waits briefly (client view: latency from the intended send time minus service).
@@ -444,7 +456,8 @@ TEST(Spike, ThreeTimesCapacityShedsByPriorityAndDrains) {
     const int timeouts = codes[p].count("queue_timeout") ? codes[p].at("queue_timeout") : 0;
     EXPECT_EQ(json_number(metrics.body, {"timed_out", k}), timeouts) << k << " " << metrics.body;
   }
-  EXPECT_EQ(json_number(metrics.body, {"concurrency_limits", "spike-model"}), kSlots) << metrics.body;
+  EXPECT_EQ(json_number(metrics.body, {"concurrency_limits", "spike-model"}), kSlots)
+      << metrics.body;
 
   // After the spike the queue drains to zero.
   EXPECT_GE(drained_after_ms, 0) << "queue not drained\n" << summary;

@@ -31,16 +31,15 @@ std::int64_t estimate_text_tokens(std::size_t chars) {
 namespace {
 
 constexpr std::array<std::string_view, 16> kWords = {
-    "the", "gateway", "keeps", "the", "service", "alive", "while", "traffic",
-    "spikes", "and", "the", "budget", "holds", "under", "load", "today"};
+    "the",    "gateway", "keeps", "the",    "service", "alive", "while", "traffic",
+    "spikes", "and",     "the",   "budget", "holds",   "under", "load",  "today"};
 
 // Requests and tokens in the last minute, in one-second buckets.
 class MinuteWindow {
  public:
   // Adds if within limits; returns seconds until it would fit (0 = added).
-  double try_add(std::int64_t now_s, std::int64_t requests, std::int64_t tokens,
-                 std::int64_t rpm, std::int64_t tpm, std::int64_t& req_used,
-                 std::int64_t& tok_used) {
+  double try_add(std::int64_t now_s, std::int64_t requests, std::int64_t tokens, std::int64_t rpm,
+                 std::int64_t tpm, std::int64_t& req_used, std::int64_t& tok_used) {
     std::lock_guard lock(mu_);
     roll(now_s);
     req_used = 0;
@@ -135,7 +134,9 @@ std::mt19937_64& rng() {
   return gen;
 }
 
-double uniform() { return std::uniform_real_distribution<double>(0, 1)(rng()); }
+double uniform() {
+  return std::uniform_real_distribution<double>(0, 1)(rng());
+}
 
 // Lognormal with the given median and p99 (z(0.99) = 2.326).
 Nanos sample(const config::Distribution& d, double scale) {
@@ -223,20 +224,22 @@ std::string completion_text(std::int64_t tokens) {
 }
 
 std::string usage_json(std::int64_t p, std::int64_t c) {
-  return "{\"prompt_tokens\":" + std::to_string(p) + ",\"completion_tokens\":" +
-         std::to_string(c) + ",\"total_tokens\":" + std::to_string(p + c) + "}";
+  return "{\"prompt_tokens\":" + std::to_string(p) + ",\"completion_tokens\":" + std::to_string(c) +
+         ",\"total_tokens\":" + std::to_string(p + c) + "}";
 }
 
 void add_ratelimit_headers(http::Headers& h, const config::SimModelConfig& m, std::int64_t req_used,
                            std::int64_t tok_used) {
   if (m.rpm > 0) {
     h.add("x-ratelimit-limit-requests", std::to_string(m.rpm));
-    h.add("x-ratelimit-remaining-requests", std::to_string(std::max<std::int64_t>(0, m.rpm - req_used)));
+    h.add("x-ratelimit-remaining-requests",
+          std::to_string(std::max<std::int64_t>(0, m.rpm - req_used)));
     h.add("x-ratelimit-reset-requests", "60s");
   }
   if (m.tpm > 0) {
     h.add("x-ratelimit-limit-tokens", std::to_string(m.tpm));
-    h.add("x-ratelimit-remaining-tokens", std::to_string(std::max<std::int64_t>(0, m.tpm - tok_used)));
+    h.add("x-ratelimit-remaining-tokens",
+          std::to_string(std::max<std::int64_t>(0, m.tpm - tok_used)));
     h.add("x-ratelimit-reset-tokens", "60s");
   }
 }
@@ -256,14 +259,22 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   if (req.method == "GET" && path == "/sim/stats") {
     JsonWriter j;
     j.begin_object()
-        .key("requests").value(st->requests.load())
-        .key("completed").value(st->completed.load())
-        .key("cancelled").value(st->cancelled.load())
-        .key("rejected_429").value(st->rejected.load())
-        .key("errors").value(st->errors.load())
-        .key("resets").value(st->resets.load())
-        .key("in_flight").value(st->in_flight.load())
-        .key("max_in_flight").value(st->max_in_flight.load())
+        .key("requests")
+        .value(st->requests.load())
+        .key("completed")
+        .value(st->completed.load())
+        .key("cancelled")
+        .value(st->cancelled.load())
+        .key("rejected_429")
+        .value(st->rejected.load())
+        .key("errors")
+        .value(st->errors.load())
+        .key("resets")
+        .value(st->resets.load())
+        .key("in_flight")
+        .value(st->in_flight.load())
+        .key("max_in_flight")
+        .value(st->max_in_flight.load())
         .end_object();
     co_await w.send(Response::json(200, j.take()));
     co_return;
@@ -287,7 +298,8 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     Control c;
     std::int64_t status = 0;
     double d = 0;
-    if (doc["error_status"].get(status) == simdjson::SUCCESS) c.error_status = static_cast<int>(status);
+    if (doc["error_status"].get(status) == simdjson::SUCCESS)
+      c.error_status = static_cast<int>(status);
     if (doc["error_rate"].get(d) == simdjson::SUCCESS) c.error_rate = d;
     if (doc["retry_after_s"].get(d) == simdjson::SUCCESS) c.retry_after_s = d;
     if (doc["latency_scale"].get(d) == simdjson::SUCCESS) c.latency_scale = d;
@@ -302,8 +314,14 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     JsonWriter j;
     j.begin_object().key("object").value("list").key("data").begin_array();
     for (const auto& m : st->cfg.models) {
-      j.begin_object().key("id").value(m.name).key("object").value("model")
-          .key("owned_by").value("sim").end_object();
+      j.begin_object()
+          .key("id")
+          .value(m.name)
+          .key("object")
+          .value("model")
+          .key("owned_by")
+          .value("sim")
+          .end_object();
     }
     j.end_array().end_object();
     co_await w.send(Response::json(200, j.take()));
@@ -317,8 +335,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     co_return;
   }
   if (req.method != "POST") {
-    co_await w.send(error_response(405, "invalid_request_error", "method_not_allowed",
-                                   "Use POST"));
+    co_await w.send(error_response(405, "invalid_request_error", "method_not_allowed", "Use POST"));
     co_return;
   }
   st->requests.fetch_add(1);
@@ -374,8 +391,10 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   if (fault == "429") {
     st->rejected.fetch_add(1);
     double ra = ctl.retry_after_s;
-    if (auto h = req.header("x-sim-retry-after"); !h.empty()) ra = std::atof(std::string(h).c_str());
-    auto r = error_response(429, "requests", "rate_limit_exceeded", "Rate limit reached (simulated)");
+    if (auto h = req.header("x-sim-retry-after"); !h.empty())
+      ra = std::atof(std::string(h).c_str());
+    auto r =
+        error_response(429, "requests", "rate_limit_exceeded", "Rate limit reached (simulated)");
     r.headers.add("retry-after", std::to_string(static_cast<long>(std::ceil(ra))));
     co_await w.send(std::move(r));
     co_return;
@@ -458,9 +477,9 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
       }
       body += "]}";
     }
-    body += "],\"model\":" + json_string(p.model) + ",\"usage\":{\"prompt_tokens\":" +
-            std::to_string(p.prompt_tokens) + ",\"total_tokens\":" +
-            std::to_string(p.prompt_tokens) + "}}";
+    body += "],\"model\":" + json_string(p.model) +
+            ",\"usage\":{\"prompt_tokens\":" + std::to_string(p.prompt_tokens) +
+            ",\"total_tokens\":" + std::to_string(p.prompt_tokens) + "}}";
     auto r = Response::json(200, std::move(body));
     for (const auto& [k, v] : h.items()) r.headers.add(k, v);
     guard.release();
@@ -482,15 +501,16 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     std::string text = completion_text(completion);
     std::string body;
     if (chat) {
-      body = "{\"id\":\"" + id + "\",\"object\":\"chat.completion\",\"created\":" +
-             std::to_string(created) + ",\"model\":" + json_string(p.model) +
+      body = "{\"id\":\"" + id +
+             "\",\"object\":\"chat.completion\",\"created\":" + std::to_string(created) +
+             ",\"model\":" + json_string(p.model) +
              ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":" +
-             json_string(text) + "},\"finish_reason\":\"" +
-             (p.max_tokens > 0 ? "length" : "stop") + "\"}],\"usage\":" +
-             usage_json(p.prompt_tokens, completion) + "}";
+             json_string(text) + "},\"finish_reason\":\"" + (p.max_tokens > 0 ? "length" : "stop") +
+             "\"}],\"usage\":" + usage_json(p.prompt_tokens, completion) + "}";
     } else {
-      body = "{\"id\":\"" + id + "\",\"object\":\"text_completion\",\"created\":" +
-             std::to_string(created) + ",\"model\":" + json_string(p.model) +
+      body = "{\"id\":\"" + id +
+             "\",\"object\":\"text_completion\",\"created\":" + std::to_string(created) +
+             ",\"model\":" + json_string(p.model) +
              ",\"choices\":[{\"index\":0,\"text\":" + json_string(text) +
              ",\"finish_reason\":\"stop\"}],\"usage\":" + usage_json(p.prompt_tokens, completion) +
              "}";
@@ -510,14 +530,13 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     st->cancelled.fetch_add(1);
     co_return;
   }
-  const std::string prefix = chat ? "data: {\"id\":\"" + id +
-                                        "\",\"object\":\"chat.completion.chunk\",\"created\":" +
-                                        std::to_string(created) + ",\"model\":" +
-                                        json_string(p.model) + ",\"choices\":["
-                                  : "data: {\"id\":\"" + id +
-                                        "\",\"object\":\"text_completion\",\"created\":" +
-                                        std::to_string(created) + ",\"model\":" +
-                                        json_string(p.model) + ",\"choices\":[";
+  const std::string prefix =
+      chat ? "data: {\"id\":\"" + id +
+                 "\",\"object\":\"chat.completion.chunk\",\"created\":" + std::to_string(created) +
+                 ",\"model\":" + json_string(p.model) + ",\"choices\":["
+           : "data: {\"id\":\"" + id +
+                 "\",\"object\":\"text_completion\",\"created\":" + std::to_string(created) +
+                 ",\"model\":" + json_string(p.model) + ",\"choices\":[";
   std::string batch;  // zero-latency mode sends the whole stream in one write
   auto emit = [&](std::string event) -> asio::awaitable<bool> {
     if (scale <= 0) {
@@ -527,7 +546,8 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     co_return co_await w.write_chunk(event);
   };
   if (chat) {
-    if (!co_await emit(prefix + "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}," +
+    if (!co_await emit(prefix +
+                       "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}," +
                        "\"finish_reason\":null}]}\n\n")) {
       st->cancelled.fetch_add(1);
       co_return;
@@ -557,8 +577,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
                                 (p.max_tokens > 0 ? "length" : "stop") + "\"}]}\n\n"
                           : prefix + "{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n";
   if (p.include_usage) {
-    tail += prefix + "],\"usage\":" +
-            usage_json(p.prompt_tokens, completion) + "}\n\n";
+    tail += prefix + "],\"usage\":" + usage_json(p.prompt_tokens, completion) + "}\n\n";
   }
   tail += "data: [DONE]\n\n";
   batch += tail;
@@ -572,11 +591,14 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
 
 }  // namespace
 
-Simulator::Simulator(config::SimConfig cfg) : cfg_(std::move(cfg)), state_(std::make_shared<State>()) {
+Simulator::Simulator(config::SimConfig cfg)
+    : cfg_(std::move(cfg)), state_(std::make_shared<State>()) {
   state_->cfg = cfg_;
 }
 
-Simulator::~Simulator() { stop(); }
+Simulator::~Simulator() {
+  stop();
+}
 
 http::Handler Simulator::handler() {
   auto st = state_;
@@ -605,6 +627,8 @@ void Simulator::stop() {
   if (server_) server_->stop();
 }
 
-http::Server* Simulator::server() { return server_.get(); }
+http::Server* Simulator::server() {
+  return server_.get();
+}
 
 }  // namespace bw::sim
