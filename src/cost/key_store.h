@@ -65,6 +65,17 @@ class KeyStore {
   virtual Result<ApiKeyRecord> verify(std::string_view secret) = 0;
 };
 
+// Errors every KeyStore answers with (one wording for all backends).
+inline Error key_not_found_error(const std::string& id) {
+  return make_error(404, "invalid_request_error", "key_not_found", "no API key " + id);
+}
+inline Error invalid_key_error() {
+  return make_error(401, "invalid_request_error", "invalid_api_key", "invalid API key");
+}
+inline Error rng_failure_error() {
+  return make_error(500, "server_error", "rng_failure", "secure random generator failed");
+}
+
 // Number of secret characters kept for display.
 constexpr std::size_t kKeyPrefixLength = 7;
 

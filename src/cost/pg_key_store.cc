@@ -8,15 +8,13 @@ namespace bw::cost {
 namespace {
 
 Error not_found(const std::string& id) {
-  return make_error(404, "invalid_request_error", "key_not_found", "no API key " + id);
+  return key_not_found_error(id);
 }
-
 Error invalid_key() {
-  return make_error(401, "invalid_request_error", "invalid_api_key", "invalid API key");
+  return invalid_key_error();
 }
-
 Error rng_failure() {
-  return make_error(500, "server_error", "rng_failure", "secure random generator failed");
+  return rng_failure_error();
 }
 
 constexpr const char* kColumns =
