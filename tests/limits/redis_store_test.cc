@@ -2,12 +2,14 @@
 #include "limits/redis_limit_store.h"
 
 #include <gtest/gtest.h>
+
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "support/redis_server.h"
 
 #include <atomic>
 #include <chrono>
@@ -32,107 +34,7 @@ namespace {
 
 namespace asio = boost::asio;
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// A throwaway redis-server: no persistence, its own directory, killed by the destructor.
-class RedisServer {
- public:
-  RedisServer() : port_(free_port()) {
-    char tmpl[] = "/tmp/bw-redis-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    start();
-  }
-  ~RedisServer() {
-    resume();
-    stop();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
-
-  void start() {
-    const std::string port = std::to_string(port_);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::execl("/usr/bin/redis-server", "redis-server", "--port", port.c_str(), "--bind",
-              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir_.c_str(), "--logfile",
-              (dir_ + "/redis.log").c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    for (int i = 0; i < 500; ++i) {  // up to 5 s for the server to accept connections
-      if (redisContext* c = connect()) {
-        redisFree(c);
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    ADD_FAILURE() << "redis-server did not start on port " << port_;
-  }
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  void pause() { ::kill(pid_, SIGSTOP); }
-  void resume() {
-    if (pid_ > 0) ::kill(pid_, SIGCONT);
-  }
-
-  redisContext* connect() const {
-    timeval tv{1, 0};
-    redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, tv);
-    if (!c || c->err) {
-      if (c) redisFree(c);
-      return nullptr;
-    }
-    return c;
-  }
-
-  // Runs one admin command synchronously; returns the reply as text (integer as decimal).
-  std::string command(const std::vector<std::string>& args) const {
-    redisContext* c = connect();
-    if (!c) return "<no connection>";
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* r = static_cast<redisReply*>(
-        redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    std::string out = "<null>";
-    if (r) {
-      if (r->type == REDIS_REPLY_INTEGER) {
-        out = std::to_string(r->integer);
-      } else if (r->str) {
-        out.assign(r->str, r->len);
-      } else if (r->type == REDIS_REPLY_NIL) {
-        out = "<nil>";
-      }
-      freeReplyObject(r);
-    }
-    redisFree(c);
-    return out;
-  }
-
-  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
-
- private:
-  int port_;
-  std::string dir_;
-  pid_t pid_ = -1;
-};
+using test::RedisServer;
 
 template <class T>
 T run(asio::io_context& ioc, asio::awaitable<T> a) {
