@@ -27,26 +27,10 @@ for tool in wrk redis-server redis-cli curl; do
   command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
 done
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+# shellcheck source=bench/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-work="$(mktemp -d /tmp/bw-redis-limits.XXXXXX)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+start_workdir redis-limits
 
 sim_port="$(free_port)"
 redis_port="$(free_port)"
@@ -100,7 +84,7 @@ start_gw() {
   port="$(free_port)"
   gateway_yaml "$port" "$1" >"$work/gw-$port.yaml"
   "$bin" serve --config "$work/gw-$port.yaml" >"$work/gw-$port.log" 2>&1 &
-  pids+=($!)
+  track_pid $!  # start_gw runs in $(...): a plain pids+= would not reach the exit cleanup
   wait_port "$port"
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer sk-bench-4limits-01" \
