@@ -971,6 +971,16 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   c.permit.complete(c.upstream_latency, c.upstream_status);
 }
 
+// Runs blocking work (SQLite) on the blocking pool and resumes on the caller's worker.
+template <class F>
+auto run_blocking(Shared& sh, F f) -> asio::awaitable<decltype(f())> {
+  auto home = co_await asio::this_coro::executor;
+  co_await asio::post(sh.blocking->get_executor(), asio::use_awaitable);
+  auto r = f();
+  co_await asio::post(home, asio::use_awaitable);
+  co_return r;
+}
+
 // A batch (P2) request that failed after every retry and fallback is kept for a later replay.
 asio::awaitable<void> dead_letter(Ctx& c) {
   if (!c.forward_failed || c.replay_key || !c.sh.dead_letters || c.priority.priority != 2 ||
@@ -985,10 +995,7 @@ asio::awaitable<void> dead_letter(Ctx& c) {
   e.body = c.req.body;
   e.error = c.last_failure.empty() ? c.error_code : c.last_failure;
   e.attempts = static_cast<int>(c.attempts);
-  auto home = co_await asio::this_coro::executor;
-  co_await asio::post(c.sh.blocking->get_executor(), asio::use_awaitable);
-  auto r = c.sh.dead_letters->add(e);
-  co_await asio::post(home, asio::use_awaitable);
+  auto r = co_await run_blocking(c.sh, [&] { return c.sh.dead_letters->add(e); });
   if (!r) spdlog::error("dead-letter queue: {}", r.error().message);
 }
 
@@ -1019,15 +1026,6 @@ constexpr std::array<Route, 8> kRoutes = {{{"/v1/chat/completions", "POST"},
                                            {"/readyz", "GET"},
                                            {"/v1/metrics/queue", "GET"},
                                            {"/metrics", "GET"}}};
-
-template <class F>
-auto run_blocking(Shared& sh, F f) -> asio::awaitable<decltype(f())> {
-  auto home = co_await asio::this_coro::executor;
-  co_await asio::post(sh.blocking->get_executor(), asio::use_awaitable);
-  auto r = f();
-  co_await asio::post(home, asio::use_awaitable);
-  co_return r;
-}
 
 std::string dead_letter_json(const routing::DeadLetter& d, bool with_body) {
   JsonWriter j;

@@ -2,7 +2,6 @@
 // Runtime: the immutable snapshot the data plane reads, built from one Config. A reload builds a
 // new Runtime and swaps it in atomically; requests in flight keep the snapshot they started with.
 // Thread safety: immutable after construction.
-#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -48,6 +47,8 @@ class Runtime {
   const Deployment* deployment(const std::string& id) const;
   const KeyInfo* key_by_name(const std::string& name) const;
   const std::string& models_json() const { return models_json_; }
+  const std::vector<config::KeyConfig>& stored_keys() const { return stored_keys_; }
+  std::uint16_t sim_port() const { return sim_port_; }
 
  private:
   std::shared_ptr<const config::Config> cfg_;
@@ -57,13 +58,7 @@ class Runtime {
   std::unordered_map<std::string, const Deployment*> deployments_;
   std::unordered_map<std::string, const KeyInfo*> keys_by_name_;
   std::string models_json_;
-  std::vector<config::KeyConfig> stored_keys_;  // never resized after construction
-
- public:
-  const std::vector<config::KeyConfig>& stored_keys() const { return stored_keys_; }
-  std::uint16_t sim_port() const { return sim_port_; }
-
- private:
+  std::vector<config::KeyConfig> stored_keys_;  // never resized: keys_ points into it
   std::uint16_t sim_port_ = 0;
 };
 
