@@ -1,5 +1,8 @@
 #include "cost/sqlite_db.h"
 
+#include <chrono>
+#include <thread>
+
 #include <sqlite3.h>
 
 #include <string>
@@ -23,7 +26,19 @@ Result<SqliteDb> SqliteDb::open(const std::string& path, bool synchronous_full,
   }
   sqlite3_busy_timeout(raw, busy_timeout_ms);
   sqlite3_extended_result_codes(raw, 1);
+  // Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked"
+  // here without consulting the busy handler when several processes open it at once; so the
+  // busy timeout is applied by hand.
   auto mode = db.query_int("PRAGMA journal_mode=WAL");
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(busy_timeout_ms);
+  while (!mode.ok() &&
+         (mode.error().message.find("locked") != std::string::npos ||
+          mode.error().message.find("busy") != std::string::npos) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    mode = db.query_int("PRAGMA journal_mode=WAL");
+  }
   if (!mode.ok()) return mode.error();
   auto r = db.exec(synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
   if (!r.ok()) return r.error();
