@@ -20,7 +20,7 @@ wait_port() {
 start_workdir() {
   work="$(mktemp -d "/tmp/bw-$1.XXXXXX")"
   pids=()
-  trap 'all=("${pids[@]}" $(cat "$work/.pids" 2>/dev/null))
+  trap 'all=("${pids[@]}" $(cat "$work/.pids" 2>/dev/null || true))
         for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
         for p in "${all[@]}"; do wait "$p" 2>/dev/null || true; done
         rm -rf "$work"' EXIT
