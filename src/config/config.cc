@@ -14,9 +14,21 @@
 namespace bw::config {
 
 std::string sha256_hex(std::string_view data) {
+  // Fetched once: EVP_sha256() looks the algorithm up (under a lock) on every digest.
+  static EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  // One context per thread, reused (EVP_Digest allocates and frees one per call).
+  struct Ctx {
+    EVP_MD_CTX* p = EVP_MD_CTX_new();
+    ~Ctx() { EVP_MD_CTX_free(p); }
+  };
+  thread_local Ctx ctx;
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  if (!ctx.p || !md || EVP_DigestInit_ex(ctx.p, md, nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.p, data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.p, digest, &len) != 1) {
+    EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  }
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(len * 2);
@@ -382,9 +394,13 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     r.get_duration("connect_timeout", p.timeouts.connect);
     r.get_duration("first_byte_timeout", p.timeouts.first_byte);
     r.get_duration("idle_timeout", p.timeouts.idle);
-    std::int64_t maxc = static_cast<std::int64_t>(p.max_connections);
+    std::int64_t maxc = static_cast<std::int64_t>(p.pool.max_connections);
     r.get("max_connections", maxc, 1, 100'000);
-    p.max_connections = static_cast<std::size_t>(maxc);
+    p.pool.max_connections = static_cast<std::size_t>(maxc);
+    std::int64_t maxi = static_cast<std::int64_t>(p.pool.max_idle);
+    r.get("max_idle_connections", maxi, 0, 100'000);
+    p.pool.max_idle = static_cast<std::size_t>(std::min(maxi, maxc));
+    r.get_duration("pool_idle_timeout", p.pool.idle_timeout);
     if (p.type == "openai") {
       r.require("base_url");
       auto ep = http::Endpoint::parse(p.base_url);

@@ -35,7 +35,7 @@ struct ProviderConfig {
   std::string api_key_env;      // environment variable holding the provider key
   std::string api_key;          // resolved at load time; never logged
   http::ClientTimeouts timeouts;
-  std::size_t max_connections = 512;  // per worker thread
+  http::PoolLimits pool;  // per worker thread
 };
 
 struct DeploymentConfig {

@@ -306,7 +306,7 @@ http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d, 
     out.headers.add("authorization", d.provider->authorization);
   }
   for (auto name : kForwardRequestHeaders) {
-    if (auto v = c.req.header(name); !v.empty()) out.headers.add(std::string(name), std::string(v));
+    if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
   out.body = std::move(body);
   return out;
@@ -527,7 +527,7 @@ asio::awaitable<void> forward(Ctx& c) {
     auto& pool = http::ClientPool::for_this_thread();
     auto resp = co_await pool.send(d->provider->endpoint,
                                    build_upstream_request(c, *d, std::move(body.value())),
-                                   d->provider->cfg->timeouts);
+                                   d->provider->options);
     if (!resp) {
       now = SteadyClock::instance().now();
       c.upstream_status = 0;

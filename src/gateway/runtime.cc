@@ -10,10 +10,10 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   for (const auto& p : cfg_->providers) {
     Provider prov;
     prov.cfg = &p;
+    prov.options.timeouts = p.timeouts;
+    prov.options.pool = p.pool;
     if (p.type == "sim") {
-      prov.endpoint.host = "127.0.0.1";
-      prov.endpoint.port = sim_port;
-      prov.endpoint.base_path = "/v1";
+      prov.endpoint = http::Endpoint::make(false, "127.0.0.1", sim_port, "/v1");
     } else {
       auto ep = http::Endpoint::parse(p.base_url);
       if (ep) prov.endpoint = *ep;  // validated at load time

@@ -15,7 +15,8 @@ namespace bw::gateway {
 struct Provider {
   const config::ProviderConfig* cfg = nullptr;
   http::Endpoint endpoint;
-  std::string authorization;  // "Bearer <provider key>" or empty; never logged
+  http::UpstreamOptions options;  // timeouts and pool bounds
+  std::string authorization;      // "Bearer <provider key>" or empty; never logged
 };
 
 struct Deployment {

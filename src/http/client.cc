@@ -4,17 +4,24 @@
 
 #include <array>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
+#include <boost/beast/core/read_size.hpp>
+#include <boost/beast/http/error.hpp>
 #include <charconv>
-#include <chrono>
+#include <limits>
+#include <optional>
+#include <tuple>
 #include <unordered_map>
+
+#include "http/deadline.h"
+#include "http/wire.h"
 
 namespace bw::http {
 
@@ -27,10 +34,6 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-std::chrono::nanoseconds ns(Nanos n) {
-  return std::chrono::nanoseconds(n);
-}
-
 Error upstream_error(std::string_view code, const std::string& what) {
   int status = code == kUpstreamTimeout ? 504 : 502;
   return make_error(status, "upstream_error", std::string(code), what);
@@ -42,34 +45,96 @@ Error classify(const beast::error_code& ec, const char* phase) {
   return upstream_error(kUpstreamReset, what);
 }
 
-struct Conn {
-  std::unique_ptr<beast::tcp_stream> tcp;
-  std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> tls;
-  beast::flat_buffer buffer;
-  std::string key;
-  Nanos last_used = 0;
-
-  beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *tcp; }
-  // Runs f on whichever stream this connection has.
-  template <class F>
-  auto with_stream(F&& f) {
-    return tls ? f(*tls) : f(*tcp);
-  }
-};
-
 bool stale_connection_error(const beast::error_code& ec) {
   return ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
          ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
          ec == ssl::error::stream_truncated;
 }
 
+constexpr std::size_t kKeepBytes = 256 * 1024;  // larger scratch buffers are not kept idle
+
 }  // namespace
 
+// One upstream connection with its reusable buffers; it is the UpstreamResponse while a
+// response is being read, and sits in the pool in between.
+struct UpstreamResponse::Impl {
+  ClientPool::State* pool = nullptr;
+  std::unique_ptr<tcp::socket> plain;
+  std::unique_ptr<ssl::stream<tcp::socket>> tls;
+  beast::flat_buffer buffer;
+  Deadline deadline;
+  const std::string* key = nullptr;  // the pool's copy of the endpoint key
+  std::string out;                   // request head
+  std::string piece;                 // read_some's last piece
+  Headers headers;
+  std::optional<wire::ResponseParser> parser;
+  ClientTimeouts timeouts;
+  PoolLimits limits;
+  Nanos last_used = 0;
+  bool done = false;
+  bool failed = false;
+
+  tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
+
+  template <class Buffers>
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write(const Buffers& b) {
+    if (tls) co_return co_await asio::async_write(*tls, b, kNoThrow);
+    co_return co_await asio::async_write(*plain, b, kNoThrow);
+  }
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some_bytes() {
+    auto mb = buffer.prepare(beast::read_size(buffer, 64 * 1024));
+    if (tls) co_return co_await tls->async_read_some(mb, kNoThrow);
+    co_return co_await plain->async_read_some(mb, kNoThrow);
+  }
+
+  // Feeds the parser until it has the head (whole = false) or the whole body into its sink.
+  // A passed deadline reads as beast::error::timeout.
+  asio::awaitable<beast::error_code> parse(bool header_only) {
+    auto& p = *parser;
+    auto finished = [&] { return header_only ? p.is_header_done() : p.is_done(); };
+    for (;;) {
+      if (buffer.size() > 0 && !p.is_done()) {
+        beast::error_code ec;
+        const std::size_t used = p.put(buffer.data(), ec);
+        buffer.consume(used);
+        if (ec && ec != bhttp::error::need_more) co_return ec;
+        if (finished()) co_return beast::error_code{};
+        // Without eager parsing one put is one step (e.g. one chunk): give the caller the
+        // piece before reading more.
+        if (!header_only && !piece.empty()) co_return beast::error_code{};
+        if (!ec && used > 0 && buffer.size() > 0) continue;
+      }
+      if (finished()) co_return beast::error_code{};
+      auto [ec, n] = co_await read_some_bytes();
+      if (deadline.expired()) co_return beast::error::timeout;
+      if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
+        if (!p.got_some()) co_return bhttp::error::end_of_stream;
+        beast::error_code eec;
+        p.put_eof(eec);
+        if (eec) co_return eec;
+        co_return finished() ? beast::error_code{} : bhttp::error::partial_message;
+      }
+      if (ec) co_return ec;
+      buffer.commit(n);
+    }
+  }
+
+  void close() {
+    deadline.disarm();
+    beast::error_code ec;
+    socket().close(ec);
+  }
+};
+
 struct ClientPool::State {
-  std::unordered_map<std::string, std::vector<std::unique_ptr<Conn>>> idle;
-  std::unordered_map<std::string, std::size_t> open;
+  struct Host {
+    std::string key;
+    std::vector<std::unique_ptr<UpstreamResponse::Impl>> idle;
+    std::size_t open = 0;
+  };
+  // Node-based: Host addresses (and their key strings) stay put.
+  std::unordered_map<std::string, Host> hosts;
   std::unique_ptr<ssl::context> tls_context;
-  ClientLimits limits;
 
   ssl::context& tls() {
     if (!tls_context) {
@@ -83,68 +148,72 @@ struct ClientPool::State {
     return *tls_context;
   }
 
-  void closed(const std::string& key) {
-    auto it = open.find(key);
-    if (it != open.end() && it->second > 0) --it->second;
+  Host& host(const std::string& key) {
+    auto it = hosts.find(key);
+    if (it == hosts.end()) {
+      it = hosts.emplace(key, Host{}).first;
+      it->second.key = key;
+    }
+    return it->second;
   }
 
-  void give_back(std::unique_ptr<Conn> c) {
-    auto& list = idle[c->key];
-    if (list.size() >= limits.max_idle_per_host) {
-      closed(c->key);
+  void closed(const std::string& key) {
+    auto it = hosts.find(key);
+    if (it != hosts.end() && it->second.open > 0) --it->second.open;
+  }
+
+  void give_back(std::unique_ptr<UpstreamResponse::Impl> c, const PoolLimits& limits) {
+    auto& h = host(*c->key);
+    if (h.idle.size() >= limits.max_idle) {
+      c->close();
+      if (h.open > 0) --h.open;
       return;
     }
     c->last_used = SteadyClock::instance().now();
-    list.push_back(std::move(c));
+    c->parser.reset();
+    if (c->piece.capacity() > kKeepBytes) std::string().swap(c->piece);
+    if (c->out.capacity() > kKeepBytes) std::string().swap(c->out);
+    h.idle.push_back(std::move(c));
   }
 
-  std::unique_ptr<Conn> take(const std::string& key) {
-    auto it = idle.find(key);
-    if (it == idle.end()) return nullptr;
-    auto& list = it->second;
+  std::unique_ptr<UpstreamResponse::Impl> take(Host& h, const PoolLimits& limits) {
     const Nanos now = SteadyClock::instance().now();
-    while (!list.empty()) {
-      auto c = std::move(list.back());
-      list.pop_back();
-      if (now - c->last_used < limits.pool_idle_timeout && c->lowest().socket().is_open()) {
-        return c;
-      }
-      closed(key);
+    while (!h.idle.empty()) {
+      auto c = std::move(h.idle.back());
+      h.idle.pop_back();
+      if (now - c->last_used < limits.idle_timeout && c->socket().is_open()) return c;
+      c->close();
+      if (h.open > 0) --h.open;
     }
     return nullptr;
   }
 };
 
-struct UpstreamResponse::Impl {
-  std::shared_ptr<ClientPool::State> pool;
-  std::unique_ptr<Conn> conn;
-  bhttp::response_parser<bhttp::buffer_body> parser;
-  ClientTimeouts timeouts;
-  Headers headers;
-  int status = 0;
-  bool done = false;
-  bool failed = false;
-  std::array<char, 16 * 1024> chunk{};
-
-  ~Impl() {
-    if (!conn) return;
-    if (done && !failed && parser.is_done() && parser.get().keep_alive()) {
-      pool->give_back(std::move(conn));
-    } else {
-      beast::error_code ec;
-      conn->lowest().socket().close(ec);
-      pool->closed(conn->key);
-    }
-  }
-};
-
 UpstreamResponse::UpstreamResponse(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-UpstreamResponse::~UpstreamResponse() = default;
+
+UpstreamResponse::~UpstreamResponse() {
+  if (!impl_) return;
+  auto& im = *impl_;
+  im.deadline.disarm();
+  if (im.done && !im.failed && im.parser && im.parser->is_done() && im.parser->keep_alive()) {
+    im.pool->give_back(std::move(impl_), im.limits);
+  } else {
+    im.close();
+    im.pool->closed(*im.key);
+  }
+}
+
 UpstreamResponse::UpstreamResponse(UpstreamResponse&&) noexcept = default;
-UpstreamResponse& UpstreamResponse::operator=(UpstreamResponse&&) noexcept = default;
+UpstreamResponse& UpstreamResponse::operator=(UpstreamResponse&& o) noexcept {
+  if (this != &o) {
+    UpstreamResponse old(std::move(*this));  // released at the end of this scope
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
 
 int UpstreamResponse::status() const {
-  return impl_->status;
+  return impl_->parser->status();
 }
 const Headers& UpstreamResponse::headers() const {
   return impl_->headers;
@@ -152,51 +221,59 @@ const Headers& UpstreamResponse::headers() const {
 
 void UpstreamResponse::abort() {
   impl_->failed = true;
-  if (impl_->conn) {
-    beast::error_code ec;
-    impl_->conn->lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
-    impl_->conn->lowest().socket().close(ec);
-  }
+  beast::error_code ec;
+  impl_->socket().shutdown(tcp::socket::shutdown_both, ec);
+  impl_->close();
 }
 
 asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   auto& im = *impl_;
-  for (;;) {
-    if (im.done || im.parser.is_done()) {
-      im.done = true;
-      co_return std::string_view{};
-    }
-    if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
-    auto& body = im.parser.get().body();
-    body.data = im.chunk.data();
-    body.size = im.chunk.size();
-    im.conn->lowest().expires_after(ns(im.timeouts.idle));
-    auto [ec, n] = co_await im.conn->with_stream(
-        [&](auto& s) { return bhttp::async_read_some(s, im.conn->buffer, im.parser, kNoThrow); });
-    im.conn->lowest().expires_never();
-    if (ec == bhttp::error::need_buffer) ec = {};
-    if (ec) {
-      im.failed = true;
-      co_return classify(ec, "body read");
-    }
-    const std::size_t got = im.chunk.size() - body.size;
-    if (im.parser.is_done()) im.done = true;
-    if (got > 0) co_return std::string_view(im.chunk.data(), got);
+  if (im.done || im.parser->is_done()) {
+    im.done = true;
+    co_return std::string_view{};
   }
+  if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+  im.piece.clear();
+  im.parser->set_sink(&im.piece, std::numeric_limits<std::size_t>::max());
+  im.deadline.arm(im.timeouts.idle);
+  auto ec = co_await im.parse(false);
+  im.deadline.disarm();
+  im.parser->set_sink(nullptr, 0);
+  if (ec) {
+    im.failed = true;
+    co_return classify(ec, "body read");
+  }
+  if (im.parser->is_done()) im.done = true;
+  if (im.piece.empty()) im.done = true;
+  co_return std::string_view(im.piece);
 }
 
 asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limit) {
+  auto& im = *impl_;
   std::string out;
-  for (;;) {
-    auto piece = co_await read_some();
-    if (!piece) co_return piece.error();
-    if (piece->empty()) co_return out;
-    if (out.size() + piece->size() > limit) {
-      abort();
-      co_return upstream_error(kUpstreamReset, "upstream response larger than the limit");
-    }
-    out.append(*piece);
+  if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+  if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
+    out.reserve(static_cast<std::size_t>(*cl));
   }
+  im.parser->set_sink(&out, limit);
+  im.parser->eager(true);
+  while (!im.parser->is_done()) {
+    im.deadline.arm(im.timeouts.idle);
+    auto ec = co_await im.parse(false);
+    im.deadline.disarm();
+    if (ec) {
+      im.failed = true;
+      im.parser->set_sink(nullptr, 0);
+      if (im.parser->sink_overflowed()) {
+        abort();
+        co_return upstream_error(kUpstreamReset, "upstream response larger than the limit");
+      }
+      co_return classify(ec, "body read");
+    }
+  }
+  im.parser->set_sink(nullptr, 0);
+  im.done = true;
+  co_return out;
 }
 
 Result<Endpoint> Endpoint::parse(std::string_view url) {
@@ -244,13 +321,21 @@ Result<Endpoint> Endpoint::parse(std::string_view url) {
     ep.port = static_cast<std::uint16_t>(port);
   }
   if (host.empty()) return make_error(400, "invalid_request_error", "", "URL has no host");
-  ep.host = std::string(host);
-  ep.base_path = std::string(path);
-  return ep;
+  return make(ep.tls, std::string(host), ep.port, std::string(path));
 }
 
-std::string Endpoint::pool_key() const {
-  return (tls ? "https://" : "http://") + host + ":" + std::to_string(port);
+Endpoint Endpoint::make(bool tls, std::string host, std::uint16_t port, std::string base_path) {
+  Endpoint ep;
+  ep.tls = tls;
+  ep.host = std::move(host);
+  ep.port = port;
+  ep.base_path = std::move(base_path);
+  const bool v6 = ep.host.find(':') != std::string::npos;
+  const std::string bracketed = v6 ? "[" + ep.host + "]" : ep.host;
+  const bool default_port = ep.port == (ep.tls ? 443 : 80);
+  ep.host_header = default_port ? bracketed : bracketed + ":" + std::to_string(ep.port);
+  ep.key = (ep.tls ? "https://" : "http://") + bracketed + ":" + std::to_string(ep.port);
+  return ep;
 }
 
 ClientPool::ClientPool() : state_(std::make_unique<State>()) {}
@@ -263,52 +348,74 @@ ClientPool& ClientPool::for_this_thread() {
 
 std::size_t ClientPool::idle_connections() const {
   std::size_t n = 0;
-  for (const auto& [k, v] : state_->idle) n += v.size();
+  for (const auto& [k, h] : state_->hosts) n += h.idle.size();
   return n;
 }
 
 namespace {
 
-asio::awaitable<Result<std::unique_ptr<Conn>>> connect(ClientPool::State& st, const Endpoint& ep,
-                                                       const std::string& key,
-                                                       const ClientTimeouts& t) {
+asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> connect(ClientPool::State& st,
+                                                                         const Endpoint& ep,
+                                                                         const ClientTimeouts& t) {
   auto ex = co_await asio::this_coro::executor;
+  auto c = std::make_unique<UpstreamResponse::Impl>();
+  if (ep.tls) {
+    c->tls = std::make_unique<ssl::stream<tcp::socket>>(ex, st.tls());
+  } else {
+    c->plain = std::make_unique<tcp::socket>(ex);
+  }
+  c->deadline.bind(
+      ex,
+      [](void* self) {
+        beast::error_code ec;
+        static_cast<UpstreamResponse::Impl*>(self)->socket().cancel(ec);
+      },
+      c.get());
+  // The deadline covers resolving too: a resolver is cancelled like a socket.
   tcp::resolver resolver(ex);
+  struct ResolveCancel {
+    static void cancel(void* r) { static_cast<tcp::resolver*>(r)->cancel(); }
+  };
+  Deadline resolve_deadline;
+  resolve_deadline.bind(ex, &ResolveCancel::cancel, &resolver);
+  resolve_deadline.arm(t.connect);
   auto [rec, results] = co_await resolver.async_resolve(ep.host, std::to_string(ep.port), kNoThrow);
+  const bool resolve_timed_out = resolve_deadline.expired();
+  resolve_deadline.disarm();
+  if (resolve_timed_out) {
+    co_return upstream_error(kUpstreamTimeout,
+                             "resolving upstream host '" + ep.host + "' timed out");
+  }
   if (rec) {
     co_return upstream_error(kUpstreamConnectError,
                              "cannot resolve upstream host '" + ep.host + "': " + rec.message());
   }
-  auto c = std::make_unique<Conn>();
-  c->key = key;
-  if (ep.tls) {
-    c->tls = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(ex, st.tls());
-  } else {
-    c->tcp = std::make_unique<beast::tcp_stream>(ex);
-  }
-  auto& low = c->lowest();
-  low.expires_after(ns(t.connect));
-  auto [cec, endpoint] = co_await low.async_connect(results, kNoThrow);
+  c->deadline.arm(t.connect);
+  auto [cec, endpoint] = co_await asio::async_connect(c->socket(), results, kNoThrow);
+  if (c->deadline.expired()) cec = beast::error::timeout;
   if (cec) {
+    c->deadline.disarm();
     const auto code = cec == beast::error::timeout ? kUpstreamTimeout : kUpstreamConnectError;
     co_return upstream_error(code, "cannot connect to upstream " + ep.host + ":" +
                                        std::to_string(ep.port) + ": " + cec.message());
   }
   beast::error_code ec;
-  low.socket().set_option(tcp::no_delay(true), ec);
+  c->socket().set_option(tcp::no_delay(true), ec);
   if (ep.tls) {
     if (!SSL_set_tlsext_host_name(c->tls->native_handle(), ep.host.c_str())) {
+      c->deadline.disarm();
       co_return upstream_error(kUpstreamConnectError, "cannot set TLS SNI");
     }
     c->tls->set_verify_callback(ssl::host_name_verification(ep.host));
     auto [hec] = co_await c->tls->async_handshake(ssl::stream_base::client, kNoThrow);
+    if (c->deadline.expired()) hec = beast::error::timeout;
     if (hec) {
-      co_return upstream_error(kUpstreamConnectError,
-                               "TLS handshake with " + ep.host + " failed: " + hec.message());
+      c->deadline.disarm();
+      const auto code = hec == beast::error::timeout ? kUpstreamTimeout : kUpstreamConnectError;
+      co_return upstream_error(code, "TLS handshake with " + ep.host + " failed: " + hec.message());
     }
   }
-  low.expires_never();
-  ++st.open[key];
+  c->deadline.disarm();
   co_return std::move(c);
 }
 
@@ -316,67 +423,72 @@ asio::awaitable<Result<std::unique_ptr<Conn>>> connect(ClientPool::State& st, co
 
 asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
                                                            const OutboundRequest& request,
-                                                           const ClientTimeouts& t) {
+                                                           const UpstreamOptions& opt) {
   auto& st = *state_;
-  st.limits = limits_;
-  const std::string key = ep.pool_key();
-
-  bhttp::request<bhttp::string_body> req;
-  req.version(11);
-  req.method_string(request.method);
-  req.target(request.target);
-  req.set(bhttp::field::host, ep.host);
-  for (const auto& [k, v] : request.headers.items()) req.insert(k, v);
-  req.body() = request.body;
-  req.keep_alive(true);
-  req.prepare_payload();
+  auto& host = st.host(ep.key);
+  const auto& t = opt.timeouts;
 
   // A pooled connection the server already closed fails before any response byte; that request
   // never reached the server, so it is sent once more on a fresh connection.
   for (int attempt = 0; attempt < 2; ++attempt) {
-    std::unique_ptr<Conn> conn = st.take(key);
+    std::unique_ptr<UpstreamResponse::Impl> conn = st.take(host, opt.pool);
     const bool reused = conn != nullptr;
     if (!conn) {
-      if (st.open[key] >= limits_.max_connections_per_host) {
+      if (host.open >= opt.pool.max_connections) {
         co_return make_error(503, "upstream_error", "upstream_connection_limit",
                              "too many upstream connections to " + ep.host);
       }
-      auto c = co_await connect(st, ep, key, t);
-      if (!c) co_return c.error();
+      ++host.open;  // counted while connecting, so concurrent connects respect the bound
+      auto c = co_await connect(st, ep, t);
+      if (!c) {
+        if (host.open > 0) --host.open;
+        co_return c.error();
+      }
       conn = std::move(c.value());
+      conn->pool = &st;
+      conn->key = &host.key;
     }
-    auto shared_state = std::shared_ptr<State>(state_.get(), [](State*) {});
-    auto impl = std::make_unique<UpstreamResponse::Impl>();
-    impl->pool = shared_state;
-    impl->conn = std::move(conn);
-    impl->timeouts = t;
-    impl->parser.body_limit(boost::none);
-    impl->parser.header_limit(64 * 1024);
+    auto& c = *conn;
+    c.timeouts = t;
+    c.limits = opt.pool;
+    c.done = false;
+    c.failed = false;
+    c.out.clear();
+    wire::append_request_head(c.out, request.method, request.target, ep.host_header,
+                              request.headers, request.body.size());
+    c.parser.emplace(c.headers);
+    c.parser->header_limit(64 * 1024);
+    c.parser->body_limit(boost::none);
 
-    auto& c = *impl->conn;
-    c.lowest().expires_after(ns(t.connect + t.first_byte));
-    auto [wec, wn] =
-        co_await c.with_stream([&](auto& s) { return bhttp::async_write(s, req, kNoThrow); });
+    // A response whose head never comes is bounded by connect + first byte from here.
+    c.deadline.arm(t.connect + t.first_byte);
+    beast::error_code wec;
+    if (request.body.size() <= 16 * 1024) {
+      c.out.append(request.body);
+      std::tie(wec, std::ignore) =
+          co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
+    } else {
+      std::tie(wec, std::ignore) = co_await c.write(
+          std::array<asio::const_buffer, 2>{asio::buffer(c.out), asio::buffer(request.body)});
+    }
+    if (c.deadline.expired()) wec = beast::error::timeout;
     if (wec) {
-      impl->failed = true;
+      c.failed = true;
+      UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
       if (reused && attempt == 0 && stale_connection_error(wec)) continue;
       co_return classify(wec, "write");
     }
-    c.lowest().expires_after(ns(t.first_byte));
-    auto [hec, hn] = co_await c.with_stream(
-        [&](auto& s) { return bhttp::async_read_header(s, c.buffer, impl->parser, kNoThrow); });
-    c.lowest().expires_never();
+    c.deadline.arm(t.first_byte);
+    auto hec = co_await c.parse(true);
+    c.deadline.disarm();
     if (hec) {
-      impl->failed = true;
+      c.failed = true;
+      UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
       if (reused && attempt == 0 && stale_connection_error(hec)) continue;
       co_return classify(hec, "response");
     }
-    const auto& head = impl->parser.get();
-    impl->status = static_cast<int>(head.result_int());
-    for (const auto& f : head)
-      impl->headers.add(std::string(f.name_string()), std::string(f.value()));
-    if (impl->parser.is_done()) impl->done = true;
-    co_return UpstreamResponse(std::move(impl));
+    if (c.parser->is_done()) c.done = true;
+    co_return UpstreamResponse(std::move(conn));
   }
   co_return upstream_error(kUpstreamReset, "upstream closed the connection");
 }

@@ -21,10 +21,13 @@ struct Endpoint {
   bool tls = false;
   std::string host;
   std::uint16_t port = 80;
-  std::string base_path;  // e.g. "/v1" (no trailing slash)
+  std::string base_path;    // e.g. "/v1" (no trailing slash)
+  std::string host_header;  // "host" or "host:port" when the port is not the scheme's default
+  std::string key;          // "http(s)://host:port": the connection pool's key
   // Parses http://host[:port][/path] and https://...
   static Result<Endpoint> parse(std::string_view url);
-  std::string pool_key() const;
+  // An endpoint from its parts (host_header and key derived).
+  static Endpoint make(bool tls, std::string host, std::uint16_t port, std::string base_path);
 };
 
 struct ClientTimeouts {
@@ -33,15 +36,22 @@ struct ClientTimeouts {
   Nanos idle = seconds(30);  // between body reads (a stalled stream)
 };
 
-struct ClientLimits {
-  std::size_t max_connections_per_host = 512;  // per worker thread
-  std::size_t max_idle_per_host = 64;
-  Nanos pool_idle_timeout = seconds(30);
+// Bounds of the keep-alive pool of one upstream, per worker thread.
+struct PoolLimits {
+  std::size_t max_connections = 512;  // open at once (busy + idle); over it: 503 at once
+  std::size_t max_idle = 512;         // kept for reuse after a response
+  Nanos idle_timeout = seconds(30);   // an idle connection older than this is closed
 };
 
+struct UpstreamOptions {
+  ClientTimeouts timeouts;
+  PoolLimits pool;
+};
+
+// The views must stay valid until send() completes.
 struct OutboundRequest {
-  std::string method = "POST";
-  std::string target;  // full path and query
+  std::string_view method = "POST";
+  std::string_view target;  // full path and query
   Headers headers;
   std::string body;
 };
@@ -76,11 +86,10 @@ class UpstreamResponse {
 class ClientPool {
  public:
   static ClientPool& for_this_thread();
-  void set_limits(const ClientLimits& limits) { limits_ = limits; }
 
   boost::asio::awaitable<Result<UpstreamResponse>> send(const Endpoint& endpoint,
                                                         const OutboundRequest& request,
-                                                        const ClientTimeouts& timeouts);
+                                                        const UpstreamOptions& options);
   std::size_t idle_connections() const;
 
   struct State;
@@ -88,7 +97,6 @@ class ClientPool {
   ~ClientPool();
 
  private:
-  ClientLimits limits_;
   std::unique_ptr<State> state_;
 };
 

@@ -20,30 +20,93 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-void Headers::set(std::string_view name, std::string value) {
-  for (auto& [n, v] : items_) {
-    if (iequals(n, name)) {
-      v = std::move(value);
-      return;
-    }
+namespace {
+
+bool valid_name(std::string_view n) {
+  if (n.empty()) return false;
+  for (char c : n) {
+    if (c <= 0x20 || c == ':' || c == 0x7f) return false;
   }
-  items_.emplace_back(std::string(name), std::move(value));
+  return true;
+}
+
+bool valid_value(std::string_view v) {
+  for (char c : v) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  }
+  return true;
+}
+
+// Splits the first line of `wire` into name and value; `len` is the whole line with its CRLF.
+std::pair<std::string_view, std::string_view> split_line(std::string_view wire, std::size_t& len) {
+  const auto eol = wire.find("\r\n");
+  len = eol + 2;
+  const auto line = wire.substr(0, eol);
+  const auto colon = line.find(": ");
+  return {line.substr(0, colon), line.substr(colon + 2)};
+}
+
+}  // namespace
+
+Headers::Iterator::value_type Headers::Iterator::operator*() const {
+  std::size_t len = 0;
+  return split_line(rest_, len);
+}
+
+Headers::Iterator& Headers::Iterator::operator++() {
+  std::size_t len = 0;
+  split_line(rest_, len);
+  rest_.remove_prefix(len);
+  return *this;
+}
+
+bool Headers::add(std::string_view name, std::string_view value) {
+  if (!valid_name(name) || !valid_value(value)) return false;
+  wire_.reserve(wire_.size() + name.size() + value.size() + 4);
+  wire_.append(name);
+  wire_.append(": ");
+  wire_.append(value);
+  wire_.append("\r\n");
+  return true;
+}
+
+void Headers::set(std::string_view name, std::string_view value) {
+  if (!valid_name(name) || !valid_value(value)) return;
+  remove(name);
+  add(name, value);
 }
 
 std::string_view Headers::get(std::string_view name) const {
-  for (const auto& [n, v] : items_) {
+  for (auto [n, v] : items()) {
     if (iequals(n, name)) return v;
   }
   return {};
 }
 
 bool Headers::has(std::string_view name) const {
-  return std::any_of(items_.begin(), items_.end(),
-                     [&](const auto& kv) { return iequals(kv.first, name); });
+  for (auto [n, v] : items()) {
+    if (iequals(n, name)) return true;
+  }
+  return false;
 }
 
 void Headers::remove(std::string_view name) {
-  std::erase_if(items_, [&](const auto& kv) { return iequals(kv.first, name); });
+  std::size_t pos = 0;
+  while (pos < wire_.size()) {
+    std::size_t len = 0;
+    auto [n, v] = split_line(std::string_view(wire_).substr(pos), len);
+    if (iequals(n, name)) {
+      wire_.erase(pos, len);
+    } else {
+      pos += len;
+    }
+  }
+}
+
+std::size_t Headers::size() const {
+  std::size_t n = 0;
+  for (auto it = items().begin(), end = items().end(); !(it == end); ++it) ++n;
+  return n;
 }
 
 std::string_view Request::header(std::string_view name) const {

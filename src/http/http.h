@@ -12,21 +12,48 @@ namespace bw::http {
 
 bool iequals(std::string_view a, std::string_view b);
 
-// A header list that owns its strings (responses, upstream requests).
+// A header list that owns its bytes, kept in wire format ("name: value\r\n" per header) so that
+// serialising it is one copy and adding a header is an append (no allocation per header).
+// A name or value that contains CR, LF or NUL is refused (dropped), so a header can never inject
+// another line; names must be non-empty and contain no ':' or whitespace.
 class Headers {
  public:
-  void add(std::string name, std::string value) {
-    items_.emplace_back(std::move(name), std::move(value));
-  }
-  void set(std::string_view name, std::string value);
-  std::string_view get(std::string_view name) const;  // empty if absent
+  class Iterator {
+   public:
+    using value_type = std::pair<std::string_view, std::string_view>;
+    Iterator(std::string_view rest) : rest_(rest) {}
+    value_type operator*() const;
+    Iterator& operator++();
+    bool operator==(const Iterator& o) const { return rest_.data() == o.rest_.data(); }
+
+   private:
+    std::string_view rest_;
+  };
+  struct Range {
+    std::string_view wire;
+    Iterator begin() const { return Iterator(wire); }
+    Iterator end() const { return Iterator(wire.substr(wire.size())); }
+  };
+
+  // Appends a header (a repeated name is kept twice). Returns false if it was refused.
+  bool add(std::string_view name, std::string_view value);
+  // Replaces every header of this name with one (or adds it).
+  void set(std::string_view name, std::string_view value);
+  std::string_view get(std::string_view name) const;  // the first value; empty if absent
   bool has(std::string_view name) const;
   void remove(std::string_view name);
-  const std::vector<std::pair<std::string, std::string>>& items() const { return items_; }
-  std::size_t size() const { return items_.size(); }
+  // Appends every header of `other`.
+  void append(const Headers& other) { wire_.append(other.wire_); }
+  Range items() const { return Range{wire_}; }
+  std::size_t size() const;
+  bool empty() const { return wire_.empty(); }
+  void clear() { wire_.clear(); }
+  void reserve(std::size_t bytes) { wire_.reserve(bytes); }
+  // "name: value\r\n" for every header, in order.
+  std::string_view wire() const { return wire_; }
 
  private:
-  std::vector<std::pair<std::string, std::string>> items_;
+  std::string wire_;
 };
 
 // A request as received by the server. Header views point into storage owned by the session and

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -9,13 +10,17 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http.hpp>
+#include <boost/beast/core/read_size.hpp>
+#include <boost/beast/http/error.hpp>
 #include <chrono>
 #include <list>
 
 #include "common/json_util.h"
+#include "http/deadline.h"
+#include "http/wire.h"
 
 namespace bw::http {
 
@@ -36,10 +41,6 @@ struct Server::Worker {
 };
 
 namespace {
-
-std::chrono::nanoseconds ns(Nanos n) {
-  return std::chrono::nanoseconds(n);
-}
 
 // Maps a parse error to the status a client should see; 0 means close without answering.
 int status_for_parse_error(const beast::error_code& ec) {
@@ -71,10 +72,17 @@ std::string_view reason_for(int status) {
 class Session final : public ResponseWriter {
  public:
   Session(Server& server, Server::Worker& worker, tcp::socket socket)
-      : server_(server), worker_(worker), stream_(std::move(socket)) {
+      : server_(server), worker_(worker), socket_(std::move(socket)) {
     worker_.sessions.push_back(this);
     it_ = std::prev(worker_.sessions.end());
     server_.active_.fetch_add(1);
+    deadline_.bind(
+        socket_.get_executor(),
+        [](void* self) {
+          beast::error_code ec;
+          static_cast<Session*>(self)->socket_.cancel(ec);
+        },
+        this);
   }
   ~Session() override {
     worker_.sessions.erase(it_);
@@ -84,87 +92,75 @@ class Session final : public ResponseWriter {
   void cancel_if_idle() {
     if (idle_) {
       beast::error_code ec;
-      stream_.socket().cancel(ec);
-      stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+      socket_.cancel(ec);
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
     }
   }
 
   asio::awaitable<void> run() {
     const auto& opt = server_.options_;
     beast::error_code ec;
-    stream_.socket().set_option(tcp::no_delay(true), ec);
+    socket_.set_option(tcp::no_delay(true), ec);
     {
-      auto ep = stream_.socket().remote_endpoint(ec);
-      if (!ec) peer_ip_ = ep.address().to_string();
+      auto ep = socket_.remote_endpoint(ec);
+      if (!ec) req_.peer_ip = ep.address().to_string();
     }
     bool first = true;
     for (;;) {
       if (server_.draining_.load()) break;
-      bhttp::request_parser<bhttp::string_body> parser;
+      wire::RequestParser parser(arena_, fields_, req_.body, opt.max_headers);
       parser.header_limit(static_cast<std::uint32_t>(opt.max_header_bytes));
       parser.body_limit(opt.max_body_bytes);
+      parser.eager(true);
       // The first request gets the header timeout; a keep-alive wait gets the idle timeout plus
       // the header timeout, since the deadline covers the whole head.
-      stream_.expires_after(ns(first ? opt.header_timeout : opt.idle_timeout + opt.header_timeout));
-      idle_ = !first;
-      auto [rec, n] = co_await bhttp::async_read_header(stream_, buffer_, parser, kNoThrow);
+      deadline_.arm(first ? opt.header_timeout : opt.idle_timeout + opt.header_timeout);
+      idle_ = !first && buffer_.size() == 0;
+      auto rec = co_await read(parser, false);
       idle_ = false;
       first = false;
       if (rec) {
-        int status = status_for_parse_error(rec);
+        deadline_.disarm();
+        int status = parser.too_many_fields() ? 431 : status_for_parse_error(rec);
         if (status != 0) co_await send_protocol_error(status);
-        break;
-      }
-      auto& head = parser.get();
-      std::size_t count = 0;
-      for (auto it = head.begin(); it != head.end(); ++it) ++count;
-      if (count > opt.max_headers) {
-        co_await send_protocol_error(431);
         break;
       }
       // Beast refuses Content-Length together with chunked; any other Transfer-Encoding (or both
       // headers at all) is refused here too, since an intermediary could read the body differently.
-      if (head.count(bhttp::field::transfer_encoding) > 0 &&
-          (head.count(bhttp::field::content_length) > 0 || !parser.chunked())) {
+      if (parser.has_transfer_encoding() && (parser.has_content_length() || !parser.chunked())) {
+        deadline_.disarm();
         co_await send_protocol_error(400);
         break;
       }
-      if (auto cl = parser.content_length(); cl && *cl > opt.max_body_bytes) {
-        co_await send_protocol_error(413);
-        break;
-      }
-      if (bhttp::token_list{head[bhttp::field::expect]}.exists("100-continue")) {
-        bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
-        stream_.expires_after(ns(opt.write_timeout));
-        co_await bhttp::async_write(stream_, cont, kNoThrow);
+      if (parser.expects_continue() && !parser.is_done()) {
+        deadline_.arm(opt.write_timeout);
+        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        co_await asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
+                                   kNoThrow);
       }
       if (!parser.is_done()) {
-        stream_.expires_after(ns(opt.body_timeout));
-        auto [bec, bn] = co_await bhttp::async_read(stream_, buffer_, parser, kNoThrow);
+        deadline_.arm(opt.body_timeout);
+        auto bec = co_await read(parser, true);
         if (bec) {
+          deadline_.disarm();
           int status = status_for_parse_error(bec);
           if (status != 0) co_await send_protocol_error(status);
           break;
         }
       }
-      stream_.expires_never();
+      deadline_.disarm();
 
-      auto msg = parser.release();
-      Request req;
-      req.method = msg.method_string();
-      req.target = msg.target();
-      req.headers.reserve(count);
-      for (const auto& f : msg) req.headers.emplace_back(f.name_string(), f.value());
-      req.body = std::move(msg.body());
-      req.peer_ip = peer_ip_;
-      req.keep_alive = msg.keep_alive();
-      keep_alive_ = req.keep_alive;
+      req_.method = parser.method();
+      req_.target = parser.target();
+      parser.headers(req_.headers);
+      req_.keep_alive = parser.keep_alive();
+      keep_alive_ = req_.keep_alive;
       started_ = false;
       finished_ = false;
       broken_ = false;
 
       server_.in_flight_.fetch_add(1);
-      co_await server_.handler_(req, *this);
+      co_await server_.handler_(req_, *this);
       server_.in_flight_.fetch_sub(1);
       if (!finished_ && !broken_) {
         // A handler that forgot to answer still answers.
@@ -176,63 +172,53 @@ class Session final : public ResponseWriter {
         }
       }
       if (broken_ || !keep_alive_ || server_.draining_.load()) break;
+      // A large request's buffers are not kept for the life of the connection.
+      if (req_.body.capacity() > kKeepBytes) std::string().swap(req_.body);
+      if (out_.capacity() > kKeepBytes) std::string().swap(out_);
     }
-    if (stream_.socket().is_open()) {
-      stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-      stream_.close();
+    deadline_.disarm();
+    if (socket_.is_open()) {
+      socket_.shutdown(tcp::socket::shutdown_send, ec);
+      socket_.close(ec);
     }
   }
 
   asio::awaitable<bool> send(Response r) override {
-    bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), 11};
-    res.set(bhttp::field::server, server_.options_.server_name);
-    for (const auto& [k, v] : r.headers.items()) res.insert(k, v);
-    res.body() = std::move(r.body);
-    res.keep_alive(keep_alive_ && !server_.draining_.load());
-    res.prepare_payload();
     started_ = true;
     finished_ = true;
-    stream_.expires_after(ns(server_.options_.write_timeout));
-    auto [ec, n] = co_await bhttp::async_write(stream_, res, kNoThrow);
-    stream_.expires_never();
-    if (ec) broken_ = true;
-    co_return !ec;
+    out_.clear();
+    wire::append_response_head(out_, r.status, server_.options_.server_name, r.headers,
+                               static_cast<std::int64_t>(r.body.size()), response_keep_alive());
+    // A small body goes into the same buffer: one contiguous write.
+    if (r.body.size() <= kInlineBody) {
+      out_.append(r.body);
+      co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
+    }
+    co_return co_await write(
+        std::array<asio::const_buffer, 2>{asio::buffer(out_), asio::buffer(r.body)});
   }
 
   asio::awaitable<bool> begin_stream(int status, const Headers& headers) override {
-    bhttp::response<bhttp::empty_body> res{static_cast<bhttp::status>(status), 11};
-    res.set(bhttp::field::server, server_.options_.server_name);
-    for (const auto& [k, v] : headers.items()) res.insert(k, v);
-    res.keep_alive(keep_alive_ && !server_.draining_.load());
-    res.chunked(true);
-    bhttp::response_serializer<bhttp::empty_body> sr{res};
     started_ = true;
-    stream_.expires_after(ns(server_.options_.write_timeout));
-    auto [ec, n] = co_await bhttp::async_write_header(stream_, sr, kNoThrow);
-    stream_.expires_never();
-    if (ec) broken_ = true;
-    co_return !ec;
+    out_.clear();
+    wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
+                               response_keep_alive());
+    co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
   }
 
   asio::awaitable<bool> write_chunk(std::string_view data) override {
     if (broken_) co_return false;
     if (data.empty()) co_return true;  // an empty chunk would end the body
-    stream_.expires_after(ns(server_.options_.write_timeout));
-    auto [ec, n] =
-        co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data)), kNoThrow);
-    stream_.expires_never();
-    if (ec) broken_ = true;
-    co_return !ec;
+    char head[20];
+    const std::size_t n = wire::chunk_header(head, data.size());
+    co_return co_await write(std::array<asio::const_buffer, 3>{
+        asio::buffer(head, n), asio::buffer(data.data(), data.size()), asio::buffer("\r\n", 2)});
   }
 
   asio::awaitable<bool> end_stream() override {
     finished_ = true;
     if (broken_) co_return false;
-    stream_.expires_after(ns(server_.options_.write_timeout));
-    auto [ec, n] = co_await asio::async_write(stream_, bhttp::make_chunk_last(), kNoThrow);
-    stream_.expires_never();
-    if (ec) broken_ = true;
-    co_return !ec;
+    co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer("0\r\n\r\n", 5)});
   }
 
   bool started() const override { return started_; }
@@ -240,12 +226,57 @@ class Session final : public ResponseWriter {
   void abort() override {
     broken_ = true;
     keep_alive_ = false;
+    deadline_.disarm();
     beast::error_code ec;
-    stream_.socket().set_option(asio::socket_base::linger(true, 0), ec);  // close → RST
-    stream_.socket().close(ec);
+    socket_.set_option(asio::socket_base::linger(true, 0), ec);  // close → RST
+    socket_.close(ec);
   }
 
  private:
+  static constexpr std::size_t kInlineBody = 16 * 1024;
+  static constexpr std::size_t kKeepBytes = 256 * 1024;
+
+  bool response_keep_alive() const { return keep_alive_ && !server_.draining_.load(); }
+
+  // Feeds the parser from the buffer and the socket until it has the head (whole = false) or
+  // the whole message. Returns the parse or socket error; a deadline that passed reads as
+  // beast::error::timeout.
+  asio::awaitable<beast::error_code> read(wire::RequestParser& p, bool whole) {
+    for (;;) {
+      if (buffer_.size() > 0) {
+        beast::error_code ec;
+        const std::size_t used = p.put(buffer_.data(), ec);
+        buffer_.consume(used);
+        if (ec && ec != bhttp::error::need_more) co_return ec;
+        if (!ec && (whole ? p.is_done() : p.is_header_done())) co_return beast::error_code{};
+        if (!ec && used > 0 && buffer_.size() > 0) continue;
+      }
+      auto [ec, n] = co_await socket_.async_read_some(
+          buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), kNoThrow);
+      if (deadline_.expired()) co_return beast::error::timeout;
+      if (ec == asio::error::eof) {
+        if (!p.got_some()) co_return bhttp::error::end_of_stream;
+        beast::error_code eec;
+        p.put_eof(eec);
+        if (eec) co_return eec;
+        if (whole ? p.is_done() : p.is_header_done()) co_return beast::error_code{};
+        co_return bhttp::error::partial_message;
+      }
+      if (ec) co_return ec;
+      buffer_.commit(n);
+    }
+  }
+
+  template <class Buffers>
+  asio::awaitable<bool> write(const Buffers& buffers) {
+    if (broken_) co_return false;
+    deadline_.arm(server_.options_.write_timeout);
+    auto [ec, n] = co_await asio::async_write(socket_, buffers, kNoThrow);
+    deadline_.disarm();
+    if (ec) broken_ = true;
+    co_return !ec;
+  }
+
   asio::awaitable<void> send_protocol_error(int status) {
     keep_alive_ = false;
     auto body = openai_error_body(reason_for(status), "invalid_request_error",
@@ -258,9 +289,15 @@ class Session final : public ResponseWriter {
   Server& server_;
   Server::Worker& worker_;
   std::list<Session*>::iterator it_;
-  beast::tcp_stream stream_;
+  tcp::socket socket_;
+  Deadline deadline_;
   beast::flat_buffer buffer_;
-  std::string peer_ip_;
+  // Reused from request to request: the parser's arena and field spans, the request, the
+  // response head.
+  std::string arena_;
+  std::vector<std::pair<std::size_t, std::size_t>> fields_;
+  Request req_;
+  std::string out_;
   bool idle_ = false;
   bool keep_alive_ = true;
   bool started_ = false;

@@ -1,0 +1,136 @@
+#include "http/deadline.h"
+
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/query.hpp>
+#include <chrono>
+
+namespace bw::http {
+
+namespace asio = boost::asio;
+
+asio::execution_context::id DeadlineService::id;
+
+void Deadline::bind(const asio::any_io_executor& ex, Cancel cancel, void* owner) {
+  disarm();
+  service_ = &DeadlineService::of(ex);
+  cancel_ = cancel;
+  owner_ = owner;
+}
+
+void Deadline::arm(Nanos duration) {
+  expired_ = false;
+  if (service_) service_->arm(*this, duration);
+}
+
+void Deadline::disarm() {
+  expired_ = false;
+  if (service_ && queue_ != kNone) service_->unlink(*this);
+}
+
+DeadlineService::DeadlineService(asio::execution_context& ctx)
+    : asio::execution_context::service(ctx) {}
+
+DeadlineService::~DeadlineService() = default;
+
+DeadlineService& DeadlineService::of(const asio::any_io_executor& ex) {
+  auto& ctx = asio::query(ex, asio::execution::context);
+  auto& svc = asio::use_service<DeadlineService>(ctx);
+  if (!svc.timer_ && !svc.shut_down_) svc.timer_ = std::make_unique<asio::steady_timer>(ex);
+  return svc;
+}
+
+void DeadlineService::shutdown() {
+  shut_down_ = true;
+  // Deadlines still linked belong to objects destroyed with the io_context's handlers; forget
+  // them so their destructors do not touch freed queues.
+  for (auto& q : queues_) {
+    for (Deadline* d = q.head; d != nullptr;) {
+      Deadline* next = d->next_;
+      d->prev_ = d->next_ = nullptr;
+      d->queue_ = Deadline::kNone;
+      d->service_ = nullptr;
+      d = next;
+    }
+    q.head = q.tail = nullptr;
+  }
+  armed_ = 0;
+  timer_.reset();
+}
+
+void DeadlineService::arm(Deadline& d, Nanos duration) {
+  if (d.queue_ != Deadline::kNone) unlink(d);
+  if (shut_down_) return;
+  const Nanos now = SteadyClock::instance().now();
+  // Clamp so that now + duration cannot overflow (callers may pass "never"-like values).
+  constexpr Nanos kMax = Nanos{1} << 61;
+  if (duration > kMax) duration = kMax;
+  if (duration < 0) duration = 0;
+  std::size_t qi = 0;
+  while (qi < queues_.size() && queues_[qi].duration != duration) ++qi;
+  if (qi == queues_.size()) {
+    // Reuse an empty queue before adding one (durations change with config reloads).
+    qi = 0;
+    while (qi < queues_.size() && queues_[qi].head != nullptr) ++qi;
+    if (qi == queues_.size()) queues_.emplace_back();
+    queues_[qi].duration = duration;
+  }
+  Queue& q = queues_[qi];
+  d.at_ = now + duration;
+  d.queue_ = qi;
+  d.next_ = nullptr;
+  d.prev_ = q.tail;
+  if (q.tail) {
+    q.tail->next_ = &d;
+  } else {
+    q.head = &d;
+  }
+  q.tail = &d;
+  ++armed_;
+  if (timer_at_ == 0 || d.at_ < timer_at_) schedule(d.at_);
+}
+
+void DeadlineService::unlink(Deadline& d) {
+  Queue& q = queues_[d.queue_];
+  if (d.prev_) {
+    d.prev_->next_ = d.next_;
+  } else {
+    q.head = d.next_;
+  }
+  if (d.next_) {
+    d.next_->prev_ = d.prev_;
+  } else {
+    q.tail = d.prev_;
+  }
+  d.prev_ = d.next_ = nullptr;
+  d.queue_ = Deadline::kNone;
+  --armed_;
+}
+
+void DeadlineService::schedule(Nanos at) {
+  if (!timer_) return;
+  timer_at_ = at;
+  const Nanos now = SteadyClock::instance().now();
+  timer_->expires_after(std::chrono::nanoseconds(at > now ? at - now : 0));
+  timer_->async_wait([this, at](const boost::system::error_code& ec) {
+    if (ec || at != timer_at_) return;  // replaced by an earlier wait, or shut down
+    on_timer();
+  });
+}
+
+void DeadlineService::on_timer() {
+  timer_at_ = 0;
+  const Nanos now = SteadyClock::instance().now();
+  Nanos next = 0;
+  for (std::size_t qi = 0; qi < queues_.size(); ++qi) {
+    while (queues_[qi].head != nullptr && queues_[qi].head->at_ <= now) {
+      Deadline& d = *queues_[qi].head;
+      unlink(d);
+      d.expired_ = true;
+      d.cancel_(d.owner_);
+    }
+    if (Deadline* h = queues_[qi].head; h != nullptr && (next == 0 || h->at_ < next)) next = h->at_;
+  }
+  if (next != 0 && timer_at_ == 0) schedule(next);
+}
+
+}  // namespace bw::http

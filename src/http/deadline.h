@@ -1,0 +1,86 @@
+#pragma once
+// Deadlines for socket operations without a timer per operation. Every io_context gets one
+// DeadlineService holding the armed deadlines in FIFO queues, one per duration: deadlines of
+// the same duration are armed in time order, so each queue is sorted and only its head can be
+// due. One steady_timer per io_context wakes for the earliest head; arming and disarming are a
+// few pointer moves. A deadline that passes calls its owner's cancel function (the owner
+// cancels its socket, so the pending operation completes with operation_aborted) and reads as
+// expired() until it is armed or disarmed again.
+// Thread safety: a DeadlineService and its Deadlines are used only on the one thread that runs
+// the io_context, as every Bellwether worker does (one io_context per thread).
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "common/clock.h"
+
+namespace bw::http {
+
+class DeadlineService;
+
+class Deadline {
+ public:
+  using Cancel = void (*)(void* owner);
+  Deadline() = default;
+  ~Deadline() { disarm(); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+  // Attaches to the service of `ex`'s io_context; `cancel(owner)` runs when the deadline passes.
+  void bind(const boost::asio::any_io_executor& ex, Cancel cancel, void* owner);
+  // Expires `duration` from now (a duration <= 0 or kNever-like huge value still arms).
+  void arm(Nanos duration);
+  void disarm();
+  bool expired() const { return expired_; }
+  bool armed() const { return queue_ != kNone; }
+
+ private:
+  friend class DeadlineService;
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  DeadlineService* service_ = nullptr;
+  Cancel cancel_ = nullptr;
+  void* owner_ = nullptr;
+  Deadline* prev_ = nullptr;
+  Deadline* next_ = nullptr;
+  std::size_t queue_ = kNone;
+  Nanos at_ = 0;
+  bool expired_ = false;
+};
+
+class DeadlineService final : public boost::asio::execution_context::service {
+ public:
+  using key_type = DeadlineService;
+  static boost::asio::execution_context::id id;
+
+  explicit DeadlineService(boost::asio::execution_context& ctx);
+  ~DeadlineService() override;
+
+  // The service of the io_context behind `ex` (created on first use).
+  static DeadlineService& of(const boost::asio::any_io_executor& ex);
+  std::size_t armed() const { return armed_; }
+
+ private:
+  friend class Deadline;
+  struct Queue {
+    Nanos duration = 0;
+    Deadline* head = nullptr;
+    Deadline* tail = nullptr;
+  };
+
+  void shutdown() override;
+  void arm(Deadline& d, Nanos duration);
+  void unlink(Deadline& d);
+  void schedule(Nanos at);
+  void on_timer();
+
+  std::vector<Queue> queues_;
+  std::unique_ptr<boost::asio::steady_timer> timer_;
+  Nanos timer_at_ = 0;  // when the pending wait fires; 0 = no wait pending
+  std::size_t armed_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace bw::http
