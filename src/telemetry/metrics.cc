@@ -272,12 +272,11 @@ template <class T>
 T& Family<T>::with_range(const std::string_view* values, std::size_t n) {
   std::lock_guard lock(mu_);
   if (n == label_names().size()) {
-    std::vector<std::string> key(values, values + n);
-    auto it = children_.find(key);
+    auto it = children_.find(Values{values, n});
     if (it != children_.end()) return *it->second;
     // One slot is kept for the overflow child so the total never exceeds max_children.
     if (children_.size() + 1 < max_children()) {
-      auto& slot = children_[std::move(key)];
+      auto& slot = children_[std::vector<std::string>(values, values + n)];
       slot = factory_();
       return *slot;
     }

@@ -14,6 +14,7 @@
 //   name registered twice with a different type or label set (a programming error).
 // - Registry::expose() may run concurrently with recording and with registration. Families are
 //   printed sorted by name, children sorted by label values, so output is deterministic.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -125,8 +126,31 @@ class Family final : public FamilyBase {
  private:
   T& with_range(const std::string_view* values, std::size_t n);
 
+  // Label values as looked up: compared with a stored key without building one (no allocation
+  // on the hot path).
+  struct Values {
+    const std::string_view* data;
+    std::size_t size;
+  };
+  struct Less {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      const std::size_t n = std::min(size(a), size(b));
+      for (std::size_t i = 0; i < n; ++i) {
+        const int c = at(a, i).compare(at(b, i));
+        if (c != 0) return c < 0;
+      }
+      return size(a) < size(b);
+    }
+    static std::size_t size(const std::vector<std::string>& v) { return v.size(); }
+    static std::size_t size(const Values& v) { return v.size; }
+    static std::string_view at(const std::vector<std::string>& v, std::size_t i) { return v[i]; }
+    static std::string_view at(const Values& v, std::size_t i) { return v.data[i]; }
+  };
+
   mutable std::mutex mu_;
-  std::map<std::vector<std::string>, std::unique_ptr<T>> children_;
+  std::map<std::vector<std::string>, std::unique_ptr<T>, Less> children_;
   std::unique_ptr<T> overflow_;
   Factory factory_;
   double unit_scale_;
