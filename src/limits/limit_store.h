@@ -30,6 +30,19 @@ struct LimitCheck {
   std::int64_t cost = 1;  // >= 0
 };
 
+// What adjust() needs of a limit: its bucket parameters, and its name (the Redis store picks the
+// limit's failure policy by name). Converts implicitly from a LimitSpec; the name is borrowed.
+struct AdjustSpec {
+  std::string_view name;
+  Algorithm algorithm = Algorithm::kGcra;
+  BucketParams params;
+
+  AdjustSpec() = default;
+  AdjustSpec(std::string_view n, Algorithm a, BucketParams p) : name(n), algorithm(a), params(p) {}
+  AdjustSpec(const LimitSpec& spec)  // NOLINT(google-explicit-constructor): a LimitSpec is one
+      : name(spec.name), algorithm(spec.algorithm), params(spec.params()) {}
+};
+
 struct CheckResult {
   Decision decision;      // on an allowed batch: after consumption; else: state unchanged
   bool consumed = false;  // this check's cost was charged (needed to refund it later)
@@ -50,7 +63,7 @@ class LimitStore {
   virtual ~LimitStore() = default;
   virtual BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) = 0;
   // delta > 0 charges more (may go into debt); delta < 0 refunds (never below empty).
-  virtual void adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta,
+  virtual void adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta,
                       Nanos now) = 0;
 };
 
@@ -64,7 +77,8 @@ class AsyncLimitStore {
   virtual ~AsyncLimitStore() = default;
   virtual boost::asio::awaitable<BatchResult> check_and_consume_async(
       std::span<const LimitCheck> checks, Nanos now) = 0;
-  virtual boost::asio::awaitable<void> adjust_async(std::string_view key, const LimitSpec& spec,
+  // `spec` is taken by value, but its name (like `key`) is borrowed until completion.
+  virtual boost::asio::awaitable<void> adjust_async(std::string_view key, AdjustSpec spec,
                                                     std::int64_t delta, Nanos now) = 0;
   // The shared backend is unreachable and decisions come from the failure policy (for /readyz).
   virtual bool degraded() const = 0;

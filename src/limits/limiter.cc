@@ -1,6 +1,8 @@
 #include "limits/limiter.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cstring>
 #include <utility>
 
 #include <boost/container/small_vector.hpp>
@@ -56,20 +58,60 @@ struct Pending {
   std::size_t key_len;
 };
 
-// Appends "<source>\x1f<name>\x1f<scope>\x1f<id>[\x1f<sub id>]" to the key arena.
-void append_key(std::string& arena, char source, const LimitSpec& spec, std::string_view id,
+// Bucket keys of one request, built on the stack (spills to the heap only for unusually long
+// keys or many limits).
+using KeyArena = boost::container::small_vector<char, 512>;
+
+// Appends "<source>\x1f<name>\x1f<scope>\x1f<id>[\x1f<sub id>]" to the key arena. The name starts
+// at kKeyNameOffset (Reservation relies on it).
+void append_key(KeyArena& arena, char source, const LimitSpec& spec, std::string_view id,
                 std::string_view sub = {}) {
-  arena.push_back(source);
-  arena.push_back(kSep);
-  arena.append(spec.name);
-  arena.push_back(kSep);
-  arena.append(to_string(spec.scope));
-  arena.push_back(kSep);
-  arena.append(id);
+  static_assert(kKeyNameOffset == 2);
+  const std::string_view scope = to_string(spec.scope);
+  const std::size_t size =
+      5 + spec.name.size() + scope.size() + id.size() + sub.size() - (sub.empty() ? 1 : 0);
+  const std::size_t begin = arena.size();
+  arena.resize(begin + size, boost::container::default_init);
+  char* p = arena.data() + begin;
+  auto put = [&p](std::string_view s) {
+    std::memcpy(p, s.data(), s.size());
+    p += s.size();
+  };
+  *p++ = source;
+  *p++ = kSep;
+  put(spec.name);
+  *p++ = kSep;
+  put(scope);
+  *p++ = kSep;
+  put(id);
   if (!sub.empty()) {
-    arena.push_back(kSep);
-    arena.append(sub);
+    *p++ = kSep;
+    put(sub);
   }
+}
+
+// Generations are unique in the process, so a per-thread cache can never mistake one limiter's
+// config (or an earlier config) for another's, even if a Limiter is rebuilt at the same address.
+std::atomic<std::uint64_t> g_last_generation{0};
+
+std::uint64_t next_generation() {
+  return g_last_generation.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+struct SnapshotCache {
+  std::uint64_t generation = 0;  // 0: empty
+  std::shared_ptr<const LimiterConfig> config;
+};
+
+thread_local SnapshotCache t_snapshot;
+
+// Limit names are short and often share a prefix ("rpm", "rps"): compare from the end, inline.
+bool same_name(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = a.size(); i-- > 0;) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
 }
 
 bool more_restrictive(const Decision& a, const RateHeaders& b) {
@@ -81,41 +123,56 @@ bool more_restrictive(const Decision& a, const RateHeaders& b) {
 }  // namespace
 
 Limiter::Limiter(std::shared_ptr<const LimiterConfig> config, std::shared_ptr<LimitStore> store)
-    : config_(config ? std::move(config) : std::make_shared<const LimiterConfig>()),
-      store_(std::move(store)) {}
+    : generation_(next_generation()),
+      store_(std::move(store)),
+      config_(config ? std::move(config) : std::make_shared<const LimiterConfig>()) {}
 
 void Limiter::reload(std::shared_ptr<const LimiterConfig> config) {
-  config_.store(config ? std::move(config) : std::make_shared<const LimiterConfig>(),
-                std::memory_order_release);
+  if (!config) config = std::make_shared<const LimiterConfig>();
+  std::shared_ptr<const LimiterConfig> old;  // freed outside the lock
+  std::lock_guard lock(config_mu_);
+  old = std::exchange(config_, std::move(config));
+  generation_.store(next_generation(), std::memory_order_release);
 }
 
 std::shared_ptr<const LimiterConfig> Limiter::config() const {
-  return config_.load(std::memory_order_acquire);
+  std::lock_guard lock(config_mu_);
+  return config_;
+}
+
+const std::shared_ptr<const LimiterConfig>& Limiter::snapshot() const {
+  SnapshotCache& cache = t_snapshot;
+  if (cache.generation != generation_.load(std::memory_order_acquire)) [[unlikely]] {
+    std::lock_guard lock(config_mu_);
+    cache.config = config_;
+    cache.generation = generation_.load(std::memory_order_relaxed);
+  }
+  return cache.config;
 }
 
 // Every limit that applies to the request, as store checks. Not movable: the checks point into
 // `arena` and at `daily`.
 struct Limiter::Gathered {
-  std::shared_ptr<const LimiterConfig> cfg;
-  std::string arena;
+  std::shared_ptr<const LimiterConfig> hold;  // keeps the config alive across a suspension
+  KeyArena arena;
   LimitSpec daily;
   boost::container::small_vector<LimitCheck, 12> checks;
 };
 
-void Limiter::gather(Gathered& g, const RequestScope& s, std::int64_t token_cost) const {
-  g.cfg = config();
-  const std::shared_ptr<const LimiterConfig>& cfg = g.cfg;
-  std::string& arena = g.arena;
-  arena.reserve(512);
+void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& s,
+                     std::int64_t token_cost) const {
+  KeyArena& arena = g.arena;
   boost::container::small_vector<Pending, 12> pending;
   auto add = [&](const LimitSpec& spec, char source, std::string_view id,
                  std::string_view sub = {}) {
-    const std::size_t begin = arena.size();
+    Pending& p = pending.emplace_back();  // fields one by one: see the loop at the end
+    p.spec = &spec;
+    p.key_begin = arena.size();
     append_key(arena, source, spec, id, sub);
-    pending.push_back(Pending{&spec, begin, arena.size() - begin});
+    p.key_len = arena.size() - p.key_begin;
   };
 
-  for (const LimitSpec& spec : cfg->limits) {
+  for (const LimitSpec& spec : cfg.limits) {
     std::string_view id;
     if (global_scope_id(spec, s, id)) add(spec, 'c', id);
   }
@@ -126,8 +183,12 @@ void Limiter::gather(Gathered& g, const RequestScope& s, std::int64_t token_cost
     auto plan_limit = [&](const LimitSpec& base) {
       const LimitSpec* spec = &base;
       if (s.key_overrides) {
-        for (const LimitSpec& o : *s.key_overrides) {
-          if (o.name == base.name) spec = &o;
+        // The last override of that name wins.
+        for (auto it = s.key_overrides->rbegin(); it != s.key_overrides->rend(); ++it) {
+          if (same_name(it->name, base.name)) {
+            spec = &*it;
+            break;
+          }
         }
       }
       const bool tenant = spec->scope == Scope::kTenant;
@@ -148,72 +209,104 @@ void Limiter::gather(Gathered& g, const RequestScope& s, std::int64_t token_cost
     }
     if (s.key_overrides) {
       for (const LimitSpec& o : *s.key_overrides) {
-        const bool in_plan = o.name == kDailyQuotaName ||
-                             std::any_of(s.plan->limits.begin(), s.plan->limits.end(),
-                                         [&](const LimitSpec& l) { return l.name == o.name; });
+        const bool in_plan =
+            same_name(o.name, kDailyQuotaName) ||
+            std::any_of(s.plan->limits.begin(), s.plan->limits.end(),
+                        [&](const LimitSpec& l) { return same_name(l.name, o.name); });
         if (!in_plan) plan_limit(o);
       }
     }
   }
 
+  // Field by field: copying whole LimitCheck temporaries stalled on store forwarding here.
   auto& checks = g.checks;
-  for (const Pending& p : pending) {
-    checks.push_back(LimitCheck{std::string_view(arena).substr(p.key_begin, p.key_len), p.spec,
-                                p.spec->unit == Unit::kTokens ? token_cost : 1});
+  checks.resize(pending.size());
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    const Pending& p = pending[i];
+    LimitCheck& c = checks[i];
+    c.key = std::string_view(arena.data() + p.key_begin, p.key_len);
+    c.spec = p.spec;
+    c.cost = p.spec->unit == Unit::kTokens ? token_cost : 1;
   }
 }
 
 Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now) {
   token_cost = std::max<std::int64_t>(token_cost, 0);
+  Verdict v;
   Gathered g;
-  gather(g, s, token_cost);
-  if (g.checks.empty()) return Verdict{};
-  return make_verdict(g.checks, store_->check_and_consume(g.checks, now), token_cost);
+  gather(g, *snapshot(), s, token_cost);
+  if (g.checks.empty()) return v;
+  const BatchResult r = store_->check_and_consume(g.checks, now);
+  make_verdict(v, g.checks, r, token_cost);
+  return v;
 }
 
 boost::asio::awaitable<Verdict> Limiter::check_async(const RequestScope& s, std::int64_t token_cost,
                                                      Nanos now) {
-  const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
-  if (!async) co_return check(s, token_cost, now);
+  if (has_async_store_.load(std::memory_order_acquire)) {
+    if (std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire)) {
+      co_return co_await check_remote(std::move(async), s, token_cost, now);
+    }
+  }
+  co_return check(s, token_cost, now);
+}
+
+boost::asio::awaitable<Verdict> Limiter::check_remote(std::shared_ptr<AsyncLimitStore> async,
+                                                      const RequestScope& s,
+                                                      std::int64_t token_cost, Nanos now) {
   token_cost = std::max<std::int64_t>(token_cost, 0);
+  Verdict v;
   Gathered g;
-  gather(g, s, token_cost);
-  if (g.checks.empty()) co_return Verdict{};
+  g.hold = snapshot();  // a copy: other coroutines on this thread may refresh the cache meanwhile
+  gather(g, *g.hold, s, token_cost);
+  if (g.checks.empty()) co_return v;
   const BatchResult r = co_await async->check_and_consume_async(g.checks, now);
-  co_return make_verdict(g.checks, r, token_cost);
+  make_verdict(v, g.checks, r, token_cost);
+  co_return v;
 }
 
 boost::asio::awaitable<void> Limiter::settle_async(Reservation& reservation,
                                                    std::int64_t actual_tokens, Nanos now) {
-  const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
-  if (!async) {
-    settle(reservation, actual_tokens, now);
-    co_return;
+  if (has_async_store_.load(std::memory_order_acquire)) {
+    if (std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire)) {
+      co_await settle_remote(std::move(async), reservation, actual_tokens, now);
+      co_return;
+    }
   }
+  settle(reservation, actual_tokens, now);
+}
+
+boost::asio::awaitable<void> Limiter::settle_remote(std::shared_ptr<AsyncLimitStore> async,
+                                                    Reservation& reservation,
+                                                    std::int64_t actual_tokens, Nanos now) {
   if (reservation.settled) co_return;
   reservation.settled = true;
   actual_tokens = std::max<std::int64_t>(actual_tokens, 0);
   for (const ChargedLimit& c : reservation.token_limits) {
-    co_await async->adjust_async(c.key, c.spec, actual_tokens - c.charged, now);
+    co_await async->adjust_async(reservation.key(c), reservation.adjust_spec(c),
+                                 actual_tokens - c.charged, now);
   }
 }
 
 void Limiter::set_async_store(std::shared_ptr<AsyncLimitStore> store) {
+  const bool has = store != nullptr;
   async_store_.store(std::move(store), std::memory_order_release);
+  has_async_store_.store(has, std::memory_order_release);
 }
 
 bool Limiter::degraded() const {
+  if (!has_async_store_.load(std::memory_order_acquire)) return false;
   const std::shared_ptr<AsyncLimitStore> async = async_store_.load(std::memory_order_acquire);
   return async && async->degraded();
 }
 
-Verdict Limiter::make_verdict(std::span<const LimitCheck> checks, const BatchResult& r,
-                              std::int64_t token_cost) {
-  Verdict v;
-  if (checks.empty()) return v;
+void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const BatchResult& r,
+                           std::int64_t token_cost) {
+  if (checks.empty()) return;
   v.allowed = r.allowed;
   v.overflow = r.overflow;
   v.unavailable = r.unavailable;
+  Reservation& res = v.reservation;
   bool all_wait = true;
   for (std::size_t i = 0; i < checks.size(); ++i) {
     const LimitSpec& spec = *checks[i].spec;
@@ -231,9 +324,17 @@ Verdict Limiter::make_verdict(std::span<const LimitCheck> checks, const BatchRes
         all_wait = all_wait && spec.on_exceed == OnExceed::kWait;
       }
     }
-    if (r.results[i].consumed && spec.unit == Unit::kTokens && token_cost > 0) {
-      v.reservation.token_limits.push_back(
-          ChargedLimit{std::string(checks[i].key), spec, token_cost});
+    if (v.allowed && r.results[i].consumed && spec.unit == Unit::kTokens && token_cost > 0) {
+      const std::string_view key = checks[i].key;
+      ChargedLimit c;
+      c.key_begin = static_cast<std::uint32_t>(res.key_bytes.size());
+      c.key_size = static_cast<std::uint32_t>(key.size());
+      c.name_size = static_cast<std::uint32_t>(spec.name.size());
+      c.algorithm = spec.algorithm;
+      c.params = spec.params();
+      c.charged = token_cost;
+      res.key_bytes.insert(res.key_bytes.end(), key.begin(), key.end());
+      res.token_limits.push_back(c);
     }
   }
   if (r.overflow) {
@@ -243,12 +344,7 @@ Verdict Limiter::make_verdict(std::span<const LimitCheck> checks, const BatchRes
   }
   if (r.unavailable) all_wait = false;  // waiting does not bring Redis back
   v.wait_ok = !v.allowed && all_wait && v.retry_after_ns != kNever;
-  if (v.allowed) {
-    v.reservation.reserved_tokens = token_cost;
-  } else {
-    v.reservation.token_limits.clear();
-  }
-  return v;
+  if (v.allowed) res.reserved_tokens = token_cost;
 }
 
 void Limiter::settle(Reservation& reservation, std::int64_t actual_tokens, Nanos now) {
@@ -256,28 +352,93 @@ void Limiter::settle(Reservation& reservation, std::int64_t actual_tokens, Nanos
   reservation.settled = true;
   actual_tokens = std::max<std::int64_t>(actual_tokens, 0);
   for (const ChargedLimit& c : reservation.token_limits) {
-    store_->adjust(c.key, c.spec, actual_tokens - c.charged, now);
+    store_->adjust(reservation.key(c), reservation.adjust_spec(c), actual_tokens - c.charged, now);
   }
 }
 
-std::string format_reset(Nanos ns) {
-  if (ns <= 0) return "0s";
+std::string_view format_reset(Nanos ns, std::span<char, kFormatResetBuffer> buf) {
+  char* p = buf.data();
+  char* const end = p + buf.size();
+  auto number = [&](std::int64_t n) { p = std::to_chars(p, end, n).ptr; };
+  if (ns <= 0) {
+    *p++ = '0';
+    *p++ = 's';
+    return {buf.data(), static_cast<std::size_t>(p - buf.data())};
+  }
   const std::int64_t ms = ns / kNanosPerMilli + (ns % kNanosPerMilli != 0 ? 1 : 0);
-  if (ms < 1000) return std::to_string(ms) + "ms";
+  if (ms < 1000) {
+    number(ms);
+    *p++ = 'm';
+    *p++ = 's';
+    return {buf.data(), static_cast<std::size_t>(p - buf.data())};
+  }
   const std::int64_t h = ms / 3'600'000, m = ms / 60'000 % 60, sec = ms / 1000 % 60,
                      frac = ms % 1000;
-  std::string out;
-  if (h > 0) out += std::to_string(h) + "h";
-  if (h > 0 || m > 0) out += std::to_string(m) + "m";
-  out += std::to_string(sec);
-  if (frac != 0) {
-    std::string f = std::to_string(frac);
-    f.insert(0, 3 - f.size(), '0');
-    while (f.back() == '0') f.pop_back();
-    out += "." + f;
+  if (h > 0) {
+    number(h);
+    *p++ = 'h';
   }
-  out += "s";
-  return out;
+  if (h > 0 || m > 0) {
+    number(m);
+    *p++ = 'm';
+  }
+  number(sec);
+  if (frac != 0) {  // three digits without the trailing zeros: .5, .05, .005, .125
+    *p++ = '.';
+    *p++ = static_cast<char>('0' + frac / 100);
+    if (frac % 100 != 0) *p++ = static_cast<char>('0' + frac / 10 % 10);
+    if (frac % 10 != 0) *p++ = static_cast<char>('0' + frac % 10);
+  }
+  *p++ = 's';
+  return {buf.data(), static_cast<std::size_t>(p - buf.data())};
+}
+
+std::string format_reset(Nanos ns) {
+  char buf[kFormatResetBuffer];
+  return std::string(format_reset(ns, buf));
+}
+
+namespace {
+
+// One "name: value\r\n" line per field; the longest name is 30 bytes, a value at most 20.
+constexpr std::size_t kRateHeaderLineMax = 30 + 2 + 20 + 2;
+
+char* put(char* p, std::string_view s) {
+  std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+char* put_rate_headers(char* p, const RateHeaders& h, std::string_view limit_name,
+                       std::string_view remaining_name, std::string_view reset_name) {
+  p = put(p, limit_name);
+  p = put(p, ": ");
+  p = std::to_chars(p, p + 20, h.limit).ptr;
+  p = put(p, "\r\n");
+  p = put(p, remaining_name);
+  p = put(p, ": ");
+  p = std::to_chars(p, p + 20, h.remaining).ptr;
+  p = put(p, "\r\n");
+  p = put(p, reset_name);
+  p = put(p, ": ");
+  char reset[kFormatResetBuffer];
+  p = put(p, format_reset(h.reset_after, reset));
+  return put(p, "\r\n");
+}
+
+}  // namespace
+
+void append_rate_headers(std::string& out, const Verdict& v) {
+  char buf[6 * kRateHeaderLineMax];
+  char* p = buf;
+  if (v.requests.present) {
+    p = put_rate_headers(p, v.requests, "x-ratelimit-limit-requests",
+                         "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests");
+  }
+  if (v.tokens.present) {
+    p = put_rate_headers(p, v.tokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                         "x-ratelimit-reset-tokens");
+  }
+  out.append(buf, static_cast<std::size_t>(p - buf));
 }
 
 }  // namespace bw::limits

@@ -9,17 +9,25 @@
 // the request failed or the client went away (actual_tokens = what was really produced, or 0).
 //
 // Thread safety: check/settle/reload may be called concurrently from any worker. The config is an
-// immutable snapshot swapped atomically; a request keeps the snapshot it started with. Bucket
-// state is keyed by limit name + scope id, so it survives reloads that keep the name.
+// immutable snapshot swapped atomically; a request keeps the snapshot it started with (each thread
+// caches the last snapshot it used, so a replaced config is freed once every thread that used it
+// has checked again or exited). Bucket state is keyed by limit name + scope id, so it survives
+// reloads that keep the name. A Reservation is self-contained: it outlives any config or scope.
+//
+// Cost: the allowed, in-process path of check + settle does not allocate (bucket keys are built in
+// a stack buffer, the Reservation keeps its keys inline); only a new bucket, a rejection (limit
+// name, shadow names) or unusually long keys do.
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
@@ -51,16 +59,35 @@ struct RateHeaders {
   Nanos reset_after = 0;  // format with format_reset()
 };
 
+// A token limit charged at check time, to be corrected at settle time. Self-contained (its
+// bucket parameters are copied, its key lives in the Reservation), so a reload or the end of the
+// request's config snapshot cannot affect it.
 struct ChargedLimit {
-  std::string key;       // bucket key
-  LimitSpec spec;        // copy: the config may be reloaded before the request settles
-  std::int64_t charged;  // tokens charged at check time
+  std::uint32_t key_begin = 0;  // bucket key: Reservation::key_bytes[key_begin, +key_size)
+  std::uint32_t key_size = 0;
+  std::uint32_t name_size = 0;  // the limit's name: the key's bytes from kKeyNameOffset
+  Algorithm algorithm = Algorithm::kGcra;
+  BucketParams params;
+  std::int64_t charged = 0;  // tokens charged at check time
 };
 
+// Bytes of a bucket key before the limit's name ("<source>\x1f<name>\x1f...").
+inline constexpr std::uint32_t kKeyNameOffset = 2;
+
+// Inline storage: a request is typically charged on one or two token limits with short keys, so
+// neither buffer allocates then (longer ones spill to the heap).
 struct Reservation {
-  std::vector<ChargedLimit> token_limits;  // every token limit (enforced or shadow) charged
+  boost::container::small_vector<ChargedLimit, 2> token_limits;  // every token limit charged
+  boost::container::small_vector<char, 64> key_bytes;            // the charged limits' keys
   std::int64_t reserved_tokens = 0;
   bool settled = false;
+
+  std::string_view key(const ChargedLimit& c) const {
+    return {key_bytes.data() + c.key_begin, c.key_size};
+  }
+  AdjustSpec adjust_spec(const ChargedLimit& c) const {
+    return {key(c).substr(kKeyNameOffset, c.name_size), c.algorithm, c.params};
+  }
 };
 
 struct Verdict {
@@ -104,17 +131,46 @@ class Limiter {
 
  private:
   struct Gathered;
-  void gather(Gathered& g, const RequestScope& scope, std::int64_t token_cost) const;
-  static Verdict make_verdict(std::span<const LimitCheck> checks, const BatchResult& r,
-                              std::int64_t token_cost);
+  // The current config, from a per-thread cache refreshed when generation_ changes (no shared
+  // refcount or lock traffic per request). The reference is valid until this thread calls
+  // snapshot() again: copy it to keep the config across a suspension.
+  const std::shared_ptr<const LimiterConfig>& snapshot() const;
+  void gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& scope,
+              std::int64_t token_cost) const;
+  static void make_verdict(Verdict& v, std::span<const LimitCheck> checks, const BatchResult& r,
+                           std::int64_t token_cost);
+  boost::asio::awaitable<Verdict> check_remote(std::shared_ptr<AsyncLimitStore> async,
+                                               const RequestScope& scope, std::int64_t token_cost,
+                                               Nanos now);
+  boost::asio::awaitable<void> settle_remote(std::shared_ptr<AsyncLimitStore> async,
+                                             Reservation& reservation, std::int64_t actual_tokens,
+                                             Nanos now);
 
-  std::atomic<std::shared_ptr<const LimiterConfig>> config_;
+  // The first three are read by every request and written only by reload/set_async_store: they
+  // get a cache line of their own, apart from the mutex and the atomic shared_ptr, which the
+  // calls that use them write to.
+  // generation_: process-wide unique id of config_'s value, compared by the per-thread caches.
+  alignas(64) std::atomic<std::uint64_t> generation_{0};
+  std::atomic<bool> has_async_store_{false};  // lets the in-process path skip async_store_
   std::shared_ptr<LimitStore> store_;
-  std::atomic<std::shared_ptr<AsyncLimitStore>> async_store_;
+  alignas(64) mutable std::mutex config_mu_;  // guards config_ (and orders generation_ stores)
+  std::shared_ptr<const LimiterConfig> config_;
+  alignas(64) std::atomic<std::shared_ptr<AsyncLimitStore>> async_store_;
 };
 
 // OpenAI-style duration for x-ratelimit-reset-*: rounded UP to whole milliseconds (a client that
 // waits that long will pass), Go duration syntax: "20ms", "1s", "1.5s", "6m0s", "1h2m3s".
 std::string format_reset(Nanos ns);
+
+// The longest format_reset() text ("2562047h47m16.855s" for kNever) fits this buffer.
+inline constexpr std::size_t kFormatResetBuffer = 24;
+// format_reset without allocating: writes into `buf` and returns the text (a view of `buf`).
+std::string_view format_reset(Nanos ns, std::span<char, kFormatResetBuffer> buf);
+
+// Appends the OpenAI x-ratelimit-{limit,remaining,reset}-{requests,tokens} header lines, each
+// "name: value\r\n", for the parts of the verdict that are present (requests first, then tokens;
+// reset as format_reset()). Allocates only if `out` lacks the capacity: typically ~220 bytes,
+// never more than 298.
+void append_rate_headers(std::string& out, const Verdict& v);
 
 }  // namespace bw::limits

@@ -6,7 +6,8 @@
 //  * limit_store.h         LimitStore: all limits of a request checked and consumed atomically,
 //                          all-or-nothing. Implementations are thread safe.
 //  * memory_limit_store.h  the in-process sharded store with idle eviction and an entry cap.
-//  * limiter.h             Limiter façade for the pipeline: scope matching, verdict, settle.
+//  * limiter.h             Limiter façade for the pipeline: scope matching, verdict, settle,
+//                          the x-ratelimit-* header lines.
 //  * client_ip.h           client address behind trusted proxies (X-Forwarded-For).
 // Configuration reference: docs/limits.md.
 #include "limits/algorithms.h"

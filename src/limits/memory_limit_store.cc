@@ -40,8 +40,21 @@ KeyHash hash_key(std::string_view s, std::uint64_t seed) {
     a = mum(a ^ w, k2);
     b = mum(b ^ w ^ k4, k3) + a;
   }
+  // The 0-7 remaining bytes, little-endian, without a variable-size memcpy (a call, and a
+  // store-forwarding stall on the reload).
+  const char* const t = s.data() + i;
+  const std::size_t rem = s.size() - i;
   std::uint64_t tail = 0;
-  std::memcpy(&tail, s.data() + i, s.size() - i);
+  if (rem >= 4) {
+    std::uint32_t lo, hi;  // overlapping reads: the shared bytes are equal, so OR them
+    std::memcpy(&lo, t, 4);
+    std::memcpy(&hi, t + rem - 4, 4);
+    tail = lo | (static_cast<std::uint64_t>(hi) << (8 * (rem - 4)));
+  } else if (rem > 0) {
+    tail = static_cast<std::uint64_t>(static_cast<unsigned char>(t[0])) |
+           static_cast<std::uint64_t>(static_cast<unsigned char>(t[rem / 2])) << (8 * (rem / 2)) |
+           static_cast<std::uint64_t>(static_cast<unsigned char>(t[rem - 1])) << (8 * (rem - 1));
+  }
   a = mum(a ^ tail ^ (static_cast<std::uint64_t>(s.size()) << 56), k2);
   b = mum(b ^ tail ^ k4, k3) + a;
   return KeyHash{mum(a ^ k1, b ^ k4), mum(b ^ k2, a ^ k3)};
@@ -63,34 +76,41 @@ struct Working {
   Entry* entry = nullptr;  // existing entry, or null for a new bucket
   Algorithm algorithm = Algorithm::kGcra;
   const LimitSpec* spec = nullptr;  // spec of the last check that touched it
-  GcraState gcra;
-  TokenBucketState tb;
-  SlidingWindowState sw;
+  // The state of `algorithm`, set by load(). A union: clearing all three (~200 bytes) for every
+  // bucket of every batch would cost more than the arithmetic.
+  union {
+    GcraState gcra;
+    TokenBucketState tb;
+    SlidingWindowState sw;
+  };
   bool touched = false;
+  bool commit = false;  // some check consumed on this bucket: write it back
   bool untracked = false;
+
+  Working() {}  // NOLINT(modernize-use-equals-default): leaves the union uninitialised
 };
 
 std::size_t variant_index(Algorithm a) {
   return static_cast<std::size_t>(a);
 }
 
+// Only the state of `algorithm` is set: run/adjust/idle_at/store never read the other two.
 void load(Working& w, Algorithm algorithm) {
   w.algorithm = algorithm;
-  w.gcra = {};
-  w.tb = {};
-  w.sw = {};
   // A reload that changed a limit's algorithm starts that bucket afresh.
-  if (!w.entry || w.entry->state.index() != variant_index(algorithm)) return;
+  const bool stored = w.entry && w.entry->state.index() == variant_index(algorithm);
   switch (algorithm) {
     case Algorithm::kGcra:
-      w.gcra = std::get<GcraState>(w.entry->state);
+      w.gcra = stored ? *std::get_if<GcraState>(&w.entry->state) : GcraState{};
       break;
     case Algorithm::kTokenBucket:
-      w.tb = std::get<TokenBucketState>(w.entry->state);
+      w.tb = stored ? *std::get_if<TokenBucketState>(&w.entry->state) : TokenBucketState{};
       break;
     case Algorithm::kSlidingWindow: {
-      const auto& p = std::get<std::unique_ptr<SlidingWindowState>>(w.entry->state);
-      if (p) w.sw = *p;
+      const SlidingWindowState* p =
+          stored ? std::get_if<std::unique_ptr<SlidingWindowState>>(&w.entry->state)->get()
+                 : nullptr;
+      w.sw = p ? *p : SlidingWindowState{};
       break;
     }
   }
@@ -209,10 +229,9 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     const KeyHash h = hash_key(checks[i].key, seed_);
     auto it = std::find_if(work.begin(), work.end(), [&](const Working& w) { return w.key == h; });
     if (it == work.end()) {
-      Working w;
+      Working& w = work.emplace_back();
       w.key = h;
       w.shard = static_cast<std::size_t>(h.hi) & shard_mask_;
-      work.push_back(w);
       it = work.end() - 1;
     }
     slot[i] = static_cast<std::size_t>(it - work.begin());
@@ -257,9 +276,8 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   }
 
   // A bucket is written only if some check on it consumed; a failed shadow check leaves no trace.
-  boost::container::small_vector<bool, 8> commit(work.size(), false);
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    if (out.results[i].consumed) commit[slot[i]] = true;
+    if (out.results[i].consumed) work[slot[i]].commit = true;
   }
 
   // Room for the new buckets this batch would create.
@@ -267,7 +285,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     boost::container::small_vector<std::size_t, 8> added;  // shard of each new bucket so far
     for (std::size_t k = 0; k < work.size(); ++k) {
       Working& w = work[k];
-      if (w.entry || !commit[k]) continue;
+      if (w.entry || !w.commit) continue;
       const auto pending =
           static_cast<std::size_t>(std::count(added.begin(), added.end(), w.shard));
       if (shards_[w.shard].map.size() + pending < shard_cap_) {
@@ -312,7 +330,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   // Phase 2: commit.
   for (std::size_t k = 0; k < work.size(); ++k) {
     Working& w = work[k];
-    if (!commit[k] || w.untracked) continue;
+    if (!w.commit || w.untracked) continue;
     const Nanos idle = idle_at(w, w.spec->params(), now);
     if (w.entry) {
       store(*w.entry, w, idle);
@@ -325,7 +343,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   return out;
 }
 
-void MemoryLimitStore::adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta,
+void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta,
                               Nanos now) {
   if (delta == 0) return;
   const KeyHash h = hash_key(key, seed_);
@@ -342,7 +360,7 @@ void MemoryLimitStore::adjust(std::string_view key, const LimitSpec& spec, std::
   Working w;
   w.entry = it == shard.map.end() ? nullptr : &it->second;
   load(w, spec.algorithm);
-  const BucketParams p = spec.params();
+  const BucketParams& p = spec.params;
   adjust_working(w, p, delta, now);
   const Nanos idle = idle_at(w, p, now);
   if (w.entry) {

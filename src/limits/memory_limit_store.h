@@ -53,7 +53,7 @@ class MemoryLimitStore final : public LimitStore {
   MemoryLimitStore& operator=(const MemoryLimitStore&) = delete;
 
   BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) override;
-  void adjust(std::string_view key, const LimitSpec& spec, std::int64_t delta, Nanos now) override;
+  void adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta, Nanos now) override;
 
   // Deletes every bucket that is idle at `now`; returns how many.
   std::size_t evict_idle(Nanos now);

@@ -64,6 +64,13 @@ LimitSpec RedisLimitStore::local_spec(const LimitSpec& spec) const {
   return s;
 }
 
+AdjustSpec RedisLimitStore::local_spec(const AdjustSpec& spec) const {
+  AdjustSpec s = spec;
+  s.params.rate = std::max<std::int64_t>(1, spec.params.rate / options_.replicas);
+  s.params.burst = std::max<std::int64_t>(0, spec.params.burst / options_.replicas);
+  return s;
+}
+
 BatchResult RedisLimitStore::fallback(std::span<const LimitCheck> checks, Nanos now) {
   fallbacks_.fetch_add(1, std::memory_order_relaxed);
   BatchResult out;
@@ -129,9 +136,8 @@ char algorithm_digit(Algorithm a) {
   return '0';
 }
 
-void push_spec(std::vector<std::string>& args, const LimitSpec& spec) {
-  const BucketParams p = spec.params();
-  args.emplace_back(1, algorithm_digit(spec.algorithm));
+void push_spec(std::vector<std::string>& args, Algorithm algorithm, const BucketParams& p) {
+  args.emplace_back(1, algorithm_digit(algorithm));
   args.push_back(std::to_string(p.rate));
   args.push_back(std::to_string(p.period));
   args.push_back(std::to_string(p.burst));
@@ -153,7 +159,7 @@ asio::awaitable<BatchResult> RedisLimitStore::check_and_consume_async(
   args.push_back(options_.time_source == RedisTimeSource::kCaller ? std::to_string(now) : "");
   args.push_back(std::to_string(std::max<Nanos>(options_.ttl_margin, 0) / kNanosPerMilli));
   for (const LimitCheck& c : checks) {
-    push_spec(args, *c.spec);
+    push_spec(args, c.spec->algorithm, c.spec->params());
     args.push_back(std::to_string(std::max<std::int64_t>(c.cost, 0)));
     args.emplace_back(c.spec->mode == Mode::kShadow ? "1" : "0");
   }
@@ -189,7 +195,7 @@ asio::awaitable<BatchResult> RedisLimitStore::check_and_consume_async(
   co_return fallback(checks, now);
 }
 
-asio::awaitable<void> RedisLimitStore::adjust_async(std::string_view key, const LimitSpec& spec,
+asio::awaitable<void> RedisLimitStore::adjust_async(std::string_view key, AdjustSpec spec,
                                                     std::int64_t delta, Nanos now) {
   if (delta == 0) co_return;
   const bool open_local = policy_for(spec.name) == RedisFailurePolicy::kFailOpenLocal;
@@ -204,7 +210,7 @@ asio::awaitable<void> RedisLimitStore::adjust_async(std::string_view key, const 
   args.emplace_back("a");
   args.push_back(options_.time_source == RedisTimeSource::kCaller ? std::to_string(now) : "");
   args.push_back(std::to_string(std::max<Nanos>(options_.ttl_margin, 0) / kNanosPerMilli));
-  push_spec(args, spec);
+  push_spec(args, spec.algorithm, spec.params);
   args.push_back(std::to_string(delta));
   RedisCallResult r = co_await client_.run_script(0, keys, args, steady_now() + options_.timeout);
   if (r.reply && r.reply->type == REDIS_REPLY_INTEGER) {

@@ -85,7 +85,7 @@ class RedisLimitStore final : public AsyncLimitStore {
 
   boost::asio::awaitable<BatchResult> check_and_consume_async(std::span<const LimitCheck> checks,
                                                               Nanos now) override;
-  boost::asio::awaitable<void> adjust_async(std::string_view key, const LimitSpec& spec,
+  boost::asio::awaitable<void> adjust_async(std::string_view key, AdjustSpec spec,
                                             std::int64_t delta, Nanos now) override;
   bool degraded() const override;
 
@@ -97,7 +97,9 @@ class RedisLimitStore final : public AsyncLimitStore {
   RedisLimitStore(RedisLimitStoreOptions options, RedisEndpoint endpoint);
 
   BatchResult fallback(std::span<const LimitCheck> checks, Nanos now);
+  // The share of a limit that one replica enforces while Redis is unreachable.
   LimitSpec local_spec(const LimitSpec& spec) const;
+  AdjustSpec local_spec(const AdjustSpec& spec) const;
 
   RedisLimitStoreOptions options_;
 

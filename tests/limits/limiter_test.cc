@@ -2,6 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
 #include "limits/memory_limit_store.h"
 
 namespace bw::limits {
@@ -219,6 +227,171 @@ TEST(FormatReset, OpenAiStyle) {
   EXPECT_EQ(format_reset(8640 * kMs), "8.64s");
   EXPECT_EQ(format_reset(360 * kNanosPerSecond), "6m0s");
   EXPECT_EQ(format_reset(3723 * kNanosPerSecond + 5 * kMs), "1h2m3.005s");
+}
+
+TEST(FormatReset, BufferFormMatchesAndNeverOverflows) {
+  for (Nanos ns : {Nanos{-5}, Nanos{0}, Nanos{1}, 999 * kMs, 999 * kMs + 1, 1000 * kMs, 1050 * kMs,
+                   1005 * kMs, 1250 * kMs, 59'999 * kMs + 1, 3600 * kNanosPerSecond,
+                   86'400 * kNanosPerSecond + 7, kNever, kNever - 1}) {
+    char buf[kFormatResetBuffer];
+    EXPECT_EQ(format_reset(ns, buf), format_reset(ns)) << ns;
+  }
+  char buf[kFormatResetBuffer];
+  EXPECT_EQ(format_reset(kNever, buf), "2562047h47m16.855s");
+  EXPECT_EQ(format_reset(1050 * kMs, buf), "1.05s");
+  EXPECT_EQ(format_reset(61'000 * kMs, buf), "1m1s");
+}
+
+TEST(RateHeaders, AppendsThePresentParts) {
+  Verdict v;
+  std::string out = "HTTP/1.1 200 OK\r\n";
+  append_rate_headers(out, v);
+  EXPECT_EQ(out, "HTTP/1.1 200 OK\r\n");  // nothing present, nothing added
+
+  v.requests = RateHeaders{true, 60, 59, kNanosPerSecond};
+  v.tokens = RateHeaders{true, 150'000, -20, 8640 * kMs + 1};
+  append_rate_headers(out, v);
+  EXPECT_EQ(out,
+            "HTTP/1.1 200 OK\r\n"
+            "x-ratelimit-limit-requests: 60\r\n"
+            "x-ratelimit-remaining-requests: 59\r\n"
+            "x-ratelimit-reset-requests: 1s\r\n"
+            "x-ratelimit-limit-tokens: 150000\r\n"
+            "x-ratelimit-remaining-tokens: -20\r\n"
+            "x-ratelimit-reset-tokens: 8.641s\r\n");
+
+  Verdict t;
+  t.tokens = RateHeaders{true, 1000, 400, 36 * kNanosPerSecond};
+  std::string only_tokens;
+  append_rate_headers(only_tokens, t);
+  EXPECT_EQ(only_tokens,
+            "x-ratelimit-limit-tokens: 1000\r\n"
+            "x-ratelimit-remaining-tokens: 400\r\n"
+            "x-ratelimit-reset-tokens: 36s\r\n");
+
+  // Extremes: every field at its longest.
+  Verdict x;
+  x.requests = RateHeaders{true, std::numeric_limits<std::int64_t>::min(),
+                           std::numeric_limits<std::int64_t>::min(), kNever};
+  x.tokens = x.requests;
+  std::string longest;
+  append_rate_headers(longest, x);
+  // Names (26 + 30 + 26 and 24 + 28 + 24), ": " and "\r\n" on 6 lines, 4 x 20 digits, 2 x 18.
+  EXPECT_EQ(longest.size(), 82 + 76 + 6 * 4 + 4 * 20 + 2 * 18);
+  EXPECT_NE(longest.find("x-ratelimit-reset-tokens: 2562047h47m16.855s\r\n"), std::string::npos);
+}
+
+// The verdict's headers, as the gateway sent them before append_rate_headers existed.
+TEST(RateHeaders, SameTextAsSeparateFormatting) {
+  Limiter l(cfg({spec("rpm", Scope::kKey, 60, {}, Unit::kRequests, Period::kMinute),
+                 spec("tpm", Scope::kKey, 1000, {}, Unit::kTokens, Period::kMinute)}),
+            new_store());
+  const Verdict v = l.check(scope(), 333, kT0);
+  ASSERT_TRUE(v.requests.present && v.tokens.present);
+  std::string want;
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"x-ratelimit-limit-requests", std::to_string(v.requests.limit)},
+           {"x-ratelimit-remaining-requests", std::to_string(v.requests.remaining)},
+           {"x-ratelimit-reset-requests", format_reset(v.requests.reset_after)},
+           {"x-ratelimit-limit-tokens", std::to_string(v.tokens.limit)},
+           {"x-ratelimit-remaining-tokens", std::to_string(v.tokens.remaining)},
+           {"x-ratelimit-reset-tokens", format_reset(v.tokens.reset_after)}}) {
+    want += name + ": " + value + "\r\n";
+  }
+  std::string got;
+  append_rate_headers(got, v);
+  EXPECT_EQ(got, want);
+}
+
+// A reservation carries what settle needs: it works after the request's scope, its key overrides
+// and the config it was checked under are gone.
+TEST(Limiter, ReservationOutlivesScopeAndConfig) {
+  Limiter l(cfg({spec("global-tpm", Scope::kGlobal, 1000, {}, Unit::kTokens, Period::kMinute)}),
+            new_store());
+  Plan plan;
+  plan.limits = {spec("tpm", Scope::kKey, 2000, {}, Unit::kTokens, Period::kMinute)};
+  Verdict v;
+  {
+    const std::string key = "a-long-key-id-" + std::string(120, 'k');  // spills the inline buffer
+    auto overrides = std::make_unique<std::vector<LimitSpec>>(std::vector<LimitSpec>{
+        spec("tpm", Scope::kKey, 3000, {}, Unit::kTokens, Period::kMinute),
+        spec("model-tpm", Scope::kModel, 500, "gpt-4*", Unit::kTokens, Period::kMinute)});
+    RequestScope s = scope(key);
+    s.plan = &plan;
+    s.key_overrides = overrides.get();
+    v = l.check(s, 400, kT0);
+    ASSERT_TRUE(v.allowed);
+    ASSERT_EQ(v.reservation.token_limits.size(), 3u);
+    EXPECT_EQ(v.tokens.remaining, 100);  // model-tpm: 500 - 400
+    EXPECT_EQ(v.reservation.key(v.reservation.token_limits[1]), "p\x1ftpm\x1fkey\x1f" + key);
+    EXPECT_EQ(v.reservation.adjust_spec(v.reservation.token_limits[2]).name, "model-tpm");
+    EXPECT_EQ(v.reservation.adjust_spec(v.reservation.token_limits[1]).params.rate, 3000);
+  }
+  l.reload(cfg({}));
+  Verdict moved = std::move(v);
+  l.settle(moved.reservation, 100, kT0);  // 300 of each 400 come back
+  EXPECT_TRUE(moved.reservation.settled);
+
+  l.reload(cfg({spec("global-tpm", Scope::kGlobal, 1000, {}, Unit::kTokens, Period::kMinute)}));
+  const std::string key = "a-long-key-id-" + std::string(120, 'k');
+  const std::vector<LimitSpec> overrides = {
+      spec("model-tpm", Scope::kModel, 500, "gpt-4*", Unit::kTokens, Period::kMinute)};
+  RequestScope s = scope(key);
+  s.plan = &plan;
+  s.key_overrides = &overrides;
+  const Verdict after = l.check(s, 400, kT0);
+  ASSERT_TRUE(after.allowed);
+  EXPECT_EQ(after.tokens.remaining, 0);  // model-tpm: 100 settled + 400; global: 100 + 400
+}
+
+// Each thread caches the config it used last; a reload, or another limiter on the same thread,
+// must still be seen at once.
+TEST(Limiter, SnapshotCacheFollowsReloadsAndLimiters) {
+  Limiter a(cfg({spec("g", Scope::kGlobal, 1)}), new_store());
+  Limiter b(cfg({spec("g", Scope::kGlobal, 3)}), new_store());
+  EXPECT_EQ(admit(a, scope(), 5, kT0), 1);
+  EXPECT_EQ(admit(b, scope(), 5, kT0), 3);
+  a.reload(cfg({spec("g", Scope::kGlobal, 2)}));
+  EXPECT_EQ(admit(a, scope(), 5, kT0), 1);
+  a.reload(nullptr);  // no limits at all
+  EXPECT_EQ(admit(a, scope(), 5, kT0), 5);
+  EXPECT_EQ(admit(b, scope(), 5, kT0 + kNanosPerSecond), 3);
+  // A limiter built where another one was destroyed does not inherit its cached config.
+  auto c = std::make_unique<Limiter>(cfg({spec("g", Scope::kGlobal, 1)}), new_store());
+  EXPECT_EQ(admit(*c, scope(), 5, kT0), 1);
+  c.reset();
+  c = std::make_unique<Limiter>(cfg({}), new_store());
+  EXPECT_EQ(admit(*c, scope(), 5, kT0), 5);
+}
+
+// Reloads while other threads check: every check sees one complete config (a limit of rate 1 or
+// one of rate 1'000'000, each on its own bucket) and the last reload is seen everywhere.
+TEST(Limiter, ConcurrentReloadsAndChecks) {
+  Limiter l(cfg({spec("small", Scope::kKey, 1)}), new_store());
+  std::atomic<int> running{2}, bad{0}, reloads{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string key = "k" + std::to_string(t);
+      Nanos now = kT0;
+      // Until several reloads happened meanwhile (the reloading thread runs until both stop).
+      for (int i = 0; i < 20'000 || reloads.load() < 50; ++i) {
+        now += kNanosPerSecond;  // "small" always has room again
+        const Verdict v = l.check(scope(key), 0, now);
+        if (!v.allowed || !v.requests.present) ++bad;
+        if (v.requests.limit != 1 && v.requests.limit != 1'000'000) ++bad;
+      }
+      --running;
+    });
+  }
+  for (int i = 0; running.load() > 0; ++i, ++reloads) {
+    l.reload(cfg({spec(i % 2 ? "big" : "small", Scope::kKey, i % 2 ? 1'000'000 : 1)}));
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  l.reload(cfg({spec("last", Scope::kKey, 7)}));
+  std::thread([&] { EXPECT_EQ(l.check(scope("k0"), 0, kT0).requests.limit, 7); }).join();
+  EXPECT_EQ(l.check(scope("k1"), 0, kT0).requests.limit, 7);
 }
 
 TEST(ClientIp, TrustedProxies) {

@@ -568,6 +568,29 @@ TEST(RedisFailure, KilledAndRestartedServerResumesServing) {
   EXPECT_EQ(r.results[0].decision.remaining, 98);  // state lives in the new server
 }
 
+// A reservation made while Redis is down is settled against the same local share (rate and burst
+// divided by replicas) that admitted it.
+TEST(RedisFailure, SettleWhileDownRefundsTheLocalShare) {
+  RedisServer server;
+  asio::io_context ioc;
+  auto store = make_failure_store(server);  // fail open locally, replicas = 2
+  server.stop();
+  const LimitSpec tpm = spec("tpm", 2000, 0, Algorithm::kGcra, Period::kHour, Unit::kTokens);
+  auto limiter = replica(store, {tpm});
+  const Nanos now = steady();
+  Verdict v = run(ioc, limiter->check_async(scope_for("k"), 600, now));
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.tokens.limit, 1000);
+  EXPECT_EQ(v.tokens.remaining, 400);
+  ASSERT_EQ(v.reservation.token_limits.size(), 1u);
+  run(ioc, limiter->settle_async(v.reservation, 100, now));  // 500 come back, locally
+  EXPECT_TRUE(v.reservation.settled);
+  v = run(ioc, limiter->check_async(scope_for("k"), 800, now));
+  ASSERT_TRUE(v.allowed);  // 100 used + 800 <= 1000
+  EXPECT_EQ(v.tokens.remaining, 100);
+  EXPECT_GE(store->stats().fallbacks, 3u);
+}
+
 TEST(RedisUrl, Parses) {
   auto e = parse_redis_url("redis://user:secret@redis.internal:6380/2");
   ASSERT_TRUE(e.ok());
