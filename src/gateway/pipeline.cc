@@ -118,7 +118,7 @@ std::string request_id_for(const Request& req) {
 Response error_response(const Ctx& c, const Error& e) {
   auto r = Response::json(e.status, openai_error_body(e.message, e.type, e.code, e.param));
   r.headers.add("x-request-id", c.request_id);
-  for (const auto& [k, v] : c.extra.items()) r.headers.add(k, v);
+  r.headers.append(c.extra);
   if (e.retry_after_s >= 0) {
     r.headers.add("retry-after",
                   std::to_string(static_cast<long>(std::ceil(std::max(e.retry_after_s, 0.0)))));
@@ -297,6 +297,7 @@ constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
 
 http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d, std::string body) {
   http::OutboundRequest out;
+  out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
   out.target = target_for(d, c.llm.endpoint);
   out.headers.add("content-type", "application/json");
@@ -554,10 +555,11 @@ asio::awaitable<void> forward(Ctx& c) {
     }
     auto& up = resp.value();
     http::Headers headers;
+    headers.reserve(256 + c.extra.wire().size());
     headers.add("x-request-id", c.request_id);
     headers.add("x-bellwether-model", c.model_served);
     if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
-    for (const auto& [k, v] : c.extra.items()) headers.add(k, v);
+    headers.append(c.extra);
     copy_response_headers(up.headers(), headers);
     const bool is_sse = up.headers().get("content-type").starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
@@ -859,17 +861,8 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
       co_await reply_error(c, e);
       co_return false;
     }
-    c.extra = http::Headers();
-    if (v.requests.present) {
-      c.extra.add("x-ratelimit-limit-requests", std::to_string(v.requests.limit));
-      c.extra.add("x-ratelimit-remaining-requests", std::to_string(v.requests.remaining));
-      c.extra.add("x-ratelimit-reset-requests", limits::format_reset(v.requests.reset_after));
-    }
-    if (v.tokens.present) {
-      c.extra.add("x-ratelimit-limit-tokens", std::to_string(v.tokens.limit));
-      c.extra.add("x-ratelimit-remaining-tokens", std::to_string(v.tokens.remaining));
-      c.extra.add("x-ratelimit-reset-tokens", limits::format_reset(v.tokens.reset_after));
-    }
+    c.extra.clear();
+    limits::append_rate_headers(c.extra.raw(), v);
     if (!v.shadow_rejections.empty()) {
       c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
       spdlog::info("shadow limit would reject request {} (key {}): {}", c.request_id,
@@ -941,7 +934,10 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
 
   // 4 rate limit
   if (!co_await rate_limit(c)) co_return;
-  c.extra.add("x-bellwether-priority", std::to_string(c.priority.priority));
+  {
+    static constexpr std::array<std::string_view, 3> kDigit = {"0", "1", "2"};
+    c.extra.add("x-bellwether-priority", kDigit[static_cast<std::size_t>(c.priority.priority)]);
+  }
   if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
 
   // 5 cost guard
@@ -1209,8 +1205,14 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   Ctx c{sh, sh.runtime->load(), req, w};
   c.start = SteadyClock::instance().now();
   c.request_id = request_id_for(req);
-  c.client_ip =
-      limits::client_ip(req.peer_ip, req.header("x-forwarded-for"), c.rt->config().trusted_cidrs);
+  // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
+  // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
+  if (c.rt->config().trusted_cidrs.empty() && req.peer_ip.find(':') == std::string::npos) {
+    c.client_ip = req.peer_ip;
+  } else {
+    c.client_ip =
+        limits::client_ip(req.peer_ip, req.header("x-forwarded-for"), c.rt->config().trusted_cidrs);
+  }
   sh.requests.fetch_add(1, std::memory_order_relaxed);
   const auto path = req.path();
   const auto& cfg = c.rt->config();

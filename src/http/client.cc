@@ -169,7 +169,7 @@ struct ClientPool::State {
       if (h.open > 0) --h.open;
       return;
     }
-    c->last_used = SteadyClock::instance().now();
+    c->last_used = coarse_now();
     c->parser.reset();
     if (c->piece.capacity() > kKeepBytes) std::string().swap(c->piece);
     if (c->out.capacity() > kKeepBytes) std::string().swap(c->out);
@@ -177,7 +177,7 @@ struct ClientPool::State {
   }
 
   std::unique_ptr<UpstreamResponse::Impl> take(Host& h, const PoolLimits& limits) {
-    const Nanos now = SteadyClock::instance().now();
+    const Nanos now = coarse_now();
     while (!h.idle.empty()) {
       auto c = std::move(h.idle.back());
       h.idle.pop_back();

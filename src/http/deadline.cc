@@ -3,12 +3,19 @@
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/query.hpp>
 #include <chrono>
+#include <ctime>
 
 namespace bw::http {
 
 namespace asio = boost::asio;
 
 asio::execution_context::id DeadlineService::id;
+
+Nanos coarse_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
+}
 
 void Deadline::bind(const asio::any_io_executor& ex, Cancel cancel, void* owner) {
   disarm();
@@ -60,7 +67,7 @@ void DeadlineService::shutdown() {
 void DeadlineService::arm(Deadline& d, Nanos duration) {
   if (d.queue_ != Deadline::kNone) unlink(d);
   if (shut_down_) return;
-  const Nanos now = SteadyClock::instance().now();
+  const Nanos now = coarse_now();
   // Clamp so that now + duration cannot overflow (callers may pass "never"-like values).
   constexpr Nanos kMax = Nanos{1} << 61;
   if (duration > kMax) duration = kMax;
@@ -109,7 +116,7 @@ void DeadlineService::unlink(Deadline& d) {
 void DeadlineService::schedule(Nanos at) {
   if (!timer_) return;
   timer_at_ = at;
-  const Nanos now = SteadyClock::instance().now();
+  const Nanos now = coarse_now();
   timer_->expires_after(std::chrono::nanoseconds(at > now ? at - now : 0));
   timer_->async_wait([this, at](const boost::system::error_code& ec) {
     if (ec || at != timer_at_) return;  // replaced by an earlier wait, or shut down
@@ -119,7 +126,7 @@ void DeadlineService::schedule(Nanos at) {
 
 void DeadlineService::on_timer() {
   timer_at_ = 0;
-  const Nanos now = SteadyClock::instance().now();
+  const Nanos now = coarse_now();
   Nanos next = 0;
   for (std::size_t qi = 0; qi < queues_.size(); ++qi) {
     while (queues_[qi].head != nullptr && queues_[qi].head->at_ <= now) {

@@ -44,6 +44,9 @@ class Headers {
   void remove(std::string_view name);
   // Appends every header of `other`.
   void append(const Headers& other) { wire_.append(other.wire_); }
+  // Direct access for producers of already-valid "name: value\r\n" lines (e.g. the limiter's
+  // header formatter); the caller guarantees the format.
+  std::string& raw() { return wire_; }
   Range items() const { return Range{wire_}; }
   std::size_t size() const;
   bool empty() const { return wire_.empty(); }

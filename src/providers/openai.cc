@@ -2,6 +2,8 @@
 
 #include <simdjson.h>
 
+#include <optional>
+
 #include "common/json_util.h"
 
 namespace bw::providers {
@@ -160,8 +162,154 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   return r;
 }
 
+namespace {
+
+// Byte-level walk over the members of a JSON object that simdjson has already validated.
+// Yields each member's raw key (between the quotes, escapes untouched) and the byte range of its
+// value. Returns false on anything unexpected (the caller falls back to the DOM path).
+class MemberScanner {
+ public:
+  explicit MemberScanner(std::string_view json) : s_(json) {}
+
+  bool open() {
+    ws();
+    if (i_ >= s_.size() || s_[i_] != '{') return false;
+    ++i_;
+    return true;
+  }
+  // Next member; false at the closing brace (close_at() then points at it) or on error.
+  bool next(std::string_view& key, std::size_t& value_begin, std::size_t& value_end) {
+    ws();
+    if (i_ < s_.size() && s_[i_] == ',') {
+      ++i_;
+      ws();
+    }
+    if (i_ >= s_.size() || s_[i_] != '"') {
+      close_ = i_ < s_.size() && s_[i_] == '}' ? i_ : std::string_view::npos;
+      return false;
+    }
+    const std::size_t kb = i_ + 1;
+    if (!skip_string()) return false;
+    key = s_.substr(kb, i_ - 1 - kb);
+    ws();
+    if (i_ >= s_.size() || s_[i_] != ':') return false;
+    ++i_;
+    ws();
+    value_begin = i_;
+    if (!skip_value()) return false;
+    value_end = i_;
+    return true;
+  }
+  std::size_t close_at() const { return close_; }
+  bool empty_object() const { return members_ == 0; }
+
+ private:
+  void ws() {
+    while (i_ < s_.size() &&
+           (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) {
+      ++i_;
+    }
+  }
+  bool skip_string() {  // at the opening quote
+    ++i_;
+    while (i_ < s_.size()) {
+      const char c = s_[i_++];
+      if (c == '\\') {
+        ++i_;
+      } else if (c == '"') {
+        return true;
+      }
+    }
+    return false;
+  }
+  bool skip_value() {
+    ++members_;
+    if (i_ >= s_.size()) return false;
+    const char c = s_[i_];
+    if (c == '"') return skip_string();
+    if (c == '{' || c == '[') {
+      std::size_t depth = 0;
+      while (i_ < s_.size()) {
+        const char d = s_[i_];
+        if (d == '"') {
+          if (!skip_string()) return false;
+          continue;
+        }
+        ++i_;
+        if (d == '{' || d == '[') ++depth;
+        if (d == '}' || d == ']') {
+          if (--depth == 0) return true;
+        }
+      }
+      return false;
+    }
+    while (i_ < s_.size() && s_[i_] != ',' && s_[i_] != '}' && s_[i_] != ' ' && s_[i_] != '\n' &&
+           s_[i_] != '\r' && s_[i_] != '\t') {
+      ++i_;
+    }
+    return true;
+  }
+
+  std::string_view s_;
+  std::size_t i_ = 0;
+  std::size_t close_ = std::string_view::npos;
+  std::size_t members_ = 0;
+};
+
+// The common case without a second parse: the body's own bytes with `model` (and the output cap)
+// replaced and stream_options added. Declines (nullopt) when a key is escaped or stream_options
+// must be merged into an existing object; the DOM path handles those.
+std::optional<std::string> rewrite_fast(std::string_view body, std::string_view provider_model,
+                                        bool force_include_usage, std::int64_t max_tokens) {
+  MemberScanner sc(body);
+  if (!sc.open()) return std::nullopt;
+  std::string out;
+  out.reserve(body.size() + provider_model.size() + 48);
+  std::size_t copied = 0;  // body bytes before this offset are in `out`
+  bool saw_max = false, any = false;
+  std::string_view key;
+  std::size_t vb = 0, ve = 0;
+  auto replace = [&](std::size_t b, std::size_t e) {
+    out.append(body.substr(copied, b - copied));
+    copied = e;
+  };
+  while (sc.next(key, vb, ve)) {
+    any = true;
+    if (key.find('\\') != std::string_view::npos) return std::nullopt;
+    if (key == "model") {
+      replace(vb, ve);
+      append_json_string(out, provider_model);
+    } else if (key == "stream_options" && force_include_usage) {
+      return std::nullopt;
+    } else if ((key == "max_tokens" || key == "max_completion_tokens") && max_tokens > 0) {
+      saw_max = true;
+      replace(vb, ve);
+      out += std::to_string(max_tokens);
+    }
+  }
+  const std::size_t close = sc.close_at();
+  if (close == std::string_view::npos) return std::nullopt;
+  out.append(body.substr(copied, close - copied));
+  if (force_include_usage) {
+    out += any ? ",\"stream_options\":{\"include_usage\":true}"
+               : "\"stream_options\":{\"include_usage\":true}";
+    any = true;
+  }
+  if (max_tokens > 0 && !saw_max) {
+    out += any ? ",\"max_tokens\":" : "\"max_tokens\":";
+    out += std::to_string(max_tokens);
+  }
+  out.append(body.substr(close));
+  return out;
+}
+
+}  // namespace
+
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens) {
+  if (auto fast = rewrite_fast(body, provider_model, force_include_usage, max_tokens)) {
+    return std::move(*fast);
+  }
   simdjson::dom::element doc;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
     return bad("invalid JSON", {}, "invalid_json");
