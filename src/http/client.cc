@@ -87,10 +87,13 @@ struct UpstreamResponse::Impl {
     co_return co_await plain->async_read_some(mb, kNoThrow);
   }
 
-  // Feeds the parser until it has the head (whole = false) or the whole body into its sink.
-  // A passed deadline reads as beast::error::timeout.
-  asio::awaitable<beast::error_code> parse(bool header_only) {
+  enum class Until { kHead, kPiece, kEnd };
+  // Feeds the parser until it has the head, some body bytes in `piece` (which the caller
+  // cleared), or the whole body into its sink. A passed deadline reads as
+  // beast::error::timeout.
+  asio::awaitable<beast::error_code> parse(Until until) {
     auto& p = *parser;
+    const bool header_only = until == Until::kHead;
     auto finished = [&] { return header_only ? p.is_header_done() : p.is_done(); };
     for (;;) {
       if (buffer.size() > 0 && !p.is_done()) {
@@ -101,7 +104,7 @@ struct UpstreamResponse::Impl {
         if (finished()) co_return beast::error_code{};
         // Without eager parsing one put is one step (e.g. one chunk): give the caller the
         // piece before reading more.
-        if (!header_only && !piece.empty()) co_return beast::error_code{};
+        if (until == Until::kPiece && !piece.empty()) co_return beast::error_code{};
         if (!ec && used > 0 && buffer.size() > 0) continue;
       }
       if (finished()) co_return beast::error_code{};
@@ -116,6 +119,8 @@ struct UpstreamResponse::Impl {
       }
       if (ec) co_return ec;
       buffer.commit(n);
+      // The idle deadline bounds the gap between reads, not the whole body.
+      if (until == Until::kEnd) deadline.arm(timeouts.idle);
     }
   }
 
@@ -171,6 +176,7 @@ struct ClientPool::State {
     }
     c->last_used = coarse_now();
     c->parser.reset();
+    c->piece.clear();
     if (c->piece.capacity() > kKeepBytes) std::string().swap(c->piece);
     if (c->out.capacity() > kKeepBytes) std::string().swap(c->out);
     h.idle.push_back(std::move(c));
@@ -236,7 +242,7 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   im.piece.clear();
   im.parser->set_sink(&im.piece, std::numeric_limits<std::size_t>::max());
   im.deadline.arm(im.timeouts.idle);
-  auto ec = co_await im.parse(false);
+  auto ec = co_await im.parse(Impl::Until::kPiece);
   im.deadline.disarm();
   im.parser->set_sink(nullptr, 0);
   if (ec) {
@@ -252,6 +258,7 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limi
   auto& im = *impl_;
   std::string out;
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+  im.piece.clear();  // parse() returns early while a read_some piece is pending
   if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
     out.reserve(static_cast<std::size_t>(*cl));
   }
@@ -259,7 +266,7 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limi
   im.parser->eager(true);
   while (!im.parser->is_done()) {
     im.deadline.arm(im.timeouts.idle);
-    auto ec = co_await im.parse(false);
+    auto ec = co_await im.parse(Impl::Until::kEnd);
     im.deadline.disarm();
     if (ec) {
       im.failed = true;
@@ -300,12 +307,15 @@ Result<Endpoint> Endpoint::parse(std::string_view url) {
       return make_error(400, "invalid_request_error", "", "bad IPv6 address in URL");
     }
     host = authority.substr(1, close - 1);
-    authority = authority.substr(close + 1);
-    if (authority.starts_with(':'))
-      authority = authority.substr(0);
-    else
-      authority = {};
-  } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    authority = authority.substr(close + 1);  // "" or ":port"
+    if (!authority.empty() && !authority.starts_with(':')) {
+      return make_error(400, "invalid_request_error", "", "unexpected text after ']' in URL");
+    }
+  } else if (auto colon = authority.find(':'); colon != std::string_view::npos) {
+    if (authority.find(':', colon + 1) != std::string_view::npos) {
+      return make_error(400, "invalid_request_error", "",
+                        "an IPv6 address in a URL must be in brackets, e.g. http://[::1]:8080");
+    }
     host = authority.substr(0, colon);
     authority = authority.substr(colon);
   } else {
@@ -354,6 +364,17 @@ std::size_t ClientPool::idle_connections() const {
 
 namespace {
 
+// At namespace scope: GCC 12 crashes (ICE in force_type_die) on a local class inside a
+// coroutine when building with -g.
+void cancel_resolver(void* r) {
+  static_cast<tcp::resolver*>(r)->cancel();
+}
+
+void cancel_connection(void* c) {
+  beast::error_code ec;
+  static_cast<UpstreamResponse::Impl*>(c)->socket().cancel(ec);
+}
+
 asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> connect(ClientPool::State& st,
                                                                          const Endpoint& ep,
                                                                          const ClientTimeouts& t) {
@@ -364,20 +385,11 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> connect(ClientP
   } else {
     c->plain = std::make_unique<tcp::socket>(ex);
   }
-  c->deadline.bind(
-      ex,
-      [](void* self) {
-        beast::error_code ec;
-        static_cast<UpstreamResponse::Impl*>(self)->socket().cancel(ec);
-      },
-      c.get());
+  c->deadline.bind(ex, &cancel_connection, c.get());
   // The deadline covers resolving too: a resolver is cancelled like a socket.
   tcp::resolver resolver(ex);
-  struct ResolveCancel {
-    static void cancel(void* r) { static_cast<tcp::resolver*>(r)->cancel(); }
-  };
   Deadline resolve_deadline;
-  resolve_deadline.bind(ex, &ResolveCancel::cancel, &resolver);
+  resolve_deadline.bind(ex, &cancel_resolver, &resolver);
   resolve_deadline.arm(t.connect);
   auto [rec, results] = co_await resolver.async_resolve(ep.host, std::to_string(ep.port), kNoThrow);
   const bool resolve_timed_out = resolve_deadline.expired();
@@ -479,7 +491,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       co_return classify(wec, "write");
     }
     c.deadline.arm(t.first_byte);
-    auto hec = co_await c.parse(true);
+    auto hec = co_await c.parse(UpstreamResponse::Impl::Until::kHead);
     c.deadline.disarm();
     if (hec) {
       c.failed = true;

@@ -137,7 +137,8 @@ void DeadlineService::on_timer() {
     }
     if (Deadline* h = queues_[qi].head; h != nullptr && (next == 0 || h->at_ < next)) next = h->at_;
   }
-  if (next != 0 && timer_at_ == 0) schedule(next);
+  // A cancel callback may have armed (and scheduled) a later deadline meanwhile.
+  if (next != 0 && (timer_at_ == 0 || next < timer_at_)) schedule(next);
 }
 
 }  // namespace bw::http

@@ -41,6 +41,8 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
 // stream_options.include_usage is forced on so usage can always be counted. With max_tokens > 0
 // the output cap is set to it (replacing max_tokens / max_completion_tokens, or adding max_tokens),
 // so that the cost guard's worst case holds. Other fields are copied as they are.
+// `body` must be one that parse_request accepted: the common case is rewritten by splicing the
+// body's bytes (no second parse), which assumes valid JSON.
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens);
 

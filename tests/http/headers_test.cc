@@ -1,0 +1,245 @@
+#include <gtest/gtest.h>
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "http/http.h"
+
+namespace bw::http {
+namespace {
+
+using namespace std::string_view_literals;
+using Pairs = std::vector<std::pair<std::string, std::string>>;
+
+Pairs items_of(const Headers& h) {
+  Pairs out;
+  for (auto [n, v] : h.items()) out.emplace_back(std::string(n), std::string(v));
+  return out;
+}
+
+TEST(Headers, AddKeepsWireFormatAndOrder) {
+  Headers h;
+  EXPECT_TRUE(h.empty());
+  EXPECT_EQ(h.size(), 0u);
+  EXPECT_TRUE(h.add("Content-Type", "application/json"));
+  EXPECT_TRUE(h.add("x-request-id", "abc"));
+  EXPECT_TRUE(h.add("X-Empty", ""));
+  EXPECT_FALSE(h.empty());
+  EXPECT_EQ(h.size(), 3u);
+  EXPECT_EQ(h.wire(), "Content-Type: application/json\r\nx-request-id: abc\r\nX-Empty: \r\n");
+  EXPECT_EQ(
+      items_of(h),
+      (Pairs{{"Content-Type", "application/json"}, {"x-request-id", "abc"}, {"X-Empty", ""}}));
+  EXPECT_EQ(h.get("x-empty"), "");
+  EXPECT_TRUE(h.has("x-empty"));
+}
+
+TEST(Headers, NamesCompareCaseInsensitively) {
+  Headers h;
+  ASSERT_TRUE(h.add("Content-Type", "text/plain"));
+  EXPECT_EQ(h.get("content-type"), "text/plain");
+  EXPECT_EQ(h.get("CONTENT-TYPE"), "text/plain");
+  EXPECT_EQ(h.get("CoNtEnT-tYpE"), "text/plain");
+  EXPECT_TRUE(h.has("CONTENT-type"));
+  EXPECT_FALSE(h.has("content-typ"));
+  EXPECT_FALSE(h.has("content-type2"));
+  EXPECT_EQ(h.get("absent"), "");
+  EXPECT_FALSE(h.has("absent"));
+}
+
+TEST(Headers, ValueWithColonSpaceInside) {
+  Headers h;
+  ASSERT_TRUE(h.add("x-a", "b: c: d"));
+  ASSERT_TRUE(h.add("x-b", ": leading"));
+  ASSERT_TRUE(h.add("x-c", "trailing: "));
+  ASSERT_TRUE(h.add("x-d", "a:b"));
+  EXPECT_EQ(h.get("x-a"), "b: c: d");
+  EXPECT_EQ(h.get("x-b"), ": leading");
+  EXPECT_EQ(h.get("x-c"), "trailing: ");
+  EXPECT_EQ(h.get("x-d"), "a:b");
+  EXPECT_EQ(h.size(), 4u);
+  EXPECT_EQ(
+      items_of(h),
+      (Pairs{{"x-a", "b: c: d"}, {"x-b", ": leading"}, {"x-c", "trailing: "}, {"x-d", "a:b"}}));
+  h.remove("x-a");
+  EXPECT_EQ(h.wire(), "x-b: : leading\r\nx-c: trailing: \r\nx-d: a:b\r\n");
+}
+
+TEST(Headers, RefusesInjectionInNames) {
+  const std::vector<std::string> bad = {
+      "",       "x\r\ny",           "x\ny",       "x\ry",  std::string("x\0y", 3),
+      "x:y",    "x: injected\r\nz", ":authority", "name ", "na me",
+      "\tname", "x-\x7f",           "x:",         "a\r",   "\n",
+  };
+  for (const auto& name : bad) {
+    Headers h;
+    EXPECT_FALSE(h.add(name, "v")) << "name: " << name;
+    EXPECT_TRUE(h.empty()) << "name: " << name;
+    EXPECT_EQ(h.wire(), "");
+    h.set(name, "v");
+    EXPECT_TRUE(h.empty()) << "set name: " << name;
+  }
+}
+
+TEST(Headers, RefusesInjectionInValues) {
+  const std::vector<std::string> bad = {
+      "a\r\nx-evil: 1", "a\nb", "a\rb", std::string("a\0b", 3), "\r\n", "\n", "\r", "ok\r\n",
+  };
+  for (const auto& value : bad) {
+    Headers h;
+    ASSERT_TRUE(h.add("x-keep", "1"));
+    EXPECT_FALSE(h.add("x-v", value));
+    EXPECT_EQ(h.wire(), "x-keep: 1\r\n");
+    h.set("x-keep", value);  // refused: the old value stays
+    EXPECT_EQ(h.wire(), "x-keep: 1\r\n");
+    EXPECT_EQ(h.size(), 1u);
+  }
+}
+
+TEST(Headers, DuplicatesAreKeptAndGetReturnsTheFirst) {
+  Headers h;
+  ASSERT_TRUE(h.add("Set-Cookie", "a=1"));
+  ASSERT_TRUE(h.add("x-other", "o"));
+  ASSERT_TRUE(h.add("set-cookie", "b=2"));
+  EXPECT_EQ(h.size(), 3u);
+  EXPECT_EQ(h.get("SET-COOKIE"), "a=1");
+}
+
+TEST(Headers, SetReplacesAllDuplicates) {
+  Headers h;
+  ASSERT_TRUE(h.add("x-a", "1"));
+  ASSERT_TRUE(h.add("X-Dup", "first"));
+  ASSERT_TRUE(h.add("x-b", "2"));
+  ASSERT_TRUE(h.add("x-dup", "second"));
+  ASSERT_TRUE(h.add("X-DUP", "third"));
+  ASSERT_TRUE(h.add("x-c", "3"));
+  h.set("x-Dup", "only");
+  EXPECT_EQ(h.size(), 4u);
+  EXPECT_EQ(h.get("x-dup"), "only");
+  EXPECT_EQ(h.wire(), "x-a: 1\r\nx-b: 2\r\nx-c: 3\r\nx-Dup: only\r\n");
+  // set on an absent name adds it.
+  h.set("x-new", "n");
+  EXPECT_EQ(h.size(), 5u);
+  EXPECT_EQ(h.get("x-new"), "n");
+}
+
+TEST(Headers, RemoveEveryOccurrenceAndMissingIsNoOp) {
+  Headers h;
+  ASSERT_TRUE(h.add("a", "1"));
+  ASSERT_TRUE(h.add("B", "2"));
+  ASSERT_TRUE(h.add("b", "3"));
+  ASSERT_TRUE(h.add("c", "4"));
+  ASSERT_TRUE(h.add("b", "5"));
+  h.remove("missing");
+  EXPECT_EQ(h.wire(), "a: 1\r\nB: 2\r\nb: 3\r\nc: 4\r\nb: 5\r\n");
+  h.remove("b");
+  EXPECT_EQ(h.wire(), "a: 1\r\nc: 4\r\n");
+  EXPECT_EQ(h.size(), 2u);
+  h.remove("A");
+  h.remove("c");
+  EXPECT_TRUE(h.empty());
+  EXPECT_EQ(h.size(), 0u);
+  h.remove("c");
+  EXPECT_TRUE(h.empty());
+  // A name that is a prefix of another is not removed with it.
+  ASSERT_TRUE(h.add("x-long", "1"));
+  ASSERT_TRUE(h.add("x", "2"));
+  h.remove("x");
+  EXPECT_EQ(h.wire(), "x-long: 1\r\n");
+}
+
+TEST(Headers, AppendKeepsBothListsInOrder) {
+  Headers a, b;
+  ASSERT_TRUE(a.add("a1", "1"));
+  ASSERT_TRUE(a.add("dup", "a"));
+  ASSERT_TRUE(b.add("b1", "2"));
+  ASSERT_TRUE(b.add("Dup", "b"));
+  a.append(b);
+  EXPECT_EQ(a.size(), 4u);
+  EXPECT_EQ(items_of(a), (Pairs{{"a1", "1"}, {"dup", "a"}, {"b1", "2"}, {"Dup", "b"}}));
+  EXPECT_EQ(a.get("DUP"), "a");
+  EXPECT_EQ(b.size(), 2u);  // unchanged
+  Headers empty;
+  a.append(empty);
+  EXPECT_EQ(a.size(), 4u);
+  empty.append(a);
+  EXPECT_EQ(empty.wire(), a.wire());
+}
+
+TEST(Headers, ClearAndReuse) {
+  Headers h;
+  ASSERT_TRUE(h.add("a", "1"));
+  h.clear();
+  EXPECT_TRUE(h.empty());
+  EXPECT_EQ(h.size(), 0u);
+  EXPECT_EQ(h.items().begin(), h.items().end());
+  ASSERT_TRUE(h.add("b", "2"));
+  EXPECT_EQ(h.wire(), "b: 2\r\n");
+}
+
+TEST(Headers, IterationOrderMatchesInsertion) {
+  Headers h;
+  Pairs expected;
+  for (int i = 0; i < 50; ++i) {
+    std::string n = "x-h" + std::to_string(i);
+    std::string v = "value " + std::to_string(i * 7) + ": z";
+    ASSERT_TRUE(h.add(n, v));
+    expected.emplace_back(n, v);
+  }
+  EXPECT_EQ(h.size(), 50u);
+  EXPECT_EQ(items_of(h), expected);
+  EXPECT_EQ(h.get("X-H49"), "value 343: z");
+}
+
+TEST(Headers, ResponseJsonSetsContentType) {
+  auto r = Response::json(429, "{}");
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.body, "{}");
+  EXPECT_EQ(r.headers.wire(), "content-type: application/json\r\n");
+}
+
+TEST(HttpHelpers, IequalsAndHopByHop) {
+  EXPECT_TRUE(iequals("Keep-Alive", "keep-alive"));
+  EXPECT_FALSE(iequals("keep-alive", "keep-alive "));
+  EXPECT_FALSE(iequals("a", "b"));
+  EXPECT_TRUE(iequals("", ""));
+  for (auto n : {"Connection", "keep-alive", "Transfer-Encoding", "TE", "Upgrade", "Trailer",
+                 "Proxy-Authorization", "proxy-authenticate", "Proxy-Connection"}) {
+    EXPECT_TRUE(is_hop_by_hop(n)) << n;
+  }
+  for (auto n : {"content-type", "authorization", "content-length", "host", "x-connection"}) {
+    EXPECT_FALSE(is_hop_by_hop(n)) << n;
+  }
+}
+
+TEST(HttpHelpers, RequestHeaderAndPath) {
+  Request r;
+  r.target = "/v1/models?limit=5&after=x";
+  r.headers = {{"Authorization", "Bearer k"}, {"X-A", "1"}, {"x-a", "2"}};
+  EXPECT_EQ(r.path(), "/v1/models");
+  EXPECT_EQ(r.header("authorization"), "Bearer k");
+  EXPECT_EQ(r.header("X-a"), "1");
+  EXPECT_EQ(r.header("none"), "");
+  r.target = "/plain";
+  EXPECT_EQ(r.path(), "/plain");
+}
+
+TEST(HttpHelpers, QueryParams) {
+  EXPECT_EQ(query_param("/p?a=1&b=2", "a"), "1");
+  EXPECT_EQ(query_param("/p?a=1&b=2", "b"), "2");
+  EXPECT_EQ(query_param("/p?ab=1&a=2", "a"), "2");
+  EXPECT_EQ(query_param("/p?a=1&a=2", "a"), "1");
+  EXPECT_EQ(query_param("/p?a=&b=2", "a"), "");
+  EXPECT_EQ(query_param("/p", "a"), "");
+  EXPECT_EQ(query_param("/p?b=1", "a"), "");
+  EXPECT_EQ(query_int("/p?n=42", "n", -1), 42);
+  EXPECT_EQ(query_int("/p?n=-3", "n", -1), -3);
+  EXPECT_EQ(query_int("/p?n=4x", "n", -1), -1);
+  EXPECT_EQ(query_int("/p?n=", "n", 7), 7);
+  EXPECT_EQ(query_int("/p", "n", 9), 9);
+}
+
+}  // namespace
+}  // namespace bw::http

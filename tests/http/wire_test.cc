@@ -1,0 +1,786 @@
+#include "http/wire.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace bw::http::wire {
+namespace {
+
+namespace beast = boost::beast;
+using Fields = std::vector<std::pair<std::size_t, std::size_t>>;
+using Views = std::vector<std::pair<std::string_view, std::string_view>>;
+using Pairs = std::vector<std::pair<std::string, std::string>>;
+
+// The socket side of a test: `input` arrives `step` bytes at a time, then EOF.
+struct FeedResult {
+  error_code ec;
+  std::string rest;  // bytes received but not consumed by the parser (a pipelined message)
+};
+
+// Drives a parser the way Session::read (src/http/server.cc) does: put what is buffered, consume
+// what was used, read more on need_more, put_eof at the end of the input. `whole` = false stops
+// once the head is complete.
+template <class Parser>
+FeedResult feed(Parser& p, std::string_view input, std::size_t step, bool whole = true) {
+  beast::flat_buffer buffer;
+  std::size_t pos = 0;
+  auto rest = [&] {
+    std::string r(static_cast<const char*>(buffer.data().data()), buffer.size());
+    r.append(input.substr(pos));
+    return r;
+  };
+  for (;;) {
+    if (buffer.size() > 0) {
+      error_code ec;
+      const std::size_t used = p.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec && ec != bhttp::error::need_more) return {ec, rest()};
+      if (!ec && (whole ? p.is_done() : p.is_header_done())) return {{}, rest()};
+      if (!ec && used > 0 && buffer.size() > 0) continue;
+    }
+    if (pos == input.size()) {  // the peer closed
+      if (!p.got_some()) return {bhttp::error::end_of_stream, rest()};
+      error_code eec;
+      p.put_eof(eec);
+      if (eec) return {eec, rest()};
+      if (whole ? p.is_done() : p.is_header_done()) return {{}, rest()};
+      return {bhttp::error::partial_message, rest()};
+    }
+    const std::size_t n = std::min(step, input.size() - pos);
+    auto mb = buffer.prepare(n);
+    std::memcpy(mb.data(), input.data() + pos, n);
+    buffer.commit(n);
+    pos += n;
+  }
+}
+
+// The session's reusable storage.
+struct Storage {
+  std::string arena;
+  Fields fields;
+  std::string body;
+};
+
+void configure(RequestParser& p) {
+  p.header_limit(8 * 1024);
+  p.body_limit(1024 * 1024);
+  p.eager(true);
+}
+
+Pairs headers_of(const RequestParser& p) {
+  Views v;
+  p.headers(v);
+  Pairs out;
+  for (auto [n, val] : v) out.emplace_back(std::string(n), std::string(val));
+  return out;
+}
+
+constexpr std::string_view kSimplePost =
+    "POST /v1/chat/completions?x=1 HTTP/1.1\r\n"
+    "Host: gw.local:8080\r\n"
+    "Content-Type: application/json\r\n"
+    "Authorization: Bearer sk-test\r\n"
+    "Content-Length: 13\r\n"
+    "\r\n"
+    "{\"model\":\"m\"}";
+
+TEST(RequestParser, CompleteRequestInOnePut) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  auto r = feed(p, kSimplePost, 1 << 20);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_TRUE(p.is_done());
+  EXPECT_EQ(r.rest, "");
+  EXPECT_EQ(p.method(), "POST");
+  EXPECT_EQ(p.target(), "/v1/chat/completions?x=1");
+  EXPECT_EQ(headers_of(p), (Pairs{{"Host", "gw.local:8080"},
+                                  {"Content-Type", "application/json"},
+                                  {"Authorization", "Bearer sk-test"},
+                                  {"Content-Length", "13"}}));
+  EXPECT_EQ(s.body, "{\"model\":\"m\"}");
+  EXPECT_TRUE(p.has_content_length());
+  EXPECT_FALSE(p.has_transfer_encoding());
+  EXPECT_FALSE(p.expects_continue());
+  EXPECT_FALSE(p.too_many_fields());
+  EXPECT_TRUE(p.keep_alive());
+  EXPECT_FALSE(p.chunked());
+  ASSERT_TRUE(p.content_length());
+  EXPECT_EQ(*p.content_length(), 13u);
+}
+
+TEST(RequestParser, ByteByByteAndOddSplitsGiveTheSameResult) {
+  for (std::size_t step : {1u, 2u, 3u, 7u, 16u, 64u}) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, kSimplePost, step);
+    ASSERT_FALSE(r.ec) << "step " << step << ": " << r.ec.message();
+    EXPECT_EQ(r.rest, "") << step;
+    EXPECT_EQ(p.method(), "POST") << step;
+    EXPECT_EQ(p.target(), "/v1/chat/completions?x=1") << step;
+    EXPECT_EQ(headers_of(p).size(), 4u) << step;
+    EXPECT_EQ(headers_of(p)[2],
+              (std::pair<std::string, std::string>{"Authorization", "Bearer sk-test"}));
+    EXPECT_EQ(s.body, "{\"model\":\"m\"}") << step;
+  }
+}
+
+TEST(RequestParser, HeadOnlyStopsBeforeTheBody) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  p.eager(false);
+  auto r = feed(p, kSimplePost, 1 << 20, /*whole=*/false);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_TRUE(p.is_header_done());
+  EXPECT_FALSE(p.is_done());
+  EXPECT_EQ(p.method(), "POST");
+  EXPECT_EQ(r.rest, "{\"model\":\"m\"}");
+  EXPECT_EQ(s.body, "");
+}
+
+constexpr std::string_view kChunked =
+    "POST /upload HTTP/1.1\r\n"
+    "Host: x\r\n"
+    "Transfer-Encoding: chunked\r\n"
+    "\r\n"
+    "5\r\nhello\r\n"
+    "1;ext=1\r\n,\r\n"
+    "10\r\n0123456789abcdef\r\n"
+    "0\r\n"
+    "\r\n";
+
+TEST(RequestParser, ChunkedBodyIsDechunked) {
+  for (std::size_t step : {1u, 5u, 1u << 20}) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, kChunked, step);
+    ASSERT_FALSE(r.ec) << "step " << step << ": " << r.ec.message();
+    EXPECT_TRUE(p.is_done());
+    EXPECT_TRUE(p.chunked());
+    EXPECT_TRUE(p.has_transfer_encoding());
+    EXPECT_FALSE(p.has_content_length());
+    EXPECT_EQ(s.body, "hello,0123456789abcdef") << step;
+    EXPECT_EQ(r.rest, "");
+    EXPECT_EQ(p.target(), "/upload");
+  }
+}
+
+TEST(RequestParser, ChunkedBodyOverTheLimitIsRefused) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  p.body_limit(10);
+  auto r = feed(p, kChunked, 1 << 20);
+  EXPECT_EQ(r.ec, bhttp::error::body_limit) << r.ec.message();
+}
+
+TEST(RequestParser, ContentLengthOverTheLimitIsRefused) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  p.body_limit(12);
+  auto r = feed(p, kSimplePost, 1 << 20);
+  EXPECT_EQ(r.ec, bhttp::error::body_limit) << r.ec.message();
+  EXPECT_EQ(s.body, "");
+}
+
+TEST(RequestParser, PipelinedRequestsAreParsedOneAtATimeWithReusedStorage) {
+  const std::string second =
+      "GET /v1/models HTTP/1.1\r\n"
+      "host: other\r\n"
+      "Accept: */*\r\n"
+      "\r\n";
+  const std::string third = "DELETE /x HTTP/1.1\r\nHost: y\r\nContent-Length: 2\r\n\r\nab";
+  const std::string input = std::string(kSimplePost) + second + third;
+  Storage s;
+  std::string rest;
+  {
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, input, 1 << 20);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(p.method(), "POST");
+    EXPECT_EQ(s.body, "{\"model\":\"m\"}");
+    EXPECT_EQ(r.rest, second + third);  // exactly one message consumed
+    rest = r.rest;
+  }
+  const auto arena_capacity = s.arena.capacity();
+  {
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    EXPECT_EQ(s.arena, "");  // the old contents are cleared
+    EXPECT_TRUE(s.fields.empty());
+    EXPECT_EQ(s.body, "");
+    auto r = feed(p, rest, 1 << 20);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(p.method(), "GET");
+    EXPECT_EQ(p.target(), "/v1/models");
+    EXPECT_EQ(headers_of(p), (Pairs{{"host", "other"}, {"Accept", "*/*"}}));
+    EXPECT_EQ(s.body, "");
+    EXPECT_FALSE(p.has_content_length());
+    EXPECT_FALSE(p.has_transfer_encoding());
+    EXPECT_GE(s.arena.capacity(), arena_capacity);  // storage reused, not reallocated smaller
+    EXPECT_EQ(r.rest, third);
+    rest = r.rest;
+  }
+  {
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, rest, 3);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(p.method(), "DELETE");
+    EXPECT_EQ(p.target(), "/x");
+    EXPECT_EQ(headers_of(p), (Pairs{{"Host", "y"}, {"Content-Length", "2"}}));
+    EXPECT_EQ(s.body, "ab");
+    EXPECT_EQ(r.rest, "");
+  }
+}
+
+std::string request_with_headers(int n) {
+  std::string r = "GET / HTTP/1.1\r\n";
+  for (int i = 0; i < n; ++i) r += "x-h" + std::to_string(i) + ": v\r\n";
+  return r + "\r\n";
+}
+
+TEST(RequestParser, FieldCountAtTheLimitIsAccepted) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 5);
+  configure(p);
+  auto r = feed(p, request_with_headers(5), 1 << 20);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_FALSE(p.too_many_fields());
+  EXPECT_EQ(headers_of(p).size(), 5u);
+  EXPECT_EQ(headers_of(p)[4].first, "x-h4");
+}
+
+TEST(RequestParser, FieldCountOverTheLimitIsHeaderLimit) {
+  for (std::size_t step : {1u, 1u << 20}) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 5);
+    configure(p);
+    auto r = feed(p, request_with_headers(6), step);
+    EXPECT_EQ(r.ec, bhttp::error::header_limit) << r.ec.message();
+    EXPECT_TRUE(p.too_many_fields());
+  }
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 0);
+  configure(p);
+  auto r = feed(p, request_with_headers(1), 1 << 20);
+  EXPECT_EQ(r.ec, bhttp::error::header_limit);
+  EXPECT_TRUE(p.too_many_fields());
+}
+
+TEST(RequestParser, HeaderBytesOverTheLimitIsHeaderLimitButNotTooManyFields) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  p.header_limit(64);
+  auto r = feed(p, "GET / HTTP/1.1\r\nx-long: " + std::string(100, 'a') + "\r\n\r\n", 1 << 20);
+  EXPECT_EQ(r.ec, bhttp::error::header_limit);
+  EXPECT_FALSE(p.too_many_fields());
+}
+
+bool expects_continue(std::string_view expect_line) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  std::string req = "POST / HTTP/1.1\r\nHost: h\r\n";
+  req += expect_line;
+  req += "Content-Length: 3\r\n\r\n";
+  auto r = feed(p, req, 1 << 20, /*whole=*/false);
+  EXPECT_FALSE(r.ec) << expect_line << ": " << r.ec.message();
+  EXPECT_FALSE(p.is_done());
+  return p.expects_continue();
+}
+
+TEST(RequestParser, ExpectContinueDetection) {
+  EXPECT_TRUE(expects_continue("Expect: 100-continue\r\n"));
+  EXPECT_TRUE(expects_continue("expect: 100-Continue\r\n"));
+  EXPECT_TRUE(expects_continue("EXPECT: 100-CONTINUE\r\n"));
+  EXPECT_TRUE(expects_continue("Expect: foo, 100-continue\r\n"));
+  EXPECT_TRUE(expects_continue("Expect: foo,100-continue ,bar\r\n"));
+  EXPECT_TRUE(expects_continue("Expect: \t100-continue\t\r\n"));
+  EXPECT_TRUE(expects_continue("Expect: x\r\nExpect: 100-continue\r\n"));
+  EXPECT_FALSE(expects_continue(""));
+  EXPECT_FALSE(expects_continue("Expect: 100-continuex\r\n"));
+  EXPECT_FALSE(expects_continue("Expect: 100\r\n"));
+  EXPECT_FALSE(expects_continue("Expect: 200-continue\r\n"));
+  EXPECT_FALSE(expects_continue("X-Expect: 100-continue\r\n"));
+  EXPECT_FALSE(expects_continue("Expect: \r\n"));
+}
+
+TEST(RequestParser, TransferEncodingAndContentLengthFlags) {
+  {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, "POST / HTTP/1.1\r\nTRANSFER-ENCODING: gzip, chunked\r\n\r\n0\r\n\r\n", 4);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_TRUE(p.has_transfer_encoding());
+    EXPECT_FALSE(p.has_content_length());
+    EXPECT_TRUE(p.chunked());
+  }
+  {
+    // A Transfer-Encoding that is not chunked: flagged so that the session can refuse it.
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 1 << 20, false);
+    EXPECT_TRUE(p.has_transfer_encoding());
+    EXPECT_FALSE(p.chunked());
+  }
+  {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, "PUT /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n", 1 << 20);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_TRUE(p.has_content_length());
+    EXPECT_FALSE(p.has_transfer_encoding());
+    EXPECT_TRUE(p.is_done());
+    EXPECT_EQ(s.body, "");
+  }
+  {
+    // Both headers: Beast refuses the message itself (request smuggling).
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p,
+                  "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "0\r\n\r\n",
+                  1 << 20);
+    EXPECT_TRUE(r.ec);
+    EXPECT_TRUE(p.has_content_length());
+  }
+}
+
+bool keep_alive_of(std::string_view req) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  auto r = feed(p, req, 1 << 20);
+  EXPECT_FALSE(r.ec) << req << ": " << r.ec.message();
+  return p.keep_alive();
+}
+
+TEST(RequestParser, KeepAlive) {
+  EXPECT_TRUE(keep_alive_of("GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+  EXPECT_FALSE(keep_alive_of("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
+  EXPECT_FALSE(keep_alive_of("GET / HTTP/1.1\r\nHost: h\r\nconnection: Close\r\n\r\n"));
+  EXPECT_FALSE(keep_alive_of("GET / HTTP/1.0\r\nHost: h\r\n\r\n"));
+  EXPECT_TRUE(keep_alive_of("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"));
+}
+
+TEST(RequestParser, MethodsAndTargets) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"GET", "/"},
+      {"OPTIONS", "*"},
+      {"PATCH", "/a/b%20c?q=1&r=%2F"},
+      {"PURGE", "/cache"},  // not a verb Beast knows: the string is kept
+      {"CONNECT", "example.com:443"},
+  };
+  for (const auto& [m, t] : cases) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, m + " " + t + " HTTP/1.1\r\nHost: h\r\n\r\n", 2, /*whole=*/false);
+    ASSERT_FALSE(r.ec) << m << ": " << r.ec.message();
+    EXPECT_EQ(p.method(), m);
+    EXPECT_EQ(p.target(), t);
+    EXPECT_EQ(headers_of(p), (Pairs{{"Host", "h"}}));
+  }
+}
+
+TEST(RequestParser, HeaderViewsKeepValuesWithColonsAndEmptyValues) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  auto r = feed(p,
+                "GET / HTTP/1.1\r\nX-Url: http://a:1/b\r\nX-Empty:\r\nX-Spaces:   padded   \r\n"
+                "x-dup: 1\r\nX-Dup: 2\r\n\r\n",
+                1);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_EQ(headers_of(p), (Pairs{{"X-Url", "http://a:1/b"},
+                                  {"X-Empty", ""},
+                                  {"X-Spaces", "padded"},
+                                  {"x-dup", "1"},
+                                  {"X-Dup", "2"}}));
+  Views v = {{"stale", "entry"}};
+  p.headers(v);  // replaces, does not append
+  EXPECT_EQ(v.size(), 5u);
+}
+
+TEST(RequestParser, MalformedRequestsAreErrors) {
+  for (std::string_view bad : {
+           "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+           "GET / HTTP/9.9\r\n\r\n",
+           "GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+           "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+       }) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, bad, 1 << 20);
+    EXPECT_TRUE(r.ec) << bad;
+    EXPECT_NE(r.ec, bhttp::error::need_more) << bad;
+  }
+}
+
+TEST(RequestParser, ObsFoldIsUnfoldedWithoutLineBreaks) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  auto r = feed(p, "GET / HTTP/1.1\r\nX: a\r\n folded\r\nY: b\r\n\r\n", 1 << 20);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  const auto h = headers_of(p);
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0].first, "X");
+  // Whatever Beast makes of the fold, no CR or LF may reach a header value.
+  EXPECT_EQ(h[0].second.find_first_of("\r\n"), std::string::npos);
+  EXPECT_EQ(h[0].second.substr(0, 1), "a");
+  EXPECT_NE(h[0].second.find("folded"), std::string::npos);
+  EXPECT_EQ(h[1], (std::pair<std::string, std::string>{"Y", "b"}));
+}
+
+TEST(RequestParser, TruncatedInput) {
+  {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, "", 1);
+    EXPECT_EQ(r.ec, bhttp::error::end_of_stream);
+  }
+  {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, kSimplePost.substr(0, kSimplePost.size() - 3), 7);
+    EXPECT_TRUE(r.ec);
+    EXPECT_FALSE(p.is_done());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(ResponseParser, StatusHeadersAndContentLengthBody) {
+  for (std::size_t step : {1u, 6u, 1u << 20}) {
+    Headers h;
+    ASSERT_TRUE(h.add("stale", "x"));
+    ResponseParser p(h);
+    EXPECT_TRUE(h.empty());  // cleared by the constructor
+    std::string sink;
+    p.set_sink(&sink, 1024);
+    p.eager(true);
+    auto r = feed(p,
+                  "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Req: a: b\r\n"
+                  "Content-Length: 11\r\n\r\n{\"ok\":true}",
+                  step);
+    ASSERT_FALSE(r.ec) << step << ": " << r.ec.message();
+    EXPECT_EQ(p.status(), 201);
+    EXPECT_EQ(h.wire(), "Content-Type: application/json\r\nX-Req: a: b\r\nContent-Length: 11\r\n");
+    EXPECT_EQ(sink, "{\"ok\":true}");
+    EXPECT_FALSE(p.sink_overflowed());
+    EXPECT_TRUE(p.keep_alive());
+  }
+}
+
+TEST(ResponseParser, ChunkedBody) {
+  for (std::size_t step : {1u, 4u, 1u << 20}) {
+    Headers h;
+    ResponseParser p(h);
+    std::string sink;
+    p.set_sink(&sink, 1024);
+    p.eager(true);
+    auto r = feed(p,
+                  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                  step);
+    ASSERT_FALSE(r.ec) << step << ": " << r.ec.message();
+    EXPECT_EQ(p.status(), 200);
+    EXPECT_TRUE(p.chunked());
+    EXPECT_EQ(h.get("transfer-encoding"), "chunked");
+    EXPECT_EQ(sink, "abc0123456789");
+    EXPECT_EQ(r.rest, "HTTP/1.1 204 No Content\r\n\r\n");
+  }
+}
+
+TEST(ResponseParser, BodyOverTheSinkLimitOverflows) {
+  for (std::string_view resp : {
+           std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij"),
+           std::string_view("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "8\r\n01234567\r\n8\r\n89abcdef\r\n4\r\nghij\r\n0\r\n\r\n"),
+       }) {
+    Headers h;
+    ResponseParser p(h);
+    std::string sink;
+    p.set_sink(&sink, 10);
+    p.eager(true);
+    auto r = feed(p, resp, 1 << 20);
+    EXPECT_EQ(r.ec, bhttp::error::body_limit) << resp;
+    EXPECT_TRUE(p.sink_overflowed());
+    EXPECT_LE(sink.size(), 10u);
+  }
+  // Exactly at the limit is fine.
+  Headers h;
+  ResponseParser p(h);
+  std::string sink;
+  p.set_sink(&sink, 20);
+  p.eager(true);
+  auto r = feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij", 3);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_FALSE(p.sink_overflowed());
+  EXPECT_EQ(sink, "0123456789abcdefghij");
+}
+
+TEST(ResponseParser, NullSinkDiscardsTheBody) {
+  Headers h;
+  ResponseParser p(h);
+  p.set_sink(nullptr, 0);
+  p.eager(true);
+  auto r = feed(p, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 5\r\n\r\nhello", 2);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_TRUE(p.is_done());
+  EXPECT_EQ(p.status(), 502);
+  EXPECT_FALSE(p.sink_overflowed());
+  EXPECT_EQ(h.get("content-length"), "5");
+}
+
+TEST(ResponseParser, BodyUntilEofAndNoBodyStatuses) {
+  {
+    Headers h;
+    ResponseParser p(h);
+    std::string sink;
+    p.set_sink(&sink, 100);
+    p.eager(true);
+    auto r = feed(p, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 5);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(sink, "until the end");
+    EXPECT_FALSE(p.keep_alive());
+  }
+  {
+    Headers h;
+    ResponseParser p(h);
+    std::string sink;
+    p.set_sink(&sink, 100);
+    auto r = feed(p, "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", 1 << 20, /*whole=*/false);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_TRUE(p.is_done());
+    EXPECT_EQ(p.status(), 204);
+    EXPECT_EQ(h.wire(), "X-A: 1\r\n");
+  }
+  {
+    Headers h;
+    ResponseParser p(h);
+    auto r = feed(p, "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_FALSE(p.keep_alive());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(AppendResponseHead, ContentLengthFraming) {
+  Headers h;
+  ASSERT_TRUE(h.add("content-type", "application/json"));
+  ASSERT_TRUE(h.add("x-request-id", "r1"));
+  std::string out = "prefix|";
+  append_response_head(out, 200, "bellwether", h, 42, true);
+  EXPECT_EQ(out,
+            "prefix|"
+            "HTTP/1.1 200 OK\r\n"
+            "server: bellwether\r\n"
+            "content-type: application/json\r\n"
+            "x-request-id: r1\r\n"
+            "content-length: 42\r\n"
+            "\r\n");
+}
+
+TEST(AppendResponseHead, ChunkedAndClose) {
+  Headers h;
+  ASSERT_TRUE(h.add("content-type", "text/event-stream"));
+  std::string out;
+  append_response_head(out, 429, "bw", h, -1, false);
+  EXPECT_EQ(out,
+            "HTTP/1.1 429 Too Many Requests\r\n"
+            "server: bw\r\n"
+            "content-type: text/event-stream\r\n"
+            "transfer-encoding: chunked\r\n"
+            "connection: close\r\n"
+            "\r\n");
+}
+
+TEST(AppendResponseHead, ZeroLengthNoServerNameNoHeaders) {
+  std::string out;
+  append_response_head(out, 204, "", Headers{}, 0, true);
+  EXPECT_EQ(out, "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+}
+
+TEST(AppendResponseHead, CallerFramingHeadersAreDropped) {
+  Headers h;
+  ASSERT_TRUE(h.add("X-First", "1"));
+  ASSERT_TRUE(h.add("Content-Length", "999"));
+  ASSERT_TRUE(h.add("x-middle", "a: b"));
+  ASSERT_TRUE(h.add("TRANSFER-ENCODING", "chunked"));
+  ASSERT_TRUE(h.add("Connection", "keep-alive"));
+  ASSERT_TRUE(h.add("x-last", "z"));
+  ASSERT_TRUE(h.add("x-content-length", "kept"));
+  std::string out;
+  append_response_head(out, 503, "bw", h, 7, true);
+  EXPECT_EQ(out,
+            "HTTP/1.1 503 Service Unavailable\r\n"
+            "server: bw\r\n"
+            "X-First: 1\r\n"
+            "x-middle: a: b\r\n"
+            "x-last: z\r\n"
+            "x-content-length: kept\r\n"
+            "content-length: 7\r\n"
+            "\r\n");
+  out.clear();
+  append_response_head(out, 200, "bw", h, -1, false);
+  EXPECT_EQ(out,
+            "HTTP/1.1 200 OK\r\n"
+            "server: bw\r\n"
+            "X-First: 1\r\n"
+            "x-middle: a: b\r\n"
+            "x-last: z\r\n"
+            "x-content-length: kept\r\n"
+            "transfer-encoding: chunked\r\n"
+            "connection: close\r\n"
+            "\r\n");
+}
+
+TEST(AppendResponseHead, ReasonPhrases) {
+  const std::vector<std::pair<int, std::string>> cases = {
+      {100, "Continue"},
+      {201, "Created"},
+      {400, "Bad Request"},
+      {401, "Unauthorized"},
+      {404, "Not Found"},
+      {413, "Payload Too Large"},
+      {431, "Request Header Fields Too Large"},
+      {500, "Internal Server Error"},
+      {502, "Bad Gateway"},
+      {504, "Gateway Timeout"},
+  };
+  for (const auto& [status, reason] : cases) {
+    std::string out;
+    append_response_head(out, status, "", Headers{}, 0, true);
+    EXPECT_EQ(
+        out, "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\ncontent-length: 0\r\n\r\n");
+  }
+}
+
+TEST(AppendResponseHead, RoundTripsThroughTheResponseParser) {
+  for (int status : {200, 299, 404, 418, 429, 499, 503, 599}) {
+    Headers h;
+    ASSERT_TRUE(h.add("x-a", "1"));
+    std::string out;
+    append_response_head(out, status, "bw", h, 5, true);
+    out += "hello";
+    Headers parsed;
+    ResponseParser p(parsed);
+    std::string sink;
+    p.set_sink(&sink, 100);
+    auto r = feed(p, out, 1 << 20);
+    ASSERT_FALSE(r.ec) << status << ": " << r.ec.message() << "\n" << out;
+    EXPECT_EQ(p.status(), status);
+    EXPECT_EQ(parsed.wire(), "server: bw\r\nx-a: 1\r\ncontent-length: 5\r\n");
+    EXPECT_EQ(sink, "hello");
+  }
+}
+
+TEST(AppendRequestHead, ExactBytes) {
+  Headers h;
+  ASSERT_TRUE(h.add("authorization", "Bearer up"));
+  ASSERT_TRUE(h.add("Content-Length", "1"));
+  ASSERT_TRUE(h.add("content-type", "application/json"));
+  ASSERT_TRUE(h.add("Transfer-Encoding", "chunked"));
+  ASSERT_TRUE(h.add("connection", "close"));
+  ASSERT_TRUE(h.add("accept", "*/*"));
+  std::string out;
+  append_request_head(out, "POST", "/v1/chat/completions", "api.example.com:8443", h, 123);
+  EXPECT_EQ(out,
+            "POST /v1/chat/completions HTTP/1.1\r\n"
+            "host: api.example.com:8443\r\n"
+            "authorization: Bearer up\r\n"
+            "content-type: application/json\r\n"
+            "accept: */*\r\n"
+            "content-length: 123\r\n"
+            "\r\n");
+  out.clear();
+  append_request_head(out, "GET", "/v1/models?x=1", "h", Headers{}, 0);
+  EXPECT_EQ(out, "GET /v1/models?x=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
+}
+
+TEST(AppendRequestHead, ParsesBackWithTheRequestParser) {
+  Headers h;
+  ASSERT_TRUE(h.add("x-a", "1"));
+  std::string out;
+  append_request_head(out, "POST", "/p?q", "h:1", h, 4);
+  out += "body";
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 10);
+  configure(p);
+  auto r = feed(p, out, 5);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_EQ(p.method(), "POST");
+  EXPECT_EQ(p.target(), "/p?q");
+  EXPECT_EQ(headers_of(p), (Pairs{{"host", "h:1"}, {"x-a", "1"}, {"content-length", "4"}}));
+  EXPECT_EQ(s.body, "body");
+}
+
+std::string chunk(std::size_t n) {
+  char buf[20];
+  const std::size_t len = chunk_header(buf, n);
+  return std::string(buf, len);
+}
+
+TEST(ChunkHeader, HexSizes) {
+  EXPECT_EQ(chunk(0), "0\r\n");
+  EXPECT_EQ(chunk(1), "1\r\n");
+  EXPECT_EQ(chunk(9), "9\r\n");
+  EXPECT_EQ(chunk(10), "a\r\n");
+  EXPECT_EQ(chunk(15), "f\r\n");
+  EXPECT_EQ(chunk(16), "10\r\n");
+  EXPECT_EQ(chunk(255), "ff\r\n");
+  EXPECT_EQ(chunk(256), "100\r\n");
+  EXPECT_EQ(chunk(4096), "1000\r\n");
+  EXPECT_EQ(chunk(65535), "ffff\r\n");
+  EXPECT_EQ(chunk(1u << 20), "100000\r\n");
+  EXPECT_EQ(chunk(0xdeadbeefULL), "deadbeef\r\n");
+  EXPECT_EQ(chunk(0x123456789abcdefULL), "123456789abcdef\r\n");
+  EXPECT_EQ(chunk(std::numeric_limits<std::size_t>::max()), "ffffffffffffffff\r\n");
+}
+
+TEST(ChunkHeader, ChunksParseBack) {
+  std::string resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string expected;
+  for (std::size_t n : {1u, 15u, 16u, 255u, 300u, 4096u}) {
+    std::string data(n, static_cast<char>('a' + n % 26));
+    resp += chunk(n) + data + "\r\n";
+    expected += data;
+  }
+  resp += chunk(0) + "\r\n";
+  Headers h;
+  ResponseParser p(h);
+  std::string sink;
+  p.set_sink(&sink, 1 << 20);
+  auto r = feed(p, resp, 1000);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_EQ(sink, expected);
+}
+
+}  // namespace
+}  // namespace bw::http::wire
