@@ -284,6 +284,11 @@ Permit AdmissionController::try_acquire(std::string_view name) {
   return Permit(this, g, g->limiter.ticket(clock_.now()));
 }
 
+Permit AdmissionController::admit_now(std::string_view name, int priority) {
+  if (!overload_admits(config_.overload, clamp_priority(priority), load())) return Permit();
+  return try_acquire(name);
+}
+
 asio::awaitable<AdmitResult> AdmissionController::acquire(std::string_view name, int priority,
                                                           Nanos max_wait) {
   const asio::any_io_executor ex = co_await asio::this_coro::executor;

@@ -138,6 +138,11 @@ class AdmissionController {
   // check: meant for deployment-level limits of a request that was already admitted.
   Permit try_acquire(std::string_view group);
 
+  // acquire()'s immediate path without a coroutine: a slot if the overload policy admits the
+  // priority and a slot is free with nobody waiting; an empty Permit otherwise (then call
+  // acquire(), which queues, sheds or refuses).
+  Permit admit_now(std::string_view group, int priority);
+
   // Sleeps until `deadline` (Clock time) for a rate limit, counted in the queue depth of
   // `priority` and in the overload load meanwhile. Refused at entry by the overload policy; a
   // cancelled caller returns at once with kCancelled. Needs no slot.

@@ -663,13 +663,19 @@ std::string utc_time(std::int64_t unix_ms) {
 
 // Phase 5: estimate the worst case, maybe downgrade near the cap, reserve against every budget
 // that applies, and make the reservation durable before anything is forwarded.
+// The synchronous part of phase 5: the price, and whether any budget applies at all (most
+// requests of a deployment without budgets need no coroutine for the rest).
+bool cost_guard_needed(Ctx& c) {
+  const auto& cfg = c.rt->config();
+  c.price = cfg.prices.find(c.route_model);
+  if (!c.sh.budgets) return false;
+  c.budget_ids = budget_ids_for(cfg, *c.key->cfg);
+  return !c.budget_ids.empty();
+}
+
 asio::awaitable<bool> cost_guard(Ctx& c) {
   auto& sh = c.sh;
   const auto& cfg = c.rt->config();
-  c.price = cfg.prices.find(c.route_model);
-  if (!sh.budgets) co_return true;
-  c.budget_ids = budget_ids_for(cfg, *c.key->cfg);
-  if (c.budget_ids.empty()) co_return true;
   if (!c.price) {
     co_await reply_error(c, make_error(403, "invalid_request_error", "model_not_priced",
                                        "The model '" + c.route_model +
@@ -776,13 +782,18 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
 
 // Phase 9 (part): the actual cost goes to the budgets and the ledger; unused reservation is
 // released; crossed alert thresholds go to the webhook sender.
-asio::awaitable<void> settle_cost(Ctx& c) {
+// The actual cost from the usage (no I/O).
+void compute_cost(Ctx& c) {
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   if (c.price && tokens > 0) {
     c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
                                      c.usage.cached_tokens);
   }
-  if (!budget_active(c)) co_return;
+}
+
+// Call after compute_cost, when budget_active(c).
+asio::awaitable<void> settle_cost(Ctx& c) {
+  const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   auto& sh = c.sh;
   const std::int64_t now_ms = SteadyClock::instance().unix_millis();
   cost::LedgerSettlement rec;
@@ -827,11 +838,7 @@ asio::awaitable<void> settle_cost(Ctx& c) {
   }
 }
 
-// Phase 4: every applicable limit is checked at once, all or nothing. A limit set to `wait`
-// holds the request until it would pass (bounded by the limit's own retry time and the request
-// deadline) instead of refusing it.
-asio::awaitable<bool> rate_limit(Ctx& c) {
-  const auto& cfg = c.rt->config();
+limits::RequestScope limit_scope(const Ctx& c) {
   limits::RequestScope scope;
   scope.key_id = c.key->cfg->name;
   scope.tenant_id = c.key->cfg->tenant;
@@ -841,15 +848,50 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
   scope.plan = c.plan;
   scope.key_overrides =
       c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
+  return scope;
+}
+
+// The x-ratelimit-* headers of the verdict, and the shadow-limit log line.
+void note_verdict(Ctx& c) {
+  const auto& v = c.verdict;
+  c.extra.clear();
+  limits::append_rate_headers(c.extra.raw(), v);
+  if (!v.shadow_rejections.empty()) {
+    c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("shadow limit would reject request {} (key {}): {}", c.request_id,
+                 c.key->cfg->name, v.shadow_rejections.front());
+  }
+}
+
+// Phase 4 without a coroutine, for in-process limits: true when the request passed (the
+// common case); false when rate_limit() must run (a refusal, a wait or a shared store).
+bool rate_limit_passed_locally(Ctx& c) {
   const std::int64_t output_cap =
       c.llm.endpoint == Endpoint::kEmbeddings
           ? 0
           : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
   c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) + output_cap;
+  if (c.sh.limiter->remote()) return false;
+  c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, limiter_now());
+  if (!c.verdict.allowed || c.verdict.unavailable) return false;
+  note_verdict(c);
+  return true;
+}
+
+// Phase 4: every applicable limit is checked at once, all or nothing. A limit set to `wait`
+// holds the request until it would pass (bounded by the limit's own retry time and the request
+// deadline) instead of refusing it. `checked`: c.verdict already holds this request's first
+// check (from rate_limit_passed_locally).
+asio::awaitable<bool> rate_limit(Ctx& c, bool checked) {
+  const auto& cfg = c.rt->config();
+  const limits::RequestScope scope = limit_scope(c);
   const Nanos deadline = c.start + cfg.retry.deadline;
   for (;;) {
     const Nanos now = SteadyClock::instance().now();
-    c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, limiter_now());
+    if (!checked) {
+      c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, limiter_now());
+    }
+    checked = false;
     auto& v = c.verdict;
     if (v.unavailable) {
       // The shared limit store is unreachable and this limit is set to fail closed.
@@ -861,13 +903,7 @@ asio::awaitable<bool> rate_limit(Ctx& c) {
       co_await reply_error(c, e);
       co_return false;
     }
-    c.extra.clear();
-    limits::append_rate_headers(c.extra.raw(), v);
-    if (!v.shadow_rejections.empty()) {
-      c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
-      spdlog::info("shadow limit would reject request {} (key {}): {}", c.request_id,
-                   c.key->cfg->name, v.shadow_rejections.front());
-    }
+    note_verdict(c);
     if (v.allowed) co_return true;
     const Nanos max_wait =
         cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
@@ -933,7 +969,7 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   c.route_model = c.llm.model;
 
   // 4 rate limit
-  if (!co_await rate_limit(c)) co_return;
+  if (!rate_limit_passed_locally(c) && !co_await rate_limit(c, !c.sh.limiter->remote())) co_return;
   {
     static constexpr std::array<std::string_view, 3> kDigit = {"0", "1", "2"};
     c.extra.add("x-bellwether-priority", kDigit[static_cast<std::size_t>(c.priority.priority)]);
@@ -941,10 +977,13 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
 
   // 5 cost guard
-  if (!co_await cost_guard(c)) co_return;
+  if (cost_guard_needed(c) && !co_await cost_guard(c)) co_return;
 
   // 6 admission: a slot of the model group's concurrency limit, waiting in priority order
-  {
+  if (auto now_permit = c.sh.admission->admit_now(c.group->cfg->name, c.priority.priority);
+      now_permit.valid()) {
+    c.permit = std::move(now_permit);  // a free slot and nobody waiting: no queue, no coroutine
+  } else {
     const Nanos t0 = SteadyClock::instance().now();
     auto admitted = co_await c.sh.admission->acquire(c.group->cfg->name, c.priority.priority);
     c.queue_wait += SteadyClock::instance().now() - t0;
@@ -978,11 +1017,13 @@ auto run_blocking(Shared& sh, F f) -> asio::awaitable<decltype(f())> {
 }
 
 // A batch (P2) request that failed after every retry and fallback is kept for a later replay.
+bool dead_letter_needed(const Ctx& c) {
+  return c.forward_failed && !c.replay_key && c.sh.dead_letters && c.priority.priority == 2 &&
+         !c.cancelled;
+}
+
+// Call when dead_letter_needed(c).
 asio::awaitable<void> dead_letter(Ctx& c) {
-  if (!c.forward_failed || c.replay_key || !c.sh.dead_letters || c.priority.priority != 2 ||
-      c.cancelled) {
-    co_return;
-  }
   routing::NewDeadLetter e;
   e.created_unix_ms = SteadyClock::instance().unix_millis();
   e.key_id = c.key->cfg->name;
@@ -996,10 +1037,30 @@ asio::awaitable<void> dead_letter(Ctx& c) {
 }
 
 // Phase 9 (part): token reservations are corrected to real usage, also after errors.
+bool settle_limits_needed(const Ctx& c) {
+  return !c.verdict.reservation.token_limits.empty() && !c.verdict.reservation.settled;
+}
+
+// Settles in-process limits without a coroutine; returns false if the limiter is remote.
+bool settle_limits_local(Ctx& c) {
+  if (c.sh.limiter->remote()) return false;
+  c.sh.limiter->settle(c.verdict.reservation, c.usage.prompt_tokens + c.usage.completion_tokens,
+                       limiter_now());
+  return true;
+}
+
+// Call when settle_limits_needed(c) and the limiter is remote (in-process: settle_limits_local).
 asio::awaitable<void> settle_limits(Ctx& c) {
-  if (c.verdict.reservation.token_limits.empty() || c.verdict.reservation.settled) co_return;
   std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
   co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, limiter_now());
+}
+
+// Phase 9: token reservations and budgets settled to the real usage. Only the parts that apply
+// are awaited (each is a coroutine frame).
+asio::awaitable<void> settle(Ctx& c) {
+  if (settle_limits_needed(c)) co_await settle_limits(c);
+  compute_cost(c);
+  if (budget_active(c)) co_await settle_cost(c);
 }
 
 asio::awaitable<void> send_json(Ctx& c, int status, std::string body) {
@@ -1163,8 +1224,7 @@ asio::awaitable<void> handle_admin(Ctx& c) {
                           : d.endpoint == "/v1/embeddings" ? Endpoint::kEmbeddings
                                                            : Endpoint::kChat;
       co_await handle_llm(rc, ep);
-      co_await settle_limits(rc);
-      co_await settle_cost(rc);
+      co_await settle(rc);
       rc.permit.release();
       write_access_log(rc);
       c.status = rc.status;
@@ -1315,10 +1375,13 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                        "Not available yet: " + std::string(path)));
   }
   // 9 settle: always runs, also after errors and disconnects.
-  co_await settle_limits(c);
-  co_await settle_cost(c);
+  // settle() inlined: on the hot path usually nothing needs awaiting, and every awaited
+  // coroutine costs a frame.
+  if (settle_limits_needed(c) && !settle_limits_local(c)) co_await settle_limits(c);
+  compute_cost(c);
+  if (budget_active(c)) co_await settle_cost(c);
   c.permit.release();
-  co_await dead_letter(c);
+  if (dead_letter_needed(c)) co_await dead_letter(c);
   write_access_log(c);
 }
 

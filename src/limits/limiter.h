@@ -128,6 +128,9 @@ class Limiter {
                                             Nanos now);
   // The async store cannot reach its backend and answers by failure policy (for /readyz).
   bool degraded() const;
+  // An async (shared) store is set: use check_async/settle_async. Without one, check/settle are
+  // the same calls without a coroutine.
+  bool remote() const { return has_async_store_.load(std::memory_order_acquire); }
 
  private:
   struct Gathered;
