@@ -110,6 +110,7 @@ run() {
 echo "bellwether: $bin"
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP), gateway workers $GW_WORKERS, sim workers $SIM_WORKERS, $(nproc) cores"
 sum_a=0; sum_b=0; cpu_a=0; cpu_b=0
+ratios=(); cpu_ratios=()
 for r in $(seq 1 "$ROUNDS"); do
   read -r a ca <<<"$(run sk-bench-nolimits-01)"
   p50a="$(awk '$1=="50%" {print $2}' "$work/last_wrk.txt")"
@@ -117,6 +118,8 @@ for r in $(seq 1 "$ROUNDS"); do
   p50b="$(awk '$1=="50%" {print $2}' "$work/last_wrk.txt")"
   printf 'round %d: (a) no limits %9.1f req/s p50 %-7s gw CPU %6.2f us/req | (b) 4 limits %9.1f req/s p50 %-7s gw CPU %6.2f us/req | b/a %.3f\n' \
     "$r" "$a" "$p50a" "$ca" "$b" "$p50b" "$cb" "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')"
+  ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')")
+  cpu_ratios+=("$(awk -v a="$ca" -v b="$cb" 'BEGIN {print b / a}')")
   sum_a="$(awk -v s="$sum_a" -v x="$a" 'BEGIN {print s + x}')"
   sum_b="$(awk -v s="$sum_b" -v x="$b" 'BEGIN {print s + x}')"
   cpu_a="$(awk -v s="$cpu_a" -v x="$ca" 'BEGIN {print s + x}')"
@@ -125,5 +128,11 @@ done
 awk -v a="$sum_a" -v b="$sum_b" -v ca="$cpu_a" -v cb="$cpu_b" -v n="$ROUNDS" 'BEGIN {
   printf "mean: (a) %.1f req/s  (b) %.1f req/s  ratio b/a %.3f  throughput overhead %.1f%%\n", a / n, b / n, b / a, (1 - b / a) * 100
   printf "gateway CPU per request: (a) %.2f us  (b) %.2f us  limits cost %.1f%% of per-request CPU\n", ca / n, cb / n, (cb / ca - 1) * 100
+}'
+# Each round runs (a) and (b) back to back, so a round's ratio is the least disturbed by slow
+# drifts of the machine; the median over rounds is the headline figure.
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+awk -v r="$(median "${ratios[@]}")" -v c="$(median "${cpu_ratios[@]}")" -v n="$ROUNDS" 'BEGIN {
+  printf "median of %d rounds: throughput b/a %.3f (limits cost %.1f%% of throughput), CPU per request b/a %.3f (%.1f%%)\n", n, r, (1 - r) * 100, c, (c - 1) * 100
 }'
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (noise warning if well above $(nproc))"

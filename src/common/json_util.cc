@@ -1,5 +1,7 @@
 #include "common/json_util.h"
 
+#include <charconv>
+
 #include <cmath>
 #include <cstdio>
 
@@ -131,9 +133,11 @@ JsonWriter& JsonWriter::value(double v) {
     out_ += "null";
     return *this;
   }
+  // The same text as printf("%.6g") (the standard defines to_chars that way), without the
+  // locale machinery.
   char buf[32];
-  int n = std::snprintf(buf, sizeof buf, "%.6g", v);
-  out_.append(buf, static_cast<std::size_t>(n));
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general, 6);
+  out_.append(buf, end);
   return *this;
 }
 JsonWriter& JsonWriter::value(bool v) {

@@ -18,6 +18,9 @@ std::string openai_error_body(std::string_view message, std::string_view type,
 // Minimal streaming writer for flat and nested objects. The caller is responsible for structure.
 class JsonWriter {
  public:
+  JsonWriter() = default;
+  // Writes into `buffer` (cleared), reusing its capacity; take() gives it back.
+  explicit JsonWriter(std::string buffer) : out_(std::move(buffer)) { out_.clear(); }
   JsonWriter& begin_object();
   JsonWriter& end_object();
   JsonWriter& begin_array();

@@ -33,7 +33,9 @@ void AccessLog::log(const AccessRecord& r) {
   const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
-  JsonWriter j;
+  // Formatted into a per-thread buffer that keeps its capacity: no allocation per line.
+  thread_local std::string line_buffer;
+  JsonWriter j(std::move(line_buffer));
   j.begin_object()
       .key("ts_ms")
       .value(static_cast<std::int64_t>(now_ms))
@@ -79,17 +81,23 @@ void AccessLog::log(const AccessRecord& r) {
   if (r.cancelled) j.key("cancelled").value(true);
   if (!r.error_code.empty()) j.key("error").value(r.error_code);
   j.end_object();
-  std::string line = j.take();
-  line.push_back('\n');
+  line_buffer = j.take();
+  line_buffer.push_back('\n');
+  bool wake = false;
   {
     std::lock_guard lock(mu_);
-    if (buffer_.size() + line.size() > max_) {
+    if (buffer_.size() + line_buffer.size() > max_) {
       dropped_.fetch_add(1);
       return;
     }
-    buffer_ += line;
+    buffer_ += line_buffer;
+    // The writer wakes by itself every kFlushInterval; it is woken early only once enough has
+    // piled up, so a busy gateway does not pay a futex wake (and a writer context switch) per
+    // line.
+    wake = buffer_.size() >= kWakeBytes && !wake_sent_;
+    if (wake) wake_sent_ = true;
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
 
 void AccessLog::flush() {
@@ -107,8 +115,9 @@ void AccessLog::run() {
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_ || !buffer_.empty(); });
+      cv_.wait_for(lock, kFlushInterval, [&] { return stop_ || buffer_.size() >= kWakeBytes; });
       chunk.swap(buffer_);
+      wake_sent_ = false;
       if (stop_ && chunk.empty()) break;
     }
     if (!chunk.empty()) {

@@ -4,6 +4,7 @@
 // When the buffer is full, lines are dropped and counted (never blocking).
 // Thread safety: log() may be called from any thread.
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -55,7 +56,10 @@ class AccessLog {
   std::size_t max_;
   std::mutex mu_;
   std::condition_variable cv_;
+  static constexpr std::size_t kWakeBytes = 64 * 1024;
+  static constexpr std::chrono::milliseconds kFlushInterval{50};
   std::string buffer_;
+  bool wake_sent_ = false;
   bool stop_ = false;
   std::atomic<std::uint64_t> dropped_{0};
   std::thread writer_;

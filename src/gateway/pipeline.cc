@@ -324,8 +324,9 @@ void copy_response_headers(const http::Headers& from, http::Headers& to) {
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
 // usage chunk is only shown to a client that asked for it.
 asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Headers headers) {
-  headers.set("content-type", "text/event-stream");
-  headers.set("cache-control", "no-cache");
+  // `headers` holds neither (gateway headers and kForwardResponseHeaders only).
+  headers.add("content-type", "text/event-stream");
+  headers.add("cache-control", "no-cache");
   if (!co_await c.w.begin_stream(200, headers)) {
     c.cancelled = true;
     up.abort();
@@ -561,7 +562,7 @@ asio::awaitable<void> forward(Ctx& c) {
     if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
     headers.append(c.extra);
     copy_response_headers(up.headers(), headers);
-    const bool is_sse = up.headers().get("content-type").starts_with("text/event-stream");
+    const bool is_sse = up.content_type().starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
       co_await relay_stream(c, up, std::move(headers));
@@ -605,9 +606,10 @@ asio::awaitable<void> forward(Ctx& c) {
     Response r;
     r.status = up.status();
     r.headers = std::move(headers);
-    auto ct = up.headers().get("content-type");
-    r.headers.set("content-type", ct.empty() ? "application/json" : std::string(ct));
-    if (auto ra = up.headers().get("retry-after"); !ra.empty() && up.status() >= 400) {
+    auto ct = up.content_type();
+    // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
+    r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
+    if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
       r.headers.add("retry-after", std::string(ra));
     }
     r.body = std::move(all.value());

@@ -224,6 +224,12 @@ int UpstreamResponse::status() const {
 const Headers& UpstreamResponse::headers() const {
   return impl_->headers;
 }
+std::string_view UpstreamResponse::content_type() const {
+  return impl_->parser->content_type();
+}
+std::string_view UpstreamResponse::retry_after() const {
+  return impl_->parser->retry_after();
+}
 
 void UpstreamResponse::abort() {
   impl_->failed = true;

@@ -71,6 +71,9 @@ class UpstreamResponse {
 
   int status() const;
   const Headers& headers() const;
+  // The first Content-Type / Retry-After value, found while parsing (no header scan).
+  std::string_view content_type() const;
+  std::string_view retry_after() const;
   // The next piece of the (de-chunked) body; an empty view means the body is complete. The view
   // is valid until the next call.
   boost::asio::awaitable<Result<std::string_view>> read_some();

@@ -60,8 +60,14 @@ Headers::Iterator& Headers::Iterator::operator++() {
   return *this;
 }
 
+bool is_framing_header(std::string_view name) {
+  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
+         iequals(name, "connection");
+}
+
 bool Headers::add(std::string_view name, std::string_view value) {
   if (!valid_name(name) || !valid_value(value)) return false;
+  if (!framing_ && is_framing_header(name)) framing_ = true;
   wire_.reserve(wire_.size() + name.size() + value.size() + 4);
   wire_.append(name);
   wire_.append(": ");

@@ -43,21 +43,34 @@ class Headers {
   bool has(std::string_view name) const;
   void remove(std::string_view name);
   // Appends every header of `other`.
-  void append(const Headers& other) { wire_.append(other.wire_); }
+  void append(const Headers& other) {
+    wire_.append(other.wire_);
+    framing_ = framing_ || other.framing_;
+  }
   // Direct access for producers of already-valid "name: value\r\n" lines (e.g. the limiter's
-  // header formatter); the caller guarantees the format.
+  // header formatter); the caller guarantees the format and adds no framing header.
   std::string& raw() { return wire_; }
+  // Whether a content-length, transfer-encoding or connection header may be present (these
+  // belong to the serializer, which drops them from a list that has them).
+  bool may_have_framing() const { return framing_; }
   Range items() const { return Range{wire_}; }
   std::size_t size() const;
   bool empty() const { return wire_.empty(); }
-  void clear() { wire_.clear(); }
+  void clear() {
+    wire_.clear();
+    framing_ = false;
+  }
   void reserve(std::size_t bytes) { wire_.reserve(bytes); }
   // "name: value\r\n" for every header, in order.
   std::string_view wire() const { return wire_; }
 
  private:
   std::string wire_;
+  bool framing_ = false;
 };
+
+// content-length, transfer-encoding and connection: message framing that the serializer owns.
+bool is_framing_header(std::string_view name);
 
 // A request as received by the server. Header views point into storage owned by the session and
 // stay valid until the handler returns.

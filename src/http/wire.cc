@@ -78,28 +78,13 @@ void append_number(std::string& out, std::uint64_t n) {
   out.append(buf, p);
 }
 
-// Headers that the serializer writes itself; a caller's copy of them is dropped.
-bool framing_header(std::string_view name) {
-  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
-         iequals(name, "connection");
-}
-
 void append_headers(std::string& out, const Headers& headers) {
-  const auto wire = headers.wire();
-  // Fast path: no framing header among them (the usual case) -> one append.
-  bool clean = true;
-  for (auto [n, v] : headers.items()) {
-    if (framing_header(n)) {
-      clean = false;
-      break;
-    }
-  }
-  if (clean) {
-    out.append(wire);
+  if (!headers.may_have_framing()) {  // the usual case: one append
+    out.append(headers.wire());
     return;
   }
   for (auto [n, v] : headers.items()) {
-    if (framing_header(n)) continue;
+    if (is_framing_header(n)) continue;
     out.append(n);
     out.append(": ");
     out.append(v);

@@ -81,6 +81,9 @@ class ResponseParser final : public bhttp::basic_parser<false> {
   explicit ResponseParser(Headers& headers) : headers_(headers) { headers_.clear(); }
 
   int status() const { return status_; }
+  // The first Content-Type / Retry-After value (views into the Headers; empty if absent).
+  std::string_view content_type() const { return view(content_type_); }
+  std::string_view retry_after() const { return view(retry_after_); }
   void set_sink(std::string* sink, std::size_t limit) {
     sink_ = sink;
     sink_limit_ = limit;
@@ -90,8 +93,17 @@ class ResponseParser final : public bhttp::basic_parser<false> {
  private:
   void on_request_impl(bhttp::verb, sv, sv, int, error_code&) override {}
   void on_response_impl(int code, sv, int, error_code&) override { status_ = code; }
-  void on_field_impl(bhttp::field, sv name, sv value, error_code&) override {
-    headers_.add(name, value);
+  void on_field_impl(bhttp::field f, sv name, sv value, error_code&) override {
+    const std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
+    if (!headers_.add(name, value)) return;
+    if (f == bhttp::field::content_type && content_type_.second == 0) {
+      content_type_ = {at, value.size()};
+    } else if (f == bhttp::field::retry_after && retry_after_.second == 0) {
+      retry_after_ = {at, value.size()};
+    }
+  }
+  std::string_view view(std::pair<std::size_t, std::size_t> s) const {
+    return s.second == 0 ? std::string_view{} : headers_.wire().substr(s.first, s.second);
   }
   void on_header_impl(error_code&) override {}
   void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
@@ -104,6 +116,8 @@ class ResponseParser final : public bhttp::basic_parser<false> {
   std::size_t take(std::string_view body, error_code& ec);
 
   Headers& headers_;
+  std::pair<std::size_t, std::size_t> content_type_{0, 0};
+  std::pair<std::size_t, std::size_t> retry_after_{0, 0};
   std::string* sink_ = nullptr;
   std::size_t sink_limit_ = 0;
   int status_ = 0;
