@@ -76,6 +76,14 @@ bool Headers::add(std::string_view name, std::string_view value) {
   return true;
 }
 
+void Headers::add_parsed(std::string_view name, std::string_view value) {
+  if (!framing_ && is_framing_header(name)) framing_ = true;
+  wire_.append(name);
+  wire_.append(": ");
+  wire_.append(value);
+  wire_.append("\r\n");
+}
+
 void Headers::set(std::string_view name, std::string_view value) {
   if (!valid_name(name) || !valid_value(value)) return;
   remove(name);

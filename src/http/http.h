@@ -37,6 +37,9 @@ class Headers {
 
   // Appends a header (a repeated name is kept twice). Returns false if it was refused.
   bool add(std::string_view name, std::string_view value);
+  // add() without the byte checks, for a field an HTTP parser has already validated (token
+  // name, no CR/LF/NUL in the value).
+  void add_parsed(std::string_view name, std::string_view value);
   // Replaces every header of this name with one (or adds it).
   void set(std::string_view name, std::string_view value);
   std::string_view get(std::string_view name) const;  // the first value; empty if absent

@@ -95,7 +95,7 @@ class ResponseParser final : public bhttp::basic_parser<false> {
   void on_response_impl(int code, sv, int, error_code&) override { status_ = code; }
   void on_field_impl(bhttp::field f, sv name, sv value, error_code&) override {
     const std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
-    if (!headers_.add(name, value)) return;
+    headers_.add_parsed(name, value);  // basic_parser has validated name and value
     if (f == bhttp::field::content_type && content_type_.second == 0) {
       content_type_ = {at, value.size()};
     } else if (f == bhttp::field::retry_after && retry_after_.second == 0) {
