@@ -10,6 +10,7 @@
 # Usage: bench/load/proxy_bench.sh [path/to/bellwether]
 #   env: DURATION=10s WARMUP=2s CONNS="64 256" THREADS=2 GW_WORKERS=2 SIM_WORKERS=2
 #        NGINX_WORKERS=2 ROUNDS=1 SAVE=0 (SAVE=1 also writes bench/results/proxy-<date>.txt)
+#        OPEN_RATES="5000 10000" OPEN_DURATION=5 (open-loop runs at fixed rates; "" skips them)
 # Use a Release build (its own build dir, e.g. cmake -B build-rel -DCMAKE_BUILD_TYPE=Release).
 set -euo pipefail
 
@@ -25,6 +26,8 @@ SIM_WORKERS="${SIM_WORKERS:-2}"
 NGINX_WORKERS="${NGINX_WORKERS:-2}"
 ROUNDS="${ROUNDS:-1}"
 SAVE="${SAVE:-0}"
+OPEN_RATES="${OPEN_RATES-5000 10000}"  # requests/s of the open-loop runs ("" to skip)
+OPEN_DURATION="${OPEN_DURATION:-5}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-proxy-bench-0001
 
@@ -186,5 +189,32 @@ for r in $(seq 1 "$ROUNDS"); do
       'BEGIN { printf "%-5s %-5s %22.3f %26.3f %22.3f\n", r, c, b / n, bp - dp, np - dp }'
   done
 done
+
+# Open loop: a fixed request rate below saturation (bellwether bench, Poisson-free constant
+# schedule), where the added latency is the proxy's own and not the queueing that any
+# closed-loop run at saturation adds (with N connections, latency >= N / throughput).
+if [[ -n "$OPEN_RATES" ]]; then
+  echo
+  echo "open loop (bellwether bench --profile constant, ${OPEN_DURATION}s per run), p50/p99 ms:"
+  printf '%-9s %-11s %10s %10s %10s %16s\n' "rate/s" target "p50 ms" "p99 ms" "ok" "added p99 ms"
+  for rate in $OPEN_RATES; do
+    declare -A OP99=()
+    for t in "${targets[@]}"; do
+      base="${url[$t]%/v1/chat/completions}"
+      "$bin" bench --url "$base" --api-key "$KEY" --profile constant --rate "$((rate * 60))" \
+        --duration "$OPEN_DURATION" --models bench --max-tokens 5 --prompt-bytes 40 \
+        --priority-mix 0/100/0 --json "$work/open.json" >/dev/null 2>&1 ||
+        { echo "$t: bellwether bench failed" >&2; exit 1; }
+      read -r op50 op99 ook < <(python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["runs"][0]["summary"]
+print("%.3f %.3f %.4f" % (s["p50_ms"], s["p99_ms"], s["success_rate"]))' "$work/open.json")
+      OP99[$t]="$op99"
+      added="-"
+      [[ "$t" != direct ]] && added="$(awk -v a="$op99" -v d="${OP99[direct]}" 'BEGIN {printf "%.3f", a - d}')"
+      printf '%-9s %-11s %10s %10s %10s %16s\n' "$rate" "$t" "$op50" "$op99" "$ook" "$added"
+    done
+  done
+fi
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
