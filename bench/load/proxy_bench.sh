@@ -105,8 +105,10 @@ NGINX
 pids+=($!)
 "$bin" serve --config "$work/gw.yaml" >"$work/gw.log" 2>&1 &
 pids+=($!)
+gw_pid=$!
 "$NGINX" -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" >"$work/nginx.out" 2>&1 &
 pids+=($!)
+ngx_pid=$!
 wait_port "$sim_port"
 wait_port "$gw_port"
 wait_port "$ngx_port" || { cat "$work/nginx.out" "$work/nginx/error.log"; exit 1; }
@@ -135,11 +137,30 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# Runs wrk on one target; sets rps, p50, p99 (ms); fails if any answer was not 2xx or errored.
+# CPU time (clock ticks, user + system) of the proxy process(es) of a target: the gateway
+# process, or nginx's master and workers. The simulator and wrk are not counted.
+proxy_ticks() {
+  local t="$1" p sum=0
+  case "$t" in
+    bellwether) p="$gw_pid" ;;
+    nginx) p="$ngx_pid $(pgrep -P "$ngx_pid" | tr '\n' ' ')" ;;
+    *) echo 0; return ;;
+  esac
+  for x in $p; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$x/stat"))); done
+  echo "$sum"
+}
+tick_hz="$(getconf CLK_TCK)"
+
+# Runs wrk on one target; sets rps, p50, p99 (ms) and cpu (the proxy's CPU microseconds per
+# request); fails if any answer was not 2xx or errored.
 run() {
-  local t="$1" c="$2" out
+  local t="$1" c="$2" out t0 t1 n
   wrk -t"$THREADS" -c"$c" -d"$WARMUP" -s "$here/proxy_chat.lua" "${url[$t]}" -- "$KEY" >/dev/null
+  t0="$(proxy_ticks "$t")"
   out="$(wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency -s "$here/proxy_chat.lua" "${url[$t]}" -- "$KEY")"
+  t1="$(proxy_ticks "$t")"
+  n="$(awk '/requests in/ {print $1}' <<<"$out")"
+  cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     echo "$out" >&2
     echo "$t at $c connections: errors or non-2xx answers" >&2
@@ -159,24 +180,26 @@ echo "wrk -t$THREADS, $DURATION per run after a $WARMUP warm-up, connections: $C
 echo "workers: sim $SIM_WORKERS, bellwether $GW_WORKERS, nginx $NGINX_WORKERS (all on the same cores as wrk)"
 echo
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 for r in $(seq 1 "$ROUNDS"); do
   for c in $CONNS; do
     for t in "${targets[@]}"; do
       run "$t" "$c"
       RPS[$r,$c,$t]="$rps"
+      CPU[$r,$c,$t]="$cpu"
       P50[$r,$c,$t]="$p50"
       P99[$r,$c,$t]="$p99"
     done
   done
 done
 
-printf '%-5s %-5s %-11s %12s %10s %10s\n' round conns target "requests/s" "p50 ms" "p99 ms"
+printf '%-5s %-5s %-11s %12s %10s %10s %14s\n' round conns target "requests/s" "p50 ms" "p99 ms" \
+  "proxy CPU us/req"
 for r in $(seq 1 "$ROUNDS"); do
   for c in $CONNS; do
     for t in "${targets[@]}"; do
-      printf '%-5s %-5s %-11s %12.0f %10.3f %10.3f\n' "$r" "$c" "$t" "${RPS[$r,$c,$t]}" \
-        "${P50[$r,$c,$t]}" "${P99[$r,$c,$t]}"
+      printf '%-5s %-5s %-11s %12.0f %10.3f %10.3f %14s\n' "$r" "$c" "$t" "${RPS[$r,$c,$t]}" \
+        "${P50[$r,$c,$t]}" "${P99[$r,$c,$t]}" "$([[ $t == direct ]] && echo - || echo "${CPU[$r,$c,$t]}")"
     done
   done
 done
