@@ -693,6 +693,16 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     auto s = top.child("sim");
     s.get("listen", cfg->sim.listen);
     s.get("zero_latency", cfg->sim.zero_latency);
+    if (s.has("max_tokens")) {
+      std::string mode;
+      s.get("max_tokens", mode);
+      if (mode == "limit")
+        cfg->sim.max_tokens_is_limit = true;
+      else if (mode == "length")
+        cfg->sim.max_tokens_is_limit = false;
+      else
+        s.fail("max_tokens", "must be length or limit");
+    }
     s.get("workers", cfg->sim.workers, 1, 64);
     std::int64_t seed = static_cast<std::int64_t>(cfg->sim.seed);
     s.get("seed", seed, 0, INT64_MAX);

@@ -101,6 +101,10 @@ struct SimModelConfig {
 struct SimConfig {
   std::string listen = "127.0.0.1:0";
   bool zero_latency = false;
+  // How a request's max_tokens sets the completion length. false ("length", the default for
+  // tests and benchmarks): exactly max_tokens. true ("limit", as a real model): the model's
+  // completion_tokens, cut at max_tokens (finish_reason "length" only when cut).
+  bool max_tokens_is_limit = false;
   int workers = 1;
   std::uint64_t seed = 42;
   std::vector<SimModelConfig> models;

@@ -49,6 +49,7 @@ keys:
     budget: {cap_usd: 10, period: daily}
 sim:
   listen: 127.0.0.1:0
+  max_tokens: limit
   defaults:
     ttft: {median_ms: 120, p99_ms: 450}
     itl: {median_ms: 12, p99_ms: 40}

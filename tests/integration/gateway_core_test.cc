@@ -294,6 +294,29 @@ TEST_F(GatewayCore, EmbeddingsAndCompletions) {
   EXPECT_NE(c.body.find("\"completion_tokens\":4"), std::string::npos);
 }
 
+// `max_tokens: limit` (the embedded default): the model's own length, cut at max_tokens.
+TEST(SimMaxTokens, LimitModeCutsTheNaturalLength) {
+  auto sim = start_sim(R"(sim:
+  max_tokens: limit
+  defaults: {ttft: {median_ms: 1}, itl: {median_ms: 1}, completion_tokens: 12}
+)");
+  auto longer = post_json(sim.port, "/v1/chat/completions", chat_body("m", false, 100), "k");
+  ASSERT_EQ(longer.status, 200) << longer.body;
+  EXPECT_NE(longer.body.find("\"completion_tokens\":12,"), std::string::npos) << longer.body;
+  EXPECT_NE(longer.body.find("\"finish_reason\":\"stop\""), std::string::npos) << longer.body;
+  auto shorter = post_json(sim.port, "/v1/chat/completions", chat_body("m", false, 5), "k");
+  ASSERT_EQ(shorter.status, 200) << shorter.body;
+  EXPECT_NE(shorter.body.find("\"completion_tokens\":5,"), std::string::npos) << shorter.body;
+  EXPECT_NE(shorter.body.find("\"finish_reason\":\"length\""), std::string::npos);
+  // The default ("length"): max_tokens is the length.
+  auto sim2 = start_sim(R"(sim:
+  defaults: {ttft: {median_ms: 1}, itl: {median_ms: 1}, completion_tokens: 12}
+)");
+  auto exact = post_json(sim2.port, "/v1/chat/completions", chat_body("m", false, 30), "k");
+  ASSERT_EQ(exact.status, 200) << exact.body;
+  EXPECT_NE(exact.body.find("\"completion_tokens\":30,"), std::string::npos) << exact.body;
+}
+
 TEST(GatewayLifecycle, GracefulDrainOnSigterm) {
   auto sim = start_sim(sim_yaml());
   auto gw = start_gateway(gw_yaml(sim.port), {{"SIM_PROVIDER_KEY", "provider-secret-xyz"}});

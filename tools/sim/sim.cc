@@ -368,8 +368,14 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   const auto& mc = st->model_config(p.model);
   const Control ctl = st->get_control();
   const double scale = st->cfg.zero_latency ? 0.0 : ctl.latency_scale;
-  const std::int64_t completion =
-      embeddings ? 0 : (p.max_tokens > 0 ? p.max_tokens : mc.completion_tokens);
+  // "length" mode: max_tokens is the length; "limit" mode: a real model's natural length, cut.
+  const std::int64_t completion = embeddings          ? 0
+                                  : p.max_tokens <= 0 ? mc.completion_tokens
+                                  : st->cfg.max_tokens_is_limit
+                                      ? std::min(p.max_tokens, mc.completion_tokens)
+                                      : p.max_tokens;
+  const bool truncated =
+      p.max_tokens > 0 && (!st->cfg.max_tokens_is_limit || p.max_tokens < mc.completion_tokens);
 
   if (p.prompt_tokens > mc.context_window) {
     st->errors.fetch_add(1);
@@ -505,7 +511,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
              "\",\"object\":\"chat.completion\",\"created\":" + std::to_string(created) +
              ",\"model\":" + json_string(p.model) +
              ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":" +
-             json_string(text) + "},\"finish_reason\":\"" + (p.max_tokens > 0 ? "length" : "stop") +
+             json_string(text) + "},\"finish_reason\":\"" + (truncated ? "length" : "stop") +
              "\"}],\"usage\":" + usage_json(p.prompt_tokens, completion) + "}";
     } else {
       body = "{\"id\":\"" + id +
@@ -574,7 +580,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     }
   }
   std::string tail = chat ? prefix + "{\"index\":0,\"delta\":{},\"finish_reason\":\"" +
-                                (p.max_tokens > 0 ? "length" : "stop") + "\"}]}\n\n"
+                                (truncated ? "length" : "stop") + "\"}]}\n\n"
                           : prefix + "{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n";
   if (p.include_usage) {
     tail += prefix + "],\"usage\":" + usage_json(p.prompt_tokens, completion) + "}\n\n";
