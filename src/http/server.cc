@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -17,6 +18,8 @@
 #include <boost/beast/http/error.hpp>
 #include <chrono>
 #include <list>
+
+#include <unistd.h>
 
 #include "common/json_util.h"
 #include "http/deadline.h"
@@ -36,6 +39,9 @@ struct Server::Worker {
   // Destroyed bottom-up: the acceptor before its io_context, and the io_context (which destroys
   // suspended session coroutines) before the session list they unlink themselves from.
   std::list<Session*> sessions;  // touched only on this worker's thread
+  // Connections assigned to this worker: counted by the accepting thread when it picks this
+  // worker, uncounted when the session ends. Read by every acceptor to balance.
+  std::atomic<int> load{0};
   asio::io_context ioc{1};
   std::unique_ptr<tcp::acceptor> acceptor;
 };
@@ -87,6 +93,7 @@ class Session final : public ResponseWriter {
   ~Session() override {
     worker_.sessions.erase(it_);
     server_.active_.fetch_sub(1);
+    worker_.load.fetch_sub(1, std::memory_order_relaxed);
   }
 
   void cancel_if_idle() {
@@ -307,7 +314,35 @@ class Session final : public ResponseWriter {
 
 namespace {
 
-asio::awaitable<void> accept_loop(Server& server, Server::Worker& worker) {
+void spawn_session(Server& server, Server::Worker& worker, tcp::socket socket) {
+  auto session = std::make_shared<Session>(server, worker, std::move(socket));
+  asio::co_spawn(
+      worker.ioc, [session]() -> asio::awaitable<void> { co_await session->run(); },
+      asio::detached);
+}
+
+}  // namespace
+
+// SO_REUSEPORT spreads connections by a hash of their addresses, which leaves one worker with
+// noticeably more of a few dozen keep-alive connections than another (its requests then queue
+// longer: a p99 tail). Each acceptor therefore gives a new connection to the least loaded worker
+// when that worker holds fewer connections than its own; the socket moves by its descriptor
+// (one cross-thread post per connection, none per request).
+Server::Worker& Server::pick_worker(Worker& self) {
+  Worker* best = &self;
+  int best_load = self.load.load(std::memory_order_relaxed);
+  for (auto& w : workers_) {
+    const int l = w->load.load(std::memory_order_relaxed);
+    if (l < best_load) {
+      best = w.get();
+      best_load = l;
+    }
+  }
+  best->load.fetch_add(1, std::memory_order_relaxed);
+  return *best;
+}
+
+asio::awaitable<void> Server::accept_loop(Server& server, Worker& worker) {
   for (;;) {
     auto [ec, socket] = co_await worker.acceptor->async_accept(kNoThrow);
     if (ec) {
@@ -317,14 +352,30 @@ asio::awaitable<void> accept_loop(Server& server, Server::Worker& worker) {
       co_await t.async_wait(kNoThrow);
       continue;
     }
-    auto session = std::make_shared<Session>(server, worker, std::move(socket));
-    asio::co_spawn(
-        worker.ioc, [session]() -> asio::awaitable<void> { co_await session->run(); },
-        asio::detached);
+    Worker& target = server.pick_worker(worker);
+    if (&target == &worker) {
+      spawn_session(server, worker, std::move(socket));
+      continue;
+    }
+    const auto protocol = socket.local_endpoint(ec).protocol();
+    const int fd = ec ? -1 : socket.release(ec);
+    if (fd < 0 || ec) {  // the peer is already gone, or the descriptor cannot be detached
+      target.load.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
+    asio::post(target.ioc, [&server, &target, protocol, fd] {
+      tcp::socket moved(target.ioc);
+      beast::error_code aec;
+      moved.assign(protocol, fd, aec);
+      if (aec) {
+        ::close(fd);
+        target.load.fetch_sub(1, std::memory_order_relaxed);
+        return;
+      }
+      spawn_session(server, target, std::move(moved));
+    });
   }
 }
-
-}  // namespace
 
 Server::Server(ServerOptions options, Handler handler)
     : options_(std::move(options)), handler_(std::move(handler)) {

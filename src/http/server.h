@@ -91,6 +91,10 @@ class Server {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
 
+  // Picks the worker for a connection accepted by `self` (the least loaded) and counts it there.
+  Worker& pick_worker(Worker& self);
+  static boost::asio::awaitable<void> accept_loop(Server& server, Worker& worker);
+
   friend class Session;
 };
 
