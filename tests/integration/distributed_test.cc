@@ -178,7 +178,12 @@ struct Fleet {
   }
 };
 
-std::string fleet_yaml(const Fleet& f, const std::string& extra) {
+// `redis_timeout`: 20 ms where a test times Redis failures; the budget-race tests use a longer
+// one, since a sanitizer build with 200 requests in flight on two cores can take 20 ms to
+// answer, and a timed-out call is judged on the local share (fail_open_local), where the
+// shared cap is not what the test measures.
+std::string fleet_yaml(const Fleet& f, const std::string& extra,
+                       const std::string& redis_timeout = "20ms") {
   return R"(workers: 1
 providers:
   sim:
@@ -188,7 +193,8 @@ redis:
   url: )" +
          f.redis.url() +
          R"(
-  timeout: 20ms
+  timeout: )" +
+         redis_timeout + R"(
   replicas: 3
   failure_policy: fail_open_local
 ledger: {postgres: ")" +
@@ -203,15 +209,17 @@ pricing:
 }
 
 std::unique_ptr<Fleet> start_fleet(const std::string& name, const std::string& extra,
-                                   std::vector<std::map<std::string, std::string>> envs = {
-                                       {}, {}, {}}) {
+                                   std::vector<std::map<std::string, std::string>> envs = {{},
+                                                                                           {},
+                                                                                           {}},
+                                   const std::string& redis_timeout = "20ms") {
   auto* pg = Postgres::get();
   if (!pg) return nullptr;
   auto f = std::make_unique<Fleet>();
   f->db = name;
   f->pg_url = pg->create_database(name);
   f->sim = start_sim(sim_yaml());
-  f->yaml = fleet_yaml(*f, extra);
+  f->yaml = fleet_yaml(*f, extra, redis_timeout);
   for (auto& env : envs) f->gws.push_back(start_gateway(f->yaml, env));
   return f;
 }
@@ -348,7 +356,7 @@ Burst burst(Fleet& f, const std::string& key, int n) {
 }
 
 TEST(Distributed, BudgetRaceOverThreeReplicasNeverSettlesAboveTheCap) {
-  auto f = start_fleet("budget_race", kBudgetKeys);
+  auto f = start_fleet("budget_race", kBudgetKeys, {{}, {}, {}}, "1s");
   NEED_FLEET(f);
   const Burst b = burst(*f, "sk-dist-race-0001", 200);
   std::printf("[ race ] 200 concurrent over 3 replicas: %d served, %d refused\n", b.ok, b.refused);
@@ -367,7 +375,7 @@ TEST(Distributed, BudgetRaceOverThreeReplicasNeverSettlesAboveTheCap) {
 // ---------------------------------------------------------
 
 TEST(Distributed, FlushallRebuildsBudgetsFromTheLedgerAndTheCapHolds) {
-  auto f = start_fleet("flushall", kBudgetKeys);
+  auto f = start_fleet("flushall", kBudgetKeys, {{}, {}, {}}, "1s");
   NEED_FLEET(f);
   const Burst first = burst(*f, "sk-dist-race-0001", 30);
   EXPECT_EQ(first.ok, 30);
