@@ -401,6 +401,9 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     r.get("max_idle_connections", maxi, 0, 100'000);
     p.pool.max_idle = static_cast<std::size_t>(std::min(maxi, maxc));
     r.get_duration("pool_idle_timeout", p.pool.idle_timeout);
+    std::int64_t maxp = static_cast<std::int64_t>(p.pool.max_pending);
+    r.get("max_pending_requests", maxp, 0, 1'000'000);
+    p.pool.max_pending = static_cast<std::size_t>(maxp);
     if (p.type == "openai") {
       r.require("base_url");
       auto ep = http::Endpoint::parse(p.base_url);

@@ -428,6 +428,9 @@ routing::Outcome outcome_for_error(const Error& e, Nanos latency) {
   o.latency_ns = latency;
   o.kind = e.code == http::kUpstreamTimeout ? routing::OutcomeKind::timeout
                                             : routing::OutcomeKind::connect_error;
+  // The gateway's own pool bound refused it before anything was sent: the upstream's health is
+  // unknown, so it must neither trip the breaker nor look like a fast failure to the balancer.
+  if (e.code == http::kUpstreamConnectionLimit) o.kind = routing::OutcomeKind::cancelled;
   return o;
 }
 

@@ -7,6 +7,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -16,6 +17,7 @@
 #include <boost/beast/http/error.hpp>
 #include <charconv>
 #include <limits>
+#include <list>
 #include <optional>
 #include <tuple>
 #include <unordered_map>
@@ -132,10 +134,29 @@ struct UpstreamResponse::Impl {
 };
 
 struct ClientPool::State {
+  // A request waiting for a connection slot; lives in the waiting coroutine's frame.
+  struct Waiter {
+    asio::steady_timer* timer = nullptr;
+    bool woken = false;
+  };
   struct Host {
     std::string key;
     std::vector<std::unique_ptr<UpstreamResponse::Impl>> idle;
     std::size_t open = 0;
+    std::list<Waiter*> waiters;  // FIFO; bounded by PoolLimits::max_pending
+
+    // A connection became idle or a slot was freed: the longest waiter tries again.
+    void wake_one() {
+      if (waiters.empty()) return;
+      Waiter* w = waiters.front();
+      waiters.pop_front();
+      w->woken = true;
+      w->timer->cancel();
+    }
+    void release_slot() {
+      if (open > 0) --open;
+      wake_one();
+    }
   };
   // Node-based: Host addresses (and their key strings) stay put.
   std::unordered_map<std::string, Host> hosts;
@@ -164,14 +185,14 @@ struct ClientPool::State {
 
   void closed(const std::string& key) {
     auto it = hosts.find(key);
-    if (it != hosts.end() && it->second.open > 0) --it->second.open;
+    if (it != hosts.end()) it->second.release_slot();
   }
 
   void give_back(std::unique_ptr<UpstreamResponse::Impl> c, const PoolLimits& limits) {
     auto& h = host(*c->key);
     if (h.idle.size() >= limits.max_idle) {
       c->close();
-      if (h.open > 0) --h.open;
+      h.release_slot();
       return;
     }
     c->last_used = coarse_now();
@@ -180,6 +201,7 @@ struct ClientPool::State {
     if (c->piece.capacity() > kKeepBytes) std::string().swap(c->piece);
     if (c->out.capacity() > kKeepBytes) std::string().swap(c->out);
     h.idle.push_back(std::move(c));
+    h.wake_one();
   }
 
   std::unique_ptr<UpstreamResponse::Impl> take(Host& h, const PoolLimits& limits) {
@@ -439,6 +461,36 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> connect(ClientP
 
 }  // namespace
 
+namespace {
+
+// Waits until `host` has an idle connection or a free slot, at most `timeout` in all and only
+// when fewer than limits.max_pending requests already wait. False when it gave up.
+asio::awaitable<bool> wait_for_slot(ClientPool::State::Host& host, const PoolLimits& limits,
+                                    Nanos timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout);
+  for (;;) {
+    if (!host.idle.empty() || host.open < limits.max_connections) co_return true;
+    if (host.waiters.size() >= limits.max_pending) co_return false;
+    if (std::chrono::steady_clock::now() >= deadline) co_return false;
+    asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
+    ClientPool::State::Waiter me{&timer, false};
+    auto pos = host.waiters.insert(host.waiters.end(), &me);
+    // Unlinks this waiter however the wait ends (expiry, cancellation, frame destruction).
+    struct Unlink {
+      ClientPool::State::Host& h;
+      ClientPool::State::Waiter& w;
+      std::list<ClientPool::State::Waiter*>::iterator it;
+      ~Unlink() {
+        if (!w.woken) h.waiters.erase(it);
+      }
+    } unlink{host, me, pos};
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!me.woken) co_return false;  // timed out or cancelled
+  }
+}
+
+}  // namespace
+
 asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
                                                            const OutboundRequest& request,
                                                            const UpstreamOptions& opt) {
@@ -450,12 +502,18 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
   // never reached the server, so it is sent once more on a fresh connection.
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::unique_ptr<UpstreamResponse::Impl> conn = st.take(host, opt.pool);
+    // Every slot busy: wait (FIFO, bounded in count and time) for one to come back.
+    if (!conn && host.open >= opt.pool.max_connections) {
+      if (!co_await wait_for_slot(host, opt.pool, t.connect)) {
+        co_return make_error(503, "upstream_error", std::string(kUpstreamConnectionLimit),
+                             "all " + std::to_string(opt.pool.max_connections) +
+                                 " connections of this worker to " + ep.host +
+                                 " are busy; retry later");
+      }
+      conn = st.take(host, opt.pool);
+    }
     const bool reused = conn != nullptr;
     if (!conn) {
-      if (host.open >= opt.pool.max_connections) {
-        co_return make_error(503, "upstream_error", "upstream_connection_limit",
-                             "too many upstream connections to " + ep.host);
-      }
       ++host.open;  // counted while connecting, so concurrent connects respect the bound
       auto c = co_await connect(st, ep, t);
       if (!c) {

@@ -38,9 +38,13 @@ struct ClientTimeouts {
 
 // Bounds of the keep-alive pool of one upstream, per worker thread.
 struct PoolLimits {
-  std::size_t max_connections = 512;  // open at once (busy + idle); over it: 503 at once
-  std::size_t max_idle = 512;         // kept for reuse after a response
-  Nanos idle_timeout = seconds(30);   // an idle connection older than this is closed
+  std::size_t max_connections = 512;  // open at once (busy + idle)
+  // Requests that wait for a connection when all max_connections are busy, each for at most the
+  // connect timeout. A request over this bound, or one that waited in vain, fails at once with
+  // 503 upstream_connection_limit (the gateway's own bound: not a failure of the upstream).
+  std::size_t max_pending = 1024;
+  std::size_t max_idle = 512;        // kept for reuse after a response
+  Nanos idle_timeout = seconds(30);  // an idle connection older than this is closed
 };
 
 struct UpstreamOptions {
@@ -60,6 +64,8 @@ struct OutboundRequest {
 inline constexpr std::string_view kUpstreamConnectError = "upstream_connect_error";
 inline constexpr std::string_view kUpstreamTimeout = "upstream_timeout";
 inline constexpr std::string_view kUpstreamReset = "upstream_reset";
+// The pool's own bound refused the request before anything was sent.
+inline constexpr std::string_view kUpstreamConnectionLimit = "upstream_connection_limit";
 
 class UpstreamResponse {
  public:

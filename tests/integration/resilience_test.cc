@@ -694,4 +694,54 @@ resilience:
 }
 
 }  // namespace
+// ---- 8: the gateway's own connection bound is not an upstream failure
+// ------------------------------------------------------------------------------------------------
+
+TEST(Resilience, BusyConnectionPoolQueuesAndNeverOpensTheBreaker) {
+  const std::string model =
+      "    m: {ttft: {median_ms: 150}, itl: {median_ms: 1}, completion_tokens: 4}\n";
+  Sim a = start_sim(sim_yaml(model));
+  Sim b = start_sim(sim_yaml(model));
+  // Two connections per worker. `pa` lets excess requests wait for one; `pb` refuses them.
+  Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + "  pa: {base_url: \"http://127.0.0.1:" +
+                        std::to_string(a.port) + "/v1\", max_connections: 2}\n" +
+                        "  pb: {base_url: \"http://127.0.0.1:" + std::to_string(b.port) +
+                        "/v1\", max_connections: 2, max_pending_requests: 0}\n" + R"(model_groups:
+  waits: {deployments: [{id: pool-a, provider: pa, model: m}]}
+  refuses: {deployments: [{id: pool-b, provider: pb, model: m}]}
+)");
+  // 16 requests at once: at most 4 reach the upstream together (2 workers x 2), the rest wait.
+  auto t0 = Clock::now();
+  auto waited = run_load(gw, "waits", 16, 16, milliseconds(1));
+  const double took_ms = ms_since(t0);
+  for (const auto& r : waited) EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(sim_requests(a), 16);
+  EXPECT_GE(took_ms, 3 * 150 * 0.8) << "16 requests over 4 connections need about 4 rounds";
+  auto ba = breaker(gw, "pool-a");
+  EXPECT_EQ(ba.state, "closed");
+  EXPECT_EQ(ba.openings, 0);
+
+  // Without waiting the excess is refused with the pool's own 503, and the upstream's breaker
+  // stays closed: 12 refusals in a row must not read as 12 upstream failures (5 open it).
+  auto refused = run_load(gw, "refuses", 16, 16, milliseconds(1));
+  int ok = 0, limit = 0;
+  for (const auto& r : refused) {
+    if (r.status == 200) ++ok;
+    if (r.status == 503 && json_str(r.body, "code") == "upstream_connection_limit") ++limit;
+  }
+  EXPECT_EQ(ok + limit, 16);
+  EXPECT_GE(limit, 5) << "the bound of 2 connections per worker did not refuse";
+  EXPECT_EQ(sim_requests(b), ok);
+  auto bb = breaker(gw, "pool-b");
+  EXPECT_EQ(bb.state, "closed");
+  EXPECT_EQ(bb.openings, 0);
+  EXPECT_EQ(bb.consecutive, 0);
+  auto after = post_json(gw.port, "/v1/chat/completions", chat_body("refuses", false), kKey);
+  EXPECT_EQ(after.status, 200) << after.body;
+  std::printf(
+      "[pool] 16 at once over 4 connections: all 200 in %.0f ms; with no waiting: %d ok, "
+      "%d x 503 upstream_connection_limit, breaker %s\n",
+      took_ms, ok, limit, bb.state.c_str());
+}
+
 }  // namespace bw::test

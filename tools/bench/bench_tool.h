@@ -7,6 +7,7 @@
 // The schedule math and the report writers are pure and thread-compatible; run_load uses its own
 // threads and a bellwether::Client. Entry points parse flags with CLI11 and return an exit code.
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -92,6 +93,9 @@ struct RunSummary {
   std::string name;
   double duration_s = 0;  // wall time from the first intended send to the last completion
   std::int64_t sent = 0, ok = 0, rate_limited = 0, errors = 0, dropped = 0;
+  // Errors other than drops by reason: the SDK's error kind, then the HTTP status and OpenAI
+  // error code when a response came back ("server_error 503 queue_full", "timeout").
+  std::map<std::string, std::int64_t> errors_by_reason;
   double p50_ms = 0, p95_ms = 0, p99_ms = 0, max_ms = 0;
   std::vector<PriorityStats> by_priority{3};
   std::int64_t prompt_tokens = 0, completion_tokens = 0;

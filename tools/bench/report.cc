@@ -67,6 +67,12 @@ std::vector<Row> table_rows(const std::vector<RunSummary>& runs) {
   add("other error rate", [](const RunSummary& r) { return fmt("%.2f%%", pct(r.errors, r.sent)); });
   add("dropped by client (in-flight bound)",
       [](const RunSummary& r) { return std::to_string(r.dropped); });
+  add("other errors by reason", [](const RunSummary& r) {
+    std::string out;
+    for (const auto& [reason, n] : r.errors_by_reason)
+      out += (out.empty() ? "" : ", ") + reason + ": " + std::to_string(n);
+    return out.empty() ? std::string("-") : out;
+  });
   for (int p = 0; p < 3; ++p) {
     add("success rate P" + std::to_string(p), [p](const RunSummary& r) {
       const auto& s = r.by_priority[static_cast<std::size_t>(p)];
@@ -218,6 +224,9 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
                    {"tokens_per_s", r.tokens_per_s},
                    {"spend_usd", r.spend_usd}};
     s["budget_usd"] = r.budget_usd ? json::value(*r.budget_usd) : json::value(nullptr);
+    json::object reasons;
+    for (const auto& [reason, n] : r.errors_by_reason) reasons[reason] = n;
+    s["errors_by_reason"] = std::move(reasons);
     json::array prio;
     for (std::size_t p = 0; p < r.by_priority.size(); ++p)
       prio.push_back(

@@ -180,6 +180,10 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
           } else {
             ++s.errors;
             ++col.summary.errors;
+            std::string reason = bellwether::to_string(r.error().kind);
+            if (r.error().status > 0) reason += " " + std::to_string(r.error().status);
+            if (!r.error().code.empty()) reason += " " + r.error().code;
+            ++col.summary.errors_by_reason[reason];
           }
           last_completion = std::max(last_completion, now);
         }
