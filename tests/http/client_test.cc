@@ -689,8 +689,10 @@ TEST(ClientPool, StalledBodyHitsTheIdleTimeout) {
 // With `first_chunked` the first body is chunked instead (its last read_some returns an empty
 // piece), which shows the harness itself passes.
 void reuse_after_read_some_then_read_all(bool first_chunked) {
+  // SIGALRM ends the child if it hangs. Generous (the exchange takes ~50 ms) because a sanitizer
+  // build on a loaded machine is slow; a spin never ends, so any bound catches it.
   itimerval limit{};
-  limit.it_value.tv_usec = 500'000;  // SIGALRM ends the child if it hangs
+  limit.it_value.tv_sec = 5;
   setitimer(ITIMER_REAL, &limit, nullptr);
   asio::io_context ioc;
   TestServer server(
@@ -733,6 +735,8 @@ void reuse_after_read_some_then_read_all(bool first_chunked) {
     auto body = co_await b->read_all(1000);
     if (body) whole = *body;
   });
+  const itimerval off{};
+  setitimer(ITIMER_REAL, &off, nullptr);  // only the exchange is timed, not the exit
   std::fprintf(stderr, "streamed=%s whole=%s accepted=%d\n", streamed.c_str(), whole.c_str(),
                server.accepted);
   std::exit(streamed == "hello" && whole == "abcde0123456789abcdef" && server.accepted == 1 ? 0
