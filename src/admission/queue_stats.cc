@@ -171,6 +171,7 @@ std::string render_queue_metrics_json(const QueueSnapshot& s) {
   w.end_object();
   write_per_priority(w, "shed", s.shed);
   write_per_priority(w, "timed_out", s.timed_out);
+  write_per_priority(w, "cancelled", s.cancelled);
   w.key("estimated_drain_seconds");
   if (s.estimated_drain_seconds) {
     w.value(round3(*s.estimated_drain_seconds));

@@ -4,6 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -79,7 +82,48 @@ struct Ctx {
   std::size_t bytes_out = 0;
   std::int64_t attempts = 0;
   bool cancelled = false;
+  // The client closed its connection before the response ended (ResponseWriter's watch): the
+  // queue wait is cancelled through `gone_signal`, the upstream attempt through
+  // `upstream_cancel`, and nothing is retried.
+  bool client_gone = false;
+  asio::cancellation_signal gone_signal;
+  http::UpstreamCancel upstream_cancel;
 };
+
+void on_client_gone(Ctx& c) {
+  c.client_gone = true;
+  c.cancelled = true;
+  c.gone_signal.emit(asio::cancellation_type::terminal);
+  c.upstream_cancel.cancel();
+}
+
+// Awaits `op` (a queue wait) so that the client going away cancels it.
+template <class T>
+asio::awaitable<T> unless_client_gone(Ctx& c, asio::awaitable<T> op) {
+  if (c.client_gone) {
+    // Already gone: the operation sees a cancelled slot at once.
+    c.gone_signal.emit(asio::cancellation_type::terminal);
+  }
+  co_return co_await asio::co_spawn(
+      co_await asio::this_coro::executor, std::move(op),
+      asio::bind_cancellation_slot(c.gone_signal.slot(), asio::use_awaitable));
+}
+
+// Marks a request whose client went away (nginx's 499 in the access log).
+void note_client_gone(Ctx& c) {
+  c.cancelled = true;
+  c.status = 499;
+  c.error_code = std::string(http::kUpstreamCancelled);
+}
+
+// A request dropped while the upstream had it: the provider has read the prompt and may bill
+// it, and what it generated before the cancel is unknown. The prompt is charged (estimated, as
+// for an abandoned stream), so that disconnecting cannot be a way around a budget or a TPM limit.
+void charge_abandoned_attempt(Ctx& c) {
+  if (c.usage.present) return;
+  c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+  c.usage.completion_tokens = 0;
+}
 
 // The limiter's view of time. BELLWETHER_CLOCK_OFFSET_MS (hidden, tests only) shifts it to
 // simulate a replica whose clock is off; everything else keeps the real clock.
@@ -295,7 +339,7 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d, std::string body) {
+http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
@@ -310,6 +354,7 @@ http::OutboundRequest build_upstream_request(const Ctx& c, const Deployment& d, 
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
   out.body = std::move(body);
+  out.cancel = &c.upstream_cancel;
   return out;
 }
 
@@ -339,6 +384,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   bool saw_done = false;
   for (;;) {
     auto piece = co_await up.read_some();
+    if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
     if (!piece) {
       // The upstream failed after bytes reached the client: no retry is possible. End the stream
       // cleanly with an error event so the client sees why it stopped.
@@ -475,6 +521,10 @@ asio::awaitable<void> forward(Ctx& c) {
   // worth holding a concurrency slot for: the client gets the answer and its Retry-After now.
   const Nanos max_retry_wait = c.rt->config().retry.cap;
   for (;;) {
+    if (c.client_gone) {  // nobody is waiting for the answer: no (further) attempt
+      note_client_gone(c);
+      co_return;
+    }
     Nanos now = SteadyClock::instance().now();
     auto step = plan.next(now, rng);
     if (!step.ticket) {
@@ -537,8 +587,15 @@ asio::awaitable<void> forward(Ctx& c) {
       now = SteadyClock::instance().now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
-      record_attempt(c, dep_cfg.id, 0, now - sent_at);
       auto o = outcome_for_error(resp.error(), now - sent_at);
+      if (c.client_gone) {  // cancelled by us: says nothing about the upstream
+        o.kind = routing::OutcomeKind::cancelled;
+        plan.finish(ticket, o, now, false, rng);
+        note_client_gone(c);
+        charge_abandoned_attempt(c);
+        co_return;
+      }
+      record_attempt(c, dep_cfg.id, 0, now - sent_at);
       last_error = resp.error();
       last_response.reset();
       auto decision = plan.finish(ticket, o, now, false, rng);
@@ -587,6 +644,14 @@ asio::awaitable<void> forward(Ctx& c) {
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = SteadyClock::instance().now();
     c.upstream_latency = now - sent_at;
+    if (!all && c.client_gone) {
+      routing::Outcome o;
+      o.kind = routing::OutcomeKind::cancelled;
+      plan.finish(ticket, o, now, false, rng);
+      note_client_gone(c);
+      charge_abandoned_attempt(c);
+      co_return;
+    }
     record_attempt(c, dep_cfg.id, all ? up.status() : 0, now - sent_at);
     if (!all) {
       auto o = outcome_for_error(all.error(), now - sent_at);
@@ -915,8 +980,8 @@ asio::awaitable<bool> rate_limit(Ctx& c, bool checked) {
     if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
         v.retry_after_ns <= max_wait) {
       // The wait counts in the queue depth, and the overload policy may refuse it.
-      auto waited =
-          co_await c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority);
+      auto waited = co_await unless_client_gone(
+          c, c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority));
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
         e.status = 429;
@@ -953,6 +1018,7 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
     if (!key) co_return co_await reply_error(c, key.error());
     c.key = *key;
   }
+  c.w.watch_disconnect([&c] { on_client_gone(c); });
   c.plan = c.rt->config().plan(c.key->cfg->plan);
   {
     // The priority: the X-Priority header or the key's default, never above the key's maximum.
@@ -990,7 +1056,8 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
     c.permit = std::move(now_permit);  // a free slot and nobody waiting: no queue, no coroutine
   } else {
     const Nanos t0 = SteadyClock::instance().now();
-    auto admitted = co_await c.sh.admission->acquire(c.group->cfg->name, c.priority.priority);
+    auto admitted = co_await unless_client_gone(
+        c, c.sh.admission->acquire(c.group->cfg->name, c.priority.priority));
     c.queue_wait += SteadyClock::instance().now() - t0;
     if (!admitted.ok()) {
       c.error_code = "admission";

@@ -73,6 +73,7 @@ struct UpstreamResponse::Impl {
   ClientTimeouts timeouts;
   PoolLimits limits;
   Nanos last_used = 0;
+  UpstreamCancel* cancel = nullptr;  // the request's cancel handle, while it has one
   bool done = false;
   bool failed = false;
 
@@ -222,6 +223,10 @@ UpstreamResponse::UpstreamResponse(std::unique_ptr<Impl> impl) : impl_(std::move
 UpstreamResponse::~UpstreamResponse() {
   if (!impl_) return;
   auto& im = *impl_;
+  if (im.cancel) {
+    im.cancel->conn_ = nullptr;
+    im.cancel = nullptr;
+  }
   im.deadline.disarm();
   if (im.done && !im.failed && im.parser && im.parser->is_done() && im.parser->keep_alive()) {
     im.pool->give_back(std::move(impl_), im.limits);
@@ -251,6 +256,19 @@ std::string_view UpstreamResponse::content_type() const {
 }
 std::string_view UpstreamResponse::retry_after() const {
   return impl_->parser->retry_after();
+}
+
+UpstreamCancel::~UpstreamCancel() {
+  if (conn_) conn_->cancel = nullptr;
+}
+
+void UpstreamCancel::cancel() {
+  cancelled_ = true;
+  if (!conn_) return;
+  conn_->failed = true;
+  beast::error_code ec;
+  conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
+  conn_->close();  // pending I/O completes with an error; the slot is released with the response
 }
 
 void UpstreamResponse::abort() {
@@ -500,7 +518,13 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
 
   // A pooled connection the server already closed fails before any response byte; that request
   // never reached the server, so it is sent once more on a fresh connection.
+  UpstreamCancel* const cancel = request.cancel;
+  auto cancelled_error = [] {
+    return make_error(499, "upstream_error", std::string(kUpstreamCancelled),
+                      "the client closed the connection; the upstream request was cancelled");
+  };
   for (int attempt = 0; attempt < 2; ++attempt) {
+    if (cancel && cancel->cancelled_) co_return cancelled_error();
     std::unique_ptr<UpstreamResponse::Impl> conn = st.take(host, opt.pool);
     // Every slot busy: wait (FIFO, bounded in count and time) for one to come back.
     if (!conn && host.open >= opt.pool.max_connections) {
@@ -523,6 +547,14 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       conn = std::move(c.value());
       conn->pool = &st;
       conn->key = &host.key;
+    }
+    if (cancel) {
+      if (cancel->cancelled_) {
+        UpstreamResponse{std::move(conn)};  // back to the pool (or closed), nothing sent
+        co_return cancelled_error();
+      }
+      cancel->conn_ = conn.get();
+      conn->cancel = cancel;
     }
     auto& c = *conn;
     c.timeouts = t;
@@ -551,6 +583,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     if (wec) {
       c.failed = true;
       UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
+      if (cancel && cancel->cancelled_) co_return cancelled_error();
       if (reused && attempt == 0 && stale_connection_error(wec)) continue;
       co_return classify(wec, "write");
     }
@@ -560,6 +593,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     if (hec) {
       c.failed = true;
       UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
+      if (cancel && cancel->cancelled_) co_return cancelled_error();
       if (reused && attempt == 0 && stale_connection_error(hec)) continue;
       co_return classify(hec, "response");
     }

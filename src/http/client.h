@@ -52,12 +52,18 @@ struct UpstreamOptions {
   PoolLimits pool;
 };
 
+class UpstreamCancel;
+
+// Error code of a request abandoned through UpstreamCancel.
+inline constexpr std::string_view kUpstreamCancelled = "client_closed_request";
+
 // The views must stay valid until send() completes.
 struct OutboundRequest {
   std::string_view method = "POST";
   std::string_view target;  // full path and query
   Headers headers;
   std::string body;
+  UpstreamCancel* cancel = nullptr;  // optional
 };
 
 // Error codes of upstream failures, used by routing to classify outcomes.
@@ -90,6 +96,27 @@ class UpstreamResponse {
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// Lets the caller abandon a request in flight, e.g. when its client went away. cancel() drops
+// the upstream connection that the request is using, so that the provider sees the request
+// cancelled and stops generating, and the pending send() or body read completes at once with an
+// error; a send() that has no connection yet fails before sending. Single-threaded, like the
+// pool; it must outlive the send() and the UpstreamResponse it is passed to.
+class UpstreamCancel {
+ public:
+  UpstreamCancel() = default;
+  UpstreamCancel(const UpstreamCancel&) = delete;
+  UpstreamCancel& operator=(const UpstreamCancel&) = delete;
+  ~UpstreamCancel();
+  void cancel();
+  bool cancelled() const { return cancelled_; }
+
+ private:
+  friend class ClientPool;
+  friend class UpstreamResponse;
+  bool cancelled_ = false;
+  UpstreamResponse::Impl* conn_ = nullptr;  // the connection in use, while there is one
 };
 
 class ClientPool {

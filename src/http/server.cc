@@ -19,7 +19,12 @@
 #include <chrono>
 #include <list>
 
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <functional>
+#include <memory>
 
 #include "common/json_util.h"
 #include "http/deadline.h"
@@ -89,8 +94,16 @@ class Session final : public ResponseWriter {
           static_cast<Session*>(self)->socket_.cancel(ec);
         },
         this);
+    watch_after_.bind(
+        socket_.get_executor(),
+        [](void* self) {
+          auto& s = *static_cast<Session*>(self);
+          if (s.watch_ && s.watch_->active && !s.watch_->pending) s.arm_watch();
+        },
+        this);
   }
   ~Session() override {
+    end_watch();
     worker_.sessions.erase(it_);
     server_.active_.fetch_sub(1);
     worker_.load.fetch_sub(1, std::memory_order_relaxed);
@@ -169,6 +182,7 @@ class Session final : public ResponseWriter {
       server_.in_flight_.fetch_add(1);
       co_await server_.handler_(req_, *this);
       server_.in_flight_.fetch_sub(1);
+      end_watch();
       if (!finished_ && !broken_) {
         // A handler that forgot to answer still answers.
         if (started_) {
@@ -228,6 +242,18 @@ class Session final : public ResponseWriter {
     co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer("0\r\n\r\n", 5)});
   }
 
+  void watch_disconnect(std::function<void()> on_gone) override {
+    if (broken_ || !socket_.is_open()) return;
+    // Bytes already buffered are a pipelined request: EOF behind them cannot be seen.
+    if (buffer_.size() > 0) return;
+    if (!watch_) watch_ = std::make_shared<Watch>();
+    watch_->on_gone = std::move(on_gone);
+    watch_->active = true;
+    // A request that is answered within kWatchAfter costs no socket operation: the readiness
+    // wait starts only once it has taken that long (a queue wait, an upstream that generates).
+    if (!watch_->pending) watch_after_.arm(kWatchAfter);
+  }
+
   bool started() const override { return started_; }
   void close_after() override { keep_alive_ = false; }
   void abort() override {
@@ -241,9 +267,50 @@ class Session final : public ResponseWriter {
 
  private:
   static constexpr std::size_t kInlineBody = 16 * 1024;
+  static constexpr Nanos kWatchAfter = 20 * kNanosPerMilli;
   static constexpr std::size_t kKeepBytes = 256 * 1024;
 
   bool response_keep_alive() const { return keep_alive_ && !server_.draining_.load(); }
+
+  // Disconnect watch: a readiness wait on the client socket while the handler runs. Its state
+  // is shared with the wait's completion handler, which may run after the session is gone; the
+  // handler touches the session only while `active`, which the session clears when the handler
+  // returns and in its destructor (all on this worker's thread).
+  struct Watch {
+    bool active = false;   // a handler is running and wants to know
+    bool pending = false;  // an async_wait is outstanding
+    std::function<void()> on_gone;
+  };
+
+  void arm_watch() {
+    watch_->pending = true;
+    socket_.async_wait(tcp::socket::wait_read, [w = watch_, this](const beast::error_code& ec) {
+      w->pending = false;
+      if (!w->active || ec) return;
+      char byte;
+      const ssize_t n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) {  // a pipelined request: keep it for the next read, stop watching
+        w->active = false;
+        return;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        arm_watch();
+        return;
+      }
+      // EOF or a reset: the client is gone.
+      w->active = false;
+      auto f = std::move(w->on_gone);
+      w->on_gone = nullptr;
+      if (f) f();
+    });
+  }
+
+  void end_watch() {
+    if (!watch_) return;
+    watch_after_.disarm();
+    watch_->active = false;
+    watch_->on_gone = nullptr;
+  }
 
   // Feeds the parser from the buffer and the socket until it has the head (whole = false) or
   // the whole message. Returns the parse or socket error; a deadline that passed reads as
@@ -298,6 +365,7 @@ class Session final : public ResponseWriter {
   std::list<Session*>::iterator it_;
   tcp::socket socket_;
   Deadline deadline_;
+  Deadline watch_after_;  // starts the disconnect watch of a request that runs long
   beast::flat_buffer buffer_;
   // Reused from request to request: the parser's arena and field spans, the request, the
   // response head.
@@ -305,6 +373,7 @@ class Session final : public ResponseWriter {
   std::vector<std::pair<std::size_t, std::size_t>> fields_;
   Request req_;
   std::string out_;
+  std::shared_ptr<Watch> watch_;  // created at the first watch_disconnect of the connection
   bool idle_ = false;
   bool keep_alive_ = true;
   bool started_ = false;

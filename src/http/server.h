@@ -49,6 +49,14 @@ class ResponseWriter {
   virtual void close_after() = 0;
   // Drops the connection at once with a TCP reset; nothing more is written (fault injection).
   virtual void abort() = 0;
+  // Calls `on_gone` once if the client closes or resets the connection while the handler runs
+  // (before, during or after the response head), noticed from 20 ms after this call on (a
+  // request answered sooner costs no watch at all). The call comes from the connection's event
+  // loop, never from inside this function, and never after the handler has returned. A
+  // pipelined byte from the client ends the watch (EOF can no longer be seen behind it). A
+  // client that half-closes its sending side reads as gone, as in nginx and Envoy. One callback
+  // per request: a second call replaces the first. Writers without a connection ignore it.
+  virtual void watch_disconnect(std::function<void()> on_gone) { (void)on_gone; }
 };
 
 using Handler = std::function<boost::asio::awaitable<void>(Request&, ResponseWriter&)>;

@@ -357,6 +357,7 @@ TEST(AdmissionController, MetricsJsonHasTheDocumentedShape) {
             R"("throughput_rpm":0,"wait_ms":{"p0":{"p50":0,"p95":0,"p99":0},)"
             R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":0,"p95":0,"p99":0}},)"
             R"("shed":{"p0":0,"p1":0,"p2":0},"timed_out":{"p0":0,"p1":0,"p2":0},)"
+            R"("cancelled":{"p0":0,"p1":0,"p2":0},)"
             R"("estimated_drain_seconds":0,"concurrency_limits":{"gpt-4.1":7}})");
 }
 

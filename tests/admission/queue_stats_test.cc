@@ -101,6 +101,7 @@ TEST(QueueMetricsJson, RendersExactFields) {
   s.wait_ms[2] = {1000, 2000, 4000.0004};
   s.shed = {0, 1, 7};
   s.timed_out = {0, 0, 2};
+  s.cancelled = {0, 3, 0};
   s.estimated_drain_seconds = 3.0;
   s.concurrency_limits = {{"gpt-4.1", 32}, {"we\"ird", 4}};
   EXPECT_EQ(render_queue_metrics_json(s),
@@ -108,6 +109,7 @@ TEST(QueueMetricsJson, RendersExactFields) {
             R"("throughput_rpm":120,"wait_ms":{"p0":{"p50":1.5,"p95":2.25,"p99":3.125},)"
             R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":1000,"p95":2000,"p99":4000}},)"
             R"("shed":{"p0":0,"p1":1,"p2":7},"timed_out":{"p0":0,"p1":0,"p2":2},)"
+            R"("cancelled":{"p0":0,"p1":3,"p2":0},)"
             R"("estimated_drain_seconds":3,"concurrency_limits":{"gpt-4.1":32,"we\"ird":4}})");
   s.estimated_drain_seconds.reset();
   const std::string body = render_queue_metrics_json(s);

@@ -51,6 +51,9 @@ model_groups:
     deployments: [{provider: sim, model: slow-stream}]
   cancel:
     deployments: [{provider: sim, model: cancel-me}]
+  queued:
+    deployments: [{provider: sim, model: cancel-me}]
+    concurrency: {mode: fixed, initial: 1}
   stalled:
     deployments: [{provider: sim-timeout, model: stall}]
 keys:
@@ -158,6 +161,108 @@ TEST_F(GatewayCore, ClientDisconnectCancelsUpstream) {
     c1 = cancelled(sim_stats());
   }
   EXPECT_EQ(c1, c0 + 1) << sim_stats();
+}
+
+// The number after "key": in a flat JSON document (from `from`); -1 when absent.
+long long json_int(const std::string& doc, const std::string& key, std::size_t from = 0) {
+  auto p = doc.find("\"" + key + "\":", from);
+  if (p == std::string::npos || p == std::string::npos) return -1;
+  return std::atoll(doc.c_str() + p + key.size() + 3);
+}
+
+// Polls `f` every 20 ms until it returns true or `limit` passes; returns the time it took.
+template <class F>
+std::chrono::milliseconds wait_for(F f, std::chrono::milliseconds limit) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!f() && std::chrono::steady_clock::now() - t0 < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               t0);
+}
+
+// The access-log line of a request id ("" until it is written).
+std::string access_line(const std::string& log_path, const std::string& request_id) {
+  std::string log;
+  wait_for(
+      [&] {
+        log = read_file(log_path);
+        return log.find("\"" + request_id + "\"") != std::string::npos;
+      },
+      std::chrono::seconds(3));
+  auto at = log.find("\"" + request_id + "\"");
+  if (at == std::string::npos) return "";
+  auto start = log.rfind('\n', at);
+  start = start == std::string::npos ? 0 : start + 1;
+  return log.substr(start, log.find('\n', at) - start);
+}
+
+// A buffered completion takes 12 s to generate (60 tokens x 200 ms). The client leaves after the
+// upstream has started: the gateway notices at once and drops the upstream request, so the
+// provider stops generating, instead of letting it run to the end for nobody.
+TEST_F(GatewayCore, ClientDisconnectCancelsBufferedUpstream) {
+  const long long c0 = json_int(sim_stats(), "cancelled");
+  const long long r0 = json_int(sim_stats(), "requests");
+  std::chrono::milliseconds noticed{};
+  {
+    StreamReader s(gw_->port, raw_post("/v1/chat/completions", chat_body("cancel", false), kKey,
+                                       {{"X-Request-Id", "buffered-gone-1"}}));
+    wait_for([&] { return json_int(sim_stats(), "requests") == r0 + 1; }, std::chrono::seconds(5));
+    ASSERT_EQ(json_int(sim_stats(), "requests"), r0 + 1) << sim_stats();
+    s.close();
+    noticed = wait_for([&] { return json_int(sim_stats(), "cancelled") == c0 + 1; },
+                       std::chrono::seconds(5));
+  }
+  EXPECT_EQ(json_int(sim_stats(), "cancelled"), c0 + 1) << sim_stats();
+  EXPECT_LT(noticed.count(), 2000) << "the upstream ran on after the client had gone";
+  auto line = access_line(gw_->access_log, "buffered-gone-1");
+  EXPECT_NE(line.find("\"status\":499"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"cancelled\":true"), std::string::npos) << line;
+  // The provider read the prompt: it is charged (estimated), nothing is charged as generated.
+  EXPECT_GT(json_int(line, "prompt_tokens"), 0) << line;
+  EXPECT_EQ(json_int(line, "completion_tokens"), 0) << line;
+}
+
+// With one slot taken, a second request waits in the queue. Its client leaves: it leaves the
+// queue at once (counted as cancelled) and never reaches the upstream.
+TEST_F(GatewayCore, QueuedRequestOfAGoneClientLeavesTheQueueAndIsNeverSent) {
+  auto queue = [] {
+    return request(gw_->port, "GET", "/v1/metrics/queue", "",
+                   {{"Authorization", "Bearer admin-key-0123456789abcdef"}})
+        .body;
+  };
+  auto cancelled_p1 = [&] {
+    auto q = queue();
+    return json_int(q, "p1", q.find("\"cancelled\":{"));
+  };
+  const long long r0 = json_int(sim_stats(), "requests");
+  const long long c0 = json_int(sim_stats(), "cancelled");
+  const long long q0 = cancelled_p1();
+  ASSERT_GE(q0, 0) << queue();
+  StreamReader first(gw_->port, raw_post("/v1/chat/completions", chat_body("queued", false), kKey,
+                                         {{"X-Request-Id", "queued-first"}}));
+  wait_for([&] { return json_int(sim_stats(), "requests") == r0 + 1; }, std::chrono::seconds(5));
+  ASSERT_EQ(json_int(sim_stats(), "requests"), r0 + 1) << sim_stats();
+  {
+    StreamReader second(gw_->port, raw_post("/v1/chat/completions", chat_body("queued", false),
+                                            kKey, {{"X-Request-Id", "queued-second"}}));
+    wait_for([&] { return json_int(queue(), "queue_depth") == 1; }, std::chrono::seconds(5));
+    ASSERT_EQ(json_int(queue(), "queue_depth"), 1) << queue();
+    second.close();
+    auto left =
+        wait_for([&] { return json_int(queue(), "queue_depth") == 0; }, std::chrono::seconds(5));
+    EXPECT_EQ(json_int(queue(), "queue_depth"), 0) << queue();
+    EXPECT_LT(left.count(), 2000) << "the waiter stayed queued after its client had gone";
+  }
+  EXPECT_EQ(cancelled_p1(), q0 + 1) << queue();
+  first.close();
+  wait_for([&] { return json_int(sim_stats(), "cancelled") == c0 + 1; }, std::chrono::seconds(5));
+  EXPECT_EQ(json_int(sim_stats(), "cancelled"), c0 + 1) << sim_stats();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(json_int(sim_stats(), "requests"), r0 + 1) << "the abandoned request was sent upstream";
+  auto line = access_line(gw_->access_log, "queued-second");
+  EXPECT_NE(line.find("\"status\":499"), std::string::npos) << line;
+  EXPECT_NE(line.find("\"cancelled\":true"), std::string::npos) << line;
 }
 
 TEST_F(GatewayCore, UsageIsRecordedInAccessLog) {

@@ -155,6 +155,24 @@ asio::awaitable<void> sleep_for(Nanos n) {
   co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
 }
 
+// Whether the client (the gateway) is still there; set from ResponseWriter::watch_disconnect.
+struct ClientWatch {
+  bool gone = false;
+  asio::steady_timer* timer = nullptr;  // the generation sleep in progress
+};
+
+// Sleeps like a model generating, but stops as soon as the client goes away, as a real provider
+// stops generating (and billing) when its client disconnects. False when the client went away.
+asio::awaitable<bool> generate_for(ClientWatch& cw, Nanos n) {
+  if (cw.gone) co_return false;
+  if (n <= 0) co_return true;
+  asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::nanoseconds(n));
+  cw.timer = &t;
+  co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+  cw.timer = nullptr;
+  co_return !cw.gone;
+}
+
 struct ParsedRequest {
   std::string model;
   bool stream = false;
@@ -413,10 +431,16 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     co_await w.send(std::move(r));
     co_return;
   }
+  ClientWatch cw;
+  w.watch_disconnect([&cw] {
+    cw.gone = true;
+    if (cw.timer) cw.timer->cancel();
+  });
   if (fault == "slow_headers") co_await sleep_for(seconds(2) + sample(mc.ttft, 1.0));
   if (fault == "stall") {
-    // Never answers; the caller's timeout must fire. Bounded so the process cannot leak forever.
-    co_await sleep_for(seconds(600));
+    // Never answers; the caller's timeout must fire. Bounded so the process cannot leak forever,
+    // and over when the caller gives up.
+    co_await generate_for(cw, seconds(600));
     co_return;
   }
 
@@ -498,7 +522,10 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   if (!p.stream) {
     Nanos total = sample(mc.ttft, scale);
     for (std::int64_t i = 1; i < completion && scale > 0; ++i) total += sample(mc.itl, scale);
-    co_await sleep_for(total);
+    if (!co_await generate_for(cw, total)) {
+      st->cancelled.fetch_add(1);
+      co_return;
+    }
     if (reset) {
       st->resets.fetch_add(1);
       w.abort();  // the connection is reset without an answer
@@ -531,8 +558,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
 
   h.add("content-type", "text/event-stream");
   h.add("cache-control", "no-cache");
-  co_await sleep_for(sample(mc.ttft, scale));
-  if (!co_await w.begin_stream(200, h)) {
+  if (!co_await generate_for(cw, sample(mc.ttft, scale)) || !co_await w.begin_stream(200, h)) {
     st->cancelled.fetch_add(1);
     co_return;
   }
