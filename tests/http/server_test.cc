@@ -7,6 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -73,6 +79,120 @@ TEST(Server, NewConnectionsGoToTheLeastLoadedWorker) {
   }
   server.begin_drain();
   server.stop();
+}
+
+// ---- the disconnect watch ---------------------------------------------------------------------
+
+int connect_to(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool write_all(int fd, const std::string& s) {
+  return ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
+}
+
+// Reads until `count` complete responses (Content-Length bodies) arrived; returns the bodies.
+std::vector<std::string> read_responses(int fd, std::size_t count) {
+  std::vector<std::string> bodies;
+  std::string got;
+  char buf[4096];
+  while (bodies.size() < count) {
+    const auto head_end = got.find("\r\n\r\n");
+    if (head_end != std::string::npos) {
+      const auto cl = got.find("content-length: ");
+      if (cl == std::string::npos || cl > head_end) return bodies;
+      const std::size_t len = std::stoul(got.substr(cl + 16));
+      if (got.size() >= head_end + 4 + len) {
+        bodies.push_back(got.substr(head_end + 4, len));
+        got.erase(0, head_end + 4 + len);
+        continue;
+      }
+    }
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) return bodies;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return bodies;
+}
+
+// A handler that watches its client and then "works" for `work` (ended early if the client goes
+// away); it answers with its path. Counts the disconnects it was told of.
+struct WatchingServer {
+  explicit WatchingServer(std::chrono::milliseconds work)
+      : server(options(),
+               [this, work](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                 auto ex = co_await boost::asio::this_coro::executor;
+                 boost::asio::steady_timer t(ex, work);
+                 bool gone = false;
+                 w.watch_disconnect([&] {
+                   gone = true;
+                   t.cancel();
+                 });
+                 co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+                 if (gone) {
+                   ++disconnects;
+                   co_return;
+                 }
+                 co_await w.send(Response::json(200, "\"" + std::string(req.target) + "\""));
+               }) {}
+  static ServerOptions options() {
+    ServerOptions o;
+    o.port = 0;
+    o.workers = 1;
+    return o;
+  }
+  std::atomic<int> disconnects{0};
+  Server server;
+};
+
+TEST(ServerWatch, ClientThatClosesIsNoticedWhileTheHandlerRuns) {
+  WatchingServer ws(std::chrono::seconds(5));
+  ASSERT_TRUE(ws.server.start().ok());
+  ws.server.run();
+  int fd = connect_to(ws.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto t0 = std::chrono::steady_clock::now();
+  ::close(fd);
+  while (ws.disconnects.load() == 0 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(ws.disconnects.load(), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+  ws.server.begin_drain();
+  ws.server.stop();
+}
+
+// Two requests in one write: the second is already buffered when the first runs; both are
+// answered in order and no disconnect is reported.
+TEST(ServerWatch, PipelinedRequestsAreAnsweredAndNeverReadAsGone) {
+  WatchingServer ws(std::chrono::milliseconds(60));
+  ASSERT_TRUE(ws.server.start().ok());
+  ws.server.run();
+  int fd = connect_to(ws.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(
+      write_all(fd, "GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_EQ(read_responses(fd, 2), (std::vector<std::string>{"\"/one\"", "\"/two\""}));
+  // The second request arrives while the first is being handled, after the watch started.
+  ASSERT_TRUE(write_all(fd, "GET /three HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  ASSERT_TRUE(write_all(fd, "GET /four HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_EQ(read_responses(fd, 2), (std::vector<std::string>{"\"/three\"", "\"/four\""}));
+  EXPECT_EQ(ws.disconnects.load(), 0);
+  ::close(fd);
+  ws.server.begin_drain();
+  ws.server.stop();
 }
 
 }  // namespace

@@ -154,18 +154,25 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
 }
 
-// Samples a few counters every ~10 ms on a background thread until stopped.
+// Samples a few counters every ~10 ms on a background thread until stopped. The reads of one
+// sample are not atomic: A's count is read before the breaker (`a`) and again after it
+// (`a_after`), so that a check can pick the read that cannot race against it. Requests reach
+// the simulator before their outcome reaches the breaker, so `a_after` includes every failure
+// that the breaker state read has counted, and `a` excludes any attempt admitted after it.
 struct Sample {
   double at_ms;
   std::int64_t a, b;
   Breaker brk;
+  std::int64_t a_after;
 };
 class Monitor {
  public:
   Monitor(const Gw& gw, const Sim& a, const Sim& b, std::string id_a, Clock::time_point t0)
       : th_([this, &gw, &a, &b, id = std::move(id_a), t0] {
           while (!stop_.load()) {
-            Sample s{ms_since(t0), sim_requests(a), sim_requests(b), breaker(gw, id)};
+            // Braced initialisers are evaluated in order.
+            Sample s{ms_since(t0), sim_requests(a), sim_requests(b), breaker(gw, id),
+                     sim_requests(a)};
             {
               std::lock_guard lock(mu_);
               samples_.push_back(s);
@@ -249,7 +256,7 @@ resilience:
     }
   }
   ASSERT_NE(opened, nullptr) << "A's breaker never showed open";
-  EXPECT_GE(opened->a, kThreshold) << "opened before " << kThreshold << " failures";
+  EXPECT_GE(opened->a_after, kThreshold) << "opened before " << kThreshold << " failures";
   // While open, A only gets probes: at most half_open_probes per half-open episode. Each failed
   // probe reopens the breaker (openings + 1); a trailing half-open episode may be in progress.
   // The baseline is taken from the first sample at least 100 ms after the opening (still inside the
