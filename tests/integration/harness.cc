@@ -10,10 +10,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -69,11 +73,46 @@ bool wait_for_port(int port, std::chrono::milliseconds timeout) {
   return false;
 }
 
+namespace {
+
+std::mutex& dirs_mu() {
+  static std::mutex mu;
+  return mu;
+}
+std::vector<std::string>& created_dirs() {
+  static std::vector<std::string> dirs;
+  return dirs;
+}
+
+// At exit: the directories go when every test passed; after a failure they stay, with their
+// logs, and the first of them is named. BW_KEEP_TEST_DIRS=1 keeps them always.
+void remove_created_dirs() {
+  std::lock_guard lock(dirs_mu());
+  auto& dirs = created_dirs();
+  if (dirs.empty()) return;
+  const auto* unit = ::testing::UnitTest::GetInstance();
+  const char* keep = std::getenv("BW_KEEP_TEST_DIRS");
+  if ((keep && *keep && std::string(keep) != "0") || (unit && !unit->Passed())) {
+    std::fprintf(stderr, "test directories kept (logs of the processes): %s and %zu more\n",
+                 dirs.front().c_str(), dirs.size() - 1);
+    return;
+  }
+  for (const auto& d : dirs) {
+    std::error_code ec;
+    fs::remove_all(d, ec);
+  }
+}
+
+}  // namespace
+
 std::string temp_dir() {
   static std::atomic<int> n{0};
   auto base = fs::temp_directory_path() /
               ("bw-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
   fs::create_directories(base);
+  std::lock_guard lock(dirs_mu());
+  if (created_dirs().empty()) std::atexit(remove_created_dirs);
+  created_dirs().push_back(base.string());
   return base.string();
 }
 

@@ -13,7 +13,7 @@ namespace bw::test {
 std::string binary();  // path of the bellwether binary under test
 int free_port();
 bool wait_for_port(int port, std::chrono::milliseconds timeout = std::chrono::seconds(10));
-std::string temp_dir();  // a fresh directory, removed at exit
+std::string temp_dir();  // a fresh directory, removed at exit if every test passed
 void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);
 
