@@ -1,5 +1,8 @@
 #include "telemetry/metrics.h"
 
+#include <array>
+#include <atomic>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -233,6 +236,32 @@ class CallbackGaugeFamily final : public FamilyBase {
   std::vector<std::string> values_;
 };
 
+std::uint64_t next_family_id() {
+  static std::atomic<std::uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+constexpr std::size_t kLookupCacheSize = 256;  // entries per thread and child type (power of 2)
+
+// FNV-1a over the family id and the label values, folded to a cache slot.
+std::size_t lookup_slot(std::uint64_t family, const std::string_view* values, std::size_t n) {
+  std::uint64_t h = 1469598103934665603ull ^ family;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (const char c : values[i]) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;  // separator: ("ab","c") differs from ("a","bc")
+  }
+  return static_cast<std::size_t>(h ^ (h >> 32)) & (kLookupCacheSize - 1);
+}
+
+bool same_values(const std::vector<std::string>& key, const std::string_view* values,
+                 std::size_t n) {
+  if (key.size() != n) return false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (key[i] != values[i]) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 FamilyBase::FamilyBase(std::string name, std::string help, std::vector<std::string> label_names,
@@ -255,7 +284,8 @@ Family<T>::Family(std::string name, std::string help, std::vector<std::string> l
                   MetricType type, std::size_t max_children, Factory factory, double unit_scale)
     : FamilyBase(std::move(name), std::move(help), std::move(label_names), type, max_children),
       factory_(std::move(factory)),
-      unit_scale_(unit_scale) {}
+      unit_scale_(unit_scale),
+      id_(next_family_id()) {}
 
 template <class T>
 T& Family<T>::with(std::initializer_list<std::string_view> values) {
@@ -270,15 +300,32 @@ T& Family<T>::with(std::span<const std::string> values) {
 
 template <class T>
 T& Family<T>::with_range(const std::string_view* values, std::size_t n) {
+  // A per-thread, direct-mapped cache of recent lookups answers the hot path without the family
+  // mutex (whose cache line the workers would otherwise pass back and forth on every request).
+  // Sound because children are never removed: a child's address and its key stay valid for the
+  // family's life, and a family's id is never reused, so an entry of a destroyed family cannot
+  // match. An entry is written by its own thread after a locked lookup.
+  struct Entry {
+    std::uint64_t family = 0;
+    const std::vector<std::string>* key = nullptr;
+    T* child = nullptr;
+  };
+  thread_local std::array<Entry, kLookupCacheSize> cache{};
+  Entry* entry = nullptr;
+  if (n == label_names().size()) {
+    entry = &cache[lookup_slot(id_, values, n)];
+    if (entry->family == id_ && same_values(*entry->key, values, n)) return *entry->child;
+  }
   std::lock_guard lock(mu_);
   if (n == label_names().size()) {
     auto it = children_.find(Values{values, n});
-    if (it != children_.end()) return *it->second;
-    // One slot is kept for the overflow child so the total never exceeds max_children.
-    if (children_.size() + 1 < max_children()) {
-      auto& slot = children_[std::vector<std::string>(values, values + n)];
-      slot = factory_();
-      return *slot;
+    if (it == children_.end() && children_.size() + 1 < max_children()) {
+      // One slot is kept for the overflow child so the total never exceeds max_children.
+      it = children_.emplace(std::vector<std::string>(values, values + n), factory_()).first;
+    }
+    if (it != children_.end()) {
+      *entry = Entry{id_, &it->first, it->second.get()};
+      return *it->second;
     }
   }
   if (!overflow_) overflow_ = factory_();

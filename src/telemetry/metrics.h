@@ -154,6 +154,8 @@ class Family final : public FamilyBase {
   std::unique_ptr<T> overflow_;
   Factory factory_;
   double unit_scale_;
+  // Process-unique, never reused: keys this family's entries in the per-thread lookup cache.
+  const std::uint64_t id_;
 };
 
 using CounterFamily = Family<Counter>;

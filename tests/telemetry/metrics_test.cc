@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "telemetry/gateway_metrics.h"
 
@@ -216,6 +217,49 @@ TEST(Metrics, ScrapeWhileRecordingAndRegistering) {
   for (int i = 0; i < 50; ++i) ASSERT_FALSE(r.expose().empty());
   writer.join();
   EXPECT_EQ(f.size(), 50u);
+}
+
+// with() answers from a per-thread lookup cache: it must never confuse two families, two label
+// sets that hash alike, or a destroyed family with a new one, and it must stay exact across
+// threads.
+TEST(Metrics, LookupCacheNeverConfusesChildren) {
+  std::vector<Counter*> first;
+  {
+    Registry r;
+    auto& a = r.counter("cache_a_total", "a", {"k", "v"}, 1.0, 5000);
+    auto& b = r.counter("cache_b_total", "b", {"k", "v"});
+    EXPECT_NE(&a.with({"x", "y"}), &b.with({"x", "y"})) << "same labels, two families";
+    EXPECT_NE(&a.with({"ab", "c"}), &a.with({"a", "bc"})) << "label boundaries matter";
+    // Far more label sets than cache slots: every lookup still finds its own child.
+    std::vector<Counter*> children;
+    for (int i = 0; i < 2000; ++i) children.push_back(&a.with({std::to_string(i), "z"}));
+    for (int round = 0; round < 2; ++round) {
+      for (int i = 0; i < 2000; ++i) {
+        ASSERT_EQ(&a.with({std::to_string(i), "z"}), children[static_cast<std::size_t>(i)]) << i;
+      }
+    }
+    for (int i = 0; i < 2000; ++i) a.with({std::to_string(i), "z"}).add(static_cast<double>(i));
+    for (int i = 0; i < 2000; ++i) {
+      ASSERT_EQ(children[static_cast<std::size_t>(i)]->units(), static_cast<std::uint64_t>(i));
+    }
+    first.push_back(&a.with({"x", "y"}));
+  }
+  // A family created after the first one was destroyed (possibly at the same address) starts
+  // empty: nothing cached for the old one is handed out.
+  Registry r2;
+  auto& again = r2.counter("cache_a_total", "a", {"k", "v"}, 1.0, 5000);
+  EXPECT_EQ(again.with({"x", "y"}).units(), 0u);
+  EXPECT_EQ(again.size(), 1u);
+  // Two threads, each with its own cache, count into the same children exactly.
+  auto& f = r2.counter("cache_threads_total", "t", {"k"});
+  auto work = [&] {
+    for (int i = 0; i < 100'000; ++i) f.with({i % 2 ? "odd" : "even"}).inc();
+  };
+  std::thread t1(work), t2(work);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(f.with({"odd"}).units(), 100'000u);
+  EXPECT_EQ(f.with({"even"}).units(), 100'000u);
 }
 
 TEST(Metrics, RegistrationRules) {
