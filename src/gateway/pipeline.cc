@@ -97,12 +97,15 @@ void on_client_gone(Ctx& c) {
   c.upstream_cancel.cancel();
 }
 
-// Awaits `op` (a queue wait) so that the client going away cancels it.
+// Awaits `op` (a queue wait: an AdmitResult or a WaitResult) so that the client going away
+// cancels it. A client already gone is refused without starting the wait: a signal emitted
+// before the wait binds its slot would be lost.
 template <class T>
 asio::awaitable<T> unless_client_gone(Ctx& c, asio::awaitable<T> op) {
   if (c.client_gone) {
-    // Already gone: the operation sees a cancelled slot at once.
-    c.gone_signal.emit(asio::cancellation_type::terminal);
+    T refused;
+    refused.refusal = admission::Refusal::kCancelled;
+    co_return refused;
   }
   co_return co_await asio::co_spawn(
       co_await asio::this_coro::executor, std::move(op),
@@ -116,10 +119,17 @@ void note_client_gone(Ctx& c) {
   c.error_code = std::string(http::kUpstreamCancelled);
 }
 
-// A request dropped while the upstream had it: the provider has read the prompt and may bill
-// it, and what it generated before the cancel is unknown. The prompt is charged (estimated, as
-// for an abandoned stream), so that disconnecting cannot be a way around a budget or a TPM limit.
-void charge_abandoned_attempt(Ctx& c) {
+// An attempt dropped because its client went away: it says nothing about the upstream (a
+// cancelled outcome: no breaker or balancer signal, no retry). The provider has read the prompt
+// and may bill it, and what it generated before the cancel is unknown. The prompt is charged
+// (estimated, as for an abandoned stream), so that disconnecting cannot be a way around a budget
+// or a TPM limit.
+void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket, Nanos now,
+                     routing::Rng& rng) {
+  routing::Outcome o;
+  o.kind = routing::OutcomeKind::cancelled;
+  plan.finish(ticket, o, now, false, rng);
+  note_client_gone(c);
   if (c.usage.present) return;
   c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
   c.usage.completion_tokens = 0;
@@ -587,15 +597,12 @@ asio::awaitable<void> forward(Ctx& c) {
       now = SteadyClock::instance().now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
-      auto o = outcome_for_error(resp.error(), now - sent_at);
-      if (c.client_gone) {  // cancelled by us: says nothing about the upstream
-        o.kind = routing::OutcomeKind::cancelled;
-        plan.finish(ticket, o, now, false, rng);
-        note_client_gone(c);
-        charge_abandoned_attempt(c);
+      if (c.client_gone) {  // cancelled by us
+        abandon_attempt(c, plan, ticket, now, rng);
         co_return;
       }
       record_attempt(c, dep_cfg.id, 0, now - sent_at);
+      auto o = outcome_for_error(resp.error(), now - sent_at);
       last_error = resp.error();
       last_response.reset();
       auto decision = plan.finish(ticket, o, now, false, rng);
@@ -644,12 +651,8 @@ asio::awaitable<void> forward(Ctx& c) {
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = SteadyClock::instance().now();
     c.upstream_latency = now - sent_at;
-    if (!all && c.client_gone) {
-      routing::Outcome o;
-      o.kind = routing::OutcomeKind::cancelled;
-      plan.finish(ticket, o, now, false, rng);
-      note_client_gone(c);
-      charge_abandoned_attempt(c);
+    if (!all && c.client_gone) {  // cancelled by us
+      abandon_attempt(c, plan, ticket, now, rng);
       co_return;
     }
     record_attempt(c, dep_cfg.id, all ? up.status() : 0, now - sent_at);
