@@ -23,15 +23,25 @@
 namespace bw::http {
 namespace {
 
-// Connects to 127.0.0.1:port, sends one keep-alive GET and returns the response body; the
-// connection stays open in `fd`.
-std::string get_on_new_connection(std::uint16_t port, int& fd) {
-  fd = ::socket(AF_INET, SOCK_STREAM, 0);
+// A connected socket to 127.0.0.1:port, or -1.
+int connect_to(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return "";
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Connects to 127.0.0.1:port, sends one keep-alive GET and returns the response body; the
+// connection stays open in `fd`.
+std::string get_on_new_connection(std::uint16_t port, int& fd) {
+  fd = connect_to(port);
+  if (fd < 0) return "";
   const std::string req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return "";
   std::string got;
@@ -83,19 +93,6 @@ TEST(Server, NewConnectionsGoToTheLeastLoadedWorker) {
 
 // ---- the disconnect watch ---------------------------------------------------------------------
 
-int connect_to(std::uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 bool write_all(int fd, const std::string& s) {
   return ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
 }
@@ -143,7 +140,15 @@ struct WatchingServer {
                    co_return;
                  }
                  co_await w.send(Response::json(200, "\"" + std::string(req.target) + "\""));
-               }) {}
+               }) {
+    started = server.start().ok();
+    if (started) server.run();
+  }
+  ~WatchingServer() {
+    if (!started) return;
+    server.begin_drain();
+    server.stop();
+  }
   static ServerOptions options() {
     ServerOptions o;
     o.port = 0;
@@ -152,12 +157,12 @@ struct WatchingServer {
   }
   std::atomic<int> disconnects{0};
   Server server;
+  bool started = false;
 };
 
 TEST(ServerWatch, ClientThatClosesIsNoticedWhileTheHandlerRuns) {
   WatchingServer ws(std::chrono::seconds(5));
-  ASSERT_TRUE(ws.server.start().ok());
-  ws.server.run();
+  ASSERT_TRUE(ws.started);
   int fd = connect_to(ws.server.port());
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(write_all(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"));
@@ -169,16 +174,13 @@ TEST(ServerWatch, ClientThatClosesIsNoticedWhileTheHandlerRuns) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(ws.disconnects.load(), 1);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
-  ws.server.begin_drain();
-  ws.server.stop();
 }
 
 // Two requests in one write: the second is already buffered when the first runs; both are
 // answered in order and no disconnect is reported.
 TEST(ServerWatch, PipelinedRequestsAreAnsweredAndNeverReadAsGone) {
   WatchingServer ws(std::chrono::milliseconds(60));
-  ASSERT_TRUE(ws.server.start().ok());
-  ws.server.run();
+  ASSERT_TRUE(ws.started);
   int fd = connect_to(ws.server.port());
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(
@@ -191,8 +193,6 @@ TEST(ServerWatch, PipelinedRequestsAreAnsweredAndNeverReadAsGone) {
   EXPECT_EQ(read_responses(fd, 2), (std::vector<std::string>{"\"/three\"", "\"/four\""}));
   EXPECT_EQ(ws.disconnects.load(), 0);
   ::close(fd);
-  ws.server.begin_drain();
-  ws.server.stop();
 }
 
 }  // namespace

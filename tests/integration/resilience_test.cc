@@ -71,8 +71,10 @@ void sim_control(const Sim& s, const std::string& json) {
   ASSERT_EQ(r.status, 200) << r.body;
 }
 
-std::string provider_yaml(const std::string& name, const Sim& s) {
-  return "  " + name + ": {base_url: \"http://127.0.0.1:" + std::to_string(s.port) + "/v1\"}\n";
+// `extra`: more provider options, e.g. ", max_connections: 2".
+std::string provider_yaml(const std::string& name, const Sim& s, const std::string& extra = "") {
+  return "  " + name + ": {base_url: \"http://127.0.0.1:" + std::to_string(s.port) + "/v1\"" +
+         extra + "}\n";
 }
 
 std::string common_gw_yaml() {
@@ -710,10 +712,10 @@ TEST(Resilience, BusyConnectionPoolQueuesAndNeverOpensTheBreaker) {
   Sim a = start_sim(sim_yaml(model));
   Sim b = start_sim(sim_yaml(model));
   // Two connections per worker. `pa` lets excess requests wait for one; `pb` refuses them.
-  Gw gw = start_gateway(common_gw_yaml() + "providers:\n" + "  pa: {base_url: \"http://127.0.0.1:" +
-                        std::to_string(a.port) + "/v1\", max_connections: 2}\n" +
-                        "  pb: {base_url: \"http://127.0.0.1:" + std::to_string(b.port) +
-                        "/v1\", max_connections: 2, max_pending_requests: 0}\n" + R"(model_groups:
+  Gw gw = start_gateway(common_gw_yaml() + "providers:\n" +
+                        provider_yaml("pa", a, ", max_connections: 2") +
+                        provider_yaml("pb", b, ", max_connections: 2, max_pending_requests: 0") +
+                        R"(model_groups:
   waits: {deployments: [{id: pool-a, provider: pa, model: m}]}
   refuses: {deployments: [{id: pool-b, provider: pb, model: m}]}
 )");
