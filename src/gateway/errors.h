@@ -53,6 +53,10 @@ inline constexpr Spec kUpstreamConnectError{502, "upstream_error", "upstream_con
 inline constexpr Spec kUpstreamReset{502, "upstream_error", "upstream_reset"};
 inline constexpr Spec kUpstreamTimeout{504, "upstream_error", "upstream_timeout"};
 inline constexpr Spec kUpstreamConnectionLimit{503, "upstream_error", "upstream_connection_limit"};
+// Translation between client APIs and provider types.
+inline constexpr Spec kUnsupportedParams{400, "invalid_request_error", "unsupported_parameter"};
+inline constexpr Spec kPreviousResponseNotFound{404, "invalid_request_error",
+                                                "previous_response_not_found"};
 // Admin API.
 inline constexpr Spec kNotFound{404, "invalid_request_error", "not_found"};
 inline constexpr Spec kDlqDisabled{404, "invalid_request_error", "dlq_disabled"};
@@ -89,6 +93,8 @@ inline constexpr std::array kAll = {
     kUpstreamReset,
     kUpstreamTimeout,
     kUpstreamConnectionLimit,
+    kUnsupportedParams,
+    kPreviousResponseNotFound,
     kNotFound,
     kDlqDisabled,
     kNoLedger,

@@ -25,6 +25,8 @@
 #include "telemetry/metrics.h"
 #include "telemetry/scaler.h"
 
+#include "api/responses.h"
+
 namespace bw::gateway {
 
 struct Shared {
@@ -64,6 +66,9 @@ struct Shared {
   std::unique_ptr<telemetry::PredictiveScaler> scaler;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
+  // Responses API: stored responses for previous_response_id (bounded, one hour each).
+  std::unique_ptr<api::ResponseStore> responses{
+      std::make_unique<api::ResponseStore>(10'000, 3600 * kNanosPerSecond)};
 
   Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
 };
