@@ -538,7 +538,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                              c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
       if (!answer) {
         o.status = 502;
-        o.kind = routing::OutcomeKind::http_5xx;
+        o.kind = routing::OutcomeKind::kHttp5xx;
         plan.finish(ticket, o, now, false, rng);
         co_return answer.error();
       }
