@@ -230,6 +230,10 @@ void record_metrics(Ctx& c) {
     m.tokens.with({c.model_served.empty() ? model : std::string_view(c.model_served), "completion"})
         .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
   }
+  if (!c.upstream.empty() && c.usage.prompt_tokens + c.usage.completion_tokens > 0) {
+    note_deployment_tokens(c.sh, c.upstream, c.model_served,
+                           c.usage.prompt_tokens + c.usage.completion_tokens);
+  }
   if (c.cost_micro > 0)
     m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
   if (c.error_code.starts_with("rate_limited:")) {
@@ -516,6 +520,7 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
       .with({deployment, status == 0 ? std::string_view("error") : telemetry::status_class(status)})
       .inc();
   m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+  if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
 // Phases 7 and 8: pick a deployment (balancer, breakers, capacity), send, and answer. Retries go
@@ -1041,6 +1046,7 @@ asio::awaitable<void> handle_llm(Ctx& c, Endpoint endpoint) {
   if (!group) co_return co_await reply_error(c, group.error());
   c.group = *group;
   c.route_model = c.llm.model;
+  if (c.sh.scaling) c.sh.scaling->note_arrival(c.group->cfg->name);
 
   // 4 rate limit
   if (!rate_limit_passed_locally(c) && !co_await rate_limit(c, !c.sh.limiter->remote())) co_return;
@@ -1421,14 +1427,8 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
       co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_api_key",
                                          "Reading queue metrics needs an API key."));
     } else {
-      // The admission queue's figures plus the scaler's recommendation.
-      std::string body = sh.admission->metrics_json();
-      if (sh.scaler && !body.empty() && body.back() == '}') {
-        auto rec = sh.scaler->last();
-        body.pop_back();
-        body += ",\"recommended_replicas\":" + std::to_string(rec.recommended_replicas) +
-                ",\"scaling\":" + telemetry::to_json(rec) + "}";
-      }
+      // The admission queue's figures plus the scaling plan (scaling.h).
+      std::string body = queue_metrics_body(sh, req.header("x-bellwether-replicas"));
       co_await send_json(c, 200, std::move(body));
     }
   } else if (path == "/metrics") {
@@ -1533,7 +1533,7 @@ std::string render_metrics(Shared& sh) {
       m.budget_utilization->with({b.id}).set(b.utilisation);
     }
   }
-  if (sh.scaler) m.replicas_recommended.get().set(sh.scaler->last().recommended_replicas);
+  if (sh.scaling) export_scaling_metrics(sh.scaling->last(), m);
   return sh.registry.expose();
 }
 
