@@ -126,7 +126,13 @@ CapacityPlanner::CapacityPlanner(ScalerConfig gateway_scaler, GatewayCapacityCon
         c.learn_capacity = false;
         return c;
       }()),
-      cpu_per_request_(gw_cfg_.cpu_seconds_per_request) {}
+      cpu_per_request_(gw_cfg_.cpu_seconds_per_request) {
+  last_.gateway.name = "gateway";
+  last_.gateway.scalable = true;
+  last_.gateway.unit = "requests_per_s";
+  last_.gateway.rec = gateway_.last();
+  last_.gateway.cpu_seconds_per_request = cpu_per_request_;
+}
 
 ScalerConfig CapacityPlanner::upstream_scaler_config(const UpstreamScaleSpec& s) const {
   ScalerConfig c = base_;
@@ -225,7 +231,8 @@ CapacityPlan CapacityPlanner::observe(Nanos now, const GatewaySignals& gw,
   G.cpu_utilization = cpu_util_;
   G.connections = gw.connections;
   G.rss_bytes = gw.rss_bytes;
-  G.event_loop_lag_s = gw.event_loop_lag_s;
+  lag_s_ += 0.3 * (gw.event_loop_lag_s - lag_s_);
+  G.event_loop_lag_s = lag_s_;
   {
     int extra = 0;  // connections and memory are sized without a forecast: they follow load
     if (gw_cfg_.max_connections_per_replica > 0) {
@@ -253,7 +260,7 @@ CapacityPlan CapacityPlanner::observe(Nanos now, const GatewaySignals& gw,
              gw.rss_bytes >= kSaturated * gw_cfg_.memory_bytes_per_replica) {
     G.binding = Constraint::kGatewayMemory;
   } else if (gw_cfg_.event_loop_lag_threshold > 0 &&
-             gw.event_loop_lag_s >= to_seconds(gw_cfg_.event_loop_lag_threshold)) {
+             lag_s_ >= to_seconds(gw_cfg_.event_loop_lag_threshold)) {
     G.binding = Constraint::kGatewayEventLoop;
   }
   const double forecast_util =

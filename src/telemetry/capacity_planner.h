@@ -65,7 +65,7 @@ struct GatewayCapacityConfig {
   double target_connection_utilization = 0.7;
   double memory_bytes_per_replica = 0;  // 0 = memory is not a constraint
   double target_memory_utilization = 0.8;
-  Nanos event_loop_lag_threshold = millis(100);
+  Nanos event_loop_lag_threshold = millis(250);  // on the smoothed lag (EWMA, alpha 0.3)
   double quota_threshold = 0.9;  // a deployment using this share of its RPM/TPM is at its quota
 };
 
@@ -191,6 +191,7 @@ class CapacityPlanner {
   Nanos prev_gw_at_ = 0;
   double cpu_per_request_;
   double cpu_util_ = 0;
+  double lag_s_ = 0;  // EWMA of the event-loop lag: one slow probe is not a trend
   Nanos last_observe_ = 0;
   CapacityPlan last_;
 };

@@ -8,11 +8,17 @@
 namespace bw::telemetry {
 namespace {
 
+GroupSignals named_group(const char* name) {
+  GroupSignals g;
+  g.name = name;
+  return g;
+}
+
 // One gateway replica in front of one model group with one deployment, stepped once a second
 // on a fake clock: what the gateway would report to the planner.
 struct World {
   GatewaySignals gw;
-  GroupSignals group{"llama"};
+  GroupSignals group = named_group("llama");
   DeploymentSignals dep;
   double cpu_per_request = 0.0002;  // seconds of CPU per request
   double tokens_per_request = 200;
@@ -91,7 +97,7 @@ TEST(CapacityPlanner, ProviderQuotaKeepsTheGatewaySmallAndSaysWhy) {
 TEST(CapacityPlanner, ProviderQuotaNamesEveryDeploymentAtItsTier) {
   CapacityPlanner p(fast_scaler(), GatewayCapacityConfig{});
   GatewaySignals gw;
-  GroupSignals g{"gpt"};
+  GroupSignals g = named_group("gpt");
   DeploymentSignals a, b;
   a.id = "gpt/a";
   b.id = "gpt/b";
