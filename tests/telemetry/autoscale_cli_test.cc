@@ -48,8 +48,15 @@ TEST(AutoscaleCli, UpstreamFlags) {
   AutoscaleFlagSeconds s;
   add_autoscale_flags(app, o, s);
   EXPECT_TRUE(o.scale_upstreams);
-  const char* argv[] = {"autoscale", "--gateway",      "http://a:8080", "--gateway-key-file",
-                        "/etc/key",  "--no-upstreams", "--deployment=", "--max-upstream-replicas",
+  const char* argv[] = {"autoscale",
+                        "--gateway",
+                        "http://a:8080",
+                        "--gateway-key-file",
+                        "/etc/key",
+                        "--no-upstreams",
+                        "--deployment",
+                        "",
+                        "--max-upstream-replicas",
                         "12"};
   app.parse(static_cast<int>(std::size(argv)), argv);
   finish_autoscale_flags(o, s);
