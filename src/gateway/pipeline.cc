@@ -1428,7 +1428,9 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                          "Reading queue metrics needs an API key."));
     } else {
       // The admission queue's figures plus the scaling plan (scaling.h).
-      std::string body = queue_metrics_body(sh, req.header("x-bellwether-replicas"));
+      // Replica counts change the learned capacity and a group's concurrency: admin key only.
+      std::string body = queue_metrics_body(
+          sh, admin_authorized(*c.rt, req) ? req.header("x-bellwether-replicas") : "");
       co_await send_json(c, 200, std::move(body));
     }
   } else if (path == "/metrics") {
