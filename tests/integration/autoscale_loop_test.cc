@@ -46,6 +46,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr const char* kKey = "sk-autoscale-key-0001";
+constexpr const char* kAdminKey = "admin-key-autoscale-0123456789";
 
 // ---- scenario (compressed time) ----------------------------------------------------------------
 constexpr int kSeqPerReplica = 2;   // sequences one model-server replica generates at once
@@ -84,7 +85,10 @@ std::string sim_yaml() {
 }
 
 std::string gw_yaml(int sim_port, const std::string& method) {
-  return R"(providers:
+  return R"(admin:
+  key: )" +
+         std::string(kAdminKey) + R"(
+providers:
   vllm:
     base_url: http://127.0.0.1:)" +
          std::to_string(sim_port) + R"(/v1
@@ -109,6 +113,7 @@ scaler:
   scale_down_cooldown: 6s
   scale_down_window: 8s
   reactive_queue_threshold: 20
+  gateway: {event_loop_lag_threshold: 10s}   # a shared test machine stalls; not what is tested
 model_groups:
   llama:
     concurrency: {mode: fixed, initial: )" +
@@ -316,7 +321,7 @@ int status_of(const std::string& buf, bool eof, bool& complete) {
 }
 
 void run_client(int port, const std::vector<Planned>& plan, std::vector<Outcome>& out,
-                Clock::time_point t0) {
+                Clock::time_point t0, const std::string& model = "llama") {
   struct Live {
     int fd;
     std::size_t index;
@@ -343,7 +348,7 @@ void run_client(int port, const std::vector<Planned>& plan, std::vector<Outcome>
       Outcome& o = out[p.index];
       o.priority = p.priority;
       o.sent_s = std::chrono::duration<double>(p.at - t0).count();
-      std::string req = raw_post("/v1/chat/completions", chat_body("llama", false), kKey,
+      std::string req = raw_post("/v1/chat/completions", chat_body(model, false), kKey,
                                  {{"X-Priority", kNames[p.priority]}, {"Connection", "close"}});
       const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
       sockaddr_in a{};
@@ -450,7 +455,7 @@ RunResult run_method(const std::string& method, Clock::time_point t0) {
   FakeKube kube(sim.port, t0);
   const std::string dir = temp_dir();
   write_file(dir + "/token", "kube-token\n");
-  write_file(dir + "/key", std::string(kKey) + "\n");
+  write_file(dir + "/key", std::string(kAdminKey) + "\n");
   Process controller;
   if (method != "none") {
     controller =
@@ -613,6 +618,7 @@ admission:
 scaler:
   sample_interval: 1s
   forecast_horizon: 5s
+  gateway: {event_loop_lag_threshold: 10s}
 model_groups:
   gpt:
     deployments:
@@ -630,10 +636,10 @@ keys:
     plan.push_back({static_cast<std::size_t>(i), 1, t0 + std::chrono::milliseconds(40 * i)});
   }
   std::vector<Outcome> out(plan.size());
-  std::thread client([&] { run_client(gw.port, plan, out, t0); });
+  std::thread client([&] { run_client(gw.port, plan, out, t0, "gpt"); });
   std::string body;
   int max_recommended = 0;
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < 30; ++i) {  // during the spike
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
     auto q = request(gw.port, "GET", "/v1/metrics/queue", "",
                      {{"Authorization", std::string("Bearer ") + kKey}});
