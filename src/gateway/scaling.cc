@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <mutex>
 
-#include "gateway/pipeline.h"
+#include "gateway/shared.h"
 
 namespace bw::gateway {
 

@@ -4,7 +4,8 @@
 // telemetry::GatewaySignals / GroupSignals / DeploymentSignals for the CapacityPlanner (what is
 // short: the gateway, a self-hosted upstream, or a provider's quota).
 // Thread safety: note_*() are called from every worker (a shared lock and relaxed atomics);
-// tick() from the scaler thread only; plan_json() and export_metrics() from any thread.
+// tick() from the scaler thread only; last(), queue_metrics_body() and export_scaling_metrics()
+// from any thread.
 #include <atomic>
 #include <cstdint>
 #include <map>
