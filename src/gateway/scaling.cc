@@ -135,6 +135,9 @@ telemetry::CapacityPlan ScalingState::tick(Shared& sh, Nanos now, int gateway_re
       if (auto it = groups_.find(g.name); it != groups_.end()) {
         gs.arrivals_total = it->second->requests.load(std::memory_order_relaxed);
       }
+      // Waiters for the group's concurrency slots. What they wait for (a provider's RPM/TPM, a
+      // key's limit) is inferred by the planner from the deployments' state; an admission layer
+      // that knows the wait reason per group or deployment sets waiting_on here instead.
       gs.backlog = sh.admission ? static_cast<double>(sh.admission->queued(g.name)) : 0;
       groups.push_back(std::move(gs));
       for (const auto& d : g.deployments) {
