@@ -27,27 +27,12 @@ double process_rss_bytes() {
   return n == 2 ? static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) : 0;
 }
 
-namespace {
-
-std::map<std::string, telemetry::UpstreamScaleSpec, std::less<>> specs_of(
-    const config::Config& cfg) {
-  std::map<std::string, telemetry::UpstreamScaleSpec, std::less<>> out;
-  for (const auto& g : cfg.model_groups) {
-    for (const auto& d : g.deployments) {
-      if (d.scale) out.emplace(d.id, *d.scale);
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 ScalingState::ScalingState(const config::Config& cfg) : planner_(cfg.scaler, cfg.gateway_capacity) {
   configure(cfg);
 }
 
 void ScalingState::configure(const config::Config& cfg) {
-  planner_.configure(specs_of(cfg));
+  planner_.configure(cfg.scale_specs);
   limits_reset_.store(true);  // apply_config() has just reset the groups' limits
   std::unique_lock lock(mu_);
   // Names come from the config only, so the maps stay bounded; removed names are kept (a
@@ -174,8 +159,10 @@ void ScalingState::follow_replicas(Shared& sh, const config::Config& cfg,
   if (!sh.admission) return;
   if (limits_reset_.exchange(false)) applied_limits_.clear();
   for (const auto& g : cfg.model_groups) {
-    if (g.deployments.size() != 1 || !g.deployments[0].scale) continue;
-    const auto& spec = *g.deployments[0].scale;
+    if (g.deployments.size() != 1) continue;
+    const auto it = cfg.scale_specs.find(g.deployments[0].id);
+    if (it == cfg.scale_specs.end()) continue;
+    const auto& spec = it->second;
     if (spec.capacity_concurrency <= 0) continue;
     for (const auto& t : plan.deployments) {
       if (t.name != g.deployments[0].id || !t.replicas_observed) continue;

@@ -14,7 +14,7 @@
 
 #include "common/json_util.h"
 #include "common/result.h"
-#include "telemetry/http_fetch.h"
+#include "http/fetch.h"
 
 namespace bw::telemetry {
 namespace {
@@ -142,7 +142,7 @@ Result<Scale> parse_scale(const std::string& body) {
 }
 
 std::string gateway_queue_url(const std::string& base) {
-  auto u = parse_url(base);
+  auto u = http::parse_url(base);
   if (u && u->target == "/") {
     std::string s = base;
     while (!s.empty() && s.back() == '/') s.pop_back();
@@ -162,8 +162,8 @@ struct Setup {
 };
 
 std::string scale_url(const Setup& s, const std::string& ns, const std::string& deployment) {
-  return join_base(s.api, "/apis/apps/v1/namespaces/" + url_encode(ns) + "/deployments/" +
-                              url_encode(deployment) + "/scale");
+  return join_base(s.api, "/apis/apps/v1/namespaces/" + http::url_encode(ns) + "/deployments/" +
+                              http::url_encode(deployment) + "/scale");
 }
 
 Result<Setup> prepare(const AutoscaleOptions& o) {
@@ -172,10 +172,10 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
                       "give at least one gateway URL or a Prometheus URL");
   }
   for (const auto& g : o.gateway_urls) {
-    if (auto u = parse_url(g); !u) return u.error();
+    if (auto u = http::parse_url(g); !u) return u.error();
   }
   if (!o.prometheus_url.empty()) {
-    if (auto u = parse_url(o.prometheus_url); !u) return u.error();
+    if (auto u = http::parse_url(o.prometheus_url); !u) return u.error();
   }
   Setup s;
   s.api = o.api_server;
@@ -190,7 +190,7 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
     s.api = "https://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
             (port && *port ? port : "443");
   }
-  if (auto u = parse_url(s.api); !u) return u.error();
+  if (auto u = http::parse_url(s.api); !u) return u.error();
   s.ns = o.namespace_name;
   if (s.ns.empty()) {
     auto ns = read_trimmed(o.namespace_file);
@@ -228,7 +228,7 @@ std::vector<SourceReport> ask_sources(const AutoscaleOptions& o,
   for (const auto& g : o.gateway_urls) {
     SourceReport r;
     r.url = gateway_queue_url(g);
-    HttpRequest req;
+    http::FetchRequest req;
     req.url = r.url;
     req.timeout = o.timeout;
     req.headers = {{"Accept", "application/json"}};
@@ -237,7 +237,7 @@ std::vector<SourceReport> ask_sources(const AutoscaleOptions& o,
     // throughput into capacity per replica with them.
     if (!observed_header.empty())
       req.headers.emplace_back("X-Bellwether-Replicas", observed_header);
-    auto resp = http_fetch(req);
+    auto resp = http::fetch(req);
     if (!resp) {
       r.error = resp.error().message;
     } else if (resp->status != 200) {
@@ -252,11 +252,12 @@ std::vector<SourceReport> ask_sources(const AutoscaleOptions& o,
   }
   if (!any && !o.prometheus_url.empty()) {
     SourceReport r;
-    r.url = join_base(o.prometheus_url, "/api/v1/query?query=") + url_encode(o.prometheus_query);
-    HttpRequest req;
+    r.url =
+        join_base(o.prometheus_url, "/api/v1/query?query=") + http::url_encode(o.prometheus_query);
+    http::FetchRequest req;
     req.url = r.url;
     req.timeout = o.timeout;
-    auto resp = http_fetch(req);
+    auto resp = http::fetch(req);
     if (!resp) {
       r.error = resp.error().message;
     } else if (resp->status != 200) {
@@ -319,12 +320,12 @@ bool scale_one(const AutoscaleOptions& o, const Setup& s, const TargetRec& t,
   const std::string auth = "Bearer " + *token;
   const std::string url = scale_url(s, t.ns.empty() ? s.ns : t.ns, t.deployment);
 
-  HttpRequest get;
+  http::FetchRequest get;
   get.url = url;
   get.ca_file = o.ca_file;
   get.timeout = o.timeout;
   get.headers = {{"Authorization", auth}, {"Accept", "application/json"}};
-  auto cur = http_fetch(get);
+  auto cur = http::fetch(get);
   if (!cur || cur->status != 200) {
     w.key("action").value("error").key("error").value(
         !cur ? cur.error().message
@@ -347,7 +348,7 @@ bool scale_one(const AutoscaleOptions& o, const Setup& s, const TargetRec& t,
     w.key("action").value("dry_run");
     return true;
   }
-  HttpRequest patch;
+  http::FetchRequest patch;
   patch.method = "PATCH";
   patch.url = url;
   patch.ca_file = o.ca_file;
@@ -356,7 +357,7 @@ bool scale_one(const AutoscaleOptions& o, const Setup& s, const TargetRec& t,
                    {"Content-Type", "application/merge-patch+json"},
                    {"Accept", "application/json"}};
   patch.body = R"({"spec":{"replicas":)" + std::to_string(desired) + "}}";
-  auto resp = http_fetch(patch);
+  auto resp = http::fetch(patch);
   if (!resp || resp->status < 200 || resp->status >= 300) {
     w.key("action").value("error").key("error").value(
         !resp ? resp.error().message
