@@ -152,6 +152,7 @@ Result<Ok> Gateway::start() {
     }
   });
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
 
   http::ServerOptions opt = cfg.server;
   if (!options_.listen_override.empty() &&
@@ -179,6 +180,10 @@ Result<Ok> Gateway::start() {
   return Ok{};
 }
 
+void Gateway::note_reload(bool ok, const std::string& message) {
+  gateway::note_reload(*shared_, ok, message);
+}
+
 Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   // The simulator and listeners stay as they are; everything the data plane reads is swapped.
   // Limit buckets and breaker state survive (they are keyed by name, not by config object).
@@ -193,6 +198,7 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
 std::size_t Gateway::drain_and_stop() {
   shared_->draining.store(true);
   stop_scaler();
+  if (shared_->console) shared_->console->sampler.stop();
   const Nanos timeout = runtime_.load()->config().drain_timeout;
   server_->begin_drain();
   if (admin_server_) admin_server_->begin_drain();

@@ -221,7 +221,11 @@ void record_metrics(Ctx& c) {
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
   const Nanos now = SteadyClock::instance().now();
   m.request_duration.with({path, model}).observe(to_seconds(now - c.start));
-  if (c.ttft >= 0 && c.llm.stream) m.ttft.with({model}).observe(to_seconds(c.ttft));
+  m.priority_duration.with({prio}).observe(to_seconds(now - c.start));
+  if (c.ttft >= 0 && c.llm.stream) {
+    m.ttft.with({model}).observe(to_seconds(c.ttft));
+    m.priority_ttft.with({prio}).observe(to_seconds(c.ttft));
+  }
   if (c.usage.prompt_tokens > 0) {
     m.tokens.with({c.model_served.empty() ? model : std::string_view(c.model_served), "prompt"})
         .add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
@@ -767,6 +771,7 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
     const cost::ModelPrice* p = cfg.prices.find(*cheaper);
     if (g && p) {
       c.extra.add("x-bellwether-downgraded-from", c.route_model);
+      sh.metrics->downgrades.with({c.route_model, *cheaper}).inc();
       c.route_model = *cheaper;
       c.group = g;
       c.price = p;
@@ -822,6 +827,7 @@ asio::awaitable<bool> cost_guard(Ctx& c) {
       e.retry_after_s = static_cast<double>(ref.reset_unix_ms - now_ms) / 1000.0;
     }
     c.error_code = "budget:" + ref.budget_id;
+    sh.metrics->budget_refusals.with({ref.budget_id}).inc();
     co_await reply_error(c, e);
     co_return false;
   }
@@ -1193,8 +1199,10 @@ asio::awaitable<void> handle_admin(Ctx& c) {
   const auto path = c.req.path();
   const auto method = c.req.method;
   if (!admin_authorized(*c.rt, c.req)) {
-    co_return co_await reply_error(c, make_error(401, "invalid_request_error", "invalid_admin_key",
-                                                 "The admin API needs the admin (master) key."));
+    // A page of the console may use the admin API with its session (and CSRF token).
+    if (auto s = console_admin_auth(sh, *c.rt, c.req); !s) {
+      co_return co_await reply_error(c, s.error());
+    }
   }
   auto not_allowed = [&](const char* allow) -> asio::awaitable<void> {
     auto r = error_response(c, make_error(405, "invalid_request_error", "method_not_allowed",
@@ -1353,6 +1361,20 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   const auto& cfg = c.rt->config();
   const bool admin_here = admin_listener || cfg.admin_listen.empty();
 
+  if (path == "/ui" || path.starts_with("/ui/")) {
+    if (admin_here) {
+      auto r = handle_console(sh, *c.rt, req);
+      r.headers.add("x-request-id", c.request_id);
+      c.status = r.status;
+      c.bytes_out += r.body.size();
+      co_await w.send(std::move(r));
+    } else {
+      co_await reply_error(c, make_error(404, "invalid_request_error", "unknown_url",
+                                         "The console is on the admin listener (/ui/)."));
+    }
+    write_access_log(c);
+    co_return;
+  }
   if (path.starts_with("/admin/")) {
     if (admin_here) {
       co_await handle_admin(c);

@@ -8,6 +8,7 @@
 
 #include <boost/asio/thread_pool.hpp>
 #include "gateway/access_log.h"
+#include "gateway/console.h"
 #include "gateway/runtime.h"
 
 #include "admission/admission_controller.h"
@@ -55,6 +56,9 @@ struct Shared {
   std::unique_ptr<telemetry::PredictiveScaler> scaler;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
+  // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
+  // sampler thread stops before the state it reads goes away.
+  std::unique_ptr<Console> console;
 };
 
 // The /metrics body: gauges that are read at scrape time are refreshed first.
