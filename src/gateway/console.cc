@@ -4,7 +4,7 @@
 
 #include "common/clock.h"
 #include "common/json_util.h"
-#include "gateway/pipeline.h"
+#include "gateway/shared.h"
 #include "limits/client_ip.h"
 #include "ui/assets.h"
 
@@ -139,7 +139,7 @@ std::optional<ui::Session> session_of(Shared& sh, const http::Request& req) {
   if (!sh.console) return std::nullopt;
   const auto id = ui::cookie_value(req.header("cookie"), ui::kSessionCookie);
   if (id.empty()) return std::nullopt;
-  return sh.console->sessions.find(id, SteadyClock::instance().now());
+  return sh.console->sessions.find(id, sh.clock.now());
 }
 
 http::Response login_page(int status, std::string_view message) {
@@ -201,22 +201,22 @@ void start_console(Shared& sh) {
   so.lifetime = rt->config().console_session_lifetime;
   so.idle = std::min(so.lifetime, seconds(3600));
   sh.console = std::make_unique<Console>(so);
-  sh.console->started_unix_ms = SteadyClock::instance().unix_millis();
+  sh.console->started_unix_ms = sh.clock.unix_millis();
   sh.console->sampler.start([&sh] { return console_reading(sh); });
 }
 
 void note_reload(Shared& sh, bool ok, const std::string& message) {
   if (!sh.console) return;
   std::lock_guard lock(sh.console->reload_mu);
-  sh.console->last_reload_unix_ms = SteadyClock::instance().unix_millis();
+  sh.console->last_reload_unix_ms = sh.clock.unix_millis();
   sh.console->last_reload_ok = ok;
   sh.console->last_reload_message = message;
 }
 
 ui::Reading console_reading(Shared& sh) {
   ui::Reading r;
-  r.unix_ms = SteadyClock::instance().unix_millis();
-  const Nanos now = SteadyClock::instance().now();
+  r.unix_ms = sh.clock.unix_millis();
+  const Nanos now = sh.clock.now();
   auto rt = sh.runtime->load();
   r.metrics_text = sh.registry.expose();
   if (sh.admission) {
@@ -308,7 +308,7 @@ http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request
     if (!admin_key_matches(rt, key)) {
       return login_page(401, "That is not the admin key. Try again.");
     }
-    auto s = sh.console->sessions.create(SteadyClock::instance().now());
+    auto s = sh.console->sessions.create(sh.clock.now());
     auto r = redirect("/ui/");
     r.headers.add("set-cookie", ui::session_cookie(s.id, sh.console->sessions.options().lifetime,
                                                    secure_cookie(rt, req)));
