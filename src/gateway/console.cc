@@ -255,8 +255,9 @@ ui::Reading console_reading(Shared& sh) {
     auto [requests, retries] = sh.router.retry_budget_usage(g.name, now);
     r.retry_budgets.push_back({g.name, requests, retries, rt->config().retry.budget_ratio});
   }
-  if (sh.scaler) {
-    auto rec = sh.scaler->last();
+  if (sh.scaling) {
+    const auto plan = sh.scaling->last();
+    const auto& rec = plan.gateway.rec;
     r.scaler.recommended = rec.recommended_replicas;
     r.scaler.current = rec.current_replicas;
     r.scaler.forecast_rpm_wma = rec.forecast_rpm_wma;
@@ -265,6 +266,12 @@ ui::Reading console_reading(Shared& sh) {
     r.scaler.capacity_rpm_per_replica = rec.capacity_rpm_per_replica;
     r.scaler.method = std::string(telemetry::to_string(rec.method));
     r.scaler.reason = std::string(rec.reason);
+    r.scaler.waiting_on = std::string(telemetry::to_string(plan.reason));
+    // What the waiting requests wait for, by the planner's reading of each deployment.
+    for (const auto& d : plan.deployments) {
+      if (d.backlog > 0)
+        r.queue_by_reason[std::string(telemetry::to_string(d.binding))] += d.backlog;
+    }
   }
   return r;
 }

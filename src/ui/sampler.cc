@@ -364,6 +364,7 @@ std::string Sampler::now_json(const Reading& r) const {
   j.key("arrival_rpm").value(rounded(r.scaler.arrival_rpm));
   j.key("capacity_rpm_per_replica").value(rounded(r.scaler.capacity_rpm_per_replica));
   j.key("method").value(r.scaler.method).key("reason").value(r.scaler.reason);
+  j.key("waiting_on").value(r.scaler.waiting_on);
   j.end_object().key("transitions").begin_array();
   for (const auto& t : transitions_) {
     j.begin_object()

@@ -61,6 +61,7 @@ struct ScalerReading {
   double capacity_rpm_per_replica = 0;
   std::string method;
   std::string reason;
+  std::string waiting_on;  // what requests wait for now (the capacity planner's binding constraint)
 };
 
 // One look at the gateway, taken off the data plane.

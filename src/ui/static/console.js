@@ -213,7 +213,8 @@ function renderLive() {
       ["Forecast, Holt (per minute)", fmt(sc.forecast_rpm_holt)],
       ["Forecast, WMA (per minute)", fmt(sc.forecast_rpm_wma)],
       ["Capacity of one replica (per minute)", fmt(sc.capacity_rpm_per_replica)],
-      ["Method · reason", `${sc.method} · ${sc.reason}`]]));
+      ["Method · reason", `${sc.method} · ${sc.reason}`],
+      ["Requests wait for", sc.waiting_on && sc.waiting_on !== "none" ? sc.waiting_on : "nothing"]]));
   }
   const deps = n.deployments || [];
   fill("capacity", deps.length ? table(["deployment", "group", "breaker", "in flight", "RPM used / limit", "remaining", "TPM used / limit"],
