@@ -15,6 +15,7 @@
 #include "cost/key_store.h"
 #include "cost/ledger.h"
 #include "gateway/access_log.h"
+#include "gateway/console.h"
 #include "gateway/runtime.h"
 #include "gateway/scaling.h"
 #include "gateway/upstream.h"
@@ -70,6 +71,10 @@ struct Shared {
   // Responses API: stored responses for previous_response_id (bounded, one hour each).
   std::unique_ptr<api::ResponseStore> responses{
       std::make_unique<api::ResponseStore>(10'000, 3600 * kNanosPerSecond)};
+
+  // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
+  // sampler thread stops before the state it reads goes away.
+  std::unique_ptr<Console> console;
 
   Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
 };
