@@ -80,7 +80,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                                                          {"budget"}, o.max_children_per_family)
                                               : nullptr),
       replicas_recommended(r.gauge("bellwether_replicas_recommended",
-                                   "Replica count recommended by the predictive scaler.")) {
+                                   "Replica count recommended by the predictive scaler.")),
+      http_rejections(r.counter("bellwether_http_rejections_total",
+                                "Requests refused at the HTTP framing level, by reason.",
+                                {"reason"}, 1.0, o.max_children_per_family)),
+      usage_missing(r.counter("bellwether_usage_missing_total",
+                              "Successful upstream answers without usage, charged an estimate.",
+                              {"model"}, 1.0, o.max_children_per_family)) {
   r.set_build_info(o.version, o.commit);
   // Unlabelled families get their single child now, so they are exported as 0 from the start
   // (rate() and absent() alerts need the series to exist before the first event).

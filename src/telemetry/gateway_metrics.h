@@ -46,6 +46,8 @@ struct GatewayMetrics {
   CounterFamily& cache_misses;        // no labels
   GaugeFamily* budget_utilization;    // {budget}; nullptr unless opted in
   GaugeFamily& replicas_recommended;  // no labels
+  CounterFamily& http_rejections;     // {reason}; refused at the HTTP framing level
+  CounterFamily& usage_missing;       // {model}; successes without usage, charged an estimate
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;
