@@ -8,6 +8,8 @@
 #include <cmath>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
 #include "common/json_util.h"
 #include "gateway/phases.h"
 #include "http/sse.h"
@@ -34,6 +36,17 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
   if (c.usage.present) return;
   c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
   c.usage.completion_tokens = 0;
+}
+
+// A successful answer without usage is never free: it is charged `estimate` (from what was sent
+// and received), counted and logged.
+void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  c.usage = estimate;
+  c.sh.metrics->usage_missing.with({c.route_model}).inc();
+  spdlog::warn(
+      "request {}: the upstream answer for model {} had no usage; charged an estimate of "
+      "{} prompt + {} completion tokens",
+      c.request_id, c.route_model, estimate.prompt_tokens, estimate.completion_tokens);
 }
 
 const std::string& target_for(const Deployment& d, Endpoint e) {
@@ -90,7 +103,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   headers.add("content-type", "text/event-stream");
   headers.add("cache-control", "no-cache");
   if (!co_await c.w.begin_stream(200, headers)) {
-    c.cancelled = true;
+    note_client_gone(c);
     up.abort();
     co_return;
   }
@@ -140,7 +153,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       c.bytes_out += out.size();
       if (!co_await c.w.write_chunk(out)) {
         // The client went away: drop the upstream connection so the provider stops generating.
-        c.cancelled = true;
+        note_client_gone(c);
         up.abort();
         break;
       }
@@ -157,10 +170,17 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     co_await c.w.write_chunk(ev);
   }
   if (!c.usage.present) {
-    // An abandoned or broken stream is charged for what was generated up to that point.
-    c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens = std::max<std::int64_t>(
-        static_cast<std::int64_t>(text_chunks), static_cast<std::int64_t>((text_chars + 3) / 4));
+    // An abandoned or broken stream is charged for what was generated up to that point; a
+    // complete one that never reported usage (although it was asked to) the same way.
+    providers::Usage u;
+    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+    u.completion_tokens = std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
+                                                 static_cast<std::int64_t>((text_chars + 3) / 4));
+    if (saw_done && !c.cancelled) {
+      note_usage_missing(c, u);
+    } else {
+      c.usage = u;
+    }
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -366,6 +386,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
     if (up.status() == 200) {
       c.usage = providers::extract_usage(*all);
+      if (!c.usage.present) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     }
     Response r;
