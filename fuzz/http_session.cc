@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <boost/asio/awaitable.hpp>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -79,7 +80,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // Write and read in turns so that neither side's socket buffer can fill up and block.
   while (!closed) {
     pollfd p{sv[1], static_cast<short>(POLLIN | (in.empty() ? 0 : POLLOUT)), 0};
-    if (::poll(&p, 1, 5000) <= 0) break;  // the server must never hang on a closed input
+    const int ready = ::poll(&p, 1, 5000);
+    if (ready < 0 && errno == EINTR) continue;  // libFuzzer's timer signal
+    if (ready <= 0) break;  // the server must never hang on a closed input
     if ((p.revents & POLLOUT) && !in.empty()) {
       const ssize_t n = ::send(sv[1], in.data(), in.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) in.remove_prefix(static_cast<std::size_t>(n));

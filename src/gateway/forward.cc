@@ -41,6 +41,11 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
 // A successful answer without usage is never free: it is charged `estimate` (from what was sent
 // and received), counted and logged.
 void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  // The provider was told the output cap: it cannot have generated more than that per choice.
+  if (c.forced_max_tokens > 0) {
+    estimate.completion_tokens = std::min(
+        estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
+  }
   c.usage = estimate;
   c.sh.metrics->usage_missing.with({c.route_model}).inc();
   spdlog::warn(
@@ -169,6 +174,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     c.bytes_out += ev.size();
     co_await c.w.write_chunk(ev);
   }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.usage.present) {
     // An abandoned or broken stream is charged for what was generated up to that point; a
     // complete one that never reported usage (although it was asked to) the same way.

@@ -492,6 +492,7 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
 Usage extract_usage(std::string_view body) {
   Usage u;
   simdjson::dom::element doc;
+  if (body.empty()) return u;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
   if (doc["usage"].get(usage) == simdjson::SUCCESS) read_usage(usage, u);
@@ -504,6 +505,9 @@ ChunkInfo inspect_chunk(std::string_view data) {
     info.done = true;
     return info;
   }
+  // An event without data (an SSE comment such as ": keep-alive") has nothing to inspect; an
+  // empty view may also have no data pointer, which the parser must not be given.
+  if (data.empty()) return info;
   // Cheap path: most chunks carry one delta and no usage.
   const bool maybe_usage = data.find("\"usage\"") != std::string_view::npos;
   simdjson::dom::element doc;
@@ -552,7 +556,8 @@ Usage estimate_usage(const LlmRequest& req, std::string_view response_body) {
   std::int64_t choices = 0;
   simdjson::dom::element doc;
   simdjson::dom::array arr;
-  if (parser().parse(response_body.data(), response_body.size()).get(doc) == simdjson::SUCCESS &&
+  if (!response_body.empty() &&
+      parser().parse(response_body.data(), response_body.size()).get(doc) == simdjson::SUCCESS &&
       doc["choices"].get(arr) == simdjson::SUCCESS) {
     for (auto c : arr) {
       ++choices;
