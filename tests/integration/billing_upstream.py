@@ -21,15 +21,22 @@ LOCK = threading.Lock()
 BILLED = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
 
+# Keys that frame a message rather than carry text the model reads.
+FRAMING = {"role", "content", "type", "text"}
+# Parameters that are not text.
+PARAMS = {"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n",
+          "best_of", "temperature", "top_p", "seed", "user", "metadata", "stop", "logit_bias"}
+
+
 def text_chars(v):
     if isinstance(v, str):
         return len(v)
     if isinstance(v, dict):
         n = 0
         for k, x in v.items():
-            if k == "image_url":
+            if k == "image_url" or k == "role":
                 continue
-            n += len(k) + text_chars(x)
+            n += (0 if k in FRAMING else len(k)) + text_chars(x)
         return n
     if isinstance(v, list):
         return sum(text_chars(x) for x in v)
@@ -71,7 +78,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(400, {"error": {"message": "bad json", "type": "invalid_request_error"}})
             return
         model = str(req.get("model", ""))
-        billable = {k: v for k, v in req.items() if k not in ("model", "stream", "stream_options")}
+        billable = {k: v for k, v in req.items() if k not in PARAMS}
         prompt = (text_chars(billable) + 3) // 4 + 765 * images(billable) + 3
         per_choice = req.get("max_completion_tokens") or req.get("max_tokens") or 4096
         choices = max(int(req.get("n") or 1), int(req.get("best_of") or 1))
