@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "limits/redis_conn.h"
+#include "store/redis_conn.h"
 
 // hiredis allocates an aggregate's element array at the count the server declares, so
 // "*2000000000\r\n" asks for gigabytes before any element arrives. Redis is a trusted backend
@@ -34,16 +34,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (int i = 0; i < 16; ++i) {
     void* out = nullptr;
     if (redisReaderGetReply(reader, &out) != REDIS_OK || !out) break;
-    bw::limits::RedisReplyPtr reply(static_cast<redisReply*>(out));
+    bw::store::RedisReplyPtr reply(static_cast<redisReply*>(out));
     std::vector<std::int64_t> v;
     for (std::size_t expected : {std::size_t{0}, std::size_t{1}, std::size_t{6}, std::size_t{11}}) {
-      if (bw::limits::redis_int_array(reply.get(), expected, v) && expected != 0) {
+      if (bw::store::redis_int_array(reply.get(), expected, v) && expected != 0) {
         if (v.size() != expected) std::abort();
       }
     }
     std::int64_t x = 0;
-    (void)bw::limits::redis_reply_i64(reply.get(), x);
-    if (reply->type == REDIS_REPLY_ERROR) (void)bw::limits::redis_error_text(reply.get());
+    (void)bw::store::redis_reply_i64(reply.get(), x);
+    if (reply->type == REDIS_REPLY_ERROR) (void)bw::store::redis_error_text(reply.get());
   }
   redisReaderFree(reader);
   return 0;

@@ -124,7 +124,7 @@ std::string random_token() {
 // The integer elements of an array reply, or nullopt if it is anything else.
 std::optional<std::vector<std::int64_t>> int_array(const RedisCallResult& r) {
   std::vector<std::int64_t> out;
-  if (!limits::redis_int_array(r.reply.get(), 0, out)) return std::nullopt;
+  if (!store::redis_int_array(r.reply.get(), 0, out)) return std::nullopt;
   return out;
 }
 

@@ -174,7 +174,7 @@ asio::awaitable<BatchResult> RedisLimitStore::check_and_consume_async(
   BatchResult out;
   std::vector<std::int64_t> v;
   // [allowed, then per check: allowed, consumed, remaining, retry_after, reset_after]
-  const bool ok = redis_int_array(r.reply.get(), 1 + 5 * checks.size(), v);
+  const bool ok = store::redis_int_array(r.reply.get(), 1 + 5 * checks.size(), v);
   if (ok) {
     out.allowed = v[0] == 1;
     out.results.resize(checks.size());
