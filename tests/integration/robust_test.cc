@@ -105,10 +105,10 @@ struct Billing {
 Billing start_billing_upstream() {
   Billing b;
   b.port = free_port();
-  b.proc =
-      Process({"python3", std::string(BW_SOURCE_DIR) + "/tests/integration/billing_upstream.py",
-               std::to_string(b.port)},
-              {}, "billing-");
+  b.proc = Process(
+      {"/usr/bin/python3", std::string(BW_SOURCE_DIR) + "/tests/integration/billing_upstream.py",
+       std::to_string(b.port)},
+      {}, "billing-");
   if (!wait_for_port(b.port)) throw std::runtime_error("billing upstream did not start");
   return b;
 }
