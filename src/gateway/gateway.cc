@@ -13,6 +13,7 @@
 #include "cost/sqlite_key_store.h"
 #include "cost/sqlite_ledger.h"
 #include "gateway/pipeline.h"
+#include "gateway/request_tracing.h"
 #include "limits/redis_limit_store.h"
 #include "tools/sim/sim.h"
 
@@ -156,6 +157,7 @@ Result<Ok> Gateway::start() {
     }
   });
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
 
   http::ServerOptions opt = cfg.server;
   if (!options_.listen_override.empty() &&

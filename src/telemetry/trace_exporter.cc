@@ -53,6 +53,7 @@ bool TraceExporter::submit(FinishedTrace trace) {
     std::lock_guard lk(mu_);
     if (stop_ || queued_spans_ + n > options_.queue_capacity) {
       dropped_full_.fetch_add(n, std::memory_order_relaxed);
+      if (options_.dropped_queue_full_counter) options_.dropped_queue_full_counter->add(n);
       return false;
     }
     queued_spans_ += n;
@@ -86,8 +87,10 @@ bool TraceExporter::send(std::vector<FinishedTrace>& batch, std::size_t spans) {
   if (ok) {
     exported_.fetch_add(spans, std::memory_order_relaxed);
     batches_.fetch_add(1, std::memory_order_relaxed);
+    if (options_.exported_counter) options_.exported_counter->add(spans);
   } else {
     dropped_failed_.fetch_add(spans, std::memory_order_relaxed);
+    if (options_.dropped_export_failed_counter) options_.dropped_export_failed_counter->add(spans);
     batches_failed_.fetch_add(1, std::memory_order_relaxed);
   }
   // A line when the collector starts and stops failing, not one per batch: the counters tell how
@@ -139,6 +142,9 @@ void TraceExporter::run() {
       // Shutting down and the collector is not answering: drop the rest rather than wait one
       // timeout per batch.
       dropped_failed_.fetch_add(queued_spans_, std::memory_order_relaxed);
+      if (options_.dropped_export_failed_counter) {
+        options_.dropped_export_failed_counter->add(queued_spans_);
+      }
       queue_.clear();
       queued_spans_ = 0;
     }

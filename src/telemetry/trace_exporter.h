@@ -25,6 +25,7 @@
 
 #include "common/clock.h"
 #include "common/result.h"
+#include "telemetry/metrics.h"
 #include "telemetry/tracing.h"
 
 namespace bw::telemetry {
@@ -38,6 +39,10 @@ struct TraceExporterOptions {
   std::size_t max_batch_spans = 512;
   Nanos flush_interval = millis(1000);
   Nanos timeout = millis(2000);
+  // Optional Prometheus counters kept in step with stats() (spans).
+  Counter* exported_counter = nullptr;
+  Counter* dropped_queue_full_counter = nullptr;
+  Counter* dropped_export_failed_counter = nullptr;
 };
 
 struct TraceExporterStats {

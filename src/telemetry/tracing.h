@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -91,6 +92,24 @@ struct SamplingConfig {
   double ratio = 1.0;         // kRatio, and the decision for new traces under kParentBased
   bool always_errors = true;  // keep a failed request's trace whatever the head decision
   std::int64_t slow_ms = 0;   // > 0: keep the traces of requests slower than this
+};
+
+// The `tracing:` section of the config.
+struct TracingConfig {
+  std::string endpoint;  // OTLP/HTTP JSON, e.g. http://127.0.0.1:4318/v1/traces; "" = no export
+  std::vector<std::pair<std::string, std::string>> headers;  // sent with every export
+  std::string ca_file;                                       // https endpoints
+  std::string service_name = "bellwether";
+  SamplingConfig sampling;
+  bool capture_content = false;  // export prompts and completions
+  std::size_t max_content_bytes = 4096;
+  std::size_t queue_spans = 4096;
+  std::size_t batch_spans = 512;
+  Nanos flush_interval = millis(1000);
+  Nanos timeout = millis(2000);
+  bool propagate = true;  // send traceparent/tracestate upstream
+  bool accept_b3 = true;  // read the B3 single header when there is no traceparent
+  bool exporting() const { return !endpoint.empty(); }
 };
 
 // The decision taken when the request arrives (and propagated upstream as the sampled flag).
