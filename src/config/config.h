@@ -24,6 +24,7 @@
 #include "routing/circuit_breaker.h"
 #include "routing/dead_letter.h"
 #include "routing/retry.h"
+#include "routing/router.h"
 #include "telemetry/scaler.h"
 #include "telemetry/tracing.h"
 
@@ -39,21 +40,11 @@ struct ProviderConfig {
   http::PoolLimits pool;  // per worker thread
 };
 
-struct DeploymentConfig {
-  std::string id;
-  std::string provider;
-  std::string model;  // the provider's model id
-  int weight = 1;
-  std::int64_t rpm = 0;  // 0 = unlimited
-  std::int64_t tpm = 0;
-};
+using DeploymentConfig = routing::DeploymentConfig;
 
-struct ModelGroupConfig {
-  std::string name;  // the public model name
-  std::vector<DeploymentConfig> deployments;
-  std::vector<std::string> fallbacks;
-  std::string context_fallback;
-  std::string balancer = "p2c_peak_ewma";
+// A model group is the router's own routing::ModelGroupConfig (name, balancer, deployments,
+// fallbacks), read and validated at load, plus what the gateway serves around it.
+struct ModelGroupConfig : routing::ModelGroupConfig {
   std::int64_t max_output_tokens = 4096;  // default cap when a request sets no max_tokens
   std::int64_t context_window = 128000;
   std::string owned_by = "bellwether";

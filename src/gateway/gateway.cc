@@ -6,15 +6,15 @@
 
 #include "common/clock.h"
 
-#include "cost/pg_key_store.h"
-#include "cost/pg_ledger.h"
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
-#include "cost/sqlite_key_store.h"
-#include "cost/sqlite_ledger.h"
 #include "gateway/pipeline.h"
 #include "gateway/request_tracing.h"
 #include "limits/redis_limit_store.h"
+#include "store/pg_key_store.h"
+#include "store/pg_ledger.h"
+#include "store/sqlite_key_store.h"
+#include "store/sqlite_ledger.h"
 #include "tools/sim/sim.h"
 
 namespace bw::gateway {
@@ -64,23 +64,23 @@ Result<Ok> Gateway::start() {
   // Cost guard: budgets, the durable ledger (recovered before serving) and stored keys.
   std::vector<config::KeyConfig> stored;
   if (!cfg.ledger_postgres.empty()) {
-    cost::PgLedgerOptions lo;
+    store::PgLedgerOptions lo;
     lo.db.conninfo = cfg.ledger_postgres;
-    auto ledger = cost::PgLedger::open(lo);
+    auto ledger = store::PgLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());
-    cost::PgKeyStoreOptions ko;
+    store::PgKeyStoreOptions ko;
     ko.db = lo.db;
-    auto keys = cost::PgKeyStore::open(ko);
+    auto keys = store::PgKeyStore::open(ko);
     if (!keys) return keys.error();
     shared_->key_store = std::move(keys.value());
   } else if (!cfg.ledger_path.empty()) {
-    cost::SqliteLedgerOptions lo;
+    store::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
-    auto ledger = cost::SqliteLedger::open(lo);
+    auto ledger = store::SqliteLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());
-    auto keys = cost::SqliteKeyStore::open(cfg.ledger_path);
+    auto keys = store::SqliteKeyStore::open(cfg.ledger_path);
     if (!keys) return keys.error();
     shared_->key_store = std::move(keys.value());
   }
@@ -249,25 +249,8 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
   rc.breaker = cfg.breaker;
   rc.retry = cfg.retry;
   rc.ewma_tau = cfg.ewma_tau;
-  for (const auto& g : cfg.model_groups) {
-    routing::ModelGroupConfig rg;
-    rg.name = g.name;
-    rg.balancer =
-        routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
-    rg.fallbacks = g.fallbacks;
-    rg.context_fallback = g.context_fallback;
-    for (const auto& d : g.deployments) {
-      routing::DeploymentConfig rd;
-      rd.id = d.id;
-      rd.provider = d.provider;
-      rd.model = d.model;
-      rd.weight = static_cast<std::uint32_t>(d.weight);
-      rd.rpm = d.rpm;
-      rd.tpm = d.tpm;
-      rg.deployments.push_back(std::move(rd));
-    }
-    rc.groups.push_back(std::move(rg));
-  }
+  // A model group is the router's own config, validated at load: the router takes it as is.
+  rc.groups.assign(cfg.model_groups.begin(), cfg.model_groups.end());
   if (auto r = sh.router.reload(std::move(rc)); !r) return r;
   if (!sh.admission) sh.admission = std::make_unique<admission::AdmissionController>(cfg.admission);
   for (const auto& g : cfg.model_groups) sh.admission->configure_group(g.name, g.concurrency);

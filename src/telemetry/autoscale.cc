@@ -13,7 +13,7 @@
 
 #include "common/json_util.h"
 #include "common/result.h"
-#include "telemetry/http_fetch.h"
+#include "http/fetch.h"
 
 namespace bw::telemetry {
 namespace {
@@ -93,7 +93,7 @@ Result<int> parse_scale(const std::string& body) {
 }
 
 std::string gateway_queue_url(const std::string& base) {
-  auto u = parse_url(base);
+  auto u = http::parse_url(base);
   if (u && u->target == "/") {
     std::string s = base;
     while (!s.empty() && s.back() == '/') s.pop_back();
@@ -119,10 +119,10 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
                       "give at least one gateway URL or a Prometheus URL");
   }
   for (const auto& g : o.gateway_urls) {
-    if (auto u = parse_url(g); !u) return u.error();
+    if (auto u = http::parse_url(g); !u) return u.error();
   }
   if (!o.prometheus_url.empty()) {
-    if (auto u = parse_url(o.prometheus_url); !u) return u.error();
+    if (auto u = http::parse_url(o.prometheus_url); !u) return u.error();
   }
   Setup s;
   s.api = o.api_server;
@@ -137,7 +137,7 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
     s.api = "https://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
             (port && *port ? port : "443");
   }
-  if (auto u = parse_url(s.api); !u) return u.error();
+  if (auto u = http::parse_url(s.api); !u) return u.error();
   s.ns = o.namespace_name;
   if (s.ns.empty()) {
     auto ns = read_trimmed(o.namespace_file);
@@ -150,8 +150,8 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
   if (o.deployment.empty()) {
     return make_error(400, "invalid_request_error", "no_deployment", "deployment name is empty");
   }
-  s.scale_url = join_base(s.api, "/apis/apps/v1/namespaces/" + url_encode(s.ns) + "/deployments/" +
-                                     url_encode(o.deployment) + "/scale");
+  s.scale_url = join_base(s.api, "/apis/apps/v1/namespaces/" + http::url_encode(s.ns) +
+                                     "/deployments/" + http::url_encode(o.deployment) + "/scale");
   return s;
 }
 
@@ -172,11 +172,11 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
   };
   for (const auto& g : o.gateway_urls) {
     const std::string url = gateway_queue_url(g);
-    HttpRequest req;
+    http::FetchRequest req;
     req.url = url;
     req.timeout = timeout;
     req.headers = {{"Accept", "application/json"}};
-    auto resp = http_fetch(req);
+    auto resp = http::fetch(req);
     if (!resp) {
       record(url, resp.error());
     } else if (resp->status != 200) {
@@ -188,11 +188,11 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
   }
   if (!recommended && !o.prometheus_url.empty()) {
     const std::string url =
-        join_base(o.prometheus_url, "/api/v1/query?query=") + url_encode(o.prometheus_query);
-    HttpRequest req;
+        join_base(o.prometheus_url, "/api/v1/query?query=") + http::url_encode(o.prometheus_query);
+    http::FetchRequest req;
     req.url = url;
     req.timeout = timeout;
-    auto resp = http_fetch(req);
+    auto resp = http::fetch(req);
     if (!resp) {
       record(url, resp.error());
     } else if (resp->status != 200) {
@@ -223,12 +223,12 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
   }
   const std::string auth = "Bearer " + *token;
 
-  HttpRequest get;
+  http::FetchRequest get;
   get.url = s.scale_url;
   get.ca_file = o.ca_file;
   get.timeout = timeout;
   get.headers = {{"Authorization", auth}, {"Accept", "application/json"}};
-  auto cur = http_fetch(get);
+  auto cur = http::fetch(get);
   if (!cur || cur->status != 200) {
     w.key("action").value("error").key("error").value(
         !cur ? cur.error().message
@@ -249,7 +249,7 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
     w.key("action").value("dry_run");
     return true;
   }
-  HttpRequest patch;
+  http::FetchRequest patch;
   patch.method = "PATCH";
   patch.url = s.scale_url;
   patch.ca_file = o.ca_file;
@@ -258,7 +258,7 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
                    {"Content-Type", "application/merge-patch+json"},
                    {"Accept", "application/json"}};
   patch.body = R"({"spec":{"replicas":)" + std::to_string(desired) + "}}";
-  auto resp = http_fetch(patch);
+  auto resp = http::fetch(patch);
   if (!resp || resp->status < 200 || resp->status >= 300) {
     w.key("action").value("error").key("error").value(
         !resp ? resp.error().message

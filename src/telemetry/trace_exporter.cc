@@ -4,7 +4,7 @@
 
 #include <chrono>
 
-#include "telemetry/http_fetch.h"
+#include "http/fetch.h"
 
 namespace bw::telemetry {
 namespace {
@@ -12,7 +12,7 @@ namespace {
 TraceExporter::PostFn http_post_fn(const TraceExporterOptions& o) {
   return [endpoint = o.endpoint, headers = o.headers, ca = o.ca_file,
           timeout = o.timeout](const std::string& body) -> Result<int> {
-    HttpRequest req;
+    http::FetchRequest req;
     req.method = "POST";
     req.url = endpoint;
     req.headers = headers;
@@ -21,7 +21,7 @@ TraceExporter::PostFn http_post_fn(const TraceExporterOptions& o) {
     req.ca_file = ca;
     req.timeout = timeout;
     req.max_body = 64 * 1024;
-    auto r = http_fetch(req);
+    auto r = http::fetch(req);
     if (!r) return r.error();
     return r->status;
   };

@@ -1,3 +1,4 @@
+// test-label: tools
 // Structure checks of deploy/: Prometheus rules (promtool), Kubernetes manifests rendered
 // offline (kubectl kustomize) and the Grafana dashboard.
 #include <gtest/gtest.h>
