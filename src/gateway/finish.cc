@@ -18,7 +18,7 @@ void record_metrics(Ctx& c) {
   const auto path = endpoint_label(c.req.path());
   const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
   const std::string_view prio =
-      c.key ? kPriorityLabel[static_cast<std::size_t>(c.priority.priority)] : "";
+      c.key ? admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)] : "";
   m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
