@@ -215,8 +215,9 @@ void finish(Ctx& c) {
   if (c.key) {
     root.set("bellwether.key_id", c.key->cfg->name);
     if (!c.key->cfg->tenant.empty()) root.set("bellwether.tenant", c.key->cfg->tenant);
-    root.set("bellwether.priority",
-             std::string(kPriorityLabel[static_cast<std::size_t>(c.priority.priority)]));
+    root.set(
+        "bellwether.priority",
+        std::string(admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)]));
   }
   root.set("bellwether.stream", c.llm.stream);
   const std::string& group = c.model_served.empty() ? c.route_model : c.model_served;
