@@ -74,7 +74,8 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body) {
+http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
+                                             tracing::SpanRef attempt) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
@@ -88,6 +89,7 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
+  tracing::add_upstream_headers(c, attempt, out.headers);
   out.body = std::move(body);
   out.cancel = &c.upstream_cancel;
   return out;
@@ -153,6 +155,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       if (info.usage_only && !c.llm.client_wants_usage) continue;
       out.append(event);
     }
+    tracing::observe_output(c, out);
     splitter.compact();
     if (!out.empty()) {
       c.bytes_out += out.size();
@@ -369,12 +372,14 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     c.model_served = ticket.group();
     router.on_start(ticket, now);
     const Nanos sent_at = now;
+    const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
     auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value())));
+        *d->provider, build_upstream_request(c, *d, std::move(body.value()), span));
     if (!resp) {
       now = c.now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
+      tracing::attempt_end(c, span, 0, c.client_gone ? "cancelled" : resp.error().code);
       if (c.client_gone) {  // cancelled by us
         abandon_attempt(c, plan, ticket, now, rng);
         co_return Ok{};
@@ -401,6 +406,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
       co_await relay_stream(c, up, std::move(headers));
+      tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
       now = c.now();
       c.upstream_latency = now - sent_at;
       record_attempt(c, dep_cfg.id, 200, now - sent_at);
@@ -411,6 +417,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = c.now();
     c.upstream_latency = now - sent_at;
+    tracing::attempt_end(c, span, all ? up.status() : 0,
+                         all ? std::string_view{} : std::string_view(all.error().code));
     if (!all && c.client_gone) {  // cancelled by us
       abandon_attempt(c, plan, ticket, now, rng);
       co_return Ok{};
@@ -451,6 +459,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
     c.bytes_out += r.body.size();
+    tracing::observe_output(c, r.body);
     co_await c.w.send(std::move(r));
     co_return Ok{};
   }

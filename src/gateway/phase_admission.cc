@@ -14,9 +14,11 @@ std::optional<Verdict> phase_admission::try_now(Ctx& c) {
 
 boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
   const Nanos t0 = c.now();
+  const auto span = tracing::start(c, "bellwether.queue");
   auto admitted = co_await unless_client_gone(
       c, c.sh.admission->acquire(c.group->cfg->name, c.priority.priority));
   c.queue_wait += c.now() - t0;
+  tracing::end(c, span, "concurrency");
   if (admitted.ok()) {
     c.permit = std::move(admitted.permit);
     co_return Ok{};
