@@ -82,7 +82,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     pollfd p{sv[1], static_cast<short>(POLLIN | (in.empty() ? 0 : POLLOUT)), 0};
     const int ready = ::poll(&p, 1, 5000);
     if (ready < 0 && errno == EINTR) continue;  // libFuzzer's timer signal
-    if (ready <= 0) break;  // the server must never hang on a closed input
+    if (ready <= 0) break;                      // the server must never hang on a closed input
     if ((p.revents & POLLOUT) && !in.empty()) {
       const ssize_t n = ::send(sv[1], in.data(), in.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) in.remove_prefix(static_cast<std::size_t>(n));

@@ -201,7 +201,7 @@ std::string render_metrics(Shared& sh) {
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
-        d.state == routing::BreakerState::kOpen        ? telemetry::GatewayMetrics::kBreakerOpen
+        d.state == routing::BreakerState::kOpen       ? telemetry::GatewayMetrics::kBreakerOpen
         : d.state == routing::BreakerState::kHalfOpen ? telemetry::GatewayMetrics::kBreakerHalfOpen
                                                       : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);
