@@ -36,7 +36,8 @@ std::string_view anthropic_error_type(int status) {
   }
 }
 
-std::string anthropic_error_body(int status, std::string_view message) {
+std::string anthropic_error_body(int status, std::string_view message,
+                                 std::string_view request_id) {
   JsonWriter j;
   j.begin_object()
       .key("type")
@@ -47,8 +48,9 @@ std::string anthropic_error_body(int status, std::string_view message) {
       .value(anthropic_error_type(status))
       .key("message")
       .value(message)
-      .end_object()
       .end_object();
+  if (!request_id.empty()) j.key("request_id").value(request_id);
+  j.end_object();
   return j.take();
 }
 

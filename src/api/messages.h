@@ -26,7 +26,9 @@ std::unique_ptr<StreamEncoder> make_messages_stream_encoder(std::string model);
 
 // {"type":"error","error":{"type":...,"message":...}} with the type Anthropic uses for `status`.
 std::string_view anthropic_error_type(int status);
-std::string anthropic_error_body(int status, std::string_view message);
+// With a request id, the body carries it as Anthropic's own errors do ("request_id").
+std::string anthropic_error_body(int status, std::string_view message,
+                                 std::string_view request_id = {});
 
 // The input token count for count_tokens, by the same estimate as the gateway's limits.
 std::int64_t count_input_tokens(const Request& r);

@@ -177,9 +177,11 @@ Result<ClientAnswer> translate_response(Format inbound, const UpstreamBody& call
   return a;
 }
 
-std::string error_body(Format inbound, const Error& e) {
-  if (inbound == Format::kMessages) return api::anthropic_error_body(e.status, e.message);
-  return openai_error_body(e.message, e.type, e.code, e.param);
+std::string error_body(Format inbound, const Error& e, std::string_view request_id) {
+  if (inbound == Format::kMessages) {
+    return api::anthropic_error_body(e.status, e.message, request_id);
+  }
+  return openai_error_body(e.message, e.type, e.code, e.param, request_id);
 }
 
 StreamTranslator::StreamTranslator(Format inbound, const UpstreamBody& call,

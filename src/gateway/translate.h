@@ -57,7 +57,7 @@ Result<ClientAnswer> translate_response(api::Format inbound, const UpstreamBody&
 api::Usage native_usage(api::Format f, std::string_view body);
 
 // An error in the client's API shape: Anthropic's for Messages, OpenAI's otherwise.
-std::string error_body(api::Format inbound, const Error& e);
+std::string error_body(api::Format inbound, const Error& e, std::string_view request_id = {});
 
 // A translated (or same-format non-chat) stream, one upstream event at a time.
 class StreamTranslator {
