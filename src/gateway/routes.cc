@@ -144,7 +144,8 @@ asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   for (const auto& r : kRoutes) {
     if (r.path != path) continue;
     path_known = true;
-    if (r.method == c.req.method) found = &r;
+    // HEAD is GET without a body (RFC 9110 9.3.2); the server drops the body of a HEAD answer.
+    if (r.method == c.req.method || (c.req.method == "HEAD" && r.method == "GET")) found = &r;
   }
   // The admin listener serves the admin API and the probes only.
   if (admin_listener && path != "/healthz" && path != "/readyz")
@@ -194,13 +195,13 @@ std::string render_metrics(Shared& sh) {
   if (sh.admission) {
     auto snap = sh.admission->snapshot();
     for (std::size_t p = 0; p < 3; ++p) {
-      m.queue_depth.with({kPriorityLabel[p]}).set(static_cast<double>(snap.depth[p]));
+      m.queue_depth.with({admission::kPriorityLabels[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
-        d.state == routing::BreakerState::kOpen        ? telemetry::GatewayMetrics::kBreakerOpen
+        d.state == routing::BreakerState::kOpen       ? telemetry::GatewayMetrics::kBreakerOpen
         : d.state == routing::BreakerState::kHalfOpen ? telemetry::GatewayMetrics::kBreakerHalfOpen
                                                       : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);
