@@ -27,6 +27,8 @@
 #        default)
 #        OPEN_RATE=5000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
 #        OPEN_RATE="" skips it) ; RAW=1 also prints every run
+#        PERF_DIR=dir: `perf record -g` of the server during each measured run, into
+#        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
 set -euo pipefail
 
@@ -47,6 +49,7 @@ DURABILITY="${DURABILITY:-}"
 OPEN_RATE="${OPEN_RATE-5000}"
 OPEN_DURATION="${OPEN_DURATION:-5}"
 RAW="${RAW:-0}"
+PERF_DIR="${PERF_DIR:-}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
 
@@ -269,9 +272,17 @@ run() {
   local t="$1" c="$2" out t0 t1 n
   local args=(-s "$here/isolated_chat.lua" "${url[$t]}" -- "$KEY" "${model[$t]}" "${streaming[$t]}")
   taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${WARMUP}s" "${args[@]}" >/dev/null
+  local perf_pid=""
+  if [[ -n "$PERF_DIR" ]]; then
+    mkdir -p "$PERF_DIR"
+    taskset -c "$CLIENT_CPU" perf record -q -g -p "${pid[$t]}" -o "$PERF_DIR/$t-c$c-r$3.data" \
+      -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
+  [[ -n "$perf_pid" ]] && wait "$perf_pid"
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     echo "$out" >&2
     echo "$t at $c connections: errors or non-2xx answers" >&2
@@ -300,7 +311,7 @@ declare -A RPS P50 P99 CPU
 for r in $(seq 1 "$ROUNDS"); do
   for c in $CONNS; do
     for t in $TARGETS; do
-      run "$t" "$c"
+      run "$t" "$c" "$r"
       RPS[$r,$c,$t]="$rps"
       P50[$r,$c,$t]="$p50"
       P99[$r,$c,$t]="$p99"
