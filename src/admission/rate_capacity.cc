@@ -184,8 +184,7 @@ std::int64_t RateCapacity::window_sum(Nanos now, bool tokens) const {
   return total;
 }
 
-Nanos RateCapacity::window_at(Nanos now, bool tokens, std::int64_t need,
-                              std::int64_t limit) const {
+Nanos RateCapacity::window_at(Nanos now, bool tokens, std::int64_t need, std::int64_t limit) const {
   if (limit <= 0) return now;
   need = std::min(need, limit);
   std::int64_t total = window_sum(now, tokens);
@@ -218,7 +217,8 @@ std::int64_t RateCapacity::learned_remaining(const Learned& l, Nanos now) const 
   if (!fresh(l, now) || l.remaining < 0) return -1;
   double r = static_cast<double>(l.remaining);
   if (l.reset > 0 && l.limit > l.remaining) {
-    const double frac = std::min(1.0, static_cast<double>(now - l.at) / static_cast<double>(l.reset));
+    const double frac =
+        std::min(1.0, static_cast<double>(now - l.at) / static_cast<double>(l.reset));
     r += static_cast<double>(l.limit - l.remaining) * frac;
   } else if (l.reset > 0 && now >= l.at + l.reset && l.limit > 0) {
     r = static_cast<double>(l.limit);
@@ -284,8 +284,8 @@ void RateCapacity::reserve(Nanos now, std::int64_t tokens) {
   const RateLimits e = effective(now);
   const double nd = static_cast<double>(now);
   if (e.rpm > 0) {
-    req_pacer_.tat = std::max(req_pacer_.tat, nd) + static_cast<double>(cfg_.window) /
-                                                        static_cast<double>(e.rpm);
+    req_pacer_.tat = std::max(req_pacer_.tat, nd) +
+                     static_cast<double>(cfg_.window) / static_cast<double>(e.rpm);
   }
   if (e.tpm > 0) {
     const std::int64_t cost = std::min(tokens, e.tpm);
@@ -306,8 +306,8 @@ void RateCapacity::correct(Nanos reserved_at, std::int64_t estimated, std::int64
   if (b.epoch == k && live(b, now)) b.tokens = std::max<std::int64_t>(0, b.tokens + delta);
   const RateLimits e = effective(now);
   if (e.tpm > 0) {
-    tok_pacer_.tat += static_cast<double>(delta) * static_cast<double>(cfg_.window) /
-                      static_cast<double>(e.tpm);
+    tok_pacer_.tat +=
+        static_cast<double>(delta) * static_cast<double>(cfg_.window) / static_cast<double>(e.tpm);
   }
   if (learned_tok_.at >= 0 && reserved_at >= learned_tok_.at) {
     learned_tok_.sent_since = std::max<std::int64_t>(0, learned_tok_.sent_since + delta);

@@ -33,9 +33,9 @@ struct RateLimits {
 
 struct PacingConfig {
   Nanos window = seconds(60);
-  Nanos margin = seconds(1);   // added to the window: our send time vs the provider's count
-  Nanos bucket = millis(250);  // precision of the sliding window
-  double burst_seconds = 1;    // pacer: sends allowed ahead of the steady rate, in seconds
+  Nanos margin = seconds(1);        // added to the window: our send time vs the provider's count
+  Nanos bucket = millis(250);       // precision of the sliding window
+  double burst_seconds = 1;         // pacer: sends allowed ahead of the steady rate, in seconds
   Nanos learned_ttl = seconds(60);  // a learned limit/remaining value is used this long at most
 };
 
@@ -71,13 +71,13 @@ enum class Binding : std::uint8_t { kNone, kRequests, kTokens };
 
 struct CapacityStatus {
   RateLimits configured;
-  RateLimits effective;      // in force now (learned while fresh, else configured)
+  RateLimits effective;  // in force now (learned while fresh, else configured)
   bool learned_fresh = false;
   std::int64_t remaining_requests = -1;  // in force now; -1 = unlimited
   std::int64_t remaining_tokens = -1;
   std::int64_t learned_remaining_requests = -1;  // provider's model now; -1 = none fresh
   std::int64_t learned_remaining_tokens = -1;
-  Nanos blocked_until = 0;  // Retry-After from the provider
+  Nanos blocked_until = 0;           // Retry-After from the provider
   Binding binding = Binding::kNone;  // what blocks a 1-token request now
 };
 
@@ -104,6 +104,7 @@ class RateCapacity {
   void learn(Nanos now, const ProviderLimits& p);
 
   CapacityStatus status(Nanos now) const;
+  RateLimits effective(Nanos now) const;  // in force now
 
  private:
   struct Bucket {
@@ -122,7 +123,6 @@ class RateCapacity {
     double tat = 0;  // theoretical arrival time (ns)
   };
 
-  RateLimits effective(Nanos now) const;
   bool fresh(const Learned& l, Nanos now) const;
   // Earliest time the window sum of `field` fits `need` more under `limit`.
   Nanos window_at(Nanos now, bool tokens, std::int64_t need, std::int64_t limit) const;
@@ -179,7 +179,8 @@ ProviderLimits parse_provider_limits(Lookup&& header, int status, std::int64_t u
   if (!p.limit_requests) set_num(p.limit_requests, "anthropic-ratelimit-requests-limit");
   if (!p.remaining_requests) {
     set_num(p.remaining_requests, "anthropic-ratelimit-requests-remaining");
-    if (p.remaining_requests) p.reset_requests = anthropic_reset("anthropic-ratelimit-requests-reset");
+    if (p.remaining_requests)
+      p.reset_requests = anthropic_reset("anthropic-ratelimit-requests-reset");
   }
   if (!p.limit_tokens) {
     set_num(p.limit_tokens, "anthropic-ratelimit-tokens-limit");
@@ -191,7 +192,8 @@ ProviderLimits parse_provider_limits(Lookup&& header, int status, std::int64_t u
       p.reset_tokens = anthropic_reset("anthropic-ratelimit-tokens-reset");
     } else {
       set_num(p.remaining_tokens, "anthropic-ratelimit-input-tokens-remaining");
-      if (p.remaining_tokens) p.reset_tokens = anthropic_reset("anthropic-ratelimit-input-tokens-reset");
+      if (p.remaining_tokens)
+        p.reset_tokens = anthropic_reset("anthropic-ratelimit-input-tokens-reset");
     }
   }
   if (status == 429 || status == 503) {

@@ -117,12 +117,9 @@ TEST(RateCapacity, LargerThanTheLimitFitsWhenTheWindowIsEmpty) {
 std::map<std::string, std::string, std::less<>> openai_headers(std::string limit,
                                                                std::string remaining,
                                                                std::string reset) {
-  return {{"x-ratelimit-limit-requests", limit},
-          {"x-ratelimit-remaining-requests", remaining},
-          {"x-ratelimit-reset-requests", reset},
-          {"x-ratelimit-limit-tokens", "40000"},
-          {"x-ratelimit-remaining-tokens", "39000"},
-          {"x-ratelimit-reset-tokens", "1.5s"}};
+  return {{"x-ratelimit-limit-requests", limit},     {"x-ratelimit-remaining-requests", remaining},
+          {"x-ratelimit-reset-requests", reset},     {"x-ratelimit-limit-tokens", "40000"},
+          {"x-ratelimit-remaining-tokens", "39000"}, {"x-ratelimit-reset-tokens", "1.5s"}};
 }
 
 auto lookup(const std::map<std::string, std::string, std::less<>>& h) {
