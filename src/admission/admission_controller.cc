@@ -96,7 +96,10 @@ bool choose_locked(Group& g, Nanos now, std::int64_t tokens, std::shared_ptr<Dep
                    Nanos& at, WaitReason& why) {
   out.reset();
   const std::size_t n = g.deps.size();
-  if (n == 0) return true;
+  // No rate in force anywhere (none configured, none learned yet): the balancer chooses freely.
+  bool limited = false;
+  for (const auto& d : g.deps) limited = limited || d->cap.limited(now);
+  if (!limited) return true;
   at = kNeverTime;
   why = WaitReason::kDeploymentRpm;
   for (std::size_t k = 0; k < n; ++k) {
@@ -387,7 +390,11 @@ void AdmissionController::grant_locked(Group& g, Nanos now, WakeList& wake) {
 
 void AdmissionController::note_pump_at(Nanos at) {
   Nanos cur = pump_at_.load(std::memory_order_relaxed);
-  while (at < cur && !pump_at_.compare_exchange_weak(cur, at, std::memory_order_relaxed)) {
+  while (at < cur) {
+    if (pump_at_.compare_exchange_weak(cur, at, std::memory_order_relaxed)) {
+      if (pump_notifier_) pump_notifier_();
+      return;
+    }
   }
 }
 
@@ -834,7 +841,7 @@ QueueSnapshot AdmissionController::snapshot() const {
     s.concurrency_limits.reserve(groups_.size());
     for (const auto& [name, g] : groups_) {
       std::lock_guard glock(g->mu);
-      s.concurrency_limits.emplace_back(name, g->limiter.limit());
+      if (!g->turn) s.concurrency_limits.emplace_back(name, g->limiter.limit());
     }
   }
   fill_capacity(s.deployments, s.waiting_by_reason, now);

@@ -24,6 +24,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -167,6 +168,9 @@ class AdmissionController {
   // few milliseconds while something waits for rate); it grants what now fits.
   void pump();
   Nanos next_pump_at() const { return pump_at_.load(std::memory_order_relaxed); }
+  // Called (under a group lock: keep it short, e.g. notify a condition variable) when
+  // next_pump_at() moves earlier. Set once before traffic starts.
+  void set_pump_notifier(std::function<void()> f) { pump_notifier_ = std::move(f); }
 
   // Waits for a slot of `group`. priority: 0..2 (clamped). max_wait: kConfiguredWait for the
   // priority's maximum, 0 to not wait at all, otherwise min(max_wait, configured maximum).
@@ -256,6 +260,7 @@ class AdmissionController {
   PerPriority<std::atomic<std::int64_t>> slot_waiting_{};
   PerPriority<std::atomic<std::int64_t>> rate_waiting_{};
   std::atomic<Nanos> pump_at_{kNeverTime};
+  std::function<void()> pump_notifier_;
   std::vector<std::shared_ptr<detail::Group>> rate_groups_;  // guarded by groups_mu_
   std::array<PerPriority<std::atomic<std::uint64_t>>, kNumWaitReasons> waits_by_reason_{};
   std::array<PerPriority<std::atomic<std::uint64_t>>, kNumWaitReasons> refusals_by_reason_{};

@@ -56,7 +56,7 @@ struct ProviderLimits {
 // OpenAI/Azure x-ratelimit-{limit,remaining,reset}-{requests,tokens}, Anthropic
 // anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}
 // (reset as an RFC 3339 time, converted with `unix_ms_now`), and Retry-After / retry-after-ms
-// when status is 429 (also 503 with Retry-After).
+// when status is 429 (a 503 is the circuit breaker's business, not a rate).
 template <class Lookup>
 ProviderLimits parse_provider_limits(Lookup&& header, int status, std::int64_t unix_ms_now);
 
@@ -196,7 +196,7 @@ ProviderLimits parse_provider_limits(Lookup&& header, int status, std::int64_t u
         p.reset_tokens = anthropic_reset("anthropic-ratelimit-input-tokens-reset");
     }
   }
-  if (status == 429 || status == 503) {
+  if (status == 429) {
     if (auto ms = num(header("retry-after-ms"))) {
       p.retry_after = *ms * kNanosPerMilli;
     } else {

@@ -230,6 +230,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
   auto& router = c.sh.router;
   auto& rng = thread_rng(c.now());
   auto plan = router.plan(c.route_model, c.now());
+  // The admission queue reserved this deployment's rate capacity for the request.
+  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
@@ -317,6 +319,11 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       continue;
     }
     auto& up = resp.value();
+    // What the provider says about its rate limits paces the next requests (learned wins).
+    c.sh.admission->learn(ticket.group(), dep_cfg.id,
+                          admission::parse_provider_limits(
+                              [&up](std::string_view name) { return up.headers().get(name); },
+                              up.status(), c.sh.clock.unix_millis()));
     http::Headers headers;
     headers.reserve(256 + c.extra.wire().size());
     headers.add("x-request-id", c.request_id);

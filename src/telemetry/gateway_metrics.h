@@ -46,6 +46,14 @@ struct GatewayMetrics {
   CounterFamily& cache_misses;        // no labels
   GaugeFamily* budget_utilization;    // {budget}; nullptr unless opted in
   GaugeFamily& replicas_recommended;  // no labels
+  // The admission queue's rate capacity (see docs/priority-queue.md):
+  GaugeFamily& queue_waiting;         // {reason}: waiting now, by what they wait for
+  CounterFamily& admission_waits;     // {priority,reason}: waited, then admitted
+  CounterFamily& admission_refusals;  // {priority,reason}: refused (after or instead of a wait)
+  GaugeFamily& deployment_limit;      // {deployment,kind,source}; kind requests|tokens,
+                                      // source configured|learned|in_force; per minute
+  GaugeFamily& deployment_remaining;  // {deployment,kind}: remaining in the provider's window
+  GaugeFamily& deployment_binding;    // {deployment,reason}: 1 while that rate binds
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;
