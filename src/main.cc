@@ -10,9 +10,9 @@
 #include <iostream>
 
 #include "config/config.h"
-#include "cost/sqlite_key_store.h"
 #include "gateway/gateway.h"
 #include "gateway/keys.h"
+#include "store/sqlite_key_store.h"
 #include "telemetry/autoscale.h"
 #include "telemetry/autoscale_cli.h"
 #include "tools/sim/sim.h"
@@ -179,7 +179,7 @@ int run_keys(const std::string& action, const std::string& db, const std::string
     std::cerr << cfg.error().message << "\n";
     return 2;
   }
-  auto store = bw::cost::SqliteKeyStore::open(db);
+  auto store = bw::store::SqliteKeyStore::open(db);
   if (!store) {
     std::cerr << "bellwether keys: " << store.error().message << "\n";
     return 2;
