@@ -54,9 +54,6 @@ struct Outcome {
   std::string label() const;
 };
 
-// Priority label values, spelled as in /v1/metrics/queue and the docs.
-inline constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
-
 struct Ctx {
   Ctx(Shared& s, std::shared_ptr<const Runtime> r, http::Request& q, http::ResponseWriter& wr)
       : sh(s), rt(std::move(r)), req(q), w(wr) {}

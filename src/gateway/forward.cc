@@ -225,6 +225,77 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
   if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
+// The answer when the plan has nothing left to try and no upstream answer to pass on.
+Error nothing_left(Ctx& c, const routing::RequestPlan::Step& step,
+                   const std::optional<Error>& last_error, Nanos now) {
+  if (last_error) c.last_failure = last_error->message;
+  if (last_error && last_error->code == http::kUpstreamTimeout) return *last_error;
+  const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
+  Error e = errors::make(errors::kUpstreamDegraded,
+                         "The service is degraded: no deployment of '" + c.route_model +
+                             "' or its fallbacks can take the request now (" +
+                             routing::to_string(step.failure) + "). Retry later.");
+  if (step.failure == routing::PickFailure::kAllAtCapacity ||
+      step.failure == routing::PickFailure::kAllCooling) {
+    // The providers' own rate limits: say so as a rate limit, with their reset time.
+    e = errors::make(errors::kUpstreamRateLimited,
+                     "Every deployment of '" + c.route_model +
+                         "' is at its provider's rate limit or cooling down after a 429. "
+                         "Retry after the time in Retry-After.");
+  }
+  e.retry_after_s = std::max(1.0, wait_s);
+  if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
+  return e;
+}
+
+// A failed attempt (no answer) ends the request unless the plan retries it.
+bool gives_up(const routing::RetryDecision& d) {
+  return d.retry() || d.verdict == routing::RetryVerdict::kAttemptsExhausted ||
+         d.verdict == routing::RetryVerdict::kDeadline ||
+         d.verdict == routing::RetryVerdict::kBudgetExhausted ||
+         d.verdict == routing::RetryVerdict::kNotRetryable;
+}
+
+// The gateway's headers on an upstream answer (no content-type: the caller adds it).
+http::Headers answer_headers(const Ctx& c, const http::UpstreamResponse& up) {
+  http::Headers headers;
+  headers.reserve(256 + c.extra.wire().size());
+  headers.add("x-request-id", c.request_id);
+  headers.add("x-bellwether-model", c.model_served);
+  if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
+  headers.append(c.extra);
+  copy_response_headers(up.headers(), headers);
+  return headers;
+}
+
+// The balancer's and breaker's view of a relayed stream.
+routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
+  routing::Outcome o;
+  o.status = 200;
+  o.latency_ns = latency;
+  o.ttft_ns = c.ttft;
+  o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
+           : c.outcome.none() ? routing::OutcomeKind::kSuccess
+                              : routing::OutcomeKind::kHttp5xx;
+  return o;
+}
+
+// A buffered upstream answer as the client gets it.
+Response buffered_answer(const http::UpstreamResponse& up, http::Headers headers,
+                         std::string body) {
+  Response r;
+  r.status = up.status();
+  r.headers = std::move(headers);
+  auto ct = up.content_type();
+  r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
+  if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
+    r.headers.add("retry-after", std::string(ra));
+  }
+  r.body = std::move(body);
+  return r;
+}
+
 }  // namespace
 
 asio::awaitable<Verdict> forward::run(Ctx& c) {
@@ -254,24 +325,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await c.w.send(std::move(*last_response));
         co_return Ok{};
       }
-      if (last_error) c.last_failure = last_error->message;
-      if (last_error && last_error->code == http::kUpstreamTimeout) co_return *last_error;
-      const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
-      Error e = errors::make(errors::kUpstreamDegraded,
-                             "The service is degraded: no deployment of '" + c.route_model +
-                                 "' or its fallbacks can take the request now (" +
-                                 routing::to_string(step.failure) + "). Retry later.");
-      if (step.failure == routing::PickFailure::kAllAtCapacity ||
-          step.failure == routing::PickFailure::kAllCooling) {
-        // The providers' own rate limits: say so as a rate limit, with their reset time.
-        e = errors::make(errors::kUpstreamRateLimited,
-                         "Every deployment of '" + c.route_model +
-                             "' is at its provider's rate limit or cooling down after a 429. "
-                             "Retry after the time in Retry-After.");
-      }
-      e.retry_after_s = std::max(1.0, wait_s);
-      if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
-      co_return e;
+      co_return nothing_left(c, step, last_error, now);
     }
     routing::Ticket& ticket = *step.ticket;
     const auto& dep_cfg = ticket.deployment();
@@ -309,10 +363,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await sleep_for(decision.delay);
         continue;
       }
-      if (decision.retry() || decision.verdict == routing::RetryVerdict::kAttemptsExhausted ||
-          decision.verdict == routing::RetryVerdict::kDeadline ||
-          decision.verdict == routing::RetryVerdict::kBudgetExhausted ||
-          decision.verdict == routing::RetryVerdict::kNotRetryable) {
+      if (gives_up(decision)) {
         c.forward_failed = true;
         c.last_failure = resp.error().message;
         co_return resp.error();
@@ -325,13 +376,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                           admission::parse_provider_limits(
                               [&up](std::string_view name) { return up.headers().get(name); },
                               up.status(), c.sh.clock.unix_millis()));
-    http::Headers headers;
-    headers.reserve(256 + c.extra.wire().size());
-    headers.add("x-request-id", c.request_id);
-    headers.add("x-bellwether-model", c.model_served);
-    if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
-    headers.append(c.extra);
-    copy_response_headers(up.headers(), headers);
+    http::Headers headers = answer_headers(c, up);
     const bool is_sse = up.content_type().starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
@@ -339,15 +384,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       now = c.now();
       c.upstream_latency = now - sent_at;
       record_attempt(c, dep_cfg.id, 200, now - sent_at);
-      routing::Outcome o;
-      o.status = 200;
-      o.latency_ns = now - sent_at;
-      o.ttft_ns = c.ttft;
-      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
-               : c.outcome.none() ? routing::OutcomeKind::kSuccess
-                                  : routing::OutcomeKind::kHttp5xx;
-      plan.finish(ticket, o, now, true, rng);
+      plan.finish(ticket, stream_outcome(c, now - sent_at), now, true, rng);
       co_return Ok{};
     }
     c.upstream_status = up.status();
@@ -376,16 +413,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.usage = providers::extract_usage(*all);
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     }
-    Response r;
-    r.status = up.status();
-    r.headers = std::move(headers);
-    auto ct = up.content_type();
-    // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
-    r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
-    if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
-      r.headers.add("retry-after", std::string(ra));
-    }
-    r.body = std::move(all.value());
+    Response r = buffered_answer(up, std::move(headers), std::move(all.value()));
     auto decision = plan.finish(ticket, o, now, false, rng);
     if (decision.retry() && decision.delay <= max_retry_wait) {
       last_response = std::move(r);

@@ -26,7 +26,7 @@ boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
     co_return Ok{};
   }
   c.outcome.set(OutcomeKind::kAdmission);
-  const auto pr = kPriorityLabel[static_cast<std::size_t>(c.priority.priority)];
+  const auto pr = admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)];
   if (admitted.refusal == admission::Refusal::kTimedOut) {
     c.sh.metrics->queue_timeouts.with({pr}).inc();
   } else if (admitted.refusal != admission::Refusal::kCancelled) {
