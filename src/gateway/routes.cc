@@ -205,9 +205,9 @@ std::string render_metrics(Shared& sh) {
       static std::mutex mu;
       std::lock_guard lock(mu);
       for (std::size_t p = 0; p < 3; ++p) {
-        auto& w = m.admission_waits.with({kPriorityLabel[p], reason});
+        auto& w = m.admission_waits.with({admission::kPriorityLabels[p], reason});
         if (snap.waits_by_reason[r][p] > w.units()) w.add(snap.waits_by_reason[r][p] - w.units());
-        auto& f = m.admission_refusals.with({kPriorityLabel[p], reason});
+        auto& f = m.admission_refusals.with({admission::kPriorityLabels[p], reason});
         if (snap.refusals_by_reason[r][p] > f.units()) {
           f.add(snap.refusals_by_reason[r][p] - f.units());
         }
@@ -236,7 +236,7 @@ std::string render_metrics(Shared& sh) {
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
-        d.state == routing::BreakerState::kOpen        ? telemetry::GatewayMetrics::kBreakerOpen
+        d.state == routing::BreakerState::kOpen       ? telemetry::GatewayMetrics::kBreakerOpen
         : d.state == routing::BreakerState::kHalfOpen ? telemetry::GatewayMetrics::kBreakerHalfOpen
                                                       : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);
