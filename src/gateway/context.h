@@ -18,6 +18,7 @@
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
 #include "gateway/errors.h"
+#include "gateway/request_tracing.h"
 #include "gateway/shared.h"
 #include "http/server.h"
 #include "limits/limiter.h"
@@ -112,6 +113,8 @@ struct Ctx {
   boost::asio::cancellation_signal gone_signal;
   http::UpstreamCancel upstream_cancel;
   bool finished = false;  // finish ran (it runs exactly once per request)
+  // The request's trace (request_tracing.h); null when there is none to record or pass on.
+  std::unique_ptr<tracing::State> trace;
 
   Nanos now() const { return sh.clock.now(); }
 };

@@ -55,6 +55,9 @@ void write_access_log(Ctx& c) {
   record_metrics(c);
   const std::string error = c.outcome.label();
   AccessRecord r;
+  std::string trace_scratch, span_scratch;
+  r.trace_id = tracing::trace_id_hex(c, trace_scratch);
+  r.span_id = tracing::span_id_hex(c, span_scratch);
   r.request_id = c.request_id;
   r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
   r.method = c.req.method;
@@ -111,6 +114,7 @@ asio::awaitable<void> dead_letter(Ctx& c) {
 
 // The end of every finish: once per request.
 void close_request(Ctx& c) {
+  tracing::finish(c);
   write_access_log(c);
   c.finished = true;
   c.sh.finished.fetch_add(1, std::memory_order_relaxed);

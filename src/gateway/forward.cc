@@ -8,6 +8,8 @@
 #include <cmath>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
 #include "common/json_util.h"
 #include "gateway/phases.h"
 #include "http/sse.h"
@@ -36,6 +38,22 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
   c.usage.completion_tokens = 0;
 }
 
+// A successful answer without usage is never free: it is charged `estimate` (from what was sent
+// and received), counted and logged.
+void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  // The provider was told the output cap: it cannot have generated more than that per choice.
+  if (c.forced_max_tokens > 0) {
+    estimate.completion_tokens = std::min(
+        estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
+  }
+  c.usage = estimate;
+  c.sh.metrics->usage_missing.with({c.route_model}).inc();
+  spdlog::warn(
+      "request {}: the upstream answer for model {} had no usage; charged an estimate of "
+      "{} prompt + {} completion tokens",
+      c.request_id, c.route_model, estimate.prompt_tokens, estimate.completion_tokens);
+}
+
 const std::string& target_for(const Deployment& d, Endpoint e) {
   switch (e) {
     case Endpoint::kChat:
@@ -56,7 +74,8 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body) {
+http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
+                                             tracing::SpanRef attempt) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
@@ -70,6 +89,7 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
+  tracing::add_upstream_headers(c, attempt, out.headers);
   out.body = std::move(body);
   out.cancel = &c.upstream_cancel;
   return out;
@@ -90,7 +110,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   headers.add("content-type", "text/event-stream");
   headers.add("cache-control", "no-cache");
   if (!co_await c.w.begin_stream(200, headers)) {
-    c.cancelled = true;
+    note_client_gone(c);
     up.abort();
     co_return;
   }
@@ -135,12 +155,13 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       if (info.usage_only && !c.llm.client_wants_usage) continue;
       out.append(event);
     }
+    tracing::observe_output(c, out);
     splitter.compact();
     if (!out.empty()) {
       c.bytes_out += out.size();
       if (!co_await c.w.write_chunk(out)) {
         // The client went away: drop the upstream connection so the provider stops generating.
-        c.cancelled = true;
+        note_client_gone(c);
         up.abort();
         break;
       }
@@ -156,11 +177,20 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     c.bytes_out += ev.size();
     co_await c.w.write_chunk(ev);
   }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.usage.present) {
-    // An abandoned or broken stream is charged for what was generated up to that point.
-    c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens = std::max<std::int64_t>(
-        static_cast<std::int64_t>(text_chunks), static_cast<std::int64_t>((text_chars + 3) / 4));
+    // An abandoned or broken stream is charged for what was generated up to that point; a
+    // complete one that never reported usage (although it was asked to) the same way.
+    providers::Usage u;
+    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+    u.completion_tokens = std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
+                                                 static_cast<std::int64_t>((text_chars + 3) / 4));
+    if (saw_done && !c.cancelled) {
+      note_usage_missing(c, u);
+    } else {
+      c.usage = u;
+    }
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -344,12 +374,14 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     c.model_served = ticket.group();
     router.on_start(ticket, now);
     const Nanos sent_at = now;
+    const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
     auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value())));
+        *d->provider, build_upstream_request(c, *d, std::move(body.value()), span));
     if (!resp) {
       now = c.now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
+      tracing::attempt_end(c, span, 0, c.client_gone ? "cancelled" : resp.error().code);
       if (c.client_gone) {  // cancelled by us
         abandon_attempt(c, plan, ticket, now, rng);
         co_return Ok{};
@@ -381,6 +413,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
       co_await relay_stream(c, up, std::move(headers));
+      tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
       now = c.now();
       c.upstream_latency = now - sent_at;
       record_attempt(c, dep_cfg.id, 200, now - sent_at);
@@ -391,6 +424,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = c.now();
     c.upstream_latency = now - sent_at;
+    tracing::attempt_end(c, span, all ? up.status() : 0,
+                         all ? std::string_view{} : std::string_view(all.error().code));
     if (!all && c.client_gone) {  // cancelled by us
       abandon_attempt(c, plan, ticket, now, rng);
       co_return Ok{};
@@ -411,6 +446,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
     if (up.status() == 200) {
       c.usage = providers::extract_usage(*all);
+      if (!c.usage.present) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     }
     Response r = buffered_answer(up, std::move(headers), std::move(all.value()));
@@ -430,6 +466,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
     c.bytes_out += r.body.size();
+    tracing::observe_output(c, r.body);
     co_await c.w.send(std::move(r));
     co_return Ok{};
   }

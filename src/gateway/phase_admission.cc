@@ -15,12 +15,17 @@ std::optional<Verdict> phase_admission::try_now(Ctx& c) {
 
 boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
   const Nanos t0 = c.now();
+  const auto span = tracing::start(c, "bellwether.queue");
   auto admitted = co_await unless_client_gone(
       c,
       c.sh.admission->acquire(c.group->cfg->name, c.priority.priority,
                               admission::AdmissionController::kConfiguredWait, c.reserved_tokens));
   c.queue_wait += c.now() - t0;
   if (admitted.reason != admission::WaitReason::kNone) c.wait_reason = admitted.reason;
+  tracing::end(c, span,
+               admission::wait_reason_name(admitted.reason == admission::WaitReason::kNone
+                                               ? admission::WaitReason::kConcurrency
+                                               : admitted.reason));
   if (admitted.ok()) {
     c.permit = std::move(admitted.permit);
     co_return Ok{};

@@ -44,7 +44,8 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
       c.llm.endpoint == providers::Endpoint::kEmbeddings
           ? 0
           : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
-  c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) + output_cap;
+  c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) +
+                      providers::completion_reservation(c.llm, output_cap);
   if (c.sh.limiter->remote()) return std::nullopt;
   c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
   if (!c.verdict.allowed || c.verdict.unavailable) return std::nullopt;
@@ -118,8 +119,10 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
                    limit_interval(c, v.limit_name);
       if (predicted <= left) {
         c.wait_reason = admission::WaitReason::kKeyLimit;
+        const auto span = tracing::start(c, "bellwether.rate_limit");
         auto t = co_await unless_client_gone(
             c, c.sh.admission->acquire_turn(turn_group, prio, std::max<Nanos>(1, left)));
+        tracing::end(c, span, "key_turn");
         turn_taken = true;
         if (t.ok()) {
           turn = std::move(t.permit);  // empty when no turn is available: wait without one
@@ -133,8 +136,10 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
     } else if (v.wait_ok && v.retry_after_ns != limits::kNever && v.retry_after_ns <= left) {
       // This request's turn: wait for the limit itself. The wait counts in the queue depth, and
       // the overload policy may refuse it.
+      const auto span = tracing::start(c, "bellwether.rate_limit");
       auto waited =
           co_await unless_client_gone(c, c.sh.admission->wait_until(now + v.retry_after_ns, prio));
+      tracing::end(c, span, "key_limit");
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
         e.status = 429;

@@ -11,8 +11,23 @@ namespace bw::gateway {
 
 namespace asio = boost::asio;
 
+namespace {
+// gen_ai.operation.name of the OpenTelemetry GenAI conventions.
+std::string_view operation_name(providers::Endpoint e) {
+  switch (e) {
+    case providers::Endpoint::kCompletions:
+      return "text_completion";
+    case providers::Endpoint::kEmbeddings:
+      return "embeddings";
+    default:
+      return "chat";
+  }
+}
+}  // namespace
+
 asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   c.sh.llm_arrivals.fetch_add(1, std::memory_order_relaxed);
+  tracing::begin(c, operation_name(endpoint));
   std::optional<Verdict> v;
 
   // 1 authenticate: the key, its plan and the request's priority

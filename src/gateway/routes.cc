@@ -144,7 +144,8 @@ asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   for (const auto& r : kRoutes) {
     if (r.path != path) continue;
     path_known = true;
-    if (r.method == c.req.method) found = &r;
+    // HEAD is GET without a body (RFC 9110 9.3.2); the server drops the body of a HEAD answer.
+    if (r.method == c.req.method || (c.req.method == "HEAD" && r.method == "GET")) found = &r;
   }
   // The admin listener serves the admin API and the probes only.
   if (admin_listener && path != "/healthz" && path != "/readyz")

@@ -150,7 +150,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
       deployment_binding(r.gauge("bellwether_deployment_rate_binding",
                                  "1 while the deployment's request (deployment_rpm) or token "
                                  "(deployment_tpm) rate is what blocks it.",
-                                 {"deployment", "reason"}, o.max_children_per_family)) {
+                                 {"deployment", "reason"}, o.max_children_per_family)),
+      http_rejections(r.counter("bellwether_http_rejections_total",
+                                "Requests refused at the HTTP framing level, by reason.",
+                                {"reason"}, 1.0, o.max_children_per_family)),
+      usage_missing(r.counter("bellwether_usage_missing_total",
+                              "Successful upstream answers without usage, charged an estimate.",
+                              {"model"}, 1.0, o.max_children_per_family)) {
   r.set_build_info(o.version, o.commit);
   // Unlabelled families get their single child now, so they are exported as 0 from the start
   // (rate() and absent() alerts need the series to exist before the first event).

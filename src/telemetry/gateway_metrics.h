@@ -69,6 +69,8 @@ struct GatewayMetrics {
                                       // source configured|learned|in_force; per minute
   GaugeFamily& deployment_remaining;  // {deployment,kind}: remaining in the provider's window
   GaugeFamily& deployment_binding;    // {deployment,reason}: 1 while that rate binds
+  CounterFamily& http_rejections;     // {reason}; refused at the HTTP framing level
+  CounterFamily& usage_missing;       // {model}; successes without usage, charged an estimate
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;
