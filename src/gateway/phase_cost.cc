@@ -141,7 +141,7 @@ void phase_cost::compute_cost(Ctx& c) {
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   if (c.price && tokens > 0) {
     c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
-                                     c.usage.cached_tokens);
+                                     c.usage.cached_tokens, c.usage.cache_write_tokens);
   }
 }
 

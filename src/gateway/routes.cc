@@ -6,6 +6,7 @@
 #include <exception>
 #include <random>
 
+#include "api/messages.h"
 #include "gateway/admin.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
@@ -97,6 +98,17 @@ asio::awaitable<void> metrics(Ctx& c) {
   co_await c.w.send(std::move(r));
 }
 
+// POST /v1/messages/count_tokens: the gateway's own estimate (the one its limits use); no
+// provider is called.
+asio::awaitable<void> count_tokens(Ctx& c) {
+  auto key = authenticate(*c.rt, c.req);
+  if (!key) co_return co_await reply_error(c, key.error());
+  auto r = api::decode_messages_request(c.req.body, false);
+  if (!r) co_return co_await reply_error(c, r.error());
+  co_await send_json(c, 200,
+                     "{\"input_tokens\":" + std::to_string(api::count_input_tokens(*r)) + "}");
+}
+
 asio::awaitable<void> no_route(Ctx& c, bool path_known) {
   const auto path = c.req.path();
   if (!path_known) {
@@ -152,6 +164,18 @@ asio::awaitable<void> route(Ctx& c, bool admin_listener) {
     found = nullptr, path_known = false;
   if (!found) return no_route(c, path_known);
   if (path == "/v1/chat/completions") return run_llm(c, Endpoint::kChat);
+  if (path == "/v1/responses") {
+    c.inbound = api::Format::kResponses;
+    return run_llm(c, Endpoint::kChat);
+  }
+  if (path == "/v1/messages") {
+    c.inbound = api::Format::kMessages;
+    return run_llm(c, Endpoint::kChat);
+  }
+  if (path == "/v1/messages/count_tokens") {
+    c.inbound = api::Format::kMessages;
+    return count_tokens(c);
+  }
   if (path == "/v1/completions") return run_llm(c, Endpoint::kCompletions);
   if (path == "/v1/embeddings") return run_llm(c, Endpoint::kEmbeddings);
   if (path == "/healthz") return send_json(c, 200, "{\"status\":\"ok\"}");

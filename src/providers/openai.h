@@ -7,18 +7,15 @@
 #include <string>
 #include <string_view>
 
+#include "api/canonical.h"
 #include "common/result.h"
 
 namespace bw::providers {
 
 enum class Endpoint { kChat, kCompletions, kEmbeddings };
 
-struct Usage {
-  std::int64_t prompt_tokens = 0;
-  std::int64_t completion_tokens = 0;
-  std::int64_t cached_tokens = 0;
-  bool present = false;
-};
+// The canonical usage (cache reads and writes, reasoning tokens), shared by every adapter.
+using Usage = api::Usage;
 
 // What the gateway needs to know about a request, read once from its JSON body.
 struct LlmRequest {
