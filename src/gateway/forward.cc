@@ -460,6 +460,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
   auto& router = c.sh.router;
   auto& rng = thread_rng(c.now());
   auto plan = router.plan(c.route_model, c.now());
+  // The admission queue reserved this deployment's rate capacity for the request.
+  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
@@ -564,6 +566,11 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     // A previous attempt's failure is not this answer's: the access log, the breaker's view of
     // a stream and the truncation check all read the outcome of the answer the client gets.
     if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
+    // What the provider says about its rate limits paces the next requests (learned wins).
+    c.sh.admission->learn(ticket.group(), dep_cfg.id,
+                          admission::parse_provider_limits(
+                              [&up](std::string_view name) { return up.headers().get(name); },
+                              up.status(), c.sh.clock.unix_millis()));
     http::Headers headers = answer_headers(c, up);
     if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
     if (!fast) {

@@ -222,6 +222,42 @@ std::string render_metrics(Shared& sh) {
       m.queue_depth.with({admission::kPriorityLabels[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
+    for (int r = 1; r < admission::kNumWaitReasons; ++r) {
+      const auto reason = admission::kWaitReasonNames[static_cast<std::size_t>(r)];
+      m.queue_waiting.with({reason}).set(static_cast<double>(snap.waiting_by_reason[r]));
+      // Counters only move forward: add the difference since the last scrape (scrapes may run
+      // on two workers at once, hence the lock).
+      static std::mutex mu;
+      std::lock_guard lock(mu);
+      for (std::size_t p = 0; p < 3; ++p) {
+        auto& w = m.admission_waits.with({admission::kPriorityLabels[p], reason});
+        if (snap.waits_by_reason[r][p] > w.units()) w.add(snap.waits_by_reason[r][p] - w.units());
+        auto& f = m.admission_refusals.with({admission::kPriorityLabels[p], reason});
+        if (snap.refusals_by_reason[r][p] > f.units()) {
+          f.add(snap.refusals_by_reason[r][p] - f.units());
+        }
+      }
+    }
+    for (const auto& d : snap.deployments) {
+      const std::string_view id = d.deployment;
+      m.deployment_limit.with({id, "requests", "configured"})
+          .set(static_cast<double>(d.configured_rpm));
+      m.deployment_limit.with({id, "tokens", "configured"})
+          .set(static_cast<double>(d.configured_tpm));
+      m.deployment_limit.with({id, "requests", "learned"})
+          .set(d.learned_fresh ? static_cast<double>(d.effective_rpm) : 0);
+      m.deployment_limit.with({id, "tokens", "learned"})
+          .set(d.learned_fresh ? static_cast<double>(d.effective_tpm) : 0);
+      m.deployment_limit.with({id, "requests", "in_force"})
+          .set(static_cast<double>(d.effective_rpm));
+      m.deployment_limit.with({id, "tokens", "in_force"}).set(static_cast<double>(d.effective_tpm));
+      m.deployment_remaining.with({id, "requests"}).set(static_cast<double>(d.remaining_requests));
+      m.deployment_remaining.with({id, "tokens"}).set(static_cast<double>(d.remaining_tokens));
+      m.deployment_binding.with({id, "deployment_rpm"})
+          .set(d.binding == admission::WaitReason::kDeploymentRpm ? 1 : 0);
+      m.deployment_binding.with({id, "deployment_tpm"})
+          .set(d.binding == admission::WaitReason::kDeploymentTpm ? 1 : 0);
+    }
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
