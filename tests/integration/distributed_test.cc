@@ -65,6 +65,19 @@ class Postgres {
   std::string query(const std::string& db, const std::string& sql) {
     return sh(psql(db) + " -Atc \"" + sql + "\" 2>&1");
   }
+  // Stops the server (fast shutdown: connections are cut) and keeps its data; resume() starts it
+  // again on the same port.
+  void pause() {
+    sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ +
+       "/data -m fast -w stop >/dev/null 2>&1");
+  }
+  bool resume() {
+    if (sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ + "/data -l " +
+           dir_ + "/log -w -o '" + opts_ + "' start >/dev/null 2>&1; echo $?") != "0") {
+      return false;
+    }
+    return wait_for_port(port);
+  }
   void stop() {
     if (!dir_.empty()) {
       sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ +
@@ -92,17 +105,18 @@ class Postgres {
       return false;
     }
     port = free_port();
-    const std::string opts =
+    opts_ =
         "-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 "
         "-k " +
         dir_ + " -p " + std::to_string(port);
     if (sh("runuser -u postgres -- " + bin + "/pg_ctl -D " + dir_ + "/data -l " + dir_ +
-           "/log -w -o '" + opts + "' start >/dev/null 2>&1; echo $?") != "0") {
+           "/log -w -o '" + opts_ + "' start >/dev/null 2>&1; echo $?") != "0") {
       return false;
     }
     return wait_for_port(port);
   }
   std::string dir_;
+  std::string opts_;
 };
 
 class PgEnvironment : public ::testing::Environment {
@@ -486,6 +500,54 @@ TEST(Distributed, StoppedAndKilledRedisFollowPoliciesAndResume) {
   }));
   EXPECT_EQ(f->redis_field("key:spender/total", "s"), f->settled("spender"));
   EXPECT_LE(f->settled("spender"), 300'000);
+}
+
+// --- 5. PostgreSQL down --------------------------------------------------------------------------
+
+// The ledger's database goes away: a key with a budget is refused (its spend could not be
+// recorded), a key without one is served, and both recover by themselves when it is back.
+TEST(Distributed, PostgresDownFailsClosedForBudgetsOpenForOthersAndRecovers) {
+  auto f = start_fleet("pg_down", kBudgetKeys, {{}}, "1s");
+  NEED_FLEET(f);
+  const int a = f->gws[0].port;
+  ASSERT_EQ(post_json(a, kChat, kBigBody, "sk-dist-race-0001").status, 200);
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  const long long before = f->settled("race");
+
+  Postgres::get()->pause();
+  int refused = 0, served = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto r = post_json(a, kChat, kBigBody, "sk-dist-race-0001");
+    if (r.status == 503) {
+      ++refused;
+      EXPECT_NE(r.body.find("ledger_unavailable"), std::string::npos) << r.body;
+      EXPECT_FALSE(r.header("retry-after").empty());
+    } else {
+      ++served;
+      EXPECT_EQ(r.status, 200) << r.body;
+    }
+  }
+  std::printf("[ postgres down ] budgeted key: %d refused, %d served of 10\n", refused, served);
+  // At most the request already in the ledger's queue when the connection broke may pass; every
+  // later one is refused.
+  EXPECT_GE(refused, 9);
+  // A key without a budget does not need the ledger to be served.
+  for (int i = 0; i < 3; ++i) {
+    auto r = post_json(a, kChat, kSmallBody, "sk-dist-open-0001");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  auto ready = request(a, "GET", "/healthz");
+  EXPECT_EQ(ready.status, 200);
+
+  ASSERT_TRUE(Postgres::get()->resume());
+  ASSERT_TRUE(eventually(
+      [&] { return post_json(a, kChat, kBigBody, "sk-dist-race-0001").status == 200; },
+      std::chrono::seconds(20)));
+  ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
+  // Every request that was served is in the ledger: no spend was lost while it was down.
+  const long long after = f->settled("race");
+  EXPECT_GE(after - before, (served + 1) * kActual) << before << " -> " << after;
+  EXPECT_LE(after, 1'000'000);
 }
 
 }  // namespace
