@@ -145,7 +145,7 @@ Usage read_chat_usage(std::string_view usage_json) {
 }
 
 Result<Request> decode_chat_request(std::string_view body) {
-  auto parsed = json::parse_object(body);
+  auto parsed = json::parse_request_object(body);
   if (!parsed) return parsed.error();
   dom::element doc = *parsed;
   Request r;

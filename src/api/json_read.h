@@ -21,6 +21,18 @@ dom::parser& parser(int slot = 0);
 // Parses an object body; the error is a 400 in OpenAI's vocabulary (the caller reshapes it).
 Result<dom::element> parse_object(std::string_view body, int slot = 0);
 
+// A client's request body is refused (400) when it nests deeper than this.
+inline constexpr std::size_t kMaxRequestDepth = 64;
+
+// The checks every client request body passes before any field is read: nesting at most
+// kMaxRequestDepth, and no object with the same key twice at any depth (a provider's parser keeps
+// the last one, ours would read the first: the gateway would reserve and limit for a different
+// request than the one billed). Keys compare after unescaping.
+Result<Ok> check_request_tree(dom::element doc);
+
+// parse_object (slot 0) and check_request_tree, with UTF-8 and depth errors named as such.
+Result<dom::element> parse_request_object(std::string_view body);
+
 inline std::string_view str(dom::element e, std::string_view key) {
   std::string_view s;
   if (e[key].get(s) != simdjson::SUCCESS) return {};

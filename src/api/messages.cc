@@ -226,7 +226,7 @@ std::string object_or_empty(const std::string& args) {
 }  // namespace
 
 Result<Request> decode_messages_request(std::string_view body, bool require_max_tokens) {
-  auto parsed = json::parse_object(body);
+  auto parsed = json::parse_request_object(body);
   if (!parsed) return parsed.error();
   dom::element doc = *parsed;
   Request r;

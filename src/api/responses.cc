@@ -242,7 +242,7 @@ std::string_view status_of(const Response& r) {
 }  // namespace
 
 Result<Request> decode_responses_request(std::string_view body) {
-  auto parsed = json::parse_object(body);
+  auto parsed = json::parse_request_object(body);
   if (!parsed) return parsed.error();
   dom::element doc = *parsed;
   Request r;

@@ -7,9 +7,12 @@
 #include <optional>
 #include <vector>
 
+#include "api/json_read.h"
 #include "common/json_util.h"
 
 namespace bw::providers {
+
+static_assert(kMaxJsonDepth == api::json::kMaxRequestDepth);
 
 namespace {
 
@@ -21,53 +24,6 @@ simdjson::dom::parser& parser() {
 Error bad(std::string message, std::string param = {}, std::string code = {}) {
   return make_error(400, "invalid_request_error", std::move(code), std::move(message),
                     std::move(param));
-}
-
-// The first key that an object in `keys` holds twice (empty if none).
-std::string_view first_duplicate(std::vector<std::string_view>& keys) {
-  if (keys.size() <= 16) {  // the usual object: pairwise is cheaper than sorting
-    for (std::size_t i = 1; i < keys.size(); ++i) {
-      for (std::size_t j = 0; j < i; ++j) {
-        if (keys[i] == keys[j]) return keys[i];
-      }
-    }
-    return {};
-  }
-  std::sort(keys.begin(), keys.end());
-  for (std::size_t i = 1; i < keys.size(); ++i) {
-    if (keys[i] == keys[i - 1]) return keys[i];
-  }
-  return {};
-}
-
-// Nesting depth (capped at `limit`) and, in the same walk, the first duplicate key at any depth.
-// Keys compare after unescaping, so "stream" and "str\u0065am" are the same key.
-std::size_t check_tree(simdjson::dom::element e, std::size_t limit, std::string_view& dup) {
-  // Recursion is bounded by `limit`.
-  if (limit == 0) return 1;
-  std::size_t best = 0;
-  if (e.is_object()) {
-    // Bound to a local: iterating the temporary result would dangle.
-    simdjson::dom::object object_1 = e.get_object().value_unsafe();
-    std::vector<std::string_view> keys;
-    for (auto field : object_1) {
-      keys.push_back(field.key);
-      best = std::max(best, check_tree(field.value, limit - 1, dup));
-      if (best >= limit) break;
-    }
-    if (dup.empty() && keys.size() > 1) dup = first_duplicate(keys);
-    return best + 1;
-  }
-  if (e.is_array()) {
-    // Bound to a local: iterating the temporary result would dangle.
-    simdjson::dom::array array_2 = e.get_array().value_unsafe();
-    for (auto v : array_2) {
-      best = std::max(best, check_tree(v, limit - 1, dup));
-      if (best >= limit) break;
-    }
-    return best + 1;
-  }
-  return 0;
 }
 
 // Bytes of a value as the provider reads it (its compact JSON).
@@ -159,13 +115,6 @@ bool is_non_prompt_field(std::string_view key) {
   return false;
 }
 
-Error duplicate_key_error(std::string_view key) {
-  return make_error(400, "invalid_request_error", "duplicate_key",
-                    "The request body has the key '" + std::string(key) +
-                        "' more than once in one object; each key may appear once.",
-                    std::string(key));
-}
-
 }  // namespace
 
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
@@ -181,12 +130,7 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
                {}, "invalid_json");
   }
   if (!doc.is_object()) return bad("The request body must be a JSON object.", {}, "invalid_json");
-  std::string_view dup;
-  if (check_tree(doc, kMaxJsonDepth + 1, dup) > kMaxJsonDepth) {
-    return bad("The JSON body is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels.",
-               {}, "invalid_json");
-  }
-  if (!dup.empty()) return duplicate_key_error(dup);
+  if (auto checked = api::json::check_request_tree(doc); !checked) return checked.error();
   LlmRequest r;
   r.endpoint = endpoint;
   simdjson::dom::element model;

@@ -64,6 +64,47 @@ TEST(ChatDecode, RolesToolsAndErrors) {
           .ok());
 }
 
+// A provider's parser keeps the last of two equal keys; the gateway would reserve and limit for
+// the first. Every inbound API refuses such a body, at any depth, naming the key.
+TEST(DuplicateKeys, EveryInboundApiRefusesThemAtAnyDepth) {
+  const std::vector<std::pair<std::string, Result<Request> (*)(std::string_view)>> cases = {
+      {R"({"model":"m","max_tokens":5,"max_tokens":100000,"messages":[{"role":"user","content":"hi"}]})",
+       [](std::string_view b) { return decode_messages_request(b); }},
+      {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"a","text":"b"}]}]})",
+       [](std::string_view b) { return decode_messages_request(b); }},
+      {R"({"model":"m","input":"hi","max_output_tokens":5,"max_output_tokens":99999})",
+       [](std::string_view b) { return decode_responses_request(b); }},
+      {R"({"model":"m","input":[{"role":"user","content":"a","content":"b"}]})",
+       [](std::string_view b) { return decode_responses_request(b); }},
+      {R"({"model":"m","messages":[{"role":"user","content":"hi"}],"n":1,"n":8})",
+       [](std::string_view b) { return decode_chat_request(b); }},
+  };
+  for (const auto& [body, decode] : cases) {
+    auto r = decode(body);
+    ASSERT_FALSE(r) << body;
+    EXPECT_EQ(r.error().status, 400) << body;
+    EXPECT_EQ(r.error().code, "duplicate_key") << body;
+    EXPECT_FALSE(r.error().param.empty()) << body;
+  }
+  // The same bodies without the second key decode.
+  EXPECT_TRUE(decode_messages_request(
+      R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})"));
+  EXPECT_TRUE(decode_responses_request(R"({"model":"m","input":"hi","max_output_tokens":5})"));
+}
+
+TEST(RequestDepth, DeepBodiesAreRefusedInEveryInboundApi) {
+  std::string deep = R"({"model":"m","max_tokens":5,"metadata":)";
+  for (int i = 0; i < 70; ++i) deep += "[";
+  for (int i = 0; i < 70; ++i) deep += "]";
+  deep += R"(,"messages":[{"role":"user","content":"hi"}]})";
+  auto m = decode_messages_request(deep);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(m.error().code, "invalid_json");
+  auto r = decode_responses_request(deep);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, "invalid_json");
+}
+
 TEST(Messages, InboundToAnthropicKeepsCacheControlAndAlwaysSendsMaxTokens) {
   auto r = decode_messages_request(R"({"model":"claude","max_tokens":100,
     "system":[{"type":"text","text":"long doc","cache_control":{"type":"ephemeral"}}],

@@ -218,6 +218,19 @@ TEST(BudgetBypass, DuplicateKeysAreRefusedWithTheKeyNamed) {
     EXPECT_NE(r.body.find("\"code\":\"duplicate_key\""), std::string::npos) << r.body;
     EXPECT_NE(r.body.find("\"param\":\"" + key + "\""), std::string::npos) << r.body;
   }
+  // The Messages and Responses APIs too, each in its own error shape.
+  auto m = post_json(e.gw.port, "/v1/messages",
+                     R"({"model":"m","max_tokens":5,"max_tokens":4000,"messages":[{"role":"user",)"
+                     R"("content":"hi"}]})",
+                     kBudgetKey);
+  EXPECT_EQ(m.status, 400) << m.body;
+  EXPECT_NE(m.body.find("\"type\":\"error\""), std::string::npos) << m.body;
+  EXPECT_NE(m.body.find("max_tokens"), std::string::npos) << m.body;
+  auto r = post_json(e.gw.port, "/v1/responses",
+                     R"({"model":"m","input":"hi","max_output_tokens":5,"max_output_tokens":4000})",
+                     kBudgetKey);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("\"code\":\"duplicate_key\""), std::string::npos) << r.body;
   EXPECT_EQ(e.up.billed_micros(), 0) << "a refused request reached the upstream";
 }
 
