@@ -6,6 +6,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -49,8 +50,11 @@ class RedisServer {
 
   void start() {
     const std::string port = std::to_string(port_);
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the test, also on a crash or a timeout
+      if (::getppid() != parent) ::_exit(127);
       ::execl("/usr/bin/redis-server", "redis-server", "--port", port.c_str(), "--bind",
               "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir_.c_str(), "--logfile",
               (dir_ + "/redis.log").c_str(), static_cast<char*>(nullptr));
