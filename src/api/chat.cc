@@ -582,7 +582,8 @@ class ChatStreamDecoder final : public StreamDecoder {
     dom::array choices;
     if (doc["choices"].get(choices) == simdjson::SUCCESS) {
       for (auto c : choices) {
-        dom::element delta = c["delta"].value_unsafe();
+        dom::element delta;
+        if (c["delta"].get(delta) != simdjson::SUCCESS) continue;
         std::string_view text;
         if (c["delta"]["content"].get(text) == simdjson::SUCCESS && !text.empty()) {
           out.push_back(

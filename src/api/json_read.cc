@@ -71,6 +71,9 @@ dom::parser& parser(int slot) {
 
 Result<dom::element> parse_object(std::string_view body, int slot) {
   dom::element doc;
+  if (body.empty()) {  // simdjson must not be handed a null buffer
+    return make_error(400, "invalid_request_error", "invalid_json", "The body is empty.");
+  }
   auto err = parser(slot).parse(body.data(), body.size()).get(doc);
   if (err) {
     return make_error(400, "invalid_request_error", "invalid_json",
@@ -97,6 +100,9 @@ Result<Ok> check_request_tree(dom::element doc) {
 
 Result<dom::element> parse_request_object(std::string_view body) {
   dom::element doc;
+  if (body.empty()) {
+    return make_error(400, "invalid_request_error", "invalid_json", "The request body is empty.");
+  }
   auto err = parser(0).parse(body.data(), body.size()).get(doc);
   if (err == simdjson::UTF8_ERROR) {
     return make_error(400, "invalid_request_error", "invalid_json",

@@ -33,6 +33,8 @@ Result<Ok> check_request_tree(dom::element doc);
 // parse_object (slot 0) and check_request_tree, with UTF-8 and depth errors named as such.
 Result<dom::element> parse_request_object(std::string_view body);
 
+// Field readers: a missing field, a field of another type, or a parent that is not an object
+// gives the empty value (or `fallback`), never an exception.
 inline std::string_view str(dom::element e, std::string_view key) {
   std::string_view s;
   if (e[key].get(s) != simdjson::SUCCESS) return {};
@@ -46,8 +48,27 @@ inline std::int64_t num(dom::element e, std::string_view key, std::int64_t fallb
   std::int64_t v = 0;
   if (e[key].get(v) == simdjson::SUCCESS) return v;
   double d = 0;
-  if (e[key].get(d) == simdjson::SUCCESS) return static_cast<std::int64_t>(d);
+  if (e[key].get(d) == simdjson::SUCCESS) {
+    // Out of range (1e300, a huge unsigned) is clamped: the cast itself would be undefined.
+    if (!(d > -9.2e18)) return d != d ? fallback : INT64_MIN;
+    if (!(d < 9.2e18)) return INT64_MAX;
+    return static_cast<std::int64_t>(d);
+  }
   return fallback;
+}
+// The same on a lookup that may have failed (`parent["child"]`): a failed lookup reads as empty.
+using Lookup = simdjson::simdjson_result<dom::element>;
+inline std::string_view str(Lookup e, std::string_view key) {
+  dom::element v;
+  return e.get(v) == simdjson::SUCCESS ? str(v, key) : std::string_view{};
+}
+inline bool has(Lookup e, std::string_view key) {
+  dom::element v;
+  return e.get(v) == simdjson::SUCCESS && has(v, key);
+}
+inline std::int64_t num(Lookup e, std::string_view key, std::int64_t fallback = 0) {
+  dom::element v;
+  return e.get(v) == simdjson::SUCCESS ? num(v, key, fallback) : fallback;
 }
 inline std::string raw(dom::element e) {
   return simdjson::minify(e);

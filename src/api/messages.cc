@@ -604,7 +604,8 @@ class MessagesStreamDecoder final : public StreamDecoder {
       out.push_back(std::move(e));
     } else if (type == "content_block_start") {
       const auto index = json::num(doc, "index");
-      dom::element b = doc["content_block"].value_unsafe();
+      dom::element b;
+      if (doc["content_block"].get(b) != simdjson::SUCCESS) return;
       const auto btype = json::str(b, "type");
       if (btype == "tool_use") {
         const int ti = next_tool_++;
@@ -620,7 +621,8 @@ class MessagesStreamDecoder final : public StreamDecoder {
       }
     } else if (type == "content_block_delta") {
       const auto index = json::num(doc, "index");
-      dom::element d = doc["delta"].value_unsafe();
+      dom::element d;
+      if (doc["delta"].get(d) != simdjson::SUCCESS) return;
       const auto dtype = json::str(d, "type");
       if (dtype == "text_delta") {
         out.push_back(StreamEvent{.kind = StreamEvent::Kind::kTextDelta,
