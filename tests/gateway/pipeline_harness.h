@@ -274,8 +274,9 @@ class Pipeline {
   }
 
   FakeClock clock;
-  Shared sh{clock};
+  // Before `sh`: the fake upstream in `sh` holds a timer of `io`, so `io` must outlive it.
   asio::io_context io;
+  Shared sh{clock};
   FakeUpstream* upstream = nullptr;
 
  private:
