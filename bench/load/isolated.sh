@@ -30,6 +30,8 @@
 #        IDLE_CONNS=1000 (RSS at rest and with that many idle keep-alive connections; 0 skips)
 #        PERF_DIR=dir: `perf record -g` of the server during each measured run, into
 #        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
+#        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
+#        request: divide by the "requests:" line; strace slows the server, ignore its figures)
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
 set -euo pipefail
 
@@ -51,6 +53,7 @@ OPEN_RATE="${OPEN_RATE-5000}"
 OPEN_DURATION="${OPEN_DURATION:-5}"
 RAW="${RAW:-0}"
 PERF_DIR="${PERF_DIR:-}"
+STRACE_DIR="${STRACE_DIR:-}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
@@ -281,10 +284,22 @@ run() {
       -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  local strace_pid=""
+  if [[ -n "$STRACE_DIR" ]]; then
+    mkdir -p "$STRACE_DIR"
+    taskset -c "$CLIENT_CPU" strace -c -f -p "${pid[$t]}" -o "$STRACE_DIR/$t-c$c-r$3.txt" &
+    strace_pid=$!
+    sleep 0.5
+  fi
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
   [[ -n "$perf_pid" ]] && wait "$perf_pid"
+  if [[ -n "$strace_pid" ]]; then
+    kill -INT "$strace_pid"
+    wait "$strace_pid" || true
+    echo "requests: $(awk '/requests in/ {print $1}' <<<"$out")" >>"$STRACE_DIR/$t-c$c-r$3.txt"
+  fi
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     echo "$out" >&2
     echo "$t at $c connections: errors or non-2xx answers" >&2
