@@ -139,7 +139,7 @@ asio::awaitable<void> console(Ctx& c, bool admin_listener) {
     co_return co_await reply_error(
         c, errors::make(errors::kUnknownUrl, "The console is on the admin listener (/ui/)."));
   }
-  auto r = handle_console(c.sh, *c.rt, c.req);
+  auto r = handle_console(c.sh, *c.rt, c.req, c.client_ip);
   co_await send_response(c, std::move(r));
 }
 
