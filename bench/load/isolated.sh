@@ -25,7 +25,7 @@
 #        SERVER_CPU=0 CLIENT_CPU=1 (the cpus of the server under test and of wrk + upstream)
 #        DURABILITY= (the production row's ledger.durability, process | machine; unset: the
 #        default)
-#        OPEN_RATE=5000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
+#        OPEN_RATE=2000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
 #        OPEN_RATE="" skips it) ; RAW=1 also prints every run
 #        IDLE_CONNS=1000 (RSS at rest and with that many idle keep-alive connections; 0 skips)
 #        PERF_DIR=dir: `perf record -g` of the server during each measured run, into
@@ -49,7 +49,7 @@ TARGETS="${TARGETS:-nginx bw-auth bw-prod nginx-sse bw-sse}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 DURABILITY="${DURABILITY:-}"
-OPEN_RATE="${OPEN_RATE-5000}"
+OPEN_RATE="${OPEN_RATE-2000}"
 OPEN_DURATION="${OPEN_DURATION:-5}"
 RAW="${RAW:-0}"
 PERF_DIR="${PERF_DIR:-}"
