@@ -25,10 +25,13 @@
 #        SERVER_CPU=0 CLIENT_CPU=1 (the cpus of the server under test and of wrk + upstream)
 #        DURABILITY= (the production row's ledger.durability, process | machine; unset: the
 #        default)
-#        OPEN_RATE=5000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
+#        OPEN_RATE=2000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
 #        OPEN_RATE="" skips it) ; RAW=1 also prints every run
+#        IDLE_CONNS=1000 (RSS at rest and with that many idle keep-alive connections; 0 skips)
 #        PERF_DIR=dir: `perf record -g` of the server during each measured run, into
 #        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
+#        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
+#        request: divide by the "requests:" line; strace slows the server, ignore its figures)
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
 set -euo pipefail
 
@@ -46,10 +49,12 @@ TARGETS="${TARGETS:-nginx bw-auth bw-prod nginx-sse bw-sse}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 DURABILITY="${DURABILITY:-}"
-OPEN_RATE="${OPEN_RATE-5000}"
+OPEN_RATE="${OPEN_RATE-2000}"
 OPEN_DURATION="${OPEN_DURATION:-5}"
 RAW="${RAW:-0}"
 PERF_DIR="${PERF_DIR:-}"
+STRACE_DIR="${STRACE_DIR:-}"
+IDLE_CONNS="${IDLE_CONNS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
 
@@ -279,10 +284,22 @@ run() {
       -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  local strace_pid=""
+  if [[ -n "$STRACE_DIR" ]]; then
+    mkdir -p "$STRACE_DIR"
+    taskset -c "$CLIENT_CPU" strace -c -f -p "${pid[$t]}" -o "$STRACE_DIR/$t-c$c-r$3.txt" &
+    strace_pid=$!
+    sleep 0.5
+  fi
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
   [[ -n "$perf_pid" ]] && wait "$perf_pid"
+  if [[ -n "$strace_pid" ]]; then
+    kill -INT "$strace_pid"
+    wait "$strace_pid" || true
+    echo "requests: $(awk '/requests in/ {print $1}' <<<"$out")" >>"$STRACE_DIR/$t-c$c-r$3.txt"
+  fi
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     echo "$out" >&2
     echo "$t at $c connections: errors or non-2xx answers" >&2
@@ -295,6 +312,23 @@ run() {
   p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
 }
 
+# Memory: each server's RSS at rest (after the sanity requests, before any load), and with
+# IDLE_CONNS idle keep-alive connections open (each has served one request).
+idle_report=""
+if [[ "$IDLE_CONNS" -gt 0 ]]; then
+  for t in nginx bw-auth bw-prod; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    p="${pid[$t]}"
+    [[ "$t" == nginx ]] && p="$p,$(pgrep -P "$p" | paste -sd,)"
+    read -r rss0 rss1 < <(ulimit -n 65536 2>/dev/null || true; taskset -c "$CLIENT_CPU" python3 \
+      "$here/idle_conns.py" "${url[$t]}" "$KEY" "${model[$t]}" "$IDLE_CONNS" "$p")
+    idle_report+="$(printf '%-9s idle RSS %6.1f MB; with %s idle keep-alive connections %6.1f MB: %5.1f KB per connection' \
+      "$t" "$(awk -v k="$rss0" 'BEGIN {print k / 1024}')" "$IDLE_CONNS" \
+      "$(awk -v k="$rss1" 'BEGIN {print k / 1024}')" \
+      "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN {print (b - a) / n}')")"$'\n'
+  done
+fi
+
 median() { tr ' ' '\n' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 echo "# isolated proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -306,6 +340,9 @@ echo "${DURATION}s per run after a ${WARMUP}s warm-up, connections: $CONNS, $ROU
 echo "production ledger: ledger.durability ${DURABILITY:-default} on $(df -T "$ledger_dir" | awk 'NR==2 {print $2}')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
+if [[ -n "$idle_report" ]]; then
+  printf '%s\n' "$idle_report"
+fi
 
 declare -A RPS P50 P99 CPU
 for r in $(seq 1 "$ROUNDS"); do

@@ -100,6 +100,7 @@ Result<Ok> Gateway::start() {
   } else if (!cfg.ledger_path.empty()) {
     store::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
+    lo.synchronous_full = cfg.ledger_sync_machine;
     auto ledger = store::SqliteLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());

@@ -29,24 +29,32 @@ std::string_view endpoint_label(std::string_view path) {
 
 namespace {
 
-std::string new_request_id() {
+// "req_" + 24 hex digits: the time in milliseconds (11 digits, most significant first) and 52
+// random bits. Ids that sort by time make the ledger's primary key grow at one end, so a group
+// commit writes a few B-tree pages instead of one random page per row.
+std::string new_request_id(std::int64_t unix_ms) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "req_";
-  auto a = rng(), b = rng();
-  for (int i = 0; i < 16; ++i) id.push_back(kHex[(a >> (i * 4)) & 0xf]);
-  for (int i = 0; i < 8; ++i) id.push_back(kHex[(b >> (i * 4)) & 0xf]);
+  std::string id(28, '0');
+  id[0] = 'r';
+  id[1] = 'e';
+  id[2] = 'q';
+  id[3] = '_';
+  const auto t = static_cast<std::uint64_t>(unix_ms);
+  for (int i = 0; i < 11; ++i) id[4 + i] = kHex[(t >> ((10 - i) * 4)) & 0xf];
+  const std::uint64_t r = rng();
+  for (int i = 0; i < 13; ++i) id[15 + i] = kHex[(r >> (i * 4)) & 0xf];
   return id;
 }
 
 // A client-supplied x-request-id is kept if it is short and printable; else one is generated.
-std::string request_id_for(const Request& req) {
+std::string request_id_for(const Request& req, std::int64_t unix_ms) {
   auto id = req.header("x-request-id");
   if (!id.empty() && id.size() <= 128 &&
       std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
     return std::string(id);
   }
-  return new_request_id();
+  return new_request_id(unix_ms);
 }
 
 asio::awaitable<void> readyz(Ctx& c) {
@@ -192,7 +200,7 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                      bool admin_listener) {
   Ctx c{sh, sh.runtime->load(), req, w};
   c.start = c.now();
-  c.request_id = request_id_for(req);
+  c.request_id = request_id_for(req, sh.clock.unix_millis());
   // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
   // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
   const auto& cfg = c.rt->config();
