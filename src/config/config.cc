@@ -106,6 +106,8 @@ void read_sim_model(Reader& r, SimModelConfig& m) {
   read_distribution(r, "itl", m.itl);
   r.get("completion_tokens", m.completion_tokens, 1, 1'000'000);
   r.get("max_concurrency", m.max_concurrency, 0, 10'000'000);
+  r.get("replicas", m.replicas, 0, 100'000);
+  r.get("replica_concurrency", m.replica_concurrency, 0, 10'000'000);
   r.get("rpm", m.rpm, 0, 1'000'000'000);
   r.get("tpm", m.tpm, 0, 1'000'000'000'000);
   r.get("error_rate", m.error_rate, 0, 1);
@@ -469,6 +471,29 @@ void read_model_groups(Reader& top, Config& cfg) {
       dep.weight = static_cast<std::uint32_t>(weight);
       d.get("rpm", dep.rpm, 0, 1'000'000'000);
       d.get("tpm", dep.tpm, 0, 1'000'000'000'000);
+      if (d.has("scale")) {
+        auto sr = d.child("scale");
+        telemetry::UpstreamScaleSpec spec;
+        auto tr = sr.child("target");
+        tr.require("deployment");
+        tr.get("namespace", spec.namespace_name);
+        tr.get("deployment", spec.deployment);
+        tr.finish();
+        sr.get("capacity_tokens_per_s", spec.capacity_tokens_per_s, 0.001, 1e12);
+        sr.get("capacity_concurrency", spec.capacity_concurrency, 0.001, 1e9);
+        if ((spec.capacity_tokens_per_s > 0) == (spec.capacity_concurrency > 0)) {
+          sr.fail_here("give one of capacity_tokens_per_s or capacity_concurrency");
+        }
+        sr.get("min", spec.min_replicas, 1, 10'000);
+        sr.get("max", spec.max_replicas, 1, 10'000);
+        if (spec.min_replicas > spec.max_replicas) sr.fail_here("min must be <= max");
+        sr.get_duration("forecast_horizon", spec.forecast_horizon);
+        sr.get("learn_capacity", spec.learn_capacity);
+        sr.finish();
+        cfg.scale_specs[dep.id] = spec;
+      } else {
+        d.child("scale");
+      }
       g.deployments.push_back(std::move(dep));
     });
     if (g.deployments.empty()) r.fail("deployments", "needs at least one deployment");
@@ -730,7 +755,32 @@ void read_scaler(Reader& top, Config& cfg) {
   sc.get_duration("scale_up_cooldown", cfg.scaler.scale_up_cooldown);
   sc.get_duration("scale_down_cooldown", cfg.scaler.scale_down_cooldown);
   sc.get("reactive_queue_threshold", cfg.scaler.reactive_queue_threshold, 0, 1e9);
+  sc.get("reactive_step_factor", cfg.scaler.reactive_step_factor, 1, 100);
+  sc.get("scale_up_tolerance", cfg.scaler.scale_up_tolerance, 0, 10);
+  sc.get_duration("scale_down_window", cfg.scaler.scale_down_window);
+  {
+    std::int64_t wma = static_cast<std::int64_t>(cfg.scaler.wma_window);
+    sc.get("wma_window", wma, 1, 10'000);
+    cfg.scaler.wma_window = static_cast<std::size_t>(wma);
+  }
+  sc.get("holt_alpha", cfg.scaler.holt_alpha, 0.01, 1);
+  sc.get("holt_beta", cfg.scaler.holt_beta, 0.01, 1);
   sc.get("current_replicas", cfg.current_replicas, 1, 10'000);
+  {
+    // What one gateway replica has: its own capacity (capacity_planner.h).
+    auto gc = sc.child("gateway");
+    auto& g = cfg.gateway_capacity;
+    gc.get("cpu_cores_per_replica", g.cpu_cores_per_replica, 0.01, 1024);
+    gc.get("target_cpu_utilization", g.target_cpu_utilization, 0.05, 1);
+    gc.get("cpu_seconds_per_request", g.cpu_seconds_per_request, 1e-7, 10);
+    gc.get("max_connections_per_replica", g.max_connections_per_replica, 0, 1e9);
+    gc.get("target_connection_utilization", g.target_connection_utilization, 0.05, 1);
+    gc.get("memory_bytes_per_replica", g.memory_bytes_per_replica, 0, 1e15);
+    gc.get("target_memory_utilization", g.target_memory_utilization, 0.05, 1);
+    gc.get_duration("event_loop_lag_threshold", g.event_loop_lag_threshold);
+    gc.get("quota_threshold", g.quota_threshold, 0.1, 1);
+    gc.finish();
+  }
   sc.finish();
   if (cfg.scaler.min_replicas > cfg.scaler.max_replicas) {
     sc.fail_here("min_replicas must be <= max_replicas");

@@ -25,6 +25,7 @@
 #include "routing/dead_letter.h"
 #include "routing/retry.h"
 #include "routing/router.h"
+#include "telemetry/capacity_planner.h"
 #include "telemetry/scaler.h"
 
 namespace bw::config {
@@ -81,6 +82,11 @@ struct SimModelConfig {
   Distribution itl{15, 60};
   std::int64_t completion_tokens = 64;  // when the request sets no max_tokens
   std::int64_t max_concurrency = 0;     // 0 = unlimited
+  // A self-hosted model server with `replicas` pods of `replica_concurrency` sequences each
+  // (0 = not modelled): requests beyond replicas x replica_concurrency wait inside the server,
+  // as in vLLM's waiting queue. The count is set at run time with POST /sim/replicas.
+  int replicas = 0;
+  std::int64_t replica_concurrency = 0;
   std::int64_t rpm = 0;
   std::int64_t tpm = 0;
   double error_rate = 0;  // share of requests answered 500
@@ -152,6 +158,10 @@ struct Config {
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;
+  telemetry::GatewayCapacityConfig gateway_capacity;  // scaler.gateway: what one replica has
+  // Deployments marked scalable (deployments[].scale), by deployment id: self-hosted model
+  // servers with their own replica recommendation.
+  std::map<std::string, telemetry::UpstreamScaleSpec, std::less<>> scale_specs;
   int current_replicas = 1;  // how many replicas run now (env BELLWETHER_REPLICAS in k8s)
 
   const ProviderConfig* provider(const std::string& name) const;

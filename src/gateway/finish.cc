@@ -32,6 +32,10 @@ void record_metrics(Ctx& c) {
     m.tokens.with({served, "completion"})
         .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
   }
+  if (!c.upstream.empty() && c.usage.prompt_tokens + c.usage.completion_tokens > 0) {
+    note_deployment_tokens(c.sh, c.upstream, served,
+                           c.usage.prompt_tokens + c.usage.completion_tokens);
+  }
   if (c.cost_micro > 0)
     m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
   if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();

@@ -222,6 +222,7 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
       .with({deployment, status == 0 ? std::string_view("error") : telemetry::status_class(status)})
       .inc();
   m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+  if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
 }  // namespace

@@ -140,21 +140,7 @@ Result<Ok> Gateway::start() {
   mo.version = "0.1.0";
   mo.budget_utilization = cfg.budget_metrics_per_key;
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
-  shared_->scaler = std::make_unique<telemetry::PredictiveScaler>(cfg.scaler);
-  int replicas = cfg.current_replicas;
-  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
-    replicas = std::atoi(r);
-  scaler_thread_ = std::thread([this, replicas] {
-    std::unique_lock lock(scaler_mu_);
-    while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
-      telemetry::Observation o;
-      o.arrivals_total = shared_->llm_arrivals.load();
-      o.completions_total = shared_->llm_completions.load();
-      o.queue_depth = static_cast<double>(shared_->admission->queued());
-      o.current_replicas = replicas;
-      shared_->scaler->observe(shared_->clock.now(), o);
-    }
-  });
+  shared_->scaling = std::make_unique<ScalingState>(cfg);
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
 
   http::ServerOptions opt = cfg.server;
@@ -179,6 +165,17 @@ Result<Ok> Gateway::start() {
     if (auto r = admin_server_->start(); !r) return r;
     admin_server_->run();
   }
+  int replicas = cfg.current_replicas;
+  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
+    replicas = std::atoi(r);
+  scaler_thread_ = std::thread([this, replicas] {
+    std::unique_lock lock(scaler_mu_);
+    while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
+      const double conns = server_ ? static_cast<double>(server_->active_connections()) : 0;
+      shared_->scaling->tick(*shared_, shared_->clock.now(), replicas, conns,
+                             server_ ? server_->event_loop_lag_s() : 0);
+    }
+  });
   server_->run();
   return Ok{};
 }
@@ -187,6 +184,7 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   // The simulator and listeners stay as they are; everything the data plane reads is swapped.
   // Limit buckets and breaker state survive (they are keyed by name, not by config object).
   if (auto r = apply_config(*shared_, *cfg); !r) return r;
+  if (shared_->scaling) shared_->scaling->configure(*cfg);
   std::lock_guard lock(shared_->keys_mu);
   auto stored = runtime_.load()->stored_keys();
   declare_budgets(*shared_, *cfg, stored);

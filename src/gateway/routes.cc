@@ -80,14 +80,10 @@ asio::awaitable<void> queue_metrics(Ctx& c) {
     co_return co_await reply_error(
         c, errors::make(errors::kInvalidApiKey, "Reading queue metrics needs an API key."));
   }
-  // The admission queue's figures plus the scaler's recommendation.
-  std::string body = c.sh.admission->metrics_json();
-  if (c.sh.scaler && !body.empty() && body.back() == '}') {
-    auto rec = c.sh.scaler->last();
-    body.pop_back();
-    body += ",\"recommended_replicas\":" + std::to_string(rec.recommended_replicas) +
-            ",\"scaling\":" + telemetry::to_json(rec) + "}";
-  }
+  // The admission queue's figures plus the scaling plan (scaling.h). Replica counts change the
+  // learned capacity and a group's concurrency: taken from the admin key only.
+  std::string body = queue_metrics_body(
+      c.sh, admin_authorized(*c.rt, c.req) ? c.req.header("x-bellwether-replicas") : "");
   co_await send_json(c, 200, std::move(body));
 }
 
@@ -218,7 +214,7 @@ std::string render_metrics(Shared& sh) {
       m.budget_utilization->with({id}).set(u);
     }
   }
-  if (sh.scaler) m.replicas_recommended.get().set(sh.scaler->last().recommended_replicas);
+  if (sh.scaling) export_scaling_metrics(sh.scaling->last(), m);
   return sh.registry.expose();
 }
 

@@ -16,6 +16,7 @@
 #include "cost/ledger.h"
 #include "gateway/access_log.h"
 #include "gateway/runtime.h"
+#include "gateway/scaling.h"
 #include "gateway/upstream.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
@@ -61,7 +62,7 @@ struct Shared {
   // Telemetry: Prometheus registry, the gateway's metric families, the scaling predictor.
   telemetry::Registry registry;
   std::unique_ptr<telemetry::GatewayMetrics> metrics;
-  std::unique_ptr<telemetry::PredictiveScaler> scaler;
+  std::unique_ptr<ScalingState> scaling;  // what is short, and the replica recommendations
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
 

@@ -45,7 +45,18 @@ struct GatewayMetrics {
   CounterFamily& cache_hits;          // no labels
   CounterFamily& cache_misses;        // no labels
   GaugeFamily* budget_utilization;    // {budget}; nullptr unless opted in
-  GaugeFamily& replicas_recommended;  // no labels
+  // Scaling (capacity_planner.h). target = "gateway" or a deployment id.
+  GaugeFamily& replicas_recommended;     // {target,k8s_namespace,k8s_deployment}
+  GaugeFamily& scaling_binding;          // {target,constraint,horizon}; 1 = binds
+  GaugeFamily& scaling_forecast;         // {target,unit}; demand one horizon ahead
+  GaugeFamily& scaling_demand;           // {target,unit}; measured demand
+  GaugeFamily& capacity_per_replica;     // {target,unit}; scalable deployments
+  GaugeFamily& deployment_backlog;       // {deployment}; requests waiting for it
+  GaugeFamily& provider_quota_missing;   // {deployment,kind}; kind = rpm|tpm, per minute
+  CounterFamily& deployment_tokens;      // {deployment,model}
+  GaugeFamily& gateway_cpu_per_request;  // no labels; seconds
+  GaugeFamily& gateway_cpu_utilization;  // no labels; of the configured cores
+  GaugeFamily& gateway_connections;      // no labels
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;

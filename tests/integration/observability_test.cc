@@ -408,14 +408,17 @@ TEST(Observability, MetricsAreValidAndExactAfterMixedTraffic) {
   EXPECT_EQ(value_of(e, "bellwether_in_flight", {}), 0);
   EXPECT_EQ(value_of(e, "bellwether_breaker_state", {{"deployment", "obs-model/sim/0"}}), 0);
   EXPECT_EQ(value_of(e, "bellwether_build_info", {}), 1);
-  EXPECT_GE(value_of(e, "bellwether_replicas_recommended", {}), 1);
+  EXPECT_GE(value_of(e, "bellwether_replicas_recommended", {{"target", "gateway"}}), 1);
 
   // The queue endpoint (client key) carries the scaler's recommendation.
   auto q = request(st.port(), "GET", "/v1/metrics/queue", "",
                    {{"Authorization", std::string("Bearer ") + kMainKey}});
   ASSERT_EQ(q.status, 200) << q.body;
   EXPECT_NE(q.body.find("\"recommended_replicas\":1,"), std::string::npos) << q.body;
-  EXPECT_NE(q.body.find("\"scaling\":{\"recommended_replicas\":1,"), std::string::npos) << q.body;
+  EXPECT_NE(q.body.find("\"scaling\":{\"reason\":"), std::string::npos) << q.body;
+  EXPECT_NE(q.body.find("\"gateway\":{\"target\":\"gateway\",\"scalable\":true,"),
+            std::string::npos)
+      << q.body;
   EXPECT_EQ(request(st.port(), "GET", "/v1/metrics/queue").status, 401);
 
   // A second scrape counts the first one (recorded after it was answered).
