@@ -339,6 +339,12 @@ void read_admin(Reader& top, Config& cfg) {
     cfg.admin_key_hash = sha256_hex(key);
   }
   a.get("key_sha256", cfg.admin_key_hash);
+  a.get("console", cfg.console_enabled);
+  a.get("secure_cookie", cfg.console_secure_cookie);
+  a.get_duration("session_lifetime", cfg.console_session_lifetime);
+  if (cfg.console_session_lifetime <= 0 || cfg.console_session_lifetime > seconds(7 * 86400)) {
+    a.fail("session_lifetime", "must be between 1s and 7d");
+  }
   a.finish();
 }
 
@@ -834,9 +840,10 @@ void read_sim(Reader& top, Config& cfg) {
 }
 
 std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& file,
-                                    bool embedded) {
+                                    const std::string& text, bool embedded) {
   auto cfg = std::make_shared<Config>();
   cfg->source = file;
+  cfg->text = text;
   cfg->embedded = embedded;
   Reader top(root, file);
   // In dependency order: a section may refer to what an earlier one defined.
@@ -869,7 +876,7 @@ Result<std::shared_ptr<const Config>> load_yaml(const std::string& text, const s
   try {
     YAML::Node root = YAML::Load(text);
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-    return parse(root, name, embedded);
+    return parse(root, name, text, embedded);
   } catch (const ConfigError& e) {
     return make_error(500, "config_error", "", e.what());
   } catch (const YAML::Exception& e) {
@@ -878,7 +885,64 @@ Result<std::shared_ptr<const Config>> load_yaml(const std::string& text, const s
   }
 }
 
+bool secret_key_name(std::string k) {
+  std::transform(k.begin(), k.end(), k.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (k.ends_with("_env") || k.ends_with("_sha256") || k == "key_header") return false;
+  // Whole words at the end of the name: "api_key", "secret", "bearer_token"; not "max_tokens".
+  for (std::string_view w : {"key", "secret", "password", "passwd", "token", "authorization",
+                             "credential", "credentials", "conninfo", "dsn"}) {
+    if (k == w) return true;
+    if (k.size() > w.size() && k.ends_with(w) &&
+        (k[k.size() - w.size() - 1] == '_' || k[k.size() - w.size() - 1] == '-')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// user:password@ inside a URL (postgresql://u:p@h/db, redis://:p@h).
+std::string redact_url_credentials(const std::string& v) {
+  const auto scheme = v.find("://");
+  if (scheme == std::string::npos) return v;
+  const auto at = v.find('@', scheme + 3);
+  const auto slash = v.find('/', scheme + 3);
+  if (at == std::string::npos || (slash != std::string::npos && slash < at)) return v;
+  return v.substr(0, scheme + 3) + "<redacted>" + v.substr(at);
+}
+
+void redact_node(YAML::Node node) {
+  if (node.IsMap()) {
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string k = it->first.IsScalar() ? it->first.as<std::string>() : std::string();
+      if (secret_key_name(k) && it->second.IsScalar()) {
+        it->second = "<redacted>";
+      } else {
+        redact_node(it->second);
+      }
+    }
+  } else if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i) redact_node(node[i]);
+  } else if (node.IsScalar()) {
+    const std::string v = node.as<std::string>();
+    const std::string r = redact_url_credentials(v);
+    if (r != v) node = r;
+  }
+}
+
 }  // namespace
+
+std::string redacted_yaml(const std::string& text) {
+  try {
+    YAML::Node root = YAML::Load(text);
+    redact_node(root);
+    YAML::Emitter out;
+    out << root;
+    return out.c_str();
+  } catch (const YAML::Exception&) {
+    return "# the configuration could not be shown\n";
+  }
+}
 
 Result<std::shared_ptr<const Config>> load_file(const std::string& path) {
   std::ifstream in(path);

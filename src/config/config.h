@@ -118,6 +118,13 @@ struct Config {
   http::ServerOptions server;
   std::string admin_listen;    // "" = admin routes on the main listener
   std::string admin_key_hash;  // hex SHA-256; "" = admin API disabled
+  // The operator's console (/ui on the admin listener): on unless admin.console is false.
+  bool console_enabled = true;
+  // Mark the session cookie Secure: set when TLS terminates in front of the gateway. Without it,
+  // the cookie is still Secure when a trusted proxy says X-Forwarded-Proto: https.
+  bool console_secure_cookie = false;
+  Nanos console_session_lifetime = seconds(8 * 3600);
+  std::string text;  // the YAML this config was loaded from (shown redacted by the console)
   Nanos drain_timeout = seconds(20);
   std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
   std::vector<std::string> trusted_proxies;
@@ -174,6 +181,11 @@ Result<std::shared_ptr<const Config>> load_string(const std::string& yaml, const
 
 // The embedded default: simulated providers in process, a demo key from BELLWETHER_DEMO_KEY.
 const std::string& embedded_default_yaml();
+
+// The YAML text with every secret replaced by "<redacted>": values of keys that name a secret
+// (key, secret, password, token, authorization, api_key, ...), credentials inside URLs, and
+// admin/provider keys. Keys ending in _env name an environment variable and are kept.
+std::string redacted_yaml(const std::string& text);
 
 // Parses "host:port" ("[v6]:port" too).
 bool parse_listen(const std::string& s, std::string& host, std::uint16_t& port);

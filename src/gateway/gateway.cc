@@ -142,6 +142,7 @@ Result<Ok> Gateway::start() {
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaling = std::make_unique<ScalingState>(cfg);
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
 
   http::ServerOptions opt = cfg.server;
   if (!options_.listen_override.empty() &&
@@ -178,6 +179,10 @@ Result<Ok> Gateway::start() {
   });
   server_->run();
   return Ok{};
+}
+
+void Gateway::note_reload(bool ok, const std::string& message) {
+  gateway::note_reload(*shared_, ok, message);
 }
 
 Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
@@ -264,6 +269,7 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
 std::size_t Gateway::drain_and_stop() {
   shared_->draining.store(true);
   stop_scaler();
+  if (shared_->console) shared_->console->sampler.stop();
   const Nanos timeout = runtime_.load()->config().drain_timeout;
   server_->begin_drain();
   if (admin_server_) admin_server_->begin_drain();

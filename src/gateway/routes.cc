@@ -114,6 +114,15 @@ asio::awaitable<void> no_route(Ctx& c, bool path_known) {
   co_await c.w.send(std::move(r));
 }
 
+asio::awaitable<void> console(Ctx& c, bool admin_listener) {
+  if (!admin_listener && !c.rt->config().admin_listen.empty()) {
+    co_return co_await reply_error(
+        c, errors::make(errors::kUnknownUrl, "The console is on the admin listener (/ui/)."));
+  }
+  auto r = handle_console(c.sh, *c.rt, c.req);
+  co_await send_response(c, std::move(r));
+}
+
 asio::awaitable<void> admin_elsewhere(Ctx& c) {
   co_await reply_error(
       c, errors::make(errors::kUnknownUrl, "The admin API is on the admin listener."));
@@ -123,6 +132,7 @@ asio::awaitable<void> admin_elsewhere(Ctx& c) {
 // handler, so a request costs no frame for routing (hence no temporaries passed by reference).
 asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   const auto path = c.req.path();
+  if (path == "/ui" || path.starts_with("/ui/")) return console(c, admin_listener);
   if (path.starts_with("/admin/")) {
     if (admin_listener || c.rt->config().admin_listen.empty()) {
       return admin_table().dispatch(c);

@@ -15,6 +15,7 @@
 #include "cost/key_store.h"
 #include "cost/ledger.h"
 #include "gateway/access_log.h"
+#include "gateway/console.h"
 #include "gateway/runtime.h"
 #include "gateway/scaling.h"
 #include "gateway/upstream.h"
@@ -65,6 +66,10 @@ struct Shared {
   std::unique_ptr<ScalingState> scaling;  // what is short, and the replica recommendations
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
+
+  // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
+  // sampler thread stops before the state it reads goes away.
+  std::unique_ptr<Console> console;
 
   Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
 };
