@@ -56,7 +56,8 @@ std::string json_string(std::string_view s) {
 }
 
 std::string openai_error_body(std::string_view message, std::string_view type,
-                              std::string_view code, std::string_view param) {
+                              std::string_view code, std::string_view param,
+                              std::string_view request_id) {
   std::string out;
   out.reserve(96 + message.size());
   out += "{\"error\":{\"message\":";
@@ -74,6 +75,10 @@ std::string openai_error_body(std::string_view message, std::string_view type,
     out += "null";
   } else {
     append_json_string(out, code);
+  }
+  if (!request_id.empty()) {
+    out += ",\"request_id\":";
+    append_json_string(out, request_id);
   }
   out += "}}";
   return out;

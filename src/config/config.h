@@ -27,6 +27,7 @@
 #include "routing/router.h"
 #include "telemetry/capacity_planner.h"
 #include "telemetry/scaler.h"
+#include "telemetry/tracing.h"
 
 namespace bw::config {
 
@@ -143,6 +144,9 @@ struct Config {
   std::vector<ModelGroupConfig> model_groups;
   std::vector<KeyConfig> keys;
   AccessLogConfig access_log;
+  // OpenTelemetry traces (telemetry/tracing.h). The exporter (endpoint, queue, batch) is set up
+  // at startup; sampling and content capture follow reloads.
+  telemetry::TracingConfig tracing;
   SimConfig sim;
   // Resilience (routing/): breaker and retry policy for every deployment, and the DLQ.
   routing::BreakerConfig breaker;

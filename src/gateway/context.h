@@ -18,6 +18,7 @@
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
 #include "gateway/errors.h"
+#include "gateway/request_tracing.h"
 #include "gateway/shared.h"
 #include "http/server.h"
 #include "limits/limiter.h"
@@ -53,9 +54,6 @@ struct Outcome {
   // code.
   std::string label() const;
 };
-
-// Priority label values, spelled as in /v1/metrics/queue and the docs.
-inline constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
 
 struct Ctx {
   Ctx(Shared& s, std::shared_ptr<const Runtime> r, http::Request& q, http::ResponseWriter& wr)
@@ -113,6 +111,8 @@ struct Ctx {
   boost::asio::cancellation_signal gone_signal;
   http::UpstreamCancel upstream_cancel;
   bool finished = false;  // finish ran (it runs exactly once per request)
+  // The request's trace (request_tracing.h); null when there is none to record or pass on.
+  std::unique_ptr<tracing::State> trace;
 
   Nanos now() const { return sh.clock.now(); }
 };

@@ -56,7 +56,8 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body) {
+http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
+                                             tracing::SpanRef attempt) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
@@ -70,6 +71,7 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
+  tracing::add_upstream_headers(c, attempt, out.headers);
   out.body = std::move(body);
   out.cancel = &c.upstream_cancel;
   return out;
@@ -135,6 +137,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       if (info.usage_only && !c.llm.client_wants_usage) continue;
       out.append(event);
     }
+    tracing::observe_output(c, out);
     splitter.compact();
     if (!out.empty()) {
       c.bytes_out += out.size();
@@ -225,6 +228,77 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
   if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
+// The answer when the plan has nothing left to try and no upstream answer to pass on.
+Error nothing_left(Ctx& c, const routing::RequestPlan::Step& step,
+                   const std::optional<Error>& last_error, Nanos now) {
+  if (last_error) c.last_failure = last_error->message;
+  if (last_error && last_error->code == http::kUpstreamTimeout) return *last_error;
+  const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
+  Error e = errors::make(errors::kUpstreamDegraded,
+                         "The service is degraded: no deployment of '" + c.route_model +
+                             "' or its fallbacks can take the request now (" +
+                             routing::to_string(step.failure) + "). Retry later.");
+  if (step.failure == routing::PickFailure::kAllAtCapacity ||
+      step.failure == routing::PickFailure::kAllCooling) {
+    // The providers' own rate limits: say so as a rate limit, with their reset time.
+    e = errors::make(errors::kUpstreamRateLimited,
+                     "Every deployment of '" + c.route_model +
+                         "' is at its provider's rate limit or cooling down after a 429. "
+                         "Retry after the time in Retry-After.");
+  }
+  e.retry_after_s = std::max(1.0, wait_s);
+  if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
+  return e;
+}
+
+// A failed attempt (no answer) ends the request unless the plan retries it.
+bool gives_up(const routing::RetryDecision& d) {
+  return d.retry() || d.verdict == routing::RetryVerdict::kAttemptsExhausted ||
+         d.verdict == routing::RetryVerdict::kDeadline ||
+         d.verdict == routing::RetryVerdict::kBudgetExhausted ||
+         d.verdict == routing::RetryVerdict::kNotRetryable;
+}
+
+// The gateway's headers on an upstream answer (no content-type: the caller adds it).
+http::Headers answer_headers(const Ctx& c, const http::UpstreamResponse& up) {
+  http::Headers headers;
+  headers.reserve(256 + c.extra.wire().size());
+  headers.add("x-request-id", c.request_id);
+  headers.add("x-bellwether-model", c.model_served);
+  if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
+  headers.append(c.extra);
+  copy_response_headers(up.headers(), headers);
+  return headers;
+}
+
+// The balancer's and breaker's view of a relayed stream.
+routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
+  routing::Outcome o;
+  o.status = 200;
+  o.latency_ns = latency;
+  o.ttft_ns = c.ttft;
+  o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
+           : c.outcome.none() ? routing::OutcomeKind::kSuccess
+                              : routing::OutcomeKind::kHttp5xx;
+  return o;
+}
+
+// A buffered upstream answer as the client gets it.
+Response buffered_answer(const http::UpstreamResponse& up, http::Headers headers,
+                         std::string body) {
+  Response r;
+  r.status = up.status();
+  r.headers = std::move(headers);
+  auto ct = up.content_type();
+  r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
+  if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
+    r.headers.add("retry-after", std::string(ra));
+  }
+  r.body = std::move(body);
+  return r;
+}
+
 }  // namespace
 
 asio::awaitable<Verdict> forward::run(Ctx& c) {
@@ -252,24 +326,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await c.w.send(std::move(*last_response));
         co_return Ok{};
       }
-      if (last_error) c.last_failure = last_error->message;
-      if (last_error && last_error->code == http::kUpstreamTimeout) co_return *last_error;
-      const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
-      Error e = errors::make(errors::kUpstreamDegraded,
-                             "The service is degraded: no deployment of '" + c.route_model +
-                                 "' or its fallbacks can take the request now (" +
-                                 routing::to_string(step.failure) + "). Retry later.");
-      if (step.failure == routing::PickFailure::kAllAtCapacity ||
-          step.failure == routing::PickFailure::kAllCooling) {
-        // The providers' own rate limits: say so as a rate limit, with their reset time.
-        e = errors::make(errors::kUpstreamRateLimited,
-                         "Every deployment of '" + c.route_model +
-                             "' is at its provider's rate limit or cooling down after a 429. "
-                             "Retry after the time in Retry-After.");
-      }
-      e.retry_after_s = std::max(1.0, wait_s);
-      if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
-      co_return e;
+      co_return nothing_left(c, step, last_error, now);
     }
     routing::Ticket& ticket = *step.ticket;
     const auto& dep_cfg = ticket.deployment();
@@ -288,12 +345,14 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     c.model_served = ticket.group();
     router.on_start(ticket, now);
     const Nanos sent_at = now;
+    const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
     auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value())));
+        *d->provider, build_upstream_request(c, *d, std::move(body.value()), span));
     if (!resp) {
       now = c.now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
+      tracing::attempt_end(c, span, 0, c.client_gone ? "cancelled" : resp.error().code);
       if (c.client_gone) {  // cancelled by us
         abandon_attempt(c, plan, ticket, now, rng);
         co_return Ok{};
@@ -307,10 +366,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await sleep_for(decision.delay);
         continue;
       }
-      if (decision.retry() || decision.verdict == routing::RetryVerdict::kAttemptsExhausted ||
-          decision.verdict == routing::RetryVerdict::kDeadline ||
-          decision.verdict == routing::RetryVerdict::kBudgetExhausted ||
-          decision.verdict == routing::RetryVerdict::kNotRetryable) {
+      if (gives_up(decision)) {
         c.forward_failed = true;
         c.last_failure = resp.error().message;
         co_return resp.error();
@@ -318,35 +374,24 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       continue;
     }
     auto& up = resp.value();
-    http::Headers headers;
-    headers.reserve(256 + c.extra.wire().size());
-    headers.add("x-request-id", c.request_id);
-    headers.add("x-bellwether-model", c.model_served);
-    if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
-    headers.append(c.extra);
-    copy_response_headers(up.headers(), headers);
+    http::Headers headers = answer_headers(c, up);
     const bool is_sse = up.content_type().starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
       co_await relay_stream(c, up, std::move(headers));
+      tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
       now = c.now();
       c.upstream_latency = now - sent_at;
       record_attempt(c, dep_cfg.id, 200, now - sent_at);
-      routing::Outcome o;
-      o.status = 200;
-      o.latency_ns = now - sent_at;
-      o.ttft_ns = c.ttft;
-      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
-               : c.outcome.none() ? routing::OutcomeKind::kSuccess
-                                  : routing::OutcomeKind::kHttp5xx;
-      plan.finish(ticket, o, now, true, rng);
+      plan.finish(ticket, stream_outcome(c, now - sent_at), now, true, rng);
       co_return Ok{};
     }
     c.upstream_status = up.status();
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = c.now();
     c.upstream_latency = now - sent_at;
+    tracing::attempt_end(c, span, all ? up.status() : 0,
+                         all ? std::string_view{} : std::string_view(all.error().code));
     if (!all && c.client_gone) {  // cancelled by us
       abandon_attempt(c, plan, ticket, now, rng);
       co_return Ok{};
@@ -369,16 +414,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.usage = providers::extract_usage(*all);
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     }
-    Response r;
-    r.status = up.status();
-    r.headers = std::move(headers);
-    auto ct = up.content_type();
-    // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
-    r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
-    if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
-      r.headers.add("retry-after", std::string(ra));
-    }
-    r.body = std::move(all.value());
+    Response r = buffered_answer(up, std::move(headers), std::move(all.value()));
     auto decision = plan.finish(ticket, o, now, false, rng);
     if (decision.retry() && decision.delay <= max_retry_wait) {
       last_response = std::move(r);
@@ -395,6 +431,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
     c.bytes_out += r.body.size();
+    tracing::observe_output(c, r.body);
     co_await c.w.send(std::move(r));
     co_return Ok{};
   }

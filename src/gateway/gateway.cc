@@ -9,6 +9,7 @@
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
 #include "gateway/pipeline.h"
+#include "gateway/request_tracing.h"
 #include "limits/redis_limit_store.h"
 #include "store/pg_key_store.h"
 #include "store/pg_ledger.h"
@@ -142,6 +143,7 @@ Result<Ok> Gateway::start() {
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaling = std::make_unique<ScalingState>(cfg);
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
   if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
 
   http::ServerOptions opt = cfg.server;

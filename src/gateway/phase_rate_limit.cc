@@ -80,8 +80,10 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
     if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
         v.retry_after_ns <= max_wait) {
       // The wait counts in the queue depth, and the overload policy may refuse it.
+      const auto span = tracing::start(c, "bellwether.rate_limit");
       auto waited = co_await unless_client_gone(
           c, c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority));
+      tracing::end(c, span, "key_limit");
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
         e.status = 429;

@@ -194,7 +194,7 @@ std::string render_metrics(Shared& sh) {
   if (sh.admission) {
     auto snap = sh.admission->snapshot();
     for (std::size_t p = 0; p < 3; ++p) {
-      m.queue_depth.with({kPriorityLabel[p]}).set(static_cast<double>(snap.depth[p]));
+      m.queue_depth.with({admission::kPriorityLabels[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
   }

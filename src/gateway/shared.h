@@ -26,6 +26,7 @@
 #include "telemetry/gateway_metrics.h"
 #include "telemetry/metrics.h"
 #include "telemetry/scaler.h"
+#include "telemetry/trace_exporter.h"
 
 namespace bw::gateway {
 
@@ -64,6 +65,8 @@ struct Shared {
   telemetry::Registry registry;
   std::unique_ptr<telemetry::GatewayMetrics> metrics;
   std::unique_ptr<ScalingState> scaling;  // what is short, and the replica recommendations
+  // OTLP trace export; null unless tracing.endpoint is set (at startup).
+  std::unique_ptr<telemetry::TraceExporter> tracer;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
 
