@@ -459,9 +459,18 @@ void read_providers(Reader& top, Config& cfg) {
     ProviderConfig p;
     p.name = name;
     r.get("type", p.type);
-    if (p.type != "openai" && p.type != "sim") {
-      r.fail("type", "unknown provider type '" + p.type + "' (expected openai or sim)");
+    if (p.type != "openai" && p.type != "sim" && p.type != "azure" && p.type != "anthropic" &&
+        p.type != "gemini") {
+      r.fail("type", "unknown provider type '" + p.type +
+                         "' (expected openai, azure, anthropic, gemini or sim)");
     }
+    r.get("format", p.format);
+    if (p.format != "openai" && p.format != "anthropic" && p.format != "gemini") {
+      r.fail("format", "unknown format '" + p.format + "' (expected openai, anthropic or gemini)");
+    }
+    r.get("api_version", p.api_version);
+    r.get("anthropic_version", p.anthropic_version);
+    if (p.type == "azure") r.require("api_version");
     r.get("base_url", p.base_url);
     r.get("api_key_env", p.api_key_env);
     r.get_duration("connect_timeout", p.timeouts.connect);
@@ -477,7 +486,7 @@ void read_providers(Reader& top, Config& cfg) {
     std::int64_t maxp = static_cast<std::int64_t>(p.pool.max_pending);
     r.get("max_pending_requests", maxp, 0, 1'000'000);
     p.pool.max_pending = static_cast<std::size_t>(maxp);
-    if (p.type == "openai") {
+    if (p.type != "sim") {
       r.require("base_url");
       auto ep = http::Endpoint::parse(p.base_url);
       if (!ep) r.fail("base_url", ep.error().message);
@@ -712,6 +721,9 @@ void read_pricing(Reader& top, Config& cfg) {
     v = -1;
     r.get("cached_input", v, 0, 1e6);
     if (v >= 0) price.cached_input_per_mtok = cost::usd_to_micros(v);
+    v = -1;
+    r.get("cache_write", v, 0, 1e6);
+    if (v >= 0) price.cache_write_per_mtok = cost::usd_to_micros(v);
     r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
     cfg.prices.set(model, price);
   });
@@ -783,6 +795,13 @@ void read_ledger(Reader& top, Config& cfg) {
   auto led = top.child("ledger");
   led.get("path", cfg.ledger_path);
   led.get("postgres", cfg.ledger_postgres);
+  std::string durability;
+  led.get("durability", durability);
+  if (durability == "machine") {
+    cfg.ledger_sync_machine = true;
+  } else if (!durability.empty() && durability != "process") {
+    led.fail("durability", "unknown value '" + durability + "' (expected process, machine)");
+  }
   led.finish();
   if (!cfg.ledger_path.empty() && !cfg.ledger_postgres.empty()) {
     led.fail_here("choose one of path (SQLite) and postgres");

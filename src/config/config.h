@@ -33,10 +33,15 @@ namespace bw::config {
 
 struct ProviderConfig {
   std::string name;
-  std::string type = "openai";  // openai | sim (the in-process simulator)
-  std::string base_url;         // e.g. https://api.openai.com/v1
-  std::string api_key_env;      // environment variable holding the provider key
-  std::string api_key;          // resolved at load time; never logged
+  // openai | azure | anthropic | gemini | sim (the in-process simulator)
+  std::string type = "openai";
+  std::string base_url;  // e.g. https://api.openai.com/v1, https://api.anthropic.com/v1
+  // type sim: the wire format the simulator is spoken to in (openai | anthropic | gemini).
+  std::string format = "openai";
+  std::string api_version;                       // azure: the api-version query parameter
+  std::string anthropic_version = "2023-06-01";  // anthropic: the anthropic-version header
+  std::string api_key_env;                       // environment variable holding the provider key
+  std::string api_key;                           // resolved at load time; never logged
   http::ClientTimeouts timeouts;
   http::PoolLimits pool;  // per worker thread
 };
@@ -166,6 +171,9 @@ struct Config {
   std::string webhook_secret;   // resolved from secret_env; never logged
   std::string ledger_path;      // SQLite file; "" = no ledger (then no stored keys)
   std::string ledger_postgres;  // postgresql://... : the ledger and key store on PostgreSQL
+  // SQLite ledger: true (`durability: machine`) syncs the WAL at every group commit (survives a
+  // power loss); false (`process`, the default) leaves it to the OS (survives kill -9).
+  bool ledger_sync_machine = false;
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;

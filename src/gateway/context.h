@@ -15,6 +15,8 @@
 #include <string>
 
 #include "admission/admission_controller.h"
+#include "api/canonical.h"
+#include "api/responses.h"
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
 #include "gateway/errors.h"
@@ -22,6 +24,7 @@
 #include "gateway/shared.h"
 #include "http/server.h"
 #include "limits/limiter.h"
+#include "providers/adapter.h"
 #include "providers/openai.h"
 
 namespace bw::gateway {
@@ -72,6 +75,13 @@ struct Ctx {
   const limits::Plan* plan = nullptr;
   admission::PriorityDecision priority;
   providers::LlmRequest llm;
+  // The client's API, and (for Responses, Messages, or a chat body bound for another provider
+  // type) its canonical request. history_expanded: previous_response_id was found in the store
+  // and its turns put before the input.
+  api::Format inbound = api::Format::kChat;
+  std::optional<api::Request> canon;
+  bool history_expanded = false;
+  api::ResponseMeta response_meta;  // Responses: this response's id and echoed fields
   const ModelGroup* group = nullptr;
   std::string route_model;  // the model routed to (differs after a downgrade)
   // 5 rate limit: the decision; its token reservation is settled by finish.
@@ -87,11 +97,16 @@ struct Ctx {
   // 7 admission: the concurrency slot, released by finish.
   admission::Permit permit;
   Nanos queue_wait = 0;
+  // What the request waited for (concurrency, deployment_rpm/_tpm, key_limit); kNone = no wait.
+  admission::WaitReason wait_reason = admission::WaitReason::kNone;
   // 8 forward
   int upstream_status = 0;      // last upstream answer (0 = none)
   Nanos upstream_latency = 0;   // of the last attempt
   bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
   std::string last_failure;
+  std::string dropped_params;  // fields a translation could not carry (x-bellwether-dropped-params)
+  // The last provider answer's rate-limit headers, provider-neutral (translated routes).
+  providers::RateLimitInfo upstream_limits;
 
   // Outcome, for the access log.
   int status = 0;

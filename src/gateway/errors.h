@@ -61,6 +61,10 @@ inline constexpr Spec kUpstreamTimeout{504, "upstream_error", "upstream_timeout"
 inline constexpr Spec kUpstreamConnectionLimit{503, "upstream_error", "upstream_connection_limit"};
 // Sent as a last SSE event of a stream already answered 200.
 inline constexpr Spec kUpstreamTruncated{200, "upstream_error", "upstream_truncated"};
+// Translation between client APIs and provider types.
+inline constexpr Spec kUnsupportedParams{400, "invalid_request_error", "unsupported_parameter"};
+inline constexpr Spec kPreviousResponseNotFound{404, "invalid_request_error",
+                                                "previous_response_not_found"};
 // Admin API.
 inline constexpr Spec kNotFound{404, "invalid_request_error", "not_found"};
 inline constexpr Spec kDlqDisabled{404, "invalid_request_error", "dlq_disabled"};
@@ -108,6 +112,8 @@ inline constexpr std::array kAll = {
     kUpstreamTimeout,
     kUpstreamConnectionLimit,
     kUpstreamTruncated,
+    kUnsupportedParams,
+    kPreviousResponseNotFound,
     kNotFound,
     kDlqDisabled,
     kNoLedger,

@@ -3,13 +3,18 @@
 // client's API. Retries go to another deployment where there is one, with backoff and within
 // the retry budget, and only while nothing has reached the client; fallback models follow when a
 // model has nothing left.
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cmath>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
+#include "api/chat.h"
 #include "common/json_util.h"
 #include "gateway/phases.h"
+#include "gateway/translate.h"
 #include "http/sse.h"
 
 namespace bw::gateway {
@@ -36,6 +41,22 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
   c.usage.completion_tokens = 0;
 }
 
+// A successful answer without usage is never free: it is charged `estimate` (from what was sent
+// and received), counted and logged.
+void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  // The provider was told the output cap: it cannot have generated more than that per choice.
+  if (c.forced_max_tokens > 0) {
+    estimate.completion_tokens = std::min(
+        estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
+  }
+  c.usage = estimate;
+  c.sh.metrics->usage_missing.with({c.route_model}).inc();
+  spdlog::warn(
+      "request {}: the upstream answer for model {} had no usage; charged an estimate of "
+      "{} prompt + {} completion tokens",
+      c.request_id, c.route_model, estimate.prompt_tokens, estimate.completion_tokens);
+}
+
 const std::string& target_for(const Deployment& d, Endpoint e) {
   switch (e) {
     case Endpoint::kChat:
@@ -57,16 +78,24 @@ constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
 http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
-                                             tracing::SpanRef attempt) {
+                                             std::string_view target, tracing::SpanRef attempt) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
-  out.target = target_for(d, c.llm.endpoint);
+  // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
+  out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
   out.headers.add("content-type", "application/json");
   out.headers.add("accept", c.llm.stream ? "text/event-stream" : "application/json");
   out.headers.add("x-request-id", c.request_id);
   if (!d.provider->authorization.empty()) {
     out.headers.add("authorization", d.provider->authorization);
+  }
+  if (!d.provider->key_header.empty()) {
+    out.headers.add(d.provider->key_header, d.provider->key_value);
+  }
+  if (d.provider->wire.wire == providers::Wire::kAnthropic) {
+    out.headers.add("anthropic-version", d.provider->anthropic_version);
+    if (auto v = c.req.header("anthropic-beta"); !v.empty()) out.headers.add("anthropic-beta", v);
   }
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
@@ -91,8 +120,12 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   // `headers` holds neither (gateway headers and kForwardResponseHeaders only).
   headers.add("content-type", "text/event-stream");
   headers.add("cache-control", "no-cache");
-  if (!co_await c.w.begin_stream(200, headers)) {
-    c.cancelled = true;
+  // When the first body bytes came with the upstream's head, the client's head leaves with them
+  // in one write; otherwise it leaves now, as the upstream's did.
+  const bool started = up.body_at_hand() ? co_await c.w.begin_stream_held(200, headers)
+                                         : co_await c.w.begin_stream(200, headers);
+  if (!started) {
+    note_client_gone(c);
     up.abort();
     co_return;
   }
@@ -100,7 +133,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   http::SseSplitter splitter;
   std::string out, scratch;
   std::size_t text_chars = 0, text_chunks = 0;
-  bool saw_done = false;
+  bool saw_done = false, ended = false;
   for (;;) {
     auto piece = co_await up.read_some();
     if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
@@ -118,14 +151,13 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     }
     if (piece->empty()) break;
     if (c.ttft < 0) c.ttft = c.now() - c.start;
-    if (!splitter.feed(*piece)) {
-      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
-      up.abort();
-      break;
-    }
+    // Every complete event of this read leaves in one write. Events pass through as they came:
+    // the bytes are written from the read itself (`run`, a contiguous stretch of it) and copied
+    // into `out` only around an event that is held back.
+    const std::string_view window = splitter.window(*piece);
+    std::string_view rest = window, event, run;
     out.clear();
-    std::string_view event;
-    while (splitter.next(event)) {
+    while (http::next_event(rest, event)) {
       auto data = http::sse_data(event, scratch);
       auto info = providers::inspect_chunk(data);
       if (info.done) saw_done = true;
@@ -134,20 +166,38 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
-      if (info.usage_only && !c.llm.client_wants_usage) continue;
-      out.append(event);
+      if (info.usage_only && !c.llm.client_wants_usage) {
+        out.append(run);
+        run = {};
+        continue;
+      }
+      run = run.empty() ? event : std::string_view(run.data(), run.size() + event.size());
     }
-    tracing::observe_output(c, out);
-    splitter.compact();
+    std::string_view send = run;
     if (!out.empty()) {
-      c.bytes_out += out.size();
-      if (!co_await c.w.write_chunk(out)) {
+      out.append(run);
+      send = out;
+    }
+    tracing::observe_output(c, send);
+    // Before keep(): `send` may point into the splitter's buffer, which keep() rewrites.
+    const bool last = saw_done && up.complete();
+    if (!send.empty()) {
+      c.bytes_out += send.size();
+      const bool ok = last ? co_await c.w.end_stream_with(send) : co_await c.w.write_chunk(send);
+      if (!ok) {
         // The client went away: drop the upstream connection so the provider stops generating.
-        c.cancelled = true;
+        note_client_gone(c);
         up.abort();
         break;
       }
+      ended = last;
     }
+    if (!splitter.keep(window, window.size() - rest.size())) {
+      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
+      up.abort();
+      break;
+    }
+    if (ended) break;
   }
   if (!saw_done && !c.cancelled && c.outcome.none()) {
     // The upstream ended the body without [DONE]: a truncated stream, not a success.
@@ -159,11 +209,131 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     c.bytes_out += ev.size();
     co_await c.w.write_chunk(ev);
   }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.usage.present) {
-    // An abandoned or broken stream is charged for what was generated up to that point.
+    // An abandoned or broken stream is charged for what was generated up to that point; a
+    // complete one that never reported usage (although it was asked to) the same way.
+    providers::Usage u;
+    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+    u.completion_tokens = std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
+                                                 static_cast<std::int64_t>((text_chars + 3) / 4));
+    if (saw_done && !c.cancelled) {
+      note_usage_missing(c, u);
+    } else {
+      c.usage = u;
+    }
+  }
+  if (!c.cancelled && !ended) co_await c.w.end_stream();
+}
+
+// A translated Responses answer with `store` is kept for previous_response_id.
+void store_response(Ctx& c, const api::Response& answer) {
+  if (c.inbound != api::Format::kResponses || !c.canon || !c.canon->store || !c.sh.responses) {
+    return;
+  }
+  c.sh.responses->put(c.response_meta.id, api::conversation_after(*c.canon, answer),
+                      c.canon->system, c.now());
+}
+
+// Fields the provider's format cannot carry: named in x-bellwether-dropped-params, or the request
+// refused before it is sent when the client asked for strict_params.
+std::optional<Error> note_dropped(Ctx& c, std::vector<std::string> dropped) {
+  std::sort(dropped.begin(), dropped.end());
+  dropped.erase(std::unique(dropped.begin(), dropped.end()), dropped.end());
+  std::string list;
+  for (const auto& f : dropped) {
+    if (!list.empty()) list += ", ";
+    list += f;
+  }
+  const bool strict =
+      (c.canon && c.canon->strict_params) || c.req.header("x-bellwether-strict-params") == "true";
+  if (!list.empty() && strict) {
+    return errors::make(errors::kUnsupportedParams, "The provider of '" + c.route_model +
+                                                        "' cannot take: " + list +
+                                                        " (strict_params is set).");
+  }
+  c.dropped_params = std::move(list);
+  return std::nullopt;
+}
+
+// Phase 9 for a stream whose client API is not the provider's (or a same-format Responses or
+// Messages stream): each upstream event is decoded and the client's events are written at once,
+// so the first token leaves as soon as the provider sends it. Usage is read on the way.
+asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http::Headers headers,
+                                       const UpstreamBody& call) {
+  headers.add("content-type", "text/event-stream");
+  headers.add("cache-control", "no-cache");
+  if (!co_await c.w.begin_stream(200, headers)) {
+    note_client_gone(c);
+    up.abort();
+    co_return;
+  }
+  c.status = 200;
+  const bool include_usage = c.canon ? c.canon->stream_usage : c.llm.client_wants_usage;
+  StreamTranslator tr(c.inbound, call, c.llm.model, include_usage,
+                      c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+  http::SseSplitter splitter;
+  std::string out;
+  bool broken = false;
+  for (;;) {
+    auto piece = co_await up.read_some();
+    if (!piece && c.client_gone) break;
+    if (!piece) {
+      c.outcome.set(OutcomeKind::kUpstream, piece.error().code);
+      out.clear();
+      tr.fail("api_error", "The upstream stream failed: " + piece.error().message, out);
+      c.bytes_out += out.size();
+      co_await c.w.write_chunk(out);
+      broken = true;
+      break;
+    }
+    if (piece->empty()) break;
+    if (c.ttft < 0) c.ttft = c.now() - c.start;
+    if (!splitter.feed(*piece)) {
+      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
+      up.abort();
+      broken = true;
+      break;
+    }
+    out.clear();
+    std::string_view event;
+    while (splitter.next(event)) tr.feed(event, out);
+    splitter.compact();
+    if (!out.empty()) {
+      c.bytes_out += out.size();
+      if (!co_await c.w.write_chunk(out)) {
+        note_client_gone(c);
+        up.abort();
+        break;
+      }
+    }
+  }
+  out.clear();
+  if (!c.cancelled && !broken) {
+    if (tr.done()) {
+      tr.finish(out);
+    } else if (c.outcome.none()) {
+      c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
+      tr.fail("api_error", "The upstream stream ended before it was complete.", out);
+    }
+  }
+  if (!out.empty()) {
+    c.bytes_out += out.size();
+    co_await c.w.write_chunk(out);
+  }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
+  if (tr.usage().present) {
+    c.usage = tr.usage();
+  } else {
     c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens = std::max<std::int64_t>(
-        static_cast<std::int64_t>(text_chunks), static_cast<std::int64_t>((text_chars + 3) / 4));
+    c.usage.completion_tokens =
+        std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
+                               static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+  }
+  if (const auto* answer = tr.accumulated(); answer && !c.cancelled && tr.done()) {
+    store_response(c, *answer);
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -284,16 +454,22 @@ routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
   return o;
 }
 
-// A buffered upstream answer as the client gets it.
-Response buffered_answer(const http::UpstreamResponse& up, http::Headers headers,
-                         std::string body) {
+// A buffered upstream answer as the client gets it: the provider's body, or (`translated`) a
+// JSON body the gateway wrote in the client's API.
+Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::Headers headers,
+                         int status, std::string body, bool translated) {
   Response r;
-  r.status = up.status();
+  r.status = status;
   r.headers = std::move(headers);
   auto ct = up.content_type();
-  r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
+  // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
+  r.headers.add("content-type",
+                translated || ct.empty() ? std::string_view("application/json") : ct);
   if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
     r.headers.add("retry-after", std::string(ra));
+  } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
+    r.headers.add("retry-after",
+                  std::to_string(static_cast<long>(std::ceil(c.upstream_limits.retry_after_s))));
   }
   r.body = std::move(body);
   return r;
@@ -305,6 +481,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
   auto& router = c.sh.router;
   auto& rng = thread_rng(c.now());
   auto plan = router.plan(c.route_model, c.now());
+  // The admission queue reserved this deployment's rate capacity for the request.
+  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
@@ -337,9 +515,41 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       plan.finish(ticket, o, now, false, rng);
       continue;
     }
-    auto body =
-        providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
-    if (!body) co_return body.error();
+    // Chat completions to an OpenAI-format provider: the fast passthrough (no decode). Every
+    // other pair goes through translate.h (a same-format Responses or Messages body passes
+    // unchanged too).
+    const providers::Wire wire = d->provider->wire.wire;
+    const bool fast = c.inbound == api::Format::kChat && !c.history_expanded &&
+                      passthrough(api::Format::kChat, wire);
+    if (c.inbound == api::Format::kChat && c.llm.endpoint != Endpoint::kChat && !fast) {
+      co_return errors::make(errors::kBadRequest,
+                             "This endpoint cannot be served by the provider type of '" +
+                                 c.route_model + "' (" + std::string(providers::to_string(wire)) +
+                                 ").");
+    }
+    UpstreamBody call;
+    Result<std::string> body = std::string();
+    if (fast) {
+      body =
+          providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
+      if (!body) co_return body.error();
+      call.passthrough = true;
+    } else {
+      auto prepared = upstream_body(c.inbound, c.req.body, c.canon, d->provider->wire,
+                                    dep_cfg.model, c.llm.stream, c.forced_max_tokens,
+                                    c.group->cfg->max_output_tokens, c.history_expanded);
+      if (!prepared) co_return prepared.error();
+      call = std::move(prepared.value());
+      if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
+          !call.passthrough) {
+        co_return errors::make(
+            errors::kPreviousResponseNotFound,
+            "Previous response with id '" + c.canon->previous_response_id + "' not found.",
+            "previous_response_id");
+      }
+      if (auto refused = note_dropped(c, call.dropped)) co_return *refused;
+      body = std::move(call.body);
+    }
     ++c.attempts;
     c.upstream = dep_cfg.id;
     c.model_served = ticket.group();
@@ -347,7 +557,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     const Nanos sent_at = now;
     const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
     auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value()), span));
+        *d->provider, build_upstream_request(c, *d, std::move(body.value()), call.target, span));
     if (!resp) {
       now = c.now();
       c.upstream_status = 0;
@@ -374,11 +584,29 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       continue;
     }
     auto& up = resp.value();
+    // A previous attempt's failure is not this answer's: the access log, the breaker's view of
+    // a stream and the truncation check all read the outcome of the answer the client gets.
+    if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
+    // What the provider says about its rate limits paces the next requests (learned wins).
+    c.sh.admission->learn(ticket.group(), dep_cfg.id,
+                          admission::parse_provider_limits(
+                              [&up](std::string_view name) { return up.headers().get(name); },
+                              up.status(), c.sh.clock.unix_millis()));
     http::Headers headers = answer_headers(c, up);
+    if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
+    if (!fast) {
+      c.upstream_limits = providers::parse_rate_limits(
+          wire, [&up](std::string_view n) { return up.headers().get(n); }, up.status(), {},
+          c.sh.clock.unix_millis());
+    }
     const bool is_sse = up.content_type().starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
-      co_await relay_stream(c, up, std::move(headers));
+      if (fast) {
+        co_await relay_stream(c, up, std::move(headers));
+      } else {
+        co_await relay_translated(c, up, std::move(headers), call);
+      }
       tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
       now = c.now();
       c.upstream_latency = now - sent_at;
@@ -410,11 +638,40 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     }
     if (c.ttft < 0) c.ttft = now - c.start;
     auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
-    if (up.status() == 200) {
+    std::optional<std::string> translated;  // the answer in the client's API, when not fast
+    int status_out = up.status();
+    if (up.status() == 200 && fast) {
       c.usage = providers::extract_usage(*all);
+      if (!c.usage.present) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    } else if (up.status() == 200) {
+      auto answer =
+          translate_response(c.inbound, call, *all, c.llm.model,
+                             c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+      if (!answer) {
+        o.status = 502;
+        o.kind = routing::OutcomeKind::kHttp5xx;
+        plan.finish(ticket, o, now, false, rng);
+        co_return answer.error();
+      }
+      c.usage = answer->usage;
+      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+      if (answer->response) store_response(c, *answer->response);
+      translated = std::move(answer->body);
+    } else if (!call.passthrough) {
+      // A provider's error in the client's API shape (its status and Retry-After kept).
+      if (wire == providers::Wire::kGemini && up.status() == 429) {
+        c.upstream_limits = providers::parse_rate_limits(
+            wire, [&up](std::string_view n) { return up.headers().get(n); }, 429, *all,
+            c.sh.clock.unix_millis());
+      }
+      const Error ue = providers::upstream_error(wire, up.status(), *all);
+      status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
+      translated = error_body(c.inbound, ue);
     }
-    Response r = buffered_answer(up, std::move(headers), std::move(all.value()));
+    Response r = buffered_answer(c, up, std::move(headers), status_out,
+                                 translated ? std::move(*translated) : std::move(all.value()),
+                                 translated.has_value());
     auto decision = plan.finish(ticket, o, now, false, rng);
     if (decision.retry() && decision.delay <= max_retry_wait) {
       last_response = std::move(r);
