@@ -15,7 +15,7 @@ LatencyWindow::LatencyWindow(Nanos window, int slices)
 
 int LatencyWindow::bucket_of(std::uint64_t us) {
   if (us < 16) return static_cast<int>(us);
-  const int e = std::bit_width(us) - 1;  // us in [2^e, 2^(e+1)), e >= 4
+  const int e = static_cast<int>(std::bit_width(us)) - 1;  // us in [2^e, 2^(e+1)), e >= 4
   const int sub = static_cast<int>((us >> (e - kSubBits)) & 15);
   return std::min(kBuckets - 1, 16 * (e - 3) + sub);
 }

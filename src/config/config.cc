@@ -500,6 +500,53 @@ void read_providers(Reader& top, Config& cfg) {
   });
 }
 
+// deployments[].scale: the deployment's own autoscaling target (capacity_planner.h).
+void read_scale_spec(Reader& d, const std::string& deployment_id, Config& cfg) {
+  if (d.has("scale")) {
+    auto sr = d.child("scale");
+    telemetry::UpstreamScaleSpec spec;
+    auto tr = sr.child("target");
+    tr.require("deployment");
+    tr.get("namespace", spec.namespace_name);
+    tr.get("deployment", spec.deployment);
+    tr.finish();
+    sr.get("capacity_tokens_per_s", spec.capacity_tokens_per_s, 0.001, 1e12);
+    sr.get("capacity_concurrency", spec.capacity_concurrency, 0.001, 1e9);
+    if ((spec.capacity_tokens_per_s > 0) == (spec.capacity_concurrency > 0)) {
+      sr.fail_here("give one of capacity_tokens_per_s or capacity_concurrency");
+    }
+    sr.get("min", spec.min_replicas, 1, 10'000);
+    sr.get("max", spec.max_replicas, 1, 10'000);
+    if (spec.min_replicas > spec.max_replicas) sr.fail_here("min must be <= max");
+    sr.get_duration("forecast_horizon", spec.forecast_horizon);
+    sr.get("learn_capacity", spec.learn_capacity);
+    sr.finish();
+    cfg.scale_specs[deployment_id] = spec;
+  } else {
+    d.child("scale");
+  }
+}
+
+// model_groups.<name>.deployments[index]: the provider must be known; the id defaults to
+// "<group>/<provider>/<index>".
+DeploymentConfig read_deployment(Reader& d, const std::string& group, int index, Config& cfg) {
+  DeploymentConfig dep;
+  d.require("provider");
+  d.get("provider", dep.provider);
+  if (!cfg.provider(dep.provider)) d.fail("provider", "unknown provider '" + dep.provider + "'");
+  dep.model = group;
+  d.get("model", dep.model);
+  dep.id = group + "/" + dep.provider + "/" + std::to_string(index);
+  d.get("id", dep.id);
+  int weight = static_cast<int>(dep.weight);
+  d.get("weight", weight, 1, 1000);
+  dep.weight = static_cast<std::uint32_t>(weight);
+  d.get("rpm", dep.rpm, 0, 1'000'000'000);
+  d.get("tpm", dep.tpm, 0, 1'000'000'000'000);
+  read_scale_spec(d, dep.id, cfg);
+  return dep;
+}
+
 // model_groups: needs providers and the admission defaults.
 void read_model_groups(Reader& top, Config& cfg) {
   top.each_entry("model_groups", [&](const std::string& name, Reader& r) {
@@ -532,46 +579,8 @@ void read_model_groups(Reader& top, Config& cfg) {
     }
     r.require("deployments");
     int index = 0;
-    r.each("deployments", [&](Reader& d) {
-      DeploymentConfig dep;
-      d.require("provider");
-      d.get("provider", dep.provider);
-      if (!cfg.provider(dep.provider))
-        d.fail("provider", "unknown provider '" + dep.provider + "'");
-      dep.model = name;
-      d.get("model", dep.model);
-      dep.id = name + "/" + dep.provider + "/" + std::to_string(index++);
-      d.get("id", dep.id);
-      int weight = static_cast<int>(dep.weight);
-      d.get("weight", weight, 1, 1000);
-      dep.weight = static_cast<std::uint32_t>(weight);
-      d.get("rpm", dep.rpm, 0, 1'000'000'000);
-      d.get("tpm", dep.tpm, 0, 1'000'000'000'000);
-      if (d.has("scale")) {
-        auto sr = d.child("scale");
-        telemetry::UpstreamScaleSpec spec;
-        auto tr = sr.child("target");
-        tr.require("deployment");
-        tr.get("namespace", spec.namespace_name);
-        tr.get("deployment", spec.deployment);
-        tr.finish();
-        sr.get("capacity_tokens_per_s", spec.capacity_tokens_per_s, 0.001, 1e12);
-        sr.get("capacity_concurrency", spec.capacity_concurrency, 0.001, 1e9);
-        if ((spec.capacity_tokens_per_s > 0) == (spec.capacity_concurrency > 0)) {
-          sr.fail_here("give one of capacity_tokens_per_s or capacity_concurrency");
-        }
-        sr.get("min", spec.min_replicas, 1, 10'000);
-        sr.get("max", spec.max_replicas, 1, 10'000);
-        if (spec.min_replicas > spec.max_replicas) sr.fail_here("min must be <= max");
-        sr.get_duration("forecast_horizon", spec.forecast_horizon);
-        sr.get("learn_capacity", spec.learn_capacity);
-        sr.finish();
-        cfg.scale_specs[dep.id] = spec;
-      } else {
-        d.child("scale");
-      }
-      g.deployments.push_back(std::move(dep));
-    });
+    r.each("deployments",
+           [&](Reader& d) { g.deployments.push_back(read_deployment(d, name, index++, cfg)); });
     if (g.deployments.empty()) r.fail("deployments", "needs at least one deployment");
     cfg.model_groups.push_back(std::move(g));
   });
@@ -830,6 +839,22 @@ void read_ledger(Reader& top, Config& cfg) {
   }
 }
 
+// scaler.gateway: what one gateway replica has, its own capacity (capacity_planner.h).
+void read_gateway_capacity(Reader& sc, Config& cfg) {
+  auto gc = sc.child("gateway");
+  auto& g = cfg.gateway_capacity;
+  gc.get("cpu_cores_per_replica", g.cpu_cores_per_replica, 0.01, 1024);
+  gc.get("target_cpu_utilization", g.target_cpu_utilization, 0.05, 1);
+  gc.get("cpu_seconds_per_request", g.cpu_seconds_per_request, 1e-7, 10);
+  gc.get("max_connections_per_replica", g.max_connections_per_replica, 0, 1e9);
+  gc.get("target_connection_utilization", g.target_connection_utilization, 0.05, 1);
+  gc.get("memory_bytes_per_replica", g.memory_bytes_per_replica, 0, 1e15);
+  gc.get("target_memory_utilization", g.target_memory_utilization, 0.05, 1);
+  gc.get_duration("event_loop_lag_threshold", g.event_loop_lag_threshold);
+  gc.get("quota_threshold", g.quota_threshold, 0.1, 1);
+  gc.finish();
+}
+
 // scaler.
 void read_scaler(Reader& top, Config& cfg) {
   auto sc = top.child("scaler");
@@ -861,21 +886,7 @@ void read_scaler(Reader& top, Config& cfg) {
   sc.get("holt_alpha", cfg.scaler.holt_alpha, 0.01, 1);
   sc.get("holt_beta", cfg.scaler.holt_beta, 0.01, 1);
   sc.get("current_replicas", cfg.current_replicas, 1, 10'000);
-  {
-    // What one gateway replica has: its own capacity (capacity_planner.h).
-    auto gc = sc.child("gateway");
-    auto& g = cfg.gateway_capacity;
-    gc.get("cpu_cores_per_replica", g.cpu_cores_per_replica, 0.01, 1024);
-    gc.get("target_cpu_utilization", g.target_cpu_utilization, 0.05, 1);
-    gc.get("cpu_seconds_per_request", g.cpu_seconds_per_request, 1e-7, 10);
-    gc.get("max_connections_per_replica", g.max_connections_per_replica, 0, 1e9);
-    gc.get("target_connection_utilization", g.target_connection_utilization, 0.05, 1);
-    gc.get("memory_bytes_per_replica", g.memory_bytes_per_replica, 0, 1e15);
-    gc.get("target_memory_utilization", g.target_memory_utilization, 0.05, 1);
-    gc.get_duration("event_loop_lag_threshold", g.event_loop_lag_threshold);
-    gc.get("quota_threshold", g.quota_threshold, 0.1, 1);
-    gc.finish();
-  }
+  read_gateway_capacity(sc, cfg);
   sc.finish();
   if (cfg.scaler.min_replicas > cfg.scaler.max_replicas) {
     sc.fail_here("min_replicas must be <= max_replicas");

@@ -116,6 +116,13 @@ TEST(ConfigModelGroups, CarryTheRoutersOwnTypes) {
   EXPECT_EQ(n->fallbacks, std::vector<std::string>{"m"});
 }
 
+TEST(ConfigModelGroups, DeploymentScaleNamesTheKey) {
+  expect_error_at(std::string(kBase) + "        scale: {target: {deployment: d}, min: 2}\n", 7,
+                  "model_groups.m.deployments[0].scale");
+  expect_error_at(std::string(kBase) + "        scale: {target: {}, capacity_concurrency: 4}\n", 7,
+                  "model_groups.m.deployments[0].scale.target.deployment");
+}
+
 TEST(ConfigKeys, NamesTheKey) {
   const std::string base = std::string(kBase) + "keys:\n";  // line 7
   expect_error_at(base + "  - {name: k, key: short}\n", 8, "keys[0].key");
@@ -176,6 +183,11 @@ TEST(ConfigLedger, DurabilityIsProcessUnlessMachineIsAsked) {
 TEST(ConfigScaler, NamesTheKey) {
   expect_error_at("scaler:\n  method: crystal_ball\n", 2, "scaler.method");
   expect_error_at("scaler:\n  min_replicas: 5\n  max_replicas: 2\n", 2, "scaler");
+}
+
+TEST(ConfigScaler, GatewayCapacityNamesTheKey) {
+  expect_error_at("scaler:\n  gateway:\n    target_cpu_utilization: 2\n", 3,
+                  "scaler.gateway.target_cpu_utilization");
 }
 
 TEST(ConfigSim, NamesTheKey) {
