@@ -79,9 +79,18 @@ void write_access_log(Ctx& c) {
   r.priority = c.key ? c.priority.priority : -1;
   r.priority_lowered = c.priority.lowered;
   r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
+  if (c.wait_reason != admission::WaitReason::kNone) {
+    r.wait_reason = admission::wait_reason_name(c.wait_reason);
+  }
   r.bytes_in = c.req.body.size();
   r.bytes_out = c.bytes_out;
   c.sh.access_log->log(r);
+}
+
+// The deployment's TPM reservation took the estimate; the answer's usage replaces it.
+void settle_rate_tokens(Ctx& c) {
+  const std::int64_t used = c.usage.prompt_tokens + c.usage.completion_tokens;
+  if (used > 0) c.permit.settle_tokens(used);
 }
 
 // A batch (P2) request that failed after every retry and fallback is kept for a later replay.
@@ -121,6 +130,7 @@ std::optional<Verdict> finish::try_now(Ctx& c) {
   phase_cost::compute_cost(c);
   if (phase_cost::settle_needed(c) || dead_letter_needed(c)) return std::nullopt;
   c.permit.release();
+  settle_rate_tokens(c);
   close_request(c);
   return Ok{};
 }
@@ -131,6 +141,7 @@ asio::awaitable<Verdict> finish::run(Ctx& c) {
   phase_cost::compute_cost(c);
   if (phase_cost::settle_needed(c)) co_await phase_cost::settle(c);
   c.permit.release();
+  settle_rate_tokens(c);
   if (dead_letter_needed(c)) co_await dead_letter(c);
   close_request(c);
   co_return Ok{};
