@@ -2,6 +2,7 @@
 
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
@@ -87,7 +88,9 @@ struct UpstreamResponse::Impl {
     co_return co_await asio::async_write(*plain, b, kNoThrow);
   }
   asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some_bytes() {
-    auto mb = buffer.prepare(beast::read_size(buffer, 64 * 1024));
+    // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which
+    // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
+    auto mb = buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
     if (tls) co_return co_await tls->async_read_some(mb, kNoThrow);
     co_return co_await plain->async_read_some(mb, kNoThrow);
   }

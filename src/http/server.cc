@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <boost/asio/as_tuple.hpp>
@@ -339,6 +340,9 @@ class Session final : public ResponseWriter {
 
  private:
   static constexpr std::size_t kInlineBody = 16 * 1024;
+  // The least a read of the client offers (read_size alone offers 512 bytes to an empty buffer:
+  // three reads for a 1 KiB request). Kept per connection, so it bounds idle memory too.
+  static constexpr std::size_t kReadBytes = 4 * 1024;
   static constexpr Nanos kWatchAfter = 20 * kNanosPerMilli;
   static constexpr std::size_t kKeepBytes = 256 * 1024;
 
@@ -414,7 +418,8 @@ class Session final : public ResponseWriter {
         if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
       auto [ec, n] = co_await socket_.async_read_some(
-          buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), kNoThrow);
+          buffer_.prepare(std::max<std::size_t>(beast::read_size(buffer_, 64 * 1024), kReadBytes)),
+          kNoThrow);
       if (deadline_.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
