@@ -123,6 +123,8 @@ TEST(BenchCompare, ShortCompressedSpikeWritesWellFormedReports) {
   EXPECT_NE(table.find("gateway"), std::string::npos) << table;
   EXPECT_NE(table.find("P99 latency (ms)"), std::string::npos) << table;
   EXPECT_NE(table.find("success rate P0"), std::string::npos) << table;
+  EXPECT_NE(table.find("latency P0 p50/p95/p99 (ms)"), std::string::npos) << table;
+  EXPECT_NE(table.find("latency P2 p50/p95/p99 (ms)"), std::string::npos) << table;
 
   // The rendered configs and the child logs.
   for (const char* f : {"sim-direct.yaml", "sim-gateway.yaml", "gateway.yaml", "sim-direct.log",
@@ -157,6 +159,9 @@ for name, r in runs.items():
     assert len(s["by_priority"]) == 3
     assert sum(p["sent"] for p in s["by_priority"]) == s["sent"], (name, s["by_priority"])
     assert sum(p["ok"] for p in s["by_priority"]) == s["ok"], (name, s["by_priority"])
+    for p in s["by_priority"]:
+        assert p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"] <= s["max_ms"], (name, p)
+        assert (p["p50_ms"] > 0) == (p["ok"] > 0), (name, p)
     assert sum(x["sent"] for x in r["series"]) == s["sent"], name
     assert s["budget_usd"] == 5, s["budget_usd"]
     assert 0 < s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"], (name, s)

@@ -87,6 +87,7 @@ struct SecondStats {
 struct PriorityStats {
   std::int64_t sent = 0;
   std::int64_t ok = 0;
+  double p50_ms = 0, p95_ms = 0, p99_ms = 0;  // successful requests of this priority
 };
 
 struct RunSummary {

@@ -79,6 +79,12 @@ std::vector<Row> table_rows(const std::vector<RunSummary>& runs) {
       return fmt("%.2f%%", pct(s.ok, s.sent)) + " of " + std::to_string(s.sent);
     });
   }
+  for (int p = 0; p < 3; ++p) {
+    add("latency P" + std::to_string(p) + " p50/p95/p99 (ms)", [p](const RunSummary& r) {
+      const auto& s = r.by_priority[static_cast<std::size_t>(p)];
+      return fmt("%.0f", s.p50_ms) + " / " + fmt("%.0f", s.p95_ms) + " / " + fmt("%.0f", s.p99_ms);
+    });
+  }
   add("completion tokens/s", [](const RunSummary& r) { return fmt("%.1f", r.tokens_per_s); });
   add("spend (USD)", [](const RunSummary& r) {
     return fmt("%.4f", r.spend_usd) + (r.budget_usd ? " of cap " + fmt("%.4f", *r.budget_usd) : "");
@@ -233,7 +239,10 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
           json::object{{"priority", p},
                        {"sent", r.by_priority[p].sent},
                        {"ok", r.by_priority[p].ok},
-                       {"success_rate", pct(r.by_priority[p].ok, r.by_priority[p].sent) / 100}});
+                       {"success_rate", pct(r.by_priority[p].ok, r.by_priority[p].sent) / 100},
+                       {"p50_ms", r.by_priority[p].p50_ms},
+                       {"p95_ms", r.by_priority[p].p95_ms},
+                       {"p99_ms", r.by_priority[p].p99_ms}});
     s["by_priority"] = std::move(prio);
     o["summary"] = std::move(s);
     json::array series;

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -50,6 +51,7 @@ struct Collector {
   std::vector<SecondStats> series;
   std::vector<std::vector<double>> latencies;  // per second, successful requests
   std::vector<double> all_latencies;
+  std::array<std::vector<double>, 3> priority_latencies;
   RunSummary summary;
 
   SecondStats& at(std::size_t sec) {
@@ -171,6 +173,7 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
             ++col.summary.by_priority[prio].ok;
             col.latencies[sec].push_back(ms);
             col.all_latencies.push_back(ms);
+            col.priority_latencies[prio].push_back(ms);
             col.summary.prompt_tokens += r->usage.prompt_tokens;
             col.summary.completion_tokens += r->usage.completion_tokens;
           } else if (r.error().status == 429 ||
@@ -221,6 +224,11 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
   s.p95_ms = percentile(col.all_latencies, 95);
   s.p99_ms = percentile(col.all_latencies, 99);
   s.max_ms = percentile(col.all_latencies, 100);
+  for (std::size_t p = 0; p < s.by_priority.size(); ++p) {
+    s.by_priority[p].p50_ms = percentile(col.priority_latencies[p], 50);
+    s.by_priority[p].p95_ms = percentile(col.priority_latencies[p], 95);
+    s.by_priority[p].p99_ms = percentile(col.priority_latencies[p], 99);
+  }
   s.duration_s = std::max(1e-3, std::chrono::duration<double>(last_completion - start).count());
   s.tokens_per_s = static_cast<double>(s.completion_tokens) / s.duration_s;
   return s;
