@@ -47,6 +47,7 @@ Result<Ok> Gateway::start() {
     if (!port) return port.error();
     sim_port_ = *port;
   }
+  shared_->limiter_clock_offset = options_.clock_offset;
   if (auto r = apply_config(*shared_, cfg); !r) return r;
   if (cfg.redis_enabled) {
     // Starts even when Redis is down: limits then follow their failure policy.
@@ -101,7 +102,7 @@ Result<Ok> Gateway::start() {
         cost::RedisBudgetStore::create(cfg.redis_budgets, *shared_->budgets, shared_->ledger.get(),
                                        shared_->blocking->get_executor());
     if (!store) return store.error();
-    shared_->redis_budgets = std::move(*store);
+    shared_->budget_store = std::make_unique<cost::RedisBudgets>(std::move(*store));
     if (!shared_->ledger) {
       spdlog::warn(
           "budgets in Redis without a ledger: a lost counter cannot be rebuilt, so "
@@ -112,8 +113,8 @@ Result<Ok> Gateway::start() {
           "spend; use ledger.postgres with several replicas");
     }
   } else if (shared_->ledger) {
-    auto rec = cost::recover_budgets(*shared_->ledger, *shared_->budgets,
-                                     SteadyClock::instance().unix_millis());
+    auto rec =
+        cost::recover_budgets(*shared_->ledger, *shared_->budgets, shared_->clock.unix_millis());
     if (!rec) return rec.error();
     if (rec->settled_micro > 0 || !rec->open.empty()) {
       spdlog::info(
@@ -122,6 +123,9 @@ Result<Ok> Gateway::start() {
           static_cast<double>(rec->settled_micro) / 1e6, rec->open.size());
     }
     recovered_ = std::move(rec->open);
+  }
+  if (!shared_->budget_store) {
+    shared_->budget_store = std::make_unique<cost::LocalBudgetStore>(*shared_->budgets);
   }
   if (!cfg.webhook_url.empty()) {
     cost::WebhookOptions wo;
@@ -148,7 +152,7 @@ Result<Ok> Gateway::start() {
       o.completions_total = shared_->llm_completions.load();
       o.queue_depth = static_cast<double>(shared_->admission->queued());
       o.current_replicas = replicas;
-      shared_->scaler->observe(SteadyClock::instance().now(), o);
+      shared_->scaler->observe(shared_->clock.now(), o);
     }
   });
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
@@ -187,6 +191,92 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   auto stored = runtime_.load()->stored_keys();
   declare_budgets(*shared_, *cfg, stored);
   runtime_.store(std::make_shared<const Runtime>(std::move(cfg), sim_port_, std::move(stored)));
+  return Ok{};
+}
+
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key) {
+  std::vector<std::string> ids;
+  for (const auto& b : cfg.global_budgets) ids.push_back(cost::global_budget_id(b.period));
+  if (!key.tenant.empty()) {
+    for (const auto& t : cfg.tenants) {
+      if (t.name != key.tenant) continue;
+      for (const auto& b : t.budgets) ids.push_back(cost::tenant_budget_id(t.name, b.period));
+    }
+  }
+  for (const auto& b : key.budgets) ids.push_back(cost::key_budget_id(key.name, b.period));
+  return ids;
+}
+
+void declare_budgets(Shared& sh, const config::Config& cfg,
+                     const std::vector<config::KeyConfig>& stored_keys) {
+  if (!sh.budgets) return;
+  auto declare = [&](const std::string& id, const cost::KeyBudget& b) {
+    if (!sh.budgets->upsert_budget(cost::BudgetSpec{id, b.cap_micro, b.period})) {
+      spdlog::error("budget {} cannot change its period; keeping the old one", id);
+    }
+  };
+  for (const auto& b : cfg.global_budgets) declare(cost::global_budget_id(b.period), b);
+  for (const auto& t : cfg.tenants) {
+    for (const auto& b : t.budgets) declare(cost::tenant_budget_id(t.name, b.period), b);
+  }
+  for (const auto* keys : {&cfg.keys, &stored_keys}) {
+    for (const auto& k : *keys) {
+      for (const auto& b : k.budgets) declare(cost::key_budget_id(k.name, b.period), b);
+    }
+  }
+}
+
+Result<Ok> refresh_stored_keys(Shared& sh) {
+  auto current = sh.runtime->load();
+  std::vector<config::KeyConfig> stored;
+  if (sh.key_store) {
+    auto list = sh.key_store->list();
+    if (!list) return list.error();
+    for (const auto& r : *list) {
+      if (!r.revoked) stored.push_back(key_config_from_record(r, current->config()));
+    }
+  }
+  declare_budgets(sh, current->config(), stored);
+  sh.runtime->store(std::make_shared<const Runtime>(current->config_ptr(), current->sim_port(),
+                                                    std::move(stored)));
+  return Ok{};
+}
+
+Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
+  routing::RouterConfig rc;
+  rc.breaker = cfg.breaker;
+  rc.retry = cfg.retry;
+  rc.ewma_tau = cfg.ewma_tau;
+  for (const auto& g : cfg.model_groups) {
+    routing::ModelGroupConfig rg;
+    rg.name = g.name;
+    rg.balancer =
+        routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
+    rg.fallbacks = g.fallbacks;
+    rg.context_fallback = g.context_fallback;
+    for (const auto& d : g.deployments) {
+      routing::DeploymentConfig rd;
+      rd.id = d.id;
+      rd.provider = d.provider;
+      rd.model = d.model;
+      rd.weight = static_cast<std::uint32_t>(d.weight);
+      rd.rpm = d.rpm;
+      rd.tpm = d.tpm;
+      rg.deployments.push_back(std::move(rd));
+    }
+    rc.groups.push_back(std::move(rg));
+  }
+  if (auto r = sh.router.reload(std::move(rc)); !r) return r;
+  if (!sh.admission) sh.admission = std::make_unique<admission::AdmissionController>(cfg.admission);
+  for (const auto& g : cfg.model_groups) sh.admission->configure_group(g.name, g.concurrency);
+  auto lc = std::make_shared<limits::LimiterConfig>();
+  lc->limits = cfg.limits;
+  if (!sh.limiter) {
+    sh.limit_store = std::make_shared<limits::MemoryLimitStore>();
+    sh.limiter = std::make_unique<limits::Limiter>(lc, sh.limit_store);
+  } else {
+    sh.limiter->reload(lc);
+  }
   return Ok{};
 }
 

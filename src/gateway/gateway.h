@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "common/clock.h"
 #include "common/result.h"
 #include "config/config.h"
 #include "cost/recovery.h"
@@ -27,6 +28,9 @@ struct Shared;
 
 struct GatewayOptions {
   std::string listen_override;  // --listen
+  // --clock-offset-ms (hidden, tests only): shifts the `now` passed to the limiter, to simulate
+  // a replica whose clock is off.
+  Nanos clock_offset = 0;
 };
 
 class Gateway {

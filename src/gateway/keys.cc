@@ -6,7 +6,8 @@
 #include "common/json_util.h"
 #include "cost/money.h"
 #include "cost/period.h"
-#include "gateway/pipeline.h"
+#include "gateway/admin.h"
+#include "gateway/shared.h"
 
 namespace bw::gateway {
 
@@ -261,173 +262,176 @@ std::string config_key_json(const config::KeyConfig& k) {
 namespace {
 
 http::Response not_found() {
-  return error(make_error(404, "invalid_request_error", "not_found", "No such key."));
+  return error(errors::make(errors::kNotFound, "No such key."));
 }
 
-http::Response method_not_allowed(const char* allow) {
-  auto r = error(
-      make_error(405, "invalid_request_error", "method_not_allowed", "Method not allowed here."));
-  r.headers.add("allow", allow);
-  return r;
+http::Response budgets_list(AdminCall& call) {
+  auto& sh = call.c.sh;
+  if (!sh.budgets) return http::Response::json(200, "{\"object\":\"list\",\"data\":[]}");
+  JsonWriter j;
+  j.begin_object().key("object").value("list").key("data").begin_array();
+  for (const auto& b : sh.budgets->snapshots(sh.clock.unix_millis())) {
+    j.begin_object()
+        .key("id")
+        .value(b.id)
+        .key("period")
+        .value(cost::to_string(b.period))
+        .key("cap_usd")
+        .value(static_cast<double>(b.cap_micro) / 1e6)
+        .key("spent_usd")
+        .value(static_cast<double>(b.spent_micro) / 1e6)
+        .key("reserved_usd")
+        .value(static_cast<double>(b.reserved_micro) / 1e6)
+        .key("utilization")
+        .value(b.utilisation)
+        .key("reset_unix_ms")
+        .value(b.reset_unix_ms)
+        .end_object();
+  }
+  j.end_array().end_object();
+  return http::Response::json(200, j.take());
+}
+
+http::Response spend_report(AdminCall& call) {
+  auto& sh = call.c.sh;
+  const auto target = call.c.req.target;
+  if (!sh.ledger) return error(errors::make(errors::kNoLedger, "No ledger is configured."));
+  const std::string by(http::query_param(target, "group"));
+  cost::SpendGroup group = cost::SpendGroup::kKey;
+  if (by == "tenant")
+    group = cost::SpendGroup::kTenant;
+  else if (by == "model")
+    group = cost::SpendGroup::kModel;
+  else if (by == "day")
+    group = cost::SpendGroup::kDay;
+  else if (!by.empty() && by != "key") {
+    return error(
+        errors::make(errors::kBadGroup, "group must be key, tenant, model or day", "group"));
+  }
+  const auto from = http::query_int(target, "from", 0);
+  const auto to = http::query_int(target, "to", sh.clock.unix_millis() + 1);
+  auto rows = sh.ledger->spend_report(group, from, to);
+  if (!rows) return error(rows.error());
+  JsonWriter j;
+  j.begin_object()
+      .key("object")
+      .value("list")
+      .key("group")
+      .value(by.empty() ? "key" : by)
+      .key("data")
+      .begin_array();
+  for (const auto& r : *rows) {
+    j.begin_object()
+        .key("group")
+        .value(r.group)
+        .key("requests")
+        .value(r.requests)
+        .key("spend_usd")
+        .value(static_cast<double>(r.actual_micro) / 1e6)
+        .key("open_reserved_usd")
+        .value(static_cast<double>(r.open_reserved_micro) / 1e6)
+        .key("prompt_tokens")
+        .value(r.prompt_tokens)
+        .key("completion_tokens")
+        .value(r.completion_tokens)
+        .end_object();
+  }
+  j.end_array().end_object();
+  return http::Response::json(200, j.take());
+}
+
+// A stored-key handler: needs the key store, and runs under Shared::keys_mu (a change and the
+// runtime rebuild that follows it are not interleaved with another change).
+using KeyHandler = std::function<http::Response(AdminCall&, cost::KeyStore&, std::int64_t)>;
+BlockingAdminHandler with_key_store(KeyHandler f) {
+  return [f = std::move(f)](AdminCall& call) {
+    auto& sh = call.c.sh;
+    if (!sh.key_store) {
+      return error(errors::make(errors::kNoKeyStore,
+                                "Stored keys need a ledger (ledger.path) to be configured."));
+    }
+    std::lock_guard lock(sh.keys_mu);
+    return f(call, *sh.key_store, sh.clock.unix_millis());
+  };
+}
+
+http::Response keys_list(AdminCall& call, cost::KeyStore& store, std::int64_t) {
+  auto list = store.list();
+  if (!list) return error(list.error());
+  std::string out = "{\"object\":\"list\",\"data\":[";
+  bool first = true;
+  for (const auto& k : call.c.rt->config().keys) {
+    if (!first) out += ",";
+    first = false;
+    out += config_key_json(k);
+  }
+  for (const auto& r : *list) {
+    if (!first) out += ",";
+    first = false;
+    out += key_json(r);
+  }
+  out += "]}";
+  return http::Response::json(200, std::move(out));
+}
+
+http::Response key_create(AdminCall& call, cost::KeyStore& store, std::int64_t now_ms) {
+  cost::KeySpec spec;
+  if (auto v = key_spec_from_json(call.c.req.body, call.c.rt->config(), spec); !v) {
+    return error(v.error());
+  }
+  auto issued = store.create(spec, now_ms);
+  if (!issued) return error(issued.error());
+  if (auto r = refresh_stored_keys(call.c.sh); !r) return error(r.error());
+  return http::Response::json(201, key_json(issued->record, issued->secret));
+}
+
+http::Response key_rotate(AdminCall& call, cost::KeyStore& store, std::int64_t now_ms) {
+  auto issued = store.rotate(std::string(call.param("id")), now_ms);
+  if (!issued) return issued.error().status == 404 ? not_found() : error(issued.error());
+  if (auto r = refresh_stored_keys(call.c.sh); !r) return error(r.error());
+  return http::Response::json(200, key_json(issued->record, issued->secret));
+}
+
+http::Response key_revoke(AdminCall& call, cost::KeyStore& store, std::int64_t) {
+  const std::string id(call.param("id"));
+  auto r = store.revoke(id);
+  if (!r) return r.error().status == 404 ? not_found() : error(r.error());
+  if (auto rr = refresh_stored_keys(call.c.sh); !rr) return error(rr.error());
+  return http::Response::json(200, "{\"id\":" + json_string(id) + ",\"revoked\":true}");
+}
+
+http::Response key_get(AdminCall& call, cost::KeyStore& store, std::int64_t) {
+  auto rec = store.get(std::string(call.param("id")));
+  if (!rec) return rec.error().status == 404 ? not_found() : error(rec.error());
+  return http::Response::json(200, key_json(*rec));
+}
+
+http::Response key_update(AdminCall& call, cost::KeyStore& store, std::int64_t) {
+  const std::string id(call.param("id"));
+  auto rec = store.get(id);
+  if (!rec) return rec.error().status == 404 ? not_found() : error(rec.error());
+  cost::KeySpec spec = rec->spec;
+  if (auto v = key_spec_from_json(call.c.req.body, call.c.rt->config(), spec); !v) {
+    return error(v.error());
+  }
+  auto updated = store.update(id, spec);
+  if (!updated) return error(updated.error());
+  if (auto r = refresh_stored_keys(call.c.sh); !r) return error(r.error());
+  return http::Response::json(200, key_json(*updated));
 }
 
 }  // namespace
 
-http::Response handle_key_admin(Shared& sh, const config::Config& cfg, std::string_view method,
-                                std::string_view path, std::string_view target,
-                                const std::string& body) {
-  const std::int64_t now_ms = SteadyClock::instance().unix_millis();
-  if (path == "/admin/budgets") {
-    if (method != "GET") return method_not_allowed("GET");
-    if (!sh.budgets) return http::Response::json(200, "{\"object\":\"list\",\"data\":[]}");
-    JsonWriter j;
-    j.begin_object().key("object").value("list").key("data").begin_array();
-    for (const auto& b : sh.budgets->snapshots(now_ms)) {
-      j.begin_object()
-          .key("id")
-          .value(b.id)
-          .key("period")
-          .value(cost::to_string(b.period))
-          .key("cap_usd")
-          .value(static_cast<double>(b.cap_micro) / 1e6)
-          .key("spent_usd")
-          .value(static_cast<double>(b.spent_micro) / 1e6)
-          .key("reserved_usd")
-          .value(static_cast<double>(b.reserved_micro) / 1e6)
-          .key("utilization")
-          .value(b.utilisation)
-          .key("reset_unix_ms")
-          .value(b.reset_unix_ms)
-          .end_object();
-    }
-    j.end_array().end_object();
-    return http::Response::json(200, j.take());
-  }
-  if (path == "/admin/spend") {
-    if (method != "GET") return method_not_allowed("GET");
-    if (!sh.ledger) {
-      return error(
-          make_error(404, "invalid_request_error", "no_ledger", "No ledger is configured."));
-    }
-    const std::string by(http::query_param(target, "group"));
-    cost::SpendGroup group = cost::SpendGroup::kKey;
-    if (by == "tenant")
-      group = cost::SpendGroup::kTenant;
-    else if (by == "model")
-      group = cost::SpendGroup::kModel;
-    else if (by == "day")
-      group = cost::SpendGroup::kDay;
-    else if (!by.empty() && by != "key") {
-      return error(make_error(400, "invalid_request_error", "bad_group",
-                              "group must be key, tenant, model or day", "group"));
-    }
-    const auto from = http::query_int(target, "from", 0);
-    const auto to = http::query_int(target, "to", now_ms + 1);
-    auto rows = sh.ledger->spend_report(group, from, to);
-    if (!rows) return error(rows.error());
-    JsonWriter j;
-    j.begin_object()
-        .key("object")
-        .value("list")
-        .key("group")
-        .value(by.empty() ? "key" : by)
-        .key("data")
-        .begin_array();
-    for (const auto& r : *rows) {
-      j.begin_object()
-          .key("group")
-          .value(r.group)
-          .key("requests")
-          .value(r.requests)
-          .key("spend_usd")
-          .value(static_cast<double>(r.actual_micro) / 1e6)
-          .key("open_reserved_usd")
-          .value(static_cast<double>(r.open_reserved_micro) / 1e6)
-          .key("prompt_tokens")
-          .value(r.prompt_tokens)
-          .key("completion_tokens")
-          .value(r.completion_tokens)
-          .end_object();
-    }
-    j.end_array().end_object();
-    return http::Response::json(200, j.take());
-  }
-  // /admin/keys[/id[/rotate|/revoke]]
-  if (!sh.key_store) {
-    return error(make_error(404, "invalid_request_error", "no_key_store",
-                            "Stored keys need a ledger (ledger.path) to be configured."));
-  }
-  auto& store = *sh.key_store;
-  std::lock_guard lock(sh.keys_mu);
-  if (path == "/admin/keys") {
-    if (method == "GET") {
-      auto list = store.list();
-      if (!list) return error(list.error());
-      std::string out = "{\"object\":\"list\",\"data\":[";
-      bool first = true;
-      for (const auto& k : cfg.keys) {
-        if (!first) out += ",";
-        first = false;
-        out += config_key_json(k);
-      }
-      for (const auto& r : *list) {
-        if (!first) out += ",";
-        first = false;
-        out += key_json(r);
-      }
-      out += "]}";
-      return http::Response::json(200, std::move(out));
-    }
-    if (method == "POST") {
-      cost::KeySpec spec;
-      if (auto v = key_spec_from_json(body, cfg, spec); !v) return error(v.error());
-      auto issued = store.create(spec, now_ms);
-      if (!issued) return error(issued.error());
-      if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
-      return http::Response::json(201, key_json(issued->record, issued->secret));
-    }
-    return method_not_allowed("GET, POST");
-  }
-  std::string_view rest = path.substr(std::string_view("/admin/keys/").size());
-  std::string_view action;
-  if (auto slash = rest.find('/'); slash != std::string_view::npos) {
-    action = rest.substr(slash + 1);
-    rest = rest.substr(0, slash);
-  }
-  const std::string id(rest);
-  if (action == "rotate") {
-    if (method != "POST") return method_not_allowed("POST");
-    auto issued = store.rotate(id, now_ms);
-    if (!issued) return issued.error().status == 404 ? not_found() : error(issued.error());
-    if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
-    return http::Response::json(200, key_json(issued->record, issued->secret));
-  }
-  if (action == "revoke") {
-    if (method != "POST") return method_not_allowed("POST");
-    auto r = store.revoke(id);
-    if (!r) return r.error().status == 404 ? not_found() : error(r.error());
-    if (auto rr = refresh_stored_keys(sh); !rr) return error(rr.error());
-    return http::Response::json(200, "{\"id\":" + json_string(id) + ",\"revoked\":true}");
-  }
-  if (!action.empty()) return not_found();
-  auto rec = store.get(id);
-  if (!rec) return rec.error().status == 404 ? not_found() : error(rec.error());
-  if (method == "GET") return http::Response::json(200, key_json(*rec));
-  if (method == "PATCH") {
-    cost::KeySpec spec = rec->spec;
-    if (auto v = key_spec_from_json(body, cfg, spec); !v) return error(v.error());
-    auto updated = store.update(id, spec);
-    if (!updated) return error(updated.error());
-    if (auto r = refresh_stored_keys(sh); !r) return error(r.error());
-    return http::Response::json(200, key_json(*updated));
-  }
-  if (method == "DELETE") {
-    auto r = store.revoke(id);
-    if (!r) return error(r.error());
-    if (auto rr = refresh_stored_keys(sh); !rr) return error(rr.error());
-    return http::Response::json(200, "{\"id\":" + json_string(id) + ",\"revoked\":true}");
-  }
-  return method_not_allowed("GET, PATCH, DELETE");
+void add_key_routes(AdminTable& t) {
+  t.add_blocking("GET", "/admin/budgets", budgets_list);
+  t.add_blocking("GET", "/admin/spend", spend_report);
+  t.add_blocking("GET", "/admin/keys", with_key_store(keys_list));
+  t.add_blocking("POST", "/admin/keys", with_key_store(key_create));
+  t.add_blocking("GET", "/admin/keys/{id}", with_key_store(key_get));
+  t.add_blocking("PATCH", "/admin/keys/{id}", with_key_store(key_update));
+  t.add_blocking("DELETE", "/admin/keys/{id}", with_key_store(key_revoke));
+  t.add_blocking("POST", "/admin/keys/{id}/rotate", with_key_store(key_rotate));
+  t.add_blocking("POST", "/admin/keys/{id}/revoke", with_key_store(key_revoke));
 }
 
 }  // namespace bw::gateway

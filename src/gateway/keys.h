@@ -1,7 +1,7 @@
 #pragma once
 // Key management for the admin API and the `bellwether keys` CLI: JSON <-> KeySpec, validation
 // against the running config (plans, models, limits), and the /admin/keys, /admin/spend and
-// /admin/budgets handlers. These are blocking (SQLite) and run on the blocking pool.
+// /admin/budgets routes. These are blocking (SQLite) and run on the blocking pool.
 // Thread safety: handlers lock Shared::keys_mu around changes.
 #include <string>
 #include <string_view>
@@ -21,9 +21,7 @@ Result<Ok> key_spec_from_json(std::string_view body, const config::Config& cfg,
 std::string key_json(const cost::ApiKeyRecord& r, std::string_view secret = {});
 std::string config_key_json(const config::KeyConfig& k);
 
-// /admin/keys..., /admin/spend, /admin/budgets. `path` starts with /admin/.
-http::Response handle_key_admin(Shared& shared, const config::Config& cfg, std::string_view method,
-                                std::string_view path, std::string_view target,
-                                const std::string& body);
+// The admin routes (/admin/keys..., /admin/spend, /admin/budgets) are registered by
+// add_key_routes (admin.h).
 
 }  // namespace bw::gateway

@@ -209,9 +209,7 @@ pricing:
 }
 
 std::unique_ptr<Fleet> start_fleet(const std::string& name, const std::string& extra,
-                                   std::vector<std::map<std::string, std::string>> envs = {{},
-                                                                                           {},
-                                                                                           {}},
+                                   std::vector<std::vector<std::string>> args = {{}, {}, {}},
                                    const std::string& redis_timeout = "20ms") {
   auto* pg = Postgres::get();
   if (!pg) return nullptr;
@@ -220,7 +218,7 @@ std::unique_ptr<Fleet> start_fleet(const std::string& name, const std::string& e
   f->pg_url = pg->create_database(name);
   f->sim = start_sim(sim_yaml());
   f->yaml = fleet_yaml(*f, extra, redis_timeout);
-  for (auto& env : envs) f->gws.push_back(start_gateway(f->yaml, env));
+  for (auto& a : args) f->gws.push_back(start_gateway(f->yaml, {}, a));
   return f;
 }
 
@@ -303,9 +301,8 @@ TEST(Distributed, FleetHoldsAPerSecondLimitAcrossThreeReplicas) {
 }
 
 TEST(Distributed, ClockSkewOfOneReplicaDoesNotWidenTheLimit) {
-  auto f = start_fleet(
-      "clock_skew", kRateKey,
-      {{}, {{"BELLWETHER_CLOCK_OFFSET_MS", "-5000"}}, {{"BELLWETHER_CLOCK_OFFSET_MS", "5000"}}});
+  auto f = start_fleet("clock_skew", kRateKey,
+                       {{}, {"--clock-offset-ms=-5000"}, {"--clock-offset-ms=5000"}});
   NEED_FLEET(f);
   check_windows(paced_run(*f, "sk-dist-fleet-0001", 30, 4), "skew +5s/-5s");
 }

@@ -393,7 +393,8 @@ Sim start_sim(const std::string& yaml) {
   return s;
 }
 
-Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env) {
+Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env,
+                 std::vector<std::string> args) {
   Gw g;
   g.port = free_port();
   auto dir = temp_dir();
@@ -401,7 +402,9 @@ Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env
   g.access_log = dir + "/access.log";
   write_file(g.config_path, "listen: 127.0.0.1:" + std::to_string(g.port) +
                                 "\naccess_log: {path: " + g.access_log + "}\n" + yaml);
-  g.proc = Process({binary(), "serve", "--config", g.config_path}, std::move(env), "gw-");
+  std::vector<std::string> argv = {binary(), "serve", "--config", g.config_path};
+  argv.insert(argv.end(), args.begin(), args.end());
+  g.proc = Process(std::move(argv), std::move(env), "gw-");
   if (!wait_for_port(g.port)) {
     throw std::runtime_error("gateway did not start: " + g.proc.stderr_text());
   }

@@ -103,7 +103,8 @@ struct Gw {
   std::string config_path;
   std::string access_log;
 };
+// `args` are added to the serve command line.
 Gw start_gateway(const std::string& yaml_without_listen,
-                 std::map<std::string, std::string> env = {});
+                 std::map<std::string, std::string> env = {}, std::vector<std::string> args = {});
 
 }  // namespace bw::test

@@ -1,0 +1,162 @@
+#pragma once
+// Ctx: one request's state, shared by the phases (pipeline.cc runs them in order) and read at
+// the end by finish (access log, metrics). Also the few helpers every phase uses to answer.
+// Thread safety: a Ctx lives on one worker, inside one request's coroutine.
+#include <array>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "admission/admission_controller.h"
+#include "cost/budget_store.h"
+#include "cost/pricing.h"
+#include "gateway/errors.h"
+#include "gateway/shared.h"
+#include "http/server.h"
+#include "limits/limiter.h"
+#include "providers/openai.h"
+
+namespace bw::gateway {
+
+// What a phase decided: ok = go on to the next phase; an error = answer the client with it
+// (the flow sends it, and finish still runs).
+using Verdict = Result<Ok>;
+
+// How a request ended, for the access log ("error") and the metrics. `detail` is the limit,
+// budget or error code the kind refers to.
+enum class OutcomeKind : std::uint8_t {
+  kNone,         // no error
+  kError,        // a client-visible error; detail = its code (errors.h)
+  kRateLimited,  // refused by a rate limit; detail = the limit's name
+  kBudget,       // refused by a budget; detail = the budget id
+  kAdmission,    // refused by the admission queue (full, shed, timed out, cancelled)
+  kClientGone,   // the client closed the connection first (logged as 499)
+  kUpstream,     // the upstream failed; detail = upstream_timeout, upstream_502, ...
+};
+
+struct Outcome {
+  OutcomeKind kind = OutcomeKind::kNone;
+  std::string detail;
+  bool none() const { return kind == OutcomeKind::kNone; }
+  void set(OutcomeKind k, std::string d = {}) {
+    kind = k;
+    detail = std::move(d);
+  }
+  // The access log's "error" field: "rate_limited:<limit>", "budget:<id>", "admission", or the
+  // code.
+  std::string label() const;
+};
+
+// Priority label values, spelled as in /v1/metrics/queue and the docs.
+inline constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
+
+struct Ctx {
+  Ctx(Shared& s, std::shared_ptr<const Runtime> r, http::Request& q, http::ResponseWriter& wr)
+      : sh(s), rt(std::move(r)), req(q), w(wr) {}
+  Shared& sh;
+  std::shared_ptr<const Runtime> rt;  // the config snapshot this request started with
+  http::Request& req;
+  http::ResponseWriter& w;
+  Nanos start = 0;
+  std::string request_id;
+  std::string client_ip;
+  const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
+
+  // 1 authenticate, 2 decode, 3 resolve
+  const KeyInfo* key = nullptr;
+  const limits::Plan* plan = nullptr;
+  admission::PriorityDecision priority;
+  providers::LlmRequest llm;
+  const ModelGroup* group = nullptr;
+  std::string route_model;  // the model routed to (differs after a downgrade)
+  // 5 rate limit: the decision; its token reservation is settled by finish.
+  limits::Verdict verdict;
+  std::int64_t reserved_tokens = 0;
+  http::Headers extra;  // added to every response from the rate-limit phase on
+  // 6 cost guard: one hold on the budgets, settled by finish.
+  const cost::ModelPrice* price = nullptr;
+  std::vector<std::string> budget_ids;
+  cost::BudgetHold budget;
+  bool reservation_logged = false;     // the ledger has the reservation's row
+  std::int64_t forced_max_tokens = 0;  // the cost guard's output cap, forwarded upstream
+  // 7 admission: the concurrency slot, released by finish.
+  admission::Permit permit;
+  Nanos queue_wait = 0;
+  // 8 forward
+  int upstream_status = 0;      // last upstream answer (0 = none)
+  Nanos upstream_latency = 0;   // of the last attempt
+  bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
+  std::string last_failure;
+
+  // Outcome, for the access log.
+  int status = 0;
+  Outcome outcome;
+  std::string model_served;
+  std::string upstream;
+  Nanos ttft = -1;
+  providers::Usage usage;
+  cost::Micros cost_micro = 0;
+  std::size_t bytes_out = 0;
+  std::int64_t attempts = 0;
+  bool cancelled = false;
+  // The client closed its connection before the response ended (ResponseWriter's watch): the
+  // queue wait is cancelled through `gone_signal`, the upstream attempt through
+  // `upstream_cancel`, and nothing is retried.
+  bool client_gone = false;
+  boost::asio::cancellation_signal gone_signal;
+  http::UpstreamCancel upstream_cancel;
+  bool finished = false;  // finish ran (it runs exactly once per request)
+
+  Nanos now() const { return sh.clock.now(); }
+};
+
+// --- Answering (context.cc) -----------------------------------------------------------------
+// An error in the client's API shape, with x-request-id, the rate-limit headers and Retry-After.
+http::Response error_response(const Ctx& c, const Error& e);
+// Sends `e`; the outcome becomes kError with its code unless a phase already set one.
+boost::asio::awaitable<void> reply_error(Ctx& c, const Error& e);
+boost::asio::awaitable<void> send_json(Ctx& c, int status, std::string body);
+// Sends `r` as it is (adds x-request-id), counting its bytes.
+boost::asio::awaitable<void> send_response(Ctx& c, http::Response r);
+
+// --- Client disconnects ---------------------------------------------------------------------
+// The ResponseWriter's watch: cancels the queue wait and the upstream attempt.
+void on_client_gone(Ctx& c);
+// Marks a request whose client went away (nginx's 499 in the access log).
+void note_client_gone(Ctx& c);
+
+// Awaits `op` (a queue wait: an AdmitResult or a WaitResult) so that the client going away
+// cancels it. A client already gone is refused without starting the wait: a signal emitted
+// before the wait binds its slot would be lost.
+template <class T>
+boost::asio::awaitable<T> unless_client_gone(Ctx& c, boost::asio::awaitable<T> op) {
+  namespace asio = boost::asio;
+  if (c.client_gone) {
+    T refused;
+    refused.refusal = admission::Refusal::kCancelled;
+    co_return refused;
+  }
+  co_return co_await asio::co_spawn(
+      co_await asio::this_coro::executor, std::move(op),
+      asio::bind_cancellation_slot(c.gone_signal.slot(), asio::use_awaitable));
+}
+
+// Runs blocking work (SQLite) on the blocking pool and resumes on the caller's worker.
+template <class F>
+auto run_blocking(Shared& sh, F f) -> boost::asio::awaitable<decltype(f())> {
+  namespace asio = boost::asio;
+  auto home = co_await asio::this_coro::executor;
+  co_await asio::post(sh.blocking->get_executor(), asio::use_awaitable);
+  auto r = f();
+  co_await asio::post(home, asio::use_awaitable);
+  co_return r;
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,126 @@
+// Phase 10: finish. Runs once for every request that entered handle_request, whatever ended it
+// (an answer, an early error, a disconnect, an exception, a dead-letter replay): token
+// reservations and budgets are settled to the real usage, the permit is released, a failed
+// batch request goes to the dead-letter queue, and the metrics and the access log are written.
+#include <spdlog/spdlog.h>
+
+#include "gateway/phases.h"
+#include "gateway/routes.h"
+
+namespace bw::gateway {
+
+namespace asio = boost::asio;
+
+namespace {
+
+void record_metrics(Ctx& c) {
+  auto& m = *c.sh.metrics;
+  const auto path = endpoint_label(c.req.path());
+  const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
+  const std::string_view prio =
+      c.key ? kPriorityLabel[static_cast<std::size_t>(c.priority.priority)] : "";
+  m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
+  if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
+  c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
+  m.request_duration.with({path, model}).observe(to_seconds(c.now() - c.start));
+  if (c.ttft >= 0 && c.llm.stream) m.ttft.with({model}).observe(to_seconds(c.ttft));
+  const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
+  if (c.usage.prompt_tokens > 0) {
+    m.tokens.with({served, "prompt"}).add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
+  }
+  if (c.usage.completion_tokens > 0) {
+    m.tokens.with({served, "completion"})
+        .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
+  }
+  if (c.cost_micro > 0)
+    m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
+  if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();
+  m.queue_wait.with({prio}).observe(to_seconds(c.queue_wait));
+  if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
+  if (!c.model_served.empty() && c.model_served != c.route_model) {
+    m.fallbacks.with({c.route_model, c.model_served}).inc();
+  }
+}
+
+void write_access_log(Ctx& c) {
+  record_metrics(c);
+  const std::string error = c.outcome.label();
+  AccessRecord r;
+  r.request_id = c.request_id;
+  r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
+  r.method = c.req.method;
+  r.path = c.req.path();
+  r.client_ip = c.client_ip;
+  r.model_requested = c.llm.model;
+  r.model_served = c.model_served;
+  r.upstream = c.upstream;
+  r.error_code = error;
+  r.status = c.status;
+  r.stream = c.llm.stream;
+  r.cancelled = c.cancelled;
+  r.latency_ms = static_cast<double>(c.now() - c.start) / 1e6;
+  r.ttft_ms = c.ttft >= 0 ? static_cast<double>(c.ttft) / 1e6 : -1;
+  r.prompt_tokens = c.usage.prompt_tokens;
+  r.completion_tokens = c.usage.completion_tokens;
+  r.attempts = c.attempts;
+  r.cost_micro_usd = c.cost_micro;
+  r.priority = c.key ? c.priority.priority : -1;
+  r.priority_lowered = c.priority.lowered;
+  r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
+  r.bytes_in = c.req.body.size();
+  r.bytes_out = c.bytes_out;
+  c.sh.access_log->log(r);
+}
+
+// A batch (P2) request that failed after every retry and fallback is kept for a later replay.
+bool dead_letter_needed(const Ctx& c) {
+  return c.forward_failed && !c.replay_key && c.sh.dead_letters && c.priority.priority == 2 &&
+         !c.cancelled;
+}
+
+asio::awaitable<void> dead_letter(Ctx& c) {
+  routing::NewDeadLetter e;
+  e.created_unix_ms = c.sh.clock.unix_millis();
+  e.key_id = c.key->cfg->name;
+  e.model = c.llm.model;
+  e.endpoint = std::string(c.req.path());
+  e.body = c.req.body;
+  e.error = c.last_failure.empty() ? c.outcome.label() : c.last_failure;
+  e.attempts = static_cast<int>(c.attempts);
+  auto r = co_await run_blocking(c.sh, [&] { return c.sh.dead_letters->add(e); });
+  if (!r) spdlog::error("dead-letter queue: {}", r.error().message);
+}
+
+// The end of every finish: once per request.
+void close_request(Ctx& c) {
+  write_access_log(c);
+  c.finished = true;
+  c.sh.finished.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+// Everything without a coroutine when nothing needs awaiting (in-process limits, no budget
+// hold, no dead letter): the common case.
+std::optional<Verdict> finish::try_now(Ctx& c) {
+  if (c.finished) return Ok{};
+  if (!phase_rate_limit::settle_now(c)) return std::nullopt;
+  phase_cost::compute_cost(c);
+  if (phase_cost::settle_needed(c) || dead_letter_needed(c)) return std::nullopt;
+  c.permit.release();
+  close_request(c);
+  return Ok{};
+}
+
+asio::awaitable<Verdict> finish::run(Ctx& c) {
+  if (c.finished) co_return Ok{};
+  if (!phase_rate_limit::settle_now(c)) co_await phase_rate_limit::settle(c);
+  phase_cost::compute_cost(c);
+  if (phase_cost::settle_needed(c)) co_await phase_cost::settle(c);
+  c.permit.release();
+  if (dead_letter_needed(c)) co_await dead_letter(c);
+  close_request(c);
+  co_return Ok{};
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,34 @@
+// Phase 7: admission. A slot of the model group's concurrency limit, taken at once when one is
+// free and nobody waits, else waited for in priority order (the queue may refuse: full, shed,
+// timed out, or the client left). finish releases the permit.
+#include "gateway/phases.h"
+
+namespace bw::gateway {
+
+std::optional<Verdict> phase_admission::try_now(Ctx& c) {
+  auto permit = c.sh.admission->admit_now(c.group->cfg->name, c.priority.priority);
+  if (!permit.valid()) return std::nullopt;
+  c.permit = std::move(permit);
+  return Ok{};
+}
+
+boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
+  const Nanos t0 = c.now();
+  auto admitted = co_await unless_client_gone(
+      c, c.sh.admission->acquire(c.group->cfg->name, c.priority.priority));
+  c.queue_wait += c.now() - t0;
+  if (admitted.ok()) {
+    c.permit = std::move(admitted.permit);
+    co_return Ok{};
+  }
+  c.outcome.set(OutcomeKind::kAdmission);
+  const auto pr = kPriorityLabel[static_cast<std::size_t>(c.priority.priority)];
+  if (admitted.refusal == admission::Refusal::kTimedOut) {
+    c.sh.metrics->queue_timeouts.with({pr}).inc();
+  } else if (admitted.refusal != admission::Refusal::kCancelled) {
+    c.sh.metrics->shed.with({pr, admission::admission_error(admitted.refusal, 0).code}).inc();
+  }
+  co_return admission::admission_error(admitted.refusal, admitted.retry_after_s);
+}
+
+}  // namespace bw::gateway

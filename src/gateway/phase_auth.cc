@@ -1,0 +1,65 @@
+// Phase 1: authenticate. The presented key is hashed and looked up by hash; the stored and
+// computed hashes are compared in constant time.
+#include <openssl/crypto.h>
+
+#include "config/config.h"
+#include "gateway/phases.h"
+
+namespace bw::gateway {
+
+namespace {
+
+std::string_view bearer(const http::Request& req) {
+  auto auth = req.header("authorization");
+  if (auth.size() > 7 && http::iequals(auth.substr(0, 7), "bearer ")) return auth.substr(7);
+  return {};
+}
+
+}  // namespace
+
+Result<const KeyInfo*> authenticate(const Runtime& rt, const http::Request& req) {
+  std::string_view presented = bearer(req);
+  if (presented.empty()) presented = req.header("x-api-key");
+  while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
+  if (presented.empty()) {
+    return errors::make(errors::kInvalidApiKey,
+                        "You didn't provide an API key. Provide it in the Authorization header "
+                        "(Authorization: Bearer YOUR_KEY) or in x-api-key.");
+  }
+  const std::string hash = config::sha256_hex(presented);
+  const KeyInfo* key = rt.key_by_hash(hash);
+  if (!key || CRYPTO_memcmp(key->cfg->secret_hash.data(), hash.data(), hash.size()) != 0) {
+    return errors::make(errors::kInvalidApiKey, "Incorrect API key provided.");
+  }
+  return key;
+}
+
+bool admin_authorized(const Runtime& rt, const http::Request& req) {
+  const auto& want = rt.config().admin_key_hash;
+  if (want.empty()) return false;
+  std::string_view presented = bearer(req);
+  if (presented.empty()) presented = req.header("x-api-key");
+  if (presented.empty()) return false;
+  const std::string hash = config::sha256_hex(presented);
+  return hash.size() == want.size() && CRYPTO_memcmp(hash.data(), want.data(), hash.size()) == 0;
+}
+
+std::optional<Verdict> phase_auth::try_now(Ctx& c) {
+  if (c.replay_key) {
+    c.key = c.replay_key;  // a dead-letter replay runs as the original key
+  } else {
+    auto key = authenticate(*c.rt, c.req);
+    if (!key) return key.error();
+    c.key = *key;
+  }
+  const auto& k = *c.key->cfg;
+  c.plan = c.rt->config().plan(k.plan);
+  // The priority: the X-Priority header or the key's default, never above the key's maximum.
+  const int def =
+      k.default_priority >= 0 ? k.default_priority : (c.plan ? c.plan->default_priority : 1);
+  const int highest = k.max_priority >= 0 ? k.max_priority : (c.plan ? c.plan->max_priority : 0);
+  c.priority = admission::resolve_priority(c.req.header("x-priority"), def, highest);
+  return Ok{};
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,185 @@
+// Phase 6: the cost guard. Estimate the worst case, maybe downgrade near a cap, reserve against
+// every budget that applies (one BudgetStore: in process or Redis), and make the reservation
+// durable in the ledger before anything is forwarded. finish settles the hold to the actual
+// cost, or releases it when nothing was billed.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/async_result.hpp>
+#include <ctime>
+
+#include "gateway/phases.h"
+
+namespace bw::gateway {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Waits for the ledger's group commit of one record (the callback runs on the writer thread).
+asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec) {
+  auto ex = co_await asio::this_coro::executor;
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
+      [&](auto handler) {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        const bool ok = ledger.append_reservation(std::move(rec), [h, ex](const Result<Ok>& r) {
+          asio::post(ex, [h, r]() mutable { (*h)(r); });
+        });
+        if (!ok) {
+          asio::post(ex, [h]() mutable {
+            (*h)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
+          });
+        }
+      },
+      asio::use_awaitable);
+}
+
+std::string utc_time(std::int64_t unix_ms) {
+  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Error budget_refused(const cost::BudgetRefusal& ref, std::int64_t now_ms) {
+  Error e = errors::make(errors::kInsufficientQuota,
+                         "The budget '" + ref.budget_id + "' would be exceeded by this request " +
+                             "(cap $" + std::to_string(static_cast<double>(ref.cap_micro) / 1e6) +
+                             "); it resets at " + utc_time(ref.reset_unix_ms) + ".");
+  if (ref.reset_unix_ms > now_ms && ref.reset_unix_ms < now_ms + 400LL * 86400 * 1000) {
+    e.retry_after_s = static_cast<double>(ref.reset_unix_ms - now_ms) / 1000.0;
+  }
+  return e;
+}
+
+// A cheaper model near a cap (the store's soft threshold), when the key has not opted out.
+void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
+  const auto& cfg = c.rt->config();
+  auto cheaper = c.sh.budget_store->should_downgrade(c.budget_ids, c.route_model,
+                                                     c.key->cfg->downgrade_opt_out, now_ms);
+  if (!cheaper) return;
+  const ModelGroup* g = c.rt->group(*cheaper);
+  const cost::ModelPrice* p = cfg.prices.find(*cheaper);
+  if (!g || !p) return;
+  c.extra.add("x-bellwether-downgraded-from", c.route_model);
+  c.route_model = *cheaper;
+  c.group = g;
+  c.price = p;
+}
+
+// The most the request can cost: embeddings produce no output tokens; everything else is
+// capped at the worst case, and that cap is forwarded upstream.
+cost::Micros worst_case(Ctx& c) {
+  const std::int64_t prompt_estimate = providers::estimate_prompt_tokens(c.llm);
+  if (c.llm.endpoint == providers::Endpoint::kEmbeddings) {
+    return cost::cost_micros(*c.price, prompt_estimate, 0);
+  }
+  const std::int64_t cap =
+      c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens;
+  auto wc = cost::worst_case(*c.price, prompt_estimate, cap);
+  c.forced_max_tokens = wc.completion_tokens;
+  return wc.cost;
+}
+
+}  // namespace
+
+// The price, and whether any budget applies at all: most requests of a deployment without
+// budgets need no coroutine for the rest.
+std::optional<Verdict> phase_cost::try_now(Ctx& c) {
+  const auto& cfg = c.rt->config();
+  c.price = cfg.prices.find(c.route_model);
+  if (!c.sh.budget_store) return Ok{};
+  c.budget_ids = budget_ids_for(cfg, *c.key->cfg);
+  if (c.budget_ids.empty()) return Ok{};
+  return std::nullopt;
+}
+
+asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
+  auto& sh = c.sh;
+  if (!c.price) {
+    co_return errors::make(errors::kModelNotPriced,
+                           "The model '" + c.route_model +
+                               "' has no price, so its spend cannot be held to a budget. Add it "
+                               "to the pricing table.");
+  }
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  maybe_downgrade(c, now_ms);
+  const cost::Micros worst = worst_case(c);
+  auto res = co_await sh.budget_store->reserve(c.budget_ids, worst, c.budget, now_ms, c.now());
+  if (!res.ok) {
+    c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);
+    co_return budget_refused(res.refusal, now_ms);
+  }
+  if (!sh.ledger) co_return Ok{};
+  cost::LedgerReservation rec;
+  rec.request_id = c.request_id;
+  rec.key_id = c.key->cfg->name;
+  rec.tenant_id = c.key->cfg->tenant;
+  rec.model = c.route_model;
+  rec.budgets = c.budget.budget_ids();
+  rec.reserved_micro = c.budget.amount();
+  rec.created_unix_ms = now_ms;
+  auto committed = co_await ledger_commit(*sh.ledger, std::move(rec));
+  if (!committed) {
+    co_await sh.budget_store->release(c.budget, c.now());
+    Error e = errors::make(errors::kLedgerUnavailable,
+                           "Spend cannot be recorded right now; the request was not sent.");
+    e.retry_after_s = 1;
+    co_return e;
+  }
+  c.reservation_logged = true;
+  co_return Ok{};
+}
+
+void phase_cost::compute_cost(Ctx& c) {
+  const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  if (c.price && tokens > 0) {
+    c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
+                                     c.usage.cached_tokens);
+  }
+}
+
+bool phase_cost::settle_needed(const Ctx& c) {
+  return c.budget.active();
+}
+
+// The actual cost goes to the budgets and the ledger; the unused reservation is released;
+// crossed alert thresholds go to the webhook sender. Call after compute_cost.
+asio::awaitable<void> phase_cost::settle(Ctx& c) {
+  const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  auto& sh = c.sh;
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  cost::LedgerSettlement rec;
+  rec.request_id = c.request_id;
+  rec.prompt_tokens = c.usage.prompt_tokens;
+  rec.completion_tokens = c.usage.completion_tokens;
+  rec.settled_unix_ms = now_ms;
+  // The budget counters move before the ledger row closes: a rebuild of lost Redis counters in
+  // between still sees the row open and counts it as reserved (redis_budget.h).
+  if (tokens == 0) {
+    co_await sh.budget_store->release(c.budget, c.now());
+    rec.status = cost::LedgerStatus::kReleased;
+  } else {
+    auto out = co_await sh.budget_store->settle(c.budget, c.cost_micro, now_ms, c.now());
+    rec.status = cost::LedgerStatus::kSettled;
+    rec.actual_micro = c.cost_micro;
+    if (out.overshoot_micro > 0) {
+      spdlog::warn("request {} cost {} micro-USD more than its reservation", c.request_id,
+                   out.overshoot_micro);
+    }
+    if (sh.webhooks) {
+      for (const auto& a : out.alerts) sh.webhooks->enqueue(a);
+    }
+  }
+  if (sh.ledger && c.reservation_logged) {
+    if (!sh.ledger->append_settlement(rec, [](const Result<Ok>&) {})) {
+      spdlog::error(
+          "ledger queue full: settlement of {} not recorded (the reservation stays "
+          "counted until reconciled)",
+          c.request_id);
+    }
+  }
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,121 @@
+// Phase 5: rate limits. Every applicable limit is checked at once, all or nothing. A limit set
+// to `wait` holds the request until it would pass (bounded by the limit's own retry time, the
+// priority's max wait and the request deadline) instead of refusing it. The token reservation
+// taken here is corrected to the real usage by finish (settle).
+#include <spdlog/spdlog.h>
+
+#include "gateway/phases.h"
+
+namespace bw::gateway {
+
+namespace {
+
+limits::RequestScope limit_scope(const Ctx& c) {
+  limits::RequestScope scope;
+  scope.key_id = c.key->cfg->name;
+  scope.tenant_id = c.key->cfg->tenant;
+  scope.client_ip = c.client_ip;
+  scope.endpoint = c.req.path();
+  scope.model = c.llm.model;
+  scope.plan = c.plan;
+  scope.key_overrides =
+      c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
+  return scope;
+}
+
+// The x-ratelimit-* headers of the verdict, and the shadow-limit log line.
+void note_verdict(Ctx& c) {
+  const auto& v = c.verdict;
+  c.extra.clear();
+  limits::append_rate_headers(c.extra.raw(), v);
+  if (!v.shadow_rejections.empty()) {
+    c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("shadow limit would reject request {} (key {}): {}", c.request_id,
+                 c.key->cfg->name, v.shadow_rejections.front());
+  }
+}
+
+}  // namespace
+
+// In-process limits decide without a coroutine: passed (the common case) is final; a refusal,
+// a wait or a shared store goes to run().
+std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
+  const std::int64_t output_cap =
+      c.llm.endpoint == providers::Endpoint::kEmbeddings
+          ? 0
+          : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
+  c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) + output_cap;
+  if (c.sh.limiter->remote()) return std::nullopt;
+  c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
+  if (!c.verdict.allowed || c.verdict.unavailable) return std::nullopt;
+  note_verdict(c);
+  return Ok{};
+}
+
+boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
+  const auto& cfg = c.rt->config();
+  const limits::RequestScope scope = limit_scope(c);
+  const Nanos deadline = c.start + cfg.retry.deadline;
+  // With in-process limits, try_now already holds this request's first check in c.verdict.
+  bool checked = !c.sh.limiter->remote();
+  for (;;) {
+    const Nanos now = c.now();
+    if (!checked) {
+      c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, c.sh.limiter_now());
+    }
+    checked = false;
+    auto& v = c.verdict;
+    if (v.unavailable) {
+      // The shared limit store is unreachable and this limit is set to fail closed.
+      Error e = errors::make(errors::kLimitsUnavailable,
+                             "Rate limits cannot be checked right now (limit '" + v.limit_name +
+                                 "' fails closed). Retry later.");
+      e.retry_after_s = std::max(1.0, to_seconds(v.retry_after_ns));
+      co_return e;
+    }
+    note_verdict(c);
+    if (v.allowed) co_return Ok{};
+    const Nanos max_wait =
+        cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
+    if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
+        v.retry_after_ns <= max_wait) {
+      // The wait counts in the queue depth, and the overload policy may refuse it.
+      auto waited = co_await unless_client_gone(
+          c, c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority));
+      if (!waited.ok()) {
+        auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
+        e.status = 429;
+        e.type = "rate_limit_exceeded";
+        co_return e;
+      }
+      c.queue_wait += v.retry_after_ns;
+      continue;
+    }
+    Error e = errors::make(errors::kRateLimited, "Rate limit reached for limit '" + v.limit_name +
+                                                     "' of key '" + c.key->cfg->name +
+                                                     "'. Retry after the time in Retry-After.");
+    if (v.retry_after_ns != limits::kNever) {
+      e.retry_after_s = std::max(0.001, to_seconds(v.retry_after_ns));
+    } else {
+      e.message = "The request is larger than the limit '" + v.limit_name + "' can ever admit.";
+    }
+    c.outcome.set(OutcomeKind::kRateLimited, v.limit_name);
+    co_return e;
+  }
+}
+
+bool phase_rate_limit::settle_now(Ctx& c) {
+  const auto& r = c.verdict.reservation;
+  if (r.token_limits.empty() || r.settled) return true;
+  if (c.sh.limiter->remote()) return false;
+  c.sh.limiter->settle(c.verdict.reservation, c.usage.prompt_tokens + c.usage.completion_tokens,
+                       c.sh.limiter_now());
+  return true;
+}
+
+boost::asio::awaitable<void> phase_rate_limit::settle(Ctx& c) {
+  const std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
+  co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, c.sh.limiter_now());
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,76 @@
+#pragma once
+// The phases of an LLM request, in the order pipeline.cc runs them (DESIGN.md "Life of a
+// request"). Every phase has the same shape:
+//
+//   std::optional<Verdict> try_now(Ctx&);     // the synchronous fast path: a verdict, or
+//                                             // nullopt when the phase must wait (then run it)
+//   boost::asio::awaitable<Verdict> run(Ctx&); // the whole phase, may wait; call only after
+//                                             // try_now returned nullopt
+//
+// try_now costs no coroutine frame, so a request that waits for nothing allocates none. A phase
+// that never waits has only try_now (it never returns nullopt). A phase that refuses returns the
+// error (and may set Ctx::outcome first); the flow answers with it. Whatever a phase took (a
+// token reservation, a budget hold, a permit) it leaves in Ctx, and finish gives it back.
+// Files: phase_auth.cc, phase_resolve.cc, phase_rate_limit.cc, phase_cost.cc,
+// phase_admission.cc, forward.cc, finish.cc.
+#include <boost/asio/awaitable.hpp>
+#include <optional>
+
+#include "gateway/context.h"
+
+namespace bw::gateway {
+
+// 1 authenticate: the API key → KeyInfo, plan and priority.
+namespace phase_auth {
+std::optional<Verdict> try_now(Ctx& c);
+}  // namespace phase_auth
+// The key behind the request's Authorization or x-api-key header (401 if none matches).
+Result<const KeyInfo*> authenticate(const Runtime& rt, const http::Request& req);
+// The request carries the admin (master) key.
+bool admin_authorized(const Runtime& rt, const http::Request& req);
+
+// 2 decode and 3 resolve: the body → LlmRequest; the model → its group, if the key may use it.
+namespace phase_resolve {
+std::optional<Verdict> try_now(Ctx& c, providers::Endpoint endpoint);
+}  // namespace phase_resolve
+
+// 5 rate limit: every applicable limit at once; `wait` limits hold the request.
+namespace phase_rate_limit {
+std::optional<Verdict> try_now(Ctx& c);
+boost::asio::awaitable<Verdict> run(Ctx& c);
+// finish: the token reservation corrected to the real usage. settle_now settles in-process
+// limits (or finds nothing to settle) and returns true; false when settle() must be awaited.
+bool settle_now(Ctx& c);
+boost::asio::awaitable<void> settle(Ctx& c);
+}  // namespace phase_rate_limit
+
+// 6 cost guard: price, maybe downgrade, reserve the worst case, make it durable.
+namespace phase_cost {
+std::optional<Verdict> try_now(Ctx& c);
+boost::asio::awaitable<Verdict> run(Ctx& c);
+// finish: the actual cost (no I/O), then, when a hold is active, settle or release it.
+void compute_cost(Ctx& c);
+bool settle_needed(const Ctx& c);
+boost::asio::awaitable<void> settle(Ctx& c);
+}  // namespace phase_cost
+
+// 7 admission: a slot of the model group's concurrency, waiting in priority order.
+namespace phase_admission {
+std::optional<Verdict> try_now(Ctx& c);
+boost::asio::awaitable<Verdict> run(Ctx& c);
+}  // namespace phase_admission
+
+// 8 forward and 9 respond: pick a deployment, send, retry or fall back, relay the answer.
+// Always waits (no try_now). Ok when it answered the client; an error for the flow to send.
+namespace forward {
+boost::asio::awaitable<Verdict> run(Ctx& c);
+}  // namespace forward
+
+// 10 finish: runs once for every request that entered handle_request, whatever ended it.
+// Settles limits and cost, releases the permit, writes the dead letter, metrics and access log.
+namespace finish {
+std::optional<Verdict> try_now(Ctx& c);
+boost::asio::awaitable<Verdict> run(Ctx& c);
+}  // namespace finish
+
+}  // namespace bw::gateway

@@ -1,0 +1,225 @@
+// The entry point of every request: the request's context, the route table, the fixed
+// endpoints (health, readiness, models, metrics, queue metrics), the admin API's table and the
+// LLM pipeline; then finish, for every request, whatever ended it.
+#include "gateway/routes.h"
+
+#include <exception>
+#include <random>
+
+#include "gateway/admin.h"
+#include "gateway/phases.h"
+#include "gateway/pipeline.h"
+#include "limits/client_ip.h"
+
+namespace bw::gateway {
+
+namespace asio = boost::asio;
+using http::Request;
+using http::ResponseWriter;
+using providers::Endpoint;
+
+std::string_view endpoint_label(std::string_view path) {
+  for (const auto& r : kRoutes) {
+    if (path == r.path) return r.path;
+  }
+  if (path == "/admin" || path.starts_with("/admin/")) return "/admin";
+  return "other";
+}
+
+namespace {
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "req_";
+  auto a = rng(), b = rng();
+  for (int i = 0; i < 16; ++i) id.push_back(kHex[(a >> (i * 4)) & 0xf]);
+  for (int i = 0; i < 8; ++i) id.push_back(kHex[(b >> (i * 4)) & 0xf]);
+  return id;
+}
+
+// A client-supplied x-request-id is kept if it is short and printable; else one is generated.
+std::string request_id_for(const Request& req) {
+  auto id = req.header("x-request-id");
+  if (!id.empty() && id.size() <= 128 &&
+      std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
+    return std::string(id);
+  }
+  return new_request_id();
+}
+
+asio::awaitable<void> readyz(Ctx& c) {
+  auto& sh = c.sh;
+  if (sh.draining.load()) co_return co_await send_json(c, 503, "{\"status\":\"draining\"}");
+  if (sh.budget_store && sh.budget_store->degraded()) {
+    // Budgets run on the local share (cap / replicas): still serving, never overspending.
+    co_return co_await send_json(
+        c, 200,
+        "{\"status\":\"degraded\",\"reason\":\"redis unreachable: budgets on local share\"}");
+  }
+  if (sh.limiter->degraded()) {
+    // Still ready: every replica would be degraded at once, and dropping them all would turn
+    // a Redis outage into a full outage. Limits follow their failure policy meanwhile.
+    co_return co_await send_json(c, 200,
+                                 "{\"status\":\"degraded\",\"reason\":\"redis unreachable\"}");
+  }
+  co_await send_json(c, 200, "{\"status\":\"ready\"}");
+}
+
+asio::awaitable<void> models(Ctx& c) {
+  auto key = authenticate(*c.rt, c.req);
+  if (!key) co_return co_await reply_error(c, key.error());
+  co_await send_json(c, 200, c.rt->models_json());
+}
+
+// Client keys may read it when configured so; the admin key always may.
+asio::awaitable<void> queue_metrics(Ctx& c) {
+  bool allowed = admin_authorized(*c.rt, c.req);
+  if (!allowed && c.rt->config().queue_metrics_public) allowed = authenticate(*c.rt, c.req).ok();
+  if (!allowed) {
+    co_return co_await reply_error(
+        c, errors::make(errors::kInvalidApiKey, "Reading queue metrics needs an API key."));
+  }
+  // The admission queue's figures plus the scaler's recommendation.
+  std::string body = c.sh.admission->metrics_json();
+  if (c.sh.scaler && !body.empty() && body.back() == '}') {
+    auto rec = c.sh.scaler->last();
+    body.pop_back();
+    body += ",\"recommended_replicas\":" + std::to_string(rec.recommended_replicas) +
+            ",\"scaling\":" + telemetry::to_json(rec) + "}";
+  }
+  co_await send_json(c, 200, std::move(body));
+}
+
+asio::awaitable<void> metrics(Ctx& c) {
+  http::Response r;
+  r.status = 200;
+  r.headers.add("content-type", std::string(telemetry::Registry::kContentType));
+  r.body = render_metrics(c.sh);
+  c.status = 200;
+  c.bytes_out += r.body.size();
+  co_await c.w.send(std::move(r));
+}
+
+asio::awaitable<void> no_route(Ctx& c, bool path_known) {
+  const auto path = c.req.path();
+  if (!path_known) {
+    co_return co_await reply_error(
+        c, errors::make(errors::kUnknownUrl, "Unknown request URL: " + std::string(c.req.method) +
+                                                 " " + std::string(path) + "."));
+  }
+  auto r = error_response(c, errors::make(errors::kMethodNotAllowed,
+                                          "Method " + std::string(c.req.method) +
+                                              " is not allowed on " + std::string(path) + "."));
+  for (const auto& rt : kRoutes) {
+    if (rt.path == path) r.headers.add("allow", std::string(rt.method));
+  }
+  c.status = 405;
+  co_await c.w.send(std::move(r));
+}
+
+asio::awaitable<void> admin_elsewhere(Ctx& c) {
+  co_await reply_error(
+      c, errors::make(errors::kUnknownUrl, "The admin API is on the admin listener."));
+}
+
+// Everything a request can be, by path. Not a coroutine: it returns the awaitable of the
+// handler, so a request costs no frame for routing (hence no temporaries passed by reference).
+asio::awaitable<void> route(Ctx& c, bool admin_listener) {
+  const auto path = c.req.path();
+  if (path.starts_with("/admin/")) {
+    if (admin_listener || c.rt->config().admin_listen.empty()) {
+      return admin_table().dispatch(c);
+    }
+    return admin_elsewhere(c);
+  }
+  const Route* found = nullptr;
+  bool path_known = false;
+  for (const auto& r : kRoutes) {
+    if (r.path != path) continue;
+    path_known = true;
+    if (r.method == c.req.method) found = &r;
+  }
+  // The admin listener serves the admin API and the probes only.
+  if (admin_listener && path != "/healthz" && path != "/readyz")
+    found = nullptr, path_known = false;
+  if (!found) return no_route(c, path_known);
+  if (path == "/v1/chat/completions") return run_llm(c, Endpoint::kChat);
+  if (path == "/v1/completions") return run_llm(c, Endpoint::kCompletions);
+  if (path == "/v1/embeddings") return run_llm(c, Endpoint::kEmbeddings);
+  if (path == "/healthz") return send_json(c, 200, "{\"status\":\"ok\"}");
+  if (path == "/readyz") return readyz(c);
+  if (path == "/v1/models") return models(c);
+  if (path == "/v1/metrics/queue") return queue_metrics(c);
+  if (path == "/metrics") return metrics(c);
+  return no_route(c, false);
+}
+
+}  // namespace
+
+asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w,
+                                     bool admin_listener) {
+  Ctx c{sh, sh.runtime->load(), req, w};
+  c.start = c.now();
+  c.request_id = request_id_for(req);
+  // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
+  // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
+  const auto& cfg = c.rt->config();
+  if (cfg.trusted_cidrs.empty() && req.peer_ip.find(':') == std::string::npos) {
+    c.client_ip = req.peer_ip;
+  } else {
+    c.client_ip = limits::client_ip(req.peer_ip, req.header("x-forwarded-for"), cfg.trusted_cidrs);
+  }
+  sh.requests.fetch_add(1, std::memory_order_relaxed);
+  // finish runs whatever ended the request, also an exception (rethrown after it).
+  std::exception_ptr failed;
+  try {
+    co_await route(c, admin_listener);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (!finish::try_now(c)) co_await finish::run(c);
+  if (failed) std::rethrow_exception(failed);
+}
+
+std::string render_metrics(Shared& sh) {
+  auto& m = *sh.metrics;
+  const Nanos now = sh.clock.now();
+  if (sh.admission) {
+    auto snap = sh.admission->snapshot();
+    for (std::size_t p = 0; p < 3; ++p) {
+      m.queue_depth.with({kPriorityLabel[p]}).set(static_cast<double>(snap.depth[p]));
+    }
+    m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
+  }
+  for (const auto& d : sh.router.status(now)) {
+    const double v =
+        d.state == routing::BreakerState::open        ? telemetry::GatewayMetrics::kBreakerOpen
+        : d.state == routing::BreakerState::half_open ? telemetry::GatewayMetrics::kBreakerHalfOpen
+                                                      : telemetry::GatewayMetrics::kBreakerClosed;
+    m.breaker_state.with({d.id}).set(v);
+  }
+  if (sh.dead_letters) {
+    // Scrapes may run on two workers at once; the read-then-add below must not interleave.
+    static std::mutex dlq_mu;
+    std::lock_guard lock(dlq_mu);
+    auto& added = m.dlq_entries.get();
+    auto& dropped = m.dlq_dropped.get();
+    // Counters only move forward: add the difference since the last scrape.
+    if (sh.dead_letters->added_total() > added.units()) {
+      added.add(sh.dead_letters->added_total() - added.units());
+    }
+    if (sh.dead_letters->dropped_total() > dropped.units()) {
+      dropped.add(sh.dead_letters->dropped_total() - dropped.units());
+    }
+  }
+  if (m.budget_utilization && sh.budget_store) {
+    for (const auto& [id, u] : sh.budget_store->utilisation(sh.clock.unix_millis())) {
+      m.budget_utilization->with({id}).set(u);
+    }
+  }
+  if (sh.scaler) m.replicas_recommended.get().set(sh.scaler->last().recommended_replicas);
+  return sh.registry.expose();
+}
+
+}  // namespace bw::gateway

@@ -1,0 +1,88 @@
+#pragma once
+// Shared: the state that outlives config reloads and is shared by every worker (limit buckets,
+// breakers, queues, budgets, the ledger, telemetry), and the functions that (re)configure it.
+// Thread safety: Shared is shared by all workers; its members are atomic or internally locked.
+#include <atomic>
+#include <boost/asio/thread_pool.hpp>
+#include <memory>
+#include <mutex>
+
+#include "admission/admission_controller.h"
+#include "common/clock.h"
+#include "cost/alerts.h"
+#include "cost/budget_manager.h"
+#include "cost/budget_store.h"
+#include "cost/key_store.h"
+#include "cost/ledger.h"
+#include "gateway/access_log.h"
+#include "gateway/runtime.h"
+#include "gateway/upstream.h"
+#include "limits/limiter.h"
+#include "limits/memory_limit_store.h"
+#include "routing/dead_letter.h"
+#include "routing/router.h"
+#include "telemetry/gateway_metrics.h"
+#include "telemetry/metrics.h"
+#include "telemetry/scaler.h"
+
+namespace bw::gateway {
+
+struct Shared {
+  explicit Shared(const Clock& c = SteadyClock::instance()) : clock(c) {}
+  // Every time read of the gateway layer goes through this clock (tests pass a FakeClock).
+  const Clock& clock;
+  // Added to the `now` passed to the limiter only: simulates a replica whose clock is off
+  // (`serve --clock-offset-ms`, for tests of the distributed limits).
+  Nanos limiter_clock_offset = 0;
+  std::atomic<std::shared_ptr<const Runtime>>* runtime = nullptr;
+  std::unique_ptr<AccessLog> access_log;
+  std::atomic<bool> draining{false};
+  std::atomic<std::uint64_t> requests{0};  // requests that entered handle_request
+  std::atomic<std::uint64_t> finished{0};  // requests that went through finish (== requests)
+  std::shared_ptr<limits::MemoryLimitStore> limit_store;
+  std::unique_ptr<limits::Limiter> limiter;
+  routing::Router router;
+  std::unique_ptr<routing::DeadLetterQueue> dead_letters;
+  std::unique_ptr<admission::AdmissionController> admission;
+  // How forward() reaches the providers.
+  std::unique_ptr<Upstream> upstream{std::make_unique<PooledUpstream>()};
+  // Blocking work (SQLite) runs here, never on a worker's event loop.
+  std::unique_ptr<boost::asio::thread_pool> blocking{std::make_unique<boost::asio::thread_pool>(1)};
+  std::atomic<std::uint64_t> shadow_rejections{0};
+  // Cost guard: the configured budgets (caps, periods), the durable ledger, where spend is
+  // reserved (in process or in Redis), stored keys, alert delivery.
+  std::unique_ptr<cost::BudgetManager> budgets;
+  std::unique_ptr<cost::Ledger> ledger;
+  // Declared after `ledger`: destroyed first (the Redis store rebuilds from the ledger).
+  std::unique_ptr<cost::BudgetStore> budget_store;
+  std::unique_ptr<cost::KeyStore> key_store;
+  std::unique_ptr<cost::WebhookSender> webhooks;
+  std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows
+  // Telemetry: Prometheus registry, the gateway's metric families, the scaling predictor.
+  telemetry::Registry registry;
+  std::unique_ptr<telemetry::GatewayMetrics> metrics;
+  std::unique_ptr<telemetry::PredictiveScaler> scaler;
+  std::atomic<std::uint64_t> llm_arrivals{0};
+  std::atomic<std::uint64_t> llm_completions{0};
+
+  Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
+};
+
+// The /metrics body: gauges that are read at scrape time are refreshed first.
+std::string render_metrics(Shared& shared);
+
+// Budget ids that apply to a key: global, its tenant's, its own (one per configured period).
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key);
+// Declares every configured budget (and the stored keys' budgets) to the BudgetManager.
+void declare_budgets(Shared& shared, const config::Config& cfg,
+                     const std::vector<config::KeyConfig>& stored_keys);
+// A key created through the admin API, as the data plane sees it.
+config::KeyConfig key_config_from_record(const cost::ApiKeyRecord& record,
+                                         const config::Config& cfg);
+// Reloads the stored keys from the KeyStore and swaps in a runtime that knows them.
+Result<Ok> refresh_stored_keys(Shared& shared);
+
+// Applies a (new) config to the long-lived state: limits and routing.
+Result<Ok> apply_config(Shared& shared, const config::Config& cfg);
+
+}  // namespace bw::gateway
