@@ -47,6 +47,36 @@ struct DeploymentConfig {
   std::int64_t tpm = 0;
 };
 
+// The response cache of a model group (docs/cache.md). A key's `cache:` overrides the fields it
+// sets; a request's Cache-Control / x-bellwether-cache headers can only turn it down.
+struct CacheModeConfig {
+  std::string mode = "off";  // off | exact | semantic
+  Nanos ttl = seconds(3600);
+  std::size_t max_entry_bytes = 1 << 20;
+  std::string eligibility = "all";  // all | deterministic (temperature 0 or a seed)
+  std::string scope = "tenant";     // tenant | key | global
+  // Semantic: the prompt is embedded through this model group (a request like any other).
+  std::string embeddings_model;
+  double threshold = 0.95;  // cosine similarity needed for a semantic hit
+};
+
+struct KeyCacheOverride {
+  bool has_mode = false, has_ttl = false, has_max_entry_bytes = false, has_eligibility = false,
+       has_scope = false;
+  CacheModeConfig value;
+};
+
+// The cache's storage (one per process). `backend: redis` uses the `redis:` connection.
+struct CacheStoreConfig {
+  std::string backend = "memory";  // memory | redis
+  std::size_t max_bytes = 256u << 20;
+  Nanos redis_timeout = millis(50);
+  std::size_t compress_above = 1024;
+  Nanos single_flight_wait = seconds(30);  // 0 = no single-flight
+  std::int64_t single_flight_max_waiters = 64;
+  std::int64_t semantic_max_entries = 10000;
+};
+
 struct ModelGroupConfig {
   std::string name;  // the public model name
   std::vector<DeploymentConfig> deployments;
@@ -58,6 +88,7 @@ struct ModelGroupConfig {
   std::string owned_by = "bellwether";
   bool has_concurrency = false;
   admission::LimiterConfig concurrency;  // in-flight limit of the group
+  CacheModeConfig cache;
 };
 
 struct KeyConfig {
@@ -72,6 +103,7 @@ struct KeyConfig {
   std::vector<cost::KeyBudget> budgets;            // at most one per period
   bool downgrade_opt_out = false;                  // refuse at the cap instead of downgrading
   bool from_store = false;                         // created through the admin API
+  KeyCacheOverride cache;
 };
 
 struct TenantConfig {
@@ -139,6 +171,7 @@ struct Config {
   std::vector<ModelGroupConfig> model_groups;
   std::vector<KeyConfig> keys;
   AccessLogConfig access_log;
+  CacheStoreConfig cache;
   SimConfig sim;
   // Resilience (routing/): breaker and retry policy for every deployment, and the DLQ.
   routing::BreakerConfig breaker;

@@ -132,6 +132,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
+      phase_cache::capture_event(c, event);
       if (info.usage_only && !c.llm.client_wants_usage) continue;
       out.append(event);
     }
@@ -146,6 +147,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       }
     }
   }
+  phase_cache::capture_stream_end(c, saw_done);
   if (!saw_done && !c.cancelled && c.outcome.none()) {
     // The upstream ended the body without [DONE]: a truncated stream, not a success.
     c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
@@ -393,6 +395,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.forward_failed = true;
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
+    phase_cache::capture_body(c, r.status, ct, r.body);
     c.bytes_out += r.body.size();
     co_await c.w.send(std::move(r));
     co_return Ok{};

@@ -8,6 +8,9 @@
 #include <mutex>
 
 #include "admission/admission_controller.h"
+#include "cache/cache.h"
+#include "cache/semantic_index.h"
+#include "cache/single_flight.h"
 #include "common/clock.h"
 #include "cost/alerts.h"
 #include "cost/budget_manager.h"
@@ -62,6 +65,10 @@ struct Shared {
   telemetry::Registry registry;
   std::unique_ptr<telemetry::GatewayMetrics> metrics;
   std::unique_ptr<telemetry::PredictiveScaler> scaler;
+  // Response cache (cache/): its storage (memory or Redis), single-flight, the semantic index.
+  std::unique_ptr<cache::Cache> cache;
+  std::unique_ptr<cache::SingleFlight> single_flight;
+  std::unique_ptr<cache::SemanticIndex> semantic;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
 

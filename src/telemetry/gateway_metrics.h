@@ -44,6 +44,8 @@ struct GatewayMetrics {
   CounterFamily& dlq_dropped;         // no labels
   CounterFamily& cache_hits;          // no labels
   CounterFamily& cache_misses;        // no labels
+  CounterFamily& cache_saved_usd;     // {model}; add() takes micro-dollars
+  CounterFamily& cached_tokens;       // {model}; prompt tokens the provider served from its cache
   GaugeFamily* budget_utilization;    // {budget}; nullptr unless opted in
   GaugeFamily& replicas_recommended;  // no labels
 
