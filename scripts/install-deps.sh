@@ -10,7 +10,19 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev libsqlite3-dev sqlite3 libpq-dev libhnswlib-dev zlib1g-dev
   redis-server postgresql prometheus wrk nginx-light clang-format
+  chromium
 )
+
+# The console's browser tests drive the system Chromium with playwright-core, installed by name
+# into tests/ui/browser (package.json + lock). Without node/npm those tests skip.
+install_browser_test_deps() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/ui/browser"
+  if command -v npm >/dev/null 2>&1 && [ ! -d "$dir/node_modules/playwright-core" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+      echo "install-deps: npm ci in tests/ui/browser failed; the console's browser tests will skip"
+  fi
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -21,6 +33,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
+  install_browser_test_deps
   exit 0
 fi
 
@@ -33,4 +46,5 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for svc in redis-server nginx prometheus postgresql; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
+install_browser_test_deps
 echo "install-deps: done"

@@ -10,9 +10,9 @@
 #include <iostream>
 
 #include "config/config.h"
-#include "cost/sqlite_key_store.h"
 #include "gateway/gateway.h"
 #include "gateway/keys.h"
+#include "store/sqlite_key_store.h"
 #include "telemetry/autoscale.h"
 #include "telemetry/autoscale_cli.h"
 #include "tools/sim/sim.h"
@@ -94,6 +94,17 @@ int serve(const std::string& config_path, const std::string& listen, std::int64_
   if (gw.sim_port()) std::cerr << ", simulated providers on 127.0.0.1:" << gw.sim_port();
   std::cerr << ")\n";
   if (gw.admin_port()) std::cerr << "admin API on " << c.admin_listen << "\n";
+  if (c.console_enabled && !c.admin_key_hash.empty()) {
+    std::string ui_host = host;
+    std::uint16_t ui_port = gw.port();
+    if (gw.admin_port()) {
+      std::uint16_t ignored = 0;
+      bw::config::parse_listen(c.admin_listen, ui_host, ignored);
+      ui_port = gw.admin_port();
+    }
+    std::cerr << "console: http://" << ui_host << ":" << ui_port
+              << "/ui/ (log in with the admin key)\n";
+  }
   if (config_path.empty()) {
     std::cerr
         << "demo key" << (generated_demo ? " (generated)" : "") << ": " << demo_key << "\n"
@@ -122,13 +133,16 @@ int serve(const std::string& config_path, const std::string& listen, std::int64_
       auto next = bw::config::load_file(config_path);
       if (!next) {
         std::cerr << "reload failed, keeping the current config: " << next.error().message << "\n";
+        gw.note_reload(false, next.error().message);
         continue;
       }
       if (auto r = gw.reload(*next); !r) {
         std::cerr << "reload failed, keeping the current config: " << r.error().message << "\n";
+        gw.note_reload(false, r.error().message);
         continue;
       }
       std::cerr << "reloaded " << config_path << "\n";
+      gw.note_reload(true, "reloaded " + config_path);
       continue;
     }
     std::cerr << "signal " << sig << ": draining\n";
@@ -179,7 +193,7 @@ int run_keys(const std::string& action, const std::string& db, const std::string
     std::cerr << cfg.error().message << "\n";
     return 2;
   }
-  auto store = bw::cost::SqliteKeyStore::open(db);
+  auto store = bw::store::SqliteKeyStore::open(db);
   if (!store) {
     std::cerr << "bellwether keys: " << store.error().message << "\n";
     return 2;

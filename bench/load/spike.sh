@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Spike load benchmark for the priority admission queue (issue 4).
+# Spike load benchmark for the priority admission queue.
 #
 # Starts `bellwether sim` (provider-like latency, concurrency and rpm/tpm limits) and
 # `bellwether serve` in front of it on free loopback ports, replays an open-loop ramp of

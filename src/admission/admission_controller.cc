@@ -208,6 +208,13 @@ int AdmissionController::limit(std::string_view name) const {
   return g->limiter.limit();
 }
 
+std::size_t AdmissionController::queued(std::string_view name) const {
+  auto g = find_group(name);
+  if (!g) return 0;
+  std::lock_guard lock(g->mu);
+  return g->queue.size();
+}
+
 double AdmissionController::retry_after(Nanos now) const {
   const auto depth = static_cast<double>(queued());
   double rate;

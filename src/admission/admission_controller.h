@@ -155,6 +155,8 @@ class AdmissionController {
   std::size_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   std::size_t queued() const;               // slot waiters + rate-limit waiters
   int limit(std::string_view group) const;  // -1 for an unknown group
+  // Waiters of one group for a concurrency slot (0 for an unknown group).
+  std::size_t queued(std::string_view group) const;
 
  private:
   friend class Permit;

@@ -106,6 +106,8 @@ void read_sim_model(Reader& r, SimModelConfig& m) {
   read_distribution(r, "itl", m.itl);
   r.get("completion_tokens", m.completion_tokens, 1, 1'000'000);
   r.get("max_concurrency", m.max_concurrency, 0, 10'000'000);
+  r.get("replicas", m.replicas, 0, 100'000);
+  r.get("replica_concurrency", m.replica_concurrency, 0, 10'000'000);
   r.get("rpm", m.rpm, 0, 1'000'000'000);
   r.get("tpm", m.tpm, 0, 1'000'000'000'000);
   r.get("error_rate", m.error_rate, 0, 1);
@@ -255,103 +257,112 @@ void read_cache_mode(Reader& r, CacheModeConfig& c, KeyCacheOverride* o) {
   }
 }
 
-std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& file,
-                                    bool embedded) {
-  auto cfg = std::make_shared<Config>();
-  cfg->source = file;
-  cfg->embedded = embedded;
-  Reader top(root, file);
-
-  read_listen(top, "listen", cfg->server.host, cfg->server.port);
-  top.get("workers", cfg->server.workers, 0, 256);
-  {
-    auto s = top.child("server");
-    s.get_size("max_header_bytes", cfg->server.max_header_bytes);
-    std::int64_t max_headers = static_cast<std::int64_t>(cfg->server.max_headers);
-    s.get("max_headers", max_headers, 1, 10'000);
-    cfg->server.max_headers = static_cast<std::size_t>(max_headers);
-    s.get_size("max_body_bytes", cfg->server.max_body_bytes);
-    s.get_duration("header_timeout", cfg->server.header_timeout);
-    s.get_duration("body_timeout", cfg->server.body_timeout);
-    s.get_duration("idle_timeout", cfg->server.idle_timeout);
-    s.get_duration("write_timeout", cfg->server.write_timeout);
-    s.get_duration("drain_timeout", cfg->drain_timeout);
-    s.get_size("max_upstream_response_bytes", cfg->max_upstream_response_bytes);
-    s.get_list("trusted_proxies", cfg->trusted_proxies);
-    s.finish();
-    if (cfg->server.max_header_bytes < 1024) s.fail("max_header_bytes", "must be at least 1KiB");
-    for (const auto& t : cfg->trusted_proxies) {
-      auto c = limits::parse_cidr(t);
-      if (!c) s.fail("trusted_proxies", "'" + t + "' is not an IP address or CIDR range");
-      cfg->trusted_cidrs.push_back(*c);
-    }
+// cache: the response cache's storage; needs redis.
+void read_cache(Reader& top, Config& cfg) {
+  if (!top.has("cache")) {
+    top.child("cache");
+    return;
   }
+  auto cc = top.child("cache");
+  auto& cs = cfg.cache;
+  cc.get("backend", cs.backend);
+  if (cs.backend != "memory" && cs.backend != "redis") {
+    cc.fail("backend", "'" + cs.backend + "' is not one of memory, redis");
+  }
+  if (cs.backend == "redis" && !cfg.redis_enabled) {
+    cc.fail("backend", "the redis backend needs the `redis:` section");
+  }
+  cc.get_size("max_bytes", cs.max_bytes);
+  cc.get_duration("redis_timeout", cs.redis_timeout);
+  if (cs.redis_timeout <= 0) cc.fail("redis_timeout", "must be > 0");
+  cc.get_size("compress_above", cs.compress_above);
+  cc.get_duration("single_flight_wait", cs.single_flight_wait);
+  cc.get("single_flight_max_waiters", cs.single_flight_max_waiters, 0, 100000);
+  cc.get("semantic_max_entries", cs.semantic_max_entries, 1, 10'000'000);
+  cc.finish();
+}
+
+// listen, workers, server: the HTTP listener.
+void read_server(Reader& top, Config& cfg) {
+  read_listen(top, "listen", cfg.server.host, cfg.server.port);
+  top.get("workers", cfg.server.workers, 0, 256);
+  auto s = top.child("server");
+  s.get_size("max_header_bytes", cfg.server.max_header_bytes);
+  std::int64_t max_headers = static_cast<std::int64_t>(cfg.server.max_headers);
+  s.get("max_headers", max_headers, 1, 10'000);
+  cfg.server.max_headers = static_cast<std::size_t>(max_headers);
+  s.get_size("max_body_bytes", cfg.server.max_body_bytes);
+  s.get_duration("header_timeout", cfg.server.header_timeout);
+  s.get_duration("body_timeout", cfg.server.body_timeout);
+  s.get_duration("idle_timeout", cfg.server.idle_timeout);
+  s.get_duration("write_timeout", cfg.server.write_timeout);
+  s.get_duration("drain_timeout", cfg.drain_timeout);
+  s.get_size("max_upstream_response_bytes", cfg.max_upstream_response_bytes);
+  s.get_list("trusted_proxies", cfg.trusted_proxies);
+  s.finish();
+  if (cfg.server.max_header_bytes < 1024) s.fail("max_header_bytes", "must be at least 1KiB");
+  for (const auto& t : cfg.trusted_proxies) {
+    auto c = limits::parse_cidr(t);
+    if (!c) s.fail("trusted_proxies", "'" + t + "' is not an IP address or CIDR range");
+    cfg.trusted_cidrs.push_back(*c);
+  }
+}
+
+// redis: the shared limit store and budget counters.
+void read_redis(Reader& top, Config& cfg) {
   if (top.has("redis")) {
     auto rd = top.child("redis");
-    cfg->redis_enabled = true;
-    rd.get("enabled", cfg->redis_enabled);
-    rd.get("url", cfg->redis.url);
-    if (auto ep = limits::parse_redis_url(cfg->redis.url); !ep) rd.fail("url", ep.error().message);
-    rd.get_duration("timeout", cfg->redis.timeout);
-    std::int64_t pool = static_cast<std::int64_t>(cfg->redis.pool_size);
+    cfg.redis_enabled = true;
+    rd.get("enabled", cfg.redis_enabled);
+    rd.get("url", cfg.redis.url);
+    if (auto ep = store::parse_redis_url(cfg.redis.url); !ep) rd.fail("url", ep.error().message);
+    rd.get_duration("timeout", cfg.redis.timeout);
+    std::int64_t pool = static_cast<std::int64_t>(cfg.redis.pool_size);
     rd.get("pool_size", pool, 0, 1024);
-    cfg->redis.pool_size = static_cast<std::size_t>(pool);
-    rd.get("replicas", cfg->redis.replicas, 1, 10'000);
+    cfg.redis.pool_size = static_cast<std::size_t>(pool);
+    rd.get("replicas", cfg.redis.replicas, 1, 10'000);
     std::string policy;
     rd.get("failure_policy", policy);
     if (!policy.empty()) {
       auto p = parse_redis_policy(policy);
       if (!p) rd.fail("failure_policy", "expected fail_open_local or fail_closed");
-      cfg->redis.failure_policy = *p;
+      cfg.redis.failure_policy = *p;
     }
-    rd.get("key_prefix", cfg->redis.key_prefix);
-    rd.get("budgets", cfg->redis_budgets_enabled);
-    rd.get("budget_key_prefix", cfg->redis_budgets.key_prefix);
-    rd.get_duration("rebuild_timeout", cfg->redis_budgets.rebuild_timeout);
-    if (cfg->redis_budgets.rebuild_timeout <= 0) rd.fail("rebuild_timeout", "must be > 0");
-    rd.get_duration("rebuild_grace", cfg->redis_budgets.rebuild_grace);
-    cfg->redis_budgets.url = cfg->redis.url;
-    cfg->redis_budgets.timeout = cfg->redis.timeout;
-    cfg->redis_budgets.pool_size = cfg->redis.pool_size;
-    cfg->redis_budgets.replicas = cfg->redis.replicas;
+    rd.get("key_prefix", cfg.redis.key_prefix);
+    rd.get("budgets", cfg.redis_budgets_enabled);
+    rd.get("budget_key_prefix", cfg.redis_budgets.key_prefix);
+    rd.get_duration("rebuild_timeout", cfg.redis_budgets.rebuild_timeout);
+    if (cfg.redis_budgets.rebuild_timeout <= 0) rd.fail("rebuild_timeout", "must be > 0");
+    rd.get_duration("rebuild_grace", cfg.redis_budgets.rebuild_grace);
+    cfg.redis_budgets.url = cfg.redis.url;
+    cfg.redis_budgets.timeout = cfg.redis.timeout;
+    cfg.redis_budgets.pool_size = cfg.redis.pool_size;
+    cfg.redis_budgets.replicas = cfg.redis.replicas;
     rd.finish();
   } else {
     top.child("redis");
   }
-  if (top.has("cache")) {
-    auto cc = top.child("cache");
-    auto& cs = cfg->cache;
-    cc.get("backend", cs.backend);
-    if (cs.backend != "memory" && cs.backend != "redis") {
-      cc.fail("backend", "'" + cs.backend + "' is not one of memory, redis");
-    }
-    if (cs.backend == "redis" && !cfg->redis_enabled) {
-      cc.fail("backend", "the redis backend needs the `redis:` section");
-    }
-    cc.get_size("max_bytes", cs.max_bytes);
-    cc.get_duration("redis_timeout", cs.redis_timeout);
-    if (cs.redis_timeout <= 0) cc.fail("redis_timeout", "must be > 0");
-    cc.get_size("compress_above", cs.compress_above);
-    cc.get_duration("single_flight_wait", cs.single_flight_wait);
-    cc.get("single_flight_max_waiters", cs.single_flight_max_waiters, 0, 100000);
-    cc.get("semantic_max_entries", cs.semantic_max_entries, 1, 10'000'000);
-    cc.finish();
-  } else {
-    top.child("cache");
-  }
+}
+
+// limits: the global, ip, endpoint and model limits.
+void read_limits(Reader& top, Config& cfg) {
   std::set<std::string> limit_names;
   top.each("limits", [&](Reader& r) {
     limits::LimitSpec spec;
     spec.scope = limits::Scope::kGlobal;
-    read_limit(r, spec, cfg.get());
+    read_limit(r, spec, &cfg);
     if (!limit_names.insert(spec.name).second) r.fail("name", "duplicate limit name");
-    cfg->limits.push_back(std::move(spec));
+    cfg.limits.push_back(std::move(spec));
   });
-  cfg->plans = limits::default_plans();
+}
+
+// plans: the built-in plans, overridden or extended by name.
+void read_plans(Reader& top, Config& cfg) {
+  cfg.plans = limits::default_plans();
   top.each_entry("plans", [&](const std::string& name, Reader& r) {
     limits::Plan plan;
     plan.name = name;
-    if (auto* builtin = cfg->plan(name)) plan = *builtin;
+    if (auto* builtin = cfg.plan(name)) plan = *builtin;
     if (r.has("daily_requests")) {
       std::int64_t d = 0;
       r.get("daily_requests", d, 0, INT64_MAX / 4);
@@ -366,80 +377,94 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     if (r.has("limits")) plan.limits.clear();
     r.each("limits", [&](Reader& l) {
       limits::LimitSpec spec;
-      read_limit(l, spec, cfg.get());
+      read_limit(l, spec, &cfg);
       plan.limits.push_back(std::move(spec));
     });
-    std::erase_if(cfg->plans, [&](const limits::Plan& p) { return p.name == name; });
-    cfg->plans.push_back(std::move(plan));
+    std::erase_if(cfg.plans, [&](const limits::Plan& p) { return p.name == name; });
+    cfg.plans.push_back(std::move(plan));
   });
-  {
-    auto a = top.child("admin");
-    a.get("listen", cfg->admin_listen);
-    if (!cfg->admin_listen.empty()) {
-      std::string h;
-      std::uint16_t p;
-      if (!parse_listen(cfg->admin_listen, h, p)) a.fail("listen", "expected host:port");
-    }
-    std::string key;
-    a.get("key", key);
-    if (!key.empty()) {
-      if (key.size() < 16) a.fail("key", "the admin key must be at least 16 characters");
-      cfg->admin_key_hash = sha256_hex(key);
-    }
-    a.get("key_sha256", cfg->admin_key_hash);
-    a.finish();
-  }
-  {
-    auto l = top.child("access_log");
-    l.get("path", cfg->access_log.path);
-    l.finish();
-  }
+}
 
-  {
-    auto a = top.child("admission");
-    auto& ad = cfg->admission;
-    ad.default_limiter.mode = admission::LimitMode::kFixed;
-    ad.default_limiter.initial = 1024;
-    ad.default_limiter.min_limit = 1;
-    ad.default_limiter.max_limit = 1024;
-    std::int64_t max_queue = static_cast<std::int64_t>(ad.queue.max_size);
-    a.get("max_queue", max_queue, 1, 10'000'000);
-    ad.queue.max_size = static_cast<std::size_t>(max_queue);
-    auto w = a.child("max_wait");
-    w.get_duration("p0", ad.queue.max_wait[0]);
-    w.get_duration("p1", ad.queue.max_wait[1]);
-    w.get_duration("p2", ad.queue.max_wait[2]);
-    w.finish();
-    a.get_duration("aging", ad.queue.aging);
-    auto o = a.child("overload");
-    auto get_count = [&](const char* k, std::size_t& v) {
-      std::int64_t x = static_cast<std::int64_t>(v);
-      o.get(k, x, 1, 100'000'000);
-      v = static_cast<std::size_t>(x);
-    };
-    get_count("shed_p2_at", ad.overload.shed_p2_at);
-    get_count("shed_p1_at", ad.overload.shed_p1_at);
-    get_count("hard_limit", ad.overload.hard_limit);
-    o.finish();
-    if (!(ad.overload.shed_p2_at <= ad.overload.shed_p1_at &&
-          ad.overload.shed_p1_at <= ad.overload.hard_limit)) {
-      o.fail_here("needs shed_p2_at <= shed_p1_at <= hard_limit");
-    }
-    if (a.has("default_concurrency")) {
-      auto dc = a.child("default_concurrency");
-      read_concurrency(dc, ad.default_limiter);
-      dc.finish();
-    } else {
-      a.child("default_concurrency");
-    }
-    std::string access = "any_key";
-    a.get("metrics_access", access);
-    if (access != "any_key" && access != "admin")
-      a.fail("metrics_access", "expected any_key or admin");
-    cfg->queue_metrics_public = access == "any_key";
-    a.finish();
+// admin: the admin listener and key.
+void read_admin(Reader& top, Config& cfg) {
+  auto a = top.child("admin");
+  a.get("listen", cfg.admin_listen);
+  if (!cfg.admin_listen.empty()) {
+    std::string h;
+    std::uint16_t p;
+    if (!parse_listen(cfg.admin_listen, h, p)) a.fail("listen", "expected host:port");
   }
+  std::string key;
+  a.get("key", key);
+  if (!key.empty()) {
+    if (key.size() < 16) a.fail("key", "the admin key must be at least 16 characters");
+    cfg.admin_key_hash = sha256_hex(key);
+  }
+  a.get("key_sha256", cfg.admin_key_hash);
+  a.get("console", cfg.console_enabled);
+  a.get("secure_cookie", cfg.console_secure_cookie);
+  a.get_duration("session_lifetime", cfg.console_session_lifetime);
+  if (cfg.console_session_lifetime <= 0 || cfg.console_session_lifetime > seconds(7 * 86400)) {
+    a.fail("session_lifetime", "must be between 1s and 7d");
+  }
+  a.finish();
+}
 
+// access_log.
+void read_access_log(Reader& top, Config& cfg) {
+  auto l = top.child("access_log");
+  l.get("path", cfg.access_log.path);
+  l.finish();
+}
+
+// admission: queue, waits, shedding and the default concurrency limit.
+void read_admission(Reader& top, Config& cfg) {
+  auto a = top.child("admission");
+  auto& ad = cfg.admission;
+  ad.default_limiter.mode = admission::LimitMode::kFixed;
+  ad.default_limiter.initial = 1024;
+  ad.default_limiter.min_limit = 1;
+  ad.default_limiter.max_limit = 1024;
+  std::int64_t max_queue = static_cast<std::int64_t>(ad.queue.max_size);
+  a.get("max_queue", max_queue, 1, 10'000'000);
+  ad.queue.max_size = static_cast<std::size_t>(max_queue);
+  auto w = a.child("max_wait");
+  w.get_duration("p0", ad.queue.max_wait[0]);
+  w.get_duration("p1", ad.queue.max_wait[1]);
+  w.get_duration("p2", ad.queue.max_wait[2]);
+  w.finish();
+  a.get_duration("aging", ad.queue.aging);
+  auto o = a.child("overload");
+  auto get_count = [&](const char* k, std::size_t& v) {
+    std::int64_t x = static_cast<std::int64_t>(v);
+    o.get(k, x, 1, 100'000'000);
+    v = static_cast<std::size_t>(x);
+  };
+  get_count("shed_p2_at", ad.overload.shed_p2_at);
+  get_count("shed_p1_at", ad.overload.shed_p1_at);
+  get_count("hard_limit", ad.overload.hard_limit);
+  o.finish();
+  if (!(ad.overload.shed_p2_at <= ad.overload.shed_p1_at &&
+        ad.overload.shed_p1_at <= ad.overload.hard_limit)) {
+    o.fail_here("needs shed_p2_at <= shed_p1_at <= hard_limit");
+  }
+  if (a.has("default_concurrency")) {
+    auto dc = a.child("default_concurrency");
+    read_concurrency(dc, ad.default_limiter);
+    dc.finish();
+  } else {
+    a.child("default_concurrency");
+  }
+  std::string access = "any_key";
+  a.get("metrics_access", access);
+  if (access != "any_key" && access != "admin")
+    a.fail("metrics_access", "expected any_key or admin");
+  cfg.queue_metrics_public = access == "any_key";
+  a.finish();
+}
+
+// providers.
+void read_providers(Reader& top, Config& cfg) {
   top.each_entry("providers", [&](const std::string& name, Reader& r) {
     ProviderConfig p;
     p.name = name;
@@ -472,24 +497,23 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       if (!v || !*v) r.fail("api_key_env", "environment variable " + p.api_key_env + " is not set");
       p.api_key = v;
     }
-    cfg->providers.push_back(std::move(p));
+    cfg.providers.push_back(std::move(p));
   });
+}
 
+// model_groups: needs providers and the admission defaults.
+void read_model_groups(Reader& top, Config& cfg) {
   top.each_entry("model_groups", [&](const std::string& name, Reader& r) {
     ModelGroupConfig g;
     g.name = name;
-    r.get("balancer", g.balancer);
-    if (g.balancer != "p2c_peak_ewma" && g.balancer != "weighted_round_robin" &&
-        g.balancer != "least_outstanding") {
-      r.fail("balancer", "unknown balancer '" + g.balancer +
-                             "' (p2c_peak_ewma, weighted_round_robin, least_outstanding)");
-    }
+    read_enum(r, "balancer", g.balancer, &routing::parse_balancer,
+              "p2c_peak_ewma, weighted_round_robin, least_outstanding");
     r.get_list("fallbacks", g.fallbacks);
     r.get("context_fallback", g.context_fallback);
     r.get("max_output_tokens", g.max_output_tokens, 1, 10'000'000);
     r.get("context_window", g.context_window, 1, 100'000'000);
     r.get("owned_by", g.owned_by);
-    g.concurrency = cfg->admission.default_limiter;
+    g.concurrency = cfg.admission.default_limiter;
     if (r.has("cache")) {
       auto cc = r.child("cache");
       read_cache_mode(cc, g.cache, nullptr);
@@ -511,46 +535,76 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
       DeploymentConfig dep;
       d.require("provider");
       d.get("provider", dep.provider);
-      if (!cfg->provider(dep.provider))
+      if (!cfg.provider(dep.provider))
         d.fail("provider", "unknown provider '" + dep.provider + "'");
       dep.model = name;
       d.get("model", dep.model);
       dep.id = name + "/" + dep.provider + "/" + std::to_string(index++);
       d.get("id", dep.id);
-      d.get("weight", dep.weight, 1, 1000);
+      int weight = static_cast<int>(dep.weight);
+      d.get("weight", weight, 1, 1000);
+      dep.weight = static_cast<std::uint32_t>(weight);
       d.get("rpm", dep.rpm, 0, 1'000'000'000);
       d.get("tpm", dep.tpm, 0, 1'000'000'000'000);
+      if (d.has("scale")) {
+        auto sr = d.child("scale");
+        telemetry::UpstreamScaleSpec spec;
+        auto tr = sr.child("target");
+        tr.require("deployment");
+        tr.get("namespace", spec.namespace_name);
+        tr.get("deployment", spec.deployment);
+        tr.finish();
+        sr.get("capacity_tokens_per_s", spec.capacity_tokens_per_s, 0.001, 1e12);
+        sr.get("capacity_concurrency", spec.capacity_concurrency, 0.001, 1e9);
+        if ((spec.capacity_tokens_per_s > 0) == (spec.capacity_concurrency > 0)) {
+          sr.fail_here("give one of capacity_tokens_per_s or capacity_concurrency");
+        }
+        sr.get("min", spec.min_replicas, 1, 10'000);
+        sr.get("max", spec.max_replicas, 1, 10'000);
+        if (spec.min_replicas > spec.max_replicas) sr.fail_here("min must be <= max");
+        sr.get_duration("forecast_horizon", spec.forecast_horizon);
+        sr.get("learn_capacity", spec.learn_capacity);
+        sr.finish();
+        cfg.scale_specs[dep.id] = spec;
+      } else {
+        d.child("scale");
+      }
       g.deployments.push_back(std::move(dep));
     });
     if (g.deployments.empty()) r.fail("deployments", "needs at least one deployment");
-    cfg->model_groups.push_back(std::move(g));
+    cfg.model_groups.push_back(std::move(g));
   });
-  {
-    // Fallbacks must name known groups; chains are walked for cycles once all groups are known.
-    std::set<std::string> ids;
-    for (const auto& g : cfg->model_groups) {
-      for (const auto& d : g.deployments) {
-        if (!ids.insert(d.id).second) {
-          throw ConfigError(file + ": model_groups." + g.name + ": duplicate deployment id '" +
-                            d.id + "'");
-        }
+}
+
+// Deployment ids are unique; fallbacks name other known groups.
+void check_model_group_links(const YAML::Node& root, const std::string& file, const Config& cfg) {
+  // Fallbacks must name known groups; chains are walked for cycles once all groups are known.
+  std::set<std::string> ids;
+  for (const auto& g : cfg.model_groups) {
+    for (const auto& d : g.deployments) {
+      if (!ids.insert(d.id).second) {
+        throw ConfigError(file + ": model_groups." + g.name + ": duplicate deployment id '" + d.id +
+                          "'");
       }
-      if (g.cache.mode == "semantic" && !cfg->model_group(g.cache.embeddings_model)) {
-        auto n = root["model_groups"][g.name]["cache"]["embeddings_model"];
+    }
+    if (g.cache.mode == "semantic" && !cfg.model_group(g.cache.embeddings_model)) {
+      auto n = root["model_groups"][g.name]["cache"]["embeddings_model"];
+      throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
+                        g.name + ".cache.embeddings_model: '" + g.cache.embeddings_model +
+                        "' is not a model group");
+    }
+    for (const auto& f : g.fallbacks) {
+      if (!cfg.model_group(f) || f == g.name) {
+        auto n = root["model_groups"][g.name]["fallbacks"];
         throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
-                          g.name + ".cache.embeddings_model: '" + g.cache.embeddings_model +
-                          "' is not a model group");
-      }
-      for (const auto& f : g.fallbacks) {
-        if (!cfg->model_group(f) || f == g.name) {
-          auto n = root["model_groups"][g.name]["fallbacks"];
-          throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
-                            g.name + ".fallbacks: '" + f + "' is not another model group");
-        }
+                          g.name + ".fallbacks: '" + f + "' is not another model group");
       }
     }
   }
+}
 
+// keys: needs plans and model groups.
+void read_keys(Reader& top, Config& cfg) {
   std::set<std::string> key_names, key_hashes;
   top.each("keys", [&](Reader& r) {
     KeyConfig k;
@@ -567,7 +621,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
     r.get("tenant", k.tenant);
     k.plan = "enterprise";
     r.get("plan", k.plan);
-    const limits::Plan* plan = cfg->plan(k.plan);
+    const limits::Plan* plan = cfg.plan(k.plan);
     if (!plan) r.fail("plan", "unknown plan '" + k.plan + "'");
     r.get_list("allowed_models", k.allowed_models);
     r.get("default_priority", k.default_priority, 0, 2);
@@ -595,214 +649,296 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
         spec.rate = *plan->daily_requests;
         spec.period = limits::Period::kDay;
       }
-      read_limit(l, spec, cfg.get());
+      read_limit(l, spec, &cfg);
       k.limit_overrides.push_back(std::move(spec));
     });
     if (!key_names.insert(k.name).second) r.fail("name", "duplicate key name '" + k.name + "'");
     if (!key_hashes.insert(k.secret_hash).second) r.fail_here("duplicate key secret");
     for (const auto& m : k.allowed_models) {
-      if (!cfg->model_group(m)) r.fail("allowed_models", "unknown model '" + m + "'");
+      if (!cfg.model_group(m)) r.fail("allowed_models", "unknown model '" + m + "'");
     }
-    cfg->keys.push_back(std::move(k));
+    cfg.keys.push_back(std::move(k));
   });
+}
 
-  {
-    auto res = top.child("resilience");
-    auto b = res.child("breaker");
-    b.get("consecutive_failures", cfg->breaker.consecutive_failures, 0, 1'000'000);
-    b.get("failure_rate", cfg->breaker.failure_rate, 0, 1);
-    b.get_duration("window", cfg->breaker.window);
-    b.get("min_requests", cfg->breaker.min_requests, 0, 1'000'000);
-    b.get_duration("open_base", cfg->breaker.open_base);
-    b.get_duration("open_max", cfg->breaker.open_max);
-    b.get("open_jitter", cfg->breaker.open_jitter, 0, 1);
-    b.get("half_open_probes", cfg->breaker.half_open_probes, 1, 1000);
-    b.get_duration("cooldown_429", cfg->breaker.cooldown_429);
-    b.get_duration("cooldown_max", cfg->breaker.cooldown_max);
-    b.finish();
-    auto rt = res.child("retry");
-    rt.get("max_attempts", cfg->retry.max_attempts, 1, 10);
-    rt.get_duration("base", cfg->retry.base);
-    rt.get_duration("cap", cfg->retry.cap);
-    rt.get_duration("deadline", cfg->retry.deadline);
-    rt.get("budget_ratio", cfg->retry.budget_ratio, 0, 10);
-    rt.get("budget_min_per_s", cfg->retry.budget_min_per_s, 0, 1e6);
-    rt.get_duration("budget_window", cfg->retry.budget_window);
-    if (rt.has("retry_statuses")) {
-      std::vector<std::string> st;
-      rt.get_list("retry_statuses", st);
-      cfg->retry.retry_statuses.clear();
-      for (const auto& x : st) {
-        int v = std::atoi(x.c_str());
-        if (v < 500 || v > 599) rt.fail("retry_statuses", "only 5xx statuses can be retried");
-        cfg->retry.retry_statuses.push_back(v);
-      }
-    } else {
-      std::vector<std::string> unused;
-      rt.get_list("retry_statuses", unused);
+// resilience: breaker, retry and the latency EWMA.
+void read_resilience(Reader& top, Config& cfg) {
+  auto res = top.child("resilience");
+  auto b = res.child("breaker");
+  b.get("consecutive_failures", cfg.breaker.consecutive_failures, 0, 1'000'000);
+  b.get("failure_rate", cfg.breaker.failure_rate, 0, 1);
+  b.get_duration("window", cfg.breaker.window);
+  b.get("min_requests", cfg.breaker.min_requests, 0, 1'000'000);
+  b.get_duration("open_base", cfg.breaker.open_base);
+  b.get_duration("open_max", cfg.breaker.open_max);
+  b.get("open_jitter", cfg.breaker.open_jitter, 0, 1);
+  b.get("half_open_probes", cfg.breaker.half_open_probes, 1, 1000);
+  b.get_duration("cooldown_429", cfg.breaker.cooldown_429);
+  b.get_duration("cooldown_max", cfg.breaker.cooldown_max);
+  b.finish();
+  auto rt = res.child("retry");
+  rt.get("max_attempts", cfg.retry.max_attempts, 1, 10);
+  rt.get_duration("base", cfg.retry.base);
+  rt.get_duration("cap", cfg.retry.cap);
+  rt.get_duration("deadline", cfg.retry.deadline);
+  rt.get("budget_ratio", cfg.retry.budget_ratio, 0, 10);
+  rt.get("budget_min_per_s", cfg.retry.budget_min_per_s, 0, 1e6);
+  rt.get_duration("budget_window", cfg.retry.budget_window);
+  if (rt.has("retry_statuses")) {
+    std::vector<std::string> st;
+    rt.get_list("retry_statuses", st);
+    cfg.retry.retry_statuses.clear();
+    for (const auto& x : st) {
+      int v = std::atoi(x.c_str());
+      if (v < 500 || v > 599) rt.fail("retry_statuses", "only 5xx statuses can be retried");
+      cfg.retry.retry_statuses.push_back(v);
     }
-    rt.finish();
-    res.get_duration("ewma_tau", cfg->ewma_tau);
-    res.finish();
-    if (top.has("dead_letter")) {
-      auto d = top.child("dead_letter");
-      cfg->dead_letter_enabled = true;
-      d.get("enabled", cfg->dead_letter_enabled);
-      d.get("path", cfg->dead_letter.path);
-      d.get("max_entries", cfg->dead_letter.max_entries, 1, 100'000'000);
-      std::size_t max_bytes = static_cast<std::size_t>(cfg->dead_letter.max_bytes);
-      d.get_size("max_bytes", max_bytes);
-      cfg->dead_letter.max_bytes = static_cast<std::int64_t>(max_bytes);
-      d.finish();
-    } else {
-      top.child("dead_letter");
-    }
+  } else {
+    std::vector<std::string> unused;
+    rt.get_list("retry_statuses", unused);
   }
-  {
-    // Prices: the built-in table, extended or overridden per model.
-    top.each_entry("pricing", [&](const std::string& model, Reader& r) {
-      cost::ModelPrice price;
-      if (auto* existing = cfg->prices.find(model)) price = *existing;
-      double v = -1;
-      r.get("input", v, 0, 1e6);
-      if (v >= 0) price.input_per_mtok = cost::usd_to_micros(v);
-      v = -1;
-      r.get("output", v, 0, 1e6);
-      if (v >= 0) price.output_per_mtok = cost::usd_to_micros(v);
-      v = -1;
-      r.get("cached_input", v, 0, 1e6);
-      if (v >= 0) price.cached_input_per_mtok = cost::usd_to_micros(v);
-      r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
-      cfg->prices.set(model, price);
-    });
-    auto b = top.child("budgets");
-    if (b.has("global")) {
-      auto g = b.child("global");
-      read_budget(g, cfg->global_budgets);
-      g.finish();
-    } else {
-      b.child("global");
-    }
-    b.each("global_budgets", [&](Reader& g) { read_budget(g, cfg->global_budgets); });
-    b.finish();
-    top.each_entry("tenants", [&](const std::string& name, Reader& r) {
-      TenantConfig t;
-      t.name = name;
-      read_budgets(r, t.budgets);
-      cfg->tenants.push_back(std::move(t));
-    });
-    auto cg = top.child("cost_guard");
-    cg.get("soft_threshold", cfg->cost_guard.soft_threshold, 0, 1);
-    std::vector<std::pair<std::string, std::string>> downgrade;
-    cg.get_string_map("downgrade", downgrade);
-    for (auto& [from, to] : downgrade) {
-      if (!cfg->model_group(to)) cg.fail("downgrade", "'" + to + "' is not a model group");
-      cfg->cost_guard.downgrade[from] = to;
-    }
-    auto al = cg.child("alerts");
-    if (al.has("thresholds")) {
-      std::vector<std::string> th;
-      al.get_list("thresholds", th);
-      cfg->cost_guard.alert_thresholds.clear();
-      for (const auto& t : th) {
-        double v = std::atof(t.c_str());
-        if (v <= 0 || v > 1) al.fail("thresholds", "thresholds are fractions in (0, 1]");
-        cfg->cost_guard.alert_thresholds.push_back(v);
-      }
-    } else {
-      std::vector<std::string> unused;
-      al.get_list("thresholds", unused);
-    }
-    al.get("webhook", cfg->webhook_url);
-    std::string secret_env;
-    al.get("secret_env", secret_env);
-    if (!secret_env.empty()) {
-      const char* v = std::getenv(secret_env.c_str());
-      if (!v || !*v) al.fail("secret_env", "environment variable " + secret_env + " is not set");
-      cfg->webhook_secret = v;
-    }
-    al.finish();
-    cg.get("budget_metrics_per_key", cfg->budget_metrics_per_key);
-    cg.finish();
-    auto led = top.child("ledger");
-    led.get("path", cfg->ledger_path);
-    led.get("postgres", cfg->ledger_postgres);
-    led.finish();
-    if (!cfg->ledger_path.empty() && !cfg->ledger_postgres.empty()) {
-      led.fail_here("choose one of path (SQLite) and postgres");
-    }
-    const bool any_budget = !cfg->global_budgets.empty() ||
-                            std::any_of(cfg->tenants.begin(), cfg->tenants.end(),
-                                        [](const TenantConfig& t) { return !t.budgets.empty(); }) ||
-                            std::any_of(cfg->keys.begin(), cfg->keys.end(),
-                                        [](const KeyConfig& k) { return !k.budgets.empty(); });
-    // A budget counter that Redis loses is rebuilt from the ledger; without one it could only
-    // restart at zero, i.e. fail open.
-    if (cfg->redis_enabled && cfg->redis_budgets_enabled && any_budget &&
-        cfg->ledger_path.empty() && cfg->ledger_postgres.empty()) {
-      led.fail_here(
-          "budgets in Redis need a ledger to rebuild from: set ledger.postgres (or "
-          "redis.budgets: false)");
-    }
+  rt.finish();
+  res.get_duration("ewma_tau", cfg.ewma_tau);
+  res.finish();
+}
+
+// dead_letter: the DLQ of failed batch requests.
+void read_dead_letter(Reader& top, Config& cfg) {
+  if (top.has("dead_letter")) {
+    auto d = top.child("dead_letter");
+    cfg.dead_letter_enabled = true;
+    d.get("enabled", cfg.dead_letter_enabled);
+    d.get("path", cfg.dead_letter.path);
+    d.get("max_entries", cfg.dead_letter.max_entries, 1, 100'000'000);
+    std::size_t max_bytes = static_cast<std::size_t>(cfg.dead_letter.max_bytes);
+    d.get_size("max_bytes", max_bytes);
+    cfg.dead_letter.max_bytes = static_cast<std::int64_t>(max_bytes);
+    d.finish();
+  } else {
+    top.child("dead_letter");
   }
-  {
-    auto sc = top.child("scaler");
-    std::string method;
-    sc.get("method", method);
-    if (!method.empty()) {
-      auto m = telemetry::parse_scale_method(method);
-      if (!m) sc.fail("method", "unknown method '" + method + "' (wma, holt, reactive)");
-      cfg->scaler.method = *m;
-    }
-    sc.get("min_replicas", cfg->scaler.min_replicas, 1, 10'000);
-    sc.get("max_replicas", cfg->scaler.max_replicas, 1, 10'000);
-    sc.get("capacity_rps_per_replica", cfg->scaler.capacity_rps_per_replica, 0.001, 1e9);
-    sc.get("headroom", cfg->scaler.headroom, 0, 10);
-    sc.get("scale_down_utilization", cfg->scaler.scale_down_utilization, 0.05, 1);
-    sc.get_duration("sample_interval", cfg->scaler.sample_interval);
-    sc.get_duration("forecast_horizon", cfg->scaler.forecast_horizon);
-    sc.get_duration("scale_up_cooldown", cfg->scaler.scale_up_cooldown);
-    sc.get_duration("scale_down_cooldown", cfg->scaler.scale_down_cooldown);
-    sc.get("reactive_queue_threshold", cfg->scaler.reactive_queue_threshold, 0, 1e9);
-    sc.get("current_replicas", cfg->current_replicas, 1, 10'000);
-    sc.finish();
-    if (cfg->scaler.min_replicas > cfg->scaler.max_replicas) {
-      sc.fail_here("min_replicas must be <= max_replicas");
-    }
+}
+
+// pricing: the built-in table, extended or overridden per model.
+void read_pricing(Reader& top, Config& cfg) {
+  top.each_entry("pricing", [&](const std::string& model, Reader& r) {
+    cost::ModelPrice price;
+    if (auto* existing = cfg.prices.find(model)) price = *existing;
+    double v = -1;
+    r.get("input", v, 0, 1e6);
+    if (v >= 0) price.input_per_mtok = cost::usd_to_micros(v);
+    v = -1;
+    r.get("output", v, 0, 1e6);
+    if (v >= 0) price.output_per_mtok = cost::usd_to_micros(v);
+    v = -1;
+    r.get("cached_input", v, 0, 1e6);
+    if (v >= 0) price.cached_input_per_mtok = cost::usd_to_micros(v);
+    r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
+    cfg.prices.set(model, price);
+  });
+}
+
+// budgets: the global budgets.
+void read_global_budgets(Reader& top, Config& cfg) {
+  auto b = top.child("budgets");
+  if (b.has("global")) {
+    auto g = b.child("global");
+    read_budget(g, cfg.global_budgets);
+    g.finish();
+  } else {
+    b.child("global");
   }
-  {
-    auto s = top.child("sim");
-    s.get("listen", cfg->sim.listen);
-    s.get("zero_latency", cfg->sim.zero_latency);
-    if (s.has("max_tokens")) {
-      std::string mode;
-      s.get("max_tokens", mode);
-      if (mode == "limit")
-        cfg->sim.max_tokens_is_limit = true;
-      else if (mode == "length")
-        cfg->sim.max_tokens_is_limit = false;
-      else
-        s.fail("max_tokens", "must be length or limit");
-    }
-    s.get("workers", cfg->sim.workers, 1, 64);
-    std::int64_t seed = static_cast<std::int64_t>(cfg->sim.seed);
-    s.get("seed", seed, 0, INT64_MAX);
-    cfg->sim.seed = static_cast<std::uint64_t>(seed);
-    if (s.has("defaults")) {
-      auto d = s.child("defaults");
-      read_sim_model(d, cfg->sim.defaults);
-      d.finish();
-    } else {
-      s.child("defaults");
-    }
-    s.each_entry("models", [&](const std::string& name, Reader& r) {
-      SimModelConfig m = cfg->sim.defaults;
-      m.name = name;
-      read_sim_model(r, m);
-      cfg->sim.models.push_back(std::move(m));
-    });
-    s.finish();
+  b.each("global_budgets", [&](Reader& g) { read_budget(g, cfg.global_budgets); });
+  b.finish();
+}
+
+// tenants: per-tenant budgets.
+void read_tenants(Reader& top, Config& cfg) {
+  top.each_entry("tenants", [&](const std::string& name, Reader& r) {
+    TenantConfig t;
+    t.name = name;
+    read_budgets(r, t.budgets);
+    cfg.tenants.push_back(std::move(t));
+  });
+}
+
+// cost_guard: soft threshold, downgrades (model groups must be known), alerts.
+void read_cost_guard(Reader& top, Config& cfg) {
+  auto cg = top.child("cost_guard");
+  cg.get("soft_threshold", cfg.cost_guard.soft_threshold, 0, 1);
+  std::vector<std::pair<std::string, std::string>> downgrade;
+  cg.get_string_map("downgrade", downgrade);
+  for (auto& [from, to] : downgrade) {
+    if (!cfg.model_group(to)) cg.fail("downgrade", "'" + to + "' is not a model group");
+    cfg.cost_guard.downgrade[from] = to;
   }
+  auto al = cg.child("alerts");
+  if (al.has("thresholds")) {
+    std::vector<std::string> th;
+    al.get_list("thresholds", th);
+    cfg.cost_guard.alert_thresholds.clear();
+    for (const auto& t : th) {
+      double v = std::atof(t.c_str());
+      if (v <= 0 || v > 1) al.fail("thresholds", "thresholds are fractions in (0, 1]");
+      cfg.cost_guard.alert_thresholds.push_back(v);
+    }
+  } else {
+    std::vector<std::string> unused;
+    al.get_list("thresholds", unused);
+  }
+  al.get("webhook", cfg.webhook_url);
+  std::string secret_env;
+  al.get("secret_env", secret_env);
+  if (!secret_env.empty()) {
+    const char* v = std::getenv(secret_env.c_str());
+    if (!v || !*v) al.fail("secret_env", "environment variable " + secret_env + " is not set");
+    cfg.webhook_secret = v;
+  }
+  al.finish();
+  cg.get("budget_metrics_per_key", cfg.budget_metrics_per_key);
+  cg.finish();
+}
+
+// ledger: SQLite or PostgreSQL; needs the budgets and redis sections.
+void read_ledger(Reader& top, Config& cfg) {
+  auto led = top.child("ledger");
+  led.get("path", cfg.ledger_path);
+  led.get("postgres", cfg.ledger_postgres);
+  led.finish();
+  if (!cfg.ledger_path.empty() && !cfg.ledger_postgres.empty()) {
+    led.fail_here("choose one of path (SQLite) and postgres");
+  }
+  const bool any_budget = !cfg.global_budgets.empty() ||
+                          std::any_of(cfg.tenants.begin(), cfg.tenants.end(),
+                                      [](const TenantConfig& t) { return !t.budgets.empty(); }) ||
+                          std::any_of(cfg.keys.begin(), cfg.keys.end(),
+                                      [](const KeyConfig& k) { return !k.budgets.empty(); });
+  // A budget counter that Redis loses is rebuilt from the ledger; without one it could only
+  // restart at zero, i.e. fail open.
+  if (cfg.redis_enabled && cfg.redis_budgets_enabled && any_budget && cfg.ledger_path.empty() &&
+      cfg.ledger_postgres.empty()) {
+    led.fail_here(
+        "budgets in Redis need a ledger to rebuild from: set ledger.postgres (or "
+        "redis.budgets: false)");
+  }
+}
+
+// scaler.
+void read_scaler(Reader& top, Config& cfg) {
+  auto sc = top.child("scaler");
+  std::string method;
+  sc.get("method", method);
+  if (!method.empty()) {
+    auto m = telemetry::parse_scale_method(method);
+    if (!m) sc.fail("method", "unknown method '" + method + "' (wma, holt, reactive)");
+    cfg.scaler.method = *m;
+  }
+  sc.get("min_replicas", cfg.scaler.min_replicas, 1, 10'000);
+  sc.get("max_replicas", cfg.scaler.max_replicas, 1, 10'000);
+  sc.get("capacity_rps_per_replica", cfg.scaler.capacity_rps_per_replica, 0.001, 1e9);
+  sc.get("headroom", cfg.scaler.headroom, 0, 10);
+  sc.get("scale_down_utilization", cfg.scaler.scale_down_utilization, 0.05, 1);
+  sc.get_duration("sample_interval", cfg.scaler.sample_interval);
+  sc.get_duration("forecast_horizon", cfg.scaler.forecast_horizon);
+  sc.get_duration("scale_up_cooldown", cfg.scaler.scale_up_cooldown);
+  sc.get_duration("scale_down_cooldown", cfg.scaler.scale_down_cooldown);
+  sc.get("reactive_queue_threshold", cfg.scaler.reactive_queue_threshold, 0, 1e9);
+  sc.get("reactive_step_factor", cfg.scaler.reactive_step_factor, 1, 100);
+  sc.get("scale_up_tolerance", cfg.scaler.scale_up_tolerance, 0, 10);
+  sc.get_duration("scale_down_window", cfg.scaler.scale_down_window);
+  {
+    std::int64_t wma = static_cast<std::int64_t>(cfg.scaler.wma_window);
+    sc.get("wma_window", wma, 1, 10'000);
+    cfg.scaler.wma_window = static_cast<std::size_t>(wma);
+  }
+  sc.get("holt_alpha", cfg.scaler.holt_alpha, 0.01, 1);
+  sc.get("holt_beta", cfg.scaler.holt_beta, 0.01, 1);
+  sc.get("current_replicas", cfg.current_replicas, 1, 10'000);
+  {
+    // What one gateway replica has: its own capacity (capacity_planner.h).
+    auto gc = sc.child("gateway");
+    auto& g = cfg.gateway_capacity;
+    gc.get("cpu_cores_per_replica", g.cpu_cores_per_replica, 0.01, 1024);
+    gc.get("target_cpu_utilization", g.target_cpu_utilization, 0.05, 1);
+    gc.get("cpu_seconds_per_request", g.cpu_seconds_per_request, 1e-7, 10);
+    gc.get("max_connections_per_replica", g.max_connections_per_replica, 0, 1e9);
+    gc.get("target_connection_utilization", g.target_connection_utilization, 0.05, 1);
+    gc.get("memory_bytes_per_replica", g.memory_bytes_per_replica, 0, 1e15);
+    gc.get("target_memory_utilization", g.target_memory_utilization, 0.05, 1);
+    gc.get_duration("event_loop_lag_threshold", g.event_loop_lag_threshold);
+    gc.get("quota_threshold", g.quota_threshold, 0.1, 1);
+    gc.finish();
+  }
+  sc.finish();
+  if (cfg.scaler.min_replicas > cfg.scaler.max_replicas) {
+    sc.fail_here("min_replicas must be <= max_replicas");
+  }
+}
+
+// sim: the in-process simulator.
+void read_sim(Reader& top, Config& cfg) {
+  auto s = top.child("sim");
+  s.get("listen", cfg.sim.listen);
+  s.get("zero_latency", cfg.sim.zero_latency);
+  if (s.has("max_tokens")) {
+    std::string mode;
+    s.get("max_tokens", mode);
+    if (mode == "limit")
+      cfg.sim.max_tokens_is_limit = true;
+    else if (mode == "length")
+      cfg.sim.max_tokens_is_limit = false;
+    else
+      s.fail("max_tokens", "must be length or limit");
+  }
+  s.get("workers", cfg.sim.workers, 1, 64);
+  std::int64_t seed = static_cast<std::int64_t>(cfg.sim.seed);
+  s.get("seed", seed, 0, INT64_MAX);
+  cfg.sim.seed = static_cast<std::uint64_t>(seed);
+  if (s.has("defaults")) {
+    auto d = s.child("defaults");
+    read_sim_model(d, cfg.sim.defaults);
+    d.finish();
+  } else {
+    s.child("defaults");
+  }
+  s.each_entry("models", [&](const std::string& name, Reader& r) {
+    SimModelConfig m = cfg.sim.defaults;
+    m.name = name;
+    read_sim_model(r, m);
+    cfg.sim.models.push_back(std::move(m));
+  });
+  s.finish();
+}
+
+std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& file,
+                                    const std::string& text, bool embedded) {
+  auto cfg = std::make_shared<Config>();
+  cfg->source = file;
+  cfg->text = text;
+  cfg->embedded = embedded;
+  Reader top(root, file);
+  // In dependency order: a section may refer to what an earlier one defined.
+  read_server(top, *cfg);
+  read_redis(top, *cfg);
+  read_cache(top, *cfg);
+  read_limits(top, *cfg);
+  read_plans(top, *cfg);
+  read_admin(top, *cfg);
+  read_access_log(top, *cfg);
+  read_admission(top, *cfg);
+  read_providers(top, *cfg);
+  read_model_groups(top, *cfg);
+  check_model_group_links(root, file, *cfg);
+  read_keys(top, *cfg);
+  read_resilience(top, *cfg);
+  read_dead_letter(top, *cfg);
+  read_pricing(top, *cfg);
+  read_global_budgets(top, *cfg);
+  read_tenants(top, *cfg);
+  read_cost_guard(top, *cfg);
+  read_ledger(top, *cfg);
+  read_scaler(top, *cfg);
+  read_sim(top, *cfg);
   top.finish();
   return cfg;
 }
@@ -812,7 +948,7 @@ Result<std::shared_ptr<const Config>> load_yaml(const std::string& text, const s
   try {
     YAML::Node root = YAML::Load(text);
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-    return parse(root, name, embedded);
+    return parse(root, name, text, embedded);
   } catch (const ConfigError& e) {
     return make_error(500, "config_error", "", e.what());
   } catch (const YAML::Exception& e) {
@@ -821,7 +957,64 @@ Result<std::shared_ptr<const Config>> load_yaml(const std::string& text, const s
   }
 }
 
+bool secret_key_name(std::string k) {
+  std::transform(k.begin(), k.end(), k.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (k.ends_with("_env") || k.ends_with("_sha256") || k == "key_header") return false;
+  // Whole words at the end of the name: "api_key", "secret", "bearer_token"; not "max_tokens".
+  for (std::string_view w : {"key", "secret", "password", "passwd", "token", "authorization",
+                             "credential", "credentials", "conninfo", "dsn"}) {
+    if (k == w) return true;
+    if (k.size() > w.size() && k.ends_with(w) &&
+        (k[k.size() - w.size() - 1] == '_' || k[k.size() - w.size() - 1] == '-')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// user:password@ inside a URL (postgresql://u:p@h/db, redis://:p@h).
+std::string redact_url_credentials(const std::string& v) {
+  const auto scheme = v.find("://");
+  if (scheme == std::string::npos) return v;
+  const auto at = v.find('@', scheme + 3);
+  const auto slash = v.find('/', scheme + 3);
+  if (at == std::string::npos || (slash != std::string::npos && slash < at)) return v;
+  return v.substr(0, scheme + 3) + "<redacted>" + v.substr(at);
+}
+
+void redact_node(YAML::Node node) {
+  if (node.IsMap()) {
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string k = it->first.IsScalar() ? it->first.as<std::string>() : std::string();
+      if (secret_key_name(k) && it->second.IsScalar()) {
+        it->second = "<redacted>";
+      } else {
+        redact_node(it->second);
+      }
+    }
+  } else if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i) redact_node(node[i]);
+  } else if (node.IsScalar()) {
+    const std::string v = node.as<std::string>();
+    const std::string r = redact_url_credentials(v);
+    if (r != v) node = r;
+  }
+}
+
 }  // namespace
+
+std::string redacted_yaml(const std::string& text) {
+  try {
+    YAML::Node root = YAML::Load(text);
+    redact_node(root);
+    YAML::Emitter out;
+    out << root;
+    return out.c_str();
+  } catch (const YAML::Exception&) {
+    return "# the configuration could not be shown\n";
+  }
+}
 
 Result<std::shared_ptr<const Config>> load_file(const std::string& path) {
   std::ifstream in(path);

@@ -24,6 +24,8 @@
 #include "routing/circuit_breaker.h"
 #include "routing/dead_letter.h"
 #include "routing/retry.h"
+#include "routing/router.h"
+#include "telemetry/capacity_planner.h"
 #include "telemetry/scaler.h"
 
 namespace bw::config {
@@ -38,15 +40,10 @@ struct ProviderConfig {
   http::PoolLimits pool;  // per worker thread
 };
 
-struct DeploymentConfig {
-  std::string id;
-  std::string provider;
-  std::string model;  // the provider's model id
-  int weight = 1;
-  std::int64_t rpm = 0;  // 0 = unlimited
-  std::int64_t tpm = 0;
-};
+using DeploymentConfig = routing::DeploymentConfig;
 
+// A model group is the router's own routing::ModelGroupConfig (name, balancer, deployments,
+// fallbacks), read and validated at load, plus what the gateway serves around it.
 // The response cache of a model group (docs/cache.md). A key's `cache:` overrides the fields it
 // sets; a request's Cache-Control / x-bellwether-cache headers can only turn it down.
 struct CacheModeConfig {
@@ -77,12 +74,7 @@ struct CacheStoreConfig {
   std::int64_t semantic_max_entries = 10000;
 };
 
-struct ModelGroupConfig {
-  std::string name;  // the public model name
-  std::vector<DeploymentConfig> deployments;
-  std::vector<std::string> fallbacks;
-  std::string context_fallback;
-  std::string balancer = "p2c_peak_ewma";
+struct ModelGroupConfig : routing::ModelGroupConfig {
   std::int64_t max_output_tokens = 4096;  // default cap when a request sets no max_tokens
   std::int64_t context_window = 128000;
   std::string owned_by = "bellwether";
@@ -122,6 +114,11 @@ struct SimModelConfig {
   Distribution itl{15, 60};
   std::int64_t completion_tokens = 64;  // when the request sets no max_tokens
   std::int64_t max_concurrency = 0;     // 0 = unlimited
+  // A self-hosted model server with `replicas` pods of `replica_concurrency` sequences each
+  // (0 = not modelled): requests beyond replicas x replica_concurrency wait inside the server,
+  // as in vLLM's waiting queue. The count is set at run time with POST /sim/replicas.
+  int replicas = 0;
+  std::int64_t replica_concurrency = 0;
   std::int64_t rpm = 0;
   std::int64_t tpm = 0;
   double error_rate = 0;  // share of requests answered 500
@@ -153,6 +150,13 @@ struct Config {
   http::ServerOptions server;
   std::string admin_listen;    // "" = admin routes on the main listener
   std::string admin_key_hash;  // hex SHA-256; "" = admin API disabled
+  // The operator's console (/ui on the admin listener): on unless admin.console is false.
+  bool console_enabled = true;
+  // Mark the session cookie Secure: set when TLS terminates in front of the gateway. Without it,
+  // the cookie is still Secure when a trusted proxy says X-Forwarded-Proto: https.
+  bool console_secure_cookie = false;
+  Nanos console_session_lifetime = seconds(8 * 3600);
+  std::string text;  // the YAML this config was loaded from (shown redacted by the console)
   Nanos drain_timeout = seconds(20);
   std::size_t max_upstream_response_bytes = 64 * 1024 * 1024;
   std::vector<std::string> trusted_proxies;
@@ -194,6 +198,10 @@ struct Config {
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;
+  telemetry::GatewayCapacityConfig gateway_capacity;  // scaler.gateway: what one replica has
+  // Deployments marked scalable (deployments[].scale), by deployment id: self-hosted model
+  // servers with their own replica recommendation.
+  std::map<std::string, telemetry::UpstreamScaleSpec, std::less<>> scale_specs;
   int current_replicas = 1;  // how many replicas run now (env BELLWETHER_REPLICAS in k8s)
 
   const ProviderConfig* provider(const std::string& name) const;
@@ -206,6 +214,11 @@ Result<std::shared_ptr<const Config>> load_string(const std::string& yaml, const
 
 // The embedded default: simulated providers in process, a demo key from BELLWETHER_DEMO_KEY.
 const std::string& embedded_default_yaml();
+
+// The YAML text with every secret replaced by "<redacted>": values of keys that name a secret
+// (key, secret, password, token, authorization, api_key, ...), credentials inside URLs, and
+// admin/provider keys. Keys ending in _env name an environment variable and are kept.
+std::string redacted_yaml(const std::string& text);
 
 // Parses "host:port" ("[v6]:port" too).
 bool parse_listen(const std::string& s, std::string& host, std::uint16_t& port);

@@ -7,8 +7,8 @@
 //    (counted in stats().dropped) when full. Call it from the request path freely.
 //  - One sender thread POSTs alerts in order; a failed POST (connect error, timeout, non-2xx) is
 //    retried with exponential backoff up to max_attempts, then dropped (stats().failed).
-//  - Only http:// URLs: https webhooks are not supported yet (put a local TLS-terminating relay in
-//    front). The destructor stops the thread; undelivered alerts are dropped.
+//  - http:// and https:// URLs (http/fetch.h: peer verified against `ca_file` or the system
+//    store). The destructor stops the thread; undelivered alerts are dropped.
 //  - Thread safety: all public methods may be called from any thread.
 #include <atomic>
 #include <chrono>
@@ -21,8 +21,10 @@
 #include <string_view>
 #include <thread>
 
+#include "common/clock.h"
 #include "common/result.h"
 #include "cost/budget_manager.h"
+#include "http/fetch.h"
 
 namespace bw::cost {
 
@@ -34,31 +36,16 @@ std::string alert_signature(std::string_view secret, std::string_view body);
 // "YYYY-MM-DDTHH:MM:SSZ"; "never" for kForeverUnixMs.
 std::string format_utc(std::int64_t unix_ms);
 
-struct HttpPostResult {
-  int status = 0;  // HTTP status, 0 when no response was received
-  std::string error;
-};
-
-struct HttpPostOptions {
-  std::chrono::milliseconds connect_timeout{2'000};
-  std::chrono::milliseconds io_timeout{5'000};  // per send/receive wait
-};
-
-// Minimal blocking HTTP/1.1 POST for http://host[:port]/path URLs over a POSIX socket with
-// timeouts (Connection: close, Content-Type: application/json). Reads only the status line.
-HttpPostResult http_post(const std::string& url, std::string_view body,
-                         const std::vector<std::pair<std::string, std::string>>& headers,
-                         const HttpPostOptions& options);
-
 struct WebhookOptions {
-  std::string url;     // http://host:port/path; empty disables delivery
+  std::string url;     // http(s)://host:port/path; empty disables delivery
   std::string secret;  // HMAC key (read from the env var named by secret_env)
   std::size_t queue_capacity = 1'024;
   int max_attempts = 5;  // including the first
   std::chrono::milliseconds initial_backoff{500};
   double backoff_multiplier = 2.0;
   std::chrono::milliseconds max_backoff{30'000};
-  HttpPostOptions http;
+  Nanos timeout = seconds(5);  // one POST, connect to response
+  std::string ca_file;         // https: trust anchors; empty = system default paths
 };
 
 // Delay before attempt `attempt` (1-based; attempt 1 has no delay): initial * mult^(attempt-2),
@@ -74,11 +61,10 @@ struct WebhookStats {
 
 class WebhookSender {
  public:
-  using Poster = std::function<HttpPostResult(
-      const std::string& url, std::string_view body,
-      const std::vector<std::pair<std::string, std::string>>& headers, const HttpPostOptions&)>;
+  // Sends one POST; a 2xx answer counts as delivered. Tests pass their own.
+  using Poster = std::function<Result<http::FetchResponse>(const http::FetchRequest&)>;
 
-  explicit WebhookSender(WebhookOptions options, Poster poster = http_post);
+  explicit WebhookSender(WebhookOptions options, Poster poster = http::fetch);
   ~WebhookSender();
   WebhookSender(const WebhookSender&) = delete;
   WebhookSender& operator=(const WebhookSender&) = delete;

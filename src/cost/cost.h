@@ -1,12 +1,11 @@
 #pragma once
-// Cost guard (issue 6): the interface the gateway uses to keep spend under budget caps.
+// Cost guard: the interface the gateway uses to keep spend under budget caps.
 //
 //   pricing.h        PriceTable, cost_micros(), estimate_prompt_tokens(), worst_case()
 //   budget_manager.h BudgetManager: reserve / settle / release, downgrade, alerts, snapshots
-//   ledger.h         Ledger (abstract) and sqlite_ledger.h SqliteLedger (WAL, group commit)
+//   ledger.h         Ledger (abstract); store/sqlite_ledger.h and store/pg_ledger.h implement it
 //   recovery.h       recover_budgets() at startup, reconcile() for open reservations
-//   key_store.h      KeyStore (abstract) and sqlite_key_store.h SqliteKeyStore
-//   key_crypto.h     hash_key(), constant_time_equal(), HMAC, secret generation
+//   key_store.h      KeyStore (abstract); store/sqlite_key_store.h and store/pg_key_store.h
 //   alerts.h         alert payload + signature, WebhookSender (own thread, bounded queue)
 //
 // Request flow (gateway phase 5 "cost guard" and phase 9 "settle"):
@@ -21,14 +20,9 @@
 // Thread safety: see each header; all classes are safe to share across worker threads.
 #include "cost/alerts.h"
 #include "cost/budget_manager.h"
-#include "cost/key_crypto.h"
 #include "cost/key_store.h"
 #include "cost/ledger.h"
 #include "cost/money.h"
 #include "cost/period.h"
-#include "cost/pg_key_store.h"
-#include "cost/pg_ledger.h"
 #include "cost/pricing.h"
 #include "cost/recovery.h"
-#include "cost/sqlite_key_store.h"
-#include "cost/sqlite_ledger.h"

@@ -18,8 +18,8 @@
 namespace bw::cost {
 
 namespace asio = boost::asio;
-using limits::redis_reply_i64;
-using limits::RedisCallResult;
+using store::redis_reply_i64;
+using store::RedisCallResult;
 
 namespace {
 
@@ -242,7 +242,7 @@ Result<std::shared_ptr<RedisBudgetStore>> RedisBudgetStore::create(RedisBudgetOp
                                                                    const BudgetManager& budgets,
                                                                    Ledger* ledger,
                                                                    asio::any_io_executor blocking) {
-  auto ep = limits::parse_redis_url(options.url);
+  auto ep = store::parse_redis_url(options.url);
   if (!ep) return ep.error();
   options.replicas = std::max<std::int64_t>(options.replicas, 1);
   options.rebuild_poll = std::max<Nanos>(options.rebuild_poll, kNanosPerMilli);
@@ -250,14 +250,14 @@ Result<std::shared_ptr<RedisBudgetStore>> RedisBudgetStore::create(RedisBudgetOp
       std::move(options), std::move(*ep), budgets, ledger, std::move(blocking)));
 }
 
-RedisBudgetStore::RedisBudgetStore(RedisBudgetOptions options, limits::RedisEndpoint endpoint,
+RedisBudgetStore::RedisBudgetStore(RedisBudgetOptions options, store::RedisEndpoint endpoint,
                                    const BudgetManager& budgets, Ledger* ledger,
                                    asio::any_io_executor blocking)
     : options_(std::move(options)),
       client_(std::move(endpoint), options_.pool_size, options_.max_in_flight,
-              {limits::make_redis_script(std::string(kReserveScript)),
-               limits::make_redis_script(std::string(kSettleScript)),
-               limits::make_redis_script(std::string(kInitScript))}),
+              {store::make_redis_script(std::string(kReserveScript)),
+               store::make_redis_script(std::string(kSettleScript)),
+               store::make_redis_script(std::string(kInitScript))}),
       breaker_(options_.breaker_failures, options_.breaker_cooldown),
       budgets_(budgets),
       ledger_(ledger),
@@ -472,8 +472,8 @@ asio::awaitable<bool> RedisBudgetStore::rebuild_one(const Target& t, Nanos deadl
   for (;;) {
     const Nanos call_deadline = std::min(deadline, steady_now() + options_.timeout);
     std::string set_cmd =
-        limits::redis_format_command({"SET", lock_key, token, "NX", "PX",
-                                      std::to_string(options_.rebuild_lock_ttl / kNanosPerMilli)});
+        store::redis_format_command({"SET", lock_key, token, "NX", "PX",
+                                     std::to_string(options_.rebuild_lock_ttl / kNanosPerMilli)});
     RedisCallResult got = co_await client_.execute(std::move(set_cmd), call_deadline);
     if (!got.reply || got.reply->type == REDIS_REPLY_ERROR) co_return false;
     if (got.reply->type == REDIS_REPLY_STATUS) {  // "OK": ours
@@ -494,7 +494,7 @@ asio::awaitable<bool> RedisBudgetStore::rebuild_one(const Target& t, Nanos deadl
       co_await asio::post(ex, asio::use_awaitable);
       if (!totals.ok() || totals->size() != 1) {
         // Let another replica (or the next request) try at once rather than after the TTL.
-        std::string del_cmd = limits::redis_format_command({"DEL", lock_key});
+        std::string del_cmd = store::redis_format_command({"DEL", lock_key});
         (void)co_await client_.execute(std::move(del_cmd), steady_now() + options_.timeout);
         co_return false;
       }
@@ -515,7 +515,7 @@ asio::awaitable<bool> RedisBudgetStore::rebuild_one(const Target& t, Nanos deadl
     timer.expires_at(to_time_point(steady_now() + options_.rebuild_poll));
     boost::system::error_code ec;
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    std::string exists_cmd = limits::redis_format_command({"EXISTS", t.key});
+    std::string exists_cmd = store::redis_format_command({"EXISTS", t.key});
     RedisCallResult ex_r = co_await client_.execute(
         std::move(exists_cmd), std::min(deadline, steady_now() + options_.timeout));
     std::int64_t exists = 0;

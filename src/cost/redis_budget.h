@@ -45,7 +45,7 @@
 #include "cost/ledger.h"
 #include "cost/money.h"
 #include "cost/period.h"
-#include "limits/redis_conn.h"
+#include "store/redis_conn.h"
 
 namespace bw::cost {
 
@@ -184,7 +184,7 @@ class RedisBudgetStore : public std::enable_shared_from_this<RedisBudgetStore> {
     Micros spend = 0;    // settled spend not yet added
     std::int64_t expire_at_ms = 0;
   };
-  RedisBudgetStore(RedisBudgetOptions options, limits::RedisEndpoint endpoint,
+  RedisBudgetStore(RedisBudgetOptions options, store::RedisEndpoint endpoint,
                    const BudgetManager& budgets, Ledger* ledger,
                    boost::asio::any_io_executor blocking);
 
@@ -213,8 +213,8 @@ class RedisBudgetStore : public std::enable_shared_from_this<RedisBudgetStore> {
   Micros last_known(const Target& t) const;
 
   RedisBudgetOptions options_;
-  limits::RedisClient client_;
-  limits::RedisBreaker breaker_;
+  store::RedisClient client_;
+  store::RedisBreaker breaker_;
   const BudgetManager& budgets_;
   Ledger* ledger_;
   boost::asio::any_io_executor blocking_;

@@ -93,8 +93,10 @@ asio::awaitable<void> AdminTable::dispatch(Ctx& c) const {
     break;
   }
   if (!(found && found->open) && !admin_authorized(*c.rt, c.req)) {
-    co_return co_await reply_error(
-        c, errors::make(errors::kInvalidAdminKey, "The admin API needs the admin (master) key."));
+    // A page of the console may use the admin API with its session (and CSRF token).
+    if (auto s = console_admin_auth(c.sh, *c.rt, c.req); !s) {
+      co_return co_await reply_error(c, s.error());
+    }
   }
   if (found) co_return co_await found->handler(call);
   if (!allow.empty()) {

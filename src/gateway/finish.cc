@@ -22,8 +22,13 @@ void record_metrics(Ctx& c) {
   m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
-  m.request_duration.with({path, model}).observe(to_seconds(c.now() - c.start));
-  if (c.ttft >= 0 && c.llm.stream) m.ttft.with({model}).observe(to_seconds(c.ttft));
+  const double duration_s = to_seconds(c.now() - c.start);
+  m.request_duration.with({path, model}).observe(duration_s);
+  m.priority_duration.with({prio}).observe(duration_s);
+  if (c.ttft >= 0 && c.llm.stream) {
+    m.ttft.with({model}).observe(to_seconds(c.ttft));
+    m.priority_ttft.with({prio}).observe(to_seconds(c.ttft));
+  }
   const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
   if (c.usage.prompt_tokens > 0) {
     m.tokens.with({served, "prompt"}).add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
@@ -31,6 +36,10 @@ void record_metrics(Ctx& c) {
   if (c.usage.completion_tokens > 0) {
     m.tokens.with({served, "completion"})
         .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
+  }
+  if (!c.upstream.empty() && c.usage.prompt_tokens + c.usage.completion_tokens > 0) {
+    note_deployment_tokens(c.sh, c.upstream, served,
+                           c.usage.prompt_tokens + c.usage.completion_tokens);
   }
   if (c.cost_micro > 0)
     m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));

@@ -28,7 +28,7 @@ namespace {
 void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket, Nanos now,
                      routing::Rng& rng) {
   routing::Outcome o;
-  o.kind = routing::OutcomeKind::cancelled;
+  o.kind = routing::OutcomeKind::kCancelled;
   plan.finish(ticket, o, now, false, rng);
   note_client_gone(c);
   if (c.usage.present) return;
@@ -190,11 +190,11 @@ Nanos parse_retry_after(std::string_view v) {
 routing::Outcome outcome_for_error(const Error& e, Nanos latency) {
   routing::Outcome o;
   o.latency_ns = latency;
-  o.kind = e.code == http::kUpstreamTimeout ? routing::OutcomeKind::timeout
-                                            : routing::OutcomeKind::connect_error;
+  o.kind = e.code == http::kUpstreamTimeout ? routing::OutcomeKind::kTimeout
+                                            : routing::OutcomeKind::kConnectError;
   // The gateway's own pool bound refused it before anything was sent: the upstream's health is
   // unknown, so it must neither trip the breaker nor look like a fast failure to the balancer.
-  if (e.code == http::kUpstreamConnectionLimit) o.kind = routing::OutcomeKind::cancelled;
+  if (e.code == http::kUpstreamConnectionLimit) o.kind = routing::OutcomeKind::kCancelled;
   return o;
 }
 
@@ -204,15 +204,15 @@ routing::Outcome outcome_for_status(int status, const http::Headers& h, std::str
   o.status = status;
   o.latency_ns = latency;
   if (status < 400) {
-    o.kind = routing::OutcomeKind::success;
+    o.kind = routing::OutcomeKind::kSuccess;
   } else if (status == 429) {
-    o.kind = routing::OutcomeKind::http_429;
+    o.kind = routing::OutcomeKind::kHttp429;
     o.retry_after_ns = parse_retry_after(h.get("retry-after"));
   } else if (status >= 500) {
-    o.kind = routing::OutcomeKind::http_5xx;
+    o.kind = routing::OutcomeKind::kHttp5xx;
     o.retry_after_ns = parse_retry_after(h.get("retry-after"));
   } else {
-    o.kind = routing::OutcomeKind::client_error;
+    o.kind = routing::OutcomeKind::kClientError;
     o.context_overflow = body.find("context_length_exceeded") != std::string_view::npos;
   }
   return o;
@@ -224,6 +224,7 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
       .with({deployment, status == 0 ? std::string_view("error") : telemetry::status_class(status)})
       .inc();
   m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+  if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
 }  // namespace
@@ -260,8 +261,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                              "The service is degraded: no deployment of '" + c.route_model +
                                  "' or its fallbacks can take the request now (" +
                                  routing::to_string(step.failure) + "). Retry later.");
-      if (step.failure == routing::PickFailure::all_at_capacity ||
-          step.failure == routing::PickFailure::all_cooling) {
+      if (step.failure == routing::PickFailure::kAllAtCapacity ||
+          step.failure == routing::PickFailure::kAllCooling) {
         // The providers' own rate limits: say so as a rate limit, with their reset time.
         e = errors::make(errors::kUpstreamRateLimited,
                          "Every deployment of '" + c.route_model +
@@ -277,7 +278,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     const Deployment* d = c.rt->deployment(dep_cfg.id);
     if (!d) {  // a reload removed it between pick and use
       routing::Outcome o;
-      o.kind = routing::OutcomeKind::cancelled;
+      o.kind = routing::OutcomeKind::kCancelled;
       plan.finish(ticket, o, now, false, rng);
       continue;
     }
@@ -308,10 +309,10 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await sleep_for(decision.delay);
         continue;
       }
-      if (decision.retry() || decision.verdict == routing::RetryVerdict::attempts_exhausted ||
-          decision.verdict == routing::RetryVerdict::deadline ||
-          decision.verdict == routing::RetryVerdict::budget_exhausted ||
-          decision.verdict == routing::RetryVerdict::not_retryable) {
+      if (decision.retry() || decision.verdict == routing::RetryVerdict::kAttemptsExhausted ||
+          decision.verdict == routing::RetryVerdict::kDeadline ||
+          decision.verdict == routing::RetryVerdict::kBudgetExhausted ||
+          decision.verdict == routing::RetryVerdict::kNotRetryable) {
         c.forward_failed = true;
         c.last_failure = resp.error().message;
         co_return resp.error();
@@ -338,9 +339,9 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       o.latency_ns = now - sent_at;
       o.ttft_ns = c.ttft;
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      o.kind = c.cancelled        ? routing::OutcomeKind::cancelled
-               : c.outcome.none() ? routing::OutcomeKind::success
-                                  : routing::OutcomeKind::http_5xx;
+      o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
+               : c.outcome.none() ? routing::OutcomeKind::kSuccess
+                                  : routing::OutcomeKind::kHttp5xx;
       plan.finish(ticket, o, now, true, rng);
       co_return Ok{};
     }

@@ -10,15 +10,15 @@
 
 #include "cache/memory_cache.h"
 #include "cache/redis_cache.h"
-#include "cost/pg_key_store.h"
-#include "cost/pg_ledger.h"
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
-#include "cost/sqlite_key_store.h"
-#include "cost/sqlite_ledger.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
 #include "limits/redis_limit_store.h"
+#include "store/pg_key_store.h"
+#include "store/pg_ledger.h"
+#include "store/sqlite_key_store.h"
+#include "store/sqlite_ledger.h"
 #include "tools/sim/sim.h"
 
 namespace bw::gateway {
@@ -144,23 +144,23 @@ Result<Ok> Gateway::start() {
   // Cost guard: budgets, the durable ledger (recovered before serving) and stored keys.
   std::vector<config::KeyConfig> stored;
   if (!cfg.ledger_postgres.empty()) {
-    cost::PgLedgerOptions lo;
+    store::PgLedgerOptions lo;
     lo.db.conninfo = cfg.ledger_postgres;
-    auto ledger = cost::PgLedger::open(lo);
+    auto ledger = store::PgLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());
-    cost::PgKeyStoreOptions ko;
+    store::PgKeyStoreOptions ko;
     ko.db = lo.db;
-    auto keys = cost::PgKeyStore::open(ko);
+    auto keys = store::PgKeyStore::open(ko);
     if (!keys) return keys.error();
     shared_->key_store = std::move(keys.value());
   } else if (!cfg.ledger_path.empty()) {
-    cost::SqliteLedgerOptions lo;
+    store::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
-    auto ledger = cost::SqliteLedger::open(lo);
+    auto ledger = store::SqliteLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());
-    auto keys = cost::SqliteKeyStore::open(cfg.ledger_path);
+    auto keys = store::SqliteKeyStore::open(cfg.ledger_path);
     if (!keys) return keys.error();
     shared_->key_store = std::move(keys.value());
   }
@@ -221,22 +221,9 @@ Result<Ok> Gateway::start() {
   mo.version = "0.1.0";
   mo.budget_utilization = cfg.budget_metrics_per_key;
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
-  shared_->scaler = std::make_unique<telemetry::PredictiveScaler>(cfg.scaler);
-  int replicas = cfg.current_replicas;
-  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
-    replicas = std::atoi(r);
-  scaler_thread_ = std::thread([this, replicas] {
-    std::unique_lock lock(scaler_mu_);
-    while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
-      telemetry::Observation o;
-      o.arrivals_total = shared_->llm_arrivals.load();
-      o.completions_total = shared_->llm_completions.load();
-      o.queue_depth = static_cast<double>(shared_->admission->queued());
-      o.current_replicas = replicas;
-      shared_->scaler->observe(shared_->clock.now(), o);
-    }
-  });
+  shared_->scaling = std::make_unique<ScalingState>(cfg);
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
 
   http::ServerOptions opt = cfg.server;
   if (!options_.listen_override.empty() &&
@@ -260,14 +247,30 @@ Result<Ok> Gateway::start() {
     if (auto r = admin_server_->start(); !r) return r;
     admin_server_->run();
   }
+  int replicas = cfg.current_replicas;
+  if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
+    replicas = std::atoi(r);
+  scaler_thread_ = std::thread([this, replicas] {
+    std::unique_lock lock(scaler_mu_);
+    while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
+      const double conns = server_ ? static_cast<double>(server_->active_connections()) : 0;
+      shared_->scaling->tick(*shared_, shared_->clock.now(), replicas, conns,
+                             server_ ? server_->event_loop_lag_s() : 0);
+    }
+  });
   server_->run();
   return Ok{};
+}
+
+void Gateway::note_reload(bool ok, const std::string& message) {
+  gateway::note_reload(*shared_, ok, message);
 }
 
 Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   // The simulator and listeners stay as they are; everything the data plane reads is swapped.
   // Limit buckets and breaker state survive (they are keyed by name, not by config object).
   if (auto r = apply_config(*shared_, *cfg); !r) return r;
+  if (shared_->scaling) shared_->scaling->configure(*cfg);
   std::lock_guard lock(shared_->keys_mu);
   auto stored = runtime_.load()->stored_keys();
   declare_budgets(*shared_, *cfg, stored);
@@ -328,25 +331,8 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
   rc.breaker = cfg.breaker;
   rc.retry = cfg.retry;
   rc.ewma_tau = cfg.ewma_tau;
-  for (const auto& g : cfg.model_groups) {
-    routing::ModelGroupConfig rg;
-    rg.name = g.name;
-    rg.balancer =
-        routing::parse_balancer(g.balancer).value_or(routing::BalancerKind::p2c_peak_ewma);
-    rg.fallbacks = g.fallbacks;
-    rg.context_fallback = g.context_fallback;
-    for (const auto& d : g.deployments) {
-      routing::DeploymentConfig rd;
-      rd.id = d.id;
-      rd.provider = d.provider;
-      rd.model = d.model;
-      rd.weight = static_cast<std::uint32_t>(d.weight);
-      rd.rpm = d.rpm;
-      rd.tpm = d.tpm;
-      rg.deployments.push_back(std::move(rd));
-    }
-    rc.groups.push_back(std::move(rg));
-  }
+  // A model group is the router's own config, validated at load: the router takes it as is.
+  rc.groups.assign(cfg.model_groups.begin(), cfg.model_groups.end());
   if (auto r = sh.router.reload(std::move(rc)); !r) return r;
   if (!sh.admission) sh.admission = std::make_unique<admission::AdmissionController>(cfg.admission);
   for (const auto& g : cfg.model_groups) sh.admission->configure_group(g.name, g.concurrency);
@@ -364,6 +350,7 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
 std::size_t Gateway::drain_and_stop() {
   shared_->draining.store(true);
   stop_scaler();
+  if (shared_->console) shared_->console->sampler.stop();
   const Nanos timeout = runtime_.load()->config().drain_timeout;
   server_->begin_drain();
   if (admin_server_) admin_server_->begin_drain();

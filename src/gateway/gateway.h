@@ -44,6 +44,9 @@ class Gateway {
   // Swaps in a new configuration; in-flight requests finish on the old one. Listener addresses
   // and worker counts are not changed by a reload.
   Result<Ok> reload(std::shared_ptr<const config::Config> cfg);
+  // Records a reload's outcome (also one that failed before reload(), e.g. an invalid file) for
+  // the console's Config page.
+  void note_reload(bool ok, const std::string& message);
   // Stops accepting, waits for in-flight requests up to the drain timeout, stops everything.
   // Returns the number of connections that were still open at the deadline.
   std::size_t drain_and_stop();

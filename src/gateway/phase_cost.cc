@@ -63,6 +63,7 @@ void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
   const cost::ModelPrice* p = cfg.prices.find(*cheaper);
   if (!g || !p) return;
   c.extra.add("x-bellwether-downgraded-from", c.route_model);
+  c.sh.metrics->downgrades.with({c.route_model, *cheaper}).inc();
   c.route_model = *cheaper;
   c.group = g;
   c.price = p;
@@ -109,6 +110,7 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   auto res = co_await sh.budget_store->reserve(c.budget_ids, worst, c.budget, now_ms, c.now());
   if (!res.ok) {
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);
+    sh.metrics->budget_refusals.with({res.refusal.budget_id}).inc();
     co_return budget_refused(res.refusal, now_ms);
   }
   if (!sh.ledger) co_return Ok{};

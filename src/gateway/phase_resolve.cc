@@ -27,6 +27,7 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
   }
   c.group = g;
   c.route_model = model;
+  if (c.sh.scaling) c.sh.scaling->note_arrival(g->cfg->name);
   return Ok{};
 }
 

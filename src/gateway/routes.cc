@@ -80,14 +80,10 @@ asio::awaitable<void> queue_metrics(Ctx& c) {
     co_return co_await reply_error(
         c, errors::make(errors::kInvalidApiKey, "Reading queue metrics needs an API key."));
   }
-  // The admission queue's figures plus the scaler's recommendation.
-  std::string body = c.sh.admission->metrics_json();
-  if (c.sh.scaler && !body.empty() && body.back() == '}') {
-    auto rec = c.sh.scaler->last();
-    body.pop_back();
-    body += ",\"recommended_replicas\":" + std::to_string(rec.recommended_replicas) +
-            ",\"scaling\":" + telemetry::to_json(rec) + "}";
-  }
+  // The admission queue's figures plus the scaling plan (scaling.h). Replica counts change the
+  // learned capacity and a group's concurrency: taken from the admin key only.
+  std::string body = queue_metrics_body(
+      c.sh, admin_authorized(*c.rt, c.req) ? c.req.header("x-bellwether-replicas") : "");
   co_await send_json(c, 200, std::move(body));
 }
 
@@ -118,6 +114,15 @@ asio::awaitable<void> no_route(Ctx& c, bool path_known) {
   co_await c.w.send(std::move(r));
 }
 
+asio::awaitable<void> console(Ctx& c, bool admin_listener) {
+  if (!admin_listener && !c.rt->config().admin_listen.empty()) {
+    co_return co_await reply_error(
+        c, errors::make(errors::kUnknownUrl, "The console is on the admin listener (/ui/)."));
+  }
+  auto r = handle_console(c.sh, *c.rt, c.req);
+  co_await send_response(c, std::move(r));
+}
+
 asio::awaitable<void> admin_elsewhere(Ctx& c) {
   co_await reply_error(
       c, errors::make(errors::kUnknownUrl, "The admin API is on the admin listener."));
@@ -127,6 +132,7 @@ asio::awaitable<void> admin_elsewhere(Ctx& c) {
 // handler, so a request costs no frame for routing (hence no temporaries passed by reference).
 asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   const auto path = c.req.path();
+  if (path == "/ui" || path.starts_with("/ui/")) return console(c, admin_listener);
   if (path.starts_with("/admin/")) {
     if (admin_listener || c.rt->config().admin_listen.empty()) {
       return admin_table().dispatch(c);
@@ -194,8 +200,8 @@ std::string render_metrics(Shared& sh) {
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
-        d.state == routing::BreakerState::open        ? telemetry::GatewayMetrics::kBreakerOpen
-        : d.state == routing::BreakerState::half_open ? telemetry::GatewayMetrics::kBreakerHalfOpen
+        d.state == routing::BreakerState::kOpen        ? telemetry::GatewayMetrics::kBreakerOpen
+        : d.state == routing::BreakerState::kHalfOpen ? telemetry::GatewayMetrics::kBreakerHalfOpen
                                                       : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);
   }
@@ -218,7 +224,7 @@ std::string render_metrics(Shared& sh) {
       m.budget_utilization->with({id}).set(u);
     }
   }
-  if (sh.scaler) m.replicas_recommended.get().set(sh.scaler->last().recommended_replicas);
+  if (sh.scaling) export_scaling_metrics(sh.scaling->last(), m);
   return sh.registry.expose();
 }
 

@@ -18,7 +18,9 @@
 #include "cost/key_store.h"
 #include "cost/ledger.h"
 #include "gateway/access_log.h"
+#include "gateway/console.h"
 #include "gateway/runtime.h"
+#include "gateway/scaling.h"
 #include "gateway/upstream.h"
 #include "limits/limiter.h"
 #include "limits/memory_limit_store.h"
@@ -64,13 +66,17 @@ struct Shared {
   // Telemetry: Prometheus registry, the gateway's metric families, the scaling predictor.
   telemetry::Registry registry;
   std::unique_ptr<telemetry::GatewayMetrics> metrics;
-  std::unique_ptr<telemetry::PredictiveScaler> scaler;
+  std::unique_ptr<ScalingState> scaling;  // what is short, and the replica recommendations
   // Response cache (cache/): its storage (memory or Redis), single-flight, the semantic index.
   std::unique_ptr<cache::Cache> cache;
   std::unique_ptr<cache::SingleFlight> single_flight;
   std::unique_ptr<cache::SemanticIndex> semantic;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
+
+  // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
+  // sampler thread stops before the state it reads goes away.
+  std::unique_ptr<Console> console;
 
   Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
 };

@@ -508,6 +508,24 @@ void Server::begin_drain() {
   }
 }
 
+double Server::event_loop_lag_s() {
+  const double last = static_cast<double>(lag_ns_.exchange(0)) / 1e9;
+  if (stopped_.load()) return last;
+  const auto posted = std::chrono::steady_clock::now();
+  for (auto& w : workers_) {
+    // A handler still queued when the io_context is destroyed is dropped, never run.
+    asio::post(w->ioc, [this, posted] {
+      const std::int64_t d = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now() - posted)
+                                 .count();
+      auto prev = lag_ns_.load();
+      while (d > prev && !lag_ns_.compare_exchange_weak(prev, d)) {
+      }
+    });
+  }
+  return last;
+}
+
 std::size_t Server::wait_drained(Nanos timeout) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout);
   while (active_.load() > 0 && std::chrono::steady_clock::now() < deadline) {

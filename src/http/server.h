@@ -84,6 +84,10 @@ class Server {
   std::size_t in_flight_requests() const { return in_flight_.load(); }
   bool draining() const { return draining_.load(); }
   int workers() const { return static_cast<int>(workers_.size()); }
+  // Event-loop lag: posts a probe to every worker and returns the longest delay the previous
+  // probes waited before running, in seconds (0 before the first). Call it periodically from
+  // one thread (the scaler's); a loop blocked by CPU-heavy work shows here first.
+  double event_loop_lag_s();
 
   struct Worker;
 
@@ -95,6 +99,7 @@ class Server {
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};
+  std::atomic<std::int64_t> lag_ns_{0};
   std::uint16_t port_ = 0;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;

@@ -120,7 +120,8 @@ class Limiter {
 
   // Distributed limits (docs/distributed.md). With an async store set, check_async/settle_async
   // use it (one round trip per request); without one they run the synchronous path above. Call
-  // set_async_store before serving; the gateway should always use the *_async forms.
+  // set_async_store before serving; the gateway should always use the *_async forms. The
+  // coroutines are defined in limiter_async.cc, part of bw_limits_io (they need Asio).
   void set_async_store(std::shared_ptr<AsyncLimitStore> store);
   boost::asio::awaitable<Verdict> check_async(const RequestScope& scope, std::int64_t token_cost,
                                               Nanos now);
@@ -133,7 +134,14 @@ class Limiter {
   bool remote() const { return has_async_store_.load(std::memory_order_acquire); }
 
  private:
-  struct Gathered;
+  // Every limit that applies to the request, as store checks. Not movable: the checks point into
+  // `arena` and at `daily`.
+  struct Gathered {
+    std::shared_ptr<const LimiterConfig> hold;  // keeps the config alive across a suspension
+    boost::container::small_vector<char, 512> arena;
+    LimitSpec daily;
+    boost::container::small_vector<LimitCheck, 12> checks;
+  };
   // The current config, from a per-thread cache refreshed when generation_ changes (no shared
   // refcount or lock traffic per request). The reference is valid until this thread calls
   // snapshot() again: copy it to keep the config across a suspension.

@@ -1,5 +1,5 @@
 #pragma once
-// Rate limits (issue 3). Interfaces of this folder:
+// Rate limits. Interfaces of this folder:
 //  * algorithms.h          pure meters (GCRA, token bucket, sliding window): exact integer ns math,
 //                          `now` passed in, check / consume / adjust. Not thread safe (values).
 //  * limit_spec.h          LimitSpec, Plan, default plans, key overrides. Immutable values.

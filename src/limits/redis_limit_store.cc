@@ -8,6 +8,11 @@
 namespace bw::limits {
 
 namespace asio = boost::asio;
+using store::parse_redis_url;
+using store::redis_reply_i64;
+using store::RedisCallResult;
+using store::RedisEndpoint;
+using store::RedisScript;
 
 namespace {
 

@@ -6,8 +6,9 @@
 // consumes all buckets of the batch atomically inside Redis with the exact arithmetic of
 // algorithms.h. Keys expire (PX) when their bucket is full again.
 //
-// I/O: RedisClient (redis_conn.h): one pipelined connection per worker io_context, a deadline on
-// every call, the script loaded lazily and reloaded after a restart (NOSCRIPT falls back to EVAL).
+// I/O: RedisClient (store/redis_conn.h): one pipelined connection per worker io_context, a deadline
+// on every call, the script loaded lazily and reloaded after a restart (NOSCRIPT falls back to
+// EVAL).
 //
 // Failure: after `breaker_failures` consecutive failures (timeouts, connection or protocol errors)
 // the store fails fast for `breaker_cooldown`, then lets one probe through. While Redis cannot
@@ -29,7 +30,7 @@
 #include "common/result.h"
 #include "limits/limit_store.h"
 #include "limits/memory_limit_store.h"
-#include "limits/redis_conn.h"
+#include "store/redis_conn.h"
 
 namespace bw::limits {
 
@@ -94,7 +95,7 @@ class RedisLimitStore final : public AsyncLimitStore {
   MemoryLimitStore& local_store() { return local_; }
 
  private:
-  RedisLimitStore(RedisLimitStoreOptions options, RedisEndpoint endpoint);
+  RedisLimitStore(RedisLimitStoreOptions options, store::RedisEndpoint endpoint);
 
   BatchResult fallback(std::span<const LimitCheck> checks, Nanos now);
   // The share of a limit that one replica enforces while Redis is unreachable.
@@ -103,8 +104,8 @@ class RedisLimitStore final : public AsyncLimitStore {
 
   RedisLimitStoreOptions options_;
 
-  RedisClient client_;
-  RedisBreaker breaker_;
+  store::RedisClient client_;
+  store::RedisBreaker breaker_;
   MemoryLimitStore local_;
   std::atomic<std::uint64_t> failures_{0}, fallbacks_{0};
 };

@@ -26,20 +26,20 @@ std::size_t weighted_sample(std::span<const Candidate> cands, std::uint64_t tota
 
 const char* to_string(BalancerKind k) {
   switch (k) {
-    case BalancerKind::p2c_peak_ewma:
+    case BalancerKind::kP2cPeakEwma:
       return "p2c_peak_ewma";
-    case BalancerKind::weighted_round_robin:
+    case BalancerKind::kWeightedRoundRobin:
       return "weighted_round_robin";
-    case BalancerKind::least_outstanding:
+    case BalancerKind::kLeastOutstanding:
       return "least_outstanding";
   }
   return "unknown";
 }
 
 std::optional<BalancerKind> parse_balancer(std::string_view name) {
-  if (name == "p2c_peak_ewma") return BalancerKind::p2c_peak_ewma;
-  if (name == "weighted_round_robin") return BalancerKind::weighted_round_robin;
-  if (name == "least_outstanding") return BalancerKind::least_outstanding;
+  if (name == "p2c_peak_ewma") return BalancerKind::kP2cPeakEwma;
+  if (name == "weighted_round_robin") return BalancerKind::kWeightedRoundRobin;
+  if (name == "least_outstanding") return BalancerKind::kLeastOutstanding;
   return std::nullopt;
 }
 

@@ -17,7 +17,7 @@
 
 namespace bw::routing {
 
-enum class BalancerKind : std::uint8_t { p2c_peak_ewma, weighted_round_robin, least_outstanding };
+enum class BalancerKind : std::uint8_t { kP2cPeakEwma, kWeightedRoundRobin, kLeastOutstanding };
 const char* to_string(BalancerKind k);
 std::optional<BalancerKind> parse_balancer(std::string_view name);
 

@@ -12,11 +12,11 @@ constexpr std::size_t kFailures = 1;
 
 const char* to_string(BreakerState s) {
   switch (s) {
-    case BreakerState::closed:
+    case BreakerState::kClosed:
       return "closed";
-    case BreakerState::open:
+    case BreakerState::kOpen:
       return "open";
-    case BreakerState::half_open:
+    case BreakerState::kHalfOpen:
       return "half_open";
   }
   return "unknown";
@@ -24,19 +24,19 @@ const char* to_string(BreakerState s) {
 
 const char* to_string(OutcomeKind kind) {
   switch (kind) {
-    case OutcomeKind::success:
+    case OutcomeKind::kSuccess:
       return "success";
-    case OutcomeKind::connect_error:
+    case OutcomeKind::kConnectError:
       return "connect_error";
-    case OutcomeKind::timeout:
+    case OutcomeKind::kTimeout:
       return "timeout";
-    case OutcomeKind::http_5xx:
+    case OutcomeKind::kHttp5xx:
       return "http_5xx";
-    case OutcomeKind::http_429:
+    case OutcomeKind::kHttp429:
       return "http_429";
-    case OutcomeKind::client_error:
+    case OutcomeKind::kClientError:
       return "client_error";
-    case OutcomeKind::cancelled:
+    case OutcomeKind::kCancelled:
       return "cancelled";
   }
   return "unknown";
@@ -53,48 +53,48 @@ void CircuitBreaker::reconfigure(const BreakerConfig& cfg) {
 }
 
 Admission CircuitBreaker::check(Nanos now) {
-  if (now < cooldown_until_) return Admission::cooling;
+  if (now < cooldown_until_) return Admission::kCooling;
   switch (state_) {
-    case BreakerState::closed:
-      return Admission::allowed;
-    case BreakerState::open:
-      if (now < open_until_) return Admission::open;
-      state_ = BreakerState::half_open;
+    case BreakerState::kClosed:
+      return Admission::kAllowed;
+    case BreakerState::kOpen:
+      if (now < open_until_) return Admission::kOpen;
+      state_ = BreakerState::kHalfOpen;
       probes_taken_ = 0;
       probe_successes_ = 0;
       [[fallthrough]];
-    case BreakerState::half_open:
-      return probes_taken_ < std::max(1, cfg_.half_open_probes) ? Admission::probe
-                                                                : Admission::open;
+    case BreakerState::kHalfOpen:
+      return probes_taken_ < std::max(1, cfg_.half_open_probes) ? Admission::kProbe
+                                                                : Admission::kOpen;
   }
-  return Admission::open;
+  return Admission::kOpen;
 }
 
 Admission CircuitBreaker::acquire(Nanos now) {
   const Admission a = check(now);
-  if (a == Admission::probe) ++probes_taken_;
+  if (a == Admission::kProbe) ++probes_taken_;
   return a;
 }
 
 void CircuitBreaker::release_probe() {
-  if (state_ == BreakerState::half_open && probes_taken_ > 0) --probes_taken_;
+  if (state_ == BreakerState::kHalfOpen && probes_taken_ > 0) --probes_taken_;
 }
 
 void CircuitBreaker::on_result(Admission admitted, OutcomeKind kind, Nanos retry_after, Nanos now,
                                Rng& rng) {
-  if (kind == OutcomeKind::cancelled) {
-    if (admitted == Admission::probe) release_probe();
+  if (kind == OutcomeKind::kCancelled) {
+    if (admitted == Admission::kProbe) release_probe();
     return;
   }
-  if (kind == OutcomeKind::http_429) {
+  if (kind == OutcomeKind::kHttp429) {
     Nanos cool = retry_after > 0 ? retry_after : cfg_.cooldown_429;
     cool = std::min(cool, cfg_.cooldown_max);
     if (cool > 0) cooldown_until_ = std::max(cooldown_until_, now + cool);
   }
   const bool failed = is_failure(kind);
-  if (admitted == Admission::probe) {
+  if (admitted == Admission::kProbe) {
     // A probe result only counts in the half-open episode it was admitted in.
-    if (state_ != BreakerState::half_open) return;
+    if (state_ != BreakerState::kHalfOpen) return;
     if (failed) {
       trip(now, rng);
     } else if (++probe_successes_ >= std::max(1, cfg_.half_open_probes)) {
@@ -103,7 +103,7 @@ void CircuitBreaker::on_result(Admission admitted, OutcomeKind kind, Nanos retry
     return;
   }
   // Results of requests admitted before the breaker opened say nothing new about the open state.
-  if (state_ != BreakerState::closed) return;
+  if (state_ != BreakerState::kClosed) return;
   window_.add(now, kRequests, 1);
   if (!failed) {
     consecutive_ = 0;
@@ -131,7 +131,7 @@ void CircuitBreaker::trip(Nanos now, Rng& rng) {
   const double jitter = std::clamp(cfg_.open_jitter, 0.0, 1.0);
   // Jitter only shortens, so the cap holds and breakers opened together do not re-probe together.
   const double timeout = capped * (1.0 - jitter * rng.uniform());
-  state_ = BreakerState::open;
+  state_ = BreakerState::kOpen;
   open_until_ = now + static_cast<Nanos>(timeout);
   consecutive_ = 0;
   probes_taken_ = 0;
@@ -140,7 +140,7 @@ void CircuitBreaker::trip(Nanos now, Rng& rng) {
 }
 
 void CircuitBreaker::close() {
-  state_ = BreakerState::closed;
+  state_ = BreakerState::kClosed;
   openings_ = 0;
   consecutive_ = 0;
   probes_taken_ = 0;
@@ -151,8 +151,8 @@ void CircuitBreaker::close() {
 Nanos CircuitBreaker::available_at(Nanos now) {
   Nanos t = now;
   if (now < cooldown_until_) t = cooldown_until_;
-  if (state_ == BreakerState::open) t = std::max(t, open_until_);
-  if (state_ == BreakerState::half_open && probes_taken_ >= std::max(1, cfg_.half_open_probes)) {
+  if (state_ == BreakerState::kOpen) t = std::max(t, open_until_);
+  if (state_ == BreakerState::kHalfOpen && probes_taken_ >= std::max(1, cfg_.half_open_probes)) {
     t = std::max(t, now + cfg_.open_base);
   }
   return t;

@@ -1,9 +1,12 @@
 #pragma once
 // CircuitBreaker: per-deployment health state machine, plus the 429 cooldown.
-//   closed --(N consecutive failures | failure rate >= R over window with >= M requests)--> open
-//   open --(open timeout elapsed)--> half_open     (timeout = base * 2^(openings-1), capped,
-//   jittered) half_open: admits at most `half_open_probes` probes; that many successes -> closed,
+// clang-format off
+//   closed    --(N consecutive failures | failure rate >= R over window with >= M requests)--> open
+//   open      --(open timeout elapsed)--> half_open
+//                 (timeout = base * 2^(openings-1), capped, jittered)
+//   half_open: admits at most `half_open_probes` probes; that many successes -> closed,
 //              any probe failure -> open again with a longer timeout.
+// clang-format on
 // A 429 additionally sets a cooldown (Retry-After, or a default) during which nothing is admitted,
 // not even probes. Pure: time comes in as `now`, jitter from the caller's Rng.
 // Thread safety: none; the Router guards each breaker with its deployment's mutex.
@@ -30,14 +33,14 @@ struct BreakerConfig {
   Nanos cooldown_max = seconds(300);  // clamp on an upstream Retry-After
 };
 
-enum class BreakerState : std::uint8_t { closed, open, half_open };
+enum class BreakerState : std::uint8_t { kClosed, kOpen, kHalfOpen };
 const char* to_string(BreakerState s);
 
 enum class Admission : std::uint8_t {
-  allowed,  // closed and not cooling
-  probe,    // half-open with a free probe slot
-  open,     // open, or half-open with every probe slot taken
-  cooling,  // inside a 429 cooldown
+  kAllowed,  // closed and not cooling
+  kProbe,    // half-open with a free probe slot
+  kOpen,     // open, or half-open with every probe slot taken
+  kCooling,  // inside a 429 cooldown
 };
 
 class CircuitBreaker {
@@ -72,7 +75,7 @@ class CircuitBreaker {
   void close();
 
   BreakerConfig cfg_;
-  BreakerState state_ = BreakerState::closed;
+  BreakerState state_ = BreakerState::kClosed;
   int consecutive_ = 0;
   int openings_ = 0;  // openings since the last close; drives the timeout growth
   Nanos open_until_ = 0;

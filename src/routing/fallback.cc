@@ -81,13 +81,13 @@ AttemptPlanner::Move AttemptPlanner::on_unavailable(bool only_exclusions) {
     visited_.push_back(model_);
     queue_ = std::move(rest);
     next_ = 0;
-    return Move::next_model;
+    return Move::kNextModel;
   }
   if (only_exclusions && exclude_ != 0) {
     exclude_ = 0;
-    return Move::same_model;
+    return Move::kSameModel;
   }
-  return Move::exhausted;
+  return Move::kExhausted;
 }
 
 bool AttemptPlanner::has_pending_fallback() const {

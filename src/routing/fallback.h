@@ -44,9 +44,9 @@ class AttemptPlanner {
   std::uint64_t exclude_mask() const { return exclude_; }
 
   enum class Move : std::uint8_t {
-    same_model,  // only this request's exclusions blocked it and nothing else is left: retry it
-    next_model,  // moved to the next fallback; pick again
-    exhausted,   // nothing left to try
+    kSameModel,  // only this request's exclusions blocked it and nothing else is left: retry it
+    kNextModel,  // moved to the next fallback; pick again
+    kExhausted,  // nothing left to try
   };
   // The pick for model() found nothing. `only_exclusions` = every deployment was excluded.
   Move on_unavailable(bool only_exclusions);

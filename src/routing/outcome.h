@@ -8,19 +8,19 @@
 namespace bw::routing {
 
 enum class OutcomeKind : std::uint8_t {
-  success,        // 2xx (also a stream that completed)
-  connect_error,  // TCP/TLS connect failed or connection reset before a response
-  timeout,        // no (complete) response within the attempt deadline
-  http_5xx,       // upstream 5xx; `status` has the code
-  http_429,       // upstream rate limit; `retry_after_ns` may carry Retry-After
-  client_error,   // other 4xx: the request is at fault, the deployment is healthy
-  cancelled,      // abandoned before an outcome (client went away): no health signal at all
+  kSuccess,       // 2xx (also a stream that completed)
+  kConnectError,  // TCP/TLS connect failed or connection reset before a response
+  kTimeout,       // no (complete) response within the attempt deadline
+  kHttp5xx,       // upstream 5xx; `status` has the code
+  kHttp429,       // upstream rate limit; `retry_after_ns` may carry Retry-After
+  kClientError,   // other 4xx: the request is at fault, the deployment is healthy
+  kCancelled,     // abandoned before an outcome (client went away): no health signal at all
 };
 
 const char* to_string(OutcomeKind kind);
 
 struct Outcome {
-  OutcomeKind kind = OutcomeKind::success;
+  OutcomeKind kind = OutcomeKind::kSuccess;
   int status = 0;                 // HTTP status if one was received, else 0
   Nanos latency_ns = 0;           // send -> last byte (or -> failure)
   Nanos ttft_ns = 0;              // send -> first token for streams, 0 if unknown
@@ -31,8 +31,8 @@ struct Outcome {
 
 // True for outcomes that count against a deployment's health (breaker failures).
 constexpr bool is_failure(OutcomeKind k) {
-  return k == OutcomeKind::connect_error || k == OutcomeKind::timeout ||
-         k == OutcomeKind::http_5xx || k == OutcomeKind::http_429;
+  return k == OutcomeKind::kConnectError || k == OutcomeKind::kTimeout ||
+         k == OutcomeKind::kHttp5xx || k == OutcomeKind::kHttp429;
 }
 
 }  // namespace bw::routing

@@ -25,11 +25,11 @@ Nanos full_jitter_backoff(const RetryConfig& cfg, int retry, Rng& rng) {
 
 bool is_retryable(const RetryConfig& cfg, const Outcome& o) {
   switch (o.kind) {
-    case OutcomeKind::connect_error:
-    case OutcomeKind::timeout:
-    case OutcomeKind::http_429:
+    case OutcomeKind::kConnectError:
+    case OutcomeKind::kTimeout:
+    case OutcomeKind::kHttp429:
       return true;
-    case OutcomeKind::http_5xx:
+    case OutcomeKind::kHttp5xx:
       return std::find(cfg.retry_statuses.begin(), cfg.retry_statuses.end(), o.status) !=
              cfg.retry_statuses.end();
     default:
@@ -77,19 +77,19 @@ std::int64_t RetryBudget::retries(Nanos now) const {
 
 const char* to_string(RetryVerdict v) {
   switch (v) {
-    case RetryVerdict::retry:
+    case RetryVerdict::kRetry:
       return "retry";
-    case RetryVerdict::succeeded:
+    case RetryVerdict::kSucceeded:
       return "succeeded";
-    case RetryVerdict::not_retryable:
+    case RetryVerdict::kNotRetryable:
       return "not_retryable";
-    case RetryVerdict::response_started:
+    case RetryVerdict::kResponseStarted:
       return "response_started";
-    case RetryVerdict::attempts_exhausted:
+    case RetryVerdict::kAttemptsExhausted:
       return "attempts_exhausted";
-    case RetryVerdict::deadline:
+    case RetryVerdict::kDeadline:
       return "deadline";
-    case RetryVerdict::budget_exhausted:
+    case RetryVerdict::kBudgetExhausted:
       return "budget_exhausted";
   }
   return "unknown";
@@ -97,17 +97,17 @@ const char* to_string(RetryVerdict v) {
 
 RetryDecision decide_retry(const RetryConfig& cfg, const AttemptState& st, const Outcome& o,
                            Nanos now, RetryBudget* budget, Rng& rng) {
-  if (o.kind == OutcomeKind::success) return {RetryVerdict::succeeded, 0};
+  if (o.kind == OutcomeKind::kSuccess) return {RetryVerdict::kSucceeded, 0};
   // Nobody is waiting for a cancelled request's answer.
-  if (o.kind == OutcomeKind::cancelled) return {RetryVerdict::not_retryable, 0};
-  if (!is_retryable(cfg, o)) return {RetryVerdict::not_retryable, 0};
-  if (st.response_started) return {RetryVerdict::response_started, 0};
-  if (st.attempts >= cfg.max_attempts) return {RetryVerdict::attempts_exhausted, 0};
+  if (o.kind == OutcomeKind::kCancelled) return {RetryVerdict::kNotRetryable, 0};
+  if (!is_retryable(cfg, o)) return {RetryVerdict::kNotRetryable, 0};
+  if (st.response_started) return {RetryVerdict::kResponseStarted, 0};
+  if (st.attempts >= cfg.max_attempts) return {RetryVerdict::kAttemptsExhausted, 0};
   const Nanos delay = std::max(full_jitter_backoff(cfg, st.attempts, rng), o.retry_after_ns);
-  if (now + delay >= st.deadline_at) return {RetryVerdict::deadline, 0};
+  if (now + delay >= st.deadline_at) return {RetryVerdict::kDeadline, 0};
   // Withdraw last, so a retry that would be refused anyway does not spend budget.
-  if (budget != nullptr && !budget->try_withdraw(now)) return {RetryVerdict::budget_exhausted, 0};
-  return {RetryVerdict::retry, delay};
+  if (budget != nullptr && !budget->try_withdraw(now)) return {RetryVerdict::kBudgetExhausted, 0};
+  return {RetryVerdict::kRetry, delay};
 }
 
 }  // namespace bw::routing

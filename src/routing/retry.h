@@ -52,20 +52,20 @@ class RetryBudget {
 };
 
 enum class RetryVerdict : std::uint8_t {
-  retry,
-  succeeded,         // not a failure: nothing to retry
-  not_retryable,     // a failure the policy does not retry (e.g. 500, 4xx)
-  response_started,  // bytes already reached the client
-  attempts_exhausted,
-  deadline,  // the wait (backoff or Retry-After) would end past the deadline
-  budget_exhausted,
+  kRetry,
+  kSucceeded,        // not a failure: nothing to retry
+  kNotRetryable,     // a failure the policy does not retry (e.g. 500, 4xx)
+  kResponseStarted,  // bytes already reached the client
+  kAttemptsExhausted,
+  kDeadline,  // the wait (backoff or Retry-After) would end past the deadline
+  kBudgetExhausted,
 };
 const char* to_string(RetryVerdict v);
 
 struct RetryDecision {
-  RetryVerdict verdict = RetryVerdict::not_retryable;
+  RetryVerdict verdict = RetryVerdict::kNotRetryable;
   Nanos delay = 0;  // wait before the next attempt when verdict == retry
-  bool retry() const { return verdict == RetryVerdict::retry; }
+  bool retry() const { return verdict == RetryVerdict::kRetry; }
 };
 
 struct AttemptState {

@@ -46,17 +46,17 @@ struct RouterSnapshot {
 
 const char* to_string(PickFailure f) {
   switch (f) {
-    case PickFailure::none:
+    case PickFailure::kNone:
       return "none";
-    case PickFailure::unknown_group:
+    case PickFailure::kUnknownGroup:
       return "unknown_group";
-    case PickFailure::exhausted:
+    case PickFailure::kExhausted:
       return "exhausted";
-    case PickFailure::all_open:
+    case PickFailure::kAllOpen:
       return "all_open";
-    case PickFailure::all_cooling:
+    case PickFailure::kAllCooling:
       return "all_cooling";
-    case PickFailure::all_at_capacity:
+    case PickFailure::kAllAtCapacity:
       return "all_at_capacity";
   }
   return "unknown";
@@ -141,7 +141,7 @@ void Ticket::release() {
   finished_ = true;
   std::lock_guard lock(rt_->mu);
   if (started_) --rt_->in_flight;
-  if (admission_ == Admission::probe) rt_->breaker.release_probe();
+  if (admission_ == Admission::kProbe) rt_->breaker.release_probe();
 }
 
 const DeploymentConfig& Ticket::deployment() const {
@@ -215,13 +215,13 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
   PickResult res;
   const GroupState* g = snap->find(group);
   if (g == nullptr) {
-    res.failure = PickFailure::unknown_group;
+    res.failure = PickFailure::kUnknownGroup;
     return res;
   }
   const std::size_t n = g->cfg.deployments.size();
   Candidate cands[kMaxDeploymentsPerGroup];
   std::size_t count = 0;
-  PickFailure earliest_reason = PickFailure::exhausted;
+  PickFailure earliest_reason = PickFailure::kExhausted;
   Nanos earliest = 0;
   bool raced = false;
   auto note_blocked = [&](PickFailure reason, Nanos at) {
@@ -236,8 +236,8 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     DeploymentRuntime& rt = *g->rts[i];
     std::lock_guard lock(rt.mu);
     const Admission a = rt.breaker.check(now);
-    if (a == Admission::open || a == Admission::cooling) {
-      note_blocked(a == Admission::open ? PickFailure::all_open : PickFailure::all_cooling,
+    if (a == Admission::kOpen || a == Admission::kCooling) {
+      note_blocked(a == Admission::kOpen ? PickFailure::kAllOpen : PickFailure::kAllCooling,
                    rt.breaker.available_at(now));
       continue;
     }
@@ -245,7 +245,7 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     if (d.rpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageRequests, d.rpm));
     if (d.tpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageTokens, d.tpm));
     if (cap_free > now) {
-      note_blocked(PickFailure::all_at_capacity, cap_free);
+      note_blocked(PickFailure::kAllAtCapacity, cap_free);
       continue;
     }
     cands[count++] =
@@ -257,13 +257,13 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     std::span<const Candidate> view(cands, count);
     std::size_t chosen = 0;
     switch (g->cfg.balancer) {
-      case BalancerKind::p2c_peak_ewma:
+      case BalancerKind::kP2cPeakEwma:
         chosen = pick_p2c(view, rng);
         break;
-      case BalancerKind::least_outstanding:
+      case BalancerKind::kLeastOutstanding:
         chosen = pick_least_outstanding(view, rng);
         break;
-      case BalancerKind::weighted_round_robin: {
+      case BalancerKind::kWeightedRoundRobin: {
         std::lock_guard lock(g->wrr_mu);
         chosen = g->wrr.pick(view);
         break;
@@ -276,8 +276,8 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
       std::lock_guard lock(rt->mu);
       const bool has_capacity = (d.rpm == 0 || rt->usage.sum(now, kUsageRequests) < d.rpm) &&
                                 (d.tpm == 0 || rt->usage.sum(now, kUsageTokens) < d.tpm);
-      const Admission a = has_capacity ? rt->breaker.acquire(now) : Admission::open;
-      if (a == Admission::allowed || a == Admission::probe) {
+      const Admission a = has_capacity ? rt->breaker.acquire(now) : Admission::kOpen;
+      if (a == Admission::kAllowed || a == Admission::kProbe) {
         rt->usage.add(now, kUsageRequests, 1);
         Ticket t;
         t.snap_ = snap;
@@ -294,7 +294,7 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
   }
   if (raced && earliest == 0) {
     // Lost every race for a slot: it frees up as soon as the winners finish.
-    earliest_reason = PickFailure::all_open;
+    earliest_reason = PickFailure::kAllOpen;
     earliest = now;
   }
   res.failure = earliest_reason;
@@ -311,7 +311,7 @@ void Router::on_start(Ticket& t, Nanos /*now*/) {
 
 void Router::on_finish(Ticket& t, const Outcome& o, Nanos now, Rng& rng) {
   if (!t.rt_ || t.finished_) return;
-  if (o.kind == OutcomeKind::cancelled) {
+  if (o.kind == OutcomeKind::kCancelled) {
     t.release();
     return;
   }
@@ -351,7 +351,7 @@ std::vector<DeploymentStatus> Router::status(Nanos now) const {
       s.state = rt.breaker.state();
       s.consecutive_failures = rt.breaker.consecutive_failures();
       s.openings = rt.breaker.openings();
-      if (s.state == BreakerState::open) {
+      if (s.state == BreakerState::kOpen) {
         s.open_remaining_s = to_seconds(std::max<Nanos>(0, rt.breaker.open_until() - now));
       }
       s.cooldown_remaining_s = to_seconds(std::max<Nanos>(0, rt.breaker.cooldown_until() - now));
@@ -431,24 +431,24 @@ RequestPlan::Step RequestPlan::next(Nanos now, Rng& rng) {
     if (r.ticket) {
       ++st_.attempts;
       step.ticket = std::move(r.ticket);
-      step.failure = PickFailure::none;
+      step.failure = PickFailure::kNone;
       step.available_at = 0;
       return step;
     }
     // Report the blocking reason that clears soonest: a Retry-After should point at it.
     const bool blocked =
-        r.failure != PickFailure::exhausted && r.failure != PickFailure::unknown_group;
-    const bool step_blocked = step.failure != PickFailure::none &&
-                              step.failure != PickFailure::exhausted &&
-                              step.failure != PickFailure::unknown_group;
-    if (step.failure == PickFailure::none ||
+        r.failure != PickFailure::kExhausted && r.failure != PickFailure::kUnknownGroup;
+    const bool step_blocked = step.failure != PickFailure::kNone &&
+                              step.failure != PickFailure::kExhausted &&
+                              step.failure != PickFailure::kUnknownGroup;
+    if (step.failure == PickFailure::kNone ||
         (blocked &&
          (!step_blocked || (r.available_at != 0 && r.available_at < step.available_at)))) {
       step.failure = r.failure;
       step.available_at = r.available_at;
     }
-    if (planner_.on_unavailable(r.failure == PickFailure::exhausted) ==
-        AttemptPlanner::Move::exhausted) {
+    if (planner_.on_unavailable(r.failure == PickFailure::kExhausted) ==
+        AttemptPlanner::Move::kExhausted) {
       break;
     }
   }
@@ -460,12 +460,12 @@ RetryDecision RequestPlan::finish(Ticket& t, const Outcome& o, Nanos now, bool r
   const RetryConfig& cfg = snap_->cfg.retry;
   router_->on_finish(t, o, now, rng);
   st_.response_started = response_started;
-  if (o.kind == OutcomeKind::client_error && o.context_overflow && !response_started) {
+  if (o.kind == OutcomeKind::kClientError && o.context_overflow && !response_started) {
     // Re-routing a request that does not fit is not a retry of a failure: no backoff, no budget.
-    if (st_.attempts >= cfg.max_attempts) return {RetryVerdict::attempts_exhausted, 0};
-    if (now >= st_.deadline_at) return {RetryVerdict::deadline, 0};
-    if (planner_.on_context_overflow()) return {RetryVerdict::retry, 0};
-    return {RetryVerdict::not_retryable, 0};
+    if (st_.attempts >= cfg.max_attempts) return {RetryVerdict::kAttemptsExhausted, 0};
+    if (now >= st_.deadline_at) return {RetryVerdict::kDeadline, 0};
+    if (planner_.on_context_overflow()) return {RetryVerdict::kRetry, 0};
+    return {RetryVerdict::kNotRetryable, 0};
   }
   // A Retry-After speaks for the deployment that sent it, and that deployment is excluded for the
   // rest of this request (a 429 also cools it down for everyone). When the retry can go to another

@@ -52,7 +52,7 @@ struct DeploymentConfig {
 
 struct ModelGroupConfig {
   std::string name;  // public model name, e.g. "gpt-4.1"
-  BalancerKind balancer = BalancerKind::p2c_peak_ewma;
+  BalancerKind balancer = BalancerKind::kP2cPeakEwma;
   std::vector<DeploymentConfig> deployments;
   std::vector<std::string> fallbacks;  // ordered other group names
   std::string context_fallback;        // group with a larger context window; empty = none
@@ -69,12 +69,12 @@ struct RouterConfig {
 std::optional<std::string> validate_router_config(const RouterConfig& cfg);
 
 enum class PickFailure : std::uint8_t {
-  none,
-  unknown_group,
-  exhausted,        // every deployment was excluded (already failed in this request) or none
-  all_open,         // breakers open, or half-open with no free probe slot
-  all_cooling,      // 429 cooldowns
-  all_at_capacity,  // RPM/TPM of the current minute used up
+  kNone,
+  kUnknownGroup,
+  kExhausted,      // every deployment was excluded (already failed in this request) or none
+  kAllOpen,        // breakers open, or half-open with no free probe slot
+  kAllCooling,     // 429 cooldowns
+  kAllAtCapacity,  // RPM/TPM of the current minute used up
 };
 const char* to_string(PickFailure f);
 
@@ -94,7 +94,7 @@ class Ticket {
   const DeploymentConfig& deployment() const;
   const std::string& group() const;
   std::uint32_t index() const { return index_; }
-  bool probe() const { return admission_ == Admission::probe; }
+  bool probe() const { return admission_ == Admission::kProbe; }
 
  private:
   friend class Router;
@@ -105,14 +105,14 @@ class Ticket {
   const GroupState* group_ = nullptr;
   std::shared_ptr<DeploymentRuntime> rt_;
   std::uint32_t index_ = 0;
-  Admission admission_ = Admission::allowed;
+  Admission admission_ = Admission::kAllowed;
   bool started_ = false;
   bool finished_ = false;
 };
 
 struct PickResult {
   std::optional<Ticket> ticket;
-  PickFailure failure = PickFailure::none;
+  PickFailure failure = PickFailure::kNone;
   Nanos available_at = 0;  // when failing: earliest time a deployment frees up (0 = unknown)
 };
 
@@ -122,7 +122,7 @@ struct DeploymentStatus {
   std::string id;
   std::string provider;
   std::string model;
-  BreakerState state = BreakerState::closed;
+  BreakerState state = BreakerState::kClosed;
   int consecutive_failures = 0;
   int openings = 0;
   double open_remaining_s = 0;      // > 0 while open
@@ -171,7 +171,7 @@ class RequestPlan {
  public:
   struct Step {
     std::optional<Ticket> ticket;
-    PickFailure failure = PickFailure::none;
+    PickFailure failure = PickFailure::kNone;
     Nanos available_at = 0;  // earliest availability over the models tried (0 = unknown)
   };
 

@@ -7,13 +7,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <thread>
 
 #include "common/json_util.h"
 #include "common/result.h"
-#include "telemetry/http_fetch.h"
+#include "http/fetch.h"
 
 namespace bw::telemetry {
 namespace {
@@ -34,26 +35,53 @@ std::string snippet(std::string_view body) {
   return std::string(body.substr(0, 200));
 }
 
-// recommended_replicas from a gateway's /v1/metrics/queue body.
-Result<int> parse_gateway(const std::string& body) {
+// One scale target's recommendation as a source reports it.
+struct TargetRec {
+  std::string name;  // "gateway" or a deployment id
+  std::string ns;    // Kubernetes namespace ("" = the controller's)
+  std::string deployment;
+  int replicas = 0;
+};
+
+int ceil_replicas(double d) {
+  return static_cast<int>(std::clamp(std::ceil(d), 0.0, 1e6));
+}
+
+// A gateway's /v1/metrics/queue body: the gateway's recommended_replicas, and each scalable
+// deployment of scaling.deployments with its Kubernetes target.
+Result<std::vector<TargetRec>> parse_gateway(const std::string& body) {
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(body).get(doc) != simdjson::SUCCESS) {
     return make_error(502, "api_error", "bad_json", "gateway answered invalid JSON");
   }
-  int64_t n = 0;
-  if (doc["recommended_replicas"].get_int64().get(n) != simdjson::SUCCESS) {
-    double d = 0;
-    if (doc["recommended_replicas"].get_double().get(d) != simdjson::SUCCESS) {
-      return make_error(502, "api_error", "bad_json", "no recommended_replicas in gateway answer");
-    }
-    n = static_cast<int64_t>(std::ceil(d));
+  std::vector<TargetRec> out;
+  double d = 0;
+  if (doc["recommended_replicas"].get_double().get(d) != simdjson::SUCCESS) {
+    return make_error(502, "api_error", "bad_json", "no recommended_replicas in gateway answer");
   }
-  return static_cast<int>(std::clamp<int64_t>(n, 0, 1'000'000));
+  out.push_back({"gateway", "", "", ceil_replicas(d)});
+  simdjson::dom::array deps;
+  if (doc["scaling"]["deployments"].get_array().get(deps) == simdjson::SUCCESS) {
+    for (auto e : deps) {
+      bool scalable = false;
+      std::string_view name, ns, dep;
+      if (e["scalable"].get_bool().get(scalable) != simdjson::SUCCESS || !scalable) continue;
+      if (e["target"].get_string().get(name) != simdjson::SUCCESS) continue;
+      if (e["k8s"]["deployment"].get_string().get(dep) != simdjson::SUCCESS || dep.empty()) {
+        continue;
+      }
+      if (e["k8s"]["namespace"].get_string().get(ns) != simdjson::SUCCESS) ns = {};
+      if (e["recommended_replicas"].get_double().get(d) != simdjson::SUCCESS) continue;
+      out.push_back({std::string(name), std::string(ns), std::string(dep), ceil_replicas(d)});
+    }
+  }
+  return out;
 }
 
-// First sample of a Prometheus instant-query vector: data.result[0].value[1] (a string).
-Result<int> parse_prometheus(const std::string& body) {
+// A Prometheus instant-query vector: one target per series (labels target, k8s_namespace,
+// k8s_deployment; a series without `target` is the gateway's).
+Result<std::vector<TargetRec>> parse_prometheus(const std::string& body) {
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(body).get(doc) != simdjson::SUCCESS) {
@@ -67,33 +95,54 @@ Result<int> parse_prometheus(const std::string& body) {
   if (doc["data"]["result"].get_array().get(result) != simdjson::SUCCESS || result.size() == 0) {
     return make_error(502, "api_error", "empty_result", "prometheus query returned no series");
   }
-  std::string_view value;
-  if (result.at(0)["value"].at(1).get_string().get(value) != simdjson::SUCCESS) {
-    return make_error(502, "api_error", "bad_json", "unexpected prometheus result shape");
+  std::vector<TargetRec> out;
+  for (auto series : result) {
+    std::string_view value;
+    if (series["value"].at(1).get_string().get(value) != simdjson::SUCCESS) {
+      return make_error(502, "api_error", "bad_json", "unexpected prometheus result shape");
+    }
+    char* end = nullptr;
+    const std::string v(value);
+    const double d = std::strtod(v.c_str(), &end);
+    if (end == v.c_str() || !std::isfinite(d)) {
+      return make_error(502, "api_error", "bad_value", "prometheus value is not a number: " + v);
+    }
+    std::string_view name = "gateway", ns, dep;
+    if (series["metric"]["target"].get_string().get(name) != simdjson::SUCCESS || name.empty()) {
+      name = "gateway";
+    }
+    if (series["metric"]["k8s_namespace"].get_string().get(ns) != simdjson::SUCCESS) ns = {};
+    if (series["metric"]["k8s_deployment"].get_string().get(dep) != simdjson::SUCCESS) dep = {};
+    if (name != "gateway" && dep.empty()) continue;
+    out.push_back({std::string(name), std::string(ns), std::string(dep), ceil_replicas(d)});
   }
-  char* end = nullptr;
-  const std::string v(value);
-  const double d = std::strtod(v.c_str(), &end);
-  if (end == v.c_str() || !std::isfinite(d)) {
-    return make_error(502, "api_error", "bad_value", "prometheus value is not a number: " + v);
-  }
-  return static_cast<int>(std::clamp(std::ceil(d), 0.0, 1e6));
+  return out;
 }
 
-Result<int> parse_scale(const std::string& body) {
+struct Scale {
+  int spec = 0;
+  int status = -1;  // status.replicas (pods running), -1 when absent
+};
+
+Result<Scale> parse_scale(const std::string& body) {
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(body).get(doc) != simdjson::SUCCESS) {
     return make_error(502, "api_error", "bad_json", "scale subresource is not JSON");
   }
   int64_t n = 0;
+  Scale s;
   // A Deployment scaled to zero may omit spec.replicas.
   if (doc["spec"]["replicas"].get_int64().get(n) != simdjson::SUCCESS) n = 0;
-  return static_cast<int>(n);
+  s.spec = static_cast<int>(n);
+  if (doc["status"]["replicas"].get_int64().get(n) == simdjson::SUCCESS) {
+    s.status = static_cast<int>(n);
+  }
+  return s;
 }
 
 std::string gateway_queue_url(const std::string& base) {
-  auto u = parse_url(base);
+  auto u = http::parse_url(base);
   if (u && u->target == "/") {
     std::string s = base;
     while (!s.empty() && s.back() == '/') s.pop_back();
@@ -110,8 +159,12 @@ std::string join_base(std::string base, std::string_view path) {
 struct Setup {
   std::string api;
   std::string ns;
-  std::string scale_url;
 };
+
+std::string scale_url(const Setup& s, const std::string& ns, const std::string& deployment) {
+  return join_base(s.api, "/apis/apps/v1/namespaces/" + http::url_encode(ns) + "/deployments/" +
+                              http::url_encode(deployment) + "/scale");
+}
 
 Result<Setup> prepare(const AutoscaleOptions& o) {
   if (o.gateway_urls.empty() && o.prometheus_url.empty()) {
@@ -119,10 +172,10 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
                       "give at least one gateway URL or a Prometheus URL");
   }
   for (const auto& g : o.gateway_urls) {
-    if (auto u = parse_url(g); !u) return u.error();
+    if (auto u = http::parse_url(g); !u) return u.error();
   }
   if (!o.prometheus_url.empty()) {
-    if (auto u = parse_url(o.prometheus_url); !u) return u.error();
+    if (auto u = http::parse_url(o.prometheus_url); !u) return u.error();
   }
   Setup s;
   s.api = o.api_server;
@@ -137,7 +190,7 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
     s.api = "https://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
             (port && *port ? port : "443");
   }
-  if (auto u = parse_url(s.api); !u) return u.error();
+  if (auto u = http::parse_url(s.api); !u) return u.error();
   s.ns = o.namespace_name;
   if (s.ns.empty()) {
     auto ns = read_trimmed(o.namespace_file);
@@ -147,69 +200,112 @@ Result<Setup> prepare(const AutoscaleOptions& o) {
     }
     s.ns = *ns;
   }
-  if (o.deployment.empty()) {
-    return make_error(400, "invalid_request_error", "no_deployment", "deployment name is empty");
+  if (o.deployment.empty() && !o.scale_upstreams) {
+    return make_error(400, "invalid_request_error", "no_deployment",
+                      "nothing to scale: no gateway deployment and upstreams off");
   }
-  s.scale_url = join_base(s.api, "/apis/apps/v1/namespaces/" + url_encode(s.ns) + "/deployments/" +
-                                     url_encode(o.deployment) + "/scale");
   return s;
 }
 
-// One iteration; writes the decision into `w` and returns whether it succeeded.
-bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
-  const auto timeout = o.timeout;
+// What each source said, per target, for the decision lines.
+struct SourceReport {
+  std::string url;
+  std::optional<std::vector<TargetRec>> targets;
+  std::string error;
+};
+
+std::vector<SourceReport> ask_sources(const AutoscaleOptions& o,
+                                      const std::map<std::string, int>& observed) {
+  std::vector<SourceReport> out;
+  std::string observed_header;
+  for (const auto& [name, n] : observed) {
+    if (!observed_header.empty()) observed_header += ",";
+    observed_header += name + "=" + std::to_string(n);
+  }
+  std::string key;
+  if (!o.gateway_key_file.empty()) key = read_trimmed(o.gateway_key_file).value_or("");
+  bool any = false;
+  for (const auto& g : o.gateway_urls) {
+    SourceReport r;
+    r.url = gateway_queue_url(g);
+    http::FetchRequest req;
+    req.url = r.url;
+    req.timeout = o.timeout;
+    req.headers = {{"Accept", "application/json"}};
+    if (!key.empty()) req.headers.emplace_back("Authorization", "Bearer " + key);
+    // The replica counts read from the scale subresource: the gateway turns its upstreams'
+    // throughput into capacity per replica with them.
+    if (!observed_header.empty())
+      req.headers.emplace_back("X-Bellwether-Replicas", observed_header);
+    auto resp = http::fetch(req);
+    if (!resp) {
+      r.error = resp.error().message;
+    } else if (resp->status != 200) {
+      r.error = "HTTP " + std::to_string(resp->status);
+    } else if (auto t = parse_gateway(resp->body); !t) {
+      r.error = t.error().message;
+    } else {
+      r.targets = std::move(*t);
+      any = true;
+    }
+    out.push_back(std::move(r));
+  }
+  if (!any && !o.prometheus_url.empty()) {
+    SourceReport r;
+    r.url =
+        join_base(o.prometheus_url, "/api/v1/query?query=") + http::url_encode(o.prometheus_query);
+    http::FetchRequest req;
+    req.url = r.url;
+    req.timeout = o.timeout;
+    auto resp = http::fetch(req);
+    if (!resp) {
+      r.error = resp.error().message;
+    } else if (resp->status != 200) {
+      r.error = "HTTP " + std::to_string(resp->status);
+    } else if (auto t = parse_prometheus(resp->body); !t) {
+      r.error = t.error().message;
+    } else {
+      r.targets = std::move(*t);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// Scales one target; writes the decision into `w` and returns whether it succeeded. `running`
+// receives the replicas the scale subresource reports.
+bool scale_one(const AutoscaleOptions& o, const Setup& s, const TargetRec& t,
+               const std::vector<SourceReport>& sources, JsonWriter& w, int& running) {
   std::optional<int> recommended;
   w.key("sources").begin_array();
-  const auto record = [&](const std::string& url, const Result<int>& r) {
-    w.begin_object().key("url").value(url);
-    if (r) {
-      w.key("replicas").value(*r);
-      recommended = std::max(recommended.value_or(0), *r);
+  for (const auto& src : sources) {
+    w.begin_object().key("url").value(src.url);
+    if (!src.targets) {
+      w.key("error").value(src.error);
     } else {
-      w.key("error").value(r.error().message);
+      std::optional<int> n;
+      for (const auto& x : *src.targets) {
+        if (x.name == t.name) n = std::max(n.value_or(0), x.replicas);
+      }
+      if (n) {
+        w.key("replicas").value(*n);
+        recommended = std::max(recommended.value_or(0), *n);
+      } else {
+        w.key("error").value("no recommendation for this target");
+      }
     }
     w.end_object();
-  };
-  for (const auto& g : o.gateway_urls) {
-    const std::string url = gateway_queue_url(g);
-    HttpRequest req;
-    req.url = url;
-    req.timeout = timeout;
-    req.headers = {{"Accept", "application/json"}};
-    auto resp = http_fetch(req);
-    if (!resp) {
-      record(url, resp.error());
-    } else if (resp->status != 200) {
-      record(url,
-             make_error(502, "api_error", "bad_status", "HTTP " + std::to_string(resp->status)));
-    } else {
-      record(url, parse_gateway(resp->body));
-    }
-  }
-  if (!recommended && !o.prometheus_url.empty()) {
-    const std::string url =
-        join_base(o.prometheus_url, "/api/v1/query?query=") + url_encode(o.prometheus_query);
-    HttpRequest req;
-    req.url = url;
-    req.timeout = timeout;
-    auto resp = http_fetch(req);
-    if (!resp) {
-      record(url, resp.error());
-    } else if (resp->status != 200) {
-      record(url,
-             make_error(502, "api_error", "bad_status", "HTTP " + std::to_string(resp->status)));
-    } else {
-      record(url, parse_prometheus(resp->body));
-    }
   }
   w.end_array();
-
   if (!recommended) {
     w.key("action").value("error").key("error").value("no source answered");
     return false;
   }
+  const bool gateway = t.name == "gateway";
+  // Upstream targets come clamped to their configured bounds by the gateway.
   const int desired =
-      std::clamp(*recommended, o.min_replicas, std::max(o.min_replicas, o.max_replicas));
+      gateway ? std::clamp(*recommended, o.min_replicas, std::max(o.min_replicas, o.max_replicas))
+              : std::clamp(*recommended, 1, std::max(1, o.max_upstream_replicas));
   w.key("recommended").value(*recommended).key("desired").value(desired);
 
   const auto token = read_trimmed(o.token_file);
@@ -222,13 +318,14 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
     return false;
   }
   const std::string auth = "Bearer " + *token;
+  const std::string url = scale_url(s, t.ns.empty() ? s.ns : t.ns, t.deployment);
 
-  HttpRequest get;
-  get.url = s.scale_url;
+  http::FetchRequest get;
+  get.url = url;
   get.ca_file = o.ca_file;
-  get.timeout = timeout;
+  get.timeout = o.timeout;
   get.headers = {{"Authorization", auth}, {"Accept", "application/json"}};
-  auto cur = http_fetch(get);
+  auto cur = http::fetch(get);
   if (!cur || cur->status != 200) {
     w.key("action").value("error").key("error").value(
         !cur ? cur.error().message
@@ -240,8 +337,10 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
     w.key("action").value("error").key("error").value(current.error().message);
     return false;
   }
-  w.key("current").value(*current);
-  if (*current == desired) {
+  running = current->status >= 0 ? current->status : current->spec;
+  w.key("current").value(current->spec);
+  if (current->status >= 0) w.key("running").value(current->status);
+  if (current->spec == desired) {
     w.key("action").value("none");
     return true;
   }
@@ -249,16 +348,16 @@ bool iterate(const AutoscaleOptions& o, const Setup& s, JsonWriter& w) {
     w.key("action").value("dry_run");
     return true;
   }
-  HttpRequest patch;
+  http::FetchRequest patch;
   patch.method = "PATCH";
-  patch.url = s.scale_url;
+  patch.url = url;
   patch.ca_file = o.ca_file;
-  patch.timeout = timeout;
+  patch.timeout = o.timeout;
   patch.headers = {{"Authorization", auth},
                    {"Content-Type", "application/merge-patch+json"},
                    {"Accept", "application/json"}};
   patch.body = R"({"spec":{"replicas":)" + std::to_string(desired) + "}}";
-  auto resp = http_fetch(patch);
+  auto resp = http::fetch(patch);
   if (!resp || resp->status < 200 || resp->status >= 300) {
     w.key("action").value("error").key("error").value(
         !resp ? resp.error().message
@@ -288,21 +387,45 @@ int run_autoscale(const AutoscaleOptions& o) {
     return 2;
   }
   bool ok = true;
+  std::map<std::string, int> observed;  // replicas running per target, told to the gateways
   for (int i = 0; o.iterations <= 0 || i < o.iterations; ++i) {
     if (i > 0 && o.interval > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(o.interval));
-    JsonWriter w;
-    w.begin_object()
-        .key("ts_ms")
-        .value(SteadyClock::instance().unix_millis())
-        .key("event")
-        .value("autoscale_decision")
-        .key("deployment")
-        .value(setup->ns + "/" + o.deployment)
-        .key("dry_run")
-        .value(o.dry_run);
-    ok = iterate(o, *setup, w);
-    w.end_object();
-    log << w.str() << std::endl;  // one line per decision, flushed for log shippers
+    const auto sources = ask_sources(o, observed);
+    // The targets: the gateway's own Deployment, then every scalable deployment any source named.
+    std::vector<TargetRec> targets;
+    if (!o.deployment.empty()) targets.push_back({"gateway", setup->ns, o.deployment, 0});
+    if (o.scale_upstreams) {
+      for (const auto& src : sources) {
+        if (!src.targets) continue;
+        for (const auto& t : *src.targets) {
+          if (t.name == "gateway") continue;
+          const bool seen = std::any_of(targets.begin(), targets.end(),
+                                        [&](const TargetRec& x) { return x.name == t.name; });
+          if (!seen) targets.push_back(t);
+        }
+      }
+    }
+    ok = true;
+    for (const auto& t : targets) {
+      const std::string ns = t.ns.empty() ? setup->ns : t.ns;
+      JsonWriter w;
+      w.begin_object()
+          .key("ts_ms")
+          .value(SteadyClock::instance().unix_millis())
+          .key("event")
+          .value("autoscale_decision")
+          .key("target")
+          .value(t.name)
+          .key("deployment")
+          .value(ns + "/" + t.deployment)
+          .key("dry_run")
+          .value(o.dry_run);
+      int running = -1;
+      ok = scale_one(o, *setup, t, sources, w, running) && ok;
+      if (running >= 0) observed[t.name] = running;
+      w.end_object();
+      log << w.str() << std::endl;  // one line per decision, flushed for log shippers
+    }
   }
   return ok ? 0 : 1;
 }

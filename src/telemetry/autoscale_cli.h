@@ -26,7 +26,17 @@ inline void add_autoscale_flags(CLI::App& cmd, AutoscaleOptions& o, AutoscaleFla
   cmd.add_option("--ca-file", o.ca_file, "CA bundle of the API server")->capture_default_str();
   cmd.add_option("--namespace-file", o.namespace_file, "namespace file")->capture_default_str();
   cmd.add_option("--namespace", o.namespace_name, "namespace (default: from --namespace-file)");
-  cmd.add_option("--deployment", o.deployment, "Deployment to scale")->capture_default_str();
+  cmd.add_option("--deployment", o.deployment,
+                 "the gateway's Deployment (empty: scale only the upstream targets)")
+      ->capture_default_str();
+  cmd.add_option("--gateway-key-file", o.gateway_key_file,
+                 "file with an API key for the gateways' /v1/metrics/queue");
+  cmd.add_flag("!--no-upstreams", o.scale_upstreams,
+               "scale only the gateway, not the self-hosted deployments marked scalable");
+  cmd.add_option("--max-upstream-replicas", o.max_upstream_replicas,
+                 "cap for any upstream Deployment")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd.add_option("--min-replicas", o.min_replicas)
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

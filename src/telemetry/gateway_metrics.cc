@@ -37,6 +37,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
       ttft(r.histogram("bellwether_ttft_seconds",
                        "Time to first token of streamed completions, in seconds.", ttft_buckets(),
                        {"model"}, o.max_children_per_family)),
+      priority_duration(
+          r.histogram("bellwether_request_priority_duration_seconds",
+                      "Time from request received to last byte sent, by priority, in seconds.",
+                      latency_buckets(), {"priority"}, o.max_children_per_family)),
+      priority_ttft(r.histogram("bellwether_ttft_priority_seconds",
+                                "Time to first token of streamed completions, by priority.",
+                                ttft_buckets(), {"priority"}, o.max_children_per_family)),
       upstream_latency(r.histogram("bellwether_upstream_latency_seconds",
                                    "Latency of one upstream attempt, in seconds.",
                                    latency_buckets(), {"deployment"}, o.max_children_per_family)),
@@ -66,6 +73,12 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                             o.max_children_per_family)),
       retries(r.counter("bellwether_retries_total", "Upstream retries, by model.", {"model"}, 1.0,
                         o.max_children_per_family)),
+      downgrades(r.counter("bellwether_budget_downgrades_total",
+                           "Requests moved to a cheaper model as a budget neared its cap.",
+                           {"from", "to"}, 1.0, o.max_children_per_family)),
+      budget_refusals(r.counter("bellwether_budget_refusals_total",
+                                "Requests refused because a budget would be exceeded, by budget.",
+                                {"budget"}, 1.0, o.max_children_per_family)),
       fallbacks(r.counter("bellwether_fallbacks_total", "Fallbacks from one model to another.",
                           {"from", "to"}, 1.0, o.max_children_per_family)),
       dlq_entries(r.counter("bellwether_dlq_entries_total",
@@ -86,8 +99,42 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                                                          "Spend divided by cap, by budget (0..1).",
                                                          {"budget"}, o.max_children_per_family)
                                               : nullptr),
-      replicas_recommended(r.gauge("bellwether_replicas_recommended",
-                                   "Replica count recommended by the predictive scaler.")) {
+      replicas_recommended(
+          r.gauge("bellwether_replicas_recommended",
+                  "Replicas recommended for a scale target: the gateway, or a scalable deployment "
+                  "(with its Kubernetes namespace and Deployment).",
+                  {"target", "k8s_namespace", "k8s_deployment"}, o.max_children_per_family)),
+      scaling_binding(r.gauge("bellwether_scaling_binding",
+                              "1 when this constraint binds the target now or at the forecast.",
+                              {"target", "constraint", "horizon"}, o.max_children_per_family)),
+      scaling_forecast(r.gauge("bellwether_scaling_forecast",
+                               "Forecast demand of a scale target one horizon ahead, per second.",
+                               {"target", "unit"}, o.max_children_per_family)),
+      scaling_demand(r.gauge("bellwether_scaling_demand",
+                             "Measured demand of a scale target, per second.", {"target", "unit"},
+                             o.max_children_per_family)),
+      capacity_per_replica(r.gauge("bellwether_capacity_per_replica",
+                                   "Capacity of one replica of a scalable deployment, per second "
+                                   "(prior, then learned while it is saturated).",
+                                   {"target", "unit"}, o.max_children_per_family)),
+      deployment_backlog(r.gauge("bellwether_deployment_backlog",
+                                 "Requests waiting for a deployment.", {"deployment"},
+                                 o.max_children_per_family)),
+      provider_quota_missing(
+          r.gauge("bellwether_provider_quota_missing",
+                  "Requests (kind=rpm) or tokens (kind=tpm) per minute that the forecast asks of a "
+                  "deployment beyond its provider tier; 0 when the quota does not bind.",
+                  {"deployment", "kind"}, o.max_children_per_family)),
+      deployment_tokens(r.counter("bellwether_deployment_tokens_total",
+                                  "Tokens (prompt + completion) served, by deployment and model.",
+                                  {"deployment", "model"}, 1.0, o.max_children_per_family)),
+      gateway_cpu_per_request(r.gauge("bellwether_gateway_cpu_seconds_per_request",
+                                      "Measured CPU time of this gateway per request.")),
+      gateway_cpu_utilization(
+          r.gauge("bellwether_gateway_cpu_utilization",
+                  "CPU used by this gateway, as a share of scaler.gateway.cpu_cores_per_replica.")),
+      gateway_connections(
+          r.gauge("bellwether_gateway_connections", "Open client connections of this gateway.")) {
   r.set_build_info(o.version, o.commit);
   // Unlabelled families get their single child now, so they are exported as 0 from the start
   // (rate() and absent() alerts need the series to exist before the first event).
@@ -96,7 +143,10 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
   dlq_dropped.get();
   cache_hits.get();
   cache_misses.get();
-  replicas_recommended.get();
+  replicas_recommended.with({"gateway", "", ""});
+  gateway_cpu_per_request.get();
+  gateway_cpu_utilization.get();
+  gateway_connections.get();
 }
 
 }  // namespace bw::telemetry

@@ -72,7 +72,7 @@ int PredictiveScaler::clamp(double replicas) const {
   return static_cast<int>(std::ceil(replicas - 1e-9));
 }
 
-void PredictiveScaler::add_sample(const Sample& s, int replicas) {
+void PredictiveScaler::add_sample(const Sample& s, int replicas, std::optional<bool> saturated) {
   history_.push_back(s);
   while (history_.size() > config_.history_size) history_.pop_front();
 
@@ -88,11 +88,14 @@ void PredictiveScaler::add_sample(const Sample& s, int replicas) {
 
   // Completions per replica only measure capacity while replicas are busy; an idle replica's
   // throughput is just its arrival rate.
+  // When the caller knows what binds, only its word counts: a queue held by something else (a
+  // provider's quota, a key's limit) says nothing about this target's capacity.
   const double local_queue = s.queue_depth / replicas;
-  if (config_.learn_capacity && local_queue >= config_.saturation_queue_depth &&
-      s.completion_rps > 0) {
+  const bool busy = saturated ? *saturated : local_queue >= config_.saturation_queue_depth;
+  if (config_.learn_capacity && busy && s.completion_rps > 0) {
     const double per_replica = s.completion_rps / replicas;
     capacity_rps_ += config_.capacity_ewma_alpha * (per_replica - capacity_rps_);
+    capacity_learned_ = true;
   }
 }
 
@@ -123,7 +126,7 @@ double PredictiveScaler::holt_rps() const {
 Recommendation PredictiveScaler::observe(Nanos now, const Observation& obs) {
   std::lock_guard lock(mu_);
   const int replicas = std::max(obs.current_replicas, 1);
-  const double mult = config_.per_replica_observations ? replicas : 1;
+  const double mult = obs.scale > 0 ? obs.scale : config_.per_replica_observations ? replicas : 1;
   if (!prev_obs_) {
     prev_obs_ = obs;
     prev_at_ = now;
@@ -136,15 +139,16 @@ Recommendation PredictiveScaler::observe(Nanos now, const Observation& obs) {
     Sample s{now, rate(obs.arrivals_total, prev_obs_->arrivals_total) * mult,
              rate(obs.completions_total, prev_obs_->completions_total) * mult,
              obs.queue_depth * mult};
-    add_sample(s, replicas);
+    add_sample(s, replicas, obs.saturated);
     prev_obs_ = obs;
     prev_at_ = now;
   }
-  decide(now, obs.queue_depth * mult, replicas);
+  decide(now, obs.queue_depth * mult,
+         (obs.queue_requests >= 0 ? obs.queue_requests : obs.queue_depth) * mult, replicas);
   return last_;
 }
 
-void PredictiveScaler::decide(Nanos now, double queue_depth, int replicas) {
+void PredictiveScaler::decide(Nanos now, double queue_depth, double queue_requests, int replicas) {
   if (recommended_ == 0) recommended_ = clamp(replicas);
   Recommendation r;
   r.method = config_.method;
@@ -181,12 +185,12 @@ void PredictiveScaler::decide(Nanos now, double queue_depth, int replicas) {
     }
     case ScaleMethod::kReactive: {
       load_rps = arrival;
-      if (queue_depth > config_.reactive_queue_threshold) {
+      if (queue_requests > config_.reactive_queue_threshold) {
         up_wanted = clamp(std::max<double>(recommended_ + 1,
                                            std::ceil(recommended_ * config_.reactive_step_factor)));
       }
-      desired = queue_depth < config_.saturation_queue_depth ? clamp(arrival / per_replica)
-                                                             : recommended_;
+      desired = queue_requests < config_.saturation_queue_depth ? clamp(arrival / per_replica)
+                                                                : recommended_;
       break;
     }
   }
@@ -225,6 +229,16 @@ void PredictiveScaler::decide(Nanos now, double queue_depth, int replicas) {
   }
   r.recommended_replicas = recommended_;
   last_ = r;
+}
+
+void PredictiveScaler::set_capacity_rps(double capacity) {
+  std::lock_guard lock(mu_);
+  if (capacity > 0 && std::isfinite(capacity)) capacity_rps_ = capacity;
+}
+
+bool PredictiveScaler::capacity_learned() const {
+  std::lock_guard lock(mu_);
+  return capacity_learned_;
 }
 
 Recommendation PredictiveScaler::last() const {

@@ -68,6 +68,16 @@ struct Observation {
   std::uint64_t completions_total = 0;  // requests finished
   double queue_depth = 0;               // requests waiting now
   int current_replicas = 1;             // replicas running now (>= 1)
+  // Multiplies rates and queue depth to reach the cluster total; 0 = use current_replicas when
+  // per_replica_observations is set. Set it when the observer is not the scaled target, e.g. a
+  // gateway replica that sees 1/N of the traffic sent to a model server.
+  double scale = 0;
+  // Whether the target is saturated by its own capacity during this observation, when the
+  // caller knows (capacity is then learned only if true); nullopt = infer it from the queue.
+  std::optional<bool> saturated;
+  // Requests waiting, when queue_depth is in another unit (tokens): the reactive rule's
+  // threshold counts requests. < 0 = queue_depth is in requests.
+  double queue_requests = -1;
 };
 
 struct Recommendation {
@@ -96,6 +106,11 @@ class PredictiveScaler {
   Recommendation last() const;
   std::size_t samples() const;
   const ScalerConfig& config() const { return config_; }
+  // Replaces the capacity per replica (requests/s, or the target's unit) when the caller measures
+  // it itself (the gateway's CPU cost per request).
+  void set_capacity_rps(double capacity);
+  // Whether the capacity has been learned from a saturated observation (not the prior).
+  bool capacity_learned() const;
 
  private:
   struct Sample {
@@ -104,12 +119,12 @@ class PredictiveScaler {
     double completion_rps;
     double queue_depth;
   };
-  void add_sample(const Sample& s, int replicas);
+  void add_sample(const Sample& s, int replicas, std::optional<bool> saturated);
   double wma_rps() const;
   double holt_rps() const;
   double level_rps() const;
   int clamp(double replicas) const;
-  void decide(Nanos now, double queue_depth, int replicas);
+  void decide(Nanos now, double queue_depth, double queue_requests, int replicas);
 
   const ScalerConfig config_;
   mutable std::mutex mu_;
@@ -121,6 +136,7 @@ class PredictiveScaler {
   double level_ = 0;
   double trend_ = 0;
   double capacity_rps_;
+  bool capacity_learned_ = false;
   int recommended_ = 0;  // 0 = not yet initialised
   Nanos last_up_ = 0;
   Nanos last_change_ = 0;

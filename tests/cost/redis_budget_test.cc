@@ -1,3 +1,4 @@
+// test-label: redis
 // RedisBudgetStore against a real redis-server started by the test (loopback, free port, temp dir)
 // and a real SQLite ledger as the durable record to rebuild from.
 #include "cost/redis_budget.h"
@@ -27,8 +28,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include "cost/sqlite_ledger.h"
-#include "test_util.h"
+#include "store/sqlite_ledger.h"
+#include "support/temp_dir.h"
 
 namespace bw::cost {
 namespace {
@@ -104,10 +105,10 @@ class RedisBudgetTest : public ::testing::Test {
   void SetUp() override {
     budgets.upsert_budget({"global/daily", 1'000, BudgetPeriod::kDaily});
     budgets.upsert_budget({"key:a/monthly", 500, BudgetPeriod::kMonthly});
-    SqliteLedgerOptions lo;
+    store::SqliteLedgerOptions lo;
     lo.path = dir.file("ledger.db");
     lo.synchronous_full = false;
-    auto l = SqliteLedger::open(lo);
+    auto l = store::SqliteLedger::open(lo);
     ASSERT_TRUE(l.ok()) << l.error().message;
     ledger = std::move(*l);
   }
@@ -140,7 +141,7 @@ class RedisBudgetTest : public ::testing::Test {
   RedisServer redis;
   testing::TempDir dir;
   BudgetManager budgets;
-  std::unique_ptr<SqliteLedger> ledger;
+  std::unique_ptr<store::SqliteLedger> ledger;
   asio::thread_pool pool{1};
   asio::io_context ioc;
   const std::vector<std::string> both{"global/daily", "key:a/monthly"};

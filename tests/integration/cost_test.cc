@@ -18,10 +18,12 @@
 #include <thread>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
 
+using bw::testing::eventually;
 using Clock = std::chrono::steady_clock;
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
@@ -85,17 +87,6 @@ std::string sqlite(const std::string& db, const std::string& sql) {
   auto out = run("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1");
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   return out;
-}
-
-// Polls `pred` every 20 ms until it holds or `timeout` passes.
-template <class F>
-bool eventually(F pred, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
 }
 
 // The /admin/spend row of one group (empty when the group has no row yet).

@@ -17,10 +17,12 @@
 #include <thread>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
 
+using bw::testing::eventually;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -37,16 +39,6 @@ std::string sh(const std::string& cmd) {
   ::pclose(p);
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   return out;
-}
-
-template <class F>
-bool eventually(F pred, milliseconds timeout = milliseconds(5000)) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(20));
-  }
 }
 
 // --- PostgreSQL: one cluster for the file, stopped by a gtest Environment ------------------------

@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
@@ -407,14 +408,17 @@ TEST(Observability, MetricsAreValidAndExactAfterMixedTraffic) {
   EXPECT_EQ(value_of(e, "bellwether_in_flight", {}), 0);
   EXPECT_EQ(value_of(e, "bellwether_breaker_state", {{"deployment", "obs-model/sim/0"}}), 0);
   EXPECT_EQ(value_of(e, "bellwether_build_info", {}), 1);
-  EXPECT_GE(value_of(e, "bellwether_replicas_recommended", {}), 1);
+  EXPECT_GE(value_of(e, "bellwether_replicas_recommended", {{"target", "gateway"}}), 1);
 
   // The queue endpoint (client key) carries the scaler's recommendation.
   auto q = request(st.port(), "GET", "/v1/metrics/queue", "",
                    {{"Authorization", std::string("Bearer ") + kMainKey}});
   ASSERT_EQ(q.status, 200) << q.body;
   EXPECT_NE(q.body.find("\"recommended_replicas\":1,"), std::string::npos) << q.body;
-  EXPECT_NE(q.body.find("\"scaling\":{\"recommended_replicas\":1,"), std::string::npos) << q.body;
+  EXPECT_NE(q.body.find("\"scaling\":{\"reason\":"), std::string::npos) << q.body;
+  EXPECT_NE(q.body.find("\"gateway\":{\"target\":\"gateway\",\"scalable\":true,"),
+            std::string::npos)
+      << q.body;
   EXPECT_EQ(request(st.port(), "GET", "/v1/metrics/queue").status, 401);
 
   // A second scrape counts the first one (recorded after it was answered).
@@ -556,22 +560,15 @@ scrape_configs:
                 "--storage.tsdb.path=" + dir + "/data",
                 "--web.listen-address=127.0.0.1:" + std::to_string(prom_port), "--log.level=warn"},
                {}, "prom-");
-  auto wait_until = [](auto pred, std::chrono::milliseconds limit) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  };
-  ASSERT_TRUE(wait_until([&] { return request(prom_port, "GET", "/-/ready").status == 200; },
-                         std::chrono::seconds(15)))
+  ASSERT_TRUE(
+      bw::testing::eventually([&] { return request(prom_port, "GET", "/-/ready").status == 200; },
+                              std::chrono::seconds(15)))
       << prom.stderr_text();
   // The gateway target is up (one successful scrape). Prometheus hands new static targets to
   // the scrape manager after its 5 s discovery throttle.
-  ASSERT_TRUE(
-      wait_until([&] { return prom_query(prom_port, "up{job=\"bellwether\"} == 1").series == 1; },
-                 std::chrono::seconds(15)))
+  ASSERT_TRUE(bw::testing::eventually(
+      [&] { return prom_query(prom_port, "up{job=\"bellwether\"} == 1").series == 1; },
+      std::chrono::seconds(15)))
       << prom.stderr_text();
 
   // Steady load: 20 requests/s for 12 s, each 10 prompt + 20 completion tokens.
@@ -603,7 +600,7 @@ scrape_configs:
   //    generated rate averaged over the rule's window.
   const std::string rule = "bellwether:tokens_per_second:rate1m{model=\"obs-model\"}";
   PromValue rec;
-  ASSERT_TRUE(wait_until(
+  ASSERT_TRUE(bw::testing::eventually(
       [&] {
         rec = prom_query(prom_port, "timestamp(" + rule + ")");
         return rec.series == 1 && rec.value >= load_end + 2.5;

@@ -1,3 +1,4 @@
+// test-label: redis
 // RedisLimitStore against a real redis-server started by the test (loopback, free port, temp dir).
 #include "limits/redis_limit_store.h"
 
@@ -589,27 +590,6 @@ TEST(RedisFailure, SettleWhileDownRefundsTheLocalShare) {
   ASSERT_TRUE(v.allowed);  // 100 used + 800 <= 1000
   EXPECT_EQ(v.tokens.remaining, 100);
   EXPECT_GE(store->stats().fallbacks, 3u);
-}
-
-TEST(RedisUrl, Parses) {
-  auto e = parse_redis_url("redis://user:secret@redis.internal:6380/2");
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ(e->host, "redis.internal");
-  EXPECT_EQ(e->port, 6380);
-  EXPECT_EQ(e->user, "user");
-  EXPECT_EQ(e->password, "secret");
-  EXPECT_EQ(e->db, 2);
-  e = parse_redis_url("redis://[::1]:7000");
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ(e->host, "::1");
-  EXPECT_EQ(e->port, 7000);
-  e = parse_redis_url("redis://:pw@localhost");
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ(e->password, "pw");
-  EXPECT_EQ(e->port, 6379);
-  EXPECT_FALSE(parse_redis_url("http://x").ok());
-  EXPECT_FALSE(parse_redis_url("redis://host:99999").ok());
-  EXPECT_FALSE(parse_redis_url("redis://host/x").ok());
 }
 
 }  // namespace

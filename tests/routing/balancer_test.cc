@@ -101,11 +101,11 @@ TEST(PeakEwma, PeaksImmediatelyDecaysSlowly) {
 }
 
 TEST(Balancer, ParseNames) {
-  EXPECT_EQ(parse_balancer("p2c_peak_ewma"), BalancerKind::p2c_peak_ewma);
-  EXPECT_EQ(parse_balancer("weighted_round_robin"), BalancerKind::weighted_round_robin);
-  EXPECT_EQ(parse_balancer("least_outstanding"), BalancerKind::least_outstanding);
+  EXPECT_EQ(parse_balancer("p2c_peak_ewma"), BalancerKind::kP2cPeakEwma);
+  EXPECT_EQ(parse_balancer("weighted_round_robin"), BalancerKind::kWeightedRoundRobin);
+  EXPECT_EQ(parse_balancer("least_outstanding"), BalancerKind::kLeastOutstanding);
   EXPECT_EQ(parse_balancer("random"), std::nullopt);
-  EXPECT_STREQ(to_string(BalancerKind::least_outstanding), "least_outstanding");
+  EXPECT_STREQ(to_string(BalancerKind::kLeastOutstanding), "least_outstanding");
 }
 
 }  // namespace

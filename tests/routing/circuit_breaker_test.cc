@@ -20,11 +20,11 @@ BreakerConfig exact_config() {
   return c;
 }
 
-void fail(CircuitBreaker& b, Nanos now, Rng& rng, Admission a = Admission::allowed) {
-  b.on_result(a, OutcomeKind::http_5xx, 0, now, rng);
+void fail(CircuitBreaker& b, Nanos now, Rng& rng, Admission a = Admission::kAllowed) {
+  b.on_result(a, OutcomeKind::kHttp5xx, 0, now, rng);
 }
-void succeed(CircuitBreaker& b, Nanos now, Rng& rng, Admission a = Admission::allowed) {
-  b.on_result(a, OutcomeKind::success, 0, now, rng);
+void succeed(CircuitBreaker& b, Nanos now, Rng& rng, Admission a = Admission::kAllowed) {
+  b.on_result(a, OutcomeKind::kSuccess, 0, now, rng);
 }
 
 TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndSuccessResets) {
@@ -37,26 +37,26 @@ TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndSuccessResets) {
   EXPECT_EQ(b.consecutive_failures(), 0);
   fail(b, kT0, rng);
   fail(b, kT0, rng);
-  EXPECT_EQ(b.state(), BreakerState::closed);
-  EXPECT_EQ(b.check(kT0), Admission::allowed);
+  EXPECT_EQ(b.state(), BreakerState::kClosed);
+  EXPECT_EQ(b.check(kT0), Admission::kAllowed);
   fail(b, kT0, rng);
-  EXPECT_EQ(b.state(), BreakerState::open);
+  EXPECT_EQ(b.state(), BreakerState::kOpen);
   EXPECT_EQ(b.open_until(), kT0 + seconds(5));
-  EXPECT_EQ(b.check(kT0 + seconds(5) - 1), Admission::open);
+  EXPECT_EQ(b.check(kT0 + seconds(5) - 1), Admission::kOpen);
   EXPECT_EQ(b.available_at(kT0), kT0 + seconds(5));
 }
 
 TEST(CircuitBreaker, ClientErrorsAndTimeoutsAreClassified) {
   Rng rng(1);
   CircuitBreaker b(exact_config());
-  b.on_result(Admission::allowed, OutcomeKind::timeout, 0, kT0, rng);
-  b.on_result(Admission::allowed, OutcomeKind::connect_error, 0, kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kTimeout, 0, kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kConnectError, 0, kT0, rng);
   EXPECT_EQ(b.consecutive_failures(), 2);
-  b.on_result(Admission::allowed, OutcomeKind::client_error, 0, kT0, rng);  // healthy upstream
+  b.on_result(Admission::kAllowed, OutcomeKind::kClientError, 0, kT0, rng);  // healthy upstream
   EXPECT_EQ(b.consecutive_failures(), 0);
-  b.on_result(Admission::allowed, OutcomeKind::cancelled, 0, kT0, rng);  // no signal
-  b.on_result(Admission::allowed, OutcomeKind::timeout, 0, kT0, rng);
-  b.on_result(Admission::allowed, OutcomeKind::cancelled, 0, kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kCancelled, 0, kT0, rng);  // no signal
+  b.on_result(Admission::kAllowed, OutcomeKind::kTimeout, 0, kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kCancelled, 0, kT0, rng);
   EXPECT_EQ(b.consecutive_failures(), 1);
 }
 
@@ -72,9 +72,9 @@ TEST(CircuitBreaker, OpensOnFailureRateWithMinimumRequests) {
   succeed(b, kT0, rng);
   fail(b, kT0, rng);
   succeed(b, kT0, rng);
-  EXPECT_EQ(b.state(), BreakerState::closed);  // 1/3 and below min_requests
+  EXPECT_EQ(b.state(), BreakerState::kClosed);  // 1/3 and below min_requests
   fail(b, kT0 + millis(500), rng);             // 2/4 = 0.5 >= 0.5
-  EXPECT_EQ(b.state(), BreakerState::open);
+  EXPECT_EQ(b.state(), BreakerState::kOpen);
 }
 
 TEST(CircuitBreaker, FailureRateWindowForgetsOldRequests) {
@@ -87,14 +87,14 @@ TEST(CircuitBreaker, FailureRateWindowForgetsOldRequests) {
   fail(b, kT0, rng);
   fail(b, kT0, rng);
   fail(b, kT0, rng);
-  EXPECT_EQ(b.state(), BreakerState::closed);  // 3 requests < min 4
+  EXPECT_EQ(b.state(), BreakerState::kClosed);  // 3 requests < min 4
   // 11 s later the first three are out of the 10 s window: 1 request, no trip.
   fail(b, kT0 + seconds(11), rng);
-  EXPECT_EQ(b.state(), BreakerState::closed);
+  EXPECT_EQ(b.state(), BreakerState::kClosed);
   fail(b, kT0 + seconds(11), rng);
   fail(b, kT0 + seconds(11), rng);
   fail(b, kT0 + seconds(11), rng);
-  EXPECT_EQ(b.state(), BreakerState::open);
+  EXPECT_EQ(b.state(), BreakerState::kOpen);
 }
 
 TEST(CircuitBreaker, HalfOpenBoundsProbesAndClosesAfterSuccesses) {
@@ -102,18 +102,18 @@ TEST(CircuitBreaker, HalfOpenBoundsProbesAndClosesAfterSuccesses) {
   CircuitBreaker b(exact_config());
   for (int i = 0; i < 3; ++i) fail(b, kT0, rng);
   const Nanos t = kT0 + seconds(5);
-  EXPECT_EQ(b.acquire(t), Admission::probe);
-  EXPECT_EQ(b.state(), BreakerState::half_open);
-  EXPECT_EQ(b.acquire(t), Admission::probe);
-  EXPECT_EQ(b.acquire(t), Admission::open);  // both slots taken
-  EXPECT_EQ(b.check(t), Admission::open);
-  succeed(b, t, rng, Admission::probe);
-  EXPECT_EQ(b.state(), BreakerState::half_open);
-  EXPECT_EQ(b.acquire(t), Admission::open);  // slots count admissions, not concurrency
-  succeed(b, t, rng, Admission::probe);
-  EXPECT_EQ(b.state(), BreakerState::closed);
+  EXPECT_EQ(b.acquire(t), Admission::kProbe);
+  EXPECT_EQ(b.state(), BreakerState::kHalfOpen);
+  EXPECT_EQ(b.acquire(t), Admission::kProbe);
+  EXPECT_EQ(b.acquire(t), Admission::kOpen);  // both slots taken
+  EXPECT_EQ(b.check(t), Admission::kOpen);
+  succeed(b, t, rng, Admission::kProbe);
+  EXPECT_EQ(b.state(), BreakerState::kHalfOpen);
+  EXPECT_EQ(b.acquire(t), Admission::kOpen);  // slots count admissions, not concurrency
+  succeed(b, t, rng, Admission::kProbe);
+  EXPECT_EQ(b.state(), BreakerState::kClosed);
   EXPECT_EQ(b.openings(), 0);
-  EXPECT_EQ(b.check(t), Admission::allowed);
+  EXPECT_EQ(b.check(t), Admission::kAllowed);
 }
 
 TEST(CircuitBreaker, CancelledProbeReleasesItsSlot) {
@@ -123,10 +123,10 @@ TEST(CircuitBreaker, CancelledProbeReleasesItsSlot) {
   CircuitBreaker b(c);
   for (int i = 0; i < 3; ++i) fail(b, kT0, rng);
   const Nanos t = kT0 + seconds(5);
-  EXPECT_EQ(b.acquire(t), Admission::probe);
-  EXPECT_EQ(b.acquire(t), Admission::open);
-  b.on_result(Admission::probe, OutcomeKind::cancelled, 0, t, rng);
-  EXPECT_EQ(b.acquire(t), Admission::probe);
+  EXPECT_EQ(b.acquire(t), Admission::kProbe);
+  EXPECT_EQ(b.acquire(t), Admission::kOpen);
+  b.on_result(Admission::kProbe, OutcomeKind::kCancelled, 0, t, rng);
+  EXPECT_EQ(b.acquire(t), Admission::kProbe);
 }
 
 TEST(CircuitBreaker, ProbeFailureReopensWithGrowingCappedTimeout) {
@@ -139,19 +139,19 @@ TEST(CircuitBreaker, ProbeFailureReopensWithGrowingCappedTimeout) {
   EXPECT_EQ(b.open_until() - t, expected[0]);
   for (int i = 1; i < 6; ++i) {
     t = b.open_until();
-    ASSERT_EQ(b.acquire(t), Admission::probe);
-    fail(b, t, rng, Admission::probe);
-    EXPECT_EQ(b.state(), BreakerState::open);
+    ASSERT_EQ(b.acquire(t), Admission::kProbe);
+    fail(b, t, rng, Admission::kProbe);
+    EXPECT_EQ(b.state(), BreakerState::kOpen);
     EXPECT_EQ(b.openings(), i + 1);
     EXPECT_EQ(b.open_until() - t, expected[i]) << "opening " << i + 1;
   }
   // Closing resets the growth.
   t = b.open_until();
-  ASSERT_EQ(b.acquire(t), Admission::probe);
-  ASSERT_EQ(b.acquire(t), Admission::probe);
-  succeed(b, t, rng, Admission::probe);
-  succeed(b, t, rng, Admission::probe);
-  ASSERT_EQ(b.state(), BreakerState::closed);
+  ASSERT_EQ(b.acquire(t), Admission::kProbe);
+  ASSERT_EQ(b.acquire(t), Admission::kProbe);
+  succeed(b, t, rng, Admission::kProbe);
+  succeed(b, t, rng, Admission::kProbe);
+  ASSERT_EQ(b.state(), BreakerState::kClosed);
   for (int i = 0; i < 3; ++i) fail(b, t, rng);
   EXPECT_EQ(b.open_until() - t, seconds(5));
 }
@@ -182,7 +182,7 @@ TEST(CircuitBreaker, StaleResultsWhileOpenAreIgnored) {
   // Requests admitted before the trip finish later: no extension, no close.
   fail(b, kT0 + 1, rng);
   succeed(b, kT0 + 2, rng);
-  EXPECT_EQ(b.state(), BreakerState::open);
+  EXPECT_EQ(b.state(), BreakerState::kOpen);
   EXPECT_EQ(b.open_until(), until);
   EXPECT_EQ(b.openings(), 1);
 }
@@ -190,32 +190,32 @@ TEST(CircuitBreaker, StaleResultsWhileOpenAreIgnored) {
 TEST(CircuitBreaker, RetryAfterCooldownBlocksEverythingIncludingProbes) {
   Rng rng(1);
   CircuitBreaker b(exact_config());
-  b.on_result(Admission::allowed, OutcomeKind::http_429, seconds(30), kT0, rng);
-  EXPECT_EQ(b.state(), BreakerState::closed);
-  EXPECT_EQ(b.check(kT0 + seconds(30) - 1), Admission::cooling);
+  b.on_result(Admission::kAllowed, OutcomeKind::kHttp429, seconds(30), kT0, rng);
+  EXPECT_EQ(b.state(), BreakerState::kClosed);
+  EXPECT_EQ(b.check(kT0 + seconds(30) - 1), Admission::kCooling);
   EXPECT_EQ(b.available_at(kT0), kT0 + seconds(30));
-  EXPECT_EQ(b.check(kT0 + seconds(30)), Admission::allowed);
+  EXPECT_EQ(b.check(kT0 + seconds(30)), Admission::kAllowed);
 
   // Open for 5 s, but cooling for 30 s: no probe before the cooldown ends.
   CircuitBreaker o(exact_config());
   fail(o, kT0, rng);
   fail(o, kT0, rng);
-  o.on_result(Admission::allowed, OutcomeKind::http_429, seconds(30), kT0, rng);
-  EXPECT_EQ(o.state(), BreakerState::open);
-  EXPECT_EQ(o.acquire(kT0 + seconds(5)), Admission::cooling);
-  EXPECT_EQ(o.acquire(kT0 + seconds(29)), Admission::cooling);
-  EXPECT_EQ(o.acquire(kT0 + seconds(30)), Admission::probe);
+  o.on_result(Admission::kAllowed, OutcomeKind::kHttp429, seconds(30), kT0, rng);
+  EXPECT_EQ(o.state(), BreakerState::kOpen);
+  EXPECT_EQ(o.acquire(kT0 + seconds(5)), Admission::kCooling);
+  EXPECT_EQ(o.acquire(kT0 + seconds(29)), Admission::kCooling);
+  EXPECT_EQ(o.acquire(kT0 + seconds(30)), Admission::kProbe);
 }
 
 TEST(CircuitBreaker, CooldownDefaultAndClamp) {
   Rng rng(1);
   CircuitBreaker b(exact_config());
-  b.on_result(Admission::allowed, OutcomeKind::http_429, 0, kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kHttp429, 0, kT0, rng);
   EXPECT_EQ(b.cooldown_until(), kT0 + seconds(1));
-  b.on_result(Admission::allowed, OutcomeKind::http_429, seconds(86400), kT0, rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kHttp429, seconds(86400), kT0, rng);
   EXPECT_EQ(b.cooldown_until(), kT0 + seconds(300));
   // A shorter later Retry-After does not shorten an existing cooldown.
-  b.on_result(Admission::allowed, OutcomeKind::http_429, seconds(2), kT0 + seconds(1), rng);
+  b.on_result(Admission::kAllowed, OutcomeKind::kHttp429, seconds(2), kT0 + seconds(1), rng);
   EXPECT_EQ(b.cooldown_until(), kT0 + seconds(300));
 }
 

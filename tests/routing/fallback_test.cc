@@ -48,11 +48,11 @@ TEST(AttemptPlanner, WalksTheChainInOrder) {
   FallbackTable t = chain_table();
   AttemptPlanner p(&t, "gpt-4.1");
   EXPECT_EQ(p.model(), "gpt-4.1");
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kNextModel);
   EXPECT_EQ(p.model(), "gemini-2.5-flash");
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kNextModel);
   EXPECT_EQ(p.model(), "deepseek-v3.2");
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kExhausted);
   EXPECT_EQ(p.visited(),
             (std::vector<std::string>{"gpt-4.1", "gemini-2.5-flash", "deepseek-v3.2"}));
 }
@@ -63,7 +63,7 @@ TEST(AttemptPlanner, ExcludesFailedDeploymentsAndResetsPerModel) {
   p.on_failed(0);
   p.on_failed(3);
   EXPECT_EQ(p.exclude_mask(), 0b1001u);
-  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::next_model);  // chain first
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::kNextModel);  // chain first
   EXPECT_EQ(p.exclude_mask(), 0u);
 }
 
@@ -71,9 +71,9 @@ TEST(AttemptPlanner, RetriesSameModelWhenOnlyExclusionsBlockAndChainIsEmpty) {
   FallbackTable t = chain_table();
   AttemptPlanner p(&t, "deepseek-v3.2");
   p.on_failed(0);
-  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::same_model);
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::kSameModel);
   EXPECT_EQ(p.exclude_mask(), 0u);
-  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::exhausted);  // mask was already empty
+  EXPECT_EQ(p.on_unavailable(true), AttemptPlanner::Move::kExhausted);  // mask was already empty
 }
 
 TEST(AttemptPlanner, ContextOverflowMovesUpAndUsesThatModelsChain) {
@@ -82,9 +82,9 @@ TEST(AttemptPlanner, ContextOverflowMovesUpAndUsesThatModelsChain) {
   EXPECT_TRUE(p.on_context_overflow());
   EXPECT_EQ(p.model(), "gemini-2.5-pro");
   EXPECT_FALSE(p.on_context_overflow());  // no larger model configured
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::next_model);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kNextModel);
   EXPECT_EQ(p.model(), "claude-sonnet");
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kExhausted);
 }
 
 TEST(AttemptPlanner, TerminatesOnAnInvalidLoopingTable) {
@@ -93,7 +93,7 @@ TEST(AttemptPlanner, TerminatesOnAnInvalidLoopingTable) {
   t["b"] = {{"a"}, "a"};
   AttemptPlanner p(&t, "a");
   int steps = 0;
-  while (p.on_unavailable(false) == AttemptPlanner::Move::next_model) ++steps;
+  while (p.on_unavailable(false) == AttemptPlanner::Move::kNextModel) ++steps;
   EXPECT_EQ(steps, 1);                    // only b is new
   EXPECT_FALSE(p.on_context_overflow());  // a already visited
   EXPECT_EQ(p.visited(), (std::vector<std::string>{"a", "b"}));
@@ -101,7 +101,7 @@ TEST(AttemptPlanner, TerminatesOnAnInvalidLoopingTable) {
 
 TEST(AttemptPlanner, UnknownModelWithoutTable) {
   AttemptPlanner p(nullptr, "x");
-  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::exhausted);
+  EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kExhausted);
   EXPECT_FALSE(p.on_context_overflow());
 }
 

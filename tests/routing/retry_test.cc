@@ -47,36 +47,36 @@ TEST(Retry, FullJitterCoversZeroToCeiling) {
 
 TEST(Retry, RetryableClassification) {
   RetryConfig c;
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::connect_error)));
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::timeout)));
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::http_429, 429)));
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::http_5xx, 502)));
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::http_5xx, 503)));
-  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::http_5xx, 504)));
-  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::http_5xx, 500)));
-  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::client_error, 400)));
-  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::success, 200)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kConnectError)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kTimeout)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kHttp429, 429)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kHttp5xx, 502)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kHttp5xx, 503)));
+  EXPECT_TRUE(is_retryable(c, out(OutcomeKind::kHttp5xx, 504)));
+  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::kHttp5xx, 500)));
+  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::kClientError, 400)));
+  EXPECT_FALSE(is_retryable(c, out(OutcomeKind::kSuccess, 200)));
 }
 
 TEST(Retry, DecisionOrder) {
   RetryConfig c;
   Rng rng(7);
   AttemptState st{1, kT0 + seconds(60), false};
-  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::success, 200), kT0, nullptr, rng).verdict,
-            RetryVerdict::succeeded);
-  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::cancelled), kT0, nullptr, rng).verdict,
-            RetryVerdict::not_retryable);
-  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::http_5xx, 500), kT0, nullptr, rng).verdict,
-            RetryVerdict::not_retryable);
+  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::kSuccess, 200), kT0, nullptr, rng).verdict,
+            RetryVerdict::kSucceeded);
+  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::kCancelled), kT0, nullptr, rng).verdict,
+            RetryVerdict::kNotRetryable);
+  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::kHttp5xx, 500), kT0, nullptr, rng).verdict,
+            RetryVerdict::kNotRetryable);
   AttemptState streaming{1, kT0 + seconds(60), true};
-  EXPECT_EQ(decide_retry(c, streaming, out(OutcomeKind::timeout), kT0, nullptr, rng).verdict,
-            RetryVerdict::response_started);
+  EXPECT_EQ(decide_retry(c, streaming, out(OutcomeKind::kTimeout), kT0, nullptr, rng).verdict,
+            RetryVerdict::kResponseStarted);
   AttemptState third{3, kT0 + seconds(60), false};
-  EXPECT_EQ(decide_retry(c, third, out(OutcomeKind::timeout), kT0, nullptr, rng).verdict,
-            RetryVerdict::attempts_exhausted);
+  EXPECT_EQ(decide_retry(c, third, out(OutcomeKind::kTimeout), kT0, nullptr, rng).verdict,
+            RetryVerdict::kAttemptsExhausted);
   AttemptState second{2, kT0 + seconds(60), false};
-  const RetryDecision d = decide_retry(c, second, out(OutcomeKind::timeout), kT0, nullptr, rng);
-  EXPECT_EQ(d.verdict, RetryVerdict::retry);
+  const RetryDecision d = decide_retry(c, second, out(OutcomeKind::kTimeout), kT0, nullptr, rng);
+  EXPECT_EQ(d.verdict, RetryVerdict::kRetry);
   EXPECT_GE(d.delay, 0);
   EXPECT_LE(d.delay, millis(200));  // second retry ceiling
 }
@@ -86,15 +86,15 @@ TEST(Retry, RetryAfterHonouredAndDeadlineGivesUp) {
   Rng rng(7);
   AttemptState st{1, kT0 + seconds(10), false};
   RetryDecision d =
-      decide_retry(c, st, out(OutcomeKind::http_429, 429, seconds(5)), kT0, nullptr, rng);
-  EXPECT_EQ(d.verdict, RetryVerdict::retry);
+      decide_retry(c, st, out(OutcomeKind::kHttp429, 429, seconds(5)), kT0, nullptr, rng);
+  EXPECT_EQ(d.verdict, RetryVerdict::kRetry);
   EXPECT_EQ(d.delay, seconds(5));  // max(jitter <= 100 ms, 5 s)
-  d = decide_retry(c, st, out(OutcomeKind::http_429, 429, seconds(11)), kT0, nullptr, rng);
-  EXPECT_EQ(d.verdict, RetryVerdict::deadline);
+  d = decide_retry(c, st, out(OutcomeKind::kHttp429, 429, seconds(11)), kT0, nullptr, rng);
+  EXPECT_EQ(d.verdict, RetryVerdict::kDeadline);
   // Deadline already (almost) reached: even the backoff does not fit.
   AttemptState late{1, kT0, false};
-  EXPECT_EQ(decide_retry(c, late, out(OutcomeKind::timeout), kT0, nullptr, rng).verdict,
-            RetryVerdict::deadline);
+  EXPECT_EQ(decide_retry(c, late, out(OutcomeKind::kTimeout), kT0, nullptr, rng).verdict,
+            RetryVerdict::kDeadline);
 }
 
 TEST(RetryBudget, RatioOfRequestsOverWindow) {
@@ -133,13 +133,13 @@ TEST(RetryBudget, ExhaustedBudgetStopsRetriesAndDeadlineDoesNotSpend) {
   Rng rng(3);
   AttemptState st{1, kT0 + seconds(60), false};
   AttemptState late{1, kT0, false};
-  EXPECT_EQ(decide_retry(c, late, out(OutcomeKind::timeout), kT0, &b, rng).verdict,
-            RetryVerdict::deadline);
+  EXPECT_EQ(decide_retry(c, late, out(OutcomeKind::kTimeout), kT0, &b, rng).verdict,
+            RetryVerdict::kDeadline);
   EXPECT_EQ(b.retries(kT0), 0);
-  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::timeout), kT0, &b, rng).verdict,
-            RetryVerdict::retry);
-  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::timeout), kT0, &b, rng).verdict,
-            RetryVerdict::budget_exhausted);
+  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::kTimeout), kT0, &b, rng).verdict,
+            RetryVerdict::kRetry);
+  EXPECT_EQ(decide_retry(c, st, out(OutcomeKind::kTimeout), kT0, &b, rng).verdict,
+            RetryVerdict::kBudgetExhausted);
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ RouterConfig base_config() {
 
 Outcome ok(Nanos latency = millis(100), std::int64_t tokens = 0) {
   Outcome o;
-  o.kind = OutcomeKind::success;
+  o.kind = OutcomeKind::kSuccess;
   o.status = 200;
   o.latency_ns = latency;
   o.tokens = tokens;
@@ -84,12 +84,12 @@ TEST(Router, UnknownGroup) {
   Router r;
   ASSERT_TRUE(r.reload(base_config()).ok());
   Rng rng(1);
-  EXPECT_EQ(r.pick("nope", kT0, 0, rng).failure, PickFailure::unknown_group);
+  EXPECT_EQ(r.pick("nope", kT0, 0, rng).failure, PickFailure::kUnknownGroup);
 }
 
 TEST(Router, WeightedRoundRobinExactThroughRouter) {
   RouterConfig c = base_config();
-  c.groups[0].balancer = BalancerKind::weighted_round_robin;
+  c.groups[0].balancer = BalancerKind::kWeightedRoundRobin;
   c.groups[0].deployments = {dep("a", 2), dep("b", 1)};
   Router r;
   ASSERT_TRUE(r.reload(c).ok());
@@ -142,7 +142,7 @@ TEST(Router, P2cSpreadByWeightWithEqualLatency) {
 
 TEST(Router, CapacityIsAvoidedAndReportedWithAvailability) {
   RouterConfig c = base_config();
-  c.groups[0].balancer = BalancerKind::weighted_round_robin;
+  c.groups[0].balancer = BalancerKind::kWeightedRoundRobin;
   c.groups[0].deployments = {dep("a", 10, /*rpm=*/2), dep("b", 1, /*rpm=*/3)};
   Router r;
   ASSERT_TRUE(r.reload(c).ok());
@@ -152,7 +152,7 @@ TEST(Router, CapacityIsAvoidedAndReportedWithAvailability) {
   EXPECT_EQ(seq, "aabbb");
   PickResult p = r.pick("gpt-4.1", kT0 + seconds(30), 0, rng);
   ASSERT_FALSE(p.ticket);
-  EXPECT_EQ(p.failure, PickFailure::all_at_capacity);
+  EXPECT_EQ(p.failure, PickFailure::kAllAtCapacity);
   EXPECT_EQ(p.available_at, kT0 + seconds(60));  // the first second's requests leave the minute
   EXPECT_EQ(run(r, "gpt-4.1", kT0 + seconds(60), rng, ok()), "a");
 }
@@ -166,7 +166,7 @@ TEST(Router, TokensPerMinuteCapacity) {
   EXPECT_EQ(run(r, "gpt-4.1", kT0, rng, ok(millis(100), 600)), "a");
   EXPECT_EQ(run(r, "gpt-4.1", kT0 + seconds(1), rng, ok(millis(100), 400)), "a");
   PickResult p = r.pick("gpt-4.1", kT0 + seconds(2), 0, rng);
-  EXPECT_EQ(p.failure, PickFailure::all_at_capacity);
+  EXPECT_EQ(p.failure, PickFailure::kAllAtCapacity);
   // Dropping the first 600 tokens brings usage to 400 < 1000.
   EXPECT_EQ(p.available_at, kT0 + seconds(60));
 }
@@ -180,17 +180,17 @@ TEST(Router, RetryAfterCoolsDownDeployment) {
   ASSERT_TRUE(p.ticket);
   ASSERT_EQ(p.ticket->deployment().id, "a");
   r.on_start(*p.ticket, kT0);
-  r.on_finish(*p.ticket, failure(OutcomeKind::http_429, 429, seconds(30)), kT0, rng);
+  r.on_finish(*p.ticket, failure(OutcomeKind::kHttp429, 429, seconds(30)), kT0, rng);
   for (int i = 0; i < 100; ++i) {
     EXPECT_EQ(run(r, "gpt-4.1", kT0 + seconds(29), rng, ok()), "b");
   }
   auto only_a = r.pick("gpt-4.1", kT0 + seconds(1), 0b10, rng);
-  EXPECT_EQ(only_a.failure, PickFailure::all_cooling);
+  EXPECT_EQ(only_a.failure, PickFailure::kAllCooling);
   EXPECT_EQ(only_a.available_at, kT0 + seconds(30));
   auto st = r.status(kT0 + seconds(10));
   ASSERT_EQ(st[0].id, "a");
   EXPECT_DOUBLE_EQ(st[0].cooldown_remaining_s, 20.0);
-  EXPECT_EQ(st[0].state, BreakerState::closed);
+  EXPECT_EQ(st[0].state, BreakerState::kClosed);
   int a = 0;
   for (int i = 0; i < 100; ++i) a += run(r, "gpt-4.1", kT0 + seconds(30), rng, ok()) == "a";
   EXPECT_GT(a, 0);
@@ -202,9 +202,9 @@ TEST(Router, OpenBreakerAndHalfOpenProbeThroughRouter) {
   Router r;
   ASSERT_TRUE(r.reload(c).ok());
   Rng rng(1);
-  for (int i = 0; i < 3; ++i) run(r, "gpt-4.1", kT0, rng, failure(OutcomeKind::http_5xx, 503));
+  for (int i = 0; i < 3; ++i) run(r, "gpt-4.1", kT0, rng, failure(OutcomeKind::kHttp5xx, 503));
   PickResult p = r.pick("gpt-4.1", kT0 + seconds(1), 0, rng);
-  EXPECT_EQ(p.failure, PickFailure::all_open);
+  EXPECT_EQ(p.failure, PickFailure::kAllOpen);
   EXPECT_EQ(p.available_at, kT0 + seconds(5));
   {
     PickResult probe = r.pick("gpt-4.1", kT0 + seconds(5), 0, rng);
@@ -212,7 +212,7 @@ TEST(Router, OpenBreakerAndHalfOpenProbeThroughRouter) {
     EXPECT_TRUE(probe.ticket->probe());
     r.on_start(*probe.ticket, kT0 + seconds(5));
     EXPECT_EQ(r.status(kT0 + seconds(5))[0].in_flight, 1);
-    EXPECT_EQ(r.pick("gpt-4.1", kT0 + seconds(5), 0, rng).failure, PickFailure::all_open);
+    EXPECT_EQ(r.pick("gpt-4.1", kT0 + seconds(5), 0, rng).failure, PickFailure::kAllOpen);
     // Dropped without a report (client went away): the destructor frees the slot.
   }
   EXPECT_EQ(r.status(kT0 + seconds(5))[0].in_flight, 0);
@@ -220,7 +220,7 @@ TEST(Router, OpenBreakerAndHalfOpenProbeThroughRouter) {
   ASSERT_TRUE(probe.ticket);
   r.on_start(*probe.ticket, kT0 + seconds(5));
   r.on_finish(*probe.ticket, ok(), kT0 + seconds(5), rng);
-  EXPECT_EQ(r.status(kT0 + seconds(5))[0].state, BreakerState::closed);
+  EXPECT_EQ(r.status(kT0 + seconds(5))[0].state, BreakerState::kClosed);
 }
 
 TEST(Router, ReloadKeepsStateOfSurvivingDeployments) {
@@ -229,7 +229,7 @@ TEST(Router, ReloadKeepsStateOfSurvivingDeployments) {
   Rng rng(1);
   for (int i = 0; i < 3; ++i) {
     auto p = r.pick("gpt-4.1", kT0, 0b10, rng);
-    r.on_finish(*p.ticket, failure(OutcomeKind::timeout), kT0, rng);
+    r.on_finish(*p.ticket, failure(OutcomeKind::kTimeout), kT0, rng);
   }
   // A ticket taken before the reload reports into the same state after it.
   auto held = r.pick("gpt-4.1", kT0, 0b01, rng);
@@ -242,9 +242,9 @@ TEST(Router, ReloadKeepsStateOfSurvivingDeployments) {
   auto st = r.status(kT0 + seconds(1));
   ASSERT_EQ(st.size(), 4u);
   EXPECT_EQ(st[0].id, "c");
-  EXPECT_EQ(st[0].state, BreakerState::closed);
+  EXPECT_EQ(st[0].state, BreakerState::kClosed);
   EXPECT_EQ(st[1].id, "a");
-  EXPECT_EQ(st[1].state, BreakerState::open);
+  EXPECT_EQ(st[1].state, BreakerState::kOpen);
   EXPECT_EQ(st[2].in_flight, 1);
   r.on_finish(*held.ticket, ok(), kT0, rng);
   EXPECT_EQ(r.status(kT0 + seconds(1))[2].in_flight, 0);
@@ -254,7 +254,7 @@ TEST(Router, ReloadKeepsStateOfSurvivingDeployments) {
   ASSERT_TRUE(r.reload(c).ok());
   c.groups[0].deployments = {dep("c"), dep("a")};
   ASSERT_TRUE(r.reload(c).ok());
-  EXPECT_EQ(r.status(kT0 + seconds(1))[1].state, BreakerState::closed);
+  EXPECT_EQ(r.status(kT0 + seconds(1))[1].state, BreakerState::kClosed);
 }
 
 TEST(Router, StatusJson) {
@@ -282,10 +282,10 @@ TEST(RequestPlan, RetriesOtherDeploymentThenFallsBack) {
     tried.push_back(step.ticket->deployment().id);
     r.on_start(*step.ticket, now);
     const bool last = step.ticket->group() == "gemini-2.5-flash";
-    auto d = plan.finish(*step.ticket, last ? ok() : failure(OutcomeKind::http_5xx, 503), now,
+    auto d = plan.finish(*step.ticket, last ? ok() : failure(OutcomeKind::kHttp5xx, 503), now,
                          false, rng);
     if (!d.retry()) {
-      EXPECT_EQ(d.verdict, RetryVerdict::succeeded);
+      EXPECT_EQ(d.verdict, RetryVerdict::kSucceeded);
       break;
     }
     EXPECT_LE(d.delay, millis(400));
@@ -307,14 +307,14 @@ TEST(RequestPlan, AttemptCapAndStreamingStop) {
   for (int i = 0; i < 3; ++i) {
     auto step = plan.next(kT0, rng);
     ASSERT_TRUE(step.ticket);
-    d = plan.finish(*step.ticket, failure(OutcomeKind::timeout), kT0, false, rng);
+    d = plan.finish(*step.ticket, failure(OutcomeKind::kTimeout), kT0, false, rng);
   }
-  EXPECT_EQ(d.verdict, RetryVerdict::attempts_exhausted);
+  EXPECT_EQ(d.verdict, RetryVerdict::kAttemptsExhausted);
 
   RequestPlan streaming = r.plan("gpt-4.1", kT0);
   auto step = streaming.next(kT0, rng);
-  EXPECT_EQ(streaming.finish(*step.ticket, failure(OutcomeKind::timeout), kT0, true, rng).verdict,
-            RetryVerdict::response_started);
+  EXPECT_EQ(streaming.finish(*step.ticket, failure(OutcomeKind::kTimeout), kT0, true, rng).verdict,
+            RetryVerdict::kResponseStarted);
 }
 
 TEST(RequestPlan, EverythingOpenReportsEarliestAvailability) {
@@ -328,15 +328,15 @@ TEST(RequestPlan, EverythingOpenReportsEarliestAvailability) {
     ASSERT_TRUE(p.ticket);
     r.on_finish(*p.ticket, o, now, rng);
   };
-  for (int i = 0; i < 3; ++i) report("gpt-4.1", kT0, 0b10, failure(OutcomeKind::timeout));
+  for (int i = 0; i < 3; ++i) report("gpt-4.1", kT0, 0b10, failure(OutcomeKind::kTimeout));
   for (int i = 0; i < 3; ++i) {
-    report("gpt-4.1", kT0 + seconds(1), 0b01, failure(OutcomeKind::timeout));
+    report("gpt-4.1", kT0 + seconds(1), 0b01, failure(OutcomeKind::kTimeout));
   }
-  report("gemini-2.5-flash", kT0 + seconds(1), 0, failure(OutcomeKind::http_429, 429, seconds(2)));
+  report("gemini-2.5-flash", kT0 + seconds(1), 0, failure(OutcomeKind::kHttp429, 429, seconds(2)));
   RequestPlan plan = r.plan("gpt-4.1", kT0 + seconds(2));
   auto step = plan.next(kT0 + seconds(2), rng);
   ASSERT_FALSE(step.ticket);
-  EXPECT_EQ(step.failure, PickFailure::all_cooling);
+  EXPECT_EQ(step.failure, PickFailure::kAllCooling);
   EXPECT_EQ(step.available_at, kT0 + seconds(3));
 }
 
@@ -349,17 +349,17 @@ TEST(RequestPlan, ContextOverflowMovesToLargerModelWithoutDelay) {
   Rng rng(3);
   RequestPlan plan = r.plan("gpt-4.1", kT0);
   auto step = plan.next(kT0, rng);
-  Outcome overflow = failure(OutcomeKind::client_error, 400);
+  Outcome overflow = failure(OutcomeKind::kClientError, 400);
   overflow.context_overflow = true;
   auto d = plan.finish(*step.ticket, overflow, kT0, false, rng);
-  EXPECT_EQ(d.verdict, RetryVerdict::retry);
+  EXPECT_EQ(d.verdict, RetryVerdict::kRetry);
   EXPECT_EQ(d.delay, 0);
   EXPECT_EQ(plan.model(), "gemini-2.5-flash");
   step = plan.next(kT0, rng);
   ASSERT_TRUE(step.ticket);
   EXPECT_EQ(step.ticket->deployment().id, "g1");
   EXPECT_EQ(plan.finish(*step.ticket, overflow, kT0, false, rng).verdict,
-            RetryVerdict::not_retryable);
+            RetryVerdict::kNotRetryable);
   EXPECT_EQ(r.retry_budget_usage("gpt-4.1", kT0), (std::pair<std::int64_t, std::int64_t>{1, 0}));
 }
 
@@ -381,7 +381,7 @@ TEST(RouterThreads, ConcurrentPickFinishKeepsCountsConsistent) {
         ++picked;
         r.on_start(*p.ticket, now);
         const bool fail = rng.below(10) == 0;
-        r.on_finish(*p.ticket, fail ? failure(OutcomeKind::http_5xx, 502) : ok(), now, rng);
+        r.on_finish(*p.ticket, fail ? failure(OutcomeKind::kHttp5xx, 502) : ok(), now, rng);
         if (t == 0 && i == 2500) {
           EXPECT_TRUE(r.reload(c).ok());
         }

@@ -42,5 +42,29 @@ TEST(AutoscaleCli, FlagsFillTheOptions) {
   EXPECT_EQ(o.token_file, "/var/run/secrets/kubernetes.io/serviceaccount/token");
 }
 
+TEST(AutoscaleCli, UpstreamFlags) {
+  CLI::App app;
+  AutoscaleOptions o;
+  AutoscaleFlagSeconds s;
+  add_autoscale_flags(app, o, s);
+  EXPECT_TRUE(o.scale_upstreams);
+  const char* argv[] = {"autoscale",
+                        "--gateway",
+                        "http://a:8080",
+                        "--gateway-key-file",
+                        "/etc/key",
+                        "--no-upstreams",
+                        "--deployment",
+                        "",
+                        "--max-upstream-replicas",
+                        "12"};
+  app.parse(static_cast<int>(std::size(argv)), argv);
+  finish_autoscale_flags(o, s);
+  EXPECT_EQ(o.gateway_key_file, "/etc/key");
+  EXPECT_FALSE(o.scale_upstreams);
+  EXPECT_EQ(o.deployment, "");
+  EXPECT_EQ(o.max_upstream_replicas, 12);
+}
+
 }  // namespace
 }  // namespace bw::telemetry

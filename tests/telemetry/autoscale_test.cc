@@ -15,13 +15,11 @@
 #include <sstream>
 #include <thread>
 
-#include "telemetry/http_fetch.h"
-
 namespace bw::telemetry {
 namespace {
 
 struct Captured {
-  std::string method, target, content_type, authorization, body;
+  std::string method, target, content_type, authorization, body, replicas_header;
 };
 
 // A one-thread HTTP/1.1 server on 127.0.0.1:0 answering one request per connection.
@@ -96,6 +94,7 @@ class FakeServer {
         first >> cap.method >> cap.target;
         cap.content_type = header(head, "content-type");
         cap.authorization = header(head, "authorization");
+        cap.replicas_header = header(head, "x-bellwether-replicas");
         cap.body = data.substr(head_end + 4);
       }
       const auto [status, body] = handler_(cap);
@@ -230,7 +229,8 @@ TEST_F(AutoscaleTest, PrometheusSourceAndClamping) {
   EXPECT_EQ(replicas.load(), 20);
   ASSERT_EQ(prom.requests().size(), 1u);
   EXPECT_EQ(prom.requests()[0].target,
-            "/api/v1/query?query=max%28bellwether_replicas_recommended%29");
+            "/api/v1/query?query=max%20by%20%28target%2C%20k8s_namespace%2C%20k8s_deployment%29%20%"
+            "28bellwether_replicas_recommended%29");
 }
 
 TEST_F(AutoscaleTest, FailuresAreReportedNotPatched) {
@@ -249,39 +249,78 @@ TEST_F(AutoscaleTest, FailuresAreReportedNotPatched) {
   EXPECT_EQ(run_autoscale(o), 2);
 }
 
-TEST(HttpFetch, ParsesUrls) {
-  auto u = parse_url("https://10.0.0.1:6443/apis?x=1");
-  ASSERT_TRUE(u);
-  EXPECT_TRUE(u->tls);
-  EXPECT_EQ(u->host, "10.0.0.1");
-  EXPECT_EQ(u->port, "6443");
-  EXPECT_EQ(u->target, "/apis?x=1");
-  u = parse_url("http://[::1]/");
-  ASSERT_TRUE(u);
-  EXPECT_EQ(u->host, "::1");
-  EXPECT_EQ(u->port, "80");
-  EXPECT_FALSE(parse_url("http://:80/"));
-  EXPECT_FALSE(parse_url("http://h:8x/"));
-  EXPECT_FALSE(parse_url("http://user@h/"));
-  EXPECT_EQ(url_encode("max(a{b=\"c\"})"), "max%28a%7Bb%3D%22c%22%7D%29");
+// Several Deployments, each from its own recommendation: the gateway's from recommended_replicas,
+// a self-hosted model server's from scaling.deployments[] with its Kubernetes target. The replica
+// counts read back are told to the gateway on the next call.
+TEST_F(AutoscaleTest, ScalesEveryTargetFromItsOwnRecommendation) {
+  std::atomic<int> gateway{2}, vllm{1};
+  FakeServer api([&](const Captured& c) -> std::pair<int, std::string> {
+    std::atomic<int>* r = nullptr;
+    if (c.target == "/apis/apps/v1/namespaces/prod/deployments/bellwether/scale") r = &gateway;
+    if (c.target == "/apis/apps/v1/namespaces/models/deployments/vllm-llama/scale") r = &vllm;
+    if (!r) return {404, "{}"};
+    if (c.method == "PATCH") {
+      const auto at = c.body.find("\"replicas\":");
+      if (at != std::string::npos) *r = std::stoi(c.body.substr(at + 11));
+    }
+    // status.replicas lags: the pods of a new count are not running yet.
+    return {200, R"({"kind":"Scale","spec":{"replicas":)" + std::to_string(r->load()) +
+                     R"(},"status":{"replicas":1}})"};
+  });
+  FakeServer gw([](const Captured&) {
+    return std::pair<int, std::string>{
+        200,
+        R"({"queue_depth":40,"recommended_replicas":1,"scaling":{"reason":"upstream_capacity",)"
+        R"("gateway":{"target":"gateway","recommended_replicas":1},"deployments":[)"
+        R"({"target":"llama/vllm","scalable":true,"k8s":{"namespace":"models",)"
+        R"("deployment":"vllm-llama"},"recommended_replicas":4},)"
+        R"({"target":"gpt/openai","scalable":false,"recommended_replicas":0}]}})"};
+  });
+  auto o = options(api.url(), {gw.url()});
+  EXPECT_EQ(run_autoscale(o), 0) << log_.str();
+  EXPECT_EQ(gateway.load(), 1);
+  EXPECT_EQ(vllm.load(), 4);
+  const auto calls = gw.requests();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].replicas_header, "");
+  EXPECT_EQ(calls[1].replicas_header, "gateway=1,llama/vllm=1");
+  const std::string log = log_.str();
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 4) << log;  // 2 targets x 2 iterations
+  EXPECT_NE(log.find("\"target\":\"llama/vllm\",\"deployment\":\"models/vllm-llama\""),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("gpt/openai"), std::string::npos) << "not scalable: never a target";
+
+  // Only the upstreams: the gateway's Deployment is left alone.
+  log_.str("");
+  gateway = 2;
+  o.deployment.clear();
+  o.iterations = 1;
+  EXPECT_EQ(run_autoscale(o), 0) << log_.str();
+  EXPECT_EQ(gateway.load(), 2);
 }
 
-TEST(HttpFetch, TimesOutOnASilentServer) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(::listen(fd, 4), 0);  // accepts in the kernel backlog, never answers
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  HttpRequest req;
-  req.url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + "/";
-  req.timeout = millis(200);
-  const auto r = http_fetch(req);
-  ::close(fd);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, "timeout");
+TEST_F(AutoscaleTest, PrometheusSeriesPerTarget) {
+  std::atomic<int> gateway{3}, vllm{1};
+  FakeServer api([&](const Captured& c) -> std::pair<int, std::string> {
+    std::atomic<int>* r = c.target.find("/bellwether/") != std::string::npos ? &gateway : &vllm;
+    if (c.method == "PATCH") *r = std::stoi(c.body.substr(c.body.find("\"replicas\":") + 11));
+    return {200, R"({"spec":{"replicas":)" + std::to_string(r->load()) + "}}"};
+  });
+  FakeServer prom([](const Captured&) {
+    return std::pair<int, std::string>{
+        200, R"({"status":"success","data":{"resultType":"vector","result":[)"
+             R"({"metric":{"target":"gateway","k8s_namespace":"","k8s_deployment":""},)"
+             R"("value":[1767225600.1,"2"]},)"
+             R"({"metric":{"target":"llama/vllm","k8s_namespace":"models",)"
+             R"("k8s_deployment":"vllm-llama"},"value":[1767225600.1,"6"]}]}})"};
+  });
+  auto o = options(api.url(), {});
+  o.prometheus_url = prom.url();
+  o.iterations = 1;
+  EXPECT_EQ(run_autoscale(o), 0) << log_.str();
+  EXPECT_EQ(gateway.load(), 2);
+  EXPECT_EQ(vllm.load(), 6);
 }
 
 }  // namespace

@@ -1,3 +1,4 @@
+// test-label: tools
 // Structure checks of deploy/: Prometheus rules (promtool), Kubernetes manifests rendered
 // offline (kubectl kustomize) and the Grafana dashboard.
 #include <gtest/gtest.h>
@@ -52,7 +53,7 @@ TEST(Deploy, PrometheusRulesCheckAndUnitTests) {
   // Every alert must be covered by the unit tests.
   for (const char* alert :
        {"BellwetherHighTokenRate", "BellwetherHigh429Rate", "BellwetherBreakerOpen",
-        "BellwetherBudgetNearCap", "BellwetherQueueNearFull"}) {
+        "BellwetherBudgetNearCap", "BellwetherQueueNearFull", "BellwetherProviderQuotaBinding"}) {
     const auto [grc, gout] =
         run(std::string("grep -c 'alertname: ") + alert + "' " + dir + "/rules_test.yml");
     EXPECT_EQ(grc, 0) << alert << " has no test";
@@ -87,12 +88,14 @@ TEST(Deploy, KustomizeRendersHpaWithRequiredBehavior) {
       "      stabilizationWindowSeconds: 300\n";
   EXPECT_NE(hpa.find(scale_up), std::string::npos) << hpa;
   EXPECT_NE(hpa.find(scale_down), std::string::npos) << hpa;
-  EXPECT_NE(hpa.find("  - pods:\n      metric:\n        name: bellwether_tokens_per_second\n"),
+  // The gateway scales on its own resources (CPU, connections), never on the admission queue,
+  // which upstream limits hold.
+  EXPECT_NE(hpa.find("  - resource:\n      name: cpu\n"), std::string::npos) << hpa;
+  EXPECT_NE(hpa.find("  - pods:\n      metric:\n        name: bellwether_gateway_connections\n"),
             std::string::npos)
       << hpa;
-  EXPECT_NE(hpa.find("type: External"), std::string::npos) << hpa;
-  EXPECT_NE(hpa.find("name: bellwether_queue_depth"), std::string::npos) << hpa;
-  EXPECT_NE(hpa.find("namespace: bellwether\n"), std::string::npos) << hpa;
+  EXPECT_EQ(hpa.find("queue_depth"), std::string::npos) << hpa;
+  EXPECT_EQ(hpa.find("tokens"), std::string::npos) << hpa;
 
   const std::string dep = document(out, "Deployment", "bellwether");
   ASSERT_FALSE(dep.empty());
@@ -110,6 +113,23 @@ TEST(Deploy, KustomizeRendersHpaWithRequiredBehavior) {
   EXPECT_FALSE(document(out, "Service", "bellwether").empty());
   EXPECT_FALSE(document(out, "ConfigMap", "bellwether-config").empty());
   EXPECT_FALSE(document(out, "ConfigMap", "bellwether-adapter-config").empty());
+
+  // The model server example: its own HPA on the tokens/s and backlog the gateways measure for
+  // it, and the controller's right to scale it from the other namespace.
+  const auto [mrc, mout] =
+      run("kubectl kustomize " + (kRepo / "deploy/k8s/model-server").string());
+  ASSERT_EQ(mrc, 0) << mout;
+  const std::string mhpa = document(mout, "HorizontalPodAutoscaler", "vllm-llama");
+  ASSERT_FALSE(mhpa.empty()) << mout;
+  EXPECT_NE(mhpa.find("name: bellwether_deployment_tokens_per_second"), std::string::npos) << mhpa;
+  EXPECT_NE(mhpa.find("name: bellwether_deployment_backlog"), std::string::npos) << mhpa;
+  EXPECT_NE(mhpa.find("deployment: llama-vllm"), std::string::npos) << mhpa;
+  EXPECT_NE(mhpa.find("namespace: models\n"), std::string::npos) << mhpa;
+  EXPECT_FALSE(document(mout, "Deployment", "vllm-llama").empty()) << mout;
+  const std::string mrole = document(mout, "Role", "bellwether-autoscaler");
+  EXPECT_NE(mrole.find("- vllm-llama"), std::string::npos) << mrole;
+  EXPECT_NE(document(mout, "RoleBinding", "bellwether-autoscaler").find("namespace: bellwether"),
+            std::string::npos);
 
   const auto [drc, dout] = run("kubectl kustomize " + (kRepo / "deploy/k8s/distributed").string());
   ASSERT_EQ(drc, 0) << dout;

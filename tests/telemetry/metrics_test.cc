@@ -108,7 +108,8 @@ TEST(Metrics, GatewayMetricsPassPromtool) {
   m.dlq_entries.get().inc();
   m.cache_hits.get().inc();
   m.budget_utilization->with({"team-a"}).set(0.5);
-  m.replicas_recommended.get().set(4);
+  m.replicas_recommended.with({"gateway", "", ""}).set(4);
+  m.replicas_recommended.with({"llama/vllm", "models", "vllm-llama"}).set(3);
   const std::string text = r.expose();
   for (const char* needle :
        {"bellwether_requests_total{endpoint=\"chat\",model=\"gpt-4o\",status_class=\"2xx\","
@@ -117,7 +118,12 @@ TEST(Metrics, GatewayMetricsPassPromtool) {
         "bellwether_tokens_total{model=\"gpt-4o\",type=\"completion\"} 30\n",
         "bellwether_breaker_state{deployment=\"openai-1\"} 2\n",
         "bellwether_upstream_requests_total{deployment=\"openai-1\",status_class=\"5xx\"} 1\n",
-        "bellwether_dlq_dropped_total 0\n", "bellwether_replicas_recommended 4\n",
+        "bellwether_dlq_dropped_total 0\n",
+        "bellwether_replicas_recommended{target=\"gateway\",k8s_namespace=\"\",k8s_deployment=\"\"}"
+        " "
+        "4\n",
+        "bellwether_replicas_recommended{target=\"llama/vllm\",k8s_namespace=\"models\","
+        "k8s_deployment=\"vllm-llama\"} 3\n",
         "bellwether_in_flight 1\n",
         "bellwether_build_info{version=\"0.1.0\",commit=\"unknown\"} 1\n",
         "bellwether_queue_wait_seconds_bucket{priority=\"p0\",le=\"0.005\"} 1\n"}) {

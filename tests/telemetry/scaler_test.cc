@@ -10,7 +10,16 @@
 namespace bw::telemetry {
 namespace {
 
-constexpr double kCapacityRpm = 400;  // one replica serves 400 requests/min
+constexpr double kCapacityRpm = 400;
+
+Observation ob(std::uint64_t arrivals, std::uint64_t completions, double queue, int replicas) {
+  Observation o;
+  o.arrivals_total = arrivals;
+  o.completions_total = completions;
+  o.queue_depth = queue;
+  o.current_replicas = replicas;
+  return o;
+}  // one replica serves 400 requests/min
 
 // The spike from the issue: 500/min, ramp to 15,000/min over 90 s, hold, ramp back, calm.
 double spike_rpm(int t) {
@@ -48,7 +57,7 @@ struct Cluster {
     completions += served;
   }
   Observation obs(int replicas) const {
-    return {arrivals, completions, std::floor(queue), replicas};
+    return ob(arrivals, completions, std::floor(queue), replicas);
   }
   std::mt19937 rng;
   std::uniform_real_distribution<double> noise;
@@ -164,11 +173,11 @@ TEST(Scaler, ExactForecastsOnALinearRamp) {
   PredictiveScaler s(c);
   // Samples every 5 s; arrivals per second 10, 20, 30 (each over a 5 s window).
   std::uint64_t total = 0;
-  s.observe(seconds(0), {total, total, 0, 2});
+  s.observe(seconds(0), ob(total, total, 0, 2));
   Recommendation r;
   for (int i = 1; i <= 3; ++i) {
     total += static_cast<std::uint64_t>(10 * i * 5);
-    r = s.observe(seconds(5.0 * i), {total, total, 0, 2});
+    r = s.observe(seconds(5.0 * i), ob(total, total, 0, 2));
   }
   EXPECT_EQ(s.samples(), 3u);
   // WMA of 10, 20, 30 with weights 1, 2, 3 = 140/6 per second.
@@ -194,9 +203,9 @@ TEST(Scaler, CooldownsAndScaleDownThreshold) {
   auto feed = [&](double rps) {
     t += seconds(5);
     total += static_cast<std::uint64_t>(rps * 5);
-    return s.observe(t, {total, total, 0, 2});
+    return s.observe(t, ob(total, total, 0, 2));
   };
-  s.observe(t, {0, 0, 0, 2});
+  s.observe(t, ob(0, 0, 0, 2));
   EXPECT_EQ(feed(40).recommended_replicas, 8);  // 40 * 1.2 / 6.667 = 7.2 -> 8
   EXPECT_EQ(feed(80).recommended_replicas, 8);  // up-cooldown (wants 15)
   EXPECT_EQ(s.last().reason, "cooldown");
@@ -221,11 +230,11 @@ TEST(Scaler, LearnsCapacityWhenSaturated) {
   PredictiveScaler s(c);
   std::uint64_t arr = 0, done = 0;
   Recommendation r;
-  s.observe(seconds(0), {0, 0, 0, 4});
+  s.observe(seconds(0), ob(0, 0, 0, 4));
   for (int i = 1; i <= 20; ++i) {
     arr += 60 * 5;   // 60 rps arriving
     done += 40 * 5;  // 4 busy replicas finish 40 rps: 10 rps each
-    r = s.observe(seconds(5.0 * i), {arr, done, 100, 4});
+    r = s.observe(seconds(5.0 * i), ob(arr, done, 100, 4));
   }
   EXPECT_NEAR(r.capacity_rpm_per_replica, 600, 1);
   // 60 rps + backlog 100/60 s, * 1.2 / 10 = 7.4 -> 8
@@ -238,9 +247,9 @@ TEST(Scaler, PerReplicaObservationsScaleToTheCluster) {
   c.learn_capacity = false;
   c.wma_window = 1;
   PredictiveScaler s(c);
-  s.observe(seconds(0), {0, 0, 0, 3});
+  s.observe(seconds(0), ob(0, 0, 0, 3));
   // This replica sees 20 rps; with 3 replicas the cluster sees 60 rps -> 60*1.2/6.667 = 10.8.
-  const auto r = s.observe(seconds(5), {100, 100, 0, 3});
+  const auto r = s.observe(seconds(5), ob(100, 100, 0, 3));
   EXPECT_NEAR(r.arrival_rpm, 3600, 1e-9);
   EXPECT_EQ(r.recommended_replicas, 11);
 }

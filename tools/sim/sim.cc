@@ -90,6 +90,11 @@ struct ModelState {
   std::atomic<std::int64_t> in_flight{0};
   std::atomic<std::int64_t> max_in_flight{0};
   MinuteWindow window;
+  // Self-hosted replicas (SimModelConfig::replicas): pods running now (-1 = from the config) and
+  // sequences being generated.
+  std::atomic<int> replicas{-1};
+  std::atomic<std::int64_t> generating{0};
+  std::atomic<std::int64_t> waiting{0};
 };
 
 struct Control {
@@ -320,6 +325,83 @@ Response error_response(int status, std::string_view type, std::string_view code
 
 }  // namespace
 
+// ---- self-hosted replicas ---------------------------------------------------------------------
+namespace {
+
+int replicas_now(ModelState& ms, const config::SimModelConfig& mc) {
+  const int r = ms.replicas.load();
+  return r < 0 ? mc.replicas : r;
+}
+
+// Holds a generation slot of a replica-modelled model while alive.
+struct ReplicaSlot {
+  ModelState* ms = nullptr;
+  ReplicaSlot() = default;
+  ReplicaSlot(const ReplicaSlot&) = delete;
+  ReplicaSlot& operator=(const ReplicaSlot&) = delete;
+  ~ReplicaSlot() {
+    if (ms) ms->generating.fetch_sub(1);
+  }
+};
+
+// Waits, like a model server's scheduler, until one of the running replicas has a free sequence
+// slot. False when the client went away first. Polls: the replica count changes at run time.
+asio::awaitable<bool> wait_for_replica(ModelState& ms, const config::SimModelConfig& mc,
+                                       ClientWatch& cw, ReplicaSlot& slot) {
+  if (mc.replica_concurrency <= 0) co_return true;
+  ms.waiting.fetch_add(1);
+  for (;;) {
+    const std::int64_t cap = replicas_now(ms, mc) * mc.replica_concurrency;
+    auto cur = ms.generating.load();
+    while (cur < cap && !ms.generating.compare_exchange_weak(cur, cur + 1)) {
+    }
+    if (cur < cap) break;
+    if (!co_await generate_for(cw, millis(5))) {
+      ms.waiting.fetch_sub(1);
+      co_return false;
+    }
+  }
+  ms.waiting.fetch_sub(1);
+  slot.ms = &ms;
+  co_return true;
+}
+
+// GET /sim/replicas: {"model":{"replicas","generating","waiting"}} for replica-modelled models.
+// POST /sim/replicas {"model":"m","replicas":N}: N pods run from now on.
+asio::awaitable<bool> handle_replicas(Simulator::State& st, Request& req, ResponseWriter& w) {
+  if (req.path() != "/sim/replicas") co_return false;
+  if (req.method == "POST") {
+    thread_local simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    std::string_view model;
+    std::int64_t n = 0;
+    if (parser.parse(req.body.data(), req.body.size()).get(doc) != simdjson::SUCCESS ||
+        doc["model"].get(model) != simdjson::SUCCESS ||
+        doc["replicas"].get(n) != simdjson::SUCCESS || n < 0 || n > 100000) {
+      co_await w.send(error_response(400, "invalid_request_error", "invalid_json",
+                                     "want {\"model\":\"name\",\"replicas\":N}"));
+      co_return true;
+    }
+    st.model_state(std::string(model)).replicas.store(static_cast<int>(n));
+  }
+  JsonWriter j;
+  j.begin_object();
+  for (const auto& m : st.cfg.models) {
+    if (m.replica_concurrency <= 0) continue;
+    auto& ms = st.model_state(m.name);
+    j.key(m.name).begin_object();
+    j.key("replicas").value(replicas_now(ms, m));
+    j.key("generating").value(ms.generating.load());
+    j.key("waiting").value(ms.waiting.load());
+    j.end_object();
+  }
+  j.end_object();
+  co_await w.send(Response::json(200, j.take()));
+  co_return true;
+}
+
+}  // namespace
+
 namespace {
 
 asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
@@ -348,6 +430,7 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     co_await w.send(Response::json(200, j.take()));
     co_return;
   }
+  if (co_await handle_replicas(*st, req, w)) co_return;
   if (req.method == "GET" && path == "/sim/last") {
     std::string last;
     {
@@ -529,6 +612,11 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
   } else if (mc.rpm > 0 || mc.tpm > 0) {
     wait_s = ms.window.try_add(now_s, 1, p.prompt_tokens + completion, mc.rpm, mc.tpm, req_used,
                                tok_used);
+  }
+  ReplicaSlot replica_slot;
+  if (wait_s <= 0 && !co_await wait_for_replica(ms, mc, cw, replica_slot)) {
+    st->cancelled.fetch_add(1);
+    co_return;
   }
   if (wait_s > 0) {
     st->rejected.fetch_add(1);

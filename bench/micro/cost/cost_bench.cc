@@ -12,7 +12,7 @@
 
 #include "cost/budget_manager.h"
 #include "cost/pricing.h"
-#include "cost/sqlite_ledger.h"
+#include "store/sqlite_ledger.h"
 
 namespace bw::cost {
 namespace {
@@ -74,10 +74,10 @@ BENCHMARK(BM_WorstCaseEstimate);
 void BM_LedgerGroupCommit(benchmark::State& state) {
   char tmpl[] = "/tmp/bw_cost_bench_XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
-  SqliteLedgerOptions o;
+  store::SqliteLedgerOptions o;
   o.path = dir + "/bench.db";
   o.queue_capacity = 1 << 20;
-  auto opened = SqliteLedger::open(o);
+  auto opened = store::SqliteLedger::open(o);
   if (!opened.ok()) {
     state.SkipWithError(opened.error().message.c_str());
     return;

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "cost/pg_ledger.h"
+#include "store/pg_ledger.h"
 
 namespace bw::cost {
 namespace {
@@ -19,15 +19,15 @@ void BM_PgLedgerInFlight(benchmark::State& state) {
     state.SkipWithError("set BW_BENCH_PG to a PostgreSQL connection string");
     return;
   }
-  PgLedgerOptions o;
+  store::PgLedgerOptions o;
   o.db.conninfo = uri;
-  auto opened = PgLedger::open(o);
+  auto opened = store::PgLedger::open(o);
   if (!opened.ok()) {
     state.SkipWithError(opened.error().message.c_str());
     return;
   }
   {
-    auto c = PgConn::connect(o.db);
+    auto c = store::PgConn::connect(o.db);
     if (c.ok()) (void)c->exec("TRUNCATE ledger");
   }
   auto& ledger = *opened;

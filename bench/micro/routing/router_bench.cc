@@ -31,7 +31,7 @@ void BM_PickFinish(benchmark::State& state) {
   Rng rng(1234 + static_cast<std::uint64_t>(state.thread_index()));
   const Clock& clock = SteadyClock::instance();
   Outcome o;
-  o.kind = OutcomeKind::success;
+  o.kind = OutcomeKind::kSuccess;
   o.latency_ns = millis(120);
   o.tokens = 300;
   for (auto _ : state) {
@@ -47,9 +47,9 @@ void BM_PickFinish(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
-BENCHMARK(BM_PickFinish<BalancerKind::p2c_peak_ewma>)->Threads(1)->Threads(2)->UseRealTime();
-BENCHMARK(BM_PickFinish<BalancerKind::weighted_round_robin>)->Threads(1)->Threads(2)->UseRealTime();
-BENCHMARK(BM_PickFinish<BalancerKind::least_outstanding>)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_PickFinish<BalancerKind::kP2cPeakEwma>)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_PickFinish<BalancerKind::kWeightedRoundRobin>)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_PickFinish<BalancerKind::kLeastOutstanding>)->Threads(1)->Threads(2)->UseRealTime();
 
 }  // namespace
 }  // namespace bw::routing

@@ -81,7 +81,11 @@ void BM_ScalerObserve(benchmark::State& state) {
   for (auto _ : state) {
     t += bw::seconds(5);
     n += 500;
-    benchmark::DoNotOptimize(s.observe(t, {n, n, 3, 4}));
+    bw::telemetry::Observation o;
+    o.arrivals_total = o.completions_total = n;
+    o.queue_depth = 3;
+    o.current_replicas = 4;
+    benchmark::DoNotOptimize(s.observe(t, o));
   }
 }
 BENCHMARK(BM_ScalerObserve);

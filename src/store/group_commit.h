@@ -1,0 +1,166 @@
+#pragma once
+// GroupCommitQueue: the write path of the ledgers. push() only queues (bounded; it never blocks on
+// I/O, so it is safe on an event loop) and returns false at once when the queue is full or
+// stopping. One writer thread takes everything queued, up to max_batch records, and hands it to
+// the backend as one batch: one transaction, i.e. one fsync (SQLite) or one pipelined round trip
+// (PostgreSQL), serves the whole batch. Each record's callback then runs exactly once, on the
+// writer thread, with that record's own result.
+// Thread safety: every public member may be called from any thread; the commit function runs on
+// the writer thread only.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace bw::store {
+
+struct GroupCommitStats {
+  std::uint64_t records_committed = 0;
+  std::uint64_t records_failed = 0;
+  std::uint64_t commits = 0;  // transactions attempted
+  std::uint64_t queue_full = 0;
+  std::uint64_t max_batch = 0;
+  std::size_t queue_depth = 0;
+};
+
+template <class Record>
+class GroupCommitQueue {
+ public:
+  using Callback = std::function<void(const Result<Ok>&)>;
+  struct Item {
+    Record record;
+    Callback done;
+  };
+  // The backend's outcome of one batch: one result per record, in order, and whether a
+  // transaction was attempted at all (false when, e.g., no connection could be had).
+  struct BatchOutcome {
+    std::vector<Result<Ok>> results;
+    bool transaction = true;
+  };
+  using CommitFn = std::function<BatchOutcome(const std::deque<Item>& batch)>;
+
+  GroupCommitQueue(std::size_t capacity, std::size_t max_batch)
+      : capacity_(std::max<std::size_t>(capacity, 1)),
+        max_batch_(std::max<std::size_t>(max_batch, 1)) {}
+  GroupCommitQueue(const GroupCommitQueue&) = delete;
+  GroupCommitQueue& operator=(const GroupCommitQueue&) = delete;
+  ~GroupCommitQueue() { stop(); }
+
+  // Starts the writer. `commit` may refer to its owner: the owner calls stop() before it goes.
+  void start(CommitFn commit) {
+    commit_ = std::move(commit);
+    writer_ = std::thread([this] { writer_loop(); });
+  }
+
+  // Commits everything still queued, then joins the writer. Idempotent.
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    work_cv_.notify_all();
+    if (writer_.joinable()) writer_.join();
+  }
+
+  [[nodiscard]] bool push(Record record, Callback done) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_ || queue_.size() >= capacity_) {
+        queue_full_.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      queue_.push_back(Item{std::move(record), std::move(done)});
+      ++enqueued_;
+    }
+    work_cv_.notify_one();
+    return true;
+  }
+
+  // Waits until every record queued before the call has been committed or has failed.
+  void flush() {
+    std::unique_lock lock(mu_);
+    const std::uint64_t target = enqueued_;
+    done_cv_.wait(lock, [&] { return completed_ >= target; });
+  }
+
+  GroupCommitStats stats() const {
+    GroupCommitStats s;
+    s.records_committed = records_committed_.load(std::memory_order_relaxed);
+    s.records_failed = records_failed_.load(std::memory_order_relaxed);
+    s.commits = commits_.load(std::memory_order_relaxed);
+    s.queue_full = queue_full_.load(std::memory_order_relaxed);
+    s.max_batch = max_batch_seen_.load(std::memory_order_relaxed);
+    std::lock_guard lock(mu_);
+    s.queue_depth = queue_.size();
+    return s;
+  }
+
+ private:
+  void writer_loop() {
+    std::deque<Item> batch;
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping and drained
+        const std::size_t n = std::min(queue_.size(), max_batch_);
+        for (std::size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      const std::size_t n = batch.size();
+      commit_batch(batch);
+      {
+        std::lock_guard lock(mu_);
+        completed_ += n;
+      }
+      done_cv_.notify_all();
+    }
+  }
+
+  void commit_batch(std::deque<Item>& batch) {
+    BatchOutcome out = commit_(batch);
+    if (out.transaction) commits_.fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t seen = max_batch_seen_.load(std::memory_order_relaxed);
+    while (batch.size() > seen &&
+           !max_batch_seen_.compare_exchange_weak(seen, batch.size(), std::memory_order_relaxed)) {
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Result<Ok>& r = out.results[i];
+      (r.ok() ? records_committed_ : records_failed_).fetch_add(1, std::memory_order_relaxed);
+      if (batch[i].done) batch[i].done(r);
+    }
+    batch.clear();
+  }
+
+  const std::size_t capacity_;
+  const std::size_t max_batch_;
+  CommitFn commit_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  std::deque<Item> queue_;
+  bool stopping_ = false;
+  std::uint64_t enqueued_ = 0;   // guarded by mu_
+  std::uint64_t completed_ = 0;  // guarded by mu_
+
+  std::atomic<std::uint64_t> records_committed_{0};
+  std::atomic<std::uint64_t> records_failed_{0};
+  std::atomic<std::uint64_t> commits_{0};
+  std::atomic<std::uint64_t> queue_full_{0};
+  std::atomic<std::uint64_t> max_batch_seen_{0};
+
+  std::thread writer_;
+};
+
+}  // namespace bw::store

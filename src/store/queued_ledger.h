@@ -1,0 +1,34 @@
+#pragma once
+// QueuedLedger: the write half of cost::Ledger that every backend shares. append_*() only queue
+// (GroupCommitQueue: bounded, never blocking); the backend writes each batch in commit_batch(),
+// on the queue's writer thread, and answers one result per record.
+#include <deque>
+
+#include "cost/ledger.h"
+#include "store/ledger_rows.h"
+
+namespace bw::store {
+
+class QueuedLedger : public cost::Ledger {
+ public:
+  bool append_reservation(cost::LedgerReservation record, cost::LedgerCallback done) final;
+  bool append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done) final;
+  void flush() final;
+  cost::LedgerStats stats() const final;
+
+ protected:
+  using Batch = std::deque<LedgerQueue::Item>;
+  QueuedLedger(std::size_t queue_capacity, std::size_t max_batch);
+  // Starts the writer: call once the backend is ready to commit.
+  void start_writer();
+  // Commits everything still queued and stops the writer. A backend's destructor calls it first,
+  // while the members commit_batch() uses are still alive.
+  void stop_writer();
+  // One transaction for the whole batch, on the writer thread.
+  virtual LedgerQueue::BatchOutcome commit_batch(const Batch& batch) = 0;
+
+ private:
+  LedgerQueue queue_;
+};
+
+}  // namespace bw::store

@@ -1,0 +1,171 @@
+#include "store/sqlite_ledger.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+
+namespace bw::store {
+
+namespace {
+
+cost::LedgerRow read_row(const Statement& st) {
+  return read_ledger_row([&](int c) { return st.column_text(c); },
+                         [&](int c) { return st.column_int(c); });
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions options) {
+  auto writer = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms);
+  if (!writer.ok()) return writer.error();
+  auto m = migrate(*writer);
+  if (!m.ok()) return m.error();
+  auto reader = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms);
+  if (!reader.ok()) return reader.error();
+  std::unique_ptr<SqliteLedger> ledger(
+      new SqliteLedger(std::move(options), std::move(*writer), std::move(*reader)));
+  auto ins = Statement::prepare(
+      ledger->writer_db_,
+      "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
+      " created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)");
+  if (!ins.ok()) return ins.error();
+  auto upd = Statement::prepare(
+      ledger->writer_db_,
+      "UPDATE ledger SET status = ?2, actual_micro = ?3, prompt_tokens = ?4,"
+      " completion_tokens = ?5, settled_unix_ms = ?6 WHERE request_id = ?1 AND status = 'open'");
+  if (!upd.ok()) return upd.error();
+  ledger->insert_st_ = std::move(*ins);
+  ledger->settle_st_ = std::move(*upd);
+  ledger->start_writer();
+  return ledger;
+}
+
+SqliteLedger::SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader)
+    : QueuedLedger(options.queue_capacity, options.max_batch),
+      options_(std::move(options)),
+      writer_db_(std::move(writer)),
+      reader_db_(std::move(reader)) {}
+
+SqliteLedger::~SqliteLedger() {
+  stop_writer();
+}
+
+Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
+  if (const auto* r = std::get_if<cost::LedgerReservation>(&record)) {
+    insert_st_.reset();
+    insert_st_.bind(1, r->request_id)
+        .bind(2, r->key_id)
+        .bind(3, r->tenant_id)
+        .bind(4, r->model)
+        .bind(5, join_lines(r->budgets))
+        .bind(6, std::max<cost::Micros>(r->reserved_micro, 0))
+        .bind(7, r->created_unix_ms);
+    const int rc = insert_st_.step();
+    insert_st_.reset();
+    if (rc == SQLITE_DONE) return Ok{};
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) return duplicate_request_error(r->request_id);
+    return db_error("ledger insert", writer_db_.last_error());
+  }
+  const auto& s = std::get<cost::LedgerSettlement>(record);
+  settle_st_.reset();
+  settle_st_.bind(1, s.request_id)
+      .bind(2, settlement_status_text(s))
+      .bind(3, settlement_actual(s))
+      .bind(4, s.prompt_tokens)
+      .bind(5, s.completion_tokens)
+      .bind(6, s.settled_unix_ms);
+  const int rc = settle_st_.step();
+  settle_st_.reset();
+  if (rc != SQLITE_DONE) return db_error("ledger settle", writer_db_.last_error());
+  if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(s.request_id);
+  return Ok{};
+}
+
+LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
+  LedgerQueue::BatchOutcome out;
+  out.results.reserve(batch.size());
+  auto begin = writer_db_.exec("BEGIN IMMEDIATE");
+  if (!begin.ok()) {
+    out.transaction = false;
+    out.results.assign(batch.size(), begin.error());
+    return out;
+  }
+  for (const auto& item : batch) out.results.push_back(write_one(item.record));
+  auto commit = writer_db_.exec("COMMIT");
+  if (!commit.ok()) {
+    (void)writer_db_.exec("ROLLBACK");
+    for (auto& r : out.results) r = commit.error();
+  }
+  return out;
+}
+
+Result<std::vector<cost::LedgerRow>> SqliteLedger::query_rows(const char* sql,
+                                                              const std::string* arg) {
+  std::lock_guard lock(reader_mu_);
+  auto st = Statement::prepare(reader_db_, sql);
+  if (!st.ok()) return st.error();
+  if (arg) st->bind(1, *arg);
+  std::vector<cost::LedgerRow> rows;
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) rows.push_back(read_row(*st));
+  if (rc != SQLITE_DONE) return db_error("ledger query", reader_db_.last_error());
+  return rows;
+}
+
+Result<std::vector<cost::LedgerRow>> SqliteLedger::open_reservations() {
+  const std::string sql = std::string("SELECT ") + kLedgerColumns +
+                          " FROM ledger WHERE status = 'open' ORDER BY created_unix_ms";
+  return query_rows(sql.c_str(), nullptr);
+}
+
+Result<std::optional<cost::LedgerRow>> SqliteLedger::find(const std::string& request_id) {
+  const std::string sql =
+      std::string("SELECT ") + kLedgerColumns + " FROM ledger WHERE request_id = ?1";
+  auto rows = query_rows(sql.c_str(), &request_id);
+  if (!rows.ok()) return rows.error();
+  if (rows->empty()) return std::optional<cost::LedgerRow>{};
+  return std::optional<cost::LedgerRow>(std::move(rows->front()));
+}
+
+Result<std::vector<cost::SpendAggregate>> SqliteLedger::settled_since(std::int64_t since_unix_ms) {
+  std::lock_guard lock(reader_mu_);
+  auto st = Statement::prepare(
+      reader_db_,
+      "SELECT budgets, key_id, tenant_id, created_unix_ms - (created_unix_ms % 86400000) AS day,"
+      " SUM(actual_micro) FROM ledger WHERE status = 'settled' AND created_unix_ms >= ?1"
+      " GROUP BY budgets, key_id, tenant_id, day");
+  if (!st.ok()) return st.error();
+  st->bind(1, since_unix_ms);
+  std::vector<cost::SpendAggregate> out;
+  const auto text = [&](int c) { return st->column_text(c); };
+  const auto int64 = [&](int c) { return st->column_int(c); };
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_spend_aggregate(text, int64));
+  if (rc != SQLITE_DONE) return db_error("ledger query", reader_db_.last_error());
+  return out;
+}
+
+Result<std::vector<cost::SpendReportRow>> SqliteLedger::spend_report(cost::SpendGroup group,
+                                                                     std::int64_t from_unix_ms,
+                                                                     std::int64_t to_unix_ms) {
+  const std::string sql =
+      std::string("SELECT ") +
+      spend_group_expr(group, "strftime('%Y-%m-%d', created_unix_ms / 1000, 'unixepoch')") +
+      " AS g, COUNT(*), SUM(CASE WHEN status = 'settled' THEN actual_micro ELSE 0 END),"
+      " SUM(CASE WHEN status = 'open' THEN reserved_micro ELSE 0 END), SUM(prompt_tokens),"
+      " SUM(completion_tokens) FROM ledger WHERE created_unix_ms >= ?1 AND created_unix_ms < ?2"
+      " GROUP BY g ORDER BY g";
+  std::lock_guard lock(reader_mu_);
+  auto st = Statement::prepare(reader_db_, sql);
+  if (!st.ok()) return st.error();
+  st->bind(1, from_unix_ms).bind(2, to_unix_ms);
+  std::vector<cost::SpendReportRow> out;
+  const auto text = [&](int c) { return st->column_text(c); };
+  const auto int64 = [&](int c) { return st->column_int(c); };
+  int rc;
+  while ((rc = st->step()) == SQLITE_ROW) out.push_back(read_spend_report_row(text, int64));
+  if (rc != SQLITE_DONE) return db_error("ledger report", reader_db_.last_error());
+  return out;
+}
+
+}  // namespace bw::store

@@ -1,0 +1,57 @@
+#pragma once
+// SQLite implementation of Ledger: WAL journal, one writer thread that group-commits everything
+// queued since its last commit in a single transaction (one WAL fsync), then runs the callbacks.
+//
+// Durability: with journal_mode=WAL, synchronous=FULL syncs the WAL at every commit, so a record
+// whose callback reported ok survives kill -9 AND power loss. synchronous=NORMAL only syncs at
+// checkpoints: it survives a process crash (the OS holds the pages) but a power cut can drop the
+// last commits, i.e. a forwarded request's reservation — so FULL is the default. Group commit is
+// what makes FULL affordable: the fsync cost is shared by the whole batch.
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cost/ledger.h"
+#include "store/queued_ledger.h"
+#include "store/sqlite_db.h"
+
+namespace bw::store {
+
+struct SqliteLedgerOptions {
+  std::string path = "bellwether.db";
+  std::size_t queue_capacity = 65'536;  // records waiting for the writer; beyond: append fails
+  std::size_t max_batch = 4'096;        // records per transaction
+  bool synchronous_full = true;         // see above; false = NORMAL (not power-loss safe)
+  int busy_timeout_ms = 5'000;          // wait for other connections' locks
+};
+
+class SqliteLedger final : public QueuedLedger {
+ public:
+  // Opens the file, applies migrations and starts the writer thread.
+  static Result<std::unique_ptr<SqliteLedger>> open(SqliteLedgerOptions options);
+  // Commits everything still queued, then stops the writer.
+  ~SqliteLedger() override;
+
+  Result<std::vector<cost::LedgerRow>> open_reservations() override;
+  Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t since_unix_ms) override;
+  Result<std::optional<cost::LedgerRow>> find(const std::string& request_id) override;
+  Result<std::vector<cost::SpendReportRow>> spend_report(cost::SpendGroup group,
+                                                         std::int64_t from_unix_ms,
+                                                         std::int64_t to_unix_ms) override;
+
+ private:
+  SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader);
+  LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
+  Result<Ok> write_one(const LedgerRecord& record);
+  Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
+
+  const SqliteLedgerOptions options_;
+  SqliteDb writer_db_;  // writer thread only
+  Statement insert_st_;
+  Statement settle_st_;
+
+  std::mutex reader_mu_;
+  SqliteDb reader_db_;
+};
+
+}  // namespace bw::store

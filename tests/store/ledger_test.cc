@@ -1,0 +1,609 @@
+// test-label: unit postgres
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sched.h>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include <thread>
+
+#include "backends.h"
+#include "cost/recovery.h"
+
+namespace bw::store {
+using namespace bw::cost;
+namespace {
+
+constexpr std::int64_t kJan1 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+constexpr std::int64_t kDay = kMillisPerDay;
+
+// Builds "<prefix><n>" by appending: g++ 12 at -O3 emits a false -Wrestrict for "x" + to_string().
+std::string id_of(std::string prefix, long n) {
+  prefix += std::to_string(n);
+  return prefix;
+}
+
+std::string crash_id(int cycle, long i) {
+  return id_of(id_of("c", cycle) + "-", i);
+}
+
+LedgerReservation reservation(std::string id, std::string key, std::string tenant,
+                              std::string model, Micros amount, std::int64_t created,
+                              std::vector<std::string> budgets = {}) {
+  return {std::move(id), std::move(key), std::move(tenant), std::move(model), std::move(budgets),
+          amount,        created};
+}
+
+LedgerSettlement settlement(std::string id, Micros actual, std::int64_t when,
+                            LedgerStatus status = LedgerStatus::kSettled) {
+  return {std::move(id), status, actual, 100, 50, when};
+}
+
+// The same cases run against every backend (tests/cost/backends.h): SQLite and PostgreSQL must
+// behave identically for recovery and the spend report to work on either.
+template <class B>
+class LedgerParity : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(LedgerParity, testing::Backends, testing::BackendNames);
+template <class B>
+class Recovery : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(Recovery, testing::Backends, testing::BackendNames);
+template <class B>
+class Migrations : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(Migrations, testing::Backends, testing::BackendNames);
+template <class B>
+class LedgerCrashSafety : public testing::BackendTest<B> {};
+TYPED_TEST_SUITE(LedgerCrashSafety, testing::Backends, testing::BackendNames);
+
+// Appends and waits for the commit; returns the callback's result.
+Result<Ok> append_sync(Ledger& l, const LedgerReservation& r) {
+  std::optional<Result<Ok>> out;
+  EXPECT_TRUE(l.append_reservation(r, [&](const Result<Ok>& res) { out = res; }));
+  l.flush();
+  return out.value_or(Result<Ok>(make_error(500, "", "", "no callback")));
+}
+Result<Ok> append_sync(Ledger& l, const LedgerSettlement& s) {
+  std::optional<Result<Ok>> out;
+  EXPECT_TRUE(l.append_settlement(s, [&](const Result<Ok>& res) { out = res; }));
+  l.flush();
+  return out.value_or(Result<Ok>(make_error(500, "", "", "no callback")));
+}
+
+TYPED_TEST(LedgerParity, GroupCommitRunsEveryCallbackAfterCommit) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  constexpr int kRecords = 500;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kRecords; ++i) {
+    ASSERT_TRUE(ledger->append_reservation(
+        reservation(id_of("r", i), "key_a", "acme", "gpt-4.1", 10, kJan1 + i),
+        [&](const Result<Ok>& r) { ok += r.ok() ? 1 : 0; }));
+  }
+  ledger->flush();
+  EXPECT_EQ(ok.load(), kRecords);
+  const LedgerStats s = ledger->stats();
+  EXPECT_EQ(s.records_committed, static_cast<std::uint64_t>(kRecords));
+  EXPECT_EQ(s.records_failed, 0u);
+  EXPECT_GE(s.commits, 1u);
+  EXPECT_LE(s.commits, static_cast<std::uint64_t>(kRecords));
+  EXPECT_EQ(s.queue_depth, 0u);
+  auto row = ledger->find("r499");
+  ASSERT_TRUE(row.ok());
+  ASSERT_TRUE(row->has_value());
+  EXPECT_EQ((*row)->status, LedgerStatus::kOpen);
+  EXPECT_EQ((*row)->reserved_micro, 10);
+  EXPECT_EQ((*row)->created_unix_ms, kJan1 + 499);
+}
+
+TYPED_TEST(LedgerParity, SettleReleaseAndPerRecordErrors) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  ASSERT_TRUE(append_sync(*ledger, reservation("a", "key_a", "acme", "gpt-4.1", 1000, kJan1,
+                                               {"global/monthly", "key:key_a/daily"}))
+                  .ok());
+  ASSERT_TRUE(append_sync(*ledger, reservation("b", "key_a", "acme", "gpt-4.1", 2000, kJan1)).ok());
+  auto dup = append_sync(*ledger, reservation("a", "key_a", "acme", "gpt-4.1", 1, kJan1));
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, "duplicate_request_id");
+
+  ASSERT_TRUE(append_sync(*ledger, settlement("a", 750, kJan1 + 5)).ok());
+  ASSERT_TRUE(append_sync(*ledger, settlement("b", 999, kJan1 + 6, LedgerStatus::kReleased)).ok());
+  auto again = append_sync(*ledger, settlement("a", 1, kJan1 + 7));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, "not_open");
+  EXPECT_FALSE(append_sync(*ledger, settlement("ghost", 1, kJan1)).ok());
+
+  auto a = ledger->find("a");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ((*a)->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*a)->actual_micro, 750);
+  EXPECT_EQ((*a)->prompt_tokens, 100);
+  EXPECT_EQ((*a)->completion_tokens, 50);
+  EXPECT_EQ((*a)->settled_unix_ms, kJan1 + 5);
+  EXPECT_EQ((*a)->budgets, (std::vector<std::string>{"global/monthly", "key:key_a/daily"}));
+  auto b = ledger->find("b");
+  ASSERT_TRUE(b.ok() && b->has_value());
+  EXPECT_EQ((*b)->status, LedgerStatus::kReleased);
+  EXPECT_EQ((*b)->actual_micro, 0);
+  EXPECT_EQ(ledger->stats().records_failed, 3u);
+  auto none = ledger->find("zzz");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+}
+
+TYPED_TEST(LedgerParity, BoundedQueueRefusesWhenFull) {
+  auto ledger = this->backend().open_ledger(/*capacity=*/4);
+  ASSERT_TRUE(ledger);
+  // Hold the writer inside the first callback so the queue cannot drain.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, release = false;
+  ASSERT_TRUE(ledger->append_reservation(reservation("block", "k", "t", "m", 1, kJan1),
+                                         [&](const Result<Ok>&) {
+                                           std::unique_lock lock(mu);
+                                           entered = true;
+                                           cv.notify_all();
+                                           cv.wait(lock, [&] { return release; });
+                                         }));
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return entered; });
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(
+        ledger->append_reservation(reservation(id_of("q", i), "k", "t", "m", 1, kJan1), nullptr));
+  }
+  EXPECT_FALSE(ledger->append_reservation(reservation("over", "k", "t", "m", 1, kJan1), nullptr));
+  EXPECT_EQ(ledger->stats().queue_full, 1u);
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  ledger->flush();
+  EXPECT_EQ(ledger->stats().records_committed, 5u);
+}
+
+TYPED_TEST(LedgerParity, SpendReports) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  struct Row {
+    const char* id;
+    const char* key;
+    const char* tenant;
+    const char* model;
+    std::int64_t created;
+    Micros reserved;
+    std::optional<Micros> actual;  // nullopt = stays open
+  };
+  const Row rows[] = {
+      {"1", "key_a", "acme", "gpt-4.1", kJan1 + 10, 100, 40},
+      {"2", "key_a", "acme", "deepseek-v3.2", kJan1 + kDay + 10, 100, 60},
+      {"3", "key_b", "acme", "gpt-4.1", kJan1 + kDay + 20, 300, std::nullopt},
+      {"4", "key_c", "beta", "gpt-4.1", kJan1 + 30, 500, 500},
+      {"5", "key_c", "beta", "gpt-4.1", kJan1 + 40 * kDay, 1, 1},  // outside the window
+  };
+  for (const auto& r : rows) {
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation(r.id, r.key, r.tenant, r.model, r.reserved, r.created))
+            .ok());
+    if (r.actual) {
+      ASSERT_TRUE(append_sync(*ledger, settlement(r.id, *r.actual, r.created)).ok());
+    }
+  }
+  const std::int64_t from = kJan1, to = kJan1 + 31 * kDay;
+  auto by_key = ledger->spend_report(SpendGroup::kKey, from, to);
+  ASSERT_TRUE(by_key.ok());
+  ASSERT_EQ(by_key->size(), 3u);
+  EXPECT_EQ((*by_key)[0].group, "key_a");
+  EXPECT_EQ((*by_key)[0].requests, 2);
+  EXPECT_EQ((*by_key)[0].actual_micro, 100);
+  EXPECT_EQ((*by_key)[0].prompt_tokens, 200);
+  EXPECT_EQ((*by_key)[1].group, "key_b");
+  EXPECT_EQ((*by_key)[1].actual_micro, 0);
+  EXPECT_EQ((*by_key)[1].open_reserved_micro, 300);
+  EXPECT_EQ((*by_key)[2].actual_micro, 500);
+
+  auto by_tenant = ledger->spend_report(SpendGroup::kTenant, from, to);
+  ASSERT_TRUE(by_tenant.ok());
+  ASSERT_EQ(by_tenant->size(), 2u);
+  EXPECT_EQ((*by_tenant)[0].group, "acme");
+  EXPECT_EQ((*by_tenant)[0].actual_micro, 100);
+  EXPECT_EQ((*by_tenant)[1].group, "beta");
+  EXPECT_EQ((*by_tenant)[1].requests, 1);
+
+  auto by_model = ledger->spend_report(SpendGroup::kModel, from, to);
+  ASSERT_TRUE(by_model.ok());
+  ASSERT_EQ(by_model->size(), 2u);
+  EXPECT_EQ((*by_model)[0].group, "deepseek-v3.2");
+  EXPECT_EQ((*by_model)[1].group, "gpt-4.1");
+  EXPECT_EQ((*by_model)[1].actual_micro, 540);
+
+  auto by_day = ledger->spend_report(SpendGroup::kDay, from, to);
+  ASSERT_TRUE(by_day.ok());
+  ASSERT_EQ(by_day->size(), 2u);
+  EXPECT_EQ((*by_day)[0].group, "2026-01-01");
+  EXPECT_EQ((*by_day)[0].actual_micro, 540);
+  EXPECT_EQ((*by_day)[1].group, "2026-01-02");
+  EXPECT_EQ((*by_day)[1].actual_micro, 60);
+  EXPECT_EQ((*by_day)[1].open_reserved_micro, 300);
+}
+
+TYPED_TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
+  const std::string gm = global_budget_id(BudgetPeriod::kMonthly);
+  const std::string kd = key_budget_id("key_a", BudgetPeriod::kDaily);
+  const std::string tt = tenant_budget_id("acme", BudgetPeriod::kTotal);
+  const std::int64_t now = kJan1 + 3 * kDay + 5000;  // Jan 4th
+  {
+    auto ledger = this->backend().open_ledger();
+    ASSERT_TRUE(ledger);
+    const std::vector<std::string> all = {gm, kd, tt};
+    // Last month (counts only in the total budget).
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("dec", "key_a", "acme", "m", 900, kJan1 - 5, all)).ok());
+    ASSERT_TRUE(append_sync(*ledger, settlement("dec", 800, kJan1 - 4)).ok());
+    // Earlier this month (global + total).
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("jan2", "key_a", "acme", "m", 500, kJan1 + kDay, all))
+            .ok());
+    ASSERT_TRUE(append_sync(*ledger, settlement("jan2", 300, kJan1 + kDay)).ok());
+    // Today (all three).
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("t1", "key_a", "acme", "m", 200, now - 1000, all)).ok());
+    ASSERT_TRUE(append_sync(*ledger, settlement("t1", 120, now - 900)).ok());
+    // Released today: counts nowhere.
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("t2", "key_a", "acme", "m", 999, now - 800, all)).ok());
+    ASSERT_TRUE(append_sync(*ledger, settlement("t2", 0, now - 700, LedgerStatus::kReleased)).ok());
+    // Open when the process died.
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("o1", "key_a", "acme", "m", 70, now - 600, all)).ok());
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation("o2", "key_a", "acme", "m", 30, now - 500, all)).ok());
+  }
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  BudgetManager m;
+  ASSERT_TRUE(m.upsert_budget({gm, 10'000, BudgetPeriod::kMonthly}));
+  ASSERT_TRUE(m.upsert_budget({kd, 10'000, BudgetPeriod::kDaily}));
+  ASSERT_TRUE(m.upsert_budget({tt, 10'000, BudgetPeriod::kTotal}));
+  auto report = recover_budgets(*ledger, m, now);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  EXPECT_EQ(report->settled_micro, 1220);
+  ASSERT_EQ(report->open.size(), 2u);
+  EXPECT_EQ(report->open[0].row.request_id, "o1");
+  EXPECT_EQ(m.snapshot(kd, now)->spent_micro, 120);
+  EXPECT_EQ(m.snapshot(gm, now)->spent_micro, 420);
+  EXPECT_EQ(m.snapshot(tt, now)->spent_micro, 1220);
+  for (const auto& id : {gm, kd, tt}) EXPECT_EQ(m.snapshot(id, now)->reserved_micro, 100) << id;
+
+  // Settle o1 at 50, release o2.
+  ASSERT_TRUE(reconcile(*ledger, m, report->open[0], Micros{50}, now + 1).ok());
+  ASSERT_TRUE(reconcile(*ledger, m, report->open[1], std::nullopt, now + 1).ok());
+  EXPECT_EQ(m.snapshot(kd, now)->spent_micro, 170);
+  EXPECT_EQ(m.snapshot(tt, now)->spent_micro, 1270);
+  for (const auto& id : {gm, kd, tt}) EXPECT_EQ(m.snapshot(id, now)->reserved_micro, 0) << id;
+  auto open = ledger->open_reservations();
+  ASSERT_TRUE(open.ok());
+  EXPECT_TRUE(open->empty());
+  EXPECT_EQ((*ledger->find("o1"))->actual_micro, 50);
+  EXPECT_EQ((*ledger->find("o2"))->status, LedgerStatus::kReleased);
+  // Reconciling twice fails in the ledger and leaves memory unchanged.
+  EXPECT_FALSE(reconcile(*ledger, m, report->open[0], Micros{50}, now + 2).ok());
+  EXPECT_EQ(m.snapshot(kd, now)->spent_micro, 170);
+}
+
+TYPED_TEST(Migrations, UpgradesAnOldDatabaseAndKeepsRows) {
+  testing::Backend& db = this->backend();
+  {
+    ASSERT_TRUE(db.migrate_to(1).ok());
+    EXPECT_EQ(*db.schema_version(), 1);
+    // A v1 binary's rows: no budgets column yet.
+    ASSERT_TRUE(db.exec("INSERT INTO ledger (request_id, key_id, tenant_id, model, reserved_micro,"
+                        " actual_micro, status, created_unix_ms) VALUES"
+                        " ('old1', 'key_a', 'acme', 'gpt-4.1', 500, 400, 'settled', 1767225600001),"
+                        " ('old2', 'key_a', 'acme', 'gpt-4.1', 90, 0, 'open', 1767225600002)")
+                    .ok());
+  }
+  auto ledger = db.open_ledger();
+  ASSERT_TRUE(ledger);
+  {
+    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM api_keys"), 0);
+  }
+  auto row = ledger->find("old1");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_TRUE((*row)->budgets.empty());
+  EXPECT_EQ((*row)->actual_micro, 400);
+  // Legacy rows are attributed by key/tenant/global prefix.
+  BudgetManager m;
+  ASSERT_TRUE(m.upsert_budget({"global/monthly", 10'000, BudgetPeriod::kMonthly}));
+  ASSERT_TRUE(m.upsert_budget({"key:key_a/daily", 10'000, BudgetPeriod::kDaily}));
+  ASSERT_TRUE(m.upsert_budget({"key:key_b/daily", 10'000, BudgetPeriod::kDaily}));
+  ASSERT_TRUE(m.upsert_budget({"tenant:acme/total", 10'000, BudgetPeriod::kTotal}));
+  auto report = recover_budgets(*ledger, m, kJan1 + 1000);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(m.snapshot("global/monthly", kJan1)->spent_micro, 400);
+  EXPECT_EQ(m.snapshot("key:key_a/daily", kJan1)->spent_micro, 400);
+  EXPECT_EQ(m.snapshot("key:key_a/daily", kJan1)->reserved_micro, 90);
+  EXPECT_EQ(m.snapshot("tenant:acme/total", kJan1)->spent_micro, 400);
+  EXPECT_EQ(m.snapshot("key:key_b/daily", kJan1)->spent_micro, 0);
+  // New rows work on the upgraded schema.
+  EXPECT_TRUE(
+      append_sync(*ledger, reservation("new", "k", "t", "m", 1, kJan1, {"global/monthly"})).ok());
+}
+
+TYPED_TEST(Migrations, RefusesANewerDatabase) {
+  ASSERT_TRUE(this->backend().mark_schema_version(99).ok());
+  auto l = this->backend().try_open_ledger(65'536, 4'096);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.error().message.find("newer"), std::string::npos);
+}
+
+// Reads newline-terminated acks from `fd` into `acks` until `want` lines (or EOF when want < 0).
+void read_acks(int fd, std::string& buf, std::vector<std::string>& acks, long want) {
+  char chunk[4096];
+  while (want < 0 || static_cast<long>(acks.size()) < want) {
+    const ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    buf.append(chunk, static_cast<std::size_t>(n));
+    std::size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+      acks.push_back(buf.substr(0, nl));
+      buf.erase(0, nl + 1);
+    }
+  }
+}
+
+[[noreturn]] void crash_child(testing::Backend& backend, int cycle, int ack_fd) {
+  auto opened = backend.try_open_ledger(/*capacity=*/256, /*max_batch=*/4'096);
+  if (!opened.ok()) _exit(2);
+  auto ledger = std::move(*opened);
+  auto ack = [ack_fd](std::string line) {
+    return [ack_fd, line = std::move(line)](const Result<Ok>& r) {
+      if (!r.ok()) return;
+      const std::string msg = line + "\n";
+      // < PIPE_BUF: atomic, never interleaved with another ack.
+      if (::write(ack_fd, msg.data(), msg.size()) < 0) _exit(3);
+    };
+  };
+  for (long i = 0;; ++i) {
+    const std::string id = crash_id(cycle, i);
+    while (!ledger->append_reservation(
+        reservation(id, "key_a", "acme", "gpt-4.1", 1000 + i, kJan1 + i, {"global/monthly"}),
+        ack("R " + id))) {
+      sched_yield();
+    }
+    if (i % 2 == 1) {
+      const std::string prev = crash_id(cycle, i - 1);
+      while (!ledger->append_settlement(settlement(prev, 500, kJan1 + i), ack("S " + prev))) {
+        sched_yield();
+      }
+    }
+  }
+}
+
+// A writer process is SIGKILLed at a random moment, 20 times over the same file. Every record
+// whose completion callback fired must survive, and the database must stay intact.
+TYPED_TEST(LedgerCrashSafety, AckedRecordsSurviveSigkill) {
+  std::mt19937 rng(20261129);
+  std::size_t total_acked = 0;
+  for (int cycle = 0; cycle < 20; ++cycle) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      crash_child(this->backend(), cycle, fds[1]);
+    }
+    ::close(fds[1]);
+    std::string buf;
+    std::vector<std::string> acks;
+    // Kill after a random number of acks: somewhere inside a batch, a commit or a callback run.
+    const long kill_after = 1 + static_cast<long>(rng() % 400);
+    read_acks(fds[0], buf, acks, kill_after);
+    ASSERT_GE(static_cast<long>(acks.size()), kill_after) << "child died early, cycle " << cycle;
+    ::kill(pid, SIGKILL);
+    read_acks(fds[0], buf, acks, -1);  // acks written before death
+    ::close(fds[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    total_acked += acks.size();
+
+    EXPECT_EQ(this->backend().integrity_problem(), "") << "cycle " << cycle;
+    auto ledger = this->backend().open_ledger();
+    ASSERT_TRUE(ledger);
+    for (const auto& a : acks) {
+      const std::string id = a.substr(2);
+      auto row = ledger->find(id);
+      ASSERT_TRUE(row.ok());
+      ASSERT_TRUE(row->has_value()) << "lost acked record " << a << " in cycle " << cycle;
+      if (a[0] == 'S') {
+        EXPECT_EQ((*row)->status, LedgerStatus::kSettled) << a;
+        EXPECT_EQ((*row)->actual_micro, 500) << a;
+      }
+    }
+  }
+  EXPECT_GE(total_acked, 20u);
+}
+
+// The callback means "committed": another connection must already see the row when it runs.
+TYPED_TEST(LedgerParity, CallbackRunsAfterTheCommitIsVisible) {
+  auto ledger = this->backend().open_ledger();
+  auto observer = this->backend().open_ledger();
+  ASSERT_TRUE(ledger && observer);
+  constexpr int kRecords = 50;
+  std::atomic<int> visible{0};
+  for (int i = 0; i < kRecords; ++i) {
+    const std::string id = id_of("v", i);
+    ASSERT_TRUE(ledger->append_reservation(
+        reservation(id, "key_a", "acme", "gpt-4.1", 7, kJan1 + i), [&, id](const Result<Ok>& r) {
+          if (!r.ok()) return;
+          auto row = observer->find(id);
+          if (row.ok() && row->has_value() && (*row)->status == LedgerStatus::kOpen) ++visible;
+        }));
+  }
+  ledger->flush();
+  EXPECT_EQ(visible.load(), kRecords);
+}
+
+TYPED_TEST(LedgerParity, ConcurrentAppendsFromSeveralThreads) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::string id = id_of(id_of("t", t) + "-", i);
+        auto cb = [&](const Result<Ok>& r) { (r.ok() ? ok : failed) += 1; };
+        while (!ledger->append_reservation(
+            reservation(id, id_of("key_", t), "acme", "gpt-4.1", 100, kJan1 + i), cb)) {
+          std::this_thread::yield();
+        }
+        // Every second request settles at once: a settlement may share the batch of its
+        // reservation and must be applied after it.
+        if (i % 2 == 0) {
+          while (!ledger->append_settlement(settlement(id, 40, kJan1 + i), cb)) {
+            std::this_thread::yield();
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ledger->flush();
+  constexpr int kRecords = kThreads * kPerThread + kThreads * kPerThread / 2;
+  EXPECT_EQ(ok.load(), kRecords);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(ledger->stats().records_committed, static_cast<std::uint64_t>(kRecords));
+  auto by_key = ledger->spend_report(SpendGroup::kKey, kJan1, kJan1 + kDay);
+  ASSERT_TRUE(by_key.ok());
+  ASSERT_EQ(by_key->size(), static_cast<std::size_t>(kThreads));
+  for (int t = 0; t < kThreads; ++t) {
+    const auto& row = (*by_key)[static_cast<std::size_t>(t)];
+    EXPECT_EQ(row.group, id_of("key_", t));
+    EXPECT_EQ(row.requests, kPerThread);
+    EXPECT_EQ(row.actual_micro, 40 * kPerThread / 2);
+    EXPECT_EQ(row.open_reserved_micro, 100 * kPerThread / 2);
+  }
+  auto open = ledger->open_reservations();
+  ASSERT_TRUE(open.ok());
+  EXPECT_EQ(open->size(), static_cast<std::size_t>(kThreads * kPerThread / 2));
+}
+
+// Two gateway replicas on one ledger: both append at the same time, each sees the other's rows,
+// and a request id is unique across both.
+TYPED_TEST(LedgerParity, TwoInstancesOnOneStorageBothAppend) {
+  auto a = this->backend().open_ledger();
+  auto b = this->backend().open_ledger();
+  ASSERT_TRUE(a && b);
+  constexpr int kPerReplica = 300;
+  std::atomic<int> ok{0}, failed{0};
+  auto cb = [&](const Result<Ok>& r) { (r.ok() ? ok : failed) += 1; };
+  std::thread ta([&] {
+    for (int i = 0; i < kPerReplica; ++i) {
+      while (!a->append_reservation(reservation(id_of("a", i), "key_a", "acme", "m", 3, kJan1 + i),
+                                    cb)) {
+        std::this_thread::yield();
+      }
+    }
+  });
+  std::thread tb([&] {
+    for (int i = 0; i < kPerReplica; ++i) {
+      while (!b->append_reservation(reservation(id_of("b", i), "key_b", "acme", "m", 5, kJan1 + i),
+                                    cb)) {
+        std::this_thread::yield();
+      }
+    }
+  });
+  ta.join();
+  tb.join();
+  a->flush();
+  b->flush();
+  EXPECT_EQ(ok.load(), 2 * kPerReplica);
+  EXPECT_EQ(failed.load(), 0);
+  // Replica b settles a row that replica a reserved (e.g. the settle ran after a failover).
+  ASSERT_TRUE(append_sync(*b, settlement("a7", 2, kJan1 + 10)).ok());
+  auto dup = append_sync(*a, reservation("b3", "key_b", "acme", "m", 1, kJan1));
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, "duplicate_request_id");
+  auto row = a->find("a7");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*row)->actual_micro, 2);
+  auto by_tenant = b->spend_report(SpendGroup::kTenant, kJan1, kJan1 + kDay);
+  ASSERT_TRUE(by_tenant.ok());
+  ASSERT_EQ(by_tenant->size(), 1u);
+  EXPECT_EQ((*by_tenant)[0].requests, 2 * kPerReplica);
+  EXPECT_EQ((*by_tenant)[0].actual_micro, 2);
+  EXPECT_EQ((*by_tenant)[0].open_reserved_micro, 3 * kPerReplica + 5 * kPerReplica - 3);
+}
+
+TYPED_TEST(Migrations, EmptyThenAlreadyMigratedStorage) {
+  testing::Backend& db = this->backend();
+  EXPECT_EQ(*db.schema_version(), 0);
+  {
+    auto ledger = db.open_ledger();
+    ASSERT_TRUE(ledger);
+    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    ASSERT_TRUE(append_sync(*ledger, reservation("keep", "k", "t", "m", 11, kJan1)).ok());
+  }
+  // Re-opening (a restart, or another replica) applies nothing and keeps the rows.
+  auto keys = db.open_key_store();
+  ASSERT_TRUE(keys);
+  auto ledger = db.open_ledger();
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  ASSERT_TRUE(db.migrate_to(kSchemaVersion).ok());
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  auto row = ledger->find("keep");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->reserved_micro, 11);
+  EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM ledger"), 1);
+}
+
+// Replicas starting at the same moment on an empty database: every one opens, and each
+// migration step is applied exactly once.
+TYPED_TEST(Migrations, ConcurrentOpenersMigrateOnce) {
+  testing::Backend& db = this->backend();
+  constexpr int kOpeners = 6;
+  std::vector<std::unique_ptr<Ledger>> ledgers(kOpeners);
+  std::vector<std::string> errors(kOpeners);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kOpeners; ++i) {
+    threads.emplace_back([&, i] {
+      auto l = db.try_open_ledger(1'024, 256);
+      if (l.ok()) {
+        ledgers[static_cast<std::size_t>(i)] = std::move(*l);
+      } else {
+        errors[static_cast<std::size_t>(i)] = l.error().message;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kOpeners; ++i) {
+    EXPECT_EQ(errors[static_cast<std::size_t>(i)], "") << "opener " << i;
+    EXPECT_TRUE(ledgers[static_cast<std::size_t>(i)]) << "opener " << i;
+  }
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  for (int i = 0; i < kOpeners; ++i) {
+    if (!ledgers[static_cast<std::size_t>(i)]) continue;
+    EXPECT_TRUE(append_sync(*ledgers[static_cast<std::size_t>(i)],
+                            reservation(id_of("m", i), "k", "t", "m", 1, kJan1))
+                    .ok());
+  }
+}
+
+}  // namespace
+}  // namespace bw::store

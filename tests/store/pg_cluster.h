@@ -1,0 +1,38 @@
+#pragma once
+// A real PostgreSQL 15 cluster for the cost tests: initdb into a fresh temporary directory owned
+// by the `postgres` user, `postgres` on a free 127.0.0.1 port (fsync=off: the tests check what the
+// client acknowledges, not the disk), one cluster per test binary, started on first use and
+// stopped (SIGINT, fast shutdown) by a gtest Environment at the end. Each test gets its own
+// database from create_database().
+#include <string>
+
+namespace bw::store::testing {
+
+constexpr const char* kPgBinDir = "/usr/lib/postgresql/15/bin";
+
+class PgCluster {
+ public:
+  // True when the PostgreSQL binaries are installed (the only reason tests may skip).
+  static bool installed();
+  // The running cluster, started on first call; nullptr if it could not start (see start_error()).
+  static PgCluster* get();
+  static const std::string& start_error();
+
+  int port() const { return port_; }
+  // "postgresql://postgres@127.0.0.1:<port>/<db>"
+  std::string uri(const std::string& db) const;
+  // A new empty database; its name, or "" on error (with `error` set).
+  std::string create_database(std::string* error = nullptr);
+  void stop();
+
+ private:
+  PgCluster() = default;
+  bool start(std::string& error);
+
+  std::string dir_;
+  int port_ = 0;
+  int runuser_pid_ = -1;
+  int postmaster_pid_ = -1;
+};
+
+}  // namespace bw::store::testing
