@@ -46,7 +46,7 @@ Result<std::string> decompress_value(std::string_view stored) {
   return out;
 }
 
-RedisCache::RedisCache(std::shared_ptr<limits::RedisClient> client, RedisCacheOptions options,
+RedisCache::RedisCache(std::shared_ptr<store::RedisClient> client, RedisCacheOptions options,
                        const Clock& clock)
     : client_(std::move(client)),
       options_(std::move(options)),
@@ -60,7 +60,7 @@ asio::awaitable<Lookup> RedisCache::get(const std::string& key) {
     failed.failed = true;
     co_return failed;
   }
-  std::string cmd = limits::redis_format_command({"GET", options_.prefix + key});
+  std::string cmd = store::redis_format_command({"GET", options_.prefix + key});
   auto r = co_await client_->execute(std::move(cmd), now + options_.timeout);
   if (!r.reply || r.reply->type == REDIS_REPLY_ERROR) {
     breaker_.failure(clock_.now());
@@ -94,7 +94,7 @@ asio::awaitable<bool> RedisCache::set_raw(const std::string& key, std::string va
   const Nanos now = clock_.now();
   if (!breaker_.allow(now)) co_return false;
   const auto ms = std::max<Nanos>(1, ttl / kNanosPerMilli);
-  std::string cmd = limits::redis_format_command(
+  std::string cmd = store::redis_format_command(
       {"SET", options_.prefix + key, std::move(value), "PX", std::to_string(ms)});
   auto r = co_await client_->execute(std::move(cmd), now + options_.timeout);
   if (!r.reply || r.reply->type == REDIS_REPLY_ERROR) {
@@ -117,7 +117,7 @@ asio::awaitable<std::vector<std::pair<std::string, std::string>>> RedisCache::sc
   std::vector<std::pair<std::string, std::string>> out;
   std::string cursor = "0";
   do {
-    std::string cmd = limits::redis_format_command(
+    std::string cmd = store::redis_format_command(
         {"SCAN", cursor, "MATCH", options_.prefix + pattern, "COUNT", "500"});
     auto r = co_await client_->execute(std::move(cmd), deadline);
     if (!r.reply || r.reply->type != REDIS_REPLY_ARRAY || r.reply->elements != 2) break;
@@ -125,7 +125,7 @@ asio::awaitable<std::vector<std::pair<std::string, std::string>>> RedisCache::sc
     const auto* keys = r.reply->element[1];
     for (std::size_t i = 0; i < keys->elements && out.size() < max_keys; ++i) {
       std::string k(keys->element[i]->str, keys->element[i]->len);
-      std::string get_cmd = limits::redis_format_command({"GET", k});
+      std::string get_cmd = store::redis_format_command({"GET", k});
       auto v = co_await client_->execute(std::move(get_cmd), deadline);
       if (!v.reply || v.reply->type != REDIS_REPLY_STRING) continue;
       out.emplace_back(k.substr(options_.prefix.size()), std::string(v.reply->str, v.reply->len));

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cache/cache.h"
-#include "limits/redis_conn.h"
+#include "store/redis_conn.h"
 
 namespace bw::cache {
 
@@ -29,7 +29,7 @@ Result<std::string> decompress_value(std::string_view stored);
 
 class RedisCache final : public Cache {
  public:
-  RedisCache(std::shared_ptr<limits::RedisClient> client, RedisCacheOptions options,
+  RedisCache(std::shared_ptr<store::RedisClient> client, RedisCacheOptions options,
              const Clock& clock);
 
   boost::asio::awaitable<Lookup> get(const std::string& key) override;
@@ -47,10 +47,10 @@ class RedisCache final : public Cache {
   const RedisCacheOptions& options() const { return options_; }
 
  private:
-  std::shared_ptr<limits::RedisClient> client_;
+  std::shared_ptr<store::RedisClient> client_;
   RedisCacheOptions options_;
   const Clock& clock_;
-  limits::RedisBreaker breaker_;
+  store::RedisBreaker breaker_;
   std::atomic<std::uint64_t> failures_{0};
 };
 

@@ -56,7 +56,7 @@ cache::RedisCacheOptions redis_cache_options(const config::Config& cfg) {
 // (bounded in time and count; a replica that cannot reach Redis starts with an empty index).
 void rebuild_semantic_index(const config::Config& cfg, cache::SemanticIndex& index,
                             const Clock& clock) {
-  auto ep = limits::parse_redis_url(cfg.redis.url);
+  auto ep = store::parse_redis_url(cfg.redis.url);
   if (!ep) return;
   Nanos ttl = 0;
   for (const auto& g : cfg.model_groups) {
@@ -66,7 +66,7 @@ void rebuild_semantic_index(const config::Config& cfg, cache::SemanticIndex& ind
   std::size_t added = 0;
   {
     auto client =
-        std::make_shared<limits::RedisClient>(*ep, 0, 64, std::vector<limits::RedisScript>{});
+        std::make_shared<store::RedisClient>(*ep, 0, 64, std::vector<store::RedisScript>{});
     cache::RedisCache rc(client, redis_cache_options(cfg), clock);
     boost::asio::co_spawn(
         io,
@@ -93,9 +93,9 @@ void Gateway::start_cache(const config::Config& cfg) {
   // (an empty in-process cache costs nothing; a Redis client connects on first use).
   const auto& cc = cfg.cache;
   if (cc.backend == "redis") {
-    auto ep = limits::parse_redis_url(cfg.redis.url);
-    auto client = std::make_shared<limits::RedisClient>(*ep, cfg.redis.pool_size, 1024,
-                                                        std::vector<limits::RedisScript>{});
+    auto ep = store::parse_redis_url(cfg.redis.url);
+    auto client = std::make_shared<store::RedisClient>(*ep, cfg.redis.pool_size, 1024,
+                                                        std::vector<store::RedisScript>{});
     shared_->cache =
         std::make_unique<cache::RedisCache>(client, redis_cache_options(cfg), shared_->clock);
   } else {

@@ -45,9 +45,9 @@ std::shared_ptr<const Entry> big_entry() {
   return e;
 }
 
-std::shared_ptr<limits::RedisClient> client_for(const test::RedisServer& s) {
-  auto ep = limits::parse_redis_url(s.url());
-  return std::make_shared<limits::RedisClient>(*ep, 0, 256, std::vector<limits::RedisScript>{});
+std::shared_ptr<store::RedisClient> client_for(const test::RedisServer& s) {
+  auto ep = store::parse_redis_url(s.url());
+  return std::make_shared<store::RedisClient>(*ep, 0, 256, std::vector<store::RedisScript>{});
 }
 
 TEST(RedisCache, StoresCompressedWithTtlAndReadsBack) {
