@@ -10,17 +10,23 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev libsqlite3-dev sqlite3 libpq-dev libhnswlib-dev zlib1g-dev
   redis-server postgresql prometheus wrk nginx-light clang-format
-  chromium
+  chromium nodejs
 )
 
 # The console's browser tests drive the system Chromium with playwright-core, installed by name
-# into tests/ui/browser (package.json + lock). Without node/npm those tests skip.
+# into tests/ui/browser (package.json + lock); the official OpenAI and Anthropic SDKs are installed
+# into tests/sdk. Without node/npm those tests skip.
 install_browser_test_deps() {
-  local dir
-  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/ui/browser"
+  local root dir
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  dir="$root/tests/ui/browser"
   if command -v npm >/dev/null 2>&1 && [ ! -d "$dir/node_modules/playwright-core" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
       echo "install-deps: npm ci in tests/ui/browser failed; the console's browser tests will skip"
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    bash "$root/scripts/install-node-deps.sh" ||
+      echo "install-deps: npm ci in tests/sdk failed; the SDK tests will fail"
   fi
 }
 

@@ -12,6 +12,10 @@ inline constexpr int kPriorityUrgent = 0;
 inline constexpr int kPriorityStandard = 1;
 inline constexpr int kPriorityBatch = 2;
 inline constexpr int kNumPriorities = 3;
+// How a priority is spelled: in /v1/metrics/queue, the metric labels and the docs ("p0"), and in
+// the X-Priority and x-bellwether-priority headers ("0").
+inline constexpr std::array<std::string_view, kNumPriorities> kPriorityLabels{"p0", "p1", "p2"};
+inline constexpr std::array<std::string_view, kNumPriorities> kPriorityDigits{"0", "1", "2"};
 
 template <class T>
 using PerPriority = std::array<T, kNumPriorities>;

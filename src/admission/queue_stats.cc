@@ -9,10 +9,6 @@
 
 namespace bw::admission {
 
-namespace {
-constexpr std::array<std::string_view, kNumPriorities> kPriorityKeys{"p0", "p1", "p2"};
-}  // namespace
-
 LatencyWindow::LatencyWindow(Nanos window, int slices)
     : slice_len_(std::max<Nanos>(1, window / std::max(1, slices))),
       slices_(static_cast<std::size_t>(std::max(1, slices))) {}
@@ -146,7 +142,7 @@ template <class T>
 void write_per_priority(JsonWriter& w, std::string_view name, const PerPriority<T>& v) {
   w.key(name).begin_object();
   for (int p = 0; p < kNumPriorities; ++p) {
-    w.key(kPriorityKeys[p]).value(static_cast<std::uint64_t>(v[p]));
+    w.key(kPriorityLabels[p]).value(static_cast<std::uint64_t>(v[p]));
   }
   w.end_object();
 }
@@ -162,7 +158,7 @@ std::string render_queue_metrics_json(const QueueSnapshot& s) {
   w.key("throughput_rpm").value(round3(s.throughput_rpm));
   w.key("wait_ms").begin_object();
   for (int p = 0; p < kNumPriorities; ++p) {
-    w.key(kPriorityKeys[p]).begin_object();
+    w.key(kPriorityLabels[p]).begin_object();
     w.key("p50").value(round3(s.wait_ms[p].p50));
     w.key("p95").value(round3(s.wait_ms[p].p95));
     w.key("p99").value(round3(s.wait_ms[p].p99));

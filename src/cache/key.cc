@@ -107,6 +107,9 @@ void append_text(std::string& out, simdjson::dom::element content) {
       out.append(s);
     } else if (p["text"].get(s) == simdjson::SUCCESS) {
       out.append(s);
+    } else if (simdjson::dom::element inner; p["content"].get(inner) == simdjson::SUCCESS) {
+      // A Responses input item (a message with its own content parts).
+      append_text(out, inner);
     }
     out.push_back(' ');
   }
@@ -213,13 +216,10 @@ std::string prompt_text(std::string_view body) {
   return out;
 }
 
-bool deterministic(std::string_view body) {
+bool deterministic(std::string_view body, bool embeddings) {
+  if (embeddings) return true;
   simdjson::dom::element doc;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return false;
-  if (doc["input"].error() == simdjson::SUCCESS && doc["messages"].error() != simdjson::SUCCESS &&
-      doc["prompt"].error() != simdjson::SUCCESS) {
-    return true;  // embeddings
-  }
   if (doc["seed"].error() == simdjson::SUCCESS) return true;
   double t = 1;
   if (doc["temperature"].get(t) == simdjson::SUCCESS && t == 0) return true;

@@ -41,6 +41,6 @@ std::string prompt_text(std::string_view body);
 
 // Whether a request is deterministic enough for `eligibility: deterministic`: temperature 0, or
 // a seed. Embeddings are always deterministic.
-bool deterministic(std::string_view body);
+bool deterministic(std::string_view body, bool embeddings);
 
 }  // namespace bw::cache

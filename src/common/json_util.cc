@@ -7,12 +7,51 @@
 
 namespace bw {
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no surrogates,
+// nothing above U+10FFFF), or 0 if the bytes there are not one.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const auto cont = [&](std::size_t k) { return i + k < s.size() && (b(k) & 0xC0) == 0x80; };
+  const unsigned char c = b(0);
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && b(1) < 0xA0) return 0;  // overlong
+    if (c == 0xED && b(1) > 0x9F) return 0;  // UTF-16 surrogates
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && b(1) < 0x90) return 0;  // overlong
+    if (c == 0xF4 && b(1) > 0x8F) return 0;  // above U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// Bytes that are not well-formed UTF-8 (a raw path, a header value) become U+FFFD, so that the
+// output is always valid UTF-8 JSON whatever a client sent.
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   std::size_t run = 0;  // start of a run of bytes that need no escaping
   for (std::size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const std::size_t len = utf8_sequence(s, i);
+      if (len > 0) {
+        i += len - 1;
+        continue;
+      }
+      out.append(s.data() + run, i - run);
+      run = i + 1;
+      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+      continue;
+    }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     out.append(s.data() + run, i - run);
     run = i + 1;
@@ -56,7 +95,8 @@ std::string json_string(std::string_view s) {
 }
 
 std::string openai_error_body(std::string_view message, std::string_view type,
-                              std::string_view code, std::string_view param) {
+                              std::string_view code, std::string_view param,
+                              std::string_view request_id) {
   std::string out;
   out.reserve(96 + message.size());
   out += "{\"error\":{\"message\":";
@@ -74,6 +114,10 @@ std::string openai_error_body(std::string_view message, std::string_view type,
     out += "null";
   } else {
     append_json_string(out, code);
+  }
+  if (!request_id.empty()) {
+    out += ",\"request_id\":";
+    append_json_string(out, request_id);
   }
   out += "}}";
   return out;

@@ -12,8 +12,11 @@ void append_json_string(std::string& out, std::string_view s);
 std::string json_string(std::string_view s);
 
 // An OpenAI-style error body: {"error":{"message":...,"type":...,"param":...,"code":...}}.
+// With a request id, the error object also carries it ("request_id"), so a client that logs the
+// body can be matched with the gateway's access log and trace.
 std::string openai_error_body(std::string_view message, std::string_view type,
-                              std::string_view code, std::string_view param = {});
+                              std::string_view code, std::string_view param = {},
+                              std::string_view request_id = {});
 
 // Minimal streaming writer for flat and nested objects. The caller is responsible for structure.
 class JsonWriter {

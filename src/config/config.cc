@@ -213,6 +213,58 @@ void read_budgets(Reader& r, std::vector<cost::KeyBudget>& out) {
   r.each("budgets", [&](Reader& b) { read_budget(b, out); });
 }
 
+// The `tracing:` section (telemetry/tracing.h).
+void read_tracing(Reader r, telemetry::TracingConfig& t) {
+  r.get("endpoint", t.endpoint);
+  if (!t.endpoint.empty() && !t.endpoint.starts_with("http://") &&
+      !t.endpoint.starts_with("https://")) {
+    r.fail("endpoint",
+           "must be an http:// or https:// URL (OTLP/HTTP, e.g. "
+           "http://127.0.0.1:4318/v1/traces)");
+  }
+  r.get_string_map("headers", t.headers);
+  r.get("ca_file", t.ca_file);
+  r.get("service_name", t.service_name);
+  if (r.has("sampler")) {
+    std::string mode;
+    r.get("sampler", mode);
+    using M = telemetry::SamplingConfig::Mode;
+    if (mode == "always") {
+      t.sampling.mode = M::kAlways;
+    } else if (mode == "never") {
+      t.sampling.mode = M::kNever;
+    } else if (mode == "ratio") {
+      t.sampling.mode = M::kRatio;
+    } else if (mode == "parent_based") {
+      t.sampling.mode = M::kParentBased;
+    } else {
+      r.fail("sampler", "must be always, never, ratio or parent_based");
+    }
+  }
+  r.get("ratio", t.sampling.ratio, 0.0, 1.0);
+  r.get("always_sample_errors", t.sampling.always_errors);
+  Nanos slow = millis(t.sampling.slow_ms);
+  r.get_duration("slow_threshold", slow);
+  t.sampling.slow_ms = slow / kNanosPerMilli;
+  r.get("capture_content", t.capture_content);
+  std::int64_t n = static_cast<std::int64_t>(t.max_content_bytes);
+  r.get("max_content_bytes", n, 16, 1 << 20);
+  t.max_content_bytes = static_cast<std::size_t>(n);
+  n = static_cast<std::int64_t>(t.queue_spans);
+  r.get("queue_spans", n, 1, 1 << 22);
+  t.queue_spans = static_cast<std::size_t>(n);
+  n = static_cast<std::int64_t>(t.batch_spans);
+  r.get("batch_spans", n, 1, 1 << 16);
+  t.batch_spans = static_cast<std::size_t>(n);
+  r.get_duration("flush_interval", t.flush_interval);
+  r.get_duration("timeout", t.timeout);
+  if (t.flush_interval <= 0) r.fail("flush_interval", "must be positive");
+  if (t.timeout <= 0) r.fail("timeout", "must be positive");
+  r.get("propagate", t.propagate);
+  r.get("accept_b3", t.accept_b3);
+  r.finish();
+}
+
 void read_listen(Reader& r, const char* key, std::string& host, std::uint16_t& port) {
   std::string s;
   r.get(key, s);
@@ -469,9 +521,18 @@ void read_providers(Reader& top, Config& cfg) {
     ProviderConfig p;
     p.name = name;
     r.get("type", p.type);
-    if (p.type != "openai" && p.type != "sim") {
-      r.fail("type", "unknown provider type '" + p.type + "' (expected openai or sim)");
+    if (p.type != "openai" && p.type != "sim" && p.type != "azure" && p.type != "anthropic" &&
+        p.type != "gemini") {
+      r.fail("type", "unknown provider type '" + p.type +
+                         "' (expected openai, azure, anthropic, gemini or sim)");
     }
+    r.get("format", p.format);
+    if (p.format != "openai" && p.format != "anthropic" && p.format != "gemini") {
+      r.fail("format", "unknown format '" + p.format + "' (expected openai, anthropic or gemini)");
+    }
+    r.get("api_version", p.api_version);
+    r.get("anthropic_version", p.anthropic_version);
+    if (p.type == "azure") r.require("api_version");
     r.get("base_url", p.base_url);
     r.get("api_key_env", p.api_key_env);
     r.get_duration("connect_timeout", p.timeouts.connect);
@@ -487,7 +548,7 @@ void read_providers(Reader& top, Config& cfg) {
     std::int64_t maxp = static_cast<std::int64_t>(p.pool.max_pending);
     r.get("max_pending_requests", maxp, 0, 1'000'000);
     p.pool.max_pending = static_cast<std::size_t>(maxp);
-    if (p.type == "openai") {
+    if (p.type != "sim") {
       r.require("base_url");
       auto ep = http::Endpoint::parse(p.base_url);
       if (!ep) r.fail("base_url", ep.error().message);
@@ -733,6 +794,9 @@ void read_pricing(Reader& top, Config& cfg) {
     v = -1;
     r.get("cached_input", v, 0, 1e6);
     if (v >= 0) price.cached_input_per_mtok = cost::usd_to_micros(v);
+    v = -1;
+    r.get("cache_write", v, 0, 1e6);
+    if (v >= 0) price.cache_write_per_mtok = cost::usd_to_micros(v);
     r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
     cfg.prices.set(model, price);
   });
@@ -925,6 +989,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
   read_plans(top, *cfg);
   read_admin(top, *cfg);
   read_access_log(top, *cfg);
+  read_tracing(top.child("tracing"), cfg->tracing);
   read_admission(top, *cfg);
   read_providers(top, *cfg);
   read_model_groups(top, *cfg);

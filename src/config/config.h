@@ -27,15 +27,21 @@
 #include "routing/router.h"
 #include "telemetry/capacity_planner.h"
 #include "telemetry/scaler.h"
+#include "telemetry/tracing.h"
 
 namespace bw::config {
 
 struct ProviderConfig {
   std::string name;
-  std::string type = "openai";  // openai | sim (the in-process simulator)
-  std::string base_url;         // e.g. https://api.openai.com/v1
-  std::string api_key_env;      // environment variable holding the provider key
-  std::string api_key;          // resolved at load time; never logged
+  // openai | azure | anthropic | gemini | sim (the in-process simulator)
+  std::string type = "openai";
+  std::string base_url;  // e.g. https://api.openai.com/v1, https://api.anthropic.com/v1
+  // type sim: the wire format the simulator is spoken to in (openai | anthropic | gemini).
+  std::string format = "openai";
+  std::string api_version;                       // azure: the api-version query parameter
+  std::string anthropic_version = "2023-06-01";  // anthropic: the anthropic-version header
+  std::string api_key_env;                       // environment variable holding the provider key
+  std::string api_key;                           // resolved at load time; never logged
   http::ClientTimeouts timeouts;
   http::PoolLimits pool;  // per worker thread
 };
@@ -176,6 +182,9 @@ struct Config {
   std::vector<KeyConfig> keys;
   AccessLogConfig access_log;
   CacheStoreConfig cache;
+  // OpenTelemetry traces (telemetry/tracing.h). The exporter (endpoint, queue, batch) is set up
+  // at startup; sampling and content capture follow reloads.
+  telemetry::TracingConfig tracing;
   SimConfig sim;
   // Resilience (routing/): breaker and retry policy for every deployment, and the DLQ.
   routing::BreakerConfig breaker;

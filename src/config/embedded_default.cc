@@ -3,7 +3,8 @@
 namespace bw::config {
 
 // The configuration used when `bellwether serve` runs without --config: four simulated models
-// served by the in-process simulator, and one demo key. main() sets BELLWETHER_DEMO_KEY and
+// served by the in-process simulator (Claude through the Anthropic adapter, Gemini through the
+// Gemini adapter), and one demo key. main() sets BELLWETHER_DEMO_KEY and
 // BELLWETHER_ADMIN_KEY to generated values when they are not set.
 const std::string& embedded_default_yaml() {
   static const std::string kYaml = R"yaml(# Bellwether embedded default
@@ -24,17 +25,25 @@ cost_guard:
 providers:
   simulated:
     type: sim
+  # The same simulator spoken to in Anthropic's and Gemini's own APIs, so that Claude and Gemini
+  # go through their native adapters as they would against the real providers.
+  simulated-anthropic:
+    type: sim
+    format: anthropic
+  simulated-gemini:
+    type: sim
+    format: gemini
 model_groups:
   gpt-4.1:
     deployments: [{provider: simulated, model: gpt-4.1}]
     fallbacks: [gemini-2.5-flash, deepseek-v3.2]
     max_output_tokens: 1024
   claude-sonnet-4.5:
-    deployments: [{provider: simulated, model: claude-sonnet-4.5}]
+    deployments: [{provider: simulated-anthropic, model: claude-sonnet-4.5}]
     fallbacks: [gemini-2.5-flash]
     max_output_tokens: 1024
   gemini-2.5-flash:
-    deployments: [{provider: simulated, model: gemini-2.5-flash}]
+    deployments: [{provider: simulated-gemini, model: gemini-2.5-flash}]
     fallbacks: [deepseek-v3.2]
     max_output_tokens: 1024
   deepseek-v3.2:

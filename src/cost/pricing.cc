@@ -27,17 +27,23 @@ Micros clamp_to_micros(__int128 v) {
 }  // namespace
 
 Micros cost_micros(const ModelPrice& price, std::int64_t prompt_tokens,
-                   std::int64_t completion_tokens, std::int64_t cached_tokens) {
+                   std::int64_t completion_tokens, std::int64_t cached_tokens,
+                   std::int64_t cache_write_tokens) {
   prompt_tokens = std::max<std::int64_t>(prompt_tokens, 0);
   completion_tokens = std::max<std::int64_t>(completion_tokens, 0);
   cached_tokens = std::clamp<std::int64_t>(cached_tokens, 0, prompt_tokens);
+  cache_write_tokens =
+      std::clamp<std::int64_t>(cache_write_tokens, 0, prompt_tokens - cached_tokens);
   const Micros cached_rate =
       price.cached_input_per_mtok < 0 ? price.input_per_mtok : price.cached_input_per_mtok;
-  // 63-bit token counts times 63-bit prices fit in 126 bits; the sum of three stays below 2^127.
+  const Micros write_rate =
+      price.cache_write_per_mtok < 0 ? price.input_per_mtok : price.cache_write_per_mtok;
+  // 63-bit token counts times 63-bit prices fit in 126 bits; the sum of four stays below 2^127.
   const __int128 numerator =
-      static_cast<__int128>(prompt_tokens - cached_tokens) *
+      static_cast<__int128>(prompt_tokens - cached_tokens - cache_write_tokens) *
           std::max<Micros>(price.input_per_mtok, 0) +
       static_cast<__int128>(cached_tokens) * std::max<Micros>(cached_rate, 0) +
+      static_cast<__int128>(cache_write_tokens) * std::max<Micros>(write_rate, 0) +
       static_cast<__int128>(completion_tokens) * std::max<Micros>(price.output_per_mtok, 0);
   return clamp_to_micros((numerator + kTokensPerPriceUnit - 1) / kTokensPerPriceUnit);
 }
@@ -68,14 +74,16 @@ WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_toke
   WorstCase w;
   w.prompt_tokens = std::max<std::int64_t>(estimated_prompt_tokens, 0);
   w.completion_tokens = completion_token_limit(price, max_tokens);
-  w.cost = cost_micros(price, w.prompt_tokens, w.completion_tokens, 0);
+  // The worst case prices every prompt token at the dearer of input and cache write.
+  w.cost = cost_micros(price, w.prompt_tokens, w.completion_tokens, 0,
+                       price.cache_write_per_mtok > price.input_per_mtok ? w.prompt_tokens : 0);
   return w;
 }
 
 PriceTable PriceTable::defaults() {
   PriceTable t;
   t.set("gpt-4.1", {2'500'000, 8'000'000, 500'000, 32'768});
-  t.set("claude-sonnet-4.5", {3'000'000, 15'000'000, 300'000, 64'000});
+  t.set("claude-sonnet-4.5", {3'000'000, 15'000'000, 300'000, 64'000, 3'750'000});
   t.set("gemini-2.5-flash", {300'000, 2'500'000, 30'000, 65'536});
   t.set("deepseek-v3.2", {100'000, 420'000, 10'000, 8'192});
   return t;

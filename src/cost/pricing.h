@@ -21,6 +21,9 @@ struct ModelPrice {
   // Output cap used for the worst case when the request has no max_tokens, and the upper clamp
   // of max_tokens. 0 means "unknown": kDefaultMaxOutputTokens is used.
   std::int64_t max_output_tokens = 0;
+  // Price of prompt tokens written to the provider's prompt cache (Anthropic bills them above
+  // the input rate); < 0 means "same as input".
+  Micros cache_write_per_mtok = -1;
 };
 
 constexpr std::int64_t kDefaultMaxOutputTokens = 16'384;
@@ -28,10 +31,12 @@ constexpr std::int64_t kDefaultMaxOutputTokens = 16'384;
 // Exact cost of a completed request, rounded UP to the next micro-dollar (rounding is applied
 // once, to the sum, so splitting a request never changes its price by more than 1 micro).
 // `prompt_tokens` includes `cached_tokens` (OpenAI usage semantics); cached tokens are priced at
-// the cached-input rate, the rest at the input rate. Negative counts are treated as 0; cached is
-// clamped to prompt. Saturates at kMaxMicros.
+// the cached-input rate, cache writes (also part of `prompt_tokens`) at the cache-write rate, the
+// rest at the input rate. Negative counts are treated as 0; cached and written are clamped to
+// prompt. Saturates at kMaxMicros.
 Micros cost_micros(const ModelPrice& price, std::int64_t prompt_tokens,
-                   std::int64_t completion_tokens, std::int64_t cached_tokens = 0);
+                   std::int64_t completion_tokens, std::int64_t cached_tokens = 0,
+                   std::int64_t cache_write_tokens = 0);
 
 // Conservative prompt token estimate, before tokenisation is possible:
 //   ceil(text_chars / 3) + 4 * message_count + 3
@@ -60,7 +65,7 @@ WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_toke
 class PriceTable {
  public:
   // The built-in table (USD per 1M tokens, input/output/cached input):
-  //   gpt-4.1 2.50/8.00/0.50, claude-sonnet-4.5 3.00/15.00/0.30,
+  //   gpt-4.1 2.50/8.00/0.50, claude-sonnet-4.5 3.00/15.00/0.30 (cache writes 3.75),
   //   gemini-2.5-flash 0.30/2.50/0.03, deepseek-v3.2 0.10/0.42/0.01
   static PriceTable defaults();
 

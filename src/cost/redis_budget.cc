@@ -123,12 +123,8 @@ std::string random_token() {
 
 // The integer elements of an array reply, or nullopt if it is anything else.
 std::optional<std::vector<std::int64_t>> int_array(const RedisCallResult& r) {
-  const redisReply* rep = r.reply.get();
-  if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements == 0) return std::nullopt;
-  std::vector<std::int64_t> out(rep->elements);
-  for (std::size_t i = 0; i < rep->elements; ++i) {
-    if (!redis_reply_i64(rep->element[i], out[i])) return std::nullopt;
-  }
+  std::vector<std::int64_t> out;
+  if (!store::redis_int_array(r.reply.get(), 0, out)) return std::nullopt;
   return out;
 }
 

@@ -87,6 +87,8 @@ void AccessLog::log(const AccessRecord& r) {
   if (r.priority_lowered) j.key("priority_lowered").value(true);
   if (r.cancelled) j.key("cancelled").value(true);
   if (!r.error_code.empty()) j.key("error").value(r.error_code);
+  if (!r.trace_id.empty()) j.key("trace_id").value(r.trace_id);
+  if (!r.span_id.empty()) j.key("span_id").value(r.span_id);
   j.end_object();
   line_buffer = j.take();
   line_buffer.push_back('\n');

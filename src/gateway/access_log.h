@@ -24,6 +24,8 @@ struct AccessRecord {
   std::string_view upstream;
   std::string_view error_code;
   std::string_view client_ip;
+  std::string_view trace_id;  // hex; the caller's or the gateway's trace
+  std::string_view span_id;   // hex; the request's span (when traces are recorded)
   int status = 0;
   int priority = -1;
   bool priority_lowered = false;

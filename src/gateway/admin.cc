@@ -233,6 +233,8 @@ asio::awaitable<void> replay_dead_letter(AdminCall& call, routing::DeadLetterQue
   const auto ep = d.endpoint == "/v1/completions"  ? providers::Endpoint::kCompletions
                   : d.endpoint == "/v1/embeddings" ? providers::Endpoint::kEmbeddings
                                                    : providers::Endpoint::kChat;
+  if (d.endpoint == "/v1/responses") rc.inbound = api::Format::kResponses;
+  if (d.endpoint == "/v1/messages") rc.inbound = api::Format::kMessages;
   std::exception_ptr failed;
   try {
     co_await run_llm(rc, ep);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/json_util.h"
+#include "gateway/translate.h"
 
 namespace bw::gateway {
 
@@ -26,7 +27,7 @@ std::string Outcome::label() const {
 }
 
 http::Response error_response(const Ctx& c, const Error& e) {
-  auto r = http::Response::json(e.status, openai_error_body(e.message, e.type, e.code, e.param));
+  auto r = http::Response::json(e.status, error_body(c.inbound, e, c.request_id));
   r.headers.add("x-request-id", c.request_id);
   r.headers.append(c.extra);
   if (e.retry_after_s >= 0) {

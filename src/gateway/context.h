@@ -15,15 +15,19 @@
 #include <string>
 
 #include "admission/admission_controller.h"
+#include "api/canonical.h"
+#include "api/responses.h"
 #include "cache/cache.h"
 #include "cache/single_flight.h"
 #include "config/config.h"
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
 #include "gateway/errors.h"
+#include "gateway/request_tracing.h"
 #include "gateway/shared.h"
 #include "http/server.h"
 #include "limits/limiter.h"
+#include "providers/adapter.h"
 #include "providers/openai.h"
 
 namespace bw::gateway {
@@ -56,9 +60,6 @@ struct Outcome {
   // code.
   std::string label() const;
 };
-
-// Priority label values, spelled as in /v1/metrics/queue and the docs.
-inline constexpr std::array<std::string_view, 3> kPriorityLabel = {"p0", "p1", "p2"};
 
 // The response cache's view of one request (phase_cache.cc): what was looked up, what was
 // served, and on a miss what the answer will be stored as.
@@ -100,6 +101,13 @@ struct Ctx {
   const limits::Plan* plan = nullptr;
   admission::PriorityDecision priority;
   providers::LlmRequest llm;
+  // The client's API, and (for Responses, Messages, or a chat body bound for another provider
+  // type) its canonical request. history_expanded: previous_response_id was found in the store
+  // and its turns put before the input.
+  api::Format inbound = api::Format::kChat;
+  std::optional<api::Request> canon;
+  bool history_expanded = false;
+  api::ResponseMeta response_meta;  // Responses: this response's id and echoed fields
   const ModelGroup* group = nullptr;
   std::string route_model;  // the model routed to (differs after a downgrade)
   // 4 cache: a hit answers after the rate limit counted it; a miss's answer is stored by finish.
@@ -122,6 +130,9 @@ struct Ctx {
   Nanos upstream_latency = 0;   // of the last attempt
   bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
   std::string last_failure;
+  std::string dropped_params;  // fields a translation could not carry (x-bellwether-dropped-params)
+  // The last provider answer's rate-limit headers, provider-neutral (translated routes).
+  providers::RateLimitInfo upstream_limits;
 
   // Outcome, for the access log.
   int status = 0;
@@ -141,6 +152,8 @@ struct Ctx {
   boost::asio::cancellation_signal gone_signal;
   http::UpstreamCancel upstream_cancel;
   bool finished = false;  // finish ran (it runs exactly once per request)
+  // The request's trace (request_tracing.h); null when there is none to record or pass on.
+  std::unique_ptr<tracing::State> trace;
 
   Nanos now() const { return sh.clock.now(); }
 };

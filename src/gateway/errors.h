@@ -47,12 +47,24 @@ inline constexpr Spec kShedByHigherPriority{503, "server_error", "shed_by_higher
 inline constexpr Spec kOverloaded{503, "server_error", "overloaded"};
 inline constexpr Spec kQueueTimeout{503, "server_error", "queue_timeout"};
 inline constexpr Spec kClientClosedRequest{499, "invalid_request_error", "client_closed_request"};
+// A rate-limit wait that the admission queue refused answers as a rate limit with the queue's
+// code.
+inline constexpr Spec kWaitQueueFull{429, "rate_limit_exceeded", "queue_full"};
+inline constexpr Spec kWaitShed{429, "rate_limit_exceeded", "shed_by_higher_priority"};
+inline constexpr Spec kWaitOverloaded{429, "rate_limit_exceeded", "overloaded"};
+inline constexpr Spec kWaitTimeout{429, "rate_limit_exceeded", "queue_timeout"};
 // Upstreams.
 inline constexpr Spec kUpstreamDegraded{503, "service_unavailable", "upstream_degraded"};
 inline constexpr Spec kUpstreamConnectError{502, "upstream_error", "upstream_connect_error"};
 inline constexpr Spec kUpstreamReset{502, "upstream_error", "upstream_reset"};
 inline constexpr Spec kUpstreamTimeout{504, "upstream_error", "upstream_timeout"};
 inline constexpr Spec kUpstreamConnectionLimit{503, "upstream_error", "upstream_connection_limit"};
+// Sent as a last SSE event of a stream already answered 200.
+inline constexpr Spec kUpstreamTruncated{200, "upstream_error", "upstream_truncated"};
+// Translation between client APIs and provider types.
+inline constexpr Spec kUnsupportedParams{400, "invalid_request_error", "unsupported_parameter"};
+inline constexpr Spec kPreviousResponseNotFound{404, "invalid_request_error",
+                                                "previous_response_not_found"};
 // Admin API.
 inline constexpr Spec kNotFound{404, "invalid_request_error", "not_found"};
 inline constexpr Spec kDlqDisabled{404, "invalid_request_error", "dlq_disabled"};
@@ -61,6 +73,12 @@ inline constexpr Spec kNoKeyStore{404, "invalid_request_error", "no_key_store"};
 inline constexpr Spec kKeyGone{409, "invalid_request_error", "key_gone"};
 inline constexpr Spec kInvalidKeySpec{400, "invalid_request_error", "invalid_key_spec"};
 inline constexpr Spec kBadGroup{400, "invalid_request_error", "bad_group"};
+inline constexpr Spec kInvalidModel{400, "invalid_request_error", "invalid_model"};
+inline constexpr Spec kInvalidBudget{400, "invalid_request_error", "invalid_budget"};
+inline constexpr Spec kInvalidPriority{400, "invalid_request_error", "invalid_priority"};
+inline constexpr Spec kKeyNotFound{404, "invalid_request_error", "key_not_found"};
+inline constexpr Spec kDeadLetterTooLarge{413, "invalid_request_error", "dead_letter_too_large"};
+inline constexpr Spec kServerError{500, "server_error", ""};
 
 inline constexpr std::array kAll = {
     kBadRequest,
@@ -84,11 +102,18 @@ inline constexpr std::array kAll = {
     kOverloaded,
     kQueueTimeout,
     kClientClosedRequest,
+    kWaitQueueFull,
+    kWaitShed,
+    kWaitOverloaded,
+    kWaitTimeout,
     kUpstreamDegraded,
     kUpstreamConnectError,
     kUpstreamReset,
     kUpstreamTimeout,
     kUpstreamConnectionLimit,
+    kUpstreamTruncated,
+    kUnsupportedParams,
+    kPreviousResponseNotFound,
     kNotFound,
     kDlqDisabled,
     kNoLedger,
@@ -96,6 +121,12 @@ inline constexpr std::array kAll = {
     kKeyGone,
     kInvalidKeySpec,
     kBadGroup,
+    kInvalidModel,
+    kInvalidBudget,
+    kInvalidPriority,
+    kKeyNotFound,
+    kDeadLetterTooLarge,
+    kServerError,
 };
 
 }  // namespace bw::gateway::errors

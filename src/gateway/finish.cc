@@ -18,7 +18,7 @@ void record_metrics(Ctx& c) {
   const auto path = endpoint_label(c.req.path());
   const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
   const std::string_view prio =
-      c.key ? kPriorityLabel[static_cast<std::size_t>(c.priority.priority)] : "";
+      c.key ? admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)] : "";
   m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
@@ -61,6 +61,9 @@ void write_access_log(Ctx& c) {
   record_metrics(c);
   const std::string error = c.outcome.label();
   AccessRecord r;
+  std::string trace_scratch, span_scratch;
+  r.trace_id = tracing::trace_id_hex(c, trace_scratch);
+  r.span_id = tracing::span_id_hex(c, span_scratch);
   r.request_id = c.request_id;
   r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
   r.method = c.req.method;
@@ -116,6 +119,7 @@ asio::awaitable<void> dead_letter(Ctx& c) {
 
 // The end of every finish: once per request.
 void close_request(Ctx& c) {
+  tracing::finish(c);
   write_access_log(c);
   c.finished = true;
   c.sh.finished.fetch_add(1, std::memory_order_relaxed);

@@ -3,13 +3,18 @@
 // client's API. Retries go to another deployment where there is one, with backoff and within
 // the retry budget, and only while nothing has reached the client; fallback models follow when a
 // model has nothing left.
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cmath>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
+#include "api/chat.h"
 #include "common/json_util.h"
 #include "gateway/phases.h"
+#include "gateway/translate.h"
 #include "http/sse.h"
 
 namespace bw::gateway {
@@ -36,6 +41,22 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
   c.usage.completion_tokens = 0;
 }
 
+// A successful answer without usage is never free: it is charged `estimate` (from what was sent
+// and received), counted and logged.
+void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  // The provider was told the output cap: it cannot have generated more than that per choice.
+  if (c.forced_max_tokens > 0) {
+    estimate.completion_tokens = std::min(
+        estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
+  }
+  c.usage = estimate;
+  c.sh.metrics->usage_missing.with({c.route_model}).inc();
+  spdlog::warn(
+      "request {}: the upstream answer for model {} had no usage; charged an estimate of "
+      "{} prompt + {} completion tokens",
+      c.request_id, c.route_model, estimate.prompt_tokens, estimate.completion_tokens);
+}
+
 const std::string& target_for(const Deployment& d, Endpoint e) {
   switch (e) {
     case Endpoint::kChat:
@@ -56,20 +77,30 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
-http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body) {
+http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
+                                             std::string_view target, tracing::SpanRef attempt) {
   http::OutboundRequest out;
   out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
-  out.target = target_for(d, c.llm.endpoint);
+  // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
+  out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
   out.headers.add("content-type", "application/json");
   out.headers.add("accept", c.llm.stream ? "text/event-stream" : "application/json");
   out.headers.add("x-request-id", c.request_id);
   if (!d.provider->authorization.empty()) {
     out.headers.add("authorization", d.provider->authorization);
   }
+  if (!d.provider->key_header.empty()) {
+    out.headers.add(d.provider->key_header, d.provider->key_value);
+  }
+  if (d.provider->wire.wire == providers::Wire::kAnthropic) {
+    out.headers.add("anthropic-version", d.provider->anthropic_version);
+    if (auto v = c.req.header("anthropic-beta"); !v.empty()) out.headers.add("anthropic-beta", v);
+  }
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
+  tracing::add_upstream_headers(c, attempt, out.headers);
   out.body = std::move(body);
   out.cancel = &c.upstream_cancel;
   return out;
@@ -90,7 +121,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   headers.add("content-type", "text/event-stream");
   headers.add("cache-control", "no-cache");
   if (!co_await c.w.begin_stream(200, headers)) {
-    c.cancelled = true;
+    note_client_gone(c);
     up.abort();
     co_return;
   }
@@ -136,12 +167,13 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       if (info.usage_only && !c.llm.client_wants_usage) continue;
       out.append(event);
     }
+    tracing::observe_output(c, out);
     splitter.compact();
     if (!out.empty()) {
       c.bytes_out += out.size();
       if (!co_await c.w.write_chunk(out)) {
         // The client went away: drop the upstream connection so the provider stops generating.
-        c.cancelled = true;
+        note_client_gone(c);
         up.abort();
         break;
       }
@@ -158,11 +190,141 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     c.bytes_out += ev.size();
     co_await c.w.write_chunk(ev);
   }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.usage.present) {
-    // An abandoned or broken stream is charged for what was generated up to that point.
+    // An abandoned or broken stream is charged for what was generated up to that point; a
+    // complete one that never reported usage (although it was asked to) the same way.
+    providers::Usage u;
+    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+    u.completion_tokens = std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
+                                                 static_cast<std::int64_t>((text_chars + 3) / 4));
+    if (saw_done && !c.cancelled) {
+      note_usage_missing(c, u);
+    } else {
+      c.usage = u;
+    }
+  }
+  if (!c.cancelled) co_await c.w.end_stream();
+}
+
+// A translated Responses answer with `store` is kept for previous_response_id.
+void store_response(Ctx& c, const api::Response& answer) {
+  if (c.inbound != api::Format::kResponses || !c.canon || !c.canon->store || !c.sh.responses) {
+    return;
+  }
+  c.sh.responses->put(c.response_meta.id, api::conversation_after(*c.canon, answer),
+                      c.canon->system, c.now());
+}
+
+// Fields the provider's format cannot carry: named in x-bellwether-dropped-params, or the request
+// refused before it is sent when the client asked for strict_params.
+std::optional<Error> note_dropped(Ctx& c, std::vector<std::string> dropped) {
+  std::sort(dropped.begin(), dropped.end());
+  dropped.erase(std::unique(dropped.begin(), dropped.end()), dropped.end());
+  std::string list;
+  for (const auto& f : dropped) {
+    if (!list.empty()) list += ", ";
+    list += f;
+  }
+  const bool strict =
+      (c.canon && c.canon->strict_params) || c.req.header("x-bellwether-strict-params") == "true";
+  if (!list.empty() && strict) {
+    return errors::make(errors::kUnsupportedParams, "The provider of '" + c.route_model +
+                                                        "' cannot take: " + list +
+                                                        " (strict_params is set).");
+  }
+  c.dropped_params = std::move(list);
+  return std::nullopt;
+}
+
+// Phase 9 for a stream whose client API is not the provider's (or a same-format Responses or
+// Messages stream): each upstream event is decoded and the client's events are written at once,
+// so the first token leaves as soon as the provider sends it. Usage is read on the way.
+asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http::Headers headers,
+                                       const UpstreamBody& call) {
+  headers.add("content-type", "text/event-stream");
+  headers.add("cache-control", "no-cache");
+  if (!co_await c.w.begin_stream(200, headers)) {
+    note_client_gone(c);
+    up.abort();
+    co_return;
+  }
+  c.status = 200;
+  const bool include_usage = c.canon ? c.canon->stream_usage : c.llm.client_wants_usage;
+  // A chat stream kept for the cache keeps its usage chunk, so that a later client that asks for
+  // usage gets it; this client sees it only if it asked.
+  const bool strip_usage =
+      c.inbound == api::Format::kChat && !include_usage && phase_cache::capturing(c);
+  StreamTranslator tr(c.inbound, call, c.llm.model, include_usage || strip_usage,
+                      c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+  http::SseSplitter splitter;
+  std::string out;
+  bool broken = false;
+  for (;;) {
+    auto piece = co_await up.read_some();
+    if (!piece && c.client_gone) break;
+    if (!piece) {
+      c.outcome.set(OutcomeKind::kUpstream, piece.error().code);
+      out.clear();
+      tr.fail("api_error", "The upstream stream failed: " + piece.error().message, out);
+      c.bytes_out += out.size();
+      co_await c.w.write_chunk(out);
+      broken = true;
+      break;
+    }
+    if (piece->empty()) break;
+    if (c.ttft < 0) c.ttft = c.now() - c.start;
+    if (!splitter.feed(*piece)) {
+      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
+      up.abort();
+      broken = true;
+      break;
+    }
+    out.clear();
+    std::string_view event;
+    while (splitter.next(event)) tr.feed(event, out);
+    splitter.compact();
+    phase_cache::capture_event(c, out);
+    if (!out.empty()) {
+      c.bytes_out += out.size();
+      if (!co_await c.w.write_chunk(out)) {
+        note_client_gone(c);
+        up.abort();
+        break;
+      }
+    }
+  }
+  out.clear();
+  bool complete = false;
+  if (!c.cancelled && !broken) {
+    if (tr.done()) {
+      tr.finish(out);
+      complete = true;
+      phase_cache::capture_event(c, out);
+      if (strip_usage) out = phase_cache::without_usage_chunks(out);
+    } else if (c.outcome.none()) {
+      c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
+      tr.fail("api_error", "The upstream stream ended before it was complete.", out);
+    }
+  }
+  phase_cache::capture_stream_end(c, complete);
+  if (!out.empty()) {
+    c.bytes_out += out.size();
+    co_await c.w.write_chunk(out);
+  }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
+  if (tr.usage().present) {
+    c.usage = tr.usage();
+  } else {
     c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens = std::max<std::int64_t>(
-        static_cast<std::int64_t>(text_chunks), static_cast<std::int64_t>((text_chars + 3) / 4));
+    c.usage.completion_tokens =
+        std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
+                               static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+  }
+  if (const auto* answer = tr.accumulated(); answer && !c.cancelled && tr.done()) {
+    store_response(c, *answer);
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -227,6 +389,83 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
   if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
+// The answer when the plan has nothing left to try and no upstream answer to pass on.
+Error nothing_left(Ctx& c, const routing::RequestPlan::Step& step,
+                   const std::optional<Error>& last_error, Nanos now) {
+  if (last_error) c.last_failure = last_error->message;
+  if (last_error && last_error->code == http::kUpstreamTimeout) return *last_error;
+  const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
+  Error e = errors::make(errors::kUpstreamDegraded,
+                         "The service is degraded: no deployment of '" + c.route_model +
+                             "' or its fallbacks can take the request now (" +
+                             routing::to_string(step.failure) + "). Retry later.");
+  if (step.failure == routing::PickFailure::kAllAtCapacity ||
+      step.failure == routing::PickFailure::kAllCooling) {
+    // The providers' own rate limits: say so as a rate limit, with their reset time.
+    e = errors::make(errors::kUpstreamRateLimited,
+                     "Every deployment of '" + c.route_model +
+                         "' is at its provider's rate limit or cooling down after a 429. "
+                         "Retry after the time in Retry-After.");
+  }
+  e.retry_after_s = std::max(1.0, wait_s);
+  if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
+  return e;
+}
+
+// A failed attempt (no answer) ends the request unless the plan retries it.
+bool gives_up(const routing::RetryDecision& d) {
+  return d.retry() || d.verdict == routing::RetryVerdict::kAttemptsExhausted ||
+         d.verdict == routing::RetryVerdict::kDeadline ||
+         d.verdict == routing::RetryVerdict::kBudgetExhausted ||
+         d.verdict == routing::RetryVerdict::kNotRetryable;
+}
+
+// The gateway's headers on an upstream answer (no content-type: the caller adds it).
+http::Headers answer_headers(const Ctx& c, const http::UpstreamResponse& up) {
+  http::Headers headers;
+  headers.reserve(256 + c.extra.wire().size());
+  headers.add("x-request-id", c.request_id);
+  headers.add("x-bellwether-model", c.model_served);
+  if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
+  headers.append(c.extra);
+  copy_response_headers(up.headers(), headers);
+  return headers;
+}
+
+// The balancer's and breaker's view of a relayed stream.
+routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
+  routing::Outcome o;
+  o.status = 200;
+  o.latency_ns = latency;
+  o.ttft_ns = c.ttft;
+  o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
+           : c.outcome.none() ? routing::OutcomeKind::kSuccess
+                              : routing::OutcomeKind::kHttp5xx;
+  return o;
+}
+
+// A buffered upstream answer as the client gets it: the provider's body, or (`translated`) a
+// JSON body the gateway wrote in the client's API.
+Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::Headers headers,
+                         int status, std::string body, bool translated) {
+  Response r;
+  r.status = status;
+  r.headers = std::move(headers);
+  auto ct = up.content_type();
+  // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
+  r.headers.add("content-type",
+                translated || ct.empty() ? std::string_view("application/json") : ct);
+  if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
+    r.headers.add("retry-after", std::string(ra));
+  } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
+    r.headers.add("retry-after",
+                  std::to_string(static_cast<long>(std::ceil(c.upstream_limits.retry_after_s))));
+  }
+  r.body = std::move(body);
+  return r;
+}
+
 }  // namespace
 
 asio::awaitable<Verdict> forward::run(Ctx& c) {
@@ -254,24 +493,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await c.w.send(std::move(*last_response));
         co_return Ok{};
       }
-      if (last_error) c.last_failure = last_error->message;
-      if (last_error && last_error->code == http::kUpstreamTimeout) co_return *last_error;
-      const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
-      Error e = errors::make(errors::kUpstreamDegraded,
-                             "The service is degraded: no deployment of '" + c.route_model +
-                                 "' or its fallbacks can take the request now (" +
-                                 routing::to_string(step.failure) + "). Retry later.");
-      if (step.failure == routing::PickFailure::kAllAtCapacity ||
-          step.failure == routing::PickFailure::kAllCooling) {
-        // The providers' own rate limits: say so as a rate limit, with their reset time.
-        e = errors::make(errors::kUpstreamRateLimited,
-                         "Every deployment of '" + c.route_model +
-                             "' is at its provider's rate limit or cooling down after a 429. "
-                             "Retry after the time in Retry-After.");
-      }
-      e.retry_after_s = std::max(1.0, wait_s);
-      if (last_error) c.outcome.set(OutcomeKind::kUpstream, last_error->code);
-      co_return e;
+      co_return nothing_left(c, step, last_error, now);
     }
     routing::Ticket& ticket = *step.ticket;
     const auto& dep_cfg = ticket.deployment();
@@ -282,20 +504,54 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       plan.finish(ticket, o, now, false, rng);
       continue;
     }
-    auto body =
-        providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
-    if (!body) co_return body.error();
+    // Chat completions to an OpenAI-format provider: the fast passthrough (no decode). Every
+    // other pair goes through translate.h (a same-format Responses or Messages body passes
+    // unchanged too).
+    const providers::Wire wire = d->provider->wire.wire;
+    const bool fast = c.inbound == api::Format::kChat && !c.history_expanded &&
+                      passthrough(api::Format::kChat, wire);
+    if (c.inbound == api::Format::kChat && c.llm.endpoint != Endpoint::kChat && !fast) {
+      co_return errors::make(errors::kBadRequest,
+                             "This endpoint cannot be served by the provider type of '" +
+                                 c.route_model + "' (" + std::string(providers::to_string(wire)) +
+                                 ").");
+    }
+    UpstreamBody call;
+    Result<std::string> body = std::string();
+    if (fast) {
+      body =
+          providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
+      if (!body) co_return body.error();
+      call.passthrough = true;
+    } else {
+      auto prepared = upstream_body(c.inbound, c.req.body, c.canon, d->provider->wire,
+                                    dep_cfg.model, c.llm.stream, c.forced_max_tokens,
+                                    c.group->cfg->max_output_tokens, c.history_expanded);
+      if (!prepared) co_return prepared.error();
+      call = std::move(prepared.value());
+      if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
+          !call.passthrough) {
+        co_return errors::make(
+            errors::kPreviousResponseNotFound,
+            "Previous response with id '" + c.canon->previous_response_id + "' not found.",
+            "previous_response_id");
+      }
+      if (auto refused = note_dropped(c, call.dropped)) co_return *refused;
+      body = std::move(call.body);
+    }
     ++c.attempts;
     c.upstream = dep_cfg.id;
     c.model_served = ticket.group();
     router.on_start(ticket, now);
     const Nanos sent_at = now;
+    const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
     auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value())));
+        *d->provider, build_upstream_request(c, *d, std::move(body.value()), call.target, span));
     if (!resp) {
       now = c.now();
       c.upstream_status = 0;
       c.upstream_latency = now - sent_at;
+      tracing::attempt_end(c, span, 0, c.client_gone ? "cancelled" : resp.error().code);
       if (c.client_gone) {  // cancelled by us
         abandon_attempt(c, plan, ticket, now, rng);
         co_return Ok{};
@@ -309,10 +565,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_await sleep_for(decision.delay);
         continue;
       }
-      if (decision.retry() || decision.verdict == routing::RetryVerdict::kAttemptsExhausted ||
-          decision.verdict == routing::RetryVerdict::kDeadline ||
-          decision.verdict == routing::RetryVerdict::kBudgetExhausted ||
-          decision.verdict == routing::RetryVerdict::kNotRetryable) {
+      if (gives_up(decision)) {
         c.forward_failed = true;
         c.last_failure = resp.error().message;
         co_return resp.error();
@@ -320,35 +573,37 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       continue;
     }
     auto& up = resp.value();
-    http::Headers headers;
-    headers.reserve(256 + c.extra.wire().size());
-    headers.add("x-request-id", c.request_id);
-    headers.add("x-bellwether-model", c.model_served);
-    if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
-    headers.append(c.extra);
-    copy_response_headers(up.headers(), headers);
+    // A previous attempt's failure is not this answer's: the access log, the breaker's view of
+    // a stream and the truncation check all read the outcome of the answer the client gets.
+    if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
+    http::Headers headers = answer_headers(c, up);
+    if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
+    if (!fast) {
+      c.upstream_limits = providers::parse_rate_limits(
+          wire, [&up](std::string_view n) { return up.headers().get(n); }, up.status(), {},
+          c.sh.clock.unix_millis());
+    }
     const bool is_sse = up.content_type().starts_with("text/event-stream");
     if (up.status() == 200 && c.llm.stream && is_sse) {
       c.upstream_status = 200;
-      co_await relay_stream(c, up, std::move(headers));
+      if (fast) {
+        co_await relay_stream(c, up, std::move(headers));
+      } else {
+        co_await relay_translated(c, up, std::move(headers), call);
+      }
+      tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
       now = c.now();
       c.upstream_latency = now - sent_at;
       record_attempt(c, dep_cfg.id, 200, now - sent_at);
-      routing::Outcome o;
-      o.status = 200;
-      o.latency_ns = now - sent_at;
-      o.ttft_ns = c.ttft;
-      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      o.kind = c.cancelled        ? routing::OutcomeKind::kCancelled
-               : c.outcome.none() ? routing::OutcomeKind::kSuccess
-                                  : routing::OutcomeKind::kHttp5xx;
-      plan.finish(ticket, o, now, true, rng);
+      plan.finish(ticket, stream_outcome(c, now - sent_at), now, true, rng);
       co_return Ok{};
     }
     c.upstream_status = up.status();
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
     now = c.now();
     c.upstream_latency = now - sent_at;
+    tracing::attempt_end(c, span, all ? up.status() : 0,
+                         all ? std::string_view{} : std::string_view(all.error().code));
     if (!all && c.client_gone) {  // cancelled by us
       abandon_attempt(c, plan, ticket, now, rng);
       co_return Ok{};
@@ -367,20 +622,40 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     }
     if (c.ttft < 0) c.ttft = now - c.start;
     auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
-    if (up.status() == 200) {
+    std::optional<std::string> translated;  // the answer in the client's API, when not fast
+    int status_out = up.status();
+    if (up.status() == 200 && fast) {
       c.usage = providers::extract_usage(*all);
+      if (!c.usage.present) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    } else if (up.status() == 200) {
+      auto answer =
+          translate_response(c.inbound, call, *all, c.llm.model,
+                             c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+      if (!answer) {
+        o.status = 502;
+        o.kind = routing::OutcomeKind::kHttp5xx;
+        plan.finish(ticket, o, now, false, rng);
+        co_return answer.error();
+      }
+      c.usage = answer->usage;
+      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+      if (answer->response) store_response(c, *answer->response);
+      translated = std::move(answer->body);
+    } else if (!call.passthrough) {
+      // A provider's error in the client's API shape (its status and Retry-After kept).
+      if (wire == providers::Wire::kGemini && up.status() == 429) {
+        c.upstream_limits = providers::parse_rate_limits(
+            wire, [&up](std::string_view n) { return up.headers().get(n); }, 429, *all,
+            c.sh.clock.unix_millis());
+      }
+      const Error ue = providers::upstream_error(wire, up.status(), *all);
+      status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
+      translated = error_body(c.inbound, ue);
     }
-    Response r;
-    r.status = up.status();
-    r.headers = std::move(headers);
-    auto ct = up.content_type();
-    // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
-    r.headers.add("content-type", ct.empty() ? std::string_view("application/json") : ct);
-    if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
-      r.headers.add("retry-after", std::string(ra));
-    }
-    r.body = std::move(all.value());
+    Response r = buffered_answer(c, up, std::move(headers), status_out,
+                                 translated ? std::move(*translated) : std::move(all.value()),
+                                 translated.has_value());
     auto decision = plan.finish(ticket, o, now, false, rng);
     if (decision.retry() && decision.delay <= max_retry_wait) {
       last_response = std::move(r);
@@ -396,8 +671,9 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.forward_failed = true;
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
-    phase_cache::capture_body(c, r.status, ct, r.body);
+    phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
     c.bytes_out += r.body.size();
+    tracing::observe_output(c, r.body);
     co_await c.w.send(std::move(r));
     co_return Ok{};
   }

@@ -14,6 +14,7 @@
 #include "cost/redis_budget.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
+#include "gateway/request_tracing.h"
 #include "limits/redis_limit_store.h"
 #include "store/pg_key_store.h"
 #include "store/pg_ledger.h"
@@ -22,6 +23,27 @@
 #include "tools/sim/sim.h"
 
 namespace bw::gateway {
+
+namespace {
+
+// A request the HTTP server refused before any handler ran (bad framing, a bound exceeded, a
+// timeout): one access-log line and one count by reason, like every other answer.
+void record_rejection(Shared& sh, const http::Rejection& r) {
+  sh.metrics->http_rejections.with({r.reason}).inc();
+  if (!sh.access_log) return;
+  const std::string error = "http:" + std::string(r.reason);
+  AccessRecord rec;
+  rec.method = r.method;
+  rec.path = r.target.substr(0, r.target.find('?'));
+  rec.client_ip = r.peer_ip;
+  rec.status = r.status;
+  rec.error_code = error;
+  rec.bytes_in = r.bytes_in;
+  rec.bytes_out = r.bytes_out;
+  sh.access_log->log(rec);
+}
+
+}  // namespace
 
 Gateway::Gateway(std::shared_ptr<const config::Config> cfg, GatewayOptions options)
     : initial_(std::move(cfg)), options_(std::move(options)), shared_(std::make_shared<Shared>()) {}
@@ -223,6 +245,7 @@ Result<Ok> Gateway::start() {
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaling = std::make_unique<ScalingState>(cfg);
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
   if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
 
   http::ServerOptions opt = cfg.server;
@@ -231,6 +254,7 @@ Result<Ok> Gateway::start() {
     return make_error(500, "config_error", "", "bad --listen '" + options_.listen_override + "'");
   }
   auto sh = shared_;
+  opt.on_rejection = [sh](const http::Rejection& r) { record_rejection(*sh, r); };
   server_ = std::make_unique<http::Server>(
       opt, [sh](http::Request& req, http::ResponseWriter& w) -> boost::asio::awaitable<void> {
         co_await handle_request(*sh, req, w, false);
@@ -239,6 +263,7 @@ Result<Ok> Gateway::start() {
   if (!cfg.admin_listen.empty()) {
     http::ServerOptions aopt = cfg.server;
     aopt.workers = 1;
+    aopt.on_rejection = opt.on_rejection;
     config::parse_listen(cfg.admin_listen, aopt.host, aopt.port);
     admin_server_ = std::make_unique<http::Server>(
         aopt, [sh](http::Request& req, http::ResponseWriter& w) -> boost::asio::awaitable<void> {

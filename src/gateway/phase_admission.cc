@@ -14,15 +14,17 @@ std::optional<Verdict> phase_admission::try_now(Ctx& c) {
 
 boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
   const Nanos t0 = c.now();
+  const auto span = tracing::start(c, "bellwether.queue");
   auto admitted = co_await unless_client_gone(
       c, c.sh.admission->acquire(c.group->cfg->name, c.priority.priority));
   c.queue_wait += c.now() - t0;
+  tracing::end(c, span, "concurrency");
   if (admitted.ok()) {
     c.permit = std::move(admitted.permit);
     co_return Ok{};
   }
   c.outcome.set(OutcomeKind::kAdmission);
-  const auto pr = kPriorityLabel[static_cast<std::size_t>(c.priority.priority)];
+  const auto pr = admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)];
   if (admitted.refusal == admission::Refusal::kTimedOut) {
     c.sh.metrics->queue_timeouts.with({pr}).inc();
   } else if (admitted.refusal != admission::Refusal::kCancelled) {

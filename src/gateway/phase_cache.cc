@@ -176,7 +176,9 @@ std::optional<Verdict> phase_cache::try_now(Ctx& c) {
   const bool no_cache =
       has_token(cc, "no-cache") || http::iequals(xb, "refresh") || http::iequals(xb, "no-cache");
   if (no_store) return Ok{};
-  if (cs.cfg.eligibility == "deterministic" && !cache::deterministic(c.req.body)) return Ok{};
+  if (cs.cfg.eligibility == "deterministic" &&
+      !cache::deterministic(c.req.body, c.llm.endpoint == providers::Endpoint::kEmbeddings))
+    return Ok{};
   auto canonical = cache::canonical_body(c.req.body);
   if (!canonical) return Ok{};
   const auto scope =
@@ -287,18 +289,10 @@ asio::awaitable<void> phase_cache::serve(Ctx& c) {
     c.cancelled = true;
     co_return;
   }
-  std::string out, scratch;
-  out.reserve(e.body.size());
-  http::SseSplitter splitter(e.body.size() + 1);
-  splitter.feed(e.body);
-  std::string_view event;
-  while (splitter.next(event)) {
-    if (!c.llm.client_wants_usage) {
-      auto info = providers::inspect_chunk(http::sse_data(event, scratch));
-      if (info.usage_only) continue;
-    }
-    out.append(event);
-  }
+  // A chat client that did not ask for usage does not get the usage chunk (as on a miss).
+  std::string out = c.inbound == api::Format::kChat && !c.llm.client_wants_usage
+                        ? without_usage_chunks(e.body)
+                        : e.body;
   c.ttft = c.now() - c.start;
   c.bytes_out += out.size();
   if (!co_await c.w.write_chunk(out)) {
@@ -339,6 +333,23 @@ void phase_cache::capture_stream_end(Ctx& c, bool complete) {
   cs.complete = complete && !c.cancelled && !c.client_gone && c.outcome.none();
   cs.content_type = "text/event-stream";
   if (!cs.complete) cs.captured.clear();
+}
+
+bool phase_cache::capturing(const Ctx& c) {
+  return c.cache.capturing;
+}
+
+std::string phase_cache::without_usage_chunks(std::string_view events) {
+  std::string out, scratch;
+  out.reserve(events.size());
+  http::SseSplitter splitter(events.size() + 1);
+  splitter.feed(events);
+  std::string_view event;
+  while (splitter.next(event)) {
+    if (providers::inspect_chunk(http::sse_data(event, scratch)).usage_only) continue;
+    out.append(event);
+  }
+  return out;
 }
 
 bool phase_cache::store_needed(const Ctx& c) {

@@ -80,7 +80,10 @@ cost::Micros worst_case(Ctx& c) {
       c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens;
   auto wc = cost::worst_case(*c.price, prompt_estimate, cap);
   c.forced_max_tokens = wc.completion_tokens;
-  return wc.cost;
+  // The cap holds per choice: n (or best_of) choices are all generated and billed.
+  if (c.llm.choices <= 1) return wc.cost;
+  return cost::cost_micros(*c.price, prompt_estimate,
+                           providers::completion_reservation(c.llm, wc.completion_tokens));
 }
 
 }  // namespace
@@ -138,7 +141,7 @@ void phase_cost::compute_cost(Ctx& c) {
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   if (c.price && tokens > 0) {
     c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,
-                                     c.usage.cached_tokens);
+                                     c.usage.cached_tokens, c.usage.cache_write_tokens);
   }
 }
 

@@ -45,8 +45,10 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
           ? 0
           : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
   // A cache hit costs the provider nothing: it counts against request limits only.
-  c.reserved_tokens =
-      phase_cache::hit(c) ? 0 : providers::estimate_prompt_tokens(c.llm) + output_cap;
+  c.reserved_tokens = phase_cache::hit(c)
+                          ? 0
+                          : providers::estimate_prompt_tokens(c.llm) +
+                                providers::completion_reservation(c.llm, output_cap);
   if (c.sh.limiter->remote()) return std::nullopt;
   c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
   if (!c.verdict.allowed || c.verdict.unavailable) return std::nullopt;
@@ -82,8 +84,10 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
     if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
         v.retry_after_ns <= max_wait) {
       // The wait counts in the queue depth, and the overload policy may refuse it.
+      const auto span = tracing::start(c, "bellwether.rate_limit");
       auto waited = co_await unless_client_gone(
           c, c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority));
+      tracing::end(c, span, "key_limit");
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
         e.status = 429;

@@ -47,6 +47,9 @@ boost::asio::awaitable<void> serve(Ctx& c);
 void capture_body(Ctx& c, int status, std::string_view content_type, std::string_view body);
 void capture_event(Ctx& c, std::string_view event);
 void capture_stream_end(Ctx& c, bool complete);
+bool capturing(const Ctx& c);
+// SSE events without the usage-only chat chunk (for a client that did not ask for usage).
+std::string without_usage_chunks(std::string_view events);
 // finish: store a complete answer (and release single-flight followers).
 bool store_needed(const Ctx& c);
 void release(Ctx& c);  // no store: the followers go upstream

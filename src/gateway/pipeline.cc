@@ -11,8 +11,23 @@ namespace bw::gateway {
 
 namespace asio = boost::asio;
 
+namespace {
+// gen_ai.operation.name of the OpenTelemetry GenAI conventions.
+std::string_view operation_name(providers::Endpoint e) {
+  switch (e) {
+    case providers::Endpoint::kCompletions:
+      return "text_completion";
+    case providers::Endpoint::kEmbeddings:
+      return "embeddings";
+    default:
+      return "chat";
+  }
+}
+}  // namespace
+
 asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   c.sh.llm_arrivals.fetch_add(1, std::memory_order_relaxed);
+  tracing::begin(c, operation_name(endpoint));
   std::optional<Verdict> v;
 
   // 1 authenticate: the key, its plan and the request's priority
@@ -34,10 +49,8 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   v = phase_rate_limit::try_now(c);
   if (!v) v = co_await phase_rate_limit::run(c);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
-  {
-    static constexpr std::array<std::string_view, 3> kDigit = {"0", "1", "2"};
-    c.extra.add("x-bellwether-priority", kDigit[static_cast<std::size_t>(c.priority.priority)]);
-  }
+  c.extra.add("x-bellwether-priority",
+              admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
   if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
   phase_cache::note(c);
   // A hit is answered here: no budget hold, no concurrency slot, no upstream.

@@ -6,6 +6,7 @@
 #include <exception>
 #include <random>
 
+#include "api/messages.h"
 #include "gateway/admin.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
@@ -97,6 +98,17 @@ asio::awaitable<void> metrics(Ctx& c) {
   co_await c.w.send(std::move(r));
 }
 
+// POST /v1/messages/count_tokens: the gateway's own estimate (the one its limits use); no
+// provider is called.
+asio::awaitable<void> count_tokens(Ctx& c) {
+  auto key = authenticate(*c.rt, c.req);
+  if (!key) co_return co_await reply_error(c, key.error());
+  auto r = api::decode_messages_request(c.req.body, false);
+  if (!r) co_return co_await reply_error(c, r.error());
+  co_await send_json(c, 200,
+                     "{\"input_tokens\":" + std::to_string(api::count_input_tokens(*r)) + "}");
+}
+
 asio::awaitable<void> no_route(Ctx& c, bool path_known) {
   const auto path = c.req.path();
   if (!path_known) {
@@ -144,13 +156,26 @@ asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   for (const auto& r : kRoutes) {
     if (r.path != path) continue;
     path_known = true;
-    if (r.method == c.req.method) found = &r;
+    // HEAD is GET without a body (RFC 9110 9.3.2); the server drops the body of a HEAD answer.
+    if (r.method == c.req.method || (c.req.method == "HEAD" && r.method == "GET")) found = &r;
   }
   // The admin listener serves the admin API and the probes only.
   if (admin_listener && path != "/healthz" && path != "/readyz")
     found = nullptr, path_known = false;
   if (!found) return no_route(c, path_known);
   if (path == "/v1/chat/completions") return run_llm(c, Endpoint::kChat);
+  if (path == "/v1/responses") {
+    c.inbound = api::Format::kResponses;
+    return run_llm(c, Endpoint::kChat);
+  }
+  if (path == "/v1/messages") {
+    c.inbound = api::Format::kMessages;
+    return run_llm(c, Endpoint::kChat);
+  }
+  if (path == "/v1/messages/count_tokens") {
+    c.inbound = api::Format::kMessages;
+    return count_tokens(c);
+  }
   if (path == "/v1/completions") return run_llm(c, Endpoint::kCompletions);
   if (path == "/v1/embeddings") return run_llm(c, Endpoint::kEmbeddings);
   if (path == "/healthz") return send_json(c, 200, "{\"status\":\"ok\"}");
@@ -194,13 +219,13 @@ std::string render_metrics(Shared& sh) {
   if (sh.admission) {
     auto snap = sh.admission->snapshot();
     for (std::size_t p = 0; p < 3; ++p) {
-      m.queue_depth.with({kPriorityLabel[p]}).set(static_cast<double>(snap.depth[p]));
+      m.queue_depth.with({admission::kPriorityLabels[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =
-        d.state == routing::BreakerState::kOpen        ? telemetry::GatewayMetrics::kBreakerOpen
+        d.state == routing::BreakerState::kOpen       ? telemetry::GatewayMetrics::kBreakerOpen
         : d.state == routing::BreakerState::kHalfOpen ? telemetry::GatewayMetrics::kBreakerHalfOpen
                                                       : telemetry::GatewayMetrics::kBreakerClosed;
     m.breaker_state.with({d.id}).set(v);

@@ -11,7 +11,10 @@ struct Route {
   std::string_view method;
 };
 
-inline constexpr std::array<Route, 8> kRoutes = {{{"/v1/chat/completions", "POST"},
+inline constexpr std::array<Route, 11> kRoutes = {{{"/v1/chat/completions", "POST"},
+                                                  {"/v1/responses", "POST"},
+                                                  {"/v1/messages", "POST"},
+                                                  {"/v1/messages/count_tokens", "POST"},
                                                   {"/v1/completions", "POST"},
                                                   {"/v1/embeddings", "POST"},
                                                   {"/v1/models", "GET"},

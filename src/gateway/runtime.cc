@@ -12,13 +12,37 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
     prov.cfg = &p;
     prov.options.timeouts = p.timeouts;
     prov.options.pool = p.pool;
+    const std::string& wire_name = p.type == "sim" ? p.format : p.type;
+    if (!providers::parse_wire(wire_name, prov.wire.wire))
+      prov.wire.wire = providers::Wire::kOpenAI;
     if (p.type == "sim") {
-      prov.endpoint = http::Endpoint::make(false, "127.0.0.1", sim_port, "/v1");
+      prov.endpoint =
+          http::Endpoint::make(false, "127.0.0.1", sim_port,
+                               prov.wire.wire == providers::Wire::kGemini ? "/v1beta" : "/v1");
     } else {
       auto ep = http::Endpoint::parse(p.base_url);
       if (ep) prov.endpoint = *ep;  // validated at load time
     }
-    if (!p.api_key.empty()) prov.authorization = "Bearer " + p.api_key;
+    prov.wire.base_path = prov.endpoint.base_path;
+    prov.wire.api_version = p.api_version;
+    prov.anthropic_version = p.anthropic_version;
+    if (!p.api_key.empty()) {
+      switch (prov.wire.wire) {
+        case providers::Wire::kOpenAI:
+          prov.authorization = "Bearer " + p.api_key;
+          break;
+        case providers::Wire::kAzure:
+          prov.key_header = "api-key";
+          break;
+        case providers::Wire::kAnthropic:
+          prov.key_header = "x-api-key";
+          break;
+        case providers::Wire::kGemini:
+          prov.key_header = "x-goog-api-key";
+          break;
+      }
+      if (!prov.key_header.empty()) prov.key_value = p.api_key;
+    }
     providers_.emplace(p.name, std::move(prov));
   }
   for (const auto& g : cfg_->model_groups) {
@@ -29,9 +53,19 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
       dep.cfg = &d;
       dep.provider = &providers_.at(d.provider);
       const auto& base = dep.provider->endpoint.base_path;
-      dep.chat_target = base + "/chat/completions";
-      dep.completions_target = base + "/completions";
-      dep.embeddings_target = base + "/embeddings";
+      if (dep.provider->wire.wire == providers::Wire::kAzure) {
+        // Azure OpenAI: the deployment (the model id here) in the path, the API version in the
+        // query.
+        const std::string prefix = base + "/openai/deployments/" + d.model;
+        const std::string query = "?api-version=" + dep.provider->wire.api_version;
+        dep.chat_target = prefix + "/chat/completions" + query;
+        dep.completions_target = prefix + "/completions" + query;
+        dep.embeddings_target = prefix + "/embeddings" + query;
+      } else {
+        dep.chat_target = base + "/chat/completions";
+        dep.completions_target = base + "/completions";
+        dep.embeddings_target = base + "/embeddings";
+      }
       group.deployments.push_back(std::move(dep));
     }
     groups_.emplace(g.name, std::move(group));

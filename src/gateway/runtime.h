@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "gateway/translate.h"
 #include "http/client.h"
 
 namespace bw::gateway {
@@ -17,6 +18,12 @@ struct Provider {
   http::Endpoint endpoint;
   http::UpstreamOptions options;  // timeouts and pool bounds
   std::string authorization;      // "Bearer <provider key>" or empty; never logged
+  // The wire format and where its requests go; the key's header by provider type
+  // (authorization, api-key, x-api-key, x-goog-api-key).
+  ProviderWire wire;
+  std::string key_header;
+  std::string key_value;  // never logged
+  std::string anthropic_version;
 };
 
 struct Deployment {

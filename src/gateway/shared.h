@@ -29,6 +29,9 @@
 #include "telemetry/gateway_metrics.h"
 #include "telemetry/metrics.h"
 #include "telemetry/scaler.h"
+#include "telemetry/trace_exporter.h"
+
+#include "api/responses.h"
 
 namespace bw::gateway {
 
@@ -71,8 +74,13 @@ struct Shared {
   std::unique_ptr<cache::Cache> cache;
   std::unique_ptr<cache::SingleFlight> single_flight;
   std::unique_ptr<cache::SemanticIndex> semantic;
+  // OTLP trace export; null unless tracing.endpoint is set (at startup).
+  std::unique_ptr<telemetry::TraceExporter> tracer;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
+  // Responses API: stored responses for previous_response_id (bounded, one hour each).
+  std::unique_ptr<api::ResponseStore> responses{
+      std::make_unique<api::ResponseStore>(10'000, 3600 * kNanosPerSecond)};
 
   // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
   // sampler thread stops before the state it reads goes away.

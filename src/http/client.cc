@@ -74,6 +74,8 @@ struct UpstreamResponse::Impl {
   PoolLimits limits;
   Nanos last_used = 0;
   UpstreamCancel* cancel = nullptr;  // the request's cancel handle, while it has one
+  std::unique_ptr<UpstreamResponse::Canned> canned;  // not from a connection (tests)
+  std::size_t canned_next = 0;
   bool done = false;
   bool failed = false;
 
@@ -220,8 +222,15 @@ struct ClientPool::State {
 
 UpstreamResponse::UpstreamResponse(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+UpstreamResponse UpstreamResponse::canned(Canned answer) {
+  auto impl = std::make_unique<Impl>();
+  impl->headers = std::move(answer.headers);
+  impl->canned = std::make_unique<Canned>(std::move(answer));
+  return UpstreamResponse(std::move(impl));
+}
+
 UpstreamResponse::~UpstreamResponse() {
-  if (!impl_) return;
+  if (!impl_ || impl_->canned) return;
   auto& im = *impl_;
   if (im.cancel) {
     im.cancel->conn_ = nullptr;
@@ -246,15 +255,18 @@ UpstreamResponse& UpstreamResponse::operator=(UpstreamResponse&& o) noexcept {
 }
 
 int UpstreamResponse::status() const {
+  if (impl_->canned) return impl_->canned->status;
   return impl_->parser->status();
 }
 const Headers& UpstreamResponse::headers() const {
   return impl_->headers;
 }
 std::string_view UpstreamResponse::content_type() const {
+  if (impl_->canned) return impl_->headers.get("content-type");
   return impl_->parser->content_type();
 }
 std::string_view UpstreamResponse::retry_after() const {
+  if (impl_->canned) return impl_->headers.get("retry-after");
   return impl_->parser->retry_after();
 }
 
@@ -273,6 +285,7 @@ void UpstreamCancel::cancel() {
 
 void UpstreamResponse::abort() {
   impl_->failed = true;
+  if (impl_->canned) return;
   beast::error_code ec;
   impl_->socket().shutdown(tcp::socket::shutdown_both, ec);
   impl_->close();
@@ -280,6 +293,18 @@ void UpstreamResponse::abort() {
 
 asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   auto& im = *impl_;
+  if (im.canned) {
+    if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+    if (im.canned_next < im.canned->pieces.size()) {
+      co_return std::string_view(im.canned->pieces[im.canned_next++]);
+    }
+    if (!im.canned->fail_after.empty()) {
+      im.failed = true;
+      co_return upstream_error(im.canned->fail_after, "upstream body read failed");
+    }
+    im.done = true;
+    co_return std::string_view{};
+  }
   if (im.done || im.parser->is_done()) {
     im.done = true;
     co_return std::string_view{};
@@ -303,6 +328,19 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
 asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limit) {
   auto& im = *impl_;
   std::string out;
+  if (im.canned) {
+    for (; im.canned_next < im.canned->pieces.size(); ++im.canned_next) {
+      out += im.canned->pieces[im.canned_next];
+    }
+    if (!im.canned->fail_after.empty()) {
+      co_return upstream_error(im.canned->fail_after, "upstream body read failed");
+    }
+    if (out.size() > limit) {
+      co_return upstream_error(kUpstreamReset, "upstream response larger than the limit");
+    }
+    im.done = true;
+    co_return out;
+  }
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
   im.piece.clear();  // parse() returns early while a read_some piece is pending
   if (auto cl = im.parser->content_length(); cl && *cl <= limit) {

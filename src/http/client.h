@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/result.h"
@@ -93,6 +94,17 @@ class UpstreamResponse {
   boost::asio::awaitable<Result<std::string>> read_all(std::size_t limit);
   // Drops the connection now (e.g. the client went away): the upstream sees the request cancelled.
   void abort();
+
+  // An answer that does not come from a connection (the fake upstreams of in-process tests).
+  // read_some() returns `pieces` one per call; with `fail_after` set, the read after the last
+  // piece fails with `fail_after` as its error code (a stream cut mid-way).
+  struct Canned {
+    int status = 200;
+    Headers headers;  // content-type and retry-after are read from here
+    std::vector<std::string> pieces;
+    std::string fail_after;
+  };
+  static UpstreamResponse canned(Canned answer);
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -53,29 +53,66 @@ struct Server::Worker {
 
 namespace {
 
-// Maps a parse error to the status a client should see; 0 means close without answering.
-int status_for_parse_error(const beast::error_code& ec) {
-  if (ec == bhttp::error::header_limit) return 431;
-  if (ec == bhttp::error::body_limit) return 413;
-  if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
-      ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
-      ec == beast::error::timeout || ec == bhttp::error::partial_message) {
-    return 0;
+// The answer to a request refused before its handler ran; status 0 = close without answering.
+struct Refusal {
+  int status = 0;
+  std::string_view reason;  // a stable token: metric label and access-log field
+  std::string_view code;    // the error body's code
+  std::string_view message;
+};
+
+Refusal refusal(std::string_view reason) {
+  if (reason == "too_many_headers" || reason == "header_too_large") {
+    return {431, reason, "request_header_fields_too_large",
+            "The request headers are larger than the configured limits."};
   }
-  return 400;
+  if (reason == "trailer_too_large") {
+    return {431, reason, "request_header_fields_too_large",
+            "The chunked body's trailer section is larger than the header limit."};
+  }
+  if (reason == "body_too_large") {
+    return {413, reason, "request_too_large",
+            "The request body is larger than the configured limit."};
+  }
+  if (reason == "chunk_line_too_long") {
+    return {400, reason, "bad_request",
+            "A chunk-size line (with its extensions) is longer than the limit."};
+  }
+  if (reason == "header_timeout" || reason == "body_timeout") {
+    return {408, reason, "request_timeout", "The request was not received in time."};
+  }
+  if (reason == "bad_transfer_encoding") {
+    return {400, reason, "bad_request",
+            "Only 'Transfer-Encoding: chunked' (alone, without Content-Length) is accepted."};
+  }
+  if (reason == "multiple_content_length") {
+    return {400, reason, "bad_request", "A request may carry one Content-Length with one value."};
+  }
+  if (reason == "missing_host" || reason == "duplicate_host") {
+    return {400, reason, "bad_request", "An HTTP/1.1 request needs exactly one Host header."};
+  }
+  return {400, reason, "bad_request", "The request could not be parsed as HTTP/1.1."};
 }
 
-std::string_view reason_for(int status) {
-  switch (status) {
-    case 400:
-      return "The request could not be parsed as HTTP/1.1.";
-    case 413:
-      return "The request body is larger than the configured limit.";
-    case 431:
-      return "The request headers are larger than the configured limits.";
-    default:
-      return "Bad request.";
+// The reason token for a parse or socket error; empty means the client went away (no answer,
+// nothing to report).
+std::string_view reason_for_error(const beast::error_code& ec, bool body_phase) {
+  if (ec == bhttp::error::header_limit) {
+    return body_phase ? "trailer_too_large" : "header_too_large";
   }
+  if (ec == bhttp::error::body_limit) return "body_too_large";
+  if (ec == beast::error::timeout) return body_phase ? "body_timeout" : "header_timeout";
+  if (ec == bhttp::error::multiple_content_length) return "multiple_content_length";
+  if (ec == bhttp::error::bad_transfer_encoding) return "bad_transfer_encoding";
+  if (ec == bhttp::error::bad_chunk || ec == bhttp::error::bad_chunk_extension) {
+    return "bad_chunk";
+  }
+  if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+      ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
+      ec == bhttp::error::partial_message || ec == asio::error::broken_pipe) {
+    return {};
+  }
+  return "bad_request";
 }
 
 }  // namespace
@@ -136,20 +173,25 @@ class Session final : public ResponseWriter {
       // the header timeout, since the deadline covers the whole head.
       deadline_.arm(first ? opt.header_timeout : opt.idle_timeout + opt.header_timeout);
       idle_ = !first && buffer_.size() == 0;
+      bytes_in_ = buffer_.size();  // a pipelined request's bytes were read with the previous one
+      bytes_out_ = 0;
+      head_only_ = false;
+      overflow_ = {};
       auto rec = co_await read(parser, false);
       idle_ = false;
       first = false;
       if (rec) {
         deadline_.disarm();
-        int status = parser.too_many_fields() ? 431 : status_for_parse_error(rec);
-        if (status != 0) co_await send_protocol_error(status);
+        // A keep-alive connection that stays silent until its deadline is not a rejection.
+        if (rec == beast::error::timeout && !parser.got_some()) break;
+        co_await refuse(parser, parser.too_many_fields() ? std::string_view("too_many_headers")
+                                : !overflow_.empty()     ? overflow_
+                                                         : reason_for_error(rec, false));
         break;
       }
-      // Beast refuses Content-Length together with chunked; any other Transfer-Encoding (or both
-      // headers at all) is refused here too, since an intermediary could read the body differently.
-      if (parser.has_transfer_encoding() && (parser.has_content_length() || !parser.chunked())) {
+      if (auto bad = framing_problem(parser); !bad.empty()) {
         deadline_.disarm();
-        co_await send_protocol_error(400);
+        co_await refuse(parser, bad);
         break;
       }
       if (parser.expects_continue() && !parser.is_done()) {
@@ -163,8 +205,7 @@ class Session final : public ResponseWriter {
         auto bec = co_await read(parser, true);
         if (bec) {
           deadline_.disarm();
-          int status = status_for_parse_error(bec);
-          if (status != 0) co_await send_protocol_error(status);
+          co_await refuse(parser, !overflow_.empty() ? overflow_ : reason_for_error(bec, true));
           break;
         }
       }
@@ -175,6 +216,8 @@ class Session final : public ResponseWriter {
       parser.headers(req_.headers);
       req_.keep_alive = parser.keep_alive();
       keep_alive_ = req_.keep_alive;
+      // RFC 9110 9.3.2: a HEAD answer has the GET answer's head and no body.
+      head_only_ = req_.method == "HEAD";
       started_ = false;
       finished_ = false;
       broken_ = false;
@@ -210,6 +253,7 @@ class Session final : public ResponseWriter {
     out_.clear();
     wire::append_response_head(out_, r.status, server_.options_.server_name, r.headers,
                                static_cast<std::int64_t>(r.body.size()), response_keep_alive());
+    if (head_only_) co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
     // A small body goes into the same buffer: one contiguous write.
     if (r.body.size() <= kInlineBody) {
       out_.append(r.body);
@@ -229,7 +273,7 @@ class Session final : public ResponseWriter {
 
   asio::awaitable<bool> write_chunk(std::string_view data) override {
     if (broken_) co_return false;
-    if (data.empty()) co_return true;  // an empty chunk would end the body
+    if (data.empty() || head_only_) co_return true;  // an empty chunk would end the body
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
     co_return co_await write(std::array<asio::const_buffer, 3>{
@@ -239,6 +283,7 @@ class Session final : public ResponseWriter {
   asio::awaitable<bool> end_stream() override {
     finished_ = true;
     if (broken_) co_return false;
+    if (head_only_) co_return true;
     co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer("0\r\n\r\n", 5)});
   }
 
@@ -322,6 +367,15 @@ class Session final : public ResponseWriter {
         const std::size_t used = p.put(buffer_.data(), ec);
         buffer_.consume(used);
         if (ec && ec != bhttp::error::need_more) co_return ec;
+        // Beast bounds the head by header_limit but neither a chunk-size line nor the trailer
+        // section; unbounded, one connection could make this buffer grow until the body timeout.
+        // (With eager parsing, a head-phase put can already be inside the body.)
+        if (ec == bhttp::error::need_more && p.is_header_done()) {
+          overflow_ = overlong_pending(
+              std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size()));
+          if (!overflow_.empty()) co_return bhttp::error::buffer_overflow;
+          if (!whole) co_return beast::error_code{};  // the head is complete
+        }
         if (!ec && (whole ? p.is_done() : p.is_header_done())) co_return beast::error_code{};
         if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
@@ -338,6 +392,7 @@ class Session final : public ResponseWriter {
       }
       if (ec) co_return ec;
       buffer_.commit(n);
+      bytes_in_ += n;
     }
   }
 
@@ -347,17 +402,60 @@ class Session final : public ResponseWriter {
     deadline_.arm(server_.options_.write_timeout);
     auto [ec, n] = co_await asio::async_write(socket_, buffers, kNoThrow);
     deadline_.disarm();
+    bytes_out_ += n;
     if (ec) broken_ = true;
     co_return !ec;
   }
 
-  asio::awaitable<void> send_protocol_error(int status) {
+  // Bytes the parser could not use yet in the body phase: a chunk-size line (with extensions)
+  // or, after the last chunk, the trailer section. Returns the reason if one is over its bound.
+  std::string_view overlong_pending(std::string_view pending) const {
+    const auto& o = server_.options_;
+    if (pending.size() <= o.max_chunk_line_bytes) return {};
+    std::string_view line = pending;
+    if (line.starts_with("\r\n")) line.remove_prefix(2);  // the end of the previous chunk
+    const auto eol = line.find("\r\n");
+    if (eol == std::string_view::npos || eol > o.max_chunk_line_bytes) {
+      return "chunk_line_too_long";
+    }
+    // A complete line the parser did not take is the last chunk's: the trailers follow.
+    if (pending.size() > o.max_header_bytes) return "trailer_too_large";
+    return {};
+  }
+
+  // Framing the parser accepted but Bellwether refuses (see docs/security.md).
+  static std::string_view framing_problem(const wire::RequestParser& p) {
+    if (p.has_transfer_encoding() &&
+        (p.has_content_length() || !p.chunked() || !p.transfer_encoding_is_chunked_only())) {
+      return "bad_transfer_encoding";
+    }
+    if (p.host_fields() > 1) return "duplicate_host";
+    if (p.host_fields() == 0 && p.http_version() >= 11) return "missing_host";
+    return {};
+  }
+
+  // Answers a request refused at the framing level (unless the client is gone), reports it and
+  // leaves the connection to be closed.
+  asio::awaitable<void> refuse(const wire::RequestParser& p, std::string_view reason) {
     keep_alive_ = false;
-    auto body = openai_error_body(reason_for(status), "invalid_request_error",
-                                  status == 413   ? "request_too_large"
-                                  : status == 431 ? "request_header_fields_too_large"
-                                                  : "bad_request");
-    co_await send(Response::json(status, std::move(body)));
+    if (reason.empty()) co_return;  // the client went away: nothing to answer or report
+    const Refusal r = refusal(reason);
+    if (r.status != 0) {
+      head_only_ = false;
+      co_await send(
+          Response::json(r.status, openai_error_body(r.message, "invalid_request_error", r.code)));
+    }
+    if (server_.options_.on_rejection) {
+      Rejection rej;
+      rej.status = r.status;
+      rej.reason = r.reason;
+      rej.peer_ip = req_.peer_ip;
+      rej.method = p.method();
+      rej.target = p.target();
+      rej.bytes_in = bytes_in_;
+      rej.bytes_out = bytes_out_;
+      server_.options_.on_rejection(rej);
+    }
   }
 
   Server& server_;
@@ -375,6 +473,10 @@ class Session final : public ResponseWriter {
   std::string out_;
   std::shared_ptr<Watch> watch_;  // created at the first watch_disconnect of the connection
   bool idle_ = false;
+  bool head_only_ = false;     // the current request is a HEAD: heads only, no body bytes
+  std::string_view overflow_;  // the bound a body-phase read exceeded, if any
+  std::size_t bytes_in_ = 0;   // read for the current request
+  std::size_t bytes_out_ = 0;  // written for the current request
   bool keep_alive_ = true;
   bool started_ = false;
   bool finished_ = false;
@@ -495,6 +597,22 @@ void Server::run() {
     asio::co_spawn(w->ioc, accept_loop(*this, *w), asio::detached);
     threads_.emplace_back([w = w.get()] { w->ioc.run(); });
   }
+}
+
+void Server::adopt(int fd) {
+  Worker& w = *workers_.front();
+  w.load.fetch_add(1, std::memory_order_relaxed);
+  asio::post(w.ioc, [this, &w, fd] {
+    tcp::socket s(w.ioc);
+    beast::error_code ec;
+    s.assign(tcp::v4(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      w.load.fetch_sub(1, std::memory_order_relaxed);
+      return;
+    }
+    spawn_session(*this, w, std::move(s));
+  });
 }
 
 void Server::begin_drain() {

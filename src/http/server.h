@@ -20,6 +20,21 @@
 
 namespace bw::http {
 
+// A request refused at the HTTP framing level, before any handler ran: an oversized or malformed
+// head, bad framing, a body over the limit, a timeout. The server has answered it (unless the
+// client was silent) and closes the connection; the observer makes it visible (access log,
+// metrics). Views are valid during the call only.
+struct Rejection {
+  int status = 0;           // the status sent; 0 when nothing could be sent
+  std::string_view reason;  // a stable token, e.g. "chunk_line_too_long" (a metric label)
+  std::string_view peer_ip;
+  std::string_view method;   // empty if the request line was not complete
+  std::string_view target;   // as received (raw bytes; escape before logging)
+  std::size_t bytes_in = 0;  // bytes read for this request
+  std::size_t bytes_out = 0;
+};
+using RejectionObserver = std::function<void(const Rejection&)>;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;  // 0 picks a free port; see Server::port()
@@ -27,11 +42,16 @@ struct ServerOptions {
   std::size_t max_header_bytes = 64 * 1024;
   std::size_t max_headers = 100;
   std::size_t max_body_bytes = 10 * 1024 * 1024;
+  // A chunk-size line with its extensions. The trailer section is bounded by max_header_bytes.
+  // Together these bound the bytes a connection can make the server buffer unparsed.
+  std::size_t max_chunk_line_bytes = 4 * 1024;
   Nanos header_timeout = seconds(10);  // whole request head, against slowloris
   Nanos body_timeout = seconds(30);
   Nanos idle_timeout = seconds(60);  // keep-alive wait for the next request
   Nanos write_timeout = seconds(30);
   std::string server_name = "bellwether";
+  // Called on the connection's worker for every framing-level rejection; must not block.
+  RejectionObserver on_rejection;
 };
 
 class ResponseWriter {
@@ -72,6 +92,9 @@ class Server {
   Result<Ok> start();
   // Runs the worker threads; returns immediately.
   void run();
+  // Serves an already connected stream descriptor (e.g. one end of a socketpair) as if it had
+  // been accepted; the server owns it from now on. For in-memory tests and the fuzzer.
+  void adopt(int fd);
   // Stops accepting, closes idle keep-alive connections and lets in-flight requests finish.
   void begin_drain();
   // Waits until no connection is active or the deadline passes; returns the number still active.

@@ -14,8 +14,42 @@ void RequestParser::headers(std::vector<std::pair<std::string_view, std::string_
   }
 }
 
-void RequestParser::on_request_impl(bhttp::verb, sv method, sv target, int, error_code&) {
+namespace {
+
+std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+bool istarts_with(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+}  // namespace
+
+void RequestParser::on_request_impl(bhttp::verb, sv method, sv target, int version, error_code&) {
   method_ = keep(method);
+  version_ = version;
+  // RFC 9112 3.2.2: a server must accept the absolute form. Routing only needs the path and
+  // query, so "http://host:port/path?q" becomes "/path?q" (and "http://host?q" becomes "/?q").
+  std::string_view t = target;
+  if (istarts_with(t, "http://") || istarts_with(t, "https://")) {
+    absolute_form_ = true;
+    const auto rest = t.substr(t.find("://") + 3);
+    const auto at = rest.find_first_of("/?#");
+    if (at == std::string_view::npos) {
+      target_ = keep("/");
+    } else if (rest[at] == '/') {
+      target_ = keep(rest.substr(at));
+    } else {
+      target_ = {arena_.size(), 0};
+      arena_.push_back('/');
+      arena_.append(rest.substr(at));
+      target_.second = arena_.size() - target_.first;
+    }
+    return;
+  }
   target_ = keep(target);
 }
 
@@ -25,8 +59,23 @@ void RequestParser::on_field_impl(bhttp::field name, sv name_string, sv value, e
     ec = bhttp::error::header_limit;
     return;
   }
-  if (name == bhttp::field::transfer_encoding) saw_te_ = true;
-  if (name == bhttp::field::content_length) saw_cl_ = true;
+  if (name == bhttp::field::transfer_encoding) {
+    // Exactly one field whose value is exactly "chunked"; anything else is reported to the
+    // session, which refuses it.
+    if (saw_te_ || !iequals(trim_ows(value), "chunked")) te_other_ = true;
+    saw_te_ = true;
+  }
+  if (name == bhttp::field::content_length) {
+    // Beast accepts a repeated Content-Length with the same value, and lists such as "5, 5"
+    // (RFC 9112 allows either). Bellwether refuses both: one field, one number, so that no
+    // intermediary in front of it can have framed the body differently.
+    if (saw_cl_ || std::string_view(value).find(',') != std::string_view::npos) {
+      ec = bhttp::error::multiple_content_length;
+      return;
+    }
+    saw_cl_ = true;
+  }
+  if (name == bhttp::field::host) ++hosts_;
   if (name == bhttp::field::expect) {
     // A token list; "100-continue" compared case-insensitively.
     std::string_view v = value;

@@ -38,6 +38,15 @@ class RequestParser final : public bhttp::basic_parser<true> {
   void headers(std::vector<std::pair<std::string_view, std::string_view>>& out) const;
   bool has_transfer_encoding() const { return saw_te_; }
   bool has_content_length() const { return saw_cl_; }
+  // True when every Transfer-Encoding field there was is exactly "chunked" (one field, one
+  // coding): a request with any other coding, or a list such as "gzip, chunked", is refused
+  // since an intermediary could frame its body differently.
+  bool transfer_encoding_is_chunked_only() const { return saw_te_ && !te_other_; }
+  // Number of Host fields (HTTP/1.1 needs exactly one).
+  int host_fields() const { return hosts_; }
+  int http_version() const { return version_; }  // 10 or 11
+  // An absolute-form target ("http://host/path") was rewritten to origin form ("/path").
+  bool absolute_form() const { return absolute_form_; }
   bool expects_continue() const { return expect_continue_; }
   bool too_many_fields() const { return too_many_; }
 
@@ -69,7 +78,11 @@ class RequestParser final : public bhttp::basic_parser<true> {
   Span method_{0, 0};
   Span target_{0, 0};
   bool saw_te_ = false;
+  bool te_other_ = false;
   bool saw_cl_ = false;
+  bool absolute_form_ = false;
+  int hosts_ = 0;
+  int version_ = 11;
   bool expect_continue_ = false;
   bool too_many_ = false;
 };

@@ -171,24 +171,22 @@ asio::awaitable<BatchResult> RedisLimitStore::check_and_consume_async(
 
   RedisCallResult r = co_await client_.run_script(0, keys, args, steady_now() + options_.timeout);
 
-  const redisReply* rep = r.reply.get();
   BatchResult out;
-  bool ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 + 5 * checks.size();
+  std::vector<std::int64_t> v;
+  // [allowed, then per check: allowed, consumed, remaining, retry_after, reset_after]
+  const bool ok = store::redis_int_array(r.reply.get(), 1 + 5 * checks.size(), v);
   if (ok) {
-    std::int64_t allowed = 0;
-    ok = redis_reply_i64(rep->element[0], allowed);
-    out.allowed = allowed == 1;
+    out.allowed = v[0] == 1;
     out.results.resize(checks.size());
-    for (std::size_t i = 0; ok && i < checks.size(); ++i) {
-      redisReply* const* e = rep->element + 1 + 5 * i;
-      std::int64_t a = 0, consumed = 0;
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      const std::int64_t* e = v.data() + 1 + 5 * i;
       Decision& d = out.results[i].decision;
-      ok = redis_reply_i64(e[0], a) && redis_reply_i64(e[1], consumed) &&
-           redis_reply_i64(e[2], d.remaining) && redis_reply_i64(e[3], d.retry_after) &&
-           redis_reply_i64(e[4], d.reset_after);
-      d.allowed = a == 1;
+      d.allowed = e[0] == 1;
+      out.results[i].consumed = e[1] == 1;
+      d.remaining = e[2];
+      d.retry_after = e[3];
+      d.reset_after = e[4];
       d.limit = checks[i].spec->params().capacity();
-      out.results[i].consumed = consumed == 1;
     }
   }
   if (ok) {

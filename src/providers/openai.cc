@@ -2,7 +2,10 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
+#include <climits>
 #include <optional>
+#include <vector>
 
 #include "common/json_util.h"
 
@@ -20,29 +23,59 @@ Error bad(std::string message, std::string param = {}, std::string code = {}) {
                     std::move(param));
 }
 
-std::size_t depth_of(simdjson::dom::element e, std::size_t limit) {
-  // Iterative would be faster; recursion is bounded by `limit`.
+// The first key that an object in `keys` holds twice (empty if none).
+std::string_view first_duplicate(std::vector<std::string_view>& keys) {
+  if (keys.size() <= 16) {  // the usual object: pairwise is cheaper than sorting
+    for (std::size_t i = 1; i < keys.size(); ++i) {
+      for (std::size_t j = 0; j < i; ++j) {
+        if (keys[i] == keys[j]) return keys[i];
+      }
+    }
+    return {};
+  }
+  std::sort(keys.begin(), keys.end());
+  for (std::size_t i = 1; i < keys.size(); ++i) {
+    if (keys[i] == keys[i - 1]) return keys[i];
+  }
+  return {};
+}
+
+// Nesting depth (capped at `limit`) and, in the same walk, the first duplicate key at any depth.
+// Keys compare after unescaping, so "stream" and "str\u0065am" are the same key.
+std::size_t check_tree(simdjson::dom::element e, std::size_t limit, std::string_view& dup) {
+  // Recursion is bounded by `limit`.
   if (limit == 0) return 1;
   std::size_t best = 0;
   if (e.is_object()) {
     // Bound to a local: iterating the temporary result would dangle.
     simdjson::dom::object object_1 = e.get_object().value_unsafe();
+    std::vector<std::string_view> keys;
     for (auto field : object_1) {
-      best = std::max(best, depth_of(field.value, limit - 1));
+      keys.push_back(field.key);
+      best = std::max(best, check_tree(field.value, limit - 1, dup));
       if (best >= limit) break;
     }
+    if (dup.empty() && keys.size() > 1) dup = first_duplicate(keys);
     return best + 1;
   }
   if (e.is_array()) {
     // Bound to a local: iterating the temporary result would dangle.
     simdjson::dom::array array_2 = e.get_array().value_unsafe();
     for (auto v : array_2) {
-      best = std::max(best, depth_of(v, limit - 1));
+      best = std::max(best, check_tree(v, limit - 1, dup));
       if (best >= limit) break;
     }
     return best + 1;
   }
   return 0;
+}
+
+// Bytes of a value as the provider reads it (its compact JSON).
+std::size_t json_chars(simdjson::dom::element v) {
+  std::string_view s;
+  if (v.get(s) == simdjson::SUCCESS) return s.size();
+  if (v.is_object() || v.is_array()) return simdjson::minify(v).size();
+  return 3;  // a number (e.g. a token id: one token), a boolean, null
 }
 
 void read_usage(simdjson::dom::element usage, Usage& u) {
@@ -56,23 +89,81 @@ void read_usage(simdjson::dom::element usage, Usage& u) {
   u.present = true;
 }
 
-std::size_t text_chars(simdjson::dom::element v) {
+// Adds the text (and images) of a message's content or of a prompt/input to `r`: a string, an
+// array of content parts, of strings, or of token ids (one token each, charged as 3 bytes).
+void add_content(simdjson::dom::element v, LlmRequest& r) {
   std::string_view s;
-  if (v.get(s) == simdjson::SUCCESS) return s.size();
-  std::size_t n = 0;
+  if (v.get(s) == simdjson::SUCCESS) {
+    r.prompt_chars += s.size();
+    return;
+  }
   simdjson::dom::array arr;
-  if (v.get(arr) == simdjson::SUCCESS) {
-    for (auto part : arr) {  // content parts: [{"type":"text","text":"..."}] or strings
-      if (part.get(s) == simdjson::SUCCESS) {
-        n += s.size();
-      } else if (part["text"].get(s) == simdjson::SUCCESS) {
-        n += s.size();
-      } else {
-        n += 1000;  // images and other parts: a fixed conservative charge
-      }
+  if (v.get(arr) != simdjson::SUCCESS) {
+    r.prompt_chars += json_chars(v);
+    return;
+  }
+  for (auto part : arr) {
+    if (part.get(s) == simdjson::SUCCESS) {
+      r.prompt_chars += s.size();
+      continue;
+    }
+    if (part.is_array()) {  // a batch of token-id arrays
+      add_content(part, r);
+      continue;
+    }
+    if (!part.is_object()) {
+      r.prompt_chars += json_chars(part);
+      continue;
+    }
+    std::string_view type;
+    if (part["type"].get(type) != simdjson::SUCCESS) type = {};
+    if ((type == "text" || type == "input_text") && part["text"].get(s) == simdjson::SUCCESS) {
+      r.prompt_chars += s.size();
+    } else if (type == "image_url") {
+      std::string_view detail;
+      const bool low =
+          part["image_url"]["detail"].get(detail) == simdjson::SUCCESS && detail == "low";
+      r.image_tokens += low ? kImageLowDetailTokens : kImageMaxTokens;
+    } else {
+      // Audio, files and parts not known here: every byte the provider reads, as text.
+      r.prompt_chars += json_chars(part);
     }
   }
-  return n;
+}
+
+// Top-level fields that carry no text the model reads (or are handled on their own).
+bool is_non_prompt_field(std::string_view key) {
+  static constexpr std::string_view kSkip[] = {"model",
+                                               "messages",
+                                               "prompt",
+                                               "input",
+                                               "stream",
+                                               "stream_options",
+                                               "metadata",
+                                               "user",
+                                               "logit_bias",
+                                               "stop",
+                                               "service_tier",
+                                               "modalities",
+                                               "reasoning_effort",
+                                               "max_tokens",
+                                               "max_completion_tokens",
+                                               "n",
+                                               "best_of",
+                                               "seed",
+                                               "temperature",
+                                               "top_p"};
+  for (auto k : kSkip) {
+    if (k == key) return true;
+  }
+  return false;
+}
+
+Error duplicate_key_error(std::string_view key) {
+  return make_error(400, "invalid_request_error", "duplicate_key",
+                    "The request body has the key '" + std::string(key) +
+                        "' more than once in one object; each key may appear once.",
+                    std::string(key));
 }
 
 }  // namespace
@@ -90,10 +181,12 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
                {}, "invalid_json");
   }
   if (!doc.is_object()) return bad("The request body must be a JSON object.", {}, "invalid_json");
-  if (depth_of(doc, kMaxJsonDepth + 1) > kMaxJsonDepth) {
+  std::string_view dup;
+  if (check_tree(doc, kMaxJsonDepth + 1, dup) > kMaxJsonDepth) {
     return bad("The JSON body is nested deeper than " + std::to_string(kMaxJsonDepth) + " levels.",
                {}, "invalid_json");
   }
+  if (!dup.empty()) return duplicate_key_error(dup);
   LlmRequest r;
   r.endpoint = endpoint;
   simdjson::dom::element model;
@@ -129,6 +222,18 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
       break;
     }
   }
+  // Each choice is generated and billed: the reservation multiplies by them.
+  for (const char* key : {"n", "best_of"}) {
+    if (doc[key].get(v) == simdjson::SUCCESS && !v.is_null()) {
+      std::int64_t n = 0;
+      if (v.get(n) != simdjson::SUCCESS || n < 1 || n > kMaxChoices) {
+        return bad(
+            std::string(key) + " must be an integer from 1 to " + std::to_string(kMaxChoices), key);
+      }
+      if (endpoint == Endpoint::kEmbeddings) continue;
+      r.choices = std::max(r.choices, n);
+    }
+  }
   switch (endpoint) {
     case Endpoint::kChat: {
       simdjson::dom::array messages;
@@ -141,8 +246,15 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
         if (msg["role"].get(role) != simdjson::SUCCESS) {
           return bad("each message needs a role", "messages");
         }
-        simdjson::dom::element content;
-        if (msg["content"].get(content) == simdjson::SUCCESS) r.prompt_chars += text_chars(content);
+        // Bound to a local: iterating the temporary result would dangle.
+        simdjson::dom::object fields = msg.get_object().value_unsafe();
+        for (auto f : fields) {
+          if (f.key == "content") {
+            add_content(f.value, r);
+          } else if (f.key != "role") {  // tool calls, tool_call_id, name, audio, ...
+            r.prompt_chars += f.key.size() + json_chars(f.value);
+          }
+        }
         ++r.message_count;
       }
       if (r.message_count == 0) return bad("messages must not be empty", "messages");
@@ -150,14 +262,23 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
     }
     case Endpoint::kCompletions: {
       if (doc["prompt"].get(v) != simdjson::SUCCESS) return bad("prompt is required", "prompt");
-      r.prompt_chars = text_chars(v);
+      add_content(v, r);
       break;
     }
     case Endpoint::kEmbeddings: {
       if (doc["input"].get(v) != simdjson::SUCCESS) return bad("input is required", "input");
-      r.prompt_chars = text_chars(v);
+      add_content(v, r);
       break;
     }
+  }
+  // tools, functions, tool_choice, response_format (schemas), prediction, suffix, and any field
+  // not known here: the provider reads them, so they are priced as text.
+  // Bound to a local: iterating the temporary result would dangle.
+  simdjson::dom::object top = doc.get_object().value_unsafe();
+  for (auto f : top) {
+    if (is_non_prompt_field(f.key)) continue;
+    if (!f.value.is_string() && !f.value.is_object() && !f.value.is_array()) continue;
+    r.prompt_chars += f.key.size() + json_chars(f.value);
   }
   return r;
 }
@@ -371,6 +492,7 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
 Usage extract_usage(std::string_view body) {
   Usage u;
   simdjson::dom::element doc;
+  if (body.empty()) return u;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
   if (doc["usage"].get(usage) == simdjson::SUCCESS) read_usage(usage, u);
@@ -383,6 +505,9 @@ ChunkInfo inspect_chunk(std::string_view data) {
     info.done = true;
     return info;
   }
+  // An event without data (an SSE comment such as ": keep-alive") has nothing to inspect; an
+  // empty view may also have no data pointer, which the parser must not be given.
+  if (data.empty()) return info;
   // Cheap path: most chunks carry one delta and no usage.
   const bool maybe_usage = data.find("\"usage\"") != std::string_view::npos;
   simdjson::dom::element doc;
@@ -413,7 +538,44 @@ ChunkInfo inspect_chunk(std::string_view data) {
 std::int64_t estimate_prompt_tokens(const LlmRequest& req) {
   // Conservative: about 3 characters a token for English, plus per-message framing.
   return static_cast<std::int64_t>((req.prompt_chars + 2) / 3) +
-         4 * static_cast<std::int64_t>(req.message_count) + 3;
+         4 * static_cast<std::int64_t>(req.message_count) + 3 + req.image_tokens;
+}
+
+std::int64_t completion_reservation(const LlmRequest& req, std::int64_t per_choice_cap) {
+  const std::int64_t n = std::max<std::int64_t>(1, req.choices);
+  std::int64_t out = 0;
+  if (__builtin_mul_overflow(per_choice_cap, n, &out)) return INT64_MAX / 4;
+  return out;
+}
+
+Usage estimate_usage(const LlmRequest& req, std::string_view response_body) {
+  Usage u;
+  u.prompt_tokens = estimate_prompt_tokens(req);
+  if (req.endpoint == Endpoint::kEmbeddings) return u;
+  std::size_t chars = 0;
+  std::int64_t choices = 0;
+  simdjson::dom::element doc;
+  simdjson::dom::array arr;
+  if (!response_body.empty() &&
+      parser().parse(response_body.data(), response_body.size()).get(doc) == simdjson::SUCCESS &&
+      doc["choices"].get(arr) == simdjson::SUCCESS) {
+    for (auto c : arr) {
+      ++choices;
+      simdjson::dom::element v;
+      if (c["text"].get(v) == simdjson::SUCCESS) chars += json_chars(v);
+      if (c["message"].get(v) == simdjson::SUCCESS && v.is_object()) {
+        // Bound to a local: iterating the temporary result would dangle.
+        simdjson::dom::object m = v.get_object().value_unsafe();
+        for (auto f : m) {
+          if (f.key != "role" && !f.value.is_null()) chars += json_chars(f.value);
+        }
+      }
+    }
+  } else {
+    chars = response_body.size();  // not JSON: every byte received
+  }
+  u.completion_tokens = std::max<std::int64_t>(choices, static_cast<std::int64_t>((chars + 2) / 3));
+  return u;
 }
 
 }  // namespace bw::providers

@@ -7,18 +7,15 @@
 #include <string>
 #include <string_view>
 
+#include "api/canonical.h"
 #include "common/result.h"
 
 namespace bw::providers {
 
 enum class Endpoint { kChat, kCompletions, kEmbeddings };
 
-struct Usage {
-  std::int64_t prompt_tokens = 0;
-  std::int64_t completion_tokens = 0;
-  std::int64_t cached_tokens = 0;
-  bool present = false;
-};
+// The canonical usage (cache reads and writes, reasoning tokens), shared by every adapter.
+using Usage = api::Usage;
 
 // What the gateway needs to know about a request, read once from its JSON body.
 struct LlmRequest {
@@ -27,14 +24,30 @@ struct LlmRequest {
   bool stream = false;
   bool client_wants_usage = false;  // stream_options.include_usage was true
   std::int64_t max_tokens = 0;      // 0 = not set
-  std::size_t prompt_chars = 0;     // characters of text in messages / prompt / input
+  // Bytes of every text the provider reads: message contents and the other message fields
+  // (tool calls, tool results, names), tools/functions and their schemas, response_format,
+  // tool_choice, prediction and any other structured top-level field (counted as their JSON).
+  std::size_t prompt_chars = 0;
   std::size_t message_count = 0;
+  std::int64_t image_tokens = 0;  // image parts at the provider's documented worst-case price
+  // Completions the provider generates and bills: n (chat), max(n, best_of) (completions).
+  std::int64_t choices = 1;
 };
+
+// OpenAI's documented image input price: "low" detail 85 tokens; "high"/"auto" 85 + 170 per
+// 512 px tile after scaling to fit 2048x2048 with the short side at most 768 px, i.e. at most
+// 2 x 4 tiles. Without decoding the image, the worst case is charged.
+inline constexpr std::int64_t kImageLowDetailTokens = 85;
+inline constexpr std::int64_t kImageMaxTokens = 85 + 170 * 8;
+// Upper bound on n / best_of (OpenAI's own limit is 128).
+inline constexpr std::int64_t kMaxChoices = 128;
 
 inline constexpr std::size_t kMaxJsonDepth = 64;
 
 // Validates the body (JSON object, UTF-8, depth, field types) and extracts the request. Errors are
-// OpenAI-style 400s that name the offending parameter.
+// OpenAI-style 400s that name the offending parameter. A body with a duplicate object key at any
+// depth is refused (code "duplicate_key", param = the key): parsers disagree on which of two
+// values wins, and the provider must read exactly what the gateway checked and priced.
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
 
 // Rewrites the body for the upstream: `model` becomes `provider_model` (escaped), and for a stream
@@ -63,5 +76,12 @@ ChunkInfo inspect_chunk(std::string_view data);
 
 // The conservative prompt token estimate used before the provider reports real usage.
 std::int64_t estimate_prompt_tokens(const LlmRequest& req);
+
+// The completion tokens to reserve: the per-choice output cap times the number of choices.
+std::int64_t completion_reservation(const LlmRequest& req, std::int64_t per_choice_cap);
+
+// Usage for a successful buffered answer that reported none: the prompt estimate and the
+// generated text of every choice (about 3 characters a token, at least one per choice).
+Usage estimate_usage(const LlmRequest& req, std::string_view response_body);
 
 }  // namespace bw::providers

@@ -66,6 +66,17 @@ bool redis_reply_i64(const redisReply* r, std::int64_t& out) {
   return ec == std::errc() && p == end;
 }
 
+bool redis_int_array(const redisReply* r, std::size_t expected, std::vector<std::int64_t>& out) {
+  out.clear();
+  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0) return false;
+  if (expected != 0 && r->elements != expected) return false;
+  out.resize(r->elements);
+  for (std::size_t i = 0; i < r->elements; ++i) {
+    if (!r->element[i] || !redis_reply_i64(r->element[i], out[i])) return false;
+  }
+  return true;
+}
+
 std::string redis_error_text(const redisReply* r) {
   return std::string(r->str ? std::string_view(r->str, r->len) : std::string_view("error"));
 }

@@ -64,6 +64,10 @@ std::string redis_format_command(const std::vector<std::string>& args);
 // An integer reply, or a bulk string holding a decimal integer.
 bool redis_reply_i64(const redisReply* r, std::int64_t& out);
 std::string redis_error_text(const redisReply* r);
+// The elements of an array reply that must all be integers (or decimal bulk strings): exactly
+// `expected` of them, or any non-zero number when `expected` is 0. False for any other shape, so
+// that a malformed script reply is an error, never a crash (the fuzzer feeds it raw RESP).
+bool redis_int_array(const redisReply* r, std::size_t expected, std::vector<std::int64_t>& out);
 
 // A Lua script the client loads on every new connection and calls by SHA-1.
 struct RedisScript {

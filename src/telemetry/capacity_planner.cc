@@ -95,6 +95,16 @@ std::string to_json(const CapacityPlan& p) {
   w.key("reason").value(to_string(p.reason));
   w.key("gateway");
   write_target(w, p.gateway);
+  w.key("groups").begin_array();
+  for (const auto& g : p.groups) {
+    w.begin_object();
+    w.key("group").value(g.name);
+    w.key("binding").value(to_string(g.binding));
+    w.key("binding_forecast").value(to_string(g.binding_forecast));
+    w.key("demand").value(g.demand).key("backlog").value(g.backlog);
+    w.end_object();
+  }
+  w.end_array();
   w.key("deployments").begin_array();
   for (const auto& d : p.deployments) write_target(w, d);
   w.end_array();
@@ -224,6 +234,7 @@ CapacityPlan CapacityPlanner::observe(Nanos now, const GatewaySignals& gw,
   G.unit = "requests_per_s";
   G.rec = gateway_.observe(now, go);
   G.demand = G.rec.arrival_rpm / 60;
+  G.served = G.demand;  // a gateway replica passes on what arrives
   G.forecast = forecast_of(G.rec);
   G.capacity_per_replica = gw_capacity_rps;
   G.capacity_learned = cpu_per_request_ != gw_cfg_.cpu_seconds_per_request;
@@ -438,10 +449,45 @@ CapacityPlan CapacityPlanner::observe(Nanos now, const GatewaySignals& gw,
     plan.deployments.push_back(std::move(t));
   }
 
+  // Each group: what binds all of its deployments, or the most specific that binds one.
+  for (const auto& g : groups) {
+    GroupPlan gp;
+    gp.name = g.name;
+    const auto& gn = gnow[g.name];
+    gp.demand = dt > 0 ? gn.arrivals / dt : 0;
+    gp.backlog = gn.backlog;
+    for (bool forecast : {false, true}) {
+      std::size_t n = 0, quota = 0;
+      bool upstream = false, key = false;
+      for (const auto& t : plan.deployments) {
+        if (t.group != g.name) continue;
+        const Constraint c = forecast ? t.binding_forecast : t.binding;
+        ++n;
+        quota += c == Constraint::kProviderQuota;
+        upstream = upstream || c == Constraint::kUpstreamCapacity;
+        key = key || c == Constraint::kKeyLimit;
+      }
+      const Constraint gw = forecast ? G.binding_forecast : G.binding;
+      Constraint c = Constraint::kNone;
+      if (is_gateway(gw)) {
+        c = gw;
+      } else if (n > 0 && quota == n) {
+        c = Constraint::kProviderQuota;
+      } else if (upstream) {
+        c = Constraint::kUpstreamCapacity;
+      } else if (key || (!forecast && g.waiting_on != Constraint::kNone && gn.backlog > 0)) {
+        c = key ? Constraint::kKeyLimit : g.waiting_on;
+      }
+      (forecast ? gp.binding_forecast : gp.binding) = c;
+    }
+    plan.groups.push_back(std::move(gp));
+  }
+
   // What requests wait for now (else at the forecast), most specific first.
+  // Per group: one deployment at its tier while another has room does not hold requests.
   const auto any = [&](Constraint c, bool forecast) {
-    return std::any_of(plan.deployments.begin(), plan.deployments.end(), [&](const TargetPlan& t) {
-      return (forecast ? t.binding_forecast : t.binding) == c;
+    return std::any_of(plan.groups.begin(), plan.groups.end(), [&](const GroupPlan& g) {
+      return (forecast ? g.binding_forecast : g.binding) == c;
     });
   };
   if (gateway_binds) {

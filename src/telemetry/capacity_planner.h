@@ -139,8 +139,19 @@ struct TargetPlan {
   double event_loop_lag_s = 0;
 };
 
+// A model group: what its requests wait for. Provider quota binds a group only when it binds
+// every deployment of it (otherwise the others take the traffic).
+struct GroupPlan {
+  std::string name;
+  Constraint binding = Constraint::kNone;
+  Constraint binding_forecast = Constraint::kNone;
+  double demand = 0;   // requests/s arriving (cluster)
+  double backlog = 0;  // requests waiting (cluster)
+};
+
 struct CapacityPlan {
   TargetPlan gateway;
+  std::vector<GroupPlan> groups;
   std::vector<TargetPlan> deployments;  // every deployment seen; scalable ones recommend
   std::vector<QuotaShortfall> quota;    // deployments whose provider quota binds
   // Why requests wait now, for the gateway's answer: "none", a gateway constraint,

@@ -134,7 +134,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
           r.gauge("bellwether_gateway_cpu_utilization",
                   "CPU used by this gateway, as a share of scaler.gateway.cpu_cores_per_replica.")),
       gateway_connections(
-          r.gauge("bellwether_gateway_connections", "Open client connections of this gateway.")) {
+          r.gauge("bellwether_gateway_connections", "Open client connections of this gateway.")),
+      http_rejections(r.counter("bellwether_http_rejections_total",
+                                "Requests refused at the HTTP framing level, by reason.",
+                                {"reason"}, 1.0, o.max_children_per_family)),
+      usage_missing(r.counter("bellwether_usage_missing_total",
+                              "Successful upstream answers without usage, charged an estimate.",
+                              {"model"}, 1.0, o.max_children_per_family)) {
   r.set_build_info(o.version, o.commit);
   // Unlabelled families get their single child now, so they are exported as 0 from the start
   // (rate() and absent() alerts need the series to exist before the first event).

@@ -63,6 +63,8 @@ struct GatewayMetrics {
   GaugeFamily& gateway_cpu_per_request;  // no labels; seconds
   GaugeFamily& gateway_cpu_utilization;  // no labels; of the configured cores
   GaugeFamily& gateway_connections;      // no labels
+  CounterFamily& http_rejections;        // {reason}; refused at the HTTP framing level
+  CounterFamily& usage_missing;          // {model}; successes without usage, charged an estimate
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;

@@ -101,12 +101,14 @@ TEST(CacheKey, PromptText) {
 }
 
 TEST(CacheKey, Deterministic) {
-  EXPECT_TRUE(deterministic(R"({"messages":[],"temperature":0})"));
-  EXPECT_TRUE(deterministic(R"({"messages":[],"temperature":0.0})"));
-  EXPECT_TRUE(deterministic(R"({"messages":[],"seed":1})"));
-  EXPECT_FALSE(deterministic(R"({"messages":[],"temperature":0.7})"));
-  EXPECT_FALSE(deterministic(R"({"messages":[]})"));
-  EXPECT_TRUE(deterministic(R"({"input":"x"})"));
+  EXPECT_TRUE(deterministic(R"({"messages":[],"temperature":0})", false));
+  EXPECT_TRUE(deterministic(R"({"messages":[],"temperature":0.0})", false));
+  EXPECT_TRUE(deterministic(R"({"messages":[],"seed":1})", false));
+  EXPECT_FALSE(deterministic(R"({"messages":[],"temperature":0.7})", false));
+  EXPECT_FALSE(deterministic(R"({"messages":[]})", false));
+  EXPECT_TRUE(deterministic(R"({"input":"x"})", true));
+  // A Responses request has an input too: it is not an embedding.
+  EXPECT_FALSE(deterministic(R"({"input":"x"})", false));
 }
 
 }  // namespace

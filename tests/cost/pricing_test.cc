@@ -136,3 +136,23 @@ TEST(Period, TotalNeverResets) {
 
 }  // namespace
 }  // namespace bw::cost
+
+namespace bw::cost {
+namespace {
+
+TEST(PricingCacheWrites, CacheReadsAndWritesAtTheirOwnRates) {
+  // $3 input, $15 output, $0.30 cache read, $3.75 cache write per 1M tokens.
+  const ModelPrice claude{3'000'000, 15'000'000, 300'000, 64'000, 3'750'000};
+  // 1M prompt tokens: 200k read, 100k written, 700k plain.
+  EXPECT_EQ(cost_micros(claude, 1'000'000, 0, 200'000, 100'000),
+            700'000 * 3 + 200'000 * 3 / 10 + 375'000);
+  // Without a write price, writes cost the input rate.
+  const ModelPrice plain{3'000'000, 15'000'000, 300'000, 0};
+  EXPECT_EQ(cost_micros(plain, 1'000'000, 0, 0, 500'000), 3'000'000);
+  // The worst case covers a prompt written to the cache in full.
+  EXPECT_GE(worst_case(claude, 1'000'000, 1).cost, 3'750'000);
+  EXPECT_EQ(PriceTable::defaults().find("claude-sonnet-4.5")->cache_write_per_mtok, 3'750'000);
+}
+
+}  // namespace
+}  // namespace bw::cost

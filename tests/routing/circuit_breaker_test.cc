@@ -73,7 +73,7 @@ TEST(CircuitBreaker, OpensOnFailureRateWithMinimumRequests) {
   fail(b, kT0, rng);
   succeed(b, kT0, rng);
   EXPECT_EQ(b.state(), BreakerState::kClosed);  // 1/3 and below min_requests
-  fail(b, kT0 + millis(500), rng);             // 2/4 = 0.5 >= 0.5
+  fail(b, kT0 + millis(500), rng);              // 2/4 = 0.5 >= 0.5
   EXPECT_EQ(b.state(), BreakerState::kOpen);
 }
 

@@ -120,6 +120,39 @@ TEST(CapacityPlanner, ProviderQuotaNamesEveryDeploymentAtItsTier) {
   EXPECT_EQ(plan.quota[0].deployment, "gpt/a");
   EXPECT_EQ(plan.quota[1].deployment, "gpt/b");
   EXPECT_GT(plan.quota[0].missing_rpm, 5000);
+  ASSERT_EQ(plan.groups.size(), 1u);
+  EXPECT_EQ(plan.groups[0].name, "gpt");
+  EXPECT_EQ(plan.groups[0].binding, Constraint::kProviderQuota);
+  EXPECT_NEAR(plan.groups[0].demand, 250, 1);
+}
+
+// One deployment of a group at its tier, the other with room: the group is not quota-bound (the
+// other takes the traffic), the deployment is, and the quota names only it.
+TEST(CapacityPlanner, OneDeploymentAtItsTierDoesNotBindTheGroup) {
+  CapacityPlanner p(fast_scaler(), GatewayCapacityConfig{});
+  GatewaySignals gw;
+  GroupSignals g = named_group("gpt");
+  DeploymentSignals a, b;
+  a.id = "gpt/a";
+  b.id = "gpt/b";
+  a.group = b.group = "gpt";
+  a.rpm_limit = 600;
+  a.rpm_used = 600;
+  CapacityPlan plan;
+  for (int t = 0; t < 30; ++t) {
+    gw.arrivals_total += 20;
+    gw.cpu_seconds_total += 0.01;
+    g.arrivals_total += 20;
+    a.requests_total += 10;
+    b.requests_total += 10;
+    plan = p.observe(seconds(1000 + t), gw, {g}, {a, b});
+  }
+  EXPECT_EQ(plan.groups[0].binding, Constraint::kNone);
+  EXPECT_EQ(plan.deployments[0].binding, Constraint::kProviderQuota);
+  EXPECT_EQ(plan.deployments[1].binding, Constraint::kNone);
+  ASSERT_EQ(plan.quota.size(), 1u);
+  EXPECT_EQ(plan.quota[0].deployment, "gpt/a");
+  EXPECT_EQ(plan.reason, Constraint::kNone);
 }
 
 // The gateway itself short of CPU: it scales, from arrivals x measured cost, and says so.
@@ -204,6 +237,11 @@ TEST(CapacityPlanner, SelfHostedUpstreamBindsLearnsAndScales) {
   EXPECT_GE(d.rec.recommended_replicas, 4);
   EXPECT_EQ(plan.gateway.rec.recommended_replicas, 1);
   EXPECT_EQ(plan.reason, Constraint::kUpstreamCapacity);
+  EXPECT_EQ(plan.groups[0].binding, Constraint::kUpstreamCapacity);
+  EXPECT_NE(
+      to_json(plan).find("\"groups\":[{\"group\":\"llama\",\"binding\":\"upstream_capacity\""),
+      std::string::npos)
+      << to_json(plan);
 }
 
 // The learned capacity is measured only while the target itself binds: a queue held by a key's

@@ -116,8 +116,7 @@ TEST(Deploy, KustomizeRendersHpaWithRequiredBehavior) {
 
   // The model server example: its own HPA on the tokens/s and backlog the gateways measure for
   // it, and the controller's right to scale it from the other namespace.
-  const auto [mrc, mout] =
-      run("kubectl kustomize " + (kRepo / "deploy/k8s/model-server").string());
+  const auto [mrc, mout] = run("kubectl kustomize " + (kRepo / "deploy/k8s/model-server").string());
   ASSERT_EQ(mrc, 0) << mout;
   const std::string mhpa = document(mout, "HorizontalPodAutoscaler", "vllm-llama");
   ASSERT_FALSE(mhpa.empty()) << mout;

@@ -13,11 +13,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <mutex>
 #include <random>
 #include <unordered_map>
 
+#include "api/chat.h"
+#include "api/messages.h"
+#include "api/responses.h"
 #include "common/json_util.h"
+#include "providers/gemini.h"
 
 namespace bw::sim {
 
@@ -323,6 +328,552 @@ Response error_response(int status, std::string_view type, std::string_view code
   return Response::json(status, openai_error_body(message, type, code));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Native provider formats: OpenAI Responses, Anthropic Messages, Gemini generateContent (and chat
+// completions with tools). The same latency models, capacities and fault injection as the chat
+// path; the answers are built with the gateway's own codecs of each format.
+
+enum class NativeFormat { kChatTools, kResponses, kMessages, kGemini };
+
+struct NativeRequest {
+  NativeFormat format = NativeFormat::kMessages;
+  std::string model;
+  bool stream = false;
+  bool include_usage = false;
+  bool count_tokens = false;
+  std::int64_t max_tokens = 0;
+  std::int64_t prompt_tokens = 0;
+  bool call_tool = false;
+  std::string tool_name;
+  bool cache_marked = false;
+  api::ResponseMeta meta;
+};
+
+// Which native API a path is; the Gemini model comes from the path.
+bool native_route(std::string_view path, const std::string& body, NativeFormat& f,
+                  std::string& model, bool& stream, bool& count) {
+  count = false;
+  if (path == "/v1/responses") {
+    f = NativeFormat::kResponses;
+  } else if (path == "/v1/messages" || path == "/v1/messages/count_tokens") {
+    f = NativeFormat::kMessages;
+    count = path.ends_with("/count_tokens");
+  } else if (path.starts_with("/v1beta/models/")) {
+    auto rest = path.substr(15);
+    auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    auto method = rest.substr(colon + 1);
+    if (method != "generateContent" && method != "streamGenerateContent") return false;
+    f = NativeFormat::kGemini;
+    model = std::string(rest.substr(0, colon));
+    stream = method == "streamGenerateContent";
+  } else if (path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions")) {
+    f = NativeFormat::kChatTools;  // Azure OpenAI: the deployment in the path
+  } else if (path == "/v1/chat/completions" && body.find("\"tools\"") != std::string::npos) {
+    f = NativeFormat::kChatTools;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+Response native_error(NativeFormat f, int status, std::string_view message, double retry_after) {
+  Response r;
+  if (f == NativeFormat::kMessages) {
+    r = Response::json(status == 503 ? 529 : status, api::anthropic_error_body(status, message));
+  } else if (f == NativeFormat::kGemini) {
+    const std::string_view gstatus = status == 429   ? "RESOURCE_EXHAUSTED"
+                                     : status == 400 ? "INVALID_ARGUMENT"
+                                     : status == 503 ? "UNAVAILABLE"
+                                                     : "INTERNAL";
+    JsonWriter j;
+    j.begin_object()
+        .key("error")
+        .begin_object()
+        .key("code")
+        .value(status)
+        .key("message")
+        .value(message)
+        .key("status")
+        .value(gstatus);
+    if (status == 429) {
+      j.key("details")
+          .begin_array()
+          .begin_object()
+          .key("@type")
+          .value("type.googleapis.com/google.rpc.RetryInfo")
+          .key("retryDelay")
+          .value(std::to_string(static_cast<long>(std::ceil(retry_after))) + "s")
+          .end_object()
+          .end_array();
+    }
+    j.end_object().end_object();
+    r = Response::json(status, j.take());
+  } else {
+    r = error_response(status,
+                       status == 429   ? "requests"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error",
+                       status == 429 ? "rate_limit_exceeded" : "", message);
+  }
+  if (retry_after >= 0 && f != NativeFormat::kGemini) {
+    r.headers.add("retry-after", std::to_string(static_cast<long>(std::ceil(retry_after))));
+  }
+  return r;
+}
+
+void add_native_ratelimit_headers(NativeFormat f, http::Headers& h, const config::SimModelConfig& m,
+                                  std::int64_t req_used, std::int64_t tok_used) {
+  if (f == NativeFormat::kGemini) return;  // Gemini reports no rate-limit headers
+  if (f != NativeFormat::kMessages) {
+    add_ratelimit_headers(h, m, req_used, tok_used);
+    return;
+  }
+  const auto reset_ms = SteadyClock::instance().unix_millis() + 60'000;
+  std::time_t t = static_cast<std::time_t>(reset_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char reset[32];
+  std::strftime(reset, sizeof reset, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (m.rpm > 0) {
+    h.add("anthropic-ratelimit-requests-limit", std::to_string(m.rpm));
+    h.add("anthropic-ratelimit-requests-remaining",
+          std::to_string(std::max<std::int64_t>(0, m.rpm - req_used)));
+    h.add("anthropic-ratelimit-requests-reset", reset);
+  }
+  if (m.tpm > 0) {
+    h.add("anthropic-ratelimit-tokens-limit", std::to_string(m.tpm));
+    h.add("anthropic-ratelimit-tokens-remaining",
+          std::to_string(std::max<std::int64_t>(0, m.tpm - tok_used)));
+    h.add("anthropic-ratelimit-tokens-reset", reset);
+  }
+}
+
+// A Gemini body, read as far as the simulator needs it.
+Result<api::Request> parse_gemini_body(const std::string& body) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
+    return make_error(400, "invalid_request_error", "", "Invalid JSON payload received.");
+  }
+  api::Request r;
+  simdjson::dom::array contents;
+  if (doc["contents"].get(contents) != simdjson::SUCCESS) {
+    return make_error(400, "invalid_request_error", "", "contents is not specified");
+  }
+  for (auto c : contents) {
+    std::string_view role;
+    if (c["role"].get(role) != simdjson::SUCCESS) role = "user";
+    api::Message m{role == "model" ? api::Role::kAssistant : api::Role::kUser, {}};
+    simdjson::dom::array parts;
+    if (c["parts"].get(parts) != simdjson::SUCCESS) {
+      return make_error(400, "invalid_request_error", "", "contents.parts must not be empty");
+    }
+    for (auto p : parts) {
+      std::string_view text;
+      if (p["text"].get(text) == simdjson::SUCCESS) {
+        r.text_chars += text.size();
+        m.parts.push_back(api::Part{.kind = api::Part::Kind::kText, .text = std::string(text)});
+      }
+      simdjson::dom::element e;
+      if (p["functionResponse"].get(e) == simdjson::SUCCESS) {
+        m.parts.push_back(api::Part{.kind = api::Part::Kind::kToolResult});
+        r.text_chars += simdjson::minify(e).size();
+      }
+      if (p["functionCall"].get(e) == simdjson::SUCCESS) r.text_chars += simdjson::minify(e).size();
+    }
+    r.messages.push_back(std::move(m));
+  }
+  simdjson::dom::array sys;
+  if (doc["systemInstruction"]["parts"].get(sys) == simdjson::SUCCESS) {
+    for (auto p : sys) {
+      std::string_view text;
+      if (p["text"].get(text) == simdjson::SUCCESS) r.text_chars += text.size();
+    }
+  }
+  simdjson::dom::array tools;
+  if (doc["tools"].get(tools) == simdjson::SUCCESS) {
+    for (auto t : tools) {
+      simdjson::dom::array decls;
+      if (t["functionDeclarations"].get(decls) != simdjson::SUCCESS) continue;
+      for (auto d : decls) {
+        std::string_view name;
+        if (d["name"].get(name) == simdjson::SUCCESS)
+          r.tools.push_back(api::Tool{.name = std::string(name)});
+      }
+    }
+  }
+  std::string_view mode;
+  if (doc["toolConfig"]["functionCallingConfig"]["mode"].get(mode) == simdjson::SUCCESS &&
+      mode == "NONE") {
+    r.tool_choice.mode = api::ToolChoice::Mode::kNone;
+  }
+  std::int64_t mt = 0;
+  if (doc["generationConfig"]["maxOutputTokens"].get(mt) == simdjson::SUCCESS) r.max_tokens = mt;
+  return r;
+}
+
+Result<NativeRequest> parse_native(NativeFormat f, const Request& req,
+                                   const std::string& model_in_path, bool stream, bool count) {
+  Result<api::Request> decoded = make_error(400, "invalid_request_error", "", "unreachable");
+  switch (f) {
+    case NativeFormat::kMessages:
+      if (req.header("anthropic-version").empty()) {
+        return make_error(400, "invalid_request_error", "",
+                          "anthropic-version: header is required");
+      }
+      decoded = api::decode_messages_request(req.body, !count);
+      break;
+    case NativeFormat::kResponses:
+      decoded = api::decode_responses_request(req.body);
+      break;
+    case NativeFormat::kChatTools:
+      if (req.path().starts_with("/openai/") &&
+          req.target.find("api-version=") == std::string_view::npos) {
+        return make_error(404, "invalid_request_error", "", "api-version is required");
+      }
+      decoded = api::decode_chat_request(req.body);
+      break;
+    case NativeFormat::kGemini:
+      decoded = parse_gemini_body(req.body);
+      break;
+  }
+  if (!decoded) return decoded.error();
+  auto& r = *decoded;
+  NativeRequest n;
+  n.format = f;
+  n.count_tokens = count;
+  n.model = f == NativeFormat::kGemini ? model_in_path : r.model;
+  n.stream = f == NativeFormat::kGemini ? stream : r.stream;
+  n.include_usage = r.stream_usage;
+  n.max_tokens = r.max_tokens;
+  n.prompt_tokens =
+      estimate_text_tokens(r.text_chars) + 4 * static_cast<std::int64_t>(r.messages.size()) + 3;
+  bool answered = false;
+  if (!r.messages.empty()) {
+    for (const auto& p : r.messages.back().parts) {
+      answered = answered || p.kind == api::Part::Kind::kToolResult;
+    }
+  }
+  if (!r.tools.empty() && r.tool_choice.mode != api::ToolChoice::Mode::kNone && !answered) {
+    n.call_tool = true;
+    n.tool_name = r.tool_choice.mode == api::ToolChoice::Mode::kNamed ? r.tool_choice.name
+                                                                      : r.tools.front().name;
+  }
+  for (const auto& p : r.system) n.cache_marked = n.cache_marked || !p.cache_control.empty();
+  for (const auto& t : r.tools) n.cache_marked = n.cache_marked || !t.cache_control.empty();
+  for (const auto& m : r.messages) {
+    for (const auto& p : m.parts) n.cache_marked = n.cache_marked || !p.cache_control.empty();
+  }
+  if (f == NativeFormat::kResponses) n.meta = api::response_meta(r, n.model);
+  return n;
+}
+
+// Deterministic cache accounting: Anthropic reads half of a prompt that carries cache_control
+// markers from its cache and writes a quarter; the others cache half of a prompt of 1,024 tokens
+// or more (OpenAI's and Gemini's implicit caching threshold).
+api::Usage native_usage(const NativeRequest& n, std::int64_t completion) {
+  api::Usage u;
+  u.present = true;
+  u.prompt_tokens = n.prompt_tokens;
+  u.completion_tokens = completion;
+  if (n.format == NativeFormat::kMessages) {
+    if (n.cache_marked) {
+      u.cached_tokens = n.prompt_tokens / 2;
+      u.cache_write_tokens = n.prompt_tokens / 4;
+    }
+  } else if (n.prompt_tokens >= 1024) {
+    u.cached_tokens = n.prompt_tokens / 2;
+  }
+  return u;
+}
+
+std::unique_ptr<api::StreamEncoder> native_encoder(const NativeRequest& n) {
+  switch (n.format) {
+    case NativeFormat::kMessages:
+      return api::make_messages_stream_encoder(n.model);
+    case NativeFormat::kResponses:
+      return std::make_unique<api::ResponsesStreamEncoder>(n.meta);
+    default:
+      return api::make_chat_stream_encoder(n.model, n.include_usage);
+  }
+}
+
+std::string native_body(const NativeRequest& n, const api::Response& r) {
+  switch (n.format) {
+    case NativeFormat::kMessages:
+      return api::encode_messages_response(r, n.model);
+    case NativeFormat::kResponses:
+      return api::encode_responses_response(r, n.meta);
+    case NativeFormat::kGemini:
+      return providers::encode_gemini_response(r, n.model);
+    case NativeFormat::kChatTools:
+      return api::encode_chat_response(r, n.model);
+  }
+  return {};
+}
+
+asio::awaitable<void> handle_native(std::shared_ptr<Simulator::State> st, Request& req,
+                                    ResponseWriter& w, NativeFormat fmt, std::string path_model,
+                                    bool path_stream, bool count) {
+  if (req.method != "POST") {
+    co_await w.send(native_error(fmt, 405, "Use POST", -1));
+    co_return;
+  }
+  st->requests.fetch_add(1);
+  {
+    std::string rec = "{\"path\":" + json_string(req.target) + ",\"headers\":{";
+    bool first = true;
+    for (const auto& [k, v] : req.headers) {
+      if (!first) rec += ",";
+      first = false;
+      std::string lower(k);
+      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      append_json_string(rec, lower);
+      rec += ":";
+      append_json_string(rec, v);
+    }
+    rec += "},\"body\":";
+    append_json_string(rec, req.body);
+    rec += "}";
+    std::lock_guard lock(st->mu);
+    st->last_request = std::move(rec);
+  }
+  auto parsed = parse_native(fmt, req, path_model, path_stream, count);
+  if (!parsed) {
+    st->errors.fetch_add(1);
+    co_await w.send(native_error(fmt, parsed.error().status, parsed.error().message, -1));
+    co_return;
+  }
+  auto& n = *parsed;
+  if (n.count_tokens) {
+    co_await w.send(
+        Response::json(200, "{\"input_tokens\":" + std::to_string(n.prompt_tokens) + "}"));
+    co_return;
+  }
+  const auto& mc = st->model_config(n.model);
+  const Control ctl = st->get_control();
+  const double scale = st->cfg.zero_latency ? 0.0 : ctl.latency_scale;
+  std::int64_t completion = n.max_tokens <= 0 ? mc.completion_tokens
+                            : st->cfg.max_tokens_is_limit
+                                ? std::min(n.max_tokens, mc.completion_tokens)
+                                : n.max_tokens;
+  bool truncated =
+      n.max_tokens > 0 && (!st->cfg.max_tokens_is_limit || n.max_tokens < mc.completion_tokens);
+  if (n.call_tool) {
+    completion = 12;
+    truncated = false;
+  }
+  if (n.prompt_tokens > mc.context_window) {
+    st->errors.fetch_add(1);
+    co_await w.send(native_error(fmt, 400,
+                                 "prompt is too long: the model's maximum context length is " +
+                                     std::to_string(mc.context_window) +
+                                     " tokens (context exceeded)",
+                                 -1));
+    co_return;
+  }
+  std::string_view fault = req.header("x-sim-fault");
+  if (fault.empty() && ctl.error_status > 0 && uniform() < ctl.error_rate) {
+    fault = ctl.error_status == 429 ? "429" : (ctl.error_status == 503 ? "503" : "500");
+  }
+  if (fault.empty() && mc.error_rate > 0 && uniform() < mc.error_rate) fault = "500";
+  if (fault.empty() && mc.stall_rate > 0 && uniform() < mc.stall_rate) fault = "stall";
+  if (fault.empty() && mc.reset_rate > 0 && uniform() < mc.reset_rate) fault = "reset";
+  if (fault == "429") {
+    st->rejected.fetch_add(1);
+    double ra = ctl.retry_after_s;
+    if (auto h = req.header("x-sim-retry-after"); !h.empty())
+      ra = std::atof(std::string(h).c_str());
+    co_await w.send(native_error(fmt, 429, "Rate limit reached (simulated)", ra));
+    co_return;
+  }
+  if (fault == "500" || fault == "503" || fault == "502") {
+    st->errors.fetch_add(1);
+    const int status = fault == "500" ? 500 : (fault == "502" ? 502 : 503);
+    co_await w.send(native_error(
+        fmt, status,
+        status == 503 ? "Overloaded (simulated)" : "The server had an error (simulated)",
+        status == 503 ? 1.0 : -1.0));
+    co_return;
+  }
+  ClientWatch cw;
+  w.watch_disconnect([&cw] {
+    cw.gone = true;
+    if (cw.timer) cw.timer->cancel();
+  });
+  if (fault == "slow_headers") co_await sleep_for(seconds(2) + sample(mc.ttft, 1.0));
+  if (fault == "stall") {
+    co_await generate_for(cw, seconds(600));
+    co_return;
+  }
+  auto& ms = st->model_state(n.model);
+  std::int64_t req_used = 0, tok_used = 0;
+  const std::int64_t now_s = SteadyClock::instance().now() / kNanosPerSecond;
+  const std::int64_t in_flight = ms.in_flight.fetch_add(1) + 1;
+  struct Guard {
+    ModelState& m;
+    Simulator::State& s;
+    bool released = false;
+    void release() {
+      if (released) return;
+      released = true;
+      m.in_flight.fetch_sub(1);
+      s.in_flight.fetch_sub(1);
+    }
+    ~Guard() { release(); }
+  } guard{ms, *st};
+  {
+    auto total = st->in_flight.fetch_add(1) + 1;
+    auto prev = st->max_in_flight.load();
+    while (total > prev && !st->max_in_flight.compare_exchange_weak(prev, total)) {
+    }
+    auto mprev = ms.max_in_flight.load();
+    while (in_flight > mprev && !ms.max_in_flight.compare_exchange_weak(mprev, in_flight)) {
+    }
+  }
+  double wait_s = 0;
+  if (mc.max_concurrency > 0 && in_flight > mc.max_concurrency) {
+    wait_s = 1;
+  } else if (mc.rpm > 0 || mc.tpm > 0) {
+    wait_s = ms.window.try_add(now_s, 1, n.prompt_tokens + completion, mc.rpm, mc.tpm, req_used,
+                               tok_used);
+  }
+  if (wait_s > 0) {
+    st->rejected.fetch_add(1);
+    auto r = native_error(fmt, 429, "Rate limit reached for " + n.model + " (simulated)", wait_s);
+    add_native_ratelimit_headers(fmt, r.headers, mc, req_used, tok_used);
+    co_await w.send(std::move(r));
+    co_return;
+  }
+  http::Headers h;
+  add_native_ratelimit_headers(fmt, h, mc, req_used, tok_used);
+  if (auto rid = req.header("x-request-id"); !rid.empty()) h.add("x-request-id", std::string(rid));
+
+  api::Response answer;
+  answer.id =
+      (fmt == NativeFormat::kMessages ? "msg_sim_" : "sim-") + std::to_string(st->ids.fetch_add(1));
+  answer.model = n.model;
+  answer.usage = native_usage(n, completion);
+  answer.finish = n.call_tool ? api::FinishReason::kToolCalls
+                  : truncated ? api::FinishReason::kLength
+                              : api::FinishReason::kStop;
+  const std::string call_id = (fmt == NativeFormat::kMessages ? "toolu_sim_" : "call_sim_") +
+                              std::to_string(st->ids.load());
+  const std::string call_args = "{\"query\":\"sim\"}";
+  if (n.call_tool) {
+    answer.content.push_back(api::Part{.kind = api::Part::Kind::kToolCall,
+                                       .id = call_id,
+                                       .name = n.tool_name,
+                                       .arguments = call_args});
+  } else {
+    answer.content.push_back(
+        api::Part{.kind = api::Part::Kind::kText, .text = completion_text(completion)});
+  }
+  const bool reset = fault == "reset";
+  if (!n.stream) {
+    Nanos total = sample(mc.ttft, scale);
+    for (std::int64_t i = 1; i < completion && scale > 0; ++i) total += sample(mc.itl, scale);
+    if (!co_await generate_for(cw, total)) {
+      st->cancelled.fetch_add(1);
+      co_return;
+    }
+    if (reset) {
+      st->resets.fetch_add(1);
+      w.abort();
+      co_return;
+    }
+    auto r = Response::json(200, native_body(n, answer));
+    for (const auto& [k, v] : h.items()) r.headers.add(k, v);
+    guard.release();
+    co_await w.send(std::move(r));
+    st->completed.fetch_add(1);
+    co_return;
+  }
+  h.add("content-type", "text/event-stream");
+  h.add("cache-control", "no-cache");
+  if (!co_await generate_for(cw, sample(mc.ttft, scale)) || !co_await w.begin_stream(200, h)) {
+    st->cancelled.fetch_add(1);
+    co_return;
+  }
+  std::string batch;  // zero-latency mode sends the whole stream in one write
+  auto emit = [&](std::string event) -> asio::awaitable<bool> {
+    if (scale <= 0) {
+      batch += event;
+      co_return true;
+    }
+    co_return co_await w.write_chunk(event);
+  };
+  auto enc = fmt == NativeFormat::kGemini ? nullptr : native_encoder(n);
+  using K = api::StreamEvent::Kind;
+  std::string out;
+  if (enc) {
+    api::StreamEvent start{.kind = K::kStart, .id = answer.id};
+    if (fmt == NativeFormat::kMessages) {
+      start.usage = answer.usage;  // Anthropic reports the input side in message_start
+      start.usage.completion_tokens = 1;
+    }
+    enc->on_event(start, out);
+  }
+  const std::int64_t pieces = n.call_tool ? 2 : completion;
+  const std::int64_t reset_at = reset ? std::max<std::int64_t>(1, pieces / 2) : -1;
+  for (std::int64_t i = 0; i < pieces; ++i) {
+    if (i > 0) co_await sleep_for(sample(mc.itl, scale));
+    if (i == reset_at) {
+      if (!batch.empty()) co_await w.write_chunk(batch);
+      st->resets.fetch_add(1);
+      w.abort();
+      co_return;
+    }
+    if (n.call_tool) {
+      if (enc && i == 0) {
+        enc->on_event(
+            api::StreamEvent{
+                .kind = K::kToolCallStart, .index = 0, .id = call_id, .name = n.tool_name},
+            out);
+        enc->on_event(
+            api::StreamEvent{.kind = K::kToolArgsDelta, .index = 0, .text = call_args.substr(0, 9)},
+            out);
+      } else if (enc) {
+        enc->on_event(
+            api::StreamEvent{.kind = K::kToolArgsDelta, .index = 0, .text = call_args.substr(9)},
+            out);
+      }
+    } else {
+      std::string word(kWords[static_cast<std::size_t>(i) % kWords.size()]);
+      if (i) word.insert(word.begin(), ' ');
+      if (enc) {
+        enc->on_event(api::StreamEvent{.kind = K::kTextDelta, .text = word}, out);
+      } else if (i + 1 < pieces) {
+        out = "data: " + providers::encode_gemini_chunk(word, nullptr, n.model) + "\r\n\r\n";
+      } else {
+        api::Response last = answer;
+        last.content.clear();
+        out = "data: " + providers::encode_gemini_chunk(word, &last, n.model) + "\r\n\r\n";
+      }
+    }
+    if (!out.empty() && !co_await emit(std::move(out))) {
+      st->cancelled.fetch_add(1);
+      co_return;
+    }
+    out.clear();
+  }
+  if (enc) {
+    enc->on_event(api::StreamEvent{.kind = K::kFinish, .finish = answer.finish}, out);
+    enc->on_event(api::StreamEvent{.kind = K::kUsage, .usage = answer.usage}, out);
+    enc->finish(out);
+  } else if (n.call_tool || pieces == 0) {
+    out = "data: " + providers::encode_gemini_chunk("", &answer, n.model) + "\r\n\r\n";
+  }
+  batch += out;
+  guard.release();
+  if (!co_await w.write_chunk(batch) || !co_await w.end_stream()) {
+    st->cancelled.fetch_add(1);
+    co_return;
+  }
+  st->completed.fetch_add(1);
+}
+
 }  // namespace
 
 // ---- self-hosted replicas ---------------------------------------------------------------------
@@ -478,6 +1029,15 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     j.end_array().end_object();
     co_await w.send(Response::json(200, j.take()));
     co_return;
+  }
+  {
+    NativeFormat fmt{};
+    std::string native_model;
+    bool native_stream = false, count = false;
+    if (native_route(path, req.body, fmt, native_model, native_stream, count)) {
+      co_await handle_native(st, req, w, fmt, std::move(native_model), native_stream, count);
+      co_return;
+    }
   }
   const bool chat = path == "/v1/chat/completions";
   const bool completions = path == "/v1/completions";

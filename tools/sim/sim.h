@@ -1,5 +1,6 @@
 #pragma once
-// The simulated LLM provider: OpenAI-compatible chat completions (buffered and streamed token by
+// The simulated LLM provider: OpenAI chat completions, OpenAI Responses, Anthropic Messages and
+// Gemini generateContent natively; chat completions (buffered and streamed token by
 // token), completions and embeddings, with per-model latency distributions, capacity limits that
 // answer 429 like a real provider, and fault injection by config, by request header
 // (x-sim-fault: 500|503|429|reset|stall|slow_headers) or at runtime (POST /sim/control).

@@ -213,6 +213,7 @@ const scenarios = {
       await page.getByRole("link", { name }).click();
       await sleep(p === "live" ? 500 : 1500);
       await page.screenshot({ path: path.join(env.out, `console-${p}.png`), fullPage: p === "live" });
+      if (p === "live") await page.screenshot({ path: path.join(env.out, "console-live-top.png") });
     }
     await simControl(env.sim_a, { error_status: 0, error_rate: 0 });
     await Promise.all([base.stop(), ...spike.map(l => l.stop())]);

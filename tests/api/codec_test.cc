@@ -1,0 +1,283 @@
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include <string>
+#include <vector>
+
+#include "api/chat.h"
+#include "api/messages.h"
+#include "api/responses.h"
+
+namespace bw::api {
+namespace {
+
+namespace dom = simdjson::dom;
+
+struct Doc {
+  dom::parser parser;
+  dom::element root;
+  explicit Doc(const std::string& s) {
+    EXPECT_EQ(parser.parse(s).get(root), simdjson::SUCCESS) << s;
+  }
+};
+
+TEST(ImageUrl, PrivateAndLocalAddressesAreRefused) {
+  for (const char* bad :
+       {"http://127.0.0.1/x.png", "https://10.1.2.3/a", "http://192.168.0.1:8080/a",
+        "http://172.16.5.4/", "http://169.254.169.254/latest/meta-data", "http://localhost/a.png",
+        "http://[::1]/a", "http://[fd00::1]/a", "http://[::ffff:10.0.0.1]/a", "http://2130706433/",
+        "http://user@127.0.0.1/", "http://metadata.google.internal/", "ftp://example.com/a.png",
+        "file:///etc/passwd"}) {
+    EXPECT_FALSE(check_image_url(bad).ok()) << bad;
+  }
+  for (const char* good : {"https://example.com/cat.png", "http://8.8.8.8/a.jpg",
+                           "https://[2001:db8::1]/a", "data:image/png;base64,iVBORw0KGgo="}) {
+    EXPECT_TRUE(check_image_url(good).ok()) << good;
+  }
+}
+
+TEST(ChatDecode, RolesToolsAndErrors) {
+  auto r = decode_chat_request(R"({"model":"m","messages":[
+    {"role":"system","content":"be brief"},
+    {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
+    {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
+    {"role":"tool","tool_call_id":"c1","content":"42"}],
+    "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],
+    "max_tokens":50,"stop":"X","seed":7,"logprobs":true})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->system.size(), 1u);
+  ASSERT_EQ(r->messages.size(), 3u);
+  EXPECT_EQ(r->messages[0].parts[1].media_type, "image/png");
+  EXPECT_EQ(r->messages[2].parts[0].name, "f");  // resolved from its call
+  EXPECT_EQ(r->max_tokens, 50);
+  EXPECT_EQ(r->unmapped, (std::vector<std::string>{"seed", "logprobs"}));
+
+  EXPECT_FALSE(
+      decode_chat_request(R"({"model":"m","messages":[{"role":"wizard","content":"x"}]})").ok());
+  auto orphan = decode_chat_request(
+      R"({"model":"m","messages":[{"role":"tool","tool_call_id":"nope","content":"x"}]})");
+  ASSERT_FALSE(orphan.ok());
+  EXPECT_NE(orphan.error().message.find("no tool call"), std::string::npos);
+  EXPECT_FALSE(
+      decode_chat_request(
+          R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://10.0.0.1/a.png"}}]}]})")
+          .ok());
+}
+
+TEST(Messages, InboundToAnthropicKeepsCacheControlAndAlwaysSendsMaxTokens) {
+  auto r = decode_messages_request(R"({"model":"claude","max_tokens":100,
+    "system":[{"type":"text","text":"long doc","cache_control":{"type":"ephemeral"}}],
+    "messages":[{"role":"user","content":"hi"}],"stream":true})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  std::vector<std::string> dropped;
+  auto body = encode_messages_request(*r, "claude-x", 0, 4096, dropped);
+  Doc d(body);
+  EXPECT_EQ(d.root["max_tokens"].get_int64().value(), 100);
+  EXPECT_EQ(std::string(d.root["system"].at(0)["cache_control"]["type"].get_string().value()),
+            "ephemeral");
+  EXPECT_TRUE(dropped.empty());
+
+  auto chat = decode_chat_request(
+      R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})");
+  ASSERT_TRUE(chat.ok());
+  body = encode_messages_request(*chat, "claude-x", 0, 777, dropped);
+  Doc d2(body);
+  EXPECT_EQ(d2.root["max_tokens"].get_int64().value(), 777);
+  EXPECT_EQ(dropped, (std::vector<std::string>{"response_format"}));
+
+  EXPECT_FALSE(
+      decode_messages_request(R"({"model":"c","messages":[{"role":"user","content":"x"}]})").ok());
+  EXPECT_FALSE(decode_messages_request(
+                   R"({"model":"c","max_tokens":5,"messages":[{"role":"system","content":"x"}]})")
+                   .ok());
+  EXPECT_FALSE(
+      decode_messages_request(
+          R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":[{"type":"bogus"}]}]})")
+          .ok());
+  EXPECT_FALSE(
+      decode_messages_request(
+          R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t9","content":"x"}]}]})")
+          .ok());
+  EXPECT_FALSE(
+      decode_messages_request(
+          R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"http://192.168.1.1/a.png"}}]}]})")
+          .ok());
+}
+
+TEST(Messages, UsageMapsCacheTokensIntoPromptTokens) {
+  auto r =
+      decode_messages_response(R"({"id":"msg_1","type":"message","role":"assistant","model":"c",
+    "content":[{"type":"text","text":"hi"},{"type":"tool_use","id":"toolu_1","name":"f","input":{"a":1}}],
+    "stop_reason":"tool_use","usage":{"input_tokens":10,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":5}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->usage.prompt_tokens, 60);
+  EXPECT_EQ(r->usage.cached_tokens, 30);
+  EXPECT_EQ(r->usage.cache_write_tokens, 20);
+  EXPECT_EQ(r->finish, FinishReason::kToolCalls);
+  Doc chat(encode_chat_response(*r, "claude-sonnet-4.5"));
+  EXPECT_EQ(chat.root["usage"]["prompt_tokens"].get_int64().value(), 60);
+  EXPECT_EQ(chat.root["usage"]["prompt_tokens_details"]["cached_tokens"].get_int64().value(), 30);
+  EXPECT_EQ(std::string(chat.root["choices"].at(0)["finish_reason"].get_string().value()),
+            "tool_calls");
+  EXPECT_EQ(std::string(chat.root["choices"]
+                            .at(0)["message"]["tool_calls"]
+                            .at(0)["function"]["arguments"]
+                            .get_string()
+                            .value()),
+            "{\"a\":1}");
+  // And back: the Messages shape reports the uncached remainder as input_tokens.
+  Doc msg(encode_messages_response(*r, "claude-sonnet-4.5"));
+  EXPECT_EQ(msg.root["usage"]["input_tokens"].get_int64().value(), 10);
+  EXPECT_EQ(msg.root["usage"]["cache_read_input_tokens"].get_int64().value(), 30);
+  EXPECT_EQ(std::string(msg.root["stop_reason"].get_string().value()), "tool_use");
+}
+
+std::vector<std::pair<std::string, std::string>> sse_events(const std::string& s) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::size_t pos = 0;
+  while (pos < s.size()) {
+    auto end = s.find("\n\n", pos);
+    if (end == std::string::npos) break;
+    std::string ev = s.substr(pos, end - pos);
+    std::string name, data;
+    std::size_t lp = 0;
+    while (lp < ev.size()) {
+      auto le = ev.find('\n', lp);
+      if (le == std::string::npos) le = ev.size();
+      auto line = ev.substr(lp, le - lp);
+      if (line.starts_with("event: ")) name = line.substr(7);
+      if (line.starts_with("data: ")) data = line.substr(6);
+      lp = le + 1;
+    }
+    out.emplace_back(name, data);
+    pos = end + 2;
+  }
+  return out;
+}
+
+TEST(Streams, AnthropicEventsBecomeChatChunks) {
+  auto dec = make_messages_stream_decoder();
+  auto enc = make_chat_stream_encoder("claude-sonnet-4.5", true);
+  std::vector<StreamEvent> evs;
+  std::string out;
+  for (
+      const char* data :
+      {R"({"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":7,"cache_read_input_tokens":3,"output_tokens":1}}})",
+       R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})",
+       R"({"type":"ping"})",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}})",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo"}})",
+       R"({"type":"content_block_stop","index":0})",
+       R"({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_9","name":"f","input":{}}})",
+       R"({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}})",
+       R"({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"1}"}})",
+       R"({"type":"content_block_stop","index":1})",
+       R"({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}})",
+       R"({"type":"message_stop"})"}) {
+    evs.clear();
+    dec->feed("", data, evs);
+    for (const auto& e : evs) enc->on_event(e, out);
+  }
+  EXPECT_TRUE(dec->done());
+  enc->finish(out);
+  auto events = sse_events(out);
+  ASSERT_GE(events.size(), 7u);
+  EXPECT_EQ(events.back().second, "[DONE]");
+  EXPECT_NE(out.find("\"content\":\"Hel\""), std::string::npos);
+  EXPECT_NE(out.find("\"name\":\"f\""), std::string::npos);
+  EXPECT_NE(out.find("\"finish_reason\":\"tool_calls\""), std::string::npos);
+  Doc usage(events[events.size() - 2].second);
+  EXPECT_EQ(usage.root["usage"]["prompt_tokens"].get_int64().value(), 10);
+  EXPECT_EQ(usage.root["usage"]["completion_tokens"].get_int64().value(), 9);
+  EXPECT_EQ(usage.root["usage"]["prompt_tokens_details"]["cached_tokens"].get_int64().value(), 3);
+}
+
+TEST(Streams, ChatChunksBecomeAnthropicEvents) {
+  auto dec = make_chat_stream_decoder();
+  auto enc = make_messages_stream_encoder("gpt-4.1");
+  std::vector<StreamEvent> evs;
+  std::string out;
+  for (
+      const char* data :
+      {R"({"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]})",
+       R"({"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}]})",
+       R"({"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]}}]})",
+       R"({"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]})",
+       R"({"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]})",
+       R"({"id":"c1","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4}})",
+       "[DONE]"}) {
+    evs.clear();
+    dec->feed("", data, evs);
+    for (const auto& e : evs) enc->on_event(e, out);
+  }
+  EXPECT_TRUE(dec->done());
+  enc->finish(out);
+  auto events = sse_events(out);
+  std::vector<std::string> names;
+  for (auto& [n, d] : events) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "message_start", "ping", "content_block_start", "content_block_delta",
+                       "content_block_stop", "content_block_start", "content_block_delta",
+                       "content_block_stop", "message_delta", "message_stop"}));
+  Doc delta(events[8].second);
+  EXPECT_EQ(std::string(delta.root["delta"]["stop_reason"].get_string().value()), "tool_use");
+  EXPECT_EQ(delta.root["usage"]["output_tokens"].get_int64().value(), 4);
+  EXPECT_EQ(delta.root["usage"]["input_tokens"].get_int64().value(), 11);
+}
+
+TEST(Responses, DecodeItemsAndStreamEvents) {
+  auto r = decode_responses_request(R"({"model":"m","instructions":"sys","input":[
+    {"role":"user","content":[{"type":"input_text","text":"q"}]},
+    {"type":"function_call","call_id":"call_1","name":"f","arguments":"{}"},
+    {"type":"function_call_output","call_id":"call_1","output":"ok"}],"max_output_tokens":20})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(link_tool_results(*r).ok());
+  EXPECT_EQ(r->messages.size(), 3u);
+  EXPECT_EQ(r->max_tokens, 20);
+  EXPECT_FALSE(
+      decode_responses_request(R"({"model":"m","input":[{"role":"robot","content":"x"}]})").ok());
+  EXPECT_FALSE(decode_responses_request(R"({"model":"m","input":[{"type":"nonsense"}]})").ok());
+
+  ResponsesStreamEncoder enc(response_meta(*r, "m"));
+  std::string out;
+  enc.on_event(StreamEvent{.kind = StreamEvent::Kind::kStart}, out);
+  enc.on_event(StreamEvent{.kind = StreamEvent::Kind::kTextDelta, .text = "Hel"}, out);
+  enc.on_event(StreamEvent{.kind = StreamEvent::Kind::kTextDelta, .text = "lo"}, out);
+  Usage u;
+  u.present = true;
+  u.prompt_tokens = 5;
+  u.completion_tokens = 2;
+  enc.on_event(StreamEvent{.kind = StreamEvent::Kind::kUsage, .usage = u}, out);
+  enc.finish(out);
+  auto events = sse_events(out);
+  std::vector<std::string> names;
+  for (auto& [n, d] : events) names.push_back(n);
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"response.created", "response.in_progress",
+                                      "response.output_item.added", "response.content_part.added",
+                                      "response.output_text.delta", "response.output_text.delta",
+                                      "response.output_text.done", "response.content_part.done",
+                                      "response.output_item.done", "response.completed"}));
+  Doc done(events.back().second);
+  EXPECT_EQ(done.root["sequence_number"].get_int64().value(), 9);
+  EXPECT_EQ(done.root["response"]["usage"]["input_tokens"].get_int64().value(), 5);
+  EXPECT_EQ(
+      std::string(
+          done.root["response"]["output"].at(0)["content"].at(0)["text"].get_string().value()),
+      "Hello");
+}
+
+TEST(ResponseStoreTest, BoundedWithTtl) {
+  ResponseStore store(2, 10);
+  store.put("a", {Message{Role::kUser, {}}}, {}, 0);
+  store.put("b", {}, {}, 0);
+  store.put("c", {}, {}, 0);
+  std::vector<Message> conv;
+  std::vector<Part> sys;
+  EXPECT_FALSE(store.get("a", conv, sys, 1));  // evicted: the bound is 2
+  EXPECT_TRUE(store.get("b", conv, sys, 9));
+  EXPECT_FALSE(store.get("b", conv, sys, 10));  // expired
+}
+
+}  // namespace
+}  // namespace bw::api

@@ -1,0 +1,316 @@
+// The request pipeline in process: a FakeClock, a fake upstream and a recording writer. Every
+// test checks (Pipeline::send) that finish ran for every request and that nothing it gives back
+// (permits, budget holds) is still held.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "gateway/admin.h"
+#include "gateway/routes.h"
+#include "pipeline_harness.h"
+
+namespace bw::gateway::test {
+namespace {
+
+std::string bearer(const std::string& key) {
+  return "Bearer " + key;
+}
+
+const std::string kBase = std::string(R"(listen: 127.0.0.1:0
+workers: 1
+admin: {key: )") + kAdminKey +
+                          R"(}
+providers:
+  pa: {base_url: "http://127.0.0.1:9/v1"}
+  pb: {base_url: "http://127.0.0.1:9/v1"}
+model_groups:
+  m:
+    deployments: [{id: m-a, provider: pa, model: m}]
+  pair:
+    deployments:
+      - {id: pair-a, provider: pa, model: pair-a}
+      - {id: pair-b, provider: pb, model: pair-b}
+  main:
+    deployments: [{id: main-a, provider: pa, model: main}]
+    fallbacks: [spare]
+  spare:
+    deployments: [{id: spare-a, provider: pb, model: spare}]
+  one:
+    deployments: [{id: one-a, provider: pa, model: one}]
+    concurrency: {mode: fixed, initial: 1}
+resilience:
+  breaker: {consecutive_failures: 100, failure_rate: 0}
+  retry: {max_attempts: 3, base: 1ms, cap: 2ms, deadline: 20s}
+pricing:
+  m: {input: 1, output: 2}
+  one: {input: 1, output: 2}
+plans:
+  tight:
+    limits: [{name: two-per-minute, rate: 2, period: minute}]
+keys:
+  - {name: tester, key: )" +
+                          kKey + R"(}
+  - {name: limited, key: sk-test-limited-0001, plan: tight}
+  - {name: poor, key: sk-test-poor-000001, budget: {cap_usd: 0.000001, period: total}}
+  - {name: rich, key: sk-test-rich-000001, budget: {cap_usd: 100, period: total}}
+)";
+
+bool has(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
+
+TEST(Pipeline, AnswersAndRecordsTheRequest) {
+  Pipeline p(kBase);
+  auto r = p.chat();
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-bellwether-model"), "m");
+  EXPECT_EQ(r.header("x-bellwether-priority"), "1");
+  EXPECT_FALSE(r.header("x-request-id").empty());
+  EXPECT_TRUE(r.header("x-bellwether-fallback-from").empty());
+  ASSERT_EQ(p.upstream->seen.size(), 1u);
+  EXPECT_TRUE(has(p.upstream->seen[0].body, "\"model\":\"m\""));
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_TRUE(has(log[0], "\"status\":200")) << log[0];
+  EXPECT_FALSE(has(log[0], "\"error\"")) << log[0];
+}
+
+TEST(Pipeline, MissingAndWrongKeysAre401InTheOpenAiShape) {
+  Pipeline p(kBase);
+  auto none = p.chat("m", {});
+  EXPECT_EQ(none.status, 401);
+  EXPECT_TRUE(has(none.body, R"("type":"invalid_request_error")")) << none.body;
+  EXPECT_TRUE(has(none.body, R"("code":"invalid_api_key")")) << none.body;
+  auto wrong = p.chat("m", {{"authorization", bearer("sk-nope")}});
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_TRUE(has(wrong.body, "Incorrect API key")) << wrong.body;
+  EXPECT_TRUE(p.upstream->seen.empty());
+}
+
+TEST(Pipeline, UnknownModelAndUrlAre404) {
+  Pipeline p(kBase);
+  auto model = p.chat("nope");
+  EXPECT_EQ(model.status, 404);
+  EXPECT_TRUE(has(model.body, R"("code":"model_not_found")")) << model.body;
+  EXPECT_TRUE(has(model.body, R"("param":"model")")) << model.body;
+  auto url = p.send("GET", "/v2/whatever");
+  EXPECT_EQ(url.status, 404);
+  EXPECT_TRUE(has(url.body, R"("code":"unknown_url")")) << url.body;
+  auto method = p.send("GET", "/v1/chat/completions");
+  EXPECT_EQ(method.status, 405);
+  EXPECT_EQ(method.header("allow"), "POST");
+}
+
+TEST(Pipeline, RateLimitRefusalIs429WithRetryAfterAndNamesTheLimit) {
+  Pipeline p(kBase);
+  const std::vector<std::pair<std::string, std::string>> h = {
+      {"authorization", bearer("sk-test-limited-0001")}};
+  EXPECT_EQ(p.chat("m", h).status, 200);
+  EXPECT_EQ(p.chat("m", h).status, 200);
+  auto r = p.chat("m", h);
+  EXPECT_EQ(r.status, 429);
+  EXPECT_TRUE(has(r.body, R"("type":"rate_limit_exceeded")")) << r.body;
+  EXPECT_FALSE(r.header("retry-after").empty());
+  EXPECT_FALSE(r.header("x-ratelimit-limit-requests").empty());
+  EXPECT_EQ(p.upstream->seen.size(), 2u);
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_TRUE(has(log[2], R"("error":"rate_limited:two-per-minute")")) << log[2];
+}
+
+TEST(Pipeline, BudgetRefusalIs429InsufficientQuotaAndHoldsNothing) {
+  Pipeline p(kBase);
+  auto r = p.chat("m", {{"authorization", bearer("sk-test-poor-000001")}});
+  EXPECT_EQ(r.status, 429);
+  EXPECT_TRUE(has(r.body, R"("code":"insufficient_quota")")) << r.body;
+  EXPECT_TRUE(p.upstream->seen.empty());
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_TRUE(has(log[0], R"("error":"budget:key:poor/total")")) << log[0];
+}
+
+TEST(Pipeline, BudgetIsSettledToTheActualCostOnSuccess) {
+  Pipeline p(kBase);
+  EXPECT_EQ(p.chat("m", {{"authorization", bearer("sk-test-rich-000001")}}).status, 200);
+  auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+  ASSERT_TRUE(snap);
+  // 7 prompt tokens at $1/M and 5 completion tokens at $2/M.
+  EXPECT_EQ(snap->spent_micro, 17);
+  EXPECT_EQ(snap->reserved_micro, 0);
+}
+
+TEST(Pipeline, BudgetIsReleasedOnEveryExitPath) {
+  Pipeline p(kBase);
+  const std::vector<std::pair<std::string, std::string>> h = {
+      {"authorization", bearer("sk-test-rich-000001")}};
+  // Upstream error after retries, an upstream 400, an exception, a stream cut mid-way: the
+  // harness checks after each that no reservation is left.
+  p.upstream->answers = {[](const Seen&) -> Result<http::UpstreamResponse> {
+    return make_error(502, "upstream_error", "upstream_connect_error", "refused");
+  }};
+  EXPECT_EQ(p.chat("m", h).status, 502);
+  p.upstream->answers = {[](const Seen&) { return FakeUpstream::status(400); }};
+  EXPECT_EQ(p.chat("m", h).status, 400);
+  p.upstream->answers = {[](const Seen&) {
+    return FakeUpstream::stream({"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"},
+                                "upstream_reset");
+  }};
+  auto cut = p.chat("m", h, true);
+  EXPECT_TRUE(cut.streamed);
+  EXPECT_TRUE(has(cut.body, "upstream_reset")) << cut.body;
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_TRUE(has(log[0], R"("error":"upstream_connect_error")")) << log[0];
+  EXPECT_TRUE(has(log[1], R"("error":"upstream_400")")) << log[1];
+  EXPECT_TRUE(has(log[2], R"("error":"upstream_reset")")) << log[2];
+}
+
+TEST(Pipeline, FinishRunsWhenTheUpstreamThrows) {
+  Pipeline p(kBase);
+  p.upstream->throw_next = true;
+  auto call = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("m"),
+                      {{"authorization", bearer("sk-test-rich-000001")}});
+  ASSERT_TRUE(p.run_until([&] { return call->done; }));
+  EXPECT_TRUE(call->failed);  // rethrown after finish
+  p.check_invariants();
+  EXPECT_EQ(p.access_log().size(), 1u);
+}
+
+TEST(Pipeline, Upstream503IsRetriedThenPassedOn) {
+  Pipeline p(kBase);
+  p.upstream->answers = {[](const Seen&) { return FakeUpstream::status(503); }};
+  auto r = p.chat();
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.header("x-bellwether-model"), "m");
+  EXPECT_EQ(p.upstream->seen.size(), 3u);  // retry.max_attempts
+  auto log = p.access_log();
+  EXPECT_TRUE(has(log.back(), R"("error":"upstream_503")")) << log.back();
+  EXPECT_TRUE(has(log.back(), R"("attempts":3)")) << log.back();
+}
+
+// A Retry-After longer than the backoff cap is not waited for while holding a slot: the client
+// gets the answer and the provider's Retry-After at once.
+TEST(Pipeline, Upstream503WithALongRetryAfterIsPassedOnAtOnce) {
+  Pipeline p(kBase);
+  p.upstream->answers = {[](const Seen&) { return FakeUpstream::status(503, "1"); }};
+  auto r = p.chat();
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.header("retry-after"), "1");
+  EXPECT_EQ(p.upstream->seen.size(), 1u);
+}
+
+TEST(Pipeline, RetryGoesToTheOtherDeployment) {
+  Pipeline p(kBase);
+  p.upstream->answers = {[](const Seen&) { return FakeUpstream::status(502); },
+                         [](const Seen&) { return FakeUpstream::ok("x"); }};
+  auto r = p.chat("pair");
+  EXPECT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(p.upstream->seen.size(), 2u);
+  // The two attempts went to the two deployments.
+  EXPECT_NE(has(p.upstream->seen[0].body, "pair-a"), has(p.upstream->seen[1].body, "pair-a"));
+  EXPECT_EQ(r.header("x-bellwether-model"), "pair");
+  auto log = p.access_log();
+  EXPECT_TRUE(has(log.back(), R"("attempts":2)")) << log.back();
+}
+
+TEST(Pipeline, FallbackModelIsNamedInTheHeaders) {
+  Pipeline p(kBase);
+  p.upstream->answers = {[](const Seen& s) -> Result<http::UpstreamResponse> {
+    if (has(s.body, "\"model\":\"main\"")) return FakeUpstream::status(503);
+    return FakeUpstream::ok("spare");
+  }};
+  auto r = p.chat("main");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-bellwether-model"), "spare");
+  EXPECT_EQ(r.header("x-bellwether-fallback-from"), "main");
+}
+
+TEST(Pipeline, StreamIsRelayedWithUsageCounted) {
+  Pipeline p(kBase);
+  p.upstream->answers = {[](const Seen&) {
+    return FakeUpstream::stream(
+        {"data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
+         "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+         "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,"
+         "\"total_tokens\":5}}\n\ndata: [DONE]\n\n"});
+  }};
+  auto r = p.chat("m", {{"authorization", bearer(kKey)}}, true);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.streamed);
+  EXPECT_TRUE(r.ended);
+  EXPECT_TRUE(has(r.body, "hel")) << r.body;
+  EXPECT_TRUE(has(r.body, "[DONE]")) << r.body;
+  auto log = p.access_log();
+  EXPECT_TRUE(has(log.back(), R"("prompt_tokens":3)")) << log.back();
+}
+
+TEST(Pipeline, ClientGoneWhileQueuedIsCancelledAndReleasesEverything) {
+  Pipeline p(kBase);
+  p.upstream->held = true;
+  const std::vector<std::pair<std::string, std::string>> h = {
+      {"authorization", bearer("sk-test-rich-000001")}};
+  auto first = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("one"), h);
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 1; }));
+  auto second = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("one"), h);
+  ASSERT_TRUE(p.run_until([&] { return p.sh.admission->queued() == 1; }));
+  second->w->disconnect();
+  ASSERT_TRUE(p.run_until([&] { return second->done; }));
+  EXPECT_EQ(second->out.status, 499);
+  EXPECT_EQ(p.upstream->seen.size(), 1u);  // the queued one never reached the upstream
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return first->done; }));
+  EXPECT_EQ(first->out.status, 200);
+  p.check_invariants();
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_TRUE(has(log[0], R"("error":"admission")")) << log[0];
+}
+
+TEST(Pipeline, ClientGoneDuringTheUpstreamAttemptSettlesThePrompt) {
+  Pipeline p(kBase);
+  p.upstream->held = true;
+  auto call = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("m"),
+                      {{"authorization", bearer("sk-test-rich-000001")}});
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 1; }));
+  call->w->disconnect();
+  ASSERT_TRUE(p.run_until([&] { return call->done; }));
+  p.check_invariants();
+  auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+  ASSERT_TRUE(snap);
+  EXPECT_GT(snap->spent_micro, 0);  // the estimated prompt is charged
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_TRUE(has(log[0], R"("status":499)")) << log[0];
+  EXPECT_TRUE(has(log[0], R"("error":"client_closed_request")")) << log[0];
+}
+
+// Every route, known or not, under every method, on both listeners: finish runs exactly once
+// per request (Pipeline::send checks requests == finished after each). A new early return that
+// skips finish fails here.
+TEST(Pipeline, FinishRunsForEveryRouteAndMethod) {
+  Pipeline p(kBase);
+  std::vector<std::string> paths;
+  for (const auto& r : kRoutes) paths.emplace_back(r.path);
+  for (const char* a :
+       {"/admin/status", "/admin/breakers", "/admin/keys", "/admin/keys/k1",
+        "/admin/keys/k1/rotate", "/admin/spend", "/admin/budgets", "/admin/dead-letters",
+        "/admin/dead-letters/1", "/admin/dead-letters/1/replay", "/admin/nope", "/nope"}) {
+    paths.emplace_back(a);
+  }
+  int n = 0;
+  for (const auto& path : paths) {
+    for (const char* method : {"GET", "POST", "PATCH", "DELETE"}) {
+      for (const auto& key : {std::string(kKey), std::string(kAdminKey), std::string()}) {
+        std::vector<std::pair<std::string, std::string>> h;
+        if (!key.empty()) h.emplace_back("authorization", bearer(key));
+        auto r = p.send(method, path, Pipeline::chat_body("m"), h);
+        EXPECT_NE(r.status, 0) << method << " " << path << ": no answer";
+        ++n;
+      }
+    }
+  }
+  EXPECT_EQ(p.sh.finished.load(), static_cast<std::uint64_t>(n));
+}
+
+}  // namespace
+}  // namespace bw::gateway::test

@@ -1,0 +1,114 @@
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include <map>
+
+#include "api/chat.h"
+#include "providers/adapter.h"
+#include "providers/gemini.h"
+
+namespace bw::providers {
+namespace {
+
+TEST(RateLimits, OpenAIAnthropicAndGeminiHeadersReadIntoOneStruct) {
+  std::map<std::string, std::string, std::less<>> h = {
+      {"x-ratelimit-limit-requests", "500"},     {"x-ratelimit-remaining-requests", "499"},
+      {"x-ratelimit-reset-requests", "120ms"},   {"x-ratelimit-limit-tokens", "30000"},
+      {"x-ratelimit-remaining-tokens", "29000"}, {"x-ratelimit-reset-tokens", "6m0s"}};
+  auto look = [&](std::string_view n) -> std::string_view {
+    auto it = h.find(n);
+    return it == h.end() ? std::string_view{} : std::string_view(it->second);
+  };
+  auto r = parse_rate_limits(Wire::kOpenAI, look, 200, "", 0);
+  EXPECT_EQ(r.request_limit, 500);
+  EXPECT_EQ(r.tokens_remaining, 29000);
+  EXPECT_DOUBLE_EQ(r.requests_reset_s, 0.12);
+  EXPECT_DOUBLE_EQ(r.tokens_reset_s, 360);
+
+  h = {{"anthropic-ratelimit-requests-limit", "50"},
+       {"anthropic-ratelimit-requests-remaining", "49"},
+       {"anthropic-ratelimit-requests-reset", "2026-12-04T23:00:05Z"},
+       {"anthropic-ratelimit-input-tokens-remaining", "1000"},
+       {"retry-after", "7"}};
+  const std::int64_t now = parse_rfc3339_ms("2026-12-04T23:00:00Z");
+  r = parse_rate_limits(Wire::kAnthropic, look, 429, "", now);
+  EXPECT_EQ(r.request_limit, 50);
+  EXPECT_DOUBLE_EQ(r.requests_reset_s, 5);
+  EXPECT_EQ(r.input_tokens_remaining, 1000);
+  EXPECT_DOUBLE_EQ(r.retry_after_s, 7);
+
+  h.clear();
+  r = parse_rate_limits(
+      Wire::kGemini, look, 429,
+      R"({"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"quota","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"31s"}]}})",
+      0);
+  EXPECT_DOUBLE_EQ(r.retry_after_s, 31);
+}
+
+TEST(UpstreamError, ProviderMessagesAndTypes) {
+  auto e = upstream_error(
+      Wire::kAnthropic, 529,
+      R"({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})");
+  EXPECT_EQ(e.status, 503);
+  EXPECT_EQ(e.message, "Overloaded");
+  e = upstream_error(Wire::kGemini, 400,
+                     R"({"error":{"code":400,"message":"bad arg","status":"INVALID_ARGUMENT"}})");
+  EXPECT_EQ(e.type, "invalid_request_error");
+  EXPECT_EQ(e.code, "INVALID_ARGUMENT");
+}
+
+TEST(Gemini, RequestShapeAndUsage) {
+  auto r = api::decode_chat_request(R"({"model":"g","messages":[
+    {"role":"system","content":"sys"},{"role":"user","content":"q"},
+    {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"x\":1}"}}]},
+    {"role":"tool","tool_call_id":"c1","content":"sunny"}],
+    "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],"max_tokens":9})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  std::vector<std::string> dropped;
+  simdjson::dom::parser p;
+  auto doc = p.parse(encode_gemini_request(*r, 0, dropped)).value();
+  EXPECT_EQ(std::string(doc["systemInstruction"]["parts"].at(0)["text"].get_string().value()),
+            "sys");
+  EXPECT_EQ(std::string(doc["contents"].at(1)["role"].get_string().value()), "model");
+  EXPECT_EQ(
+      std::string(
+          doc["contents"].at(2)["parts"].at(0)["functionResponse"]["name"].get_string().value()),
+      "get");
+  EXPECT_EQ(doc["generationConfig"]["maxOutputTokens"].get_int64().value(), 9);
+  EXPECT_EQ(
+      std::string(doc["tools"].at(0)["functionDeclarations"].at(0)["name"].get_string().value()),
+      "get");
+  EXPECT_EQ(gemini_target("/v1beta", "gemini-2.5-flash", true),
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+
+  auto resp = decode_gemini_response(
+      R"({"candidates":[{"content":{"role":"model","parts":[{"text":"hi"},{"functionCall":{"name":"get","args":{"x":2}}}]},"finishReason":"STOP"}],
+    "usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":7,"thoughtsTokenCount":3,"cachedContentTokenCount":40}})");
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ(resp->finish, api::FinishReason::kToolCalls);
+  EXPECT_EQ(resp->usage.prompt_tokens, 100);
+  EXPECT_EQ(resp->usage.cached_tokens, 40);
+  EXPECT_EQ(resp->usage.completion_tokens, 10);
+  EXPECT_EQ(resp->usage.reasoning_tokens, 3);
+}
+
+TEST(Gemini, StreamChunksDecodeEventByEvent) {
+  auto dec = make_gemini_stream_decoder();
+  std::vector<api::StreamEvent> evs;
+  dec->feed("", R"({"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}}]})", evs);
+  ASSERT_EQ(evs.size(), 2u);  // start + the first delta, before any later chunk
+  EXPECT_EQ(evs[1].text, "Hel");
+  EXPECT_FALSE(dec->done());
+  evs.clear();
+  dec->feed(
+      "",
+      R"({"candidates":[{"content":{"role":"model","parts":[{"text":"lo"}]},"finishReason":"MAX_TOKENS"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2}})",
+      evs);
+  EXPECT_TRUE(dec->done());
+  ASSERT_EQ(evs.size(), 3u);
+  EXPECT_EQ(evs[1].finish, api::FinishReason::kLength);
+  EXPECT_EQ(evs[2].usage.prompt_tokens, 5);
+}
+
+}  // namespace
+}  // namespace bw::providers
