@@ -239,6 +239,112 @@ TEST(Cache, EmbeddingsAreCached) {
   EXPECT_EQ(hit.body, first.body);
 }
 
+// Every client API, buffered and streamed, against an upstream of the same API and one the
+// gateway translates to: the second request is a replay of the first, and a replayed stream
+// ends as its API's streams end, with usage.
+TEST(Cache, EveryClientApiIsServedFromTheCacheBufferedAndStreamed) {
+  auto sim = start_sim(sim_yaml());
+  const std::string base = "http://127.0.0.1:" + std::to_string(sim.port) + "/v1";
+  auto gw = start_gateway(R"(workers: 2
+providers:
+  oa: {type: openai, base_url: ")" +
+                          base +
+                          R"("}
+  an: {type: anthropic, base_url: ")" +
+                          base +
+                          R"("}
+plans:
+  bulk:
+    limits: [{name: rps, rate: 1000000, period: second, burst: 1000000}]
+model_groups:
+  via-openai:
+    deployments: [{provider: oa, model: quick}]
+    cache: {mode: exact}
+  via-anthropic:
+    deployments: [{provider: an, model: quick}]
+    cache: {mode: exact}
+keys:
+  - {name: a1, key: )" + std::string(kKeyA) +
+                          R"(, tenant: acme, plan: bulk}
+)");
+  struct Api {
+    const char* name;
+    const char* path;
+    std::vector<std::string> stream_ends;  // what the last event of a complete stream carries
+  };
+  const std::vector<Api> apis = {
+      {"chat", kChat, {"data: [DONE]"}},
+      // The output cap is reached: an incomplete response is a complete stream too.
+      {"responses", "/v1/responses", {"event: response.completed", "event: response.incomplete"}},
+      {"messages", "/v1/messages", {"event: message_stop"}}};
+  for (const auto& api : apis) {
+    for (const std::string model : {"via-openai", "via-anthropic"}) {
+      for (bool stream : {false, true}) {
+        const std::string where = std::string(api.name) + " " + model + (stream ? " stream" : "");
+        const std::string s = stream ? "true" : "false";
+        const std::string text = "\"cache me: " + where + "\"";
+        std::string body;
+        if (std::string(api.name) == "chat") {
+          body = "{\"model\":\"" + model + "\",\"max_tokens\":16,\"stream\":" + s +
+                 ",\"messages\":[{\"role\":\"user\",\"content\":" + text + "}]}";
+        } else if (std::string(api.name) == "responses") {
+          body = "{\"model\":\"" + model + "\",\"max_output_tokens\":16,\"stream\":" + s +
+                 ",\"input\":" + text + "}";
+        } else {
+          body = "{\"model\":\"" + model + "\",\"max_tokens\":16,\"stream\":" + s +
+                 ",\"messages\":[{\"role\":\"user\",\"content\":" + text + "}]}";
+        }
+        auto first = post(gw.port, api.path, body);
+        ASSERT_EQ(first.status, 200) << where << ": " << first.body.substr(0, 300);
+        EXPECT_EQ(first.header("x-bellwether-cache"), "miss") << where;
+        HttpResponse hit;
+        ASSERT_TRUE(eventually([&] {
+          hit = post(gw.port, api.path, body);
+          return hit.header("x-bellwether-cache") == "hit";
+        })) << where;
+        EXPECT_EQ(hit.status, 200) << where;
+        EXPECT_TRUE(hit.body == first.body) << where;
+        if (stream) {
+          EXPECT_EQ(hit.header("content-type"), "text/event-stream") << where;
+          auto end = std::string::npos;
+          for (const auto& e : api.stream_ends) {
+            if (auto at = hit.body.rfind(e); at != std::string::npos) end = at;
+          }
+          ASSERT_NE(end, std::string::npos)
+              << where << ": "
+              << hit.body.substr(hit.body.size() - std::min<std::size_t>(hit.body.size(), 600));
+          // Nothing but the end of that event follows.
+          EXPECT_EQ(hit.body.find("\n\n", end) + 2, hit.body.size()) << where;
+          if (std::string(api.name) != "chat") {
+            EXPECT_NE(hit.body.find("\"usage\""), std::string::npos) << where;
+          }
+        } else {
+          EXPECT_NE(hit.header("content-type").find("application/json"), std::string::npos);
+          EXPECT_NE(hit.body.find("\"usage\""), std::string::npos) << where;
+        }
+      }
+    }
+  }
+  // A chat stream translated from another API: the usage chunk only for a client that asks.
+  const std::string chat_stream =
+      R"({"model":"via-anthropic","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"u"}]})";
+  auto first = post(gw.port, kChat, chat_stream);
+  ASSERT_EQ(first.status, 200);
+  EXPECT_EQ(first.body.find("\"usage\""), std::string::npos) << first.body;
+  std::string with_usage = chat_stream;
+  with_usage.insert(with_usage.size() - 1, ",\"stream_options\":{\"include_usage\":true}");
+  HttpResponse u;
+  ASSERT_TRUE(eventually([&] {
+    u = post(gw.port, kChat, with_usage);
+    return u.header("x-bellwether-cache") == "hit";
+  }));
+  EXPECT_NE(u.body.find("\"usage\""), std::string::npos) << u.body;
+  EXPECT_NE(u.body.find("data: [DONE]"), std::string::npos);
+  auto again = post(gw.port, kChat, chat_stream);
+  EXPECT_EQ(again.header("x-bellwether-cache"), "hit");
+  EXPECT_EQ(again.body, first.body);
+}
+
 // --- what is never stored or served --------------------------------------------------------------
 
 TEST(Cache, ACutStreamIsNeverStored) {
