@@ -24,6 +24,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "admission/admission.h"
+#include "admission/rate_capacity.h"
 #include "common/clock.h"
 #include "common/result.h"
 
@@ -47,6 +49,13 @@ struct AdmissionConfig {
   double min_retry_after_s = 1;      // bounds of the Retry-After suggestion
   double max_retry_after_s = 30;
   std::size_t max_groups = 4096;  // more distinct names share the group "_other"
+  PacingConfig pacing;            // how deployments' RPM/TPM are paced (rate_capacity.h)
+};
+
+// One deployment's provider rate tier, as configured (0 = none; learned limits still apply).
+struct DeploymentCapacityConfig {
+  std::string id;
+  RateLimits limits;
 };
 
 enum class Refusal {
@@ -62,6 +71,7 @@ std::string_view refusal_name(Refusal r);
 namespace detail {
 struct Group;
 struct Waiter;
+struct DeploymentCap;
 }  // namespace detail
 
 class AdmissionController;
@@ -87,6 +97,14 @@ class Permit {
   // Releases without a sample (request never reached the upstream, client went away).
   void release();
 
+  // The deployment whose rate capacity this permit reserved ("" when the group declares no
+  // deployments): the first attempt must go there, so the admitted rate stays within its tier.
+  const std::string& deployment() const;
+  std::int64_t reserved_tokens() const { return tokens_; }
+  // The real token usage is known: corrects the reservation (frees or takes token capacity).
+  // Valid after release()/complete() too (the Permit keeps its reservation data).
+  void settle_tokens(std::int64_t actual);
+
  private:
   friend class AdmissionController;
   Permit(AdmissionController* owner, std::shared_ptr<detail::Group> group,
@@ -94,13 +112,20 @@ class Permit {
   AdmissionController* owner_ = nullptr;
   std::shared_ptr<detail::Group> group_;
   ConcurrencyLimiter::Ticket ticket_;
+  // The rate reservation (outlives the slot: corrected when usage is known).
+  AdmissionController* rate_owner_ = nullptr;
+  std::shared_ptr<detail::Group> rate_group_;
+  std::shared_ptr<detail::DeploymentCap> dep_;
+  Nanos reserved_at_ = 0;
+  std::int64_t tokens_ = 0;
 };
 
 struct AdmitResult {
   Permit permit;  // valid iff refusal == kNone
   Refusal refusal = Refusal::kNone;
-  double retry_after_s = 0;  // suggestion for the Retry-After header when refused
-  Nanos waited = 0;          // time spent in the queue
+  double retry_after_s = 0;               // suggestion for the Retry-After header when refused
+  Nanos waited = 0;                       // time spent in the queue
+  WaitReason reason = WaitReason::kNone;  // what it waited for (or was refused for)
   bool ok() const { return refusal == Refusal::kNone; }
 };
 
@@ -128,20 +153,53 @@ class AdmissionController {
   // Creates the group or changes its limiter (slots in use are kept).
   void configure_group(std::string_view group, const LimiterConfig& limiter);
 
+  // Declares the deployments of a group and their provider rate tiers. From then on every grant
+  // of the group also reserves one request and the request's token estimate on a deployment
+  // that has room now (round robin among them); when none has, the group's queue waits, in the
+  // same priority order, for the earliest refill (pump()). State of deployments whose id stays
+  // is kept. An empty list removes rate gating.
+  void configure_capacity(std::string_view group, const std::vector<DeploymentCapacityConfig>& d);
+
+  // A provider reported its limits on a response of `deployment` (learned values win while
+  // fresh; a 429's Retry-After blocks that deployment until it passes).
+  void learn(std::string_view group, std::string_view deployment, const ProviderLimits& p);
+
+  // Rate refills are time-driven: the gateway calls pump() at next_pump_at() (or at least every
+  // few milliseconds while something waits for rate); it grants what now fits.
+  void pump();
+  Nanos next_pump_at() const { return pump_at_.load(std::memory_order_relaxed); }
+  // Called (under a group lock: keep it short, e.g. notify a condition variable) when
+  // next_pump_at() moves earlier. Set once before traffic starts.
+  void set_pump_notifier(std::function<void()> f) { pump_notifier_ = std::move(f); }
+
   // Waits for a slot of `group`. priority: 0..2 (clamped). max_wait: kConfiguredWait for the
   // priority's maximum, 0 to not wait at all, otherwise min(max_wait, configured maximum).
   // Never throws for admission reasons; a cancelled caller gets Refusal::kCancelled.
+  // tokens: the request's token estimate (prompt + output cap) for TPM pacing.
+  // A request of a group that waits for rate capacity is refused at once (kTimedOut, with the
+  // predicted wait as Retry-After) when its predicted wait already exceeds its max_wait.
   boost::asio::awaitable<AdmitResult> acquire(std::string_view group, int priority,
-                                              Nanos max_wait = kConfiguredWait);
+                                              Nanos max_wait = kConfiguredWait,
+                                              std::int64_t tokens = 0);
+
+  // The turn of a key (or tenant) whose request-rate limit is exhausted: a concurrency-1 group
+  // `turn_group` per key, so that the key's waiters pass its limit one at a time in priority
+  // order while other keys are not affected. The holder waits for the limit (wait_until) and
+  // then drops the Permit. Counted under the reason key_limit. An empty Permit with kNone means
+  // "no turn available" (too many groups): wait without one.
+  boost::asio::awaitable<AdmitResult> acquire_turn(std::string_view turn_group, int priority,
+                                                   Nanos max_wait);
+  // Waiters (priority <= `priority`) and holders of a turn group, for a wait prediction.
+  std::size_t turn_ahead(std::string_view turn_group, int priority) const;
 
   // Takes a slot only if one is free right now and nobody of the group is waiting. No overload
   // check: meant for deployment-level limits of a request that was already admitted.
-  Permit try_acquire(std::string_view group);
+  Permit try_acquire(std::string_view group, std::int64_t tokens = 0);
 
   // acquire()'s immediate path without a coroutine: a slot if the overload policy admits the
   // priority and a slot is free with nobody waiting; an empty Permit otherwise (then call
   // acquire(), which queues, sheds or refuses).
-  Permit admit_now(std::string_view group, int priority);
+  Permit admit_now(std::string_view group, int priority, std::int64_t tokens = 0);
 
   // Sleeps until `deadline` (Clock time) for a rate limit, counted in the queue depth of
   // `priority` and in the overload load meanwhile. Refused at entry by the overload policy; a
@@ -149,6 +207,14 @@ class AdmissionController {
   boost::asio::awaitable<WaitResult> wait_until(Nanos deadline, int priority);
 
   QueueSnapshot snapshot() const;
+
+  // For autoscaling: per deployment, whether its RPM/TPM quota binds now (binding reason) and
+  // its remaining capacity; and the backlog by reason (what the waiting requests wait for).
+  struct BindingState {
+    std::vector<DeploymentCapacityRow> deployments;
+    std::array<std::size_t, kNumWaitReasons> backlog_by_reason{};
+  };
+  BindingState binding_state() const;
   std::string metrics_json() const { return render_queue_metrics_json(snapshot()); }
 
   // Current totals (cheap, lock free).
@@ -164,6 +230,16 @@ class AdmissionController {
   using WakeList = std::vector<std::shared_ptr<detail::Waiter>>;
 
   std::shared_ptr<detail::Group> group_for(std::string_view name);
+  std::shared_ptr<detail::Group> turn_group_for(std::string_view name);
+  boost::asio::awaitable<AdmitResult> acquire_in(std::shared_ptr<detail::Group> g, int priority,
+                                                 Nanos max_wait, std::int64_t tokens, bool turn);
+  bool reserve_now_locked(detail::Group& g, Nanos now, std::int64_t tokens, Permit& p);
+  double predicted_wait_locked(const detail::Group& g, Nanos now, int priority,
+                               std::int64_t tokens) const;
+  void note_pump_at(Nanos at);
+  void count_refusal(WaitReason r, int priority);
+  void fill_capacity(std::vector<DeploymentCapacityRow>& rows,
+                     std::array<std::size_t, kNumWaitReasons>& backlog, Nanos now) const;
   std::shared_ptr<detail::Group> find_group(std::string_view name) const;
   void grant_locked(detail::Group& g, Nanos now, WakeList& wake);
   void release_slot(const std::shared_ptr<detail::Group>& g, const ConcurrencyLimiter::Ticket& t,
@@ -185,6 +261,11 @@ class AdmissionController {
   std::atomic<std::size_t> in_flight_{0};
   PerPriority<std::atomic<std::int64_t>> slot_waiting_{};
   PerPriority<std::atomic<std::int64_t>> rate_waiting_{};
+  std::atomic<Nanos> pump_at_{kNeverTime};
+  std::function<void()> pump_notifier_;
+  std::vector<std::shared_ptr<detail::Group>> rate_groups_;  // guarded by groups_mu_
+  std::array<PerPriority<std::atomic<std::uint64_t>>, kNumWaitReasons> waits_by_reason_{};
+  std::array<PerPriority<std::atomic<std::uint64_t>>, kNumWaitReasons> refusals_by_reason_{};
 };
 
 }  // namespace bw::admission

@@ -177,6 +177,43 @@ std::string render_queue_metrics_json(const QueueSnapshot& s) {
   w.key("concurrency_limits").begin_object();
   for (const auto& [group, limit] : s.concurrency_limits) w.key(group).value(limit);
   w.end_object();
+  w.key("waiting_by_reason").begin_object();
+  for (int r = 1; r < kNumWaitReasons; ++r) {
+    w.key(kWaitReasonNames[r]).value(static_cast<std::uint64_t>(s.waiting_by_reason[r]));
+  }
+  w.end_object();
+  for (const auto* what : {"waits_by_reason", "refusals_by_reason"}) {
+    const auto& v =
+        std::string_view(what) == "waits_by_reason" ? s.waits_by_reason : s.refusals_by_reason;
+    w.key(what).begin_object();
+    for (int r = 1; r < kNumWaitReasons; ++r) write_per_priority(w, kWaitReasonNames[r], v[r]);
+    w.end_object();
+  }
+  w.key("deployments").begin_array();
+  for (const auto& d : s.deployments) {
+    w.begin_object();
+    w.key("group").value(d.group);
+    w.key("deployment").value(d.deployment);
+    w.key("configured").begin_object();
+    w.key("rpm").value(d.configured_rpm);
+    w.key("tpm").value(d.configured_tpm);
+    w.end_object();
+    w.key("learned").begin_object();
+    w.key("fresh").value(d.learned_fresh);
+    w.key("rpm").value(d.learned_fresh ? d.effective_rpm : 0);
+    w.key("tpm").value(d.learned_fresh ? d.effective_tpm : 0);
+    w.key("remaining_requests").value(d.learned_remaining_requests);
+    w.key("remaining_tokens").value(d.learned_remaining_tokens);
+    w.end_object();
+    w.key("rpm").value(d.effective_rpm);
+    w.key("tpm").value(d.effective_tpm);
+    w.key("remaining_requests").value(d.remaining_requests);
+    w.key("remaining_tokens").value(d.remaining_tokens);
+    w.key("blocked_s").value(round3(d.blocked_s));
+    w.key("binding").value(wait_reason_name(d.binding));
+    w.end_object();
+  }
+  w.end_array();
   w.end_object();
   return w.take();
 }

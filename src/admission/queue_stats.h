@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -61,6 +62,34 @@ class RateWindow {
   std::vector<Bucket> buckets_;
 };
 
+// Why a request waits (or was refused after waiting): the resource that was short.
+enum class WaitReason : std::uint8_t {
+  kNone,
+  kConcurrency,    // the model group's concurrency limit
+  kDeploymentRpm,  // every deployment's request rate (configured or learned) is spent
+  kDeploymentTpm,  // every deployment's token rate is spent
+  kKeyLimit,       // the key's / tenant's own request-rate limit
+};
+inline constexpr int kNumWaitReasons = 5;
+inline constexpr std::array<std::string_view, kNumWaitReasons> kWaitReasonNames = {
+    "none", "concurrency", "deployment_rpm", "deployment_tpm", "key_limit"};
+inline std::string_view wait_reason_name(WaitReason r) {
+  return kWaitReasonNames[static_cast<std::size_t>(r)];
+}
+
+// Rate capacity of one deployment as the admission queue sees it.
+struct DeploymentCapacityRow {
+  std::string group;
+  std::string deployment;
+  std::int64_t configured_rpm = 0, configured_tpm = 0;  // 0 = none
+  std::int64_t effective_rpm = 0, effective_tpm = 0;    // in force (learned while fresh)
+  bool learned_fresh = false;
+  std::int64_t remaining_requests = -1, remaining_tokens = -1;  // in force; -1 = unlimited
+  std::int64_t learned_remaining_requests = -1, learned_remaining_tokens = -1;  // -1 = none
+  double blocked_s = 0;                    // provider Retry-After still running
+  WaitReason binding = WaitReason::kNone;  // deployment_rpm/_tpm when its rate binds now
+};
+
 struct WaitPercentiles {
   double p50 = 0, p95 = 0, p99 = 0;  // milliseconds
 };
@@ -76,6 +105,11 @@ struct QueueSnapshot {
   // depth / completion rate; nullopt when requests wait but nothing completed recently.
   std::optional<double> estimated_drain_seconds;
   std::vector<std::pair<std::string, int>> concurrency_limits;  // group -> current limit
+  // Waiting now, by the resource each group waits for (key_limit: key-limit turns).
+  std::array<std::size_t, kNumWaitReasons> waiting_by_reason{};
+  // Since start, by reason and priority: requests that waited and then ran; refusals.
+  std::array<PerPriority<std::uint64_t>, kNumWaitReasons> waits_by_reason{}, refusals_by_reason{};
+  std::vector<DeploymentCapacityRow> deployments;
 
   std::size_t queue_depth() const { return depth[0] + depth[1] + depth[2]; }
 };

@@ -116,22 +116,15 @@ class WaitQueue {
 
   // Removes the waiter that should run next. Does not look at deadlines: call expire() first.
   std::optional<Departed<T>> pop(Nanos now) {
-    int best = -1;
-    int best_eff = kNumPriorities;
-    Nanos best_enq = 0;
-    for (int p = 0; p < kNumPriorities; ++p) {
-      const std::uint32_t h = lists_[p].head;
-      if (h == kNone) continue;
-      // The head is the oldest of its list, hence also the most aged: comparing heads suffices.
-      const int eff = effective_priority(slots_[h], now);
-      if (eff < best_eff || (eff == best_eff && slots_[h].enqueued_at < best_enq)) {
-        best = p;
-        best_eff = eff;
-        best_enq = slots_[h].enqueued_at;
-      }
-    }
+    const int best = best_list(now);
     if (best < 0) return std::nullopt;
     return take(lists_[best].head, now);
+  }
+
+  // The waiter pop() would remove, left in place (nullptr when empty).
+  const T* peek(Nanos now) const {
+    const int best = best_list(now);
+    return best < 0 ? nullptr : &slots_[lists_[best].head].value;
   }
 
   // Removes a waiter (client went away). Returns it if it was still queued.
@@ -207,6 +200,24 @@ class WaitQueue {
     if (config_.aging <= 0 || e.priority == 0) return e.priority;
     const Nanos levels = (now - e.enqueued_at) / config_.aging;
     return levels >= e.priority ? 0 : e.priority - static_cast<int>(levels);
+  }
+
+  int best_list(Nanos now) const {
+    int best = -1;
+    int best_eff = kNumPriorities;
+    Nanos best_enq = 0;
+    for (int p = 0; p < kNumPriorities; ++p) {
+      const std::uint32_t h = lists_[p].head;
+      if (h == kNone) continue;
+      // The head is the oldest of its list, hence also the most aged: comparing heads suffices.
+      const int eff = effective_priority(slots_[h], now);
+      if (eff < best_eff || (eff == best_eff && slots_[h].enqueued_at < best_enq)) {
+        best = p;
+        best_eff = eff;
+        best_enq = slots_[h].enqueued_at;
+      }
+    }
+    return best;
   }
 
   int lowest_nonempty_below(int priority) const {

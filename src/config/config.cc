@@ -868,6 +868,13 @@ void read_ledger(Reader& top, Config& cfg) {
   auto led = top.child("ledger");
   led.get("path", cfg.ledger_path);
   led.get("postgres", cfg.ledger_postgres);
+  std::string durability;
+  led.get("durability", durability);
+  if (durability == "machine") {
+    cfg.ledger_sync_machine = true;
+  } else if (!durability.empty() && durability != "process") {
+    led.fail("durability", "unknown value '" + durability + "' (expected process, machine)");
+  }
   led.finish();
   if (!cfg.ledger_path.empty() && !cfg.ledger_postgres.empty()) {
     led.fail_here("choose one of path (SQLite) and postgres");

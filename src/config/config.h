@@ -204,6 +204,9 @@ struct Config {
   std::string webhook_secret;   // resolved from secret_env; never logged
   std::string ledger_path;      // SQLite file; "" = no ledger (then no stored keys)
   std::string ledger_postgres;  // postgresql://... : the ledger and key store on PostgreSQL
+  // SQLite ledger: true (`durability: machine`) syncs the WAL at every group commit (survives a
+  // power loss); false (`process`, the default) leaves it to the OS (survives kill -9).
+  bool ledger_sync_machine = false;
   bool budget_metrics_per_key = false;
   // Autoscaling signal (telemetry/): the predictive scaler's parameters.
   telemetry::ScalerConfig scaler;

@@ -62,9 +62,9 @@ void AccessLog::log(const AccessRecord& r) {
       .key("latency_ms")
       .value(r.latency_ms);
   if (r.ttft_ms >= 0) j.key("ttft_ms").value(r.ttft_ms);
-  j.key("queue_ms")
-      .value(r.queue_ms)
-      .key("prompt_tokens")
+  j.key("queue_ms").value(r.queue_ms);
+  if (!r.wait_reason.empty()) j.key("wait_reason").value(r.wait_reason);
+  j.key("prompt_tokens")
       .value(r.prompt_tokens)
       .key("completion_tokens")
       .value(r.completion_tokens)

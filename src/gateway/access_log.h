@@ -34,6 +34,7 @@ struct AccessRecord {
   double latency_ms = 0;
   double ttft_ms = -1;
   double queue_ms = 0;
+  std::string_view wait_reason;  // "" when the request did not wait
   std::int64_t prompt_tokens = 0;
   std::int64_t completion_tokens = 0;
   std::int64_t cost_micro_usd = 0;

@@ -1,5 +1,7 @@
 #include "gateway/console.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "common/clock.h"
@@ -294,7 +296,8 @@ Result<Ok> console_admin_auth(Shared& sh, const Runtime& rt, const http::Request
   return Ok{};
 }
 
-http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request& req) {
+http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request& req,
+                              std::string_view client_ip) {
   const auto path = req.path();
   const auto method = req.method;
   const auto& cfg = rt.config();
@@ -311,10 +314,21 @@ http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request
     if (!origin.empty() && !ui::same_origin(origin, req.header("host"))) {
       return login_page(403, "Refused: the login form must be sent from this page.");
     }
+    const Nanos now = sh.clock.now();
+    if (const Nanos wait = sh.console->login_throttle.blocked_for(client_ip, now); wait > 0) {
+      const long secs = static_cast<long>((wait + kNanosPerSecond - 1) / kNanosPerSecond);
+      auto r = login_page(429, "Too many wrong keys from this address. Try again in " +
+                                   std::to_string(secs) + " s.");
+      r.headers.add("retry-after", std::to_string(secs));
+      return r;
+    }
     const std::string key = form_value(req.body, "key");
     if (!admin_key_matches(rt, key)) {
+      sh.console->login_throttle.failed(client_ip, now);
+      spdlog::warn("console: a wrong admin key was sent to /ui/login from {}", client_ip);
       return login_page(401, "That is not the admin key. Try again.");
     }
+    sh.console->login_throttle.succeeded(client_ip);
     auto s = sh.console->sessions.create(sh.clock.now());
     auto r = redirect("/ui/");
     r.headers.add("set-cookie", ui::session_cookie(s.id, sh.console->sessions.options().lifetime,

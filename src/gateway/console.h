@@ -10,6 +10,7 @@
 
 #include "common/result.h"
 #include "http/http.h"
+#include "ui/login_throttle.h"
 #include "ui/sampler.h"
 #include "ui/session.h"
 
@@ -21,6 +22,7 @@ class Runtime;
 struct Console {
   explicit Console(ui::SessionOptions so) : sessions(so) {}
   ui::SessionStore sessions;
+  ui::LoginThrottle login_throttle;
   ui::Sampler sampler;
   std::int64_t started_unix_ms = 0;
   // The last SIGHUP reload and its outcome, for the Config page.
@@ -33,7 +35,9 @@ struct Console {
 // Starts the sampler over the gateway's state (off the data plane, once a second).
 void start_console(Shared& sh);
 // A request under /ui: the whole answer.
-http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request& req);
+// `client_ip` throttles failed logins.
+http::Response handle_console(Shared& sh, const Runtime& rt, const http::Request& req,
+                              std::string_view client_ip);
 // An /admin request without the admin key: Ok when it carries a console session (and, when it
 // changes state, passes the CSRF checks); otherwise the error to answer with.
 Result<Ok> console_admin_auth(Shared& sh, const Runtime& rt, const http::Request& req);

@@ -125,6 +125,8 @@ struct Ctx {
   // 7 admission: the concurrency slot, released by finish.
   admission::Permit permit;
   Nanos queue_wait = 0;
+  // What the request waited for (concurrency, deployment_rpm/_tpm, key_limit); kNone = no wait.
+  admission::WaitReason wait_reason = admission::WaitReason::kNone;
   // 8 forward
   int upstream_status = 0;      // last upstream answer (0 = none)
   Nanos upstream_latency = 0;   // of the last attempt

@@ -85,6 +85,9 @@ void write_access_log(Ctx& c) {
   r.priority = c.key ? c.priority.priority : -1;
   r.priority_lowered = c.priority.lowered;
   r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
+  if (c.wait_reason != admission::WaitReason::kNone) {
+    r.wait_reason = admission::wait_reason_name(c.wait_reason);
+  }
   r.bytes_in = c.req.body.size();
   r.bytes_out = c.bytes_out;
   r.cache = c.cache.status_text();
@@ -96,6 +99,12 @@ void write_access_log(Ctx& c) {
     r.cache_similarity = c.cache.similarity;
   }
   c.sh.access_log->log(r);
+}
+
+// The deployment's TPM reservation took the estimate; the answer's usage replaces it.
+void settle_rate_tokens(Ctx& c) {
+  const std::int64_t used = c.usage.prompt_tokens + c.usage.completion_tokens;
+  if (used > 0) c.permit.settle_tokens(used);
 }
 
 // A batch (P2) request that failed after every retry and fallback is kept for a later replay.
@@ -137,6 +146,7 @@ std::optional<Verdict> finish::try_now(Ctx& c) {
     return std::nullopt;
   phase_cache::release(c);
   c.permit.release();
+  settle_rate_tokens(c);
   close_request(c);
   return Ok{};
 }
@@ -152,6 +162,7 @@ asio::awaitable<Verdict> finish::run(Ctx& c) {
     phase_cache::release(c);
   }
   c.permit.release();
+  settle_rate_tokens(c);
   if (dead_letter_needed(c)) co_await dead_letter(c);
   close_request(c);
   co_return Ok{};

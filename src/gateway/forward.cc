@@ -120,7 +120,11 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   // `headers` holds neither (gateway headers and kForwardResponseHeaders only).
   headers.add("content-type", "text/event-stream");
   headers.add("cache-control", "no-cache");
-  if (!co_await c.w.begin_stream(200, headers)) {
+  // When the first body bytes came with the upstream's head, the client's head leaves with them
+  // in one write; otherwise it leaves now, as the upstream's did.
+  const bool started = up.body_at_hand() ? co_await c.w.begin_stream_held(200, headers)
+                                         : co_await c.w.begin_stream(200, headers);
+  if (!started) {
     note_client_gone(c);
     up.abort();
     co_return;
@@ -129,7 +133,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   http::SseSplitter splitter;
   std::string out, scratch;
   std::size_t text_chars = 0, text_chunks = 0;
-  bool saw_done = false;
+  bool saw_done = false, ended = false;
   for (;;) {
     auto piece = co_await up.read_some();
     if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
@@ -147,14 +151,13 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     }
     if (piece->empty()) break;
     if (c.ttft < 0) c.ttft = c.now() - c.start;
-    if (!splitter.feed(*piece)) {
-      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
-      up.abort();
-      break;
-    }
+    // Every complete event of this read leaves in one write. Events pass through as they came:
+    // the bytes are written from the read itself (`run`, a contiguous stretch of it) and copied
+    // into `out` only around an event that is held back.
+    const std::string_view window = splitter.window(*piece);
+    std::string_view rest = window, event, run;
     out.clear();
-    std::string_view event;
-    while (splitter.next(event)) {
+    while (http::next_event(rest, event)) {
       auto data = http::sse_data(event, scratch);
       auto info = providers::inspect_chunk(data);
       if (info.done) saw_done = true;
@@ -164,20 +167,38 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       }
       if (info.usage.present) c.usage = info.usage;
       phase_cache::capture_event(c, event);
-      if (info.usage_only && !c.llm.client_wants_usage) continue;
-      out.append(event);
+      if (info.usage_only && !c.llm.client_wants_usage) {
+        out.append(run);
+        run = {};
+        continue;
+      }
+      run = run.empty() ? event : std::string_view(run.data(), run.size() + event.size());
     }
-    tracing::observe_output(c, out);
-    splitter.compact();
+    std::string_view send = run;
     if (!out.empty()) {
-      c.bytes_out += out.size();
-      if (!co_await c.w.write_chunk(out)) {
+      out.append(run);
+      send = out;
+    }
+    tracing::observe_output(c, send);
+    // Before keep(): `send` may point into the splitter's buffer, which keep() rewrites.
+    const bool last = saw_done && up.complete();
+    if (!send.empty()) {
+      c.bytes_out += send.size();
+      const bool ok = last ? co_await c.w.end_stream_with(send) : co_await c.w.write_chunk(send);
+      if (!ok) {
         // The client went away: drop the upstream connection so the provider stops generating.
         note_client_gone(c);
         up.abort();
         break;
       }
+      ended = last;
     }
+    if (!splitter.keep(window, window.size() - rest.size())) {
+      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
+      up.abort();
+      break;
+    }
+    if (ended) break;
   }
   phase_cache::capture_stream_end(c, saw_done);
   if (!saw_done && !c.cancelled && c.outcome.none()) {
@@ -205,7 +226,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       c.usage = u;
     }
   }
-  if (!c.cancelled) co_await c.w.end_stream();
+  if (!c.cancelled && !ended) co_await c.w.end_stream();
 }
 
 // A translated Responses answer with `store` is kept for previous_response_id.
@@ -472,6 +493,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
   auto& router = c.sh.router;
   auto& rng = thread_rng(c.now());
   auto plan = router.plan(c.route_model, c.now());
+  // The admission queue reserved this deployment's rate capacity for the request.
+  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
   std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
   std::optional<Error> last_error;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
@@ -576,6 +599,11 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     // A previous attempt's failure is not this answer's: the access log, the breaker's view of
     // a stream and the truncation check all read the outcome of the answer the client gets.
     if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
+    // What the provider says about its rate limits paces the next requests (learned wins).
+    c.sh.admission->learn(ticket.group(), dep_cfg.id,
+                          admission::parse_provider_limits(
+                              [&up](std::string_view name) { return up.headers().get(name); },
+                              up.status(), c.sh.clock.unix_millis()));
     http::Headers headers = answer_headers(c, up);
     if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
     if (!fast) {

@@ -54,7 +54,9 @@ void Gateway::stop_scaler() {
     scaler_stop_ = true;
   }
   scaler_cv_.notify_all();
+  pump_cv_.notify_all();
   if (scaler_thread_.joinable()) scaler_thread_.join();
+  if (pump_thread_.joinable()) pump_thread_.join();
 }
 
 Gateway::~Gateway() {
@@ -179,6 +181,7 @@ Result<Ok> Gateway::start() {
   } else if (!cfg.ledger_path.empty()) {
     store::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
+    lo.synchronous_full = cfg.ledger_sync_machine;
     auto ledger = store::SqliteLedger::open(lo);
     if (!ledger) return ledger.error();
     shared_->ledger = std::move(ledger.value());
@@ -244,6 +247,24 @@ Result<Ok> Gateway::start() {
   mo.budget_utilization = cfg.budget_metrics_per_key;
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaling = std::make_unique<ScalingState>(cfg);
+  // Rate refills are time-driven: this thread grants the waiters of a deployment's RPM/TPM at
+  // the moment its capacity refills (woken earlier when a wait starts that ends sooner).
+  shared_->admission->set_pump_notifier([this] { pump_cv_.notify_one(); });
+  pump_thread_ = std::thread([this] {
+    auto& ac = *shared_->admission;
+    std::unique_lock lock(scaler_mu_);
+    while (!scaler_stop_) {
+      const Nanos now = SteadyClock::instance().now();
+      const Nanos at = std::min(ac.next_pump_at(), now + millis(20));
+      if (at > now) {
+        pump_cv_.wait_for(lock, std::chrono::nanoseconds(at - now));
+        if (scaler_stop_) break;
+      }
+      lock.unlock();
+      ac.pump();
+      lock.lock();
+    }
+  });
   shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
   if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
   if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
@@ -358,9 +379,22 @@ Result<Ok> apply_config(Shared& sh, const config::Config& cfg) {
   rc.ewma_tau = cfg.ewma_tau;
   // A model group is the router's own config, validated at load: the router takes it as is.
   rc.groups.assign(cfg.model_groups.begin(), cfg.model_groups.end());
+  // The admission queue paces each deployment's RPM/TPM (and learns them from the provider's
+  // headers); the router does not refuse on them a second time.
+  for (auto& g : rc.groups) {
+    for (auto& d : g.deployments) {
+      d.rpm = 0;
+      d.tpm = 0;
+    }
+  }
   if (auto r = sh.router.reload(std::move(rc)); !r) return r;
   if (!sh.admission) sh.admission = std::make_unique<admission::AdmissionController>(cfg.admission);
-  for (const auto& g : cfg.model_groups) sh.admission->configure_group(g.name, g.concurrency);
+  for (const auto& g : cfg.model_groups) {
+    sh.admission->configure_group(g.name, g.concurrency);
+    std::vector<admission::DeploymentCapacityConfig> caps;
+    for (const auto& d : g.deployments) caps.push_back({d.id, {.rpm = d.rpm, .tpm = d.tpm}});
+    sh.admission->configure_capacity(g.name, caps);
+  }
   auto lc = std::make_shared<limits::LimiterConfig>();
   lc->limits = cfg.limits;
   if (!sh.limiter) {

@@ -73,6 +73,9 @@ class Gateway {
   std::mutex scaler_mu_;
   std::condition_variable scaler_cv_;
   bool scaler_stop_ = false;
+  // Grants the admission queue's rate waiters when capacity refills (AdmissionController::pump).
+  std::thread pump_thread_;
+  std::condition_variable pump_cv_;
   void stop_scaler();
 };
 

@@ -6,7 +6,8 @@
 namespace bw::gateway {
 
 std::optional<Verdict> phase_admission::try_now(Ctx& c) {
-  auto permit = c.sh.admission->admit_now(c.group->cfg->name, c.priority.priority);
+  auto permit =
+      c.sh.admission->admit_now(c.group->cfg->name, c.priority.priority, c.reserved_tokens);
   if (!permit.valid()) return std::nullopt;
   c.permit = std::move(permit);
   return Ok{};
@@ -16,9 +17,15 @@ boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
   const Nanos t0 = c.now();
   const auto span = tracing::start(c, "bellwether.queue");
   auto admitted = co_await unless_client_gone(
-      c, c.sh.admission->acquire(c.group->cfg->name, c.priority.priority));
+      c,
+      c.sh.admission->acquire(c.group->cfg->name, c.priority.priority,
+                              admission::AdmissionController::kConfiguredWait, c.reserved_tokens));
   c.queue_wait += c.now() - t0;
-  tracing::end(c, span, "concurrency");
+  if (admitted.reason != admission::WaitReason::kNone) c.wait_reason = admitted.reason;
+  tracing::end(c, span,
+               admission::wait_reason_name(admitted.reason == admission::WaitReason::kNone
+                                               ? admission::WaitReason::kConcurrency
+                                               : admitted.reason));
   if (admitted.ok()) {
     c.permit = std::move(admitted.permit);
     co_return Ok{};
@@ -30,7 +37,19 @@ boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
   } else if (admitted.refusal != admission::Refusal::kCancelled) {
     c.sh.metrics->shed.with({pr, admission::admission_error(admitted.refusal, 0).code}).inc();
   }
-  co_return admission::admission_error(admitted.refusal, admitted.retry_after_s);
+  Error e = admission::admission_error(admitted.refusal, admitted.retry_after_s);
+  const bool rate = admitted.reason == admission::WaitReason::kDeploymentRpm ||
+                    admitted.reason == admission::WaitReason::kDeploymentTpm;
+  if (rate && admitted.refusal == admission::Refusal::kTimedOut) {
+    // The providers' rate tier is the short resource: a rate limit, with the time the backlog
+    // ahead of this request needs to drain at that rate.
+    e = errors::make(errors::kUpstreamRateLimited,
+                     "Every deployment of '" + c.group->cfg->name +
+                         "' is at its provider's rate limit and the wait for capacity would "
+                         "exceed this priority's max_wait. Retry after the time in Retry-After.");
+    e.retry_after_s = admitted.retry_after_s;
+  }
+  co_return e;
 }
 
 }  // namespace bw::gateway

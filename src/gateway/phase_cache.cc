@@ -285,7 +285,8 @@ asio::awaitable<void> phase_cache::serve(Ctx& c) {
   // asked for it, as on a miss.
   h.add("content-type", "text/event-stream");
   h.add("cache-control", "no-cache");
-  if (!co_await c.w.begin_stream(200, h)) {
+  // The whole replay is at hand: the head, the events and the end leave in one write.
+  if (!co_await c.w.begin_stream_held(200, h)) {
     c.cancelled = true;
     co_return;
   }
@@ -295,11 +296,7 @@ asio::awaitable<void> phase_cache::serve(Ctx& c) {
                         : e.body;
   c.ttft = c.now() - c.start;
   c.bytes_out += out.size();
-  if (!co_await c.w.write_chunk(out)) {
-    c.cancelled = true;
-    co_return;
-  }
-  co_await c.w.end_stream();
+  if (!co_await c.w.end_stream_with(out)) c.cancelled = true;
 }
 
 void phase_cache::capture_body(Ctx& c, int status, std::string_view content_type,

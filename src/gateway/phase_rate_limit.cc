@@ -56,10 +56,42 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
   return Ok{};
 }
 
+namespace {
+
+// Time between two requests admitted by the enforced limit `name` (0 if unknown).
+Nanos limit_interval(const Ctx& c, std::string_view name) {
+  auto find = [&](const std::vector<limits::LimitSpec>* specs) -> const limits::LimitSpec* {
+    if (specs == nullptr) return nullptr;
+    for (const auto& s : *specs) {
+      if (s.name == name && s.unit == limits::Unit::kRequests) return &s;
+    }
+    return nullptr;
+  };
+  const limits::LimitSpec* s =
+      find(c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides);
+  if (s == nullptr && c.plan != nullptr) s = find(&c.plan->limits);
+  if (s == nullptr) s = find(&c.rt->config().limits);
+  if (s == nullptr) return 0;
+  const auto p = s->params();
+  return p.period / std::max<std::int64_t>(1, p.rate);
+}
+
+}  // namespace
+
 boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
   const auto& cfg = c.rt->config();
   const limits::RequestScope scope = limit_scope(c);
   const Nanos deadline = c.start + cfg.retry.deadline;
+  const Nanos entered = c.now();
+  const int prio = c.priority.priority;
+  // A key-limit wait is bounded by the priority's max_wait (and the request deadline).
+  const Nanos max_wait =
+      std::min(cfg.admission.queue.max_wait[static_cast<std::size_t>(prio)], deadline - entered);
+  // The key's turn at its limit: its waiters pass one at a time, in priority order; another
+  // key has its own turn and is never delayed by this one's burst.
+  admission::Permit turn;
+  bool turn_taken = false;
+  const std::string turn_group = "key:" + c.key->cfg->name;
   // With in-process limits, try_now already holds this request's first check in c.verdict.
   bool checked = !c.sh.limiter->remote();
   for (;;) {
@@ -78,15 +110,38 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
       co_return e;
     }
     note_verdict(c);
-    if (v.allowed) co_return Ok{};
-    const Nanos max_wait =
-        cfg.admission.queue.max_wait[static_cast<std::size_t>(c.priority.priority)];
-    if (v.wait_ok && v.retry_after_ns != limits::kNever && now + v.retry_after_ns < deadline &&
-        v.retry_after_ns <= max_wait) {
-      // The wait counts in the queue depth, and the overload policy may refuse it.
+    if (v.allowed) {
+      c.queue_wait += now - entered;
+      co_return Ok{};
+    }
+    const Nanos left = max_wait - (now - entered);
+    Nanos predicted = v.retry_after_ns;
+    if (v.wait_ok && v.retry_after_ns != limits::kNever && !turn_taken) {
+      // Those ahead in this key's turn pass first, one interval of the limit each.
+      predicted += static_cast<Nanos>(c.sh.admission->turn_ahead(turn_group, prio)) *
+                   limit_interval(c, v.limit_name);
+      if (predicted <= left) {
+        c.wait_reason = admission::WaitReason::kKeyLimit;
+        const auto span = tracing::start(c, "bellwether.rate_limit");
+        auto t = co_await unless_client_gone(
+            c, c.sh.admission->acquire_turn(turn_group, prio, std::max<Nanos>(1, left)));
+        tracing::end(c, span, "key_turn");
+        turn_taken = true;
+        if (t.ok()) {
+          turn = std::move(t.permit);  // empty when no turn is available: wait without one
+          continue;                    // check again: it is this request's turn now
+        }
+        if (t.refusal == admission::Refusal::kCancelled) {
+          co_return admission::admission_error(t.refusal, 0);
+        }
+        predicted = max_wait + limit_interval(c, v.limit_name);  // waited its whole bound
+      }
+    } else if (v.wait_ok && v.retry_after_ns != limits::kNever && v.retry_after_ns <= left) {
+      // This request's turn: wait for the limit itself. The wait counts in the queue depth, and
+      // the overload policy may refuse it.
       const auto span = tracing::start(c, "bellwether.rate_limit");
-      auto waited = co_await unless_client_gone(
-          c, c.sh.admission->wait_until(now + v.retry_after_ns, c.priority.priority));
+      auto waited =
+          co_await unless_client_gone(c, c.sh.admission->wait_until(now + v.retry_after_ns, prio));
       tracing::end(c, span, "key_limit");
       if (!waited.ok()) {
         auto e = admission::admission_error(waited.refusal, waited.retry_after_s);
@@ -94,14 +149,14 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
         e.type = "rate_limit_exceeded";
         co_return e;
       }
-      c.queue_wait += v.retry_after_ns;
       continue;
     }
+    c.queue_wait += now - entered;
     Error e = errors::make(errors::kRateLimited, "Rate limit reached for limit '" + v.limit_name +
                                                      "' of key '" + c.key->cfg->name +
                                                      "'. Retry after the time in Retry-After.");
     if (v.retry_after_ns != limits::kNever) {
-      e.retry_after_s = std::max(0.001, to_seconds(v.retry_after_ns));
+      e.retry_after_s = std::max(0.001, to_seconds(predicted));
     } else {
       e.message = "The request is larger than the limit '" + v.limit_name + "' can ever admit.";
     }

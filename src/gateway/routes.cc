@@ -29,24 +29,32 @@ std::string_view endpoint_label(std::string_view path) {
 
 namespace {
 
-std::string new_request_id() {
+// "req_" + 24 hex digits: the time in milliseconds (11 digits, most significant first) and 52
+// random bits. Ids that sort by time make the ledger's primary key grow at one end, so a group
+// commit writes a few B-tree pages instead of one random page per row.
+std::string new_request_id(std::int64_t unix_ms) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "req_";
-  auto a = rng(), b = rng();
-  for (int i = 0; i < 16; ++i) id.push_back(kHex[(a >> (i * 4)) & 0xf]);
-  for (int i = 0; i < 8; ++i) id.push_back(kHex[(b >> (i * 4)) & 0xf]);
+  std::string id(28, '0');
+  id[0] = 'r';
+  id[1] = 'e';
+  id[2] = 'q';
+  id[3] = '_';
+  const auto t = static_cast<std::uint64_t>(unix_ms);
+  for (int i = 0; i < 11; ++i) id[4 + i] = kHex[(t >> ((10 - i) * 4)) & 0xf];
+  const std::uint64_t r = rng();
+  for (int i = 0; i < 13; ++i) id[15 + i] = kHex[(r >> (i * 4)) & 0xf];
   return id;
 }
 
 // A client-supplied x-request-id is kept if it is short and printable; else one is generated.
-std::string request_id_for(const Request& req) {
+std::string request_id_for(const Request& req, std::int64_t unix_ms) {
   auto id = req.header("x-request-id");
   if (!id.empty() && id.size() <= 128 &&
       std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
     return std::string(id);
   }
-  return new_request_id();
+  return new_request_id(unix_ms);
 }
 
 asio::awaitable<void> readyz(Ctx& c) {
@@ -131,7 +139,7 @@ asio::awaitable<void> console(Ctx& c, bool admin_listener) {
     co_return co_await reply_error(
         c, errors::make(errors::kUnknownUrl, "The console is on the admin listener (/ui/)."));
   }
-  auto r = handle_console(c.sh, *c.rt, c.req);
+  auto r = handle_console(c.sh, *c.rt, c.req, c.client_ip);
   co_await send_response(c, std::move(r));
 }
 
@@ -192,7 +200,7 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                      bool admin_listener) {
   Ctx c{sh, sh.runtime->load(), req, w};
   c.start = c.now();
-  c.request_id = request_id_for(req);
+  c.request_id = request_id_for(req, sh.clock.unix_millis());
   // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
   // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
   const auto& cfg = c.rt->config();
@@ -222,6 +230,42 @@ std::string render_metrics(Shared& sh) {
       m.queue_depth.with({admission::kPriorityLabels[p]}).set(static_cast<double>(snap.depth[p]));
     }
     m.in_flight.get().set(static_cast<double>(sh.admission->in_flight()));
+    for (int r = 1; r < admission::kNumWaitReasons; ++r) {
+      const auto reason = admission::kWaitReasonNames[static_cast<std::size_t>(r)];
+      m.queue_waiting.with({reason}).set(static_cast<double>(snap.waiting_by_reason[r]));
+      // Counters only move forward: add the difference since the last scrape (scrapes may run
+      // on two workers at once, hence the lock).
+      static std::mutex mu;
+      std::lock_guard lock(mu);
+      for (std::size_t p = 0; p < 3; ++p) {
+        auto& w = m.admission_waits.with({admission::kPriorityLabels[p], reason});
+        if (snap.waits_by_reason[r][p] > w.units()) w.add(snap.waits_by_reason[r][p] - w.units());
+        auto& f = m.admission_refusals.with({admission::kPriorityLabels[p], reason});
+        if (snap.refusals_by_reason[r][p] > f.units()) {
+          f.add(snap.refusals_by_reason[r][p] - f.units());
+        }
+      }
+    }
+    for (const auto& d : snap.deployments) {
+      const std::string_view id = d.deployment;
+      m.deployment_limit.with({id, "requests", "configured"})
+          .set(static_cast<double>(d.configured_rpm));
+      m.deployment_limit.with({id, "tokens", "configured"})
+          .set(static_cast<double>(d.configured_tpm));
+      m.deployment_limit.with({id, "requests", "learned"})
+          .set(d.learned_fresh ? static_cast<double>(d.effective_rpm) : 0);
+      m.deployment_limit.with({id, "tokens", "learned"})
+          .set(d.learned_fresh ? static_cast<double>(d.effective_tpm) : 0);
+      m.deployment_limit.with({id, "requests", "in_force"})
+          .set(static_cast<double>(d.effective_rpm));
+      m.deployment_limit.with({id, "tokens", "in_force"}).set(static_cast<double>(d.effective_tpm));
+      m.deployment_remaining.with({id, "requests"}).set(static_cast<double>(d.remaining_requests));
+      m.deployment_remaining.with({id, "tokens"}).set(static_cast<double>(d.remaining_tokens));
+      m.deployment_binding.with({id, "deployment_rpm"})
+          .set(d.binding == admission::WaitReason::kDeploymentRpm ? 1 : 0);
+      m.deployment_binding.with({id, "deployment_tpm"})
+          .set(d.binding == admission::WaitReason::kDeploymentTpm ? 1 : 0);
+    }
   }
   for (const auto& d : sh.router.status(now)) {
     const double v =

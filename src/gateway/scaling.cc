@@ -112,6 +112,10 @@ telemetry::CapacityPlan ScalingState::tick(Shared& sh, Nanos now, int gateway_re
   std::vector<telemetry::DeploymentSignals> deps;
   auto rt = sh.runtime->load();
   const auto status = sh.router.status(now);
+  // The admission queue paces each deployment's RPM/TPM (the router no longer counts them), so
+  // it is the one that knows the limits in force and whether a provider's tier binds now.
+  admission::AdmissionController::BindingState rate;
+  if (sh.admission) rate = sh.admission->binding_state();
   {
     std::shared_lock lock(mu_);
     for (const auto& g : rt->config().model_groups) {
@@ -120,9 +124,8 @@ telemetry::CapacityPlan ScalingState::tick(Shared& sh, Nanos now, int gateway_re
       if (auto it = groups_.find(g.name); it != groups_.end()) {
         gs.arrivals_total = it->second->requests.load(std::memory_order_relaxed);
       }
-      // Waiters for the group's concurrency slots. What they wait for (a provider's RPM/TPM, a
-      // key's limit) is inferred by the planner from the deployments' state; an admission layer
-      // that knows the wait reason per group or deployment sets waiting_on here instead.
+      // Waiters of the group. What they wait for (a provider's RPM/TPM) is set per deployment
+      // below from the admission queue's rate state.
       gs.backlog = sh.admission ? static_cast<double>(sh.admission->queued(g.name)) : 0;
       groups.push_back(std::move(gs));
       for (const auto& d : g.deployments) {
@@ -144,6 +147,29 @@ telemetry::CapacityPlan ScalingState::tick(Shared& sh, Nanos now, int gateway_re
           ds.rpm_used = s.rpm_used;
           ds.tpm_used = s.tpm_used;
           ds.cooling = s.cooldown_remaining_s > 0;
+        }
+        for (const auto& r : rate.deployments) {
+          if (r.group != g.name || r.deployment != d.id) continue;
+          // The limits in force (learned from the provider while fresh) and their use.
+          if (r.effective_rpm > 0) {
+            ds.rpm_limit = r.effective_rpm;
+            if (r.remaining_requests >= 0) {
+              ds.rpm_used =
+                  std::max<std::int64_t>(ds.rpm_used, r.effective_rpm - r.remaining_requests);
+            }
+          }
+          if (r.effective_tpm > 0) {
+            ds.tpm_limit = r.effective_tpm;
+            if (r.remaining_tokens >= 0) {
+              ds.tpm_used =
+                  std::max<std::int64_t>(ds.tpm_used, r.effective_tpm - r.remaining_tokens);
+            }
+          }
+          if (r.blocked_s > 0) ds.cooling = true;
+          if (r.binding == admission::WaitReason::kDeploymentRpm ||
+              r.binding == admission::WaitReason::kDeploymentTpm) {
+            ds.waiting_on = telemetry::Constraint::kProviderQuota;
+          }
         }
         deps.push_back(std::move(ds));
       }

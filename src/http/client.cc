@@ -2,6 +2,7 @@
 
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
@@ -87,7 +88,9 @@ struct UpstreamResponse::Impl {
     co_return co_await asio::async_write(*plain, b, kNoThrow);
   }
   asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some_bytes() {
-    auto mb = buffer.prepare(beast::read_size(buffer, 64 * 1024));
+    // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which
+    // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
+    auto mb = buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
     if (tls) co_return co_await tls->async_read_some(mb, kNoThrow);
     co_return co_await plain->async_read_some(mb, kNoThrow);
   }
@@ -107,10 +110,11 @@ struct UpstreamResponse::Impl {
         buffer.consume(used);
         if (ec && ec != bhttp::error::need_more) co_return ec;
         if (finished()) co_return beast::error_code{};
-        // Without eager parsing one put is one step (e.g. one chunk): give the caller the
-        // piece before reading more.
-        if (until == Until::kPiece && !piece.empty()) co_return beast::error_code{};
+        // Without eager parsing one put is one step (e.g. one chunk): the chunks already read
+        // go into the same piece (one read of the socket, one piece for the caller), but no
+        // more is read once the piece has bytes.
         if (!ec && used > 0 && buffer.size() > 0) continue;
+        if (until == Until::kPiece && !piece.empty()) co_return beast::error_code{};
       }
       if (finished()) co_return beast::error_code{};
       auto [ec, n] = co_await read_some_bytes();
@@ -323,6 +327,21 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   if (im.parser->is_done()) im.done = true;
   if (im.piece.empty()) im.done = true;
   co_return std::string_view(im.piece);
+}
+
+bool UpstreamResponse::body_at_hand() const {
+  const auto& im = *impl_;
+  if (im.canned) return im.canned_next < im.canned->pieces.size() || !im.canned->fail_after.empty();
+  return im.done || im.failed || im.parser->is_done() || im.buffer.size() > 0;
+}
+
+bool UpstreamResponse::complete() const {
+  const auto& im = *impl_;
+  if (im.canned) {
+    return !im.failed && im.canned_next >= im.canned->pieces.size() &&
+           im.canned->fail_after.empty();
+  }
+  return !im.failed && (im.done || im.parser->is_done());
 }
 
 asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limit) {

@@ -87,9 +87,15 @@ class UpstreamResponse {
   // The first Content-Type / Retry-After value, found while parsing (no header scan).
   std::string_view content_type() const;
   std::string_view retry_after() const;
-  // The next piece of the (de-chunked) body; an empty view means the body is complete. The view
-  // is valid until the next call.
+  // The next piece of the (de-chunked) body: everything one read of the socket delivered (all
+  // the chunks in it), without waiting for more; an empty view means the body is complete. The
+  // view is valid until the next call.
   boost::asio::awaitable<Result<std::string_view>> read_some();
+  // Whether the next read_some() can answer without waiting for the upstream (body bytes, its
+  // end or an error are already in hand).
+  bool body_at_hand() const;
+  // Whether the whole body has been read: the next read_some() returns the empty view.
+  bool complete() const;
   // The whole body, refused past `limit` bytes.
   boost::asio::awaitable<Result<std::string>> read_all(std::size_t limit);
   // Drops the connection now (e.g. the client went away): the upstream sees the request cancelled.

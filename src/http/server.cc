@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <boost/asio/as_tuple.hpp>
@@ -221,6 +222,7 @@ class Session final : public ResponseWriter {
       started_ = false;
       finished_ = false;
       broken_ = false;
+      head_held_ = false;
 
       server_.in_flight_.fetch_add(1);
       co_await server_.handler_(req_, *this);
@@ -271,20 +273,46 @@ class Session final : public ResponseWriter {
     co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
   }
 
+  asio::awaitable<bool> begin_stream_held(int status, const Headers& headers) override {
+    if (head_only_) co_return co_await begin_stream(status, headers);
+    started_ = true;
+    out_.clear();
+    wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
+                               response_keep_alive());
+    head_held_ = true;
+    co_return !broken_;
+  }
+
   asio::awaitable<bool> write_chunk(std::string_view data) override {
     if (broken_) co_return false;
     if (data.empty() || head_only_) co_return true;  // an empty chunk would end the body
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
-    co_return co_await write(std::array<asio::const_buffer, 3>{
-        asio::buffer(head, n), asio::buffer(data.data(), data.size()), asio::buffer("\r\n", 2)});
+    co_return co_await write(std::array<asio::const_buffer, 4>{
+        held_head(), asio::buffer(head, n), asio::buffer(data.data(), data.size()),
+        asio::buffer("\r\n", 2)});
   }
 
   asio::awaitable<bool> end_stream() override {
     finished_ = true;
     if (broken_) co_return false;
     if (head_only_) co_return true;
-    co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer("0\r\n\r\n", 5)});
+    co_return co_await write(
+        std::array<asio::const_buffer, 2>{held_head(), asio::buffer("0\r\n\r\n", 5)});
+  }
+
+  asio::awaitable<bool> end_stream_with(std::string_view data) override {
+    if (broken_) {
+      finished_ = true;
+      co_return false;
+    }
+    if (data.empty() || head_only_) co_return co_await end_stream();
+    finished_ = true;
+    char head[20];
+    const std::size_t n = wire::chunk_header(head, data.size());
+    co_return co_await write(std::array<asio::const_buffer, 4>{
+        held_head(), asio::buffer(head, n), asio::buffer(data.data(), data.size()),
+        asio::buffer("\r\n0\r\n\r\n", 7)});
   }
 
   void watch_disconnect(std::function<void()> on_gone) override {
@@ -312,10 +340,20 @@ class Session final : public ResponseWriter {
 
  private:
   static constexpr std::size_t kInlineBody = 16 * 1024;
+  // The least a read of the client offers (read_size alone offers 512 bytes to an empty buffer:
+  // three reads for a 1 KiB request). Kept per connection, so it bounds idle memory too.
+  static constexpr std::size_t kReadBytes = 4 * 1024;
   static constexpr Nanos kWatchAfter = 20 * kNanosPerMilli;
   static constexpr std::size_t kKeepBytes = 256 * 1024;
 
   bool response_keep_alive() const { return keep_alive_ && !server_.draining_.load(); }
+
+  // The head that begin_stream_held kept back, once (an empty buffer when there is none).
+  asio::const_buffer held_head() {
+    if (!head_held_) return asio::const_buffer();
+    head_held_ = false;
+    return asio::buffer(out_);
+  }
 
   // Disconnect watch: a readiness wait on the client socket while the handler runs. Its state
   // is shared with the wait's completion handler, which may run after the session is gone; the
@@ -380,7 +418,8 @@ class Session final : public ResponseWriter {
         if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
       auto [ec, n] = co_await socket_.async_read_some(
-          buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), kNoThrow);
+          buffer_.prepare(std::max<std::size_t>(beast::read_size(buffer_, 64 * 1024), kReadBytes)),
+          kNoThrow);
       if (deadline_.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
@@ -480,6 +519,7 @@ class Session final : public ResponseWriter {
   bool keep_alive_ = true;
   bool started_ = false;
   bool finished_ = false;
+  bool head_held_ = false;  // begin_stream_held's head waits in out_ for the first write
   bool broken_ = false;
 };
 

@@ -63,6 +63,16 @@ class ResponseWriter {
   virtual boost::asio::awaitable<bool> begin_stream(int status, const Headers& headers) = 0;
   virtual boost::asio::awaitable<bool> write_chunk(std::string_view data) = 0;
   virtual boost::asio::awaitable<bool> end_stream() = 0;
+  // begin_stream whose head may wait for the first write_chunk (or end_stream), so that both
+  // leave in one write. For a caller that has that chunk at hand: the head is not delayed.
+  virtual boost::asio::awaitable<bool> begin_stream_held(int status, const Headers& headers) {
+    co_return co_await begin_stream(status, headers);
+  }
+  // The last chunk and the end of the body (one write where the writer can).
+  virtual boost::asio::awaitable<bool> end_stream_with(std::string_view data) {
+    if (!co_await write_chunk(data)) co_return false;
+    co_return co_await end_stream();
+  }
   // True once any byte of the response has been written.
   virtual bool started() const = 0;
   // Ask to close the connection after this response.

@@ -1,5 +1,7 @@
 #include "http/sse.h"
 
+#include <cstring>
+
 namespace bw::http {
 
 bool SseSplitter::feed(std::string_view bytes) {
@@ -9,17 +11,9 @@ bool SseSplitter::feed(std::string_view bytes) {
 
 bool SseSplitter::next(std::string_view& event) {
   std::string_view rest = std::string_view(buf_).substr(pos_);
-  std::size_t end = std::string_view::npos;
-  std::size_t lf = rest.find("\n\n");
-  std::size_t crlf = rest.find("\r\n\r\n");
-  if (lf != std::string_view::npos) end = lf + 2;
-  if (crlf != std::string_view::npos &&
-      crlf + 4 < (end == std::string_view::npos ? ~0ul : end + 2)) {
-    if (end == std::string_view::npos || crlf < lf) end = crlf + 4;
-  }
-  if (end == std::string_view::npos) return false;
-  event = rest.substr(0, end);
-  pos_ += end;
+  const std::size_t before = rest.size();
+  if (!next_event(rest, event)) return false;
+  pos_ += before - rest.size();
   return true;
 }
 
@@ -27,6 +21,48 @@ void SseSplitter::compact() {
   if (pos_ == 0) return;
   buf_.erase(0, pos_);
   pos_ = 0;
+}
+
+std::string_view SseSplitter::window(std::string_view bytes) {
+  compact();
+  if (buf_.empty()) return bytes;
+  buf_.append(bytes);
+  return buf_;
+}
+
+bool SseSplitter::keep(std::string_view window, std::size_t consumed) {
+  pos_ = 0;
+  if (!buf_.empty() && window.data() == buf_.data()) {
+    buf_.erase(0, consumed);
+  } else {
+    buf_.assign(window.substr(consumed));
+  }
+  return buf_.size() <= max_;
+}
+
+bool next_event(std::string_view& rest, std::string_view& event) {
+  // One pass: the first blank line, "\n\n" or "\r\n\r\n", whichever ends first.
+  const char* p = rest.data();
+  const std::size_t n = rest.size();
+  std::size_t i = 0;
+  while (i + 1 < n) {
+    const void* hit = std::memchr(p + i, '\n', n - i - 1);
+    if (!hit) break;
+    i = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
+    std::size_t end = 0;
+    if (p[i + 1] == '\n') {
+      end = i + 2;
+    } else if (i >= 1 && p[i - 1] == '\r' && p[i + 1] == '\r' && i + 2 < n && p[i + 2] == '\n') {
+      end = i + 3;
+    }
+    if (end != 0) {
+      event = rest.substr(0, end);
+      rest.remove_prefix(end);
+      return true;
+    }
+    ++i;
+  }
+  return false;
 }
 
 std::string_view sse_data(std::string_view event, std::string& scratch) {

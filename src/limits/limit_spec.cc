@@ -44,6 +44,10 @@ Plan make_plan(std::string name, std::optional<std::int64_t> daily, std::int64_t
   p.limits = {make("rps", Unit::kRequests, rps, Period::kSecond, rps_burst),
               make("rpm", Unit::kRequests, rpm, Period::kMinute, rpm / 4),
               make("tpm", Unit::kTokens, tpm, Period::kMinute, 0)};
+  // A burst over a request rate is held and let through at the plan's rate, in priority order,
+  // for as long as the priority's max_wait allows; the token rate and daily quota refuse.
+  p.limits[0].on_exceed = OnExceed::kWait;
+  p.limits[1].on_exceed = OnExceed::kWait;
   p.allowed_models = std::move(models);
   p.default_priority = default_priority;
   p.max_priority = max_priority;

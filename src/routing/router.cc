@@ -422,8 +422,27 @@ RequestPlan::RequestPlan(Router* router, std::shared_ptr<const RouterSnapshot> s
   }
 }
 
+void RequestPlan::pin_first(std::string_view id) {
+  pinned_ = -1;
+  if (const GroupState* g = snap_->find(planner_.model())) {
+    for (std::size_t i = 0; i < g->cfg.deployments.size() && i < 64; ++i) {
+      if (g->cfg.deployments[i].id == id) pinned_ = static_cast<int>(i);
+    }
+  }
+}
+
 RequestPlan::Step RequestPlan::next(Nanos now, Rng& rng) {
   Step step;
+  if (pinned_ >= 0) {
+    const std::uint64_t only = ~(std::uint64_t{1} << pinned_) | planner_.exclude_mask();
+    pinned_ = -1;
+    PickResult r = router_->pick(snap_, planner_.model(), now, only, rng);
+    if (r.ticket) {
+      ++st_.attempts;
+      step.ticket = std::move(r.ticket);
+      return step;
+    }
+  }
   // Each iteration either returns or enters a model not visited before (or clears the exclusions
   // once), so the loop is bounded by the number of groups.
   for (std::size_t guard = 0; guard <= 2 * snap_->groups.size() + 2; ++guard) {

@@ -181,6 +181,10 @@ class RequestPlan {
   // move to a larger model).
   RetryDecision finish(Ticket& t, const Outcome& o, Nanos now, bool response_started, Rng& rng);
 
+  // The first attempt goes to deployment `id` of the requested model if it can take it (the
+  // admission queue reserved that deployment's rate capacity for this request).
+  void pin_first(std::string_view id);
+
   const std::string& model() const { return planner_.model(); }
   const std::vector<std::string>& visited() const { return planner_.visited(); }
   int attempts() const { return st_.attempts; }
@@ -199,6 +203,7 @@ class RequestPlan {
   AttemptPlanner planner_;
   AttemptState st_;
   RetryBudget* budget_ = nullptr;
+  int pinned_ = -1;  // deployment index for the first pick; -1 = none
 };
 
 }  // namespace bw::routing

@@ -5,8 +5,9 @@
 // Durability: with journal_mode=WAL, synchronous=FULL syncs the WAL at every commit, so a record
 // whose callback reported ok survives kill -9 AND power loss. synchronous=NORMAL only syncs at
 // checkpoints: it survives a process crash (the OS holds the pages) but a power cut can drop the
-// last commits, i.e. a forwarded request's reservation — so FULL is the default. Group commit is
-// what makes FULL affordable: the fsync cost is shared by the whole batch.
+// last commits, i.e. a forwarded request's reservation. The gateway picks one from
+// `ledger.durability` (process = NORMAL, its default; machine = FULL). Group commit shares the
+// fsync of FULL among the whole batch.
 #include <memory>
 #include <mutex>
 #include <string>

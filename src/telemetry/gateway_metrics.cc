@@ -135,6 +135,29 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                   "CPU used by this gateway, as a share of scaler.gateway.cpu_cores_per_replica.")),
       gateway_connections(
           r.gauge("bellwether_gateway_connections", "Open client connections of this gateway.")),
+      queue_waiting(r.gauge("bellwether_queue_waiting",
+                            "Requests waiting now, by the resource they wait for.", {"reason"},
+                            o.max_children_per_family)),
+      admission_waits(r.counter("bellwether_admission_waits_total",
+                                "Requests that waited and were then admitted, by priority and "
+                                "by the resource they waited for.",
+                                {"priority", "reason"}, 1.0, o.max_children_per_family)),
+      admission_refusals(r.counter("bellwether_admission_refusals_total",
+                                   "Requests refused by admission, by priority and by the "
+                                   "resource that was short.",
+                                   {"priority", "reason"}, 1.0, o.max_children_per_family)),
+      deployment_limit(r.gauge("bellwether_deployment_rate_limit",
+                               "A deployment's provider rate limit per minute: configured, "
+                               "learned from its headers, and the one in force.",
+                               {"deployment", "kind", "source"}, o.max_children_per_family)),
+      deployment_remaining(r.gauge("bellwether_deployment_rate_remaining",
+                                   "A deployment's remaining requests/tokens in its window "
+                                   "(-1 = unlimited).",
+                                   {"deployment", "kind"}, o.max_children_per_family)),
+      deployment_binding(r.gauge("bellwether_deployment_rate_binding",
+                                 "1 while the deployment's request (deployment_rpm) or token "
+                                 "(deployment_tpm) rate is what blocks it.",
+                                 {"deployment", "reason"}, o.max_children_per_family)),
       http_rejections(r.counter("bellwether_http_rejections_total",
                                 "Requests refused at the HTTP framing level, by reason.",
                                 {"reason"}, 1.0, o.max_children_per_family)),

@@ -63,8 +63,16 @@ struct GatewayMetrics {
   GaugeFamily& gateway_cpu_per_request;  // no labels; seconds
   GaugeFamily& gateway_cpu_utilization;  // no labels; of the configured cores
   GaugeFamily& gateway_connections;      // no labels
-  CounterFamily& http_rejections;        // {reason}; refused at the HTTP framing level
-  CounterFamily& usage_missing;          // {model}; successes without usage, charged an estimate
+  // The admission queue's rate capacity (see docs/priority-queue.md):
+  GaugeFamily& queue_waiting;         // {reason}: waiting now, by what they wait for
+  CounterFamily& admission_waits;     // {priority,reason}: waited, then admitted
+  CounterFamily& admission_refusals;  // {priority,reason}: refused (after or instead of a wait)
+  GaugeFamily& deployment_limit;      // {deployment,kind,source}; kind requests|tokens,
+                                      // source configured|learned|in_force; per minute
+  GaugeFamily& deployment_remaining;  // {deployment,kind}: remaining in the provider's window
+  GaugeFamily& deployment_binding;    // {deployment,reason}: 1 while that rate binds
+  CounterFamily& http_rejections;     // {reason}; refused at the HTTP framing level
+  CounterFamily& usage_missing;       // {model}; successes without usage, charged an estimate
 
   static constexpr double kBreakerClosed = 0;
   static constexpr double kBreakerHalfOpen = 1;

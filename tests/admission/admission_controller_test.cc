@@ -352,13 +352,20 @@ TEST(AdmissionController, MetricsJsonHasTheDocumentedShape) {
   ac.configure_group("gpt-4.1", fixed(7));
   asio::io_context io;
   auto p = start(io, ac, "gpt-4.1", 0);
-  EXPECT_EQ(ac.metrics_json(),
-            R"({"queue_depth":0,"depth_by_priority":{"p0":0,"p1":0,"p2":0},"in_flight":1,)"
-            R"("throughput_rpm":0,"wait_ms":{"p0":{"p50":0,"p95":0,"p99":0},)"
-            R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":0,"p95":0,"p99":0}},)"
-            R"("shed":{"p0":0,"p1":0,"p2":0},"timed_out":{"p0":0,"p1":0,"p2":0},)"
-            R"("cancelled":{"p0":0,"p1":0,"p2":0},)"
-            R"("estimated_drain_seconds":0,"concurrency_limits":{"gpt-4.1":7}})");
+  EXPECT_EQ(
+      ac.metrics_json(),
+      R"({"queue_depth":0,"depth_by_priority":{"p0":0,"p1":0,"p2":0},"in_flight":1,)"
+      R"("throughput_rpm":0,"wait_ms":{"p0":{"p50":0,"p95":0,"p99":0},)"
+      R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":0,"p95":0,"p99":0}},)"
+      R"("shed":{"p0":0,"p1":0,"p2":0},"timed_out":{"p0":0,"p1":0,"p2":0},)"
+      R"("cancelled":{"p0":0,"p1":0,"p2":0},)"
+      R"("estimated_drain_seconds":0,"concurrency_limits":{"gpt-4.1":7},)"
+      R"("waiting_by_reason":{"concurrency":0,"deployment_rpm":0,"deployment_tpm":0,"key_limit":0},)"
+      R"("waits_by_reason":{"concurrency":{"p0":0,"p1":0,"p2":0},"deployment_rpm":{"p0":0,"p1":0,"p2":0},)"
+      R"("deployment_tpm":{"p0":0,"p1":0,"p2":0},"key_limit":{"p0":0,"p1":0,"p2":0}},)"
+      R"("refusals_by_reason":{"concurrency":{"p0":0,"p1":0,"p2":0},"deployment_rpm":{"p0":0,"p1":0,"p2":0},)"
+      R"("deployment_tpm":{"p0":0,"p1":0,"p2":0},"key_limit":{"p0":0,"p1":0,"p2":0}},)"
+      R"("deployments":[]})");
 }
 
 // The worked example of docs/priority-queue.md: limit 4, queue of 12, 20 arrivals at once.

@@ -104,13 +104,20 @@ TEST(QueueMetricsJson, RendersExactFields) {
   s.cancelled = {0, 3, 0};
   s.estimated_drain_seconds = 3.0;
   s.concurrency_limits = {{"gpt-4.1", 32}, {"we\"ird", 4}};
-  EXPECT_EQ(render_queue_metrics_json(s),
-            R"({"queue_depth":6,"depth_by_priority":{"p0":1,"p1":2,"p2":3},"in_flight":4,)"
-            R"("throughput_rpm":120,"wait_ms":{"p0":{"p50":1.5,"p95":2.25,"p99":3.125},)"
-            R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":1000,"p95":2000,"p99":4000}},)"
-            R"("shed":{"p0":0,"p1":1,"p2":7},"timed_out":{"p0":0,"p1":0,"p2":2},)"
-            R"("cancelled":{"p0":0,"p1":3,"p2":0},)"
-            R"("estimated_drain_seconds":3,"concurrency_limits":{"gpt-4.1":32,"we\"ird":4}})");
+  EXPECT_EQ(
+      render_queue_metrics_json(s),
+      R"({"queue_depth":6,"depth_by_priority":{"p0":1,"p1":2,"p2":3},"in_flight":4,)"
+      R"("throughput_rpm":120,"wait_ms":{"p0":{"p50":1.5,"p95":2.25,"p99":3.125},)"
+      R"("p1":{"p50":0,"p95":0,"p99":0},"p2":{"p50":1000,"p95":2000,"p99":4000}},)"
+      R"("shed":{"p0":0,"p1":1,"p2":7},"timed_out":{"p0":0,"p1":0,"p2":2},)"
+      R"("cancelled":{"p0":0,"p1":3,"p2":0},)"
+      R"("estimated_drain_seconds":3,"concurrency_limits":{"gpt-4.1":32,"we\"ird":4},)"
+      R"("waiting_by_reason":{"concurrency":0,"deployment_rpm":0,"deployment_tpm":0,"key_limit":0},)"
+      R"("waits_by_reason":{"concurrency":{"p0":0,"p1":0,"p2":0},"deployment_rpm":{"p0":0,"p1":0,"p2":0},)"
+      R"("deployment_tpm":{"p0":0,"p1":0,"p2":0},"key_limit":{"p0":0,"p1":0,"p2":0}},)"
+      R"("refusals_by_reason":{"concurrency":{"p0":0,"p1":0,"p2":0},"deployment_rpm":{"p0":0,"p1":0,"p2":0},)"
+      R"("deployment_tpm":{"p0":0,"p1":0,"p2":0},"key_limit":{"p0":0,"p1":0,"p2":0}},)"
+      R"("deployments":[]})");
   s.estimated_drain_seconds.reset();
   const std::string body = render_queue_metrics_json(s);
   EXPECT_NE(body.find(R"("estimated_drain_seconds":null)"), std::string::npos) << body;

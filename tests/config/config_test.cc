@@ -158,6 +158,19 @@ TEST(ConfigCostGuard, NamesTheKey) {
 
 TEST(ConfigLedger, NamesTheKey) {
   expect_error_at("ledger:\n  path: a.db\n  postgres: postgresql://x\n", 2, "ledger");
+  expect_error_at("ledger:\n  path: a.db\n  durability: disk\n", 3, "ledger.durability");
+}
+
+TEST(ConfigLedger, DurabilityIsProcessUnlessMachineIsAsked) {
+  auto r = load_string(std::string(kBase) + "ledger: {path: a.db}\n", "t.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_FALSE((*r)->ledger_sync_machine);
+  r = load_string(std::string(kBase) + "ledger: {path: a.db, durability: machine}\n", "t.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_TRUE((*r)->ledger_sync_machine);
+  r = load_string(std::string(kBase) + "ledger: {path: a.db, durability: process}\n", "t.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_FALSE((*r)->ledger_sync_machine);
 }
 
 TEST(ConfigScaler, NamesTheKey) {

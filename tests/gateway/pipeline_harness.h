@@ -34,6 +34,7 @@ struct Recorded {
   std::string body;
   bool streamed = false;
   bool ended = false;
+  std::vector<std::string> writes;  // each write of a stream's body (a chunk, or the last one)
   std::string header(std::string_view name) const { return std::string(headers.get(name)); }
 };
 
@@ -56,6 +57,13 @@ class RecordingWriter final : public http::ResponseWriter {
   }
   asio::awaitable<bool> write_chunk(std::string_view data) override {
     out_.body.append(data);
+    out_.writes.emplace_back(data);
+    co_return true;
+  }
+  asio::awaitable<bool> end_stream_with(std::string_view data) override {
+    out_.body.append(data);
+    out_.writes.emplace_back(data);
+    out_.ended = true;
     co_return true;
   }
   asio::awaitable<bool> end_stream() override {

@@ -165,6 +165,30 @@ TEST(Pipeline, BudgetIsReleasedOnEveryExitPath) {
   EXPECT_TRUE(has(log[2], R"("error":"upstream_reset")")) << log[2];
 }
 
+// The events of one upstream read leave in one write, passed through byte for byte (the usage
+// chunk the client did not ask for is held back); an event that arrives alone is written at once,
+// on its own.
+TEST(Pipeline, StreamWritesEachReadsEventsTogetherAndALoneEventAtOnce) {
+  Pipeline p(kBase);
+  const std::string role = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+  const std::string a = "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n";
+  const std::string b = "data: {\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\r\n\r\n";
+  const std::string usage =
+      "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+  const std::string done = "data: [DONE]\n\n";
+  p.upstream->answers = {[&](const Seen&) {
+    // Three reads: one event alone, four events and half of the next, the rest.
+    return FakeUpstream::stream({role, a + b + usage + done.substr(0, 7), done.substr(7)});
+  }};
+  auto r = p.chat("m", {{"authorization", bearer(kKey)}}, true);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.ended);
+  EXPECT_EQ(r.writes, (std::vector<std::string>{role, a + b, done})) << r.body;
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
+}
+
 TEST(Pipeline, FinishRunsWhenTheUpstreamThrows) {
   Pipeline p(kBase);
   p.upstream->throw_next = true;

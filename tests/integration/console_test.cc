@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include "harness.h"
@@ -174,6 +175,24 @@ TEST(Console, LoginRefusesWrongKeyAndSetsStrictCookie) {
   EXPECT_EQ(out.status, 200) << out.body;
   EXPECT_NE(out.header("set-cookie").find("Max-Age=0"), std::string::npos);
   EXPECT_EQ(request(e.ui_port(), "GET", "/ui/api/live", "", {{"Cookie", cookie}}).status, 401);
+}
+
+TEST(Console, WrongKeysFromOneAddressAreThrottled) {
+  Env e = start(true);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(post_login(e, "wrong-key-guess").status, 401) << i;
+  // The sixth guess within the minute is refused without being checked, and so is the right key
+  // from that address until the minute that began with the first failure is over.
+  for (const char* key : {"wrong-key-guess", kAdminKey}) {
+    auto r = post_login(e, key);
+    EXPECT_EQ(r.status, 429) << key;
+    EXPECT_TRUE(r.header("set-cookie").empty());
+    EXPECT_NE(r.body.find("Too many wrong keys"), std::string::npos) << r.body;
+    const int ra = std::atoi(r.header("retry-after").c_str());
+    EXPECT_GE(ra, 1) << r.header("retry-after");
+    EXPECT_LE(ra, 60) << r.header("retry-after");
+  }
+  // The login page itself still loads.
+  EXPECT_EQ(request(e.ui_port(), "GET", "/ui/login").status, 200);
 }
 
 TEST(Console, SecureCookieBehindTlsAndShortLifetime) {

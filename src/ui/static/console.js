@@ -40,9 +40,11 @@ function table(headers, rows, opts) {
     el("thead", {}, el("tr", {}, headers.map((h, i) => el("th", { scope: "col", class: numeric.includes(i) ? "n" : null }, h)))),
     el("tbody", {}, rows.map(r => el("tr", {}, r.map((c, i) => el("td", { class: numeric.includes(i) ? "n" : null }, c))))));
 }
-function bar(ratio, label) {
+// A bar of a used share (full = bad), or with `remaining` of what is left (empty = bad).
+function bar(ratio, label, remaining) {
   const r = Math.max(0, Math.min(1, ratio || 0));
-  const cls = r >= 0.95 ? "bar bad" : r >= 0.8 ? "bar warn" : "bar";
+  const used = remaining ? 1 - r : r;
+  const cls = used >= 0.95 ? "bar bad" : used >= 0.8 ? "bar warn" : "bar";
   return el("div", { class: cls, role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
     "aria-valuenow": String(Math.round(r * 100)), "aria-label": label },
     el("span", { style: null }, ""));
@@ -220,7 +222,7 @@ function renderLive() {
   fill("capacity", deps.length ? table(["deployment", "group", "breaker", "in flight", "RPM used / limit", "remaining", "TPM used / limit"],
     deps.map(d => [d.id, d.group, el("span", { class: "badge " + d.state }, d.state), fmt(d.in_flight, 0),
       d.rpm_limit ? `${fmt(d.rpm_used, 0)} / ${fmt(d.rpm_limit, 0)}` : `${fmt(d.rpm_used, 0)} / no limit`,
-      d.rpm_limit ? el("div", {}, bar(1 - d.rpm_used / d.rpm_limit, "remaining capacity of " + d.id), fmt(Math.max(0, d.rpm_limit - d.rpm_used), 0) + " rpm") : "unbounded",
+      d.rpm_limit ? el("div", {}, bar(1 - d.rpm_used / d.rpm_limit, "remaining capacity of " + d.id, true), fmt(Math.max(0, d.rpm_limit - d.rpm_used), 0) + " rpm") : "unbounded",
       d.tpm_limit ? `${fmt(d.tpm_used, 0)} / ${fmt(d.tpm_limit, 0)}` : `${fmt(d.tpm_used, 0)} / no limit`]), { numeric: [3] })
     : el("p", { class: "muted" }, "No deployments configured."));
   sizeBars($("capacity"));

@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# The isolated proxy benchmark: the server under test runs alone on cpu0 with one worker
+# (taskset -c 0; Bellwether `workers: 1`, nginx `worker_processes 1`). wrk (-t2) and a
+# fixed-answer upstream (nginx `return 200`: an ~820-byte chat.completion, or a 6-event SSE
+# stream) share cpu1. nginx is the reference in the same run. Every target is driven with the
+# same ~1 KB chat request (bench/load/isolated_chat.lua), at every connection count, in ROUNDS
+# interleaved rounds; the table gives the medians over the rounds of requests/s, p50, p99, the
+# server's CPU per request (utime+stime of its processes from /proc/<pid>/stat over the run,
+# divided by the requests of the run) and the throughput ratio to the nginx row of its kind.
+#
+# Targets:
+#   nginx        nginx proxy_pass to the upstream, keep-alive pool
+#   nginx-sse    the same with proxy_buffering off, the upstream's SSE answer
+#   bw-auth      Bellwether, auth only: no limits, no budgets, no ledger, access log off
+#   bw-prod      Bellwether, production policy: rps/rpm/tpm/daily limits on the key's plan, a
+#                per-key budget (plus a global one), the SQLite ledger, access log to a file
+#   bw-sse       Bellwether, auth only, streaming
+#
+# Loopback only, bounded: ROUNDS x |CONNS| x |TARGETS| x (WARMUP + DURATION) s plus start-up
+# (3 x 2 x 5 x 11 s = 5.5 min with the defaults), and the open-loop runs.
+# Needs 2 or more CPUs, nginx (nginx-light), wrk, taskset, curl; a Release build.
+# Usage: bench/load/isolated.sh [path/to/bellwether]
+#   env: DURATION=10 (s) WARMUP=1 (s) ROUNDS=3 CONNS="64 256" THREADS=2
+#        TARGETS="nginx bw-auth bw-prod nginx-sse bw-sse" (any subset; ratios need the nginx rows)
+#        SERVER_CPU=0 CLIENT_CPU=1 (the cpus of the server under test and of wrk + upstream)
+#        DURABILITY= (the production row's ledger.durability, process | machine; unset: the
+#        default)
+#        OPEN_RATE=2000 OPEN_DURATION=5 (open loop at a fixed rate with `bellwether bench`;
+#        OPEN_RATE="" skips it) ; RAW=1 also prints every run
+#        IDLE_CONNS=1000 (RSS at rest and with that many idle keep-alive connections; 0 skips)
+#        PERF_DIR=dir: `perf record -g` of the server during each measured run, into
+#        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
+#        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
+#        request: divide by the "requests:" line; strace slows the server, ignore its figures)
+# On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+bin="${1:-${BELLWETHER_BIN:-$root/build/release/bellwether}}"
+DURATION="${DURATION:-10}"
+DURATION="${DURATION%s}"
+WARMUP="${WARMUP:-1}"
+WARMUP="${WARMUP%s}"
+ROUNDS="${ROUNDS:-3}"
+CONNS="${CONNS:-64 256}"
+THREADS="${THREADS:-2}"
+TARGETS="${TARGETS:-nginx bw-auth bw-prod nginx-sse bw-sse}"
+SERVER_CPU="${SERVER_CPU:-0}"
+CLIENT_CPU="${CLIENT_CPU:-1}"
+DURABILITY="${DURABILITY:-}"
+OPEN_RATE="${OPEN_RATE-2000}"
+OPEN_DURATION="${OPEN_DURATION:-5}"
+RAW="${RAW:-0}"
+PERF_DIR="${PERF_DIR:-}"
+STRACE_DIR="${STRACE_DIR:-}"
+IDLE_CONNS="${IDLE_CONNS:-1000}"
+NGINX="${NGINX:-/usr/sbin/nginx}"
+KEY=sk-isolated-bench-0001
+
+[[ -x "$bin" ]] || { echo "bellwether binary not found: $bin (pass it as \$1)" >&2; exit 2; }
+for tool in wrk taskset curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
+done
+[[ -x "$NGINX" ]] || { echo "nginx not found at $NGINX (apt-get install nginx-light)" >&2; exit 2; }
+(($(nproc) >= 2)) || { echo "needs at least 2 cpus" >&2; exit 2; }
+
+# shellcheck source=bench/load/lib.sh
+source "$here/lib.sh"
+start_workdir isolated
+ledger_dir="$work/db"
+mkdir -p "$ledger_dir"
+
+up_port="$(free_port)"
+ngx_port="$(free_port)"
+auth_port="$(free_port)"
+prod_port="$(free_port)"
+
+# The upstream's fixed answers. The completion is a realistic ~820-byte chat.completion; the
+# stream is 6 events (role, 3 deltas, finish + usage, [DONE]), one write.
+completion='{"id":"chatcmpl-9f3b2c7d1e8a4b6c9d0e1f2a3b4c5d6e","object":"chat.completion","created":1733390000,"model":"bench","system_fingerprint":"fp_6b68a8204b","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for the order number. Order 48213-77 has not left the warehouse yet: the label was created but the parcel was never handed to the carrier. You can cancel it now from the Orders page, and the refund goes back to the card you paid with within three to five working days. The boots do come in a wide fit; choose Wide in the size menu when you order again.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":82,"total_tokens":332,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}'
+chunk() {
+  printf 'data: {"id":"chatcmpl-9f3b2c7d1e8a","object":"chat.completion.chunk","created":1733390000,"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]%s}\n\n' "$1" "$2" "${3:-}"
+}
+stream="$(
+  chunk '{"role":"assistant","content":""}' null
+  chunk '{"content":"Order 48213-77"}' null
+  chunk '{"content":" has not left"}' null
+  chunk '{"content":" the warehouse yet."}' null
+  chunk '{}' '"stop"' ',"usage":{"prompt_tokens":250,"completion_tokens":12,"total_tokens":262}'
+  printf 'data: [DONE]\n\n'
+)"
+# nginx string literals: escape backslashes and single quotes; newlines stay as they are (the
+# stream's last two are written as \n\n: command substitution drops trailing newlines).
+ngx_quote() { sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/\\\\'/g" <<<"$1"; }
+
+nginx_conf() {  # $1 dir, $2 body of the http block
+  mkdir -p "$1"
+  cat >"$1/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  keepalive_requests 1000000;
+$2
+}
+NGINX
+}
+
+nginx_conf "$work/upstream" "  server {
+    listen 127.0.0.1:$up_port backlog=4096;
+    location = /v1/chat/completions {
+      default_type application/json;
+      return 200 '$(ngx_quote "$completion")';
+    }
+    location = /sse/v1/chat/completions {
+      default_type text/event-stream;
+      return 200 '$(ngx_quote "$stream")\n\n';
+    }
+  }"
+
+nginx_conf "$work/nginx" "  upstream up {
+    server 127.0.0.1:$up_port;
+    keepalive 512;
+  }
+  server {
+    listen 127.0.0.1:$ngx_port backlog=4096;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+    location /sse/ {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+    }
+  }"
+
+# Bellwether: the same providers and models in both configs.
+gw_common() {  # $1 port
+  cat <<YAML
+listen: 127.0.0.1:$1
+workers: 1
+providers:
+  up: {base_url: "http://127.0.0.1:$up_port/v1"}
+  upsse: {base_url: "http://127.0.0.1:$up_port/sse/v1"}
+model_groups:
+  bench:
+    deployments: [{provider: up, model: bench}]
+  bench-sse:
+    deployments: [{provider: upsse, model: bench}]
+pricing:
+  bench: {input: 0.10, output: 0.40}
+  bench-sse: {input: 0.10, output: 0.40}
+YAML
+}
+{
+  gw_common "$auth_port"
+  cat <<YAML
+access_log: {path: "off"}
+plans:
+  none: {limits: []}
+keys:
+  - {name: bench, key: $KEY, plan: none}
+YAML
+} >"$work/auth.yaml"
+# Limits high enough never to refuse, budgets high enough never to run out: every request still
+# pays for the checks, the reservation, the ledger rows and the log line.
+{
+  gw_common "$prod_port"
+  cat <<YAML
+access_log: {path: "$work/access.log"}
+budgets:
+  global: {cap_usd: 100000000, period: monthly}
+ledger: {path: "$ledger_dir/ledger.db"${DURABILITY:+, durability: $DURABILITY}}
+plans:
+  prod:
+    daily_requests: 1000000000
+    limits:
+      - {name: rps, unit: requests, rate: 1000000, period: second}
+      - {name: rpm, unit: requests, rate: 60000000, period: minute}
+      - {name: tpm, unit: tokens, rate: 1000000000000, period: minute}
+keys:
+  - {name: bench, key: $KEY, plan: prod, tenant: acme, budget: {cap_usd: 100000000, period: total}}
+YAML
+} >"$work/prod.yaml"
+
+# Background processes; the server under test on SERVER_CPU, everything else on CLIENT_CPU.
+taskset -c "$CLIENT_CPU" "$NGINX" -p "$work/upstream" -e "$work/upstream/error.log" \
+  -c "$work/upstream/nginx.conf" >"$work/upstream.out" 2>&1 &
+track_pid $!
+declare -A pid=()
+if [[ " $TARGETS " == *" nginx"* ]]; then
+  taskset -c "$SERVER_CPU" "$NGINX" -p "$work/nginx" -e "$work/nginx/error.log" \
+    -c "$work/nginx/nginx.conf" >"$work/nginx.out" 2>&1 &
+  track_pid $!
+  pid[nginx]=$!
+  pid[nginx-sse]=$!
+fi
+if [[ " $TARGETS " == *" bw-auth "* || " $TARGETS " == *" bw-sse "* ]]; then
+  taskset -c "$SERVER_CPU" "$bin" serve --config "$work/auth.yaml" >"$work/auth.log" 2>&1 &
+  track_pid $!
+  pid[bw-auth]=$!
+  pid[bw-sse]=$!
+fi
+if [[ " $TARGETS " == *" bw-prod "* ]]; then
+  taskset -c "$SERVER_CPU" "$bin" serve --config "$work/prod.yaml" >"$work/prod.log" 2>&1 &
+  track_pid $!
+  pid[bw-prod]=$!
+fi
+wait_port "$up_port" || { cat "$work/upstream.out" "$work/upstream/error.log"; exit 1; }
+[[ -n "${pid[nginx]:-}" ]] && { wait_port "$ngx_port" || { cat "$work/nginx.out"; exit 1; }; }
+[[ -n "${pid[bw-auth]:-}" ]] && { wait_port "$auth_port" || { cat "$work/auth.log"; exit 1; }; }
+[[ -n "${pid[bw-prod]:-}" ]] && { wait_port "$prod_port" || { cat "$work/prod.log"; exit 1; }; }
+
+declare -A url=(
+  [nginx]="http://127.0.0.1:$ngx_port/v1/chat/completions"
+  [nginx-sse]="http://127.0.0.1:$ngx_port/sse/v1/chat/completions"
+  [bw-auth]="http://127.0.0.1:$auth_port/v1/chat/completions"
+  [bw-prod]="http://127.0.0.1:$prod_port/v1/chat/completions"
+  [bw-sse]="http://127.0.0.1:$auth_port/v1/chat/completions"
+)
+declare -A model=([nginx]=bench [nginx-sse]=bench [bw-auth]=bench [bw-prod]=bench [bw-sse]=bench-sse)
+declare -A streaming=([nginx]=0 [nginx-sse]=1 [bw-auth]=0 [bw-prod]=0 [bw-sse]=1)
+declare -A reference=([nginx]=nginx [bw-auth]=nginx [bw-prod]=nginx [nginx-sse]=nginx-sse
+  [bw-sse]=nginx-sse)
+
+# Sanity: every target answers 200 with the upstream's completion or stream.
+for t in $TARGETS; do
+  [[ -n "${url[$t]:-}" ]] || { echo "unknown target $t" >&2; exit 2; }
+  s=false
+  [[ "${streaming[$t]}" == 1 ]] && s=true
+  body="$(curl -s -w '\n%{http_code}' -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' \
+    -d "{\"model\":\"${model[$t]}\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"stream\":$s}" \
+    "${url[$t]}")"
+  if [[ "${body##*$'\n'}" != 200 ]] ||
+    { [[ $s == true ]] && [[ "$body" != *'[DONE]'* ]]; } ||
+    { [[ $s == false ]] && [[ "$body" != *'"completion_tokens":82'* ]]; }; then
+    echo "$t: unexpected answer: $body" >&2
+    cat "$work"/*.log "$work"/*/error.log >&2 2>/dev/null || true
+    exit 1
+  fi
+done
+
+# wrk latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+# CPU ticks (utime + stime) of a server: the Bellwether process (all its threads), or nginx's
+# master and worker.
+server_ticks() {
+  local p="${pid[$1]}" x sum=0
+  for x in $p $(pgrep -P "$p" | tr '\n' ' '); do
+    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$x/stat")))
+  done
+  echo "$sum"
+}
+tick_hz="$(getconf CLK_TCK)"
+
+# One run of wrk on CLIENT_CPU; sets rps, p50, p99 (ms) and cpu (the server's µs per request).
+run() {
+  local t="$1" c="$2" out t0 t1 n
+  local args=(-s "$here/isolated_chat.lua" "${url[$t]}" -- "$KEY" "${model[$t]}" "${streaming[$t]}")
+  taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${WARMUP}s" "${args[@]}" >/dev/null
+  local perf_pid=""
+  if [[ -n "$PERF_DIR" ]]; then
+    mkdir -p "$PERF_DIR"
+    taskset -c "$CLIENT_CPU" perf record -q -g -p "${pid[$t]}" -o "$PERF_DIR/$t-c$c-r$3.data" \
+      -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  local strace_pid=""
+  if [[ -n "$STRACE_DIR" ]]; then
+    mkdir -p "$STRACE_DIR"
+    taskset -c "$CLIENT_CPU" strace -c -f -p "${pid[$t]}" -o "$STRACE_DIR/$t-c$c-r$3.txt" &
+    strace_pid=$!
+    sleep 0.5
+  fi
+  t0="$(server_ticks "$t")"
+  out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
+  t1="$(server_ticks "$t")"
+  [[ -n "$perf_pid" ]] && wait "$perf_pid"
+  if [[ -n "$strace_pid" ]]; then
+    kill -INT "$strace_pid"
+    wait "$strace_pid" || true
+    echo "requests: $(awk '/requests in/ {print $1}' <<<"$out")" >>"$STRACE_DIR/$t-c$c-r$3.txt"
+  fi
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "$out" >&2
+    echo "$t at $c connections: errors or non-2xx answers" >&2
+    exit 1
+  fi
+  n="$(awk '/requests in/ {print $1}' <<<"$out")"
+  cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
+  rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
+  p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
+  p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+}
+
+# Memory: each server's RSS at rest (after the sanity requests, before any load), and with
+# IDLE_CONNS idle keep-alive connections open (each has served one request).
+idle_report=""
+if [[ "$IDLE_CONNS" -gt 0 ]]; then
+  for t in nginx bw-auth bw-prod; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    p="${pid[$t]}"
+    [[ "$t" == nginx ]] && p="$p,$(pgrep -P "$p" | paste -sd,)"
+    read -r rss0 rss1 < <(ulimit -n 65536 2>/dev/null || true; taskset -c "$CLIENT_CPU" python3 \
+      "$here/idle_conns.py" "${url[$t]}" "$KEY" "${model[$t]}" "$IDLE_CONNS" "$p")
+    idle_report+="$(printf '%-9s idle RSS %6.1f MB; with %s idle keep-alive connections %6.1f MB: %5.1f KB per connection' \
+      "$t" "$(awk -v k="$rss0" 'BEGIN {print k / 1024}')" "$IDLE_CONNS" \
+      "$(awk -v k="$rss1" 'BEGIN {print k / 1024}')" \
+      "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN {print (b - a) / n}')")"$'\n'
+  done
+fi
+
+median() { tr ' ' '\n' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+echo "# isolated proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "bellwether: $bin ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- src 2>/dev/null || echo '+local changes'))"
+echo "nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+echo "machine: $(nproc) cpus ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
+echo "server under test on cpu$SERVER_CPU (1 worker); wrk -t$THREADS and the upstream on cpu$CLIENT_CPU"
+echo "${DURATION}s per run after a ${WARMUP}s warm-up, connections: $CONNS, $ROUNDS interleaved rounds, medians"
+echo "production ledger: ledger.durability ${DURABILITY:-default} on $(df -T "$ledger_dir" | awk 'NR==2 {print $2}')"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+if [[ -n "$idle_report" ]]; then
+  printf '%s\n' "$idle_report"
+fi
+
+declare -A RPS P50 P99 CPU
+for r in $(seq 1 "$ROUNDS"); do
+  for c in $CONNS; do
+    for t in $TARGETS; do
+      run "$t" "$c" "$r"
+      RPS[$r,$c,$t]="$rps"
+      P50[$r,$c,$t]="$p50"
+      P99[$r,$c,$t]="$p99"
+      CPU[$r,$c,$t]="$cpu"
+      [[ "$RAW" == 1 ]] && printf 'round %s c%s %-9s %10.0f req/s p50 %7.3f p99 %7.3f ms %6s us/req\n' \
+        "$r" "$c" "$t" "$rps" "$p50" "$p99" "$cpu"
+    done
+  done
+done
+[[ "$RAW" == 1 ]] && echo
+
+declare -A M_RPS M_CPU
+printf '%-9s %5s %12s %9s %9s %12s %12s %8s\n' target conns "requests/s" "p50 ms" "p99 ms" \
+  "CPU us/req" "rps ratio" "CPU x"
+for c in $CONNS; do
+  for t in $TARGETS; do
+    col() { local -n arr="$1"; for r in $(seq 1 "$ROUNDS"); do printf '%s ' "${arr[$r,$c,$t]}"; done; }
+    M_RPS[$c,$t]="$(col RPS | median)"
+    M_CPU[$c,$t]="$(col CPU | median)"
+    m50="$(col P50 | median)"
+    m99="$(col P99 | median)"
+    ref="${reference[$t]}"
+    ratio=-
+    cpux=-
+    if [[ "$ref" != "$t" && -n "${M_RPS[$c,$ref]:-}" ]]; then
+      ratio="$(awk -v a="${M_RPS[$c,$t]}" -v b="${M_RPS[$c,$ref]}" 'BEGIN {printf "%.2fx", a / b}')"
+      cpux="$(awk -v a="${M_CPU[$c,$t]}" -v b="${M_CPU[$c,$ref]}" 'BEGIN {printf "%.2fx", a / b}')"
+    fi
+    printf '%-9s %5s %12.0f %9.3f %9.3f %12.1f %12s %8s\n' "$t" "$c" "${M_RPS[$c,$t]}" "$m50" \
+      "$m99" "${M_CPU[$c,$t]}" "$ratio" "$cpux"
+  done
+done
+
+# Open loop: a fixed rate below saturation, where the latency is the proxy's own and not the
+# queueing of a saturated closed loop. `bellwether bench` runs on CLIENT_CPU.
+if [[ -n "$OPEN_RATE" ]]; then
+  echo
+  echo "open loop: bellwether bench --profile constant at $OPEN_RATE req/s for ${OPEN_DURATION}s (p50/p99 ms; added = over the direct path to the upstream)"
+  printf '%-9s %10s %10s %10s %14s\n' target "p50 ms" "p99 ms" "ok" "added p99 ms"
+  declare -A base=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$ngx_port"
+    [bw-auth]="http://127.0.0.1:$auth_port" [bw-prod]="http://127.0.0.1:$prod_port")
+  direct99=""
+  for t in direct nginx bw-auth bw-prod; do
+    [[ "$t" == direct || " $TARGETS " == *" $t "* ]] || continue
+    taskset -c "$CLIENT_CPU" "$bin" bench --url "${base[$t]}" --api-key "$KEY" --profile constant \
+      --rate "$((OPEN_RATE * 60))" --duration "$OPEN_DURATION" --models bench --max-tokens 64 \
+      --prompt-bytes 800 --priority-mix 0/100/0 --json "$work/open.json" >/dev/null 2>&1 ||
+      { echo "$t: bellwether bench failed" >&2; exit 1; }
+    read -r op50 op99 ook < <(python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["runs"][0]["summary"]
+print("%.3f %.3f %.4f" % (s["p50_ms"], s["p99_ms"], s["success_rate"]))' "$work/open.json")
+    [[ "$t" == direct ]] && direct99="$op99"
+    added="$(awk -v a="$op99" -v d="$direct99" 'BEGIN {printf "%.3f", a - d}')"
+    [[ "$t" == direct ]] && added=-
+    printf '%-9s %10s %10s %10s %14s\n' "$t" "$op50" "$op99" "$ook" "$added"
+  done
+fi
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
