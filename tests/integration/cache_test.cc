@@ -103,6 +103,7 @@ keys:
          kKeyB +
          R"(, tenant: beta, plan: bulk}
   - {name: limited, key: sk-cache-limited-01, tenant: acme, plan: bulk, limits: [{name: three-per-minute, rate: 3, period: minute}]}
+  - {name: few-tokens, key: sk-cache-tokens-01, tenant: acme, plan: bulk, limits: [{name: thirty-tokens, unit: tokens, rate: 30, period: minute}]}
 )" + extra;
 }
 
@@ -418,6 +419,44 @@ TEST(Cache, AHitLeavesTheBudgetUnchanged) {
   EXPECT_EQ(spent(), before);
 }
 
+// A hit is a request: it counts against request-rate limits. It costs the provider no tokens:
+// a token limit that can no longer admit a miss still lets hits through.
+TEST(Cache, AHitCountsAgainstRequestLimitsButNotTokenLimits) {
+  auto e = start();
+  const std::string limited = "sk-cache-limited-01";
+  const auto body = chat_body("quick", false, 8, "rate limited hits");
+  auto first = post(e.gw.port, kChat, body, limited);
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(first.header("x-bellwether-cache"), "miss");
+  for (int i = 0; i < 2; ++i) {
+    auto r = post(e.gw.port, kChat, body, limited);
+    ASSERT_EQ(r.status, 200) << i << r.body;
+    EXPECT_EQ(r.header("x-bellwether-cache"), "hit") << i;
+  }
+  // 3 requests a minute: the fourth would be a hit, and is refused all the same.
+  auto refused = post(e.gw.port, kChat, body, limited, {{"x-request-id", "req-hit-limited"}});
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_NE(refused.body.find("three-per-minute"), std::string::npos) << refused.body;
+  EXPECT_NE(log_line(e.gw, "req-hit-limited").find("rate_limited:three-per-minute"),
+            std::string::npos);
+
+  // 30 tokens a minute: the first miss reserves about 17 (prompt estimate + max_tokens 8) and
+  // uses about as much, so a second miss no longer fits; hits reserve nothing.
+  const std::string tokens = "sk-cache-tokens-01";
+  const auto tbody = chat_body("quick", false, 8, "token hits");
+  auto miss = post(e.gw.port, kChat, tbody, tokens);
+  ASSERT_EQ(miss.status, 200) << miss.body;
+  EXPECT_EQ(miss.header("x-bellwether-cache"), "miss");
+  for (int i = 0; i < 10; ++i) {
+    auto r = post(e.gw.port, kChat, tbody, tokens);
+    ASSERT_EQ(r.status, 200) << i << r.body;
+    EXPECT_EQ(r.header("x-bellwether-cache"), "hit") << i;
+  }
+  auto other = post(e.gw.port, kChat, chat_body("quick", false, 8, "another prompt"), tokens);
+  EXPECT_EQ(other.status, 429) << other.body;
+  EXPECT_NE(other.body.find("thirty-tokens"), std::string::npos) << other.body;
+}
+
 TEST(Cache, ConcurrentIdenticalMissesGoUpstreamOnce) {
   auto e = start();
   const auto body = chat_body("slow", false, 0, "single flight");
@@ -464,9 +503,9 @@ std::string redis_yaml(const Redis& r) {
          "cache: {backend: redis, redis_timeout: 50ms}\n";
 }
 
-// Disabled: the gateway of this config refuses to start (redis budgets need a ledger) and the
-// fix was not verified in time; RedisCache itself is covered by tests/cache/redis_cache_test.cc.
-TEST(CacheRedis, DISABLED_TwoReplicasShareHits) {
+// Fleet mode without the shared budgets (redis.budgets: false), so no ledger is needed: the
+// replicas share the cache and the rate limits through one redis-server.
+TEST(CacheRedis, TwoReplicasShareHits) {
   Redis redis;
   auto sim = start_sim(sim_yaml());
   auto g1 = start_gateway(gateway_yaml(sim.port, redis_yaml(redis)));
@@ -492,6 +531,8 @@ TEST(CacheRedis, DISABLED_TwoReplicasShareHits) {
   EXPECT_EQ(s2.body, s1.body);
 }
 
+// Disabled: with redis-server killed every request is still a 200 and a miss, but takes about
+// 4.1 s instead of the 50 ms redis_timeout (measured here); the cause is not found yet.
 TEST(CacheRedis, DISABLED_RedisDownMeansMissesOnly) {
   Redis redis;
   auto sim = start_sim(sim_yaml());
