@@ -191,6 +191,9 @@ class AdmissionController {
                                                    Nanos max_wait);
   // Waiters (priority <= `priority`) and holders of a turn group, for a wait prediction.
   std::size_t turn_ahead(std::string_view turn_group, int priority) const;
+  // Counts a refusal decided outside the queue (a key-limit wait predicted beyond max_wait), so
+  // that refusals by reason and priority cover every resource.
+  void note_refusal(WaitReason reason, int priority) { count_refusal(reason, priority); }
 
   // Takes a slot only if one is free right now and nobody of the group is waiting. No overload
   // check: meant for deployment-level limits of a request that was already admitted.

@@ -571,6 +571,15 @@ void read_model_groups(Reader& top, Config& cfg) {
               "p2c_peak_ewma, weighted_round_robin, least_outstanding");
     r.get_list("fallbacks", g.fallbacks);
     r.get("context_fallback", g.context_fallback);
+    if (r.has("capacity_fallbacks")) {
+      auto cf = r.child("capacity_fallbacks");
+      cf.get_list("p0", g.capacity_fallbacks[0]);
+      cf.get_list("p1", g.capacity_fallbacks[1]);
+      cf.get_list("p2", g.capacity_fallbacks[2]);
+      cf.finish();
+    } else {
+      r.child("capacity_fallbacks");
+    }
     r.get("max_output_tokens", g.max_output_tokens, 1, 10'000'000);
     r.get("context_window", g.context_window, 1, 100'000'000);
     r.get("owned_by", g.owned_by);
@@ -659,6 +668,15 @@ void check_model_group_links(const YAML::Node& root, const std::string& file, co
         auto n = root["model_groups"][g.name]["fallbacks"];
         throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
                           g.name + ".fallbacks: '" + f + "' is not another model group");
+      }
+    }
+    for (std::size_t p = 0; p < g.capacity_fallbacks.size(); ++p) {
+      for (const auto& f : g.capacity_fallbacks[p]) {
+        if (cfg.model_group(f) && f != g.name) continue;
+        auto n = root["model_groups"][g.name]["capacity_fallbacks"];
+        throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
+                          g.name + ".capacity_fallbacks.p" + std::to_string(p) + ": '" + f +
+                          "' is not another model group");
       }
     }
   }

@@ -1,4 +1,6 @@
 #pragma once
+
+#include <array>
 // Typed configuration. A Config is loaded once, validated, and then treated as an immutable
 // snapshot: reload builds a new one and swaps it in whole. Errors name file:line and the key.
 // Thread safety: a loaded Config is immutable and may be shared between threads.
@@ -87,6 +89,10 @@ struct ModelGroupConfig : routing::ModelGroupConfig {
   bool has_concurrency = false;
   admission::LimiterConfig concurrency;  // in-flight limit of the group
   CacheModeConfig cache;
+  // Per priority (p0..p2): other groups that may answer a request of that priority at once when
+  // this group has no capacity now (concurrency or its deployments' RPM/TPM), instead of waiting
+  // in this group's queue. Tried in order; none with room = wait here as usual.
+  std::array<std::vector<std::string>, 3> capacity_fallbacks;
 };
 
 struct KeyConfig {

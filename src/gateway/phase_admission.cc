@@ -1,6 +1,8 @@
 // Phase 7: admission. A slot of the model group's concurrency limit, taken at once when one is
 // free and nobody waits, else waited for in priority order (the queue may refuse: full, shed,
 // timed out, or the client left). finish releases the permit.
+#include <algorithm>
+
 #include "gateway/phases.h"
 
 namespace bw::gateway {
@@ -13,7 +15,34 @@ std::optional<Verdict> phase_admission::try_now(Ctx& c) {
   return Ok{};
 }
 
+namespace {
+
+// The group has no capacity now: a request of a priority with capacity fallbacks goes to the
+// first of them that has room at once (its concurrency and its deployments' RPM/TPM) instead of
+// waiting. The answer names the requested model in x-bellwether-capacity-fallback-from.
+bool take_capacity_fallback(Ctx& c) {
+  const auto& names =
+      c.group->cfg
+          ->capacity_fallbacks[static_cast<std::size_t>(std::clamp(c.priority.priority, 0, 2))];
+  for (const auto& name : names) {
+    const ModelGroup* g = c.rt->group(name);
+    if (g == nullptr) continue;
+    auto permit = c.sh.admission->admit_now(name, c.priority.priority, c.reserved_tokens);
+    if (!permit.valid()) continue;
+    c.permit = std::move(permit);
+    c.extra.add("x-bellwether-capacity-fallback-from", c.route_model);
+    c.route_model = name;
+    c.group = g;
+    if (const auto* p = c.rt->config().prices.find(name)) c.price = p;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 boost::asio::awaitable<Verdict> phase_admission::run(Ctx& c) {
+  if (take_capacity_fallback(c)) co_return Ok{};
   const Nanos t0 = c.now();
   const auto span = tracing::start(c, "bellwether.queue");
   auto admitted = co_await unless_client_gone(

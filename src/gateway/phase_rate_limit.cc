@@ -157,6 +157,7 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
                                                      "'. Retry after the time in Retry-After.");
     if (v.retry_after_ns != limits::kNever) {
       e.retry_after_s = std::max(0.001, to_seconds(predicted));
+      if (v.wait_ok) c.sh.admission->note_refusal(admission::WaitReason::kKeyLimit, prio);
     } else {
       e.message = "The request is larger than the limit '" + v.limit_name + "' can ever admit.";
     }
