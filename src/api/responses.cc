@@ -673,19 +673,184 @@ std::unique_ptr<StreamDecoder> make_responses_stream_decoder() {
   return std::make_unique<ResponsesStreamDecoder>();
 }
 
-void ResponseStore::put(const std::string& id, std::vector<Message> conversation,
-                        std::vector<Part> system, Nanos now) {
-  std::lock_guard lock(mu_);
-  while (entries_.size() >= max_ && !order_.empty()) {
-    entries_.erase(order_.front());
-    order_.pop_front();
+namespace {
+
+std::string_view part_kind_name(Part::Kind k) {
+  switch (k) {
+    case Part::Kind::kText:
+      return "text";
+    case Part::Kind::kImage:
+      return "image";
+    case Part::Kind::kToolCall:
+      return "tool_call";
+    case Part::Kind::kToolResult:
+      return "tool_result";
   }
-  entries_[id] = Entry{std::move(conversation), std::move(system), now + ttl_};
-  order_.push_back(id);
+  return "text";
 }
 
-bool ResponseStore::get(const std::string& id, std::vector<Message>& conversation,
-                        std::vector<Part>& system, Nanos now) {
+std::string_view role_name(Role r) {
+  switch (r) {
+    case Role::kSystem:
+      return "system";
+    case Role::kUser:
+      return "user";
+    case Role::kAssistant:
+      return "assistant";
+    case Role::kTool:
+      return "tool";
+  }
+  return "user";
+}
+
+void write_part(JsonWriter& w, const Part& p) {
+  w.begin_object().key("kind").value(part_kind_name(p.kind));
+  const auto field = [&w](std::string_view k, const std::string& v) {
+    if (!v.empty()) w.key(k).value(std::string_view(v));
+  };
+  field("text", p.text);
+  field("image_url", p.image_url);
+  field("media_type", p.media_type);
+  field("data", p.data);
+  field("id", p.id);
+  field("name", p.name);
+  field("arguments", p.arguments);
+  if (p.is_error) w.key("is_error").value(true);
+  field("cache_control", p.cache_control);
+  w.end_object();
+}
+
+bool read_string(dom::element e, std::string_view key, std::string& out) {
+  dom::element v;
+  if (e[key].get(v) != simdjson::SUCCESS) return true;  // absent: empty
+  std::string_view s;
+  if (v.get(s) != simdjson::SUCCESS) return false;
+  out = std::string(s);
+  return true;
+}
+
+bool read_part(dom::element e, Part& p) {
+  std::string_view kind;
+  if (e["kind"].get(kind) != simdjson::SUCCESS) return false;
+  if (kind == "text") {
+    p.kind = Part::Kind::kText;
+  } else if (kind == "image") {
+    p.kind = Part::Kind::kImage;
+  } else if (kind == "tool_call") {
+    p.kind = Part::Kind::kToolCall;
+  } else if (kind == "tool_result") {
+    p.kind = Part::Kind::kToolResult;
+  } else {
+    return false;
+  }
+  bool is_error = false;
+  if (e["is_error"].get(is_error) == simdjson::SUCCESS) p.is_error = is_error;
+  return read_string(e, "text", p.text) && read_string(e, "image_url", p.image_url) &&
+         read_string(e, "media_type", p.media_type) && read_string(e, "data", p.data) &&
+         read_string(e, "id", p.id) && read_string(e, "name", p.name) &&
+         read_string(e, "arguments", p.arguments) &&
+         read_string(e, "cache_control", p.cache_control);
+}
+
+bool read_parts(dom::element e, std::string_view key, std::vector<Part>& out) {
+  dom::array a;
+  if (e[key].get(a) != simdjson::SUCCESS) return false;
+  for (dom::element pe : a) {
+    Part p;
+    if (!read_part(pe, p)) return false;
+    out.push_back(std::move(p));
+  }
+  return true;
+}
+
+std::size_t part_size(const Part& p) {
+  return p.text.size() + p.image_url.size() + p.media_type.size() + p.data.size() + p.id.size() +
+         p.name.size() + p.arguments.size() + p.cache_control.size();
+}
+
+}  // namespace
+
+std::string encode_stored_conversation(const StoredConversation& s) {
+  JsonWriter w;
+  w.begin_object().key("v").value(1).key("system").begin_array();
+  for (const auto& p : s.system) write_part(w, p);
+  w.end_array().key("conversation").begin_array();
+  for (const auto& m : s.conversation) {
+    w.begin_object().key("role").value(role_name(m.role)).key("parts").begin_array();
+    for (const auto& p : m.parts) write_part(w, p);
+    w.end_array().end_object();
+  }
+  w.end_array().end_object();
+  return w.take();
+}
+
+bool decode_stored_conversation(std::string_view json, StoredConversation& out) {
+  out = StoredConversation{};
+  auto parsed = json::parse_object(json);
+  if (!parsed) return false;
+  dom::element doc = *parsed;
+  if (json::num(doc, "v") != 1) return false;
+  if (!read_parts(doc, "system", out.system)) return false;
+  dom::array conv;
+  if (doc["conversation"].get(conv) != simdjson::SUCCESS) return false;
+  for (dom::element me : conv) {
+    Message m;
+    const std::string_view role = json::str(me, "role");
+    if (role == "system") {
+      m.role = Role::kSystem;
+    } else if (role == "user") {
+      m.role = Role::kUser;
+    } else if (role == "assistant") {
+      m.role = Role::kAssistant;
+    } else if (role == "tool") {
+      m.role = Role::kTool;
+    } else {
+      return false;
+    }
+    if (!read_parts(me, "parts", m.parts)) return false;
+    out.conversation.push_back(std::move(m));
+  }
+  return true;
+}
+
+std::size_t stored_size(const StoredConversation& s) {
+  std::size_t n = 0;
+  for (const auto& p : s.system) n += part_size(p);
+  for (const auto& m : s.conversation) {
+    n += 16;  // the message itself, so that many empty messages still count
+    for (const auto& p : m.parts) n += part_size(p);
+  }
+  return n;
+}
+
+bool MemoryResponseStore::put(const std::string& id, StoredConversation entry, Nanos now) {
+  if (max_ == 0 || stored_size(entry) > max_entry_bytes_) return false;
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    // Oldest first out; slots left behind by an id stored again are skipped.
+    while (entries_.size() >= max_ && !order_.empty()) {
+      auto victim = entries_.find(order_.front().first);
+      if (victim != entries_.end() && victim->second.seq == order_.front().second) {
+        entries_.erase(victim);
+      }
+      order_.pop_front();
+    }
+    it = entries_.emplace(id, Entry{}).first;
+  }
+  it->second = Entry{std::move(entry), now + ttl_, ++next_seq_};
+  order_.emplace_back(id, next_seq_);
+  // Slots of ids stored again are dropped now and then, so that order_ stays bounded too.
+  if (order_.size() > 2 * max_ + 16) {
+    std::erase_if(order_, [this](const auto& slot) {
+      auto e = entries_.find(slot.first);
+      return e == entries_.end() || e->second.seq != slot.second;
+    });
+  }
+  return true;
+}
+
+bool MemoryResponseStore::get(const std::string& id, StoredConversation& out, Nanos now) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return false;
@@ -693,12 +858,11 @@ bool ResponseStore::get(const std::string& id, std::vector<Message>& conversatio
     entries_.erase(it);
     return false;
   }
-  conversation = it->second.conversation;
-  system = it->second.system;
+  out = it->second.value;
   return true;
 }
 
-std::size_t ResponseStore::size() const {
+std::size_t MemoryResponseStore::size() const {
   std::lock_guard lock(mu_);
   return entries_.size();
 }

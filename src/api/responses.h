@@ -2,12 +2,13 @@
 // The OpenAI Responses API <-> the canonical model: /v1/responses translated to chat completions
 // (and to the other providers), its typed stream events, and the store behind
 // previous_response_id. OpenAI upstreams get the body unchanged (passthrough).
-// Thread safety: pure functions and per-stream codecs; ResponseStore is internally locked.
+// Thread safety: pure functions and per-stream codecs; MemoryResponseStore is internally locked.
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "api/canonical.h"
@@ -64,29 +65,47 @@ class ResponsesStreamEncoder final : public StreamEncoder {
 // Upstream OpenAI Responses stream (passthrough): usage and text counting.
 std::unique_ptr<StreamDecoder> make_responses_stream_decoder();
 
-// previous_response_id: the conversation so far (input and output) of stored responses, bounded
-// in count and kept for a TTL. In-process; each replica has its own.
-class ResponseStore {
+// previous_response_id: what a stored response holds, the conversation so far (its input and its
+// answer) and the system parts a continuation inherits.
+struct StoredConversation {
+  std::vector<Message> conversation;
+  std::vector<Part> system;
+};
+
+// The JSON a stored conversation is kept as outside the process (the Redis store's value):
+// {"v":1,"system":[parts],"conversation":[{"role":..,"parts":[..]}]}, each part with only its
+// non-empty fields.
+std::string encode_stored_conversation(const StoredConversation& s);
+// False for anything that is not such a document (a foreign or damaged value reads as a miss).
+bool decode_stored_conversation(std::string_view json, StoredConversation& out);
+// The bytes an entry's strings hold: the size bound of the in-process store.
+std::size_t stored_size(const StoredConversation& s);
+
+// The in-process store: bounded in count (oldest first out) and in bytes per entry, each entry
+// kept for a TTL. Pure: `now` is passed in. Each replica has its own.
+class MemoryResponseStore {
  public:
-  ResponseStore(std::size_t max_entries, Nanos ttl) : max_(max_entries), ttl_(ttl) {}
-  void put(const std::string& id, std::vector<Message> conversation, std::vector<Part> system,
-           Nanos now);
+  MemoryResponseStore(std::size_t max_entries, Nanos ttl, std::size_t max_entry_bytes = 1 << 20)
+      : max_(max_entries), ttl_(ttl), max_entry_bytes_(max_entry_bytes) {}
+  // False (nothing stored) when the entry is larger than max_entry_bytes or the bound is 0.
+  bool put(const std::string& id, StoredConversation entry, Nanos now);
   // False when unknown or expired.
-  bool get(const std::string& id, std::vector<Message>& conversation, std::vector<Part>& system,
-           Nanos now);
+  bool get(const std::string& id, StoredConversation& out, Nanos now);
   std::size_t size() const;
 
  private:
   struct Entry {
-    std::vector<Message> conversation;
-    std::vector<Part> system;
+    StoredConversation value;
     Nanos expires = 0;
+    std::uint64_t seq = 0;  // matches its order_ slot; an id stored again gets a new one
   };
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;
-  std::deque<std::string> order_;
+  std::deque<std::pair<std::string, std::uint64_t>> order_;
+  std::uint64_t next_seq_ = 0;
   std::size_t max_;
   Nanos ttl_;
+  std::size_t max_entry_bytes_;
 };
 
 // The conversation a stored response continues with: the request's messages and the answer.

@@ -396,6 +396,35 @@ void read_redis(Reader& top, Config& cfg) {
   }
 }
 
+// responses: the store behind previous_response_id; needs the redis section.
+void read_responses(Reader& top, Config& cfg) {
+  auto& rs = cfg.responses;
+  rs.backend = cfg.redis_enabled ? Config::ResponsesStore::Backend::kRedis
+                                 : Config::ResponsesStore::Backend::kMemory;
+  auto r = top.child("responses");
+  std::string backend;
+  r.get("store", backend);
+  if (backend == "memory") {
+    rs.backend = Config::ResponsesStore::Backend::kMemory;
+  } else if (backend == "redis") {
+    if (!cfg.redis_enabled) r.fail("store", "redis needs the redis section (and redis.enabled)");
+    rs.backend = Config::ResponsesStore::Backend::kRedis;
+  } else if (backend == "off") {
+    rs.backend = Config::ResponsesStore::Backend::kOff;
+  } else if (!backend.empty()) {
+    r.fail("store", "expected memory, redis or off");
+  }
+  r.get_duration("ttl", rs.ttl);
+  if (rs.ttl < kNanosPerMilli) r.fail("ttl", "must be at least 1ms");
+  r.get("max_entries", rs.max_entries, 1, 100'000'000);
+  r.get_size("max_entry_bytes", rs.max_entry_bytes);
+  if (rs.max_entry_bytes < 1024) r.fail("max_entry_bytes", "must be at least 1KiB");
+  r.get("key_prefix", rs.key_prefix);
+  r.get_duration("timeout", rs.timeout);
+  if (rs.timeout < 0) r.fail("timeout", "must be >= 0");
+  r.finish();
+}
+
 // limits: the global, ip, endpoint and model limits.
 void read_limits(Reader& top, Config& cfg) {
   std::set<std::string> limit_names;
@@ -1010,6 +1039,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
   read_server(top, *cfg);
   read_redis(top, *cfg);
   read_cache(top, *cfg);
+  read_responses(top, *cfg);
   read_limits(top, *cfg);
   read_plans(top, *cfg);
   read_admin(top, *cfg);

@@ -182,6 +182,17 @@ struct Config {
   // redis.budgets is not false; url, timeout, pool_size, replicas are shared with `redis`.
   bool redis_budgets_enabled = true;
   cost::RedisBudgetOptions redis_budgets;
+  // Responses API: the store behind previous_response_id (api/response_store.h), set up at
+  // startup. `responses.store` defaults to redis when `redis` is enabled, else memory.
+  struct ResponsesStore {
+    enum class Backend { kMemory, kRedis, kOff };
+    Backend backend = Backend::kMemory;
+    Nanos ttl = seconds(3600);
+    std::int64_t max_entries = 10'000;  // in process only
+    std::size_t max_entry_bytes = 1 << 20;
+    std::string key_prefix = "bw:resp:";  // redis only
+    Nanos timeout = 0;                    // redis only: deadline of one call; 0 = redis.timeout
+  } responses;
   const limits::Plan* plan(const std::string& name) const;
   std::vector<ProviderConfig> providers;
   std::vector<ModelGroupConfig> model_groups;

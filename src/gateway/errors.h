@@ -65,6 +65,8 @@ inline constexpr Spec kUpstreamTruncated{200, "upstream_error", "upstream_trunca
 inline constexpr Spec kUnsupportedParams{400, "invalid_request_error", "unsupported_parameter"};
 inline constexpr Spec kPreviousResponseNotFound{404, "invalid_request_error",
                                                 "previous_response_not_found"};
+inline constexpr Spec kResponseStoreUnavailable{503, "service_unavailable",
+                                                "response_store_unavailable"};
 // Admin API.
 inline constexpr Spec kNotFound{404, "invalid_request_error", "not_found"};
 inline constexpr Spec kDlqDisabled{404, "invalid_request_error", "dlq_disabled"};
@@ -114,6 +116,7 @@ inline constexpr std::array kAll = {
     kUpstreamTruncated,
     kUnsupportedParams,
     kPreviousResponseNotFound,
+    kResponseStoreUnavailable,
     kNotFound,
     kDlqDisabled,
     kNoLedger,

@@ -229,13 +229,22 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   if (!c.cancelled && !ended) co_await c.w.end_stream();
 }
 
-// A translated Responses answer with `store` is kept for previous_response_id.
-void store_response(Ctx& c, const api::Response& answer) {
+// A translated Responses answer with `store` is kept for previous_response_id, before the client
+// sees its end, so that the id can be continued at once (on any replica, with Redis). A store that
+// cannot take it is skipped: the answer is not held up past the store's deadline.
+asio::awaitable<void> store_response(Ctx& c, const api::Response& answer) {
   if (c.inbound != api::Format::kResponses || !c.canon || !c.canon->store || !c.sh.responses) {
-    return;
+    co_return;
   }
-  c.sh.responses->put(c.response_meta.id, api::conversation_after(*c.canon, answer),
-                      c.canon->system, c.now());
+  // Named first: GCC 12 mishandles a temporary aggregate inside a co_await expression.
+  api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system};
+  std::string id = c.response_meta.id;
+  const Nanos now = c.now();
+  const bool stored = co_await c.sh.responses->put(std::move(id), std::move(entry), now);
+  if (!stored) {
+    spdlog::debug("response {} not stored ({} store skipped it)", c.response_meta.id,
+                  c.sh.responses->backend());
+  }
 }
 
 // Fields the provider's format cannot carry: named in x-bellwether-dropped-params, or the request
@@ -324,6 +333,9 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
       complete = true;
       phase_cache::capture_event(c, out);
       if (strip_usage) out = phase_cache::without_usage_chunks(out);
+      if (const auto* answer = tr.accumulated()) {
+        co_await store_response(c, *answer);
+      }
     } else if (c.outcome.none()) {
       c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
       tr.fail("api_error", "The upstream stream ended before it was complete.", out);
@@ -343,9 +355,6 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     c.usage.completion_tokens =
         std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
                                static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
-  }
-  if (const auto* answer = tr.accumulated(); answer && !c.cancelled && tr.done()) {
-    store_response(c, *answer);
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -553,6 +562,16 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       if (!prepared) co_return prepared.error();
       call = std::move(prepared.value());
       if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
+          !call.passthrough && c.history_unavailable) {
+        Error e = errors::make(errors::kResponseStoreUnavailable,
+                               "The response store could not be reached to look up "
+                               "previous_response_id '" +
+                                   c.canon->previous_response_id + "'; retry later.",
+                               "previous_response_id");
+        e.retry_after_s = 1;
+        co_return e;
+      }
+      if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
           !call.passthrough) {
         co_return errors::make(
             errors::kPreviousResponseNotFound,
@@ -668,7 +687,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       }
       c.usage = answer->usage;
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      if (answer->response) store_response(c, *answer->response);
+      if (answer->response) co_await store_response(c, *answer->response);
       translated = std::move(answer->body);
     } else if (!call.passthrough) {
       // A provider's error in the client's API shape (its status and Retry-After kept).

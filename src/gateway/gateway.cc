@@ -10,6 +10,7 @@
 
 #include "cache/memory_cache.h"
 #include "cache/redis_cache.h"
+#include "api/response_store.h"
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
 #include "gateway/phases.h"
@@ -41,6 +42,34 @@ void record_rejection(Shared& sh, const http::Rejection& r) {
   rec.bytes_in = r.bytes_in;
   rec.bytes_out = r.bytes_out;
   sh.access_log->log(rec);
+}
+
+// The Responses API's store behind previous_response_id (responses: in the config).
+Result<std::unique_ptr<api::ResponseStore>> make_response_store(const config::Config& cfg) {
+  using Backend = config::Config::ResponsesStore::Backend;
+  const auto& rc = cfg.responses;
+  api::ResponseStoreOptions so;
+  so.ttl = rc.ttl;
+  so.max_entries = static_cast<std::size_t>(rc.max_entries);
+  so.max_entry_bytes = rc.max_entry_bytes;
+  switch (rc.backend) {
+    case Backend::kOff:
+      return std::unique_ptr<api::ResponseStore>();
+    case Backend::kMemory:
+      return api::make_memory_response_store(so);
+    case Backend::kRedis:
+      break;
+  }
+  // Starts even when Redis is down: lookups then answer 503, stores are skipped.
+  api::RedisResponseStoreOptions ro;
+  ro.url = cfg.redis.url;
+  ro.timeout = rc.timeout > 0 ? rc.timeout : cfg.redis.timeout;
+  ro.pool_size = cfg.redis.pool_size;
+  ro.key_prefix = rc.key_prefix;
+  ro.store = so;
+  auto store = api::make_redis_response_store(std::move(ro));
+  if (!store) return store.error();
+  return std::unique_ptr<api::ResponseStore>(std::move(store.value()));
 }
 
 }  // namespace
@@ -160,6 +189,11 @@ Result<Ok> Gateway::start() {
     shared_->limiter->set_async_store(*store);
   }
   start_cache(cfg);
+  if (auto store = make_response_store(cfg); !store) {
+    return store.error();
+  } else {
+    shared_->responses = std::move(store.value());
+  }
   if (cfg.dead_letter_enabled) {
     auto dlq = routing::DeadLetterQueue::open(cfg.dead_letter);
     if (!dlq) return dlq.error();

@@ -4,6 +4,7 @@
 
 #include "api/chat.h"
 #include "api/messages.h"
+#include "api/response_store.h"
 #include "api/responses.h"
 #include "gateway/phases.h"
 
@@ -11,27 +12,24 @@ namespace bw::gateway {
 
 namespace {
 
-// Responses and Messages bodies: decoded into the canonical request; what the limits, the cost
-// guard and the access log read of a request (LlmRequest) is filled from it.
-Verdict decode_canonical(Ctx& c) {
-  Result<api::Request> decoded = c.inbound == api::Format::kMessages
-                                     ? api::decode_messages_request(c.req.body)
-                                     : api::decode_responses_request(c.req.body);
-  if (!decoded) return decoded.error();
-  auto& r = decoded.value();
-  if (!r.previous_response_id.empty() && c.sh.responses) {
-    std::vector<api::Message> history;
-    std::vector<api::Part> system;
-    if (c.sh.responses->get(r.previous_response_id, history, system, c.now())) {
-      for (auto& m : r.messages) history.push_back(std::move(m));
-      r.messages = std::move(history);
-      if (r.system.empty()) r.system = std::move(system);
-      c.history_expanded = true;
-      for (const auto& m : r.messages) {
-        for (const auto& p : m.parts) r.text_chars += p.text.size() + p.arguments.size();
-      }
-    }
+// The stored turns of previous_response_id go before the request's own input.
+void apply_history(Ctx& c, api::Request& r, api::StoreLookup found,
+                   api::StoredConversation& stored) {
+  if (found == api::StoreLookup::kUnavailable) c.history_unavailable = true;
+  if (found != api::StoreLookup::kFound) return;
+  auto& history = stored.conversation;
+  for (auto& m : r.messages) history.push_back(std::move(m));
+  r.messages = std::move(history);
+  if (r.system.empty()) r.system = std::move(stored.system);
+  c.history_expanded = true;
+  for (const auto& m : r.messages) {
+    for (const auto& p : m.parts) r.text_chars += p.text.size() + p.arguments.size();
   }
+}
+
+// What the limits, the cost guard and the access log read of a request (LlmRequest) is filled
+// from the canonical request.
+Verdict finish_canonical(Ctx& c, api::Request r) {
   if (c.inbound == api::Format::kResponses) {
     if (auto linked = api::link_tool_results(r); !linked) return linked.error();
     c.response_meta = api::response_meta(r, r.model);
@@ -48,25 +46,8 @@ Verdict decode_canonical(Ctx& c) {
   return Ok{};
 }
 
-}  // namespace
-
-std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoint) {
-  if (c.inbound != api::Format::kChat) {
-    if (auto v = decode_canonical(c); !v) return v;
-  } else {
-    auto parsed = providers::parse_request(endpoint, c.req.body);
-    if (!parsed) return parsed.error();
-    c.llm = std::move(parsed.value());
-    // Image URLs are checked before anything is sent, also on the passthrough path (the fast
-    // parse does not read content parts).
-    if (endpoint == providers::Endpoint::kChat &&
-        c.req.body.find("image_url") != std::string::npos) {
-      auto decoded = api::decode_chat_request(c.req.body);
-      if (!decoded) return decoded.error();
-      c.canon = std::move(decoded.value());
-    }
-  }
-
+// Phase 3: the model group, and whether the key may use it.
+Verdict resolve_group(Ctx& c) {
   const std::string& model = c.llm.model;
   const ModelGroup* g = c.rt->group(model);
   if (!g) {
@@ -85,6 +66,53 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
   c.route_model = model;
   if (c.sh.scaling) c.sh.scaling->note_arrival(g->cfg->name);
   return Ok{};
+}
+
+}  // namespace
+
+std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoint) {
+  if (c.inbound != api::Format::kChat) {
+    // Responses and Messages bodies: decoded into the canonical request.
+    Result<api::Request> decoded = c.inbound == api::Format::kMessages
+                                       ? api::decode_messages_request(c.req.body)
+                                       : api::decode_responses_request(c.req.body);
+    if (!decoded) return decoded.error();
+    auto& r = decoded.value();
+    if (!r.previous_response_id.empty() && c.sh.responses) {
+      api::StoredConversation stored;
+      auto found = c.sh.responses->try_get(r.previous_response_id, stored, c.now());
+      if (!found) {
+        // The store must be waited for: run() looks it up and finishes the phase.
+        c.canon = std::move(r);
+        return std::nullopt;
+      }
+      apply_history(c, r, *found, stored);
+    }
+    if (auto v = finish_canonical(c, std::move(r)); !v) return v;
+  } else {
+    auto parsed = providers::parse_request(endpoint, c.req.body);
+    if (!parsed) return parsed.error();
+    c.llm = std::move(parsed.value());
+    // Image URLs are checked before anything is sent, also on the passthrough path (the fast
+    // parse does not read content parts).
+    if (endpoint == providers::Endpoint::kChat &&
+        c.req.body.find("image_url") != std::string::npos) {
+      auto decoded = api::decode_chat_request(c.req.body);
+      if (!decoded) return decoded.error();
+      c.canon = std::move(decoded.value());
+    }
+  }
+  return resolve_group(c);
+}
+
+boost::asio::awaitable<Verdict> phase_resolve::run(Ctx& c, providers::Endpoint) {
+  api::Request r = std::move(*c.canon);
+  c.canon.reset();
+  api::StoredConversation stored;
+  const auto found = co_await c.sh.responses->get(r.previous_response_id, stored, c.now());
+  apply_history(c, r, found, stored);
+  if (auto v = finish_canonical(c, std::move(r)); !v) co_return v;
+  co_return resolve_group(c);
 }
 
 }  // namespace bw::gateway

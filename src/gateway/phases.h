@@ -32,6 +32,8 @@ bool admin_authorized(const Runtime& rt, const http::Request& req);
 // 2 decode and 3 resolve: the body → LlmRequest; the model → its group, if the key may use it.
 namespace phase_resolve {
 std::optional<Verdict> try_now(Ctx& c, providers::Endpoint endpoint);
+// Only when a previous_response_id must be looked up in a store that waits (Redis).
+boost::asio::awaitable<Verdict> run(Ctx& c, providers::Endpoint endpoint);
 }  // namespace phase_resolve
 
 // 4 cache: exact (and semantic) lookup. The hit is served by serve() after the rate limit

@@ -37,6 +37,7 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
 
   // 2 decode, 3 resolve: the body in the client's API, the model group
   v = phase_resolve::try_now(c, endpoint);
+  if (!v) v = co_await phase_resolve::run(c, endpoint);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight

@@ -31,7 +31,7 @@
 #include "telemetry/scaler.h"
 #include "telemetry/trace_exporter.h"
 
-#include "api/responses.h"
+#include "api/response_store.h"
 
 namespace bw::gateway {
 
@@ -78,9 +78,10 @@ struct Shared {
   std::unique_ptr<telemetry::TraceExporter> tracer;
   std::atomic<std::uint64_t> llm_arrivals{0};
   std::atomic<std::uint64_t> llm_completions{0};
-  // Responses API: stored responses for previous_response_id (bounded, one hour each).
+  // Responses API: stored responses for previous_response_id. In process (10,000 responses, one
+  // hour each) unless the config says otherwise (Gateway::start); null with responses.store: off.
   std::unique_ptr<api::ResponseStore> responses{
-      std::make_unique<api::ResponseStore>(10'000, 3600 * kNanosPerSecond)};
+      api::make_memory_response_store(api::ResponseStoreOptions{})};
 
   // The operator's console (sessions, the sampler). Last member: destroyed first, so that the
   // sampler thread stops before the state it reads goes away.

@@ -267,17 +267,5 @@ TEST(Responses, DecodeItemsAndStreamEvents) {
       "Hello");
 }
 
-TEST(ResponseStoreTest, BoundedWithTtl) {
-  ResponseStore store(2, 10);
-  store.put("a", {Message{Role::kUser, {}}}, {}, 0);
-  store.put("b", {}, {}, 0);
-  store.put("c", {}, {}, 0);
-  std::vector<Message> conv;
-  std::vector<Part> sys;
-  EXPECT_FALSE(store.get("a", conv, sys, 1));  // evicted: the bound is 2
-  EXPECT_TRUE(store.get("b", conv, sys, 9));
-  EXPECT_FALSE(store.get("b", conv, sys, 10));  // expired
-}
-
 }  // namespace
 }  // namespace bw::api

@@ -1,0 +1,144 @@
+// test-label: redis
+// RedisResponseStore against a real redis-server started by the test (loopback, free port, temp
+// dir): entries as JSON with a PX TTL, the size bound, and a Redis that is gone or stalled as a
+// quick kUnavailable / skipped store, never a hang.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "api/response_store.h"
+#include "support/redis_server.h"
+
+namespace bw::api {
+namespace {
+
+namespace asio = boost::asio;
+using test::RedisServer;
+
+template <class T>
+T run(asio::io_context& ioc, asio::awaitable<T> a) {
+  std::optional<T> out;
+  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e, T v) {
+    if (e) std::rethrow_exception(e);
+    out = std::move(v);
+    ioc.stop();
+  });
+  ioc.restart();
+  ioc.run();
+  return std::move(*out);
+}
+
+Nanos steady() {
+  return SteadyClock::instance().now();
+}
+
+StoredConversation conversation(std::string text) {
+  StoredConversation s;
+  s.system.push_back(Part{.text = "be brief"});
+  s.conversation.push_back(Message{Role::kUser, {Part{.text = std::move(text)}}});
+  s.conversation.push_back(Message{
+      Role::kAssistant,
+      {Part{.kind = Part::Kind::kToolCall, .id = "call_1", .name = "f", .arguments = "{}"}}});
+  return s;
+}
+
+std::unique_ptr<RedisResponseStore> make_store(const std::string& url,
+                                               Nanos ttl = 60 * kNanosPerSecond,
+                                               std::size_t max_bytes = 1 << 20) {
+  RedisResponseStoreOptions o;
+  o.url = url;
+  o.timeout = 200 * kNanosPerMilli;
+  o.store.ttl = ttl;
+  o.store.max_entry_bytes = max_bytes;
+  o.breaker_failures = 2;
+  o.breaker_cooldown = 600 * kNanosPerMilli;
+  auto s = make_redis_response_store(o);
+  EXPECT_TRUE(s.ok());
+  return std::move(s.value());
+}
+
+TEST(RedisResponseStore, StoresJsonWithATtlAndReadsItBack) {
+  RedisServer redis;
+  asio::io_context ioc;
+  auto store = make_store(redis.url(), 60 * kNanosPerSecond);
+  ASSERT_TRUE(run(ioc, store->put("resp_1", conversation("I like owls"), steady())));
+  // The value is the documented JSON under key_prefix + id, with a PX expiry.
+  const std::string raw = redis.command({"GET", "bw:resp:resp_1"});
+  EXPECT_NE(raw.find("\"I like owls\""), std::string::npos) << raw;
+  const long long pttl = std::atoll(redis.command({"PTTL", "bw:resp:resp_1"}).c_str());
+  EXPECT_GT(pttl, 50'000);
+  EXPECT_LE(pttl, 60'000);
+
+  StoredConversation out;
+  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kFound);
+  ASSERT_EQ(out.conversation.size(), 2u);
+  EXPECT_EQ(out.conversation[0].parts[0].text, "I like owls");
+  EXPECT_EQ(out.conversation[1].parts[0].kind, Part::Kind::kToolCall);
+  ASSERT_EQ(out.system.size(), 1u);
+  EXPECT_EQ(out.system[0].text, "be brief");
+
+  EXPECT_EQ(run(ioc, store->get("resp_unknown", out, steady())), StoreLookup::kNotFound);
+  // A value that is not a stored conversation reads as not found.
+  redis.command({"SET", "bw:resp:resp_junk", "{not json"});
+  EXPECT_EQ(run(ioc, store->get("resp_junk", out, steady())), StoreLookup::kNotFound);
+  // Expired (Redis drops it): not found.
+  redis.command({"PEXPIRE", "bw:resp:resp_1", "1"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kNotFound);
+  EXPECT_EQ(store->stats().failures, 0u);
+}
+
+TEST(RedisResponseStore, AnEntryOverTheSizeBoundIsSkipped) {
+  RedisServer redis;
+  asio::io_context ioc;
+  auto store = make_store(redis.url(), 60 * kNanosPerSecond, 4096);
+  EXPECT_FALSE(run(ioc, store->put("resp_big", conversation(std::string(5000, 'x')), steady())));
+  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_big"}), "0");
+  EXPECT_EQ(store->stats().too_large, 1u);
+  EXPECT_TRUE(run(ioc, store->put("resp_small", conversation("x"), steady())));
+}
+
+TEST(RedisResponseStore, AStalledOrStoppedRedisIsUnavailableWithinTheDeadline) {
+  RedisServer redis;
+  asio::io_context ioc;
+  auto store = make_store(redis.url());
+  ASSERT_TRUE(run(ioc, store->put("resp_1", conversation("hi"), steady())));
+  StoredConversation out;
+
+  redis.pause();  // accepts nothing, answers nothing: only the deadline ends the call
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+  EXPECT_FALSE(run(ioc, store->put("resp_2", conversation("hi"), steady())));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  // The breaker is open now: the next calls fail at once.
+  EXPECT_TRUE(store->stats().breaker_open);
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(50));
+  redis.resume();
+
+  redis.stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // past the breaker's cooldown
+  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+
+  // Back (empty, no persistence): the store answers again after the cooldown.
+  redis.start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  StoreLookup again = StoreLookup::kUnavailable;
+  for (int i = 0; i < 20 && again == StoreLookup::kUnavailable; ++i) {
+    again = run(ioc, store->get("resp_1", out, steady()));
+    if (again == StoreLookup::kUnavailable)
+      std::this_thread::sleep_for(std::chrono::milliseconds(650));
+  }
+  EXPECT_EQ(again, StoreLookup::kNotFound);
+}
+
+}  // namespace
+}  // namespace bw::api

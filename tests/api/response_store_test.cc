@@ -1,0 +1,158 @@
+// The store behind previous_response_id: the stored JSON round trip, and the in-process store's
+// bounds (count, bytes per entry) and TTL, on a fake clock (`now` passed in).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "api/response_store.h"
+#include "api/responses.h"
+
+namespace bw::api {
+namespace {
+
+constexpr Nanos kSec = kNanosPerSecond;
+
+StoredConversation sample() {
+  StoredConversation s;
+  s.system.push_back(Part{
+      .kind = Part::Kind::kText, .text = "be brief", .cache_control = R"({"type":"ephemeral"})"});
+  Message user{Role::kUser, {}};
+  user.parts.push_back(Part{.kind = Part::Kind::kText, .text = "Quote \" slash \\ nl \n é 🦉"});
+  user.parts.push_back(Part{.kind = Part::Kind::kImage, .image_url = "https://example.com/a.png"});
+  user.parts.push_back(
+      Part{.kind = Part::Kind::kImage, .media_type = "image/png", .data = "iVBORw0KGgo="});
+  s.conversation.push_back(user);
+  Message assistant{Role::kAssistant, {}};
+  assistant.parts.push_back(Part{.kind = Part::Kind::kText, .text = "Let me look."});
+  assistant.parts.push_back(Part{.kind = Part::Kind::kToolCall,
+                                 .id = "call_1",
+                                 .name = "get_weather",
+                                 .arguments = R"({"city":"Paris"})"});
+  s.conversation.push_back(assistant);
+  Message tool{Role::kTool, {}};
+  tool.parts.push_back(Part{.kind = Part::Kind::kToolResult,
+                            .text = "rain",
+                            .id = "call_1",
+                            .name = "get_weather",
+                            .is_error = true});
+  s.conversation.push_back(tool);
+  s.conversation.push_back(Message{Role::kSystem, {Part{.text = "late system"}}});
+  return s;
+}
+
+void expect_same(const Part& a, const Part& b) {
+  EXPECT_EQ(a.kind, b.kind);
+  EXPECT_EQ(a.text, b.text);
+  EXPECT_EQ(a.image_url, b.image_url);
+  EXPECT_EQ(a.media_type, b.media_type);
+  EXPECT_EQ(a.data, b.data);
+  EXPECT_EQ(a.id, b.id);
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_EQ(a.arguments, b.arguments);
+  EXPECT_EQ(a.is_error, b.is_error);
+  EXPECT_EQ(a.cache_control, b.cache_control);
+}
+
+void expect_same(const StoredConversation& a, const StoredConversation& b) {
+  ASSERT_EQ(a.system.size(), b.system.size());
+  for (std::size_t i = 0; i < a.system.size(); ++i) expect_same(a.system[i], b.system[i]);
+  ASSERT_EQ(a.conversation.size(), b.conversation.size());
+  for (std::size_t i = 0; i < a.conversation.size(); ++i) {
+    EXPECT_EQ(a.conversation[i].role, b.conversation[i].role);
+    ASSERT_EQ(a.conversation[i].parts.size(), b.conversation[i].parts.size());
+    for (std::size_t j = 0; j < a.conversation[i].parts.size(); ++j) {
+      expect_same(a.conversation[i].parts[j], b.conversation[i].parts[j]);
+    }
+  }
+}
+
+TEST(StoredConversation, JsonRoundTripKeepsEveryPartAndRole) {
+  const StoredConversation in = sample();
+  const std::string json = encode_stored_conversation(in);
+  StoredConversation out;
+  ASSERT_TRUE(decode_stored_conversation(json, out)) << json;
+  expect_same(in, out);
+  // Empty fields are left out of the JSON.
+  EXPECT_EQ(json.find("\"image_url\":\"\""), std::string::npos) << json;
+  // And an empty entry round-trips too.
+  ASSERT_TRUE(decode_stored_conversation(encode_stored_conversation({}), out));
+  EXPECT_TRUE(out.conversation.empty());
+  EXPECT_TRUE(out.system.empty());
+}
+
+TEST(StoredConversation, ForeignOrDamagedValuesDoNotDecode) {
+  StoredConversation out;
+  const std::string good = encode_stored_conversation(sample());
+  for (const std::string& bad :
+       {std::string(), std::string("null"), std::string("[]"), std::string("not json"),
+        good.substr(0, good.size() / 2), std::string(R"({"v":2,"system":[],"conversation":[]})"),
+        std::string(R"({"v":1,"conversation":[]})"),
+        std::string(R"({"v":1,"system":[],"conversation":[{"role":"robot","parts":[]}]})"),
+        std::string(R"({"v":1,"system":[{"kind":"video"}],"conversation":[]})"),
+        std::string(R"({"v":1,"system":[{"kind":"text","text":5}],"conversation":[]})")}) {
+    EXPECT_FALSE(decode_stored_conversation(bad, out)) << bad;
+  }
+}
+
+TEST(MemoryResponseStore, EntriesExpireAfterTheirTtl) {
+  MemoryResponseStore store(10, 60 * kSec);
+  ASSERT_TRUE(store.put("resp_a", sample(), 100 * kSec));
+  StoredConversation out;
+  EXPECT_TRUE(store.get("resp_a", out, 100 * kSec));
+  expect_same(sample(), out);
+  EXPECT_TRUE(store.get("resp_a", out, 160 * kSec - 1));
+  EXPECT_FALSE(store.get("resp_a", out, 160 * kSec));  // expired, and dropped
+  EXPECT_EQ(store.size(), 0u);
+  EXPECT_FALSE(store.get("resp_unknown", out, 0));
+}
+
+TEST(MemoryResponseStore, OldestEntriesLeaveFirstAtTheCountBound) {
+  MemoryResponseStore store(2, 3600 * kSec);
+  StoredConversation out;
+  ASSERT_TRUE(store.put("a", {}, 0));
+  ASSERT_TRUE(store.put("b", {}, 1));
+  ASSERT_TRUE(store.put("c", {}, 2));
+  EXPECT_EQ(store.size(), 2u);
+  EXPECT_FALSE(store.get("a", out, 3));
+  EXPECT_TRUE(store.get("b", out, 3));
+  EXPECT_TRUE(store.get("c", out, 3));
+  // An id stored again is the newest: "b" leaves before it.
+  ASSERT_TRUE(store.put("c", sample(), 4));
+  ASSERT_TRUE(store.put("d", {}, 5));
+  EXPECT_FALSE(store.get("b", out, 6));
+  EXPECT_TRUE(store.get("c", out, 6));
+  expect_same(sample(), out);
+  EXPECT_TRUE(store.get("d", out, 6));
+  // Storing one id over and over keeps the store (and its order) bounded.
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(store.put("d", {}, 7 + i));
+  EXPECT_EQ(store.size(), 2u);
+  EXPECT_TRUE(store.get("c", out, 2000));
+}
+
+TEST(MemoryResponseStore, AnEntryOverTheByteBoundIsNotStored) {
+  MemoryResponseStore store(10, 3600 * kSec, 1000);
+  StoredConversation big;
+  big.conversation.push_back(Message{Role::kUser, {Part{.text = std::string(1001, 'x')}}});
+  EXPECT_FALSE(store.put("big", big, 0));
+  StoredConversation out;
+  EXPECT_FALSE(store.get("big", out, 0));
+  big.conversation[0].parts[0].text.resize(900);
+  EXPECT_TRUE(store.put("fits", big, 0));
+  EXPECT_TRUE(store.get("fits", out, 0));
+}
+
+TEST(MemoryResponseStore, TheInProcessBackendAnswersWithoutWaiting) {
+  ResponseStoreOptions o;
+  o.ttl = 10 * kSec;
+  o.max_entries = 1;
+  auto store = make_memory_response_store(o);
+  EXPECT_EQ(store->backend(), "memory");
+  StoredConversation out;
+  auto found = store->try_get("resp_x", out, 0);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(*found, StoreLookup::kNotFound);
+}
+
+}  // namespace
+}  // namespace bw::api
