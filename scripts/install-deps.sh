@@ -8,7 +8,7 @@ PACKAGES=(
   libboost1.81-dev libboost-system1.81-dev libboost-json1.81-dev
   libssl-dev libsimdjson-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libhiredis-dev libsqlite3-dev sqlite3 libpq-dev
+  libhiredis-dev libsqlite3-dev sqlite3 libpq-dev libhnswlib-dev zlib1g-dev
   redis-server postgresql prometheus wrk nginx-light clang-format
   chromium nodejs
 )

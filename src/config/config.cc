@@ -272,6 +272,68 @@ void read_listen(Reader& r, const char* key, std::string& host, std::uint16_t& p
   if (!parse_listen(s, host, port)) r.fail(key, "expected host:port, found '" + s + "'");
 }
 
+// `cache:` of a model group or a key; for a key, the `has_` flags say which fields it sets.
+void read_cache_mode(Reader& r, CacheModeConfig& c, KeyCacheOverride* o) {
+  auto check = [&](const char* key, const std::string& v, std::initializer_list<const char*> ok) {
+    for (auto* x : ok) {
+      if (v == x) return;
+    }
+    std::string list;
+    for (auto* x : ok) list += (list.empty() ? "" : ", ") + std::string(x);
+    r.fail(key, "'" + v + "' is not one of " + list);
+  };
+  if (o) {
+    o->has_mode = r.has("mode");
+    o->has_ttl = r.has("ttl");
+    o->has_max_entry_bytes = r.has("max_entry_bytes");
+    o->has_eligibility = r.has("eligibility");
+    o->has_scope = r.has("scope");
+  }
+  r.get("mode", c.mode);
+  check("mode", c.mode, {"off", "exact", "semantic"});
+  r.get_duration("ttl", c.ttl);
+  if (c.ttl <= 0) r.fail("ttl", "must be > 0");
+  r.get_size("max_entry_bytes", c.max_entry_bytes);
+  r.get("eligibility", c.eligibility);
+  check("eligibility", c.eligibility, {"all", "deterministic"});
+  r.get("scope", c.scope);
+  check("scope", c.scope, {"tenant", "key", "global"});
+  if (!o) {
+    r.get("embeddings_model", c.embeddings_model);
+    r.get("threshold", c.threshold, 0.0, 1.0);
+    if (c.mode == "semantic" && c.embeddings_model.empty()) {
+      r.fail("embeddings_model", "semantic mode needs an embeddings model group");
+    }
+  } else if (c.mode == "semantic") {
+    r.fail("mode", "a key can turn the cache off or to exact; semantic is set per model group");
+  }
+}
+
+// cache: the response cache's storage; needs redis.
+void read_cache(Reader& top, Config& cfg) {
+  if (!top.has("cache")) {
+    top.child("cache");
+    return;
+  }
+  auto cc = top.child("cache");
+  auto& cs = cfg.cache;
+  cc.get("backend", cs.backend);
+  if (cs.backend != "memory" && cs.backend != "redis") {
+    cc.fail("backend", "'" + cs.backend + "' is not one of memory, redis");
+  }
+  if (cs.backend == "redis" && !cfg.redis_enabled) {
+    cc.fail("backend", "the redis backend needs the `redis:` section");
+  }
+  cc.get_size("max_bytes", cs.max_bytes);
+  cc.get_duration("redis_timeout", cs.redis_timeout);
+  if (cs.redis_timeout <= 0) cc.fail("redis_timeout", "must be > 0");
+  cc.get_size("compress_above", cs.compress_above);
+  cc.get_duration("single_flight_wait", cs.single_flight_wait);
+  cc.get("single_flight_max_waiters", cs.single_flight_max_waiters, 0, 100000);
+  cc.get("semantic_max_entries", cs.semantic_max_entries, 1, 10'000'000);
+  cc.finish();
+}
+
 // listen, workers, server: the HTTP listener.
 void read_server(Reader& top, Config& cfg) {
   read_listen(top, "listen", cfg.server.host, cfg.server.port);
@@ -598,6 +660,13 @@ void read_model_groups(Reader& top, Config& cfg) {
     r.get("context_window", g.context_window, 1, 100'000'000);
     r.get("owned_by", g.owned_by);
     g.concurrency = cfg.admission.default_limiter;
+    if (r.has("cache")) {
+      auto cc = r.child("cache");
+      read_cache_mode(cc, g.cache, nullptr);
+      cc.finish();
+    } else {
+      r.child("cache");
+    }
     if (r.has("concurrency")) {
       g.has_concurrency = true;
       auto cc = r.child("concurrency");
@@ -625,6 +694,12 @@ void check_model_group_links(const YAML::Node& root, const std::string& file, co
         throw ConfigError(file + ": model_groups." + g.name + ": duplicate deployment id '" + d.id +
                           "'");
       }
+    }
+    if (g.cache.mode == "semantic" && !cfg.model_group(g.cache.embeddings_model)) {
+      auto n = root["model_groups"][g.name]["cache"]["embeddings_model"];
+      throw ConfigError(file + ":" + std::to_string(n.Mark().line + 1) + ": model_groups." +
+                        g.name + ".cache.embeddings_model: '" + g.cache.embeddings_model +
+                        "' is not a model group");
     }
     for (const auto& f : g.fallbacks) {
       if (!cfg.model_group(f) || f == g.name) {
@@ -670,6 +745,13 @@ void read_keys(Reader& top, Config& cfg) {
     r.get("max_priority", k.max_priority, 0, 2);
     read_budgets(r, k.budgets);
     r.get("downgrade_opt_out", k.downgrade_opt_out);
+    if (r.has("cache")) {
+      auto cc = r.child("cache");
+      read_cache_mode(cc, k.cache.value, &k.cache);
+      cc.finish();
+    } else {
+      r.child("cache");
+    }
     r.each("limits", [&](Reader& l) {
       // An override starts from the plan's limit of the same name.
       limits::LimitSpec spec;
@@ -967,6 +1049,7 @@ std::shared_ptr<const Config> parse(const YAML::Node& root, const std::string& f
   // In dependency order: a section may refer to what an earlier one defined.
   read_server(top, *cfg);
   read_redis(top, *cfg);
+  read_cache(top, *cfg);
   read_responses(top, *cfg);
   read_limits(top, *cfg);
   read_plans(top, *cfg);

@@ -52,12 +52,43 @@ using DeploymentConfig = routing::DeploymentConfig;
 
 // A model group is the router's own routing::ModelGroupConfig (name, balancer, deployments,
 // fallbacks), read and validated at load, plus what the gateway serves around it.
+// The response cache of a model group (docs/cache.md). A key's `cache:` overrides the fields it
+// sets; a request's Cache-Control / x-bellwether-cache headers can only turn it down.
+struct CacheModeConfig {
+  std::string mode = "off";  // off | exact | semantic
+  Nanos ttl = seconds(3600);
+  std::size_t max_entry_bytes = 1 << 20;
+  std::string eligibility = "all";  // all | deterministic (temperature 0 or a seed)
+  std::string scope = "tenant";     // tenant | key | global
+  // Semantic: the prompt is embedded through this model group (a request like any other).
+  std::string embeddings_model;
+  double threshold = 0.95;  // cosine similarity needed for a semantic hit
+};
+
+struct KeyCacheOverride {
+  bool has_mode = false, has_ttl = false, has_max_entry_bytes = false, has_eligibility = false,
+       has_scope = false;
+  CacheModeConfig value;
+};
+
+// The cache's storage (one per process). `backend: redis` uses the `redis:` connection.
+struct CacheStoreConfig {
+  std::string backend = "memory";  // memory | redis
+  std::size_t max_bytes = 256u << 20;
+  Nanos redis_timeout = millis(50);
+  std::size_t compress_above = 1024;
+  Nanos single_flight_wait = seconds(30);  // 0 = no single-flight
+  std::int64_t single_flight_max_waiters = 64;
+  std::int64_t semantic_max_entries = 10000;
+};
+
 struct ModelGroupConfig : routing::ModelGroupConfig {
   std::int64_t max_output_tokens = 4096;  // default cap when a request sets no max_tokens
   std::int64_t context_window = 128000;
   std::string owned_by = "bellwether";
   bool has_concurrency = false;
   admission::LimiterConfig concurrency;  // in-flight limit of the group
+  CacheModeConfig cache;
   // Per priority (p0..p2): other groups that may answer a request of that priority at once when
   // this group has no capacity now (concurrency or its deployments' RPM/TPM), instead of waiting
   // in this group's queue. Tried in order; none with room = wait here as usual.
@@ -76,6 +107,7 @@ struct KeyConfig {
   std::vector<cost::KeyBudget> budgets;            // at most one per period
   bool downgrade_opt_out = false;                  // refuse at the cap instead of downgrading
   bool from_store = false;                         // created through the admin API
+  KeyCacheOverride cache;
 };
 
 struct TenantConfig {
@@ -166,6 +198,7 @@ struct Config {
   std::vector<ModelGroupConfig> model_groups;
   std::vector<KeyConfig> keys;
   AccessLogConfig access_log;
+  CacheStoreConfig cache;
   // OpenTelemetry traces (telemetry/tracing.h). The exporter (endpoint, queue, batch) is set up
   // at startup; sampling and content capture follow reloads.
   telemetry::TracingConfig tracing;

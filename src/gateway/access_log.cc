@@ -76,6 +76,13 @@ void AccessLog::log(const AccessRecord& r) {
       .value(static_cast<std::uint64_t>(r.bytes_in))
       .key("bytes_out")
       .value(static_cast<std::uint64_t>(r.bytes_out));
+  if (!r.cache.empty()) j.key("cache").value(r.cache);
+  if (r.cache_age_s >= 0) j.key("cache_age_s").value(r.cache_age_s);
+  if (r.cache_saved_micro_usd > 0) {
+    j.key("cache_saved_usd").value(static_cast<double>(r.cache_saved_micro_usd) / 1e6);
+  }
+  if (r.cache_similarity >= 0) j.key("cache_similarity").value(r.cache_similarity);
+  if (r.cached_tokens > 0) j.key("cached_tokens").value(r.cached_tokens);
   if (r.priority >= 0) j.key("priority").value(r.priority);
   if (r.priority_lowered) j.key("priority_lowered").value(true);
   if (r.cancelled) j.key("cancelled").value(true);

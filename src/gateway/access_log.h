@@ -41,6 +41,13 @@ struct AccessRecord {
   std::int64_t attempts = 0;
   std::size_t bytes_in = 0;
   std::size_t bytes_out = 0;
+  // Response cache: hit | miss | bypass ("" when off); a hit's entry age, the cost it saved and
+  // (semantic) its similarity. cached_tokens: the provider's own prompt cache.
+  std::string_view cache;
+  std::int64_t cache_age_s = -1;
+  std::int64_t cache_saved_micro_usd = 0;
+  double cache_similarity = -1;
+  std::int64_t cached_tokens = 0;
 };
 
 class AccessLog {

@@ -17,6 +17,9 @@
 #include "admission/admission_controller.h"
 #include "api/canonical.h"
 #include "api/responses.h"
+#include "cache/cache.h"
+#include "cache/single_flight.h"
+#include "config/config.h"
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
 #include "gateway/errors.h"
@@ -58,6 +61,29 @@ struct Outcome {
   std::string label() const;
 };
 
+// The response cache's view of one request (phase_cache.cc): what was looked up, what was
+// served, and on a miss what the answer will be stored as.
+struct CacheState {
+  enum class Status : std::uint8_t { kOff, kBypass, kMiss, kHit };
+  Status status = Status::kOff;
+  config::CacheModeConfig cfg;                // the group's, with the key's overrides
+  bool read = false;                          // the request may be served from the cache
+  bool write = false;                         // its answer may be stored
+  std::string key;                            // the exact key
+  std::shared_ptr<const cache::Entry> entry;  // the hit
+  float similarity = -1;                      // a semantic hit's
+  cache::SingleFlight::Leader leader;         // this miss leads identical concurrent ones
+  // Semantic: the prompt's embedding and the partition it is filed under when stored.
+  std::vector<float> embedding;
+  std::string partition;
+  // The answer captured on the way to the client (forward), stored by finish when complete.
+  bool capturing = false;
+  bool complete = false;
+  std::string captured;
+  std::string content_type;
+  std::string_view status_text() const;
+};
+
 struct Ctx {
   Ctx(Shared& s, std::shared_ptr<const Runtime> r, http::Request& q, http::ResponseWriter& wr)
       : sh(s), rt(std::move(r)), req(q), w(wr) {}
@@ -85,6 +111,8 @@ struct Ctx {
   api::ResponseMeta response_meta;  // Responses: this response's id and echoed fields
   const ModelGroup* group = nullptr;
   std::string route_model;  // the model routed to (differs after a downgrade)
+  // 4 cache: a hit answers after the rate limit counted it; a miss's answer is stored by finish.
+  CacheState cache;
   // 5 rate limit: the decision; its token reservation is settled by finish.
   limits::Verdict verdict;
   std::int64_t reserved_tokens = 0;

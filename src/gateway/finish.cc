@@ -43,6 +43,12 @@ void record_metrics(Ctx& c) {
   }
   if (c.cost_micro > 0)
     m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
+  if (c.usage.cached_tokens > 0) {
+    m.cached_tokens.with({served}).add(static_cast<std::uint64_t>(c.usage.cached_tokens));
+  }
+  if (c.cache.status == CacheState::Status::kHit && c.cache.entry->cost_micro > 0) {
+    m.cache_saved_usd.with({model}).add(static_cast<std::uint64_t>(c.cache.entry->cost_micro));
+  }
   if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();
   m.queue_wait.with({prio}).observe(to_seconds(c.queue_wait));
   if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
@@ -84,6 +90,14 @@ void write_access_log(Ctx& c) {
   }
   r.bytes_in = c.req.body.size();
   r.bytes_out = c.bytes_out;
+  r.cache = c.cache.status_text();
+  r.cached_tokens = c.usage.cached_tokens;
+  if (c.cache.status == CacheState::Status::kHit) {
+    const auto& e = *c.cache.entry;
+    r.cache_age_s = std::max<std::int64_t>(0, c.sh.clock.unix_millis() - e.created_unix_ms) / 1000;
+    r.cache_saved_micro_usd = e.cost_micro;
+    r.cache_similarity = c.cache.similarity;
+  }
   c.sh.access_log->log(r);
 }
 
@@ -128,7 +142,9 @@ std::optional<Verdict> finish::try_now(Ctx& c) {
   if (c.finished) return Ok{};
   if (!phase_rate_limit::settle_now(c)) return std::nullopt;
   phase_cost::compute_cost(c);
-  if (phase_cost::settle_needed(c) || dead_letter_needed(c)) return std::nullopt;
+  if (phase_cost::settle_needed(c) || dead_letter_needed(c) || phase_cache::store_needed(c))
+    return std::nullopt;
+  phase_cache::release(c);
   c.permit.release();
   settle_rate_tokens(c);
   close_request(c);
@@ -140,6 +156,11 @@ asio::awaitable<Verdict> finish::run(Ctx& c) {
   if (!phase_rate_limit::settle_now(c)) co_await phase_rate_limit::settle(c);
   phase_cost::compute_cost(c);
   if (phase_cost::settle_needed(c)) co_await phase_cost::settle(c);
+  if (phase_cache::store_needed(c)) {
+    co_await phase_cache::store(c);
+  } else {
+    phase_cache::release(c);
+  }
   c.permit.release();
   settle_rate_tokens(c);
   if (dead_letter_needed(c)) co_await dead_letter(c);

@@ -166,6 +166,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
+      phase_cache::capture_event(c, event);
       if (info.usage_only && !c.llm.client_wants_usage) {
         out.append(run);
         run = {};
@@ -199,6 +200,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     }
     if (ended) break;
   }
+  phase_cache::capture_stream_end(c, saw_done);
   if (!saw_done && !c.cancelled && c.outcome.none()) {
     // The upstream ended the body without [DONE]: a truncated stream, not a success.
     c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
@@ -280,7 +282,11 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   }
   c.status = 200;
   const bool include_usage = c.canon ? c.canon->stream_usage : c.llm.client_wants_usage;
-  StreamTranslator tr(c.inbound, call, c.llm.model, include_usage,
+  // A chat stream kept for the cache keeps its usage chunk, so that a later client that asks for
+  // usage gets it; this client sees it only if it asked.
+  const bool strip_usage =
+      c.inbound == api::Format::kChat && !include_usage && phase_cache::capturing(c);
+  StreamTranslator tr(c.inbound, call, c.llm.model, include_usage || strip_usage,
                       c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
   http::SseSplitter splitter;
   std::string out;
@@ -309,6 +315,7 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     std::string_view event;
     while (splitter.next(event)) tr.feed(event, out);
     splitter.compact();
+    phase_cache::capture_event(c, out);
     if (!out.empty()) {
       c.bytes_out += out.size();
       if (!co_await c.w.write_chunk(out)) {
@@ -319,9 +326,13 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     }
   }
   out.clear();
+  bool complete = false;
   if (!c.cancelled && !broken) {
     if (tr.done()) {
       tr.finish(out);
+      complete = true;
+      phase_cache::capture_event(c, out);
+      if (strip_usage) out = phase_cache::without_usage_chunks(out);
       if (const auto* answer = tr.accumulated()) {
         co_await store_response(c, *answer);
       }
@@ -330,6 +341,7 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
       tr.fail("api_error", "The upstream stream ended before it was complete.", out);
     }
   }
+  phase_cache::capture_stream_end(c, complete);
   if (!out.empty()) {
     c.bytes_out += out.size();
     co_await c.w.write_chunk(out);
@@ -706,6 +718,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       c.forward_failed = true;
       c.last_failure = "upstream answered " + std::to_string(r.status);
     }
+    phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
     c.bytes_out += r.body.size();
     tracing::observe_output(c, r.body);
     co_await c.w.send(std::move(r));

@@ -2,13 +2,18 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cstdlib>
 
 #include "common/clock.h"
 
+#include "cache/memory_cache.h"
+#include "cache/redis_cache.h"
 #include "api/response_store.h"
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
+#include "gateway/phases.h"
 #include "gateway/pipeline.h"
 #include "gateway/request_tracing.h"
 #include "limits/redis_limit_store.h"
@@ -90,6 +95,81 @@ Gateway::~Gateway() {
   if (sim_) sim_->stop();
 }
 
+namespace {
+
+cache::RedisCacheOptions redis_cache_options(const config::Config& cfg) {
+  cache::RedisCacheOptions o;
+  o.timeout = cfg.cache.redis_timeout;
+  o.compress_above = cfg.cache.compress_above;
+  o.prefix = "bw:cache:";
+  return o;
+}
+
+// Fleet mode: the semantic index is rebuilt from the vectors stored beside the Redis entries
+// (bounded in time and count; a replica that cannot reach Redis starts with an empty index).
+void rebuild_semantic_index(const config::Config& cfg, cache::SemanticIndex& index,
+                            const Clock& clock) {
+  auto ep = store::parse_redis_url(cfg.redis.url);
+  if (!ep) return;
+  Nanos ttl = 0;
+  for (const auto& g : cfg.model_groups) {
+    if (g.cache.mode == "semantic") ttl = std::max(ttl, g.cache.ttl);
+  }
+  boost::asio::io_context io;
+  std::size_t added = 0;
+  {
+    auto client =
+        std::make_shared<store::RedisClient>(*ep, 0, 64, std::vector<store::RedisScript>{});
+    cache::RedisCache rc(client, redis_cache_options(cfg), clock);
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          auto records = co_await rc.scan_raw("sem:*", index.capacity(), clock.now() + seconds(5));
+          std::string partition;
+          std::vector<float> v;
+          for (auto& [k, rec] : records) {
+            if (!semantic_record_parse(rec, partition, v)) continue;
+            if (index.add(v, partition, k.substr(4), clock.now() + ttl)) ++added;
+          }
+          io.stop();
+        },
+        [](std::exception_ptr) {});
+    io.run_for(std::chrono::seconds(6));
+  }
+  spdlog::info("semantic cache index rebuilt from Redis: {} entries", added);
+}
+
+}  // namespace
+
+void Gateway::start_cache(const config::Config& cfg) {
+  // The storage exists even when no group caches yet, so that a reload can turn caching on
+  // (an empty in-process cache costs nothing; a Redis client connects on first use).
+  const auto& cc = cfg.cache;
+  if (cc.backend == "redis") {
+    auto ep = store::parse_redis_url(cfg.redis.url);
+    auto client = std::make_shared<store::RedisClient>(*ep, cfg.redis.pool_size, 1024,
+                                                        std::vector<store::RedisScript>{});
+    shared_->cache =
+        std::make_unique<cache::RedisCache>(client, redis_cache_options(cfg), shared_->clock);
+  } else {
+    cache::MemoryCacheOptions mo;
+    mo.max_bytes = cc.max_bytes;
+    shared_->cache = std::make_unique<cache::MemoryCache>(mo, shared_->clock);
+  }
+  if (cc.single_flight_wait > 0 && cc.single_flight_max_waiters > 0) {
+    shared_->single_flight = std::make_unique<cache::SingleFlight>(
+        static_cast<std::size_t>(cc.single_flight_max_waiters));
+  }
+  const bool semantic = std::any_of(cfg.model_groups.begin(), cfg.model_groups.end(),
+                                    [](const auto& g) { return g.cache.mode == "semantic"; });
+  if (semantic) {
+    cache::SemanticIndexOptions so;
+    so.max_entries = static_cast<std::size_t>(cc.semantic_max_entries);
+    shared_->semantic = std::make_unique<cache::SemanticIndex>(so);
+    if (cc.backend == "redis") rebuild_semantic_index(cfg, *shared_->semantic, shared_->clock);
+  }
+}
+
 Result<Ok> Gateway::start() {
   const auto& cfg = *initial_;
   const bool needs_sim = std::any_of(cfg.providers.begin(), cfg.providers.end(),
@@ -108,6 +188,7 @@ Result<Ok> Gateway::start() {
     if (!store) return store.error();
     shared_->limiter->set_async_store(*store);
   }
+  start_cache(cfg);
   if (auto store = make_response_store(cfg); !store) {
     return store.error();
   } else {

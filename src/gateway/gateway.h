@@ -39,6 +39,8 @@ class Gateway {
   ~Gateway();
 
   Result<Ok> start();
+  // The response cache's storage, single-flight and semantic index (set at start).
+  void start_cache(const config::Config& cfg);
   // Swaps in a new configuration; in-flight requests finish on the old one. Listener addresses
   // and worker counts are not changed by a reload.
   Result<Ok> reload(std::shared_ptr<const config::Config> cfg);

@@ -44,8 +44,11 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
       c.llm.endpoint == providers::Endpoint::kEmbeddings
           ? 0
           : (c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens);
-  c.reserved_tokens = providers::estimate_prompt_tokens(c.llm) +
-                      providers::completion_reservation(c.llm, output_cap);
+  // A cache hit costs the provider nothing: it counts against request limits only.
+  c.reserved_tokens = phase_cache::hit(c)
+                          ? 0
+                          : providers::estimate_prompt_tokens(c.llm) +
+                                providers::completion_reservation(c.llm, output_cap);
   if (c.sh.limiter->remote()) return std::nullopt;
   c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
   if (!c.verdict.allowed || c.verdict.unavailable) return std::nullopt;

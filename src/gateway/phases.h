@@ -36,6 +36,30 @@ std::optional<Verdict> try_now(Ctx& c, providers::Endpoint endpoint);
 boost::asio::awaitable<Verdict> run(Ctx& c, providers::Endpoint endpoint);
 }  // namespace phase_resolve
 
+// 4 cache: exact (and semantic) lookup. The hit is served by serve() after the rate limit
+// counted the request (requests only: a hit reserves no tokens and no budget).
+namespace phase_cache {
+std::optional<Verdict> try_now(Ctx& c);
+boost::asio::awaitable<Verdict> run(Ctx& c);
+// x-bellwether-cache on every answer from here on (called after the rate limit set c.extra).
+void note(Ctx& c);
+bool hit(const Ctx& c);
+boost::asio::awaitable<void> serve(Ctx& c);
+// forward: the answer on its way to the client.
+void capture_body(Ctx& c, int status, std::string_view content_type, std::string_view body);
+void capture_event(Ctx& c, std::string_view event);
+void capture_stream_end(Ctx& c, bool complete);
+bool capturing(const Ctx& c);
+// SSE events without the usage-only chat chunk (for a client that did not ask for usage).
+std::string without_usage_chunks(std::string_view events);
+// finish: store a complete answer (and release single-flight followers).
+bool store_needed(const Ctx& c);
+void release(Ctx& c);  // no store: the followers go upstream
+boost::asio::awaitable<void> store(Ctx& c);
+}  // namespace phase_cache
+// A semantic index record as kept in Redis beside its entry (partition and vector).
+bool semantic_record_parse(std::string_view rec, std::string& partition, std::vector<float>& v);
+
 // 5 rate limit: every applicable limit at once; `wait` limits hold the request.
 namespace phase_rate_limit {
 std::optional<Verdict> try_now(Ctx& c);

@@ -40,13 +40,22 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   if (!v) v = co_await phase_resolve::run(c, endpoint);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
-  // 5 rate limit: all limits at once; `wait` limits hold the request
+  // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
+  v = phase_cache::try_now(c);
+  if (!v) v = co_await phase_cache::run(c);
+  if (!v->ok()) co_return co_await reply_error(c, v->error());
+
+  // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
+  // request and reserves no tokens)
   v = phase_rate_limit::try_now(c);
   if (!v) v = co_await phase_rate_limit::run(c);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
   c.extra.add("x-bellwether-priority",
               admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
   if (c.priority.lowered) c.extra.add("x-bellwether-priority-lowered", "true");
+  phase_cache::note(c);
+  // A hit is answered here: no budget hold, no concurrency slot, no upstream.
+  if (phase_cache::hit(c)) co_return co_await phase_cache::serve(c);
 
   // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
   v = phase_cost::try_now(c);

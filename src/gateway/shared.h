@@ -8,6 +8,9 @@
 #include <mutex>
 
 #include "admission/admission_controller.h"
+#include "cache/cache.h"
+#include "cache/semantic_index.h"
+#include "cache/single_flight.h"
 #include "common/clock.h"
 #include "cost/alerts.h"
 #include "cost/budget_manager.h"
@@ -67,6 +70,10 @@ struct Shared {
   telemetry::Registry registry;
   std::unique_ptr<telemetry::GatewayMetrics> metrics;
   std::unique_ptr<ScalingState> scaling;  // what is short, and the replica recommendations
+  // Response cache (cache/): its storage (memory or Redis), single-flight, the semantic index.
+  std::unique_ptr<cache::Cache> cache;
+  std::unique_ptr<cache::SingleFlight> single_flight;
+  std::unique_ptr<cache::SemanticIndex> semantic;
   // OTLP trace export; null unless tracing.endpoint is set (at startup).
   std::unique_ptr<telemetry::TraceExporter> tracer;
   std::atomic<std::uint64_t> llm_arrivals{0};

@@ -88,6 +88,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
           "Dead-letter entries dropped (oldest first) to keep the queue within its bounds.")),
       cache_hits(r.counter("bellwether_cache_hits_total", "Response cache hits.")),
       cache_misses(r.counter("bellwether_cache_misses_total", "Response cache misses.")),
+      cache_saved_usd(r.counter("bellwether_cache_saved_usd_total",
+                                "What the answers served from the response cache cost when they "
+                                "were first bought, in US dollars, by model.",
+                                {"model"}, 1e-6, o.max_children_per_family)),
+      cached_tokens(r.counter("bellwether_cached_tokens_total",
+                              "Prompt tokens the provider read from its own prompt cache.",
+                              {"model"}, 1.0, o.max_children_per_family)),
       budget_utilization(o.budget_utilization ? &r.gauge("bellwether_budget_utilization_ratio",
                                                          "Spend divided by cap, by budget (0..1).",
                                                          {"budget"}, o.max_children_per_family)

@@ -48,6 +48,8 @@ struct GatewayMetrics {
   CounterFamily& dlq_dropped;          // no labels
   CounterFamily& cache_hits;           // no labels
   CounterFamily& cache_misses;         // no labels
+  CounterFamily& cache_saved_usd;      // {model}; add() takes micro-dollars
+  CounterFamily& cached_tokens;        // {model}; prompt tokens the provider served from its cache
   GaugeFamily* budget_utilization;     // {budget}; nullptr unless opted in
   // Scaling (capacity_planner.h). target = "gateway" or a deployment id.
   GaugeFamily& replicas_recommended;     // {target,k8s_namespace,k8s_deployment}

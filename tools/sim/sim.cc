@@ -9,8 +9,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <ctime>
 #include <mutex>
 #include <random>
@@ -189,8 +191,51 @@ struct ParsedRequest {
   bool include_usage = false;
   std::int64_t max_tokens = 0;
   std::int64_t prompt_tokens = 0;
-  std::size_t inputs = 1;  // embeddings
+  std::size_t inputs = 1;          // embeddings
+  std::vector<std::string> texts;  // embeddings: each input's text
 };
+
+// A simulated embedding that means something: each lower-cased word (and each pair of adjacent
+// words) adds a signed unit to one of kEmbeddingDims components picked by its hash, and the
+// vector is normalised. Texts sharing most of their words are close (a paraphrase scores about
+// 0.8-0.95 in cosine similarity), texts differing in one number are close but not identical, and
+// unrelated texts are near orthogonal. Deterministic, so tests can rely on it.
+constexpr std::size_t kEmbeddingDims = 128;
+std::vector<double> embed_text(std::string_view text) {
+  std::vector<double> v(kEmbeddingDims, 0.0);
+  std::vector<std::string> words;
+  std::string w;
+  for (char ch : text) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (std::isalnum(u)) {
+      w.push_back(static_cast<char>(std::tolower(u)));
+    } else if (!w.empty()) {
+      words.push_back(std::move(w));
+      w.clear();
+    }
+  }
+  if (!w.empty()) words.push_back(std::move(w));
+  auto add = [&](std::string_view s, double weight) {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (char ch : s) {
+      h ^= static_cast<unsigned char>(ch);
+      h *= 1099511628211ull;
+    }
+    v[h % kEmbeddingDims] += (h >> 63) ? -weight : weight;
+  };
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    add(words[i], 1.0);
+    if (i + 1 < words.size()) add(words[i] + " " + words[i + 1], 0.5);
+  }
+  double n = 0;
+  for (double x : v) n += x * x;
+  if (n == 0) {
+    v[0] = 1;
+    return v;
+  }
+  for (double& x : v) x /= std::sqrt(n);
+  return v;
+}
 
 Result<ParsedRequest> parse_request(std::string_view path, const std::string& body) {
   thread_local simdjson::dom::parser parser;
@@ -229,11 +274,17 @@ Result<ParsedRequest> parse_request(std::string_view path, const std::string& bo
     simdjson::dom::array arr;
     if (input.get(s) == simdjson::SUCCESS) {
       chars = s.size();
+      r.texts.emplace_back(s);
     } else if (input.get(arr) == simdjson::SUCCESS) {
       r.inputs = 0;
       for (auto e : arr) {
         ++r.inputs;
-        if (e.get(s) == simdjson::SUCCESS) chars += s.size();
+        if (e.get(s) == simdjson::SUCCESS) {
+          chars += s.size();
+          r.texts.emplace_back(s);
+        } else {
+          r.texts.emplace_back();
+        }
       }
     }
     r.prompt_tokens = std::max<std::int64_t>(1, estimate_text_tokens(chars));
@@ -1149,9 +1200,12 @@ asio::awaitable<void> handle(std::shared_ptr<Simulator::State> st, Request& req,
     for (std::size_t i = 0; i < p.inputs; ++i) {
       if (i) body += ",";
       body += "{\"object\":\"embedding\",\"index\":" + std::to_string(i) + ",\"embedding\":[";
-      for (int k = 0; k < 8; ++k) {
+      const auto v = embed_text(i < p.texts.size() ? std::string_view(p.texts[i]) : "");
+      char num[32];
+      for (std::size_t k = 0; k < v.size(); ++k) {
         if (k) body += ",";
-        body += std::to_string(0.125 * static_cast<double>((k + static_cast<int>(i)) % 8) - 0.5);
+        std::snprintf(num, sizeof num, "%.6f", v[k]);
+        body += num;
       }
       body += "]}";
     }
