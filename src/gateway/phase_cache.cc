@@ -196,7 +196,10 @@ std::optional<Verdict> phase_cache::try_now(Ctx& c) {
   return std::nullopt;
 }
 
-asio::awaitable<Verdict> phase_cache::run(Ctx& c) {
+namespace {
+
+// The lookup itself: exact, then semantic, then a single-flight join.
+asio::awaitable<Verdict> lookup(Ctx& c) {
   auto& cs = c.cache;
   auto& sh = c.sh;
   if (cs.read) {
@@ -239,6 +242,15 @@ asio::awaitable<Verdict> phase_cache::run(Ctx& c) {
   }
   cs.capturing = cs.write;
   co_return Ok{};
+}
+
+}  // namespace
+
+asio::awaitable<Verdict> phase_cache::run(Ctx& c) {
+  const auto span = tracing::start(c, "bellwether.cache");
+  auto v = co_await lookup(c);
+  tracing::end_cache(c, span, c.cache.status_text());
+  co_return v;
 }
 
 void phase_cache::note(Ctx& c) {

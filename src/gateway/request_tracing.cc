@@ -102,6 +102,15 @@ void end(Ctx& c, SpanRef s, std::string_view reason) {
   }
 }
 
+void end_cache(Ctx& c, SpanRef s, std::string_view status) {
+  auto* t = recording(c);
+  if (!t) return;
+  c.trace->cache_status = std::string(status);
+  if (s == kNoSpan) return;
+  t->end(s, c.now());
+  t->span(s).set("bellwether.cache", std::string(status));
+}
+
 SpanRef attempt_start(Ctx& c, const Deployment& d, bool fallback) {
   auto* t = recording(c);
   if (!t) return kNoSpan;

@@ -43,6 +43,9 @@ void begin(Ctx& c, std::string_view operation);
 SpanRef start(Ctx& c, std::string_view name);
 // Ends a child span; `reason` becomes bellwether.queue_reason (queue and limit waits).
 void end(Ctx& c, SpanRef s, std::string_view reason = {});
+// Ends the cache lookup's span with its outcome (hit, miss, bypass) as bellwether.cache, which
+// the request's span carries too.
+void end_cache(Ctx& c, SpanRef s, std::string_view status);
 
 // An upstream attempt: a CLIENT span with the GenAI attributes of the deployment.
 SpanRef attempt_start(Ctx& c, const Deployment& d, bool fallback);

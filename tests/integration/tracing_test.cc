@@ -445,6 +445,37 @@ TEST(Tracing, FallbackSpansCarryTheirGroup) {
   EXPECT_EQ(fallback, 1);
 }
 
+TEST(Tracing, TheCacheLookupIsASpanWithItsOutcome) {
+  std::mutex mu;
+  int never_fail = 0;
+  TestServer up([&](const Received&) { return completion(never_fail, mu); });
+  TestServer collector([](const Received&) { return std::pair<int, std::string>{200, "{}"}; });
+  std::string yaml = gateway_yaml(up.port(), tracing_yaml(collector.port()));
+  yaml.replace(yaml.find("model: up-model}]\n") + std::string("model: up-model}]\n").size(), 0,
+               "    cache: {mode: exact, ttl: 10m}\n");
+  Gw gw = start_gateway(yaml);
+  const std::string body = chat_body("gpt-4.1", false, 5);
+  ASSERT_EQ(post_json(gw.port, "/v1/chat/completions", body, kKey).status, 200);
+  auto hit = post_json(gw.port, "/v1/chat/completions", body, kKey);
+  ASSERT_EQ(hit.status, 200) << hit.body;
+  ASSERT_EQ(hit.header("x-bellwether-cache").rfind("hit", 0), 0u)
+      << hit.header("x-bellwether-cache");
+  // Two requests: each a root, a cache span; the miss has one attempt too.
+  auto spans = wait_spans(collector, 5);
+  int roots_miss = 0, roots_hit = 0, cache_miss = 0, cache_hit = 0;
+  for (const auto& s : spans) {
+    auto it = s.attrs.find("bellwether.cache");
+    if (it == s.attrs.end()) continue;
+    const bool is_cache_span = s.name == "bellwether.cache";
+    if (it->second == "miss") ++(is_cache_span ? cache_miss : roots_miss);
+    if (it->second == "hit") ++(is_cache_span ? cache_hit : roots_hit);
+  }
+  EXPECT_EQ(roots_miss, 1);
+  EXPECT_EQ(roots_hit, 1);
+  EXPECT_EQ(cache_miss, 1);
+  EXPECT_EQ(cache_hit, 1);
+}
+
 TEST(Tracing, ContentIsExportedOnlyWhenAskedAndBounded) {
   std::mutex mu;
   int never_fail = 0;
