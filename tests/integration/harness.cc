@@ -388,15 +388,20 @@ std::size_t count(const std::string& hay, const std::string& needle) {
 
 Sim start_sim(const std::string& yaml) {
   Sim s;
-  s.port = free_port();
   auto dir = temp_dir();
   write_file(dir + "/sim.yaml", yaml);
-  s.proc = Process({binary(), "sim", "--config", dir + "/sim.yaml", "--listen",
-                    "127.0.0.1:" + std::to_string(s.port)},
-                   {}, "sim-");
-  if (!wait_for_port(s.port))
-    throw std::runtime_error("sim did not start: " + s.proc.stderr_text());
-  return s;
+  // A free port can be taken by a test running in parallel before the simulator binds it: then
+  // it exits with "Address already in use", and another port is tried.
+  for (int attempt = 0;; ++attempt) {
+    s.port = free_port();
+    s.proc = Process({binary(), "sim", "--config", dir + "/sim.yaml", "--listen",
+                      "127.0.0.1:" + std::to_string(s.port)},
+                     {}, "sim-");
+    if (wait_for_port(s.port) && s.proc.running()) return s;
+    const std::string err = s.proc.stderr_text();
+    if (attempt < 2 && err.find("Address already in use") != std::string::npos) continue;
+    throw std::runtime_error("sim did not start: " + err);
+  }
 }
 
 Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env,
