@@ -8,9 +8,9 @@
 
 #include "common/clock.h"
 
+#include "api/response_store.h"
 #include "cache/memory_cache.h"
 #include "cache/redis_cache.h"
-#include "api/response_store.h"
 #include "cost/recovery.h"
 #include "cost/redis_budget.h"
 #include "gateway/phases.h"
@@ -148,7 +148,7 @@ void Gateway::start_cache(const config::Config& cfg) {
   if (cc.backend == "redis") {
     auto ep = store::parse_redis_url(cfg.redis.url);
     auto client = std::make_shared<store::RedisClient>(*ep, cfg.redis.pool_size, 1024,
-                                                        std::vector<store::RedisScript>{});
+                                                       std::vector<store::RedisScript>{});
     shared_->cache =
         std::make_unique<cache::RedisCache>(client, redis_cache_options(cfg), shared_->clock);
   } else {

@@ -12,16 +12,16 @@ struct Route {
 };
 
 inline constexpr std::array<Route, 11> kRoutes = {{{"/v1/chat/completions", "POST"},
-                                                  {"/v1/responses", "POST"},
-                                                  {"/v1/messages", "POST"},
-                                                  {"/v1/messages/count_tokens", "POST"},
-                                                  {"/v1/completions", "POST"},
-                                                  {"/v1/embeddings", "POST"},
-                                                  {"/v1/models", "GET"},
-                                                  {"/healthz", "GET"},
-                                                  {"/readyz", "GET"},
-                                                  {"/v1/metrics/queue", "GET"},
-                                                  {"/metrics", "GET"}}};
+                                                   {"/v1/responses", "POST"},
+                                                   {"/v1/messages", "POST"},
+                                                   {"/v1/messages/count_tokens", "POST"},
+                                                   {"/v1/completions", "POST"},
+                                                   {"/v1/embeddings", "POST"},
+                                                   {"/v1/models", "GET"},
+                                                   {"/healthz", "GET"},
+                                                   {"/readyz", "GET"},
+                                                   {"/v1/metrics/queue", "GET"},
+                                                   {"/metrics", "GET"}}};
 
 // The endpoint label: a known route, "/admin" for the admin API, or "other", so that clients
 // cannot mint series by probing URLs (label cardinality stays bounded).

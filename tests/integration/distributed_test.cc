@@ -540,9 +540,9 @@ TEST(Distributed, PostgresDownFailsClosedForBudgetsOpenForOthersAndRecovers) {
   EXPECT_EQ(ready.status, 200);
 
   ASSERT_TRUE(Postgres::get()->resume());
-  ASSERT_TRUE(eventually(
-      [&] { return post_json(a, kChat, kBigBody, "sk-dist-race-0001").status == 200; },
-      std::chrono::seconds(20)));
+  ASSERT_TRUE(
+      eventually([&] { return post_json(a, kChat, kBigBody, "sk-dist-race-0001").status == 200; },
+                 std::chrono::seconds(20)));
   ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
   // Every request that was served is in the ledger: no spend was lost while it was down.
   const long long after = f->settled("race");
