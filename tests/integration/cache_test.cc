@@ -327,6 +327,56 @@ keys:
       }
     }
   }
+  // A streamed request is served from the same request's buffered answer, as a well-formed stream
+  // of its own API with the same text and the usage.
+  auto quoted_text = [](const std::string& body, const std::string& field) {
+    const auto at = body.find("\"" + field + "\":\"");
+    if (at == std::string::npos) return std::string();
+    const auto from = at + field.size() + 3;
+    return body.substr(from - 1, body.find('"', from) - from + 2);
+  };
+  for (const auto& api : apis) {
+    for (const std::string model : {"via-openai", "via-anthropic"}) {
+      const std::string where = std::string(api.name) + " " + model + " buffered, then streamed";
+      const std::string text = "\"stream me from a buffered answer: " + where + "\"";
+      const bool chat = std::string(api.name) == "chat";
+      std::string head = "{\"model\":\"" + model + "\",";
+      head += std::string(api.name) == "responses" ? "\"max_output_tokens\":16,\"input\":" + text
+                                                   : "\"max_tokens\":16,\"messages\":[{\"role\":"
+                                                     "\"user\",\"content\":" +
+                                                         text + "}]";
+      const std::string buffered = head + "}";
+      std::string streamed = head + ",\"stream\":true";
+      if (std::string(api.name) == "chat")
+        streamed += ",\"stream_options\":{\"include_usage\":true}";
+      streamed += "}";
+      auto first = post(gw.port, api.path, buffered);
+      ASSERT_EQ(first.status, 200) << where << ": " << first.body.substr(0, 300);
+      const std::string answer =
+          quoted_text(first.body, std::string(api.name) == "chat" ? "content" : "text");
+      ASSERT_FALSE(answer.empty()) << where << ": " << first.body;
+      HttpResponse hit;
+      ASSERT_TRUE(eventually([&] {
+        hit = post(gw.port, api.path, streamed);
+        return hit.header("x-bellwether-cache") == "hit";
+      })) << where
+          << ": " << hit.header("x-bellwether-cache");
+      EXPECT_EQ(hit.status, 200) << where;
+      EXPECT_EQ(hit.header("content-type"), "text/event-stream") << where;
+      EXPECT_NE(hit.body.find(answer), std::string::npos) << where << ": " << hit.body;
+      EXPECT_NE(hit.body.find("\"usage\""), std::string::npos) << where << ": " << hit.body;
+      bool ended = false;
+      for (const auto& e : api.stream_ends) {
+        if (auto at = hit.body.rfind(e);
+            at != std::string::npos && hit.body.find("\n\n", at) + 2 == hit.body.size())
+          ended = true;
+      }
+      EXPECT_TRUE(ended) << where << ": " << hit.body;
+      if (chat) {
+        EXPECT_EQ(hit.body.find("data: "), 0u) << where;
+      }
+    }
+  }
   // A chat stream translated from another API: the usage chunk only for a client that asks.
   const std::string chat_stream =
       R"({"model":"via-anthropic","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"u"}]})";
