@@ -45,8 +45,10 @@ Env start() {
       "sim:\n  workers: 2\n  defaults: {ttft: {median_ms: 40}, itl: {median_ms: 4}, "
       "completion_tokens: 12}\n"
       // A provider tier of 12 requests per minute, reported in x-ratelimit-* headers; the
-      // gateway is configured with more (600), so what binds is what it learns.
-      "  models:\n    tiered: {ttft: {median_ms: 40}, itl: {median_ms: 4}, completion_tokens: 12, "
+      // gateway is configured with more (1,200), so what binds is what it learns. Its first
+      // answers take 400 ms, so that a dozen concurrent requests all reach it before the gateway
+      // learns the tier, however slow the machine: they use up the tier's minute at once.
+      "  models:\n    tiered: {ttft: {median_ms: 400}, itl: {median_ms: 4}, completion_tokens: 12, "
       "rpm: 12}\n";
   e.a = start_sim(sim);
   e.b = start_sim(sim);
@@ -70,7 +72,7 @@ Env start() {
   tiered:
     concurrency: {mode: fixed, initial: 16}
     deployments:
-      - {id: m-t, provider: pa, model: tiered, rpm: 600}
+      - {id: m-t, provider: pa, model: tiered, rpm: 1200}
 pricing:
   tiered: {input: 0.4, output: 1.6}
 resilience:

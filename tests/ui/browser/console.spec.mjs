@@ -170,8 +170,9 @@ const scenarios = {
     console.log("throttled as expected");
   },
 
-  // A provider tier binds: deployment m-t is configured at 600 requests/min but its simulator
-  // allows 12 and says so in x-ratelimit-* headers. Under load the Live page shows requests
+  // A provider tier binds: deployment m-t is configured at 1,200 requests/min but its simulator
+  // allows 12 and says so in x-ratelimit-* headers. Twelve concurrent clients use up the tier's
+  // minute before the first answer (400 ms) teaches the gateway the tier. The Live page shows requests
   // waiting for deployment_rpm, the learned limit beside the configured one, and the remaining
   // capacity bar turning from green to red; the Upstreams page shows the same.
   async capacity(page) {
@@ -194,12 +195,19 @@ const scenarios = {
       [r, g] = await barColour(liveBar);
       check(r > g, `the bar of an exhausted deployment is not red: rgb ${r},${g}`);
       const row = page.locator("#capacity tr", { has: page.locator('.bar[data-deployment="m-t"]') });
-      check((await row.textContent()).includes("600"), "the configured limit is not shown beside the learned one: " + (await row.textContent()));
+      check((await row.textContent()).includes("1,200"), "the configured limit is not shown beside the learned one: " + (await row.textContent()));
       await openPage(page, "upstreams");
       const up = page.locator("#deployments tr", { has: page.locator('.badge[data-deployment="m-t"]') });
       await up.locator(".learned").filter({ hasText: /^12$/ }).waitFor();
-      check((await up.textContent()).includes("600"), "Upstreams: no configured limit: " + (await up.textContent()));
+      check((await up.textContent()).includes("1,200"), "Upstreams: no configured limit: " + (await up.textContent()));
       await page.locator('#deployments .bar.bad[data-deployment="m-t"]').waitFor();
+    } catch (e) {
+      // What the page was given, to tell a slow page from a gateway that paced differently.
+      const state = await page.evaluate(async () => {
+        const d = await (await fetch("/ui/api/live?since=" + (Date.now() - 5000))).json();
+        return { deployment: d.now.deployments.find(x => x.id === "m-t"), qr: d.samples.map(x => x.qr) };
+      }).catch(x => String(x));
+      fail(e.message + "\nlive state: " + JSON.stringify(state) + "\nload: " + JSON.stringify(l.counts));
     } finally {
       await l.stop();
     }
@@ -344,6 +352,7 @@ const scenarios = {
       load(env.client_key, "gpt-4.1", 12, 50000),
       load(env.client_key, "gpt-4.1", 4, 50000, { "X-Priority": "urgent" }, true),
       load(env.batch_key, "gpt-4.1", 8, 50000),
+      load(env.client_key, "tiered", 12, 50000),  // past the provider's tier: deployment_rpm waits
     ];
     await sleep(8000);
     await simControl(env.sim_a, { error_status: 503, error_rate: 0.5 });
