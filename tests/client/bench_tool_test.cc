@@ -161,9 +161,14 @@ TEST(BenchReport, HtmlIsSelfContainedAndBalanced) {
   const auto html = to_html({sample_run("direct", false), sample_run("gate<way>", true)}, "0:60");
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_NE(html.find("</html>"), std::string::npos);
-  // 2 latency charts + request rate + 429s + queue depth.
-  EXPECT_EQ(count(html, "<svg "), 5u);
-  EXPECT_EQ(count(html, "</svg>"), 5u);
+  // Per run: latency percentiles, p99 by priority, refusals by priority; then request rate,
+  // 429s and queue depth.
+  EXPECT_EQ(count(html, "<svg "), 9u);
+  EXPECT_EQ(count(html, "</svg>"), 9u);
+  EXPECT_EQ(count(html, "p99 latency by priority over time"), 2u);
+  EXPECT_EQ(count(html, "Refusals (429 + 503) by priority over time"), 2u);
+  for (const char* legend : {">P0 p99<", ">P1 p99<", ">P2 p99<"})
+    EXPECT_EQ(count(html, legend), 2u) << legend;
   EXPECT_EQ(count(html, "<table>"), count(html, "</table>"));
   EXPECT_EQ(count(html, "<tr>"), count(html, "</tr>"));
   EXPECT_EQ(html.find("gate<way>"), std::string::npos);  // escaped
@@ -175,6 +180,134 @@ TEST(BenchReport, HtmlIsSelfContainedAndBalanced) {
   EXPECT_NE(table.find("429 rate"), std::string::npos);
   EXPECT_NE(table.find("8.00%"), std::string::npos);
   EXPECT_NE(table.find("91.67% of 60"), std::string::npos);
+}
+
+TEST(BenchReport, RoundRobinSpreadsEvenlyAndAlternates) {
+  EXPECT_EQ(round_robin_target(5, 0), 0u);
+  EXPECT_EQ(round_robin_target(7, 1), 0u);
+  std::vector<int> hits(3);
+  for (std::size_t i = 0; i < 301; ++i) {
+    const auto t = round_robin_target(i, 3);
+    ASSERT_LT(t, 3u);
+    if (i > 0) {
+      EXPECT_NE(t, round_robin_target(i - 1, 3));  // consecutive requests alternate
+    }
+    ++hits[t];
+  }
+  EXPECT_EQ(hits, (std::vector<int>{101, 100, 100}));
+}
+
+TEST(BenchReport, RenderTemplateRepeatsPerSimLines) {
+  const std::string text =
+      "listen: 127.0.0.1:{{GATEWAY_PORT}}\nproviders:\n  sim{{I}}: {base_url: "
+      "\"{{SIM_URL_I}}/v1\"}\n"
+      "first: {{SIM_URL}} second: {{SIM_URL_2}}\n    - {id: d{{I}}, port: {{SIM_PORT_I}}}";
+  const auto out =
+      render_template(text,
+                      {{"{{GATEWAY_PORT}}", "9000"},
+                       {"{{SIM_URL}}", "http://a"},
+                       {"{{SIM_URL_1}}", "http://a"},
+                       {"{{SIM_URL_2}}", "http://b"}},
+                      {{{"{{I}}", "1"}, {"{{SIM_URL_I}}", "http://a"}, {"{{SIM_PORT_I}}", "1"}},
+                       {{"{{I}}", "2"}, {"{{SIM_URL_I}}", "http://b"}, {"{{SIM_PORT_I}}", "2"}}});
+  EXPECT_EQ(out,
+            "listen: 127.0.0.1:9000\nproviders:\n  sim1: {base_url: \"http://a/v1\"}\n"
+            "  sim2: {base_url: \"http://b/v1\"}\nfirst: http://a second: http://b\n"
+            "    - {id: d1, port: 1}\n    - {id: d2, port: 2}");
+  // No simulators listed: lines are kept once, plain placeholders still filled.
+  EXPECT_EQ(render_template("a {{X}}\n", {{"{{X}}", "1"}}, {}), "a 1\n");
+}
+
+TEST(BenchReport, TallyAggregatesPerPriority) {
+  EXPECT_EQ(classify_outcome(true, 200, false), Outcome::kOk);
+  EXPECT_EQ(classify_outcome(false, 429, false), Outcome::kRateLimited);
+  EXPECT_EQ(classify_outcome(false, 0, true), Outcome::kRateLimited);
+  EXPECT_EQ(classify_outcome(false, 503, false), Outcome::kUnavailable);
+  EXPECT_EQ(classify_outcome(false, 502, false), Outcome::kServerError);
+  EXPECT_EQ(classify_outcome(false, 0, false), Outcome::kOtherError);
+
+  RunTally t("gw");
+  // Second 0: P0 fast, P2 refused. Second 1: P0 slower, P1 503, P2 500, one drop.
+  for (int i = 1; i <= 100; ++i) {
+    t.sent(0.5, 0);
+    t.completed(0.5, 0, Outcome::kOk, i, {}, 10, 2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t.sent(0.2, 2);
+    t.completed(0.2, 2, Outcome::kRateLimited, 1);
+  }
+  t.sent(0.9, 2);
+  t.completed(0.9, 2, Outcome::kOk, 5000);
+  t.sent(1.1, 0);
+  t.completed(1.1, 0, Outcome::kOk, 300);
+  t.sent(1.2, 1);
+  t.completed(1.2, 1, Outcome::kUnavailable, 3, "server_error 503 overloaded");
+  t.sent(1.3, 2);
+  t.completed(1.3, 2, Outcome::kServerError, 3, "server_error 500");
+  t.sent(1.4, 1);
+  t.dropped(1.4, 1);
+  t.queue_depth(1.5, 7);
+  const auto r = t.finish(2);
+  EXPECT_EQ(r.sent, 109);
+  EXPECT_EQ(r.ok, 102);
+  EXPECT_EQ(r.rate_limited, 4);
+  EXPECT_EQ(r.errors, 3);
+  EXPECT_EQ(r.dropped, 1);
+  EXPECT_EQ(r.errors_by_reason.at("server_error 503 overloaded"), 1);
+  EXPECT_EQ(r.prompt_tokens, 1000);
+  EXPECT_DOUBLE_EQ(r.tokens_per_s, 100);
+  const auto& p0 = r.by_priority[0];
+  EXPECT_EQ(p0.sent, 101);
+  EXPECT_EQ(p0.ok, 101);
+  EXPECT_EQ(p0.refused(), 0);
+  EXPECT_DOUBLE_EQ(p0.p50_ms, 51);
+  EXPECT_DOUBLE_EQ(p0.p99_ms, 100);
+  const auto& p1 = r.by_priority[1];
+  EXPECT_EQ(p1.sent, 2);
+  EXPECT_EQ(p1.unavailable, 1);
+  EXPECT_EQ(p1.other_errors, 1);  // the drop
+  EXPECT_EQ(p1.refused(), 1);
+  const auto& p2 = r.by_priority[2];
+  EXPECT_EQ(p2.sent, 6);
+  EXPECT_EQ(p2.rate_limited, 4);
+  EXPECT_EQ(p2.server_errors, 1);
+  EXPECT_DOUBLE_EQ(p2.p99_ms, 5000);
+  ASSERT_EQ(r.series.size(), 2u);
+  EXPECT_EQ(r.series[0].ok_by_priority, (std::array<std::int64_t, 3>{100, 0, 1}));
+  EXPECT_EQ(r.series[0].refused_by_priority, (std::array<std::int64_t, 3>{0, 0, 4}));
+  EXPECT_DOUBLE_EQ(r.series[0].p99_by_priority[0], 99);
+  EXPECT_DOUBLE_EQ(r.series[0].p99_by_priority[2], 5000);
+  EXPECT_EQ(r.series[1].refused_by_priority, (std::array<std::int64_t, 3>{0, 1, 0}));
+  EXPECT_DOUBLE_EQ(r.series[1].p99_by_priority[0], 300);
+  EXPECT_EQ(r.series[1].errors, 3);  // 503, 500 and the drop
+  EXPECT_EQ(r.series[1].dropped, 1);
+  EXPECT_DOUBLE_EQ(*r.series[1].queue_depth, 7);
+
+  // The table and JSON carry the per-priority refusals and the ratio to the unloaded baseline.
+  RunSummary base = RunTally("unloaded").finish(1);
+  base.baseline = true;
+  base.by_priority[0].ok = 10;
+  base.by_priority[0].p99_ms = 50;
+  EXPECT_DOUBLE_EQ(*p0_p99_ratio(r, {r, base}), 2.0);
+  EXPECT_FALSE(p0_p99_ratio(r, {r}).has_value());
+  const auto table = comparison_table({r, base});
+  EXPECT_NE(table.find("P0 p99 / unloaded P0 p99"), std::string::npos) << table;
+  EXPECT_NE(table.find("2.00x"), std::string::npos) << table;
+  EXPECT_NE(table.find("4 (66.7%): 4 / 0"), std::string::npos) << table;  // P2 refusals
+  EXPECT_NE(table.find("1 (50.0%): 0 / 1"), std::string::npos) << table;  // P1
+  const auto v = boost::json::parse(to_json({r, base}, "x"));
+  const auto& s = v.at("runs").as_array()[0].at("summary");
+  EXPECT_EQ(s.at("by_priority").as_array()[2].at("refused").as_int64(), 4);
+  EXPECT_EQ(s.at("by_priority").as_array()[2].at("server_errors").as_int64(), 1);
+  EXPECT_DOUBLE_EQ(s.at("p0_p99_over_unloaded").as_double(), 2.0);
+  EXPECT_EQ(v.at("runs")
+                .as_array()[0]
+                .at("series")
+                .as_array()[0]
+                .at("refused_by_priority")
+                .as_array()[2]
+                .as_int64(),
+            4);
 }
 
 TEST(BenchRun, OpenLoopCountsOutcomesPerSecond) {
@@ -251,7 +384,7 @@ TEST(BenchCompare, OrchestratesSimAndGatewayFromTemplates) {
   {
     std::ofstream(dir / "sim.yaml") << "port: {{SIM_PORT}}\n";
     std::ofstream(dir / "gateway.yaml")
-        << "listen: 127.0.0.1:{{GATEWAY_PORT}}\nupstream: {{SIM_URL}}\n";
+        << "listen: 127.0.0.1:{{GATEWAY_PORT}}\nupstream: {{SIM_URL}}\nsim{{I}}: {{SIM_URL_I}}\n";
   }
   const std::string script = std::string(BW_TEST_SOURCE_DIR) + "/fake_bellwether.py";
   std::vector<std::string> args{"compare",
@@ -278,7 +411,15 @@ TEST(BenchCompare, OrchestratesSimAndGatewayFromTemplates) {
                                 "--drain",
                                 "5",
                                 "--price",
-                                "m=1000000:1000000"};
+                                "m=1000000:1000000",
+                                "--deployments",
+                                "2",
+                                "--client-attempts",
+                                "1",
+                                "--baseline-rate",
+                                "600",
+                                "--baseline-duration",
+                                "1"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   ASSERT_EQ(run_bench_compare(static_cast<int>(argv.size()), argv.data()), 0);
@@ -288,10 +429,22 @@ TEST(BenchCompare, OrchestratesSimAndGatewayFromTemplates) {
   text << in.rdbuf();
   const auto v = boost::json::parse(text.str());
   const auto& runs = v.at("runs").as_array();
-  ASSERT_EQ(runs.size(), 2u);
-  EXPECT_EQ(runs[0].at("name").as_string(), "direct");
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[0].at("name").as_string(), "direct 1x");
+  EXPECT_EQ(runs[0].at("targets").as_int64(), 2);
   EXPECT_EQ(runs[0].at("summary").at("sent").as_int64(), 20);
   EXPECT_EQ(runs[0].at("summary").at("ok").as_int64(), 20);
+  // Round robin over the two simulators; their own counters are read before they stop.
+  EXPECT_EQ(runs[0].at("summary").at("provider_requests").as_int64(), 20);
+  EXPECT_EQ(runs[0].at("summary").at("provider_429").as_int64(), 0);
+  EXPECT_EQ(runs[1].at("name").as_string(), "gateway");
+  EXPECT_FALSE(runs[1].at("baseline").as_bool());
+  EXPECT_EQ(runs[2].at("name").as_string(), "gateway unloaded");
+  EXPECT_TRUE(runs[2].at("baseline").as_bool());
+  EXPECT_EQ(runs[2].at("summary").at("sent").as_int64(), 10);
+  EXPECT_EQ(runs[2].at("summary").at("by_priority").as_array()[0].at("sent").as_int64(), 10);
+  EXPECT_TRUE(runs[1].at("summary").at("p0_p99_over_unloaded").is_number() ||
+              runs[1].at("summary").at("by_priority").as_array()[0].at("ok").as_int64() == 0);
   EXPECT_EQ(runs[1].at("summary").at("ok").as_int64(), 16);  // every 5th is a 429
   EXPECT_EQ(runs[1].at("summary").at("rate_limited").as_int64(), 4);
   EXPECT_DOUBLE_EQ(runs[1].at("summary").at("spend_usd").as_double(), 16 * 14.0);
@@ -305,6 +458,8 @@ TEST(BenchCompare, OrchestratesSimAndGatewayFromTemplates) {
   rendered << gw.rdbuf();
   EXPECT_EQ(rendered.str().find("{{"), std::string::npos);
   EXPECT_NE(rendered.str().find("upstream: http://127.0.0.1:"), std::string::npos);
+  EXPECT_NE(rendered.str().find("sim1: http://127.0.0.1:"), std::string::npos) << rendered.str();
+  EXPECT_NE(rendered.str().find("sim2: http://127.0.0.1:"), std::string::npos) << rendered.str();
   EXPECT_TRUE(fs::exists(dir / "compare.html"));
   fs::remove_all(dir);
 }

@@ -38,6 +38,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if mode == "sim" and self.path == "/sim/stats":
+            with lock:
+                n = counter["n"]
+            self.reply(200, {"requests": n, "rejected_429": 0})
+            return
         self.reply(200, {"queue_depth": 4 if mode == "serve" else 0})
 
     def do_POST(self):

@@ -59,6 +59,9 @@ std::vector<Row> table_rows(const std::vector<RunSummary>& runs) {
     rows.push_back(std::move(r));
   };
   add("requests sent", [](const RunSummary& r) { return std::to_string(r.sent); });
+  add("client attempts per request",
+      [](const RunSummary& r) { return std::to_string(r.client_attempts); });
+  add("endpoints (round robin)", [](const RunSummary& r) { return std::to_string(r.targets); });
   add("P50 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p50_ms); });
   add("P95 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p95_ms); });
   add("P99 latency (ms)", [](const RunSummary& r) { return fmt("%.1f", r.p99_ms); });
@@ -73,18 +76,41 @@ std::vector<Row> table_rows(const std::vector<RunSummary>& runs) {
       out += (out.empty() ? "" : ", ") + reason + ": " + std::to_string(n);
     return out.empty() ? std::string("-") : out;
   });
-  for (int p = 0; p < 3; ++p) {
+  for (int p = 0; p < kPriorities; ++p) {
     add("success rate P" + std::to_string(p), [p](const RunSummary& r) {
       const auto& s = r.by_priority[static_cast<std::size_t>(p)];
       return fmt("%.2f%%", pct(s.ok, s.sent)) + " of " + std::to_string(s.sent);
     });
   }
-  for (int p = 0; p < 3; ++p) {
+  for (int p = 0; p < kPriorities; ++p) {
+    add("refused P" + std::to_string(p) + " (429 / 503)", [p](const RunSummary& r) {
+      const auto& s = r.by_priority[static_cast<std::size_t>(p)];
+      return std::to_string(s.refused()) + " (" + fmt("%.1f%%", pct(s.refused(), s.sent)) +
+             "): " + std::to_string(s.rate_limited) + " / " + std::to_string(s.unavailable);
+    });
+  }
+  for (int p = 0; p < kPriorities; ++p) {
+    add("5xx P" + std::to_string(p) + " / no answer", [p](const RunSummary& r) {
+      const auto& s = r.by_priority[static_cast<std::size_t>(p)];
+      return std::to_string(s.server_errors) + " / " + std::to_string(s.other_errors);
+    });
+  }
+  for (int p = 0; p < kPriorities; ++p) {
     add("latency P" + std::to_string(p) + " p50/p95/p99 (ms)", [p](const RunSummary& r) {
       const auto& s = r.by_priority[static_cast<std::size_t>(p)];
       return fmt("%.0f", s.p50_ms) + " / " + fmt("%.0f", s.p95_ms) + " / " + fmt("%.0f", s.p99_ms);
     });
   }
+  add("P0 p99 / unloaded P0 p99", [&runs](const RunSummary& r) {
+    const auto ratio = p0_p99_ratio(r, runs);
+    return ratio ? fmt("%.2fx", *ratio) : std::string("-");
+  });
+  add("provider: requests received", [](const RunSummary& r) {
+    return r.provider_requests ? std::to_string(*r.provider_requests) : std::string("-");
+  });
+  add("provider: 429 sent", [](const RunSummary& r) {
+    return r.provider_429 ? std::to_string(*r.provider_429) : std::string("-");
+  });
   add("completion tokens/s", [](const RunSummary& r) { return fmt("%.1f", r.tokens_per_s); });
   add("spend (USD)", [](const RunSummary& r) {
     return fmt("%.4f", r.spend_usd) + (r.budget_usd ? " of cap " + fmt("%.4f", *r.budget_usd) : "");
@@ -177,6 +203,125 @@ std::vector<double> column(const RunSummary& r, double (*get)(const SecondStats&
 
 }  // namespace
 
+Outcome classify_outcome(bool ok, int status, bool rate_limited_kind) {
+  if (ok) return Outcome::kOk;
+  if (status == 429 || rate_limited_kind) return Outcome::kRateLimited;
+  if (status == 503) return Outcome::kUnavailable;
+  if (status >= 500 && status <= 599) return Outcome::kServerError;
+  return Outcome::kOtherError;
+}
+
+RunTally::RunTally(std::string name) {
+  summary_.name = std::move(name);
+}
+
+SecondStats& RunTally::at(double at_s) {
+  const auto sec = static_cast<std::size_t>(std::max(0.0, at_s));
+  if (series_.size() <= sec) {
+    series_.resize(sec + 1);
+    second_latencies_.resize(sec + 1);
+    second_priority_latencies_.resize(sec + 1);
+  }
+  return series_[sec];
+}
+
+void RunTally::sent(double at_s, int priority) {
+  ++at(at_s).sent;
+  ++summary_.sent;
+  ++summary_.by_priority[static_cast<std::size_t>(std::clamp(priority, 0, kPriorities - 1))].sent;
+}
+
+void RunTally::dropped(double at_s, int priority) {
+  auto& s = at(at_s);
+  ++s.dropped;
+  ++s.errors;
+  ++summary_.dropped;
+  ++summary_.errors;
+  ++summary_.by_priority[static_cast<std::size_t>(std::clamp(priority, 0, kPriorities - 1))]
+        .other_errors;
+}
+
+void RunTally::completed(double at_s, int priority, Outcome outcome, double latency_ms,
+                         const std::string& reason, std::int64_t prompt_tokens,
+                         std::int64_t completion_tokens) {
+  const auto p = static_cast<std::size_t>(std::clamp(priority, 0, kPriorities - 1));
+  auto& s = at(at_s);
+  const auto sec = static_cast<std::size_t>(std::max(0.0, at_s));
+  auto& ps = summary_.by_priority[p];
+  switch (outcome) {
+    case Outcome::kOk:
+      ++s.ok;
+      ++s.ok_by_priority[p];
+      ++summary_.ok;
+      ++ps.ok;
+      second_latencies_[sec].push_back(latency_ms);
+      second_priority_latencies_[sec][p].push_back(latency_ms);
+      all_latencies_.push_back(latency_ms);
+      priority_latencies_[p].push_back(latency_ms);
+      summary_.prompt_tokens += prompt_tokens;
+      summary_.completion_tokens += completion_tokens;
+      return;
+    case Outcome::kRateLimited:
+      ++s.rate_limited;
+      ++s.refused_by_priority[p];
+      ++summary_.rate_limited;
+      ++ps.rate_limited;
+      return;
+    case Outcome::kUnavailable:
+      ++s.refused_by_priority[p];
+      ++ps.unavailable;
+      break;
+    case Outcome::kServerError:
+      ++ps.server_errors;
+      break;
+    case Outcome::kOtherError:
+      ++ps.other_errors;
+      break;
+  }
+  ++s.errors;
+  ++summary_.errors;
+  ++summary_.errors_by_reason[reason.empty() ? std::string("error") : reason];
+}
+
+void RunTally::queue_depth(double at_s, double depth) {
+  at(at_s).queue_depth = depth;
+}
+
+RunSummary RunTally::finish(double duration_s) const {
+  RunSummary s = summary_;
+  s.series = series_;
+  for (std::size_t i = 0; i < s.series.size(); ++i) {
+    const auto& lat = second_latencies_[i];
+    s.series[i].p50_ms = percentile(lat, 50);
+    s.series[i].p95_ms = percentile(lat, 95);
+    s.series[i].p99_ms = percentile(lat, 99);
+    for (std::size_t p = 0; p < kPriorities; ++p)
+      s.series[i].p99_by_priority[p] = percentile(second_priority_latencies_[i][p], 99);
+  }
+  s.p50_ms = percentile(all_latencies_, 50);
+  s.p95_ms = percentile(all_latencies_, 95);
+  s.p99_ms = percentile(all_latencies_, 99);
+  s.max_ms = percentile(all_latencies_, 100);
+  for (std::size_t p = 0; p < kPriorities; ++p) {
+    s.by_priority[p].p50_ms = percentile(priority_latencies_[p], 50);
+    s.by_priority[p].p95_ms = percentile(priority_latencies_[p], 95);
+    s.by_priority[p].p99_ms = percentile(priority_latencies_[p], 99);
+  }
+  s.duration_s = std::max(1e-3, duration_s);
+  s.tokens_per_s = static_cast<double>(s.completion_tokens) / s.duration_s;
+  return s;
+}
+
+std::optional<double> p0_p99_ratio(const RunSummary& run, const std::vector<RunSummary>& runs) {
+  for (const auto& b : runs) {
+    if (!b.baseline) continue;
+    const double base = b.by_priority[0].p99_ms;
+    if (base <= 0 || run.by_priority[0].ok == 0) return std::nullopt;
+    return run.by_priority[0].p99_ms / base;
+  }
+  return std::nullopt;
+}
+
 std::string comparison_table(const std::vector<RunSummary>& runs) {
   const auto rows = table_rows(runs);
   std::size_t label_w = 6;
@@ -212,6 +357,9 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
   for (const auto& r : runs) {
     json::object o;
     o["name"] = r.name;
+    o["baseline"] = r.baseline;
+    o["client_attempts"] = r.client_attempts;
+    o["targets"] = r.targets;
     json::object s{{"duration_s", r.duration_s},
                    {"sent", r.sent},
                    {"ok", r.ok},
@@ -233,6 +381,11 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
     json::object reasons;
     for (const auto& [reason, n] : r.errors_by_reason) reasons[reason] = n;
     s["errors_by_reason"] = std::move(reasons);
+    s["provider_requests"] =
+        r.provider_requests ? json::value(*r.provider_requests) : json::value(nullptr);
+    s["provider_429"] = r.provider_429 ? json::value(*r.provider_429) : json::value(nullptr);
+    const auto ratio = p0_p99_ratio(r, runs);
+    s["p0_p99_over_unloaded"] = ratio ? json::value(*ratio) : json::value(nullptr);
     json::array prio;
     for (std::size_t p = 0; p < r.by_priority.size(); ++p)
       prio.push_back(
@@ -240,6 +393,11 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
                        {"sent", r.by_priority[p].sent},
                        {"ok", r.by_priority[p].ok},
                        {"success_rate", pct(r.by_priority[p].ok, r.by_priority[p].sent) / 100},
+                       {"rate_limited", r.by_priority[p].rate_limited},
+                       {"unavailable", r.by_priority[p].unavailable},
+                       {"refused", r.by_priority[p].refused()},
+                       {"server_errors", r.by_priority[p].server_errors},
+                       {"other_errors", r.by_priority[p].other_errors},
                        {"p50_ms", r.by_priority[p].p50_ms},
                        {"p95_ms", r.by_priority[p].p95_ms},
                        {"p99_ms", r.by_priority[p].p99_ms}});
@@ -258,6 +416,15 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
                        {"p95_ms", x.p95_ms},
                        {"p99_ms", x.p99_ms}};
       row["queue_depth"] = x.queue_depth ? json::value(*x.queue_depth) : json::value(nullptr);
+      json::array okp, refp, p99p;
+      for (std::size_t p = 0; p < kPriorities; ++p) {
+        okp.push_back(x.ok_by_priority[p]);
+        refp.push_back(x.refused_by_priority[p]);
+        p99p.push_back(x.p99_by_priority[p]);
+      }
+      row["ok_by_priority"] = std::move(okp);
+      row["refused_by_priority"] = std::move(refp);
+      row["p99_ms_by_priority"] = std::move(p99p);
       series.push_back(std::move(row));
     }
     o["series"] = std::move(series);
@@ -269,6 +436,7 @@ std::string to_json(const std::vector<RunSummary>& runs, const std::string& prof
 
 std::string to_html(const std::vector<RunSummary>& runs, const std::string& profile_text) {
   static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+  static const char* kPriorityColors[] = {"#d62728", "#1f77b4", "#7f7f7f"};
   const auto nan = std::nan("");
   std::ostringstream o;
   o << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Bellwether spike "
@@ -279,7 +447,10 @@ std::string to_html(const std::vector<RunSummary>& runs, const std::string& prof
   o << "<h1>Bellwether spike benchmark</h1>\n<p>Profile (time_s:rate_per_min): <code>"
     << html_escape(profile_text)
     << "</code>. Open-loop load; latency is measured from each request's intended send time and "
-       "covers successful requests.</p>\n";
+       "covers successful requests (after the client's own retries, if any). Refusals are 429 and "
+       "503 "
+       "as the client finally got them; the provider's own 429s are counted by the "
+       "simulator.</p>\n";
   o << "<table><tr><th>metric</th>";
   for (const auto& r : runs) o << "<th>" << html_escape(r.name) << "</th>";
   o << "</tr>\n";
@@ -301,6 +472,20 @@ std::string to_html(const std::vector<RunSummary>& runs, const std::string& prof
                    {{"p50", "#2ca02c", ok_or_gap([](const SecondStats& s) { return s.p50_ms; })},
                     {"p95", "#ff7f0e", ok_or_gap([](const SecondStats& s) { return s.p95_ms; })},
                     {"p99", "#d62728", ok_or_gap([](const SecondStats& s) { return s.p99_ms; })}})
+      << '\n';
+    // Per priority: what the queue order buys P0 and what P2 pays for it.
+    std::vector<Series> by_prio, refused;
+    for (std::size_t p = 0; p < kPriorities; ++p) {
+      std::vector<double> lat, ref;
+      for (const auto& s : r.series) {
+        lat.push_back(s.ok_by_priority[p] > 0 ? s.p99_by_priority[p] : nan);
+        ref.push_back(static_cast<double>(s.refused_by_priority[p]));
+      }
+      by_prio.push_back({"P" + std::to_string(p) + " p99", kPriorityColors[p], lat});
+      refused.push_back({"P" + std::to_string(p), kPriorityColors[p], ref});
+    }
+    o << svg_chart("p99 latency by priority over time: " + r.name, "latency (ms)", by_prio) << '\n';
+    o << svg_chart("Refusals (429 + 503) by priority over time: " + r.name, "refused/s", refused)
       << '\n';
   }
   std::vector<Series> rate, r429, queue;

@@ -46,23 +46,6 @@ std::string make_prompt(int bytes) {
   return s;
 }
 
-struct Collector {
-  std::mutex mu;
-  std::vector<SecondStats> series;
-  std::vector<std::vector<double>> latencies;  // per second, successful requests
-  std::vector<double> all_latencies;
-  std::array<std::vector<double>, 3> priority_latencies;
-  RunSummary summary;
-
-  SecondStats& at(std::size_t sec) {
-    if (series.size() <= sec) {
-      series.resize(sec + 1);
-      latencies.resize(sec + 1);
-    }
-    return series[sec];
-  }
-};
-
 std::optional<double> poll_queue_depth(bellwether::Client& client, const std::string& path) {
   auto r = client.get(path);
   if (!r || r->status != 200) return std::nullopt;
@@ -78,21 +61,25 @@ std::optional<double> poll_queue_depth(bellwether::Client& client, const std::st
 
 RunSummary run_load(const std::string& name, const LoadOptions& options,
                     const std::vector<PlannedRequest>& plan) {
-  bellwether::ClientConfig cfg;
-  cfg.base_url = options.base_url;
-  cfg.api_key = options.api_key;
-  cfg.io_threads = 1;
-  cfg.request_timeout = bellwether::seconds(options.timeout_s);
-  cfg.retry.max_attempts = std::max(1, options.client_attempts);
-  cfg.retry.total_deadline = bellwether::seconds(options.timeout_s * cfg.retry.max_attempts);
-  cfg.breaker.enabled = false;  // measure the system, not the SDK's own protection
-  cfg.max_idle_connections = static_cast<std::size_t>(std::max(1, options.max_in_flight));
-  for (const auto& [model, price] : options.prices)
-    cfg.prices.set(model, {.input_per_mtok = price.first, .output_per_mtok = price.second});
+  std::vector<std::string> urls = options.base_urls;
+  if (urls.empty()) urls.push_back(options.base_url);
+  auto make_config = [&](const std::string& url) {
+    bellwether::ClientConfig cfg;
+    cfg.base_url = url;
+    cfg.api_key = options.api_key;
+    cfg.io_threads = 1;
+    cfg.request_timeout = bellwether::seconds(options.timeout_s);
+    cfg.retry.max_attempts = std::max(1, options.client_attempts);
+    cfg.retry.total_deadline = bellwether::seconds(options.timeout_s * cfg.retry.max_attempts);
+    cfg.breaker.enabled = false;  // measure the system, not the SDK's own protection
+    cfg.max_idle_connections = static_cast<std::size_t>(std::max(1, options.max_in_flight));
+    for (const auto& [model, price] : options.prices)
+      cfg.prices.set(model, {.input_per_mtok = price.first, .output_per_mtok = price.second});
+    return cfg;
+  };
 
-  Collector col;
-  col.summary.name = name;
-  col.summary.budget_usd = options.budget_usd;
+  std::mutex mu;
+  RunTally tally(name);
   std::map<int, std::string> prompts;
   for (const auto& r : plan)
     if (!prompts.count(r.prompt_bytes)) prompts[r.prompt_bytes] = make_prompt(r.prompt_bytes);
@@ -125,33 +112,32 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
         const double t = std::chrono::duration<double>(SteadyClock::now() - start).count();
         if (t < 0) continue;
         if (auto depth = poll_queue_depth(qclient, options.queue_path)) {
-          std::lock_guard lock(col.mu);
-          col.at(static_cast<std::size_t>(t)).queue_depth = *depth;
+          std::lock_guard lock(mu);
+          tally.queue_depth(t, *depth);
         }
       }
     });
   }
 
+  double spend = 0;
   {
-    bellwether::Client client(cfg);
-    for (const auto& req : plan) {
+    std::vector<std::unique_ptr<bellwether::Client>> clients;
+    for (const auto& url : urls)
+      clients.push_back(std::make_unique<bellwether::Client>(make_config(url)));
+    for (std::size_t index = 0; index < plan.size(); ++index) {
+      const auto& req = plan[index];
       const auto intended = start + std::chrono::duration_cast<SteadyClock::duration>(
                                         std::chrono::duration<double>(req.at_s));
       if (intended > hard_stop) break;
       std::this_thread::sleep_until(intended);
-      const auto sec = static_cast<std::size_t>(req.at_s);
-      const auto prio = static_cast<std::size_t>(std::clamp(req.priority, 0, 2));
+      const double at_s = req.at_s;
+      const int prio = req.priority;
       {
-        std::lock_guard lock(col.mu);
-        ++col.at(sec).sent;
-        ++col.summary.sent;
-        ++col.summary.by_priority[prio].sent;
+        std::lock_guard lock(mu);
+        tally.sent(at_s, prio);
         if (in_flight.load() >= options.max_in_flight) {
           // Open loop: a request that cannot be sent now is a failure, never a delay.
-          ++col.series[sec].dropped;
-          ++col.series[sec].errors;
-          ++col.summary.dropped;
-          ++col.summary.errors;
+          tally.dropped(at_s, prio);
           continue;
         }
       }
@@ -161,32 +147,23 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
       chat.messages = {{"user", prompts[req.prompt_bytes]}};
       chat.max_tokens = options.max_tokens;
       chat.priority = req.priority;
-      auto done = [&, intended, sec, prio](bellwether::ChatResult r) {
+      auto done = [&, intended, at_s, prio](bellwether::ChatResult r) {
         const auto now = SteadyClock::now();
         const double ms = std::chrono::duration<double, std::milli>(now - intended).count();
         {
-          std::lock_guard lock(col.mu);
-          auto& s = col.at(sec);
+          std::lock_guard lock(mu);
           if (r.ok()) {
-            ++s.ok;
-            ++col.summary.ok;
-            ++col.summary.by_priority[prio].ok;
-            col.latencies[sec].push_back(ms);
-            col.all_latencies.push_back(ms);
-            col.priority_latencies[prio].push_back(ms);
-            col.summary.prompt_tokens += r->usage.prompt_tokens;
-            col.summary.completion_tokens += r->usage.completion_tokens;
-          } else if (r.error().status == 429 ||
-                     r.error().kind == bellwether::ErrorKind::kRateLimited) {
-            ++s.rate_limited;
-            ++col.summary.rate_limited;
+            tally.completed(at_s, prio, Outcome::kOk, ms, {}, r->usage.prompt_tokens,
+                            r->usage.completion_tokens);
           } else {
-            ++s.errors;
-            ++col.summary.errors;
-            std::string reason = bellwether::to_string(r.error().kind);
-            if (r.error().status > 0) reason += " " + std::to_string(r.error().status);
-            if (!r.error().code.empty()) reason += " " + r.error().code;
-            ++col.summary.errors_by_reason[reason];
+            const auto& e = r.error();
+            std::string reason = bellwether::to_string(e.kind);
+            if (e.status > 0) reason += " " + std::to_string(e.status);
+            if (!e.code.empty()) reason += " " + e.code;
+            tally.completed(
+                at_s, prio,
+                classify_outcome(false, e.status, e.kind == bellwether::ErrorKind::kRateLimited),
+                ms, reason);
           }
           last_completion = std::max(last_completion, now);
         }
@@ -195,6 +172,7 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
           done_cv.notify_all();
         }
       };
+      auto& client = *clients[round_robin_target(index, clients.size())];
       if (options.stream)
         client.chat_stream_async(std::move(chat), nullptr, done);
       else
@@ -205,32 +183,18 @@ RunSummary run_load(const std::string& name, const LoadOptions& options,
       done_cv.wait_until(lock, hard_stop, [&] { return in_flight.load() == 0; });
     }
     // Whatever is still running at the hard stop completes as cancelled (an error).
-    client.shutdown();
-    col.summary.spend_usd = client.metrics().spend_usd;
+    for (auto& c : clients) c->shutdown();
+    for (auto& c : clients) spend += c->metrics().spend_usd;
   }
   stop_poll = true;
   if (poller.joinable()) poller.join();
 
-  std::lock_guard lock(col.mu);
-  for (std::size_t i = 0; i < col.series.size(); ++i) {
-    auto& lat = col.latencies[i];
-    col.series[i].p50_ms = percentile(lat, 50);
-    col.series[i].p95_ms = percentile(lat, 95);
-    col.series[i].p99_ms = percentile(lat, 99);
-  }
-  auto& s = col.summary;
-  s.series = col.series;
-  s.p50_ms = percentile(col.all_latencies, 50);
-  s.p95_ms = percentile(col.all_latencies, 95);
-  s.p99_ms = percentile(col.all_latencies, 99);
-  s.max_ms = percentile(col.all_latencies, 100);
-  for (std::size_t p = 0; p < s.by_priority.size(); ++p) {
-    s.by_priority[p].p50_ms = percentile(col.priority_latencies[p], 50);
-    s.by_priority[p].p95_ms = percentile(col.priority_latencies[p], 95);
-    s.by_priority[p].p99_ms = percentile(col.priority_latencies[p], 99);
-  }
-  s.duration_s = std::max(1e-3, std::chrono::duration<double>(last_completion - start).count());
-  s.tokens_per_s = static_cast<double>(s.completion_tokens) / s.duration_s;
+  std::lock_guard lock(mu);
+  auto s = tally.finish(std::chrono::duration<double>(last_completion - start).count());
+  s.spend_usd = spend;
+  s.budget_usd = options.budget_usd;
+  s.client_attempts = std::max(1, options.client_attempts);
+  s.targets = static_cast<int>(urls.size());
   return s;
 }
 
@@ -405,6 +369,7 @@ void add_load_flags(CLI::App& app, LoadFlags& f) {
 struct Prepared {
   std::vector<PlannedRequest> plan;
   std::string profile_text;
+  PlanOptions plan_options;
 };
 
 std::optional<Prepared> prepare(LoadFlags& f) {
@@ -467,6 +432,7 @@ std::optional<Prepared> prepare(LoadFlags& f) {
     pt << (i ? "," : "") << profile.points[i].time_s << ':' << profile.points[i].rate_per_min;
   out.profile_text = pt.str();
   out.plan = build_plan(intended_send_times(profile), po);
+  out.plan_options = po;
   return out;
 }
 
@@ -510,18 +476,63 @@ int run_bench(int argc, char** argv) {
   return write_reports(f, {run}, prepared->profile_text);
 }
 
+namespace {
+
+// The simulator's own counters (GET /sim/stats): requests received and 429s it answered.
+struct SimStats {
+  std::int64_t requests = 0, rejected_429 = 0;
+};
+
+std::optional<SimStats> read_sim_stats(int port) {
+  bellwether::ClientConfig cfg;
+  cfg.base_url = "http://127.0.0.1:" + std::to_string(port);
+  cfg.request_timeout = bellwether::seconds(5);
+  cfg.retry.max_attempts = 1;
+  bellwether::Client client(cfg);
+  auto r = client.get("/sim/stats");
+  if (!r || r->status != 200) return std::nullopt;
+  boost::system::error_code ec;
+  auto v = boost::json::parse(r->body, ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  const auto& o = v.get_object();
+  const auto* req = o.if_contains("requests");
+  const auto* rej = o.if_contains("rejected_429");
+  if (!req || !rej || !req->is_number() || !rej->is_number()) return std::nullopt;
+  return SimStats{req->to_number<std::int64_t>(), rej->to_number<std::int64_t>()};
+}
+
+std::vector<int> parse_attempts_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    char* end = nullptr;
+    const long v = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 1 || v > 10) return {};
+    out.push_back(static_cast<int>(v));
+  }
+  return out;
+}
+
+}  // namespace
+
 int run_bench_compare(int argc, char** argv) {
   CLI::App app{
       "Same open-loop schedule direct against simulated providers, then through the gateway",
       "bellwether bench compare"};
   LoadFlags f;
+  // Real applications use their SDK's retries: 3 attempts (2 retries), as the OpenAI SDKs do.
+  f.load.client_attempts = 3;
   std::string binary = "/proc/self/exe";
   std::string sim_config, gateway_config, out_dir = "bench-out";
   std::string sim_args = "sim --config {config} --listen 127.0.0.1:{port}";
   std::string gateway_args = "serve --config {config}";
   std::string direct_key, gateway_key;
+  std::string direct_attempts_text;
   int gateway_port = 0;
+  int deployments = 1;
   double startup_timeout = 30;
+  double baseline_rate = 1200, baseline_duration = 30;
+  bool skip_direct = false;
   app.add_option("--bellwether", binary, "bellwether binary that provides `sim` and `serve`");
   app.add_option("--sim-config", sim_config, "simulator config template")
       ->required()
@@ -537,11 +548,32 @@ int run_bench_compare(int argc, char** argv) {
   app.add_option("--direct-api-key", direct_key, "key for the direct run (the simulator's)");
   app.add_option("--api-key", gateway_key, "key for the gateway run");
   app.add_option("--startup-timeout", startup_timeout, "seconds to wait for a port to accept");
+  app.add_option("--deployments", deployments,
+                 "fresh simulators per side: the gateway's groups get one deployment each, the "
+                 "direct client spreads its requests over them round robin")
+      ->check(CLI::Range(1, 8));
+  app.add_option("--direct-attempts", direct_attempts_text,
+                 "one direct run per entry, with that many SDK attempts, e.g. 3,1 (default: "
+                 "--client-attempts)");
+  app.add_option("--baseline-rate", baseline_rate,
+                 "unloaded reference through the gateway, all P0: requests/min")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--baseline-duration", baseline_duration,
+                 "length of the unloaded reference run (s); 0 = no reference run");
+  app.add_flag("--skip-direct", skip_direct, "run only the gateway side");
   add_load_flags(app, f);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  std::vector<int> direct_attempts{std::max(1, f.load.client_attempts)};
+  if (!direct_attempts_text.empty()) {
+    direct_attempts = parse_attempts_list(direct_attempts_text);
+    if (direct_attempts.empty()) {
+      std::cerr << "bench compare: --direct-attempts must look like 3,1\n";
+      return 2;
+    }
   }
   auto prepared = prepare(f);
   if (!prepared) return 2;
@@ -558,74 +590,139 @@ int run_bench_compare(int argc, char** argv) {
     return 2;
   }
 
-  // Starts a fresh simulator; the config may use {{SIM_PORT}} / {{SIM_URL}}.
-  auto start_sim = [&](ChildProcess& sim, const std::string& tag, int& port) -> bool {
-    port = free_port();
-    const std::map<std::string, std::string> vars{
-        {"{{SIM_PORT}}", std::to_string(port)},
-        {"{{SIM_URL}}", "http://127.0.0.1:" + std::to_string(port)}};
-    const std::string cfg_path = out_dir + "/sim-" + tag + ".yaml";
-    write_file(cfg_path, replace_all(*sim_template, vars));
-    const auto args = split_args(
-        replace_all(sim_args, {{"{config}", cfg_path}, {"{port}", std::to_string(port)}}));
-    std::string error;
-    if (!sim.start(binary, args, out_dir + "/sim-" + tag + ".log", &error)) {
-      std::cerr << "bench compare: " << error << '\n';
-      return false;
+  // N fresh simulators; each config may use {{SIM_PORT}} / {{SIM_URL}} (its own).
+  struct Sims {
+    std::vector<std::unique_ptr<ChildProcess>> procs;
+    std::vector<int> ports;
+    std::vector<std::string> urls() const {
+      std::vector<std::string> out;
+      for (int p : ports) out.push_back("http://127.0.0.1:" + std::to_string(p));
+      return out;
     }
-    if (!wait_for_port(port, startup_timeout, sim)) {
-      std::cerr << "bench compare: simulator did not listen on " << port << " (see " << out_dir
-                << "/sim-" << tag << ".log)\n";
-      return false;
+    // Reads every simulator's counters; nullopt if any cannot be read.
+    void add_stats_to(RunSummary& run) const {
+      SimStats total;
+      for (int p : ports) {
+        auto st = read_sim_stats(p);
+        if (!st) return;
+        total.requests += st->requests;
+        total.rejected_429 += st->rejected_429;
+      }
+      run.provider_requests = total.requests;
+      run.provider_429 = total.rejected_429;
+    }
+  };
+  auto start_sims = [&](Sims& sims, const std::string& tag) -> bool {
+    for (int i = 1; i <= deployments; ++i) {
+      const int port = free_port();
+      const std::string id = tag + (deployments > 1 ? "-" + std::to_string(i) : "");
+      const std::map<std::string, std::string> vars{
+          {"{{SIM_PORT}}", std::to_string(port)},
+          {"{{SIM_URL}}", "http://127.0.0.1:" + std::to_string(port)}};
+      const std::string cfg_path = out_dir + "/sim-" + id + ".yaml";
+      write_file(cfg_path, render_template(*sim_template, vars, {}));
+      const auto args = split_args(
+          replace_all(sim_args, {{"{config}", cfg_path}, {"{port}", std::to_string(port)}}));
+      auto proc = std::make_unique<ChildProcess>();
+      std::string error;
+      if (!proc->start(binary, args, out_dir + "/sim-" + id + ".log", &error)) {
+        std::cerr << "bench compare: " << error << '\n';
+        return false;
+      }
+      if (!wait_for_port(port, startup_timeout, *proc)) {
+        std::cerr << "bench compare: simulator did not listen on " << port << " (see " << out_dir
+                  << "/sim-" << id << ".log)\n";
+        return false;
+      }
+      sims.procs.push_back(std::move(proc));
+      sims.ports.push_back(port);
     }
     return true;
   };
 
-  std::vector<RunSummary> runs;
-  std::cerr << "bench compare: " << prepared->plan.size() << " requests per run, profile "
-            << prepared->profile_text << '\n';
-  {
-    ChildProcess sim;
-    int sim_port = 0;
-    if (!start_sim(sim, "direct", sim_port)) return 1;
-    LoadOptions lo = f.load;
-    lo.base_url = "http://127.0.0.1:" + std::to_string(sim_port);
-    lo.api_key = direct_key;
-    lo.queue_url.clear();
-    std::cerr << "bench compare: run (a) direct against " << lo.base_url << '\n';
-    runs.push_back(run_load("direct", lo, prepared->plan));
-  }
-  {
-    ChildProcess sim, gateway;
-    int sim_port = 0;
-    if (!start_sim(sim, "gateway", sim_port)) return 1;
+  // A fresh gateway in front of N fresh simulators, then one load run through it.
+  auto gateway_run = [&](const std::string& name, const std::string& tag,
+                         const std::vector<PlannedRequest>& plan,
+                         bool baseline) -> std::optional<RunSummary> {
+    Sims sims;
+    if (!start_sims(sims, tag)) return std::nullopt;
+    ChildProcess gateway;
     const int gport = gateway_port > 0 ? gateway_port : free_port();
-    const std::string sim_url = "http://127.0.0.1:" + std::to_string(sim_port);
-    const std::map<std::string, std::string> vars{{"{{SIM_PORT}}", std::to_string(sim_port)},
-                                                  {"{{SIM_URL}}", sim_url},
-                                                  {"{{GATEWAY_PORT}}", std::to_string(gport)}};
-    const std::string cfg_path = out_dir + "/gateway.yaml";
-    write_file(cfg_path, replace_all(*gateway_template, vars));
+    const auto urls = sims.urls();
+    std::map<std::string, std::string> vars{{"{{SIM_PORT}}", std::to_string(sims.ports[0])},
+                                            {"{{SIM_URL}}", urls[0]},
+                                            {"{{GATEWAY_PORT}}", std::to_string(gport)},
+                                            {"{{DEPLOYMENTS}}", std::to_string(deployments)}};
+    std::vector<std::map<std::string, std::string>> per_sim;
+    for (std::size_t i = 0; i < urls.size(); ++i) {
+      vars["{{SIM_URL_" + std::to_string(i + 1) + "}}"] = urls[i];
+      vars["{{SIM_PORT_" + std::to_string(i + 1) + "}}"] = std::to_string(sims.ports[i]);
+      per_sim.push_back({{"{{I}}", std::to_string(i + 1)},
+                         {"{{SIM_URL_I}}", urls[i]},
+                         {"{{SIM_PORT_I}}", std::to_string(sims.ports[i])}});
+    }
+    const std::string cfg_path = out_dir + "/" + tag + ".yaml";
+    write_file(cfg_path, render_template(*gateway_template, vars, per_sim));
     const auto args = split_args(replace_all(
         gateway_args,
-        {{"{config}", cfg_path}, {"{port}", std::to_string(gport)}, {"{sim_url}", sim_url}}));
+        {{"{config}", cfg_path}, {"{port}", std::to_string(gport)}, {"{sim_url}", urls[0]}}));
     std::string error;
-    if (!gateway.start(binary, args, out_dir + "/gateway.log", &error)) {
+    if (!gateway.start(binary, args, out_dir + "/" + tag + ".log", &error)) {
       std::cerr << "bench compare: " << error << '\n';
-      return 1;
+      return std::nullopt;
     }
     if (!wait_for_port(gport, startup_timeout, gateway)) {
       std::cerr << "bench compare: gateway did not listen on " << gport << " (see " << out_dir
-                << "/gateway.log)\n";
-      return 1;
+                << "/" << tag << ".log)\n";
+      return std::nullopt;
     }
     LoadOptions lo = f.load;
     lo.base_url = "http://127.0.0.1:" + std::to_string(gport);
+    lo.base_urls.clear();
     lo.api_key = gateway_key;
     lo.queue_url = lo.base_url;
-    std::cerr << "bench compare: run (b) through the gateway at " << lo.base_url << '\n';
-    runs.push_back(run_load("gateway", lo, prepared->plan));
+    std::cerr << "bench compare: run " << name << " through the gateway at " << lo.base_url << " ("
+              << plan.size() << " requests)\n";
+    auto run = run_load(name, lo, plan);
+    run.baseline = baseline;
+    sims.add_stats_to(run);
+    return run;
+  };
+
+  std::vector<RunSummary> runs;
+  std::cerr << "bench compare: " << prepared->plan.size() << " requests per run, profile "
+            << prepared->profile_text << ", " << deployments << " deployment(s)\n";
+  std::optional<RunSummary> baseline_run;
+  if (baseline_duration > 0) {
+    PlanOptions bo = prepared->plan_options;
+    bo.priority_weights = {1, 0, 0};
+    const auto plan =
+        build_plan(intended_send_times(constant_profile(baseline_rate, baseline_duration)), bo);
+    baseline_run = gateway_run("gateway unloaded", "gateway-unloaded", plan, true);
+    if (!baseline_run) return 1;
   }
+  if (!skip_direct) {
+    for (int attempts : direct_attempts) {
+      Sims sims;
+      const std::string tag = "direct-" + std::to_string(attempts) + "x";
+      if (!start_sims(sims, tag)) return 1;
+      LoadOptions lo = f.load;
+      lo.base_urls = sims.urls();
+      lo.api_key = direct_key;
+      lo.queue_url.clear();
+      lo.client_attempts = attempts;
+      const std::string name = "direct " + std::to_string(attempts) + "x";
+      std::cerr << "bench compare: run " << name << " against " << lo.base_urls.size()
+                << " simulator(s), round robin\n";
+      auto run = run_load(name, lo, prepared->plan);
+      sims.add_stats_to(run);
+      runs.push_back(std::move(run));
+    }
+  }
+  auto gw = gateway_run("gateway", "gateway", prepared->plan, false);
+  if (!gw) return 1;
+  runs.push_back(std::move(*gw));
+  if (baseline_run) runs.push_back(std::move(*baseline_run));
   const int rc = write_reports(f, runs, prepared->profile_text);
   std::cerr << "bench compare: reports in " << f.json_out << " and " << f.html_out << '\n';
   return rc;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -191,6 +192,61 @@ double percentile(std::vector<double> values, double q) {
       std::ceil(std::clamp(q, 0.0, 100.0) / 100.0 * static_cast<double>(values.size()));
   const auto idx = static_cast<std::size_t>(std::max(rank, 1.0)) - 1;
   return values[std::min(idx, values.size() - 1)];
+}
+
+}  // namespace bw::bench
+
+namespace bw::bench {
+
+std::size_t round_robin_target(std::size_t request_index, std::size_t targets) {
+  return targets == 0 ? 0 : request_index % targets;
+}
+
+namespace {
+
+std::string replace_vars(std::string s, const std::map<std::string, std::string>& vars) {
+  for (const auto& [key, value] : vars) {
+    if (key.empty()) continue;
+    for (std::size_t pos = s.find(key); pos != std::string::npos;
+         pos = s.find(key, pos + value.size()))
+      s.replace(pos, key.size(), value);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string render_template(const std::string& text, const std::map<std::string, std::string>& vars,
+                            const std::vector<std::map<std::string, std::string>>& per_sim) {
+  std::string out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    const bool has_nl = end != std::string::npos;
+    if (!has_nl) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    bool repeated = false;
+    if (!per_sim.empty()) {
+      for (const auto& [key, value] : per_sim.front()) {
+        if (!key.empty() && line.find(key) != std::string::npos) {
+          repeated = true;
+          break;
+        }
+      }
+    }
+    if (repeated) {
+      for (const auto& sim_vars : per_sim) {
+        out += replace_vars(replace_vars(line, sim_vars), vars);
+        out += '\n';
+      }
+      if (!has_nl && !out.empty()) out.pop_back();
+    } else {
+      out += replace_vars(line, vars);
+      if (has_nl) out += '\n';
+    }
+    start = end + 1;
+  }
+  return out;
 }
 
 }  // namespace bw::bench
