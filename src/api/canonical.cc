@@ -38,6 +38,31 @@ std::string_view chat_finish(FinishReason f) {
   return "stop";
 }
 
+std::vector<StreamEvent> stream_events(const Response& r) {
+  std::vector<StreamEvent> out;
+  out.reserve(r.content.size() * 2 + 3);
+  out.push_back(StreamEvent{.kind = StreamEvent::Kind::kStart, .id = r.id, .usage = r.usage});
+  int tool = 0;
+  for (const auto& p : r.content) {
+    if (p.kind == Part::Kind::kText) {
+      if (!p.text.empty())
+        out.push_back(StreamEvent{.kind = StreamEvent::Kind::kTextDelta, .text = p.text});
+    } else if (p.kind == Part::Kind::kToolCall) {
+      out.push_back(StreamEvent{
+          .kind = StreamEvent::Kind::kToolCallStart, .index = tool, .id = p.id, .name = p.name});
+      if (!p.arguments.empty()) {
+        out.push_back(StreamEvent{
+            .kind = StreamEvent::Kind::kToolArgsDelta, .index = tool, .text = p.arguments});
+      }
+      ++tool;
+    }
+  }
+  out.push_back(StreamEvent{.kind = StreamEvent::Kind::kFinish, .finish = r.finish});
+  if (r.usage.present)
+    out.push_back(StreamEvent{.kind = StreamEvent::Kind::kUsage, .usage = r.usage});
+  return out;
+}
+
 std::string new_id(std::string_view prefix) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kAlnum[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -144,6 +144,12 @@ class StreamEncoder {
   virtual void fail(std::string_view type, std::string_view message, std::string& out) = 0;
 };
 
+// A whole answer as the events of a stream, in the order a provider streams them: the start
+// (with the usage, for formats that announce the input tokens first), the text and tool calls in
+// order, the finish and the usage. Fed to a StreamEncoder it gives a well-formed stream of that
+// format (a streamed request served from a buffered answer).
+std::vector<StreamEvent> stream_events(const Response& r);
+
 // ----------------------------------------------------------------------------------------------
 // Helpers shared by the codecs.
 

@@ -104,7 +104,7 @@ std::string item_id(std::string_view prefix, const std::string& call_id) {
 // One output item (a message of consecutive text parts, or a function call), completed.
 void write_output(JsonWriter& j, const Response& r) {
   j.begin_array();
-  std::string text;
+  std::string text, message_id;
   bool in_text = false;
   auto flush = [&] {
     if (!in_text) return;
@@ -112,7 +112,7 @@ void write_output(JsonWriter& j, const Response& r) {
         .key("type")
         .value("message")
         .key("id")
-        .value(new_id("msg_"))
+        .value(message_id.empty() ? new_id("msg_") : message_id)
         .key("status")
         .value("completed")
         .key("role")
@@ -131,10 +131,13 @@ void write_output(JsonWriter& j, const Response& r) {
         .end_array()
         .end_object();
     text.clear();
+    message_id.clear();
     in_text = false;
   };
   for (const auto& p : r.content) {
     if (p.kind == Part::Kind::kText) {
+      // A streamed message keeps the item id its events used (the text part's id).
+      if (!in_text) message_id = p.id;
       text += p.text;
       in_text = true;
     } else if (p.kind == Part::Kind::kToolCall) {
@@ -563,7 +566,7 @@ void ResponsesStreamEncoder::on_event(const StreamEvent& e, std::string& out) {
         close_item(out);
         open_kind_ = 1;
         item_id_ = new_id("msg_");
-        acc_.content.push_back(Part{.kind = Part::Kind::kText});
+        acc_.content.push_back(Part{.kind = Part::Kind::kText, .id = item_id_});
         open_part_ = acc_.content.size() - 1;
         const auto idx = std::to_string(output_index_);
         emit(out, "response.output_item.added",

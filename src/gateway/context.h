@@ -66,10 +66,11 @@ struct Outcome {
 struct CacheState {
   enum class Status : std::uint8_t { kOff, kBypass, kMiss, kHit };
   Status status = Status::kOff;
-  config::CacheModeConfig cfg;                // the group's, with the key's overrides
-  bool read = false;                          // the request may be served from the cache
-  bool write = false;                         // its answer may be stored
-  std::string key;                            // the exact key
+  config::CacheModeConfig cfg;  // the group's, with the key's overrides
+  bool read = false;            // the request may be served from the cache
+  bool write = false;           // its answer may be stored
+  std::string key;              // the exact key
+  std::string buffered_key;     // a stream's: the same request's buffered answer, replayable as one
   std::shared_ptr<const cache::Entry> entry;  // the hit
   float similarity = -1;                      // a semantic hit's
   cache::SingleFlight::Leader leader;         // this miss leads identical concurrent ones

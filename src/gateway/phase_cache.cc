@@ -18,6 +18,7 @@
 #include "common/json_util.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
+#include "gateway/translate.h"
 #include "http/sse.h"
 
 namespace bw::gateway {
@@ -184,6 +185,9 @@ std::optional<Verdict> phase_cache::try_now(Ctx& c) {
   const auto scope =
       cache::scope_id(*cache::parse_scope(cs.cfg.scope), c.key->cfg->tenant, c.key->cfg->name);
   cs.key = cache::make_key({scope, c.llm.model, api_of(c), c.llm.stream}, *canonical);
+  if (c.llm.stream && c.llm.endpoint != providers::Endpoint::kEmbeddings) {
+    cs.buffered_key = cache::make_key({scope, c.llm.model, api_of(c), false}, *canonical);
+  }
   cs.write = true;
   cs.read = !no_cache;
   cs.status = Status::kMiss;
@@ -208,6 +212,25 @@ asio::awaitable<Verdict> lookup(Ctx& c) {
       cs.entry = std::move(got.entry);
       cs.status = Status::kHit;
       co_return Ok{};
+    }
+    // A stream may be served from the same request's buffered answer, replayed as a stream of
+    // the client's API (with its usage).
+    if (!cs.buffered_key.empty()) {
+      auto buffered = co_await sh.cache->get(cs.buffered_key);
+      if (buffered.entry && buffered.entry->kind == cache::Entry::Kind::kBody) {
+        const bool include_usage = c.canon ? c.canon->stream_usage : c.llm.client_wants_usage;
+        auto events = stream_of_answer(c.inbound, buffered.entry->body, c.llm.model, include_usage,
+                                       &c.response_meta);
+        if (events) {
+          auto e = std::make_shared<cache::Entry>(*buffered.entry);
+          e->kind = cache::Entry::Kind::kStream;
+          e->content_type = "text/event-stream";
+          e->body = std::move(*events);
+          cs.entry = std::move(e);
+          cs.status = Status::kHit;
+          co_return Ok{};
+        }
+      }
     }
     // Semantic: the nearest earlier prompt with the same model, scope and parameters.
     if (semantic_mode(c) && !cs.partition.empty() &&

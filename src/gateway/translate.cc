@@ -184,6 +184,54 @@ std::string error_body(Format inbound, const Error& e, std::string_view request_
   return openai_error_body(e.message, e.type, e.code, e.param, request_id);
 }
 
+std::unique_ptr<api::StreamEncoder> client_stream_encoder(Format inbound, std::string public_model,
+                                                          bool include_usage,
+                                                          const api::ResponseMeta* meta,
+                                                          api::ResponsesStreamEncoder** responses) {
+  switch (inbound) {
+    case Format::kMessages:
+      return api::make_messages_stream_encoder(std::move(public_model));
+    case Format::kResponses: {
+      api::ResponseMeta m = meta ? *meta : api::ResponseMeta{};
+      if (m.id.empty()) m.id = api::new_id("resp_");
+      m.model = public_model;
+      auto enc = std::make_unique<api::ResponsesStreamEncoder>(std::move(m));
+      if (responses) *responses = enc.get();
+      return enc;
+    }
+    default:
+      return api::make_chat_stream_encoder(std::move(public_model), include_usage);
+  }
+}
+
+std::optional<std::string> stream_of_answer(Format inbound, std::string_view body,
+                                            std::string public_model, bool include_usage,
+                                            const api::ResponseMeta* meta) {
+  Result<api::Response> answer = make_error(500, "server_error", "", "");
+  switch (inbound) {
+    case Format::kMessages:
+      answer = api::decode_messages_response(body);
+      break;
+    case Format::kResponses:
+      answer = api::decode_responses_response(body);
+      break;
+    case Format::kChat:
+      answer = api::decode_chat_response(body);
+      break;
+    case Format::kGemini:
+      return std::nullopt;
+  }
+  if (!answer) return std::nullopt;
+  api::ResponseMeta m = meta ? *meta : api::ResponseMeta{};
+  if (inbound == Format::kResponses && !answer->id.empty()) m.id = answer->id;
+  auto encoder =
+      client_stream_encoder(inbound, std::move(public_model), include_usage, &m, nullptr);
+  std::string out;
+  for (const auto& e : api::stream_events(*answer)) encoder->on_event(e, out);
+  encoder->finish(out);
+  return out;
+}
+
 StreamTranslator::StreamTranslator(Format inbound, const UpstreamBody& call,
                                    std::string public_model, bool include_usage,
                                    const api::ResponseMeta* meta)
@@ -203,23 +251,8 @@ StreamTranslator::StreamTranslator(Format inbound, const UpstreamBody& call,
       break;
   }
   if (passthrough_) return;
-  switch (inbound) {
-    case Format::kMessages:
-      encoder_ = api::make_messages_stream_encoder(std::move(public_model));
-      break;
-    case Format::kResponses: {
-      api::ResponseMeta m = meta ? *meta : api::ResponseMeta{};
-      if (m.id.empty()) m.id = api::new_id("resp_");
-      m.model = public_model;
-      auto enc = std::make_unique<api::ResponsesStreamEncoder>(std::move(m));
-      responses_ = enc.get();
-      encoder_ = std::move(enc);
-      break;
-    }
-    default:
-      encoder_ = api::make_chat_stream_encoder(std::move(public_model), include_usage);
-      break;
-  }
+  encoder_ =
+      client_stream_encoder(inbound, std::move(public_model), include_usage, meta, &responses_);
 }
 
 void StreamTranslator::feed(std::string_view event, std::string& out) {

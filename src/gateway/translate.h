@@ -59,6 +59,20 @@ api::Usage native_usage(api::Format f, std::string_view body);
 // An error in the client's API shape: Anthropic's for Messages, OpenAI's otherwise.
 std::string error_body(api::Format inbound, const Error& e, std::string_view request_id = {});
 
+// The encoder of the client's stream format (chat chunks, Responses events, Messages events);
+// `responses` receives the Responses encoder, whose accumulated answer feeds the store.
+std::unique_ptr<api::StreamEncoder> client_stream_encoder(api::Format inbound,
+                                                          std::string public_model,
+                                                          bool include_usage,
+                                                          const api::ResponseMeta* meta,
+                                                          api::ResponsesStreamEncoder** responses);
+
+// A buffered answer in the client's own format, replayed as that API's stream (a streamed request
+// served from a cached buffered answer). nullopt if the body does not decode.
+std::optional<std::string> stream_of_answer(api::Format inbound, std::string_view body,
+                                            std::string public_model, bool include_usage,
+                                            const api::ResponseMeta* meta);
+
 // A translated (or same-format non-chat) stream, one upstream event at a time.
 class StreamTranslator {
  public:

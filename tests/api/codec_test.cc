@@ -306,6 +306,56 @@ TEST(Responses, DecodeItemsAndStreamEvents) {
       std::string(
           done.root["response"]["output"].at(0)["content"].at(0)["text"].get_string().value()),
       "Hello");
+  // The completed response names the message item by the id its events used.
+  Doc added(events[2].second);
+  EXPECT_EQ(std::string(done.root["response"]["output"].at(0)["id"].get_string().value()),
+            std::string(added.root["item"]["id"].get_string().value()));
+}
+
+// A buffered answer as stream events: fed to each format's encoder it is that format's whole
+// stream, with the text, the tool call, the finish and the usage.
+TEST(Streams, ABufferedAnswerBecomesAWholeStreamOfEachFormat) {
+  Response r;
+  r.id = "chatcmpl-1";
+  r.model = "m";
+  r.content = {Part{.kind = Part::Kind::kText, .text = "Hi there"},
+               Part{.kind = Part::Kind::kToolCall,
+                    .id = "call_7",
+                    .name = "lookup",
+                    .arguments = R"({"q":"x"})"}};
+  r.finish = FinishReason::kToolCalls;
+  r.usage.present = true;
+  r.usage.prompt_tokens = 11;
+  r.usage.completion_tokens = 4;
+  const auto ev = stream_events(r);
+  ASSERT_EQ(ev.size(), 6u);
+  EXPECT_EQ(ev.front().kind, StreamEvent::Kind::kStart);
+  EXPECT_EQ(ev[1].text, "Hi there");
+  EXPECT_EQ(ev[2].kind, StreamEvent::Kind::kToolCallStart);
+  EXPECT_EQ(ev[2].id, "call_7");
+  EXPECT_EQ(ev[3].text, R"({"q":"x"})");
+  EXPECT_EQ(ev[4].finish, FinishReason::kToolCalls);
+  EXPECT_EQ(ev[5].usage.prompt_tokens, 11);
+
+  std::string chat;
+  auto ce = make_chat_stream_encoder("m", true);
+  for (const auto& e : ev) ce->on_event(e, chat);
+  ce->finish(chat);
+  EXPECT_NE(chat.find(R"("content":"Hi there")"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("finish_reason":"tool_calls")"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("prompt_tokens":11)"), std::string::npos) << chat;
+  EXPECT_TRUE(chat.ends_with("data: [DONE]\n\n"));
+
+  std::string msg;
+  auto me = make_messages_stream_encoder("m");
+  for (const auto& e : ev) me->on_event(e, msg);
+  me->finish(msg);
+  auto events = sse_events(msg);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front().first, "message_start");
+  EXPECT_EQ(events.back().first, "message_stop");
+  EXPECT_NE(msg.find(R"("stop_reason":"tool_use")"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(R"("output_tokens":4)"), std::string::npos) << msg;
 }
 
 }  // namespace
