@@ -221,6 +221,9 @@ ui::Reading console_reading(Shared& sh) {
   const Nanos now = sh.clock.now();
   auto rt = sh.runtime->load();
   r.metrics_text = sh.registry.expose();
+  // The admission queue paces each deployment's RPM/TPM (configured, or learned from the
+  // provider's rate-limit headers) and knows what each waiting request waits for.
+  std::vector<admission::DeploymentCapacityRow> capacity;
   if (sh.admission) {
     auto snap = sh.admission->snapshot();
     for (std::size_t p = 0; p < 3; ++p) r.queue_depth[p] = static_cast<double>(snap.depth[p]);
@@ -231,6 +234,11 @@ ui::Reading console_reading(Shared& sh) {
       g.limit = limit;
       r.groups.push_back(std::move(g));
     }
+    for (int reason = 1; reason < admission::kNumWaitReasons; ++reason) {
+      r.queue_by_reason[std::string(admission::kWaitReasonNames[reason])] =
+          static_cast<double>(snap.waiting_by_reason[static_cast<std::size_t>(reason)]);
+    }
+    capacity = std::move(snap.deployments);
   }
   for (const auto& d : sh.router.status(now)) {
     ui::DeploymentReading dr;
@@ -248,8 +256,27 @@ ui::Reading console_reading(Shared& sh) {
     dr.rpm_used = d.rpm_used;
     dr.tpm_used = d.tpm_used;
     if (const Deployment* dep = rt->deployment(d.id); dep && dep->cfg) {
-      dr.rpm_limit = dep->cfg->rpm;
-      dr.tpm_limit = dep->cfg->tpm;
+      dr.rpm_limit = dr.configured_rpm = dep->cfg->rpm;
+      dr.tpm_limit = dr.configured_tpm = dep->cfg->tpm;
+    }
+    for (const auto& c : capacity) {
+      if (c.deployment != d.id || c.group != d.group) continue;
+      dr.configured_rpm = c.configured_rpm;
+      dr.configured_tpm = c.configured_tpm;
+      dr.rpm_limit = c.effective_rpm;
+      dr.tpm_limit = c.effective_tpm;
+      dr.learned_rpm = c.learned_fresh ? c.effective_rpm : 0;
+      dr.learned_tpm = c.learned_fresh ? c.effective_tpm : 0;
+      dr.remaining_requests = c.remaining_requests;
+      dr.remaining_tokens = c.remaining_tokens;
+      if (c.effective_rpm > 0 && c.remaining_requests >= 0) {
+        dr.rpm_used = std::max(dr.rpm_used, c.effective_rpm - c.remaining_requests);
+      }
+      if (c.effective_tpm > 0 && c.remaining_tokens >= 0) {
+        dr.tpm_used = std::max(dr.tpm_used, c.effective_tpm - c.remaining_tokens);
+      }
+      dr.blocked_s = c.blocked_s;
+      dr.binding = std::string(admission::wait_reason_name(c.binding));
     }
     r.deployments.push_back(std::move(dr));
   }
@@ -269,11 +296,6 @@ ui::Reading console_reading(Shared& sh) {
     r.scaler.method = std::string(telemetry::to_string(rec.method));
     r.scaler.reason = std::string(rec.reason);
     r.scaler.waiting_on = std::string(telemetry::to_string(plan.reason));
-    // What the waiting requests wait for, by the planner's reading of each deployment.
-    for (const auto& d : plan.deployments) {
-      if (d.backlog > 0)
-        r.queue_by_reason[std::string(telemetry::to_string(d.binding))] += d.backlog;
-    }
   }
   return r;
 }

@@ -279,7 +279,10 @@ std::string Sampler::sample_json(const Cumulative& cur, const Cumulative* prev,
   // learned); deployments without a limit are left out.
   j.key("cap").begin_object();
   for (const auto& d : r.deployments) {
-    if (d.rpm_limit > 0) j.key(d.id).value(std::max<std::int64_t>(0, d.rpm_limit - d.rpm_used));
+    if (d.rpm_limit <= 0) continue;
+    j.key(d.id).value(d.remaining_requests >= 0
+                          ? d.remaining_requests
+                          : std::max<std::int64_t>(0, d.rpm_limit - d.rpm_used));
   }
   j.end_object();
   j.key("err").begin_object();
@@ -342,6 +345,22 @@ std::string Sampler::now_json(const Reading& r) const {
         .value(d.tpm_limit)
         .key("tpm_used")
         .value(d.tpm_used)
+        .key("configured_rpm")
+        .value(d.configured_rpm)
+        .key("configured_tpm")
+        .value(d.configured_tpm)
+        .key("learned_rpm")
+        .value(d.learned_rpm)
+        .key("learned_tpm")
+        .value(d.learned_tpm)
+        .key("remaining_requests")
+        .value(d.remaining_requests)
+        .key("remaining_tokens")
+        .value(d.remaining_tokens)
+        .key("blocked_s")
+        .value(rounded(d.blocked_s))
+        .key("binding")
+        .value(d.binding)
         .end_object();
   }
   j.end_array().key("retry_budgets").begin_array();

@@ -39,10 +39,18 @@ struct DeploymentReading {
   double cooldown_remaining_s = 0;
   std::int64_t in_flight = 0;
   double ewma_ms = 0;
-  std::int64_t rpm_limit = 0;  // 0 = none configured
+  // Rate capacity as the admission queue paces it. The limit in force is the one learned from
+  // the provider's rate-limit headers while fresh, else the configured one; 0 = none.
+  std::int64_t rpm_limit = 0;  // in force
   std::int64_t tpm_limit = 0;
   std::int64_t rpm_used = 0;
   std::int64_t tpm_used = 0;
+  std::int64_t configured_rpm = 0, configured_tpm = 0;
+  std::int64_t learned_rpm = 0, learned_tpm = 0;  // 0 = nothing fresh learned
+  std::int64_t remaining_requests = -1;           // in force; -1 = unlimited
+  std::int64_t remaining_tokens = -1;
+  double blocked_s = 0;          // a provider's Retry-After still running
+  std::string binding = "none";  // deployment_rpm / deployment_tpm while its rate binds
 };
 
 struct RetryBudgetReading {
@@ -69,7 +77,9 @@ struct Reading {
   std::int64_t unix_ms = 0;
   std::string metrics_text;  // Prometheus text exposition of the registry
   std::array<double, 3> queue_depth{};
-  std::map<std::string, double> queue_by_reason;  // waiting requests by what they wait for
+  // Waiting requests by what they wait for (concurrency, deployment_rpm, deployment_tpm,
+  // key_limit), every reason present even at zero.
+  std::map<std::string, double> queue_by_reason;
   double in_flight = 0;
   std::vector<GroupReading> groups;
   std::vector<DeploymentReading> deployments;

@@ -43,7 +43,13 @@ Env start() {
   Env e;
   const std::string sim =
       "sim:\n  workers: 2\n  defaults: {ttft: {median_ms: 40}, itl: {median_ms: 4}, "
-      "completion_tokens: 12}\n";
+      "completion_tokens: 12}\n"
+      // A provider tier of 12 requests per minute, reported in x-ratelimit-* headers; the
+      // gateway is configured with more (1,200), so what binds is what it learns. Its first
+      // answers take 400 ms, so that a dozen concurrent requests all reach it before the gateway
+      // learns the tier, however slow the machine: they use up the tier's minute at once.
+      "  models:\n    tiered: {ttft: {median_ms: 400}, itl: {median_ms: 4}, completion_tokens: 12, "
+      "rpm: 12}\n";
   e.a = start_sim(sim);
   e.b = start_sim(sim);
   e.dir = temp_dir();
@@ -63,6 +69,12 @@ Env start() {
     deployments:
       - {id: m-a, provider: pa, model: m, rpm: 6000}
       - {id: m-b, provider: pb, model: m, rpm: 6000}
+  tiered:
+    concurrency: {mode: fixed, initial: 16}
+    deployments:
+      - {id: m-t, provider: pa, model: tiered, rpm: 1200}
+pricing:
+  tiered: {input: 0.4, output: 1.6}
 resilience:
   breaker: {consecutive_failures: 3, open_base: 30s, open_max: 60s}
   retry: {max_attempts: 2, base: 5ms, cap: 20ms, deadline: 10s}
@@ -113,6 +125,16 @@ TEST_F(ConsoleBrowser, LiveNumbersMoveUnderLoad) {
   EXPECT_EQ(run_scenario("live", e), 0);
 }
 
+TEST_F(ConsoleBrowser, WrongKeysThrottleTheLoginForm) {
+  Env e = start();
+  EXPECT_EQ(run_scenario("throttle", e), 0);
+}
+
+TEST_F(ConsoleBrowser, WaitReasonAndLearnedCapacityUnderAnRpmTier) {
+  Env e = start();
+  EXPECT_EQ(run_scenario("capacity", e), 0);
+}
+
 TEST_F(ConsoleBrowser, KeyCreatedInUiWorksAndRevokedStops) {
   Env e = start();
   EXPECT_EQ(run_scenario("keys", e), 0);
@@ -131,6 +153,11 @@ TEST_F(ConsoleBrowser, DeadLetterReplays) {
 TEST_F(ConsoleBrowser, NoSecretOnAnyPage) {
   Env e = start();
   EXPECT_EQ(run_scenario("secrets", e), 0);
+}
+
+TEST_F(ConsoleBrowser, RoutesNeedSessionAndChangesNeedTokenAndOrigin) {
+  Env e = start();
+  EXPECT_EQ(run_scenario("security", e), 0);
 }
 
 TEST_F(ConsoleBrowser, Screenshots) {

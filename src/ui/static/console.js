@@ -55,6 +55,38 @@ function sizeBars(root) {
 }
 function setStatus(text) { $("status").textContent = text; }
 
+// What a waiting request waits for (the admission queue's wait reasons).
+const WAIT_REASONS = [
+  ["concurrency", "a concurrency slot of its model group"],
+  ["deployment_rpm", "a deployment's requests-per-minute tier (configured or learned)"],
+  ["deployment_tpm", "a deployment's tokens-per-minute tier (configured or learned)"],
+  ["key_limit", "its key's, tenant's or plan's own rate limit"],
+];
+// A deployment's rate capacity: the limit configured, the one learned from the provider's
+// x-ratelimit-* / anthropic-ratelimit-* headers (in force while fresh), and what remains of the
+// one in force, as a bar that empties (and turns amber, then red) as the minute's quota is used.
+function rpmSet(d) { return d.configured_rpm ? fmt(d.configured_rpm, 0) : "–"; }
+function rpmLearned(d) {
+  return el("span", { class: "learned", "data-deployment": d.id }, d.learned_rpm ? fmt(d.learned_rpm, 0) : "–");
+}
+function remainingCell(d) {
+  if (!d.rpm_limit) return el("span", { class: "muted" }, "no limit");
+  const left = d.remaining_requests >= 0 ? d.remaining_requests : Math.max(0, d.rpm_limit - d.rpm_used);
+  const b = bar(left / d.rpm_limit, "remaining requests per minute of " + d.id, true);
+  b.dataset.deployment = d.id;
+  return el("div", {}, b, `${fmt(left, 0)} of ${fmt(d.rpm_limit, 0)} rpm` + (d.learned_rpm ? " (learned)" : "") +
+    (d.blocked_s > 0 ? ` · Retry-After ${fmt(d.blocked_s, 1)} s` : ""));
+}
+function tpmCell(d) {
+  const parts = [d.configured_tpm ? "set " + fmt(d.configured_tpm, 0) : null, d.learned_tpm ? "learned " + fmt(d.learned_tpm, 0) : null].filter(Boolean);
+  if (!d.tpm_limit) return el("span", { class: "muted" }, "no limit");
+  const left = d.remaining_tokens >= 0 ? d.remaining_tokens : Math.max(0, d.tpm_limit - d.tpm_used);
+  return `${fmt(left, 0)} of ${fmt(d.tpm_limit, 0)} left` + (parts.length ? ` (${parts.join(", ")})` : "");
+}
+function bindingCell(d) {
+  return d.binding && d.binding !== "none" ? el("span", { class: "badge warn", "data-binding": d.id }, d.binding) : el("span", { class: "muted" }, "–");
+}
+
 async function api(method, path, body) {
   const opts = { method, credentials: "same-origin", headers: { "X-CSRF-Token": CSRF } };
   if (body !== undefined) {
@@ -191,7 +223,7 @@ function renderLive() {
   const rps = recent(x => sum(x.rps));
   const st = recent(x => x.st["5xx"] || 0);
   const okr = recent(x => x.st["2xx"] || 0);
-  const qr = Object.entries(s.qr || {});
+  const qr = Object.entries(s.qr || {}).filter(([, v]) => v > 0);
   fill("live-tiles",
     tile("Requests/s", fmt(rps), PRIOS.map((p, i) => `${p.toUpperCase()} ${fmt(recent(x => x.rps[i]))}`).join(" · "), "tile-rps"),
     tile("By status /s", fmt(okr) + " ok", `4xx ${fmt(recent(x => x.st["4xx"] || 0))} · 5xx ${fmt(st)}`, "tile-status"),
@@ -206,6 +238,11 @@ function renderLive() {
   fill("lat-table", el("thead", {}, el("tr", {}, ["priority", "p50", "p95", "p99", "TTFT p50", "TTFT p95", "TTFT p99"].map((h, i) => el("th", { scope: "col", class: i ? "n" : null }, h)))),
     el("tbody", {}, rows.map(r => el("tr", {}, r.map((c, i) => el(i ? "td" : "th", { class: i ? "n" : null, scope: i ? null : "row" }, c))))));
 
+  const qrAll = s.qr || {};
+  fill("queue-reasons", table(["waiting for", "now", "what it is"], WAIT_REASONS.map(([r, what]) => [
+    el("code", {}, r), el("span", { class: "n", "data-reason": r }, fmt(qrAll[r] || 0, 0)), el("span", { class: "muted" }, what)]), { numeric: [1] }),
+    el("p", { class: "muted" }, sum(s.q) > 0 ? `${fmt(sum(s.q), 0)} waiting in all.` : "Nothing waits now."));
+
   if (n.scaler) {
     const sc = n.scaler;
     fill("scaler", table(["", ""], [
@@ -219,11 +256,9 @@ function renderLive() {
       ["Requests wait for", sc.waiting_on && sc.waiting_on !== "none" ? sc.waiting_on : "nothing"]]));
   }
   const deps = n.deployments || [];
-  fill("capacity", deps.length ? table(["deployment", "group", "breaker", "in flight", "RPM used / limit", "remaining", "TPM used / limit"],
+  fill("capacity", deps.length ? table(["deployment", "group", "breaker", "in flight", "RPM set", "RPM learned", "requests left this minute", "tokens", "binding now"],
     deps.map(d => [d.id, d.group, el("span", { class: "badge " + d.state }, d.state), fmt(d.in_flight, 0),
-      d.rpm_limit ? `${fmt(d.rpm_used, 0)} / ${fmt(d.rpm_limit, 0)}` : `${fmt(d.rpm_used, 0)} / no limit`,
-      d.rpm_limit ? el("div", {}, bar(1 - d.rpm_used / d.rpm_limit, "remaining capacity of " + d.id, true), fmt(Math.max(0, d.rpm_limit - d.rpm_used), 0) + " rpm") : "unbounded",
-      d.tpm_limit ? `${fmt(d.tpm_used, 0)} / ${fmt(d.tpm_limit, 0)}` : `${fmt(d.tpm_used, 0)} / no limit`]), { numeric: [3] })
+      rpmSet(d), rpmLearned(d), remainingCell(d), tpmCell(d), bindingCell(d)]), { numeric: [3, 4, 5] })
     : el("p", { class: "muted" }, "No deployments configured."));
   sizeBars($("capacity"));
 
@@ -414,12 +449,13 @@ function renderUpstreams() {
   const s = lastSample() || {};
   const deps = n.deployments || [];
   const errWindow = id => recent(x => (x.err || {})[id] || 0, 10);
-  fill("deployments", deps.length ? table(["deployment", "provider / model", "breaker", "failures in a row", "openings", "open for", "in flight", "latency (EWMA)", "error rate (10 s)", "RPM used / limit (learned or set)", "429 cool-down"],
+  fill("deployments", deps.length ? table(["deployment", "provider / model", "breaker", "failures in a row", "openings", "open for", "in flight", "latency (EWMA)", "error rate (10 s)", "RPM set", "RPM learned", "requests left this minute", "429 cool-down"],
     deps.map(d => [d.id, `${d.provider} / ${d.model}`, el("span", { class: "badge " + d.state, "data-deployment": d.id }, d.state), fmt(d.consecutive_failures, 0), fmt(d.openings, 0),
       d.open_remaining_s > 0 ? fmt(d.open_remaining_s, 1) + " s" : "–", fmt(d.in_flight, 0), fmt(d.ewma_ms, 0) + " ms",
-      fmt(errWindow(d.id) * 100, 1) + " %", d.rpm_limit ? `${fmt(d.rpm_used, 0)} / ${fmt(d.rpm_limit, 0)}` : `${fmt(d.rpm_used, 0)} / –`,
-      d.cooldown_remaining_s > 0 ? fmt(d.cooldown_remaining_s, 1) + " s" : "–"]), { numeric: [3, 4, 6, 7, 8] })
+      fmt(errWindow(d.id) * 100, 1) + " %", rpmSet(d), rpmLearned(d), remainingCell(d),
+      d.cooldown_remaining_s > 0 ? fmt(d.cooldown_remaining_s, 1) + " s" : "–"]), { numeric: [3, 4, 6, 7, 8, 9, 10] })
     : el("p", { class: "muted" }, "No deployments configured."));
+  sizeBars($("deployments"));
   const tr = (n.transitions || []).slice().reverse();
   fill("transitions", tr.length ? table(["time", "deployment", "from", "to"], tr.slice(0, 50).map(t => [new Date(t.t).toLocaleTimeString(), t.deployment,
     el("span", { class: "badge " + t.from }, t.from), el("span", { class: "badge " + t.to }, t.to)]))
