@@ -65,12 +65,14 @@ SqliteLedger::~SqliteLedger() {
 
 Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   if (const auto* r = std::get_if<cost::LedgerReservation>(&record)) {
+    // The record and `budgets` outlive the step: bound without copies.
+    const std::string budgets = join_lines(r->budgets);
     insert_st_.reset();
-    insert_st_.bind(1, r->request_id)
-        .bind(2, r->key_id)
-        .bind(3, r->tenant_id)
-        .bind(4, r->model)
-        .bind(5, join_lines(r->budgets))
+    insert_st_.bind_static(1, r->request_id)
+        .bind_static(2, r->key_id)
+        .bind_static(3, r->tenant_id)
+        .bind_static(4, r->model)
+        .bind_static(5, budgets)
         .bind(6, std::max<cost::Micros>(r->reserved_micro, 0))
         .bind(7, r->created_unix_ms);
     const int rc = insert_st_.step();
@@ -81,8 +83,8 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   }
   const auto& s = std::get<cost::LedgerSettlement>(record);
   settle_st_.reset();
-  settle_st_.bind(1, s.request_id)
-      .bind(2, settlement_status_text(s))
+  settle_st_.bind_static(1, s.request_id)
+      .bind_static(2, settlement_status_text(s))
       .bind(3, settlement_actual(s))
       .bind(4, s.prompt_tokens)
       .bind(5, s.completion_tokens)
