@@ -106,4 +106,4 @@ if [[ -n "$OUT" ]]; then
   mkdir -p "$OUT"
   cp "$work/cg.1" "$OUT/callgrind.$CONFIG.out"
 fi
-echo "$CONFIG $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))"
+echo "$CONFIG ($bin): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))"
