@@ -14,7 +14,10 @@
 # on SERVER_CPU together; only one is under load at a time. The table gives the medians over the
 # rounds of requests/s, p50, p99 and the server's CPU per request (utime + stime of the process,
 # all threads, over the run, divided by its requests; the poller's requests are served by the
-# gateway and counted in its CPU), and each row against nginx and against `off`.
+# gateway and counted in its CPU), and each row against nginx and against `off`. Since two
+# gateway processes are compared, the CPU is also split by thread: the data-plane worker (the
+# busiest thread), the console's sampler (thread `bw-sampler`) and the rest (the admin listener
+# that answers the poller, the rate pump, the scaler), each per request of the run.
 #
 # Loopback only, bounded: ROUNDS x 4 x (WARMUP + DURATION) s plus start-up (5 x 4 x 9 s = 3 min).
 # Needs 2 or more CPUs, nginx, wrk, taskset, curl; a Release build. On a shared machine run it
@@ -133,7 +136,28 @@ poll_live() {
   done
 }
 
-# One run of wrk on CLIENT_CPU; sets rps, p50, p99 (ms) and cpu (the server's µs per request).
+# "tid name ticks" of every thread of process $1.
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    echo "${t##*/} $(tr ' ' '_' <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+  done
+}
+# From two thread_ticks snapshots ($1 before, $2 after) and the requests ($3): the µs per request
+# of the busiest thread, of bw-sampler and of every other thread, as "worker sampler rest".
+split_ticks() {
+  awk -v hz="$tick_hz" -v n="$3" '
+    NR == FNR { before[$1] = $3; next }
+    { d = $3 - before[$1]; name[$1] = $2; delta[$1] = d; total += d
+      if (d > max) { max = d; busiest = $1 } }
+    END {
+      for (t in delta) if (name[t] == "bw-sampler") s += delta[t]
+      k = hz / 1e6 * n
+      printf "%.2f %.2f %.2f\n", max / k, s / k, (total - max - s) / k }' "$1" "$2"
+}
+
+# One run of wrk on CLIENT_CPU; sets rps, p50, p99 (ms), cpu (the server's µs per request) and
+# worker, sampler, rest (its split by thread).
 run() {
   local t="$1" out t0 t1 n poller=""
   local args=(-s "$here/isolated_chat.lua" "${url[$t]}" -- "$KEY" bench 0)
@@ -144,9 +168,11 @@ run() {
     taskset -pc "$CLIENT_CPU" "$poller" >/dev/null  # its curls inherit the cpu
   fi
   taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${args[@]}" >/dev/null
+  thread_ticks "${pid[$t]}" >"$work/ticks0"
   t0="$(proc_ticks "${pid[$t]}")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(proc_ticks "${pid[$t]}")"
+  thread_ticks "${pid[$t]}" >"$work/ticks1"
   if [[ -n "$poller" ]]; then
     kill "$poller" 2>/dev/null || true
     wait "$poller" 2>/dev/null || true
@@ -161,6 +187,7 @@ run() {
   rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
   p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
   p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+  read -r worker sampler rest < <(split_ticks "$work/ticks0" "$work/ticks1" "$n")
 }
 
 echo "# console overhead (isolated method), $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -172,7 +199,7 @@ echo "${DURATION}s per run after a ${WARMUP}s warm-up, $ROUNDS alternating round
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU WRK SMP RST
 for r in $(seq 1 "$ROUNDS"); do
   for t in $STATES; do
     run "$t"
@@ -180,8 +207,11 @@ for r in $(seq 1 "$ROUNDS"); do
     P50[$r,$t]="$p50"
     P99[$r,$t]="$p99"
     CPU[$r,$t]="$cpu"
-    [[ "$RAW" == 1 ]] && printf 'round %s %-9s %10.0f req/s p50 %7.3f p99 %7.3f ms %6s us/req\n' \
-      "$r" "$t" "$rps" "$p50" "$p99" "$cpu"
+    WRK[$r,$t]="$worker"
+    SMP[$r,$t]="$sampler"
+    RST[$r,$t]="$rest"
+    [[ "$RAW" == 1 ]] && printf 'round %s %-9s %10.0f req/s p50 %7.3f p99 %7.3f ms %6s us/req (worker %s, sampler %s, rest %s)\n' \
+      "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$worker" "$sampler" "$rest"
   done
 done
 [[ "$RAW" == 1 ]] && echo
@@ -189,8 +219,8 @@ echo "polls of /ui/api/live while watching: $(wc -l <"$work/polls" 2>/dev/null |
 echo
 
 declare -A M_RPS M_CPU M_P99
-printf '%-9s %12s %9s %9s %12s %10s %14s %14s\n' state "requests/s" "p50 ms" "p99 ms" "CPU us/req" \
-  "rps ratio" "rps vs off" "CPU vs off"
+printf '%-9s %12s %9s %9s %12s %10s %14s %14s %28s\n' state "requests/s" "p50 ms" "p99 ms" "CPU us/req" \
+  "rps ratio" "rps vs off" "CPU vs off" "worker / sampler / rest us"
 for t in $STATES; do
   col() { local -n arr="$1"; for r in $(seq 1 "$ROUNDS"); do printf '%s ' "${arr[$r,$t]}"; done; }
   M_RPS[$t]="$(col RPS | median)"
@@ -205,8 +235,10 @@ for t in $STATES; do
     vs="$(awk -v a="${M_RPS[$t]}" -v b="${M_RPS[off]}" 'BEGIN {printf "%+.1f%%", (a / b - 1) * 100}')"
     cvs="$(awk -v a="${M_CPU[$t]}" -v b="${M_CPU[off]}" 'BEGIN {printf "%+.1f%%", (a / b - 1) * 100}')"
   fi
-  printf '%-9s %12.0f %9.3f %9.3f %12.1f %10s %14s %14s\n' "$t" "${M_RPS[$t]}" "$m50" "${M_P99[$t]}" \
-    "${M_CPU[$t]}" "$ratio" "$vs" "$cvs"
+  split="-"
+  [[ "$t" != nginx ]] && split="$(col WRK | median) / $(col SMP | median) / $(col RST | median)"
+  printf '%-9s %12.0f %9.3f %9.3f %12.1f %10s %14s %14s %28s\n' "$t" "${M_RPS[$t]}" "$m50" "${M_P99[$t]}" \
+    "${M_CPU[$t]}" "$ratio" "$vs" "$cvs" "$split"
 done
 # The noise: how far the off row itself moves between rounds.
 spread() {
