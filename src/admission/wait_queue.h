@@ -2,8 +2,11 @@
 // WaitQueue<T>: the bounded priority queue of requests waiting for a concurrency slot.
 //
 // Order: strictly by effective priority, FIFO within a priority. A waiter's effective priority
-// improves by one level per `aging` of waiting, so a P2 request that has waited 2*aging competes
-// as P0 (ties go to the one that arrived first); batch work is delayed, never starved forever.
+// improves by one level per `aging` of waiting, down to P1 at best: a P2 request that has waited
+// `aging` competes as P1 (ties go to the one that arrived first), so batch work is not starved by a
+// stream of P1. P0 stays reserved for requests that arrived as P0: otherwise, once the backlog's
+// wait exceeds `aging`, every older P1 would compete as P0 and go first, and P0 would wait as long
+// as P1 does, however little of the capacity P0 itself needs.
 // Deadline: each waiter leaves at min(arrival + max_wait[its priority], arrival + its own
 // max_wait); expire() removes and reports them. Bound: `max_size` waiters. When full, an arrival
 // evicts the NEWEST waiter of the LOWEST priority that is strictly lower than its own (that
@@ -27,11 +30,15 @@
 
 namespace bw::admission {
 
+// Aging lifts a waiter to this priority at most: P0 is for requests that arrived as P0.
+constexpr int kBestAgedPriority = 1;
+
 struct QueueConfig {
   std::size_t max_size = 10'000;  // waiters per queue
   // Longest wait per priority before the waiter is timed out.
   PerPriority<Nanos> max_wait{seconds(30), seconds(20), seconds(10)};
-  // Waiting this long improves the effective priority by one level; 0 disables aging.
+  // Waiting this long improves the effective priority by one level, down to P1 at best (P0 is
+  // never reached by aging); 0 disables aging.
   Nanos aging = seconds(5);
 };
 
@@ -197,9 +204,10 @@ class WaitQueue {
   }
 
   int effective_priority(const Slot& e, Nanos now) const {
-    if (config_.aging <= 0 || e.priority == 0) return e.priority;
+    if (config_.aging <= 0 || e.priority <= kBestAgedPriority) return e.priority;
     const Nanos levels = (now - e.enqueued_at) / config_.aging;
-    return levels >= e.priority ? 0 : e.priority - static_cast<int>(levels);
+    return levels >= e.priority - kBestAgedPriority ? kBestAgedPriority
+                                                    : e.priority - static_cast<int>(levels);
   }
 
   int best_list(Nanos now) const {

@@ -136,9 +136,12 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
         }
         predicted = max_wait + limit_interval(c, v.limit_name);  // waited its whole bound
       }
-    } else if (v.wait_ok && v.retry_after_ns != limits::kNever && v.retry_after_ns <= left) {
+    } else if (v.wait_ok && v.retry_after_ns != limits::kNever &&
+               v.retry_after_ns <= left + (turn_taken ? limit_interval(c, v.limit_name) : 0)) {
       // This request's turn: wait for the limit itself. The wait counts in the queue depth, and
-      // the overload policy may refuse it.
+      // the overload policy may refuse it. A request that was let wait and then got its turn may
+      // overrun its bound by up to one interval of the limit (the turns ahead of it took a little
+      // longer than predicted): refusing it then would throw away the whole wait.
       const auto span = tracing::start(c, "bellwether.rate_limit");
       auto waited =
           co_await unless_client_gone(c, c.sh.admission->wait_until(now + v.retry_after_ns, prio));

@@ -60,8 +60,9 @@ TEST(WaitQueue, AgingPromotesOneLevelPerInterval) {
   EXPECT_EQ(q.effective_priority(batch, t0), 2);
   EXPECT_EQ(q.effective_priority(batch, t0 + seconds(5) - 1), 2);
   EXPECT_EQ(q.effective_priority(batch, t0 + seconds(5)), 1);
-  EXPECT_EQ(q.effective_priority(batch, t0 + seconds(10)), 0);
-  EXPECT_EQ(q.effective_priority(batch, t0 + seconds(60)), 0);
+  // P1 at best: P0 is reserved for requests that arrived as P0.
+  EXPECT_EQ(q.effective_priority(batch, t0 + seconds(10)), 1);
+  EXPECT_EQ(q.effective_priority(batch, t0 + seconds(60)), 1);
 
   // At t0+4s a fresh P1 beats the P2 that has not aged yet.
   q.push(1, t0 + seconds(4), 0, 10);
@@ -75,16 +76,20 @@ TEST(WaitQueue, AgingPromotesOneLevelPerInterval) {
   EXPECT_EQ(drain(q, t0 + seconds(7)), (std::vector<int>{1, 20, 11}));
 }
 
-TEST(WaitQueue, AgedBatchOvertakesNewerUrgentWork) {
+TEST(WaitQueue, AgingNeverOvertakesP0) {
   QueueConfig c;
   c.aging = seconds(5);
   c.max_wait = {seconds(100), seconds(100), seconds(100)};
   WaitQueue<int> q(c);
   const Nanos t0 = seconds(1000);
   q.push(2, t0, 0, 20);
-  q.push(0, t0 + seconds(9), 0, 1);
-  // Equal effective priority (0) after 10 s: arrival order decides.
-  EXPECT_EQ(drain(q, t0 + seconds(10)), (std::vector<int>{20, 1}));
+  q.push(1, t0 + seconds(1), 0, 10);
+  q.push(0, t0 + seconds(59), 0, 1);
+  q.push(1, t0 + seconds(59), 0, 11);
+  // After a minute the old P2 and P1 compete as P1 (the older first, before the newer P1), but the
+  // fresh P0 goes before both: a backlog of lower priorities never delays P0.
+  EXPECT_EQ(q.effective_priority(q.push(1, t0 + seconds(60), 0, 12).handle, t0 + seconds(60)), 1);
+  EXPECT_EQ(drain(q, t0 + seconds(60)), (std::vector<int>{1, 20, 10, 11, 12}));
 }
 
 TEST(WaitQueue, FullQueueEvictsNewestOfLowestPriority) {

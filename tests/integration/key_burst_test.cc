@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -88,19 +89,21 @@ void fire(int port, const char* key, Shot& s, Clock::time_point t0) {
 std::vector<std::thread> burst(int port, std::vector<Shot>& shots, std::size_t from, std::size_t to,
                                Clock::time_point t0) {
   std::vector<std::thread> ts;
-  std::atomic<std::size_t> ready{0};
-  std::atomic<bool> go{false};
+  // Shared with the threads, which may still be leaving the spin when this function returns.
+  struct Start {
+    std::atomic<std::size_t> ready{0};
+    std::atomic<bool> go{false};
+  };
+  auto start = std::make_shared<Start>();
   for (std::size_t i = from; i < to; ++i) {
-    ts.emplace_back([&, i] {
-      ++ready;
-      while (!go) std::this_thread::yield();
+    ts.emplace_back([start, port, &shots, i, t0] {
+      ++start->ready;
+      while (!start->go) std::this_thread::yield();
       fire(port, kKey, shots[i], t0);
     });
   }
-  while (ready < to - from) std::this_thread::yield();
-  go = true;
-  // `ready` and `go` die with this frame: wait until every thread has left the spin.
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  while (start->ready < to - from) std::this_thread::yield();
+  start->go = true;
   return ts;
 }
 
