@@ -67,6 +67,8 @@ plans:
 keys:
   - {name: bench, key: $1, plan: none}
 YAML
+}
+
 # wrk latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN {
