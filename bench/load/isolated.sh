@@ -76,75 +76,9 @@ ngx_port="$(free_port)"
 auth_port="$(free_port)"
 prod_port="$(free_port)"
 
-# The upstream's fixed answers. The completion is a realistic ~820-byte chat.completion; the
-# stream is 6 events (role, 3 deltas, finish + usage, [DONE]), one write.
-completion='{"id":"chatcmpl-9f3b2c7d1e8a4b6c9d0e1f2a3b4c5d6e","object":"chat.completion","created":1733390000,"model":"bench","system_fingerprint":"fp_6b68a8204b","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for the order number. Order 48213-77 has not left the warehouse yet: the label was created but the parcel was never handed to the carrier. You can cancel it now from the Orders page, and the refund goes back to the card you paid with within three to five working days. The boots do come in a wide fit; choose Wide in the size menu when you order again.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":82,"total_tokens":332,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}'
-chunk() {
-  printf 'data: {"id":"chatcmpl-9f3b2c7d1e8a","object":"chat.completion.chunk","created":1733390000,"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]%s}\n\n' "$1" "$2" "${3:-}"
-}
-stream="$(
-  chunk '{"role":"assistant","content":""}' null
-  chunk '{"content":"Order 48213-77"}' null
-  chunk '{"content":" has not left"}' null
-  chunk '{"content":" the warehouse yet."}' null
-  chunk '{}' '"stop"' ',"usage":{"prompt_tokens":250,"completion_tokens":12,"total_tokens":262}'
-  printf 'data: [DONE]\n\n'
-)"
-# nginx string literals: escape backslashes and single quotes; newlines stay as they are (the
-# stream's last two are written as \n\n: command substitution drops trailing newlines).
-ngx_quote() { sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/\\\\'/g" <<<"$1"; }
+fixed_upstream_conf "$work/upstream" "$up_port"
 
-nginx_conf() {  # $1 dir, $2 body of the http block
-  mkdir -p "$1"
-  cat >"$1/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $1/body;
-  proxy_temp_path $1/proxy;
-  fastcgi_temp_path $1/fastcgi;
-  uwsgi_temp_path $1/uwsgi;
-  scgi_temp_path $1/scgi;
-  keepalive_requests 1000000;
-$2
-}
-NGINX
-}
-
-nginx_conf "$work/upstream" "  server {
-    listen 127.0.0.1:$up_port backlog=4096;
-    location = /v1/chat/completions {
-      default_type application/json;
-      return 200 '$(ngx_quote "$completion")';
-    }
-    location = /sse/v1/chat/completions {
-      default_type text/event-stream;
-      return 200 '$(ngx_quote "$stream")\n\n';
-    }
-  }"
-
-nginx_conf "$work/nginx" "  upstream up {
-    server 127.0.0.1:$up_port;
-    keepalive 512;
-  }
-  server {
-    listen 127.0.0.1:$ngx_port backlog=4096;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }
-    location /sse/ {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_buffering off;
-    }
-  }"
+nginx_proxy_conf "$work/nginx" "$ngx_port" "$up_port"
 
 # Bellwether: the same providers and models in both configs.
 gw_common() {  # $1 port
@@ -196,16 +130,12 @@ YAML
 } >"$work/prod.yaml"
 
 # Background processes; the server under test on SERVER_CPU, everything else on CLIENT_CPU.
-taskset -c "$CLIENT_CPU" "$NGINX" -p "$work/upstream" -e "$work/upstream/error.log" \
-  -c "$work/upstream/nginx.conf" >"$work/upstream.out" 2>&1 &
-track_pid $!
+start_nginx "$CLIENT_CPU" "$work/upstream"
 declare -A pid=()
 if [[ " $TARGETS " == *" nginx"* ]]; then
-  taskset -c "$SERVER_CPU" "$NGINX" -p "$work/nginx" -e "$work/nginx/error.log" \
-    -c "$work/nginx/nginx.conf" >"$work/nginx.out" 2>&1 &
-  track_pid $!
-  pid[nginx]=$!
-  pid[nginx-sse]=$!
+  start_nginx "$SERVER_CPU" "$work/nginx"
+  pid[nginx]=$nginx_pid
+  pid[nginx-sse]=$nginx_pid
 fi
 if [[ " $TARGETS " == *" bw-auth "* || " $TARGETS " == *" bw-sse "* ]]; then
   taskset -c "$SERVER_CPU" "$bin" serve --config "$work/auth.yaml" >"$work/auth.log" 2>&1 &
@@ -253,24 +183,8 @@ for t in $TARGETS; do
   fi
 done
 
-# wrk latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-    printf "%.3f", n }'
-}
-
-# CPU ticks (utime + stime) of a server: the Bellwether process (all its threads), or nginx's
-# master and worker.
-server_ticks() {
-  local p="${pid[$1]}" x sum=0
-  for x in $p $(pgrep -P "$p" | tr '\n' ' '); do
-    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$x/stat")))
-  done
-  echo "$sum"
-}
-tick_hz="$(getconf CLK_TCK)"
+# CPU ticks of a server: the Bellwether process (all its threads), or nginx's master and worker.
+server_ticks() { proc_ticks "${pid[$1]}"; }
 
 # One run of wrk on CLIENT_CPU; sets rps, p50, p99 (ms) and cpu (the server's µs per request).
 run() {
@@ -329,7 +243,6 @@ if [[ "$IDLE_CONNS" -gt 0 ]]; then
   done
 fi
 
-median() { tr ' ' '\n' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 echo "# isolated proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "bellwether: $bin ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- src 2>/dev/null || echo '+local changes'))"

@@ -32,3 +32,114 @@ track_pid() {
   pids+=("$1")
   echo "$1" >>"$work/.pids"
 }
+
+# wrk latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+# The median of numbers on stdin (separated by spaces or newlines).
+median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# CPU ticks (utime + stime) of a process (all its threads) and its direct children.
+proc_ticks() {
+  local x sum=0
+  for x in $1 $(pgrep -P "$1" | tr '\n' ' '); do
+    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$x/stat")))
+  done
+  echo "$sum"
+}
+tick_hz="$(getconf CLK_TCK)"
+
+# ---- the isolated method's fixed-answer upstream (bench/load/isolated.sh, docs/benchmarks.md) ----
+
+# The upstream's fixed answers. The completion is a realistic ~820-byte chat.completion; the
+# stream is 6 events (role, 3 deltas, finish + usage, [DONE]), one write.
+completion='{"id":"chatcmpl-9f3b2c7d1e8a4b6c9d0e1f2a3b4c5d6e","object":"chat.completion","created":1733390000,"model":"bench","system_fingerprint":"fp_6b68a8204b","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for the order number. Order 48213-77 has not left the warehouse yet: the label was created but the parcel was never handed to the carrier. You can cancel it now from the Orders page, and the refund goes back to the card you paid with within three to five working days. The boots do come in a wide fit; choose Wide in the size menu when you order again.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":82,"total_tokens":332,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}'
+chunk() {
+  printf 'data: {"id":"chatcmpl-9f3b2c7d1e8a","object":"chat.completion.chunk","created":1733390000,"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]%s}\n\n' "$1" "$2" "${3:-}"
+}
+stream="$(
+  chunk '{"role":"assistant","content":""}' null
+  chunk '{"content":"Order 48213-77"}' null
+  chunk '{"content":" has not left"}' null
+  chunk '{"content":" the warehouse yet."}' null
+  chunk '{}' '"stop"' ',"usage":{"prompt_tokens":250,"completion_tokens":12,"total_tokens":262}'
+  printf 'data: [DONE]\n\n'
+)"
+# nginx string literals: escape backslashes and single quotes; newlines stay as they are (the
+# stream's last two are written as \n\n: command substitution drops trailing newlines).
+ngx_quote() { sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/\\\\'/g" <<<"$1"; }
+
+nginx_conf() {  # $1 dir, $2 body of the http block
+  mkdir -p "$1"
+  cat >"$1/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+  keepalive_requests 1000000;
+$2
+}
+NGINX
+}
+
+# Writes the fixed-answer upstream's nginx.conf into $1 (listening on 127.0.0.1:$2):
+# /v1/chat/completions answers the completion, /sse/v1/chat/completions the stream.
+fixed_upstream_conf() {
+  local up_port="$2"
+  nginx_conf "$1" "  server {
+      listen 127.0.0.1:$up_port backlog=4096;
+      location = /v1/chat/completions {
+        default_type application/json;
+        return 200 '$(ngx_quote "$completion")';
+      }
+      location = /sse/v1/chat/completions {
+        default_type text/event-stream;
+        return 200 '$(ngx_quote "$stream")\n\n';
+      }
+    }"
+}
+
+# Writes the reference nginx's config into $1: listens on 127.0.0.1:$2 and proxies to the upstream
+# on 127.0.0.1:$3 with a keep-alive pool (/sse/ unbuffered).
+nginx_proxy_conf() {
+  nginx_conf "$1" "  upstream up {
+      server 127.0.0.1:$3;
+      keepalive 512;
+    }
+    server {
+      listen 127.0.0.1:$2 backlog=4096;
+      location / {
+        proxy_pass http://up;
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+      }
+      location /sse/ {
+        proxy_pass http://up;
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        proxy_buffering off;
+      }
+    }"
+}
+
+# Starts nginx ($NGINX, default /usr/sbin/nginx) with the config in dir $2 pinned to cpu $1, in
+# the background (tracked for the exit cleanup); sets nginx_pid.
+start_nginx() {
+  taskset -c "$1" "${NGINX:-/usr/sbin/nginx}" -p "$2" -e "$2/error.log" -c "$2/nginx.conf" \
+    >"$2.out" 2>&1 &
+  nginx_pid=$!
+  track_pid "$nginx_pid"
+}

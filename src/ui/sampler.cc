@@ -1,5 +1,7 @@
 #include "ui/sampler.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -127,6 +129,8 @@ Sampler::~Sampler() {
 void Sampler::start(std::function<Reading()> read) {
   stop_ = false;
   thread_ = std::thread([this, read = std::move(read)] {
+    // Named so that its CPU time can be told apart (bench/load/console_overhead.sh, top -H).
+    pthread_setname_np(pthread_self(), "bw-sampler");
     std::unique_lock lock(thread_mu_);
     do {
       lock.unlock();
