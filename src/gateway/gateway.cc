@@ -170,37 +170,8 @@ void Gateway::start_cache(const config::Config& cfg) {
   }
 }
 
-Result<Ok> Gateway::start() {
-  const auto& cfg = *initial_;
-  const bool needs_sim = std::any_of(cfg.providers.begin(), cfg.providers.end(),
-                                     [](const auto& p) { return p.type == "sim"; });
-  if (needs_sim) {
-    sim_ = std::make_unique<sim::Simulator>(cfg.sim);
-    auto port = sim_->start("127.0.0.1:0");
-    if (!port) return port.error();
-    sim_port_ = *port;
-  }
-  shared_->limiter_clock_offset = options_.clock_offset;
-  if (auto r = apply_config(*shared_, cfg); !r) return r;
-  if (cfg.redis_enabled) {
-    // Starts even when Redis is down: limits then follow their failure policy.
-    auto store = limits::RedisLimitStore::create(cfg.redis);
-    if (!store) return store.error();
-    shared_->limiter->set_async_store(*store);
-  }
-  start_cache(cfg);
-  if (auto store = make_response_store(cfg); !store) {
-    return store.error();
-  } else {
-    shared_->responses = std::move(store.value());
-  }
-  if (cfg.dead_letter_enabled) {
-    auto dlq = routing::DeadLetterQueue::open(cfg.dead_letter);
-    if (!dlq) return dlq.error();
-    shared_->dead_letters = std::move(dlq.value());
-  }
-  // Cost guard: budgets, the durable ledger (recovered before serving) and stored keys.
-  std::vector<config::KeyConfig> stored;
+Result<Ok> Gateway::open_ledger_and_keys(const config::Config& cfg,
+                                         std::vector<config::KeyConfig>& stored) {
   if (!cfg.ledger_postgres.empty()) {
     store::PgLedgerOptions lo;
     lo.db.conninfo = cfg.ledger_postgres;
@@ -230,6 +201,11 @@ Result<Ok> Gateway::start() {
       if (!r.revoked) stored.push_back(key_config_from_record(r, cfg));
     }
   }
+  return Ok{};
+}
+
+Result<Ok> Gateway::start_budgets(const config::Config& cfg,
+                                  const std::vector<config::KeyConfig>& stored) {
   shared_->budgets = std::make_unique<cost::BudgetManager>(cfg.cost_guard);
   declare_budgets(*shared_, cfg, stored);
   const bool redis_budgets = cfg.redis_enabled && cfg.redis_budgets_enabled &&
@@ -267,20 +243,10 @@ Result<Ok> Gateway::start() {
   if (!shared_->budget_store) {
     shared_->budget_store = std::make_unique<cost::LocalBudgetStore>(*shared_->budgets);
   }
-  if (!cfg.webhook_url.empty()) {
-    cost::WebhookOptions wo;
-    wo.url = cfg.webhook_url;
-    wo.secret = cfg.webhook_secret;
-    shared_->webhooks = std::make_unique<cost::WebhookSender>(wo);
-  }
-  runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_, std::move(stored)));
-  shared_->runtime = &runtime_;
+  return Ok{};
+}
 
-  telemetry::GatewayMetricsOptions mo;
-  mo.version = "0.1.0";
-  mo.budget_utilization = cfg.budget_metrics_per_key;
-  shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
-  shared_->scaling = std::make_unique<ScalingState>(cfg);
+void Gateway::start_pump_thread() {
   // Rate refills are time-driven: this thread grants the waiters of a deployment's RPM/TPM at
   // the moment its capacity refills (woken earlier when a wait starts that ends sooner).
   shared_->admission->set_pump_notifier([this] { pump_cv_.notify_one(); });
@@ -299,10 +265,9 @@ Result<Ok> Gateway::start() {
       lock.lock();
     }
   });
-  shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
-  if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
-  if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
+}
 
+Result<Ok> Gateway::start_listeners(const config::Config& cfg) {
   http::ServerOptions opt = cfg.server;
   if (!options_.listen_override.empty() &&
       !config::parse_listen(options_.listen_override, opt.host, opt.port)) {
@@ -327,6 +292,10 @@ Result<Ok> Gateway::start() {
     if (auto r = admin_server_->start(); !r) return r;
     admin_server_->run();
   }
+  return Ok{};
+}
+
+void Gateway::start_scaler_thread(const config::Config& cfg) {
   int replicas = cfg.current_replicas;
   if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
     replicas = std::atoi(r);
@@ -338,6 +307,62 @@ Result<Ok> Gateway::start() {
                              server_ ? server_->event_loop_lag_s() : 0);
     }
   });
+}
+
+Result<Ok> Gateway::start() {
+  const auto& cfg = *initial_;
+  const bool needs_sim = std::any_of(cfg.providers.begin(), cfg.providers.end(),
+                                     [](const auto& p) { return p.type == "sim"; });
+  if (needs_sim) {
+    sim_ = std::make_unique<sim::Simulator>(cfg.sim);
+    auto port = sim_->start("127.0.0.1:0");
+    if (!port) return port.error();
+    sim_port_ = *port;
+  }
+  shared_->limiter_clock_offset = options_.clock_offset;
+  if (auto r = apply_config(*shared_, cfg); !r) return r;
+  if (cfg.redis_enabled) {
+    // Starts even when Redis is down: limits then follow their failure policy.
+    auto store = limits::RedisLimitStore::create(cfg.redis);
+    if (!store) return store.error();
+    shared_->limiter->set_async_store(*store);
+  }
+  start_cache(cfg);
+  if (auto store = make_response_store(cfg); !store) {
+    return store.error();
+  } else {
+    shared_->responses = std::move(store.value());
+  }
+  if (cfg.dead_letter_enabled) {
+    auto dlq = routing::DeadLetterQueue::open(cfg.dead_letter);
+    if (!dlq) return dlq.error();
+    shared_->dead_letters = std::move(dlq.value());
+  }
+  // Cost guard: the durable ledger and stored keys, then the budgets (recovered before serving).
+  std::vector<config::KeyConfig> stored;
+  if (auto r = open_ledger_and_keys(cfg, stored); !r) return r;
+  if (auto r = start_budgets(cfg, stored); !r) return r;
+  if (!cfg.webhook_url.empty()) {
+    cost::WebhookOptions wo;
+    wo.url = cfg.webhook_url;
+    wo.secret = cfg.webhook_secret;
+    shared_->webhooks = std::make_unique<cost::WebhookSender>(wo);
+  }
+  runtime_.store(std::make_shared<const Runtime>(initial_, sim_port_, std::move(stored)));
+  shared_->runtime = &runtime_;
+
+  telemetry::GatewayMetricsOptions mo;
+  mo.version = "0.1.0";
+  mo.budget_utilization = cfg.budget_metrics_per_key;
+  shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
+  shared_->scaling = std::make_unique<ScalingState>(cfg);
+  start_pump_thread();
+  shared_->access_log = std::make_unique<AccessLog>(cfg.access_log.path);
+  if (cfg.tracing.exporting()) shared_->tracer = make_trace_exporter(*shared_, cfg.tracing);
+  if (cfg.console_enabled && !cfg.admin_key_hash.empty()) start_console(*shared_);
+
+  if (auto r = start_listeners(cfg); !r) return r;
+  start_scaler_thread(cfg);
   server_->run();
   return Ok{};
 }

@@ -57,6 +57,14 @@ class Gateway {
   std::shared_ptr<const Runtime> runtime() const { return runtime_.load(); }
 
  private:
+  // The phases of start(), in order.
+  Result<Ok> open_ledger_and_keys(const config::Config& cfg,
+                                  std::vector<config::KeyConfig>& stored);
+  Result<Ok> start_budgets(const config::Config& cfg, const std::vector<config::KeyConfig>& stored);
+  void start_pump_thread();
+  Result<Ok> start_listeners(const config::Config& cfg);
+  void start_scaler_thread(const config::Config& cfg);
+
   std::shared_ptr<const config::Config> initial_;
   GatewayOptions options_;
   std::unique_ptr<sim::Simulator> sim_;
