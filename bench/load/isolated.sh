@@ -100,33 +100,11 @@ YAML
 }
 {
   gw_common "$auth_port"
-  cat <<YAML
-access_log: {path: "off"}
-plans:
-  none: {limits: []}
-keys:
-  - {name: bench, key: $KEY, plan: none}
-YAML
+  auth_policy_yaml "$KEY"
 } >"$work/auth.yaml"
-# Limits high enough never to refuse, budgets high enough never to run out: every request still
-# pays for the checks, the reservation, the ledger rows and the log line.
 {
   gw_common "$prod_port"
-  cat <<YAML
-access_log: {path: "$work/access.log"}
-budgets:
-  global: {cap_usd: 100000000, period: monthly}
-ledger: {path: "$ledger_dir/ledger.db"${DURABILITY:+, durability: $DURABILITY}}
-plans:
-  prod:
-    daily_requests: 1000000000
-    limits:
-      - {name: rps, unit: requests, rate: 1000000, period: second}
-      - {name: rpm, unit: requests, rate: 60000000, period: minute}
-      - {name: tpm, unit: tokens, rate: 1000000000000, period: minute}
-keys:
-  - {name: bench, key: $KEY, plan: prod, tenant: acme, budget: {cap_usd: 100000000, period: total}}
-YAML
+  prod_policy_yaml "$KEY" "$work/access.log" "$ledger_dir/ledger.db" "$DURABILITY"
 } >"$work/prod.yaml"
 
 # Background processes; the server under test on SERVER_CPU, everything else on CLIENT_CPU.

@@ -33,6 +33,42 @@ track_pid() {
   echo "$1" >>"$work/.pids"
 }
 
+# The production policy of a gateway config (the part after listen/providers/model_groups/
+# pricing), shared by isolated.sh and callgrind.sh: rps/rpm/tpm/daily limits on the key's plan,
+# high enough never to refuse, a per-key and a global budget high enough never to run out, the
+# SQLite ledger and the access log to a file. Every request still pays for the checks, the
+# reservation, the ledger rows and the log line.
+# Usage: prod_policy_yaml KEY ACCESS_LOG LEDGER_DB [DURABILITY]
+prod_policy_yaml() {
+  cat <<YAML
+access_log: {path: "$2"}
+budgets:
+  global: {cap_usd: 100000000, period: monthly}
+ledger: {path: "$3"${4:+, durability: $4}}
+plans:
+  prod:
+    daily_requests: 1000000000
+    limits:
+      - {name: rps, unit: requests, rate: 1000000, period: second}
+      - {name: rpm, unit: requests, rate: 60000000, period: minute}
+      - {name: tpm, unit: tokens, rate: 1000000000000, period: minute}
+keys:
+  - {name: bench, key: $1, plan: prod, tenant: acme, budget: {cap_usd: 100000000, period: total}}
+YAML
+}
+
+# The auth-only policy: one key on a plan without limits, no budgets, no ledger, access log off.
+# Usage: auth_policy_yaml KEY
+auth_policy_yaml() {
+  cat <<YAML
+access_log: {path: "off"}
+plans:
+  none: {limits: []}
+keys:
+  - {name: bench, key: $1, plan: none}
+YAML
+}
+
 # wrk latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN {

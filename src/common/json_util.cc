@@ -3,7 +3,9 @@
 #include <charconv>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 namespace bw {
 
@@ -31,6 +33,20 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   return 0;
 }
 
+// Whether any of the 8 bytes of `x` needs a closer look: a control byte (< 0x20), '"', '\\' or a
+// byte >= 0x80 (UTF-8 to validate). Exact as a yes/no (the classic has-zero-byte tests), so
+// the plain ASCII of a typical value is copied 8 bytes per step.
+inline bool needs_look8(std::uint64_t x) {
+  constexpr std::uint64_t k01 = 0x0101010101010101ULL;
+  constexpr std::uint64_t k80 = 0x8080808080808080ULL;
+  const std::uint64_t control = (x - k01 * 0x20) & ~x & k80;
+  const std::uint64_t q = x ^ (k01 * '"');
+  const std::uint64_t quote = (q - k01) & ~q & k80;
+  const std::uint64_t b = x ^ (k01 * '\\');
+  const std::uint64_t backslash = (b - k01) & ~b & k80;
+  return ((x & k80) | control | quote | backslash) != 0;
+}
+
 }  // namespace
 
 // Bytes that are not well-formed UTF-8 (a raw path, a header value) become U+FFFD, so that the
@@ -40,6 +56,11 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
   std::size_t run = 0;  // start of a run of bytes that need no escaping
   for (std::size_t i = 0; i < s.size(); ++i) {
+    for (std::uint64_t x; i + 8 <= s.size(); i += 8) {
+      std::memcpy(&x, s.data() + i, 8);
+      if (needs_look8(x)) break;
+    }
+    if (i >= s.size()) break;
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       const std::size_t len = utf8_sequence(s, i);
@@ -163,12 +184,16 @@ JsonWriter& JsonWriter::value(std::string_view v) {
 }
 JsonWriter& JsonWriter::value(std::int64_t v) {
   comma();
-  out_ += std::to_string(v);
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out_.append(buf, end);
   return *this;
 }
 JsonWriter& JsonWriter::value(std::uint64_t v) {
   comma();
-  out_ += std::to_string(v);
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out_.append(buf, end);
   return *this;
 }
 JsonWriter& JsonWriter::value(double v) {

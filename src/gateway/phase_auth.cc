@@ -2,6 +2,9 @@
 // computed hashes are compared in constant time.
 #include <openssl/crypto.h>
 
+#include <array>
+#include <functional>
+
 #include "config/config.h"
 #include "gateway/phases.h"
 
@@ -15,6 +18,34 @@ std::string_view bearer(const http::Request& req) {
   return {};
 }
 
+// The SHA-256 (hex) of a presented key, remembered per thread for the last few distinct keys: a
+// client presents the same key on every request, and the digest was the largest single item of
+// authentication. Only bytes -> digest is cached, a pure function, so a reload, a revoked or a
+// rotated key needs no invalidation: the lookup by hash below runs on every request. A hit is
+// decided by a constant-time compare of the whole presented key.
+const std::string& presented_key_hash(std::string_view presented) {
+  struct Slot {
+    std::string key;
+    std::string hash;
+  };
+  constexpr std::size_t kSlots = 16;            // per thread; a power of two
+  constexpr std::size_t kMaxCachedBytes = 256;  // longer keys are hashed every time
+  thread_local std::array<Slot, kSlots> slots;
+  thread_local std::string uncached;
+  if (presented.size() > kMaxCachedBytes) {
+    uncached = config::sha256_hex(presented);
+    return uncached;
+  }
+  Slot& s = slots[std::hash<std::string_view>{}(presented) & (kSlots - 1)];
+  if (!s.hash.empty() && s.key.size() == presented.size() &&
+      CRYPTO_memcmp(s.key.data(), presented.data(), presented.size()) == 0) {
+    return s.hash;
+  }
+  s.key.assign(presented);
+  s.hash = config::sha256_hex(presented);
+  return s.hash;
+}
+
 }  // namespace
 
 Result<const KeyInfo*> authenticate(const Runtime& rt, const http::Request& req) {
@@ -26,7 +57,7 @@ Result<const KeyInfo*> authenticate(const Runtime& rt, const http::Request& req)
                         "You didn't provide an API key. Provide it in the Authorization header "
                         "(Authorization: Bearer YOUR_KEY) or in x-api-key.");
   }
-  const std::string hash = config::sha256_hex(presented);
+  const std::string& hash = presented_key_hash(presented);
   const KeyInfo* key = rt.key_by_hash(hash);
   if (!key || CRYPTO_memcmp(key->cfg->secret_hash.data(), hash.data(), hash.size()) != 0) {
     return errors::make(errors::kInvalidApiKey, "Incorrect API key provided.");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <optional>
 
 namespace bw::http {
 
@@ -90,18 +91,35 @@ void Headers::set(std::string_view name, std::string_view value) {
   add(name, value);
 }
 
-std::string_view Headers::get(std::string_view name) const {
-  for (auto [n, v] : items()) {
-    if (iequals(n, name)) return v;
+namespace {
+
+// The value of the first line named `name` (case-insensitive), or nullopt. A field name never
+// holds a colon, so a line is a candidate only when ": " follows the name's length: most lines
+// are skipped after two byte compares, without splitting them (a lookup runs for every
+// provider rate-limit header of every upstream answer).
+std::optional<std::string_view> find_value(std::string_view wire, std::string_view name) {
+  const std::size_t n = name.size();
+  while (!wire.empty()) {
+    const auto eol = wire.find("\r\n");
+    const auto line = wire.substr(0, eol);
+    if (line.size() >= n + 2 && line[n] == ':' && line[n + 1] == ' ' &&
+        iequals(line.substr(0, n), name)) {
+      return line.substr(n + 2);
+    }
+    if (eol == std::string_view::npos) break;
+    wire.remove_prefix(eol + 2);
   }
-  return {};
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string_view Headers::get(std::string_view name) const {
+  return find_value(wire_, name).value_or(std::string_view{});
 }
 
 bool Headers::has(std::string_view name) const {
-  for (auto [n, v] : items()) {
-    if (iequals(n, name)) return true;
-  }
-  return false;
+  return find_value(wire_, name).has_value();
 }
 
 void Headers::remove(std::string_view name) {

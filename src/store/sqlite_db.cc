@@ -115,6 +115,11 @@ Statement& Statement::bind(int idx, std::string_view v) {
   return *this;
 }
 
+Statement& Statement::bind_static(int idx, std::string_view v) {
+  sqlite3_bind_text(st_, idx, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  return *this;
+}
+
 Statement& Statement::bind_null(int idx) {
   sqlite3_bind_null(st_, idx);
   return *this;

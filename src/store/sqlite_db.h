@@ -53,6 +53,8 @@ class Statement {
 
   Statement& bind(int idx, std::int64_t v);
   Statement& bind(int idx, std::string_view v);
+  // bind() without SQLite's copy: `v` must stay valid and unchanged until reset().
+  Statement& bind_static(int idx, std::string_view v);
   Statement& bind_null(int idx);
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int step();

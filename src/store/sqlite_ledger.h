@@ -44,12 +44,16 @@ class SqliteLedger final : public QueuedLedger {
   SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader);
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
+  // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
+  Result<Ok> step_once(Statement& st, std::string_view what);
   Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
 
   const SqliteLedgerOptions options_;
   SqliteDb writer_db_;  // writer thread only
   Statement insert_st_;
   Statement settle_st_;
+  Statement begin_st_;
+  Statement commit_st_;
 
   std::mutex reader_mu_;
   SqliteDb reader_db_;

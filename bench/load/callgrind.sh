@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Instructions per proxied request under callgrind: a load-independent measure of the gateway's
+# own CPU work per request (docs/benchmarks.md, "Where the time goes"). `bellwether serve` (one
+# worker) runs under `valgrind --tool=callgrind` in front of a zero-latency `bellwether sim`,
+# driven by wrk -t1 -c$CONNS for $DURATION s with the ~1 KB chat request of isolated.sh. It runs
+# twice: idle (start and stop, no requests) and loaded; per request = (loaded - idle) / requests.
+#
+# CONFIG:
+#   auth  auth only: no limits, no budgets, no ledger, access log off
+#   prod  production policy, the same as isolated.sh's bw-prod: rps/rpm/tpm/daily limits, a
+#         per-key and a global budget, the SQLite ledger, access log to a file
+#   sse   auth only, streaming (the simulator streams one event per token)
+#
+# Loopback only, bounded: two gateway runs of at most DURATION s plus start-up.
+# Usage: bench/load/callgrind.sh [path/to/bellwether]
+#   env: CONFIG=auth|prod|sse DURATION=10 CONNS=8 TOKENS=5 (completion tokens of the simulator)
+#        OUT=dir: keep the loaded run's callgrind file as dir/callgrind.<CONFIG>.out, for
+#        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`
+# valgrind runs niced (nice -n 19); it needs no quiet machine, instructions do not depend on load.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+bin="${1:-${BELLWETHER_BIN:-$root/build/release/bellwether}}"
+CONFIG="${CONFIG:-auth}"
+DURATION="${DURATION:-10}"
+DURATION="${DURATION%s}"
+CONNS="${CONNS:-8}"
+TOKENS="${TOKENS:-5}"
+OUT="${OUT:-}"
+KEY=sk-callgrind-bench-0001
+
+[[ -x "$bin" ]] || { echo "bellwether binary not found: $bin (pass it as \$1)" >&2; exit 2; }
+for tool in wrk valgrind; do
+  command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
+done
+
+# shellcheck source=bench/load/lib.sh
+source "$here/lib.sh"
+start_workdir callgrind
+
+sim_port="$(free_port)"
+gw_port="$(free_port)"
+printf 'sim:\n  workers: 1\n  zero_latency: true\n  defaults: {completion_tokens: %s}\n' "$TOKENS" \
+  >"$work/sim.yaml"
+{
+  cat <<YAML
+listen: 127.0.0.1:$gw_port
+workers: 1
+providers:
+  sim: {base_url: "http://127.0.0.1:$sim_port/v1"}
+model_groups:
+  bench:
+    deployments: [{provider: sim, model: bench}]
+pricing:
+  bench: {input: 0.10, output: 0.40}
+YAML
+  case "$CONFIG" in
+    auth | sse) auth_policy_yaml "$KEY" ;;
+    prod)
+      mkdir -p "$work/db"
+      prod_policy_yaml "$KEY" "$work/access.log" "$work/db/ledger.db"
+      ;;
+    *) echo "unknown CONFIG $CONFIG (auth, prod, sse)" >&2; exit 2 ;;
+  esac
+} >"$work/gw.yaml"
+stream=0
+[[ "$CONFIG" == sse ]] && stream=1
+
+"$bin" sim --config "$work/sim.yaml" --listen "127.0.0.1:$sim_port" >"$work/sim.log" 2>&1 &
+track_pid $!
+wait_port "$sim_port" || { cat "$work/sim.log"; exit 1; }
+
+# One gateway run under callgrind; prints "requests total_instructions". $1 = 1 with load.
+run() {
+  local out="$work/cg.$1" n=0 wrk_out
+  rm -f "$work/db/ledger.db"*
+  nice -n 19 valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$bin" serve --config "$work/gw.yaml" >"$work/gw.$1.log" 2>&1 &
+  local pid=$!
+  track_pid "$pid"
+  # Under valgrind the start takes seconds.
+  for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$gw_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  if [[ "$1" == 1 ]]; then
+    wrk_out="$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$here/isolated_chat.lua" \
+      "http://127.0.0.1:$gw_port/v1/chat/completions" -- "$KEY" bench "$stream")"
+    if grep -qE 'Non-2xx|Socket errors' <<<"$wrk_out"; then
+      echo "$wrk_out" >&2
+      cat "$work/gw.$1.log" >&2
+      echo "errors or non-2xx answers" >&2
+      exit 1
+    fi
+    n="$(awk '/requests in/ {print $1}' <<<"$wrk_out")"
+  fi
+  kill -INT "$pid"
+  wait "$pid" || true
+  echo "$n $(grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}')"
+}
+
+read -r _ idle < <(run 0)
+read -r n total < <(run 1)
+if [[ -n "$OUT" ]]; then
+  mkdir -p "$OUT"
+  cp "$work/cg.1" "$OUT/callgrind.$CONFIG.out"
+fi
+echo "$CONFIG ($bin): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))"
