@@ -127,16 +127,22 @@ Result<UpstreamBody> upstream_body(Format inbound, const std::string& raw,
   return out;
 }
 
+Result<api::Response> decode_answer(Format f, std::string_view body) {
+  switch (f) {
+    case Format::kMessages:
+      return api::decode_messages_response(body);
+    case Format::kResponses:
+      return api::decode_responses_response(body);
+    case Format::kGemini:
+      return providers::decode_gemini_response(body);
+    case Format::kChat:
+      break;
+  }
+  return api::decode_chat_response(body);
+}
+
 api::Usage native_usage(Format f, std::string_view body) {
-  if (f == Format::kMessages) {
-    auto r = api::decode_messages_response(body);
-    return r ? r->usage : api::Usage{};
-  }
-  if (f == Format::kResponses) {
-    auto r = api::decode_responses_response(body);
-    return r ? r->usage : api::Usage{};
-  }
-  auto r = api::decode_chat_response(body);
+  auto r = decode_answer(f, body);
   return r ? r->usage : api::Usage{};
 }
 
@@ -149,10 +155,7 @@ Result<ClientAnswer> translate_response(Format inbound, const UpstreamBody& call
     a.usage = native_usage(inbound, body);
     return a;
   }
-  Result<api::Response> decoded =
-      call.upstream == Format::kMessages ? api::decode_messages_response(body)
-      : call.upstream == Format::kGemini ? providers::decode_gemini_response(body)
-                                         : api::decode_chat_response(body);
+  auto decoded = decode_answer(call.upstream, body);
   if (!decoded) {
     return make_error(502, "upstream_error", "upstream_invalid_response",
                       "The upstream answer could not be read: " + decoded.error().message);
@@ -207,20 +210,7 @@ std::unique_ptr<api::StreamEncoder> client_stream_encoder(Format inbound, std::s
 std::optional<std::string> stream_of_answer(Format inbound, std::string_view body,
                                             std::string public_model, bool include_usage,
                                             const api::ResponseMeta* meta) {
-  Result<api::Response> answer = make_error(500, "server_error", "", "");
-  switch (inbound) {
-    case Format::kMessages:
-      answer = api::decode_messages_response(body);
-      break;
-    case Format::kResponses:
-      answer = api::decode_responses_response(body);
-      break;
-    case Format::kChat:
-      answer = api::decode_chat_response(body);
-      break;
-    case Format::kGemini:
-      return std::nullopt;
-  }
+  auto answer = decode_answer(inbound, body);
   if (!answer) return std::nullopt;
   api::ResponseMeta m = meta ? *meta : api::ResponseMeta{};
   if (inbound == Format::kResponses && !answer->id.empty()) m.id = answer->id;

@@ -53,6 +53,9 @@ Result<ClientAnswer> translate_response(api::Format inbound, const UpstreamBody&
                                         std::string_view body, std::string_view public_model,
                                         const api::ResponseMeta* meta);
 
+// A whole (buffered) answer in wire format `f`, decoded into the canonical response.
+Result<api::Response> decode_answer(api::Format f, std::string_view body);
+
 // Usage of a same-format answer of the Responses or Messages API.
 api::Usage native_usage(api::Format f, std::string_view body);
 
