@@ -218,9 +218,10 @@ asio::awaitable<Verdict> lookup(Ctx& c) {
     if (!cs.buffered_key.empty()) {
       auto buffered = co_await sh.cache->get(cs.buffered_key);
       if (buffered.entry && buffered.entry->kind == cache::Entry::Kind::kBody) {
-        const bool include_usage = c.canon ? c.canon->stream_usage : c.llm.client_wants_usage;
-        auto events = stream_of_answer(c.inbound, buffered.entry->body, c.llm.model, include_usage,
-                                       &c.response_meta);
+        // With the usage chunk, like a stored stream: serve() drops it for a chat client that
+        // did not ask for it.
+        auto events =
+            stream_of_answer(c.inbound, buffered.entry->body, c.llm.model, true, &c.response_meta);
         if (events) {
           auto e = std::make_shared<cache::Entry>(*buffered.entry);
           e->kind = cache::Entry::Kind::kStream;

@@ -374,6 +374,12 @@ keys:
       EXPECT_TRUE(ended) << where << ": " << hit.body;
       if (chat) {
         EXPECT_EQ(hit.body.find("data: "), 0u) << where;
+        // A chat client that does not ask for the usage chunk does not get it.
+        auto plain = post(gw.port, api.path, head + ",\"stream\":true}");
+        EXPECT_EQ(plain.header("x-bellwether-cache"), "hit") << where;
+        EXPECT_NE(plain.body.find(answer), std::string::npos) << where << ": " << plain.body;
+        EXPECT_EQ(plain.body.find("\"usage\""), std::string::npos) << where << ": " << plain.body;
+        EXPECT_TRUE(plain.body.ends_with("data: [DONE]\n\n")) << where;
       }
     }
   }
