@@ -131,7 +131,6 @@ to_ms() {
     printf "%.3f", n }'
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tick_hz="$(getconf CLK_TCK)"
 
 # One wrk run on CLIENT_CPU; sets rps, p50, p99 (ms), cpu (µs per request) and n.
 run() {  # $1 backend, $2 stream (0|1), $3 connections
@@ -142,16 +141,7 @@ run() {  # $1 backend, $2 stream (0|1), $3 connections
   t0="$(ticks "${pid[$1]}")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$threads" -c"$3" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(ticks "${pid[$1]}")"
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    echo "$1 stream=$2 at $3 connections: errors or non-2xx answers" >&2
-    exit 1
-  fi
-  n="$(awk '/requests in/ {print $1}' <<<"$out")"
-  cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
-  rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-  p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
-  p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+  wrk_figures "$out" "$((t1 - t0))" "$1 stream=$2 at $3 connections"
 }
 
 metric() {  # $1 backend, $2 metric name: its value on /metrics

@@ -177,16 +177,7 @@ run() {
     kill "$poller" 2>/dev/null || true
     wait "$poller" 2>/dev/null || true
   fi
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    echo "$t: errors or non-2xx answers" >&2
-    exit 1
-  fi
-  n="$(awk '/requests in/ {print $1}' <<<"$out")"
-  cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
-  rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-  p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
-  p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+  wrk_figures "$out" "$((t1 - t0))" "$t"
   read -r worker sampler rest < <(split_ticks "$work/ticks0" "$work/ticks1" "$n")
 }
 

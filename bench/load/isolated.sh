@@ -192,16 +192,7 @@ run() {
     wait "$strace_pid" || true
     echo "requests: $(awk '/requests in/ {print $1}' <<<"$out")" >>"$STRACE_DIR/$t-c$c-r$3.txt"
   fi
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    echo "$t at $c connections: errors or non-2xx answers" >&2
-    exit 1
-  fi
-  n="$(awk '/requests in/ {print $1}' <<<"$out")"
-  cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
-  rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
-  p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
-  p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+  wrk_figures "$out" "$((t1 - t0))" "$t at $c connections"
 }
 
 # Memory: each server's RSS at rest (after the sanity requests, before any load), and with
