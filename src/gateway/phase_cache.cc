@@ -227,7 +227,13 @@ asio::awaitable<Verdict> lookup(Ctx& c) {
           e->kind = cache::Entry::Kind::kStream;
           e->content_type = "text/event-stream";
           e->body = std::move(*events);
-          cs.entry = std::move(e);
+          std::shared_ptr<const cache::Entry> entry = std::move(e);
+          // Kept under the stream's own key for what is left of the answer's TTL, so that the
+          // next streamed hit is a plain replay instead of another decode and encode.
+          const Nanos left =
+              cs.cfg.ttl - (sh.clock.unix_millis() - entry->created_unix_ms) * kNanosPerMilli;
+          if (cs.write && left > 0) co_await sh.cache->put(cs.key, entry, left);
+          cs.entry = std::move(entry);
           cs.status = Status::kHit;
           co_return Ok{};
         }

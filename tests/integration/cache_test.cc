@@ -372,6 +372,10 @@ keys:
           ended = true;
       }
       EXPECT_TRUE(ended) << where << ": " << hit.body;
+      // The replay is kept as the stream's own entry: the next streamed hit is the same bytes.
+      auto again = post(gw.port, api.path, streamed);
+      EXPECT_EQ(again.header("x-bellwether-cache"), "hit") << where;
+      EXPECT_EQ(again.body, hit.body) << where;
       if (chat) {
         EXPECT_EQ(hit.body.find("data: "), 0u) << where;
         // A chat client that does not ask for the usage chunk does not get it.
