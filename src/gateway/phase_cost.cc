@@ -4,6 +4,7 @@
 // cost, or releases it when nothing was billed.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <boost/asio/async_result.hpp>
 #include <ctime>
 
@@ -31,6 +32,24 @@ asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerRese
         }
       },
       asio::use_awaitable);
+}
+
+// An answer that cost more than its reservation (an upstream that ignores max_tokens, a prompt
+// the estimate undercounts): at most one line per 10 s with the count since the last, since a
+// model the estimate does not fit would otherwise log every request.
+void warn_overshoot(const Ctx& c, cost::Micros over) {
+  static std::atomic<std::int64_t> next_ms{0};
+  static std::atomic<std::uint64_t> quiet{0};
+  const std::int64_t now = c.sh.clock.unix_millis();
+  std::int64_t due = next_ms.load(std::memory_order_relaxed);
+  if (now < due || !next_ms.compare_exchange_strong(due, now + 10'000)) {
+    quiet.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  spdlog::warn(
+      "request {} cost {} micro-USD more than its reservation ({} more such requests since the "
+      "last line)",
+      c.request_id, over, quiet.exchange(0));
 }
 
 std::string utc_time(std::int64_t unix_ms) {
@@ -169,10 +188,7 @@ asio::awaitable<void> phase_cost::settle(Ctx& c) {
     auto out = co_await sh.budget_store->settle(c.budget, c.cost_micro, now_ms, c.now());
     rec.status = cost::LedgerStatus::kSettled;
     rec.actual_micro = c.cost_micro;
-    if (out.overshoot_micro > 0) {
-      spdlog::warn("request {} cost {} micro-USD more than its reservation", c.request_id,
-                   out.overshoot_micro);
-    }
+    if (out.overshoot_micro > 0) warn_overshoot(c, out.overshoot_micro);
     if (sh.webhooks) {
       for (const auto& a : out.alerts) sh.webhooks->enqueue(a);
     }
