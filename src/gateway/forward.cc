@@ -571,8 +571,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     UpstreamBody call;
     Result<std::string> body = std::string();
     if (fast) {
-      body =
-          providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
+      body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
+                                        c.forced_max_tokens);
       if (!body) co_return body.error();
       call.passthrough = true;
     } else {
