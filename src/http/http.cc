@@ -24,19 +24,30 @@ bool iequals(std::string_view a, std::string_view b) {
 
 namespace {
 
-bool valid_name(std::string_view n) {
-  if (n.empty()) return false;
-  for (char c : n) {
-    if (c <= 0x20 || c == ':' || c == 0x7f) return false;
-  }
-  return true;
-}
+constexpr std::uint64_t k01 = 0x0101010101010101ULL;
+constexpr std::uint64_t k80 = 0x8080808080808080ULL;
 
 // Whether one of the 8 bytes of `x` is `b` (exact as a yes/no: the has-zero-byte test).
 inline bool has_byte(std::uint64_t x, unsigned char b) {
-  constexpr std::uint64_t k01 = 0x0101010101010101ULL;
   const std::uint64_t y = x ^ (k01 * b);
-  return ((y - k01) & ~y & (k01 << 7)) != 0;
+  return ((y - k01) & ~y & k80) != 0;
+}
+
+// A name byte is printable ASCII other than ':' (0x21..0x7e); checked 8 bytes per step.
+bool valid_name(std::string_view n) {
+  if (n.empty()) return false;
+  std::size_t i = 0;
+  for (std::uint64_t x; i + 8 <= n.size(); i += 8) {
+    std::memcpy(&x, n.data() + i, 8);
+    const bool below = ((x - k01 * 0x21) & ~x & k80) != 0;  // a byte < 0x21
+    const bool above = (((x + k01) | x) & k80) != 0;        // a byte > 0x7e
+    if (below || above || has_byte(x, ':')) return false;
+  }
+  for (; i < n.size(); ++i) {
+    const char c = n[i];
+    if (c <= 0x20 || c == ':' || c == 0x7f) return false;
+  }
+  return true;
 }
 
 bool valid_value(std::string_view v) {
