@@ -59,6 +59,7 @@ void record_metrics(Ctx& c) {
 
 void write_access_log(Ctx& c) {
   record_metrics(c);
+  if (!c.sh.access_log->enabled()) return;
   const std::string error = c.outcome.label();
   AccessRecord r;
   std::string trace_scratch, span_scratch;
