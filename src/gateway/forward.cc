@@ -122,7 +122,18 @@ struct UpstreamHeaderScan {
 
 UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
   UpstreamHeaderScan s;
-  for (const auto& [k, v] : from.items()) {
+  // Over the wire form ("name: value\r\n" lines): a line is split only when its first letter
+  // can start a name wanted here (x-, a-, r-, o-); most of an answer's headers are not.
+  std::string_view rest = from.wire();
+  while (!rest.empty()) {
+    const auto eol = rest.find("\r\n");
+    const std::string_view line = rest.substr(0, eol);
+    rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 2);
+    const char first = static_cast<char>(line.empty() ? 0 : (line[0] | 0x20));
+    if (first != 'x' && first != 'a' && first != 'r' && first != 'o') continue;
+    const auto colon = line.find(": ");
+    if (colon == std::string_view::npos) continue;
+    const std::string_view k = line.substr(0, colon), v = line.substr(colon + 2);
     if (istarts_with(k, "x-ratelimit-") || istarts_with(k, "anthropic-ratelimit-") ||
         istarts_with(k, "retry-after")) {
       s.limits.add_parsed(k, v);
