@@ -190,6 +190,9 @@ TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
       "{\"choices\":[{\"delta\":{\"content\":\"raw\nnewline\"}}]}",
       "{\"choices\":[{\"delta\":{\"content\":\"nul\0byte\"}}]}"s,
       "{\"choices\":[{\"delta\":{\"content\":\"del\x7f\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"unit separator \x1f\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"long enough to be read eight bytes at a time "
+      "\x1f\"}}]}",
       // not JSON, or not an object
       "",
       "[DONE]",
