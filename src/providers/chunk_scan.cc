@@ -2,6 +2,7 @@
 
 #include <simdjson.h>
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -14,6 +15,9 @@ namespace {
 constexpr std::size_t kMaxScanBytes = 64 * 1024;
 // Far below the parser's own limit, so that nesting the parser refuses never reaches the scan.
 constexpr int kMaxScanDepth = 32;
+
+// The first flagged byte is the lowest one: the byte at the lowest address.
+static_assert(std::endian::native == std::endian::little);
 
 constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
 constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
@@ -81,7 +85,10 @@ class Scanner {
   };
 
   void ws() {
-    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+    while (p_ != end_ && static_cast<unsigned char>(*p_) <= ' ' &&
+           (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) {
+      ++p_;
+    }
   }
 
   // At '{'. on_member(key) reads the value, which starts at p_.
@@ -200,40 +207,36 @@ class Scanner {
     return true;
   }
 
-  // At '"'. Runs of plain bytes are skipped eight at a time.
+  // At '"'. Eight bytes at a time: the lowest flagged byte of the masks is the first quote,
+  // backslash or control character (a flag above it may be a borrow, never one below).
   bool string(Str& s) {
     ++p_;
     const char* start = p_;
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
     for (;;) {
-      while (end_ - p_ >= 8) {
-        std::uint64_t x;
-        std::memcpy(&x, p_, 8);
-        if ((any_zero_byte(x ^ (kOnes * '"')) | any_zero_byte(x ^ (kOnes * '\\')) |
-             any_byte_below(x, 0x20)) != 0) {
-          break;
-        }
-        high_ |= x;
+      std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
+      const auto left = static_cast<std::size_t>(end_ - p_);
+      std::memcpy(&x, p_, left < 8 ? left : 8);
+      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
+                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
+      // Bytes past the string may be flagged too: that only costs a UTF-8 check.
+      high_ |= x;
+      if (special == 0) {
         p_ += 8;
+        continue;
       }
-      for (;;) {
-        if (p_ == end_) return false;
-        const auto c = static_cast<unsigned char>(*p_);
-        if (c == '"') {
-          s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
-          s.bytes = s.raw.size() - saved;
-          ++p_;
-          return true;
-        }
-        if (c == '\\') {
-          s.escaped = true;
-          if (!escape(saved)) return false;
-          break;
-        }
-        if (c < 0x20) return false;
-        high_ |= c;
+      const auto at = static_cast<std::size_t>(__builtin_ctzll(special) / 8);
+      if (at >= left) return false;
+      p_ += at;
+      if (*p_ == '"') {
+        s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
+        s.bytes = s.raw.size() - saved;
         ++p_;
+        return true;
       }
+      if (*p_ != '\\') return false;  // a control character
+      s.escaped = true;
+      if (!escape(saved)) return false;
     }
   }
 
