@@ -106,12 +106,32 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   return out;
 }
 
-void copy_response_headers(const http::Headers& from, http::Headers& to) {
+bool istarts_with(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && http::iequals(s.substr(0, prefix.size()), prefix);
+}
+
+// What the gateway reads of an upstream answer's headers, found in one pass over them: the
+// provider's rate-limit headers (all that parse_provider_limits looks up: x-ratelimit-*,
+// anthropic-ratelimit-*, retry-after, retry-after-ms) and the headers passed back to the
+// client. The dozen rate-limit lookups then search only those lines (usually none) instead of
+// every header of every answer.
+struct UpstreamHeaderScan {
+  http::Headers limits;
+  http::Headers passed;  // kForwardResponseHeaders, in the upstream's order
+};
+
+UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
+  UpstreamHeaderScan s;
   for (const auto& [k, v] : from.items()) {
+    if (istarts_with(k, "x-ratelimit-") || istarts_with(k, "anthropic-ratelimit-") ||
+        istarts_with(k, "retry-after")) {
+      s.limits.add_parsed(k, v);
+    }
     for (auto name : kForwardResponseHeaders) {
-      if (http::iequals(k, name)) to.add(k, v);
+      if (http::iequals(k, name)) s.passed.add(k, v);
     }
   }
+  return s;
 }
 
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
@@ -451,14 +471,14 @@ bool gives_up(const routing::RetryDecision& d) {
 }
 
 // The gateway's headers on an upstream answer (no content-type: the caller adds it).
-http::Headers answer_headers(const Ctx& c, const http::UpstreamResponse& up) {
+http::Headers answer_headers(const Ctx& c, const http::Headers& passed) {
   http::Headers headers;
-  headers.reserve(256 + c.extra.wire().size());
+  headers.reserve(256 + c.extra.wire().size() + passed.wire().size());
   headers.add("x-request-id", c.request_id);
   headers.add("x-bellwether-model", c.model_served);
   if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
   headers.append(c.extra);
-  copy_response_headers(up.headers(), headers);
+  headers.append(passed);
   return headers;
 }
 
@@ -551,8 +571,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     UpstreamBody call;
     Result<std::string> body = std::string();
     if (fast) {
-      body =
-          providers::rewrite_request(c.req.body, dep_cfg.model, c.llm.stream, c.forced_max_tokens);
+      body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
+                                        c.forced_max_tokens);
       if (!body) co_return body.error();
       call.passthrough = true;
     } else {
@@ -619,11 +639,15 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     // a stream and the truncation check all read the outcome of the answer the client gets.
     if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
     // What the provider says about its rate limits paces the next requests (learned wins).
+    const auto scanned = scan_upstream_headers(up.headers());
     c.sh.admission->learn(ticket.group(), dep_cfg.id,
                           admission::parse_provider_limits(
-                              [&up](std::string_view name) { return up.headers().get(name); },
+                              [&scanned](std::string_view name) {
+                                return scanned.limits.empty() ? std::string_view{}
+                                                              : scanned.limits.get(name);
+                              },
                               up.status(), c.sh.clock.unix_millis()));
-    http::Headers headers = answer_headers(c, up);
+    http::Headers headers = answer_headers(c, scanned.passed);
     if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
     if (!fast) {
       c.upstream_limits = providers::parse_rate_limits(

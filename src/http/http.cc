@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstring>
 #include <optional>
 
 namespace bw::http {
@@ -23,19 +24,59 @@ bool iequals(std::string_view a, std::string_view b) {
 
 namespace {
 
+constexpr std::uint64_t k01 = 0x0101010101010101ULL;
+constexpr std::uint64_t k80 = 0x8080808080808080ULL;
+
+// Whether one of the 8 bytes of `x` is `b` (exact as a yes/no: the has-zero-byte test).
+inline bool has_byte(std::uint64_t x, unsigned char b) {
+  const std::uint64_t y = x ^ (k01 * b);
+  return ((y - k01) & ~y & k80) != 0;
+}
+
+// A name byte is printable ASCII other than ':' (0x21..0x7e); checked 8 bytes per step.
 bool valid_name(std::string_view n) {
   if (n.empty()) return false;
-  for (char c : n) {
+  std::size_t i = 0;
+  for (std::uint64_t x; i + 8 <= n.size(); i += 8) {
+    std::memcpy(&x, n.data() + i, 8);
+    const bool below = ((x - k01 * 0x21) & ~x & k80) != 0;  // a byte < 0x21
+    const bool above = (((x + k01) | x) & k80) != 0;        // a byte > 0x7e
+    if (below || above || has_byte(x, ':')) return false;
+  }
+  for (; i < n.size(); ++i) {
+    const char c = n[i];
     if (c <= 0x20 || c == ':' || c == 0x7f) return false;
   }
   return true;
 }
 
 bool valid_value(std::string_view v) {
-  for (char c : v) {
+  // Values (keys, ids, model names) are checked on every header added: 8 bytes per step.
+  std::size_t i = 0;
+  for (std::uint64_t x; i + 8 <= v.size(); i += 8) {
+    std::memcpy(&x, v.data() + i, 8);
+    if (has_byte(x, '\r') || has_byte(x, '\n') || has_byte(x, '\0')) return false;
+  }
+  for (; i < v.size(); ++i) {
+    const char c = v[i];
     if (c == '\r' || c == '\n' || c == '\0') return false;
   }
   return true;
+}
+
+// "name: value\r\n" appended with one size change.
+void append_line(std::string& wire, std::string_view name, std::string_view value) {
+  const std::size_t at = wire.size();
+  wire.resize(at + name.size() + value.size() + 4);
+  char* p = wire.data() + at;
+  std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  *p++ = ':';
+  *p++ = ' ';
+  if (!value.empty()) std::memcpy(p, value.data(), value.size());
+  p += value.size();
+  *p++ = '\r';
+  *p = '\n';
 }
 
 // Splits the first line of `wire` into name and value; `len` is the whole line with its CRLF.
@@ -69,20 +110,13 @@ bool is_framing_header(std::string_view name) {
 bool Headers::add(std::string_view name, std::string_view value) {
   if (!valid_name(name) || !valid_value(value)) return false;
   if (!framing_ && is_framing_header(name)) framing_ = true;
-  wire_.reserve(wire_.size() + name.size() + value.size() + 4);
-  wire_.append(name);
-  wire_.append(": ");
-  wire_.append(value);
-  wire_.append("\r\n");
+  append_line(wire_, name, value);
   return true;
 }
 
 void Headers::add_parsed(std::string_view name, std::string_view value) {
   if (!framing_ && is_framing_header(name)) framing_ = true;
-  wire_.append(name);
-  wire_.append(": ");
-  wire_.append(value);
-  wire_.append("\r\n");
+  append_line(wire_, name, value);
 }
 
 void Headers::set(std::string_view name, std::string_view value) {

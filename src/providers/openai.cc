@@ -3,6 +3,8 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -118,11 +120,84 @@ bool is_non_prompt_field(std::string_view key) {
   return false;
 }
 
+bool is_json_ws(char c) {
+  return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+// The top-level members rewrite_request replaces, read from the structural index of the parse
+// just made (every bracket, brace, comma and colon, and the first byte of every string and
+// scalar, in body order): a few dozen entries for a chat request, where a byte scan reads every
+// byte of its messages. Must run before the thread's parser parses anything else. Leaves
+// `recorded` false on anything unexpected (rewrite_request then scans the body).
+void record_layout(std::string_view body, BodyLayout& l) {
+  const auto* impl = parser().implementation.get();
+  if (!impl || body.size() >= UINT32_MAX) return;
+  const std::uint32_t* idx = impl->structural_indexes.get();
+  const std::uint32_t n = impl->n_structural_indexes;
+  if (!idx || n < 2 || idx[0] >= body.size() || body[idx[0]] != '{') return;
+  auto trim_end = [&](std::uint32_t e) {
+    while (e > 0 && is_json_ws(body[e - 1])) --e;
+    return e;
+  };
+  std::uint32_t depth = 1;
+  std::optional<BodyLayout::Span>* open = nullptr;  // the member whose value end is wanted
+  for (std::uint32_t k = 1; k < n; ++k) {
+    const std::uint32_t pos = idx[k];
+    if (pos >= body.size()) return;
+    const char ch = body[pos];
+    if (depth == 1) {
+      if (ch == ',' || ch == '}') {
+        if (open) (*open)->end = trim_end(pos);
+        open = nullptr;
+        if (ch == '}') {
+          l.close = pos;
+          l.size = static_cast<std::uint32_t>(body.size());
+          l.recorded = k + 1 == n;
+          return;
+        }
+        continue;
+      }
+      if (ch == '"' && k + 2 < n && idx[k + 1] < body.size() && body[idx[k + 1]] == ':') {
+        const std::uint32_t key_end = trim_end(idx[k + 1]);  // one past the closing quote
+        if (key_end < pos + 2 || body[key_end - 1] != '"') return;
+        const std::string_view key = body.substr(pos + 1, key_end - 1 - (pos + 1));
+        l.any_member = true;
+        if (key.find('\\') != std::string_view::npos) l.escaped_key = true;
+        std::optional<BodyLayout::Span>* span = nullptr;
+        if (key == "model") {
+          span = &l.model;
+        } else if (key == "max_tokens") {
+          span = &l.max_tokens;
+        } else if (key == "max_completion_tokens") {
+          span = &l.max_completion_tokens;
+        } else if (key == "stream_options") {
+          l.stream_options = true;
+        }
+        if (span) {
+          if (*span) return;  // a duplicate (parse_request refuses those): the scan handles it
+          *span = BodyLayout::Span{idx[k + 2], 0};
+          open = span;
+        }
+        ++k;  // the colon; the value's first entry comes next
+        continue;
+      }
+    }
+    if (ch == '{' || ch == '[') {
+      ++depth;
+    } else if (ch == '}' || ch == ']') {
+      if (depth <= 1) return;
+      --depth;
+    }
+  }
+}
+
 }  // namespace
 
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   simdjson::dom::element doc;
   auto err = parser().parse(body.data(), body.size()).get(doc);
+  BodyLayout layout;
+  if (!err) record_layout(body, layout);
   if (err == simdjson::UTF8_ERROR)
     return bad("The request body is not valid UTF-8.", {}, "invalid_json");
   if (err == simdjson::DEPTH_ERROR)
@@ -136,6 +211,7 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   if (auto checked = api::json::check_request_tree(doc); !checked) return checked.error();
   LlmRequest r;
   r.endpoint = endpoint;
+  r.layout = layout;
   simdjson::dom::element model;
   if (doc["model"].get(model) != simdjson::SUCCESS) {
     return bad("you must provide a model parameter", "model");
@@ -384,7 +460,82 @@ std::optional<std::string> rewrite_fast(std::string_view body, std::string_view 
   return out;
 }
 
+// rewrite_fast from a recorded layout: the same output, without reading the body.
+std::optional<std::string> rewrite_from_layout(std::string_view body, const BodyLayout& l,
+                                               std::string_view provider_model,
+                                               bool force_include_usage, std::int64_t max_tokens) {
+  if (!l.recorded || l.escaped_key || l.size != body.size() || l.close >= body.size() ||
+      body[l.close] != '}') {
+    return std::nullopt;
+  }
+  if (force_include_usage && l.stream_options) return std::nullopt;
+  struct Replace {
+    BodyLayout::Span at;
+    bool model;
+  };
+  std::array<Replace, 3> reps;
+  std::size_t n = 0;
+  if (l.model) reps[n++] = {*l.model, true};
+  const bool saw_max = l.max_tokens || l.max_completion_tokens;
+  if (max_tokens > 0) {
+    if (l.max_tokens) reps[n++] = {*l.max_tokens, false};
+    if (l.max_completion_tokens) reps[n++] = {*l.max_completion_tokens, false};
+  }
+  std::sort(reps.begin(), reps.begin() + static_cast<std::ptrdiff_t>(n),
+            [](const Replace& a, const Replace& b) { return a.at.begin < b.at.begin; });
+  char cap[24];
+  const auto cap_len =
+      max_tokens > 0 ? std::to_chars(cap, cap + sizeof cap, max_tokens).ptr - cap : 0;
+  const std::string_view cap_text(cap, static_cast<std::size_t>(cap_len));
+  std::string out;
+  out.reserve(body.size() + provider_model.size() + 48);
+  std::size_t copied = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& r = reps[i];
+    if (r.at.begin < copied || r.at.end < r.at.begin || r.at.end > l.close) return std::nullopt;
+    out.append(body.substr(copied, r.at.begin - copied));
+    copied = r.at.end;
+    if (r.model) {
+      append_json_string(out, provider_model);
+    } else {
+      out += cap_text;
+    }
+  }
+  out.append(body.substr(copied, l.close - copied));
+  bool any = l.any_member;
+  if (force_include_usage) {
+    out += any ? ",\"stream_options\":{\"include_usage\":true}"
+               : "\"stream_options\":{\"include_usage\":true}";
+    any = true;
+  }
+  if (max_tokens > 0 && !saw_max) {
+    out += any ? ",\"max_tokens\":" : "\"max_tokens\":";
+    out += cap_text;
+  }
+  out.append(body.substr(l.close));
+  return out;
+}
+
 }  // namespace
+
+BodyLayout body_layout(const std::string& body) {
+  BodyLayout l;
+  simdjson::dom::element doc;
+  if (parser().parse(body.data(), body.size()).get(doc) == simdjson::SUCCESS && doc.is_object()) {
+    record_layout(body, l);
+  }
+  return l;
+}
+
+Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
+                                    std::string_view provider_model, bool force_include_usage,
+                                    std::int64_t max_tokens) {
+  if (auto spliced =
+          rewrite_from_layout(body, layout, provider_model, force_include_usage, max_tokens)) {
+    return std::move(*spliced);
+  }
+  return rewrite_request(body, provider_model, force_include_usage, max_tokens);
+}
 
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens) {

@@ -4,6 +4,7 @@
 // Every OpenAI-compatible provider (OpenAI, DeepSeek, vLLM, the simulator) goes through here.
 // Thread safety: pure functions; parsers are thread-local.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -16,6 +17,23 @@ enum class Endpoint { kChat, kCompletions, kEmbeddings };
 
 // The canonical usage (cache reads and writes, reasoning tokens), shared by every adapter.
 using Usage = api::Usage;
+
+// Where the top-level members that rewrite_request replaces sit in a body, recorded by
+// parse_request from the parse it makes anyway (simdjson's structural index), so that the
+// rewrite splices the body without scanning it a second time. Offsets into that body.
+struct BodyLayout {
+  struct Span {
+    std::uint32_t begin = 0;
+    std::uint32_t end = 0;
+  };
+  bool recorded = false;        // false: rewrite_request scans the body itself
+  bool any_member = false;      // the object is not empty
+  bool stream_options = false;  // it has a top-level stream_options member
+  bool escaped_key = false;     // a top-level key holds an escape (rewritten via the DOM)
+  std::uint32_t size = 0;       // of the body it describes
+  std::uint32_t close = 0;      // its closing brace
+  std::optional<Span> model, max_tokens, max_completion_tokens;  // value spans
+};
 
 // What the gateway needs to know about a request, read once from its JSON body.
 struct LlmRequest {
@@ -32,6 +50,7 @@ struct LlmRequest {
   std::int64_t image_tokens = 0;  // image parts at the provider's documented worst-case price
   // Completions the provider generates and bills: n (chat), max(n, best_of) (completions).
   std::int64_t choices = 1;
+  BodyLayout layout;  // parse_request's; used by rewrite_request
 };
 
 // OpenAI's documented image input price: "low" detail 85 tokens; "high"/"auto" 85 + 170 per
@@ -58,6 +77,14 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
 // body's bytes (no second parse), which assumes valid JSON.
 Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens);
+// The layout of a body that is a JSON object (what parse_request records); `recorded` is false
+// when it is not one.
+BodyLayout body_layout(const std::string& body);
+// The same, with the layout parse_request recorded for this body (the usual case: no scan). A
+// layout that was not recorded, or is of another body, falls back to the scan.
+Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
+                                    std::string_view provider_model, bool force_include_usage,
+                                    std::int64_t max_tokens);
 
 // Usage from a buffered response body; absent usage leaves present=false.
 Usage extract_usage(std::string_view body);

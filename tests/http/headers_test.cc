@@ -83,6 +83,27 @@ TEST(Headers, RefusesInjectionInNames) {
   }
 }
 
+// Names and values are checked several bytes at a time: every byte value, at every position of
+// names and values long enough for that, is accepted or refused as one byte alone would be.
+TEST(Headers, EveryByteAtEveryPositionOfLongNamesAndValues) {
+  auto name_ok = [](unsigned char c) { return c > 0x20 && c < 0x7f && c != ':'; };
+  auto value_ok = [](unsigned char c) { return c != '\r' && c != '\n' && c != '\0'; };
+  for (std::size_t len : {8u, 9u, 17u}) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b = 0; b < 256; ++b) {
+        std::string s(len, 'a');
+        s[pos] = static_cast<char>(b);
+        Headers h;
+        EXPECT_EQ(h.add(s, "v"), name_ok(static_cast<unsigned char>(b)))
+            << "name byte " << b << " at " << pos << " of " << len;
+        Headers v;
+        EXPECT_EQ(v.add("x", s), value_ok(static_cast<unsigned char>(b)))
+            << "value byte " << b << " at " << pos << " of " << len;
+      }
+    }
+  }
+}
+
 TEST(Headers, RefusesInjectionInValues) {
   const std::vector<std::string> bad = {
       "a\r\nx-evil: 1", "a\nb", "a\rb", std::string("a\0b", 3), "\r\n", "\n", "\r", "ok\r\n",

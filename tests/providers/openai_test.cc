@@ -286,6 +286,62 @@ TEST(RewriteRequest, ManyInputsAllOptionCombinations) {
   }
 }
 
+// The splice from parse_request's recorded layout gives exactly the bytes of the scan.
+TEST(RewriteRequest, LayoutSpliceMatchesScanByteForByte) {
+  for (const auto& body : bodies()) {
+    SCOPED_TRACE("body: " + body);
+    const BodyLayout layout = body_layout(body);
+    // Bodies with a duplicate model are not recorded (parse_request refuses them).
+    if (body.find("\"model\":\"b\"") == std::string::npos) {
+      EXPECT_TRUE(layout.recorded);
+      EXPECT_EQ(layout.size, body.size());
+      EXPECT_EQ(body[layout.close], '}');
+    }
+    for (const auto& model : provider_models()) {
+      for (bool force : {false, true}) {
+        for (std::int64_t max_tokens : {std::int64_t{0}, std::int64_t{77}}) {
+          auto scanned = rewrite_request(body, model, force, max_tokens);
+          auto spliced = rewrite_request(body, layout, model, force, max_tokens);
+          ASSERT_TRUE(scanned);
+          ASSERT_TRUE(spliced);
+          EXPECT_EQ(*spliced, *scanned);
+        }
+      }
+    }
+  }
+}
+
+TEST(RewriteRequest, LayoutRecordedByParseRequest) {
+  const std::string body =
+      " {\"model\" : \"gpt\",\"messages\":[{\"role\":\"user\",\"content\":\"hi \\\"x\\\"\"}],"
+      "\"max_completion_tokens\":10 ,\"stream\":true} ";
+  auto r = parse_request(Endpoint::kChat, body);
+  ASSERT_TRUE(r) << r.error().message;
+  const auto& l = r->layout;
+  ASSERT_TRUE(l.recorded);
+  ASSERT_TRUE(l.model && l.max_completion_tokens);
+  EXPECT_FALSE(l.max_tokens);
+  EXPECT_EQ(body.substr(l.model->begin, l.model->end - l.model->begin), "\"gpt\"");
+  EXPECT_EQ(body.substr(l.max_completion_tokens->begin,
+                        l.max_completion_tokens->end - l.max_completion_tokens->begin),
+            "10");
+  auto out = rewrite_request(body, l, "up", true, 5);
+  ASSERT_TRUE(out);
+  EXPECT_EQ(
+      *out,
+      " {\"model\" : \"up\",\"messages\":[{\"role\":\"user\",\"content\":\"hi \\\"x\\\"\"}],"
+      "\"max_completion_tokens\":5 ,\"stream\":true,\"stream_options\":{\"include_usage\":true}} ");
+  // A layout of another body is not used: the body is scanned.
+  const std::string other = R"({"model":"a","x":1})";
+  auto again = rewrite_request(other, l, "b", false, 0);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again, R"({"model":"b","x":1})");
+  // Escaped keys and a stream_options to merge go through the DOM path, as with the scan.
+  EXPECT_TRUE(body_layout(R"({"mod\u0065l":"a"})").escaped_key);
+  EXPECT_TRUE(body_layout(R"({"stream_options":{}})").stream_options);
+  EXPECT_FALSE(body_layout("[1]").recorded);
+}
+
 TEST(RewriteRequest, FastPathSplicesBytesInPlace) {
   // Nothing but `model` changes: every other byte (including whitespace) stays.
   auto r =
