@@ -32,6 +32,8 @@
 #        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
 #        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
 #        request: divide by the "requests:" line; strace slows the server, ignore its figures)
+#        SYSCOUNT=1: system calls per request of the server during each measured run, counted
+#        by `perf stat` on the syscall tracepoints (no slowdown, unlike strace); printed per run
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
 set -euo pipefail
 
@@ -54,6 +56,7 @@ OPEN_DURATION="${OPEN_DURATION:-5}"
 RAW="${RAW:-0}"
 PERF_DIR="${PERF_DIR:-}"
 STRACE_DIR="${STRACE_DIR:-}"
+SYSCOUNT="${SYSCOUNT:-0}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
@@ -183,10 +186,27 @@ run() {
     strace_pid=$!
     sleep 0.5
   fi
+  local sys_pid="" sys_out="$work/syscount.txt"
+  if [[ "$SYSCOUNT" == 1 ]]; then
+    local pids="${pid[$t]}"
+    [[ "$t" == nginx* ]] && pids="$pids,$(pgrep -P "${pid[$t]}" | paste -sd,)"
+    taskset -c "$CLIENT_CPU" perf stat -x, -e 'syscalls:sys_enter_*' -p "$pids" -o "$sys_out" \
+      -- sleep "$DURATION" >/dev/null 2>&1 &
+    sys_pid=$!
+  fi
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
   [[ -n "$perf_pid" ]] && wait "$perf_pid"
+  if [[ -n "$sys_pid" ]]; then
+    wait "$sys_pid" || true
+    local n_req
+    n_req="$(awk '/requests in/ {print $1}' <<<"$out")"
+    # perf -x, lines: count,,event,...; the top system calls per request of this run.
+    echo "syscalls per request, $t at $c connections: $(awk -F, -v n="$n_req" \
+      '$3 ~ /sys_enter_/ && $1 > 0 {sub(/.*sys_enter_/, "", $3); printf "%s %.2f\n", $3, $1 / n}' \
+      "$sys_out" | sort -k2 -g -r | head -8 | paste -sd' ')" >&2
+  fi
   if [[ -n "$strace_pid" ]]; then
     kill -INT "$strace_pid"
     wait "$strace_pid" || true

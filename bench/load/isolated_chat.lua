@@ -1,6 +1,7 @@
 -- wrk script for isolated.sh: the same ~1 KB chat request for every target.
 -- Arguments (wrk ... -s isolated_chat.lua URL -- KEY MODEL STREAM): the API key (nginx ignores
--- it), the model name and "1" for a streaming request.
+-- it), the model name and "1" for a streaming request. max_tokens (128) is above what the
+-- fixed answer reports (82 completion tokens), so no answer costs more than its reservation.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
@@ -15,7 +16,7 @@ local function request_body(model, stream)
       "also like to know whether the boots come in a wide fit, because the last pair I " ..
       "bought from you pinched at the toes after a long day. Thank you for your help."
   local s = '{"model":"' .. model .. '","messages":[{"role":"system","content":"' .. system ..
-      '"},{"role":"user","content":"' .. user .. '"}],"max_tokens":64,"temperature":0.2'
+      '"},{"role":"user","content":"' .. user .. '"}],"max_tokens":128,"temperature":0.2'
   if stream then s = s .. ',"stream":true' end
   return s .. "}"
 end

@@ -9,6 +9,9 @@
 //    transaction is durable (ok) or has failed (error). It must be cheap and must not call back
 //    into the ledger's append functions synchronously with a full queue; the gateway posts it to
 //    the request's executor.
+//  - Wake::kDeferred queues without waking the writer: the caller promises a kick() soon (the
+//    gateway kicks once per event-loop round, so that the records of a round share one group
+//    commit instead of the writer waking for each). flush() and stop wake the writer too.
 //  - A settlement updates the open row of its request_id; settling an unknown or already closed
 //    request fails that record only.
 //  - Query functions are synchronous, run on the caller's thread and may be slow: use them at
@@ -96,8 +99,13 @@ using LedgerCallback = std::function<void(const Result<Ok>&)>;
 class Ledger {
  public:
   virtual ~Ledger() = default;
-  [[nodiscard]] virtual bool append_reservation(LedgerReservation record, LedgerCallback done) = 0;
-  [[nodiscard]] virtual bool append_settlement(LedgerSettlement record, LedgerCallback done) = 0;
+  enum class Wake { kNow, kDeferred };
+  [[nodiscard]] virtual bool append_reservation(LedgerReservation record, LedgerCallback done,
+                                                Wake wake = Wake::kNow) = 0;
+  [[nodiscard]] virtual bool append_settlement(LedgerSettlement record, LedgerCallback done,
+                                               Wake wake = Wake::kNow) = 0;
+  // Wakes the writer for the records queued with Wake::kDeferred.
+  virtual void kick() = 0;
   // Waits until every record queued before the call is committed (tests, shutdown).
   virtual void flush() = 0;
 

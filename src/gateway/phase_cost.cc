@@ -4,6 +4,7 @@
 // cost, or releases it when nothing was billed.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <boost/asio/async_result.hpp>
 #include <ctime>
 
@@ -15,22 +16,62 @@ namespace asio = boost::asio;
 
 namespace {
 
+// One writer wake-up per event-loop round instead of one per record: the records this worker
+// queues while it runs its ready handlers reach the writer together, as one group commit.
+void kick_after_round(cost::Ledger& ledger, const asio::any_io_executor& ex) {
+  thread_local bool pending = false;
+  if (pending) return;
+  pending = true;
+  asio::post(ex, [&ledger] {
+    pending = false;
+    ledger.kick();
+  });
+}
+
 // Waits for the ledger's group commit of one record (the callback runs on the writer thread).
 asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec) {
   auto ex = co_await asio::this_coro::executor;
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
       [&](auto handler) {
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        const bool ok = ledger.append_reservation(std::move(rec), [h, ex](const Result<Ok>& r) {
-          asio::post(ex, [h, r]() mutable { (*h)(r); });
-        });
-        if (!ok) {
+        const bool ok = ledger.append_reservation(
+            std::move(rec),
+            [h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); },
+            cost::Ledger::Wake::kDeferred);
+        if (ok) {
+          kick_after_round(ledger, ex);
+        } else {
           asio::post(ex, [h]() mutable {
             (*h)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
           });
         }
       },
       asio::use_awaitable);
+}
+
+// An answer that cost more than its reservation (an upstream that ignores max_tokens, a prompt
+// the estimate undercounts): at most one line per 10 s with the count since the last, since a
+// model the estimate does not fit would otherwise log every request.
+void warn_overshoot(const Ctx& c, cost::Micros over) {
+  static std::atomic<std::int64_t> next_ms{0};
+  static std::atomic<std::uint64_t> quiet{0};
+  const std::int64_t now = c.sh.clock.unix_millis();
+  std::int64_t due = next_ms.load(std::memory_order_relaxed);
+  if (now < due || !next_ms.compare_exchange_strong(due, now + 10'000)) {
+    quiet.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  spdlog::warn(
+      "request {} cost {} micro-USD more than its reservation ({} more such requests since the "
+      "last line)",
+      c.request_id, over, quiet.exchange(0));
+}
+
+Error ledger_unavailable(const char* what) {
+  Error e = errors::make(errors::kLedgerUnavailable,
+                         std::string("Spend cannot be recorded right now; ") + what);
+  e.retry_after_s = 1;
+  return e;
 }
 
 std::string utc_time(std::int64_t unix_ms) {
@@ -128,10 +169,7 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   auto committed = co_await ledger_commit(*sh.ledger, std::move(rec));
   if (!committed) {
     co_await sh.budget_store->release(c.budget, c.now());
-    Error e = errors::make(errors::kLedgerUnavailable,
-                           "Spend cannot be recorded right now; the request was not sent.");
-    e.retry_after_s = 1;
-    co_return e;
+    co_return ledger_unavailable("the request was not sent.");
   }
   c.reservation_logged = true;
   co_return Ok{};
@@ -169,16 +207,15 @@ asio::awaitable<void> phase_cost::settle(Ctx& c) {
     auto out = co_await sh.budget_store->settle(c.budget, c.cost_micro, now_ms, c.now());
     rec.status = cost::LedgerStatus::kSettled;
     rec.actual_micro = c.cost_micro;
-    if (out.overshoot_micro > 0) {
-      spdlog::warn("request {} cost {} micro-USD more than its reservation", c.request_id,
-                   out.overshoot_micro);
-    }
+    if (out.overshoot_micro > 0) warn_overshoot(c, out.overshoot_micro);
     if (sh.webhooks) {
       for (const auto& a : out.alerts) sh.webhooks->enqueue(a);
     }
   }
   if (sh.ledger && c.reservation_logged) {
-    if (!sh.ledger->append_settlement(rec, [](const Result<Ok>&) {})) {
+    if (sh.ledger->append_settlement(rec, {}, cost::Ledger::Wake::kDeferred)) {
+      kick_after_round(*sh.ledger, co_await asio::this_coro::executor);
+    } else {
       spdlog::error(
           "ledger queue full: settlement of {} not recorded (the reservation stays "
           "counted until reconciled)",

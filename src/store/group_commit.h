@@ -9,6 +9,7 @@
 // the writer thread only.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -70,7 +71,9 @@ class GroupCommitQueue {
     if (writer_.joinable()) writer_.join();
   }
 
-  [[nodiscard]] bool push(Record record, Callback done) {
+  // wake = false: the writer is not woken (no futex wake, no context switch per record) until
+  // kick(), flush(), stop(), or half a batch has piled up.
+  [[nodiscard]] bool push(Record record, Callback done, bool wake = true) {
     {
       std::lock_guard lock(mu_);
       if (stopping_ || queue_.size() >= capacity_) {
@@ -79,13 +82,17 @@ class GroupCommitQueue {
       }
       queue_.push_back(Item{std::move(record), std::move(done)});
       ++enqueued_;
+      if (!wake && queue_.size() < max_batch_ / 2) return true;
     }
     work_cv_.notify_one();
     return true;
   }
 
+  void kick() { work_cv_.notify_one(); }
+
   // Waits until every record queued before the call has been committed or has failed.
   void flush() {
+    work_cv_.notify_one();
     std::unique_lock lock(mu_);
     const std::uint64_t target = enqueued_;
     done_cv_.wait(lock, [&] { return completed_ >= target; });
@@ -109,7 +116,9 @@ class GroupCommitQueue {
     for (;;) {
       {
         std::unique_lock lock(mu_);
-        work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        // Deferred pushes do not notify: the timeout bounds how long one can wait for a kick
+        // that never came (its event loop stopped first).
+        while (!stopping_ && queue_.empty()) work_cv_.wait_for(lock, kSafetyWake);
         if (queue_.empty()) return;  // stopping and drained
         const std::size_t n = std::min(queue_.size(), max_batch_);
         for (std::size_t i = 0; i < n; ++i) {
@@ -142,6 +151,7 @@ class GroupCommitQueue {
     batch.clear();
   }
 
+  static constexpr std::chrono::milliseconds kSafetyWake{10};
   const std::size_t capacity_;
   const std::size_t max_batch_;
   CommitFn commit_;

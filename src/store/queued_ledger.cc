@@ -15,12 +15,18 @@ void QueuedLedger::stop_writer() {
   queue_.stop();
 }
 
-bool QueuedLedger::append_reservation(cost::LedgerReservation record, cost::LedgerCallback done) {
-  return queue_.push(std::move(record), std::move(done));
+bool QueuedLedger::append_reservation(cost::LedgerReservation record, cost::LedgerCallback done,
+                                      Wake wake) {
+  return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
-bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done) {
-  return queue_.push(std::move(record), std::move(done));
+bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done,
+                                     Wake wake) {
+  return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
+}
+
+void QueuedLedger::kick() {
+  queue_.kick();
 }
 
 void QueuedLedger::flush() {

@@ -11,8 +11,11 @@ namespace bw::store {
 
 class QueuedLedger : public cost::Ledger {
  public:
-  bool append_reservation(cost::LedgerReservation record, cost::LedgerCallback done) final;
-  bool append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done) final;
+  bool append_reservation(cost::LedgerReservation record, cost::LedgerCallback done,
+                          Wake wake = Wake::kNow) final;
+  bool append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done,
+                         Wake wake = Wake::kNow) final;
+  void kick() final;
   void flush() final;
   cost::LedgerStats stats() const final;
 

@@ -100,6 +100,40 @@ TYPED_TEST(LedgerParity, GroupCommitRunsEveryCallbackAfterCommit) {
   EXPECT_EQ((*row)->created_unix_ms, kJan1 + 499);
 }
 
+// Records queued without waking the writer share one group commit once kicked; without a kick
+// they are still committed (the writer's safety wake), never left queued.
+TYPED_TEST(LedgerParity, DeferredRecordsShareACommitAfterOneKick) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  std::atomic<int> ok{0};
+  ASSERT_TRUE(append_sync(*ledger, reservation("warm", "key_a", "acme", "gpt-4.1", 1, kJan1)).ok());
+  const std::uint64_t commits_before = ledger->stats().commits;
+  constexpr int kRecords = 20;
+  for (int i = 0; i < kRecords; ++i) {
+    ASSERT_TRUE(ledger->append_reservation(
+        reservation(id_of("d", i), "key_a", "acme", "gpt-4.1", 10, kJan1 + i),
+        [&](const Result<Ok>& r) { ok += r.ok() ? 1 : 0; }, Ledger::Wake::kDeferred));
+  }
+  ledger->kick();
+  for (int i = 0; i < 500 && ok.load() < kRecords; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(ok.load(), kRecords);
+  // One kick, one transaction for all of them (the writer slept while they were queued); two if
+  // its 10 ms safety wake happened to fall between two of the appends.
+  EXPECT_LE(ledger->stats().commits - commits_before, 2u);
+
+  ASSERT_TRUE(
+      ledger->append_settlement(settlement("d0", 5, kJan1 + 100), {}, Ledger::Wake::kDeferred));
+  bool settled = false;
+  for (int i = 0; i < 500 && !settled; ++i) {  // no kick: the safety wake commits it
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    auto row = ledger->find("d0");
+    settled = row.ok() && row->has_value() && (*row)->status == LedgerStatus::kSettled;
+  }
+  EXPECT_TRUE(settled);
+}
+
 TYPED_TEST(LedgerParity, SettleReleaseAndPerRecordErrors) {
   auto ledger = this->backend().open_ledger();
   ASSERT_TRUE(ledger);
