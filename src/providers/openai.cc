@@ -13,6 +13,7 @@
 
 #include "api/json_read.h"
 #include "common/json_util.h"
+#include "providers/chunk_scan.h"
 
 namespace bw::providers {
 
@@ -610,6 +611,13 @@ Usage extract_usage(std::string_view body) {
 }
 
 ChunkInfo inspect_chunk(std::string_view data) {
+  if (data == "[DONE]" || data.empty()) return parse_chunk(data);
+  // Most events are one delta without usage: read without a parse.
+  if (auto scanned = scan_chunk(data)) return *scanned;
+  return parse_chunk(data);
+}
+
+ChunkInfo parse_chunk(std::string_view data) {
   ChunkInfo info;
   if (data == "[DONE]") {
     info.done = true;
@@ -618,7 +626,6 @@ ChunkInfo inspect_chunk(std::string_view data) {
   // An event without data (an SSE comment such as ": keep-alive") has nothing to inspect; an
   // empty view may also have no data pointer, which the parser must not be given.
   if (data.empty()) return info;
-  // Cheap path: most chunks carry one delta and no usage.
   const bool maybe_usage = data.find("\"usage\"") != std::string_view::npos;
   simdjson::dom::element doc;
   if (parser().parse(data.data(), data.size()).get(doc) != simdjson::SUCCESS) return info;

@@ -99,7 +99,11 @@ struct ChunkInfo {
   std::size_t text_chars = 0;
   bool has_text = false;
 };
+// The common shape of event is read in one pass without a JSON parse (chunk_scan.h); any other
+// event is parsed. The answer is parse_chunk's for every event.
 ChunkInfo inspect_chunk(std::string_view data);
+// The same answer from a full parse of the event (the reference the scan is tested against).
+ChunkInfo parse_chunk(std::string_view data);
 
 // The conservative prompt token estimate used before the provider reports real usage.
 std::int64_t estimate_prompt_tokens(const LlmRequest& req);

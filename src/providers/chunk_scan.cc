@@ -1,0 +1,364 @@
+#include "providers/chunk_scan.h"
+
+#include <simdjson.h>
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string_view>
+
+namespace bw::providers {
+namespace {
+
+// Larger events are rare (a whole answer in one event); the parse takes them.
+constexpr std::size_t kMaxScanBytes = 64 * 1024;
+// Far below the parser's own limit, so that nesting the parser refuses never reaches the scan.
+constexpr int kMaxScanDepth = 32;
+
+// The first flagged byte is the lowest one: the byte at the lowest address.
+static_assert(std::endian::native == std::endian::little);
+
+constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
+constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
+
+// Exact for "is any byte of v zero" / "is any byte of v below n (n <= 128)", eight bytes at once.
+constexpr std::uint64_t any_zero_byte(std::uint64_t v) {
+  return (v - kOnes) & ~v & kHighBits;
+}
+constexpr std::uint64_t any_byte_below(std::uint64_t v, std::uint64_t n) {
+  return (v - kOnes * n) & ~v & kHighBits;
+}
+
+constexpr bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// A strict JSON reader for the shape of a stream event. Every method returns false for anything
+// it does not take, valid JSON or not: the caller then parses the event. What it takes is valid
+// JSON that the parser accepts too, and what it reads is what the parser's lookups read.
+class Scanner {
+ public:
+  explicit Scanner(std::string_view data) : data_(data), p_(data.data()), end_(p_ + data.size()) {}
+
+  bool event(ChunkInfo& info) {
+    ws();
+    if (p_ == end_ || *p_ != '{') return false;
+    bool saw_choices = false, saw_usage = false;
+    const bool ok = members(1, [&](const Str& key) {
+      // A key written with escapes may equal a key the answer reads; a duplicate is read by the
+      // parser's rule: both are left to the parser.
+      if (key.escaped) return false;
+      if (key.raw == "choices") {
+        if (saw_choices) return false;
+        saw_choices = true;
+        if (*p_ == '[') return choices(2, info);
+      } else if (key.raw == "usage") {
+        // Usage is read by the parser; null (the usual value on the other events) is not usage.
+        if (saw_usage || *p_ == '{') return false;
+        saw_usage = true;
+      }
+      return value(2);
+    });
+    if (!ok) return false;
+    ws();
+    if (p_ != end_) return false;
+    // Non-ASCII bytes occur only inside strings here; the parser refuses invalid UTF-8.
+    if ((high_ & kHighBits) != 0 && !simdjson::validate_utf8(data_.data(), data_.size())) {
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  struct Str {
+    std::string_view raw;   // between the quotes, as written
+    std::size_t bytes = 0;  // after unescaping: what the parser's string_view holds
+    bool escaped = false;
+  };
+
+  void ws() {
+    while (p_ != end_ && static_cast<unsigned char>(*p_) <= ' ' &&
+           (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) {
+      ++p_;
+    }
+  }
+
+  // At '{'. on_member(key) reads the value, which starts at p_.
+  template <typename OnMember>
+  bool members(int depth, OnMember&& on_member) {
+    if (depth > kMaxScanDepth) return false;
+    ++p_;
+    ws();
+    if (p_ != end_ && *p_ == '}') {
+      ++p_;
+      return true;
+    }
+    for (;;) {
+      if (p_ == end_ || *p_ != '"') return false;
+      Str key;
+      if (!string(key)) return false;
+      ws();
+      if (p_ == end_ || *p_ != ':') return false;
+      ++p_;
+      ws();
+      if (p_ == end_ || !on_member(key)) return false;
+      ws();
+      if (p_ == end_) return false;
+      if (*p_ == '}') {
+        ++p_;
+        return true;
+      }
+      if (*p_ != ',') return false;
+      ++p_;
+      ws();
+    }
+  }
+
+  // At '['. on_element() reads the element, which starts at p_.
+  template <typename OnElement>
+  bool elements(int depth, OnElement&& on_element) {
+    if (depth > kMaxScanDepth) return false;
+    ++p_;
+    ws();
+    if (p_ != end_ && *p_ == ']') {
+      ++p_;
+      return true;
+    }
+    for (;;) {
+      if (p_ == end_ || !on_element()) return false;
+      ws();
+      if (p_ == end_) return false;
+      if (*p_ == ']') {
+        ++p_;
+        return true;
+      }
+      if (*p_ != ',') return false;
+      ++p_;
+      ws();
+    }
+  }
+
+  // Any value, at its first byte (p_ != end_).
+  bool value(int depth) {
+    switch (*p_) {
+      case '{':
+        return members(depth, [&](const Str&) { return value(depth + 1); });
+      case '[':
+        return elements(depth, [&] { return value(depth + 1); });
+      case '"': {
+        Str s;
+        return string(s);
+      }
+      case 't':
+        return literal("true");
+      case 'f':
+        return literal("false");
+      case 'n':
+        return literal("null");
+      default:
+        return number();
+    }
+  }
+
+  bool literal(std::string_view word) {
+    if (static_cast<std::size_t>(end_ - p_) < word.size() ||
+        std::memcmp(p_, word.data(), word.size()) != 0) {
+      return false;
+    }
+    p_ += word.size();
+    return true;
+  }
+
+  // Only numbers that any double or int64 reading takes: few digits, a short exponent.
+  bool number() {
+    const char* p = p_;
+    if (*p == '-') ++p;
+    const char* int_start = p;
+    if (p == end_ || !is_digit(*p)) return false;
+    if (*p == '0') {
+      ++p;
+    } else {
+      while (p != end_ && is_digit(*p)) ++p;
+    }
+    const auto int_digits = p - int_start;
+    if (int_digits > 18) return false;
+    if (p != end_ && *p == '.') {
+      ++p;
+      const char* frac_start = p;
+      while (p != end_ && is_digit(*p)) ++p;
+      if (p == frac_start || int_digits + (p - frac_start) > 19) return false;
+    }
+    if (p != end_ && (*p == 'e' || *p == 'E')) {
+      ++p;
+      if (p != end_ && (*p == '+' || *p == '-')) ++p;
+      const char* exp_start = p;
+      while (p != end_ && is_digit(*p)) ++p;
+      if (p == exp_start || p - exp_start > 2) return false;
+    }
+    p_ = p;
+    return true;
+  }
+
+  // At '"'. Eight bytes at a time: the lowest flagged byte of the masks is the first quote,
+  // backslash or control character (a flag above it may be a borrow, never one below).
+  bool string(Str& s) {
+    ++p_;
+    const char* start = p_;
+    std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
+    for (;;) {
+      std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
+      const auto left = static_cast<std::size_t>(end_ - p_);
+      std::memcpy(&x, p_, left < 8 ? left : 8);
+      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
+                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
+      // Bytes past the string may be flagged too: that only costs a UTF-8 check.
+      high_ |= x;
+      if (special == 0) {
+        p_ += 8;
+        continue;
+      }
+      const auto at = static_cast<std::size_t>(__builtin_ctzll(special) / 8);
+      if (at >= left) return false;
+      p_ += at;
+      if (*p_ == '"') {
+        s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
+        s.bytes = s.raw.size() - saved;
+        ++p_;
+        return true;
+      }
+      if (*p_ != '\\') return false;  // a control character
+      s.escaped = true;
+      if (!escape(saved)) return false;
+    }
+  }
+
+  // At '\\'. Surrogates other than a well-formed pair are left to the parser.
+  bool escape(std::size_t& saved) {
+    if (end_ - p_ < 2) return false;
+    switch (p_[1]) {
+      case '"':
+      case '\\':
+      case '/':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
+        p_ += 2;
+        saved += 1;
+        return true;
+      case 'u':
+        break;
+      default:
+        return false;
+    }
+    std::uint32_t cp = 0;
+    if (!hex4(2, cp)) return false;
+    if (cp >= 0xDC00 && cp <= 0xDFFF) return false;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      std::uint32_t low = 0;
+      if (end_ - p_ < 12 || p_[6] != '\\' || p_[7] != 'u' || !hex4(8, low) || low < 0xDC00 ||
+          low > 0xDFFF) {
+        return false;
+      }
+      p_ += 12;
+      saved += 12 - 4;
+      return true;
+    }
+    const std::size_t utf8 = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
+    p_ += 6;
+    saved += 6 - utf8;
+    return true;
+  }
+
+  bool hex4(std::ptrdiff_t at, std::uint32_t& out) {
+    if (end_ - p_ < at + 4) return false;
+    out = 0;
+    for (std::ptrdiff_t i = at; i < at + 4; ++i) {
+      const int h = hex_value(p_[i]);
+      if (h < 0) return false;
+      out = (out << 4) | static_cast<std::uint32_t>(h);
+    }
+    return true;
+  }
+
+  // At '[' of the top-level "choices".
+  bool choices(int depth, ChunkInfo& info) {
+    return elements(depth, [&] {
+      if (*p_ == '{') return choice(depth + 1, info);
+      return value(depth + 1);
+    });
+  }
+
+  // One choice: the text is delta.content if that is a string, otherwise text if that is one.
+  bool choice(int depth, ChunkInfo& info) {
+    bool saw_delta = false, saw_text = false;
+    std::optional<std::size_t> content, text;
+    const bool ok = members(depth, [&](const Str& key) {
+      if (key.escaped) return false;
+      if (key.raw == "delta") {
+        if (saw_delta) return false;
+        saw_delta = true;
+        if (*p_ == '{') return delta(depth + 1, content);
+      } else if (key.raw == "text") {
+        if (saw_text) return false;
+        saw_text = true;
+        if (*p_ == '"') {
+          Str s;
+          if (!string(s)) return false;
+          text = s.bytes;
+          return true;
+        }
+      }
+      return value(depth + 1);
+    });
+    if (!ok) return false;
+    if (const auto n = content ? content : text) {
+      info.text_chars += *n;
+      info.has_text = info.has_text || *n > 0;
+    }
+    return true;
+  }
+
+  bool delta(int depth, std::optional<std::size_t>& content) {
+    bool saw_content = false;
+    return members(depth, [&](const Str& key) {
+      if (key.escaped) return false;
+      if (key.raw == "content") {
+        if (saw_content) return false;
+        saw_content = true;
+        if (*p_ == '"') {
+          Str s;
+          if (!string(s)) return false;
+          content = s.bytes;
+          return true;
+        }
+      }
+      return value(depth + 1);
+    });
+  }
+
+  std::string_view data_;
+  const char* p_;
+  const char* end_;
+  std::uint64_t high_ = 0;  // every string byte OR-ed: a high bit means non-ASCII text
+};
+
+}  // namespace
+
+std::optional<ChunkInfo> scan_chunk(std::string_view data) {
+  if (data.empty() || data.size() > kMaxScanBytes) return std::nullopt;
+  ChunkInfo info;
+  if (!Scanner(data).event(info)) return std::nullopt;
+  return info;
+}
+
+}  // namespace bw::providers

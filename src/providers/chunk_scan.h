@@ -1,0 +1,20 @@
+#pragma once
+// inspect_chunk's answer for the common shape of an OpenAI stream event without a JSON parse:
+// one pass that checks the event is valid JSON and measures the text on the way. Anything
+// outside that shape is left to the parse, so the two always agree.
+// Thread safety: a pure function.
+#include <optional>
+#include <string_view>
+
+#include "providers/openai.h"
+
+namespace bw::providers {
+
+// The ChunkInfo that a full parse of `data` gives, or nullopt when `data` needs that parse: an
+// event whose first "usage" value is an object, whose root is not an object, that is not valid
+// JSON, or that is unusual (a duplicate or escaped key where the answer is read, a lone
+// surrogate escape, an unescaped control character, a number with many digits, deep nesting,
+// a very large event). "[DONE]" and empty data are inspect_chunk's own cases, not this one's.
+std::optional<ChunkInfo> scan_chunk(std::string_view data);
+
+}  // namespace bw::providers

@@ -1,0 +1,494 @@
+// inspect_chunk reads the common stream event without a JSON parse (scan_chunk); these tests
+// hold it to parse_chunk's answer on tricky and on random events.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "providers/chunk_scan.h"
+#include "providers/openai.h"
+
+namespace bw::providers {
+namespace {
+
+using namespace std::string_literals;
+
+std::string show(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out.size() > 300 ? out.substr(0, 300) + "..." : out;
+}
+
+// Every field of the answer, so that a difference in any of them fails.
+testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
+  if (a.done == b.done && a.usage_only == b.usage_only && a.text_chars == b.text_chars &&
+      a.has_text == b.has_text && a.usage.present == b.usage.present &&
+      a.usage.prompt_tokens == b.usage.prompt_tokens &&
+      a.usage.completion_tokens == b.usage.completion_tokens &&
+      a.usage.cached_tokens == b.usage.cached_tokens &&
+      a.usage.cache_write_tokens == b.usage.cache_write_tokens &&
+      a.usage.reasoning_tokens == b.usage.reasoning_tokens) {
+    return testing::AssertionSuccess();
+  }
+  auto f = [](const ChunkInfo& i) {
+    return "{done " + std::to_string(i.done) + ", usage_only " + std::to_string(i.usage_only) +
+           ", text_chars " + std::to_string(i.text_chars) + ", has_text " +
+           std::to_string(i.has_text) + ", usage " + std::to_string(i.usage.present) + " " +
+           std::to_string(i.usage.prompt_tokens) + "/" + std::to_string(i.usage.completion_tokens) +
+           "/" + std::to_string(i.usage.cached_tokens) + "}";
+  };
+  return testing::AssertionFailure() << f(a) << " != " << f(b);
+}
+
+// The scan, where it answers, and inspect_chunk always give the parse's answer.
+void expect_agrees(std::string_view data) {
+  const ChunkInfo parsed = parse_chunk(data);
+  EXPECT_TRUE(same(inspect_chunk(data), parsed)) << show(data);
+  if (auto scanned = scan_chunk(data)) {
+    EXPECT_TRUE(same(*scanned, parsed)) << show(data);
+  }
+}
+
+const std::string kHead =
+    R"({"id":"chatcmpl-9x8Yz","object":"chat.completion.chunk","created":1733390000,)"
+    R"("model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1",)";
+
+std::string delta_event(std::string_view delta_json, std::string_view tail = R"(,"usage":null)") {
+  return kHead + R"("choices":[{"index":0,"delta":)" + std::string(delta_json) +
+         R"(,"logprobs":null,"finish_reason":null}])" + std::string(tail) + "}";
+}
+
+// The shapes that real providers send on every event: these must not need the parse.
+TEST(ChunkScan, CommonEventsAreScanned) {
+  const std::vector<std::string> common = {
+      delta_event(R"({"role":"assistant","content":"","refusal":null})"),
+      delta_event(R"({"content":"Hello"})"),
+      delta_event(R"({"content":" world"})", ""),
+      delta_event(R"({"content":"line\nnext \"quoted\" tab\t"})"),
+      delta_event(R"({"content":"caf\u00e9 \u20ac \ud83d\ude00"})"),
+      delta_event("{\"content\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}"),
+      delta_event(R"({"content":"the \"usage\": {\"prompt_tokens\": 5} text"})"),
+      delta_event(R"({"content":"usage"})"),
+      delta_event(R"({})"),
+      kHead + R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],)"
+              R"("usage":null})",
+      delta_event(R"({"tool_calls":[{"index":0,"id":"call_abc","type":"function",)"
+                  R"("function":{"name":"get_weather","arguments":""}}]})"),
+      delta_event(R"({"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]})"),
+      R"({"id":"cmpl-1","object":"text_completion","created":1,"choices":[{"text":"abc",)"
+      R"("index":0,"logprobs":null,"finish_reason":null}],"model":"m"})",
+      kHead + R"("choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":)"
+              R"("a","logprob":-0.0012,"bytes":[97],"top_logprobs":[]}]},"finish_reason":null}]})",
+      R"({"choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"yz"}}]})",
+      " {\"choices\" : [ {\"delta\" : {\"content\" : \"spaced\"} } ] }\r\n",
+  };
+  for (const auto& e : common) {
+    EXPECT_TRUE(scan_chunk(e).has_value()) << show(e);
+    expect_agrees(e);
+  }
+  auto hello = scan_chunk(delta_event(R"({"content":"Hello"})"));
+  ASSERT_TRUE(hello);
+  EXPECT_EQ(hello->text_chars, 5u);
+  EXPECT_TRUE(hello->has_text);
+  // Escapes count as the bytes they stand for: 1 + 2 + 1 + 3 + 1 + 4.
+  auto escaped = scan_chunk(delta_event(R"({"content":"\n\u00e9 \u20ac \ud83d\ude00"})"));
+  ASSERT_TRUE(escaped);
+  EXPECT_EQ(escaped->text_chars, 12u);
+  auto role = scan_chunk(delta_event(R"({"role":"assistant","content":""})"));
+  ASSERT_TRUE(role);
+  EXPECT_FALSE(role->has_text);
+}
+
+// Events the scan must leave to the parse, or answer exactly as it would.
+TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
+  const std::vector<std::string> tricky = {
+      // usage, in every place and spelling
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}})",
+      R"({"choices":[{"text":"abc"}],"usage":{"prompt_tokens":1,"completion_tokens":2}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":2}}})",
+      R"({"choices":[],"usage":{}})",
+      R"({"choices":[],"usage":null})",
+      R"({"choices":[],"usage":5})",
+      R"({"choices":[],"usage":"x"})",
+      R"({"choices":[],"usage":[{"prompt_tokens":1}]})",
+      R"({"usage":null,"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1}})",
+      R"({"usage":{"prompt_tokens":7,"completion_tokens":1},"choices":[],"usage":null})",
+      R"({"choices":[],"us\u0061ge":{"prompt_tokens":7,"completion_tokens":1}})",
+      R"({"choices":[],"us\u0061ge":null,"usage":{"prompt_tokens":7}})",
+      R"({"choices":[],"usage":null,"x":"usage"})",
+      R"({"choices":[{"delta":{"content":"\"usage\":{\"prompt_tokens\":9}"}}],"usage":null})",
+      R"({"choices":[{"delta":{"content":"x","usage":{"prompt_tokens":9}}}]})",
+      R"({"choices":[{"delta":{"content":"x"}}],"meta":{"usage":{"prompt_tokens":9}}})",
+      R"({"choices":[], "usage" : {"prompt_tokens":3}})",
+      R"({"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3}} )",
+      // duplicate and escaped keys where the answer is read
+      R"({"choices":[{"delta":{"content":"a"}}],"choices":[{"delta":{"content":"bbbb"}}]})",
+      R"({"choices":null,"choices":[{"delta":{"content":"bbbb"}}]})",
+      R"({"choices":[{"delta":{"content":"a"},"delta":{"content":"bbb"}}]})",
+      R"({"choices":[{"delta":{"content":"a","content":"bbb"}}]})",
+      R"({"choices":[{"delta":{"content":null,"content":"bbb"}}]})",
+      R"({"choices":[{"text":"a","text":"bbb"}]})",
+      R"({"ch\u006fices":[{"delta":{"content":"abc"}}]})",
+      R"({"choices":[{"d\u0065lta":{"content":"abc"}}]})",
+      R"({"choices":[{"delta":{"c\u006fntent":"abc"}}]})",
+      R"({"choices":[{"t\u0065xt":"abc"}]})",
+      R"({"choices":[{"delta":{"content":"ab"},"x\"y":1}]})",
+      // where the text is taken from
+      R"({"choices":[{"delta":{"content":null},"text":"abc"}]})",
+      R"({"choices":[{"delta":{"content":5},"text":"abc"}]})",
+      R"({"choices":[{"delta":{"content":"ab"},"text":"abcdef"}]})",
+      R"({"choices":[{"text":"abcdef","delta":{"content":"ab"}}]})",
+      R"({"choices":[{"delta":"content","text":"abc"}]})",
+      R"({"choices":[{"delta":[{"content":"abc"}]}]})",
+      R"({"choices":[{"text":{"content":"abc"}}]})",
+      R"({"choices":[{"text":null}]})",
+      R"({"choices":["abc",1,null,[{"delta":{"content":"abc"}}]]})",
+      R"({"choices":{"0":{"delta":{"content":"abc"}}}})",
+      R"({"choices":"abc"})",
+      R"({"choices":[{"delta":{"content":""}},{"delta":{"content":"b"}}]})",
+      R"({"choices":[{"delta":{"content":""}},{"text":""}]})",
+      R"({"delta":{"content":"abc"}})",
+      R"({"choices":[{"message":{"content":"abc"}}]})",
+      // escapes and UTF-8 in the text
+      R"({"choices":[{"delta":{"content":"\"\\\/\b\f\n\r\t"}}]})",
+      R"({"choices":[{"delta":{"content":"\u0000\u007f\u0080\u07ff\u0800\uffff"}}]})",
+      R"({"choices":[{"delta":{"content":"\uD83D\uDE00\udbff\udfff\ud800\udc00"}}]})",
+      R"({"choices":[{"delta":{"content":"\ud83d"}}]})",
+      R"({"choices":[{"delta":{"content":"\ud83dx"}}]})",
+      R"({"choices":[{"delta":{"content":"\ud83d\u0041"}}]})",
+      R"({"choices":[{"delta":{"content":"\ud83d\ud83d"}}]})",
+      R"({"choices":[{"delta":{"content":"\ude00"}}]})",
+      R"({"choices":[{"delta":{"content":"\ude00\ud83d"}}]})",
+      R"({"choices":[{"delta":{"content":"\ud83d\"}}]})",
+      R"({"choices":[{"delta":{"content":"\u12"}}]})",
+      R"({"choices":[{"delta":{"content":"\uZZZZ"}}]})",
+      R"({"choices":[{"delta":{"content":"\x41"}}]})",
+      R"({"choices":[{"delta":{"content":"\'"}}]})",
+      R"({"choices":[{"delta":{"content":"ends with backslash\\"}}]})",
+      R"({"choices":[{"delta":{"content":"ends with backslash\"}}]})",
+      "{\"choices\":[{\"delta\":{\"content\":\"h\xc3\xa9llo \xf0\x9f\x98\x80\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"bad \xff byte\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"overlong \xc0\xaf\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"surrogate \xed\xa0\x80\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"cut \xe2\x82\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"too big \xf4\x90\x80\x80\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"ok\"}}],\"x\":\"\xff\"}",
+      "{\"choices\":[{\"delta\":{\"content\":\"ok\"}}],\"\xc3\xa9\":1}",
+      "{\"choices\":[{\"delta\":{\"content\":\"raw\ttab\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"raw\nnewline\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"nul\0byte\"}}]}"s,
+      "{\"choices\":[{\"delta\":{\"content\":\"del\x7f\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"unit separator \x1f\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"long enough to be read eight bytes at a time "
+      "\x1f\"}}]}",
+      // not JSON, or not an object
+      "",
+      "[DONE]",
+      " [DONE]",
+      "{}",
+      "[]",
+      "null",
+      "\"choices\"",
+      "42",
+      R"([{"choices":[{"delta":{"content":"abc"}}]}])",
+      R"({"choices":[{"delta":{"content":"abc"}}]})"
+      R"({"choices":[{"delta":{"content":"abc"}}]})",
+      R"({"choices":[{"delta":{"content":"abc"}}]}x)",
+      R"({"choices":[{"delta":{"content":"abc"}}]},)",
+      R"({"choices":[{"delta":{"content":"abc"}}],})",
+      R"({"choices":[{"delta":{"content":"abc"}},]})",
+      R"({"choices":[{"delta":{"content":"abc"}}])",
+      R"({"choices":[{"delta":{"content":"abc"}})",
+      R"({"choices":[{"delta":{"content":"abc)",
+      R"({'choices':[{'delta':{'content':'abc'}}]})",
+      R"({choices:[{"delta":{"content":"abc"}}]})",
+      R"({"choices" [{"delta":{"content":"abc"}}]})",
+      R"({"choices":[{"delta":{"content":"abc"}}] "x":1})",
+      R"({"choices":[{"delta":{"content":"abc" "x":1}}]})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":tru})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":truex})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":nul})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":True})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":NaN})",
+      R"({"choices":[{"delta":{"content":"abc"}}],"x":Infinity})",
+      "{\"choices\":[{\"delta\":{\"content\":\"abc\"}}],\f\"x\":1}",
+      "{\"choices\":[{\"delta\":{\"content\":\"abc\"}}]\v}",
+      "\xef\xbb\xbf{\"choices\":[{\"delta\":{\"content\":\"abc\"}}]}",
+      "\n\t {\"choices\":[{\"delta\":{\"content\":\"abc\"}}]} \r\n\t",
+      // numbers beside the text
+      R"({"choices":[{"delta":{"content":"a"}}],"n":01})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":-})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1.})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":.5})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1e})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1e+})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":+1})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":-0})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":-0.0e-0})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1E+22})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":0x10})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1e400})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":-1e400})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1e-400})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":1.7976931348623157e308})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":123456789012345678})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":9223372036854775807})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":9223372036854775808})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":18446744073709551616})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":-9223372036854775809})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":123456789012345678901234567890})",
+      R"({"choices":[{"delta":{"content":"a"}}],"n":0.1234567890123456789012345})",
+      R"({"created":1733390000,"choices":[{"index":0,"delta":{"content":"a"}}]})",
+  };
+  for (const auto& e : tricky) expect_agrees(e);
+
+  // The parse's rule for a duplicate key: the first one counts. The scan must not decide.
+  EXPECT_FALSE(scan_chunk(R"({"usage":null,"choices":[],"usage":{"prompt_tokens":7}})"));
+  EXPECT_FALSE(scan_chunk(R"({"choices":[{"delta":{"content":"a","content":"bbb"}}]})"));
+  EXPECT_FALSE(scan_chunk(R"({"choices":[],"usage":{"prompt_tokens":3}})"));
+  EXPECT_FALSE(scan_chunk("{\"choices\":[{\"delta\":{\"content\":\"bad \xff\"}}]}"));
+}
+
+TEST(ChunkScan, DeepAndLargeEventsAgreeWithTheParse) {
+  for (int depth : {1, 10, 30, 31, 32, 33, 40, 100, 1100}) {
+    std::string nested = std::string(depth, '[') + "1" + std::string(depth, ']');
+    expect_agrees(R"({"choices":[{"delta":{"content":"ab"}}],"x":)" + nested + "}");
+    std::string objects;
+    for (int i = 0; i < depth; ++i) objects += R"({"k":)";
+    objects += "null" + std::string(depth, '}');
+    expect_agrees(R"({"choices":[{"delta":{"content":"ab"},"x":)" + objects + "}]}");
+  }
+  for (std::size_t n : {std::size_t{1} << 15, std::size_t{1} << 16, (std::size_t{1} << 16) + 1,
+                        std::size_t{1} << 20}) {
+    expect_agrees(R"({"choices":[{"delta":{"content":")" + std::string(n, 'x') + R"("}}]})");
+  }
+}
+
+// Builds random events near the real shape, then damages some of them: whatever comes out, the
+// scan and the parse must agree.
+class EventGen {
+ public:
+  explicit EventGen(std::uint32_t seed) : rng_(seed) {}
+
+  std::string event() {
+    // The members of the real shape, each once, in a random order; sometimes one twice.
+    std::vector<std::string> members;
+    if (chance(90)) members.push_back(R"("choices":)" + choices());
+    if (chance(60)) members.push_back(R"("usage":)" + usage());
+    for (int i = pick(0, 3); i > 0; --i) members.push_back(key(kRootKeys) + ":" + value(2));
+    if (chance(10) && !members.empty()) members.push_back(members[0]);
+    std::shuffle(members.begin(), members.end(), rng_);
+    std::string out = "{";
+    for (std::size_t i = 0; i < members.size(); ++i) out += (i ? "," : "") + members[i];
+    out += "}";
+    if (chance(20)) out = damage(out);
+    if (chance(5)) out = ws() + out + ws();
+    return out;
+  }
+
+ private:
+  // Keys of each level; the last one is written with an escape (and picked rarely).
+  static constexpr std::string_view kRootKeys[] = {
+      R"("id")",    R"("object")",  R"("created")", R"("model")", R"("system_fingerprint")",
+      R"("usage")", R"("choices")", R"("x")",       R"("")",      R"("us\u0061ge")"};
+  static constexpr std::string_view kChoiceKeys[] = {
+      R"("index")",         R"("delta")",   R"("text")",  R"("logprobs")",
+      R"("finish_reason")", R"("message")", R"("usage")", R"("d\u0065lta")"};
+  static constexpr std::string_view kDeltaKeys[] = {
+      R"("content")",           R"("role")",        R"("tool_calls")", R"("refusal")", R"("usage")",
+      R"("reasoning_content")", R"("c\u006fntent")"};
+  // Pieces of string content, including every escape and encoding that changes the byte count;
+  // the first kCleanPieces are ones the scan reads itself.
+  // clang-format off
+  static constexpr std::string_view kPieces[] = {
+      "a", "Hello", " ", "usage", "\\\"usage\\\":{", "\\\"", "\\\\", "\\/", "\\b", "\\f", "\\n",
+      "\\r", "\\t", "\\u0000", "\\u0041", "\\u00e9", "\\u07FF", "\\u0800", "\\u20ac", "\\uffff",
+      "\\ud83d\\ude00", "\\uDBFF\\uDFFF", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "}", "]",
+      ",", ":", "12345678", "abcdefghijklmnop",
+      // not read by the scan (the parse decides)
+      "\\ud83d", "\\ude00", "\\ud83d\\u0041", "\\u12", "\\uzzzz", "\\x", "\\", "\xff", "\xc0\xaf",
+      "\xed\xa0\x80", "\xe2\x82", "\t", "\x01", "\x7f", "\""};
+  // clang-format on
+  static constexpr int kCleanPieces = 31;
+
+  int pick(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+  bool chance(int percent) { return pick(0, 99) < percent; }
+
+  template <std::size_t N>
+  std::string key(const std::string_view (&keys)[N]) {
+    return std::string(keys[static_cast<std::size_t>(pick(0, chance(97) ? N - 2 : N - 1))]);
+  }
+
+  std::string ws() {
+    static constexpr std::string_view kWs[] = {" ", "\n", "\r\n", "\t", "  "};
+    return std::string(kWs[static_cast<std::size_t>(pick(0, 4))]);
+  }
+
+  std::string str() {
+    std::string s = "\"";
+    const int n = chance(20) ? 0 : pick(1, 6);
+    for (int i = 0; i < n; ++i) {
+      const int last = chance(97) ? kCleanPieces - 1 : static_cast<int>(std::size(kPieces)) - 1;
+      s += kPieces[static_cast<std::size_t>(pick(0, last))];
+    }
+    if (chance(30)) s += std::string(static_cast<std::size_t>(pick(1, 20)), 'z');
+    return s + "\"";
+  }
+
+  std::string number() {
+    // clang-format off
+    static constexpr std::string_view kNumbers[] = {
+        "0", "-0", "1", "42", "-7", "1733390000", "0.5", "-0.0012", "1e5", "1E-7", "2e+3",
+        "1.5e-05", "123456789012345678", "1.0e99",
+        // the parse decides
+        "01", "1.", ".5", "-", "1e", "1e400", "-1e400", "1e-400", "9223372036854775808",
+        "18446744073709551616", "123456789012345678901234567890", "0.1234567890123456789012",
+        "1.0e100", "+1"};
+    // clang-format on
+    const int last = chance(95) ? 13 : static_cast<int>(std::size(kNumbers)) - 1;
+    return std::string(kNumbers[static_cast<std::size_t>(pick(0, last))]);
+  }
+
+  std::string value(int depth) {
+    const int kind = depth > 6 ? pick(0, 3) : pick(0, 5);
+    switch (kind) {
+      case 0:
+        return str();
+      case 1:
+        return number();
+      case 2: {
+        static constexpr std::string_view kLiterals[] = {"null", "true", "false", "nul", "True"};
+        return std::string(
+            kLiterals[static_cast<std::size_t>(chance(95) ? pick(0, 2) : pick(3, 4))]);
+      }
+      case 3:
+        return "null";
+      case 4: {
+        std::string out = "[";
+        const int n = pick(0, 3);
+        for (int i = 0; i < n; ++i) out += (i ? "," : "") + value(depth + 1);
+        return out + "]";
+      }
+      default: {
+        std::string out = "{";
+        const int n = pick(0, 3);
+        for (int i = 0; i < n; ++i) {
+          out += (i ? "," : "") + key(kRootKeys) + ":" + value(depth + 1);
+        }
+        return out + "}";
+      }
+    }
+  }
+
+  std::string choices() {
+    if (chance(5)) return value(2);
+    std::string out = "[";
+    const int n = chance(15) ? 0 : pick(1, 3);
+    for (int i = 0; i < n; ++i) {
+      if (i) out += ",";
+      out += chance(90) ? choice() : value(3);
+    }
+    return out + "]";
+  }
+
+  std::string choice() {
+    std::vector<std::string> members;
+    if (chance(70)) members.push_back(R"("delta":)" + (chance(90) ? delta() : value(4)));
+    if (chance(25)) members.push_back(R"("text":)" + (chance(80) ? str() : value(4)));
+    for (int i = pick(0, 3); i > 0; --i) members.push_back(key(kChoiceKeys) + ":" + value(4));
+    if (chance(5) && !members.empty()) members.push_back(members[0]);
+    std::shuffle(members.begin(), members.end(), rng_);
+    std::string out = "{";
+    for (std::size_t i = 0; i < members.size(); ++i) out += (i ? "," : "") + members[i];
+    return out + "}";
+  }
+
+  std::string delta() {
+    std::vector<std::string> members;
+    if (chance(75)) members.push_back(R"("content":)" + (chance(85) ? str() : value(5)));
+    for (int i = pick(0, 2); i > 0; --i) members.push_back(key(kDeltaKeys) + ":" + value(5));
+    if (chance(5) && !members.empty()) members.push_back(members[0]);
+    std::shuffle(members.begin(), members.end(), rng_);
+    std::string out = "{";
+    for (std::size_t i = 0; i < members.size(); ++i) out += (i ? "," : "") + members[i];
+    return out + "}";
+  }
+
+  std::string usage() {
+    switch (pick(0, 9)) {
+      case 0:
+      case 1:
+      case 2:
+      case 3:
+      case 4:
+      case 5:
+        return "null";
+      case 6:
+        return R"({"prompt_tokens":)" + number() + R"(,"completion_tokens":)" + number() +
+               (chance(50) ? R"(,"prompt_tokens_details":{"cached_tokens":)" + number() + "}"
+                           : "") +
+               "}";
+      default:
+        return value(2);
+    }
+  }
+
+  std::string damage(std::string s) {
+    if (s.empty()) return s;
+    const auto at = static_cast<std::size_t>(pick(0, static_cast<int>(s.size()) - 1));
+    switch (pick(0, 4)) {
+      case 0:
+        return s.substr(0, at);  // cut short
+      case 1:
+        return s.erase(at, 1);
+      case 2: {
+        static constexpr std::string_view kBytes[] = {"\"",   "\\", "{", "}",           "[",
+                                                      "]",    ",",  ":", " ",           "\xff",
+                                                      "\x01", "x",  "0", "\"usage\":{}"};
+        return s.insert(at, kBytes[static_cast<std::size_t>(pick(0, std::size(kBytes) - 1))]);
+      }
+      case 3:
+        return s + s;  // two events run together
+      default:
+        s[at] = static_cast<char>(pick(0, 255));
+        return s;
+    }
+  }
+
+  std::mt19937 rng_;
+};
+
+TEST(ChunkScan, RandomEventsAgreeWithTheParse) {
+  EventGen gen(20261205);
+  int scanned = 0, with_text = 0;
+  constexpr int kEvents = 60000;
+  for (int i = 0; i < kEvents; ++i) {
+    const std::string e = gen.event();
+    const ChunkInfo parsed = parse_chunk(e);
+    const ChunkInfo inspected = inspect_chunk(e);
+    ASSERT_TRUE(same(inspected, parsed)) << "event " << i << ": " << show(e);
+    if (auto s = scan_chunk(e)) {
+      ASSERT_TRUE(same(*s, parsed)) << "event " << i << ": " << show(e);
+      ++scanned;
+      if (s->has_text) ++with_text;
+    }
+  }
+  // The comparison means something only if the scan answers for many of them, text included.
+  EXPECT_GT(scanned, kEvents / 5);
+  EXPECT_GT(with_text, kEvents / 20);
+}
+
+}  // namespace
+}  // namespace bw::providers
