@@ -1,22 +1,28 @@
 #include "api/json_read.h"
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 namespace bw::api::json {
 
 namespace {
 
-// The first key that an object in `keys` holds twice (empty if none).
-std::string_view first_duplicate(std::vector<std::string_view>& keys) {
-  if (keys.size() <= 16) {  // the usual object: pairwise is cheaper than sorting
-    for (std::size_t i = 1; i < keys.size(); ++i) {
-      for (std::size_t j = 0; j < i; ++j) {
-        if (keys[i] == keys[j]) return keys[i];
-      }
+constexpr std::size_t kFewKeys = 16;
+
+// The first key that an object holds twice, of an object with at most kFewKeys keys (empty if
+// none): pairwise is cheaper than sorting.
+std::string_view first_duplicate(const std::string_view* keys, std::size_t n) {
+  for (std::size_t i = 1; i < n; ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (keys[i] == keys[j]) return keys[i];
     }
-    return {};
   }
+  return {};
+}
+
+// The same for more keys.
+std::string_view first_duplicate(std::vector<std::string_view>& keys) {
   std::sort(keys.begin(), keys.end());
   for (std::size_t i = 1; i < keys.size(); ++i) {
     if (keys[i] == keys[i - 1]) return keys[i];
@@ -33,13 +39,25 @@ std::size_t check_tree(simdjson::dom::element e, std::size_t limit, std::string_
   if (e.is_object()) {
     // Bound to a local: iterating the temporary result would dangle.
     simdjson::dom::object object_1 = e.get_object().value_unsafe();
-    std::vector<std::string_view> keys;
+    // The keys of the usual object stay on the stack (a vector cost a few allocations for
+    // every object of every request).
+    std::array<std::string_view, kFewKeys> few;
+    std::vector<std::string_view> many;
+    std::size_t n = 0;
     for (auto field : object_1) {
-      keys.push_back(field.key);
+      if (n < few.size()) {
+        few[n] = field.key;
+      } else {
+        if (many.empty()) many.assign(few.begin(), few.end());
+        many.push_back(field.key);
+      }
+      ++n;
       best = std::max(best, check_tree(field.value, limit - 1, dup));
       if (best >= limit) break;
     }
-    if (dup.empty() && keys.size() > 1) dup = first_duplicate(keys);
+    if (dup.empty() && n > 1) {
+      dup = n <= few.size() ? first_duplicate(few.data(), n) : first_duplicate(many);
+    }
     return best + 1;
   }
   if (e.is_array()) {

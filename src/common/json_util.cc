@@ -177,6 +177,20 @@ JsonWriter& JsonWriter::key(std::string_view k) {
   need_comma_ = false;
   return *this;
 }
+JsonWriter& JsonWriter::plain_key(std::string_view k) {
+  const std::size_t at = out_.size();
+  const std::size_t comma = need_comma_ ? 1 : 0;
+  out_.resize(at + comma + k.size() + 3);
+  char* p = out_.data() + at;
+  if (comma) *p++ = ',';
+  *p++ = '"';
+  if (!k.empty()) std::memcpy(p, k.data(), k.size());
+  p += k.size();
+  *p++ = '"';
+  *p = ':';
+  need_comma_ = false;
+  return *this;
+}
 JsonWriter& JsonWriter::value(std::string_view v) {
   comma();
   append_json_string(out_, v);

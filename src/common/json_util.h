@@ -29,6 +29,9 @@ class JsonWriter {
   JsonWriter& begin_array();
   JsonWriter& end_array();
   JsonWriter& key(std::string_view k);
+  // key() for a name that needs no escaping (printable ASCII without '"' or '\\', e.g. a field
+  // name literal): copied as it is, without the escaping scan.
+  JsonWriter& plain_key(std::string_view k);
   JsonWriter& value(std::string_view v);
   JsonWriter& value(const char* v) { return value(std::string_view(v)); }
   JsonWriter& value(std::int64_t v);

@@ -33,62 +33,63 @@ void AccessLog::log(const AccessRecord& r) {
   const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
-  // Formatted into a per-thread buffer that keeps its capacity: no allocation per line.
+  // Formatted into a per-thread buffer that keeps its capacity: no allocation per line. The
+  // field names are literals: plain_key() copies them without the escaping scan.
   thread_local std::string line_buffer;
   JsonWriter j(std::move(line_buffer));
   j.begin_object()
-      .key("ts_ms")
+      .plain_key("ts_ms")
       .value(static_cast<std::int64_t>(now_ms))
-      .key("request_id")
+      .plain_key("request_id")
       .value(r.request_id)
-      .key("key_id")
+      .plain_key("key_id")
       .value(r.key_id)
-      .key("client_ip")
+      .plain_key("client_ip")
       .value(r.client_ip)
-      .key("method")
+      .plain_key("method")
       .value(r.method)
-      .key("path")
+      .plain_key("path")
       .value(r.path)
-      .key("model")
+      .plain_key("model")
       .value(r.model_requested)
-      .key("model_served")
+      .plain_key("model_served")
       .value(r.model_served)
-      .key("upstream")
+      .plain_key("upstream")
       .value(r.upstream)
-      .key("status")
+      .plain_key("status")
       .value(r.status)
-      .key("stream")
+      .plain_key("stream")
       .value(r.stream)
-      .key("latency_ms")
+      .plain_key("latency_ms")
       .value(r.latency_ms);
-  if (r.ttft_ms >= 0) j.key("ttft_ms").value(r.ttft_ms);
-  j.key("queue_ms").value(r.queue_ms);
-  if (!r.wait_reason.empty()) j.key("wait_reason").value(r.wait_reason);
-  j.key("prompt_tokens")
+  if (r.ttft_ms >= 0) j.plain_key("ttft_ms").value(r.ttft_ms);
+  j.plain_key("queue_ms").value(r.queue_ms);
+  if (!r.wait_reason.empty()) j.plain_key("wait_reason").value(r.wait_reason);
+  j.plain_key("prompt_tokens")
       .value(r.prompt_tokens)
-      .key("completion_tokens")
+      .plain_key("completion_tokens")
       .value(r.completion_tokens)
-      .key("cost_usd")
+      .plain_key("cost_usd")
       .value(static_cast<double>(r.cost_micro_usd) / 1e6)
-      .key("attempts")
+      .plain_key("attempts")
       .value(r.attempts)
-      .key("bytes_in")
+      .plain_key("bytes_in")
       .value(static_cast<std::uint64_t>(r.bytes_in))
-      .key("bytes_out")
+      .plain_key("bytes_out")
       .value(static_cast<std::uint64_t>(r.bytes_out));
-  if (!r.cache.empty()) j.key("cache").value(r.cache);
-  if (r.cache_age_s >= 0) j.key("cache_age_s").value(r.cache_age_s);
+  if (!r.cache.empty()) j.plain_key("cache").value(r.cache);
+  if (r.cache_age_s >= 0) j.plain_key("cache_age_s").value(r.cache_age_s);
   if (r.cache_saved_micro_usd > 0) {
-    j.key("cache_saved_usd").value(static_cast<double>(r.cache_saved_micro_usd) / 1e6);
+    j.plain_key("cache_saved_usd").value(static_cast<double>(r.cache_saved_micro_usd) / 1e6);
   }
-  if (r.cache_similarity >= 0) j.key("cache_similarity").value(r.cache_similarity);
-  if (r.cached_tokens > 0) j.key("cached_tokens").value(r.cached_tokens);
-  if (r.priority >= 0) j.key("priority").value(r.priority);
-  if (r.priority_lowered) j.key("priority_lowered").value(true);
-  if (r.cancelled) j.key("cancelled").value(true);
-  if (!r.error_code.empty()) j.key("error").value(r.error_code);
-  if (!r.trace_id.empty()) j.key("trace_id").value(r.trace_id);
-  if (!r.span_id.empty()) j.key("span_id").value(r.span_id);
+  if (r.cache_similarity >= 0) j.plain_key("cache_similarity").value(r.cache_similarity);
+  if (r.cached_tokens > 0) j.plain_key("cached_tokens").value(r.cached_tokens);
+  if (r.priority >= 0) j.plain_key("priority").value(r.priority);
+  if (r.priority_lowered) j.plain_key("priority_lowered").value(true);
+  if (r.cancelled) j.plain_key("cancelled").value(true);
+  if (!r.error_code.empty()) j.plain_key("error").value(r.error_code);
+  if (!r.trace_id.empty()) j.plain_key("trace_id").value(r.trace_id);
+  if (!r.span_id.empty()) j.plain_key("span_id").value(r.span_id);
   j.end_object();
   line_buffer = j.take();
   line_buffer.push_back('\n');

@@ -56,6 +56,8 @@ class AccessLog {
   explicit AccessLog(const std::string& path, std::size_t max_buffer_bytes = 8 << 20);
   ~AccessLog();
   void log(const AccessRecord& r);
+  // False when the log is off: log() would do nothing, so the caller need not build a record.
+  bool enabled() const { return out_ != nullptr; }
   std::uint64_t dropped() const { return dropped_.load(); }
   void flush();
 

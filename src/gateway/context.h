@@ -143,6 +143,7 @@ struct Ctx {
   Outcome outcome;
   std::string model_served;
   std::string upstream;
+  const Deployment* deployment = nullptr;  // upstream's (its metric series are cached there)
   Nanos ttft = -1;
   providers::Usage usage;
   cost::Micros cost_micro = 0;

@@ -13,36 +13,72 @@ namespace asio = boost::asio;
 
 namespace {
 
+// kRoutes' index of an endpoint label (endpoint_label returns the route's own view), or
+// kRoutes.size() for a label that is not a route.
+std::size_t route_index(std::string_view label) {
+  for (std::size_t i = 0; i < kRoutes.size(); ++i) {
+    if (label.data() == kRoutes[i].path.data()) return i;
+  }
+  return kRoutes.size();
+}
+
 void record_metrics(Ctx& c) {
+  static_assert(kRoutes.size() == GroupMetricCache::kRoutes);
   auto& m = *c.sh.metrics;
   const auto path = endpoint_label(c.req.path());
   const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
-  const std::string_view prio =
-      c.key ? admission::kPriorityLabels[static_cast<std::size_t>(c.priority.priority)] : "";
-  m.requests.with({path, model, telemetry::status_class(c.status), prio}).inc();
+  const auto prio_index = static_cast<std::size_t>(c.priority.priority);
+  const std::string_view prio = c.key ? admission::kPriorityLabels[prio_index] : "";
+  const std::string_view status = telemetry::status_class(c.status);
+  // An authenticated request of a group: its series are resolved once, in the group.
+  GroupMetricCache* g = c.key && c.group && prio_index < GroupMetricCache::kPriorities
+                            ? c.group->metrics.get()
+                            : nullptr;
+  const std::size_t route = route_index(path);
+  const int cls = c.status / 100;
+  if (g && route < kRoutes.size() && cls >= 1 && cls <= 5) {
+    const std::size_t slot =
+        (route * GroupMetricCache::kClasses + static_cast<std::size_t>(cls - 1)) *
+            GroupMetricCache::kPriorities +
+        prio_index;
+    g->requests.get(m.requests, slot, {path, model, status, prio}).inc();
+  } else {
+    m.requests.with({path, model, status, prio}).inc();
+  }
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
   const double duration_s = to_seconds(c.now() - c.start);
-  m.request_duration.with({path, model}).observe(duration_s);
-  m.priority_duration.with({prio}).observe(duration_s);
+  auto& duration = g && route < kRoutes.size()
+                       ? g->duration.get(m.request_duration, route, {path, model})
+                       : m.request_duration.with({path, model});
+  duration.observe(duration_s);
+  auto& by_priority = g ? g->priority_duration.get(m.priority_duration, prio_index, {prio})
+                        : m.priority_duration.with({prio});
+  by_priority.observe(duration_s);
   if (c.ttft >= 0 && c.llm.stream) {
     m.ttft.with({model}).observe(to_seconds(c.ttft));
     m.priority_ttft.with({prio}).observe(to_seconds(c.ttft));
   }
   const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
+  auto tokens = [&](std::size_t slot, std::string_view kind) -> telemetry::Counter& {
+    return g && served == model ? g->tokens.get(m.tokens, slot, {served, kind})
+                                : m.tokens.with({served, kind});
+  };
   if (c.usage.prompt_tokens > 0) {
-    m.tokens.with({served, "prompt"}).add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
+    tokens(0, "prompt").add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
   }
   if (c.usage.completion_tokens > 0) {
-    m.tokens.with({served, "completion"})
-        .add(static_cast<std::uint64_t>(c.usage.completion_tokens));
+    tokens(1, "completion").add(static_cast<std::uint64_t>(c.usage.completion_tokens));
   }
   if (!c.upstream.empty() && c.usage.prompt_tokens + c.usage.completion_tokens > 0) {
     note_deployment_tokens(c.sh, c.upstream, served,
-                           c.usage.prompt_tokens + c.usage.completion_tokens);
+                           c.usage.prompt_tokens + c.usage.completion_tokens, c.deployment);
   }
-  if (c.cost_micro > 0)
-    m.cost_usd.with({c.route_model}).add(static_cast<std::uint64_t>(c.cost_micro));
+  if (c.cost_micro > 0) {
+    auto& cost = g && c.route_model == model ? g->cost_usd.get(m.cost_usd, 0, {model})
+                                             : m.cost_usd.with({c.route_model});
+    cost.add(static_cast<std::uint64_t>(c.cost_micro));
+  }
   if (c.usage.cached_tokens > 0) {
     m.cached_tokens.with({served}).add(static_cast<std::uint64_t>(c.usage.cached_tokens));
   }
@@ -50,7 +86,9 @@ void record_metrics(Ctx& c) {
     m.cache_saved_usd.with({model}).add(static_cast<std::uint64_t>(c.cache.entry->cost_micro));
   }
   if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();
-  m.queue_wait.with({prio}).observe(to_seconds(c.queue_wait));
+  auto& queue_wait =
+      g ? g->queue_wait.get(m.queue_wait, prio_index, {prio}) : m.queue_wait.with({prio});
+  queue_wait.observe(to_seconds(c.queue_wait));
   if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
   if (!c.model_served.empty() && c.model_served != c.route_model) {
     m.fallbacks.with({c.route_model, c.model_served}).inc();
@@ -59,6 +97,7 @@ void record_metrics(Ctx& c) {
 
 void write_access_log(Ctx& c) {
   record_metrics(c);
+  if (!c.sh.access_log->enabled()) return;
   const std::string error = c.outcome.label();
   AccessRecord r;
   std::string trace_scratch, span_scratch;

@@ -124,7 +124,18 @@ struct UpstreamHeaderScan {
 
 UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
   UpstreamHeaderScan s;
-  for (const auto& [k, v] : from.items()) {
+  // Over the wire form ("name: value\r\n" lines): a line is split only when its first letter
+  // can start a name wanted here (x-, a-, r-, o-); most of an answer's headers are not.
+  std::string_view rest = from.wire();
+  while (!rest.empty()) {
+    const auto eol = rest.find("\r\n");
+    const std::string_view line = rest.substr(0, eol);
+    rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 2);
+    const char first = static_cast<char>(line.empty() ? 0 : (line[0] | 0x20));
+    if (first != 'x' && first != 'a' && first != 'r' && first != 'o') continue;
+    const auto colon = line.find(": ");
+    if (colon == std::string_view::npos) continue;
+    const std::string_view k = line.substr(0, colon), v = line.substr(colon + 2);
     if (istarts_with(k, "x-ratelimit-") || istarts_with(k, "anthropic-ratelimit-") ||
         istarts_with(k, "retry-after")) {
       s.limits.add_parsed(k, v);
@@ -462,10 +473,21 @@ routing::Outcome outcome_for_status(int status, const http::Headers& h, std::str
 
 void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos latency) {
   auto& m = *c.sh.metrics;
-  m.upstream_requests
-      .with({deployment, status == 0 ? std::string_view("error") : telemetry::status_class(status)})
-      .inc();
-  m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+  const std::string_view cls =
+      status == 0 ? std::string_view("error") : telemetry::status_class(status);
+  // The attempt's deployment is c.deployment (forward sets both): its series are cached there.
+  auto* cache =
+      c.deployment && c.deployment->cfg->id == deployment ? c.deployment->metrics.get() : nullptr;
+  const int slot = status == 0 ? 0 : status / 100;
+  if (cache && slot >= 0 && slot <= 5 && (status == 0 || (status >= 100 && status < 600))) {
+    cache->upstream_requests
+        .get(m.upstream_requests, static_cast<std::size_t>(slot), {deployment, cls})
+        .inc();
+    cache->upstream_latency.get(m.upstream_latency, 0, {deployment}).observe(to_seconds(latency));
+  } else {
+    m.upstream_requests.with({deployment, cls}).inc();
+    m.upstream_latency.with({deployment}).observe(to_seconds(latency));
+  }
   if (c.sh.scaling) c.sh.scaling->note_attempt(deployment, latency);
 }
 
@@ -633,6 +655,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     }
     ++c.attempts;
     c.upstream = dep_cfg.id;
+    c.deployment = d;
     c.model_served = ticket.group();
     router.on_start(ticket, now);
     const Nanos sent_at = now;

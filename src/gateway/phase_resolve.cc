@@ -1,6 +1,7 @@
 // Phases 2 and 3: decode the client's body into one LlmRequest, and resolve the public model
 // name to its group, checking that the key may use it.
 #include <algorithm>
+#include <cstring>
 
 #include "api/chat.h"
 #include "api/messages.h"
@@ -11,6 +12,27 @@
 namespace bw::gateway {
 
 namespace {
+
+// Whether `body` holds "image_url" anywhere. Searched from its '_' (rare in a chat request),
+// not its 'i' (every few bytes of English text, each a false start of the plain search).
+bool mentions_image_url(std::string_view body) {
+  constexpr std::string_view kWord = "image_url";
+  constexpr std::size_t kUnderscore = 5;  // kWord[5] == '_'
+  const char* p = body.data();
+  const char* const end = body.data() + body.size();
+  while (p < end) {
+    const void* hit = std::memchr(p, '_', static_cast<std::size_t>(end - p));
+    if (!hit) return false;
+    const char* u = static_cast<const char*>(hit);
+    if (u - body.data() >= static_cast<std::ptrdiff_t>(kUnderscore) &&
+        end - u >= static_cast<std::ptrdiff_t>(kWord.size() - kUnderscore) &&
+        std::string_view(u - kUnderscore, kWord.size()) == kWord) {
+      return true;
+    }
+    p = u + 1;
+  }
+  return false;
+}
 
 // The stored turns of previous_response_id go before the request's own input.
 void apply_history(Ctx& c, api::Request& r, api::StoreLookup found,
@@ -95,8 +117,7 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
     c.llm = std::move(parsed.value());
     // Image URLs are checked before anything is sent, also on the passthrough path (the fast
     // parse does not read content parts).
-    if (endpoint == providers::Endpoint::kChat &&
-        c.req.body.find("image_url") != std::string::npos) {
+    if (endpoint == providers::Endpoint::kChat && mentions_image_url(c.req.body)) {
       auto decoded = api::decode_chat_request(c.req.body);
       if (!decoded) return decoded.error();
       c.canon = std::move(decoded.value());

@@ -23,6 +23,14 @@ std::string_view operation_name(providers::Endpoint e) {
       return "chat";
   }
 }
+// Awaits a phase that must wait into the flow's verdict. A co_await's result is a temporary of
+// the awaiting coroutine's frame, one per co_await expression: six Verdicts (about 160 bytes
+// each) made run_llm's frame larger than Asio's recycling allocator keeps (1020 bytes), which
+// cost an aligned malloc and free per request. Only a request that waits pays this small frame.
+asio::awaitable<void> into(asio::awaitable<Verdict> phase, std::optional<Verdict>& v) {
+  v = co_await std::move(phase);
+}
+
 }  // namespace
 
 asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
@@ -37,18 +45,18 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
 
   // 2 decode, 3 resolve: the body in the client's API, the model group
   v = phase_resolve::try_now(c, endpoint);
-  if (!v) v = co_await phase_resolve::run(c, endpoint);
+  if (!v) co_await into(phase_resolve::run(c, endpoint), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
   v = phase_cache::try_now(c);
-  if (!v) v = co_await phase_cache::run(c);
+  if (!v) co_await into(phase_cache::run(c), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
   // request and reserves no tokens)
   v = phase_rate_limit::try_now(c);
-  if (!v) v = co_await phase_rate_limit::run(c);
+  if (!v) co_await into(phase_rate_limit::run(c), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
   c.extra.add("x-bellwether-priority",
               admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
@@ -59,16 +67,16 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
 
   // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
   v = phase_cost::try_now(c);
-  if (!v) v = co_await phase_cost::run(c);
+  if (!v) co_await into(phase_cost::run(c), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 7 admission: a slot of the model group's concurrency, waiting in priority order
   v = phase_admission::try_now(c);
-  if (!v) v = co_await phase_admission::run(c);
+  if (!v) co_await into(phase_admission::run(c), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 8 forward and 9 respond: deployment, retries, fallbacks, the answer relayed
-  v = co_await forward::run(c);
+  co_await into(forward::run(c), v);
   if (!v->ok()) co_await reply_error(c, v->error());
   c.permit.complete(c.upstream_latency, c.upstream_status);
 }

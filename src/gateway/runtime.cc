@@ -66,6 +66,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
         dep.completions_target = base + "/completions";
         dep.embeddings_target = base + "/embeddings";
       }
+      dep.metrics->group = g.name;
       group.deployments.push_back(std::move(dep));
     }
     groups_.emplace(g.name, std::move(group));

@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "gateway/translate.h"
 #include "http/client.h"
+#include "telemetry/metrics.h"
 
 namespace bw::gateway {
 
@@ -26,15 +27,41 @@ struct Provider {
   std::string anthropic_version;
 };
 
+// The metric series a request of a group, and an attempt on a deployment, update, resolved on
+// first use (finish.cc, forward.cc) instead of a label lookup per series per request.
+struct GroupMetricCache {
+  static constexpr std::size_t kRoutes = 11;     // kRoutes in routes.h
+  static constexpr std::size_t kClasses = 5;     // 1xx .. 5xx
+  static constexpr std::size_t kPriorities = 3;  // 0 .. 2
+  // {endpoint, the group, status class, priority}: slot (route * kClasses + class) *
+  // kPriorities + priority.
+  telemetry::ChildCache<telemetry::Counter, kRoutes * kClasses * kPriorities> requests;
+  telemetry::ChildCache<telemetry::Histogram, kRoutes> duration;  // {endpoint, the group}
+  telemetry::ChildCache<telemetry::Histogram, kPriorities> priority_duration;  // {priority}
+  telemetry::ChildCache<telemetry::Histogram, kPriorities> queue_wait;         // {priority}
+  telemetry::ChildCache<telemetry::Counter, 2> tokens;    // {the group, prompt | completion}
+  telemetry::ChildCache<telemetry::Counter, 1> cost_usd;  // {the group}
+};
+
+struct DeploymentMetricCache {
+  std::string group;  // the group the deployment serves
+  // {deployment, status class}: slot 0 "error" (no answer), 1..5 1xx..5xx.
+  telemetry::ChildCache<telemetry::Counter, 6> upstream_requests;
+  telemetry::ChildCache<telemetry::Histogram, 1> upstream_latency;  // {deployment}
+  telemetry::ChildCache<telemetry::Counter, 1> tokens;              // {deployment, `group`}
+};
+
 struct Deployment {
   const config::DeploymentConfig* cfg = nullptr;
   const Provider* provider = nullptr;
   std::string chat_target, completions_target, embeddings_target;
+  std::unique_ptr<DeploymentMetricCache> metrics = std::make_unique<DeploymentMetricCache>();
 };
 
 struct ModelGroup {
   const config::ModelGroupConfig* cfg = nullptr;
   std::vector<Deployment> deployments;
+  std::unique_ptr<GroupMetricCache> metrics = std::make_unique<GroupMetricCache>();
 };
 
 struct KeyInfo {

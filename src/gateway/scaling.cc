@@ -208,11 +208,14 @@ void ScalingState::follow_replicas(Shared& sh, const config::Config& cfg,
 }
 
 void note_deployment_tokens(Shared& sh, const std::string& deployment, std::string_view model,
-                            std::int64_t tokens) {
+                            std::int64_t tokens, const Deployment* d) {
   if (sh.scaling) sh.scaling->note_tokens(deployment, tokens);
-  if (sh.metrics) {
-    sh.metrics->deployment_tokens.with({deployment, model}).add(static_cast<std::uint64_t>(tokens));
-  }
+  if (!sh.metrics) return;
+  auto& family = sh.metrics->deployment_tokens;
+  auto& child = d && d->cfg->id == deployment && d->metrics->group == model
+                    ? d->metrics->tokens.get(family, 0, {deployment, model})
+                    : family.with({deployment, model});
+  child.add(static_cast<std::uint64_t>(tokens));
 }
 
 std::string queue_metrics_body(Shared& sh, std::string_view observed_replicas) {

@@ -22,6 +22,7 @@
 namespace bw::gateway {
 
 struct Shared;
+struct Deployment;
 
 class ScalingState {
  public:
@@ -65,8 +66,9 @@ double process_cpu_seconds();
 double process_rss_bytes();
 
 // Counts a deployment's tokens for the planner and bellwether_deployment_tokens_total.
+// `d`: the deployment's runtime entry when at hand (its metric series are cached there).
 void note_deployment_tokens(Shared& sh, const std::string& deployment, std::string_view model,
-                            std::int64_t tokens);
+                            std::int64_t tokens, const Deployment* d = nullptr);
 
 // Body of GET /v1/metrics/queue: the admission queue's figures, the gateway's
 // "recommended_replicas" and the whole plan under "scaling". `observed_replicas` is the

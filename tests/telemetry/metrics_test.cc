@@ -190,6 +190,27 @@ TEST(Metrics, CardinalityCapFoldsIntoOverflow) {
   EXPECT_EQ(text.find("user=\"d\""), std::string::npos) << text;
 }
 
+TEST(Metrics, ChildCacheResolvesOnceAndServesOneFamily) {
+  Registry r;
+  auto& f = r.counter("cached_total", "Cached", {"route", "status"});
+  auto& other = r.counter("other_total", "Other", {"route", "status"});
+  ChildCache<Counter, 2> cache;
+  Counter& a = cache.get(f, 0, {"/x", "2xx"});
+  EXPECT_EQ(&a, &f.with({"/x", "2xx"}));
+  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a) << "the slot's child";
+  Counter& b = cache.get(f, 1, {"/x", "5xx"});
+  EXPECT_EQ(&b, &f.with({"/x", "5xx"}));
+  EXPECT_NE(&a, &b);
+  // Another family, or a slot out of range: looked up as usual, nothing cached.
+  EXPECT_EQ(&cache.get(other, 0, {"/y", "2xx"}), &other.with({"/y", "2xx"}));
+  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a);
+  EXPECT_EQ(&cache.get(f, 7, {"/z", "4xx"}), &f.with({"/z", "4xx"}));
+  a.inc();
+  cache.get(f, 0, {"/x", "2xx"}).add(2);
+  EXPECT_NE(r.expose().find("cached_total{route=\"/x\",status=\"2xx\"} 3\n"), std::string::npos)
+      << r.expose();
+}
+
 TEST(Metrics, ConcurrentRecordingIsExact) {
   Registry r;
   auto& c = r.counter("conc_total", "c", {"k"}).with({"x"});
