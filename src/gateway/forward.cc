@@ -4,10 +4,12 @@
 // the retry budget, and only while nothing has reached the client; fallback models follow when a
 // model has nothing left.
 #include <algorithm>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cmath>
 #include <random>
+#include <span>
 
 #include <spdlog/spdlog.h>
 
@@ -145,6 +147,37 @@ UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
   return s;
 }
 
+// The stretches of one read that the client gets, around the events held back from it. They
+// leave as one chunk without being joined; only past the pieces that a write takes are the last
+// ones joined.
+class Stretches {
+ public:
+  void clear() {
+    n_ = 0;
+    size_ = 0;
+    joined_.clear();
+  }
+  void add(std::string_view s) {
+    if (s.empty()) return;
+    size_ += s.size();
+    if (n_ < views_.size()) {
+      views_[n_++] = s;
+      return;
+    }
+    if (joined_.empty()) joined_.assign(views_.back());
+    joined_.append(s);
+    views_.back() = joined_;
+  }
+  std::span<const std::string_view> pieces() const { return {views_.data(), n_}; }
+  std::size_t size() const { return size_; }
+
+ private:
+  std::array<std::string_view, http::ResponseWriter::kMaxChunkPieces> views_;
+  std::size_t n_ = 0;
+  std::size_t size_ = 0;
+  std::string joined_;
+};
+
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
 // usage chunk is only shown to a client that asked for it.
 asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Headers headers) {
@@ -162,7 +195,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   }
   c.status = 200;
   http::SseSplitter splitter;
-  std::string out, scratch;
+  Stretches send;
+  std::string scratch;
   std::size_t text_chars = 0, text_chunks = 0;
   bool saw_done = false, ended = false;
   for (;;) {
@@ -183,11 +217,11 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     if (piece->empty()) break;
     if (c.ttft < 0) c.ttft = c.now() - c.start;
     // Every complete event of this read leaves in one write. Events pass through as they came:
-    // the bytes are written from the read itself (`run`, a contiguous stretch of it) and copied
-    // into `out` only around an event that is held back.
+    // the bytes are written from the read itself (`run`, a contiguous stretch of it), in
+    // several stretches around an event that is held back.
     const std::string_view window = splitter.window(*piece);
     std::string_view rest = window, event, run;
-    out.clear();
+    send.clear();
     while (http::next_event(rest, event)) {
       auto data = http::sse_data(event, scratch);
       auto info = providers::inspect_chunk(data);
@@ -199,23 +233,19 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       if (info.usage.present) c.usage = info.usage;
       phase_cache::capture_event(c, event);
       if (info.usage_only && !c.llm.client_wants_usage) {
-        out.append(run);
+        send.add(run);
         run = {};
         continue;
       }
       run = run.empty() ? event : std::string_view(run.data(), run.size() + event.size());
     }
-    std::string_view send = run;
-    if (!out.empty()) {
-      out.append(run);
-      send = out;
-    }
-    tracing::observe_output(c, send);
+    send.add(run);
+    for (auto p : send.pieces()) tracing::observe_output(c, p);
     // Before keep(): `send` may point into the splitter's buffer, which keep() rewrites.
     const bool last = saw_done && up.complete();
-    if (!send.empty()) {
+    if (send.size() != 0) {
       c.bytes_out += send.size();
-      const bool ok = last ? co_await c.w.end_stream_with(send) : co_await c.w.write_chunk(send);
+      const bool ok = co_await c.w.write_chunk_pieces(send.pieces(), last);
       if (!ok) {
         // The client went away: drop the upstream connection so the provider stops generating.
         note_client_gone(c);

@@ -315,6 +315,25 @@ class Session final : public ResponseWriter {
         asio::buffer("\r\n0\r\n\r\n", 7)});
   }
 
+  asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
+                                           bool end) override {
+    std::size_t size = 0;
+    for (auto p : pieces) size += p.size();
+    if (pieces.size() > kMaxChunkPieces || size == 0 || broken_ || head_only_) {
+      co_return co_await ResponseWriter::write_chunk_pieces(pieces, end);
+    }
+    if (end) finished_ = true;
+    char head[20];
+    std::array<asio::const_buffer, kMaxChunkPieces + 3> buffers{};  // unused ones stay empty
+    buffers[0] = held_head();
+    buffers[1] = asio::buffer(head, wire::chunk_header(head, size));
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      buffers[2 + i] = asio::buffer(pieces[i].data(), pieces[i].size());
+    }
+    buffers[2 + pieces.size()] = end ? asio::buffer("\r\n0\r\n\r\n", 7) : asio::buffer("\r\n", 2);
+    co_return co_await write(buffers);
+  }
+
   void watch_disconnect(std::function<void()> on_gone) override {
     if (broken_ || !socket_.is_open()) return;
     // Bytes already buffered are a pipelined request: EOF behind them cannot be seen.

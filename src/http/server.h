@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -72,6 +74,18 @@ class ResponseWriter {
   virtual boost::asio::awaitable<bool> end_stream_with(std::string_view data) {
     if (!co_await write_chunk(data)) co_return false;
     co_return co_await end_stream();
+  }
+  // write_chunk (or end_stream_with when `end`) of the pieces joined, for a caller whose chunk
+  // lies in several places: a writer that can sends them in one write without joining them.
+  // At most kMaxChunkPieces pieces.
+  static constexpr std::size_t kMaxChunkPieces = 4;
+  virtual boost::asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
+                                                          bool end) {
+    std::string joined;
+    for (auto p : pieces) joined.append(p);
+    // An if, not ?: around the two co_awaits, which GCC 12 would both run.
+    if (end) co_return co_await end_stream_with(joined);
+    co_return co_await write_chunk(joined);
   }
   // True once any byte of the response has been written.
   virtual bool started() const = 0;

@@ -189,6 +189,30 @@ TEST(Pipeline, StreamWritesEachReadsEventsTogetherAndALoneEventAtOnce) {
   EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
 }
 
+// Usage chunks that a client did not ask for are cut out of a read wherever they are; the rest
+// leaves in one write, also with more stretches between them than one write takes.
+TEST(Pipeline, StreamHidesEveryUsageChunkOfAReadAndWritesTheRestTogether) {
+  Pipeline p(kBase);
+  const std::string a = "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n";
+  const std::string b = "data: {\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\n\n";
+  auto usage = [](int n) {
+    return "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":" +
+           std::to_string(n) + "}}\n\n";
+  };
+  const std::string done = "data: [DONE]\n\n";
+  p.upstream->answers = {[&](const Seen&) {
+    return FakeUpstream::stream({a + usage(1) + b + usage(2) + a + usage(3) + b + usage(4) + a +
+                                 usage(5) + b + usage(6) + done});
+  }};
+  auto r = p.chat("m", {{"authorization", bearer(kKey)}}, true);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.ended);
+  EXPECT_EQ(r.writes, (std::vector<std::string>{a + b + a + b + a + b + done})) << r.body;
+  auto log = p.access_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_TRUE(has(log[0], R"("completion_tokens":6)")) << log[0];
+}
+
 TEST(Pipeline, FinishRunsWhenTheUpstreamThrows) {
   Pipeline p(kBase);
   p.upstream->throw_next = true;

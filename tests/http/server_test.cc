@@ -195,5 +195,47 @@ TEST(ServerWatch, PipelinedRequestsAreAnsweredAndNeverReadAsGone) {
   ::close(fd);
 }
 
+// A chunk given in pieces goes out as the pieces joined: one chunk of their total size, the held
+// head in front of the first, the end of the body after the last; more pieces than a write
+// takes, or none with bytes, are handled like write_chunk and end_stream_with.
+TEST(Server, AChunkInPiecesIsTheirJoinedBytes) {
+  ServerOptions o;
+  o.port = 0;
+  o.workers = 1;
+  Server server(o, [](Request&, ResponseWriter& w) -> boost::asio::awaitable<void> {
+    Headers h;
+    h.add("content-type", "text/event-stream");
+    co_await w.begin_stream_held(200, h);
+    const std::string_view three[] = {"data: a\n\n", "", "data: b\n\n"};
+    co_await w.write_chunk_pieces(three, false);
+    const std::string_view empty[] = {"", ""};
+    co_await w.write_chunk_pieces(empty, false);
+    const std::string_view many[] = {"1", "2", "3", "4", "5", "6"};
+    co_await w.write_chunk_pieces(many, false);
+    const std::string_view last[] = {"data: c\n\n", "data: [DONE]\n\n"};
+    co_await w.write_chunk_pieces(last, true);
+  });
+  ASSERT_TRUE(server.start().ok());
+  server.run();
+  int fd = connect_to(server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::string got;
+  char buf[4096];
+  while (got.find("\r\n0\r\n\r\n") == std::string::npos) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  const auto body = got.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos) << got;
+  EXPECT_NE(got.find("transfer-encoding: chunked"), std::string::npos) << got;
+  EXPECT_EQ(got.substr(body + 4),
+            "12\r\ndata: a\n\ndata: b\n\n\r\n6\r\n123456\r\n17\r\ndata: c\n\ndata: "
+            "[DONE]\n\n\r\n0\r\n\r\n");
+  server.stop();
+}
+
 }  // namespace
 }  // namespace bw::http
