@@ -167,6 +167,14 @@ done
 # CPU ticks of a server: the Bellwether process (all its threads), or nginx's master and worker.
 server_ticks() { proc_ticks "${pid[$1]}"; }
 
+# The production gateway's ledger counters: committed records and group commits.
+ledger_counts() {
+  curl -s "http://127.0.0.1:$prod_port/metrics" | awk '
+    /^bellwether_ledger_records_total\{result="committed"\} / {r = $2}
+    /^bellwether_ledger_commits_total / {c = $2}
+    END {printf "%d %d\n", r, c}'
+}
+
 # One run of wrk on CLIENT_CPU; sets rps, p50, p99 (ms) and cpu (the server's µs per request).
 run() {
   local t="$1" c="$2" out t0 t1 n
@@ -194,6 +202,8 @@ run() {
       -- sleep "$DURATION" >/dev/null 2>&1 &
     sys_pid=$!
   fi
+  local led0=""
+  [[ "$t" == bw-prod ]] && led0="$(ledger_counts)"
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
@@ -211,6 +221,13 @@ run() {
     kill -INT "$strace_pid"
     wait "$strace_pid" || true
     echo "requests: $(awk '/requests in/ {print $1}' <<<"$out")" >>"$STRACE_DIR/$t-c$c-r$3.txt"
+  fi
+  if [[ -n "$led0" ]]; then
+    # Records per group commit during the run, from the gateway's own counters.
+    read -r r0 c0 <<<"$led0"
+    read -r r1 c1 <<<"$(ledger_counts)"
+    echo "ledger, $t at $c connections: $((r1 - r0)) records in $((c1 - c0)) group commits" \
+      "($(awk -v r=$((r1 - r0)) -v c=$((c1 - c0)) 'BEGIN {printf "%.1f", c ? r / c : 0}') per commit)" >&2
   fi
   wrk_figures "$out" "$((t1 - t0))" "$t at $c connections"
 }

@@ -338,6 +338,19 @@ std::string render_metrics(Shared& sh) {
       dropped.add(sh.dead_letters->dropped_total() - dropped.units());
     }
   }
+  if (sh.ledger) {
+    const cost::LedgerStats st = sh.ledger->stats();
+    static std::mutex ledger_mu;  // as above: scrapes may run on two workers at once
+    std::lock_guard lock(ledger_mu);
+    const auto forward = [](telemetry::Counter& c, std::uint64_t total) {
+      if (total > c.units()) c.add(total - c.units());
+    };
+    forward(m.ledger_records.with({"committed"}), st.records_committed);
+    forward(m.ledger_records.with({"failed"}), st.records_failed);
+    forward(m.ledger_commits.get(), st.commits);
+    forward(m.ledger_queue_full.get(), st.queue_full);
+    m.ledger_queue_depth.get().set(static_cast<double>(st.queue_depth));
+  }
   if (m.budget_utilization && sh.budget_store) {
     for (const auto& [id, u] : sh.budget_store->utilisation(sh.clock.unix_millis())) {
       m.budget_utilization->with({id}).set(u);

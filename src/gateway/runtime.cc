@@ -97,7 +97,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
 }
 
 const ModelGroup* Runtime::group(std::string_view model) const {
-  auto it = groups_.find(std::string(model));
+  auto it = groups_.find(model);
   return it == groups_.end() ? nullptr : &it->second;
 }
 

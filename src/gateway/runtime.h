@@ -2,6 +2,7 @@
 // Runtime: the immutable snapshot the data plane reads, built from one Config. A reload builds a
 // new Runtime and swaps it in atomically; requests in flight keep the snapshot they started with.
 // Thread safety: immutable after construction.
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -88,7 +89,13 @@ class Runtime {
  private:
   std::shared_ptr<const config::Config> cfg_;
   std::unordered_map<std::string, Provider> providers_;
-  std::unordered_map<std::string, ModelGroup> groups_;
+  // Looked up by the request's model (a string_view) without building a string (a model name
+  // longer than the short-string buffer would cost an allocation per request).
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, ModelGroup, NameHash, std::equal_to<>> groups_;
   std::unordered_map<std::string, KeyInfo> keys_;
   std::unordered_map<std::string, const Deployment*> deployments_;
   std::unordered_map<std::string, const KeyInfo*> keys_by_name_;

@@ -22,8 +22,10 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   if (!m.ok()) return m.error();
   auto reader = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms);
   if (!reader.ok()) return reader.error();
-  std::unique_ptr<SqliteLedger> ledger(
-      new SqliteLedger(std::move(options), std::move(*writer), std::move(*reader)));
+  auto checkpoint = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms);
+  if (!checkpoint.ok()) return checkpoint.error();
+  std::unique_ptr<SqliteLedger> ledger(new SqliteLedger(
+      std::move(options), std::move(*writer), std::move(*reader), std::move(*checkpoint)));
   // The schema's CHECK (status IN ('open','settled','released')) makes SQLite build and drop a
   // temporary b-tree for the IN list at every row written, about a third of the writer's work
   // per request. This connection only ever writes those three values (the literal 'open' and
@@ -49,18 +51,65 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   ledger->settle_st_ = std::move(*upd);
   ledger->begin_st_ = std::move(*begin);
   ledger->commit_st_ = std::move(*commit);
+  // Replaces the connection's auto-checkpoint (itself a WAL hook): checkpoints move to their
+  // own thread (see the header).
+  sqlite3_wal_hook(ledger->writer_db_.get(), &SqliteLedger::on_wal_commit, ledger.get());
+  ledger->checkpointer_ = std::thread([l = ledger.get()] { l->checkpoint_loop(); });
   ledger->start_writer();
   return ledger;
 }
 
-SqliteLedger::SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader)
+SqliteLedger::SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader,
+                           SqliteDb checkpoint)
     : QueuedLedger(options.queue_capacity, options.max_batch),
       options_(std::move(options)),
       writer_db_(std::move(writer)),
-      reader_db_(std::move(reader)) {}
+      reader_db_(std::move(reader)),
+      checkpoint_db_(std::move(checkpoint)) {}
 
 SqliteLedger::~SqliteLedger() {
   stop_writer();
+  stop_checkpointer();
+}
+
+int SqliteLedger::on_wal_commit(void* self, sqlite3*, const char*, int frames) {
+  auto* l = static_cast<SqliteLedger*>(self);
+  if (frames >= kCheckpointFrames && !l->checkpoint_wanted_.exchange(true)) {
+    { std::lock_guard lock(l->checkpoint_mu_); }  // no lost wake-up between check and wait
+    l->checkpoint_cv_.notify_one();
+  }
+  return SQLITE_OK;
+}
+
+void SqliteLedger::checkpoint_loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(checkpoint_mu_);
+      checkpoint_cv_.wait(lock, [&] { return checkpoint_stop_ || checkpoint_wanted_.load(); });
+      if (checkpoint_stop_) return;
+    }
+    checkpoint_wanted_.store(false);
+    int log = 0;
+    int done = 0;
+    // Failures (e.g. SQLITE_BUSY) leave the WAL as it is; the next commit asks again.
+    sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log,
+                              &done);
+    checkpoints_.fetch_add(1, std::memory_order_relaxed);
+    if (log >= kRestartFrames) {
+      sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr, SQLITE_CHECKPOINT_RESTART, &log,
+                                &done);
+      checkpoints_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+void SqliteLedger::stop_checkpointer() {
+  {
+    std::lock_guard lock(checkpoint_mu_);
+    checkpoint_stop_ = true;
+  }
+  checkpoint_cv_.notify_one();
+  if (checkpointer_.joinable()) checkpointer_.join();
 }
 
 Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {

@@ -8,9 +8,20 @@
 // last commits, i.e. a forwarded request's reservation. The gateway picks one from
 // `ledger.durability` (process = NORMAL, its default; machine = FULL). Group commit shares the
 // fsync of FULL among the whole batch.
+//
+// Checkpoints (copying the WAL into the database file, with its syncs) run on a thread and a
+// connection of their own, never inside a group commit: the writer's connection has no
+// auto-checkpoint. A PASSIVE checkpoint starts once the WAL holds kCheckpointFrames pages; it
+// never blocks the writer. Under steady writes a passive checkpoint cannot let the WAL start
+// over (new frames arrive while it runs), so once the WAL reaches kRestartFrames a RESTART
+// checkpoint waits for the writer to be between two transactions and resets it: that bounds the
+// WAL file (about 40 MB with 4 KiB pages).
+#include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "cost/ledger.h"
 #include "store/queued_ledger.h"
@@ -30,8 +41,13 @@ class SqliteLedger final : public QueuedLedger {
  public:
   // Opens the file, applies migrations and starts the writer thread.
   static Result<std::unique_ptr<SqliteLedger>> open(SqliteLedgerOptions options);
-  // Commits everything still queued, then stops the writer.
+  // Commits everything still queued, then stops the writer and the checkpointer.
   ~SqliteLedger() override;
+
+  static constexpr int kCheckpointFrames = 1'000;
+  static constexpr int kRestartFrames = 10'000;
+  // Checkpoints run so far (PASSIVE and RESTART).
+  std::uint64_t checkpoints() const { return checkpoints_.load(std::memory_order_relaxed); }
 
   Result<std::vector<cost::LedgerRow>> open_reservations() override;
   Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t since_unix_ms) override;
@@ -41,7 +57,11 @@ class SqliteLedger final : public QueuedLedger {
                                                          std::int64_t to_unix_ms) override;
 
  private:
-  SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader);
+  SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader, SqliteDb checkpoint);
+  // The writer connection's WAL hook: after each commit, with the WAL's size in frames.
+  static int on_wal_commit(void* self, sqlite3* db, const char* name, int frames);
+  void checkpoint_loop();
+  void stop_checkpointer();
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
   // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
@@ -57,6 +77,14 @@ class SqliteLedger final : public QueuedLedger {
 
   std::mutex reader_mu_;
   SqliteDb reader_db_;
+
+  SqliteDb checkpoint_db_;  // checkpointer thread only
+  std::atomic<bool> checkpoint_wanted_{false};
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_stop_ = false;  // guarded by checkpoint_mu_
+  std::atomic<std::uint64_t> checkpoints_{0};
+  std::thread checkpointer_;
 };
 
 }  // namespace bw::store

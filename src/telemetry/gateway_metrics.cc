@@ -86,6 +86,17 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
       dlq_dropped(r.counter(
           "bellwether_dlq_dropped_total",
           "Dead-letter entries dropped (oldest first) to keep the queue within its bounds.")),
+      ledger_records(r.counter("bellwether_ledger_records_total",
+                               "Ledger records (reservations and settlements) written, by result.",
+                               {"result"})),
+      ledger_commits(r.counter("bellwether_ledger_commits_total",
+                               "Ledger transactions: each group commit writes every record "
+                               "queued since the previous one.")),
+      ledger_queue_full(r.counter("bellwether_ledger_queue_full_total",
+                                  "Ledger records refused because the write queue was full (the "
+                                  "request is refused with 503, never forwarded unrecorded).")),
+      ledger_queue_depth(
+          r.gauge("bellwether_ledger_queue_depth", "Ledger records queued and not yet committed.")),
       cache_hits(r.counter("bellwether_cache_hits_total", "Response cache hits.")),
       cache_misses(r.counter("bellwether_cache_misses_total", "Response cache misses.")),
       cache_saved_usd(r.counter("bellwether_cache_saved_usd_total",
@@ -170,6 +181,11 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
   in_flight.get();
   dlq_entries.get();
   dlq_dropped.get();
+  ledger_records.with({"committed"});
+  ledger_records.with({"failed"});
+  ledger_commits.get();
+  ledger_queue_full.get();
+  ledger_queue_depth.get();
   cache_hits.get();
   cache_misses.get();
   replicas_recommended.with({"gateway", "", ""});

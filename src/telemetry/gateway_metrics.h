@@ -46,6 +46,10 @@ struct GatewayMetrics {
   CounterFamily& fallbacks;            // {from,to}
   CounterFamily& dlq_entries;          // no labels
   CounterFamily& dlq_dropped;          // no labels
+  CounterFamily& ledger_records;       // {result}: committed, failed
+  CounterFamily& ledger_commits;       // no labels: transactions (group commits)
+  CounterFamily& ledger_queue_full;    // no labels: records refused by a full queue
+  GaugeFamily& ledger_queue_depth;     // no labels
   CounterFamily& cache_hits;           // no labels
   CounterFamily& cache_misses;         // no labels
   CounterFamily& cache_saved_usd;      // {model}; add() takes micro-dollars

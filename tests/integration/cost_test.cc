@@ -368,6 +368,42 @@ TEST(CostGuard, LedgerSurvivesKillNineUnderLoad) {
       << "open ledger reservations are not held in the budget after a restart";
 }
 
+// --- the ledger's write path in /metrics ---------------------------------------------------------
+
+TEST(CostGuard, LedgerMetricsCountRecordsAndGroupCommits) {
+  auto e = start(R"(keys:
+  - {name: meter, key: sk-cost-meter-0001, plan: bulk, budget: {cap_usd: 100, period: total}}
+)");
+  constexpr int kN = 40;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kN / 8; ++i) {
+        auto r = post_json(e.gw.port, kChat, chat_body("metered", false, 10), "sk-cost-meter-0001");
+        if (r.status == 200) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(ok.load(), kN);
+  // Each request writes its reservation and its settlement; settlements are written after the
+  // answer, so wait for them.
+  std::string text;
+  ASSERT_TRUE(eventually([&] {
+    text = request(e.gw.port, "GET", "/metrics").body;
+    return metric(text, "bellwether_ledger_records_total{result=\"committed\"}") == 2.0 * kN;
+  })) << text;
+  EXPECT_EQ(metric(text, "bellwether_ledger_records_total{result=\"failed\"}"), 0.0);
+  const double commits = metric(text, "bellwether_ledger_commits_total");
+  EXPECT_GE(commits, 1.0);
+  EXPECT_LE(commits, 2.0 * kN);
+  EXPECT_EQ(metric(text, "bellwether_ledger_queue_full_total"), 0.0);
+  EXPECT_EQ(metric(text, "bellwether_ledger_queue_depth"), 0.0);
+  std::printf("[ ledger metrics ] %d requests: %.0f records in %.0f group commits\n", kN, 2.0 * kN,
+              commits);
+}
+
 // --- 3. an abandoned stream is charged for what was generated ------------------------------------
 
 TEST(CostGuard, AbandonedStreamIsChargedForTokensSoFar) {

@@ -118,13 +118,6 @@ std::vector<std::string> list_entries(const std::string& doc) {
   return out;
 }
 
-// The value of an unlabelled sample in Prometheus text; NaN when the series is missing.
-double metric(const std::string& text, const std::string& name) {
-  auto p = text.find("\n" + name + " ");
-  if (p == std::string::npos) return std::nan("");
-  return std::strtod(text.c_str() + p + name.size() + 2, nullptr);
-}
-
 // ---- processes
 // -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <cmath>
 
 #include <gtest/gtest.h>
 
@@ -375,6 +376,12 @@ std::string raw_post(const std::string& path, const std::string& body, const std
   for (const auto& [k, v] : extra) req += k + ": " + v + "\r\n";
   req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   return req;
+}
+
+double metric(const std::string& text, const std::string& series) {
+  auto p = text.find("\n" + series + " ");
+  if (p == std::string::npos) return std::nan("");
+  return std::strtod(text.c_str() + p + series.size() + 2, nullptr);
 }
 
 std::size_t count(const std::string& hay, const std::string& needle) {

@@ -90,6 +90,10 @@ std::string raw_post(const std::string& path, const std::string& body, const std
 // Counts occurrences of a substring.
 std::size_t count(const std::string& hay, const std::string& needle);
 
+// The value of one series in Prometheus text (`name` or `name{label="v"}`, exactly as exposed);
+// NaN when the series is missing.
+double metric(const std::string& text, const std::string& series);
+
 // Starts `bellwether sim` with the given YAML; returns its port.
 struct Sim {
   Process proc;

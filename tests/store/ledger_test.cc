@@ -7,6 +7,8 @@
 #include <sched.h>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <random>
 #include <set>
@@ -641,3 +643,47 @@ TYPED_TEST(Migrations, ConcurrentOpenersMigrateOnce) {
 
 }  // namespace
 }  // namespace bw::store
+
+namespace bw::store::testing {
+
+// Checkpoints run off the writer's thread and keep the WAL bounded under steady writes: a
+// passive one once the WAL holds kCheckpointFrames pages, a restart once it reaches
+// kRestartFrames.
+TEST(SqliteCheckpoints, RunInTheBackgroundAndBoundTheWal) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("bw_ckpt_" + std::to_string(::getpid()) + ".db"))
+          .string();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+  SqliteLedgerOptions o;
+  o.path = path;
+  o.synchronous_full = false;
+  auto opened = SqliteLedger::open(o);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  auto& ledger = **opened;
+  std::uintmax_t max_wal = 0;
+  // ~100 rows per commit; tens of thousands of WAL frames in all.
+  constexpr int kCommits = 600;
+  for (int c = 0; c < kCommits; ++c) {
+    for (int i = 0; i < 100; ++i) {
+      ASSERT_TRUE(ledger.append_reservation(
+          reservation(id_of("ck", c * 100L + i), "key_a", "acme", "gpt-4.1", 10, kJan1 + c), {},
+          Ledger::Wake::kDeferred));
+    }
+    ledger.flush();
+    std::error_code ec;
+    max_wal = std::max<std::uintmax_t>(max_wal, std::filesystem::file_size(path + "-wal", ec));
+  }
+  EXPECT_GT(ledger.checkpoints(), 0u);
+  // The restart threshold in 4 KiB pages, plus what arrives while a checkpoint runs.
+  EXPECT_LT(max_wal, 2u * SqliteLedger::kRestartFrames * 4096u) << max_wal;
+  auto row = ledger.find(id_of("ck", kCommits * 100L - 1));
+  ASSERT_TRUE(row.ok());
+  EXPECT_TRUE(row->has_value());
+  std::printf("[ checkpoints ] %llu checkpoints, largest WAL %.1f MB\n",
+              static_cast<unsigned long long>(ledger.checkpoints()),
+              static_cast<double>(max_wal) / 1e6);
+  opened->reset();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+}
+
+}  // namespace bw::store::testing
