@@ -146,13 +146,13 @@ class Scanner {
     }
   }
 
-  // Any value, at its first byte (p_ != end_).
+  // Any value, at its first byte (p_ != end_). Most are scalars, read here; a nested object or
+  // array goes to the out-of-line, recursive container().
   bool value(int depth) {
     switch (*p_) {
       case '{':
-        return members(depth, [&](const Str&) { return value(depth + 1); });
       case '[':
-        return elements(depth, [&] { return value(depth + 1); });
+        return container(depth);
       case '"': {
         Str s;
         return string(s);
@@ -166,6 +166,11 @@ class Scanner {
       default:
         return number();
     }
+  }
+
+  [[gnu::noinline]] bool container(int depth) {
+    if (*p_ == '{') return members(depth, [&](const Str&) { return value(depth + 1); });
+    return elements(depth, [&] { return value(depth + 1); });
   }
 
   bool literal(std::string_view word) {
