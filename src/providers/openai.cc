@@ -413,6 +413,21 @@ class MemberScanner {
   std::size_t members_ = 0;
 };
 
+// The members a rewrite adds before the body's closing brace: stream_options when usage is
+// forced, max_tokens (`cap`, unless empty) when the body had no output cap. `any`: the body
+// already has a member, so each addition starts with a comma.
+void append_added_members(std::string& out, bool any, bool include_usage, std::string_view cap) {
+  if (include_usage) {
+    out += any ? ",\"stream_options\":{\"include_usage\":true}"
+               : "\"stream_options\":{\"include_usage\":true}";
+    any = true;
+  }
+  if (!cap.empty()) {
+    out += any ? ",\"max_tokens\":" : "\"max_tokens\":";
+    out += cap;
+  }
+}
+
 // The common case without a second parse: the body's own bytes with `model` (and the output cap)
 // replaced and stream_options added. Declines (nullopt) when a key is escaped or stream_options
 // must be merged into an existing object; the DOM path handles those.
@@ -447,15 +462,8 @@ std::optional<std::string> rewrite_fast(std::string_view body, std::string_view 
   const std::size_t close = sc.close_at();
   if (close == std::string_view::npos) return std::nullopt;
   out.append(body.substr(copied, close - copied));
-  if (force_include_usage) {
-    out += any ? ",\"stream_options\":{\"include_usage\":true}"
-               : "\"stream_options\":{\"include_usage\":true}";
-    any = true;
-  }
-  if (max_tokens > 0 && !saw_max) {
-    out += any ? ",\"max_tokens\":" : "\"max_tokens\":";
-    out += std::to_string(max_tokens);
-  }
+  append_added_members(out, any, force_include_usage,
+                       max_tokens > 0 && !saw_max ? std::to_string(max_tokens) : std::string());
   out.append(body.substr(close));
   return out;
 }
@@ -502,16 +510,8 @@ std::optional<std::string> rewrite_from_layout(std::string_view body, const Body
     }
   }
   out.append(body.substr(copied, l.close - copied));
-  bool any = l.any_member;
-  if (force_include_usage) {
-    out += any ? ",\"stream_options\":{\"include_usage\":true}"
-               : "\"stream_options\":{\"include_usage\":true}";
-    any = true;
-  }
-  if (max_tokens > 0 && !saw_max) {
-    out += any ? ",\"max_tokens\":" : "\"max_tokens\":";
-    out += cap_text;
-  }
+  append_added_members(out, l.any_member, force_include_usage,
+                       max_tokens > 0 && !saw_max ? cap_text : std::string_view());
   out.append(body.substr(l.close));
   return out;
 }
