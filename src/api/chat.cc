@@ -106,10 +106,12 @@ void read_usage(dom::element u, Usage& out) {
   out.prompt_tokens = json::num(u, "prompt_tokens");
   out.completion_tokens = json::num(u, "completion_tokens");
   std::int64_t v = 0;
-  if (u["prompt_tokens_details"]["cached_tokens"].get(v) == simdjson::SUCCESS) {
+  if (json::member(json::member(u, "prompt_tokens_details"), "cached_tokens").get(v) ==
+      simdjson::SUCCESS) {
     out.cached_tokens = v;
   }
-  if (u["completion_tokens_details"]["reasoning_tokens"].get(v) == simdjson::SUCCESS) {
+  if (json::member(json::member(u, "completion_tokens_details"), "reasoning_tokens").get(v) ==
+      simdjson::SUCCESS) {
     out.reasoning_tokens = v;
   }
 }
@@ -489,7 +491,7 @@ Result<Response> decode_chat_response(std::string_view body) {
     }
   }
   dom::element u;
-  if (doc["usage"].get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
   return r;
 }
 
@@ -618,7 +620,7 @@ class ChatStreamDecoder final : public StreamDecoder {
       }
     }
     dom::element u;
-    if (doc["usage"].get(u) == simdjson::SUCCESS && u.is_object()) {
+    if (json::member(doc, "usage").get(u) == simdjson::SUCCESS && u.is_object()) {
       StreamEvent e{.kind = StreamEvent::Kind::kUsage};
       read_usage(u, e.usage);
       out.push_back(std::move(e));

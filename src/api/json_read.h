@@ -33,22 +33,45 @@ Result<Ok> check_request_tree(dom::element doc);
 // parse_object (slot 0) and check_request_tree, with UTF-8 and depth errors named as such.
 Result<dom::element> parse_request_object(std::string_view body);
 
-// Field readers: a missing field, a field of another type, or a parent that is not an object
-// gives the empty value (or `fallback`), never an exception.
+using Lookup = simdjson::simdjson_result<dom::element>;
+
+// The member `key` of an object. With the key twice, the LAST one: providers' and client SDKs'
+// JSON parsers keep the last duplicate, and simdjson's own lookup (`e[key]`) returns the first,
+// so an upstream answer with `"usage"` (or a token count) twice would otherwise be billed from a
+// different value than the one the client reads. Not an object, or no such member: an error.
+inline Lookup member(dom::element e, std::string_view key) {
+  dom::object o;
+  if (e.get(o) != simdjson::SUCCESS) return simdjson::INCORRECT_TYPE;
+  Lookup found = simdjson::NO_SUCH_FIELD;
+  for (auto field : o) {
+    if (field.key == key) found = Lookup(dom::element(field.value));
+  }
+  return found;
+}
+inline Lookup member(Lookup e, std::string_view key) {
+  dom::element v;
+  if (e.get(v) != simdjson::SUCCESS) return e;
+  return member(v, key);
+}
+
+// Field readers (the last of duplicate members, as above): a missing field, a field of another
+// type, or a parent that is not an object gives the empty value (or `fallback`), never an
+// exception.
 inline std::string_view str(dom::element e, std::string_view key) {
   std::string_view s;
-  if (e[key].get(s) != simdjson::SUCCESS) return {};
+  if (member(e, key).get(s) != simdjson::SUCCESS) return {};
   return s;
 }
 inline bool has(dom::element e, std::string_view key) {
   dom::element v;
-  return e[key].get(v) == simdjson::SUCCESS && !v.is_null();
+  return member(e, key).get(v) == simdjson::SUCCESS && !v.is_null();
 }
 inline std::int64_t num(dom::element e, std::string_view key, std::int64_t fallback = 0) {
+  const Lookup m = member(e, key);
   std::int64_t v = 0;
-  if (e[key].get(v) == simdjson::SUCCESS) return v;
+  if (m.get(v) == simdjson::SUCCESS) return v;
   double d = 0;
-  if (e[key].get(d) == simdjson::SUCCESS) {
+  if (m.get(d) == simdjson::SUCCESS) {
     // Out of range (1e300, a huge unsigned) is clamped: the cast itself would be undefined.
     if (!(d > -9.2e18)) return d != d ? fallback : INT64_MIN;
     if (!(d < 9.2e18)) return INT64_MAX;
@@ -57,7 +80,6 @@ inline std::int64_t num(dom::element e, std::string_view key, std::int64_t fallb
   return fallback;
 }
 // The same on a lookup that may have failed (`parent["child"]`): a failed lookup reads as empty.
-using Lookup = simdjson::simdjson_result<dom::element>;
 inline std::string_view str(Lookup e, std::string_view key) {
   dom::element v;
   return e.get(v) == simdjson::SUCCESS ? str(v, key) : std::string_view{};

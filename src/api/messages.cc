@@ -522,7 +522,7 @@ Result<Response> decode_messages_response(std::string_view body) {
   r.finish = finish_from_stop(json::str(doc, "stop_reason"));
   r.stop_sequence = std::string(json::str(doc, "stop_sequence"));
   dom::element u;
-  if (doc["usage"].get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
   return r;
 }
 
@@ -599,7 +599,8 @@ class MessagesStreamDecoder final : public StreamDecoder {
       StreamEvent e{.kind = StreamEvent::Kind::kStart,
                     .id = std::string(json::str(doc["message"], "id"))};
       dom::element u;
-      if (doc["message"]["usage"].get(u) == simdjson::SUCCESS) read_usage(u, usage_);
+      if (json::member(json::member(doc, "message"), "usage").get(u) == simdjson::SUCCESS)
+        read_usage(u, usage_);
       e.usage = usage_;
       out.push_back(std::move(e));
     } else if (type == "content_block_start") {
@@ -638,7 +639,7 @@ class MessagesStreamDecoder final : public StreamDecoder {
       }
     } else if (type == "message_delta") {
       dom::element u;
-      if (doc["usage"].get(u) == simdjson::SUCCESS) read_usage(u, usage_);
+      if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, usage_);
       std::string_view sr;
       if (doc["delta"]["stop_reason"].get(sr) == simdjson::SUCCESS) {
         out.push_back(

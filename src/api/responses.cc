@@ -89,8 +89,11 @@ void read_usage(dom::element u, Usage& out) {
   out.prompt_tokens = json::num(u, "input_tokens");
   out.completion_tokens = json::num(u, "output_tokens");
   std::int64_t v = 0;
-  if (u["input_tokens_details"]["cached_tokens"].get(v) == simdjson::SUCCESS) out.cached_tokens = v;
-  if (u["output_tokens_details"]["reasoning_tokens"].get(v) == simdjson::SUCCESS) {
+  if (json::member(json::member(u, "input_tokens_details"), "cached_tokens").get(v) ==
+      simdjson::SUCCESS)
+    out.cached_tokens = v;
+  if (json::member(json::member(u, "output_tokens_details"), "reasoning_tokens").get(v) ==
+      simdjson::SUCCESS) {
     out.reasoning_tokens = v;
   }
 }
@@ -493,7 +496,7 @@ Result<Response> decode_responses_response(std::string_view body) {
                    : FinishReason::kLength;
   }
   dom::element u;
-  if (doc["usage"].get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
   return r;
 }
 
@@ -660,7 +663,8 @@ class ResponsesStreamDecoder final : public StreamDecoder {
       done_ = true;
       StreamEvent e{.kind = StreamEvent::Kind::kUsage};
       dom::element u;
-      if (doc["response"]["usage"].get(u) == simdjson::SUCCESS) read_usage(u, e.usage);
+      if (json::member(json::member(doc, "response"), "usage").get(u) == simdjson::SUCCESS)
+        read_usage(u, e.usage);
       if (e.usage.present) out.push_back(std::move(e));
     }
   }

@@ -268,7 +268,7 @@ Result<api::Response> decode_gemini_response(std::string_view body) {
   r.finish = any_call && finish_from(finish) == FinishReason::kStop ? FinishReason::kToolCalls
                                                                     : finish_from(finish);
   dom::element u;
-  if (doc["usageMetadata"].get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usageMetadata").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
   return r;
 }
 
@@ -374,7 +374,7 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
       }
     }
     dom::element u;
-    if (doc["usageMetadata"].get(u) == simdjson::SUCCESS) {
+    if (json::member(doc, "usageMetadata").get(u) == simdjson::SUCCESS) {
       api::StreamEvent e{.kind = K::kUsage};
       read_usage(u, e.usage);
       usage_ = e.usage;

@@ -41,10 +41,14 @@ std::size_t json_chars(simdjson::dom::element v) {
 
 void read_usage(simdjson::dom::element usage, Usage& u) {
   if (!usage.is_object()) return;
+  // The last of duplicate members, as the client reads them (api::json::member).
   std::int64_t v = 0;
-  if (usage["prompt_tokens"].get(v) == simdjson::SUCCESS) u.prompt_tokens = v;
-  if (usage["completion_tokens"].get(v) == simdjson::SUCCESS) u.completion_tokens = v;
-  if (usage["prompt_tokens_details"]["cached_tokens"].get(v) == simdjson::SUCCESS) {
+  if (api::json::member(usage, "prompt_tokens").get(v) == simdjson::SUCCESS) u.prompt_tokens = v;
+  if (api::json::member(usage, "completion_tokens").get(v) == simdjson::SUCCESS) {
+    u.completion_tokens = v;
+  }
+  if (api::json::member(api::json::member(usage, "prompt_tokens_details"), "cached_tokens")
+          .get(v) == simdjson::SUCCESS) {
     u.cached_tokens = v;
   }
   u.present = true;
@@ -606,7 +610,7 @@ Usage extract_usage(std::string_view body) {
   if (body.empty()) return u;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
-  if (doc["usage"].get(usage) == simdjson::SUCCESS) read_usage(usage, u);
+  if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS) read_usage(usage, u);
   return u;
 }
 
@@ -644,7 +648,7 @@ ChunkInfo parse_chunk(std::string_view data) {
   }
   if (maybe_usage) {
     simdjson::dom::element usage;
-    if (doc["usage"].get(usage) == simdjson::SUCCESS && usage.is_object()) {
+    if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS && usage.is_object()) {
       read_usage(usage, info.usage);
       info.usage_only = empty_choices;
     }

@@ -574,6 +574,29 @@ TEST(ExtractUsage, Values) {
   }
 }
 
+// Providers' and clients' JSON parsers keep the last of duplicate keys: the usage billed is the
+// one the client reads, never an earlier (smaller) copy.
+TEST(ExtractUsage, DuplicateKeysReadTheLast) {
+  auto u = extract_usage(R"({"usage":{"prompt_tokens":1,"completion_tokens":1},"choices":[],)"
+                         R"("usage":{"prompt_tokens":100,"completion_tokens":50}})");
+  EXPECT_TRUE(u.present);
+  EXPECT_EQ(u.prompt_tokens, 100);
+  EXPECT_EQ(u.completion_tokens, 50);
+  u = extract_usage(R"({"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens":100,)"
+                    R"("completion_tokens":50,"prompt_tokens_details":{"cached_tokens":90},)"
+                    R"("prompt_tokens_details":{"cached_tokens":0}}})");
+  EXPECT_EQ(u.prompt_tokens, 100);
+  EXPECT_EQ(u.completion_tokens, 50);
+  EXPECT_EQ(u.cached_tokens, 0);
+  // A stream's usage event, as the relay reads it.
+  const auto info =
+      inspect_chunk(R"({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1},)"
+                    R"("usage":{"prompt_tokens":7,"completion_tokens":9}})");
+  EXPECT_TRUE(info.usage.present);
+  EXPECT_EQ(info.usage.prompt_tokens, 7);
+  EXPECT_EQ(info.usage.completion_tokens, 9);
+}
+
 TEST(InspectChunk, DoneTextAndUsageOnly) {
   EXPECT_TRUE(inspect_chunk("[DONE]").done);
   auto text = inspect_chunk(R"({"choices":[{"index":0,"delta":{"content":"Hello"}}]})");
