@@ -271,6 +271,17 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   if (failed) std::rethrow_exception(failed);
 }
 
+namespace {
+
+// A counter that mirrors a running total kept elsewhere moves up to it at a scrape: counters
+// only move forward. Scrapes may run on two workers at once, so the caller holds a lock around
+// the read-then-add.
+void advance_to(telemetry::Counter& counter, std::uint64_t total) {
+  if (total > counter.units()) counter.add(total - counter.units());
+}
+
+}  // namespace
+
 std::string render_metrics(Shared& sh) {
   auto& m = *sh.metrics;
   const Nanos now = sh.clock.now();
@@ -283,17 +294,13 @@ std::string render_metrics(Shared& sh) {
     for (int r = 1; r < admission::kNumWaitReasons; ++r) {
       const auto reason = admission::kWaitReasonNames[static_cast<std::size_t>(r)];
       m.queue_waiting.with({reason}).set(static_cast<double>(snap.waiting_by_reason[r]));
-      // Counters only move forward: add the difference since the last scrape (scrapes may run
-      // on two workers at once, hence the lock).
-      static std::mutex mu;
+      static std::mutex mu;  // see advance_to
       std::lock_guard lock(mu);
       for (std::size_t p = 0; p < 3; ++p) {
-        auto& w = m.admission_waits.with({admission::kPriorityLabels[p], reason});
-        if (snap.waits_by_reason[r][p] > w.units()) w.add(snap.waits_by_reason[r][p] - w.units());
-        auto& f = m.admission_refusals.with({admission::kPriorityLabels[p], reason});
-        if (snap.refusals_by_reason[r][p] > f.units()) {
-          f.add(snap.refusals_by_reason[r][p] - f.units());
-        }
+        advance_to(m.admission_waits.with({admission::kPriorityLabels[p], reason}),
+                   snap.waits_by_reason[r][p]);
+        advance_to(m.admission_refusals.with({admission::kPriorityLabels[p], reason}),
+                   snap.refusals_by_reason[r][p]);
       }
     }
     for (const auto& d : snap.deployments) {
@@ -325,30 +332,19 @@ std::string render_metrics(Shared& sh) {
     m.breaker_state.with({d.id}).set(v);
   }
   if (sh.dead_letters) {
-    // Scrapes may run on two workers at once; the read-then-add below must not interleave.
-    static std::mutex dlq_mu;
+    static std::mutex dlq_mu;  // see advance_to
     std::lock_guard lock(dlq_mu);
-    auto& added = m.dlq_entries.get();
-    auto& dropped = m.dlq_dropped.get();
-    // Counters only move forward: add the difference since the last scrape.
-    if (sh.dead_letters->added_total() > added.units()) {
-      added.add(sh.dead_letters->added_total() - added.units());
-    }
-    if (sh.dead_letters->dropped_total() > dropped.units()) {
-      dropped.add(sh.dead_letters->dropped_total() - dropped.units());
-    }
+    advance_to(m.dlq_entries.get(), sh.dead_letters->added_total());
+    advance_to(m.dlq_dropped.get(), sh.dead_letters->dropped_total());
   }
   if (sh.ledger) {
     const cost::LedgerStats st = sh.ledger->stats();
-    static std::mutex ledger_mu;  // as above: scrapes may run on two workers at once
+    static std::mutex ledger_mu;  // see advance_to
     std::lock_guard lock(ledger_mu);
-    const auto forward = [](telemetry::Counter& c, std::uint64_t total) {
-      if (total > c.units()) c.add(total - c.units());
-    };
-    forward(m.ledger_records.with({"committed"}), st.records_committed);
-    forward(m.ledger_records.with({"failed"}), st.records_failed);
-    forward(m.ledger_commits.get(), st.commits);
-    forward(m.ledger_queue_full.get(), st.queue_full);
+    advance_to(m.ledger_records.with({"committed"}), st.records_committed);
+    advance_to(m.ledger_records.with({"failed"}), st.records_failed);
+    advance_to(m.ledger_commits.get(), st.commits);
+    advance_to(m.ledger_queue_full.get(), st.queue_full);
     m.ledger_queue_depth.get().set(static_cast<double>(st.queue_depth));
   }
   if (m.budget_utilization && sh.budget_store) {
