@@ -74,7 +74,10 @@ SqliteLedger::~SqliteLedger() {
 
 int SqliteLedger::on_wal_commit(void* self, sqlite3*, const char*, int frames) {
   auto* l = static_cast<SqliteLedger*>(self);
-  if (frames >= kCheckpointFrames && !l->checkpoint_wanted_.exchange(true)) {
+  // Frames not yet copied by a checkpoint; fewer frames than were copied: the WAL started over.
+  int base = l->backfilled_.load(std::memory_order_relaxed);
+  if (frames < base) base = 0;
+  if (frames - base >= kCheckpointFrames && !l->checkpoint_wanted_.exchange(true)) {
     { std::lock_guard lock(l->checkpoint_mu_); }  // no lost wake-up between check and wait
     l->checkpoint_cv_.notify_one();
   }
@@ -100,6 +103,9 @@ void SqliteLedger::checkpoint_loop() {
                                 &done);
       checkpoints_.fetch_add(1, std::memory_order_relaxed);
     }
+    // The next checkpoint starts kCheckpointFrames after what this one copied, not at every
+    // commit while the WAL (which a passive checkpoint cannot reset) stays above the threshold.
+    backfilled_.store(done > 0 ? done : 0, std::memory_order_relaxed);
   }
 }
 

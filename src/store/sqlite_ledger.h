@@ -11,11 +11,11 @@
 //
 // Checkpoints (copying the WAL into the database file, with its syncs) run on a thread and a
 // connection of their own, never inside a group commit: the writer's connection has no
-// auto-checkpoint. A PASSIVE checkpoint starts once the WAL holds kCheckpointFrames pages; it
-// never blocks the writer. Under steady writes a passive checkpoint cannot let the WAL start
-// over (new frames arrive while it runs), so once the WAL reaches kRestartFrames a RESTART
-// checkpoint waits for the writer to be between two transactions and resets it: that bounds the
-// WAL file (about 40 MB with 4 KiB pages).
+// auto-checkpoint. A PASSIVE checkpoint starts once the WAL holds kCheckpointFrames pages more
+// than the last checkpoint copied; it never blocks the writer. Under steady writes a passive
+// checkpoint cannot let the WAL start over (new frames arrive while it runs), so once the WAL
+// reaches kRestartFrames a RESTART checkpoint waits for the writer to be between two transactions
+// and resets it: that bounds the WAL file (about 40 MB with 4 KiB pages).
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -80,6 +80,7 @@ class SqliteLedger final : public QueuedLedger {
 
   SqliteDb checkpoint_db_;  // checkpointer thread only
   std::atomic<bool> checkpoint_wanted_{false};
+  std::atomic<int> backfilled_{0};  // WAL frames the last checkpoint copied
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
   bool checkpoint_stop_ = false;  // guarded by checkpoint_mu_
