@@ -13,7 +13,10 @@
 #
 # Loopback only, bounded: two gateway runs of at most DURATION s plus start-up.
 # Usage: bench/load/callgrind.sh [path/to/bellwether]
-#   env: CONFIG=auth|prod|sse DURATION=10 CONNS=8 TOKENS=5 (completion tokens of the simulator)
+#   env: CONFIG=auth|prod|sse DURATION=10 CONNS=8
+#        TOKENS=n: the simulator answers n completion tokens (an SSE stream of n + 3 events, like
+#        isolated.sh's 6-event upstream for TOKENS=3); unset, it answers the request's max_tokens
+#        (128: a 131-event stream)
 #        OUT=dir: keep the loaded run's callgrind file as dir/callgrind.<CONFIG>.out, for
 #        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`
 # valgrind runs niced (nice -n 19); it needs no quiet machine, instructions do not depend on load.
@@ -26,7 +29,7 @@ CONFIG="${CONFIG:-auth}"
 DURATION="${DURATION:-10}"
 DURATION="${DURATION%s}"
 CONNS="${CONNS:-8}"
-TOKENS="${TOKENS:-5}"
+TOKENS="${TOKENS:-}"
 OUT="${OUT:-}"
 KEY=sk-callgrind-bench-0001
 
@@ -41,8 +44,12 @@ start_workdir callgrind
 
 sim_port="$(free_port)"
 gw_port="$(free_port)"
-printf 'sim:\n  workers: 1\n  zero_latency: true\n  defaults: {completion_tokens: %s}\n' "$TOKENS" \
-  >"$work/sim.yaml"
+if [[ -n "$TOKENS" ]]; then
+  printf 'sim:\n  workers: 1\n  zero_latency: true\n  max_tokens: limit\n  defaults: {completion_tokens: %s}\n' \
+    "$TOKENS" >"$work/sim.yaml"
+else
+  printf 'sim:\n  workers: 1\n  zero_latency: true\n' >"$work/sim.yaml"
+fi
 {
   cat <<YAML
 listen: 127.0.0.1:$gw_port

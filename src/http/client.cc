@@ -82,49 +82,87 @@ struct UpstreamResponse::Impl {
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
 
+  // A coroutine wrapper around the socket's operations would cost a frame per call: the callers
+  // await these directly (TLS or plain).
   template <class Buffers>
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write(const Buffers& b) {
-    if (tls) co_return co_await asio::async_write(*tls, b, kNoThrow);
-    co_return co_await asio::async_write(*plain, b, kNoThrow);
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write_tls(const Buffers& b) {
+    return asio::async_write(*tls, b, kNoThrow);
   }
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some_bytes() {
-    // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which
-    // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
-    auto mb = buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
-    if (tls) co_return co_await tls->async_read_some(mb, kNoThrow);
-    co_return co_await plain->async_read_some(mb, kNoThrow);
+  template <class Buffers>
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write_plain(const Buffers& b) {
+    return asio::async_write(*plain, b, kNoThrow);
   }
 
   enum class Until { kHead, kPiece, kEnd };
-  // Feeds the parser until it has the head, some body bytes in `piece` (which the caller
-  // cleared), or the whole body into its sink. A passed deadline reads as
-  // beast::error::timeout.
-  asio::awaitable<beast::error_code> parse(Until until) {
+  // Runs the parser over the bytes already read. Returns true with `ec` set when that settles
+  // the call: the head, some body bytes in `piece` (which the caller cleared), the whole body
+  // in its sink, or a parse error; false when more bytes must be read.
+  bool settle(Until until, beast::error_code& ec) {
     auto& p = *parser;
     const bool header_only = until == Until::kHead;
     auto finished = [&] { return header_only ? p.is_header_done() : p.is_done(); };
     for (;;) {
       if (buffer.size() > 0 && !p.is_done()) {
-        beast::error_code ec;
-        const std::size_t used = p.put(buffer.data(), ec);
+        beast::error_code pec;
+        const std::size_t used = p.put(buffer.data(), pec);
         buffer.consume(used);
-        if (ec && ec != bhttp::error::need_more) co_return ec;
-        if (finished()) co_return beast::error_code{};
+        if (pec && pec != bhttp::error::need_more) {
+          ec = pec;
+          return true;
+        }
+        if (finished()) {
+          ec = {};
+          return true;
+        }
         // Without eager parsing one put is one step (e.g. one chunk): the chunks already read
         // go into the same piece (one read of the socket, one piece for the caller), but no
         // more is read once the piece has bytes.
-        if (!ec && used > 0 && buffer.size() > 0) continue;
-        if (until == Until::kPiece && !piece.empty()) co_return beast::error_code{};
+        if (!pec && used > 0 && buffer.size() > 0) continue;
+        if (until == Until::kPiece && !piece.empty()) {
+          ec = {};
+          return true;
+        }
       }
-      if (finished()) co_return beast::error_code{};
-      auto [ec, n] = co_await read_some_bytes();
+      if (finished()) {
+        ec = {};
+        return true;
+      }
+      return false;
+    }
+  }
+
+  // Feeds the parser until settle() settles the call, reading the socket as needed; a call
+  // that settle() settled at once costs no coroutine frame. `settled`: the caller's settle()
+  // already ran over the buffer and asked for a read. A passed deadline reads as
+  // beast::error::timeout.
+  asio::awaitable<beast::error_code> parse(Until until, bool settled = false) {
+    auto& p = *parser;
+    const bool header_only = until == Until::kHead;
+    for (;;) {
+      if (!settled) {
+        beast::error_code ec;
+        if (settle(until, ec)) co_return ec;
+      }
+      settled = false;
+      // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which
+      // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
+      auto mb =
+          buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
+      beast::error_code ec;
+      std::size_t n = 0;
+      if (tls) {
+        std::tie(ec, n) = co_await tls->async_read_some(mb, kNoThrow);
+      } else {
+        std::tie(ec, n) = co_await plain->async_read_some(mb, kNoThrow);
+      }
       if (deadline.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
         beast::error_code eec;
         p.put_eof(eec);
         if (eec) co_return eec;
-        co_return finished() ? beast::error_code{} : bhttp::error::partial_message;
+        const bool finished = header_only ? p.is_header_done() : p.is_done();
+        co_return finished ? beast::error_code{} : bhttp::error::partial_message;
       }
       if (ec) co_return ec;
       buffer.commit(n);
@@ -317,7 +355,8 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   im.piece.clear();
   im.parser->set_sink(&im.piece, std::numeric_limits<std::size_t>::max());
   im.deadline.arm(im.timeouts.idle);
-  auto ec = co_await im.parse(Impl::Until::kPiece);
+  beast::error_code ec;
+  if (!im.settle(Impl::Until::kPiece, ec)) ec = co_await im.parse(Impl::Until::kPiece, true);
   im.deadline.disarm();
   im.parser->set_sink(nullptr, 0);
   if (ec) {
@@ -369,7 +408,8 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limi
   im.parser->eager(true);
   while (!im.parser->is_done()) {
     im.deadline.arm(im.timeouts.idle);
-    auto ec = co_await im.parse(Impl::Until::kEnd);
+    beast::error_code ec;
+    if (!im.settle(Impl::Until::kEnd, ec)) ec = co_await im.parse(Impl::Until::kEnd, true);
     im.deadline.disarm();
     if (ec) {
       im.failed = true;
@@ -630,11 +670,19 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     beast::error_code wec;
     if (request.body.size() <= 16 * 1024) {
       c.out.append(request.body);
-      std::tie(wec, std::ignore) =
-          co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
+      const std::array<asio::const_buffer, 1> b{asio::buffer(c.out)};
+      if (c.tls) {
+        std::tie(wec, std::ignore) = co_await c.write_tls(b);
+      } else {
+        std::tie(wec, std::ignore) = co_await c.write_plain(b);
+      }
     } else {
-      std::tie(wec, std::ignore) = co_await c.write(
-          std::array<asio::const_buffer, 2>{asio::buffer(c.out), asio::buffer(request.body)});
+      const std::array<asio::const_buffer, 2> b{asio::buffer(c.out), asio::buffer(request.body)};
+      if (c.tls) {
+        std::tie(wec, std::ignore) = co_await c.write_tls(b);
+      } else {
+        std::tie(wec, std::ignore) = co_await c.write_plain(b);
+      }
     }
     if (c.deadline.expired()) wec = beast::error::timeout;
     if (wec) {

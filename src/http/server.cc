@@ -255,14 +255,15 @@ class Session final : public ResponseWriter {
     out_.clear();
     wire::append_response_head(out_, r.status, server_.options_.server_name, r.headers,
                                static_cast<std::int64_t>(r.body.size()), response_keep_alive());
-    if (head_only_) co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
+    if (broken_) co_return false;
     // A small body goes into the same buffer: one contiguous write.
-    if (r.body.size() <= kInlineBody) {
-      out_.append(r.body);
-      co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
+    if (head_only_ || r.body.size() <= kInlineBody) {
+      if (!head_only_) out_.append(r.body);
+      const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+      co_return wrote(co_await start_write(b));
     }
-    co_return co_await write(
-        std::array<asio::const_buffer, 2>{asio::buffer(out_), asio::buffer(r.body)});
+    const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(r.body)};
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> begin_stream(int status, const Headers& headers) override {
@@ -270,7 +271,9 @@ class Session final : public ResponseWriter {
     out_.clear();
     wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
                                response_keep_alive());
-    co_return co_await write(std::array<asio::const_buffer, 1>{asio::buffer(out_)});
+    if (broken_) co_return false;
+    const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> begin_stream_held(int status, const Headers& headers) override {
@@ -288,17 +291,18 @@ class Session final : public ResponseWriter {
     if (data.empty() || head_only_) co_return true;  // an empty chunk would end the body
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
-    co_return co_await write(std::array<asio::const_buffer, 4>{
-        held_head(), asio::buffer(head, n), asio::buffer(data.data(), data.size()),
-        asio::buffer("\r\n", 2)});
+    const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
+                                              asio::buffer(data.data(), data.size()),
+                                              asio::buffer("\r\n", 2)};
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> end_stream() override {
     finished_ = true;
     if (broken_) co_return false;
     if (head_only_) co_return true;
-    co_return co_await write(
-        std::array<asio::const_buffer, 2>{held_head(), asio::buffer("0\r\n\r\n", 5)});
+    const std::array<asio::const_buffer, 2> b{held_head(), asio::buffer("0\r\n\r\n", 5)};
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> end_stream_with(std::string_view data) override {
@@ -310,9 +314,10 @@ class Session final : public ResponseWriter {
     finished_ = true;
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
-    co_return co_await write(std::array<asio::const_buffer, 4>{
-        held_head(), asio::buffer(head, n), asio::buffer(data.data(), data.size()),
-        asio::buffer("\r\n0\r\n\r\n", 7)});
+    const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
+                                              asio::buffer(data.data(), data.size()),
+                                              asio::buffer("\r\n0\r\n\r\n", 7)};
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
@@ -331,7 +336,7 @@ class Session final : public ResponseWriter {
       buffers[2 + i] = asio::buffer(pieces[i].data(), pieces[i].size());
     }
     buffers[2 + pieces.size()] = end ? asio::buffer("\r\n0\r\n\r\n", 7) : asio::buffer("\r\n", 2);
-    co_return co_await write(buffers);
+    co_return wrote(co_await start_write(buffers));
   }
 
   void watch_disconnect(std::function<void()> on_gone) override {
@@ -454,15 +459,18 @@ class Session final : public ResponseWriter {
     }
   }
 
+  // A write is start_write (the caller has checked broken_) and wrote(its result): the callers
+  // await the socket's write directly, without a coroutine frame of its own per write.
   template <class Buffers>
-  asio::awaitable<bool> write(const Buffers& buffers) {
-    if (broken_) co_return false;
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> start_write(const Buffers& buffers) {
     deadline_.arm(server_.options_.write_timeout);
-    auto [ec, n] = co_await asio::async_write(socket_, buffers, kNoThrow);
+    return asio::async_write(socket_, buffers, kNoThrow);
+  }
+  bool wrote(const std::tuple<beast::error_code, std::size_t>& result) {
     deadline_.disarm();
-    bytes_out_ += n;
-    if (ec) broken_ = true;
-    co_return !ec;
+    bytes_out_ += std::get<1>(result);
+    if (std::get<0>(result)) broken_ = true;
+    return !std::get<0>(result);
   }
 
   // Bytes the parser could not use yet in the body phase: a chunk-size line (with extensions)

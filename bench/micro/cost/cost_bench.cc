@@ -3,15 +3,28 @@
 //                     worst case for contention: every request hits the global budget).
 //   BM_LedgerGroupCommit: records/s through SqliteLedger with synchronous=FULL, and how many
 //                     records share one commit (fsync).
+//   BM_LedgerRequest: one request's ledger work through SqliteLedger at its default durability
+//                     (NORMAL): a reservation, then its settlement in the next group commit, 20
+//                     requests per commit as at 64 connections in bench/load/isolated.sh.
+//   BM_LedgerSchemaVariant: the same rows as plain SQL on the migrated schema, to price what the
+//                     ledger's layout costs: 0 = the ledger's two statements, 1 = the same
+//                     without the ledger_open index, 2 = one INSERT of an already settled row
+//                     (what a request covered by a durable budget lease would write).
+// Instructions per request (load-independent), e.g.:
+//   valgrind --tool=callgrind --callgrind-out-file=/dev/null build/release/bench/bw_bench_cost
+//     --benchmark_filter='BM_LedgerSchemaVariant/0'
+// minus a run with --benchmark_filter=none, divided by 10,000 (500 iterations of 20 requests).
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include "cost/budget_manager.h"
 #include "cost/pricing.h"
+#include "store/sqlite_db.h"
 #include "store/sqlite_ledger.h"
 
 namespace bw::cost {
@@ -113,6 +126,144 @@ BENCHMARK(BM_LedgerGroupCommit)
     ->Arg(1024)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+constexpr int kRequestsPerCommit = 20;
+
+std::string bench_dir() {
+  char tmpl[] = "/tmp/bw_cost_bench_XXXXXX";
+  return ::mkdtemp(tmpl);
+}
+
+// A time-ordered id like the gateway's: the ledger's primary key grows at one end.
+std::string request_id(std::int64_t seq) {
+  char id[48];
+  std::snprintf(id, sizeof id, "req_%011llx%013llx",
+                static_cast<unsigned long long>(kNowMs + seq / 20),
+                static_cast<unsigned long long>(seq * 2654435761ULL & 0xfffffffffffffULL));
+  return id;
+}
+
+void BM_LedgerRequest(benchmark::State& state) {
+  const std::string dir = bench_dir();
+  store::SqliteLedgerOptions o;
+  o.path = dir + "/bench.db";
+  o.synchronous_full = false;
+  o.queue_capacity = 1 << 16;
+  auto opened = store::SqliteLedger::open(o);
+  if (!opened.ok()) {
+    state.SkipWithError(opened.error().message.c_str());
+    return;
+  }
+  auto& ledger = *opened;
+  std::int64_t seq = 0;
+  for (auto _ : state) {
+    // This batch's reservations share a commit with the previous batch's settlements.
+    for (int i = 0; i < kRequestsPerCommit; ++i) {
+      LedgerReservation r{request_id(seq + i),
+                          "key_a",
+                          "acme",
+                          "gpt-4.1",
+                          {"key:key_a/total", "global/monthly"},
+                          11'100,
+                          kNowMs};
+      if (!ledger->append_reservation(
+              std::move(r), [](const Result<Ok>&) {}, Ledger::Wake::kDeferred)) {
+        state.SkipWithError("queue full");
+      }
+      if (seq >= kRequestsPerCommit) {
+        LedgerSettlement s{request_id(seq + i - kRequestsPerCommit),
+                           LedgerStatus::kSettled,
+                           11'000,
+                           10,
+                           10,
+                           kNowMs + 5};
+        if (!ledger->append_settlement(
+                std::move(s), [](const Result<Ok>&) {}, Ledger::Wake::kDeferred)) {
+          state.SkipWithError("queue full");
+        }
+      }
+    }
+    seq += kRequestsPerCommit;
+    ledger->kick();
+    ledger->flush();
+  }
+  state.SetItemsProcessed(seq);
+  opened->reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+// A fixed count, so that a callgrind run's instructions divide by a known number of requests.
+BENCHMARK(BM_LedgerRequest)->Iterations(500)->Unit(benchmark::kMicrosecond);
+
+void BM_LedgerSchemaVariant(benchmark::State& state) {
+  const int variant = static_cast<int>(state.range(0));
+  const std::string dir = bench_dir();
+  auto db = store::SqliteDb::open(dir + "/bench.db", false);
+  if (!db.ok() || !store::migrate(*db).ok() ||
+      !db->exec("PRAGMA ignore_check_constraints=ON").ok() ||
+      (variant == 1 && !db->exec("DROP INDEX ledger_open").ok())) {
+    state.SkipWithError("open");
+    return;
+  }
+  auto ins = store::Statement::prepare(
+      *db, variant == 2 ? "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets,"
+                          " reserved_micro, actual_micro, prompt_tokens, completion_tokens, status,"
+                          " created_unix_ms, settled_unix_ms)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 10, 10, 'settled', ?7, ?7)"
+                        : "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets,"
+                          " reserved_micro, status, created_unix_ms)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)");
+  auto upd = store::Statement::prepare(
+      *db,
+      "UPDATE ledger SET status = ?2, actual_micro = ?3, prompt_tokens = ?4,"
+      " completion_tokens = ?5, settled_unix_ms = ?6 WHERE request_id = ?1 AND status = 'open'");
+  auto begin = store::Statement::prepare(*db, "BEGIN IMMEDIATE");
+  auto commit = store::Statement::prepare(*db, "COMMIT");
+  if (!ins.ok() || !upd.ok() || !begin.ok() || !commit.ok()) {
+    state.SkipWithError("prepare");
+    return;
+  }
+  std::int64_t seq = 0;
+  const auto step = [&](store::Statement& st) {
+    const int rc = st.step();
+    st.reset();
+    return rc;
+  };
+  for (auto _ : state) {
+    step(*begin);
+    for (int i = 0; i < kRequestsPerCommit; ++i) {
+      const std::string id = request_id(seq + i);
+      ins->bind_static(1, id)
+          .bind_static(2, "key_a")
+          .bind_static(3, "acme")
+          .bind_static(4, "gpt-4.1")
+          .bind_static(5, "key:key_a/total\nglobal/monthly")
+          .bind(6, variant == 2 ? 11'000 : 11'100)
+          .bind(7, kNowMs);
+      if (step(*ins) != 101) state.SkipWithError("insert");  // SQLITE_DONE
+      if (variant == 2 || seq < kRequestsPerCommit) continue;
+      const std::string prev = request_id(seq + i - kRequestsPerCommit);
+      upd->bind_static(1, prev)
+          .bind_static(2, "settled")
+          .bind(3, 11'000)
+          .bind(4, 10)
+          .bind(5, 10)
+          .bind(6, kNowMs + 5);
+      if (step(*upd) != 101) state.SkipWithError("update");
+    }
+    step(*commit);
+    seq += kRequestsPerCommit;
+  }
+  state.SetItemsProcessed(seq);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+BENCHMARK(BM_LedgerSchemaVariant)
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Iterations(500)
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace bw::cost
