@@ -159,9 +159,10 @@ Decision sw_decide(const SlidingWindowState& a, const BucketParams& p, std::int6
   if (sum + need <= cap) {
     d.allowed = true;
     d.remaining = static_cast<std::int64_t>(cap - sum - need);
-    SlidingWindowState after = a;
-    after.counts[ring_index(a.head)] += static_cast<std::int64_t>(need);
-    d.reset_after = sw_reset_after(after, g, now);
+    // After the charge the newest slot holds usage (counts are never negative), so the bucket
+    // is empty again when that slot expires: what sw_reset_after of the charged ring gives.
+    d.reset_after =
+        need > 0 ? std::max<Nanos>(0, slot_expiry(a.head, g, now)) : sw_reset_after(a, g, now);
     return d;
   }
   d.allowed = false;
