@@ -221,7 +221,12 @@ class Scanner {
     for (;;) {
       std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
       const auto left = static_cast<std::size_t>(end_ - p_);
-      std::memcpy(&x, p_, left < 8 ? left : 8);
+      // A copy of constant size is one load; the variable-size one only near the end.
+      if (left >= 8) {
+        std::memcpy(&x, p_, 8);
+      } else {
+        std::memcpy(&x, p_, left);
+      }
       const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
                                     any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
       // Bytes past the string may be flagged too: that only costs a UTF-8 check.
