@@ -1,5 +1,7 @@
 #include "common/json_util.h"
 
+#include <algorithm>
+#include <bit>
 #include <charconv>
 
 #include <cmath>
@@ -47,11 +49,27 @@ inline bool needs_look8(std::uint64_t x) {
   return ((x & k80) | control | quote | backslash) != 0;
 }
 
-}  // namespace
+// Appends to a std::string.
+struct StringSink {
+  std::string& out;
+  void append(const char* p, std::size_t n) { out.append(p, n); }
+  void push_back(char c) { out.push_back(c); }
+};
+
+// Writes at a pointer into room the caller has made (json_string_max_size).
+struct PointerSink {
+  char* p;
+  void append(const char* s, std::size_t n) {
+    if (n != 0) std::memcpy(p, s, n);  // s may be null for an empty view
+    p += n;
+  }
+  void push_back(char c) { *p++ = c; }
+};
 
 // Bytes that are not well-formed UTF-8 (a raw path, a header value) become U+FFFD, so that the
 // output is always valid UTF-8 JSON whatever a client sent.
-void append_json_string(std::string& out, std::string_view s) {
+template <class Sink>
+void escape_json_string(Sink& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   std::size_t run = 0;  // start of a run of bytes that need no escaping
@@ -70,7 +88,7 @@ void append_json_string(std::string& out, std::string_view s) {
       }
       out.append(s.data() + run, i - run);
       run = i + 1;
-      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+      out.append("\xEF\xBF\xBD", 3);  // U+FFFD REPLACEMENT CHARACTER
       continue;
     }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
@@ -78,34 +96,201 @@ void append_json_string(std::string& out, std::string_view s) {
     run = i + 1;
     switch (c) {
       case '"':
-        out += "\\\"";
+        out.append("\\\"", 2);
         break;
       case '\\':
-        out += "\\\\";
+        out.append("\\\\", 2);
         break;
       case '\n':
-        out += "\\n";
+        out.append("\\n", 2);
         break;
       case '\r':
-        out += "\\r";
+        out.append("\\r", 2);
         break;
       case '\t':
-        out += "\\t";
+        out.append("\\t", 2);
         break;
       case '\b':
-        out += "\\b";
+        out.append("\\b", 2);
         break;
       case '\f':
-        out += "\\f";
+        out.append("\\f", 2);
         break;
-      default:
-        out += "\\u00";
-        out.push_back(kHex[c >> 4]);
-        out.push_back(kHex[c & 0xf]);
+      default: {
+        const char u[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xf]};
+        out.append(u, 6);
+      }
     }
   }
   out.append(s.data() + run, s.size() - run);
   out.push_back('"');
+}
+
+}  // namespace
+
+void append_json_string(std::string& out, std::string_view s) {
+  StringSink sink{out};
+  escape_json_string(sink, s);
+}
+
+namespace {
+
+// Copies `s` to `out` with a few fixed-size moves if no byte of it needs escaping; false (and
+// `out` holds nothing useful) if some byte needs a look.
+bool copy_plain(char* out, std::string_view s) {
+  const char* in = s.data();
+  const std::size_t n = s.size();
+  std::uint64_t x;
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::memcpy(&x, in + i, 8);
+    if (needs_look8(x)) return false;
+    std::memcpy(out + i, &x, 8);
+  }
+  if (i == n) return true;
+  if (n >= 8) {  // the last 1-7 bytes: the string's last 8, overlapping what was copied
+    std::memcpy(&x, in + n - 8, 8);
+    if (needs_look8(x)) return false;
+    std::memcpy(out + n - 8, &x, 8);
+    return true;
+  }
+  if (n >= 4) {  // two overlapping 4-byte halves
+    std::uint32_t lo, hi;
+    std::memcpy(&lo, in, 4);
+    std::memcpy(&hi, in + n - 4, 4);
+    if (needs_look8(lo | static_cast<std::uint64_t>(hi) << 32)) return false;
+    std::memcpy(out, &lo, 4);
+    std::memcpy(out + n - 4, &hi, 4);
+    return true;
+  }
+  // 1-3 bytes: the first, middle and last (the rest of the word is spaces, which pass).
+  const auto a = static_cast<unsigned char>(in[0]);
+  const auto b = static_cast<unsigned char>(in[n / 2]);
+  const auto c = static_cast<unsigned char>(in[n - 1]);
+  x = a | static_cast<std::uint64_t>(b) << 8 | static_cast<std::uint64_t>(c) << 16 |
+      0x2020202020ull << 24;
+  if (needs_look8(x)) return false;
+  out[0] = in[0];
+  out[n / 2] = in[n / 2];
+  out[n - 1] = in[n - 1];
+  return true;
+}
+
+}  // namespace
+
+char* write_json_string(char* p, std::string_view s) {
+  // Most strings (ids, names, paths) need no escaping: copied without the byte-by-byte scan.
+  if (copy_plain(p + 1, s)) {
+    *p = '"';
+    p[s.size() + 1] = '"';
+    return p + s.size() + 2;
+  }
+  PointerSink sink{p};
+  escape_json_string(sink, s);
+  return sink.p;
+}
+
+namespace {
+
+constexpr std::uint64_t kPow10[] = {1ull,
+                                    10ull,
+                                    100ull,
+                                    1'000ull,
+                                    10'000ull,
+                                    100'000ull,
+                                    1'000'000ull,
+                                    10'000'000ull,
+                                    100'000'000ull,
+                                    1'000'000'000ull,
+                                    10'000'000'000ull,
+                                    100'000'000'000ull,
+                                    1'000'000'000'000ull,
+                                    10'000'000'000'000ull,
+                                    100'000'000'000'000ull,
+                                    1'000'000'000'000'000ull,
+                                    10'000'000'000'000'000ull,
+                                    100'000'000'000'000'000ull,
+                                    1'000'000'000'000'000'000ull,
+                                    10'000'000'000'000'000'000ull};
+
+}  // namespace
+
+constexpr char kDigitPairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+char* write_uint(char* p, std::uint64_t v) {
+  if (v < 10) {
+    *p = static_cast<char>('0' + v);
+    return p + 1;
+  }
+  // floor(log10(v)) + 1 from floor(log2(v)) + 1, corrected by one comparison.
+  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
+  char* const end = p + t + (v >= kPow10[t] ? 1 : 0);
+  char* q = end;
+  while (v >= 100) {
+    q -= 2;
+    std::memcpy(q, kDigitPairs + (v % 100) * 2, 2);
+    v /= 100;
+  }
+  if (v >= 10) {
+    std::memcpy(q - 2, kDigitPairs + v * 2, 2);
+  } else {
+    q[-1] = static_cast<char>('0' + v);
+  }
+  return end;
+}
+
+char* write_int(char* p, std::int64_t v) {
+  if (v >= 0) return write_uint(p, static_cast<std::uint64_t>(v));
+  *p = '-';
+  return write_uint(p + 1, 0 - static_cast<std::uint64_t>(v));
+}
+
+// Digits of v > 0 (see write_uint).
+int decimal_digits(std::uint64_t v) {
+  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
+  return t + (v >= kPow10[t] ? 1 : 0);
+}
+
+char* write_decimal(char* p, std::int64_t units, int scale, int significant) {
+  scale = std::clamp(scale, 0, 18);
+  // The magnitude in unsigned arithmetic: -INT64_MIN and a rounding carry both fit.
+  std::uint64_t u =
+      units < 0 ? 0 - static_cast<std::uint64_t>(units) : static_cast<std::uint64_t>(units);
+  if (significant > 0 && significant < 19 && u >= kPow10[significant]) {
+    const int drop = decimal_digits(u) - significant;  // digits below the significant ones
+    const std::uint64_t q = kPow10[drop];
+    std::uint64_t t = u / q;
+    const std::uint64_t r = u % q;
+    // Half to even, as printf rounds a value that is exactly halfway.
+    if (r > q / 2 || (r == q / 2 && (t & 1) != 0)) ++t;
+    if (units < 0) *p++ = '-';
+    // The dropped digits are zeros: leave them out of the fraction at once.
+    const int cut = std::min(drop, scale);
+    u = t * kPow10[drop - cut];
+    scale -= cut;
+  } else if (units < 0 && u != 0) {
+    *p++ = '-';
+  }
+  if (scale == 0) return write_uint(p, u);
+  const std::uint64_t one = kPow10[scale];
+  std::uint64_t frac = u % one;
+  p = write_uint(p, u / one);
+  if (frac == 0) return p;
+  int digits = scale;  // of the fraction, without its trailing zeros
+  while (frac % 10 == 0) {
+    frac /= 10;
+    --digits;
+  }
+  *p++ = '.';
+  char* const end = p + digits;
+  for (char* q = end; q != p;) {  // with the fraction's leading zeros
+    *--q = static_cast<char>('0' + frac % 10);
+    frac /= 10;
+  }
+  return end;
 }
 
 std::string json_string(std::string_view s) {

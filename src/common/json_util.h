@@ -11,6 +11,29 @@ namespace bw {
 void append_json_string(std::string& out, std::string_view s);
 std::string json_string(std::string_view s);
 
+// The most bytes append_json_string / write_json_string produce for `n` bytes of input (a
+// control byte becomes "\u00XX").
+constexpr std::size_t json_string_max_size(std::size_t n) {
+  return 6 * n + 2;
+}
+// append_json_string into memory the caller has made room in (json_string_max_size bytes):
+// writes at `p` and returns the end, for a caller that builds a whole line without appends.
+char* write_json_string(char* p, std::string_view s);
+
+// A JSON number for units / 10^scale (scale 0..18), written at `p` (room for kDecimalMaxSize
+// bytes); returns the end. Exact decimal text from integers: no exponent, no trailing zeros in
+// the fraction ("0.0015" for 1500 at scale 6, "12" for 12000 at scale 3, "-0.5" for -5 at
+// scale 1). With `significant` > 0 the value is first rounded to that many significant digits
+// (half to even), as printf's "%.<significant>g" rounds, but still without an exponent.
+// Decimal text of an integer at `p` (room for 20 bytes); returns the end. What std::to_chars
+// writes, two digits per step from a table and the length from the bit width, in about half its
+// instructions (a request writes a dozen such numbers into headers and its log line).
+char* write_uint(char* p, std::uint64_t v);
+char* write_int(char* p, std::int64_t v);
+
+inline constexpr std::size_t kDecimalMaxSize = 24;
+char* write_decimal(char* p, std::int64_t units, int scale, int significant = 0);
+
 // An OpenAI-style error body: {"error":{"message":...,"type":...,"param":...,"code":...}}.
 // With a request id, the error object also carries it ("request_id"), so a client that logs the
 // body can be matched with the gateway's access log and trace.

@@ -1,6 +1,9 @@
 #include "gateway/access_log.h"
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 
 #include "common/json_util.h"
 
@@ -28,79 +31,164 @@ AccessLog::~AccessLog() {
   if (owns_) std::fclose(out_);
 }
 
+namespace {
+
+// The line is written with a cursor into room made beforehand (line_bound): every field name is
+// one fixed-size copy of its literal, with its comma and colon, and no append checks capacity.
+template <std::size_t N>
+char* lit(char* p, const char (&s)[N]) {
+  std::memcpy(p, s, N - 1);
+  return p + N - 1;
+}
+
+char* put_string(char* p, std::string_view s) {
+  return write_json_string(p, s);
+}
+
+char* put_int(char* p, std::int64_t v) {
+  return write_int(p, v);
+}
+
+char* put_uint(char* p, std::uint64_t v) {
+  return write_uint(p, v);
+}
+
+char* put_bool(char* p, bool v) {
+  return v ? lit(p, "true") : lit(p, "false");
+}
+
+// Milliseconds with six significant digits, as printf("%.6g") gives them, but formatted from
+// an integer (picoseconds) rather than by the floating-point conversion.
+char* put_ms(char* p, double ms) {
+  const double ps = ms * 1e9;
+  if (std::fabs(ps) < 9e18) return write_decimal(p, std::llround(ps), 9, 6);
+  if (!std::isfinite(ms)) return lit(p, "null");
+  return std::to_chars(p, p + 32, ms, std::chars_format::general, 6).ptr;
+}
+
+// Dollars from micro-dollars, exactly.
+char* put_usd(char* p, std::int64_t micro) {
+  return write_decimal(p, micro, 6);
+}
+
+// Room for every field name, separator and number of the longest line; the strings are added
+// per record.
+constexpr std::size_t kFixedBound = 2048;
+
+}  // namespace
+
 void AccessLog::log(const AccessRecord& r) {
   if (!out_) return;
   const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
-  // Formatted into a per-thread buffer that keeps its capacity: no allocation per line. The
-  // field names are literals: plain_key() copies them without the escaping scan.
-  thread_local std::string line_buffer;
-  JsonWriter j(std::move(line_buffer));
-  j.begin_object()
-      .plain_key("ts_ms")
-      .value(static_cast<std::int64_t>(now_ms))
-      .plain_key("request_id")
-      .value(r.request_id)
-      .plain_key("key_id")
-      .value(r.key_id)
-      .plain_key("client_ip")
-      .value(r.client_ip)
-      .plain_key("method")
-      .value(r.method)
-      .plain_key("path")
-      .value(r.path)
-      .plain_key("model")
-      .value(r.model_requested)
-      .plain_key("model_served")
-      .value(r.model_served)
-      .plain_key("upstream")
-      .value(r.upstream)
-      .plain_key("status")
-      .value(r.status)
-      .plain_key("stream")
-      .value(r.stream)
-      .plain_key("latency_ms")
-      .value(r.latency_ms);
-  if (r.ttft_ms >= 0) j.plain_key("ttft_ms").value(r.ttft_ms);
-  j.plain_key("queue_ms").value(r.queue_ms);
-  if (!r.wait_reason.empty()) j.plain_key("wait_reason").value(r.wait_reason);
-  j.plain_key("prompt_tokens")
-      .value(r.prompt_tokens)
-      .plain_key("completion_tokens")
-      .value(r.completion_tokens)
-      .plain_key("cost_usd")
-      .value(static_cast<double>(r.cost_micro_usd) / 1e6)
-      .plain_key("attempts")
-      .value(r.attempts)
-      .plain_key("bytes_in")
-      .value(static_cast<std::uint64_t>(r.bytes_in))
-      .plain_key("bytes_out")
-      .value(static_cast<std::uint64_t>(r.bytes_out));
-  if (!r.cache.empty()) j.plain_key("cache").value(r.cache);
-  if (r.cache_age_s >= 0) j.plain_key("cache_age_s").value(r.cache_age_s);
-  if (r.cache_saved_micro_usd > 0) {
-    j.plain_key("cache_saved_usd").value(static_cast<double>(r.cache_saved_micro_usd) / 1e6);
+  const std::string_view strings[] = {r.request_id,  r.key_id,          r.client_ip,    r.method,
+                                      r.path,        r.model_requested, r.model_served, r.upstream,
+                                      r.wait_reason, r.cache,           r.error_code,   r.trace_id,
+                                      r.span_id};
+  std::size_t bound = kFixedBound;
+  for (std::string_view s : strings) bound += json_string_max_size(s.size());
+  // A per-thread buffer that keeps its size: no allocation (nor clearing) per line.
+  thread_local std::string line;
+  if (line.size() < bound) line.resize(bound);
+  char* const begin = line.data();
+  char* p = begin;
+  p = lit(p, "{\"ts_ms\":");
+  p = put_int(p, static_cast<std::int64_t>(now_ms));
+  p = lit(p, ",\"request_id\":");
+  p = put_string(p, r.request_id);
+  p = lit(p, ",\"key_id\":");
+  p = put_string(p, r.key_id);
+  p = lit(p, ",\"client_ip\":");
+  p = put_string(p, r.client_ip);
+  p = lit(p, ",\"method\":");
+  p = put_string(p, r.method);
+  p = lit(p, ",\"path\":");
+  p = put_string(p, r.path);
+  p = lit(p, ",\"model\":");
+  p = put_string(p, r.model_requested);
+  p = lit(p, ",\"model_served\":");
+  p = put_string(p, r.model_served);
+  p = lit(p, ",\"upstream\":");
+  p = put_string(p, r.upstream);
+  p = lit(p, ",\"status\":");
+  p = put_int(p, r.status);
+  p = lit(p, ",\"stream\":");
+  p = put_bool(p, r.stream);
+  p = lit(p, ",\"latency_ms\":");
+  p = put_ms(p, r.latency_ms);
+  if (r.ttft_ms >= 0) {
+    p = lit(p, ",\"ttft_ms\":");
+    p = put_ms(p, r.ttft_ms);
   }
-  if (r.cache_similarity >= 0) j.plain_key("cache_similarity").value(r.cache_similarity);
-  if (r.cached_tokens > 0) j.plain_key("cached_tokens").value(r.cached_tokens);
-  if (r.priority >= 0) j.plain_key("priority").value(r.priority);
-  if (r.priority_lowered) j.plain_key("priority_lowered").value(true);
-  if (r.cancelled) j.plain_key("cancelled").value(true);
-  if (!r.error_code.empty()) j.plain_key("error").value(r.error_code);
-  if (!r.trace_id.empty()) j.plain_key("trace_id").value(r.trace_id);
-  if (!r.span_id.empty()) j.plain_key("span_id").value(r.span_id);
-  j.end_object();
-  line_buffer = j.take();
-  line_buffer.push_back('\n');
+  p = lit(p, ",\"queue_ms\":");
+  p = put_ms(p, r.queue_ms);
+  if (!r.wait_reason.empty()) {
+    p = lit(p, ",\"wait_reason\":");
+    p = put_string(p, r.wait_reason);
+  }
+  p = lit(p, ",\"prompt_tokens\":");
+  p = put_int(p, r.prompt_tokens);
+  p = lit(p, ",\"completion_tokens\":");
+  p = put_int(p, r.completion_tokens);
+  p = lit(p, ",\"cost_usd\":");
+  p = put_usd(p, r.cost_micro_usd);
+  p = lit(p, ",\"attempts\":");
+  p = put_int(p, r.attempts);
+  p = lit(p, ",\"bytes_in\":");
+  p = put_uint(p, r.bytes_in);
+  p = lit(p, ",\"bytes_out\":");
+  p = put_uint(p, r.bytes_out);
+  if (!r.cache.empty()) {
+    p = lit(p, ",\"cache\":");
+    p = put_string(p, r.cache);
+  }
+  if (r.cache_age_s >= 0) {
+    p = lit(p, ",\"cache_age_s\":");
+    p = put_int(p, r.cache_age_s);
+  }
+  if (r.cache_saved_micro_usd > 0) {
+    p = lit(p, ",\"cache_saved_usd\":");
+    p = put_usd(p, r.cache_saved_micro_usd);
+  }
+  if (r.cache_similarity >= 0) {
+    p = lit(p, ",\"cache_similarity\":");
+    p = std::isfinite(r.cache_similarity)
+            ? std::to_chars(p, p + 32, r.cache_similarity, std::chars_format::general, 6).ptr
+            : lit(p, "null");
+  }
+  if (r.cached_tokens > 0) {
+    p = lit(p, ",\"cached_tokens\":");
+    p = put_int(p, r.cached_tokens);
+  }
+  if (r.priority >= 0) {
+    p = lit(p, ",\"priority\":");
+    p = put_int(p, r.priority);
+  }
+  if (r.priority_lowered) p = lit(p, ",\"priority_lowered\":true");
+  if (r.cancelled) p = lit(p, ",\"cancelled\":true");
+  if (!r.error_code.empty()) {
+    p = lit(p, ",\"error\":");
+    p = put_string(p, r.error_code);
+  }
+  if (!r.trace_id.empty()) {
+    p = lit(p, ",\"trace_id\":");
+    p = put_string(p, r.trace_id);
+  }
+  if (!r.span_id.empty()) {
+    p = lit(p, ",\"span_id\":");
+    p = put_string(p, r.span_id);
+  }
+  p = lit(p, "}\n");
+  const auto size = static_cast<std::size_t>(p - begin);
   bool wake = false;
   {
     std::lock_guard lock(mu_);
-    if (buffer_.size() + line_buffer.size() > max_) {
+    if (buffer_.size() + size > max_) {
       dropped_.fetch_add(1);
       return;
     }
-    buffer_ += line_buffer;
+    buffer_.append(begin, size);
     // The writer wakes by itself every kFlushInterval; it is woken early only once enough has
     // piled up, so a busy gateway does not pay a futex wake (and a writer context switch) per
     // line.

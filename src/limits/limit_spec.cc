@@ -56,25 +56,6 @@ Plan make_plan(std::string name, std::optional<std::int64_t> daily, std::int64_t
 
 }  // namespace
 
-Nanos period_nanos(Period p) {
-  switch (p) {
-    case Period::kSecond:
-      return kNanosPerSecond;
-    case Period::kMinute:
-      return 60 * kNanosPerSecond;
-    case Period::kHour:
-      return 3600 * kNanosPerSecond;
-    case Period::kDay:
-      return 86400 * kNanosPerSecond;
-  }
-  return kNanosPerSecond;
-}
-
-BucketParams LimitSpec::params() const {
-  return BucketParams{std::max<std::int64_t>(rate, 1), period_nanos(period),
-                      std::max<std::int64_t>(burst, 0)};
-}
-
 bool Plan::allows_model(std::string_view model) const {
   return allowed_models.empty() ||
          std::find(allowed_models.begin(), allowed_models.end(), model) != allowed_models.end();

@@ -51,7 +51,24 @@ struct Plan {
 // Name of the limit synthesised from Plan::daily_requests (a key may override it by this name).
 inline constexpr std::string_view kDailyQuotaName = "daily-requests";
 
-Nanos period_nanos(Period p);
+// Inline: the limiter asks for a limit's parameters several times per request.
+inline Nanos period_nanos(Period p) {
+  switch (p) {
+    case Period::kSecond:
+      return kNanosPerSecond;
+    case Period::kMinute:
+      return 60 * kNanosPerSecond;
+    case Period::kHour:
+      return 3600 * kNanosPerSecond;
+    case Period::kDay:
+      return 86400 * kNanosPerSecond;
+  }
+  return kNanosPerSecond;
+}
+
+inline BucketParams LimitSpec::params() const {
+  return BucketParams{rate > 1 ? rate : 1, period_nanos(period), burst > 0 ? burst : 0};
+}
 
 // Text forms used in YAML and messages ("gcra", "tokens", "minute", ...).
 std::string_view to_string(Algorithm a);

@@ -86,6 +86,8 @@ struct Working {
   bool touched = false;
   bool commit = false;  // some check consumed on this bucket: write it back
   bool untracked = false;
+  int checks = 0;          // checks of the batch on this bucket
+  Nanos reset_after = -1;  // of the last check's decision
 
   Working() {}  // NOLINT(modernize-use-equals-default): leaves the union uninitialised
 };
@@ -272,6 +274,8 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     CheckResult& r = out.results[i];
     r.decision = run(w, spec.params(), checks[i].cost, now, /*mutate=*/true);
     r.consumed = r.decision.allowed;
+    ++w.checks;
+    w.reset_after = r.decision.reset_after;
     if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
   }
 
@@ -331,7 +335,13 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   for (std::size_t k = 0; k < work.size(); ++k) {
     Working& w = work[k];
     if (!w.commit || w.untracked) continue;
-    const Nanos idle = idle_at(w, w.spec->params(), now);
+    // A bucket charged by one check is idle once that check's decision says it is empty again
+    // (every algorithm's reset_after after a charge is exactly its idle_at, less `now`): no
+    // second evaluation of the state. Several checks on one bucket evaluate it afresh.
+    const Nanos idle = w.checks == 1 && w.reset_after >= 0 && w.reset_after < kNever
+                           ? static_cast<Nanos>(std::min<__int128>(
+                                 static_cast<__int128>(now) + w.reset_after, kNever))
+                           : idle_at(w, w.spec->params(), now);
     if (w.entry) {
       store(*w.entry, w, idle);
     } else if (idle > now) {

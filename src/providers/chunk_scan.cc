@@ -3,6 +3,7 @@
 #include <simdjson.h>
 
 #include <bit>
+#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -46,7 +47,8 @@ int hex_value(char c) {
 // JSON that the parser accepts too, and what it reads is what the parser's lookups read.
 class Scanner {
  public:
-  explicit Scanner(std::string_view data) : data_(data), p_(data.data()), end_(p_ + data.size()) {}
+  Scanner(std::string_view data, bool read_usage)
+      : data_(data), p_(data.data()), end_(p_ + data.size()), read_usage_(read_usage) {}
 
   bool event(ChunkInfo& info) {
     ws();
@@ -61,13 +63,16 @@ class Scanner {
         saw_choices = true;
         if (*p_ == '[') return choices(2, info);
       } else if (key.raw == "usage") {
-        // Usage is read by the parser; null (the usual value on the other events) is not usage.
-        if (saw_usage || *p_ == '{') return false;
+        // Null (the usual value on the other events) is not usage.
+        if (saw_usage) return false;
         saw_usage = true;
+        if (*p_ == '{') return read_usage_ && usage(2, info.usage);
       }
       return value(2);
     });
     if (!ok) return false;
+    // parse_chunk's rule: usage alone when "choices" is an empty array.
+    if (info.usage.present) info.usage_only = choices_array_ && choices_ == 0;
     ws();
     if (p_ != end_) return false;
     // Non-ASCII bytes occur only inside strings here; the parser refuses invalid UTF-8.
@@ -221,7 +226,12 @@ class Scanner {
     for (;;) {
       std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
       const auto left = static_cast<std::size_t>(end_ - p_);
-      std::memcpy(&x, p_, left < 8 ? left : 8);
+      // A copy of constant size is one load; the variable-size one only near the end.
+      if (left >= 8) {
+        std::memcpy(&x, p_, 8);
+      } else {
+        std::memcpy(&x, p_, left);
+      }
       const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
                                     any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
       // Bytes past the string may be flagged too: that only costs a UTF-8 check.
@@ -297,7 +307,9 @@ class Scanner {
 
   // At '[' of the top-level "choices".
   bool choices(int depth, ChunkInfo& info) {
+    choices_array_ = true;
     return elements(depth, [&] {
+      ++choices_;
       if (*p_ == '{') return choice(depth + 1, info);
       return value(depth + 1);
     });
@@ -351,19 +363,85 @@ class Scanner {
     });
   }
 
+  // A token count as read_usage takes it: an integer. Anything else (another type, a fraction
+  // or an exponent, "-0", which the parser reads as a double) is left to the parser.
+  bool count(std::int64_t& out) {
+    const char* start = p_;
+    if (*p_ != '-' && !is_digit(*p_)) return false;
+    if (!number()) return false;
+    const std::string_view text(start, static_cast<std::size_t>(p_ - start));
+    if (text.find_first_of(".eE") != std::string_view::npos || text == "-0") return false;
+    const auto [end, ec] = std::from_chars(start, p_, out);
+    return ec == std::errc{} && end == p_;
+  }
+
+  // At '{' of the top-level "usage": what read_usage reads of it. A member it reads that comes
+  // twice is left to the parser (whose lookup takes the last).
+  bool usage(int depth, Usage& u) {
+    bool saw_prompt = false, saw_completion = false, saw_details = false;
+    const bool ok = members(depth, [&](const Str& key) {
+      if (key.escaped) return false;
+      if (key.raw == "prompt_tokens") {
+        if (saw_prompt) return false;
+        saw_prompt = true;
+        return count(u.prompt_tokens);
+      }
+      if (key.raw == "completion_tokens") {
+        if (saw_completion) return false;
+        saw_completion = true;
+        return count(u.completion_tokens);
+      }
+      if (key.raw == "prompt_tokens_details") {
+        if (saw_details) return false;
+        saw_details = true;
+        if (*p_ == '{') return details(depth + 1, u);
+      }
+      return value(depth + 1);
+    });
+    if (!ok) return false;
+    u.present = true;
+    return true;
+  }
+
+  bool details(int depth, Usage& u) {
+    bool saw_cached = false;
+    return members(depth, [&](const Str& key) {
+      if (key.escaped) return false;
+      if (key.raw == "cached_tokens") {
+        if (saw_cached) return false;
+        saw_cached = true;
+        return count(u.cached_tokens);
+      }
+      return value(depth + 1);
+    });
+  }
+
   std::string_view data_;
   const char* p_;
   const char* end_;
-  std::uint64_t high_ = 0;  // every string byte OR-ed: a high bit means non-ASCII text
+  std::uint64_t high_ = 0;      // every string byte OR-ed: a high bit means non-ASCII text
+  bool read_usage_ = false;     // a usage object is read here, not left to the parse
+  bool choices_array_ = false;  // the top-level "choices" is an array
+  std::size_t choices_ = 0;     // of that many elements
 };
 
 }  // namespace
 
-std::optional<ChunkInfo> scan_chunk(std::string_view data) {
+namespace {
+std::optional<ChunkInfo> scan(std::string_view data, bool read_usage) {
   if (data.empty() || data.size() > kMaxScanBytes) return std::nullopt;
   ChunkInfo info;
-  if (!Scanner(data).event(info)) return std::nullopt;
+  if (!Scanner(data, read_usage).event(info)) return std::nullopt;
   return info;
+}
+}  // namespace
+
+std::optional<ChunkInfo> scan_chunk(std::string_view data) {
+  return scan(data, false);
+}
+
+std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data) {
+  return scan(data, true);
 }
 
 }  // namespace bw::providers

@@ -16,5 +16,10 @@ namespace bw::providers {
 // surrogate escape, an unescaped control character, a number with many digits, deep nesting,
 // a very large event). "[DONE]" and empty data are inspect_chunk's own cases, not this one's.
 std::optional<ChunkInfo> scan_chunk(std::string_view data);
+// scan_chunk that also reads a "usage" object as parse_chunk does (prompt_tokens,
+// completion_tokens and prompt_tokens_details.cached_tokens, each an integer written once;
+// anything else there is left to the parse): the last event of a stream, which carries the
+// usage, is read without a parse too.
+std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data);
 
 }  // namespace bw::providers

@@ -616,8 +616,8 @@ Usage extract_usage(std::string_view body) {
 
 ChunkInfo inspect_chunk(std::string_view data) {
   if (data == "[DONE]" || data.empty()) return parse_chunk(data);
-  // Most events are one delta without usage: read without a parse.
-  if (auto scanned = scan_chunk(data)) return *scanned;
+  // Most events are one delta, or the usage: read without a parse.
+  if (auto scanned = scan_chunk_with_usage(data)) return *scanned;
   return parse_chunk(data);
 }
 

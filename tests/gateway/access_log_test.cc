@@ -149,5 +149,29 @@ TEST(AccessLog, OneJsonLinePerRecordWithEveryField) {
             "bytes_in,bytes_out,");
 }
 
+// Times keep six significant digits, money is exact to the micro-dollar; neither has an
+// exponent.
+TEST(AccessLog, NumbersInDecimalNotation) {
+  const std::string path = temp_path();
+  {
+    AccessLog log(path);
+    AccessRecord r;
+    r.request_id = "req_n";
+    r.latency_ms = 1234.5678;
+    r.ttft_ms = 0.000012;
+    r.queue_ms = 0;
+    r.cost_micro_usd = 1'234'567;
+    r.cache_saved_micro_usd = 12;
+    log.log(r);
+  }
+  const std::string text = read_all(path);
+  ::unlink(path.c_str());
+  EXPECT_NE(text.find("\"latency_ms\":1234.57,"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"ttft_ms\":0.000012,"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"queue_ms\":0,"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"cost_usd\":1.234567,"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"cache_saved_usd\":0.000012"), std::string::npos) << text;
+}
+
 }  // namespace
 }  // namespace bw::gateway

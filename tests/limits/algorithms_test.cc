@@ -280,5 +280,43 @@ TEST(Randomized, SlidingWindowMatchesLogAndNeverExceedsAnyWindow) {
   }
 }
 
+// After a charge that passes, reset_after is the time until the state equals a fresh one, the
+// same instant idle_at gives (the in-process store keeps a bucket until then and takes it from
+// the decision), for every algorithm, through refunds, debts and a clock that steps back.
+template <class Algo, class State>
+void reset_after_is_idle_at(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  int charged = 0;
+  for (int round = 0; round < 30; ++round) {
+    const BucketParams p{static_cast<std::int64_t>(rng() % 20 + 1),
+                         static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond,
+                         static_cast<std::int64_t>(rng() % 3)};
+    State s;
+    Nanos now = kT0;
+    for (int step = 0; step < 400; ++step) {
+      now += static_cast<Nanos>(rng() % (200 * kMs)) - (rng() % 10 == 0 ? 50 * kMs : 0);
+      if (rng() % 5 == 0) {
+        Algo::adjust(s, p, static_cast<std::int64_t>(rng() % 7) - 3, now);
+        continue;
+      }
+      const std::int64_t cost = static_cast<std::int64_t>(rng() % 4);
+      const Decision checked = Algo::check(s, p, cost, now);
+      const Decision d = Algo::consume(s, p, cost, now);
+      ASSERT_EQ(checked.allowed, d.allowed);
+      ASSERT_EQ(checked.reset_after, d.reset_after) << round << "/" << step;
+      if (!d.allowed) continue;
+      ++charged;
+      ASSERT_EQ(now + d.reset_after, Algo::idle_at(s, p, now)) << round << "/" << step;
+    }
+  }
+  EXPECT_GT(charged, 1000);
+}
+
+TEST(Randomized, ResetAfterAChargeIsIdleAt) {
+  reset_after_is_idle_at<Gcra, GcraState>(21);
+  reset_after_is_idle_at<TokenBucket, TokenBucketState>(22);
+  reset_after_is_idle_at<SlidingWindow, SlidingWindowState>(23);
+}
+
 }  // namespace
 }  // namespace bw::limits

@@ -261,6 +261,74 @@ TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
   EXPECT_FALSE(scan_chunk("{\"choices\":[{\"delta\":{\"content\":\"bad \xff\"}}]}"));
 }
 
+// The usage event is read by the scan that inspect_chunk uses; whatever in it the scan does not
+// take is left to the parse, and both agree with the parse.
+TEST(ChunkScan, UsageEventsAgreeWithTheParse) {
+  const std::string usage_event =
+      kHead + R"("choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,)"
+              R"("total_tokens":29,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},)"
+              R"("completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}}})";
+  auto read = scan_chunk_with_usage(usage_event);
+  ASSERT_TRUE(read);
+  EXPECT_TRUE(read->usage.present);
+  EXPECT_TRUE(read->usage_only);
+  EXPECT_EQ(read->usage.prompt_tokens, 19);
+  EXPECT_EQ(read->usage.completion_tokens, 10);
+  EXPECT_EQ(read->usage.cached_tokens, 4);
+  EXPECT_TRUE(same(*read, parse_chunk(usage_event)));
+  EXPECT_FALSE(scan_chunk(usage_event));
+
+  const std::vector<std::string> events = {
+      usage_event,
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}})",
+      R"({"choices":[{"delta":{"content":"ab"}}],"usage":{"prompt_tokens":3}})",
+      R"({"usage":{"prompt_tokens":3}})",
+      R"({"choices":null,"usage":{"prompt_tokens":3}})",
+      R"({"choices":{},"usage":{"prompt_tokens":3}})",
+      R"({"usage":{"prompt_tokens":3},"choices":[]})",
+      R"({"choices":[],"usage":{}})",
+      R"({"choices":[],"usage":{"prompt_tokens":-3,"completion_tokens":0}})",
+      R"({"choices":[],"usage":{"prompt_tokens":-0}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3.0}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3e2}})",
+      R"({"choices":[],"usage":{"prompt_tokens":"3"}})",
+      R"({"choices":[],"usage":{"prompt_tokens":null}})",
+      R"({"choices":[],"usage":{"prompt_tokens":true}})",
+      R"({"choices":[],"usage":{"prompt_tokens":[3]}})",
+      R"({"choices":[],"usage":{"prompt_tokens":{"n":3}}})",
+      R"({"choices":[],"usage":{"prompt_tokens":922337203685477580}})",
+      R"({"choices":[],"usage":{"prompt_tokens":9223372036854775807}})",
+      R"({"choices":[],"usage":{"prompt_tokens":9223372036854775808}})",
+      R"({"choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":2}})",
+      R"({"choices":[],"usage":{"completion_tokens":1,"completion_tokens":2.5}})",
+      R"({"choices":[],"usage":{"pr\u006fmpt_tokens":5}})",
+      R"({"choices":[],"usage":{"prompt_tokens_details":null}})",
+      R"({"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":2},)"
+      R"("prompt_tokens_details":{"cached_tokens":5}}})",
+      R"({"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":2,"cached_tokens":5}}})",
+      R"({"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":1.5}}})",
+      R"({"choices":[],"usage":{"prompt_tokens_details":[{"cached_tokens":1}]}})",
+      R"({"choices":[],"usage":{"x":{"prompt_tokens":9},"prompt_tokens":1}})",
+      R"({"choices":[],"usage":{"prompt_tokens":1,"note":"caf\u00e9"}})",
+      "{\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"note\":\"bad \xff\"}}",
+      R"({"choices":[],"usage":{"prompt_tokens":1})",
+      R"({"choices":[],"usage":{"prompt_tokens":1}})",
+      R"({"choices":[],"usage":{"prompt_tokens":1}}})",
+      R"({"choices":[],"usage":{ "prompt_tokens" : 1 , "completion_tokens" : 2 }})",
+  };
+  for (const auto& e : events) {
+    expect_agrees(e);
+    if (auto scanned = scan_chunk_with_usage(e)) {
+      EXPECT_TRUE(same(*scanned, parse_chunk(e))) << show(e);
+    }
+  }
+  // A duplicate where the answer is read, a count the parse reads otherwise: left to the parse.
+  EXPECT_FALSE(
+      scan_chunk_with_usage(R"({"choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":2}})"));
+  EXPECT_FALSE(scan_chunk_with_usage(R"({"choices":[],"usage":{"prompt_tokens":3.0}})"));
+  EXPECT_FALSE(scan_chunk_with_usage(R"({"choices":[],"usage":{"prompt_tokens":-0}})"));
+}
+
 TEST(ChunkScan, DeepAndLargeEventsAgreeWithTheParse) {
   for (int depth : {1, 10, 30, 31, 32, 33, 40, 100, 1100}) {
     std::string nested = std::string(depth, '[') + "1" + std::string(depth, ']');
