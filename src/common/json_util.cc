@@ -1,6 +1,7 @@
 #include "common/json_util.h"
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 
 #include <cmath>
@@ -214,32 +215,71 @@ constexpr std::uint64_t kPow10[] = {1ull,
 
 }  // namespace
 
+constexpr char kDigitPairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+char* write_uint(char* p, std::uint64_t v) {
+  if (v < 10) {
+    *p = static_cast<char>('0' + v);
+    return p + 1;
+  }
+  // floor(log10(v)) + 1 from floor(log2(v)) + 1, corrected by one comparison.
+  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
+  char* const end = p + t + (v >= kPow10[t] ? 1 : 0);
+  char* q = end;
+  while (v >= 100) {
+    q -= 2;
+    std::memcpy(q, kDigitPairs + (v % 100) * 2, 2);
+    v /= 100;
+  }
+  if (v >= 10) {
+    std::memcpy(q - 2, kDigitPairs + v * 2, 2);
+  } else {
+    q[-1] = static_cast<char>('0' + v);
+  }
+  return end;
+}
+
+char* write_int(char* p, std::int64_t v) {
+  if (v >= 0) return write_uint(p, static_cast<std::uint64_t>(v));
+  *p = '-';
+  return write_uint(p + 1, 0 - static_cast<std::uint64_t>(v));
+}
+
+// Digits of v > 0 (see write_uint).
+int decimal_digits(std::uint64_t v) {
+  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
+  return t + (v >= kPow10[t] ? 1 : 0);
+}
+
 char* write_decimal(char* p, std::int64_t units, int scale, int significant) {
   scale = std::clamp(scale, 0, 18);
   // The magnitude in unsigned arithmetic: -INT64_MIN and a rounding carry both fit.
   std::uint64_t u =
       units < 0 ? 0 - static_cast<std::uint64_t>(units) : static_cast<std::uint64_t>(units);
   if (significant > 0 && significant < 19 && u >= kPow10[significant]) {
-    int drop = 1;  // digits below the significant ones
-    while (drop + significant < 20 && u >= kPow10[drop + significant]) ++drop;
+    const int drop = decimal_digits(u) - significant;  // digits below the significant ones
     const std::uint64_t q = kPow10[drop];
     std::uint64_t t = u / q;
     const std::uint64_t r = u % q;
     // Half to even, as printf rounds a value that is exactly halfway.
     if (r > q / 2 || (r == q / 2 && (t & 1) != 0)) ++t;
-    u = t * q;
+    if (units < 0) *p++ = '-';
+    // The dropped digits are zeros: leave them out of the fraction at once.
+    const int cut = std::min(drop, scale);
+    u = t * kPow10[drop - cut];
+    scale -= cut;
+  } else if (units < 0 && u != 0) {
+    *p++ = '-';
   }
-  if (units < 0 && u != 0) *p++ = '-';
-  if (scale == 0) return std::to_chars(p, p + 20, u).ptr;
+  if (scale == 0) return write_uint(p, u);
   const std::uint64_t one = kPow10[scale];
   std::uint64_t frac = u % one;
-  p = std::to_chars(p, p + 20, u / one).ptr;
+  p = write_uint(p, u / one);
   if (frac == 0) return p;
   int digits = scale;  // of the fraction, without its trailing zeros
-  while (frac % 1000 == 0) {
-    frac /= 1000;
-    digits -= 3;
-  }
   while (frac % 10 == 0) {
     frac /= 10;
     --digits;

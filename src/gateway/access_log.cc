@@ -46,11 +46,11 @@ char* put_string(char* p, std::string_view s) {
 }
 
 char* put_int(char* p, std::int64_t v) {
-  return std::to_chars(p, p + 20, v).ptr;
+  return write_int(p, v);
 }
 
 char* put_uint(char* p, std::uint64_t v) {
-  return std::to_chars(p, p + 20, v).ptr;
+  return write_uint(p, v);
 }
 
 char* put_bool(char* p, bool v) {

@@ -16,8 +16,25 @@ Nanos saturate(i128 v) {
   return static_cast<Nanos>(v);
 }
 
+// 128-bit division is a library call (tens of instructions); the operands of most limits fit in
+// 64 bits, where it is one instruction. Same results as a / b and a % b.
+bool fits_u64(i128 v) {
+  return static_cast<unsigned __int128>(v) <=
+         std::numeric_limits<std::uint64_t>::max();  // also false for v < 0
+}
+i128 div(i128 a, i128 b) {
+  if (fits_u64(a) && fits_u64(b))
+    return static_cast<std::uint64_t>(a) / static_cast<std::uint64_t>(b);
+  return a / b;
+}
+i128 mod(i128 a, i128 b) {
+  if (fits_u64(a) && fits_u64(b))
+    return static_cast<std::uint64_t>(a) % static_cast<std::uint64_t>(b);
+  return a % b;
+}
+
 i128 ceil_div(i128 a, i128 b) {
-  return a <= 0 ? 0 : (a + b - 1) / b;
+  return a <= 0 ? 0 : div(a + b - 1, b);
 }
 
 std::int64_t floor_div(std::int64_t a, std::int64_t b) {
@@ -37,12 +54,12 @@ Decision decide(i128 level, const BucketParams& p, std::int64_t cost) {
   if (level + need <= cap) {
     const i128 after = level + need;
     d.allowed = true;
-    d.remaining = static_cast<std::int64_t>((cap - after) / period);
+    d.remaining = static_cast<std::int64_t>(div(cap - after, period));
     d.retry_after = 0;
     d.reset_after = saturate(ceil_div(after, rate));
   } else {
     d.allowed = false;
-    d.remaining = level >= cap ? 0 : static_cast<std::int64_t>((cap - level) / period);
+    d.remaining = level >= cap ? 0 : static_cast<std::int64_t>(div(cap - level, period));
     d.reset_after = saturate(ceil_div(level, rate));
     d.retry_after = cost > p.capacity() ? kNever : saturate(ceil_div(level + need - cap, rate));
   }
@@ -62,8 +79,8 @@ i128 gcra_level(const GcraState& s, const BucketParams& p, Nanos now) {
 }
 
 void gcra_set_level(GcraState& s, const BucketParams& p, Nanos now, i128 level) {
-  s.tat = saturate(static_cast<i128>(now) + level / p.rate);
-  s.frac = static_cast<std::int64_t>(level % p.rate);
+  s.tat = saturate(static_cast<i128>(now) + div(level, p.rate));
+  s.frac = static_cast<std::int64_t>(mod(level, p.rate));
   s.rate = p.rate;
   s.period = p.period;
 }
@@ -75,13 +92,13 @@ TokenBucketState refilled(const TokenBucketState& s, const BucketParams& p, Nano
   r.frac = std::min<std::int64_t>(r.frac, p.period - 1);
   if (now > r.last) {
     const i128 acc = static_cast<i128>(r.frac) + static_cast<i128>(now - r.last) * p.rate;
-    const i128 tokens = r.tokens + acc / p.period;
+    const i128 tokens = r.tokens + div(acc, p.period);
     if (tokens >= cap) {
       r.tokens = cap;
       r.frac = 0;
     } else {
       r.tokens = static_cast<std::int64_t>(tokens);
-      r.frac = static_cast<std::int64_t>(acc % p.period);
+      r.frac = static_cast<std::int64_t>(mod(acc, p.period));
     }
     r.last = now;
   }

@@ -7,6 +7,8 @@
 
 #include <boost/container/small_vector.hpp>
 
+#include "common/json_util.h"
+
 namespace bw::limits {
 namespace {
 
@@ -347,40 +349,45 @@ namespace {
 // One "name: value\r\n" line per field; the longest name is 30 bytes, a value at most 20.
 constexpr std::size_t kRateHeaderLineMax = 30 + 2 + 20 + 2;
 
-char* put(char* p, std::string_view s) {
-  std::memcpy(p, s.data(), s.size());
-  return p + s.size();
+// The names are literals: each is one fixed-size copy (with the separators around it).
+template <std::size_t N>
+char* put(char* p, const char (&s)[N]) {
+  std::memcpy(p, s, N - 1);
+  return p + N - 1;
 }
 
-char* put_rate_headers(char* p, const RateHeaders& h, std::string_view limit_name,
-                       std::string_view remaining_name, std::string_view reset_name) {
-  p = put(p, limit_name);
-  p = put(p, ": ");
-  p = std::to_chars(p, p + 20, h.limit).ptr;
-  p = put(p, "\r\n");
-  p = put(p, remaining_name);
-  p = put(p, ": ");
-  p = std::to_chars(p, p + 20, h.remaining).ptr;
-  p = put(p, "\r\n");
-  p = put(p, reset_name);
-  p = put(p, ": ");
-  char reset[kFormatResetBuffer];
-  p = put(p, format_reset(h.reset_after, reset));
-  return put(p, "\r\n");
+// The reset text is written in place: format_reset's buffer is the output itself.
+char* put_reset(char* p, Nanos ns) {
+  return p + format_reset(ns, std::span<char, kFormatResetBuffer>(p, kFormatResetBuffer)).size();
+}
+
+char* put_number(char* p, std::int64_t v) {
+  return write_int(p, v);
 }
 
 }  // namespace
 
 void append_rate_headers(std::string& out, const Verdict& v) {
-  char buf[6 * kRateHeaderLineMax];
+  // Room for format_reset's whole buffer at the last line's value.
+  char buf[6 * kRateHeaderLineMax + kFormatResetBuffer];
   char* p = buf;
   if (v.requests.present) {
-    p = put_rate_headers(p, v.requests, "x-ratelimit-limit-requests",
-                         "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests");
+    p = put(p, "x-ratelimit-limit-requests: ");
+    p = put_number(p, v.requests.limit);
+    p = put(p, "\r\nx-ratelimit-remaining-requests: ");
+    p = put_number(p, v.requests.remaining);
+    p = put(p, "\r\nx-ratelimit-reset-requests: ");
+    p = put_reset(p, v.requests.reset_after);
+    p = put(p, "\r\n");
   }
   if (v.tokens.present) {
-    p = put_rate_headers(p, v.tokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
-                         "x-ratelimit-reset-tokens");
+    p = put(p, "x-ratelimit-limit-tokens: ");
+    p = put_number(p, v.tokens.limit);
+    p = put(p, "\r\nx-ratelimit-remaining-tokens: ");
+    p = put_number(p, v.tokens.remaining);
+    p = put(p, "\r\nx-ratelimit-reset-tokens: ");
+    p = put_reset(p, v.tokens.reset_after);
+    p = put(p, "\r\n");
   }
   out.append(buf, static_cast<std::size_t>(p - buf));
 }

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <charconv>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -155,6 +156,56 @@ TEST(WriteDecimal, SixSignificantDigitsMatchPrintf) {
     check(static_cast<std::int64_t>(rng() % 1'000'000'000'000'000ull));
   }
   EXPECT_GT(checked, 2'000'000);
+}
+
+std::string std_chars(std::int64_t v) {
+  char buf[24];
+  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+}
+
+std::string std_chars(std::uint64_t v) {
+  char buf[24];
+  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+}
+
+std::string ints(std::int64_t v) {
+  char buf[24];
+  return std::string(buf, write_int(buf, v));
+}
+
+std::string uints(std::uint64_t v) {
+  char buf[24];
+  return std::string(buf, write_uint(buf, v));
+}
+
+// The same text as std::to_chars: every value up to 100,000, every power of ten and its
+// neighbours, every power of two and its neighbours, the extremes, and random values of every
+// length.
+TEST(WriteInt, SameAsToChars) {
+  for (std::int64_t v = -100'000; v <= 100'000; ++v) ASSERT_EQ(ints(v), std_chars(v)) << v;
+  std::vector<std::uint64_t> edges = {0, std::numeric_limits<std::uint64_t>::max(),
+                                      std::numeric_limits<std::uint64_t>::max() - 1};
+  for (std::uint64_t p = 1, i = 0; i < 20; ++i, p *= 10) {
+    edges.insert(edges.end(), {p - 1, p, p + 1});
+  }
+  for (int b = 0; b < 64; ++b) {
+    const std::uint64_t p = std::uint64_t{1} << b;
+    edges.insert(edges.end(), {p - 1, p, p + 1});
+  }
+  for (std::uint64_t v : edges) {
+    ASSERT_EQ(uints(v), std_chars(v)) << v;
+    const auto s = static_cast<std::int64_t>(v);
+    ASSERT_EQ(ints(s), std_chars(s)) << s;
+  }
+  EXPECT_EQ(ints(std::numeric_limits<std::int64_t>::min()), "-9223372036854775808");
+  EXPECT_EQ(ints(std::numeric_limits<std::int64_t>::max()), "9223372036854775807");
+  EXPECT_EQ(uints(std::numeric_limits<std::uint64_t>::max()), "18446744073709551615");
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 200'000; ++i) {
+    const std::uint64_t v = rng() >> (rng() % 64);  // every bit length
+    ASSERT_EQ(uints(v), std_chars(v)) << v;
+    ASSERT_EQ(ints(static_cast<std::int64_t>(v)), std_chars(static_cast<std::int64_t>(v)));
+  }
 }
 
 }  // namespace
