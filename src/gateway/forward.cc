@@ -86,18 +86,19 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   out.method = "POST";
   // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
   out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
-  out.headers.add("content-type", "application/json");
-  out.headers.add("accept", c.llm.stream ? "text/event-stream" : "application/json");
-  out.headers.add("x-request-id", c.request_id);
+  out.headers.add_known("content-type", "application/json");
+  out.headers.add_known("accept", c.llm.stream ? "text/event-stream" : "application/json");
+  out.headers.add_known("x-request-id", c.request_id);
   if (!d.provider->authorization.empty()) {
-    out.headers.add("authorization", d.provider->authorization);
+    out.headers.add_known("authorization", d.provider->authorization);
   }
   if (!d.provider->key_header.empty()) {
     out.headers.add(d.provider->key_header, d.provider->key_value);
   }
   if (d.provider->wire.wire == providers::Wire::kAnthropic) {
-    out.headers.add("anthropic-version", d.provider->anthropic_version);
-    if (auto v = c.req.header("anthropic-beta"); !v.empty()) out.headers.add("anthropic-beta", v);
+    out.headers.add_known("anthropic-version", d.provider->anthropic_version);
+    if (auto v = c.req.header("anthropic-beta"); !v.empty())
+      out.headers.add_known("anthropic-beta", v);
   }
   for (auto name : kForwardRequestHeaders) {
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
@@ -182,8 +183,8 @@ class Stretches {
 // usage chunk is only shown to a client that asked for it.
 asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Headers headers) {
   // `headers` holds neither (gateway headers and kForwardResponseHeaders only).
-  headers.add("content-type", "text/event-stream");
-  headers.add("cache-control", "no-cache");
+  headers.add_known("content-type", "text/event-stream");
+  headers.add_known("cache-control", "no-cache");
   // When the first body bytes came with the upstream's head, the client's head leaves with them
   // in one write; otherwise it leaves now, as the upstream's did.
   const bool started = up.body_at_hand() ? co_await c.w.begin_stream_held(200, headers)
@@ -334,8 +335,8 @@ std::optional<Error> note_dropped(Ctx& c, std::vector<std::string> dropped) {
 // so the first token leaves as soon as the provider sends it. Usage is read on the way.
 asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http::Headers headers,
                                        const UpstreamBody& call) {
-  headers.add("content-type", "text/event-stream");
-  headers.add("cache-control", "no-cache");
+  headers.add_known("content-type", "text/event-stream");
+  headers.add_known("cache-control", "no-cache");
   if (!co_await c.w.begin_stream(200, headers)) {
     note_client_gone(c);
     up.abort();
@@ -526,9 +527,10 @@ bool gives_up(const routing::RetryDecision& d) {
 http::Headers answer_headers(const Ctx& c, const http::Headers& passed) {
   http::Headers headers;
   headers.reserve(256 + c.extra.wire().size() + passed.wire().size());
-  headers.add("x-request-id", c.request_id);
-  headers.add("x-bellwether-model", c.model_served);
-  if (c.model_served != c.route_model) headers.add("x-bellwether-fallback-from", c.route_model);
+  headers.add_known("x-request-id", c.request_id);
+  headers.add_known("x-bellwether-model", c.model_served);
+  if (c.model_served != c.route_model)
+    headers.add_known("x-bellwether-fallback-from", c.route_model);
   headers.append(c.extra);
   headers.append(passed);
   return headers;
@@ -556,13 +558,14 @@ Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::H
   r.headers = std::move(headers);
   auto ct = up.content_type();
   // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
-  r.headers.add("content-type",
-                translated || ct.empty() ? std::string_view("application/json") : ct);
+  r.headers.add_known("content-type",
+                      translated || ct.empty() ? std::string_view("application/json") : ct);
   if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
-    r.headers.add("retry-after", std::string(ra));
+    r.headers.add_known("retry-after", std::string(ra));
   } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
-    r.headers.add("retry-after",
-                  std::to_string(static_cast<long>(std::ceil(c.upstream_limits.retry_after_s))));
+    r.headers.add_known(
+        "retry-after",
+        std::to_string(static_cast<long>(std::ceil(c.upstream_limits.retry_after_s))));
   }
   r.body = std::move(body);
   return r;
@@ -701,7 +704,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                               },
                               up.status(), c.sh.clock.unix_millis()));
     http::Headers headers = answer_headers(c, scanned.passed);
-    if (!c.dropped_params.empty()) headers.add("x-bellwether-dropped-params", c.dropped_params);
+    if (!c.dropped_params.empty())
+      headers.add_known("x-bellwether-dropped-params", c.dropped_params);
     if (!fast) {
       c.upstream_limits = providers::parse_rate_limits(
           wire, [&up](std::string_view n) { return up.headers().get(n); }, up.status(), {},

@@ -114,6 +114,13 @@ bool Headers::add(std::string_view name, std::string_view value) {
   return true;
 }
 
+bool Headers::add_known(KnownName name, std::string_view value) {
+  if (!valid_value(value)) return false;
+  if (name.is_framing()) framing_ = true;
+  append_line(wire_, name.view(), value);
+  return true;
+}
+
 void Headers::add_parsed(std::string_view name, std::string_view value) {
   if (!framing_ && is_framing_header(name)) framing_ = true;
   append_line(wire_, name, value);

@@ -2,6 +2,7 @@
 // Plain HTTP message types shared by the server, the upstream client and the gateway. They keep
 // Boost.Beast out of every header above src/http/. Header names compare case-insensitively.
 // Thread safety: value types.
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -16,6 +17,42 @@ bool iequals(std::string_view a, std::string_view b);
 // serialising it is one copy and adding a header is an append (no allocation per header).
 // A name or value that contains CR, LF or NUL is refused (dropped), so a header can never inject
 // another line; names must be non-empty and contain no ':' or whitespace.
+// A header name written in the source, checked when it is compiled (a name with a ':', a space
+// or a control character does not compile), with whether it is a framing header. Adding one
+// (Headers::add_known) skips the run-time name check; the value is still checked.
+class KnownName {
+ public:
+  template <std::size_t N>
+  consteval KnownName(const char (&name)[N])  // NOLINT: implicit by design
+      : name_(name, N - 1), framing_(framing(name_)) {
+    if (!valid(name_)) throw "not a valid header name";
+  }
+  std::string_view view() const { return name_; }
+  bool is_framing() const { return framing_; }
+
+ private:
+  static consteval bool valid(std::string_view n) {
+    if (n.empty()) return false;
+    for (char c : n) {
+      if (c <= 0x20 || c == ':' || c == 0x7f) return false;
+    }
+    return true;
+  }
+  static consteval bool same(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const char x = (a[i] >= 'A' && a[i] <= 'Z') ? static_cast<char>(a[i] + 32) : a[i];
+      if (x != b[i]) return false;
+    }
+    return true;
+  }
+  static consteval bool framing(std::string_view n) {
+    return same(n, "content-length") || same(n, "transfer-encoding") || same(n, "connection");
+  }
+  std::string_view name_;
+  bool framing_;
+};
+
 class Headers {
  public:
   class Iterator {
@@ -37,6 +74,8 @@ class Headers {
 
   // Appends a header (a repeated name is kept twice). Returns false if it was refused.
   bool add(std::string_view name, std::string_view value);
+  // add() of a name checked at compile time: only the value is checked.
+  bool add_known(KnownName name, std::string_view value);
   // add() without the byte checks, for a field an HTTP parser has already validated (token
   // name, no CR/LF/NUL in the value).
   void add_parsed(std::string_view name, std::string_view value);

@@ -36,6 +36,26 @@ TEST(Headers, AddKeepsWireFormatAndOrder) {
   EXPECT_TRUE(h.has("x-empty"));
 }
 
+// A name checked at compile time is added as add() adds it; its value is still checked.
+TEST(Headers, AddKnownIsAddWithTheNameCheckedAtCompileTime) {
+  Headers known, plain;
+  EXPECT_TRUE(known.add_known("Content-Type", "application/json"));
+  EXPECT_TRUE(plain.add("Content-Type", "application/json"));
+  EXPECT_TRUE(known.add_known("x-request-id", ""));
+  EXPECT_TRUE(plain.add("x-request-id", ""));
+  EXPECT_EQ(known.wire(), plain.wire());
+  EXPECT_FALSE(known.may_have_framing());
+  EXPECT_FALSE(known.add_known("x-evil", "a\r\nset-cookie: b"));
+  EXPECT_FALSE(known.add_known("x-evil", "a\nb"));
+  EXPECT_FALSE(known.add_known("x-evil", std::string_view("a\0b", 3)));
+  EXPECT_EQ(known.wire(), plain.wire());
+  EXPECT_TRUE(known.add_known("Transfer-Encoding", "chunked"));
+  EXPECT_TRUE(known.may_have_framing());
+  Headers connection;
+  EXPECT_TRUE(connection.add_known("connection", "close"));
+  EXPECT_TRUE(connection.may_have_framing());
+}
+
 TEST(Headers, NamesCompareCaseInsensitively) {
   Headers h;
   ASSERT_TRUE(h.add("Content-Type", "text/plain"));
