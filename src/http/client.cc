@@ -12,7 +12,6 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/read_size.hpp>
@@ -92,20 +91,6 @@ struct UpstreamResponse::Impl {
   template <class Buffers>
   asio::awaitable<std::tuple<beast::error_code, std::size_t>> write_plain(const Buffers& b) {
     return asio::async_write(*plain, b, kNoThrow);
-  }
-  // Sends what the (non-blocking) plain socket takes at once, `n` bytes. True when that settles
-  // the write: all of it went, or it failed (`ec`); false when the rest must be awaited. A
-  // request that fits costs one sendmsg, as an awaited write's first try would, without the
-  // operation's trip through the scheduler.
-  template <class Buffers>
-  bool write_now(const Buffers& b, beast::error_code& ec, std::size_t& n) {
-    n = plain->write_some(b, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      ec = {};
-      n = 0;
-      return false;
-    }
-    return ec || n == asio::buffer_size(b);
   }
 
   enum class Until { kHead, kPiece, kEnd };
@@ -571,8 +556,6 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> connect(ClientP
   }
   beast::error_code ec;
   c->socket().set_option(tcp::no_delay(true), ec);
-  // A plain connection's request is written at once when the socket takes it (write_now).
-  if (c->plain) c->plain->non_blocking(true, ec);
   if (ep.tls) {
     if (!SSL_set_tlsext_host_name(c->tls->native_handle(), ep.host.c_str())) {
       c->deadline.disarm();
@@ -688,23 +671,17 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     if (request.body.size() <= 16 * 1024) {
       c.out.append(request.body);
       const std::array<asio::const_buffer, 1> b{asio::buffer(c.out)};
-      std::size_t n = 0;
       if (c.tls) {
         std::tie(wec, std::ignore) = co_await c.write_tls(b);
-      } else if (!c.write_now(b, wec, n)) {
-        beast::buffers_suffix<std::array<asio::const_buffer, 1>> rest(b);
-        rest.consume(n);
-        std::tie(wec, std::ignore) = co_await c.write_plain(rest);
+      } else {
+        std::tie(wec, std::ignore) = co_await c.write_plain(b);
       }
     } else {
       const std::array<asio::const_buffer, 2> b{asio::buffer(c.out), asio::buffer(request.body)};
-      std::size_t n = 0;
       if (c.tls) {
         std::tie(wec, std::ignore) = co_await c.write_tls(b);
-      } else if (!c.write_now(b, wec, n)) {
-        beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(b);
-        rest.consume(n);
-        std::tie(wec, std::ignore) = co_await c.write_plain(rest);
+      } else {
+        std::tie(wec, std::ignore) = co_await c.write_plain(b);
       }
     }
     if (c.deadline.expired()) wec = beast::error::timeout;

@@ -13,7 +13,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/read_size.hpp>
@@ -27,7 +26,6 @@
 #include <cerrno>
 #include <functional>
 #include <memory>
-#include <optional>
 
 #include "common/json_util.h"
 #include "http/deadline.h"
@@ -161,8 +159,6 @@ class Session final : public ResponseWriter {
     const auto& opt = server_.options_;
     beast::error_code ec;
     socket_.set_option(tcp::no_delay(true), ec);
-    // Writes are tried at once (write_now) and must not block the worker.
-    socket_.non_blocking(true, ec);
     {
       auto ep = socket_.remote_endpoint(ec);
       if (!ec) req_.peer_ip = ep.address().to_string();
@@ -264,12 +260,10 @@ class Session final : public ResponseWriter {
     if (head_only_ || r.body.size() <= kInlineBody) {
       if (!head_only_) out_.append(r.body);
       const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
-      if (auto done = write_now(b)) co_return *done;
-      co_return co_await write_rest(b);
+      co_return wrote(co_await start_write(b));
     }
     const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(r.body)};
-    if (auto done = write_now(b)) co_return *done;
-    co_return co_await write_rest(b);
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> begin_stream(int status, const Headers& headers) override {
@@ -279,8 +273,7 @@ class Session final : public ResponseWriter {
                                response_keep_alive());
     if (broken_) co_return false;
     const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
-    if (auto done = write_now(b)) co_return *done;
-    co_return co_await write_rest(b);
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> begin_stream_held(int status, const Headers& headers) override {
@@ -301,8 +294,7 @@ class Session final : public ResponseWriter {
     const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
                                               asio::buffer(data.data(), data.size()),
                                               asio::buffer("\r\n", 2)};
-    if (auto done = write_now(b)) co_return *done;
-    co_return co_await write_rest(b);
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> end_stream() override {
@@ -310,8 +302,7 @@ class Session final : public ResponseWriter {
     if (broken_) co_return false;
     if (head_only_) co_return true;
     const std::array<asio::const_buffer, 2> b{held_head(), asio::buffer("0\r\n\r\n", 5)};
-    if (auto done = write_now(b)) co_return *done;
-    co_return co_await write_rest(b);
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> end_stream_with(std::string_view data) override {
@@ -326,8 +317,7 @@ class Session final : public ResponseWriter {
     const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
                                               asio::buffer(data.data(), data.size()),
                                               asio::buffer("\r\n0\r\n\r\n", 7)};
-    if (auto done = write_now(b)) co_return *done;
-    co_return co_await write_rest(b);
+    co_return wrote(co_await start_write(b));
   }
 
   asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
@@ -346,8 +336,7 @@ class Session final : public ResponseWriter {
       buffers[2 + i] = asio::buffer(pieces[i].data(), pieces[i].size());
     }
     buffers[2 + pieces.size()] = end ? asio::buffer("\r\n0\r\n\r\n", 7) : asio::buffer("\r\n", 2);
-    if (auto done = write_now(buffers)) co_return *done;
-    co_return co_await write_rest(buffers);
+    co_return wrote(co_await start_write(buffers));
   }
 
   void watch_disconnect(std::function<void()> on_gone) override {
@@ -470,38 +459,18 @@ class Session final : public ResponseWriter {
     }
   }
 
-  // A write (the caller has checked broken_): write_now sends what the socket takes at once,
-  // which is all of it unless the client's receive window is full; only then does the caller
-  // await write_rest. An answer that fits costs one sendmsg, as an asynchronous write's first
-  // try would, without the operation, its completion's trip through the scheduler and the
-  // coroutine's suspension.
+  // A write is start_write (the caller has checked broken_) and wrote(its result): the callers
+  // await the socket's write directly, without a coroutine frame of its own per write.
   template <class Buffers>
-  std::optional<bool> write_now(const Buffers& buffers) {
-    beast::error_code ec;
-    const std::size_t n = socket_.write_some(buffers, ec);
-    written_now_ = n;
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      written_now_ = 0;
-      return std::nullopt;
-    }
-    if (!ec && n < asio::buffer_size(buffers)) return std::nullopt;
-    deadline_.disarm();  // as after an awaited write
-    bytes_out_ += n;
-    if (ec) broken_ = true;
-    return !ec;
-  }
-  // The rest of a write that write_now began (written_now_ bytes went).
-  template <class Buffers>
-  asio::awaitable<bool> write_rest(const Buffers& buffers) {
-    beast::buffers_suffix<Buffers> rest(buffers);
-    rest.consume(written_now_);
-    bytes_out_ += written_now_;
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> start_write(const Buffers& buffers) {
     deadline_.arm(server_.options_.write_timeout);
-    auto [ec, n] = co_await asio::async_write(socket_, rest, kNoThrow);
+    return asio::async_write(socket_, buffers, kNoThrow);
+  }
+  bool wrote(const std::tuple<beast::error_code, std::size_t>& result) {
     deadline_.disarm();
-    bytes_out_ += n;
-    if (ec) broken_ = true;
-    co_return !ec;
+    bytes_out_ += std::get<1>(result);
+    if (std::get<0>(result)) broken_ = true;
+    return !std::get<0>(result);
   }
 
   // Bytes the parser could not use yet in the body phase: a chunk-size line (with extensions)
@@ -570,11 +539,10 @@ class Session final : public ResponseWriter {
   std::string out_;
   std::shared_ptr<Watch> watch_;  // created at the first watch_disconnect of the connection
   bool idle_ = false;
-  bool head_only_ = false;       // the current request is a HEAD: heads only, no body bytes
-  std::string_view overflow_;    // the bound a body-phase read exceeded, if any
-  std::size_t bytes_in_ = 0;     // read for the current request
-  std::size_t bytes_out_ = 0;    // written for the current request
-  std::size_t written_now_ = 0;  // what write_now sent of a write that write_rest finishes
+  bool head_only_ = false;     // the current request is a HEAD: heads only, no body bytes
+  std::string_view overflow_;  // the bound a body-phase read exceeded, if any
+  std::size_t bytes_in_ = 0;   // read for the current request
+  std::size_t bytes_out_ = 0;  // written for the current request
   bool keep_alive_ = true;
   bool started_ = false;
   bool finished_ = false;
