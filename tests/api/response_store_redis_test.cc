@@ -15,25 +15,14 @@
 
 #include "api/response_store.h"
 #include "support/redis_server.h"
+#include "support/run_awaitable.h"
 
 namespace bw::api {
 namespace {
 
 namespace asio = boost::asio;
+using bw::testing::run;
 using test::RedisServer;
-
-template <class T>
-T run(asio::io_context& ioc, asio::awaitable<T> a) {
-  std::optional<T> out;
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e, T v) {
-    if (e) std::rethrow_exception(e);
-    out = std::move(v);
-    ioc.stop();
-  });
-  ioc.restart();
-  ioc.run();
-  return std::move(*out);
-}
 
 Nanos steady() {
   return SteadyClock::instance().now();

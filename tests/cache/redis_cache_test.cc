@@ -8,32 +8,13 @@
 #include "cache/key.h"
 #include "cache/memory_cache.h"
 #include "support/redis_server.h"
+#include "support/run_awaitable.h"
 
 namespace bw::cache {
 namespace {
 
 namespace asio = boost::asio;
-
-template <class T>
-T run(asio::io_context& ioc, asio::awaitable<T> a) {
-  T out{};
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e, T v) {
-    if (e) std::rethrow_exception(e);
-    out = std::move(v);
-    ioc.stop();
-  });
-  ioc.restart();
-  ioc.run();
-  return out;
-}
-void run(asio::io_context& ioc, asio::awaitable<void> a) {
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-    ioc.stop();
-  });
-  ioc.restart();
-  ioc.run();
-}
+using bw::testing::run;
 
 std::shared_ptr<const Entry> big_entry() {
   auto e = std::make_shared<Entry>();

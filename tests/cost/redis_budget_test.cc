@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/redis_server.h"
+#include "support/run_awaitable.h"
 
 #include <atomic>
 #include <chrono>
@@ -35,33 +36,9 @@ namespace bw::cost {
 namespace {
 
 namespace asio = boost::asio;
+using bw::testing::run;
 
 using test::RedisServer;
-
-template <class T>
-T run(asio::io_context& ioc, asio::awaitable<T> a) {
-  std::optional<T> out;
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e, T v) {
-    if (e) std::rethrow_exception(e);
-    out = std::move(v);
-  });
-  ioc.restart();
-  while (!out && ioc.run_one() > 0) {
-  }
-  return std::move(*out);
-}
-
-void run(asio::io_context& ioc, asio::awaitable<void> a) {
-  bool done = false;
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-    done = true;
-  });
-  ioc.restart();
-  while (!done && ioc.run_one() > 0) {
-  }
-  EXPECT_TRUE(done);
-}
 
 Nanos steady() {
   return SteadyClock::instance().now();

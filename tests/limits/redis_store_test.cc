@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/redis_server.h"
+#include "support/run_awaitable.h"
 
 #include <atomic>
 #include <chrono>
@@ -34,33 +35,9 @@ namespace bw::limits {
 namespace {
 
 namespace asio = boost::asio;
+using bw::testing::run;
 
 using test::RedisServer;
-
-template <class T>
-T run(asio::io_context& ioc, asio::awaitable<T> a) {
-  std::optional<T> out;
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e, T v) {
-    if (e) std::rethrow_exception(e);
-    out = std::move(v);
-    ioc.stop();
-  });
-  ioc.restart();
-  ioc.run();
-  return std::move(*out);
-}
-
-void run(asio::io_context& ioc, asio::awaitable<void> a) {
-  bool done = false;
-  asio::co_spawn(ioc, std::move(a), [&](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-    done = true;
-    ioc.stop();
-  });
-  ioc.restart();
-  ioc.run();
-  EXPECT_TRUE(done);
-}
 
 Nanos steady() {
   return SteadyClock::instance().now();
