@@ -242,6 +242,62 @@ TEST(CostGuard, ConcurrentRequestsNeverSettleAboveTheCap) {
   EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE status <> 'settled'"), "0");
 }
 
+// --- 1b. a fallback model's answer is billed at its own price ----------------------------------
+
+TEST(CostGuard, AFallbackAnswerIsBilledAtTheAnsweringModelsPrice) {
+  const std::string dir = temp_dir();
+  auto down = start_sim(sim_yaml());
+  auto good = start_sim(sim_yaml());
+  ASSERT_EQ(
+      request(down.port, "POST", "/sim/control", R"({"error_status":503,"error_rate":1.0})").status,
+      200);
+  // "cheap" is down; its fallback "dear" answers at 100x the input and 500x the output price.
+  auto gw = start_gateway(R"(workers: 1
+admin:
+  key: )" + std::string(kAdmin) +
+                          R"(
+providers:
+  down: {base_url: "http://127.0.0.1:)" +
+                          std::to_string(down.port) + R"(/v1"}
+  good: {base_url: "http://127.0.0.1:)" +
+                          std::to_string(good.port) + R"(/v1"}
+plans:
+  bulk: {limits: []}
+model_groups:
+  cheap:
+    deployments: [{id: cheap-0, provider: down, model: quick}]
+    fallbacks: [dear]
+  dear:
+    deployments: [{id: dear-0, provider: good, model: quick}]
+pricing:
+  cheap: {input: 1, output: 2}
+  dear: {input: 100, output: 1000}
+resilience:
+  retry: {max_attempts: 3, base: 10ms, cap: 50ms, deadline: 20s}
+ledger: {path: )" + dir + R"(/ledger.db}
+keys:
+  - {name: fb, key: sk-cost-fallback-0001, plan: bulk, budget: {cap_usd: 10.00, period: total}}
+)");
+  auto r = post_json(gw.port, kChat, chat_body("cheap", false, 10), "sk-cost-fallback-0001");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-bellwether-model"), "dear");
+  EXPECT_EQ(r.header("x-bellwether-fallback-from"), "cheap");
+  const std::string usage = object_with(r.body, "\"prompt_tokens\"");
+  const auto prompt = static_cast<std::int64_t>(num(usage, "prompt_tokens"));
+  const auto completion = static_cast<std::int64_t>(num(usage, "completion_tokens"));
+  ASSERT_GT(prompt, 0) << r.body;
+  ASSERT_GT(completion, 0) << r.body;
+  const std::int64_t dear = prompt * 100 + completion * 1000;
+  std::string actual;
+  ASSERT_TRUE(eventually([&] {
+    actual = sqlite(dir + "/ledger.db", "SELECT actual_micro FROM ledger WHERE status='settled'");
+    return !actual.empty();
+  })) << "no settled row";
+  EXPECT_EQ(std::atoll(actual.c_str()), dear)
+      << "billed at the requested model's price (" << prompt * 1 + completion * 2 << ")";
+  EXPECT_EQ(micros(num(budget_row(gw.port, "key:fb/total"), "spent_usd")), dear);
+}
+
 // --- 2. kill -9 under load, 20 times, on one ledger
 // ------------------------------------------------
 
