@@ -213,6 +213,12 @@ constexpr std::uint64_t kPow10[] = {1ull,
                                     1'000'000'000'000'000'000ull,
                                     10'000'000'000'000'000'000ull};
 
+// Digits of v > 0: floor(log10(v)) + 1 from floor(log2(v)) + 1, corrected by one comparison.
+int decimal_digits(std::uint64_t v) {
+  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
+  return t + (v >= kPow10[t] ? 1 : 0);
+}
+
 }  // namespace
 
 constexpr char kDigitPairs[] =
@@ -225,9 +231,7 @@ char* write_uint(char* p, std::uint64_t v) {
     *p = static_cast<char>('0' + v);
     return p + 1;
   }
-  // floor(log10(v)) + 1 from floor(log2(v)) + 1, corrected by one comparison.
-  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
-  char* const end = p + t + (v >= kPow10[t] ? 1 : 0);
+  char* const end = p + decimal_digits(v);
   char* q = end;
   while (v >= 100) {
     q -= 2;
@@ -246,12 +250,6 @@ char* write_int(char* p, std::int64_t v) {
   if (v >= 0) return write_uint(p, static_cast<std::uint64_t>(v));
   *p = '-';
   return write_uint(p + 1, 0 - static_cast<std::uint64_t>(v));
-}
-
-// Digits of v > 0 (see write_uint).
-int decimal_digits(std::uint64_t v) {
-  const auto t = static_cast<int>((std::bit_width(v) * 1233) >> 12);
-  return t + (v >= kPow10[t] ? 1 : 0);
 }
 
 char* write_decimal(char* p, std::int64_t units, int scale, int significant) {
@@ -291,6 +289,13 @@ char* write_decimal(char* p, std::int64_t units, int scale, int significant) {
     frac /= 10;
   }
   return end;
+}
+
+char* write_double(char* p, double v) {
+  if (!std::isfinite(v)) return write_literal(p, "null");
+  // The same text as printf("%.6g") (the standard defines to_chars that way), without the
+  // locale machinery.
+  return std::to_chars(p, p + kDoubleMaxSize, v, std::chars_format::general, 6).ptr;
 }
 
 std::string json_string(std::string_view s) {
@@ -384,28 +389,19 @@ JsonWriter& JsonWriter::value(std::string_view v) {
 JsonWriter& JsonWriter::value(std::int64_t v) {
   comma();
   char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  out_.append(buf, end);
+  out_.append(buf, write_int(buf, v));
   return *this;
 }
 JsonWriter& JsonWriter::value(std::uint64_t v) {
   comma();
   char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  out_.append(buf, end);
+  out_.append(buf, write_uint(buf, v));
   return *this;
 }
 JsonWriter& JsonWriter::value(double v) {
   comma();
-  if (!std::isfinite(v)) {
-    out_ += "null";
-    return *this;
-  }
-  // The same text as printf("%.6g") (the standard defines to_chars that way), without the
-  // locale machinery.
-  char buf[32];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general, 6);
-  out_.append(buf, end);
+  char buf[kDoubleMaxSize];
+  out_.append(buf, write_double(buf, v));
   return *this;
 }
 JsonWriter& JsonWriter::value(bool v) {

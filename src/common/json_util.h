@@ -1,7 +1,9 @@
 #pragma once
 // Small JSON writing helpers: escaping and an append-only writer. Parsing uses simdjson.
 // Thread safety: pure functions; JsonWriter is a value type.
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -20,19 +22,32 @@ constexpr std::size_t json_string_max_size(std::size_t n) {
 // writes at `p` and returns the end, for a caller that builds a whole line without appends.
 char* write_json_string(char* p, std::string_view s);
 
-// A JSON number for units / 10^scale (scale 0..18), written at `p` (room for kDecimalMaxSize
-// bytes); returns the end. Exact decimal text from integers: no exponent, no trailing zeros in
-// the fraction ("0.0015" for 1500 at scale 6, "12" for 12000 at scale 3, "-0.5" for -5 at
-// scale 1). With `significant` > 0 the value is first rounded to that many significant digits
-// (half to even), as printf's "%.<significant>g" rounds, but still without an exponent.
 // Decimal text of an integer at `p` (room for 20 bytes); returns the end. What std::to_chars
 // writes, two digits per step from a table and the length from the bit width, in about half its
 // instructions (a request writes a dozen such numbers into headers and its log line).
 char* write_uint(char* p, std::uint64_t v);
 char* write_int(char* p, std::int64_t v);
 
+// A JSON number for units / 10^scale (scale 0..18), written at `p` (room for kDecimalMaxSize
+// bytes); returns the end. Exact decimal text from integers: no exponent, no trailing zeros in
+// the fraction ("0.0015" for 1500 at scale 6, "12" for 12000 at scale 3, "-0.5" for -5 at
+// scale 1). With `significant` > 0 the value is first rounded to that many significant digits
+// (half to even), as printf's "%.<significant>g" rounds, but still without an exponent.
 inline constexpr std::size_t kDecimalMaxSize = 24;
 char* write_decimal(char* p, std::int64_t units, int scale, int significant = 0);
+
+// A double as printf("%.6g") writes it (the standard defines to_chars that way), or null when
+// it is not finite, at `p` (room for kDoubleMaxSize bytes); returns the end.
+inline constexpr std::size_t kDoubleMaxSize = 32;
+char* write_double(char* p, double v);
+
+// Copies a string literal (without its terminating NUL) to `p` in one fixed-size copy; returns
+// the end. For a caller that writes a line of known field names into room it has made.
+template <std::size_t N>
+char* write_literal(char* p, const char (&s)[N]) {
+  std::memcpy(p, s, N - 1);
+  return p + N - 1;
+}
 
 // An OpenAI-style error body: {"error":{"message":...,"type":...,"param":...,"code":...}}.
 // With a request id, the error object also carries it ("request_id"), so a client that logs the

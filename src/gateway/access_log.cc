@@ -1,9 +1,7 @@
 #include "gateway/access_log.h"
 
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 
 #include "common/json_util.h"
 
@@ -33,28 +31,12 @@ AccessLog::~AccessLog() {
 
 namespace {
 
-// The line is written with a cursor into room made beforehand (line_bound): every field name is
-// one fixed-size copy of its literal, with its comma and colon, and no append checks capacity.
-template <std::size_t N>
-char* lit(char* p, const char (&s)[N]) {
-  std::memcpy(p, s, N - 1);
-  return p + N - 1;
-}
-
-char* put_string(char* p, std::string_view s) {
-  return write_json_string(p, s);
-}
-
-char* put_int(char* p, std::int64_t v) {
-  return write_int(p, v);
-}
-
-char* put_uint(char* p, std::uint64_t v) {
-  return write_uint(p, v);
-}
+// The line is written with a cursor into room made beforehand (`bound`): every field name is
+// one fixed-size copy of its literal (write_literal), with its comma and colon, and no append
+// checks capacity.
 
 char* put_bool(char* p, bool v) {
-  return v ? lit(p, "true") : lit(p, "false");
+  return v ? write_literal(p, "true") : write_literal(p, "false");
 }
 
 // Milliseconds with six significant digits, as printf("%.6g") gives them, but formatted from
@@ -62,8 +44,7 @@ char* put_bool(char* p, bool v) {
 char* put_ms(char* p, double ms) {
   const double ps = ms * 1e9;
   if (std::fabs(ps) < 9e18) return write_decimal(p, std::llround(ps), 9, 6);
-  if (!std::isfinite(ms)) return lit(p, "null");
-  return std::to_chars(p, p + 32, ms, std::chars_format::general, 6).ptr;
+  return write_double(p, ms);
 }
 
 // Dollars from micro-dollars, exactly.
@@ -93,93 +74,91 @@ void AccessLog::log(const AccessRecord& r) {
   if (line.size() < bound) line.resize(bound);
   char* const begin = line.data();
   char* p = begin;
-  p = lit(p, "{\"ts_ms\":");
-  p = put_int(p, static_cast<std::int64_t>(now_ms));
-  p = lit(p, ",\"request_id\":");
-  p = put_string(p, r.request_id);
-  p = lit(p, ",\"key_id\":");
-  p = put_string(p, r.key_id);
-  p = lit(p, ",\"client_ip\":");
-  p = put_string(p, r.client_ip);
-  p = lit(p, ",\"method\":");
-  p = put_string(p, r.method);
-  p = lit(p, ",\"path\":");
-  p = put_string(p, r.path);
-  p = lit(p, ",\"model\":");
-  p = put_string(p, r.model_requested);
-  p = lit(p, ",\"model_served\":");
-  p = put_string(p, r.model_served);
-  p = lit(p, ",\"upstream\":");
-  p = put_string(p, r.upstream);
-  p = lit(p, ",\"status\":");
-  p = put_int(p, r.status);
-  p = lit(p, ",\"stream\":");
+  p = write_literal(p, "{\"ts_ms\":");
+  p = write_int(p, static_cast<std::int64_t>(now_ms));
+  p = write_literal(p, ",\"request_id\":");
+  p = write_json_string(p, r.request_id);
+  p = write_literal(p, ",\"key_id\":");
+  p = write_json_string(p, r.key_id);
+  p = write_literal(p, ",\"client_ip\":");
+  p = write_json_string(p, r.client_ip);
+  p = write_literal(p, ",\"method\":");
+  p = write_json_string(p, r.method);
+  p = write_literal(p, ",\"path\":");
+  p = write_json_string(p, r.path);
+  p = write_literal(p, ",\"model\":");
+  p = write_json_string(p, r.model_requested);
+  p = write_literal(p, ",\"model_served\":");
+  p = write_json_string(p, r.model_served);
+  p = write_literal(p, ",\"upstream\":");
+  p = write_json_string(p, r.upstream);
+  p = write_literal(p, ",\"status\":");
+  p = write_int(p, r.status);
+  p = write_literal(p, ",\"stream\":");
   p = put_bool(p, r.stream);
-  p = lit(p, ",\"latency_ms\":");
+  p = write_literal(p, ",\"latency_ms\":");
   p = put_ms(p, r.latency_ms);
   if (r.ttft_ms >= 0) {
-    p = lit(p, ",\"ttft_ms\":");
+    p = write_literal(p, ",\"ttft_ms\":");
     p = put_ms(p, r.ttft_ms);
   }
-  p = lit(p, ",\"queue_ms\":");
+  p = write_literal(p, ",\"queue_ms\":");
   p = put_ms(p, r.queue_ms);
   if (!r.wait_reason.empty()) {
-    p = lit(p, ",\"wait_reason\":");
-    p = put_string(p, r.wait_reason);
+    p = write_literal(p, ",\"wait_reason\":");
+    p = write_json_string(p, r.wait_reason);
   }
-  p = lit(p, ",\"prompt_tokens\":");
-  p = put_int(p, r.prompt_tokens);
-  p = lit(p, ",\"completion_tokens\":");
-  p = put_int(p, r.completion_tokens);
-  p = lit(p, ",\"cost_usd\":");
+  p = write_literal(p, ",\"prompt_tokens\":");
+  p = write_int(p, r.prompt_tokens);
+  p = write_literal(p, ",\"completion_tokens\":");
+  p = write_int(p, r.completion_tokens);
+  p = write_literal(p, ",\"cost_usd\":");
   p = put_usd(p, r.cost_micro_usd);
-  p = lit(p, ",\"attempts\":");
-  p = put_int(p, r.attempts);
-  p = lit(p, ",\"bytes_in\":");
-  p = put_uint(p, r.bytes_in);
-  p = lit(p, ",\"bytes_out\":");
-  p = put_uint(p, r.bytes_out);
+  p = write_literal(p, ",\"attempts\":");
+  p = write_int(p, r.attempts);
+  p = write_literal(p, ",\"bytes_in\":");
+  p = write_uint(p, r.bytes_in);
+  p = write_literal(p, ",\"bytes_out\":");
+  p = write_uint(p, r.bytes_out);
   if (!r.cache.empty()) {
-    p = lit(p, ",\"cache\":");
-    p = put_string(p, r.cache);
+    p = write_literal(p, ",\"cache\":");
+    p = write_json_string(p, r.cache);
   }
   if (r.cache_age_s >= 0) {
-    p = lit(p, ",\"cache_age_s\":");
-    p = put_int(p, r.cache_age_s);
+    p = write_literal(p, ",\"cache_age_s\":");
+    p = write_int(p, r.cache_age_s);
   }
   if (r.cache_saved_micro_usd > 0) {
-    p = lit(p, ",\"cache_saved_usd\":");
+    p = write_literal(p, ",\"cache_saved_usd\":");
     p = put_usd(p, r.cache_saved_micro_usd);
   }
   if (r.cache_similarity >= 0) {
-    p = lit(p, ",\"cache_similarity\":");
-    p = std::isfinite(r.cache_similarity)
-            ? std::to_chars(p, p + 32, r.cache_similarity, std::chars_format::general, 6).ptr
-            : lit(p, "null");
+    p = write_literal(p, ",\"cache_similarity\":");
+    p = write_double(p, r.cache_similarity);
   }
   if (r.cached_tokens > 0) {
-    p = lit(p, ",\"cached_tokens\":");
-    p = put_int(p, r.cached_tokens);
+    p = write_literal(p, ",\"cached_tokens\":");
+    p = write_int(p, r.cached_tokens);
   }
   if (r.priority >= 0) {
-    p = lit(p, ",\"priority\":");
-    p = put_int(p, r.priority);
+    p = write_literal(p, ",\"priority\":");
+    p = write_int(p, r.priority);
   }
-  if (r.priority_lowered) p = lit(p, ",\"priority_lowered\":true");
-  if (r.cancelled) p = lit(p, ",\"cancelled\":true");
+  if (r.priority_lowered) p = write_literal(p, ",\"priority_lowered\":true");
+  if (r.cancelled) p = write_literal(p, ",\"cancelled\":true");
   if (!r.error_code.empty()) {
-    p = lit(p, ",\"error\":");
-    p = put_string(p, r.error_code);
+    p = write_literal(p, ",\"error\":");
+    p = write_json_string(p, r.error_code);
   }
   if (!r.trace_id.empty()) {
-    p = lit(p, ",\"trace_id\":");
-    p = put_string(p, r.trace_id);
+    p = write_literal(p, ",\"trace_id\":");
+    p = write_json_string(p, r.trace_id);
   }
   if (!r.span_id.empty()) {
-    p = lit(p, ",\"span_id\":");
-    p = put_string(p, r.span_id);
+    p = write_literal(p, ",\"span_id\":");
+    p = write_json_string(p, r.span_id);
   }
-  p = lit(p, "}\n");
+  p = write_literal(p, "}\n");
   const auto size = static_cast<std::size_t>(p - begin);
   bool wake = false;
   {

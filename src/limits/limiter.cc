@@ -349,20 +349,24 @@ namespace {
 // One "name: value\r\n" line per field; the longest name is 30 bytes, a value at most 20.
 constexpr std::size_t kRateHeaderLineMax = 30 + 2 + 20 + 2;
 
-// The names are literals: each is one fixed-size copy (with the separators around it).
-template <std::size_t N>
-char* put(char* p, const char (&s)[N]) {
-  std::memcpy(p, s, N - 1);
-  return p + N - 1;
-}
-
 // The reset text is written in place: format_reset's buffer is the output itself.
 char* put_reset(char* p, Nanos ns) {
   return p + format_reset(ns, std::span<char, kFormatResetBuffer>(p, kFormatResetBuffer)).size();
 }
 
-char* put_number(char* p, std::int64_t v) {
-  return write_int(p, v);
+// The three lines of one kind (requests or tokens). The names are literals, each one
+// fixed-size copy with the separators around it: `limit` is "x-ratelimit-limit-<kind>: ",
+// `remaining` and `reset` start with the previous line's "\r\n".
+template <std::size_t A, std::size_t B, std::size_t C>
+char* put_rate_lines(char* p, const RateHeaders& h, const char (&limit)[A],
+                     const char (&remaining)[B], const char (&reset)[C]) {
+  p = write_literal(p, limit);
+  p = write_int(p, h.limit);
+  p = write_literal(p, remaining);
+  p = write_int(p, h.remaining);
+  p = write_literal(p, reset);
+  p = put_reset(p, h.reset_after);
+  return write_literal(p, "\r\n");
 }
 
 }  // namespace
@@ -372,22 +376,12 @@ void append_rate_headers(std::string& out, const Verdict& v) {
   char buf[6 * kRateHeaderLineMax + kFormatResetBuffer];
   char* p = buf;
   if (v.requests.present) {
-    p = put(p, "x-ratelimit-limit-requests: ");
-    p = put_number(p, v.requests.limit);
-    p = put(p, "\r\nx-ratelimit-remaining-requests: ");
-    p = put_number(p, v.requests.remaining);
-    p = put(p, "\r\nx-ratelimit-reset-requests: ");
-    p = put_reset(p, v.requests.reset_after);
-    p = put(p, "\r\n");
+    p = put_rate_lines(p, v.requests, "x-ratelimit-limit-requests: ",
+                       "\r\nx-ratelimit-remaining-requests: ", "\r\nx-ratelimit-reset-requests: ");
   }
   if (v.tokens.present) {
-    p = put(p, "x-ratelimit-limit-tokens: ");
-    p = put_number(p, v.tokens.limit);
-    p = put(p, "\r\nx-ratelimit-remaining-tokens: ");
-    p = put_number(p, v.tokens.remaining);
-    p = put(p, "\r\nx-ratelimit-reset-tokens: ");
-    p = put_reset(p, v.tokens.reset_after);
-    p = put(p, "\r\n");
+    p = put_rate_lines(p, v.tokens, "x-ratelimit-limit-tokens: ",
+                       "\r\nx-ratelimit-remaining-tokens: ", "\r\nx-ratelimit-reset-tokens: ");
   }
   out.append(buf, static_cast<std::size_t>(p - buf));
 }
