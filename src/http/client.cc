@@ -82,15 +82,20 @@ struct UpstreamResponse::Impl {
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
 
-  // A coroutine wrapper around the socket's operations would cost a frame per call: the callers
-  // await these directly (TLS or plain).
+  // Not coroutines: each returns the socket operation itself (TLS or plain) for the caller to
+  // await, where a coroutine wrapper would cost a frame per call. Only the chosen one runs.
   template <class Buffers>
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write_tls(const Buffers& b) {
-    return asio::async_write(*tls, b, kNoThrow);
-  }
-  template <class Buffers>
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write_plain(const Buffers& b) {
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write(const Buffers& b) {
+    if (tls) return asio::async_write(*tls, b, kNoThrow);
     return asio::async_write(*plain, b, kNoThrow);
+  }
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some(asio::mutable_buffer mb) {
+    if (tls) return tls->async_read_some(mb, kNoThrow);
+    return plain->async_read_some(mb, kNoThrow);
+  }
+  // Whether the parser has what a call asks for: the head, or the whole message.
+  bool finished(bool header_only) const {
+    return header_only ? parser->is_header_done() : parser->is_done();
   }
 
   enum class Until { kHead, kPiece, kEnd };
@@ -100,7 +105,6 @@ struct UpstreamResponse::Impl {
   bool settle(Until until, beast::error_code& ec) {
     auto& p = *parser;
     const bool header_only = until == Until::kHead;
-    auto finished = [&] { return header_only ? p.is_header_done() : p.is_done(); };
     for (;;) {
       if (buffer.size() > 0 && !p.is_done()) {
         beast::error_code pec;
@@ -110,7 +114,7 @@ struct UpstreamResponse::Impl {
           ec = pec;
           return true;
         }
-        if (finished()) {
+        if (finished(header_only)) {
           ec = {};
           return true;
         }
@@ -123,7 +127,7 @@ struct UpstreamResponse::Impl {
           return true;
         }
       }
-      if (finished()) {
+      if (finished(header_only)) {
         ec = {};
         return true;
       }
@@ -148,21 +152,14 @@ struct UpstreamResponse::Impl {
       // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
       auto mb =
           buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
-      beast::error_code ec;
-      std::size_t n = 0;
-      if (tls) {
-        std::tie(ec, n) = co_await tls->async_read_some(mb, kNoThrow);
-      } else {
-        std::tie(ec, n) = co_await plain->async_read_some(mb, kNoThrow);
-      }
+      auto [ec, n] = co_await read_some(mb);
       if (deadline.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
         beast::error_code eec;
         p.put_eof(eec);
         if (eec) co_return eec;
-        const bool finished = header_only ? p.is_header_done() : p.is_done();
-        co_return finished ? beast::error_code{} : bhttp::error::partial_message;
+        co_return finished(header_only) ? beast::error_code{} : bhttp::error::partial_message;
       }
       if (ec) co_return ec;
       buffer.commit(n);
@@ -670,19 +667,11 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     beast::error_code wec;
     if (request.body.size() <= 16 * 1024) {
       c.out.append(request.body);
-      const std::array<asio::const_buffer, 1> b{asio::buffer(c.out)};
-      if (c.tls) {
-        std::tie(wec, std::ignore) = co_await c.write_tls(b);
-      } else {
-        std::tie(wec, std::ignore) = co_await c.write_plain(b);
-      }
+      std::tie(wec, std::ignore) =
+          co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
     } else {
-      const std::array<asio::const_buffer, 2> b{asio::buffer(c.out), asio::buffer(request.body)};
-      if (c.tls) {
-        std::tie(wec, std::ignore) = co_await c.write_tls(b);
-      } else {
-        std::tie(wec, std::ignore) = co_await c.write_plain(b);
-      }
+      std::tie(wec, std::ignore) = co_await c.write(
+          std::array<asio::const_buffer, 2>{asio::buffer(c.out), asio::buffer(request.body)});
     }
     if (c.deadline.expired()) wec = beast::error::timeout;
     if (wec) {

@@ -9,20 +9,6 @@
 namespace bw::http {
 
 namespace {
-inline char lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
-}  // namespace
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-namespace {
 
 constexpr std::uint64_t k01 = 0x0101010101010101ULL;
 constexpr std::uint64_t k80 = 0x8080808080808080ULL;
@@ -44,8 +30,7 @@ bool valid_name(std::string_view n) {
     if (below || above || has_byte(x, ':')) return false;
   }
   for (; i < n.size(); ++i) {
-    const char c = n[i];
-    if (c <= 0x20 || c == ':' || c == 0x7f) return false;
+    if (!is_header_name_byte(n[i])) return false;
   }
   return true;
 }
@@ -100,11 +85,6 @@ Headers::Iterator& Headers::Iterator::operator++() {
   split_line(rest_, len);
   rest_.remove_prefix(len);
   return *this;
-}
-
-bool is_framing_header(std::string_view name) {
-  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
-         iequals(name, "connection");
 }
 
 bool Headers::add(std::string_view name, std::string_view value) {

@@ -11,12 +11,29 @@
 
 namespace bw::http {
 
-bool iequals(std::string_view a, std::string_view b);
+constexpr char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
 
-// A header list that owns its bytes, kept in wire format ("name: value\r\n" per header) so that
-// serialising it is one copy and adding a header is an append (no allocation per header).
-// A name or value that contains CR, LF or NUL is refused (dropped), so a header can never inject
-// another line; names must be non-empty and contain no ':' or whitespace.
+constexpr bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  }
+  return true;
+}
+
+// A byte a header name may hold: printable ASCII other than ':' (0x21..0x7e).
+constexpr bool is_header_name_byte(char c) {
+  return c > 0x20 && c != ':' && c != 0x7f;
+}
+
+// content-length, transfer-encoding and connection: message framing that the serializer owns.
+constexpr bool is_framing_header(std::string_view name) {
+  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
+         iequals(name, "connection");
+}
+
 // A header name written in the source, checked when it is compiled (a name with a ':', a space
 // or a control character does not compile), with whether it is a framing header. Adding one
 // (Headers::add_known) skips the run-time name check; the value is still checked.
@@ -24,35 +41,24 @@ class KnownName {
  public:
   template <std::size_t N>
   consteval KnownName(const char (&name)[N])  // NOLINT: implicit by design
-      : name_(name, N - 1), framing_(framing(name_)) {
-    if (!valid(name_)) throw "not a valid header name";
+      : name_(name, N - 1), framing_(is_framing_header(name_)) {
+    if (name_.empty()) throw "not a valid header name";
+    for (char c : name_) {
+      if (!is_header_name_byte(c)) throw "not a valid header name";
+    }
   }
   std::string_view view() const { return name_; }
   bool is_framing() const { return framing_; }
 
  private:
-  static consteval bool valid(std::string_view n) {
-    if (n.empty()) return false;
-    for (char c : n) {
-      if (c <= 0x20 || c == ':' || c == 0x7f) return false;
-    }
-    return true;
-  }
-  static consteval bool same(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      const char x = (a[i] >= 'A' && a[i] <= 'Z') ? static_cast<char>(a[i] + 32) : a[i];
-      if (x != b[i]) return false;
-    }
-    return true;
-  }
-  static consteval bool framing(std::string_view n) {
-    return same(n, "content-length") || same(n, "transfer-encoding") || same(n, "connection");
-  }
   std::string_view name_;
   bool framing_;
 };
 
+// A header list that owns its bytes, kept in wire format ("name: value\r\n" per header) so that
+// serialising it is one copy and adding a header is an append (no allocation per header).
+// A name or value that contains CR, LF or NUL is refused (dropped), so a header can never inject
+// another line; names must be non-empty and contain no ':' or whitespace.
 class Headers {
  public:
   class Iterator {
@@ -110,9 +116,6 @@ class Headers {
   std::string wire_;
   bool framing_ = false;
 };
-
-// content-length, transfer-encoding and connection: message framing that the serializer owns.
-bool is_framing_header(std::string_view name);
 
 // A request as received by the server. Header views point into storage owned by the session and
 // stay valid until the handler returns.
