@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/string_hash.h"
 #include "config/config.h"
 #include "gateway/translate.h"
 #include "http/client.h"
@@ -89,13 +90,8 @@ class Runtime {
  private:
   std::shared_ptr<const config::Config> cfg_;
   std::unordered_map<std::string, Provider> providers_;
-  // Looked up by the request's model (a string_view) without building a string (a model name
-  // longer than the short-string buffer would cost an allocation per request).
-  struct NameHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  std::unordered_map<std::string, ModelGroup, NameHash, std::equal_to<>> groups_;
+  // Looked up by the request's model (a string_view) without building a string.
+  std::unordered_map<std::string, ModelGroup, StringHash, std::equal_to<>> groups_;
   std::unordered_map<std::string, KeyInfo> keys_;
   std::unordered_map<std::string, const Deployment*> deployments_;
   std::unordered_map<std::string, const KeyInfo*> keys_by_name_;

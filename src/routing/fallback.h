@@ -15,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/string_hash.h"
+
 namespace bw::routing {
 
 struct FallbackEntry {
@@ -22,10 +24,6 @@ struct FallbackEntry {
   std::string context_fallback;        // larger-context model; empty = none
 };
 
-struct StringHash {
-  using is_transparent = void;
-  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
 // Every known model has an entry (possibly empty).
 using FallbackTable = std::unordered_map<std::string, FallbackEntry, StringHash, std::equal_to<>>;
 
