@@ -84,11 +84,23 @@ void BM_WorstCaseEstimate(benchmark::State& state) {
 }
 BENCHMARK(BM_WorstCaseEstimate);
 
+// A fresh directory for one benchmark's database, removed with everything in it at the end.
+struct BenchDir {
+  std::string path = make();
+  ~BenchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  static std::string make() {
+    char tmpl[] = "/tmp/bw_cost_bench_XXXXXX";
+    return ::mkdtemp(tmpl);
+  }
+};
+
 void BM_LedgerGroupCommit(benchmark::State& state) {
-  char tmpl[] = "/tmp/bw_cost_bench_XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
+  const BenchDir dir;
   store::SqliteLedgerOptions o;
-  o.path = dir + "/bench.db";
+  o.path = dir.path + "/bench.db";
   o.queue_capacity = 1 << 20;
   auto opened = store::SqliteLedger::open(o);
   if (!opened.ok()) {
@@ -115,9 +127,6 @@ void BM_LedgerGroupCommit(benchmark::State& state) {
   state.counters["fsyncs"] = static_cast<double>(s.commits);
   state.counters["records/s"] =
       benchmark::Counter(static_cast<double>(s.records_committed), benchmark::Counter::kIsRate);
-  opened->reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 // Burst = records in flight at once (concurrent requests); 1 is the no-grouping baseline.
 BENCHMARK(BM_LedgerGroupCommit)
@@ -129,11 +138,6 @@ BENCHMARK(BM_LedgerGroupCommit)
 
 constexpr int kRequestsPerCommit = 20;
 
-std::string bench_dir() {
-  char tmpl[] = "/tmp/bw_cost_bench_XXXXXX";
-  return ::mkdtemp(tmpl);
-}
-
 // A time-ordered id like the gateway's: the ledger's primary key grows at one end.
 std::string request_id(std::int64_t seq) {
   char id[48];
@@ -144,9 +148,9 @@ std::string request_id(std::int64_t seq) {
 }
 
 void BM_LedgerRequest(benchmark::State& state) {
-  const std::string dir = bench_dir();
+  const BenchDir dir;
   store::SqliteLedgerOptions o;
-  o.path = dir + "/bench.db";
+  o.path = dir.path + "/bench.db";
   o.synchronous_full = false;
   o.queue_capacity = 1 << 16;
   auto opened = store::SqliteLedger::open(o);
@@ -188,17 +192,14 @@ void BM_LedgerRequest(benchmark::State& state) {
     ledger->flush();
   }
   state.SetItemsProcessed(seq);
-  opened->reset();
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 // A fixed count, so that a callgrind run's instructions divide by a known number of requests.
 BENCHMARK(BM_LedgerRequest)->Iterations(500)->Unit(benchmark::kMicrosecond);
 
 void BM_LedgerSchemaVariant(benchmark::State& state) {
   const int variant = static_cast<int>(state.range(0));
-  const std::string dir = bench_dir();
-  auto db = store::SqliteDb::open(dir + "/bench.db", false);
+  const BenchDir dir;
+  auto db = store::SqliteDb::open(dir.path + "/bench.db", false);
   if (!db.ok() || !store::migrate(*db).ok() ||
       !db->exec("PRAGMA ignore_check_constraints=ON").ok() ||
       (variant == 1 && !db->exec("DROP INDEX ledger_open").ok())) {
@@ -255,8 +256,6 @@ void BM_LedgerSchemaVariant(benchmark::State& state) {
     seq += kRequestsPerCommit;
   }
   state.SetItemsProcessed(seq);
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 BENCHMARK(BM_LedgerSchemaVariant)
     ->Arg(0)
