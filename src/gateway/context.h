@@ -166,6 +166,12 @@ struct Ctx {
   Nanos now() const { return sh.clock.now(); }
 };
 
+// Who owns the Responses this key stores, and so who may continue them with previous_response_id
+// (docs/api-responses.md, "Who can continue a response"): the key's tenant, so that keys of one
+// tenant share their conversations as keys of one OpenAI project do; a key without a tenant
+// owns its own. The prefixes keep a tenant and a key of the same name apart. Empty without a key.
+std::string response_owner(const Ctx& c);
+
 // --- Answering (context.cc) -----------------------------------------------------------------
 // An error in the client's API shape, with x-request-id, the rate-limit headers and Retry-After.
 http::Response error_response(const Ctx& c, const Error& e);

@@ -299,7 +299,8 @@ asio::awaitable<void> store_response(Ctx& c, const api::Response& answer) {
     co_return;
   }
   // Named first: GCC 12 mishandles a temporary aggregate inside a co_await expression.
-  api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system};
+  api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system,
+                                response_owner(c)};
   std::string id = c.response_meta.id;
   const Nanos now = c.now();
   const bool stored = co_await c.sh.responses->put(std::move(id), std::move(entry), now);
