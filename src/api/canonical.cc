@@ -5,8 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <random>
 #include <unordered_map>
+
+#include "common/secure_random.h"
 
 namespace bw::api {
 
@@ -64,10 +65,11 @@ std::vector<StreamEvent> stream_events(const Response& r) {
 }
 
 std::string new_id(std::string_view prefix) {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  static constexpr char kAlnum[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  // A response id is the only key to its stored conversation (with its owner): it comes from the
+  // kernel's CSPRNG, 24 characters of 62 (about 143 bits), so it can be neither guessed nor
+  // predicted from ids seen before.
   std::string id(prefix);
-  for (int i = 0; i < 24; ++i) id.push_back(kAlnum[rng() % 62]);
+  append_secure_alnum(id, kIdChars);
   return id;
 }
 

@@ -160,6 +160,9 @@ std::vector<StreamEvent> stream_events(const Response& r);
 // Helpers shared by the codecs.
 
 std::string_view chat_finish(FinishReason f);
+// `prefix` + kIdChars characters of [0-9a-zA-Z] from a cryptographically secure source
+// (common/secure_random.h): response, message and tool-call ids.
+inline constexpr std::size_t kIdChars = 24;
 std::string new_id(std::string_view prefix);
 
 // A client-given image URL must be https/http to a public host, or a data: URL: the gateway never

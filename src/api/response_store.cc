@@ -28,12 +28,13 @@ class InProcessResponseStore final : public ResponseStore {
  public:
   explicit InProcessResponseStore(const ResponseStoreOptions& o)
       : store_(o.max_entries, o.ttl, o.max_entry_bytes) {}
-  std::optional<StoreLookup> try_get(const std::string& id, StoredConversation& out,
-                                     Nanos now) override {
-    return store_.get(id, out, now) ? StoreLookup::kFound : StoreLookup::kNotFound;
+  std::optional<StoreLookup> try_get(const std::string& id, const std::string& owner,
+                                     StoredConversation& out, Nanos now) override {
+    return store_.get(id, owner, out, now) ? StoreLookup::kFound : StoreLookup::kNotFound;
   }
-  asio::awaitable<StoreLookup> get(std::string id, StoredConversation& out, Nanos now) override {
-    co_return *try_get(id, out, now);
+  asio::awaitable<StoreLookup> get(std::string id, std::string owner, StoredConversation& out,
+                                   Nanos now) override {
+    co_return *try_get(id, owner, out, now);
   }
   asio::awaitable<bool> put(std::string id, StoredConversation entry, Nanos now) override {
     co_return store_.put(id, std::move(entry), now);
@@ -91,8 +92,8 @@ Result<std::unique_ptr<RedisResponseStore>> make_redis_response_store(
 RedisResponseStore::RedisResponseStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RedisResponseStore::~RedisResponseStore() = default;
 
-asio::awaitable<StoreLookup> RedisResponseStore::get(std::string id, StoredConversation& out,
-                                                     Nanos now) {
+asio::awaitable<StoreLookup> RedisResponseStore::get(std::string id, std::string owner,
+                                                     StoredConversation& out, Nanos now) {
   Impl& s = *impl_;
   if (!s.breaker.allow(now)) co_return StoreLookup::kUnavailable;
   std::string command = get_command(s.options.key_prefix + id);
@@ -105,14 +106,19 @@ asio::awaitable<StoreLookup> RedisResponseStore::get(std::string id, StoredConve
   }
   s.breaker.success();
   if (rep->type != REDIS_REPLY_STRING) co_return StoreLookup::kNotFound;  // nil: unknown/expired
-  if (!decode_stored_conversation(std::string_view(rep->str, rep->len), out)) {
+  // Decoded aside: another owner's conversation never reaches `out`.
+  StoredConversation entry;
+  if (!decode_stored_conversation(std::string_view(rep->str, rep->len), entry)) {
     co_return StoreLookup::kNotFound;
   }
+  if (owner.empty() || entry.owner != owner) co_return StoreLookup::kNotFound;
+  out = std::move(entry);
   co_return StoreLookup::kFound;
 }
 
 asio::awaitable<bool> RedisResponseStore::put(std::string id, StoredConversation entry, Nanos now) {
   Impl& s = *impl_;
+  if (entry.owner.empty()) co_return false;
   std::string value = encode_stored_conversation(entry);
   if (value.size() > s.options.store.max_entry_bytes) {
     s.too_large.fetch_add(1, std::memory_order_relaxed);

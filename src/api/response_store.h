@@ -8,10 +8,15 @@
 //    above max_entry_bytes. Every call has a deadline; after breaker_failures consecutive failures
 //    the store fails fast for breaker_cooldown, then lets one probe through.
 //
-// Failure contract: a lookup says kFound, kNotFound (the store answered: unknown, expired, or a
-// value that does not decode), or kUnavailable (Redis did not answer in time, refused, or the
-// breaker is open). A put that cannot be done is skipped (false); it never throws or waits past
-// its deadline.
+// Ownership: every entry carries its owner (StoredConversation::owner) and a lookup names the
+// caller's. An entry of another owner is kNotFound, exactly as an unknown id, in both backends, so
+// an id seen or guessed by someone else reveals nothing. An entry without an owner is never stored
+// and never found (Redis values of version 1, written before owners existed, do not decode).
+//
+// Failure contract: a lookup says kFound, kNotFound (the store answered: unknown, expired, another
+// owner's, or a value that does not decode), or kUnavailable (Redis did not answer in time,
+// refused, or the breaker is open). A put that cannot be done is skipped (false); it never throws
+// or waits past its deadline.
 //
 // Thread safety: all methods may be called concurrently from coroutines on any io_context. A
 // Redis store must be destroyed before the io_contexts its connections were created on.
@@ -36,11 +41,12 @@ class ResponseStore {
  public:
   virtual ~ResponseStore() = default;
   // An answer without waiting, when the backend has one (in process); nullopt: co_await get().
-  virtual std::optional<StoreLookup> try_get(const std::string& id, StoredConversation& out,
-                                             Nanos now) = 0;
-  virtual boost::asio::awaitable<StoreLookup> get(std::string id, StoredConversation& out,
-                                                  Nanos now) = 0;
-  // True when stored; false when skipped (too large, or the backend could not take it).
+  // `owner`: the caller's; only an entry with that owner is kFound.
+  virtual std::optional<StoreLookup> try_get(const std::string& id, const std::string& owner,
+                                             StoredConversation& out, Nanos now) = 0;
+  virtual boost::asio::awaitable<StoreLookup> get(std::string id, std::string owner,
+                                                  StoredConversation& out, Nanos now) = 0;
+  // True when stored; false when skipped (too large, no owner, or the backend could not take it).
   virtual boost::asio::awaitable<bool> put(std::string id, StoredConversation entry, Nanos now) = 0;
   virtual std::string_view backend() const = 0;
 };
@@ -79,11 +85,12 @@ Result<std::unique_ptr<RedisResponseStore>> make_redis_response_store(
 class RedisResponseStore final : public ResponseStore {
  public:
   ~RedisResponseStore() override;
-  std::optional<StoreLookup> try_get(const std::string&, StoredConversation&, Nanos) override {
+  std::optional<StoreLookup> try_get(const std::string&, const std::string&, StoredConversation&,
+                                     Nanos) override {
     return std::nullopt;
   }
-  boost::asio::awaitable<StoreLookup> get(std::string id, StoredConversation& out,
-                                          Nanos now) override;
+  boost::asio::awaitable<StoreLookup> get(std::string id, std::string owner,
+                                          StoredConversation& out, Nanos now) override;
   boost::asio::awaitable<bool> put(std::string id, StoredConversation entry, Nanos now) override;
   std::string_view backend() const override { return "redis"; }
   ResponseStoreStats stats() const;

@@ -778,7 +778,7 @@ std::size_t part_size(const Part& p) {
 
 std::string encode_stored_conversation(const StoredConversation& s) {
   JsonWriter w;
-  w.begin_object().key("v").value(1).key("system").begin_array();
+  w.begin_object().key("v").value(2).key("owner").value(s.owner).key("system").begin_array();
   for (const auto& p : s.system) write_part(w, p);
   w.end_array().key("conversation").begin_array();
   for (const auto& m : s.conversation) {
@@ -795,7 +795,10 @@ bool decode_stored_conversation(std::string_view json, StoredConversation& out) 
   auto parsed = json::parse_object(json);
   if (!parsed) return false;
   dom::element doc = *parsed;
-  if (json::num(doc, "v") != 1) return false;
+  if (json::num(doc, "v") != 2) return false;
+  std::string_view owner;
+  if (doc["owner"].get(owner) != simdjson::SUCCESS || owner.empty()) return false;
+  out.owner = std::string(owner);
   if (!read_parts(doc, "system", out.system)) return false;
   dom::array conv;
   if (doc["conversation"].get(conv) != simdjson::SUCCESS) return false;
@@ -820,7 +823,7 @@ bool decode_stored_conversation(std::string_view json, StoredConversation& out) 
 }
 
 std::size_t stored_size(const StoredConversation& s) {
-  std::size_t n = 0;
+  std::size_t n = s.owner.size();
   for (const auto& p : s.system) n += part_size(p);
   for (const auto& m : s.conversation) {
     n += 16;  // the message itself, so that many empty messages still count
@@ -830,7 +833,7 @@ std::size_t stored_size(const StoredConversation& s) {
 }
 
 bool MemoryResponseStore::put(const std::string& id, StoredConversation entry, Nanos now) {
-  if (max_ == 0 || stored_size(entry) > max_entry_bytes_) return false;
+  if (max_ == 0 || entry.owner.empty() || stored_size(entry) > max_entry_bytes_) return false;
   std::lock_guard lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) {
@@ -856,7 +859,8 @@ bool MemoryResponseStore::put(const std::string& id, StoredConversation entry, N
   return true;
 }
 
-bool MemoryResponseStore::get(const std::string& id, StoredConversation& out, Nanos now) {
+bool MemoryResponseStore::get(const std::string& id, std::string_view owner,
+                              StoredConversation& out, Nanos now) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return false;
@@ -864,6 +868,8 @@ bool MemoryResponseStore::get(const std::string& id, StoredConversation& out, Na
     entries_.erase(it);
     return false;
   }
+  // Someone else's entry is a miss, and it stays for its owner.
+  if (owner.empty() || it->second.value.owner != owner) return false;
   out = it->second.value;
   return true;
 }

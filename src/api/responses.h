@@ -66,17 +66,22 @@ class ResponsesStreamEncoder final : public StreamEncoder {
 std::unique_ptr<StreamDecoder> make_responses_stream_decoder();
 
 // previous_response_id: what a stored response holds, the conversation so far (its input and its
-// answer) and the system parts a continuation inherits.
+// answer), the system parts a continuation inherits, and its owner: the only caller that may read
+// it. The owner is an opaque, non-empty string chosen by the gateway (its tenant, or its key for a
+// key without one); a lookup by anyone else reads exactly as an unknown id.
 struct StoredConversation {
   std::vector<Message> conversation;
   std::vector<Part> system;
+  std::string owner;
 };
 
 // The JSON a stored conversation is kept as outside the process (the Redis store's value):
-// {"v":1,"system":[parts],"conversation":[{"role":..,"parts":[..]}]}, each part with only its
-// non-empty fields.
+// {"v":2,"owner":"..","system":[parts],"conversation":[{"role":..,"parts":[..]}]}, each part with
+// only its non-empty fields.
 std::string encode_stored_conversation(const StoredConversation& s);
 // False for anything that is not such a document (a foreign or damaged value reads as a miss).
+// That includes a version 1 value (written before entries had an owner): whose it is cannot be
+// known, so nobody may continue it.
 bool decode_stored_conversation(std::string_view json, StoredConversation& out);
 // The bytes an entry's strings hold: the size bound of the in-process store.
 std::size_t stored_size(const StoredConversation& s);
@@ -87,10 +92,12 @@ class MemoryResponseStore {
  public:
   MemoryResponseStore(std::size_t max_entries, Nanos ttl, std::size_t max_entry_bytes = 1 << 20)
       : max_(max_entries), ttl_(ttl), max_entry_bytes_(max_entry_bytes) {}
-  // False (nothing stored) when the entry is larger than max_entry_bytes or the bound is 0.
+  // False (nothing stored) when the entry is larger than max_entry_bytes, has no owner, or the
+  // bound is 0.
   bool put(const std::string& id, StoredConversation entry, Nanos now);
-  // False when unknown or expired.
-  bool get(const std::string& id, StoredConversation& out, Nanos now);
+  // False when unknown, expired, or owned by someone other than `owner` (an empty owner matches
+  // nothing); `out` is only written when found.
+  bool get(const std::string& id, std::string_view owner, StoredConversation& out, Nanos now);
   std::size_t size() const;
 
  private:

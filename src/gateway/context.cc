@@ -26,6 +26,12 @@ std::string Outcome::label() const {
   return detail;
 }
 
+std::string response_owner(const Ctx& c) {
+  if (!c.key || !c.key->cfg) return {};
+  const config::KeyConfig& k = *c.key->cfg;
+  return k.tenant.empty() ? "key:" + k.name : "tenant:" + k.tenant;
+}
+
 http::Response error_response(const Ctx& c, const Error& e) {
   auto r = http::Response::json(e.status, error_body(c.inbound, e, c.request_id));
   r.headers.add("x-request-id", c.request_id);

@@ -308,7 +308,8 @@ asio::awaitable<void> store_response(Ctx& c, const api::Response& answer) {
     co_return;
   }
   // Named first: GCC 12 mishandles a temporary aggregate inside a co_await expression.
-  api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system};
+  api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system,
+                                response_owner(c)};
   std::string id = c.response_meta.id;
   const Nanos now = c.now();
   const bool stored = co_await c.sh.responses->put(std::move(id), std::move(entry), now);
@@ -639,6 +640,15 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                                  c.route_model + "' (" + std::string(providers::to_string(wire)) +
                                  ").");
     }
+    // The answer is billed at the price of the model that gives it: a fallback model's own
+    // (and the requested model's again when a later attempt goes back to it). That model is
+    // sent its own output cap under the requested one, as the reservation assumed.
+    if (c.attempts > 0 || ticket.group() != c.route_model) {
+      if (const auto* p = c.rt->config().prices.find(ticket.group())) c.price = p;
+    }
+    if (c.completion_cap > 0 && c.price) {
+      c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
+    }
     UpstreamBody call;
     Result<std::string> body = std::string();
     if (fast) {
@@ -676,11 +686,6 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     c.upstream = dep_cfg.id;
     c.deployment = d;
     c.model_served = ticket.group();
-    // The answer is billed at the price of the model that gives it: a fallback model's own
-    // (and the requested model's again when a later attempt goes back to it).
-    if (c.attempts > 1 || c.model_served != c.route_model) {
-      if (const auto* p = c.rt->config().prices.find(c.model_served)) c.price = p;
-    }
     router.on_start(ticket, now);
     const Nanos sent_at = now;
     const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);

@@ -102,7 +102,8 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
     auto& r = decoded.value();
     if (!r.previous_response_id.empty() && c.sh.responses) {
       api::StoredConversation stored;
-      auto found = c.sh.responses->try_get(r.previous_response_id, stored, c.now());
+      auto found =
+          c.sh.responses->try_get(r.previous_response_id, response_owner(c), stored, c.now());
       if (!found) {
         // The store must be waited for: run() looks it up and finishes the phase.
         c.canon = std::move(r);
@@ -130,7 +131,9 @@ boost::asio::awaitable<Verdict> phase_resolve::run(Ctx& c, providers::Endpoint) 
   api::Request r = std::move(*c.canon);
   c.canon.reset();
   api::StoredConversation stored;
-  const auto found = co_await c.sh.responses->get(r.previous_response_id, stored, c.now());
+  std::string id = r.previous_response_id;
+  std::string owner = response_owner(c);
+  const auto found = co_await c.sh.responses->get(std::move(id), std::move(owner), stored, c.now());
   apply_history(c, r, found, stored);
   if (auto v = finish_canonical(c, std::move(r)); !v) co_return v;
   co_return resolve_group(c);

@@ -1,7 +1,7 @@
 // test-label: redis
 // RedisResponseStore against a real redis-server started by the test (loopback, free port, temp
-// dir): entries as JSON with a PX TTL, the size bound, and a Redis that is gone or stalled as a
-// quick kUnavailable / skipped store, never a hang.
+// dir): entries as JSON with a PX TTL, the owner check, the size bound, and a Redis that is gone or
+// stalled as a quick kUnavailable / skipped store, never a hang.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -28,8 +28,11 @@ Nanos steady() {
   return SteadyClock::instance().now();
 }
 
-StoredConversation conversation(std::string text) {
+constexpr const char* kOwner = "tenant:acme";
+
+StoredConversation conversation(std::string text, std::string owner = kOwner) {
   StoredConversation s;
+  s.owner = std::move(owner);
   s.system.push_back(Part{.text = "be brief"});
   s.conversation.push_back(Message{Role::kUser, {Part{.text = std::move(text)}}});
   s.conversation.push_back(Message{
@@ -66,21 +69,58 @@ TEST(RedisResponseStore, StoresJsonWithATtlAndReadsItBack) {
   EXPECT_LE(pttl, 60'000);
 
   StoredConversation out;
-  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kFound);
+  EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kFound);
   ASSERT_EQ(out.conversation.size(), 2u);
   EXPECT_EQ(out.conversation[0].parts[0].text, "I like owls");
   EXPECT_EQ(out.conversation[1].parts[0].kind, Part::Kind::kToolCall);
   ASSERT_EQ(out.system.size(), 1u);
   EXPECT_EQ(out.system[0].text, "be brief");
 
-  EXPECT_EQ(run(ioc, store->get("resp_unknown", out, steady())), StoreLookup::kNotFound);
+  EXPECT_EQ(run(ioc, store->get("resp_unknown", kOwner, out, steady())), StoreLookup::kNotFound);
   // A value that is not a stored conversation reads as not found.
   redis.command({"SET", "bw:resp:resp_junk", "{not json"});
-  EXPECT_EQ(run(ioc, store->get("resp_junk", out, steady())), StoreLookup::kNotFound);
+  EXPECT_EQ(run(ioc, store->get("resp_junk", kOwner, out, steady())), StoreLookup::kNotFound);
   // Expired (Redis drops it): not found.
   redis.command({"PEXPIRE", "bw:resp:resp_1", "1"});
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kNotFound);
+  EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kNotFound);
+  EXPECT_EQ(store->stats().failures, 0u);
+}
+
+TEST(RedisResponseStore, AnotherOwnersEntryReadsExactlyAsAnUnknownId) {
+  RedisServer redis;
+  asio::io_context ioc;
+  auto store = make_store(redis.url());
+  ASSERT_TRUE(run(ioc, store->put("resp_1", conversation("I like owls"), steady())));
+  // The owner is kept in the value, beside the conversation.
+  const std::string raw = redis.command({"GET", "bw:resp:resp_1"});
+  EXPECT_NE(raw.find("\"owner\":\"tenant:acme\""), std::string::npos) << raw;
+
+  StoredConversation out = conversation("untouched", "nobody");
+  for (const char* stranger : {"tenant:globex", "key:acme", "tenant:acm", ""}) {
+    EXPECT_EQ(run(ioc, store->get("resp_1", stranger, out, steady())), StoreLookup::kNotFound)
+        << stranger;
+    EXPECT_EQ(run(ioc, store->get("resp_unknown", stranger, out, steady())),
+              StoreLookup::kNotFound);
+  }
+  // Nothing of the entry reached the strangers, and it is still there for its owner.
+  EXPECT_EQ(out.owner, "nobody");
+  EXPECT_EQ(out.conversation[0].parts[0].text, "untouched");
+  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_1"}), "1");
+  ASSERT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kFound);
+  EXPECT_EQ(out.owner, kOwner);
+  EXPECT_EQ(out.conversation[0].parts[0].text, "I like owls");
+
+  // An entry without an owner is not written, and one written before entries had owners
+  // (version 1) is found by nobody.
+  EXPECT_FALSE(run(ioc, store->put("resp_2", conversation("x", ""), steady())));
+  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_2"}), "0");
+  redis.command({"SET", "bw:resp:resp_old",
+                 R"({"v":1,"system":[],"conversation":[{"role":"user","parts":[)"
+                 R"({"kind":"text","text":"old"}]}]})"});
+  for (const char* anyone : {kOwner, "tenant:globex", ""}) {
+    EXPECT_EQ(run(ioc, store->get("resp_old", anyone, out, steady())), StoreLookup::kNotFound);
+  }
   EXPECT_EQ(store->stats().failures, 0u);
 }
 
@@ -103,26 +143,26 @@ TEST(RedisResponseStore, AStalledOrStoppedRedisIsUnavailableWithinTheDeadline) {
 
   redis.pause();  // accepts nothing, answers nothing: only the deadline ends the call
   auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+  EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kUnavailable);
   EXPECT_FALSE(run(ioc, store->put("resp_2", conversation("hi"), steady())));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
   // The breaker is open now: the next calls fail at once.
   EXPECT_TRUE(store->stats().breaker_open);
   t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+  EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kUnavailable);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(50));
   redis.resume();
 
   redis.stop();
   std::this_thread::sleep_for(std::chrono::milliseconds(700));  // past the breaker's cooldown
-  EXPECT_EQ(run(ioc, store->get("resp_1", out, steady())), StoreLookup::kUnavailable);
+  EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kUnavailable);
 
   // Back (empty, no persistence): the store answers again after the cooldown.
   redis.start();
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
   StoreLookup again = StoreLookup::kUnavailable;
   for (int i = 0; i < 20 && again == StoreLookup::kUnavailable; ++i) {
-    again = run(ioc, store->get("resp_1", out, steady()));
+    again = run(ioc, store->get("resp_1", kOwner, out, steady()));
     if (again == StoreLookup::kUnavailable)
       std::this_thread::sleep_for(std::chrono::milliseconds(650));
   }
