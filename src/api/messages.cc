@@ -299,6 +299,7 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
     } else if (k == "tools") {
       dom::array tools;
       if (v.get(tools) != simdjson::SUCCESS) return invalid("tools: must be an array", "tools");
+      r.other_chars += k.size() + json::raw(v).size();
       for (auto t : tools) {
         const auto type = json::str(t, "type");
         if (!type.empty() && type != "custom") {
@@ -315,6 +316,7 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
         r.tools.push_back(std::move(tool));
       }
     } else if (k == "tool_choice") {
+      r.other_chars += k.size() + json::raw(v).size();
       const auto type = json::str(v, "type");
       r.tool_choice.mode = type == "any"    ? ToolChoice::Mode::kRequired
                            : type == "none" ? ToolChoice::Mode::kNone
@@ -351,6 +353,8 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
       bool b = false;
       if (v.get(b) == simdjson::SUCCESS) r.strict_params = b;
     } else {
+      // Passed through unchanged to an Anthropic upstream, which reads it.
+      r.other_chars += k.size() + json::raw(v).size();
       r.unmapped.emplace_back(k);
     }
   }

@@ -341,6 +341,7 @@ Result<Request> decode_responses_request(std::string_view body) {
           }
           r.messages.back().parts.push_back(std::move(p));
         } else if (type == "reasoning" || type == "item_reference") {
+          r.other_chars += json::raw(item).size();
           r.unmapped.push_back("input." + std::string(type));
         } else {
           return invalid("input: unknown item type '" + std::string(type) + "'.", "input");
@@ -349,6 +350,7 @@ Result<Request> decode_responses_request(std::string_view body) {
     } else if (k == "tools") {
       dom::array tools;
       if (v.get(tools) != simdjson::SUCCESS) return invalid("tools must be an array", "tools");
+      r.other_chars += k.size() + json::raw(v).size();
       for (auto t : tools) {
         if (json::str(t, "type") != "function") {
           r.unmapped.push_back("tools." + std::string(json::str(t, "type")));
@@ -365,6 +367,7 @@ Result<Request> decode_responses_request(std::string_view body) {
         r.tools.push_back(std::move(tool));
       }
     } else if (k == "tool_choice") {
+      r.other_chars += k.size() + json::raw(v).size();
       std::string_view s;
       if (v.get(s) == simdjson::SUCCESS) {
         r.tool_choice.mode = s == "none"       ? ToolChoice::Mode::kNone
@@ -401,6 +404,7 @@ Result<Request> decode_responses_request(std::string_view body) {
     } else if (k == "previous_response_id") {
       r.previous_response_id = std::string(json::str(doc, "previous_response_id"));
     } else if (k == "text") {
+      r.other_chars += k.size() + json::raw(v).size();  // the output schema
       dom::element f;
       if (v["format"].get(f) == simdjson::SUCCESS) {
         const auto type = json::str(f, "type");
@@ -428,6 +432,8 @@ Result<Request> decode_responses_request(std::string_view body) {
         if (v.get(b) == simdjson::SUCCESS && b) r.unmapped.emplace_back(k);
       }
     } else {
+      // Passed through unchanged to an OpenAI upstream, which reads it.
+      r.other_chars += k.size() + json::raw(v).size();
       r.unmapped.emplace_back(k);
     }
   }

@@ -62,7 +62,8 @@ Verdict finish_canonical(Ctx& c, api::Request r) {
   c.llm.stream = r.stream;
   c.llm.client_wants_usage = true;
   c.llm.max_tokens = r.max_tokens;
-  c.llm.prompt_chars = r.text_chars;
+  // Tool definitions, schemas and passed-through fields are billed as input too.
+  c.llm.prompt_chars = r.text_chars + r.other_chars;
   c.llm.message_count = r.messages.size() + (r.system.empty() ? 0 : 1);
   c.canon = std::move(r);
   return Ok{};

@@ -147,6 +147,26 @@ TEST(Messages, InboundToAnthropicKeepsCacheControlAndAlwaysSendsMaxTokens) {
 
 // A count that is there but not a count makes the usage unreadable (charged an estimate); a
 // count that is missing is 0, since a stream reports its usage in parts.
+// Tool definitions, output schemas and fields passed through unchanged are read (and billed)
+// by the upstream as input: the estimate counts their characters, the messages' text apart.
+TEST(Estimates, ToolsSchemasAndPassedThroughFieldsCountAsInput) {
+  const std::string big(4000, 'd');
+  auto m = decode_messages_request(
+      R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],)"
+      R"("tools":[{"name":"f","description":")" +
+      big + R"(","input_schema":{"type":"object"}}],"container":")" + big + R"("})");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->text_chars, 2u);
+  EXPECT_GE(m->other_chars, 2 * big.size());
+  auto r = decode_responses_request(
+      R"({"model":"m","input":"hi","tools":[{"type":"function","name":"f","description":")" + big +
+      R"("}],"text":{"format":{"type":"json_schema","name":"s","schema":{"description":")" + big +
+      R"("}}}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->text_chars, 2u);
+  EXPECT_GE(r->other_chars, 2 * big.size());
+}
+
 TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
   for (std::string_view bad :
        {R"({"input_tokens":10,"output_tokens":"5"})", R"({"input_tokens":-10,"output_tokens":5})",
