@@ -187,8 +187,10 @@ void read_usage(dom::element u, Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
   // A stream reports usage in parts (the input side in message_start, the output in
-  // message_delta): every count is optional here, and one that is there but unreadable makes
-  // the whole usage unreadable. Cache reads only lower the bill: unreadable, they count as 0.
+  // message_delta, whose cumulative usage may repeat some input-side counts and not others):
+  // every count is optional here, a count that is there replaces the one read before, and one
+  // that is missing keeps it. A count that is there but unreadable makes the whole usage
+  // unreadable. Cache reads only lower the bill: unreadable, they count as 0.
   using json::Need;
   std::int64_t input = -1, cw = -1, cr = -1, output = -1;
   json::read_count(json::member(u, "input_tokens"), Need::kIfPresent, input, out.unreadable);
@@ -197,10 +199,19 @@ void read_usage(dom::element u, Usage& out) {
   json::read_count(json::member(u, "cache_read_input_tokens"), Need::kDiscount, cr, out.unreadable);
   json::read_count(json::member(u, "output_tokens"), Need::kIfPresent, output, out.unreadable);
   if (input >= 0 || cw >= 0 || cr >= 0) {
-    out.cache_write_tokens = std::max<std::int64_t>(0, cw);
-    out.cached_tokens = std::max<std::int64_t>(0, cr);
-    out.prompt_tokens =
-        std::max<std::int64_t>(0, input) + out.cache_write_tokens + out.cached_tokens;
+    const std::int64_t uncached =
+        input >= 0 ? input
+                   : std::max<std::int64_t>(
+                         0, out.prompt_tokens - out.cache_write_tokens - out.cached_tokens);
+    if (cw >= 0) out.cache_write_tokens = cw;
+    if (cr >= 0) out.cached_tokens = cr;
+    // Counts clamp at INT64_MAX; so does their sum (a wrapped sum would read as nothing).
+    std::int64_t sum = 0;
+    if (__builtin_add_overflow(uncached, out.cache_write_tokens, &sum) ||
+        __builtin_add_overflow(sum, out.cached_tokens, &sum)) {
+      sum = INT64_MAX;
+    }
+    out.prompt_tokens = sum;
   }
   if (output >= 0) out.completion_tokens = output;
 }

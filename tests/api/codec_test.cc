@@ -186,6 +186,39 @@ TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
   EXPECT_EQ(u.cached_tokens, 0);
 }
 
+// message_delta's usage is cumulative and may repeat some input-side counts: a count it leaves
+// out stands as message_start gave it (the cache write is not lost when input_tokens comes again).
+TEST(Messages, StreamedUsageMergesTheDeltaIntoTheStart) {
+  auto dec = make_messages_stream_decoder();
+  std::vector<StreamEvent> evs;
+  dec->feed(
+      "message_start",
+      R"({"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":10,)"
+      R"("cache_creation_input_tokens":2000,"cache_read_input_tokens":3000,"output_tokens":1}}})",
+      evs);
+  dec->feed("message_delta",
+            R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},)"
+            R"("usage":{"input_tokens":10,"output_tokens":300}})",
+            evs);
+  dec->feed("message_stop", R"({"type":"message_stop"})", evs);
+  ASSERT_TRUE(dec->done());
+  const Usage* last = nullptr;
+  for (const auto& e : evs) {
+    if (e.kind == StreamEvent::Kind::kUsage) last = &e.usage;
+  }
+  ASSERT_NE(last, nullptr);
+  EXPECT_TRUE(last->usable());
+  EXPECT_EQ(last->prompt_tokens, 5010);
+  EXPECT_EQ(last->cache_write_tokens, 2000);
+  EXPECT_EQ(last->cached_tokens, 3000);
+  EXPECT_EQ(last->completion_tokens, 300);
+  // Counts that clamp at the top of the range do not wrap when added.
+  auto u = read_messages_usage(
+      R"({"input_tokens":9000000000000000000,)"
+      R"("cache_creation_input_tokens":9000000000000000000,"output_tokens":1})");
+  EXPECT_EQ(u.prompt_tokens, INT64_MAX);
+}
+
 TEST(Messages, UsageMapsCacheTokensIntoPromptTokens) {
   auto r =
       decode_messages_response(R"({"id":"msg_1","type":"message","role":"assistant","model":"c",
