@@ -107,6 +107,7 @@ struct Request {
   // output schemas, tool_choice, fields passed through unchanged), in their compact JSON: for
   // estimates, never a reason to bill less.
   std::size_t other_chars = 0;
+  std::size_t images = 0;  // image inputs (each priced at the worst case, as chat's are)
 };
 
 enum class FinishReason { kStop, kLength, kToolCalls, kContentFilter };

@@ -108,6 +108,7 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
     } else if (type == "image") {
       if (auto ok = read_image(b, p); !ok) return ok.error();
       r.text_chars += 1000;
+      ++r.images;
     } else if (type == "tool_use") {
       if (msg.role != Role::kAssistant) {
         return invalid("messages: tool_use blocks belong in assistant messages.", "messages");
@@ -142,6 +143,9 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
             if (json::str(inner, "type") == "text") {
               p.text += json::str(inner, "text");
             } else {
+              // Passed through unchanged to an Anthropic upstream, which reads it.
+              if (json::str(inner, "type") == "image") ++r.images;
+              r.other_chars += json::raw(inner).size();
               r.unmapped.emplace_back("tool_result.content[].image");
             }
           }
@@ -151,6 +155,9 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
     } else if (type == "thinking" || type == "redacted_thinking" || type == "document" ||
                type == "search_result" || type == "server_tool_use" ||
                type == "web_search_tool_result") {
+      // Passed through unchanged to an Anthropic upstream, which reads (and bills) it: a
+      // document's base64 counts as text, more than the pages cost.
+      r.other_chars += json::raw(b).size();
       r.unmapped.push_back("content." + std::string(type));
       continue;
     } else {

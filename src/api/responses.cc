@@ -35,6 +35,7 @@ Result<Ok> read_content(dom::element content, Message& msg, Request& r) {
     } else if (type == "input_image") {
       auto url = json::str(p, "image_url");
       if (url.empty()) {
+        ++r.images;  // passed through to an OpenAI upstream, which bills it
         r.unmapped.emplace_back("input_image.file_id");
         continue;
       }
@@ -43,10 +44,12 @@ Result<Ok> read_content(dom::element content, Message& msg, Request& r) {
       if (!split_data_url(url, img.media_type, img.data)) img.image_url = std::string(url);
       msg.parts.push_back(std::move(img));
       r.text_chars += 1000;
+      ++r.images;
     } else if (type == "refusal") {
       msg.parts.push_back(
           Part{.kind = Part::Kind::kText, .text = std::string(json::str(p, "refusal"))});
     } else if (type == "input_file" || type == "input_audio") {
+      r.other_chars += json::raw(p).size();  // passed through to an OpenAI upstream
       r.unmapped.push_back(std::string(type));
     } else {
       return invalid("input: unknown content item type '" + std::string(type) + "'.", "input");

@@ -165,6 +165,22 @@ TEST(Estimates, ToolsSchemasAndPassedThroughFieldsCountAsInput) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->text_chars, 2u);
   EXPECT_GE(r->other_chars, 2 * big.size());
+  // Images are counted (each priced as chat prices one), and a document passed through to
+  // Anthropic counts as its characters.
+  auto i = decode_messages_request(
+      R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":[)"
+      R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},)"
+      R"({"type":"image","source":{"type":"url","url":"https://example.com/a.png"}},)"
+      R"({"type":"document","source":{"type":"base64","media_type":"application/pdf","data":")" +
+      big + R"("}}]}]})");
+  ASSERT_TRUE(i.ok()) << i.error().message;
+  EXPECT_EQ(i->images, 2u);
+  EXPECT_GE(i->other_chars, big.size());
+  auto ri = decode_responses_request(
+      R"({"model":"m","input":[{"role":"user","content":[{"type":"input_image",)"
+      R"("image_url":"data:image/png;base64,AAAA"},{"type":"input_image","file_id":"f"}]}]})");
+  ASSERT_TRUE(ri.ok()) << ri.error().message;
+  EXPECT_EQ(ri->images, 2u);
 }
 
 TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
