@@ -27,6 +27,12 @@ struct Usage {
   std::int64_t cache_write_tokens = 0;  // prompt tokens written to the provider's cache
   std::int64_t reasoning_tokens = 0;    // part of completion_tokens
   bool present = false;
+  // The answer had usage, but a count in it was not a non-negative number (a string, a negative
+  // count) or a count the provider always sends was missing: it is not trusted, and the request
+  // is charged an estimate as if the usage were missing (never read as zero).
+  bool unreadable = false;
+  // Counts that can be billed.
+  bool usable() const { return present && !unreadable; }
 };
 
 enum class Role { kSystem, kUser, kAssistant, kTool };

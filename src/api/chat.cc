@@ -100,22 +100,6 @@ FinishReason finish_from_chat(std::string_view f) {
   return FinishReason::kStop;
 }
 
-void read_usage(dom::element u, Usage& out) {
-  if (!u.is_object()) return;
-  out.present = true;
-  out.prompt_tokens = json::num(u, "prompt_tokens");
-  out.completion_tokens = json::num(u, "completion_tokens");
-  std::int64_t v = 0;
-  if (json::member(json::member(u, "prompt_tokens_details"), "cached_tokens").get(v) ==
-      simdjson::SUCCESS) {
-    out.cached_tokens = v;
-  }
-  if (json::member(json::member(u, "completion_tokens_details"), "reasoning_tokens").get(v) ==
-      simdjson::SUCCESS) {
-    out.reasoning_tokens = v;
-  }
-}
-
 void write_usage(JsonWriter& j, const Usage& u) {
   j.begin_object()
       .key("prompt_tokens")
@@ -139,10 +123,24 @@ void write_usage(JsonWriter& j, const Usage& u) {
 
 }  // namespace
 
+void read_chat_usage(dom::element u, Usage& out) {
+  if (!u.is_object()) return;
+  out.present = true;
+  using json::Need;
+  json::read_count(json::member(u, "prompt_tokens"), Need::kAlways, out.prompt_tokens,
+                   out.unreadable);
+  json::read_count(json::member(u, "completion_tokens"), Need::kAlways, out.completion_tokens,
+                   out.unreadable);
+  json::read_count(json::member(json::member(u, "prompt_tokens_details"), "cached_tokens"),
+                   Need::kDiscount, out.cached_tokens, out.unreadable);
+  json::read_count(json::member(json::member(u, "completion_tokens_details"), "reasoning_tokens"),
+                   Need::kDiscount, out.reasoning_tokens, out.unreadable);
+}
+
 Usage read_chat_usage(std::string_view usage_json) {
   Usage u;
   auto doc = json::parse_object(usage_json, 2);
-  if (doc) read_usage(*doc, u);
+  if (doc) read_chat_usage(*doc, u);
   return u;
 }
 
@@ -491,7 +489,7 @@ Result<Response> decode_chat_response(std::string_view body) {
     }
   }
   dom::element u;
-  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_chat_usage(u, r.usage);
   return r;
 }
 
@@ -622,7 +620,7 @@ class ChatStreamDecoder final : public StreamDecoder {
     dom::element u;
     if (json::member(doc, "usage").get(u) == simdjson::SUCCESS && u.is_object()) {
       StreamEvent e{.kind = StreamEvent::Kind::kUsage};
-      read_usage(u, e.usage);
+      read_chat_usage(u, e.usage);
       out.push_back(std::move(e));
     }
   }

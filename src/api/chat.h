@@ -9,6 +9,10 @@
 
 #include "api/canonical.h"
 
+namespace simdjson::dom {
+class element;
+}
+
 namespace bw::api {
 
 Result<Request> decode_chat_request(std::string_view body);
@@ -18,6 +22,9 @@ std::string encode_chat_request(const Request& r, std::string_view model, std::i
 Result<Response> decode_chat_response(std::string_view body);
 std::string encode_chat_response(const Response& r, std::string_view model);
 Usage read_chat_usage(std::string_view usage_json);
+// Reads a chat `usage` object into `out` (the last of duplicate members): prompt and completion
+// tokens must both be counts, or the usage is unreadable (canonical.h). Billing reads it too.
+void read_chat_usage(simdjson::dom::element usage, Usage& out);
 
 std::unique_ptr<StreamDecoder> make_chat_stream_decoder();
 // include_usage: the client asked for the usage chunk (stream_options.include_usage).

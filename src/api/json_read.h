@@ -79,6 +79,41 @@ inline std::int64_t num(dom::element e, std::string_view key, std::int64_t fallb
   }
   return fallback;
 }
+// A token count as a provider reports it: a non-negative integer. A non-negative number with a
+// fraction or an exponent is rounded up (never billed below what was said); huge values clamp.
+// Missing: nullopt with `missing` set. Another type, a negative number, NaN: nullopt.
+inline std::optional<std::int64_t> token_count(Lookup m, bool* missing = nullptr) {
+  if (missing) *missing = m.error() == simdjson::NO_SUCH_FIELD;
+  std::int64_t v = 0;
+  if (m.get(v) == simdjson::SUCCESS) return v >= 0 ? std::optional(v) : std::nullopt;
+  std::uint64_t u = 0;
+  if (m.get(u) == simdjson::SUCCESS) return INT64_MAX;  // above INT64_MAX
+  double d = 0;
+  if (m.get(d) == simdjson::SUCCESS && d >= 0) {
+    if (!(d < 9.2e18)) return INT64_MAX;
+    const auto t = static_cast<std::int64_t>(d);
+    return static_cast<double>(t) < d ? t + 1 : t;
+  }
+  return std::nullopt;
+}
+
+// How a usage reader treats one count that it cannot read (token_count gives nullopt):
+//  - kAlways: the provider always sends it (OpenAI's prompt/completion tokens): missing or
+//    unreadable, the whole usage is unreadable;
+//  - kIfPresent: it adds to the bill (output tokens, cache writes): unreadable when it is there
+//    but not a count, 0 when it is missing;
+//  - kDiscount: it only lowers the bill (cached input) or is informational (reasoning): anything
+//    but a count reads as 0, the dearer answer (servers send `"prompt_tokens_details": null`).
+enum class Need { kAlways, kIfPresent, kDiscount };
+inline void read_count(Lookup m, Need need, std::int64_t& out, bool& unreadable) {
+  bool missing = false;
+  if (auto n = token_count(m, &missing)) {
+    out = *n;
+  } else if (need == Need::kAlways || (need == Need::kIfPresent && !missing)) {
+    unreadable = true;
+  }
+}
+
 // The same on a lookup that may have failed (`parent["child"]`): a failed lookup reads as empty.
 inline std::string_view str(Lookup e, std::string_view key) {
   dom::element v;

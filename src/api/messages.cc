@@ -186,10 +186,16 @@ FinishReason finish_from_stop(std::string_view s) {
 void read_usage(dom::element u, Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
-  const auto input = json::num(u, "input_tokens", -1);
-  const auto cw = json::num(u, "cache_creation_input_tokens", -1);
-  const auto cr = json::num(u, "cache_read_input_tokens", -1);
-  const auto output = json::num(u, "output_tokens", -1);
+  // A stream reports usage in parts (the input side in message_start, the output in
+  // message_delta): every count is optional here, and one that is there but unreadable makes
+  // the whole usage unreadable. Cache reads only lower the bill: unreadable, they count as 0.
+  using json::Need;
+  std::int64_t input = -1, cw = -1, cr = -1, output = -1;
+  json::read_count(json::member(u, "input_tokens"), Need::kIfPresent, input, out.unreadable);
+  json::read_count(json::member(u, "cache_creation_input_tokens"), Need::kIfPresent, cw,
+                   out.unreadable);
+  json::read_count(json::member(u, "cache_read_input_tokens"), Need::kDiscount, cr, out.unreadable);
+  json::read_count(json::member(u, "output_tokens"), Need::kIfPresent, output, out.unreadable);
   if (input >= 0 || cw >= 0 || cr >= 0) {
     out.cache_write_tokens = std::max<std::int64_t>(0, cw);
     out.cached_tokens = std::max<std::int64_t>(0, cr);

@@ -86,16 +86,15 @@ void write_usage(JsonWriter& j, const Usage& u) {
 void read_usage(dom::element u, Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
-  out.prompt_tokens = json::num(u, "input_tokens");
-  out.completion_tokens = json::num(u, "output_tokens");
-  std::int64_t v = 0;
-  if (json::member(json::member(u, "input_tokens_details"), "cached_tokens").get(v) ==
-      simdjson::SUCCESS)
-    out.cached_tokens = v;
-  if (json::member(json::member(u, "output_tokens_details"), "reasoning_tokens").get(v) ==
-      simdjson::SUCCESS) {
-    out.reasoning_tokens = v;
-  }
+  using json::Need;
+  json::read_count(json::member(u, "input_tokens"), Need::kAlways, out.prompt_tokens,
+                   out.unreadable);
+  json::read_count(json::member(u, "output_tokens"), Need::kAlways, out.completion_tokens,
+                   out.unreadable);
+  json::read_count(json::member(json::member(u, "input_tokens_details"), "cached_tokens"),
+                   Need::kDiscount, out.cached_tokens, out.unreadable);
+  json::read_count(json::member(json::member(u, "output_tokens_details"), "reasoning_tokens"),
+                   Need::kDiscount, out.reasoning_tokens, out.unreadable);
 }
 
 std::string item_id(std::string_view prefix, const std::string& call_id) {

@@ -74,10 +74,48 @@ WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_toke
   WorstCase w;
   w.prompt_tokens = std::max<std::int64_t>(estimated_prompt_tokens, 0);
   w.completion_tokens = completion_token_limit(price, max_tokens);
-  // The worst case prices every prompt token at the dearer of input and cache write.
-  w.cost = cost_micros(price, w.prompt_tokens, w.completion_tokens, 0,
-                       price.cache_write_per_mtok > price.input_per_mtok ? w.prompt_tokens : 0);
+  w.cost = worst_case_micros(price, w.prompt_tokens, w.completion_tokens);
   return w;
+}
+
+Micros worst_case_micros(const ModelPrice& price, std::int64_t prompt_tokens,
+                         std::int64_t completion_tokens) {
+  return cost_micros(price, prompt_tokens, completion_tokens, 0,
+                     price.cache_write_per_mtok > price.input_per_mtok ? prompt_tokens : 0);
+}
+
+namespace {
+
+// Whether `a` never has a larger worst case than `b`, for any prompt, max_tokens or endpoint
+// (embeddings price the prompt at the plain input rate).
+bool covered_by(const ModelPrice& a, const ModelPrice& b) {
+  auto worst_input = [](const ModelPrice& p) {
+    return std::max(p.input_per_mtok, p.cache_write_per_mtok);
+  };
+  auto cap = [](const ModelPrice& p) {
+    return p.max_output_tokens > 0 ? p.max_output_tokens : kDefaultMaxOutputTokens;
+  };
+  return a.input_per_mtok <= b.input_per_mtok && worst_input(a) <= worst_input(b) &&
+         a.output_per_mtok <= b.output_per_mtok && cap(a) <= cap(b);
+}
+
+}  // namespace
+
+std::vector<const ModelPrice*> covering_prices(const std::vector<const ModelPrice*>& prices) {
+  std::vector<const ModelPrice*> out;
+  for (std::size_t i = 0; i < prices.size(); ++i) {
+    const ModelPrice* a = prices[i];
+    if (a == nullptr) continue;
+    bool covered = false;
+    for (std::size_t j = 0; j < prices.size() && !covered; ++j) {
+      const ModelPrice* b = prices[j];
+      if (j == i || b == nullptr || !covered_by(*a, *b)) continue;
+      // Two prices that cover each other are equal for the worst case: keep the first only.
+      covered = !covered_by(*b, *a) || j < i;
+    }
+    if (!covered) out.push_back(a);
+  }
+  return out;
 }
 
 PriceTable PriceTable::defaults() {

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "cost/money.h"
 
@@ -61,6 +62,18 @@ struct WorstCase {
 // output price. This is the amount reserved against budgets before forwarding.
 WorstCase worst_case(const ModelPrice& price, std::int64_t estimated_prompt_tokens,
                      std::optional<std::int64_t> max_tokens);
+
+// The worst-case price of `prompt_tokens` and `completion_tokens` (all choices together): every
+// prompt token at the dearer of input and cache write, since the provider decides what it caches.
+Micros worst_case_micros(const ModelPrice& price, std::int64_t prompt_tokens,
+                         std::int64_t completion_tokens);
+
+// When any of `prices` may answer a request (a model and its fallbacks), the reservation is the
+// largest worst case over them. This drops each price another one covers (no lower input,
+// worst-case input, output rate and output cap, so never a smaller worst case for any request):
+// the largest worst case over the result is the same, and usually one price is left. Order is
+// kept; of equal prices the first stays; null entries are dropped.
+std::vector<const ModelPrice*> covering_prices(const std::vector<const ModelPrice*>& prices);
 
 class PriceTable {
  public:

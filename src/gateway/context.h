@@ -122,8 +122,11 @@ struct Ctx {
   const cost::ModelPrice* price = nullptr;
   std::vector<std::string> budget_ids;
   cost::BudgetHold budget;
-  bool reservation_logged = false;     // the ledger has the reservation's row
-  std::int64_t forced_max_tokens = 0;  // the cost guard's output cap, forwarded upstream
+  bool reservation_logged = false;  // the ledger has the reservation's row
+  // The output cap asked for (max_tokens, else the group's default; 0 = no cost guard), and the
+  // one forwarded to the answering model: the requested cap under that model's own limit.
+  std::int64_t completion_cap = 0;
+  std::int64_t forced_max_tokens = 0;
   // 7 admission: the concurrency slot, released by finish.
   admission::Permit permit;
   Nanos queue_wait = 0;

@@ -38,25 +38,34 @@ void abandon_attempt(Ctx& c, routing::RequestPlan& plan, routing::Ticket& ticket
   o.kind = routing::OutcomeKind::kCancelled;
   plan.finish(ticket, o, now, false, rng);
   note_client_gone(c);
-  if (c.usage.present) return;
+  if (c.usage.usable()) return;
   c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
   c.usage.completion_tokens = 0;
 }
 
-// A successful answer without usage is never free: it is charged `estimate` (from what was sent
-// and received), counted and logged.
+// A successful answer without usage, or with usage that cannot be read (canonical.h), is never
+// free: it is charged `estimate` (from what was sent and received), or the counts that could be
+// read where they are larger, counted and logged.
 void note_usage_missing(Ctx& c, providers::Usage estimate) {
+  const bool unreadable = c.usage.present;
+  if (unreadable) {
+    estimate.prompt_tokens = std::max(estimate.prompt_tokens, c.usage.prompt_tokens);
+    estimate.completion_tokens = std::max(estimate.completion_tokens, c.usage.completion_tokens);
+  }
   // The provider was told the output cap: it cannot have generated more than that per choice.
   if (c.forced_max_tokens > 0) {
     estimate.completion_tokens = std::min(
         estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
   }
+  estimate.present = false;
+  estimate.unreadable = false;
   c.usage = estimate;
   c.sh.metrics->usage_missing.with({c.route_model}).inc();
   spdlog::warn(
-      "request {}: the upstream answer for model {} had no usage; charged an estimate of "
+      "request {}: the upstream answer for model {} had {}; charged an estimate of "
       "{} prompt + {} completion tokens",
-      c.request_id, c.route_model, estimate.prompt_tokens, estimate.completion_tokens);
+      c.request_id, c.route_model, unreadable ? "usage that cannot be read" : "no usage",
+      estimate.prompt_tokens, estimate.completion_tokens);
 }
 
 const std::string& target_for(const Deployment& d, Endpoint e) {
@@ -275,7 +284,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   }
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
-  if (!c.usage.present) {
+  if (!c.usage.usable()) {
     // An abandoned or broken stream is charged for what was generated up to that point; a
     // complete one that never reported usage (although it was asked to) the same way.
     providers::Usage u;
@@ -411,13 +420,20 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   }
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
-  if (tr.usage().present) {
-    c.usage = tr.usage();
-  } else {
-    c.usage.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    c.usage.completion_tokens =
+  c.usage = tr.usage();
+  if (!c.usage.usable()) {
+    // As for a stream passed through: what was generated, and a complete stream that never
+    // reported usable usage is counted as such.
+    providers::Usage u;
+    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+    u.completion_tokens =
         std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
                                static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+    if (complete) {
+      note_usage_missing(c, u);
+    } else {
+      c.usage = u;
+    }
   }
   if (!c.cancelled) co_await c.w.end_stream();
 }
@@ -624,6 +640,15 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                                  c.route_model + "' (" + std::string(providers::to_string(wire)) +
                                  ").");
     }
+    // The answer is billed at the price of the model that gives it: a fallback model's own
+    // (and the requested model's again when a later attempt goes back to it). That model is
+    // sent its own output cap under the requested one, as the reservation assumed.
+    if (c.attempts > 0 || ticket.group() != c.route_model) {
+      if (const auto* p = c.rt->config().prices.find(ticket.group())) c.price = p;
+    }
+    if (c.completion_cap > 0 && c.price) {
+      c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
+    }
     UpstreamBody call;
     Result<std::string> body = std::string();
     if (fast) {
@@ -661,11 +686,6 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     c.upstream = dep_cfg.id;
     c.deployment = d;
     c.model_served = ticket.group();
-    // The answer is billed at the price of the model that gives it: a fallback model's own
-    // (and the requested model's again when a later attempt goes back to it).
-    if (c.attempts > 1 || c.model_served != c.route_model) {
-      if (const auto* p = c.rt->config().prices.find(c.model_served)) c.price = p;
-    }
     router.on_start(ticket, now);
     const Nanos sent_at = now;
     const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
@@ -760,7 +780,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     int status_out = up.status();
     if (up.status() == 200 && fast) {
       c.usage = providers::extract_usage(*all);
-      if (!c.usage.present) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
+      if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     } else if (up.status() == 200) {
       auto answer =
@@ -773,6 +793,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
         co_return answer.error();
       }
       c.usage = answer->usage;
+      if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
       if (answer->response) co_await store_response(c, *answer->response);
       translated = std::move(answer->body);

@@ -4,6 +4,7 @@
 // cost, or releases it when nothing was billed.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/async_result.hpp>
 #include <ctime>
@@ -110,21 +111,28 @@ void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
   c.price = p;
 }
 
-// The most the request can cost: embeddings produce no output tokens; everything else is
-// capped at the worst case, and that cap is forwarded upstream.
-cost::Micros worst_case(Ctx& c) {
+// The most the request can cost, whichever model of its chain answers (the routed model, a
+// fallback, a capacity fallback): the largest worst case over the chain's covering prices.
+// Embeddings produce no output tokens. Everything else is capped per choice at the requested cap
+// under each model's own output limit, which is what forward sends that model as max_tokens.
+cost::Micros worst_case(Ctx& c, const AnswerChain& chain) {
   const std::int64_t prompt_estimate = providers::estimate_prompt_tokens(c.llm);
-  if (c.llm.endpoint == providers::Endpoint::kEmbeddings) {
-    return cost::cost_micros(*c.price, prompt_estimate, 0);
+  const bool embeddings = c.llm.endpoint == providers::Endpoint::kEmbeddings;
+  if (!embeddings) {
+    c.completion_cap = c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens;
+    c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
   }
-  const std::int64_t cap =
-      c.llm.max_tokens > 0 ? c.llm.max_tokens : c.group->cfg->max_output_tokens;
-  auto wc = cost::worst_case(*c.price, prompt_estimate, cap);
-  c.forced_max_tokens = wc.completion_tokens;
-  // The cap holds per choice: n (or best_of) choices are all generated and billed.
-  if (c.llm.choices <= 1) return wc.cost;
-  return cost::cost_micros(*c.price, prompt_estimate,
-                           providers::completion_reservation(c.llm, wc.completion_tokens));
+  auto worst_at = [&](const cost::ModelPrice& p) {
+    if (embeddings) return cost::cost_micros(p, prompt_estimate, 0);
+    // n (or best_of) choices are all generated and billed.
+    const std::int64_t completion =
+        providers::completion_reservation(c.llm, cost::completion_token_limit(p, c.completion_cap));
+    return cost::worst_case_micros(p, prompt_estimate, completion);
+  };
+  if (chain.prices.empty()) return worst_at(*c.price);
+  cost::Micros worst = 0;
+  for (const cost::ModelPrice* p : chain.prices) worst = std::max(worst, worst_at(*p));
+  return worst;
 }
 
 }  // namespace
@@ -150,7 +158,16 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   }
   const std::int64_t now_ms = sh.clock.unix_millis();
   maybe_downgrade(c, now_ms);
-  const cost::Micros worst = worst_case(c);
+  const AnswerChain& chain =
+      c.group->answers[static_cast<std::size_t>(std::clamp(c.priority.priority, 0, 2))];
+  // A fallback without a price could answer at any price: refused like an unpriced model.
+  if (!chain.unpriced.empty()) {
+    co_return errors::make(errors::kModelNotPriced,
+                           "The model '" + chain.unpriced + "', a fallback of '" + c.route_model +
+                               "', has no price, so its spend cannot be held to a budget. Add "
+                               "it to the pricing table.");
+  }
+  const cost::Micros worst = worst_case(c, chain);
   auto res = co_await sh.budget_store->reserve(c.budget_ids, worst, c.budget, now_ms, c.now());
   if (!res.ok) {
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);

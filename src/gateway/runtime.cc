@@ -1,6 +1,9 @@
 #include "gateway/runtime.h"
 
+#include <algorithm>
+
 #include "common/json_util.h"
+#include "routing/fallback.h"
 
 namespace bw::gateway {
 
@@ -74,6 +77,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   for (const auto& [name, g] : groups_) {
     for (const auto& d : g.deployments) deployments_.emplace(d.cfg->id, &d);
   }
+  build_answer_chains();
   for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
   for (const auto& k : stored_keys_) keys_.emplace(k.secret_hash, KeyInfo{&k});  // config wins
   for (const auto& [hash, info] : keys_) keys_by_name_.emplace(info.cfg->name, &info);
@@ -94,6 +98,36 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   }
   j.end_array().end_object();
   models_json_ = j.take();
+}
+
+void Runtime::build_answer_chains() {
+  routing::FallbackTable table;
+  for (const auto& g : cfg_->model_groups) {
+    table[g.name] = routing::FallbackEntry{g.fallbacks, g.context_fallback};
+  }
+  for (auto& [name, group] : groups_) {
+    const auto own = routing::models_that_may_answer(table, name);
+    for (std::size_t p = 0; p < group.answers.size(); ++p) {
+      std::vector<std::string> models = own;
+      // A capacity fallback answers as the routed model: its own chain follows at forward.
+      for (const auto& cf : group.cfg->capacity_fallbacks[p]) {
+        if (!groups_.contains(cf)) continue;  // admission skips it too
+        for (auto& m : routing::models_that_may_answer(table, cf)) {
+          if (std::find(models.begin(), models.end(), m) == models.end()) {
+            models.push_back(std::move(m));
+          }
+        }
+      }
+      AnswerChain& chain = group.answers[p];
+      std::vector<const cost::ModelPrice*> prices;
+      for (const auto& m : models) {
+        const cost::ModelPrice* price = cfg_->prices.find(m);
+        if (price == nullptr && chain.unpriced.empty()) chain.unpriced = m;
+        prices.push_back(price);
+      }
+      chain.prices = cost::covering_prices(prices);
+    }
+  }
 }
 
 const ModelGroup* Runtime::group(std::string_view model) const {

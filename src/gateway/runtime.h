@@ -2,6 +2,7 @@
 // Runtime: the immutable snapshot the data plane reads, built from one Config. A reload builds a
 // new Runtime and swaps it in atomically; requests in flight keep the snapshot they started with.
 // Thread safety: immutable after construction.
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -60,10 +61,22 @@ struct Deployment {
   std::unique_ptr<DeploymentMetricCache> metrics = std::make_unique<DeploymentMetricCache>();
 };
 
+// The models that may answer a request routed to a group, at one priority: the group itself,
+// its fallbacks and context fallbacks (routing::models_that_may_answer), and its capacity
+// fallbacks of that priority with theirs. The cost guard reserves the largest worst case over
+// them, so that a dearer model answering cannot take spend past a cap.
+struct AnswerChain {
+  // The prices that cover the chain (cost::covering_prices): usually one.
+  std::vector<const cost::ModelPrice*> prices;
+  std::string unpriced;  // a model of the chain without a price (refused when budgeted); or empty
+};
+
 struct ModelGroup {
   const config::ModelGroupConfig* cfg = nullptr;
   std::vector<Deployment> deployments;
   std::unique_ptr<GroupMetricCache> metrics = std::make_unique<GroupMetricCache>();
+  // Per priority (0..2), built at load: no chain is walked per request.
+  std::array<AnswerChain, 3> answers;
 };
 
 struct KeyInfo {
@@ -88,6 +101,8 @@ class Runtime {
   std::uint16_t sim_port() const { return sim_port_; }
 
  private:
+  void build_answer_chains();
+
   std::shared_ptr<const config::Config> cfg_;
   std::unordered_map<std::string, Provider> providers_;
   // Looked up by the request's model (a string_view) without building a string.

@@ -363,14 +363,14 @@ class Scanner {
     });
   }
 
-  // A token count as read_usage takes it: an integer. Anything else (another type, a fraction
-  // or an exponent, "-0", which the parser reads as a double) is left to the parser.
+  // A token count as api::read_chat_usage takes it without a question: a non-negative integer.
+  // Anything else (another type, a sign, a fraction or an exponent) is left to the parser.
   bool count(std::int64_t& out) {
     const char* start = p_;
-    if (*p_ != '-' && !is_digit(*p_)) return false;
+    if (!is_digit(*p_)) return false;
     if (!number()) return false;
     const std::string_view text(start, static_cast<std::size_t>(p_ - start));
-    if (text.find_first_of(".eE") != std::string_view::npos || text == "-0") return false;
+    if (text.find_first_of(".eE") != std::string_view::npos) return false;
     const auto [end, ec] = std::from_chars(start, p_, out);
     return ec == std::errc{} && end == p_;
   }
@@ -398,7 +398,8 @@ class Scanner {
       }
       return value(depth + 1);
     });
-    if (!ok) return false;
+    // Without both counts the usage is unreadable: the parser's reader says so.
+    if (!ok || !saw_prompt || !saw_completion) return false;
     u.present = true;
     return true;
   }

@@ -67,13 +67,30 @@ std::string_view finish_to(FinishReason f) {
   }
 }
 
+// Two non-negative counts; a sum past the range clamps (counts clamp there too).
+std::int64_t sat_add(std::int64_t a, std::int64_t b) {
+  return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
 void read_usage(dom::element u, api::Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
-  out.prompt_tokens = json::num(u, "promptTokenCount") + json::num(u, "toolUsePromptTokenCount");
-  out.reasoning_tokens = json::num(u, "thoughtsTokenCount");
-  out.completion_tokens = json::num(u, "candidatesTokenCount") + out.reasoning_tokens;
-  out.cached_tokens = json::num(u, "cachedContentTokenCount");
+  // Gemini leaves out a count that is zero; one that is there must be a count.
+  using json::Need;
+  std::int64_t prompt = 0, tool_prompt = 0, thoughts = 0, candidates = 0, cached = 0;
+  json::read_count(json::member(u, "promptTokenCount"), Need::kIfPresent, prompt, out.unreadable);
+  json::read_count(json::member(u, "toolUsePromptTokenCount"), Need::kIfPresent, tool_prompt,
+                   out.unreadable);
+  json::read_count(json::member(u, "thoughtsTokenCount"), Need::kIfPresent, thoughts,
+                   out.unreadable);
+  json::read_count(json::member(u, "candidatesTokenCount"), Need::kIfPresent, candidates,
+                   out.unreadable);
+  json::read_count(json::member(u, "cachedContentTokenCount"), Need::kDiscount, cached,
+                   out.unreadable);
+  out.prompt_tokens = sat_add(prompt, tool_prompt);
+  out.reasoning_tokens = thoughts;
+  out.completion_tokens = sat_add(candidates, thoughts);
+  out.cached_tokens = cached;
 }
 
 void write_usage(JsonWriter& j, const api::Usage& u) {

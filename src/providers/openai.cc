@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "api/chat.h"
 #include "api/json_read.h"
 #include "common/json_util.h"
 #include "providers/chunk_scan.h"
@@ -37,21 +38,6 @@ std::size_t json_chars(simdjson::dom::element v) {
   if (v.get(s) == simdjson::SUCCESS) return s.size();
   if (v.is_object() || v.is_array()) return simdjson::minify(v).size();
   return 3;  // a number (e.g. a token id: one token), a boolean, null
-}
-
-void read_usage(simdjson::dom::element usage, Usage& u) {
-  if (!usage.is_object()) return;
-  // The last of duplicate members, as the client reads them (api::json::member).
-  std::int64_t v = 0;
-  if (api::json::member(usage, "prompt_tokens").get(v) == simdjson::SUCCESS) u.prompt_tokens = v;
-  if (api::json::member(usage, "completion_tokens").get(v) == simdjson::SUCCESS) {
-    u.completion_tokens = v;
-  }
-  if (api::json::member(api::json::member(usage, "prompt_tokens_details"), "cached_tokens")
-          .get(v) == simdjson::SUCCESS) {
-    u.cached_tokens = v;
-  }
-  u.present = true;
 }
 
 // Adds the text (and images) of a message's content or of a prompt/input to `r`: a string, an
@@ -610,7 +596,8 @@ Usage extract_usage(std::string_view body) {
   if (body.empty()) return u;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
-  if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS) read_usage(usage, u);
+  if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS)
+    api::read_chat_usage(usage, u);
   return u;
 }
 
@@ -649,7 +636,7 @@ ChunkInfo parse_chunk(std::string_view data) {
   if (maybe_usage) {
     simdjson::dom::element usage;
     if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS && usage.is_object()) {
-      read_usage(usage, info.usage);
+      api::read_chat_usage(usage, info.usage);
       info.usage_only = empty_choices;
     }
   }
@@ -693,7 +680,8 @@ Usage estimate_usage(const LlmRequest& req, std::string_view response_body) {
       }
     }
   } else {
-    chars = response_body.size();  // not JSON: every byte received
+    // Not JSON, or an answer in another API's shape (a translated one): every byte received.
+    chars = response_body.size();
   }
   u.completion_tokens = std::max<std::int64_t>(choices, static_cast<std::int64_t>((chars + 2) / 3));
   return u;

@@ -50,6 +50,34 @@ std::optional<std::string> validate_fallbacks(const FallbackTable& table) {
   return std::nullopt;
 }
 
+std::vector<std::string> models_that_may_answer(const FallbackTable& table,
+                                                std::string_view model) {
+  std::vector<std::string> out;
+  auto add = [&out](std::string_view m) {
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.emplace_back(m);
+  };
+  // Entered models queue their own list (AttemptPlanner::enter): the requested model and every
+  // context fallback. A model entered as a list's fallback keeps the origin's list instead.
+  std::vector<std::string> entered{std::string(model)};
+  add(model);
+  for (std::size_t i = 0; i < entered.size(); ++i) {
+    auto it = table.find(entered[i]);
+    if (it == table.end()) continue;
+    for (const auto& f : it->second.fallbacks) add(f);
+    // A context-window error may come from any model reached so far; its larger model is
+    // entered. `out` grows while this loop runs over it (indices, not iterators).
+    for (std::size_t j = 0; j < out.size(); ++j) {
+      auto jt = table.find(out[j]);
+      if (jt == table.end() || jt->second.context_fallback.empty()) continue;
+      const std::string& next = jt->second.context_fallback;
+      if (std::find(entered.begin(), entered.end(), next) != entered.end()) continue;
+      entered.push_back(next);
+      add(next);
+    }
+  }
+  return out;
+}
+
 AttemptPlanner::AttemptPlanner(const FallbackTable* table, std::string_view model) : table_(table) {
   enter(model);
 }

@@ -31,6 +31,12 @@ using FallbackTable = std::unordered_map<std::string, FallbackEntry, StringHash,
 // naming itself, a model listed twice, or a cycle of context fallbacks (A -> B -> A).
 std::optional<std::string> validate_fallbacks(const FallbackTable& table);
 
+// Every model a request for `model` may be answered by, `model` first: its fallbacks, and from
+// any of those a context fallback, which brings its own list (the closure of what an
+// AttemptPlanner may enter). A superset of what one request visits: the planner's skipping of
+// models already seen only removes. Unknown names are kept (the caller decides about them).
+std::vector<std::string> models_that_may_answer(const FallbackTable& table, std::string_view model);
+
 // Decides, for one request, which model to pick from next and which of its deployments to avoid.
 // The caller picks (e.g. Router::pick) and reports back; see RequestPlan for the full loop.
 class AttemptPlanner {

@@ -145,6 +145,27 @@ TEST(Messages, InboundToAnthropicKeepsCacheControlAndAlwaysSendsMaxTokens) {
           .ok());
 }
 
+// A count that is there but not a count makes the usage unreadable (charged an estimate); a
+// count that is missing is 0, since a stream reports its usage in parts.
+TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
+  for (std::string_view bad :
+       {R"({"input_tokens":10,"output_tokens":"5"})", R"({"input_tokens":-10,"output_tokens":5})",
+        R"({"input_tokens":10,"output_tokens":5,)"
+        R"("cache_creation_input_tokens":null})"}) {
+    const auto u = read_messages_usage(bad);
+    EXPECT_TRUE(u.present) << bad;
+    EXPECT_FALSE(u.usable()) << bad;
+  }
+  auto u = read_messages_usage(R"({"output_tokens":5})");
+  EXPECT_TRUE(u.usable());
+  EXPECT_EQ(u.completion_tokens, 5);
+  u = read_messages_usage(R"({"input_tokens":10,"output_tokens":5,)"
+                          R"("cache_read_input_tokens":"30"})");
+  EXPECT_TRUE(u.usable()) << "a cache read only lowers the bill: unreadable, it is 0";
+  EXPECT_EQ(u.prompt_tokens, 10);
+  EXPECT_EQ(u.cached_tokens, 0);
+}
+
 TEST(Messages, UsageMapsCacheTokensIntoPromptTokens) {
   auto r =
       decode_messages_response(R"({"id":"msg_1","type":"message","role":"assistant","model":"c",

@@ -154,5 +154,53 @@ TEST(PricingCacheWrites, CacheReadsAndWritesAtTheirOwnRates) {
   EXPECT_EQ(PriceTable::defaults().find("claude-sonnet-4.5")->cache_write_per_mtok, 3'750'000);
 }
 
+TEST(CoveringPrices, DropsPricesAnotherCovers) {
+  const ModelPrice cheap{1'000'000, 2'000'000, -1, 8'192};
+  const ModelPrice dear{100'000'000, 1'000'000'000, -1, 8'192};
+  const ModelPrice dear_again = dear;
+  EXPECT_EQ(covering_prices({&cheap, &dear, &dear_again}), (std::vector<const ModelPrice*>{&dear}));
+  EXPECT_EQ(covering_prices({&cheap}), (std::vector<const ModelPrice*>{&cheap}));
+  EXPECT_EQ(covering_prices({nullptr, &cheap}), (std::vector<const ModelPrice*>{&cheap}));
+  // A dearer output rate with a smaller output cap covers neither way: both stay.
+  const ModelPrice dear_short{1'000'000, 50'000'000, -1, 1'024};
+  const ModelPrice cheap_long{1'000'000, 2'000'000, -1, 65'536};
+  EXPECT_EQ(covering_prices({&cheap_long, &dear_short}),
+            (std::vector<const ModelPrice*>{&cheap_long, &dear_short}));
+  // A cache-write rate above the input rate is the worst case's prompt rate; the plain input
+  // rate still counts for embeddings, so neither covers the other here.
+  const ModelPrice writes{3'000'000, 15'000'000, 300'000, 64'000, 3'750'000};
+  const ModelPrice input{3'500'000, 15'000'000, -1, 64'000};
+  EXPECT_EQ(covering_prices({&writes, &input}), (std::vector<const ModelPrice*>{&writes, &input}));
+  // max_output_tokens 0 is the default cap.
+  const ModelPrice default_cap{1'000'000, 2'000'000, -1, 0};
+  const ModelPrice explicit_cap{1'000'000, 2'000'000, -1, kDefaultMaxOutputTokens};
+  EXPECT_EQ(covering_prices({&default_cap, &explicit_cap}),
+            (std::vector<const ModelPrice*>{&default_cap}));
+}
+
+TEST(CoveringPrices, TheLargestWorstCaseIsKept) {
+  const ModelPrice a{1'000'000, 60'000'000, -1, 1'000};
+  const ModelPrice b{2'000'000, 10'000'000, -1, 4'000};
+  const ModelPrice c{1'000'000, 10'000'000, -1, 2'000};  // covered by b
+  const ModelPrice d{3'000'000, 5'000'000, 3'500'000, 500};
+  const std::vector<const ModelPrice*> all{&a, &b, &c, &d};
+  const auto kept = covering_prices(all);
+  EXPECT_EQ(kept.size(), 3u);
+  for (std::int64_t prompt : {0, 10, 5'000, 200'000}) {
+    for (std::int64_t cap : {1, 700, 1'500, 3'000, 100'000}) {
+      Micros over_all = 0, over_kept = 0;
+      for (const auto* p : all) {
+        over_all =
+            std::max(over_all, worst_case_micros(*p, prompt, completion_token_limit(*p, cap)));
+      }
+      for (const auto* p : kept) {
+        over_kept =
+            std::max(over_kept, worst_case_micros(*p, prompt, completion_token_limit(*p, cap)));
+      }
+      EXPECT_EQ(over_kept, over_all) << prompt << " " << cap;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bw::cost

@@ -273,6 +273,54 @@ TEST(Pipeline, FallbackModelIsNamedInTheHeaders) {
   EXPECT_EQ(r.header("x-bellwether-fallback-from"), "main");
 }
 
+// A capacity fallback answers a request that the cost guard reserved for before admission: the
+// reservation covers its price, and it is sent its own output limit as max_tokens.
+TEST(Pipeline, ACapacityFallbackIsReservedAtItsPriceAndSentItsOwnOutputLimit) {
+  Pipeline p(R"(listen: 127.0.0.1:0
+workers: 1
+providers:
+  pa: {base_url: "http://127.0.0.1:9/v1"}
+model_groups:
+  narrow:
+    deployments: [{id: narrow-a, provider: pa, model: narrow}]
+    concurrency: {mode: fixed, initial: 1}
+    capacity_fallbacks: {p0: [pricey], p1: [pricey], p2: [pricey]}
+  pricey:
+    deployments: [{id: pricey-a, provider: pa, model: pricey}]
+pricing:
+  narrow: {input: 1, output: 2}
+  pricey: {input: 100, output: 1000, max_output_tokens: 3}
+keys:
+  - {name: rich, key: sk-test-rich-000001, budget: {cap_usd: 100, period: total}}
+)");
+  p.upstream->held = true;
+  const std::vector<std::pair<std::string, std::string>> h = {
+      {"authorization", bearer("sk-test-rich-000001")}};
+  auto first = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("narrow"), h);
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 1; }));
+  auto second = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("narrow"), h);
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 2; }));
+  // "Hello there": ceil(11/3) + 4 + 3 = 11 prompt tokens; max_tokens 5, pricey's limit 3.
+  // Both holds are at pricey's worst case (11*100 + 3*1000), not narrow's (11*1 + 5*2 = 21):
+  // either request may end up on pricey.
+  auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->reserved_micro, 2 * (11 * 100 + 3 * 1000));
+  ASSERT_EQ(p.upstream->seen.size(), 2u);
+  EXPECT_TRUE(has(p.upstream->seen[0].body, R"("model":"narrow")")) << p.upstream->seen[0].body;
+  EXPECT_TRUE(has(p.upstream->seen[0].body, R"("max_tokens":5)")) << p.upstream->seen[0].body;
+  EXPECT_TRUE(has(p.upstream->seen[1].body, R"("model":"pricey")")) << p.upstream->seen[1].body;
+  EXPECT_TRUE(has(p.upstream->seen[1].body, R"("max_tokens":3)")) << p.upstream->seen[1].body;
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return first->done && second->done; }));
+  EXPECT_EQ(first->out.status, 200);
+  EXPECT_EQ(second->out.status, 200);
+  EXPECT_EQ(second->out.header("x-bellwether-capacity-fallback-from"), "narrow");
+  p.check_invariants();
+  snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+  EXPECT_EQ(snap->reserved_micro, 0) << "settling left part of a reservation held";
+}
+
 TEST(Pipeline, StreamIsRelayedWithUsageCounted) {
   Pipeline p(kBase);
   p.upstream->answers = {[](const Seen&) {

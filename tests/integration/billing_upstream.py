@@ -7,7 +7,9 @@
   results, every other field), at 4 characters a token, plus 765 tokens per image.
 - It generates every choice (n, or max(n, best_of)), each the full max_tokens (or 4096 without
   one), and bills them all.
-- A model whose name contains "nousage" answers without usage (buffered and streamed).
+- A model whose name contains "nousage" answers without usage (buffered and streamed); one
+  whose name contains "badusage" reports usage with counts a strict reader must not trust: the
+  completion count as a string, the prompt count negative.
 - GET /billed returns the running total: {"requests", "prompt_tokens", "completion_tokens"}.
 
 Usage: billing_upstream.py PORT
@@ -90,6 +92,9 @@ class Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}
         with_usage = "nousage" not in model
+        if "badusage" in model:
+            usage = {"prompt_tokens": -prompt, "completion_tokens": str(completion),
+                     "total_tokens": str(prompt + completion)}
         word = "tok "
         if req.get("stream") is True:
             self.send_response(200)

@@ -298,6 +298,182 @@ keys:
   EXPECT_EQ(micros(num(budget_row(gw.port, "key:fb/total"), "spent_usd")), dear);
 }
 
+// --- 1c. the reservation covers the dearest model that may answer ------------------------------
+
+// A gateway in front of two simulators: `down` answers 503 to everything, `good` serves.
+// `groups` and `pricing` are the YAML bodies of those sections; `keys` the key entries.
+struct TwoSims {
+  Sim down, good;
+  Gw gw;
+  std::string dir;
+  std::string ledger() const { return dir + "/ledger.db"; }
+};
+
+TwoSims start_two_sims(const std::string& groups, const std::string& pricing,
+                       const std::string& keys) {
+  TwoSims e;
+  e.dir = temp_dir();
+  e.down = start_sim(sim_yaml());
+  e.good = start_sim(sim_yaml());
+  EXPECT_EQ(request(e.down.port, "POST", "/sim/control", R"({"error_status":503,"error_rate":1.0})")
+                .status,
+            200);
+  e.gw = start_gateway(R"(workers: 2
+admin:
+  key: )" + std::string(kAdmin) +
+                       R"(
+providers:
+  down: {base_url: "http://127.0.0.1:)" +
+                       std::to_string(e.down.port) + R"(/v1"}
+  good: {base_url: "http://127.0.0.1:)" +
+                       std::to_string(e.good.port) + R"(/v1"}
+plans:
+  bulk: {limits: []}
+model_groups:
+)" + groups + "pricing:\n" +
+                       pricing + R"(resilience:
+  retry: {max_attempts: 3, base: 1ms, cap: 5ms, deadline: 20s, budget_ratio: 10, budget_min_per_s: 1000}
+ledger: {path: )" + e.dir +
+                       R"(/ledger.db}
+keys:
+)" + keys);
+  return e;
+}
+
+TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurrency) {
+  // "cheap" is down, so its fallback "dear" answers every request: 100x the input and 500x the
+  // output price, and an output limit of 16 tokens under the 40 the client asks for.
+  auto e = start_two_sims(
+      R"(  cheap:
+    deployments: [{id: cheap-0, provider: down, model: quick}]
+    fallbacks: [dear]
+  dear:
+    deployments: [{id: dear-0, provider: good, model: quick}]
+)",
+      R"(  cheap: {input: 1, output: 2}
+  dear: {input: 100, output: 1000, max_output_tokens: 16}
+)",
+      R"(  - {name: fbcap, key: sk-cost-fbcap-0001, plan: bulk, budget: {cap_usd: 0.25, period: total}}
+)");
+  // 400 characters: reserved as ceil(400/3)+4+3 = 141 prompt tokens, billed by the simulator as
+  // ceil(400/4)+4+3 = 107. "dear" is sent max_tokens 16 (its own limit under the 40 asked for),
+  // and the simulator bills the max_tokens it is sent.
+  const std::string body = chat_body("cheap", false, 40, std::string(400, 'x'));
+  constexpr std::int64_t kReserve = 141 * 100 + 16 * 1000;  // 30,100 at dear's price
+  constexpr std::int64_t kActual = 107 * 100 + 16 * 1000;   // 26,700
+  constexpr std::int64_t kCheapReserve = 141 * 1 + 40 * 2;  // 221: what was reserved before
+  constexpr std::int64_t kCap = 250'000;
+  constexpr int kN = 40;  // at the requested price all 40 fit (8,840); at the answering one 8
+
+  std::vector<HttpResponse> out(kN);
+  std::latch go(kN);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      out[i] = post_json(e.gw.port, kChat, body, "sk-cost-fbcap-0001");
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, refused = 0, over_limit = 0;
+  std::string an_answer;
+  for (const auto& r : out) {
+    if (r.status == 200) {
+      ++ok;
+      an_answer = r.body;
+      EXPECT_EQ(r.header("x-bellwether-model"), "dear");
+      if (r.body.find("\"completion_tokens\":16") == std::string::npos) ++over_limit;
+    } else if (r.status == 429) {
+      ++refused;
+      EXPECT_NE(r.body.find("'key:fbcap/total'"), std::string::npos) << r.body;
+    } else {
+      ADD_FAILURE() << "unexpected status " << r.status << ": " << r.body;
+    }
+  }
+  std::printf("[ fallback cap ] %d requests: %d served, %d refused\n", kN, ok, refused);
+  EXPECT_EQ(over_limit, 0) << "the fallback was not sent its own output limit: " << an_answer;
+  EXPECT_GE(ok, static_cast<int>(kCap / kReserve));
+  EXPECT_GT(refused, 0);
+
+  std::string spend;
+  ASSERT_TRUE(eventually([&] {
+    spend = spend_row(e.gw.port, "key", "fbcap");
+    return !spend.empty() && num(spend, "open_reserved_usd") == 0.0;
+  })) << spend;
+  const auto budget = budget_row(e.gw.port, "key:fbcap/total");
+  std::printf("[ fallback cap ] budget %s\n", budget.c_str());
+  EXPECT_LE(micros(num(budget, "spent_usd")), kCap) << "a dearer fallback took spend past the cap";
+  EXPECT_EQ(micros(num(budget, "spent_usd")), ok * kActual);
+  // Settling released what the answer did not use of the larger reservation.
+  EXPECT_EQ(micros(num(budget, "reserved_usd")), 0);
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger"), std::to_string(ok));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT reserved_micro FROM ledger"),
+            std::to_string(kReserve))
+      << "reserved at the requested model's price would be " << kCheapReserve;
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT actual_micro FROM ledger"),
+            std::to_string(kActual));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT model FROM ledger"), "cheap");
+}
+
+TEST(CostGuard, AReservationIsTheRequestedModelsWhenNoFallbackIsDearer) {
+  // "dear" falls back to the cheaper "cheap"; "solo" has no fallback. Both answer themselves.
+  auto e = start_two_sims(
+      R"(  dear:
+    deployments: [{id: dear-0, provider: good, model: quick}]
+    fallbacks: [cheap]
+  cheap:
+    deployments: [{id: cheap-0, provider: good, model: quick}]
+  solo:
+    deployments: [{id: solo-0, provider: good, model: quick}]
+)",
+      R"(  cheap: {input: 1, output: 2}
+  dear: {input: 100, output: 1000}
+  solo: {input: 3, output: 7}
+)",
+      R"(  - {name: plain, key: sk-cost-plain-0001, plan: bulk, budget: {cap_usd: 10, period: total}}
+)");
+  const std::string content(400, 'x');
+  for (const char* model : {"dear", "solo"}) {
+    auto r =
+        post_json(e.gw.port, kChat, chat_body(model, false, 40, content), "sk-cost-plain-0001");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-bellwether-model"), model);
+    EXPECT_NE(r.body.find("\"completion_tokens\":40"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT reserved_micro FROM ledger WHERE model='dear'"),
+            std::to_string(141 * 100 + 40 * 1000));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT reserved_micro FROM ledger WHERE model='solo'"),
+            std::to_string(141 * 3 + 40 * 7));
+  std::string budget;
+  ASSERT_TRUE(eventually([&] {
+    budget = budget_row(e.gw.port, "key:plain/total");
+    return num(budget, "reserved_usd") == 0.0;
+  })) << budget;
+  EXPECT_EQ(micros(num(budget, "spent_usd")), (107 * 100 + 40 * 1000) + (107 * 3 + 40 * 7));
+}
+
+TEST(CostGuard, AFallbackWithoutAPriceIsRefusedForBudgetedKeys) {
+  auto e = start_two_sims(
+      R"(  cheap:
+    deployments: [{id: cheap-0, provider: good, model: quick}]
+    fallbacks: [unpriced]
+  unpriced:
+    deployments: [{id: unpriced-0, provider: good, model: quick}]
+)",
+      R"(  cheap: {input: 1, output: 2}
+)",
+      R"(  - {name: budgeted, key: sk-cost-budgeted-0001, plan: bulk, budget: {cap_usd: 10, period: total}}
+  - {name: free, key: sk-cost-free-0001, plan: bulk}
+)");
+  auto r = post_json(e.gw.port, kChat, chat_body("cheap", false, 10), "sk-cost-budgeted-0001");
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("\"code\":\"model_not_priced\""), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("'unpriced', a fallback of 'cheap'"), std::string::npos) << r.body;
+  // Without a budget nothing is held, so the chain's prices do not matter.
+  r = post_json(e.gw.port, kChat, chat_body("cheap", false, 10), "sk-cost-free-0001");
+  EXPECT_EQ(r.status, 200) << r.body;
+}
+
 // --- 2. kill -9 under load, 20 times, on one ledger
 // ------------------------------------------------
 

@@ -85,8 +85,10 @@ std::string gateway_yaml(int upstream_port, const std::string& ledger_path) {
          "/v1\nplans:\n  bulk:\n    limits: [{name: rps, rate: 1000000, period: second, burst: "
          "1000000}]\nmodel_groups:\n  m:\n    deployments: [{provider: up, model: m}]\n"
          "  m-nousage:\n    deployments: [{provider: up, model: m-nousage}]\n"
+         "  m-badusage:\n    deployments: [{provider: up, model: m-badusage}]\n"
          "pricing:\n  m: {input: 1, output: 10, max_output_tokens: 4096}\n"
          "  m-nousage: {input: 1, output: 10, max_output_tokens: 4096}\n"
+         "  m-badusage: {input: 1, output: 10, max_output_tokens: 4096}\n"
          "ledger: {path: " +
          ledger_path + "}\n" + keys_yaml();
 }
@@ -257,6 +259,58 @@ TEST(BudgetBypass, AnswersWithoutUsageAreChargedAnEstimate) {
             std::string::npos)
       << metrics.substr(0, 300);
   attack_until_refused(e, buffered, 20, "no usage");
+}
+
+// The same answers reaching a client of another API: the answer is translated, and its missing
+// or unreadable usage must not make it free there either.
+TEST(BudgetBypass, TranslatedAnswersWithoutUsageAreChargedAnEstimate) {
+  auto e = start_env();
+  const std::vector<std::pair<const char*, std::string>> calls = {
+      {"/v1/messages",
+       R"({"model":"m-nousage","max_tokens":500,"messages":[{"role":"user","content":"hi"}]})"},
+      {"/v1/messages",
+       R"({"model":"m-nousage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
+       R"("content":"hi"}]})"},
+  };
+  for (const auto& [path, body] : calls) {
+    const auto spent_before = e.spent_micros();
+    const auto billed_before = e.up.billed_micros();
+    auto r = post_json(e.gw.port, path, body, kBudgetKey);
+    ASSERT_EQ(r.status, 200) << path << " " << body << ": " << r.body;
+    ASSERT_TRUE(eventually([&] { return e.reserved_micros() == 0; }));
+    EXPECT_GE(e.spent_micros() - spent_before, e.up.billed_micros() - billed_before)
+        << path << " " << body << ": an answer without usage was charged too little";
+  }
+}
+
+// Usage that is there but cannot be trusted (a count as a string, a negative count) is treated
+// like usage that is missing: charged an estimate, never read as zero.
+TEST(BudgetBypass, UnreadableUsageIsChargedAnEstimate) {
+  auto e = start_env();
+  const std::vector<std::pair<const char*, std::string>> calls = {
+      {kChat,
+       R"({"model":"m-badusage","max_tokens":500,"messages":[{"role":"user","content":"hi"}]})"},
+      {kChat, R"({"model":"m-badusage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
+              R"("content":"hi"}]})"},
+      {"/v1/messages",
+       R"({"model":"m-badusage","max_tokens":500,"messages":[{"role":"user","content":"hi"}]})"},
+      {"/v1/messages",
+       R"({"model":"m-badusage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
+       R"("content":"hi"}]})"},
+  };
+  for (const auto& [path, body] : calls) {
+    const auto spent_before = e.spent_micros();
+    const auto billed_before = e.up.billed_micros();
+    auto r = post_json(e.gw.port, path, body, kBudgetKey);
+    ASSERT_EQ(r.status, 200) << path << " " << body << ": " << r.body;
+    ASSERT_TRUE(eventually([&] { return e.reserved_micros() == 0; }));
+    EXPECT_GE(e.spent_micros() - spent_before, e.up.billed_micros() - billed_before)
+        << path << " " << body << ": unreadable usage was charged too little";
+  }
+  auto metrics = request(e.gw.port, "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("bellwether_usage_missing_total{model=\"m-badusage\"} 4"),
+            std::string::npos)
+      << metrics.substr(0, 300);
 }
 
 // ---- protocol, seen from the gateway -----------------------------------------------------------

@@ -92,6 +92,25 @@ TEST(Gemini, RequestShapeAndUsage) {
   EXPECT_EQ(resp->usage.reasoning_tokens, 3);
 }
 
+// Gemini leaves out counts that are zero; one that is there must be a count.
+TEST(Gemini, UnreadableUsageCountsAreNotTrusted) {
+  const std::string head =
+      R"({"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}],)";
+  auto ok = decode_gemini_response(head + R"("usageMetadata":{"promptTokenCount":100}})");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_TRUE(ok->usage.usable());
+  EXPECT_EQ(ok->usage.completion_tokens, 0);
+  for (std::string_view bad :
+       {R"("usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":"7"}})",
+        R"("usageMetadata":{"promptTokenCount":-100,"candidatesTokenCount":7}})",
+        R"("usageMetadata":{"promptTokenCount":100,"thoughtsTokenCount":[3]}})"}) {
+    auto r = decode_gemini_response(head + std::string(bad));
+    ASSERT_TRUE(r.ok()) << bad;
+    EXPECT_TRUE(r->usage.present) << bad;
+    EXPECT_FALSE(r->usage.usable()) << bad;
+  }
+}
+
 TEST(Gemini, StreamChunksDecodeEventByEvent) {
   auto dec = make_gemini_stream_decoder();
   std::vector<api::StreamEvent> evs;

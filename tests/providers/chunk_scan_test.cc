@@ -35,7 +35,7 @@ std::string show(std::string_view s) {
 testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   if (a.done == b.done && a.usage_only == b.usage_only && a.text_chars == b.text_chars &&
       a.has_text == b.has_text && a.usage.present == b.usage.present &&
-      a.usage.prompt_tokens == b.usage.prompt_tokens &&
+      a.usage.unreadable == b.usage.unreadable && a.usage.prompt_tokens == b.usage.prompt_tokens &&
       a.usage.completion_tokens == b.usage.completion_tokens &&
       a.usage.cached_tokens == b.usage.cached_tokens &&
       a.usage.cache_write_tokens == b.usage.cache_write_tokens &&
@@ -45,9 +45,10 @@ testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   auto f = [](const ChunkInfo& i) {
     return "{done " + std::to_string(i.done) + ", usage_only " + std::to_string(i.usage_only) +
            ", text_chars " + std::to_string(i.text_chars) + ", has_text " +
-           std::to_string(i.has_text) + ", usage " + std::to_string(i.usage.present) + " " +
-           std::to_string(i.usage.prompt_tokens) + "/" + std::to_string(i.usage.completion_tokens) +
-           "/" + std::to_string(i.usage.cached_tokens) + "}";
+           std::to_string(i.has_text) + ", usage " + std::to_string(i.usage.present) +
+           (i.usage.unreadable ? " unreadable " : " ") + std::to_string(i.usage.prompt_tokens) +
+           "/" + std::to_string(i.usage.completion_tokens) + "/" +
+           std::to_string(i.usage.cached_tokens) + "}";
   };
   return testing::AssertionFailure() << f(a) << " != " << f(b);
 }
@@ -288,6 +289,13 @@ TEST(ChunkScan, UsageEventsAgreeWithTheParse) {
       R"({"usage":{"prompt_tokens":3},"choices":[]})",
       R"({"choices":[],"usage":{}})",
       R"({"choices":[],"usage":{"prompt_tokens":-3,"completion_tokens":0}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":"4"}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4.5}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":18446744073709551615}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,)"
+      R"("prompt_tokens_details":null}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,)"
+      R"("prompt_tokens_details":{"cached_tokens":-1}}})",
       R"({"choices":[],"usage":{"prompt_tokens":-0}})",
       R"({"choices":[],"usage":{"prompt_tokens":3.0}})",
       R"({"choices":[],"usage":{"prompt_tokens":3e2}})",

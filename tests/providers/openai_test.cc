@@ -562,6 +562,8 @@ TEST(ExtractUsage, Values) {
 
   u = extract_usage(R"({"usage":{"prompt_tokens":7}})");
   EXPECT_TRUE(u.present);
+  EXPECT_TRUE(u.unreadable) << "OpenAI always sends both counts";
+  EXPECT_FALSE(u.usable());
   EXPECT_EQ(u.prompt_tokens, 7);
   EXPECT_EQ(u.completion_tokens, 0);
   EXPECT_EQ(u.cached_tokens, 0);
@@ -572,6 +574,46 @@ TEST(ExtractUsage, Values) {
     EXPECT_FALSE(n.present) << none;
     EXPECT_EQ(n.prompt_tokens, 0) << none;
   }
+}
+
+// A count that is there but is not a non-negative number is not trusted (the answer is then
+// charged an estimate); a number with a fraction is rounded up; details that only lower the bill
+// or inform read as 0 when they are not counts.
+TEST(ExtractUsage, UnreadableCountsAreNotTrusted) {
+  for (std::string_view bad : {R"({"usage":{"prompt_tokens":"12","completion_tokens":34}})",
+                               R"({"usage":{"prompt_tokens":12,"completion_tokens":"34"}})",
+                               R"({"usage":{"prompt_tokens":-12,"completion_tokens":34}})",
+                               R"({"usage":{"prompt_tokens":12,"completion_tokens":-1.5}})",
+                               R"({"usage":{"prompt_tokens":12,"completion_tokens":null}})",
+                               R"({"usage":{"prompt_tokens":12,"completion_tokens":true}})",
+                               R"({"usage":{"prompt_tokens":12,"completion_tokens":{"n":34}}})",
+                               R"({"usage":{"completion_tokens":34}})", R"({"usage":{}})"}) {
+    const auto u = extract_usage(bad);
+    EXPECT_TRUE(u.present) << bad;
+    EXPECT_TRUE(u.unreadable) << bad;
+    EXPECT_FALSE(u.usable()) << bad;
+  }
+  auto u = extract_usage(R"({"usage":{"prompt_tokens":12.2,"completion_tokens":3e1}})");
+  EXPECT_TRUE(u.usable());
+  EXPECT_EQ(u.prompt_tokens, 13);
+  EXPECT_EQ(u.completion_tokens, 30);
+  u = extract_usage(R"({"usage":{"prompt_tokens":12,"completion_tokens":18446744073709551615}})");
+  EXPECT_TRUE(u.usable());
+  EXPECT_EQ(u.completion_tokens, INT64_MAX);
+  u = extract_usage(R"({"usage":{"prompt_tokens":12,"completion_tokens":3,)"
+                    R"("prompt_tokens_details":null,"completion_tokens_details":{)"
+                    R"("reasoning_tokens":"2"}}})");
+  EXPECT_TRUE(u.usable());
+  EXPECT_EQ(u.cached_tokens, 0);
+  u = extract_usage(R"({"usage":{"prompt_tokens":12,"completion_tokens":3,)"
+                    R"("prompt_tokens_details":{"cached_tokens":-5}}})");
+  EXPECT_TRUE(u.usable());
+  EXPECT_EQ(u.cached_tokens, 0) << "a negative cached count must not lower the bill";
+  // A stream's usage event: the scan leaves such counts to the same reader.
+  const auto info = inspect_chunk(R"({"choices":[],"usage":{"prompt_tokens":-7,)"
+                                  R"("completion_tokens":9}})");
+  EXPECT_TRUE(info.usage.present);
+  EXPECT_TRUE(info.usage.unreadable);
 }
 
 // Providers' and clients' JSON parsers keep the last of duplicate keys: the usage billed is the

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace bw::routing {
 namespace {
 
@@ -103,6 +105,61 @@ TEST(AttemptPlanner, UnknownModelWithoutTable) {
   AttemptPlanner p(nullptr, "x");
   EXPECT_EQ(p.on_unavailable(false), AttemptPlanner::Move::kExhausted);
   EXPECT_FALSE(p.on_context_overflow());
+}
+
+TEST(ModelsThatMayAnswer, ListAndContextFallbacksWithTheirOwnLists) {
+  const FallbackTable t = chain_table();
+  // gpt-4.1's list, then its context fallback gemini-2.5-pro, which brings claude-sonnet;
+  // gemini-2.5-flash's own list is not followed (deepseek is in gpt-4.1's list anyway).
+  EXPECT_EQ(models_that_may_answer(t, "gpt-4.1"),
+            (std::vector<std::string>{"gpt-4.1", "gemini-2.5-flash", "deepseek-v3.2",
+                                      "gemini-2.5-pro", "claude-sonnet"}));
+  EXPECT_EQ(models_that_may_answer(t, "deepseek-v3.2"),
+            (std::vector<std::string>{"deepseek-v3.2"}));
+  EXPECT_EQ(models_that_may_answer(t, "unknown"), (std::vector<std::string>{"unknown"}));
+}
+
+TEST(ModelsThatMayAnswer, AContextFallbackOfAFallbackIsEntered) {
+  FallbackTable t;
+  t["a"] = {{"b"}, ""};
+  t["b"] = {{"c"}, "big"};  // b's list is not followed; a context overflow on b enters big
+  t["c"] = {};
+  t["big"] = {{"bigger-list"}, ""};
+  t["bigger-list"] = {};
+  EXPECT_EQ(models_that_may_answer(t, "a"),
+            (std::vector<std::string>{"a", "b", "big", "bigger-list"}));
+}
+
+// Every model any walk of the planner enters is in the list (random walks on a table with lists,
+// context fallbacks and mutual backups).
+TEST(ModelsThatMayAnswer, CoversEveryPlannerWalk) {
+  FallbackTable t;
+  t["a"] = {{"b", "c"}, "d"};
+  t["b"] = {{"e"}, "f"};
+  t["c"] = {{"a"}, ""};
+  t["d"] = {{"g"}, "h"};
+  t["e"] = {};
+  t["f"] = {{"i"}, ""};
+  t["g"] = {{}, "j"};
+  t["h"] = {};
+  t["i"] = {};
+  t["j"] = {{"k"}, ""};
+  t["k"] = {};
+  for (const char* start : {"a", "b", "c", "d", "g"}) {
+    const auto may = models_that_may_answer(t, start);
+    for (unsigned seed = 0; seed < 200; ++seed) {
+      AttemptPlanner p(&t, start);
+      unsigned bits = seed * 2654435761u;
+      for (int step = 0; step < 12; ++step, bits >>= 2) {
+        const bool moved = (bits & 1) ? p.on_context_overflow()
+                                      : p.on_unavailable(false) == AttemptPlanner::Move::kNextModel;
+        if (!moved && !(bits & 1)) break;
+      }
+      for (const auto& m : p.visited()) {
+        EXPECT_NE(std::find(may.begin(), may.end(), m), may.end()) << start << " reached " << m;
+      }
+    }
+  }
 }
 
 }  // namespace
