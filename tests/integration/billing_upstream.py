@@ -27,6 +27,7 @@ BILLED = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 FRAMING = {"role", "content", "type", "text"}
 # Parameters that are not text.
 PARAMS = {"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n",
+          "max_output_tokens", "store",
           "best_of", "temperature", "top_p", "seed", "user", "metadata", "stop", "logit_bias"}
 
 
@@ -82,7 +83,9 @@ class Handler(BaseHTTPRequestHandler):
         model = str(req.get("model", ""))
         billable = {k: v for k, v in req.items() if k not in PARAMS}
         prompt = (text_chars(billable) + 3) // 4 + 765 * images(billable) + 3
-        per_choice = req.get("max_completion_tokens") or req.get("max_tokens") or 4096
+        responses = self.path.endswith("/responses")
+        per_choice = (req.get("max_output_tokens") if responses else
+                      req.get("max_completion_tokens") or req.get("max_tokens")) or 4096
         choices = max(int(req.get("n") or 1), int(req.get("best_of") or 1))
         completion = int(per_choice) * choices
         with LOCK:
@@ -96,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
             usage = {"prompt_tokens": -prompt, "completion_tokens": str(completion),
                      "total_tokens": str(prompt + completion)}
         word = "tok "
+        if responses:
+            self.answer_responses(req, model, prompt, completion, usage, with_usage, word)
+            return
         if req.get("stream") is True:
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
@@ -122,6 +128,40 @@ class Handler(BaseHTTPRequestHandler):
         if with_usage:
             answer["usage"] = usage
         self.send_json(200, answer)
+
+    def answer_responses(self, req, model, prompt, completion, usage, with_usage, word):
+        """The OpenAI Responses API's shape: one output message; usage as input/output tokens."""
+        if usage is not None and "prompt_tokens" in usage:
+            usage = {"input_tokens": usage["prompt_tokens"],
+                     "output_tokens": usage["completion_tokens"],
+                     "total_tokens": usage["total_tokens"]}
+        text = word * completion
+        item = {"type": "message", "id": "msg_x", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        response = {"id": "resp_x", "object": "response", "created_at": 0, "model": model,
+                    "status": "completed", "output": [item]}
+        if with_usage:
+            response["usage"] = usage
+        if req.get("stream") is not True:
+            self.send_json(200, response)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+
+        def event(name, obj):
+            b = ("event: %s\ndata: %s\n\n" % (name, json.dumps(obj))).encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(b), b))
+
+        started = dict(response, status="in_progress", output=[])
+        started.pop("usage", None)
+        event("response.created", {"type": "response.created", "response": started})
+        event("response.output_text.delta",
+              {"type": "response.output_text.delta", "item_id": "msg_x", "output_index": 0,
+               "content_index": 0, "delta": text})
+        event("response.completed", {"type": "response.completed", "response": response})
+        self.wfile.write(b"0\r\n\r\n")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,9 @@ TEST(BudgetBypass, TranslatedAnswersWithoutUsageAreChargedAnEstimate) {
       {"/v1/messages",
        R"({"model":"m-nousage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
        R"("content":"hi"}]})"},
+      {"/v1/responses", R"({"model":"m-nousage","max_output_tokens":500,"input":"hi"})"},
+      {"/v1/responses",
+       R"({"model":"m-nousage","stream":true,"max_output_tokens":500,"input":"hi"})"},
   };
   for (const auto& [path, body] : calls) {
     const auto spent_before = e.spent_micros();
@@ -297,6 +300,9 @@ TEST(BudgetBypass, UnreadableUsageIsChargedAnEstimate) {
       {"/v1/messages",
        R"({"model":"m-badusage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
        R"("content":"hi"}]})"},
+      {"/v1/responses", R"({"model":"m-badusage","max_output_tokens":500,"input":"hi"})"},
+      {"/v1/responses",
+       R"({"model":"m-badusage","stream":true,"max_output_tokens":500,"input":"hi"})"},
   };
   for (const auto& [path, body] : calls) {
     const auto spent_before = e.spent_micros();
@@ -308,7 +314,7 @@ TEST(BudgetBypass, UnreadableUsageIsChargedAnEstimate) {
         << path << " " << body << ": unreadable usage was charged too little";
   }
   auto metrics = request(e.gw.port, "GET", "/metrics").body;
-  EXPECT_NE(metrics.find("bellwether_usage_missing_total{model=\"m-badusage\"} 4"),
+  EXPECT_NE(metrics.find("bellwether_usage_missing_total{model=\"m-badusage\"} 6"),
             std::string::npos)
       << metrics.substr(0, 300);
 }
