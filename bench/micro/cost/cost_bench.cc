@@ -1,4 +1,5 @@
 // Cost guard micro-benchmarks.
+//   BM_WorstCaseOverChain: the reservation's worst case over 1 or 3 prices of a fallback chain.
 //   BM_ReserveSettle: reserve against 3 budgets + settle, 1 and 2 threads (shared budgets, the
 //                     worst case for contention: every request hits the global budget).
 //   BM_LedgerGroupCommit: records/s through SqliteLedger with synchronous=FULL, and how many
@@ -17,10 +18,12 @@
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <vector>
 
 #include "cost/budget_manager.h"
 #include "cost/pricing.h"
@@ -83,6 +86,27 @@ void BM_WorstCaseEstimate(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_WorstCaseEstimate);
+
+// The cost guard's reservation over a model group's answer chain (its covering prices, built at
+// load): 1 = a group without a dearer fallback (the common case); 3 = gpt-4.1, claude-sonnet-4.5
+// and gemini-2.5-flash, of which claude-sonnet-4.5 covers gpt-4.1, so 2 are computed.
+void BM_WorstCaseOverChain(benchmark::State& state) {
+  const PriceTable t = PriceTable::defaults();
+  std::vector<const ModelPrice*> chain{t.find("gpt-4.1"), t.find("claude-sonnet-4.5"),
+                                       t.find("gemini-2.5-flash")};
+  chain = covering_prices(chain);
+  chain.resize(std::min<std::size_t>(chain.size(), static_cast<std::size_t>(state.range(0))));
+  for (auto _ : state) {
+    const std::int64_t prompt = estimate_prompt_tokens(12'000, 6);
+    Micros worst = 0;
+    for (const ModelPrice* p : chain) {
+      worst = std::max(worst, worst_case_micros(*p, prompt, completion_token_limit(*p, 1024)));
+    }
+    benchmark::DoNotOptimize(worst);
+  }
+  state.counters["prices"] = static_cast<double>(chain.size());
+}
+BENCHMARK(BM_WorstCaseOverChain)->Arg(1)->Arg(3);
 
 // A fresh directory for one benchmark's database, removed with everything in it at the end.
 struct BenchDir {
