@@ -2,13 +2,13 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <unistd.h>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
 
+#include "common/secure_random.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
 #include "gateway/keys.h"
@@ -23,13 +23,11 @@
 
 namespace {
 
+// The generated demo and admin keys are secrets: 24 characters of [0-9a-zA-Z] from the kernel's
+// CSPRNG without modulo bias (common/secure_random.h aborts rather than return weak bytes).
 std::string random_key(const char* prefix) {
-  unsigned char bytes[24];
-  RAND_bytes(bytes, sizeof bytes);
-  static constexpr char kAlphabet[] =
-      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   std::string s = prefix;
-  for (unsigned char b : bytes) s.push_back(kAlphabet[b % 62]);
+  bw::append_secure_alnum(s, 24);
   return s;
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <utility>
 
+#include "store/key_crypto.h"
 #include "store/redis_conn.h"
 
 namespace bw::api {
@@ -57,6 +58,14 @@ std::string set_command(const std::string& key, const std::string& value, std::i
   return store::redis_format_command({"SET", key, value, "PX", std::to_string(ttl_ms)});
 }
 
+// An entry's key names its owner (the first 16 hex digits of the owner's SHA-256, fixed length so
+// that no owner and id can be read as another owner and id): another owner's lookup is the GET of
+// a key that does not exist, the same round trip as for an unknown id, without the value's
+// transfer and decode whose time could tell that the id exists.
+std::string entry_key(const std::string& prefix, const std::string& owner, const std::string& id) {
+  return prefix + store::sha256_hex(owner).substr(0, 16) + ":" + id;
+}
+
 }  // namespace
 
 std::unique_ptr<ResponseStore> make_memory_response_store(const ResponseStoreOptions& options) {
@@ -96,7 +105,7 @@ asio::awaitable<StoreLookup> RedisResponseStore::get(std::string id, std::string
                                                      StoredConversation& out, Nanos now) {
   Impl& s = *impl_;
   if (!s.breaker.allow(now)) co_return StoreLookup::kUnavailable;
-  std::string command = get_command(s.options.key_prefix + id);
+  std::string command = get_command(entry_key(s.options.key_prefix, owner, id));
   store::RedisCallResult r =
       co_await s.client.execute(std::move(command), steady_now() + s.options.timeout);
   const redisReply* rep = r.reply.get();
@@ -106,7 +115,8 @@ asio::awaitable<StoreLookup> RedisResponseStore::get(std::string id, std::string
   }
   s.breaker.success();
   if (rep->type != REDIS_REPLY_STRING) co_return StoreLookup::kNotFound;  // nil: unknown/expired
-  // Decoded aside: another owner's conversation never reaches `out`.
+  // The owner is in the value too, checked again (a second line behind the key): another owner's
+  // conversation never reaches `out`.
   StoredConversation entry;
   if (!decode_stored_conversation(std::string_view(rep->str, rep->len), entry)) {
     co_return StoreLookup::kNotFound;
@@ -126,7 +136,8 @@ asio::awaitable<bool> RedisResponseStore::put(std::string id, StoredConversation
   }
   if (!s.breaker.allow(now)) co_return false;
   const std::int64_t ttl_ms = std::max<std::int64_t>(1, s.options.store.ttl / kNanosPerMilli);
-  std::string command = set_command(s.options.key_prefix + id, value, ttl_ms);
+  std::string command =
+      set_command(entry_key(s.options.key_prefix, entry.owner, id), value, ttl_ms);
   value = std::string();
   store::RedisCallResult r =
       co_await s.client.execute(std::move(command), steady_now() + s.options.timeout);

@@ -4,9 +4,10 @@
 //  - in process (MemoryResponseStore): bounded in count and bytes per entry, a TTL; each replica
 //    has its own, and it always answers at once (try_get/try_put never defer);
 //  - Redis (fleet mode): every replica sees every stored response. An entry is the JSON of
-//    encode_stored_conversation, written with SET .. PX <ttl> under key_prefix + id, and refused
-//    above max_entry_bytes. Every call has a deadline; after breaker_failures consecutive failures
-//    the store fails fast for breaker_cooldown, then lets one probe through.
+//    encode_stored_conversation, written with SET .. PX <ttl> under
+//    key_prefix + <16 hex digits of SHA-256(owner)> + ":" + id, and refused above max_entry_bytes.
+//    Every call has a deadline; after breaker_failures consecutive failures the store fails fast
+//    for breaker_cooldown, then lets one probe through.
 //
 // Ownership: every entry carries its owner (StoredConversation::owner) and a lookup names the
 // caller's. An entry of another owner is kNotFound, exactly as an unknown id, in both backends, so

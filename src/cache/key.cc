@@ -139,6 +139,9 @@ std::string_view to_string(Scope s) {
 std::string scope_id(Scope s, std::string_view tenant, std::string_view key_name) {
   switch (s) {
     case Scope::kTenant:
+      // A key without a tenant is a tenant of its own (as for stored responses): all such keys
+      // sharing the empty tenant's entries would hand one key's answers to another.
+      if (tenant.empty()) return "k:" + std::string(key_name);
       return "t:" + std::string(tenant);
     case Scope::kKey:
       return "k:" + std::string(key_name);

@@ -14,6 +14,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "api/response_store.h"
+#include "store/key_crypto.h"
 #include "support/redis_server.h"
 #include "support/run_awaitable.h"
 
@@ -29,6 +30,11 @@ Nanos steady() {
 }
 
 constexpr const char* kOwner = "tenant:acme";
+
+// The documented key: key_prefix + the first 16 hex digits of SHA-256(owner) + ":" + id.
+std::string key_of(const std::string& id, const std::string& owner = kOwner) {
+  return "bw:resp:" + store::sha256_hex(owner).substr(0, 16) + ":" + id;
+}
 
 StoredConversation conversation(std::string text, std::string owner = kOwner) {
   StoredConversation s;
@@ -62,9 +68,11 @@ TEST(RedisResponseStore, StoresJsonWithATtlAndReadsItBack) {
   auto store = make_store(redis.url(), 60 * kNanosPerSecond);
   ASSERT_TRUE(run(ioc, store->put("resp_1", conversation("I like owls"), steady())));
   // The value is the documented JSON under key_prefix + id, with a PX expiry.
-  const std::string raw = redis.command({"GET", "bw:resp:resp_1"});
+  // sha256("tenant:acme") begins cef41eed96b2cb03.
+  EXPECT_EQ(key_of("resp_1"), "bw:resp:cef41eed96b2cb03:resp_1");
+  const std::string raw = redis.command({"GET", key_of("resp_1")});
   EXPECT_NE(raw.find("\"I like owls\""), std::string::npos) << raw;
-  const long long pttl = std::atoll(redis.command({"PTTL", "bw:resp:resp_1"}).c_str());
+  const long long pttl = std::atoll(redis.command({"PTTL", key_of("resp_1")}).c_str());
   EXPECT_GT(pttl, 50'000);
   EXPECT_LE(pttl, 60'000);
 
@@ -78,10 +86,10 @@ TEST(RedisResponseStore, StoresJsonWithATtlAndReadsItBack) {
 
   EXPECT_EQ(run(ioc, store->get("resp_unknown", kOwner, out, steady())), StoreLookup::kNotFound);
   // A value that is not a stored conversation reads as not found.
-  redis.command({"SET", "bw:resp:resp_junk", "{not json"});
+  redis.command({"SET", key_of("resp_junk"), "{not json"});
   EXPECT_EQ(run(ioc, store->get("resp_junk", kOwner, out, steady())), StoreLookup::kNotFound);
   // Expired (Redis drops it): not found.
-  redis.command({"PEXPIRE", "bw:resp:resp_1", "1"});
+  redis.command({"PEXPIRE", key_of("resp_1"), "1"});
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kNotFound);
   EXPECT_EQ(store->stats().failures, 0u);
@@ -93,8 +101,10 @@ TEST(RedisResponseStore, AnotherOwnersEntryReadsExactlyAsAnUnknownId) {
   auto store = make_store(redis.url());
   ASSERT_TRUE(run(ioc, store->put("resp_1", conversation("I like owls"), steady())));
   // The owner is kept in the value, beside the conversation.
-  const std::string raw = redis.command({"GET", "bw:resp:resp_1"});
+  const std::string raw = redis.command({"GET", key_of("resp_1")});
   EXPECT_NE(raw.find("\"owner\":\"tenant:acme\""), std::string::npos) << raw;
+  // Under a key of its owner: no other owner's lookup reads it.
+  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_1"}), "0");
 
   StoredConversation out = conversation("untouched", "nobody");
   for (const char* stranger : {"tenant:globex", "key:acme", "tenant:acm", ""}) {
@@ -106,7 +116,7 @@ TEST(RedisResponseStore, AnotherOwnersEntryReadsExactlyAsAnUnknownId) {
   // Nothing of the entry reached the strangers, and it is still there for its owner.
   EXPECT_EQ(out.owner, "nobody");
   EXPECT_EQ(out.conversation[0].parts[0].text, "untouched");
-  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_1"}), "1");
+  EXPECT_EQ(redis.command({"EXISTS", key_of("resp_1")}), "1");
   ASSERT_EQ(run(ioc, store->get("resp_1", kOwner, out, steady())), StoreLookup::kFound);
   EXPECT_EQ(out.owner, kOwner);
   EXPECT_EQ(out.conversation[0].parts[0].text, "I like owls");
@@ -114,13 +124,21 @@ TEST(RedisResponseStore, AnotherOwnersEntryReadsExactlyAsAnUnknownId) {
   // An entry without an owner is not written, and one written before entries had owners
   // (version 1) is found by nobody.
   EXPECT_FALSE(run(ioc, store->put("resp_2", conversation("x", ""), steady())));
-  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_2"}), "0");
-  redis.command({"SET", "bw:resp:resp_old",
-                 R"({"v":1,"system":[],"conversation":[{"role":"user","parts":[)"
-                 R"({"kind":"text","text":"old"}]}]})"});
+  EXPECT_EQ(redis.command({"EXISTS", key_of("resp_2", "")}), "0");
+  // (at the key of that time, and at the owner's key).
+  for (const std::string& key : {std::string("bw:resp:resp_old"), key_of("resp_old")}) {
+    redis.command({"SET", key,
+                   R"({"v":1,"system":[],"conversation":[{"role":"user","parts":[)"
+                   R"({"kind":"text","text":"old"}]}]})"});
+  }
   for (const char* anyone : {kOwner, "tenant:globex", ""}) {
     EXPECT_EQ(run(ioc, store->get("resp_old", anyone, out, steady())), StoreLookup::kNotFound);
   }
+  // A value whose owner is not the key's (written by hand, or a hash collision) is not found
+  // either: the value's owner is checked too.
+  redis.command({"SET", key_of("resp_moved"),
+                 R"({"v":2,"owner":"tenant:globex","system":[],"conversation":[]})"});
+  EXPECT_EQ(run(ioc, store->get("resp_moved", kOwner, out, steady())), StoreLookup::kNotFound);
   EXPECT_EQ(store->stats().failures, 0u);
 }
 
@@ -129,7 +147,7 @@ TEST(RedisResponseStore, AnEntryOverTheSizeBoundIsSkipped) {
   asio::io_context ioc;
   auto store = make_store(redis.url(), 60 * kNanosPerSecond, 4096);
   EXPECT_FALSE(run(ioc, store->put("resp_big", conversation(std::string(5000, 'x')), steady())));
-  EXPECT_EQ(redis.command({"EXISTS", "bw:resp:resp_big"}), "0");
+  EXPECT_EQ(redis.command({"EXISTS", key_of("resp_big")}), "0");
   EXPECT_EQ(store->stats().too_large, 1u);
   EXPECT_TRUE(run(ioc, store->put("resp_small", conversation("x"), steady())));
 }

@@ -69,6 +69,9 @@ TEST(CacheKey, ScopeModelApiAndStreamAreInTheKey) {
 
 TEST(CacheKey, ScopeIds) {
   EXPECT_EQ(scope_id(Scope::kTenant, "a", "k1"), "t:a");
+  // A key without a tenant is a tenant of its own.
+  EXPECT_EQ(scope_id(Scope::kTenant, "", "k1"), "k:k1");
+  EXPECT_NE(scope_id(Scope::kTenant, "", "k1"), scope_id(Scope::kTenant, "", "k2"));
   EXPECT_EQ(scope_id(Scope::kKey, "a", "k1"), "k:k1");
   EXPECT_EQ(scope_id(Scope::kGlobal, "a", "k1"), "g");
   // Tenant "k:x" and key "x" cannot meet: the prefixes differ.

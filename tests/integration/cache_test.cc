@@ -103,6 +103,8 @@ keys:
   - {name: b1, key: )" +
          kKeyB +
          R"(, tenant: beta, plan: bulk}
+  - {name: solo1, key: sk-cache-solo-0001, plan: bulk}
+  - {name: solo2, key: sk-cache-solo-0002, plan: bulk}
   - {name: limited, key: sk-cache-limited-01, tenant: acme, plan: bulk, limits: [{name: three-per-minute, rate: 3, period: minute}]}
   - {name: few-tokens, key: sk-cache-tokens-01, tenant: acme, plan: bulk, limits: [{name: thirty-tokens, unit: tokens, rate: 30, period: minute}]}
 )" + extra;
@@ -197,6 +199,24 @@ TEST(Cache, TenantsNeverShareEntries) {
   EXPECT_EQ(a2.header("x-bellwether-cache"), "hit");
   auto b = post(e.gw.port, kChat, body, kKeyB);
   EXPECT_EQ(b.header("x-bellwether-cache"), "miss");
+  EXPECT_NE(id_of(b.body), id_of(a.body));
+}
+
+// A key without a tenant is a tenant of its own: two such keys never share entries.
+TEST(Cache, KeysWithoutATenantNeverShareEntries) {
+  auto e = start();
+  const auto body = chat_body("quick", false, 0, "my own secret");
+  auto a = post(e.gw.port, kChat, body, "sk-cache-solo-0001");
+  ASSERT_EQ(a.status, 200) << a.body;
+  EXPECT_EQ(a.header("x-bellwether-cache"), "miss");
+  HttpResponse again;
+  ASSERT_TRUE(eventually([&] {
+    again = post(e.gw.port, kChat, body, "sk-cache-solo-0001");
+    return again.header("x-bellwether-cache") == "hit";
+  })) << "the key's own entry is served to it";
+  auto b = post(e.gw.port, kChat, body, "sk-cache-solo-0002");
+  ASSERT_EQ(b.status, 200) << b.body;
+  EXPECT_EQ(b.header("x-bellwether-cache"), "miss") << "another tenantless key got the entry";
   EXPECT_NE(id_of(b.body), id_of(a.body));
 }
 

@@ -4,7 +4,6 @@
 // The simulator bills prompt = ceil(chars/4) + 4*messages + 3 and completion = max_tokens; the
 // gateway reserves ceil(chars/3) + 4*messages + 3 prompt tokens, so every micro-dollar is exact.
 #include <gtest/gtest.h>
-#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "store/pg_cluster.h"
 #include "support/eventually.h"
 
 namespace bw::test {
@@ -27,7 +27,6 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr const char* kChat = "/v1/chat/completions";
-constexpr const char* kPgBin = "/usr/lib/postgresql/15/bin";
 
 std::string sh(const std::string& cmd) {
   std::string out;
@@ -41,92 +40,9 @@ std::string sh(const std::string& cmd) {
   return out;
 }
 
-// --- PostgreSQL: one cluster for the file, stopped by a gtest Environment ------------------------
+// --- PostgreSQL: one cluster for the file (store/pg_cluster.h), stopped at the end -------------
 
-class Postgres {
- public:
-  static Postgres* get() {
-    static Postgres* pg = [] {
-      auto* p = new Postgres();
-      if (!p->start()) {
-        delete p;
-        return static_cast<Postgres*>(nullptr);
-      }
-      return p;
-    }();
-    return pg;
-  }
-  std::string error;
-  int port = 0;
-  std::string create_database(const std::string& name) {
-    sh(psql("postgres") + " -c 'CREATE DATABASE " + name + "' 2>&1");
-    return "postgresql://postgres@127.0.0.1:" + std::to_string(port) + "/" + name;
-  }
-  std::string query(const std::string& db, const std::string& sql) {
-    return sh(psql(db) + " -Atc \"" + sql + "\" 2>&1");
-  }
-  // Stops the server (fast shutdown: connections are cut) and keeps its data; resume() starts it
-  // again on the same port.
-  void pause() {
-    sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ +
-       "/data -m fast -w stop >/dev/null 2>&1");
-  }
-  bool resume() {
-    if (sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ + "/data -l " +
-           dir_ + "/log -w -o '" + opts_ + "' start >/dev/null 2>&1; echo $?") != "0") {
-      return false;
-    }
-    return wait_for_port(port);
-  }
-  void stop() {
-    if (!dir_.empty()) {
-      sh("runuser -u postgres -- " + std::string(kPgBin) + "/pg_ctl -D " + dir_ +
-         "/data -m immediate stop >/dev/null 2>&1");
-      std::error_code ec;
-      std::filesystem::remove_all(dir_, ec);
-    }
-  }
-
- private:
-  std::string psql(const std::string& db) const {
-    return "psql -h 127.0.0.1 -p " + std::to_string(port) + " -U postgres -d " + db;
-  }
-  bool start() {
-    const passwd* pw = ::getpwnam("postgres");
-    if (!pw) return false;
-    std::string tmpl = (std::filesystem::temp_directory_path() / "bw_dist_pg_XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) return false;
-    dir_ = tmpl;
-    if (::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) return false;
-    const std::string bin = kPgBin;
-    if (sh("runuser -u postgres -- " + bin + "/initdb -D " + dir_ +
-           "/data -A trust -U postgres -E UTF8 --locale=C --no-sync >/dev/null 2>&1; echo $?") !=
-        "0") {
-      return false;
-    }
-    port = free_port();
-    opts_ =
-        "-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 "
-        "-k " +
-        dir_ + " -p " + std::to_string(port);
-    if (sh("runuser -u postgres -- " + bin + "/pg_ctl -D " + dir_ + "/data -l " + dir_ +
-           "/log -w -o '" + opts_ + "' start >/dev/null 2>&1; echo $?") != "0") {
-      return false;
-    }
-    return wait_for_port(port);
-  }
-  std::string dir_;
-  std::string opts_;
-};
-
-class PgEnvironment : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (auto* pg = Postgres::get()) pg->stop();
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kPgEnv =
-    ::testing::AddGlobalTestEnvironment(new PgEnvironment);
+using store::testing::PgCluster;
 
 // --- Redis -------------------------------------------------------------------------------------
 
@@ -164,7 +80,7 @@ struct Fleet {
   std::vector<Gw> gws;
   std::string yaml;
 
-  std::string sql(const std::string& q) { return Postgres::get()->query(db, q); }
+  std::string sql(const std::string& q) { return PgCluster::get()->query(db, q); }
   // Micro-dollars settled in the ledger for one key.
   long long settled(const std::string& key) {
     return std::atoll(sql("SELECT COALESCE(SUM(actual_micro),0) FROM ledger WHERE key_id='" + key +
@@ -217,11 +133,13 @@ pricing:
 std::unique_ptr<Fleet> start_fleet(const std::string& name, const std::string& extra,
                                    std::vector<std::vector<std::string>> args = {{}, {}, {}},
                                    const std::string& redis_timeout = "20ms") {
-  auto* pg = Postgres::get();
+  auto* pg = PgCluster::get();
   if (!pg) return nullptr;
   auto f = std::make_unique<Fleet>();
-  f->db = name;
-  f->pg_url = pg->create_database(name);
+  (void)name;
+  f->db = pg->create_database();
+  if (f->db.empty()) return nullptr;
+  f->pg_url = pg->uri(f->db);
   f->sim = start_sim(sim_yaml());
   f->yaml = fleet_yaml(*f, extra, redis_timeout);
   for (auto& a : args) f->gws.push_back(start_gateway(f->yaml, {}, a));
@@ -514,7 +432,7 @@ TEST(Distributed, PostgresDownFailsClosedForBudgetsOpenForOthersAndRecovers) {
   ASSERT_TRUE(eventually([&] { return f->open_rows() == 0; }));
   const long long before = f->settled("race");
 
-  Postgres::get()->pause();
+  PgCluster::get()->pause();
   int refused = 0, served = 0;
   for (int i = 0; i < 10; ++i) {
     auto r = post_json(a, kChat, kBigBody, "sk-dist-race-0001");
@@ -539,7 +457,7 @@ TEST(Distributed, PostgresDownFailsClosedForBudgetsOpenForOthersAndRecovers) {
   auto ready = request(a, "GET", "/healthz");
   EXPECT_EQ(ready.status, 200);
 
-  ASSERT_TRUE(Postgres::get()->resume());
+  ASSERT_TRUE(PgCluster::get()->resume());
   ASSERT_TRUE(
       eventually([&] { return post_json(a, kChat, kBigBody, "sk-dist-race-0001").status == 200; },
                  std::chrono::seconds(20)));

@@ -207,8 +207,10 @@ TEST(ResponsesOwner, TheOwnerIsCheckedOnEveryReplicaThroughRedis) {
 
   const std::string id = create(one.port, kA, "My name is Ada and I like owls.");
   ASSERT_FALSE(id.empty());
-  EXPECT_NE(redis.command({"GET", "bw:resp:" + id}).find("\"owner\":\"tenant:acme\""),
-            std::string::npos);
+  // Kept under a key of its owner (the first 16 hex digits of SHA-256("tenant:acme")), with the
+  // owner in the value.
+  const std::string acme = "bw:resp:cef41eed96b2cb03:";
+  EXPECT_NE(redis.command({"GET", acme + id}).find("\"owner\":\"tenant:acme\""), std::string::npos);
   for (int port : {one.port, two.port}) expect_not_found_like_unknown(port, kB, id);
   auto same_tenant = post_json(two.port, kPath, continuation(id, "What do I like?"), kC);
   ASSERT_EQ(same_tenant.status, 200) << same_tenant.body;
@@ -216,9 +218,11 @@ TEST(ResponsesOwner, TheOwnerIsCheckedOnEveryReplicaThroughRedis) {
 
   // A value of the previous format (no owner): not found for anyone, its own tenant included.
   const std::string old_id = "resp_oldformat0123456789abcd";
-  redis.command({"SET", "bw:resp:" + old_id,
-                 R"({"v":1,"system":[],"conversation":[{"role":"user","parts":[)"
-                 R"({"kind":"text","text":"I like owls"}]}]})"});
+  for (const std::string& key : {"bw:resp:" + old_id, acme + old_id}) {
+    redis.command({"SET", key,
+                   R"({"v":1,"system":[],"conversation":[{"role":"user","parts":[)"
+                   R"({"kind":"text","text":"I like owls"}]}]})"});
+  }
   for (const char* key : {kA, kB, kD}) expect_not_found_like_unknown(two.port, key, old_id);
 }
 

@@ -26,6 +26,9 @@ using std::chrono::milliseconds;
 
 constexpr const char* kKey = "sk-respstore-0001";
 constexpr const char* kPath = "/v1/responses";
+// Where a response of key t (no tenant: owner "key:t") is kept: key_prefix + the first 16 hex
+// digits of SHA-256("key:t") + ":" + id.
+constexpr const char* kKeyPrefix = "bw:resp:388a3de2bd1f00d1:";
 
 std::string sh(const std::string& cmd) {
   std::string out;
@@ -119,8 +122,9 @@ TEST(ResponsesStoreFleet, AResponseCreatedOnOneReplicaIsContinuedOnAnother) {
   const std::string id = response_id(first.body);
   ASSERT_FALSE(id.empty()) << first.body;
   // Kept in Redis as JSON, with the configured TTL (10 minutes).
-  EXPECT_NE(f->redis.cli("--raw GET bw:resp:" + id).find("I like owls"), std::string::npos);
-  const long long pttl = std::atoll(f->redis.cli("PTTL bw:resp:" + id).c_str());
+  EXPECT_NE(f->redis.cli(std::string("--raw GET ") + kKeyPrefix + id).find("I like owls"),
+            std::string::npos);
+  const long long pttl = std::atoll(f->redis.cli(std::string("PTTL ") + kKeyPrefix + id).c_str());
   EXPECT_GT(pttl, 500'000);
   EXPECT_LE(pttl, 600'000);
 
@@ -154,8 +158,9 @@ TEST(ResponsesStoreFleet, AResponseCreatedOnOneReplicaIsContinuedOnAnother) {
     EXPECT_NE(unknown.body.find("previous_response_not_found"), std::string::npos);
   }
   // Expired in Redis: the same 404.
-  f->redis.cli("PEXPIRE bw:resp:" + id + " 1");
-  ASSERT_TRUE(eventually([&] { return f->redis.cli("EXISTS bw:resp:" + id) == "0"; }));
+  f->redis.cli(std::string("PEXPIRE ") + kKeyPrefix + id + " 1");
+  ASSERT_TRUE(
+      eventually([&] { return f->redis.cli(std::string("EXISTS ") + kKeyPrefix + id) == "0"; }));
   auto expired = post_json(f->b.port, kPath, continuation(id, "x"), kKey);
   EXPECT_EQ(expired.status, 404) << expired.body;
 }

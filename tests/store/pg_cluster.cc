@@ -154,39 +154,94 @@ bool PgCluster::start(std::string& error) {
   }
   for (int attempt = 0; attempt < 5; ++attempt) {
     port_ = free_port();
-    runuser_pid_ = spawn({"runuser", "-u", "postgres", "--", bin + "/postgres", "-D", data, "-k",
-                          dir_, "-p", std::to_string(port_), "-c", "listen_addresses=127.0.0.1",
-                          "-c", "fsync=off", "-c", "max_connections=200"},
-                         dir_ + "/postgres.log");
-    if (runuser_pid_ < 0) {
-      error = "spawn postgres failed";
-      return false;
-    }
-    const std::string ping = "host=127.0.0.1 port=" + std::to_string(port_) +
-                             " user=postgres dbname=postgres connect_timeout=2";
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    bool exited = false;
-    while (std::chrono::steady_clock::now() < until) {
-      if (PQping(ping.c_str()) == PQPING_OK) {
-        std::ifstream pidfile(data + "/postmaster.pid");
-        pidfile >> postmaster_pid_;
-        if (postmaster_pid_ > 0) return true;
-      }
-      int status = 0;
-      if (::waitpid(runuser_pid_, &status, WNOHANG) == runuser_pid_) {
-        exited = true;  // e.g. the port was taken meanwhile: try another
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (!exited) {
-      error = "postgres did not accept connections: " + tail(dir_ + "/postgres.log");
-      return false;
-    }
-    runuser_pid_ = -1;
+    bool port_taken = false;
+    if (launch(error, port_taken)) return true;
+    if (!port_taken) return false;
   }
   error = "postgres failed to start: " + tail(dir_ + "/postgres.log");
   return false;
+}
+
+bool PgCluster::launch(std::string& error, bool& port_taken) {
+  port_taken = false;
+  const std::string data = dir_ + "/data";
+  runuser_pid_ =
+      spawn({"runuser", "-u", "postgres", "--", std::string(kPgBinDir) + "/postgres", "-D", data,
+             "-k", dir_, "-p", std::to_string(port_), "-c", "listen_addresses=127.0.0.1", "-c",
+             "fsync=off", "-c", "max_connections=200"},
+            dir_ + "/postgres.log");
+  if (runuser_pid_ < 0) {
+    error = "spawn postgres failed";
+    return false;
+  }
+  const std::string ping = "host=127.0.0.1 port=" + std::to_string(port_) +
+                           " user=postgres dbname=postgres connect_timeout=2";
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < until) {
+    if (PQping(ping.c_str()) == PQPING_OK) {
+      std::ifstream pidfile(data + "/postmaster.pid");
+      pidfile >> postmaster_pid_;
+      if (postmaster_pid_ > 0) return true;
+    }
+    int status = 0;
+    if (::waitpid(runuser_pid_, &status, WNOHANG) == runuser_pid_) {
+      runuser_pid_ = -1;
+      port_taken = true;  // e.g. the port was taken meanwhile: the caller may try another
+      error = "postgres exited: " + tail(dir_ + "/postgres.log");
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  error = "postgres did not accept connections: " + tail(dir_ + "/postgres.log");
+  return false;
+}
+
+void PgCluster::pause() {
+  if (postmaster_pid_ > 0) {
+    ::kill(postmaster_pid_, SIGINT);  // fast shutdown: connections are cut
+    postmaster_pid_ = -1;
+  }
+  if (runuser_pid_ > 0) {
+    if (!wait_exit(runuser_pid_, std::chrono::seconds(30))) {
+      ::kill(runuser_pid_, SIGKILL);
+      wait_exit(runuser_pid_, std::chrono::seconds(5));
+    }
+    runuser_pid_ = -1;
+  }
+}
+
+bool PgCluster::resume() {
+  if (runuser_pid_ > 0) return true;
+  std::string error;
+  bool port_taken = false;
+  return launch(error, port_taken);
+}
+
+std::string PgCluster::query(const std::string& db, const std::string& sql) const {
+  PGconn* c = PQconnectdb(("host=127.0.0.1 port=" + std::to_string(port_) +
+                           " user=postgres dbname=" + db + " connect_timeout=5")
+                              .c_str());
+  std::string out;
+  if (PQstatus(c) != CONNECTION_OK) {
+    out = PQerrorMessage(c);
+  } else {
+    PGresult* r = PQexec(c, sql.c_str());
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+      for (int row = 0; row < PQntuples(r); ++row) {
+        if (row > 0) out += '\n';
+        for (int col = 0; col < PQnfields(r); ++col) {
+          if (col > 0) out += '|';
+          out += PQgetvalue(r, row, col);
+        }
+      }
+    } else if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+      out = PQresultErrorMessage(r);
+    }
+    PQclear(r);
+  }
+  PQfinish(c);
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
 }
 
 std::string PgCluster::create_database(std::string* error) {
@@ -213,17 +268,7 @@ std::string PgCluster::create_database(std::string* error) {
 }
 
 void PgCluster::stop() {
-  if (postmaster_pid_ > 0) {
-    ::kill(postmaster_pid_, SIGINT);  // fast shutdown: disconnects clients, checkpoints, exits
-    postmaster_pid_ = -1;
-  }
-  if (runuser_pid_ > 0) {
-    if (!wait_exit(runuser_pid_, std::chrono::seconds(30))) {
-      ::kill(runuser_pid_, SIGKILL);
-      wait_exit(runuser_pid_, std::chrono::seconds(5));
-    }
-    runuser_pid_ = -1;
-  }
+  pause();
   if (!dir_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
