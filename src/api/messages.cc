@@ -550,7 +550,15 @@ Result<Response> decode_messages_response(std::string_view body) {
   r.finish = finish_from_stop(json::str(doc, "stop_reason"));
   r.stop_sequence = std::string(json::str(doc, "stop_sequence"));
   dom::element u;
-  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) {
+    read_usage(u, r.usage);
+    // A whole message's usage always has both sides: one left out is not a zero.
+    bool missing = false;
+    json::token_count(json::member(u, "input_tokens"), &missing);
+    bool missing_output = false;
+    json::token_count(json::member(u, "output_tokens"), &missing_output);
+    if (r.usage.present && (missing || missing_output)) r.usage.unreadable = true;
+  }
   return r;
 }
 
@@ -667,7 +675,12 @@ class MessagesStreamDecoder final : public StreamDecoder {
       }
     } else if (type == "message_delta") {
       dom::element u;
-      if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) read_usage(u, usage_);
+      if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) {
+        read_usage(u, usage_);
+        bool missing = false;
+        json::token_count(json::member(u, "output_tokens"), &missing);
+        final_output_ = final_output_ || !missing;
+      }
       std::string_view sr;
       if (doc["delta"]["stop_reason"].get(sr) == simdjson::SUCCESS) {
         out.push_back(
@@ -676,6 +689,12 @@ class MessagesStreamDecoder final : public StreamDecoder {
       out.push_back(StreamEvent{.kind = StreamEvent::Kind::kUsage, .usage = usage_});
     } else if (type == "message_stop") {
       done_ = true;
+      // message_start's output count is a placeholder; the final one comes in message_delta.
+      // Usage that never got it is not the whole usage: it is not trusted.
+      if (usage_.present && !final_output_) {
+        usage_.unreadable = true;
+        out.push_back(StreamEvent{.kind = StreamEvent::Kind::kUsage, .usage = usage_});
+      }
     } else if (type == "error") {
       out.push_back(StreamEvent{.kind = StreamEvent::Kind::kError,
                                 .text = std::string(json::str(doc["error"], "message")),
@@ -687,6 +706,7 @@ class MessagesStreamDecoder final : public StreamDecoder {
 
  private:
   Usage usage_;
+  bool final_output_ = false;                    // a message_delta gave output_tokens
   std::unordered_map<std::int64_t, int> tools_;  // content block index -> tool call index
   int next_tool_ = 0;
   bool done_ = false;

@@ -421,14 +421,19 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
   c.usage = tr.usage();
+  const auto relayed = std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
+                                              static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+  if (c.usage.usable() && !complete) {
+    // A stream that broke before its end: the usage read so far is the input side (Anthropic's
+    // message_start) or a running total, not what was generated. What was relayed was.
+    c.usage.completion_tokens = std::max(c.usage.completion_tokens, relayed);
+  }
   if (!c.usage.usable()) {
     // As for a stream passed through: what was generated, and a complete stream that never
     // reported usable usage is counted as such.
     providers::Usage u;
     u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    u.completion_tokens =
-        std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
-                               static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+    u.completion_tokens = relayed;
     if (complete) {
       note_usage_missing(c, u);
     } else {

@@ -260,6 +260,8 @@ void StreamTranslator::feed(std::string_view event, std::string& out) {
     if (e.kind == api::StreamEvent::Kind::kTextDelta) {
       text_chars_ += e.text.size();
       ++text_chunks_;
+    } else if (e.kind == api::StreamEvent::Kind::kToolArgsDelta) {
+      text_chars_ += e.text.size();  // generated too: counted for an estimate
     } else if (e.kind == api::StreamEvent::Kind::kUsage && e.usage.present) {
       usage_ = e.usage;
     } else if (e.kind == api::StreamEvent::Kind::kStart && e.usage.present) {

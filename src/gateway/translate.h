@@ -87,6 +87,8 @@ class StreamTranslator {
   void fail(std::string_view type, std::string_view message, std::string& out);
   bool done() const;
   const api::Usage& usage() const { return usage_; }
+  // Characters generated so far (text and tool-call arguments), and text deltas: an estimate
+  // of the output when usage is missing or partial.
   std::size_t text_chars() const { return text_chars_; }
   std::size_t text_chunks() const { return text_chunks_; }
   // The streamed answer of a Responses client (for the store), else nullptr.

@@ -286,6 +286,11 @@ Result<api::Response> decode_gemini_response(std::string_view body) {
                                                                     : finish_from(finish);
   dom::element u;
   if (json::member(doc, "usageMetadata").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
+  // Gemini leaves out a zero count, but an answer with output did not cost zero output tokens:
+  // such usage is not the whole usage, and is not trusted.
+  if (r.usage.present && r.usage.completion_tokens == 0 && !r.content.empty()) {
+    r.usage.unreadable = true;
+  }
   return r;
 }
 
@@ -379,6 +384,7 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
     std::string finish;
     read_candidate(doc, chunk, any_call_, finish);
     for (auto& p : chunk.content) {
+      output_ = output_ || !p.text.empty() || p.kind == Part::Kind::kToolCall;
       if (p.kind == Part::Kind::kText) {
         if (!p.text.empty())
           out.push_back(api::StreamEvent{.kind = K::kTextDelta, .text = std::move(p.text)});
@@ -401,6 +407,8 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
       read_usage(u, e.usage);
       usage_ = e.usage;
       fresh_usage = true;
+      // As for a whole answer: output that cost zero output tokens is not the whole usage.
+      if (usage_.present && usage_.completion_tokens == 0 && output_) usage_.unreadable = true;
     }
     if (!finish.empty()) {
       done_ = true;
@@ -420,6 +428,7 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
   bool any_call_ = false;
   bool done_ = false;
   bool usage_sent_ = false;
+  bool output_ = false;  // text or a function call was streamed
   int tools_ = 0;
   api::Usage usage_;
 };

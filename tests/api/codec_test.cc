@@ -235,6 +235,31 @@ TEST(Messages, StreamedUsageMergesTheDeltaIntoTheStart) {
   EXPECT_EQ(u.prompt_tokens, INT64_MAX);
 }
 
+// A whole message's usage always has input_tokens and output_tokens, and a stream's final output
+// count comes in message_delta: without it, the usage is not trusted (charged an estimate).
+TEST(Messages, UsageWithoutTheOutputCountIsNotTrusted) {
+  auto r = decode_messages_response(
+      R"({"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text",)"
+      R"("text":"hello"}],"stop_reason":"end_turn","usage":{"input_tokens":10}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->usage.present);
+  EXPECT_FALSE(r->usage.usable());
+  auto dec = make_messages_stream_decoder();
+  std::vector<StreamEvent> evs;
+  dec->feed("message_start",
+            R"({"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":10,)"
+            R"("output_tokens":1}}})",
+            evs);
+  dec->feed("message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn"}})", evs);
+  dec->feed("message_stop", R"({"type":"message_stop"})", evs);
+  const Usage* last = nullptr;
+  for (const auto& e : evs) {
+    if (e.kind == StreamEvent::Kind::kUsage && e.usage.present) last = &e.usage;
+  }
+  ASSERT_NE(last, nullptr);
+  EXPECT_FALSE(last->usable());
+}
+
 TEST(Messages, UsageMapsCacheTokensIntoPromptTokens) {
   auto r =
       decode_messages_response(R"({"id":"msg_1","type":"message","role":"assistant","model":"c",

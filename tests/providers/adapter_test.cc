@@ -96,7 +96,9 @@ TEST(Gemini, RequestShapeAndUsage) {
 TEST(Gemini, UnreadableUsageCountsAreNotTrusted) {
   const std::string head =
       R"({"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}],)";
-  auto ok = decode_gemini_response(head + R"("usageMetadata":{"promptTokenCount":100}})");
+  // A count left out is 0 (an answer without output: with output, see below).
+  auto ok = decode_gemini_response(
+      R"({"candidates":[{"finishReason":"SAFETY"}],"usageMetadata":{"promptTokenCount":100}})");
   ASSERT_TRUE(ok.ok());
   EXPECT_TRUE(ok->usage.usable());
   EXPECT_EQ(ok->usage.completion_tokens, 0);
@@ -127,6 +129,21 @@ TEST(Gemini, StreamChunksDecodeEventByEvent) {
   ASSERT_EQ(evs.size(), 3u);
   EXPECT_EQ(evs[1].finish, api::FinishReason::kLength);
   EXPECT_EQ(evs[2].usage.prompt_tokens, 5);
+}
+
+// Gemini leaves out zero counts, but an answer with output did not cost zero output tokens.
+TEST(Gemini, OutputWithoutAnOutputCountIsNotTrusted) {
+  auto r = decode_gemini_response(
+      R"({"candidates":[{"content":{"parts":[{"text":"hello"}]},"finishReason":"STOP"}],)"
+      R"("usageMetadata":{"promptTokenCount":5,"totalTokenCount":5}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->usage.present);
+  EXPECT_FALSE(r->usage.usable());
+  // Nothing generated (a blocked prompt): zero output is believed.
+  auto blocked = decode_gemini_response(
+      R"({"candidates":[{"finishReason":"SAFETY"}],"usageMetadata":{"promptTokenCount":5}})");
+  ASSERT_TRUE(blocked.ok());
+  EXPECT_TRUE(blocked->usage.usable());
 }
 
 // Each chunk's usageMetadata is a running total; the final one may follow the finishReason in a
