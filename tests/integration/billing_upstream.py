@@ -23,10 +23,15 @@ streamed with the provider's own event sequence.
   the provider's cache: written on its first use (Anthropic: cache_creation_input_tokens), read
   afterwards (cache_read_input_tokens; Gemini: cachedContentTokenCount, part of
   promptTokenCount). Anthropic's streamed message_delta then repeats input_tokens (its usage is
-  cumulative) without the cache counts, which stand as message_start gave them. Gemini only: "think" spends half of each candidate's cap on thoughts
-  (thoughtsTokenCount, billed as output), "tooluse" adds 100 tool-use prompt tokens
-  (toolUsePromptTokenCount, billed as input), "lateusage" streams its final usageMetadata in a
-  chunk of its own after the chunk with the finishReason.
+  cumulative) without the cache counts, which stand as message_start gave them.
+- Gemini only: "think" spends half of each candidate's cap on thoughts (thoughtsTokenCount,
+  billed as output), "tooluse" adds 100 tool-use prompt tokens (toolUsePromptTokenCount, billed
+  as input), "lateusage" streams its final usageMetadata in a chunk of its own after the chunk
+  with the finishReason.
+- Anthropic and Gemini only: "halfusage" reports the input side of usage but not the output
+  (Anthropic: no output_tokens, no usage in message_delta; Gemini: no candidatesTokenCount),
+  "cutoff" breaks a stream after all its text was sent, before the end events (Anthropic: no
+  content_block_stop, message_delta, message_stop; Gemini: no finishReason, no final usage).
 - GET /billed returns the running total: {"requests", "prompt_tokens", "completion_tokens",
   "cache_write_tokens", "cache_read_tokens"}; prompt_tokens counts every input token, cache
   writes and reads included (the last two say how many of them a cache price applies to).
@@ -271,9 +276,10 @@ class Handler(BaseHTTPRequestHandler):
         message = {"id": "msg_x", "type": "message", "role": "assistant", "model": model,
                    "content": [{"type": "text", "text": text}], "stop_reason": "max_tokens",
                    "stop_sequence": None}
+        half = "halfusage" in model
         if req.get("stream") is not True:
             if with_usage:
-                message["usage"] = dict(input_side, **output_side)
+                message["usage"] = dict(input_side, **({} if half else output_side))
             self.send_json(200, message)
             return
         self.start_stream()
@@ -291,9 +297,12 @@ class Handler(BaseHTTPRequestHandler):
         for piece in pieces(text):
             event("content_block_delta", {"index": 0,
                                           "delta": {"type": "text_delta", "text": piece}})
+        if "cutoff" in model:  # the stream breaks here: every token was generated and billed
+            self.end_stream()
+            return
         event("content_block_stop", {"index": 0})
         delta = {"delta": {"stop_reason": "max_tokens", "stop_sequence": None}}
-        if with_usage:
+        if with_usage and not half:
             delta["usage"] = dict(output_side)
             if cache_write or cache_read:
                 # message_delta's usage is cumulative and may repeat any input-side count: here
@@ -338,6 +347,9 @@ class Handler(BaseHTTPRequestHandler):
         if "badusage" in model:
             final["promptTokenCount"] = -prompt
             final["candidatesTokenCount"] = str(visible * candidates)
+        if "halfusage" in model:
+            final.pop("candidatesTokenCount")
+            final.pop("thoughtsTokenCount", None)
         with_usage = "nousage" not in model
         text = WORD * visible
 
@@ -360,10 +372,11 @@ class Handler(BaseHTTPRequestHandler):
             self.chunk("data: " + json.dumps(obj) + "\r\n\r\n")
 
         late = "lateusage" in model
+        cutoff = "cutoff" in model
         for i in range(candidates):
             parts = pieces(text)
             for k, piece in enumerate(parts):
-                last = k == len(parts) - 1
+                last = k == len(parts) - 1 and not cutoff
                 chunk = {"candidates": [candidate(i, piece, last)], "modelVersion": model,
                          "responseId": "resp-x"}
                 if with_usage:
@@ -372,7 +385,7 @@ class Handler(BaseHTTPRequestHandler):
                     chunk["usageMetadata"] = final if done else {
                         "promptTokenCount": prompt, "totalTokenCount": prompt}
                 send(chunk)
-        if with_usage and late:
+        if with_usage and late and not cutoff:
             send({"usageMetadata": final, "modelVersion": model, "responseId": "resp-x"})
         self.end_stream()
 

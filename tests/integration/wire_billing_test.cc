@@ -55,9 +55,11 @@ bool eventually(F pred, std::chrono::milliseconds timeout = std::chrono::seconds
 
 // The models: "a..." are served by an Anthropic provider, "g..." by a Gemini one; the suffix
 // selects the upstream's behaviour (billing_upstream.py).
-const std::vector<std::string> kAnthropicModels = {"a", "a-nousage", "a-badusage", "a-cache"};
-const std::vector<std::string> kGeminiModels = {"g",       "g-nousage", "g-badusage", "g-cache",
-                                                "g-think", "g-tooluse", "g-lateusage"};
+const std::vector<std::string> kAnthropicModels = {"a",       "a-nousage",   "a-badusage",
+                                                   "a-cache", "a-halfusage", "a-cutoff"};
+const std::vector<std::string> kGeminiModels = {"g",           "g-nousage",   "g-badusage",
+                                                "g-cache",     "g-think",     "g-tooluse",
+                                                "g-lateusage", "g-halfusage", "g-cutoff"};
 
 std::string gateway_yaml(int upstream_port, const std::string& ledger_path) {
   const std::string base = "http://127.0.0.1:" + std::to_string(upstream_port);
@@ -221,7 +223,11 @@ void charged_at_least_billed(Env& e, Api api, const std::string& model, bool str
   const double billed_before = e.up.billed_exact();
   auto r = post_json(e.gw.port, path_of(api), body_of(api, model, stream, shape), kWideKey);
   ASSERT_EQ(r.status, 200) << what << ": " << r.body;
-  if (stream) {
+  if (stream && model.ends_with("-cutoff")) {
+    // The client is told; what was generated up to the break is still charged.
+    EXPECT_NE(r.body.find("ended before it was complete"), std::string::npos)
+        << what << ": " << r.body;
+  } else if (stream) {
     EXPECT_EQ(r.body.find("upstream_truncated"), std::string::npos) << what << ": " << r.body;
     EXPECT_EQ(r.body.find("\"error\":{"), std::string::npos) << what << ": " << r.body;
   }
@@ -273,7 +279,8 @@ TEST(BudgetBypassWire, EveryTranslatedAnswerIsChargedAtLeastWhatTheUpstreamBille
   }
   auto metrics = request(e.gw.port, "GET", "/metrics").body;
   // Answers without usage and with unreadable usage were counted as such.
-  for (const char* m : {"a-nousage", "a-badusage", "g-nousage", "g-badusage"}) {
+  for (const char* m :
+       {"a-nousage", "a-badusage", "a-halfusage", "g-nousage", "g-badusage", "g-halfusage"}) {
     EXPECT_NE(metrics.find(std::string("bellwether_usage_missing_total{model=\"") + m + "\"}"),
               std::string::npos)
         << m;
