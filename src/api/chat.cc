@@ -123,18 +123,26 @@ void write_usage(JsonWriter& j, const Usage& u) {
 
 }  // namespace
 
-void read_chat_usage(dom::element u, Usage& out) {
+void read_openai_usage(dom::element u, const OpenAiUsageNames& names, Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
   using json::Need;
-  json::read_count(json::member(u, "prompt_tokens"), Need::kAlways, out.prompt_tokens,
+  json::read_count(json::member(u, names.input), Need::kAlways, out.prompt_tokens, out.unreadable);
+  json::read_count(json::member(u, names.output), Need::kAlways, out.completion_tokens,
                    out.unreadable);
-  json::read_count(json::member(u, "completion_tokens"), Need::kAlways, out.completion_tokens,
-                   out.unreadable);
-  json::read_count(json::member(json::member(u, "prompt_tokens_details"), "cached_tokens"),
+  json::read_count(json::member(json::member(u, names.input_details), "cached_tokens"),
                    Need::kDiscount, out.cached_tokens, out.unreadable);
-  json::read_count(json::member(json::member(u, "completion_tokens_details"), "reasoning_tokens"),
+  json::read_count(json::member(json::member(u, names.output_details), "reasoning_tokens"),
                    Need::kDiscount, out.reasoning_tokens, out.unreadable);
+}
+
+void read_chat_usage(dom::element u, Usage& out) {
+  read_openai_usage(u,
+                    {.input = "prompt_tokens",
+                     .output = "completion_tokens",
+                     .input_details = "prompt_tokens_details",
+                     .output_details = "completion_tokens_details"},
+                    out);
 }
 
 Usage read_chat_usage(std::string_view usage_json) {

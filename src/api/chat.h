@@ -5,6 +5,7 @@
 // Thread safety: pure functions; one stream codec per stream.
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "api/canonical.h"
@@ -25,6 +26,12 @@ Usage read_chat_usage(std::string_view usage_json);
 // Reads a chat `usage` object into `out` (the last of duplicate members): prompt and completion
 // tokens must both be counts, or the usage is unreadable (canonical.h). Billing reads it too.
 void read_chat_usage(simdjson::dom::element usage, Usage& out);
+// The same for either of OpenAI's usage shapes (chat: prompt/completion, Responses: input/output):
+// both counts must be there, cached input and reasoning sit in the details objects.
+struct OpenAiUsageNames {
+  std::string_view input, output, input_details, output_details;
+};
+void read_openai_usage(simdjson::dom::element usage, const OpenAiUsageNames& names, Usage& out);
 
 std::unique_ptr<StreamDecoder> make_chat_stream_decoder();
 // include_usage: the client asked for the usage chunk (stream_options.include_usage).

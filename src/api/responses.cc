@@ -84,17 +84,12 @@ void write_usage(JsonWriter& j, const Usage& u) {
 }
 
 void read_usage(dom::element u, Usage& out) {
-  if (!u.is_object()) return;
-  out.present = true;
-  using json::Need;
-  json::read_count(json::member(u, "input_tokens"), Need::kAlways, out.prompt_tokens,
-                   out.unreadable);
-  json::read_count(json::member(u, "output_tokens"), Need::kAlways, out.completion_tokens,
-                   out.unreadable);
-  json::read_count(json::member(json::member(u, "input_tokens_details"), "cached_tokens"),
-                   Need::kDiscount, out.cached_tokens, out.unreadable);
-  json::read_count(json::member(json::member(u, "output_tokens_details"), "reasoning_tokens"),
-                   Need::kDiscount, out.reasoning_tokens, out.unreadable);
+  read_openai_usage(u,
+                    {.input = "input_tokens",
+                     .output = "output_tokens",
+                     .input_details = "input_tokens_details",
+                     .output_details = "output_tokens_details"},
+                    out);
 }
 
 std::string item_id(std::string_view prefix, const std::string& call_id) {

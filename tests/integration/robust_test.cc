@@ -261,11 +261,27 @@ TEST(BudgetBypass, AnswersWithoutUsageAreChargedAnEstimate) {
   attack_until_refused(e, buffered, 20, "no usage");
 }
 
+// One request: the path and its body.
+using Call = std::pair<const char*, std::string>;
+
+// Each call is answered 200 and charged at least what the upstream billed for it.
+void expect_each_charged_what_was_billed(const Env& e, const std::vector<Call>& calls) {
+  for (const auto& [path, body] : calls) {
+    const auto spent_before = e.spent_micros();
+    const auto billed_before = e.up.billed_micros();
+    auto r = post_json(e.gw.port, path, body, kBudgetKey);
+    ASSERT_EQ(r.status, 200) << path << " " << body << ": " << r.body;
+    ASSERT_TRUE(eventually([&] { return e.reserved_micros() == 0; }));
+    EXPECT_GE(e.spent_micros() - spent_before, e.up.billed_micros() - billed_before)
+        << path << " " << body << ": charged less than the upstream billed";
+  }
+}
+
 // The same answers reaching a client of another API: the answer is translated, and its missing
 // or unreadable usage must not make it free there either.
 TEST(BudgetBypass, TranslatedAnswersWithoutUsageAreChargedAnEstimate) {
   auto e = start_env();
-  const std::vector<std::pair<const char*, std::string>> calls = {
+  const std::vector<Call> calls = {
       {"/v1/messages",
        R"({"model":"m-nousage","max_tokens":500,"messages":[{"role":"user","content":"hi"}]})"},
       {"/v1/messages",
@@ -275,22 +291,14 @@ TEST(BudgetBypass, TranslatedAnswersWithoutUsageAreChargedAnEstimate) {
       {"/v1/responses",
        R"({"model":"m-nousage","stream":true,"max_output_tokens":500,"input":"hi"})"},
   };
-  for (const auto& [path, body] : calls) {
-    const auto spent_before = e.spent_micros();
-    const auto billed_before = e.up.billed_micros();
-    auto r = post_json(e.gw.port, path, body, kBudgetKey);
-    ASSERT_EQ(r.status, 200) << path << " " << body << ": " << r.body;
-    ASSERT_TRUE(eventually([&] { return e.reserved_micros() == 0; }));
-    EXPECT_GE(e.spent_micros() - spent_before, e.up.billed_micros() - billed_before)
-        << path << " " << body << ": an answer without usage was charged too little";
-  }
+  expect_each_charged_what_was_billed(e, calls);
 }
 
 // Usage that is there but cannot be trusted (a count as a string, a negative count) is treated
 // like usage that is missing: charged an estimate, never read as zero.
 TEST(BudgetBypass, UnreadableUsageIsChargedAnEstimate) {
   auto e = start_env();
-  const std::vector<std::pair<const char*, std::string>> calls = {
+  const std::vector<Call> calls = {
       {kChat,
        R"({"model":"m-badusage","max_tokens":500,"messages":[{"role":"user","content":"hi"}]})"},
       {kChat, R"({"model":"m-badusage","stream":true,"max_tokens":500,"messages":[{"role":"user",)"
@@ -304,15 +312,7 @@ TEST(BudgetBypass, UnreadableUsageIsChargedAnEstimate) {
       {"/v1/responses",
        R"({"model":"m-badusage","stream":true,"max_output_tokens":500,"input":"hi"})"},
   };
-  for (const auto& [path, body] : calls) {
-    const auto spent_before = e.spent_micros();
-    const auto billed_before = e.up.billed_micros();
-    auto r = post_json(e.gw.port, path, body, kBudgetKey);
-    ASSERT_EQ(r.status, 200) << path << " " << body << ": " << r.body;
-    ASSERT_TRUE(eventually([&] { return e.reserved_micros() == 0; }));
-    EXPECT_GE(e.spent_micros() - spent_before, e.up.billed_micros() - billed_before)
-        << path << " " << body << ": unreadable usage was charged too little";
-  }
+  expect_each_charged_what_was_billed(e, calls);
   auto metrics = request(e.gw.port, "GET", "/metrics").body;
   EXPECT_NE(metrics.find("bellwether_usage_missing_total{model=\"m-badusage\"} 6"),
             std::string::npos)
