@@ -103,6 +103,11 @@ struct Request {
   std::vector<std::string> unmapped;
   bool strict_params = false;
   std::size_t text_chars = 0;  // characters of text, for estimates
+  // Characters of the other fields an upstream reads and bills as input (tool definitions,
+  // output schemas, tool_choice, fields passed through unchanged), in their compact JSON: for
+  // estimates, never a reason to bill less.
+  std::size_t other_chars = 0;
+  std::size_t images = 0;  // image inputs (each priced at the worst case, as chat's are)
 };
 
 enum class FinishReason { kStop, kLength, kToolCalls, kContentFilter };
