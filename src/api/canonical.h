@@ -103,7 +103,14 @@ struct Request {
   std::vector<std::string> unmapped;
   bool strict_params = false;
   std::size_t text_chars = 0;  // characters of text, for estimates
+  std::int64_t images = 0;     // input images, for estimates (kImageMaxTokens each)
 };
+
+// The most one input image is billed, in tokens, by the providers the gateway reaches, without
+// decoding it: Anthropic about 1,600 (an image is scaled to at most ~1.15 megapixels, at
+// width x height / 750 tokens), OpenAI's GPT-4o 85 + 170 per 512 px tile with at most 2 x 4
+// tiles = 1,445. OpenAI's "detail": "low" (85) is not trusted: other providers ignore it.
+inline constexpr std::int64_t kImageMaxTokens = 1600;
 
 enum class FinishReason { kStop, kLength, kToolCalls, kContentFilter };
 

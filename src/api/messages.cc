@@ -107,7 +107,7 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
       r.text_chars += t.size();
     } else if (type == "image") {
       if (auto ok = read_image(b, p); !ok) return ok.error();
-      r.text_chars += 1000;
+      ++r.images;
     } else if (type == "tool_use") {
       if (msg.role != Role::kAssistant) {
         return invalid("messages: tool_use blocks belong in assistant messages.", "messages");
@@ -589,7 +589,7 @@ std::int64_t count_input_tokens(const Request& r) {
     framing += static_cast<std::int64_t>(
         (t.name.size() + t.description.size() + t.parameters.size() + 3) / 4);
   }
-  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing;
+  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing + r.images * kImageMaxTokens;
 }
 
 namespace {

@@ -71,10 +71,7 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
     if ((type == "text" || type == "input_text") && part["text"].get(s) == simdjson::SUCCESS) {
       r.prompt_chars += s.size();
     } else if (type == "image_url") {
-      std::string_view detail;
-      const bool low =
-          part["image_url"]["detail"].get(detail) == simdjson::SUCCESS && detail == "low";
-      r.image_tokens += low ? kImageLowDetailTokens : kImageMaxTokens;
+      r.image_tokens += kImageMaxTokens;
     } else {
       // Audio, files and parts not known here: every byte the provider reads, as text.
       r.prompt_chars += json_chars(part);

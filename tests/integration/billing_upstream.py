@@ -48,7 +48,8 @@ def text_chars(v):
 
 def images(v):
     if isinstance(v, dict):
-        return (1 if v.get("type") == "image_url" else 0) + sum(images(x) for x in v.values())
+        image = v.get("type") in ("image_url", "input_image")
+        return (1 if image else 0) + sum(images(x) for x in v.values())
     if isinstance(v, list):
         return sum(images(x) for x in v)
     return 0
