@@ -103,7 +103,11 @@ struct Request {
   std::vector<std::string> unmapped;
   bool strict_params = false;
   std::size_t text_chars = 0;  // characters of text, for estimates
-  std::int64_t images = 0;     // input images, for estimates (kImageMaxTokens each)
+  // Characters of the other fields an upstream reads and bills as input (tool definitions,
+  // output schemas, tool_choice, fields passed through unchanged), in their compact JSON: for
+  // estimates, never a reason to bill less.
+  std::size_t other_chars = 0;
+  std::size_t images = 0;  // image inputs (each priced at kImageMaxTokens, as chat's are)
 };
 
 // The most one input image is billed, in tokens, by the providers the gateway reaches, without

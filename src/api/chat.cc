@@ -24,7 +24,7 @@ namespace {
 
 // Text of a content value: a string, or the text parts of an array.
 Result<Ok> read_user_content(dom::element content, std::vector<Part>& parts, std::size_t& chars,
-                             std::int64_t& images) {
+                             std::size_t& images) {
   std::string_view s;
   if (content.get(s) == simdjson::SUCCESS) {
     parts.push_back(Part{.kind = Part::Kind::kText, .text = std::string(s)});

@@ -142,6 +142,9 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
             if (json::str(inner, "type") == "text") {
               p.text += json::str(inner, "text");
             } else {
+              // Passed through unchanged to an Anthropic upstream, which reads it.
+              if (json::str(inner, "type") == "image") ++r.images;
+              r.other_chars += json::raw(inner).size();
               r.unmapped.emplace_back("tool_result.content[].image");
             }
           }
@@ -151,6 +154,9 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
     } else if (type == "thinking" || type == "redacted_thinking" || type == "document" ||
                type == "search_result" || type == "server_tool_use" ||
                type == "web_search_tool_result") {
+      // Passed through unchanged to an Anthropic upstream, which reads (and bills) it: a
+      // document's base64 counts as text, more than the pages cost.
+      r.other_chars += json::raw(b).size();
       r.unmapped.push_back("content." + std::string(type));
       continue;
     } else {
@@ -187,8 +193,10 @@ void read_usage(dom::element u, Usage& out) {
   if (!u.is_object()) return;
   out.present = true;
   // A stream reports usage in parts (the input side in message_start, the output in
-  // message_delta): every count is optional here, and one that is there but unreadable makes
-  // the whole usage unreadable. Cache reads only lower the bill: unreadable, they count as 0.
+  // message_delta, whose cumulative usage may repeat some input-side counts and not others):
+  // every count is optional here, a count that is there replaces the one read before, and one
+  // that is missing keeps it. A count that is there but unreadable makes the whole usage
+  // unreadable. Cache reads only lower the bill: unreadable, they count as 0.
   using json::Need;
   std::int64_t input = -1, cw = -1, cr = -1, output = -1;
   json::read_count(json::member(u, "input_tokens"), Need::kIfPresent, input, out.unreadable);
@@ -197,10 +205,19 @@ void read_usage(dom::element u, Usage& out) {
   json::read_count(json::member(u, "cache_read_input_tokens"), Need::kDiscount, cr, out.unreadable);
   json::read_count(json::member(u, "output_tokens"), Need::kIfPresent, output, out.unreadable);
   if (input >= 0 || cw >= 0 || cr >= 0) {
-    out.cache_write_tokens = std::max<std::int64_t>(0, cw);
-    out.cached_tokens = std::max<std::int64_t>(0, cr);
-    out.prompt_tokens =
-        std::max<std::int64_t>(0, input) + out.cache_write_tokens + out.cached_tokens;
+    const std::int64_t uncached =
+        input >= 0 ? input
+                   : std::max<std::int64_t>(
+                         0, out.prompt_tokens - out.cache_write_tokens - out.cached_tokens);
+    if (cw >= 0) out.cache_write_tokens = cw;
+    if (cr >= 0) out.cached_tokens = cr;
+    // Counts clamp at INT64_MAX; so does their sum (a wrapped sum would read as nothing).
+    std::int64_t sum = 0;
+    if (__builtin_add_overflow(uncached, out.cache_write_tokens, &sum) ||
+        __builtin_add_overflow(sum, out.cached_tokens, &sum)) {
+      sum = INT64_MAX;
+    }
+    out.prompt_tokens = sum;
   }
   if (output >= 0) out.completion_tokens = output;
 }
@@ -299,6 +316,7 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
     } else if (k == "tools") {
       dom::array tools;
       if (v.get(tools) != simdjson::SUCCESS) return invalid("tools: must be an array", "tools");
+      r.other_chars += k.size() + json::raw(v).size();
       for (auto t : tools) {
         const auto type = json::str(t, "type");
         if (!type.empty() && type != "custom") {
@@ -315,6 +333,7 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
         r.tools.push_back(std::move(tool));
       }
     } else if (k == "tool_choice") {
+      r.other_chars += k.size() + json::raw(v).size();
       const auto type = json::str(v, "type");
       r.tool_choice.mode = type == "any"    ? ToolChoice::Mode::kRequired
                            : type == "none" ? ToolChoice::Mode::kNone
@@ -351,6 +370,8 @@ Result<Request> decode_messages_request(std::string_view body, bool require_max_
       bool b = false;
       if (v.get(b) == simdjson::SUCCESS) r.strict_params = b;
     } else {
+      // Passed through unchanged to an Anthropic upstream, which reads it.
+      r.other_chars += k.size() + json::raw(v).size();
       r.unmapped.emplace_back(k);
     }
   }
@@ -589,7 +610,8 @@ std::int64_t count_input_tokens(const Request& r) {
     framing += static_cast<std::int64_t>(
         (t.name.size() + t.description.size() + t.parameters.size() + 3) / 4);
   }
-  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing + r.images * kImageMaxTokens;
+  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing +
+         static_cast<std::int64_t>(r.images) * kImageMaxTokens;
 }
 
 namespace {

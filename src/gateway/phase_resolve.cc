@@ -70,8 +70,11 @@ Verdict finish_canonical(Ctx& c, api::Request r) {
   c.llm.stream = r.stream;
   c.llm.client_wants_usage = true;
   c.llm.max_tokens = r.max_tokens;
-  c.llm.prompt_chars = r.text_chars;
-  c.llm.image_tokens = r.images * api::kImageMaxTokens;
+  // Tool definitions, schemas and passed-through fields are billed as input too.
+  c.llm.prompt_chars = r.text_chars + r.other_chars;
+  // Each image at the worst case, as for a chat request (Anthropic and Gemini bill a large image
+  // about as much).
+  c.llm.image_tokens = static_cast<std::int64_t>(r.images) * providers::kImageMaxTokens;
   c.llm.message_count = r.messages.size() + (r.system.empty() ? 0 : 1);
   c.canon = std::move(r);
   return Ok{};

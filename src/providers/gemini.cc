@@ -390,11 +390,17 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
             api::StreamEvent{.kind = K::kToolArgsDelta, .index = index, .text = p.arguments});
       }
     }
+    // Every chunk may carry usageMetadata, each a running total that replaces the last; the
+    // counts are final only at the end, which need not be the chunk with the finishReason (a
+    // last chunk of usage alone, or another candidate still generating). Usage read after the
+    // finish is sent on again, so the latest counts are the ones billed.
     dom::element u;
+    bool fresh_usage = false;
     if (json::member(doc, "usageMetadata").get(u) == simdjson::SUCCESS) {
       api::StreamEvent e{.kind = K::kUsage};
       read_usage(u, e.usage);
       usage_ = e.usage;
+      fresh_usage = true;
     }
     if (!finish.empty()) {
       done_ = true;
@@ -402,7 +408,7 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
       if (any_call_ && f == FinishReason::kStop) f = FinishReason::kToolCalls;
       out.push_back(api::StreamEvent{.kind = K::kFinish, .finish = f});
     }
-    if (usage_.present && done_ && !usage_sent_) {
+    if (usage_.present && done_ && (!usage_sent_ || fresh_usage)) {
       usage_sent_ = true;
       out.push_back(api::StreamEvent{.kind = K::kUsage, .usage = usage_});
     }

@@ -147,6 +147,42 @@ TEST(Messages, InboundToAnthropicKeepsCacheControlAndAlwaysSendsMaxTokens) {
 
 // A count that is there but not a count makes the usage unreadable (charged an estimate); a
 // count that is missing is 0, since a stream reports its usage in parts.
+// Tool definitions, output schemas and fields passed through unchanged are read (and billed)
+// by the upstream as input: the estimate counts their characters, the messages' text apart.
+TEST(Estimates, ToolsSchemasAndPassedThroughFieldsCountAsInput) {
+  const std::string big(4000, 'd');
+  auto m = decode_messages_request(
+      R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],)"
+      R"("tools":[{"name":"f","description":")" +
+      big + R"(","input_schema":{"type":"object"}}],"container":")" + big + R"("})");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->text_chars, 2u);
+  EXPECT_GE(m->other_chars, 2 * big.size());
+  auto r = decode_responses_request(
+      R"({"model":"m","input":"hi","tools":[{"type":"function","name":"f","description":")" + big +
+      R"("}],"text":{"format":{"type":"json_schema","name":"s","schema":{"description":")" + big +
+      R"("}}}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->text_chars, 2u);
+  EXPECT_GE(r->other_chars, 2 * big.size());
+  // Images are counted (each priced as chat prices one), and a document passed through to
+  // Anthropic counts as its characters.
+  auto i = decode_messages_request(
+      R"({"model":"c","max_tokens":5,"messages":[{"role":"user","content":[)"
+      R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},)"
+      R"({"type":"image","source":{"type":"url","url":"https://example.com/a.png"}},)"
+      R"({"type":"document","source":{"type":"base64","media_type":"application/pdf","data":")" +
+      big + R"("}}]}]})");
+  ASSERT_TRUE(i.ok()) << i.error().message;
+  EXPECT_EQ(i->images, 2u);
+  EXPECT_GE(i->other_chars, big.size());
+  auto ri = decode_responses_request(
+      R"({"model":"m","input":[{"role":"user","content":[{"type":"input_image",)"
+      R"("image_url":"data:image/png;base64,AAAA"},{"type":"input_image","file_id":"f"}]}]})");
+  ASSERT_TRUE(ri.ok()) << ri.error().message;
+  EXPECT_EQ(ri->images, 2u);
+}
+
 TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
   for (std::string_view bad :
        {R"({"input_tokens":10,"output_tokens":"5"})", R"({"input_tokens":-10,"output_tokens":5})",
@@ -164,6 +200,39 @@ TEST(Messages, UnreadableUsageCountsAreNotTrusted) {
   EXPECT_TRUE(u.usable()) << "a cache read only lowers the bill: unreadable, it is 0";
   EXPECT_EQ(u.prompt_tokens, 10);
   EXPECT_EQ(u.cached_tokens, 0);
+}
+
+// message_delta's usage is cumulative and may repeat some input-side counts: a count it leaves
+// out stands as message_start gave it (the cache write is not lost when input_tokens comes again).
+TEST(Messages, StreamedUsageMergesTheDeltaIntoTheStart) {
+  auto dec = make_messages_stream_decoder();
+  std::vector<StreamEvent> evs;
+  dec->feed(
+      "message_start",
+      R"({"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":10,)"
+      R"("cache_creation_input_tokens":2000,"cache_read_input_tokens":3000,"output_tokens":1}}})",
+      evs);
+  dec->feed("message_delta",
+            R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},)"
+            R"("usage":{"input_tokens":10,"output_tokens":300}})",
+            evs);
+  dec->feed("message_stop", R"({"type":"message_stop"})", evs);
+  ASSERT_TRUE(dec->done());
+  const Usage* last = nullptr;
+  for (const auto& e : evs) {
+    if (e.kind == StreamEvent::Kind::kUsage) last = &e.usage;
+  }
+  ASSERT_NE(last, nullptr);
+  EXPECT_TRUE(last->usable());
+  EXPECT_EQ(last->prompt_tokens, 5010);
+  EXPECT_EQ(last->cache_write_tokens, 2000);
+  EXPECT_EQ(last->cached_tokens, 3000);
+  EXPECT_EQ(last->completion_tokens, 300);
+  // Counts that clamp at the top of the range do not wrap when added.
+  auto u = read_messages_usage(
+      R"({"input_tokens":9000000000000000000,)"
+      R"("cache_creation_input_tokens":9000000000000000000,"output_tokens":1})");
+  EXPECT_EQ(u.prompt_tokens, INT64_MAX);
 }
 
 TEST(Messages, UsageMapsCacheTokensIntoPromptTokens) {

@@ -129,5 +129,33 @@ TEST(Gemini, StreamChunksDecodeEventByEvent) {
   EXPECT_EQ(evs[2].usage.prompt_tokens, 5);
 }
 
+// Each chunk's usageMetadata is a running total; the final one may follow the finishReason in a
+// chunk of its own. The last counts are the ones sent on (and billed), not those of the finish.
+TEST(Gemini, StreamUsageAfterTheFinishReplacesTheRunningTotal) {
+  auto dec = make_gemini_stream_decoder();
+  std::vector<api::StreamEvent> evs;
+  dec->feed("",
+            R"({"candidates":[{"content":{"parts":[{"text":"Hel"}]}}],)"
+            R"("usageMetadata":{"promptTokenCount":5,"totalTokenCount":5}})",
+            evs);
+  dec->feed("",
+            R"({"candidates":[{"content":{"parts":[{"text":"lo"}]},"finishReason":"MAX_TOKENS"}],)"
+            R"("usageMetadata":{"promptTokenCount":5,"totalTokenCount":5}})",
+            evs);
+  EXPECT_TRUE(dec->done());
+  dec->feed("",
+            R"({"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":300,)"
+            R"("thoughtsTokenCount":40,"totalTokenCount":345}})",
+            evs);
+  const api::Usage* last = nullptr;
+  for (const auto& e : evs) {
+    if (e.kind == api::StreamEvent::Kind::kUsage && e.usage.present) last = &e.usage;
+  }
+  ASSERT_NE(last, nullptr);
+  EXPECT_EQ(last->prompt_tokens, 5);
+  EXPECT_EQ(last->completion_tokens, 340);
+  EXPECT_EQ(last->reasoning_tokens, 40);
+}
+
 }  // namespace
 }  // namespace bw::providers
