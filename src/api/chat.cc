@@ -129,7 +129,8 @@ void read_openai_usage(dom::element u, const OpenAiUsageNames& names, Usage& out
   out.present = true;
   using json::Need;
   json::read_count(json::member(u, names.input), Need::kAlways, out.prompt_tokens, out.unreadable);
-  json::read_count(json::member(u, names.output), Need::kAlways, out.completion_tokens,
+  json::read_count(json::member(u, names.output),
+                   names.output_always ? Need::kAlways : Need::kIfPresent, out.completion_tokens,
                    out.unreadable);
   json::read_count(json::member(json::member(u, names.input_details), "cached_tokens"),
                    Need::kDiscount, out.cached_tokens, out.unreadable);
