@@ -649,6 +649,7 @@ class ResponsesStreamDecoder final : public StreamDecoder {
  public:
   void feed(std::string_view, std::string_view data, std::vector<StreamEvent>& out) override {
     if (data.find("\"response.output_text.delta\"") == std::string_view::npos &&
+        data.find("\"response.created\"") == std::string_view::npos &&
         data.find("\"response.completed\"") == std::string_view::npos &&
         data.find("\"response.incomplete\"") == std::string_view::npos &&
         data.find("\"response.failed\"") == std::string_view::npos) {
@@ -661,7 +662,17 @@ class ResponsesStreamDecoder final : public StreamDecoder {
     if (type == "response.output_text.delta") {
       out.push_back(StreamEvent{.kind = StreamEvent::Kind::kTextDelta,
                                 .text = std::string(json::str(doc, "delta"))});
-    } else {
+      return;
+    }
+    // Other events only mention these names in their text.
+    const bool last =
+        type == "response.completed" || type == "response.incomplete" || type == "response.failed";
+    if (!last && type != "response.created") return;
+    // The response's id, as OpenAI stores it: from its first event, and again from its last.
+    const auto id = json::str(json::member(doc, "response"), "id");
+    if (!id.empty())
+      out.push_back(StreamEvent{.kind = StreamEvent::Kind::kStart, .id = std::string(id)});
+    if (last) {
       done_ = true;
       StreamEvent e{.kind = StreamEvent::Kind::kUsage};
       dom::element u;
@@ -781,7 +792,9 @@ std::size_t part_size(const Part& p) {
 
 std::string encode_stored_conversation(const StoredConversation& s) {
   JsonWriter w;
-  w.begin_object().key("v").value(2).key("owner").value(s.owner).key("system").begin_array();
+  w.begin_object().key("v").value(s.upstream ? 3 : 2).key("owner").value(s.owner);
+  if (s.upstream) w.key("upstream").value(true);
+  w.key("system").begin_array();
   for (const auto& p : s.system) write_part(w, p);
   w.end_array().key("conversation").begin_array();
   for (const auto& m : s.conversation) {
@@ -798,10 +811,16 @@ bool decode_stored_conversation(std::string_view json, StoredConversation& out) 
   auto parsed = json::parse_object(json);
   if (!parsed) return false;
   dom::element doc = *parsed;
-  if (json::num(doc, "v") != 2) return false;
+  const auto version = json::num(doc, "v");
+  if (version != 2 && version != 3) return false;
   std::string_view owner;
   if (doc["owner"].get(owner) != simdjson::SUCCESS || owner.empty()) return false;
   out.owner = std::string(owner);
+  if (version == 3) {
+    bool upstream = false;
+    if (doc["upstream"].get(upstream) != simdjson::SUCCESS || !upstream) return false;
+    out.upstream = true;
+  }
   if (!read_parts(doc, "system", out.system)) return false;
   dom::array conv;
   if (doc["conversation"].get(conv) != simdjson::SUCCESS) return false;

@@ -69,15 +69,22 @@ std::unique_ptr<StreamDecoder> make_responses_stream_decoder();
 // answer), the system parts a continuation inherits, and its owner: the only caller that may read
 // it. The owner is an opaque, non-empty string chosen by the gateway (its tenant, or its key for a
 // key without one); a lookup by anyone else reads exactly as an unknown id.
+//
+// `upstream`: a marker, not a conversation. The response passed through to an `openai` provider,
+// which stores it under the gateway's provider key; the gateway keeps only whose it is (empty
+// conversation and system), so that only its owner's previous_response_id is passed on.
 struct StoredConversation {
   std::vector<Message> conversation;
   std::vector<Part> system;
   std::string owner;
+  bool upstream = false;
 };
 
 // The JSON a stored conversation is kept as outside the process (the Redis store's value):
 // {"v":2,"owner":"..","system":[parts],"conversation":[{"role":..,"parts":[..]}]}, each part with
-// only its non-empty fields.
+// only its non-empty fields. A marker is {"v":3,..,"upstream":true}: version 3 only for markers,
+// so that a replica that reads version 2 only takes a marker for an unknown id, never for an
+// empty conversation of its own.
 std::string encode_stored_conversation(const StoredConversation& s);
 // False for anything that is not such a document (a foreign or damaged value reads as a miss).
 // That includes a version 1 value (written before entries had an owner): whose it is cannot be

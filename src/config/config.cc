@@ -422,6 +422,7 @@ void read_responses(Reader& top, Config& cfg) {
   r.get("key_prefix", rs.key_prefix);
   r.get_duration("timeout", rs.timeout);
   if (rs.timeout < 0) r.fail("timeout", "must be >= 0");
+  r.get("forward_unknown_ids", rs.forward_unknown_ids);
   r.finish();
 }
 

@@ -192,6 +192,10 @@ struct Config {
     std::size_t max_entry_bytes = 1 << 20;
     std::string key_prefix = "bw:resp:";  // redis only
     Nanos timeout = 0;                    // redis only: deadline of one call; 0 = redis.timeout
+    // A previous_response_id the store does not give the caller goes to an `openai` provider as
+    // before markers existed (single-tenant deployments, ids created before the gateway), instead
+    // of the unknown-id 404. Off: only the owner's responses stored by OpenAI are passed on.
+    bool forward_unknown_ids = false;
   } responses;
   const limits::Plan* plan(const std::string& name) const;
   std::vector<ProviderConfig> providers;

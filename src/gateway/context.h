@@ -104,11 +104,14 @@ struct Ctx {
   providers::LlmRequest llm;
   // The client's API, and (for Responses, Messages, or a chat body bound for another provider
   // type) its canonical request. history_expanded: previous_response_id was found in the store
-  // and its turns put before the input; history_unavailable: the store could not be asked.
+  // and its turns put before the input; history_unavailable: the store could not be asked;
+  // history_upstream: it is the caller's response stored by an `openai` provider (a marker), to
+  // be passed through.
   api::Format inbound = api::Format::kChat;
   std::optional<api::Request> canon;
   bool history_expanded = false;
   bool history_unavailable = false;
+  bool history_upstream = false;
   api::ResponseMeta response_meta;  // Responses: this response's id and echoed fields
   const ModelGroup* group = nullptr;
   std::string route_model;  // the model routed to (differs after a downgrade)

@@ -319,6 +319,48 @@ asio::awaitable<void> store_response(Ctx& c, const api::Response& answer) {
   }
 }
 
+// A Responses answer an `openai` provider stored itself (passed through, `store` not false): the
+// gateway keeps a marker of whose it is under the provider's id, before the client sees its end,
+// so that only its owner's previous_response_id is passed on to OpenAI.
+asio::awaitable<void> store_upstream_marker(Ctx& c, const std::string& upstream_id) {
+  if (c.inbound != api::Format::kResponses || !c.canon || !c.canon->store || !c.sh.responses ||
+      upstream_id.empty()) {
+    co_return;
+  }
+  api::StoredConversation marker;
+  marker.owner = response_owner(c);
+  marker.upstream = true;
+  std::string id = upstream_id;
+  const Nanos now = c.now();
+  if (!co_await c.sh.responses->put(std::move(id), std::move(marker), now)) {
+    spdlog::debug("response {} of the provider not marked ({} store skipped it)", upstream_id,
+                  c.sh.responses->backend());
+  }
+}
+
+// A previous_response_id the store did not give this caller: refused as an unknown id, unless it
+// goes to OpenAI and is the caller's response stored there (a marker), or
+// responses.forward_unknown_ids lets unknown ids through. Another owner's entry or marker is not
+// found for this caller, so it reads exactly as an unknown id.
+std::optional<Error> check_previous_response(const Ctx& c, const UpstreamBody& call) {
+  if (!c.canon || c.canon->previous_response_id.empty() || c.history_expanded) return std::nullopt;
+  if (call.passthrough && (c.history_upstream || c.rt->config().responses.forward_unknown_ids)) {
+    return std::nullopt;
+  }
+  const std::string& id = c.canon->previous_response_id;
+  if (c.history_unavailable) {
+    Error e = errors::make(errors::kResponseStoreUnavailable,
+                           "The response store could not be reached to look up "
+                           "previous_response_id '" +
+                               id + "'; retry later.",
+                           "previous_response_id");
+    e.retry_after_s = 1;
+    return e;
+  }
+  return errors::make(errors::kPreviousResponseNotFound,
+                      "Previous response with id '" + id + "' not found.", "previous_response_id");
+}
+
 // Fields the provider's format cannot carry: named in x-bellwether-dropped-params, or the request
 // refused before it is sent when the client asked for strict_params.
 std::optional<Error> note_dropped(Ctx& c, std::vector<std::string> dropped) {
@@ -363,6 +405,9 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   http::SseSplitter splitter;
   std::string out;
   bool broken = false;
+  // A Responses stream passed through is marked as its owner's once the provider's last event
+  // (which names the id) is in, before the client sees it.
+  bool marked = !call.passthrough || c.inbound != api::Format::kResponses;
   for (;;) {
     auto piece = co_await up.read_some();
     if (!piece && c.client_gone) break;
@@ -387,6 +432,10 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     std::string_view event;
     while (splitter.next(event)) tr.feed(event, out);
     splitter.compact();
+    if (!marked && tr.done() && !tr.upstream_id().empty()) {
+      marked = true;
+      co_await store_upstream_marker(c, tr.upstream_id());
+    }
     phase_cache::capture_event(c, out);
     if (!out.empty()) {
       c.bytes_out += out.size();
@@ -396,6 +445,10 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
         break;
       }
     }
+  }
+  // A stream that ended early may still be stored by the provider: its owner may continue it.
+  if (!marked && !c.cancelled && !tr.upstream_id().empty()) {
+    co_await store_upstream_marker(c, tr.upstream_id());
   }
   out.clear();
   bool complete = false;
@@ -662,23 +715,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
                                     c.group->cfg->max_output_tokens, c.history_expanded);
       if (!prepared) co_return prepared.error();
       call = std::move(prepared.value());
-      if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
-          !call.passthrough && c.history_unavailable) {
-        Error e = errors::make(errors::kResponseStoreUnavailable,
-                               "The response store could not be reached to look up "
-                               "previous_response_id '" +
-                                   c.canon->previous_response_id + "'; retry later.",
-                               "previous_response_id");
-        e.retry_after_s = 1;
-        co_return e;
-      }
-      if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded &&
-          !call.passthrough) {
-        co_return errors::make(
-            errors::kPreviousResponseNotFound,
-            "Previous response with id '" + c.canon->previous_response_id + "' not found.",
-            "previous_response_id");
-      }
+      if (auto refused = check_previous_response(c, call)) co_return *refused;
       if (auto refused = note_dropped(c, call.dropped)) co_return *refused;
       body = std::move(call.body);
     }
@@ -796,6 +833,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
       if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
       if (answer->response) co_await store_response(c, *answer->response);
+      if (call.passthrough) co_await store_upstream_marker(c, answer->upstream_id);
       translated = std::move(answer->body);
     } else if (!call.passthrough) {
       // A provider's error in the client's API shape (its status and Retry-After kept).

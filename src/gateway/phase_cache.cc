@@ -169,9 +169,10 @@ std::optional<Verdict> phase_cache::try_now(Ctx& c) {
   cs.cfg = effective(*c.group->cfg, *c.key->cfg);
   if (cs.cfg.mode == "off") return Ok{};
   cs.status = Status::kBypass;
-  // A previous_response_id the store did not give this caller (unknown, or another owner's) is
-  // answered "not found" by forward, or passed to OpenAI's own store: never from the cache, whose
-  // scope can be wider than a stored response's owner (`scope: global`).
+  // A previous_response_id the store did not expand for this caller (unknown, another owner's, or
+  // the caller's response stored by OpenAI) is answered "not found" by forward, or passed to
+  // OpenAI's own store: never from the cache, whose scope can be wider than a stored response's
+  // owner (`scope: global`).
   if (c.canon && !c.canon->previous_response_id.empty() && !c.history_expanded) return Ok{};
   // The request's own say: no-store = neither read nor write; no-cache = refresh (write only).
   const auto cc = c.req.header("cache-control");

@@ -39,6 +39,10 @@ void apply_history(Ctx& c, api::Request& r, api::StoreLookup found,
                    api::StoredConversation& stored) {
   if (found == api::StoreLookup::kUnavailable) c.history_unavailable = true;
   if (found != api::StoreLookup::kFound) return;
+  if (stored.upstream) {  // the provider holds the turns: the id is passed on as it is
+    c.history_upstream = true;
+    return;
+  }
   auto& history = stored.conversation;
   // The stored turns (and a stored system prompt the request adopts) are sent and billed too.
   const auto count = [&r](const api::Part& p) {

@@ -152,7 +152,10 @@ Result<ClientAnswer> translate_response(Format inbound, const UpstreamBody& call
   ClientAnswer a;
   if (call.passthrough) {
     a.body = std::string(body);
-    a.usage = native_usage(inbound, body);
+    if (auto r = decode_answer(inbound, body)) {
+      a.usage = r->usage;
+      if (inbound == Format::kResponses) a.upstream_id = std::move(r->id);
+    }
     return a;
   }
   auto decoded = decode_answer(call.upstream, body);
@@ -262,8 +265,9 @@ void StreamTranslator::feed(std::string_view event, std::string& out) {
       ++text_chunks_;
     } else if (e.kind == api::StreamEvent::Kind::kUsage && e.usage.present) {
       usage_ = e.usage;
-    } else if (e.kind == api::StreamEvent::Kind::kStart && e.usage.present) {
-      usage_ = e.usage;
+    } else if (e.kind == api::StreamEvent::Kind::kStart) {
+      if (e.usage.present) usage_ = e.usage;
+      if (passthrough_ && inbound_ == Format::kResponses && !e.id.empty()) upstream_id_ = e.id;
     } else if (e.kind == api::StreamEvent::Kind::kError) {
       failed_ = true;
     }

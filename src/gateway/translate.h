@@ -48,6 +48,7 @@ struct ClientAnswer {
   std::string body;
   api::Usage usage;
   std::optional<api::Response> response;  // when translated
+  std::string upstream_id;                // a Responses body passed through: the provider's id
 };
 Result<ClientAnswer> translate_response(api::Format inbound, const UpstreamBody& call,
                                         std::string_view body, std::string_view public_model,
@@ -91,6 +92,8 @@ class StreamTranslator {
   std::size_t text_chunks() const { return text_chunks_; }
   // The streamed answer of a Responses client (for the store), else nullptr.
   const api::Response* accumulated() const;
+  // A Responses stream passed through: the provider's response id, once an event named it.
+  const std::string& upstream_id() const { return upstream_id_; }
 
  private:
   api::Format inbound_;
@@ -104,6 +107,7 @@ class StreamTranslator {
   std::size_t text_chars_ = 0;
   std::size_t text_chunks_ = 0;
   bool failed_ = false;
+  std::string upstream_id_;
 };
 
 }  // namespace bw::gateway

@@ -142,6 +142,30 @@ TEST(RedisResponseStore, AnotherOwnersEntryReadsExactlyAsAnUnknownId) {
   EXPECT_EQ(store->stats().failures, 0u);
 }
 
+// A marker of a response stored by the provider: the owner's key, version 3, the store's TTL.
+TEST(RedisResponseStore, AMarkerIsStoredUnderItsOwnerWithTheTtl) {
+  RedisServer redis;
+  asio::io_context ioc;
+  auto store = make_store(redis.url(), 60 * kNanosPerSecond);
+  StoredConversation marker;
+  marker.owner = kOwner;
+  marker.upstream = true;
+  ASSERT_TRUE(run(ioc, store->put("resp_up", marker, steady())));
+  const std::string raw = redis.command({"GET", key_of("resp_up")});
+  EXPECT_NE(raw.find("\"v\":3"), std::string::npos) << raw;
+  EXPECT_NE(raw.find("\"upstream\":true"), std::string::npos) << raw;
+  const long long pttl = std::atoll(redis.command({"PTTL", key_of("resp_up")}).c_str());
+  EXPECT_GT(pttl, 50'000);
+  EXPECT_LE(pttl, 60'000);
+  StoredConversation out;
+  EXPECT_EQ(run(ioc, store->get("resp_up", "tenant:globex", out, steady())),
+            StoreLookup::kNotFound);
+  EXPECT_FALSE(out.upstream);
+  ASSERT_EQ(run(ioc, store->get("resp_up", kOwner, out, steady())), StoreLookup::kFound);
+  EXPECT_TRUE(out.upstream);
+  EXPECT_TRUE(out.conversation.empty());
+}
+
 TEST(RedisResponseStore, AnEntryOverTheSizeBoundIsSkipped) {
   RedisServer redis;
   asio::io_context ioc;

@@ -114,6 +114,34 @@ TEST(StoredConversation, AnEntryWithoutAnOwnerDoesNotDecode) {
   EXPECT_EQ(out.owner, "tenant:acme");
 }
 
+// A marker of a response stored by the provider: version 3 (a replica that reads version 2 only
+// takes it for an unknown id), its owner and nothing else.
+TEST(StoredConversation, AMarkerRoundTripsAsVersion3AndAConversationStaysVersion2) {
+  StoredConversation marker = owned("tenant:acme");
+  marker.upstream = true;
+  const std::string json = encode_stored_conversation(marker);
+  EXPECT_NE(json.find("\"v\":3"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"upstream\":true"), std::string::npos) << json;
+  StoredConversation out;
+  ASSERT_TRUE(decode_stored_conversation(json, out)) << json;
+  EXPECT_TRUE(out.upstream);
+  EXPECT_EQ(out.owner, "tenant:acme");
+  EXPECT_TRUE(out.conversation.empty());
+  const std::string conv = encode_stored_conversation(sample());
+  EXPECT_NE(conv.find("\"v\":2"), std::string::npos) << conv;
+  EXPECT_EQ(conv.find("upstream"), std::string::npos) << conv;
+  ASSERT_TRUE(decode_stored_conversation(conv, out));
+  EXPECT_FALSE(out.upstream);
+  // Version 3 is a marker or nothing; a marker needs an owner like any entry.
+  for (const std::string& bad :
+       {std::string(R"({"v":3,"owner":"tenant:acme","system":[],"conversation":[]})"),
+        std::string(R"({"v":3,"owner":"tenant:acme","upstream":false,"system":[],)"
+                    R"("conversation":[]})"),
+        std::string(R"({"v":3,"owner":"","upstream":true,"system":[],"conversation":[]})")}) {
+    EXPECT_FALSE(decode_stored_conversation(bad, out)) << bad;
+  }
+}
+
 TEST(StoredConversation, ForeignOrDamagedValuesDoNotDecode) {
   StoredConversation out;
   const std::string good = encode_stored_conversation(sample());
@@ -219,6 +247,24 @@ TEST(MemoryResponseStore, TheBackendInterfaceChecksTheOwnerToo) {
   out = {};
   EXPECT_EQ(bw::testing::run(ioc, store->get("resp_a", kOwner, out, 0)), StoreLookup::kFound);
   expect_same(sample(), out);
+}
+
+// A marker is found by its owner only, with its flag, and bounded like any entry.
+TEST(MemoryResponseStore, AMarkerIsItsOwnersOnlyAndExpires) {
+  boost::asio::io_context ioc;
+  ResponseStoreOptions o;
+  o.ttl = 10 * kSec;
+  auto store = make_memory_response_store(o);
+  StoredConversation marker = owned();
+  marker.upstream = true;
+  ASSERT_TRUE(bw::testing::run(ioc, store->put("resp_up", marker, 0)));
+  StoredConversation out;
+  EXPECT_EQ(store->try_get("resp_up", "tenant:globex", out, kSec), StoreLookup::kNotFound);
+  EXPECT_FALSE(out.upstream);
+  ASSERT_EQ(store->try_get("resp_up", kOwner, out, kSec), StoreLookup::kFound);
+  EXPECT_TRUE(out.upstream);
+  EXPECT_EQ(out.owner, kOwner);
+  EXPECT_EQ(store->try_get("resp_up", kOwner, out, 10 * kSec), StoreLookup::kNotFound);
 }
 
 TEST(MemoryResponseStore, TheInProcessBackendAnswersWithoutWaiting) {

@@ -5,7 +5,8 @@
 // redis-server. Owner = the key's tenant, or the key itself when it has none. A key of another
 // owner that sends previous_response_id gets exactly the answer an unknown id gets (status,
 // error body, headers), buffered or streamed, also when the group's cache is shared globally;
-// a key of the same tenant continues the conversation.
+// a key of the same tenant continues the conversation. Behind an `openai` provider (passthrough,
+// OpenAI stores the response), the gateway's marker of the owner decides the same way.
 #include <gtest/gtest.h>
 
 #include <regex>
@@ -224,6 +225,158 @@ TEST(ResponsesOwner, TheOwnerIsCheckedOnEveryReplicaThroughRedis) {
                    R"({"kind":"text","text":"I like owls"}]}]})"});
   }
   for (const char* key : {kA, kB, kD}) expect_not_found_like_unknown(two.port, key, old_id);
+}
+
+// Behind an `openai` provider a Responses request passes through and OpenAI (here the sim, which
+// serves /v1/responses natively) stores the response under the gateway's provider key. The
+// gateway keeps a marker of whose it is: only its owner's previous_response_id is passed on; any
+// other key, and any id the gateway never saw, gets the unknown-id 404 without reaching the
+// provider, unless responses.forward_unknown_ids says to pass unknown ids through.
+std::string openai_yaml(int sim_port, const std::string& redis_url, bool forward_unknown) {
+  std::string y = R"(workers: 1
+providers:
+  oa: {type: openai, base_url: "http://127.0.0.1:)" +
+                  std::to_string(sim_port) + R"(/v1", api_key_env: BW_TEST_UPSTREAM_KEY}
+)";
+  if (!redis_url.empty()) y += "redis:\n  url: " + redis_url + "\n  timeout: 200ms\n";
+  if (forward_unknown) y += "responses: {forward_unknown_ids: true}\n";
+  y += R"(plans:
+  bare: {limits: []}
+model_groups:
+  gpt: {deployments: [{provider: oa, model: up-o}]}
+  gpt-shared-cache:
+    deployments: [{provider: oa, model: up-o}]
+    cache: {mode: exact, scope: global}
+keys:
+  - {name: a, key: )" +
+       std::string(kA) + R"(, tenant: acme, plan: bare}
+  - {name: b, key: )" +
+       std::string(kB) + R"(, tenant: globex, plan: bare}
+  - {name: c, key: )" +
+       std::string(kC) + R"(, tenant: acme, plan: bare}
+  - {name: d, key: )" +
+       std::string(kD) + R"(, plan: bare}
+  - {name: e, key: )" +
+       std::string(kE) + R"(, plan: bare}
+)";
+  return y;
+}
+
+std::int64_t sim_requests(const Sim& sim) {
+  const auto r = request(sim.port, "GET", "/sim/stats");
+  static const std::regex re("\"requests\":([0-9]+)");
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(r.body, m, re)) << r.body;
+  return m.empty() ? -1 : std::stoll(m[1].str());
+}
+
+// Creates a response through the passthrough, buffered or streamed; the id the client sees is
+// the provider's.
+std::string create_passthrough(int port, const std::string& key, bool stream,
+                               const std::string& model = "gpt") {
+  auto r = post_json(port, kPath,
+                     "{\"model\":\"" + model + "\",\"input\":\"I like owls.\"" +
+                         (stream ? ",\"stream\":true" : "") + "}",
+                     key);
+  EXPECT_EQ(r.status, 200) << r.body;
+  if (stream) {
+    EXPECT_NE(r.body.find("response.completed"), std::string::npos) << r.body;
+  }
+  const std::string id = response_id(r.body);
+  EXPECT_FALSE(id.empty()) << r.body;
+  return id;
+}
+
+// `key` continues `id`: refused exactly as an unknown id, and the provider never sees it.
+void expect_refused_before_the_provider(const Sim& sim, int port, const std::string& key,
+                                        const std::string& id, const std::string& model = "gpt") {
+  const std::int64_t before = sim_requests(sim);
+  expect_not_found_like_unknown(port, key, id, model);
+  EXPECT_EQ(sim_requests(sim), before) << "the provider was asked";
+}
+
+// `key` continues `id`: passed through to the provider, id unchanged.
+void expect_passed_on(const Sim& sim, int port, const std::string& key, const std::string& id,
+                      bool stream = false) {
+  const std::int64_t before = sim_requests(sim);
+  auto r = post_json(port, kPath, continuation(id, "What do I like?", stream, "gpt"), key);
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(sim_requests(sim), before + 1);
+  const std::string sent = last_upstream_body(sim);
+  EXPECT_NE(sent.find("previous_response_id"), std::string::npos) << sent;
+  EXPECT_NE(sent.find(id), std::string::npos) << sent;
+}
+
+TEST(ResponsesOwner, AResponseStoredByOpenAIIsPassedOnForItsOwnerOnly) {
+  Sim sim = start_quick_sim();
+  Gw gw = start_gateway(openai_yaml(sim.port, "", false), kEnv);
+  for (bool stream : {false, true}) {
+    SCOPED_TRACE(stream ? "created streamed" : "created buffered");
+    const std::string id = create_passthrough(gw.port, kA, stream);
+    ASSERT_FALSE(id.empty());
+    // Another tenant, a tenantless key: the unknown-id answer, nothing sent upstream.
+    expect_refused_before_the_provider(sim, gw.port, kB, id);
+    expect_refused_before_the_provider(sim, gw.port, kD, id);
+    // The owner's tenant: passed on to OpenAI, which holds the turns; buffered and streamed.
+    expect_passed_on(sim, gw.port, kA, id);
+    expect_passed_on(sim, gw.port, kC, id, true);
+  }
+  // What a tenantless key creates is that key's alone.
+  const std::string d_id = create_passthrough(gw.port, kD, false);
+  ASSERT_FALSE(d_id.empty());
+  expect_refused_before_the_provider(sim, gw.port, kE, d_id);
+  expect_refused_before_the_provider(sim, gw.port, kA, d_id);
+  expect_passed_on(sim, gw.port, kD, d_id);
+  // `store: false`: OpenAI keeps nothing, so neither does the gateway.
+  auto unstored =
+      post_json(gw.port, kPath, R"({"model":"gpt","input":"I like owls.","store":false})", kA);
+  ASSERT_EQ(unstored.status, 200) << unstored.body;
+  const std::string unstored_id = response_id(unstored.body);
+  ASSERT_FALSE(unstored_id.empty());
+  expect_refused_before_the_provider(sim, gw.port, kA, unstored_id);
+}
+
+// A globally shared cache must not pass another tenant's continuation of a marked response.
+TEST(ResponsesOwner, AGloballySharedCacheDoesNotPassAnotherTenantsOpenAIContinuation) {
+  Sim sim = start_quick_sim();
+  Gw gw = start_gateway(openai_yaml(sim.port, "", false), kEnv);
+  const std::string model = "gpt-shared-cache";
+  const std::string id = create_passthrough(gw.port, kA, false, model);
+  ASSERT_FALSE(id.empty());
+  auto own = post_json(gw.port, kPath, continuation(id, "What do I like?", false, model), kA);
+  ASSERT_EQ(own.status, 200) << own.body;
+  expect_refused_before_the_provider(sim, gw.port, kB, id, model);
+}
+
+TEST(ResponsesOwner, ForwardUnknownIdsPassesIdsTheGatewayNeverSaw) {
+  Sim sim = start_quick_sim();
+  Gw gw = start_gateway(openai_yaml(sim.port, "", true), kEnv);
+  expect_passed_on(sim, gw.port, kB, kUnknownId);
+  expect_passed_on(sim, gw.port, kD, kUnknownId, true);
+  // The owner's own responses pass as before.
+  const std::string id = create_passthrough(gw.port, kA, true);
+  ASSERT_FALSE(id.empty());
+  expect_passed_on(sim, gw.port, kC, id);
+}
+
+// Fleet mode: the marker is in Redis, so every replica knows whose the response is.
+TEST(ResponsesOwner, AMarkerOfOpenAIIsSeenByEveryReplicaThroughRedis) {
+  RedisServer redis;
+  Sim sim = start_quick_sim();
+  Gw one = start_gateway(openai_yaml(sim.port, redis.url(), false), kEnv);
+  Gw two = start_gateway(openai_yaml(sim.port, redis.url(), false), kEnv);
+  for (bool stream : {false, true}) {
+    SCOPED_TRACE(stream ? "created streamed" : "created buffered");
+    const std::string id = create_passthrough(one.port, kA, stream);
+    ASSERT_FALSE(id.empty());
+    const std::string raw = redis.command({"GET", "bw:resp:cef41eed96b2cb03:" + id});
+    EXPECT_NE(raw.find("\"upstream\":true"), std::string::npos) << raw;
+    EXPECT_EQ(raw.find("owls"), std::string::npos) << raw;
+    for (int port : {one.port, two.port}) {
+      expect_refused_before_the_provider(sim, port, kB, id);
+    }
+    expect_passed_on(sim, two.port, kC, id);
+  }
 }
 
 }  // namespace
