@@ -107,8 +107,14 @@ struct Request {
   // output schemas, tool_choice, fields passed through unchanged), in their compact JSON: for
   // estimates, never a reason to bill less.
   std::size_t other_chars = 0;
-  std::size_t images = 0;  // image inputs (each priced at the worst case, as chat's are)
+  std::size_t images = 0;  // image inputs (each priced at kImageMaxTokens, as chat's are)
 };
+
+// The most one input image is billed, in tokens, by the providers the gateway reaches, without
+// decoding it: Anthropic about 1,600 (an image is scaled to at most ~1.15 megapixels, at
+// width x height / 750 tokens), OpenAI's GPT-4o 85 + 170 per 512 px tile with at most 2 x 4
+// tiles = 1,445. OpenAI's "detail": "low" (85) is not trusted: other providers ignore it.
+inline constexpr std::int64_t kImageMaxTokens = 1600;
 
 enum class FinishReason { kStop, kLength, kToolCalls, kContentFilter };
 

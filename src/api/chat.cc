@@ -23,7 +23,8 @@ void append_sse(std::string& out, std::string_view name, std::string_view json) 
 namespace {
 
 // Text of a content value: a string, or the text parts of an array.
-Result<Ok> read_user_content(dom::element content, std::vector<Part>& parts, std::size_t& chars) {
+Result<Ok> read_user_content(dom::element content, std::vector<Part>& parts, std::size_t& chars,
+                             std::size_t& images) {
   std::string_view s;
   if (content.get(s) == simdjson::SUCCESS) {
     parts.push_back(Part{.kind = Part::Kind::kText, .text = std::string(s)});
@@ -54,7 +55,7 @@ Result<Ok> read_user_content(dom::element content, std::vector<Part>& parts, std
       Part img{.kind = Part::Kind::kImage};
       if (!split_data_url(url, img.media_type, img.data)) img.image_url = std::string(url);
       parts.push_back(std::move(img));
-      chars += 1000;
+      ++images;
     } else {
       return invalid("Unsupported content part type '" + std::string(type) + "'.", "messages");
     }
@@ -128,7 +129,8 @@ void read_openai_usage(dom::element u, const OpenAiUsageNames& names, Usage& out
   out.present = true;
   using json::Need;
   json::read_count(json::member(u, names.input), Need::kAlways, out.prompt_tokens, out.unreadable);
-  json::read_count(json::member(u, names.output), Need::kAlways, out.completion_tokens,
+  json::read_count(json::member(u, names.output),
+                   names.output_always ? Need::kAlways : Need::kIfPresent, out.completion_tokens,
                    out.unreadable);
   json::read_count(json::member(json::member(u, names.input_details), "cached_tokens"),
                    Need::kDiscount, out.cached_tokens, out.unreadable);
@@ -180,19 +182,21 @@ Result<Request> decode_chat_request(std::string_view body) {
         if (role == "system" || role == "developer") {
           if (!has_content) return invalid("A system message needs content.", "messages");
           std::vector<Part> parts;
-          if (auto ok = read_user_content(content, parts, r.text_chars); !ok) return ok.error();
+          if (auto ok = read_user_content(content, parts, r.text_chars, r.images); !ok)
+            return ok.error();
           for (auto& p : parts) {
             if (p.kind == Part::Kind::kText) r.system.push_back(std::move(p));
           }
         } else if (role == "user") {
           Message msg{Role::kUser, {}};
           if (!has_content) return invalid("A user message needs content.", "messages");
-          if (auto ok = read_user_content(content, msg.parts, r.text_chars); !ok) return ok.error();
+          if (auto ok = read_user_content(content, msg.parts, r.text_chars, r.images); !ok)
+            return ok.error();
           r.messages.push_back(std::move(msg));
         } else if (role == "assistant") {
           Message msg{Role::kAssistant, {}};
           if (has_content) {
-            if (auto ok = read_user_content(content, msg.parts, r.text_chars); !ok) {
+            if (auto ok = read_user_content(content, msg.parts, r.text_chars, r.images); !ok) {
               return ok.error();
             }
           }
@@ -216,7 +220,8 @@ Result<Request> decode_chat_request(std::string_view body) {
           if (p.id.empty()) return invalid("A tool message needs tool_call_id.", "messages");
           if (has_content) {
             std::vector<Part> parts;
-            if (auto ok = read_user_content(content, parts, r.text_chars); !ok) return ok.error();
+            if (auto ok = read_user_content(content, parts, r.text_chars, r.images); !ok)
+              return ok.error();
             for (auto& t : parts) p.text += t.text;
           }
           if (!r.messages.empty() && r.messages.back().role == Role::kTool) {

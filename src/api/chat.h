@@ -30,6 +30,7 @@ void read_chat_usage(simdjson::dom::element usage, Usage& out);
 // both counts must be there, cached input and reasoning sit in the details objects.
 struct OpenAiUsageNames {
   std::string_view input, output, input_details, output_details;
+  bool output_always = true;  // false for embeddings, whose usage has no output count
 };
 void read_openai_usage(simdjson::dom::element usage, const OpenAiUsageNames& names, Usage& out);
 

@@ -107,7 +107,6 @@ Result<Ok> read_blocks(dom::element content, Message& msg, Request& r) {
       r.text_chars += t.size();
     } else if (type == "image") {
       if (auto ok = read_image(b, p); !ok) return ok.error();
-      r.text_chars += 1000;
       ++r.images;
     } else if (type == "tool_use") {
       if (msg.role != Role::kAssistant) {
@@ -619,7 +618,8 @@ std::int64_t count_input_tokens(const Request& r) {
     framing += static_cast<std::int64_t>(
         (t.name.size() + t.description.size() + t.parameters.size() + 3) / 4);
   }
-  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing;
+  return static_cast<std::int64_t>((r.text_chars + 3) / 4) + framing +
+         static_cast<std::int64_t>(r.images) * kImageMaxTokens;
 }
 
 namespace {

@@ -43,7 +43,6 @@ Result<Ok> read_content(dom::element content, Message& msg, Request& r) {
       Part img{.kind = Part::Kind::kImage};
       if (!split_data_url(url, img.media_type, img.data)) img.image_url = std::string(url);
       msg.parts.push_back(std::move(img));
-      r.text_chars += 1000;
       ++r.images;
     } else if (type == "refusal") {
       msg.parts.push_back(

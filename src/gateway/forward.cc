@@ -821,7 +821,7 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     std::optional<std::string> translated;  // the answer in the client's API, when not fast
     int status_out = up.status();
     if (up.status() == 200 && fast) {
-      c.usage = providers::extract_usage(*all);
+      c.usage = providers::extract_usage(*all, c.llm.endpoint);
       if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
       o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     } else if (up.status() == 200) {

@@ -44,13 +44,21 @@ void apply_history(Ctx& c, api::Request& r, api::StoreLookup found,
     return;
   }
   auto& history = stored.conversation;
+  // The stored turns (and a stored system prompt the request adopts) are sent and billed too.
+  const auto count = [&r](const api::Part& p) {
+    r.text_chars += p.text.size() + p.arguments.size();
+    if (p.kind == api::Part::Kind::kImage) ++r.images;
+  };
+  for (const auto& m : history) {
+    for (const auto& p : m.parts) count(p);
+  }
   for (auto& m : r.messages) history.push_back(std::move(m));
   r.messages = std::move(history);
-  if (r.system.empty()) r.system = std::move(stored.system);
-  c.history_expanded = true;
-  for (const auto& m : r.messages) {
-    for (const auto& p : m.parts) r.text_chars += p.text.size() + p.arguments.size();
+  if (r.system.empty()) {
+    r.system = std::move(stored.system);
+    for (const auto& p : r.system) count(p);
   }
+  c.history_expanded = true;
 }
 
 // What the limits, the cost guard and the access log read of a request (LlmRequest) is filled

@@ -71,10 +71,7 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
     if ((type == "text" || type == "input_text") && part["text"].get(s) == simdjson::SUCCESS) {
       r.prompt_chars += s.size();
     } else if (type == "image_url") {
-      std::string_view detail;
-      const bool low =
-          part["image_url"]["detail"].get(detail) == simdjson::SUCCESS && detail == "low";
-      r.image_tokens += low ? kImageLowDetailTokens : kImageMaxTokens;
+      r.image_tokens += kImageMaxTokens;
     } else {
       // Audio, files and parts not known here: every byte the provider reads, as text.
       r.prompt_chars += json_chars(part);
@@ -590,14 +587,21 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
   return out;
 }
 
-Usage extract_usage(std::string_view body) {
+Usage extract_usage(std::string_view body, Endpoint endpoint) {
   Usage u;
   simdjson::dom::element doc;
   if (body.empty()) return u;
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
-  if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS)
-    api::read_chat_usage(usage, u);
+  if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS) {
+    api::read_openai_usage(usage,
+                           {.input = "prompt_tokens",
+                            .output = "completion_tokens",
+                            .input_details = "prompt_tokens_details",
+                            .output_details = "completion_tokens_details",
+                            .output_always = endpoint != Endpoint::kEmbeddings},
+                           u);
+  }
   return u;
 }
 

@@ -53,11 +53,9 @@ struct LlmRequest {
   BodyLayout layout;  // parse_request's; used by rewrite_request
 };
 
-// OpenAI's documented image input price: "low" detail 85 tokens; "high"/"auto" 85 + 170 per
-// 512 px tile after scaling to fit 2048x2048 with the short side at most 768 px, i.e. at most
-// 2 x 4 tiles. Without decoding the image, the worst case is charged.
-inline constexpr std::int64_t kImageLowDetailTokens = 85;
-inline constexpr std::int64_t kImageMaxTokens = 85 + 170 * 8;
+// An input image counts as the most one image is billed by any provider (api::kImageMaxTokens):
+// a chat request may be translated to a provider that ignores OpenAI's "detail".
+inline constexpr std::int64_t kImageMaxTokens = api::kImageMaxTokens;
 // Upper bound on n / best_of (OpenAI's own limit is 128).
 inline constexpr std::int64_t kMaxChoices = 128;
 
@@ -86,8 +84,9 @@ Result<std::string> rewrite_request(const std::string& body, const BodyLayout& l
                                     std::string_view provider_model, bool force_include_usage,
                                     std::int64_t max_tokens);
 
-// Usage from a buffered response body; absent usage leaves present=false.
-Usage extract_usage(std::string_view body);
+// Usage from a buffered response body; absent usage leaves present=false. An embeddings answer
+// has no completion count (OpenAI sends prompt_tokens and total_tokens only).
+Usage extract_usage(std::string_view body, Endpoint endpoint = Endpoint::kChat);
 
 // One SSE event's data payload. Reports usage if the event carries it, whether the event is the
 // usage-only chunk (empty choices) that a client who did not ask for usage must not see, and the

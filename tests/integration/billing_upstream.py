@@ -82,7 +82,8 @@ def text_chars(v):
 
 def images(v):
     if isinstance(v, dict):
-        own = (v.get("type") in ("image_url", "image") or "inlineData" in v or "fileData" in v)
+        own = (v.get("type") in ("image_url", "image", "input_image") or "inlineData" in v or
+               "fileData" in v)
         return (1 if own else 0) + sum(images(x) for x in v.values())
     if isinstance(v, list):
         return sum(images(x) for x in v)

@@ -145,10 +145,11 @@ HttpResponse chat(const Env& e, const std::string& body, const char* key = kBudg
 
 // Sends `body` until the budget refuses it (at most `max` times); the settled spend and what the
 // upstream billed must both stay within the cap.
-void attack_until_refused(Env& e, const std::string& body, int max, const char* what) {
+void attack_until_refused(Env& e, const std::string& body, int max, const char* what,
+                          const char* path = kChat) {
   int ok = 0, refused = 0;
   for (int i = 0; i < max && refused == 0; ++i) {
-    auto r = chat(e, body);
+    auto r = post_json(e.gw.port, path, body, kBudgetKey);
     if (r.status == 200) ++ok;
     if (r.status == 429) ++refused;
     ASSERT_TRUE(r.status == 200 || r.status == 429) << what << ": " << r.status << " " << r.body;
@@ -180,6 +181,34 @@ TEST(BudgetBypass, NChoicesAreReserved) {
   EXPECT_EQ(
       chat(e, R"({"model":"m","max_tokens":20,"messages":[{"role":"user","content":"x"}]})").status,
       200);
+}
+
+// Images are reserved at the most one image is billed, in every client API: 25 images billed at
+// 765 tokens each (19,125 micro-$ a request here) were reserved as 1,000 characters each in the
+// Messages and Responses APIs (~8,300), so the third request went past the cap.
+TEST(BudgetBypass, ImagesAreReservedInEveryApi) {
+  std::string blocks, parts;
+  for (int i = 0; i < 25; ++i) {
+    blocks += std::string(i ? "," : "") +
+              R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}})";
+    parts += std::string(i ? "," : "") +
+             R"({"type":"input_image","image_url":"data:image/png;base64,AAAA"})";
+  }
+  {
+    auto e = start_env();
+    attack_until_refused(e,
+                         R"({"model":"m","max_tokens":1,"messages":[{"role":"user","content":[)" +
+                             blocks + "]}]}",
+                         5, "25 images, Messages", "/v1/messages");
+  }
+  {
+    auto e = start_env();
+    attack_until_refused(e,
+                         R"({"model":"m","max_output_tokens":16,"input":[{"role":"user",)"
+                         R"("content":[)" +
+                             parts + "]}]}",
+                         5, "25 images, Responses", "/v1/responses");
+  }
 }
 
 TEST(BudgetBypass, ToolsAndSchemasAreReserved) {

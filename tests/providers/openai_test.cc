@@ -593,6 +593,12 @@ TEST(ExtractUsage, UnreadableCountsAreNotTrusted) {
     EXPECT_TRUE(u.unreadable) << bad;
     EXPECT_FALSE(u.usable()) << bad;
   }
+  // An embeddings answer has no completion count.
+  auto e =
+      extract_usage(R"({"usage":{"prompt_tokens":8,"total_tokens":8}})", Endpoint::kEmbeddings);
+  EXPECT_TRUE(e.usable());
+  EXPECT_EQ(e.prompt_tokens, 8);
+  EXPECT_FALSE(extract_usage(R"({"usage":{"prompt_tokens":"8"}})", Endpoint::kEmbeddings).usable());
   auto u = extract_usage(R"({"usage":{"prompt_tokens":12.2,"completion_tokens":3e1}})");
   EXPECT_TRUE(u.usable());
   EXPECT_EQ(u.prompt_tokens, 13);
