@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "support/eventually.h"
 #include "support/redis_server.h"
 
 namespace bw::test {
@@ -25,15 +26,7 @@ constexpr const char* kKeyA2 = "sk-cache-tenant-a-02";
 constexpr const char* kKeyB = "sk-cache-tenant-b-01";
 constexpr const char* kAdmin = "admin-key-cache-0123456789abcdef";
 
-template <class F>
-bool eventually(F pred, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
+using bw::testing::eventually;
 
 std::string sim_yaml() {
   return R"(sim:

@@ -33,22 +33,7 @@ constexpr const char* kChat = "/v1/chat/completions";
 // --- small helpers -----------------------------------------------------------------------------
 
 // The flat JSON object of `body` that contains `needle` (admin list responses hold flat objects).
-std::string object_with(const std::string& body, const std::string& needle) {
-  auto at = body.find(needle);
-  if (at == std::string::npos) return {};
-  auto open = body.rfind('{', at);
-  auto close = body.find('}', at);
-  if (open == std::string::npos || close == std::string::npos) return {};
-  return body.substr(open, close - open + 1);
-}
-
 // A number field of a flat JSON object; NaN when missing.
-double num(const std::string& obj, const std::string& field) {
-  auto at = obj.find("\"" + field + "\":");
-  if (at == std::string::npos) return std::nan("");
-  return std::strtod(obj.c_str() + at + field.size() + 3, nullptr);
-}
-
 std::string str_field(const std::string& obj, const std::string& field) {
   auto at = obj.find("\"" + field + "\":\"");
   if (at == std::string::npos) return {};

@@ -429,4 +429,19 @@ Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env
   return g;
 }
 
+std::string object_with(const std::string& body, const std::string& needle) {
+  auto at = body.find(needle);
+  if (at == std::string::npos) return {};
+  auto open = body.rfind('{', at);
+  auto close = body.find('}', at);
+  if (open == std::string::npos || close == std::string::npos) return {};
+  return body.substr(open, close - open + 1);
+}
+
+double num(const std::string& obj, const std::string& field) {
+  auto at = obj.find("\"" + field + "\":");
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(obj.c_str() + at + field.size() + 3, nullptr);
+}
+
 }  // namespace bw::test

@@ -94,6 +94,12 @@ std::size_t count(const std::string& hay, const std::string& needle);
 // NaN when the series is missing.
 double metric(const std::string& text, const std::string& series);
 
+// JSON reading for assertions, without a parser: the innermost object around the first
+// occurrence of `needle` (no nested braces inside it), and the number after `"field":` (NaN when
+// there is none).
+std::string object_with(const std::string& body, const std::string& needle);
+double num(const std::string& obj, const std::string& field);
+
 // Starts `bellwether sim` with the given YAML; returns its port.
 struct Sim {
   Process proc;

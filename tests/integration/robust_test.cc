@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
@@ -28,34 +29,11 @@ constexpr const char* kOpenKey = "sk-robust-open-0001";      // no budget
 constexpr const char* kBudgetKey = "sk-robust-budget-0001";  // cap below
 constexpr double kCapUsd = 0.05;
 
-std::string object_with(const std::string& body, const std::string& needle) {
-  auto at = body.find(needle);
-  if (at == std::string::npos) return {};
-  auto open = body.rfind('{', at);
-  auto close = body.find('}', at);
-  if (open == std::string::npos || close == std::string::npos) return {};
-  return body.substr(open, close - open + 1);
-}
-
-double num(const std::string& obj, const std::string& field) {
-  auto at = obj.find("\"" + field + "\":");
-  if (at == std::string::npos) return std::nan("");
-  return std::strtod(obj.c_str() + at + field.size() + 3, nullptr);
-}
-
 HttpResponse admin(int port, const std::string& method, const std::string& path) {
   return request(port, method, path, "", {{"Authorization", std::string("Bearer ") + kAdmin}});
 }
 
-template <class F>
-bool eventually(F pred, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
+using bw::testing::eventually;
 
 // Strict UTF-8 check (RFC 3629).
 bool valid_utf8(const std::string& s) {
@@ -189,17 +167,18 @@ TEST(BudgetBypass, NChoicesAreReserved) {
 TEST(BudgetBypass, ImagesAreReservedInEveryApi) {
   std::string blocks, parts;
   for (int i = 0; i < 25; ++i) {
-    blocks += std::string(i ? "," : "") +
-              R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}})";
+    blocks +=
+        std::string(i ? "," : "") +
+        R"({"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}})";
     parts += std::string(i ? "," : "") +
              R"({"type":"input_image","image_url":"data:image/png;base64,AAAA"})";
   }
   {
     auto e = start_env();
-    attack_until_refused(e,
-                         R"({"model":"m","max_tokens":1,"messages":[{"role":"user","content":[)" +
-                             blocks + "]}]}",
-                         5, "25 images, Messages", "/v1/messages");
+    attack_until_refused(
+        e,
+        R"({"model":"m","max_tokens":1,"messages":[{"role":"user","content":[)" + blocks + "]}]}",
+        5, "25 images, Messages", "/v1/messages");
   }
   {
     auto e = start_env();

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
@@ -28,30 +29,7 @@ constexpr double kCapUsd = 0.05;
 // Prices of every model below, USD per 1M tokens (= micro-USD per token).
 constexpr double kInput = 1, kOutput = 10, kCacheRead = 0.1, kCacheWrite = 1.25;
 
-double num(const std::string& obj, const std::string& field) {
-  auto at = obj.find("\"" + field + "\":");
-  if (at == std::string::npos) return std::nan("");
-  return std::strtod(obj.c_str() + at + field.size() + 3, nullptr);
-}
-
-std::string object_with(const std::string& body, const std::string& needle) {
-  auto at = body.find(needle);
-  if (at == std::string::npos) return {};
-  auto open = body.rfind('{', at);
-  auto close = body.find('}', at);
-  if (open == std::string::npos || close == std::string::npos) return {};
-  return body.substr(open, close - open + 1);
-}
-
-template <class F>
-bool eventually(F pred, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-  auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
+using bw::testing::eventually;
 
 // The models: "a..." are served by an Anthropic provider, "g..." by a Gemini one; the suffix
 // selects the upstream's behaviour (billing_upstream.py).
