@@ -139,12 +139,7 @@ void read_openai_usage(dom::element u, const OpenAiUsageNames& names, Usage& out
 }
 
 void read_chat_usage(dom::element u, Usage& out) {
-  read_openai_usage(u,
-                    {.input = "prompt_tokens",
-                     .output = "completion_tokens",
-                     .input_details = "prompt_tokens_details",
-                     .output_details = "completion_tokens_details"},
-                    out);
+  read_openai_usage(u, kChatUsageNames, out);
 }
 
 Usage read_chat_usage(std::string_view usage_json) {

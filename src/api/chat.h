@@ -23,16 +23,20 @@ std::string encode_chat_request(const Request& r, std::string_view model, std::i
 Result<Response> decode_chat_response(std::string_view body);
 std::string encode_chat_response(const Response& r, std::string_view model);
 Usage read_chat_usage(std::string_view usage_json);
-// Reads a chat `usage` object into `out` (the last of duplicate members): prompt and completion
-// tokens must both be counts, or the usage is unreadable (canonical.h). Billing reads it too.
-void read_chat_usage(simdjson::dom::element usage, Usage& out);
-// The same for either of OpenAI's usage shapes (chat: prompt/completion, Responses: input/output):
-// both counts must be there, cached input and reasoning sit in the details objects.
+// Reads one of OpenAI's usage objects (chat: prompt/completion, Responses: input/output) into
+// `out` (the last of duplicate members): both counts must be there as counts, or the usage is
+// unreadable (canonical.h); cached input and reasoning sit in the details objects.
 struct OpenAiUsageNames {
   std::string_view input, output, input_details, output_details;
   bool output_always = true;  // false for embeddings, whose usage has no output count
 };
+inline constexpr OpenAiUsageNames kChatUsageNames{.input = "prompt_tokens",
+                                                  .output = "completion_tokens",
+                                                  .input_details = "prompt_tokens_details",
+                                                  .output_details = "completion_tokens_details"};
 void read_openai_usage(simdjson::dom::element usage, const OpenAiUsageNames& names, Usage& out);
+// read_openai_usage with kChatUsageNames. Billing reads it too.
+void read_chat_usage(simdjson::dom::element usage, Usage& out);
 
 std::unique_ptr<StreamDecoder> make_chat_stream_decoder();
 // include_usage: the client asked for the usage chunk (stream_options.include_usage).

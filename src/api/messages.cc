@@ -551,12 +551,11 @@ Result<Response> decode_messages_response(std::string_view body) {
   dom::element u;
   if (json::member(doc, "usage").get(u) == simdjson::SUCCESS) {
     read_usage(u, r.usage);
-    // A whole message's usage always has both sides: one left out is not a zero.
-    bool missing = false;
-    json::token_count(json::member(u, "input_tokens"), &missing);
-    bool missing_output = false;
-    json::token_count(json::member(u, "output_tokens"), &missing_output);
-    if (r.usage.present && (missing || missing_output)) r.usage.unreadable = true;
+    // A whole message's usage always has both sides: one left out is not a zero (a null one is
+    // unreadable already).
+    if (r.usage.present && (!json::has(u, "input_tokens") || !json::has(u, "output_tokens"))) {
+      r.usage.unreadable = true;
+    }
   }
   return r;
 }

@@ -57,8 +57,6 @@ void note_usage_missing(Ctx& c, providers::Usage estimate) {
     estimate.completion_tokens = std::min(
         estimate.completion_tokens, providers::completion_reservation(c.llm, c.forced_max_tokens));
   }
-  estimate.present = false;
-  estimate.unreadable = false;
   c.usage = estimate;
   c.sh.metrics->usage_missing.with({c.route_model}).inc();
   spdlog::warn(
@@ -66,6 +64,26 @@ void note_usage_missing(Ctx& c, providers::Usage estimate) {
       "{} prompt + {} completion tokens",
       c.request_id, c.route_model, unreadable ? "usage that cannot be read" : "no usage",
       estimate.prompt_tokens, estimate.completion_tokens);
+}
+
+// Output tokens a stream relayed: a token per text chunk, or 4 bytes a token, whichever is more.
+std::int64_t relayed_tokens(std::size_t text_chunks, std::size_t text_chars) {
+  return std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
+                                static_cast<std::int64_t>((text_chars + 3) / 4));
+}
+
+// A stream that ended without usable usage is charged its prompt estimate and what it relayed.
+// An abandoned or broken one is charged that as it is; a complete one never reported usage that
+// can be billed (although it was asked to), which is counted and logged (note_usage_missing).
+void charge_relayed(Ctx& c, std::int64_t relayed, bool complete) {
+  providers::Usage u;
+  u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
+  u.completion_tokens = relayed;
+  if (complete) {
+    note_usage_missing(c, u);
+  } else {
+    c.usage = u;
+  }
 }
 
 const std::string& target_for(const Deployment& d, Endpoint e) {
@@ -285,17 +303,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.usage.usable()) {
-    // An abandoned or broken stream is charged for what was generated up to that point; a
-    // complete one that never reported usage (although it was asked to) the same way.
-    providers::Usage u;
-    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    u.completion_tokens = std::max<std::int64_t>(static_cast<std::int64_t>(text_chunks),
-                                                 static_cast<std::int64_t>((text_chars + 3) / 4));
-    if (saw_done && !c.cancelled) {
-      note_usage_missing(c, u);
-    } else {
-      c.usage = u;
-    }
+    charge_relayed(c, relayed_tokens(text_chunks, text_chars), saw_done && !c.cancelled);
   }
   if (!c.cancelled && !ended) co_await c.w.end_stream();
 }
@@ -474,25 +482,13 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
   c.usage = tr.usage();
-  const auto relayed = std::max<std::int64_t>(static_cast<std::int64_t>(tr.text_chunks()),
-                                              static_cast<std::int64_t>((tr.text_chars() + 3) / 4));
+  const std::int64_t relayed = relayed_tokens(tr.text_chunks(), tr.text_chars());
   if (c.usage.usable() && !complete) {
     // A stream that broke before its end: the usage read so far is the input side (Anthropic's
     // message_start) or a running total, not what was generated. What was relayed was.
     c.usage.completion_tokens = std::max(c.usage.completion_tokens, relayed);
   }
-  if (!c.usage.usable()) {
-    // As for a stream passed through: what was generated, and a complete stream that never
-    // reported usable usage is counted as such.
-    providers::Usage u;
-    u.prompt_tokens = providers::estimate_prompt_tokens(c.llm);
-    u.completion_tokens = relayed;
-    if (complete) {
-      note_usage_missing(c, u);
-    } else {
-      c.usage = u;
-    }
-  }
+  if (!c.usage.usable()) charge_relayed(c, relayed, complete);
   if (!c.cancelled) co_await c.w.end_stream();
 }
 

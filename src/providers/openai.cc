@@ -594,13 +594,9 @@ Usage extract_usage(std::string_view body, Endpoint endpoint) {
   if (parser().parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS) return u;
   simdjson::dom::element usage;
   if (api::json::member(doc, "usage").get(usage) == simdjson::SUCCESS) {
-    api::read_openai_usage(usage,
-                           {.input = "prompt_tokens",
-                            .output = "completion_tokens",
-                            .input_details = "prompt_tokens_details",
-                            .output_details = "completion_tokens_details",
-                            .output_always = endpoint != Endpoint::kEmbeddings},
-                           u);
+    api::OpenAiUsageNames names = api::kChatUsageNames;
+    names.output_always = endpoint != Endpoint::kEmbeddings;
+    api::read_openai_usage(usage, names, u);
   }
   return u;
 }
