@@ -30,6 +30,17 @@ constexpr const char* kE = "sk-owner-solo-e-0005";
 // Well-formed, and stored by nobody.
 constexpr const char* kUnknownId = "resp_0123456789abcdefghijklmn";
 
+// The five keys, each on the plan "bare".
+std::string keys_yaml() {
+  std::string y = "keys:\n";
+  y += std::string("  - {name: a, key: ") + kA + ", tenant: acme, plan: bare}\n";
+  y += std::string("  - {name: b, key: ") + kB + ", tenant: globex, plan: bare}\n";
+  y += std::string("  - {name: c, key: ") + kC + ", tenant: acme, plan: bare}\n";
+  y += std::string("  - {name: d, key: ") + kD + ", plan: bare}\n";
+  y += std::string("  - {name: e, key: ") + kE + ", plan: bare}\n";
+  return y;
+}
+
 std::string gateway_yaml(int sim_port, const std::string& redis_url) {
   std::string y = R"(workers: 1
 providers:
@@ -44,18 +55,7 @@ model_groups:
   claude-shared-cache:
     deployments: [{provider: an, model: up-a}]
     cache: {mode: exact, scope: global}
-keys:
-  - {name: a, key: )" +
-       std::string(kA) + R"(, tenant: acme, plan: bare}
-  - {name: b, key: )" +
-       std::string(kB) + R"(, tenant: globex, plan: bare}
-  - {name: c, key: )" +
-       std::string(kC) + R"(, tenant: acme, plan: bare}
-  - {name: d, key: )" +
-       std::string(kD) + R"(, plan: bare}
-  - {name: e, key: )" +
-       std::string(kE) + R"(, plan: bare}
-)";
+)" + keys_yaml();
   return y;
 }
 
@@ -247,18 +247,7 @@ model_groups:
   gpt-shared-cache:
     deployments: [{provider: oa, model: up-o}]
     cache: {mode: exact, scope: global}
-keys:
-  - {name: a, key: )" +
-       std::string(kA) + R"(, tenant: acme, plan: bare}
-  - {name: b, key: )" +
-       std::string(kB) + R"(, tenant: globex, plan: bare}
-  - {name: c, key: )" +
-       std::string(kC) + R"(, tenant: acme, plan: bare}
-  - {name: d, key: )" +
-       std::string(kD) + R"(, plan: bare}
-  - {name: e, key: )" +
-       std::string(kE) + R"(, plan: bare}
-)";
+)" + keys_yaml();
   return y;
 }
 
