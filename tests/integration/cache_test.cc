@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <latch>
 #include <optional>
 #include <thread>
 
@@ -535,16 +534,7 @@ TEST(Cache, ConcurrentIdenticalMissesGoUpstreamOnce) {
   auto e = start();
   const auto body = chat_body("slow", false, 0, "single flight");
   constexpr int kN = 6;
-  std::vector<HttpResponse> out(kN);
-  std::latch go(kN);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kN; ++i) {
-    threads.emplace_back([&, i] {
-      go.arrive_and_wait();
-      out[i] = post(e.gw.port, kChat, body);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto out = at_once(kN, [&](int) { return post(e.gw.port, kChat, body); });
   int misses = 0;
   for (auto& r : out) {
     ASSERT_EQ(r.status, 200);

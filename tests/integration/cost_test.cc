@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <latch>
 #include <map>
 #include <mutex>
 #include <random>
@@ -171,16 +170,8 @@ TEST(CostGuard, ConcurrentRequestsNeverSettleAboveTheCap) {
   constexpr std::int64_t kCap = 1'000'000;
   constexpr int kN = 200;  // reservations of 200 x $0.021 = $4.22 against $1.00
 
-  std::vector<HttpResponse> out(kN);
-  std::latch go(kN);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kN; ++i) {
-    threads.emplace_back([&, i] {
-      go.arrive_and_wait();
-      out[i] = post_json(e.gw.port, kChat, body, "sk-cost-conc-0001");
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto out =
+      at_once(kN, [&](int) { return post_json(e.gw.port, kChat, body, "sk-cost-conc-0001"); });
 
   int ok = 0, refused = 0, other = 0;
   for (const auto& r : out) {
@@ -350,16 +341,8 @@ TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurren
   constexpr std::int64_t kCap = 250'000;
   constexpr int kN = 40;  // at the requested price all 40 fit (8,840); at the answering one 8
 
-  std::vector<HttpResponse> out(kN);
-  std::latch go(kN);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kN; ++i) {
-    threads.emplace_back([&, i] {
-      go.arrive_and_wait();
-      out[i] = post_json(e.gw.port, kChat, body, "sk-cost-fbcap-0001");
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto out =
+      at_once(kN, [&](int) { return post_json(e.gw.port, kChat, body, "sk-cost-fbcap-0001"); });
   int ok = 0, refused = 0, over_limit = 0;
   std::string an_answer;
   for (const auto& r : out) {

@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <latch>
 #include <optional>
 #include <thread>
 
@@ -252,16 +251,8 @@ struct Burst {
 };
 
 Burst burst(Fleet& f, const std::string& key, int n) {
-  std::vector<HttpResponse> out(n);
-  std::latch go(n);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      go.arrive_and_wait();
-      out[i] = post_json(f.gws[i % f.gws.size()].port, kChat, kBigBody, key);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto out = at_once(
+      n, [&](int i) { return post_json(f.gws[i % f.gws.size()].port, kChat, kBigBody, key); });
   Burst b;
   for (const auto& r : out) {
     if (r.status == 200) {

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <latch>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -427,6 +428,20 @@ Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env
     throw std::runtime_error("gateway did not start: " + g.proc.stderr_text());
   }
   return g;
+}
+
+std::vector<HttpResponse> at_once(int n, const std::function<HttpResponse(int)>& call) {
+  std::vector<HttpResponse> out(static_cast<std::size_t>(n));
+  std::latch go(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      out[static_cast<std::size_t>(i)] = call(i);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
 }
 
 std::string object_with(const std::string& body, const std::string& needle) {

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -93,6 +94,9 @@ std::size_t count(const std::string& hay, const std::string& needle);
 // The value of one series in Prometheus text (`name` or `name{label="v"}`, exactly as exposed);
 // NaN when the series is missing.
 double metric(const std::string& text, const std::string& series);
+
+// Sends `n` requests at once: `call(i)` on n threads released together; the answers in order.
+std::vector<HttpResponse> at_once(int n, const std::function<HttpResponse(int)>& call);
 
 // JSON reading for assertions, without a parser: the innermost object around the first
 // occurrence of `needle` (no nested braces inside it), and the number after `"field":` (NaN when
