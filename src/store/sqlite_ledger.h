@@ -49,6 +49,7 @@ class SqliteLedger final : public QueuedLedger {
   // Checkpoints run so far (PASSIVE and RESTART).
   std::uint64_t checkpoints() const { return checkpoints_.load(std::memory_order_relaxed); }
 
+  bool supports_leases() const override { return true; }
   Result<std::vector<cost::LedgerRow>> open_reservations() override;
   Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t since_unix_ms) override;
   Result<std::optional<cost::LedgerRow>> find(const std::string& request_id) override;
@@ -64,6 +65,7 @@ class SqliteLedger final : public QueuedLedger {
   void stop_checkpointer();
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
+  Result<Ok> write_covered(const cost::LedgerCovered& record);
   // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
   Result<Ok> step_once(Statement& st, std::string_view what);
   Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
@@ -72,6 +74,10 @@ class SqliteLedger final : public QueuedLedger {
   SqliteDb writer_db_;  // writer thread only
   Statement insert_st_;
   Statement settle_st_;
+  Statement insert_closed_st_;
+  Statement lower_lease_st_;
+  Statement fold_lease_st_;
+  Statement close_lease_st_;
   Statement begin_st_;
   Statement commit_st_;
 
