@@ -11,11 +11,11 @@ namespace detail {
 struct Lease {
   std::string id;
   std::string set_key;
-  Reservation hold;          // in the BudgetManager: the lease row's reserved amount
-  Micros claimed = 0;        // shares of the covered requests in flight
-  int in_flight = 0;         // covered requests not yet settled or released
-  bool retired = false;      // takes no new request (replaced, or its periods ended)
-  bool closed = false;       // its row is closed (or it is stuck)
+  Reservation hold;      // in the BudgetManager: the lease row's reserved amount
+  Micros claimed = 0;    // shares of the covered requests in flight
+  int in_flight = 0;     // covered requests not yet settled or released
+  bool retired = false;  // takes no new request (replaced, or its periods ended)
+  bool closed = false;   // its row is closed (or it is stuck)
   std::int64_t valid_until = kForeverUnixMs;
 
   Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
@@ -128,7 +128,8 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
   }
   ++st->plain;
   // Several requests of the set at once: a lease pays (one is opened at a time).
-  if (options_.enabled && !st->opening && st->plain + (st->current ? st->current->in_flight : 0) >= 2) {
+  if (options_.enabled && !st->opening &&
+      st->plain + (st->current ? st->current->in_flight : 0) >= 2) {
     st->opening = true;
     return Begin::kOpen;
   }

@@ -245,8 +245,8 @@ Result<Ok> Gateway::start_budgets(const config::Config& cfg,
     // Leases need the in-process budgets and a ledger that takes them (SQLite); with budgets
     // in Redis or the PostgreSQL ledger every request keeps its own reservation row.
     if (cfg.budget_lease.enabled && shared_->ledger && shared_->ledger->supports_leases()) {
-      shared_->leases = std::make_unique<cost::LeaseBook>(*shared_->budgets, *shared_->ledger,
-                                                          cfg.budget_lease);
+      shared_->leases =
+          std::make_unique<cost::LeaseBook>(*shared_->budgets, *shared_->ledger, cfg.budget_lease);
     }
   }
   return Ok{};

@@ -37,8 +37,8 @@ asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
       [&](auto handler) {
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        const bool ok = append(
-            [h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); });
+        const bool ok =
+            append([h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); });
         if (ok) {
           kick_after_round(ledger, ex);
         } else {

@@ -44,22 +44,19 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
       " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
       " settled_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
   if (!ins_closed.ok()) return ins_closed.error();
-  auto lower = Statement::prepare(
-      ledger->writer_db_,
-      "UPDATE ledger SET reserved_micro = MAX(reserved_micro - ?2, 0)"
-      " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  auto lower = Statement::prepare(ledger->writer_db_,
+                                  "UPDATE ledger SET reserved_micro = MAX(reserved_micro - ?2, 0)"
+                                  " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
   if (!lower.ok()) return lower.error();
   // A covered row that cannot be written under its request id (a client reused an id): its
   // spend stays in the lease row, which keeps it reserved while open and settles it at close.
-  auto fold = Statement::prepare(
-      ledger->writer_db_,
-      "UPDATE ledger SET actual_micro = actual_micro + ?2"
-      " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  auto fold = Statement::prepare(ledger->writer_db_,
+                                 "UPDATE ledger SET actual_micro = actual_micro + ?2"
+                                 " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
   if (!fold.ok()) return fold.error();
-  auto close = Statement::prepare(
-      ledger->writer_db_,
-      "UPDATE ledger SET status = 'settled', settled_unix_ms = ?2"
-      " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  auto close = Statement::prepare(ledger->writer_db_,
+                                  "UPDATE ledger SET status = 'settled', settled_unix_ms = ?2"
+                                  " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
   if (!close.ok()) return close.error();
   auto upd = Statement::prepare(
       ledger->writer_db_,
@@ -310,7 +307,8 @@ Result<std::vector<cost::SpendReportRow>> SqliteLedger::spend_report(cost::Spend
   const std::string sql =
       std::string("SELECT ") +
       spend_group_expr(group, "strftime('%Y-%m-%d', created_unix_ms / 1000, 'unixepoch')") +
-      " AS g, COUNT(*) - SUM(lease), SUM(CASE WHEN status = 'settled' THEN actual_micro ELSE 0 END),"
+      " AS g, COUNT(*) - SUM(lease), SUM(CASE WHEN status = 'settled' THEN actual_micro ELSE 0 "
+      "END),"
       " SUM(CASE WHEN status = 'open' THEN reserved_micro ELSE 0 END), SUM(prompt_tokens),"
       " SUM(completion_tokens) FROM ledger WHERE created_unix_ms >= ?1 AND created_unix_ms < ?2"
       " GROUP BY g ORDER BY g";
