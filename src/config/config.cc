@@ -877,6 +877,7 @@ void read_global_budgets(Reader& top, Config& cfg) {
   lease.get("slice_usd", slice_usd, 0.000001, 1e6);
   cfg.budget_lease.slice_micro = cost::usd_to_micros(slice_usd);
   lease.get("min_requests", cfg.budget_lease.min_requests, 2, 1'000'000);
+  lease.get("idle_ms", cfg.budget_lease.idle_close_ms, 0, 60'000);
   lease.finish();
   b.finish();
 }

@@ -11,11 +11,12 @@ namespace detail {
 struct Lease {
   std::string id;
   std::string set_key;
-  Reservation hold;      // in the BudgetManager: the lease row's reserved amount
-  Micros claimed = 0;    // shares of the covered requests in flight
-  int in_flight = 0;     // covered requests not yet settled or released
-  bool retired = false;  // takes no new request (replaced, or its periods ended)
-  bool closed = false;   // its row is closed (or it is stuck)
+  Reservation hold;              // in the BudgetManager: the lease row's reserved amount
+  Micros claimed = 0;            // shares of the covered requests in flight
+  int in_flight = 0;             // covered requests not yet settled or released
+  bool retired = false;          // takes no new request (replaced, or its periods ended)
+  bool closed = false;           // its row is closed (or it is stuck)
+  std::int64_t quiet_since = 0;  // when in_flight last went to 0
   std::int64_t valid_until = kForeverUnixMs;
 
   Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
@@ -228,25 +229,53 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, Ledge
     drop_set_if_idle(lease->set_key);
     return out;
   }
-  maybe_close(lease, now_unix_ms);
+  out.quiet = maybe_close(lease, now_unix_ms);
   return out;
 }
 
-void LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
-  if (!claim.lease_) return;
+bool LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
+  if (!claim.lease_) return false;
   auto lease = std::move(claim.lease_);
   const Micros share = claim.amount_;
   claim.lease_.reset();
   claim.amount_ = 0;
   std::lock_guard lock(mu_);
   give_back(*lease, share);
-  maybe_close(lease, now_unix_ms);
+  return maybe_close(lease, now_unix_ms);
 }
 
-// Under mu_. A lease with no covered request in flight closes: its row first (nothing is owed
-// on it any more: every covered request's row is queued before this), then the hold.
-void LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
-  if (lease->closed || lease->in_flight > 0) return;
+bool LeaseBook::close_idle(std::int64_t now_unix_ms) {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Lease>> due;
+  bool waiting = false;
+  for (const auto& [key, st] : sets_) {
+    const auto& lease = st->current;
+    if (!lease || lease->closed || lease->in_flight > 0) continue;
+    if (now_unix_ms - lease->quiet_since >= options_.idle_close_ms) {
+      due.push_back(lease);
+    } else {
+      waiting = true;
+    }
+  }
+  for (const auto& lease : due) close(lease, now_unix_ms);
+  return waiting;
+}
+
+// Under mu_. A retired lease with no covered request in flight closes now; the current one of
+// its set waits idle_close_ms for the next request (close_idle).
+bool LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  if (lease->closed || lease->in_flight > 0) return false;
+  if (!lease->retired && options_.idle_close_ms > 0) {
+    lease->quiet_since = now_unix_ms;
+    return true;
+  }
+  close(lease, now_unix_ms);
+  return false;
+}
+
+// Under mu_. The row first (nothing is owed on it any more: every covered request's row is
+// queued before this), then the hold.
+void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
   lease->closed = true;
   --stats_.open_now;
   auto it = sets_.find(lease->set_key);

@@ -14,8 +14,10 @@
 //    transaction (Ledger::append_covered), so settled + open reservations never move up;
 //  - after a crash the open lease row counts at its reserved amount, like any open reservation:
 //    it covers what its requests in flight may have cost.
-//  - The lease closes as soon as it has no covered request in flight: its row is closed first
-//    (status settled, nothing billed on it), then the rest of the hold is released.
+//  - A lease closes once it has had no covered request in flight for idle_close_ms (close_idle(),
+//    which the gateway runs from a timer), or at once when it was replaced or its period ended:
+//    its row is closed first (status settled, nothing billed on it), then the rest of the hold
+//    is released.
 //
 // Every ledger append happens under the book's mutex, so the ledger sees a lease's records in the
 // order the book made them (a covered row always before the close of its lease). Appends never
@@ -42,6 +44,10 @@ struct LeaseOptions {
   Micros slice_micro = 1'000'000;
   // A lease is only worth its two rows when it can cover at least this many requests.
   int min_requests = 2;
+  // How long a lease without a covered request in flight stays open for the next one; 0 closes
+  // it at once. Under load a set is quiet for microseconds at a time, and a lease closed then
+  // is reopened (two more rows and a ledger wait) by the next request.
+  std::int64_t idle_close_ms = 20;
 };
 
 // What identifies a budget set, and what its lease row names.
@@ -120,6 +126,7 @@ class LeaseBook {
   struct Settled {
     SettleOutcome outcome;  // overshoot: actual above the request's share
     bool queued = false;    // the covered row reached the ledger's queue
+    bool quiet = false;     // its lease has no request in flight now: run close_idle() later
   };
   // Charges `row.actual_micro` (or nothing for kReleased) to the lease, appends the covered row
   // with `done` (Wake::kDeferred: the caller kicks) and closes the lease if it went quiet.
@@ -127,14 +134,20 @@ class LeaseBook {
                  std::int64_t now_unix_ms);
   // A covered request that ended without a row (nothing billed, nothing to show): its share
   // goes back to the lease, which closes if it went quiet.
-  void release(LeaseClaim& claim, std::int64_t now_unix_ms);
+  bool release(LeaseClaim& claim, std::int64_t now_unix_ms);
+  // Closes the leases that have been quiet for idle_close_ms (their close rows are queued with
+  // Wake::kDeferred: kick the ledger). True while a quiet lease remains open (call again later).
+  bool close_idle(std::int64_t now_unix_ms);
 
   LeaseStats stats() const;
   const LeaseOptions& options() const { return options_; }
 
  private:
   void give_back(detail::Lease& lease, Micros amount);
-  void maybe_close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
+  // Closes a quiet lease that is retired (or when leases close at once); returns true when it
+  // stays open quiet.
+  bool maybe_close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
+  void close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
   void drop_set_if_idle(const std::string& key);
 
   BudgetManager& budgets_;

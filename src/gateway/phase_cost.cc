@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <ctime>
 
 #include "gateway/phases.h"
@@ -142,6 +143,23 @@ cost::Micros worst_case(Ctx& c, const AnswerChain& chain) {
   return worst;
 }
 
+// A lease went quiet: close it if it stays quiet for the idle time (one timer per worker at a
+// time, re-armed while a quiet lease is left waiting).
+void close_leases_later(Shared& sh, const asio::any_io_executor& ex) {
+  thread_local bool armed = false;
+  if (armed || !sh.leases) return;
+  armed = true;
+  auto timer = std::make_shared<asio::steady_timer>(
+      ex, std::chrono::milliseconds(sh.leases->options().idle_close_ms));
+  timer->async_wait([timer, &sh, ex](const boost::system::error_code& ec) {
+    armed = false;
+    if (ec || !sh.leases) return;
+    const bool waiting = sh.leases->close_idle(sh.clock.unix_millis());
+    sh.ledger->kick();
+    if (waiting) close_leases_later(sh, ex);
+  });
+}
+
 // The request no longer counts among its budget set's requests in flight (lease.h).
 void leave_lease_set(Ctx& c) {
   if (c.lease_set.empty()) return;
@@ -214,6 +232,7 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
     committed = out.queued;
     if (out.queued) kick_after_round(*sh.ledger, co_await asio::this_coro::executor);
   }
+  if (out.quiet) close_leases_later(sh, co_await asio::this_coro::executor);
   if (!committed) {
     spdlog::error(
         "ledger: the row of {} (covered by a budget lease) was not recorded; its lease stays "

@@ -165,6 +165,7 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   if (const auto* c = std::get_if<cost::LedgerCovered>(&record)) return write_covered(*c);
   const auto& s = std::get<cost::LedgerSettlement>(record);
   if (s.lease) {
+    if (auto f = flush_lease_lowering(); !f.ok()) return f;
     close_lease_st_.reset();
     close_lease_st_.bind_static(1, s.request_id).bind(2, s.settled_unix_ms);
     const int rc = close_lease_st_.step();
@@ -208,21 +209,43 @@ Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
       .bind(12, c.settled_unix_ms);
   int rc = insert_closed_st_.step();
   insert_closed_st_.reset();
-  Statement* lease_st = &lower_lease_st_;
   if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-    lease_st = &fold_lease_st_;
-  } else if (rc != SQLITE_DONE) {
-    return db_error("ledger insert", writer_db_.last_error());
+    if (actual == 0) return Ok{};
+    fold_lease_st_.reset();
+    fold_lease_st_.bind_static(1, c.lease_id).bind(2, actual);
+    rc = fold_lease_st_.step();
+    fold_lease_st_.reset();
+    if (rc != SQLITE_DONE) return db_error("ledger lease", writer_db_.last_error());
+    return Ok{};
   }
-  if (actual == 0) return Ok{};
-  lease_st->reset();
-  lease_st->bind_static(1, c.lease_id).bind(2, actual);
-  rc = lease_st->step();
-  lease_st->reset();
-  if (rc != SQLITE_DONE) return db_error("ledger lease", writer_db_.last_error());
-  // The lease closes only after its last covered row; an unknown lease is a bug, and the row
-  // written above keeps the spend either way.
-  if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(c.lease_id);
+  if (rc != SQLITE_DONE) return db_error("ledger insert", writer_db_.last_error());
+  // The lease row is lowered once per lease and transaction (flush_lease_lowering), before the
+  // commit and before a close of a lease: the same sums at the commit, one UPDATE for them all.
+  if (actual > 0) {
+    auto it = std::find_if(lowering_.begin(), lowering_.end(),
+                           [&](const auto& p) { return p.first == c.lease_id; });
+    if (it == lowering_.end()) {
+      lowering_.emplace_back(c.lease_id, actual);
+    } else {
+      it->second = cost::sat_add(it->second, actual);
+    }
+  }
+  return Ok{};
+}
+
+Result<Ok> SqliteLedger::flush_lease_lowering() {
+  for (const auto& [lease, amount] : lowering_) {
+    lower_lease_st_.reset();
+    lower_lease_st_.bind_static(1, lease).bind(2, amount);
+    const int rc = lower_lease_st_.step();
+    lower_lease_st_.reset();
+    // A lease that is not open any more has nothing to lower (the rows are written either way).
+    if (rc != SQLITE_DONE) {
+      lowering_.clear();
+      return db_error("ledger lease", writer_db_.last_error());
+    }
+  }
+  lowering_.clear();
   return Ok{};
 }
 
@@ -246,8 +269,10 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
     out.results.assign(batch.size(), begin.error());
     return out;
   }
+  lowering_.clear();
   for (const auto& item : batch) out.results.push_back(write_one(item.record));
-  auto commit = step_once(commit_st_, "commit");
+  auto lowered = flush_lease_lowering();
+  auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());
   if (!commit.ok()) {
     (void)writer_db_.exec("ROLLBACK");
     for (auto& r : out.results) r = commit.error();

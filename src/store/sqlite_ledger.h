@@ -22,6 +22,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "cost/ledger.h"
 #include "store/queued_ledger.h"
@@ -66,6 +68,7 @@ class SqliteLedger final : public QueuedLedger {
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
   Result<Ok> write_covered(const cost::LedgerCovered& record);
+  Result<Ok> flush_lease_lowering();
   // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
   Result<Ok> step_once(Statement& st, std::string_view what);
   Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
@@ -78,6 +81,8 @@ class SqliteLedger final : public QueuedLedger {
   Statement lower_lease_st_;
   Statement fold_lease_st_;
   Statement close_lease_st_;
+  // Lease rows to lower in the current transaction: (lease id, sum of covered actuals).
+  std::vector<std::pair<std::string, cost::Micros>> lowering_;
   Statement begin_st_;
   Statement commit_st_;
 

@@ -126,8 +126,14 @@ class FakeLedger final : public Ledger {
   std::vector<std::pair<Record, LedgerCallback>> queue_;
 };
 
+LeaseOptions closing_at_once() {
+  LeaseOptions o;
+  o.idle_close_ms = 0;
+  return o;
+}
+
 struct Fixture {
-  explicit Fixture(Micros cap, LeaseOptions o = {}) {
+  explicit Fixture(Micros cap, LeaseOptions o = closing_at_once()) {
     o.enabled = true;
     budgets.upsert_budget({kKey, cap, BudgetPeriod::kTotal});
     book = std::make_unique<LeaseBook>(budgets, ledger, o);
@@ -218,7 +224,7 @@ TEST(Lease, ConcurrentRequestsAreCoveredWithoutALedgerRecord) {
 
 TEST(Lease, CoveredSettlementIsPartialAndTheLedgerStaysWithinTheCap) {
   constexpr Micros kCap = 100'000, kW = 10'000;
-  LeaseOptions o;
+  LeaseOptions o = closing_at_once();
   o.slice_micro = 40'000;
   Fixture f(kCap, o);
   LeaseClaim a, b, c;
@@ -276,6 +282,35 @@ TEST(Lease, ReleasedRequestsCloseTheLeaseWhenQuiet) {
   EXPECT_EQ(f.ledger.open_leases(), 0);
 }
 
+TEST(Lease, AQuietLeaseClosesAfterTheIdleTime) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 20;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b, c;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  f.book->end_plain(f.set.key);
+  auto out = f.book->settle(b, f.row("b", 1'000), {}, kJan1);
+  EXPECT_TRUE(out.quiet);
+  // Quiet but not idle long enough: the next request is covered by the same lease.
+  EXPECT_TRUE(f.book->close_idle(kJan1 + 19));
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1 + 19, c), LeaseBook::Begin::kCovered);
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 100)) << "a lease with a request in flight closed";
+  out = f.book->settle(c, f.row("c", 1'000), {}, kJan1 + 30);
+  EXPECT_TRUE(out.quiet);
+  EXPECT_TRUE(f.book->close_idle(kJan1 + 49));
+  EXPECT_GT(f.snap().reserved_micro, 0);
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 50));
+  EXPECT_EQ(f.snap().reserved_micro, 0);
+  EXPECT_EQ(f.snap().spent_micro, 2'000);
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 0);
+  EXPECT_EQ(f.ledger.settled(), 2'000);
+  EXPECT_EQ(f.book->stats().opened, 1u);
+}
+
 TEST(Lease, NearTheCapRequestsTakeTheExactPath) {
   constexpr Micros kW = 10'000;
   Fixture f(35'000);
@@ -296,7 +331,7 @@ TEST(Lease, NearTheCapRequestsTakeTheExactPath) {
 
 TEST(Lease, AFullLeaseSendsRequestsToTheExactPathAndAnotherLeaseMayOpen) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
+  LeaseOptions o = closing_at_once();
   o.slice_micro = 20'000;
   Fixture f(1'000'000, o);
   LeaseClaim a, b, c, d;
@@ -330,7 +365,7 @@ TEST(Lease, ALeaseServesOnlyInsideThePeriodItWasTakenIn) {
   BudgetManager budgets;
   budgets.upsert_budget({kDaily, 1'000'000, BudgetPeriod::kDaily});
   FakeLedger ledger;
-  LeaseOptions o;
+  LeaseOptions o = closing_at_once();
   o.enabled = true;
   LeaseBook book(budgets, ledger, o);
   LeaseSet set{lease_set_key({kDaily}, "k", ""), {kDaily}, "k", ""};
@@ -368,7 +403,7 @@ TEST(Lease, ARefusedLedgerAppendKeepsTheLeaseHeld) {
 
 TEST(Lease, OvershootIsChargedAndReported) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
+  LeaseOptions o = closing_at_once();
   o.slice_micro = 20'000;
   Fixture f(1'000'000, o);
   LeaseClaim a, b;
@@ -390,7 +425,7 @@ TEST(Lease, OvershootIsChargedAndReported) {
 // once everything is committed the ledger and the budget agree exactly.
 TEST(Lease, RandomTrafficKeepsTheLedgerAndTheBudgetInStep) {
   constexpr Micros kCap = 2'000'000;
-  LeaseOptions o;
+  LeaseOptions o = closing_at_once();
   o.slice_micro = 300'000;
   Fixture f(kCap, o);
   std::mt19937 rng(7);

@@ -95,6 +95,7 @@ struct LeasePipeline {
     p.sh.ledger = std::move(l);
     cost::LeaseOptions o;
     o.enabled = true;
+    o.idle_close_ms = 0;  // closes when quiet, without a timer
     p.sh.leases = std::make_unique<cost::LeaseBook>(*p.sh.budgets, *p.sh.ledger, o);
   }
   ~LeasePipeline() { p.sh.leases.reset(); }
