@@ -588,6 +588,12 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
 }
 
 Usage extract_usage(std::string_view body, Endpoint endpoint) {
+  // The usual answer: its usage read by a scan, without a DOM of the whole answer.
+  if (auto scanned = scan_answer_usage(body, endpoint)) return *scanned;
+  return parse_answer_usage(body, endpoint);
+}
+
+Usage parse_answer_usage(std::string_view body, Endpoint endpoint) {
   Usage u;
   simdjson::dom::element doc;
   if (body.empty()) return u;
