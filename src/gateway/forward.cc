@@ -227,6 +227,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   std::string scratch;
   std::size_t text_chars = 0, text_chunks = 0;
   bool saw_done = false, ended = false;
+  providers::ChunkPrefix prefix;  // the start that this stream's events share
   for (;;) {
     auto piece = co_await up.read_some();
     if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
@@ -252,7 +253,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     send.clear();
     while (http::next_event(rest, event)) {
       auto data = http::sse_data(event, scratch);
-      auto info = providers::inspect_chunk(data);
+      auto info = providers::inspect_chunk(data, prefix);
       if (info.done) saw_done = true;
       if (info.has_text) {
         text_chars += info.text_chars;

@@ -61,14 +61,18 @@ class Scanner {
         answer_(answer),
         output_always_(output_always) {}
 
-  bool event(ChunkInfo& info) {
-    ws();
-    if (p_ == end_ || *p_ != '{') return false;
+  // resume: the length of a prefix of the data that an earlier scan took as far as the first
+  // member it reads ("choices" or "usage"): the scan starts there, at that member's key, in the
+  // state the prefix leaves (one object open, no member read). 0: from the start.
+  bool event(ChunkInfo& info, std::size_t resume = 0) {
     bool saw_choices = false, saw_usage = false;
-    const bool ok = members(1, [&](const Str& key) {
+    auto on_member = [&](const Str& key) {
       // A key written with escapes may equal a key the answer reads; a duplicate is read by the
       // parser's rule: both are left to the parser.
       if (key.escaped) return false;
+      const bool reads = key.raw == "choices" || key.raw == "usage";
+      if (reads && checkpoint_ == 0) checkpoint_ = static_cast<std::size_t>(key_at_ - data_.data());
+      if (!reads) return value(2);
       if (key.raw == "choices" && !answer_) {
         if (saw_choices) return false;
         saw_choices = true;
@@ -80,7 +84,16 @@ class Scanner {
         if (*p_ == '{') return read_usage_ && usage(2, info.usage);
       }
       return value(2);
-    });
+    };
+    bool ok = false;
+    if (resume > 0) {
+      p_ += resume;
+      ok = members(1, on_member, true);
+    } else {
+      ws();
+      if (p_ == end_ || *p_ != '{') return false;
+      ok = members(1, on_member);
+    }
     if (!ok) return false;
     // parse_chunk's rule: usage alone when "choices" is an empty array.
     if (info.usage.present) info.usage_only = choices_array_ && choices_ == 0;
@@ -107,18 +120,22 @@ class Scanner {
     }
   }
 
-  // At '{'. on_member(key) reads the value, which starts at p_.
+  // At '{'. on_member(key) reads the value, which starts at p_. resumed: p_ is already at a key
+  // (event()'s resume).
   template <typename OnMember>
-  bool members(int depth, OnMember&& on_member) {
+  bool members(int depth, OnMember&& on_member, bool resumed = false) {
     if (depth > kMaxScanDepth) return false;
-    ++p_;
-    ws();
-    if (p_ != end_ && *p_ == '}') {
+    if (!resumed) {
       ++p_;
-      return true;
+      ws();
+      if (p_ != end_ && *p_ == '}') {
+        ++p_;
+        return true;
+      }
     }
     for (;;) {
       if (p_ == end_ || *p_ != '"') return false;
+      if (depth == 1) key_at_ = p_;
       Str key;
       if (!string(key)) return false;
       ws();
@@ -465,10 +482,17 @@ class Scanner {
 
   std::string_view data_;
   const char* p_;
+  const char* key_at_ = nullptr;  // the opening quote of the top-level key being read
   const char* end_;
-  std::uint64_t high_ = 0;      // nonzero: a string had a non-ASCII byte
-  bool read_usage_ = false;     // a usage object is read here, not left to the parse
-  bool answer_ = false;         // a buffered answer: only its usage is read
+  std::uint64_t high_ = 0;   // nonzero: a string had a non-ASCII byte
+  bool read_usage_ = false;  // a usage object is read here, not left to the parse
+  bool answer_ = false;      // a buffered answer: only its usage is read
+
+ public:
+  // Where the first top-level member the scan reads began (0: none was met).
+  std::size_t checkpoint_ = 0;
+
+ private:
   bool output_always_ = true;   // the usage must have a completion count
   bool choices_array_ = false;  // the top-level "choices" is an array
   std::size_t choices_ = 0;     // of that many elements
@@ -491,6 +515,26 @@ std::optional<ChunkInfo> scan_chunk(std::string_view data) {
 
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data) {
   return scan(data, true);
+}
+
+std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix) {
+  if (data.empty() || data.size() > kMaxScanBytes) return std::nullopt;
+  const std::string& known = prefix.bytes;
+  const bool resume = !known.empty() && data.size() > known.size() &&
+                      std::memcmp(data.data(), known.data(), known.size()) == 0;
+  ChunkInfo info;
+  Scanner scanner(data, true);
+  if (!scanner.event(info, resume ? known.size() : 0)) return std::nullopt;
+  // A new prefix is kept when it is plain ASCII (so that the rest of an event decides alone
+  // whether the event needs a UTF-8 check).
+  const std::size_t at = scanner.checkpoint_;
+  if (!resume && at > 0 && at <= ChunkPrefix::kMaxBytes) {
+    bool ascii = true;
+    for (std::size_t i = 0; i < at; ++i)
+      ascii = ascii && static_cast<unsigned char>(data[i]) < 0x80;
+    if (ascii) prefix.bytes.assign(data.data(), at);
+  }
+  return info;
 }
 
 std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {

@@ -22,6 +22,11 @@ std::optional<ChunkInfo> scan_chunk(std::string_view data);
 // is left to the parse): the last event of a stream, which carries the usage, is read without a
 // parse too.
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data);
+// The same for the events of one stream, which begin alike: the bytes before the first member
+// that is read ("choices" or "usage"; the id, object, created and model before it) are
+// remembered from the last event that needed them, and an event that begins with exactly those
+// bytes is scanned from there, in the state that scanning them leaves.
+std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix);
 // parse_answer_usage's answer for a buffered (non-streamed) answer, read the same way without a
 // parse: the whole body is checked to be valid JSON, only the top-level "usage" is read. nullopt
 // when the body needs the parse (the cases above, a large body).

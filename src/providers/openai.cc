@@ -683,6 +683,12 @@ ChunkInfo inspect_chunk(std::string_view data) {
   return parse_chunk(data);
 }
 
+ChunkInfo inspect_chunk(std::string_view data, ChunkPrefix& prefix) {
+  if (data == "[DONE]" || data.empty()) return parse_chunk(data);
+  if (auto scanned = scan_chunk_with_usage(data, prefix)) return *scanned;
+  return parse_chunk(data);
+}
+
 ChunkInfo parse_chunk(std::string_view data) {
   ChunkInfo info;
   if (data == "[DONE]") {

@@ -672,6 +672,68 @@ class EventGen {
   std::mt19937 rng_;
 };
 
+// The events of one stream scanned with a shared prefix give the parse's answer, whether the
+// prefix matches, differs by a byte, or is followed by anything at all.
+TEST(ChunkScan, StreamPrefixResumesWithTheSameAnswer) {
+  ChunkPrefix prefix;
+  const std::vector<std::string> stream = {
+      delta_event(R"({"role":"assistant","content":""})"),
+      delta_event(R"({"content":"Hello"})"),
+      delta_event(R"({"content":" w\u00f6rld"})"),
+      delta_event("{\"content\":\" caf\xc3\xa9\"}"),
+      kHead + R"("choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})",
+      kHead + R"("choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}})",
+      // the same start, then something the scan or the parse must refuse or read otherwise
+      kHead + "}",
+      kHead + R"("choices":[{"delta":{"content":"a"}}],"choices":[]})",
+      kHead + R"("usage":null,"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1}})",
+      kHead + R"("choices":[{"delta":{"content":"a"}}]} x)",
+      kHead + R"("choices":[{"delta":{"content":"a"}}],"x":"\xff"})",
+      kHead + R"("ch\u006fices":[{"delta":{"content":"abc"}}]})",
+      kHead + "\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}",
+      kHead,
+      kHead + R"("choices")",
+      // another start, then the first one again
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xy"}}]})",
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xyz"}}]})",
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xyz"}}]   })",
+      R"({"id":"chatcmpl-2",   "choices":[{"delta":{"content":"xyz"}}]})",
+      R"({"id":"chatcmpl-3","choices":[{"delta":{"content":"xyz"}}]})",
+      delta_event(R"({"content":"again"})"),
+      delta_event(R"({"content":"again"})"),
+  };
+  for (const auto& e : stream) {
+    const ChunkInfo parsed = parse_chunk(e);
+    EXPECT_TRUE(same(inspect_chunk(e, prefix), parsed)) << show(e);
+  }
+  // The shared start was taken: the head up to "choices".
+  EXPECT_EQ(prefix.bytes, kHead);
+  const auto resumed = scan_chunk_with_usage(delta_event(R"({"content":"four"})"), prefix);
+  ASSERT_TRUE(resumed);
+  EXPECT_EQ(resumed->text_chars, 4u);
+}
+
+// Random events behind one of two starts, through one prefix, as a stream's would go.
+TEST(ChunkScan, RandomStreamsAgreeWithTheParse) {
+  EventGen gen(20261206);
+  std::mt19937 pick(7);
+  const std::string heads[] = {kHead, R"({"id":"c","created":1733390001,)", "{"};
+  ChunkPrefix prefix;
+  int resumed = 0;
+  constexpr int kEvents = 40000;
+  for (int i = 0; i < kEvents; ++i) {
+    std::string e = gen.event();
+    const std::string& head = heads[pick() % 3];
+    if (!e.empty() && e[0] == '{') e = head + e.substr(1);
+    const bool had = !prefix.bytes.empty() && e.size() > prefix.bytes.size() &&
+                     e.compare(0, prefix.bytes.size(), prefix.bytes) == 0;
+    const ChunkInfo parsed = parse_chunk(e);
+    ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "event " << i << ": " << show(e);
+    if (had) ++resumed;
+  }
+  EXPECT_GT(resumed, kEvents / 10);
+}
+
 TEST(ChunkScan, RandomEventsAgreeWithTheParse) {
   EventGen gen(20261205);
   int scanned = 0, with_text = 0, answers_scanned = 0;
