@@ -9,6 +9,10 @@
 #include <optional>
 #include <string_view>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace bw::providers {
 namespace {
 
@@ -54,8 +58,15 @@ bool empty_json(std::string_view v) {
 // JSON that the parser accepts too, and what it reads is what the parser's lookups read.
 class Scanner {
  public:
-  Scanner(std::string_view data, bool read_usage)
-      : data_(data), p_(data.data()), end_(p_ + data.size()), read_usage_(read_usage) {}
+  // answer: a whole buffered answer, of which only "usage" is read (its "choices" are any value);
+  // output_always: the usage's completion count must be there (every endpoint but embeddings).
+  Scanner(std::string_view data, bool read_usage, bool answer = false, bool output_always = true)
+      : data_(data),
+        p_(data.data()),
+        end_(p_ + data.size()),
+        read_usage_(read_usage || answer),
+        answer_(answer),
+        output_always_(output_always) {}
 
   bool event(ChunkInfo& info) {
     ws();
@@ -65,7 +76,7 @@ class Scanner {
       // A key written with escapes may equal a key the answer reads; a duplicate is read by the
       // parser's rule: both are left to the parser.
       if (key.escaped) return false;
-      if (key.raw == "choices") {
+      if (key.raw == "choices" && !answer_) {
         if (saw_choices) return false;
         saw_choices = true;
         if (*p_ == '[') return choices(2, info);
@@ -83,7 +94,7 @@ class Scanner {
     ws();
     if (p_ != end_) return false;
     // Non-ASCII bytes occur only inside strings here; the parser refuses invalid UTF-8.
-    if ((high_ & kHighBits) != 0 && !simdjson::validate_utf8(data_.data(), data_.size())) {
+    if (high_ != 0 && !simdjson::validate_utf8(data_.data(), data_.size())) {
       return false;
     }
     return true;
@@ -224,31 +235,58 @@ class Scanner {
     return true;
   }
 
-  // At '"'. Eight bytes at a time: the lowest flagged byte of the masks is the first quote,
-  // backslash or control character (a flag above it may be a borrow, never one below).
+  // The offset of the first quote, backslash or control character in the 16 bytes at p_ (16 if
+  // none), past the end of the data reading zero bytes, which are control characters. Also
+  // notes whether any of the bytes is non-ASCII (bytes past the string may be noted too: that
+  // only costs a UTF-8 check).
+#if defined(__SSE2__)
+  unsigned special16(std::size_t left) {
+    __m128i x;
+    if (left >= 16) {
+      x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_));
+    } else {
+      alignas(16) char tail[16] = {};
+      std::memcpy(tail, p_, left);
+      x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+    }
+    const __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
+    const __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'));
+    const __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+    high_ |= static_cast<unsigned>(_mm_movemask_epi8(x));
+    const auto mask = static_cast<unsigned>(
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)));
+    return mask == 0 ? 16 : static_cast<unsigned>(__builtin_ctz(mask));
+  }
+#else
+  // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
+  // above it may be a borrow, never one below).
+  unsigned special16(std::size_t left) {
+    for (unsigned half = 0; half < 16; half += 8) {
+      std::uint64_t x = 0;  // past the end: zero bytes
+      const std::size_t have = left > half ? left - half : 0;
+      std::memcpy(&x, p_ + (have ? half : 0), have >= 8 ? 8 : have);
+      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
+                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
+      high_ |= x & kHighBits;
+      if (special != 0) return half + static_cast<unsigned>(__builtin_ctzll(special) / 8);
+    }
+    return 16;
+  }
+#endif
+
+  // At '"'. Sixteen bytes at a time.
   bool string(Str& s) {
     ++p_;
     const char* start = p_;
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
     for (;;) {
-      std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
       const auto left = static_cast<std::size_t>(end_ - p_);
-      // A copy of constant size is one load; the variable-size one only near the end.
-      if (left >= 8) {
-        std::memcpy(&x, p_, 8);
-      } else {
-        std::memcpy(&x, p_, left);
-      }
-      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
-                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
-      // Bytes past the string may be flagged too: that only costs a UTF-8 check.
-      high_ |= x;
-      if (special == 0) {
-        p_ += 8;
+      const unsigned at = special16(left);
+      if (at == 16) {
+        p_ += 16;
         continue;
       }
-      const auto at = static_cast<std::size_t>(__builtin_ctzll(special) / 8);
-      if (at >= left) return false;
+      if (at >= left) return false;  // unterminated
       p_ += at;
       if (*p_ == '"') {
         s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
@@ -378,7 +416,7 @@ class Scanner {
     });
   }
 
-  // A token count as api::read_chat_usage takes it without a question: a non-negative integer.
+  // A token count as api::read_openai_usage takes it without a question: a non-negative integer.
   // Anything else (another type, a sign, a fraction or an exponent) is left to the parser.
   bool count(std::int64_t& out) {
     const char* start = p_;
@@ -390,10 +428,11 @@ class Scanner {
     return ec == std::errc{} && end == p_;
   }
 
-  // At '{' of the top-level "usage": what read_usage reads of it. A member it reads that comes
-  // twice is left to the parser (whose lookup takes the last).
+  // At '{' of the top-level "usage": what api::read_openai_usage reads of it with the chat names.
+  // A member it reads that comes twice is left to the parser (whose lookup takes the last).
   bool usage(int depth, Usage& u) {
-    bool saw_prompt = false, saw_completion = false, saw_details = false;
+    bool saw_prompt = false, saw_completion = false, saw_in_details = false,
+         saw_out_details = false;
     const bool ok = members(depth, [&](const Str& key) {
       if (key.escaped) return false;
       if (key.raw == "prompt_tokens") {
@@ -407,26 +446,33 @@ class Scanner {
         return count(u.completion_tokens);
       }
       if (key.raw == "prompt_tokens_details") {
-        if (saw_details) return false;
-        saw_details = true;
-        if (*p_ == '{') return details(depth + 1, u);
+        if (saw_in_details) return false;
+        saw_in_details = true;
+        if (*p_ == '{') return details(depth + 1, "cached_tokens", u.cached_tokens);
+      } else if (key.raw == "completion_tokens_details") {
+        if (saw_out_details) return false;
+        saw_out_details = true;
+        if (*p_ == '{') return details(depth + 1, "reasoning_tokens", u.reasoning_tokens);
       }
+      // A details member that is not an object reads as 0 there too.
       return value(depth + 1);
     });
-    // Without both counts the usage is unreadable: the parser's reader says so.
-    if (!ok || !saw_prompt || !saw_completion) return false;
+    // Without the counts the provider always sends the usage is unreadable: the parser's reader
+    // says so.
+    if (!ok || !saw_prompt || (output_always_ && !saw_completion)) return false;
     u.present = true;
     return true;
   }
 
-  bool details(int depth, Usage& u) {
-    bool saw_cached = false;
+  // A details object: `name` read as a count (missing: 0); anything else there to the parser.
+  bool details(int depth, std::string_view name, std::int64_t& out) {
+    bool saw = false;
     return members(depth, [&](const Str& key) {
       if (key.escaped) return false;
-      if (key.raw == "cached_tokens") {
-        if (saw_cached) return false;
-        saw_cached = true;
-        return count(u.cached_tokens);
+      if (key.raw == name) {
+        if (saw) return false;
+        saw = true;
+        return count(out);
       }
       return value(depth + 1);
     });
@@ -435,8 +481,10 @@ class Scanner {
   std::string_view data_;
   const char* p_;
   const char* end_;
-  std::uint64_t high_ = 0;      // every string byte OR-ed: a high bit means non-ASCII text
+  std::uint64_t high_ = 0;      // nonzero: a string had a non-ASCII byte
   bool read_usage_ = false;     // a usage object is read here, not left to the parse
+  bool answer_ = false;         // a buffered answer: only its usage is read
+  bool output_always_ = true;   // the usage must have a completion count
   bool choices_array_ = false;  // the top-level "choices" is an array
   std::size_t choices_ = 0;     // of that many elements
 };
@@ -458,6 +506,15 @@ std::optional<ChunkInfo> scan_chunk(std::string_view data) {
 
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data) {
   return scan(data, true);
+}
+
+std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {
+  if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
+  ChunkInfo info;
+  if (!Scanner(body, true, true, endpoint != Endpoint::kEmbeddings).event(info)) {
+    return std::nullopt;
+  }
+  return info.usage;
 }
 
 }  // namespace bw::providers

@@ -626,6 +626,12 @@ bool has_generated_output(simdjson::dom::element doc) {
 }  // namespace
 
 Usage extract_usage(std::string_view body, Endpoint endpoint) {
+  // The usual answer: its usage read by a scan, without a DOM of the whole answer.
+  if (auto scanned = scan_answer_usage(body, endpoint)) return *scanned;
+  return parse_answer_usage(body, endpoint);
+}
+
+Usage parse_answer_usage(std::string_view body, Endpoint endpoint) {
   Usage u;
   simdjson::dom::element doc;
   if (body.empty()) return u;

@@ -91,6 +91,9 @@ Result<std::string> rewrite_request(const std::string& body, const BodyLayout& l
 // Usage from a buffered response body; absent usage leaves present=false. An embeddings answer
 // has no completion count (OpenAI sends prompt_tokens and total_tokens only).
 Usage extract_usage(std::string_view body, Endpoint endpoint = Endpoint::kChat);
+// extract_usage by a parse of the whole body, for every body (extract_usage reads the usual
+// answer by a scan that gives the same answer).
+Usage parse_answer_usage(std::string_view body, Endpoint endpoint = Endpoint::kChat);
 
 // One SSE event's data payload. Reports usage if the event carries it, whether the event is the
 // usage-only chunk (empty choices) that a client who did not ask for usage must not see, and the
