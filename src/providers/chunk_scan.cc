@@ -514,6 +514,12 @@ std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint)
   if (!Scanner(body, true, true, endpoint != Endpoint::kEmbeddings).event(info)) {
     return std::nullopt;
   }
+  // No output tokens: the parse decides whether the answer generated output all the same (then
+  // the usage is not trusted).
+  if (endpoint != Endpoint::kEmbeddings && info.usage.usable() &&
+      info.usage.completion_tokens == 0) {
+    return std::nullopt;
+  }
   return info.usage;
 }
 

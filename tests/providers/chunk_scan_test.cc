@@ -440,6 +440,10 @@ TEST(AnswerScan, CommonAnswersAreScanned) {
   EXPECT_EQ(e->prompt_tokens, 8);
   EXPECT_FALSE(scan_answer_usage(common[1], Endpoint::kChat));
   EXPECT_FALSE(extract_usage(common[1], Endpoint::kChat).usable());
+  EXPECT_FALSE(
+      extract_usage(
+          R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})")
+          .usable());
 }
 
 // What decides the bill is never read differently from the parse: duplicates, fractions, signs,
@@ -468,6 +472,9 @@ TEST(AnswerScan, UnusualUsageIsLeftToTheParse) {
       R"({"usage":{"prompt_tokens":1,"completion_tokens":2}})",
       R"([{"usage":{"prompt_tokens":1,"completion_tokens":2}}])",
       "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"x\":\"\xff\"}",
+      // 0 output tokens: the parse looks for output (then the usage is not trusted)
+      R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
+      R"({"choices":[{"message":{"content":""}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
   };
   for (const auto& a : left) {
     EXPECT_FALSE(scan_answer_usage(a, Endpoint::kChat)) << show(a);
