@@ -255,8 +255,10 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
       auto data = http::sse_data(event, scratch);
       auto info = providers::inspect_chunk(data, prefix);
       if (info.done) saw_done = true;
-      if (info.has_text) {
-        text_chars += info.text_chars;
+      if (info.has_text || info.other_output) {
+        // A tool call's bytes are not measured on the way: its whole event counts (more than
+        // was generated; only charged when the usage is missing or unreadable).
+        text_chars += info.other_output ? data.size() : info.text_chars;
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
@@ -303,6 +305,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   }
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
+  // Usage that counts no output for a stream that relayed some is unreadable, never free.
+  if (saw_done && !c.cancelled) api::check_output_counted(c.usage, text_chunks > 0);
   if (!c.usage.usable()) {
     charge_relayed(c, relayed_tokens(text_chunks, text_chars), saw_done && !c.cancelled);
   }
@@ -483,6 +487,7 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
   c.usage = tr.usage();
+  if (complete) api::check_output_counted(c.usage, tr.generated());
   const std::int64_t relayed = relayed_tokens(tr.text_chunks(), tr.text_chars());
   if (c.usage.usable() && !complete) {
     // A stream that broke before its end: the usage read so far is the input side (Anthropic's

@@ -46,6 +46,13 @@ int hex_value(char c) {
   return -1;
 }
 
+// Whether `v`, one JSON value as written, is null, "", [] or {} (whitespace inside allowed).
+bool empty_json(std::string_view v) {
+  if (v == "null" || v == "\"\"") return true;
+  if (v.size() < 2 || (v.front() != '[' && v.front() != '{')) return false;
+  return v.find_first_not_of(" \t\r\n", 1) == v.size() - 1;
+}
+
 // A strict JSON reader for the shape of a stream event. Every method returns false for anything
 // it does not take, valid JSON or not: the caller then parses the event. What it takes is valid
 // JSON that the parser accepts too, and what it reads is what the parser's lookups read.
@@ -372,14 +379,14 @@ class Scanner {
 
   // One choice: the text is delta.content if that is a string, otherwise text if that is one.
   bool choice(int depth, ChunkInfo& info) {
-    bool saw_delta = false, saw_text = false;
+    bool saw_delta = false, saw_text = false, output = false;
     std::optional<std::size_t> content, text;
     const bool ok = members(depth, [&](const Str& key) {
       if (key.escaped) return false;
       if (key.raw == "delta") {
         if (saw_delta) return false;
         saw_delta = true;
-        if (*p_ == '{') return delta(depth + 1, content);
+        if (*p_ == '{') return delta(depth + 1, content, output);
       } else if (key.raw == "text") {
         if (saw_text) return false;
         saw_text = true;
@@ -397,13 +404,21 @@ class Scanner {
       info.text_chars += *n;
       info.has_text = info.has_text || *n > 0;
     }
+    info.other_output = info.other_output || output;
     return true;
   }
 
-  bool delta(int depth, std::optional<std::size_t>& content) {
+  bool delta(int depth, std::optional<std::size_t>& content, bool& output) {
     bool saw_content = false;
     return members(depth, [&](const Str& key) {
       if (key.escaped) return false;
+      if (is_output_member(key.raw)) {
+        const char* start = p_;
+        if (!value(depth + 1)) return false;
+        output =
+            output || !empty_json(std::string_view(start, static_cast<std::size_t>(p_ - start)));
+        return true;
+      }
       if (key.raw == "content") {
         if (saw_content) return false;
         saw_content = true;
@@ -541,6 +556,12 @@ std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint)
   if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
   ChunkInfo info;
   if (!Scanner(body, true, true, endpoint != Endpoint::kEmbeddings).event(info)) {
+    return std::nullopt;
+  }
+  // No output tokens: the parse decides whether the answer generated output all the same (then
+  // the usage is not trusted).
+  if (endpoint != Endpoint::kEmbeddings && info.usage.usable() &&
+      info.usage.completion_tokens == 0) {
     return std::nullopt;
   }
   return info.usage;

@@ -29,7 +29,8 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data);
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix);
 // parse_answer_usage's answer for a buffered (non-streamed) answer, read the same way without a
 // parse: the whole body is checked to be valid JSON, only the top-level "usage" is read. nullopt
-// when the body needs the parse (the cases above, a large body).
+// when the body needs the parse (the cases above, a large body, usage of 0 output tokens, which
+// is not trusted for an answer with output: api::check_output_counted).
 std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint);
 
 }  // namespace bw::providers

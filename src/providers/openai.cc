@@ -71,7 +71,7 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
     if ((type == "text" || type == "input_text") && part["text"].get(s) == simdjson::SUCCESS) {
       r.prompt_chars += s.size();
     } else if (type == "image_url") {
-      r.image_tokens += kImageMaxTokens;
+      ++r.images;
     } else {
       // Audio, files and parts not known here: every byte the provider reads, as text.
       r.prompt_chars += json_chars(part);
@@ -656,6 +656,44 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
   return out;
 }
 
+bool is_output_member(std::string_view key) {
+  return key == "tool_calls" || key == "function_call" || key == "refusal" ||
+         key == "reasoning_content" || key == "audio";
+}
+
+namespace {
+
+// null, "", [] and {}: nothing generated.
+bool empty_value(simdjson::dom::element v) {
+  std::string_view s;
+  if (v.is_null()) return true;
+  if (v.get(s) == simdjson::SUCCESS) return s.empty();
+  simdjson::dom::array a;
+  if (v.get(a) == simdjson::SUCCESS) return a.size() == 0;
+  simdjson::dom::object o;
+  if (v.get(o) == simdjson::SUCCESS) return o.size() == 0;
+  return false;
+}
+
+// Whether a buffered chat or completions answer holds generated output: the text of a choice,
+// or a message member that is generated (content, tool calls, a refusal, ...), not empty.
+bool has_generated_output(simdjson::dom::element doc) {
+  simdjson::dom::array choices;
+  if (doc["choices"].get(choices) != simdjson::SUCCESS) return false;
+  for (auto c : choices) {
+    simdjson::dom::element text;
+    if (c["text"].get(text) == simdjson::SUCCESS && !empty_value(text)) return true;
+    simdjson::dom::object m;
+    if (c["message"].get(m) != simdjson::SUCCESS) continue;
+    for (auto f : m) {
+      if ((f.key == "content" || is_output_member(f.key)) && !empty_value(f.value)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 Usage extract_usage(std::string_view body, Endpoint endpoint) {
   // The usual answer: its usage read by a scan, without a DOM of the whole answer.
   if (auto scanned = scan_answer_usage(body, endpoint)) return *scanned;
@@ -672,6 +710,11 @@ Usage parse_answer_usage(std::string_view body, Endpoint endpoint) {
     api::OpenAiUsageNames names = api::kChatUsageNames;
     names.output_always = endpoint != Endpoint::kEmbeddings;
     api::read_openai_usage(usage, names, u);
+    // Generated output reported as no output tokens is not free: the count is not trusted.
+    if (endpoint != Endpoint::kEmbeddings) {
+      api::check_output_counted(
+          u, u.usable() && u.completion_tokens == 0 && has_generated_output(doc));
+    }
   }
   return u;
 }
@@ -712,6 +755,12 @@ ChunkInfo parse_chunk(std::string_view data) {
         info.text_chars += s.size();
         info.has_text = info.has_text || !s.empty();
       }
+      simdjson::dom::object delta;
+      if (c["delta"].get(delta) == simdjson::SUCCESS) {
+        for (auto f : delta) {
+          if (is_output_member(f.key) && !empty_value(f.value)) info.other_output = true;
+        }
+      }
     }
   }
   if (maybe_usage) {
@@ -726,8 +775,13 @@ ChunkInfo parse_chunk(std::string_view data) {
 
 std::int64_t estimate_prompt_tokens(const LlmRequest& req) {
   // Conservative: about 3 characters a token for English, plus per-message framing.
+  std::int64_t images = 0;
+  if (__builtin_mul_overflow(req.images, std::max<std::int64_t>(req.image_tokens_each, 0),
+                             &images)) {
+    images = INT64_MAX / 4;
+  }
   return static_cast<std::int64_t>((req.prompt_chars + 2) / 3) +
-         4 * static_cast<std::int64_t>(req.message_count) + 3 + req.image_tokens;
+         4 * static_cast<std::int64_t>(req.message_count) + 3 + images;
 }
 
 std::int64_t completion_reservation(const LlmRequest& req, std::int64_t per_choice_cap) {

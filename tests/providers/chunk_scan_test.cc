@@ -34,8 +34,9 @@ std::string show(std::string_view s) {
 // Every field of the answer, so that a difference in any of them fails.
 testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   if (a.done == b.done && a.usage_only == b.usage_only && a.text_chars == b.text_chars &&
-      a.has_text == b.has_text && a.usage.present == b.usage.present &&
-      a.usage.unreadable == b.usage.unreadable && a.usage.prompt_tokens == b.usage.prompt_tokens &&
+      a.has_text == b.has_text && a.other_output == b.other_output &&
+      a.usage.present == b.usage.present && a.usage.unreadable == b.usage.unreadable &&
+      a.usage.prompt_tokens == b.usage.prompt_tokens &&
       a.usage.completion_tokens == b.usage.completion_tokens &&
       a.usage.cached_tokens == b.usage.cached_tokens &&
       a.usage.cache_write_tokens == b.usage.cache_write_tokens &&
@@ -45,7 +46,8 @@ testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   auto f = [](const ChunkInfo& i) {
     return "{done " + std::to_string(i.done) + ", usage_only " + std::to_string(i.usage_only) +
            ", text_chars " + std::to_string(i.text_chars) + ", has_text " +
-           std::to_string(i.has_text) + ", usage " + std::to_string(i.usage.present) +
+           std::to_string(i.has_text) + ", other_output " + std::to_string(i.other_output) +
+           ", usage " + std::to_string(i.usage.present) +
            (i.usage.unreadable ? " unreadable " : " ") + std::to_string(i.usage.prompt_tokens) +
            "/" + std::to_string(i.usage.completion_tokens) + "/" +
            std::to_string(i.usage.cached_tokens) + "}";
@@ -134,6 +136,21 @@ TEST(ChunkScan, CommonEventsAreScanned) {
 // Events the scan must leave to the parse, or answer exactly as it would.
 TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
   const std::vector<std::string> tricky = {
+      // output that is not text, empty or not, in every spelling
+      R"({"choices":[{"delta":{"tool_calls":[]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":[ ]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":[{}]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":null,"refusal":""}}]})",
+      R"({"choices":[{"delta":{"function_call":{ }}}]})",
+      R"({"choices":[{"delta":{"function_call":{"name":"f"}}}]})",
+      R"({"choices":[{"delta":{"refusal":"no"}}]})",
+      R"({"choices":[{"delta":{"refusal":"\u0000"}}]})",
+      R"({"choices":[{"delta":{"reasoning_content":"think"}}]})",
+      R"({"choices":[{"delta":{"refusal":null,"refusal":"x"}}]})",
+      R"({"choices":[{"delta":{"ref\u0075sal":"x"}}]})",
+      R"({"choices":[{"delta":{"tool_calls":5}}]})",
+      R"({"choices":[{"delta":{"audio":{"id":"a"}}}]})",
+      R"({"choices":[{"delta":"tool_calls"}]})",
       // usage, in every place and spelling
       R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}})",
       R"({"choices":[{"text":"abc"}],"usage":{"prompt_tokens":1,"completion_tokens":2}})",
@@ -423,6 +440,10 @@ TEST(AnswerScan, CommonAnswersAreScanned) {
   EXPECT_EQ(e->prompt_tokens, 8);
   EXPECT_FALSE(scan_answer_usage(common[1], Endpoint::kChat));
   EXPECT_FALSE(extract_usage(common[1], Endpoint::kChat).usable());
+  EXPECT_FALSE(
+      extract_usage(
+          R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})")
+          .usable());
 }
 
 // What decides the bill is never read differently from the parse: duplicates, fractions, signs,
@@ -451,6 +472,9 @@ TEST(AnswerScan, UnusualUsageIsLeftToTheParse) {
       R"({"usage":{"prompt_tokens":1,"completion_tokens":2}})",
       R"([{"usage":{"prompt_tokens":1,"completion_tokens":2}}])",
       "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"x\":\"\xff\"}",
+      // 0 output tokens: the parse looks for output (then the usage is not trusted)
+      R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
+      R"({"choices":[{"message":{"content":""}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
   };
   for (const auto& a : left) {
     EXPECT_FALSE(scan_answer_usage(a, Endpoint::kChat)) << show(a);
