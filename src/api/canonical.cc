@@ -193,4 +193,23 @@ Result<Ok> link_tool_results(Request& r) {
   return Ok{};
 }
 
+bool has_output(const Response& r) {
+  auto any = [](const std::vector<Part>& content) {
+    for (const auto& p : content) {
+      if (p.kind == Part::Kind::kToolCall) return true;
+      if (p.kind == Part::Kind::kText && !p.text.empty()) return true;
+    }
+    return false;
+  };
+  if (any(r.content)) return true;
+  for (const auto& c : r.more_choices) {
+    if (any(c.content)) return true;
+  }
+  return false;
+}
+
+void check_output_counted(Usage& u, bool generated) {
+  if (generated && u.usable() && u.completion_tokens == 0) u.unreadable = true;
+}
+
 }  // namespace bw::api

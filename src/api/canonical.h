@@ -93,6 +93,9 @@ struct Request {
   ResponseFormat response_format;
   bool stream = false;
   bool stream_usage = false;  // chat: stream_options.include_usage
+  // Chat's n: the choices to generate. Gemini generates them (candidateCount, buffered only);
+  // Anthropic has no equivalent, so n > 1 is refused for it.
+  std::int64_t n = 1;
   std::string user;
   // Responses API state.
   bool store = true;
@@ -107,14 +110,17 @@ struct Request {
   // output schemas, tool_choice, fields passed through unchanged), in their compact JSON: for
   // estimates, never a reason to bill less.
   std::size_t other_chars = 0;
-  std::size_t images = 0;  // image inputs (each priced at kImageMaxTokens, as chat's are)
+  std::size_t images = 0;  // image inputs (estimated at the model's image bound, as chat's are)
 };
 
-// The most one input image is billed, in tokens, by the providers the gateway reaches, without
-// decoding it: Anthropic about 1,600 (an image is scaled to at most ~1.15 megapixels, at
-// width x height / 750 tokens), OpenAI's GPT-4o 85 + 170 per 512 px tile with at most 2 x 4
-// tiles = 1,445. OpenAI's "detail": "low" (85) is not trusted: other providers ignore it.
+// The most one input image is billed, in tokens, when the model's own bound is not known (the
+// price table's image_tokens, cost::image_token_bound, is what the cost guard uses): Anthropic
+// about 1,600 (an image is scaled to at most ~1.15 megapixels, at width x height / 750 tokens),
+// OpenAI's GPT-4o 85 + 170 per 512 px tile with at most 2 x 4 tiles = 1,445. OpenAI's "detail":
+// "low" (85) is not trusted: other providers ignore it.
 inline constexpr std::int64_t kImageMaxTokens = 1600;
+// Upper bound on chat's n (OpenAI's own limit is 128).
+inline constexpr std::int64_t kMaxChoices = 128;
 
 enum class FinishReason { kStop, kLength, kToolCalls, kContentFilter };
 
@@ -124,7 +130,14 @@ struct Response {
   std::vector<Part> content;  // kText and kToolCall parts in order
   FinishReason finish = FinishReason::kStop;
   std::string stop_sequence;
-  Usage usage;
+  Usage usage;  // of every choice
+  // The choices after the first, when several were generated (chat's n, Gemini's candidates):
+  // chat answers carry them; the other APIs have one choice.
+  struct Choice {
+    std::vector<Part> content;
+    FinishReason finish = FinishReason::kStop;
+  };
+  std::vector<Choice> more_choices;
 };
 
 // One step of a translated stream.
@@ -160,6 +173,13 @@ class StreamEncoder {
   // The stream broke: the format's error event.
   virtual void fail(std::string_view type, std::string_view message, std::string& out) = 0;
 };
+
+// Whether the answer holds generated output: text that is not empty, or a tool call.
+bool has_output(const Response& r);
+// Usage that reports no output token for an answer that generated output (`generated`) cannot be
+// right: it is marked unreadable, so that the answer is charged an estimate, never free. An
+// empty answer with no output tokens is left as it is.
+void check_output_counted(Usage& u, bool generated);
 
 // A whole answer as the events of a stream, in the order a provider streams them: the start
 // (with the usage, for formats that announce the input tokens first), the text and tool calls in

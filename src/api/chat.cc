@@ -314,8 +314,12 @@ Result<Request> decode_chat_request(std::string_view body) {
       bool b = false;
       if (v.get(b) == simdjson::SUCCESS) r.strict_params = b;
     } else if (k == "n") {
+      // Choices: Gemini generates them (candidateCount); Anthropic cannot (refused when n > 1).
       std::int64_t n = 1;
-      if (v.get(n) != simdjson::SUCCESS || n != 1) r.unmapped.emplace_back(k);
+      if (!v.is_null() && (v.get(n) != simdjson::SUCCESS || n < 1 || n > kMaxChoices)) {
+        return invalid("n must be an integer from 1 to " + std::to_string(kMaxChoices), "n");
+      }
+      r.n = n;
     } else {
       r.unmapped.emplace_back(k);
     }
@@ -501,22 +505,14 @@ Result<Response> decode_chat_response(std::string_view body) {
   return r;
 }
 
-std::string encode_chat_response(const Response& r, std::string_view model) {
-  JsonWriter j;
+namespace {
+
+// One element of "choices": the message (text joined, tool calls) and its finish reason.
+void write_choice(JsonWriter& j, std::int64_t index, const std::vector<Part>& content,
+                  FinishReason finish) {
   j.begin_object()
-      .key("id")
-      .value(r.id.empty() ? new_id("chatcmpl-") : r.id)
-      .key("object")
-      .value("chat.completion")
-      .key("created")
-      .value(static_cast<std::int64_t>(std::time(nullptr)))
-      .key("model")
-      .value(model)
-      .key("choices")
-      .begin_array()
-      .begin_object()
       .key("index")
-      .value(0)
+      .value(index)
       .key("message")
       .begin_object()
       .key("role")
@@ -524,7 +520,7 @@ std::string encode_chat_response(const Response& r, std::string_view model) {
       .key("content");
   std::string text;
   bool any_text = false;
-  for (const auto& p : r.content) {
+  for (const auto& p : content) {
     if (p.kind == Part::Kind::kText) {
       text += p.text;
       any_text = true;
@@ -536,7 +532,7 @@ std::string encode_chat_response(const Response& r, std::string_view model) {
     j.null();
   }
   bool calls = false;
-  for (const auto& p : r.content) {
+  for (const auto& p : content) {
     if (p.kind != Part::Kind::kToolCall) continue;
     if (!calls) j.key("tool_calls").begin_array();
     calls = true;
@@ -555,7 +551,28 @@ std::string encode_chat_response(const Response& r, std::string_view model) {
         .end_object();
   }
   if (calls) j.end_array();
-  j.end_object().key("finish_reason").value(chat_finish(r.finish)).end_object().end_array();
+  j.end_object().key("finish_reason").value(chat_finish(finish)).end_object();
+}
+
+}  // namespace
+
+std::string encode_chat_response(const Response& r, std::string_view model) {
+  JsonWriter j;
+  j.begin_object()
+      .key("id")
+      .value(r.id.empty() ? new_id("chatcmpl-") : r.id)
+      .key("object")
+      .value("chat.completion")
+      .key("created")
+      .value(static_cast<std::int64_t>(std::time(nullptr)))
+      .key("model")
+      .value(model)
+      .key("choices")
+      .begin_array();
+  write_choice(j, 0, r.content, r.finish);
+  std::int64_t index = 1;
+  for (const auto& c : r.more_choices) write_choice(j, index++, c.content, c.finish);
+  j.end_array();
   j.key("usage");
   write_usage(j, r.usage);
   j.end_object();

@@ -855,6 +855,7 @@ void read_pricing(Reader& top, Config& cfg) {
     r.get("cache_write", v, 0, 1e6);
     if (v >= 0) price.cache_write_per_mtok = cost::usd_to_micros(v);
     r.get("max_output_tokens", price.max_output_tokens, 0, 100'000'000);
+    r.get("image_tokens", price.image_tokens, 0, 100'000'000);
     cfg.prices.set(model, price);
   });
 }

@@ -84,6 +84,10 @@ Micros worst_case_micros(const ModelPrice& price, std::int64_t prompt_tokens,
                      price.cache_write_per_mtok > price.input_per_mtok ? prompt_tokens : 0);
 }
 
+std::int64_t image_token_bound(const ModelPrice& price) {
+  return price.image_tokens > 0 ? price.image_tokens : kDefaultImageTokens;
+}
+
 namespace {
 
 // Whether `a` never has a larger worst case than `b`, for any prompt, max_tokens or endpoint
@@ -96,7 +100,8 @@ bool covered_by(const ModelPrice& a, const ModelPrice& b) {
     return p.max_output_tokens > 0 ? p.max_output_tokens : kDefaultMaxOutputTokens;
   };
   return a.input_per_mtok <= b.input_per_mtok && worst_input(a) <= worst_input(b) &&
-         a.output_per_mtok <= b.output_per_mtok && cap(a) <= cap(b);
+         a.output_per_mtok <= b.output_per_mtok && cap(a) <= cap(b) &&
+         image_token_bound(a) <= image_token_bound(b);
 }
 
 }  // namespace
@@ -122,7 +127,7 @@ PriceTable PriceTable::defaults() {
   PriceTable t;
   t.set("gpt-4.1", {2'500'000, 8'000'000, 500'000, 32'768});
   t.set("claude-sonnet-4.5", {3'000'000, 15'000'000, 300'000, 64'000, 3'750'000});
-  t.set("gemini-2.5-flash", {300'000, 2'500'000, 30'000, 65'536});
+  t.set("gemini-2.5-flash", {300'000, 2'500'000, 30'000, 65'536, -1, 4'128});
   t.set("deepseek-v3.2", {100'000, 420'000, 10'000, 8'192});
   return t;
 }

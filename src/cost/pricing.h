@@ -25,9 +25,22 @@ struct ModelPrice {
   // Price of prompt tokens written to the provider's prompt cache (Anthropic bills them above
   // the input rate); < 0 means "same as input".
   Micros cache_write_per_mtok = -1;
+  // The most one input image is billed by this model, in input tokens; 0 means "not set":
+  // kDefaultImageTokens is used. Providers bill images very differently per model (OpenAI's
+  // gpt-4o-mini about 33 times gpt-4o's tokens), and the gateway never decodes an image, so this
+  // is the bound for the largest image the model takes (docs/cost-guard.md).
+  std::int64_t image_tokens = 0;
 };
 
 constexpr std::int64_t kDefaultMaxOutputTokens = 16'384;
+
+// The image bound of a price entry without image_tokens: Anthropic's Claude (an image is scaled
+// to at most ~1.15 megapixels, at width x height / 750 tokens: about 1,600) and OpenAI's GPT-4o
+// and GPT-4.1 (85 + 170 per 512 px tile, at most 2 x 4 tiles: 1,445).
+constexpr std::int64_t kDefaultImageTokens = 1'600;
+
+// The input tokens one image may be billed by `price`'s model.
+std::int64_t image_token_bound(const ModelPrice& price);
 
 // Exact cost of a completed request, rounded UP to the next micro-dollar (rounding is applied
 // once, to the sum, so splitting a request never changes its price by more than 1 micro).
@@ -70,7 +83,8 @@ Micros worst_case_micros(const ModelPrice& price, std::int64_t prompt_tokens,
 
 // When any of `prices` may answer a request (a model and its fallbacks), the reservation is the
 // largest worst case over them. This drops each price another one covers (no lower input,
-// worst-case input, output rate and output cap, so never a smaller worst case for any request):
+// worst-case input, output rate, output cap and image bound, so never a smaller worst case for
+// any request):
 // the largest worst case over the result is the same, and usually one price is left. Order is
 // kept; of equal prices the first stays; null entries are dropped.
 std::vector<const ModelPrice*> covering_prices(const std::vector<const ModelPrice*>& prices);
@@ -80,6 +94,8 @@ class PriceTable {
   // The built-in table (USD per 1M tokens, input/output/cached input):
   //   gpt-4.1 2.50/8.00/0.50, claude-sonnet-4.5 3.00/15.00/0.30 (cache writes 3.75),
   //   gemini-2.5-flash 0.30/2.50/0.03, deepseek-v3.2 0.10/0.42/0.01
+  // Image bounds: the default (kDefaultImageTokens), except gemini-2.5-flash: 4,128 (Gemini
+  // bills 258 tokens per 768 x 768 tile; 16 tiles is a 3072 px square).
   static PriceTable defaults();
 
   void set(std::string model, ModelPrice price);

@@ -229,6 +229,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   std::string scratch;
   std::size_t text_chars = 0, text_chunks = 0;
   bool saw_done = false, ended = false;
+  providers::ChunkPrefix prefix;  // the start that this stream's events share
   for (;;) {
     auto piece = co_await up.read_some();
     if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
@@ -257,15 +258,17 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     std::size_t settle_at = kNoSettle;
     while (http::next_event(rest, event)) {
       auto data = http::sse_data(event, scratch);
-      auto info = providers::inspect_chunk(data);
+      auto info = providers::inspect_chunk(data, prefix);
       if (info.done && !saw_done && phase_cost::covered(c)) {
         send.add(run);
         run = {};
         settle_at = send.pieces().size();
       }
       if (info.done) saw_done = true;
-      if (info.has_text) {
-        text_chars += info.text_chars;
+      if (info.has_text || info.other_output) {
+        // A tool call's bytes are not measured on the way: its whole event counts (more than
+        // was generated; only charged when the usage is missing or unreadable).
+        text_chars += info.other_output ? data.size() : info.text_chars;
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
@@ -293,6 +296,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
         ok = co_await c.w.write_chunk_pieces(all.first(head), false);
       }
       if (ok) {
+        // The usage as the end of the stream would take it (below), before the row is written.
+        api::check_output_counted(c.usage, text_chunks > 0);
         if (!c.usage.usable()) charge_relayed(c, relayed_tokens(text_chunks, text_chars), true);
         co_await phase_cost::settle_before_answer(c);
         std::size_t tail_bytes = 0;
@@ -337,6 +342,8 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
   }
   // A client that left while its stream ran is logged as 499, however it was noticed.
   if (c.client_gone || c.cancelled) note_client_gone(c);
+  // Usage that counts no output for a stream that relayed some is unreadable, never free.
+  if (saw_done && !c.cancelled) api::check_output_counted(c.usage, text_chunks > 0);
   if (!c.usage.usable()) {
     charge_relayed(c, relayed_tokens(text_chunks, text_chars), saw_done && !c.cancelled);
   }
@@ -513,6 +520,7 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   // The usage is known before the last events leave: a request covered by a budget lease gets
   // its ledger row first.
   c.usage = tr.usage();
+  if (complete) api::check_output_counted(c.usage, tr.generated());
   const std::int64_t relayed = relayed_tokens(tr.text_chunks(), tr.text_chars());
   if (c.usage.usable() && !complete) {
     // A stream that broke before its end: the usage read so far is the input side (Anthropic's

@@ -117,6 +117,7 @@ void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
   c.route_model = *cheaper;
   c.group = g;
   c.price = p;
+  phase_resolve::apply_image_bound(c);  // the cheaper model may bill images dearer
 }
 
 // The most the request can cost, whichever model of its chain answers (the routed model, a

@@ -76,9 +76,8 @@ Verdict finish_canonical(Ctx& c, api::Request r) {
   c.llm.max_tokens = r.max_tokens;
   // Tool definitions, schemas and passed-through fields are billed as input too.
   c.llm.prompt_chars = r.text_chars + r.other_chars;
-  // Each image at the worst case, as for a chat request (Anthropic and Gemini bill a large image
-  // about as much).
-  c.llm.image_tokens = static_cast<std::int64_t>(r.images) * providers::kImageMaxTokens;
+  // Each image at the model's bound, as for a chat request (resolve_group sets it).
+  c.llm.images = static_cast<std::int64_t>(r.images);
   c.llm.message_count = r.messages.size() + (r.system.empty() ? 0 : 1);
   c.canon = std::move(r);
   return Ok{};
@@ -102,6 +101,7 @@ Verdict resolve_group(Ctx& c) {
   }
   c.group = g;
   c.route_model = model;
+  phase_resolve::apply_image_bound(c);
   if (c.sh.scaling) c.sh.scaling->note_arrival(g->cfg->name);
   return Ok{};
 }
@@ -141,6 +141,11 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
     }
   }
   return resolve_group(c);
+}
+
+void phase_resolve::apply_image_bound(Ctx& c) {
+  const auto prio = static_cast<std::size_t>(std::clamp(c.priority.priority, 0, 2));
+  c.llm.image_tokens_each = c.group->answers[prio].image_tokens;
 }
 
 boost::asio::awaitable<Verdict> phase_resolve::run(Ctx& c, providers::Endpoint) {

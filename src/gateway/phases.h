@@ -34,6 +34,9 @@ namespace phase_resolve {
 std::optional<Verdict> try_now(Ctx& c, providers::Endpoint endpoint);
 // Only when a previous_response_id must be looked up in a store that waits (Redis).
 boost::asio::awaitable<Verdict> run(Ctx& c, providers::Endpoint endpoint);
+// Each input image estimated at the largest image bound of the models that may answer (the
+// group's AnswerChain at the request's priority). Again whenever c.group changes (a downgrade).
+void apply_image_bound(Ctx& c);
 }  // namespace phase_resolve
 
 // 4 cache: exact (and semantic) lookup. The hit is served by serve() after the rate limit

@@ -120,10 +120,13 @@ void Runtime::build_answer_chains() {
       }
       AnswerChain& chain = group.answers[p];
       std::vector<const cost::ModelPrice*> prices;
+      chain.image_tokens = 0;
       for (const auto& m : models) {
         const cost::ModelPrice* price = cfg_->prices.find(m);
         if (price == nullptr && chain.unpriced.empty()) chain.unpriced = m;
         prices.push_back(price);
+        chain.image_tokens = std::max(chain.image_tokens, price ? cost::image_token_bound(*price)
+                                                                : cost::kDefaultImageTokens);
       }
       chain.prices = cost::covering_prices(prices);
     }

@@ -69,6 +69,9 @@ struct AnswerChain {
   // The prices that cover the chain (cost::covering_prices): usually one.
   std::vector<const cost::ModelPrice*> prices;
   std::string unpriced;  // a model of the chain without a price (refused when budgeted); or empty
+  // The largest image bound of the chain's models (cost::image_token_bound; the default for a
+  // model without a price): each input image is estimated at it, whichever model answers.
+  std::int64_t image_tokens = cost::kDefaultImageTokens;
 };
 
 struct ModelGroup {

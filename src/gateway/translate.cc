@@ -109,6 +109,19 @@ Result<UpstreamBody> upstream_body(Format inbound, const std::string& raw,
     if (!decoded) return decoded.error();
     canon = std::move(decoded.value());
   }
+  // Chat's n: Gemini generates the choices (candidateCount) in a buffered answer; Anthropic
+  // has no equivalent. Refused rather than dropped: a client that asked for n choices and got
+  // one would read a wrong answer, not a smaller one.
+  if (canon->n > 1 &&
+      (out.upstream == Format::kMessages || (out.upstream == Format::kGemini && stream))) {
+    return make_error(400, "invalid_request_error", "unsupported_parameter",
+                      std::string("n > 1 is not supported by ") +
+                          (out.upstream == Format::kMessages
+                               ? "a provider of type anthropic"
+                               : "a streamed request to a provider of type gemini") +
+                          "; send n: 1 (or several requests).",
+                      "n");
+  }
   auto req = *canon;
   req.stream = stream;
   switch (out.upstream) {
@@ -127,7 +140,9 @@ Result<UpstreamBody> upstream_body(Format inbound, const std::string& raw,
   return out;
 }
 
-Result<api::Response> decode_answer(Format f, std::string_view body) {
+namespace {
+
+Result<api::Response> decode_answer_as_is(Format f, std::string_view body) {
   switch (f) {
     case Format::kMessages:
       return api::decode_messages_response(body);
@@ -139,6 +154,16 @@ Result<api::Response> decode_answer(Format f, std::string_view body) {
       break;
   }
   return api::decode_chat_response(body);
+}
+
+}  // namespace
+
+// An answer with generated output is never free: usage that counts no output for it is
+// unreadable (charged an estimate).
+Result<api::Response> decode_answer(Format f, std::string_view body) {
+  auto r = decode_answer_as_is(f, body);
+  if (r) api::check_output_counted(r->usage, api::has_output(*r));
+  return r;
 }
 
 api::Usage native_usage(Format f, std::string_view body) {
@@ -263,8 +288,13 @@ void StreamTranslator::feed(std::string_view event, std::string& out) {
     if (e.kind == api::StreamEvent::Kind::kTextDelta) {
       text_chars_ += e.text.size();
       ++text_chunks_;
+      generated_ = generated_ || !e.text.empty();
+    } else if (e.kind == api::StreamEvent::Kind::kToolCallStart) {
+      ++text_chunks_;  // the call's name was generated: at least a token
+      generated_ = true;
     } else if (e.kind == api::StreamEvent::Kind::kToolArgsDelta) {
       text_chars_ += e.text.size();  // generated too: counted for an estimate
+      generated_ = generated_ || !e.text.empty();
     } else if (e.kind == api::StreamEvent::Kind::kUsage && e.usage.present) {
       usage_ = e.usage;
     } else if (e.kind == api::StreamEvent::Kind::kStart) {

@@ -54,7 +54,8 @@ Result<ClientAnswer> translate_response(api::Format inbound, const UpstreamBody&
                                         std::string_view body, std::string_view public_model,
                                         const api::ResponseMeta* meta);
 
-// A whole (buffered) answer in wire format `f`, decoded into the canonical response.
+// A whole (buffered) answer in wire format `f`, decoded into the canonical response. Usage that
+// counts no output for an answer with output is unreadable (api::check_output_counted).
 Result<api::Response> decode_answer(api::Format f, std::string_view body);
 
 // Usage of a same-format answer of the Responses or Messages API.
@@ -92,6 +93,8 @@ class StreamTranslator {
   // of the output when usage is missing or partial.
   std::size_t text_chars() const { return text_chars_; }
   std::size_t text_chunks() const { return text_chunks_; }
+  // The stream carried generated output (text that is not empty, a tool call).
+  bool generated() const { return generated_; }
   // The streamed answer of a Responses client (for the store), else nullptr.
   const api::Response* accumulated() const;
   // A Responses stream passed through: the provider's response id, once an event named it.
@@ -108,6 +111,7 @@ class StreamTranslator {
   api::Usage usage_;
   std::size_t text_chars_ = 0;
   std::size_t text_chunks_ = 0;
+  bool generated_ = false;
   bool failed_ = false;
   std::string upstream_id_;
 };

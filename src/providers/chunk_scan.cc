@@ -9,6 +9,10 @@
 #include <optional>
 #include <string_view>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace bw::providers {
 namespace {
 
@@ -42,23 +46,41 @@ int hex_value(char c) {
   return -1;
 }
 
+// Whether `v`, one JSON value as written, is null, "", [] or {} (whitespace inside allowed).
+bool empty_json(std::string_view v) {
+  if (v == "null" || v == "\"\"") return true;
+  if (v.size() < 2 || (v.front() != '[' && v.front() != '{')) return false;
+  return v.find_first_not_of(" \t\r\n", 1) == v.size() - 1;
+}
+
 // A strict JSON reader for the shape of a stream event. Every method returns false for anything
 // it does not take, valid JSON or not: the caller then parses the event. What it takes is valid
 // JSON that the parser accepts too, and what it reads is what the parser's lookups read.
 class Scanner {
  public:
-  Scanner(std::string_view data, bool read_usage)
-      : data_(data), p_(data.data()), end_(p_ + data.size()), read_usage_(read_usage) {}
+  // answer: a whole buffered answer, of which only "usage" is read (its "choices" are any value);
+  // output_always: the usage's completion count must be there (every endpoint but embeddings).
+  Scanner(std::string_view data, bool read_usage, bool answer = false, bool output_always = true)
+      : data_(data),
+        p_(data.data()),
+        end_(p_ + data.size()),
+        read_usage_(read_usage || answer),
+        answer_(answer),
+        output_always_(output_always) {}
 
-  bool event(ChunkInfo& info) {
-    ws();
-    if (p_ == end_ || *p_ != '{') return false;
+  // resume: the length of a prefix of the data that an earlier scan took as far as the first
+  // member it reads ("choices" or "usage"): the scan starts there, at that member's key, in the
+  // state the prefix leaves (one object open, no member read). 0: from the start.
+  bool event(ChunkInfo& info, std::size_t resume = 0) {
     bool saw_choices = false, saw_usage = false;
-    const bool ok = members(1, [&](const Str& key) {
+    auto on_member = [&](const Str& key) {
       // A key written with escapes may equal a key the answer reads; a duplicate is read by the
       // parser's rule: both are left to the parser.
       if (key.escaped) return false;
-      if (key.raw == "choices") {
+      const bool reads = key.raw == "choices" || key.raw == "usage";
+      if (reads && checkpoint_ == 0) checkpoint_ = static_cast<std::size_t>(key_at_ - data_.data());
+      if (!reads) return value(2);
+      if (key.raw == "choices" && !answer_) {
         if (saw_choices) return false;
         saw_choices = true;
         if (*p_ == '[') return choices(2, info);
@@ -69,14 +91,23 @@ class Scanner {
         if (*p_ == '{') return read_usage_ && usage(2, info.usage);
       }
       return value(2);
-    });
+    };
+    bool ok = false;
+    if (resume > 0) {
+      p_ += resume;
+      ok = members(1, on_member, true);
+    } else {
+      ws();
+      if (p_ == end_ || *p_ != '{') return false;
+      ok = members(1, on_member);
+    }
     if (!ok) return false;
     // parse_chunk's rule: usage alone when "choices" is an empty array.
     if (info.usage.present) info.usage_only = choices_array_ && choices_ == 0;
     ws();
     if (p_ != end_) return false;
     // Non-ASCII bytes occur only inside strings here; the parser refuses invalid UTF-8.
-    if ((high_ & kHighBits) != 0 && !simdjson::validate_utf8(data_.data(), data_.size())) {
+    if (high_ != 0 && !simdjson::validate_utf8(data_.data(), data_.size())) {
       return false;
     }
     return true;
@@ -96,18 +127,22 @@ class Scanner {
     }
   }
 
-  // At '{'. on_member(key) reads the value, which starts at p_.
+  // At '{'. on_member(key) reads the value, which starts at p_. resumed: p_ is already at a key
+  // (event()'s resume).
   template <typename OnMember>
-  bool members(int depth, OnMember&& on_member) {
+  bool members(int depth, OnMember&& on_member, bool resumed = false) {
     if (depth > kMaxScanDepth) return false;
-    ++p_;
-    ws();
-    if (p_ != end_ && *p_ == '}') {
+    if (!resumed) {
       ++p_;
-      return true;
+      ws();
+      if (p_ != end_ && *p_ == '}') {
+        ++p_;
+        return true;
+      }
     }
     for (;;) {
       if (p_ == end_ || *p_ != '"') return false;
+      if (depth == 1) key_at_ = p_;
       Str key;
       if (!string(key)) return false;
       ws();
@@ -217,31 +252,58 @@ class Scanner {
     return true;
   }
 
-  // At '"'. Eight bytes at a time: the lowest flagged byte of the masks is the first quote,
-  // backslash or control character (a flag above it may be a borrow, never one below).
+  // The offset of the first quote, backslash or control character in the 16 bytes at p_ (16 if
+  // none), past the end of the data reading zero bytes, which are control characters. Also
+  // notes whether any of the bytes is non-ASCII (bytes past the string may be noted too: that
+  // only costs a UTF-8 check).
+#if defined(__SSE2__)
+  unsigned special16(std::size_t left) {
+    __m128i x;
+    if (left >= 16) {
+      x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_));
+    } else {
+      alignas(16) char tail[16] = {};
+      std::memcpy(tail, p_, left);
+      x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+    }
+    const __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
+    const __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'));
+    const __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+    high_ |= static_cast<unsigned>(_mm_movemask_epi8(x));
+    const auto mask = static_cast<unsigned>(
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)));
+    return mask == 0 ? 16 : static_cast<unsigned>(__builtin_ctz(mask));
+  }
+#else
+  // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
+  // above it may be a borrow, never one below).
+  unsigned special16(std::size_t left) {
+    for (unsigned half = 0; half < 16; half += 8) {
+      std::uint64_t x = 0;  // past the end: zero bytes
+      const std::size_t have = left > half ? left - half : 0;
+      std::memcpy(&x, p_ + (have ? half : 0), have >= 8 ? 8 : have);
+      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
+                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
+      high_ |= x & kHighBits;
+      if (special != 0) return half + static_cast<unsigned>(__builtin_ctzll(special) / 8);
+    }
+    return 16;
+  }
+#endif
+
+  // At '"'. Sixteen bytes at a time.
   bool string(Str& s) {
     ++p_;
     const char* start = p_;
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
     for (;;) {
-      std::uint64_t x = 0;  // past the end: zero bytes, control characters, so unterminated
       const auto left = static_cast<std::size_t>(end_ - p_);
-      // A copy of constant size is one load; the variable-size one only near the end.
-      if (left >= 8) {
-        std::memcpy(&x, p_, 8);
-      } else {
-        std::memcpy(&x, p_, left);
-      }
-      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
-                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
-      // Bytes past the string may be flagged too: that only costs a UTF-8 check.
-      high_ |= x;
-      if (special == 0) {
-        p_ += 8;
+      const unsigned at = special16(left);
+      if (at == 16) {
+        p_ += 16;
         continue;
       }
-      const auto at = static_cast<std::size_t>(__builtin_ctzll(special) / 8);
-      if (at >= left) return false;
+      if (at >= left) return false;  // unterminated
       p_ += at;
       if (*p_ == '"') {
         s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
@@ -317,14 +379,14 @@ class Scanner {
 
   // One choice: the text is delta.content if that is a string, otherwise text if that is one.
   bool choice(int depth, ChunkInfo& info) {
-    bool saw_delta = false, saw_text = false;
+    bool saw_delta = false, saw_text = false, output = false;
     std::optional<std::size_t> content, text;
     const bool ok = members(depth, [&](const Str& key) {
       if (key.escaped) return false;
       if (key.raw == "delta") {
         if (saw_delta) return false;
         saw_delta = true;
-        if (*p_ == '{') return delta(depth + 1, content);
+        if (*p_ == '{') return delta(depth + 1, content, output);
       } else if (key.raw == "text") {
         if (saw_text) return false;
         saw_text = true;
@@ -342,13 +404,21 @@ class Scanner {
       info.text_chars += *n;
       info.has_text = info.has_text || *n > 0;
     }
+    info.other_output = info.other_output || output;
     return true;
   }
 
-  bool delta(int depth, std::optional<std::size_t>& content) {
+  bool delta(int depth, std::optional<std::size_t>& content, bool& output) {
     bool saw_content = false;
     return members(depth, [&](const Str& key) {
       if (key.escaped) return false;
+      if (is_output_member(key.raw)) {
+        const char* start = p_;
+        if (!value(depth + 1)) return false;
+        output =
+            output || !empty_json(std::string_view(start, static_cast<std::size_t>(p_ - start)));
+        return true;
+      }
       if (key.raw == "content") {
         if (saw_content) return false;
         saw_content = true;
@@ -363,7 +433,7 @@ class Scanner {
     });
   }
 
-  // A token count as api::read_chat_usage takes it without a question: a non-negative integer.
+  // A token count as api::read_openai_usage takes it without a question: a non-negative integer.
   // Anything else (another type, a sign, a fraction or an exponent) is left to the parser.
   bool count(std::int64_t& out) {
     const char* start = p_;
@@ -375,10 +445,11 @@ class Scanner {
     return ec == std::errc{} && end == p_;
   }
 
-  // At '{' of the top-level "usage": what read_usage reads of it. A member it reads that comes
-  // twice is left to the parser (whose lookup takes the last).
+  // At '{' of the top-level "usage": what api::read_openai_usage reads of it with the chat names.
+  // A member it reads that comes twice is left to the parser (whose lookup takes the last).
   bool usage(int depth, Usage& u) {
-    bool saw_prompt = false, saw_completion = false, saw_details = false;
+    bool saw_prompt = false, saw_completion = false, saw_in_details = false,
+         saw_out_details = false;
     const bool ok = members(depth, [&](const Str& key) {
       if (key.escaped) return false;
       if (key.raw == "prompt_tokens") {
@@ -392,26 +463,33 @@ class Scanner {
         return count(u.completion_tokens);
       }
       if (key.raw == "prompt_tokens_details") {
-        if (saw_details) return false;
-        saw_details = true;
-        if (*p_ == '{') return details(depth + 1, u);
+        if (saw_in_details) return false;
+        saw_in_details = true;
+        if (*p_ == '{') return details(depth + 1, "cached_tokens", u.cached_tokens);
+      } else if (key.raw == "completion_tokens_details") {
+        if (saw_out_details) return false;
+        saw_out_details = true;
+        if (*p_ == '{') return details(depth + 1, "reasoning_tokens", u.reasoning_tokens);
       }
+      // A details member that is not an object reads as 0 there too.
       return value(depth + 1);
     });
-    // Without both counts the usage is unreadable: the parser's reader says so.
-    if (!ok || !saw_prompt || !saw_completion) return false;
+    // Without the counts the provider always sends the usage is unreadable: the parser's reader
+    // says so.
+    if (!ok || !saw_prompt || (output_always_ && !saw_completion)) return false;
     u.present = true;
     return true;
   }
 
-  bool details(int depth, Usage& u) {
-    bool saw_cached = false;
+  // A details object: `name` read as a count (missing: 0); anything else there to the parser.
+  bool details(int depth, std::string_view name, std::int64_t& out) {
+    bool saw = false;
     return members(depth, [&](const Str& key) {
       if (key.escaped) return false;
-      if (key.raw == "cached_tokens") {
-        if (saw_cached) return false;
-        saw_cached = true;
-        return count(u.cached_tokens);
+      if (key.raw == name) {
+        if (saw) return false;
+        saw = true;
+        return count(out);
       }
       return value(depth + 1);
     });
@@ -419,9 +497,18 @@ class Scanner {
 
   std::string_view data_;
   const char* p_;
+  const char* key_at_ = nullptr;  // the opening quote of the top-level key being read
   const char* end_;
-  std::uint64_t high_ = 0;      // every string byte OR-ed: a high bit means non-ASCII text
-  bool read_usage_ = false;     // a usage object is read here, not left to the parse
+  std::uint64_t high_ = 0;   // nonzero: a string had a non-ASCII byte
+  bool read_usage_ = false;  // a usage object is read here, not left to the parse
+  bool answer_ = false;      // a buffered answer: only its usage is read
+
+ public:
+  // Where the first top-level member the scan reads began (0: none was met).
+  std::size_t checkpoint_ = 0;
+
+ private:
+  bool output_always_ = true;   // the usage must have a completion count
   bool choices_array_ = false;  // the top-level "choices" is an array
   std::size_t choices_ = 0;     // of that many elements
 };
@@ -443,6 +530,41 @@ std::optional<ChunkInfo> scan_chunk(std::string_view data) {
 
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data) {
   return scan(data, true);
+}
+
+std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix) {
+  if (data.empty() || data.size() > kMaxScanBytes) return std::nullopt;
+  const std::string& known = prefix.bytes;
+  const bool resume = !known.empty() && data.size() > known.size() &&
+                      std::memcmp(data.data(), known.data(), known.size()) == 0;
+  ChunkInfo info;
+  Scanner scanner(data, true);
+  if (!scanner.event(info, resume ? known.size() : 0)) return std::nullopt;
+  // A new prefix is kept when it is plain ASCII (so that the rest of an event decides alone
+  // whether the event needs a UTF-8 check).
+  const std::size_t at = scanner.checkpoint_;
+  if (!resume && at > 0 && at <= ChunkPrefix::kMaxBytes) {
+    bool ascii = true;
+    for (std::size_t i = 0; i < at; ++i)
+      ascii = ascii && static_cast<unsigned char>(data[i]) < 0x80;
+    if (ascii) prefix.bytes.assign(data.data(), at);
+  }
+  return info;
+}
+
+std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {
+  if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
+  ChunkInfo info;
+  if (!Scanner(body, true, true, endpoint != Endpoint::kEmbeddings).event(info)) {
+    return std::nullopt;
+  }
+  // No output tokens: the parse decides whether the answer generated output all the same (then
+  // the usage is not trusted).
+  if (endpoint != Endpoint::kEmbeddings && info.usage.usable() &&
+      info.usage.completion_tokens == 0) {
+    return std::nullopt;
+  }
+  return info.usage;
 }
 
 }  // namespace bw::providers

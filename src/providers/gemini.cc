@@ -220,7 +220,8 @@ std::string encode_gemini_request(const api::Request& r, std::int64_t max_tokens
   if (r.top_p) j.key("topP").value(*r.top_p);
   if (r.top_k) j.key("topK").value(*r.top_k);
   const std::int64_t cap = max_tokens > 0 ? max_tokens : r.max_tokens;
-  if (cap > 0) j.key("maxOutputTokens").value(cap);
+  if (cap > 0) j.key("maxOutputTokens").value(cap);  // per candidate
+  if (r.n > 1) j.key("candidateCount").value(r.n);
   if (!r.stop.empty()) {
     j.key("stopSequences").begin_array();
     for (const auto& s : r.stop) j.value(s);
@@ -239,11 +240,8 @@ std::string encode_gemini_request(const api::Request& r, std::int64_t max_tokens
 
 namespace {
 
-// The parts of a response or chunk; tool calls get generated ids (Gemini's may be absent).
-void read_candidate(dom::element doc, api::Response& r, bool& any_call, std::string& finish) {
-  dom::array cands;
-  if (doc["candidates"].get(cands) != simdjson::SUCCESS || cands.size() == 0) return;
-  dom::element c = cands.at(0).value_unsafe();
+// The parts of one candidate; tool calls get generated ids (Gemini's may be absent).
+void read_parts(dom::element c, std::vector<Part>& content, bool& any_call, std::string& finish) {
   dom::array parts;
   if (c["content"]["parts"].get(parts) == simdjson::SUCCESS) {
     for (auto p : parts) {
@@ -251,7 +249,7 @@ void read_candidate(dom::element doc, api::Response& r, bool& any_call, std::str
       if (p["thought"].get(thought) == simdjson::SUCCESS && thought) continue;
       std::string_view text;
       if (p["text"].get(text) == simdjson::SUCCESS) {
-        r.content.push_back(Part{.kind = Part::Kind::kText, .text = std::string(text)});
+        content.push_back(Part{.kind = Part::Kind::kText, .text = std::string(text)});
       }
       dom::element fc;
       if (p["functionCall"].get(fc) == simdjson::SUCCESS) {
@@ -261,13 +259,25 @@ void read_candidate(dom::element doc, api::Response& r, bool& any_call, std::str
         call.name = std::string(json::str(fc, "name"));
         dom::element args;
         call.arguments = fc["args"].get(args) == simdjson::SUCCESS ? json::raw(args) : "{}";
-        r.content.push_back(std::move(call));
+        content.push_back(std::move(call));
         any_call = true;
       }
     }
   }
   std::string_view f;
   if (c["finishReason"].get(f) == simdjson::SUCCESS) finish = std::string(f);
+}
+
+// The parts of a response's or chunk's first candidate.
+void read_candidate(dom::element doc, api::Response& r, bool& any_call, std::string& finish) {
+  dom::array cands;
+  if (doc["candidates"].get(cands) != simdjson::SUCCESS || cands.size() == 0) return;
+  read_parts(cands.at(0).value_unsafe(), r.content, any_call, finish);
+}
+
+FinishReason finish_of(bool any_call, std::string_view finish) {
+  const FinishReason f = finish_from(finish);
+  return any_call && f == FinishReason::kStop ? FinishReason::kToolCalls : f;
 }
 
 }  // namespace
@@ -282,13 +292,30 @@ Result<api::Response> decode_gemini_response(std::string_view body) {
   bool any_call = false;
   std::string finish;
   read_candidate(doc, r, any_call, finish);
-  r.finish = any_call && finish_from(finish) == FinishReason::kStop ? FinishReason::kToolCalls
-                                                                    : finish_from(finish);
+  r.finish = finish_of(any_call, finish);
+  // candidateCount > 1: the other candidates are the other choices, in their order.
+  dom::array cands;
+  if (doc["candidates"].get(cands) == simdjson::SUCCESS) {
+    bool first = true;
+    for (auto c : cands) {
+      if (first) {
+        first = false;
+        continue;
+      }
+      api::Response::Choice choice;
+      bool calls = false;
+      std::string f;
+      read_parts(c, choice.content, calls, f);
+      choice.finish = finish_of(calls, f);
+      r.more_choices.push_back(std::move(choice));
+    }
+  }
   dom::element u;
   if (json::member(doc, "usageMetadata").get(u) == simdjson::SUCCESS) read_usage(u, r.usage);
   // Gemini leaves out a zero count, but an answer with output did not cost zero output tokens:
   // such usage is not the whole usage, and is not trusted.
-  if (r.usage.present && r.usage.completion_tokens == 0 && !r.content.empty()) {
+  if (r.usage.present && r.usage.completion_tokens == 0 &&
+      (!r.content.empty() || !r.more_choices.empty())) {
     r.usage.unreadable = true;
   }
   return r;
@@ -296,10 +323,10 @@ Result<api::Response> decode_gemini_response(std::string_view body) {
 
 namespace {
 
-void write_candidate(JsonWriter& j, const std::vector<Part>& parts, std::string_view finish) {
-  j.key("candidates")
-      .begin_array()
-      .begin_object()
+// One element of "candidates".
+void write_one_candidate(JsonWriter& j, std::int64_t index, const std::vector<Part>& parts,
+                         std::string_view finish) {
+  j.begin_object()
       .key("content")
       .begin_object()
       .key("role")
@@ -323,16 +350,25 @@ void write_candidate(JsonWriter& j, const std::vector<Part>& parts, std::string_
   }
   j.end_array().end_object();
   if (!finish.empty()) j.key("finishReason").value(finish);
-  j.key("index").value(0).end_object().end_array();
+  j.key("index").value(index).end_object();
+}
+
+void write_candidate(JsonWriter& j, const std::vector<Part>& parts, std::string_view finish) {
+  j.key("candidates").begin_array();
+  write_one_candidate(j, 0, parts, finish);
+  j.end_array();
 }
 
 }  // namespace
 
 std::string encode_gemini_response(const api::Response& r, std::string_view model) {
   JsonWriter j;
-  j.begin_object();
-  write_candidate(j, r.content, finish_to(r.finish));
-  j.key("usageMetadata");
+  j.begin_object().key("candidates").begin_array();
+  write_one_candidate(j, 0, r.content, finish_to(r.finish));
+  std::int64_t index = 1;
+  for (const auto& c : r.more_choices)
+    write_one_candidate(j, index++, c.content, finish_to(c.finish));
+  j.end_array().key("usageMetadata");
   write_usage(j, r.usage);
   j.key("modelVersion").value(model).key("responseId").value(r.id).end_object();
   return j.take();

@@ -71,7 +71,7 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
     if ((type == "text" || type == "input_text") && part["text"].get(s) == simdjson::SUCCESS) {
       r.prompt_chars += s.size();
     } else if (type == "image_url") {
-      r.image_tokens += kImageMaxTokens;
+      ++r.images;
     } else {
       // Audio, files and parts not known here: every byte the provider reads, as text.
       r.prompt_chars += json_chars(part);
@@ -79,32 +79,52 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
   }
 }
 
-// Top-level fields that carry no text the model reads (or are handled on their own).
-bool is_non_prompt_field(std::string_view key) {
-  static constexpr std::string_view kSkip[] = {"model",
-                                               "messages",
-                                               "prompt",
-                                               "input",
-                                               "stream",
-                                               "stream_options",
-                                               "metadata",
-                                               "user",
-                                               "logit_bias",
-                                               "stop",
-                                               "service_tier",
-                                               "modalities",
-                                               "reasoning_effort",
-                                               "max_tokens",
-                                               "max_completion_tokens",
-                                               "n",
-                                               "best_of",
-                                               "seed",
-                                               "temperature",
-                                               "top_p"};
-  for (auto k : kSkip) {
-    if (k == key) return true;
+// The top-level fields parse_request reads, and those that carry no text the model reads (or are
+// handled on their own); every other field is priced as text.
+enum class TopField : std::uint8_t {
+  kOther,
+  kNoText,
+  kModel,
+  kMessages,
+  kPrompt,
+  kInput,
+  kStream,
+  kStreamOptions,
+  kMaxTokens,
+  kMaxCompletionTokens,
+  kN,
+  kBestOf,
+};
+
+TopField top_field(std::string_view key) {
+  struct Known {
+    std::string_view name;
+    TopField field;
+  };
+  static constexpr Known kKnown[] = {{"model", TopField::kModel},
+                                     {"messages", TopField::kMessages},
+                                     {"max_tokens", TopField::kMaxTokens},
+                                     {"temperature", TopField::kNoText},
+                                     {"stream", TopField::kStream},
+                                     {"stream_options", TopField::kStreamOptions},
+                                     {"max_completion_tokens", TopField::kMaxCompletionTokens},
+                                     {"prompt", TopField::kPrompt},
+                                     {"input", TopField::kInput},
+                                     {"n", TopField::kN},
+                                     {"best_of", TopField::kBestOf},
+                                     {"metadata", TopField::kNoText},
+                                     {"user", TopField::kNoText},
+                                     {"logit_bias", TopField::kNoText},
+                                     {"stop", TopField::kNoText},
+                                     {"service_tier", TopField::kNoText},
+                                     {"modalities", TopField::kNoText},
+                                     {"reasoning_effort", TopField::kNoText},
+                                     {"seed", TopField::kNoText},
+                                     {"top_p", TopField::kNoText}};
+  for (const auto& k : kKnown) {
+    if (k.name.size() == key.size() && k.name == key) return k.field;
   }
-  return false;
+  return TopField::kOther;
 }
 
 bool is_json_ws(char c) {
@@ -199,33 +219,91 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   LlmRequest r;
   r.endpoint = endpoint;
   r.layout = layout;
-  simdjson::dom::element model;
-  if (doc["model"].get(model) != simdjson::SUCCESS) {
-    return bad("you must provide a model parameter", "model");
+  // One pass over the top-level members: check_request_tree refused a key written twice, so
+  // each field is met at most once. The fields are then checked in a fixed order, so that a body
+  // with several bad fields is always refused for the same one.
+  struct Found {
+    bool present = false;
+    simdjson::dom::element v;
+    // Present and not null.
+    bool set() const { return present && !v.is_null(); }
+  };
+  Found model_f, stream_f, stream_options_f, max_tokens_f, max_completion_tokens_f, n_f, best_of_f,
+      messages_f, prompt_f, input_f;
+  // Bound to a local: iterating the temporary result would dangle.
+  simdjson::dom::object top = doc.get_object().value_unsafe();
+  for (auto f : top) {
+    Found* slot = nullptr;
+    switch (top_field(f.key)) {
+      case TopField::kOther:
+        // tools, functions, tool_choice, response_format (schemas), prediction, suffix, and any
+        // field not known here: the provider reads them, so they are priced as text.
+        if (f.value.is_string() || f.value.is_object() || f.value.is_array()) {
+          r.prompt_chars += f.key.size() + json_chars(f.value);
+        }
+        continue;
+      case TopField::kNoText:
+        continue;
+      case TopField::kModel:
+        slot = &model_f;
+        break;
+      case TopField::kMessages:
+        slot = &messages_f;
+        break;
+      case TopField::kPrompt:
+        slot = &prompt_f;
+        break;
+      case TopField::kInput:
+        slot = &input_f;
+        break;
+      case TopField::kStream:
+        slot = &stream_f;
+        break;
+      case TopField::kStreamOptions:
+        slot = &stream_options_f;
+        break;
+      case TopField::kMaxTokens:
+        slot = &max_tokens_f;
+        break;
+      case TopField::kMaxCompletionTokens:
+        slot = &max_completion_tokens_f;
+        break;
+      case TopField::kN:
+        slot = &n_f;
+        break;
+      case TopField::kBestOf:
+        slot = &best_of_f;
+        break;
+    }
+    slot->present = true;
+    slot->v = f.value;
   }
+
+  if (!model_f.present) return bad("you must provide a model parameter", "model");
   std::string_view m;
-  if (model.get(m) != simdjson::SUCCESS || m.empty())
+  if (model_f.v.get(m) != simdjson::SUCCESS || m.empty())
     return bad("model must be a non-empty string", "model");
   if (m.size() > 256) return bad("model name too long", "model");
   r.model = std::string(m);
 
-  simdjson::dom::element v;
-  if (doc["stream"].get(v) == simdjson::SUCCESS && !v.is_null()) {
+  if (stream_f.set()) {
     bool s = false;
-    if (v.get(s) != simdjson::SUCCESS) return bad("stream must be a boolean", "stream");
+    if (stream_f.v.get(s) != simdjson::SUCCESS) return bad("stream must be a boolean", "stream");
     r.stream = s;
   }
   if (r.stream && endpoint == Endpoint::kEmbeddings)
     return bad("embeddings cannot stream", "stream");
-  if (doc["stream_options"].get(v) == simdjson::SUCCESS && !v.is_null()) {
+  if (stream_options_f.set()) {
+    const auto& v = stream_options_f.v;
     if (!v.is_object()) return bad("stream_options must be an object", "stream_options");
     bool u = false;
     if (v["include_usage"].get(u) == simdjson::SUCCESS) r.client_wants_usage = u;
   }
-  for (const char* key : {"max_completion_tokens", "max_tokens"}) {
-    if (doc[key].get(v) == simdjson::SUCCESS && !v.is_null()) {
+  for (const auto& [key, f] : {std::pair{"max_completion_tokens", &max_completion_tokens_f},
+                               std::pair{"max_tokens", &max_tokens_f}}) {
+    if (f->set()) {
       std::int64_t mt = 0;
-      if (v.get(mt) != simdjson::SUCCESS || mt < 1) {
+      if (f->v.get(mt) != simdjson::SUCCESS || mt < 1) {
         return bad(std::string(key) + " must be a positive integer", key);
       }
       r.max_tokens = mt;
@@ -233,10 +311,10 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
     }
   }
   // Each choice is generated and billed: the reservation multiplies by them.
-  for (const char* key : {"n", "best_of"}) {
-    if (doc[key].get(v) == simdjson::SUCCESS && !v.is_null()) {
+  for (const auto& [key, f] : {std::pair{"n", &n_f}, std::pair{"best_of", &best_of_f}}) {
+    if (f->set()) {
       std::int64_t n = 0;
-      if (v.get(n) != simdjson::SUCCESS || n < 1 || n > kMaxChoices) {
+      if (f->v.get(n) != simdjson::SUCCESS || n < 1 || n > kMaxChoices) {
         return bad(
             std::string(key) + " must be an integer from 1 to " + std::to_string(kMaxChoices), key);
       }
@@ -247,48 +325,39 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
   switch (endpoint) {
     case Endpoint::kChat: {
       simdjson::dom::array messages;
-      if (doc["messages"].get(messages) != simdjson::SUCCESS) {
+      if (!messages_f.present || messages_f.v.get(messages) != simdjson::SUCCESS) {
         return bad("messages must be an array", "messages");
       }
       for (auto msg : messages) {
         if (!msg.is_object()) return bad("each message must be an object", "messages");
-        std::string_view role;
-        if (msg["role"].get(role) != simdjson::SUCCESS) {
-          return bad("each message needs a role", "messages");
-        }
+        bool has_role = false;
         // Bound to a local: iterating the temporary result would dangle.
         simdjson::dom::object fields = msg.get_object().value_unsafe();
         for (auto f : fields) {
           if (f.key == "content") {
             add_content(f.value, r);
-          } else if (f.key != "role") {  // tool calls, tool_call_id, name, audio, ...
+          } else if (f.key == "role") {
+            has_role = f.value.is_string();
+          } else {  // tool calls, tool_call_id, name, audio, ...
             r.prompt_chars += f.key.size() + json_chars(f.value);
           }
         }
+        if (!has_role) return bad("each message needs a role", "messages");
         ++r.message_count;
       }
       if (r.message_count == 0) return bad("messages must not be empty", "messages");
       break;
     }
     case Endpoint::kCompletions: {
-      if (doc["prompt"].get(v) != simdjson::SUCCESS) return bad("prompt is required", "prompt");
-      add_content(v, r);
+      if (!prompt_f.present) return bad("prompt is required", "prompt");
+      add_content(prompt_f.v, r);
       break;
     }
     case Endpoint::kEmbeddings: {
-      if (doc["input"].get(v) != simdjson::SUCCESS) return bad("input is required", "input");
-      add_content(v, r);
+      if (!input_f.present) return bad("input is required", "input");
+      add_content(input_f.v, r);
       break;
     }
-  }
-  // tools, functions, tool_choice, response_format (schemas), prediction, suffix, and any field
-  // not known here: the provider reads them, so they are priced as text.
-  // Bound to a local: iterating the temporary result would dangle.
-  simdjson::dom::object top = doc.get_object().value_unsafe();
-  for (auto f : top) {
-    if (is_non_prompt_field(f.key)) continue;
-    if (!f.value.is_string() && !f.value.is_object() && !f.value.is_array()) continue;
-    r.prompt_chars += f.key.size() + json_chars(f.value);
   }
   return r;
 }
@@ -587,7 +656,51 @@ Result<std::string> rewrite_request(const std::string& body, std::string_view pr
   return out;
 }
 
+bool is_output_member(std::string_view key) {
+  return key == "tool_calls" || key == "function_call" || key == "refusal" ||
+         key == "reasoning_content" || key == "audio";
+}
+
+namespace {
+
+// null, "", [] and {}: nothing generated.
+bool empty_value(simdjson::dom::element v) {
+  std::string_view s;
+  if (v.is_null()) return true;
+  if (v.get(s) == simdjson::SUCCESS) return s.empty();
+  simdjson::dom::array a;
+  if (v.get(a) == simdjson::SUCCESS) return a.size() == 0;
+  simdjson::dom::object o;
+  if (v.get(o) == simdjson::SUCCESS) return o.size() == 0;
+  return false;
+}
+
+// Whether a buffered chat or completions answer holds generated output: the text of a choice,
+// or a message member that is generated (content, tool calls, a refusal, ...), not empty.
+bool has_generated_output(simdjson::dom::element doc) {
+  simdjson::dom::array choices;
+  if (doc["choices"].get(choices) != simdjson::SUCCESS) return false;
+  for (auto c : choices) {
+    simdjson::dom::element text;
+    if (c["text"].get(text) == simdjson::SUCCESS && !empty_value(text)) return true;
+    simdjson::dom::object m;
+    if (c["message"].get(m) != simdjson::SUCCESS) continue;
+    for (auto f : m) {
+      if ((f.key == "content" || is_output_member(f.key)) && !empty_value(f.value)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 Usage extract_usage(std::string_view body, Endpoint endpoint) {
+  // The usual answer: its usage read by a scan, without a DOM of the whole answer.
+  if (auto scanned = scan_answer_usage(body, endpoint)) return *scanned;
+  return parse_answer_usage(body, endpoint);
+}
+
+Usage parse_answer_usage(std::string_view body, Endpoint endpoint) {
   Usage u;
   simdjson::dom::element doc;
   if (body.empty()) return u;
@@ -597,6 +710,11 @@ Usage extract_usage(std::string_view body, Endpoint endpoint) {
     api::OpenAiUsageNames names = api::kChatUsageNames;
     names.output_always = endpoint != Endpoint::kEmbeddings;
     api::read_openai_usage(usage, names, u);
+    // Generated output reported as no output tokens is not free: the count is not trusted.
+    if (endpoint != Endpoint::kEmbeddings) {
+      api::check_output_counted(
+          u, u.usable() && u.completion_tokens == 0 && has_generated_output(doc));
+    }
   }
   return u;
 }
@@ -605,6 +723,12 @@ ChunkInfo inspect_chunk(std::string_view data) {
   if (data == "[DONE]" || data.empty()) return parse_chunk(data);
   // Most events are one delta, or the usage: read without a parse.
   if (auto scanned = scan_chunk_with_usage(data)) return *scanned;
+  return parse_chunk(data);
+}
+
+ChunkInfo inspect_chunk(std::string_view data, ChunkPrefix& prefix) {
+  if (data == "[DONE]" || data.empty()) return parse_chunk(data);
+  if (auto scanned = scan_chunk_with_usage(data, prefix)) return *scanned;
   return parse_chunk(data);
 }
 
@@ -631,6 +755,12 @@ ChunkInfo parse_chunk(std::string_view data) {
         info.text_chars += s.size();
         info.has_text = info.has_text || !s.empty();
       }
+      simdjson::dom::object delta;
+      if (c["delta"].get(delta) == simdjson::SUCCESS) {
+        for (auto f : delta) {
+          if (is_output_member(f.key) && !empty_value(f.value)) info.other_output = true;
+        }
+      }
     }
   }
   if (maybe_usage) {
@@ -645,8 +775,13 @@ ChunkInfo parse_chunk(std::string_view data) {
 
 std::int64_t estimate_prompt_tokens(const LlmRequest& req) {
   // Conservative: about 3 characters a token for English, plus per-message framing.
+  std::int64_t images = 0;
+  if (__builtin_mul_overflow(req.images, std::max<std::int64_t>(req.image_tokens_each, 0),
+                             &images)) {
+    images = INT64_MAX / 4;
+  }
   return static_cast<std::int64_t>((req.prompt_chars + 2) / 3) +
-         4 * static_cast<std::int64_t>(req.message_count) + 3 + req.image_tokens;
+         4 * static_cast<std::int64_t>(req.message_count) + 3 + images;
 }
 
 std::int64_t completion_reservation(const LlmRequest& req, std::int64_t per_choice_cap) {

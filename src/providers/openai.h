@@ -47,17 +47,21 @@ struct LlmRequest {
   // tool_choice, prediction and any other structured top-level field (counted as their JSON).
   std::size_t prompt_chars = 0;
   std::size_t message_count = 0;
-  std::int64_t image_tokens = 0;  // image parts at the provider's documented worst-case price
+  std::int64_t images = 0;  // image parts
+  // The input tokens each image is estimated at: the largest image bound of the models that may
+  // answer (cost::image_token_bound), set once the model group is known.
+  std::int64_t image_tokens_each = api::kImageMaxTokens;
   // Completions the provider generates and bills: n (chat), max(n, best_of) (completions).
   std::int64_t choices = 1;
   BodyLayout layout;  // parse_request's; used by rewrite_request
 };
 
-// An input image counts as the most one image is billed by any provider (api::kImageMaxTokens):
-// a chat request may be translated to a provider that ignores OpenAI's "detail".
+// An input image counts as the most one image is billed by the model (LlmRequest::
+// image_tokens_each; api::kImageMaxTokens until the model is known), whatever its "detail": a
+// chat request may be translated to a provider that ignores OpenAI's "detail".
 inline constexpr std::int64_t kImageMaxTokens = api::kImageMaxTokens;
 // Upper bound on n / best_of (OpenAI's own limit is 128).
-inline constexpr std::int64_t kMaxChoices = 128;
+inline constexpr std::int64_t kMaxChoices = api::kMaxChoices;
 
 inline constexpr std::size_t kMaxJsonDepth = 64;
 
@@ -87,6 +91,9 @@ Result<std::string> rewrite_request(const std::string& body, const BodyLayout& l
 // Usage from a buffered response body; absent usage leaves present=false. An embeddings answer
 // has no completion count (OpenAI sends prompt_tokens and total_tokens only).
 Usage extract_usage(std::string_view body, Endpoint endpoint = Endpoint::kChat);
+// extract_usage by a parse of the whole body, for every body (extract_usage reads the usual
+// answer by a scan that gives the same answer).
+Usage parse_answer_usage(std::string_view body, Endpoint endpoint = Endpoint::kChat);
 
 // One SSE event's data payload. Reports usage if the event carries it, whether the event is the
 // usage-only chunk (empty choices) that a client who did not ask for usage must not see, and the
@@ -97,10 +104,23 @@ struct ChunkInfo {
   bool done = false;
   std::size_t text_chars = 0;
   bool has_text = false;
+  // A delta with generated output other than text (is_output_member, not null or empty): a tool
+  // call, a function call, a refusal, reasoning. Not in text_chars.
+  bool other_output = false;
 };
+// The members of a chat delta or message, beside "content", that hold generated output.
+bool is_output_member(std::string_view key);
 // The common shape of event is read in one pass without a JSON parse (chunk_scan.h); any other
 // event is parsed. The answer is parse_chunk's for every event.
 ChunkInfo inspect_chunk(std::string_view data);
+// The start that the events of one stream share, for inspect_chunk(data, prefix): one per stream.
+struct ChunkPrefix {
+  static constexpr std::size_t kMaxBytes = 512;
+  std::string bytes;
+};
+// inspect_chunk for the next event of a stream: the same answer, with less work for the part of
+// the event that begins like the one before it.
+ChunkInfo inspect_chunk(std::string_view data, ChunkPrefix& prefix);
 // The same answer from a full parse of the event (the reference the scan is tested against).
 ChunkInfo parse_chunk(std::string_view data);
 

@@ -64,6 +64,42 @@ TEST(ChatDecode, RolesToolsAndErrors) {
           .ok());
 }
 
+// Chat's n is carried (Gemini generates the choices; Anthropic refuses n > 1), never dropped.
+TEST(ChatDecode, NIsCarried) {
+  const std::string head = R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":)";
+  auto three = decode_chat_request(head + "3}");
+  ASSERT_TRUE(three.ok()) << three.error().message;
+  EXPECT_EQ(three->n, 3);
+  EXPECT_TRUE(three->unmapped.empty());
+  EXPECT_EQ(decode_chat_request(head + "null}")->n, 1);
+  for (const char* bad : {"0", "129", "\"2\"", "1.5"}) {
+    auto r = decode_chat_request(head + bad + "}");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().param, "n") << bad;
+  }
+}
+
+// An answer with output and usage that counts no output is not free; an empty one is.
+TEST(Usage, OutputWithZeroOutputTokensIsNotTrusted) {
+  auto r = decode_chat_response(
+      R"({"choices":[{"message":{"content":"hello"}}],"usage":{"prompt_tokens":3,"completion_tokens":0}})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(has_output(*r));
+  Usage u = r->usage;
+  check_output_counted(u, has_output(*r));
+  EXPECT_FALSE(u.usable());
+  auto empty = decode_chat_response(
+      R"({"choices":[{"message":{"content":""}}],"usage":{"prompt_tokens":3,"completion_tokens":0}})");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_FALSE(has_output(*empty));
+  Usage e = empty->usage;
+  check_output_counted(e, has_output(*empty));
+  EXPECT_TRUE(e.usable());
+  Response call;
+  call.content.push_back(Part{.kind = Part::Kind::kToolCall, .name = "f"});
+  EXPECT_TRUE(has_output(call));
+}
+
 // A provider's parser keeps the last of two equal keys; the gateway would reserve and limit for
 // the first. Every inbound API refuses such a body, at any depth, naming the key.
 TEST(DuplicateKeys, EveryInboundApiRefusesThemAtAnyDepth) {

@@ -150,6 +150,19 @@ TEST(ConfigPricing, NamesTheKey) {
   expect_error_at("pricing:\n  gpt:\n    input: -1\n", 3, "pricing.gpt.input");
 }
 
+TEST(ConfigPricing, ImageTokensPerEntry) {
+  expect_error_at("pricing:\n  gpt:\n    image_tokens: -5\n", 3, "pricing.gpt.image_tokens");
+  auto r = load_string(std::string(kBase) +
+                           "pricing:\n  mini: {input: 0.15, output: 0.6, image_tokens: 25501}\n"
+                           "  plain: {input: 1, output: 2}\n",
+                       "t.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Config& c = **r;
+  ASSERT_NE(c.prices.find("mini"), nullptr);
+  EXPECT_EQ(cost::image_token_bound(*c.prices.find("mini")), 25'501);
+  EXPECT_EQ(cost::image_token_bound(*c.prices.find("plain")), cost::kDefaultImageTokens);
+}
+
 TEST(ConfigBudgets, NamesTheKey) {
   expect_error_at("budgets:\n  global: {period: monthly}\n", 2, "budgets.global.cap_usd");
   expect_error_at("tenants:\n  acme:\n    budget: {cap_usd: 1, period: hourly}\n", 3,

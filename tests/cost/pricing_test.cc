@@ -178,6 +178,23 @@ TEST(CoveringPrices, DropsPricesAnotherCovers) {
             (std::vector<const ModelPrice*>{&default_cap}));
 }
 
+// Images are billed per model; an entry without image_tokens gets the documented default.
+TEST(ImageBound, PerModelWithADefault) {
+  const ModelPrice plain{1'000'000, 2'000'000, -1, 8'192};
+  EXPECT_EQ(image_token_bound(plain), kDefaultImageTokens);
+  EXPECT_EQ(kDefaultImageTokens, 1'600);
+  ModelPrice mini = plain;
+  mini.image_tokens = 25'501;  // gpt-4o-mini: 2,833 + 5,667 per tile, a 1024 px square
+  EXPECT_EQ(image_token_bound(mini), 25'501);
+  // Gemini's built-in bound is 16 tiles of 258 tokens.
+  EXPECT_EQ(image_token_bound(*PriceTable::defaults().find("gemini-2.5-flash")), 16 * 258);
+  EXPECT_EQ(image_token_bound(*PriceTable::defaults().find("gpt-4.1")), kDefaultImageTokens);
+  // A price with the same rates but a larger image bound is not covered by the other.
+  EXPECT_EQ(covering_prices({&mini, &plain}), (std::vector<const ModelPrice*>{&mini}));
+  const ModelPrice dear{2'000'000, 4'000'000, -1, 8'192};
+  EXPECT_EQ(covering_prices({&mini, &dear}), (std::vector<const ModelPrice*>{&mini, &dear}));
+}
+
 TEST(CoveringPrices, TheLargestWorstCaseIsKept) {
   const ModelPrice a{1'000'000, 60'000'000, -1, 1'000};
   const ModelPrice b{2'000'000, 10'000'000, -1, 4'000};

@@ -32,6 +32,12 @@ streamed with the provider's own event sequence.
   (Anthropic: no output_tokens, no usage in message_delta; Gemini: no candidatesTokenCount),
   "cutoff" breaks a stream after all its text was sent, before the end events (Anthropic: no
   content_block_stop, message_delta, message_stop; Gemini: no finishReason, no final usage).
+- Images are billed at a model's own rate: 765 tokens each, or 25,501 for a model whose name
+  contains "imgmini" (OpenAI's gpt-4o-mini: 2,833 + 5,667 per 512 px tile, a 1024 px square).
+- OpenAI chat and Responses only: "zerousage" reports 0 output tokens (completion_tokens,
+  output_tokens) for an answer whose output was generated and billed; "toolonly" answers chat
+  with tool calls only (no text), buffered and streamed; "empty" answers with empty text, billed
+  and reported as 0 output tokens; "down" answers 503 to everything (and bills nothing).
 - GET /billed returns the running total: {"requests", "prompt_tokens", "completion_tokens",
   "cache_write_tokens", "cache_read_tokens"}; prompt_tokens counts every input token, cache
   writes and reads included (the last two say how many of them a cache price applies to).
@@ -90,8 +96,12 @@ def images(v):
     return 0
 
 
-def input_tokens(billable):
-    return (text_chars(billable) + 3) // 4 + 765 * images(billable) + 3
+def image_rate(model):
+    return 25501 if "imgmini" in model else 765
+
+
+def input_tokens(billable, model=""):
+    return (text_chars(billable) + 3) // 4 + image_rate(model) * images(billable) + 3
 
 
 def cache_split(model, system, prompt):
@@ -173,16 +183,23 @@ class Handler(BaseHTTPRequestHandler):
             self.gemini(req, model, method)
             return
         model = str(req.get("model", ""))
+        if "down" in model:
+            self.send_json(503, {"error": {"message": "overloaded", "type": "server_error"}})
+            return
         billable = {k: v for k, v in req.items() if k not in PARAMS}
-        prompt = input_tokens(billable)
+        prompt = input_tokens(billable, model)
         responses = path.endswith("/responses")
         per_choice = (req.get("max_output_tokens") if responses else
                       req.get("max_completion_tokens") or req.get("max_tokens")) or 4096
+        if "empty" in model:
+            per_choice = 0
         choices = max(int(req.get("n") or 1), int(req.get("best_of") or 1))
         completion = int(per_choice) * choices
         bill(prompt, completion)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}
+        if "zerousage" in model:
+            usage = {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt}
         with_usage = "nousage" not in model
         if "badusage" in model:
             usage = {"prompt_tokens": -prompt, "completion_tokens": str(completion),
@@ -191,11 +208,21 @@ class Handler(BaseHTTPRequestHandler):
         if responses:
             self.answer_responses(req, model, prompt, completion, usage, with_usage, word)
             return
+        tool_only = "toolonly" in model
+
+        def call(i):
+            # A tool call whose arguments are the generated tokens.
+            return {"index": 0, "id": "call_%d" % i, "type": "function",
+                    "function": {"name": "weather",
+                                 "arguments": json.dumps({"city": word * int(per_choice)})}}
+
         if req.get("stream") is True:
             self.start_stream()
             for i in range(choices):
+                delta = ({"content": None, "tool_calls": [call(i)]} if tool_only else
+                         {"content": word * int(per_choice)})
                 ev = {"id": "x", "object": "chat.completion.chunk", "model": model,
-                      "choices": [{"index": i, "delta": {"content": word * int(per_choice)}}]}
+                      "choices": [{"index": i, "delta": delta}]}
                 self.chunk("data: " + json.dumps(ev) + "\n\n")
             if with_usage:
                 self.chunk("data: " + json.dumps({"id": "x", "choices": [], "usage": usage}) +
@@ -203,10 +230,14 @@ class Handler(BaseHTTPRequestHandler):
             self.chunk("data: [DONE]\n\n")
             self.end_stream()
             return
+        def message(i):
+            if tool_only:
+                return {"role": "assistant", "content": None, "tool_calls": [call(i)]}
+            return {"role": "assistant", "content": word * int(per_choice)}
+
         answer = {"id": "x", "object": "chat.completion", "model": model,
-                  "choices": [{"index": i, "finish_reason": "length",
-                               "message": {"role": "assistant", "content": word * int(per_choice)}}
-                              for i in range(choices)]}
+                  "choices": [{"index": i, "finish_reason": "tool_calls" if tool_only else "length",
+                               "message": message(i)} for i in range(choices)]}
         if with_usage:
             answer["usage"] = usage
         self.send_json(200, answer)
@@ -261,7 +292,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(req.get("messages"), list) or not req["messages"]:
             self.anthropic_error(400, "invalid_request_error", "messages: Field required")
             return
-        prompt = input_tokens({k: v for k, v in req.items() if k not in ANTHROPIC_PARAMS})
+        prompt = input_tokens({k: v for k, v in req.items() if k not in ANTHROPIC_PARAMS}, model)
         cache_write, cache_read = cache_split(model, req.get("system"), prompt)
         completion = cap
         bill(prompt, completion, cache_write, cache_read)
@@ -329,7 +360,7 @@ class Handler(BaseHTTPRequestHandler):
         schemas = {k: v for k, v in config.items() if k in GEMINI_TEXT_CONFIG}
         if schemas:
             billable["generationConfig"] = schemas
-        prompt = input_tokens(billable)
+        prompt = input_tokens(billable, model)
         tool_prompt = 100 if "tooluse" in model else 0
         _, cached = cache_split(model, req.get("systemInstruction"), prompt)
         per_candidate = int(config.get("maxOutputTokens") or 8192)

@@ -576,6 +576,34 @@ TEST(Translation, DroppedParamsAreNamedOrRefusedWhenStrict) {
   EXPECT_TRUE(r.header("x-bellwether-dropped-params").empty());
 }
 
+// Chat's n: the simulator's Gemini generates candidateCount candidates, each a choice of the
+// answer; Anthropic and a Gemini stream cannot, and refuse n > 1 with 400 (param n).
+TEST(Translation, ChatNIsGeminiCandidatesAndRefusedWhereItCannotBe) {
+  const std::string body =
+      R"({"model":"via-gemini","n":3,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]})";
+  auto r = post("chat", body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  Json j(r.body);
+  dom::array choices;
+  ASSERT_EQ(j.root["choices"].get(choices), simdjson::SUCCESS) << r.body;
+  ASSERT_EQ(choices.size(), 3u) << r.body;
+  std::int64_t i = 0;
+  for (auto c : choices) {
+    EXPECT_EQ(num(c["index"]), i++);
+    EXPECT_FALSE(str(c["message"]["content"]).empty()) << r.body;
+  }
+  EXPECT_EQ(num(j.root["usage"]["completion_tokens"]), 3 * 4) << r.body;
+  EXPECT_TRUE(r.header("x-bellwether-dropped-params").empty());
+  for (const auto& [model, stream] : std::vector<std::pair<std::string, bool>>{
+           {"via-anthropic", false}, {"via-anthropic", true}, {"via-gemini", true}}) {
+    auto refused = post("chat", body_for("chat", model, stream, false).insert(1, "\"n\":2,"));
+    EXPECT_EQ(refused.status, 400) << model << " " << refused.body;
+    Json e(refused.body);
+    EXPECT_EQ(str(e.root["error"]["param"]), "n") << refused.body;
+    EXPECT_EQ(str(e.root["error"]["type"]), "invalid_request_error") << refused.body;
+  }
+}
+
 TEST(Translation, CountTokens) {
   auto r = post_json(
       gw(), "/v1/messages/count_tokens",

@@ -38,11 +38,17 @@ const std::vector<std::string> kAnthropicModels = {"a",       "a-nousage",   "a-
 const std::vector<std::string> kGeminiModels = {"g",           "g-nousage",   "g-badusage",
                                                 "g-cache",     "g-think",     "g-tooluse",
                                                 "g-lateusage", "g-halfusage", "g-cutoff"};
+// "o..." are served by an OpenAI-compatible provider: "o-imgmini" bills images at gpt-4o-mini's
+// rate (its price says so: image_tokens), "o-down" answers 503 and falls back to it.
+const std::vector<std::string> kOpenAIModels = {"o-imgmini", "o-zerousage", "o-zerousage-toolonly",
+                                                "o-empty", "o-down"};
+constexpr std::int64_t kMiniImageTokens = 25'501;  // billing_upstream.py's "imgmini" rate
 
 std::string gateway_yaml(int upstream_port, const std::string& ledger_path) {
   const std::string base = "http://127.0.0.1:" + std::to_string(upstream_port);
   std::string y = std::string("workers: 2\nadmin:\n  key: ") + kAdmin +
-                  "\nproviders:\n  an: {type: anthropic, base_url: \"" + base +
+                  "\nproviders:\n  oa: {type: openai, base_url: \"" + base +
+                  "/v1\"}\n  an: {type: anthropic, base_url: \"" + base +
                   "/v1\"}\n  ge: {type: gemini, base_url: \"" + base +
                   "/v1beta\"}\nplans:\n  bulk:\n    limits: [{name: rps, rate: 1000000, period: "
                   "second, burst: 1000000}]\nmodel_groups:\n";
@@ -50,11 +56,16 @@ std::string gateway_yaml(int upstream_port, const std::string& ledger_path) {
   auto add = [&](const std::string& model, const char* provider) {
     y +=
         "  " + model + ":\n    deployments: [{provider: " + provider + ", model: " + model + "}]\n";
+    if (model == "o-down") y += "    fallbacks: [o-imgmini]\n";
     prices += "  " + model + ": {input: 1, output: 10, cached_input: 0.1, cache_write: 1.25, " +
-              "max_output_tokens: 4096}\n";
+              "max_output_tokens: 4096" +
+              (model == "o-imgmini" ? ", image_tokens: " + std::to_string(kMiniImageTokens) : "") +
+              "}\n";
   };
   for (const auto& m : kAnthropicModels) add(m, "an");
   for (const auto& m : kGeminiModels) add(m, "ge");
+  for (const auto& m : kOpenAIModels) add(m, "oa");
+  y += "resilience:\n  retry: {max_attempts: 2, base: 10ms, cap: 50ms, deadline: 20s}\n";
   return y + prices + "ledger: {path: " + ledger_path +
          "}\nkeys:\n  - {name: capped, key: " + kBudgetKey +
          ", plan: bulk, budget: {cap_usd: " + std::to_string(kCapUsd) +
@@ -268,14 +279,7 @@ TEST(BudgetBypassWire, EveryTranslatedAnswerIsChargedAtLeastWhatTheUpstreamBille
       << "a Gemini stream's final usage after its finishReason chunk was not read";
 }
 
-// The comma-separated list that follows `after` in `text`, up to a space-parenthesis or the end.
-std::string field_list(const std::string& text, const std::string& after) {
-  auto at = text.find(after);
-  if (at == std::string::npos) return {};
-  at += after.size();
-  return text.substr(at, text.find(" (", at) - at);
-}
-
+// Whether the comma-separated `list` holds `field`.
 bool lists(const std::string& list, const std::string& field) {
   std::size_t from = 0;
   for (;;) {
@@ -288,32 +292,53 @@ bool lists(const std::string& list, const std::string& field) {
   }
 }
 
-// Chat completions' n has no equivalent at Anthropic, and the gateway does not ask Gemini for
-// several candidates: n > 1 is either refused (strict_params) or dropped, announced in
-// x-bellwether-dropped-params, and charged what the upstream billed for the one answer.
-TEST(BudgetBypassWire, ChatNChoicesToAnthropicAndGeminiAreDroppedAndBilledOrRefused) {
+// Chat completions' n: Gemini generates the choices (candidateCount) in a buffered answer, which
+// returns them all and is charged for all; Anthropic has no equivalent, and a Gemini stream
+// carries one candidate: both refuse n > 1 with a 400 that names n, before anything is billed.
+TEST(BudgetBypassWire, ChatNChoicesAreGeneratedByGeminiAndRefusedWhereTheyCannotBe) {
   auto e = start_env();
   Shape three;
   three.n = 3;
   three.max_tokens = 100;
+  for (const auto& [model, stream] :
+       std::vector<std::pair<const char*, bool>>{{"a", false}, {"a", true}, {"g", true}}) {
+    const auto billed_before = e.up.billed_micros();
+    auto r = post_json(e.gw.port, path_of(Api::kChat), body_of(Api::kChat, model, stream, three),
+                       kWideKey);
+    EXPECT_EQ(r.status, 400) << model << ": " << r.body;
+    EXPECT_NE(r.body.find(R"("type":"invalid_request_error")"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find(R"("param":"n")"), std::string::npos) << r.body;
+    ASSERT_TRUE(e.settled());
+    EXPECT_EQ(e.up.billed_micros(), billed_before) << "a refused request reached the upstream";
+    EXPECT_EQ(e.reserved_micros("wide"), 0);
+  }
+  // n: 1 is what a single answer is: served as before.
+  Shape one = three;
+  one.n = 1;
   for (const char* model : {"a", "g"}) {
-    for (bool stream : {false, true}) {
-      const auto billed_before = e.up.billed_micros();
-      auto strict =
-          post_json(e.gw.port, path_of(Api::kChat), body_of(Api::kChat, model, stream, three),
-                    kWideKey, {{"x-bellwether-strict-params", "true"}});
-      EXPECT_EQ(strict.status, 400) << model << ": " << strict.body;
-      EXPECT_TRUE(lists(field_list(strict.body, "cannot take: "), "n")) << strict.body;
-      ASSERT_TRUE(e.settled());
-      EXPECT_EQ(e.up.billed_micros(), billed_before) << "a refused request reached the upstream";
-      charged_at_least_billed(e, Api::kChat, model, stream, three);
-      auto r = post_json(e.gw.port, path_of(Api::kChat), body_of(Api::kChat, model, stream, three),
-                         kWideKey);
-      ASSERT_EQ(r.status, 200) << r.body;
-      EXPECT_TRUE(lists(r.header("x-bellwether-dropped-params"), "n"))
-          << model << ": " << r.header("x-bellwether-dropped-params");
-      ASSERT_TRUE(e.settled());
+    for (bool stream : {false, true}) charged_at_least_billed(e, Api::kChat, model, stream, one);
+  }
+  // Gemini, buffered: three candidates, three choices, all charged (strict params too: n is
+  // not a dropped parameter any more).
+  for (bool strict : {false, true}) {
+    const auto spent_before = e.spent_micros("wide");
+    const double billed_before = e.up.billed_exact();
+    auto r = post_json(
+        e.gw.port, path_of(Api::kChat), body_of(Api::kChat, "g", false, three), kWideKey,
+        strict ? std::vector<std::pair<std::string, std::string>>{{"x-bellwether-strict-params",
+                                                                   "true"}}
+               : std::vector<std::pair<std::string, std::string>>{});
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_FALSE(lists(r.header("x-bellwether-dropped-params"), "n"))
+        << r.header("x-bellwether-dropped-params");
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NE(r.body.find("\"index\":" + std::to_string(i)), std::string::npos) << r.body;
     }
+    EXPECT_EQ(r.body.find("\"index\":3"), std::string::npos) << r.body;
+    ASSERT_TRUE(e.settled());
+    const double billed = e.up.billed_exact() - billed_before;
+    EXPECT_GE(billed, 3 * 100 * kOutput) << "the upstream was not asked for three candidates";
+    EXPECT_GE(static_cast<double>(e.spent_micros("wide") - spent_before), billed - 1e-6);
   }
 }
 
@@ -395,6 +420,81 @@ TEST(BudgetBypassWire, ACapHoldsAgainstAnAnthropicUpstream) {
 
 TEST(BudgetBypassWire, ACapHoldsAgainstAGeminiUpstream) {
   attack_all("g");
+}
+
+// ---- output reported as free ------------------------------------------------------------------
+
+// An OpenAI-compatible answer with generated output and completion_tokens (output_tokens) 0 is
+// unreadable usage: charged an estimate of what was sent and received, counted and logged. An
+// empty answer with 0 output tokens is believed.
+TEST(BudgetBypassWire, OutputReportedAsZeroTokensIsChargedAnEstimate) {
+  auto e = start_env();
+  for (Api api : kApis) {
+    for (bool stream : {false, true}) charged_at_least_billed(e, api, "o-zerousage", stream);
+  }
+  Shape uncapped;
+  uncapped.max_tokens = 0;
+  for (bool stream : {false, true}) {
+    charged_at_least_billed(e, Api::kChat, "o-zerousage", stream, uncapped);
+    charged_at_least_billed(e, Api::kChat, "o-zerousage-toolonly", stream);
+    charged_at_least_billed(e, Api::kMessages, "o-zerousage-toolonly", stream);
+    // Nothing generated: the prompt is charged, and the usage is not called missing.
+    const auto spent_before = e.spent_micros("wide");
+    auto r = post_json(e.gw.port, path_of(Api::kChat),
+                       body_of(Api::kChat, "o-empty", stream, Shape{}), kWideKey);
+    ASSERT_EQ(r.status, 200) << r.body;
+    ASSERT_TRUE(e.settled());
+    EXPECT_GT(e.spent_micros("wide"), spent_before);
+  }
+  auto metrics = request(e.gw.port, "GET", "/metrics").body;
+  for (const char* m : {"o-zerousage", "o-zerousage-toolonly"}) {
+    EXPECT_NE(metrics.find(std::string("bellwether_usage_missing_total{model=\"") + m + "\"}"),
+              std::string::npos)
+        << m;
+  }
+  EXPECT_EQ(metrics.find("bellwether_usage_missing_total{model=\"o-empty\"}"), std::string::npos);
+}
+
+TEST(BudgetBypassWire, ACapHoldsAgainstOutputReportedAsZeroTokens) {
+  Shape plain;
+  plain.max_tokens = 2000;
+  for (Api api : kApis) {
+    for (bool stream : {false, true}) {
+      auto e = start_env();
+      attack_until_refused(
+          e, api, body_of(api, "o-zerousage", stream, plain), 10,
+          std::string("zero usage, ") + name_of(api) + (stream ? " streamed" : ""));
+    }
+  }
+}
+
+// ---- images at the model's own rate ------------------------------------------------------------
+
+// A gpt-4o-mini-like model bills an image at about 16 times the default bound; its price entry
+// says so (image_tokens), and every client API reserves each image at it, also when the model
+// only answers as the fallback of one with the default bound.
+TEST(BudgetBypassWire, ACapHoldsForImagesAtTheModelsOwnRate) {
+  Shape one_image;  // ~25,600 micro-$ a request: the second passes the cap if images are 1,600
+  one_image.max_tokens = 1;
+  one_image.images = 1;
+  for (const char* model : {"o-imgmini", "o-down"}) {
+    for (Api api : kApis) {
+      for (bool stream : {false, true}) {
+        auto e = start_env();
+        attack_until_refused(
+            e, api, body_of(api, model, stream, one_image), 10,
+            std::string("images, ") + name_of(api) + " -> " + model + (stream ? " streamed" : ""));
+      }
+    }
+  }
+  auto e = start_env();
+  Shape two_images;
+  two_images.images = 2;
+  for (Api api : kApis) {
+    for (bool stream : {false, true}) {
+      charged_at_least_billed(e, api, "o-imgmini", stream, two_images);
+    }
+  }
 }
 
 }  // namespace

@@ -131,6 +131,37 @@ TEST(Gemini, StreamChunksDecodeEventByEvent) {
   EXPECT_EQ(evs[2].usage.prompt_tokens, 5);
 }
 
+// Chat's n is Gemini's candidateCount; every candidate comes back as a choice.
+TEST(Gemini, CandidatesAreChoices) {
+  api::Request req;
+  req.messages.push_back(
+      api::Message{.role = api::Role::kUser,
+                   .parts = {api::Part{.kind = api::Part::Kind::kText, .text = "hi"}}});
+  req.n = 3;
+  std::vector<std::string> dropped;
+  const auto body = encode_gemini_request(req, 100, dropped);
+  EXPECT_NE(body.find(R"("candidateCount":3)"), std::string::npos) << body;
+  EXPECT_NE(body.find(R"("maxOutputTokens":100)"), std::string::npos) << body;
+  req.n = 1;
+  EXPECT_EQ(encode_gemini_request(req, 100, dropped).find("candidateCount"), std::string::npos);
+  auto r = decode_gemini_response(
+      R"({"candidates":[{"content":{"parts":[{"text":"one"}]},"finishReason":"STOP","index":0},)"
+      R"({"content":{"parts":[{"functionCall":{"name":"f","args":{}}}]},"finishReason":"STOP","index":1},)"
+      R"({"content":{"parts":[{"text":"three"}]},"finishReason":"MAX_TOKENS","index":2}],)"
+      R"("usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":30}})");
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->content.size(), 1u);
+  EXPECT_EQ(r->content[0].text, "one");
+  ASSERT_EQ(r->more_choices.size(), 2u);
+  EXPECT_EQ(r->more_choices[0].finish, api::FinishReason::kToolCalls);
+  EXPECT_EQ(r->more_choices[1].finish, api::FinishReason::kLength);
+  EXPECT_EQ(r->usage.completion_tokens, 30);  // of every candidate
+  const auto chat = api::encode_chat_response(*r, "g");
+  EXPECT_NE(chat.find(R"("index":2)"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("content":"three")"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("finish_reason":"tool_calls")"), std::string::npos) << chat;
+}
+
 // Gemini leaves out zero counts, but an answer with output did not cost zero output tokens.
 TEST(Gemini, OutputWithoutAnOutputCountIsNotTrusted) {
   auto r = decode_gemini_response(

@@ -92,9 +92,13 @@ TEST(BillingFields, ImagesAtTheMostOneImageIsBilled) {
   ASSERT_TRUE(r) << r.error().message;
   // Both images at the most one image is billed: "detail": "low" is OpenAI's alone, and the
   // request may be translated to a provider that ignores it.
-  EXPECT_EQ(r->image_tokens, 2 * kImageMaxTokens);
+  EXPECT_EQ(r->images, 2);
   EXPECT_EQ(kImageMaxTokens, 1600);
   EXPECT_GE(estimate_prompt_tokens(*r), 2 * 1600);
+  // Once the model is known, each image is estimated at its bound (a gpt-4o-mini-like model).
+  const auto before = estimate_prompt_tokens(*r);
+  r->image_tokens_each = 25'501;
+  EXPECT_EQ(estimate_prompt_tokens(*r), before + 2 * (25'501 - 1600));
 }
 
 TEST(BillingFields, DuplicateKeysAtAnyDepthAreRefusedByName) {

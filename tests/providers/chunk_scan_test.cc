@@ -34,8 +34,9 @@ std::string show(std::string_view s) {
 // Every field of the answer, so that a difference in any of them fails.
 testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   if (a.done == b.done && a.usage_only == b.usage_only && a.text_chars == b.text_chars &&
-      a.has_text == b.has_text && a.usage.present == b.usage.present &&
-      a.usage.unreadable == b.usage.unreadable && a.usage.prompt_tokens == b.usage.prompt_tokens &&
+      a.has_text == b.has_text && a.other_output == b.other_output &&
+      a.usage.present == b.usage.present && a.usage.unreadable == b.usage.unreadable &&
+      a.usage.prompt_tokens == b.usage.prompt_tokens &&
       a.usage.completion_tokens == b.usage.completion_tokens &&
       a.usage.cached_tokens == b.usage.cached_tokens &&
       a.usage.cache_write_tokens == b.usage.cache_write_tokens &&
@@ -45,7 +46,8 @@ testing::AssertionResult same(const ChunkInfo& a, const ChunkInfo& b) {
   auto f = [](const ChunkInfo& i) {
     return "{done " + std::to_string(i.done) + ", usage_only " + std::to_string(i.usage_only) +
            ", text_chars " + std::to_string(i.text_chars) + ", has_text " +
-           std::to_string(i.has_text) + ", usage " + std::to_string(i.usage.present) +
+           std::to_string(i.has_text) + ", other_output " + std::to_string(i.other_output) +
+           ", usage " + std::to_string(i.usage.present) +
            (i.usage.unreadable ? " unreadable " : " ") + std::to_string(i.usage.prompt_tokens) +
            "/" + std::to_string(i.usage.completion_tokens) + "/" +
            std::to_string(i.usage.cached_tokens) + "}";
@@ -59,6 +61,25 @@ void expect_agrees(std::string_view data) {
   EXPECT_TRUE(same(inspect_chunk(data), parsed)) << show(data);
   if (auto scanned = scan_chunk(data)) {
     EXPECT_TRUE(same(*scanned, parsed)) << show(data);
+  }
+}
+
+testing::AssertionResult same_usage(const Usage& a, const Usage& b) {
+  ChunkInfo x, y;
+  x.usage = a;
+  y.usage = b;
+  return same(x, y);
+}
+
+// A buffered answer's usage: extract_usage (the scan where it answers) gives the parse's answer,
+// for the chat endpoints and for embeddings (whose usage has no completion count).
+void expect_answer_agrees(std::string_view body) {
+  for (Endpoint ep : {Endpoint::kChat, Endpoint::kEmbeddings}) {
+    const Usage parsed = parse_answer_usage(body, ep);
+    EXPECT_TRUE(same_usage(extract_usage(body, ep), parsed)) << show(body);
+    if (auto scanned = scan_answer_usage(body, ep)) {
+      EXPECT_TRUE(same_usage(*scanned, parsed)) << show(body);
+    }
   }
 }
 
@@ -115,6 +136,21 @@ TEST(ChunkScan, CommonEventsAreScanned) {
 // Events the scan must leave to the parse, or answer exactly as it would.
 TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
   const std::vector<std::string> tricky = {
+      // output that is not text, empty or not, in every spelling
+      R"({"choices":[{"delta":{"tool_calls":[]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":[ ]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":[{}]}}]})",
+      R"({"choices":[{"delta":{"tool_calls":null,"refusal":""}}]})",
+      R"({"choices":[{"delta":{"function_call":{ }}}]})",
+      R"({"choices":[{"delta":{"function_call":{"name":"f"}}}]})",
+      R"({"choices":[{"delta":{"refusal":"no"}}]})",
+      R"({"choices":[{"delta":{"refusal":"\u0000"}}]})",
+      R"({"choices":[{"delta":{"reasoning_content":"think"}}]})",
+      R"({"choices":[{"delta":{"refusal":null,"refusal":"x"}}]})",
+      R"({"choices":[{"delta":{"ref\u0075sal":"x"}}]})",
+      R"({"choices":[{"delta":{"tool_calls":5}}]})",
+      R"({"choices":[{"delta":{"audio":{"id":"a"}}}]})",
+      R"({"choices":[{"delta":"tool_calls"}]})",
       // usage, in every place and spelling
       R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}})",
       R"({"choices":[{"text":"abc"}],"usage":{"prompt_tokens":1,"completion_tokens":2}})",
@@ -253,7 +289,10 @@ TEST(ChunkScan, TrickyEventsAgreeWithTheParse) {
       R"({"choices":[{"delta":{"content":"a"}}],"n":0.1234567890123456789012345})",
       R"({"created":1733390000,"choices":[{"index":0,"delta":{"content":"a"}}]})",
   };
-  for (const auto& e : tricky) expect_agrees(e);
+  for (const auto& e : tricky) {
+    expect_agrees(e);
+    expect_answer_agrees(e);
+  }
 
   // The parse's rule for a duplicate key: the first one counts. The scan must not decide.
   EXPECT_FALSE(scan_chunk(R"({"usage":null,"choices":[],"usage":{"prompt_tokens":7}})"));
@@ -326,6 +365,7 @@ TEST(ChunkScan, UsageEventsAgreeWithTheParse) {
   };
   for (const auto& e : events) {
     expect_agrees(e);
+    expect_answer_agrees(e);
     if (auto scanned = scan_chunk_with_usage(e)) {
       EXPECT_TRUE(same(*scanned, parse_chunk(e))) << show(e);
     }
@@ -349,6 +389,96 @@ TEST(ChunkScan, DeepAndLargeEventsAgreeWithTheParse) {
   for (std::size_t n : {std::size_t{1} << 15, std::size_t{1} << 16, (std::size_t{1} << 16) + 1,
                         std::size_t{1} << 20}) {
     expect_agrees(R"({"choices":[{"delta":{"content":")" + std::string(n, 'x') + R"("}}]})");
+    expect_answer_agrees(R"({"choices":[{"message":{"content":")" + std::string(n, 'x') +
+                         R"("}}],"usage":{"prompt_tokens":1,"completion_tokens":2}})");
+  }
+}
+
+// A non-streamed answer as providers send it: its usage is read by the scan, not by a parse.
+TEST(AnswerScan, CommonAnswersAreScanned) {
+  const std::string answer =
+      R"({"id":"chatcmpl-9x8Yz","object":"chat.completion","created":1733390000,)"
+      R"("model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant",)"
+      R"("content":"Hello there, \"friend\".\nHow can I help?","refusal":null},)"
+      R"("logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,)"
+      R"("completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":4,)"
+      R"("audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":3,"audio_tokens":0,)"
+      R"("accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},)"
+      R"("system_fingerprint":"fp_0ba0d124f1"})";
+  const auto u = scan_answer_usage(answer, Endpoint::kChat);
+  ASSERT_TRUE(u);
+  EXPECT_TRUE(u->usable());
+  EXPECT_EQ(u->prompt_tokens, 19);
+  EXPECT_EQ(u->completion_tokens, 10);
+  EXPECT_EQ(u->cached_tokens, 4);
+  EXPECT_EQ(u->reasoning_tokens, 3);
+  expect_answer_agrees(answer);
+
+  const std::vector<std::string> common = {
+      answer,
+      R"({"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,)"
+      R"(1.5e-05]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,)"
+      R"("total_tokens":8}})",
+      R"({"id":"cmpl-1","object":"text_completion","choices":[{"text":"abc","index":0,)"
+      R"("logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,)"
+      R"("completion_tokens":7,"total_tokens":12}})",
+      R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,)"
+      R"("prompt_tokens_details":null,"completion_tokens_details":null}})",
+      R"({"choices":[]})",
+      R"({"choices":[],"usage":null})",
+  };
+  for (const auto& a : common) {
+    EXPECT_TRUE(scan_answer_usage(a, Endpoint::kEmbeddings)) << show(a);
+    expect_answer_agrees(a);
+  }
+  EXPECT_TRUE(scan_answer_usage(common[2], Endpoint::kChat));
+  // Embeddings: no completion count needed. A chat answer without one is the parse's to call
+  // unreadable.
+  const auto e = scan_answer_usage(common[1], Endpoint::kEmbeddings);
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(e->usable());
+  EXPECT_EQ(e->prompt_tokens, 8);
+  EXPECT_FALSE(scan_answer_usage(common[1], Endpoint::kChat));
+  EXPECT_FALSE(extract_usage(common[1], Endpoint::kChat).usable());
+  EXPECT_FALSE(
+      extract_usage(
+          R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})")
+          .usable());
+}
+
+// What decides the bill is never read differently from the parse: duplicates, fractions, signs,
+// escaped keys, missing counts and non-counts are left to it.
+TEST(AnswerScan, UnusualUsageIsLeftToTheParse) {
+  const std::vector<std::string> left = {
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2},"usage":null})",
+      R"({"usage":null,"usage":{"prompt_tokens":1,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1,"prompt_tokens":3,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1.5,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1e1,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":-1,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":"1","completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1}})",
+      R"({"usage":{"completion_tokens":2}})",
+      R"({"us\u0061ge":{"prompt_tokens":1,"completion_tokens":2}})",
+      R"({"usage":{"pr\u006fmpt_tokens":1,"completion_tokens":2}})",
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2,)"
+      R"("prompt_tokens_details":{"cached_tokens":null}}})",
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2,)"
+      R"("completion_tokens_details":{"reasoning_tokens":1,"reasoning_tokens":2}}})",
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens_details":{},)"
+      R"("prompt_tokens_details":{"cached_tokens":1}}})",
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":99999999999999999999}})",
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2}})"
+      R"({"usage":{"prompt_tokens":1,"completion_tokens":2}})",
+      R"([{"usage":{"prompt_tokens":1,"completion_tokens":2}}])",
+      "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"x\":\"\xff\"}",
+      // 0 output tokens: the parse looks for output (then the usage is not trusted)
+      R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
+      R"({"choices":[{"message":{"content":""}}],"usage":{"prompt_tokens":1,"completion_tokens":0}})",
+  };
+  for (const auto& a : left) {
+    EXPECT_FALSE(scan_answer_usage(a, Endpoint::kChat)) << show(a);
+    expect_answer_agrees(a);
   }
 }
 
@@ -437,6 +567,13 @@ class EventGen {
     return std::string(kNumbers[static_cast<std::size_t>(pick(0, last))]);
   }
 
+  // A token count: mostly one the scan reads, else any number.
+  std::string count() {
+    static constexpr std::string_view kCounts[] = {"0", "1", "7", "42", "1024", "123456789"};
+    if (chance(25)) return number();
+    return std::string(kCounts[static_cast<std::size_t>(pick(0, std::size(kCounts) - 1))]);
+  }
+
   std::string value(int depth) {
     const int kind = depth > 6 ? pick(0, 3) : pick(0, 5);
     switch (kind) {
@@ -511,11 +648,24 @@ class EventGen {
       case 4:
       case 5:
         return "null";
-      case 6:
-        return R"({"prompt_tokens":)" + number() + R"(,"completion_tokens":)" + number() +
-               (chance(50) ? R"(,"prompt_tokens_details":{"cached_tokens":)" + number() + "}"
-                           : "") +
-               "}";
+      case 6: {
+        std::vector<std::string> members = {R"("prompt_tokens":)" + count()};
+        if (chance(90)) members.push_back(R"("completion_tokens":)" + count());
+        if (chance(50)) {
+          members.push_back(R"("prompt_tokens_details":)" +
+                            (chance(85) ? R"({"cached_tokens":)" + count() + "}" : value(3)));
+        }
+        if (chance(40)) {
+          members.push_back(R"("completion_tokens_details":)" +
+                            (chance(85) ? R"({"reasoning_tokens":)" + count() + "}" : value(3)));
+        }
+        if (chance(30)) members.push_back(R"("total_tokens":)" + count());
+        if (chance(5)) members.push_back(members[0]);
+        std::shuffle(members.begin(), members.end(), rng_);
+        std::string out = "{";
+        for (std::size_t i = 0; i < members.size(); ++i) out += (i ? "," : "") + members[i];
+        return out + "}";
+      }
       default:
         return value(2);
     }
@@ -546,15 +696,85 @@ class EventGen {
   std::mt19937 rng_;
 };
 
+// The events of one stream scanned with a shared prefix give the parse's answer, whether the
+// prefix matches, differs by a byte, or is followed by anything at all.
+TEST(ChunkScan, StreamPrefixResumesWithTheSameAnswer) {
+  ChunkPrefix prefix;
+  const std::vector<std::string> stream = {
+      delta_event(R"({"role":"assistant","content":""})"),
+      delta_event(R"({"content":"Hello"})"),
+      delta_event(R"({"content":" w\u00f6rld"})"),
+      delta_event("{\"content\":\" caf\xc3\xa9\"}"),
+      kHead + R"("choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})",
+      kHead + R"("choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}})",
+      // the same start, then something the scan or the parse must refuse or read otherwise
+      kHead + "}",
+      kHead + R"("choices":[{"delta":{"content":"a"}}],"choices":[]})",
+      kHead + R"("usage":null,"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1}})",
+      kHead + R"("choices":[{"delta":{"content":"a"}}]} x)",
+      kHead + R"("choices":[{"delta":{"content":"a"}}],"x":"\xff"})",
+      kHead + R"("ch\u006fices":[{"delta":{"content":"abc"}}]})",
+      kHead + "\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}",
+      kHead,
+      kHead + R"("choices")",
+      // another start, then the first one again
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xy"}}]})",
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xyz"}}]})",
+      R"({"id":"chatcmpl-2","choices":[{"delta":{"content":"xyz"}}]   })",
+      R"({"id":"chatcmpl-2",   "choices":[{"delta":{"content":"xyz"}}]})",
+      R"({"id":"chatcmpl-3","choices":[{"delta":{"content":"xyz"}}]})",
+      delta_event(R"({"content":"again"})"),
+      delta_event(R"({"content":"again"})"),
+  };
+  for (const auto& e : stream) {
+    const ChunkInfo parsed = parse_chunk(e);
+    EXPECT_TRUE(same(inspect_chunk(e, prefix), parsed)) << show(e);
+  }
+  // The shared start was taken: the head up to "choices".
+  EXPECT_EQ(prefix.bytes, kHead);
+  const auto resumed = scan_chunk_with_usage(delta_event(R"({"content":"four"})"), prefix);
+  ASSERT_TRUE(resumed);
+  EXPECT_EQ(resumed->text_chars, 4u);
+}
+
+// Random events behind one of two starts, through one prefix, as a stream's would go.
+TEST(ChunkScan, RandomStreamsAgreeWithTheParse) {
+  EventGen gen(20261206);
+  std::mt19937 pick(7);
+  const std::string heads[] = {kHead, R"({"id":"c","created":1733390001,)", "{"};
+  ChunkPrefix prefix;
+  int resumed = 0;
+  constexpr int kEvents = 40000;
+  for (int i = 0; i < kEvents; ++i) {
+    std::string e = gen.event();
+    const std::string& head = heads[pick() % 3];
+    if (!e.empty() && e[0] == '{') e = head + e.substr(1);
+    const bool had = !prefix.bytes.empty() && e.size() > prefix.bytes.size() &&
+                     e.compare(0, prefix.bytes.size(), prefix.bytes) == 0;
+    const ChunkInfo parsed = parse_chunk(e);
+    ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "event " << i << ": " << show(e);
+    if (had) ++resumed;
+  }
+  EXPECT_GT(resumed, kEvents / 10);
+}
+
 TEST(ChunkScan, RandomEventsAgreeWithTheParse) {
   EventGen gen(20261205);
-  int scanned = 0, with_text = 0;
+  int scanned = 0, with_text = 0, answers_scanned = 0;
   constexpr int kEvents = 60000;
   for (int i = 0; i < kEvents; ++i) {
     const std::string e = gen.event();
     const ChunkInfo parsed = parse_chunk(e);
     const ChunkInfo inspected = inspect_chunk(e);
     ASSERT_TRUE(same(inspected, parsed)) << "event " << i << ": " << show(e);
+    for (Endpoint ep : {Endpoint::kChat, Endpoint::kEmbeddings}) {
+      const Usage answer = parse_answer_usage(e, ep);
+      ASSERT_TRUE(same_usage(extract_usage(e, ep), answer)) << "event " << i << ": " << show(e);
+      if (auto u = scan_answer_usage(e, ep)) {
+        ASSERT_TRUE(same_usage(*u, answer)) << "event " << i << ": " << show(e);
+        if (u->present) ++answers_scanned;
+      }
+    }
     if (auto s = scan_chunk(e)) {
       ASSERT_TRUE(same(*s, parsed)) << "event " << i << ": " << show(e);
       ++scanned;
@@ -564,6 +784,7 @@ TEST(ChunkScan, RandomEventsAgreeWithTheParse) {
   // The comparison means something only if the scan answers for many of them, text included.
   EXPECT_GT(scanned, kEvents / 5);
   EXPECT_GT(with_text, kEvents / 20);
+  EXPECT_GT(answers_scanned, kEvents / 50);
 }
 
 }  // namespace

@@ -645,6 +645,55 @@ TEST(ExtractUsage, DuplicateKeysReadTheLast) {
   EXPECT_EQ(info.usage.completion_tokens, 9);
 }
 
+// Output reported as no output tokens is not free: the count is not trusted. An empty answer
+// with 0 output tokens is.
+TEST(ExtractUsage, GeneratedOutputWithZeroCompletionTokensIsNotTrusted) {
+  const std::string usage = R"("usage":{"prompt_tokens":12,"completion_tokens":0}})";
+  for (
+      std::string_view out :
+      {R"({"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"}}],)",
+       R"({"choices":[{"index":0,"message":{"role":"assistant","content":null,)"
+       R"("tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}],)",
+       R"({"choices":[{"index":0,"message":{"role":"assistant","content":null,)"
+       R"("refusal":"I cannot"}}],)",
+       R"({"choices":[{"index":0,"message":{"content":""}},{"index":1,"message":{"content":"x"}}],)",
+       R"({"choices":[{"index":0,"text":"abc"}],)"}) {
+    const auto u = extract_usage(std::string(out) + usage);
+    EXPECT_TRUE(u.present) << out;
+    EXPECT_FALSE(u.usable()) << out;
+  }
+  for (std::string_view empty :
+       {R"({"choices":[{"index":0,"message":{"role":"assistant","content":""}}],)",
+        R"({"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[],)"
+        R"("refusal":null}}],)",
+        R"({"choices":[],)", R"({)"}) {
+    const auto u = extract_usage(std::string(empty) + usage);
+    EXPECT_TRUE(u.usable()) << empty;
+    EXPECT_EQ(u.completion_tokens, 0) << empty;
+  }
+  // Counted output is trusted as it is.
+  EXPECT_TRUE(extract_usage(R"({"choices":[{"message":{"content":"Hello"}}],)"
+                            R"("usage":{"prompt_tokens":12,"completion_tokens":1}})")
+                  .usable());
+}
+
+// A tool call's delta is generated output too (not text): the relay counts it.
+TEST(InspectChunk, ToolCallsAndRefusalsAreOutput) {
+  auto call = inspect_chunk(
+      R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]})");
+  EXPECT_TRUE(call.other_output);
+  EXPECT_FALSE(call.has_text);
+  auto refusal = inspect_chunk(R"({"choices":[{"index":0,"delta":{"refusal":"no"}}]})");
+  EXPECT_TRUE(refusal.other_output);
+  for (std::string_view none :
+       {R"({"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]})",
+        R"({"choices":[{"index":0,"delta":{"tool_calls":[ ]}}]})",
+        R"({"choices":[{"index":0,"delta":{"content":"hi"}}]})"}) {
+    EXPECT_FALSE(inspect_chunk(none).other_output) << none;
+    EXPECT_FALSE(parse_chunk(none).other_output) << none;
+  }
+}
+
 TEST(InspectChunk, DoneTextAndUsageOnly) {
   EXPECT_TRUE(inspect_chunk("[DONE]").done);
   auto text = inspect_chunk(R"({"choices":[{"index":0,"delta":{"content":"Hello"}}]})");

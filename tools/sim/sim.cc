@@ -343,6 +343,7 @@ struct NativeRequest {
   bool count_tokens = false;
   std::int64_t max_tokens = 0;
   std::int64_t prompt_tokens = 0;
+  std::int64_t candidates = 1;  // Gemini's candidateCount (buffered answers)
   bool call_tool = false;
   std::string tool_name;
   bool cache_marked = false;
@@ -510,6 +511,11 @@ Result<api::Request> parse_gemini_body(const std::string& body) {
   }
   std::int64_t mt = 0;
   if (doc["generationConfig"]["maxOutputTokens"].get(mt) == simdjson::SUCCESS) r.max_tokens = mt;
+  std::int64_t candidates = 1;
+  if (doc["generationConfig"]["candidateCount"].get(candidates) == simdjson::SUCCESS &&
+      candidates > 1) {
+    r.n = std::min<std::int64_t>(candidates, 8);  // Gemini's own limit is 8
+  }
   return r;
 }
 
@@ -547,6 +553,7 @@ Result<NativeRequest> parse_native(NativeFormat f, const Request& req,
   n.stream = f == NativeFormat::kGemini ? stream : r.stream;
   n.include_usage = r.stream_usage;
   n.max_tokens = r.max_tokens;
+  if (f == NativeFormat::kGemini) n.candidates = r.n;
   n.prompt_tokens =
       estimate_text_tokens(r.text_chars) + 4 * static_cast<std::int64_t>(r.messages.size()) + 3;
   bool answered = false;
@@ -771,6 +778,13 @@ asio::awaitable<void> handle_native(std::shared_ptr<Simulator::State> st, Reques
         api::Part{.kind = api::Part::Kind::kText, .text = completion_text(completion)});
   }
   const bool reset = fault == "reset";
+  if (!n.stream && n.candidates > 1) {
+    // Every candidate is generated (the same text here) and billed.
+    for (std::int64_t i = 1; i < n.candidates; ++i) {
+      answer.more_choices.push_back({answer.content, answer.finish});
+    }
+    answer.usage.completion_tokens = completion * n.candidates;
+  }
   if (!n.stream) {
     Nanos total = sample(mc.ttft, scale);
     for (std::int64_t i = 1; i < completion && scale > 0; ++i) total += sample(mc.itl, scale);
