@@ -96,7 +96,17 @@ LeaseBook::LeaseBook(BudgetManager& budgets, Ledger& ledger, LeaseOptions option
       options_(std::move(options)),
       id_prefix_(random_prefix()) {}
 
-LeaseBook::~LeaseBook() = default;
+// A graceful stop closes the quiet leases, so that a restart does not find their rows open and
+// hold them until reconciled. One with requests in flight stays open: it still covers them.
+LeaseBook::~LeaseBook() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Lease>> quiet;
+  for (const auto& [key, st] : sets_) {
+    const auto& lease = st->current;
+    if (lease && !lease->closed && lease->in_flight == 0) quiet.push_back(lease);
+  }
+  for (const auto& lease : quiet) close(lease, lease->quiet_since);
+}
 
 std::string LeaseBook::next_lease_id() {
   std::lock_guard lock(mu_);
@@ -244,14 +254,14 @@ bool LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
   return maybe_close(lease, now_unix_ms);
 }
 
-bool LeaseBook::close_idle(std::int64_t now_unix_ms) {
+bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all) {
   std::lock_guard lock(mu_);
   std::vector<std::shared_ptr<Lease>> due;
   bool waiting = false;
   for (const auto& [key, st] : sets_) {
     const auto& lease = st->current;
     if (!lease || lease->closed || lease->in_flight > 0) continue;
-    if (now_unix_ms - lease->quiet_since >= options_.idle_close_ms) {
+    if (all || now_unix_ms - lease->quiet_since >= options_.idle_close_ms) {
       due.push_back(lease);
     } else {
       waiting = true;

@@ -135,9 +135,10 @@ class LeaseBook {
   // A covered request that ended without a row (nothing billed, nothing to show): its share
   // goes back to the lease, which closes if it went quiet.
   bool release(LeaseClaim& claim, std::int64_t now_unix_ms);
-  // Closes the leases that have been quiet for idle_close_ms (their close rows are queued with
-  // Wake::kDeferred: kick the ledger). True while a quiet lease remains open (call again later).
-  bool close_idle(std::int64_t now_unix_ms);
+  // Closes the leases that have been quiet for idle_close_ms, or every quiet one with `all` (a
+  // graceful stop; the destructor does it too). Their close rows are queued with
+  // Wake::kDeferred: kick the ledger. True while a quiet lease remains open (call again later).
+  bool close_idle(std::int64_t now_unix_ms, bool all = false);
 
   LeaseStats stats() const;
   const LeaseOptions& options() const { return options_; }

@@ -482,6 +482,8 @@ std::size_t Gateway::drain_and_stop() {
   server_->stop();
   if (admin_server_) admin_server_->stop();
   if (sim_) sim_->stop();
+  // Quiet budget leases close now: a restart would otherwise hold their rows until reconciled.
+  if (shared_->leases) shared_->leases->close_idle(shared_->clock.unix_millis(), /*all=*/true);
   if (shared_->ledger) shared_->ledger->flush();
   if (shared_->access_log) shared_->access_log->flush();
   return left;

@@ -311,6 +311,36 @@ TEST(Lease, AQuietLeaseClosesAfterTheIdleTime) {
   EXPECT_EQ(f.book->stats().opened, 1u);
 }
 
+TEST(Lease, AGracefulStopClosesQuietLeases) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 1'000;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  f.book->end_plain(f.set.key);
+  EXPECT_TRUE(f.book->settle(b, f.row("b", 1'000), {}, kJan1).quiet);
+  EXPECT_TRUE(f.book->close_idle(kJan1 + 1));  // not idle long enough
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 1, /*all=*/true));
+  EXPECT_EQ(f.snap().reserved_micro, 0);
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 0);
+  // The destructor does the same for a book that is simply destroyed.
+  LeaseClaim c, d;
+  f.book->begin(f.set, kW, kJan1, c);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, d), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, d));
+  f.book->end_plain(f.set.key);
+  f.book->settle(d, f.row("d", 1'000), {}, kJan1);
+  EXPECT_EQ(f.ledger.open_leases(), 1);
+  f.book.reset();
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 0);
+  EXPECT_EQ(f.snap().reserved_micro, 0);
+}
+
 TEST(Lease, NearTheCapRequestsTakeTheExactPath) {
   constexpr Micros kW = 10'000;
   Fixture f(35'000);
