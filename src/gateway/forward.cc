@@ -249,10 +249,9 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     // the bytes are written from the read itself (`run`, a contiguous stretch of it), in
     // several stretches around an event that is held back.
     const std::string_view window = splitter.window(*piece);
-    std::string_view rest = window, event, run;
+    std::string_view rest = window, event, run, data;
     send.clear();
-    while (http::next_event(rest, event)) {
-      auto data = http::sse_data(event, scratch);
+    while (http::next_event_data(rest, event, data, scratch)) {
       auto info = providers::inspect_chunk(data, prefix);
       if (info.done) saw_done = true;
       if (info.has_text || info.other_output) {
