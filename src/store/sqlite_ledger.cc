@@ -162,9 +162,19 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
     if ((rc & 0xff) == SQLITE_CONSTRAINT) return duplicate_request_error(r->request_id);
     return db_error("ledger insert", writer_db_.last_error());
   }
-  if (const auto* c = std::get_if<cost::LedgerCovered>(&record)) return write_covered(*c);
+  if (const auto* c = std::get_if<cost::LedgerCovered>(&record)) {
+    auto written = write_covered(*c);
+    if (!written.ok()) owe_lease(*c);
+    return written;
+  }
   const auto& s = std::get<cost::LedgerSettlement>(record);
   if (s.lease) {
+    // A lease whose covered row was lost still holds that spend as reserved: closing it would
+    // drop the spend from the ledger, and a restart would rebuild the budgets without it.
+    if (owing_leases_.contains(s.request_id)) {
+      return make_error(500, "server_error", "lease_owes",
+                        "lease " + s.request_id + " keeps a lost covered row's spend: left open");
+    }
     if (auto f = flush_lease_lowering(); !f.ok()) return f;
     close_lease_st_.reset();
     close_lease_st_.bind_static(1, s.request_id).bind(2, s.settled_unix_ms);
@@ -267,6 +277,7 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
   if (!begin.ok()) {
     out.transaction = false;
     out.results.assign(batch.size(), begin.error());
+    owe_leases_of(batch);
     return out;
   }
   lowering_.clear();
@@ -276,8 +287,21 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
   if (!commit.ok()) {
     (void)writer_db_.exec("ROLLBACK");
     for (auto& r : out.results) r = commit.error();
+    owe_leases_of(batch);
   }
   return out;
+}
+
+void SqliteLedger::owe_lease(const cost::LedgerCovered& c) {
+  if (c.status != cost::LedgerStatus::kReleased && c.actual_micro > 0) {
+    owing_leases_.insert(c.lease_id);
+  }
+}
+
+void SqliteLedger::owe_leases_of(const Batch& batch) {
+  for (const auto& item : batch) {
+    if (const auto* c = std::get_if<cost::LedgerCovered>(&item.record)) owe_lease(*c);
+  }
 }
 
 Result<std::vector<cost::LedgerRow>> SqliteLedger::query_rows(const char* sql,

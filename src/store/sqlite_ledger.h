@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -69,6 +70,10 @@ class SqliteLedger final : public QueuedLedger {
   Result<Ok> write_one(const LedgerRecord& record);
   Result<Ok> write_covered(const cost::LedgerCovered& record);
   Result<Ok> flush_lease_lowering();
+  // A covered row that was not written (its record or its batch failed) never lowered its lease
+  // row: the lease is never closed, so its row keeps that spend reserved until reconciled.
+  void owe_lease(const cost::LedgerCovered& record);
+  void owe_leases_of(const Batch& batch);
   // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
   Result<Ok> step_once(Statement& st, std::string_view what);
   Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
@@ -83,6 +88,7 @@ class SqliteLedger final : public QueuedLedger {
   Statement close_lease_st_;
   // Lease rows to lower in the current transaction: (lease id, sum of covered actuals).
   std::vector<std::pair<std::string, cost::Micros>> lowering_;
+  std::unordered_set<std::string> owing_leases_;  // writer thread only; grows only on failures
   Statement begin_st_;
   Statement commit_st_;
 

@@ -794,4 +794,73 @@ TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
 }
 
+// A covered row lost to a failed transaction never lowered its lease row: the lease must then
+// stay open, so that its row keeps that spend reserved. Closing it would drop the spend from the
+// ledger and a restart would rebuild the budgets without it.
+TEST(SqliteLeases, ALeaseWhoseCoveredRowWasLostIsNeverClosed) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("bw_lease_lost_" + std::to_string(::getpid()) + ".db"))
+                               .string();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+  SqliteLedgerOptions o;
+  o.path = path;
+  o.synchronous_full = false;
+  o.busy_timeout_ms = 50;
+  auto opened = SqliteLedger::open(o);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  auto& ledger = **opened;
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:y-1", "key_a", "acme", "", 50'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  ASSERT_TRUE(append_sync(ledger, lease).ok());
+
+  LedgerCovered c;
+  c.request_id = "r1";
+  c.lease_id = "lease:y-1";
+  c.key_id = "key_a";
+  c.tenant_id = "acme";
+  c.model = "gpt-4.1";
+  c.budgets = {budget};
+  c.reserved_micro = 10'000;
+  c.actual_micro = 7'000;
+  c.created_unix_ms = kJan1 + 1;
+  c.settled_unix_ms = kJan1 + 2;
+  std::atomic<int> failed{0};
+  {
+    // Another connection holds the write lock: the covered row's transaction cannot begin.
+    auto other = SqliteDb::open(path, false, 50);
+    ASSERT_TRUE(other.ok());
+    ASSERT_TRUE(other->exec("BEGIN IMMEDIATE").ok());
+    ASSERT_TRUE(ledger.append_covered(c, [&](const Result<Ok>& r) { failed += !r.ok(); }));
+    ledger.flush();
+    ASSERT_TRUE(other->exec("ROLLBACK").ok());
+  }
+  ASSERT_EQ(failed.load(), 1);
+  EXPECT_TRUE(ledger.find("r1").ok());
+  EXPECT_FALSE(ledger.find("r1")->has_value());
+
+  LedgerSettlement close;
+  close.request_id = "lease:y-1";
+  close.settled_unix_ms = kJan1 + 3;
+  close.lease = true;
+  auto closed = append_sync(ledger, close);
+  ASSERT_FALSE(closed.ok()) << "a lease that owes a lost row's spend was closed";
+  EXPECT_EQ(closed.error().code, "lease_owes");
+  auto l = ledger.find("lease:y-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->status, LedgerStatus::kOpen);
+  EXPECT_EQ((*l)->reserved_micro, 50'000);
+
+  // A restart holds the lost spend within the open lease.
+  BudgetManager budgets;
+  budgets.upsert_budget({budget, 1'000'000, BudgetPeriod::kTotal});
+  auto rec = recover_budgets(ledger, budgets, kJan1 + 10);
+  ASSERT_TRUE(rec.ok());
+  auto s = budgets.snapshot(budget, kJan1 + 10);
+  EXPECT_EQ(s->reserved_micro, 50'000);
+  opened->reset();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+}
+
 }  // namespace bw::store::testing
