@@ -39,11 +39,13 @@ track_pid() {
 # SQLite ledger and the access log to a file. Every request still pays for the checks, the
 # reservation, the ledger rows and the log line.
 # Usage: prod_policy_yaml KEY ACCESS_LOG LEDGER_DB [DURABILITY]
+#   env LEASE=1: budget leases on (budgets.lease, docs/cost-guard.md)
 prod_policy_yaml() {
   cat <<YAML
 access_log: {path: "$2"}
 budgets:
   global: {cap_usd: 100000000, period: monthly}
+  lease: {enabled: $([[ "${LEASE:-0}" == 1 ]] && echo true || echo false)}
 ledger: {path: "$3"${4:+, durability: $4}}
 plans:
   prod:

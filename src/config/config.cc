@@ -871,6 +871,15 @@ void read_global_budgets(Reader& top, Config& cfg) {
     b.child("global");
   }
   b.each("global_budgets", [&](Reader& g) { read_budget(g, cfg.global_budgets); });
+  // budgets.lease: budget leases (cost/lease.h; in-process budgets with the SQLite ledger).
+  auto lease = b.child("lease");
+  lease.get("enabled", cfg.budget_lease.enabled);
+  double slice_usd = static_cast<double>(cfg.budget_lease.slice_micro) / 1e6;
+  lease.get("slice_usd", slice_usd, 0.000001, 1e6);
+  cfg.budget_lease.slice_micro = cost::usd_to_micros(slice_usd);
+  lease.get("min_requests", cfg.budget_lease.min_requests, 2, 1'000'000);
+  lease.get("idle_ms", cfg.budget_lease.idle_close_ms, 0, 60'000);
+  lease.finish();
   b.finish();
 }
 

@@ -16,6 +16,7 @@
 #include "cost/alerts.h"
 #include "cost/budget_manager.h"
 #include "cost/key_store.h"
+#include "cost/lease.h"
 #include "cost/pricing.h"
 #include "cost/redis_budget.h"
 #include "http/client.h"
@@ -221,6 +222,8 @@ struct Config {
   std::vector<cost::KeyBudget> global_budgets;
   std::vector<TenantConfig> tenants;
   cost::CostGuardOptions cost_guard;
+  // budgets.lease: budget leases for the in-process budgets with the SQLite ledger (lease.h).
+  cost::LeaseOptions budget_lease;
   std::string webhook_url;
   std::string webhook_secret;   // resolved from secret_env; never logged
   std::string ledger_path;      // SQLite file; "" = no ledger (then no stored keys)

@@ -108,6 +108,12 @@ std::vector<std::string> Reservation::budget_ids() const {
   return ids;
 }
 
+std::int64_t Reservation::valid_until() const {
+  std::int64_t end = kForeverUnixMs;
+  for (const auto& e : entries_) end = std::min(end, e.period_end);
+  return end;
+}
+
 void Reservation::release_now() {
   if (!active_) return;
   active_ = false;
@@ -216,7 +222,7 @@ ReserveResult BudgetManager::reserve(const std::vector<std::string>& budget_ids,
       return result;
     }
     state->reserved = sat_add(state->reserved, amount_micro);
-    r.entries_.push_back({state, state->period_start});
+    r.entries_.push_back({state, state->period_start, state->period_end});
   }
   result.reservation.emplace(std::move(r));
   return result;
@@ -251,6 +257,46 @@ SettleOutcome BudgetManager::settle(Reservation& reservation, Micros actual_micr
   }
   reservation.entries_.clear();
   return out;
+}
+
+SettleOutcome BudgetManager::settle_part(Reservation& reservation, Micros actual_micro,
+                                         std::int64_t now_unix_ms) {
+  SettleOutcome out;
+  if (!reservation.active_) return out;
+  out.settled = true;
+  actual_micro = std::max<Micros>(actual_micro, 0);
+  const Micros shrink = std::min(actual_micro, reservation.amount_);
+  reservation.amount_ -= shrink;
+  for (auto& e : reservation.entries_) {
+    BudgetState& s = *e.state;
+    std::lock_guard lock(s.mu);
+    s.roll(now_unix_ms);
+    s.reserved = std::max<Micros>(sat_sub(s.reserved, shrink), 0);
+    if (actual_micro > shrink) s.overshoot = sat_add(s.overshoot, actual_micro - shrink);
+    if (e.period_start != s.period_start) continue;  // as in settle(): the old period's spend
+    s.spent = sat_add(s.spent, actual_micro);
+    if (s.cap <= 0) continue;
+    for (std::size_t i = 0; i < threshold_ppm_.size(); ++i) {
+      const std::uint64_t bit = std::uint64_t{1} << i;
+      if ((s.fired_mask & bit) == 0 && at_or_above(s.spent, s.cap, threshold_ppm_[i])) {
+        s.fired_mask |= bit;
+        out.alerts.push_back({s.id, options_.alert_thresholds[i], s.spent, s.cap, s.period_end});
+      }
+    }
+  }
+  return out;
+}
+
+Micros BudgetManager::headroom(const std::vector<std::string>& budget_ids,
+                               std::int64_t now_unix_ms) const {
+  Micros room = kMaxMicros;
+  for (auto& state : find_all(budget_ids)) {
+    if (!state) return 0;
+    std::lock_guard lock(state->mu);
+    state->roll(now_unix_ms);
+    room = std::min(room, std::max<Micros>(sat_sub(state->cap, state->committed()), 0));
+  }
+  return budget_ids.empty() ? 0 : room;
 }
 
 void BudgetManager::release(Reservation& reservation) {
@@ -308,8 +354,8 @@ Reservation BudgetManager::restore_open(const std::vector<std::string>& budget_i
     std::lock_guard lock(state->mu);
     state->roll(now_unix_ms);
     state->reserved = sat_add(state->reserved, r.amount_);
-    const std::int64_t start = period_window(state->period, created_unix_ms).start_unix_ms;
-    r.entries_.push_back({state, start});
+    const PeriodWindow w = period_window(state->period, created_unix_ms);
+    r.entries_.push_back({state, w.start_unix_ms, w.end_unix_ms});
   }
   return r;
 }

@@ -78,6 +78,8 @@ class Reservation {
 
   Micros amount() const { return amount_; }
   bool active() const { return active_; }
+  // The earliest end of the periods the reservation was taken in (kForeverUnixMs: none ends).
+  std::int64_t valid_until() const;
   // Ids of the budgets holding this reservation (for the ledger row).
   std::vector<std::string> budget_ids() const;
 
@@ -86,6 +88,7 @@ class Reservation {
   struct Entry {
     std::shared_ptr<detail::BudgetState> state;
     std::int64_t period_start = 0;
+    std::int64_t period_end = 0;
   };
   void release_now();
   std::vector<Entry> entries_;
@@ -147,6 +150,14 @@ class BudgetManager {
   SettleOutcome settle(Reservation& reservation, Micros actual_micro, std::int64_t now_unix_ms);
   // Gives the whole reservation back (refusal upstream, error before any token was billed).
   void release(Reservation& reservation);
+  // Partial settlement of a long-lived hold (a budget lease, lease.h): charges `actual_micro`
+  // and shrinks the hold by as much (by all of it when less is held); the hold stays active.
+  // Reports crossed alert thresholds; overshoot is the caller's to judge (it knows the share).
+  SettleOutcome settle_part(Reservation& reservation, Micros actual_micro,
+                            std::int64_t now_unix_ms);
+  // The smallest cap - (spent + reserved) over the listed budgets (0 when one is unknown or
+  // full): what one more reservation could take at most.
+  Micros headroom(const std::vector<std::string>& budget_ids, std::int64_t now_unix_ms) const;
 
   // The cheaper model to use, if any listed budget is at or above the soft threshold and the
   // model has a downgrade target. nullopt when opted out (the key prefers refusal at the cap).

@@ -16,6 +16,10 @@
 //    request fails that record only.
 //  - Query functions are synchronous, run on the caller's thread and may be slow: use them at
 //    startup (recovery), from the admin API, or off the request path.
+//  - Leases (lease.h): a reservation with `lease` set is a budget lease's row; append_covered()
+//    writes the already settled row of a request the lease covered and, in the same transaction,
+//    lowers the lease row's reserved_micro by the request's actual cost (never below 0). Only
+//    backends whose supports_leases() is true take them (SQLite); the others refuse the record.
 //  - Implementations are thread-safe.
 #include <cstdint>
 #include <functional>
@@ -39,6 +43,24 @@ struct LedgerReservation {
   std::vector<std::string> budgets;  // ids the reservation was taken against
   Micros reserved_micro = 0;
   std::int64_t created_unix_ms = 0;
+  bool lease = false;  // a budget lease's row (lease.h), not a request's
+};
+
+// A request covered by a lease: its one row, written already closed, and the lease row lowered.
+struct LedgerCovered {
+  std::string request_id;
+  std::string lease_id;  // the lease row whose reserved_micro goes down by actual_micro
+  std::string key_id;
+  std::string tenant_id;
+  std::string model;
+  std::vector<std::string> budgets;
+  Micros reserved_micro = 0;  // the request's share of the lease while it ran (information)
+  LedgerStatus status = LedgerStatus::kSettled;  // kSettled or kReleased
+  Micros actual_micro = 0;                       // 0 for kReleased
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t created_unix_ms = 0;
+  std::int64_t settled_unix_ms = 0;
 };
 
 struct LedgerSettlement {
@@ -48,6 +70,9 @@ struct LedgerSettlement {
   std::int64_t prompt_tokens = 0;
   std::int64_t completion_tokens = 0;
   std::int64_t settled_unix_ms = 0;
+  // Closes a lease row (status settled): it keeps the actual it carries, normally 0 (its spend is
+  // in its requests' rows).
+  bool lease = false;
 };
 
 struct LedgerRow {
@@ -104,6 +129,10 @@ class Ledger {
                                                 Wake wake = Wake::kNow) = 0;
   [[nodiscard]] virtual bool append_settlement(LedgerSettlement record, LedgerCallback done,
                                                Wake wake = Wake::kNow) = 0;
+  // A covered request's row plus the lease row lowered, in one transaction (see the contract).
+  [[nodiscard]] virtual bool append_covered(LedgerCovered record, LedgerCallback done,
+                                            Wake wake = Wake::kNow) = 0;
+  virtual bool supports_leases() const { return false; }
   // Wakes the writer for the records queued with Wake::kDeferred.
   virtual void kick() = 0;
   // Waits until every record queued before the call is committed (tests, shutdown).

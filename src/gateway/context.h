@@ -126,6 +126,12 @@ struct Ctx {
   std::vector<std::string> budget_ids;
   cost::BudgetHold budget;
   bool reservation_logged = false;  // the ledger has the reservation's row
+  // Budget leases (cost/lease.h): a covered request holds a share of its set's lease instead
+  // of `budget`, and has no ledger row until it is settled. `lease_set` is non-empty while the
+  // request counts in its set's in-flight requests.
+  cost::LeaseClaim lease_claim;
+  std::string lease_set;
+  std::int64_t reserved_unix_ms = 0;
   // The output cap asked for (max_tokens, else the group's default; 0 = no cost guard), and the
   // one forwarded to the answering model: the requested cap under that model's own limit.
   std::int64_t completion_cap = 0;

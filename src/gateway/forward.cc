@@ -206,6 +206,8 @@ class Stretches {
   std::string joined_;
 };
 
+constexpr std::size_t kNoSettle = static_cast<std::size_t>(-1);
+
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
 // usage chunk is only shown to a client that asked for it.
 asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Headers headers) {
@@ -251,8 +253,16 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     const std::string_view window = splitter.window(*piece);
     std::string_view rest = window, event, run, data;
     send.clear();
+    // A request covered by a budget lease gets its ledger row before [DONE]: the events before
+    // it leave first (pieces [0, settle_at)), so that a first token never waits.
+    std::size_t settle_at = kNoSettle;
     while (http::next_event_data(rest, event, data, scratch)) {
       auto info = providers::inspect_chunk(data, prefix);
+      if (info.done && !saw_done && phase_cost::covered(c)) {
+        send.add(run);
+        run = {};
+        settle_at = send.pieces().size();
+      }
       if (info.done) saw_done = true;
       if (info.has_text || info.other_output) {
         // A tool call's bytes are not measured on the way: its whole event counts (more than
@@ -273,7 +283,34 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     for (auto p : send.pieces()) tracing::observe_output(c, p);
     // Before keep(): `send` may point into the splitter's buffer, which keep() rewrites.
     const bool last = saw_done && up.complete();
-    if (send.size() != 0) {
+    if (settle_at != kNoSettle) {
+      // Stretches joins its pieces past kMaxChunkPieces: then all of them wait.
+      const auto all = send.pieces();
+      const std::size_t head = all.empty() ? 0 : std::min(settle_at, all.size() - 1);
+      bool ok = true;
+      if (head > 0) {
+        std::size_t head_bytes = 0;
+        for (std::size_t i = 0; i < head; ++i) head_bytes += all[i].size();
+        c.bytes_out += head_bytes;
+        ok = co_await c.w.write_chunk_pieces(all.first(head), false);
+      }
+      if (ok) {
+        // The usage as the end of the stream would take it (below), before the row is written.
+        api::check_output_counted(c.usage, text_chunks > 0);
+        if (!c.usage.usable()) charge_relayed(c, relayed_tokens(text_chunks, text_chars), true);
+        co_await phase_cost::settle_before_answer(c);
+        std::size_t tail_bytes = 0;
+        for (std::size_t i = head; i < all.size(); ++i) tail_bytes += all[i].size();
+        c.bytes_out += tail_bytes;
+        if (tail_bytes > 0) ok = co_await c.w.write_chunk_pieces(all.subspan(head), last);
+      }
+      if (!ok) {
+        note_client_gone(c);
+        up.abort();
+        break;
+      }
+      ended = last;
+    } else if (send.size() != 0) {
       c.bytes_out += send.size();
       const bool ok = co_await c.w.write_chunk_pieces(send.pieces(), last);
       if (!ok) {
@@ -479,12 +516,8 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     }
   }
   phase_cache::capture_stream_end(c, complete);
-  if (!out.empty()) {
-    c.bytes_out += out.size();
-    co_await c.w.write_chunk(out);
-  }
-  // A client that left while its stream ran is logged as 499, however it was noticed.
-  if (c.client_gone || c.cancelled) note_client_gone(c);
+  // The usage is known before the last events leave: a request covered by a budget lease gets
+  // its ledger row first.
   c.usage = tr.usage();
   if (complete) api::check_output_counted(c.usage, tr.generated());
   const std::int64_t relayed = relayed_tokens(tr.text_chunks(), tr.text_chars());
@@ -494,6 +527,13 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     c.usage.completion_tokens = std::max(c.usage.completion_tokens, relayed);
   }
   if (!c.usage.usable()) charge_relayed(c, relayed, complete);
+  if (complete && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
+  if (!out.empty()) {
+    c.bytes_out += out.size();
+    co_await c.w.write_chunk(out);
+  }
+  // A client that left while its stream ran is logged as 499, however it was noticed.
+  if (c.client_gone || c.cancelled) note_client_gone(c);
   if (!c.cancelled) co_await c.w.end_stream();
 }
 
@@ -873,6 +913,8 @@ asio::awaitable<Verdict> forward::run(Ctx& c) {
     phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
     c.bytes_out += r.body.size();
     tracing::observe_output(c, r.body);
+    // A request covered by a budget lease: its ledger row before the answer.
+    if (r.status < 300 && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
     co_await c.w.send(std::move(r));
     co_return Ok{};
   }

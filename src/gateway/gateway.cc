@@ -242,6 +242,12 @@ Result<Ok> Gateway::start_budgets(const config::Config& cfg,
   }
   if (!shared_->budget_store) {
     shared_->budget_store = std::make_unique<cost::LocalBudgetStore>(*shared_->budgets);
+    // Leases need the in-process budgets and a ledger that takes them (SQLite); with budgets
+    // in Redis or the PostgreSQL ledger every request keeps its own reservation row.
+    if (cfg.budget_lease.enabled && shared_->ledger && shared_->ledger->supports_leases()) {
+      shared_->leases =
+          std::make_unique<cost::LeaseBook>(*shared_->budgets, *shared_->ledger, cfg.budget_lease);
+    }
   }
   return Ok{};
 }
@@ -476,6 +482,8 @@ std::size_t Gateway::drain_and_stop() {
   server_->stop();
   if (admin_server_) admin_server_->stop();
   if (sim_) sim_->stop();
+  // Quiet budget leases close now: a restart would otherwise hold their rows until reconciled.
+  if (shared_->leases) shared_->leases->close_idle(shared_->clock.unix_millis(), /*all=*/true);
   if (shared_->ledger) shared_->ledger->flush();
   if (shared_->access_log) shared_->access_log->flush();
   return left;

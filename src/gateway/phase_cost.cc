@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <ctime>
 
 #include "gateway/phases.h"
@@ -30,15 +31,15 @@ void kick_after_round(cost::Ledger& ledger, const asio::any_io_executor& ex) {
 }
 
 // Waits for the ledger's group commit of one record (the callback runs on the writer thread).
-asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec) {
+// `append(callback)` queues the record and says whether the queue took it.
+template <class Append>
+asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
   auto ex = co_await asio::this_coro::executor;
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
       [&](auto handler) {
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        const bool ok = ledger.append_reservation(
-            std::move(rec),
-            [h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); },
-            cost::Ledger::Wake::kDeferred);
+        const bool ok =
+            append([h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); });
         if (ok) {
           kick_after_round(ledger, ex);
         } else {
@@ -48,6 +49,13 @@ asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerRese
         }
       },
       asio::use_awaitable);
+}
+
+asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec) {
+  co_return co_await ledger_wait(ledger, [&](cost::LedgerCallback done) {
+    return ledger.append_reservation(std::move(rec), std::move(done),
+                                     cost::Ledger::Wake::kDeferred);
+  });
 }
 
 // An answer that cost more than its reservation (an upstream that ignores max_tokens, a prompt
@@ -136,6 +144,108 @@ cost::Micros worst_case(Ctx& c, const AnswerChain& chain) {
   return worst;
 }
 
+// A lease went quiet: close it if it stays quiet for the idle time (one timer per worker at a
+// time, re-armed while a quiet lease is left waiting).
+void close_leases_later(Shared& sh, const asio::any_io_executor& ex) {
+  thread_local bool armed = false;
+  if (armed || !sh.leases) return;
+  armed = true;
+  auto timer = std::make_shared<asio::steady_timer>(
+      ex, std::chrono::milliseconds(sh.leases->options().idle_close_ms));
+  timer->async_wait([timer, &sh, ex](const boost::system::error_code& ec) {
+    armed = false;
+    if (ec || !sh.leases) return;
+    const bool waiting = sh.leases->close_idle(sh.clock.unix_millis());
+    sh.ledger->kick();
+    if (waiting) close_leases_later(sh, ex);
+  });
+}
+
+// The request no longer counts among its budget set's requests in flight (lease.h).
+void leave_lease_set(Ctx& c) {
+  if (c.lease_set.empty()) return;
+  c.sh.leases->end_plain(c.lease_set);
+  c.lease_set.clear();
+}
+
+// Several requests of the set are in flight: take a slice of its headroom as one hold and one
+// durable lease row, and cover this request from it. nullopt: no lease (near the cap, or the
+// slice does not fit), take the per-request path.
+asio::awaitable<std::optional<Verdict>> open_lease(Ctx& c, const cost::LeaseSet& set,
+                                                   cost::Micros worst, std::int64_t now_ms) {
+  auto& book = *c.sh.leases;
+  const cost::Micros size = book.lease_size(set, worst, now_ms);
+  auto res = size > 0 ? c.sh.budgets->reserve(set.budgets, size, now_ms) : cost::ReserveResult{};
+  if (!res.ok()) {
+    book.open_failed(set.key);
+    co_return std::nullopt;
+  }
+  cost::LedgerReservation rec;
+  rec.request_id = book.next_lease_id();
+  rec.key_id = set.key_id;
+  rec.tenant_id = set.tenant_id;
+  rec.budgets = res.reservation->budget_ids();
+  rec.reserved_micro = size;
+  rec.created_unix_ms = now_ms;
+  rec.lease = true;
+  std::string id = rec.request_id;
+  auto committed = co_await ledger_commit(*c.sh.ledger, std::move(rec));
+  if (!committed) {
+    c.sh.budgets->release(*res.reservation);
+    book.open_failed(set.key);
+    leave_lease_set(c);
+    co_return Verdict(ledger_unavailable("the request was not sent."));
+  }
+  book.install(set, std::move(id), std::move(*res.reservation), worst, c.lease_claim);
+  c.lease_set.clear();  // counted among the lease's requests now
+  c.reserved_unix_ms = now_ms;
+  co_return Verdict(Ok{});
+}
+
+// A covered request's one ledger row, already settled (or released when nothing was billed),
+// with the lease row lowered by its cost in the same transaction. `wait`: until it is committed.
+asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
+  auto& sh = c.sh;
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  const bool billed = c.usage.prompt_tokens + c.usage.completion_tokens > 0;
+  cost::LedgerCovered row;
+  row.request_id = c.request_id;
+  row.key_id = c.key->cfg->name;
+  row.tenant_id = c.key->cfg->tenant;
+  row.model = c.route_model;
+  row.budgets = c.budget_ids;
+  row.status = billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased;
+  row.actual_micro = billed ? c.cost_micro : 0;
+  row.prompt_tokens = c.usage.prompt_tokens;
+  row.completion_tokens = c.usage.completion_tokens;
+  row.created_unix_ms = c.reserved_unix_ms;
+  row.settled_unix_ms = now_ms;
+  cost::LeaseBook::Settled out;
+  bool committed = true;
+  if (wait) {
+    auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
+      out = sh.leases->settle(c.lease_claim, std::move(row), std::move(done), now_ms);
+      return out.queued;
+    });
+    committed = r.ok();
+  } else {
+    out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
+    committed = out.queued;
+    if (out.queued) kick_after_round(*sh.ledger, co_await asio::this_coro::executor);
+  }
+  if (out.quiet) close_leases_later(sh, co_await asio::this_coro::executor);
+  if (!committed) {
+    spdlog::error(
+        "ledger: the row of {} (covered by a budget lease) was not recorded; its lease stays "
+        "counted at its reserved amount until reconciled",
+        c.request_id);
+  }
+  if (out.outcome.overshoot_micro > 0) warn_overshoot(c, out.outcome.overshoot_micro);
+  if (sh.webhooks) {
+    for (const auto& a : out.outcome.alerts) sh.webhooks->enqueue(a);
+  }
+}
+
 }  // namespace
 
 // The price, and whether any budget applies at all: most requests of a deployment without
@@ -169,8 +279,22 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
                                "it to the pricing table.");
   }
   const cost::Micros worst = worst_case(c, chain);
+  if (sh.leases) {
+    cost::LeaseSet set{cost::lease_set_key(c.budget_ids, c.key->cfg->name, c.key->cfg->tenant),
+                       c.budget_ids, c.key->cfg->name, c.key->cfg->tenant};
+    const auto begin = sh.leases->begin(set, worst, now_ms, c.lease_claim);
+    if (begin == cost::LeaseBook::Begin::kCovered) {
+      c.reserved_unix_ms = now_ms;
+      co_return Ok{};  // the lease row holds it: no ledger wait
+    }
+    c.lease_set = set.key;
+    if (begin == cost::LeaseBook::Begin::kOpen) {
+      if (auto v = co_await open_lease(c, set, worst, now_ms)) co_return std::move(*v);
+    }
+  }
   auto res = co_await sh.budget_store->reserve(c.budget_ids, worst, c.budget, now_ms, c.now());
   if (!res.ok) {
+    leave_lease_set(c);
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);
     sh.metrics->budget_refusals.with({res.refusal.budget_id}).inc();
     co_return budget_refused(res.refusal, now_ms);
@@ -187,6 +311,7 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   auto committed = co_await ledger_commit(*sh.ledger, std::move(rec));
   if (!committed) {
     co_await sh.budget_store->release(c.budget, c.now());
+    leave_lease_set(c);
     co_return ledger_unavailable("the request was not sent.");
   }
   c.reservation_logged = true;
@@ -202,12 +327,22 @@ void phase_cost::compute_cost(Ctx& c) {
 }
 
 bool phase_cost::settle_needed(const Ctx& c) {
-  return c.budget.active();
+  return c.budget.active() || c.lease_claim.active() || !c.lease_set.empty();
+}
+
+asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
+  if (!c.lease_claim.active()) co_return;
+  compute_cost(c);
+  co_await settle_covered(c, /*wait=*/true);
 }
 
 // The actual cost goes to the budgets and the ledger; the unused reservation is released;
 // crossed alert thresholds go to the webhook sender. Call after compute_cost.
 asio::awaitable<void> phase_cost::settle(Ctx& c) {
+  if (c.lease_claim.active()) {
+    co_await settle_covered(c, /*wait=*/false);
+    co_return;
+  }
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   auto& sh = c.sh;
   const std::int64_t now_ms = sh.clock.unix_millis();
@@ -240,6 +375,7 @@ asio::awaitable<void> phase_cost::settle(Ctx& c) {
           c.request_id);
     }
   }
+  leave_lease_set(c);
 }
 
 }  // namespace bw::gateway

@@ -81,6 +81,13 @@ boost::asio::awaitable<Verdict> run(Ctx& c);
 void compute_cost(Ctx& c);
 bool settle_needed(const Ctx& c);
 boost::asio::awaitable<void> settle(Ctx& c);
+// A request covered by a budget lease has no ledger row until it is settled: forward settles it
+// before the client has the whole answer (before a buffered answer is written, before a
+// stream's last events), and waits for that row's group commit. No-op for other requests.
+inline bool covered(const Ctx& c) {
+  return c.lease_claim.active();
+}
+boost::asio::awaitable<void> settle_before_answer(Ctx& c);
 }  // namespace phase_cost
 
 // 7 admission: a slot of the model group's concurrency, waiting in priority order.

@@ -16,6 +16,7 @@
 #include "cost/budget_manager.h"
 #include "cost/budget_store.h"
 #include "cost/key_store.h"
+#include "cost/lease.h"
 #include "cost/ledger.h"
 #include "gateway/access_log.h"
 #include "gateway/console.h"
@@ -63,6 +64,9 @@ struct Shared {
   std::unique_ptr<cost::Ledger> ledger;
   // Declared after `ledger`: destroyed first (the Redis store rebuilds from the ledger).
   std::unique_ptr<cost::BudgetStore> budget_store;
+  // Budget leases (in-process budgets with the SQLite ledger, when budgets.lease.enabled);
+  // destroyed before the budgets and the ledger it writes to.
+  std::unique_ptr<cost::LeaseBook> leases;
   std::unique_ptr<cost::KeyStore> key_store;
   std::unique_ptr<cost::WebhookSender> webhooks;
   std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows

@@ -38,6 +38,11 @@ Error duplicate_request_error(const std::string& request_id) {
                     "ledger already has request " + request_id);
 }
 
+Error leases_unsupported_error(const std::string& request_id) {
+  return make_error(500, "server_error", "leases_unsupported",
+                    "this ledger does not take budget leases (request " + request_id + ")");
+}
+
 Error not_open_error(const std::string& request_id) {
   return make_error(409, "invalid_request_error", "not_open",
                     "no open ledger reservation for request " + request_id);

@@ -15,7 +15,8 @@
 
 namespace bw::store {
 
-using LedgerRecord = std::variant<cost::LedgerReservation, cost::LedgerSettlement>;
+using LedgerRecord =
+    std::variant<cost::LedgerReservation, cost::LedgerSettlement, cost::LedgerCovered>;
 using LedgerQueue = GroupCommitQueue<LedgerRecord>;
 
 // The columns read_ledger_row() expects, in order.
@@ -78,6 +79,7 @@ std::string_view settlement_status_text(const cost::LedgerSettlement& s);
 cost::Micros settlement_actual(const cost::LedgerSettlement& s);
 
 Error duplicate_request_error(const std::string& request_id);
+Error leases_unsupported_error(const std::string& request_id);
 Error not_open_error(const std::string& request_id);
 
 }  // namespace bw::store

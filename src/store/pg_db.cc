@@ -460,6 +460,9 @@ constexpr const char* kPgMigrations[] = {
     " revoked boolean NOT NULL DEFAULT false,"
     " created_unix_ms bigint NOT NULL,"
     " rotated_unix_ms bigint NOT NULL DEFAULT 0)",
+    // v4: the lease column, as in SQLite (the same rows on both). This ledger writes no lease
+    // rows (budget leases are SQLite only), so every row keeps 0.
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS lease smallint NOT NULL DEFAULT 0",
 };
 static_assert(sizeof(kPgMigrations) / sizeof(kPgMigrations[0]) == kPgSchemaVersion);
 

@@ -26,8 +26,8 @@ typedef struct pg_result PGresult;
 namespace bw::store {
 
 // Current PostgreSQL schema version (same numbering as the SQLite file): 1 ledger,
-// 2 ledger.budgets + indexes, 3 api_keys.
-constexpr int kPgSchemaVersion = 3;
+// 2 ledger.budgets + indexes, 3 api_keys, 4 ledger.lease.
+constexpr int kPgSchemaVersion = 4;
 
 struct PgConnectOptions {
   // "postgresql://user:pw@127.0.0.1:5432/db?sslmode=require" or "host=... dbname=..."; libpq's

@@ -36,7 +36,12 @@ constexpr const char* kPrepare =
 
 // Fields PostgreSQL text cannot hold fail the record before it reaches the batch.
 Result<Ok> check_record(const LedgerRecord& v) {
+  // Budget leases are SQLite only (supports_leases() is false here): never half-written.
+  if (const auto* c = std::get_if<cost::LedgerCovered>(&v)) {
+    return leases_unsupported_error(c->request_id);
+  }
   if (const auto* r = std::get_if<cost::LedgerReservation>(&v)) {
+    if (r->lease) return leases_unsupported_error(r->request_id);
     for (const auto* f : {&r->request_id, &r->key_id, &r->tenant_id, &r->model}) {
       if (auto c = check_text("ledger record", *f); !c.ok()) return c;
     }
@@ -45,7 +50,9 @@ Result<Ok> check_record(const LedgerRecord& v) {
     }
     return Ok{};
   }
-  return check_text("ledger record", std::get<cost::LedgerSettlement>(v).request_id);
+  const auto& s = std::get<cost::LedgerSettlement>(v);
+  if (s.lease) return leases_unsupported_error(s.request_id);
+  return check_text("ledger record", s.request_id);
 }
 
 // The record's statement: the prepared one (pipeline) or its plain SQL text (savepoint replay).

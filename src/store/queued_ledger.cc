@@ -25,6 +25,11 @@ bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::Ledger
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
+bool QueuedLedger::append_covered(cost::LedgerCovered record, cost::LedgerCallback done,
+                                  Wake wake) {
+  return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
+}
+
 void QueuedLedger::kick() {
   queue_.kick();
 }

@@ -198,6 +198,9 @@ constexpr const char* kMigrations[] = {
     " created_unix_ms INTEGER NOT NULL,"
     " rotated_unix_ms INTEGER NOT NULL DEFAULT 0"
     ");",
+    // v4: budget leases. A lease row (lease = 1) holds a slice of a budget set's headroom for
+    // the requests it covers; reports and the settled-spend rebuild do not count it as a request.
+    "ALTER TABLE ledger ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion);
 

@@ -15,8 +15,8 @@ struct sqlite3_stmt;
 
 namespace bw::store {
 
-// Current schema version: 1 ledger, 2 ledger.budgets + indexes, 3 api_keys.
-constexpr int kSchemaVersion = 3;
+// Current schema version: 1 ledger, 2 ledger.budgets + indexes, 3 api_keys, 4 ledger.lease.
+constexpr int kSchemaVersion = 4;
 
 class SqliteDb {
  public:

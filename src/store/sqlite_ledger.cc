@@ -35,8 +35,29 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   auto ins = Statement::prepare(
       ledger->writer_db_,
       "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
-      " created_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)");
+      " created_unix_ms, lease) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?8)");
   if (!ins.ok()) return ins.error();
+  // A request covered by a lease: its row is written once, already closed.
+  auto ins_closed = Statement::prepare(
+      ledger->writer_db_,
+      "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
+      " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
+      " settled_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+  if (!ins_closed.ok()) return ins_closed.error();
+  auto lower = Statement::prepare(ledger->writer_db_,
+                                  "UPDATE ledger SET reserved_micro = MAX(reserved_micro - ?2, 0)"
+                                  " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  if (!lower.ok()) return lower.error();
+  // A covered row that cannot be written under its request id (a client reused an id): its
+  // spend stays in the lease row, which keeps it reserved while open and settles it at close.
+  auto fold = Statement::prepare(ledger->writer_db_,
+                                 "UPDATE ledger SET actual_micro = actual_micro + ?2"
+                                 " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  if (!fold.ok()) return fold.error();
+  auto close = Statement::prepare(ledger->writer_db_,
+                                  "UPDATE ledger SET status = 'settled', settled_unix_ms = ?2"
+                                  " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
+  if (!close.ok()) return close.error();
   auto upd = Statement::prepare(
       ledger->writer_db_,
       "UPDATE ledger SET status = ?2, actual_micro = ?3, prompt_tokens = ?4,"
@@ -49,6 +70,10 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   if (!commit.ok()) return commit.error();
   ledger->insert_st_ = std::move(*ins);
   ledger->settle_st_ = std::move(*upd);
+  ledger->insert_closed_st_ = std::move(*ins_closed);
+  ledger->lower_lease_st_ = std::move(*lower);
+  ledger->fold_lease_st_ = std::move(*fold);
+  ledger->close_lease_st_ = std::move(*close);
   ledger->begin_st_ = std::move(*begin);
   ledger->commit_st_ = std::move(*commit);
   // Replaces the connection's auto-checkpoint (itself a WAL hook): checkpoints move to their
@@ -129,14 +154,26 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
         .bind_static(4, r->model)
         .bind_static(5, budgets)
         .bind(6, std::max<cost::Micros>(r->reserved_micro, 0))
-        .bind(7, r->created_unix_ms);
+        .bind(7, r->created_unix_ms)
+        .bind(8, std::int64_t{r->lease ? 1 : 0});
     const int rc = insert_st_.step();
     insert_st_.reset();
     if (rc == SQLITE_DONE) return Ok{};
     if ((rc & 0xff) == SQLITE_CONSTRAINT) return duplicate_request_error(r->request_id);
     return db_error("ledger insert", writer_db_.last_error());
   }
+  if (const auto* c = std::get_if<cost::LedgerCovered>(&record)) return write_covered(*c);
   const auto& s = std::get<cost::LedgerSettlement>(record);
+  if (s.lease) {
+    if (auto f = flush_lease_lowering(); !f.ok()) return f;
+    close_lease_st_.reset();
+    close_lease_st_.bind_static(1, s.request_id).bind(2, s.settled_unix_ms);
+    const int rc = close_lease_st_.step();
+    close_lease_st_.reset();
+    if (rc != SQLITE_DONE) return db_error("ledger lease close", writer_db_.last_error());
+    if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(s.request_id);
+    return Ok{};
+  }
   settle_st_.reset();
   settle_st_.bind_static(1, s.request_id)
       .bind_static(2, settlement_status_text(s))
@@ -148,6 +185,67 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   settle_st_.reset();
   if (rc != SQLITE_DONE) return db_error("ledger settle", writer_db_.last_error());
   if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(s.request_id);
+  return Ok{};
+}
+
+// The covered request's row and the lease row lowered by its actual cost: both in the batch's
+// transaction, so that at every commit settled spend + open reservations stay what they were.
+Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
+  const std::string budgets = join_lines(c.budgets);
+  const bool settled = c.status != cost::LedgerStatus::kReleased;
+  const cost::Micros actual = settled ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
+  insert_closed_st_.reset();
+  insert_closed_st_.bind_static(1, c.request_id)
+      .bind_static(2, c.key_id)
+      .bind_static(3, c.tenant_id)
+      .bind_static(4, c.model)
+      .bind_static(5, budgets)
+      .bind(6, std::max<cost::Micros>(c.reserved_micro, 0))
+      .bind(7, actual)
+      .bind(8, c.prompt_tokens)
+      .bind(9, c.completion_tokens)
+      .bind_static(10, settled ? std::string_view("settled") : std::string_view("released"))
+      .bind(11, c.created_unix_ms)
+      .bind(12, c.settled_unix_ms);
+  int rc = insert_closed_st_.step();
+  insert_closed_st_.reset();
+  if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+    if (actual == 0) return Ok{};
+    fold_lease_st_.reset();
+    fold_lease_st_.bind_static(1, c.lease_id).bind(2, actual);
+    rc = fold_lease_st_.step();
+    fold_lease_st_.reset();
+    if (rc != SQLITE_DONE) return db_error("ledger lease", writer_db_.last_error());
+    return Ok{};
+  }
+  if (rc != SQLITE_DONE) return db_error("ledger insert", writer_db_.last_error());
+  // The lease row is lowered once per lease and transaction (flush_lease_lowering), before the
+  // commit and before a close of a lease: the same sums at the commit, one UPDATE for them all.
+  if (actual > 0) {
+    auto it = std::find_if(lowering_.begin(), lowering_.end(),
+                           [&](const auto& p) { return p.first == c.lease_id; });
+    if (it == lowering_.end()) {
+      lowering_.emplace_back(c.lease_id, actual);
+    } else {
+      it->second = cost::sat_add(it->second, actual);
+    }
+  }
+  return Ok{};
+}
+
+Result<Ok> SqliteLedger::flush_lease_lowering() {
+  for (const auto& [lease, amount] : lowering_) {
+    lower_lease_st_.reset();
+    lower_lease_st_.bind_static(1, lease).bind(2, amount);
+    const int rc = lower_lease_st_.step();
+    lower_lease_st_.reset();
+    // A lease that is not open any more has nothing to lower (the rows are written either way).
+    if (rc != SQLITE_DONE) {
+      lowering_.clear();
+      return db_error("ledger lease", writer_db_.last_error());
+    }
+  }
+  lowering_.clear();
   return Ok{};
 }
 
@@ -171,8 +269,10 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
     out.results.assign(batch.size(), begin.error());
     return out;
   }
+  lowering_.clear();
   for (const auto& item : batch) out.results.push_back(write_one(item.record));
-  auto commit = step_once(commit_st_, "commit");
+  auto lowered = flush_lease_lowering();
+  auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());
   if (!commit.ok()) {
     (void)writer_db_.exec("ROLLBACK");
     for (auto& r : out.results) r = commit.error();
@@ -232,7 +332,8 @@ Result<std::vector<cost::SpendReportRow>> SqliteLedger::spend_report(cost::Spend
   const std::string sql =
       std::string("SELECT ") +
       spend_group_expr(group, "strftime('%Y-%m-%d', created_unix_ms / 1000, 'unixepoch')") +
-      " AS g, COUNT(*), SUM(CASE WHEN status = 'settled' THEN actual_micro ELSE 0 END),"
+      " AS g, COUNT(*) - SUM(lease), SUM(CASE WHEN status = 'settled' THEN actual_micro ELSE 0 "
+      "END),"
       " SUM(CASE WHEN status = 'open' THEN reserved_micro ELSE 0 END), SUM(prompt_tokens),"
       " SUM(completion_tokens) FROM ledger WHERE created_unix_ms >= ?1 AND created_unix_ms < ?2"
       " GROUP BY g ORDER BY g";

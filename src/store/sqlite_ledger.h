@@ -22,6 +22,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "cost/ledger.h"
 #include "store/queued_ledger.h"
@@ -49,6 +51,7 @@ class SqliteLedger final : public QueuedLedger {
   // Checkpoints run so far (PASSIVE and RESTART).
   std::uint64_t checkpoints() const { return checkpoints_.load(std::memory_order_relaxed); }
 
+  bool supports_leases() const override { return true; }
   Result<std::vector<cost::LedgerRow>> open_reservations() override;
   Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t since_unix_ms) override;
   Result<std::optional<cost::LedgerRow>> find(const std::string& request_id) override;
@@ -64,6 +67,8 @@ class SqliteLedger final : public QueuedLedger {
   void stop_checkpointer();
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
+  Result<Ok> write_covered(const cost::LedgerCovered& record);
+  Result<Ok> flush_lease_lowering();
   // Steps a statement that returns no rows (BEGIN, COMMIT) and resets it.
   Result<Ok> step_once(Statement& st, std::string_view what);
   Result<std::vector<cost::LedgerRow>> query_rows(const char* sql, const std::string* arg);
@@ -72,6 +77,12 @@ class SqliteLedger final : public QueuedLedger {
   SqliteDb writer_db_;  // writer thread only
   Statement insert_st_;
   Statement settle_st_;
+  Statement insert_closed_st_;
+  Statement lower_lease_st_;
+  Statement fold_lease_st_;
+  Statement close_lease_st_;
+  // Lease rows to lower in the current transaction: (lease id, sum of covered actuals).
+  std::vector<std::pair<std::string, cost::Micros>> lowering_;
   Statement begin_st_;
   Statement commit_st_;
 

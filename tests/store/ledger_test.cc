@@ -687,3 +687,111 @@ TEST(SqliteCheckpoints, RunInTheBackgroundAndBoundTheWal) {
 }
 
 }  // namespace bw::store::testing
+
+namespace bw::store::testing {
+
+// Budget leases on the SQLite ledger: a lease row, covered rows written settled with the lease
+// lowered in the same transaction, a reused request id folded into the lease, the close; the
+// reports and the recovery count the spend once and the lease row never as a request.
+TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("bw_lease_" + std::to_string(::getpid()) + ".db"))
+          .string();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+  SqliteLedgerOptions o;
+  o.path = path;
+  o.synchronous_full = false;
+  auto opened = SqliteLedger::open(o);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  auto& ledger = **opened;
+  EXPECT_TRUE(ledger.supports_leases());
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:x-1", "key_a", "acme", "", 50'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  ASSERT_TRUE(ledger.append_reservation(lease, {}));
+  auto covered = [&](std::string id, Micros actual) {
+    LedgerCovered c;
+    c.request_id = std::move(id);
+    c.lease_id = "lease:x-1";
+    c.key_id = "key_a";
+    c.tenant_id = "acme";
+    c.model = "gpt-4.1";
+    c.budgets = {budget};
+    c.reserved_micro = 10'000;
+    c.actual_micro = actual;
+    c.prompt_tokens = 3;
+    c.completion_tokens = 4;
+    c.created_unix_ms = kJan1 + 1;
+    c.settled_unix_ms = kJan1 + 2;
+    return c;
+  };
+  std::atomic<int> ok{0};
+  auto count = [&](const Result<Ok>& r) { ok += r.ok(); };
+  ASSERT_TRUE(ledger.append_covered(covered("r1", 7'000), count));
+  ASSERT_TRUE(ledger.append_covered(covered("r2", 5'000), count));
+  // A client reused r1's id: its spend stays on the lease row (reserved while open).
+  ASSERT_TRUE(ledger.append_covered(covered("r1", 2'000), count));
+  ledger.flush();
+  EXPECT_EQ(ok.load(), 3);
+  auto row = ledger.find("r1");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*row)->actual_micro, 7'000);
+  EXPECT_EQ((*row)->completion_tokens, 4);
+  auto l = ledger.find("lease:x-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->status, LedgerStatus::kOpen);
+  EXPECT_EQ((*l)->reserved_micro, 38'000);  // 50k - 7k - 5k; the folded 2k stays reserved
+  auto report = ledger.spend_report(SpendGroup::kKey, 0, kJan1 + 10);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->size(), 1u);
+  EXPECT_EQ(report->front().requests, 2);  // the lease row is not a request
+  EXPECT_EQ(report->front().actual_micro, 12'000);
+  EXPECT_EQ(report->front().open_reserved_micro, 38'000);
+
+  // A crash now: the open lease counts at its reserved amount, settled rows at their actual.
+  {
+    BudgetManager budgets;
+    budgets.upsert_budget({budget, 1'000'000, BudgetPeriod::kTotal});
+    auto rec = recover_budgets(ledger, budgets, kJan1 + 10);
+    ASSERT_TRUE(rec.ok());
+    auto s = budgets.snapshot(budget, kJan1 + 10);
+    EXPECT_EQ(s->spent_micro, 12'000);
+    EXPECT_EQ(s->reserved_micro, 38'000);
+  }
+
+  // The close: the lease row is settled with the spend folded into it.
+  LedgerSettlement close;
+  close.request_id = "lease:x-1";
+  close.settled_unix_ms = kJan1 + 3;
+  close.lease = true;
+  ASSERT_TRUE(ledger.append_settlement(close, {}));
+  ledger.flush();
+  report = ledger.spend_report(SpendGroup::kKey, 0, kJan1 + 10);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->front().requests, 2);
+  EXPECT_EQ(report->front().actual_micro, 14'000);
+  EXPECT_EQ(report->front().open_reserved_micro, 0);
+  {
+    BudgetManager budgets;
+    budgets.upsert_budget({budget, 1'000'000, BudgetPeriod::kTotal});
+    auto rec = recover_budgets(ledger, budgets, kJan1 + 10);
+    ASSERT_TRUE(rec.ok());
+    auto s = budgets.snapshot(budget, kJan1 + 10);
+    EXPECT_EQ(s->spent_micro, 14'000);
+    EXPECT_EQ(s->reserved_micro, 0);
+  }
+  // The close always comes after a lease's last covered row; a late one would still keep its
+  // spend (there is nothing left to lower).
+  ASSERT_TRUE(ledger.append_covered(covered("r3", 1'000), count));
+  ledger.flush();
+  EXPECT_EQ(ok.load(), 4);
+  row = ledger.find("r3");
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->actual_micro, 1'000);
+  opened->reset();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+}
+
+}  // namespace bw::store::testing

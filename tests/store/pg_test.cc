@@ -92,7 +92,7 @@ TEST_F(PgTest, MigrationsRecordEveryVersionOnce) {
   auto k = pg().open_key_store();
   ASSERT_TRUE(k);
   EXPECT_EQ(*pg().query_int("SELECT COUNT(*) FROM schema_version"), kPgSchemaVersion);
-  EXPECT_EQ(*pg().query_int("SELECT SUM(version) FROM schema_version"), 1 + 2 + 3);
+  EXPECT_EQ(*pg().query_int("SELECT SUM(version) FROM schema_version"), 1 + 2 + 3 + 4);
   // The budgets column and both indexes exist.
   EXPECT_EQ(*pg().query_int("SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'ledger'"
                             " AND indexname IN ('ledger_created', 'ledger_open')"),

@@ -1,0 +1,320 @@
+#include "cost/lease.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+namespace bw::cost {
+
+namespace detail {
+
+struct Lease {
+  std::string id;
+  std::string set_key;
+  Reservation hold;              // in the BudgetManager: the lease row's reserved amount
+  Micros claimed = 0;            // shares of the covered requests in flight
+  int in_flight = 0;             // covered requests not yet settled or released
+  bool retired = false;          // takes no new request (replaced, or its periods ended)
+  bool closed = false;           // its row is closed (or it is stuck)
+  std::int64_t quiet_since = 0;  // when in_flight last went to 0
+  std::int64_t valid_until = kForeverUnixMs;
+
+  Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
+};
+
+struct LeaseSetState {
+  std::shared_ptr<Lease> current;  // the lease new requests take from, if any
+  int plain = 0;                   // requests of the set in flight on the per-request path
+  bool opening = false;            // one of them is opening a lease
+};
+
+}  // namespace detail
+
+using detail::Lease;
+using detail::LeaseSetState;
+
+std::string lease_set_key(const std::vector<std::string>& budgets, std::string_view key_id,
+                          std::string_view tenant_id) {
+  std::string k;
+  for (const auto& b : budgets) {
+    k.append(b);
+    k.push_back('\n');
+  }
+  k.push_back('\x1f');
+  k.append(key_id);
+  k.push_back('\x1f');
+  k.append(tenant_id);
+  return k;
+}
+
+// --- LeaseClaim ----------------------------------------------------------------------------------
+
+LeaseClaim::LeaseClaim(LeaseClaim&& other) noexcept
+    : book_(other.book_), lease_(std::move(other.lease_)), amount_(other.amount_) {
+  other.lease_.reset();
+  other.amount_ = 0;
+}
+
+LeaseClaim& LeaseClaim::operator=(LeaseClaim&& other) noexcept {
+  if (this != &other) {
+    if (lease_ && book_) book_->release(*this, 0);
+    book_ = other.book_;
+    lease_ = std::move(other.lease_);
+    amount_ = other.amount_;
+    other.lease_.reset();
+    other.amount_ = 0;
+  }
+  return *this;
+}
+
+LeaseClaim::~LeaseClaim() {
+  if (lease_ && book_) book_->release(*this, 0);
+}
+
+const std::string& LeaseClaim::lease_id() const {
+  static const std::string kNone;
+  return lease_ ? lease_->id : kNone;
+}
+
+// --- LeaseBook -----------------------------------------------------------------------------------
+
+namespace {
+
+std::string random_prefix() {
+  std::random_device rd;
+  const std::uint64_t v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "lease:%016llx-", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+LeaseBook::LeaseBook(BudgetManager& budgets, Ledger& ledger, LeaseOptions options)
+    : budgets_(budgets),
+      ledger_(ledger),
+      options_(std::move(options)),
+      id_prefix_(random_prefix()) {}
+
+// A graceful stop closes the quiet leases, so that a restart does not find their rows open and
+// hold them until reconciled. One with requests in flight stays open: it still covers them.
+LeaseBook::~LeaseBook() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Lease>> quiet;
+  for (const auto& [key, st] : sets_) {
+    const auto& lease = st->current;
+    if (lease && !lease->closed && lease->in_flight == 0) quiet.push_back(lease);
+  }
+  for (const auto& lease : quiet) close(lease, lease->quiet_since);
+}
+
+std::string LeaseBook::next_lease_id() {
+  std::lock_guard lock(mu_);
+  return id_prefix_ + std::to_string(++next_id_);
+}
+
+LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms,
+                                  LeaseClaim& claim) {
+  amount = std::max<Micros>(amount, 0);
+  std::lock_guard lock(mu_);
+  auto& st = sets_[set.key];
+  if (!st) st = std::make_shared<LeaseSetState>();
+  if (auto& lease = st->current) {
+    // A lease serves only inside the periods its hold was taken in: spend belongs to the
+    // period a reservation was made in, and a covered row is dated now.
+    if (now_unix_ms >= lease->valid_until) {
+      lease->retired = true;
+      auto old = std::move(lease);
+      st->current.reset();
+      maybe_close(old, now_unix_ms);
+    } else if (lease->free() >= amount) {
+      lease->claimed += amount;
+      ++lease->in_flight;
+      ++stats_.covered;
+      claim.book_ = this;
+      claim.lease_ = lease;
+      claim.amount_ = amount;
+      return Begin::kCovered;
+    }
+  }
+  ++st->plain;
+  // Several requests of the set at once: a lease pays (one is opened at a time).
+  if (options_.enabled && !st->opening &&
+      st->plain + (st->current ? st->current->in_flight : 0) >= 2) {
+    st->opening = true;
+    return Begin::kOpen;
+  }
+  return Begin::kPlain;
+}
+
+void LeaseBook::end_plain(const std::string& set_key) {
+  std::lock_guard lock(mu_);
+  auto it = sets_.find(set_key);
+  if (it == sets_.end()) return;
+  it->second->plain = std::max(it->second->plain - 1, 0);
+  drop_set_if_idle(set_key);
+}
+
+Micros LeaseBook::lease_size(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms) const {
+  if (amount <= 0) return 0;
+  const Micros half_room = budgets_.headroom(set.budgets, now_unix_ms) / 2;
+  const Micros n = std::min(options_.slice_micro / amount, half_room / amount);
+  if (n < std::max(options_.min_requests, 1)) return 0;
+  return n * amount;
+}
+
+void LeaseBook::open_failed(const std::string& set_key) {
+  std::lock_guard lock(mu_);
+  auto it = sets_.find(set_key);
+  if (it != sets_.end()) it->second->opening = false;
+}
+
+void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
+                        LeaseClaim& claim) {
+  auto lease = std::make_shared<Lease>();
+  lease->id = std::move(lease_id);
+  lease->set_key = set.key;
+  lease->valid_until = hold.valid_until();
+  lease->hold = std::move(hold);
+  lease->claimed = amount;
+  lease->in_flight = 1;
+  std::lock_guard lock(mu_);
+  auto& st = sets_[set.key];
+  if (!st) st = std::make_shared<LeaseSetState>();
+  st->opening = false;
+  st->plain = std::max(st->plain - 1, 0);
+  if (st->current) {
+    // The old one (out of room) takes no more requests and closes when its last one ends.
+    st->current->retired = true;
+    auto old = std::move(st->current);
+    maybe_close(old, 0);
+  }
+  st->current = lease;
+  ++stats_.opened;
+  ++stats_.open_now;
+  ++stats_.covered;
+  claim.book_ = this;
+  claim.lease_ = std::move(lease);
+  claim.amount_ = amount;
+}
+
+void LeaseBook::give_back(Lease& lease, Micros amount) {
+  lease.claimed = std::max<Micros>(lease.claimed - amount, 0);
+  lease.in_flight = std::max(lease.in_flight - 1, 0);
+}
+
+LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, LedgerCallback done,
+                                     std::int64_t now_unix_ms) {
+  Settled out;
+  if (!claim.lease_) return out;
+  auto lease = std::move(claim.lease_);
+  const Micros share = claim.amount_;
+  claim.lease_.reset();
+  claim.amount_ = 0;
+  const bool billed = row.status != LedgerStatus::kReleased;
+  const Micros actual = billed ? std::max<Micros>(row.actual_micro, 0) : 0;
+  row.lease_id = lease->id;
+  row.reserved_micro = share;
+  row.actual_micro = actual;
+  std::lock_guard lock(mu_);
+  give_back(*lease, share);
+  if (actual > 0) {
+    // The budgets move first, as on the per-request path; nothing is freed for others here:
+    // the hold shrinks by what is charged.
+    out.outcome = budgets_.settle_part(lease->hold, actual, now_unix_ms);
+  } else {
+    out.outcome.settled = true;
+  }
+  out.outcome.overshoot_micro = std::max<Micros>(actual - share, 0);
+  out.queued = ledger_.append_covered(std::move(row), std::move(done), Ledger::Wake::kDeferred);
+  if (!out.queued && !lease->closed) {
+    // The lease row still counts this spend as reserved: keep the hold for good, in step.
+    lease->closed = true;
+    lease->retired = true;
+    stuck_.push_back(lease);
+    ++stats_.stuck;
+    --stats_.open_now;
+    auto it = sets_.find(lease->set_key);
+    if (it != sets_.end() && it->second->current == lease) it->second->current.reset();
+    drop_set_if_idle(lease->set_key);
+    return out;
+  }
+  out.quiet = maybe_close(lease, now_unix_ms);
+  return out;
+}
+
+bool LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
+  if (!claim.lease_) return false;
+  auto lease = std::move(claim.lease_);
+  const Micros share = claim.amount_;
+  claim.lease_.reset();
+  claim.amount_ = 0;
+  std::lock_guard lock(mu_);
+  give_back(*lease, share);
+  return maybe_close(lease, now_unix_ms);
+}
+
+bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all) {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Lease>> due;
+  bool waiting = false;
+  for (const auto& [key, st] : sets_) {
+    const auto& lease = st->current;
+    if (!lease || lease->closed || lease->in_flight > 0) continue;
+    if (all || now_unix_ms - lease->quiet_since >= options_.idle_close_ms) {
+      due.push_back(lease);
+    } else {
+      waiting = true;
+    }
+  }
+  for (const auto& lease : due) close(lease, now_unix_ms);
+  return waiting;
+}
+
+// Under mu_. A retired lease with no covered request in flight closes now; the current one of
+// its set waits idle_close_ms for the next request (close_idle).
+bool LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  if (lease->closed || lease->in_flight > 0) return false;
+  if (!lease->retired && options_.idle_close_ms > 0) {
+    lease->quiet_since = now_unix_ms;
+    return true;
+  }
+  close(lease, now_unix_ms);
+  return false;
+}
+
+// Under mu_. The row first (nothing is owed on it any more: every covered request's row is
+// queued before this), then the hold.
+void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  lease->closed = true;
+  --stats_.open_now;
+  auto it = sets_.find(lease->set_key);
+  if (it != sets_.end() && it->second->current == lease) it->second->current.reset();
+  LedgerSettlement close;
+  close.request_id = lease->id;
+  close.status = LedgerStatus::kSettled;
+  close.settled_unix_ms = now_unix_ms;
+  close.lease = true;
+  if (!ledger_.append_settlement(std::move(close), {}, Ledger::Wake::kDeferred)) {
+    stuck_.push_back(lease);  // the row stays open at the hold's amount: keep the hold too
+    ++stats_.stuck;
+  } else {
+    budgets_.release(lease->hold);
+    ++stats_.closed;
+  }
+  drop_set_if_idle(lease->set_key);
+}
+
+void LeaseBook::drop_set_if_idle(const std::string& key) {
+  auto it = sets_.find(key);
+  if (it == sets_.end()) return;
+  const auto& st = *it->second;
+  if (st.plain == 0 && !st.opening && !st.current) sets_.erase(it);
+}
+
+LeaseStats LeaseBook::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+}  // namespace bw::cost

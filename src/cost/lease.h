@@ -1,0 +1,166 @@
+#pragma once
+// LeaseBook: budget leases for the in-process budgets (BudgetManager) with a ledger that takes
+// them (SQLite). A budget set (the exact budget ids a request reserves against, with its key and
+// tenant) that has several requests in flight takes a LEASE: one durable ledger row holding a
+// slice H of the set's headroom, reserved in the BudgetManager as one hold. Requests the lease
+// covers take their worst case from the lease's free part in memory and are forwarded at once;
+// they have no open row of their own.
+//
+// Accounting (the same sums as the per-request path, at every ledger commit):
+//  - memory: the lease's hold is `reserved` in every budget of the set; a covered request's
+//    settlement charges its actual cost and shrinks the hold by as much (partial settlement);
+//  - ledger: the lease row is open at the hold's amount; a covered request's settlement writes
+//    its row already settled and lowers the lease row by its actual cost in the same
+//    transaction (Ledger::append_covered), so settled + open reservations never move up;
+//  - after a crash the open lease row counts at its reserved amount, like any open reservation:
+//    it covers what its requests in flight may have cost.
+//  - A lease closes once it has had no covered request in flight for idle_close_ms (close_idle(),
+//    which the gateway runs from a timer), or at once when it was replaced or its period ended:
+//    its row is closed first (status settled, nothing billed on it), then the rest of the hold
+//    is released.
+//
+// Every ledger append happens under the book's mutex, so the ledger sees a lease's records in the
+// order the book made them (a covered row always before the close of its lease). Appends never
+// block (the queue is bounded): a refused append keeps the lease's hold for good (counted until
+// restart), which errs towards not spending.
+//
+// Thread safety: every method may be called from any thread. No method blocks on I/O.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cost/budget_manager.h"
+#include "cost/ledger.h"
+
+namespace bw::cost {
+
+struct LeaseOptions {
+  bool enabled = false;
+  // The most one lease holds. A lease is a whole number of the opening request's worst case,
+  // and never more than half the set's headroom (near a cap requests go the exact way).
+  Micros slice_micro = 1'000'000;
+  // A lease is only worth its two rows when it can cover at least this many requests.
+  int min_requests = 2;
+  // How long a lease without a covered request in flight stays open for the next one; 0 closes
+  // it at once. Under load a set is quiet for microseconds at a time, and a lease closed then
+  // is reopened (two more rows and a ledger wait) by the next request.
+  std::int64_t idle_close_ms = 20;
+};
+
+// What identifies a budget set, and what its lease row names.
+struct LeaseSet {
+  std::string key;  // budgets, key and tenant joined: the map key
+  std::vector<std::string> budgets;
+  std::string key_id;
+  std::string tenant_id;
+};
+std::string lease_set_key(const std::vector<std::string>& budgets, std::string_view key_id,
+                          std::string_view tenant_id);
+
+namespace detail {
+struct Lease;
+struct LeaseSetState;
+}  // namespace detail
+
+// A covered request's share of a lease (move-only). Settle or release it through the book;
+// destroying an active one releases it.
+class LeaseClaim {
+ public:
+  LeaseClaim() = default;
+  LeaseClaim(LeaseClaim&& other) noexcept;
+  LeaseClaim& operator=(LeaseClaim&& other) noexcept;
+  LeaseClaim(const LeaseClaim&) = delete;
+  LeaseClaim& operator=(const LeaseClaim&) = delete;
+  ~LeaseClaim();
+
+  bool active() const { return lease_ != nullptr; }
+  Micros amount() const { return amount_; }
+  const std::string& lease_id() const;
+
+ private:
+  friend class LeaseBook;
+  class LeaseBook* book_ = nullptr;
+  std::shared_ptr<detail::Lease> lease_;
+  Micros amount_ = 0;
+};
+
+struct LeaseStats {
+  std::uint64_t opened = 0;
+  std::uint64_t closed = 0;
+  std::uint64_t covered = 0;  // requests covered
+  std::uint64_t stuck = 0;    // leases kept held because a ledger append was refused
+  std::size_t open_now = 0;
+};
+
+class LeaseBook {
+ public:
+  LeaseBook(BudgetManager& budgets, Ledger& ledger, LeaseOptions options);
+  ~LeaseBook();
+  LeaseBook(const LeaseBook&) = delete;
+  LeaseBook& operator=(const LeaseBook&) = delete;
+
+  enum class Begin {
+    kCovered,  // `claim` holds the request's share; forward at once
+    kOpen,     // take the per-request path's place: open a lease (lease_size, then install)
+    kPlain,    // the per-request path
+  };
+  // A budgeted request about to reserve `amount`. kOpen and kPlain count the request as in flight
+  // in its set until end_plain() (or install(), which makes it covered).
+  Begin begin(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms, LeaseClaim& claim);
+  void end_plain(const std::string& set_key);
+
+  // kOpen: the lease to take now for requests of `amount`; 0 = none (near the cap, or too
+  // small to pay). Call open_failed() when no lease is taken after kOpen.
+  Micros lease_size(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms) const;
+  void open_failed(const std::string& set_key);
+  // The lease row `lease_id` holding `hold` is durable: the lease serves the set from now on,
+  // and the opener takes `amount` of it (it was counted in flight since begin()).
+  void install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
+               LeaseClaim& claim);
+  // A fresh id for a lease row ("lease:" + process-unique part).
+  std::string next_lease_id();
+
+  struct Settled {
+    SettleOutcome outcome;  // overshoot: actual above the request's share
+    bool queued = false;    // the covered row reached the ledger's queue
+    bool quiet = false;     // its lease has no request in flight now: run close_idle() later
+  };
+  // Charges `row.actual_micro` (or nothing for kReleased) to the lease, appends the covered row
+  // with `done` (Wake::kDeferred: the caller kicks) and closes the lease if it went quiet.
+  Settled settle(LeaseClaim& claim, LedgerCovered row, LedgerCallback done,
+                 std::int64_t now_unix_ms);
+  // A covered request that ended without a row (nothing billed, nothing to show): its share
+  // goes back to the lease, which closes if it went quiet.
+  bool release(LeaseClaim& claim, std::int64_t now_unix_ms);
+  // Closes the leases that have been quiet for idle_close_ms, or every quiet one with `all` (a
+  // graceful stop; the destructor does it too). Their close rows are queued with
+  // Wake::kDeferred: kick the ledger. True while a quiet lease remains open (call again later).
+  bool close_idle(std::int64_t now_unix_ms, bool all = false);
+
+  LeaseStats stats() const;
+  const LeaseOptions& options() const { return options_; }
+
+ private:
+  void give_back(detail::Lease& lease, Micros amount);
+  // Closes a quiet lease that is retired (or when leases close at once); returns true when it
+  // stays open quiet.
+  bool maybe_close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
+  void close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
+  void drop_set_if_idle(const std::string& key);
+
+  BudgetManager& budgets_;
+  Ledger& ledger_;
+  const LeaseOptions options_;
+  const std::string id_prefix_;
+  mutable std::mutex mu_;
+  // Guarded by mu_.
+  std::unordered_map<std::string, std::shared_ptr<detail::LeaseSetState>> sets_;
+  std::vector<std::shared_ptr<detail::Lease>> stuck_;
+  std::uint64_t next_id_ = 0;
+  LeaseStats stats_;
+};
+
+}  // namespace bw::cost

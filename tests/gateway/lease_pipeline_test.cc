@@ -1,0 +1,191 @@
+// Budget leases in the pipeline: with a ledger whose group commits are held, a request covered
+// by its budget set's lease is forwarded without waiting for any commit, and its answer (or a
+// stream's last event) waits for its own row's commit.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <variant>
+
+#include "pipeline_harness.h"
+
+namespace bw::gateway::test {
+namespace {
+
+// Keeps every record queued until commit(): nothing is durable before the test says so.
+class HeldLedger final : public cost::Ledger {
+ public:
+  using Record = std::variant<cost::LedgerReservation, cost::LedgerSettlement, cost::LedgerCovered>;
+  bool append_reservation(cost::LedgerReservation r, cost::LedgerCallback done, Wake) override {
+    queue.emplace_back(std::move(r), std::move(done));
+    return true;
+  }
+  bool append_settlement(cost::LedgerSettlement s, cost::LedgerCallback done, Wake) override {
+    queue.emplace_back(std::move(s), std::move(done));
+    return true;
+  }
+  bool append_covered(cost::LedgerCovered c, cost::LedgerCallback done, Wake) override {
+    queue.emplace_back(std::move(c), std::move(done));
+    return true;
+  }
+  bool supports_leases() const override { return true; }
+  void kick() override {}
+  void flush() override {}
+  Result<std::vector<cost::LedgerRow>> open_reservations() override {
+    return std::vector<cost::LedgerRow>{};
+  }
+  Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t) override {
+    return std::vector<cost::SpendAggregate>{};
+  }
+  Result<std::optional<cost::LedgerRow>> find(const std::string&) override {
+    return std::optional<cost::LedgerRow>{};
+  }
+  Result<std::vector<cost::SpendReportRow>> spend_report(cost::SpendGroup, std::int64_t,
+                                                         std::int64_t) override {
+    return std::vector<cost::SpendReportRow>{};
+  }
+  cost::LedgerStats stats() const override { return {}; }
+
+  void commit() {
+    auto batch = std::move(queue);
+    queue.clear();
+    for (auto& [rec, done] : batch) {
+      committed.push_back(rec);
+      if (done) done(Ok{});
+    }
+  }
+  template <class T>
+  int count(const std::vector<std::pair<Record, cost::LedgerCallback>>& q) const {
+    int n = 0;
+    for (const auto& [r, d] : q) n += std::holds_alternative<T>(r);
+    return n;
+  }
+  template <class T>
+  int queued() const {
+    return count<T>(queue);
+  }
+  template <class T>
+  int done() const {
+    int n = 0;
+    for (const auto& r : committed) n += std::holds_alternative<T>(r);
+    return n;
+  }
+
+  std::vector<std::pair<Record, cost::LedgerCallback>> queue;
+  std::vector<Record> committed;
+};
+
+const char* kLeaseYaml = R"(
+workers: 1
+providers:
+  pa: {base_url: "http://127.0.0.1:9/v1"}
+model_groups:
+  m: {deployments: [{id: m-a, provider: pa, model: m}]}
+pricing:
+  m: {input: 1, output: 2}
+budgets:
+  lease: {enabled: true, slice_usd: 1}
+keys:
+  - {name: rich, key: sk-test-rich-000001, budget: {cap_usd: 100, period: total}}
+)";
+
+struct LeasePipeline {
+  LeasePipeline() : p(kLeaseYaml) {
+    auto l = std::make_unique<HeldLedger>();
+    ledger = l.get();
+    p.sh.ledger = std::move(l);
+    cost::LeaseOptions o;
+    o.enabled = true;
+    o.idle_close_ms = 0;  // closes when quiet, without a timer
+    p.sh.leases = std::make_unique<cost::LeaseBook>(*p.sh.budgets, *p.sh.ledger, o);
+  }
+  ~LeasePipeline() { p.sh.leases.reset(); }
+  std::unique_ptr<Pipeline::Call> start(bool stream = false) {
+    return p.start("POST", "/v1/chat/completions", Pipeline::chat_body("m", stream),
+                   {{"authorization", "Bearer sk-test-rich-000001"}});
+  }
+  // Two requests at once: the first reserves the per-request way, the second opens a lease;
+  // both wait for the commit of their row, then reach the (held) upstream.
+  void open_lease(std::unique_ptr<Pipeline::Call>& a, std::unique_ptr<Pipeline::Call>& b) {
+    p.upstream->held = true;
+    a = start();
+    ASSERT_TRUE(p.run_until([&] { return ledger->queue.size() == 1; }));
+    b = start();
+    ASSERT_TRUE(p.run_until([&] { return ledger->queue.size() == 2; }));
+    EXPECT_EQ(p.upstream->parked, 0) << "forwarded before its row was committed";
+    ledger->commit();
+    ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 2; }));
+    ASSERT_EQ(p.sh.leases->stats().open_now, 1u);
+  }
+
+  Pipeline p;
+  HeldLedger* ledger = nullptr;
+};
+
+TEST(LeasePipeline, ACoveredRequestIsForwardedWithoutALedgerCommit) {
+  LeasePipeline t;
+  std::unique_ptr<Pipeline::Call> a, b;
+  t.open_lease(a, b);
+  auto& p = t.p;
+  // The third request is covered: forwarded at once although nothing more is committed.
+  auto c = t.start();
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 3; }))
+      << "a covered request waited for the ledger";
+  EXPECT_TRUE(t.ledger->queue.empty());
+  EXPECT_EQ(p.sh.leases->stats().covered, 2u);  // b (the opener) and c
+
+  // The answers come back: the covered ones wait for their own row before they are written.
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return a->done && t.ledger->queued<cost::LedgerCovered>() == 2; }));
+  EXPECT_EQ(a->out.status, 200);  // the per-request path: settled after its answer, as before
+  EXPECT_EQ(b->out.status, 0) << "answered before its ledger row was committed";
+  EXPECT_EQ(c->out.status, 0) << "answered before its ledger row was committed";
+  t.ledger->commit();
+  ASSERT_TRUE(p.run_until([&] { return b->done && c->done; }));
+  EXPECT_EQ(b->out.status, 200);
+  EXPECT_EQ(c->out.status, 200);
+  // Quiet: the lease closed, nothing is held.
+  EXPECT_EQ(p.sh.leases->stats().open_now, 0u);
+  EXPECT_EQ(p.sh.leases->stats().closed, 1u);
+  t.ledger->commit();
+  p.check_invariants();
+  auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+  // 7 prompt + 5 completion tokens at 1 and 2 micro-USD per token each (FakeUpstream::ok).
+  EXPECT_EQ(snap->spent_micro, 3 * (7 * 1 + 5 * 2));
+  EXPECT_EQ(t.ledger->done<cost::LedgerCovered>(), 2);
+  EXPECT_EQ(t.ledger->done<cost::LedgerReservation>(), 2);  // a's row and the lease's
+  EXPECT_EQ(t.ledger->done<cost::LedgerSettlement>(), 2);   // a's settlement, the lease's close
+}
+
+TEST(LeasePipeline, ACoveredStreamWaitsForItsRowOnlyBeforeItsLastEvent) {
+  LeasePipeline t;
+  auto& p = t.p;
+  p.upstream->answers = {
+      [](const Seen&) { return FakeUpstream::ok("m"); },
+      [](const Seen&) { return FakeUpstream::ok("m"); },
+      [](const Seen&) {
+        return FakeUpstream::stream(
+            {"data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
+             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n"
+             "data: [DONE]\n\n"});
+      }};
+  std::unique_ptr<Pipeline::Call> a, b;
+  t.open_lease(a, b);
+  auto c = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("m", true),
+                   {{"authorization", "Bearer sk-test-rich-000001"}});
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 3; }));
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return t.ledger->queued<cost::LedgerCovered>() == 2; }));
+  // The first token and the usage event left; [DONE] waits for the row.
+  EXPECT_TRUE(c->out.streamed);
+  EXPECT_NE(c->out.body.find("hel"), std::string::npos) << c->out.body;
+  EXPECT_EQ(c->out.body.find("[DONE]"), std::string::npos) << c->out.body;
+  EXPECT_FALSE(c->out.ended);
+  t.ledger->commit();
+  ASSERT_TRUE(p.run_until([&] { return a->done && b->done && c->done; }));
+  EXPECT_NE(c->out.body.find("[DONE]"), std::string::npos) << c->out.body;
+  t.ledger->commit();
+  p.check_invariants();
+}
+
+}  // namespace
+}  // namespace bw::gateway::test
