@@ -251,13 +251,12 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     // the bytes are written from the read itself (`run`, a contiguous stretch of it), in
     // several stretches around an event that is held back.
     const std::string_view window = splitter.window(*piece);
-    std::string_view rest = window, event, run;
+    std::string_view rest = window, event, run, data;
     send.clear();
     // A request covered by a budget lease gets its ledger row before [DONE]: the events before
     // it leave first (pieces [0, settle_at)), so that a first token never waits.
     std::size_t settle_at = kNoSettle;
-    while (http::next_event(rest, event)) {
-      auto data = http::sse_data(event, scratch);
+    while (http::next_event_data(rest, event, data, scratch)) {
       auto info = providers::inspect_chunk(data, prefix);
       if (info.done && !saw_done && phase_cost::covered(c)) {
         send.add(run);

@@ -6,6 +6,10 @@
 #include <cstring>
 #include <optional>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace bw::http {
 
 namespace {
@@ -36,8 +40,18 @@ bool valid_name(std::string_view n) {
 }
 
 bool valid_value(std::string_view v) {
-  // Values (keys, ids, model names) are checked on every header added: 8 bytes per step.
+  // Values (keys, ids, model names) are checked on every header added: 16 bytes per step, then
+  // 8.
   std::size_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 16 <= v.size(); i += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.data() + i));
+    const __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\r')),
+                                                  _mm_cmpeq_epi8(x, _mm_set1_epi8('\n'))),
+                                     _mm_cmpeq_epi8(x, _mm_setzero_si128()));
+    if (_mm_movemask_epi8(bad) != 0) return false;
+  }
+#endif
   for (std::uint64_t x; i + 8 <= v.size(); i += 8) {
     std::memcpy(&x, v.data() + i, 8);
     if (has_byte(x, '\r') || has_byte(x, '\n') || has_byte(x, '\0')) return false;

@@ -40,15 +40,20 @@ bool SseSplitter::keep(std::string_view window, std::size_t consumed) {
   return buf_.size() <= max_;
 }
 
-bool next_event(std::string_view& rest, std::string_view& event) {
+namespace {
+
+// next_event, which also gives where the event's first line ends (its first '\n').
+bool next_event_at(std::string_view& rest, std::string_view& event, std::size_t& first_newline) {
   // One pass: the first blank line, "\n\n" or "\r\n\r\n", whichever ends first.
   const char* p = rest.data();
   const std::size_t n = rest.size();
   std::size_t i = 0;
+  first_newline = std::string_view::npos;
   while (i + 1 < n) {
     const void* hit = std::memchr(p + i, '\n', n - i - 1);
     if (!hit) break;
     i = static_cast<std::size_t>(static_cast<const char*>(hit) - p);
+    if (first_newline == std::string_view::npos) first_newline = i;
     std::size_t end = 0;
     if (p[i + 1] == '\n') {
       end = i + 2;
@@ -63,6 +68,34 @@ bool next_event(std::string_view& rest, std::string_view& event) {
     ++i;
   }
   return false;
+}
+
+}  // namespace
+
+bool next_event(std::string_view& rest, std::string_view& event) {
+  std::size_t first_newline = 0;
+  return next_event_at(rest, event, first_newline);
+}
+
+bool next_event_data(std::string_view& rest, std::string_view& event, std::string_view& data,
+                     std::string& scratch) {
+  std::size_t nl = 0;
+  if (!next_event_at(rest, event, nl)) return false;
+  // The usual event, one line and the blank line: its line is known without a second search.
+  if (nl + 2 == event.size()) {
+    std::string_view line = event.substr(0, nl);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (!line.starts_with("data:")) {
+      data = {};
+      return true;
+    }
+    line.remove_prefix(5);
+    if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+    data = line;
+    return true;
+  }
+  data = sse_data(event, scratch);
+  return true;
 }
 
 std::string_view sse_data(std::string_view event, std::string& scratch) {

@@ -40,4 +40,9 @@ bool next_event(std::string_view& rest, std::string_view& event);
 // The payload of the `data:` lines of one event (joined with '\n'), without the prefix.
 std::string_view sse_data(std::string_view event, std::string& scratch);
 
+// next_event, and `data` = sse_data(event, scratch) found in the same pass for an event of one
+// line (the usual "data: {...}\n\n").
+bool next_event_data(std::string_view& rest, std::string_view& event, std::string_view& data,
+                     std::string& scratch);
+
 }  // namespace bw::http

@@ -3,7 +3,6 @@
 #include <simdjson.h>
 
 #include <bit>
-#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -257,6 +256,23 @@ class Scanner {
   // notes whether any of the bytes is non-ASCII (bytes past the string may be noted too: that
   // only costs a UTF-8 check).
 #if defined(__SSE2__)
+  static __m128i special_bytes(__m128i x) {
+    const __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
+    const __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'));
+    const __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+    return _mm_or_si128(_mm_or_si128(quote, backslash), control);
+  }
+
+  // Whether the 32 bytes at p_ are all there and none of them is special.
+  bool plain32() {
+    if (end_ - p_ < 32) return false;
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_ + 16));
+    if (_mm_movemask_epi8(_mm_or_si128(special_bytes(a), special_bytes(b))) != 0) return false;
+    high_ |= static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(a, b)));
+    return true;
+  }
+
   unsigned special16(std::size_t left) {
     __m128i x;
     if (left >= 16) {
@@ -266,15 +282,15 @@ class Scanner {
       std::memcpy(tail, p_, left);
       x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
     }
-    const __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
-    const __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'));
-    const __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
     high_ |= static_cast<unsigned>(_mm_movemask_epi8(x));
-    const auto mask = static_cast<unsigned>(
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)));
+    const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)));
     return mask == 0 ? 16 : static_cast<unsigned>(__builtin_ctz(mask));
   }
 #else
+  bool plain32() {
+    return false;
+  }
+
   // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
   // above it may be a borrow, never one below).
   unsigned special16(std::size_t left) {
@@ -301,6 +317,8 @@ class Scanner {
       const unsigned at = special16(left);
       if (at == 16) {
         p_ += 16;
+        // A long text: 32 bytes a step while none is special.
+        while (plain32()) p_ += 32;
         continue;
       }
       if (at >= left) return false;  // unterminated
@@ -435,14 +453,26 @@ class Scanner {
 
   // A token count as api::read_openai_usage takes it without a question: a non-negative integer.
   // Anything else (another type, a sign, a fraction or an exponent) is left to the parser.
+  // The digits are read as they are checked: at most 18 of them, which any int64 holds. A
+  // leading zero ends the number, as JSON's grammar says (what follows it is then refused).
   bool count(std::int64_t& out) {
-    const char* start = p_;
-    if (!is_digit(*p_)) return false;
-    if (!number()) return false;
-    const std::string_view text(start, static_cast<std::size_t>(p_ - start));
-    if (text.find_first_of(".eE") != std::string_view::npos) return false;
-    const auto [end, ec] = std::from_chars(start, p_, out);
-    return ec == std::errc{} && end == p_;
+    const char* p = p_;
+    if (!is_digit(*p)) return false;
+    std::int64_t v = 0;
+    if (*p == '0') {
+      ++p;
+    } else {
+      int digits = 0;
+      while (p != end_ && is_digit(*p)) {
+        if (++digits > 18) return false;
+        v = v * 10 + (*p - '0');
+        ++p;
+      }
+    }
+    if (p != end_ && (*p == '.' || *p == 'e' || *p == 'E')) return false;
+    out = v;
+    p_ = p;
+    return true;
   }
 
   // At '{' of the top-level "usage": what api::read_openai_usage reads of it with the chat names.

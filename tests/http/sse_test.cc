@@ -30,6 +30,38 @@ TEST(SseNextEvent, SplitsAtTheFirstBlankLineOfEitherKind) {
   EXPECT_EQ(events_of("\n\n"), (std::vector<std::string>{"\n\n"}));
 }
 
+// next_event_data gives the events of next_event and the data of sse_data, on every framing.
+TEST(SseNextEvent, EventDataIsSseDataOfTheEvent) {
+  const std::vector<std::string> streams = {
+      "data: a\n\ndata: b\r\n\r\ndata: c\n\ndata: d",
+      "data: a\r\n\r\n\n",
+      "data: a\ndata: b\n\n",
+      "data: a\r\n",
+      "",
+      "\n\n",
+      "\r\n\r\n",
+      "data:x\n\ndata:\n\ndata: \n\ndata:  two spaces\n\n",
+      "data: a\r\n\n",
+      "event: delta\ndata: {\"a\":1}\n\n: comment\n\nid: 7\n\n",
+      "dat: a\n\nDATA: b\n\n data: c\n\ndata: [DONE]\n\n",
+      "data: a\r\rdata: b\n\n",
+      "data: {\"choices\":[]}\n\ndata: x\ndata: y\r\n\r\n",
+  };
+  for (const auto& bytes : streams) {
+    std::string_view a = bytes, b = bytes, ev_a, ev_b, data;
+    std::string scratch_a, scratch_b;
+    for (;;) {
+      const bool got_a = next_event(a, ev_a);
+      const bool got_b = next_event_data(b, ev_b, data, scratch_b);
+      ASSERT_EQ(got_a, got_b) << bytes;
+      if (!got_a) break;
+      EXPECT_EQ(ev_a, ev_b) << bytes;
+      EXPECT_EQ(sse_data(ev_a, scratch_a), data) << bytes;
+    }
+    EXPECT_EQ(a, b) << bytes;
+  }
+}
+
 TEST(SseSplitter, AWindowWithNothingPendingIsTheReadItself) {
   SseSplitter s;
   const std::string read = "data: 1\n\ndata: 2\n\ndata: 3";
