@@ -263,16 +263,6 @@ class Scanner {
     return _mm_or_si128(_mm_or_si128(quote, backslash), control);
   }
 
-  // Whether the 32 bytes at p_ are all there and none of them is special.
-  bool plain32() {
-    if (end_ - p_ < 32) return false;
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_ + 16));
-    if (_mm_movemask_epi8(_mm_or_si128(special_bytes(a), special_bytes(b))) != 0) return false;
-    high_ |= static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(a, b)));
-    return true;
-  }
-
   unsigned special16(std::size_t left) {
     __m128i x;
     if (left >= 16) {
@@ -287,10 +277,6 @@ class Scanner {
     return mask == 0 ? 16 : static_cast<unsigned>(__builtin_ctz(mask));
   }
 #else
-  bool plain32() {
-    return false;
-  }
-
   // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
   // above it may be a borrow, never one below).
   unsigned special16(std::size_t left) {
@@ -317,8 +303,6 @@ class Scanner {
       const unsigned at = special16(left);
       if (at == 16) {
         p_ += 16;
-        // A long text: 32 bytes a step while none is special.
-        while (plain32()) p_ += 32;
         continue;
       }
       if (at >= left) return false;  // unterminated
