@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <random>
+#include <utility>
 
 namespace bw::cost {
 
@@ -119,14 +120,14 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
   std::lock_guard lock(mu_);
   auto& st = sets_[set.key];
   if (!st) st = std::make_shared<LeaseSetState>();
+  std::shared_ptr<Lease> expired;
   if (auto& lease = st->current) {
     // A lease serves only inside the periods its hold was taken in: spend belongs to the
     // period a reservation was made in, and a covered row is dated now.
     if (now_unix_ms >= lease->valid_until) {
       lease->retired = true;
-      auto old = std::move(lease);
+      expired = std::move(lease);
       st->current.reset();
-      maybe_close(old, now_unix_ms);
     } else if (lease->free() >= amount) {
       lease->claimed += amount;
       ++lease->in_flight;
@@ -139,12 +140,13 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
   }
   ++st->plain;
   // Several requests of the set at once: a lease pays (one is opened at a time).
-  if (options_.enabled && !st->opening &&
-      st->plain + (st->current ? st->current->in_flight : 0) >= 2) {
-    st->opening = true;
-    return Begin::kOpen;
-  }
-  return Begin::kPlain;
+  const bool open = options_.enabled && !st->opening &&
+                    st->plain + (st->current ? st->current->in_flight : 0) >= 2;
+  if (open) st->opening = true;
+  // Closed only now: closing drops a set with nothing in flight from sets_, which would free
+  // `st` while it is still in use; this request counts in it now, so it stays.
+  if (expired) maybe_close(expired, now_unix_ms);
+  return open ? Begin::kOpen : Begin::kPlain;
 }
 
 void LeaseBook::end_plain(const std::string& set_key) {
@@ -183,13 +185,13 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   if (!st) st = std::make_shared<LeaseSetState>();
   st->opening = false;
   st->plain = std::max(st->plain - 1, 0);
-  if (st->current) {
-    // The old one (out of room) takes no more requests and closes when its last one ends.
-    st->current->retired = true;
-    auto old = std::move(st->current);
+  // The old one (out of room) takes no more requests and closes when its last one ends. The new
+  // one is the set's current one before that, so that closing the old one keeps the set (and `st`).
+  auto old = std::exchange(st->current, lease);
+  if (old) {
+    old->retired = true;
     maybe_close(old, 0);
   }
-  st->current = lease;
   ++stats_.opened;
   ++stats_.open_now;
   ++stats_.covered;

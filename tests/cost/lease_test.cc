@@ -549,5 +549,74 @@ TEST(Lease, RandomTrafficKeepsTheLedgerAndTheBudgetInStep) {
   EXPECT_GT(f.book->stats().opened, 1u);
 }
 
+// A lease that closes while a request starts or installs a new one (a quiet lease out of its
+// period, a quiet lease replaced) must not take its set's state with it: the request still
+// counts in the set, and the new lease serves it.
+TEST(Lease, AQuietLeaseReplacedByANewOneKeepsItsSet) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 20;  // a quiet lease stays open for the next request
+  o.slice_micro = 20'000;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b, c, d, e;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
+  // Both spend their whole share: the lease is quiet and has nothing left.
+  f.book->settle(b, f.row("b", kW), {}, kJan1);
+  f.book->settle(c, f.row("c", kW), {}, kJan1);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, d), LeaseBook::Begin::kOpen);
+  f.book->end_plain(f.set.key);  // a ends: d is the set's only request in flight
+  ASSERT_TRUE(f.open(kW, d));
+  // The old lease closed at once (retired and quiet); the new one serves the set.
+  EXPECT_EQ(f.book->stats().open_now, 1u);
+  EXPECT_EQ(f.book->stats().closed, 1u);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, e), LeaseBook::Begin::kCovered);
+  EXPECT_EQ(e.lease_id(), d.lease_id());
+  f.book->settle(d, f.row("d", 1'000), {}, kJan1);
+  f.book->settle(e, f.row("e", 1'000), {}, kJan1);
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 20));
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 0);
+  EXPECT_EQ(f.ledger.open_reserved(), 0);
+  EXPECT_EQ(f.ledger.settled(), 22'000);
+  EXPECT_EQ(f.snap().reserved_micro, 0);
+  EXPECT_EQ(f.snap().spent_micro, 22'000);
+}
+
+TEST(Lease, AQuietLeaseOutOfItsPeriodClosesAndTheRequestStillCountsInItsSet) {
+  constexpr Micros kW = 10'000;
+  BudgetManager budgets;
+  budgets.upsert_budget({kDaily, 1'000'000, BudgetPeriod::kDaily});
+  FakeLedger ledger;
+  LeaseOptions o;
+  o.enabled = true;
+  o.idle_close_ms = 20;  // a quiet lease stays open for the next request
+  LeaseBook book(budgets, ledger, o);
+  LeaseSet set{lease_set_key({kDaily}, "k", ""), {kDaily}, "k", ""};
+  LeaseClaim a, b, c, d;
+  book.begin(set, kW, kJan1, a);
+  ASSERT_EQ(book.begin(set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  auto hold = budgets.reserve(set.budgets, book.lease_size(set, kW, kJan1), kJan1);
+  ASSERT_TRUE(hold.ok());
+  book.install(set, book.next_lease_id(), std::move(*hold.reservation), kW, b);
+  LedgerCovered row;
+  row.request_id = "b";
+  book.settle(b, std::move(row), {}, kJan1);
+  book.end_plain(set.key);
+  ASSERT_EQ(book.stats().open_now, 1u);  // quiet, waiting for the idle time
+  // The next day: the quiet lease closes, and c is a plain request of the set.
+  const std::int64_t next_day = kJan1 + kMillisPerDay;
+  EXPECT_EQ(book.begin(set, kW, next_day, c), LeaseBook::Begin::kPlain);
+  EXPECT_EQ(book.stats().open_now, 0u);
+  EXPECT_EQ(book.stats().closed, 1u);
+  // c still counts: a second request of the set opens a lease.
+  EXPECT_EQ(book.begin(set, kW, next_day, d), LeaseBook::Begin::kOpen);
+  book.open_failed(set.key);
+  book.end_plain(set.key);
+  book.end_plain(set.key);
+}
+
 }  // namespace
 }  // namespace bw::cost
