@@ -57,6 +57,19 @@ bool at_or_above(Micros amount, Micros cap, std::int64_t ppm) {
   return static_cast<__int128>(amount) * 1'000'000 >= static_cast<__int128>(cap) * ppm;
 }
 
+// The alert thresholds `s.spent` has reached, each once per period (under s.mu).
+void fire_crossed(BudgetState& s, const std::vector<std::int64_t>& ppm,
+                  const std::vector<double>& thresholds, SettleOutcome& out) {
+  if (s.cap <= 0) return;
+  for (std::size_t i = 0; i < ppm.size(); ++i) {
+    const std::uint64_t bit = std::uint64_t{1} << i;
+    if ((s.fired_mask & bit) == 0 && at_or_above(s.spent, s.cap, ppm[i])) {
+      s.fired_mask |= bit;
+      out.alerts.push_back({s.id, thresholds[i], s.spent, s.cap, s.period_end});
+    }
+  }
+}
+
 std::string scoped_id(std::string_view prefix, std::string_view owner, BudgetPeriod period) {
   std::string id(prefix);
   id.append(owner);
@@ -246,14 +259,7 @@ SettleOutcome BudgetManager::settle(Reservation& reservation, Micros actual_micr
     // ledger, which keys on created_unix_ms); the current period's counter must not see it.
     if (e.period_start != s.period_start) continue;
     s.spent = sat_add(s.spent, actual_micro);
-    if (s.cap <= 0) continue;
-    for (std::size_t i = 0; i < threshold_ppm_.size(); ++i) {
-      const std::uint64_t bit = std::uint64_t{1} << i;
-      if ((s.fired_mask & bit) == 0 && at_or_above(s.spent, s.cap, threshold_ppm_[i])) {
-        s.fired_mask |= bit;
-        out.alerts.push_back({s.id, options_.alert_thresholds[i], s.spent, s.cap, s.period_end});
-      }
-    }
+    fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
   }
   reservation.entries_.clear();
   return out;
@@ -275,14 +281,7 @@ SettleOutcome BudgetManager::settle_part(Reservation& reservation, Micros actual
     if (actual_micro > shrink) s.overshoot = sat_add(s.overshoot, actual_micro - shrink);
     if (e.period_start != s.period_start) continue;  // as in settle(): the old period's spend
     s.spent = sat_add(s.spent, actual_micro);
-    if (s.cap <= 0) continue;
-    for (std::size_t i = 0; i < threshold_ppm_.size(); ++i) {
-      const std::uint64_t bit = std::uint64_t{1} << i;
-      if ((s.fired_mask & bit) == 0 && at_or_above(s.spent, s.cap, threshold_ppm_[i])) {
-        s.fired_mask |= bit;
-        out.alerts.push_back({s.id, options_.alert_thresholds[i], s.spent, s.cap, s.period_end});
-      }
-    }
+    fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
   }
   return out;
 }

@@ -172,7 +172,7 @@ void LeaseBook::open_failed(const std::string& set_key) {
 }
 
 void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
-                        LeaseClaim& claim) {
+                        LeaseClaim& claim, std::int64_t now_unix_ms) {
   auto lease = std::make_shared<Lease>();
   lease->id = std::move(lease_id);
   lease->set_key = set.key;
@@ -190,7 +190,7 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   auto old = std::exchange(st->current, lease);
   if (old) {
     old->retired = true;
-    maybe_close(old, 0);
+    maybe_close(old, now_unix_ms);
   }
   ++stats_.opened;
   ++stats_.open_now;

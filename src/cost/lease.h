@@ -118,8 +118,9 @@ class LeaseBook {
   void open_failed(const std::string& set_key);
   // The lease row `lease_id` holding `hold` is durable: the lease serves the set from now on,
   // and the opener takes `amount` of it (it was counted in flight since begin()).
+  // A lease it replaces closes with `now_unix_ms` as its close time once its last request ends.
   void install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
-               LeaseClaim& claim);
+               LeaseClaim& claim, std::int64_t now_unix_ms);
   // A fresh id for a lease row ("lease:" + process-unique part).
   std::string next_lease_id();
 

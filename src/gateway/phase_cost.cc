@@ -196,7 +196,8 @@ asio::awaitable<std::optional<Verdict>> open_lease(Ctx& c, const cost::LeaseSet&
     leave_lease_set(c);
     co_return Verdict(ledger_unavailable("the request was not sent."));
   }
-  book.install(set, std::move(id), std::move(*res.reservation), worst, c.lease_claim);
+  book.install(set, std::move(id), std::move(*res.reservation), worst, c.lease_claim,
+               c.sh.clock.unix_millis());
   c.lease_set.clear();  // counted among the lease's requests now
   c.reserved_unix_ms = now_ms;
   co_return Verdict(Ok{});

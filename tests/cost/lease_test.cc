@@ -162,7 +162,7 @@ struct Fixture {
     const std::string id = rec.request_id;
     EXPECT_TRUE(ledger.append_reservation(std::move(rec), {}, Ledger::Wake::kDeferred));
     ledger.commit();
-    book->install(set, id, std::move(*res.reservation), amount, claim);
+    book->install(set, id, std::move(*res.reservation), amount, claim, kJan1);
     return true;
   }
   LedgerCovered row(std::string id, Micros actual) {
@@ -404,7 +404,7 @@ TEST(Lease, ALeaseServesOnlyInsideThePeriodItWasTakenIn) {
   ASSERT_EQ(book.begin(set, kW, kJan1, b), LeaseBook::Begin::kOpen);
   auto hold = budgets.reserve(set.budgets, book.lease_size(set, kW, kJan1), kJan1);
   ASSERT_TRUE(hold.ok());
-  book.install(set, book.next_lease_id(), std::move(*hold.reservation), kW, b);
+  book.install(set, book.next_lease_id(), std::move(*hold.reservation), kW, b, kJan1);
   // The next day: the lease takes no more requests.
   EXPECT_NE(book.begin(set, kW, kJan1 + kMillisPerDay, c), LeaseBook::Begin::kCovered);
   EXPECT_FALSE(c.active());
@@ -600,7 +600,7 @@ TEST(Lease, AQuietLeaseOutOfItsPeriodClosesAndTheRequestStillCountsInItsSet) {
   ASSERT_EQ(book.begin(set, kW, kJan1, b), LeaseBook::Begin::kOpen);
   auto hold = budgets.reserve(set.budgets, book.lease_size(set, kW, kJan1), kJan1);
   ASSERT_TRUE(hold.ok());
-  book.install(set, book.next_lease_id(), std::move(*hold.reservation), kW, b);
+  book.install(set, book.next_lease_id(), std::move(*hold.reservation), kW, b, kJan1);
   LedgerCovered row;
   row.request_id = "b";
   book.settle(b, std::move(row), {}, kJan1);
