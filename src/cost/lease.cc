@@ -131,10 +131,7 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
     } else if (lease->free() >= amount) {
       lease->claimed += amount;
       ++lease->in_flight;
-      ++stats_.covered;
-      claim.book_ = this;
-      claim.lease_ = lease;
-      claim.amount_ = amount;
+      cover(claim, lease, amount);
       return Begin::kCovered;
     }
   }
@@ -194,6 +191,11 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   }
   ++stats_.opened;
   ++stats_.open_now;
+  cover(claim, std::move(lease), amount);
+}
+
+// Under mu_. `claim` holds `amount` of `lease` (already counted in the lease's claimed part).
+void LeaseBook::cover(LeaseClaim& claim, std::shared_ptr<Lease> lease, Micros amount) {
   ++stats_.covered;
   claim.book_ = this;
   claim.lease_ = std::move(lease);
@@ -231,13 +233,10 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, Ledge
   out.queued = ledger_.append_covered(std::move(row), std::move(done), Ledger::Wake::kDeferred);
   if (!out.queued && !lease->closed) {
     // The lease row still counts this spend as reserved: keep the hold for good, in step.
-    lease->closed = true;
     lease->retired = true;
+    detach(lease);
     stuck_.push_back(lease);
     ++stats_.stuck;
-    --stats_.open_now;
-    auto it = sets_.find(lease->set_key);
-    if (it != sets_.end() && it->second->current == lease) it->second->current.reset();
     drop_set_if_idle(lease->set_key);
     return out;
   }
@@ -288,10 +287,7 @@ bool LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t no
 // Under mu_. The row first (nothing is owed on it any more: every covered request's row is
 // queued before this), then the hold.
 void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
-  lease->closed = true;
-  --stats_.open_now;
-  auto it = sets_.find(lease->set_key);
-  if (it != sets_.end() && it->second->current == lease) it->second->current.reset();
+  detach(lease);
   LedgerSettlement close;
   close.request_id = lease->id;
   close.status = LedgerStatus::kSettled;
@@ -305,6 +301,14 @@ void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix
     ++stats_.closed;
   }
   drop_set_if_idle(lease->set_key);
+}
+
+// Under mu_. The lease is done (closed, or stuck): it no longer serves its set.
+void LeaseBook::detach(const std::shared_ptr<Lease>& lease) {
+  lease->closed = true;
+  --stats_.open_now;
+  auto it = sets_.find(lease->set_key);
+  if (it != sets_.end() && it->second->current == lease) it->second->current.reset();
 }
 
 void LeaseBook::drop_set_if_idle(const std::string& key) {
