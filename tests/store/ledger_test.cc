@@ -646,20 +646,63 @@ TYPED_TEST(Migrations, ConcurrentOpenersMigrateOnce) {
 
 namespace bw::store::testing {
 
+// A SQLite ledger (synchronous=NORMAL) in a fresh temporary file, removed with its WAL and
+// shared-memory files when the test ends.
+struct TempSqliteLedger {
+  explicit TempSqliteLedger(const std::string& name, int busy_timeout_ms = 5'000)
+      : path((std::filesystem::temp_directory_path() /
+              (name + "_" + std::to_string(::getpid()) + ".db"))
+                 .string()) {
+    remove_files();
+    SqliteLedgerOptions o;
+    o.path = path;
+    o.synchronous_full = false;
+    o.busy_timeout_ms = busy_timeout_ms;
+    auto opened = SqliteLedger::open(o);
+    if (opened.ok()) {
+      ledger = std::move(*opened);
+    } else {
+      error = opened.error().message;
+    }
+  }
+  ~TempSqliteLedger() {
+    ledger.reset();
+    remove_files();
+  }
+  void remove_files() const {
+    for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
+  }
+  const std::string path;
+  std::unique_ptr<SqliteLedger> ledger;
+  std::string error;
+};
+
+// A request of key_a (tenant acme) covered by `lease_id`, settled at `actual`.
+LedgerCovered covered_row(std::string id, std::string lease_id, const std::string& budget,
+                          Micros actual) {
+  LedgerCovered c;
+  c.request_id = std::move(id);
+  c.lease_id = std::move(lease_id);
+  c.key_id = "key_a";
+  c.tenant_id = "acme";
+  c.model = "gpt-4.1";
+  c.budgets = {budget};
+  c.reserved_micro = 10'000;
+  c.actual_micro = actual;
+  c.prompt_tokens = 3;
+  c.completion_tokens = 4;
+  c.created_unix_ms = kJan1 + 1;
+  c.settled_unix_ms = kJan1 + 2;
+  return c;
+}
+
 // Checkpoints run off the writer's thread and keep the WAL bounded under steady writes: a
 // passive one once the WAL holds kCheckpointFrames pages, a restart once it reaches
 // kRestartFrames.
 TEST(SqliteCheckpoints, RunInTheBackgroundAndBoundTheWal) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("bw_ckpt_" + std::to_string(::getpid()) + ".db"))
-          .string();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
-  SqliteLedgerOptions o;
-  o.path = path;
-  o.synchronous_full = false;
-  auto opened = SqliteLedger::open(o);
-  ASSERT_TRUE(opened.ok()) << opened.error().message;
-  auto& ledger = **opened;
+  TempSqliteLedger db("bw_ckpt");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
   std::uintmax_t max_wal = 0;
   // ~100 rows per commit; tens of thousands of WAL frames in all.
   constexpr int kCommits = 600;
@@ -671,7 +714,7 @@ TEST(SqliteCheckpoints, RunInTheBackgroundAndBoundTheWal) {
     }
     ledger.flush();
     std::error_code ec;
-    max_wal = std::max<std::uintmax_t>(max_wal, std::filesystem::file_size(path + "-wal", ec));
+    max_wal = std::max<std::uintmax_t>(max_wal, std::filesystem::file_size(db.path + "-wal", ec));
   }
   EXPECT_GT(ledger.checkpoints(), 0u);
   // The restart threshold in 4 KiB pages, plus what arrives while a checkpoint runs.
@@ -682,8 +725,6 @@ TEST(SqliteCheckpoints, RunInTheBackgroundAndBoundTheWal) {
   std::printf("[ checkpoints ] %llu checkpoints, largest WAL %.1f MB\n",
               static_cast<unsigned long long>(ledger.checkpoints()),
               static_cast<double>(max_wal) / 1e6);
-  opened->reset();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
 }
 
 }  // namespace bw::store::testing
@@ -694,16 +735,9 @@ namespace bw::store::testing {
 // lowered in the same transaction, a reused request id folded into the lease, the close; the
 // reports and the recovery count the spend once and the lease row never as a request.
 TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("bw_lease_" + std::to_string(::getpid()) + ".db"))
-          .string();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
-  SqliteLedgerOptions o;
-  o.path = path;
-  o.synchronous_full = false;
-  auto opened = SqliteLedger::open(o);
-  ASSERT_TRUE(opened.ok()) << opened.error().message;
-  auto& ledger = **opened;
+  TempSqliteLedger db("bw_lease");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
   EXPECT_TRUE(ledger.supports_leases());
   const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
   auto lease = reservation("lease:x-1", "key_a", "acme", "", 50'000, kJan1);
@@ -711,20 +745,7 @@ TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   lease.lease = true;
   ASSERT_TRUE(ledger.append_reservation(lease, {}));
   auto covered = [&](std::string id, Micros actual) {
-    LedgerCovered c;
-    c.request_id = std::move(id);
-    c.lease_id = "lease:x-1";
-    c.key_id = "key_a";
-    c.tenant_id = "acme";
-    c.model = "gpt-4.1";
-    c.budgets = {budget};
-    c.reserved_micro = 10'000;
-    c.actual_micro = actual;
-    c.prompt_tokens = 3;
-    c.completion_tokens = 4;
-    c.created_unix_ms = kJan1 + 1;
-    c.settled_unix_ms = kJan1 + 2;
-    return c;
+    return covered_row(std::move(id), "lease:x-1", budget, actual);
   };
   std::atomic<int> ok{0};
   auto count = [&](const Result<Ok>& r) { ok += r.ok(); };
@@ -790,46 +811,26 @@ TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   row = ledger.find("r3");
   ASSERT_TRUE(row.ok() && row->has_value());
   EXPECT_EQ((*row)->actual_micro, 1'000);
-  opened->reset();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
 }
 
 // A covered row lost to a failed transaction never lowered its lease row: the lease must then
 // stay open, so that its row keeps that spend reserved. Closing it would drop the spend from the
 // ledger and a restart would rebuild the budgets without it.
 TEST(SqliteLeases, ALeaseWhoseCoveredRowWasLostIsNeverClosed) {
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("bw_lease_lost_" + std::to_string(::getpid()) + ".db"))
-                               .string();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
-  SqliteLedgerOptions o;
-  o.path = path;
-  o.synchronous_full = false;
-  o.busy_timeout_ms = 50;
-  auto opened = SqliteLedger::open(o);
-  ASSERT_TRUE(opened.ok()) << opened.error().message;
-  auto& ledger = **opened;
+  TempSqliteLedger db("bw_lease_lost", 50);
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
   const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
   auto lease = reservation("lease:y-1", "key_a", "acme", "", 50'000, kJan1);
   lease.budgets = {budget};
   lease.lease = true;
   ASSERT_TRUE(append_sync(ledger, lease).ok());
 
-  LedgerCovered c;
-  c.request_id = "r1";
-  c.lease_id = "lease:y-1";
-  c.key_id = "key_a";
-  c.tenant_id = "acme";
-  c.model = "gpt-4.1";
-  c.budgets = {budget};
-  c.reserved_micro = 10'000;
-  c.actual_micro = 7'000;
-  c.created_unix_ms = kJan1 + 1;
-  c.settled_unix_ms = kJan1 + 2;
+  const LedgerCovered c = covered_row("r1", "lease:y-1", budget, 7'000);
   std::atomic<int> failed{0};
   {
     // Another connection holds the write lock: the covered row's transaction cannot begin.
-    auto other = SqliteDb::open(path, false, 50);
+    auto other = SqliteDb::open(db.path, false, 50);
     ASSERT_TRUE(other.ok());
     ASSERT_TRUE(other->exec("BEGIN IMMEDIATE").ok());
     ASSERT_TRUE(ledger.append_covered(c, [&](const Result<Ok>& r) { failed += !r.ok(); }));
@@ -859,8 +860,6 @@ TEST(SqliteLeases, ALeaseWhoseCoveredRowWasLostIsNeverClosed) {
   ASSERT_TRUE(rec.ok());
   auto s = budgets.snapshot(budget, kJan1 + 10);
   EXPECT_EQ(s->reserved_micro, 50'000);
-  opened->reset();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(path + ext);
 }
 
 }  // namespace bw::store::testing
