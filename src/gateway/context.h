@@ -123,7 +123,6 @@ struct Ctx {
   http::Headers extra;  // added to every response from the rate-limit phase on
   // 6 cost guard: one hold on the budgets, settled by finish.
   const cost::ModelPrice* price = nullptr;
-  std::vector<std::string> budget_ids;
   cost::BudgetHold budget;
   bool reservation_logged = false;  // the ledger has the reservation's row
   // Budget leases (cost/lease.h): a covered request holds a share of its set's lease instead

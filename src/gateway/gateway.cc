@@ -389,19 +389,6 @@ Result<Ok> Gateway::reload(std::shared_ptr<const config::Config> cfg) {
   return Ok{};
 }
 
-std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key) {
-  std::vector<std::string> ids;
-  for (const auto& b : cfg.global_budgets) ids.push_back(cost::global_budget_id(b.period));
-  if (!key.tenant.empty()) {
-    for (const auto& t : cfg.tenants) {
-      if (t.name != key.tenant) continue;
-      for (const auto& b : t.budgets) ids.push_back(cost::tenant_budget_id(t.name, b.period));
-    }
-  }
-  for (const auto& b : key.budgets) ids.push_back(cost::key_budget_id(key.name, b.period));
-  return ids;
-}
-
 void declare_budgets(Shared& sh, const config::Config& cfg,
                      const std::vector<config::KeyConfig>& stored_keys) {
   if (!sh.budgets) return;

@@ -106,7 +106,7 @@ Error budget_refused(const cost::BudgetRefusal& ref, std::int64_t now_ms) {
 // A cheaper model near a cap (the store's soft threshold), when the key has not opted out.
 void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
   const auto& cfg = c.rt->config();
-  auto cheaper = c.sh.budget_store->should_downgrade(c.budget_ids, c.route_model,
+  auto cheaper = c.sh.budget_store->should_downgrade(c.key->budget_ids, c.route_model,
                                                      c.key->cfg->downgrade_opt_out, now_ms);
   if (!cheaper) return;
   const ModelGroup* g = c.rt->group(*cheaper);
@@ -214,7 +214,7 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
   row.key_id = c.key->cfg->name;
   row.tenant_id = c.key->cfg->tenant;
   row.model = c.route_model;
-  row.budgets = c.budget_ids;
+  row.budgets = c.key->budget_ids;
   row.status = billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased;
   row.actual_micro = billed ? c.cost_micro : 0;
   row.prompt_tokens = c.usage.prompt_tokens;
@@ -255,8 +255,7 @@ std::optional<Verdict> phase_cost::try_now(Ctx& c) {
   const auto& cfg = c.rt->config();
   c.price = cfg.prices.find(c.route_model);
   if (!c.sh.budget_store) return Ok{};
-  c.budget_ids = budget_ids_for(cfg, *c.key->cfg);
-  if (c.budget_ids.empty()) return Ok{};
+  if (c.key->budget_ids.empty()) return Ok{};
   return std::nullopt;
 }
 
@@ -281,8 +280,7 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   }
   const cost::Micros worst = worst_case(c, chain);
   if (sh.leases) {
-    cost::LeaseSet set{cost::lease_set_key(c.budget_ids, c.key->cfg->name, c.key->cfg->tenant),
-                       c.budget_ids, c.key->cfg->name, c.key->cfg->tenant};
+    const cost::LeaseSet& set = c.key->lease_set;
     const auto begin = sh.leases->begin(set, worst, now_ms, c.lease_claim);
     if (begin == cost::LeaseBook::Begin::kCovered) {
       c.reserved_unix_ms = now_ms;
@@ -293,7 +291,7 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
       if (auto v = co_await open_lease(c, set, worst, now_ms)) co_return std::move(*v);
     }
   }
-  auto res = co_await sh.budget_store->reserve(c.budget_ids, worst, c.budget, now_ms, c.now());
+  auto res = co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget, now_ms, c.now());
   if (!res.ok) {
     leave_lease_set(c);
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);

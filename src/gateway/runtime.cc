@@ -80,7 +80,13 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   build_answer_chains();
   for (const auto& k : cfg_->keys) keys_.emplace(k.secret_hash, KeyInfo{&k});
   for (const auto& k : stored_keys_) keys_.emplace(k.secret_hash, KeyInfo{&k});  // config wins
-  for (const auto& [hash, info] : keys_) keys_by_name_.emplace(info.cfg->name, &info);
+  for (auto& [hash, info] : keys_) {
+    keys_by_name_.emplace(info.cfg->name, &info);
+    info.budget_ids = budget_ids_for(*cfg_, *info.cfg);
+    info.lease_set =
+        cost::LeaseSet{cost::lease_set_key(info.budget_ids, info.cfg->name, info.cfg->tenant),
+                       info.budget_ids, info.cfg->name, info.cfg->tenant};
+  }
 
   JsonWriter j;
   j.begin_object().key("object").value("list").key("data").begin_array();
@@ -141,6 +147,19 @@ const ModelGroup* Runtime::group(std::string_view model) const {
 const Deployment* Runtime::deployment(const std::string& id) const {
   auto it = deployments_.find(id);
   return it == deployments_.end() ? nullptr : it->second;
+}
+
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key) {
+  std::vector<std::string> ids;
+  for (const auto& b : cfg.global_budgets) ids.push_back(cost::global_budget_id(b.period));
+  if (!key.tenant.empty()) {
+    for (const auto& t : cfg.tenants) {
+      if (t.name != key.tenant) continue;
+      for (const auto& b : t.budgets) ids.push_back(cost::tenant_budget_id(t.name, b.period));
+    }
+  }
+  for (const auto& b : key.budgets) ids.push_back(cost::key_budget_id(key.name, b.period));
+  return ids;
 }
 
 const KeyInfo* Runtime::key_by_name(const std::string& name) const {

@@ -11,6 +11,7 @@
 
 #include "common/string_hash.h"
 #include "config/config.h"
+#include "cost/lease.h"
 #include "gateway/translate.h"
 #include "http/client.h"
 #include "telemetry/metrics.h"
@@ -84,7 +85,14 @@ struct ModelGroup {
 
 struct KeyInfo {
   const config::KeyConfig* cfg = nullptr;
+  // What the cost guard needs of the key on every request, built once per snapshot: the budget
+  // ids that apply to it (budget_ids_for) and its budget set for leases.
+  std::vector<std::string> budget_ids;
+  cost::LeaseSet lease_set;
 };
+
+// Budget ids that apply to a key: global, its tenant's, its own (one per configured period).
+std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key);
 
 class Runtime {
  public:

@@ -97,8 +97,6 @@ struct Shared {
 // The /metrics body: gauges that are read at scrape time are refreshed first.
 std::string render_metrics(Shared& shared);
 
-// Budget ids that apply to a key: global, its tenant's, its own (one per configured period).
-std::vector<std::string> budget_ids_for(const config::Config& cfg, const config::KeyConfig& key);
 // Declares every configured budget (and the stored keys' budgets) to the BudgetManager.
 void declare_budgets(Shared& shared, const config::Config& cfg,
                      const std::vector<config::KeyConfig>& stored_keys);

@@ -120,10 +120,13 @@ class GroupCommitQueue {
         // that never came (its event loop stopped first).
         while (!stopping_ && queue_.empty()) work_cv_.wait_for(lock, kSafetyWake);
         if (queue_.empty()) return;  // stopping and drained
-        const std::size_t n = std::min(queue_.size(), max_batch_);
-        for (std::size_t i = 0; i < n; ++i) {
-          batch.push_back(std::move(queue_.front()));
-          queue_.pop_front();
+        if (queue_.size() <= max_batch_) {
+          batch.swap(queue_);  // `batch` is empty: the whole queue without moving each record
+        } else {
+          for (std::size_t i = 0; i < max_batch_; ++i) {
+            batch.push_back(std::move(queue_.front()));
+            queue_.pop_front();
+          }
         }
       }
       const std::size_t n = batch.size();

@@ -142,6 +142,10 @@ void Statement::reset() {
   sqlite3_clear_bindings(st_);
 }
 
+void Statement::rewind() {
+  sqlite3_reset(st_);
+}
+
 std::int64_t Statement::column_int(int col) const {
   return sqlite3_column_int64(st_, col);
 }

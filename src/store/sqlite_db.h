@@ -59,6 +59,10 @@ class Statement {
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int step();
   void reset();
+  // reset() without clearing the bindings, for a statement whose every parameter is bound again
+  // before each step: a static binding may then outlive its value, as it is never read.
+  void rewind();
+  sqlite3_stmt* get() const { return st_; }
   std::int64_t column_int(int col) const;
   std::string column_text(int col) const;
   bool column_is_null(int col) const;

@@ -13,6 +13,78 @@ cost::LedgerRow read_row(const Statement& st) {
                          [&](int c) { return st.column_int(c); });
 }
 
+constexpr const char* kInsertOpen =
+    "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
+    " created_unix_ms, lease) VALUES ";
+constexpr int kOpenParams = 8;
+constexpr const char* kInsertClosed =
+    "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
+    " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
+    " settled_unix_ms) VALUES ";
+constexpr int kClosedParams = 12;
+
+// `rows` value lists of `params` parameters each, numbered on; `open` puts the literal status
+// 'open' after the sixth.
+std::string insert_sql(const char* head, int rows, int params, bool open) {
+  std::string sql = head;
+  for (int r = 0; r < rows; ++r) {
+    sql += r == 0 ? "(" : ", (";
+    for (int p = 1; p <= params; ++p) {
+      if (p > 1) sql += ", ";
+      sql += "?" + std::to_string(r * params + p);
+      if (open && p == 6) sql += ", 'open'";
+    }
+    sql += ")";
+  }
+  return sql;
+}
+
+// The parameters of one row from `base` + 1 on. The record and `budgets` outlive the step: bound
+// without copies.
+void bind_open(Statement& st, int base, const cost::LedgerReservation& r,
+               const std::string& budgets) {
+  st.bind_static(base + 1, r.request_id)
+      .bind_static(base + 2, r.key_id)
+      .bind_static(base + 3, r.tenant_id)
+      .bind_static(base + 4, r.model)
+      .bind_static(base + 5, budgets)
+      .bind(base + 6, std::max<cost::Micros>(r.reserved_micro, 0))
+      .bind(base + 7, r.created_unix_ms)
+      .bind(base + 8, std::int64_t{r.lease ? 1 : 0});
+}
+
+// What a covered row bills: nothing when released.
+cost::Micros covered_actual(const cost::LedgerCovered& c) {
+  return c.status != cost::LedgerStatus::kReleased ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
+}
+
+void bind_closed(Statement& st, int base, const cost::LedgerCovered& c,
+                 const std::string& budgets) {
+  const bool settled = c.status != cost::LedgerStatus::kReleased;
+  st.bind_static(base + 1, c.request_id)
+      .bind_static(base + 2, c.key_id)
+      .bind_static(base + 3, c.tenant_id)
+      .bind_static(base + 4, c.model)
+      .bind_static(base + 5, budgets)
+      .bind(base + 6, std::max<cost::Micros>(c.reserved_micro, 0))
+      .bind(base + 7, covered_actual(c))
+      .bind(base + 8, c.prompt_tokens)
+      .bind(base + 9, c.completion_tokens)
+      .bind_static(base + 10, settled ? std::string_view("settled") : std::string_view("released"))
+      .bind(base + 11, c.created_unix_ms)
+      .bind(base + 12, c.settled_unix_ms);
+}
+
+bool is_request_reservation(const LedgerRecord& r) {
+  const auto* res = std::get_if<cost::LedgerReservation>(&r);
+  return res && !res->lease;
+}
+
+bool is_request_settlement(const LedgerRecord& r) {
+  const auto* s = std::get_if<cost::LedgerSettlement>(&r);
+  return s && !s->lease;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions options) {
@@ -32,18 +104,16 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   // settlement_status_text()), so it skips the check; every other connection still has it.
   auto nocheck = ledger->writer_db_.exec("PRAGMA ignore_check_constraints=ON");
   if (!nocheck.ok()) return nocheck.error();
-  auto ins = Statement::prepare(
-      ledger->writer_db_,
-      "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
-      " created_unix_ms, lease) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?8)");
+  auto ins = Statement::prepare(ledger->writer_db_,
+                                insert_sql(kInsertOpen, 1, kOpenParams, /*open=*/true));
   if (!ins.ok()) return ins.error();
   // A request covered by a lease: its row is written once, already closed.
-  auto ins_closed = Statement::prepare(
-      ledger->writer_db_,
-      "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
-      " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
-      " settled_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+  auto ins_closed =
+      Statement::prepare(ledger->writer_db_, insert_sql(kInsertClosed, 1, kClosedParams, false));
   if (!ins_closed.ok()) return ins_closed.error();
+  ledger->insert_many_st_.resize(kMaxRowsPerInsert + 1);
+  ledger->insert_closed_many_st_.resize(kMaxRowsPerInsert + 1);
+  ledger->many_failed_.assign(2 * (kMaxRowsPerInsert + 1), false);
   auto lower = Statement::prepare(ledger->writer_db_,
                                   "UPDATE ledger SET reserved_micro = MAX(reserved_micro - ?2, 0)"
                                   " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
@@ -145,19 +215,10 @@ void SqliteLedger::stop_checkpointer() {
 
 Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   if (const auto* r = std::get_if<cost::LedgerReservation>(&record)) {
-    // The record and `budgets` outlive the step: bound without copies.
-    const std::string budgets = join_lines(r->budgets);
-    insert_st_.reset();
-    insert_st_.bind_static(1, r->request_id)
-        .bind_static(2, r->key_id)
-        .bind_static(3, r->tenant_id)
-        .bind_static(4, r->model)
-        .bind_static(5, budgets)
-        .bind(6, std::max<cost::Micros>(r->reserved_micro, 0))
-        .bind(7, r->created_unix_ms)
-        .bind(8, std::int64_t{r->lease ? 1 : 0});
+    join_lines_into(budget_text_[0], r->budgets);
+    bind_open(insert_st_, 0, *r, budget_text_[0]);
     const int rc = insert_st_.step();
-    insert_st_.reset();
+    insert_st_.rewind();
     if (rc == SQLITE_DONE) return Ok{};
     if ((rc & 0xff) == SQLITE_CONSTRAINT) return duplicate_request_error(r->request_id);
     return db_error("ledger insert", writer_db_.last_error());
@@ -176,15 +237,13 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
                         "lease " + s.request_id + " keeps a lost covered row's spend: left open");
     }
     if (auto f = flush_lease_lowering(); !f.ok()) return f;
-    close_lease_st_.reset();
     close_lease_st_.bind_static(1, s.request_id).bind(2, s.settled_unix_ms);
     const int rc = close_lease_st_.step();
-    close_lease_st_.reset();
+    close_lease_st_.rewind();
     if (rc != SQLITE_DONE) return db_error("ledger lease close", writer_db_.last_error());
     if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(s.request_id);
     return Ok{};
   }
-  settle_st_.reset();
   settle_st_.bind_static(1, s.request_id)
       .bind_static(2, settlement_status_text(s))
       .bind(3, settlement_actual(s))
@@ -192,7 +251,7 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
       .bind(5, s.completion_tokens)
       .bind(6, s.settled_unix_ms);
   const int rc = settle_st_.step();
-  settle_st_.reset();
+  settle_st_.rewind();
   if (rc != SQLITE_DONE) return db_error("ledger settle", writer_db_.last_error());
   if (sqlite3_changes(writer_db_.get()) == 0) return not_open_error(s.request_id);
   return Ok{};
@@ -201,54 +260,108 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
 // The covered request's row and the lease row lowered by its actual cost: both in the batch's
 // transaction, so that at every commit settled spend + open reservations stay what they were.
 Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
-  const std::string budgets = join_lines(c.budgets);
-  const bool settled = c.status != cost::LedgerStatus::kReleased;
-  const cost::Micros actual = settled ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
-  insert_closed_st_.reset();
-  insert_closed_st_.bind_static(1, c.request_id)
-      .bind_static(2, c.key_id)
-      .bind_static(3, c.tenant_id)
-      .bind_static(4, c.model)
-      .bind_static(5, budgets)
-      .bind(6, std::max<cost::Micros>(c.reserved_micro, 0))
-      .bind(7, actual)
-      .bind(8, c.prompt_tokens)
-      .bind(9, c.completion_tokens)
-      .bind_static(10, settled ? std::string_view("settled") : std::string_view("released"))
-      .bind(11, c.created_unix_ms)
-      .bind(12, c.settled_unix_ms);
+  join_lines_into(budget_text_[0], c.budgets);
+  const cost::Micros actual = covered_actual(c);
+  bind_closed(insert_closed_st_, 0, c, budget_text_[0]);
   int rc = insert_closed_st_.step();
-  insert_closed_st_.reset();
+  insert_closed_st_.rewind();
   if ((rc & 0xff) == SQLITE_CONSTRAINT) {
     if (actual == 0) return Ok{};
-    fold_lease_st_.reset();
     fold_lease_st_.bind_static(1, c.lease_id).bind(2, actual);
     rc = fold_lease_st_.step();
-    fold_lease_st_.reset();
+    fold_lease_st_.rewind();
     if (rc != SQLITE_DONE) return db_error("ledger lease", writer_db_.last_error());
     return Ok{};
   }
   if (rc != SQLITE_DONE) return db_error("ledger insert", writer_db_.last_error());
-  // The lease row is lowered once per lease and transaction (flush_lease_lowering), before the
-  // commit and before a close of a lease: the same sums at the commit, one UPDATE for them all.
-  if (actual > 0) {
-    auto it = std::find_if(lowering_.begin(), lowering_.end(),
-                           [&](const auto& p) { return p.first == c.lease_id; });
-    if (it == lowering_.end()) {
-      lowering_.emplace_back(c.lease_id, actual);
-    } else {
-      it->second = cost::sat_add(it->second, actual);
+  lower_later(c.lease_id, actual);
+  return Ok{};
+}
+
+// The lease row is lowered once per lease and transaction (flush_lease_lowering), before the
+// commit and before a close of a lease: the same sums at the commit, one UPDATE for them all.
+void SqliteLedger::lower_later(const std::string& lease_id, cost::Micros actual) {
+  if (actual <= 0) return;
+  auto it = std::find_if(lowering_.begin(), lowering_.end(),
+                         [&](const auto& p) { return p.first == lease_id; });
+  if (it == lowering_.end()) {
+    lowering_.emplace_back(lease_id, actual);
+  } else {
+    it->second = cost::sat_add(it->second, actual);
+  }
+}
+
+Statement* SqliteLedger::many(bool covered, std::size_t rows) {
+  Statement& st = (covered ? insert_closed_many_st_ : insert_many_st_)[rows];
+  if (st.get()) return &st;
+  const std::size_t slot = (covered ? kMaxRowsPerInsert + 1 : 0) + rows;
+  if (many_failed_[slot]) return nullptr;
+  const int n = static_cast<int>(rows);
+  auto prepared =
+      Statement::prepare(writer_db_, covered ? insert_sql(kInsertClosed, n, kClosedParams, false)
+                                             : insert_sql(kInsertOpen, n, kOpenParams, true));
+  if (!prepared.ok()) {
+    many_failed_[slot] = true;  // the rows go one by one
+    return nullptr;
+  }
+  st = std::move(*prepared);
+  return &st;
+}
+
+void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>& rows,
+                              bool covered, std::vector<Result<Ok>>& results) {
+  std::size_t k = 0;
+  while (k < rows.size()) {
+    if (transaction_lost()) {
+      // commit_batch's COMMIT fails, and with it every record of the batch.
+      for (; k < rows.size(); ++k) results[rows[k]] = transaction_lost_error();
+      return;
+    }
+    const std::size_t n = std::min(rows.size() - k, kMaxRowsPerInsert);
+    Statement* st = n > 1 ? many(covered, n) : nullptr;
+    if (!st) {
+      results[rows[k]] = write_one(batch[rows[k]].record);
+      ++k;
+      continue;
+    }
+    for (std::size_t r = 0; r < n; ++r) {
+      const LedgerRecord& rec = batch[rows[k + r]].record;
+      const int base = static_cast<int>(r) * (covered ? kClosedParams : kOpenParams);
+      if (covered) {
+        const auto& c = std::get<cost::LedgerCovered>(rec);
+        join_lines_into(budget_text_[r], c.budgets);
+        bind_closed(*st, base, c, budget_text_[r]);
+      } else {
+        const auto& res = std::get<cost::LedgerReservation>(rec);
+        join_lines_into(budget_text_[r], res.budgets);
+        bind_open(*st, base, res, budget_text_[r]);
+      }
+    }
+    const int rc = st->step();
+    st->rewind();
+    for (std::size_t r = 0; r < n; ++r, ++k) {
+      const LedgerRecord& rec = batch[rows[k]].record;
+      if (rc != SQLITE_DONE) {
+        // SQLite undid the whole statement (a duplicate request id, say): each row on its own,
+        // unless the error ended the transaction (commit_batch fails the rest).
+        if (transaction_lost()) {
+          results[rows[k]] = transaction_lost_error();
+        } else {
+          results[rows[k]] = write_one(rec);
+        }
+      } else if (covered) {
+        const auto& c = std::get<cost::LedgerCovered>(rec);
+        lower_later(c.lease_id, covered_actual(c));
+      }
     }
   }
-  return Ok{};
 }
 
 Result<Ok> SqliteLedger::flush_lease_lowering() {
   for (const auto& [lease, amount] : lowering_) {
-    lower_lease_st_.reset();
     lower_lease_st_.bind_static(1, lease).bind(2, amount);
     const int rc = lower_lease_st_.step();
-    lower_lease_st_.reset();
+    lower_lease_st_.rewind();
     // A lease that is not open any more has nothing to lower (the rows are written either way).
     if (rc != SQLITE_DONE) {
       lowering_.clear();
@@ -257,6 +370,14 @@ Result<Ok> SqliteLedger::flush_lease_lowering() {
   }
   lowering_.clear();
   return Ok{};
+}
+
+bool SqliteLedger::transaction_lost() const {
+  return sqlite3_get_autocommit(writer_db_.get()) != 0;
+}
+
+Error SqliteLedger::transaction_lost_error() const {
+  return db_error("ledger", "the transaction was rolled back: " + writer_db_.last_error());
 }
 
 Result<Ok> SqliteLedger::step_once(Statement& st, std::string_view what) {
@@ -281,7 +402,44 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
     return out;
   }
   lowering_.clear();
-  for (const auto& item : batch) out.results.push_back(write_one(item.record));
+  out.results.assign(batch.size(), Result<Ok>(Ok{}));
+  const std::size_t n = batch.size();
+  std::size_t i = 0;
+  while (i < n) {
+    // An error that ended the transaction (SQLite rolls back on some I/O errors): nothing more
+    // is written outside it; the commit fails and with it every record of the batch.
+    if (transaction_lost()) {
+      for (; i < n; ++i) out.results[i] = transaction_lost_error();
+      break;
+    }
+    const LedgerRecord& rec = batch[i].record;
+    run_.clear();
+    if (std::holds_alternative<cost::LedgerCovered>(rec)) {
+      // A run of covered rows, in their order.
+      for (; i < n && std::holds_alternative<cost::LedgerCovered>(batch[i].record); ++i) {
+        run_.push_back(i);
+      }
+      write_rows(batch, run_, /*covered=*/true, out.results);
+    } else if (is_request_reservation(rec) || is_request_settlement(rec)) {
+      // Requests' reservations and settlements: the reservations go first, together. Only two
+      // records of one request id could depend on their order, and a settlement and a
+      // reservation of one id in one batch end the same either way (the reservation finds the
+      // row and fails; the settlement closes it if open).
+      later_.clear();
+      for (; i < n &&
+             (is_request_reservation(batch[i].record) || is_request_settlement(batch[i].record));
+           ++i) {
+        (is_request_reservation(batch[i].record) ? run_ : later_).push_back(i);
+      }
+      write_rows(batch, run_, /*covered=*/false, out.results);
+      for (const std::size_t k : later_) {
+        out.results[k] = transaction_lost() ? transaction_lost_error() : write_one(batch[k].record);
+      }
+    } else {
+      out.results[i] = write_one(rec);
+      ++i;
+    }
+  }
   auto lowered = flush_lease_lowering();
   auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());
   if (!commit.ok()) {

@@ -69,6 +69,16 @@ class SqliteLedger final : public QueuedLedger {
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   Result<Ok> write_one(const LedgerRecord& record);
   Result<Ok> write_covered(const cost::LedgerCovered& record);
+  // The rows of batch[rows[...]] (all reservations of requests, or all covered rows), several
+  // per INSERT; a statement that fails is undone by SQLite and its rows go one by one instead,
+  // each to its own result.
+  void write_rows(const Batch& batch, const std::vector<std::size_t>& rows, bool covered,
+                  std::vector<Result<Ok>>& results);
+  void lower_later(const std::string& lease_id, cost::Micros actual);
+  // An error that SQLite answers by rolling back the whole transaction (some I/O errors) leaves
+  // the connection in autocommit: nothing more of the batch may be written outside it.
+  bool transaction_lost() const;
+  Error transaction_lost_error() const;
   Result<Ok> flush_lease_lowering();
   // A covered row that was not written (its record or its batch failed) never lowered its lease
   // row: the lease is never closed, so its row keeps that spend reserved until reconciled.
@@ -84,6 +94,18 @@ class SqliteLedger final : public QueuedLedger {
   Statement settle_st_;
   Statement insert_closed_st_;
   Statement lower_lease_st_;
+  // A batch's runs of rows go up to kMaxRowsPerInsert to one INSERT: SQLite's work per
+  // statement (its start and end, opening and closing cursors) is about a quarter of a small
+  // row's cost. Index n: n rows (prepared at first use; an empty one failed to prepare).
+  static constexpr std::size_t kMaxRowsPerInsert = 16;
+  Statement* many(bool covered, std::size_t rows);
+  std::vector<Statement> insert_many_st_;         // reservations
+  std::vector<Statement> insert_closed_many_st_;  // covered rows
+  std::vector<bool> many_failed_;                 // [covered * (max + 1) + rows]
+  std::vector<std::size_t> run_;                  // writer thread only: scratch of commit_batch
+  std::vector<std::size_t> later_;
+  // The budgets column of the rows being bound (kept: their room is reused).
+  std::string budget_text_[kMaxRowsPerInsert];
   Statement fold_lease_st_;
   Statement close_lease_st_;
   // Lease rows to lower in the current transaction: (lease id, sum of covered actuals).

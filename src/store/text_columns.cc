@@ -4,11 +4,16 @@ namespace bw::store {
 
 std::string join_lines(const std::vector<std::string>& items) {
   std::string out;
+  join_lines_into(out, items);
+  return out;
+}
+
+void join_lines_into(std::string& out, const std::vector<std::string>& items) {
+  out.clear();
   for (const auto& item : items) {
     if (!out.empty()) out.push_back('\n');
     out += item;
   }
-  return out;
 }
 
 std::vector<std::string> split_lines(std::string_view s) {

@@ -9,6 +9,8 @@
 namespace bw::store {
 
 std::string join_lines(const std::vector<std::string>& items);
+// join_lines() into `out`, reusing its room.
+void join_lines_into(std::string& out, const std::vector<std::string>& items);
 std::vector<std::string> split_lines(std::string_view s);
 
 }  // namespace bw::store

@@ -863,3 +863,110 @@ TEST(SqliteLeases, ALeaseWhoseCoveredRowWasLostIsNeverClosed) {
 }
 
 }  // namespace bw::store::testing
+
+namespace bw::store::testing {
+
+// The writer puts a batch's runs of rows into multi-row INSERTs. A statement that fails (here a
+// request id that is already taken, in the batch or before it) is undone whole, and its rows go
+// one by one: every record still gets its own result, as if each had its own statement.
+TEST(SqliteBatches, RowsSharingAStatementKeepTheirOwnResults) {
+  TempSqliteLedger db("bw_batch_rows");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  ASSERT_TRUE(
+      ledger.append_reservation(reservation("old", "key_a", "acme", "gpt-4.1", 9, kJan1), {}));
+  ledger.flush();
+
+  constexpr int kRows = 40;
+  std::vector<std::string> codes(kRows + 3, "pending");
+  auto record = [&](int slot) {
+    return [&codes, slot](const Result<Ok>& r) { codes[slot] = r.ok() ? "ok" : r.error().code; };
+  };
+  for (int i = 0; i < kRows; ++i) {
+    // Row 25 reuses row 3's id; row 30 reuses the id of a row committed before.
+    const std::string id = i == 25 ? id_of("b", 3) : i == 30 ? std::string("old") : id_of("b", i);
+    ASSERT_TRUE(ledger.append_reservation(
+        reservation(id, "key_a", "acme", "gpt-4.1", 100 + i, kJan1 + i, {"global/total"}),
+        record(i), Ledger::Wake::kDeferred));
+    if (i == 10) {
+      // Settlements between the reservations: an open row and an unknown one.
+      ASSERT_TRUE(ledger.append_settlement(settlement("old", 7, kJan1 + 50), record(kRows),
+                                           Ledger::Wake::kDeferred));
+      ASSERT_TRUE(ledger.append_settlement(settlement("nobody", 7, kJan1 + 50), record(kRows + 1),
+                                           Ledger::Wake::kDeferred));
+    }
+  }
+  ledger.flush();
+  for (int i = 0; i < kRows; ++i) {
+    const char* want = i == 25 || i == 30 ? "duplicate_request_id" : "ok";
+    EXPECT_EQ(codes[i], want) << "row " << i;
+  }
+  EXPECT_EQ(codes[kRows], "ok");
+  EXPECT_EQ(codes[kRows + 1], "not_open");
+  auto three = ledger.find(id_of("b", 3));
+  ASSERT_TRUE(three.ok() && three->has_value());
+  EXPECT_EQ((*three)->reserved_micro, 103);  // the first of the two, not row 25
+  EXPECT_EQ((*three)->budgets, std::vector<std::string>{"global/total"});
+  auto last = ledger.find(id_of("b", kRows - 1));
+  ASSERT_TRUE(last.ok() && last->has_value());
+  EXPECT_EQ((*last)->reserved_micro, 100 + kRows - 1);
+  EXPECT_EQ((*last)->status, LedgerStatus::kOpen);
+  auto old = ledger.find("old");
+  ASSERT_TRUE(old.ok() && old->has_value());
+  EXPECT_EQ((*old)->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*old)->reserved_micro, 9);
+  auto open = ledger.open_reservations();
+  ASSERT_TRUE(open.ok());
+  EXPECT_EQ(open->size(), static_cast<std::size_t>(kRows - 2));
+}
+
+// Covered rows in one batch: the lease row goes down by each written row's actual, a row whose
+// id is taken (in the batch or before it) keeps its spend on the lease row.
+TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
+  TempSqliteLedger db("bw_batch_covered");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:z-1", "key_a", "acme", "", 1'000'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  ASSERT_TRUE(ledger.append_reservation(lease, {}));
+  ASSERT_TRUE(ledger.append_covered(covered_row("before", "lease:z-1", budget, 1'000), {}));
+  ledger.flush();
+
+  constexpr int kRows = 37;
+  std::atomic<int> ok{0};
+  Micros lowered = 1'000;
+  Micros folded = 0;
+  for (int i = 0; i < kRows; ++i) {
+    const Micros actual = 100 * (i + 1);
+    std::string id = id_of("c", i);
+    if (i == 20) id = id_of("c", 2);  // taken in this batch
+    if (i == 33) id = "before";       // taken before
+    auto row = covered_row(id, "lease:z-1", budget, actual);
+    if (i == 5) row.status = LedgerStatus::kReleased;  // bills nothing
+    const bool taken = i == 20 || i == 33;
+    if (row.status != LedgerStatus::kReleased) (taken ? folded : lowered) += actual;
+    ASSERT_TRUE(ledger.append_covered(
+        std::move(row), [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  auto l = ledger.find("lease:z-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000 - lowered);
+  EXPECT_EQ((*l)->actual_micro, folded);
+  auto two = ledger.find(id_of("c", 2));
+  ASSERT_TRUE(two.ok() && two->has_value());
+  EXPECT_EQ((*two)->actual_micro, 300);
+  auto five = ledger.find(id_of("c", 5));
+  ASSERT_TRUE(five.ok() && five->has_value());
+  EXPECT_EQ((*five)->status, LedgerStatus::kReleased);
+  EXPECT_EQ((*five)->actual_micro, 0);
+  auto report = ledger.spend_report(SpendGroup::kKey, 0, kJan1 + 10);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->size(), 1u);
+  EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
+}
+
+}  // namespace bw::store::testing

@@ -11,6 +11,9 @@
 //                     ledger's layout costs: 0 = the ledger's two statements, 1 = the same
 //                     without the ledger_open index, 2 = one INSERT of an already settled row
 //                     (what a request covered by a durable budget lease would write).
+//   BM_LedgerCovered: one row already settled per request (a request a budget lease covers)
+//                     through SqliteLedger, and its lease row lowered once per commit; 20
+//                     requests per commit.
 // Instructions per request (load-independent), e.g.:
 //   valgrind --tool=callgrind --callgrind-out-file=/dev/null build/release/bench/bw_bench_cost
 //     --benchmark_filter='BM_LedgerSchemaVariant/0'
@@ -219,6 +222,54 @@ void BM_LedgerRequest(benchmark::State& state) {
 }
 // A fixed count, so that a callgrind run's instructions divide by a known number of requests.
 BENCHMARK(BM_LedgerRequest)->Iterations(500)->Unit(benchmark::kMicrosecond);
+
+void BM_LedgerCovered(benchmark::State& state) {
+  const BenchDir dir;
+  store::SqliteLedgerOptions o;
+  o.path = dir.path + "/bench.db";
+  o.synchronous_full = false;
+  o.queue_capacity = 1 << 16;
+  auto opened = store::SqliteLedger::open(o);
+  if (!opened.ok()) {
+    state.SkipWithError(opened.error().message.c_str());
+    return;
+  }
+  auto& ledger = *opened;
+  LedgerReservation lease{
+      "lease:bench-1", "key_a", "acme", "", {"key:key_a/total", "global/monthly"},
+      kMaxMicros / 4,  kNowMs,  true};
+  if (!ledger->append_reservation(std::move(lease), [](const Result<Ok>&) {})) {
+    state.SkipWithError("queue full");
+  }
+  ledger->flush();
+  std::int64_t seq = 0;
+  for (auto _ : state) {
+    for (int i = 0; i < kRequestsPerCommit; ++i) {
+      LedgerCovered c;
+      c.request_id = request_id(seq + i);
+      c.lease_id = "lease:bench-1";
+      c.key_id = "key_a";
+      c.tenant_id = "acme";
+      c.model = "gpt-4.1";
+      c.budgets = {"key:key_a/total", "global/monthly"};
+      c.reserved_micro = 11'100;
+      c.actual_micro = 11'000;
+      c.prompt_tokens = 10;
+      c.completion_tokens = 10;
+      c.created_unix_ms = kNowMs;
+      c.settled_unix_ms = kNowMs + 5;
+      if (!ledger->append_covered(
+              std::move(c), [](const Result<Ok>&) {}, Ledger::Wake::kDeferred)) {
+        state.SkipWithError("queue full");
+      }
+    }
+    seq += kRequestsPerCommit;
+    ledger->kick();
+    ledger->flush();
+  }
+  state.SetItemsProcessed(seq);
+}
+BENCHMARK(BM_LedgerCovered)->Iterations(500)->Unit(benchmark::kMicrosecond);
 
 void BM_LedgerSchemaVariant(benchmark::State& state) {
   const int variant = static_cast<int>(state.range(0));
