@@ -37,14 +37,24 @@ asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
   auto ex = co_await asio::this_coro::executor;
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
       [&](auto handler) {
-        auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        const bool ok =
-            append([h, ex](const Result<Ok>& r) { asio::post(ex, [h, r]() mutable { (*h)(r); }); });
+        using Handler = decltype(handler);
+        // Owned by the callback, which runs exactly once when the queue took the record (or
+        // here when it did not): a bare pointer keeps the callback within std::function's own
+        // room, with no allocation for it nor for a shared count.
+        auto* h = new Handler(std::move(handler));
+        const bool ok = append([h](const Result<Ok>& r) {
+          auto ex = asio::get_associated_executor(*h);
+          asio::post(ex, [h, r]() {
+            std::unique_ptr<Handler> own(h);
+            (*own)(r);
+          });
+        });
         if (ok) {
           kick_after_round(ledger, ex);
         } else {
-          asio::post(ex, [h]() mutable {
-            (*h)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
+          asio::post(ex, [h]() {
+            std::unique_ptr<Handler> own(h);
+            (*own)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
           });
         }
       },
@@ -365,7 +375,7 @@ asio::awaitable<void> phase_cost::settle(Ctx& c) {
     }
   }
   if (sh.ledger && c.reservation_logged) {
-    if (sh.ledger->append_settlement(rec, {}, cost::Ledger::Wake::kDeferred)) {
+    if (sh.ledger->append_settlement(std::move(rec), {}, cost::Ledger::Wake::kDeferred)) {
       kick_after_round(*sh.ledger, co_await asio::this_coro::executor);
     } else {
       spdlog::error(

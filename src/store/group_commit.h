@@ -12,7 +12,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -46,7 +45,10 @@ class GroupCommitQueue {
     std::vector<Result<Ok>> results;
     bool transaction = true;
   };
-  using CommitFn = std::function<BatchOutcome(const std::deque<Item>& batch)>;
+  // A vector, not a deque: a record is a few hundred bytes, and a deque would allocate a node
+  // for each one; the queue and the writer's batch swap vectors and keep their room.
+  using Batch = std::vector<Item>;
+  using CommitFn = std::function<BatchOutcome(const Batch& batch)>;
 
   GroupCommitQueue(std::size_t capacity, std::size_t max_batch)
       : capacity_(std::max<std::size_t>(capacity, 1)),
@@ -112,7 +114,7 @@ class GroupCommitQueue {
 
  private:
   void writer_loop() {
-    std::deque<Item> batch;
+    Batch batch;
     for (;;) {
       {
         std::unique_lock lock(mu_);
@@ -123,10 +125,9 @@ class GroupCommitQueue {
         if (queue_.size() <= max_batch_) {
           batch.swap(queue_);  // `batch` is empty: the whole queue without moving each record
         } else {
-          for (std::size_t i = 0; i < max_batch_; ++i) {
-            batch.push_back(std::move(queue_.front()));
-            queue_.pop_front();
-          }
+          const auto end = queue_.begin() + static_cast<std::ptrdiff_t>(max_batch_);
+          batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(end));
+          queue_.erase(queue_.begin(), end);
         }
       }
       const std::size_t n = batch.size();
@@ -139,7 +140,7 @@ class GroupCommitQueue {
     }
   }
 
-  void commit_batch(std::deque<Item>& batch) {
+  void commit_batch(Batch& batch) {
     BatchOutcome out = commit_(batch);
     if (out.transaction) commits_.fetch_add(1, std::memory_order_relaxed);
     std::uint64_t seen = max_batch_seen_.load(std::memory_order_relaxed);
@@ -152,9 +153,12 @@ class GroupCommitQueue {
       if (batch[i].done) batch[i].done(r);
     }
     batch.clear();
+    // The room of a burst is not kept: the two vectors take turns as the queue.
+    if (batch.capacity() > kKeptCapacity) Batch().swap(batch);
   }
 
   static constexpr std::chrono::milliseconds kSafetyWake{10};
+  static constexpr std::size_t kKeptCapacity = 1'024;
   const std::size_t capacity_;
   const std::size_t max_batch_;
   CommitFn commit_;
@@ -162,7 +166,7 @@ class GroupCommitQueue {
   mutable std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
-  std::deque<Item> queue_;
+  Batch queue_;
   bool stopping_ = false;
   std::uint64_t enqueued_ = 0;   // guarded by mu_
   std::uint64_t completed_ = 0;  // guarded by mu_

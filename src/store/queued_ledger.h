@@ -2,7 +2,6 @@
 // QueuedLedger: the write half of cost::Ledger that every backend shares. append_*() only queue
 // (GroupCommitQueue: bounded, never blocking); the backend writes each batch in commit_batch(),
 // on the queue's writer thread, and answers one result per record.
-#include <deque>
 
 #include "cost/ledger.h"
 #include "store/ledger_rows.h"
@@ -22,7 +21,7 @@ class QueuedLedger : public cost::Ledger {
   cost::LedgerStats stats() const final;
 
  protected:
-  using Batch = std::deque<LedgerQueue::Item>;
+  using Batch = LedgerQueue::Batch;
   QueuedLedger(std::size_t queue_capacity, std::size_t max_batch);
   // Starts the writer: call once the backend is ready to commit.
   void start_writer();
