@@ -1,6 +1,6 @@
-// The HTTP/1.1 request parser (wire::RequestParser over Beast's basic_parser) as the session
-// drives it: bytes arrive in pieces whose sizes come from the input, the head first, then the
-// body. Checks that what it reports stays within the configured limits.
+// The HTTP/1.1 request parser (wire::RequestParser) as the session drives it: bytes arrive in
+// pieces whose sizes come from the input, the head first, then the body. Checks that what it
+// reports stays within the configured limits.
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <cstdint>

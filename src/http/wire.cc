@@ -1,10 +1,678 @@
 #include "http/wire.h"
 
-#include <boost/beast/http/error.hpp>
 #include <boost/beast/http/status.hpp>
 #include <charconv>
+#include <cstring>
+#include <limits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace bw::http::wire {
+
+namespace {
+
+// tchar (RFC 9110 5.6.2): field names and methods.
+constexpr bool kTokenChar[256] = {
+    // clang-format off
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,1,0,1,1,1,1,1,0,0,1,1,0,1,1,0, 1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,
+    0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1,1,1,0,0,0,1,1,
+    1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1,1,1,0,1,0,1,0,
+    // clang-format on
+};
+inline bool is_token(char c) {
+  return kTokenChar[static_cast<unsigned char>(c)];
+}
+
+// The first byte that may not appear in a field value or reason phrase: a control character
+// other than HTAB (this includes CR, LF and NUL), or DEL. obs-text (0x80-0xFF) is allowed.
+// 16 bytes a step.
+const char* find_value_stop(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i k1f = _mm_set1_epi8(0x1f);
+  const __m128i kdel = _mm_set1_epi8(0x7f);
+  const __m128i ktab = _mm_set1_epi8(0x09);
+  while (end - p >= 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, k1f), v);  // v <= 0x1f, unsigned
+    const __m128i bad =
+        _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, ktab), ctl), _mm_cmpeq_epi8(v, kdel));
+    if (const int m = _mm_movemask_epi8(bad)) return p + __builtin_ctz(static_cast<unsigned>(m));
+    p += 16;
+  }
+#endif
+  for (; p < end; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if ((c < 0x20 && c != 0x09) || c == 0x7f) return p;
+  }
+  return end;
+}
+
+// The end of a request-target: SP, a control character or DEL (obs-text is allowed, as Beast
+// did).
+const char* find_target_stop(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i k20 = _mm_set1_epi8(0x20);
+  const __m128i kdel = _mm_set1_epi8(0x7f);
+  while (end - p >= 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i bad =
+        _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(v, k20), v), _mm_cmpeq_epi8(v, kdel));
+    if (const int m = _mm_movemask_epi8(bad)) return p + __builtin_ctz(static_cast<unsigned>(m));
+    p += 16;
+  }
+#endif
+  for (; p < end; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if (c <= 0x20 || c == 0x7f) return p;
+  }
+  return end;
+}
+
+// `s` equals the lower-case `lower`, ignoring ASCII case. Only for names already checked to be
+// tokens: among tchars, c | 0x20 maps only letters onto letters and '-' onto itself.
+bool name_is(std::string_view s, std::string_view lower) {
+  if (s.size() != lower.size()) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if ((s[i] | 0x20) != lower[i]) return false;
+  }
+  return true;
+}
+
+std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// Calls f(element) for each element of a comma-separated list, OWS-trimmed (empty ones too).
+template <class F>
+void for_each_element(std::string_view v, F&& f) {
+  for (;;) {
+    const auto comma = v.find(',');
+    f(trim_ows(v.substr(0, comma)));
+    if (comma == std::string_view::npos) return;
+    v.remove_prefix(comma + 1);
+  }
+}
+
+bool is_token_string(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!is_token(c)) return false;
+  }
+  return true;
+}
+
+// 1*DIGIT without overflow.
+bool parse_decimal(std::string_view s, std::uint64_t& out) {
+  if (s.empty()) return false;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    const auto d = static_cast<std::uint64_t>(c - '0');
+    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+
+int unhex(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ) (RFC 9112 7.1.1),
+// with chunk-ext-val = token / quoted-string. True if [p, end) is exactly that.
+bool valid_chunk_extensions(const char* p, const char* end) {
+  auto bws = [&] {
+    while (p < end && (*p == ' ' || *p == '\t')) ++p;
+  };
+  auto token = [&] {
+    const char* s = p;
+    while (p < end && is_token(*p)) ++p;
+    return p != s;
+  };
+  // Whitespace is allowed around ';' and '=', not at the end of the line.
+  for (;;) {
+    if (p == end) return true;
+    bws();
+    if (p == end || *p != ';') return false;
+    ++p;
+    bws();
+    if (!token()) return false;
+    const char* const name_end = p;
+    bws();
+    if (p == end) return p == name_end;
+    if (*p == ';') continue;
+    if (*p != '=') return false;
+    ++p;
+    bws();
+    if (p == end) return false;
+    if (*p == '"') {
+      ++p;
+      for (;;) {
+        if (p == end) return false;
+        const auto c = static_cast<unsigned char>(*p);
+        if (c == '"') break;
+        if (c == '\\') {  // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+          if (++p == end) return false;
+          const auto q = static_cast<unsigned char>(*p);
+          if ((q < 0x20 && q != '\t') || q == 0x7f) return false;
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+          return false;
+        }
+        ++p;
+      }
+      ++p;
+    } else if (!token()) {
+      return false;
+    }
+  }
+}
+
+}  // namespace
+
+Field classify_field(std::string_view n) {
+  switch (n.size()) {
+    case 4:
+      if (name_is(n, "host")) return Field::kHost;
+      break;
+    case 6:
+      if (name_is(n, "expect")) return Field::kExpect;
+      break;
+    case 7:
+      if (name_is(n, "upgrade")) return Field::kUpgrade;
+      break;
+    case 10:
+      if (name_is(n, "connection")) return Field::kConnection;
+      break;
+    case 11:
+      if (name_is(n, "retry-after")) return Field::kRetryAfter;
+      break;
+    case 12:
+      if (name_is(n, "content-type")) return Field::kContentType;
+      break;
+    case 14:
+      if (name_is(n, "content-length")) return Field::kContentLength;
+      break;
+    case 16:
+      if (name_is(n, "proxy-connection")) return Field::kProxyConnection;
+      break;
+    case 17:
+      if (name_is(n, "transfer-encoding")) return Field::kTransferEncoding;
+      break;
+    default:
+      break;
+  }
+  return Field::kOther;
+}
+
+template <class Derived, bool kRequest>
+std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer, error_code& ec) {
+  const char* const begin = static_cast<const char*>(buffer.data());
+  const char* const end = begin + buffer.size();
+  const char* p = begin;
+  ec = {};
+  if (state_ == State::kComplete) return 0;
+  if (state_ == State::kNothingYet) {
+    if (p == end) {
+      ec = bhttp::error::need_more;
+      return 0;
+    }
+    state_ = State::kStartLine;
+  }
+  for (;;) {
+    switch (state_) {
+      case State::kNothingYet:
+      case State::kComplete:
+        return static_cast<std::size_t>(p - begin);
+      case State::kStartLine:
+      case State::kFields: {
+        // Complete lines are parsed and consumed; a partial line stays with the caller, and
+        // `scanned_` remembers how much of it holds no LF.
+        const std::size_t room = head_bytes_ < header_limit_ ? header_limit_ - head_bytes_ : 0;
+        const std::size_t avail = static_cast<std::size_t>(end - p);
+        const std::size_t window = avail < room ? avail : room;
+        const char* eol =
+            scanned_ < window
+                ? static_cast<const char*>(std::memchr(p + scanned_, '\n', window - scanned_))
+                : nullptr;
+        if (!eol) {
+          if (avail >= room) {
+            ec = bhttp::error::header_limit;
+          } else {
+            scanned_ = window;
+            ec = bhttp::error::need_more;
+          }
+          return static_cast<std::size_t>(p - begin);
+        }
+        scanned_ = 0;
+        head_bytes_ += static_cast<std::size_t>(eol + 1 - p);
+        if (state_ == State::kStartLine) {
+          start_line(p, eol, ec);
+          if (ec) return static_cast<std::size_t>(p - begin);
+          state_ = State::kFields;
+          p = eol + 1;
+          break;
+        }
+        if (eol == p + 1 && *p == '\r') {  // the empty line: the head is complete
+          p = eol + 1;
+          finish_head(ec);
+          if (ec) return static_cast<std::size_t>(p - begin);
+          if (!eager_) return static_cast<std::size_t>(p - begin);
+          break;
+        }
+        field_line(p, eol, false, ec);
+        if (ec) return static_cast<std::size_t>(p - begin);
+        p = eol + 1;
+        break;
+      }
+      case State::kBody: {
+        const std::size_t avail = static_cast<std::size_t>(end - p);
+        const std::size_t take = remaining_ < avail ? static_cast<std::size_t>(remaining_) : avail;
+        if (take == 0) return static_cast<std::size_t>(p - begin);
+        const std::size_t used = self().on_body(std::string_view(p, take), ec);
+        p += used;
+        remaining_ -= used;
+        if (ec) return static_cast<std::size_t>(p - begin);
+        if (remaining_ == 0) state_ = State::kComplete;
+        break;
+      }
+      case State::kBodyToEof: {
+        const std::size_t avail = static_cast<std::size_t>(end - p);
+        if (avail == 0) return 0;
+        if (has_body_limit_) {
+          if (avail > body_limit_) {
+            ec = bhttp::error::body_limit;
+            return static_cast<std::size_t>(p - begin);
+          }
+          body_limit_ -= avail;
+        }
+        p += self().on_body(std::string_view(p, avail), ec);
+        return static_cast<std::size_t>(p - begin);
+      }
+      case State::kChunkHeader: {
+        const std::size_t used = chunk_header(p, end, ec);
+        p += used;
+        if (ec) return static_cast<std::size_t>(p - begin);
+        break;
+      }
+      case State::kChunkBody: {
+        const std::size_t avail = static_cast<std::size_t>(end - p);
+        const std::size_t take = remaining_ < avail ? static_cast<std::size_t>(remaining_) : avail;
+        if (take == 0) return static_cast<std::size_t>(p - begin);
+        const std::size_t used = self().on_body(std::string_view(p, take), ec);
+        p += used;
+        remaining_ -= used;
+        if (ec) return static_cast<std::size_t>(p - begin);
+        if (remaining_ == 0) state_ = State::kChunkHeader;
+        break;
+      }
+    }
+    if (state_ == State::kComplete) return static_cast<std::size_t>(p - begin);
+    if (p == end) {
+      // Out of bytes inside a line (head, chunk-size, trailers): the caller must read more.
+      if (state_ == State::kStartLine || state_ == State::kFields ||
+          state_ == State::kChunkHeader) {
+        ec = bhttp::error::need_more;
+      }
+      return static_cast<std::size_t>(p - begin);
+    }
+  }
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::put_eof(error_code& ec) {
+  ec = {};
+  if (state_ == State::kBodyToEof) {
+    state_ = State::kComplete;
+    return;
+  }
+  if (state_ != State::kComplete) ec = bhttp::error::partial_message;
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::start_line(const char* p, const char* eol, error_code& ec) {
+  // The line must end in CRLF; `last` is its CR.
+  const char* const last = eol - 1;
+  auto version_at = [&](const char* v, int& out) {
+    if (eol - v < 8 || std::memcmp(v, "HTTP/", 5) != 0 || v[5] < '0' || v[5] > '9' || v[6] != '.' ||
+        v[7] < '0' || v[7] > '9') {
+      return false;
+    }
+    out = (v[5] - '0') * 10 + (v[7] - '0');
+    return out == 10 || out == 11;
+  };
+  if constexpr (kRequest) {
+    // request-line = method SP request-target SP HTTP-version CRLF
+    const char* m = p;
+    while (m < eol && is_token(*m)) ++m;
+    if (m == p || *m != ' ') {
+      ec = bhttp::error::bad_method;
+      return;
+    }
+    const char* t = m + 1;
+    const char* te = find_target_stop(t, eol);
+    if (te == t || te == eol || *te != ' ') {
+      ec = bhttp::error::bad_target;
+      return;
+    }
+    int version = 0;
+    const char* v = te + 1;
+    if (!version_at(v, version) || v + 8 != last || *last != '\r') {
+      ec = bhttp::error::bad_version;
+      return;
+    }
+    if (version == 11) flags_ |= kHttp11;
+    self().on_request(std::string_view(p, static_cast<std::size_t>(m - p)),
+                      std::string_view(t, static_cast<std::size_t>(te - t)), version);
+  } else {
+    // status-line = HTTP-version SP status-code SP [ reason-phrase ] CRLF
+    int version = 0;
+    if (!version_at(p, version) || p + 8 >= eol || p[8] != ' ') {
+      ec = bhttp::error::bad_version;
+      return;
+    }
+    const char* s = p + 9;
+    if (eol - s < 4 || s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9' || s[2] < '0' ||
+        s[2] > '9' || s[3] != ' ') {
+      ec = bhttp::error::bad_status;
+      return;
+    }
+    const int status = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
+    if (find_value_stop(s + 4, eol) != last || *last != '\r') {
+      ec = bhttp::error::bad_reason;
+      return;
+    }
+    if (version == 11) flags_ |= kHttp11;
+    self().on_status(status, version);
+  }
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, bool trailer,
+                                                error_code& ec) {
+  // field-line = field-name ":" OWS field-value OWS CRLF. A line that starts with whitespace
+  // is obs-fold (or space before the first field): refused (RFC 9112 5.2, 2.2).
+  if (*p == ' ' || *p == '\t') {
+    ec = any_field_ ? bhttp::error::bad_value : bhttp::error::bad_field;
+    return;
+  }
+  const char* n = p;
+  while (n < eol && is_token(*n)) ++n;
+  if (n == p || *n != ':') {
+    ec = bhttp::error::bad_field;
+    return;
+  }
+  const std::string_view name(p, static_cast<std::size_t>(n - p));
+  const char* v = n + 1;
+  while (v < eol && (*v == ' ' || *v == '\t')) ++v;
+  const char* const stop = find_value_stop(v, eol + 1);
+  if (stop != eol - 1 || *stop != '\r') {
+    ec = *stop == '\r' ? bhttp::error::bad_line_ending : bhttp::error::bad_value;
+    return;
+  }
+  const char* ve = stop;
+  while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) --ve;
+  const std::string_view value(v, static_cast<std::size_t>(ve - v));
+  const Field f = classify_field(name);
+  any_field_ = true;
+  if (trailer) {
+    // Trailer fields are checked, then dropped: they never join the header fields. Framing
+    // fields have no place there.
+    if (f == Field::kContentLength) {
+      ec = bhttp::error::bad_content_length;
+    } else if (f == Field::kTransferEncoding) {
+      ec = bhttp::error::bad_transfer_encoding;
+    }
+    return;
+  }
+  if (f != Field::kOther) {
+    framing_field(f, value, ec);
+    if (ec) return;
+  }
+  self().on_field(f, name, value, ec);
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::framing_field(Field f, std::string_view value,
+                                                   error_code& ec) {
+  switch (f) {
+    case Field::kConnection:
+    case Field::kProxyConnection: {
+      // #connection-option: tokens separated by commas (empty elements allowed).
+      bool ok = true;
+      for_each_element(value, [&](std::string_view e) {
+        if (e.empty()) return;
+        if (!is_token_string(e)) {
+          ok = false;
+        } else if (name_is(e, "close")) {
+          flags_ |= kConnClose;
+        } else if (name_is(e, "keep-alive")) {
+          flags_ |= kConnKeepAlive;
+        }
+      });
+      if (!ok) ec = bhttp::error::bad_value;
+      return;
+    }
+    case Field::kContentLength: {
+      // A list of equal numbers counts as one (RFC 9112 6.3); differing ones, an element that
+      // is not a number, or Content-Length next to chunked are refused.
+      if (flags_ & kChunked) {
+        ec = bhttp::error::bad_content_length;
+        return;
+      }
+      bool have = (flags_ & kContentLength) != 0;
+      std::uint64_t len = content_length_;
+      bool bad = false, differ = false;
+      for_each_element(value, [&](std::string_view e) {
+        std::uint64_t v = 0;
+        if (bad || differ) return;
+        if (!parse_decimal(e, v)) {
+          bad = true;
+        } else if (have && v != len) {
+          differ = true;
+        } else {
+          have = true;
+          len = v;
+        }
+      });
+      if (bad) {
+        ec = bhttp::error::bad_content_length;
+        return;
+      }
+      if (differ) {
+        ec = bhttp::error::multiple_content_length;
+        return;
+      }
+      content_length_ = len;
+      remaining_ = len;
+      flags_ |= kContentLength;
+      return;
+    }
+    case Field::kTransferEncoding: {
+      if (flags_ & (kChunked | kContentLength)) {
+        ec = bhttp::error::bad_transfer_encoding;
+        return;
+      }
+      // Chunked when the first "chunked" coding is the last one (RFC 9112 6.1). A value that
+      // is not a list of tokens (transfer-parameters included) is refused.
+      int index = 0, chunked_at = -1, last = -1;
+      bool ok = true;
+      for_each_element(value, [&](std::string_view e) {
+        if (e.empty()) return;
+        if (!is_token_string(e)) ok = false;
+        if (chunked_at < 0 && name_is(e, "chunked")) chunked_at = index;
+        last = index++;
+      });
+      if (!ok) {
+        ec = bhttp::error::bad_transfer_encoding;
+        return;
+      }
+      if (chunked_at >= 0 && chunked_at == last) flags_ |= kChunked;
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::finish_head(error_code& ec) {
+  if constexpr (!kRequest) {
+    const int status = self().status();
+    // 1xx, 204 and 304 have no body whatever their framing fields say (RFC 9112 6.3).
+    if (status / 100 == 1 || status == 204 || status == 304) {
+      state_ = State::kComplete;
+      return;
+    }
+  }
+  if (flags_ & kContentLength) {
+    if (has_body_limit_ && content_length_ > body_limit_ && content_length_ > 0) {
+      ec = bhttp::error::body_limit;
+      return;
+    }
+    if (content_length_ == 0) {
+      state_ = State::kComplete;
+      return;
+    }
+    self().on_body_init(content_length_);
+    state_ = State::kBody;
+    return;
+  }
+  if (flags_ & kChunked) {
+    state_ = State::kChunkHeader;
+    return;
+  }
+  if constexpr (kRequest) {
+    state_ = State::kComplete;  // a request without framing fields has no body
+  } else {
+    flags_ |= kNeedEof;
+    state_ = State::kBodyToEof;
+  }
+}
+
+template <class Derived, bool kRequest>
+std::size_t BasicParser<Derived, kRequest>::chunk_header(const char* p, const char* end,
+                                                         error_code& ec) {
+  // chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF; the CRLF after a chunk's data is
+  // taken with the next chunk-size line.
+  const char* const begin = p;
+  const std::size_t skip = (flags_ & kExpectCrlf) ? 2 : 0;
+  if (static_cast<std::size_t>(end - p) < skip + 1) {
+    ec = bhttp::error::need_more;
+    return 0;
+  }
+  if (skip && (p[0] != '\r' || p[1] != '\n')) {
+    ec = bhttp::error::bad_chunk;
+    return 0;
+  }
+  const char* const line = p + skip;
+  // The line ends at its first CR, which must be followed by LF. Bounded by header_limit.
+  const std::size_t avail = static_cast<std::size_t>(end - line);
+  const std::size_t window = avail < header_limit_ ? avail : header_limit_;
+  const std::size_t from = scanned_ < window ? scanned_ : window;
+  const char* cr = static_cast<const char*>(std::memchr(line + from, '\r', window - from));
+  if (!cr || cr + 1 == end) {
+    if (!cr && avail >= header_limit_) {
+      ec = bhttp::error::header_limit;
+      return 0;
+    }
+    scanned_ = cr ? static_cast<std::size_t>(cr - line) : window;
+    ec = bhttp::error::need_more;
+    return 0;
+  }
+  if (cr[1] != '\n') {
+    ec = bhttp::error::bad_line_ending;
+    return 0;
+  }
+  // chunk-size = 1*HEXDIG
+  const char* h = line;
+  std::uint64_t size = 0;
+  if (h == cr || unhex(*h) < 0) {
+    ec = bhttp::error::bad_chunk;
+    return 0;
+  }
+  for (int d; h < cr && (d = unhex(*h)) >= 0; ++h) {
+    if (size > (std::numeric_limits<std::uint64_t>::max() >> 4)) {
+      ec = bhttp::error::bad_chunk;
+      return 0;
+    }
+    size = (size << 4) | static_cast<std::uint64_t>(d);
+  }
+  if (size != 0) {
+    if (has_body_limit_) {
+      if (size > body_limit_) {
+        ec = bhttp::error::body_limit;
+        return 0;
+      }
+      body_limit_ -= size;
+    }
+    if (!valid_chunk_extensions(h, cr)) {
+      ec = bhttp::error::bad_chunk_extension;
+      return 0;
+    }
+    scanned_ = 0;
+    remaining_ = size;
+    flags_ |= kExpectCrlf;
+    state_ = State::kChunkBody;
+    return static_cast<std::size_t>(cr + 2 - begin);
+  }
+  // The last chunk: the trailer section and its empty line must be complete, within
+  // header_limit bytes counted from the last chunk's line end.
+  const char* const after = cr + 2;
+  const std::size_t tavail = static_cast<std::size_t>(end - after);
+  const std::size_t twindow = tavail < header_limit_ ? tavail : header_limit_;
+  const char* eom = nullptr;
+  if (twindow >= 2 && after[0] == '\r' && after[1] == '\n') {
+    eom = after + 2;
+  } else {
+    // The first "\r\n\r\n" from the last chunk's CRLF on.
+    const char* s = cr;
+    const char* const limit = after + twindow;
+    while (s + 4 <= limit) {
+      const char* q = static_cast<const char*>(std::memchr(s + 3, '\n', limit - (s + 3)));
+      if (!q) break;
+      if (q[-1] == '\r' && q[-2] == '\n' && q[-3] == '\r') {
+        eom = q + 1;
+        break;
+      }
+      s = q - 2;
+    }
+  }
+  if (!eom) {
+    if (tavail >= header_limit_) {
+      ec = bhttp::error::header_limit;
+    } else {
+      ec = bhttp::error::need_more;
+    }
+    scanned_ = 0;
+    return 0;
+  }
+  if (!valid_chunk_extensions(h, cr)) {
+    ec = bhttp::error::bad_chunk_extension;
+    return 0;
+  }
+  // trailer-section = *( field-line CRLF )
+  const char* t = after;
+  while (t < eom - 2) {
+    const char* eol = static_cast<const char*>(std::memchr(t, '\n', eom - t));
+    field_line(t, eol, true, ec);
+    if (ec) return 0;
+    t = eol + 1;
+  }
+  scanned_ = 0;
+  state_ = State::kComplete;
+  return static_cast<std::size_t>(eom - begin);
+}
+
+template class BasicParser<RequestParser, true>;
+template class BasicParser<ResponseParser, false>;
 
 void RequestParser::headers(std::vector<std::pair<std::string_view, std::string_view>>& out) const {
   out.clear();
@@ -16,19 +684,13 @@ void RequestParser::headers(std::vector<std::pair<std::string_view, std::string_
 
 namespace {
 
-std::string_view trim_ows(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
-
 bool istarts_with(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
 
 }  // namespace
 
-void RequestParser::on_request_impl(bhttp::verb, sv method, sv target, int version, error_code&) {
+void RequestParser::on_request(std::string_view method, std::string_view target, int version) {
   method_ = keep(method);
   version_ = version;
   // RFC 9112 3.2.2: a server must accept the absolute form. Routing only needs the path and
@@ -53,62 +715,48 @@ void RequestParser::on_request_impl(bhttp::verb, sv method, sv target, int versi
   target_ = keep(target);
 }
 
-void RequestParser::on_field_impl(bhttp::field name, sv name_string, sv value, error_code& ec) {
+void RequestParser::on_field(Field f, std::string_view name, std::string_view value,
+                             error_code& ec) {
   if (fields_.size() / 2 >= max_fields_) {
     too_many_ = true;
     ec = bhttp::error::header_limit;
     return;
   }
-  if (name == bhttp::field::transfer_encoding) {
-    // Exactly one field whose value is exactly "chunked"; anything else is reported to the
-    // session, which refuses it.
-    if (saw_te_ || !iequals(trim_ows(value), "chunked")) te_other_ = true;
-    saw_te_ = true;
+  switch (f) {
+    case Field::kTransferEncoding:
+      // Exactly one field whose value is exactly "chunked"; anything else is reported to the
+      // session, which refuses it.
+      if (saw_te_ || !name_is(value, "chunked")) te_other_ = true;
+      saw_te_ = true;
+      break;
+    case Field::kContentLength:
+      // A repeated Content-Length with the same value, and lists such as "5, 5", are allowed
+      // by RFC 9112 but refused here: one field, one number, so that no intermediary in front
+      // of Bellwether can have framed the body differently.
+      if (saw_cl_ || value.find(',') != std::string_view::npos) {
+        saw_cl_ = true;
+        ec = bhttp::error::multiple_content_length;
+        return;
+      }
+      saw_cl_ = true;
+      break;
+    case Field::kHost:
+      ++hosts_;
+      break;
+    case Field::kExpect:
+      // A token list; "100-continue" compared case-insensitively.
+      for_each_element(value, [&](std::string_view tok) {
+        if (iequals(tok, "100-continue")) expect_continue_ = true;
+      });
+      break;
+    default:
+      break;
   }
-  if (name == bhttp::field::content_length) {
-    // Beast accepts a repeated Content-Length with the same value, and lists such as "5, 5"
-    // (RFC 9112 allows either). Bellwether refuses both: one field, one number, so that no
-    // intermediary in front of it can have framed the body differently.
-    if (saw_cl_ || std::string_view(value).find(',') != std::string_view::npos) {
-      ec = bhttp::error::multiple_content_length;
-      return;
-    }
-    saw_cl_ = true;
-  }
-  if (name == bhttp::field::host) ++hosts_;
-  if (name == bhttp::field::expect) {
-    // A token list; "100-continue" compared case-insensitively.
-    std::string_view v = value;
-    while (!v.empty()) {
-      auto comma = v.find(',');
-      auto tok = v.substr(0, comma);
-      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
-      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
-      if (iequals(tok, "100-continue")) expect_continue_ = true;
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-  }
-  fields_.push_back(keep(name_string));
+  fields_.push_back(keep(name));
   fields_.push_back(keep(value));
 }
 
-void RequestParser::on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) {
-  // The parser has already refused a Content-Length above the body limit.
-  if (length) body_.reserve(static_cast<std::size_t>(*length));
-}
-
-std::size_t RequestParser::on_body_impl(sv body, error_code&) {
-  body_.append(body);
-  return body.size();
-}
-
-std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, sv body, error_code&) {
-  body_.append(body);
-  return body.size();
-}
-
-std::size_t ResponseParser::take(std::string_view body, error_code& ec) {
+std::size_t ResponseParser::on_body(std::string_view body, error_code& ec) {
   if (!sink_) return body.size();  // nobody reads this body: discard
   if (sink_->size() + body.size() > sink_limit_) {
     overflow_ = true;

@@ -1,10 +1,14 @@
 #pragma once
 // HTTP/1.1 wire handling shared by the server and the upstream client, without Beast's message
-// containers: the parsers are Beast's basic_parser (the protocol state machine, with its size
-// limits and smuggling checks) feeding flat, reusable storage, and the serializers write one
-// contiguous head. Nothing here allocates per message once its buffers have grown.
-// Internal to src/http (it includes Beast). Thread safety: value types.
-#include <boost/beast/http/basic_parser.hpp>
+// containers: our own parsers (request and response heads, Content-Length, chunked and
+// read-until-close bodies, with size limits and smuggling checks) feed flat, reusable storage,
+// and the serializers write one contiguous head. Nothing here allocates per message once its
+// buffers have grown. What the parsers accept and refuse: docs/security.md.
+// Internal to src/http. Errors are Beast's http::error codes, which the callers map to answers.
+// Thread safety: value types.
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/optional.hpp>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -17,11 +21,111 @@ namespace bw::http::wire {
 
 namespace bhttp = boost::beast::http;
 using error_code = boost::system::error_code;
-using sv = boost::beast::string_view;  // the parser callbacks' string type
+
+// The header fields the parsers act on, recognised once per field (by length and first byte).
+enum class Field : std::uint8_t {
+  kOther,
+  kConnection,
+  kContentLength,
+  kContentType,
+  kExpect,
+  kHost,
+  kProxyConnection,
+  kRetryAfter,
+  kTransferEncoding,
+  kUpgrade,
+};
+Field classify_field(std::string_view name);
+
+// The protocol state machine of one HTTP/1.1 message (RFC 9112), driven like Beast's
+// basic_parser: put() takes what is buffered and returns how many bytes it used (the caller
+// consumes them and keeps the rest for the next put or the next message); need_more means a
+// line or a chunk header is not complete yet. The head is consumed line by line as lines
+// complete, so a head that arrives in pieces is never scanned twice. `Derived` receives the
+// start line, each field and the body bytes.
+template <class Derived, bool kRequest>
+class BasicParser {
+ public:
+  void header_limit(std::uint32_t v) { header_limit_ = v; }
+  void body_limit(boost::optional<std::uint64_t> v) {
+    has_body_limit_ = v.has_value();
+    body_limit_ = v.value_or(0);
+  }
+  // Eager: put() goes on into the body in the same call. Not eager: put() stops once the head
+  // is complete (the body bytes stay with the caller).
+  void eager(bool v) { eager_ = v; }
+  bool eager() const { return eager_; }
+  bool got_some() const { return state_ != State::kNothingYet; }
+  bool is_header_done() const { return state_ >= State::kBody; }
+  bool is_done() const { return state_ == State::kComplete; }
+  bool chunked() const { return (flags_ & kChunked) != 0; }
+  bool need_eof() const { return (flags_ & kNeedEof) != 0; }
+  boost::optional<std::uint64_t> content_length() const {
+    if (!(flags_ & kContentLength)) return boost::none;
+    return content_length_;
+  }
+  // RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"; a body
+  // delimited by the close of the connection never persists.
+  bool keep_alive() const {
+    if (flags_ & kNeedEof) return false;
+    if (flags_ & kHttp11) return !(flags_ & kConnClose);
+    return (flags_ & kConnKeepAlive) != 0;
+  }
+
+  std::size_t put(boost::asio::const_buffer buffer, error_code& ec);
+  // The peer closed: completes a body delimited by the close, else partial_message.
+  void put_eof(error_code& ec);
+
+ protected:
+  BasicParser() = default;
+
+ private:
+  enum class State : std::uint8_t {
+    kNothingYet,
+    kStartLine,
+    kFields,
+    kBody,  // Content-Length
+    kBodyToEof,
+    kChunkHeader,
+    kChunkBody,
+    kComplete,
+  };
+  enum Flag : std::uint16_t {
+    kHttp11 = 1,
+    kContentLength = 2,
+    kChunked = 4,
+    kNeedEof = 8,
+    kConnClose = 16,
+    kConnKeepAlive = 32,
+    kExpectCrlf = 64,  // a chunk's data was read; its CRLF comes before the next chunk-size
+  };
+
+  Derived& self() { return static_cast<Derived&>(*this); }
+  // One complete line [p, eol) (eol points at its LF).
+  void start_line(const char* p, const char* eol, error_code& ec);
+  void field_line(const char* p, const char* eol, bool trailer, error_code& ec);
+  void framing_field(Field f, std::string_view value, error_code& ec);
+  void finish_head(error_code& ec);
+  // A chunk-size line (and, for the last chunk, the trailer section); returns the bytes used,
+  // 0 with need_more when incomplete.
+  std::size_t chunk_header(const char* p, const char* end, error_code& ec);
+
+  std::uint64_t content_length_ = 0;
+  std::uint64_t remaining_ = 0;  // of the Content-Length body or of the current chunk
+  std::uint64_t body_limit_ = kRequest ? 1024 * 1024 : 8 * 1024 * 1024;
+  std::size_t head_bytes_ = 0;  // consumed so far, bounded by header_limit_
+  std::size_t scanned_ = 0;     // bytes of the pending line known to hold no line end
+  std::uint32_t header_limit_ = 8 * 1024;
+  std::uint16_t flags_ = 0;
+  State state_ = State::kNothingYet;
+  bool has_body_limit_ = true;
+  bool eager_ = false;
+  bool any_field_ = false;
+};
 
 // A request head and body. Header names, values, method and target are kept in one arena
 // string; Request's views point into it after the head is complete.
-class RequestParser final : public bhttp::basic_parser<true> {
+class RequestParser final : public BasicParser<RequestParser, true> {
  public:
   // `arena`, `fields` and `body` belong to the session and are reused from request to request.
   RequestParser(std::string& arena, std::vector<std::pair<std::size_t, std::size_t>>& fields,
@@ -51,6 +155,7 @@ class RequestParser final : public bhttp::basic_parser<true> {
   bool too_many_fields() const { return too_many_; }
 
  private:
+  friend class BasicParser<RequestParser, true>;
   using Span = std::pair<std::size_t, std::size_t>;
   std::string_view slice(Span s) const {
     return std::string_view(arena_).substr(s.first, s.second);
@@ -61,15 +166,14 @@ class RequestParser final : public bhttp::basic_parser<true> {
     return out;
   }
 
-  void on_request_impl(bhttp::verb, sv method, sv target, int, error_code&) override;
-  void on_response_impl(int, sv, int, error_code&) override {}
-  void on_field_impl(bhttp::field name, sv name_string, sv value, error_code& ec) override;
-  void on_header_impl(error_code&) override {}
-  void on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) override;
-  std::size_t on_body_impl(sv body, error_code&) override;
-  void on_chunk_header_impl(std::uint64_t, sv, error_code&) override {}
-  std::size_t on_chunk_body_impl(std::uint64_t, sv body, error_code&) override;
-  void on_finish_impl(error_code&) override {}
+  void on_request(std::string_view method, std::string_view target, int version);
+  void on_status(int, int) {}
+  void on_field(Field f, std::string_view name, std::string_view value, error_code& ec);
+  void on_body_init(std::uint64_t length) { body_.reserve(static_cast<std::size_t>(length)); }
+  std::size_t on_body(std::string_view body, error_code&) {
+    body_.append(body);
+    return body.size();
+  }
 
   std::string& arena_;
   std::vector<Span>& fields_;  // name span, value span: two entries per field
@@ -88,7 +192,7 @@ class RequestParser final : public bhttp::basic_parser<true> {
 };
 
 // A response head into Headers; the body is handed to a sink piece by piece.
-class ResponseParser final : public bhttp::basic_parser<false> {
+class ResponseParser final : public BasicParser<ResponseParser, false> {
  public:
   // `headers` is cleared and filled; body bytes are appended to *sink (set_sink) up to `limit`.
   explicit ResponseParser(Headers& headers) : headers_(headers) { headers_.clear(); }
@@ -104,29 +208,23 @@ class ResponseParser final : public bhttp::basic_parser<false> {
   bool sink_overflowed() const { return overflow_; }
 
  private:
-  void on_request_impl(bhttp::verb, sv, sv, int, error_code&) override {}
-  void on_response_impl(int code, sv, int, error_code&) override { status_ = code; }
-  void on_field_impl(bhttp::field f, sv name, sv value, error_code&) override {
+  friend class BasicParser<ResponseParser, false>;
+  void on_request(std::string_view, std::string_view, int) {}
+  void on_status(int code, int) { status_ = code; }
+  void on_field(Field f, std::string_view name, std::string_view value, error_code&) {
     const std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
-    headers_.add_parsed(name, value);  // basic_parser has validated name and value
-    if (f == bhttp::field::content_type && content_type_.second == 0) {
+    headers_.add_parsed(name, value);  // the parser has validated name and value
+    if (f == Field::kContentType && content_type_.second == 0) {
       content_type_ = {at, value.size()};
-    } else if (f == bhttp::field::retry_after && retry_after_.second == 0) {
+    } else if (f == Field::kRetryAfter && retry_after_.second == 0) {
       retry_after_ = {at, value.size()};
     }
   }
   std::string_view view(std::pair<std::size_t, std::size_t> s) const {
     return s.second == 0 ? std::string_view{} : headers_.wire().substr(s.first, s.second);
   }
-  void on_header_impl(error_code&) override {}
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
-  std::size_t on_body_impl(sv body, error_code& ec) override { return take(body, ec); }
-  void on_chunk_header_impl(std::uint64_t, sv, error_code&) override {}
-  std::size_t on_chunk_body_impl(std::uint64_t, sv body, error_code& ec) override {
-    return take(body, ec);
-  }
-  void on_finish_impl(error_code&) override {}
-  std::size_t take(std::string_view body, error_code& ec);
+  void on_body_init(std::uint64_t) {}
+  std::size_t on_body(std::string_view body, error_code& ec);
 
   Headers& headers_;
   std::pair<std::size_t, std::size_t> content_type_{0, 0};
@@ -136,6 +234,9 @@ class ResponseParser final : public bhttp::basic_parser<false> {
   int status_ = 0;
   bool overflow_ = false;
 };
+
+extern template class BasicParser<RequestParser, true>;
+extern template class BasicParser<ResponseParser, false>;
 
 // "HTTP/1.1 200 OK\r\nserver: NAME\r\n" + headers (without content-length, transfer-encoding and
 // connection, which the serializer owns) + the framing lines; the caller appends the body.
