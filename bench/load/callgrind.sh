@@ -17,7 +17,8 @@
 #        TOKENS=n: the simulator answers n completion tokens (an SSE stream of n + 3 events, like
 #        isolated.sh's 6-event upstream for TOKENS=3); unset, it answers the request's max_tokens
 #        (128: a 131-event stream)
-#        LEASE=1 (prod): budget leases on (budgets.lease.enabled)
+#        LEASE=0 / LEASE=1 (prod): budget leases off / on (budgets.lease.enabled); unset, the
+#        binary's default (on)
 #        OUT=dir: keep the loaded run's callgrind file as dir/callgrind.<CONFIG>.out, for
 #        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`
 # valgrind runs niced (nice -n 19); it needs no quiet machine, instructions do not depend on load.

@@ -39,13 +39,19 @@ track_pid() {
 # SQLite ledger and the access log to a file. Every request still pays for the checks, the
 # reservation, the ledger rows and the log line.
 # Usage: prod_policy_yaml KEY ACCESS_LOG LEDGER_DB [DURABILITY]
-#   env LEASE=1: budget leases on (budgets.lease, docs/cost-guard.md)
+#   env LEASE=0: budget leases off, LEASE=1: on (budgets.lease, docs/cost-guard.md); unset: the
+#   binary's default (on since leases became the default)
 prod_policy_yaml() {
+  local lease=""
+  case "${LEASE:-}" in
+    0) lease="  lease: {enabled: false}" ;;
+    1) lease="  lease: {enabled: true}" ;;
+  esac
   cat <<YAML
 access_log: {path: "$2"}
 budgets:
   global: {cap_usd: 100000000, period: monthly}
-  lease: {enabled: $([[ "${LEASE:-0}" == 1 ]] && echo true || echo false)}
+${lease}
 ledger: {path: "$3"${4:+, durability: $4}}
 plans:
   prod:

@@ -38,7 +38,9 @@
 namespace bw::cost {
 
 struct LeaseOptions {
-  bool enabled = false;
+  // On by default; the gateway takes leases only with the in-process budgets and a ledger whose
+  // supports_leases() is true (SQLite), and ignores the setting elsewhere.
+  bool enabled = true;
   // The most one lease holds. A lease is a whole number of the opening request's worst case,
   // and never more than half the set's headroom (near a cap requests go the exact way).
   Micros slice_micro = 1'000'000;

@@ -350,6 +350,16 @@ std::string render_metrics(Shared& sh) {
     advance_to(m.ledger_queue_full.get(), st.queue_full);
     m.ledger_queue_depth.get().set(static_cast<double>(st.queue_depth));
   }
+  if (sh.leases) {
+    const cost::LeaseStats st = sh.leases->stats();
+    static std::mutex lease_mu;  // see advance_to
+    std::lock_guard lock(lease_mu);
+    advance_to(m.budget_leases.with({"opened"}), st.opened);
+    advance_to(m.budget_leases.with({"closed"}), st.closed);
+    advance_to(m.budget_leases.with({"stuck"}), st.stuck);
+    advance_to(m.budget_lease_covered.get(), st.covered);
+    m.budget_leases_open.get().set(static_cast<double>(st.open_now));
+  }
   if (m.budget_utilization && sh.budget_store) {
     for (const auto& [id, u] : sh.budget_store->utilisation(sh.clock.unix_millis())) {
       m.budget_utilization->with({id}).set(u);

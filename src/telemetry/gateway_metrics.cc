@@ -97,6 +97,16 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                                   "request is refused with 503, never forwarded unrecorded).")),
       ledger_queue_depth(
           r.gauge("bellwether_ledger_queue_depth", "Ledger records queued and not yet committed.")),
+      budget_leases(r.counter("bellwether_budget_leases_total",
+                              "Budget leases opened, closed, and stuck (kept held because the "
+                              "ledger refused a record), by event.",
+                              {"event"})),
+      budget_lease_covered(
+          r.counter("bellwether_budget_lease_covered_total",
+                    "Budgeted requests covered by a budget lease (forwarded without a "
+                    "reservation row of their own).")),
+      budget_leases_open(r.gauge("bellwether_budget_leases_open",
+                                 "Budget leases open now (their ledger rows are open).")),
       cache_hits(r.counter("bellwether_cache_hits_total", "Response cache hits.")),
       cache_misses(r.counter("bellwether_cache_misses_total", "Response cache misses.")),
       cache_saved_usd(r.counter("bellwether_cache_saved_usd_total",
@@ -186,6 +196,9 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
   ledger_commits.get();
   ledger_queue_full.get();
   ledger_queue_depth.get();
+  for (const char* event : {"opened", "closed", "stuck"}) budget_leases.with({event});
+  budget_lease_covered.get();
+  budget_leases_open.get();
   cache_hits.get();
   cache_misses.get();
   replicas_recommended.with({"gateway", "", ""});

@@ -24,37 +24,40 @@ std::string_view status_class(int http_status);  // "2xx", "4xx", "5xx", ...; "o
 struct GatewayMetrics {
   explicit GatewayMetrics(Registry& registry, const GatewayMetricsOptions& options = {});
 
-  CounterFamily& requests;             // {endpoint,model,status_class,priority}
-  HistogramFamily& request_duration;   // {endpoint,model}, seconds
-  HistogramFamily& ttft;               // {model}, seconds to first streamed token
-  HistogramFamily& priority_duration;  // {priority}, seconds (the same as request_duration)
-  HistogramFamily& priority_ttft;      // {priority}, seconds (the same as ttft)
-  HistogramFamily& upstream_latency;   // {deployment}, seconds
-  CounterFamily& upstream_requests;    // {deployment,status_class}
-  CounterFamily& tokens;               // {model,type}; type = prompt|completion
-  CounterFamily& cost_usd;             // {model}; add() takes micro-dollars
-  CounterFamily& rate_limited;         // {limit}
-  GaugeFamily& queue_depth;            // {priority}
-  HistogramFamily& queue_wait;         // {priority}, seconds
-  GaugeFamily& in_flight;              // no labels
-  CounterFamily& shed;                 // {priority,reason}
-  CounterFamily& queue_timeouts;       // {priority}
-  GaugeFamily& breaker_state;          // {deployment}; 0 closed, 1 half-open, 2 open
-  CounterFamily& retries;              // {model}
-  CounterFamily& downgrades;           // {from,to}: requests moved to a cheaper model near a cap
-  CounterFamily& budget_refusals;      // {budget}: requests refused 429 insufficient_quota
-  CounterFamily& fallbacks;            // {from,to}
-  CounterFamily& dlq_entries;          // no labels
-  CounterFamily& dlq_dropped;          // no labels
-  CounterFamily& ledger_records;       // {result}: committed, failed
-  CounterFamily& ledger_commits;       // no labels: transactions (group commits)
-  CounterFamily& ledger_queue_full;    // no labels: records refused by a full queue
-  GaugeFamily& ledger_queue_depth;     // no labels
-  CounterFamily& cache_hits;           // no labels
-  CounterFamily& cache_misses;         // no labels
-  CounterFamily& cache_saved_usd;      // {model}; add() takes micro-dollars
-  CounterFamily& cached_tokens;        // {model}; prompt tokens the provider served from its cache
-  GaugeFamily* budget_utilization;     // {budget}; nullptr unless opted in
+  CounterFamily& requests;              // {endpoint,model,status_class,priority}
+  HistogramFamily& request_duration;    // {endpoint,model}, seconds
+  HistogramFamily& ttft;                // {model}, seconds to first streamed token
+  HistogramFamily& priority_duration;   // {priority}, seconds (the same as request_duration)
+  HistogramFamily& priority_ttft;       // {priority}, seconds (the same as ttft)
+  HistogramFamily& upstream_latency;    // {deployment}, seconds
+  CounterFamily& upstream_requests;     // {deployment,status_class}
+  CounterFamily& tokens;                // {model,type}; type = prompt|completion
+  CounterFamily& cost_usd;              // {model}; add() takes micro-dollars
+  CounterFamily& rate_limited;          // {limit}
+  GaugeFamily& queue_depth;             // {priority}
+  HistogramFamily& queue_wait;          // {priority}, seconds
+  GaugeFamily& in_flight;               // no labels
+  CounterFamily& shed;                  // {priority,reason}
+  CounterFamily& queue_timeouts;        // {priority}
+  GaugeFamily& breaker_state;           // {deployment}; 0 closed, 1 half-open, 2 open
+  CounterFamily& retries;               // {model}
+  CounterFamily& downgrades;            // {from,to}: requests moved to a cheaper model near a cap
+  CounterFamily& budget_refusals;       // {budget}: requests refused 429 insufficient_quota
+  CounterFamily& fallbacks;             // {from,to}
+  CounterFamily& dlq_entries;           // no labels
+  CounterFamily& dlq_dropped;           // no labels
+  CounterFamily& ledger_records;        // {result}: committed, failed
+  CounterFamily& ledger_commits;        // no labels: transactions (group commits)
+  CounterFamily& ledger_queue_full;     // no labels: records refused by a full queue
+  GaugeFamily& ledger_queue_depth;      // no labels
+  CounterFamily& budget_leases;         // {event}: opened, closed, stuck
+  CounterFamily& budget_lease_covered;  // no labels: requests a budget lease covered
+  GaugeFamily& budget_leases_open;      // no labels
+  CounterFamily& cache_hits;            // no labels
+  CounterFamily& cache_misses;          // no labels
+  CounterFamily& cache_saved_usd;       // {model}; add() takes micro-dollars
+  CounterFamily& cached_tokens;         // {model}; prompt tokens the provider served from its cache
+  GaugeFamily* budget_utilization;      // {budget}; nullptr unless opted in
   // Scaling (capacity_planner.h). target = "gateway" or a deployment id.
   GaugeFamily& replicas_recommended;     // {target,k8s_namespace,k8s_deployment}
   GaugeFamily& scaling_binding;          // {target,constraint,horizon}; 1 = binds

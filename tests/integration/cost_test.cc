@@ -286,7 +286,7 @@ struct TwoSims {
 };
 
 TwoSims start_two_sims(const std::string& groups, const std::string& pricing,
-                       const std::string& keys) {
+                       const std::string& keys, const std::string& extra = {}) {
   TwoSims e;
   e.dir = temp_dir();
   e.down = start_sim(sim_yaml());
@@ -312,14 +312,15 @@ model_groups:
 ledger: {path: )" + e.dir +
                        R"(/ledger.db}
 keys:
-)" + keys);
+)" + keys + extra);
   return e;
 }
 
-TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurrency) {
-  // "cheap" is down, so its fallback "dear" answers every request: 100x the input and 500x the
-  // output price, and an output limit of 16 tokens under the 40 the client asks for.
-  auto e = start_two_sims(
+// The scenario of the two tests below: "cheap" is down, so its fallback "dear" answers every
+// request: 100x the input and 500x the output price, and an output limit of 16 tokens under the
+// 40 the client asks for.
+TwoSims start_dearest_fallback(const std::string& extra) {
+  return start_two_sims(
       R"(  cheap:
     deployments: [{id: cheap-0, provider: down, model: quick}]
     fallbacks: [dear]
@@ -330,17 +331,23 @@ TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurren
   dear: {input: 100, output: 1000, max_output_tokens: 16}
 )",
       R"(  - {name: fbcap, key: sk-cost-fbcap-0001, plan: bulk, budget: {cap_usd: 0.25, period: total}}
-)");
-  // 400 characters: reserved as ceil(400/3)+4+3 = 141 prompt tokens, billed by the simulator as
-  // ceil(400/4)+4+3 = 107. "dear" is sent max_tokens 16 (its own limit under the 40 asked for),
-  // and the simulator bills the max_tokens it is sent.
-  const std::string body = chat_body("cheap", false, 40, std::string(400, 'x'));
-  constexpr std::int64_t kReserve = 141 * 100 + 16 * 1000;  // 30,100 at dear's price
-  constexpr std::int64_t kActual = 107 * 100 + 16 * 1000;   // 26,700
-  constexpr std::int64_t kCheapReserve = 141 * 1 + 40 * 2;  // 221: what was reserved before
-  constexpr std::int64_t kCap = 250'000;
-  constexpr int kN = 40;  // at the requested price all 40 fit (8,840); at the answering one 8
+)",
+      extra);
+}
 
+// 400 characters: reserved as ceil(400/3)+4+3 = 141 prompt tokens, billed by the simulator as
+// ceil(400/4)+4+3 = 107. "dear" is sent max_tokens 16 (its own limit under the 40 asked for),
+// and the simulator bills the max_tokens it is sent.
+constexpr std::int64_t kFbReserve = 141 * 100 + 16 * 1000;  // 30,100 at dear's price
+constexpr std::int64_t kFbActual = 107 * 100 + 16 * 1000;   // 26,700
+constexpr std::int64_t kFbCheapReserve = 141 * 1 + 40 * 2;  // 221: what was reserved before
+constexpr std::int64_t kFbCap = 250'000;
+
+// Sends 40 requests at once (at the requested price all 40 fit: 8,840; at the answering one 8),
+// checks the answers and the budget once nothing is held, and returns how many were served.
+int dearest_fallback_run(TwoSims& e) {
+  constexpr int kN = 40;
+  const std::string body = chat_body("cheap", false, 40, std::string(400, 'x'));
   const auto out =
       at_once(kN, [&](int) { return post_json(e.gw.port, kChat, body, "sk-cost-fbcap-0001"); });
   int ok = 0, refused = 0, over_limit = 0;
@@ -360,27 +367,58 @@ TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurren
   }
   std::printf("[ fallback cap ] %d requests: %d served, %d refused\n", kN, ok, refused);
   EXPECT_EQ(over_limit, 0) << "the fallback was not sent its own output limit: " << an_answer;
-  EXPECT_GE(ok, static_cast<int>(kCap / kReserve));
+  EXPECT_GE(ok, static_cast<int>(kFbCap / kFbReserve));
   EXPECT_GT(refused, 0);
 
   std::string spend;
-  ASSERT_TRUE(eventually([&] {
+  EXPECT_TRUE(eventually([&] {
     spend = spend_row(e.gw.port, "key", "fbcap");
     return !spend.empty() && num(spend, "open_reserved_usd") == 0.0;
   })) << spend;
   const auto budget = budget_row(e.gw.port, "key:fbcap/total");
   std::printf("[ fallback cap ] budget %s\n", budget.c_str());
-  EXPECT_LE(micros(num(budget, "spent_usd")), kCap) << "a dearer fallback took spend past the cap";
-  EXPECT_EQ(micros(num(budget, "spent_usd")), ok * kActual);
+  EXPECT_LE(micros(num(budget, "spent_usd")), kFbCap)
+      << "a dearer fallback took spend past the cap";
+  EXPECT_EQ(micros(num(budget, "spent_usd")), ok * kFbActual);
   // Settling released what the answer did not use of the larger reservation.
   EXPECT_EQ(micros(num(budget, "reserved_usd")), 0);
+  EXPECT_EQ(num(spend, "requests"), ok);
+  return ok;
+}
+
+// Per-request reservation rows (budget leases off): each row is reserved at the dearest price.
+TEST(CostGuard, AReservationCoversTheDearestFallbackAndTheCapHoldsUnderConcurrency) {
+  auto e = start_dearest_fallback("budgets:\n  lease: {enabled: false}\n");
+  const int ok = dearest_fallback_run(e);
   EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger"), std::to_string(ok));
   EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT reserved_micro FROM ledger"),
-            std::to_string(kReserve))
-      << "reserved at the requested model's price would be " << kCheapReserve;
+            std::to_string(kFbReserve))
+      << "reserved at the requested model's price would be " << kFbCheapReserve;
   EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT actual_micro FROM ledger"),
-            std::to_string(kActual));
+            std::to_string(kFbActual));
   EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT model FROM ledger"), "cheap");
+}
+
+// The same with budget leases (the default): a request covered by a lease takes the dearest
+// price from it, and its one row records that share; the lease rows close with nothing billed.
+TEST(CostGuard, ALeaseCoversTheDearestFallbackAndTheCapHoldsUnderConcurrency) {
+  auto e = start_dearest_fallback("");
+  const int ok = dearest_fallback_run(e);
+  const auto text = request(e.gw.port, "GET", "/metrics").body;
+  EXPECT_GT(metric(text, "bellwether_budget_leases_total{event=\"opened\"}"), 0.0)
+      << "no lease was taken: the test did not exercise them";
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE lease = 0"), std::to_string(ok));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT reserved_micro FROM ledger WHERE lease = 0"),
+            std::to_string(kFbReserve))
+      << "reserved at the requested model's price would be " << kFbCheapReserve;
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT actual_micro FROM ledger WHERE lease = 0"),
+            std::to_string(kFbActual));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT DISTINCT model FROM ledger WHERE lease = 0"), "cheap");
+  // Every lease row is closed with nothing billed on it: its spend is in its requests' rows.
+  EXPECT_EQ(sqlite(e.ledger(),
+                   "SELECT COUNT(*) FROM ledger WHERE lease = 1 AND (status <> "
+                   "'settled' OR actual_micro <> 0)"),
+            "0");
 }
 
 TEST(CostGuard, AReservationIsTheRequestedModelsWhenNoFallbackIsDearer) {
@@ -686,25 +724,32 @@ keys:
 
 // --- the ledger's write path in /metrics ---------------------------------------------------------
 
-TEST(CostGuard, LedgerMetricsCountRecordsAndGroupCommits) {
-  auto e = start(R"(keys:
-  - {name: meter, key: sk-cost-meter-0001, plan: bulk, budget: {cap_usd: 100, period: total}}
-)");
-  constexpr int kN = 40;
+// Eight clients at once against the 300 ms "metered" model: 40 requests, all served.
+void metered_burst(int port, int n) {
   std::vector<std::thread> threads;
   std::atomic<int> ok{0};
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&] {
-      for (int i = 0; i < kN / 8; ++i) {
-        auto r = post_json(e.gw.port, kChat, chat_body("metered", false, 10), "sk-cost-meter-0001");
+      for (int i = 0; i < n / 8; ++i) {
+        auto r = post_json(port, kChat, chat_body("metered", false, 10), "sk-cost-meter-0001");
         if (r.status == 200) ++ok;
       }
     });
   }
   for (auto& t : threads) t.join();
-  ASSERT_EQ(ok.load(), kN);
-  // Each request writes its reservation and its settlement; settlements are written after the
-  // answer, so wait for them.
+  ASSERT_EQ(ok.load(), n);
+}
+
+// Per-request rows (budget leases off): each request writes its reservation and its settlement.
+TEST(CostGuard, LedgerMetricsCountRecordsAndGroupCommits) {
+  auto e = start(R"(budgets:
+  lease: {enabled: false}
+keys:
+  - {name: meter, key: sk-cost-meter-0001, plan: bulk, budget: {cap_usd: 100, period: total}}
+)");
+  constexpr int kN = 40;
+  metered_burst(e.gw.port, kN);
+  // Settlements are written after the answer, so wait for them.
   std::string text;
   ASSERT_TRUE(eventually([&] {
     text = request(e.gw.port, "GET", "/metrics").body;
@@ -716,8 +761,46 @@ TEST(CostGuard, LedgerMetricsCountRecordsAndGroupCommits) {
   EXPECT_LE(commits, 2.0 * kN);
   EXPECT_EQ(metric(text, "bellwether_ledger_queue_full_total"), 0.0);
   EXPECT_EQ(metric(text, "bellwether_ledger_queue_depth"), 0.0);
+  EXPECT_EQ(metric(text, "bellwether_budget_leases_total{event=\"opened\"}"), 0.0);
   std::printf("[ ledger metrics ] %d requests: %.0f records in %.0f group commits\n", kN, 2.0 * kN,
               commits);
+}
+
+// With budget leases (the default): a covered request writes one record (its settled row), a
+// request on the per-request path two, and a lease two (its row, its close). Once every lease has
+// closed the records add up to exactly that, and fewer than two per request were written.
+TEST(CostGuard, LedgerMetricsCountLeasedRecords) {
+  auto e = start(R"(keys:
+  - {name: meter, key: sk-cost-meter-0001, plan: bulk, budget: {cap_usd: 100, period: total}}
+)");
+  constexpr int kN = 40;
+  metered_burst(e.gw.port, kN);
+  std::string text;
+  double covered = 0, opened = 0, records = 0;
+  ASSERT_TRUE(eventually([&] {
+    text = request(e.gw.port, "GET", "/metrics").body;
+    covered = metric(text, "bellwether_budget_lease_covered_total");
+    opened = metric(text, "bellwether_budget_leases_total{event=\"opened\"}");
+    records = metric(text, "bellwether_ledger_records_total{result=\"committed\"}");
+    return metric(text, "bellwether_budget_leases_open") == 0.0 &&
+           metric(text, "bellwether_ledger_queue_depth") == 0.0 &&
+           records == 2.0 * (kN - covered) + covered + 2.0 * opened;
+  })) << text;
+  std::printf(
+      "[ ledger metrics, leased ] %d requests: %.0f covered by %.0f leases; %.0f records in %.0f "
+      "group commits\n",
+      kN, covered, opened, records, metric(text, "bellwether_ledger_commits_total"));
+  EXPECT_GT(opened, 0.0) << "no lease was taken: the test did not exercise them";
+  EXPECT_EQ(metric(text, "bellwether_budget_leases_total{event=\"closed\"}"), opened);
+  EXPECT_EQ(metric(text, "bellwether_budget_leases_total{event=\"stuck\"}"), 0.0);
+  EXPECT_LT(records, 2.0 * kN);
+  EXPECT_EQ(metric(text, "bellwether_ledger_records_total{result=\"failed\"}"), 0.0);
+  EXPECT_EQ(metric(text, "bellwether_ledger_queue_full_total"), 0.0);
+  // The ledger holds one row per request and one per lease, none open.
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE lease = 0"), std::to_string(kN));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE lease = 1"),
+            std::to_string(static_cast<int>(opened)));
+  EXPECT_EQ(sqlite(e.ledger(), "SELECT COUNT(*) FROM ledger WHERE status = 'open'"), "0");
 }
 
 // --- 3. an abandoned stream is charged for what was generated ------------------------------------

@@ -459,5 +459,71 @@ TEST(Distributed, PostgresDownFailsClosedForBudgetsOpenForOthersAndRecovers) {
   EXPECT_LE(after, 1'000'000);
 }
 
+// --- 6. budget leases only where they are supported ----------------------------------------------
+
+// Budget leases are on by default, but only the in-process budgets with the SQLite ledger take
+// them: with budgets in Redis, or with the PostgreSQL ledger, every request keeps its own
+// reservation row. Each layout gets 24 requests at once against a 100 ms upstream (with leases,
+// the second one would open a lease); none is covered, no lease row is written, and each request
+// has its own row.
+TEST(Distributed, BudgetLeasesAreIgnoredWithRedisBudgetsOrThePostgresLedger) {
+  auto* pg = PgCluster::get();
+  if (!pg) GTEST_SKIP() << "PostgreSQL 15 is not installed or could not start";
+  Redis redis;
+  auto sim =
+      start_sim("sim:\n  workers: 1\n  defaults: {ttft: {median_ms: 100}, itl: {median_ms: 1}}\n");
+  struct Layout {
+    const char* name;
+    bool redis_budgets;
+    bool postgres;
+  };
+  int n = 0;
+  for (const Layout& l : {Layout{"redis budgets, postgres ledger", true, true},
+                          Layout{"in-process budgets, postgres ledger", false, true},
+                          Layout{"redis budgets, sqlite ledger", true, false}}) {
+    SCOPED_TRACE(l.name);
+    const std::string name = "lease-" + std::to_string(++n);
+    const std::string key = "sk-dist-lease-000" + std::to_string(n);
+    const std::string db = l.postgres ? pg->create_database() : std::string();
+    ASSERT_TRUE(!l.postgres || !db.empty());
+    const std::string dir = temp_dir();
+    std::string yaml =
+        "workers: 1\nproviders:\n  sim: {base_url: \"http://127.0.0.1:" + std::to_string(sim.port) +
+        "/v1\"}\n";
+    if (l.redis_budgets) yaml += "redis: {url: \"" + redis.url() + "\", timeout: 1s}\n";
+    yaml += l.postgres ? "ledger: {postgres: \"" + pg->uri(db) + "\"}\n"
+                       : "ledger: {path: " + dir + "/ledger.db}\n";
+    yaml += R"(model_groups:
+  metered: {deployments: [{provider: sim, model: metered}]}
+pricing:
+  metered: {input: 15, output: 100}
+plans:
+  bulk: {limits: []}
+keys:
+  - {name: )" +
+            name + ", key: " + key + ", plan: bulk, budget: {cap_usd: 100, period: total}}\n";
+    auto gw = start_gateway(yaml);
+    constexpr int kN = 24;
+    const auto out = at_once(kN, [&](int) { return post_json(gw.port, kChat, kSmallBody, key); });
+    for (const auto& r : out) EXPECT_EQ(r.status, 200) << r.body;
+    const auto ledger = [&](const std::string& q) {
+      return l.postgres ? pg->query(db, q)
+                        : sh("sqlite3 -batch -noheader '" + dir + "/ledger.db' \"" + q + "\"");
+    };
+    ASSERT_TRUE(eventually(
+        [&] { return ledger("SELECT COUNT(*) FROM ledger WHERE status = 'open'") == "0"; }));
+    const auto text = request(gw.port, "GET", "/metrics").body;
+    std::printf("[ leases ignored: %s ] %s rows, %s lease rows; leases opened %.0f\n", l.name,
+                ledger("SELECT COUNT(*) FROM ledger").c_str(),
+                ledger("SELECT COUNT(*) FROM ledger WHERE lease = 1").c_str(),
+                metric(text, "bellwether_budget_leases_total{event=\"opened\"}"));
+    EXPECT_EQ(metric(text, "bellwether_budget_leases_total{event=\"opened\"}"), 0.0);
+    EXPECT_EQ(metric(text, "bellwether_budget_lease_covered_total"), 0.0);
+    EXPECT_EQ(ledger("SELECT COUNT(*) FROM ledger WHERE lease = 1"), "0");
+    EXPECT_EQ(ledger("SELECT COUNT(*) FROM ledger WHERE key_id = '" + name + "'"),
+              std::to_string(kN));
+  }
+}
+
 }  // namespace
 }  // namespace bw::test
