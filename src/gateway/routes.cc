@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "api/messages.h"
+#include "common/buffer_stash.h"
 #include "gateway/admin.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
@@ -36,10 +37,10 @@ namespace {
 // "req_" + 24 hex digits: the time in milliseconds (11 digits, most significant first) and 52
 // random bits. Ids that sort by time make the ledger's primary key grow at one end, so a group
 // commit writes a few B-tree pages instead of one random page per row.
-std::string new_request_id(std::int64_t unix_ms) {
+void new_request_id(std::int64_t unix_ms, std::string& id) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id(28, '0');
+  id.assign(28, '0');
   id[0] = 'r';
   id[1] = 'e';
   id[2] = 'q';
@@ -48,17 +49,17 @@ std::string new_request_id(std::int64_t unix_ms) {
   for (int i = 0; i < 11; ++i) id[4 + i] = kHex[(t >> ((10 - i) * 4)) & 0xf];
   const std::uint64_t r = rng();
   for (int i = 0; i < 13; ++i) id[15 + i] = kHex[(r >> (i * 4)) & 0xf];
-  return id;
 }
 
 // A client-supplied x-request-id is kept if it is short and printable; else one is generated.
-std::string request_id_for(const Request& req, std::int64_t unix_ms) {
+void request_id_for(const Request& req, std::int64_t unix_ms, std::string& out) {
   auto id = req.header("x-request-id");
   if (!id.empty() && id.size() <= 128 &&
       std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
-    return std::string(id);
+    out.assign(id);
+    return;
   }
-  return new_request_id(unix_ms);
+  new_request_id(unix_ms, out);
 }
 
 asio::awaitable<void> readyz(Ctx& c) {
@@ -210,6 +211,7 @@ class PooledCtx {
     block_ = block.release();
   }
   ~PooledCtx() {
+    stash::give(ctx_->request_id);
     ctx_->~Ctx();
     release(block_);
   }
@@ -250,7 +252,8 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
   PooledCtx pooled(sh, sh.runtime->load(), req, w);
   Ctx& c = pooled.get();
   c.start = c.now();
-  c.request_id = request_id_for(req, sh.clock.unix_millis());
+  c.request_id = stash::take(28);
+  request_id_for(req, sh.clock.unix_millis(), c.request_id);
   // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
   // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
   const auto& cfg = c.rt->config();

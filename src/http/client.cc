@@ -399,7 +399,7 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limi
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
   im.piece.clear();  // parse() returns early while a read_some piece is pending
   if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
-    out.reserve(static_cast<std::size_t>(*cl));
+    out = stash::take(static_cast<std::size_t>(*cl));
   }
   im.parser->set_sink(&out, limit);
   im.parser->eager(true);

@@ -60,6 +60,13 @@ inline constexpr std::string_view kUpstreamCancelled = "client_closed_request";
 
 // The views must stay valid until send() completes.
 struct OutboundRequest {
+  OutboundRequest() = default;
+  OutboundRequest(const OutboundRequest&) = default;
+  OutboundRequest(OutboundRequest&&) noexcept = default;
+  OutboundRequest& operator=(const OutboundRequest&) = default;
+  OutboundRequest& operator=(OutboundRequest&&) noexcept = default;
+  ~OutboundRequest() { stash::give(body); }
+
   std::string_view method = "POST";
   std::string_view target;  // full path and query
   Headers headers;

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/buffer_stash.h"
+
 namespace bw::http {
 
 constexpr char ascii_lower(char c) {
@@ -78,6 +80,14 @@ class Headers {
     Iterator end() const { return Iterator(wire.substr(wire.size())); }
   };
 
+  Headers() = default;
+  Headers(const Headers&) = default;
+  Headers(Headers&&) noexcept = default;
+  Headers& operator=(const Headers&) = default;
+  Headers& operator=(Headers&&) noexcept = default;
+  // The buffer goes back to the thread's stash (common/buffer_stash.h) for the next request.
+  ~Headers() { stash::give(wire_); }
+
   // Appends a header (a repeated name is kept twice). Returns false if it was refused.
   bool add(std::string_view name, std::string_view value);
   // add() of a name checked at compile time: only the value is checked.
@@ -108,7 +118,14 @@ class Headers {
     wire_.clear();
     framing_ = false;
   }
-  void reserve(std::size_t bytes) { wire_.reserve(bytes); }
+  void reserve(std::size_t bytes) {
+    if (wire_.capacity() >= bytes) return;
+    if (wire_.empty()) {
+      wire_ = stash::take(bytes);
+    } else {
+      wire_.reserve(bytes);
+    }
+  }
   // "name: value\r\n" for every header, in order.
   std::string_view wire() const { return wire_; }
 
@@ -132,6 +149,13 @@ struct Request {
 };
 
 struct Response {
+  Response() = default;
+  Response(const Response&) = default;
+  Response(Response&&) noexcept = default;
+  Response& operator=(const Response&) = default;
+  Response& operator=(Response&&) noexcept = default;
+  ~Response() { stash::give(body); }
+
   int status = 200;
   Headers headers;
   std::string body;

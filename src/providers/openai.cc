@@ -13,6 +13,7 @@
 
 #include "api/chat.h"
 #include "api/json_read.h"
+#include "common/buffer_stash.h"
 #include "common/json_util.h"
 #include "providers/chunk_scan.h"
 
@@ -491,8 +492,7 @@ std::optional<std::string> rewrite_fast(std::string_view body, std::string_view 
                                         bool force_include_usage, std::int64_t max_tokens) {
   MemberScanner sc(body);
   if (!sc.open()) return std::nullopt;
-  std::string out;
-  out.reserve(body.size() + provider_model.size() + 48);
+  std::string out = stash::take(body.size() + provider_model.size() + 48);
   std::size_t copied = 0;  // body bytes before this offset are in `out`
   bool saw_max = false, any = false;
   std::string_view key;
@@ -551,8 +551,7 @@ std::optional<std::string> rewrite_from_layout(std::string_view body, const Body
   const auto cap_len =
       max_tokens > 0 ? std::to_chars(cap, cap + sizeof cap, max_tokens).ptr - cap : 0;
   const std::string_view cap_text(cap, static_cast<std::size_t>(cap_len));
-  std::string out;
-  out.reserve(body.size() + provider_model.size() + 48);
+  std::string out = stash::take(body.size() + provider_model.size() + 48);
   std::size_t copied = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const auto& r = reps[i];

@@ -83,13 +83,27 @@ AttemptPlanner::AttemptPlanner(const FallbackTable* table, std::string_view mode
 }
 
 bool AttemptPlanner::seen(std::string_view m) const {
-  return std::find(visited_.begin(), visited_.end(), m) != visited_.end();
+  return m == first_ || std::find(later_.begin(), later_.end(), m) != later_.end();
+}
+
+const std::vector<std::string>& AttemptPlanner::visited() const {
+  visited_.clear();
+  visited_.push_back(first_);
+  visited_.insert(visited_.end(), later_.begin(), later_.end());
+  return visited_;
 }
 
 void AttemptPlanner::enter(std::string_view m) {
   model_.assign(m);
   exclude_ = 0;
-  visited_.emplace_back(m);
+  // The constructor enters the requested model: it is kept apart from the later ones, so that a
+  // request that never moves on allocates no list.
+  if (entered_) {
+    later_.emplace_back(m);
+  } else {
+    first_.assign(m);
+    entered_ = true;
+  }
   queue_.clear();
   next_ = 0;
   if (table_ == nullptr) return;
@@ -106,7 +120,7 @@ AttemptPlanner::Move AttemptPlanner::on_unavailable(bool only_exclusions) {
                                   queue_.end());
     model_ = std::move(candidate);
     exclude_ = 0;
-    visited_.push_back(model_);
+    later_.push_back(model_);
     queue_ = std::move(rest);
     next_ = 0;
     return Move::kNextModel;

@@ -62,7 +62,7 @@ class AttemptPlanner {
   bool has_pending_fallback() const;
 
   // Models in the order they were entered.
-  const std::vector<std::string>& visited() const { return visited_; }
+  const std::vector<std::string>& visited() const;
 
  private:
   bool seen(std::string_view m) const;
@@ -73,7 +73,10 @@ class AttemptPlanner {
   std::uint64_t exclude_ = 0;
   std::vector<std::string> queue_;  // remaining chain, in order
   std::size_t next_ = 0;
-  std::vector<std::string> visited_;
+  std::string first_;               // the model entered first (the requested one)
+  std::vector<std::string> later_;  // the models entered after it
+  bool entered_ = false;
+  mutable std::vector<std::string> visited_;  // visited()'s answer
 };
 
 }  // namespace bw::routing

@@ -1,0 +1,68 @@
+#pragma once
+// The heap buffers of a request's strings, kept per thread for the next request. Every proxied
+// request builds the same handful of strings at about the same sizes (the upstream request's
+// headers and body, the upstream answer's headers and body, the client's answer headers, the
+// request id); without this each cost a malloc and a free, and those of ~1 KB and more (the
+// bodies) go past glibc's per-thread cache into its arena.
+//
+// Buffers are kept by size class (powers of two from 16 bytes), a few per class: take() looks
+// at one class, give() puts into one, so both cost a few instructions. A buffer that take()
+// has to make is rounded up to its class's size, so that it is found again once given back.
+// Bounded: kPerClass buffers of each class, none above 16 KB (~256 KB per thread at most); a
+// larger one, or one given to a full class, is freed as before.
+// Thread safety: per thread, nothing shared.
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <string>
+
+namespace bw::stash {
+
+// Class k holds buffers whose allocation (capacity + 1 for the terminator) is in
+// [16 << k, 32 << k): capacities 15 (inside the string) up to 16,382.
+inline constexpr std::size_t kClasses = 10;
+inline constexpr std::size_t kPerClass = 8;
+
+namespace detail {
+struct Shelf {
+  std::array<std::array<std::string, kPerClass>, kClasses> items;  // [c][0, n[c]) hold buffers
+  std::array<std::size_t, kClasses> n{};
+};
+inline Shelf& shelf() {
+  thread_local Shelf s;
+  return s;
+}
+}  // namespace detail
+
+// An empty string with room for at least `min` characters: a kept buffer when its class has
+// one, else a new one of the class's size.
+inline std::string take(std::size_t min) {
+  std::string out;
+  if (min <= 15) return out;  // fits inside the string itself
+  // The first class whose every buffer holds `min`: capacity (16 << c) - 1 >= min.
+  const auto c = static_cast<std::size_t>(std::bit_width(min)) - 4;
+  if (c >= kClasses) {
+    out.reserve(min);
+    return out;
+  }
+  auto& s = detail::shelf();
+  if (s.n[c] > 0) return std::move(s.items[c][--s.n[c]]);
+  out.reserve((std::size_t{16} << c) - 1);
+  return out;
+}
+
+// Keeps `str`'s buffer for a later take() (then `str` is left empty); for use just before
+// `str` is destroyed.
+inline void give(std::string& str) {
+  const std::size_t cap = str.capacity();
+  if (cap < 31) return;  // no heap buffer, or one smaller than any take() asks of its class
+  const auto c = static_cast<std::size_t>(std::bit_width(cap + 1)) - 5;
+  if (c >= kClasses) return;
+  auto& s = detail::shelf();
+  if (s.n[c] == kPerClass) return;
+  std::string& slot = s.items[c][s.n[c]++];
+  slot = std::move(str);
+  slot.clear();
+}
+
+}  // namespace bw::stash

@@ -1,0 +1,104 @@
+#include "common/buffer_stash.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http/http.h"
+
+namespace bw {
+namespace {
+
+// Empties the calling thread's shelf, so that each test starts from nothing kept.
+void drain() {
+  std::vector<std::string> held;
+  for (std::size_t min : {16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8191}) {
+    for (std::size_t i = 0; i < stash::kPerClass + 1; ++i) held.push_back(stash::take(min));
+  }
+}
+
+TEST(BufferStash, TakeGivesAnEmptyStringWithRoom) {
+  drain();
+  for (std::size_t min : {0, 1, 15, 16, 28, 31, 32, 100, 1000, 8191, 8192, 20000, 100000}) {
+    std::string s = stash::take(min);
+    EXPECT_TRUE(s.empty()) << min;
+    EXPECT_GE(s.capacity(), min) << min;
+  }
+}
+
+TEST(BufferStash, AGivenBufferIsTakenAgainBySizesOfItsClass) {
+  drain();
+  std::string s = stash::take(1000);
+  s.assign(900, 'x');
+  const char* buffer = s.data();
+  stash::give(s);
+  EXPECT_TRUE(s.empty());
+  // A request larger than the class's smallest buffer looks elsewhere.
+  std::string larger = stash::take(1024);
+  EXPECT_NE(larger.data(), buffer);
+  std::string again = stash::take(600);
+  EXPECT_EQ(again.data(), buffer);
+  EXPECT_TRUE(again.empty());
+  EXPECT_GE(again.capacity(), 600u);
+  // Taken once: the next take of that class makes a new buffer.
+  std::string other = stash::take(600);
+  EXPECT_NE(other.data(), buffer);
+}
+
+TEST(BufferStash, SmallAndHugeBuffersAreNotKept) {
+  drain();
+  std::string inline_chars = "short";
+  stash::give(inline_chars);
+  EXPECT_EQ(inline_chars, "short");  // no heap buffer: left as it was
+  std::string huge(64 * 1024, 'h');
+  stash::give(huge);
+  EXPECT_EQ(huge.size(), 64u * 1024);  // above the largest class: freed by its owner
+}
+
+TEST(BufferStash, AFullClassKeepsNoMore) {
+  drain();
+  std::vector<std::string> made;
+  std::vector<const char*> buffers;
+  for (std::size_t i = 0; i < stash::kPerClass + 2; ++i) {
+    made.push_back(stash::take(300));
+    buffers.push_back(made.back().data());
+  }
+  std::size_t kept = 0;
+  for (auto& s : made) {
+    stash::give(s);
+    if (s.capacity() <= 15) ++kept;
+  }
+  EXPECT_EQ(kept, stash::kPerClass);
+}
+
+TEST(BufferStash, ShelvesArePerThread) {
+  drain();
+  std::string s = stash::take(2000);
+  const char* buffer = s.data();
+  stash::give(s);
+  const char* seen_elsewhere = nullptr;
+  std::thread t([&] { seen_elsewhere = stash::take(2000).data(); });
+  t.join();
+  EXPECT_NE(seen_elsewhere, buffer);
+  EXPECT_EQ(stash::take(2000).data(), buffer);
+}
+
+TEST(BufferStash, HeadersGiveTheirBufferBackWhenDestroyed) {
+  drain();
+  const char* buffer = nullptr;
+  {
+    http::Headers h;
+    h.reserve(300);
+    h.add("x-one", "1");
+    buffer = h.wire().data();
+    http::Headers copy = h;  // a copy has its own buffer
+    EXPECT_NE(copy.wire().data(), buffer);
+    EXPECT_EQ(copy.wire(), h.wire());
+  }
+  EXPECT_EQ(stash::take(300).data(), buffer);
+}
+
+}  // namespace
+}  // namespace bw
