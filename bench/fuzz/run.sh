@@ -12,7 +12,9 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-targets=$(sed -n 's/^set(BW_FUZZ_TARGETS \(.*\))$/\1/p' fuzz/CMakeLists.txt)
+# The list may span lines: everything between "set(BW_FUZZ_TARGETS" and the closing parenthesis.
+targets=$(sed -n '/^set(BW_FUZZ_TARGETS/,/)/p' fuzz/CMakeLists.txt | tr '\n' ' ' |
+  sed 's/^set(BW_FUZZ_TARGETS *\([^)]*\)).*/\1/' | tr -s ' ' | sed 's/ *$//')
 if [[ "${1:-}" == "list" || $# -lt 2 ]]; then
   echo "usage: $0 TARGET SECONDS; targets: $targets" >&2
   [[ "${1:-}" == "list" ]] && exit 0 || exit 2

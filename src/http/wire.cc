@@ -429,6 +429,8 @@ void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, 
       ec = bhttp::error::bad_content_length;
     } else if (f == Field::kTransferEncoding) {
       ec = bhttp::error::bad_transfer_encoding;
+    } else if (f == Field::kConnection || f == Field::kProxyConnection) {
+      framing_field(f, value, ec);  // checked, and honoured ("close") as Beast did
     }
     return;
   }
