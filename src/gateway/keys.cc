@@ -352,8 +352,7 @@ http::Response reservations_list(AdminCall& call) {
 }
 
 Error bad_reconcile(std::string msg, std::string param = {}) {
-  return make_error(400, "invalid_request_error", "invalid_reconcile", std::move(msg),
-                    std::move(param));
+  return errors::make(errors::kInvalidReconcile, std::move(msg), std::move(param));
 }
 
 // {"actual_usd": <number ≥ 0>} settles at that amount; {"release": true} releases (nullopt).
