@@ -88,6 +88,7 @@ struct LedgerRow {
   LedgerStatus status = LedgerStatus::kOpen;
   std::int64_t created_unix_ms = 0;
   std::int64_t settled_unix_ms = 0;
+  bool lease = false;  // a budget lease's row
 };
 
 // Settled spend of one (budgets, key, tenant, UTC day) group; used to rebuild budget counters.

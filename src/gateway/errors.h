@@ -74,6 +74,7 @@ inline constexpr Spec kNoLedger{404, "invalid_request_error", "no_ledger"};
 inline constexpr Spec kNoKeyStore{404, "invalid_request_error", "no_key_store"};
 inline constexpr Spec kKeyGone{409, "invalid_request_error", "key_gone"};
 inline constexpr Spec kInvalidKeySpec{400, "invalid_request_error", "invalid_key_spec"};
+inline constexpr Spec kInvalidReconcile{400, "invalid_request_error", "invalid_reconcile"};
 inline constexpr Spec kBadGroup{400, "invalid_request_error", "bad_group"};
 inline constexpr Spec kInvalidModel{400, "invalid_request_error", "invalid_model"};
 inline constexpr Spec kInvalidBudget{400, "invalid_request_error", "invalid_budget"};
@@ -123,6 +124,7 @@ inline constexpr std::array kAll = {
     kNoKeyStore,
     kKeyGone,
     kInvalidKeySpec,
+    kInvalidReconcile,
     kBadGroup,
     kInvalidModel,
     kInvalidBudget,

@@ -238,7 +238,8 @@ Result<Ok> Gateway::start_budgets(const config::Config& cfg,
           "at their reserved amount",
           static_cast<double>(rec->settled_micro) / 1e6, rec->open.size());
     }
-    recovered_ = std::move(rec->open);
+    std::lock_guard lock(shared_->recovered_mu);
+    shared_->recovered = std::move(rec->open);
   }
   if (!shared_->budget_store) {
     shared_->budget_store = std::make_unique<cost::LocalBudgetStore>(*shared_->budgets);

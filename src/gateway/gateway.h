@@ -71,9 +71,6 @@ class Gateway {
   std::uint16_t sim_port_ = 0;
   std::atomic<std::shared_ptr<const Runtime>> runtime_;
   std::shared_ptr<Shared> shared_;
-  // Open ledger rows found at startup, held in the budgets until reconciled (recovery.h):
-  // dropping them would free headroom that the ledger still counts as reserved.
-  std::vector<cost::RecoveredReservation> recovered_;
   std::unique_ptr<http::Server> server_;
   std::unique_ptr<http::Server> admin_server_;
   // Feeds the predictive scaler once a second.

@@ -2,6 +2,11 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+
 #include "common/clock.h"
 #include "common/json_util.h"
 #include "cost/money.h"
@@ -292,6 +297,129 @@ http::Response budgets_list(AdminCall& call) {
   return http::Response::json(200, j.take());
 }
 
+// Recovered open rows (reservations and lease rows left open by a crash): listed, then settled
+// or released one by one by an operator who knows what the provider billed.
+std::string iso_utc(std::int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[64];
+  std::snprintf(out, sizeof out, "%s.%03dZ", buf, static_cast<int>(unix_ms % 1000));
+  return out;
+}
+
+void recovered_json(JsonWriter& j, const cost::LedgerRow& row) {
+  j.begin_object()
+      .key("request_id")
+      .value(row.request_id)
+      .key("key_id")
+      .value(row.key_id)
+      .key("tenant_id")
+      .value(row.tenant_id)
+      .key("model")
+      .value(row.model)
+      .key("budgets")
+      .begin_array();
+  for (const auto& b : row.budgets) j.value(b);
+  j.end_array()
+      .key("reserved_usd")
+      .value(static_cast<double>(row.reserved_micro) / 1e6)
+      .key("created_unix_ms")
+      .value(row.created_unix_ms)
+      .key("created")
+      .value(iso_utc(row.created_unix_ms))
+      .key("lease")
+      .value(row.lease)
+      .key("status")
+      .value(cost::to_string(row.status));
+}
+
+http::Response reservations_list(AdminCall& call) {
+  auto& sh = call.c.sh;
+  std::lock_guard lock(sh.recovered_mu);
+  JsonWriter j;
+  j.begin_object().key("object").value("list").key("data").begin_array();
+  cost::Micros total = 0;
+  for (const auto& open : sh.recovered) {
+    recovered_json(j, open.row);
+    j.end_object();
+    total = cost::sat_add(total, open.row.reserved_micro);
+  }
+  j.end_array().key("reserved_usd").value(static_cast<double>(total) / 1e6).end_object();
+  return http::Response::json(200, j.take());
+}
+
+Error bad_reconcile(std::string msg, std::string param = {}) {
+  return errors::make(errors::kInvalidReconcile, std::move(msg), std::move(param));
+}
+
+// {"actual_usd": <number ≥ 0>} settles at that amount; {"release": true} releases (nullopt).
+Result<std::optional<cost::Micros>> reconcile_body(std::string_view body) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
+    return bad_reconcile(
+        "the body must be a JSON object: {\"actual_usd\": <amount>} or {\"release\": true}");
+  }
+  std::optional<cost::Micros> actual;
+  bool release = false;
+  simdjson::dom::object object = doc.get_object().value_unsafe();
+  for (auto field : object) {
+    if (field.key == "actual_usd") {
+      double usd = 0;
+      std::int64_t i = 0;
+      std::uint64_t u = 0;
+      if (field.value.get(usd) == simdjson::SUCCESS) {
+      } else if (field.value.get(i) == simdjson::SUCCESS) {
+        usd = static_cast<double>(i);
+      } else if (field.value.get(u) == simdjson::SUCCESS) {
+        usd = static_cast<double>(u);
+      } else {
+        return bad_reconcile("actual_usd must be a number", "actual_usd");
+      }
+      if (!std::isfinite(usd) || usd < 0 || usd > 1e9) {
+        return bad_reconcile("actual_usd must be between 0 and 1e9", "actual_usd");
+      }
+      actual = cost::usd_to_micros(usd);
+    } else if (field.key == "release") {
+      if (field.value.get(release) != simdjson::SUCCESS || !release) {
+        return bad_reconcile("release must be true", "release");
+      }
+    } else {
+      return bad_reconcile("unknown field '" + std::string(field.key) + "'",
+                           std::string(field.key));
+    }
+  }
+  if (actual.has_value() == release) {
+    return bad_reconcile("give exactly one of actual_usd and release");
+  }
+  return actual;
+}
+
+http::Response reservation_reconcile(AdminCall& call) {
+  auto& sh = call.c.sh;
+  auto actual = reconcile_body(call.c.req.body);
+  if (!actual) return error(actual.error());
+  const std::string_view id = call.param("request_id");
+  std::lock_guard lock(sh.recovered_mu);
+  auto it = std::find_if(sh.recovered.begin(), sh.recovered.end(),
+                         [&](const auto& r) { return r.row.request_id == id; });
+  if (it == sh.recovered.end() || !sh.ledger || !sh.budgets) {
+    return error(errors::make(errors::kNotFound,
+                              "No recovered reservation '" + std::string(id) + "' is held."));
+  }
+  // Blocks until the ledger commit is durable; the budgets follow only when it is.
+  auto done = cost::reconcile(*sh.ledger, *sh.budgets, *it, *actual, sh.clock.unix_millis());
+  if (!done) return error(done.error());
+  JsonWriter j;
+  recovered_json(j, it->row);
+  j.key("actual_usd").value(static_cast<double>(actual->value_or(0)) / 1e6).end_object();
+  sh.recovered.erase(it);
+  return http::Response::json(200, j.take());
+}
+
 http::Response spend_report(AdminCall& call) {
   auto& sh = call.c.sh;
   const auto target = call.c.req.target;
@@ -425,6 +553,8 @@ http::Response key_update(AdminCall& call, cost::KeyStore& store, std::int64_t) 
 void add_key_routes(AdminTable& t) {
   t.add_blocking("GET", "/admin/budgets", budgets_list);
   t.add_blocking("GET", "/admin/spend", spend_report);
+  t.add_blocking("GET", "/admin/reservations", reservations_list);
+  t.add_blocking("POST", "/admin/reservations/{request_id}/reconcile", reservation_reconcile);
   t.add_blocking("GET", "/admin/keys", with_key_store(keys_list));
   t.add_blocking("POST", "/admin/keys", with_key_store(key_create));
   t.add_blocking("GET", "/admin/keys/{id}", with_key_store(key_get));

@@ -18,6 +18,7 @@
 #include "cost/key_store.h"
 #include "cost/lease.h"
 #include "cost/ledger.h"
+#include "cost/recovery.h"
 #include "gateway/access_log.h"
 #include "gateway/console.h"
 #include "gateway/runtime.h"
@@ -67,6 +68,10 @@ struct Shared {
   // Budget leases (in-process budgets with the SQLite ledger, when budgets.lease.enabled);
   // destroyed before the budgets and the ledger it writes to.
   std::unique_ptr<cost::LeaseBook> leases;
+  // Open ledger rows found at startup, held in the budgets until an operator reconciles them
+  // (/admin/reservations): dropping one would free headroom the ledger still counts as reserved.
+  std::mutex recovered_mu;
+  std::vector<cost::RecoveredReservation> recovered;
   std::unique_ptr<cost::KeyStore> key_store;
   std::unique_ptr<cost::WebhookSender> webhooks;
   std::mutex keys_mu;  // serialises stored-key changes and the runtime rebuild that follows

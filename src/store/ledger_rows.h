@@ -22,7 +22,7 @@ using LedgerQueue = GroupCommitQueue<LedgerRecord>;
 // The columns read_ledger_row() expects, in order.
 inline constexpr const char* kLedgerColumns =
     "request_id, key_id, tenant_id, model, budgets, reserved_micro, actual_micro, prompt_tokens,"
-    " completion_tokens, status, created_unix_ms, settled_unix_ms";
+    " completion_tokens, status, created_unix_ms, settled_unix_ms, lease";
 
 cost::LedgerStatus parse_ledger_status(std::string_view s);
 
@@ -43,6 +43,7 @@ cost::LedgerRow read_ledger_row(const Text& text, const Int& int64) {
   row.status = parse_ledger_status(text(9));
   row.created_unix_ms = int64(10);
   row.settled_unix_ms = int64(11);
+  row.lease = int64(12) != 0;
   return row;
 }
 
