@@ -410,12 +410,18 @@ http::Response reservation_reconcile(AdminCall& call) {
     return error(errors::make(errors::kNotFound,
                               "No recovered reservation '" + std::string(id) + "' is held."));
   }
+  // A lease row's actual_micro is spend already billed (a covered request whose id was in the
+  // ledger was folded into it): it stays charged, whatever the operator adds or releases.
+  std::optional<cost::Micros> amount = *actual;
+  if (it->row.lease && it->row.actual_micro > 0) {
+    amount = cost::sat_add(amount.value_or(0), it->row.actual_micro);
+  }
   // Blocks until the ledger commit is durable; the budgets follow only when it is.
-  auto done = cost::reconcile(*sh.ledger, *sh.budgets, *it, *actual, sh.clock.unix_millis());
+  auto done = cost::reconcile(*sh.ledger, *sh.budgets, *it, amount, sh.clock.unix_millis());
   if (!done) return error(done.error());
   JsonWriter j;
   recovered_json(j, it->row);
-  j.key("actual_usd").value(static_cast<double>(actual->value_or(0)) / 1e6).end_object();
+  j.key("actual_usd").value(static_cast<double>(amount.value_or(0)) / 1e6).end_object();
   sh.recovered.erase(it);
   return http::Response::json(200, j.take());
 }
