@@ -28,15 +28,7 @@ using std::chrono::milliseconds;
 constexpr const char* kChat = "/v1/chat/completions";
 
 std::string sh(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+  return shell_output(cmd);
 }
 
 // --- PostgreSQL: one cluster for the file (store/pg_cluster.h), stopped at the end -------------

@@ -131,6 +131,18 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+std::string shell_output(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
 Process::Process(std::vector<std::string> args, std::map<std::string, std::string> env,
                  std::string log_prefix) {
   auto dir = temp_dir();

@@ -17,6 +17,8 @@ bool wait_for_port(int port, std::chrono::milliseconds timeout = std::chrono::se
 std::string temp_dir();  // a fresh directory, removed at exit if every test passed
 void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);
+// Runs `cmd` through the shell; its standard output without the trailing line breaks.
+std::string shell_output(const std::string& cmd);
 
 class Process {
  public:

@@ -44,15 +44,7 @@ std::string str_between(const std::string& s, const std::string& open, const std
 }
 
 std::string sqlite(const std::string& db, const std::string& sql) {
-  std::string out;
-  FILE* p = ::popen(("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1").c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+  return shell_output("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1");
 }
 
 std::int64_t sqlite_int(const std::string& db, const std::string& sql) {

@@ -31,15 +31,7 @@ constexpr const char* kPath = "/v1/responses";
 constexpr const char* kKeyPrefix = "bw:resp:388a3de2bd1f00d1:";
 
 std::string sh(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+  return shell_output(cmd);
 }
 
 struct Redis {
