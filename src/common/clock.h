@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace bw {
 
@@ -24,6 +25,9 @@ constexpr Nanos millis(std::int64_t ms) {
 constexpr double to_seconds(Nanos n) {
   return static_cast<double>(n) / 1e9;
 }
+
+// "2026-12-01T00:00:00Z" (or "...00.123Z" with milliseconds) for a Unix time in milliseconds.
+std::string utc_iso8601(std::int64_t unix_ms, bool with_millis = false);
 
 class Clock {
  public:

@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <ctime>
 
 #include "common/clock.h"
 #include "common/json_util.h"
@@ -30,11 +28,8 @@ http::Response error(const Error& e) {
 Result<cost::KeyBudget> budget_from(simdjson::dom::element b) {
   cost::KeyBudget kb;
   double usd = -1;
-  if (b["cap_usd"].get(usd) != simdjson::SUCCESS) {
-    std::int64_t i = 0;
-    if (b["cap_usd"].get(i) != simdjson::SUCCESS) return bad("budget needs cap_usd", "budget");
-    usd = static_cast<double>(i);
-  }
+  // get(double) takes integers too.
+  if (b["cap_usd"].get(usd) != simdjson::SUCCESS) return bad("budget needs cap_usd", "budget");
   if (usd < 0 || usd > 1e9) return bad("cap_usd must be between 0 and 1e9", "budget");
   kb.cap_micro = cost::usd_to_micros(usd);
   std::string_view period = "monthly";
@@ -299,17 +294,6 @@ http::Response budgets_list(AdminCall& call) {
 
 // Recovered open rows (reservations and lease rows left open by a crash): listed, then settled
 // or released one by one by an operator who knows what the provider billed.
-std::string iso_utc(std::int64_t unix_ms) {
-  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  char out[64];
-  std::snprintf(out, sizeof out, "%s.%03dZ", buf, static_cast<int>(unix_ms % 1000));
-  return out;
-}
-
 void recovered_json(JsonWriter& j, const cost::LedgerRow& row) {
   j.begin_object()
       .key("request_id")
@@ -329,7 +313,7 @@ void recovered_json(JsonWriter& j, const cost::LedgerRow& row) {
       .key("created_unix_ms")
       .value(row.created_unix_ms)
       .key("created")
-      .value(iso_utc(row.created_unix_ms))
+      .value(utc_iso8601(row.created_unix_ms, /*with_millis=*/true))
       .key("lease")
       .value(row.lease)
       .key("status")
@@ -368,15 +352,8 @@ Result<std::optional<cost::Micros>> reconcile_body(std::string_view body) {
   simdjson::dom::object object = doc.get_object().value_unsafe();
   for (auto field : object) {
     if (field.key == "actual_usd") {
-      double usd = 0;
-      std::int64_t i = 0;
-      std::uint64_t u = 0;
-      if (field.value.get(usd) == simdjson::SUCCESS) {
-      } else if (field.value.get(i) == simdjson::SUCCESS) {
-        usd = static_cast<double>(i);
-      } else if (field.value.get(u) == simdjson::SUCCESS) {
-        usd = static_cast<double>(u);
-      } else {
+      double usd = 0;  // get(double) takes integers too
+      if (field.value.get(usd) != simdjson::SUCCESS) {
         return bad_reconcile("actual_usd must be a number", "actual_usd");
       }
       if (!std::isfinite(usd) || usd < 0 || usd > 1e9) {

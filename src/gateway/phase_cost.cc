@@ -8,7 +8,6 @@
 #include <atomic>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <ctime>
 
 #include "gateway/phases.h"
 
@@ -93,20 +92,11 @@ Error ledger_unavailable(const char* what) {
   return e;
 }
 
-std::string utc_time(std::int64_t unix_ms) {
-  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 Error budget_refused(const cost::BudgetRefusal& ref, std::int64_t now_ms) {
   Error e = errors::make(errors::kInsufficientQuota,
                          "The budget '" + ref.budget_id + "' would be exceeded by this request " +
                              "(cap $" + std::to_string(static_cast<double>(ref.cap_micro) / 1e6) +
-                             "); it resets at " + utc_time(ref.reset_unix_ms) + ".");
+                             "); it resets at " + utc_iso8601(ref.reset_unix_ms) + ".");
   if (ref.reset_unix_ms > now_ms && ref.reset_unix_ms < now_ms + 400LL * 86400 * 1000) {
     e.retry_after_s = static_cast<double>(ref.reset_unix_ms - now_ms) / 1000.0;
   }
