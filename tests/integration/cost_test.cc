@@ -55,24 +55,6 @@ HttpResponse admin(int port, const std::string& method, const std::string& path,
   return request(port, method, path, body, h);
 }
 
-// Runs a shell command and returns its stdout.
-std::string run(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
-std::string sqlite(const std::string& db, const std::string& sql) {
-  auto out = run("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1");
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
 // The /admin/spend row of one group (empty when the group has no row yet).
 std::string spend_row(int port, const std::string& group_by, const std::string& group) {
   auto r = admin(port, "GET", "/admin/spend?group=" + group_by);

@@ -143,6 +143,10 @@ std::string shell_output(const std::string& cmd) {
   return out;
 }
 
+std::string sqlite(const std::string& db, const std::string& sql) {
+  return shell_output("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1");
+}
+
 Process::Process(std::vector<std::string> args, std::map<std::string, std::string> env,
                  std::string log_prefix) {
   auto dir = temp_dir();

@@ -19,6 +19,8 @@ void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);
 // Runs `cmd` through the shell; its standard output without the trailing line breaks.
 std::string shell_output(const std::string& cmd);
+// The sqlite3 shell's output (errors included) for `sql` on the database file `db`.
+std::string sqlite(const std::string& db, const std::string& sql);
 
 class Process {
  public:

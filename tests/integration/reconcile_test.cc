@@ -43,10 +43,6 @@ std::string str_between(const std::string& s, const std::string& open, const std
   return s.substr(at, s.find(close, at) - at);
 }
 
-std::string sqlite(const std::string& db, const std::string& sql) {
-  return shell_output("sqlite3 -batch -noheader '" + db + "' \"" + sql + "\" 2>&1");
-}
-
 std::int64_t sqlite_int(const std::string& db, const std::string& sql) {
   return std::atoll(sqlite(db, sql).c_str());
 }
