@@ -1,6 +1,7 @@
 #include "cost/lease.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <random>
 #include <utility>
@@ -19,6 +20,8 @@ struct Lease {
   bool closed = false;           // its row is closed (or it is stuck)
   std::int64_t quiet_since = 0;  // when in_flight last went to 0
   std::int64_t valid_until = kForeverUnixMs;
+  // A covered row's commit failed (set by the ledger's writer thread, or by commit_failed()).
+  std::atomic<bool> commit_failed{false};
 
   Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
 };
@@ -123,8 +126,9 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
   std::shared_ptr<Lease> expired;
   if (auto& lease = st->current) {
     // A lease serves only inside the periods its hold was taken in: spend belongs to the
-    // period a reservation was made in, and a covered row is dated now.
-    if (now_unix_ms >= lease->valid_until) {
+    // period a reservation was made in, and a covered row is dated now. One whose covered row
+    // was not committed serves no more: the next request waits for a commit of its own.
+    if (now_unix_ms >= lease->valid_until || lease->commit_failed.load(std::memory_order_relaxed)) {
       lease->retired = true;
       expired = std::move(lease);
       st->current.reset();
@@ -217,6 +221,12 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, Ledge
   claim.amount_ = 0;
   const bool billed = row.status != LedgerStatus::kReleased;
   const Micros actual = billed ? std::max<Micros>(row.actual_micro, 0) : 0;
+  if (!done) {
+    done = [lease](const Result<Ok>& r) {
+      if (!r.ok()) lease->commit_failed.store(true, std::memory_order_relaxed);
+    };
+  }
+  out.lease = lease;
   row.lease_id = lease->id;
   row.reserved_micro = share;
   row.actual_micro = actual;
@@ -234,14 +244,41 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, Ledge
   if (!out.queued && !lease->closed) {
     // The lease row still counts this spend as reserved: keep the hold for good, in step.
     lease->retired = true;
-    detach(lease);
-    stuck_.push_back(lease);
-    ++stats_.stuck;
-    drop_set_if_idle(lease->set_key);
+    keep_held(lease);
     return out;
   }
   out.quiet = maybe_close(lease, now_unix_ms);
   return out;
+}
+
+void LeaseBook::commit_failed(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  if (!lease) return;
+  std::lock_guard lock(mu_);
+  retire_failed(lease, now_unix_ms);
+}
+
+// Under mu_. The lease takes no new request; it is kept held once its requests in flight end.
+void LeaseBook::retire_failed(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  lease->commit_failed.store(true, std::memory_order_relaxed);
+  // Closed already: its close was queued before the failure was known (the ledger refuses it,
+  // and the row stays open), or it is held for good.
+  if (lease->closed) return;
+  lease->retired = true;
+  auto it = sets_.find(lease->set_key);
+  if (it != sets_.end() && it->second->current == lease) {
+    it->second->current.reset();
+    drop_set_if_idle(lease->set_key);
+  }
+  maybe_close(lease, now_unix_ms);
+}
+
+// Under mu_. The lease's row stays open at what it reserves: its hold stays in the budgets too,
+// until a restart recovers the row (and an operator reconciles it).
+void LeaseBook::keep_held(const std::shared_ptr<Lease>& lease) {
+  detach(lease);
+  stuck_.push_back(lease);
+  ++stats_.stuck;
+  drop_set_if_idle(lease->set_key);
 }
 
 bool LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
@@ -276,7 +313,8 @@ bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all) {
 // its set waits idle_close_ms for the next request (close_idle).
 bool LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
   if (lease->closed || lease->in_flight > 0) return false;
-  if (!lease->retired && options_.idle_close_ms > 0) {
+  if (!lease->retired && options_.idle_close_ms > 0 &&
+      !lease->commit_failed.load(std::memory_order_relaxed)) {
     lease->quiet_since = now_unix_ms;
     return true;
   }
@@ -287,6 +325,10 @@ bool LeaseBook::maybe_close(const std::shared_ptr<Lease>& lease, std::int64_t no
 // Under mu_. The row first (nothing is owed on it any more: every covered request's row is
 // queued before this), then the hold.
 void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix_ms) {
+  if (lease->commit_failed.load(std::memory_order_relaxed)) {
+    keep_held(lease);  // its row does not say what was spent on it: the ledger keeps it open
+    return;
+  }
   detach(lease);
   LedgerSettlement close;
   close.request_id = lease->id;

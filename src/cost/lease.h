@@ -24,6 +24,15 @@
 // block (the queue is bounded): a refused append keeps the lease's hold for good (counted until
 // restart), which errs towards not spending.
 //
+// A covered row whose group commit FAILED (disk error, a lost transaction) retires its lease: the
+// lease row no longer says what was spent on it, and the ledger keeps it open at what it still
+// reserves (SqliteLedger refuses its close). The lease covers no new request (the next one opens
+// a fresh lease or takes the per-request path, and both wait for a commit, so a ledger that is
+// down refuses them), its requests in flight end on it, and then its hold is kept in the budgets
+// for good (stuck, until a restart recovers the open row), in step with the ledger: spent +
+// reserved in memory stay what the ledger holds. A failure the caller hears of through its own
+// callback is reported with commit_failed(); with no callback the book watches the commit itself.
+//
 // Thread safety: every method may be called from any thread. No method blocks on I/O.
 #include <cstdint>
 #include <memory>
@@ -93,7 +102,7 @@ struct LeaseStats {
   std::uint64_t opened = 0;
   std::uint64_t closed = 0;
   std::uint64_t covered = 0;  // requests covered
-  std::uint64_t stuck = 0;    // leases kept held because a ledger append was refused
+  std::uint64_t stuck = 0;    // leases kept held: a ledger append was refused or a commit failed
   std::size_t open_now = 0;
 };
 
@@ -130,11 +139,17 @@ class LeaseBook {
     SettleOutcome outcome;  // overshoot: actual above the request's share
     bool queued = false;    // the covered row reached the ledger's queue
     bool quiet = false;     // its lease has no request in flight now: run close_idle() later
+    // The lease the row was charged to: for commit_failed() when `done` reports an error.
+    std::shared_ptr<detail::Lease> lease;
   };
   // Charges `row.actual_micro` (or nothing for kReleased) to the lease, appends the covered row
-  // with `done` (Wake::kDeferred: the caller kicks) and closes the lease if it went quiet.
+  // with `done` (Wake::kDeferred: the caller kicks) and closes the lease if it went quiet. With a
+  // `done`, the caller reports a failed commit (commit_failed(out.lease)); without one, the book
+  // learns of it from the ledger's callback itself.
   Settled settle(LeaseClaim& claim, LedgerCovered row, LedgerCallback done,
                  std::int64_t now_unix_ms);
+  // A covered row of `lease` was not committed: the lease is retired at once (see above).
+  void commit_failed(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
   // A covered request that ended without a row (nothing billed, nothing to show): its share
   // goes back to the lease, which closes if it went quiet.
   bool release(LeaseClaim& claim, std::int64_t now_unix_ms);
@@ -148,6 +163,8 @@ class LeaseBook {
 
  private:
   void give_back(detail::Lease& lease, Micros amount);
+  void retire_failed(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
+  void keep_held(const std::shared_ptr<detail::Lease>& lease);
   // Closes a quiet lease that is retired (or when leases close at once); returns true when it
   // stays open quiet.
   bool maybe_close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);

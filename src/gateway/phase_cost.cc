@@ -229,6 +229,7 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
       return out.queued;
     });
     committed = r.ok();
+    if (!committed && out.queued) sh.leases->commit_failed(out.lease, sh.clock.unix_millis());
   } else {
     out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
     committed = out.queued;
@@ -237,8 +238,8 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
   if (out.quiet) close_leases_later(sh, co_await asio::this_coro::executor);
   if (!committed) {
     spdlog::error(
-        "ledger: the row of {} (covered by a budget lease) was not recorded; its lease stays "
-        "counted at its reserved amount until reconciled",
+        "ledger: the row of {} (covered by a budget lease) was not recorded; its lease covers "
+        "no more requests and stays held at its reserved amount until reconciled",
         c.request_id);
   }
   if (out.outcome.overshoot_micro > 0) warn_overshoot(c, out.outcome.overshoot_micro);

@@ -99,7 +99,7 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
           r.gauge("bellwether_ledger_queue_depth", "Ledger records queued and not yet committed.")),
       budget_leases(r.counter("bellwether_budget_leases_total",
                               "Budget leases opened, closed, and stuck (kept held because the "
-                              "ledger refused a record), by event.",
+                              "ledger refused or failed a record), by event.",
                               {"event"})),
       budget_lease_covered(
           r.counter("bellwether_budget_lease_covered_total",

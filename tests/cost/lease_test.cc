@@ -55,7 +55,9 @@ class FakeLedger final : public Ledger {
     auto batch = std::move(queue_);
     queue_.clear();
     for (auto& [rec, done] : batch) {
-      Result<Ok> r = apply(rec);
+      // A failed transaction (a disk error): nothing of the batch is written.
+      Result<Ok> r = fail_commit ? Result<Ok>(make_error(500, "server_error", "ledger", "disk I/O"))
+                                 : apply(rec);
       if (done) done(r);
     }
     ++commits;
@@ -83,6 +85,7 @@ class FakeLedger final : public Ledger {
 
   std::map<std::string, Row> rows;
   bool refuse = false;
+  bool fail_commit = false;
   int commits = 0;
 
  private:
@@ -429,6 +432,97 @@ TEST(Lease, ARefusedLedgerAppendKeepsTheLeaseHeld) {
   EXPECT_EQ(f.book->stats().stuck, 1u);
   EXPECT_EQ(f.ledger.open_reserved(), lease);
   EXPECT_LE(f.snap().spent_micro + f.snap().reserved_micro, f.ledger.open_reserved());
+}
+
+// A covered row whose group commit fails never lowered its lease row, which the ledger then
+// keeps open: the lease must not go on covering requests as if its row were right. It is
+// retired (the next request waits for a commit of its own), and once its last request ends its
+// hold stays in the budget, in step with the open row, instead of being released by a close.
+TEST(Lease, ACoveredRowWhoseCommitFailsRetiresItsLease) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 20;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b, c, d, e;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  const std::string failed_id = b.lease_id();
+  const Micros lease = 50 * kW;  // half the headroom (a has no reservation here)
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
+
+  // c's row is lost with its transaction (the book watches the commit: no callback given).
+  auto out = f.book->settle(c, f.row("c", 7'000), {}, kJan1);
+  ASSERT_TRUE(out.queued);
+  f.ledger.fail_commit = true;
+  f.ledger.commit();
+  f.ledger.fail_commit = false;
+  EXPECT_EQ(f.ledger.open_reserved(), lease) << "the fake lowered a lease in a failed commit";
+
+  // The next request is not covered by the lease whose row lost c's spend.
+  EXPECT_NE(f.book->begin(f.set, kW, kJan1 + 1, d), LeaseBook::Begin::kCovered)
+      << "a lease whose covered row was not committed went on covering requests";
+  EXPECT_FALSE(d.active());
+  f.book->open_failed(f.set.key);
+
+  // b, still in flight, ends on it; the lease then stays held, and no close reaches the ledger.
+  f.book->settle(b, f.row("b", 9'000), {}, kJan1 + 2);
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 1'000, /*all=*/true));
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 1);
+  EXPECT_EQ(f.ledger.settled(), 9'000);
+  EXPECT_EQ(f.ledger.open_reserved(), lease - 9'000);
+  EXPECT_EQ(f.snap().spent_micro, 16'000);
+  EXPECT_EQ(f.snap().reserved_micro, lease - 16'000);
+  // Memory holds what the ledger holds (c's lost 7k: spent here, still reserved there).
+  EXPECT_EQ(f.snap().spent_micro + f.snap().reserved_micro,
+            f.ledger.settled() + f.ledger.open_reserved());
+  EXPECT_EQ(f.book->stats().stuck, 1u);
+  EXPECT_EQ(f.book->stats().closed, 0u);
+  EXPECT_EQ(f.book->stats().open_now, 0u);
+
+  // A fresh lease serves the set from then on.
+  f.book->end_plain(f.set.key);  // a
+  f.book->end_plain(f.set.key);  // d
+  LeaseClaim g;
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1 + 3, e), LeaseBook::Begin::kPlain);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1 + 3, g), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, g));
+  EXPECT_NE(g.lease_id(), failed_id);
+  f.book->end_plain(f.set.key);
+  f.book->settle(g, f.row("g", 1'000), {}, kJan1 + 4);
+  f.book->close_idle(kJan1 + 1'000, /*all=*/true);
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 1) << "only the failed lease's row stays open";
+  EXPECT_EQ(f.book->stats().closed, 1u);
+}
+
+// The caller that waits for a covered row's commit hears of its failure first and reports it:
+// the lease is retired at once, and held for good when nothing of it is in flight.
+TEST(Lease, ACommitFailureReportedByTheCallerRetiresTheLeaseAtOnce) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 20;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b, c;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  f.book->end_plain(f.set.key);
+  bool failed = false;
+  auto out = f.book->settle(
+      b, f.row("b", 4'000), [&](const Result<Ok>& r) { failed = !r.ok(); }, kJan1);
+  ASSERT_TRUE(out.queued);
+  ASSERT_TRUE(out.lease);
+  f.ledger.fail_commit = true;
+  f.ledger.commit();
+  ASSERT_TRUE(failed);
+  f.book->commit_failed(out.lease, kJan1 + 1);
+  EXPECT_EQ(f.book->stats().stuck, 1u);
+  EXPECT_EQ(f.book->stats().open_now, 0u);
+  EXPECT_EQ(f.snap().reserved_micro, 50 * kW - 4'000);
+  EXPECT_NE(f.book->begin(f.set, kW, kJan1 + 2, c), LeaseBook::Begin::kCovered);
+  f.book->end_plain(f.set.key);
 }
 
 TEST(Lease, OvershootIsChargedAndReported) {
