@@ -298,6 +298,20 @@ char* write_double(char* p, double v) {
   return std::to_chars(p, p + kDoubleMaxSize, v, std::chars_format::general, 6).ptr;
 }
 
+char* write_double_round_trip(char* p, double v) {
+  if (!std::isfinite(v)) return write_literal(p, "null");
+  // The shortest digits that read back as `v` (to_chars without a precision), counted; printf's
+  // %g at that many digits (or six) rounds the exact value to a decimal at least as close, which
+  // reads back as `v` too, and keeps %g's choice between plain and exponent notation.
+  char shortest[kDoubleMaxSize];
+  const char* end =
+      std::to_chars(shortest, shortest + sizeof shortest, v, std::chars_format::scientific).ptr;
+  int digits = 0;
+  for (const char* q = shortest; q != end && *q != 'e'; ++q) digits += *q >= '0' && *q <= '9';
+  return std::to_chars(p, p + kDoubleMaxSize, v, std::chars_format::general, std::max(digits, 6))
+      .ptr;
+}
+
 std::string json_string(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 2);
@@ -401,7 +415,7 @@ JsonWriter& JsonWriter::value(std::uint64_t v) {
 JsonWriter& JsonWriter::value(double v) {
   comma();
   char buf[kDoubleMaxSize];
-  out_.append(buf, write_double(buf, v));
+  out_.append(buf, write_double_round_trip(buf, v));
   return *this;
 }
 JsonWriter& JsonWriter::value(bool v) {

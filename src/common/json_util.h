@@ -37,9 +37,15 @@ inline constexpr std::size_t kDecimalMaxSize = 24;
 char* write_decimal(char* p, std::int64_t units, int scale, int significant = 0);
 
 // A double as printf("%.6g") writes it (the standard defines to_chars that way), or null when
-// it is not finite, at `p` (room for kDoubleMaxSize bytes); returns the end.
+// it is not finite, at `p` (room for kDoubleMaxSize bytes); returns the end. For log lines
+// (durations at six significant digits), not for values a reader must get back.
 inline constexpr std::size_t kDoubleMaxSize = 32;
 char* write_double(char* p, double v);
+// A double with as many significant digits as reading it back to the same double needs, at
+// least six, in printf("%g")'s notation ("1234.56789", "0.1", "100000", "1e-07"); null when it
+// is not finite. What JsonWriter::value(double) writes: an amount of money, a sampling
+// parameter or a ratio survives the trip through JSON unchanged.
+char* write_double_round_trip(char* p, double v);
 
 // Copies a string literal (without its terminating NUL) to `p` in one fixed-size copy; returns
 // the end. For a caller that writes a line of known field names into room it has made.
@@ -75,7 +81,7 @@ class JsonWriter {
   JsonWriter& value(std::int64_t v);
   JsonWriter& value(std::uint64_t v);
   JsonWriter& value(int v) { return value(static_cast<std::int64_t>(v)); }
-  JsonWriter& value(double v);
+  JsonWriter& value(double v);  // write_double_round_trip
   JsonWriter& value(bool v);
   JsonWriter& null();
   JsonWriter& raw(std::string_view json);  // an already serialized value

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -205,6 +206,58 @@ TEST(WriteInt, SameAsToChars) {
     const std::uint64_t v = rng() >> (rng() % 64);  // every bit length
     ASSERT_EQ(uints(v), std_chars(v)) << v;
     ASSERT_EQ(ints(static_cast<std::int64_t>(v)), std_chars(static_cast<std::int64_t>(v)));
+  }
+}
+
+std::string json_double(double v) {
+  JsonWriter j;
+  j.value(v);
+  return j.take();
+}
+
+// JsonWriter writes a double so that reading it back gives the same double: money in the admin
+// API (spend, caps, reservations in USD) once lost everything past six significant digits
+// ("1234.57" for a spend of 1234.56789). Values that six digits hold keep their old text.
+TEST(WriteDoubleRoundTrip, ReadsBackAsTheSameDouble) {
+  EXPECT_EQ(json_double(1234.56789), "1234.56789");
+  EXPECT_EQ(json_double(1234567.891234), "1234567.891234");
+  EXPECT_EQ(json_double(static_cast<double>(1'234'567'891) / 1e6), "1234.567891");
+  EXPECT_EQ(json_double(static_cast<double>(999'999'999'999'999) / 1e6), "999999999.999999");
+  EXPECT_EQ(json_double(0.1 + 0.2), "0.30000000000000004");
+  EXPECT_EQ(json_double(0.1), "0.1");
+  EXPECT_EQ(json_double(0.000423), "0.000423");
+  EXPECT_EQ(json_double(4.23e-07), "4.23e-07");
+  EXPECT_EQ(json_double(100000), "100000");
+  EXPECT_EQ(json_double(1000), "1000");
+  EXPECT_EQ(json_double(0), "0");
+  EXPECT_EQ(json_double(-2.5), "-2.5");
+  EXPECT_EQ(json_double(1e9), "1e+09");
+  EXPECT_EQ(json_double(std::numeric_limits<double>::infinity()), "null");
+  EXPECT_EQ(json_double(std::nan("")), "null");
+  auto round_trips = [](double v) {
+    char buf[kDoubleMaxSize + 1] = {};
+    char* end = write_double_round_trip(buf, v);
+    ASSERT_LE(end - buf, static_cast<std::ptrdiff_t>(kDoubleMaxSize));
+    ASSERT_EQ(std::strtod(buf, nullptr), v) << buf;
+  };
+  for (double v : {std::numeric_limits<double>::max(), std::numeric_limits<double>::lowest(),
+                   std::numeric_limits<double>::min(), std::numeric_limits<double>::denorm_min(),
+                   -std::numeric_limits<double>::denorm_min(), 1.0 / 3, 2.0 / 3}) {
+    round_trips(v);
+  }
+  // Every micro-dollar amount is written as its exact decimal, and random doubles read back.
+  std::mt19937_64 rng(17);
+  for (int i = 0; i < 200'000; ++i) {
+    const auto micro = static_cast<std::int64_t>(rng() % 1'000'000'000'000'000ull);
+    const double usd = static_cast<double>(micro) / 1e6;
+    round_trips(usd);
+    char buf[kDecimalMaxSize];
+    ASSERT_EQ(std::strtod(std::string(buf, write_decimal(buf, micro, 6)).c_str(), nullptr),
+              std::strtod(json_double(usd).c_str(), nullptr));
+    double any = 0;
+    const std::uint64_t bits = rng();
+    std::memcpy(&any, &bits, sizeof any);
+    if (std::isfinite(any)) round_trips(any);
   }
 }
 

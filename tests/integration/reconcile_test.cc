@@ -277,8 +277,7 @@ TEST(CostGuard, RecoveredLeaseRowsAreReleasedThroughTheAdminApi) {
   auto lease = object_with(list.body, "\"lease\":true");
   ASSERT_FALSE(lease.empty()) << list.body;
   auto b = budget_row(gw.port, "key:ops/total");
-  // A lease is about $1: the admin JSON prints six significant digits.
-  EXPECT_NEAR(micros(num(b, "reserved_usd")), open_sum, 10);
+  EXPECT_EQ(micros(num(b, "reserved_usd")), open_sum);
   EXPECT_EQ(micros(num(b, "spent_usd")), 0);
   // Nothing was answered: release every held row, the lease first.
   std::vector<std::string> ids{str_between(lease, "\"request_id\":\"", "\"")};
@@ -303,6 +302,57 @@ TEST(CostGuard, RecoveredLeaseRowsAreReleasedThroughTheAdminApi) {
   EXPECT_EQ(micros(num(b, "spent_usd")), 5000 * leases) << b;
   EXPECT_EQ(count(admin(gw.port, "GET", "/admin/reservations").body, "\"request_id\""), 0u);
   EXPECT_EQ(sqlite_int(db, "SELECT COUNT(*) FROM ledger WHERE status='open'"), 0);
+}
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Amounts in the admin API are USD numbers that read back to the micro-dollar: a spend of
+// $1,234.567891 printed with six significant digits ("1234.57") was off by $0.002109, enough to
+// make an operator's reconciliation against the provider's invoice fail.
+TEST(CostGuard, AdminAmountsReadBackToTheMicroDollar) {
+  const std::string dir = temp_dir();
+  const std::string db = dir + "/ledger.db";
+  auto sim = start_sim(sim_yaml());
+  std::string yaml = gateway_yaml(sim.port, dir, /*leases=*/false);
+  const std::string cap = "cap_usd: 100.00";
+  yaml.replace(yaml.find(cap), cap.size(), "cap_usd: 10000.123456");
+  {
+    auto gw = start_gateway(yaml);  // creates the ledger
+  }
+  const std::string now = std::to_string(now_ms());
+  const std::string cols =
+      "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, "
+      "actual_micro, status, created_unix_ms) VALUES ";
+  ASSERT_EQ(sqlite(db, cols + "('spent-1', 'ops', '', 'slow', 'key:ops/total', 1300000000, " +
+                           "1234567891, 'settled', " + now + ");" + cols +
+                           "('held-1', 'ops', '', 'slow', 'key:ops/total', 987654321, 0, 'open', " +
+                           now + ");"),
+            "");
+  auto gw = start_gateway(yaml);
+  auto b = budget_row(gw.port, "key:ops/total");
+  std::printf("[ reconcile ] amounts: %s\n", b.c_str());
+  EXPECT_NE(b.find("\"cap_usd\":10000.123456"), std::string::npos) << b;
+  EXPECT_NE(b.find("\"spent_usd\":1234.567891"), std::string::npos) << b;
+  EXPECT_NE(b.find("\"reserved_usd\":987.654321"), std::string::npos) << b;
+  auto spend = admin(gw.port, "GET", "/admin/spend?group=key&from=0");
+  auto ops = object_with(spend.body, "\"group\":\"ops\"");
+  EXPECT_NE(ops.find("\"spend_usd\":1234.567891"), std::string::npos) << spend.body;
+  EXPECT_NE(ops.find("\"open_reserved_usd\":987.654321"), std::string::npos) << spend.body;
+  auto list = admin(gw.port, "GET", "/admin/reservations");
+  EXPECT_EQ(count(list.body, "987.654321"), 2u) << list.body;  // the row and the total
+  auto keys = admin(gw.port, "GET", "/admin/keys");
+  EXPECT_NE(keys.body.find("\"cap_usd\":10000.123456"), std::string::npos) << keys.body;
+  auto set = admin(gw.port, "POST", "/admin/reservations/held-1/reconcile",
+                   "{\"actual_usd\": 765.432109}");
+  ASSERT_EQ(set.status, 200) << set.body;
+  EXPECT_NE(set.body.find("\"actual_usd\":765.432109"), std::string::npos) << set.body;
+  b = budget_row(gw.port, "key:ops/total");
+  // 1234.567891 + 765.432109
+  EXPECT_NE(b.find("\"spent_usd\":2000,\"reserved_usd\":0,"), std::string::npos) << b;
 }
 
 }  // namespace
