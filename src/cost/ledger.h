@@ -80,7 +80,7 @@ struct LedgerRow {
   std::string key_id;
   std::string tenant_id;
   std::string model;
-  std::vector<std::string> budgets;  // empty for rows written before schema v3
+  std::vector<std::string> budgets;  // empty for rows written before schema v2
   Micros reserved_micro = 0;
   Micros actual_micro = 0;
   std::int64_t prompt_tokens = 0;

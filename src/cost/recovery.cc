@@ -39,10 +39,10 @@ Result<RecoveryReport> recover_budgets(Ledger& ledger, BudgetManager& budgets,
   if (!open.ok()) return open.error();
   report.open.reserve(open->size());
   for (auto& row : *open) {
-    const auto ids =
-        row.budgets.empty() ? legacy_budget_ids(budgets, row.key_id, row.tenant_id) : row.budgets;
+    const bool inferred = row.budgets.empty();
+    auto ids = inferred ? legacy_budget_ids(budgets, row.key_id, row.tenant_id) : row.budgets;
     Reservation r = budgets.restore_open(ids, row.reserved_micro, row.created_unix_ms, now_unix_ms);
-    report.open.push_back({std::move(row), std::move(r)});
+    report.open.push_back({std::move(row), std::move(r), std::move(ids), inferred});
   }
   return report;
 }

@@ -17,6 +17,11 @@ namespace bw::cost {
 struct RecoveredReservation {
   LedgerRow row;
   Reservation reservation;
+  // The budget ids the row is held against: its own (row.budgets), or for a row that names none
+  // (written before the ledger had a budgets column, schema v2) the ids legacy_budget_ids()
+  // attributes it to; for such a row nothing configured may match (then empty).
+  std::vector<std::string> budgets;
+  bool budgets_inferred = false;  // a row that names no budgets
 };
 
 struct RecoveryReport {
@@ -25,7 +30,7 @@ struct RecoveryReport {
 };
 
 // Settled rows count in the budgets whose current period contains their created_unix_ms; open
-// rows count at their reserved amount. Rows written before schema v3 (no budgets column) are
+// rows count at their reserved amount. Rows written before schema v2 (no budgets column) are
 // attributed to every configured "global/*", "tenant:<tenant>/*" and "key:<key>/*" budget.
 Result<RecoveryReport> recover_budgets(Ledger& ledger, BudgetManager& budgets,
                                        std::int64_t now_unix_ms);
@@ -36,7 +41,7 @@ Result<RecoveryReport> recover_budgets(Ledger& ledger, BudgetManager& budgets,
 Result<Ok> reconcile(Ledger& ledger, BudgetManager& budgets, RecoveredReservation& open,
                      std::optional<Micros> actual_micro, std::int64_t now_unix_ms);
 
-// Budget ids a pre-v3 row (no budgets column) is attributed to.
+// Budget ids a pre-v2 row (no budgets column) is attributed to.
 std::vector<std::string> legacy_budget_ids(const BudgetManager& budgets, std::string_view key_id,
                                            std::string_view tenant_id);
 

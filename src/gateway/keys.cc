@@ -293,8 +293,11 @@ http::Response budgets_list(AdminCall& call) {
 }
 
 // Recovered open rows (reservations and lease rows left open by a crash): listed, then settled
-// or released one by one by an operator who knows what the provider billed.
-void recovered_json(JsonWriter& j, const cost::LedgerRow& row) {
+// or released one by one by an operator who knows what the provider billed. "budgets" are the
+// ids the row is held against; a row from before the ledger recorded them is held against the
+// budgets of its key and tenant and the global ones ("inferred"), or none ("unknown", null).
+void recovered_json(JsonWriter& j, const cost::RecoveredReservation& open) {
+  const cost::LedgerRow& row = open.row;
   j.begin_object()
       .key("request_id")
       .value(row.request_id)
@@ -304,10 +307,18 @@ void recovered_json(JsonWriter& j, const cost::LedgerRow& row) {
       .value(row.tenant_id)
       .key("model")
       .value(row.model)
-      .key("budgets")
-      .begin_array();
-  for (const auto& b : row.budgets) j.value(b);
-  j.end_array()
+      .key("budgets");
+  if (open.budgets_inferred && open.budgets.empty()) {
+    j.null();
+  } else {
+    j.begin_array();
+    for (const auto& b : open.budgets) j.value(b);
+    j.end_array();
+  }
+  j.key("budgets_source")
+      .value(!open.budgets_inferred ? "ledger"
+             : open.budgets.empty() ? "unknown"
+                                    : "inferred")
       .key("reserved_usd")
       .value(static_cast<double>(row.reserved_micro) / 1e6)
       .key("created_unix_ms")
@@ -327,7 +338,7 @@ http::Response reservations_list(AdminCall& call) {
   j.begin_object().key("object").value("list").key("data").begin_array();
   cost::Micros total = 0;
   for (const auto& open : sh.recovered) {
-    recovered_json(j, open.row);
+    recovered_json(j, open);
     j.end_object();
     total = cost::sat_add(total, open.row.reserved_micro);
   }
@@ -397,7 +408,7 @@ http::Response reservation_reconcile(AdminCall& call) {
   auto done = cost::reconcile(*sh.ledger, *sh.budgets, *it, amount, sh.clock.unix_millis());
   if (!done) return error(done.error());
   JsonWriter j;
-  recovered_json(j, it->row);
+  recovered_json(j, *it);
   j.key("actual_usd").value(static_cast<double>(amount.value_or(0)) / 1e6).end_object();
   sh.recovered.erase(it);
   return http::Response::json(200, j.take());

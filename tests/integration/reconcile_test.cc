@@ -148,7 +148,9 @@ TEST(CostGuard, RecoveredReservationsAreListedAndReconciledThroughTheAdminApi) {
   EXPECT_EQ(static_cast<std::int64_t>(num(row0, "created_unix_ms")),
             sqlite_int(db, "SELECT created_unix_ms FROM ledger WHERE request_id='held-0'"));
   EXPECT_NE(row0.find("\"created\":\"20"), std::string::npos) << row0;
-  EXPECT_NE(list.body.find("\"budgets\":[\"key:ops/total\"]"), std::string::npos) << list.body;
+  EXPECT_NE(list.body.find("\"budgets\":[\"key:ops/total\"],\"budgets_source\":\"ledger\""),
+            std::string::npos)
+      << list.body;
   auto b = budget_row(gw.port, "key:ops/total");
   ASSERT_FALSE(b.empty());
   EXPECT_EQ(micros(num(b, "reserved_usd")), open_sum);
@@ -353,6 +355,77 @@ TEST(CostGuard, AdminAmountsReadBackToTheMicroDollar) {
   b = budget_row(gw.port, "key:ops/total");
   // 1234.567891 + 765.432109
   EXPECT_NE(b.find("\"spent_usd\":2000,\"reserved_usd\":0,"), std::string::npos) << b;
+}
+
+// Rows written before the ledger recorded a row's budgets (schema v1; the column came with v2)
+// are held at restart against the budgets of their key and tenant and the global ones, which is
+// what recovery attributes them to. /admin/reservations names those budgets, says they were
+// inferred, and says so when nothing configured matches ("budgets": null), instead of an empty
+// list that reads as "held against nothing" for every such row.
+TEST(CostGuard, RecoveredRowsFromBeforeTheBudgetsColumnNameWhereTheyAreHeld) {
+  const std::string dir = temp_dir();
+  const std::string db = dir + "/ledger.db";
+  const std::string now = std::to_string(now_ms());
+  // A ledger as the first schema wrote it.
+  ASSERT_EQ(sqlite(db,
+                   "CREATE TABLE ledger (request_id TEXT PRIMARY KEY, key_id TEXT NOT NULL,"
+                   " tenant_id TEXT NOT NULL, model TEXT NOT NULL, reserved_micro INTEGER NOT NULL,"
+                   " actual_micro INTEGER NOT NULL DEFAULT 0,"
+                   " prompt_tokens INTEGER NOT NULL DEFAULT 0,"
+                   " completion_tokens INTEGER NOT NULL DEFAULT 0,"
+                   " status TEXT NOT NULL CHECK (status IN ('open','settled','released')),"
+                   " created_unix_ms INTEGER NOT NULL,"
+                   " settled_unix_ms INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                   "PRAGMA user_version = 1;"
+                   "INSERT INTO ledger (request_id, key_id, tenant_id, model, reserved_micro,"
+                   " status, created_unix_ms) VALUES"
+                   " ('old-ops', 'ops', 'acme', 'slow', 250000, 'open', " +
+                       now +
+                       "),"
+                       " ('old-gone', 'retired-key', 'gone-tenant', 'slow', 40000, 'open', " +
+                       now + ");"),
+            "");
+  auto sim = start_sim(sim_yaml());
+  std::string yaml = gateway_yaml(sim.port, dir, /*leases=*/false);
+  const std::string key = "{name: ops, key: sk-reconcile-0001,";
+  yaml.replace(yaml.find(key), key.size(), "{name: ops, key: sk-reconcile-0001, tenant: acme,");
+  yaml += "tenants:\n  acme: {budget: {cap_usd: 50, period: monthly}}\n";
+  auto gw = start_gateway(yaml);
+  EXPECT_EQ(sqlite(db, "PRAGMA user_version"), "4");  // migrated at open
+
+  auto list = admin(gw.port, "GET", "/admin/reservations");
+  ASSERT_EQ(list.status, 200) << list.body;
+  std::printf("[ reconcile ] rows from schema v1: %s\n", list.body.c_str());
+  auto ops = object_with(list.body, "\"request_id\":\"old-ops\"");
+  ASSERT_FALSE(ops.empty()) << list.body;
+  EXPECT_NE(ops.find("\"budgets_source\":\"inferred\""), std::string::npos) << ops;
+  EXPECT_NE(ops.find("\"key:ops/total\""), std::string::npos) << ops;
+  EXPECT_NE(ops.find("\"tenant:acme/monthly\""), std::string::npos) << ops;
+  EXPECT_EQ(ops.find("\"budgets\":[]"), std::string::npos) << ops;
+  auto gone = object_with(list.body, "\"request_id\":\"old-gone\"");
+  ASSERT_FALSE(gone.empty()) << list.body;
+  EXPECT_NE(gone.find("\"budgets\":null,\"budgets_source\":\"unknown\""), std::string::npos)
+      << gone;
+  // Held where the list says.
+  EXPECT_EQ(micros(num(budget_row(gw.port, "key:ops/total"), "reserved_usd")), 250000);
+  EXPECT_EQ(micros(num(budget_row(gw.port, "tenant:acme/monthly"), "reserved_usd")), 250000);
+
+  // Reconciling moves exactly those budgets; the unknown one closes its row and moves none.
+  auto set =
+      admin(gw.port, "POST", "/admin/reservations/old-ops/reconcile", "{\"actual_usd\": 0.2}");
+  ASSERT_EQ(set.status, 200) << set.body;
+  EXPECT_NE(set.body.find("\"budgets_source\":\"inferred\""), std::string::npos) << set.body;
+  EXPECT_NE(set.body.find("\"tenant:acme/monthly\""), std::string::npos) << set.body;
+  for (const char* id : {"key:ops/total", "tenant:acme/monthly"}) {
+    auto b = budget_row(gw.port, id);
+    EXPECT_EQ(micros(num(b, "reserved_usd")), 0) << b;
+    EXPECT_EQ(micros(num(b, "spent_usd")), 200000) << b;
+  }
+  auto rel =
+      admin(gw.port, "POST", "/admin/reservations/old-gone/reconcile", "{\"release\": true}");
+  ASSERT_EQ(rel.status, 200) << rel.body;
+  EXPECT_EQ(sqlite(db, "SELECT status FROM ledger WHERE request_id='old-gone'"), "released");
+  EXPECT_EQ(count(admin(gw.port, "GET", "/admin/reservations").body, "\"request_id\""), 0u);
 }
 
 }  // namespace
