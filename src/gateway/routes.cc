@@ -3,6 +3,7 @@
 // LLM pipeline; then finish, for every request, whatever ended it.
 #include "gateway/routes.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <exception>
 #include <memory>
@@ -112,14 +113,33 @@ asio::awaitable<void> metrics(Ctx& c) {
 }
 
 // POST /v1/messages/count_tokens: the gateway's own estimate (the one its limits use); no
-// provider is called.
+// provider is called. Fields the estimate cannot read (unknown ones, server tools) are treated
+// as /v1/messages treats what a translated route cannot carry: named in
+// x-bellwether-dropped-params, or the request refused with 400 under strict_params.
 asio::awaitable<void> count_tokens(Ctx& c) {
   auto key = authenticate(*c.rt, c.req);
   if (!key) co_return co_await reply_error(c, key.error());
   auto r = api::decode_messages_request(c.req.body, false);
   if (!r) co_return co_await reply_error(c, r.error());
-  co_await send_json(c, 200,
-                     "{\"input_tokens\":" + std::to_string(api::count_input_tokens(*r)) + "}");
+  auto& fields = r->unmapped;
+  std::sort(fields.begin(), fields.end());
+  fields.erase(std::unique(fields.begin(), fields.end()), fields.end());
+  std::string ignored;
+  for (const auto& f : fields) {
+    if (!ignored.empty()) ignored += ", ";
+    ignored += f;
+  }
+  const bool strict = r->strict_params || c.req.header("x-bellwether-strict-params") == "true";
+  if (!ignored.empty() && strict) {
+    co_return co_await reply_error(
+        c, errors::make(errors::kUnsupportedParams,
+                        "count_tokens cannot count: " + ignored + " (strict_params is set).",
+                        fields.front()));
+  }
+  auto answer = http::Response::json(
+      200, "{\"input_tokens\":" + std::to_string(api::count_input_tokens(*r)) + "}");
+  if (!ignored.empty()) answer.headers.add("x-bellwether-dropped-params", ignored);
+  co_await send_response(c, std::move(answer));
 }
 
 asio::awaitable<void> no_route(Ctx& c, bool path_known) {

@@ -614,6 +614,55 @@ TEST(Translation, CountTokens) {
   EXPECT_GT(num(j.root["input_tokens"]), 5);
 }
 
+// Anthropic's own count_tokens refuses a field it does not know (400 invalid_request_error,
+// "<field>: Extra inputs are not permitted"). The gateway cannot know every field Anthropic
+// takes (a newer one is valid there), so it treats an unknown field on count_tokens as
+// /v1/messages treats one that a translated route cannot carry: the answer names it in
+// x-bellwether-dropped-params, and with strict_params (body or header) the request is refused
+// with 400 invalid_request_error in Anthropic's error shape, naming it.
+TEST(Translation, CountTokensTreatsUnknownFieldsAsMessagesDoes) {
+  const std::string plain =
+      R"({"model":"via-gemini","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]})";
+  std::string unknown = plain;
+  unknown.insert(1, R"("frobnicate":{"level":3},)");
+  std::string strict = unknown;
+  strict.insert(1, R"("strict_params":true,)");
+  const char* kCount = "/v1/messages/count_tokens";
+
+  auto count = post_json(gw(), kCount, unknown, kKey);
+  ASSERT_EQ(count.status, 200) << count.body;
+  EXPECT_EQ(count.header("x-bellwether-dropped-params"), "frobnicate");
+  auto message = post("messages", unknown);
+  ASSERT_EQ(message.status, 200) << message.body;
+  EXPECT_EQ(message.header("x-bellwether-dropped-params"), "frobnicate");
+  // The unknown field is not counted.
+  auto known = post_json(gw(), kCount, plain, kKey);
+  ASSERT_EQ(known.status, 200) << known.body;
+  EXPECT_EQ(known.body, count.body);
+  EXPECT_TRUE(known.header("x-bellwether-dropped-params").empty());
+
+  const std::vector<std::pair<std::string, std::string>> strict_header{
+      {"x-bellwether-strict-params", "true"}};
+  for (const auto& [what, r] : std::vector<std::pair<std::string, HttpResponse>>{
+           {"count_tokens, body", post_json(gw(), kCount, strict, kKey)},
+           {"count_tokens, header", post_json(gw(), kCount, unknown, kKey, strict_header)},
+           {"messages, body", post("messages", strict)}}) {
+    EXPECT_EQ(r.status, 400) << what << ": " << r.body;
+    Json e(r.body);
+    ASSERT_TRUE(e.ok) << what << ": " << r.body;
+    EXPECT_EQ(str(e.root["type"]), "error") << what << ": " << r.body;
+    EXPECT_EQ(str(e.root["error"]["type"]), "invalid_request_error") << what << ": " << r.body;
+    EXPECT_NE(str(e.root["error"]["message"]).find("frobnicate"), std::string::npos)
+        << what << ": " << r.body;
+  }
+  // strict_params alone is no reason to refuse.
+  std::string strict_known = plain;
+  strict_known.insert(1, R"("strict_params":true,)");
+  auto ok = post_json(gw(), kCount, strict_known, kKey, strict_header);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(ok.body, known.body);
+}
+
 TEST(Translation, PreviousResponseIdContinuesAStoredConversation) {
   auto first =
       post("responses",
