@@ -21,6 +21,10 @@
 #        binary's default (on)
 #        OUT=dir: keep the loaded run's callgrind file as dir/callgrind.<CONFIG>.out, for
 #        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`
+#        CACHE_SIM=1: simulate the caches too (`--cache-sim=yes`) and print every event per
+#        request (Ir, Dr, Dw, I1mr, D1mr, D1mw, ILmr, DLmr, DLmw). CACHE_ARGS sets the simulated
+#        caches; the default is the server cpu's L1d (48 KiB, 12-way) and, as the last level,
+#        its per-core L2 (1 MiB, 16-way): what outgrows a core's own caches shows as DL misses
 # valgrind runs niced (nice -n 19); it needs no quiet machine, instructions do not depend on load.
 set -euo pipefail
 
@@ -33,6 +37,13 @@ DURATION="${DURATION%s}"
 CONNS="${CONNS:-8}"
 TOKENS="${TOKENS:-}"
 OUT="${OUT:-}"
+CACHE_SIM="${CACHE_SIM:-0}"
+CACHE_ARGS="${CACHE_ARGS:---I1=32768,8,64 --D1=49152,12,64 --LL=1048576,16,64}"
+cg_args=()
+if [[ "$CACHE_SIM" == 1 ]]; then
+  # shellcheck disable=SC2206
+  cg_args=(--cache-sim=yes $CACHE_ARGS)
+fi
 KEY=sk-callgrind-bench-0001
 
 [[ -x "$bin" ]] || { echo "bellwether binary not found: $bin (pass it as \$1)" >&2; exit 2; }
@@ -84,7 +95,7 @@ wait_port "$sim_port" || { cat "$work/sim.log"; exit 1; }
 run() {
   local out="$work/cg.$1" n=0 wrk_out
   rm -f "$work/db/ledger.db"*
-  nice -n 19 valgrind --tool=callgrind --callgrind-out-file="$out" \
+  nice -n 19 valgrind --tool=callgrind "${cg_args[@]}" --callgrind-out-file="$out" \
     "$bin" serve --config "$work/gw.yaml" >"$work/gw.$1.log" 2>&1 &
   local pid=$!
   track_pid "$pid"
@@ -94,7 +105,7 @@ run() {
     sleep 0.1
   done
   if [[ "$1" == 1 ]]; then
-    wrk_out="$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$here/isolated_chat.lua" \
+    wrk_out="$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 30s -s "$here/isolated_chat.lua" \
       "http://127.0.0.1:$gw_port/v1/chat/completions" -- "$KEY" bench "$stream")"
     if grep -qE 'Non-2xx|Socket errors' <<<"$wrk_out"; then
       echo "$wrk_out" >&2
@@ -106,13 +117,42 @@ run() {
   fi
   kill -INT "$pid"
   wait "$pid" || true
-  echo "$n $(grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}')"
+  # "requests Ir [other events...]"
+  echo "$n $(grep -E '^(summary|totals):' "$out" | head -1 | cut -d' ' -f2-)"
 }
 
-read -r _ idle < <(run 0)
-read -r n total < <(run 1)
+read -r _ idle idle_rest < <(run 0)
+read -r n total total_rest < <(run 1)
 if [[ -n "$OUT" ]]; then
   mkdir -p "$OUT"
   cp "$work/cg.1" "$OUT/callgrind.$CONFIG.out"
 fi
-echo "$CONFIG ($bin): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))"
+# wrk counts the answers it received; the requests still in flight when it stops (up to one
+# per connection) were handled too. With many connections, divide by the handled requests
+# (calls of the gateway's request handler, from the callgrind file) instead.
+handled="$(python3 - "$work/cg.1" <<'PY'
+import re, sys
+names, calls, want = {}, 0, False
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("cfn="):
+        m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+        want = names.get(m.group(1), "").startswith("bw::gateway::handle_request(bw::gateway::Shared&")
+    elif want and line.startswith("calls="):
+        calls += int(line.split()[0][6:])
+        want = False
+print(calls)
+PY
+)"
+echo "$CONFIG ($bin): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))" \
+  "handled=$handled per_handled=$(((total - idle) / (handled > 0 ? handled : 1)))"
+if [[ "$CACHE_SIM" == 1 ]]; then
+  n="$handled"
+  events="$(grep -E '^events:' "$work/cg.1" | head -1 | cut -d' ' -f2-)"
+  # Per handled request, each event: (loaded - idle) / handled.
+  awk -v ev="$events" -v a="$idle $idle_rest" -v b="$total $total_rest" -v n="$n" -v c="$CONNS" \
+    'BEGIN { split(ev, e, " "); split(a, x, " "); split(b, y, " "); line = "per_request c" c ":";
+             for (i = 1; i in e; i++) line = line sprintf(" %s=%.1f", e[i], (y[i] - x[i]) / n);
+             print line }'
+fi
