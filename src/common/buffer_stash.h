@@ -8,8 +8,13 @@
 // Buffers are kept by size class (powers of two from 16 bytes), a few per class: take() looks
 // at one class, give() puts into one, so both cost a few instructions. A buffer that take()
 // has to make is rounded up to its class's size, so that it is found again once given back.
-// Bounded: kPerClass buffers of each class, none above 16 KB (~256 KB per thread at most); a
-// larger one, or one given to a full class, is freed as before.
+// The shelf is last in, first out. The buffers a connection needs only while it has a request
+// (its request body and head fields, its answer's head, an upstream request's head, an
+// upstream answer's headers and pieces) are taken per request and given back at its end, so
+// that keep-alive connections waiting for their next request keep none.
+// Bounded: kPerClass buffers of each class below 4 KB and kPerLargeClass of the larger ones,
+// none above 16 KB (~460 KB per thread at most, reached only with that many requests in flight
+// at once); a larger one, or one given to a full class, is freed as before.
 // Thread safety: per thread, nothing shared.
 #include <array>
 #include <bit>
@@ -21,7 +26,9 @@ namespace bw::stash {
 // Class k holds buffers whose allocation (capacity + 1 for the terminator) is in
 // [16 << k, 32 << k): capacities 15 (inside the string) up to 16,382.
 inline constexpr std::size_t kClasses = 10;
-inline constexpr std::size_t kPerClass = 8;
+inline constexpr std::size_t kPerClass = 64;        // classes of buffers below 4 KB
+inline constexpr std::size_t kPerLargeClass = 8;    // 4 KB and above
+inline constexpr std::size_t kFirstLargeClass = 8;  // [16 << 8, 32 << 8): 4 KB up to 8 KB
 
 namespace detail {
 struct Shelf {
@@ -59,10 +66,25 @@ inline void give(std::string& str) {
   const auto c = static_cast<std::size_t>(std::bit_width(cap + 1)) - 5;
   if (c >= kClasses) return;
   auto& s = detail::shelf();
-  if (s.n[c] == kPerClass) return;
+  if (s.n[c] == (c >= kFirstLargeClass ? kPerLargeClass : kPerClass)) return;
   std::string& slot = s.items[c][s.n[c]++];
   slot = std::move(str);
   slot.clear();
+}
+
+// give() of `str`'s buffer, which is freed when the stash does not keep it: `str` is left
+// empty and without a heap buffer either way.
+inline void release(std::string& str) {
+  give(str);
+  if (str.capacity() > 15) std::string().swap(str);
+}
+
+// Gives the empty `str` a kept buffer of at least `min` characters when it has less room (a
+// string that holds characters is left alone).
+inline void room(std::string& str, std::size_t min) {
+  if (str.capacity() >= min || !str.empty()) return;
+  give(str);
+  str = take(min);
 }
 
 }  // namespace bw::stash

@@ -243,7 +243,10 @@ class PooledCtx {
   struct alignas(Ctx) Block {
     std::byte bytes[sizeof(Ctx)];
   };
-  static constexpr std::size_t kKeep = 64;  // blocks kept per thread (requests in flight)
+  // Blocks kept per thread: as many as requests were in flight at once, up to this bound. With
+  // more than kept, every block given back past it was freed and the next request's came cold
+  // from malloc (at 256 busy keep-alive connections, most requests).
+  static constexpr std::size_t kKeep = 512;
   static std::vector<std::unique_ptr<Block>>& free_list() {
     thread_local std::vector<std::unique_ptr<Block>> blocks;
     return blocks;

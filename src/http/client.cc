@@ -48,13 +48,17 @@ Error classify(const beast::error_code& ec, const char* phase) {
   return upstream_error(kUpstreamReset, what);
 }
 
+// Room taken from the thread's stash (common/buffer_stash.h) per request: the request line's
+// and the framing lines' share of a request head; an upstream answer's headers; a body piece.
+constexpr std::size_t kHeadRoom = 64;
+constexpr std::size_t kAnswerHeadRoom = 512;
+constexpr std::size_t kPieceRoom = 1024;
+
 bool stale_connection_error(const beast::error_code& ec) {
   return ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
          ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
          ec == ssl::error::stream_truncated;
 }
-
-constexpr std::size_t kKeepBytes = 256 * 1024;  // larger scratch buffers are not kept idle
 
 }  // namespace
 
@@ -239,9 +243,11 @@ struct ClientPool::State {
     }
     c->last_used = coarse_now();
     c->parser.reset();
-    c->piece.clear();
-    if (c->piece.capacity() > kKeepBytes) std::string().swap(c->piece);
-    if (c->out.capacity() > kKeepBytes) std::string().swap(c->out);
+    // An idle connection keeps no buffer but its socket's: the answer's headers and last piece
+    // go back to the thread's stash, for the next request on any connection.
+    c->headers.release();
+    stash::release(c->piece);
+    stash::release(c->out);
     h.idle.push_back(std::move(c));
     h.wake_one();
   }
@@ -350,6 +356,7 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   }
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
   im.piece.clear();
+  stash::room(im.piece, kPieceRoom);
   im.parser->set_sink(&im.piece, std::numeric_limits<std::size_t>::max());
   im.deadline.arm(im.timeouts.idle);
   beast::error_code ec;
@@ -656,8 +663,12 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     c.done = false;
     c.failed = false;
     c.out.clear();
+    const bool inline_body = request.body.size() <= 16 * 1024;
+    stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() +
+                           request.headers.wire().size() + (inline_body ? request.body.size() : 0));
     wire::append_request_head(c.out, request.method, request.target, ep.host_header,
                               request.headers, request.body.size());
+    c.headers.reserve(kAnswerHeadRoom);
     c.parser.emplace(c.headers);
     c.parser->header_limit(64 * 1024);
     c.parser->body_limit(boost::none);
@@ -665,7 +676,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     // A response whose head never comes is bounded by connect + first byte from here.
     c.deadline.arm(t.connect + t.first_byte);
     beast::error_code wec;
-    if (request.body.size() <= 16 * 1024) {
+    if (inline_body) {
       c.out.append(request.body);
       std::tie(wec, std::ignore) =
           co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
@@ -674,6 +685,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
           std::array<asio::const_buffer, 2>{asio::buffer(c.out), asio::buffer(request.body)});
     }
     if (c.deadline.expired()) wec = beast::error::timeout;
+    stash::release(c.out);  // sent: warm for the next request
     if (wec) {
       c.failed = true;
       UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot

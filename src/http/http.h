@@ -118,6 +118,11 @@ class Headers {
     wire_.clear();
     framing_ = false;
   }
+  // clear() that also gives the buffer back to the thread's stash.
+  void release() {
+    stash::release(wire_);
+    framing_ = false;
+  }
   void reserve(std::size_t bytes) {
     if (wire_.capacity() >= bytes) return;
     if (wire_.empty()) {

@@ -238,9 +238,12 @@ class Session final : public ResponseWriter {
         }
       }
       if (broken_ || !keep_alive_ || server_.draining_.load()) break;
-      // A large request's buffers are not kept for the life of the connection.
-      if (req_.body.capacity() > kKeepBytes) std::string().swap(req_.body);
-      if (out_.capacity() > kKeepBytes) std::string().swap(out_);
+      // The request's buffers go back to the thread's stash: the connection keeps none while it
+      // waits for its next request, and the next request of any connection takes a warm one.
+      req_.headers.clear();
+      stash::release(req_.body);
+      stash::release(arena_);
+      stash::release(out_);
     }
     deadline_.disarm();
     if (socket_.is_open()) {
@@ -253,6 +256,8 @@ class Session final : public ResponseWriter {
     started_ = true;
     finished_ = true;
     out_.clear();
+    stash::room(out_, kHeadRoom + r.headers.wire().size() +
+                          (r.body.size() <= kInlineBody ? r.body.size() : 0));
     wire::append_response_head(out_, r.status, server_.options_.server_name, r.headers,
                                static_cast<std::int64_t>(r.body.size()), response_keep_alive());
     if (broken_) co_return false;
@@ -269,6 +274,7 @@ class Session final : public ResponseWriter {
   asio::awaitable<bool> begin_stream(int status, const Headers& headers) override {
     started_ = true;
     out_.clear();
+    stash::room(out_, kHeadRoom + headers.wire().size());
     wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
                                response_keep_alive());
     if (broken_) co_return false;
@@ -280,6 +286,7 @@ class Session final : public ResponseWriter {
     if (head_only_) co_return co_await begin_stream(status, headers);
     started_ = true;
     out_.clear();
+    stash::room(out_, kHeadRoom + headers.wire().size());
     wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
                                response_keep_alive());
     head_held_ = true;
@@ -368,7 +375,10 @@ class Session final : public ResponseWriter {
   // three reads for a 1 KiB request). Kept per connection, so it bounds idle memory too.
   static constexpr std::size_t kReadBytes = 4 * 1024;
   static constexpr Nanos kWatchAfter = 20 * kNanosPerMilli;
-  static constexpr std::size_t kKeepBytes = 256 * 1024;
+  // The status line, the server name and the framing lines of a response head.
+  static constexpr std::size_t kHeadRoom = 128;
+  // The request's head fields (the parser's arena) of a usual request.
+  static constexpr std::size_t kArenaRoom = 512;
 
   bool response_keep_alive() const { return keep_alive_ && !server_.draining_.load(); }
 
@@ -425,6 +435,7 @@ class Session final : public ResponseWriter {
   asio::awaitable<beast::error_code> read(wire::RequestParser& p, bool whole) {
     for (;;) {
       if (buffer_.size() > 0) {
+        if (!p.got_some()) stash::room(arena_, kArenaRoom);
         beast::error_code ec;
         const std::size_t used = p.put(buffer_.data(), ec);
         buffer_.consume(used);

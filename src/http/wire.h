@@ -169,7 +169,12 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   void on_request(std::string_view method, std::string_view target, int version);
   void on_status(int, int) {}
   void on_field(Field f, std::string_view name, std::string_view value, error_code& ec);
-  void on_body_init(std::uint64_t length) { body_.reserve(static_cast<std::size_t>(length)); }
+  // A body of known length gets a buffer of the thread's stash (common/buffer_stash.h).
+  void on_body_init(std::uint64_t length) {
+    const auto n = static_cast<std::size_t>(length);
+    stash::room(body_, n);
+    body_.reserve(n);
+  }
   std::size_t on_body(std::string_view body, error_code&) {
     body_.append(body);
     return body.size();

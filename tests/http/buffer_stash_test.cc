@@ -73,6 +73,50 @@ TEST(BufferStash, AFullClassKeepsNoMore) {
   EXPECT_EQ(kept, stash::kPerClass);
 }
 
+TEST(BufferStash, ALargeClassKeepsFewer) {
+  drain();
+  std::vector<std::string> made;
+  for (std::size_t i = 0; i < stash::kPerLargeClass + 2; ++i) made.push_back(stash::take(5000));
+  std::size_t kept = 0;
+  for (auto& s : made) {
+    stash::give(s);
+    if (s.capacity() <= 15) ++kept;
+  }
+  EXPECT_EQ(kept, stash::kPerLargeClass);
+}
+
+TEST(BufferStash, ReleaseLeavesNoBufferWhetherKeptOrNot) {
+  drain();
+  std::string kept = stash::take(700);
+  const char* buffer = kept.data();
+  kept.assign(600, 'k');
+  stash::release(kept);
+  EXPECT_TRUE(kept.empty());
+  EXPECT_LE(kept.capacity(), 15u);
+  std::string huge(64 * 1024, 'h');
+  stash::release(huge);  // not kept: freed
+  EXPECT_TRUE(huge.empty());
+  EXPECT_LE(huge.capacity(), 15u);
+  EXPECT_EQ(stash::take(700).data(), buffer);
+}
+
+TEST(BufferStash, RoomGivesAnEmptyStringAKeptBuffer) {
+  drain();
+  std::string s = stash::take(1500);
+  const char* buffer = s.data();
+  stash::give(s);
+  std::string empty;
+  stash::room(empty, 1200);
+  EXPECT_EQ(empty.data(), buffer);
+  EXPECT_GE(empty.capacity(), 1200u);
+  stash::room(empty, 100);  // room enough already: unchanged
+  EXPECT_EQ(empty.data(), buffer);
+  std::string holding = "abc";
+  stash::room(holding, 5000);  // holds characters: left alone
+  EXPECT_EQ(holding, "abc");
+  EXPECT_LT(holding.capacity(), 5000u);
+}
+
 TEST(BufferStash, ShelvesArePerThread) {
   drain();
   std::string s = stash::take(2000);
