@@ -48,7 +48,13 @@ struct Server::Worker {
   // Connections assigned to this worker: counted by the accepting thread when it picks this
   // worker, uncounted when the session ends. Read by every acceptor to balance.
   std::atomic<int> load{0};
-  asio::io_context ioc{1};
+  // One thread runs this io_context, and every socket of the worker (listener, client
+  // connections, upstream pool, Redis) is created, used, cancelled and closed on that thread:
+  // connections accepted elsewhere arrive as a descriptor in a post. So the reactor's per-socket
+  // mutex guards nothing, and UNSAFE_IO drops it; the scheduler's and the reactor's registration
+  // locks stay, so posts and timers from other threads (ledger commits, admission wake-ups,
+  // drain, stop) remain safe. A socket operation started from another thread would race here.
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::unique_ptr<tcp::acceptor> acceptor;
 };
 
