@@ -6,8 +6,6 @@
 namespace bw::routing {
 
 namespace {
-constexpr std::size_t kRequests = 0;
-constexpr std::size_t kRetries = 1;
 constexpr int kBudgetBuckets = 10;
 }  // namespace
 
@@ -38,41 +36,42 @@ bool is_retryable(const RetryConfig& cfg, const Outcome& o) {
 }
 
 RetryBudget::RetryBudget(const RetryConfig& cfg)
-    : ratio_(cfg.budget_ratio),
+    : requests_(cfg.budget_window, kBudgetBuckets),
+      ratio_(cfg.budget_ratio),
       min_per_s_(cfg.budget_min_per_s),
-      window_(cfg.budget_window, kBudgetBuckets) {}
+      retries_(cfg.budget_window, kBudgetBuckets) {}
 
 void RetryBudget::reconfigure(const RetryConfig& cfg) {
   std::lock_guard lock(mu_);
   ratio_ = cfg.budget_ratio;
   min_per_s_ = cfg.budget_min_per_s;
-  if (window_.window() != RollingWindow<2>(cfg.budget_window, kBudgetBuckets).window()) {
-    window_ = RollingWindow<2>(cfg.budget_window, kBudgetBuckets);
+  RollingWindow<1> fresh(cfg.budget_window, kBudgetBuckets);
+  if (retries_.window() != fresh.window()) {
+    retries_ = fresh;
+    requests_.reset(cfg.budget_window);
   }
 }
 
 void RetryBudget::record_request(Nanos now) {
-  std::lock_guard lock(mu_);
-  window_.add(now, kRequests, 1);
+  requests_.record(now);
 }
 
 bool RetryBudget::try_withdraw(Nanos now) {
+  const auto requests = static_cast<double>(requests_.sum(now));
   std::lock_guard lock(mu_);
-  const double allowed = ratio_ * static_cast<double>(window_.sum(now, kRequests)) +
-                         min_per_s_ * to_seconds(window_.window());
-  if (static_cast<double>(window_.sum(now, kRetries) + 1) > allowed) return false;
-  window_.add(now, kRetries, 1);
+  const double allowed = ratio_ * requests + min_per_s_ * to_seconds(retries_.window());
+  if (static_cast<double>(retries_.sum(now, 0) + 1) > allowed) return false;
+  retries_.add(now, 0, 1);
   return true;
 }
 
 std::int64_t RetryBudget::requests(Nanos now) const {
-  std::lock_guard lock(mu_);
-  return window_.sum(now, kRequests);
+  return static_cast<std::int64_t>(requests_.sum(now));
 }
 
 std::int64_t RetryBudget::retries(Nanos now) const {
   std::lock_guard lock(mu_);
-  return window_.sum(now, kRetries);
+  return retries_.sum(now, 0);
 }
 
 const char* to_string(RetryVerdict v) {

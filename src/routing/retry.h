@@ -2,13 +2,14 @@
 // Retry policy: which failures are retried, how long to wait (exponential backoff with FULL
 // jitter, at least the upstream Retry-After), within a per-request deadline and attempt cap, and
 // subject to a RetryBudget that bounds retries to a share of recent requests (Finagle/Envoy).
-// Pure functions take `now` and an Rng. Thread safety: RetryBudget is thread-safe (short mutex);
-// everything else is stateless.
+// Pure functions take `now` and an Rng. Thread safety: RetryBudget is thread-safe (a request's
+// deposit takes no lock; a withdrawal takes a short mutex); everything else is stateless.
 #include <cstdint>
 #include <mutex>
 #include <vector>
 
 #include "common/clock.h"
+#include "common/window_count.h"
 #include "routing/outcome.h"
 #include "routing/rng.h"
 #include "routing/rolling_window.h"
@@ -45,10 +46,12 @@ class RetryBudget {
   std::int64_t retries(Nanos now) const;
 
  private:
-  mutable std::mutex mu_;
+  // Every request deposits, so the requests are counted without a lock.
+  WindowCount requests_;
+  mutable std::mutex mu_;  // guards the rest
   double ratio_;
   double min_per_s_;
-  RollingWindow<2> window_;  // 0 = requests, 1 = retries
+  RollingWindow<1> retries_;
 };
 
 enum class RetryVerdict : std::uint8_t {

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+#include <vector>
+
 namespace bw::routing {
 namespace {
 
@@ -111,6 +114,45 @@ TEST(RetryBudget, RatioOfRequestsOverWindow) {
   // Once the requests leave the window, so do the retries, and there is nothing to spend.
   EXPECT_FALSE(b.try_withdraw(kT0 + seconds(11)));
   EXPECT_EQ(b.requests(kT0 + seconds(11)), 0);
+}
+
+TEST(RetryBudget, DepositsFromManyThreadsAreAllCounted) {
+  RetryConfig c;
+  c.budget_ratio = 0.5;
+  c.budget_min_per_s = 0;
+  c.budget_window = seconds(10);
+  RetryBudget b(c);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&b] {
+      for (int i = 0; i < 10000; ++i) {
+        b.record_request(kT0 + millis(i / 10));
+        if (i % 100 == 99) (void)b.try_withdraw(kT0 + millis(i / 10));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const Nanos now = kT0 + seconds(1);
+  EXPECT_EQ(b.requests(now), 40000);
+  EXPECT_EQ(b.retries(now), 400);  // each asked when its own deposits were 50 times more
+}
+
+TEST(RetryBudget, ChangedWindowStartsAfresh) {
+  RetryConfig c;
+  c.budget_ratio = 1;
+  c.budget_min_per_s = 0;
+  c.budget_window = seconds(10);
+  RetryBudget b(c);
+  b.record_request(kT0);
+  ASSERT_TRUE(b.try_withdraw(kT0));
+  b.reconfigure(c);  // same window: the counts stay
+  EXPECT_EQ(b.requests(kT0), 1);
+  EXPECT_EQ(b.retries(kT0), 1);
+  c.budget_window = seconds(20);
+  b.reconfigure(c);
+  EXPECT_EQ(b.requests(kT0), 0);
+  EXPECT_EQ(b.retries(kT0), 0);
+  EXPECT_FALSE(b.try_withdraw(kT0));
 }
 
 TEST(RetryBudget, MinimumPerSecondLetsLowTrafficRetry) {
