@@ -327,11 +327,7 @@ std::size_t AdmissionController::queued(std::string_view name) const {
 
 double AdmissionController::retry_after(Nanos now) const {
   const auto depth = static_cast<double>(queued());
-  double rate;
-  {
-    std::lock_guard lock(stats_mu_);
-    rate = stats_.completion_rate(now);
-  }
+  const double rate = stats_.completion_rate(now);  // lock-free: no stats_mu_
   // The time the current backlog needs to drain is when a retry has a fair chance.
   double s = rate > 0 ? std::ceil(depth / rate) : config_.max_retry_after_s;
   return std::clamp(s, config_.min_retry_after_s, config_.max_retry_after_s);
@@ -555,10 +551,7 @@ void AdmissionController::release_slot(const std::shared_ptr<Group>& g,
     in_flight_.fetch_sub(1, std::memory_order_relaxed);
     grant_locked(*g, now, wake);
   }
-  {
-    std::lock_guard lock(stats_mu_);
-    stats_.record_completion(now);
-  }
+  stats_.record_completion(now);  // lock-free: no stats_mu_
   wake_all(wake);
 }
 

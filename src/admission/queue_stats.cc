@@ -103,12 +103,12 @@ void AdmissionStats::record_completion(Nanos now) {
 }
 
 double AdmissionStats::completion_rate(Nanos now) const {
-  return static_cast<double>(completions_.sum(now)) / completions_.span_seconds();
+  return static_cast<double>(completions_.sum(now)) / to_seconds(completions_.window());
 }
 
 void AdmissionStats::fill(Nanos now, QueueSnapshot& s) const {
   s.throughput_rpm =
-      static_cast<double>(completions_.sum(now)) * 60.0 / completions_.span_seconds();
+      static_cast<double>(completions_.sum(now)) * 60.0 / to_seconds(completions_.window());
   for (int p = 0; p < kNumPriorities; ++p) {
     s.wait_ms[p] =
         WaitPercentiles{waits_[p].percentile_ms(now, 0.50), waits_[p].percentile_ms(now, 0.95),

@@ -1,7 +1,9 @@
 #pragma once
 // Queue statistics with bounded memory: wait-time percentiles over a sliding window, throughput
 // over the last minute, shed/time-out counters, and the JSON body of GET /v1/metrics/queue.
-// Pure and single threaded (takes `now`); the AdmissionController guards its instance.
+// Pure (takes `now`). AdmissionStats is single threaded (the AdmissionController guards its
+// instance) except record_completion() and completion_rate(), which may run from any thread
+// without that lock: every request completes, so its count takes no lock.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +15,7 @@
 
 #include "admission/priority.h"
 #include "common/clock.h"
+#include "common/window_count.h"
 
 namespace bw::admission {
 
@@ -119,14 +122,14 @@ class AdmissionStats {
   explicit AdmissionStats(Nanos wait_window = seconds(60));
 
   void record_wait(int priority, Nanos now, Nanos waited);  // a waiter got its slot
-  void record_completion(Nanos now);                        // a permit was released
+  void record_completion(Nanos now);  // a permit was released (thread-safe, lock-free)
   void record_timeout(int priority) { ++timed_out_[priority]; }
   void record_evicted(int priority) { ++evicted_[priority]; }
   void record_refused_full(int priority) { ++refused_full_[priority]; }
   void record_refused_overload(int priority) { ++refused_overload_[priority]; }
   void record_cancelled(int priority) { ++cancelled_[priority]; }
 
-  // Completions per second over the last minute.
+  // Completions per second over the last minute (thread-safe, lock-free).
   double completion_rate(Nanos now) const;
   // Fills everything except depth, in_flight and concurrency_limits, which the caller sets
   // first (the drain estimate uses depth).
@@ -134,7 +137,7 @@ class AdmissionStats {
 
  private:
   PerPriority<LatencyWindow> waits_;
-  RateWindow completions_;
+  WindowCount completions_{seconds(60), 60};  // one-second buckets
   PerPriority<std::uint64_t> timed_out_{}, evicted_{}, refused_full_{}, refused_overload_{},
       cancelled_{};
 };
