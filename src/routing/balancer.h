@@ -40,11 +40,13 @@ class PeakEwma {
   bool has_sample_ = false;
 };
 
+// No member initialisers: the Router keeps room for 64 of them per pick without filling it.
+// Initialise every member (Candidate{index, weight, in_flight, ewma_ns}).
 struct Candidate {
-  std::uint32_t index = 0;     // position in the group
-  std::uint32_t weight = 1;    // >= 1
-  std::int64_t in_flight = 0;  // requests sent and not finished
-  double ewma_ns = 0;          // PeakEwma::value(now)
+  std::uint32_t index;     // position in the group
+  std::uint32_t weight;    // >= 1
+  std::int64_t in_flight;  // requests sent and not finished
+  double ewma_ns;          // PeakEwma::value(now)
 };
 
 // Cost used by P2C: latency x (in_flight + 1). A deployment without samples costs 0 while idle

@@ -1,7 +1,10 @@
 #include "routing/router.h"
 
 #include <algorithm>
+#include <atomic>
+#include <bit>
 #include <unordered_set>
+#include <utility>
 
 #include "common/json_util.h"
 
@@ -12,16 +15,32 @@ constexpr std::size_t kUsageRequests = 0;
 constexpr std::size_t kUsageTokens = 1;
 constexpr Nanos kMinute = seconds(60);
 constexpr int kMinuteBuckets = 60;  // one-second resolution for RPM/TPM
+
+// Generations are unique in the process, so a per-thread cache can never mistake one router's
+// snapshot (or an earlier one) for another's, even if a Router is rebuilt at the same address.
+std::atomic<std::uint64_t> g_last_generation{0};
+
+std::uint64_t next_generation() {
+  return g_last_generation.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+struct SnapshotCache {
+  std::uint64_t generation = 0;  // 0: empty
+  std::shared_ptr<const RouterSnapshot> snap;
+};
+
+thread_local SnapshotCache t_snapshot;
 }  // namespace
 
 struct DeploymentRuntime {
   DeploymentRuntime(const BreakerConfig& b, Nanos tau)
       : breaker(b), ewma(tau), usage(kMinute, kMinuteBuckets) {}
-  std::mutex mu;
+  std::mutex mu;  // guards breaker, ewma and usage
   CircuitBreaker breaker;
   PeakEwma ewma;
   RollingWindow<2> usage;  // requests and tokens over the sliding minute
-  std::int64_t in_flight = 0;
+  // Attempts sent and not finished: a hint for the balancer, counted without the mutex.
+  std::atomic<std::int64_t> in_flight{0};
 };
 
 struct GroupState {
@@ -139,9 +158,11 @@ Ticket::~Ticket() {
 void Ticket::release() {
   if (finished_ || !rt_) return;
   finished_ = true;
-  std::lock_guard lock(rt_->mu);
-  if (started_) --rt_->in_flight;
-  if (admission_ == Admission::kProbe) rt_->breaker.release_probe();
+  if (started_) rt_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  if (admission_ == Admission::kProbe) {
+    std::lock_guard lock(rt_->mu);
+    rt_->breaker.release_probe();
+  }
 }
 
 const DeploymentConfig& Ticket::deployment() const {
@@ -153,12 +174,21 @@ const std::string& Ticket::group() const {
 
 // ---- Router ----
 
-Router::Router() : snap_(std::make_shared<RouterSnapshot>()) {}
+Router::Router() : generation_(next_generation()), snap_(std::make_shared<RouterSnapshot>()) {}
 Router::~Router() = default;
 
+const std::shared_ptr<const RouterSnapshot>& Router::cached_snapshot() const {
+  SnapshotCache& cache = t_snapshot;
+  if (cache.generation != generation_.load(std::memory_order_acquire)) [[unlikely]] {
+    std::lock_guard lock(mu_);
+    cache.snap = snap_;
+    cache.generation = generation_.load(std::memory_order_relaxed);
+  }
+  return cache.snap;
+}
+
 std::shared_ptr<const RouterSnapshot> Router::snapshot() const {
-  std::lock_guard lock(mu_);
-  return snap_;
+  return cached_snapshot();
 }
 
 bool Router::has_group(std::string_view name) const {
@@ -201,8 +231,10 @@ Result<Ok> Router::reload(RouterConfig cfg) {
     snap->by_name[gc.name] = snap->groups.size();
     snap->groups.push_back(std::move(g));
   }
+  std::shared_ptr<const RouterSnapshot> previous;  // released outside the lock
   std::lock_guard lock(mu_);
-  snap_ = std::move(snap);
+  previous = std::exchange(snap_, std::move(snap));
+  generation_.store(next_generation(), std::memory_order_release);
   return Ok{};
 }
 
@@ -219,37 +251,78 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     return res;
   }
   const std::size_t n = g->cfg.deployments.size();
-  Candidate cands[kMaxDeploymentsPerGroup];
-  std::size_t count = 0;
   PickFailure earliest_reason = PickFailure::kExhausted;
   Nanos earliest = 0;
-  bool raced = false;
   auto note_blocked = [&](PickFailure reason, Nanos at) {
     if (earliest == 0 || at < earliest) {
       earliest = at;
       earliest_reason = reason;
     }
   };
-  for (std::size_t i = 0; i < n; ++i) {
-    if (exclude_mask & (std::uint64_t{1} << i)) continue;
+  // Whether deployment i may take the request now (its mutex held); notes why not otherwise.
+  auto eligible = [&](std::size_t i, DeploymentRuntime& rt) {
     const DeploymentConfig& d = g->cfg.deployments[i];
-    DeploymentRuntime& rt = *g->rts[i];
-    std::lock_guard lock(rt.mu);
     const Admission a = rt.breaker.check(now);
     if (a == Admission::kOpen || a == Admission::kCooling) {
       note_blocked(a == Admission::kOpen ? PickFailure::kAllOpen : PickFailure::kAllCooling,
                    rt.breaker.available_at(now));
-      continue;
+      return false;
     }
     Nanos cap_free = now;
     if (d.rpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageRequests, d.rpm));
     if (d.tpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageTokens, d.tpm));
     if (cap_free > now) {
       note_blocked(PickFailure::kAllAtCapacity, cap_free);
-      continue;
+      return false;
     }
-    cands[count++] =
-        Candidate{static_cast<std::uint32_t>(i), d.weight, rt.in_flight, rt.ewma.value(now)};
+    return true;
+  };
+  // Takes deployment idx for this request (its mutex held): the probe slot if half-open, one
+  // unit of its RPM. False if another thread took the last of either since it was found
+  // eligible.
+  auto claim = [&](std::uint32_t idx, const std::shared_ptr<DeploymentRuntime>& rt) {
+    const DeploymentConfig& d = g->cfg.deployments[idx];
+    const bool has_capacity = (d.rpm == 0 || rt->usage.sum(now, kUsageRequests) < d.rpm) &&
+                              (d.tpm == 0 || rt->usage.sum(now, kUsageTokens) < d.tpm);
+    const Admission a = has_capacity ? rt->breaker.acquire(now) : Admission::kOpen;
+    if (a != Admission::kAllowed && a != Admission::kProbe) return false;
+    rt->usage.add(now, kUsageRequests, 1);
+    Ticket t;
+    t.snap_ = snap;
+    t.group_ = g;
+    t.rt_ = rt;
+    t.index_ = idx;
+    t.admission_ = a;
+    res.ticket.emplace(std::move(t));
+    return true;
+  };
+
+  const std::uint64_t all = n >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
+  const std::uint64_t open = all & ~exclude_mask;
+  if (std::has_single_bit(open)) {
+    // One deployment to consider (a group of one, or the others already failed): found eligible
+    // and claimed under one acquisition of its mutex, so no other thread can come between.
+    const auto idx = static_cast<std::uint32_t>(std::countr_zero(open));
+    const auto& rt = g->rts[idx];
+    std::lock_guard lock(rt->mu);
+    if (eligible(idx, *rt) && claim(idx, rt)) return res;
+    res.failure = earliest_reason;
+    res.available_at = earliest;
+    return res;
+  }
+
+  // Room for the candidates, not initialised (Candidate has no member initialisers): filling all
+  // 64 would cost more than the scan of a small group.
+  Candidate cands[kMaxDeploymentsPerGroup];
+  std::size_t count = 0;
+  bool raced = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if ((open & (std::uint64_t{1} << i)) == 0) continue;
+    DeploymentRuntime& rt = *g->rts[i];
+    std::lock_guard lock(rt.mu);
+    if (!eligible(i, rt)) continue;
+    cands[count++] = Candidate{static_cast<std::uint32_t>(i), g->cfg.deployments[i].weight,
+                               rt.in_flight.load(std::memory_order_relaxed), rt.ewma.value(now)};
   }
   // Another thread may take the last probe slot or RPM unit between the scan and the claim;
   // then drop that candidate and choose again.
@@ -270,24 +343,9 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
       }
     }
     const std::uint32_t idx = cands[chosen].index;
-    const DeploymentConfig& d = g->cfg.deployments[idx];
-    const auto& rt = g->rts[idx];
     {
-      std::lock_guard lock(rt->mu);
-      const bool has_capacity = (d.rpm == 0 || rt->usage.sum(now, kUsageRequests) < d.rpm) &&
-                                (d.tpm == 0 || rt->usage.sum(now, kUsageTokens) < d.tpm);
-      const Admission a = has_capacity ? rt->breaker.acquire(now) : Admission::kOpen;
-      if (a == Admission::kAllowed || a == Admission::kProbe) {
-        rt->usage.add(now, kUsageRequests, 1);
-        Ticket t;
-        t.snap_ = snap;
-        t.group_ = g;
-        t.rt_ = rt;
-        t.index_ = idx;
-        t.admission_ = a;
-        res.ticket.emplace(std::move(t));
-        return res;
-      }
+      std::lock_guard lock(g->rts[idx]->mu);
+      if (claim(idx, g->rts[idx])) return res;
     }
     raced = true;
     cands[chosen] = cands[--count];
@@ -304,8 +362,7 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
 
 void Router::on_start(Ticket& t, Nanos /*now*/) {
   if (!t.rt_ || t.started_ || t.finished_) return;
-  std::lock_guard lock(t.rt_->mu);
-  ++t.rt_->in_flight;
+  t.rt_->in_flight.fetch_add(1, std::memory_order_relaxed);
   t.started_ = true;
 }
 
@@ -317,8 +374,8 @@ void Router::on_finish(Ticket& t, const Outcome& o, Nanos now, Rng& rng) {
   }
   t.finished_ = true;
   DeploymentRuntime& rt = *t.rt_;
+  if (t.started_) rt.in_flight.fetch_sub(1, std::memory_order_relaxed);
   std::lock_guard lock(rt.mu);
-  if (t.started_) --rt.in_flight;
   if (o.tokens > 0) rt.usage.add(now, kUsageTokens, o.tokens);
   // Streams are compared by time to first token; total time depends on the answer's length.
   Nanos sample = o.ttft_ns > 0 ? o.ttft_ns : o.latency_ns;
@@ -355,7 +412,7 @@ std::vector<DeploymentStatus> Router::status(Nanos now) const {
         s.open_remaining_s = to_seconds(std::max<Nanos>(0, rt.breaker.open_until() - now));
       }
       s.cooldown_remaining_s = to_seconds(std::max<Nanos>(0, rt.breaker.cooldown_until() - now));
-      s.in_flight = rt.in_flight;
+      s.in_flight = rt.in_flight.load(std::memory_order_relaxed);
       s.ewma_ms = rt.ewma.value(now) / 1e6;
       s.rpm_used = rt.usage.sum(now, kUsageRequests);
       s.tpm_used = rt.usage.sum(now, kUsageTokens);

@@ -16,9 +16,12 @@
 //     co_await sleep(d.delay);
 //   }
 // Thread safety: Router, pick(), on_start(), on_finish() and status() are safe from any thread;
-// each deployment has its own short mutex, never held across I/O. A Ticket and a RequestPlan
+// each deployment has its own short mutex, never held across I/O (its in-flight count is an
+// atomic, so on_start takes no lock), and a request reads the snapshot through a per-thread
+// cache that reload() invalidates (no lock unless it changed). A Ticket and a RequestPlan
 // belong to one request (one coroutine). A Ticket dropped without on_finish() is reported as
 // cancelled by its destructor, so probe slots and in-flight counts never leak.
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -163,7 +166,12 @@ class Router {
   std::pair<std::int64_t, std::int64_t> retry_budget_usage(std::string_view group, Nanos now) const;
 
  private:
-  mutable std::mutex mu_;  // guards snap_ (the pointer only)
+  // The calling thread's copy of snap_, refreshed when generation_ changed.
+  const std::shared_ptr<const RouterSnapshot>& cached_snapshot() const;
+
+  // generation_: process-wide unique id of snap_'s value, compared by the per-thread caches.
+  alignas(64) std::atomic<std::uint64_t> generation_{0};
+  alignas(64) mutable std::mutex mu_;  // guards snap_ (the pointer only)
   std::shared_ptr<const RouterSnapshot> snap_;
 };
 

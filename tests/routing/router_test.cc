@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <map>
+#include <optional>
 #include <thread>
+#include <vector>
 
 namespace bw::routing {
 namespace {
@@ -391,6 +393,83 @@ TEST(RouterThreads, ConcurrentPickFinishKeepsCountsConsistent) {
   for (auto& th : threads) th.join();
   EXPECT_GT(picked.load(), 0);
   for (const auto& s : r.status(kT0 + seconds(100))) EXPECT_EQ(s.in_flight, 0) << s.id;
+}
+
+// A group of one deployment is found eligible and claimed under one lock: half-open probes
+// are never handed out beyond the configured number, whatever the threads do.
+TEST(RouterThreads, SingleDeploymentProbesStayBounded) {
+  RouterConfig c = base_config();
+  c.groups[1].deployments = {dep("g1")};
+  c.breaker.consecutive_failures = 1;
+  c.breaker.half_open_probes = 2;
+  c.breaker.open_base = seconds(1);
+  c.breaker.open_max = seconds(1);
+  Router r;
+  ASSERT_TRUE(r.reload(c).ok());
+  Rng rng0(1);
+  EXPECT_EQ(run(r, "gemini-2.5-flash", kT0, rng0, failure(OutcomeKind::kHttp5xx, 502)), "g1");
+  PickFailure why = PickFailure::kNone;
+  EXPECT_EQ(run(r, "gemini-2.5-flash", kT0, rng0, ok(), &why), "");
+  EXPECT_EQ(why, PickFailure::kAllOpen);
+  // Half-open from kT0 + 1 s: the threads hold their tickets, so at most two are granted.
+  const Nanos later = kT0 + seconds(2);
+  std::atomic<int> granted{0};
+  std::vector<std::optional<Ticket>> held(8);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      Rng rng(200 + t);
+      auto p = r.pick("gemini-2.5-flash", later, 0, rng);
+      if (!p.ticket) return;
+      ++granted;
+      r.on_start(*p.ticket, later);
+      held[t] = std::move(p.ticket);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(granted.load(), 2);
+  std::int64_t in_flight = 0;
+  for (const auto& s : r.status(later)) {
+    if (s.id == "g1") in_flight = s.in_flight;
+  }
+  EXPECT_EQ(in_flight, 2);
+  held.clear();  // dropped unfinished: reported as cancelled, counts and probe slots return
+  for (const auto& s : r.status(later)) {
+    if (s.id == "g1") {
+      EXPECT_EQ(s.in_flight, 0);
+    }
+  }
+  EXPECT_EQ(run(r, "gemini-2.5-flash", later, rng0, ok()), "g1");
+}
+
+// Each thread reads the routing snapshot through its own cache: a reload is seen by a thread
+// that had cached the previous one.
+TEST(RouterThreads, ReloadIsSeenByAThreadThatCachedTheOldSnapshot) {
+  RouterConfig c = base_config();
+  Router r;
+  ASSERT_TRUE(r.reload(c).ok());
+  std::atomic<int> phase{0};
+  bool before = true, after = false;
+  std::thread reader([&] {
+    before = r.has_group("o3");
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+    after = r.has_group("o3");
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  ModelGroupConfig g;
+  g.name = "o3";
+  g.deployments = {dep("o3-a")};
+  c.groups.push_back(g);
+  ASSERT_TRUE(r.reload(c).ok());
+  phase = 2;
+  reader.join();
+  EXPECT_FALSE(before);
+  EXPECT_TRUE(after);
+  // Two routers on one thread never read each other's snapshot from the cache.
+  Router other;
+  EXPECT_FALSE(other.has_group("o3"));
+  EXPECT_TRUE(r.has_group("o3"));
 }
 
 }  // namespace
