@@ -306,7 +306,7 @@ void BudgetManager::release(Reservation& reservation) {
 std::optional<std::string> BudgetManager::should_downgrade(
     const std::vector<std::string>& budget_ids, std::string_view model, bool opt_out,
     std::int64_t now_unix_ms) const {
-  if (opt_out) return std::nullopt;
+  if (opt_out || options_.downgrade.empty()) return std::nullopt;  // no model string per request
   auto target = options_.downgrade.find(std::string(model));
   if (target == options_.downgrade.end() || target->second == model) return std::nullopt;
   for (auto& state : find_all(budget_ids)) {

@@ -131,6 +131,13 @@ struct Ctx {
   cost::LeaseClaim lease_claim;
   std::string lease_set;
   std::int64_t reserved_unix_ms = 0;
+  // What phase_cost::try_now worked out for run(), when the request needs a reservation of its
+  // own or opens a lease: its worst case, the time it reserves at, and whether it opens a lease.
+  struct CostStep {
+    cost::Micros worst = 0;
+    std::int64_t now_ms = 0;
+    bool open_lease = false;
+  } cost_step;
   // The output cap asked for (max_tokens, else the group's default; 0 = no cost guard), and the
   // one forwarded to the answering model: the requested cap under that model's own limit.
   std::int64_t completion_cap = 0;

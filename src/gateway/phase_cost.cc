@@ -250,23 +250,21 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
 
 }  // namespace
 
-// The price, and whether any budget applies at all: most requests of a deployment without
-// budgets need no coroutine for the rest.
+// Everything up to the reservation decides without a coroutine: the price, whether any budget
+// applies, a downgrade, the worst case and, with leases, the lease's share. A request that a
+// lease covers (the common case under load) is done here; run() takes the rest from where this
+// left it (c.cost_step).
 std::optional<Verdict> phase_cost::try_now(Ctx& c) {
+  auto& sh = c.sh;
   const auto& cfg = c.rt->config();
   c.price = cfg.prices.find(c.route_model);
-  if (!c.sh.budget_store) return Ok{};
+  if (!sh.budget_store) return Ok{};
   if (c.key->budget_ids.empty()) return Ok{};
-  return std::nullopt;
-}
-
-asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
-  auto& sh = c.sh;
   if (!c.price) {
-    co_return errors::make(errors::kModelNotPriced,
-                           "The model '" + c.route_model +
-                               "' has no price, so its spend cannot be held to a budget. Add it "
-                               "to the pricing table.");
+    return Verdict(errors::make(errors::kModelNotPriced,
+                                "The model '" + c.route_model +
+                                    "' has no price, so its spend cannot be held to a budget. Add "
+                                    "it to the pricing table."));
   }
   const std::int64_t now_ms = sh.clock.unix_millis();
   maybe_downgrade(c, now_ms);
@@ -274,23 +272,37 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
       c.group->answers[static_cast<std::size_t>(std::clamp(c.priority.priority, 0, 2))];
   // A fallback without a price could answer at any price: refused like an unpriced model.
   if (!chain.unpriced.empty()) {
-    co_return errors::make(errors::kModelNotPriced,
-                           "The model '" + chain.unpriced + "', a fallback of '" + c.route_model +
-                               "', has no price, so its spend cannot be held to a budget. Add "
-                               "it to the pricing table.");
+    return Verdict(errors::make(errors::kModelNotPriced,
+                                "The model '" + chain.unpriced + "', a fallback of '" +
+                                    c.route_model +
+                                    "', has no price, so its spend cannot be held to a budget. "
+                                    "Add it to the pricing table."));
   }
-  const cost::Micros worst = worst_case(c, chain);
+  Ctx::CostStep& step = c.cost_step;
+  step.worst = worst_case(c, chain);
+  step.now_ms = now_ms;
+  step.open_lease = false;
   if (sh.leases) {
     const cost::LeaseSet& set = c.key->lease_set;
-    const auto begin = sh.leases->begin(set, worst, now_ms, c.lease_claim);
+    const auto begin = sh.leases->begin(set, step.worst, now_ms, c.lease_claim);
     if (begin == cost::LeaseBook::Begin::kCovered) {
       c.reserved_unix_ms = now_ms;
-      co_return Ok{};  // the lease row holds it: no ledger wait
+      return Ok{};  // the lease row holds it: no ledger wait
     }
     c.lease_set = set.key;
-    if (begin == cost::LeaseBook::Begin::kOpen) {
-      if (auto v = co_await open_lease(c, set, worst, now_ms)) co_return std::move(*v);
-    }
+    step.open_lease = begin == cost::LeaseBook::Begin::kOpen;
+  }
+  return std::nullopt;
+}
+
+// After try_now returned nullopt: a lease to open, or the per-request reservation and its
+// ledger row.
+asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
+  auto& sh = c.sh;
+  const std::int64_t now_ms = c.cost_step.now_ms;
+  const cost::Micros worst = c.cost_step.worst;
+  if (c.cost_step.open_lease) {
+    if (auto v = co_await open_lease(c, c.key->lease_set, worst, now_ms)) co_return std::move(*v);
   }
   auto res = co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget, now_ms, c.now());
   if (!res.ok) {

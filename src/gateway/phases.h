@@ -75,6 +75,8 @@ boost::asio::awaitable<void> settle(Ctx& c);
 
 // 6 cost guard: price, maybe downgrade, reserve the worst case, make it durable.
 namespace phase_cost {
+// try_now settles the unbudgeted and the lease-covered requests; run() continues (only) after
+// try_now returned nullopt.
 std::optional<Verdict> try_now(Ctx& c);
 boost::asio::awaitable<Verdict> run(Ctx& c);
 // finish: the actual cost (no I/O), then, when a hold is active, settle or release it.
