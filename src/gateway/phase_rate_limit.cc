@@ -20,6 +20,7 @@ limits::RequestScope limit_scope(const Ctx& c) {
   scope.plan = c.plan;
   scope.key_overrides =
       c.key->cfg->limit_overrides.empty() ? nullptr : &c.key->cfg->limit_overrides;
+  scope.prepared = c.key->limits.get();
   return scope;
 }
 

@@ -14,6 +14,7 @@
 #include "cost/lease.h"
 #include "gateway/translate.h"
 #include "http/client.h"
+#include "limits/limiter.h"
 #include "telemetry/metrics.h"
 
 namespace bw::gateway {
@@ -89,6 +90,9 @@ struct KeyInfo {
   // ids that apply to it (budget_ids_for) and its budget set for leases.
   std::vector<std::string> budget_ids;
   cost::LeaseSet lease_set;
+  // The key's plan limits with their bucket keys, resolved for the rate-limit phase (shared:
+  // KeyInfo is copied into its map, the limits point into this snapshot's config).
+  std::shared_ptr<const limits::PreparedLimits> limits;
 };
 
 // Budget ids that apply to a key: global, its tenant's, its own (one per configured period).

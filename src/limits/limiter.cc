@@ -56,6 +56,7 @@ bool global_scope_id(const LimitSpec& spec, const RequestScope& s, std::string_v
 
 struct Pending {
   const LimitSpec* spec;
+  const char* key_base;  // the key's storage: a PreparedLimits' keys, or null for the arena
   std::size_t key_begin;
   std::size_t key_len;
 };
@@ -116,6 +117,46 @@ bool same_name(std::string_view a, std::string_view b) {
   return true;
 }
 
+// The plan limits of a key in check order, each once the key's overrides are applied (the last
+// override of a name wins; an override of a name the plan lacks comes after the plan's limits):
+// f(spec, owner) for each whose owner (the key, or its tenant) is known. `daily` receives the
+// plan's daily quota as a limit.
+template <class F>
+void walk_plan(const Plan& plan, const std::vector<LimitSpec>* overrides, std::string_view key_id,
+               std::string_view tenant_id, LimitSpec& daily, F&& f) {
+  auto plan_limit = [&](const LimitSpec& base) {
+    const LimitSpec* spec = &base;
+    if (overrides) {
+      for (auto it = overrides->rbegin(); it != overrides->rend(); ++it) {
+        if (same_name(it->name, base.name)) {
+          spec = &*it;
+          break;
+        }
+      }
+    }
+    const std::string_view owner = spec->scope == Scope::kTenant ? tenant_id : key_id;
+    if (owner.empty()) return;
+    f(*spec, owner);
+  };
+  for (const LimitSpec& l : plan.limits) plan_limit(l);
+  if (plan.daily_requests) {
+    daily.name = kDailyQuotaName;
+    daily.algorithm = Algorithm::kSlidingWindow;
+    daily.rate = *plan.daily_requests;
+    daily.period = Period::kDay;
+    plan_limit(daily);
+  }
+  if (overrides) {
+    for (const LimitSpec& o : *overrides) {
+      const bool in_plan =
+          same_name(o.name, kDailyQuotaName) ||
+          std::any_of(plan.limits.begin(), plan.limits.end(),
+                      [&](const LimitSpec& l) { return same_name(l.name, o.name); });
+      if (!in_plan) plan_limit(o);
+    }
+  }
+}
+
 bool more_restrictive(const Decision& a, const RateHeaders& b) {
   if (!b.present) return true;
   if (a.remaining != b.remaining) return a.remaining < b.remaining;
@@ -152,6 +193,27 @@ const std::shared_ptr<const LimiterConfig>& Limiter::snapshot() const {
   return cache.config;
 }
 
+PreparedLimits::PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides,
+                               std::string_view key_id, std::string_view tenant_id)
+    : plan_(plan), overrides_(overrides), key_id_(key_id), tenant_id_(tenant_id) {
+  if (plan == nullptr) return;
+  KeyArena arena;
+  walk_plan(*plan, overrides, key_id, tenant_id, daily_,
+            [&](const LimitSpec& spec, std::string_view owner) {
+              if (spec.scope == Scope::kEndpoint || spec.scope == Scope::kModel) {
+                usable_ = false;
+                return;
+              }
+              Item& it = items_.emplace_back();
+              it.spec = &spec;
+              it.key_begin = static_cast<std::uint32_t>(arena.size());
+              append_key(arena, 'p', spec, owner);
+              it.key_size = static_cast<std::uint32_t>(arena.size() - it.key_begin);
+            });
+  keys_.assign(arena.data(), arena.size());
+  if (!usable_) items_.clear();
+}
+
 void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& s,
                      std::int64_t token_cost) const {
   KeyArena& arena = g.arena;
@@ -160,6 +222,7 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
                  std::string_view sub = {}) {
     Pending& p = pending.emplace_back();  // fields one by one: see the loop at the end
     p.spec = &spec;
+    p.key_base = nullptr;
     p.key_begin = arena.size();
     append_key(arena, source, spec, id, sub);
     p.key_len = arena.size() - p.key_begin;
@@ -171,44 +234,26 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
   }
 
   // Plan limits belong to the key (or its tenant); endpoint/model scope narrows them further.
-  LimitSpec& daily = g.daily;
-  if (s.plan) {
-    auto plan_limit = [&](const LimitSpec& base) {
-      const LimitSpec* spec = &base;
-      if (s.key_overrides) {
-        // The last override of that name wins.
-        for (auto it = s.key_overrides->rbegin(); it != s.key_overrides->rend(); ++it) {
-          if (same_name(it->name, base.name)) {
-            spec = &*it;
-            break;
-          }
-        }
-      }
-      const bool tenant = spec->scope == Scope::kTenant;
-      const std::string_view owner = tenant ? s.tenant_id : s.key_id;
-      if (owner.empty()) return;
-      std::string_view sub;
-      if (spec->scope == Scope::kEndpoint && !match_value(*spec, s.endpoint, sub)) return;
-      if (spec->scope == Scope::kModel && !match_value(*spec, s.model, sub)) return;
-      add(*spec, 'p', owner, sub);
-    };
-    for (const LimitSpec& l : s.plan->limits) plan_limit(l);
-    if (s.plan->daily_requests) {
-      daily.name = kDailyQuotaName;
-      daily.algorithm = Algorithm::kSlidingWindow;
-      daily.rate = *s.plan->daily_requests;
-      daily.period = Period::kDay;
-      plan_limit(daily);
+  const PreparedLimits* ready = s.prepared;
+  if (ready != nullptr && ready->usable_ && ready->plan_ == s.plan &&
+      ready->overrides_ == s.key_overrides && ready->key_id_.data() == s.key_id.data() &&
+      ready->key_id_.size() == s.key_id.size() && ready->tenant_id_.data() == s.tenant_id.data() &&
+      ready->tenant_id_.size() == s.tenant_id.size()) {
+    for (const PreparedLimits::Item& it : ready->items_) {
+      Pending& p = pending.emplace_back();
+      p.spec = it.spec;
+      p.key_base = ready->keys_.data();
+      p.key_begin = it.key_begin;
+      p.key_len = it.key_size;
     }
-    if (s.key_overrides) {
-      for (const LimitSpec& o : *s.key_overrides) {
-        const bool in_plan =
-            same_name(o.name, kDailyQuotaName) ||
-            std::any_of(s.plan->limits.begin(), s.plan->limits.end(),
-                        [&](const LimitSpec& l) { return same_name(l.name, o.name); });
-        if (!in_plan) plan_limit(o);
-      }
-    }
+  } else if (s.plan) {
+    walk_plan(*s.plan, s.key_overrides, s.key_id, s.tenant_id, g.daily,
+              [&](const LimitSpec& spec, std::string_view owner) {
+                std::string_view sub;
+                if (spec.scope == Scope::kEndpoint && !match_value(spec, s.endpoint, sub)) return;
+                if (spec.scope == Scope::kModel && !match_value(spec, s.model, sub)) return;
+                add(spec, 'p', owner, sub);
+              });
   }
 
   // Field by field: copying whole LimitCheck temporaries stalled on store forwarding here.
@@ -217,7 +262,7 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
   for (std::size_t i = 0; i < pending.size(); ++i) {
     const Pending& p = pending[i];
     LimitCheck& c = checks[i];
-    c.key = std::string_view(arena.data() + p.key_begin, p.key_len);
+    c.key = std::string_view((p.key_base ? p.key_base : arena.data()) + p.key_begin, p.key_len);
     c.spec = p.spec;
     c.cost = p.spec->unit == Unit::kTokens ? token_cost : 1;
   }

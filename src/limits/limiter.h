@@ -41,6 +41,42 @@ struct LimiterConfig {
   std::vector<LimitSpec> limits;
 };
 
+// The plan limits of one key resolved ahead of its requests: each limit that applies once the
+// key's overrides are taken into account, with its bucket key, in the order check() takes them.
+// Build it once per key and config snapshot (it points into `plan` and `overrides`, which must
+// outlive it) and pass it in RequestScope::prepared; check() then neither walks the plan nor
+// formats a bucket key for it. It is used only for a scope of the same plan, overrides, key id
+// and tenant (the same objects); any other scope, and a plan with a limit scoped by endpoint or
+// model (its bucket depends on the request), takes the per-request path. Immutable once built:
+// share it read-only across threads.
+class PreparedLimits {
+ public:
+  PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides, std::string_view key_id,
+                 std::string_view tenant_id);
+  PreparedLimits(const PreparedLimits&) = delete;  // items_ may point at daily_
+  PreparedLimits& operator=(const PreparedLimits&) = delete;
+
+  // False when a plan limit is scoped by endpoint or model.
+  bool usable() const { return usable_; }
+  std::size_t size() const { return items_.size(); }
+
+ private:
+  friend class Limiter;
+  struct Item {
+    const LimitSpec* spec;
+    std::uint32_t key_begin;  // its bucket key: keys_[key_begin, +key_size)
+    std::uint32_t key_size;
+  };
+  const Plan* plan_;
+  const std::vector<LimitSpec>* overrides_;
+  std::string_view key_id_;
+  std::string_view tenant_id_;
+  bool usable_ = true;
+  LimitSpec daily_;  // the plan's daily quota as a limit
+  std::vector<Item> items_;
+  std::string keys_;
+};
+
 struct RequestScope {
   std::string_view key_id;  // stable API key id (not the secret); "" = unauthenticated
   std::string_view tenant_id;
@@ -49,6 +85,8 @@ struct RequestScope {
   std::string_view model;      // requested model (after alias resolution)
   const Plan* plan = nullptr;  // nullptr: no plan limits
   const std::vector<LimitSpec>* key_overrides = nullptr;
+  // The key's plan limits resolved ahead (optional): see PreparedLimits.
+  const PreparedLimits* prepared = nullptr;
 };
 
 // Data for x-ratelimit-{limit,remaining,reset}-{requests,tokens}.

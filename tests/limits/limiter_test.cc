@@ -125,6 +125,96 @@ TEST(Limiter, TenantScopedPlanLimitIsShared) {
   EXPECT_EQ(admit(l, b, 2, kT0), 1);
 }
 
+// A key's plan limits resolved ahead give the very verdicts of the per-request path: the same
+// limits, in the same order, on the same buckets.
+void expect_same(const Verdict& a, const Verdict& b, int step) {
+  SCOPED_TRACE(step);
+  EXPECT_EQ(a.allowed, b.allowed);
+  EXPECT_EQ(a.limit_name, b.limit_name);
+  EXPECT_EQ(a.retry_after_ns, b.retry_after_ns);
+  EXPECT_EQ(a.requests.present, b.requests.present);
+  EXPECT_EQ(a.requests.limit, b.requests.limit);
+  EXPECT_EQ(a.requests.remaining, b.requests.remaining);
+  EXPECT_EQ(a.requests.reset_after, b.requests.reset_after);
+  EXPECT_EQ(a.tokens.present, b.tokens.present);
+  EXPECT_EQ(a.tokens.remaining, b.tokens.remaining);
+  EXPECT_EQ(a.tokens.reset_after, b.tokens.reset_after);
+  EXPECT_EQ(a.shadow_rejections, b.shadow_rejections);
+  EXPECT_EQ(a.wait_ok, b.wait_ok);
+  ASSERT_EQ(a.reservation.token_limits.size(), b.reservation.token_limits.size());
+  for (std::size_t i = 0; i < a.reservation.token_limits.size(); ++i) {
+    const auto& x = a.reservation.token_limits[i];
+    const auto& y = b.reservation.token_limits[i];
+    EXPECT_EQ(a.reservation.key(x), b.reservation.key(y));
+    EXPECT_EQ(a.reservation.adjust_spec(x).name, b.reservation.adjust_spec(y).name);
+    EXPECT_EQ(x.charged, y.charged);
+  }
+}
+
+TEST(Limiter, PreparedPlanLimitsGiveTheSameVerdicts) {
+  Plan plan;
+  plan.daily_requests = 40;
+  LimitSpec shadow = spec("shadow-rps", Scope::kKey, 2);
+  shadow.mode = Mode::kShadow;
+  plan.limits = {spec("rps", Scope::kKey, 5), spec("tenant-rps", Scope::kTenant, 7),
+                 spec("tpm", Scope::kKey, 900, {}, Unit::kTokens, Period::kMinute), shadow};
+  const std::vector<LimitSpec> overrides = {spec("rps", Scope::kKey, 4),
+                                            spec("extra", Scope::kKey, 6)};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, &overrides, key, tenant);
+  ASSERT_TRUE(ready.usable());
+  EXPECT_EQ(ready.size(), 6u);  // rps (overridden), tenant-rps, tpm, shadow, daily, extra
+  Limiter plain(cfg({spec("global", Scope::kGlobal, 50)}), new_store());
+  Limiter fast(cfg({spec("global", Scope::kGlobal, 50)}), new_store());
+  RequestScope s = scope();
+  s.key_id = key;
+  s.tenant_id = tenant;
+  s.plan = &plan;
+  s.key_overrides = &overrides;
+  RequestScope p = s;
+  p.prepared = &ready;
+  int passed = 0;
+  for (int i = 0; i < 60; ++i) {
+    const Nanos now = kT0 + i * 97 * kMs;
+    Verdict a = plain.check(s, 100 + i, now);
+    Verdict b = fast.check(p, 100 + i, now);
+    expect_same(a, b, i);
+    passed += a.allowed;
+    plain.settle(a.reservation, 30 + i, now + kMs);
+    fast.settle(b.reservation, 30 + i, now + kMs);
+  }
+  EXPECT_GT(passed, 0);
+  EXPECT_LT(passed, 60);
+
+  // Used only for the scope it was built for: another key's scope takes the per-request path.
+  RequestScope other = s;
+  other.key_id = "k2";
+  RequestScope other_p = other;
+  other_p.prepared = &ready;
+  for (int i = 0; i < 8; ++i) {
+    expect_same(plain.check(other, 1, kT0 + 10 * kNanosPerSecond),
+                fast.check(other_p, 1, kT0 + 10 * kNanosPerSecond), 100 + i);
+  }
+}
+
+TEST(Limiter, PreparedPlanLimitsLeaveRequestScopedPlansToTheRequest) {
+  Plan plan;
+  plan.limits = {spec("rps", Scope::kKey, 3), spec("chat", Scope::kEndpoint, 1, "/v1/chat/*")};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  EXPECT_FALSE(ready.usable());
+  Limiter l(cfg({}), new_store());
+  RequestScope s = scope();
+  s.key_id = key;
+  s.tenant_id = tenant;
+  s.plan = &plan;
+  s.prepared = &ready;
+  EXPECT_EQ(admit(l, s, 3, kT0), 1);  // "chat" binds on a chat path
+  RequestScope e = s;
+  e.endpoint = "/v1/embeddings";
+  EXPECT_EQ(admit(l, e, 3, kT0), 2);  // only rps here (1 of 3 used above)
+}
+
 TEST(Limiter, HeadersShadowWaitAndSettle) {
   LimitSpec rpm = spec("rpm", Scope::kKey, 60, {}, Unit::kRequests, Period::kMinute);
   rpm.on_exceed = OnExceed::kWait;
