@@ -24,10 +24,22 @@
 
 namespace bw::limits {
 
+// A store's own digest of a bucket key (LimitStore::digest): computed once by a caller that
+// checks the same keys on every request, so that the store does not hash them each time. It
+// names the store that made it: any other store (a wrapper's own fallback store, say) ignores it
+// and digests the key itself.
+struct KeyDigest {
+  const void* store = nullptr;
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+};
+
 struct LimitCheck {
   std::string_view key;   // bucket identity: limit name + scope id (stable across reloads)
   const LimitSpec* spec;  // parameters for this call; the store never keeps the pointer
   std::int64_t cost = 1;  // >= 0
+  // Optional: digest(key), computed ahead; null (or another store's): the store digests the key.
+  const KeyDigest* digest = nullptr;
 };
 
 // What adjust() needs of a limit: its bucket parameters, and its name (the Redis store picks the
@@ -36,6 +48,7 @@ struct AdjustSpec {
   std::string_view name;
   Algorithm algorithm = Algorithm::kGcra;
   BucketParams params;
+  const KeyDigest* digest = nullptr;  // as LimitCheck::digest
 
   AdjustSpec() = default;
   AdjustSpec(std::string_view n, Algorithm a, BucketParams p) : name(n), algorithm(a), params(p) {}
@@ -65,6 +78,13 @@ class LimitStore {
   // delta > 0 charges more (may go into debt); delta < 0 refunds (never below empty).
   virtual void adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta,
                       Nanos now) = 0;
+  // The digest of `key` that this store would compute itself, for LimitCheck::digest and
+  // AdjustSpec::digest. False: the store has none (it takes keys as they are).
+  virtual bool digest(std::string_view key, KeyDigest& out) const {
+    (void)key;
+    (void)out;
+    return false;
+  }
 };
 
 // The same contract for stores that do I/O (RedisLimitStore). Callers co_await the result on

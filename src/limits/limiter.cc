@@ -56,7 +56,8 @@ bool global_scope_id(const LimitSpec& spec, const RequestScope& s, std::string_v
 
 struct Pending {
   const LimitSpec* spec;
-  const char* key_base;  // the key's storage: a PreparedLimits' keys, or null for the arena
+  const char* key_base;     // the key's storage: a PreparedLimits' keys, or null for the arena
+  const KeyDigest* digest;  // the store's digest of the key, when known ahead
   std::size_t key_begin;
   std::size_t key_len;
 };
@@ -214,6 +215,19 @@ PreparedLimits::PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* o
   if (!usable_) items_.clear();
 }
 
+const KeyDigest* PreparedLimits::digests(const LimitStore& store) const {
+  std::call_once(digest_once_, [&] {
+    std::vector<KeyDigest> d(items_.size());
+    for (std::size_t i = 0; i < items_.size(); ++i) {
+      const std::string_view key(keys_.data() + items_[i].key_begin, items_[i].key_size);
+      if (!store.digest(key, d[i])) return;  // a store without digests: none
+    }
+    digests_ = std::move(d);
+    digest_store_ = &store;
+  });
+  return digest_store_ == &store ? digests_.data() : nullptr;
+}
+
 void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& s,
                      std::int64_t token_cost) const {
   KeyArena& arena = g.arena;
@@ -223,6 +237,7 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
     Pending& p = pending.emplace_back();  // fields one by one: see the loop at the end
     p.spec = &spec;
     p.key_base = nullptr;
+    p.digest = nullptr;
     p.key_begin = arena.size();
     append_key(arena, source, spec, id, sub);
     p.key_len = arena.size() - p.key_begin;
@@ -239,10 +254,13 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
       ready->overrides_ == s.key_overrides && ready->key_id_.data() == s.key_id.data() &&
       ready->key_id_.size() == s.key_id.size() && ready->tenant_id_.data() == s.tenant_id.data() &&
       ready->tenant_id_.size() == s.tenant_id.size()) {
-    for (const PreparedLimits::Item& it : ready->items_) {
+    const KeyDigest* digests = ready->digests(*store_);
+    for (std::size_t i = 0; i < ready->items_.size(); ++i) {
+      const PreparedLimits::Item& it = ready->items_[i];
       Pending& p = pending.emplace_back();
       p.spec = it.spec;
       p.key_base = ready->keys_.data();
+      p.digest = digests ? digests + i : nullptr;
       p.key_begin = it.key_begin;
       p.key_len = it.key_size;
     }
@@ -265,6 +283,7 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
     c.key = std::string_view((p.key_base ? p.key_base : arena.data()) + p.key_begin, p.key_len);
     c.spec = p.spec;
     c.cost = p.spec->unit == Unit::kTokens ? token_cost : 1;
+    c.digest = p.digest;
   }
 }
 
@@ -324,6 +343,10 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
       c.algorithm = spec.algorithm;
       c.params = spec.params();
       c.charged = token_cost;
+      if (checks[i].digest) {
+        c.has_digest = true;
+        c.digest = *checks[i].digest;
+      }
       res.key_bytes.insert(res.key_bytes.end(), key.begin(), key.end());
       res.token_limits.push_back(c);
     }

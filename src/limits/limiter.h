@@ -16,7 +16,8 @@
 //
 // Cost: the allowed, in-process path of check + settle does not allocate (bucket keys are built in
 // a stack buffer, the Reservation keeps its keys inline); only a new bucket, a rejection (limit
-// name, shadow names) or unusually long keys do.
+// name, shadow names) or unusually long keys do. With a scope's PreparedLimits the plan's limits,
+// their bucket keys and the store's digests of those keys are taken as they are.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -62,6 +63,9 @@ class PreparedLimits {
 
  private:
   friend class Limiter;
+  // The digests of the keys for `store` (LimitStore::digest), taken on first use by the first
+  // store asked for; null for a store without digests, or another store.
+  const KeyDigest* digests(const LimitStore& store) const;
   struct Item {
     const LimitSpec* spec;
     std::uint32_t key_begin;  // its bucket key: keys_[key_begin, +key_size)
@@ -75,6 +79,9 @@ class PreparedLimits {
   LimitSpec daily_;  // the plan's daily quota as a limit
   std::vector<Item> items_;
   std::string keys_;
+  mutable std::once_flag digest_once_;
+  mutable const LimitStore* digest_store_ = nullptr;  // written once, under digest_once_
+  mutable std::vector<KeyDigest> digests_;            // one per item
 };
 
 struct RequestScope {
@@ -107,6 +114,8 @@ struct ChargedLimit {
   Algorithm algorithm = Algorithm::kGcra;
   BucketParams params;
   std::int64_t charged = 0;  // tokens charged at check time
+  bool has_digest = false;   // `digest` is the limiter's store's digest of the key
+  KeyDigest digest;
 };
 
 // Bytes of a bucket key before the limit's name ("<source>\x1f<name>\x1f...").
@@ -124,7 +133,9 @@ struct Reservation {
     return {key_bytes.data() + c.key_begin, c.key_size};
   }
   AdjustSpec adjust_spec(const ChargedLimit& c) const {
-    return {key(c).substr(kKeyNameOffset, c.name_size), c.algorithm, c.params};
+    AdjustSpec a{key(c).substr(kKeyNameOffset, c.name_size), c.algorithm, c.params};
+    if (c.has_digest) a.digest = &c.digest;
+    return a;
   }
 };
 

@@ -228,7 +228,9 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   boost::container::small_vector<Working, 8> work;
   boost::container::small_vector<std::size_t, 8> slot(checks.size());
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    const KeyHash h = hash_key(checks[i].key, seed_);
+    const KeyDigest* d = checks[i].digest;
+    const KeyHash h =
+        d && d->store == this ? KeyHash{d->lo, d->hi} : hash_key(checks[i].key, seed_);
     auto it = std::find_if(work.begin(), work.end(), [&](const Working& w) { return w.key == h; });
     if (it == work.end()) {
       Working& w = work.emplace_back();
@@ -356,7 +358,8 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
 void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta,
                               Nanos now) {
   if (delta == 0) return;
-  const KeyHash h = hash_key(key, seed_);
+  const KeyDigest* d = spec.digest;
+  const KeyHash h = d && d->store == this ? KeyHash{d->lo, d->hi} : hash_key(key, seed_);
   Shard& shard = shards_[static_cast<std::size_t>(h.hi) & shard_mask_];
   std::lock_guard lock(shard.mu);
   auto it = shard.map.find(h);
@@ -385,6 +388,12 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
     store(e, w, idle);
     shard.map.emplace(h, std::move(e));
   }
+}
+
+bool MemoryLimitStore::digest(std::string_view key, KeyDigest& out) const {
+  const KeyHash h = hash_key(key, seed_);
+  out = KeyDigest{this, h.lo, h.hi};
+  return true;
 }
 
 std::size_t MemoryLimitStore::evict_idle(Nanos now) {

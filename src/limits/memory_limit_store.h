@@ -54,6 +54,7 @@ class MemoryLimitStore final : public LimitStore {
 
   BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) override;
   void adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta, Nanos now) override;
+  bool digest(std::string_view key, KeyDigest& out) const override;
 
   // Deletes every bucket that is idle at `now`; returns how many.
   std::size_t evict_idle(Nanos now);

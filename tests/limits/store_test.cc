@@ -53,6 +53,31 @@ TEST(MemoryLimitStore, AllOrNothingAcrossTwoLimits) {
   EXPECT_FALSE(store.check_and_consume(only_a, kT0).allowed);
 }
 
+TEST(MemoryLimitStore, DigestNamesTheKeysBucket) {
+  MemoryLimitStore store(opts()), other(opts());  // the same seed: a digest names its store
+  const LimitSpec a = spec("a", 2);
+  KeyDigest d;
+  ASSERT_TRUE(store.digest("a:k", d));
+  const LimitCheck by_digest[] = {{"a:k", &a, 1, &d}};
+  const LimitCheck by_key[] = {{"a:k", &a, 1}};
+  EXPECT_TRUE(store.check_and_consume(by_digest, kT0).allowed);
+  EXPECT_TRUE(store.check_and_consume(by_key, kT0).allowed);
+  EXPECT_FALSE(store.check_and_consume(by_digest, kT0).allowed);  // one bucket
+  EXPECT_EQ(store.size(), 1u);
+  AdjustSpec refund(a);
+  refund.digest = &d;
+  store.adjust("a:k", refund, -1, kT0);
+  EXPECT_TRUE(store.check_and_consume(by_key, kT0).allowed);
+  EXPECT_FALSE(store.check_and_consume(by_key, kT0).allowed);
+  // Another store's digest is ignored: `other` digests "a:k" itself.
+  KeyDigest foreign;
+  ASSERT_TRUE(store.digest("b:elsewhere", foreign));
+  const LimitCheck mislabelled[] = {{"a:k", &a, 1, &foreign}};
+  EXPECT_TRUE(other.check_and_consume(mislabelled, kT0).allowed);
+  EXPECT_TRUE(other.check_and_consume(mislabelled, kT0).allowed);
+  EXPECT_FALSE(other.check_and_consume(by_key, kT0).allowed);
+}
+
 TEST(MemoryLimitStore, RejectedRequestLeavesNoTrace) {
   MemoryLimitStore store(opts());
   const LimitSpec tight = spec("tight", 1), loose = spec("loose", 100);
