@@ -51,6 +51,10 @@ std::string lease_set_key(const std::vector<std::string>& budgets, std::string_v
   return k;
 }
 
+std::size_t lease_set_hash(std::string_view key) {
+  return std::hash<std::string_view>{}(key);
+}
+
 // --- LeaseClaim ----------------------------------------------------------------------------------
 
 LeaseClaim::LeaseClaim(LeaseClaim&& other) noexcept
@@ -117,21 +121,31 @@ std::string LeaseBook::next_lease_id() {
   return id_prefix_ + std::to_string(++next_id_);
 }
 
+LeaseSetState& LeaseBook::state_of(const LeaseSet& set) {
+  const HashedKey k{set.key, set.hash != 0 ? set.hash : lease_set_hash(set.key)};
+  auto it = sets_.find(k);
+  if (it == sets_.end()) {
+    it = sets_.emplace(set.key, std::make_shared<LeaseSetState>()).first;
+  } else if (!it->second) {
+    it->second = std::make_shared<LeaseSetState>();
+  }
+  return *it->second;
+}
+
 LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms,
                                   LeaseClaim& claim) {
   amount = std::max<Micros>(amount, 0);
   std::lock_guard lock(mu_);
-  auto& st = sets_[set.key];
-  if (!st) st = std::make_shared<LeaseSetState>();
+  LeaseSetState& st = state_of(set);
   std::shared_ptr<Lease> expired;
-  if (auto& lease = st->current) {
+  if (auto& lease = st.current) {
     // A lease serves only inside the periods its hold was taken in: spend belongs to the
     // period a reservation was made in, and a covered row is dated now. One whose covered row
     // was not committed serves no more: the next request waits for a commit of its own.
     if (now_unix_ms >= lease->valid_until || lease->commit_failed.load(std::memory_order_relaxed)) {
       lease->retired = true;
       expired = std::move(lease);
-      st->current.reset();
+      st.current.reset();
     } else if (lease->free() >= amount) {
       lease->claimed += amount;
       ++lease->in_flight;
@@ -139,11 +153,11 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
       return Begin::kCovered;
     }
   }
-  ++st->plain;
+  ++st.plain;
   // Several requests of the set at once: a lease pays (one is opened at a time).
-  const bool open = options_.enabled && !st->opening &&
-                    st->plain + (st->current ? st->current->in_flight : 0) >= 2;
-  if (open) st->opening = true;
+  const bool open =
+      options_.enabled && !st.opening && st.plain + (st.current ? st.current->in_flight : 0) >= 2;
+  if (open) st.opening = true;
   // Closed only now: closing drops a set with nothing in flight from sets_, which would free
   // `st` while it is still in use; this request counts in it now, so it stays.
   if (expired) maybe_close(expired, now_unix_ms);
@@ -182,13 +196,12 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   lease->claimed = amount;
   lease->in_flight = 1;
   std::lock_guard lock(mu_);
-  auto& st = sets_[set.key];
-  if (!st) st = std::make_shared<LeaseSetState>();
-  st->opening = false;
-  st->plain = std::max(st->plain - 1, 0);
+  LeaseSetState& st = state_of(set);
+  st.opening = false;
+  st.plain = std::max(st.plain - 1, 0);
   // The old one (out of room) takes no more requests and closes when its last one ends. The new
   // one is the set's current one before that, so that closing the old one keeps the set (and `st`).
-  auto old = std::exchange(st->current, lease);
+  auto old = std::exchange(st.current, lease);
   if (old) {
     old->retired = true;
     maybe_close(old, now_unix_ms);

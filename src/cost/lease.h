@@ -67,9 +67,12 @@ struct LeaseSet {
   std::vector<std::string> budgets;
   std::string key_id;
   std::string tenant_id;
+  // lease_set_hash(key), when set once the key is final (0: hashed at each use).
+  std::size_t hash = 0;
 };
 std::string lease_set_key(const std::vector<std::string>& budgets, std::string_view key_id,
                           std::string_view tenant_id);
+std::size_t lease_set_hash(std::string_view key);
 
 namespace detail {
 struct Lease;
@@ -178,8 +181,27 @@ class LeaseBook {
   const LeaseOptions options_;
   const std::string id_prefix_;
   mutable std::mutex mu_;
+  // A set's key with its hash (LeaseSet::hash), looked up without hashing the key again.
+  struct HashedKey {
+    std::string_view key;
+    std::size_t hash;
+  };
+  struct SetHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view k) const { return lease_set_hash(k); }
+    std::size_t operator()(const HashedKey& k) const { return k.hash; }
+  };
+  struct SetEq {
+    using is_transparent = void;
+    bool operator()(std::string_view a, std::string_view b) const { return a == b; }
+    bool operator()(const HashedKey& a, std::string_view b) const { return a.key == b; }
+    bool operator()(std::string_view a, const HashedKey& b) const { return a == b.key; }
+  };
+  // The state of `set`, created if it has none (under mu_).
+  detail::LeaseSetState& state_of(const LeaseSet& set);
+
   // Guarded by mu_.
-  std::unordered_map<std::string, std::shared_ptr<detail::LeaseSetState>> sets_;
+  std::unordered_map<std::string, std::shared_ptr<detail::LeaseSetState>, SetHash, SetEq> sets_;
   std::vector<std::shared_ptr<detail::Lease>> stuck_;
   std::uint64_t next_id_ = 0;
   LeaseStats stats_;
