@@ -216,16 +216,24 @@ PreparedLimits::PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* o
 }
 
 const KeyDigest* PreparedLimits::digests(const LimitStore& store) const {
-  std::call_once(digest_once_, [&] {
-    std::vector<KeyDigest> d(items_.size());
-    for (std::size_t i = 0; i < items_.size(); ++i) {
-      const std::string_view key(keys_.data() + items_[i].key_begin, items_[i].key_size);
-      if (!store.digest(key, d[i])) return;  // a store without digests: none
-    }
-    digests_ = std::move(d);
-    digest_store_ = &store;
-  });
-  return digest_store_ == &store ? digests_.data() : nullptr;
+  const LimitStore* owner = digest_store_.load(std::memory_order_acquire);
+  if (owner == nullptr && !digest_tried_.load(std::memory_order_acquire)) [[unlikely]] {
+    std::call_once(digest_once_, [&] {
+      std::vector<KeyDigest> d(items_.size());
+      bool all = true;
+      for (std::size_t i = 0; i < items_.size() && all; ++i) {
+        const std::string_view key(keys_.data() + items_[i].key_begin, items_[i].key_size);
+        all = store.digest(key, d[i]);  // a store without digests: none
+      }
+      if (all) {
+        digests_ = std::move(d);
+        digest_store_.store(&store, std::memory_order_release);
+      }
+      digest_tried_.store(true, std::memory_order_release);
+    });
+    owner = digest_store_.load(std::memory_order_acquire);
+  }
+  return owner == &store ? digests_.data() : nullptr;
 }
 
 void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& s,

@@ -79,9 +79,12 @@ class PreparedLimits {
   LimitSpec daily_;  // the plan's daily quota as a limit
   std::vector<Item> items_;
   std::string keys_;
+  // digests_ is written once, under digest_once_, before digest_store_ (or digest_tried_ alone,
+  // for a store without digests) is published: a request reads two atomics, not the once_flag.
   mutable std::once_flag digest_once_;
-  mutable const LimitStore* digest_store_ = nullptr;  // written once, under digest_once_
-  mutable std::vector<KeyDigest> digests_;            // one per item
+  mutable std::atomic<const LimitStore*> digest_store_{nullptr};
+  mutable std::atomic<bool> digest_tried_{false};
+  mutable std::vector<KeyDigest> digests_;  // one per item
 };
 
 struct RequestScope {
