@@ -15,8 +15,9 @@ struct sqlite3_stmt;
 
 namespace bw::store {
 
-// Current schema version: 1 ledger, 2 ledger.budgets + indexes, 3 api_keys, 4 ledger.lease.
-constexpr int kSchemaVersion = 4;
+// Current schema version: 1 ledger, 2 ledger.budgets + indexes, 3 api_keys, 4 ledger.lease,
+// 5 no ledger_created index.
+constexpr int kSchemaVersion = 5;
 
 class SqliteDb {
  public:

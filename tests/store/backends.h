@@ -37,6 +37,8 @@ class Backend {
   virtual Result<Ok> exec(const std::string& sql) = 0;
   virtual Result<std::int64_t> query_int(const std::string& sql) = 0;
   virtual Result<int> schema_version() = 0;
+  // The version this binary migrates the backend to (each backend has its own steps).
+  virtual int current_version() const = 0;
   virtual Result<Ok> mark_schema_version(int version) = 0;  // pretend a newer binary ran
   // Storage-level consistency check after a crash ("" = ok).
   virtual std::string integrity_problem() = 0;
@@ -57,6 +59,7 @@ class Backend {
 class SqliteBackend : public Backend {
  public:
   static constexpr const char* kName = "Sqlite";
+  int current_version() const override { return kSchemaVersion; }
   Result<std::unique_ptr<Ledger>> try_open_ledger(std::size_t capacity,
                                                   std::size_t max_batch) override {
     SqliteLedgerOptions o;
@@ -114,6 +117,7 @@ class SqliteBackend : public Backend {
 class PgBackend : public Backend {
  public:
   static constexpr const char* kName = "Postgres";
+  int current_version() const override { return kPgSchemaVersion; }
   PgBackend() {
     if (!PgCluster::installed()) return;
     PgCluster* c = PgCluster::get();

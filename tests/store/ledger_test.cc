@@ -349,7 +349,7 @@ TYPED_TEST(Migrations, UpgradesAnOldDatabaseAndKeepsRows) {
   auto ledger = db.open_ledger();
   ASSERT_TRUE(ledger);
   {
-    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    EXPECT_EQ(*db.schema_version(), db.current_version());
     EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM api_keys"), 0);
   }
   auto row = ledger->find("old1");
@@ -592,7 +592,7 @@ TYPED_TEST(Migrations, EmptyThenAlreadyMigratedStorage) {
   {
     auto ledger = db.open_ledger();
     ASSERT_TRUE(ledger);
-    EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+    EXPECT_EQ(*db.schema_version(), db.current_version());
     ASSERT_TRUE(append_sync(*ledger, reservation("keep", "k", "t", "m", 11, kJan1)).ok());
   }
   // Re-opening (a restart, or another replica) applies nothing and keeps the rows.
@@ -600,9 +600,9 @@ TYPED_TEST(Migrations, EmptyThenAlreadyMigratedStorage) {
   ASSERT_TRUE(keys);
   auto ledger = db.open_ledger();
   ASSERT_TRUE(ledger);
-  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
-  ASSERT_TRUE(db.migrate_to(kSchemaVersion).ok());
-  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  EXPECT_EQ(*db.schema_version(), db.current_version());
+  ASSERT_TRUE(db.migrate_to(db.current_version()).ok());
+  EXPECT_EQ(*db.schema_version(), db.current_version());
   auto row = ledger->find("keep");
   ASSERT_TRUE(row.ok() && row->has_value());
   EXPECT_EQ((*row)->reserved_micro, 11);
@@ -632,7 +632,7 @@ TYPED_TEST(Migrations, ConcurrentOpenersMigrateOnce) {
     EXPECT_EQ(errors[static_cast<std::size_t>(i)], "") << "opener " << i;
     EXPECT_TRUE(ledgers[static_cast<std::size_t>(i)]) << "opener " << i;
   }
-  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  EXPECT_EQ(*db.schema_version(), db.current_version());
   for (int i = 0; i < kOpeners; ++i) {
     if (!ledgers[static_cast<std::size_t>(i)]) continue;
     EXPECT_TRUE(append_sync(*ledgers[static_cast<std::size_t>(i)],
@@ -967,6 +967,86 @@ TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
   ASSERT_TRUE(report.ok());
   ASSERT_EQ(report->size(), 1u);
   EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
+}
+
+}  // namespace bw::store::testing
+
+namespace bw::store::testing {
+
+// A database written by a v4 binary (with the ledger_created index): every kind of row it wrote
+// is read, rebuilt and reconciled after the upgrade, and the writer goes on with new rows.
+TEST(SqliteMigrations, AVersion4LedgerIsReadAndReconciledAfterTheUpgrade) {
+  SqliteBackend db;
+  const std::string gm = global_budget_id(BudgetPeriod::kMonthly);
+  const std::string ka = key_budget_id("key_a", BudgetPeriod::kTotal);
+  const std::int64_t now = kJan1 + 3 * kDay;
+  ASSERT_TRUE(db.migrate_to(4).ok());
+  ASSERT_EQ(*db.schema_version(), 4);
+  ASSERT_EQ(*db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'ledger_created'"), 1);
+  // As a v4 binary wrote them: last month's settled row, this month's settled row, a covered
+  // row (settled at once), a released row, an open reservation and an open lease row.
+  const auto row = [&](const char* id, const char* model, Micros reserved, Micros actual,
+                       const char* status, std::int64_t created, std::int64_t settled, int lease) {
+    return std::string("('") + id + "', 'key_a', 'acme', '" + model + "', '" + gm + "\n" + ka +
+           "', " + std::to_string(reserved) + ", " + std::to_string(actual) + ", 1, 1, '" + status +
+           "', " + std::to_string(created) + ", " + std::to_string(settled) + ", " +
+           std::to_string(lease) + ")";
+  };
+  ASSERT_TRUE(
+      db.exec("INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
+              " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
+              " settled_unix_ms, lease) VALUES " +
+              row("dec", "m", 900, 800, "settled", kJan1 - 5, kJan1 - 4, 0) + ", " +
+              row("jan", "m", 500, 300, "settled", kJan1 + kDay, kJan1 + kDay, 0) + ", " +
+              row("cov", "m", 100, 40, "settled", now - 100, now - 90, 0) + ", " +
+              row("rel", "m", 999, 0, "released", now - 80, now - 70, 0) + ", " +
+              row("o1", "m", 70, 0, "open", now - 60, 0, 0) + ", " +
+              row("lease:a-1", "", 5'000, 0, "open", now - 50, 0, 1))
+          .ok());
+
+  auto ledger = db.open_ledger();
+  ASSERT_TRUE(ledger);
+  EXPECT_EQ(*db.schema_version(), kSchemaVersion);
+  EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'ledger_created'"), 0);
+  EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM sqlite_master WHERE name = 'ledger_open'"), 1);
+  EXPECT_EQ(db.integrity_problem(), "");
+
+  BudgetManager m;
+  ASSERT_TRUE(m.upsert_budget({gm, 100'000, BudgetPeriod::kMonthly}));
+  ASSERT_TRUE(m.upsert_budget({ka, 100'000, BudgetPeriod::kTotal}));
+  auto report = recover_budgets(*ledger, m, now);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  EXPECT_EQ(report->settled_micro, 1'140);
+  ASSERT_EQ(report->open.size(), 2u);
+  EXPECT_EQ(report->open[0].row.request_id, "o1");
+  EXPECT_EQ(report->open[1].row.request_id, "lease:a-1");
+  EXPECT_TRUE(report->open[1].row.lease);
+  EXPECT_EQ(m.snapshot(gm, now)->spent_micro, 340);  // this month's rows only
+  EXPECT_EQ(m.snapshot(ka, now)->spent_micro, 1'140);
+  EXPECT_EQ(m.snapshot(gm, now)->reserved_micro, 5'070);
+  EXPECT_EQ(m.snapshot(ka, now)->reserved_micro, 5'070);
+
+  auto spend = ledger->spend_report(SpendGroup::kKey, kJan1, now);
+  ASSERT_TRUE(spend.ok());
+  ASSERT_EQ(spend->size(), 1u);
+  EXPECT_EQ(spend->front().requests, 4);  // jan, cov, rel, o1: the lease row is not a request
+  EXPECT_EQ(spend->front().actual_micro, 340);
+  EXPECT_EQ(spend->front().open_reserved_micro, 5'070);
+
+  // The old open rows reconcile on the new schema: o1 billed 50, the lease row released.
+  ASSERT_TRUE(reconcile(*ledger, m, report->open[0], Micros{50}, now + 1).ok());
+  ASSERT_TRUE(reconcile(*ledger, m, report->open[1], std::nullopt, now + 1).ok());
+  EXPECT_EQ(m.snapshot(ka, now)->spent_micro, 1'190);
+  EXPECT_EQ(m.snapshot(ka, now)->reserved_micro, 0);
+  auto open = ledger->open_reservations();
+  ASSERT_TRUE(open.ok());
+  EXPECT_TRUE(open->empty());
+  EXPECT_EQ((*ledger->find("o1"))->status, LedgerStatus::kSettled);
+  EXPECT_EQ((*ledger->find("lease:a-1"))->status, LedgerStatus::kReleased);
+  // An old row's id is still taken, and new rows go on.
+  EXPECT_FALSE(append_sync(*ledger, reservation("jan", "key_a", "acme", "m", 1, now, {ka})).ok());
+  EXPECT_TRUE(append_sync(*ledger, reservation("new", "key_a", "acme", "m", 1, now, {ka})).ok());
+  EXPECT_EQ(*db.query_int("SELECT COUNT(*) FROM ledger"), 7);
 }
 
 }  // namespace bw::store::testing
