@@ -22,16 +22,22 @@ constexpr const char* kInsertClosed =
     " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
     " settled_unix_ms) VALUES ";
 constexpr int kClosedParams = 12;
+// Columns 2 to 5 of both (key, tenant, model, budgets): the strings that the rows of a lease or
+// of one key repeat. A statement whose rows all share them takes them once, as ?1 to ?4.
+constexpr int kSharedParams = 4;
 
-// `rows` value lists of `params` parameters each, numbered on; `open` puts the literal status
-// 'open' after the sixth.
-std::string insert_sql(const char* head, int rows, int params, bool open) {
+// `rows` value lists of `params` columns each; `open` puts the literal status 'open' after the
+// sixth. Without `shared` every column is a parameter of its own, numbered on; with it, columns
+// 2-5 of every row are ?1-?4 and each row's other columns are numbered on from ?5.
+std::string insert_sql(const char* head, int rows, int params, bool open, bool shared) {
   std::string sql = head;
+  int next = shared ? kSharedParams + 1 : 1;
   for (int r = 0; r < rows; ++r) {
     sql += r == 0 ? "(" : ", (";
     for (int p = 1; p <= params; ++p) {
       if (p > 1) sql += ", ";
-      sql += "?" + std::to_string(r * params + p);
+      const bool common = shared && p >= 2 && p <= 1 + kSharedParams;
+      sql += "?" + std::to_string(common ? p - 1 : next++);
       if (open && p == 6) sql += ", 'open'";
     }
     sql += ")";
@@ -39,18 +45,34 @@ std::string insert_sql(const char* head, int rows, int params, bool open) {
   return sql;
 }
 
-// The parameters of one row from `base` + 1 on. The record and `budgets` outlive the step: bound
-// without copies.
-void bind_open(Statement& st, int base, const cost::LedgerReservation& r,
+// A row's own parameters in a statement: from `base` + 1 on, and whether its key, tenant, model
+// and budgets are the statement's shared ?1-?4 (bound once by bind_shared) or its own.
+struct RowParams {
+  int base;
+  bool shared;
+};
+
+// Binds key, tenant, model and budgets: as ?1-?4 (shared), or as the row's columns 2-5.
+template <class Record>
+void bind_strings(Statement& st, int base, const Record& r, const std::string& budgets) {
+  st.bind_static(base + 1, r.key_id)
+      .bind_static(base + 2, r.tenant_id)
+      .bind_static(base + 3, r.model)
+      .bind_static(base + 4, budgets);
+}
+
+// The parameters of one row. The record and `budgets` outlive the step: bound without copies.
+void bind_open(Statement& st, RowParams at, const cost::LedgerReservation& r,
                const std::string& budgets) {
-  st.bind_static(base + 1, r.request_id)
-      .bind_static(base + 2, r.key_id)
-      .bind_static(base + 3, r.tenant_id)
-      .bind_static(base + 4, r.model)
-      .bind_static(base + 5, budgets)
-      .bind(base + 6, std::max<cost::Micros>(r.reserved_micro, 0))
-      .bind(base + 7, r.created_unix_ms)
-      .bind(base + 8, std::int64_t{r.lease ? 1 : 0});
+  int p = at.base;
+  st.bind_static(++p, r.request_id);
+  if (!at.shared) {
+    bind_strings(st, p, r, budgets);
+    p += kSharedParams;
+  }
+  st.bind(p + 1, std::max<cost::Micros>(r.reserved_micro, 0))
+      .bind(p + 2, r.created_unix_ms)
+      .bind(p + 3, std::int64_t{r.lease ? 1 : 0});
 }
 
 // What a covered row bills: nothing when released.
@@ -58,21 +80,28 @@ cost::Micros covered_actual(const cost::LedgerCovered& c) {
   return c.status != cost::LedgerStatus::kReleased ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
 }
 
-void bind_closed(Statement& st, int base, const cost::LedgerCovered& c,
+void bind_closed(Statement& st, RowParams at, const cost::LedgerCovered& c,
                  const std::string& budgets) {
   const bool settled = c.status != cost::LedgerStatus::kReleased;
-  st.bind_static(base + 1, c.request_id)
-      .bind_static(base + 2, c.key_id)
-      .bind_static(base + 3, c.tenant_id)
-      .bind_static(base + 4, c.model)
-      .bind_static(base + 5, budgets)
-      .bind(base + 6, std::max<cost::Micros>(c.reserved_micro, 0))
-      .bind(base + 7, covered_actual(c))
-      .bind(base + 8, c.prompt_tokens)
-      .bind(base + 9, c.completion_tokens)
-      .bind_static(base + 10, settled ? std::string_view("settled") : std::string_view("released"))
-      .bind(base + 11, c.created_unix_ms)
-      .bind(base + 12, c.settled_unix_ms);
+  int p = at.base;
+  st.bind_static(++p, c.request_id);
+  if (!at.shared) {
+    bind_strings(st, p, c, budgets);
+    p += kSharedParams;
+  }
+  st.bind(p + 1, std::max<cost::Micros>(c.reserved_micro, 0))
+      .bind(p + 2, covered_actual(c))
+      .bind(p + 3, c.prompt_tokens)
+      .bind(p + 4, c.completion_tokens)
+      .bind_static(p + 5, settled ? std::string_view("settled") : std::string_view("released"))
+      .bind(p + 6, c.created_unix_ms)
+      .bind(p + 7, c.settled_unix_ms);
+}
+
+template <class Record>
+bool same_strings(const Record& a, const Record& b) {
+  return a.key_id == b.key_id && a.tenant_id == b.tenant_id && a.model == b.model &&
+         a.budgets == b.budgets;
 }
 
 bool is_request_reservation(const LedgerRecord& r) {
@@ -104,16 +133,15 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   // settlement_status_text()), so it skips the check; every other connection still has it.
   auto nocheck = ledger->writer_db_.exec("PRAGMA ignore_check_constraints=ON");
   if (!nocheck.ok()) return nocheck.error();
-  auto ins = Statement::prepare(ledger->writer_db_,
-                                insert_sql(kInsertOpen, 1, kOpenParams, /*open=*/true));
+  auto ins = Statement::prepare(
+      ledger->writer_db_, insert_sql(kInsertOpen, 1, kOpenParams, /*open=*/true, /*shared=*/false));
   if (!ins.ok()) return ins.error();
   // A request covered by a lease: its row is written once, already closed.
-  auto ins_closed =
-      Statement::prepare(ledger->writer_db_, insert_sql(kInsertClosed, 1, kClosedParams, false));
+  auto ins_closed = Statement::prepare(ledger->writer_db_,
+                                       insert_sql(kInsertClosed, 1, kClosedParams, false, false));
   if (!ins_closed.ok()) return ins_closed.error();
-  ledger->insert_many_st_.resize(kMaxRowsPerInsert + 1);
-  ledger->insert_closed_many_st_.resize(kMaxRowsPerInsert + 1);
-  ledger->many_failed_.assign(2 * (kMaxRowsPerInsert + 1), false);
+  ledger->many_st_.resize(4 * (kMaxRowsPerInsert + 1));
+  ledger->many_failed_.assign(4 * (kMaxRowsPerInsert + 1), false);
   auto lower = Statement::prepare(ledger->writer_db_,
                                   "UPDATE ledger SET reserved_micro = MAX(reserved_micro - ?2, 0)"
                                   " WHERE request_id = ?1 AND status = 'open' AND lease = 1");
@@ -216,7 +244,7 @@ void SqliteLedger::stop_checkpointer() {
 Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
   if (const auto* r = std::get_if<cost::LedgerReservation>(&record)) {
     join_lines_into(budget_text_[0], r->budgets);
-    bind_open(insert_st_, 0, *r, budget_text_[0]);
+    bind_open(insert_st_, {0, false}, *r, budget_text_[0]);
     const int rc = insert_st_.step();
     insert_st_.rewind();
     if (rc == SQLITE_DONE) return Ok{};
@@ -262,7 +290,7 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
 Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
   join_lines_into(budget_text_[0], c.budgets);
   const cost::Micros actual = covered_actual(c);
-  bind_closed(insert_closed_st_, 0, c, budget_text_[0]);
+  bind_closed(insert_closed_st_, {0, false}, c, budget_text_[0]);
   int rc = insert_closed_st_.step();
   insert_closed_st_.rewind();
   if ((rc & 0xff) == SQLITE_CONSTRAINT) {
@@ -291,21 +319,32 @@ void SqliteLedger::lower_later(const std::string& lease_id, cost::Micros actual)
   }
 }
 
-Statement* SqliteLedger::many(bool covered, std::size_t rows) {
-  Statement& st = (covered ? insert_closed_many_st_ : insert_many_st_)[rows];
+Statement* SqliteLedger::many(bool covered, bool shared, std::size_t rows) {
+  const std::size_t slot = ((covered ? 2 : 0) + (shared ? 1 : 0)) * (kMaxRowsPerInsert + 1) + rows;
+  Statement& st = many_st_[slot];
   if (st.get()) return &st;
-  const std::size_t slot = (covered ? kMaxRowsPerInsert + 1 : 0) + rows;
   if (many_failed_[slot]) return nullptr;
   const int n = static_cast<int>(rows);
-  auto prepared =
-      Statement::prepare(writer_db_, covered ? insert_sql(kInsertClosed, n, kClosedParams, false)
-                                             : insert_sql(kInsertOpen, n, kOpenParams, true));
+  auto prepared = Statement::prepare(
+      writer_db_, covered ? insert_sql(kInsertClosed, n, kClosedParams, false, shared)
+                          : insert_sql(kInsertOpen, n, kOpenParams, true, shared));
   if (!prepared.ok()) {
     many_failed_[slot] = true;  // the rows go one by one
     return nullptr;
   }
   st = std::move(*prepared);
   return &st;
+}
+
+// Whether rows [k, k + n) of `rows` all have the first one's key, tenant, model and budgets.
+template <class Record>
+static bool rows_share_strings(const LedgerQueue::Batch& batch,
+                               const std::vector<std::size_t>& rows, std::size_t k, std::size_t n) {
+  const auto& first = std::get<Record>(batch[rows[k]].record);
+  for (std::size_t r = 1; r < n; ++r) {
+    if (!same_strings(first, std::get<Record>(batch[rows[k + r]].record))) return false;
+  }
+  return true;
 }
 
 void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>& rows,
@@ -318,23 +357,32 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       return;
     }
     const std::size_t n = std::min(rows.size() - k, kMaxRowsPerInsert);
-    Statement* st = n > 1 ? many(covered, n) : nullptr;
+    // The rows of one lease (or one key) repeat the same strings: bound, and joined, once.
+    const bool shared =
+        n > 1 && (covered ? rows_share_strings<cost::LedgerCovered>(batch, rows, k, n)
+                          : rows_share_strings<cost::LedgerReservation>(batch, rows, k, n));
+    Statement* st = n > 1 ? many(covered, shared, n) : nullptr;
     if (!st) {
       results[rows[k]] = write_one(batch[rows[k]].record);
       ++k;
       continue;
     }
+    const int own = (covered ? kClosedParams : kOpenParams) - (shared ? kSharedParams : 0);
+    const int first = shared ? kSharedParams : 0;
     for (std::size_t r = 0; r < n; ++r) {
       const LedgerRecord& rec = batch[rows[k + r]].record;
-      const int base = static_cast<int>(r) * (covered ? kClosedParams : kOpenParams);
+      const RowParams at{first + static_cast<int>(r) * own, shared};
+      std::string& budgets = budget_text_[shared ? 0 : r];
       if (covered) {
         const auto& c = std::get<cost::LedgerCovered>(rec);
-        join_lines_into(budget_text_[r], c.budgets);
-        bind_closed(*st, base, c, budget_text_[r]);
+        if (r == 0 || !shared) join_lines_into(budgets, c.budgets);
+        if (r == 0 && shared) bind_strings(*st, 0, c, budgets);
+        bind_closed(*st, at, c, budgets);
       } else {
         const auto& res = std::get<cost::LedgerReservation>(rec);
-        join_lines_into(budget_text_[r], res.budgets);
-        bind_open(*st, base, res, budget_text_[r]);
+        if (r == 0 || !shared) join_lines_into(budgets, res.budgets);
+        if (r == 0 && shared) bind_strings(*st, 0, res, budgets);
+        bind_open(*st, at, res, budgets);
       }
     }
     const int rc = st->step();

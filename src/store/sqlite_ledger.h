@@ -96,13 +96,15 @@ class SqliteLedger final : public QueuedLedger {
   Statement lower_lease_st_;
   // A batch's runs of rows go up to kMaxRowsPerInsert to one INSERT: SQLite's work per
   // statement (its start and end, opening and closing cursors) is about a quarter of a small
-  // row's cost. Index n: n rows (prepared at first use; an empty one failed to prepare).
+  // row's cost. When every row of one INSERT has the same key, tenant, model and budgets (the
+  // rows of one lease, or of one key), a `shared` statement takes those four strings once.
   static constexpr std::size_t kMaxRowsPerInsert = 16;
-  Statement* many(bool covered, std::size_t rows);
-  std::vector<Statement> insert_many_st_;         // reservations
-  std::vector<Statement> insert_closed_many_st_;  // covered rows
-  std::vector<bool> many_failed_;                 // [covered * (max + 1) + rows]
-  std::vector<std::size_t> run_;                  // writer thread only: scratch of commit_batch
+  // The statement for `rows` rows (prepared at first use; null if it failed to prepare).
+  Statement* many(bool covered, bool shared, std::size_t rows);
+  // [(covered * 2 + shared) * (max + 1) + rows]: reservations, then covered rows.
+  std::vector<Statement> many_st_;
+  std::vector<bool> many_failed_;
+  std::vector<std::size_t> run_;  // writer thread only: scratch of commit_batch
   std::vector<std::size_t> later_;
   // The budgets column of the rows being bound (kept: their room is reused).
   std::string budget_text_[kMaxRowsPerInsert];

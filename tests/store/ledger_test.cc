@@ -969,6 +969,98 @@ TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
   EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
 }
 
+// An INSERT whose rows all have one key, tenant, model and budgets takes those once; one whose
+// rows differ in any of them binds each row's own. Either way every row keeps its own columns.
+TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
+  TempSqliteLedger db("bw_batch_shared");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string lease_budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:s-1", "key_a", "acme", "", 1'000'000, kJan1);
+  lease.budgets = {lease_budget};
+  lease.lease = true;
+  ASSERT_TRUE(append_sync(ledger, lease).ok());
+
+  // What row i carries: rows 0-15 alike (one shared INSERT), rows 16-31 each differing from
+  // row 16 in one string, rows 32-39 alike again but not as rows 0-15 (a shared INSERT of 8).
+  struct Strings {
+    std::string key, tenant, model;
+    std::vector<std::string> budgets;
+  };
+  auto strings = [](int i) {
+    Strings s{"key_a", "acme", "gpt-4.1", {"global/total", "key:key_a/total"}};
+    if (i < 16) return s;
+    if (i >= 32) return Strings{"key_c", "third", "gpt-5", {"tenant:third/monthly"}};
+    switch (i % 4) {
+      case 0:
+        s.key = "key_b";
+        break;
+      case 1:
+        s.tenant = "other";
+        break;
+      case 2:
+        s.model = "gpt-4.1-mini";
+        break;
+      default:
+        s.budgets = {"global/total"};
+        break;
+    }
+    return s;
+  };
+  constexpr int kRows = 40;
+  std::atomic<int> ok{0};
+  auto count = [&](const Result<Ok>& r) { ok += r.ok(); };
+  for (int i = 0; i < kRows; ++i) {
+    const Strings s = strings(i);
+    ASSERT_TRUE(ledger.append_reservation(
+        reservation(id_of("r", i), s.key, s.tenant, s.model, 100 + i, kJan1 + i, s.budgets), count,
+        Ledger::Wake::kDeferred));
+  }
+  for (int i = 0; i < kRows; ++i) {
+    const Strings s = strings(i);
+    LedgerCovered c = covered_row(id_of("c", i), "lease:s-1", "", 10 + i);
+    c.key_id = s.key;
+    c.tenant_id = s.tenant;
+    c.model = s.model;
+    c.budgets = s.budgets;
+    c.prompt_tokens = i;
+    c.completion_tokens = 2 * i;
+    c.created_unix_ms = kJan1 + 100 + i;
+    c.settled_unix_ms = kJan1 + 200 + i;
+    ASSERT_TRUE(ledger.append_covered(std::move(c), count, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), 2 * kRows);
+  for (int i = 0; i < kRows; ++i) {
+    const Strings s = strings(i);
+    auto r = ledger.find(id_of("r", i));
+    ASSERT_TRUE(r.ok() && r->has_value()) << i;
+    EXPECT_EQ((*r)->key_id, s.key) << i;
+    EXPECT_EQ((*r)->tenant_id, s.tenant) << i;
+    EXPECT_EQ((*r)->model, s.model) << i;
+    EXPECT_EQ((*r)->budgets, s.budgets) << i;
+    EXPECT_EQ((*r)->reserved_micro, 100 + i) << i;
+    EXPECT_EQ((*r)->created_unix_ms, kJan1 + i) << i;
+    EXPECT_EQ((*r)->status, LedgerStatus::kOpen) << i;
+    EXPECT_FALSE((*r)->lease) << i;
+    auto c = ledger.find(id_of("c", i));
+    ASSERT_TRUE(c.ok() && c->has_value()) << i;
+    EXPECT_EQ((*c)->key_id, s.key) << i;
+    EXPECT_EQ((*c)->tenant_id, s.tenant) << i;
+    EXPECT_EQ((*c)->model, s.model) << i;
+    EXPECT_EQ((*c)->budgets, s.budgets) << i;
+    EXPECT_EQ((*c)->actual_micro, 10 + i) << i;
+    EXPECT_EQ((*c)->prompt_tokens, i) << i;
+    EXPECT_EQ((*c)->completion_tokens, 2 * i) << i;
+    EXPECT_EQ((*c)->created_unix_ms, kJan1 + 100 + i) << i;
+    EXPECT_EQ((*c)->settled_unix_ms, kJan1 + 200 + i) << i;
+    EXPECT_EQ((*c)->status, LedgerStatus::kSettled) << i;
+  }
+  auto l = ledger.find("lease:s-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000 - (kRows * 10 + kRows * (kRows - 1) / 2));
+}
+
 }  // namespace bw::store::testing
 
 namespace bw::store::testing {
