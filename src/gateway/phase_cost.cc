@@ -7,7 +7,12 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "gateway/phases.h"
 
@@ -29,6 +34,69 @@ void kick_after_round(cost::Ledger& ledger, const asio::any_io_executor& ex) {
   });
 }
 
+// Where the ledger's commit callbacks (on the writer thread, one per record of a group commit)
+// hand the waiting requests back to their event loop: the first of a batch posts one handler,
+// and that handler resumes every request queued by then. One post per batch and loop instead of
+// one per record: the writer takes the loop's scheduler lock and allocates an operation once.
+// An io_context service, so that it lives exactly as long as the loop it posts to.
+class LedgerInbox final : public asio::execution_context::service {
+ public:
+  using key_type = LedgerInbox;
+  static inline asio::execution_context::id id;
+  using Resume = void (*)(void* handler, const Result<Ok>& r);
+
+  explicit LedgerInbox(asio::execution_context& ctx) : service(ctx) {}
+
+  // The inbox of the loop that `ex` runs on (created at its first use, on that loop's thread).
+  static LedgerInbox& of(const asio::any_io_executor& ex) {
+    auto& inbox = asio::use_service<LedgerInbox>(asio::query(ex, asio::execution::context));
+    if (!inbox.ex_) inbox.ex_ = ex;  // before any record of this loop is queued
+    return inbox;
+  }
+
+  // Any thread: `resume(handler, r)` runs on the loop, in the order delivered.
+  void deliver(Resume resume, void* handler, const Result<Ok>& r) {
+    bool post = false;
+    {
+      std::lock_guard lock(mu_);
+      items_.push_back(Item{resume, handler, r});
+      post = !posted_;
+      posted_ = true;
+    }
+    if (post) asio::post(ex_, [this] { drain(); });
+  }
+
+ private:
+  struct Item {
+    Resume resume;
+    void* handler;
+    Result<Ok> result;
+  };
+  void shutdown() override {}
+  void drain() {
+    {
+      std::lock_guard lock(mu_);
+      running_.swap(items_);
+      posted_ = false;
+    }
+    for (auto& item : running_) item.resume(item.handler, item.result);
+    running_.clear();
+  }
+
+  std::mutex mu_;
+  std::vector<Item> items_;    // guarded by mu_
+  bool posted_ = false;        // guarded by mu_: a drain is posted and has not taken items_ yet
+  std::vector<Item> running_;  // the loop's thread only
+  asio::any_io_executor ex_;   // set on the loop's thread before any record is queued
+};
+
+// Resumes the request waiting in `handler` (it owns it) with the record's result.
+template <class Handler>
+void resume_handler(void* handler, const Result<Ok>& r) {
+  std::unique_ptr<Handler> own(static_cast<Handler*>(handler));
+  (*own)(r);
+}
+
 // Waits for the ledger's group commit of one record (the callback runs on the writer thread).
 // `append(callback)` queues the record and says whether the queue took it.
 template <class Append>
@@ -41,13 +109,10 @@ asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
         // here when it did not): a bare pointer keeps the callback within std::function's own
         // room, with no allocation for it nor for a shared count.
         auto* h = new Handler(std::move(handler));
-        const bool ok = append([h](const Result<Ok>& r) {
-          auto ex = asio::get_associated_executor(*h);
-          asio::post(ex, [h, r]() {
-            std::unique_ptr<Handler> own(h);
-            (*own)(r);
-          });
-        });
+        // Two pointers: still within std::function's room.
+        LedgerInbox* inbox = &LedgerInbox::of(ex);
+        const bool ok = append(
+            [h, inbox](const Result<Ok>& r) { inbox->deliver(&resume_handler<Handler>, h, r); });
         if (ok) {
           kick_after_round(ledger, ex);
         } else {
