@@ -50,20 +50,21 @@ class LedgerInbox final : public asio::execution_context::service {
   // The inbox of the loop that `ex` runs on (created at its first use, on that loop's thread).
   static LedgerInbox& of(const asio::any_io_executor& ex) {
     auto& inbox = asio::use_service<LedgerInbox>(asio::query(ex, asio::execution::context));
-    if (!inbox.ex_) inbox.ex_ = ex;  // before any record of this loop is queued
+    std::lock_guard lock(inbox.mu_);
+    if (!inbox.ex_) inbox.ex_ = ex;
     return inbox;
   }
 
   // Any thread: `resume(handler, r)` runs on the loop, in the order delivered.
   void deliver(Resume resume, void* handler, const Result<Ok>& r) {
-    bool post = false;
+    asio::any_io_executor post_to;
     {
       std::lock_guard lock(mu_);
       items_.push_back(Item{resume, handler, r});
-      post = !posted_;
+      if (!posted_) post_to = ex_;
       posted_ = true;
     }
-    if (post) asio::post(ex_, [this] { drain(); });
+    if (post_to) asio::post(post_to, [this] { drain(); });
   }
 
  private:
@@ -86,8 +87,8 @@ class LedgerInbox final : public asio::execution_context::service {
   std::mutex mu_;
   std::vector<Item> items_;    // guarded by mu_
   bool posted_ = false;        // guarded by mu_: a drain is posted and has not taken items_ yet
-  std::vector<Item> running_;  // the loop's thread only
-  asio::any_io_executor ex_;   // set on the loop's thread before any record is queued
+  std::vector<Item> running_;  // the loop's one thread only
+  asio::any_io_executor ex_;   // guarded by mu_: set by the first of() on this loop
 };
 
 // Resumes the request waiting in `handler` (it owns it) with the record's result.
