@@ -46,7 +46,7 @@ std::string insert_sql(const char* head, int rows, int params, bool open, bool s
 }
 
 // A row's own parameters in a statement: from `base` + 1 on, and whether its key, tenant, model
-// and budgets are the statement's shared ?1-?4 (bound once by bind_shared) or its own.
+// and budgets are the statement's shared ?1-?4 (bound once, by bind_strings) or its own.
 struct RowParams {
   int base;
   bool shared;
