@@ -391,7 +391,7 @@ TEST(CostGuard, RecoveredRowsFromBeforeTheBudgetsColumnNameWhereTheyAreHeld) {
   yaml.replace(yaml.find(key), key.size(), "{name: ops, key: sk-reconcile-0001, tenant: acme,");
   yaml += "tenants:\n  acme: {budget: {cap_usd: 50, period: monthly}}\n";
   auto gw = start_gateway(yaml);
-  EXPECT_EQ(sqlite(db, "PRAGMA user_version"), "4");  // migrated at open
+  EXPECT_EQ(sqlite(db, "PRAGMA user_version"), "5");  // migrated at open
 
   auto list = admin(gw.port, "GET", "/admin/reservations");
   ASSERT_EQ(list.status, 200) << list.body;
