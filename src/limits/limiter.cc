@@ -94,21 +94,6 @@ void append_key(KeyArena& arena, char source, const LimitSpec& spec, std::string
   }
 }
 
-// Generations are unique in the process, so a per-thread cache can never mistake one limiter's
-// config (or an earlier config) for another's, even if a Limiter is rebuilt at the same address.
-std::atomic<std::uint64_t> g_last_generation{0};
-
-std::uint64_t next_generation() {
-  return g_last_generation.fetch_add(1, std::memory_order_relaxed) + 1;
-}
-
-struct SnapshotCache {
-  std::uint64_t generation = 0;  // 0: empty
-  std::shared_ptr<const LimiterConfig> config;
-};
-
-thread_local SnapshotCache t_snapshot;
-
 // Limit names are short and often share a prefix ("rpm", "rps"): compare from the end, inline.
 bool same_name(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -167,31 +152,20 @@ bool more_restrictive(const Decision& a, const RateHeaders& b) {
 }  // namespace
 
 Limiter::Limiter(std::shared_ptr<const LimiterConfig> config, std::shared_ptr<LimitStore> store)
-    : generation_(next_generation()),
-      store_(std::move(store)),
+    : store_(std::move(store)),
       config_(config ? std::move(config) : std::make_shared<const LimiterConfig>()) {}
 
 void Limiter::reload(std::shared_ptr<const LimiterConfig> config) {
   if (!config) config = std::make_shared<const LimiterConfig>();
-  std::shared_ptr<const LimiterConfig> old;  // freed outside the lock
-  std::lock_guard lock(config_mu_);
-  old = std::exchange(config_, std::move(config));
-  generation_.store(next_generation(), std::memory_order_release);
+  config_.publish(std::move(config));  // the previous config is freed outside the lock
 }
 
 std::shared_ptr<const LimiterConfig> Limiter::config() const {
-  std::lock_guard lock(config_mu_);
-  return config_;
+  return config_.load();
 }
 
 const std::shared_ptr<const LimiterConfig>& Limiter::snapshot() const {
-  SnapshotCache& cache = t_snapshot;
-  if (cache.generation != generation_.load(std::memory_order_acquire)) [[unlikely]] {
-    std::lock_guard lock(config_mu_);
-    cache.config = config_;
-    cache.generation = generation_.load(std::memory_order_relaxed);
-  }
-  return cache.config;
+  return config_.get();
 }
 
 PreparedLimits::PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides,

@@ -30,6 +30,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
+#include "common/published.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
 #include "limits/limit_store.h"
@@ -194,7 +195,7 @@ class Limiter {
     LimitSpec daily;
     boost::container::small_vector<LimitCheck, 12> checks;
   };
-  // The current config, from a per-thread cache refreshed when generation_ changes (no shared
+  // The current config, from a per-thread cache refreshed when a reload happened (no shared
   // refcount or lock traffic per request). The reference is valid until this thread calls
   // snapshot() again: copy it to keep the config across a suspension.
   const std::shared_ptr<const LimiterConfig>& snapshot() const;
@@ -209,15 +210,13 @@ class Limiter {
                                              Reservation& reservation, std::int64_t actual_tokens,
                                              Nanos now);
 
-  // The first three are read by every request and written only by reload/set_async_store: they
-  // get a cache line of their own, apart from the mutex and the atomic shared_ptr, which the
-  // calls that use them write to.
-  // generation_: process-wide unique id of config_'s value, compared by the per-thread caches.
-  alignas(64) std::atomic<std::uint64_t> generation_{0};
-  std::atomic<bool> has_async_store_{false};  // lets the in-process path skip async_store_
+  // Read by every request and written only by set_async_store: a cache line of their own, apart
+  // from the atomic shared_ptr, which the calls that use it write to. config_ keeps its hot and
+  // written parts on lines of their own.
+  alignas(64) std::atomic<bool> has_async_store_{
+      false};  // lets the in-process path skip async_store_
   std::shared_ptr<LimitStore> store_;
-  alignas(64) mutable std::mutex config_mu_;  // guards config_ (and orders generation_ stores)
-  std::shared_ptr<const LimiterConfig> config_;
+  Published<LimiterConfig> config_;
   alignas(64) std::atomic<std::shared_ptr<AsyncLimitStore>> async_store_;
 };
 

@@ -16,20 +16,6 @@ constexpr std::size_t kUsageTokens = 1;
 constexpr Nanos kMinute = seconds(60);
 constexpr int kMinuteBuckets = 60;  // one-second resolution for RPM/TPM
 
-// Generations are unique in the process, so a per-thread cache can never mistake one router's
-// snapshot (or an earlier one) for another's, even if a Router is rebuilt at the same address.
-std::atomic<std::uint64_t> g_last_generation{0};
-
-std::uint64_t next_generation() {
-  return g_last_generation.fetch_add(1, std::memory_order_relaxed) + 1;
-}
-
-struct SnapshotCache {
-  std::uint64_t generation = 0;  // 0: empty
-  std::shared_ptr<const RouterSnapshot> snap;
-};
-
-thread_local SnapshotCache t_snapshot;
 }  // namespace
 
 struct DeploymentRuntime {
@@ -174,21 +160,11 @@ const std::string& Ticket::group() const {
 
 // ---- Router ----
 
-Router::Router() : generation_(next_generation()), snap_(std::make_shared<RouterSnapshot>()) {}
+Router::Router() : snap_(std::make_shared<const RouterSnapshot>()) {}
 Router::~Router() = default;
 
-const std::shared_ptr<const RouterSnapshot>& Router::cached_snapshot() const {
-  SnapshotCache& cache = t_snapshot;
-  if (cache.generation != generation_.load(std::memory_order_acquire)) [[unlikely]] {
-    std::lock_guard lock(mu_);
-    cache.snap = snap_;
-    cache.generation = generation_.load(std::memory_order_relaxed);
-  }
-  return cache.snap;
-}
-
 std::shared_ptr<const RouterSnapshot> Router::snapshot() const {
-  return cached_snapshot();
+  return snap_.get();
 }
 
 bool Router::has_group(std::string_view name) const {
@@ -231,10 +207,7 @@ Result<Ok> Router::reload(RouterConfig cfg) {
     snap->by_name[gc.name] = snap->groups.size();
     snap->groups.push_back(std::move(g));
   }
-  std::shared_ptr<const RouterSnapshot> previous;  // released outside the lock
-  std::lock_guard lock(mu_);
-  previous = std::exchange(snap_, std::move(snap));
-  generation_.store(next_generation(), std::memory_order_release);
+  snap_.publish(std::move(snap));  // the previous snapshot is released outside the lock
   return Ok{};
 }
 

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/published.h"
 #include "common/result.h"
 #include "routing/balancer.h"
 #include "routing/circuit_breaker.h"
@@ -166,13 +167,7 @@ class Router {
   std::pair<std::int64_t, std::int64_t> retry_budget_usage(std::string_view group, Nanos now) const;
 
  private:
-  // The calling thread's copy of snap_, refreshed when generation_ changed.
-  const std::shared_ptr<const RouterSnapshot>& cached_snapshot() const;
-
-  // generation_: process-wide unique id of snap_'s value, compared by the per-thread caches.
-  alignas(64) std::atomic<std::uint64_t> generation_{0};
-  alignas(64) mutable std::mutex mu_;  // guards snap_ (the pointer only)
-  std::shared_ptr<const RouterSnapshot> snap_;
+  Published<RouterSnapshot> snap_;
 };
 
 class RequestPlan {
