@@ -134,7 +134,12 @@ handled="$(python3 - "$work/cg.1" <<'PY'
 import re, sys
 names, calls, want = {}, 0, False
 for line in open(sys.argv[1], errors="replace"):
-    if line.startswith("cfn="):
+    # A compressed name is defined where it first appears, in an fn= or a cfn= line.
+    if line.startswith("fn="):
+        m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if m and m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+    elif line.startswith("cfn="):
         m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
         if m.group(2) is not None:
             names[m.group(1)] = m.group(2)
