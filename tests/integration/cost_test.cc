@@ -50,9 +50,7 @@ Headers admin_auth() {
 
 HttpResponse admin(int port, const std::string& method, const std::string& path,
                    const std::string& body = {}) {
-  auto h = admin_auth();
-  if (!body.empty()) h.emplace_back("Content-Type", "application/json");
-  return request(port, method, path, body, h);
+  return admin_request(port, kAdmin, method, path, body);
 }
 
 // The /admin/spend row of one group (empty when the group has no row yet).
@@ -63,9 +61,7 @@ std::string spend_row(int port, const std::string& group_by, const std::string& 
 }
 
 std::string budget_row(int port, const std::string& id) {
-  auto r = admin(port, "GET", "/admin/budgets");
-  if (r.status != 200) return {};
-  return object_with(r.body, "\"id\":\"" + id + "\"");
+  return budget_entry(port, kAdmin, id);
 }
 
 // Every sim model the tests use. Medians without p99 have no tail, so latencies are predictable.

@@ -469,6 +469,19 @@ std::string object_with(const std::string& body, const std::string& needle) {
   return body.substr(open, close - open + 1);
 }
 
+HttpResponse admin_request(int port, const std::string& admin_key, const std::string& method,
+                           const std::string& path, const std::string& body) {
+  std::vector<std::pair<std::string, std::string>> h{{"Authorization", "Bearer " + admin_key}};
+  if (!body.empty()) h.emplace_back("Content-Type", "application/json");
+  return request(port, method, path, body, h);
+}
+
+std::string budget_entry(int port, const std::string& admin_key, const std::string& id) {
+  auto r = admin_request(port, admin_key, "GET", "/admin/budgets");
+  if (r.status != 200) return {};
+  return object_with(r.body, "\"id\":\"" + id + "\"");
+}
+
 double num(const std::string& obj, const std::string& field) {
   auto at = obj.find("\"" + field + "\":");
   if (at == std::string::npos) return std::nan("");

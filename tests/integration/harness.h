@@ -67,6 +67,9 @@ HttpResponse request(int port, const std::string& method, const std::string& pat
 HttpResponse post_json(int port, const std::string& path, const std::string& body,
                        const std::string& key,
                        const std::vector<std::pair<std::string, std::string>>& extra = {});
+// An admin API call with `admin_key` as its bearer token; a non-empty body is sent as JSON.
+HttpResponse admin_request(int port, const std::string& admin_key, const std::string& method,
+                           const std::string& path, const std::string& body = {});
 
 // A streaming read: each element is (ms since send, bytes received in that read).
 struct TimedChunk {
@@ -107,6 +110,9 @@ std::vector<HttpResponse> at_once(int n, const std::function<HttpResponse(int)>&
 // there is none).
 std::string object_with(const std::string& body, const std::string& needle);
 double num(const std::string& obj, const std::string& field);
+
+// The /admin/budgets entry of budget `id` (empty when it has none or the call fails).
+std::string budget_entry(int port, const std::string& admin_key, const std::string& id);
 
 // Starts `bellwether sim` with the given YAML; returns its port.
 struct Sim {

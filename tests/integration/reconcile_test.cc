@@ -30,9 +30,7 @@ std::int64_t micros(double usd) {
 
 HttpResponse admin(int port, const std::string& method, const std::string& path,
                    const std::string& body = {}) {
-  Headers h{{"Authorization", std::string("Bearer ") + kAdmin}};
-  if (!body.empty()) h.emplace_back("Content-Type", "application/json");
-  return request(port, method, path, body, h);
+  return admin_request(port, kAdmin, method, path, body);
 }
 
 // The text between `open` and the next `close` in `s` (empty when absent).
@@ -48,9 +46,7 @@ std::int64_t sqlite_int(const std::string& db, const std::string& sql) {
 }
 
 std::string budget_row(int port, const std::string& id) {
-  auto r = admin(port, "GET", "/admin/budgets");
-  if (r.status != 200) return {};
-  return object_with(r.body, "\"id\":\"" + id + "\"");
+  return budget_entry(port, kAdmin, id);
 }
 
 // "slow" answers after 10 s: a request to it is reserved (durably) long before it ends.
