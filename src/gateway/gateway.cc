@@ -93,6 +93,9 @@ Gateway::~Gateway() {
   if (server_) server_->stop();
   if (admin_server_) admin_server_->stop();
   if (sim_) sim_->stop();
+  // Commits still in flight reach their (stopped) loops now, while the loops are there to
+  // unwind the requests waiting for them (ledger_wait.h).
+  if (shared_->ledger) shared_->ledger->flush();
 }
 
 namespace {

@@ -6,14 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
-#include <mutex>
 #include <vector>
 
+#include "gateway/ledger_wait.h"
 #include "gateway/phases.h"
 
 namespace bw::gateway {
@@ -22,108 +20,9 @@ namespace asio = boost::asio;
 
 namespace {
 
-// One writer wake-up per event-loop round instead of one per record: the records this worker
-// queues while it runs its ready handlers reach the writer together, as one group commit.
+// One writer wake-up per event-loop round for the records queued with Wake::kDeferred.
 void kick_after_round(cost::Ledger& ledger, const asio::any_io_executor& ex) {
-  thread_local bool pending = false;
-  if (pending) return;
-  pending = true;
-  asio::post(ex, [&ledger] {
-    pending = false;
-    ledger.kick();
-  });
-}
-
-// Where the ledger's commit callbacks (on the writer thread, one per record of a group commit)
-// hand the waiting requests back to their event loop: the first of a batch posts one handler,
-// and that handler resumes every request queued by then. One post per batch and loop instead of
-// one per record: the writer takes the loop's scheduler lock and allocates an operation once.
-// An io_context service, so that it lives exactly as long as the loop it posts to.
-class LedgerInbox final : public asio::execution_context::service {
- public:
-  using key_type = LedgerInbox;
-  static inline asio::execution_context::id id;
-  using Resume = void (*)(void* handler, const Result<Ok>& r);
-
-  explicit LedgerInbox(asio::execution_context& ctx) : service(ctx) {}
-
-  // The inbox of the loop that `ex` runs on (created at its first use, on that loop's thread).
-  static LedgerInbox& of(const asio::any_io_executor& ex) {
-    auto& inbox = asio::use_service<LedgerInbox>(asio::query(ex, asio::execution::context));
-    std::lock_guard lock(inbox.mu_);
-    if (!inbox.ex_) inbox.ex_ = ex;
-    return inbox;
-  }
-
-  // Any thread: `resume(handler, r)` runs on the loop, in the order delivered.
-  void deliver(Resume resume, void* handler, const Result<Ok>& r) {
-    asio::any_io_executor post_to;
-    {
-      std::lock_guard lock(mu_);
-      items_.push_back(Item{resume, handler, r});
-      if (!posted_) post_to = ex_;
-      posted_ = true;
-    }
-    if (post_to) asio::post(post_to, [this] { drain(); });
-  }
-
- private:
-  struct Item {
-    Resume resume;
-    void* handler;
-    Result<Ok> result;
-  };
-  void shutdown() override {}
-  void drain() {
-    {
-      std::lock_guard lock(mu_);
-      running_.swap(items_);
-      posted_ = false;
-    }
-    for (auto& item : running_) item.resume(item.handler, item.result);
-    running_.clear();
-  }
-
-  std::mutex mu_;
-  std::vector<Item> items_;    // guarded by mu_
-  bool posted_ = false;        // guarded by mu_: a drain is posted and has not taken items_ yet
-  std::vector<Item> running_;  // the loop's one thread only
-  asio::any_io_executor ex_;   // guarded by mu_: set by the first of() on this loop
-};
-
-// Resumes the request waiting in `handler` (it owns it) with the record's result.
-template <class Handler>
-void resume_handler(void* handler, const Result<Ok>& r) {
-  std::unique_ptr<Handler> own(static_cast<Handler*>(handler));
-  (*own)(r);
-}
-
-// Waits for the ledger's group commit of one record (the callback runs on the writer thread).
-// `append(callback)` queues the record and says whether the queue took it.
-template <class Append>
-asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
-  auto ex = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
-      [&](auto handler) {
-        using Handler = decltype(handler);
-        // Owned by the callback, which runs exactly once when the queue took the record (or
-        // here when it did not): a bare pointer keeps the callback within std::function's own
-        // room, with no allocation for it nor for a shared count.
-        auto* h = new Handler(std::move(handler));
-        // Two pointers: still within std::function's room.
-        LedgerInbox* inbox = &LedgerInbox::of(ex);
-        const bool ok = append(
-            [h, inbox](const Result<Ok>& r) { inbox->deliver(&resume_handler<Handler>, h, r); });
-        if (ok) {
-          kick_after_round(ledger, ex);
-        } else {
-          asio::post(ex, [h]() {
-            std::unique_ptr<Handler> own(h);
-            (*own)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
-          });
-        }
-      },
-      asio::use_awaitable);
+  LedgerInbox::of(ex).kick_after_round(ledger, ex);
 }
 
 asio::awaitable<Result<Ok>> ledger_commit(cost::Ledger& ledger, cost::LedgerReservation rec) {
