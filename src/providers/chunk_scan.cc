@@ -112,6 +112,27 @@ class Scanner {
     return true;
   }
 
+  // The string whose opening quote is at offset `at` of the data: its length as the parser
+  // reads it, and the offset one past its closing quote. For an event of a known shape
+  // (scan_chunk_with_usage), of which only that string differs.
+  bool string_at(std::size_t at, std::size_t& bytes, std::size_t& end) {
+    p_ = data_.data() + at;
+    Str s;
+    if (*p_ != '"' || !string(s)) return false;
+    bytes = s.bytes;
+    end = static_cast<std::size_t>(p_ - data_.data());
+    return true;
+  }
+  bool non_ascii() const { return high_ != 0; }
+  // The offsets of the text string a shape is made around: that of the only choice. False
+  // when the event has no such string.
+  bool shape_text(std::size_t& begin, std::size_t& end) const {
+    if (choices_ != 1 || text_begin_ == nullptr) return false;
+    begin = static_cast<std::size_t>(text_begin_ - data_.data());
+    end = static_cast<std::size_t>(text_end_ - data_.data());
+    return true;
+  }
+
  private:
   struct Str {
     std::string_view raw;   // between the quotes, as written
@@ -425,9 +446,14 @@ class Scanner {
         if (saw_content) return false;
         saw_content = true;
         if (*p_ == '"') {
+          const char* begin = p_;
           Str s;
           if (!string(s)) return false;
           content = s.bytes;
+          if (choices_ == 1) {
+            text_begin_ = begin;
+            text_end_ = p_;
+          }
           return true;
         }
       }
@@ -511,6 +537,10 @@ class Scanner {
 
   std::string_view data_;
   const char* p_;
+  // The first choice's delta.content string, from its opening quote to one past its closing
+  // one (null: none).
+  const char* text_begin_ = nullptr;
+  const char* text_end_ = nullptr;
   const char* key_at_ = nullptr;  // the opening quote of the top-level key being read
   const char* end_;
   std::uint64_t high_ = 0;   // nonzero: a string had a non-ASCII byte
@@ -546,8 +576,63 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data) {
   return scan(data, true);
 }
 
+namespace {
+
+// After this many events in a row that do not fit it, a stream's shape is no longer tried.
+constexpr int kMaxShapeMisses = 8;
+
+// The answer for an event made of the shape's head and tail around one string: the shape's,
+// with that string's text. The scan of the shape's event went through the same bytes up to the
+// string, in the same state, and on from it through the same bytes; only the string differs,
+// whose length the scan reads the same way here.
+std::optional<ChunkInfo> fit_shape(std::string_view data, const ChunkPrefix& prefix) {
+  const std::string& head = prefix.shape_head;
+  const std::string& tail = prefix.shape_tail;
+  if (data.size() < head.size() + tail.size() + 2 ||
+      std::memcmp(data.data(), head.data(), head.size()) != 0) {
+    return std::nullopt;
+  }
+  Scanner scanner(data, true);
+  std::size_t bytes = 0, end = 0;
+  if (!scanner.string_at(head.size(), bytes, end) || data.size() - end != tail.size() ||
+      std::memcmp(data.data() + end, tail.data(), tail.size()) != 0) {
+    return std::nullopt;
+  }
+  // The head and the tail are ASCII: the string decides alone whether the event is UTF-8.
+  if (scanner.non_ascii() && !simdjson::validate_utf8(data.data(), data.size())) {
+    return std::nullopt;
+  }
+  ChunkInfo info = prefix.shape_info;
+  info.text_chars = bytes;
+  info.has_text = bytes > 0;
+  return info;
+}
+
+// Keeps the shape of a scanned event whose only text is one delta.content string.
+void learn_shape(std::string_view data, const Scanner& scanner, const ChunkInfo& info,
+                 ChunkPrefix& prefix) {
+  std::size_t begin = 0, end = 0;
+  if (!scanner.shape_text(begin, end) || scanner.non_ascii() ||
+      begin > 2 * ChunkPrefix::kMaxBytes || data.size() - end > ChunkPrefix::kMaxBytes) {
+    return;
+  }
+  prefix.shape_head.assign(data.data(), begin);
+  prefix.shape_tail.assign(data.data() + end, data.size() - end);
+  prefix.shape_info = info;
+}
+
+}  // namespace
+
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix) {
   if (data.empty() || data.size() > kMaxScanBytes) return std::nullopt;
+  const bool shaped = !prefix.shape_head.empty() && prefix.shape_misses < kMaxShapeMisses;
+  if (shaped) {
+    if (auto fit = fit_shape(data, prefix)) {
+      prefix.shape_misses = 0;
+      return fit;
+    }
+    ++prefix.shape_misses;
+  }
   const std::string& known = prefix.bytes;
   const bool resume = !known.empty() && data.size() > known.size() &&
                       std::memcmp(data.data(), known.data(), known.size()) == 0;
@@ -563,6 +648,7 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefi
       ascii = ascii && static_cast<unsigned char>(data[i]) < 0x80;
     if (ascii) prefix.bytes.assign(data.data(), at);
   }
+  if (prefix.shape_misses < kMaxShapeMisses) learn_shape(data, scanner, info, prefix);
   return info;
 }
 

@@ -113,10 +113,19 @@ bool is_output_member(std::string_view key);
 // The common shape of event is read in one pass without a JSON parse (chunk_scan.h); any other
 // event is parsed. The answer is parse_chunk's for every event.
 ChunkInfo inspect_chunk(std::string_view data);
-// The start that the events of one stream share, for inspect_chunk(data, prefix): one per stream.
+// What the events of one stream share, for inspect_chunk(data, prefix): one per stream.
 struct ChunkPrefix {
   static constexpr std::size_t kMaxBytes = 512;
+  // The start of the events (id, object, created, model), before the first member read.
   std::string bytes;
+  // The shape of a text event: the bytes of the last event whose one choice's delta.content is
+  // a string, before that string (head) and after it (tail), and that event's answer. An event
+  // made of the same head and tail around another string has the same answer but for the text,
+  // which is that string's: only the string is read.
+  std::string shape_head;
+  std::string shape_tail;
+  ChunkInfo shape_info;
+  int shape_misses = 0;  // in a row; a stream whose events never fit the shape stops trying
 };
 // inspect_chunk for the next event of a stream: the same answer, with less work for the part of
 // the event that begins like the one before it.

@@ -488,6 +488,19 @@ class EventGen {
  public:
   explicit EventGen(std::uint32_t seed) : rng_(seed) {}
 
+  // A JSON string of any content, the scan's or not (more often not than in event()'s).
+  std::string text() {
+    std::string s = "\"";
+    const int n = pick(0, 6);
+    for (int i = 0; i < n; ++i) {
+      const int last = chance(70) ? kCleanPieces - 1 : static_cast<int>(std::size(kPieces)) - 1;
+      s += kPieces[static_cast<std::size_t>(pick(0, last))];
+    }
+    if (chance(10)) s += std::string(static_cast<std::size_t>(pick(1, 40)), 'z');
+    return s + "\"";
+  }
+  std::string damaged(std::string s) { return damage(std::move(s)); }
+
   std::string event() {
     // The members of the real shape, each once, in a random order; sometimes one twice.
     std::vector<std::string> members;
@@ -756,6 +769,71 @@ TEST(ChunkScan, RandomStreamsAgreeWithTheParse) {
     if (had) ++resumed;
   }
   EXPECT_GT(resumed, kEvents / 10);
+}
+
+// The text events of a stream differ only in their text: once one was scanned, the next one of
+// the same shape is read as that shape around its string. Texts of every kind, events that
+// leave the shape anywhere else, and shapes with other output or usage around the text all give
+// the parse's answer.
+TEST(ChunkScan, StreamShapeAgreesWithTheParse) {
+  EventGen gen(20261207);
+  std::mt19937 pick(13);
+  const std::string heads[] = {
+      kHead + R"("choices":[{"index":0,"delta":{"content":)",
+      kHead + R"("choices":[{"index":0,"delta":{"role":"assistant","content":)",
+      kHead + R"("choices":[{"delta":{"tool_calls":[{"index":0}],"content":)",
+      R"({"choices":[{"text":"abc","delta":{"content":)",
+      "{\"model\":\"caf\xc3\xa9\",\"choices\":[{\"delta\":{\"content\":",
+      R"({"choices":[{"delta":{"content":)",
+  };
+  const std::string tails[] = {
+      R"(},"logprobs":null,"finish_reason":null}],"usage":null})",
+      R"(},"finish_reason":null}]})",
+      R"(,"refusal":"no"},"finish_reason":null}]})",
+      R"(,"refusal":null}}]})",
+      R"(}}],"usage":{"prompt_tokens":5,"completion_tokens":2}})",
+      R"(}}],"usage":{"prompt_tokens":5}})",
+      R"(}}]}  )",
+      // not a shape: two choices, a duplicate, a second "choices", not JSON
+      R"(}},{"delta":{"content":"second"}}]})",
+      R"(,"content":"again"}}]})",
+      R"(}}],"choices":[]})",
+      R"(}}]})"
+      "}",
+  };
+  int fitted = 0;
+  constexpr int kStreams = 4000;
+  for (int n = 0; n < kStreams; ++n) {
+    ChunkPrefix prefix;
+    std::size_t h = pick() % std::size(heads), t = pick() % std::size(tails);
+    const int events = static_cast<int>(pick() % 16) + 1;
+    for (int i = 0; i < events; ++i) {
+      if (pick() % 10 == 0) h = pick() % std::size(heads);
+      if (pick() % 10 == 0) t = pick() % std::size(tails);
+      std::string e = heads[h] + gen.text() + tails[t];
+      if (pick() % 20 == 0) e = gen.damaged(e);
+      const bool shaped = !prefix.shape_head.empty() && prefix.shape_misses < 8;
+      const ChunkInfo parsed = parse_chunk(e);
+      ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "stream " << n << ": " << show(e);
+      if (shaped && prefix.shape_misses == 0) ++fitted;
+    }
+  }
+  EXPECT_GT(fitted, kStreams);
+}
+
+// A stream whose events never fit a shape (a member that changes on every event after the
+// text) stops trying one, and keeps the parse's answer.
+TEST(ChunkScan, StreamWithoutAShapeStopsTrying) {
+  ChunkPrefix prefix;
+  for (int i = 0; i < 40; ++i) {
+    const std::string e = delta_event(R"({"content":"x"})",
+                                      R"(,"obfuscation":")" + std::string(i % 7 + 1, 'q') + "\"");
+    EXPECT_TRUE(same(inspect_chunk(e, prefix), parse_chunk(e))) << show(e);
+  }
+  EXPECT_EQ(prefix.shape_misses, 8);
+  const std::string kept = prefix.shape_head;
+  inspect_chunk(delta_event(R"({"role":"assistant","content":"x"})"), prefix);
+  EXPECT_EQ(prefix.shape_head, kept);
 }
 
 TEST(ChunkScan, RandomEventsAgreeWithTheParse) {
