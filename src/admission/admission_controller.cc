@@ -12,6 +12,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "common/name_memo.h"
+
 namespace bw::admission {
 
 namespace asio = boost::asio;
@@ -245,7 +247,10 @@ void Permit::release() {
 // ---- AdmissionController -----------------------------------------------------------------
 
 AdmissionController::AdmissionController(AdmissionConfig config, const Clock& clock)
-    : config_(std::move(config)), clock_(clock), stats_(config_.stats_window) {}
+    : config_(std::move(config)),
+      clock_(clock),
+      memo_owner_(next_memo_owner()),
+      stats_(config_.stats_window) {}
 
 AdmissionController::~AdmissionController() = default;
 
@@ -274,8 +279,22 @@ std::shared_ptr<Group> AdmissionController::find_group(std::string_view name) co
   return it == groups_.end() ? nullptr : it->second;
 }
 
+namespace {
+struct GroupMemo;  // the threads' memo of groups_
+}  // namespace
+
 std::shared_ptr<Group> AdmissionController::group_for(std::string_view name) {
-  if (auto g = find_group(name)) return g;
+  // Groups are never removed or replaced: the map entry found for a name stays that name's, and
+  // a worker thread remembers it (its node is stable in the map).
+  using Memo = NameMemo<GroupMemo, const std::shared_ptr<Group>*>;
+  if (const auto* kept = Memo::find(memo_owner_, name)) return *kept;
+  {
+    std::shared_lock lock(groups_mu_);
+    if (auto it = groups_.find(name); it != groups_.end()) {
+      Memo::keep(memo_owner_, name, &it->second);
+      return it->second;
+    }
+  }
   std::unique_lock lock(groups_mu_);
   auto it = groups_.find(name);
   if (it != groups_.end()) return it->second;

@@ -257,6 +257,7 @@ class AdmissionController {
 
   mutable std::shared_mutex groups_mu_;
   std::map<std::string, std::shared_ptr<detail::Group>, std::less<>> groups_;
+  const std::uint64_t memo_owner_;  // this controller in the threads' memos of groups_
 
   mutable std::mutex stats_mu_;  // leaf lock: taken under a group mutex, never the reverse
   AdmissionStats stats_;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <mutex>
 
+#include "common/name_memo.h"
 #include "gateway/shared.h"
 
 namespace bw::gateway {
@@ -27,7 +28,8 @@ double process_rss_bytes() {
   return n == 2 ? static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) : 0;
 }
 
-ScalingState::ScalingState(const config::Config& cfg) : planner_(cfg.scaler, cfg.gateway_capacity) {
+ScalingState::ScalingState(const config::Config& cfg)
+    : planner_(cfg.scaler, cfg.gateway_capacity), memo_owner_(next_memo_owner()) {
   configure(cfg);
 }
 
@@ -45,22 +47,33 @@ void ScalingState::configure(const config::Config& cfg) {
   }
 }
 
-ScalingState::Counter* ScalingState::find(std::string_view name) const {
+namespace {
+// The threads' memos of ScalingState's counters, by map.
+struct GroupCounters;
+struct DeploymentCounters;
+}  // namespace
+
+// Counters are never removed: the one found for a name stays that name's, and a worker thread
+// remembers it.
+template <class Tag>
+ScalingState::Counter* ScalingState::find(const CounterMap& map, std::string_view name) const {
+  using Memo = NameMemo<Tag, Counter*>;
+  if (Counter* kept = Memo::find(memo_owner_, name)) return kept;
   std::shared_lock lock(mu_);
-  if (auto it = groups_.find(name); it != groups_.end()) return it->second.get();
-  return nullptr;
+  auto it = map.find(name);
+  if (it == map.end()) return nullptr;
+  Memo::keep(memo_owner_, name, it->second.get());
+  return it->second.get();
 }
 
 void ScalingState::note_arrival(std::string_view group) {
-  if (auto* c = find(group)) c->requests.fetch_add(1, std::memory_order_relaxed);
+  if (auto* c = find<GroupCounters>(groups_, group)) {
+    c->requests.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 void ScalingState::note_attempt(std::string_view deployment, Nanos latency) {
-  Counter* c = nullptr;
-  {
-    std::shared_lock lock(mu_);
-    if (auto it = deployments_.find(deployment); it != deployments_.end()) c = it->second.get();
-  }
+  Counter* c = find<DeploymentCounters>(deployments_, deployment);
   if (!c) return;
   c->requests.fetch_add(1, std::memory_order_relaxed);
   const auto us = static_cast<std::int64_t>(latency / 1000);
@@ -70,9 +83,8 @@ void ScalingState::note_attempt(std::string_view deployment, Nanos latency) {
 
 void ScalingState::note_tokens(std::string_view deployment, std::int64_t tokens) {
   if (tokens <= 0) return;
-  std::shared_lock lock(mu_);
-  if (auto it = deployments_.find(deployment); it != deployments_.end()) {
-    it->second->tokens.fetch_add(static_cast<std::uint64_t>(tokens), std::memory_order_relaxed);
+  if (auto* c = find<DeploymentCounters>(deployments_, deployment)) {
+    c->tokens.fetch_add(static_cast<std::uint64_t>(tokens), std::memory_order_relaxed);
   }
 }
 

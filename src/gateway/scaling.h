@@ -48,7 +48,9 @@ class ScalingState {
     std::atomic<std::uint64_t> tokens{0};
     std::atomic<std::int64_t> latency_us{0};  // EWMA, racy updates are fine for a signal
   };
-  Counter* find(std::string_view name) const;
+  using CounterMap = std::map<std::string, std::unique_ptr<Counter>, std::less<>>;
+  template <class Tag>
+  Counter* find(const CounterMap& map, std::string_view name) const;
   // The concurrency of a group served by one deployment with a capacity_concurrency follows
   // the replicas running (told by the controller): capacity_concurrency x running.
   void follow_replicas(Shared& sh, const config::Config& cfg, const telemetry::CapacityPlan& plan);
@@ -57,8 +59,9 @@ class ScalingState {
 
   telemetry::CapacityPlanner planner_;
   mutable std::shared_mutex mu_;  // guards the maps (not the counters)
-  std::map<std::string, std::unique_ptr<Counter>, std::less<>> groups_;
-  std::map<std::string, std::unique_ptr<Counter>, std::less<>> deployments_;
+  CounterMap groups_;
+  CounterMap deployments_;
+  const std::uint64_t memo_owner_;  // this state in the threads' memos of the counters
 };
 
 // Process CPU time (user + system) in seconds, and resident memory in bytes.
