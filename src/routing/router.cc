@@ -44,6 +44,17 @@ struct RouterSnapshot {
   FallbackTable fallbacks;
 
   const GroupState* find(std::string_view name) const {
+    // A few names are compared faster than one is hashed; every request looks its group up.
+    constexpr std::size_t kCompared = 8;
+    if (groups.size() <= kCompared) {
+      for (const auto& g : groups) {
+        if (g->cfg.name.size() == name.size() &&
+            std::char_traits<char>::compare(g->cfg.name.data(), name.data(), name.size()) == 0) {
+          return g.get();
+        }
+      }
+      return nullptr;
+    }
     auto it = by_name.find(name);
     return it == by_name.end() ? nullptr : groups[it->second].get();
   }
