@@ -13,6 +13,7 @@
 
 #include "api/messages.h"
 #include "common/buffer_stash.h"
+#include "common/same_text.h"
 #include "gateway/admin.h"
 #include "gateway/phases.h"
 #include "gateway/pipeline.h"
@@ -177,8 +178,11 @@ asio::awaitable<void> admin_elsewhere(Ctx& c) {
 // handler, so a request costs no frame for routing (hence no temporaries passed by reference).
 asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   const auto path = c.req.path();
-  if (path == "/ui" || path.starts_with("/ui/")) return console(c, admin_listener);
-  if (path.starts_with("/admin/")) {
+  const auto starts = [&path](std::string_view prefix) {
+    return path.size() >= prefix.size() && same_text(path.substr(0, prefix.size()), prefix);
+  };
+  if (same_text(path, "/ui") || starts("/ui/")) return console(c, admin_listener);
+  if (starts("/admin/")) {
     if (admin_listener || c.rt->config().admin_listen.empty()) {
       return admin_table().dispatch(c);
     }
@@ -187,16 +191,19 @@ asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   const Route* found = nullptr;
   bool path_known = false;
   for (const auto& r : kRoutes) {
-    if (r.path != path) continue;
+    if (!same_text(r.path, path)) continue;
     path_known = true;
     // HEAD is GET without a body (RFC 9110 9.3.2); the server drops the body of a HEAD answer.
-    if (r.method == c.req.method || (c.req.method == "HEAD" && r.method == "GET")) found = &r;
+    if (same_text(r.method, c.req.method) ||
+        (same_text(c.req.method, "HEAD") && same_text(r.method, "GET"))) {
+      found = &r;
+    }
   }
   // The admin listener serves the admin API and the probes only.
   if (admin_listener && path != "/healthz" && path != "/readyz")
     found = nullptr, path_known = false;
   if (!found) return no_route(c, path_known);
-  if (path == "/v1/chat/completions") return run_llm(c, Endpoint::kChat);
+  if (same_text(path, "/v1/chat/completions")) return run_llm(c, Endpoint::kChat);
   if (path == "/v1/responses") {
     c.inbound = api::Format::kResponses;
     return run_llm(c, Endpoint::kChat);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/same_text.h"
+
 namespace bw::http {
 
 bool SseSplitter::feed(std::string_view bytes) {
@@ -85,7 +87,7 @@ bool next_event_data(std::string_view& rest, std::string_view& event, std::strin
   if (nl + 2 == event.size()) {
     std::string_view line = event.substr(0, nl);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (!line.starts_with("data:")) {
+    if (line.size() < 5 || !same_text(line.substr(0, 5), "data:")) {
       data = {};
       return true;
     }

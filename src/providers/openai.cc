@@ -15,6 +15,7 @@
 #include "api/json_read.h"
 #include "common/buffer_stash.h"
 #include "common/json_util.h"
+#include "common/same_text.h"
 #include "providers/chunk_scan.h"
 
 namespace bw::providers {
@@ -123,7 +124,7 @@ TopField top_field(std::string_view key) {
                                      {"seed", TopField::kNoText},
                                      {"top_p", TopField::kNoText}};
   for (const auto& k : kKnown) {
-    if (k.name.size() == key.size() && k.name == key) return k.field;
+    if (same_text(k.name, key)) return k.field;
   }
   return TopField::kOther;
 }
@@ -172,13 +173,13 @@ void record_layout(std::string_view body, BodyLayout& l) {
         l.any_member = true;
         if (key.find('\\') != std::string_view::npos) l.escaped_key = true;
         std::optional<BodyLayout::Span>* span = nullptr;
-        if (key == "model") {
+        if (same_text(key, "model")) {
           span = &l.model;
-        } else if (key == "max_tokens") {
+        } else if (same_text(key, "max_tokens")) {
           span = &l.max_tokens;
-        } else if (key == "max_completion_tokens") {
+        } else if (same_text(key, "max_completion_tokens")) {
           span = &l.max_completion_tokens;
-        } else if (key == "stream_options") {
+        } else if (same_text(key, "stream_options")) {
           l.stream_options = true;
         }
         if (span) {
@@ -335,9 +336,9 @@ Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
         // Bound to a local: iterating the temporary result would dangle.
         simdjson::dom::object fields = msg.get_object().value_unsafe();
         for (auto f : fields) {
-          if (f.key == "content") {
+          if (same_text(f.key, "content")) {
             add_content(f.value, r);
-          } else if (f.key == "role") {
+          } else if (same_text(f.key, "role")) {
             has_role = f.value.is_string();
           } else {  // tool calls, tool_call_id, name, audio, ...
             r.prompt_chars += f.key.size() + json_chars(f.value);
