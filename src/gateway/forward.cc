@@ -609,8 +609,8 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
 }
 
 // The answer when the plan has nothing left to try and no upstream answer to pass on.
-Error nothing_left(Ctx& c, const routing::RequestPlan::Step& step,
-                   const std::optional<Error>& last_error, Nanos now) {
+Error nothing_left(Ctx& c, const routing::RequestPlan::Step& step, const Error* last_error,
+                   Nanos now) {
   if (last_error) c.last_failure = last_error->message;
   if (last_error && last_error->code == http::kUpstreamTimeout) return *last_error;
   const double wait_s = step.available_at > now ? to_seconds(step.available_at - now) : 1.0;
@@ -687,236 +687,369 @@ Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::H
   return r;
 }
 
-}  // namespace
-
-asio::awaitable<Verdict> forward::run(Ctx& c) {
-  auto& router = c.sh.router;
-  auto& rng = thread_rng(c.now());
-  auto plan = router.plan(c.route_model, c.now());
-  // The admission queue reserved this deployment's rate capacity for the request.
-  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
-  std::optional<Response> last_response;  // the last upstream answer, passed on if we give up
-  std::optional<Error> last_error;
+// forward::run's state across its awaits, kept in its frame. Every request in flight holds that
+// frame, so it keeps only what an await must outlive, and the rare paths' state behind pointers;
+// the work between two awaits is done by plain functions (below), whose locals live on the stack.
+// GCC gives every local of a coroutine (and every temporary of an expression that awaits) its
+// own room in the frame, whether or not it lives across an await.
+struct Attempts {
+  explicit Attempts(Ctx& c)
+      : rng(thread_rng(c.now())),
+        plan(c.sh.router.plan(c.route_model, c.now())),
+        max_retry_wait(c.rt->config().retry.cap) {}
+  routing::Rng& rng;
+  routing::RequestPlan plan;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
   // worth holding a concurrency slot for: the client gets the answer and its Retry-After now.
-  const Nanos max_retry_wait = c.rt->config().retry.cap;
+  Nanos max_retry_wait;
+  Nanos delay = 0;  // before the next attempt
+  // The last upstream answer, passed on if we give up, and the last failure: set only when an
+  // attempt failed and another may follow.
+  std::unique_ptr<Response> last_response;
+  std::unique_ptr<Error> last_error;
+
+  // The attempt in progress.
+  routing::RequestPlan::Step step;
+  const Deployment* d = nullptr;
+  bool fast = false;
+  Nanos sent_at = 0;
+  tracing::SpanRef span = tracing::kNoSpan;
+  UpstreamBody call;
+  std::optional<http::OutboundRequest> out;  // while it is sent
+  http::Headers headers;                     // the gateway's headers on the answer
+  routing::Outcome outcome;                  // a buffered answer's, for the plan
+  int status_out = 0;                        // a buffered answer's status for the client
+  // A buffered answer that is not passed through: the client's body, and a translated answer
+  // of the Responses API to store before the client gets it.
+  std::optional<std::string> translated;
+  std::unique_ptr<ClientAnswer> answer;
+
+  routing::Ticket& ticket() { return *step.ticket; }
+  const routing::DeploymentConfig& dep_cfg() { return ticket().deployment(); }
+};
+
+// What forward::run does next, decided by the plain functions between its awaits.
+enum class Next : std::uint8_t {
+  kSend,      // the attempt (or the answer) is ready: send it
+  kSkip,      // nothing was sent: on to the next step of the plan
+  kRetry,     // wait `delay`, then the next step of the plan
+  kDone,      // the verdict is set
+  kSendLast,  // nothing left to try: the last upstream answer goes to the client
+};
+
+// Picks the next deployment and prepares the request for it (a.out).
+Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
+  if (c.client_gone) {  // nobody is waiting for the answer: no (further) attempt
+    note_client_gone(c);
+    verdict = Ok{};
+    return Next::kDone;
+  }
+  const Nanos now = c.now();
+  a.step.ticket.reset();  // the previous attempt's, released before the next pick
+  a.step = a.plan.next(now, a.rng);
+  if (!a.step.ticket) {
+    c.forward_failed = true;
+    if (a.last_response) {
+      c.last_failure = "upstream answered " + std::to_string(a.last_response->status);
+      c.status = a.last_response->status;
+      c.bytes_out += a.last_response->body.size();
+      return Next::kSendLast;
+    }
+    verdict = nothing_left(c, a.step, a.last_error.get(), now);
+    return Next::kDone;
+  }
+  routing::Ticket& ticket = a.ticket();
+  const auto& dep_cfg = ticket.deployment();
+  const Deployment* d = c.rt->deployment(dep_cfg.id);
+  if (!d) {  // a reload removed it between pick and use
+    routing::Outcome o;
+    o.kind = routing::OutcomeKind::kCancelled;
+    a.plan.finish(ticket, o, now, false, a.rng);
+    return Next::kSkip;
+  }
+  // Chat completions to an OpenAI-format provider: the fast passthrough (no decode). Every
+  // other pair goes through translate.h (a same-format Responses or Messages body passes
+  // unchanged too).
+  const providers::Wire wire = d->provider->wire.wire;
+  const bool fast = c.inbound == api::Format::kChat && !c.history_expanded &&
+                    passthrough(api::Format::kChat, wire);
+  if (c.inbound == api::Format::kChat && c.llm.endpoint != Endpoint::kChat && !fast) {
+    verdict =
+        errors::make(errors::kBadRequest,
+                     "This endpoint cannot be served by the provider type of '" + c.route_model +
+                         "' (" + std::string(providers::to_string(wire)) + ").");
+    return Next::kDone;
+  }
+  // The answer is billed at the price of the model that gives it: a fallback model's own
+  // (and the requested model's again when a later attempt goes back to it). That model is
+  // sent its own output cap under the requested one, as the reservation assumed.
+  if (c.attempts > 0 || ticket.group() != c.route_model) {
+    if (const auto* p = c.rt->config().prices.find(ticket.group())) c.price = p;
+  }
+  if (c.completion_cap > 0 && c.price) {
+    c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
+  }
+  a.call = UpstreamBody{};
+  Result<std::string> body = std::string();
+  if (fast) {
+    body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
+                                      c.forced_max_tokens);
+    if (!body) {
+      verdict = body.error();
+      return Next::kDone;
+    }
+    a.call.passthrough = true;
+  } else {
+    auto prepared = upstream_body(c.inbound, c.req.body, c.canon, d->provider->wire, dep_cfg.model,
+                                  c.llm.stream, c.forced_max_tokens,
+                                  c.group->cfg->max_output_tokens, c.history_expanded);
+    if (!prepared) {
+      verdict = prepared.error();
+      return Next::kDone;
+    }
+    a.call = std::move(prepared.value());
+    if (auto refused = check_previous_response(c, a.call)) {
+      verdict = *refused;
+      return Next::kDone;
+    }
+    if (auto refused = note_dropped(c, a.call.dropped)) {
+      verdict = *refused;
+      return Next::kDone;
+    }
+    body = std::move(a.call.body);
+  }
+  ++c.attempts;
+  c.upstream = dep_cfg.id;
+  c.deployment = d;
+  c.model_served = ticket.group();
+  c.sh.router.on_start(ticket, now);
+  a.d = d;
+  a.fast = fast;
+  a.sent_at = now;
+  a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
+  a.out.emplace(build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span));
+  return Next::kSend;
+}
+
+// An attempt that got no answer: the request ends unless the plan retries it.
+Next attempt_failed(Ctx& c, Attempts& a, const Error& e, std::optional<Verdict>& verdict) {
+  const Nanos now = c.now();
+  c.upstream_status = 0;
+  c.upstream_latency = now - a.sent_at;
+  tracing::attempt_end(c, a.span, 0, c.client_gone ? "cancelled" : e.code);
+  if (c.client_gone) {  // cancelled by us
+    abandon_attempt(c, a.plan, a.ticket(), now, a.rng);
+    verdict = Ok{};
+    return Next::kDone;
+  }
+  record_attempt(c, a.dep_cfg().id, 0, now - a.sent_at);
+  auto o = outcome_for_error(e, now - a.sent_at);
+  a.last_error = std::make_unique<Error>(e);
+  a.last_response.reset();
+  auto decision = a.plan.finish(a.ticket(), o, now, false, a.rng);
+  if (decision.retry() && decision.delay <= a.max_retry_wait) {
+    a.delay = decision.delay;
+    return Next::kRetry;
+  }
+  if (gives_up(decision)) {
+    c.forward_failed = true;
+    c.last_failure = e.message;
+    verdict = e;
+    return Next::kDone;
+  }
+  return Next::kSkip;
+}
+
+// The upstream's head: what it says about its rate limits, and the gateway's headers for the
+// client (a.headers). True when the answer is a stream to relay.
+bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
+  // A previous attempt's failure is not this answer's: the access log, the breaker's view of
+  // a stream and the truncation check all read the outcome of the answer the client gets.
+  if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
+  // What the provider says about its rate limits paces the next requests (learned wins).
+  const auto scanned = scan_upstream_headers(up.headers());
+  c.sh.admission->learn(a.ticket().group(), a.dep_cfg().id,
+                        admission::parse_provider_limits(
+                            [&scanned](std::string_view name) {
+                              return scanned.limits.empty() ? std::string_view{}
+                                                            : scanned.limits.get(name);
+                            },
+                            up.status(), c.sh.clock.unix_millis()));
+  a.headers = answer_headers(c, scanned.passed);
+  if (!c.dropped_params.empty())
+    a.headers.add_known("x-bellwether-dropped-params", c.dropped_params);
+  if (!a.fast) {
+    c.upstream_limits = providers::parse_rate_limits(
+        a.d->provider->wire.wire, [&up](std::string_view n) { return up.headers().get(n); },
+        up.status(), {}, c.sh.clock.unix_millis());
+  }
+  const bool is_sse = up.content_type().starts_with("text/event-stream");
+  return up.status() == 200 && c.llm.stream && is_sse;
+}
+
+// After a relayed stream: the attempt's outcome for the plan.
+void stream_relayed(Ctx& c, Attempts& a) {
+  tracing::attempt_end(c, a.span, 200, c.outcome.none() ? "" : c.outcome.detail);
+  const Nanos now = c.now();
+  c.upstream_latency = now - a.sent_at;
+  record_attempt(c, a.dep_cfg().id, 200, now - a.sent_at);
+  a.plan.finish(a.ticket(), stream_outcome(c, now - a.sent_at), now, true, a.rng);
+}
+
+// A buffered answer's body has arrived (or failed): its usage, or its translation into the
+// client's API (a.answer, a.translated). kSend: go on to answer_ready.
+Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
+                 const Result<std::string>& all, std::optional<Verdict>& verdict) {
+  const Nanos now = c.now();
+  c.upstream_latency = now - a.sent_at;
+  tracing::attempt_end(c, a.span, all ? up.status() : 0,
+                       all ? std::string_view{} : std::string_view(all.error().code));
+  if (!all && c.client_gone) {  // cancelled by us
+    abandon_attempt(c, a.plan, a.ticket(), now, a.rng);
+    verdict = Ok{};
+    return Next::kDone;
+  }
+  record_attempt(c, a.dep_cfg().id, all ? up.status() : 0, now - a.sent_at);
+  if (!all) {
+    auto o = outcome_for_error(all.error(), now - a.sent_at);
+    a.last_error = std::make_unique<Error>(all.error());
+    a.last_response.reset();
+    auto decision = a.plan.finish(a.ticket(), o, now, false, a.rng);
+    if (decision.retry() && decision.delay <= a.max_retry_wait) {
+      a.delay = decision.delay;
+      return Next::kRetry;
+    }
+    verdict = all.error();
+    return Next::kDone;
+  }
+  if (c.ttft < 0) c.ttft = now - c.start;
+  a.outcome = outcome_for_status(up.status(), up.headers(), *all, now - a.sent_at);
+  a.status_out = up.status();
+  a.translated.reset();
+  a.answer.reset();
+  const providers::Wire wire = a.d->provider->wire.wire;
+  if (up.status() == 200 && a.fast) {
+    c.usage = providers::extract_usage(*all, c.llm.endpoint);
+    if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
+    a.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+  } else if (up.status() == 200) {
+    auto answer =
+        translate_response(c.inbound, a.call, *all, c.llm.model,
+                           c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+    if (!answer) {
+      a.outcome.status = 502;
+      a.outcome.kind = routing::OutcomeKind::kHttp5xx;
+      a.plan.finish(a.ticket(), a.outcome, now, false, a.rng);
+      verdict = answer.error();
+      return Next::kDone;
+    }
+    c.usage = answer->usage;
+    if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
+    a.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    a.answer = std::make_unique<ClientAnswer>(std::move(answer.value()));
+  } else if (!a.call.passthrough) {
+    // A provider's error in the client's API shape (its status and Retry-After kept).
+    if (wire == providers::Wire::kGemini && up.status() == 429) {
+      c.upstream_limits = providers::parse_rate_limits(
+          wire, [&up](std::string_view n) { return up.headers().get(n); }, 429, *all,
+          c.sh.clock.unix_millis());
+    }
+    const Error ue = providers::upstream_error(wire, up.status(), *all);
+    a.status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
+    a.translated = error_body(c.inbound, ue);
+  }
+  return Next::kSend;
+}
+
+// The client's answer from a buffered upstream answer (`r`), unless the plan retries: then it is
+// kept as the last answer and the result is kRetry.
+Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<std::string>& all,
+                  Response& r) {
+  if (a.answer) a.translated = std::move(a.answer->body);
+  const bool translated = a.translated.has_value();
+  r = buffered_answer(c, up, std::move(a.headers), a.status_out,
+                      translated ? std::move(*a.translated) : std::move(all.value()), translated);
+  a.answer.reset();
+  a.translated.reset();
+  const Nanos now = c.now();
+  auto decision = a.plan.finish(a.ticket(), a.outcome, now, false, a.rng);
+  if (decision.retry() && decision.delay <= a.max_retry_wait) {
+    a.last_response = std::make_unique<Response>(std::move(r));
+    a.last_error.reset();
+    c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(up.status()));
+    a.delay = decision.delay;
+    return Next::kRetry;
+  }
+  c.status = r.status;
+  if (r.status >= 400)
+    c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(r.status));
+  if (r.status >= 500 || r.status == 429) {
+    c.forward_failed = true;
+    c.last_failure = "upstream answered " + std::to_string(r.status);
+  }
+  phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
+  c.bytes_out += r.body.size();
+  tracing::observe_output(c, r.body);
+  return Next::kSend;
+}
+
+}  // namespace
+
+asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
+  Attempts a(c);
+  // The admission queue reserved this deployment's rate capacity for the request.
+  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) a.plan.pin_first(pinned);
   for (;;) {
-    if (c.client_gone) {  // nobody is waiting for the answer: no (further) attempt
-      note_client_gone(c);
-      co_return Ok{};
+    Next next = start_attempt(c, a, verdict);
+    if (next == Next::kDone) co_return;
+    if (next == Next::kSkip) continue;
+    if (next == Next::kSendLast) {
+      co_await c.w.send(std::move(*a.last_response));
+      verdict = Ok{};
+      co_return;
     }
-    Nanos now = c.now();
-    auto step = plan.next(now, rng);
-    if (!step.ticket) {
-      c.forward_failed = true;
-      if (last_response) {
-        c.last_failure = "upstream answered " + std::to_string(last_response->status);
-        c.status = last_response->status;
-        c.bytes_out += last_response->body.size();
-        co_await c.w.send(std::move(*last_response));
-        co_return Ok{};
-      }
-      co_return nothing_left(c, step, last_error, now);
-    }
-    routing::Ticket& ticket = *step.ticket;
-    const auto& dep_cfg = ticket.deployment();
-    const Deployment* d = c.rt->deployment(dep_cfg.id);
-    if (!d) {  // a reload removed it between pick and use
-      routing::Outcome o;
-      o.kind = routing::OutcomeKind::kCancelled;
-      plan.finish(ticket, o, now, false, rng);
-      continue;
-    }
-    // Chat completions to an OpenAI-format provider: the fast passthrough (no decode). Every
-    // other pair goes through translate.h (a same-format Responses or Messages body passes
-    // unchanged too).
-    const providers::Wire wire = d->provider->wire.wire;
-    const bool fast = c.inbound == api::Format::kChat && !c.history_expanded &&
-                      passthrough(api::Format::kChat, wire);
-    if (c.inbound == api::Format::kChat && c.llm.endpoint != Endpoint::kChat && !fast) {
-      co_return errors::make(errors::kBadRequest,
-                             "This endpoint cannot be served by the provider type of '" +
-                                 c.route_model + "' (" + std::string(providers::to_string(wire)) +
-                                 ").");
-    }
-    // The answer is billed at the price of the model that gives it: a fallback model's own
-    // (and the requested model's again when a later attempt goes back to it). That model is
-    // sent its own output cap under the requested one, as the reservation assumed.
-    if (c.attempts > 0 || ticket.group() != c.route_model) {
-      if (const auto* p = c.rt->config().prices.find(ticket.group())) c.price = p;
-    }
-    if (c.completion_cap > 0 && c.price) {
-      c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
-    }
-    UpstreamBody call;
-    Result<std::string> body = std::string();
-    if (fast) {
-      body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
-                                        c.forced_max_tokens);
-      if (!body) co_return body.error();
-      call.passthrough = true;
-    } else {
-      auto prepared = upstream_body(c.inbound, c.req.body, c.canon, d->provider->wire,
-                                    dep_cfg.model, c.llm.stream, c.forced_max_tokens,
-                                    c.group->cfg->max_output_tokens, c.history_expanded);
-      if (!prepared) co_return prepared.error();
-      call = std::move(prepared.value());
-      if (auto refused = check_previous_response(c, call)) co_return *refused;
-      if (auto refused = note_dropped(c, call.dropped)) co_return *refused;
-      body = std::move(call.body);
-    }
-    ++c.attempts;
-    c.upstream = dep_cfg.id;
-    c.deployment = d;
-    c.model_served = ticket.group();
-    router.on_start(ticket, now);
-    const Nanos sent_at = now;
-    const auto span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
-    auto resp = co_await c.sh.upstream->send(
-        *d->provider, build_upstream_request(c, *d, std::move(body.value()), call.target, span));
+    auto resp = co_await c.sh.upstream->send(*a.d->provider, *a.out);
+    a.out.reset();
     if (!resp) {
-      now = c.now();
-      c.upstream_status = 0;
-      c.upstream_latency = now - sent_at;
-      tracing::attempt_end(c, span, 0, c.client_gone ? "cancelled" : resp.error().code);
-      if (c.client_gone) {  // cancelled by us
-        abandon_attempt(c, plan, ticket, now, rng);
-        co_return Ok{};
-      }
-      record_attempt(c, dep_cfg.id, 0, now - sent_at);
-      auto o = outcome_for_error(resp.error(), now - sent_at);
-      last_error = resp.error();
-      last_response.reset();
-      auto decision = plan.finish(ticket, o, now, false, rng);
-      if (decision.retry() && decision.delay <= max_retry_wait) {
-        co_await sleep_for(decision.delay);
-        continue;
-      }
-      if (gives_up(decision)) {
-        c.forward_failed = true;
-        c.last_failure = resp.error().message;
-        co_return resp.error();
-      }
+      next = attempt_failed(c, a, resp.error(), verdict);
+      if (next == Next::kDone) co_return;
+      if (next == Next::kRetry) co_await sleep_for(a.delay);
       continue;
     }
     auto& up = resp.value();
-    // A previous attempt's failure is not this answer's: the access log, the breaker's view of
-    // a stream and the truncation check all read the outcome of the answer the client gets.
-    if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
-    // What the provider says about its rate limits paces the next requests (learned wins).
-    const auto scanned = scan_upstream_headers(up.headers());
-    c.sh.admission->learn(ticket.group(), dep_cfg.id,
-                          admission::parse_provider_limits(
-                              [&scanned](std::string_view name) {
-                                return scanned.limits.empty() ? std::string_view{}
-                                                              : scanned.limits.get(name);
-                              },
-                              up.status(), c.sh.clock.unix_millis()));
-    http::Headers headers = answer_headers(c, scanned.passed);
-    if (!c.dropped_params.empty())
-      headers.add_known("x-bellwether-dropped-params", c.dropped_params);
-    if (!fast) {
-      c.upstream_limits = providers::parse_rate_limits(
-          wire, [&up](std::string_view n) { return up.headers().get(n); }, up.status(), {},
-          c.sh.clock.unix_millis());
-    }
-    const bool is_sse = up.content_type().starts_with("text/event-stream");
-    if (up.status() == 200 && c.llm.stream && is_sse) {
+    if (answer_head(c, a, up)) {
       c.upstream_status = 200;
-      if (fast) {
-        co_await relay_stream(c, up, std::move(headers));
+      if (a.fast) {
+        co_await relay_stream(c, up, std::move(a.headers));
       } else {
-        co_await relay_translated(c, up, std::move(headers), call);
+        co_await relay_translated(c, up, std::move(a.headers), a.call);
       }
-      tracing::attempt_end(c, span, 200, c.outcome.none() ? "" : c.outcome.detail);
-      now = c.now();
-      c.upstream_latency = now - sent_at;
-      record_attempt(c, dep_cfg.id, 200, now - sent_at);
-      plan.finish(ticket, stream_outcome(c, now - sent_at), now, true, rng);
-      co_return Ok{};
+      stream_relayed(c, a);
+      verdict = Ok{};
+      co_return;
     }
     c.upstream_status = up.status();
     auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
-    now = c.now();
-    c.upstream_latency = now - sent_at;
-    tracing::attempt_end(c, span, all ? up.status() : 0,
-                         all ? std::string_view{} : std::string_view(all.error().code));
-    if (!all && c.client_gone) {  // cancelled by us
-      abandon_attempt(c, plan, ticket, now, rng);
-      co_return Ok{};
-    }
-    record_attempt(c, dep_cfg.id, all ? up.status() : 0, now - sent_at);
-    if (!all) {
-      auto o = outcome_for_error(all.error(), now - sent_at);
-      last_error = all.error();
-      last_response.reset();
-      auto decision = plan.finish(ticket, o, now, false, rng);
-      if (decision.retry() && decision.delay <= max_retry_wait) {
-        co_await sleep_for(decision.delay);
-        continue;
-      }
-      co_return all.error();
-    }
-    if (c.ttft < 0) c.ttft = now - c.start;
-    auto o = outcome_for_status(up.status(), up.headers(), *all, now - sent_at);
-    std::optional<std::string> translated;  // the answer in the client's API, when not fast
-    int status_out = up.status();
-    if (up.status() == 200 && fast) {
-      c.usage = providers::extract_usage(*all, c.llm.endpoint);
-      if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
-      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-    } else if (up.status() == 200) {
-      auto answer =
-          translate_response(c.inbound, call, *all, c.llm.model,
-                             c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
-      if (!answer) {
-        o.status = 502;
-        o.kind = routing::OutcomeKind::kHttp5xx;
-        plan.finish(ticket, o, now, false, rng);
-        co_return answer.error();
-      }
-      c.usage = answer->usage;
-      if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
-      o.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-      if (answer->response) co_await store_response(c, *answer->response);
-      if (call.passthrough) co_await store_upstream_marker(c, answer->upstream_id);
-      translated = std::move(answer->body);
-    } else if (!call.passthrough) {
-      // A provider's error in the client's API shape (its status and Retry-After kept).
-      if (wire == providers::Wire::kGemini && up.status() == 429) {
-        c.upstream_limits = providers::parse_rate_limits(
-            wire, [&up](std::string_view n) { return up.headers().get(n); }, 429, *all,
-            c.sh.clock.unix_millis());
-      }
-      const Error ue = providers::upstream_error(wire, up.status(), *all);
-      status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
-      translated = error_body(c.inbound, ue);
-    }
-    Response r = buffered_answer(c, up, std::move(headers), status_out,
-                                 translated ? std::move(*translated) : std::move(all.value()),
-                                 translated.has_value());
-    auto decision = plan.finish(ticket, o, now, false, rng);
-    if (decision.retry() && decision.delay <= max_retry_wait) {
-      last_response = std::move(r);
-      last_error.reset();
-      c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(up.status()));
-      co_await sleep_for(decision.delay);
+    next = answer_read(c, a, up, all, verdict);
+    if (next == Next::kDone) co_return;
+    if (next == Next::kRetry) {
+      co_await sleep_for(a.delay);
       continue;
     }
-    c.status = r.status;
-    if (r.status >= 400)
-      c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(r.status));
-    if (r.status >= 500 || r.status == 429) {
-      c.forward_failed = true;
-      c.last_failure = "upstream answered " + std::to_string(r.status);
+    if (a.answer) {
+      if (a.answer->response) co_await store_response(c, *a.answer->response);
+      if (a.call.passthrough) co_await store_upstream_marker(c, a.answer->upstream_id);
     }
-    phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
-    c.bytes_out += r.body.size();
-    tracing::observe_output(c, r.body);
+    Response r;
+    if (answer_ready(c, a, up, all, r) == Next::kRetry) {
+      co_await sleep_for(a.delay);
+      continue;
+    }
     // A request covered by a budget lease: its ledger row before the answer.
     if (r.status < 300 && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
     co_await c.w.send(std::move(r));
-    co_return Ok{};
+    verdict = Ok{};
+    co_return;
   }
 }
 

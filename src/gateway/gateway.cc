@@ -285,19 +285,20 @@ Result<Ok> Gateway::start_listeners(const config::Config& cfg) {
   }
   auto sh = shared_;
   opt.on_rejection = [sh](const http::Rejection& r) { record_rejection(*sh, r); };
-  server_ = std::make_unique<http::Server>(
-      opt, [sh](http::Request& req, http::ResponseWriter& w) -> boost::asio::awaitable<void> {
-        co_await handle_request(*sh, req, w, false);
-      });
+  // The handler returns handle_request's awaitable itself: a coroutine around it would be one
+  // more frame per request. `sh` lives in the server's handler, which outlives every request.
+  server_ = std::make_unique<http::Server>(opt, [sh](http::Request& req, http::ResponseWriter& w) {
+    return handle_request(*sh, req, w, false);
+  });
   if (auto r = server_->start(); !r) return r;
   if (!cfg.admin_listen.empty()) {
     http::ServerOptions aopt = cfg.server;
     aopt.workers = 1;
     aopt.on_rejection = opt.on_rejection;
     config::parse_listen(cfg.admin_listen, aopt.host, aopt.port);
-    admin_server_ = std::make_unique<http::Server>(
-        aopt, [sh](http::Request& req, http::ResponseWriter& w) -> boost::asio::awaitable<void> {
-          co_await handle_request(*sh, req, w, true);
+    admin_server_ =
+        std::make_unique<http::Server>(aopt, [sh](http::Request& req, http::ResponseWriter& w) {
+          return handle_request(*sh, req, w, true);
         });
     if (auto r = admin_server_->start(); !r) return r;
     admin_server_->run();

@@ -99,9 +99,11 @@ boost::asio::awaitable<Verdict> run(Ctx& c);
 }  // namespace phase_admission
 
 // 8 forward and 9 respond: pick a deployment, send, retry or fall back, relay the answer.
-// Always waits (no try_now). Ok when it answered the client; an error for the flow to send.
+// Always waits (no try_now). Sets `verdict`: Ok when it answered the client; an error for the
+// flow to send. (An awaitable<Verdict> would hold a Verdict in its own frame and another in the
+// awaiting one's, for every request in flight.)
 namespace forward {
-boost::asio::awaitable<Verdict> run(Ctx& c);
+boost::asio::awaitable<void> run(Ctx& c, std::optional<Verdict>& verdict);
 }  // namespace forward
 
 // 10 finish: runs once for every request that entered handle_request, whatever ended it.

@@ -76,7 +76,7 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   if (!v->ok()) co_return co_await reply_error(c, v->error());
 
   // 8 forward and 9 respond: deployment, retries, fallbacks, the answer relayed
-  co_await into(forward::run(c), v);
+  co_await forward::run(c, v);
   if (!v->ok()) co_await reply_error(c, v->error());
   c.permit.complete(c.upstream_latency, c.upstream_status);
 }
