@@ -1,0 +1,163 @@
+#pragma once
+// The memory of Asio's coroutine frames (boost::asio::awaitable), from per-thread free lists,
+// one per size class.
+//
+// Asio recycles frames through its per-thread cache (thread_info_base, awaitable_frame_tag):
+// BOOST_ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE blocks of up to 1,020 bytes, handed out first fit,
+// each allocation and release a scan of the cache. A proxied request creates about ten frames,
+// and with 256 requests in flight on a worker the cache is empty or full most of the time: ~8
+// frames per request came from malloc and went back to free, and a small frame that took a
+// large cached block left the next large frame without one. Here every size class keeps its own
+// last-in, first-out list: a frame usually gets the block that a frame of its size gave back
+// last, which is still in the cache, in a few instructions.
+//
+// Included before anything else in every translation unit of the project (the top-level
+// CMakeLists.txt passes it with -include): the explicit specialisations at the end must be
+// declared before a frame is allocated. Blocks stay compatible with Asio's own recycling, so
+// that code compiled without this header (a program that links the client SDK) can free a
+// block from here and the other way round: a block is at least as large as the byte at `size`
+// says (in Asio's 4-byte chunks), as Asio expects, and a block is kept in a list only if
+// malloc_usable_size shows it large enough for its class.
+//
+// Bounded: kMaxPerClass blocks per class and kMaxBytes per thread; frames above kMaxFrame
+// bytes are not kept. A thread's blocks are freed when it exits. The sanitizer builds keep no
+// blocks, so that a use after free of a frame is still found.
+// Thread safety: per thread, nothing shared. A block may be given back on another thread than
+// the one it came from (a coroutine that moved to the blocking pool); it joins that thread's
+// lists.
+#include <malloc.h>
+
+#include <boost/asio/detail/thread_info_base.hpp>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+
+namespace bw::frame_pool {
+
+inline constexpr std::size_t kGranule = 64;  // class k holds blocks of (k + 1) * 64 bytes
+inline constexpr std::size_t kMaxFrame = 4095;
+inline constexpr std::size_t kClasses = (kMaxFrame + 1) / kGranule;
+inline constexpr std::uint32_t kMaxPerClass = 1024;
+inline constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define BW_FRAME_POOL_OFF 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BW_FRAME_POOL_OFF 1
+#endif
+#endif
+#ifdef BW_FRAME_POOL_OFF
+inline constexpr bool kKeep = false;
+#else
+inline constexpr bool kKeep = true;
+#endif
+
+namespace detail {
+
+struct Lists {
+  void* head[kClasses];
+  std::uint32_t count[kClasses];
+  std::size_t bytes;
+  bool armed;   // the thread's Drain is registered
+  bool closed;  // the thread is exiting: keep nothing more
+};
+// Constant-initialised and trivially destructible: read without a guard, valid until the thread
+// is gone.
+inline thread_local Lists lists{};
+
+// Frees the thread's blocks when it exits.
+struct Drain {
+  ~Drain() {
+    Lists& l = lists;
+    for (std::size_t k = 0; k < kClasses; ++k) {
+      while (void* p = l.head[k]) {
+        l.head[k] = *static_cast<void**>(p);
+        boost::asio::aligned_delete(p);
+      }
+      l.count[k] = 0;
+    }
+    l.bytes = 0;
+    l.closed = true;
+  }
+  bool touched = false;
+};
+inline thread_local Drain drain;
+
+// The class of a frame of `size` bytes: its block must hold size + 1 bytes (Asio's mark).
+constexpr std::size_t class_of(std::size_t size) {
+  return size / kGranule;
+}
+constexpr std::size_t block_bytes(std::size_t k) {
+  return (k + 1) * kGranule;
+}
+// The mark Asio reads at mem[size]: the block's size in 4-byte chunks (the last byte is the
+// mark itself), or 0 for a block that Asio's cache must not keep.
+constexpr unsigned char chunks_mark(std::size_t bytes) {
+  const std::size_t chunks = (bytes - 1) / 4;
+  return chunks <= UCHAR_MAX ? static_cast<unsigned char>(chunks) : 0;
+}
+
+}  // namespace detail
+
+inline void* allocate(std::size_t size, std::size_t align) {
+  if (!kKeep || size > kMaxFrame || align > alignof(std::max_align_t)) {
+    // As Asio does without a cache.
+    const std::size_t chunks = (size + 3) / 4;
+    void* p = boost::asio::aligned_new(align, chunks * 4 + 1);
+    static_cast<unsigned char*>(p)[size] =
+        static_cast<unsigned char>(chunks <= UCHAR_MAX ? chunks : 0);
+    return p;
+  }
+  detail::Lists& l = detail::lists;
+  const std::size_t k = detail::class_of(size);
+  void* p = l.head[k];
+  if (p) {
+    l.head[k] = *static_cast<void**>(p);
+    --l.count[k];
+    l.bytes -= detail::block_bytes(k);
+  } else {
+    p = boost::asio::aligned_new(kGranule, detail::block_bytes(k));
+  }
+  static_cast<unsigned char*>(p)[size] = detail::chunks_mark(detail::block_bytes(k));
+  return p;
+}
+
+inline void deallocate(void* p, std::size_t size) {
+  if constexpr (kKeep) {
+    detail::Lists& l = detail::lists;
+    const std::size_t k = detail::class_of(size);
+    if (size <= kMaxFrame && !l.closed && l.count[k] < kMaxPerClass &&
+        l.bytes + detail::block_bytes(k) <= kMaxBytes &&
+        malloc_usable_size(p) >= detail::block_bytes(k)) {
+      if (!l.armed) {
+        l.armed = true;
+        detail::drain.touched = true;  // registers the thread's Drain
+      }
+      *static_cast<void**>(p) = l.head[k];
+      l.head[k] = p;
+      ++l.count[k];
+      l.bytes += detail::block_bytes(k);
+      return;
+    }
+  }
+  boost::asio::aligned_delete(p);
+}
+
+}  // namespace bw::frame_pool
+
+namespace boost::asio::detail {
+
+template <>
+inline void* thread_info_base::allocate<thread_info_base::awaitable_frame_tag>(
+    thread_info_base::awaitable_frame_tag, thread_info_base*, std::size_t size, std::size_t align) {
+  return bw::frame_pool::allocate(size, align);
+}
+
+template <>
+inline void thread_info_base::deallocate<thread_info_base::awaitable_frame_tag>(
+    thread_info_base::awaitable_frame_tag, thread_info_base*, void* pointer, std::size_t size) {
+  bw::frame_pool::deallocate(pointer, size);
+}
+
+}  // namespace boost::asio::detail
