@@ -663,7 +663,9 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     c.done = false;
     c.failed = false;
     c.out.clear();
-    const bool inline_body = request.body.size() <= 16 * 1024;
+    // A small body behind the head in one buffer; a larger one written from where it is (a
+    // gather write), not copied into the connection's buffer.
+    const bool inline_body = request.body.size() <= 256;
     stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() +
                            request.headers.wire().size() + (inline_body ? request.body.size() : 0));
     wire::append_request_head(c.out, request.method, request.target, ep.host_header,
