@@ -1,0 +1,115 @@
+#include "common/asio_frames.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+#include <vector>
+
+namespace bw::frame_pool {
+namespace {
+
+using boost::asio::detail::thread_info_base;
+
+std::uint32_t kept(std::size_t size) {
+  return detail::lists.count[detail::class_of(size)];
+}
+
+TEST(AsioFrames, AFrameGetsTheBlockThatItsSizeClassGaveBackLast) {
+  if (!kKeep) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  void* a = allocate(1000, 16);
+  void* b = allocate(1000, 16);
+  const auto before = kept(1000);
+  deallocate(a, 1000);
+  deallocate(b, 1000);
+  EXPECT_EQ(kept(1000), before + 2);
+  // Sizes in the same 64-byte class share blocks, last in first out.
+  void* c = allocate(970, 16);
+  void* d = allocate(1010, 16);
+  EXPECT_EQ(c, b);
+  EXPECT_EQ(d, a);
+  EXPECT_EQ(kept(1000), before);
+  // Another class does not take them.
+  deallocate(c, 970);
+  void* e = allocate(100, 16);
+  EXPECT_NE(e, c);
+  deallocate(e, 100);
+  deallocate(d, 1010);
+}
+
+TEST(AsioFrames, AsiosFrameAllocationGoesThroughTheLists) {
+  if (!kKeep) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  // What awaitable_frame_base::operator new and delete call.
+  void* p = thread_info_base::allocate(thread_info_base::awaitable_frame_tag(), nullptr, 700);
+  const auto before = kept(700);
+  thread_info_base::deallocate(thread_info_base::awaitable_frame_tag(), nullptr, p, 700);
+  EXPECT_EQ(kept(700), before + 1);
+  EXPECT_EQ(thread_info_base::allocate(thread_info_base::awaitable_frame_tag(), nullptr, 700), p);
+  thread_info_base::deallocate(thread_info_base::awaitable_frame_tag(), nullptr, p, 700);
+}
+
+TEST(AsioFrames, BlocksStayUsableByAsiosOwnRecycling) {
+  // Code compiled without this header recycles through Asio's cache, which reads the block's
+  // size from the byte at [size] (in 4-byte chunks) and reuses the block for any size it holds.
+  void* p = allocate(200, 16);
+  const auto chunks = static_cast<unsigned char*>(p)[200];
+  EXPECT_GE(chunks, 50);                         // at least the 200 bytes asked for
+  EXPECT_LE(chunks * std::size_t{4} + 1, 256u);  // never more than the block holds
+  if (kKeep) {
+    EXPECT_GE(malloc_usable_size(p), 256u);
+  }
+  {
+    thread_info_base asio_cache;
+    thread_info_base::deallocate(thread_info_base::default_tag(), &asio_cache, p, 200);
+    // Asio's cache gives it to a larger request that fits, writing its own mark inside it.
+    const std::size_t larger = kKeep ? 240 : 200;
+    void* q = thread_info_base::allocate(thread_info_base::default_tag(), &asio_cache, larger);
+    EXPECT_EQ(q, p);
+    thread_info_base::deallocate(thread_info_base::default_tag(), &asio_cache, q, larger);
+  }  // and frees it with the cache
+}
+
+TEST(AsioFrames, ABlockTooSmallForItsClassIsFreedNotKept) {
+  if (!kKeep) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  // Asio's own block for 100 bytes holds 101: less than the 128 of its class here.
+  void* p = thread_info_base::allocate(thread_info_base::default_tag(), nullptr, 100);
+  ASSERT_LT(malloc_usable_size(p), 128u);
+  const auto before = kept(100);
+  deallocate(p, 100);
+  EXPECT_EQ(kept(100), before);
+}
+
+TEST(AsioFrames, ListsAreBoundedAndLargeFramesAreNotKept) {
+  if (!kKeep) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  std::vector<void*> blocks;
+  for (std::uint32_t i = 0; i < kMaxPerClass + 10; ++i) blocks.push_back(allocate(300, 16));
+  for (void* b : blocks) deallocate(b, 300);
+  EXPECT_EQ(kept(300), kMaxPerClass);
+  EXPECT_LE(detail::lists.bytes, kMaxBytes);
+  // Empty the class again for the other tests.
+  for (std::uint32_t i = 0; i < kMaxPerClass; ++i) blocks[i] = allocate(300, 16);
+  for (std::uint32_t i = 0; i < kMaxPerClass; ++i) deallocate(blocks[i], kMaxFrame + 1);
+  EXPECT_EQ(kept(300), 0u);
+
+  void* big = allocate(kMaxFrame + 1, 16);
+  deallocate(big, kMaxFrame + 1);
+  void* again = allocate(kMaxFrame + 1, 16);
+  deallocate(again, kMaxFrame + 1);
+  SUCCEED();
+}
+
+TEST(AsioFrames, EachThreadKeepsItsOwnBlocks) {
+  if (!kKeep) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  const auto here_before = kept(500);
+  std::size_t kept_there = 0;
+  std::thread t([&] {
+    void* p = allocate(500, 16);
+    deallocate(p, 500);
+    kept_there = detail::lists.bytes;
+  });  // its blocks are freed as it exits (the leak checks of the sanitizer builds see to that)
+  t.join();
+  EXPECT_EQ(kept_there, 512u);
+  EXPECT_EQ(kept(500), here_before);
+}
+
+}  // namespace
+}  // namespace bw::frame_pool
