@@ -15,9 +15,10 @@
 // CMakeLists.txt passes it with -include): the explicit specialisations at the end must be
 // declared before a frame is allocated. Blocks stay compatible with Asio's own recycling, so
 // that code compiled without this header (a program that links the client SDK) can free a
-// block from here and the other way round: a block is at least as large as the byte at `size`
-// says (in Asio's 4-byte chunks), as Asio expects, and a block is kept in a list only if
-// malloc_usable_size shows it large enough for its class.
+// block from here and the other way round. Both read the byte after the frame, inside the
+// block: for a frame of up to 1,020 bytes Asio keeps there the block's size in 4-byte chunks,
+// and a block is kept here only if that says it is large enough for its class; a larger frame's
+// block from here carries kLargeMark there, where Asio writes 0.
 //
 // Bounded: kMaxPerClass blocks per class and kMaxBytes per thread; frames above kMaxFrame
 // bytes are not kept. A thread's blocks are freed when it exits. The sanitizer builds keep no
@@ -25,8 +26,6 @@
 // Thread safety: per thread, nothing shared. A block may be given back on another thread than
 // the one it came from (a coroutine that moved to the blocking pool); it joins that thread's
 // lists.
-#include <malloc.h>
-
 #include <boost/asio/detail/thread_info_base.hpp>
 #include <climits>
 #include <cstddef>
@@ -84,18 +83,32 @@ struct Drain {
 };
 inline thread_local Drain drain;
 
-// The class of a frame of `size` bytes: its block must hold size + 1 bytes (Asio's mark).
+// The class of a frame of `size` bytes: its block must hold size + 1 bytes (the mark).
 constexpr std::size_t class_of(std::size_t size) {
   return size / kGranule;
 }
 constexpr std::size_t block_bytes(std::size_t k) {
   return (k + 1) * kGranule;
 }
-// The mark Asio reads at mem[size]: the block's size in 4-byte chunks (the last byte is the
-// mark itself), or 0 for a block that Asio's cache must not keep.
+// The largest frame whose mark is Asio's chunk count, and the mark of a larger frame's block
+// from here (Asio marks its own with 0 and never keeps them).
+inline constexpr std::size_t kChunkMarked = 4 * UCHAR_MAX;
+inline constexpr unsigned char kLargeMark = 0xa5;
+// The mark of a block of `bytes` bytes for a frame of up to kChunkMarked bytes: the chunks
+// before the mark's own byte. Asio's block for a mark m holds 4m + 1 bytes rounded up to 16,
+// so a mark of at least chunks_mark(block_bytes(k)) means a block of block_bytes(k) or more.
 constexpr unsigned char chunks_mark(std::size_t bytes) {
-  const std::size_t chunks = (bytes - 1) / 4;
-  return chunks <= UCHAR_MAX ? static_cast<unsigned char>(chunks) : 0;
+  return static_cast<unsigned char>((bytes - 1) / 4);
+}
+static_assert((block_bytes(class_of(kChunkMarked)) - 1) / 4 <= UCHAR_MAX);
+inline unsigned char mark_for(std::size_t size) {
+  return size <= kChunkMarked ? chunks_mark(block_bytes(class_of(size))) : kLargeMark;
+}
+// Whether a block given back for a frame of `size` bytes holds block_bytes(class_of(size)).
+inline bool fits_class(const void* p, std::size_t size) {
+  const unsigned char mark = static_cast<const unsigned char*>(p)[size];
+  return size <= kChunkMarked ? mark >= chunks_mark(block_bytes(class_of(size)))
+                              : mark == kLargeMark;
 }
 
 }  // namespace detail
@@ -119,7 +132,7 @@ inline void* allocate(std::size_t size, std::size_t align) {
   } else {
     p = boost::asio::aligned_new(kGranule, detail::block_bytes(k));
   }
-  static_cast<unsigned char*>(p)[size] = detail::chunks_mark(detail::block_bytes(k));
+  static_cast<unsigned char*>(p)[size] = detail::mark_for(size);
   return p;
 }
 
@@ -128,8 +141,7 @@ inline void deallocate(void* p, std::size_t size) {
     detail::Lists& l = detail::lists;
     const std::size_t k = detail::class_of(size);
     if (size <= kMaxFrame && !l.closed && l.count[k] < kMaxPerClass &&
-        l.bytes + detail::block_bytes(k) <= kMaxBytes &&
-        malloc_usable_size(p) >= detail::block_bytes(k)) {
+        l.bytes + detail::block_bytes(k) <= kMaxBytes && detail::fits_class(p, size)) {
       if (!l.armed) {
         l.armed = true;
         detail::drain.touched = true;  // registers the thread's Drain
