@@ -157,6 +157,13 @@ std::string Statement::column_text(int col) const {
                      static_cast<std::size_t>(sqlite3_column_bytes(st_, col)));
 }
 
+std::string_view Statement::column_view(int col) const {
+  const auto* p = sqlite3_column_text(st_, col);
+  if (!p) return {};
+  return std::string_view(reinterpret_cast<const char*>(p),
+                          static_cast<std::size_t>(sqlite3_column_bytes(st_, col)));
+}
+
 bool Statement::column_is_null(int col) const {
   return sqlite3_column_type(st_, col) == SQLITE_NULL;
 }

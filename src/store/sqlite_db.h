@@ -66,6 +66,8 @@ class Statement {
   sqlite3_stmt* get() const { return st_; }
   std::int64_t column_int(int col) const;
   std::string column_text(int col) const;
+  // The column's text without a copy: valid until the next step(), reset() or column call.
+  std::string_view column_view(int col) const;
   bool column_is_null(int col) const;
 
  private:

@@ -1,10 +1,12 @@
 // test-label: unit postgres
 #include <gtest/gtest.h>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <sched.h>
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -14,6 +16,7 @@
 #include <set>
 
 #include <thread>
+#include <tuple>
 
 #include "backends.h"
 #include "cost/recovery.h"
@@ -268,6 +271,66 @@ TYPED_TEST(LedgerParity, SpendReports) {
   EXPECT_EQ((*by_day)[1].group, "2026-01-02");
   EXPECT_EQ((*by_day)[1].actual_micro, 60);
   EXPECT_EQ((*by_day)[1].open_reserved_micro, 300);
+}
+
+// Days are UTC calendar days at their edges (the last millisecond of a leap day, a century
+// that is not a leap year), and the settled spend groups by budgets, key, tenant and day, sorted.
+TYPED_TEST(LedgerParity, SpendGroupsByUtcDayAndBudgetSet) {
+  auto ledger = this->backend().open_ledger();
+  ASSERT_TRUE(ledger);
+  constexpr std::int64_t kLeapDay = 1709164800000;  // 2024-02-29T00:00:00Z
+  constexpr std::int64_t kMar2100 = 4107542400000;  // 2100-03-01T00:00:00Z
+  const std::vector<std::string> b1 = {"global/monthly", "key:k1/monthly"};
+  const std::vector<std::string> b2 = {"global/monthly"};
+  struct Row {
+    const char* id;
+    std::int64_t created;
+    const std::vector<std::string>* budgets;
+    Micros actual;
+  };
+  const Row rows[] = {
+      {"d1", kLeapDay + kDay - 1, &b1, 10},  // 2024-02-29, its last millisecond
+      {"d2", kLeapDay + kDay, &b1, 20},      // 2024-03-01
+      {"d3", kLeapDay + kDay + 5, &b1, 30},  // 2024-03-01
+      {"d4", kLeapDay + 7, &b2, 40},         // 2024-02-29, other budgets
+      {"d5", kMar2100 - 1, &b2, 50},         // 2100-02-28 (2100 has no 29 February)
+  };
+  for (const auto& r : rows) {
+    ASSERT_TRUE(
+        append_sync(*ledger, reservation(r.id, "k1", "t1", "gpt-4.1", 100, r.created, *r.budgets))
+            .ok());
+    ASSERT_TRUE(append_sync(*ledger, settlement(r.id, r.actual, r.created)).ok());
+  }
+  auto by_day = ledger->spend_report(SpendGroup::kDay, kLeapDay - kDay, kMar2100);
+  ASSERT_TRUE(by_day.ok());
+  ASSERT_EQ(by_day->size(), 3u);
+  EXPECT_EQ((*by_day)[0].group, "2024-02-29");
+  EXPECT_EQ((*by_day)[0].actual_micro, 50);
+  EXPECT_EQ((*by_day)[0].requests, 2);
+  EXPECT_EQ((*by_day)[1].group, "2024-03-01");
+  EXPECT_EQ((*by_day)[1].actual_micro, 50);
+  EXPECT_EQ((*by_day)[2].group, "2100-02-28");
+  EXPECT_EQ((*by_day)[2].prompt_tokens, 100);
+
+  auto settled = ledger->settled_since(kLeapDay);
+  ASSERT_TRUE(settled.ok());
+  ASSERT_EQ(settled->size(), 4u);
+  std::sort(settled->begin(), settled->end(), [](const auto& a, const auto& b) {
+    return std::tie(a.budgets, a.day_start_unix_ms) < std::tie(b.budgets, b.day_start_unix_ms);
+  });
+  const auto expect = [&](std::size_t i, const std::vector<std::string>& budgets, std::int64_t day,
+                          Micros actual) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ((*settled)[i].budgets, budgets);
+    EXPECT_EQ((*settled)[i].key_id, "k1");
+    EXPECT_EQ((*settled)[i].tenant_id, "t1");
+    EXPECT_EQ((*settled)[i].day_start_unix_ms, day);
+    EXPECT_EQ((*settled)[i].actual_micro, actual);
+  };
+  expect(0, b2, kLeapDay, 40);
+  expect(1, b2, kMar2100 - kDay, 50);
+  expect(2, b1, kLeapDay, 10);
+  expect(3, b1, kLeapDay + kDay, 50);
 }
 
 TYPED_TEST(Recovery, RebuildsCountersAndReconcilesOpenReservations) {
