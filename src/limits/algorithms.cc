@@ -118,12 +118,6 @@ int ring_index(std::int64_t slot) {
                           SlidingWindowState::kRing);
 }
 
-i128 ring_sum(const SlidingWindowState& a) {
-  i128 sum = 0;
-  for (auto c : a.counts) sum += c;
-  return sum;
-}
-
 // Moves the ring forward to the slot of `now`, zeroing slots that left the window. Time that
 // appears to go backwards (a thread that read the clock a moment earlier) keeps the newer head.
 SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, Nanos now) {
@@ -133,20 +127,27 @@ SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, 
   if (a.head != kMinNanos && a.slot != g) {
     // Reloaded with another period: the old slot indexes mean nothing now. Keep the usage,
     // counted in the current slot (conservative: it expires one window from now).
-    const i128 total = ring_sum(a);
+    const Nanos kept = saturate(a.total);
     a.counts.fill(0);
-    a.counts[ring_index(cur)] = saturate(total);
+    a.counts[ring_index(cur)] = kept;
+    a.total = kept;
     a.head = cur;
   }
   a.slot = g;
   if (a.head == kMinNanos) {
     a.counts.fill(0);
+    a.total = 0;
     a.head = cur;
   } else if (cur > a.head) {
     if (static_cast<i128>(cur) - a.head >= SlidingWindowState::kRing) {
       a.counts.fill(0);
+      a.total = 0;
     } else {
-      for (std::int64_t i = a.head + 1; i <= cur; ++i) a.counts[ring_index(i)] = 0;
+      for (std::int64_t i = a.head + 1; i <= cur; ++i) {
+        auto& c = a.counts[ring_index(i)];
+        a.total -= c;
+        c = 0;
+      }
     }
     a.head = cur;
   }
@@ -169,7 +170,7 @@ Decision sw_decide(const SlidingWindowState& a, const BucketParams& p, std::int6
                    Nanos now) {
   const Nanos g = SlidingWindow::slot_width(p);
   const i128 cap = p.capacity();
-  const i128 sum = ring_sum(a);
+  const i128 sum = a.total;
   const i128 need = std::max<std::int64_t>(cost, 0);
   Decision d;
   d.limit = p.capacity();
@@ -280,7 +281,9 @@ Decision SlidingWindow::consume(SlidingWindowState& s, const BucketParams& p, st
   SlidingWindowState a = advanced(s, p, now);
   Decision d = sw_decide(a, p, cost, now);
   if (d.allowed) {
-    a.counts[ring_index(a.head)] += std::max<std::int64_t>(cost, 0);
+    const std::int64_t add = std::max<std::int64_t>(cost, 0);
+    a.counts[ring_index(a.head)] += add;
+    a.total += add;
     s = a;
   }
   return d;
@@ -290,8 +293,10 @@ void SlidingWindow::adjust(SlidingWindowState& s, const BucketParams& p, std::in
                            Nanos now) {
   SlidingWindowState a = advanced(s, p, now);
   if (delta >= 0) {
-    a.counts[ring_index(a.head)] =
-        saturate(static_cast<i128>(a.counts[ring_index(a.head)]) + delta);
+    auto& c = a.counts[ring_index(a.head)];
+    const std::int64_t charged = saturate(static_cast<i128>(c) + delta);
+    a.total += charged - static_cast<i128>(c);
+    c = charged;
   } else {
     // A refund belongs to a recent charge, so it comes off the newest slots first.
     i128 refund = -static_cast<i128>(delta);
@@ -299,6 +304,7 @@ void SlidingWindow::adjust(SlidingWindowState& s, const BucketParams& p, std::in
       auto& c = a.counts[ring_index(b)];
       const i128 take = std::min<i128>(c, refund);
       c -= static_cast<std::int64_t>(take);
+      a.total -= take;
       refund -= take;
     }
   }

@@ -67,6 +67,9 @@ struct SlidingWindowState {
   std::int64_t head = std::numeric_limits<std::int64_t>::min();  // newest slot index in the ring
   Nanos slot = 0;  // slot width the indexes refer to (a reload may change the period)
   std::array<std::int64_t, kRing> counts{};
+  // The sum of `counts`, kept with them so that a decision does not add up the ring. 128 bits:
+  // counts saturated by adjust() cannot overflow it.
+  __int128 total = 0;
 };
 
 struct Gcra {

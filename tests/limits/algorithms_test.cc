@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <deque>
+#include <limits>
 #include <random>
 
 namespace bw::limits {
@@ -278,6 +279,56 @@ TEST(Randomized, SlidingWindowMatchesLogAndNeverExceedsAnyWindow) {
       ASSERT_LE(in_window, p.capacity());
     }
   }
+}
+
+// The window's running total is the sum of its slots after every operation: charges, refunds,
+// debts (up to saturated slots), jumps of more than a window, a clock that steps back, and a
+// reload that changes the period. Decisions read the total, so a drift would admit too much.
+TEST(Randomized, SlidingWindowTotalIsTheSumOfItsSlots) {
+  std::mt19937_64 rng(31);
+  const auto sum = [](const SlidingWindowState& s) {
+    __int128 t = 0;
+    for (std::int64_t c : s.counts) t += c;
+    return t;
+  };
+  int checked = 0;
+  for (int round = 0; round < 40; ++round) {
+    BucketParams p{static_cast<std::int64_t>(rng() % 50 + 1),
+                   static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond,
+                   static_cast<std::int64_t>(rng() % 3)};
+    SlidingWindowState s;
+    Nanos now = kT0;
+    for (int step = 0; step < 500; ++step) {
+      const auto r = rng() % 100;
+      if (r < 3) {
+        now += 5 * p.period;  // the whole ring expires
+      } else if (r < 8) {
+        now -= static_cast<Nanos>(rng() % (300 * kMs));
+      } else {
+        now += static_cast<Nanos>(rng() % (150 * kMs));
+      }
+      if (r >= 8 && r < 11) p.period = static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond;
+      if (r >= 11 && r < 25) {
+        SlidingWindow::adjust(s, p, static_cast<std::int64_t>(rng() % 9) - 4, now);
+      } else if (r >= 25 && r < 27) {
+        SlidingWindow::adjust(s, p, std::numeric_limits<std::int64_t>::max() - 5, now);
+        SlidingWindow::adjust(s, p, std::numeric_limits<std::int64_t>::max(), now);
+      } else if (r >= 27 && r < 29) {
+        SlidingWindow::adjust(s, p, -std::numeric_limits<std::int64_t>::max(), now);
+      } else {
+        SlidingWindow::consume(s, p, static_cast<std::int64_t>(rng() % 5), now);
+      }
+      ASSERT_TRUE(s.total == sum(s)) << round << "/" << step;
+      SlidingWindow::adjust(s, p, 0, now);  // moved to `now` (a refused charge leaves it)
+      ASSERT_TRUE(s.total == sum(s)) << round << "/" << step;
+      const Decision d = SlidingWindow::check(s, p, 0, now);
+      const __int128 left = static_cast<__int128>(p.capacity()) - sum(s);
+      ASSERT_EQ(d.remaining, left > 0 ? static_cast<std::int64_t>(left) : 0)
+          << round << "/" << step;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 40 * 500);
 }
 
 // After a charge that passes, reset_after is the time until the state equals a fresh one, the
