@@ -11,8 +11,12 @@
 namespace bw::limits {
 namespace {
 
-// 128 bits make an accidental merge of two buckets practically impossible (p ~ n^2 / 2^129),
-// and the per-process random seed keeps chosen keys from colliding on purpose.
+// A bucket's identity: `lo` hashes the whole key, `hi` the part of it that names the bucket's
+// owner (owner_part). The shard is taken from `hi`, so the buckets of one owner (every limit of
+// one API key) share a shard and a request's batch takes one lock. Two keys merge only if both
+// halves collide: for keys of different owners that is 128 bits (p ~ n^2 / 2^129), for the few
+// limits of one owner 64 bits (p ~ k^2 / 2^65); the per-process random seed keeps chosen keys
+// from colliding on purpose.
 struct KeyHash {
   std::uint64_t lo = 0;
   std::uint64_t hi = 0;
@@ -29,7 +33,7 @@ std::uint64_t mum(std::uint64_t a, std::uint64_t b) {
   return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
 }
 
-KeyHash hash_key(std::string_view s, std::uint64_t seed) {
+KeyHash hash128(std::string_view s, std::uint64_t seed) {
   constexpr std::uint64_t k1 = 0xa0761d6478bd642full, k2 = 0xe7037ed1a0b428dbull,
                           k3 = 0x8ebc6af09c88c6e3ull, k4 = 0x589965cc75374cc3ull;
   std::uint64_t a = seed ^ k1, b = (seed * k2) ^ k3;
@@ -58,6 +62,22 @@ KeyHash hash_key(std::string_view s, std::uint64_t seed) {
   a = mum(a ^ tail ^ (static_cast<std::uint64_t>(s.size()) << 56), k2);
   b = mum(b ^ tail ^ k4, k3) + a;
   return KeyHash{mum(a ^ k1, b ^ k4), mum(b ^ k2, a ^ k3)};
+}
+
+// The bytes of a key that name its owner: what follows its second 0x1f separator (the limiter's
+// "<source>\x1f<name>\x1f<scope>\x1f<id>..." gives "<scope>\x1f<id>..."), or the whole key when
+// it has fewer.
+std::string_view owner_part(std::string_view key) {
+  const std::size_t a = key.find('\x1f');
+  if (a == std::string_view::npos) return key;
+  const std::size_t b = key.find('\x1f', a + 1);
+  return b == std::string_view::npos ? key : key.substr(b + 1);
+}
+
+constexpr std::uint64_t kOwnerSeed = 0x2d358dccaa6c78a5ull;
+
+KeyHash hash_key(std::string_view key, std::uint64_t seed) {
+  return KeyHash{hash128(key, seed).lo, hash128(owner_part(key), seed ^ kOwnerSeed).lo};
 }
 
 using StoredState = std::variant<GcraState, TokenBucketState, std::unique_ptr<SlidingWindowState>>;
@@ -241,11 +261,14 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     slot[i] = static_cast<std::size_t>(it - work.begin());
   }
 
-  // Lock in ascending shard order so that overlapping batches cannot deadlock.
+  // Lock in ascending shard order so that overlapping batches cannot deadlock. The buckets of
+  // one owner share a shard (KeyHash): usually there is one.
   boost::container::small_vector<std::size_t, 8> locked;
-  for (const Working& w : work) locked.push_back(w.shard);
-  std::sort(locked.begin(), locked.end());
-  locked.erase(std::unique(locked.begin(), locked.end()), locked.end());
+  for (const Working& w : work) {
+    auto at = locked.begin();
+    while (at != locked.end() && *at < w.shard) ++at;
+    if (at == locked.end() || *at != w.shard) locked.insert(at, w.shard);
+  }
   for (std::size_t s : locked) shards_[s].mu.lock();
   struct Unlock {
     Shard* shards;
@@ -340,10 +363,13 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     // A bucket charged by one check is idle once that check's decision says it is empty again
     // (every algorithm's reset_after after a charge is exactly its idle_at, less `now`): no
     // second evaluation of the state. Several checks on one bucket evaluate it afresh.
-    const Nanos idle = w.checks == 1 && w.reset_after >= 0 && w.reset_after < kNever
-                           ? static_cast<Nanos>(std::min<__int128>(
-                                 static_cast<__int128>(now) + w.reset_after, kNever))
-                           : idle_at(w, w.spec->params(), now);
+    Nanos idle;
+    if (w.checks == 1 && w.reset_after >= 0 && w.reset_after < kNever) {
+      // now + reset_after, at most kNever (reset_after >= 0: only an upward overflow).
+      if (__builtin_add_overflow(now, w.reset_after, &idle)) idle = kNever;
+    } else {
+      idle = idle_at(w, w.spec->params(), now);
+    }
     if (w.entry) {
       store(*w.entry, w, idle);
     } else if (idle > now) {

@@ -3,10 +3,13 @@
 //
 // Thread safety: all methods may be called from any thread. State is split over N shards, each a
 // mutex + hash map; a batch locks the shards it touches in ascending order (no deadlock) and holds
-// them for a few hundred ns of pure arithmetic, never across I/O.
+// them for a few hundred ns of pure arithmetic, never across I/O. A bucket's shard is chosen by
+// its key's owner (the part after the key's second 0x1f separator, the limiter's
+// "<scope>\x1f<id>"), so the limits of one API key share a shard and a request's batch usually
+// takes one lock.
 //
 // Memory: a bucket is stored as a 128-bit hash of its key (no key string), so an entry costs about
-// 90 bytes whatever the key length (sliding-window buckets add a 176-byte ring). A bucket whose
+// 90 bytes whatever the key length (sliding-window buckets add a 200-byte ring). A bucket whose
 // usage has fully drained equals a fresh one and is deleted: each shard sweeps itself whenever it
 // has doubled since its last sweep, and evict_idle() sweeps everything (call it from a timer).
 // `max_entries` is a hard cap; see OverflowPolicy for what happens at the cap.

@@ -53,6 +53,28 @@ TEST(MemoryLimitStore, AllOrNothingAcrossTwoLimits) {
   EXPECT_FALSE(store.check_and_consume(only_a, kT0).allowed);
 }
 
+// The limits of one owner share a shard (the key's part after its second separator picks it),
+// but each keeps its own bucket, also when only the limit's name differs; a key without
+// separators is its own owner.
+TEST(MemoryLimitStore, LimitsOfOneOwnerKeepTheirOwnBuckets) {
+  MemoryLimitStore store(opts());
+  const LimitSpec a = spec("a", 2), b = spec("b", 1);
+  const std::string ka = std::string("p\x1f") + "a\x1fkey\x1fk1";
+  const std::string kb = std::string("p\x1f") + "b\x1fkey\x1fk1";
+  const std::string other = std::string("p\x1f") + "a\x1fkey\x1fk2";
+  const LimitCheck both[] = {{ka, &a, 1}, {kb, &b, 1}};
+  EXPECT_TRUE(store.check_and_consume(both, kT0).allowed);
+  EXPECT_FALSE(store.check_and_consume(both, kT0).allowed);  // "b" is spent
+  const LimitCheck only_a[] = {{ka, &a, 1}};
+  EXPECT_TRUE(store.check_and_consume(only_a, kT0).allowed);  // "a" had one left
+  EXPECT_FALSE(store.check_and_consume(only_a, kT0).allowed);
+  const LimitCheck a_of_other[] = {{other, &a, 1}, {"plain", &a, 1}};
+  EXPECT_TRUE(store.check_and_consume(a_of_other, kT0).allowed);
+  EXPECT_TRUE(store.check_and_consume(a_of_other, kT0).allowed);
+  EXPECT_FALSE(store.check_and_consume(a_of_other, kT0).allowed);
+  EXPECT_EQ(store.size(), 4u);
+}
+
 TEST(MemoryLimitStore, DigestNamesTheKeysBucket) {
   MemoryLimitStore store(opts()), other(opts());  // the same seed: a digest names its store
   const LimitSpec a = spec("a", 2);
