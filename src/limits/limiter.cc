@@ -404,14 +404,34 @@ char* put_reset(char* p, Nanos ns) {
   return p + format_reset(ns, std::span<char, kFormatResetBuffer>(p, kFormatResetBuffer)).size();
 }
 
+// A limit's text, kept per thread for the last value of each kind: the limit that decides a
+// key's headers is usually the same from one request to the next, so its capacity is formatted
+// once and then copied.
+struct LimitText {
+  static constexpr std::size_t kMax = 20;  // "-9223372036854775808"
+  std::int64_t value = 0;
+  std::size_t size = 0;  // 0: nothing kept yet
+  char text[kMax];
+};
+
+// `p` has room for kMax bytes (a value's whole field, kRateHeaderLineMax).
+char* put_limit(char* p, std::int64_t v, LimitText& kept) {
+  if (kept.size == 0 || kept.value != v) {
+    kept.size = static_cast<std::size_t>(write_int(kept.text, v) - kept.text);
+    kept.value = v;
+  }
+  std::memcpy(p, kept.text, LimitText::kMax);  // one fixed-size copy; the tail is overwritten
+  return p + kept.size;
+}
+
 // The three lines of one kind (requests or tokens). The names are literals, each one
 // fixed-size copy with the separators around it: `limit` is "x-ratelimit-limit-<kind>: ",
 // `remaining` and `reset` start with the previous line's "\r\n".
 template <std::size_t A, std::size_t B, std::size_t C>
-char* put_rate_lines(char* p, const RateHeaders& h, const char (&limit)[A],
+char* put_rate_lines(char* p, const RateHeaders& h, LimitText& kept, const char (&limit)[A],
                      const char (&remaining)[B], const char (&reset)[C]) {
   p = write_literal(p, limit);
-  p = write_int(p, h.limit);
+  p = put_limit(p, h.limit, kept);
   p = write_literal(p, remaining);
   p = write_int(p, h.remaining);
   p = write_literal(p, reset);
@@ -425,12 +445,13 @@ void append_rate_headers(std::string& out, const Verdict& v) {
   // Room for format_reset's whole buffer at the last line's value.
   char buf[6 * kRateHeaderLineMax + kFormatResetBuffer];
   char* p = buf;
+  thread_local LimitText kept_requests, kept_tokens;
   if (v.requests.present) {
-    p = put_rate_lines(p, v.requests, "x-ratelimit-limit-requests: ",
+    p = put_rate_lines(p, v.requests, kept_requests, "x-ratelimit-limit-requests: ",
                        "\r\nx-ratelimit-remaining-requests: ", "\r\nx-ratelimit-reset-requests: ");
   }
   if (v.tokens.present) {
-    p = put_rate_lines(p, v.tokens, "x-ratelimit-limit-tokens: ",
+    p = put_rate_lines(p, v.tokens, kept_tokens, "x-ratelimit-limit-tokens: ",
                        "\r\nx-ratelimit-remaining-tokens: ", "\r\nx-ratelimit-reset-tokens: ");
   }
   out.append(buf, static_cast<std::size_t>(p - buf));

@@ -371,6 +371,38 @@ TEST(RateHeaders, AppendsThePresentParts) {
   EXPECT_NE(longest.find("x-ratelimit-reset-tokens: 2562047h47m16.855s\r\n"), std::string::npos);
 }
 
+// A limit's text is kept per thread for the next verdict: verdicts whose limits repeat, change,
+// come back, and start at 0 all get the text of their own values.
+TEST(RateHeaders, KeptLimitTextFollowsEveryChange) {
+  const std::int64_t values[] = {0,
+                                 0,
+                                 60,
+                                 60,
+                                 61,
+                                 60,
+                                 std::numeric_limits<std::int64_t>::min(),
+                                 -1,
+                                 -1,
+                                 9,
+                                 10,
+                                 10,
+                                 1'000'000'000'000,
+                                 999'999'999'999};
+  for (std::size_t i = 0; i < std::size(values); ++i) {
+    Verdict v;
+    v.requests = RateHeaders{true, values[i], 1, kMs};
+    v.tokens = RateHeaders{true, values[(i + 3) % std::size(values)], 2, kMs};
+    std::string out;
+    append_rate_headers(out, v);
+    EXPECT_EQ(out, "x-ratelimit-limit-requests: " + std::to_string(v.requests.limit) +
+                       "\r\nx-ratelimit-remaining-requests: 1\r\nx-ratelimit-reset-requests: "
+                       "1ms\r\nx-ratelimit-limit-tokens: " +
+                       std::to_string(v.tokens.limit) +
+                       "\r\nx-ratelimit-remaining-tokens: 2\r\nx-ratelimit-reset-tokens: 1ms\r\n")
+        << i;
+  }
+}
+
 // The verdict's headers, as the gateway sent them before append_rate_headers existed.
 TEST(RateHeaders, SameTextAsSeparateFormatting) {
   Limiter l(cfg({spec("rpm", Scope::kKey, 60, {}, Unit::kRequests, Period::kMinute),
