@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <random>
 #include <thread>
 
@@ -260,6 +262,83 @@ TEST(Alerts, FireOncePerThresholdPerPeriod) {
   a = settle(60'000, kJan1 + kMillisPerDay);
   ASSERT_EQ(a.size(), 1u);
   EXPECT_DOUBLE_EQ(a[0].threshold, 0.5);
+}
+
+// Alerts fire exactly when spend * 1e6 >= cap * ppm, each once per period, through caps that do
+// not divide evenly, thresholds of 0 and above 1, cap changes, partial settlements, restored
+// spend and period rolls (the manager keeps the least spend that can fire next; the reference
+// here takes the product every time).
+TEST(Alerts, FireAtExactlyTheThresholdsRandomized) {
+  std::mt19937_64 rng(99);
+  int fired = 0;
+  for (int round = 0; round < 60; ++round) {
+    CostGuardOptions o;
+    o.alert_thresholds.clear();
+    const int n = static_cast<int>(rng() % 5);
+    for (int i = 0; i < n; ++i) {
+      const double picks[] = {0.0, 0.1, 0.333333, 0.5, 0.7, 0.9, 0.999999, 1.0, 1.5, 3.0};
+      o.alert_thresholds.push_back(picks[rng() % std::size(picks)]);
+    }
+    BudgetManager m(o);
+    std::vector<double> sorted = o.alert_thresholds;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<std::int64_t> ppm;
+    for (double t : sorted) ppm.push_back(std::llround(t * 1e6));
+    const Micros caps[] = {1, 3, 7, 999'999, 1'000'001, 12'345'679, kMaxMicros / 3, kMaxMicros};
+    Micros cap = caps[rng() % std::size(caps)];
+    ASSERT_TRUE(m.upsert_budget({"b/daily", cap, BudgetPeriod::kDaily}));
+    std::uint64_t mask = 0;  // the reference's fired thresholds
+    Micros spent = 0;
+    std::int64_t now = kJan1;
+    for (int step = 0; step < 80; ++step) {
+      const auto r = rng() % 100;
+      if (r < 5) {  // next day: everything may fire again
+        now += kMillisPerDay;
+        spent = 0;
+        mask = 0;
+        continue;
+      }
+      if (r < 10) {  // the cap changes; what fired stays fired
+        cap = caps[rng() % std::size(caps)];
+        ASSERT_TRUE(m.upsert_budget({"b/daily", cap, BudgetPeriod::kDaily}));
+        continue;
+      }
+      const Micros amount = static_cast<Micros>(rng() % 4) == 0
+                                ? static_cast<Micros>(rng() % 3)
+                                : static_cast<Micros>(rng() % static_cast<std::uint64_t>(
+                                                                  std::max<Micros>(cap / 4, 1)));
+      if (r < 15) {  // restored spend: marks what it reaches as fired, alerts nothing
+        m.restore_spent({"b/daily"}, amount, now, now);
+        spent = sat_add(spent, amount);
+        for (std::size_t i = 0; i < ppm.size(); ++i) {
+          if (static_cast<__int128>(spent) * 1'000'000 >= static_cast<__int128>(cap) * ppm[i]) {
+            mask |= std::uint64_t{1} << i;
+          }
+        }
+        continue;
+      }
+      auto res = m.reserve({"b/daily"}, amount, now);
+      if (!res.ok()) continue;  // over the cap: nothing spent
+      const SettleOutcome out = r < 55 ? m.settle(*res.reservation, amount, now)
+                                       : m.settle_part(*res.reservation, amount, now);
+      if (r >= 55) m.release(*res.reservation);
+      spent = sat_add(spent, amount);
+      std::vector<double> want;
+      for (std::size_t i = 0; i < ppm.size(); ++i) {
+        const std::uint64_t bit = std::uint64_t{1} << i;
+        if ((mask & bit) == 0 &&
+            static_cast<__int128>(spent) * 1'000'000 >= static_cast<__int128>(cap) * ppm[i]) {
+          mask |= bit;
+          want.push_back(sorted[i]);
+        }
+      }
+      std::vector<double> got;
+      for (const auto& a : out.alerts) got.push_back(a.threshold);
+      ASSERT_EQ(got, want) << round << "/" << step << " cap " << cap << " spent " << spent;
+      fired += static_cast<int>(got.size());
+    }
+  }
+  EXPECT_GT(fired, 100);
 }
 
 TEST(Recovery, RestoreBypassesCapAndMarksAlerts) {
