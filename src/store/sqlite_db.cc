@@ -14,8 +14,7 @@ Error db_error(std::string_view what, const std::string& detail) {
   return make_error(503, "server_error", "ledger_unavailable", std::string(what) + ": " + detail);
 }
 
-Result<SqliteDb> SqliteDb::open(const std::string& path, bool synchronous_full,
-                                int busy_timeout_ms) {
+void configure_sqlite() {
   // Before SQLite initialises (the first open): no memory statistics, so its allocator takes no
   // global mutex per allocation (the ledger writer allocates at every statement). A no-op if
   // SQLite was initialised already.
@@ -24,10 +23,14 @@ Result<SqliteDb> SqliteDb::open(const std::string& path, bool synchronous_full,
     return true;
   }();
   (void)configured;
+}
+
+Result<SqliteDb> SqliteDb::open(const std::string& path, bool synchronous_full, int busy_timeout_ms,
+                                const char* vfs) {
+  configure_sqlite();
   sqlite3* raw = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  const int rc = sqlite3_open_v2(
+      path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
   SqliteDb db(raw);
   if (rc != SQLITE_OK) {
     return db_error("open " + path, raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc));

@@ -22,9 +22,10 @@ constexpr int kSchemaVersion = 5;
 class SqliteDb {
  public:
   // Opens (creating if needed) `path` with WAL journaling, the given synchronous level
-  // ("FULL" or "NORMAL") and a busy timeout.
+  // ("FULL" or "NORMAL") and a busy timeout, through the named SQLite VFS (null: the default;
+  // store/sqlite_wal_gather.h names one).
   static Result<SqliteDb> open(const std::string& path, bool synchronous_full = true,
-                               int busy_timeout_ms = 5000);
+                               int busy_timeout_ms = 5000, const char* vfs = nullptr);
   SqliteDb() = default;
   SqliteDb(SqliteDb&& other) noexcept : db_(other.db_) { other.db_ = nullptr; }
   SqliteDb& operator=(SqliteDb&& other) noexcept;
@@ -81,5 +82,9 @@ class Statement {
 Result<Ok> migrate(SqliteDb& db, int target_version = kSchemaVersion);
 
 Error db_error(std::string_view what, const std::string& detail);
+
+// SQLite's process-wide settings, applied once before it initialises (SqliteDb::open and the VFS
+// registrations call it first).
+void configure_sqlite();
 
 }  // namespace bw::store

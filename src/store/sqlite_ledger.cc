@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include "store/sqlite_wal_gather.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <string_view>
@@ -120,7 +122,8 @@ bool is_request_settlement(const LedgerRecord& r) {
 }  // namespace
 
 Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions options) {
-  auto writer = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms);
+  auto writer = SqliteDb::open(options.path, options.synchronous_full, options.busy_timeout_ms,
+                               options.gather_wal_writes ? wal_gather_vfs() : nullptr);
   if (!writer.ok()) return writer.error();
   auto m = migrate(*writer);
   if (!m.ok()) return m.error();

@@ -38,6 +38,9 @@ struct SqliteLedgerOptions {
   std::size_t max_batch = 4'096;        // records per transaction
   bool synchronous_full = true;         // see above; false = NORMAL (not power-loss safe)
   int busy_timeout_ms = 5'000;          // wait for other connections' locks
+  // The writer's connection writes each commit's WAL frames with one system call
+  // (store/sqlite_wal_gather.h) instead of two per frame.
+  bool gather_wal_writes = true;
 };
 
 class SqliteLedger final : public QueuedLedger {
