@@ -18,8 +18,9 @@ namespace bw::store {
 namespace {
 
 // A gathered run is written once it would grow past this (a commit of more pages is written in
-// runs of this size).
-constexpr std::size_t kRunBound = std::size_t{1} << 20;
+// several runs). The unix VFS writes at most 128 KiB - 1 bytes per call (it masks the length to
+// 17 bits: SQLite itself never writes more at once), so a run stays below that.
+constexpr std::size_t kRunBound = (std::size_t{1} << 17) - 1;
 // SQLite writes a WAL frame's header (24 bytes) and its page separately; the WAL's own header is
 // 32 bytes and a page at least 512, so a 24-byte write is a frame header.
 constexpr int kFrameHeaderBytes = 24;

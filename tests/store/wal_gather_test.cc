@@ -248,6 +248,21 @@ TEST_F(WalGather, FailedWriteFailsTheCommit) {
   sqlite3_close(again);
 }
 
+// Commits larger than a gathered run (128 KiB) go out in several writes, whole.
+TEST_F(WalGather, LargeCommitsAreWrittenWhole) {
+  sqlite3* writer = connect(wal_gather_vfs());
+  exec(writer, kSchema);
+  std::int64_t rows = 0;
+  for (int n = 100; n <= 3000; n += 290) {
+    ASSERT_EQ(commit_rows(writer, n), SQLITE_OK) << n << " rows";
+    rows += n;
+  }
+  sqlite3* reader = connect(nullptr);
+  EXPECT_EQ(count_rows(reader), rows);
+  sqlite3_close(reader);
+  sqlite3_close(writer);
+}
+
 // A transaction larger than the page cache spills frames before its commit and reads them back:
 // the reads see what was gathered.
 TEST_F(WalGather, SpilledFramesReadBack) {
