@@ -13,9 +13,13 @@ namespace {
 std::atomic<std::uint64_t> inbox_epoch{0};
 
 // Requests whose commit arrived after their loop's shutdown: kept reachable on purpose (they
-// can be neither resumed nor destroyed without their loop).
+// can be neither resumed nor destroyed without their loop). The list itself is never destroyed,
+// so that they stay reachable through the process's exit too.
 std::mutex stranded_mu;
-std::vector<void*> stranded_handlers;  // guarded by stranded_mu
+std::vector<void*>& stranded_handlers() {  // guarded by stranded_mu
+  static auto* kept = new std::vector<void*>;
+  return *kept;
+}
 std::atomic<std::uint64_t> stranded_count{0};
 
 }  // namespace
@@ -101,7 +105,7 @@ void LedgerInbox::deliver(Mailbox* box, Resume resume, void* handler, const Resu
   if (kept) {
     {
       std::lock_guard lock(stranded_mu);
-      stranded_handlers.push_back(handler);
+      stranded_handlers().push_back(handler);
     }
     stranded_count.fetch_add(1, std::memory_order_relaxed);
     spdlog::error(
