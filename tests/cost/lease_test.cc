@@ -6,6 +6,8 @@
 #include <random>
 #include <variant>
 
+#include "support/ledger_without_rows.h"
+
 namespace bw::cost {
 namespace {
 
@@ -15,7 +17,7 @@ const std::string kDaily = key_budget_id("k", BudgetPeriod::kDaily);
 
 // A ledger that keeps its records queued until commit(), then applies them as the SQLite
 // ledger's statements do, to rows in memory.
-class FakeLedger final : public Ledger {
+class FakeLedger final : public bw::testing::LedgerWithoutRows {
  public:
   struct Row {
     bool lease = false;
@@ -37,18 +39,6 @@ class FakeLedger final : public Ledger {
   bool supports_leases() const override { return true; }
   void kick() override {}
   void flush() override { commit(); }
-  Result<std::vector<LedgerRow>> open_reservations() override { return std::vector<LedgerRow>{}; }
-  Result<std::vector<SpendAggregate>> settled_since(std::int64_t) override {
-    return std::vector<SpendAggregate>{};
-  }
-  Result<std::optional<LedgerRow>> find(const std::string&) override {
-    return std::optional<LedgerRow>{};
-  }
-  Result<std::vector<SpendReportRow>> spend_report(SpendGroup, std::int64_t,
-                                                   std::int64_t) override {
-    return std::vector<SpendReportRow>{};
-  }
-  LedgerStats stats() const override { return {}; }
 
   // One group commit of everything queued.
   void commit() {

@@ -7,12 +7,13 @@
 #include <variant>
 
 #include "pipeline_harness.h"
+#include "support/ledger_without_rows.h"
 
 namespace bw::gateway::test {
 namespace {
 
 // Keeps every record queued until commit(): nothing is durable before the test says so.
-class HeldLedger final : public cost::Ledger {
+class HeldLedger final : public bw::testing::LedgerWithoutRows {
  public:
   using Record = std::variant<cost::LedgerReservation, cost::LedgerSettlement, cost::LedgerCovered>;
   bool append_reservation(cost::LedgerReservation r, cost::LedgerCallback done, Wake) override {
@@ -30,20 +31,6 @@ class HeldLedger final : public cost::Ledger {
   bool supports_leases() const override { return true; }
   void kick() override {}
   void flush() override {}
-  Result<std::vector<cost::LedgerRow>> open_reservations() override {
-    return std::vector<cost::LedgerRow>{};
-  }
-  Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t) override {
-    return std::vector<cost::SpendAggregate>{};
-  }
-  Result<std::optional<cost::LedgerRow>> find(const std::string&) override {
-    return std::optional<cost::LedgerRow>{};
-  }
-  Result<std::vector<cost::SpendReportRow>> spend_report(cost::SpendGroup, std::int64_t,
-                                                         std::int64_t) override {
-    return std::vector<cost::SpendReportRow>{};
-  }
-  cost::LedgerStats stats() const override { return {}; }
 
   void commit() {
     auto batch = std::move(queue);

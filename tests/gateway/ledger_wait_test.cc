@@ -15,13 +15,15 @@
 #include <utility>
 #include <vector>
 
+#include "support/ledger_without_rows.h"
+
 namespace bw::gateway {
 namespace {
 
 namespace asio = boost::asio;
 
 // Keeps the callbacks until the test completes them (as the writer thread would).
-class HeldLedger final : public cost::Ledger {
+class HeldLedger final : public bw::testing::LedgerWithoutRows {
  public:
   bool append_reservation(cost::LedgerReservation, cost::LedgerCallback done, Wake) override {
     return take(std::move(done));
@@ -34,20 +36,6 @@ class HeldLedger final : public cost::Ledger {
   }
   void kick() override { ++kicks; }
   void flush() override {}
-  Result<std::vector<cost::LedgerRow>> open_reservations() override {
-    return std::vector<cost::LedgerRow>{};
-  }
-  Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t) override {
-    return std::vector<cost::SpendAggregate>{};
-  }
-  Result<std::optional<cost::LedgerRow>> find(const std::string&) override {
-    return std::optional<cost::LedgerRow>{};
-  }
-  Result<std::vector<cost::SpendReportRow>> spend_report(cost::SpendGroup, std::int64_t,
-                                                         std::int64_t) override {
-    return std::vector<cost::SpendReportRow>{};
-  }
-  cost::LedgerStats stats() const override { return {}; }
 
   bool take(cost::LedgerCallback done) {
     if (full) return false;
