@@ -19,6 +19,7 @@
 #include "api/responses.h"
 #include "cache/cache.h"
 #include "cache/single_flight.h"
+#include "common/lazy.h"
 #include "config/config.h"
 #include "cost/budget_store.h"
 #include "cost/pricing.h"
@@ -112,18 +113,18 @@ struct Ctx {
   bool history_expanded = false;
   bool history_unavailable = false;
   bool history_upstream = false;
-  api::ResponseMeta response_meta;  // Responses: this response's id and echoed fields
+  Lazy<api::ResponseMeta> response_meta;  // Responses: this response's id and echoed fields
   const ModelGroup* group = nullptr;
   std::string route_model;  // the model routed to (differs after a downgrade)
   // 4 cache: a hit answers after the rate limit counted it; a miss's answer is stored by finish.
-  CacheState cache;
+  Lazy<CacheState> cache;  // built by a group with a cache only
   // 5 rate limit: the decision; its token reservation is settled by finish.
-  limits::Verdict verdict;
+  Lazy<limits::Verdict> verdict;  // built by a key with limits only
   std::int64_t reserved_tokens = 0;
   http::Headers extra;  // added to every response from the rate-limit phase on
   // 6 cost guard: one hold on the budgets, settled by finish.
   const cost::ModelPrice* price = nullptr;
-  cost::BudgetHold budget;
+  Lazy<cost::BudgetHold> budget;    // built by a reservation only
   bool reservation_logged = false;  // the ledger has the reservation's row
   // Budget leases (cost/lease.h): a covered request holds a share of its set's lease instead
   // of `budget`, and has no ledger row until it is settled. `lease_set` is non-empty while the

@@ -82,8 +82,8 @@ void record_metrics(Ctx& c) {
   if (c.usage.cached_tokens > 0) {
     m.cached_tokens.with({served}).add(static_cast<std::uint64_t>(c.usage.cached_tokens));
   }
-  if (c.cache.status == CacheState::Status::kHit && c.cache.entry->cost_micro > 0) {
-    m.cache_saved_usd.with({model}).add(static_cast<std::uint64_t>(c.cache.entry->cost_micro));
+  if (c.cache->status == CacheState::Status::kHit && c.cache->entry->cost_micro > 0) {
+    m.cache_saved_usd.with({model}).add(static_cast<std::uint64_t>(c.cache->entry->cost_micro));
   }
   if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();
   auto& queue_wait =
@@ -129,13 +129,13 @@ void write_access_log(Ctx& c) {
   }
   r.bytes_in = c.req.body.size();
   r.bytes_out = c.bytes_out;
-  r.cache = c.cache.status_text();
+  r.cache = c.cache->status_text();
   r.cached_tokens = c.usage.cached_tokens;
-  if (c.cache.status == CacheState::Status::kHit) {
-    const auto& e = *c.cache.entry;
+  if (c.cache->status == CacheState::Status::kHit) {
+    const auto& e = *c.cache->entry;
     r.cache_age_s = std::max<std::int64_t>(0, c.sh.clock.unix_millis() - e.created_unix_ms) / 1000;
     r.cache_saved_micro_usd = e.cost_micro;
-    r.cache_similarity = c.cache.similarity;
+    r.cache_similarity = c.cache->similarity;
   }
   c.sh.access_log->log(r);
 }

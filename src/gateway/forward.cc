@@ -359,11 +359,11 @@ asio::awaitable<void> store_response(Ctx& c, const api::Response& answer) {
   // Named first: GCC 12 mishandles a temporary aggregate inside a co_await expression.
   api::StoredConversation entry{api::conversation_after(*c.canon, answer), c.canon->system,
                                 response_owner(c)};
-  std::string id = c.response_meta.id;
+  std::string id = c.response_meta->id;
   const Nanos now = c.now();
   const bool stored = co_await c.sh.responses->put(std::move(id), std::move(entry), now);
   if (!stored) {
-    spdlog::debug("response {} not stored ({} store skipped it)", c.response_meta.id,
+    spdlog::debug("response {} not stored ({} store skipped it)", c.response_meta->id,
                   c.sh.responses->backend());
   }
 }
@@ -450,7 +450,7 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   const bool strip_usage =
       c.inbound == api::Format::kChat && !include_usage && phase_cache::capturing(c);
   StreamTranslator tr(c.inbound, call, c.llm.model, include_usage || strip_usage,
-                      c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+                      c.inbound == api::Format::kResponses ? &c.response_meta.get() : nullptr);
   http::SseSplitter splitter;
   std::string out;
   bool broken = false;
@@ -935,7 +935,7 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
   } else if (up.status() == 200) {
     auto answer =
         translate_response(c.inbound, a.call, *all, c.llm.model,
-                           c.inbound == api::Format::kResponses ? &c.response_meta : nullptr);
+                           c.inbound == api::Format::kResponses ? &c.response_meta.get() : nullptr);
     if (!answer) {
       a.outcome.status = 502;
       a.outcome.kind = routing::OutcomeKind::kHttp5xx;

@@ -75,7 +75,7 @@ std::string_view api_of(const Ctx& c) {
 }
 
 bool semantic_mode(const Ctx& c) {
-  return c.cache.cfg.mode == "semantic" && c.llm.endpoint != providers::Endpoint::kEmbeddings &&
+  return c.cache->cfg.mode == "semantic" && c.llm.endpoint != providers::Endpoint::kEmbeddings &&
          c.sh.semantic != nullptr;
 }
 
@@ -124,7 +124,7 @@ asio::awaitable<std::vector<float>> embed(Ctx& c, const std::string& text) {
   er.method = "POST";
   er.target = "/v1/embeddings";
   std::string body = "{\"model\":";
-  append_json_string(body, c.cache.cfg.embeddings_model);
+  append_json_string(body, c.cache->cfg.embeddings_model);
   body += ",\"input\":";
   append_json_string(body, text);
   body += "}";
@@ -164,8 +164,8 @@ bool semantic_record_parse(std::string_view rec, std::string& partition, std::ve
 }
 
 std::optional<Verdict> phase_cache::try_now(Ctx& c) {
-  auto& cs = c.cache;
   if (!c.sh.cache || c.group->cfg->cache.mode == "off") return Ok{};
+  auto& cs = c.cache.mut();
   cs.cfg = effective(*c.group->cfg, *c.key->cfg);
   if (cs.cfg.mode == "off") return Ok{};
   cs.status = Status::kBypass;
@@ -209,7 +209,7 @@ namespace {
 
 // The lookup itself: exact, then semantic, then a single-flight join.
 asio::awaitable<Verdict> lookup(Ctx& c) {
-  auto& cs = c.cache;
+  auto& cs = c.cache.mut();
   auto& sh = c.sh;
   if (cs.read) {
     auto got = co_await sh.cache->get(cs.key);
@@ -225,8 +225,8 @@ asio::awaitable<Verdict> lookup(Ctx& c) {
       if (buffered.entry && buffered.entry->kind == cache::Entry::Kind::kBody) {
         // With the usage chunk, like a stored stream: serve() drops it for a chat client that
         // did not ask for it.
-        auto events =
-            stream_of_answer(c.inbound, buffered.entry->body, c.llm.model, true, &c.response_meta);
+        auto events = stream_of_answer(c.inbound, buffered.entry->body, c.llm.model, true,
+                                       &c.response_meta.get());
         if (events) {
           auto e = std::make_shared<cache::Entry>(*buffered.entry);
           e->kind = cache::Entry::Kind::kStream;
@@ -284,21 +284,21 @@ asio::awaitable<Verdict> lookup(Ctx& c) {
 asio::awaitable<Verdict> phase_cache::run(Ctx& c) {
   const auto span = tracing::start(c, "bellwether.cache");
   auto v = co_await lookup(c);
-  tracing::end_cache(c, span, c.cache.status_text());
+  tracing::end_cache(c, span, c.cache->status_text());
   co_return v;
 }
 
 void phase_cache::note(Ctx& c) {
-  if (c.cache.status == Status::kOff || c.cache.status == Status::kHit) return;
-  c.extra.add("x-bellwether-cache", c.cache.status_text());
+  if (c.cache->status == Status::kOff || c.cache->status == Status::kHit) return;
+  c.extra.add("x-bellwether-cache", c.cache->status_text());
 }
 
 bool phase_cache::hit(const Ctx& c) {
-  return c.cache.status == Status::kHit;
+  return c.cache->status == Status::kHit;
 }
 
 asio::awaitable<void> phase_cache::serve(Ctx& c) {
-  const auto& e = *c.cache.entry;
+  const auto& e = *c.cache->entry;
   auto& m = *c.sh.metrics;
   m.cache_hits.get().inc();
   http::Headers h;
@@ -308,9 +308,9 @@ asio::awaitable<void> phase_cache::serve(Ctx& c) {
   h.add("x-bellwether-cache", "hit");
   const auto age_ms = std::max<std::int64_t>(0, c.sh.clock.unix_millis() - e.created_unix_ms);
   h.add("x-bellwether-cache-age", std::to_string(age_ms / 1000));
-  if (c.cache.similarity >= 0) {
+  if (c.cache->similarity >= 0) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.4f", static_cast<double>(c.cache.similarity));
+    std::snprintf(buf, sizeof buf, "%.4f", static_cast<double>(c.cache->similarity));
     h.add("x-bellwether-cache-similarity", buf);
   }
   h.append(c.extra);
@@ -348,8 +348,8 @@ asio::awaitable<void> phase_cache::serve(Ctx& c) {
 
 void phase_cache::capture_body(Ctx& c, int status, std::string_view content_type,
                                std::string_view body) {
-  auto& cs = c.cache;
-  if (!cs.capturing) return;
+  if (!c.cache->capturing) return;
+  auto& cs = c.cache.mut();
   cs.capturing = false;
   if (status != 200 || body.size() > cs.cfg.max_entry_bytes) return;
   cs.captured.assign(body);
@@ -358,8 +358,8 @@ void phase_cache::capture_body(Ctx& c, int status, std::string_view content_type
 }
 
 void phase_cache::capture_event(Ctx& c, std::string_view event) {
-  auto& cs = c.cache;
-  if (!cs.capturing) return;
+  if (!c.cache->capturing) return;
+  auto& cs = c.cache.mut();
   if (cs.captured.size() + event.size() > cs.cfg.max_entry_bytes) {
     cs.capturing = false;  // too large to keep: the stream goes on, uncached
     cs.captured.clear();
@@ -370,8 +370,8 @@ void phase_cache::capture_event(Ctx& c, std::string_view event) {
 }
 
 void phase_cache::capture_stream_end(Ctx& c, bool complete) {
-  auto& cs = c.cache;
-  if (!cs.capturing) return;
+  if (!c.cache->capturing) return;
+  auto& cs = c.cache.mut();
   cs.capturing = false;
   // Only a stream that ended with [DONE], uncut and not cancelled, is an answer.
   cs.complete = complete && !c.cancelled && !c.client_gone && c.outcome.none();
@@ -380,7 +380,7 @@ void phase_cache::capture_stream_end(Ctx& c, bool complete) {
 }
 
 bool phase_cache::capturing(const Ctx& c) {
-  return c.cache.capturing;
+  return c.cache->capturing;
 }
 
 std::string phase_cache::without_usage_chunks(std::string_view events) {
@@ -397,16 +397,17 @@ std::string phase_cache::without_usage_chunks(std::string_view events) {
 }
 
 bool phase_cache::store_needed(const Ctx& c) {
-  return c.cache.complete && c.cache.write && c.status == 200;
+  return c.cache->complete && c.cache->write && c.status == 200;
 }
 
 void phase_cache::release(Ctx& c) {
-  c.cache.leader.done(nullptr);
-  if (c.cache.status == Status::kMiss && c.sh.metrics) c.sh.metrics->cache_misses.get().inc();
+  if (!c.cache.used()) return;
+  c.cache.mut().leader.done(nullptr);
+  if (c.cache->status == Status::kMiss && c.sh.metrics) c.sh.metrics->cache_misses.get().inc();
 }
 
 asio::awaitable<void> phase_cache::store(Ctx& c) {
-  auto& cs = c.cache;
+  auto& cs = c.cache.mut();
   auto e = std::make_shared<cache::Entry>();
   e->kind = c.llm.stream ? cache::Entry::Kind::kStream : cache::Entry::Kind::kBody;
   e->content_type = std::move(cs.content_type);

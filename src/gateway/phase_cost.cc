@@ -269,7 +269,8 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   if (c.cost_step.open_lease) {
     if (auto v = co_await open_lease(c, c.key->lease_set, worst, now_ms)) co_return std::move(*v);
   }
-  auto res = co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget, now_ms, c.now());
+  auto res =
+      co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget.mut(), now_ms, c.now());
   if (!res.ok) {
     leave_lease_set(c);
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);
@@ -282,12 +283,12 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   rec.key_id = c.key->cfg->name;
   rec.tenant_id = c.key->cfg->tenant;
   rec.model = c.route_model;
-  rec.budgets = c.budget.budget_ids();
-  rec.reserved_micro = c.budget.amount();
+  rec.budgets = c.budget->budget_ids();
+  rec.reserved_micro = c.budget->amount();
   rec.created_unix_ms = now_ms;
   auto committed = co_await ledger_commit(*sh.ledger, std::move(rec));
   if (!committed) {
-    co_await sh.budget_store->release(c.budget, c.now());
+    co_await sh.budget_store->release(c.budget.mut(), c.now());
     leave_lease_set(c);
     co_return ledger_unavailable("the request was not sent.");
   }
@@ -304,7 +305,7 @@ void phase_cost::compute_cost(Ctx& c) {
 }
 
 bool phase_cost::settle_needed(const Ctx& c) {
-  return c.budget.active() || c.lease_claim.active() || !c.lease_set.empty();
+  return c.budget->active() || c.lease_claim.active() || !c.lease_set.empty();
 }
 
 asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
@@ -331,10 +332,10 @@ asio::awaitable<void> phase_cost::settle(Ctx& c) {
   // The budget counters move before the ledger row closes: a rebuild of lost Redis counters in
   // between still sees the row open and counts it as reserved (redis_budget.h).
   if (tokens == 0) {
-    co_await sh.budget_store->release(c.budget, c.now());
+    co_await sh.budget_store->release(c.budget.mut(), c.now());
     rec.status = cost::LedgerStatus::kReleased;
   } else {
-    auto out = co_await sh.budget_store->settle(c.budget, c.cost_micro, now_ms, c.now());
+    auto out = co_await sh.budget_store->settle(c.budget.mut(), c.cost_micro, now_ms, c.now());
     rec.status = cost::LedgerStatus::kSettled;
     rec.actual_micro = c.cost_micro;
     if (out.overshoot_micro > 0) warn_overshoot(c, out.overshoot_micro);

@@ -26,7 +26,7 @@ limits::RequestScope limit_scope(const Ctx& c) {
 
 // The x-ratelimit-* headers of the verdict, and the shadow-limit log line.
 void note_verdict(Ctx& c) {
-  const auto& v = c.verdict;
+  const auto& v = c.verdict.get();
   c.extra.clear();
   limits::append_rate_headers(c.extra.raw(), v);
   if (!v.shadow_rejections.empty()) {
@@ -51,8 +51,15 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
                           : providers::estimate_prompt_tokens(c.llm) +
                                 providers::completion_reservation(c.llm, output_cap);
   if (c.sh.limiter->remote()) return std::nullopt;
-  c.verdict = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
-  if (!c.verdict.allowed || c.verdict.unavailable) return std::nullopt;
+  auto v = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
+  // A request that no limit applies to (nothing to settle, no header) leaves c.verdict unused.
+  if (v.allowed && !v.unavailable && !v.requests.present && !v.tokens.present &&
+      v.shadow_rejections.empty() && v.reservation.token_limits.empty()) {
+    c.extra.clear();
+    return Ok{};
+  }
+  c.verdict.mut() = std::move(v);
+  if (!c.verdict->allowed || c.verdict->unavailable) return std::nullopt;
   note_verdict(c);
   return Ok{};
 }
@@ -98,10 +105,11 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
   for (;;) {
     const Nanos now = c.now();
     if (!checked) {
-      c.verdict = co_await c.sh.limiter->check_async(scope, c.reserved_tokens, c.sh.limiter_now());
+      c.verdict.mut() =
+          co_await c.sh.limiter->check_async(scope, c.reserved_tokens, c.sh.limiter_now());
     }
     checked = false;
-    auto& v = c.verdict;
+    const auto& v = c.verdict.get();
     if (v.unavailable) {
       // The shared limit store is unreachable and this limit is set to fail closed.
       Error e = errors::make(errors::kLimitsUnavailable,
@@ -171,17 +179,17 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
 }
 
 bool phase_rate_limit::settle_now(Ctx& c) {
-  const auto& r = c.verdict.reservation;
+  const auto& r = c.verdict->reservation;
   if (r.token_limits.empty() || r.settled) return true;
   if (c.sh.limiter->remote()) return false;
-  c.sh.limiter->settle(c.verdict.reservation, c.usage.prompt_tokens + c.usage.completion_tokens,
-                       c.sh.limiter_now());
+  c.sh.limiter->settle(c.verdict.mut().reservation,
+                       c.usage.prompt_tokens + c.usage.completion_tokens, c.sh.limiter_now());
   return true;
 }
 
 boost::asio::awaitable<void> phase_rate_limit::settle(Ctx& c) {
   const std::int64_t actual = c.usage.prompt_tokens + c.usage.completion_tokens;
-  co_await c.sh.limiter->settle_async(c.verdict.reservation, actual, c.sh.limiter_now());
+  co_await c.sh.limiter->settle_async(c.verdict.mut().reservation, actual, c.sh.limiter_now());
 }
 
 }  // namespace bw::gateway

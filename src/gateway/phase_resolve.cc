@@ -66,7 +66,7 @@ void apply_history(Ctx& c, api::Request& r, api::StoreLookup found,
 Verdict finish_canonical(Ctx& c, api::Request r) {
   if (c.inbound == api::Format::kResponses) {
     if (auto linked = api::link_tool_results(r); !linked) return linked.error();
-    c.response_meta = api::response_meta(r, r.model);
+    c.response_meta.mut() = api::response_meta(r, r.model);
   }
   c.llm = providers::LlmRequest{};
   c.llm.endpoint = providers::Endpoint::kChat;
