@@ -20,6 +20,7 @@
 // Thread safety: of() and kick_after_round() on the loop's thread; the callbacks on any thread.
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/execution_context.hpp>
@@ -85,13 +86,16 @@ void resume_ledger_handler(void* handler, const Result<Ok>* r) {
 
 // Waits for the ledger's group commit of one record (the callback runs on the writer thread).
 // `append(callback)` queues the record with Wake::kDeferred and says whether the queue took it.
+// Not a coroutine of its own: the caller's co_await runs `append` at once (the loop's executor
+// comes from the handler), without a frame of this function's own to allocate and unwind. Await
+// the result in the same full expression: `append` may refer to the caller's locals.
 template <class Append>
-boost::asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append append) {
+auto ledger_wait(cost::Ledger& ledger, Append append) {
   namespace asio = boost::asio;
-  auto ex = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
-      [&](auto handler) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Result<Ok>)>(
+      [&ledger](auto handler, Append append) {
         using Handler = decltype(handler);
+        const asio::any_io_executor ex = asio::get_associated_executor(handler);
         // Owned by the callback, which runs exactly once when the queue took the record (or
         // here when it did not): bare pointers keep the callback within std::function's own
         // room, with no allocation for it nor for a shared count.
@@ -111,7 +115,7 @@ boost::asio::awaitable<Result<Ok>> ledger_wait(cost::Ledger& ledger, Append appe
           });
         }
       },
-      asio::use_awaitable);
+      asio::use_awaitable, std::move(append));
 }
 
 }  // namespace bw::gateway

@@ -168,11 +168,9 @@ asio::awaitable<std::optional<Verdict>> open_lease(Ctx& c, const cost::LeaseSet&
   co_return Verdict(Ok{});
 }
 
-// A covered request's one ledger row, already settled (or released when nothing was billed),
-// with the lease row lowered by its cost in the same transaction. `wait`: until it is committed.
-asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
-  auto& sh = c.sh;
-  const std::int64_t now_ms = sh.clock.unix_millis();
+// A covered request's one ledger row, already settled (or released when nothing was billed);
+// LeaseBook::settle adds the lease's part.
+cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
   const bool billed = c.usage.prompt_tokens + c.usage.completion_tokens > 0;
   cost::LedgerCovered row;
   row.request_id = c.request_id;
@@ -186,21 +184,14 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
   row.completion_tokens = c.usage.completion_tokens;
   row.created_unix_ms = c.reserved_unix_ms;
   row.settled_unix_ms = now_ms;
-  cost::LeaseBook::Settled out;
-  bool committed = true;
-  if (wait) {
-    auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
-      out = sh.leases->settle(c.lease_claim, std::move(row), std::move(done), now_ms);
-      return out.queued;
-    });
-    committed = r.ok();
-    if (!committed && out.queued) sh.leases->commit_failed(out.lease, sh.clock.unix_millis());
-  } else {
-    out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
-    committed = out.queued;
-    if (out.queued) kick_after_round(*sh.ledger, co_await asio::this_coro::executor);
-  }
-  if (out.quiet) close_leases_later(sh, co_await asio::this_coro::executor);
+  return row;
+}
+
+// What follows a covered row's settlement, whether or not it was waited for.
+void after_covered(Ctx& c, const cost::LeaseBook::Settled& out, bool committed,
+                   const asio::any_io_executor& ex) {
+  auto& sh = c.sh;
+  if (out.quiet) close_leases_later(sh, ex);
   if (!committed) {
     spdlog::error(
         "ledger: the row of {} (covered by a budget lease) was not recorded; its lease covers "
@@ -211,6 +202,18 @@ asio::awaitable<void> settle_covered(Ctx& c, bool wait) {
   if (sh.webhooks) {
     for (const auto& a : out.outcome.alerts) sh.webhooks->enqueue(a);
   }
+}
+
+// A covered request's row, with the lease row lowered by its cost in the same transaction, not
+// waited for (finish: the answer is gone already, or there was none).
+asio::awaitable<void> settle_covered(Ctx& c) {
+  auto& sh = c.sh;
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  const auto ex = co_await asio::this_coro::executor;
+  const cost::LeaseBook::Settled out =
+      sh.leases->settle(c.lease_claim, covered_row(c, now_ms), {}, now_ms);
+  if (out.queued) kick_after_round(*sh.ledger, ex);
+  after_covered(c, out, out.queued, ex);
 }
 
 }  // namespace
@@ -308,17 +311,31 @@ bool phase_cost::settle_needed(const Ctx& c) {
   return c.budget->active() || c.lease_claim.active() || !c.lease_set.empty();
 }
 
+// The covered row is built and queued in the ledger wait's own initiation: one coroutine frame
+// (this one) for the whole wait.
 asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
   if (!c.lease_claim.active()) co_return;
   compute_cost(c);
-  co_await settle_covered(c, /*wait=*/true);
+  auto& sh = c.sh;
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  cost::LeaseBook::Settled out;
+  const auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
+    out = sh.leases->settle(c.lease_claim, covered_row(c, now_ms), std::move(done), now_ms);
+    return out.queued;
+  });
+  const bool committed = r.ok();
+  if (!committed && out.queued) sh.leases->commit_failed(out.lease, sh.clock.unix_millis());
+  if (out.quiet || !committed || out.outcome.overshoot_micro > 0 ||
+      (sh.webhooks && !out.outcome.alerts.empty())) {
+    after_covered(c, out, committed, co_await asio::this_coro::executor);
+  }
 }
 
 // The actual cost goes to the budgets and the ledger; the unused reservation is released;
 // crossed alert thresholds go to the webhook sender. Call after compute_cost.
 asio::awaitable<void> phase_cost::settle(Ctx& c) {
   if (c.lease_claim.active()) {
-    co_await settle_covered(c, /*wait=*/false);
+    co_await settle_covered(c);
     co_return;
   }
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
