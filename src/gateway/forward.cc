@@ -987,7 +987,11 @@ Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<
     c.forward_failed = true;
     c.last_failure = "upstream answered " + std::to_string(r.status);
   }
-  phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
+  // The content type is looked up only for an answer the cache keeps: the lookup walks every
+  // header line (the rate-limit ones come first).
+  if (phase_cache::capturing(c)) {
+    phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
+  }
   c.bytes_out += r.body.size();
   tracing::observe_output(c, r.body);
   return Next::kSend;
