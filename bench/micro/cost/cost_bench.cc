@@ -11,9 +11,10 @@
 //                     ledger's layout costs: 0 = the ledger's two statements, 1 = the same
 //                     without the ledger_open index, 2 = one INSERT of an already settled row
 //                     (what a request covered by a durable budget lease would write).
-//   BM_LedgerCovered: one row already settled per request (a request a budget lease covers)
-//                     through SqliteLedger, and its lease row lowered once per commit; 20
-//                     requests per commit.
+//   BM_LedgerCovered/N: one row already settled per request (a request a budget lease covers)
+//                     through SqliteLedger, and its lease row lowered once per commit; N
+//                     requests per commit (20, 64 and 150: the isolated benchmark's production
+//                     row carries 20-50 at 64 connections and ~150 at 256).
 // Instructions per request (load-independent), e.g.:
 //   valgrind --tool=callgrind --callgrind-out-file=/dev/null build/release/bench/bw_bench_cost
 //     --benchmark_filter='BM_LedgerSchemaVariant/0'
@@ -235,6 +236,7 @@ void BM_LedgerCovered(benchmark::State& state) {
     return;
   }
   auto& ledger = *opened;
+  const int per_commit = static_cast<int>(state.range(0));
   LedgerReservation lease{
       "lease:bench-1", "key_a", "acme", "", {"key:key_a/total", "global/monthly"},
       kMaxMicros / 4,  kNowMs,  true};
@@ -244,7 +246,7 @@ void BM_LedgerCovered(benchmark::State& state) {
   ledger->flush();
   std::int64_t seq = 0;
   for (auto _ : state) {
-    for (int i = 0; i < kRequestsPerCommit; ++i) {
+    for (int i = 0; i < per_commit; ++i) {
       LedgerCovered c;
       c.request_id = request_id(seq + i);
       c.lease_id = "lease:bench-1";
@@ -263,13 +265,18 @@ void BM_LedgerCovered(benchmark::State& state) {
         state.SkipWithError("queue full");
       }
     }
-    seq += kRequestsPerCommit;
+    seq += per_commit;
     ledger->kick();
     ledger->flush();
   }
   state.SetItemsProcessed(seq);
 }
-BENCHMARK(BM_LedgerCovered)->Iterations(500)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_LedgerCovered)
+    ->Arg(kRequestsPerCommit)
+    ->Arg(64)
+    ->Arg(150)
+    ->Iterations(500)
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_LedgerSchemaVariant(benchmark::State& state) {
   const int variant = static_cast<int>(state.range(0));
