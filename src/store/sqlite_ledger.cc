@@ -19,13 +19,19 @@ cost::LedgerRow read_row(const Statement& st) {
 }
 
 constexpr const char* kInsertOpen =
-    "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
+    " INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro, status,"
     " created_unix_ms, lease) VALUES ";
 constexpr int kOpenParams = 8;
 constexpr const char* kInsertClosed =
-    "INSERT INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
+    " INTO ledger (request_id, key_id, tenant_id, model, budgets, reserved_micro,"
     " actual_micro, prompt_tokens, completion_tokens, status, created_unix_ms,"
     " settled_unix_ms) VALUES ";
+// A statement of one row; one of several rows stops at a row that fails its constraints (a
+// request id already taken) and keeps the rows before it: with the default (ABORT) SQLite would
+// have to undo them, and for that it copies every page the statement is the first to change
+// into a statement journal before changing it (~6k instructions per statement).
+constexpr const char* kInsertOne = "INSERT";
+constexpr const char* kInsertMany = "INSERT OR FAIL";
 constexpr int kClosedParams = 12;
 // Columns 2 to 5 of both (key, tenant, model, budgets): the strings that the rows of a lease or
 // of one key repeat. A statement whose rows all share them takes them once, as ?1 to ?4.
@@ -34,8 +40,10 @@ constexpr int kSharedParams = 4;
 // `rows` value lists of `params` columns each; `open` puts the literal status 'open' after the
 // sixth. Without `shared` every column is a parameter of its own, numbered on; with it, columns
 // 2-5 of every row are ?1-?4 and each row's other columns are numbered on from ?5.
-std::string insert_sql(const char* head, int rows, int params, bool open, bool shared) {
-  std::string sql = head;
+std::string insert_sql(const char* verb, const char* head, int rows, int params, bool open,
+                       bool shared) {
+  std::string sql = verb;
+  sql += head;
   int next = shared ? kSharedParams + 1 : 1;
   for (int r = 0; r < rows; ++r) {
     sql += r == 0 ? "(" : ", (";
@@ -139,12 +147,13 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   // settlement_status_text()), so it skips the check; every other connection still has it.
   auto nocheck = ledger->writer_db_.exec("PRAGMA ignore_check_constraints=ON");
   if (!nocheck.ok()) return nocheck.error();
-  auto ins = Statement::prepare(
-      ledger->writer_db_, insert_sql(kInsertOpen, 1, kOpenParams, /*open=*/true, /*shared=*/false));
+  auto ins = Statement::prepare(ledger->writer_db_,
+                                insert_sql(kInsertOne, kInsertOpen, 1, kOpenParams, /*open=*/true,
+                                           /*shared=*/false));
   if (!ins.ok()) return ins.error();
   // A request covered by a lease: its row is written once, already closed.
-  auto ins_closed = Statement::prepare(ledger->writer_db_,
-                                       insert_sql(kInsertClosed, 1, kClosedParams, false, false));
+  auto ins_closed = Statement::prepare(
+      ledger->writer_db_, insert_sql(kInsertOne, kInsertClosed, 1, kClosedParams, false, false));
   if (!ins_closed.ok()) return ins_closed.error();
   ledger->many_st_.resize(4 * (kMaxRowsPerInsert + 1));
   ledger->many_failed_.assign(4 * (kMaxRowsPerInsert + 1), false);
@@ -325,6 +334,11 @@ void SqliteLedger::lower_later(const std::string& lease_id, cost::Micros actual)
   }
 }
 
+std::size_t SqliteLedger::rows_per_insert(std::size_t left) {
+  if (left <= kExactRows) return left;
+  return std::min(kMaxRowsPerInsert, left / kRowStep * kRowStep);
+}
+
 Statement* SqliteLedger::many(bool covered, bool shared, std::size_t rows) {
   const std::size_t slot = ((covered ? 2 : 0) + (shared ? 1 : 0)) * (kMaxRowsPerInsert + 1) + rows;
   Statement& st = many_st_[slot];
@@ -332,8 +346,8 @@ Statement* SqliteLedger::many(bool covered, bool shared, std::size_t rows) {
   if (many_failed_[slot]) return nullptr;
   const int n = static_cast<int>(rows);
   auto prepared = Statement::prepare(
-      writer_db_, covered ? insert_sql(kInsertClosed, n, kClosedParams, false, shared)
-                          : insert_sql(kInsertOpen, n, kOpenParams, true, shared));
+      writer_db_, covered ? insert_sql(kInsertMany, kInsertClosed, n, kClosedParams, false, shared)
+                          : insert_sql(kInsertMany, kInsertOpen, n, kOpenParams, true, shared));
   if (!prepared.ok()) {
     many_failed_[slot] = true;  // the rows go one by one
     return nullptr;
@@ -362,7 +376,7 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       for (; k < rows.size(); ++k) results[rows[k]] = transaction_lost_error();
       return;
     }
-    const std::size_t n = std::min(rows.size() - k, kMaxRowsPerInsert);
+    const std::size_t n = rows_per_insert(rows.size() - k);
     // The rows of one lease (or one key) repeat the same strings: bound, and joined, once.
     const bool shared =
         n > 1 && (covered ? rows_share_strings<cost::LedgerCovered>(batch, rows, k, n)
@@ -392,21 +406,39 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       }
     }
     const int rc = st->step();
+    // The rows written: all, or (OR FAIL) those before the row that failed.
+    std::size_t written = n;
+    if (rc != SQLITE_DONE) {
+      if (transaction_lost()) {
+        // commit_batch's COMMIT fails, and with it every record of the batch.
+        st->rewind();
+        for (; k < rows.size(); ++k) results[rows[k]] = transaction_lost_error();
+        return;
+      }
+      if ((rc & 0xff) != SQLITE_CONSTRAINT) {
+        // Which of its rows another error left written is not known: the whole transaction
+        // goes, and with it every record of the batch (commit_batch's COMMIT fails).
+        const Error e = db_error("ledger insert", writer_db_.last_error());
+        st->rewind();
+        (void)writer_db_.exec("ROLLBACK");
+        for (; k < rows.size(); ++k) results[rows[k]] = e;
+        return;
+      }
+      written =
+          std::min<std::size_t>(static_cast<std::size_t>(sqlite3_changes(writer_db_.get())), n - 1);
+    }
     st->rewind();
-    for (std::size_t r = 0; r < n; ++r, ++k) {
-      const LedgerRecord& rec = batch[rows[k]].record;
-      if (rc != SQLITE_DONE) {
-        // SQLite undid the whole statement (a duplicate request id, say): each row on its own,
-        // unless the error ended the transaction (commit_batch fails the rest).
-        if (transaction_lost()) {
-          results[rows[k]] = transaction_lost_error();
-        } else {
-          results[rows[k]] = write_one(rec);
-        }
-      } else if (covered) {
-        const auto& c = std::get<cost::LedgerCovered>(rec);
+    for (std::size_t r = 0; r < written; ++r, ++k) {
+      if (covered) {
+        const auto& c = std::get<cost::LedgerCovered>(batch[rows[k]].record);
         lower_later(c.lease_id, covered_actual(c));
       }
+    }
+    if (written < n) {
+      // The row that failed (its request id is taken, say) gets its own result; the rows after
+      // it were not tried and go on in the next statement.
+      results[rows[k]] = write_one(batch[rows[k]].record);
+      ++k;
     }
   }
 }
@@ -494,6 +526,9 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
       ++i;
     }
   }
+  // Outside the transaction the lease rows' UPDATE would commit on its own, lowering them by
+  // rows that were rolled back.
+  if (transaction_lost()) lowering_.clear();
   auto lowered = flush_lease_lowering();
   auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());
   if (!commit.ok()) {
