@@ -1,7 +1,8 @@
 // Request extraction for every inbound API: the body of a chat completions, completions or
 // embeddings request (the first byte picks the endpoint) through parse_request, and, when it is
 // accepted, the estimate and the rewrite that is sent upstream. Checks that an accepted body is
-// rewritten into valid JSON without duplicate keys and that the estimates are sane.
+// rewritten into valid JSON without duplicate keys and that the estimates are sane, and that
+// the scan that reads the usual body (scan_request), where it answers, gives the parse's answer.
 #include <simdjson.h>
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "providers/openai.h"
+#include "providers/request_scan.h"
 
 namespace {
 
@@ -25,6 +27,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const Endpoint endpoint = static_cast<Endpoint>(data[0] % 3);
   const std::string body(reinterpret_cast<const char*>(data) + 1, size - 1);
   auto r = parse_request(endpoint, body);
+  if (auto scanned = scan_request(endpoint, body)) {
+    auto full = parse_request_full(endpoint, body);
+    check(full.ok());
+    check(scanned->model == full->model && scanned->stream == full->stream &&
+          scanned->client_wants_usage == full->client_wants_usage &&
+          scanned->max_tokens == full->max_tokens && scanned->prompt_chars == full->prompt_chars &&
+          scanned->message_count == full->message_count && scanned->images == full->images &&
+          scanned->choices == full->choices);
+    const auto &a = scanned->layout, &b = full->layout;
+    auto same_span = [](const auto& x, const auto& y) {
+      return x.has_value() == y.has_value() && (!x || (x->begin == y->begin && x->end == y->end));
+    };
+    check(a.recorded == b.recorded && a.any_member == b.any_member &&
+          a.stream_options == b.stream_options && a.escaped_key == b.escaped_key &&
+          a.size == b.size && a.close == b.close && same_span(a.model, b.model) &&
+          same_span(a.max_tokens, b.max_tokens) &&
+          same_span(a.max_completion_tokens, b.max_completion_tokens));
+  }
   if (!r) {
     check(r.error().status == 400);
     return 0;

@@ -17,6 +17,7 @@
 #include "common/json_util.h"
 #include "common/same_text.h"
 #include "providers/chunk_scan.h"
+#include "providers/request_scan.h"
 
 namespace bw::providers {
 
@@ -79,54 +80,6 @@ void add_content(simdjson::dom::element v, LlmRequest& r) {
       r.prompt_chars += json_chars(part);
     }
   }
-}
-
-// The top-level fields parse_request reads, and those that carry no text the model reads (or are
-// handled on their own); every other field is priced as text.
-enum class TopField : std::uint8_t {
-  kOther,
-  kNoText,
-  kModel,
-  kMessages,
-  kPrompt,
-  kInput,
-  kStream,
-  kStreamOptions,
-  kMaxTokens,
-  kMaxCompletionTokens,
-  kN,
-  kBestOf,
-};
-
-TopField top_field(std::string_view key) {
-  struct Known {
-    std::string_view name;
-    TopField field;
-  };
-  static constexpr Known kKnown[] = {{"model", TopField::kModel},
-                                     {"messages", TopField::kMessages},
-                                     {"max_tokens", TopField::kMaxTokens},
-                                     {"temperature", TopField::kNoText},
-                                     {"stream", TopField::kStream},
-                                     {"stream_options", TopField::kStreamOptions},
-                                     {"max_completion_tokens", TopField::kMaxCompletionTokens},
-                                     {"prompt", TopField::kPrompt},
-                                     {"input", TopField::kInput},
-                                     {"n", TopField::kN},
-                                     {"best_of", TopField::kBestOf},
-                                     {"metadata", TopField::kNoText},
-                                     {"user", TopField::kNoText},
-                                     {"logit_bias", TopField::kNoText},
-                                     {"stop", TopField::kNoText},
-                                     {"service_tier", TopField::kNoText},
-                                     {"modalities", TopField::kNoText},
-                                     {"reasoning_effort", TopField::kNoText},
-                                     {"seed", TopField::kNoText},
-                                     {"top_p", TopField::kNoText}};
-  for (const auto& k : kKnown) {
-    if (same_text(k.name, key)) return k.field;
-  }
-  return TopField::kOther;
 }
 
 bool is_json_ws(char c) {
@@ -203,6 +156,12 @@ void record_layout(std::string_view body, BodyLayout& l) {
 }  // namespace
 
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
+  // The usual body: read by a scan, without a DOM (request_scan.h).
+  if (auto scanned = scan_request(endpoint, body)) return std::move(*scanned);
+  return parse_request_full(endpoint, body);
+}
+
+Result<LlmRequest> parse_request_full(Endpoint endpoint, const std::string& body) {
   simdjson::dom::element doc;
   auto err = parser().parse(body.data(), body.size()).get(doc);
   BodyLayout layout;

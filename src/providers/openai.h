@@ -70,6 +70,9 @@ inline constexpr std::size_t kMaxJsonDepth = 64;
 // depth is refused (code "duplicate_key", param = the key): parsers disagree on which of two
 // values wins, and the provider must read exactly what the gateway checked and priced.
 Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
+// parse_request by a parse of the whole body, for every body (parse_request reads the usual body
+// by a scan that gives the same answer, and leaves every other body, errors included, to this).
+Result<LlmRequest> parse_request_full(Endpoint endpoint, const std::string& body);
 
 // Rewrites the body for the upstream: `model` becomes `provider_model` (escaped), and for a stream
 // stream_options.include_usage is forced on so usage can always be counted. With max_tokens > 0
