@@ -30,9 +30,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <utility>
 #include <vector>
 
+#include "common/asio_frames.h"
 #include "common/result.h"
 #include "cost/ledger.h"
 
@@ -77,10 +79,28 @@ class LedgerInbox final : public boost::asio::execution_context::service {
   std::atomic<bool> kick_posted_{false};
 };
 
+// A waiting request's handler lives in a block of the loop thread's frame pool (common/
+// asio_frames.h): it is made and freed on that thread, like the coroutine frames it resumes.
+struct PooledHandlerDelete {
+  template <class Handler>
+  void operator()(Handler* h) const {
+    h->~Handler();
+    frame_pool::deallocate(h, sizeof(Handler));
+  }
+};
+template <class Handler>
+using PooledHandler = std::unique_ptr<Handler, PooledHandlerDelete>;
+
+template <class Handler>
+Handler* new_pooled_handler(Handler&& handler) {
+  void* p = frame_pool::allocate(sizeof(Handler), alignof(Handler));
+  return new (p) Handler(std::move(handler));
+}
+
 // Resumes the request waiting in `handler` (it owns it) with the record's result.
 template <class Handler>
 void resume_ledger_handler(void* handler, const Result<Ok>* r) {
-  std::unique_ptr<Handler> own(static_cast<Handler*>(handler));
+  PooledHandler<Handler> own(static_cast<Handler*>(handler));
   if (r) (*own)(*r);
 }
 
@@ -99,7 +119,7 @@ auto ledger_wait(cost::Ledger& ledger, Append append) {
         // Owned by the callback, which runs exactly once when the queue took the record (or
         // here when it did not): bare pointers keep the callback within std::function's own
         // room, with no allocation for it nor for a shared count.
-        auto* h = new Handler(std::move(handler));
+        Handler* h = new_pooled_handler(std::move(handler));
         LedgerInbox& inbox = LedgerInbox::of(ex);
         LedgerInbox::Mailbox* box = inbox.hold();
         const bool ok = append([h, box](const Result<Ok>& r) {
@@ -110,7 +130,7 @@ auto ledger_wait(cost::Ledger& ledger, Append append) {
         } else {
           LedgerInbox::release(box);
           // Owned by the posted handler, so that a loop that never runs it again frees it.
-          asio::post(ex, [own = std::unique_ptr<Handler>(h)]() mutable {
+          asio::post(ex, [own = PooledHandler<Handler>(h)]() mutable {
             (*own)(Result<Ok>(make_error(503, "server_error", "ledger_busy", "ledger queue full")));
           });
         }

@@ -24,10 +24,16 @@ limits::RequestScope limit_scope(const Ctx& c) {
   return scope;
 }
 
+// The x-ratelimit-* lines take at most ~300 bytes (append_rate_headers).
+constexpr std::size_t kExtraRoom = 480;
+
 // The x-ratelimit-* headers of the verdict, and the shadow-limit log line.
 void note_verdict(Ctx& c) {
   const auto& v = c.verdict.get();
   c.extra.clear();
+  // Room for the rate-limit lines and the gateway's own headers after them, from the thread's
+  // buffer stash (the list gives it back when it goes): neither append allocates.
+  c.extra.reserve(kExtraRoom);
   limits::append_rate_headers(c.extra.raw(), v);
   if (!v.shadow_rejections.empty()) {
     c.sh.shadow_rejections.fetch_add(1, std::memory_order_relaxed);
