@@ -23,6 +23,7 @@
 //  - Implementations are thread-safe.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -44,6 +45,18 @@ struct LedgerReservation {
   Micros reserved_micro = 0;
   std::int64_t created_unix_ms = 0;
   bool lease = false;  // a budget lease's row (lease.h), not a request's
+
+  const std::string& key() const { return key_id; }
+  const std::string& tenant() const { return tenant_id; }
+  const std::vector<std::string>& budget_ids() const { return budgets; }
+};
+
+// The key, tenant and budgets that every covered row of one API key repeats: made once per key
+// and shared by its rows, so that a row neither copies nor frees them.
+struct LedgerParty {
+  std::string key_id;
+  std::string tenant_id;
+  std::vector<std::string> budgets;
 };
 
 // A request covered by a lease: its one row, written already closed, and the lease row lowered.
@@ -61,6 +74,13 @@ struct LedgerCovered {
   std::int64_t completion_tokens = 0;
   std::int64_t created_unix_ms = 0;
   std::int64_t settled_unix_ms = 0;
+  // When set, the row's key, tenant and budgets are the party's, and key_id, tenant_id and
+  // budgets above are not read: use key(), tenant() and budget_ids().
+  std::shared_ptr<const LedgerParty> party;
+
+  const std::string& key() const { return party ? party->key_id : key_id; }
+  const std::string& tenant() const { return party ? party->tenant_id : tenant_id; }
+  const std::vector<std::string>& budget_ids() const { return party ? party->budgets : budgets; }
 };
 
 struct LedgerSettlement {

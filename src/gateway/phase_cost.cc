@@ -174,10 +174,14 @@ cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
   const bool billed = c.usage.prompt_tokens + c.usage.completion_tokens > 0;
   cost::LedgerCovered row;
   row.request_id = c.request_id;
-  row.key_id = c.key->cfg->name;
-  row.tenant_id = c.key->cfg->tenant;
+  if (c.key->ledger_party) {
+    row.party = c.key->ledger_party;  // key, tenant and budgets: shared, not copied
+  } else {
+    row.key_id = c.key->cfg->name;
+    row.tenant_id = c.key->cfg->tenant;
+    row.budgets = c.key->budget_ids;
+  }
   row.model = c.route_model;
-  row.budgets = c.key->budget_ids;
   row.status = billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased;
   row.actual_micro = billed ? c.cost_micro : 0;
   row.prompt_tokens = c.usage.prompt_tokens;

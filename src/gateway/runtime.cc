@@ -87,6 +87,8 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
         cost::LeaseSet{cost::lease_set_key(info.budget_ids, info.cfg->name, info.cfg->tenant),
                        info.budget_ids, info.cfg->name, info.cfg->tenant};
     info.lease_set.hash = cost::lease_set_hash(info.lease_set.key);
+    info.ledger_party = std::make_shared<const cost::LedgerParty>(
+        cost::LedgerParty{info.cfg->name, info.cfg->tenant, info.budget_ids});
     // As the rate-limit phase's scope names them: the plan of the key, its overrides if any.
     info.limits = std::make_shared<const limits::PreparedLimits>(
         cfg_->plan(info.cfg->plan),

@@ -90,6 +90,8 @@ struct KeyInfo {
   // ids that apply to it (budget_ids_for) and its budget set for leases.
   std::vector<std::string> budget_ids;
   cost::LeaseSet lease_set;
+  // The key, tenant and budgets of the key's covered ledger rows, which share them.
+  std::shared_ptr<const cost::LedgerParty> ledger_party;
   // The key's plan limits with their bucket keys, resolved for the rate-limit phase (shared:
   // KeyInfo is copied into its map, the limits point into this snapshot's config).
   std::shared_ptr<const limits::PreparedLimits> limits;

@@ -68,8 +68,8 @@ struct RowParams {
 // Binds key, tenant, model and budgets: as ?1-?4 (shared), or as the row's columns 2-5.
 template <class Record>
 void bind_strings(Statement& st, int base, const Record& r, const std::string& budgets) {
-  st.bind_static(base + 1, r.key_id)
-      .bind_static(base + 2, r.tenant_id)
+  st.bind_static(base + 1, r.key())
+      .bind_static(base + 2, r.tenant())
       .bind_static(base + 3, r.model)
       .bind_static(base + 4, budgets);
 }
@@ -113,8 +113,8 @@ void bind_closed(Statement& st, RowParams at, const cost::LedgerCovered& c,
 
 template <class Record>
 bool same_strings(const Record& a, const Record& b) {
-  return a.key_id == b.key_id && a.tenant_id == b.tenant_id && a.model == b.model &&
-         a.budgets == b.budgets;
+  return a.key() == b.key() && a.tenant() == b.tenant() && a.model == b.model &&
+         a.budget_ids() == b.budget_ids();
 }
 
 bool is_request_reservation(const LedgerRecord& r) {
@@ -303,7 +303,7 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
 // The covered request's row and the lease row lowered by its actual cost: both in the batch's
 // transaction, so that at every commit settled spend + open reservations stay what they were.
 Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
-  join_lines_into(budget_text_[0], c.budgets);
+  join_lines_into(budget_text_[0], c.budget_ids());
   const cost::Micros actual = covered_actual(c);
   bind_closed(insert_closed_st_, {0, false}, c, budget_text_[0]);
   int rc = insert_closed_st_.step();
@@ -395,7 +395,7 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       std::string& budgets = budget_text_[shared ? 0 : r];
       if (covered) {
         const auto& c = std::get<cost::LedgerCovered>(rec);
-        if (r == 0 || !shared) join_lines_into(budgets, c.budgets);
+        if (r == 0 || !shared) join_lines_into(budgets, c.budget_ids());
         if (r == 0 && shared) bind_strings(*st, 0, c, budgets);
         bind_closed(*st, at, c, budgets);
       } else {
