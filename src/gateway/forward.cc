@@ -716,6 +716,7 @@ struct Attempts {
   tracing::SpanRef span = tracing::kNoSpan;
   UpstreamBody call;
   std::optional<http::OutboundRequest> out;  // while it is sent
+  providers::SplicedBody splice;             // out's body, when it is the client's spliced
   http::Headers headers;                     // the gateway's headers on the answer
   routing::Outcome outcome;                  // a buffered answer's, for the plan
   int status_out = 0;                        // a buffered answer's status for the client
@@ -791,7 +792,13 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   }
   a.call = UpstreamBody{};
   Result<std::string> body = std::string();
-  if (fast) {
+  bool spliced = false;
+  if (fast && providers::splice_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
+                                        c.forced_max_tokens, a.splice)) {
+    // The client's bytes are sent from where they are, with the replaced members between them.
+    spliced = true;
+    a.call.passthrough = true;
+  } else if (fast) {
     body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
                                       c.forced_max_tokens);
     if (!body) {
@@ -828,6 +835,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   a.sent_at = now;
   a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
   a.out.emplace(build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span));
+  if (spliced) a.out->body_pieces = std::span(a.splice.pieces.data(), a.splice.count);
   return Next::kSend;
 }
 

@@ -664,12 +664,18 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     c.failed = false;
     c.out.clear();
     // A small body behind the head in one buffer; a larger one written from where it is (a
-    // gather write), not copied into the connection's buffer.
-    const bool inline_body = request.body.size() <= 256;
+    // gather write), not copied into the connection's buffer. A body in pieces (a client's body
+    // with members replaced) is copied behind the head unless it is one piece: Asio gathers two
+    // buffers in place, more through a 64-entry array in the operation, which costs more than
+    // the copy into this buffer (sent and given back to the stash at once, so its lines are
+    // warm again for the next request).
+    const std::size_t body_size = request.body_size();
+    const bool inline_body = body_size <= 256 || request.body_pieces.size() > 1 ||
+                             (!request.body_pieces.empty() && !request.body.empty());
     stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() +
-                           request.headers.wire().size() + (inline_body ? request.body.size() : 0));
+                           request.headers.wire().size() + (inline_body ? body_size : 0));
     wire::append_request_head(c.out, request.method, request.target, ep.host_header,
-                              request.headers, request.body.size());
+                              request.headers, body_size);
     c.headers.reserve(kAnswerHeadRoom);
     c.parser.emplace(c.headers);
     c.parser->header_limit(64 * 1024);
@@ -680,11 +686,14 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     beast::error_code wec;
     if (inline_body) {
       c.out.append(request.body);
+      for (auto p : request.body_pieces) c.out.append(p);
       std::tie(wec, std::ignore) =
           co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
     } else {
-      std::tie(wec, std::ignore) = co_await c.write(
-          std::array<asio::const_buffer, 2>{asio::buffer(c.out), asio::buffer(request.body)});
+      const std::string_view body =
+          request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
+      std::tie(wec, std::ignore) = co_await c.write(std::array<asio::const_buffer, 2>{
+          asio::buffer(c.out), asio::buffer(body.data(), body.size())});
     }
     if (c.deadline.expired()) wec = beast::error::timeout;
     stash::release(c.out);  // sent: warm for the next request

@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,7 +72,22 @@ struct OutboundRequest {
   std::string_view target;  // full path and query
   Headers headers;
   std::string body;
+  // The body as pieces written from where they are, in place of `body` (which is then empty):
+  // a client's body with a few members replaced is sent without a copy of it.
+  std::span<const std::string_view> body_pieces;
   UpstreamCancel* cancel = nullptr;  // optional
+
+  std::size_t body_size() const {
+    std::size_t n = body.size();
+    for (auto p : body_pieces) n += p.size();
+    return n;
+  }
+  // The body's bytes in one string (tests, fakes).
+  std::string body_text() const {
+    std::string out = body;
+    for (auto p : body_pieces) out.append(p);
+    return out;
+  }
 };
 
 // Error codes of upstream failures, used by routing to classify outcomes.

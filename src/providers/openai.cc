@@ -542,6 +542,89 @@ BodyLayout body_layout(const std::string& body) {
   return l;
 }
 
+bool splice_request(std::string_view body, const BodyLayout& l, std::string_view provider_model,
+                    bool force_include_usage, std::int64_t max_tokens, SplicedBody& out) {
+  if (!l.recorded || l.escaped_key || l.size != body.size() || l.close >= body.size() ||
+      body[l.close] != '}') {
+    return false;
+  }
+  if (force_include_usage && l.stream_options) return false;
+  for (const char ch : provider_model) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (u < 0x20 || u >= 0x80 || ch == '"' || ch == '\\') return false;
+  }
+  struct Replace {
+    BodyLayout::Span at;
+    bool model;
+  };
+  std::array<Replace, 3> reps;
+  std::size_t n = 0;
+  if (l.model) {
+    // A model the deployment names as the client did stays as it is in the body.
+    const auto v = body.substr(l.model->begin, l.model->end - l.model->begin);
+    if (!(v.size() == provider_model.size() + 2 && v.front() == '"' && v.back() == '"' &&
+          v.substr(1, provider_model.size()) == provider_model)) {
+      reps[n++] = {*l.model, true};
+    }
+  }
+  const bool saw_max = l.max_tokens || l.max_completion_tokens;
+  if (max_tokens > 0) {
+    if (l.max_tokens) reps[n++] = {*l.max_tokens, false};
+    if (l.max_completion_tokens) reps[n++] = {*l.max_completion_tokens, false};
+  }
+  std::sort(reps.begin(), reps.begin() + static_cast<std::ptrdiff_t>(n),
+            [](const Replace& a, const Replace& b) { return a.at.begin < b.at.begin; });
+  const auto cap_len =
+      max_tokens > 0
+          ? std::to_chars(out.cap.data(), out.cap.data() + out.cap.size(), max_tokens).ptr -
+                out.cap.data()
+          : 0;
+  const std::string_view cap_text(out.cap.data(), static_cast<std::size_t>(cap_len));
+  out.count = 0;
+  out.size = 0;
+  // Adjacent spans of the body join into one piece: a body that keeps its model and cap and
+  // gets nothing added is one piece, the body itself.
+  auto add = [&out](std::string_view p) {
+    if (p.empty()) return;
+    out.size += p.size();
+    if (out.count > 0) {
+      auto& last = out.pieces[out.count - 1];
+      if (last.data() + last.size() == p.data()) {
+        last = std::string_view(last.data(), last.size() + p.size());
+        return;
+      }
+    }
+    out.pieces[out.count++] = p;
+  };
+  std::size_t copied = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& r = reps[i];
+    if (r.at.begin < copied || r.at.end < r.at.begin || r.at.end > l.close) return false;
+    add(body.substr(copied, r.at.begin - copied));
+    copied = r.at.end;
+    if (r.model) {
+      add("\"");
+      add(provider_model);
+      add("\"");
+    } else {
+      add(cap_text);
+    }
+  }
+  add(body.substr(copied, l.close - copied));
+  bool any = l.any_member;
+  if (force_include_usage) {
+    add(any ? ",\"stream_options\":{\"include_usage\":true}"
+            : "\"stream_options\":{\"include_usage\":true}");
+    any = true;
+  }
+  if (max_tokens > 0 && !saw_max) {
+    add(any ? ",\"max_tokens\":" : "\"max_tokens\":");
+    add(cap_text);
+  }
+  add(body.substr(l.close));
+  return true;
+}
+
 Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
                                     std::string_view provider_model, bool force_include_usage,
                                     std::int64_t max_tokens) {

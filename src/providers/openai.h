@@ -3,6 +3,7 @@
 // id, stream_options.include_usage), and usage extraction from buffered bodies and SSE events.
 // Every OpenAI-compatible provider (OpenAI, DeepSeek, vLLM, the simulator) goes through here.
 // Thread safety: pure functions; parsers are thread-local.
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -90,6 +91,23 @@ BodyLayout body_layout(const std::string& body);
 Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
                                     std::string_view provider_model, bool force_include_usage,
                                     std::int64_t max_tokens);
+
+// rewrite_request's output as pieces, for a gather write that sends the client's bytes from
+// where they are instead of copying them: the body's own spans, with the replaced and added
+// members between them. The pieces refer to the body, to the provider model and to `cap`; keep
+// all three where they are while the pieces are used.
+struct SplicedBody {
+  std::array<std::string_view, 16> pieces;
+  std::size_t count = 0;
+  std::size_t size = 0;  // of the pieces together
+  std::array<char, 24> cap;
+};
+// The same bytes as rewrite_request with `layout`, as pieces into `out`. False when the layout
+// cannot be used or the provider model would need escaping: the caller then takes
+// rewrite_request.
+bool splice_request(std::string_view body, const BodyLayout& layout,
+                    std::string_view provider_model, bool force_include_usage,
+                    std::int64_t max_tokens, SplicedBody& out);
 
 // Usage from a buffered response body; absent usage leaves present=false. An embeddings answer
 // has no completion count (OpenAI sends prompt_tokens and total_tokens only).

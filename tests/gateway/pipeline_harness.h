@@ -97,7 +97,7 @@ class FakeUpstream final : public Upstream {
   explicit FakeUpstream(asio::io_context& io) : gate_(io) {}
   asio::awaitable<Result<http::UpstreamResponse>> send(
       const Provider&, const http::OutboundRequest& request) override {
-    Seen s{std::string(request.target), request.body};
+    Seen s{std::string(request.target), request.body_text()};
     seen.push_back(s);
     if (held) {
       // Parked until release(); the request's cancel handle ends the wait too (client gone).

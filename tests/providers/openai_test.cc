@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -309,6 +310,54 @@ TEST(RewriteRequest, LayoutSpliceMatchesScanByteForByte) {
       }
     }
   }
+}
+
+// The pieces of the splice for a gather write are the bytes of the scan, in order; a provider
+// model that needs escaping is declined (the caller takes rewrite_request).
+TEST(RewriteRequest, SplicePiecesMatchScanByteForByte) {
+  int spliced_count = 0;
+  for (const auto& body : bodies()) {
+    SCOPED_TRACE("body: " + body);
+    const BodyLayout layout = body_layout(body);
+    for (const auto& model : provider_models()) {
+      for (bool force : {false, true}) {
+        for (std::int64_t max_tokens : {std::int64_t{0}, std::int64_t{77}}) {
+          auto scanned = rewrite_request(body, model, force, max_tokens);
+          ASSERT_TRUE(scanned);
+          SplicedBody s;
+          if (!splice_request(body, layout, model, force, max_tokens, s)) {
+            const bool plain = model.find_first_of("\"\\") == std::string::npos &&
+                               std::all_of(model.begin(), model.end(), [](char ch) {
+                                 const auto u = static_cast<unsigned char>(ch);
+                                 return u >= 0x20 && u < 0x80;
+                               });
+            EXPECT_FALSE(layout.recorded && !layout.escaped_key && plain &&
+                         !(force && layout.stream_options));
+            continue;
+          }
+          ++spliced_count;
+          std::string joined;
+          for (std::size_t i = 0; i < s.count; ++i) joined.append(s.pieces[i]);
+          EXPECT_EQ(joined, *scanned);
+          EXPECT_EQ(s.size, joined.size());
+        }
+      }
+    }
+  }
+  EXPECT_GT(spliced_count, 100);
+}
+
+// A model the deployment names as the client did is sent as the client's own bytes.
+TEST(RewriteRequest, SpliceKeepsAnUnchangedModelInPlace) {
+  const std::string body = R"({"model":"m","messages":[]})";
+  SplicedBody s;
+  ASSERT_TRUE(splice_request(body, body_layout(body), "m", false, 0, s));
+  ASSERT_EQ(s.count, 1u);
+  EXPECT_EQ(s.pieces[0].data(), body.data());
+  ASSERT_TRUE(splice_request(body, body_layout(body), "other", false, 0, s));
+  std::string joined;
+  for (std::size_t i = 0; i < s.count; ++i) joined.append(s.pieces[i]);
+  EXPECT_EQ(joined, R"({"model":"other","messages":[]})");
 }
 
 TEST(RewriteRequest, LayoutRecordedByParseRequest) {
