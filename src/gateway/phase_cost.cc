@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
@@ -109,16 +110,33 @@ cost::Micros worst_case(Ctx& c, const AnswerChain& chain) {
   return worst;
 }
 
-// A lease went quiet: close it if it stays quiet for the idle time (one timer per worker at a
-// time, re-armed while a quiet lease is left waiting).
+// The lease-closing timer of one event loop. It is an io_context service, so whether the timer is
+// armed lives and dies with its loop: a loop destroyed while the timer was pending destroys its
+// handler unrun, and a flag kept outside the loop (per thread) would stay set, so that a later
+// loop on the same thread never armed the timer again and never closed its quiet leases.
+class LeaseCloseTimer final : public asio::execution_context::service {
+ public:
+  using key_type = LeaseCloseTimer;
+  static inline asio::execution_context::id id;
+  explicit LeaseCloseTimer(asio::execution_context& ctx) : service(ctx) {}
+  bool armed = false;  // the loop's thread only
+
+ private:
+  void shutdown() override {}
+};
+
+// A lease went quiet: close it if it stays quiet for the idle time (one timer per event loop at
+// a time, re-armed while a quiet lease is left waiting).
 void close_leases_later(Shared& sh, const asio::any_io_executor& ex) {
-  thread_local bool armed = false;
-  if (armed || !sh.leases) return;
-  armed = true;
+  if (!sh.leases) return;
+  auto& state = asio::use_service<LeaseCloseTimer>(asio::query(ex, asio::execution::context));
+  if (state.armed) return;
+  state.armed = true;
   auto timer = std::make_shared<asio::steady_timer>(
       ex, std::chrono::milliseconds(sh.leases->options().idle_close_ms));
-  timer->async_wait([timer, &sh, ex](const boost::system::error_code& ec) {
-    armed = false;
+  // The handler runs on the loop, which owns `state`: the service outlives every handler.
+  timer->async_wait([timer, &sh, &state, ex](const boost::system::error_code& ec) {
+    state.armed = false;
     if (ec || !sh.leases) return;
     const bool waiting = sh.leases->close_idle(sh.clock.unix_millis());
     sh.ledger->kick();

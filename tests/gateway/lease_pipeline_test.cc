@@ -76,13 +76,14 @@ keys:
 )";
 
 struct LeasePipeline {
-  LeasePipeline() : p(kLeaseYaml) {
+  // idle_close_ms 0: a lease closes when it goes quiet, without a timer.
+  explicit LeasePipeline(std::int64_t idle_close_ms = 0) : p(kLeaseYaml) {
     auto l = std::make_unique<HeldLedger>();
     ledger = l.get();
     p.sh.ledger = std::move(l);
     cost::LeaseOptions o;
     o.enabled = true;
-    o.idle_close_ms = 0;  // closes when quiet, without a timer
+    o.idle_close_ms = idle_close_ms;
     p.sh.leases = std::make_unique<cost::LeaseBook>(*p.sh.budgets, *p.sh.ledger, o);
   }
   ~LeasePipeline() { p.sh.leases.reset(); }
@@ -172,6 +173,35 @@ TEST(LeasePipeline, ACoveredStreamWaitsForItsRowOnlyBeforeItsLastEvent) {
   EXPECT_NE(c->out.body.find("[DONE]"), std::string::npos) << c->out.body;
   t.ledger->commit();
   p.check_invariants();
+}
+
+// The timer that closes a quiet lease belongs to its event loop. A loop that is destroyed while
+// the timer is pending (its handler destroyed, never run) must not keep a later loop on the same
+// thread from arming its own timer: that loop's quiet leases would never close.
+TEST(LeasePipeline, AQuietLeaseClosesAfterAnEarlierLoopDiedWithItsTimerPending) {
+  constexpr std::int64_t kIdleMs = 20;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round == 0 ? "the loop that dies with its timer pending" : "the next loop");
+    LeasePipeline t(kIdleMs);
+    auto& p = t.p;
+    std::unique_ptr<Pipeline::Call> a, b;
+    t.open_lease(a, b);
+    p.upstream->held = false;
+    ASSERT_TRUE(
+        p.run_until([&] { return a->done && t.ledger->queued<cost::LedgerCovered>() == 1; }));
+    t.ledger->commit();
+    // b's row is committed: b ends, and its lease goes quiet (the close timer is armed now).
+    ASSERT_TRUE(p.run_until([&] { return b->done; }));
+    EXPECT_EQ(b->out.status, 200);
+    ASSERT_EQ(p.sh.leases->stats().open_now, 1u);
+    if (round == 0) continue;  // destroyed before its timer fired
+    p.clock.advance(millis(kIdleMs));
+    EXPECT_TRUE(p.run_until([&] { return p.sh.leases->stats().open_now == 0; }))
+        << "the quiet lease was never closed";
+    EXPECT_EQ(p.sh.leases->stats().closed, 1u);
+    t.ledger->commit();
+    p.check_invariants();
+  }
 }
 
 }  // namespace
