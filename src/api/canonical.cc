@@ -39,26 +39,45 @@ std::string_view chat_finish(FinishReason f) {
   return "stop";
 }
 
-std::vector<StreamEvent> stream_events(const Response& r) {
-  std::vector<StreamEvent> out;
-  out.reserve(r.content.size() * 2 + 3);
-  out.push_back(StreamEvent{.kind = StreamEvent::Kind::kStart, .id = r.id, .usage = r.usage});
+namespace {
+
+void choice_events(int choice, const std::vector<Part>& content, FinishReason finish,
+                   std::vector<StreamEvent>& out) {
   int tool = 0;
-  for (const auto& p : r.content) {
+  for (const auto& p : content) {
     if (p.kind == Part::Kind::kText) {
-      if (!p.text.empty())
-        out.push_back(StreamEvent{.kind = StreamEvent::Kind::kTextDelta, .text = p.text});
+      if (!p.text.empty()) {
+        out.push_back(
+            StreamEvent{.kind = StreamEvent::Kind::kTextDelta, .choice = choice, .text = p.text});
+      }
     } else if (p.kind == Part::Kind::kToolCall) {
-      out.push_back(StreamEvent{
-          .kind = StreamEvent::Kind::kToolCallStart, .index = tool, .id = p.id, .name = p.name});
+      out.push_back(StreamEvent{.kind = StreamEvent::Kind::kToolCallStart,
+                                .index = tool,
+                                .choice = choice,
+                                .id = p.id,
+                                .name = p.name});
       if (!p.arguments.empty()) {
-        out.push_back(StreamEvent{
-            .kind = StreamEvent::Kind::kToolArgsDelta, .index = tool, .text = p.arguments});
+        out.push_back(StreamEvent{.kind = StreamEvent::Kind::kToolArgsDelta,
+                                  .index = tool,
+                                  .choice = choice,
+                                  .text = p.arguments});
       }
       ++tool;
     }
   }
-  out.push_back(StreamEvent{.kind = StreamEvent::Kind::kFinish, .finish = r.finish});
+  out.push_back(
+      StreamEvent{.kind = StreamEvent::Kind::kFinish, .choice = choice, .finish = finish});
+}
+
+}  // namespace
+
+std::vector<StreamEvent> stream_events(const Response& r) {
+  std::vector<StreamEvent> out;
+  out.reserve(r.content.size() * 2 + 3);
+  out.push_back(StreamEvent{.kind = StreamEvent::Kind::kStart, .id = r.id, .usage = r.usage});
+  choice_events(0, r.content, r.finish, out);
+  int choice = 1;
+  for (const auto& c : r.more_choices) choice_events(choice++, c.content, c.finish, out);
   if (r.usage.present)
     out.push_back(StreamEvent{.kind = StreamEvent::Kind::kUsage, .usage = r.usage});
   return out;

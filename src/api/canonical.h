@@ -93,8 +93,8 @@ struct Request {
   ResponseFormat response_format;
   bool stream = false;
   bool stream_usage = false;  // chat: stream_options.include_usage
-  // Chat's n: the choices to generate. Gemini generates them (candidateCount, buffered only);
-  // Anthropic has no equivalent, so n > 1 is refused for it.
+  // Chat's n: the choices to generate. Gemini generates them (candidateCount, buffered or
+  // streamed); Anthropic has no equivalent, so n > 1 is refused for it.
   std::int64_t n = 1;
   std::string user;
   // Responses API state.
@@ -144,7 +144,8 @@ struct Response {
 struct StreamEvent {
   enum class Kind { kStart, kTextDelta, kToolCallStart, kToolArgsDelta, kFinish, kUsage, kError };
   Kind kind = Kind::kTextDelta;
-  int index = 0;     // tool calls: 0-based position among the tool calls
+  int index = 0;     // tool calls: 0-based position among the tool calls (of its choice)
+  int choice = 0;    // the choice it belongs to (chat's n), 0-based
   std::string text;  // text delta, tool arguments delta, or the error message
   std::string id;    // kStart: message id; kToolCallStart: call id
   std::string name;  // kToolCallStart: function name; kError: error type
@@ -183,8 +184,9 @@ void check_output_counted(Usage& u, bool generated);
 
 // A whole answer as the events of a stream, in the order a provider streams them: the start
 // (with the usage, for formats that announce the input tokens first), the text and tool calls in
-// order, the finish and the usage. Fed to a StreamEncoder it gives a well-formed stream of that
-// format (a streamed request served from a buffered answer).
+// order, the finish (each further choice's events after the first's) and the usage. Fed to a
+// StreamEncoder it gives a well-formed stream of that format (a streamed request served from a
+// buffered answer).
 std::vector<StreamEvent> stream_events(const Response& r);
 
 // ----------------------------------------------------------------------------------------------

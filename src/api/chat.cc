@@ -656,26 +656,30 @@ class ChatStreamDecoder final : public StreamDecoder {
   bool done_ = false;
 };
 
+// Chat's n > 1 (events of several choices, each with its index): every choice opens with its
+// own role delta and ends with its own finish_reason, as OpenAI streams them.
 class ChatStreamEncoder final : public StreamEncoder {
  public:
   ChatStreamEncoder(std::string model, bool include_usage)
       : model_(std::move(model)), include_usage_(include_usage) {}
 
   void on_event(const StreamEvent& e, std::string& out) override {
+    if (e.choice < 0 || e.choice >= kMaxChoices) return;
+    const int c = e.choice;
     switch (e.kind) {
       case StreamEvent::Kind::kStart:
-        if (!started_) start(out);
+        if (!state(0).started) start(0, out);
         break;
       case StreamEvent::Kind::kTextDelta: {
-        if (!started_) start(out);
-        JsonWriter j = prefix();
+        if (!state(c).started) start(c, out);
+        JsonWriter j = prefix(c);
         j.key("delta").begin_object().key("content").value(e.text).end_object();
         end_chunk(j, out);
         break;
       }
       case StreamEvent::Kind::kToolCallStart: {
-        if (!started_) start(out);
-        JsonWriter j = prefix();
+        if (!state(c).started) start(c, out);
+        JsonWriter j = prefix(c);
         j.key("delta")
             .begin_object()
             .key("tool_calls")
@@ -701,7 +705,7 @@ class ChatStreamEncoder final : public StreamEncoder {
         break;
       }
       case StreamEvent::Kind::kToolArgsDelta: {
-        JsonWriter j = prefix();
+        JsonWriter j = prefix(c);
         j.key("delta")
             .begin_object()
             .key("tool_calls")
@@ -721,10 +725,10 @@ class ChatStreamEncoder final : public StreamEncoder {
         break;
       }
       case StreamEvent::Kind::kFinish: {
-        if (!started_) start(out);
-        if (finished_) break;
-        finished_ = true;
-        JsonWriter j = prefix();
+        if (!state(c).started) start(c, out);
+        if (state(c).finished) break;
+        state(c).finished = true;
+        JsonWriter j = prefix(c);
         j.key("delta")
             .begin_object()
             .end_object()
@@ -743,8 +747,14 @@ class ChatStreamEncoder final : public StreamEncoder {
   }
 
   void finish(std::string& out) override {
-    if (!started_) start(out);
-    if (!finished_) on_event(StreamEvent{.kind = StreamEvent::Kind::kFinish}, out);
+    if (!state(0).started) start(0, out);
+    // Every choice that began ends with a finish_reason, also when the upstream sent none.
+    const int choices = 1 + static_cast<int>(more_.size());
+    for (int c = 0; c < choices; ++c) {
+      if (state(c).started && !state(c).finished) {
+        on_event(StreamEvent{.kind = StreamEvent::Kind::kFinish, .choice = c}, out);
+      }
+    }
     if (include_usage_ && usage_.present) {
       JsonWriter j;
       j.begin_object()
@@ -772,9 +782,21 @@ class ChatStreamEncoder final : public StreamEncoder {
   }
 
  private:
-  void start(std::string& out) {
-    started_ = true;
-    JsonWriter j = prefix();
+  struct Choice {
+    bool started = false;   // its role delta was sent
+    bool finished = false;  // its finish_reason was sent
+  };
+  // `c` is below kMaxChoices (on_event checks it). The first choice's state is inline: one
+  // choice (the common case) allocates nothing.
+  Choice& state(int c) {
+    if (c == 0) return first_;
+    const auto i = static_cast<std::size_t>(c - 1);
+    if (i >= more_.size()) more_.resize(i + 1);
+    return more_[i];
+  }
+  void start(int c, std::string& out) {
+    state(c).started = true;
+    JsonWriter j = prefix(c);
     j.key("delta")
         .begin_object()
         .key("role")
@@ -784,7 +806,7 @@ class ChatStreamEncoder final : public StreamEncoder {
         .end_object();
     end_chunk(j, out);
   }
-  JsonWriter prefix() {
+  JsonWriter prefix(int c) {
     JsonWriter j;
     j.begin_object()
         .key("id")
@@ -799,7 +821,7 @@ class ChatStreamEncoder final : public StreamEncoder {
         .begin_array()
         .begin_object()
         .key("index")
-        .value(0);
+        .value(c);
     return j;
   }
   void end_chunk(JsonWriter& j, std::string& out, bool null_finish = true) {
@@ -812,8 +834,8 @@ class ChatStreamEncoder final : public StreamEncoder {
   bool include_usage_;
   std::string id_ = new_id("chatcmpl-");
   std::int64_t created_ = static_cast<std::int64_t>(std::time(nullptr));
-  bool started_ = false;
-  bool finished_ = false;
+  Choice first_;
+  std::vector<Choice> more_;  // the choices after the first
   Usage usage_;
 };
 

@@ -716,6 +716,8 @@ class MessagesStreamEncoder final : public StreamEncoder {
   explicit MessagesStreamEncoder(std::string model) : model_(std::move(model)) {}
 
   void on_event(const StreamEvent& e, std::string& out) override {
+    // One choice only: the format has no n, so the events of further choices are not its own.
+    if (e.choice != 0) return;
     switch (e.kind) {
       case StreamEvent::Kind::kStart:
         if (e.usage.present) usage_ = e.usage;

@@ -561,6 +561,8 @@ void ResponsesStreamEncoder::close_item(std::string& out) {
 }
 
 void ResponsesStreamEncoder::on_event(const StreamEvent& e, std::string& out) {
+  // One choice only: the format has no n, so the events of further choices are not its own.
+  if (e.choice != 0) return;
   switch (e.kind) {
     case StreamEvent::Kind::kStart:
       start(out);

@@ -109,19 +109,16 @@ Result<UpstreamBody> upstream_body(Format inbound, const std::string& raw,
     if (!decoded) return decoded.error();
     canon = std::move(decoded.value());
   }
-  // Chat's n: Gemini generates the choices (candidateCount) in a buffered answer; Anthropic
-  // has no equivalent. Refused rather than dropped: a client that asked for n choices and got
-  // one would read a wrong answer, not a smaller one.
-  if (canon->n > 1 &&
-      (out.upstream == Format::kMessages || (out.upstream == Format::kGemini && stream))) {
+  // Chat's n: Gemini generates the choices (candidateCount), buffered or streamed; Anthropic has
+  // no equivalent. Refused rather than dropped: a client that asked for n choices and got one
+  // would read a wrong answer, not a smaller one.
+  if (canon->n > 1 && out.upstream == Format::kMessages) {
     return make_error(400, "invalid_request_error", "unsupported_parameter",
-                      std::string("n > 1 is not supported by ") +
-                          (out.upstream == Format::kMessages
-                               ? "a provider of type anthropic"
-                               : "a streamed request to a provider of type gemini") +
-                          "; send n: 1 (or several requests).",
+                      "n > 1 is not supported by a provider of type anthropic; send n: 1 (or "
+                      "several requests).",
                       "n");
   }
+  if (out.upstream == Format::kGemini) out.choices = canon->n;
   auto req = *canon;
   req.stream = stream;
   switch (out.upstream) {
@@ -259,7 +256,7 @@ StreamTranslator::StreamTranslator(Format inbound, const UpstreamBody& call,
       decoder_ = api::make_messages_stream_decoder();
       break;
     case Format::kGemini:
-      decoder_ = providers::make_gemini_stream_decoder();
+      decoder_ = providers::make_gemini_stream_decoder(call.choices);
       break;
     case Format::kResponses:
       decoder_ = api::make_responses_stream_decoder();

@@ -30,6 +30,7 @@ struct UpstreamBody {
   std::vector<std::string> dropped;  // fields the upstream format cannot carry
   bool passthrough = false;
   api::Format upstream = api::Format::kChat;
+  std::int64_t choices = 1;  // a translated request's n (Gemini: candidates in its stream)
 };
 
 // `canon` is the decoded request (decoded here on first need for a chat body). `force_translate`:

@@ -1,5 +1,7 @@
 #include "providers/gemini.h"
 
+#include <algorithm>
+
 #include "api/json_read.h"
 #include "common/json_util.h"
 
@@ -353,12 +355,6 @@ void write_one_candidate(JsonWriter& j, std::int64_t index, const std::vector<Pa
   j.key("index").value(index).end_object();
 }
 
-void write_candidate(JsonWriter& j, const std::vector<Part>& parts, std::string_view finish) {
-  j.key("candidates").begin_array();
-  write_one_candidate(j, 0, parts, finish);
-  j.end_array();
-}
-
 }  // namespace
 
 std::string encode_gemini_response(const api::Response& r, std::string_view model) {
@@ -375,7 +371,7 @@ std::string encode_gemini_response(const api::Response& r, std::string_view mode
 }
 
 std::string encode_gemini_chunk(std::string_view text, const api::Response* final_part,
-                                std::string_view model) {
+                                std::string_view model, std::int64_t candidates) {
   JsonWriter j;
   j.begin_object();
   std::vector<Part> parts;
@@ -385,7 +381,12 @@ std::string encode_gemini_chunk(std::string_view text, const api::Response* fina
       if (p.kind == Part::Kind::kToolCall) parts.push_back(p);
     }
   }
-  write_candidate(j, parts, final_part ? finish_to(final_part->finish) : std::string_view{});
+  const std::string_view finish = final_part ? finish_to(final_part->finish) : std::string_view{};
+  j.key("candidates").begin_array();
+  for (std::int64_t i = 0; i < std::max<std::int64_t>(candidates, 1); ++i) {
+    write_one_candidate(j, i, parts, finish);
+  }
+  j.end_array();
   if (final_part) {
     j.key("usageMetadata");
     write_usage(j, final_part->usage);
@@ -396,8 +397,17 @@ std::string encode_gemini_chunk(std::string_view text, const api::Response* fina
 
 namespace {
 
+// candidateCount > 1: every chunk carries the candidates that produced something since the last
+// one, each with its "index" (left out for 0, as protobuf's JSON leaves out a zero), and each
+// candidate ends with its own finishReason. Their events carry that index as their choice; the
+// stream is complete once every candidate finished. usageMetadata counts every candidate's
+// tokens (one running total for the whole answer), so it is sent once, at the end.
 class GeminiStreamDecoder final : public api::StreamDecoder {
  public:
+  explicit GeminiStreamDecoder(std::int64_t candidates)
+      : choices_(
+            static_cast<std::size_t>(std::clamp<std::int64_t>(candidates, 1, api::kMaxChoices))) {}
+
   void feed(std::string_view, std::string_view data, std::vector<api::StreamEvent>& out) override {
     auto parsed = json::parse_object(data, 1);
     if (!parsed) return;
@@ -416,20 +426,14 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
                                      .status = static_cast<int>(json::num(err, "code", 500))});
       return;
     }
-    api::Response chunk;
-    std::string finish;
-    read_candidate(doc, chunk, any_call_, finish);
-    for (auto& p : chunk.content) {
-      output_ = output_ || !p.text.empty() || p.kind == Part::Kind::kToolCall;
-      if (p.kind == Part::Kind::kText) {
-        if (!p.text.empty())
-          out.push_back(api::StreamEvent{.kind = K::kTextDelta, .text = std::move(p.text)});
-      } else {
-        const int index = tools_++;
-        out.push_back(api::StreamEvent{
-            .kind = K::kToolCallStart, .index = index, .id = p.id, .name = p.name});
-        out.push_back(
-            api::StreamEvent{.kind = K::kToolArgsDelta, .index = index, .text = p.arguments});
+    dom::array cands;
+    if (doc["candidates"].get(cands) == simdjson::SUCCESS) {
+      for (auto c : cands) {
+        std::int64_t index = 0;
+        if (c["index"].get(index) != simdjson::SUCCESS) index = 0;
+        // A candidate that was not asked for has no choice to go to.
+        if (index < 0 || static_cast<std::size_t>(index) >= choices_.size()) continue;
+        candidate(c, static_cast<int>(index), out);
       }
     }
     // Every chunk may carry usageMetadata, each a running total that replaces the last; the
@@ -446,33 +450,62 @@ class GeminiStreamDecoder final : public api::StreamDecoder {
       // As for a whole answer: output that cost zero output tokens is not the whole usage.
       if (usage_.present && usage_.completion_tokens == 0 && output_) usage_.unreadable = true;
     }
-    if (!finish.empty()) {
-      done_ = true;
-      auto f = finish_from(finish);
-      if (any_call_ && f == FinishReason::kStop) f = FinishReason::kToolCalls;
-      out.push_back(api::StreamEvent{.kind = K::kFinish, .finish = f});
-    }
-    if (usage_.present && done_ && (!usage_sent_ || fresh_usage)) {
+    if (usage_.present && done() && (!usage_sent_ || fresh_usage)) {
       usage_sent_ = true;
       out.push_back(api::StreamEvent{.kind = K::kUsage, .usage = usage_});
     }
   }
-  bool done() const override { return done_; }
+  bool done() const override { return finished_ == choices_.size(); }
 
  private:
+  struct Choice {
+    bool any_call = false;
+    bool finished = false;
+    int tools = 0;
+  };
+
+  // One candidate's parts of a chunk, and its finish.
+  void candidate(dom::element c, int index, std::vector<api::StreamEvent>& out) {
+    using K = api::StreamEvent::Kind;
+    Choice& ch = choices_[static_cast<std::size_t>(index)];
+    std::vector<Part> parts;
+    std::string finish;
+    read_parts(c, parts, ch.any_call, finish);
+    for (auto& p : parts) {
+      output_ = output_ || !p.text.empty() || p.kind == Part::Kind::kToolCall;
+      if (p.kind == Part::Kind::kText) {
+        if (!p.text.empty()) {
+          out.push_back(
+              api::StreamEvent{.kind = K::kTextDelta, .choice = index, .text = std::move(p.text)});
+        }
+      } else {
+        const int tool = ch.tools++;
+        out.push_back(api::StreamEvent{
+            .kind = K::kToolCallStart, .index = tool, .choice = index, .id = p.id, .name = p.name});
+        out.push_back(api::StreamEvent{
+            .kind = K::kToolArgsDelta, .index = tool, .choice = index, .text = p.arguments});
+      }
+    }
+    if (!finish.empty() && !ch.finished) {
+      ch.finished = true;
+      ++finished_;
+      out.push_back(api::StreamEvent{
+          .kind = K::kFinish, .choice = index, .finish = finish_of(ch.any_call, finish)});
+    }
+  }
+
+  std::vector<Choice> choices_;
+  std::size_t finished_ = 0;  // choices whose candidate sent its finishReason
   bool started_ = false;
-  bool any_call_ = false;
-  bool done_ = false;
   bool usage_sent_ = false;
   bool output_ = false;  // text or a function call was streamed
-  int tools_ = 0;
   api::Usage usage_;
 };
 
 }  // namespace
 
-std::unique_ptr<api::StreamDecoder> make_gemini_stream_decoder() {
-  return std::make_unique<GeminiStreamDecoder>();
+std::unique_ptr<api::StreamDecoder> make_gemini_stream_decoder(std::int64_t candidates) {
+  return std::make_unique<GeminiStreamDecoder>(candidates);
 }
 
 }  // namespace bw::providers

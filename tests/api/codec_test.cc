@@ -509,5 +509,42 @@ TEST(Streams, ABufferedAnswerBecomesAWholeStreamOfEachFormat) {
   EXPECT_NE(msg.find(R"("output_tokens":4)"), std::string::npos) << msg;
 }
 
+// An answer of several choices (chat's n) streams each choice after the other, each with its
+// index; a format with one choice (Messages, Responses) streams the first alone.
+TEST(Streams, FurtherChoicesStreamWithTheirIndex) {
+  Response r;
+  r.content = {Part{.kind = Part::Kind::kText, .text = "first"}};
+  r.finish = FinishReason::kLength;
+  r.more_choices.push_back(
+      {{Part{.kind = Part::Kind::kText, .text = "second"}}, FinishReason::kStop});
+  r.usage.present = true;
+  r.usage.prompt_tokens = 3;
+  r.usage.completion_tokens = 8;
+  const auto ev = stream_events(r);
+  ASSERT_EQ(ev.size(), 6u);
+  EXPECT_EQ(ev[3].choice, 1);
+  EXPECT_EQ(ev[3].text, "second");
+  EXPECT_EQ(ev[4].kind, StreamEvent::Kind::kFinish);
+  EXPECT_EQ(ev[4].choice, 1);
+  EXPECT_EQ(ev[5].kind, StreamEvent::Kind::kUsage);
+
+  std::string chat;
+  auto ce = make_chat_stream_encoder("m", true);
+  for (const auto& e : ev) ce->on_event(e, chat);
+  ce->finish(chat);
+  EXPECT_NE(chat.find(R"("index":1,"delta":{"role":"assistant")"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("index":1,"delta":{"content":"second"})"), std::string::npos) << chat;
+  EXPECT_NE(chat.find(R"("index":0,"delta":{},"finish_reason":"length")"), std::string::npos)
+      << chat;
+  EXPECT_NE(chat.find(R"("index":1,"delta":{},"finish_reason":"stop")"), std::string::npos) << chat;
+
+  std::string msg;
+  auto me = make_messages_stream_encoder("m");
+  for (const auto& e : ev) me->on_event(e, msg);
+  me->finish(msg);
+  EXPECT_NE(msg.find("first"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("second"), std::string::npos) << msg;
+}
+
 }  // namespace
 }  // namespace bw::api

@@ -577,7 +577,8 @@ TEST(Translation, DroppedParamsAreNamedOrRefusedWhenStrict) {
 }
 
 // Chat's n: the simulator's Gemini generates candidateCount candidates, each a choice of the
-// answer; Anthropic and a Gemini stream cannot, and refuse n > 1 with 400 (param n).
+// answer, buffered or streamed (each chunk carries every candidate with its index); Anthropic
+// cannot, and refuses n > 1 with 400 (param n).
 TEST(Translation, ChatNIsGeminiCandidatesAndRefusedWhereItCannotBe) {
   const std::string body =
       R"({"model":"via-gemini","n":3,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]})";
@@ -588,16 +589,64 @@ TEST(Translation, ChatNIsGeminiCandidatesAndRefusedWhereItCannotBe) {
   ASSERT_EQ(j.root["choices"].get(choices), simdjson::SUCCESS) << r.body;
   ASSERT_EQ(choices.size(), 3u) << r.body;
   std::int64_t i = 0;
+  std::string text;
   for (auto c : choices) {
     EXPECT_EQ(num(c["index"]), i++);
-    EXPECT_FALSE(str(c["message"]["content"]).empty()) << r.body;
+    text = str(c["message"]["content"]);
+    EXPECT_FALSE(text.empty()) << r.body;
   }
   EXPECT_EQ(num(j.root["usage"]["completion_tokens"]), 3 * 4) << r.body;
   EXPECT_TRUE(r.header("x-bellwether-dropped-params").empty());
-  for (const auto& [model, stream] : std::vector<std::pair<std::string, bool>>{
-           {"via-anthropic", false}, {"via-anthropic", true}, {"via-gemini", true}}) {
-    auto refused = post("chat", body_for("chat", model, stream, false).insert(1, "\"n\":2,"));
-    EXPECT_EQ(refused.status, 400) << model << " " << refused.body;
+
+  // Streamed: chat.completion.chunk events of the three choices, each choice's deltas under its
+  // index, each choice opened by its role and closed by its own finish_reason, and one usage
+  // chunk (of every candidate) before [DONE].
+  std::string streamed = body;
+  streamed.insert(1, R"("stream":true,"stream_options":{"include_usage":true},)");
+  auto s = post("chat", streamed);
+  ASSERT_EQ(s.status, 200) << s.body;
+  ASSERT_TRUE(s.header("content-type").starts_with("text/event-stream"));
+  std::vector<std::string> texts(3);
+  std::vector<int> roles(3, 0), finishes(3, 0);
+  int usage_chunks = 0, done = 0;
+  for (const auto& e : events_of(s.body)) {
+    if (e.data == "[DONE]") {
+      ++done;
+      continue;
+    }
+    Json c(e.data);
+    ASSERT_TRUE(c.ok) << e.data;
+    EXPECT_EQ(str(c.root["object"]), "chat.completion.chunk") << e.data;
+    EXPECT_EQ(done, 0) << "an event after [DONE]";
+    dom::array cs;
+    ASSERT_EQ(c.root["choices"].get(cs), simdjson::SUCCESS) << e.data;
+    if (cs.size() == 0) {
+      ++usage_chunks;
+      EXPECT_EQ(num(c.root["usage"]["completion_tokens"]), 3 * 4) << e.data;
+      continue;
+    }
+    for (auto ch : cs) {
+      const std::int64_t k = num(ch["index"]);
+      ASSERT_TRUE(k >= 0 && k < 3) << e.data;
+      const auto at = static_cast<std::size_t>(k);
+      EXPECT_EQ(finishes[at], 0) << "a delta after the choice's finish: " << e.data;
+      if (str(ch["delta"]["role"]) == "assistant") ++roles[at];
+      texts[at] += str(ch["delta"]["content"]);
+      if (!str(ch["finish_reason"]).empty()) ++finishes[at];
+    }
+  }
+  EXPECT_EQ(done, 1) << s.body;
+  EXPECT_EQ(usage_chunks, 1) << s.body;
+  for (std::size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(roles[k], 1) << "choice " << k << ": " << s.body;
+    EXPECT_EQ(finishes[k], 1) << "choice " << k << ": " << s.body;
+    EXPECT_EQ(texts[k], text) << "choice " << k;
+  }
+
+  for (bool stream : {false, true}) {
+    auto refused =
+        post("chat", body_for("chat", "via-anthropic", stream, false).insert(1, "\"n\":2,"));
+    EXPECT_EQ(refused.status, 400) << stream << " " << refused.body;
     Json e(refused.body);
     EXPECT_EQ(str(e.root["error"]["param"]), "n") << refused.body;
     EXPECT_EQ(str(e.root["error"]["type"]), "invalid_request_error") << refused.body;

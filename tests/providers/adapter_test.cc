@@ -162,6 +162,94 @@ TEST(Gemini, CandidatesAreChoices) {
   EXPECT_NE(chat.find(R"("finish_reason":"tool_calls")"), std::string::npos) << chat;
 }
 
+// A stream of candidateCount candidates: each chunk carries the candidates that produced
+// something, each with its index (left out for 0), in any order; each candidate finishes on its
+// own, and the stream is complete (with its usage, of every candidate) once all have finished.
+TEST(Gemini, StreamedCandidatesAreChoicesByTheirIndex) {
+  auto dec = make_gemini_stream_decoder(3);
+  std::vector<api::StreamEvent> evs;
+  using K = api::StreamEvent::Kind;
+  dec->feed("",
+            R"({"candidates":[{"content":{"parts":[{"text":"b1"}]},"index":1},)"
+            R"({"content":{"parts":[{"text":"a1"}]}},)"
+            R"({"content":{"parts":[{"text":"c1"}]},"index":2}],)"
+            R"("usageMetadata":{"promptTokenCount":5,"totalTokenCount":5}})",
+            evs);
+  ASSERT_EQ(evs.size(), 4u);
+  EXPECT_EQ(evs[0].kind, K::kStart);
+  EXPECT_EQ(evs[1].choice, 1);
+  EXPECT_EQ(evs[1].text, "b1");
+  EXPECT_EQ(evs[2].choice, 0);
+  EXPECT_EQ(evs[2].text, "a1");
+  EXPECT_EQ(evs[3].choice, 2);
+  EXPECT_EQ(evs[3].text, "c1");
+  evs.clear();
+  // Candidate 1 finishes with a call, 0 at the cap; 2 is still generating: not done, no usage.
+  dec->feed("",
+            R"({"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"q":1}}}]},)"
+            R"("finishReason":"STOP","index":1},{"content":{"parts":[{"text":"a2"}]},)"
+            R"("finishReason":"MAX_TOKENS"},)"
+            R"({"content":{"parts":[{"text":"x"}]},"index":3}],)"
+            R"("usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":9}})",
+            evs);
+  EXPECT_FALSE(dec->done());
+  ASSERT_EQ(evs.size(), 5u);  // candidate 3 was not asked for: nothing of it
+  EXPECT_EQ(evs[0].kind, K::kToolCallStart);
+  EXPECT_EQ(evs[0].choice, 1);
+  EXPECT_EQ(evs[0].index, 0);
+  EXPECT_EQ(evs[1].kind, K::kToolArgsDelta);
+  EXPECT_EQ(evs[2].kind, K::kFinish);
+  EXPECT_EQ(evs[2].choice, 1);
+  EXPECT_EQ(evs[2].finish, api::FinishReason::kToolCalls);
+  EXPECT_EQ(evs[3].text, "a2");
+  EXPECT_EQ(evs[4].kind, K::kFinish);
+  EXPECT_EQ(evs[4].choice, 0);
+  EXPECT_EQ(evs[4].finish, api::FinishReason::kLength);
+  evs.clear();
+  dec->feed("",
+            R"({"candidates":[{"content":{"parts":[{"text":"c2"}]},"finishReason":"STOP",)"
+            R"("index":2}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":12}})",
+            evs);
+  EXPECT_TRUE(dec->done());
+  ASSERT_EQ(evs.size(), 3u);
+  EXPECT_EQ(evs[1].kind, K::kFinish);
+  EXPECT_EQ(evs[1].choice, 2);
+  EXPECT_EQ(evs[2].kind, K::kUsage);
+  EXPECT_EQ(evs[2].usage.completion_tokens, 12);  // every candidate's, once
+
+  // Into a chat stream: every choice opens with its role and ends with its own finish_reason;
+  // the usage chunk comes once, at the end.
+  auto replay = make_gemini_stream_decoder(2);
+  auto enc = api::make_chat_stream_encoder("g", true);
+  std::string out;
+  for (
+      const char* chunk :
+      {R"({"candidates":[{"content":{"parts":[{"text":"x"}]}},{"content":{"parts":[{"text":"y"}]},"index":1}]})",
+       R"({"candidates":[{"content":{"parts":[{"text":"z"}]},"finishReason":"STOP","index":1}]})",
+       R"({"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3}})"}) {
+    evs.clear();
+    replay->feed("", chunk, evs);
+    for (const auto& e : evs) enc->on_event(e, out);
+  }
+  EXPECT_TRUE(replay->done());
+  enc->finish(out);
+  auto count = [&](std::string_view what) {
+    std::size_t n = 0;
+    for (auto at = out.find(what); at != std::string::npos; at = out.find(what, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count(R"("index":0,"delta":{"role":"assistant")"), 1u) << out;
+  EXPECT_EQ(count(R"("index":1,"delta":{"role":"assistant")"), 1u) << out;
+  EXPECT_EQ(count(R"("index":0,"delta":{"content":"x"})"), 1u) << out;
+  EXPECT_EQ(count(R"("index":1,"delta":{"content":"y"})"), 1u) << out;
+  EXPECT_EQ(count(R"("index":1,"delta":{"content":"z"})"), 1u) << out;
+  EXPECT_EQ(count(R"("index":0,"delta":{},"finish_reason":"stop")"), 1u) << out;
+  EXPECT_EQ(count(R"("index":1,"delta":{},"finish_reason":"stop")"), 1u) << out;
+  EXPECT_EQ(count(R"("finish_reason")"), count(R"("delta")")) << out;
+  EXPECT_EQ(count(R"("completion_tokens":3)"), 1u) << out;
+  EXPECT_EQ(count("data: [DONE]"), 1u) << out;
+}
+
 // Gemini leaves out zero counts, but an answer with output did not cost zero output tokens.
 TEST(Gemini, OutputWithoutAnOutputCountIsNotTrusted) {
   auto r = decode_gemini_response(

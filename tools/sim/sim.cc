@@ -343,7 +343,7 @@ struct NativeRequest {
   bool count_tokens = false;
   std::int64_t max_tokens = 0;
   std::int64_t prompt_tokens = 0;
-  std::int64_t candidates = 1;  // Gemini's candidateCount (buffered answers)
+  std::int64_t candidates = 1;  // Gemini's candidateCount
   bool call_tool = false;
   std::string tool_name;
   bool cache_marked = false;
@@ -778,8 +778,9 @@ asio::awaitable<void> handle_native(std::shared_ptr<Simulator::State> st, Reques
         api::Part{.kind = api::Part::Kind::kText, .text = completion_text(completion)});
   }
   const bool reset = fault == "reset";
-  if (!n.stream && n.candidates > 1) {
-    // Every candidate is generated (the same text here) and billed.
+  if (n.candidates > 1) {
+    // Every candidate is generated (the same text here) and billed; a stream carries them all in
+    // each chunk, each with its index.
     for (std::int64_t i = 1; i < n.candidates; ++i) {
       answer.more_choices.push_back({answer.content, answer.finish});
     }
@@ -859,11 +860,13 @@ asio::awaitable<void> handle_native(std::shared_ptr<Simulator::State> st, Reques
       if (enc) {
         enc->on_event(api::StreamEvent{.kind = K::kTextDelta, .text = word}, out);
       } else if (i + 1 < pieces) {
-        out = "data: " + providers::encode_gemini_chunk(word, nullptr, n.model) + "\r\n\r\n";
+        out = "data: " + providers::encode_gemini_chunk(word, nullptr, n.model, n.candidates) +
+              "\r\n\r\n";
       } else {
         api::Response last = answer;
         last.content.clear();
-        out = "data: " + providers::encode_gemini_chunk(word, &last, n.model) + "\r\n\r\n";
+        out = "data: " + providers::encode_gemini_chunk(word, &last, n.model, n.candidates) +
+              "\r\n\r\n";
       }
     }
     if (!out.empty() && !co_await emit(std::move(out))) {
@@ -877,7 +880,8 @@ asio::awaitable<void> handle_native(std::shared_ptr<Simulator::State> st, Reques
     enc->on_event(api::StreamEvent{.kind = K::kUsage, .usage = answer.usage}, out);
     enc->finish(out);
   } else if (n.call_tool || pieces == 0) {
-    out = "data: " + providers::encode_gemini_chunk("", &answer, n.model) + "\r\n\r\n";
+    out =
+        "data: " + providers::encode_gemini_chunk("", &answer, n.model, n.candidates) + "\r\n\r\n";
   }
   batch += out;
   guard.release();
