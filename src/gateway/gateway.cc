@@ -321,6 +321,11 @@ void Gateway::start_scaler_thread(const config::Config& cfg) {
 }
 
 Result<Ok> Gateway::start() {
+  // The default logger is made here, before the threads that log (workers, the ledger's writer,
+  // the simulator) start. Two threads that log first at once would be safe too (it is a
+  // function-local static of spdlog's registry), but spdlog is not built with the thread
+  // sanitizer, which cannot see that static's guard and reports its construction as a race.
+  spdlog::default_logger_raw();
   const auto& cfg = *initial_;
   const bool needs_sim = std::any_of(cfg.providers.begin(), cfg.providers.end(),
                                      [](const auto& p) { return p.type == "sim"; });
