@@ -57,8 +57,12 @@ void RetryBudget::record_request(Nanos now) {
 }
 
 bool RetryBudget::try_withdraw(Nanos now) {
-  const auto requests = static_cast<double>(requests_.sum(now));
   std::lock_guard lock(mu_);
+  // Read under the lock: a withdrawal that another thread made before this one took the lock
+  // comes after that thread's deposits, and so does this read of them. Read before the lock, a
+  // thread held up between the two could weigh the others' later retries against its older
+  // count of their requests, and refuse a retry the budget has room for.
+  const auto requests = static_cast<double>(requests_.sum(now));
   const double allowed = ratio_ * requests + min_per_s_ * to_seconds(retries_.window());
   if (static_cast<double>(retries_.sum(now, 0) + 1) > allowed) return false;
   retries_.add(now, 0, 1);
