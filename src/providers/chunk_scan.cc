@@ -272,71 +272,75 @@ class Scanner {
     return true;
   }
 
-  // The offset of the first quote, backslash or control character in the 16 bytes at p_ (16 if
-  // none), past the end of the data reading zero bytes, which are control characters. Also
-  // notes whether any of the bytes is non-ASCII (bytes past the string may be noted too: that
-  // only costs a UTF-8 check).
+  // The first quote, backslash or control character at or after p (a string's text), 16 bytes
+  // a step in locals; past the end of the data it reads zero bytes, which are control
+  // characters, so the result is end_ for an unterminated string. Notes whether any byte read
+  // is non-ASCII (bytes past the string may be noted too: that only costs a UTF-8 check).
 #if defined(__SSE2__)
-  static __m128i special_bytes(__m128i x) {
-    const __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
-    const __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'));
-    const __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
-    return _mm_or_si128(_mm_or_si128(quote, backslash), control);
-  }
-
-  unsigned special16(std::size_t left) {
-    __m128i x;
-    if (left >= 16) {
-      x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p_));
-    } else {
-      alignas(16) char tail[16] = {};
-      std::memcpy(tail, p_, left);
-      x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+  const char* find_special(const char* p) {
+    const __m128i quote = _mm_set1_epi8('"');
+    const __m128i backslash = _mm_set1_epi8('\\');
+    const __m128i k1f = _mm_set1_epi8(0x1f);
+    __m128i high = _mm_setzero_si128();
+    for (;;) {
+      __m128i x;
+      const auto left = end_ - p;
+      if (left >= 16) {
+        x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      } else {
+        alignas(16) char tail[16] = {};
+        std::memcpy(tail, p, static_cast<std::size_t>(left));
+        x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+      }
+      high = _mm_or_si128(high, x);
+      const __m128i special =
+          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                       _mm_cmpeq_epi8(_mm_min_epu8(x, k1f), x));
+      if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special))) {
+        high_ |= static_cast<unsigned>(_mm_movemask_epi8(high));
+        const auto at = static_cast<std::ptrdiff_t>(__builtin_ctz(mask));
+        return at < left ? p + at : end_;
+      }
+      p += 16;
     }
-    high_ |= static_cast<unsigned>(_mm_movemask_epi8(x));
-    const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)));
-    return mask == 0 ? 16 : static_cast<unsigned>(__builtin_ctz(mask));
   }
 #else
   // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
   // above it may be a borrow, never one below).
-  unsigned special16(std::size_t left) {
-    for (unsigned half = 0; half < 16; half += 8) {
+  const char* find_special(const char* p) {
+    for (;; p += 8) {
+      const auto left = end_ - p;
       std::uint64_t x = 0;  // past the end: zero bytes
-      const std::size_t have = left > half ? left - half : 0;
-      std::memcpy(&x, p_ + (have ? half : 0), have >= 8 ? 8 : have);
+      std::memcpy(&x, p, left >= 8 ? 8 : static_cast<std::size_t>(left));
       const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
                                     any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
       high_ |= x & kHighBits;
-      if (special != 0) return half + static_cast<unsigned>(__builtin_ctzll(special) / 8);
+      if (special != 0) {
+        const auto at = static_cast<std::ptrdiff_t>(__builtin_ctzll(special) / 8);
+        return at < left ? p + at : end_;
+      }
     }
-    return 16;
   }
 #endif
 
-  // At '"'. Sixteen bytes at a time.
+  // At '"'.
   bool string(Str& s) {
-    ++p_;
-    const char* start = p_;
+    const char* const start = p_ + 1;
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
-    for (;;) {
-      const auto left = static_cast<std::size_t>(end_ - p_);
-      const unsigned at = special16(left);
-      if (at == 16) {
-        p_ += 16;
-        continue;
-      }
-      if (at >= left) return false;  // unterminated
-      p_ += at;
-      if (*p_ == '"') {
-        s.raw = std::string_view(start, static_cast<std::size_t>(p_ - start));
+    for (const char* from = start;;) {
+      const char* at = find_special(from);
+      if (at >= end_) return false;  // unterminated
+      if (*at == '"') {
+        s.raw = std::string_view(start, static_cast<std::size_t>(at - start));
         s.bytes = s.raw.size() - saved;
-        ++p_;
+        p_ = at + 1;
         return true;
       }
-      if (*p_ != '\\') return false;  // a control character
+      if (*at != '\\') return false;  // a control character
       s.escaped = true;
+      p_ = at;
       if (!escape(saved)) return false;
+      from = p_;
     }
   }
 
