@@ -8,6 +8,8 @@
 #include <optional>
 #include <string_view>
 
+#include "providers/json_escape.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -36,13 +38,6 @@ constexpr std::uint64_t any_byte_below(std::uint64_t v, std::uint64_t n) {
 
 constexpr bool is_digit(char c) {
   return c >= '0' && c <= '9';
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 // Whether `v`, one JSON value as written, is null, "", [] or {} (whitespace inside allowed).
@@ -364,33 +359,17 @@ class Scanner {
       default:
         return false;
     }
-    std::uint32_t cp = 0;
-    if (!hex4(2, cp)) return false;
-    if (cp >= 0xDC00 && cp <= 0xDFFF) return false;
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-      std::uint32_t low = 0;
-      if (end_ - p_ < 12 || p_[6] != '\\' || p_[7] != 'u' || !hex4(8, low) || low < 0xDC00 ||
-          low > 0xDFFF) {
-        return false;
-      }
+    const json_escape::UEscape u = json_escape::read_u(p_, end_);
+    if (u.bytes == 0) return false;
+    if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
       p_ += 12;
       saved += 12 - 4;
       return true;
     }
+    const std::uint32_t cp = u.cp;
     const std::size_t utf8 = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
     p_ += 6;
     saved += 6 - utf8;
-    return true;
-  }
-
-  bool hex4(std::ptrdiff_t at, std::uint32_t& out) {
-    if (end_ - p_ < at + 4) return false;
-    out = 0;
-    for (std::ptrdiff_t i = at; i < at + 4; ++i) {
-      const int h = hex_value(p_[i]);
-      if (h < 0) return false;
-      out = (out << 4) | static_cast<std::uint32_t>(h);
-    }
     return true;
   }
 

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "common/same_text.h"
+#include "providers/json_escape.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -85,13 +86,6 @@ static_assert(kMaxScanDepth < static_cast<int>(kMaxJsonDepth));
 
 constexpr bool is_digit(char c) {
   return c >= '0' && c <= '9';
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 // The size of a value as simdjson::minify writes it (json_chars of parse_request prices
@@ -429,19 +423,14 @@ class RequestScanner {
       default:
         return false;
     }
-    std::uint32_t cp = 0;
-    if (!hex4(2, cp)) return false;
-    if (cp >= 0xDC00 && cp <= 0xDFFF) return false;
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-      std::uint32_t low = 0;
-      if (end_ - p_ < 12 || p_[6] != '\\' || p_[7] != 'u' || !hex4(8, low) || low < 0xDC00 ||
-          low > 0xDFFF) {
-        return false;
-      }
+    const json_escape::UEscape u = json_escape::read_u(p_, end_);
+    if (u.bytes == 0) return false;
+    if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
       p_ += 12;
       saved += 12 - 4;
       return true;
     }
+    const std::uint32_t cp = u.cp;
     if (cp < 0x20) {
       extra += (cp == '\b' || cp == '\t' || cp == '\n' || cp == '\f' || cp == '\r') ? 1 : 5;
     } else if (cp == '"' || cp == '\\') {
@@ -450,17 +439,6 @@ class RequestScanner {
     const std::size_t utf8 = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
     p_ += 6;
     saved += 6 - utf8;
-    return true;
-  }
-
-  bool hex4(std::ptrdiff_t at, std::uint32_t& out) {
-    if (end_ - p_ < at + 4) return false;
-    out = 0;
-    for (std::ptrdiff_t i = at; i < at + 4; ++i) {
-      const int h = hex_value(p_[i]);
-      if (h < 0) return false;
-      out = (out << 4) | static_cast<std::uint32_t>(h);
-    }
     return true;
   }
 
