@@ -2,17 +2,12 @@
 
 #include <simdjson.h>
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <string_view>
 
-#include "providers/json_escape.h"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "providers/json_scan.h"
 
 namespace bw::providers {
 namespace {
@@ -21,20 +16,6 @@ namespace {
 constexpr std::size_t kMaxScanBytes = 64 * 1024;
 // Far below the parser's own limit, so that nesting the parser refuses never reaches the scan.
 constexpr int kMaxScanDepth = 32;
-
-// The first flagged byte is the lowest one: the byte at the lowest address.
-static_assert(std::endian::native == std::endian::little);
-
-constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
-constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
-
-// Exact for "is any byte of v zero" / "is any byte of v below n (n <= 128)", eight bytes at once.
-constexpr std::uint64_t any_zero_byte(std::uint64_t v) {
-  return (v - kOnes) & ~v & kHighBits;
-}
-constexpr std::uint64_t any_byte_below(std::uint64_t v, std::uint64_t n) {
-  return (v - kOnes * n) & ~v & kHighBits;
-}
 
 constexpr bool is_digit(char c) {
   return c >= '0' && c <= '9';
@@ -267,56 +248,8 @@ class Scanner {
     return true;
   }
 
-  // The first quote, backslash or control character at or after p (a string's text), 16 bytes
-  // a step in locals; past the end of the data it reads zero bytes, which are control
-  // characters, so the result is end_ for an unterminated string. Notes whether any byte read
-  // is non-ASCII (bytes past the string may be noted too: that only costs a UTF-8 check).
-#if defined(__SSE2__)
-  const char* find_special(const char* p) {
-    const __m128i quote = _mm_set1_epi8('"');
-    const __m128i backslash = _mm_set1_epi8('\\');
-    const __m128i k1f = _mm_set1_epi8(0x1f);
-    __m128i high = _mm_setzero_si128();
-    for (;;) {
-      __m128i x;
-      const auto left = end_ - p;
-      if (left >= 16) {
-        x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      } else {
-        alignas(16) char tail[16] = {};
-        std::memcpy(tail, p, static_cast<std::size_t>(left));
-        x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
-      }
-      high = _mm_or_si128(high, x);
-      const __m128i special =
-          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                       _mm_cmpeq_epi8(_mm_min_epu8(x, k1f), x));
-      if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special))) {
-        high_ |= static_cast<unsigned>(_mm_movemask_epi8(high));
-        const auto at = static_cast<std::ptrdiff_t>(__builtin_ctz(mask));
-        return at < left ? p + at : end_;
-      }
-      p += 16;
-    }
-  }
-#else
-  // Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
-  // above it may be a borrow, never one below).
-  const char* find_special(const char* p) {
-    for (;; p += 8) {
-      const auto left = end_ - p;
-      std::uint64_t x = 0;  // past the end: zero bytes
-      std::memcpy(&x, p, left >= 8 ? 8 : static_cast<std::size_t>(left));
-      const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
-                                    any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
-      high_ |= x & kHighBits;
-      if (special != 0) {
-        const auto at = static_cast<std::ptrdiff_t>(__builtin_ctzll(special) / 8);
-        return at < left ? p + at : end_;
-      }
-    }
-  }
-#endif
+  // The first quote, backslash or control character at or after p (json_scan::find_special).
+  const char* find_special(const char* p) { return json_scan::find_special(p, end_, high_); }
 
   // At '"'.
   bool string(Str& s) {
@@ -359,7 +292,7 @@ class Scanner {
       default:
         return false;
     }
-    const json_escape::UEscape u = json_escape::read_u(p_, end_);
+    const json_scan::UEscape u = json_scan::read_u(p_, end_);
     if (u.bytes == 0) return false;
     if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
       p_ += 12;

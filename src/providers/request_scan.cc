@@ -9,11 +9,7 @@
 #include <string_view>
 
 #include "common/same_text.h"
-#include "providers/json_escape.h"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "providers/json_scan.h"
 
 namespace bw::providers {
 
@@ -331,49 +327,8 @@ class RequestScanner {
     return true;
   }
 
-  // The first quote, backslash or control character at or after p (a string's text), reading
-  // 16 bytes a step in locals; past the end of the data it reads zero bytes, which are control
-  // characters, so the result is end_ for an unterminated string. Notes whether any
-  // byte read is non-ASCII (bytes past the string may be noted too: that only costs a UTF-8
-  // check).
-#if defined(__SSE2__)
-  const char* find_special(const char* p) {
-    const __m128i quote = _mm_set1_epi8('"');
-    const __m128i backslash = _mm_set1_epi8('\\');
-    const __m128i k1f = _mm_set1_epi8(0x1f);
-    __m128i high = _mm_setzero_si128();
-    for (;;) {
-      __m128i x;
-      const auto left = end_ - p;
-      if (left >= 16) {
-        x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      } else {
-        alignas(16) char tail[16] = {};
-        std::memcpy(tail, p, static_cast<std::size_t>(left));
-        x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
-      }
-      high = _mm_or_si128(high, x);
-      const __m128i special =
-          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                       _mm_cmpeq_epi8(_mm_min_epu8(x, k1f), x));
-      if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special))) {
-        high_ |= static_cast<unsigned>(_mm_movemask_epi8(high));
-        const auto at = static_cast<std::ptrdiff_t>(__builtin_ctz(mask));
-        return at < left ? p + at : end_;
-      }
-      p += 16;
-    }
-  }
-#else
-  const char* find_special(const char* p) {
-    for (; p < end_; ++p) {
-      const auto c = static_cast<unsigned char>(*p);
-      high_ |= c & 0x80;
-      if (c == '"' || c == '\\' || c < 0x20) return p;
-    }
-    return p;
-  }
-#endif
+  // The first quote, backslash or control character at or after p (json_scan::find_special).
+  const char* find_special(const char* p) { return json_scan::find_special(p, end_, high_); }
 
   // At '"'.
   bool string(Str& s) {
@@ -423,7 +378,7 @@ class RequestScanner {
       default:
         return false;
     }
-    const json_escape::UEscape u = json_escape::read_u(p_, end_);
+    const json_scan::UEscape u = json_scan::read_u(p_, end_);
     if (u.bytes == 0) return false;
     if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
       p_ += 12;

@@ -1,0 +1,125 @@
+#pragma once
+// The strings of JSON, for the scans that read JSON without a DOM parse (chunk_scan.cc,
+// request_scan.cc): where a string's plain text ends, and its \uXXXX escapes. Each scan does its
+// own accounting of what an escape stands for; the reading itself, and what it refuses, is the
+// same for both.
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace bw::providers::json_scan {
+
+// The first flagged byte is the lowest one: the byte at the lowest address.
+static_assert(std::endian::native == std::endian::little);
+
+// The first quote, backslash or control character at or after p (a string's text), before
+// end; past end it reads zero bytes, which are control characters, so the result is end for an
+// unterminated string. Notes in `high` whether any byte read is non-ASCII (bytes past the
+// string may be noted too: that only costs the caller a UTF-8 check).
+#if defined(__SSE2__)
+// 16 bytes a step, in locals.
+inline const char* find_special(const char* p, const char* end, std::uint64_t& high_out) {
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i backslash = _mm_set1_epi8('\\');
+  const __m128i k1f = _mm_set1_epi8(0x1f);
+  __m128i high = _mm_setzero_si128();
+  for (;;) {
+    __m128i x;
+    const auto left = end - p;
+    if (left >= 16) {
+      x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    } else {
+      alignas(16) char tail[16] = {};
+      std::memcpy(tail, p, static_cast<std::size_t>(left));
+      x = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+    }
+    high = _mm_or_si128(high, x);
+    const __m128i special =
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                     _mm_cmpeq_epi8(_mm_min_epu8(x, k1f), x));
+    if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special))) {
+      high_out |= static_cast<unsigned>(_mm_movemask_epi8(high));
+      const auto at = static_cast<std::ptrdiff_t>(__builtin_ctz(mask));
+      return at < left ? p + at : end;
+    }
+    p += 16;
+  }
+}
+#else
+inline constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
+inline constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
+
+// Exact for "is any byte of v zero" / "is any byte of v below n (n <= 128)", eight bytes at once.
+constexpr std::uint64_t any_zero_byte(std::uint64_t v) {
+  return (v - kOnes) & ~v & kHighBits;
+}
+constexpr std::uint64_t any_byte_below(std::uint64_t v, std::uint64_t n) {
+  return (v - kOnes * n) & ~v & kHighBits;
+}
+
+// Eight bytes at a time: the lowest flagged byte of the masks is the first special one (a flag
+// above it may be a borrow, never one below).
+inline const char* find_special(const char* p, const char* end, std::uint64_t& high_out) {
+  for (;; p += 8) {
+    const auto left = end - p;
+    std::uint64_t x = 0;  // past the end: zero bytes
+    std::memcpy(&x, p, left >= 8 ? 8 : static_cast<std::size_t>(left));
+    const std::uint64_t special = any_zero_byte(x ^ (kOnes * '"')) |
+                                  any_zero_byte(x ^ (kOnes * '\\')) | any_byte_below(x, 0x20);
+    high_out |= x & kHighBits;
+    if (special != 0) {
+      const auto at = static_cast<std::ptrdiff_t>(__builtin_ctzll(special) / 8);
+      return at < left ? p + at : end;
+    }
+  }
+}
+#endif
+
+inline int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// The four hex digits at p as a code unit; false when one is not a hex digit.
+inline bool hex4(const char* p, std::uint32_t& out) {
+  out = 0;
+  for (int i = 0; i < 4; ++i) {
+    const int h = hex_digit(p[i]);
+    if (h < 0) return false;
+    out = (out << 4) | static_cast<std::uint32_t>(h);
+  }
+  return true;
+}
+
+// A \u escape at p (p[0] == '\\', p[1] == 'u', before end): the code point it stands for and
+// its length, 6 bytes, or 12 for a well-formed surrogate pair (whose `cp` is then the high
+// half). Length 0: short, not hex, or a lone surrogate, which the scans leave to the parser.
+struct UEscape {
+  std::uint32_t cp = 0;
+  int bytes = 0;
+};
+
+inline UEscape read_u(const char* p, const char* end) {
+  UEscape u;
+  if (end - p < 6 || !hex4(p + 2, u.cp)) return {};
+  if (u.cp >= 0xDC00 && u.cp <= 0xDFFF) return {};
+  if (u.cp >= 0xD800 && u.cp <= 0xDBFF) {
+    std::uint32_t low = 0;
+    if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, low) || low < 0xDC00 ||
+        low > 0xDFFF) {
+      return {};
+    }
+    u.bytes = 12;
+    return u;
+  }
+  u.bytes = 6;
+  return u;
+}
+
+}  // namespace bw::providers::json_scan
