@@ -274,35 +274,10 @@ class Scanner {
 
   // At '\\'. Surrogates other than a well-formed pair are left to the parser.
   bool escape(std::size_t& saved) {
-    if (end_ - p_ < 2) return false;
-    switch (p_[1]) {
-      case '"':
-      case '\\':
-      case '/':
-      case 'b':
-      case 'f':
-      case 'n':
-      case 'r':
-      case 't':
-        p_ += 2;
-        saved += 1;
-        return true;
-      case 'u':
-        break;
-      default:
-        return false;
-    }
-    const json_scan::UEscape u = json_scan::read_u(p_, end_);
-    if (u.bytes == 0) return false;
-    if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
-      p_ += 12;
-      saved += 12 - 4;
-      return true;
-    }
-    const std::uint32_t cp = u.cp;
-    const std::size_t utf8 = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
-    p_ += 6;
-    saved += 6 - utf8;
+    const json_scan::Escape e = json_scan::read_escape(p_, end_);
+    if (e.bytes == 0) return false;
+    p_ += e.bytes;
+    saved += static_cast<std::size_t>(e.bytes - e.utf8);
     return true;
   }
 

@@ -1,6 +1,6 @@
 #pragma once
 // The strings of JSON, for the scans that read JSON without a DOM parse (chunk_scan.cc,
-// request_scan.cc): where a string's plain text ends, and its \uXXXX escapes. Each scan does its
+// request_scan.cc): where a string's plain text ends, and its escapes. Each scan does its
 // own accounting of what an escape stands for; the reading itself, and what it refuses, is the
 // same for both.
 #include <bit>
@@ -120,6 +120,46 @@ inline UEscape read_u(const char* p, const char* end) {
   }
   u.bytes = 6;
   return u;
+}
+
+// An escape at p (p[0] == '\\', before end): its length (2, 6, or 12 for a surrogate pair; 0 for
+// one the scans leave to the parser: an unknown letter, a short or non-hex \u, a lone
+// surrogate), how many bytes of UTF-8 it stands for, and the code point (the high half of a
+// pair).
+struct Escape {
+  int bytes = 0;
+  int utf8 = 0;
+  std::uint32_t cp = 0;
+};
+
+inline Escape read_escape(const char* p, const char* end) {
+  if (end - p < 2) return {};
+  switch (p[1]) {
+    case '"':
+      return {2, 1, '"'};
+    case '\\':
+      return {2, 1, '\\'};
+    case '/':
+      return {2, 1, '/'};
+    case 'b':
+      return {2, 1, '\b'};
+    case 'f':
+      return {2, 1, '\f'};
+    case 'n':
+      return {2, 1, '\n'};
+    case 'r':
+      return {2, 1, '\r'};
+    case 't':
+      return {2, 1, '\t'};
+    case 'u':
+      break;
+    default:
+      return {};
+  }
+  const UEscape u = read_u(p, end);
+  if (u.bytes == 0) return {};
+  if (u.bytes == 12) return {12, 4, u.cp};
+  return {6, u.cp < 0x80 ? 1 : u.cp < 0x800 ? 2 : 3, u.cp};
 }
 
 }  // namespace bw::providers::json_scan

@@ -484,38 +484,67 @@ std::optional<std::string> rewrite_fast(std::string_view body, std::string_view 
   return out;
 }
 
-// rewrite_fast from a recorded layout: the same output, without reading the body.
-std::optional<std::string> rewrite_from_layout(std::string_view body, const BodyLayout& l,
-                                               std::string_view provider_model,
-                                               bool force_include_usage, std::int64_t max_tokens) {
-  if (!l.recorded || l.escaped_key || l.size != body.size() || l.close >= body.size() ||
-      body[l.close] != '}') {
-    return std::nullopt;
-  }
-  if (force_include_usage && l.stream_options) return std::nullopt;
+// The replacements a recorded layout calls for, in body order: the model's value (unless
+// `keep_same_model` and the body already names provider_model as it is) and, with a cap, the
+// output caps' values. False when the layout does not fit the body, its spans overlap, or
+// stream_options would have to be merged into an object the body has.
+struct ReplacePlan {
   struct Replace {
     BodyLayout::Span at;
     bool model;
   };
   std::array<Replace, 3> reps;
   std::size_t n = 0;
-  if (l.model) reps[n++] = {*l.model, true};
-  const bool saw_max = l.max_tokens || l.max_completion_tokens;
-  if (max_tokens > 0) {
-    if (l.max_tokens) reps[n++] = {*l.max_tokens, false};
-    if (l.max_completion_tokens) reps[n++] = {*l.max_completion_tokens, false};
+  bool saw_max = false;  // the body has an output cap
+};
+
+bool plan_replacements(std::string_view body, const BodyLayout& l, std::string_view provider_model,
+                       bool force_include_usage, std::int64_t max_tokens, bool keep_same_model,
+                       ReplacePlan& plan) {
+  if (!l.recorded || l.escaped_key || l.size != body.size() || l.close >= body.size() ||
+      body[l.close] != '}') {
+    return false;
   }
-  std::sort(reps.begin(), reps.begin() + static_cast<std::ptrdiff_t>(n),
-            [](const Replace& a, const Replace& b) { return a.at.begin < b.at.begin; });
+  if (force_include_usage && l.stream_options) return false;
+  plan.n = 0;
+  if (l.model) {
+    const auto v = body.substr(l.model->begin, l.model->end - l.model->begin);
+    const bool same = v.size() == provider_model.size() + 2 && v.front() == '"' &&
+                      v.back() == '"' && v.substr(1, provider_model.size()) == provider_model;
+    if (!(keep_same_model && same)) plan.reps[plan.n++] = {*l.model, true};
+  }
+  plan.saw_max = l.max_tokens || l.max_completion_tokens;
+  if (max_tokens > 0) {
+    if (l.max_tokens) plan.reps[plan.n++] = {*l.max_tokens, false};
+    if (l.max_completion_tokens) plan.reps[plan.n++] = {*l.max_completion_tokens, false};
+  }
+  std::sort(plan.reps.begin(), plan.reps.begin() + static_cast<std::ptrdiff_t>(plan.n),
+            [](const auto& a, const auto& b) { return a.at.begin < b.at.begin; });
+  std::size_t after = 0;
+  for (std::size_t i = 0; i < plan.n; ++i) {
+    const auto& at = plan.reps[i].at;
+    if (at.begin < after || at.end < at.begin || at.end > l.close) return false;
+    after = at.end;
+  }
+  return true;
+}
+
+// rewrite_fast from a recorded layout: the same output, without reading the body.
+std::optional<std::string> rewrite_from_layout(std::string_view body, const BodyLayout& l,
+                                               std::string_view provider_model,
+                                               bool force_include_usage, std::int64_t max_tokens) {
+  ReplacePlan plan;
+  if (!plan_replacements(body, l, provider_model, force_include_usage, max_tokens, false, plan)) {
+    return std::nullopt;
+  }
   char cap[24];
   const auto cap_len =
       max_tokens > 0 ? std::to_chars(cap, cap + sizeof cap, max_tokens).ptr - cap : 0;
   const std::string_view cap_text(cap, static_cast<std::size_t>(cap_len));
   std::string out = stash::take(body.size() + provider_model.size() + 48);
   std::size_t copied = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& r = reps[i];
-    if (r.at.begin < copied || r.at.end < r.at.begin || r.at.end > l.close) return std::nullopt;
+  for (std::size_t i = 0; i < plan.n; ++i) {
+    const auto& r = plan.reps[i];
     out.append(body.substr(copied, r.at.begin - copied));
     copied = r.at.end;
     if (r.model) {
@@ -526,7 +555,7 @@ std::optional<std::string> rewrite_from_layout(std::string_view body, const Body
   }
   out.append(body.substr(copied, l.close - copied));
   append_added_members(out, l.any_member, force_include_usage,
-                       max_tokens > 0 && !saw_max ? cap_text : std::string_view());
+                       max_tokens > 0 && !plan.saw_max ? cap_text : std::string_view());
   out.append(body.substr(l.close));
   return out;
 }
@@ -544,36 +573,15 @@ BodyLayout body_layout(const std::string& body) {
 
 bool splice_request(std::string_view body, const BodyLayout& l, std::string_view provider_model,
                     bool force_include_usage, std::int64_t max_tokens, SplicedBody& out) {
-  if (!l.recorded || l.escaped_key || l.size != body.size() || l.close >= body.size() ||
-      body[l.close] != '}') {
-    return false;
-  }
-  if (force_include_usage && l.stream_options) return false;
   for (const char ch : provider_model) {
     const auto u = static_cast<unsigned char>(ch);
     if (u < 0x20 || u >= 0x80 || ch == '"' || ch == '\\') return false;
   }
-  struct Replace {
-    BodyLayout::Span at;
-    bool model;
-  };
-  std::array<Replace, 3> reps;
-  std::size_t n = 0;
-  if (l.model) {
-    // A model the deployment names as the client did stays as it is in the body.
-    const auto v = body.substr(l.model->begin, l.model->end - l.model->begin);
-    if (!(v.size() == provider_model.size() + 2 && v.front() == '"' && v.back() == '"' &&
-          v.substr(1, provider_model.size()) == provider_model)) {
-      reps[n++] = {*l.model, true};
-    }
+  // A model the deployment names as the client did stays as it is in the body.
+  ReplacePlan plan;
+  if (!plan_replacements(body, l, provider_model, force_include_usage, max_tokens, true, plan)) {
+    return false;
   }
-  const bool saw_max = l.max_tokens || l.max_completion_tokens;
-  if (max_tokens > 0) {
-    if (l.max_tokens) reps[n++] = {*l.max_tokens, false};
-    if (l.max_completion_tokens) reps[n++] = {*l.max_completion_tokens, false};
-  }
-  std::sort(reps.begin(), reps.begin() + static_cast<std::ptrdiff_t>(n),
-            [](const Replace& a, const Replace& b) { return a.at.begin < b.at.begin; });
   const auto cap_len =
       max_tokens > 0
           ? std::to_chars(out.cap.data(), out.cap.data() + out.cap.size(), max_tokens).ptr -
@@ -597,9 +605,8 @@ bool splice_request(std::string_view body, const BodyLayout& l, std::string_view
     out.pieces[out.count++] = p;
   };
   std::size_t copied = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& r = reps[i];
-    if (r.at.begin < copied || r.at.end < r.at.begin || r.at.end > l.close) return false;
+  for (std::size_t i = 0; i < plan.n; ++i) {
+    const auto& r = plan.reps[i];
     add(body.substr(copied, r.at.begin - copied));
     copied = r.at.end;
     if (r.model) {
@@ -617,7 +624,7 @@ bool splice_request(std::string_view body, const BodyLayout& l, std::string_view
             : "\"stream_options\":{\"include_usage\":true}");
     any = true;
   }
-  if (max_tokens > 0 && !saw_max) {
+  if (max_tokens > 0 && !plan.saw_max) {
     add(any ? ",\"max_tokens\":" : "\"max_tokens\":");
     add(cap_text);
   }

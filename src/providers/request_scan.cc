@@ -356,44 +356,16 @@ class RequestScanner {
   // At '\\'. Surrogates other than a well-formed pair are left to the parser. minify writes '"'
   // and '\\' as two bytes, \b \t \n \f \r as two, other control characters as six (\u00XX).
   bool escape(std::size_t& saved, std::size_t& extra) {
-    if (end_ - p_ < 2) return false;
-    switch (p_[1]) {
-      case '"':
-      case '\\':
-      case 'b':
-      case 'f':
-      case 'n':
-      case 'r':
-      case 't':
-        p_ += 2;
-        saved += 1;
-        extra += 1;
-        return true;
-      case '/':
-        p_ += 2;
-        saved += 1;
-        return true;
-      case 'u':
-        break;
-      default:
-        return false;
-    }
-    const json_scan::UEscape u = json_scan::read_u(p_, end_);
-    if (u.bytes == 0) return false;
-    if (u.bytes == 12) {  // a surrogate pair: 4 bytes of UTF-8
-      p_ += 12;
-      saved += 12 - 4;
-      return true;
-    }
-    const std::uint32_t cp = u.cp;
-    if (cp < 0x20) {
-      extra += (cp == '\b' || cp == '\t' || cp == '\n' || cp == '\f' || cp == '\r') ? 1 : 5;
-    } else if (cp == '"' || cp == '\\') {
+    const json_scan::Escape e = json_scan::read_escape(p_, end_);
+    if (e.bytes == 0) return false;
+    p_ += e.bytes;
+    saved += static_cast<std::size_t>(e.bytes - e.utf8);
+    if (e.cp < 0x20) {
+      extra +=
+          (e.cp == '\b' || e.cp == '\t' || e.cp == '\n' || e.cp == '\f' || e.cp == '\r') ? 1 : 5;
+    } else if (e.cp == '"' || e.cp == '\\') {
       extra += 1;
     }
-    const std::size_t utf8 = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
-    p_ += 6;
-    saved += 6 - utf8;
     return true;
   }
 

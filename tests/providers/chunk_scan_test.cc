@@ -10,6 +10,7 @@
 
 #include "providers/chunk_scan.h"
 #include "providers/openai.h"
+#include "support/show_bytes.h"
 
 namespace bw::providers {
 namespace {
@@ -17,18 +18,7 @@ namespace {
 using namespace std::string_literals;
 
 std::string show(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c >= 0x20 && c < 0x7f) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out.size() > 300 ? out.substr(0, 300) + "..." : out;
+  return test::show_bytes(s, 300);
 }
 
 // Every field of the answer, so that a difference in any of them fails.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "providers/openai.h"
+#include "support/show_bytes.h"
 
 namespace bw::providers {
 namespace {
@@ -19,18 +20,7 @@ namespace {
 using namespace std::string_literals;
 
 std::string show(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c >= 0x20 && c < 0x7f) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out.size() > 400 ? out.substr(0, 400) + "..." : out;
+  return test::show_bytes(s, 400);
 }
 
 std::string describe(const LlmRequest& r) {
