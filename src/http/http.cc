@@ -39,25 +39,50 @@ bool valid_name(std::string_view n) {
   return true;
 }
 
+// Whether one of the 8 bytes of `x` is CR, LF or NUL.
+inline bool has_line_break_or_nul(std::uint64_t x) {
+  return has_byte(x, '\r') || has_byte(x, '\n') || has_byte(x, '\0');
+}
+
+// Values (keys, ids, model names) are checked on every header added: 16 bytes a step, the
+// last step overlapping the one before it instead of a byte loop; 8 bytes as two overlapping
+// halves, 4 to 7 as two overlapping 4-byte loads.
 bool valid_value(std::string_view v) {
-  // Values (keys, ids, model names) are checked on every header added: 16 bytes per step, then
-  // 8.
-  std::size_t i = 0;
+  const char* const p = v.data();
+  const std::size_t n = v.size();
 #if defined(__SSE2__)
-  for (; i + 16 <= v.size(); i += 16) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.data() + i));
-    const __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\r')),
-                                                  _mm_cmpeq_epi8(x, _mm_set1_epi8('\n'))),
-                                     _mm_cmpeq_epi8(x, _mm_setzero_si128()));
-    if (_mm_movemask_epi8(bad) != 0) return false;
+  if (n >= 16) {
+    auto bad16 = [](const char* q) {
+      const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+      const __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\r')),
+                                                    _mm_cmpeq_epi8(x, _mm_set1_epi8('\n'))),
+                                       _mm_cmpeq_epi8(x, _mm_setzero_si128()));
+      return _mm_movemask_epi8(bad) != 0;
+    };
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      if (bad16(p + i)) return false;
+    }
+    return i == n || !bad16(p + n - 16);
   }
 #endif
-  for (std::uint64_t x; i + 8 <= v.size(); i += 8) {
-    std::memcpy(&x, v.data() + i, 8);
-    if (has_byte(x, '\r') || has_byte(x, '\n') || has_byte(x, '\0')) return false;
+  if (n >= 8) {
+    for (std::size_t i = 0;; i += 8) {
+      std::uint64_t x;
+      const std::size_t at = i + 8 <= n ? i : n - 8;
+      std::memcpy(&x, p + at, 8);
+      if (has_line_break_or_nul(x)) return false;
+      if (at + 8 == n) return true;
+    }
   }
-  for (; i < v.size(); ++i) {
-    const char c = v[i];
+  if (n >= 4) {
+    std::uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + n - 4, 4);
+    return !has_line_break_or_nul(lo | (std::uint64_t{hi} << 32));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = p[i];
     if (c == '\r' || c == '\n' || c == '\0') return false;
   }
   return true;
@@ -128,6 +153,12 @@ void Headers::add_parsed(std::string_view name, std::string_view value) {
   append_line(wire_, name, value);
 }
 
+void Headers::add_parsed_line(std::string_view line, bool framing) {
+  if (framing) framing_ = true;
+  if (wire_.empty() && wire_.capacity() < line.size()) make_room(wire_, line.size());
+  wire_.append(line);
+}
+
 void Headers::set(std::string_view name, std::string_view value) {
   if (!valid_name(name) || !valid_value(value)) return;
   remove(name);
@@ -184,7 +215,7 @@ std::size_t Headers::size() const {
   return n;
 }
 
-std::string_view Request::header(std::string_view name) const {
+std::string_view Request::find_header(std::string_view name) const {
   for (const auto& [n, v] : headers) {
     if (iequals(n, name)) return v;
   }

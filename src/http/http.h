@@ -4,8 +4,10 @@
 // Thread safety: value types.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -17,8 +19,33 @@ constexpr char ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
 }
 
+// The 8 bytes of x with 'A'..'Z' made lower case: a byte below 0x80 is upper case when its
+// sum with 0x3f carries into bit 7 ('A' and up) and its sum with 0x25 does not ('Z' and down).
+inline std::uint64_t ascii_lower8(std::uint64_t x) {
+  constexpr std::uint64_t k7f = 0x7f7f7f7f7f7f7f7fULL;
+  constexpr std::uint64_t k80 = 0x8080808080808080ULL;
+  const std::uint64_t h = x & k7f;
+  const std::uint64_t upper = (h + 0x3f3f3f3f3f3f3f3fULL) & ~(h + 0x2525252525252525ULL) & ~x & k80;
+  return x | (upper >> 2);
+}
+
+// iequals of two runs of n >= 8 bytes, 8 at a time (the last step overlaps the one before).
+inline bool iequals_words(const char* a, const char* b, std::size_t n) {
+  for (std::size_t i = 0;; i += 8) {
+    const std::size_t at = i + 8 <= n ? i : n - 8;
+    std::uint64_t x, y;
+    std::memcpy(&x, a + at, 8);
+    std::memcpy(&y, b + at, 8);
+    if (x != y && ascii_lower8(x) != ascii_lower8(y)) return false;
+    if (at + 8 == n) return true;
+  }
+}
+
 constexpr bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
+  if (!std::is_constant_evaluated() && a.size() >= 8) {
+    return iequals_words(a.data(), b.data(), a.size());
+  }
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   }
@@ -28,6 +55,18 @@ constexpr bool iequals(std::string_view a, std::string_view b) {
 // A byte a header name may hold: printable ASCII other than ':' (0x21..0x7e).
 constexpr bool is_header_name_byte(char c) {
   return c > 0x20 && c != ':' && c != 0x7f;
+}
+
+// One bit of 64 for a header name, from its length and its first and last bytes, the same for
+// every spelling of the name that compares equal (ASCII case folded: c | 0x20 maps each
+// upper-case letter onto its lower-case one). The bits of a request's names answer most
+// lookups of an absent header without comparing any name (Request::header_names).
+constexpr std::uint64_t header_name_bit(std::string_view n) {
+  if (n.empty()) return 1;
+  const unsigned h = static_cast<unsigned>(n.size()) * 7u +
+                     static_cast<unsigned>(static_cast<unsigned char>(n.front()) | 0x20u) * 3u +
+                     (static_cast<unsigned char>(n.back()) | 0x20u);
+  return std::uint64_t{1} << (h & 63u);
 }
 
 // content-length, transfer-encoding and connection: message framing that the serializer owns.
@@ -95,6 +134,10 @@ class Headers {
   // add() without the byte checks, for a field an HTTP parser has already validated (token
   // name, no CR/LF/NUL in the value).
   void add_parsed(std::string_view name, std::string_view value);
+  // add_parsed() of a field line that is already in this list's form: "name: value\r\n" with
+  // one space after the colon (a parser's line, validated). `framing`: the name is one of
+  // is_framing_header's.
+  void add_parsed_line(std::string_view line, bool framing);
   // Replaces every header of this name with one (or adds it).
   void set(std::string_view name, std::string_view value);
   std::string_view get(std::string_view name) const;  // the first value; empty if absent
@@ -148,9 +191,21 @@ struct Request {
   std::string body;
   std::string peer_ip;
   bool keep_alive = true;
+  // header_name_bit() of every name in `headers`, trusted while headers.size() equals
+  // header_names_count (the server sets both after the parse; a Request built or changed
+  // elsewhere is searched name by name).
+  std::uint64_t header_names = 0;
+  std::size_t header_names_count = static_cast<std::size_t>(-1);
 
-  std::string_view header(std::string_view name) const;
+  // The first value of header `name` (case-insensitive), empty if absent.
+  std::string_view header(std::string_view name) const {
+    if (header_names_count == headers.size() && !(header_names & header_name_bit(name))) return {};
+    return find_header(name);
+  }
   std::string_view path() const;  // target without the query
+
+ private:
+  std::string_view find_header(std::string_view name) const;
 };
 
 struct Response {

@@ -1,6 +1,7 @@
 #include "http/wire.h"
 
 #include <boost/beast/http/status.hpp>
+#include <cassert>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -25,22 +26,62 @@ inline bool is_token(char c) {
   return kTokenChar[static_cast<unsigned char>(c)];
 }
 
-// The first byte that may not appear in a field value or reason phrase: a control character
-// other than HTAB (this includes CR, LF and NUL), or DEL. obs-text (0x80-0xFF) is allowed.
-// 16 bytes a step.
-const char* find_value_stop(const char* p, const char* end) {
+// The end of the run of tchars that starts at p, at most `end`. Letters, digits and '-' (the
+// bytes of nearly every field name) are passed 16 at a time; the first other byte, and
+// anything within 16 bytes of `end`, go through the table one by one.
+const char* token_end(const char* p, const char* end) {
 #if defined(__SSE2__)
-  const __m128i k1f = _mm_set1_epi8(0x1f);
-  const __m128i kdel = _mm_set1_epi8(0x7f);
-  const __m128i ktab = _mm_set1_epi8(0x09);
   while (end - p >= 16) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, k1f), v);  // v <= 0x1f, unsigned
-    const __m128i bad =
-        _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, ktab), ctl), _mm_cmpeq_epi8(v, kdel));
-    if (const int m = _mm_movemask_epi8(bad)) return p + __builtin_ctz(static_cast<unsigned>(m));
+    const __m128i l = _mm_sub_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
+    const __m128i letter = _mm_cmpeq_epi8(_mm_min_epu8(l, _mm_set1_epi8(25)), l);
+    const __m128i d = _mm_sub_epi8(v, _mm_set1_epi8('0'));
+    const __m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
+    const __m128i dash = _mm_cmpeq_epi8(v, _mm_set1_epi8('-'));
+    const unsigned plain =
+        static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(letter, digit), dash)));
+    if (plain != 0xffff) {
+      p += __builtin_ctz(~plain);
+      break;
+    }
     p += 16;
   }
+#endif
+  while (p < end && is_token(*p)) ++p;
+  return p;
+}
+
+#if defined(__SSE2__)
+// The bytes of 16 that may not appear in a field value: a control character other than HTAB,
+// or DEL, as a movemask.
+inline unsigned value_stops16(const char* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);  // v <= 0x1f
+  const __m128i bad = _mm_or_si128(_mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x09)), ctl),
+                                   _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+  return static_cast<unsigned>(_mm_movemask_epi8(bad));
+}
+#endif
+
+// The first byte that may not appear in a field value or reason phrase: a control character
+// other than HTAB (this includes CR, LF and NUL), or DEL. obs-text (0x80-0xFF) is allowed.
+// 16 bytes a step. `floor` <= p: the bytes in [floor, p) are known to hold no such byte (the
+// field name, its colon and whitespace, or the status line's start), so that the last step may
+// be one 16-byte load that ends at `end` and starts before p, instead of a byte loop.
+const char* find_value_stop(const char* p, const char* end, const char* floor) {
+#if defined(__SSE2__)
+  while (end - p >= 16) {
+    if (const unsigned m = value_stops16(p)) return p + __builtin_ctz(m);
+    p += 16;
+  }
+  if (p < end && end - floor >= 16) {
+    const char* const q = end - 16;
+    // Every byte of [q, p) was checked above or lies in [floor, p): a stop is at p or after.
+    if (const unsigned m = value_stops16(q)) return q + __builtin_ctz(m);
+    return end;
+  }
+#else
+  (void)floor;
 #endif
   for (; p < end; ++p) {
     const auto c = static_cast<unsigned char>(*p);
@@ -350,8 +391,7 @@ void BasicParser<Derived, kRequest>::start_line(const char* p, const char* eol, 
   };
   if constexpr (kRequest) {
     // request-line = method SP request-target SP HTTP-version CRLF
-    const char* m = p;
-    while (m < eol && is_token(*m)) ++m;
+    const char* const m = token_end(p, eol);
     if (m == p || *m != ' ') {
       ec = bhttp::error::bad_method;
       return;
@@ -385,7 +425,7 @@ void BasicParser<Derived, kRequest>::start_line(const char* p, const char* eol, 
       return;
     }
     const int status = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
-    if (find_value_stop(s + 4, eol) != last || *last != '\r') {
+    if (find_value_stop(s + 4, eol, p) != last || *last != '\r') {
       ec = bhttp::error::bad_reason;
       return;
     }
@@ -403,8 +443,7 @@ void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, 
     ec = any_field_ ? bhttp::error::bad_value : bhttp::error::bad_field;
     return;
   }
-  const char* n = p;
-  while (n < eol && is_token(*n)) ++n;
+  const char* const n = token_end(p, eol);
   if (n == p || *n != ':') {
     ec = bhttp::error::bad_field;
     return;
@@ -412,7 +451,7 @@ void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, 
   const std::string_view name(p, static_cast<std::size_t>(n - p));
   const char* v = n + 1;
   while (v < eol && (*v == ' ' || *v == '\t')) ++v;
-  const char* const stop = find_value_stop(v, eol + 1);
+  const char* const stop = find_value_stop(v, eol + 1, p);
   if (stop != eol - 1 || *stop != '\r') {
     ec = *stop == '\r' ? bhttp::error::bad_line_ending : bhttp::error::bad_value;
     return;
@@ -438,7 +477,7 @@ void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, 
     framing_field(f, value, ec);
     if (ec) return;
   }
-  self().on_field(f, name, value, ec);
+  self().on_field(f, name, value, std::string_view(p, static_cast<std::size_t>(eol + 1 - p)), ec);
 }
 
 template <class Derived, bool kRequest>
@@ -468,6 +507,28 @@ void BasicParser<Derived, kRequest>::framing_field(Field f, std::string_view val
       if (flags_ & kChunked) {
         ec = bhttp::error::bad_content_length;
         return;
+      }
+      // The usual value, 1 to 19 digits alone (no overflow possible), without the list walk.
+      if (!value.empty() && value.size() <= 19) {
+        std::uint64_t v = 0;
+        bool digits = true;
+        for (char c : value) {
+          if (c < '0' || c > '9') {
+            digits = false;
+            break;
+          }
+          v = v * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        if (digits) {
+          if ((flags_ & kContentLength) && v != content_length_) {
+            ec = bhttp::error::multiple_content_length;
+            return;
+          }
+          content_length_ = v;
+          remaining_ = v;
+          flags_ |= kContentLength;
+          return;
+        }
       }
       bool have = (flags_ & kContentLength) != 0;
       std::uint64_t len = content_length_;
@@ -679,8 +740,11 @@ template class BasicParser<ResponseParser, false>;
 void RequestParser::headers(std::vector<std::pair<std::string_view, std::string_view>>& out) const {
   out.clear();
   out.reserve(fields_.size() / 2);
+  // The spans were made by on_field inside the arena: no bounds to check.
+  const char* const base = arena_.data();
   for (std::size_t i = 0; i + 1 < fields_.size(); i += 2) {
-    out.emplace_back(slice(fields_[i]), slice(fields_[i + 1]));
+    out.emplace_back(std::string_view(base + fields_[i].first, fields_[i].second),
+                     std::string_view(base + fields_[i + 1].first, fields_[i + 1].second));
   }
 }
 
@@ -718,7 +782,7 @@ void RequestParser::on_request(std::string_view method, std::string_view target,
 }
 
 void RequestParser::on_field(Field f, std::string_view name, std::string_view value,
-                             error_code& ec) {
+                             std::string_view line, error_code& ec) {
   if (fields_.size() / 2 >= max_fields_) {
     too_many_ = true;
     ec = bhttp::error::header_limit;
@@ -754,8 +818,12 @@ void RequestParser::on_field(Field f, std::string_view name, std::string_view va
     default:
       break;
   }
-  fields_.push_back(keep(name));
-  fields_.push_back(keep(value));
+  // The whole line is kept with one copy; name and value are spans inside it.
+  const std::size_t at = arena_.size();
+  arena_.append(line);
+  fields_.emplace_back(at, name.size());
+  fields_.emplace_back(at + static_cast<std::size_t>(value.data() - line.data()), value.size());
+  names_ |= header_name_bit(name);
 }
 
 std::size_t ResponseParser::on_body(std::string_view body, error_code& ec) {
@@ -770,12 +838,6 @@ std::size_t ResponseParser::on_body(std::string_view body, error_code& ec) {
 }
 
 namespace {
-
-void append_number(std::string& out, std::uint64_t n) {
-  char buf[24];
-  auto [p, ec] = std::to_chars(buf, buf + sizeof buf, n);
-  out.append(buf, p);
-}
 
 void append_headers(std::string& out, const Headers& headers) {
   if (!headers.may_have_framing()) {  // the usual case: one append
@@ -793,23 +855,102 @@ void append_headers(std::string& out, const Headers& headers) {
 
 }  // namespace
 
+namespace {
+
+// A head written into `out` with one size change: the caller adds up the sizes first, then
+// writes the pieces; a literal's copy is a fixed-size move the compiler inlines.
+class HeadWriter {
+ public:
+  HeadWriter(std::string& out, std::size_t size) : out_(out), at_(out.size()) {
+    out.resize(at_ + size);
+    p_ = out.data() + at_;
+  }
+  template <std::size_t N>
+  void lit(const char (&s)[N]) {
+    std::memcpy(p_, s, N - 1);
+    p_ += N - 1;
+  }
+  void str(std::string_view s) {
+    if (!s.empty()) std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void digits(const char* d, std::size_t n) {
+    std::memcpy(p_, d, n);
+    p_ += n;
+  }
+  // The size written must be the size announced.
+  bool exact() const { return p_ == out_.data() + out_.size(); }
+
+ private:
+  std::string& out_;
+  std::size_t at_;
+  char* p_ = nullptr;
+};
+
+// The decimal digits of n at the end of buf; returns where they start.
+const char* format_decimal(char (&buf)[24], std::uint64_t n) {
+  char* p = buf + sizeof buf;
+  do {
+    *--p = static_cast<char>('0' + n % 10);
+    n /= 10;
+  } while (n != 0);
+  return p;
+}
+
+}  // namespace
+
 void append_response_head(std::string& out, int status, std::string_view server_name,
                           const Headers& headers, std::int64_t content_length, bool keep_alive) {
-  out.append("HTTP/1.1 ");
-  append_number(out, static_cast<std::uint64_t>(status));
-  out.push_back(' ');
-  auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
-  out.append(reason.data(), reason.size());
-  out.append("\r\n");
-  if (!server_name.empty()) {
-    out.append("server: ");
-    out.append(server_name);
-    out.append("\r\n");
+  char sbuf[24], lbuf[24];
+  const char* const sd = format_decimal(sbuf, static_cast<std::uint64_t>(status));
+  const auto sn = static_cast<std::size_t>(sbuf + sizeof sbuf - sd);
+  const auto r = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
+  const std::string_view reason(r.data(), r.size());
+  const char* ld = lbuf + sizeof lbuf;
+  if (content_length >= 0) ld = format_decimal(lbuf, static_cast<std::uint64_t>(content_length));
+  const auto ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
+  // A list with framing headers is written line by line (they are dropped), after the rest.
+  const bool whole = !headers.may_have_framing();
+  std::size_t size = 9 + sn + 1 + reason.size() + 2;
+  if (!server_name.empty()) size += 8 + server_name.size() + 2;
+  if (whole) {
+    size += headers.wire().size();
+    size += content_length >= 0 ? 16 + ln + 2 : 28;
+    if (!keep_alive) size += 19;
+    size += 2;
+  }
+  {
+    HeadWriter w(out, size);
+    w.lit("HTTP/1.1 ");
+    w.digits(sd, sn);
+    w.lit(" ");
+    w.str(reason);
+    w.lit("\r\n");
+    if (!server_name.empty()) {
+      w.lit("server: ");
+      w.str(server_name);
+      w.lit("\r\n");
+    }
+    if (whole) {
+      w.str(headers.wire());
+      if (content_length >= 0) {
+        w.lit("content-length: ");
+        w.digits(ld, ln);
+        w.lit("\r\n");
+      } else {
+        w.lit("transfer-encoding: chunked\r\n");
+      }
+      if (!keep_alive) w.lit("connection: close\r\n");
+      w.lit("\r\n");
+      assert(w.exact());
+      return;
+    }
+    assert(w.exact());
   }
   append_headers(out, headers);
   if (content_length >= 0) {
     out.append("content-length: ");
-    append_number(out, static_cast<std::uint64_t>(content_length));
+    out.append(ld, ln);
     out.append("\r\n");
   } else {
     out.append("transfer-encoding: chunked\r\n");
@@ -821,15 +962,33 @@ void append_response_head(std::string& out, int status, std::string_view server_
 void append_request_head(std::string& out, std::string_view method, std::string_view target,
                          std::string_view host_header, const Headers& headers,
                          std::size_t content_length) {
-  out.append(method);
-  out.push_back(' ');
-  out.append(target);
-  out.append(" HTTP/1.1\r\nhost: ");
-  out.append(host_header);
-  out.append("\r\n");
+  char lbuf[24];
+  const char* const ld = format_decimal(lbuf, content_length);
+  const auto ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
+  const bool whole = !headers.may_have_framing();
+  std::size_t size = method.size() + 1 + target.size() + 17 + host_header.size() + 2;
+  if (whole) size += headers.wire().size() + 16 + ln + 4;
+  {
+    HeadWriter w(out, size);
+    w.str(method);
+    w.lit(" ");
+    w.str(target);
+    w.lit(" HTTP/1.1\r\nhost: ");
+    w.str(host_header);
+    w.lit("\r\n");
+    if (whole) {
+      w.str(headers.wire());
+      w.lit("content-length: ");
+      w.digits(ld, ln);
+      w.lit("\r\n\r\n");
+      assert(w.exact());
+      return;
+    }
+    assert(w.exact());
+  }
   append_headers(out, headers);
   out.append("content-length: ");
-  append_number(out, content_length);
+  out.append(ld, ln);
   out.append("\r\n\r\n");
 }
 

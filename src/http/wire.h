@@ -140,6 +140,8 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   std::string_view target() const { return slice(target_); }
   // Fills `out` with views into the arena (valid until the next parser on the same arena).
   void headers(std::vector<std::pair<std::string_view, std::string_view>>& out) const;
+  // header_name_bit() of every field name so far (Request::header_names).
+  std::uint64_t header_names() const { return names_; }
   bool has_transfer_encoding() const { return saw_te_; }
   bool has_content_length() const { return saw_cl_; }
   // True when every Transfer-Encoding field there was is exactly "chunked" (one field, one
@@ -168,7 +170,9 @@ class RequestParser final : public BasicParser<RequestParser, true> {
 
   void on_request(std::string_view method, std::string_view target, int version);
   void on_status(int, int) {}
-  void on_field(Field f, std::string_view name, std::string_view value, error_code& ec);
+  // `line` is the whole field line with its CRLF; name and value are views into it.
+  void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
+                error_code& ec);
   // A body of known length gets a buffer of the thread's stash (common/buffer_stash.h).
   void on_body_init(std::uint64_t length) {
     const auto n = static_cast<std::size_t>(length);
@@ -186,6 +190,7 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   std::size_t max_fields_;
   Span method_{0, 0};
   Span target_{0, 0};
+  std::uint64_t names_ = 0;
   bool saw_te_ = false;
   bool te_other_ = false;
   bool saw_cl_ = false;
@@ -216,9 +221,19 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
   friend class BasicParser<ResponseParser, false>;
   void on_request(std::string_view, std::string_view, int) {}
   void on_status(int code, int) { status_ = code; }
-  void on_field(Field f, std::string_view name, std::string_view value, error_code&) {
+  void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
+                error_code&) {
     const std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
-    headers_.add_parsed(name, value);  // the parser has validated name and value
+    // The parser has validated name and value. A line already in the list's form ("name:
+    // value" with one space, no trailing whitespace) is copied as it is.
+    const bool framing =
+        f == Field::kContentLength || f == Field::kTransferEncoding || f == Field::kConnection;
+    if (value.data() == name.data() + name.size() + 2 && name.data()[name.size() + 1] == ' ' &&
+        value.data() + value.size() + 2 == line.data() + line.size()) {
+      headers_.add_parsed_line(line, framing);
+    } else {
+      headers_.add_parsed(name, value);
+    }
     if (f == Field::kContentType && content_type_.second == 0) {
       content_type_ = {at, value.size()};
     } else if (f == Field::kRetryAfter && retry_after_.second == 0) {

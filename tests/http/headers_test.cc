@@ -282,5 +282,66 @@ TEST(HttpHelpers, QueryParams) {
   EXPECT_EQ(query_int("/p", "n", 9), 9);
 }
 
+// Values are checked 16, 8 or 4 bytes at a time with overlapping last steps: every length up
+// to 40, every position, the refused bytes and their neighbours.
+TEST(Headers, ValueCheckAtEveryLengthAndPosition) {
+  for (std::size_t len = 1; len <= 40; ++len) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b : {0x00, 0x01, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x20, 0x7f, 0x80, 0x8a, 0xff}) {
+        std::string v(len, 'a');
+        v[pos] = static_cast<char>(b);
+        const bool ok = b != '\r' && b != '\n' && b != '\0';
+        Headers h;
+        EXPECT_EQ(h.add_known("x-v", v), ok) << "byte " << b << " at " << pos << " of " << len;
+        EXPECT_EQ(h.wire(), ok ? "x-v: " + v + "\r\n" : "");
+      }
+    }
+  }
+  Headers h;
+  EXPECT_TRUE(h.add_known("x-empty", ""));
+  EXPECT_EQ(h.wire(), "x-empty: \r\n");
+}
+
+// header_name_bit is the same for every spelling of a name that compares equal.
+TEST(HttpHelpers, HeaderNameBitIgnoresCase) {
+  for (std::string_view n : {"Authorization", "x-api-key", "X-Request-ID", "b3", "a", "Z9"}) {
+    std::string lower(n), upper(n);
+    for (auto& c : lower) c = ascii_lower(c);
+    for (auto& c : upper) c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
+    EXPECT_EQ(header_name_bit(n), header_name_bit(lower)) << n;
+    EXPECT_EQ(header_name_bit(n), header_name_bit(upper)) << n;
+  }
+  Request r;
+  r.headers = {{"X-A", "1"}};
+  r.header_names = 0;  // a stale index (count matches, no bits): the lookup trusts it
+  r.header_names_count = 1;
+  EXPECT_EQ(r.header("x-a"), "");
+  r.header_names_count = static_cast<std::size_t>(-1);  // no index: searched
+  EXPECT_EQ(r.header("x-a"), "1");
+}
+
+// iequals compares 8 bytes at a time from 8 bytes on: every byte value at every position
+// against its upper-case, lower-case and neighbouring bytes gives the byte-by-byte answer.
+TEST(HttpHelpers, IequalsEveryByteAtEveryPositionOfLongNames) {
+  auto lower = [](unsigned char c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; };
+  for (std::size_t len : {7u, 8u, 9u, 13u, 16u, 17u, 26u}) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b = 0; b < 256; ++b) {
+        for (int d : {0, 1, -1, 32, -32, 128}) {
+          const int c = (b + d) & 0xff;
+          std::string x(len, 'k'), y(len, 'K');
+          x[pos] = static_cast<char>(b);
+          y[pos] = static_cast<char>(c);
+          const bool want =
+              lower(static_cast<unsigned char>(b)) == lower(static_cast<unsigned char>(c));
+          ASSERT_EQ(iequals(x, y), want) << b << " vs " << c << " at " << pos << " of " << len;
+        }
+      }
+    }
+  }
+  static_assert(iequals("Content-Length", "content-length"));
+  static_assert(!iequals("Content-Length", "content-lengtx"));
+}
+
 }  // namespace
 }  // namespace bw::http

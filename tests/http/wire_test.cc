@@ -786,5 +786,189 @@ TEST(ChunkHeader, ChunksParseBack) {
   EXPECT_EQ(sink, expected);
 }
 
+// Field names are passed 16 bytes at a time while they hold only letters, digits and '-', the
+// rest byte by byte: every byte value at every position of names of many lengths gets the
+// answer that one byte alone would (a tchar is accepted, anything else refused; ':' ends the
+// name and is left out).
+TEST(RequestParser, EveryByteAtEveryPositionOfFieldNames) {
+  auto tchar = [](unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+  };
+  for (std::size_t len : {1u, 2u, 7u, 13u, 15u, 16u, 17u, 24u, 31u, 32u, 33u, 40u}) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b = 0; b < 256; ++b) {
+        if (b == ':') continue;
+        std::string name(len, 'x');
+        name[len - 1] = '9';
+        if (len > 2) name[1] = '-';
+        name[pos] = static_cast<char>(b);
+        const std::string req = "GET / HTTP/1.1\r\n" + name + ": value\r\nHost: h\r\n\r\n";
+        Storage s;
+        RequestParser p(s.arena, s.fields, s.body, 100);
+        configure(p);
+        auto r = feed(p, req, 1 << 20);
+        if (tchar(static_cast<unsigned char>(b))) {
+          ASSERT_FALSE(r.ec) << "byte " << b << " at " << pos << " of " << len;
+          ASSERT_EQ(headers_of(p).at(0), (std::pair<std::string, std::string>{name, "value"}));
+        } else {
+          EXPECT_TRUE(r.ec) << "byte " << b << " at " << pos << " of " << len;
+        }
+      }
+    }
+  }
+}
+
+// Field values are checked 16 bytes at a time, the last step overlapping the name: every byte
+// value at every position of values of many lengths, after names of several lengths, gets the
+// answer that one byte alone would (HTAB, SP, VCHAR and obs-text accepted; other controls and
+// DEL refused).
+TEST(RequestParser, EveryByteAtEveryPositionOfFieldValues) {
+  auto vchar = [](unsigned char c) { return (c >= 0x20 && c != 0x7f) || c == '\t'; };
+  for (std::size_t nlen : {1u, 4u, 13u, 16u, 20u}) {
+    const std::string name(nlen, 'n');
+    for (std::size_t len = 1; len <= 36; ++len) {
+      for (std::size_t pos = 0; pos < len; ++pos) {
+        for (int b = 0; b < 256; ++b) {
+          std::string value(len, 'v');
+          value[pos] = static_cast<char>(b);
+          const std::string req =
+              "GET / HTTP/1.1\r\nHost: h\r\n" + name + ": " + value + "\r\n\r\n";
+          for (std::size_t step : {std::size_t{1} << 20, std::size_t{7}}) {
+            // In pieces only for the bytes at the edges of the accepted ranges.
+            if (step == 7 && b > 0x0e && b != 0x1f && b != 0x20 && b != 0x7f && b != 0x80) continue;
+            Storage s;
+            RequestParser p(s.arena, s.fields, s.body, 100);
+            configure(p);
+            auto r = feed(p, req, step);
+            if (vchar(static_cast<unsigned char>(b))) {
+              ASSERT_FALSE(r.ec) << "byte " << b << " at " << pos << " of " << len << " after "
+                                 << nlen;
+              std::string_view want = value;
+              while (!want.empty() && (want.front() == ' ' || want.front() == '\t'))
+                want.remove_prefix(1);
+              while (!want.empty() && (want.back() == ' ' || want.back() == '\t'))
+                want.remove_suffix(1);
+              ASSERT_EQ(headers_of(p).at(1).second, want);
+            } else {
+              ASSERT_TRUE(r.ec) << "byte " << b << " at " << pos << " of " << len << " after "
+                                << nlen;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// A reason phrase is checked like a field value, with the status line's start as the bytes
+// known to be clean.
+TEST(ResponseParser, EveryControlByteAtEveryPositionOfTheReason) {
+  for (std::size_t len = 1; len <= 24; ++len) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b : {0x00, 0x01, 0x09, 0x0b, 0x1f, 0x20, 0x41, 0x7f, 0x80, 0xff}) {
+        std::string reason(len, 'R');
+        reason[pos] = static_cast<char>(b);
+        Headers h;
+        ResponseParser p(h);
+        p.eager(true);
+        auto r = feed(p, "HTTP/1.1 200 " + reason + "\r\nContent-Length: 0\r\n\r\n", 1 << 20);
+        const bool ok = b == 0x09 || (b >= 0x20 && b != 0x7f);
+        EXPECT_EQ(!r.ec, ok) << "byte " << b << " at " << pos << " of " << len;
+      }
+    }
+  }
+}
+
+// An answer's field lines already in the list's form are copied as they are; the others are
+// rewritten to it. Both give the same list, framing headers noted either way.
+TEST(ResponseParser, FieldLinesInAndOutOfTheListsFormGiveTheSameList) {
+  for (std::size_t step : {1u, 5u, 1u << 20}) {
+    Headers h;
+    ResponseParser p(h);
+    p.eager(true);
+    auto r = feed(p,
+                  "HTTP/1.1 200 OK\r\nA:b\r\nC:  d \r\nE: f\t\r\nG: h\r\nI:\r\nJ: \r\n"
+                  "K:\t \tl m\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+                  step);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(h.wire(),
+              "A: b\r\nC: d\r\nE: f\r\nG: h\r\nI: \r\nJ: \r\nK: l m\r\nContent-Type: text/plain\r\n"
+              "Content-Length: 0\r\n");
+    EXPECT_TRUE(h.may_have_framing());
+    EXPECT_EQ(p.content_type(), "text/plain");
+  }
+  Headers h;
+  ResponseParser p(h);
+  p.eager(true);
+  auto r = feed(p, "HTTP/1.1 204 No Content\r\nX-A: 1\r\nX-B:2\r\n\r\n", 1 << 20);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_EQ(h.wire(), "X-A: 1\r\nX-B: 2\r\n");
+  EXPECT_FALSE(h.may_have_framing());
+}
+
+// The request's names are summarised in header_names(); a lookup of a name whose bit is clear
+// answers "absent" without comparing, and every present name is found in any case.
+TEST(RequestParser, HeaderNamesIndexFindsEveryPresentName) {
+  Storage s;
+  RequestParser p(s.arena, s.fields, s.body, 100);
+  configure(p);
+  auto r = feed(p, kSimplePost, 1 << 20);
+  ASSERT_FALSE(r.ec);
+  Request req;
+  p.headers(req.headers);
+  req.header_names = p.header_names();
+  req.header_names_count = req.headers.size();
+  for (std::string_view n : {"host", "HOST", "content-type", "Content-Type", "authorization",
+                             "AUTHORIZATION", "content-length"}) {
+    EXPECT_NE(req.header_names & header_name_bit(n), 0u) << n;
+    EXPECT_FALSE(req.header(n).empty()) << n;
+  }
+  EXPECT_EQ(req.header("authorization"), "Bearer sk-test");
+  for (std::string_view n : {"x-api-key", "x-priority", "x-request-id", "traceparent", "b3",
+                             "anthropic-beta", "x-bellwether-strict-params", "hos", "hostt"}) {
+    EXPECT_EQ(req.header(n), "") << n;
+  }
+  // A header added after the parse is found: the index no longer matches the list.
+  req.headers.emplace_back("X-Priority", "2");
+  EXPECT_EQ(req.header("x-priority"), "2");
+}
+
+// A Content-Length of digits alone is read without the list walk; lists, 20 digits and more,
+// and repeated fields keep their answers.
+TEST(ResponseParser, ContentLengthValues) {
+  struct Case {
+    std::string_view fields;
+    bool ok;
+    std::uint64_t length;
+  };
+  for (const Case& k : {
+           Case{"Content-Length: 0000000000000000005\r\n", true, 5},
+           Case{"Content-Length: 9999999999999999999\r\n", true, 9999999999999999999ULL},
+           Case{"Content-Length: 18446744073709551615\r\n", true, 18446744073709551615ULL},
+           Case{"Content-Length: 18446744073709551616\r\n", false, 0},
+           Case{"Content-Length: 5\r\nContent-Length: 5\r\n", true, 5},
+           Case{"Content-Length: 5\r\nContent-Length: 6\r\n", false, 0},
+           Case{"Content-Length: 5, 5\r\n", true, 5},
+           Case{"Content-Length: 5,6\r\n", false, 0},
+           Case{"Content-Length: 5a\r\n", false, 0},
+           Case{"Content-Length: -5\r\n", false, 0},
+           Case{"Content-Length: +5\r\n", false, 0},
+           Case{"Content-Length: \r\n", false, 0},
+           Case{"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", false, 0},
+       }) {
+    Headers h;
+    ResponseParser p(h);
+    p.body_limit(boost::none);
+    p.eager(false);
+    auto r = feed(p, "HTTP/1.1 200 OK\r\n" + std::string(k.fields) + "\r\n", 1 << 20, false);
+    EXPECT_EQ(!r.ec, k.ok) << k.fields << r.ec.message();
+    if (k.ok) {
+      ASSERT_TRUE(p.content_length()) << k.fields;
+      EXPECT_EQ(*p.content_length(), k.length) << k.fields;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bw::http::wire
