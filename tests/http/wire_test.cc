@@ -970,5 +970,39 @@ TEST(ResponseParser, ContentLengthValues) {
   }
 }
 
+// The framing names are recognised in any case, 8 bytes a step from 8 bytes on; a name with
+// any one byte changed is another field.
+TEST(ClassifyField, KnownNamesInAnyCaseAndNearMisses) {
+  const std::pair<std::string_view, Field> known[] = {
+      {"host", Field::kHost},
+      {"expect", Field::kExpect},
+      {"upgrade", Field::kUpgrade},
+      {"connection", Field::kConnection},
+      {"retry-after", Field::kRetryAfter},
+      {"content-type", Field::kContentType},
+      {"content-length", Field::kContentLength},
+      {"proxy-connection", Field::kProxyConnection},
+      {"transfer-encoding", Field::kTransferEncoding},
+  };
+  for (auto [name, f] : known) {
+    std::string upper(name), mixed(name);
+    for (std::size_t i = 0; i < upper.size(); ++i) {
+      if (upper[i] >= 'a' && upper[i] <= 'z') upper[i] = static_cast<char>(upper[i] - 32);
+      if (i % 2 == 0) mixed[i] = upper[i];
+    }
+    EXPECT_EQ(classify_field(name), f) << name;
+    EXPECT_EQ(classify_field(upper), f) << upper;
+    EXPECT_EQ(classify_field(mixed), f) << mixed;
+    for (std::size_t pos = 0; pos < name.size(); ++pos) {
+      for (char c : {'x', '_', '~', '^', '0'}) {
+        std::string near(name);
+        if (near[pos] == c) continue;
+        near[pos] = c;
+        EXPECT_EQ(classify_field(near), Field::kOther) << near;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace bw::http::wire
