@@ -113,9 +113,10 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
   out.method = "POST";
   // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
   out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
-  out.headers.add_known("content-type", "application/json");
-  out.headers.add_known("accept", c.llm.stream ? "text/event-stream" : "application/json");
-  out.headers.add_known("x-request-id", c.request_id);
+  // Literals, and the request id (generated, or the client's checked to be printable ASCII).
+  out.headers.add_known_valid("content-type", "application/json");
+  out.headers.add_known_valid("accept", c.llm.stream ? "text/event-stream" : "application/json");
+  out.headers.add_known_valid("x-request-id", c.request_id);
   if (!d.provider->authorization.empty()) {
     out.headers.add_known("authorization", d.provider->authorization);
   }
@@ -643,7 +644,7 @@ bool gives_up(const routing::RetryDecision& d) {
 http::Headers answer_headers(const Ctx& c, const http::Headers& passed) {
   http::Headers headers;
   headers.reserve(256 + c.extra.wire().size() + passed.wire().size());
-  headers.add_known("x-request-id", c.request_id);
+  headers.add_known_valid("x-request-id", c.request_id);
   headers.add_known("x-bellwether-model", c.model_served);
   if (c.model_served != c.route_model)
     headers.add_known("x-bellwether-fallback-from", c.route_model);
@@ -673,9 +674,10 @@ Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::H
   r.status = status;
   r.headers = std::move(headers);
   auto ct = up.content_type();
-  // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only).
-  r.headers.add_known("content-type",
-                      translated || ct.empty() ? std::string_view("application/json") : ct);
+  // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only). The
+  // upstream's value was validated by the answer's parser.
+  r.headers.add_known_valid("content-type",
+                            translated || ct.empty() ? std::string_view("application/json") : ct);
   if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
     r.headers.add_known("retry-after", std::string(ra));
   } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <charconv>
 #include <cstring>
 #include <optional>
@@ -146,6 +147,12 @@ bool Headers::add_known(KnownName name, std::string_view value) {
   if (name.is_framing()) framing_ = true;
   append_line(wire_, name.view(), value);
   return true;
+}
+
+void Headers::add_known_valid(KnownName name, std::string_view value) {
+  assert(valid_value(value));
+  if (name.is_framing()) framing_ = true;
+  append_line(wire_, name.view(), value);
 }
 
 void Headers::add_parsed(std::string_view name, std::string_view value) {

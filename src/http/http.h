@@ -131,6 +131,9 @@ class Headers {
   bool add(std::string_view name, std::string_view value);
   // add() of a name checked at compile time: only the value is checked.
   bool add_known(KnownName name, std::string_view value);
+  // add_known() of a value the caller knows to hold no CR, LF or NUL (a literal, a value an HTTP
+  // parser has validated, an id whose bytes were checked when it was made): no byte check.
+  void add_known_valid(KnownName name, std::string_view value);
   // add() without the byte checks, for a field an HTTP parser has already validated (token
   // name, no CR/LF/NUL in the value).
   void add_parsed(std::string_view name, std::string_view value);

@@ -343,5 +343,19 @@ TEST(HttpHelpers, IequalsEveryByteAtEveryPositionOfLongNames) {
   static_assert(!iequals("Content-Length", "content-lengtx"));
 }
 
+TEST(Headers, AddKnownValidAppendsLikeAddKnown) {
+  Headers a, b;
+  ASSERT_TRUE(a.add_known("x-request-id", "req_0123"));
+  ASSERT_TRUE(a.add_known("content-length", "5"));
+  b.add_known_valid("x-request-id", "req_0123");
+  b.add_known_valid("content-length", "5");
+  EXPECT_EQ(a.wire(), b.wire());
+  EXPECT_TRUE(b.may_have_framing());
+  Headers c;
+  c.add_known_valid("content-type", "");
+  EXPECT_EQ(c.wire(), "content-type: \r\n");
+  EXPECT_FALSE(c.may_have_framing());
+}
+
 }  // namespace
 }  // namespace bw::http
