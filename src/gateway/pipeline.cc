@@ -58,9 +58,10 @@ asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   v = phase_rate_limit::try_now(c);
   if (!v) co_await into(phase_rate_limit::run(c), v);
   if (!v->ok()) co_return co_await reply_error(c, v->error());
-  c.extra.add_known("x-bellwether-priority",
-                    admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
-  if (c.priority.lowered) c.extra.add_known("x-bellwether-priority-lowered", "true");
+  c.extra.add_known_valid(
+      "x-bellwether-priority",
+      admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
+  if (c.priority.lowered) c.extra.add_known_valid("x-bellwether-priority-lowered", "true");
   phase_cache::note(c);
   // A hit is answered here: no budget hold, no concurrency slot, no upstream.
   if (phase_cache::hit(c)) co_return co_await phase_cache::serve(c);
