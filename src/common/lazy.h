@@ -7,6 +7,7 @@
 // Reads (`->`, get()) see a default-constructed value while the member is unused; mut()
 // constructs it first. Thread safety: that of T (the shared default is immutable).
 #include <optional>
+#include <utility>
 
 namespace bw {
 
@@ -15,6 +16,8 @@ class Lazy {
  public:
   // The value to change (constructed now if it was not).
   T& mut() { return v_ ? *v_ : v_.emplace(); }
+  // Replaces the value with `v`, moved in (not constructed first and then assigned).
+  T& set(T&& v) { return v_.emplace(std::move(v)); }
   // The value to read: the default one while unused.
   const T& get() const { return v_ ? *v_ : unused(); }
   const T* operator->() const { return &get(); }

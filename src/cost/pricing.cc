@@ -45,7 +45,14 @@ Micros cost_micros(const ModelPrice& price, std::int64_t prompt_tokens,
       static_cast<__int128>(cached_tokens) * std::max<Micros>(cached_rate, 0) +
       static_cast<__int128>(cache_write_tokens) * std::max<Micros>(write_rate, 0) +
       static_cast<__int128>(completion_tokens) * std::max<Micros>(price.output_per_mtok, 0);
-  return clamp_to_micros((numerator + kTokensPerPriceUnit - 1) / kTokensPerPriceUnit);
+  // Rounded up to a whole micro-dollar. A 128-bit division is a library call; the numerator of
+  // any realistic request fits 64 bits, where dividing by the constant is a multiply.
+  const __int128 rounded = numerator + kTokensPerPriceUnit - 1;
+  if (rounded <= static_cast<__int128>(std::numeric_limits<std::uint64_t>::max())) {
+    return clamp_to_micros(static_cast<std::uint64_t>(rounded) /
+                           static_cast<std::uint64_t>(kTokensPerPriceUnit));
+  }
+  return clamp_to_micros(rounded / kTokensPerPriceUnit);
 }
 
 std::int64_t estimate_prompt_tokens(std::int64_t text_chars, std::int64_t message_count) {
@@ -137,7 +144,7 @@ void PriceTable::set(std::string model, ModelPrice price) {
 }
 
 const ModelPrice* PriceTable::find(std::string_view model) const {
-  auto it = prices_.find(std::string(model));
+  auto it = prices_.find(model);
   return it == prices_.end() ? nullptr : &it->second;
 }
 

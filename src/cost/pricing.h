@@ -2,12 +2,14 @@
 // Prices per model and request cost estimation. Pure functions and an immutable-after-build
 // table: safe to share across threads once constructed (build a new table on config reload).
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "common/string_hash.h"
 #include "cost/money.h"
 
 namespace bw::cost {
@@ -102,10 +104,13 @@ class PriceTable {
   // nullptr when the model has no price: the caller must refuse (money never fails open).
   const ModelPrice* find(std::string_view model) const;
   std::size_t size() const { return prices_.size(); }
-  const std::unordered_map<std::string, ModelPrice>& all() const { return prices_; }
+  using Map = std::unordered_map<std::string, ModelPrice, StringHash, std::equal_to<>>;
+  const Map& all() const { return prices_; }
 
  private:
-  std::unordered_map<std::string, ModelPrice> prices_;
+  // Transparent: find() looks a model name up as it is, without building a string (a name
+  // longer than the short-string buffer would cost an allocation per request).
+  Map prices_;
 };
 
 }  // namespace bw::cost

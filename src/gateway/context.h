@@ -166,6 +166,9 @@ struct Ctx {
   Nanos ttft = -1;
   providers::Usage usage;
   cost::Micros cost_micro = 0;
+  // cost_micro is final: a covered request's settlement computed it before the answer's last
+  // bytes, and finish reuses it (the ledger row and the access log show the same figure).
+  bool cost_computed = false;
   std::size_t bytes_out = 0;
   std::int64_t attempts = 0;
   bool cancelled = false;

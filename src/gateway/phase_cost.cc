@@ -322,6 +322,8 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
 }
 
 void phase_cost::compute_cost(Ctx& c) {
+  if (c.cost_computed) return;
+  c.cost_computed = true;
   const auto tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   if (c.price && tokens > 0) {
     c.cost_micro = cost::cost_micros(*c.price, c.usage.prompt_tokens, c.usage.completion_tokens,

@@ -64,7 +64,7 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
     c.extra.clear();
     return Ok{};
   }
-  c.verdict.mut() = std::move(v);
+  c.verdict.set(std::move(v));
   if (!c.verdict->allowed || c.verdict->unavailable) return std::nullopt;
   note_verdict(c);
   return Ok{};

@@ -80,6 +80,7 @@ namespace phase_cost {
 std::optional<Verdict> try_now(Ctx& c);
 boost::asio::awaitable<Verdict> run(Ctx& c);
 // finish: the actual cost (no I/O), then, when a hold is active, settle or release it.
+// compute_cost computes once per request: a later call keeps the first figure.
 void compute_cost(Ctx& c);
 bool settle_needed(const Ctx& c);
 boost::asio::awaitable<void> settle(Ctx& c);

@@ -75,14 +75,17 @@ class GroupCommitQueue {
 
   // wake = false: the writer is not woken (no futex wake, no context switch per record) until
   // kick(), flush(), stop(), or half a batch has piled up.
-  [[nodiscard]] bool push(Record record, Callback done, bool wake = true) {
+  // `record` is anything a Record is made from (one of a variant's types, say): the queue's item
+  // is built from it in place, the record moved once. A refused record is left as it was.
+  template <class R>
+  [[nodiscard]] bool push(R&& record, Callback done, bool wake = true) {
     {
       std::lock_guard lock(mu_);
       if (stopping_ || queue_.size() >= capacity_) {
         queue_full_.fetch_add(1, std::memory_order_relaxed);
         return false;
       }
-      queue_.push_back(Item{std::move(record), std::move(done)});
+      queue_.emplace_back(std::forward<R>(record), std::move(done));
       ++enqueued_;
       if (!wake && queue_.size() < max_batch_ / 2) return true;
     }
