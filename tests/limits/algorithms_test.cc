@@ -241,6 +241,52 @@ TEST(Randomized, GcraAndTokenBucketMatchReference) {
   }
 }
 
+// Gcra::consume decides an admission in 64-bit arithmetic when every quantity fits and falls back
+// to the 128-bit arithmetic of check() otherwise (a day-long token limit's capacity in scaled
+// units is beyond 64 bits): at every magnitude, consume must say what check says of the same
+// state, and leave the level its decision reports.
+TEST(Randomized, GcraConsumeAgreesWithCheckAtEveryMagnitude) {
+  std::mt19937_64 rng(4242);
+  const std::int64_t rates[] = {
+      1, 7, 1'000, 1'000'000, 60'000'000, 1'000'000'000'000, 1'000'000'000'000'000};
+  const Nanos periods[] = {1, kNanosPerSecond, 60 * kNanosPerSecond, 3600 * kNanosPerSecond,
+                           86'400 * kNanosPerSecond};
+  for (const std::int64_t rate : rates) {
+    for (const Nanos period : periods) {
+      for (const std::int64_t burst : {std::int64_t{0}, rate / 2 + 1}) {
+        const BucketParams p{rate, period, burst};
+        const std::int64_t cap = p.capacity();
+        GcraState s;
+        Nanos now = kT0;
+        for (int step = 0; step < 300; ++step) {
+          now += static_cast<Nanos>(rng() % static_cast<std::uint64_t>(3 * (period / rate) + 2));
+          if (rng() % 10 == 0) {
+            const auto delta =
+                static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(cap)) - cap / 2;
+            Gcra::adjust(s, p, delta, now);
+          }
+          const std::int64_t cost =
+              rng() % 4 == 0
+                  ? static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(cap + 2))
+                  : static_cast<std::int64_t>(rng() % 200);
+          const Decision want = Gcra::check(s, p, cost, now);
+          const Decision got = Gcra::consume(s, p, cost, now);
+          ASSERT_EQ(got.allowed, want.allowed) << rate << "/" << period << "/" << step;
+          ASSERT_EQ(got.limit, want.limit);
+          ASSERT_EQ(got.remaining, want.remaining) << rate << "/" << period << "/" << step;
+          ASSERT_EQ(got.retry_after, want.retry_after);
+          ASSERT_EQ(got.reset_after, want.reset_after) << rate << "/" << period << "/" << step;
+          if (got.allowed) {
+            const Decision after = Gcra::check(s, p, 0, now);
+            ASSERT_EQ(after.remaining, got.remaining) << rate << "/" << period << "/" << step;
+            ASSERT_EQ(after.reset_after, got.reset_after);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Randomized, SlidingWindowMatchesLogAndNeverExceedsAnyWindow) {
   std::mt19937_64 rng(777);
   for (int round = 0; round < 30; ++round) {
