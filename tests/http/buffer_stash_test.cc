@@ -14,8 +14,11 @@ namespace {
 // Empties the calling thread's shelf, so that each test starts from nothing kept.
 void drain() {
   std::vector<std::string> held;
-  for (std::size_t min : {16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8191}) {
+  for (std::size_t min : {16, 32, 64, 128, 256, 512, 1024}) {
     for (std::size_t i = 0; i < stash::kPerClass + 1; ++i) held.push_back(stash::take(min));
+  }
+  for (std::size_t min : {2048, 8191}) {
+    for (std::size_t i = 0; i < stash::kPerLargeClass + 1; ++i) held.push_back(stash::take(min));
   }
 }
 
