@@ -20,7 +20,8 @@
 #        LEASE=0 / LEASE=1 (prod): budget leases off / on (budgets.lease.enabled); unset, the
 #        binary's default (on)
 #        OUT=dir: keep the loaded run's callgrind file as dir/callgrind.<CONFIG>.out, for
-#        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`
+#        `callgrind_annotate --inclusive=yes dir/callgrind.<CONFIG>.out`, and the idle run's
+#        as dir/callgrind.<CONFIG>.idle.out (bench/load/callgrind_calls.py subtracts it)
 #        CACHE_SIM=1: simulate the caches too (`--cache-sim=yes`) and print every event per
 #        request (Ir, Dr, Dw, I1mr, D1mr, D1mw, ILmr, DLmr, DLmw). CACHE_ARGS sets the simulated
 #        caches; the default is the server cpu's L1d (48 KiB, 12-way) and, as the last level,
@@ -126,6 +127,7 @@ read -r n total total_rest < <(run 1)
 if [[ -n "$OUT" ]]; then
   mkdir -p "$OUT"
   cp "$work/cg.1" "$OUT/callgrind.$CONFIG.out"
+  cp "$work/cg.0" "$OUT/callgrind.$CONFIG.idle.out"
 fi
 # wrk counts the answers it received; the requests still in flight when it stops (up to one
 # per connection) were handled too. With many connections, divide by the handled requests
