@@ -26,10 +26,10 @@ bool passthrough(Format inbound, Wire wire) {
   return false;
 }
 
-std::string rewrite_native(const std::string& body, std::string_view model,
-                           std::string_view max_key, std::int64_t max_tokens) {
+std::string rewrite_native(std::string_view body, std::string_view model, std::string_view max_key,
+                           std::int64_t max_tokens) {
   auto doc = api::json::parse_object(body, 2);
-  if (!doc) return body;
+  if (!doc) return std::string(body);
   std::string out;
   out.reserve(body.size() + 32);
   out.push_back('{');
@@ -82,7 +82,7 @@ std::string target_of(const ProviderWire& pw, Format upstream, std::string_view 
 
 }  // namespace
 
-Result<UpstreamBody> upstream_body(Format inbound, const std::string& raw,
+Result<UpstreamBody> upstream_body(Format inbound, std::string_view raw,
                                    std::optional<api::Request>& canon, const ProviderWire& pw,
                                    std::string_view model, bool stream, std::int64_t max_tokens,
                                    std::int64_t default_max_tokens, bool force_translate) {

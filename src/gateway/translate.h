@@ -35,15 +35,15 @@ struct UpstreamBody {
 
 // `canon` is the decoded request (decoded here on first need for a chat body). `force_translate`:
 // the request was expanded by the gateway (previous_response_id), so its raw body is not enough.
-Result<UpstreamBody> upstream_body(api::Format inbound, const std::string& raw,
+Result<UpstreamBody> upstream_body(api::Format inbound, std::string_view raw,
                                    std::optional<api::Request>& canon, const ProviderWire& pw,
                                    std::string_view model, bool stream, std::int64_t max_tokens,
                                    std::int64_t default_max_tokens, bool force_translate);
 
 // The same-format rewrite of a Responses or Messages body: model, the output cap (max_key), and
 // gateway-only fields removed.
-std::string rewrite_native(const std::string& body, std::string_view model,
-                           std::string_view max_key, std::int64_t max_tokens);
+std::string rewrite_native(std::string_view body, std::string_view model, std::string_view max_key,
+                           std::int64_t max_tokens);
 
 struct ClientAnswer {
   std::string body;

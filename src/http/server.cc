@@ -172,7 +172,10 @@ class Session final : public ResponseWriter {
     bool first = true;
     for (;;) {
       if (server_.draining_.load()) break;
-      wire::RequestParser parser(arena_, fields_, req_.body, opt.max_headers);
+      wire::RequestParser parser(arena_, fields_, req_.body.own(), opt.max_headers);
+      // A body that arrives whole with its head stays in buffer_, which is not read into again
+      // before the handler returns.
+      parser.in_place(&req_.body);
       parser.header_limit(static_cast<std::uint32_t>(opt.max_header_bytes));
       parser.body_limit(opt.max_body_bytes);
       parser.eager(true);
@@ -249,7 +252,7 @@ class Session final : public ResponseWriter {
       // The request's buffers go back to the thread's stash: the connection keeps none while it
       // waits for its next request, and the next request of any connection takes a warm one.
       req_.headers.clear();
-      stash::release(req_.body);
+      stash::release(req_.body.own());
       stash::release(arena_);
       stash::release(out_);
     }

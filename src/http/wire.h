@@ -155,6 +155,10 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   bool absolute_form() const { return absolute_form_; }
   bool expects_continue() const { return expect_continue_; }
   bool too_many_fields() const { return too_many_; }
+  // A body of known length that one put() holds whole is referred to by `body` where it is (in
+  // the caller's buffer, which must then stay as it is while the body is read) instead of
+  // being copied into the body string; any other body is copied as before.
+  void in_place(Body* body) { in_place_ = body; }
 
  private:
   friend class BasicParser<RequestParser, true>;
@@ -173,20 +177,33 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   // `line` is the whole field line with its CRLF; name and value are views into it.
   void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
                 error_code& ec);
-  // A body of known length gets a buffer of the thread's stash (common/buffer_stash.h).
+  // A body of known length gets a buffer of the thread's stash (common/buffer_stash.h), unless
+  // it is left where it was read (in_place).
   void on_body_init(std::uint64_t length) {
+    if (!in_place_) make_room(length);
+  }
+  std::size_t on_body(std::string_view body, error_code&) {
+    if (in_place_ && body_.empty()) {
+      const auto length = content_length();
+      if (length && body.size() == *length) {
+        in_place_->refer(body);
+        return body.size();
+      }
+      if (length) make_room(*length);
+    }
+    body_.append(body);
+    return body.size();
+  }
+  void make_room(std::uint64_t length) {
     const auto n = static_cast<std::size_t>(length);
     stash::room(body_, n);
     body_.reserve(n);
-  }
-  std::size_t on_body(std::string_view body, error_code&) {
-    body_.append(body);
-    return body.size();
   }
 
   std::string& arena_;
   std::vector<Span>& fields_;  // name span, value span: two entries per field
   std::string& body_;
+  Body* in_place_ = nullptr;
   std::size_t max_fields_;
   Span method_{0, 0};
   Span target_{0, 0};

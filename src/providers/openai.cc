@@ -155,13 +155,13 @@ void record_layout(std::string_view body, BodyLayout& l) {
 
 }  // namespace
 
-Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body) {
+Result<LlmRequest> parse_request(Endpoint endpoint, std::string_view body) {
   // The usual body: read by a scan, without a DOM (request_scan.h).
   if (auto scanned = scan_request(endpoint, body)) return std::move(*scanned);
   return parse_request_full(endpoint, body);
 }
 
-Result<LlmRequest> parse_request_full(Endpoint endpoint, const std::string& body) {
+Result<LlmRequest> parse_request_full(Endpoint endpoint, std::string_view body) {
   simdjson::dom::element doc;
   auto err = parser().parse(body.data(), body.size()).get(doc);
   BodyLayout layout;
@@ -562,7 +562,7 @@ std::optional<std::string> rewrite_from_layout(std::string_view body, const Body
 
 }  // namespace
 
-BodyLayout body_layout(const std::string& body) {
+BodyLayout body_layout(std::string_view body) {
   BodyLayout l;
   simdjson::dom::element doc;
   if (parser().parse(body.data(), body.size()).get(doc) == simdjson::SUCCESS && doc.is_object()) {
@@ -632,7 +632,7 @@ bool splice_request(std::string_view body, const BodyLayout& l, std::string_view
   return true;
 }
 
-Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
+Result<std::string> rewrite_request(std::string_view body, const BodyLayout& layout,
                                     std::string_view provider_model, bool force_include_usage,
                                     std::int64_t max_tokens) {
   if (auto spliced =
@@ -642,7 +642,7 @@ Result<std::string> rewrite_request(const std::string& body, const BodyLayout& l
   return rewrite_request(body, provider_model, force_include_usage, max_tokens);
 }
 
-Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
+Result<std::string> rewrite_request(std::string_view body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens) {
   if (auto fast = rewrite_fast(body, provider_model, force_include_usage, max_tokens)) {
     return std::move(*fast);

@@ -70,10 +70,10 @@ inline constexpr std::size_t kMaxJsonDepth = 64;
 // OpenAI-style 400s that name the offending parameter. A body with a duplicate object key at any
 // depth is refused (code "duplicate_key", param = the key): parsers disagree on which of two
 // values wins, and the provider must read exactly what the gateway checked and priced.
-Result<LlmRequest> parse_request(Endpoint endpoint, const std::string& body);
+Result<LlmRequest> parse_request(Endpoint endpoint, std::string_view body);
 // parse_request by a parse of the whole body, for every body (parse_request reads the usual body
 // by a scan that gives the same answer, and leaves every other body, errors included, to this).
-Result<LlmRequest> parse_request_full(Endpoint endpoint, const std::string& body);
+Result<LlmRequest> parse_request_full(Endpoint endpoint, std::string_view body);
 
 // Rewrites the body for the upstream: `model` becomes `provider_model` (escaped), and for a stream
 // stream_options.include_usage is forced on so usage can always be counted. With max_tokens > 0
@@ -81,14 +81,14 @@ Result<LlmRequest> parse_request_full(Endpoint endpoint, const std::string& body
 // so that the cost guard's worst case holds. Other fields are copied as they are.
 // `body` must be one that parse_request accepted: the common case is rewritten by splicing the
 // body's bytes (no second parse), which assumes valid JSON.
-Result<std::string> rewrite_request(const std::string& body, std::string_view provider_model,
+Result<std::string> rewrite_request(std::string_view body, std::string_view provider_model,
                                     bool force_include_usage, std::int64_t max_tokens);
 // The layout of a body that is a JSON object (what parse_request records); `recorded` is false
 // when it is not one.
-BodyLayout body_layout(const std::string& body);
+BodyLayout body_layout(std::string_view body);
 // The same, with the layout parse_request recorded for this body (the usual case: no scan). A
 // layout that was not recorded, or is of another body, falls back to the scan.
-Result<std::string> rewrite_request(const std::string& body, const BodyLayout& layout,
+Result<std::string> rewrite_request(std::string_view body, const BodyLayout& layout,
                                     std::string_view provider_model, bool force_include_usage,
                                     std::int64_t max_tokens);
 

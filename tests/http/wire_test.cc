@@ -117,6 +117,67 @@ TEST(RequestParser, CompleteRequestInOnePut) {
   EXPECT_EQ(*p.content_length(), 13u);
 }
 
+TEST(RequestParser, AWholeBodyInOnePutIsReferredToWhereItIs) {
+  Storage s;
+  Body body;
+  RequestParser p(s.arena, s.fields, body.own(), 100);
+  configure(p);
+  p.in_place(&body);
+  // Two requests in the buffer: the first one's body is left in it, the second stays unread.
+  const std::string buffered = std::string(kSimplePost) + "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  error_code ec;
+  const std::size_t used = p.put(boost::asio::buffer(buffered), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_TRUE(p.is_done());
+  EXPECT_EQ(used, kSimplePost.size());
+  EXPECT_TRUE(body.referring());
+  EXPECT_EQ(body, "{\"model\":\"m\"}");
+  EXPECT_EQ(body.data(), buffered.data() + kSimplePost.size() - 13);
+  EXPECT_TRUE(body.own().empty());  // nothing was copied (and the body is its own, empty, now)
+}
+
+TEST(RequestParser, ABodyInPiecesIsCopiedEvenInPlace) {
+  for (std::size_t step : {1u, 7u, 150u}) {
+    Storage s;
+    Body body;
+    RequestParser p(s.arena, s.fields, body.own(), 100);
+    configure(p);
+    p.in_place(&body);
+    // 150 bytes hold the head and part of the body: the rest comes in a second put.
+    auto r = feed(p, kSimplePost, step);
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_FALSE(body.referring()) << step;
+    EXPECT_EQ(body, "{\"model\":\"m\"}") << step;
+  }
+  // A chunked body is copied.
+  Storage s;
+  Body body;
+  RequestParser p(s.arena, s.fields, body.own(), 100);
+  configure(p);
+  p.in_place(&body);
+  auto r = feed(p,
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "5\r\nhello\r\n0\r\n\r\n",
+                1 << 20);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  EXPECT_FALSE(body.referring());
+  EXPECT_EQ(body, "hello");
+}
+
+TEST(RequestBody, ACopyOrAnAssignedStringOwnsItsBytes) {
+  std::string bytes = "{\"a\":1}";
+  Body referring;
+  referring.refer(bytes);
+  Body copy = referring;
+  EXPECT_FALSE(copy.referring());
+  EXPECT_EQ(copy, bytes);
+  EXPECT_NE(copy.data(), bytes.data());
+  referring = std::string("other");
+  EXPECT_FALSE(referring.referring());
+  EXPECT_EQ(referring, "other");
+  EXPECT_EQ(std::string_view(referring).size(), 5u);
+}
+
 TEST(RequestParser, ByteByByteAndOddSplitsGiveTheSameResult) {
   for (std::size_t step : {1u, 2u, 3u, 7u, 16u, 64u}) {
     Storage s;

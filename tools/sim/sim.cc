@@ -237,7 +237,7 @@ std::vector<double> embed_text(std::string_view text) {
   return v;
 }
 
-Result<ParsedRequest> parse_request(std::string_view path, const std::string& body) {
+Result<ParsedRequest> parse_request(std::string_view path, std::string_view body) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
@@ -351,8 +351,8 @@ struct NativeRequest {
 };
 
 // Which native API a path is; the Gemini model comes from the path.
-bool native_route(std::string_view path, const std::string& body, NativeFormat& f,
-                  std::string& model, bool& stream, bool& count) {
+bool native_route(std::string_view path, std::string_view body, NativeFormat& f, std::string& model,
+                  bool& stream, bool& count) {
   count = false;
   if (path == "/v1/responses") {
     f = NativeFormat::kResponses;
@@ -451,7 +451,7 @@ void add_native_ratelimit_headers(NativeFormat f, http::Headers& h, const config
 }
 
 // A Gemini body, read as far as the simulator needs it.
-Result<api::Request> parse_gemini_body(const std::string& body) {
+Result<api::Request> parse_gemini_body(std::string_view body) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(body.data(), body.size()).get(doc) != simdjson::SUCCESS || !doc.is_object()) {
