@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -415,7 +416,7 @@ class Session final : public ResponseWriter {
 
   void arm_watch() {
     watch_->pending = true;
-    socket_.async_wait(tcp::socket::wait_read, [w = watch_, this](const beast::error_code& ec) {
+    auto ready = [w = watch_, this](const beast::error_code& ec) {
       w->pending = false;
       if (!w->active || ec) return;
       char byte;
@@ -433,7 +434,12 @@ class Session final : public ResponseWriter {
       auto f = std::move(w->on_gone);
       w->on_gone = nullptr;
       if (f) f();
-    });
+    };
+    // The wait's memory comes from the thread's frame lists (common/asio_frames.h), as that of
+    // the I/O the coroutines await does.
+    socket_.async_wait(
+        tcp::socket::wait_read,
+        asio::bind_allocator(frame_pool::HandlerAllocator<void>(), std::move(ready)));
   }
 
   void end_watch() {
