@@ -109,9 +109,12 @@ class SqliteLedger final : public QueuedLedger {
   static constexpr std::size_t kRowStep = 8;
   // The rows of the next INSERT when `left` rows of a run are left.
   static std::size_t rows_per_insert(std::size_t left);
-  // The statement for `rows` rows (prepared at first use; null if it failed to prepare).
-  Statement* many(bool covered, bool shared, std::size_t rows);
-  // [(covered * 2 + shared) * (max + 1) + rows]: reservations, then covered rows.
+  // The statement for `rows` rows (prepared at first use; null if it failed to prepare);
+  // `settled` (covered rows only): every row is settled, and the status is a literal.
+  Statement* many(bool covered, bool shared, bool settled, std::size_t rows);
+  // [kind * (max + 1) + rows], kind = covered * 2 + shared + covered * settled * 2:
+  // reservations, covered rows, then covered rows that are all settled.
+  static constexpr std::size_t kStatementKinds = 6;
   std::vector<Statement> many_st_;
   std::vector<bool> many_failed_;
   std::vector<std::size_t> run_;  // writer thread only: scratch of commit_batch
