@@ -244,16 +244,16 @@ void BM_LedgerCovered(benchmark::State& state) {
     state.SkipWithError("queue full");
   }
   ledger->flush();
+  const auto party = std::make_shared<const LedgerParty>(
+      LedgerParty{"key_a", "acme", {"key:key_a/total", "global/monthly"}});
   std::int64_t seq = 0;
   for (auto _ : state) {
     for (int i = 0; i < per_commit; ++i) {
       LedgerCovered c;
       c.request_id = request_id(seq + i);
       c.lease_id = "lease:bench-1";
-      c.key_id = "key_a";
-      c.tenant_id = "acme";
+      c.party = party;  // as the gateway's rows: the key's strings, shared
       c.model = "gpt-4.1";
-      c.budgets = {"key:key_a/total", "global/monthly"};
       c.reserved_micro = 11'100;
       c.actual_micro = 11'000;
       c.prompt_tokens = 10;
