@@ -1124,6 +1124,77 @@ TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
   EXPECT_EQ((*l)->reserved_micro, 1'000'000 - (kRows * 10 + kRows * (kRows - 1) / 2));
 }
 
+// Covered rows as the gateway writes them (a key's party shared by its rows): a statement whose
+// rows are all settled writes the status as a literal, one with a released row binds each row's
+// status; a party's rows with another model, or another party with the same strings, keep their
+// own columns.
+TEST(SqliteBatches, CoveredRowsOfAPartyKeepTheirStatusAndStrings) {
+  TempSqliteLedger db("bw_batch_party");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_p", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:p-1", "key_p", "acme", "", 1'000'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  ASSERT_TRUE(append_sync(ledger, lease).ok());
+  const auto party = std::make_shared<const LedgerParty>(LedgerParty{"key_p", "acme", {budget}});
+  const auto twin = std::make_shared<const LedgerParty>(*party);
+  const auto other =
+      std::make_shared<const LedgerParty>(LedgerParty{"key_q", "beta", {"global/total"}});
+  // Three batches. Rows 0-15: all settled. Rows 16-31: row 19 released. Rows 32-39: all
+  // settled, row 34 of another model, row 36 of a twin party, row 38 of another party.
+  constexpr int kRows = 40;
+  auto party_of = [&](int i) {
+    if (i == 36) return twin;
+    if (i == 38) return other;
+    return party;
+  };
+  auto released = [](int i) { return i == 19; };
+  auto model_of = [](int i) { return std::string(i == 34 ? "gpt-5" : "gpt-4.1"); };
+  std::atomic<int> ok{0};
+  Micros lowered = 0;
+  for (int i = 0; i < kRows; ++i) {
+    LedgerCovered c;
+    c.request_id = id_of("p", i);
+    c.lease_id = "lease:p-1";
+    c.party = party_of(i);
+    c.model = model_of(i);
+    c.reserved_micro = 5'000;
+    c.status = released(i) ? LedgerStatus::kReleased : LedgerStatus::kSettled;
+    c.actual_micro = released(i) ? 0 : 10 + i;
+    c.prompt_tokens = i;
+    c.completion_tokens = 3 * i;
+    c.created_unix_ms = kJan1 + 100 + i;
+    c.settled_unix_ms = kJan1 + 300 + i;
+    lowered += c.actual_micro;
+    ASSERT_TRUE(ledger.append_covered(
+        std::move(c), [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+    if (i == 15 || i == 31) ledger.flush();
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  for (int i = 0; i < kRows; ++i) {
+    auto c = ledger.find(id_of("p", i));
+    ASSERT_TRUE(c.ok() && c->has_value()) << i;
+    const LedgerParty& p = *party_of(i);
+    EXPECT_EQ((*c)->key_id, p.key_id) << i;
+    EXPECT_EQ((*c)->tenant_id, p.tenant_id) << i;
+    EXPECT_EQ((*c)->budgets, p.budgets) << i;
+    EXPECT_EQ((*c)->model, model_of(i)) << i;
+    EXPECT_EQ((*c)->status, released(i) ? LedgerStatus::kReleased : LedgerStatus::kSettled) << i;
+    EXPECT_EQ((*c)->actual_micro, released(i) ? 0 : 10 + i) << i;
+    EXPECT_EQ((*c)->reserved_micro, 5'000) << i;
+    EXPECT_EQ((*c)->prompt_tokens, i) << i;
+    EXPECT_EQ((*c)->completion_tokens, 3 * i) << i;
+    EXPECT_EQ((*c)->created_unix_ms, kJan1 + 100 + i) << i;
+    EXPECT_EQ((*c)->settled_unix_ms, kJan1 + 300 + i) << i;
+    EXPECT_FALSE((*c)->lease) << i;
+  }
+  auto l = ledger.find("lease:p-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000 - lowered);
+}
+
 }  // namespace bw::store::testing
 
 namespace bw::store::testing {
