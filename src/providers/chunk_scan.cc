@@ -2,9 +2,11 @@
 
 #include <simdjson.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "providers/json_scan.h"
@@ -100,6 +102,34 @@ class Scanner {
     return true;
   }
   bool non_ascii() const { return high_ != 0; }
+
+  // Where event() would set checkpoint_: the opening quote of the first top-level key it reads
+  // ("choices" or "usage"), the members before it scanned as event() scans them. 0 when there
+  // is no such key or the scan refuses (then event() decides from the start).
+  std::size_t head() {
+    ws();
+    if (p_ == end_ || *p_ != '{') return 0;
+    ++p_;
+    ws();
+    for (;;) {
+      if (p_ == end_ || *p_ != '"') return 0;
+      const char* const at = p_;
+      Str key;
+      if (!string(key) || key.escaped) return 0;
+      if (key.raw == "choices" || key.raw == "usage") {
+        return static_cast<std::size_t>(at - data_.data());
+      }
+      ws();
+      if (p_ == end_ || *p_ != ':') return 0;
+      ++p_;
+      ws();
+      if (p_ == end_ || !value(2)) return 0;
+      ws();
+      if (p_ == end_ || *p_ != ',') return 0;
+      ++p_;
+      ws();
+    }
+  }
   // The offsets of the text string a shape is made around: that of the only choice. False
   // when the event has no such string.
   bool shape_text(std::size_t& begin, std::size_t& end) const {
@@ -512,6 +542,106 @@ void learn_shape(std::string_view data, const Scanner& scanner, const ChunkInfo&
   prefix.shape_info = info;
 }
 
+// What the streams of one thread share. After its prefix (id, created, model: different in
+// every stream), an event that carries no text, usage or other output (the role event that
+// opens a stream, the finish event that ends a choice) is the same bytes in every stream of a
+// model, and a text event is the same bytes around its text. The scan of what follows a prefix
+// is a function of those bytes alone (scan_chunk_with_usage's resume), so the answer found for
+// them once stands for every stream: a stream's first event is scanned as far as its prefix,
+// and its first text event fits the shape that an earlier stream's text event had.
+// Few entries, replaced in turn: streams of a few models at once on one thread.
+struct Recall {
+  static constexpr std::size_t kEntries = 4;
+  struct Framing {
+    std::string rest;  // the event from its checkpoint on
+    ChunkInfo info;
+  };
+  struct Shape {
+    std::string mid;  // from the checkpoint to the text string's opening quote
+    std::string tail;
+    ChunkInfo info;
+  };
+  std::array<Framing, kEntries> framing;
+  std::array<Shape, kEntries> shapes;
+  std::size_t next_framing = 0;
+  std::size_t next_shape = 0;
+};
+
+Recall& recall() {
+  thread_local Recall r;
+  return r;
+}
+
+// The answer recalled for `rest` (an event after its prefix), if an earlier stream had it.
+const ChunkInfo* recall_framing(std::string_view rest) {
+  for (const auto& f : recall().framing) {
+    if (f.rest.size() == rest.size() && !rest.empty() &&
+        std::memcmp(f.rest.data(), rest.data(), rest.size()) == 0) {
+      return &f.info;
+    }
+  }
+  return nullptr;
+}
+
+// The answer for `data`, whose first `known` bytes are its stream's prefix, when what follows
+// them fits the shape of an earlier stream's text event (fit_shape's reasoning, with the
+// prefix and the shape's middle as the head); the stream takes that shape as its own.
+std::optional<ChunkInfo> recall_shape(std::string_view data, ChunkPrefix& prefix) {
+  const std::size_t known = prefix.bytes.size();
+  for (const auto& sh : recall().shapes) {
+    const std::size_t head = known + sh.mid.size();
+    if (sh.mid.empty() || data.size() < head + sh.tail.size() + 2 ||
+        std::memcmp(data.data() + known, sh.mid.data(), sh.mid.size()) != 0) {
+      continue;
+    }
+    Scanner scanner(data, true);
+    std::size_t bytes = 0, end = 0;
+    if (!scanner.string_at(head, bytes, end) || data.size() - end != sh.tail.size() ||
+        std::memcmp(data.data() + end, sh.tail.data(), sh.tail.size()) != 0) {
+      continue;
+    }
+    if (scanner.non_ascii() && !simdjson::validate_utf8(data.data(), data.size())) {
+      return std::nullopt;
+    }
+    prefix.shape_head.assign(data.data(), head);
+    prefix.shape_tail.assign(sh.tail);
+    prefix.shape_info = sh.info;
+    ChunkInfo info = sh.info;
+    info.text_chars = bytes;
+    info.has_text = bytes > 0;
+    return info;
+  }
+  return std::nullopt;
+}
+
+// Keeps what a scanned event (ASCII, its prefix `at` bytes) tells later streams.
+void remember(std::string_view data, std::size_t at, const Scanner& scanner, const ChunkInfo& info,
+              bool shapes) {
+  if (at == 0 || scanner.non_ascii() || data.size() - at > ChunkPrefix::kMaxBytes) return;
+  auto& r = recall();
+  const std::string_view rest = data.substr(at);
+  if (!info.has_text && !info.other_output && !info.usage.present && !info.done) {
+    if (recall_framing(rest) != nullptr) return;
+    auto& f = r.framing[r.next_framing];
+    r.next_framing = (r.next_framing + 1) % Recall::kEntries;
+    f.rest.assign(rest);
+    f.info = info;
+    return;
+  }
+  std::size_t begin = 0, end = 0;
+  if (!shapes || !scanner.shape_text(begin, end) || begin < at) return;
+  const std::string_view mid = data.substr(at, begin - at);
+  const std::string_view tail = data.substr(end);
+  for (const auto& sh : r.shapes) {
+    if (sh.mid == mid && sh.tail == tail) return;
+  }
+  auto& sh = r.shapes[r.next_shape];
+  r.next_shape = (r.next_shape + 1) % Recall::kEntries;
+  sh.mid.assign(mid);
+  sh.tail.assign(tail);
+  sh.info = info;
+}
+
 }  // namespace
 
 std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefix& prefix) {
@@ -525,19 +655,37 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefi
     ++prefix.shape_misses;
   }
   const std::string& known = prefix.bytes;
+  if (known.empty()) {
+    // The stream's first event: its prefix is scanned alone, then the rest as below. A prefix
+    // is kept when it is plain ASCII (so that the rest of an event decides alone whether the
+    // event needs a UTF-8 check).
+    Scanner head(data, true);
+    const std::size_t at = head.head();
+    if (at > 0 && at <= ChunkPrefix::kMaxBytes && !head.non_ascii()) {
+      prefix.bytes.assign(data.data(), at);
+    }
+  }
   const bool resume = !known.empty() && data.size() > known.size() &&
                       std::memcmp(data.data(), known.data(), known.size()) == 0;
+  if (resume) {
+    if (const ChunkInfo* hit = recall_framing(data.substr(known.size()))) return *hit;
+    if (prefix.shape_misses < kMaxShapeMisses) {
+      if (auto fit = recall_shape(data, prefix)) return fit;
+    }
+  }
   ChunkInfo info;
   Scanner scanner(data, true);
   if (!scanner.event(info, resume ? known.size() : 0)) return std::nullopt;
-  // A new prefix is kept when it is plain ASCII (so that the rest of an event decides alone
-  // whether the event needs a UTF-8 check).
-  const std::size_t at = scanner.checkpoint_;
-  if (!resume && at > 0 && at <= ChunkPrefix::kMaxBytes) {
+  if (resume) {
+    remember(data, known.size(), scanner, info, prefix.shape_misses < kMaxShapeMisses);
+  } else if (const std::size_t at = scanner.checkpoint_; at > 0 && at <= ChunkPrefix::kMaxBytes) {
+    // Another start than the stream's first: kept when it is plain ASCII, as above.
     bool ascii = true;
     for (std::size_t i = 0; i < at; ++i)
       ascii = ascii && static_cast<unsigned char>(data[i]) < 0x80;
-    if (ascii) prefix.bytes.assign(data.data(), at);
+    if (ascii) {
+      prefix.bytes.assign(data.data(), at);
+    }
   }
   if (prefix.shape_misses < kMaxShapeMisses) learn_shape(data, scanner, info, prefix);
   return info;

@@ -811,6 +811,67 @@ TEST(ChunkScan, StreamShapeAgreesWithTheParse) {
   EXPECT_GT(fitted, kStreams);
 }
 
+// Streams one after another on a thread, each with its own id and time: what follows their
+// prefix (the role event, a text event around its text, the finish event) is recalled from the
+// streams before, for other prefixes too. Every event, recalled, fitted, damaged or changed
+// anywhere after the prefix, gives the parse's answer.
+TEST(ChunkScan, StreamsOfOneThreadAgreeWithTheParse) {
+  EventGen gen(20261208);
+  std::mt19937 pick(17);
+  const std::string models[] = {R"("gpt-4o-mini")", R"("bench")", "\"caf\xc3\xa9\""};
+  const std::string roles[] = {
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})",
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]})",
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":"\u00e9"}}]})",
+      R"("choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0}]}}]})",
+      R"("choices":[{"index":0,"delta":{"content":""}}],"usage":{"prompt_tokens":3}})",
+  };
+  const std::string mids[] = {
+      R"("choices":[{"index":0,"delta":{"content":)",
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":)",
+      R"("choices":[{"delta":{"refusal":"no","content":)",
+      R"("usage":null,"choices":[{"delta":{"content":)",
+  };
+  const std::string tails[] = {
+      R"(},"finish_reason":null}]})",
+      R"(},"logprobs":null,"finish_reason":null}],"usage":null})",
+      R"(}}],"usage":{"prompt_tokens":5,"completion_tokens":2}})",
+      R"(}},{"delta":{"content":"second"}}]})",
+      R"(,"content":"again"}}]})",
+  };
+  const std::string finishes[] = {
+      R"("choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})",
+      R"("choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":null})",
+      R"("choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop"}]})",
+  };
+  int fitted = 0;
+  constexpr int kStreams = 3000;
+  for (int n = 0; n < kStreams; ++n) {
+    ChunkPrefix prefix;
+    const std::string head = R"({"id":"chatcmpl-)" + std::to_string(pick() % 100000) +
+                             R"(","created":)" + std::to_string(1733390000 + n) + R"(,"model":)" +
+                             models[pick() % std::size(models)] + ",";
+    std::vector<std::string> stream;
+    stream.push_back(head + roles[pick() % std::size(roles)]);
+    const std::size_t m = pick() % std::size(mids), t = pick() % std::size(tails);
+    for (int i = static_cast<int>(pick() % 6); i > 0; --i) {
+      stream.push_back(head + mids[m] + gen.text() + tails[t]);
+    }
+    stream.push_back(head + finishes[pick() % std::size(finishes)]);
+    stream.push_back(head + R"("choices":[],"usage":{"prompt_tokens":)" +
+                     std::to_string(pick() % 500) + R"(,"completion_tokens":)" +
+                     std::to_string(pick() % 50) + "}}");
+    for (auto& e : stream) {
+      if (pick() % 25 == 0) e = gen.damaged(e);
+      const bool shaped = !prefix.shape_head.empty() && prefix.shape_misses < 8;
+      const ChunkInfo parsed = parse_chunk(e);
+      ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "stream " << n << ": " << show(e);
+      if (shaped && prefix.shape_misses == 0) ++fitted;
+    }
+  }
+  EXPECT_GT(fitted, kStreams / 4);
+}
+
 // A stream whose events never fit a shape (a member that changes on every event after the
 // text) stops trying one, and keeps the parse's answer.
 TEST(ChunkScan, StreamWithoutAShapeStopsTrying) {
