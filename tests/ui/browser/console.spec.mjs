@@ -89,9 +89,18 @@ async function openPage(page, p) {
 }
 
 // The background colour of a bar's filled part, as [r, g, b].
+// The fill colour of a capacity bar as [r, g, b]. The Live page redraws its tables every refresh,
+// so the element the locator found can be detached by the time it is read (a detached element has
+// no computed style): read again until an attached one answers.
 async function barColour(bar) {
-  const c = await bar.evaluate(b => getComputedStyle(b.firstElementChild).backgroundColor);
-  return (c.match(/\d+/g) || []).slice(0, 3).map(Number);
+  let last = "";
+  for (let i = 0; i < 50; i++) {
+    last = await bar.evaluate(b => (b.isConnected && b.firstElementChild ? getComputedStyle(b.firstElementChild).backgroundColor : ""));
+    const m = last.match(/\d+/g);
+    if (m && m.length >= 3) return m.slice(0, 3).map(Number);
+    await sleep(100);
+  }
+  fail(`the colour of a capacity bar could not be read: "${last}"`);
 }
 
 const scenarios = {
