@@ -202,6 +202,45 @@ Decision sw_decide(const SlidingWindowState& a, const BucketParams& p, std::int6
   return d;
 }
 
+// Where advanced() would leave the ring's head and total at `now`, read without copying the
+// ring (~200 bytes). False for a ring advanced() would rebuild (fresh, or its slots of another
+// width after a reload): take the copy then.
+bool advanced_total(const SlidingWindowState& s, Nanos g, Nanos now, std::int64_t& head,
+                    i128& total) {
+  if (s.head == kMinNanos || s.slot != g) return false;
+  const std::int64_t cur = floor_div(now, g);
+  if (cur <= s.head) {
+    head = s.head;
+    total = s.total;
+    return true;
+  }
+  head = cur;
+  if (static_cast<i128>(cur) - s.head >= SlidingWindowState::kRing) {
+    total = 0;
+    return true;
+  }
+  total = s.total;
+  for (std::int64_t i = s.head + 1; i <= cur; ++i) total -= s.counts[ring_index(i)];
+  return true;
+}
+
+// The common decision, an admitted cost > 0, as sw_decide gives it on the advanced ring (head
+// and total from advanced_total). False when the cost does not pass, is 0 or the ring needs
+// rebuilding: sw_decide on the advanced copy decides then.
+bool sw_admits(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost, Nanos now,
+               Decision& d, std::int64_t& head, i128& total) {
+  const Nanos g = SlidingWindow::slot_width(p);
+  if (cost <= 0 || !advanced_total(s, g, now, head, total)) return false;
+  const i128 cap = p.capacity();
+  if (total + cost > cap) return false;
+  d.allowed = true;
+  d.limit = p.capacity();
+  d.remaining = static_cast<std::int64_t>(cap - total - cost);
+  d.retry_after = 0;
+  d.reset_after = std::max<Nanos>(0, slot_expiry(head, g, now));
+  return true;
+}
+
 }  // namespace
 
 // ---- GCRA ----
@@ -324,13 +363,35 @@ Nanos SlidingWindow::slot_width(const BucketParams& p) {
 
 Decision SlidingWindow::check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                               Nanos now) {
+  Decision d;
+  std::int64_t head;
+  i128 total;
+  if (sw_admits(s, p, cost, now, d, head, total)) return d;
   return sw_decide(advanced(s, p, now), p, cost, now);
 }
 
 Decision SlidingWindow::consume(SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                                 Nanos now) {
+  Decision d;
+  std::int64_t head;
+  i128 total;
+  if (sw_admits(s, p, cost, now, d, head, total)) {
+    // Advanced and charged in place: the slots that left the window are zeroed, as advanced()
+    // would, and the cost goes to the newest slot.
+    if (head != s.head) {
+      if (static_cast<i128>(head) - s.head >= SlidingWindowState::kRing) {
+        s.counts.fill(0);
+      } else {
+        for (std::int64_t i = s.head + 1; i <= head; ++i) s.counts[ring_index(i)] = 0;
+      }
+      s.head = head;
+    }
+    s.counts[ring_index(head)] += cost;
+    s.total = total + cost;
+    return d;
+  }
   SlidingWindowState a = advanced(s, p, now);
-  Decision d = sw_decide(a, p, cost, now);
+  d = sw_decide(a, p, cost, now);
   if (d.allowed) {
     const std::int64_t add = std::max<std::int64_t>(cost, 0);
     a.counts[ring_index(a.head)] += add;

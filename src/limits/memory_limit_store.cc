@@ -108,6 +108,11 @@ struct Working {
   bool untracked = false;
   int checks = 0;          // checks of the batch on this bucket
   Nanos reset_after = -1;  // of the last check's decision
+  // A stored sliding window that the batch's one check on this bucket decides from where it is
+  // (`sw` is not loaded): the check's cost is charged to it in place at commit, with the same
+  // decision (the same state, parameters, cost and time, under the same lock).
+  SlidingWindowState* sw_stored = nullptr;
+  std::int64_t cost = 0;
 
   Working() {}  // NOLINT(modernize-use-equals-default): leaves the union uninitialised
 };
@@ -259,6 +264,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
       it = work.end() - 1;
     }
     slot[i] = static_cast<std::size_t>(it - work.begin());
+    ++it->checks;
   }
 
   // Lock in ascending shard order so that overlapping batches cannot deadlock. The buckets of
@@ -291,15 +297,26 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   for (std::size_t i = 0; i < checks.size(); ++i) {
     Working& w = work[slot[i]];
     const LimitSpec& spec = *checks[i].spec;
-    if (!w.touched || w.algorithm != spec.algorithm) {
-      load(w, spec.algorithm);
-      w.touched = true;
-    }
-    w.spec = &spec;
     CheckResult& r = out.results[i];
-    r.decision = run(w, spec.params(), checks[i].cost, now, /*mutate=*/true);
+    w.spec = &spec;
+    const auto* ring = w.checks == 1 && spec.algorithm == Algorithm::kSlidingWindow && w.entry
+                           ? std::get_if<std::unique_ptr<SlidingWindowState>>(&w.entry->state)
+                           : nullptr;
+    if (ring != nullptr && *ring) {
+      // The only check on a stored ring: decided without copying the ring in and out.
+      w.algorithm = Algorithm::kSlidingWindow;
+      w.touched = true;
+      w.sw_stored = ring->get();
+      w.cost = checks[i].cost;
+      r.decision = SlidingWindow::check(*w.sw_stored, spec.params(), w.cost, now);
+    } else {
+      if (!w.touched || w.algorithm != spec.algorithm) {
+        load(w, spec.algorithm);
+        w.touched = true;
+      }
+      r.decision = run(w, spec.params(), checks[i].cost, now, /*mutate=*/true);
+    }
     r.consumed = r.decision.allowed;
-    ++w.checks;
     w.reset_after = r.decision.reset_after;
     if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
   }
@@ -334,7 +351,10 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
 
   if (!out.allowed) {
     // Nothing is kept; report the untouched state of the checks that would have passed.
-    for (Working& w : work) w.touched = false;
+    for (Working& w : work) {
+      w.touched = false;
+      w.sw_stored = nullptr;  // never charged: load() copies it as before
+    }
     for (std::size_t i = 0; i < checks.size(); ++i) {
       CheckResult& r = out.results[i];
       r.consumed = false;
@@ -360,6 +380,18 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   for (std::size_t k = 0; k < work.size(); ++k) {
     Working& w = work[k];
     if (!w.commit || w.untracked) continue;
+    if (w.sw_stored != nullptr) {
+      const BucketParams p = w.spec->params();
+      SlidingWindow::consume(*w.sw_stored, p, w.cost, now);
+      Nanos idle;
+      if (w.reset_after >= 0 && w.reset_after < kNever) {
+        if (__builtin_add_overflow(now, w.reset_after, &idle)) idle = kNever;
+      } else {
+        idle = SlidingWindow::idle_at(*w.sw_stored, p, now);
+      }
+      w.entry->idle_at = idle;
+      continue;
+    }
     // A bucket charged by one check is idle once that check's decision says it is empty again
     // (every algorithm's reset_after after a charge is exactly its idle_at, less `now`): no
     // second evaluation of the state. Several checks on one bucket evaluate it afresh.

@@ -416,4 +416,174 @@ TEST(Randomized, ResetAfterAChargeIsIdleAt) {
 }
 
 }  // namespace
+
+// The sliding window as it was decided on a copy of the whole ring: advanced to `now`, decided,
+// and (consume) written back whole when admitted. check and consume now decide and charge an
+// admitted cost in place; this reference holds them to the copy's decisions and states.
+namespace ring_copy {
+
+int ring_index(std::int64_t slot) {
+  return static_cast<int>(((slot % SlidingWindowState::kRing) + SlidingWindowState::kRing) %
+                          SlidingWindowState::kRing);
+}
+
+Nanos saturate(__int128 v) {
+  if (v >= static_cast<__int128>(kNever)) return kNever;
+  if (v <= static_cast<__int128>(std::numeric_limits<Nanos>::min()))
+    return std::numeric_limits<Nanos>::min();
+  return static_cast<Nanos>(v);
+}
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+  std::int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, Nanos now) {
+  constexpr Nanos kMin = std::numeric_limits<Nanos>::min();
+  SlidingWindowState a = s;
+  const Nanos g = SlidingWindow::slot_width(p);
+  const std::int64_t cur = floor_div(now, g);
+  if (a.head != kMin && a.slot != g) {
+    const Nanos kept = saturate(a.total);
+    a.counts.fill(0);
+    a.counts[ring_index(cur)] = kept;
+    a.total = kept;
+    a.head = cur;
+  }
+  a.slot = g;
+  if (a.head == kMin) {
+    a.counts.fill(0);
+    a.total = 0;
+    a.head = cur;
+  } else if (cur > a.head) {
+    if (static_cast<__int128>(cur) - a.head >= SlidingWindowState::kRing) {
+      a.counts.fill(0);
+      a.total = 0;
+    } else {
+      for (std::int64_t i = a.head + 1; i <= cur; ++i) {
+        auto& c = a.counts[ring_index(i)];
+        a.total -= c;
+        c = 0;
+      }
+    }
+    a.head = cur;
+  }
+  return a;
+}
+
+Nanos slot_expiry(std::int64_t b, Nanos g, Nanos now) {
+  return saturate((static_cast<__int128>(b) + SlidingWindowState::kRing) * g - now);
+}
+
+Nanos reset_after(const SlidingWindowState& a, Nanos g, Nanos now) {
+  for (std::int64_t b = a.head; b > a.head - SlidingWindowState::kRing; --b) {
+    if (a.counts[ring_index(b)] != 0) return std::max<Nanos>(0, slot_expiry(b, g, now));
+  }
+  return 0;
+}
+
+Decision decide(const SlidingWindowState& a, const BucketParams& p, std::int64_t cost, Nanos now) {
+  const Nanos g = SlidingWindow::slot_width(p);
+  const __int128 cap = p.capacity(), sum = a.total, need = std::max<std::int64_t>(cost, 0);
+  Decision d;
+  d.limit = p.capacity();
+  if (sum + need <= cap) {
+    d.allowed = true;
+    d.remaining = static_cast<std::int64_t>(cap - sum - need);
+    d.reset_after =
+        need > 0 ? std::max<Nanos>(0, slot_expiry(a.head, g, now)) : reset_after(a, g, now);
+    return d;
+  }
+  d.allowed = false;
+  d.remaining = sum >= cap ? 0 : static_cast<std::int64_t>(cap - sum);
+  d.reset_after = reset_after(a, g, now);
+  if (need > cap) {
+    d.retry_after = kNever;
+    return d;
+  }
+  const __int128 excess = sum + need - cap;
+  __int128 dropped = 0;
+  for (std::int64_t b = a.head - SlidingWindowState::kSlots; b <= a.head; ++b) {
+    dropped += a.counts[ring_index(b)];
+    if (dropped >= excess) {
+      d.retry_after = std::max<Nanos>(1, slot_expiry(b, g, now));
+      break;
+    }
+  }
+  return d;
+}
+
+Decision consume(SlidingWindowState& s, const BucketParams& p, std::int64_t cost, Nanos now) {
+  SlidingWindowState a = advanced(s, p, now);
+  const Decision d = decide(a, p, cost, now);
+  if (d.allowed) {
+    const std::int64_t add = std::max<std::int64_t>(cost, 0);
+    a.counts[ring_index(a.head)] += add;
+    a.total += add;
+    s = a;
+  }
+  return d;
+}
+
+}  // namespace ring_copy
+
+void expect_same(const Decision& a, const Decision& b, const char* what, int step) {
+  ASSERT_EQ(a.allowed, b.allowed) << what << " " << step;
+  ASSERT_EQ(a.limit, b.limit) << what << " " << step;
+  ASSERT_EQ(a.remaining, b.remaining) << what << " " << step;
+  ASSERT_EQ(a.retry_after, b.retry_after) << what << " " << step;
+  ASSERT_EQ(a.reset_after, b.reset_after) << what << " " << step;
+}
+
+void expect_same(const SlidingWindowState& a, const SlidingWindowState& b, int step) {
+  ASSERT_EQ(a.head, b.head) << step;
+  ASSERT_EQ(a.slot, b.slot) << step;
+  ASSERT_TRUE(a.counts == b.counts) << step;
+  ASSERT_TRUE(a.total == b.total) << step;
+}
+
+TEST(Randomized, SlidingWindowInPlaceDecidesAndChargesAsTheRingCopy) {
+  std::mt19937_64 rng(2026);
+  int admitted_in_place = 0;
+  for (int round = 0; round < 60; ++round) {
+    BucketParams p{static_cast<std::int64_t>(rng() % 30 + 1),
+                   static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond,
+                   static_cast<std::int64_t>(rng() % 3)};
+    SlidingWindowState s;  // the in-place path
+    SlidingWindowState r;  // the reference
+    Nanos now = kT0 + static_cast<Nanos>(rng() % kNanosPerSecond);
+    if (round % 7 == 0) now = -now;  // slots before the epoch: floor division
+    for (int step = 0; step < 800; ++step) {
+      const auto k = rng() % 100;
+      if (k < 2) {
+        now += 5 * p.period;  // the whole ring expires
+      } else if (k < 4) {
+        now += p.period / 2 + static_cast<Nanos>(rng() % p.period);  // most of it
+      } else if (k < 9) {
+        now -= static_cast<Nanos>(rng() % (300 * kMs));  // a clock read a moment earlier
+      } else {
+        now += static_cast<Nanos>(rng() % (120 * kMs));
+      }
+      if (k >= 9 && k < 11) p.period = static_cast<Nanos>(rng() % 3 + 1) * kNanosPerSecond;
+      const std::int64_t cost = static_cast<std::int64_t>(rng() % 5) - (k % 13 == 0 ? 2 : 0);
+      if (k >= 11 && k < 20) {
+        const std::int64_t delta = static_cast<std::int64_t>(rng() % 9) - 4;
+        SlidingWindow::adjust(s, p, delta, now);
+        SlidingWindow::adjust(r, p, delta, now);
+      } else if (k >= 20 && k < 40) {
+        expect_same(SlidingWindow::check(s, p, cost, now),
+                    ring_copy::decide(ring_copy::advanced(r, p, now), p, cost, now), "check", step);
+      } else {
+        const Decision d = SlidingWindow::consume(s, p, cost, now);
+        expect_same(d, ring_copy::consume(r, p, cost, now), "consume", step);
+        admitted_in_place += d.allowed && cost > 0 ? 1 : 0;
+      }
+      expect_same(s, r, step);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  }
+  EXPECT_GT(admitted_in_place, 1000);  // admitted costs > 0: the case decided in place
+}
+
 }  // namespace bw::limits

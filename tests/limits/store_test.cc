@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -302,4 +304,108 @@ TEST(MemoryLimitStore, ConcurrentBatchesOnOverlappingShardsDoNotDeadlock) {
 }
 
 }  // namespace
+
+// A sliding window that a batch checks once is decided and charged where the store keeps it (no
+// copy of its ring in and out). The store's answers are held to the contract computed on copies
+// of plain states: a batch of a key's daily window, its per-second GCRA and sometimes a tight
+// limit, a shadow window or the same window twice; every decision, every rejected batch left
+// without a trace, and refunds in between.
+TEST(MemoryLimitStore, SlidingWindowChargedInPlaceKeepsTheBatchContract) {
+  MemoryLimitStore store(opts(4));
+  LimitSpec daily = spec("daily", 40, 0, Algorithm::kSlidingWindow, Period::kMinute);
+  LimitSpec rps = spec("rps", 6, 2);
+  LimitSpec tight = spec("tight", 1, 0, Algorithm::kGcra, Period::kMinute);
+  LimitSpec shadow = spec("shadow", 25, 0, Algorithm::kSlidingWindow, Period::kMinute);
+  shadow.mode = Mode::kShadow;
+  struct Model {
+    std::map<std::string, SlidingWindowState> sw;
+    std::map<std::string, GcraState> gcra;
+  } model;
+  auto decide = [](Model& m, const LimitCheck& c, Nanos now, bool charge) {
+    const BucketParams p = c.spec->params();
+    const std::string k(c.key);
+    if (c.spec->algorithm == Algorithm::kSlidingWindow) {
+      SlidingWindowState& st = m.sw[k];
+      return charge ? SlidingWindow::consume(st, p, c.cost, now)
+                    : SlidingWindow::check(st, p, c.cost, now);
+    }
+    GcraState& st = m.gcra[k];
+    return charge ? Gcra::consume(st, p, c.cost, now) : Gcra::check(st, p, c.cost, now);
+  };
+  std::mt19937_64 rng(99);
+  Nanos now = kT0;
+  int allowed = 0, refused = 0;
+  for (int step = 0; step < 4000; ++step) {
+    now += static_cast<Nanos>(rng() % (400 * kMs));
+    const std::string owner = "k" + std::to_string(rng() % 3);
+    const std::string kd =
+        "p\x1f"
+        "daily\x1f"
+        "key\x1f" +
+        owner;
+    const std::string kr =
+        "p\x1f"
+        "rps\x1f"
+        "key\x1f" +
+        owner;
+    const std::string kt =
+        "p\x1f"
+        "tight\x1f"
+        "key\x1f" +
+        owner;
+    const std::string ks =
+        "p\x1f"
+        "shadow\x1f"
+        "key\x1f" +
+        owner;
+    std::vector<LimitCheck> batch = {{kd, &daily, 1 + static_cast<std::int64_t>(rng() % 3)},
+                                     {kr, &rps, 1}};
+    const auto extra = rng() % 10;
+    if (extra == 0) batch.push_back({kt, &tight, 1});
+    if (extra == 1) batch.push_back({ks, &shadow, 2});
+    if (extra == 2) batch.push_back({kd, &daily, 1});  // the same ring twice: the copy
+    if (extra == 3) std::swap(batch[0], batch[1]);
+
+    // The contract on copies: every check in order on the batch's copy; kept if all enforced
+    // ones pass; else nothing is kept and the passing ones report the state as it is.
+    Model tentative = model;
+    std::vector<Decision> want;
+    bool ok = true;
+    for (const LimitCheck& c : batch) {
+      want.push_back(decide(tentative, c, now, true));
+      if (!want.back().allowed && c.spec->mode == Mode::kEnforce) ok = false;
+    }
+    if (ok) {
+      model = tentative;
+    } else {
+      Model untouched = model;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (!want[i].allowed) continue;
+        const Decision now_state =
+            decide(untouched, LimitCheck{batch[i].key, batch[i].spec, 0}, now, false);
+        want[i].remaining = now_state.remaining;
+        want[i].reset_after = now_state.reset_after;
+      }
+    }
+    const BatchResult got = store.check_and_consume(batch, now);
+    ASSERT_EQ(got.allowed, ok) << step;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Decision& g = got.results[i].decision;
+      ASSERT_EQ(g.allowed, want[i].allowed) << step << "/" << i;
+      ASSERT_EQ(g.remaining, want[i].remaining) << step << "/" << i;
+      ASSERT_EQ(g.retry_after, want[i].retry_after) << step << "/" << i;
+      ASSERT_EQ(g.reset_after, want[i].reset_after) << step << "/" << i;
+      ASSERT_EQ(g.limit, want[i].limit) << step << "/" << i;
+    }
+    (ok ? allowed : refused) += 1;
+    if (rng() % 8 == 0) {  // a refund or a charge after the fact, on the daily ring
+      const std::int64_t delta = static_cast<std::int64_t>(rng() % 5) - 3;
+      store.adjust(kd, daily, delta, now);
+      if (delta != 0) SlidingWindow::adjust(model.sw[kd], daily.params(), delta, now);
+    }
+  }
+  EXPECT_GT(allowed, 1000);
+  EXPECT_GT(refused, 200);
+}
+
 }  // namespace bw::limits
