@@ -363,31 +363,43 @@ Nanos SlidingWindow::slot_width(const BucketParams& p) {
 
 Decision SlidingWindow::check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                               Nanos now) {
+  SlidingWindowCharge unused;
+  return check(s, p, cost, now, unused);
+}
+
+Decision SlidingWindow::check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
+                              Nanos now, SlidingWindowCharge& charge) {
   Decision d;
-  std::int64_t head;
-  i128 total;
-  if (sw_admits(s, p, cost, now, d, head, total)) return d;
+  charge.ready = sw_admits(s, p, cost, now, d, charge.head, charge.total);
+  if (charge.ready) {
+    charge.cost = cost;
+    return d;
+  }
   return sw_decide(advanced(s, p, now), p, cost, now);
+}
+
+void SlidingWindow::charge(SlidingWindowState& s, const SlidingWindowCharge& c) {
+  // Advanced in place: the slots that left the window are zeroed, as advanced() would; the cost
+  // goes to the newest slot.
+  if (c.head != s.head) {
+    if (static_cast<i128>(c.head) - s.head >= SlidingWindowState::kRing) {
+      s.counts.fill(0);
+    } else {
+      for (std::int64_t i = s.head + 1; i <= c.head; ++i) s.counts[ring_index(i)] = 0;
+    }
+    s.head = c.head;
+  }
+  s.counts[ring_index(c.head)] += c.cost;
+  s.total = c.total + c.cost;
 }
 
 Decision SlidingWindow::consume(SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                                 Nanos now) {
+  SlidingWindowCharge c;
   Decision d;
-  std::int64_t head;
-  i128 total;
-  if (sw_admits(s, p, cost, now, d, head, total)) {
-    // Advanced and charged in place: the slots that left the window are zeroed, as advanced()
-    // would, and the cost goes to the newest slot.
-    if (head != s.head) {
-      if (static_cast<i128>(head) - s.head >= SlidingWindowState::kRing) {
-        s.counts.fill(0);
-      } else {
-        for (std::int64_t i = s.head + 1; i <= head; ++i) s.counts[ring_index(i)] = 0;
-      }
-      s.head = head;
-    }
-    s.counts[ring_index(head)] += cost;
-    s.total = total + cost;
+  if (sw_admits(s, p, cost, now, d, c.head, c.total)) {
+    c.cost = cost;
+    charge(s, c);
     return d;
   }
   SlidingWindowState a = advanced(s, p, now);

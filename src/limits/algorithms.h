@@ -88,9 +88,25 @@ struct TokenBucket {
   static Nanos idle_at(const TokenBucketState& s, const BucketParams& p, Nanos now);
 };
 
+// An admitted charge that SlidingWindow::check decided from the ring as it is (`ready`), for
+// SlidingWindow::charge to apply to that same, unchanged ring: what consume would have done.
+struct SlidingWindowCharge {
+  bool ready = false;
+  std::int64_t head = 0;  // the ring's head once advanced
+  __int128 total = 0;     // its total once advanced, before the cost
+  std::int64_t cost = 0;
+};
+
 struct SlidingWindow {
   static Decision check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                         Nanos now);
+  // check, and when the cost is admitted from the ring as it is (no rebuild), what charging it
+  // takes (`charge->ready`; else consume decides it).
+  static Decision check(const SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
+                        Nanos now, SlidingWindowCharge& charge);
+  // Applies a ready charge of check() to the ring it was decided on, unchanged since: the ring
+  // and the decision are then what consume() at the same time would have left and given.
+  static void charge(SlidingWindowState& s, const SlidingWindowCharge& c);
   static Decision consume(SlidingWindowState& s, const BucketParams& p, std::int64_t cost,
                           Nanos now);
   static void adjust(SlidingWindowState& s, const BucketParams& p, std::int64_t delta, Nanos now);

@@ -574,16 +574,29 @@ TEST(Randomized, SlidingWindowInPlaceDecidesAndChargesAsTheRingCopy) {
       } else if (k >= 20 && k < 40) {
         expect_same(SlidingWindow::check(s, p, cost, now),
                     ring_copy::decide(ring_copy::advanced(r, p, now), p, cost, now), "check", step);
+      } else if (k >= 40 && k < 70) {
+        // Decided first, charged after (the store's commit), or consumed when not prepared.
+        SlidingWindowCharge charge;
+        const Decision d = SlidingWindow::check(s, p, cost, now, charge);
+        if (charge.ready) {
+          SlidingWindow::charge(s, charge);
+        } else {
+          ASSERT_FALSE(d.allowed && cost > 0 && s.head != std::numeric_limits<Nanos>::min() &&
+                       s.slot == SlidingWindow::slot_width(p))
+              << step;
+          expect_same(SlidingWindow::consume(s, p, cost, now), d, "consume after check", step);
+        }
+        expect_same(d, ring_copy::consume(r, p, cost, now), "check and charge", step);
+        admitted_in_place += charge.ready ? 1 : 0;
       } else {
         const Decision d = SlidingWindow::consume(s, p, cost, now);
         expect_same(d, ring_copy::consume(r, p, cost, now), "consume", step);
-        admitted_in_place += d.allowed && cost > 0 ? 1 : 0;
       }
       expect_same(s, r, step);
       if (::testing::Test::HasFatalFailure()) return;
     }
   }
-  EXPECT_GT(admitted_in_place, 1000);  // admitted costs > 0: the case decided in place
+  EXPECT_GT(admitted_in_place, 1000);  // charges prepared by check and applied in place
 }
 
 }  // namespace bw::limits
