@@ -109,9 +109,11 @@ struct Working {
   int checks = 0;          // checks of the batch on this bucket
   Nanos reset_after = -1;  // of the last check's decision
   // A stored sliding window that the batch's one check on this bucket decides from where it is
-  // (`sw` is not loaded): the check's cost is charged to it in place at commit, with the same
-  // decision (the same state, parameters, cost and time, under the same lock).
+  // (`sw` is not loaded): at commit the check's charge is applied to it in place (`sw_charge`,
+  // decided on the same ring under the same lock), or, when the check could not prepare one
+  // (a cost of 0, a ring to rebuild), consumed there with the same inputs.
   SlidingWindowState* sw_stored = nullptr;
+  SlidingWindowCharge sw_charge;
   std::int64_t cost = 0;
 
   Working() {}  // NOLINT(modernize-use-equals-default): leaves the union uninitialised
@@ -251,7 +253,8 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   if (checks.empty()) return out;
 
   boost::container::small_vector<Working, 8> work;
-  boost::container::small_vector<std::size_t, 8> slot(checks.size());
+  boost::container::small_vector<std::size_t, 8> slot(checks.size(),
+                                                      boost::container::default_init);
   for (std::size_t i = 0; i < checks.size(); ++i) {
     const KeyDigest* d = checks[i].digest;
     const KeyHash h =
@@ -287,10 +290,12 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
   for (std::size_t s : locked) {
     shards_[s].maintain(now, shard_cap_, options_.full_sweep_interval);
   }
+  bool any_new = false;  // a bucket the batch may create
   for (Working& w : work) {
     auto& map = shards_[w.shard].map;
     auto it = map.find(w.key);
     w.entry = it == map.end() ? nullptr : &it->second;
+    any_new = any_new || w.entry == nullptr;
   }
 
   // Phase 1: evaluate every check on tentative copies.
@@ -308,7 +313,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
       w.touched = true;
       w.sw_stored = ring->get();
       w.cost = checks[i].cost;
-      r.decision = SlidingWindow::check(*w.sw_stored, spec.params(), w.cost, now);
+      r.decision = SlidingWindow::check(*w.sw_stored, spec.params(), w.cost, now, w.sw_charge);
     } else {
       if (!w.touched || w.algorithm != spec.algorithm) {
         load(w, spec.algorithm);
@@ -317,17 +322,15 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
       r.decision = run(w, spec.params(), checks[i].cost, now, /*mutate=*/true);
     }
     r.consumed = r.decision.allowed;
+    // A bucket is written only if some check on it consumed; a failed shadow check leaves no
+    // trace.
+    w.commit = w.commit || r.consumed;
     w.reset_after = r.decision.reset_after;
     if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
   }
 
-  // A bucket is written only if some check on it consumed; a failed shadow check leaves no trace.
-  for (std::size_t i = 0; i < checks.size(); ++i) {
-    if (out.results[i].consumed) work[slot[i]].commit = true;
-  }
-
   // Room for the new buckets this batch would create.
-  if (out.allowed) {
+  if (out.allowed && any_new) {
     boost::container::small_vector<std::size_t, 8> added;  // shard of each new bucket so far
     for (std::size_t k = 0; k < work.size(); ++k) {
       Working& w = work[k];
@@ -382,7 +385,11 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     if (!w.commit || w.untracked) continue;
     if (w.sw_stored != nullptr) {
       const BucketParams p = w.spec->params();
-      SlidingWindow::consume(*w.sw_stored, p, w.cost, now);
+      if (w.sw_charge.ready) {
+        SlidingWindow::charge(*w.sw_stored, w.sw_charge);
+      } else {
+        SlidingWindow::consume(*w.sw_stored, p, w.cost, now);
+      }
       Nanos idle;
       if (w.reset_after >= 0 && w.reset_after < kNever) {
         if (__builtin_add_overflow(now, w.reset_after, &idle)) idle = kNever;
