@@ -57,15 +57,18 @@ std::optional<Verdict> phase_rate_limit::try_now(Ctx& c) {
                           : providers::estimate_prompt_tokens(c.llm) +
                                 providers::completion_reservation(c.llm, output_cap);
   if (c.sh.limiter->remote()) return std::nullopt;
-  auto v = c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now());
-  // A request that no limit applies to (nothing to settle, no header) leaves c.verdict unused.
-  if (v.allowed && !v.unavailable && !v.requests.present && !v.tokens.present &&
-      v.shadow_rejections.empty() && v.reservation.token_limits.empty()) {
+  // The verdict is built in c.verdict; a request that no limit applies to leaves it unused.
+  if (!c.sh.limiter->check(limit_scope(c), c.reserved_tokens, c.sh.limiter_now(), c.verdict)) {
     c.extra.clear();
     return Ok{};
   }
-  c.verdict.set(std::move(v));
-  if (!c.verdict->allowed || c.verdict->unavailable) return std::nullopt;
+  const auto& v = c.verdict.get();
+  if (v.allowed && !v.unavailable && !v.requests.present && !v.tokens.present &&
+      v.shadow_rejections.empty() && v.reservation.token_limits.empty()) {
+    c.extra.clear();  // nothing to settle, no header
+    return Ok{};
+  }
+  if (!v.allowed || v.unavailable) return std::nullopt;
   note_verdict(c);
   return Ok{};
 }

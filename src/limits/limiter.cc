@@ -143,6 +143,20 @@ void walk_plan(const Plan& plan, const std::vector<LimitSpec>* overrides, std::s
   }
 }
 
+// The checks of `pending`, once the arena holds every key it will. Field by field: copying whole
+// LimitCheck temporaries stalled on store forwarding here.
+void fill_checks(LimitCheck* out, std::span<const Pending> pending, const KeyArena& arena,
+                 std::int64_t token_cost) {
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    const Pending& p = pending[i];
+    LimitCheck& c = out[i];
+    c.key = std::string_view((p.key_base ? p.key_base : arena.data()) + p.key_begin, p.key_len);
+    c.spec = p.spec;
+    c.cost = p.spec->unit == Unit::kTokens ? token_cost : 1;
+    c.digest = p.digest;
+  }
+}
+
 bool more_restrictive(const Decision& a, const RateHeaders& b) {
   if (!b.present) return true;
   if (a.remaining != b.remaining) return a.remaining < b.remaining;
@@ -237,17 +251,24 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
       ready->key_id_.size() == s.key_id.size() && ready->tenant_id_.data() == s.tenant_id.data() &&
       ready->tenant_id_.size() == s.tenant_id.size()) {
     const KeyDigest* digests = ready->digests(*store_);
+    // The config's keys are all in the arena now, which no longer moves: the checks are written
+    // straight from the prepared items, after the config's.
+    const std::size_t first = pending.size();
+    auto& checks = g.checks;
+    checks.resize(first + ready->items_.size(), boost::container::default_init);
+    fill_checks(checks.data(), pending, arena, token_cost);
     for (std::size_t i = 0; i < ready->items_.size(); ++i) {
       const PreparedLimits::Item& it = ready->items_[i];
-      Pending& p = pending.emplace_back();
-      p.spec = it.spec;
-      p.key_base = ready->keys_.data();
-      p.digest = digests ? digests + i : nullptr;
-      p.key_begin = it.key_begin;
-      p.key_len = it.key_size;
+      LimitCheck& c = checks[first + i];
+      c.key = std::string_view(ready->keys_.data() + it.key_begin, it.key_size);
+      c.spec = it.spec;
+      c.cost = it.spec->unit == Unit::kTokens ? token_cost : 1;
+      c.digest = digests ? digests + i : nullptr;
     }
-  } else if (s.plan) {
-    walk_plan(*s.plan, s.key_overrides, s.key_id, s.tenant_id, g.daily,
+    return;
+  }
+  if (s.plan) {
+    walk_plan(*s.plan, s.key_overrides, s.key_id, s.tenant_id, g.daily.emplace(),
               [&](const LimitSpec& spec, std::string_view owner) {
                 std::string_view sub;
                 if (spec.scope == Scope::kEndpoint && !match_value(spec, s.endpoint, sub)) return;
@@ -256,28 +277,25 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
               });
   }
 
-  // Field by field: copying whole LimitCheck temporaries stalled on store forwarding here.
-  auto& checks = g.checks;
-  checks.resize(pending.size());
-  for (std::size_t i = 0; i < pending.size(); ++i) {
-    const Pending& p = pending[i];
-    LimitCheck& c = checks[i];
-    c.key = std::string_view((p.key_base ? p.key_base : arena.data()) + p.key_begin, p.key_len);
-    c.spec = p.spec;
-    c.cost = p.spec->unit == Unit::kTokens ? token_cost : 1;
-    c.digest = p.digest;
-  }
+  g.checks.resize(pending.size(), boost::container::default_init);
+  fill_checks(g.checks.data(), pending, arena, token_cost);
 }
 
 Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now) {
+  Lazy<Verdict> v;
+  check(s, token_cost, now, v);
+  return v.used() ? std::move(v.mut()) : Verdict{};
+}
+
+bool Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now, Lazy<Verdict>& out) {
   token_cost = std::max<std::int64_t>(token_cost, 0);
-  Verdict v;
   Gathered g;
   gather(g, *snapshot(), s, token_cost);
-  if (g.checks.empty()) return v;
+  if (g.checks.empty()) return false;
   const BatchResult r = store_->check_and_consume(g.checks, now);
+  Verdict& v = out.used() ? (out.mut() = Verdict{}) : out.mut();
   make_verdict(v, g.checks, r, token_cost);
-  return v;
+  return true;
 }
 
 void Limiter::set_async_store(std::shared_ptr<AsyncLimitStore> store) {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,6 +31,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
+#include "common/lazy.h"
 #include "common/published.h"
 #include "limits/client_ip.h"
 #include "limits/limit_spec.h"
@@ -167,6 +169,10 @@ class Limiter {
 
   // token_cost: tokens to reserve on token limits (e.g. prompt estimate + max_tokens).
   Verdict check(const RequestScope& scope, std::int64_t token_cost, Nanos now);
+  // The same check, its verdict built in `out` (a default Verdict first) rather than returned and
+  // moved. False when no limit applies: `out` is left as it was (unused, for a caller that keeps
+  // it so), and the verdict would have been a default one.
+  bool check(const RequestScope& scope, std::int64_t token_cost, Nanos now, Lazy<Verdict>& out);
   // Charges actual - reserved to every token limit that was charged (refund when negative).
   // Idempotent: a second call does nothing.
   void settle(Reservation& reservation, std::int64_t actual_tokens, Nanos now);
@@ -192,7 +198,7 @@ class Limiter {
   struct Gathered {
     std::shared_ptr<const LimiterConfig> hold;  // keeps the config alive across a suspension
     boost::container::small_vector<char, 512> arena;
-    LimitSpec daily;
+    std::optional<LimitSpec> daily;  // the plan's daily quota, when the plan is walked
     boost::container::small_vector<LimitCheck, 12> checks;
   };
   // The current config, from a per-thread cache refreshed when a reload happened (no shared

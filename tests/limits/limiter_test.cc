@@ -197,6 +197,55 @@ TEST(Limiter, PreparedPlanLimitsGiveTheSameVerdicts) {
   }
 }
 
+// The check that builds its verdict in the caller's Lazy gives the returned check's verdict, and
+// leaves the Lazy unused when no limit applies.
+TEST(Limiter, CheckIntoLazyGivesTheSameVerdict) {
+  Plan plan;
+  plan.daily_requests = 30;
+  plan.limits = {spec("rps", Scope::kKey, 5),
+                 spec("tpm", Scope::kKey, 900, {}, Unit::kTokens, Period::kMinute)};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  Limiter returned(cfg({spec("global", Scope::kGlobal, 50)}), new_store());
+  Limiter built(cfg({spec("global", Scope::kGlobal, 50)}), new_store());
+  RequestScope s = scope();
+  s.key_id = key;
+  s.tenant_id = tenant;
+  s.plan = &plan;
+  s.prepared = &ready;
+  Lazy<Verdict> reused;  // one Lazy for every request: each check starts from a default verdict
+  int passed = 0;
+  for (int i = 0; i < 40; ++i) {
+    const Nanos now = kT0 + i * 61 * kMs;
+    Verdict a = returned.check(s, 100 + i, now);
+    Lazy<Verdict> fresh;
+    ASSERT_TRUE(built.check(s, 100 + i, now, fresh));
+    ASSERT_TRUE(fresh.used());
+    expect_same(a, fresh.get(), i);
+    passed += a.allowed;
+    returned.settle(a.reservation, 30 + i, now + kMs);
+    built.settle(fresh.mut().reservation, 30 + i, now + kMs);
+  }
+  EXPECT_GT(passed, 0);
+  EXPECT_LT(passed, 40);
+  // A refusal's verdict (limit name, retry) in a Lazy, then an admission in the same Lazy: nothing
+  // of the refusal is left.
+  Limiter one(cfg({spec("tight", Scope::kKey, 1)}), new_store());
+  ASSERT_TRUE(one.check(scope(), 0, kT0, reused));
+  ASSERT_TRUE(reused.get().allowed);
+  ASSERT_TRUE(one.check(scope(), 0, kT0, reused));
+  EXPECT_FALSE(reused.get().allowed);
+  EXPECT_EQ(reused.get().limit_name, "tight");
+  ASSERT_TRUE(one.check(scope(), 0, kT0 + 2 * kNanosPerSecond, reused));
+  expect_same(reused.get(), one.check(scope("k9"), 0, kT0 + 2 * kNanosPerSecond), 1000);
+  // No limit applies: false, and the Lazy stays unused.
+  Limiter none(cfg({}), new_store());
+  Lazy<Verdict> untouched;
+  EXPECT_FALSE(none.check(scope(), 10, kT0, untouched));
+  EXPECT_FALSE(untouched.used());
+  expect_same(none.check(scope(), 10, kT0), Verdict{}, 1001);
+}
+
 TEST(Limiter, PreparedPlanLimitsLeaveRequestScopedPlansToTheRequest) {
   Plan plan;
   plan.limits = {spec("rps", Scope::kKey, 3), spec("chat", Scope::kEndpoint, 1, "/v1/chat/*")};
