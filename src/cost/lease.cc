@@ -224,7 +224,7 @@ void LeaseBook::give_back(Lease& lease, Micros amount) {
   lease.in_flight = std::max(lease.in_flight - 1, 0);
 }
 
-LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered row, LedgerCallback done,
+LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, LedgerCallback done,
                                      std::int64_t now_unix_ms) {
   Settled out;
   if (!claim.lease_) return out;

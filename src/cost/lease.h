@@ -149,7 +149,7 @@ class LeaseBook {
   // with `done` (Wake::kDeferred: the caller kicks) and closes the lease if it went quiet. With a
   // `done`, the caller reports a failed commit (commit_failed(out.lease)); without one, the book
   // learns of it from the ledger's callback itself.
-  Settled settle(LeaseClaim& claim, LedgerCovered row, LedgerCallback done,
+  Settled settle(LeaseClaim& claim, LedgerCovered&& row, LedgerCallback done,
                  std::int64_t now_unix_ms);
   // A covered row of `lease` was not committed: the lease is retired at once (see above).
   void commit_failed(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
