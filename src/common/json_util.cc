@@ -277,17 +277,19 @@ char* write_decimal(char* p, std::int64_t units, int scale, int significant) {
   std::uint64_t frac = u % one;
   p = write_uint(p, u / one);
   if (frac == 0) return p;
-  int digits = scale;  // of the fraction, without its trailing zeros
-  while (frac % 10 == 0) {
-    frac /= 10;
-    --digits;
-  }
+  // The fraction's `scale` digits with its leading zeros, two a step from the table, from the
+  // end; then its trailing zeros dropped (frac != 0: one digit at least is not a zero).
   *p++ = '.';
-  char* const end = p + digits;
-  for (char* q = end; q != p;) {  // with the fraction's leading zeros
-    *--q = static_cast<char>('0' + frac % 10);
-    frac /= 10;
+  char* const all = p + scale;
+  char* q = all;
+  while (q - p >= 2) {
+    q -= 2;
+    std::memcpy(q, kDigitPairs + (frac % 100) * 2, 2);
+    frac /= 100;
   }
+  if (q != p) *p = static_cast<char>('0' + frac);
+  char* end = all;
+  while (end[-1] == '0') --end;
   return end;
 }
 

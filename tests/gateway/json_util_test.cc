@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cinttypes>
 #include <cmath>
@@ -69,6 +70,77 @@ TEST(WriteJsonString, SameAsAppendForLongerMixedStrings) {
 std::string decimal(std::int64_t units, int scale, int significant = 0) {
   char buf[kDecimalMaxSize];
   return std::string(buf, write_decimal(buf, units, scale, significant));
+}
+
+// write_decimal as it was written digit by digit, for the test below.
+std::string decimal_digit_by_digit(std::int64_t units, int scale, int significant) {
+  std::uint64_t pow10[20];
+  pow10[0] = 1;
+  for (int i = 1; i < 20; ++i) pow10[i] = pow10[i - 1] * 10;
+  auto digits_of = [&](std::uint64_t v) {
+    int n = 1;
+    while (n < 20 && v >= pow10[n]) ++n;
+    return n;
+  };
+  std::string out;
+  scale = std::clamp(scale, 0, 18);
+  std::uint64_t u =
+      units < 0 ? 0 - static_cast<std::uint64_t>(units) : static_cast<std::uint64_t>(units);
+  if (significant > 0 && significant < 19 && u >= pow10[significant]) {
+    const int drop = digits_of(u) - significant;
+    const std::uint64_t q = pow10[drop];
+    std::uint64_t t = u / q;
+    const std::uint64_t r = u % q;
+    if (r > q / 2 || (r == q / 2 && (t & 1) != 0)) ++t;
+    if (units < 0) out += '-';
+    const int cut = std::min(drop, scale);
+    u = t * pow10[drop - cut];
+    scale -= cut;
+  } else if (units < 0 && u != 0) {
+    out += '-';
+  }
+  if (scale == 0) return out + std::to_string(u);
+  const std::uint64_t one = pow10[scale];
+  std::uint64_t frac = u % one;
+  out += std::to_string(u / one);
+  if (frac == 0) return out;
+  int digits = scale;
+  while (frac % 10 == 0) {
+    frac /= 10;
+    --digits;
+  }
+  std::string f(static_cast<std::size_t>(digits), '0');
+  for (int i = digits; i-- > 0;) {
+    f[static_cast<std::size_t>(i)] = static_cast<char>('0' + frac % 10);
+    frac /= 10;
+  }
+  return out + "." + f;
+}
+
+// The fraction written two digits a step gives the text the digit-by-digit loop gave: every
+// scale and significant count, values of every length, zeros inside and at both ends.
+TEST(WriteDecimal, PairsGiveTheDigitByDigitText) {
+  std::mt19937_64 rng(4242);
+  int checked = 0;
+  for (int n = 0; n < 200'000; ++n) {
+    std::uint64_t bits = rng();
+    const int len = static_cast<int>(rng() % 20);
+    std::int64_t v = static_cast<std::int64_t>(bits >> (rng() % 64));
+    if (len < 19) {
+      std::int64_t p = 1;
+      for (int i = 0; i < len; ++i) p *= 10;
+      v = v % p;
+      if (rng() % 4 == 0) v = v / 1000 * 1000 + (rng() % 2 ? 500 : 0);  // zeros and halves
+    }
+    if (rng() % 3 == 0) v = -v;
+    if (n % 1000 == 0) v = n % 2000 ? std::numeric_limits<std::int64_t>::min() : 0;
+    const int scale = static_cast<int>(rng() % 20) - 1;
+    const int significant = rng() % 3 == 0 ? 0 : static_cast<int>(rng() % 20);
+    ASSERT_EQ(decimal(v, scale, significant), decimal_digit_by_digit(v, scale, significant))
+        << v << " " << scale << " " << significant;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 200'000);
 }
 
 TEST(WriteDecimal, ExactFromIntegers) {
