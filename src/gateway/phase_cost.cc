@@ -247,7 +247,9 @@ asio::awaitable<void> settle_covered(Ctx& c) {
 std::optional<Verdict> phase_cost::try_now(Ctx& c) {
   auto& sh = c.sh;
   const auto& cfg = c.rt->config();
-  c.price = cfg.prices.find(c.route_model);
+  c.price = c.group != nullptr && c.route_model == c.group->cfg->name
+                ? c.group->price
+                : cfg.prices.find(c.route_model);
   if (!sh.budget_store) return Ok{};
   if (c.key->budget_ids.empty()) return Ok{};
   if (!c.price) {

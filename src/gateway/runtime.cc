@@ -120,6 +120,7 @@ void Runtime::build_answer_chains() {
     table[g.name] = routing::FallbackEntry{g.fallbacks, g.context_fallback};
   }
   for (auto& [name, group] : groups_) {
+    group.price = cfg_->prices.find(name);
     const auto own = routing::models_that_may_answer(table, name);
     for (std::size_t p = 0; p < group.answers.size(); ++p) {
       std::vector<std::string> models = own;

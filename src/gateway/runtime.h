@@ -82,6 +82,9 @@ struct ModelGroup {
   std::unique_ptr<GroupMetricCache> metrics = std::make_unique<GroupMetricCache>();
   // Per priority (0..2), built at load: no chain is walked per request.
   std::array<AnswerChain, 3> answers;
+  // The price of the group's own name in the config's table (null: unpriced), found at load: a
+  // request routed to the group takes it without a lookup by name.
+  const cost::ModelPrice* price = nullptr;
 };
 
 struct KeyInfo {
