@@ -336,8 +336,10 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
     }
     if (v.allowed && r.results[i].consumed && spec.unit == Unit::kTokens && token_cost > 0) {
       const std::string_view key = checks[i].key;
-      ChargedLimit c;
-      c.key_begin = static_cast<std::uint32_t>(res.key_bytes.size());
+      // Built where it is kept, and the key copied after one resize.
+      ChargedLimit& c = res.token_limits.emplace_back();
+      const std::size_t begin = res.key_bytes.size();
+      c.key_begin = static_cast<std::uint32_t>(begin);
       c.key_size = static_cast<std::uint32_t>(key.size());
       c.name_size = static_cast<std::uint32_t>(spec.name.size());
       c.algorithm = spec.algorithm;
@@ -347,8 +349,8 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
         c.has_digest = true;
         c.digest = *checks[i].digest;
       }
-      res.key_bytes.insert(res.key_bytes.end(), key.begin(), key.end());
-      res.token_limits.push_back(c);
+      res.key_bytes.resize(begin + key.size(), boost::container::default_init);
+      if (!key.empty()) std::memcpy(res.key_bytes.data() + begin, key.data(), key.size());
     }
   }
   if (r.overflow) {
