@@ -32,6 +32,7 @@
 #        dir/<target>-c<conns>-r<round>.data (perf report -i ... to see where the time goes)
 #        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
 #        request: divide by the "requests:" line; strace slows the server, ignore its figures)
+#        SPLIT=1: the server's user and system CPU per request apart, per run (stderr)
 #        SYSCOUNT=1: system calls per request of the server during each measured run, counted
 #        by `perf stat` on the syscall tracepoints (no slowdown, unlike strace); printed per run
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
@@ -57,6 +58,7 @@ RAW="${RAW:-0}"
 PERF_DIR="${PERF_DIR:-}"
 STRACE_DIR="${STRACE_DIR:-}"
 SYSCOUNT="${SYSCOUNT:-0}"
+SPLIT="${SPLIT:-0}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
@@ -166,6 +168,16 @@ done
 
 # CPU ticks of a server: the Bellwether process (all its threads), or nginx's master and worker.
 server_ticks() { proc_ticks "${pid[$1]}"; }
+# The same, user and system ticks apart ("utime stime").
+server_ticks_split() {
+  local x u=0 s=0
+  for x in ${pid[$1]} $(pgrep -P "${pid[$1]}" | tr '\n' ' '); do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$x/stat")
+    u=$((u + a))
+    s=$((s + b))
+  done
+  echo "$u $s"
+}
 
 # The production gateway's ledger counters: committed records and group commits.
 ledger_counts() {
@@ -204,9 +216,18 @@ run() {
   fi
   local led0=""
   [[ "$t" == bw-prod ]] && led0="$(ledger_counts)"
+  local split0=""
+  [[ "$SPLIT" == 1 ]] && split0="$(server_ticks_split "$t")"
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
   t1="$(server_ticks "$t")"
+  if [[ -n "$split0" ]]; then
+    read -r u0 s0 <<<"$split0"
+    read -r u1 s1 <<<"$(server_ticks_split "$t")"
+    echo "cpu split, $t at $c connections: $(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$tick_hz" \
+      -v n="$(awk '/requests in/ {print $1}' <<<"$out")" \
+      'BEGIN {printf "user %.1f system %.1f us/req", u / hz * 1e6 / n, s / hz * 1e6 / n}')" >&2
+  fi
   [[ -n "$perf_pid" ]] && wait "$perf_pid"
   if [[ -n "$sys_pid" ]]; then
     wait "$sys_pid" || true
