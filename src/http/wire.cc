@@ -899,6 +899,50 @@ class HeadWriter {
   char* p_ = nullptr;
 };
 
+// HeadWriter's interface over std::string::append, for a head that is not sized first.
+class AppendWriter {
+ public:
+  explicit AppendWriter(std::string& out) : out_(out) {}
+  template <std::size_t N>
+  void lit(const char (&s)[N]) {
+    out_.append(s, N - 1);
+  }
+  void str(std::string_view s) { out_.append(s); }
+  void digits(const char* d, std::size_t n) { out_.append(d, n); }
+
+ private:
+  std::string& out_;
+};
+
+// The end of a response head: its framing line ("content-length: N" with the `ln` digits at
+// `ld`, or chunked when `ld` is null), "connection: close" unless kept alive, the blank line.
+constexpr std::size_t response_tail_size(bool sized, std::size_t ln, bool keep_alive) {
+  return (sized ? 16 + ln + 2 : 28) + (keep_alive ? 0 : 19) + 2;
+}
+template <class Writer>
+void write_response_tail(Writer& w, const char* ld, std::size_t ln, bool keep_alive) {
+  if (ld) {
+    w.lit("content-length: ");
+    w.digits(ld, ln);
+    w.lit("\r\n");
+  } else {
+    w.lit("transfer-encoding: chunked\r\n");
+  }
+  if (!keep_alive) w.lit("connection: close\r\n");
+  w.lit("\r\n");
+}
+
+// The end of a request head: its content-length and the blank line.
+constexpr std::size_t request_tail_size(std::size_t ln) {
+  return 16 + ln + 4;
+}
+template <class Writer>
+void write_request_tail(Writer& w, const char* ld, std::size_t ln) {
+  w.lit("content-length: ");
+  w.digits(ld, ln);
+  w.lit("\r\n\r\n");
+}
+
 // The decimal digits of n at the end of buf; returns where they start.
 const char* format_decimal(char (&buf)[24], std::uint64_t n) {
   char* p = buf + sizeof buf;
@@ -918,18 +962,18 @@ void append_response_head(std::string& out, int status, std::string_view server_
   const auto sn = static_cast<std::size_t>(sbuf + sizeof sbuf - sd);
   const auto r = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
   const std::string_view reason(r.data(), r.size());
-  const char* ld = lbuf + sizeof lbuf;
-  if (content_length >= 0) ld = format_decimal(lbuf, static_cast<std::uint64_t>(content_length));
-  const auto ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
+  const char* ld = nullptr;  // chunked
+  std::size_t ln = 0;
+  if (content_length >= 0) {
+    ld = format_decimal(lbuf, static_cast<std::uint64_t>(content_length));
+    ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
+  }
   // A list with framing headers is written line by line (they are dropped), after the rest.
   const bool whole = !headers.may_have_framing();
   std::size_t size = 9 + sn + 1 + reason.size() + 2;
   if (!server_name.empty()) size += 8 + server_name.size() + 2;
   if (whole) {
-    size += headers.wire().size();
-    size += content_length >= 0 ? 16 + ln + 2 : 28;
-    if (!keep_alive) size += 19;
-    size += 2;
+    size += headers.wire().size() + response_tail_size(ld != nullptr, ln, keep_alive);
   }
   {
     HeadWriter w(out, size);
@@ -945,30 +989,15 @@ void append_response_head(std::string& out, int status, std::string_view server_
     }
     if (whole) {
       w.str(headers.wire());
-      if (content_length >= 0) {
-        w.lit("content-length: ");
-        w.digits(ld, ln);
-        w.lit("\r\n");
-      } else {
-        w.lit("transfer-encoding: chunked\r\n");
-      }
-      if (!keep_alive) w.lit("connection: close\r\n");
-      w.lit("\r\n");
+      write_response_tail(w, ld, ln, keep_alive);
       assert(w.exact());
       return;
     }
     assert(w.exact());
   }
   append_headers(out, headers);
-  if (content_length >= 0) {
-    out.append("content-length: ");
-    out.append(ld, ln);
-    out.append("\r\n");
-  } else {
-    out.append("transfer-encoding: chunked\r\n");
-  }
-  if (!keep_alive) out.append("connection: close\r\n");
-  out.append("\r\n");
+  AppendWriter w(out);
+  write_response_tail(w, ld, ln, keep_alive);
 }
 
 void append_request_head(std::string& out, std::string_view method, std::string_view target,
@@ -979,7 +1008,7 @@ void append_request_head(std::string& out, std::string_view method, std::string_
   const auto ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
   const bool whole = !headers.may_have_framing();
   std::size_t size = method.size() + 1 + target.size() + 17 + host_header.size() + 2;
-  if (whole) size += headers.wire().size() + 16 + ln + 4;
+  if (whole) size += headers.wire().size() + request_tail_size(ln);
   {
     HeadWriter w(out, size);
     w.str(method);
@@ -990,18 +1019,15 @@ void append_request_head(std::string& out, std::string_view method, std::string_
     w.lit("\r\n");
     if (whole) {
       w.str(headers.wire());
-      w.lit("content-length: ");
-      w.digits(ld, ln);
-      w.lit("\r\n\r\n");
+      write_request_tail(w, ld, ln);
       assert(w.exact());
       return;
     }
     assert(w.exact());
   }
   append_headers(out, headers);
-  out.append("content-length: ");
-  out.append(ld, ln);
-  out.append("\r\n\r\n");
+  AppendWriter w(out);
+  write_request_tail(w, ld, ln);
 }
 
 std::size_t chunk_header(char (&buf)[20], std::size_t size) {

@@ -726,6 +726,30 @@ TEST(AppendResponseHead, CallerFramingHeadersAreDropped) {
             "\r\n");
 }
 
+// The head of a list without framing headers is written sized in one piece; a list with them
+// line by line. Both end in the same framing lines, for every framing.
+TEST(AppendResponseHead, BothWritersEndTheHeadAlike) {
+  Headers plain;
+  ASSERT_TRUE(plain.add("x-a", "1"));
+  Headers framed = plain;
+  ASSERT_TRUE(framed.add("Content-Length", "5"));
+  ASSERT_FALSE(plain.may_have_framing());
+  ASSERT_TRUE(framed.may_have_framing());
+  const std::int64_t lengths[] = {-1, 0, 9, 10, 1234567, std::numeric_limits<std::int64_t>::max()};
+  for (const std::int64_t length : lengths) {
+    for (const bool keep_alive : {true, false}) {
+      const std::string tail = (length < 0 ? std::string("transfer-encoding: chunked\r\n")
+                                           : "content-length: " + std::to_string(length) + "\r\n") +
+                               (keep_alive ? "" : "connection: close\r\n") + "\r\n";
+      std::string a = "|", b = "|";
+      append_response_head(a, 200, "bw", plain, length, keep_alive);
+      append_response_head(b, 200, "bw", framed, length, keep_alive);
+      EXPECT_EQ(a, "|HTTP/1.1 200 OK\r\nserver: bw\r\nx-a: 1\r\n" + tail);
+      EXPECT_EQ(b, a);
+    }
+  }
+}
+
 TEST(AppendResponseHead, ReasonPhrases) {
   const std::vector<std::pair<int, std::string>> cases = {
       {100, "Continue"},
@@ -787,6 +811,22 @@ TEST(AppendRequestHead, ExactBytes) {
   out.clear();
   append_request_head(out, "GET", "/v1/models?x=1", "h", Headers{}, 0);
   EXPECT_EQ(out, "GET /v1/models?x=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
+}
+
+TEST(AppendRequestHead, BothWritersEndTheHeadAlike) {
+  Headers plain;
+  ASSERT_TRUE(plain.add("x-a", "1"));
+  Headers framed = plain;
+  ASSERT_TRUE(framed.add("connection", "close"));
+  for (const std::size_t length :
+       {std::size_t{0}, std::size_t{7}, std::size_t{10}, std::numeric_limits<std::size_t>::max()}) {
+    std::string a = "|", b = "|";
+    append_request_head(a, "POST", "/p", "h", plain, length);
+    append_request_head(b, "POST", "/p", "h", framed, length);
+    EXPECT_EQ(a, "|POST /p HTTP/1.1\r\nhost: h\r\nx-a: 1\r\ncontent-length: " +
+                     std::to_string(length) + "\r\n\r\n");
+    EXPECT_EQ(b, a);
+  }
 }
 
 TEST(AppendRequestHead, ParsesBackWithTheRequestParser) {
