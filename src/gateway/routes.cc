@@ -178,6 +178,12 @@ asio::awaitable<void> admin_elsewhere(Ctx& c) {
 // handler, so a request costs no frame for routing (hence no temporaries passed by reference).
 asio::awaitable<void> route(Ctx& c, bool admin_listener) {
   const auto path = c.req.path();
+  // Nearly every request: a chat completion on the API listener, which the table below
+  // routes to the same place.
+  if (same_text(path, "/v1/chat/completions") && same_text(c.req.method, "POST") &&
+      !admin_listener) {
+    return run_llm(c, Endpoint::kChat);
+  }
   const auto starts = [&path](std::string_view prefix) {
     return path.size() >= prefix.size() && same_text(path.substr(0, prefix.size()), prefix);
   };
