@@ -55,32 +55,39 @@ std::size_t slot_of(std::string_view k) {
   return static_cast<std::size_t>(h >> 56);
 }
 
-// The SHA-256 (hex) of a presented key, remembered per thread for the last few distinct keys: a
-// client presents the same key on every request, and the digest was the largest single item of
-// authentication. Only bytes -> digest is cached, a pure function, so a reload, a revoked or a
-// rotated key needs no invalidation: the lookup by hash below runs on every request. A hit is
-// decided by a constant-time compare of the whole presented key.
-const std::string& presented_key_hash(std::string_view presented) {
-  struct Slot {
-    std::string key;
-    std::string hash;
-  };
+// A presented key, its SHA-256 (hex), and what it found in one Runtime's key table.
+struct KeySlot {
+  std::string key;
+  std::string hash;
+  std::uint64_t runtime = 0;  // Runtime::serial() of `found`; 0: not looked up
+  const KeyInfo* found = nullptr;
+};
+
+// The slot of a presented key, remembered per thread for the last few distinct keys: a client
+// presents the same key on every request, and the digest was the largest single item of
+// authentication, its lookup by hash the next. Bytes -> digest is a pure function, and a
+// Runtime's key table never changes (a reload, a revoked or a rotated key makes a new Runtime,
+// with a new serial), so neither needs invalidation. A hit is decided by a constant-time compare
+// of the whole presented key.
+KeySlot& presented_key_slot(std::string_view presented) {
   constexpr std::size_t kSlots = 16;            // per thread; a power of two
   constexpr std::size_t kMaxCachedBytes = 256;  // longer keys are hashed every time
-  thread_local std::array<Slot, kSlots> slots;
-  thread_local std::string uncached;
+  thread_local std::array<KeySlot, kSlots> slots;
+  thread_local KeySlot uncached;
   if (presented.size() > kMaxCachedBytes) {
-    uncached = config::sha256_hex(presented);
+    uncached.hash = config::sha256_hex(presented);
+    uncached.runtime = 0;
     return uncached;
   }
-  Slot& s = slots[slot_of(presented) & (kSlots - 1)];
+  KeySlot& s = slots[slot_of(presented) & (kSlots - 1)];
   if (!s.hash.empty() && s.key.size() == presented.size() &&
       equal_const_time(s.key.data(), presented.data(), presented.size())) {
-    return s.hash;
+    return s;
   }
   s.key.assign(presented);
   s.hash = config::sha256_hex(presented);
-  return s.hash;
+  s.runtime = 0;
+  return s;
 }
 
 }  // namespace
@@ -94,8 +101,13 @@ Result<const KeyInfo*> authenticate(const Runtime& rt, const http::Request& req)
                         "You didn't provide an API key. Provide it in the Authorization header "
                         "(Authorization: Bearer YOUR_KEY) or in x-api-key.");
   }
-  const std::string& hash = presented_key_hash(presented);
-  const KeyInfo* key = rt.key_by_hash(hash);
+  KeySlot& slot = presented_key_slot(presented);
+  if (slot.runtime != rt.serial()) {
+    slot.found = rt.key_by_hash(slot.hash);
+    slot.runtime = rt.serial();
+  }
+  const KeyInfo* key = slot.found;
+  const std::string& hash = slot.hash;
   if (!key || key->cfg->secret_hash.size() != hash.size() ||
       !equal_const_time(key->cfg->secret_hash.data(), hash.data(), hash.size())) {
     return errors::make(errors::kInvalidApiKey, "Incorrect API key provided.");
@@ -122,7 +134,7 @@ std::optional<Verdict> phase_auth::try_now(Ctx& c) {
     c.key = *key;
   }
   const auto& k = *c.key->cfg;
-  c.plan = c.rt->config().plan(k.plan);
+  c.plan = c.key->plan;  // c.key is a key of c.rt
   // The priority: the X-Priority header or the key's default, never above the key's maximum.
   const int def =
       k.default_priority >= 0 ? k.default_priority : (c.plan ? c.plan->default_priority : 1);

@@ -1,6 +1,7 @@
 #include "gateway/runtime.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "common/json_util.h"
 #include "routing/fallback.h"
@@ -10,6 +11,8 @@ namespace bw::gateway {
 Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port,
                  std::vector<config::KeyConfig> stored_keys)
     : cfg_(std::move(cfg)), stored_keys_(std::move(stored_keys)), sim_port_(sim_port) {
+  static std::atomic<std::uint64_t> next_serial{1};
+  serial_ = next_serial.fetch_add(1, std::memory_order_relaxed);
   for (const auto& p : cfg_->providers) {
     Provider prov;
     prov.cfg = &p;
@@ -82,6 +85,7 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
   for (const auto& k : stored_keys_) keys_.emplace(k.secret_hash, KeyInfo{&k});  // config wins
   for (auto& [hash, info] : keys_) {
     keys_by_name_.emplace(info.cfg->name, &info);
+    info.plan = cfg_->plan(info.cfg->plan);
     info.budget_ids = budget_ids_for(*cfg_, *info.cfg);
     info.lease_set =
         cost::LeaseSet{cost::lease_set_key(info.budget_ids, info.cfg->name, info.cfg->tenant),

@@ -89,6 +89,7 @@ struct ModelGroup {
 
 struct KeyInfo {
   const config::KeyConfig* cfg = nullptr;
+  const limits::Plan* plan = nullptr;  // the key's plan in this snapshot's config, if any
   // What the cost guard needs of the key on every request, built once per snapshot: the budget
   // ids that apply to it (budget_ids_for) and its budget set for leases.
   std::vector<std::string> budget_ids;
@@ -109,6 +110,9 @@ class Runtime {
   // stored_keys: keys created through the admin API (the KeyStore), beside the config's keys.
   Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_port,
           std::vector<config::KeyConfig> stored_keys = {});
+  // Its tables point into themselves, and serial() must name one table.
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
 
   const config::Config& config() const { return *cfg_; }
   std::shared_ptr<const config::Config> config_ptr() const { return cfg_; }
@@ -119,6 +123,9 @@ class Runtime {
   const std::string& models_json() const { return models_json_; }
   const std::vector<config::KeyConfig>& stored_keys() const { return stored_keys_; }
   std::uint16_t sim_port() const { return sim_port_; }
+  // A number no other Runtime of this process has (from 1): what a per-thread memo of a lookup
+  // in this Runtime's immutable tables is keyed on (an address could be reused after a reload).
+  std::uint64_t serial() const { return serial_; }
 
  private:
   void build_answer_chains();
@@ -133,6 +140,7 @@ class Runtime {
   std::string models_json_;
   std::vector<config::KeyConfig> stored_keys_;  // never resized: keys_ points into it
   std::uint16_t sim_port_ = 0;
+  std::uint64_t serial_;
 };
 
 }  // namespace bw::gateway

@@ -190,6 +190,11 @@ class Pipeline {
     runtime_.store(std::make_shared<const Runtime>(cfg_, 0));
     sh.runtime = &runtime_;
   }
+  // The configuration snapshot that the next requests use (a reload's).
+  std::shared_ptr<const Runtime> runtime() const { return runtime_.load(); }
+  void use_runtime(std::shared_ptr<const Runtime> rt) { runtime_.store(std::move(rt)); }
+  std::shared_ptr<const config::Config> config() const { return cfg_; }
+
   ~Pipeline() {
     sh.access_log.reset();
     std::error_code ec;

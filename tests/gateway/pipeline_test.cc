@@ -87,6 +87,23 @@ TEST(Pipeline, MissingAndWrongKeysAre401InTheOpenAiShape) {
   EXPECT_TRUE(p.upstream->seen.empty());
 }
 
+// A thread remembers what a presented key found, per configuration snapshot: a snapshot without
+// the key refuses it at once, and one with it (the same or a new one) takes it again.
+TEST(Pipeline, AKeyIsLookedUpInTheSnapshotOfItsRequest) {
+  Pipeline p(kBase);
+  const auto with_key = p.runtime();
+  EXPECT_EQ(p.chat().status, 200);
+  auto cfg = std::make_shared<config::Config>(*p.config());
+  std::erase_if(cfg->keys, [](const config::KeyConfig& k) { return k.name == "tester"; });
+  p.use_runtime(std::make_shared<const Runtime>(cfg, 0));
+  EXPECT_EQ(p.chat().status, 401);
+  EXPECT_EQ(p.chat().status, 401);
+  p.use_runtime(with_key);
+  EXPECT_EQ(p.chat().status, 200);
+  p.use_runtime(std::make_shared<const Runtime>(p.config(), 0));
+  EXPECT_EQ(p.chat().status, 200);
+}
+
 TEST(Pipeline, UnknownModelAndUrlAre404) {
   Pipeline p(kBase);
   auto model = p.chat("nope");
