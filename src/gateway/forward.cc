@@ -7,6 +7,7 @@
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <charconv>
 #include <cmath>
 #include <random>
 #include <span>
@@ -106,25 +107,29 @@ constexpr std::array<std::string_view, 3> kForwardRequestHeaders = {"user-agent"
 constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
     "openai-processing-ms", "openai-version", "x-ratelimit-limit-requests-provider"};
 
+// `lines` holds the head's first lines, in pieces (http::OutboundRequest::head_lines): views of
+// literals, the request id and the provider's own lines, which outlive the send.
 http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
-                                             std::string_view target, tracing::SpanRef attempt) {
+                                             std::string_view target, tracing::SpanRef attempt,
+                                             std::array<std::string_view, 3>& lines) {
   http::OutboundRequest out;
-  out.headers.reserve(160 + d.provider->authorization.size());
   out.method = "POST";
   // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
   out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
-  // Literals, and the request id (generated, or the client's checked to be printable ASCII).
-  out.headers.add_known_valid("content-type", "application/json");
-  out.headers.add_known_valid("accept", c.llm.stream ? "text/event-stream" : "application/json");
-  out.headers.add_known_valid("x-request-id", c.request_id);
-  if (!d.provider->authorization.empty()) {
-    out.headers.add_known("authorization", d.provider->authorization);
-  }
-  if (!d.provider->key_header.empty()) {
-    out.headers.add(d.provider->key_header, d.provider->key_value);
-  }
+  // Literals, the request id (generated, or the client's checked to be printable ASCII) and the
+  // provider's lines (authorization, its key's header, anthropic-version), checked once.
+  lines[0] = c.llm.stream ? std::string_view(
+                                "content-type: application/json\r\n"
+                                "accept: text/event-stream\r\n"
+                                "x-request-id: ")
+                          : std::string_view(
+                                "content-type: application/json\r\n"
+                                "accept: application/json\r\n"
+                                "x-request-id: ");
+  lines[1] = c.request_id;
+  lines[2] = d.provider->request_lines;
+  out.head_lines = lines;
   if (d.provider->wire.wire == providers::Wire::kAnthropic) {
-    out.headers.add_known("anthropic-version", d.provider->anthropic_version);
     if (auto v = c.req.header("anthropic-beta"); !v.empty())
       out.headers.add_known("anthropic-beta", v);
   }
@@ -143,23 +148,21 @@ bool istarts_with(std::string_view s, std::string_view prefix) {
 
 // What the gateway reads of an upstream answer's headers, found in one pass over them: the
 // provider's rate-limit headers (all that parse_provider_limits looks up: x-ratelimit-*,
-// anthropic-ratelimit-*, retry-after, retry-after-ms) and the headers passed back to the
-// client. The dozen rate-limit lookups then search only those lines (usually none) instead of
-// every header of every answer.
-struct UpstreamHeaderScan {
-  http::Headers limits;
-  http::Headers passed;  // kForwardResponseHeaders, in the upstream's order
-};
-
-UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
-  UpstreamHeaderScan s;
+// anthropic-ratelimit-*, retry-after, retry-after-ms) into `limits`, and the headers passed back
+// to the client (kForwardResponseHeaders, in the upstream's order) appended to `passed` as the
+// lines they are (the answer's parser validated them). The dozen rate-limit lookups then search
+// only those lines (usually none) instead of every header of every answer.
+void scan_upstream_headers(const http::Headers& from, http::Headers& limits,
+                           http::Headers& passed) {
   // Over the wire form ("name: value\r\n" lines): a line is split only when its first letter
   // can start a name wanted here (x-, a-, r-, o-); most of an answer's headers are not.
   std::string_view rest = from.wire();
   while (!rest.empty()) {
     const auto eol = rest.find("\r\n");
-    const std::string_view line = rest.substr(0, eol);
-    rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 2);
+    if (eol == std::string_view::npos) break;  // a list's lines all end in CRLF
+    const std::string_view whole = rest.substr(0, eol + 2);
+    const std::string_view line = whole.substr(0, eol);
+    rest.remove_prefix(eol + 2);
     const char first = static_cast<char>(line.empty() ? 0 : (line[0] | 0x20));
     if (first != 'x' && first != 'a' && first != 'r' && first != 'o') continue;
     const auto colon = line.find(": ");
@@ -167,13 +170,12 @@ UpstreamHeaderScan scan_upstream_headers(const http::Headers& from) {
     const std::string_view k = line.substr(0, colon), v = line.substr(colon + 2);
     if (istarts_with(k, "x-ratelimit-") || istarts_with(k, "anthropic-ratelimit-") ||
         istarts_with(k, "retry-after")) {
-      s.limits.add_parsed(k, v);
+      limits.add_parsed(k, v);
     }
     for (auto name : kForwardResponseHeaders) {
-      if (http::iequals(k, name)) s.passed.add(k, v);
+      if (http::iequals(k, name)) passed.add_parsed_line(whole, false);
     }
   }
-  return s;
 }
 
 // The stretches of one read that the client gets, around the events held back from it. They
@@ -666,28 +668,91 @@ routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
   return o;
 }
 
-// A buffered upstream answer as the client gets it: the provider's body, or (`translated`) a
-// JSON body the gateway wrote in the client's API.
-Response buffered_answer(const Ctx& c, const http::UpstreamResponse& up, http::Headers headers,
-                         int status, std::string body, bool translated) {
-  Response r;
-  r.status = status;
-  r.headers = std::move(headers);
-  auto ct = up.content_type();
-  // `headers` holds no content-type (gateway headers and kForwardResponseHeaders only). The
-  // upstream's value was validated by the answer's parser.
-  r.headers.add_known_valid("content-type",
-                            translated || ct.empty() ? std::string_view("application/json") : ct);
-  if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
-    r.headers.add_known("retry-after", std::string(ra));
-  } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
-    r.headers.add_known(
-        "retry-after",
-        std::to_string(static_cast<long>(std::ceil(c.upstream_limits.retry_after_s))));
+// The header lines of a buffered answer as the client gets them, in pieces of whole lines
+// (ResponseWriter::head writes them into the connection's buffer as they are, without a
+// header list built first): the gateway's own (request id, model, fallback), the rate limits'
+// and the earlier phases' (c.extra), those the upstream passes on (`passed`), the dropped
+// parameters, the content type (the provider's, or JSON for a body the gateway wrote in the
+// client's API: `translated`) and a Retry-After. A value a header list would refuse (a CR, LF
+// or NUL) leaves its header out, as Headers::add_known does. Views into the arguments and into
+// itself: used where it is made.
+class AnswerLines {
+ public:
+  AnswerLines(const Ctx& c, const http::Headers& passed, const http::UpstreamResponse& up,
+              bool translated) {
+    // Generated, or the client's checked to be printable ASCII.
+    add("\r\nx-request-id: ", c.request_id);
+    add_checked("\r\nx-bellwether-model: ", c.model_served);
+    if (c.model_served != c.route_model)
+      add_checked("\r\nx-bellwether-fallback-from: ", c.route_model);
+    // Neither list holds a framing header, but one that did would be dropped, as from a
+    // header list's.
+    add_lines(c.extra, extra_kept_);
+    add_lines(passed, passed_kept_);
+    if (!c.dropped_params.empty())
+      add_checked("\r\nx-bellwether-dropped-params: ", c.dropped_params);
+    const auto ct = up.content_type();  // validated by the answer's parser
+    add("\r\ncontent-type: ", translated || ct.empty() ? std::string_view("application/json") : ct);
+    if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
+      add("\r\nretry-after: ", ra);
+    } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
+      const auto end = std::to_chars(digits_, digits_ + sizeof digits_,
+                                     static_cast<long>(std::ceil(c.upstream_limits.retry_after_s)))
+                           .ptr;
+      add("\r\nretry-after: ", std::string_view(digits_, static_cast<std::size_t>(end - digits_)));
+    }
+    end_line();
   }
-  r.body = std::move(body);
-  return r;
-}
+  AnswerLines(const AnswerLines&) = delete;
+  AnswerLines& operator=(const AnswerLines&) = delete;
+
+  std::span<const std::string_view> lines() const { return {at_.data(), n_}; }
+  // The same answer as a Response, for one kept to be sent later.
+  Response response(int status, std::string body) const {
+    Response r;
+    r.status = status;
+    std::size_t size = 0;
+    for (const auto l : lines()) size += l.size();
+    r.headers.reserve(size);
+    for (const auto l : lines()) r.headers.raw().append(l);
+    r.body = std::move(body);
+    return r;
+  }
+
+ private:
+  // A line "name: value": `crlf_name` is "\r\nname: ", whose CRLF ends the line before (the
+  // pieces are fewer when a line's end and the next one's name are one).
+  void add(std::string_view crlf_name, std::string_view value) {
+    at_[n_++] = open_ ? crlf_name : crlf_name.substr(2);
+    at_[n_++] = value;
+    open_ = true;
+  }
+  void add_checked(std::string_view crlf_name, std::string_view value) {
+    if (http::valid_header_value(value)) add(crlf_name, value);
+  }
+  void end_line() {
+    if (open_) at_[n_++] = "\r\n";
+    open_ = false;
+  }
+  void add_lines(const http::Headers& h, http::Headers& kept) {
+    if (h.empty()) return;
+    end_line();
+    if (!h.may_have_framing()) {
+      at_[n_++] = h.wire();
+      return;
+    }
+    for (auto [n, v] : h.items()) {
+      if (!http::is_framing_header(n)) kept.add_parsed(n, v);
+    }
+    at_[n_++] = kept.wire();
+  }
+
+  std::array<std::string_view, 16> at_;
+  std::size_t n_ = 0;
+  bool open_ = false;  // the last piece ends a line without its CRLF
+  char digits_[24];
+  http::Headers extra_kept_, passed_kept_;
+};
 
 // forward::run's state across its awaits, kept in its frame. Every request in flight holds that
 // frame, so it keeps only what an await must outlive, and the rare paths' state behind pointers;
@@ -714,14 +779,16 @@ struct Attempts {
   routing::RequestPlan::Step step;
   const Deployment* d = nullptr;
   bool fast = false;
+  bool translated_body = false;  // the buffered answer's body is one the gateway wrote
   Nanos sent_at = 0;
   tracing::SpanRef span = tracing::kNoSpan;
   UpstreamBody call;
-  std::optional<http::OutboundRequest> out;  // while it is sent
-  providers::SplicedBody splice;             // out's body, when it is the client's spliced
-  http::Headers headers;                     // the gateway's headers on the answer
-  routing::Outcome outcome;                  // a buffered answer's, for the plan
-  int status_out = 0;                        // a buffered answer's status for the client
+  std::optional<http::OutboundRequest> out;   // while it is sent
+  std::array<std::string_view, 3> out_lines;  // out's first header lines
+  providers::SplicedBody splice;              // out's body, when it is the client's spliced
+  http::Headers headers;     // the upstream's headers passed on; a stream's: the gateway's too
+  routing::Outcome outcome;  // a buffered answer's, for the plan
+  int status_out = 0;        // a buffered answer's status for the client
   // A buffered answer that is not passed through: the client's body, and a translated answer
   // of the Responses API to store before the client gets it.
   std::optional<std::string> translated;
@@ -836,7 +903,8 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   a.fast = fast;
   a.sent_at = now;
   a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
-  a.out.emplace(build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span));
+  a.out.emplace(
+      build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span, a.out_lines));
   if (spliced) a.out->body_pieces = std::span(a.splice.pieces.data(), a.splice.count);
   return Next::kSend;
 }
@@ -870,31 +938,38 @@ Next attempt_failed(Ctx& c, Attempts& a, const Error& e, std::optional<Verdict>&
   return Next::kSkip;
 }
 
-// The upstream's head: what it says about its rate limits, and the gateway's headers for the
-// client (a.headers). True when the answer is a stream to relay.
+// The upstream's head: what it says about its rate limits, and the headers it passes to the
+// client (a.headers); for a stream to relay, the gateway's headers too. True when the answer is
+// a stream to relay.
 bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
   // A previous attempt's failure is not this answer's: the access log, the breaker's view of
   // a stream and the truncation check all read the outcome of the answer the client gets.
   if (c.outcome.kind == OutcomeKind::kUpstream) c.outcome = {};
   // What the provider says about its rate limits paces the next requests (learned wins).
-  const auto scanned = scan_upstream_headers(up.headers());
-  c.sh.admission->learn(a.ticket().group(), a.dep_cfg().id,
-                        admission::parse_provider_limits(
-                            [&scanned](std::string_view name) {
-                              return scanned.limits.empty() ? std::string_view{}
-                                                            : scanned.limits.get(name);
-                            },
-                            up.status(), c.sh.clock.unix_millis()));
-  a.headers = answer_headers(c, scanned.passed);
-  if (!c.dropped_params.empty())
-    a.headers.add_known("x-bellwether-dropped-params", c.dropped_params);
+  http::Headers limits;
+  a.headers.clear();
+  scan_upstream_headers(up.headers(), limits, a.headers);
+  // Without any of those headers there is nothing to learn (the parse finds no limit and no
+  // Retry-After).
+  if (!limits.empty()) {
+    c.sh.admission->learn(a.ticket().group(), a.dep_cfg().id,
+                          admission::parse_provider_limits(
+                              [&limits](std::string_view name) { return limits.get(name); },
+                              up.status(), c.sh.clock.unix_millis()));
+  }
   if (!a.fast) {
     c.upstream_limits = providers::parse_rate_limits(
         a.d->provider->wire.wire, [&up](std::string_view n) { return up.headers().get(n); },
         up.status(), {}, c.sh.clock.unix_millis());
   }
   const bool is_sse = up.content_type().starts_with("text/event-stream");
-  return up.status() == 200 && c.llm.stream && is_sse;
+  const bool stream = up.status() == 200 && c.llm.stream && is_sse;
+  if (stream) {
+    a.headers = answer_headers(c, a.headers);
+    if (!c.dropped_params.empty())
+      a.headers.add_known("x-bellwether-dropped-params", c.dropped_params);
+  }
+  return stream;
 }
 
 // After a relayed stream: the attempt's outcome for the plan.
@@ -971,40 +1046,49 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
   return Next::kSend;
 }
 
-// The client's answer from a buffered upstream answer (`r`), unless the plan retries: then it is
-// kept as the last answer and the result is kRetry.
-Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<std::string>& all,
-                  Response& r) {
+// The client's answer from a buffered upstream answer, its body in `all` from here on (the
+// provider's, or the one the gateway wrote), unless the plan retries: then it is kept as the
+// last answer and the result is kRetry.
+Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<std::string>& all) {
   if (a.answer) a.translated = std::move(a.answer->body);
-  const bool translated = a.translated.has_value();
-  r = buffered_answer(c, up, std::move(a.headers), a.status_out,
-                      translated ? std::move(*a.translated) : std::move(all.value()), translated);
+  a.translated_body = a.translated.has_value();
+  if (a.translated_body) all.value() = std::move(*a.translated);
   a.answer.reset();
   a.translated.reset();
+  const int status = a.status_out;
   const Nanos now = c.now();
   auto decision = a.plan.finish(a.ticket(), a.outcome, now, false, a.rng);
   if (decision.retry() && decision.delay <= a.max_retry_wait) {
-    a.last_response = std::make_unique<Response>(std::move(r));
+    a.last_response = std::make_unique<Response>(
+        AnswerLines(c, a.headers, up, a.translated_body).response(status, std::move(all.value())));
     a.last_error.reset();
     c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(up.status()));
     a.delay = decision.delay;
     return Next::kRetry;
   }
-  c.status = r.status;
-  if (r.status >= 400)
-    c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(r.status));
-  if (r.status >= 500 || r.status == 429) {
+  c.status = status;
+  if (status >= 400) c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(status));
+  if (status >= 500 || status == 429) {
     c.forward_failed = true;
-    c.last_failure = "upstream answered " + std::to_string(r.status);
+    c.last_failure = "upstream answered " + std::to_string(status);
   }
-  // The content type is looked up only for an answer the cache keeps: the lookup walks every
-  // header line (the rate-limit ones come first).
+  const std::string& body = all.value();
   if (phase_cache::capturing(c)) {
-    phase_cache::capture_body(c, r.status, r.headers.get("content-type"), r.body);
+    const auto ct = up.content_type();
+    phase_cache::capture_body(
+        c, status, a.translated_body || ct.empty() ? std::string_view("application/json") : ct,
+        body);
   }
-  c.bytes_out += r.body.size();
-  tracing::observe_output(c, r.body);
+  c.bytes_out += body.size();
+  tracing::observe_output(c, body);
   return Next::kSend;
+}
+
+// The head of the answer that answer_ready made, written where the client's connection keeps it.
+void answer_head_out(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
+                     const std::string& body) {
+  const AnswerLines lines(c, a.headers, up, a.translated_body);
+  c.w.head(a.status_out, lines.lines(), body.size());
 }
 
 }  // namespace
@@ -1054,14 +1138,14 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
       if (a.answer->response) co_await store_response(c, *a.answer->response);
       if (a.call.passthrough) co_await store_upstream_marker(c, a.answer->upstream_id);
     }
-    Response r;
-    if (answer_ready(c, a, up, all, r) == Next::kRetry) {
+    if (answer_ready(c, a, up, all) == Next::kRetry) {
       co_await sleep_for(a.delay);
       continue;
     }
     // A request covered by a budget lease: its ledger row before the answer.
-    if (r.status < 300 && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
-    co_await c.w.send(std::move(r));
+    if (a.status_out < 300 && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
+    answer_head_out(c, a, up, all.value());
+    co_await c.w.send_body(std::move(all.value()));
     verdict = Ok{};
     co_return;
   }

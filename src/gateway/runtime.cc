@@ -49,6 +49,15 @@ Runtime::Runtime(std::shared_ptr<const config::Config> cfg, std::uint16_t sim_po
       }
       if (!prov.key_header.empty()) prov.key_value = p.api_key;
     }
+    {
+      http::Headers lines;  // a value it refuses leaves its header out, as on every request
+      if (!prov.authorization.empty()) lines.add_known("authorization", prov.authorization);
+      if (!prov.key_header.empty()) lines.add(prov.key_header, prov.key_value);
+      if (prov.wire.wire == providers::Wire::kAnthropic)
+        lines.add_known("anthropic-version", prov.anthropic_version);
+      prov.request_lines = "\r\n";
+      prov.request_lines.append(lines.wire());
+    }
     providers_.emplace(p.name, std::move(prov));
   }
   for (const auto& g : cfg_->model_groups) {

@@ -30,6 +30,9 @@ struct Provider {
   std::string key_header;
   std::string key_value;  // never logged
   std::string anthropic_version;
+  // The provider's own header lines of every upstream request (authorization, the key's header,
+  // anthropic-version), checked once, after a CRLF that ends the line before them.
+  std::string request_lines;
 };
 
 // The metric series a request of a group, and an attempt on a deployment, update, resolved on

@@ -672,10 +672,12 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     const std::size_t body_size = request.body_size();
     const bool inline_body = body_size <= 256 || request.body_pieces.size() > 1 ||
                              (!request.body_pieces.empty() && !request.body.empty());
-    stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() +
-                           request.headers.wire().size() + (inline_body ? body_size : 0));
+    std::size_t lines_size = request.headers.wire().size();
+    for (const auto l : request.head_lines) lines_size += l.size();
+    stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() + lines_size +
+                           (inline_body ? body_size : 0));
     wire::append_request_head(c.out, request.method, request.target, ep.host_header,
-                              request.headers, body_size);
+                              request.head_lines, request.headers, body_size);
     c.headers.reserve(kAnswerHeadRoom);
     c.parser.emplace(c.headers);
     c.parser->header_limit(64 * 1024);

@@ -70,6 +70,9 @@ struct OutboundRequest {
 
   std::string_view method = "POST";
   std::string_view target;  // full path and query
+  // Header lines written before `headers`'s from where they are: pieces of whole "name:
+  // value\r\n" lines joined, that Headers::add would accept, none of them a framing header.
+  std::span<const std::string_view> head_lines;
   Headers headers;
   std::string body;
   // The body as pieces written from where they are, in place of `body` (which is then empty):

@@ -123,6 +123,10 @@ std::pair<std::string_view, std::string_view> split_line(std::string_view wire, 
 
 }  // namespace
 
+bool valid_header_value(std::string_view value) {
+  return valid_value(value);
+}
+
 Headers::Iterator::value_type Headers::Iterator::operator*() const {
   std::size_t len = 0;
   return split_line(rest_, len);

@@ -75,6 +75,9 @@ constexpr bool is_framing_header(std::string_view name) {
          iequals(name, "connection");
 }
 
+// Whether Headers would accept `value` (no CR, LF or NUL).
+bool valid_header_value(std::string_view value);
+
 // A header name written in the source, checked when it is compiled (a name with a ':', a space
 // or a control character does not compile), with whether it is a framing header. Adding one
 // (Headers::add_known) skips the run-time name check; the value is still checked.

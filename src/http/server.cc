@@ -59,6 +59,20 @@ struct Server::Worker {
   std::unique_ptr<tcp::acceptor> acceptor;
 };
 
+void ResponseWriter::head(int status, std::span<const std::string_view> lines, std::size_t) {
+  pending_ = std::make_unique<Response>();
+  pending_->status = status;
+  // Whole valid lines without framing headers: a list's own form.
+  for (const auto l : lines) pending_->headers.raw().append(l);
+}
+
+asio::awaitable<bool> ResponseWriter::send_body(std::string body) {
+  Response r = std::move(*pending_);
+  pending_.reset();
+  r.body = std::move(body);
+  co_return co_await send(std::move(r));
+}
+
 namespace {
 
 // The answer to a request refused before its handler ran; status 0 = close without answering.
@@ -281,6 +295,34 @@ class Session final : public ResponseWriter {
     }
     const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(r.body)};
     co_return wrote(co_await start_write(b));
+  }
+
+  void head(int status, std::span<const std::string_view> lines, std::size_t body_size) override {
+    started_ = true;
+    finished_ = true;
+    out_.clear();
+    std::size_t size = 0;
+    for (const auto l : lines) size += l.size();
+    stash::room(out_, kHeadRoom + size + (body_size <= kInlineBody ? body_size : 0));
+    wire::append_response_head(out_, status, server_.options_.server_name, lines,
+                               static_cast<std::int64_t>(body_size), response_keep_alive());
+  }
+
+  asio::awaitable<bool> send_body(std::string body) override {
+    bool ok = false;
+    if (!broken_) {
+      // As in send(): a small body goes into the same buffer, for one contiguous write.
+      if (head_only_ || body.size() <= kInlineBody) {
+        if (!head_only_) out_.append(body);
+        const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+        ok = wrote(co_await start_write(b));
+      } else {
+        const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(body)};
+        ok = wrote(co_await start_write(b));
+      }
+    }
+    stash::give(body);  // as a Response's would be
+    co_return ok;
   }
 
   asio::awaitable<bool> begin_stream(int status, const Headers& headers) override {

@@ -87,6 +87,14 @@ class ResponseWriter {
     if (end) co_return co_await end_stream_with(joined);
     co_return co_await write_chunk(joined);
   }
+  // send() in two steps, for a caller whose header lines lie in several places: `head` takes
+  // the status and the header lines (pieces of whole "name: value\r\n" lines that Headers::add
+  // would accept, none of them a framing header, in order) at once, without the caller joining
+  // them into a Headers list first; `send_body` sends them with `body`, which has the
+  // `body_size` bytes announced. Nothing else is written between the two. The default joins the
+  // lines into a Response for send().
+  virtual void head(int status, std::span<const std::string_view> lines, std::size_t body_size);
+  virtual boost::asio::awaitable<bool> send_body(std::string body);
   // True once any byte of the response has been written.
   virtual bool started() const = 0;
   // Ask to close the connection after this response.
@@ -101,6 +109,9 @@ class ResponseWriter {
   // client that half-closes its sending side reads as gone, as in nginx and Envoy. One callback
   // per request: a second call replaces the first. Writers without a connection ignore it.
   virtual void watch_disconnect(std::function<void()> on_gone) { (void)on_gone; }
+
+ private:
+  std::unique_ptr<Response> pending_;  // the default head()'s, until send_body
 };
 
 using Handler = std::function<boost::asio::awaitable<void>(Request&, ResponseWriter&)>;

@@ -883,8 +883,28 @@ class HeadWriter {
     p_ += N - 1;
   }
   void str(std::string_view s) {
-    if (!s.empty()) std::memcpy(p_, s.data(), s.size());
-    p_ += s.size();
+    const std::size_t n = s.size();
+    const char* const q = s.data();
+    // A head's pieces are mostly short (names, ids, a CRLF): copied inline, with two loads
+    // that may overlap, instead of a call each.
+    if (n >= 8 && n <= 16) {
+      std::uint64_t a, b;
+      std::memcpy(&a, q, 8);
+      std::memcpy(&b, q + n - 8, 8);
+      std::memcpy(p_, &a, 8);
+      std::memcpy(p_ + n - 8, &b, 8);
+    } else if (n >= 4 && n < 8) {
+      std::uint32_t a, b;
+      std::memcpy(&a, q, 4);
+      std::memcpy(&b, q + n - 4, 4);
+      std::memcpy(p_, &a, 4);
+      std::memcpy(p_ + n - 4, &b, 4);
+    } else if (n < 4) {
+      for (std::size_t i = 0; i < n; ++i) p_[i] = q[i];
+    } else {
+      std::memcpy(p_, q, n);
+    }
+    p_ += n;
   }
   void digits(const char* d, std::size_t n) {
     std::memcpy(p_, d, n);
@@ -955,8 +975,14 @@ const char* format_decimal(char (&buf)[24], std::uint64_t n) {
 
 }  // namespace
 
-void append_response_head(std::string& out, int status, std::string_view server_name,
-                          const Headers& headers, std::int64_t content_length, bool keep_alive) {
+namespace {
+
+// A response head: its status line, the server line, `lines` (joined: whole header lines without
+// framing headers) and the framing lines, sized first; or, with `rest` (a list with framing
+// headers, dropped), everything before `lines`, then the rest's lines and the end appended.
+void write_response_head(std::string& out, int status, std::string_view server_name,
+                         std::span<const std::string_view> lines, const Headers* rest,
+                         std::int64_t content_length, bool keep_alive) {
   char sbuf[24], lbuf[24];
   const char* const sd = format_decimal(sbuf, static_cast<std::uint64_t>(status));
   const auto sn = static_cast<std::size_t>(sbuf + sizeof sbuf - sd);
@@ -968,12 +994,11 @@ void append_response_head(std::string& out, int status, std::string_view server_
     ld = format_decimal(lbuf, static_cast<std::uint64_t>(content_length));
     ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
   }
-  // A list with framing headers is written line by line (they are dropped), after the rest.
-  const bool whole = !headers.may_have_framing();
   std::size_t size = 9 + sn + 1 + reason.size() + 2;
   if (!server_name.empty()) size += 8 + server_name.size() + 2;
-  if (whole) {
-    size += headers.wire().size() + response_tail_size(ld != nullptr, ln, keep_alive);
+  if (!rest) {
+    for (const auto l : lines) size += l.size();
+    size += response_tail_size(ld != nullptr, ln, keep_alive);
   }
   {
     HeadWriter w(out, size);
@@ -987,27 +1012,48 @@ void append_response_head(std::string& out, int status, std::string_view server_
       w.str(server_name);
       w.lit("\r\n");
     }
-    if (whole) {
-      w.str(headers.wire());
+    if (!rest) {
+      for (const auto l : lines) w.str(l);
       write_response_tail(w, ld, ln, keep_alive);
       assert(w.exact());
       return;
     }
     assert(w.exact());
   }
-  append_headers(out, headers);
+  append_headers(out, *rest);
   AppendWriter w(out);
   write_response_tail(w, ld, ln, keep_alive);
 }
 
+}  // namespace
+
+void append_response_head(std::string& out, int status, std::string_view server_name,
+                          const Headers& headers, std::int64_t content_length, bool keep_alive) {
+  // A list with framing headers is written line by line (they are dropped), after the rest.
+  if (headers.may_have_framing()) {
+    write_response_head(out, status, server_name, {}, &headers, content_length, keep_alive);
+    return;
+  }
+  const std::string_view wire = headers.wire();
+  write_response_head(out, status, server_name, std::span(&wire, 1), nullptr, content_length,
+                      keep_alive);
+}
+
+void append_response_head(std::string& out, int status, std::string_view server_name,
+                          std::span<const std::string_view> lines, std::int64_t content_length,
+                          bool keep_alive) {
+  write_response_head(out, status, server_name, lines, nullptr, content_length, keep_alive);
+}
+
 void append_request_head(std::string& out, std::string_view method, std::string_view target,
-                         std::string_view host_header, const Headers& headers,
-                         std::size_t content_length) {
+                         std::string_view host_header, std::span<const std::string_view> lines,
+                         const Headers& headers, std::size_t content_length) {
   char lbuf[24];
   const char* const ld = format_decimal(lbuf, content_length);
   const auto ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
   const bool whole = !headers.may_have_framing();
   std::size_t size = method.size() + 1 + target.size() + 17 + host_header.size() + 2;
+  for (const auto l : lines) size += l.size();
   if (whole) size += headers.wire().size() + request_tail_size(ln);
   {
     HeadWriter w(out, size);
@@ -1017,6 +1063,7 @@ void append_request_head(std::string& out, std::string_view method, std::string_
     w.lit(" HTTP/1.1\r\nhost: ");
     w.str(host_header);
     w.lit("\r\n");
+    for (const auto l : lines) w.str(l);
     if (whole) {
       w.str(headers.wire());
       write_request_tail(w, ld, ln);
@@ -1028,6 +1075,12 @@ void append_request_head(std::string& out, std::string_view method, std::string_
   append_headers(out, headers);
   AppendWriter w(out);
   write_request_tail(w, ld, ln);
+}
+
+void append_request_head(std::string& out, std::string_view method, std::string_view target,
+                         std::string_view host_header, const Headers& headers,
+                         std::size_t content_length) {
+  append_request_head(out, method, target, host_header, {}, headers, content_length);
 }
 
 std::size_t chunk_header(char (&buf)[20], std::size_t size) {

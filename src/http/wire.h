@@ -10,6 +10,7 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/optional.hpp>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -281,10 +282,21 @@ extern template class BasicParser<ResponseParser, false>;
 void append_response_head(std::string& out, int status, std::string_view server_name,
                           const Headers& headers, std::int64_t content_length, bool keep_alive);
 
+// The same head with its header lines given in pieces instead of a Headers list, written with
+// one size change: the pieces joined are whole "name: value\r\n" lines that Headers::add would
+// accept, none of them a framing header.
+void append_response_head(std::string& out, int status, std::string_view server_name,
+                          std::span<const std::string_view> lines, std::int64_t content_length,
+                          bool keep_alive);
+
 // "POST /path HTTP/1.1\r\nhost: ...\r\n" + headers + content-length + blank line.
 void append_request_head(std::string& out, std::string_view method, std::string_view target,
                          std::string_view host_header, const Headers& headers,
                          std::size_t content_length);
+// The same with header lines in pieces before the list's (as append_response_head's `lines`).
+void append_request_head(std::string& out, std::string_view method, std::string_view target,
+                         std::string_view host_header, std::span<const std::string_view> lines,
+                         const Headers& headers, std::size_t content_length);
 
 // "<hex size>\r\n" for a chunk of `size` bytes, written into `buf`; returns its length.
 std::size_t chunk_header(char (&buf)[20], std::size_t size);

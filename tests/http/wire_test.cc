@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <cstring>
@@ -750,6 +751,36 @@ TEST(AppendResponseHead, BothWritersEndTheHeadAlike) {
   }
 }
 
+// Header lines given in pieces are written as they are, each piece whole: pieces of every length
+// from 0 to 40 bytes (the writer copies short ones inline), in every split of the same lines.
+TEST(AppendResponseHead, LinesInPiecesAreJoinedExactly) {
+  std::string text;
+  for (int i = 0; text.size() < 400; ++i) {
+    text += "x-h" + std::to_string(i) + ": " + std::string(static_cast<std::size_t>(i % 23), 'v') +
+            "\r\n";
+  }
+  for (std::size_t step = 1; step <= 40; ++step) {
+    std::vector<std::string_view> pieces;
+    for (std::size_t at = 0, k = 0; at < text.size();) {
+      // 0, step, 2 * step, ... modulo 41 (a prime: every length from 0 to 40 comes up).
+      const std::size_t n = std::min((step * k++) % 41, text.size() - at);
+      pieces.push_back(std::string_view(text).substr(at, n));
+      at += n;
+    }
+    std::string got = "|", want = "|";
+    append_response_head(got, 200, "bw", pieces, 12, false);
+    want += "HTTP/1.1 200 OK\r\nserver: bw\r\n" + text +
+            "content-length: 12\r\nconnection: close\r\n\r\n";
+    ASSERT_EQ(got, want) << step;
+    // The same lines as one list give the same head.
+    Headers h;
+    h.raw() = text;
+    std::string from_list = "|";
+    append_response_head(from_list, 200, "bw", h, 12, false);
+    EXPECT_EQ(from_list, want);
+  }
+}
+
 TEST(AppendResponseHead, ReasonPhrases) {
   const std::vector<std::pair<int, std::string>> cases = {
       {100, "Continue"},
@@ -827,6 +858,26 @@ TEST(AppendRequestHead, BothWritersEndTheHeadAlike) {
                      std::to_string(length) + "\r\n\r\n");
     EXPECT_EQ(b, a);
   }
+}
+
+// Lines in pieces come first, then the list's (without its framing headers), then the framing.
+TEST(AppendRequestHead, LinesInPiecesBeforeTheList) {
+  const std::string_view pieces[] = {
+      "content-type: application/json\r\nx-request-id: ", "req_0123456789abcdef01234567", "\r\n",
+      "authorization: Bearer k\r\n"};
+  Headers h;
+  ASSERT_TRUE(h.add("user-agent", "t/1"));
+  std::string out;
+  append_request_head(out, "POST", "/v1/chat/completions", "u:1", pieces, h, 5);
+  const std::string want =
+      "POST /v1/chat/completions HTTP/1.1\r\nhost: u:1\r\n"
+      "content-type: application/json\r\nx-request-id: req_0123456789abcdef01234567\r\n"
+      "authorization: Bearer k\r\nuser-agent: t/1\r\ncontent-length: 5\r\n\r\n";
+  EXPECT_EQ(out, want);
+  ASSERT_TRUE(h.add("Content-Length", "9"));  // dropped: the framing is the serializer's
+  out.clear();
+  append_request_head(out, "POST", "/v1/chat/completions", "u:1", pieces, h, 5);
+  EXPECT_EQ(out, want);
 }
 
 TEST(AppendRequestHead, ParsesBackWithTheRequestParser) {

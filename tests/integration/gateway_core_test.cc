@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <regex>
 #include <thread>
 
 #include "harness.h"
@@ -90,6 +91,36 @@ TEST_F(GatewayCore, BufferedCompletionWithUsageAndRequestId) {
   // A generated id when the client sends none.
   auto r2 = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false), kKey);
   EXPECT_EQ(r2.header("x-request-id").rfind("req_", 0), 0u);
+}
+
+// The head of a buffered answer, byte for byte: the gateway's headers, then the earlier phases'
+// (the key's rate limits, the priority), the provider's content type, the framing; none of the
+// provider's other headers (its x-request-id echo, its own server line, its content-length)
+// pass. The remaining counts and reset times vary from request to request: masked.
+TEST_F(GatewayCore, BufferedAnswerHeadBytes) {
+  auto r = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false), kKey,
+                     {{"X-Request-Id", "head-bytes-1"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string head = std::regex_replace(
+      r.head, std::regex("(x-ratelimit-(remaining|reset)-(requests|tokens): )[^\r]*"), "$1*");
+  EXPECT_EQ(head,
+            "HTTP/1.1 200 OK\r\n"
+            "server: bellwether\r\n"
+            "x-request-id: head-bytes-1\r\n"
+            "x-bellwether-model: public-model\r\n"
+            "x-ratelimit-limit-requests: 400\r\n"
+            "x-ratelimit-remaining-requests: *\r\n"
+            "x-ratelimit-reset-requests: *\r\n"
+            "x-ratelimit-limit-tokens: 5000000\r\n"
+            "x-ratelimit-remaining-tokens: *\r\n"
+            "x-ratelimit-reset-tokens: *\r\n"
+            "x-bellwether-priority: 1\r\n"
+            "content-type: application/json\r\n"
+            "content-length: " +
+                std::to_string(r.body.size()) +
+                "\r\n"
+                "connection: close\r\n"
+                "\r\n");
 }
 
 TEST_F(GatewayCore, ModelMappingRewritesBodyAndStripsClientCredentials) {

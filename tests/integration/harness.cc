@@ -243,6 +243,7 @@ bool send_all(int fd, const std::string& bytes) {
 bool parse_complete(const std::string& buf, HttpResponse& out, bool eof) {
   auto head_end = buf.find("\r\n\r\n");
   if (head_end == std::string::npos) return false;
+  out.head = buf.substr(0, head_end + 4);
   std::istringstream head(buf.substr(0, head_end));
   std::string line;
   std::getline(head, line);

@@ -50,7 +50,8 @@ struct HttpResponse {
   int status = 0;
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;                            // de-chunked
-  bool closed = false;                         // the server closed the connection after it
+  std::string head;     // the head's bytes as received, its blank line included
+  bool closed = false;  // the server closed the connection after it
   std::string header(const std::string& name) const {
     auto it = headers.find(name);
     return it == headers.end() ? std::string() : it->second;
