@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <span>
 
@@ -156,17 +157,20 @@ void scan_upstream_headers(const http::Headers& from, http::Headers& limits,
                            http::Headers& passed) {
   // Over the wire form ("name: value\r\n" lines): a line is split only when its first letter
   // can start a name wanted here (x-, a-, r-, o-); most of an answer's headers are not.
-  std::string_view rest = from.wire();
-  while (!rest.empty()) {
-    const auto eol = rest.find("\r\n");
-    if (eol == std::string_view::npos) break;  // a list's lines all end in CRLF
-    const std::string_view whole = rest.substr(0, eol + 2);
-    const std::string_view line = whole.substr(0, eol);
-    rest.remove_prefix(eol + 2);
-    const char first = static_cast<char>(line.empty() ? 0 : (line[0] | 0x20));
+  const char* p = from.wire().data();
+  const char* const end = p + from.wire().size();
+  while (p < end) {
+    // A list's lines end in CRLF; a value holds no LF.
+    const auto* const lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
+    if (!lf) break;
+    const std::string_view whole(p, static_cast<std::size_t>(lf + 1 - p));
+    const char first = static_cast<char>(*p | 0x20);
+    p = lf + 1;
     if (first != 'x' && first != 'a' && first != 'r' && first != 'o') continue;
-    const auto colon = line.find(": ");
-    if (colon == std::string_view::npos) continue;
+    const std::string_view line = whole.substr(0, whole.size() - 2);
+    // The list's form is "name: value", and a name holds no colon.
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos || colon + 2 > line.size()) continue;
     const std::string_view k = line.substr(0, colon), v = line.substr(colon + 2);
     if (istarts_with(k, "x-ratelimit-") || istarts_with(k, "anthropic-ratelimit-") ||
         istarts_with(k, "retry-after")) {

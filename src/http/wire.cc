@@ -984,17 +984,25 @@ void write_response_head(std::string& out, int status, std::string_view server_n
                          std::span<const std::string_view> lines, const Headers* rest,
                          std::int64_t content_length, bool keep_alive) {
   char sbuf[24], lbuf[24];
-  const char* const sd = format_decimal(sbuf, static_cast<std::uint64_t>(status));
-  const auto sn = static_cast<std::size_t>(sbuf + sizeof sbuf - sd);
-  const auto r = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
-  const std::string_view reason(r.data(), r.size());
+  // "HTTP/1.1 <status> <reason>\r\n"; nearly every answer's, "200 OK", as it is.
+  std::string_view status_line = "HTTP/1.1 200 OK\r\n";
+  const char* sd = nullptr;
+  std::size_t sn = 0;
+  std::string_view reason;
+  if (status != 200) {
+    sd = format_decimal(sbuf, static_cast<std::uint64_t>(status));
+    sn = static_cast<std::size_t>(sbuf + sizeof sbuf - sd);
+    const auto r = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
+    reason = std::string_view(r.data(), r.size());
+    status_line = {};
+  }
   const char* ld = nullptr;  // chunked
   std::size_t ln = 0;
   if (content_length >= 0) {
     ld = format_decimal(lbuf, static_cast<std::uint64_t>(content_length));
     ln = static_cast<std::size_t>(lbuf + sizeof lbuf - ld);
   }
-  std::size_t size = 9 + sn + 1 + reason.size() + 2;
+  std::size_t size = status_line.empty() ? 9 + sn + 1 + reason.size() + 2 : status_line.size();
   if (!server_name.empty()) size += 8 + server_name.size() + 2;
   if (!rest) {
     for (const auto l : lines) size += l.size();
@@ -1002,11 +1010,15 @@ void write_response_head(std::string& out, int status, std::string_view server_n
   }
   {
     HeadWriter w(out, size);
-    w.lit("HTTP/1.1 ");
-    w.digits(sd, sn);
-    w.lit(" ");
-    w.str(reason);
-    w.lit("\r\n");
+    if (!status_line.empty()) {
+      w.str(status_line);
+    } else {
+      w.lit("HTTP/1.1 ");
+      w.digits(sd, sn);
+      w.lit(" ");
+      w.str(reason);
+      w.lit("\r\n");
+    }
     if (!server_name.empty()) {
       w.lit("server: ");
       w.str(server_name);
