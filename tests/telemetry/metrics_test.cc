@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -166,6 +169,33 @@ TEST(Metrics, HistogramBucketsAreCumulative) {
   EXPECT_EQ(s.cumulative, (std::vector<std::uint64_t>{2, 4, 6, 8}));
   EXPECT_EQ(s.count, 8u);
   EXPECT_DOUBLE_EQ(s.sum, 116.5);
+}
+
+// A value's bucket is the first bound >= it (lower_bound's), for the bounds themselves, values
+// between and beyond them, infinities and NaN (the first bucket).
+TEST(Metrics, HistogramBucketIsTheFirstBoundNotBelow) {
+  const std::vector<double> bounds = latency_buckets();
+  std::vector<double> values = {-1.0,
+                                0.0,
+                                std::numeric_limits<double>::quiet_NaN(),
+                                -std::numeric_limits<double>::infinity(),
+                                std::numeric_limits<double>::infinity(),
+                                1e300};
+  for (const double b : bounds) {
+    values.push_back(b);
+    values.push_back(std::nextafter(b, 0.0));
+    values.push_back(std::nextafter(b, 1e9));
+  }
+  for (const double v : values) {
+    Histogram h(bounds);
+    h.observe(v);
+    const auto s = h.snapshot();
+    const auto want = static_cast<std::size_t>(std::lower_bound(bounds.begin(), bounds.end(), v) -
+                                               bounds.begin());
+    for (std::size_t i = 0; i < s.cumulative.size(); ++i) {
+      EXPECT_EQ(s.cumulative[i], i >= want ? 1u : 0u) << v << " bucket " << i;
+    }
+  }
 }
 
 TEST(Metrics, CardinalityCapFoldsIntoOverflow) {
