@@ -103,6 +103,25 @@ class Scanner {
   }
   bool non_ascii() const { return high_ != 0; }
 
+  // The values of an event that another event of the same bytes around them may have
+  // otherwise and still be scanned the same way: where each one is and what it is. An integer
+  // (non-negative, without a sign, fraction or exponent; `count`: the usage count it is, null
+  // for any other), or the text of a string value of the members before the first one read
+  // (head(); the id, the model).
+  struct Hole {  // no initializers: a Holes is made per scanned event, and only n are read
+    std::uint32_t at;
+    std::uint32_t len;
+    std::int64_t Usage::*count;
+    bool string;
+  };
+  struct Holes {
+    static constexpr std::size_t kMax = 8;
+    std::array<Hole, kMax> at;
+    std::size_t n = 0;
+    bool overflow = false;  // more than kMax of them
+  };
+  void note_holes(Holes* to) { holes_ = to; }
+
   // Where event() would set checkpoint_: the opening quote of the first top-level key it reads
   // ("choices" or "usage"), the members before it scanned as event() scans them. 0 when there
   // is no such key or the scan refuses (then event() decides from the start).
@@ -123,7 +142,9 @@ class Scanner {
       if (p_ == end_ || *p_ != ':') return 0;
       ++p_;
       ws();
+      const char* const v = p_;
       if (p_ == end_ || !value(2)) return 0;
+      if (*v == '"') note_hole(v + 1, p_ - 1, nullptr, true);
       ws();
       if (p_ == end_ || *p_ != ',') return 0;
       ++p_;
@@ -151,6 +172,16 @@ class Scanner {
            (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) {
       ++p_;
     }
+  }
+
+  void note_hole(const char* from, const char* to, std::int64_t Usage::*count, bool string) {
+    if (holes_ == nullptr) return;
+    if (holes_->n == Holes::kMax) {
+      holes_->overflow = true;
+      return;
+    }
+    holes_->at[holes_->n++] = {static_cast<std::uint32_t>(from - data_.data()),
+                               static_cast<std::uint32_t>(to - from), count, string};
   }
 
   // At '{'. on_member(key) reads the value, which starts at p_. resumed: p_ is already at a key
@@ -261,6 +292,7 @@ class Scanner {
     }
     const auto int_digits = p - int_start;
     if (int_digits > 18) return false;
+    const char* const int_end = p;
     if (p != end_ && *p == '.') {
       ++p;
       const char* frac_start = p;
@@ -274,6 +306,7 @@ class Scanner {
       while (p != end_ && is_digit(*p)) ++p;
       if (p == exp_start || p - exp_start > 2) return false;
     }
+    if (p == int_end && int_start == p_) note_hole(p_, p, nullptr, false);
     p_ = p;
     return true;
   }
@@ -386,7 +419,7 @@ class Scanner {
   // Anything else (another type, a sign, a fraction or an exponent) is left to the parser.
   // The digits are read as they are checked: at most 18 of them, which any int64 holds. A
   // leading zero ends the number, as JSON's grammar says (what follows it is then refused).
-  bool count(std::int64_t& out) {
+  bool count(Usage& u, std::int64_t Usage::*field) {
     const char* p = p_;
     if (!is_digit(*p)) return false;
     std::int64_t v = 0;
@@ -401,7 +434,8 @@ class Scanner {
       }
     }
     if (p != end_ && (*p == '.' || *p == 'e' || *p == 'E')) return false;
-    out = v;
+    u.*field = v;
+    note_hole(p_, p, field, false);
     p_ = p;
     return true;
   }
@@ -416,21 +450,23 @@ class Scanner {
       if (key.raw == "prompt_tokens") {
         if (saw_prompt) return false;
         saw_prompt = true;
-        return count(u.prompt_tokens);
+        return count(u, &Usage::prompt_tokens);
       }
       if (key.raw == "completion_tokens") {
         if (saw_completion) return false;
         saw_completion = true;
-        return count(u.completion_tokens);
+        return count(u, &Usage::completion_tokens);
       }
       if (key.raw == "prompt_tokens_details") {
         if (saw_in_details) return false;
         saw_in_details = true;
-        if (*p_ == '{') return details(depth + 1, "cached_tokens", u.cached_tokens);
+        if (*p_ == '{') return details(depth + 1, "cached_tokens", u, &Usage::cached_tokens);
       } else if (key.raw == "completion_tokens_details") {
         if (saw_out_details) return false;
         saw_out_details = true;
-        if (*p_ == '{') return details(depth + 1, "reasoning_tokens", u.reasoning_tokens);
+        if (*p_ == '{') {
+          return details(depth + 1, "reasoning_tokens", u, &Usage::reasoning_tokens);
+        }
       }
       // A details member that is not an object reads as 0 there too.
       return value(depth + 1);
@@ -443,14 +479,14 @@ class Scanner {
   }
 
   // A details object: `name` read as a count (missing: 0); anything else there to the parser.
-  bool details(int depth, std::string_view name, std::int64_t& out) {
+  bool details(int depth, std::string_view name, Usage& u, std::int64_t Usage::*field) {
     bool saw = false;
     return members(depth, [&](const Str& key) {
       if (key.escaped) return false;
       if (key.raw == name) {
         if (saw) return false;
         saw = true;
-        return count(out);
+        return count(u, field);
       }
       return value(depth + 1);
     });
@@ -464,7 +500,8 @@ class Scanner {
   const char* text_end_ = nullptr;
   const char* key_at_ = nullptr;  // the opening quote of the top-level key being read
   const char* end_;
-  std::uint64_t high_ = 0;   // nonzero: a string had a non-ASCII byte
+  std::uint64_t high_ = 0;  // nonzero: a string had a non-ASCII byte
+  Holes* holes_ = nullptr;
   bool read_usage_ = false;  // a usage object is read here, not left to the parse
   bool answer_ = false;      // a buffered answer: only its usage is read
 
@@ -542,6 +579,73 @@ void learn_shape(std::string_view data, const Scanner& scanner, const ChunkInfo&
   prefix.shape_info = info;
 }
 
+// An event's bytes (or the start of them) with holes where another event may have other values
+// and still be scanned the same way (Scanner::Hole).
+struct Skeleton {
+  std::string bytes;
+  std::array<Scanner::Hole, Scanner::Holes::kMax> holes;  // offsets into `bytes`
+  std::size_t n = 0;
+
+  // Keeps data[at..at + size) and the holes that a scan of `data` noted there.
+  void assign(std::string_view data, std::size_t at, std::size_t size, const Scanner::Holes& h) {
+    bytes.assign(data.data() + at, size);
+    n = 0;
+    for (std::size_t i = 0; i < h.n; ++i) {
+      if (h.at[i].at < at || h.at[i].at + h.at[i].len > at + size) continue;
+      holes[n] = h.at[i];
+      holes[n++].at -= static_cast<std::uint32_t>(at);
+    }
+  }
+
+  // Whether `data` is these bytes with other values in the holes: all of it (`whole`), or its
+  // start, whose length is then `matched`. An integer is 1 to 18 digits without a leading zero
+  // (what follows one in `bytes` is not a digit, so a longer one does not match); a string's
+  // text is plain ASCII without an escape. `values` gets the integers, in the holes' order.
+  bool fits(std::string_view data, bool whole,
+            std::array<std::int64_t, Scanner::Holes::kMax>& values, std::size_t& matched) const {
+    if (bytes.empty()) return false;
+    const char* const t = bytes.data();
+    const char* p = data.data();
+    const char* const end = p + data.size();
+    std::size_t from = 0;  // in `bytes`
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& hole = holes[i];
+      const std::size_t same = hole.at - from;
+      if (static_cast<std::size_t>(end - p) <= same || std::memcmp(p, t + from, same) != 0) {
+        return false;
+      }
+      p += same;
+      from = hole.at + hole.len;
+      if (hole.string) {
+        std::uint64_t high = 0;
+        p = json_scan::find_special(p, end, high);
+        if (p == end || *p != '"' || high != 0) return false;
+        continue;
+      }
+      std::int64_t v = 0;
+      if (!is_digit(*p)) return false;
+      if (*p == '0') {
+        ++p;
+      } else {
+        int digits = 0;
+        for (; p != end && is_digit(*p); ++p) {
+          if (++digits > 18) return false;
+          v = v * 10 + (*p - '0');
+        }
+      }
+      values[i] = v;
+    }
+    const std::size_t left = bytes.size() - from;
+    if (static_cast<std::size_t>(end - p) < left + (whole ? 0 : 1) ||
+        (whole && static_cast<std::size_t>(end - p) != left) ||
+        std::memcmp(p, t + from, left) != 0) {
+      return false;
+    }
+    matched = static_cast<std::size_t>(p - data.data()) + left;
+    return true;
+  }
+};
+
 // What the streams of one thread share. After its prefix (id, created, model: different in
 // every stream), an event that carries no text, usage or other output (the role event that
 // opens a stream, the finish event that ends a choice) is the same bytes in every stream of a
@@ -561,10 +665,22 @@ struct Recall {
     std::string tail;
     ChunkInfo info;
   };
+  // A stream's prefix (what its first event is scanned as far as): the same bytes in every
+  // stream of a model but for the id and such values (Scanner::head()'s holes).
+  std::array<Skeleton, kEntries> prefixes;
+  // An event with usage (the last one of a stream, with its counts): the same bytes in every
+  // stream of a model but for the integers, which are read from each event.
+  struct Counted {
+    Skeleton rest;  // the event from its checkpoint on
+    ChunkInfo info;
+  };
   std::array<Framing, kEntries> framing;
   std::array<Shape, kEntries> shapes;
+  std::array<Counted, kEntries> counted;
   std::size_t next_framing = 0;
   std::size_t next_shape = 0;
+  std::size_t next_counted = 0;
+  std::size_t next_prefix = 0;
 };
 
 Recall& recall() {
@@ -581,6 +697,40 @@ const ChunkInfo* recall_framing(std::string_view rest) {
     }
   }
   return nullptr;
+}
+
+// The answer recalled for `rest` (an event after its prefix) when it is the bytes of an earlier
+// stream's usage event with other integers where that one had integers: the scan went through
+// the same bytes in the same state, and an integer of the same kind (non-negative, 1 to 18
+// digits, no leading zero) takes the same path through it; only the counts it read differ,
+// which are read here from the integers in their places.
+std::optional<ChunkInfo> recall_counted(std::string_view rest) {
+  for (const auto& c : recall().counted) {
+    std::array<std::int64_t, Scanner::Holes::kMax> values{};
+    std::size_t matched = 0;
+    if (!c.rest.fits(rest, true, values, matched)) continue;
+    ChunkInfo info = c.info;
+    for (std::size_t i = 0; i < c.rest.n; ++i) {
+      if (c.rest.holes[i].count != nullptr) info.usage.*(c.rest.holes[i].count) = values[i];
+    }
+    return info;
+  }
+  return std::nullopt;
+}
+
+// The length of `data`'s prefix when it begins with an earlier stream's prefix with other
+// values in its holes, followed by the key that ends a prefix (Scanner::head() would find the
+// same end there: the same keys, values it takes the same way, then that key); 0 otherwise.
+std::size_t recall_prefix(std::string_view data) {
+  constexpr std::string_view kChoices = "\"choices\"", kUsage = "\"usage\"";
+  for (const auto& sk : recall().prefixes) {
+    std::array<std::int64_t, Scanner::Holes::kMax> values;
+    std::size_t matched = 0;
+    if (!sk.fits(data, false, values, matched)) continue;
+    const std::string_view next = data.substr(matched);
+    if (next.starts_with(kChoices) || next.starts_with(kUsage)) return matched;
+  }
+  return 0;
 }
 
 // The answer for `data`, whose first `known` bytes are its stream's prefix, when what follows
@@ -606,7 +756,7 @@ std::optional<ChunkInfo> recall_shape(std::string_view data, ChunkPrefix& prefix
     prefix.shape_head.assign(data.data(), head);
     prefix.shape_tail.assign(sh.tail);
     prefix.shape_info = sh.info;
-    ChunkInfo info = sh.info;
+      ChunkInfo info = sh.info;
     info.text_chars = bytes;
     info.has_text = bytes > 0;
     return info;
@@ -614,12 +764,19 @@ std::optional<ChunkInfo> recall_shape(std::string_view data, ChunkPrefix& prefix
   return std::nullopt;
 }
 
-// Keeps what a scanned event (ASCII, its prefix `at` bytes) tells later streams.
+// Keeps what a scanned event (ASCII, its prefix `at` bytes) tells later streams. `integers`:
+// the holes that the scan noted from offset `at` on.
 void remember(std::string_view data, std::size_t at, const Scanner& scanner, const ChunkInfo& info,
-              bool shapes) {
+              bool shapes, const Scanner::Holes& integers) {
   if (at == 0 || scanner.non_ascii() || data.size() - at > ChunkPrefix::kMaxBytes) return;
   auto& r = recall();
   const std::string_view rest = data.substr(at);
+  if (info.usage.present && !integers.overflow && integers.n > 0) {
+    auto& c = r.counted[r.next_counted];
+    r.next_counted = (r.next_counted + 1) % Recall::kEntries;
+    c.rest.assign(data, at, rest.size(), integers);
+    c.info = info;
+  }
   if (!info.has_text && !info.other_output && !info.usage.present && !info.done) {
     if (recall_framing(rest) != nullptr) return;
     auto& f = r.framing[r.next_framing];
@@ -656,28 +813,43 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefi
   }
   const std::string& known = prefix.bytes;
   if (known.empty()) {
-    // The stream's first event: its prefix is scanned alone, then the rest as below. A prefix
-    // is kept when it is plain ASCII (so that the rest of an event decides alone whether the
-    // event needs a UTF-8 check).
-    Scanner head(data, true);
-    const std::size_t at = head.head();
-    if (at > 0 && at <= ChunkPrefix::kMaxBytes && !head.non_ascii()) {
+    // The stream's first event: its prefix is scanned alone (or found to be an earlier
+    // stream's with other values), then the rest as below. A prefix is kept when it is plain
+    // ASCII (so that the rest of an event decides alone whether the event needs a UTF-8 check).
+    if (const std::size_t at = recall_prefix(data); at > 0 && at <= ChunkPrefix::kMaxBytes) {
       prefix.bytes.assign(data.data(), at);
+    } else {
+      Scanner head(data, true);
+      Scanner::Holes holes;
+      head.note_holes(&holes);
+      const std::size_t end = head.head();
+      if (end > 0 && end <= ChunkPrefix::kMaxBytes && !head.non_ascii()) {
+        prefix.bytes.assign(data.data(), end);
+        if (!holes.overflow) {
+          auto& r = recall();
+          r.prefixes[r.next_prefix].assign(data, 0, end, holes);
+          r.next_prefix = (r.next_prefix + 1) % Recall::kEntries;
+        }
+      }
     }
   }
   const bool resume = !known.empty() && data.size() > known.size() &&
                       std::memcmp(data.data(), known.data(), known.size()) == 0;
   if (resume) {
-    if (const ChunkInfo* hit = recall_framing(data.substr(known.size()))) return *hit;
+    const std::string_view rest = data.substr(known.size());
+    if (const ChunkInfo* hit = recall_framing(rest)) return *hit;
+    if (auto counted = recall_counted(rest)) return counted;
     if (prefix.shape_misses < kMaxShapeMisses) {
       if (auto fit = recall_shape(data, prefix)) return fit;
     }
   }
   ChunkInfo info;
   Scanner scanner(data, true);
+  Scanner::Holes integers;
+  if (resume) scanner.note_holes(&integers);
   if (!scanner.event(info, resume ? known.size() : 0)) return std::nullopt;
   if (resume) {
-    remember(data, known.size(), scanner, info, prefix.shape_misses < kMaxShapeMisses);
+    remember(data, known.size(), scanner, info, prefix.shape_misses < kMaxShapeMisses, integers);
   } else if (const std::size_t at = scanner.checkpoint_; at > 0 && at <= ChunkPrefix::kMaxBytes) {
     // Another start than the stream's first: kept when it is plain ASCII, as above.
     bool ascii = true;

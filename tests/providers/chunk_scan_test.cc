@@ -872,6 +872,127 @@ TEST(ChunkScan, StreamsOfOneThreadAgreeWithTheParse) {
   EXPECT_GT(fitted, kStreams / 4);
 }
 
+// The usage event that ends a stream is the same bytes in every stream of a thread but for its
+// integers: it is recalled from an earlier stream's with the integers read in their places.
+// Counts of every length, integers that are not plain (a sign, a fraction, a leading zero, too
+// many digits), other integers around them and changes anywhere give the parse's answer.
+TEST(ChunkScan, UsageEventsOfOneThreadAgreeWithTheParse) {
+  EventGen gen(20261209);
+  std::mt19937 pick(23);
+  const std::string usages[] = {
+      R"("choices":[],"usage":{"prompt_tokens":#,"completion_tokens":#,"total_tokens":#}})",
+      R"("choices":[],"usage":{"prompt_tokens":#,"completion_tokens":#,"total_tokens":#,)"
+      R"("prompt_tokens_details":{"cached_tokens":#,"audio_tokens":#},)"
+      R"("completion_tokens_details":{"reasoning_tokens":#,"audio_tokens":#}}})",
+      R"("choices":[],"usage":{"prompt_tokens":#,"completion_tokens":#,)"
+      R"("prompt_tokens_details":{"cached_tokens":#},"completion_tokens_details":)"
+      R"({"reasoning_tokens":#}}})",
+      R"("choices":[{"index":#,"delta":{},"finish_reason":"stop"}],)"
+      R"("usage":{"prompt_tokens":#,"completion_tokens":#}})",
+      R"("usage":{"completion_tokens":#,"prompt_tokens":#},"choices":[]})",
+      R"("choices":[],"usage":{"prompt_tokens":#,"completion_tokens":#,"x":[#,#,{"y":#}]}})",
+      R"("choices":[],"usage":{"prompt_tokens":#,"completion_tokens":#,"prompt_tokens":#}})",
+      R"("choices":[],"usage":{"prompt_tokens": # ,"completion_tokens":#}, "n":#})",
+      R"("choices":[{"delta":{"content":"a#"}}],"usage":{"prompt_tokens":#,"completion_tokens":#}})",
+  };
+  const std::string numbers[] = {"0",  "7",  "19",   "400", "123456789012345678",
+                                 "1",  "25", "3000", "9",   "1234567890123456789",
+                                 "07", "-3", "3.0",  "3e2", "",
+                                 "00", "9 ", "1.",   "0x1", "99999999999999999999"};
+  int recallable = 0;
+  constexpr int kStreams = 4000;
+  for (int n = 0; n < kStreams; ++n) {
+    ChunkPrefix prefix;
+    const std::string head = R"({"id":"chatcmpl-)" + std::to_string(pick() % 100000) +
+                             R"(","object":"chat.completion.chunk","created":)" +
+                             std::to_string(1733390000 + n) + R"(,"model":"bench",)";
+    std::string usage = usages[pick() % std::size(usages)];
+    bool plain = true;
+    for (std::size_t at = usage.find('#'); at != std::string::npos; at = usage.find('#')) {
+      // Mostly plain counts (the first ten), sometimes anything.
+      const std::size_t k = pick() % 4 == 0 ? pick() % std::size(numbers) : pick() % 10;
+      plain = plain && k < 10;
+      usage.replace(at, 1, numbers[k]);
+    }
+    if (plain) ++recallable;
+    std::vector<std::string> stream = {
+        head + R"("choices":[{"index":0,"delta":{"role":"assistant","content":""}}]})",
+        head + R"("choices":[{"index":0,"delta":{"content":")" + std::to_string(n) + R"("}}]})",
+        head + R"("choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})",
+        head + usage,
+    };
+    for (auto& e : stream) {
+      if (pick() % 30 == 0) e = gen.damaged(e);
+      const ChunkInfo parsed = parse_chunk(e);
+      ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "stream " << n << ": " << show(e);
+    }
+  }
+  EXPECT_GT(recallable, kStreams / 4);
+}
+
+// A stream's first event is scanned as far as its prefix, or found to begin with an earlier
+// stream's prefix with another id, time or model there: either way the prefix is the same
+// bytes, and the answer the parse's. Values that are plain or escaped, non-ASCII, not JSON,
+// integers of every kind, and other members around them.
+TEST(ChunkScan, StreamPrefixesOfOneThreadAgreeWithTheParse) {
+  std::mt19937 pick(29);
+  struct Part {
+    std::string text;
+    bool valid;  // JSON that the scan takes
+    bool ascii;
+  };
+  const Part ids[] = {{R"("chatcmpl-1")", true, true}, {R"("chatcmpl-123456")", true, true},
+                      {R"("")", true, true},           {R"("a\"b")", true, true},
+                      {R"("\u00e9")", true, true},     {"\"caf\xc3\xa9\"", true, false},
+                      {"\"a\x01\"", false, true},      {R"("a)", false, true},
+                      {R"(17)", true, true},           {R"(null)", true, true}};
+  const Part createds[] = {{"1796551848", true, true}, {"0", true, true},
+                           {"7", true, true},          {"123456789012345678", true, true},
+                           {"07", false, true},        {"-5", true, true},
+                           {"1.5", true, true},        {"1e3", true, true},
+                           {"", false, true},          {"1234567890123456789", false, true}};
+  const Part models[] = {{R"("bench")", true, true},
+                         {R"("gpt-4o-mini")", true, true},
+                         {R"("x")", true, true},
+                         {"\"caf\xc3\xa9\"", true, false}};
+  const std::string events[] = {
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})",
+      R"("choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]})",
+      R"("choices":[],"usage":{"prompt_tokens":8,"completion_tokens":5}})",
+  };
+  int kept = 0;
+  constexpr int kStreams = 4000;
+  for (int n = 0; n < kStreams; ++n) {
+    // Mostly the usual prefix with another id and time, sometimes anything.
+    const bool usual = pick() % 3 != 0;
+    const Part& id = usual ? ids[pick() % 3] : ids[pick() % std::size(ids)];
+    const Part& created = usual ? createds[pick() % 4] : createds[pick() % std::size(createds)];
+    const Part& model = models[pick() % (usual ? 3 : std::size(models))];
+    std::string head = R"({"id":)" + id.text + R"(,"object":"chat.completion.chunk","created":)" +
+                       created.text + R"(,"model":)" + model.text + ",";
+    bool valid = id.valid && created.valid && model.valid;
+    if (pick() % 10 == 0) head.insert(head.size() - 1, " ");
+    if (pick() % 10 == 0) head += R"("system_fingerprint":"fp_)" + std::to_string(n) + R"(",)";
+    if (pick() % 20 == 0) head.insert(1, R"("x":[1,2.5,"y"],)");
+    if (pick() % 20 == 0) {
+      head[pick() % head.size()] = '}';
+      valid = false;  // not necessarily, but then the prefix is not checked below
+    }
+    ChunkPrefix prefix;
+    for (int i = 0; i < 3; ++i) {
+      const std::string e = head + events[pick() % std::size(events)];
+      const ChunkInfo parsed = parse_chunk(e);
+      ASSERT_TRUE(same(inspect_chunk(e, prefix), parsed)) << "stream " << n << ": " << show(e);
+      if (i == 0 && valid) {
+        const bool ascii = id.ascii && created.ascii && model.ascii;
+        ASSERT_EQ(prefix.bytes, ascii ? head : std::string()) << "stream " << n << ": " << show(e);
+        if (ascii) ++kept;
+      }
+    }
+  }
+  EXPECT_GT(kept, kStreams / 2);
+}
+
 // A stream whose events never fit a shape (a member that changes on every event after the
 // text) stops trying one, and keeps the parse's answer.
 TEST(ChunkScan, StreamWithoutAShapeStopsTrying) {
