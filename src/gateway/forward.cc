@@ -263,8 +263,13 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Hea
     // A request covered by a budget lease gets its ledger row before [DONE]: the events before
     // it leave first (pieces [0, settle_at)), so that a first token never waits.
     std::size_t settle_at = kNoSettle;
-    while (http::next_event_data(rest, event, data, scratch)) {
-      auto info = providers::inspect_chunk(data, prefix);
+    providers::ChunkInfo info;
+    for (;;) {
+      // A text event of the stream's usual shape is split and inspected in one pass.
+      if (!providers::next_shaped_event(rest, event, data, info, prefix)) {
+        if (!http::next_event_data(rest, event, data, scratch)) break;
+        info = providers::inspect_chunk(data, prefix);
+      }
       if (info.done && !saw_done && phase_cost::covered(c)) {
         send.add(run);
         run = {};

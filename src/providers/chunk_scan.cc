@@ -566,6 +566,14 @@ std::optional<ChunkInfo> fit_shape(std::string_view data, const ChunkPrefix& pre
   return info;
 }
 
+// Whether the shape's events can be taken from a stream's bytes by next_shaped_event.
+bool one_line(const ChunkPrefix& prefix) {
+  const std::string& head = prefix.shape_head;
+  const std::string& tail = prefix.shape_tail;
+  return !tail.empty() && tail.back() == '}' && head.find('\n') == std::string::npos &&
+         tail.find('\n') == std::string::npos;
+}
+
 // Keeps the shape of a scanned event whose only text is one delta.content string.
 void learn_shape(std::string_view data, const Scanner& scanner, const ChunkInfo& info,
                  ChunkPrefix& prefix) {
@@ -577,6 +585,7 @@ void learn_shape(std::string_view data, const Scanner& scanner, const ChunkInfo&
   prefix.shape_head.assign(data.data(), begin);
   prefix.shape_tail.assign(data.data() + end, data.size() - end);
   prefix.shape_info = info;
+  prefix.shape_one_line = one_line(prefix);
 }
 
 // An event's bytes (or the start of them) with holes where another event may have other values
@@ -756,7 +765,8 @@ std::optional<ChunkInfo> recall_shape(std::string_view data, ChunkPrefix& prefix
     prefix.shape_head.assign(data.data(), head);
     prefix.shape_tail.assign(sh.tail);
     prefix.shape_info = sh.info;
-      ChunkInfo info = sh.info;
+    prefix.shape_one_line = one_line(prefix);
+    ChunkInfo info = sh.info;
     info.text_chars = bytes;
     info.has_text = bytes > 0;
     return info;
@@ -861,6 +871,44 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefi
   }
   if (prefix.shape_misses < kMaxShapeMisses) learn_shape(data, scanner, info, prefix);
   return info;
+}
+
+bool next_shaped_event(std::string_view& rest, std::string_view& event, std::string_view& data,
+                       ChunkInfo& info, ChunkPrefix& prefix) {
+  // "data: " + head + string + tail + "\n\n". Neither the head nor the tail has a line end, and
+  // the string cannot (a control character ends the scan): the event is one line of data that
+  // ends at its first "\n\n", with no '\r' before it to be taken off, as next_event_data reads.
+  constexpr std::string_view kField = "data: ";
+  if (!prefix.shape_one_line || prefix.shape_misses >= kMaxShapeMisses) return false;
+  const std::string& head = prefix.shape_head;
+  const std::string& tail = prefix.shape_tail;
+  if (rest.size() < kField.size() + head.size() + tail.size() + 4 ||
+      std::memcmp(rest.data(), kField.data(), kField.size()) != 0 ||
+      std::memcmp(rest.data() + kField.size(), head.data(), head.size()) != 0) {
+    return false;
+  }
+  // Scanned as far as the string's end: the bytes after the data are never read as JSON.
+  const std::string_view line = rest.substr(kField.size());
+  Scanner scanner(line, true);
+  std::size_t bytes = 0, end = 0;
+  if (!scanner.string_at(head.size(), bytes, end) || line.size() - end < tail.size() + 2 ||
+      std::memcmp(line.data() + end, tail.data(), tail.size()) != 0 ||
+      line[end + tail.size()] != '\n' || line[end + tail.size() + 1] != '\n') {
+    return false;
+  }
+  const std::string_view d = line.substr(0, end + tail.size());
+  if (d.size() > kMaxScanBytes ||
+      (scanner.non_ascii() && !simdjson::validate_utf8(d.data(), d.size()))) {
+    return false;
+  }
+  data = d;
+  event = rest.substr(0, kField.size() + d.size() + 2);
+  rest.remove_prefix(event.size());
+  info = prefix.shape_info;
+  info.text_chars = bytes;
+  info.has_text = bytes > 0;
+  prefix.shape_misses = 0;
+  return true;
 }
 
 std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {

@@ -147,10 +147,19 @@ struct ChunkPrefix {
   std::string shape_tail;
   ChunkInfo shape_info;
   int shape_misses = 0;  // in a row; a stream whose events never fit the shape stops trying
+  // The shape's head and tail hold no line end and the tail ends the object ('}'): an event
+  // "data: <head><string><tail>\n\n" is one line of data, whose bytes are those.
+  bool shape_one_line = false;
 };
 // inspect_chunk for the next event of a stream: the same answer, with less work for the part of
 // the event that begins like the one before it.
 ChunkInfo inspect_chunk(std::string_view data, ChunkPrefix& prefix);
+// The next event of `rest` (a stream's bytes) when it is the usual one "data: <data>\n\n" whose
+// data fits the stream's text shape: taken off `rest`, with its data and inspect_chunk's answer
+// for it, as http::next_event_data and inspect_chunk give them, in one pass over its bytes (the
+// event's end is where the shape's tail ends). False, and nothing taken, for any other event.
+bool next_shaped_event(std::string_view& rest, std::string_view& event, std::string_view& data,
+                       ChunkInfo& info, ChunkPrefix& prefix);
 // The same answer from a full parse of the event (the reference the scan is tested against).
 ChunkInfo parse_chunk(std::string_view data);
 
