@@ -150,6 +150,17 @@ struct ChunkPrefix {
   // The shape's head and tail hold no line end and the tail ends the object ('}'): an event
   // "data: <head><string><tail>\n\n" is one line of data, whose bytes are those.
   bool shape_one_line = false;
+
+  // A new stream's state again, the strings keeping their room (a ChunkPrefix kept for the
+  // thread's next stream).
+  void reset() {
+    bytes.clear();
+    shape_head.clear();
+    shape_tail.clear();
+    shape_info = {};
+    shape_misses = 0;
+    shape_one_line = false;
+  }
 };
 // inspect_chunk for the next event of a stream: the same answer, with less work for the part of
 // the event that begins like the one before it.
