@@ -759,6 +759,16 @@ LedgerCovered covered_row(std::string id, std::string lease_id, const std::strin
   return c;
 }
 
+// A lease row `id` of `key` (tenant acme) holding 1,000,000 micros of `budget`, committed
+// before the call returns.
+Result<Ok> append_lease(Ledger& ledger, std::string id, std::string key,
+                        const std::string& budget) {
+  auto lease = reservation(std::move(id), std::move(key), "acme", "", 1'000'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  return append_sync(ledger, lease);
+}
+
 // Checkpoints run off the writer's thread and keep the WAL bounded under steady writes: a
 // passive one once the WAL holds kCheckpointFrames pages, a restart once it reaches
 // kRestartFrames.
@@ -1039,10 +1049,7 @@ TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
   ASSERT_TRUE(db.ledger) << db.error;
   auto& ledger = *db.ledger;
   const std::string lease_budget = key_budget_id("key_a", BudgetPeriod::kTotal);
-  auto lease = reservation("lease:s-1", "key_a", "acme", "", 1'000'000, kJan1);
-  lease.budgets = {lease_budget};
-  lease.lease = true;
-  ASSERT_TRUE(append_sync(ledger, lease).ok());
+  ASSERT_TRUE(append_lease(ledger, "lease:s-1", "key_a", lease_budget).ok());
 
   // What row i carries: rows 0-15 alike (one shared INSERT), rows 16-31 each differing from
   // row 16 in one string, rows 32-39 alike again but not as rows 0-15 (a shared INSERT of 8).
@@ -1133,10 +1140,7 @@ TEST(SqliteBatches, CoveredRowsOfAPartyKeepTheirStatusAndStrings) {
   ASSERT_TRUE(db.ledger) << db.error;
   auto& ledger = *db.ledger;
   const std::string budget = key_budget_id("key_p", BudgetPeriod::kTotal);
-  auto lease = reservation("lease:p-1", "key_p", "acme", "", 1'000'000, kJan1);
-  lease.budgets = {budget};
-  lease.lease = true;
-  ASSERT_TRUE(append_sync(ledger, lease).ok());
+  ASSERT_TRUE(append_lease(ledger, "lease:p-1", "key_p", budget).ok());
   const auto party = std::make_shared<const LedgerParty>(LedgerParty{"key_p", "acme", {budget}});
   const auto twin = std::make_shared<const LedgerParty>(*party);
   const auto other =
