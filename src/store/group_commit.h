@@ -7,6 +7,7 @@
 // writer thread, with that record's own result.
 // Thread safety: every public member may be called from any thread; the commit function runs on
 // the writer thread only.
+#include <pthread.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -58,9 +59,14 @@ class GroupCommitQueue {
   ~GroupCommitQueue() { stop(); }
 
   // Starts the writer. `commit` may refer to its owner: the owner calls stop() before it goes.
-  void start(CommitFn commit) {
+  // `name` (at most 15 characters) names the writer thread, so that its CPU time and its waits
+  // can be told apart from the event loop's (top -H, perf sched, /proc/<pid>/task/*/comm).
+  void start(CommitFn commit, const char* name = "bw-ledger") {
     commit_ = std::move(commit);
-    writer_ = std::thread([this] { writer_loop(); });
+    writer_ = std::thread([this, name] {
+      pthread_setname_np(pthread_self(), name);
+      writer_loop();
+    });
   }
 
   // Commits everything still queued, then joins the writer. Idempotent.

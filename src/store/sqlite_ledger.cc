@@ -1,5 +1,6 @@
 #include "store/sqlite_ledger.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include "store/sqlite_wal_gather.h"
@@ -250,6 +251,7 @@ int SqliteLedger::on_wal_commit(void* self, sqlite3*, const char*, int frames) {
 }
 
 void SqliteLedger::checkpoint_loop() {
+  pthread_setname_np(pthread_self(), "bw-checkpoint");
   for (;;) {
     {
       std::unique_lock lock(checkpoint_mu_);

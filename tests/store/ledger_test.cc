@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <set>
@@ -767,6 +768,33 @@ Result<Ok> append_lease(Ledger& ledger, std::string id, std::string key,
   lease.budgets = {budget};
   lease.lease = true;
   return append_sync(ledger, lease);
+}
+
+// The names of this process's threads (/proc/self/task/*/comm).
+std::multiset<std::string> thread_names() {
+  std::multiset<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) names.insert(name);
+  }
+  return names;
+}
+
+// The writer and the checkpointer are named threads (top -H, perf sched, ps -L tell their CPU
+// time and waits from the event loop's), and they go with their ledger.
+TEST(SqliteThreads, TheWriterAndTheCheckpointerAreNamedAndGoWithTheLedger) {
+  {
+    TempSqliteLedger db("bw_thread_names");
+    ASSERT_TRUE(db.ledger) << db.error;
+    ASSERT_TRUE(append_sync(*db.ledger, reservation("n1", "key_a", "acme", "m", 1, kJan1)).ok());
+    const auto names = thread_names();
+    EXPECT_EQ(names.count("bw-ledger"), 1u);
+    EXPECT_EQ(names.count("bw-checkpoint"), 1u);
+  }
+  const auto after = thread_names();
+  EXPECT_EQ(after.count("bw-ledger"), 0u);
+  EXPECT_EQ(after.count("bw-checkpoint"), 0u);
 }
 
 // Checkpoints run off the writer's thread and keep the WAL bounded under steady writes: a
