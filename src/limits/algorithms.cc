@@ -118,6 +118,40 @@ int ring_index(std::int64_t slot) {
                           SlidingWindowState::kRing);
 }
 
+// Where advanced() would leave the ring's head and total at `now`, read without copying the
+// ring (~200 bytes). False for a ring advanced() would rebuild (fresh, or its slots of another
+// width after a reload): take the copy then.
+bool advanced_total(const SlidingWindowState& s, Nanos g, Nanos now, std::int64_t& head,
+                    i128& total) {
+  if (s.head == kMinNanos || s.slot != g) return false;
+  const std::int64_t cur = floor_div(now, g);
+  if (cur <= s.head) {
+    head = s.head;
+    total = s.total;
+    return true;
+  }
+  head = cur;
+  if (static_cast<i128>(cur) - s.head >= SlidingWindowState::kRing) {
+    total = 0;
+    return true;
+  }
+  total = s.total;
+  for (std::int64_t i = s.head + 1; i <= cur; ++i) total -= s.counts[ring_index(i)];
+  return true;
+}
+
+// Moves the ring's head forward to `head` (not behind the current one), zeroing the slots that
+// leave the window; the total is the caller's (advanced_total gives it).
+void move_head(SlidingWindowState& s, std::int64_t head) {
+  if (head == s.head) return;
+  if (static_cast<i128>(head) - s.head >= SlidingWindowState::kRing) {
+    s.counts.fill(0);
+  } else {
+    for (std::int64_t i = s.head + 1; i <= head; ++i) s.counts[ring_index(i)] = 0;
+  }
+  s.head = head;
+}
+
 // Moves the ring forward to the slot of `now`, zeroing slots that left the window. Time that
 // appears to go backwards (a thread that read the clock a moment earlier) keeps the newer head.
 SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, Nanos now) {
@@ -139,17 +173,11 @@ SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, 
     a.total = 0;
     a.head = cur;
   } else if (cur > a.head) {
-    if (static_cast<i128>(cur) - a.head >= SlidingWindowState::kRing) {
-      a.counts.fill(0);
-      a.total = 0;
-    } else {
-      for (std::int64_t i = a.head + 1; i <= cur; ++i) {
-        auto& c = a.counts[ring_index(i)];
-        a.total -= c;
-        c = 0;
-      }
-    }
-    a.head = cur;
+    std::int64_t head = cur;
+    i128 total = 0;
+    advanced_total(a, g, now, head, total);
+    move_head(a, head);
+    a.total = total;
   }
   return a;
 }
@@ -200,28 +228,6 @@ Decision sw_decide(const SlidingWindowState& a, const BucketParams& p, std::int6
     }
   }
   return d;
-}
-
-// Where advanced() would leave the ring's head and total at `now`, read without copying the
-// ring (~200 bytes). False for a ring advanced() would rebuild (fresh, or its slots of another
-// width after a reload): take the copy then.
-bool advanced_total(const SlidingWindowState& s, Nanos g, Nanos now, std::int64_t& head,
-                    i128& total) {
-  if (s.head == kMinNanos || s.slot != g) return false;
-  const std::int64_t cur = floor_div(now, g);
-  if (cur <= s.head) {
-    head = s.head;
-    total = s.total;
-    return true;
-  }
-  head = cur;
-  if (static_cast<i128>(cur) - s.head >= SlidingWindowState::kRing) {
-    total = 0;
-    return true;
-  }
-  total = s.total;
-  for (std::int64_t i = s.head + 1; i <= cur; ++i) total -= s.counts[ring_index(i)];
-  return true;
 }
 
 // The common decision, an admitted cost > 0, as sw_decide gives it on the advanced ring (head
@@ -379,16 +385,8 @@ Decision SlidingWindow::check(const SlidingWindowState& s, const BucketParams& p
 }
 
 void SlidingWindow::charge(SlidingWindowState& s, const SlidingWindowCharge& c) {
-  // Advanced in place: the slots that left the window are zeroed, as advanced() would; the cost
-  // goes to the newest slot.
-  if (c.head != s.head) {
-    if (static_cast<i128>(c.head) - s.head >= SlidingWindowState::kRing) {
-      s.counts.fill(0);
-    } else {
-      for (std::int64_t i = s.head + 1; i <= c.head; ++i) s.counts[ring_index(i)] = 0;
-    }
-    s.head = c.head;
-  }
+  // Advanced in place, as advanced() would; the cost goes to the newest slot.
+  move_head(s, c.head);
   s.counts[ring_index(c.head)] += c.cost;
   s.total = c.total + c.cost;
 }
