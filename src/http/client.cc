@@ -49,10 +49,9 @@ Error classify(const beast::error_code& ec, const char* phase) {
 }
 
 // Room taken from the thread's stash (common/buffer_stash.h) per request: the request line's
-// and the framing lines' share of a request head; an upstream answer's headers; a body piece.
+// and the framing lines' share of a request head; an upstream answer's headers.
 constexpr std::size_t kHeadRoom = 64;
 constexpr std::size_t kAnswerHeadRoom = 512;
-constexpr std::size_t kPieceRoom = 1024;
 
 bool stale_connection_error(const beast::error_code& ec) {
   return ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
@@ -72,7 +71,6 @@ struct UpstreamResponse::Impl {
   Deadline deadline;
   const std::string* key = nullptr;  // the pool's copy of the endpoint key
   std::string out;                   // request head
-  std::string piece;                 // read_some's last piece
   Headers headers;
   std::optional<wire::ResponseParser> parser;
   ClientTimeouts timeouts;
@@ -104,7 +102,8 @@ struct UpstreamResponse::Impl {
 
   enum class Until { kHead, kPiece, kEnd };
   // Runs the parser over the bytes already read. Returns true with `ec` set when that settles
-  // the call: the head, some body bytes in `piece` (which the caller cleared), the whole body
+  // the call: the head, some body bytes in the parser's in-place view (read_some, which
+  // started a new view), the whole body
   // in its sink, or a parse error; false when more bytes must be read.
   bool settle(Until until, beast::error_code& ec) {
     auto& p = *parser;
@@ -126,7 +125,7 @@ struct UpstreamResponse::Impl {
         // go into the same piece (one read of the socket, one piece for the caller), but no
         // more is read once the piece has bytes.
         if (!pec && used > 0 && buffer.size() > 0) continue;
-        if (until == Until::kPiece && !piece.empty()) {
+        if (until == Until::kPiece && !p.in_place_body().empty()) {
           ec = {};
           return true;
         }
@@ -243,10 +242,9 @@ struct ClientPool::State {
     }
     c->last_used = coarse_now();
     c->parser.reset();
-    // An idle connection keeps no buffer but its socket's: the answer's headers and last piece
-    // go back to the thread's stash, for the next request on any connection.
+    // An idle connection keeps no buffer but its socket's: the answer's headers go back to
+    // the thread's stash, for the next request on any connection.
     c->headers.release();
-    stash::release(c->piece);
     stash::release(c->out);
     h.idle.push_back(std::move(c));
     h.wake_one();
@@ -355,21 +353,22 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
     co_return std::string_view{};
   }
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
-  im.piece.clear();
-  stash::room(im.piece, kPieceRoom);
-  im.parser->set_sink(&im.piece, std::numeric_limits<std::size_t>::max());
+  // The piece is left in the connection's read buffer, its chunks' framing decoded in place:
+  // the buffer does not move until the next read, which only the next call starts.
+  im.parser->in_place(true);
   im.deadline.arm(im.timeouts.idle);
   beast::error_code ec;
   if (!im.settle(Impl::Until::kPiece, ec)) ec = co_await im.parse(Impl::Until::kPiece, true);
   im.deadline.disarm();
-  im.parser->set_sink(nullptr, 0);
+  const std::string_view piece = im.parser->in_place_body();
+  im.parser->in_place(false);
   if (ec) {
     im.failed = true;
     co_return classify(ec, "body read");
   }
   if (im.parser->is_done()) im.done = true;
-  if (im.piece.empty()) im.done = true;
-  co_return std::string_view(im.piece);
+  if (piece.empty()) im.done = true;
+  co_return piece;
 }
 
 bool UpstreamResponse::body_at_hand() const {
@@ -404,7 +403,6 @@ asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limi
     co_return out;
   }
   if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
-  im.piece.clear();  // parse() returns early while a read_some piece is pending
   if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
     out = stash::take(static_cast<std::size_t>(*cl));
   }

@@ -839,6 +839,18 @@ void RequestParser::on_field(Field f, std::string_view name, std::string_view va
 }
 
 std::size_t ResponseParser::on_body(std::string_view body, error_code& ec) {
+  if (in_place_) {
+    // The caller's buffer is writable (in_place()); `body` lies at or after the view's end,
+    // and what lies between them is framing that put() has consumed.
+    char* const at = const_cast<char*>(body.data());
+    if (place_size_ == 0) {
+      place_ = at;
+    } else if (at != place_ + place_size_) {
+      std::memmove(place_ + place_size_, at, body.size());
+    }
+    place_size_ += body.size();
+    return body.size();
+  }
   if (!sink_) return body.size();  // nobody reads this body: discard
   if (sink_->size() + body.size() > sink_limit_) {
     overflow_ = true;

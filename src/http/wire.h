@@ -234,6 +234,20 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
     sink_limit_ = limit;
   }
   bool sink_overflowed() const { return overflow_; }
+  // In place, in place of a sink: the body's bytes are left where put() found them, in the
+  // caller's buffer, and in_place_body() is one view of every body byte since the last
+  // in_place(true). Bytes that follow chunk framing are moved down over the framing, right
+  // after the bytes before it, so that the chunks of one read make one contiguous view: put()
+  // then writes the caller's buffer, which must be writable, and must not move nor be written
+  // by the caller while the view is used (the bytes after the view, not yet consumed, stay as
+  // they are). No sink limit applies; the parser's body limit does. in_place(false) goes back
+  // to the sink.
+  void in_place(bool on) {
+    in_place_ = on;
+    place_ = nullptr;
+    place_size_ = 0;
+  }
+  std::string_view in_place_body() const { return {place_, place_size_}; }
 
  private:
   friend class BasicParser<ResponseParser, false>;
@@ -269,8 +283,11 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
   std::pair<std::size_t, std::size_t> retry_after_{0, 0};
   std::string* sink_ = nullptr;
   std::size_t sink_limit_ = 0;
+  char* place_ = nullptr;
+  std::size_t place_size_ = 0;
   int status_ = 0;
   bool overflow_ = false;
+  bool in_place_ = false;
 };
 
 extern template class BasicParser<RequestParser, true>;

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -463,6 +464,87 @@ TEST(ClientPool, ReadSomeReturnsChunksInOrderThenEmpty) {
     EXPECT_EQ(pieces, expected) << (one_write ? "one write" : "separate writes");
     EXPECT_EQ(idle_after, 1u);
   }
+}
+
+// Streams in random chunk framings, written in random pieces (some apart, some together), on
+// one kept-alive connection: the pieces read_some hands out (left in the connection's read
+// buffer, the chunk framing decoded in place) are the body, and the bytes after a piece (the
+// next chunk's line, the next answer) are intact for the next read.
+TEST(ClientPool, ReadSomeOfRandomChunkFramingsOnOneConnection) {
+  std::mt19937 rng(7);
+  auto pick = [&](std::size_t lo, std::size_t hi) {
+    return std::uniform_int_distribution<std::size_t>(lo, hi)(rng);
+  };
+  constexpr int kAnswers = 40;
+  std::vector<std::string> bodies, wires;
+  std::vector<std::vector<std::size_t>> writes;
+  for (int i = 0; i < kAnswers; ++i) {
+    std::string body;
+    for (std::size_t e = pick(1, 10); e > 0; --e) {
+      body += pick(0, 1) ? "data: {\"n\":" + std::to_string(pick(0, 99999)) + "}\n\n"
+                         : "data: {\"t\":\"" + std::string(pick(0, 40), 'x') + "\"}\r\n\r\n";
+    }
+    std::string wire =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        "transfer-encoding: chunked\r\n\r\n";
+    for (std::size_t at = 0; at < body.size();) {
+      const std::size_t n = std::min(pick(1, pick(0, 1) ? 5 : 200), body.size() - at);
+      char line[32];
+      std::snprintf(line, sizeof line, pick(0, 1) ? "%zx\r\n" : "%zX;e=1\r\n", n);
+      wire += line + body.substr(at, n) + "\r\n";
+      at += n;
+    }
+    wire += "0\r\n\r\n";
+    std::vector<std::size_t> cuts;
+    for (std::size_t at = 0; at < wire.size();) {
+      const std::size_t n = std::min(pick(1, pick(0, 2) == 0 ? 6 : wire.size()), wire.size() - at);
+      cuts.push_back(n);
+      at += n;
+    }
+    bodies.push_back(std::move(body));
+    wires.push_back(std::move(wire));
+    writes.push_back(std::move(cuts));
+  }
+  asio::io_context ioc;
+  TestServer server(ioc, [&](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+    std::string buf;
+    for (std::size_t i = 0; i < wires.size(); ++i) {
+      auto req = co_await TestServer::read_request(*s, buf);
+      if (!req) co_return;
+      srv.requests.push_back(*req);
+      std::size_t at = 0;
+      for (std::size_t k = 0; k < writes[i].size(); ++k) {
+        if (!co_await TestServer::write(*s, std::string_view(wires[i]).substr(at, writes[i][k]))) {
+          co_return;
+        }
+        at += writes[i][k];
+        if (k % 3 == 1) co_await sleep_for(milliseconds(1));
+      }
+    }
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  const std::string target = "/stream";
+  std::vector<std::string> got;
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < kAnswers; ++i) {
+      auto r_req = post(target, "{}");
+      auto r = co_await pool.send(ep, r_req, fast_options());
+      EXPECT_TRUE(r);
+      if (!r) co_return;
+      std::string body;
+      for (;;) {
+        auto piece = co_await r->read_some();
+        EXPECT_TRUE(piece);
+        if (!piece) co_return;
+        if (piece->empty()) break;
+        body += *piece;
+      }
+      got.push_back(std::move(body));
+    }
+  });
+  EXPECT_EQ(got, bodies);
+  EXPECT_EQ(server.accepted, 1);
 }
 
 TEST(ClientPool, ReadSomeOnAContentLengthBody) {

@@ -7,6 +7,7 @@
 #include <boost/beast/http/error.hpp>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -936,6 +937,152 @@ TEST(ChunkHeader, ChunksParseBack) {
   auto r = feed(p, resp, 1000);
   ASSERT_FALSE(r.ec) << r.ec.message();
   EXPECT_EQ(sink, expected);
+}
+
+// Reads a response the way UpstreamResponse::read_some (src/http/client.cc) does, one piece
+// per call: put what is buffered, and once some body bytes are in hand, stop at the end of the
+// buffered bytes or at an incomplete chunk line; read more only while the piece is empty. The
+// socket delivers `input` in the sizes `reads` (cycled). `in_place`: the piece is the parser's
+// in-place view of the buffer (written over the chunk framing) instead of a sink's copy. Each
+// piece is copied out before the next call; "!error" ends the list on a parse error.
+std::vector<std::string> read_pieces(std::string_view input, const std::vector<std::size_t>& reads,
+                                     bool in_place) {
+  Headers h;
+  ResponseParser p(h);
+  beast::flat_buffer buffer;
+  std::size_t pos = 0, next = 0;
+  auto read = [&] {
+    if (pos == input.size()) return false;
+    const std::size_t n = std::min(reads[next++ % reads.size()], input.size() - pos);
+    auto mb = buffer.prepare(n);
+    std::memcpy(mb.data(), input.data() + pos, n);
+    buffer.commit(n);
+    pos += n;
+    return true;
+  };
+  std::vector<std::string> out;
+  // The head, not eager: the body's bytes stay buffered.
+  while (!p.is_header_done()) {
+    if (buffer.size() > 0) {
+      error_code ec;
+      buffer.consume(p.put(buffer.data(), ec));
+      if (ec && ec != bhttp::error::need_more) return {"!error"};
+      if (p.is_header_done()) break;
+    }
+    if (!read()) return {"!error"};
+  }
+  std::string sink;
+  for (int call = 0; call < 100000; ++call) {
+    sink.clear();
+    if (in_place) {
+      p.in_place(true);
+    } else {
+      p.set_sink(&sink, std::numeric_limits<std::size_t>::max());
+    }
+    auto have = [&] { return in_place ? !p.in_place_body().empty() : !sink.empty(); };
+    for (;;) {
+      if (buffer.size() > 0 && !p.is_done()) {
+        error_code ec;
+        const std::size_t used = p.put(buffer.data(), ec);
+        buffer.consume(used);
+        if (ec && ec != bhttp::error::need_more) return out.push_back("!error"), out;
+        if (p.is_done()) break;
+        if (!ec && used > 0 && buffer.size() > 0) continue;
+        if (have()) break;
+      }
+      if (p.is_done()) break;
+      if (!read()) {
+        error_code ec;
+        p.put_eof(ec);
+        if (ec) return out.push_back("!error"), out;
+        break;
+      }
+    }
+    out.emplace_back(in_place ? std::string(p.in_place_body()) : sink);
+    p.in_place(false);
+    p.set_sink(nullptr, 0);
+    if (p.is_done() && out.back().empty()) break;
+    if (p.is_done()) {
+      out.emplace_back();
+      break;
+    }
+  }
+  return out;
+}
+
+// Random SSE bodies in random chunk framings (sizes from one byte up, hex digits of either case,
+// leading zeros, extensions, trailers), read in random sizes: the in-place pieces are the
+// copied pieces, byte for byte, and together the body.
+TEST(ResponseParser, InPlacePiecesAreTheCopiedPieces) {
+  std::mt19937 rng(20261206);
+  auto pick = [&](std::size_t lo, std::size_t hi) {
+    return std::uniform_int_distribution<std::size_t>(lo, hi)(rng);
+  };
+  const std::vector<std::string> events = {
+      "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+      "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\r\n\r\n",
+      ": keep-alive\n\n",
+      "event: x\ndata: a\ndata: b\n\n",
+      "data: [DONE]\n\n",
+  };
+  const char* const hex = "0123456789abcdef0123456789ABCDEF";
+  auto size_line = [&](std::size_t n) {
+    std::string digits;
+    do {
+      digits.insert(digits.begin(), hex[(n % 16) + (pick(0, 1) ? 16 : 0)]);
+      n /= 16;
+    } while (n > 0);
+    std::string line = std::string(pick(0, 3) == 0 ? pick(1, 2) : 0, '0') + digits;
+    if (pick(0, 5) == 0) line += ";ext=\"v\"";
+    return line + "\r\n";
+  };
+  int multi_chunk_pieces = 0;
+  for (int round = 0; round < 3000; ++round) {
+    std::string body;
+    for (std::size_t e = pick(1, 12); e > 0; --e) body += events[pick(0, events.size() - 1)];
+    std::string wire =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    const std::size_t largest = pick(0, 2) == 0 ? 4 : body.size();
+    std::size_t chunks = 0;
+    for (std::size_t at = 0; at < body.size();) {
+      const std::size_t n = std::min(pick(1, largest), body.size() - at);
+      wire += size_line(n) + body.substr(at, n) + "\r\n";
+      at += n;
+      ++chunks;
+    }
+    wire += pick(0, 3) == 0 ? "0\r\nx-trailer: 1\r\n\r\n" : "0\r\n\r\n";
+    std::vector<std::size_t> reads;
+    for (std::size_t i = pick(1, 6); i > 0; --i) {
+      reads.push_back(pick(0, 2) == 0 ? pick(1, 8) : pick(1, wire.size()));
+    }
+    const auto copied = read_pieces(wire, reads, false);
+    const auto placed = read_pieces(wire, reads, true);
+    ASSERT_EQ(placed, copied) << "round " << round;
+    std::string joined;
+    for (const auto& piece : placed) joined += piece;
+    ASSERT_EQ(joined, body) << "round " << round;
+    ASSERT_TRUE(placed.back().empty());
+    if (chunks > placed.size()) ++multi_chunk_pieces;
+  }
+  // Pieces made of several chunks (the framing written over) were among them.
+  EXPECT_GT(multi_chunk_pieces, 500);
+}
+
+// Content-Length and close-delimited bodies are left where they are too.
+TEST(ResponseParser, InPlaceBodiesOfKnownLengthAndToTheClose) {
+  for (std::string_view wire : {
+           std::string_view(
+               "HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz"),
+           std::string_view("HTTP/1.1 200 OK\r\n\r\nabcdefghijklmnopqrstuvwxyz"),
+       }) {
+    for (std::size_t step : {1u, 3u, 7u, 100u}) {
+      const auto placed = read_pieces(wire, {step}, true);
+      EXPECT_EQ(placed, read_pieces(wire, {step}, false)) << wire << " " << step;
+      std::string joined;
+      for (const auto& piece : placed) joined += piece;
+      EXPECT_EQ(joined, "abcdefghijklmnopqrstuvwxyz") << wire << " " << step;
+    }
+  }
 }
 
 // Field names are passed 16 bytes at a time while they hold only letters, digits and '-', the
