@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <random>
 #include <unordered_map>
 #include <variant>
@@ -212,6 +213,7 @@ struct alignas(64) MemoryLimitStore::Shard {
   std::size_t sweep_at = kMinSweepSize;
   Nanos last_full_sweep = std::numeric_limits<Nanos>::min();
   std::uint64_t evicted = 0;
+  std::uint64_t one_shard_batches = 0;
 
   std::size_t sweep(Nanos now) {
     const std::size_t removed =
@@ -247,8 +249,156 @@ MemoryLimitStore::MemoryLimitStore(MemoryLimitStoreOptions options) : options_(o
 
 MemoryLimitStore::~MemoryLimitStore() = default;
 
+namespace {
+
+// Idle from `now` on, as a bucket charged by one check is: that check's decision says when it is
+// empty again (every algorithm's reset_after after a charge is exactly its idle_at, less `now`).
+// -1: no such figure, evaluate the state.
+Nanos idle_from_decision(Nanos now, Nanos reset_after) {
+  if (reset_after < 0 || reset_after >= kNever) return -1;
+  Nanos idle;
+  // now + reset_after, at most kNever (reset_after >= 0: only an upward overflow).
+  if (__builtin_add_overflow(now, reset_after, &idle)) idle = kNever;
+  return idle;
+}
+
+}  // namespace
+
+bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos now,
+                                       BatchResult& out) {
+  constexpr std::size_t kMax = 8;
+  const std::size_t n = checks.size();
+  if (n == 0 || n > kMax) return false;
+  // Every check with this store's digest, all of one shard, no bucket twice (a bucket checked
+  // twice sees the batch's own tentative charge: the general path's working copies).
+  const KeyDigest* d[kMax];
+  for (std::size_t i = 0; i < n; ++i) {
+    d[i] = checks[i].digest;
+    if (d[i] == nullptr || d[i]->store != this) return false;
+    if (((d[i]->hi ^ d[0]->hi) & shard_mask_) != 0) return false;
+    for (std::size_t j = 0; j < i; ++j) {
+      if (d[i]->lo == d[j]->lo && d[i]->hi == d[j]->hi) return false;
+    }
+  }
+  Shard& shard = shards_[static_cast<std::size_t>(d[0]->hi) & shard_mask_];
+  std::unique_lock lock(shard.mu);
+  shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+  // Every bucket stored, with its check's algorithm (else the general path: a bucket to create,
+  // or one that a reload starts afresh).
+  Entry* entry[kMax];
+  for (std::size_t i = 0; i < n; ++i) {
+    auto it = shard.map.find(KeyHash{d[i]->lo, d[i]->hi});
+    if (it == shard.map.end()) return false;
+    Entry& e = it->second;
+    if (e.state.index() != variant_index(checks[i].spec->algorithm)) return false;
+    if (const auto* ring = std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state);
+        ring != nullptr && !*ring) {
+      return false;
+    }
+    entry[i] = &e;
+  }
+  ++shard.one_shard_batches;
+
+  // Each check decided on its own bucket: a GCRA or token bucket on a copy of its small state
+  // (written back at commit), a ring where it is (its charge applied at commit).
+  union Tentative {
+    GcraState gcra;
+    TokenBucketState tb;
+    SlidingWindowCharge sw;
+    Tentative() {}  // NOLINT(modernize-use-equals-default): set by the check's algorithm
+  };
+  Tentative t[kMax];
+  out.results.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const LimitSpec& spec = *checks[i].spec;
+    const BucketParams p = spec.params();
+    const std::int64_t cost = checks[i].cost;
+    CheckResult& r = out.results[i];
+    switch (spec.algorithm) {
+      case Algorithm::kGcra:
+        t[i].gcra = *std::get_if<GcraState>(&entry[i]->state);
+        r.decision = Gcra::consume(t[i].gcra, p, cost, now);
+        break;
+      case Algorithm::kTokenBucket:
+        t[i].tb = *std::get_if<TokenBucketState>(&entry[i]->state);
+        r.decision = TokenBucket::consume(t[i].tb, p, cost, now);
+        break;
+      case Algorithm::kSlidingWindow:
+        new (&t[i].sw) SlidingWindowCharge();
+        r.decision = SlidingWindow::check(
+            **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state), p, cost, now,
+            t[i].sw);
+        break;
+    }
+    r.consumed = r.decision.allowed;
+    if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
+  }
+
+  if (!out.allowed) {
+    // Nothing is kept; the checks that would have passed report their bucket as it is.
+    for (std::size_t i = 0; i < n; ++i) {
+      CheckResult& r = out.results[i];
+      r.consumed = false;
+      if (!r.decision.allowed) continue;
+      const BucketParams p = checks[i].spec->params();
+      const Entry& e = *entry[i];
+      Decision current;
+      switch (checks[i].spec->algorithm) {
+        case Algorithm::kGcra:
+          current = Gcra::check(*std::get_if<GcraState>(&e.state), p, 0, now);
+          break;
+        case Algorithm::kTokenBucket:
+          current = TokenBucket::check(*std::get_if<TokenBucketState>(&e.state), p, 0, now);
+          break;
+        case Algorithm::kSlidingWindow:
+          current = SlidingWindow::check(
+              **std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state), p, 0, now);
+          break;
+      }
+      r.decision.remaining = current.remaining;
+      r.decision.reset_after = current.reset_after;
+    }
+    return true;
+  }
+
+  // Commit: each bucket that a check charged.
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!out.results[i].consumed) continue;
+    const LimitSpec& spec = *checks[i].spec;
+    Entry& e = *entry[i];
+    Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
+    switch (spec.algorithm) {
+      case Algorithm::kGcra: {
+        GcraState& s = *std::get_if<GcraState>(&e.state);
+        s = t[i].gcra;
+        if (idle < 0) idle = Gcra::idle_at(s, spec.params(), now);
+        break;
+      }
+      case Algorithm::kTokenBucket: {
+        TokenBucketState& s = *std::get_if<TokenBucketState>(&e.state);
+        s = t[i].tb;
+        if (idle < 0) idle = TokenBucket::idle_at(s, spec.params(), now);
+        break;
+      }
+      case Algorithm::kSlidingWindow: {
+        SlidingWindowState& s = **std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state);
+        if (t[i].sw.ready) {
+          SlidingWindow::charge(s, t[i].sw);
+        } else {
+          SlidingWindow::consume(s, spec.params(), checks[i].cost, now);
+        }
+        if (idle < 0) idle = SlidingWindow::idle_at(s, spec.params(), now);
+        break;
+      }
+    }
+    e.idle_at = idle;
+  }
+  return true;
+}
+
 BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> checks, Nanos now) {
   BatchResult out;
+  if (check_one_shard(checks, now, out)) return out;
   out.results.resize(checks.size());
   if (checks.empty()) return out;
 
@@ -485,6 +635,7 @@ MemoryLimitStoreStats MemoryLimitStore::stats() const {
     std::lock_guard lock(shards_[s].mu);
     st.entries += shards_[s].map.size();
     st.evicted += shards_[s].evicted;
+    st.one_shard_batches += shards_[s].one_shard_batches;
   }
   st.overflows = overflows_.load(std::memory_order_relaxed);
   return st;

@@ -46,6 +46,10 @@ struct MemoryLimitStoreStats {
   std::size_t entries = 0;
   std::uint64_t evicted = 0;    // idle buckets deleted
   std::uint64_t overflows = 0;  // new buckets refused by the cap
+  // Batches decided by the one-shard path (every check with this store's digest, distinct
+  // buckets of one shard, all stored): the same decisions without the general batch's
+  // working copies.
+  std::uint64_t one_shard_batches = 0;
 };
 
 class MemoryLimitStore final : public LimitStore {
@@ -67,6 +71,10 @@ class MemoryLimitStore final : public LimitStore {
   struct Shard;
 
  private:
+  // The batch decided under one shard's lock when it is such a batch (see
+  // MemoryLimitStoreStats::one_shard_batches); false, with nothing changed, when it is not.
+  bool check_one_shard(std::span<const LimitCheck> checks, Nanos now, BatchResult& out);
+
   MemoryLimitStoreOptions options_;
   std::size_t shard_mask_;
   std::size_t shard_cap_;

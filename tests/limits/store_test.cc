@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <random>
@@ -408,4 +409,130 @@ TEST(MemoryLimitStore, SlidingWindowChargedInPlaceKeepsTheBatchContract) {
   EXPECT_GT(refused, 200);
 }
 
+}  // namespace bw::limits
+
+namespace bw::limits {
+namespace {
+
+// The one-shard path (every check with the store's digest, distinct stored buckets of one shard)
+// is held to the general batch: two stores with the same seed get the same random batches, one
+// with digests (the one-shard path whenever the batch is such a one), the other without (always
+// the general path). Every answer, every later state (seen through later answers), the entries,
+// evictions and overflows must be the same: GCRA, token bucket and sliding-window limits,
+// request and token costs, shadow limits, time going back, reloads that change a limit's rate or
+// algorithm, refunds and charges after the fact, sweeps, and a cap.
+void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, OverflowPolicy overflow,
+                               std::uint64_t min_one_shard) {
+  MemoryLimitStoreOptions o = opts(4, max_entries);
+  o.overflow = overflow;
+  MemoryLimitStore fast(o), general(o);
+  std::vector<LimitSpec> specs = {
+      spec("rps", 5, 2),
+      spec("rpm", 40, 0, Algorithm::kGcra, Period::kMinute),
+      spec("tpm", 300, 50, Algorithm::kTokenBucket, Period::kMinute),
+      spec("daily", 60, 0, Algorithm::kSlidingWindow, Period::kMinute),
+      spec("tight", 1, 0, Algorithm::kSlidingWindow, Period::kSecond),
+      spec("shadow", 3, 0, Algorithm::kGcra, Period::kSecond),
+      spec("shadow-sw", 4, 0, Algorithm::kSlidingWindow, Period::kSecond),
+  };
+  specs[2].unit = Unit::kTokens;
+  specs[5].mode = Mode::kShadow;
+  specs[6].mode = Mode::kShadow;
+  std::mt19937_64 rng(seed);
+  auto key_of = [](const LimitSpec& s, int owner) {
+    return "p\x1f" + s.name + "\x1fkey\x1fk" + std::to_string(owner);
+  };
+  Nanos now = kT0;
+  int compared = 0;
+  for (int step = 0; step < 6000; ++step) {
+    const auto dt = rng() % 16;
+    if (dt == 0) {
+      now -= static_cast<Nanos>(rng() % (2000 * kMs));  // a clock that went back
+    } else {
+      now += static_cast<Nanos>(rng() % (dt < 12 ? 150 * kMs : 20 * kNanosPerSecond));
+    }
+    if (rng() % 200 == 0) {  // a reload: a limit's rate, or its algorithm
+      LimitSpec& s = specs[rng() % specs.size()];
+      if (rng() % 2 == 0) {
+        s.rate = 1 + static_cast<std::int64_t>(rng() % 80);
+      } else {
+        s.algorithm = static_cast<Algorithm>(rng() % 3);
+      }
+    }
+    const int owner = static_cast<int>(rng() % 3);
+    std::vector<std::size_t> pick(specs.size());
+    for (std::size_t i = 0; i < pick.size(); ++i) pick[i] = i;
+    std::shuffle(pick.begin(), pick.end(), rng);
+    pick.resize(1 + rng() % 5);
+    const auto odd = rng() % 12;
+    if (odd == 0) pick.push_back(pick[0]);  // a bucket twice: the general path
+    std::vector<std::string> keys;
+    keys.reserve(pick.size() + 1);
+    for (std::size_t i : pick) keys.push_back(key_of(specs[i], owner));
+    if (odd == 1) keys.push_back(key_of(specs[0], (owner + 1) % 3));  // another owner's bucket
+    std::vector<KeyDigest> digests(keys.size());
+    std::vector<LimitCheck> with, without;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      const LimitSpec& s = specs[i < pick.size() ? pick[i] : 0];
+      const std::int64_t cost =
+          s.unit == Unit::kTokens ? static_cast<std::int64_t>(rng() % 120) : 1;
+      ASSERT_TRUE(fast.digest(keys[i], digests[i]));
+      // Now and then a check without its digest: the general path.
+      const KeyDigest* d = odd == 2 && i == 0 ? nullptr : &digests[i];
+      with.push_back({keys[i], &s, cost, d});
+      without.push_back({keys[i], &s, cost, nullptr});
+    }
+    const BatchResult a = fast.check_and_consume(with, now);
+    const BatchResult b = general.check_and_consume(without, now);
+    ASSERT_EQ(a.allowed, b.allowed) << step;
+    ASSERT_EQ(a.overflow, b.overflow) << step;
+    ASSERT_EQ(a.retry_after, b.retry_after) << step;
+    ASSERT_EQ(a.unavailable, b.unavailable) << step;
+    ASSERT_EQ(a.results.size(), b.results.size()) << step;
+    for (std::size_t i = 0; i < a.results.size(); ++i) {
+      const Decision& x = a.results[i].decision;
+      const Decision& y = b.results[i].decision;
+      ASSERT_EQ(a.results[i].consumed, b.results[i].consumed) << step << "/" << i;
+      ASSERT_EQ(x.allowed, y.allowed) << step << "/" << i;
+      ASSERT_EQ(x.limit, y.limit) << step << "/" << i;
+      ASSERT_EQ(x.remaining, y.remaining) << step << "/" << i;
+      ASSERT_EQ(x.retry_after, y.retry_after) << step << "/" << i;
+      ASSERT_EQ(x.reset_after, y.reset_after) << step << "/" << i;
+      ++compared;
+    }
+    if (rng() % 10 == 0) {  // settle: a refund or a charge after the fact
+      const std::size_t i = rng() % keys.size();
+      const LimitSpec& s = specs[i < pick.size() ? pick[i] : 0];
+      const std::int64_t delta = static_cast<std::int64_t>(rng() % 60) - 40;
+      AdjustSpec as(s);
+      AdjustSpec as_digest(s);
+      as_digest.digest = &digests[i];
+      fast.adjust(keys[i], as_digest, delta, now);
+      general.adjust(keys[i], as, delta, now);
+    }
+    if (rng() % 300 == 0) {
+      ASSERT_EQ(fast.evict_idle(now), general.evict_idle(now)) << step;
+    }
+    ASSERT_EQ(fast.size(), general.size()) << step;
+  }
+  const MemoryLimitStoreStats fs = fast.stats(), gs = general.stats();
+  EXPECT_EQ(fs.entries, gs.entries);
+  EXPECT_EQ(fs.evicted, gs.evicted);
+  EXPECT_EQ(fs.overflows, gs.overflows);
+  EXPECT_EQ(gs.one_shard_batches, 0u);
+  EXPECT_GT(fs.one_shard_batches, min_one_shard);  // the path under test was taken
+  EXPECT_GT(compared, 15000);
+}
+
+TEST(MemoryLimitStore, OneShardBatchDecidesAsTheGeneralBatch) {
+  one_shard_matches_general(7, 1'000'000, OverflowPolicy::kAllowUntracked, 2000);
+  one_shard_matches_general(8, 1'000'000, OverflowPolicy::kAllowUntracked, 2000);
+}
+
+TEST(MemoryLimitStore, OneShardBatchDecidesAsTheGeneralBatchAtTheCap) {
+  one_shard_matches_general(9, 20, OverflowPolicy::kReject, 300);
+  one_shard_matches_general(10, 20, OverflowPolicy::kAllowUntracked, 300);
+}
+
+}  // namespace
 }  // namespace bw::limits
