@@ -283,14 +283,22 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
   Shard& shard = shards_[static_cast<std::size_t>(d[0]->hi) & shard_mask_];
   std::unique_lock lock(shard.mu);
   shard.maintain(now, shard_cap_, options_.full_sweep_interval);
-  // Every bucket stored, with its check's algorithm (else the general path: a bucket to create,
-  // or one that a reload starts afresh).
+  // Each bucket stored with its check's algorithm, or a GCRA or token bucket to create (a
+  // refund at settlement deletes a bucket it empties). Else the general path: a sliding window
+  // to create, or a bucket that a reload starts afresh.
   Entry* entry[kMax];
+  bool any_new = false;
   for (std::size_t i = 0; i < n; ++i) {
+    const Algorithm algorithm = checks[i].spec->algorithm;
     auto it = shard.map.find(KeyHash{d[i]->lo, d[i]->hi});
-    if (it == shard.map.end()) return false;
+    if (it == shard.map.end()) {
+      if (algorithm == Algorithm::kSlidingWindow) return false;
+      entry[i] = nullptr;
+      any_new = true;
+      continue;
+    }
     Entry& e = it->second;
-    if (e.state.index() != variant_index(checks[i].spec->algorithm)) return false;
+    if (e.state.index() != variant_index(algorithm)) return false;
     if (const auto* ring = std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state);
         ring != nullptr && !*ring) {
       return false;
@@ -316,11 +324,11 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     CheckResult& r = out.results[i];
     switch (spec.algorithm) {
       case Algorithm::kGcra:
-        t[i].gcra = *std::get_if<GcraState>(&entry[i]->state);
+        t[i].gcra = entry[i] ? *std::get_if<GcraState>(&entry[i]->state) : GcraState{};
         r.decision = Gcra::consume(t[i].gcra, p, cost, now);
         break;
       case Algorithm::kTokenBucket:
-        t[i].tb = *std::get_if<TokenBucketState>(&entry[i]->state);
+        t[i].tb = entry[i] ? *std::get_if<TokenBucketState>(&entry[i]->state) : TokenBucketState{};
         r.decision = TokenBucket::consume(t[i].tb, p, cost, now);
         break;
       case Algorithm::kSlidingWindow:
@@ -334,54 +342,87 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
   }
 
+  // Room for the new buckets this batch would create, in the order of the checks.
+  bool untracked[kMax] = {};
+  if (out.allowed && any_new) {
+    std::size_t added = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (entry[i] != nullptr || !out.results[i].consumed) continue;
+      if (shard.map.size() + added < shard_cap_) {
+        ++added;
+        continue;
+      }
+      overflows_.fetch_add(1, std::memory_order_relaxed);
+      if (options_.overflow == OverflowPolicy::kReject) {
+        out.allowed = false;
+        out.overflow = true;
+        out.retry_after = options_.overflow_retry_after;
+        break;
+      }
+      untracked[i] = true;
+    }
+  }
+
   if (!out.allowed) {
-    // Nothing is kept; the checks that would have passed report their bucket as it is.
+    // Nothing is kept; the checks that would have passed (all of them, at the cap) report
+    // their bucket as it is.
     for (std::size_t i = 0; i < n; ++i) {
       CheckResult& r = out.results[i];
       r.consumed = false;
-      if (!r.decision.allowed) continue;
+      if (!r.decision.allowed && !out.overflow) continue;
       const BucketParams p = checks[i].spec->params();
-      const Entry& e = *entry[i];
+      const Entry* e = entry[i];
       Decision current;
       switch (checks[i].spec->algorithm) {
         case Algorithm::kGcra:
-          current = Gcra::check(*std::get_if<GcraState>(&e.state), p, 0, now);
+          current = Gcra::check(e ? *std::get_if<GcraState>(&e->state) : GcraState{}, p, 0, now);
           break;
         case Algorithm::kTokenBucket:
-          current = TokenBucket::check(*std::get_if<TokenBucketState>(&e.state), p, 0, now);
+          current = TokenBucket::check(
+              e ? *std::get_if<TokenBucketState>(&e->state) : TokenBucketState{}, p, 0, now);
           break;
         case Algorithm::kSlidingWindow:
           current = SlidingWindow::check(
-              **std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state), p, 0, now);
+              **std::get_if<std::unique_ptr<SlidingWindowState>>(&e->state), p, 0, now);
           break;
       }
       r.decision.remaining = current.remaining;
       r.decision.reset_after = current.reset_after;
+      if (out.overflow) {
+        r.decision.allowed = false;
+        r.decision.retry_after = options_.overflow_retry_after;
+      }
     }
     return true;
   }
 
-  // Commit: each bucket that a check charged.
+  // Commit: each bucket that a check charged (a new one only if it is not idle at once).
   for (std::size_t i = 0; i < n; ++i) {
-    if (!out.results[i].consumed) continue;
+    if (!out.results[i].consumed || untracked[i]) continue;
     const LimitSpec& spec = *checks[i].spec;
-    Entry& e = *entry[i];
     Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
     switch (spec.algorithm) {
-      case Algorithm::kGcra: {
-        GcraState& s = *std::get_if<GcraState>(&e.state);
-        s = t[i].gcra;
-        if (idle < 0) idle = Gcra::idle_at(s, spec.params(), now);
+      case Algorithm::kGcra:
+        if (idle < 0) idle = Gcra::idle_at(t[i].gcra, spec.params(), now);
+        if (entry[i] != nullptr) {
+          *std::get_if<GcraState>(&entry[i]->state) = t[i].gcra;
+        } else if (idle > now) {
+          shard.map.emplace(KeyHash{d[i]->lo, d[i]->hi}, Entry{idle, t[i].gcra});
+          continue;
+        }
         break;
-      }
-      case Algorithm::kTokenBucket: {
-        TokenBucketState& s = *std::get_if<TokenBucketState>(&e.state);
-        s = t[i].tb;
-        if (idle < 0) idle = TokenBucket::idle_at(s, spec.params(), now);
+      case Algorithm::kTokenBucket:
+        if (idle < 0) idle = TokenBucket::idle_at(t[i].tb, spec.params(), now);
+        if (entry[i] != nullptr) {
+          *std::get_if<TokenBucketState>(&entry[i]->state) = t[i].tb;
+        } else if (idle > now) {
+          shard.map.emplace(KeyHash{d[i]->lo, d[i]->hi}, Entry{idle, t[i].tb});
+          continue;
+        }
         break;
-      }
       case Algorithm::kSlidingWindow: {
-        SlidingWindowState& s = **std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state);
+        SlidingWindowState& s =
+            **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state);
         if (t[i].sw.ready) {
           SlidingWindow::charge(s, t[i].sw);
         } else {
@@ -391,7 +432,7 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
         break;
       }
     }
-    e.idle_at = idle;
+    if (entry[i] != nullptr) entry[i]->idle_at = idle;
   }
   return true;
 }
