@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "common/json_util.h"
 
@@ -56,6 +57,68 @@ char* put_usd(char* p, std::int64_t micro) {
 // per record.
 constexpr std::size_t kFixedBound = 2048;
 
+// The fields from "method" to "upstream" (the route, the model asked for, the model and the
+// deployment that answered) are mostly the same from one line to the next: their text is kept
+// per thread with the values it was written for, and copied while the values are the same (no
+// escape check, one copy for the five fields). The values are compared as bytes, never as
+// pointers: a request's method and path lie in a connection buffer that the next request reuses.
+struct RouteFields {
+  static constexpr std::size_t kFields = 5;
+  // Values longer in all are written every time (and not kept).
+  static constexpr std::size_t kMaxValues = 224;
+  static constexpr std::size_t kMaxText = 64 + json_string_max_size(kMaxValues) + 2 * kFields;
+  std::size_t text_size = 0;  // 0: nothing kept
+  std::uint32_t size[kFields];
+  char values[kMaxValues];
+  char text[kMaxText];
+};
+
+char* write_route_fields(char* p, const std::string_view (&v)[RouteFields::kFields]) {
+  p = write_literal(p, ",\"method\":");
+  p = write_json_string(p, v[0]);
+  p = write_literal(p, ",\"path\":");
+  p = write_json_string(p, v[1]);
+  p = write_literal(p, ",\"model\":");
+  p = write_json_string(p, v[2]);
+  p = write_literal(p, ",\"model_served\":");
+  p = write_json_string(p, v[3]);
+  p = write_literal(p, ",\"upstream\":");
+  return write_json_string(p, v[4]);
+}
+
+char* put_route_fields(char* p, const std::string_view (&v)[RouteFields::kFields]) {
+  thread_local RouteFields kept;
+  constexpr std::size_t n = RouteFields::kFields;
+  bool same = kept.text_size != 0;
+  for (std::size_t i = 0; i < n && same; ++i) same = kept.size[i] == v[i].size();
+  if (same) {
+    const char* at = kept.values;
+    for (std::size_t i = 0; i < n && same; ++i) {
+      same = v[i].empty() || std::memcmp(at, v[i].data(), v[i].size()) == 0;
+      at += v[i].size();
+    }
+    if (same) {
+      std::memcpy(p, kept.text, kept.text_size);
+      return p + kept.text_size;
+    }
+  }
+  char* const end = write_route_fields(p, v);
+  std::size_t total = 0;
+  for (std::string_view s : v) total += s.size();
+  kept.text_size = 0;
+  if (total <= RouteFields::kMaxValues) {
+    char* at = kept.values;
+    for (std::size_t i = 0; i < n; ++i) {
+      kept.size[i] = static_cast<std::uint32_t>(v[i].size());
+      if (!v[i].empty()) std::memcpy(at, v[i].data(), v[i].size());
+      at += v[i].size();
+    }
+    kept.text_size = static_cast<std::size_t>(end - p);
+    std::memcpy(kept.text, p, kept.text_size);
+  }
+  return end;
+}
+
 }  // namespace
 
 void AccessLog::log(const AccessRecord& r) {
@@ -82,16 +145,11 @@ void AccessLog::log(const AccessRecord& r) {
   p = write_json_string(p, r.key_id);
   p = write_literal(p, ",\"client_ip\":");
   p = write_json_string(p, r.client_ip);
-  p = write_literal(p, ",\"method\":");
-  p = write_json_string(p, r.method);
-  p = write_literal(p, ",\"path\":");
-  p = write_json_string(p, r.path);
-  p = write_literal(p, ",\"model\":");
-  p = write_json_string(p, r.model_requested);
-  p = write_literal(p, ",\"model_served\":");
-  p = write_json_string(p, r.model_served);
-  p = write_literal(p, ",\"upstream\":");
-  p = write_json_string(p, r.upstream);
+  {
+    const std::string_view route[] = {r.method, r.path, r.model_requested, r.model_served,
+                                      r.upstream};
+    p = put_route_fields(p, route);
+  }
   p = write_literal(p, ",\"status\":");
   p = write_int(p, r.status);
   p = write_literal(p, ",\"stream\":");

@@ -5,10 +5,16 @@
 #include <simdjson.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "common/json_util.h"
 
 namespace bw::gateway {
 namespace {
@@ -171,6 +177,185 @@ TEST(AccessLog, NumbersInDecimalNotation) {
   EXPECT_NE(text.find("\"queue_ms\":0,"), std::string::npos) << text;
   EXPECT_NE(text.find("\"cost_usd\":1.234567,"), std::string::npos) << text;
   EXPECT_NE(text.find("\"cache_saved_usd\":0.000012"), std::string::npos) << text;
+}
+
+// The line as it was written field by field before any of it was kept from one line to the
+// next (everything after the time stamp, which is the clock's).
+std::string reference_line(const AccessRecord& r) {
+  std::string out(8192 + 6 * 4096, '\0');
+  char* p = out.data();
+  auto ms = [&](double v) {
+    const double ps = v * 1e9;
+    p = std::fabs(ps) < 9e18 ? write_decimal(p, std::llround(ps), 9, 6) : write_double(p, v);
+  };
+  auto str = [&](std::string_view v) { p = write_json_string(p, v); };
+  auto lit = [&](std::string_view v) {
+    std::memcpy(p, v.data(), v.size());
+    p += v.size();
+  };
+  lit(",\"request_id\":");
+  str(r.request_id);
+  lit(",\"key_id\":");
+  str(r.key_id);
+  lit(",\"client_ip\":");
+  str(r.client_ip);
+  lit(",\"method\":");
+  str(r.method);
+  lit(",\"path\":");
+  str(r.path);
+  lit(",\"model\":");
+  str(r.model_requested);
+  lit(",\"model_served\":");
+  str(r.model_served);
+  lit(",\"upstream\":");
+  str(r.upstream);
+  lit(",\"status\":");
+  p = write_int(p, r.status);
+  lit(r.stream ? ",\"stream\":true" : ",\"stream\":false");
+  lit(",\"latency_ms\":");
+  ms(r.latency_ms);
+  if (r.ttft_ms >= 0) {
+    lit(",\"ttft_ms\":");
+    ms(r.ttft_ms);
+  }
+  lit(",\"queue_ms\":");
+  ms(r.queue_ms);
+  if (!r.wait_reason.empty()) {
+    lit(",\"wait_reason\":");
+    str(r.wait_reason);
+  }
+  lit(",\"prompt_tokens\":");
+  p = write_int(p, r.prompt_tokens);
+  lit(",\"completion_tokens\":");
+  p = write_int(p, r.completion_tokens);
+  lit(",\"cost_usd\":");
+  p = write_decimal(p, r.cost_micro_usd, 6);
+  lit(",\"attempts\":");
+  p = write_int(p, r.attempts);
+  lit(",\"bytes_in\":");
+  p = write_uint(p, r.bytes_in);
+  lit(",\"bytes_out\":");
+  p = write_uint(p, r.bytes_out);
+  if (!r.cache.empty()) {
+    lit(",\"cache\":");
+    str(r.cache);
+  }
+  if (r.cache_age_s >= 0) {
+    lit(",\"cache_age_s\":");
+    p = write_int(p, r.cache_age_s);
+  }
+  if (r.cache_saved_micro_usd > 0) {
+    lit(",\"cache_saved_usd\":");
+    p = write_decimal(p, r.cache_saved_micro_usd, 6);
+  }
+  if (r.cache_similarity >= 0) {
+    lit(",\"cache_similarity\":");
+    p = write_double(p, r.cache_similarity);
+  }
+  if (r.cached_tokens > 0) {
+    lit(",\"cached_tokens\":");
+    p = write_int(p, r.cached_tokens);
+  }
+  if (r.priority >= 0) {
+    lit(",\"priority\":");
+    p = write_int(p, r.priority);
+  }
+  if (r.priority_lowered) lit(",\"priority_lowered\":true");
+  if (r.cancelled) lit(",\"cancelled\":true");
+  if (!r.error_code.empty()) {
+    lit(",\"error\":");
+    str(r.error_code);
+  }
+  if (!r.trace_id.empty()) {
+    lit(",\"trace_id\":");
+    str(r.trace_id);
+  }
+  if (!r.span_id.empty()) {
+    lit(",\"span_id\":");
+    str(r.span_id);
+  }
+  lit("}\n");
+  out.resize(static_cast<std::size_t>(p - out.data()));
+  return out;
+}
+
+// Every line is the same bytes as the field-by-field text, whichever line came before it (the
+// route's fields are kept from one line to the next): a table of records with values that need
+// escaping (quotes, backslashes, control bytes, UTF-8), empty ones, values of the same sizes
+// with other bytes, values too long to keep, and a value changed in the same memory, logged in
+// an order that repeats and alternates them.
+TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
+  const std::string long_path = "/v1/" + std::string(300, 'p');
+  const std::string near_limit(100, 'm');  // with the others, just under and over the kept size
+  std::vector<AccessRecord> table;
+  auto add = [&](std::string_view method, std::string_view path, std::string_view model,
+                 std::string_view served, std::string_view upstream) {
+    AccessRecord r;
+    r.request_id = "req";
+    r.key_id = "bench";
+    r.client_ip = "127.0.0.1";
+    r.method = method;
+    r.path = path;
+    r.model_requested = model;
+    r.model_served = served;
+    r.upstream = upstream;
+    r.status = 200;
+    r.latency_ms = 1.5 + static_cast<double>(table.size());
+    r.cost_micro_usd = 17;
+    table.push_back(r);
+  };
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
+  add("POST", "/v1/chat/completions", "gpt-4o-mino", "gpt-4o-mini", "sim");  // same sizes
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sin");
+  add("POST", "/v1/chat/completionz", "gpt-4o-mini", "gpt-4o-mini", "sim");
+  add("PUT", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
+  add("POST", "/v1/responses", "m\"quoted\"", "back\\slash", "ctl\x01\x1f\n\t");
+  add("POST", "/v1/messages", "caf\xc3\xa9 \xe2\x82\xac", "\x7f", "</script>");
+  add("", "", "", "", "");
+  add("POST", "", "gpt", "", "up");
+  add("POST", long_path, "gpt", "gpt", "sim");
+  add("POST", "/v1/x", near_limit, near_limit, std::string_view(near_limit).substr(0, 10));
+  add("POST", "/v1/x", near_limit, near_limit, std::string_view(near_limit).substr(0, 20));
+  add("POST", "/v1/x", near_limit, near_limit, std::string_view(near_limit).substr(0, 19));
+  add("GET", "/v1/models\"", "a\\", "\"", "\\");
+
+  std::vector<std::size_t> order;
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    order.push_back(i);
+    order.push_back(i);  // kept: the second is copied
+  }
+  std::mt19937 rng(5);
+  for (int i = 0; i < 400; ++i) order.push_back(rng() % table.size());
+  // A value changed where it lies, at the same size: the kept text must not be taken.
+  char method[] = "POST";
+  AccessRecord in_place = table[0];
+  in_place.method = std::string_view(method, 4);
+
+  const std::string path = temp_path();
+  std::vector<std::string> want;
+  {
+    AccessLog log(path);
+    for (std::size_t i : order) {
+      log.log(table[i]);
+      want.push_back(reference_line(table[i]));
+    }
+    for (const char* m : {"POST", "PUSH", "PUSH", "POST"}) {
+      std::memcpy(method, m, 4);
+      log.log(in_place);
+      want.push_back(reference_line(in_place));
+    }
+  }
+  const std::string text = read_all(path);
+  ::unlink(path.c_str());
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(text.compare(at, 9, "{\"ts_ms\":"), 0) << i;
+    at = text.find(',', at);  // the time stamp's end
+    ASSERT_NE(at, std::string::npos) << i;
+    ASSERT_EQ(text.substr(at, want[i].size()), want[i]) << i;
+    at += want[i].size();
+  }
+  EXPECT_EQ(at, text.size());
 }
 
 }  // namespace
