@@ -50,6 +50,11 @@ struct AccessRecord {
   std::int64_t cached_tokens = 0;
 };
 
+// The decimal text of a Unix time in milliseconds, as write_int writes it, at `p` (room for 24
+// bytes); returns the end. The line's time stamp: its second is formatted once per second per
+// thread.
+char* write_unix_ms(char* p, std::int64_t ms);
+
 class AccessLog {
  public:
   // path: "-" for stdout, "off" to disable, else a file opened for append.

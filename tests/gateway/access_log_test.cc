@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -356,6 +357,43 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
     at += want[i].size();
   }
   EXPECT_EQ(at, text.size());
+}
+
+// The time stamp's text is write_int's, for a second formatted afresh or kept from the line
+// before: the same second again, the next one, a digit more, times below a second, negative.
+TEST(AccessLog, TimeStampIsTheIntegerText) {
+  std::vector<std::int64_t> ms = {1'700'000'000'000,
+                                  1'700'000'000'001,
+                                  1'700'000'000'999,
+                                  1'700'000'001'000,
+                                  1'700'000'001'000,
+                                  1'700'000'000'500,
+                                  9'999'999,
+                                  10'000'000,
+                                  10'000'001,
+                                  999,
+                                  1000,
+                                  1001,
+                                  0,
+                                  -1,
+                                  -1'234'567,
+                                  1'700'000'000'090,
+                                  1'700'000'000'009,
+                                  std::numeric_limits<std::int64_t>::max(),
+                                  std::numeric_limits<std::int64_t>::min()};
+  std::mt19937_64 rng(3);
+  std::int64_t t = 1'765'000'000'000;
+  for (int i = 0; i < 20000; ++i) {
+    t += static_cast<std::int64_t>(rng() % 700);
+    ms.push_back(t);
+    if (rng() % 50 == 0) ms.push_back(static_cast<std::int64_t>(rng() >> 1));
+  }
+  for (std::int64_t v : ms) {
+    char got[32], want[32];
+    const std::string_view g(got, static_cast<std::size_t>(write_unix_ms(got, v) - got));
+    const std::string_view w(want, static_cast<std::size_t>(write_int(want, v) - want));
+    ASSERT_EQ(g, w) << v;
+  }
 }
 
 }  // namespace
