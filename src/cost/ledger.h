@@ -77,6 +77,13 @@ struct LedgerCovered {
   // When set, the row's key, tenant and budgets are the party's, and key_id, tenant_id and
   // budgets above are not read: use key(), tenant() and budget_ids().
   std::shared_ptr<const LedgerParty> party;
+  // Set by the caller after journal_room() said yes on this thread: the ledger appends the row to
+  // the calling thread's journal before it queues it, and the row is durable from then on.
+  bool to_journal = false;
+  // Set by the ledger: which of its journals holds the row (-1: none) and where the record ends.
+  int journal = -1;
+  std::uint64_t journal_end = 0;
+  std::uint64_t journal_seq = 0;
 
   const std::string& key() const { return party ? party->key_id : key_id; }
   const std::string& tenant() const { return party ? party->tenant_id : tenant_id; }
@@ -138,6 +145,8 @@ struct LedgerStats {
   std::uint64_t queue_full = 0;
   std::uint64_t max_batch = 0;
   std::size_t queue_depth = 0;
+  std::uint64_t journaled = 0;     // covered rows made durable by a journal, without a wait
+  std::uint64_t journal_full = 0;  // covered rows that found their journal full (they waited)
 };
 
 using LedgerCallback = std::function<void(const Result<Ok>&)>;
@@ -154,6 +163,12 @@ class Ledger {
   [[nodiscard]] virtual bool append_covered(LedgerCovered record, LedgerCallback done,
                                             Wake wake = Wake::kNow) = 0;
   virtual bool supports_leases() const { return false; }
+  // Whether the calling thread has a journal with room for `row` (whose lease_id is not set yet):
+  // a row then appended with to_journal set is durable as the ledger's durability says
+  // (`process`) once append_covered() returns, and nobody needs to wait for its commit. The
+  // SQLite ledger with `durability: process` has journals (store/covered_journal.h); a row that
+  // finds its journal full is counted (LedgerStats::journal_full).
+  virtual bool journal_room(const LedgerCovered& /*row*/) { return false; }
   // Wakes the writer for the records queued with Wake::kDeferred.
   virtual void kick() = 0;
   // Waits until every record queued before the call is committed (tests, shutdown).

@@ -2,9 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <cstdlib>
+#include <thread>
 
 #include "common/clock.h"
 
@@ -190,8 +192,19 @@ Result<Ok> Gateway::open_ledger_and_keys(const config::Config& cfg,
     store::SqliteLedgerOptions lo;
     lo.path = cfg.ledger_path;
     lo.synchronous_full = cfg.ledger_sync_machine;
+    // One covered-row journal per event loop: a covered request's row is durable (process
+    // durability) once its loop appends it, and its answer does not wait for the commit.
+    if (cfg.budget_lease.enabled && !cfg.ledger_sync_machine) {
+      lo.journals = static_cast<std::size_t>(
+          cfg.server.workers > 0 ? cfg.server.workers
+                                 : std::max(1u, std::thread::hardware_concurrency()));
+    }
     auto ledger = store::SqliteLedger::open(lo);
     if (!ledger) return ledger.error();
+    if ((*ledger)->replayed() > 0) {
+      spdlog::warn("ledger: {} covered rows replayed from the journals of a process that died",
+                   (*ledger)->replayed());
+    }
     shared_->ledger = std::move(ledger.value());
     auto keys = store::SqliteKeyStore::open(cfg.ledger_path);
     if (!keys) return keys.error();

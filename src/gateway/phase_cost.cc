@@ -344,9 +344,23 @@ asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
   compute_cost(c);
   auto& sh = c.sh;
   const std::int64_t now_ms = sh.clock.unix_millis();
+  cost::LedgerCovered row = covered_row(c, now_ms);
   cost::LeaseBook::Settled out;
+  // With a journal (the SQLite ledger, `durability: process`) the row is durable once appended:
+  // the answer goes on without waiting for the commit, which follows within a round or so.
+  if (sh.ledger->journal_room(row)) {
+    row.to_journal = true;
+    out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
+    const auto ex = co_await asio::this_coro::executor;
+    if (out.queued) kick_after_round(*sh.ledger, ex);
+    if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
+        (sh.webhooks && !out.outcome.alerts.empty())) {
+      after_covered(c, out, out.queued, ex);
+    }
+    co_return;
+  }
   const auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
-    out = sh.leases->settle(c.lease_claim, covered_row(c, now_ms), std::move(done), now_ms);
+    out = sh.leases->settle(c.lease_claim, std::move(row), std::move(done), now_ms);
     return out.queued;
   });
   const bool committed = r.ok();

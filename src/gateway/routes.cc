@@ -384,6 +384,8 @@ std::string render_metrics(Shared& sh) {
     advance_to(m.ledger_records.with({"failed"}), st.records_failed);
     advance_to(m.ledger_commits.get(), st.commits);
     advance_to(m.ledger_queue_full.get(), st.queue_full);
+    advance_to(m.ledger_journaled.get(), st.journaled);
+    advance_to(m.ledger_journal_full.get(), st.journal_full);
     m.ledger_queue_depth.get().set(static_cast<double>(st.queue_depth));
   }
   if (sh.leases) {

@@ -27,6 +27,7 @@ bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::Ledger
 
 bool QueuedLedger::append_covered(cost::LedgerCovered record, cost::LedgerCallback done,
                                   Wake wake) {
+  if (record.to_journal) journal_covered(record);
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
@@ -47,6 +48,7 @@ cost::LedgerStats QueuedLedger::stats() const {
   out.queue_full = s.queue_full;
   out.max_batch = s.max_batch;
   out.queue_depth = s.queue_depth;
+  journal_stats(out);
   return out;
 }
 

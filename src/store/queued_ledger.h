@@ -30,6 +30,11 @@ class QueuedLedger : public cost::Ledger {
   void stop_writer();
   // One transaction for the whole batch, on the writer thread.
   virtual LedgerQueue::BatchOutcome commit_batch(const Batch& batch) = 0;
+  // A covered row with to_journal set, before it is queued: the backend appends it to the
+  // calling thread's journal (and says where in the record). The default has no journal.
+  virtual void journal_covered(cost::LedgerCovered& /*record*/) {}
+  // The backend's journal counters (LedgerStats::journaled, journal_full).
+  virtual void journal_stats(cost::LedgerStats& /*out*/) const {}
 
  private:
   LedgerQueue queue_;

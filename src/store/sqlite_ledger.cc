@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string_view>
 #include <unordered_map>
 
@@ -217,21 +218,204 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   ledger->close_lease_st_ = std::move(*close);
   ledger->begin_st_ = std::move(*begin);
   ledger->commit_st_ = std::move(*commit);
+  auto mark =
+      Statement::prepare(ledger->writer_db_,
+                         "INSERT OR REPLACE INTO ledger_journal (slot, generation, position,"
+                         " seq) VALUES (?1, ?2, ?3, ?4)");
+  if (!mark.ok()) return mark.error();
+  ledger->journal_mark_st_ = std::move(*mark);
   // Replaces the connection's auto-checkpoint (itself a WAL hook): checkpoints move to their
   // own thread (see the header).
   sqlite3_wal_hook(ledger->writer_db_.get(), &SqliteLedger::on_wal_commit, ledger.get());
   ledger->checkpointer_ = std::thread([l = ledger.get()] { l->checkpoint_loop(); });
+  // The rows a process that died left in its journals go in before anyone reads the ledger
+  // (the budgets' rebuild, recovery of open rows).
+  if (auto j = ledger->open_journals(); !j.ok()) return j.error();
   ledger->start_writer();
   return ledger;
 }
+
+namespace {
+std::atomic<std::uint64_t> next_ledger_id{1};
+}  // namespace
 
 SqliteLedger::SqliteLedger(SqliteLedgerOptions options, SqliteDb writer, SqliteDb reader,
                            SqliteDb checkpoint)
     : QueuedLedger(options.queue_capacity, options.max_batch),
       options_(std::move(options)),
       writer_db_(std::move(writer)),
+      id_(next_ledger_id.fetch_add(1, std::memory_order_relaxed)),
       reader_db_(std::move(reader)),
       checkpoint_db_(std::move(checkpoint)) {}
+
+Result<Ok> SqliteLedger::open_journals() {
+  namespace fs = std::filesystem;
+  const fs::path db(options_.path);
+  const fs::path dir = db.has_parent_path() ? db.parent_path() : fs::path(".");
+  const std::string prefix = db.filename().string() + ".covered.";
+  // Every journal file of this database, by its number.
+  std::size_t existing = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string_view n = std::string_view(name).substr(prefix.size());
+    if (n.empty() || n.size() > 6 ||
+        !std::all_of(n.begin(), n.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+      continue;
+    }
+    existing = std::max<std::size_t>(existing, std::stoul(std::string(n)) + 1);
+  }
+  const std::size_t want = options_.synchronous_full ? 0 : options_.journals;
+  // Each file no live process holds: replayed (its rows not yet applied go in), then emptied.
+  // The first `want` of them are kept as this process's; a file beyond the existing ones is
+  // only made to be kept.
+  for (std::size_t n = 0; n < existing || journals_.size() < want; ++n) {
+    if (n >= existing && journals_.size() >= want) break;
+    const std::string name = prefix + std::to_string(n);
+    if (journals_.size() >= want && !fs::exists(dir / name, ec)) continue;
+    CoveredJournal::OpenOutcome held;
+    auto j = CoveredJournal::open((dir / name).string(), options_.journal_bytes, &held);
+    if (!j.ok()) return j.error();
+    if (held == CoveredJournal::OpenOutcome::kHeldElsewhere) continue;
+    JournalRef ref;
+    ref.slot = name;
+    ref.generation = (*j)->generation();
+    ref.journal = std::move(*j);
+    journals_.push_back(std::move(ref));
+    marks_.assign(journals_.size(), CoveredJournal::Position{});
+    const int index = static_cast<int>(journals_.size() - 1);
+    if (auto r = replay_journal(index); !r.ok()) return r;
+    auto& kept = journals_.back();
+    if (auto r = kept.journal->reset(options_.journal_bytes); !r.ok()) return r;
+    kept.generation = kept.journal->generation();
+    // Not kept: emptied, and unlocked for the next process.
+    if (journals_.size() > want) journals_.pop_back();
+  }
+  own_ = journals_.size();
+  marks_.assign(journals_.size(), CoveredJournal::Position{});
+  return Ok{};
+}
+
+Result<Ok> SqliteLedger::replay_journal(int index) {
+  JournalRef& ref = journals_[static_cast<std::size_t>(index)];
+  CoveredJournal::Position from;
+  {
+    auto q = Statement::prepare(
+        writer_db_, "SELECT generation, position, seq FROM ledger_journal WHERE slot = ?1");
+    if (!q.ok()) return q.error();
+    q->bind(1, ref.slot);
+    const int rc = q->step();
+    if (rc == SQLITE_ROW && static_cast<std::uint64_t>(q->column_int(0)) == ref.generation) {
+      from = CoveredJournal::Position{static_cast<std::uint64_t>(q->column_int(1)),
+                                      static_cast<std::uint64_t>(q->column_int(2))};
+    } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return db_error("ledger journal", writer_db_.last_error());
+    }
+  }
+  auto records = ref.journal->replay(from);
+  std::size_t at = 0;
+  while (at < records.size()) {
+    const std::size_t n =
+        std::min(records.size() - at, std::max<std::size_t>(options_.max_batch, 1));
+    Batch batch;
+    batch.reserve(n);
+    for (std::size_t k = at; k < at + n; ++k) {
+      cost::LedgerCovered row = std::move(records[k].row);
+      row.journal = index;
+      row.journal_end = records[k].at.end;
+      row.journal_seq = records[k].at.seq;
+      batch.push_back(LedgerQueue::Item{LedgerRecord(std::move(row)), {}});
+    }
+    auto out = commit_batch(batch);
+    if (!last_commit_ok_) {
+      return make_error(500, "server_error", "ledger_journal",
+                        "cannot apply the covered rows of " + ref.slot + ": " +
+                            (out.results.empty() || out.results.front().ok()
+                                 ? std::string("the commit failed")
+                                 : out.results.front().error().message));
+    }
+    replayed_ += n;
+    at += n;
+  }
+  return Ok{};
+}
+
+int SqliteLedger::thread_journal() {
+  struct Cache {
+    std::uint64_t ledger = 0;
+    int index = -1;
+  };
+  thread_local Cache cache;
+  if (cache.ledger == id_) return cache.index;
+  int index = -1;
+  {
+    std::lock_guard lock(claim_mu_);
+    if (claimed_ < own_) index = static_cast<int>(claimed_++);
+  }
+  cache = Cache{id_, index};
+  return index;
+}
+
+// Room for the row's lease id too, which the lease book sets after this check.
+constexpr std::uint64_t kLeaseIdRoom = 128;
+
+bool SqliteLedger::journal_room(const cost::LedgerCovered& row) {
+  const int index = thread_journal();
+  if (index < 0) return false;
+  if (journals_[static_cast<std::size_t>(index)].journal->fits(CoveredJournal::record_bytes(row) +
+                                                               kLeaseIdRoom)) {
+    return true;
+  }
+  journal_full_.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+void SqliteLedger::journal_covered(cost::LedgerCovered& record) {
+  const int index = thread_journal();
+  CoveredJournal::Position at;
+  if (index < 0 || !journals_[static_cast<std::size_t>(index)].journal->append(record, at)) {
+    // Not reached after journal_room() said yes on this thread: its room is this thread's.
+    journal_full_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  record.journal = index;
+  record.journal_end = at.end;
+  record.journal_seq = at.seq;
+  journaled_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void SqliteLedger::journal_stats(cost::LedgerStats& out) const {
+  out.journaled = journaled_.load(std::memory_order_relaxed);
+  out.journal_full = journal_full_.load(std::memory_order_relaxed);
+}
+
+Result<Ok> SqliteLedger::write_journal_marks(const Batch& batch) {
+  if (journals_.empty()) return Ok{};
+  bool any = false;
+  for (const auto& item : batch) {
+    const auto* c = std::get_if<cost::LedgerCovered>(&item.record);
+    if (!c || c->journal < 0) continue;
+    auto& m = marks_[static_cast<std::size_t>(c->journal)];
+    if (c->journal_end > m.end) m = CoveredJournal::Position{c->journal_end, c->journal_seq};
+    any = true;
+  }
+  if (!any) return Ok{};
+  for (std::size_t i = 0; i < marks_.size(); ++i) {
+    if (marks_[i].end == 0) continue;
+    journal_mark_st_.bind_static(1, journals_[i].slot)
+        .bind(2, static_cast<std::int64_t>(journals_[i].generation))
+        .bind(3, static_cast<std::int64_t>(marks_[i].end))
+        .bind(4, static_cast<std::int64_t>(marks_[i].seq));
+    const int rc = journal_mark_st_.step();
+    journal_mark_st_.rewind();
+    if (rc != SQLITE_DONE) {
+      marks_.assign(marks_.size(), CoveredJournal::Position{});
+      return db_error("ledger journal", writer_db_.last_error());
+    }
+  }
+  return Ok{};
+}
 
 SqliteLedger::~SqliteLedger() {
   stop_writer();
@@ -529,6 +713,7 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
   out.results.reserve(batch.size());
   auto begin = step_once(begin_st_, "begin");
   if (!begin.ok()) {
+    last_commit_ok_ = false;
     out.transaction = false;
     out.results.assign(batch.size(), begin.error());
     owe_leases_of(batch);
@@ -575,13 +760,26 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
   }
   // Outside the transaction the lease rows' UPDATE would commit on its own, lowering them by
   // rows that were rolled back.
-  if (transaction_lost()) lowering_.clear();
+  if (transaction_lost()) {
+    lowering_.clear();
+    marks_.assign(marks_.size(), CoveredJournal::Position{});
+  }
   auto lowered = flush_lease_lowering();
+  if (lowered.ok() && !transaction_lost()) lowered = write_journal_marks(batch);
   auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());
+  last_commit_ok_ = commit.ok();
   if (!commit.ok()) {
     (void)writer_db_.exec("ROLLBACK");
     for (auto& r : out.results) r = commit.error();
     owe_leases_of(batch);
+    marks_.assign(marks_.size(), CoveredJournal::Position{});
+    return out;
+  }
+  // Those journals' room up to their rows in this commit may be written again.
+  for (std::size_t j = 0; j < marks_.size(); ++j) {
+    if (marks_[j].end == 0) continue;
+    journals_[j].journal->set_applied(marks_[j].end);
+    marks_[j] = CoveredJournal::Position{};
   }
   return out;
 }

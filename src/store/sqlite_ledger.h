@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cost/ledger.h"
+#include "store/covered_journal.h"
 #include "store/queued_ledger.h"
 #include "store/sqlite_db.h"
 
@@ -41,6 +42,12 @@ struct SqliteLedgerOptions {
   // The writer's connection writes each commit's WAL frames with one system call
   // (store/sqlite_wal_gather.h) instead of two per frame.
   bool gather_wal_writes = true;
+  // Covered-row journals (store/covered_journal.h), one per event loop that settles covered
+  // rows: files `<path>.covered.<n>` of journal_bytes each. 0 = none: every covered row waits
+  // for its group commit. Journals left by a process that died are replayed at open() whatever
+  // this says. Not with synchronous_full: a journal is not synced, a machine-durable commit is.
+  std::size_t journals = 0;
+  std::uint64_t journal_bytes = 8u << 20;
 };
 
 class SqliteLedger final : public QueuedLedger {
@@ -56,6 +63,9 @@ class SqliteLedger final : public QueuedLedger {
   std::uint64_t checkpoints() const { return checkpoints_.load(std::memory_order_relaxed); }
 
   bool supports_leases() const override { return true; }
+  bool journal_room(const cost::LedgerCovered& row) override;
+  // Covered rows replayed from journals at open() (left by a process that died).
+  std::uint64_t replayed() const { return replayed_; }
   Result<std::vector<cost::LedgerRow>> open_reservations() override;
   Result<std::vector<cost::SpendAggregate>> settled_since(std::int64_t since_unix_ms) override;
   Result<std::optional<cost::LedgerRow>> find(const std::string& request_id) override;
@@ -70,6 +80,16 @@ class SqliteLedger final : public QueuedLedger {
   void checkpoint_loop();
   void stop_checkpointer();
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
+  void journal_covered(cost::LedgerCovered& record) override;
+  void journal_stats(cost::LedgerStats& out) const override;
+  // Replays every journal of this database that no live process holds, then keeps
+  // options_.journals of them (emptied) as this process's own.
+  Result<Ok> open_journals();
+  Result<Ok> replay_journal(int index);
+  // The index of the calling thread's journal (claimed at its first call), or -1.
+  int thread_journal();
+  // In the batch's transaction: how far each journal with rows in it is applied now.
+  Result<Ok> write_journal_marks(const Batch& batch);
   Result<Ok> write_one(const LedgerRecord& record);
   Result<Ok> write_covered(const cost::LedgerCovered& record);
   // The rows of batch[rows[...]] (all reservations of requests, or all covered rows), several
@@ -128,6 +148,25 @@ class SqliteLedger final : public QueuedLedger {
   std::unordered_set<std::string> owing_leases_;  // writer thread only; grows only on failures
   Statement begin_st_;
   Statement commit_st_;
+
+  // Journals: [0, own_) are this process's, the rest were adopted and replayed at open().
+  struct JournalRef {
+    std::string slot;  // the file's name, the ledger_journal row's key
+    std::uint64_t generation = 0;
+    std::unique_ptr<CoveredJournal> journal;
+  };
+  std::vector<JournalRef> journals_;  // fixed once the writer starts
+  std::size_t own_ = 0;
+  Statement journal_mark_st_;
+  // Writer thread only: per journal, the end of its last record in the batch (0: none).
+  std::vector<CoveredJournal::Position> marks_;
+  const std::uint64_t id_;  // tells this ledger apart in the per-thread journal cache
+  std::mutex claim_mu_;
+  std::size_t claimed_ = 0;  // guarded by claim_mu_
+  std::atomic<std::uint64_t> journaled_{0};
+  std::atomic<std::uint64_t> journal_full_{0};
+  std::uint64_t replayed_ = 0;
+  bool last_commit_ok_ = false;  // writer thread: whether commit_batch's COMMIT succeeded
 
   std::mutex reader_mu_;
   SqliteDb reader_db_;

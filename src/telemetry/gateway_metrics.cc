@@ -97,6 +97,13 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
                                   "request is refused with 503, never forwarded unrecorded).")),
       ledger_queue_depth(
           r.gauge("bellwether_ledger_queue_depth", "Ledger records queued and not yet committed.")),
+      ledger_journaled(r.counter("bellwether_ledger_journaled_total",
+                                 "Covered requests whose ledger row was made durable by the "
+                                 "covered-row journal, so that their answer did not wait for "
+                                 "the group commit.")),
+      ledger_journal_full(r.counter("bellwether_ledger_journal_full_total",
+                                    "Covered requests that found their covered-row journal full "
+                                    "and waited for the group commit instead.")),
       budget_leases(r.counter("bellwether_budget_leases_total",
                               "Budget leases opened, closed, and stuck (kept held because the "
                               "ledger refused or failed a record), by event.",
@@ -196,6 +203,8 @@ GatewayMetrics::GatewayMetrics(Registry& r, const GatewayMetricsOptions& o)
   ledger_commits.get();
   ledger_queue_full.get();
   ledger_queue_depth.get();
+  ledger_journaled.get();
+  ledger_journal_full.get();
   for (const char* event : {"opened", "closed", "stuck"}) budget_leases.with({event});
   budget_lease_covered.get();
   budget_leases_open.get();

@@ -50,6 +50,8 @@ struct GatewayMetrics {
   CounterFamily& ledger_commits;        // no labels: transactions (group commits)
   CounterFamily& ledger_queue_full;     // no labels: records refused by a full queue
   GaugeFamily& ledger_queue_depth;      // no labels
+  CounterFamily& ledger_journaled;      // no labels: covered rows durable through a journal
+  CounterFamily& ledger_journal_full;   // no labels: covered rows that waited (journal full)
   CounterFamily& budget_leases;         // {event}: opened, closed, stuck
   CounterFamily& budget_lease_covered;  // no labels: requests a budget lease covered
   GaugeFamily& budget_leases_open;      // no labels

@@ -523,6 +523,9 @@ TEST(CostGuard, LedgerSurvivesKillNineUnderLoad) {
     ++cycles;
   }
 
+  // A covered request's row may be only in its loop's journal at the kill: the restart replays
+  // it before anything reads the ledger, so the ledger is read after one.
+  auto gw = start_gateway(yaml);
   EXPECT_EQ(sqlite(dir + "/ledger.db", "PRAGMA integrity_check"), "ok");
   std::map<std::string, std::string> rows;  // request id -> status
   {
@@ -573,8 +576,7 @@ TEST(CostGuard, LedgerSurvivesKillNineUnderLoad) {
       << "settled + open reservations exceed the cap: recovered reservations were not held";
   EXPECT_GT(refused, 0) << "the cap was never reached; the test did not exercise it";
 
-  // A last restart recovers the same figures into the budget.
-  auto gw = start_gateway(yaml);
+  // The restart recovered the same figures into the budget.
   auto b = budget_row(gw.port, "key:crash/total");
   ASSERT_FALSE(b.empty());
   std::printf("[ crash ] after restart: %s\n", b.c_str());
@@ -647,6 +649,9 @@ keys:
     for (auto& th : threads) th.join();
   }
 
+  // Covered rows still only in a journal at the last kill are replayed by a restart, before
+  // anything reads the ledger: the ledger is read after one.
+  auto gw = start_gateway(yaml);
   const std::string db = dir + "/ledger.db";
   EXPECT_EQ(sqlite(db, "PRAGMA integrity_check"), "ok");
   std::set<std::string> ids;
@@ -690,7 +695,6 @@ keys:
       << "settled + open reservations exceed the cap: a lease row was not counted";
   EXPECT_GT(refused, 0) << "the cap was never reached; the test did not exercise it";
 
-  auto gw = start_gateway(yaml);
   auto b = budget_row(gw.port, "key:leased/total");
   ASSERT_FALSE(b.empty());
   std::printf("[ lease crash ] after restart: %s\n", b.c_str());

@@ -1,0 +1,385 @@
+// The covered-row journal (store/covered_journal.h) and its replay by the SQLite ledger.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/covered_journal.h"
+#include "store/sqlite_ledger.h"
+#include "support/temp_dir.h"
+
+namespace bw::store {
+namespace {
+
+using cost::LedgerCovered;
+using cost::LedgerStatus;
+
+constexpr std::int64_t kJan1 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+
+LedgerCovered row_of(const std::string& id, std::int64_t actual, const std::string& lease = "L1") {
+  LedgerCovered c;
+  c.request_id = id;
+  c.lease_id = lease;
+  c.key_id = "key_a";
+  c.tenant_id = "acme";
+  c.model = "gpt-4.1";
+  c.budgets = {"key:key_a/total", "global/daily"};
+  c.reserved_micro = 10'000;
+  c.actual_micro = actual;
+  c.prompt_tokens = 3;
+  c.completion_tokens = 4;
+  c.created_unix_ms = kJan1 + 1;
+  c.settled_unix_ms = kJan1 + 2;
+  return c;
+}
+
+std::unique_ptr<CoveredJournal> open_journal(const std::string& path, std::uint64_t capacity,
+                                             CoveredJournal::OpenOutcome* held = nullptr) {
+  auto j = CoveredJournal::open(path, capacity, held);
+  EXPECT_TRUE(j.ok()) << (j.ok() ? "" : j.error().message);
+  return j.ok() ? std::move(*j) : nullptr;
+}
+
+std::vector<std::string> ids_of(const std::vector<CoveredJournal::Replayed>& rs) {
+  std::vector<std::string> ids;
+  for (const auto& r : rs) ids.push_back(r.row.request_id);
+  return ids;
+}
+
+TEST(CoveredJournal, AppendedRecordsReplayWithEveryFieldAndFromAPosition) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  std::vector<CoveredJournal::Position> at(3);
+  {
+    auto j = open_journal(path, 1 << 16);
+    ASSERT_TRUE(j);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(j->append(row_of("r" + std::to_string(i), 1'000 * (i + 1)), at[i]));
+    }
+    EXPECT_EQ(at[2].seq, 3u);
+    EXPECT_EQ(at[2].end, j->head());
+  }  // the process "dies": the file keeps what was stored in the mapping
+  auto j = open_journal(path, 1 << 16);
+  ASSERT_TRUE(j);
+  auto all = j->replay({});
+  ASSERT_EQ(ids_of(all), (std::vector<std::string>{"r0", "r1", "r2"}));
+  const LedgerCovered& r = all[1].row;
+  EXPECT_EQ(r.lease_id, "L1");
+  EXPECT_EQ(r.key_id, "key_a");
+  EXPECT_EQ(r.tenant_id, "acme");
+  EXPECT_EQ(r.model, "gpt-4.1");
+  EXPECT_EQ(r.budgets, (std::vector<std::string>{"key:key_a/total", "global/daily"}));
+  EXPECT_EQ(r.reserved_micro, 10'000);
+  EXPECT_EQ(r.actual_micro, 2'000);
+  EXPECT_EQ(r.prompt_tokens, 3);
+  EXPECT_EQ(r.completion_tokens, 4);
+  EXPECT_EQ(r.created_unix_ms, kJan1 + 1);
+  EXPECT_EQ(r.settled_unix_ms, kJan1 + 2);
+  EXPECT_EQ(r.status, LedgerStatus::kSettled);
+  EXPECT_EQ(all[1].at.end, at[1].end);
+  EXPECT_EQ(all[1].at.seq, at[1].seq);
+  // From the position of the first: exactly the two after it.
+  EXPECT_EQ(ids_of(j->replay(at[0])), (std::vector<std::string>{"r1", "r2"}));
+  EXPECT_TRUE(j->replay(at[2]).empty());
+  // A reset starts a new generation: nothing of the old one is replayed.
+  const auto gen = j->generation();
+  ASSERT_TRUE(j->reset(1 << 16).ok());
+  EXPECT_NE(j->generation(), gen);
+  EXPECT_TRUE(j->replay({}).empty());
+}
+
+TEST(CoveredJournal, AFileIsHeldByOneOpenerAtATime) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  auto a = open_journal(path, 1 << 16);
+  ASSERT_TRUE(a);
+  CoveredJournal::OpenOutcome held = CoveredJournal::OpenOutcome::kOpened;
+  auto b = CoveredJournal::open(path, 1 << 16, &held);
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(*b);
+  EXPECT_EQ(held, CoveredJournal::OpenOutcome::kHeldElsewhere);
+  a.reset();
+  auto c = open_journal(path, 1 << 16, &held);
+  EXPECT_TRUE(c);
+  EXPECT_EQ(held, CoveredJournal::OpenOutcome::kOpened);
+}
+
+// A record torn by a kill mid-append (its length not yet stored, or its bytes partly written)
+// ends the replay: the records before it come back, it and anything after it do not.
+TEST(CoveredJournal, ATornRecordEndsTheReplay) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  CoveredJournal::Position a, b, c;
+  {
+    auto j = open_journal(path, 1 << 16);
+    ASSERT_TRUE(j);
+    ASSERT_TRUE(j->append(row_of("a", 1), a));
+    ASSERT_TRUE(j->append(row_of("b", 2), b));
+    ASSERT_TRUE(j->append(row_of("c", 3), c));
+  }
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  // A byte of c's payload as an interrupted copy would leave it.
+  const off_t c_payload =
+      static_cast<off_t>(CoveredJournal::kHeaderBytes + b.end + CoveredJournal::kRecordHead + 60);
+  char byte = 0;
+  ASSERT_EQ(::pread(fd, &byte, 1, c_payload), 1);
+  byte = static_cast<char>(byte ^ 0x5a);
+  ASSERT_EQ(::pwrite(fd, &byte, 1, c_payload), 1);
+  {
+    auto j = open_journal(path, 1 << 16);
+    ASSERT_TRUE(j);
+    EXPECT_EQ(ids_of(j->replay({})), (std::vector<std::string>{"a", "b"}));
+  }
+  // b's length word not stored yet (the last store of an append): b is not there, nor c.
+  const std::uint64_t zero = 0;
+  ASSERT_EQ(::pwrite(fd, &zero, 8, static_cast<off_t>(CoveredJournal::kHeaderBytes + a.end)), 8);
+  ::close(fd);
+  auto j = open_journal(path, 1 << 16);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(ids_of(j->replay({})), (std::vector<std::string>{"a"}));
+}
+
+// The ring: a full journal refuses an append until the ledger has applied room; records wrap
+// around its end and replay in order from the applied position, exactly the unapplied ones.
+TEST(CoveredJournal, AFullJournalRefusesAndWrapsOnceApplied) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  auto j = open_journal(path, 4'096);
+  ASSERT_TRUE(j);
+  const std::uint64_t bytes = CoveredJournal::record_bytes(row_of("r000", 1));
+  std::vector<CoveredJournal::Position> at;
+  int n = 0;
+  for (;; ++n) {
+    CoveredJournal::Position p;
+    char id[16];
+    std::snprintf(id, sizeof id, "r%03d", n);
+    if (!j->append(row_of(id, n), p)) break;
+    at.push_back(p);
+  }
+  ASSERT_GT(n, 5);
+  EXPECT_EQ(static_cast<std::uint64_t>(n), 4'096 / bytes);
+  EXPECT_FALSE(j->fits(bytes));
+  // The first three applied: their room (and the end of the ring, past the last record) is
+  // free again.
+  j->set_applied(at[2].end);
+  EXPECT_TRUE(j->fits(bytes));
+  std::vector<std::string> expect;
+  for (int i = 3; i < n; ++i) {
+    char id[16];
+    std::snprintf(id, sizeof id, "r%03d", i);
+    expect.push_back(id);
+  }
+  for (int k = 0; j->fits(bytes); ++k) {
+    CoveredJournal::Position p;
+    char id[16];
+    std::snprintf(id, sizeof id, "w%03d", k);
+    ASSERT_TRUE(j->append(row_of(id, k), p));
+    expect.push_back(id);
+  }
+  EXPECT_EQ(expect.size(), static_cast<std::size_t>(n));
+  EXPECT_LE(j->head() % j->capacity(), 3 * bytes) << "the new records did not wrap";
+  const CoveredJournal::Position applied = at[2];
+  j.reset();
+  auto again = open_journal(path, 4'096);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(ids_of(again->replay(applied)), expect);
+}
+
+// --- the SQLite ledger's journals ---------------------------------------------------------------
+
+constexpr const char* kBudget = "key:key_a/total";
+
+SqliteLedgerOptions options_of(const std::string& path, std::size_t journals) {
+  SqliteLedgerOptions o;
+  o.path = path;
+  o.synchronous_full = false;
+  o.journals = journals;
+  o.journal_bytes = 1 << 20;
+  return o;
+}
+
+Result<Ok> append_sync_lease(cost::Ledger& ledger, const std::string& id) {
+  cost::LedgerReservation lease;
+  lease.request_id = id;
+  lease.key_id = "key_a";
+  lease.tenant_id = "acme";
+  lease.budgets = {kBudget};
+  lease.reserved_micro = 1'000'000;
+  lease.created_unix_ms = kJan1;
+  lease.lease = true;
+  std::promise<Result<Ok>> p;
+  auto f = p.get_future();
+  if (!ledger.append_reservation(lease, [&p](const Result<Ok>& r) { p.set_value(r); })) {
+    return make_error(503, "server_error", "busy", "queue full");
+  }
+  return f.get();
+}
+
+std::int64_t query_int(const std::string& db, const std::string& sql) {
+  sqlite3* h = nullptr;
+  sqlite3_open(db.c_str(), &h);
+  sqlite3_stmt* st = nullptr;
+  std::int64_t v = -1;
+  if (sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW) {
+    v = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return v;
+}
+
+// A covered row journaled on this thread (the gateway's way): durable once append_covered
+// returns.
+void append_journaled(cost::Ledger& ledger, LedgerCovered row) {
+  ASSERT_TRUE(ledger.journal_room(row));
+  row.to_journal = true;
+  ASSERT_TRUE(ledger.append_covered(std::move(row), {}, cost::Ledger::Wake::kDeferred));
+}
+
+// A process appends covered rows through its journal while the database is locked by another
+// connection (so none of the last ones is committed), and is killed with SIGKILL. The next open
+// replays exactly the rows not yet applied: every row once, the reused request id folded into
+// the lease once, the lease lowered once; a second open replays nothing.
+TEST(SqliteJournal, AKilledProcessesRowsAreReplayedExactlyOnce) {
+  testing::TempDir dir;
+  const std::string db = dir.file("ledger.db");
+  constexpr int kCommitted = 20, kPending = 30;
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(ready[0]);
+    auto opened = SqliteLedger::open(options_of(db, 1));
+    if (!opened.ok()) ::_exit(2);
+    auto& ledger = **opened;
+    if (!append_sync_lease(ledger, "L1").ok()) ::_exit(3);
+    for (int i = 0; i < kCommitted; ++i)
+      append_journaled(ledger, row_of("c" + std::to_string(i), 100));
+    ledger.flush();
+    // Another connection takes the write lock: the writer's next transaction waits for it.
+    sqlite3* blocker = nullptr;
+    sqlite3_open(db.c_str(), &blocker);
+    if (sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      ::_exit(4);
+    }
+    for (int i = 0; i < kPending; ++i)
+      append_journaled(ledger, row_of("p" + std::to_string(i), 10));
+    // A client reused c0's id: its 7 micro stay on the lease row.
+    append_journaled(ledger, row_of("c0", 7));
+    ledger.kick();
+    char ok = 1;
+    if (::write(ready[1], &ok, 1) != 1) ::_exit(5);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  ASSERT_EQ(::read(ready[0], &ok, 1), 1);
+  ::close(ready[0]);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  // Before the restart the pending rows are only in the journal.
+  EXPECT_EQ(query_int(db, "SELECT COUNT(*) FROM ledger WHERE request_id LIKE 'p%'"), 0);
+  EXPECT_EQ(query_int(db, "SELECT COUNT(*) FROM ledger WHERE request_id LIKE 'c%'"), kCommitted);
+
+  for (int round = 0; round < 2; ++round) {
+    auto opened = SqliteLedger::open(options_of(db, 1));
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    EXPECT_EQ((*opened)->replayed(), round == 0 ? kPending + 1u : 0u);
+    opened->reset();
+    EXPECT_EQ(query_int(db, "SELECT COUNT(*) FROM ledger WHERE lease = 0"), kCommitted + kPending);
+    EXPECT_EQ(query_int(db, "SELECT SUM(actual_micro) FROM ledger WHERE lease = 0"),
+              kCommitted * 100 + kPending * 10);
+    // Lowered by every row once; the reused id's spend folded into the lease row once.
+    EXPECT_EQ(query_int(db, "SELECT reserved_micro FROM ledger WHERE request_id = 'L1'"),
+              1'000'000 - kCommitted * 100 - kPending * 10);
+    EXPECT_EQ(query_int(db, "SELECT actual_micro FROM ledger WHERE request_id = 'L1'"), 7);
+  }
+}
+
+// A journal that no live process holds (its process died) is adopted and replayed by the next
+// process to open the database, whatever its number; one that a live process holds is left
+// alone until that process lets it go.
+TEST(SqliteJournal, OrphanJournalsAreAdoptedAndHeldOnesAreLeftAlone) {
+  testing::TempDir dir;
+  const std::string db = dir.file("ledger.db");
+  {
+    auto opened = SqliteLedger::open(options_of(db, 0));
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    ASSERT_TRUE(append_sync_lease(**opened, "L1").ok());
+  }
+  // Slot 5: an orphan. Slot 0: held by a "live process" (this test) with a row of its own.
+  {
+    auto orphan = open_journal(db + ".covered.5", 1 << 16);
+    ASSERT_TRUE(orphan);
+    CoveredJournal::Position at;
+    ASSERT_TRUE(orphan->append(row_of("orphan-1", 50), at));
+    ASSERT_TRUE(orphan->append(row_of("orphan-2", 60), at));
+  }
+  auto held = open_journal(db + ".covered.0", 1 << 16);
+  ASSERT_TRUE(held);
+  CoveredJournal::Position at;
+  ASSERT_TRUE(held->append(row_of("held-1", 70), at));
+  {
+    auto opened = SqliteLedger::open(options_of(db, 1));
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    EXPECT_EQ((*opened)->replayed(), 2u);
+    auto o = (*opened)->find("orphan-2");
+    ASSERT_TRUE(o.ok() && o->has_value());
+    EXPECT_EQ((*o)->actual_micro, 60);
+    auto h = (*opened)->find("held-1");
+    ASSERT_TRUE(h.ok());
+    EXPECT_FALSE(h->has_value());
+    // Its own journal is a free slot (1), not the held one.
+    EXPECT_TRUE(std::filesystem::exists(db + ".covered.1"));
+  }
+  EXPECT_EQ(query_int(db, "SELECT reserved_micro FROM ledger WHERE request_id = 'L1'"),
+            1'000'000 - 110);
+  held.reset();  // its process is gone
+  auto opened = SqliteLedger::open(options_of(db, 1));
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  EXPECT_EQ((*opened)->replayed(), 1u);
+  auto h = (*opened)->find("held-1");
+  ASSERT_TRUE(h.ok() && h->has_value());
+  EXPECT_EQ(query_int(db, "SELECT reserved_micro FROM ledger WHERE request_id = 'L1'"),
+            1'000'000 - 180);
+}
+
+// With `durability: machine` (synchronous_full) there is no journal: a covered row waits for its
+// commit. A thread without a journal (more threads than journals) waits too.
+TEST(SqliteJournal, NoJournalWithMachineDurabilityOrForAThreadWithoutOne) {
+  testing::TempDir dir;
+  auto opts = options_of(dir.file("ledger.db"), 1);
+  opts.synchronous_full = true;
+  {
+    auto opened = SqliteLedger::open(opts);
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    EXPECT_FALSE((*opened)->journal_room(row_of("x", 1)));
+    EXPECT_FALSE(std::filesystem::exists(dir.file("ledger.db.covered.0")));
+  }
+  opts.synchronous_full = false;
+  auto opened = SqliteLedger::open(opts);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  EXPECT_TRUE((*opened)->journal_room(row_of("x", 1)));
+  bool other = true;
+  std::thread([&] { other = (*opened)->journal_room(row_of("y", 1)); }).join();
+  EXPECT_FALSE(other);
+}
+
+}  // namespace
+}  // namespace bw::store
