@@ -221,14 +221,6 @@ constexpr const char* kMigrations[] = {
     // report over a time range, which now read the table through (as the rebuild with a
     // `total` budget always did).
     "DROP INDEX IF EXISTS ledger_created;",
-    // v6: how far into each covered-row journal (store/covered_journal.h) the ledger has applied,
-    // written in the transaction of the rows it applied: a restart replays exactly the rest.
-    "CREATE TABLE ledger_journal ("
-    " slot TEXT PRIMARY KEY,"
-    " generation INTEGER NOT NULL,"
-    " position INTEGER NOT NULL,"
-    " seq INTEGER NOT NULL"
-    ");",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion);
 

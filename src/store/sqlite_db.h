@@ -17,7 +17,7 @@ namespace bw::store {
 
 // Current schema version: 1 ledger, 2 ledger.budgets + indexes, 3 api_keys, 4 ledger.lease,
 // 5 no ledger_created index.
-constexpr int kSchemaVersion = 6;
+constexpr int kSchemaVersion = 5;
 
 class SqliteDb {
  public:
