@@ -218,6 +218,14 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   ledger->close_lease_st_ = std::move(*close);
   ledger->begin_st_ = std::move(*begin);
   ledger->commit_st_ = std::move(*commit);
+  // How far into each covered-row journal (store/covered_journal.h) the ledger has applied,
+  // written in the transaction of the rows it applied: a restart replays exactly the rest. The
+  // ledger's own bookkeeping, made here rather than by a migration, so that the schema version
+  // (and what reads it) stays as it was.
+  auto table = ledger->writer_db_.exec(
+      "CREATE TABLE IF NOT EXISTS ledger_journal (slot TEXT PRIMARY KEY,"
+      " generation INTEGER NOT NULL, position INTEGER NOT NULL, seq INTEGER NOT NULL)");
+  if (!table.ok()) return table.error();
   auto mark =
       Statement::prepare(ledger->writer_db_,
                          "INSERT OR REPLACE INTO ledger_journal (slot, generation, position,"
