@@ -327,8 +327,9 @@ class RequestScanner {
     return true;
   }
 
-  // The first quote, backslash or control character at or after p (json_scan::find_special).
-  const char* find_special(const char* p) { return json_scan::find_special(p, end_, high_); }
+  // The first quote, backslash or control character at or after p
+  // (json_scan::find_special_long: a prompt's text may be long).
+  const char* find_special(const char* p) { return json_scan::find_special_long(p, end_, high_); }
 
   // At '"'.
   bool string(Str& s) {

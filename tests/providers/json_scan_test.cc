@@ -1,0 +1,71 @@
+#include "providers/json_scan.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+namespace bw::providers::json_scan {
+namespace {
+
+// The byte-by-byte answer: the first quote, backslash or control character, else end.
+const char* reference(const char* p, const char* end) {
+  for (; p < end; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if (c == '"' || c == '\\' || c < 0x20) return p;
+  }
+  return end;
+}
+
+bool any_high(const char* p, const char* end) {
+  for (; p < end; ++p) {
+    if (static_cast<unsigned char>(*p) >= 0x80) return true;
+  }
+  return false;
+}
+
+// Texts of every length up to 300 bytes from every start offset within a 16-byte line, with a
+// special byte (each of them) at every position or none; non-ASCII bytes before, at or after
+// the stop. The stop is the byte-by-byte one; a non-ASCII byte before it is always noted, and
+// none is noted in a text of ASCII bytes alone (the bytes read past the stop are in the text).
+TEST(FindSpecial, EverySpecialByteAtEveryPositionOfEveryLength) {
+  std::string specials = "\"\\";
+  for (int c = 0; c < 0x20; ++c) specials.push_back(static_cast<char>(c));
+  std::string buf(320 + 16, 'a');
+  int checked = 0;
+  for (std::size_t len = 0; len <= 300; ++len) {
+    for (std::size_t offset : {0u, 1u, 7u, 15u}) {
+      // None, then each position with a rotating special byte.
+      for (std::size_t at = 0; at <= len; at += (len > 100 && at > 20 && at + 20 < len) ? 7 : 1) {
+        for (int high_at : {-1, 0, 1}) {  // none, before the stop, after it
+          std::fill(buf.begin(), buf.end(), 'a');
+          char* const p = buf.data() + offset;
+          char* const end = p + len;
+          if (at < len) p[at] = specials[(len + at) % specials.size()];
+          if (high_at == 0 && at > 0) p[(at * 5) % at] = static_cast<char>(0xc3);
+          if (high_at == 1 && at + 1 < len)
+            p[at + 1 + (len - at - 1) / 2] = static_cast<char>(0xe9);
+          const char* want = reference(p, end);
+          for (bool long_text : {false, true}) {
+            std::uint64_t high = 0;
+            const char* got =
+                long_text ? find_special_long(p, end, high) : find_special(p, end, high);
+            ASSERT_EQ(got, want) << "len " << len << " offset " << offset << " at " << at
+                                 << (long_text ? " (long)" : "");
+            if (any_high(p, want)) {
+              ASSERT_NE(high, 0u) << "len " << len << " at " << at << (long_text ? " (long)" : "");
+            }
+            if (!any_high(p, end)) {
+              ASSERT_EQ(high, 0u) << "len " << len << " at " << at << (long_text ? " (long)" : "");
+            }
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 100000);
+}
+
+}  // namespace
+}  // namespace bw::providers::json_scan
