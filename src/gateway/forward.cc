@@ -256,16 +256,18 @@ class SparePrefix {
   std::unique_ptr<providers::ChunkPrefix> p_;
 };
 
+// The client's head of a relayed stream (ResponseWriter::stream_head), before its body starts.
+void stream_head_out(Ctx& c, const http::Headers& passed);
+
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
 // usage chunk is only shown to a client that asked for it.
-asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up, http::Headers headers) {
-  // `headers` holds neither (gateway headers and kForwardResponseHeaders only).
-  headers.add_known("content-type", "text/event-stream");
-  headers.add_known("cache-control", "no-cache");
+asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
+                                   const http::Headers& passed) {
+  // `passed`: the upstream's headers passed to the client (kForwardResponseHeaders).
+  stream_head_out(c, passed);
   // When the first body bytes came with the upstream's head, the client's head leaves with them
   // in one write; otherwise it leaves now, as the upstream's did.
-  const bool started = up.body_at_hand() ? co_await c.w.begin_stream_held(200, headers)
-                                         : co_await c.w.begin_stream(200, headers);
+  const bool started = co_await c.w.start_stream(up.body_at_hand());
   if (!started) {
     note_client_gone(c);
     up.abort();
@@ -719,29 +721,23 @@ routing::Outcome stream_outcome(const Ctx& c, Nanos latency) {
   return o;
 }
 
-// The header lines of a buffered answer as the client gets them, in pieces of whole lines
+// The header lines of a buffered answer (or of a relayed stream: `kStream`) as the client gets
+// them, in pieces of whole lines
 // (ResponseWriter::head writes them into the connection's buffer as they are, without a
 // header list built first): the gateway's own (request id, model, fallback), the rate limits'
 // and the earlier phases' (c.extra), those the upstream passes on (`passed`), the dropped
 // parameters, the content type (the provider's, or JSON for a body the gateway wrote in the
-// client's API: `translated`) and a Retry-After. A value a header list would refuse (a CR, LF
-// or NUL) leaves its header out, as Headers::add_known does. Views into the arguments and into
-// itself: used where it is made.
+// client's API: `translated`) and a Retry-After; a stream's content type is an event stream's,
+// with no-cache. A value a header list would refuse (a CR, LF or NUL) leaves its header out,
+// as Headers::add_known does. Views into the arguments and into itself: used where it is made.
 class AnswerLines {
  public:
+  struct Stream {};
+  static constexpr Stream kStream{};
+
   AnswerLines(const Ctx& c, const http::Headers& passed, const http::UpstreamResponse& up,
               bool translated) {
-    // Generated, or the client's checked to be printable ASCII.
-    add("\r\nx-request-id: ", c.request_id);
-    add_checked("\r\nx-bellwether-model: ", c.model_served);
-    if (c.model_served != c.route_model)
-      add_checked("\r\nx-bellwether-fallback-from: ", c.route_model);
-    // Neither list holds a framing header, but one that did would be dropped, as from a
-    // header list's.
-    add_lines(c.extra, extra_kept_);
-    add_lines(passed, passed_kept_);
-    if (!c.dropped_params.empty())
-      add_checked("\r\nx-bellwether-dropped-params: ", c.dropped_params);
+    gateway_lines(c, passed);
     const auto ct = up.content_type();  // validated by the answer's parser
     add("\r\ncontent-type: ", translated || ct.empty() ? std::string_view("application/json") : ct);
     if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
@@ -752,6 +748,12 @@ class AnswerLines {
                            .ptr;
       add("\r\nretry-after: ", std::string_view(digits_, static_cast<std::size_t>(end - digits_)));
     }
+    end_line();
+  }
+  AnswerLines(const Ctx& c, const http::Headers& passed, Stream) {
+    gateway_lines(c, passed);
+    add("\r\ncontent-type: ", "text/event-stream");
+    add("\r\ncache-control: ", "no-cache");
     end_line();
   }
   AnswerLines(const AnswerLines&) = delete;
@@ -771,6 +773,20 @@ class AnswerLines {
   }
 
  private:
+  // The gateway's own lines, the earlier phases' and those the upstream passes on.
+  void gateway_lines(const Ctx& c, const http::Headers& passed) {
+    // Generated, or the client's checked to be printable ASCII.
+    add("\r\nx-request-id: ", c.request_id);
+    add_checked("\r\nx-bellwether-model: ", c.model_served);
+    if (c.model_served != c.route_model)
+      add_checked("\r\nx-bellwether-fallback-from: ", c.route_model);
+    // Neither list holds a framing header, but one that did would be dropped, as from a
+    // header list's.
+    add_lines(c.extra, extra_kept_);
+    add_lines(passed, passed_kept_);
+    if (!c.dropped_params.empty())
+      add_checked("\r\nx-bellwether-dropped-params: ", c.dropped_params);
+  }
   // A line "name: value": `crlf_name` is "\r\nname: ", whose CRLF ends the line before (the
   // pieces are fewer when a line's end and the next one's name are one).
   void add(std::string_view crlf_name, std::string_view value) {
@@ -804,6 +820,11 @@ class AnswerLines {
   char digits_[24];
   http::Headers extra_kept_, passed_kept_;
 };
+
+void stream_head_out(Ctx& c, const http::Headers& passed) {
+  const AnswerLines lines(c, passed, AnswerLines::kStream);
+  c.w.stream_head(200, lines.lines());
+}
 
 // forward::run's state across its awaits, kept in its frame. Every request in flight holds that
 // frame, so it keeps only what an await must outlive, and the rare paths' state behind pointers;
@@ -990,8 +1011,8 @@ Next attempt_failed(Ctx& c, Attempts& a, const Error& e, std::optional<Verdict>&
 }
 
 // The upstream's head: what it says about its rate limits, and the headers it passes to the
-// client (a.headers); for a stream to relay, the gateway's headers too. True when the answer is
-// a stream to relay.
+// client (a.headers); for a stream to translate, the gateway's headers too. True when the answer
+// is a stream to relay.
 bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
   // A previous attempt's failure is not this answer's: the access log, the breaker's view of
   // a stream and the truncation check all read the outcome of the answer the client gets.
@@ -1015,7 +1036,7 @@ bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
   }
   const bool is_sse = up.content_type().starts_with("text/event-stream");
   const bool stream = up.status() == 200 && c.llm.stream && is_sse;
-  if (stream) {
+  if (stream && !a.fast) {
     a.headers = answer_headers(c, a.headers);
     if (!c.dropped_params.empty())
       a.headers.add_known("x-bellwether-dropped-params", c.dropped_params);
@@ -1169,7 +1190,7 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
     if (answer_head(c, a, up)) {
       c.upstream_status = 200;
       if (a.fast) {
-        co_await relay_stream(c, up, std::move(a.headers));
+        co_await relay_stream(c, up, a.headers);
       } else {
         co_await relay_translated(c, up, std::move(a.headers), a.call);
       }

@@ -73,6 +73,20 @@ asio::awaitable<bool> ResponseWriter::send_body(std::string body) {
   co_return co_await send(std::move(r));
 }
 
+void ResponseWriter::stream_head(int status, std::span<const std::string_view> lines) {
+  pending_ = std::make_unique<Response>();
+  pending_->status = status;
+  for (const auto l : lines) pending_->headers.raw().append(l);
+}
+
+asio::awaitable<bool> ResponseWriter::start_stream(bool held) {
+  const Response r = std::move(*pending_);
+  pending_.reset();
+  // An if, not ?: around the two co_awaits, which GCC 12 would both run.
+  if (held) co_return co_await begin_stream_held(r.status, r.headers);
+  co_return co_await begin_stream(r.status, r.headers);
+}
+
 namespace {
 
 // The answer to a request refused before its handler ran; status 0 = close without answering.
@@ -331,6 +345,27 @@ class Session final : public ResponseWriter {
     stash::room(out_, kHeadRoom + headers.wire().size());
     wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
                                response_keep_alive());
+    if (broken_) co_return false;
+    const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    co_return wrote(co_await start_write(b));
+  }
+
+  void stream_head(int status, std::span<const std::string_view> lines) override {
+    started_ = true;
+    out_.clear();
+    std::size_t size = 0;
+    for (const auto l : lines) size += l.size();
+    stash::room(out_, kHeadRoom + size);
+    wire::append_response_head(out_, status, server_.options_.server_name, lines, -1,
+                               response_keep_alive());
+  }
+
+  asio::awaitable<bool> start_stream(bool held) override {
+    // As begin_stream_held and begin_stream: a HEAD request's head leaves at once.
+    if (held && !head_only_) {
+      head_held_ = true;
+      co_return !broken_;
+    }
     if (broken_) co_return false;
     const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
     co_return wrote(co_await start_write(b));

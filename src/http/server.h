@@ -95,6 +95,13 @@ class ResponseWriter {
   // lines into a Response for send().
   virtual void head(int status, std::span<const std::string_view> lines, std::size_t body_size);
   virtual boost::asio::awaitable<bool> send_body(std::string body);
+  // begin_stream in two steps, likewise: `stream_head` takes the status and the header lines
+  // (as head() takes them); `start_stream` then starts the chunked body, its head leaving at
+  // once, or with the first chunk (or end_stream) when `held`, as begin_stream_held's. Nothing
+  // else is written between the two. The default joins the lines into a Headers list for
+  // begin_stream or begin_stream_held.
+  virtual void stream_head(int status, std::span<const std::string_view> lines);
+  virtual boost::asio::awaitable<bool> start_stream(bool held);
   // True once any byte of the response has been written.
   virtual bool started() const = 0;
   // Ask to close the connection after this response.
@@ -111,7 +118,7 @@ class ResponseWriter {
   virtual void watch_disconnect(std::function<void()> on_gone) { (void)on_gone; }
 
  private:
-  std::unique_ptr<Response> pending_;  // the default head()'s, until send_body
+  std::unique_ptr<Response> pending_;  // the default head()'s and stream_head()'s, until used
 };
 
 using Handler = std::function<boost::asio::awaitable<void>(Request&, ResponseWriter&)>;

@@ -123,6 +123,34 @@ TEST_F(GatewayCore, BufferedAnswerHeadBytes) {
                 "\r\n");
 }
 
+// The head of a relayed stream, byte for byte: the gateway's headers, the earlier phases', the
+// event-stream content type and no-cache, the chunked framing.
+TEST_F(GatewayCore, StreamAnswerHeadBytes) {
+  auto r = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", true), kKey,
+                     {{"X-Request-Id", "head-bytes-2"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string head = std::regex_replace(
+      r.head, std::regex("(x-ratelimit-(remaining|reset)-(requests|tokens): )[^\r]*"), "$1*");
+  EXPECT_EQ(head,
+            "HTTP/1.1 200 OK\r\n"
+            "server: bellwether\r\n"
+            "x-request-id: head-bytes-2\r\n"
+            "x-bellwether-model: public-model\r\n"
+            "x-ratelimit-limit-requests: 400\r\n"
+            "x-ratelimit-remaining-requests: *\r\n"
+            "x-ratelimit-reset-requests: *\r\n"
+            "x-ratelimit-limit-tokens: 5000000\r\n"
+            "x-ratelimit-remaining-tokens: *\r\n"
+            "x-ratelimit-reset-tokens: *\r\n"
+            "x-bellwether-priority: 1\r\n"
+            "content-type: text/event-stream\r\n"
+            "cache-control: no-cache\r\n"
+            "transfer-encoding: chunked\r\n"
+            "connection: close\r\n"
+            "\r\n");
+  EXPECT_EQ(count(r.body, "data: [DONE]"), 1u);
+}
+
 TEST_F(GatewayCore, ModelMappingRewritesBodyAndStripsClientCredentials) {
   auto r = post_json(gw_->port, "/v1/chat/completions", chat_body("public-model", false), kKey);
   ASSERT_EQ(r.status, 200);
