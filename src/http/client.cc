@@ -23,6 +23,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "common/read_buffer.h"
 #include "http/deadline.h"
 #include "http/wire.h"
 
@@ -93,7 +94,9 @@ struct UpstreamResponse::Impl {
   }
   asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some(asio::mutable_buffer mb) {
     if (tls) return tls->async_read_some(mb, kNoThrow);
-    return plain->async_read_some(mb, kNoThrow);
+    // A short read makes the next one wait for the upstream's next bytes instead of trying
+    // (and failing) at once (common/read_buffer.h).
+    return plain->async_read_some(ReadBuffer(mb), kNoThrow);
   }
   // Whether the parser has what a call asks for: the head, or the whole message.
   bool finished(bool header_only) const {

@@ -29,6 +29,7 @@
 #include <memory>
 
 #include "common/json_util.h"
+#include "common/read_buffer.h"
 #include "http/deadline.h"
 #include "http/wire.h"
 
@@ -549,9 +550,12 @@ class Session final : public ResponseWriter {
         if (!ec && (whole ? p.is_done() : p.is_header_done())) co_return beast::error_code{};
         if (!ec && used > 0 && buffer_.size() > 0) continue;
       }
-      auto [ec, n] = co_await socket_.async_read_some(
-          buffer_.prepare(std::max<std::size_t>(beast::read_size(buffer_, 64 * 1024), kReadBytes)),
-          kNoThrow);
+      // A read that fills less than the buffer makes the next one wait for the client's next
+      // bytes instead of trying (and failing) at once (common/read_buffer.h).
+      auto [ec, n] =
+          co_await socket_.async_read_some(ReadBuffer(buffer_.prepare(std::max<std::size_t>(
+                                               beast::read_size(buffer_, 64 * 1024), kReadBytes))),
+                                           kNoThrow);
       if (deadline_.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
