@@ -186,6 +186,8 @@ struct associated_allocator;
 namespace detail {
 template <typename Executor, typename... Ts>
 class awaitable_handler;
+template <typename Signature, typename Executor>
+class awaitable_async_op_handler;
 }  // namespace detail
 
 // The completion handler of every operation a coroutine awaits (use_awaitable, also inside
@@ -199,6 +201,19 @@ struct associated_allocator<detail::awaitable_handler<Executor, Ts...>, Allocato
   using type = bw::frame_pool::HandlerAllocator<void>;
   static type get(const detail::awaitable_handler<Executor, Ts...>&) noexcept { return {}; }
   static type get(const detail::awaitable_handler<Executor, Ts...>&, const Allocator&) noexcept {
+    return {};
+  }
+};
+
+// The same for an operation a coroutine awaits directly (a deferred operation, co_awaited).
+template <typename Signature, typename Executor, typename Allocator>
+struct associated_allocator<detail::awaitable_async_op_handler<Signature, Executor>, Allocator> {
+  using type = bw::frame_pool::HandlerAllocator<void>;
+  static type get(const detail::awaitable_async_op_handler<Signature, Executor>&) noexcept {
+    return {};
+  }
+  static type get(const detail::awaitable_async_op_handler<Signature, Executor>&,
+                  const Allocator&) noexcept {
     return {};
   }
 };

@@ -6,6 +6,7 @@
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -35,6 +36,9 @@ namespace bhttp = boost::beast::http;
 namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+// The reads and writes of a request, awaited by the coroutine itself (a deferred operation): no
+// coroutine frame per operation, as use_awaitable's initiation would be.
+constexpr auto kDirect = asio::as_tuple(asio::deferred);
 
 namespace {
 
@@ -85,19 +89,6 @@ struct UpstreamResponse::Impl {
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
 
-  // Not coroutines: each returns the socket operation itself (TLS or plain) for the caller to
-  // await, where a coroutine wrapper would cost a frame per call. Only the chosen one runs.
-  template <class Buffers>
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> write(const Buffers& b) {
-    if (tls) return asio::async_write(*tls, b, kNoThrow);
-    return asio::async_write(*plain, b, kNoThrow);
-  }
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some(asio::mutable_buffer mb) {
-    if (tls) return tls->async_read_some(mb, kNoThrow);
-    // A short read makes the next one wait for the upstream's next bytes instead of trying
-    // (and failing) at once (common/read_buffer.h).
-    return plain->async_read_some(ReadBuffer(mb), kNoThrow);
-  }
   // Whether the parser has what a call asks for: the head, or the whole message.
   bool finished(bool header_only) const {
     return header_only ? parser->is_header_done() : parser->is_done();
@@ -158,7 +149,16 @@ struct UpstreamResponse::Impl {
       // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
       auto mb =
           buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
-      auto [ec, n] = co_await read_some(mb);
+      // Awaited here, TLS or plain (deferred operations of two types): no frame per read.
+      std::tuple<beast::error_code, std::size_t> r;
+      if (tls) {
+        r = co_await tls->async_read_some(mb, kDirect);
+      } else {
+        // A short read makes the next one wait for the upstream's next bytes instead of trying
+        // (and failing) at once (common/read_buffer.h).
+        r = co_await plain->async_read_some(ReadBuffer(mb), kDirect);
+      }
+      auto [ec, n] = r;
       if (deadline.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
@@ -690,13 +690,22 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     if (inline_body) {
       c.out.append(request.body);
       for (auto p : request.body_pieces) c.out.append(p);
-      std::tie(wec, std::ignore) =
-          co_await c.write(std::array<asio::const_buffer, 1>{asio::buffer(c.out)});
+      const std::array<asio::const_buffer, 1> b{asio::buffer(c.out)};
+      if (c.tls) {
+        std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
+      } else {
+        std::tie(wec, std::ignore) = co_await asio::async_write(*c.plain, b, kDirect);
+      }
     } else {
       const std::string_view body =
           request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
-      std::tie(wec, std::ignore) = co_await c.write(std::array<asio::const_buffer, 2>{
-          asio::buffer(c.out), asio::buffer(body.data(), body.size())});
+      const std::array<asio::const_buffer, 2> b{asio::buffer(c.out),
+                                                asio::buffer(body.data(), body.size())};
+      if (c.tls) {
+        std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
+      } else {
+        std::tie(wec, std::ignore) = co_await asio::async_write(*c.plain, b, kDirect);
+      }
     }
     if (c.deadline.expired()) wec = beast::error::timeout;
     stash::release(c.out);  // sent: warm for the next request

@@ -8,6 +8,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -27,6 +28,7 @@
 #include <cerrno>
 #include <functional>
 #include <memory>
+#include <utility>
 
 #include "common/json_util.h"
 #include "common/read_buffer.h"
@@ -40,6 +42,11 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+// The socket operations of a request, awaited by the coroutine itself: with use_awaitable each
+// one is a coroutine of its own (its initiation), a frame allocated, pushed, resumed, popped
+// and freed per read or write; a deferred operation is started from the awaiting coroutine's
+// own suspension and its completion resumes that coroutine directly.
+constexpr auto kDirect = asio::as_tuple(asio::deferred);
 
 class Session;
 
@@ -555,7 +562,7 @@ class Session final : public ResponseWriter {
       auto [ec, n] =
           co_await socket_.async_read_some(ReadBuffer(buffer_.prepare(std::max<std::size_t>(
                                                beast::read_size(buffer_, 64 * 1024), kReadBytes))),
-                                           kNoThrow);
+                                           kDirect);
       if (deadline_.expired()) co_return beast::error::timeout;
       if (ec == asio::error::eof) {
         if (!p.got_some()) co_return bhttp::error::end_of_stream;
@@ -572,11 +579,13 @@ class Session final : public ResponseWriter {
   }
 
   // A write is start_write (the caller has checked broken_) and wrote(its result): the callers
-  // await the socket's write directly, without a coroutine frame of its own per write.
+  // await the socket's write directly (a deferred operation, started when awaited), without a
+  // coroutine frame of its own per write.
   template <class Buffers>
-  asio::awaitable<std::tuple<beast::error_code, std::size_t>> start_write(const Buffers& buffers) {
+  auto start_write(const Buffers& buffers)
+      -> decltype(asio::async_write(std::declval<tcp::socket&>(), buffers, kDirect)) {
     deadline_.arm(server_.options_.write_timeout);
-    return asio::async_write(socket_, buffers, kNoThrow);
+    return asio::async_write(socket_, buffers, kDirect);
   }
   bool wrote(const std::tuple<beast::error_code, std::size_t>& result) {
     deadline_.disarm();
