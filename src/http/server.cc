@@ -63,6 +63,8 @@ struct Server::Worker {
   // mutex guards nothing, and UNSAFE_IO drops it; the scheduler's and the reactor's registration
   // locks stay, so posts and timers from other threads (ledger commits, admission wake-ups,
   // drain, stop) remain safe. A socket operation started from another thread would race here.
+  // The scheduler's lock is taken once per turn of the reactor, not per handler: a one-thread
+  // io_context runs its handlers from a queue of the thread's own (src/common/scheduler.ipp).
   asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::unique_ptr<tcp::acceptor> acceptor;
 };
