@@ -177,15 +177,17 @@ TEST(ReadReadiness, FinAfterAShortReadWakesTheNextRead) {
     ASSERT_TRUE(write_all(p.peer, "hello"));
     collect_events(p);
     boost::system::error_code last;
+    std::thread closer;  // joined before the pair's sockets close
     p.run([&]() -> asio::awaitable<void> {
       boost::system::error_code ec;
       EXPECT_EQ(co_await read_once(p.server, ec), "hello");
-      std::thread([fd = p.peer, delay_ms] {
+      closer = std::thread([fd = p.peer, delay_ms] {
         std::this_thread::sleep_for(milliseconds(delay_ms));
         ::shutdown(fd, SHUT_WR);
-      }).detach();
+      });
       co_await read_once(p.server, last);
     });
+    if (closer.joinable()) closer.join();
     EXPECT_EQ(last, asio::error::eof) << "delay " << delay_ms << " ms";
   }
 }
@@ -199,11 +201,12 @@ TEST(ReadReadiness, NextBytesAfterAShortReadWakeTheReadWithoutAFailedRead) {
   std::vector<std::string> got;
   int failed_plain = -1;
   int failed_while_waiting = -1;
-  auto send_later = [fd = p.peer](std::string bytes) {
-    std::thread([fd, bytes] {
+  std::vector<std::thread> writers;  // joined before the pair's sockets close
+  auto send_later = [fd = p.peer, &writers](std::string bytes) {
+    writers.emplace_back([fd, bytes] {
       std::this_thread::sleep_for(milliseconds(20));
       write_all(fd, bytes);
-    }).detach();
+    });
   };
   p.run([&]() -> asio::awaitable<void> {
     char buf[64];
@@ -224,6 +227,7 @@ TEST(ReadReadiness, NextBytesAfterAShortReadWakeTheReadWithoutAFailedRead) {
     failed_while_waiting = g_failed_reads.exchange(0);
     g_counted_fd = -1;
   });
+  for (auto& w : writers) w.join();
   EXPECT_EQ(got, (std::vector<std::string>{"one", "two", "three", "four"}));
   EXPECT_EQ(failed_plain, 1);  // the count sees Asio's reads
   EXPECT_EQ(failed_while_waiting, 0);
