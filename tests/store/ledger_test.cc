@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
@@ -788,7 +789,12 @@ TEST(SqliteThreads, TheWriterAndTheCheckpointerAreNamedAndGoWithTheLedger) {
     TempSqliteLedger db("bw_thread_names");
     ASSERT_TRUE(db.ledger) << db.error;
     ASSERT_TRUE(append_sync(*db.ledger, reservation("n1", "key_a", "acme", "m", 1, kJan1)).ok());
-    const auto names = thread_names();
+    // Each thread names itself when it starts: the checkpointer may not have run yet (bounded).
+    auto names = thread_names();
+    for (int i = 0; i < 200 && names.count("bw-checkpoint") == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      names = thread_names();
+    }
     EXPECT_EQ(names.count("bw-ledger"), 1u);
     EXPECT_EQ(names.count("bw-checkpoint"), 1u);
   }
