@@ -30,6 +30,8 @@ struct LeaseSetState {
   std::shared_ptr<Lease> current;  // the lease new requests take from, if any
   int plain = 0;                   // requests of the set in flight on the per-request path
   bool opening = false;            // one of them is opening a lease
+  // Refused requests waiting for that lease (wait_for_open): run when it is installed or failed.
+  std::vector<std::function<void()>> waiters;
 };
 
 }  // namespace detail
@@ -181,9 +183,40 @@ Micros LeaseBook::lease_size(const LeaseSet& set, Micros amount, std::int64_t no
 }
 
 void LeaseBook::open_failed(const std::string& set_key) {
+  std::vector<std::function<void()>> wake;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sets_.find(set_key);
+    if (it == sets_.end()) return;
+    it->second->opening = false;
+    wake.swap(it->second->waiters);
+  }
+  for (auto& w : wake) w();
+}
+
+bool LeaseBook::wait_for_open(const std::string& set_key, std::function<void()> wake) {
   std::lock_guard lock(mu_);
   auto it = sets_.find(set_key);
-  if (it != sets_.end()) it->second->opening = false;
+  if (it == sets_.end() || !it->second->opening) return false;
+  it->second->waiters.push_back(std::move(wake));
+  return true;
+}
+
+bool LeaseBook::cover_plain(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms,
+                            LeaseClaim& claim) {
+  amount = std::max<Micros>(amount, 0);
+  std::lock_guard lock(mu_);
+  LeaseSetState& st = state_of(set);
+  const auto& lease = st.current;
+  if (!lease || now_unix_ms >= lease->valid_until ||
+      lease->commit_failed.load(std::memory_order_relaxed) || lease->free() < amount) {
+    return false;
+  }
+  lease->claimed += amount;
+  ++lease->in_flight;
+  st.plain = std::max(st.plain - 1, 0);
+  cover(claim, lease, amount);
+  return true;
 }
 
 void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
@@ -195,9 +228,11 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   lease->hold = std::move(hold);
   lease->claimed = amount;
   lease->in_flight = 1;
-  std::lock_guard lock(mu_);
+  std::vector<std::function<void()>> wake;
+  std::unique_lock lock(mu_);
   LeaseSetState& st = state_of(set);
   st.opening = false;
+  wake.swap(st.waiters);
   st.plain = std::max(st.plain - 1, 0);
   // The old one (out of room) takes no more requests and closes when its last one ends. The new
   // one is the set's current one before that, so that closing the old one keeps the set (and `st`).
@@ -209,6 +244,8 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   ++stats_.opened;
   ++stats_.open_now;
   cover(claim, std::move(lease), amount);
+  lock.unlock();
+  for (auto& w : wake) w();
 }
 
 // Under mu_. `claim` holds `amount` of `lease` (already counted in the lease's claimed part).
@@ -370,7 +407,7 @@ void LeaseBook::drop_set_if_idle(const std::string& key) {
   auto it = sets_.find(key);
   if (it == sets_.end()) return;
   const auto& st = *it->second;
-  if (st.plain == 0 && !st.opening && !st.current) sets_.erase(it);
+  if (st.plain == 0 && !st.opening && !st.current && st.waiters.empty()) sets_.erase(it);
 }
 
 LeaseStats LeaseBook::stats() const {

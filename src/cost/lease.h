@@ -35,6 +35,7 @@
 //
 // Thread safety: every method may be called from any thread. No method blocks on I/O.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -130,6 +131,14 @@ class LeaseBook {
   // small to pay). Call open_failed() when no lease is taken after kOpen.
   Micros lease_size(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms) const;
   void open_failed(const std::string& set_key);
+  // A request on the per-request path (after kOpen or kPlain) whose reservation was refused
+  // while a lease of its set is being opened: that lease's hold may be what took the room.
+  // `wake` runs once the lease is installed or its opening failed, on the thread that did it,
+  // after the book's mutex is released. False: no lease is being opened (nothing to wait for).
+  bool wait_for_open(const std::string& set_key, std::function<void()> wake);
+  // After that wait: covers the request from the set's lease if it has room for `amount`; the
+  // request then leaves the per-request path (no end_plain()).
+  bool cover_plain(const LeaseSet& set, Micros amount, std::int64_t now_unix_ms, LeaseClaim& claim);
   // The lease row `lease_id` holding `hold` is durable: the lease serves the set from now on,
   // and the opener takes `amount` of it (it was counted in flight since begin()).
   // A lease it replaces closes with `now_unix_ms` as its close time once its last request ends.

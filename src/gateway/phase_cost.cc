@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "gateway/ledger_wait.h"
@@ -62,7 +65,9 @@ Error budget_refused(const cost::BudgetRefusal& ref, std::int64_t now_ms) {
   Error e = errors::make(errors::kInsufficientQuota,
                          "The budget '" + ref.budget_id + "' would be exceeded by this request " +
                              "(cap $" + std::to_string(static_cast<double>(ref.cap_micro) / 1e6) +
-                             "); it resets at " + utc_iso8601(ref.reset_unix_ms) + ".");
+                             (ref.reset_unix_ms >= cost::kForeverUnixMs
+                                  ? "); its period is total: it does not reset."
+                                  : "); it resets at " + utc_iso8601(ref.reset_unix_ms) + "."));
   if (ref.reset_unix_ms > now_ms && ref.reset_unix_ms < now_ms + 400LL * 86400 * 1000) {
     e.retry_after_s = static_cast<double>(ref.reset_unix_ms - now_ms) / 1000.0;
   }
@@ -186,6 +191,44 @@ asio::awaitable<std::optional<Verdict>> open_lease(Ctx& c, const cost::LeaseSet&
   co_return Verdict(Ok{});
 }
 
+// The longest a refused request waits for the lease its set is opening (one commit, normally a
+// few milliseconds); after it, the request is refused as before.
+constexpr std::chrono::milliseconds kLeaseOpenWait{2000};
+
+// A request whose reservation was refused while a lease of its set is being opened: the lease's
+// hold (taken before its row's commit) may be what took the room, and the lease will cover
+// requests once it is installed. Waits until it is installed or its opening failed (bounded).
+// False: no lease is being opened.
+asio::awaitable<bool> wait_for_lease(Ctx& c) {
+  // The book may run `wake` on another loop's thread: the cancel is posted to this request's loop,
+  // and only while this coroutine still owns the timer.
+  struct Waiter {
+    std::mutex mu;
+    asio::steady_timer* timer = nullptr;
+  };
+  auto w = std::make_shared<Waiter>();
+  asio::steady_timer timer(co_await asio::this_coro::executor, kLeaseOpenWait);
+  w->timer = &timer;
+  struct Detach {
+    Waiter& w;
+    ~Detach() {
+      std::lock_guard lock(w.mu);
+      w.timer = nullptr;
+    }
+  } detach{*w};
+  const bool waiting = c.sh.leases->wait_for_open(c.lease_set, [w] {
+    std::lock_guard lock(w->mu);
+    if (!w->timer) return;
+    asio::post(w->timer->get_executor(), [w] {
+      std::lock_guard inner(w->mu);
+      if (w->timer) w->timer->cancel();
+    });
+  });
+  if (!waiting) co_return false;
+  co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  co_return true;
+}
+
 // A covered request's one ledger row, already settled (or released when nothing was billed);
 // LeaseBook::settle adds the lease's part.
 cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
@@ -298,6 +341,20 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   }
   auto res =
       co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget.mut(), now_ms, c.now());
+  // Refused while the set's lease is being opened: wait for the lease and take a share of it (a
+  // burst that arrives during the lease's commit would otherwise be refused for room the lease
+  // holds for it). Bounded: at most two such waits.
+  for (int waits = 0; !res.ok && sh.leases && !c.lease_set.empty() && waits < 2; ++waits) {
+    if (!co_await wait_for_lease(c)) break;
+    const std::int64_t later_ms = sh.clock.unix_millis();
+    if (sh.leases->cover_plain(c.key->lease_set, worst, later_ms, c.lease_claim)) {
+      c.lease_set.clear();  // counted among the lease's requests now
+      c.reserved_unix_ms = later_ms;
+      co_return Ok{};
+    }
+    res = co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget.mut(), later_ms,
+                                            c.now());
+  }
   if (!res.ok) {
     leave_lease_set(c);
     c.outcome.set(OutcomeKind::kBudget, res.refusal.budget_id);

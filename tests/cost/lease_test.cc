@@ -383,6 +383,40 @@ TEST(Lease, AFullLeaseSendsRequestsToTheExactPathAndAnotherLeaseMayOpen) {
   EXPECT_EQ(f.ledger.open_reserved(), 0);
 }
 
+TEST(Lease, ARequestRefusedWhileALeaseOpensWaitsForItAndIsCovered) {
+  constexpr Micros kW = 10'000;
+  Fixture f(5 * kW);
+  LeaseClaim a, b, e;
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, a), LeaseBook::Begin::kPlain);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  // e comes while b's lease is being opened: the per-request way.
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, e), LeaseBook::Begin::kPlain);
+  int woken = 0;
+  ASSERT_TRUE(f.book->wait_for_open(f.set.key, [&] { ++woken; }));
+  EXPECT_FALSE(f.book->cover_plain(f.set, kW, kJan1, e)) << "no lease yet";
+  ASSERT_TRUE(f.open(kW, b));  // installs: wakes e, outside the book's mutex
+  EXPECT_EQ(woken, 1);
+  ASSERT_TRUE(f.book->cover_plain(f.set, kW, kJan1, e));
+  EXPECT_EQ(e.lease_id(), b.lease_id());
+  EXPECT_FALSE(f.book->wait_for_open(f.set.key, [&] { ++woken; })) << "nothing is opening";
+  // A failed opening wakes its waiters too.
+  LeaseClaim g, h;
+  ASSERT_EQ(f.book->begin(f.set, 3 * kW, kJan1, g), LeaseBook::Begin::kOpen);
+  ASSERT_EQ(f.book->begin(f.set, 3 * kW, kJan1, h), LeaseBook::Begin::kPlain);
+  ASSERT_TRUE(f.book->wait_for_open(f.set.key, [&] { ++woken; }));
+  EXPECT_FALSE(f.open(3 * kW, g));  // no room for a lease of two
+  EXPECT_EQ(woken, 2);
+  EXPECT_FALSE(f.book->cover_plain(f.set, 3 * kW, kJan1, h)) << "the lease has no such room";
+  f.book->end_plain(f.set.key);
+  f.book->end_plain(f.set.key);
+  f.book->end_plain(f.set.key);
+  f.book->settle(b, f.row("b", 1'000), {}, kJan1);
+  f.book->settle(e, f.row("e", 1'000), {}, kJan1);
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_reserved(), 0);
+  EXPECT_EQ(f.book->stats().open_now, 0u);
+}
+
 TEST(Lease, ALeaseServesOnlyInsideThePeriodItWasTakenIn) {
   constexpr Micros kW = 10'000;
   BudgetManager budgets;

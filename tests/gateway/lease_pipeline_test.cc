@@ -175,6 +175,52 @@ TEST(LeasePipeline, ACoveredStreamWaitsForItsRowOnlyBeforeItsLastEvent) {
   p.check_invariants();
 }
 
+// A burst near the cap: the lease's hold is taken before its row is committed, and the requests
+// that arrive meanwhile reserve the rest the per-request way. One that finds no room then waits
+// for the lease and is covered by it, instead of being refused for room the lease holds for it.
+TEST(LeasePipeline, ARequestRefusedWhileItsLeaseOpensIsCoveredByIt) {
+  LeasePipeline t;
+  auto& p = t.p;
+  p.upstream->held = true;
+  const std::string budget = "key:rich/total";
+  auto reserved = [&] {
+    return p.sh.budgets->snapshot(budget, p.clock.unix_millis())->reserved_micro;
+  };
+  auto a = t.start();
+  ASSERT_TRUE(p.run_until([&] { return t.ledger->queue.size() == 1; }));
+  const cost::Micros w = reserved();  // one request's worst case
+  ASSERT_GT(w, 0);
+  // Room for five: a holds one, the lease half of the other four (two), the rest two.
+  ASSERT_TRUE(p.sh.budgets->upsert_budget({budget, 5 * w, cost::BudgetPeriod::kTotal}));
+  auto b = t.start();
+  ASSERT_TRUE(p.run_until([&] { return t.ledger->queue.size() == 2; }));
+  ASSERT_EQ(reserved(), 3 * w) << "the lease holds two requests";
+  auto c = t.start();
+  auto d = t.start();
+  ASSERT_TRUE(p.run_until([&] { return t.ledger->queue.size() == 4; }));
+  EXPECT_EQ(reserved(), 5 * w);
+  // No room left: e waits for the lease instead of being refused.
+  auto e = t.start();
+  p.run_until([&] { return e->done; }, std::chrono::milliseconds(50));
+  EXPECT_FALSE(e->done) << e->out.status << " " << e->out.body;
+  t.ledger->commit();
+  ASSERT_TRUE(p.run_until([&] { return p.upstream->parked == 5; }))
+      << "e: " << e->out.status << " " << e->out.body;
+  EXPECT_EQ(p.sh.leases->stats().covered, 2u);  // b (the opener) and e
+  EXPECT_TRUE(t.ledger->queue.empty()) << "e was covered without a row of its own";
+  // A sixth finds neither room nor a lease being opened: refused at once, as before.
+  auto f = t.start();
+  ASSERT_TRUE(p.run_until([&] { return f->done; }));
+  EXPECT_EQ(f->out.status, 429) << f->out.body;
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return t.ledger->queued<cost::LedgerCovered>() == 2; }));
+  t.ledger->commit();
+  ASSERT_TRUE(p.run_until([&] { return a->done && b->done && c->done && d->done && e->done; }));
+  for (auto* call : {&a, &b, &c, &d, &e}) EXPECT_EQ((*call)->out.status, 200) << (*call)->out.body;
+  t.ledger->commit();
+  p.check_invariants();
+}
+
 // The timer that closes a quiet lease belongs to its event loop. A loop that is destroyed while
 // the timer is pending (its handler destroyed, never run) must not keep a later loop on the same
 // thread from arming its own timer: that loop's quiet leases would never close.

@@ -233,10 +233,11 @@ class Pipeline {
     return call;
   }
 
-  // Runs the event loop until `pred` holds (bounded: a hung pipeline fails the test).
+  // Runs the event loop until `pred` holds (bounded: a hung pipeline fails the test), or for
+  // `limit` to see that something does not happen.
   template <class Pred>
-  bool run_until(Pred pred) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  bool run_until(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
     while (!pred()) {
       if (std::chrono::steady_clock::now() > deadline) return false;
       io.restart();
