@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "http/server.h"
+#include "running_server.h"
 
 namespace bw::http {
 namespace {
@@ -81,35 +82,8 @@ int status_of(std::string_view response) {
 }
 
 // Answers every request with "<method> <target>" as a JSON string.
-struct EchoServer {
-  explicit EchoServer(ServerOptions o = defaults())
-      : server(with_observer(std::move(o)),
-               [](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
-                 co_await w.send(Response::json(
-                     200, "\"" + std::string(req.method) + " " + std::string(req.target) + "\""));
-               }) {
-    started = server.start().ok();
-    if (started) server.run();
-  }
-  ~EchoServer() {
-    if (!started) return;
-    server.begin_drain();
-    server.stop();
-  }
-  static ServerOptions defaults() {
-    ServerOptions o;
-    o.port = 0;
-    o.workers = 2;
-    return o;
-  }
-  ServerOptions with_observer(ServerOptions o) {
-    o.on_rejection = [this](const Rejection& r) {
-      std::lock_guard lock(mu);
-      rejections.push_back(
-          {r.status, std::string(r.reason), std::string(r.peer_ip), r.bytes_in, r.bytes_out});
-    };
-    return o;
-  }
+// What the server reported of the requests it refused (ServerOptions::on_rejection).
+struct Rejections {
   struct Seen {
     int status;
     std::string reason;
@@ -128,10 +102,32 @@ struct EchoServer {
     }
     return {};
   }
+  ServerOptions observed(ServerOptions o) {
+    o.on_rejection = [this](const Rejection& r) {
+      std::lock_guard lock(mu);
+      rejections.push_back(
+          {r.status, std::string(r.reason), std::string(r.peer_ip), r.bytes_in, r.bytes_out});
+    };
+    return o;
+  }
   std::mutex mu;
   std::vector<Seen> rejections;
-  Server server;
-  bool started = false;
+};
+
+// Answers every request with "<method> <target>" as a JSON string.
+struct EchoServer : Rejections, test::RunningServer {
+  explicit EchoServer(ServerOptions o = defaults())
+      : RunningServer(observed(std::move(o)),
+                      [](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                        co_await w.send(Response::json(200, "\"" + std::string(req.method) + " " +
+                                                                std::string(req.target) + "\""));
+                      }) {}
+  static ServerOptions defaults() {
+    ServerOptions o;
+    o.port = 0;
+    o.workers = 2;
+    return o;
+  }
 };
 
 constexpr std::string_view kChunkedHead =

@@ -31,6 +31,7 @@
 #include "common/read_buffer.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "running_server.h"
 
 // Counts the reads of one descriptor that found nothing (EAGAIN). Asio's receive calls recv();
 // this definition in the test program takes its place and passes the call on to the kernel.
@@ -256,29 +257,18 @@ TEST(ReadReadiness, UrgentDataDoesNotStallTheRead) {
 
 // ---- the HTTP server: clients that half-close, keep-alive, pipelining --------------------------
 
-struct EchoServer {
+// Answers every request with its target as a JSON string.
+struct EchoServer : test::RunningServer {
   EchoServer()
-      : server(options(), [](Request& req, ResponseWriter& w) -> asio::awaitable<void> {
+      : RunningServer(options(), [](Request& req, ResponseWriter& w) -> asio::awaitable<void> {
           co_await w.send(Response::json(200, "\"" + std::string(req.target) + "\""));
-        }) {
-    started = server.start().ok();
-    if (started) server.run();
-  }
-  ~EchoServer() {
-    if (!started) return;
-    server.begin_drain();
-    server.stop();
-  }
+        }) {}
   static ServerOptions options() {
-    ServerOptions o;
-    o.port = 0;
-    o.workers = 1;
+    ServerOptions o = one_worker();
     o.idle_timeout = seconds(30);
     o.header_timeout = seconds(30);
     return o;
   }
-  Server server;
-  bool started = false;
 };
 
 std::string get(const std::string& path) {

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "running_server.h"
+
 namespace bw::http {
 namespace {
 
@@ -123,41 +125,28 @@ std::vector<std::string> read_responses(int fd, std::size_t count) {
 
 // A handler that watches its client and then "works" for `work` (ended early if the client goes
 // away); it answers with its path. Counts the disconnects it was told of.
-struct WatchingServer {
-  explicit WatchingServer(std::chrono::milliseconds work)
-      : server(options(),
-               [this, work](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
-                 auto ex = co_await boost::asio::this_coro::executor;
-                 boost::asio::steady_timer t(ex, work);
-                 bool gone = false;
-                 w.watch_disconnect([&] {
-                   gone = true;
-                   t.cancel();
-                 });
-                 co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-                 if (gone) {
-                   ++disconnects;
-                   co_return;
-                 }
-                 co_await w.send(Response::json(200, "\"" + std::string(req.target) + "\""));
-               }) {
-    started = server.start().ok();
-    if (started) server.run();
-  }
-  ~WatchingServer() {
-    if (!started) return;
-    server.begin_drain();
-    server.stop();
-  }
-  static ServerOptions options() {
-    ServerOptions o;
-    o.port = 0;
-    o.workers = 1;
-    return o;
-  }
+struct Disconnects {
   std::atomic<int> disconnects{0};
-  Server server;
-  bool started = false;
+};
+struct WatchingServer : Disconnects, test::RunningServer {
+  explicit WatchingServer(std::chrono::milliseconds work)
+      : RunningServer(
+            one_worker(),
+            [this, work](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+              auto ex = co_await boost::asio::this_coro::executor;
+              boost::asio::steady_timer t(ex, work);
+              bool gone = false;
+              w.watch_disconnect([&] {
+                gone = true;
+                t.cancel();
+              });
+              co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+              if (gone) {
+                ++disconnects;
+                co_return;
+              }
+              co_await w.send(Response::json(200, "\"" + std::string(req.target) + "\""));
+            }) {}
 };
 
 TEST(ServerWatch, ClientThatClosesIsNoticedWhileTheHandlerRuns) {
