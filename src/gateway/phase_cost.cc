@@ -341,17 +341,18 @@ asio::awaitable<Verdict> phase_cost::run(Ctx& c) {
   }
   auto res =
       co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget.mut(), now_ms, c.now());
-  // Refused while the set's lease is being opened: wait for the lease and take a share of it (a
-  // burst that arrives during the lease's commit would otherwise be refused for room the lease
-  // holds for it). Bounded: at most two such waits.
+  // Refused while the set's lease is being opened (or was installed since the refusal): wait
+  // for the lease and take a share of it. A burst that arrives during the lease's commit would
+  // otherwise be refused for room the lease holds for it. Bounded: at most two such waits.
   for (int waits = 0; !res.ok && sh.leases && !c.lease_set.empty() && waits < 2; ++waits) {
-    if (!co_await wait_for_lease(c)) break;
+    const bool waited = co_await wait_for_lease(c);
     const std::int64_t later_ms = sh.clock.unix_millis();
     if (sh.leases->cover_plain(c.key->lease_set, worst, later_ms, c.lease_claim)) {
       c.lease_set.clear();  // counted among the lease's requests now
       c.reserved_unix_ms = later_ms;
       co_return Ok{};
     }
+    if (!waited) break;
     res = co_await sh.budget_store->reserve(c.key->budget_ids, worst, c.budget.mut(), later_ms,
                                             c.now());
   }
