@@ -88,6 +88,8 @@ struct Entry {
   StoredState state;
 };
 
+using ShardMap = std::unordered_map<KeyHash, Entry, KeyHashHasher>;
+
 constexpr std::size_t kMinSweepSize = 1024;
 
 // A bucket's state while a batch is evaluated; committed only if the batch passes.
@@ -209,7 +211,7 @@ void store(Entry& e, const Working& w, Nanos idle) {
 
 struct alignas(64) MemoryLimitStore::Shard {
   std::mutex mu;
-  std::unordered_map<KeyHash, Entry, KeyHashHasher> map;
+  ShardMap map;
   std::size_t sweep_at = kMinSweepSize;
   Nanos last_full_sweep = std::numeric_limits<Nanos>::min();
   std::uint64_t evicted = 0;
@@ -260,6 +262,21 @@ Nanos idle_from_decision(Nanos now, Nanos reset_after) {
   // now + reset_after, at most kNever (reset_after >= 0: only an upward overflow).
   if (__builtin_add_overflow(now, reset_after, &idle)) idle = kNever;
   return idle;
+}
+
+// The one-shard commit of a GCRA or token bucket that its check charged: the tentative state
+// written back where it is stored, or, for a bucket the batch creates, stored only if it is not
+// idle at once. `idle` is the decision's figure, or -1 to evaluate the state.
+template <class Algo, class State>
+void commit_small(ShardMap& map, const KeyHash& key, Entry* entry, const State& state,
+                  const LimitSpec& spec, Nanos idle, Nanos now) {
+  if (idle < 0) idle = Algo::idle_at(state, spec.params(), now);
+  if (entry != nullptr) {
+    *std::get_if<State>(&entry->state) = state;
+    entry->idle_at = idle;
+  } else if (idle > now) {
+    map.emplace(key, Entry{idle, state});
+  }
 }
 
 }  // namespace
@@ -403,22 +420,12 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
     switch (spec.algorithm) {
       case Algorithm::kGcra:
-        if (idle < 0) idle = Gcra::idle_at(t[i].gcra, spec.params(), now);
-        if (entry[i] != nullptr) {
-          *std::get_if<GcraState>(&entry[i]->state) = t[i].gcra;
-        } else if (idle > now) {
-          shard.map.emplace(KeyHash{d[i]->lo, d[i]->hi}, Entry{idle, t[i].gcra});
-          continue;
-        }
+        commit_small<Gcra>(shard.map, KeyHash{d[i]->lo, d[i]->hi}, entry[i], t[i].gcra, spec, idle,
+                           now);
         break;
       case Algorithm::kTokenBucket:
-        if (idle < 0) idle = TokenBucket::idle_at(t[i].tb, spec.params(), now);
-        if (entry[i] != nullptr) {
-          *std::get_if<TokenBucketState>(&entry[i]->state) = t[i].tb;
-        } else if (idle > now) {
-          shard.map.emplace(KeyHash{d[i]->lo, d[i]->hi}, Entry{idle, t[i].tb});
-          continue;
-        }
+        commit_small<TokenBucket>(shard.map, KeyHash{d[i]->lo, d[i]->hi}, entry[i], t[i].tb, spec,
+                                  idle, now);
         break;
       case Algorithm::kSlidingWindow: {
         SlidingWindowState& s =
@@ -429,10 +436,10 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
           SlidingWindow::consume(s, spec.params(), checks[i].cost, now);
         }
         if (idle < 0) idle = SlidingWindow::idle_at(s, spec.params(), now);
+        entry[i]->idle_at = idle;
         break;
       }
     }
-    if (entry[i] != nullptr) entry[i]->idle_at = idle;
   }
   return true;
 }
