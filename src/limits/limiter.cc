@@ -424,34 +424,35 @@ char* put_reset(char* p, Nanos ns) {
   return p + format_reset(ns, std::span<char, kFormatResetBuffer>(p, kFormatResetBuffer)).size();
 }
 
-// A limit's text, kept per thread for the last value of each kind: the limit that decides a
-// key's headers is usually the same from one request to the next, so its capacity is formatted
-// once and then copied.
-struct LimitText {
-  static constexpr std::size_t kMax = 20;  // "-9223372036854775808"
-  std::int64_t value = 0;
-  std::size_t size = 0;  // 0: nothing kept yet
-  char text[kMax];
+// The lines of the verdict, kept per thread with the values they were written for: a key far
+// from its limits gets the same lines request after request (its per-second limit drains between
+// requests, its larger limits' remaining counts stay above it), so they are written once and then
+// copied while the values stay the same. The reset is compared as the whole milliseconds
+// format_reset writes.
+struct KeptLines {
+  bool written = false;
+  bool requests = false;
+  bool tokens = false;
+  std::int64_t values[6] = {};  // each kind's limit, remaining and reset milliseconds
+  std::size_t size = 0;
+  // Room for format_reset's whole buffer at the last line's value.
+  char text[6 * kRateHeaderLineMax + kFormatResetBuffer];
 };
 
-// `p` has room for kMax bytes (a value's whole field, kRateHeaderLineMax).
-char* put_limit(char* p, std::int64_t v, LimitText& kept) {
-  if (kept.size == 0 || kept.value != v) {
-    kept.size = static_cast<std::size_t>(write_int(kept.text, v) - kept.text);
-    kept.value = v;
-  }
-  std::memcpy(p, kept.text, LimitText::kMax);  // one fixed-size copy; the tail is overwritten
-  return p + kept.size;
+// The milliseconds format_reset writes for `ns` (0 for "0s"): the text depends on them alone.
+std::int64_t reset_millis(Nanos ns) {
+  if (ns <= 0) return 0;
+  return ns / kNanosPerMilli + (ns % kNanosPerMilli != 0 ? 1 : 0);
 }
 
 // The three lines of one kind (requests or tokens). The names are literals, each one
 // fixed-size copy with the separators around it: `limit` is "x-ratelimit-limit-<kind>: ",
 // `remaining` and `reset` start with the previous line's "\r\n".
 template <std::size_t A, std::size_t B, std::size_t C>
-char* put_rate_lines(char* p, const RateHeaders& h, LimitText& kept, const char (&limit)[A],
+char* put_rate_lines(char* p, const RateHeaders& h, const char (&limit)[A],
                      const char (&remaining)[B], const char (&reset)[C]) {
   p = write_literal(p, limit);
-  p = put_limit(p, h.limit, kept);
+  p = write_int(p, h.limit);
   p = write_literal(p, remaining);
   p = write_int(p, h.remaining);
   p = write_literal(p, reset);
@@ -462,19 +463,36 @@ char* put_rate_lines(char* p, const RateHeaders& h, LimitText& kept, const char 
 }  // namespace
 
 void append_rate_headers(std::string& out, const Verdict& v) {
-  // Room for format_reset's whole buffer at the last line's value.
-  char buf[6 * kRateHeaderLineMax + kFormatResetBuffer];
-  char* p = buf;
-  thread_local LimitText kept_requests, kept_tokens;
-  if (v.requests.present) {
-    p = put_rate_lines(p, v.requests, kept_requests, "x-ratelimit-limit-requests: ",
-                       "\r\nx-ratelimit-remaining-requests: ", "\r\nx-ratelimit-reset-requests: ");
+  thread_local KeptLines kept;
+  const RateHeaders& r = v.requests;
+  const RateHeaders& t = v.tokens;
+  const std::int64_t values[6] = {r.present ? r.limit : 0,
+                                  r.present ? r.remaining : 0,
+                                  r.present ? reset_millis(r.reset_after) : 0,
+                                  t.present ? t.limit : 0,
+                                  t.present ? t.remaining : 0,
+                                  t.present ? reset_millis(t.reset_after) : 0};
+  // Compared inline, word by word: a memcmp call costs more than six compares.
+  std::int64_t differ = 0;
+  for (std::size_t i = 0; i < std::size(values); ++i) differ |= kept.values[i] ^ values[i];
+  if (!kept.written || kept.requests != r.present || kept.tokens != t.present || differ != 0) {
+    char* p = kept.text;
+    if (r.present) {
+      p = put_rate_lines(p, r,
+                         "x-ratelimit-limit-requests: ", "\r\nx-ratelimit-remaining-requests: ",
+                         "\r\nx-ratelimit-reset-requests: ");
+    }
+    if (t.present) {
+      p = put_rate_lines(p, t, "x-ratelimit-limit-tokens: ", "\r\nx-ratelimit-remaining-tokens: ",
+                         "\r\nx-ratelimit-reset-tokens: ");
+    }
+    kept.written = true;
+    kept.requests = r.present;
+    kept.tokens = t.present;
+    std::memcpy(kept.values, values, sizeof values);
+    kept.size = static_cast<std::size_t>(p - kept.text);
   }
-  if (v.tokens.present) {
-    p = put_rate_lines(p, v.tokens, kept_tokens, "x-ratelimit-limit-tokens: ",
-                       "\r\nx-ratelimit-remaining-tokens: ", "\r\nx-ratelimit-reset-tokens: ");
-  }
-  out.append(buf, static_cast<std::size_t>(p - buf));
+  out.append(kept.text, kept.size);
 }
 
 }  // namespace bw::limits

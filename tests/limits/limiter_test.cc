@@ -420,7 +420,7 @@ TEST(RateHeaders, AppendsThePresentParts) {
   EXPECT_NE(longest.find("x-ratelimit-reset-tokens: 2562047h47m16.855s\r\n"), std::string::npos);
 }
 
-// A limit's text is kept per thread for the next verdict: verdicts whose limits repeat, change,
+// The lines are kept per thread for the next verdict: verdicts whose limits repeat, change,
 // come back, and start at 0 all get the text of their own values.
 TEST(RateHeaders, KeptLimitTextFollowsEveryChange) {
   const std::int64_t values[] = {0,
@@ -449,6 +449,53 @@ TEST(RateHeaders, KeptLimitTextFollowsEveryChange) {
                        std::to_string(v.tokens.limit) +
                        "\r\nx-ratelimit-remaining-tokens: 2\r\nx-ratelimit-reset-tokens: 1ms\r\n")
         << i;
+  }
+}
+
+// The lines are kept per thread for the next verdict: a run of verdicts whose values repeat and
+// change one at a time (a limit, a remaining count, a reset across and within a millisecond, a
+// kind present or not) each get the text of their own values.
+TEST(RateHeaders, KeptLinesFollowEveryChange) {
+  const std::int64_t limits[] = {60, 61, 1'000'000, std::numeric_limits<std::int64_t>::min()};
+  const std::int64_t remaining[] = {59, 58, 0, -20, 999'999};
+  const Nanos resets[] = {-1, 0, 1, kMs - 1, kMs, kMs + 1, 2 * kMs, 1050 * kMs, kNever};
+  auto lines = [](std::string_view kind, const RateHeaders& h) {
+    return "x-ratelimit-limit-" + std::string(kind) + ": " + std::to_string(h.limit) +
+           "\r\nx-ratelimit-remaining-" + std::string(kind) + ": " + std::to_string(h.remaining) +
+           "\r\nx-ratelimit-reset-" + std::string(kind) + ": " + format_reset(h.reset_after) +
+           "\r\n";
+  };
+  std::uint64_t seed = 7;
+  auto next = [&](std::size_t n) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<std::size_t>((seed >> 33) % n);
+  };
+  Verdict v;
+  for (int i = 0; i < 4000; ++i) {
+    // Mostly one value changed, or none, so that kept lines are both reused and replaced.
+    RateHeaders& h = next(2) == 0 ? v.requests : v.tokens;
+    switch (next(6)) {
+      case 0:
+        h.limit = limits[next(std::size(limits))];
+        break;
+      case 1:
+        h.remaining = remaining[next(std::size(remaining))];
+        break;
+      case 2:
+        h.reset_after = resets[next(std::size(resets))];
+        break;
+      case 3:
+        h.present = !h.present;
+        break;
+      default:
+        break;
+    }
+    std::string want = "HTTP/1.1 200 OK\r\n";
+    std::string got = want;
+    if (v.requests.present) want += lines("requests", v.requests);
+    if (v.tokens.present) want += lines("tokens", v.tokens);
+    append_rate_headers(got, v);
+    ASSERT_EQ(got, want) << i;
   }
 }
 
