@@ -90,16 +90,18 @@ char* put_usd(char* p, std::int64_t micro) {
 // per record.
 constexpr std::size_t kFixedBound = 2048;
 
-// The fields from "method" to "upstream" (the route, the model asked for, the model and the
-// deployment that answered) are mostly the same from one line to the next: their text is kept
-// per thread with the values it was written for, and copied while the values are the same (no
-// escape check, one copy for the five fields). The values are compared as bytes, never as
-// pointers: a request's method and path lie in a connection buffer that the next request reuses.
+// The fields from "key_id" to "upstream" (the key, the client's address, the route, the model
+// asked for, the model and the deployment that answered) are mostly the same from one line to
+// the next: their text is kept per thread with the values it was written for, and copied while
+// the values are the same (no escape check, one copy for the seven fields). The values are
+// compared as bytes, never as pointers: a request's method and path lie in a connection buffer
+// that the next request reuses.
 struct RouteFields {
-  static constexpr std::size_t kFields = 5;
+  static constexpr std::size_t kFields = 7;
   // Values longer in all are written every time (and not kept).
-  static constexpr std::size_t kMaxValues = 224;
-  static constexpr std::size_t kMaxText = 64 + json_string_max_size(kMaxValues) + 2 * kFields;
+  static constexpr std::size_t kMaxValues = 320;
+  // The field names with their commas and colons (83 bytes), the values' text and quotes.
+  static constexpr std::size_t kMaxText = 96 + json_string_max_size(kMaxValues) + 2 * kFields;
   std::size_t text_size = 0;  // 0: nothing kept
   std::uint32_t size[kFields];
   char values[kMaxValues];
@@ -107,16 +109,20 @@ struct RouteFields {
 };
 
 char* write_route_fields(char* p, const std::string_view (&v)[RouteFields::kFields]) {
-  p = write_literal(p, ",\"method\":");
+  p = write_literal(p, ",\"key_id\":");
   p = write_json_string(p, v[0]);
-  p = write_literal(p, ",\"path\":");
+  p = write_literal(p, ",\"client_ip\":");
   p = write_json_string(p, v[1]);
-  p = write_literal(p, ",\"model\":");
+  p = write_literal(p, ",\"method\":");
   p = write_json_string(p, v[2]);
-  p = write_literal(p, ",\"model_served\":");
+  p = write_literal(p, ",\"path\":");
   p = write_json_string(p, v[3]);
+  p = write_literal(p, ",\"model\":");
+  p = write_json_string(p, v[4]);
+  p = write_literal(p, ",\"model_served\":");
+  p = write_json_string(p, v[5]);
   p = write_literal(p, ",\"upstream\":");
-  return write_json_string(p, v[4]);
+  return write_json_string(p, v[6]);
 }
 
 // a[0, n) == b[0, n) for the short values of a line, inline: a few word loads rather than a
@@ -202,13 +208,9 @@ void AccessLog::log(const AccessRecord& r) {
   p = write_unix_ms(p, static_cast<std::int64_t>(now_ms));
   p = write_literal(p, ",\"request_id\":");
   p = write_json_string(p, r.request_id);
-  p = write_literal(p, ",\"key_id\":");
-  p = write_json_string(p, r.key_id);
-  p = write_literal(p, ",\"client_ip\":");
-  p = write_json_string(p, r.client_ip);
   {
-    const std::string_view route[] = {r.method, r.path, r.model_requested, r.model_served,
-                                      r.upstream};
+    const std::string_view route[] = {r.key_id,          r.client_ip,    r.method,  r.path,
+                                      r.model_requested, r.model_served, r.upstream};
     p = put_route_fields(p, route);
   }
   p = write_literal(p, ",\"status\":");

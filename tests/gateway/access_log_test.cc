@@ -287,14 +287,18 @@ std::string reference_line(const AccessRecord& r) {
 // an order that repeats and alternates them.
 TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
   const std::string long_path = "/v1/" + std::string(300, 'p');
-  const std::string near_limit(100, 'm');  // with the others, just under and over the kept size
+  // With the others (key, address, method, path: 23 bytes), 311, 320 and 321 bytes of kept
+  // values: under, at and over the most kept.
+  const std::string near_limit(139, 'm');
+  const std::string long_key(400, 'k');
   std::vector<AccessRecord> table;
   auto add = [&](std::string_view method, std::string_view path, std::string_view model,
-                 std::string_view served, std::string_view upstream) {
+                 std::string_view served, std::string_view upstream, std::string_view key = "bench",
+                 std::string_view ip = "127.0.0.1") {
     AccessRecord r;
     r.request_id = "req";
-    r.key_id = "bench";
-    r.client_ip = "127.0.0.1";
+    r.key_id = key;
+    r.client_ip = ip;
     r.method = method;
     r.path = path;
     r.model_requested = model;
@@ -319,6 +323,18 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
   add("POST", "/v1/x", near_limit, near_limit, std::string_view(near_limit).substr(0, 20));
   add("POST", "/v1/x", near_limit, near_limit, std::string_view(near_limit).substr(0, 19));
   add("GET", "/v1/models\"", "a\\", "\"", "\\");
+  // The key and the client's address, kept with the route.
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "bencH");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "bench", "127.0.0.2");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "", "");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "team \"a\"",
+      "2001:db8::1");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "tab\there",
+      "::ffff:10.0.0.1");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", long_key);
+  // The same bytes moved between neighbouring fields: the sizes tell them apart.
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "bench127.0.0.1", "");
+  add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "", "bench127.0.0.1");
 
   std::vector<std::size_t> order;
   for (std::size_t i = 0; i < table.size(); ++i) {
