@@ -138,6 +138,14 @@ class SqliteLedger final : public QueuedLedger {
   std::vector<Statement> many_st_;
   std::vector<bool> many_failed_;
   std::vector<std::size_t> run_;  // writer thread only: scratch of commit_batch
+  // Puts a run of rows in the order of their request ids (see commit_batch).
+  void order_by_request_id(const Batch& batch, std::vector<std::size_t>& rows);
+  struct RowOrder {
+    std::uint64_t high;
+    std::uint64_t low;
+    std::size_t at;  // the row's place in the batch: equal keys keep their order
+  };
+  std::vector<RowOrder> order_;  // writer thread only: scratch of order_by_request_id
   std::vector<std::size_t> later_;
   // The budgets column of the rows being bound (kept: their room is reused).
   std::string budget_text_[kMaxRowsPerInsert];

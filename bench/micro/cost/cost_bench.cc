@@ -15,6 +15,10 @@
 //                     through SqliteLedger, and its lease row lowered once per commit; N
 //                     requests per commit (20, 64 and 150: the isolated benchmark's production
 //                     row carries 20-50 at 64 connections and ~150 at 256).
+//   BM_LedgerCoveredServed/N: the same with ids as the gateway makes them (the millisecond, then
+//                     random digits; 30 requests a millisecond, in no order within it), N = 20,
+//                     64 and 400 (the production row carried 300-450 per commit at 76a46ed);
+//                     200 iterations.
 // Instructions per request (load-independent), e.g.:
 //   valgrind --tool=callgrind --callgrind-out-file=/dev/null build/release/bench/bw_bench_cost
 //     --benchmark_filter='BM_LedgerSchemaVariant/0'
@@ -224,7 +228,22 @@ void BM_LedgerRequest(benchmark::State& state) {
 // A fixed count, so that a callgrind run's instructions divide by a known number of requests.
 BENCHMARK(BM_LedgerRequest)->Iterations(500)->Unit(benchmark::kMicrosecond);
 
-void BM_LedgerCovered(benchmark::State& state) {
+// An id as the gateway makes it: the millisecond, then 52 random bits; `per_ms` requests start in
+// each millisecond, their ids in no order within it (about 30 at the isolated benchmark's rate).
+std::string served_request_id(std::int64_t seq, std::int64_t per_ms) {
+  std::uint64_t z = static_cast<std::uint64_t>(seq) + 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  char id[48];
+  std::snprintf(id, sizeof id, "req_%011llx%013llx",
+                static_cast<unsigned long long>(kNowMs + seq / per_ms),
+                static_cast<unsigned long long>(z & 0xfffffffffffffULL));
+  return id;
+}
+
+// `served`: ids as served_request_id() makes them at 30 a millisecond; else time-ordered.
+void ledger_covered(benchmark::State& state, bool served) {
   const BenchDir dir;
   store::SqliteLedgerOptions o;
   o.path = dir.path + "/bench.db";
@@ -250,7 +269,7 @@ void BM_LedgerCovered(benchmark::State& state) {
   for (auto _ : state) {
     for (int i = 0; i < per_commit; ++i) {
       LedgerCovered c;
-      c.request_id = request_id(seq + i);
+      c.request_id = served ? served_request_id(seq + i, 30) : request_id(seq + i);
       c.lease_id = "lease:bench-1";
       c.party = party;  // as the gateway's rows: the key's strings, shared
       c.model = "gpt-4.1";
@@ -271,11 +290,24 @@ void BM_LedgerCovered(benchmark::State& state) {
   }
   state.SetItemsProcessed(seq);
 }
+void BM_LedgerCovered(benchmark::State& state) {
+  ledger_covered(state, false);
+}
 BENCHMARK(BM_LedgerCovered)
     ->Arg(kRequestsPerCommit)
     ->Arg(64)
     ->Arg(150)
     ->Iterations(500)
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_LedgerCoveredServed(benchmark::State& state) {
+  ledger_covered(state, true);
+}
+BENCHMARK(BM_LedgerCoveredServed)
+    ->Arg(kRequestsPerCommit)
+    ->Arg(64)
+    ->Arg(400)
+    ->Iterations(200)
     ->Unit(benchmark::kMicrosecond);
 
 void BM_LedgerSchemaVariant(benchmark::State& state) {
