@@ -165,7 +165,8 @@ class SqliteLedger final : public QueuedLedger {
   };
   std::vector<JournalRef> journals_;  // fixed once the writer starts
   std::size_t own_ = 0;
-  Statement journal_mark_st_;
+  Statement journal_mark_st_;        // a journal's row changed
+  Statement journal_first_mark_st_;  // or made, the first time
   // Writer thread only: per journal, the end of its last record in the batch (0: none).
   std::vector<CoveredJournal::Position> marks_;
   const std::uint64_t id_;  // tells this ledger apart in the per-thread journal cache
