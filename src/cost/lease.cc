@@ -22,6 +22,12 @@ struct Lease {
   std::int64_t valid_until = kForeverUnixMs;
   // A covered row's commit failed (set by the ledger's writer thread, or by commit_failed()).
   std::atomic<bool> commit_failed{false};
+  // Covered rows queued with the book's own callback whose callback has not run yet. That
+  // callback refers to the lease by a bare pointer (no allocation for it, no count per row); the
+  // lease outlives it because its close row, queued after every covered row of the lease and
+  // answered in queue order, holds the lease until its own callback is gone; a lease that never
+  // closes is held by the book, and by kept_leases() once the book is gone.
+  std::atomic<int> rows_pending{0};
 
   Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
 };
@@ -38,6 +44,19 @@ struct LeaseSetState {
 
 using detail::Lease;
 using detail::LeaseSetState;
+
+namespace {
+
+// Leases whose covered rows' callbacks had not run when their book went (a ledger that outlives
+// its book): kept reachable, never freed, so that those callbacks find them. The list itself is
+// never destroyed either.
+std::mutex kept_mu;
+std::vector<std::shared_ptr<Lease>>& kept_leases() {  // guarded by kept_mu
+  static auto* kept = new std::vector<std::shared_ptr<Lease>>;
+  return *kept;
+}
+
+}  // namespace
 
 std::string lease_set_key(const std::vector<std::string>& budgets, std::string_view key_id,
                           std::string_view tenant_id) {
@@ -116,6 +135,17 @@ LeaseBook::~LeaseBook() {
     if (lease && !lease->closed && lease->in_flight == 0) quiet.push_back(lease);
   }
   for (const auto& lease : quiet) close(lease, lease->quiet_since);
+  // Leases the book still holds whose covered rows are queued (their callbacks point at them).
+  std::vector<std::shared_ptr<Lease>> pending;
+  const auto keep_if_pending = [&pending](const std::shared_ptr<Lease>& lease) {
+    if (lease && lease->rows_pending.load(std::memory_order_acquire) > 0) pending.push_back(lease);
+  };
+  for (const auto& [key, st] : sets_) keep_if_pending(st->current);
+  for (const auto& lease : stuck_) keep_if_pending(lease);
+  if (!pending.empty()) {
+    std::lock_guard kept(kept_mu);
+    for (auto& lease : pending) kept_leases().push_back(std::move(lease));
+  }
 }
 
 std::string LeaseBook::next_lease_id() {
@@ -271,12 +301,16 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, Led
   claim.amount_ = 0;
   const bool billed = row.status != LedgerStatus::kReleased;
   const Micros actual = billed ? std::max<Micros>(row.actual_micro, 0) : 0;
-  if (!done) {
-    done = [lease](const Result<Ok>& r) {
-      if (!r.ok()) lease->commit_failed.store(true, std::memory_order_relaxed);
+  const bool own_callback = !done;
+  if (own_callback) {
+    // A bare pointer: std::function keeps it in its own room (see Lease::rows_pending).
+    done = [l = lease.get()](const Result<Ok>& r) {
+      if (!r.ok()) l->commit_failed.store(true, std::memory_order_relaxed);
+      l->rows_pending.fetch_sub(1, std::memory_order_release);
     };
+  } else {
+    out.lease = lease;
   }
-  out.lease = lease;
   row.lease_id = lease->id;
   row.reserved_micro = share;
   row.actual_micro = actual;
@@ -290,12 +324,17 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, Led
     out.outcome.settled = true;
   }
   out.outcome.overshoot_micro = std::max<Micros>(actual - share, 0);
+  if (own_callback) lease->rows_pending.fetch_add(1, std::memory_order_relaxed);
   out.queued = ledger_.append_covered(std::move(row), std::move(done), Ledger::Wake::kDeferred);
-  if (!out.queued && !lease->closed) {
-    // The lease row still counts this spend as reserved: keep the hold for good, in step.
-    lease->retired = true;
-    keep_held(lease);
-    return out;
+  if (!out.queued) {
+    // A refused record's callback never runs.
+    if (own_callback) lease->rows_pending.fetch_sub(1, std::memory_order_relaxed);
+    if (!lease->closed) {
+      // The lease row still counts this spend as reserved: keep the hold for good, in step.
+      lease->retired = true;
+      keep_held(lease);
+      return out;
+    }
   }
   out.quiet = maybe_close(lease, now_unix_ms);
   return out;
@@ -385,7 +424,10 @@ void LeaseBook::close(const std::shared_ptr<Lease>& lease, std::int64_t now_unix
   close.status = LedgerStatus::kSettled;
   close.settled_unix_ms = now_unix_ms;
   close.lease = true;
-  if (!ledger_.append_settlement(std::move(close), {}, Ledger::Wake::kDeferred)) {
+  // The close row's callback holds the lease until every covered row queued before it has been
+  // answered (their callbacks point at it: Lease::rows_pending).
+  if (!ledger_.append_settlement(
+          std::move(close), [lease](const Result<Ok>&) {}, Ledger::Wake::kDeferred)) {
     stuck_.push_back(lease);  // the row stays open at the hold's amount: keep the hold too
     ++stats_.stuck;
   } else {

@@ -151,7 +151,8 @@ class LeaseBook {
     SettleOutcome outcome;  // overshoot: actual above the request's share
     bool queued = false;    // the covered row reached the ledger's queue
     bool quiet = false;     // its lease has no request in flight now: run close_idle() later
-    // The lease the row was charged to: for commit_failed() when `done` reports an error.
+    // The lease the row was charged to, when the caller passed a `done`: for commit_failed()
+    // when `done` reports an error.
     std::shared_ptr<detail::Lease> lease;
   };
   // Charges `row.actual_micro` (or nothing for kReleased) to the lease, appends the covered row

@@ -354,7 +354,11 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
         // The usage as the end of the stream would take it (below), before the row is written.
         api::check_output_counted(c.usage, text_chunks > 0);
         if (!c.usage.usable()) charge_relayed(c, relayed_tokens(text_chunks, text_chars), true);
-        co_await phase_cost::settle_before_answer(c);
+        if (phase_cost::covered(c)) {
+          if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+            co_await phase_cost::settle_before_answer(c);
+          }
+        }
         std::size_t tail_bytes = 0;
         for (std::size_t i = head; i < all.size(); ++i) tail_bytes += all[i].size();
         c.bytes_out += tail_bytes;
@@ -583,7 +587,11 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
     c.usage.completion_tokens = std::max(c.usage.completion_tokens, relayed);
   }
   if (!c.usage.usable()) charge_relayed(c, relayed, complete);
-  if (complete && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
+  if (complete && phase_cost::covered(c)) {
+    if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+      co_await phase_cost::settle_before_answer(c);
+    }
+  }
   if (!out.empty()) {
     c.bytes_out += out.size();
     co_await c.w.write_chunk(out);
@@ -1215,7 +1223,11 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
       continue;
     }
     // A request covered by a budget lease: its ledger row before the answer.
-    if (a.status_out < 300 && phase_cost::covered(c)) co_await phase_cost::settle_before_answer(c);
+    if (a.status_out < 300 && phase_cost::covered(c)) {
+      if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+        co_await phase_cost::settle_before_answer(c);
+      }
+    }
     answer_head_out(c, a, up, all.value());
     co_await c.w.send_body(std::move(all.value()));
     verdict = Ok{};

@@ -395,28 +395,34 @@ bool phase_cost::settle_needed(const Ctx& c) {
   return c.budget->active() || c.lease_claim.active() || !c.lease_set.empty();
 }
 
-// The covered row is built and queued in the ledger wait's own initiation: one coroutine frame
-// (this one) for the whole wait.
-asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
-  if (!c.lease_claim.active()) co_return;
+// With a journal (the SQLite ledger, `durability: process`) the row is durable once appended:
+// the answer goes on without waiting for the commit, and without a coroutine. Nobody waits for
+// the row, so the writer is not kicked either: it takes the rows in larger batches (its own
+// wake-up, or half a batch queued), which cost it less per row.
+bool phase_cost::settle_before_answer_now(Ctx& c, const asio::any_io_executor& ex) {
+  if (!c.lease_claim.active()) return true;
+  auto& sh = c.sh;
   compute_cost(c);
+  const std::int64_t now_ms = sh.clock.unix_millis();
+  cost::LedgerCovered row = covered_row(c, now_ms);
+  if (!sh.ledger->journal_room(row)) return false;
+  row.to_journal = true;
+  const cost::LeaseBook::Settled out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
+  if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
+      (sh.webhooks && !out.outcome.alerts.empty())) {
+    after_covered(c, out, out.queued, ex);
+  }
+  return true;
+}
+
+// Without journal room: the covered row is built and queued in the ledger wait's own
+// initiation, one coroutine frame (this one) for the whole wait.
+asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
+  if (settle_before_answer_now(c, co_await asio::this_coro::executor)) co_return;
   auto& sh = c.sh;
   const std::int64_t now_ms = sh.clock.unix_millis();
   cost::LedgerCovered row = covered_row(c, now_ms);
   cost::LeaseBook::Settled out;
-  // With a journal (the SQLite ledger, `durability: process`) the row is durable once appended:
-  // the answer goes on without waiting for the commit. Nobody waits for it, so the writer is not
-  // kicked either: it takes the rows in larger batches (its own wake-up, or half a batch
-  // queued), which cost it less per row.
-  if (sh.ledger->journal_room(row)) {
-    row.to_journal = true;
-    out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
-    if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
-        (sh.webhooks && !out.outcome.alerts.empty())) {
-      after_covered(c, out, out.queued, co_await asio::this_coro::executor);
-    }
-    co_return;
-  }
   const auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
     out = sh.leases->settle(c.lease_claim, std::move(row), std::move(done), now_ms);
     return out.queued;

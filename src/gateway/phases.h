@@ -13,6 +13,7 @@
 // token reservation, a budget hold, a permit) it leaves in Ctx, and finish gives it back.
 // Files: phase_auth.cc, phase_resolve.cc, phase_rate_limit.cc, phase_cost.cc,
 // phase_admission.cc, forward.cc, finish.cc.
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <optional>
 
@@ -91,6 +92,9 @@ inline bool covered(const Ctx& c) {
   return c.lease_claim.active();
 }
 boost::asio::awaitable<void> settle_before_answer(Ctx& c);
+// The same without a coroutine when the row needs no wait (a journal takes it; nothing to do
+// for a request that is not covered). False: await settle_before_answer.
+bool settle_before_answer_now(Ctx& c, const boost::asio::any_io_executor& ex);
 }  // namespace phase_cost
 
 // 7 admission: a slot of the model group's concurrency, waiting in priority order.

@@ -521,6 +521,52 @@ TEST(Lease, ACoveredRowWhoseCommitFailsRetiresItsLease) {
   EXPECT_EQ(f.book->stats().closed, 1u);
 }
 
+// The book's own callback for a covered row refers to its lease without owning it: the lease's
+// close row, queued after it, keeps the lease until it has run, even when the book has let the
+// lease go (an address sanitizer build catches a lease freed too early).
+TEST(Lease, ACoveredRowsCallbackRunsAfterItsLeaseClosedAndWasDropped) {
+  constexpr Micros kW = 10'000;
+  Fixture f(1'000'000);  // leases close as soon as they are quiet
+  LeaseClaim a, b;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  f.book->end_plain(f.set.key);
+  auto out = f.book->settle(b, f.row("b", 4'000), {}, kJan1);
+  ASSERT_TRUE(out.queued);
+  EXPECT_FALSE(out.lease) << "the book's own callback needs no lease handed back";
+  EXPECT_EQ(f.book->stats().closed, 1u);
+  EXPECT_EQ(f.ledger.queued(), 2u);  // the covered row, then the lease's close
+  f.ledger.fail_commit = true;       // the callback writes to the lease
+  f.ledger.commit();
+  EXPECT_EQ(f.book->stats().open_now, 0u);
+}
+
+// A covered row still queued when its book goes (the ledger outlives it): its callback still
+// finds its lease, which the book could neither close nor keep.
+TEST(Lease, ACoveredRowQueuedWhenItsBookGoesFindsItsLease) {
+  constexpr Micros kW = 10'000;
+  LeaseOptions o;
+  o.idle_close_ms = 20;
+  Fixture f(1'000'000, o);
+  LeaseClaim a, b, c;
+  f.book->begin(f.set, kW, kJan1, a);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  f.book->end_plain(f.set.key);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
+  ASSERT_TRUE(f.book->settle(b, f.row("b", 4'000), {}, kJan1).queued);
+  // c's row is refused: the lease is kept held by the book (no close row), b's row still queued.
+  f.ledger.refuse = true;
+  EXPECT_FALSE(f.book->settle(c, f.row("c", 3'000), {}, kJan1).queued);
+  f.ledger.refuse = false;
+  EXPECT_EQ(f.book->stats().stuck, 1u);
+  f.book.reset();
+  f.ledger.fail_commit = true;
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.commits, 2);
+}
+
 // The caller that waits for a covered row's commit hears of its failure first and reports it:
 // the lease is retired at once, and held for good when nothing of it is in flight.
 TEST(Lease, ACommitFailureReportedByTheCallerRetiresTheLeaseAtOnce) {
