@@ -144,7 +144,8 @@ class LeaseBook {
   // A lease it replaces closes with `now_unix_ms` as its close time once its last request ends.
   void install(const LeaseSet& set, std::string lease_id, Reservation hold, Micros amount,
                LeaseClaim& claim, std::int64_t now_unix_ms);
-  // A fresh id for a lease row ("lease:" + process-unique part).
+  // A fresh id for a lease row: "lease:" and 9 characters (15 in all: a short string, copied
+  // into each covered row without an allocation), unique in this book.
   std::string next_lease_id();
 
   struct Settled {
@@ -189,7 +190,6 @@ class LeaseBook {
   BudgetManager& budgets_;
   Ledger& ledger_;
   const LeaseOptions options_;
-  const std::string id_prefix_;
   mutable std::mutex mu_;
   // A set's key with its hash (LeaseSet::hash), looked up without hashing the key again.
   struct HashedKey {
@@ -213,7 +213,7 @@ class LeaseBook {
   // Guarded by mu_.
   std::unordered_map<std::string, std::shared_ptr<detail::LeaseSetState>, SetHash, SetEq> sets_;
   std::vector<std::shared_ptr<detail::Lease>> stuck_;
-  std::uint64_t next_id_ = 0;
+  std::uint64_t next_id_;  // the next lease id's number (from a random start)
   LeaseStats stats_;
 };
 

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <random>
+#include <set>
 #include <variant>
 
 #include "support/ledger_without_rows.h"
@@ -180,6 +181,21 @@ TEST(Lease, ARequestAloneTakesThePerRequestPath) {
   f.book->end_plain(f.set.key);
   // Still alone after the first one ended.
   EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, claim), LeaseBook::Begin::kPlain);
+}
+
+// A lease id is copied into every covered row: it stays within a short string's inline room.
+TEST(Lease, LeaseIdsAreShortAndNeverRepeat) {
+  Fixture f(1'000'000);
+  LeaseBook other(f.budgets, f.ledger, closing_at_once());
+  std::set<std::string> seen;
+  for (int i = 0; i < 5'000; ++i) {
+    for (LeaseBook* book : {f.book.get(), &other}) {
+      const std::string id = book->next_lease_id();
+      EXPECT_EQ(id.size(), 15u) << id;
+      EXPECT_TRUE(id.starts_with("lease:")) << id;
+      EXPECT_TRUE(seen.insert(id).second) << "repeated lease id " << id;
+    }
+  }
 }
 
 TEST(Lease, DisabledNeverOpens) {
