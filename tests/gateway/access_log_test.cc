@@ -336,6 +336,12 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
   add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "bench127.0.0.1", "");
   add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim", "", "bench127.0.0.1");
 
+  // Statuses of every width, and values no answer has.
+  for (int status : {0, 7, 99, 100, 200, 404, 429, 599, 999, 1000, -1, -100,
+                     std::numeric_limits<int>::min(), std::numeric_limits<int>::max()}) {
+    add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
+    table.back().status = status;
+  }
   std::vector<std::size_t> order;
   for (std::size_t i = 0; i < table.size(); ++i) {
     order.push_back(i);
