@@ -57,6 +57,11 @@
 
 #include <boost/asio/detail/push_options.hpp>
 
+// Bellwether: the copy is of this version; another needs its own look at these changes.
+#if BOOST_VERSION != 108100
+# error "src/common/scheduler.ipp is Boost 1.81's scheduler: update the copy"
+#endif
+
 namespace boost {
 namespace asio {
 namespace detail {
