@@ -253,6 +253,49 @@ TEST(Deadline, ManyDeadlinesInManyQueues) {
   EXPECT_EQ(DeadlineService::of(ioc.get_executor()).armed(), 0u);
 }
 
+// A queue that has emptied is taken by the next new duration; a deadline armed with the queue's
+// old duration afterwards must go to a queue of its own, not follow a remembered queue number.
+TEST(Deadline, EmptiedQueueTakenByAnotherDuration) {
+  asio::io_context ioc;
+  std::vector<std::string> order;
+  Probe first("first10", ioc, &order), slow("slow300", ioc, &order), fast("fast10", ioc, &order);
+  first.arm(milliseconds(10));
+  first.on_fire = [&](Probe&) {
+    // The 10 ms queue is empty now: 300 ms takes it, then 10 ms needs another.
+    slow.arm(milliseconds(300));
+    fast.arm(milliseconds(10));
+  };
+  ioc.run();
+  EXPECT_EQ(order, (std::vector<std::string>{"first10", "fast10", "slow300"}));
+  ASSERT_TRUE(fast.fired_after.has_value());
+  EXPECT_LT(*fast.fired_after, milliseconds(300)) << "fired with the 300 ms deadline before it";
+}
+
+// More durations than the service remembers: each still fires after its own duration.
+TEST(Deadline, ManyDurations) {
+  asio::io_context ioc;
+  std::vector<std::string> order;
+  std::vector<std::unique_ptr<Probe>> probes;
+  for (int i = 0; i < 80; ++i) {
+    probes.push_back(std::make_unique<Probe>(std::to_string(i), ioc, &order));
+  }
+  // Each probe re-armed a few times with changing durations, then its last: 5 + 2i ms.
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 80; ++i)
+      probes[static_cast<std::size_t>(i)]->arm(milliseconds(1000 + round * 7 + i));
+  }
+  for (int i = 0; i < 80; ++i) probes[static_cast<std::size_t>(i)]->arm(milliseconds(5 + 2 * i));
+  ioc.run();
+  ASSERT_EQ(order.size(), 80u);
+  for (const auto& p : probes) {
+    EXPECT_EQ(p->fired, 1) << p->name;
+    ASSERT_TRUE(p->fired_after.has_value());
+    EXPECT_GE(*p->fired_after + coarse_tick(), p->due - p->start) << p->name;
+    EXPECT_LT(*p->fired_after, milliseconds(900)) << p->name << " fired with a deadline it left";
+  }
+  EXPECT_EQ(DeadlineService::of(ioc.get_executor()).armed(), 0u);
+}
+
 TEST(Deadline, DestroyingAnArmedDeadlineIsSafe) {
   asio::io_context ioc;
   std::vector<std::string> order;
