@@ -24,6 +24,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "common/asio_direct.h"
 #include "common/read_buffer.h"
 #include "http/deadline.h"
 #include "http/wire.h"
@@ -37,8 +38,9 @@ namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 // The reads and writes of a request, awaited by the coroutine itself (a deferred operation): no
-// coroutine frame per operation, as use_awaitable's initiation would be.
-constexpr auto kDirect = asio::as_tuple(asio::deferred);
+// coroutine frame per operation, as use_awaitable's initiation would be, and no executor work
+// kept by the operation (common/asio_direct.h).
+constexpr auto kDirect = bw::direct;
 
 namespace {
 

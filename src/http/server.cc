@@ -30,6 +30,7 @@
 #include <memory>
 #include <utility>
 
+#include "common/asio_direct.h"
 #include "common/json_util.h"
 #include "common/read_buffer.h"
 #include "http/deadline.h"
@@ -45,8 +46,10 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 // The socket operations of a request, awaited by the coroutine itself: with use_awaitable each
 // one is a coroutine of its own (its initiation), a frame allocated, pushed, resumed, popped
 // and freed per read or write; a deferred operation is started from the awaiting coroutine's
-// own suspension and its completion resumes that coroutine directly.
-constexpr auto kDirect = asio::as_tuple(asio::deferred);
+// own suspension and its completion resumes that coroutine directly. bw::direct completes as
+// as_tuple(deferred) does, without the executor work each operation would keep
+// (common/asio_direct.h).
+constexpr auto kDirect = bw::direct;
 
 class Session;
 

@@ -1,0 +1,171 @@
+#pragma once
+// bw::direct: a completion token for a socket operation awaited by a coroutine,
+// `auto [ec, n] = co_await socket.async_read_some(buffer, bw::direct);`, that completes as
+// `asio::as_tuple(asio::deferred)` does (the same awaitable operation, the same result tuple)
+// but costs less per operation when the socket and the coroutine run on one io_context.
+//
+// Why: every operation keeps the "work" of its handler (Asio's handler_work): with a socket
+// whose executor is an any_io_executor, that is two any_io_executor objects (48 bytes each) in
+// the operation, built by asking the socket's executor for its type, copying the coroutine's
+// executor and comparing the two through their function tables, then moved out of the
+// operation and destroyed at completion: ~100 instructions and two cache lines of the
+// operation per read or write, to learn each time that both are the io_context's own executor
+// and nothing needs tracking. Here the operation's handler is a type of the project's own
+// (DirectHandler), and its work (DirectWork) makes the same decision with the executors'
+// targets and keeps only a flag when the answer is "run the handler directly"; otherwise it
+// keeps what Asio keeps (both executors, tracked) and dispatches as Asio does.
+//
+// The completion goes through asio::deferred, as with as_tuple(deferred): the coroutine awaits
+// the same deferred operation, only its handler is wrapped in DirectHandler, which packs the
+// completion's arguments into one tuple as as_tuple does. A composed write (asio::async_write)
+// over a DirectHandler has the same work (the write's own operations carry the write_op).
+// Other composed operations (a TLS stream's) see a handler with the coroutine's executor and
+// take Asio's usual path.
+//
+// Thread safety: as Asio's handler_work; nothing shared.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associator.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detail/handler_invoke_helpers.hpp>
+#include <boost/asio/detail/handler_work.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/impl/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/version.hpp>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#if BOOST_VERSION != 108100
+#error "bw::direct specialises Boost 1.81's handler_work: check it against this version"
+#endif
+
+namespace bw {
+
+struct DirectToken {
+  constexpr DirectToken() = default;
+};
+inline constexpr DirectToken direct{};
+
+template <typename Handler>
+class DirectHandler {
+ public:
+  explicit DirectHandler(Handler h) : handler_(std::move(h)) {}
+
+  template <typename... Args>
+  void operator()(Args&&... args) {
+    std::move(handler_)(std::make_tuple(std::forward<Args>(args)...));
+  }
+
+  Handler handler_;
+};
+
+// The work of an operation whose handler is, or completes into, a DirectHandler, on an I/O
+// object whose executor is an any_io_executor: Asio's handler_work decisions, with nothing kept
+// in the common case (both executors are the same io_context's plain executor).
+template <typename Handler>
+class DirectWork {
+ public:
+  using Any = boost::asio::any_io_executor;
+  using Native = boost::asio::io_context::executor_type;
+  static_assert(std::is_same_v<typename boost::asio::associated_executor<Handler, Any>::type, Any>,
+                "a DirectHandler completes on the coroutine's any_io_executor");
+
+  DirectWork(Handler& handler, const Any& io_ex) noexcept {
+    namespace execution = boost::asio::execution;
+    const Native* io = io_ex.target<Native>();
+    Any ex = boost::asio::get_associated_executor(handler, io_ex);
+    if (io != nullptr) {
+      // Asio: the I/O executor owns no work; the handler's owns work unless it equals it.
+      const Native* hx = ex.target<Native>();
+      if (hx != nullptr && *hx == *io) return;
+      tracked_.emplace(Any(), boost::asio::prefer(ex, execution::outstanding_work.tracked));
+    } else {
+      tracked_.emplace(boost::asio::prefer(io_ex, execution::outstanding_work.tracked),
+                       boost::asio::prefer(ex, execution::outstanding_work.tracked));
+    }
+  }
+  DirectWork(DirectWork&&) noexcept = default;
+
+  template <typename Function>
+  void complete(Function& function, Handler& handler) {
+    if (!tracked_) {
+      // As Asio's: an I/O completion already runs on the io_context's thread.
+      boost_asio_handler_invoke_helpers::invoke(function, handler);
+    } else {
+      tracked_->second.execute(std::move(function));
+    }
+  }
+
+ private:
+  // The I/O object's executor (only when it is not the io_context's own) and the handler's,
+  // each keeping work outstanding, as Asio's two handler_work bases do.
+  std::optional<std::pair<Any, Any>> tracked_;
+};
+
+}  // namespace bw
+
+namespace boost::asio {
+
+template <typename... Signatures>
+struct async_result<bw::DirectToken, Signatures...> {
+  template <typename Initiation>
+  struct init_wrapper {
+    template <typename Handler, typename... Args>
+    void operator()(Handler&& handler, Args&&... args) {
+      std::move(initiation_)(
+          bw::DirectHandler<std::decay_t<Handler>>(std::forward<Handler>(handler)),
+          std::forward<Args>(args)...);
+    }
+    Initiation initiation_;
+  };
+
+  template <typename Initiation, typename RawToken, typename... Args>
+  static auto initiate(Initiation&& initiation, RawToken&&, Args&&... args) {
+    return async_result<deferred_t, typename detail::as_tuple_signature<Signatures>::type...>::
+        initiate(init_wrapper<std::decay_t<Initiation>>{std::forward<Initiation>(initiation)},
+                 deferred, std::forward<Args>(args)...);
+  }
+};
+
+// The handler's executor, allocator and cancellation slot are the wrapped handler's.
+template <template <typename, typename> class Associator, typename Handler,
+          typename DefaultCandidate>
+struct associator<Associator, bw::DirectHandler<Handler>, DefaultCandidate>
+    : Associator<Handler, DefaultCandidate> {
+  static typename Associator<Handler, DefaultCandidate>::type get(
+      const bw::DirectHandler<Handler>& h) noexcept {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_);
+  }
+  static auto get(const bw::DirectHandler<Handler>& h, const DefaultCandidate& c) noexcept
+      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler_, c)) {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_, c);
+  }
+};
+
+namespace detail {
+
+template <typename Handler>
+class handler_work<bw::DirectHandler<Handler>, any_io_executor, void>
+    : public bw::DirectWork<bw::DirectHandler<Handler>> {
+ public:
+  using bw::DirectWork<bw::DirectHandler<Handler>>::DirectWork;
+};
+
+template <typename Stream, typename Buffers, typename Iterator, typename Condition,
+          typename Handler>
+class handler_work<write_op<Stream, Buffers, Iterator, Condition, bw::DirectHandler<Handler>>,
+                   any_io_executor, void>
+    : public bw::DirectWork<
+          write_op<Stream, Buffers, Iterator, Condition, bw::DirectHandler<Handler>>> {
+ public:
+  using bw::DirectWork<
+      write_op<Stream, Buffers, Iterator, Condition, bw::DirectHandler<Handler>>>::DirectWork;
+};
+
+}  // namespace detail
+}  // namespace boost::asio
