@@ -23,6 +23,7 @@
 // take Asio's usual path.
 //
 // Thread safety: as Asio's handler_work; nothing shared.
+#include <array>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associator.hpp>
 #include <boost/asio/async_result.hpp>
@@ -35,6 +36,7 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/version.hpp>
+#include <cstddef>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -107,9 +109,86 @@ class DirectWork {
   std::optional<std::pair<Any, Any>> tracked_;
 };
 
+// A write of every byte of `buffers` (as asio::async_write), for a stream socket and
+// bw::direct: `auto [ec, n] = co_await bw::async_write_all(socket, buffers, bw::direct);`.
+// Asio's write_op carries the buffers as consuming_buffers, a cancellation state of its own and
+// a completion condition, ~110 instructions per step; a write of a request's answer is almost
+// always one step that writes everything. Here the buffers are an array that a short write
+// advances in place (written ones become empty), and the write goes on until every byte is
+// written or the socket fails. The operation is not cancellable on its own: as before, its
+// socket's cancel() or close() ends it (the deadlines do so).
+template <typename Stream, std::size_t N, typename Handler>
+class WriteAll {
+ public:
+  WriteAll(Stream& stream, const std::array<boost::asio::const_buffer, N>& buffers, Handler handler)
+      : stream_(&stream), buffers_(buffers), handler_(std::move(handler)) {}
+
+  void start() {
+    const std::array<boost::asio::const_buffer, N> b = buffers_;
+    stream_->async_write_some(b, std::move(*this));
+  }
+
+  void operator()(boost::system::error_code ec, std::size_t n) {
+    written_ += n;
+    if (!ec && n > 0 && advance(n)) {
+      start();
+      return;
+    }
+    std::move(handler_)(ec, written_);
+  }
+
+ private:
+  // Drops the first `n` bytes; whether any are left.
+  bool advance(std::size_t n) {
+    bool left = false;
+    for (auto& b : buffers_) {
+      if (n >= b.size()) {
+        n -= b.size();
+        b = boost::asio::const_buffer();
+      } else {
+        b += n;
+        n = 0;
+        left = true;
+      }
+    }
+    return left;
+  }
+
+  Stream* stream_;
+  std::array<boost::asio::const_buffer, N> buffers_;
+  std::size_t written_ = 0;
+
+ public:
+  Handler handler_;  // read by the associators
+};
+
+template <typename Stream, std::size_t N>
+auto async_write_all(Stream& stream, const std::array<boost::asio::const_buffer, N>& buffers,
+                     DirectToken token) {
+  return boost::asio::async_initiate<DirectToken, void(boost::system::error_code, std::size_t)>(
+      [](auto handler, Stream* s, const std::array<boost::asio::const_buffer, N>& b) {
+        WriteAll<Stream, N, std::decay_t<decltype(handler)>>(*s, b, std::move(handler)).start();
+      },
+      token, &stream, buffers);
+}
+
 }  // namespace bw
 
 namespace boost::asio {
+
+template <template <typename, typename> class Associator, typename Stream, std::size_t N,
+          typename Handler, typename DefaultCandidate>
+struct associator<Associator, bw::WriteAll<Stream, N, Handler>, DefaultCandidate>
+    : Associator<Handler, DefaultCandidate> {
+  static typename Associator<Handler, DefaultCandidate>::type get(
+      const bw::WriteAll<Stream, N, Handler>& h) noexcept {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_);
+  }
+  static auto get(const bw::WriteAll<Stream, N, Handler>& h, const DefaultCandidate& c) noexcept
+      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler_, c)) {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_, c);
+  }
+};
 
 template <typename... Signatures>
 struct async_result<bw::DirectToken, Signatures...> {
@@ -165,6 +244,13 @@ class handler_work<write_op<Stream, Buffers, Iterator, Condition, bw::DirectHand
  public:
   using bw::DirectWork<
       write_op<Stream, Buffers, Iterator, Condition, bw::DirectHandler<Handler>>>::DirectWork;
+};
+
+template <typename Stream, std::size_t N, typename Handler>
+class handler_work<bw::WriteAll<Stream, N, bw::DirectHandler<Handler>>, any_io_executor, void>
+    : public bw::DirectWork<bw::WriteAll<Stream, N, bw::DirectHandler<Handler>>> {
+ public:
+  using bw::DirectWork<bw::WriteAll<Stream, N, bw::DirectHandler<Handler>>>::DirectWork;
 };
 
 }  // namespace detail

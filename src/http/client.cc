@@ -696,7 +696,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       if (c.tls) {
         std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
       } else {
-        std::tie(wec, std::ignore) = co_await asio::async_write(*c.plain, b, kDirect);
+        std::tie(wec, std::ignore) = co_await bw::async_write_all(*c.plain, b, kDirect);
       }
     } else {
       const std::string_view body =
@@ -706,7 +706,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       if (c.tls) {
         std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
       } else {
-        std::tie(wec, std::ignore) = co_await asio::async_write(*c.plain, b, kDirect);
+        std::tie(wec, std::ignore) = co_await bw::async_write_all(*c.plain, b, kDirect);
       }
     }
     if (c.deadline.expired()) wec = beast::error::timeout;

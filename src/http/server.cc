@@ -588,9 +588,9 @@ class Session final : public ResponseWriter {
   // coroutine frame of its own per write.
   template <class Buffers>
   auto start_write(const Buffers& buffers)
-      -> decltype(asio::async_write(std::declval<tcp::socket&>(), buffers, kDirect)) {
+      -> decltype(bw::async_write_all(std::declval<tcp::socket&>(), buffers, kDirect)) {
     deadline_.arm(server_.options_.write_timeout);
-    return asio::async_write(socket_, buffers, kDirect);
+    return bw::async_write_all(socket_, buffers, kDirect);
   }
   bool wrote(const std::tuple<beast::error_code, std::size_t>& result) {
     deadline_.disarm();
