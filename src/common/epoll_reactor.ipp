@@ -56,6 +56,8 @@
 # include <sys/timerfd.h>
 #endif // defined(BOOST_ASIO_HAS_TIMERFD)
 
+#include "loop_turn.h"  // Bellwether
+
 #include <boost/asio/detail/push_options.hpp>
 
 // Bellwether: the copy is of this version; another needs its own look at these changes.
@@ -552,6 +554,7 @@ void epoll_reactor::run(long usec, op_queue<operation>& ops)
   // Block on the epoll descriptor.
   epoll_event events[128];
   int num_events = epoll_wait(epoll_fd_, events, 128, timeout);
+  ++bw::loop::turn;  // Bellwether: a new turn of this thread's loop (common/loop_turn.h)
 
 #if defined(BOOST_ASIO_ENABLE_HANDLER_TRACKING)
   // Trace the waiting events.

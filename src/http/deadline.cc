@@ -1,9 +1,13 @@
 #include "http/deadline.h"
 
+#include <boost/asio/detail/thread_context.hpp>
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/query.hpp>
 #include <chrono>
+#include <cstdint>
 #include <ctime>
+
+#include "common/loop_turn.h"
 
 namespace bw::http {
 
@@ -12,9 +16,21 @@ namespace asio = boost::asio;
 asio::execution_context::id DeadlineService::id;
 
 Nanos coarse_now() {
+  // Read once per turn of the thread's event loop (common/loop_turn.h): a request arms ~6
+  // deadlines and the pool stamps its connection, each read ~50 instructions through the vDSO.
+  // Outside an io_context's run the clock is read every time.
+  thread_local Nanos kept = 0;
+  thread_local std::uint64_t kept_turn = 0;
+  const std::uint64_t turn = loop::turn;
+  if (kept_turn == turn && turn != 0 &&
+      asio::detail::thread_context::top_of_thread_call_stack() != nullptr) {
+    return kept;
+  }
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
+  kept = static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
+  kept_turn = turn;
+  return kept;
 }
 
 void Deadline::bind(const asio::any_io_executor& ex, Cancel cancel, void* owner) {

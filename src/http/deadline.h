@@ -25,7 +25,9 @@ class DeadlineService;
 
 // CLOCK_MONOTONIC_COARSE: a few milliseconds of resolution for a seventh of the cost of the
 // precise clock. Deadlines and pool ages (seconds long) use it; it is read several times per
-// request.
+// request. Inside an io_context's run it is read once per turn of the thread's event loop
+// (common/loop_turn.h): a deadline armed late in a turn counts from the turn's first read, at
+// most the turn's length (a few milliseconds under load) early.
 Nanos coarse_now();
 
 class Deadline {
