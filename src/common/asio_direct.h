@@ -25,13 +25,13 @@
 // Thread safety: as Asio's handler_work; nothing shared.
 #include <array>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/as_tuple.hpp>  // and detail::as_tuple_signature
 #include <boost/asio/associator.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detail/handler_invoke_helpers.hpp>
 #include <boost/asio/detail/handler_work.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/impl/as_tuple.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/write.hpp>
