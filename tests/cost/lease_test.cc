@@ -126,6 +126,12 @@ LeaseOptions closing_at_once() {
   return o;
 }
 
+LeaseOptions closing_after(std::int64_t idle_ms) {
+  LeaseOptions o;
+  o.idle_close_ms = idle_ms;
+  return o;
+}
+
 struct Fixture {
   explicit Fixture(Micros cap, LeaseOptions o = closing_at_once()) {
     o.enabled = true;
@@ -158,6 +164,14 @@ struct Fixture {
     ledger.commit();
     book->install(set, id, std::move(*res.reservation), amount, claim, kJan1);
     return true;
+  }
+  // Two requests of `amount`: `a` comes alone (the per-request path, ended at once), `b` finds
+  // it in flight and opens a lease.
+  void open_beside(Micros amount, LeaseClaim& a, LeaseClaim& b) {
+    book->begin(set, amount, kJan1, a);
+    ASSERT_EQ(book->begin(set, amount, kJan1, b), LeaseBook::Begin::kOpen);
+    ASSERT_TRUE(open(amount, b));
+    book->end_plain(set.key);
   }
   LedgerCovered row(std::string id, Micros actual) {
     LedgerCovered r;
@@ -293,14 +307,9 @@ TEST(Lease, ReleasedRequestsCloseTheLeaseWhenQuiet) {
 
 TEST(Lease, AQuietLeaseClosesAfterTheIdleTime) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
-  o.idle_close_ms = 20;
-  Fixture f(1'000'000, o);
+  Fixture f(1'000'000, closing_after(20));
   LeaseClaim a, b, c;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   auto out = f.book->settle(b, f.row("b", 1'000), {}, kJan1);
   EXPECT_TRUE(out.quiet);
   // Quiet but not idle long enough: the next request is covered by the same lease.
@@ -326,10 +335,7 @@ TEST(Lease, AGracefulStopClosesQuietLeases) {
   o.idle_close_ms = 1'000;
   Fixture f(1'000'000, o);
   LeaseClaim a, b;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   EXPECT_TRUE(f.book->settle(b, f.row("b", 1'000), {}, kJan1).quiet);
   EXPECT_TRUE(f.book->close_idle(kJan1 + 1));  // not idle long enough
   EXPECT_FALSE(f.book->close_idle(kJan1 + 1, /*all=*/true));
@@ -338,10 +344,7 @@ TEST(Lease, AGracefulStopClosesQuietLeases) {
   EXPECT_EQ(f.ledger.open_leases(), 0);
   // The destructor does the same for a book that is simply destroyed.
   LeaseClaim c, d;
-  f.book->begin(f.set, kW, kJan1, c);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, d), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, d));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, c, d);
   f.book->settle(d, f.row("d", 1'000), {}, kJan1);
   EXPECT_EQ(f.ledger.open_leases(), 1);
   f.book.reset();
@@ -457,10 +460,7 @@ TEST(Lease, ARefusedLedgerAppendKeepsTheLeaseHeld) {
   constexpr Micros kW = 10'000;
   Fixture f(1'000'000);
   LeaseClaim a, b;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   const Micros lease = f.snap().reserved_micro;
   f.ledger.refuse = true;
   auto out = f.book->settle(b, f.row("b", 4'000), {}, kJan1);
@@ -480,9 +480,7 @@ TEST(Lease, ARefusedLedgerAppendKeepsTheLeaseHeld) {
 // hold stays in the budget, in step with the open row, instead of being released by a close.
 TEST(Lease, ACoveredRowWhoseCommitFailsRetiresItsLease) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
-  o.idle_close_ms = 20;
-  Fixture f(1'000'000, o);
+  Fixture f(1'000'000, closing_after(20));
   LeaseClaim a, b, c, d, e;
   f.book->begin(f.set, kW, kJan1, a);
   ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
@@ -544,10 +542,7 @@ TEST(Lease, ACoveredRowsCallbackRunsAfterItsLeaseClosedAndWasDropped) {
   constexpr Micros kW = 10'000;
   Fixture f(1'000'000);  // leases close as soon as they are quiet
   LeaseClaim a, b;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   auto out = f.book->settle(b, f.row("b", 4'000), {}, kJan1);
   ASSERT_TRUE(out.queued);
   EXPECT_FALSE(out.lease) << "the book's own callback needs no lease handed back";
@@ -562,14 +557,9 @@ TEST(Lease, ACoveredRowsCallbackRunsAfterItsLeaseClosedAndWasDropped) {
 // finds its lease, which the book could neither close nor keep.
 TEST(Lease, ACoveredRowQueuedWhenItsBookGoesFindsItsLease) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
-  o.idle_close_ms = 20;
-  Fixture f(1'000'000, o);
+  Fixture f(1'000'000, closing_after(20));
   LeaseClaim a, b, c;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
   ASSERT_TRUE(f.book->settle(b, f.row("b", 4'000), {}, kJan1).queued);
   // c's row is refused: the lease is kept held by the book (no close row), b's row still queued.
@@ -587,14 +577,9 @@ TEST(Lease, ACoveredRowQueuedWhenItsBookGoesFindsItsLease) {
 // the lease is retired at once, and held for good when nothing of it is in flight.
 TEST(Lease, ACommitFailureReportedByTheCallerRetiresTheLeaseAtOnce) {
   constexpr Micros kW = 10'000;
-  LeaseOptions o;
-  o.idle_close_ms = 20;
-  Fixture f(1'000'000, o);
+  Fixture f(1'000'000, closing_after(20));
   LeaseClaim a, b, c;
-  f.book->begin(f.set, kW, kJan1, a);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
-  f.book->end_plain(f.set.key);
+  f.open_beside(kW, a, b);
   bool failed = false;
   auto out = f.book->settle(
       b, f.row("b", 4'000), [&](const Result<Ok>& r) { failed = !r.ok(); }, kJan1);
