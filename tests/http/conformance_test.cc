@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "http/server.h"
+#include "loopback.h"
 #include "running_server.h"
 
 namespace bw::http {
@@ -26,27 +27,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int connect_to(std::uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool write_all(int fd, std::string_view s) {
-  while (!s.empty()) {
-    const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    s.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
+using test::connect_to;
+using test::write_all;
 
 // Everything the server sends until it closes the connection or `limit` passes.
 std::string read_until_close(int fd, std::chrono::milliseconds limit = std::chrono::seconds(3)) {

@@ -31,6 +31,7 @@
 #include "common/read_buffer.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "loopback.h"
 #include "running_server.h"
 
 // Counts the reads of one descriptor that found nothing (EAGAIN). Asio's receive calls recv();
@@ -59,27 +60,12 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 // read that waited for an edge that never comes shows up as a timeout of the test's io_context.
 constexpr auto kPrompt = std::chrono::seconds(2);
 
-// A connected socket to 127.0.0.1:port, or -1.
-int connect_to(std::uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+using test::connect_to;
+using test::write_all;
 
 void set_cork(int fd, bool on) {
   const int v = on ? 1 : 0;
   ASSERT_EQ(::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &v, sizeof v), 0);
-}
-
-bool write_all(int fd, const std::string& s) {
-  return ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
 }
 
 // Writes `bytes` and the FIN in one TCP segment: corked, the data waits, and the FIN rides on

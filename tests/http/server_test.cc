@@ -20,24 +20,14 @@
 #include <thread>
 #include <vector>
 
+#include "loopback.h"
 #include "running_server.h"
 
 namespace bw::http {
 namespace {
 
-// A connected socket to 127.0.0.1:port, or -1.
-int connect_to(std::uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+using test::connect_to;
+using test::write_all;
 
 // Connects to 127.0.0.1:port, sends one keep-alive GET and returns the response body; the
 // connection stays open in `fd`.
@@ -94,10 +84,6 @@ TEST(Server, NewConnectionsGoToTheLeastLoadedWorker) {
 }
 
 // ---- the disconnect watch ---------------------------------------------------------------------
-
-bool write_all(int fd, const std::string& s) {
-  return ::write(fd, s.data(), s.size()) == static_cast<ssize_t>(s.size());
-}
 
 // Reads until `count` complete responses (Content-Length bodies) arrived; returns the bodies.
 std::vector<std::string> read_responses(int fd, std::size_t count) {
