@@ -1,12 +1,17 @@
 #pragma once
-// A test's raw client side of a loopback connection: connect, and write every byte.
+// A test's raw client side of a loopback connection: connect, write every byte, read answers.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/time.h>
+
+#include <chrono>
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace bw::http::test {
 
@@ -32,6 +37,39 @@ inline bool write_all(int fd, std::string_view s) {
     s.remove_prefix(static_cast<std::size_t>(n));
   }
   return true;
+}
+
+// Reads answers until `count` complete ones (Content-Length bodies) came, the end of the stream,
+// or a read that waited `timeout`; returns their bodies. With `closed`, reads on after them and
+// says whether the server then closed the connection within `timeout`.
+inline std::vector<std::string> read_answers(int fd, std::size_t count,
+                                             std::chrono::seconds timeout, bool* closed = nullptr) {
+  timeval tv{};
+  tv.tv_sec = timeout.count();
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::vector<std::string> bodies;
+  std::string got;
+  char buf[4096];
+  for (;;) {
+    const auto head_end = got.find("\r\n\r\n");
+    if (head_end != std::string::npos) {
+      const auto cl = got.find("content-length: ");
+      if (cl == std::string::npos || cl > head_end) return bodies;
+      const std::size_t len = std::stoul(got.substr(cl + 16));
+      if (got.size() >= head_end + 4 + len) {
+        bodies.push_back(got.substr(head_end + 4, len));
+        got.erase(0, head_end + 4 + len);
+        continue;
+      }
+    }
+    if (bodies.size() == count && !closed) return bodies;
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) {
+      if (closed) *closed = n == 0 && got.empty();  // not a receive timeout
+      return bodies;
+    }
+    got.append(buf, static_cast<std::size_t>(n));
+  }
 }
 
 }  // namespace bw::http::test

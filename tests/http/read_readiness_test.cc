@@ -261,36 +261,10 @@ std::string get(const std::string& path) {
   return "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
 }
 
-// Reads answers until `count` complete ones (Content-Length bodies) came, or the end of the
-// stream; returns their bodies, and in `closed` whether the server closed the connection
-// within kPrompt after the last of them.
+// Answers, each read waiting at most kPrompt.
 std::vector<std::string> read_answers(int fd, std::size_t count, bool* closed = nullptr) {
-  timeval tv{};
-  tv.tv_sec = std::chrono::duration_cast<std::chrono::seconds>(kPrompt).count();
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::vector<std::string> bodies;
-  std::string got;
-  char buf[4096];
-  for (;;) {
-    const auto head_end = got.find("\r\n\r\n");
-    if (head_end != std::string::npos) {
-      const auto cl = got.find("content-length: ");
-      if (cl == std::string::npos || cl > head_end) return bodies;
-      const std::size_t len = std::stoul(got.substr(cl + 16));
-      if (got.size() >= head_end + 4 + len) {
-        bodies.push_back(got.substr(head_end + 4, len));
-        got.erase(0, head_end + 4 + len);
-        continue;
-      }
-    }
-    if (bodies.size() == count && !closed) return bodies;
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n <= 0) {
-      if (closed) *closed = n == 0 && got.empty();  // not a receive timeout
-      return bodies;
-    }
-    got.append(buf, static_cast<std::size_t>(n));
-  }
+  return test::read_answers(fd, count, std::chrono::duration_cast<std::chrono::seconds>(kPrompt),
+                            closed);
 }
 
 // A client that sends its request and half-closes gets its answer and the connection closed at
