@@ -355,8 +355,9 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
         api::check_output_counted(c.usage, text_chunks > 0);
         if (!c.usage.usable()) charge_relayed(c, relayed_tokens(text_chunks, text_chars), true);
         if (phase_cost::covered(c)) {
-          if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
-            co_await phase_cost::settle_before_answer(c);
+          if (auto row =
+                  phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+            co_await phase_cost::settle_before_answer(c, std::move(*row));
           }
         }
         std::size_t tail_bytes = 0;
@@ -588,8 +589,8 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   }
   if (!c.usage.usable()) charge_relayed(c, relayed, complete);
   if (complete && phase_cost::covered(c)) {
-    if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
-      co_await phase_cost::settle_before_answer(c);
+    if (auto row = phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+      co_await phase_cost::settle_before_answer(c, std::move(*row));
     }
   }
   if (!out.empty()) {
@@ -1224,8 +1225,8 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
     }
     // A request covered by a budget lease: its ledger row before the answer.
     if (a.status_out < 300 && phase_cost::covered(c)) {
-      if (!phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
-        co_await phase_cost::settle_before_answer(c);
+      if (auto row = phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+        co_await phase_cost::settle_before_answer(c, std::move(*row));
       }
     }
     answer_head_out(c, a, up, all.value());

@@ -399,29 +399,28 @@ bool phase_cost::settle_needed(const Ctx& c) {
 // the answer goes on without waiting for the commit, and without a coroutine. Nobody waits for
 // the row, so the writer is not kicked either: it takes the rows in larger batches (its own
 // wake-up, or half a batch queued), which cost it less per row.
-bool phase_cost::settle_before_answer_now(Ctx& c, const asio::any_io_executor& ex) {
-  if (!c.lease_claim.active()) return true;
+std::optional<cost::LedgerCovered> phase_cost::settle_before_answer_now(
+    Ctx& c, const asio::any_io_executor& ex) {
+  if (!c.lease_claim.active()) return std::nullopt;
   auto& sh = c.sh;
   compute_cost(c);
   const std::int64_t now_ms = sh.clock.unix_millis();
   cost::LedgerCovered row = covered_row(c, now_ms);
-  if (!sh.ledger->journal_room(row)) return false;
+  if (!sh.ledger->journal_room(row)) return row;
   row.to_journal = true;
   const cost::LeaseBook::Settled out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
   if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
       (sh.webhooks && !out.outcome.alerts.empty())) {
     after_covered(c, out, out.queued, ex);
   }
-  return true;
+  return std::nullopt;
 }
 
-// Without journal room: the covered row is built and queued in the ledger wait's own
-// initiation, one coroutine frame (this one) for the whole wait.
-asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c) {
-  if (settle_before_answer_now(c, co_await asio::this_coro::executor)) co_return;
+// Without journal room: the covered row (built by settle_before_answer_now) is queued in the
+// ledger wait's own initiation, one coroutine frame (this one) for the whole wait.
+asio::awaitable<void> phase_cost::settle_before_answer(Ctx& c, cost::LedgerCovered row) {
   auto& sh = c.sh;
-  const std::int64_t now_ms = sh.clock.unix_millis();
-  cost::LedgerCovered row = covered_row(c, now_ms);
+  const std::int64_t now_ms = row.settled_unix_ms;
   cost::LeaseBook::Settled out;
   const auto r = co_await ledger_wait(*sh.ledger, [&](cost::LedgerCallback done) {
     out = sh.leases->settle(c.lease_claim, std::move(row), std::move(done), now_ms);

@@ -91,10 +91,12 @@ boost::asio::awaitable<void> settle(Ctx& c);
 inline bool covered(const Ctx& c) {
   return c.lease_claim.active();
 }
-boost::asio::awaitable<void> settle_before_answer(Ctx& c);
-// The same without a coroutine when the row needs no wait (a journal takes it; nothing to do
-// for a request that is not covered). False: await settle_before_answer.
-bool settle_before_answer_now(Ctx& c, const boost::asio::any_io_executor& ex);
+// A covered request's row before its answer, without a coroutine when it needs no wait (a
+// journal takes it; nothing to do for a request that is not covered): nullopt. Otherwise the
+// row, for settle_before_answer to queue and wait for its commit.
+std::optional<cost::LedgerCovered> settle_before_answer_now(Ctx& c,
+                                                            const boost::asio::any_io_executor& ex);
+boost::asio::awaitable<void> settle_before_answer(Ctx& c, cost::LedgerCovered row);
 }  // namespace phase_cost
 
 // 7 admission: a slot of the model group's concurrency, waiting in priority order.
