@@ -29,6 +29,12 @@ struct Lease {
   std::atomic<int> rows_pending{0};
 
   Micros free() const { return std::max<Micros>(hold.amount() - claimed, 0); }
+  // A lease serves only inside the periods its hold was taken in: spend belongs to the period a
+  // reservation was made in, and a covered row is dated now. One whose covered row was not
+  // committed serves no more: the next request waits for a commit of its own.
+  bool serves(std::int64_t now_unix_ms) const {
+    return now_unix_ms < valid_until && !commit_failed.load(std::memory_order_relaxed);
+  }
 };
 
 struct LeaseSetState {
@@ -185,17 +191,11 @@ LeaseBook::Begin LeaseBook::begin(const LeaseSet& set, Micros amount, std::int64
   LeaseSetState& st = state_of(set);
   std::shared_ptr<Lease> expired;
   if (auto& lease = st.current) {
-    // A lease serves only inside the periods its hold was taken in: spend belongs to the
-    // period a reservation was made in, and a covered row is dated now. One whose covered row
-    // was not committed serves no more: the next request waits for a commit of its own.
-    if (now_unix_ms >= lease->valid_until || lease->commit_failed.load(std::memory_order_relaxed)) {
+    if (!lease->serves(now_unix_ms)) {
       lease->retired = true;
       expired = std::move(lease);
       st.current.reset();
-    } else if (lease->free() >= amount) {
-      lease->claimed += amount;
-      ++lease->in_flight;
-      cover(claim, lease, amount);
+    } else if (take_share(lease, amount, claim)) {
       return Begin::kCovered;
     }
   }
@@ -251,15 +251,10 @@ bool LeaseBook::cover_plain(const LeaseSet& set, Micros amount, std::int64_t now
   amount = std::max<Micros>(amount, 0);
   std::lock_guard lock(mu_);
   LeaseSetState& st = state_of(set);
-  const auto& lease = st.current;
-  if (!lease || now_unix_ms >= lease->valid_until ||
-      lease->commit_failed.load(std::memory_order_relaxed) || lease->free() < amount) {
+  if (!st.current || !st.current->serves(now_unix_ms) || !take_share(st.current, amount, claim)) {
     return false;
   }
-  lease->claimed += amount;
-  ++lease->in_flight;
   st.plain = std::max(st.plain - 1, 0);
-  cover(claim, lease, amount);
   return true;
 }
 
@@ -290,6 +285,15 @@ void LeaseBook::install(const LeaseSet& set, std::string lease_id, Reservation h
   cover(claim, std::move(lease), amount);
   lock.unlock();
   for (auto& w : wake) w();
+}
+
+// Under mu_. A request's share of `lease`'s free part, if it has `amount` free.
+bool LeaseBook::take_share(const std::shared_ptr<Lease>& lease, Micros amount, LeaseClaim& claim) {
+  if (lease->free() < amount) return false;
+  lease->claimed += amount;
+  ++lease->in_flight;
+  cover(claim, lease, amount);
+  return true;
 }
 
 // Under mu_. `claim` holds `amount` of `lease` (already counted in the lease's claimed part).

@@ -184,6 +184,7 @@ class LeaseBook {
   bool maybe_close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
   void close(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
   void detach(const std::shared_ptr<detail::Lease>& lease);
+  bool take_share(const std::shared_ptr<detail::Lease>& lease, Micros amount, LeaseClaim& claim);
   void cover(LeaseClaim& claim, std::shared_ptr<detail::Lease> lease, Micros amount);
   void drop_set_if_idle(const std::string& key);
 
