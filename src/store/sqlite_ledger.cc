@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 
 namespace bw::store {
@@ -606,17 +607,15 @@ void SqliteLedger::order_by_request_id(const Batch& batch, std::vector<std::size
     const std::string& id = std::get<cost::LedgerCovered>(batch[at].record).request_id;
     const std::size_t from = id.size() >= 20 && id.starts_with("req_") ? 4 : 0;
     const RowOrder o{bytes_be(id, from), bytes_be(id, from + 8), at};
-    if (!order_.empty() && (o.high < order_.back().high ||
-                            (o.high == order_.back().high && o.low < order_.back().low))) {
+    if (!order_.empty() &&
+        std::tie(o.high, o.low) < std::tie(order_.back().high, order_.back().low)) {
       sorted = false;
     }
     order_.push_back(o);
   }
   if (sorted) return;
   std::sort(order_.begin(), order_.end(), [](const RowOrder& a, const RowOrder& b) {
-    if (a.high != b.high) return a.high < b.high;
-    if (a.low != b.low) return a.low < b.low;
-    return a.at < b.at;
+    return std::tie(a.high, a.low, a.at) < std::tie(b.high, b.low, b.at);
   });
   for (std::size_t k = 0; k < rows.size(); ++k) rows[k] = order_[k].at;
 }
