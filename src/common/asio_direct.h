@@ -172,6 +172,20 @@ auto async_write_all(Stream& stream, const std::array<boost::asio::const_buffer,
       token, &stream, buffers);
 }
 
+// The associators of a wrapper (a DirectHandler, a WriteAll): its executor, allocator and
+// cancellation slot are those of the handler it wraps (its handler_).
+template <template <typename, typename> class Associator, typename Wrapper, typename Handler,
+          typename DefaultCandidate>
+struct WrappedAssociator : Associator<Handler, DefaultCandidate> {
+  static typename Associator<Handler, DefaultCandidate>::type get(const Wrapper& h) noexcept {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_);
+  }
+  static auto get(const Wrapper& h, const DefaultCandidate& c) noexcept
+      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler_, c)) {
+    return Associator<Handler, DefaultCandidate>::get(h.handler_, c);
+  }
+};
+
 }  // namespace bw
 
 namespace boost::asio {
@@ -179,16 +193,8 @@ namespace boost::asio {
 template <template <typename, typename> class Associator, typename Stream, std::size_t N,
           typename Handler, typename DefaultCandidate>
 struct associator<Associator, bw::WriteAll<Stream, N, Handler>, DefaultCandidate>
-    : Associator<Handler, DefaultCandidate> {
-  static typename Associator<Handler, DefaultCandidate>::type get(
-      const bw::WriteAll<Stream, N, Handler>& h) noexcept {
-    return Associator<Handler, DefaultCandidate>::get(h.handler_);
-  }
-  static auto get(const bw::WriteAll<Stream, N, Handler>& h, const DefaultCandidate& c) noexcept
-      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler_, c)) {
-    return Associator<Handler, DefaultCandidate>::get(h.handler_, c);
-  }
-};
+    : bw::WrappedAssociator<Associator, bw::WriteAll<Stream, N, Handler>, Handler,
+                            DefaultCandidate> {};
 
 template <typename... Signatures>
 struct async_result<bw::DirectToken, Signatures...> {
@@ -211,20 +217,10 @@ struct async_result<bw::DirectToken, Signatures...> {
   }
 };
 
-// The handler's executor, allocator and cancellation slot are the wrapped handler's.
 template <template <typename, typename> class Associator, typename Handler,
           typename DefaultCandidate>
 struct associator<Associator, bw::DirectHandler<Handler>, DefaultCandidate>
-    : Associator<Handler, DefaultCandidate> {
-  static typename Associator<Handler, DefaultCandidate>::type get(
-      const bw::DirectHandler<Handler>& h) noexcept {
-    return Associator<Handler, DefaultCandidate>::get(h.handler_);
-  }
-  static auto get(const bw::DirectHandler<Handler>& h, const DefaultCandidate& c) noexcept
-      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler_, c)) {
-    return Associator<Handler, DefaultCandidate>::get(h.handler_, c);
-  }
-};
+    : bw::WrappedAssociator<Associator, bw::DirectHandler<Handler>, Handler, DefaultCandidate> {};
 
 namespace detail {
 
