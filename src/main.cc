@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/build_info.h"
 #include "common/secure_random.h"
 #include "config/config.h"
 #include "gateway/gateway.h"
@@ -75,6 +76,8 @@ int serve(const std::string& config_path, const std::string& listen, std::int64_
   }
   bw::gateway::GatewayOptions options;
   options.listen_override = listen;
+  options.version = std::string(bw::build_version());
+  options.commit = std::string(bw::build_commit());
   options.clock_offset = clock_offset_ms * bw::kNanosPerMilli;
   bw::gateway::Gateway gw(*cfg, options);
   if (auto r = gw.start(); !r) {
@@ -257,6 +260,8 @@ int run_keys(const std::string& action, const std::string& db, const std::string
 int main(int argc, char** argv) {
   CLI::App app{"Bellwether: an OpenAI-compatible LLM API gateway"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("bellwether ") + std::string(bw::build_version()) +
+                                        " (commit " + std::string(bw::build_commit()) + ")");
 
   std::string config_path, listen;
   auto* serve_cmd = app.add_subcommand("serve", "Run the gateway");

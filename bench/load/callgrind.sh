@@ -152,7 +152,7 @@ for line in open(sys.argv[1], errors="replace"):
 print(calls)
 PY
 )"
-echo "$CONFIG ($bin): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))" \
+echo "$CONFIG ($bin, $("$bin" --version 2>/dev/null || echo 'no --version')): requests=$n total=$total idle=$idle per_request=$(((total - idle) / n))" \
   "handled=$handled per_handled=$(((total - idle) / (handled > 0 ? handled : 1)))"
 if [[ "$CACHE_SIM" == 1 ]]; then
   n="$handled"

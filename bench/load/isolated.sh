@@ -272,7 +272,9 @@ fi
 
 
 echo "# isolated proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "bellwether: $bin ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- src 2>/dev/null || echo '+local changes'))"
+# The build under test names itself (its version and commit); an older binary without --version
+# is named by its path alone.
+echo "bellwether: $bin ($("$bin" --version 2>/dev/null || echo 'no --version'))"
 echo "nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "machine: $(nproc) cpus ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
 echo "server under test on cpu$SERVER_CPU (1 worker); wrk -t$THREADS and the upstream on cpu$CLIENT_CPU"

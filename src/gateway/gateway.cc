@@ -381,7 +381,8 @@ Result<Ok> Gateway::start() {
   shared_->runtime = &runtime_;
 
   telemetry::GatewayMetricsOptions mo;
-  mo.version = "0.1.0";
+  mo.version = options_.version;
+  mo.commit = options_.commit;
   mo.budget_utilization = cfg.budget_metrics_per_key;
   shared_->metrics = std::make_unique<telemetry::GatewayMetrics>(shared_->registry, mo);
   shared_->scaling = std::make_unique<ScalingState>(cfg);

@@ -31,6 +31,9 @@ struct GatewayOptions {
   // --clock-offset-ms (hidden, tests only): shifts the `now` passed to the limiter, to simulate
   // a replica whose clock is off.
   Nanos clock_offset = 0;
+  // The build, for bellwether_build_info{version,commit}.
+  std::string version = "0.1.0";
+  std::string commit = "unknown";
 };
 
 class Gateway {

@@ -531,6 +531,30 @@ TEST(GatewayLifecycle, ReloadOnSighupKeepsOldConfigWhenInvalid) {
   EXPECT_EQ(post_json(gw.port, "/v1/chat/completions", body, "sk-rotated-key-0002").status, 200);
 }
 
+// `bellwether --version` names the release and the commit the binary was built from, and the
+// running gateway exports the same pair as bellwether_build_info's labels.
+TEST_F(GatewayCore, VersionFlagAndBuildInfoNameTheSameBuild) {
+  Process v({binary(), "--version"});
+  ASSERT_EQ(v.wait(), 0) << v.stderr_text();
+  const std::string out = v.stdout_text();
+  const std::string prefix = "bellwether 0.1.0 (commit ";
+  ASSERT_EQ(out.rfind(prefix, 0), 0u) << out;
+  const auto close = out.find(')', prefix.size());
+  ASSERT_NE(close, std::string::npos) << out;
+  const std::string commit = out.substr(prefix.size(), close - prefix.size());
+  // A checkout's build names its commit (12 hex digits, "-dirty" with uncommitted changes).
+  const std::string hex = commit.substr(0, commit.find('-'));
+  EXPECT_TRUE(commit == "unknown" ||
+              (hex.size() == 12 && hex.find_first_not_of("0123456789abcdef") == std::string::npos &&
+               (hex.size() == commit.size() || commit.substr(12) == "-dirty")))
+      << commit;
+  const auto m = request(gw_->port, "GET", "/metrics");
+  ASSERT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("bellwether_build_info{version=\"0.1.0\",commit=\"" + commit + "\"} 1\n"),
+            std::string::npos)
+      << m.body.substr(0, 600);
+}
+
 TEST(CheckConfig, ReportsFileLineAndKey) {
   auto dir = temp_dir();
   auto path = dir + "/bad.yaml";
