@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "common/inline_id.h"
 #include "common/result.h"
 #include "cost/money.h"
 
@@ -61,7 +62,8 @@ struct LedgerParty {
 
 // A request covered by a lease: its one row, written already closed, and the lease row lowered.
 struct LedgerCovered {
-  std::string request_id;
+  // Kept inline: copied on the event loop, freed on the writer thread (common/inline_id.h).
+  InlineId request_id;
   std::string lease_id;  // the lease row whose reserved_micro goes down by actual_micro
   std::string key_id;
   std::string tenant_id;

@@ -38,7 +38,7 @@ constexpr const char* kPrepare =
 Result<Ok> check_record(const LedgerRecord& v) {
   // Budget leases are SQLite only (supports_leases() is false here): never half-written.
   if (const auto* c = std::get_if<cost::LedgerCovered>(&v)) {
-    return leases_unsupported_error(c->request_id);
+    return leases_unsupported_error(c->request_id.str());
   }
   if (const auto* r = std::get_if<cost::LedgerReservation>(&v)) {
     if (r->lease) return leases_unsupported_error(r->request_id);

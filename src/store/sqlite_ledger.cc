@@ -604,7 +604,7 @@ void SqliteLedger::order_by_request_id(const Batch& batch, std::vector<std::size
   order_.clear();
   bool sorted = true;
   for (const std::size_t at : rows) {
-    const std::string& id = std::get<cost::LedgerCovered>(batch[at].record).request_id;
+    const std::string_view id = std::get<cost::LedgerCovered>(batch[at].record).request_id;
     const std::size_t from = id.size() >= 20 && id.starts_with("req_") ? 4 : 0;
     const RowOrder o{bytes_be(id, from), bytes_be(id, from + 8), at};
     if (!order_.empty() &&

@@ -52,8 +52,28 @@ std::unique_ptr<CoveredJournal> open_journal(const std::string& path, std::uint6
 
 std::vector<std::string> ids_of(const std::vector<CoveredJournal::Replayed>& rs) {
   std::vector<std::string> ids;
-  for (const auto& r : rs) ids.push_back(r.row.request_id);
+  for (const auto& r : rs) ids.push_back(r.row.request_id.str());
   return ids;
+}
+
+// Request ids of every length (rows keep up to InlineId::kInline characters in themselves, longer
+// ones on the heap) are journaled and replayed whole.
+TEST(CoveredJournal, RequestIdsOfEveryLengthReplayWhole) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  const std::vector<std::string> ids = {
+      "r", "req_0193a4c5e6f7a1b2c3d4e5f6",
+      std::string(cost::LedgerCovered{}.request_id.kInline, 'm'),
+      std::string(cost::LedgerCovered{}.request_id.kInline + 1, 'n'), std::string(128, 'o')};
+  {
+    auto j = open_journal(path, 1 << 16);
+    ASSERT_TRUE(j);
+    CoveredJournal::Position at;
+    for (const auto& id : ids) ASSERT_TRUE(j->append(row_of(id, 1'000), at));
+  }
+  auto j = open_journal(path, 1 << 16);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(ids_of(j->replay({})), ids);
 }
 
 TEST(CoveredJournal, AppendedRecordsReplayWithEveryFieldAndFromAPosition) {

@@ -920,6 +920,30 @@ TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   EXPECT_EQ((*row)->actual_micro, 1'000);
 }
 
+// Request ids that a row keeps in itself (a generated one) and on the heap (a long client one)
+// reach the ledger whole.
+TEST(SqliteLeases, CoveredRowsKeepRequestIdsOfEveryLength) {
+  TempSqliteLedger db("bw_lease_ids");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  ASSERT_TRUE(append_lease(ledger, "lease:i-1", "key_a", budget).ok());
+  const std::vector<std::string> ids = {"req_0193a4c5e6f7a1b2c3d4e5f6", std::string(100, 'q')};
+  std::atomic<int> ok{0};
+  for (const auto& id : ids) {
+    ASSERT_TRUE(ledger.append_covered(covered_row(id, "lease:i-1", budget, 1'000),
+                                      [&](const Result<Ok>& r) { ok += r.ok(); }));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), 2);
+  for (const auto& id : ids) {
+    auto row = ledger.find(id);
+    ASSERT_TRUE(row.ok() && row->has_value()) << id;
+    EXPECT_EQ((*row)->request_id, id);
+    EXPECT_EQ((*row)->actual_micro, 1'000);
+  }
+}
+
 // A covered row lost to a failed transaction never lowered its lease row: the lease must then
 // stay open, so that its row keeps that spend reserved. Closing it would drop the spend from the
 // ledger and a restart would rebuild the budgets without it.
