@@ -162,7 +162,9 @@ class Ledger {
   [[nodiscard]] virtual bool append_settlement(LedgerSettlement record, LedgerCallback done,
                                                Wake wake = Wake::kNow) = 0;
   // A covered request's row plus the lease row lowered, in one transaction (see the contract).
-  [[nodiscard]] virtual bool append_covered(LedgerCovered record, LedgerCallback done,
+  // `record` is moved from once, into the queue (a row is a few hundred bytes); a refused one is
+  // left as it was.
+  [[nodiscard]] virtual bool append_covered(LedgerCovered&& record, LedgerCallback done,
                                             Wake wake = Wake::kNow) = 0;
   virtual bool supports_leases() const { return false; }
   // Whether the calling thread has a journal with room for `row` (whose lease_id is not set yet):

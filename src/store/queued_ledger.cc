@@ -25,7 +25,7 @@ bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::Ledger
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
-bool QueuedLedger::append_covered(cost::LedgerCovered record, cost::LedgerCallback done,
+bool QueuedLedger::append_covered(cost::LedgerCovered&& record, cost::LedgerCallback done,
                                   Wake wake) {
   if (record.to_journal) journal_covered(record);
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);

@@ -14,7 +14,7 @@ class QueuedLedger : public cost::Ledger {
                           Wake wake = Wake::kNow) final;
   bool append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done,
                          Wake wake = Wake::kNow) final;
-  bool append_covered(cost::LedgerCovered record, cost::LedgerCallback done,
+  bool append_covered(cost::LedgerCovered&& record, cost::LedgerCallback done,
                       Wake wake = Wake::kNow) final;
   void kick() final;
   void flush() final;

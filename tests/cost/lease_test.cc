@@ -34,7 +34,7 @@ class FakeLedger final : public bw::testing::LedgerWithoutRows {
   bool append_settlement(LedgerSettlement s, LedgerCallback done, Wake) override {
     return push(std::move(s), std::move(done));
   }
-  bool append_covered(LedgerCovered c, LedgerCallback done, Wake) override {
+  bool append_covered(LedgerCovered&& c, LedgerCallback done, Wake) override {
     return push(std::move(c), std::move(done));
   }
   bool supports_leases() const override { return true; }

@@ -24,7 +24,7 @@ class HeldLedger final : public bw::testing::LedgerWithoutRows {
     queue.emplace_back(std::move(s), std::move(done));
     return true;
   }
-  bool append_covered(cost::LedgerCovered c, cost::LedgerCallback done, Wake) override {
+  bool append_covered(cost::LedgerCovered&& c, cost::LedgerCallback done, Wake) override {
     queue.emplace_back(std::move(c), std::move(done));
     return true;
   }

@@ -31,7 +31,7 @@ class HeldLedger final : public bw::testing::LedgerWithoutRows {
   bool append_settlement(cost::LedgerSettlement, cost::LedgerCallback done, Wake) override {
     return take(std::move(done));
   }
-  bool append_covered(cost::LedgerCovered, cost::LedgerCallback done, Wake) override {
+  bool append_covered(cost::LedgerCovered&&, cost::LedgerCallback done, Wake) override {
     return take(std::move(done));
   }
   void kick() override { ++kicks; }

@@ -964,7 +964,8 @@ TEST(SqliteLeases, ALeaseWhoseCoveredRowWasLostIsNeverClosed) {
     auto other = SqliteDb::open(db.path, false, 50);
     ASSERT_TRUE(other.ok());
     ASSERT_TRUE(other->exec("BEGIN IMMEDIATE").ok());
-    ASSERT_TRUE(ledger.append_covered(c, [&](const Result<Ok>& r) { failed += !r.ok(); }));
+    ASSERT_TRUE(
+        ledger.append_covered(LedgerCovered(c), [&](const Result<Ok>& r) { failed += !r.ok(); }));
     ledger.flush();
     ASSERT_TRUE(other->exec("ROLLBACK").ok());
   }
