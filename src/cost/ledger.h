@@ -67,7 +67,7 @@ struct LedgerCovered {
   std::string lease_id;  // the lease row whose reserved_micro goes down by actual_micro
   std::string key_id;
   std::string tenant_id;
-  std::string model;
+  InlineId model;  // inline too: model names often pass std::string's 15 characters
   std::vector<std::string> budgets;
   Micros reserved_micro = 0;  // the request's share of the lease while it ran (information)
   LedgerStatus status = LedgerStatus::kSettled;  // kSettled or kReleased
