@@ -117,7 +117,15 @@ std::uint64_t CoveredJournal::checksum(std::uint64_t generation, std::uint64_t s
   };
   mix(seq);
   mix((std::uint64_t{kind} << 32) | len);
-  for (std::uint64_t i = 0; i < padded; i += 8) mix(load64(payload + i));
+  // Four words a round: the same hash, a quarter of the loop's own steps.
+  std::uint64_t i = 0;
+  for (; i + 32 <= padded; i += 32) {
+    mix(load64(payload + i));
+    mix(load64(payload + i + 8));
+    mix(load64(payload + i + 16));
+    mix(load64(payload + i + 24));
+  }
+  for (; i < padded; i += 8) mix(load64(payload + i));
   mix(padded);
   return h;
 }

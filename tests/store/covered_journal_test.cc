@@ -56,6 +56,16 @@ std::vector<std::string> ids_of(const std::vector<CoveredJournal::Replayed>& rs)
   return ids;
 }
 
+// The checksum is part of the file's format: journals written by earlier builds replay only if it
+// stays the same (values of the word-at-a-time definition: h ^= word, h *= golden, h ^= h >> 29).
+TEST(CoveredJournal, ChecksumKeepsItsFormat) {
+  unsigned char payload[72];
+  for (int i = 0; i < 72; ++i) payload[i] = static_cast<unsigned char>(i + 1);
+  EXPECT_EQ(CoveredJournal::checksum(0x1234, 7, 1, 72, payload, 72), 0x670e61781f6e50bbULL);
+  EXPECT_EQ(CoveredJournal::checksum(0x1234, 7, 1, 45, payload, 48), 0x8296a3f0c2072ed0ULL);
+  EXPECT_EQ(CoveredJournal::checksum(0x1234, 8, 2, 0, nullptr, 0), 0xcf3128e982807558ULL);
+}
+
 // Request ids of every length (rows keep up to InlineId::kInline characters in themselves, longer
 // ones on the heap) are journaled and replayed whole.
 TEST(CoveredJournal, RequestIdsOfEveryLengthReplayWhole) {
