@@ -229,7 +229,13 @@ class Session final : public ResponseWriter {
       bytes_out_ = 0;
       head_only_ = false;
       overflow_ = {};
-      auto rec = co_await read(parser, false);
+      beast::error_code rec;
+      if (!feed(parser, false, rec)) {
+        for (;;) {
+          const auto r = co_await read_op();
+          if (received(parser, false, r, rec)) break;
+        }
+      }
       idle_ = false;
       first = false;
       if (rec) {
@@ -254,7 +260,13 @@ class Session final : public ResponseWriter {
       }
       if (!parser.is_done()) {
         deadline_.arm(opt.body_timeout);
-        auto bec = co_await read(parser, true);
+        beast::error_code bec;
+        if (!feed(parser, true, bec)) {
+          for (;;) {
+            const auto r = co_await read_op();
+            if (received(parser, true, r, bec)) break;
+          }
+        }
         if (bec) {
           deadline_.disarm();
           co_await refuse(parser, !overflow_.empty() ? overflow_ : reason_for_error(bec, true));
@@ -539,48 +551,73 @@ class Session final : public ResponseWriter {
     watch_->on_gone = nullptr;
   }
 
-  // Feeds the parser from the buffer and the socket until it has the head (whole = false) or
-  // the whole message. Returns the parse or socket error; a deadline that passed reads as
-  // beast::error::timeout.
-  asio::awaitable<beast::error_code> read(wire::RequestParser& p, bool whole) {
-    for (;;) {
-      if (buffer_.size() > 0) {
-        if (!p.got_some()) stash::room(arena_, kArenaRoom);
-        beast::error_code ec;
-        const std::size_t used = p.put(buffer_.data(), ec);
-        buffer_.consume(used);
-        if (ec && ec != bhttp::error::need_more) co_return ec;
-        // Beast bounds the head by header_limit but neither a chunk-size line nor the trailer
-        // section; unbounded, one connection could make this buffer grow until the body timeout.
-        // (With eager parsing, a head-phase put can already be inside the body.)
-        if (ec == bhttp::error::need_more && p.is_header_done()) {
-          overflow_ = overlong_pending(
-              std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size()));
-          if (!overflow_.empty()) co_return bhttp::error::buffer_overflow;
-          if (!whole) co_return beast::error_code{};  // the head is complete
+  // A request's reads: feed() runs the parser over the bytes already read, and while it asks
+  // for more, run() awaits read_op() itself and hands its result to received(). A read is then
+  // one deferred operation awaited by run(), not a coroutine of its own (a frame allocated,
+  // pushed, resumed, popped and freed per head or body read). Both steps return true when they
+  // settle the call, with `ec` the parse or socket error (a deadline that passed reads as
+  // beast::error::timeout): the head (whole = false) or the whole message is in the parser.
+  bool feed(wire::RequestParser& p, bool whole, beast::error_code& ec) {
+    while (buffer_.size() > 0) {
+      if (!p.got_some()) stash::room(arena_, kArenaRoom);
+      const std::size_t used = p.put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec && ec != bhttp::error::need_more) return true;
+      // Beast bounds the head by header_limit but neither a chunk-size line nor the trailer
+      // section; unbounded, one connection could make this buffer grow until the body timeout.
+      // (With eager parsing, a head-phase put can already be inside the body.)
+      if (ec == bhttp::error::need_more && p.is_header_done()) {
+        overflow_ = overlong_pending(
+            std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size()));
+        if (!overflow_.empty()) {
+          ec = bhttp::error::buffer_overflow;
+          return true;
         }
-        if (!ec && (whole ? p.is_done() : p.is_header_done())) co_return beast::error_code{};
-        if (!ec && used > 0 && buffer_.size() > 0) continue;
+        if (!whole) {  // the head is complete
+          ec = {};
+          return true;
+        }
       }
-      // A read that fills less than the buffer makes the next one wait for the client's next
-      // bytes instead of trying (and failing) at once (common/read_buffer.h).
-      auto [ec, n] =
-          co_await socket_.async_read_some(ReadBuffer(buffer_.prepare(std::max<std::size_t>(
-                                               beast::read_size(buffer_, 64 * 1024), kReadBytes))),
-                                           kDirect);
-      if (deadline_.expired()) co_return beast::error::timeout;
-      if (ec == asio::error::eof) {
-        if (!p.got_some()) co_return bhttp::error::end_of_stream;
-        beast::error_code eec;
-        p.put_eof(eec);
-        if (eec) co_return eec;
-        if (whole ? p.is_done() : p.is_header_done()) co_return beast::error_code{};
-        co_return bhttp::error::partial_message;
-      }
-      if (ec) co_return ec;
-      buffer_.commit(n);
-      bytes_in_ += n;
+      if (!ec && (whole ? p.is_done() : p.is_header_done())) return true;
+      if (ec || used == 0) break;
     }
+    ec = {};
+    return false;
+  }
+
+  // A read that fills less than the buffer makes the next one wait for the client's next bytes
+  // instead of trying (and failing) at once (common/read_buffer.h).
+  auto read_op()
+      -> decltype(std::declval<tcp::socket&>().async_read_some(std::declval<ReadBuffer>(),
+                                                               kDirect)) {
+    return socket_.async_read_some(ReadBuffer(buffer_.prepare(std::max<std::size_t>(
+                                       beast::read_size(buffer_, 64 * 1024), kReadBytes))),
+                                   kDirect);
+  }
+
+  bool received(wire::RequestParser& p, bool whole,
+                const std::tuple<beast::error_code, std::size_t>& result, beast::error_code& ec) {
+    const auto& [rec, n] = result;
+    if (deadline_.expired()) {
+      ec = beast::error::timeout;
+      return true;
+    }
+    if (rec == asio::error::eof) {
+      if (!p.got_some()) {
+        ec = bhttp::error::end_of_stream;
+        return true;
+      }
+      p.put_eof(ec);
+      if (!ec && !(whole ? p.is_done() : p.is_header_done())) ec = bhttp::error::partial_message;
+      return true;
+    }
+    if (rec) {
+      ec = rec;
+      return true;
+    }
+    buffer_.commit(n);
+    bytes_in_ += n;
+    return feed(p, whole, ec);
   }
 
   // A write is start_write (the caller has checked broken_) and wrote(its result): the callers
