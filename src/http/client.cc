@@ -88,6 +88,9 @@ struct UpstreamResponse::Impl {
   std::size_t canned_next = 0;
   bool done = false;
   bool failed = false;
+  // read_all's body, filled by the parser's sink, while reading_all.
+  std::string all;
+  bool reading_all = false;
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
 
@@ -134,52 +137,85 @@ struct UpstreamResponse::Impl {
     }
   }
 
-  // Feeds the parser until settle() settles the call, reading the socket as needed; a call
-  // that settle() settled at once costs no coroutine frame. `settled`: the caller's settle()
-  // already ran over the buffer and asked for a read. A passed deadline reads as
-  // beast::error::timeout.
-  asio::awaitable<beast::error_code> parse(Until until, bool settled = false) {
+  // The reads of a call that settle() did not settle: the caller awaits read_op() itself, TLS
+  // or plain (one deferred operation type), and hands its result to received(), until that
+  // settles the call as settle() does. A read is then not a coroutine of its own (a frame
+  // allocated, pushed, resumed, popped and freed per call that reads). A passed deadline reads
+  // as beast::error::timeout.
+  auto read_op() {
+    // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which cut
+    // a 1 KiB answer (or a burst of stream events) into several reads and writes.
+    const auto mb =
+        buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
+    DirectToken token;
+    return asio::async_initiate<DirectToken, void(beast::error_code, std::size_t)>(
+        [](auto handler, Impl* self, asio::mutable_buffer b) {
+          if (self->tls) {
+            self->tls->async_read_some(b, std::move(handler));
+          } else {
+            // A short read makes the next one wait for the upstream's next bytes instead of
+            // trying (and failing) at once (common/read_buffer.h).
+            self->plain->async_read_some(ReadBuffer(b), std::move(handler));
+          }
+        },
+        token, this, mb);
+  }
+
+  bool received(Until until, const std::tuple<beast::error_code, std::size_t>& result,
+                beast::error_code& ec) {
+    const auto& [rec, n] = result;
     auto& p = *parser;
-    const bool header_only = until == Until::kHead;
-    for (;;) {
-      if (!settled) {
-        beast::error_code ec;
-        if (settle(until, ec)) co_return ec;
-      }
-      settled = false;
-      // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which
-      // cut a 1 KiB answer (or a burst of stream events) into several reads and writes.
-      auto mb =
-          buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
-      // Awaited here, TLS or plain (deferred operations of two types): no frame per read.
-      std::tuple<beast::error_code, std::size_t> r;
-      if (tls) {
-        r = co_await tls->async_read_some(mb, kDirect);
-      } else {
-        // A short read makes the next one wait for the upstream's next bytes instead of trying
-        // (and failing) at once (common/read_buffer.h).
-        r = co_await plain->async_read_some(ReadBuffer(mb), kDirect);
-      }
-      auto [ec, n] = r;
-      if (deadline.expired()) co_return beast::error::timeout;
-      if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
-        if (!p.got_some()) co_return bhttp::error::end_of_stream;
-        beast::error_code eec;
-        p.put_eof(eec);
-        if (eec) co_return eec;
-        co_return finished(header_only) ? beast::error_code{} : bhttp::error::partial_message;
-      }
-      if (ec) co_return ec;
-      buffer.commit(n);
-      // The idle deadline bounds the gap between reads, not the whole body.
-      if (until == Until::kEnd) deadline.arm(timeouts.idle);
+    if (deadline.expired()) {
+      ec = beast::error::timeout;
+      return true;
     }
+    if (rec == asio::error::eof || rec == ssl::error::stream_truncated) {
+      if (!p.got_some()) {
+        ec = bhttp::error::end_of_stream;
+        return true;
+      }
+      p.put_eof(ec);
+      if (!ec && !finished(until == Until::kHead)) ec = bhttp::error::partial_message;
+      return true;
+    }
+    if (rec) {
+      ec = rec;
+      return true;
+    }
+    buffer.commit(n);
+    // The idle deadline bounds the gap between reads, not the whole body.
+    if (until == Until::kEnd) deadline.arm(timeouts.idle);
+    return settle(until, ec);
+  }
+
+  // Ends read_all (UpstreamResponse::read_all_now, read_all): the body, or the error.
+  Result<std::string> end_all(const beast::error_code& ec) {
+    reading_all = false;
+    parser->set_sink(nullptr, 0);
+    if (ec) {
+      failed = true;
+      if (parser->sink_overflowed()) {
+        drop();
+        return upstream_error(kUpstreamReset, "upstream response larger than the limit");
+      }
+      return classify(ec, "body read");
+    }
+    done = true;
+    return std::move(all);
   }
 
   void close() {
     deadline.disarm();
     beast::error_code ec;
     socket().close(ec);
+  }
+
+  // Drops the connection: the upstream sees the request cancelled.
+  void drop() {
+    failed = true;
+    beast::error_code ec;
+    socket().shutdown(tcp::socket::shutdown_both, ec);
+    close();
   }
 };
 
@@ -325,18 +361,13 @@ UpstreamCancel::~UpstreamCancel() {
 void UpstreamCancel::cancel() {
   cancelled_ = true;
   if (!conn_) return;
-  conn_->failed = true;
-  beast::error_code ec;
-  conn_->socket().shutdown(tcp::socket::shutdown_both, ec);
-  conn_->close();  // pending I/O completes with an error; the slot is released with the response
+  conn_->drop();  // pending I/O completes with an error; the slot is released with the response
 }
 
 void UpstreamResponse::abort() {
   impl_->failed = true;
   if (impl_->canned) return;
-  beast::error_code ec;
-  impl_->socket().shutdown(tcp::socket::shutdown_both, ec);
-  impl_->close();
+  impl_->drop();
 }
 
 asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
@@ -363,7 +394,12 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   im.parser->in_place(true);
   im.deadline.arm(im.timeouts.idle);
   beast::error_code ec;
-  if (!im.settle(Impl::Until::kPiece, ec)) ec = co_await im.parse(Impl::Until::kPiece, true);
+  if (!im.settle(Impl::Until::kPiece, ec)) {
+    for (;;) {
+      const auto r = co_await im.read_op();
+      if (im.received(Impl::Until::kPiece, r, ec)) break;
+    }
+  }
   im.deadline.disarm();
   const std::string_view piece = im.parser->in_place_body();
   im.parser->in_place(false);
@@ -391,46 +427,56 @@ bool UpstreamResponse::complete() const {
   return !im.failed && (im.done || im.parser->is_done());
 }
 
-asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limit) {
+std::optional<Result<std::string>> UpstreamResponse::read_all_now(std::size_t limit) {
   auto& im = *impl_;
-  std::string out;
   if (im.canned) {
+    std::string out;
     for (; im.canned_next < im.canned->pieces.size(); ++im.canned_next) {
       out += im.canned->pieces[im.canned_next];
     }
     if (!im.canned->fail_after.empty()) {
-      co_return upstream_error(im.canned->fail_after, "upstream body read failed");
+      return Result<std::string>(
+          upstream_error(im.canned->fail_after, "upstream body read failed"));
     }
     if (out.size() > limit) {
-      co_return upstream_error(kUpstreamReset, "upstream response larger than the limit");
+      return Result<std::string>(
+          upstream_error(kUpstreamReset, "upstream response larger than the limit"));
     }
     im.done = true;
-    co_return out;
+    return Result<std::string>(std::move(out));
   }
-  if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
-  if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
-    out = stash::take(static_cast<std::size_t>(*cl));
+  if (im.failed) {
+    im.reading_all = false;
+    im.parser->set_sink(nullptr, 0);
+    return Result<std::string>(upstream_error(kUpstreamReset, "upstream connection closed"));
   }
-  im.parser->set_sink(&out, limit);
-  im.parser->eager(true);
-  while (!im.parser->is_done()) {
-    im.deadline.arm(im.timeouts.idle);
-    beast::error_code ec;
-    if (!im.settle(Impl::Until::kEnd, ec)) ec = co_await im.parse(Impl::Until::kEnd, true);
-    im.deadline.disarm();
-    if (ec) {
-      im.failed = true;
-      im.parser->set_sink(nullptr, 0);
-      if (im.parser->sink_overflowed()) {
-        abort();
-        co_return upstream_error(kUpstreamReset, "upstream response larger than the limit");
-      }
-      co_return classify(ec, "body read");
+  if (!im.reading_all) {
+    im.reading_all = true;
+    im.all.clear();
+    if (auto cl = im.parser->content_length(); cl && *cl <= limit) {
+      im.all = stash::take(static_cast<std::size_t>(*cl));
     }
+    im.parser->set_sink(&im.all, limit);
+    im.parser->eager(true);
   }
-  im.parser->set_sink(nullptr, 0);
-  im.done = true;
-  co_return out;
+  // No deadline: nothing is read here.
+  beast::error_code ec;
+  if (!im.parser->is_done() && !im.settle(Impl::Until::kEnd, ec)) return std::nullopt;
+  return im.end_all(ec);
+}
+
+asio::awaitable<Result<std::string>> UpstreamResponse::read_all(std::size_t limit) {
+  if (auto now = read_all_now(limit)) co_return std::move(*now);
+  // The body's start is in the parser's sink (Impl::all); the rest needs reads.
+  auto& im = *impl_;
+  im.deadline.arm(im.timeouts.idle);
+  beast::error_code ec;
+  for (;;) {
+    const auto r = co_await im.read_op();
+    if (im.received(Impl::Until::kEnd, r, ec)) break;
+  }
+  im.deadline.disarm();
+  co_return im.end_all(ec);
 }
 
 Result<Endpoint> Endpoint::parse(std::string_view url) {
@@ -665,6 +711,7 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     c.limits = opt.pool;
     c.done = false;
     c.failed = false;
+    c.reading_all = false;
     c.out.clear();
     // A small body behind the head in one buffer; a larger one written from where it is (a
     // gather write), not copied into the connection's buffer. A body in pieces (a client's body
@@ -719,7 +766,13 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       co_return classify(wec, "write");
     }
     c.deadline.arm(t.first_byte);
-    auto hec = co_await c.parse(UpstreamResponse::Impl::Until::kHead);
+    beast::error_code hec;
+    if (!c.settle(UpstreamResponse::Impl::Until::kHead, hec)) {
+      for (;;) {
+        const auto r = co_await c.read_op();
+        if (c.received(UpstreamResponse::Impl::Until::kHead, r, hec)) break;
+      }
+    }
     c.deadline.disarm();
     if (hec) {
       c.failed = true;

@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -124,6 +125,10 @@ class UpstreamResponse {
   bool complete() const;
   // The whole body, refused past `limit` bytes.
   boost::asio::awaitable<Result<std::string>> read_all(std::size_t limit);
+  // The same without waiting, when the bytes already read settle it (the whole body, or an
+  // error); otherwise nothing, and the body read so far is kept for read_all, which must follow.
+  // An answer read whole with its head then costs no coroutine.
+  std::optional<Result<std::string>> read_all_now(std::size_t limit);
   // Drops the connection now (e.g. the client went away): the upstream sees the request cancelled.
   void abort();
 

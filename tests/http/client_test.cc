@@ -212,6 +212,69 @@ TEST(ClientPool, KeepAliveReusesTheConnection) {
   EXPECT_EQ(pool.idle_connections(), 1u);
 }
 
+// read_all_now answers without waiting when the bytes already read settle the body: the whole
+// body, or its error (over the limit); a body still coming is kept for read_all, which reads the
+// rest after it. The connection is reused after both.
+TEST(ClientPool, ReadAllNowAnswersABodyAtHandAndLeavesTheRestToReadAll) {
+  asio::io_context ioc;
+  TestServer server(ioc, [](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+    std::string buf;
+    for (int n = 0; auto req = co_await TestServer::read_request(*s, buf); ++n) {
+      srv.requests.push_back(*req);
+      if (n == 1) {  // the body in two writes, 50 ms apart
+        if (!co_await TestServer::write(*s, "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello")) {
+          break;
+        }
+        co_await sleep_for(milliseconds(50));
+        if (!co_await TestServer::write(*s, " world")) break;
+      } else if (!co_await TestServer::write(*s, kHello)) {
+        break;
+      }
+    }
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  const std::string target = "/";
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    {  // whole with its head
+      auto req = post(target, "{}");
+      auto r = co_await pool.send(ep, req, fast_options());
+      if (!r) {
+        ADD_FAILURE() << r.error().message;
+        co_return;
+      }
+      auto now = r->read_all_now(100);
+      EXPECT_TRUE(now && *now && **now == "hello");
+    }
+    EXPECT_EQ(pool.idle_connections(), 1u);
+    {  // half of it: read_all reads the rest
+      auto req = post(target, "{}");
+      auto r = co_await pool.send(ep, req, fast_options());
+      if (!r) {
+        ADD_FAILURE() << r.error().message;
+        co_return;
+      }
+      EXPECT_FALSE(r->read_all_now(100).has_value());
+      auto body = co_await r->read_all(100);
+      EXPECT_TRUE(body && *body == "hello world") << (body ? *body : body.error().message);
+    }
+    EXPECT_EQ(pool.idle_connections(), 1u);
+    {  // over the limit: an error at once, and the connection is not kept
+      auto req = post(target, "{}");
+      auto r = co_await pool.send(ep, req, fast_options());
+      if (!r) {
+        ADD_FAILURE() << r.error().message;
+        co_return;
+      }
+      auto now = r->read_all_now(3);
+      EXPECT_TRUE(now && !*now);
+    }
+    EXPECT_EQ(pool.idle_connections(), 0u);
+  });
+  EXPECT_EQ(server.accepted, 1);
+  EXPECT_EQ(server.requests.size(), 3u);
+}
+
 TEST(ClientPool, LargeBodyIsSentWhole) {
   asio::io_context ioc;
   TestServer server(ioc, TestServer::respond_with(std::string(kHello)));
