@@ -1208,7 +1208,11 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
       co_return;
     }
     c.upstream_status = up.status();
-    auto all = co_await up.read_all(c.rt->config().max_upstream_response_bytes);
+    // An answer read whole with its head is at hand without a coroutine for its body.
+    const std::size_t limit = c.rt->config().max_upstream_response_bytes;
+    std::optional<Result<std::string>> got = up.read_all_now(limit);
+    if (!got) got.emplace(co_await up.read_all(limit));
+    Result<std::string>& all = *got;
     next = answer_read(c, a, up, all, verdict);
     if (next == Next::kDone) co_return;
     if (next == Next::kRetry) {
