@@ -1,7 +1,6 @@
 #include "gateway/access_log.h"
 
 #include <chrono>
-#include <cmath>
 #include <cstring>
 
 #include "common/json_util.h"
@@ -40,20 +39,82 @@ char* put_bool(char* p, bool v) {
   return v ? write_literal(p, "true") : write_literal(p, "false");
 }
 
-// Milliseconds with six significant digits, as printf("%.6g") gives them, but formatted from
-// an integer (picoseconds) rather than by the floating-point conversion. Zero (a request that
-// did not wait) is written at once: its text is "0" either way (-0 rounds to 0 too).
-char* put_ms(char* p, double ms) {
-  if (ms == 0) {
+}  // namespace
+
+char* write_ms(char* p, std::int64_t ns) {
+  if (ns == 0) {  // a request that did not wait
     *p = '0';
     return p + 1;
   }
-  const double ps = ms * 1e9;
-  if (std::fabs(ps) < 9e18) return write_decimal(p, std::llround(ps), 9, 6);
-  return write_double(p, ms);
+  constexpr std::int64_t kFast = 1'000'000'000'000'000;  // 11.6 days
+  if (ns < 0 || ns >= kFast) return write_decimal(p, ns, 6, 6);
+  static constexpr std::uint64_t kPow10[] = {1,
+                                             10,
+                                             100,
+                                             1'000,
+                                             10'000,
+                                             100'000,
+                                             1'000'000,
+                                             10'000'000,
+                                             100'000'000,
+                                             1'000'000'000,
+                                             10'000'000'000,
+                                             100'000'000'000,
+                                             1'000'000'000'000,
+                                             10'000'000'000'000,
+                                             100'000'000'000'000,
+                                             1'000'000'000'000'000};
+  // The six significant digits of the milliseconds, and how many of them (`whole`) come before
+  // the point: below a millisecond the nanoseconds themselves (no rounding) after "0."; else
+  // the nanoseconds rounded to six digits, `whole` being the digits dropped.
+  auto u = static_cast<std::uint64_t>(ns);
+  int whole = 0;
+  if (u >= kPow10[6]) {
+    whole = 1;
+    while (u >= kPow10[whole + 6]) ++whole;
+    const std::uint64_t q = kPow10[whole];
+    std::uint64_t t = u / q;
+    const std::uint64_t r = u - t * q;
+    if (r > q / 2 || (r == q / 2 && (t & 1) != 0)) ++t;
+    if (t == kPow10[6]) {  // rounded up to a seventh digit
+      t = kPow10[5];
+      ++whole;
+    }
+    u = t;
+  }
+  static constexpr char kPairs[] =
+      "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+      "8081828384858687888990919293949596979899";
+  char digits[8] = {};
+  std::memcpy(digits, kPairs + u / 10'000 * 2, 2);
+  std::memcpy(digits + 2, kPairs + u / 100 % 100 * 2, 2);
+  std::memcpy(digits + 4, kPairs + u % 100 * 2, 2);
+  if (whole >= 6) {  // a whole number of milliseconds: the digits, then zeros
+    std::memcpy(p, digits, 6);
+    p += 6;
+    for (int i = 6; i < whole; ++i) *p++ = '0';
+    return p;
+  }
+  char* end;
+  if (whole == 0) {
+    std::memcpy(p, "0.", 2);
+    std::memcpy(p + 2, digits, 6);
+    end = p + 8;
+  } else {
+    // The point inserted after the first `whole` digits, in one 8-byte word.
+    std::uint64_t w;
+    std::memcpy(&w, digits, 8);
+    const int shift = 8 * whole;
+    const std::uint64_t low = w & ((std::uint64_t{1} << shift) - 1);
+    w = low | (std::uint64_t{'.'} << shift) | ((w >> shift) << (shift + 8));
+    std::memcpy(p, &w, 8);
+    end = p + 7;
+  }
+  while (end[-1] == '0') --end;
+  if (end[-1] == '.') --end;
+  return end;
 }
-
-}  // namespace
 
 char* write_unix_ms(char* p, std::int64_t ms) {
   if (ms < 1000) return write_int(p, ms);
@@ -230,13 +291,13 @@ void AccessLog::log(const AccessRecord& r) {
   p = write_literal(p, ",\"stream\":");
   p = put_bool(p, r.stream);
   p = write_literal(p, ",\"latency_ms\":");
-  p = put_ms(p, r.latency_ms);
-  if (r.ttft_ms >= 0) {
+  p = write_ms(p, r.latency_ns);
+  if (r.ttft_ns >= 0) {
     p = write_literal(p, ",\"ttft_ms\":");
-    p = put_ms(p, r.ttft_ms);
+    p = write_ms(p, r.ttft_ns);
   }
   p = write_literal(p, ",\"queue_ms\":");
-  p = put_ms(p, r.queue_ms);
+  p = write_ms(p, r.queue_ns);
   if (!r.wait_reason.empty()) {
     p = write_literal(p, ",\"wait_reason\":");
     p = write_json_string(p, r.wait_reason);

@@ -31,9 +31,11 @@ struct AccessRecord {
   bool priority_lowered = false;
   bool stream = false;
   bool cancelled = false;
-  double latency_ms = 0;
-  double ttft_ms = -1;
-  double queue_ms = 0;
+  // Durations in nanoseconds, written as milliseconds with six significant digits (ttft < 0:
+  // none).
+  std::int64_t latency_ns = 0;
+  std::int64_t ttft_ns = -1;
+  std::int64_t queue_ns = 0;
   std::string_view wait_reason;  // "" when the request did not wait
   std::int64_t prompt_tokens = 0;
   std::int64_t completion_tokens = 0;
@@ -54,6 +56,12 @@ struct AccessRecord {
 // bytes); returns the end. The line's time stamp: its second is formatted once per second per
 // thread.
 char* write_unix_ms(char* p, std::int64_t ms);
+
+// A duration of `ns` nanoseconds as milliseconds with six significant digits, the text
+// write_decimal(p, ns, 6, 6) writes (no exponent, no trailing zeros; half to even, as
+// printf("%.6g") rounds), at `p` (room for kDecimalMaxSize bytes); returns the end. The line's
+// latencies, with fewer steps than write_decimal's general ones.
+char* write_ms(char* p, std::int64_t ns);
 
 class AccessLog {
  public:

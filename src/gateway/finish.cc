@@ -22,10 +22,12 @@ std::size_t route_index(std::string_view label) {
   return kRoutes.size();
 }
 
-void record_metrics(Ctx& c) {
+// `request_path` is c.req.path(), `now` the clock's time at the request's end: read once for the
+// metrics and the access log.
+void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   static_assert(kRoutes.size() == GroupMetricCache::kRoutes);
   auto& m = *c.sh.metrics;
-  const auto path = endpoint_label(c.req.path());
+  const auto path = endpoint_label(request_path);
   const std::string_view model = c.group ? std::string_view(c.group->cfg->name) : "";
   const auto prio_index = static_cast<std::size_t>(c.priority.priority);
   const std::string_view prio = c.key ? admission::kPriorityLabels[prio_index] : "";
@@ -47,7 +49,7 @@ void record_metrics(Ctx& c) {
   }
   if (!c.key || !c.group) return;  // not an authenticated LLM request: no model series
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
-  const double duration_s = to_seconds(c.now() - c.start);
+  const double duration_s = to_seconds(now - c.start);
   auto& duration = g && route < kRoutes.size()
                        ? g->duration.get(m.request_duration, route, {path, model})
                        : m.request_duration.with({path, model});
@@ -96,7 +98,9 @@ void record_metrics(Ctx& c) {
 }
 
 void write_access_log(Ctx& c) {
-  record_metrics(c);
+  const std::string_view request_path = c.req.path();
+  const Nanos now = c.now();
+  record_metrics(c, request_path, now);
   if (!c.sh.access_log->enabled()) return;
   const std::string error = c.outcome.label();
   AccessRecord r;
@@ -106,7 +110,7 @@ void write_access_log(Ctx& c) {
   r.request_id = c.request_id;
   r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
   r.method = c.req.method;
-  r.path = c.req.path();
+  r.path = request_path;
   r.client_ip = c.client_ip;
   r.model_requested = c.llm.model;
   r.model_served = c.model_served;
@@ -115,15 +119,15 @@ void write_access_log(Ctx& c) {
   r.status = c.status;
   r.stream = c.llm.stream;
   r.cancelled = c.cancelled;
-  r.latency_ms = static_cast<double>(c.now() - c.start) / 1e6;
-  r.ttft_ms = c.ttft >= 0 ? static_cast<double>(c.ttft) / 1e6 : -1;
+  r.latency_ns = now - c.start;
+  r.ttft_ns = c.ttft >= 0 ? c.ttft : -1;
   r.prompt_tokens = c.usage.prompt_tokens;
   r.completion_tokens = c.usage.completion_tokens;
   r.attempts = c.attempts;
   r.cost_micro_usd = c.cost_micro;
   r.priority = c.key ? c.priority.priority : -1;
   r.priority_lowered = c.priority.lowered;
-  r.queue_ms = static_cast<double>(c.queue_wait) / 1e6;
+  r.queue_ns = c.queue_wait;
   if (c.wait_reason != admission::WaitReason::kNone) {
     r.wait_reason = admission::wait_reason_name(c.wait_reason);
   }

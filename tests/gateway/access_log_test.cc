@@ -57,9 +57,9 @@ TEST(AccessLog, OneJsonLinePerRecordWithEveryField) {
     r.upstream = "openai-1";
     r.status = 200;
     r.stream = true;
-    r.latency_ms = 12.5;
-    r.ttft_ms = 3.25;
-    r.queue_ms = 1;
+    r.latency_ns = 12'500'000;
+    r.ttft_ns = 3'250'000;
+    r.queue_ns = 1'000'000;
     r.wait_reason = "concurrency";
     r.prompt_tokens = 11;
     r.completion_tokens = 22;
@@ -164,9 +164,9 @@ TEST(AccessLog, NumbersInDecimalNotation) {
     AccessLog log(path);
     AccessRecord r;
     r.request_id = "req_n";
-    r.latency_ms = 1234.5678;
-    r.ttft_ms = 0.000012;
-    r.queue_ms = 0;
+    r.latency_ns = 1'234'567'800;
+    r.ttft_ns = 12;
+    r.queue_ns = 0;
     r.cost_micro_usd = 1'234'567;
     r.cache_saved_micro_usd = 12;
     log.log(r);
@@ -185,9 +185,12 @@ TEST(AccessLog, NumbersInDecimalNotation) {
 std::string reference_line(const AccessRecord& r) {
   std::string out(8192 + 6 * 4096, '\0');
   char* p = out.data();
-  auto ms = [&](double v) {
-    const double ps = v * 1e9;
-    p = std::fabs(ps) < 9e18 ? write_decimal(p, std::llround(ps), 9, 6) : write_double(p, v);
+  // Milliseconds as the picoseconds' decimal at six significant digits (what the line wrote
+  // from a double's picoseconds), or, past that range, the nanoseconds'.
+  auto ms = [&](std::int64_t ns) {
+    p = ns > -9'000'000'000'000'000 / 1000 && ns < 9'000'000'000'000'000 / 1000
+            ? write_decimal(p, ns * 1000, 9, 6)
+            : write_decimal(p, ns, 6, 6);
   };
   auto str = [&](std::string_view v) { p = write_json_string(p, v); };
   auto lit = [&](std::string_view v) {
@@ -214,13 +217,13 @@ std::string reference_line(const AccessRecord& r) {
   p = write_int(p, r.status);
   lit(r.stream ? ",\"stream\":true" : ",\"stream\":false");
   lit(",\"latency_ms\":");
-  ms(r.latency_ms);
-  if (r.ttft_ms >= 0) {
+  ms(r.latency_ns);
+  if (r.ttft_ns >= 0) {
     lit(",\"ttft_ms\":");
-    ms(r.ttft_ms);
+    ms(r.ttft_ns);
   }
   lit(",\"queue_ms\":");
-  ms(r.queue_ms);
+  ms(r.queue_ns);
   if (!r.wait_reason.empty()) {
     lit(",\"wait_reason\":");
     str(r.wait_reason);
@@ -305,7 +308,7 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
     r.model_served = served;
     r.upstream = upstream;
     r.status = 200;
-    r.latency_ms = 1.5 + static_cast<double>(table.size());
+    r.latency_ns = 1'500'000 + 1'000'000 * static_cast<std::int64_t>(table.size());
     r.cost_micro_usd = 17;
     table.push_back(r);
   };
@@ -341,6 +344,20 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
                      std::numeric_limits<int>::min(), std::numeric_limits<int>::max()}) {
     add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
     table.back().status = status;
+  }
+  // Durations of every magnitude, the roundings at six digits (half to even, a carry into a
+  // seventh digit), negative ones and the extremes.
+  for (std::int64_t ns :
+       {std::int64_t{1}, std::int64_t{999}, std::int64_t{999'999}, std::int64_t{1'000'000},
+        std::int64_t{1'234'567}, std::int64_t{1'234'565'000}, std::int64_t{1'234'575'000},
+        std::int64_t{999'999'499}, std::int64_t{999'999'500}, std::int64_t{999'999'501},
+        std::int64_t{12'345'678'901'234}, std::int64_t{-1'500'000}, std::int64_t{-1},
+        std::int64_t{8'999'999'999'999'999}, std::int64_t{9'000'000'000'000'000},
+        std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::min()}) {
+    add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
+    table.back().latency_ns = ns;
+    table.back().ttft_ns = ns < 0 ? -1 : ns / 3;
+    table.back().queue_ns = ns / 7;
   }
   std::vector<std::size_t> order;
   for (std::size_t i = 0; i < table.size(); ++i) {
@@ -379,6 +396,60 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
     at += want[i].size();
   }
   EXPECT_EQ(at, text.size());
+}
+
+// A duration's milliseconds are write_decimal's text of its nanoseconds at six significant
+// digits: every magnitude, the roundings (half to even, a carry into a seventh digit), the
+// range past the fast one, negative values and the extremes.
+TEST(AccessLog, DurationIsTheDecimalOfItsNanoseconds) {
+  std::vector<std::int64_t> ns = {0,
+                                  1,
+                                  9,
+                                  10,
+                                  999,
+                                  100'000,
+                                  999'999,
+                                  1'000'000,
+                                  1'000'001,
+                                  1'000'005,
+                                  1'000'015,
+                                  9'999'995,
+                                  9'999'985,
+                                  12'345'678,
+                                  1'234'565'000,
+                                  1'234'575'000,
+                                  999'999'499,
+                                  999'999'500,
+                                  999'999'501,
+                                  100'000'000'000,
+                                  999'999'500'000,
+                                  999'999'499'999,
+                                  123'456'789'012'345,
+                                  999'999'999'999'999,
+                                  1'000'000'000'000'000,
+                                  -1,
+                                  -1'234'567,
+                                  std::numeric_limits<std::int64_t>::max(),
+                                  std::numeric_limits<std::int64_t>::min()};
+  std::mt19937_64 rng(11);
+  for (int i = 0; i < 200'000; ++i) {
+    const auto digits = 1 + rng() % 17;
+    std::uint64_t v = rng() % 10;
+    for (std::uint64_t d = 1; d < digits; ++d) v = v * 10 + rng() % 10;
+    // Now and then the digits after the sixth a tie: ...5 then zeros.
+    if (rng() % 4 == 0 && digits > 6) {
+      std::uint64_t q = 1;
+      for (std::uint64_t d = 6; d < digits; ++d) q *= 10;
+      v = v / q * q + q / 2;
+    }
+    ns.push_back(static_cast<std::int64_t>(v));
+  }
+  for (std::int64_t v : ns) {
+    char got[kDecimalMaxSize + 8], want[kDecimalMaxSize];
+    const std::string_view g(got, static_cast<std::size_t>(write_ms(got, v) - got));
+    const std::string_view w(want, static_cast<std::size_t>(write_decimal(want, v, 6, 6) - want));
+    ASSERT_EQ(g, w) << v;
+  }
 }
 
 // The time stamp's text is write_int's, for a second formatted afresh or kept from the line
