@@ -1,5 +1,7 @@
 #include "gateway/access_log.h"
 
+#include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstring>
 
@@ -7,8 +9,53 @@
 
 namespace bw::gateway {
 
+// A thread's lines: bytes [tail, head) of a ring of mask + 1 bytes (positions grow without
+// bound; a byte's place is its position & mask). The thread that owns it writes the bytes and
+// then publishes head; the log's reader writes them out and then publishes tail.
+struct AccessLog::Ring {
+  explicit Ring(std::size_t bytes)
+      : data(std::make_unique_for_overwrite<char[]>(bytes)), mask(bytes - 1) {}
+  const std::unique_ptr<char[]> data;  // untouched until written: no memory for an idle log
+  const std::size_t mask;
+  alignas(64) std::atomic<std::uint64_t> head{0};
+  alignas(64) std::atomic<std::uint64_t> tail{0};
+  // A thread writes into it; false once that thread has ended or logs elsewhere, and then the
+  // next thread that starts logging takes it (under the log's mutex).
+  std::atomic<bool> owned{true};
+};
+
+namespace {
+
+std::atomic<std::uint64_t> next_log_id{1};
+constexpr std::size_t kMinRingBytes = 64 * 1024;
+
+// The ring a thread writes into, and the log it belongs to. Shared with the log, so that
+// either may end first.
+struct RingMemo {
+  std::uint64_t log = 0;
+  std::shared_ptr<AccessLog::Ring> ring;
+  RingMemo() = default;
+  RingMemo(const RingMemo&) = delete;
+  RingMemo& operator=(const RingMemo&) = delete;
+  ~RingMemo() {
+    if (ring) ring->owned.store(false, std::memory_order_release);
+  }
+};
+thread_local RingMemo ring_memo;
+
+// The same ring and log as plain values, for the line's fast path: a trivial thread_local is
+// read without the guard call of one with a destructor.
+struct RingCache {
+  std::uint64_t log = 0;
+  AccessLog::Ring* ring = nullptr;
+};
+thread_local constinit RingCache ring_cache;
+
+}  // namespace
+
 AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
-    : max_(max_buffer_bytes) {
+    : ring_bytes_(std::max(kMinRingBytes, std::bit_floor(max_buffer_bytes / 4))),
+      id_(next_log_id.fetch_add(1, std::memory_order_relaxed)) {
   if (path == "off") return;
   if (path == "-" || path.empty()) {
     out_ = stdout;
@@ -272,10 +319,23 @@ void AccessLog::log(const AccessRecord& r) {
       r.cache.size() + r.error_code.size() + r.trace_id.size() + r.span_id.size();
   const std::size_t bound =
       kFixedBound + json_string_max_size(bytes) + (kStrings - 1) * json_string_max_size(0);
-  // A per-thread buffer that keeps its size: no allocation (nor clearing) per line.
-  thread_local std::string line;
-  if (line.size() < bound) line.resize(bound);
-  char* const begin = line.data();
+  // Written in place in this thread's ring when the room after its head is contiguous;
+  // otherwise (the ring wraps there, or is nearly full) into a per-thread scratch buffer that
+  // keeps its size, and copied in if it fits.
+  Ring& ring = ring_cache.log == id_ ? *ring_cache.ring : this->ring();
+  const std::uint64_t head = ring.head.load(std::memory_order_relaxed);
+  const std::uint64_t used = head - ring.tail.load(std::memory_order_acquire);
+  const std::size_t room = ring.mask + 1 - used;
+  const std::size_t at = head & ring.mask;
+  const bool in_place = room >= bound && ring.mask + 1 - at >= bound;
+  char* begin;
+  if (in_place) {
+    begin = ring.data.get() + at;
+  } else {
+    thread_local std::string line;
+    if (line.size() < bound) line.resize(bound);
+    begin = line.data();
+  }
   char* p = begin;
   p = write_literal(p, "{\"ts_ms\":");
   p = write_unix_ms(p, static_cast<std::int64_t>(now_ms));
@@ -354,48 +414,99 @@ void AccessLog::log(const AccessRecord& r) {
   }
   p = write_literal(p, "}\n");
   const auto size = static_cast<std::size_t>(p - begin);
-  bool wake = false;
-  {
-    std::lock_guard lock(mu_);
-    if (buffer_.size() + size > max_) {
-      dropped_.fetch_add(1);
+  if (!in_place) {
+    if (size > room) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    buffer_.append(begin, size);
-    // The writer wakes by itself every kFlushInterval; it is woken early only once enough has
-    // piled up, so a busy gateway does not pay a futex wake (and a writer context switch) per
-    // line.
-    wake = buffer_.size() >= kWakeBytes && !wake_sent_;
-    if (wake) wake_sent_ = true;
+    const std::size_t first = std::min(size, ring.mask + 1 - at);
+    std::memcpy(ring.data.get() + at, begin, first);
+    std::memcpy(ring.data.get(), begin + first, size - first);
   }
-  if (wake) cv_.notify_one();
+  ring.head.store(head + size, std::memory_order_release);
+  // The writer wakes by itself every kFlushInterval; it is woken early only once enough has
+  // piled up, so a busy gateway does not pay a futex wake (and a writer context switch) per
+  // line. The mutex taken once between setting the flag and the notification: the writer has
+  // either seen the flag or is waiting, so the wake is not lost.
+  if (used + size >= kWakeBytes && !wake_sent_.load(std::memory_order_relaxed) &&
+      !wake_sent_.exchange(true, std::memory_order_relaxed)) {
+    { std::lock_guard lock(mu_); }
+    cv_.notify_one();
+  }
+}
+
+AccessLog::Ring& AccessLog::ring() {
+  RingMemo& memo = ring_memo;
+  if (memo.log == id_) return *memo.ring;
+  if (memo.ring) memo.ring->owned.store(false, std::memory_order_release);
+  std::shared_ptr<Ring> r;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& free : rings_) {
+      // Acquire: the bytes its last thread wrote, and its head, are seen before it is taken.
+      if (!free->owned.load(std::memory_order_acquire)) {
+        free->owned.store(true, std::memory_order_relaxed);
+        r = free;
+        break;
+      }
+    }
+    if (!r) r = rings_.emplace_back(std::make_shared<Ring>(ring_bytes_));
+  }
+  memo.ring = std::move(r);
+  memo.log = id_;
+  ring_cache = RingCache{id_, memo.ring.get()};
+  return *memo.ring;
+}
+
+std::size_t AccessLog::buffers() {
+  std::lock_guard lock(mu_);
+  return rings_.size();
+}
+
+void AccessLog::drain() {
+  bool wrote = false;
+  for (std::size_t i = 0;; ++i) {
+    Ring* r;
+    {
+      std::lock_guard lock(mu_);
+      if (i >= rings_.size()) break;
+      r = rings_[i].get();
+    }
+    const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
+    const std::uint64_t head = r->head.load(std::memory_order_acquire);
+    if (head == tail) continue;
+    const std::size_t at = tail & r->mask;
+    const auto size = static_cast<std::size_t>(head - tail);
+    const std::size_t first = std::min(size, r->mask + 1 - at);
+    std::fwrite(r->data.get() + at, 1, first, out_);
+    if (size > first) std::fwrite(r->data.get(), 1, size - first, out_);
+    // fwrite has taken the bytes: the ring may reuse them.
+    r->tail.store(head, std::memory_order_release);
+    wrote = true;
+  }
+  if (wrote) std::fflush(out_);
 }
 
 void AccessLog::flush() {
-  std::string chunk;
-  {
-    std::lock_guard lock(mu_);
-    chunk.swap(buffer_);
-  }
-  if (!chunk.empty()) std::fwrite(chunk.data(), 1, chunk.size(), out_);
+  if (!out_) return;
+  std::lock_guard lock(drain_mu_);
+  drain();
   std::fflush(out_);
 }
 
 void AccessLog::run() {
-  std::string chunk;
   for (;;) {
+    bool stop;
     {
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, kFlushInterval, [&] { return stop_ || buffer_.size() >= kWakeBytes; });
-      chunk.swap(buffer_);
-      wake_sent_ = false;
-      if (stop_ && chunk.empty()) break;
+      cv_.wait_for(lock, kFlushInterval,
+                   [&] { return stop_ || wake_sent_.load(std::memory_order_relaxed); });
+      wake_sent_.store(false, std::memory_order_relaxed);
+      stop = stop_;
     }
-    if (!chunk.empty()) {
-      std::fwrite(chunk.data(), 1, chunk.size(), out_);
-      std::fflush(out_);
-      chunk.clear();
-    }
+    std::lock_guard lock(drain_mu_);
+    drain();
+    if (stop) break;
   }
   std::fflush(out_);
 }

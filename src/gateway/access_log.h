@@ -1,16 +1,21 @@
 #pragma once
-// One JSON line per request. Lines are formatted on the worker and appended to a shared buffer;
-// a background thread writes them out, so a slow disk or a full pipe never stalls a request.
-// When the buffer is full, lines are dropped and counted (never blocking).
-// Thread safety: log() may be called from any thread.
+// One JSON line per request. Each thread that logs formats its lines straight into a buffer of
+// its own (a ring with one writer and one reader: no lock, no copy per line); a background thread
+// writes the buffers out in batches, so a slow disk or a full pipe never stalls a request. When a
+// thread's buffer is full, its lines are dropped and counted (never blocking). The lines of one
+// thread keep their order; those of different threads interleave batch by batch. Every line
+// logged before flush() or the destructor is written by it.
+// Thread safety: log() may be called from any thread; the log must outlive every call.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace bw::gateway {
 
@@ -65,27 +70,38 @@ char* write_ms(char* p, std::int64_t ns);
 
 class AccessLog {
  public:
-  // path: "-" for stdout, "off" to disable, else a file opened for append.
+  // path: "-" for stdout, "off" to disable, else a file opened for append. Each thread that
+  // logs has a buffer of a quarter of max_buffer_bytes (a power of two, at least 64 KiB); a
+  // thread that ends leaves its buffer to the next thread that starts logging.
   explicit AccessLog(const std::string& path, std::size_t max_buffer_bytes = 8 << 20);
   ~AccessLog();
   void log(const AccessRecord& r);
   // False when the log is off: log() would do nothing, so the caller need not build a record.
   bool enabled() const { return out_ != nullptr; }
   std::uint64_t dropped() const { return dropped_.load(); }
+  // The threads' buffers: at most as many as threads have logged at one time.
+  std::size_t buffers();
+  // Writes every line logged so far (by the time of the call) and flushes the file.
   void flush();
 
+  struct Ring;
+
  private:
+  Ring& ring();  // this thread's buffer
   void run();
+  void drain();  // with drain_mu_ held
   std::FILE* out_ = nullptr;
   bool owns_ = false;
-  std::size_t max_;
-  std::mutex mu_;
+  std::size_t ring_bytes_;
+  const std::uint64_t id_;  // this log in the threads' memos of their buffers
+  std::mutex mu_;           // rings_, stop_; the writer's sleep
   std::condition_variable cv_;
   static constexpr std::size_t kWakeBytes = 64 * 1024;
   static constexpr std::chrono::milliseconds kFlushInterval{50};
-  std::string buffer_;
-  bool wake_sent_ = false;
+  std::vector<std::shared_ptr<Ring>> rings_;  // only grows (a ring is reused, never removed)
   bool stop_ = false;
+  std::atomic<bool> wake_sent_{false};
+  std::mutex drain_mu_;  // one reader of the rings at a time (the writer, flush())
   std::atomic<std::uint64_t> dropped_{0};
   std::thread writer_;
 };

@@ -13,6 +13,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/json_util.h"
@@ -487,6 +488,152 @@ TEST(AccessLog, TimeStampIsTheIntegerText) {
     const std::string_view w(want, static_cast<std::size_t>(write_int(want, v) - want));
     ASSERT_EQ(g, w) << v;
   }
+}
+
+// The lines of a file, each parsed: its request id (the thread and its line number, "t<T>-<N>").
+std::vector<std::string> request_ids(const std::string& text) {
+  std::vector<std::string> ids;
+  simdjson::dom::parser parser;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t nl = text.find('\n', at);
+    EXPECT_NE(nl, std::string::npos) << "a line without its end";
+    if (nl == std::string::npos) break;
+    simdjson::dom::element line;
+    EXPECT_EQ(parser.parse(text.substr(at, nl - at)).get(line), simdjson::SUCCESS)
+        << text.substr(at, nl - at);
+    std::string_view id;
+    EXPECT_EQ(line["request_id"].get(id), simdjson::SUCCESS);
+    ids.emplace_back(id);
+    at = nl + 1;
+  }
+  return ids;
+}
+
+// Several threads log at once, each into its own buffer: every line is written whole, and each
+// thread's lines keep their order.
+TEST(AccessLog, LinesOfConcurrentThreadsAreAllWrittenInTheirThreadsOrder) {
+  const std::string path = temp_path();
+  // Together less than one thread's buffer: no line is dropped even if the writer does not run
+  // until the end (the threads may take turns with one buffer).
+  constexpr int kThreads = 4, kLines = 1000;
+  {
+    AccessLog log(path);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&log, t] {
+        for (int i = 0; i < kLines; ++i) {
+          const std::string id = "t" + std::to_string(t) + "-" + std::to_string(i);
+          AccessRecord r;
+          r.request_id = id;
+          r.path = "/v1/chat/completions";
+          r.status = 200;
+          r.latency_ns = i;
+          log.log(r);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(log.dropped(), 0u);
+    EXPECT_LE(log.buffers(), static_cast<std::size_t>(kThreads));
+  }
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  ASSERT_EQ(ids.size(), static_cast<std::size_t>(kThreads * kLines));
+  std::vector<int> next(kThreads, 0);
+  for (const std::string& id : ids) {
+    const int t = id[1] - '0';
+    ASSERT_EQ(id, "t" + std::to_string(t) + "-" + std::to_string(next[t])) << id;
+    ++next[t];
+  }
+}
+
+// flush() writes every line logged before it, with the log still open; a buffer that wraps
+// around its end keeps each line whole.
+TEST(AccessLog, FlushWritesEveryLineLoggedBeforeItAcrossTheBuffersEnd) {
+  const std::string path = temp_path();
+  AccessLog log(path, 1);  // the smallest buffer: 64 KiB, wrapped many times below
+  const std::string padding(333, 'x');
+  std::size_t logged = 0;
+  for (int round = 0; round < 40; ++round) {
+    for (int i = 0; i < 50; ++i) {
+      const std::string id = "r" + std::to_string(logged++);
+      AccessRecord r;
+      r.request_id = id;
+      r.path = padding;
+      log.log(r);
+    }
+    log.flush();
+    const std::vector<std::string> ids = request_ids(read_all(path));
+    ASSERT_EQ(ids.size(), logged) << round;
+    ASSERT_EQ(ids.back(), "r" + std::to_string(logged - 1)) << round;
+  }
+  EXPECT_EQ(log.dropped(), 0u);
+  ::unlink(path.c_str());
+}
+
+// A line that does not fit in its thread's buffer is dropped whole and counted; the lines
+// around it are written.
+TEST(AccessLog, ALineThatDoesNotFitIsDroppedWhole) {
+  const std::string path = temp_path();
+  std::uint64_t dropped = 0;
+  {
+    AccessLog log(path, 1);                      // 64 KiB per thread
+    const std::string too_long(70 * 1024, 'y');  // more than the whole buffer
+    for (int i = 0; i < 3; ++i) {
+      const std::string id = "d" + std::to_string(i);
+      AccessRecord r;
+      r.request_id = id;
+      if (i == 1) r.path = too_long;
+      log.log(r);
+    }
+    dropped = log.dropped();
+  }
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  EXPECT_EQ(dropped, 1u);
+  EXPECT_EQ(ids, (std::vector<std::string>{"d0", "d2"}));
+}
+
+// Threads that end leave their buffers to the threads that start after them.
+TEST(AccessLog, BuffersOfEndedThreadsAreReused) {
+  const std::string path = temp_path();
+  {
+    AccessLog log(path);
+    for (int t = 0; t < 20; ++t) {
+      std::thread([&log, t] {
+        const std::string id = "e" + std::to_string(t);
+        AccessRecord r;
+        r.request_id = id;
+        log.log(r);
+      }).join();
+    }
+    EXPECT_EQ(log.buffers(), 1u);
+  }
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  ASSERT_EQ(ids.size(), 20u);
+  for (int t = 0; t < 20; ++t) EXPECT_EQ(ids[t], "e" + std::to_string(t));
+}
+
+// One thread logging to two logs in turn: each line lands in its own log's file.
+TEST(AccessLog, AThreadLoggingToTwoLogsWritesEachLineToItsOwn) {
+  const std::string a_path = temp_path(), b_path = temp_path();
+  {
+    AccessLog a(a_path), b(b_path);
+    for (int i = 0; i < 10; ++i) {
+      const std::string id = "x" + std::to_string(i);
+      AccessRecord r;
+      r.request_id = id;
+      (i % 2 == 0 ? a : b).log(r);
+    }
+  }
+  const std::vector<std::string> a_ids = request_ids(read_all(a_path));
+  const std::vector<std::string> b_ids = request_ids(read_all(b_path));
+  ::unlink(a_path.c_str());
+  ::unlink(b_path.c_str());
+  EXPECT_EQ(a_ids, (std::vector<std::string>{"x0", "x2", "x4", "x6", "x8"}));
+  EXPECT_EQ(b_ids, (std::vector<std::string>{"x1", "x3", "x5", "x7", "x9"}));
 }
 
 }  // namespace
