@@ -61,7 +61,7 @@ struct Lists {
   void* head[kClasses];
   std::uint32_t count[kClasses];
   std::size_t bytes;
-  bool armed;   // the thread's Drain is registered
+  bool armed;   // the thread's Drain is registered (and the thread is not exiting)
   bool closed;  // the thread is exiting: keep nothing more
 };
 // Constant-initialised and trivially destructible: read without a guard, valid until the thread
@@ -81,6 +81,7 @@ struct Drain {
     }
     l.bytes = 0;
     l.closed = true;
+    l.armed = false;
   }
   bool touched = false;
 };
@@ -139,16 +140,19 @@ inline void* allocate(std::size_t size, std::size_t align) {
   return p;
 }
 
+namespace detail {
+void keep_first(void* p, std::size_t size);
+}  // namespace detail
+
 inline void deallocate(void* p, std::size_t size) {
   if constexpr (kKeep) {
     detail::Lists& l = detail::lists;
     const std::size_t k = detail::class_of(size);
-    if (size <= kMaxFrame && !l.closed && l.count[k] < kMaxPerClass &&
+    if (size <= kMaxFrame && l.count[k] < kMaxPerClass &&
         l.bytes + detail::block_bytes(k) <= kMaxBytes && detail::fits_class(p, size)) {
-      if (!l.armed) {
-        l.armed = true;
-        detail::drain.touched = true;  // registers the thread's Drain
-      }
+      // A tail call: the common case below needs no stack frame.
+      if (!l.armed) [[unlikely]]
+        return detail::keep_first(p, size);
       *static_cast<void**>(p) = l.head[k];
       l.head[k] = p;
       ++l.count[k];
@@ -158,6 +162,23 @@ inline void deallocate(void* p, std::size_t size) {
   }
   boost::asio::aligned_delete(p);
 }
+
+namespace detail {
+
+// deallocate's rare case, out of line: registers the thread's Drain before its first block is
+// kept; an exiting thread keeps nothing.
+[[gnu::noinline]] inline void keep_first(void* p, std::size_t size) {
+  Lists& l = lists;
+  if (l.closed) {
+    boost::asio::aligned_delete(p);
+    return;
+  }
+  l.armed = true;
+  drain.touched = true;  // registers the thread's Drain
+  deallocate(p, size);
+}
+
+}  // namespace detail
 
 // An allocator over the lists, for Asio's handler memory: what a pending operation of a
 // coroutine holds (a read, a write, a wait, a composed write's state) while it waits.
