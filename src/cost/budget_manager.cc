@@ -4,6 +4,8 @@
 #include <cmath>
 #include <mutex>
 
+#include "common/light_mutex.h"
+
 namespace bw::cost {
 
 namespace detail {
@@ -28,7 +30,8 @@ struct BudgetState {
 
   const std::string id;
   const BudgetPeriod period;
-  mutable std::mutex mu;
+  // Taken once per budget by every reservation and settlement, for a few loads and stores.
+  mutable LightMutex mu;
   // Guarded by mu.
   Micros cap;
   bool initialised = false;
@@ -84,11 +87,20 @@ void compute_alert_at(BudgetState& s, const std::vector<std::int64_t>& ppm) {
   s.alert_mask = s.fired_mask;
 }
 
+// Whether fire_crossed() has anything to do for `s` (under s.mu): false while the spend stays
+// below the least that reaches an unfired threshold, as computed for the current cap and fired
+// set. Inline, so that the common settle makes no call for it.
+bool may_fire(const BudgetState& s) {
+  return s.cap > 0 &&
+         (s.alert_cap != s.cap || s.alert_mask != s.fired_mask || s.spent >= s.alert_at);
+}
+
 // The alert thresholds `s.spent` has reached, each once per period (under s.mu). Below the
 // least spend that reaches an unfired threshold (kept while the cap and the fired set stay the
 // same), nothing fires: one comparison instead of one 128-bit product per threshold.
-void fire_crossed(BudgetState& s, const std::vector<std::int64_t>& ppm,
-                  const std::vector<double>& thresholds, SettleOutcome& out) {
+// Out of line: a settle calls it only when may_fire() says so (rarely, under a high cap).
+[[gnu::noinline]] void fire_crossed(BudgetState& s, const std::vector<std::int64_t>& ppm,
+                                    const std::vector<double>& thresholds, SettleOutcome& out) {
   if (s.cap <= 0) return;
   if (s.alert_cap != s.cap || s.alert_mask != s.fired_mask) compute_alert_at(s, ppm);
   if (s.spent < s.alert_at) return;
@@ -290,7 +302,7 @@ SettleOutcome BudgetManager::settle(Reservation& reservation, Micros actual_micr
     // ledger, which keys on created_unix_ms); the current period's counter must not see it.
     if (e.period_start != s.period_start) continue;
     s.spent = sat_add(s.spent, actual_micro);
-    fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
+    if (may_fire(s)) fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
   }
   reservation.entries_.clear();
   return out;
@@ -312,7 +324,7 @@ SettleOutcome BudgetManager::settle_part(Reservation& reservation, Micros actual
     if (actual_micro > shrink) s.overshoot = sat_add(s.overshoot, actual_micro - shrink);
     if (e.period_start != s.period_start) continue;  // as in settle(): the old period's spend
     s.spent = sat_add(s.spent, actual_micro);
-    fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
+    if (may_fire(s)) fire_crossed(s, threshold_ppm_, options_.alert_thresholds, out);
   }
   return out;
 }
