@@ -24,10 +24,10 @@ class Lazy {
   bool used() const { return v_.has_value(); }
 
  private:
-  static const T& unused() {
-    static const T value{};
-    return value;
-  }
+  // A static member rather than a function's static: read without a guard check, by
+  // requests only (after static initialisation).
+  static const T& unused() { return kUnused; }
+  static inline const T kUnused{};
   std::optional<T> v_;
 };
 
