@@ -62,9 +62,13 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
     m.priority_ttft.with({prio}).observe(to_seconds(c.ttft));
   }
   const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
+  // Each name compared once: the group's series serve the served and the routed model when they
+  // are the group's, and a request served and routed within its group did not fall back.
+  const bool served_group = served == model;
+  const bool routed_group = c.route_model == model;
   auto tokens = [&](std::size_t slot, std::string_view kind) -> telemetry::Counter& {
-    return g && served == model ? g->tokens.get(m.tokens, slot, {served, kind})
-                                : m.tokens.with({served, kind});
+    return g && served_group ? g->tokens.get(m.tokens, slot, {served, kind})
+                             : m.tokens.with({served, kind});
   };
   if (c.usage.prompt_tokens > 0) {
     tokens(0, "prompt").add(static_cast<std::uint64_t>(c.usage.prompt_tokens));
@@ -77,8 +81,8 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
                            c.usage.prompt_tokens + c.usage.completion_tokens, c.deployment);
   }
   if (c.cost_micro > 0) {
-    auto& cost = g && c.route_model == model ? g->cost_usd.get(m.cost_usd, 0, {model})
-                                             : m.cost_usd.with({c.route_model});
+    auto& cost = g && routed_group ? g->cost_usd.get(m.cost_usd, 0, {model})
+                                   : m.cost_usd.with({c.route_model});
     cost.add(static_cast<std::uint64_t>(c.cost_micro));
   }
   if (c.usage.cached_tokens > 0) {
@@ -92,7 +96,8 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
       g ? g->queue_wait.get(m.queue_wait, prio_index, {prio}) : m.queue_wait.with({prio});
   queue_wait.observe(to_seconds(c.queue_wait));
   if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
-  if (!c.model_served.empty() && c.model_served != c.route_model) {
+  if (!c.model_served.empty() && !(served_group && routed_group) &&
+      c.model_served != c.route_model) {
     m.fallbacks.with({c.route_model, c.model_served}).inc();
   }
 }

@@ -288,6 +288,23 @@ TEST(Pipeline, FallbackModelIsNamedInTheHeaders) {
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("x-bellwether-model"), "spare");
   EXPECT_EQ(r.header("x-bellwether-fallback-from"), "main");
+  // The fallback is counted, and its tokens are the model's that served them.
+  const std::string text = p.sh.registry.expose();
+  EXPECT_TRUE(has(text, "bellwether_fallbacks_total{from=\"main\",to=\"spare\"} 1\n")) << text;
+  EXPECT_TRUE(has(text, "bellwether_tokens_total{model=\"spare\",type=\"prompt\"} 7\n")) << text;
+  EXPECT_FALSE(has(text, "bellwether_tokens_total{model=\"main\"")) << text;
+}
+
+// A request its own group answered: its tokens and spend are the group's, and no fallback counts.
+TEST(Pipeline, AnAnswerOfTheRoutedGroupCountsNoFallback) {
+  Pipeline p(kBase);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(p.chat().status, 200);
+  const std::string text = p.sh.registry.expose();
+  EXPECT_FALSE(has(text, "bellwether_fallbacks_total{")) << text;
+  EXPECT_TRUE(has(text, "bellwether_tokens_total{model=\"m\",type=\"prompt\"} 14\n")) << text;
+  EXPECT_TRUE(has(text, "bellwether_tokens_total{model=\"m\",type=\"completion\"} 10\n")) << text;
+  // 2 x (7 x $1 + 5 x $2) per million tokens.
+  EXPECT_TRUE(has(text, "bellwether_cost_usd_total{model=\"m\"} 3.4e-05\n")) << text;
 }
 
 // A capacity fallback answers a request that the cost guard reserved for before admission: the
