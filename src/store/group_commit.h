@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/light_mutex.h"
 #include "common/result.h"
 
 namespace bw::store {
@@ -194,9 +195,12 @@ class GroupCommitQueue {
   const std::size_t max_batch_;
   CommitFn commit_;
 
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
+  // Taken by every push on the event loops (a LightMutex: no libpthread call when uncontended);
+  // the condition variables that wait on it are _any ones. They are rarely used: the writer
+  // waits on work_cv_ about once per batch, and a push notifies it only when it wakes the writer.
+  mutable LightMutex mu_;
+  std::condition_variable_any work_cv_;
+  std::condition_variable_any done_cv_;
   Batch queue_;
   bool stopping_ = false;
   bool urgent_ = false;         // guarded by mu_: a record queued since the last take is waited for
