@@ -55,6 +55,28 @@ std::uint64_t new_generation() {
   return g == 0 ? 1 : g;
 }
 
+std::uint32_t load32(const char* p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// `n` bytes from `src` to `dst`. A row's ids and names are short (4 to 36 characters): those are
+// copied as words, the last one overlapping the one before it, without a call to memcpy.
+void copy_short(unsigned char* dst, const char* src, std::size_t n) {
+  const auto* s = reinterpret_cast<const unsigned char*>(src);
+  if (n >= 8) {
+    for (std::size_t i = 0; i + 8 < n; i += 8) store64(dst + i, load64(s + i));
+    store64(dst + n - 8, load64(s + n - 8));
+  } else if (n >= 4) {
+    const std::uint32_t first = load32(src), last = load32(src + n - 4);
+    std::memcpy(dst, &first, 4);
+    std::memcpy(dst + n - 4, &last, 4);
+  } else {
+    std::memcpy(dst, src, n);
+  }
+}
+
 struct Writer {
   unsigned char* p;
   void u64(std::uint64_t v) {
@@ -64,7 +86,7 @@ struct Writer {
   void str(std::string_view s) {
     const auto n = static_cast<std::uint32_t>(s.size());
     std::memcpy(p, &n, 4);
-    std::memcpy(p + 4, s.data(), s.size());
+    copy_short(p + 4, s.data(), s.size());
     p += 4 + s.size();
   }
 };
@@ -307,8 +329,10 @@ bool CoveredJournal::append(const cost::LedgerCovered& row, Position& at) {
     off = 0;
   }
   unsigned char* p = data() + off + kRecordHead;
+  // The padding (under 8 bytes, after a payload of at least 8) is zeroed by one word stored
+  // before the payload, which then overwrites the word's part that is its own.
+  store64(p + padded - 8, 0);
   encode(row, p);
-  std::memset(p + plen, 0, padded - plen);
   const auto len = static_cast<std::uint32_t>(plen);
   write_head(off, kCovered, len, next_seq_,
              checksum(generation_, next_seq_, kCovered, len, p, padded));

@@ -66,6 +66,89 @@ TEST(CoveredJournal, ChecksumKeepsItsFormat) {
   EXPECT_EQ(CoveredJournal::checksum(0x1234, 8, 2, 0, nullptr, 0), 0xcf3128e982807558ULL);
 }
 
+// A record's bytes as the format defines them: the head (kind and length, sequence number,
+// checksum) and the payload (seven integers, then each string as its length and its bytes, the
+// budgets after their count), zero-padded to 8 bytes.
+std::vector<unsigned char> reference_record(const LedgerCovered& r, std::uint64_t generation,
+                                            std::uint64_t seq) {
+  std::vector<unsigned char> payload;
+  const auto put = [&payload](const void* p, std::size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    payload.insert(payload.end(), b, b + n);
+  };
+  for (std::int64_t v :
+       {r.reserved_micro, r.actual_micro, r.prompt_tokens, r.completion_tokens, r.created_unix_ms,
+        r.settled_unix_ms, static_cast<std::int64_t>(r.status)}) {
+    put(&v, 8);
+  }
+  const auto str = [&put](std::string_view s) {
+    const auto n = static_cast<std::uint32_t>(s.size());
+    put(&n, 4);
+    put(s.data(), s.size());
+  };
+  str(r.request_id.str());
+  str(r.lease_id);
+  str(r.key_id);
+  str(r.tenant_id);
+  str(r.model.str());
+  const auto count = static_cast<std::uint32_t>(r.budgets.size());
+  put(&count, 4);
+  for (const auto& b : r.budgets) str(b);
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  payload.resize((payload.size() + 7) / 8 * 8, 0);
+  std::vector<unsigned char> rec(CoveredJournal::kRecordHead);
+  const std::uint64_t kind_len = (std::uint64_t{1} << 32) | len;
+  const std::uint64_t sum =
+      CoveredJournal::checksum(generation, seq, 1, len, payload.data(), payload.size());
+  std::memcpy(rec.data(), &kind_len, 8);
+  std::memcpy(rec.data() + 8, &seq, 8);
+  std::memcpy(rec.data() + 16, &sum, 8);
+  rec.insert(rec.end(), payload.begin(), payload.end());
+  return rec;
+}
+
+// Journals written by earlier builds replay, and so do this build's in theirs: a record's bytes
+// are the format's, for strings of every length a row has (each copied exactly, the padding
+// zeroed over whatever the ring held before).
+TEST(CoveredJournal, RecordsKeepTheirBytesForStringsOfEveryLength) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  constexpr std::uint64_t kCapacity = 1 << 20;
+  auto j = open_journal(path, kCapacity);
+  ASSERT_TRUE(j);
+  {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    const std::vector<unsigned char> junk(kCapacity, 0xAB);
+    ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), CoveredJournal::kHeaderBytes),
+              static_cast<ssize_t>(junk.size()));
+    ::close(fd);
+  }
+  std::uint64_t off = 0;
+  for (std::size_t n = 0; n <= 40; ++n) {
+    LedgerCovered r = row_of(std::string(n, 'r'), 1'000 + static_cast<std::int64_t>(n));
+    r.lease_id = std::string(n, 'l');
+    r.key_id = std::string(40 - n, 'k');
+    r.tenant_id = std::string(n / 2, 't');
+    r.model = std::string(n, 'm');
+    r.budgets = {std::string(n, 'b'), std::string(40 - n, 'g')};
+    CoveredJournal::Position at;
+    ASSERT_TRUE(j->append(r, at));
+    const auto want = reference_record(r, j->generation(), at.seq);
+    ASSERT_EQ(at.end - off, want.size()) << n;
+    std::vector<unsigned char> got(want.size());
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(
+        ::pread(fd, got.data(), got.size(), static_cast<off_t>(CoveredJournal::kHeaderBytes + off)),
+        static_cast<ssize_t>(got.size()));
+    ::close(fd);
+    EXPECT_EQ(got, want) << "strings of " << n << " characters";
+    off = at.end;
+  }
+  EXPECT_EQ(j->replay({}).size(), 41u);
+}
+
 // Request ids of every length (rows keep up to InlineId::kInline characters in themselves, longer
 // ones on the heap) are journaled and replayed whole.
 TEST(CoveredJournal, RequestIdsOfEveryLengthReplayWhole) {
