@@ -39,6 +39,7 @@ struct Lease {
 };
 
 struct LeaseSetState {
+  bool listed = true;              // in the book's sets_ (a LeaseSet's kept state is current)
   std::shared_ptr<Lease> current;  // the lease new requests take from, if any
   int plain = 0;                   // requests of the set in flight on the per-request path
   bool opening = false;            // one of them is opening a lease
@@ -141,10 +142,19 @@ std::string lease_id_text(std::uint64_t n) {
   return id;
 }
 
+std::uint64_t next_book_id() {
+  static std::atomic<std::uint64_t> last{0};
+  return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 }  // namespace
 
 LeaseBook::LeaseBook(BudgetManager& budgets, Ledger& ledger, LeaseOptions options)
-    : budgets_(budgets), ledger_(ledger), options_(std::move(options)), next_id_(random_start()) {}
+    : budgets_(budgets),
+      ledger_(ledger),
+      options_(std::move(options)),
+      id_(next_book_id()),
+      next_id_(random_start()) {}
 
 // A graceful stop closes the quiet leases, so that a restart does not find their rows open and
 // hold them until reconciled. One with requests in flight stays open: it still covers them.
@@ -167,6 +177,14 @@ LeaseBook::~LeaseBook() {
     std::lock_guard kept(kept_mu);
     for (auto& lease : pending) kept_leases().push_back(std::move(lease));
   }
+  // The sets' states go with the book, those a LeaseSet still keeps too: what they hold (a lease
+  // and its budget hold, waiters) is let go now, as if they were freed.
+  for (const auto& [key, st] : sets_) {
+    if (!st) continue;
+    st->listed = false;
+    st->current.reset();
+    st->waiters.clear();
+  }
 }
 
 std::string LeaseBook::next_lease_id() {
@@ -175,6 +193,7 @@ std::string LeaseBook::next_lease_id() {
 }
 
 LeaseSetState& LeaseBook::state_of(const LeaseSet& set) {
+  if (set.state_book == id_ && set.state && set.state->listed) return *set.state;
   const HashedKey k{set.key, set.hash != 0 ? set.hash : lease_set_hash(set.key)};
   auto it = sets_.find(k);
   if (it == sets_.end()) {
@@ -182,6 +201,8 @@ LeaseSetState& LeaseBook::state_of(const LeaseSet& set) {
   } else if (!it->second) {
     it->second = std::make_shared<LeaseSetState>();
   }
+  set.state = it->second;
+  set.state_book = id_;
   return *it->second;
 }
 
@@ -468,7 +489,10 @@ void LeaseBook::drop_set_if_idle(const std::string& key) {
   auto it = sets_.find(key);
   if (it == sets_.end()) return;
   const auto& st = *it->second;
-  if (st.plain == 0 && !st.opening && !st.current && st.waiters.empty()) sets_.erase(it);
+  if (st.plain == 0 && !st.opening && !st.current && st.waiters.empty()) {
+    it->second->listed = false;  // a LeaseSet that kept it looks its set up again
+    sets_.erase(it);
+  }
 }
 
 LeaseStats LeaseBook::stats() const {

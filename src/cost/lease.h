@@ -62,6 +62,11 @@ struct LeaseOptions {
   std::int64_t idle_close_ms = 20;
 };
 
+namespace detail {
+struct Lease;
+struct LeaseSetState;
+}  // namespace detail
+
 // What identifies a budget set, and what its lease row names.
 struct LeaseSet {
   std::string key;  // budgets, key and tenant joined: the map key
@@ -70,15 +75,15 @@ struct LeaseSet {
   std::string tenant_id;
   // lease_set_hash(key), when set once the key is final (0: hashed at each use).
   std::size_t hash = 0;
+  // The set's state in the book that last looked it up, kept by that book under its mutex: a
+  // request of the set finds it again without hashing and comparing the key (while the book
+  // still lists it). A LeaseSet is used with one book at a time.
+  mutable std::shared_ptr<detail::LeaseSetState> state{};
+  mutable std::uint64_t state_book = 0;
 };
 std::string lease_set_key(const std::vector<std::string>& budgets, std::string_view key_id,
                           std::string_view tenant_id);
 std::size_t lease_set_hash(std::string_view key);
-
-namespace detail {
-struct Lease;
-struct LeaseSetState;
-}  // namespace detail
 
 // A covered request's share of a lease (move-only). Settle or release it through the book;
 // destroying an active one releases it.
@@ -191,6 +196,7 @@ class LeaseBook {
   BudgetManager& budgets_;
   Ledger& ledger_;
   const LeaseOptions options_;
+  const std::uint64_t id_;  // process-unique: names this book in LeaseSet::state_book
   // Taken twice per covered request (begin and settle), briefly: a LightMutex.
   mutable LightMutex mu_;
   // A set's key with its hash (LeaseSet::hash), looked up without hashing the key again.

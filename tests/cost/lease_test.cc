@@ -197,6 +197,29 @@ TEST(Lease, ARequestAloneTakesThePerRequestPath) {
   EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, claim), LeaseBook::Begin::kPlain);
 }
 
+// A LeaseSet keeps its set's state for the next request; once the book has dropped that state
+// (the set went idle), the set is looked up again: a copy of it (a reloaded key's) and the
+// original count their requests in the same state.
+TEST(Lease, ASetsKeptStateIsLeftOnceTheBookDropsIt) {
+  Fixture f(1'000'000);
+  const LeaseSet copy = f.set;
+  LeaseClaim a, b, c;
+  EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, a), LeaseBook::Begin::kPlain);
+  f.book->end_plain(f.set.key);  // idle: its state is dropped
+  EXPECT_EQ(f.book->begin(copy, 10'000, kJan1, b), LeaseBook::Begin::kPlain);
+  // One in flight already (through the copy): the second opens a lease.
+  EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, c), LeaseBook::Begin::kOpen);
+  f.book->open_failed(f.set.key);
+  f.book->end_plain(f.set.key);
+  f.book->end_plain(f.set.key);
+  // A set kept by another book is looked up in this one.
+  LeaseBook other(f.budgets, f.ledger, closing_at_once());
+  EXPECT_EQ(other.begin(f.set, 10'000, kJan1, a), LeaseBook::Begin::kPlain);
+  EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, b), LeaseBook::Begin::kPlain);
+  other.end_plain(f.set.key);
+  f.book->end_plain(f.set.key);
+}
+
 // A lease id is copied into every covered row: it stays within a short string's inline room.
 TEST(Lease, LeaseIdsAreShortAndNeverRepeat) {
   Fixture f(1'000'000);
