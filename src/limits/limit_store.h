@@ -11,7 +11,9 @@
 //    own result while the batch stays allowed.
 // Keys within one batch may repeat; later checks then see the earlier checks' tentative usage.
 // Implementations are thread safe.
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
 
@@ -71,6 +73,34 @@ struct BatchResult {
   boost::container::small_vector<CheckResult, 8> results;  // same order as the checks
 };
 
+// Checks that a caller makes again and again with the same keys and specs (a key's plan limits),
+// resolved once by one store (LimitStore::prepare) and then decided by LimitStore::check_prepared
+// without the caller building them. Immutable for its users: share it read-only across threads.
+class PreparedChecks {
+ public:
+  // `checks` (their keys, specs and digests) are borrowed: they must outlive this object.
+  // `maker`: the making store's maker id (new_maker_id), by which it knows its own.
+  PreparedChecks(std::span<const LimitCheck> checks, std::uint64_t maker)
+      : checks_(checks), maker_(maker) {}
+  virtual ~PreparedChecks() = default;
+  PreparedChecks(const PreparedChecks&) = delete;
+  PreparedChecks& operator=(const PreparedChecks&) = delete;
+
+  // The checks it was made from; their `cost` is not used (check_prepared gives the costs).
+  std::span<const LimitCheck> checks() const { return checks_; }
+  std::uint64_t maker() const { return maker_; }
+
+  // A maker id no other store has had in this process (never 0).
+  static std::uint64_t new_maker_id() {
+    static std::atomic<std::uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::span<const LimitCheck> checks_;
+  std::uint64_t maker_;
+};
+
 class LimitStore {
  public:
   virtual ~LimitStore() = default;
@@ -84,6 +114,28 @@ class LimitStore {
     (void)key;
     (void)out;
     return false;
+  }
+  // `checks` resolved ahead for check_prepared, or null: the store has nothing to resolve ahead
+  // (check_and_consume then serves as well).
+  virtual std::unique_ptr<const PreparedChecks> prepare(std::span<const LimitCheck> checks) const {
+    (void)checks;
+    return nullptr;
+  }
+  // check_and_consume of the prepared checks, each costing `token_cost` when its limit counts
+  // tokens and 1 otherwise. `prepared` comes from prepare() (of this store, or of another one:
+  // then its checks are taken as they are).
+  virtual BatchResult check_prepared(const PreparedChecks& prepared, std::int64_t token_cost,
+                                     Nanos now) {
+    return check_each(prepared, token_cost, now);
+  }
+
+ protected:
+  // check_prepared through check_and_consume: the prepared checks with their costs.
+  BatchResult check_each(const PreparedChecks& prepared, std::int64_t token_cost, Nanos now) {
+    boost::container::small_vector<LimitCheck, 8> checks(prepared.checks().begin(),
+                                                         prepared.checks().end());
+    for (LimitCheck& c : checks) c.cost = c.spec->unit == Unit::kTokens ? token_cost : 1;
+    return check_and_consume(checks, now);
   }
 };
 

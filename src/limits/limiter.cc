@@ -157,6 +157,11 @@ void fill_checks(LimitCheck* out, std::span<const Pending> pending, const KeyAre
   }
 }
 
+// A default verdict in `out` to build the check's verdict in.
+Verdict& fresh_verdict(Lazy<Verdict>& out) {
+  return out.used() ? (out.mut() = Verdict{}) : out.mut();
+}
+
 bool more_restrictive(const Decision& a, const RateHeaders& b) {
   if (!b.present) return true;
   if (a.remaining != b.remaining) return a.remaining < b.remaining;
@@ -203,25 +208,43 @@ PreparedLimits::PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* o
   if (!usable_) items_.clear();
 }
 
-const KeyDigest* PreparedLimits::digests(const LimitStore& store) const {
-  const LimitStore* owner = digest_store_.load(std::memory_order_acquire);
-  if (owner == nullptr && !digest_tried_.load(std::memory_order_acquire)) [[unlikely]] {
-    std::call_once(digest_once_, [&] {
+bool PreparedLimits::fits(const RequestScope& s) const {
+  return usable_ && plan_ == s.plan && overrides_ == s.key_overrides &&
+         key_id_.data() == s.key_id.data() && key_id_.size() == s.key_id.size() &&
+         tenant_id_.data() == s.tenant_id.data() && tenant_id_.size() == s.tenant_id.size();
+}
+
+bool PreparedLimits::resolved_for(const LimitStore& store) const {
+  const LimitStore* owner = resolved_for_.load(std::memory_order_acquire);
+  if (owner == nullptr) [[unlikely]] {
+    std::call_once(resolve_once_, [&] {
       std::vector<KeyDigest> d(items_.size());
       bool all = true;
       for (std::size_t i = 0; i < items_.size() && all; ++i) {
         const std::string_view key(keys_.data() + items_[i].key_begin, items_[i].key_size);
         all = store.digest(key, d[i]);  // a store without digests: none
       }
-      if (all) {
-        digests_ = std::move(d);
-        digest_store_.store(&store, std::memory_order_release);
+      if (all) digests_ = std::move(d);
+      checks_.resize(items_.size());
+      for (std::size_t i = 0; i < items_.size(); ++i) {
+        const Item& it = items_[i];
+        checks_[i] = LimitCheck{std::string_view(keys_.data() + it.key_begin, it.key_size), it.spec,
+                                0, digests_.empty() ? nullptr : &digests_[i]};
       }
-      digest_tried_.store(true, std::memory_order_release);
+      prepared_ = store.prepare(checks_);
+      resolved_for_.store(&store, std::memory_order_release);
     });
-    owner = digest_store_.load(std::memory_order_acquire);
+    owner = resolved_for_.load(std::memory_order_acquire);
   }
-  return owner == &store ? digests_.data() : nullptr;
+  return owner == &store;
+}
+
+const KeyDigest* PreparedLimits::digests(const LimitStore& store) const {
+  return resolved_for(store) && !digests_.empty() ? digests_.data() : nullptr;
+}
+
+const PreparedChecks* PreparedLimits::prepared(const LimitStore& store) const {
+  return resolved_for(store) ? prepared_.get() : nullptr;
 }
 
 void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& s,
@@ -246,10 +269,7 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
 
   // Plan limits belong to the key (or its tenant); endpoint/model scope narrows them further.
   const PreparedLimits* ready = s.prepared;
-  if (ready != nullptr && ready->usable_ && ready->plan_ == s.plan &&
-      ready->overrides_ == s.key_overrides && ready->key_id_.data() == s.key_id.data() &&
-      ready->key_id_.size() == s.key_id.size() && ready->tenant_id_.data() == s.tenant_id.data() &&
-      ready->tenant_id_.size() == s.tenant_id.size()) {
+  if (ready != nullptr && ready->fits(s)) {
     const KeyDigest* digests = ready->digests(*store_);
     // The config's keys are all in the arena now, which no longer moves: the checks are written
     // straight from the prepared items, after the config's.
@@ -289,12 +309,21 @@ Verdict Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now
 
 bool Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now, Lazy<Verdict>& out) {
   token_cost = std::max<std::int64_t>(token_cost, 0);
+  const LimiterConfig& cfg = *snapshot();
+  // The key's plan limits alone, resolved ahead: the store decides them as it prepared them.
+  if (cfg.limits.empty() && s.prepared != nullptr && s.prepared->fits(s)) {
+    if (s.prepared->items_.empty()) return false;
+    if (const PreparedChecks* ready = s.prepared->prepared(*store_)) {
+      const BatchResult r = store_->check_prepared(*ready, token_cost, now);
+      make_verdict(fresh_verdict(out), ready->checks(), r, token_cost);
+      return true;
+    }
+  }
   Gathered g;
-  gather(g, *snapshot(), s, token_cost);
+  gather(g, cfg, s, token_cost);
   if (g.checks.empty()) return false;
   const BatchResult r = store_->check_and_consume(g.checks, now);
-  Verdict& v = out.used() ? (out.mut() = Verdict{}) : out.mut();
-  make_verdict(v, g.checks, r, token_cost);
+  make_verdict(fresh_verdict(out), g.checks, r, token_cost);
   return true;
 }
 

@@ -17,7 +17,9 @@
 // Cost: the allowed, in-process path of check + settle does not allocate (bucket keys are built in
 // a stack buffer, the Reservation keeps its keys inline); only a new bucket, a rejection (limit
 // name, shadow names) or unusually long keys do. With a scope's PreparedLimits the plan's limits,
-// their bucket keys and the store's digests of those keys are taken as they are.
+// their bucket keys and the store's digests of those keys are taken as they are; when they are
+// the only limits (no config limits), the store decides them as it prepared them
+// (LimitStore::prepare), without a check being built per request.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -45,14 +47,17 @@ struct LimiterConfig {
   std::vector<LimitSpec> limits;
 };
 
+struct RequestScope;
+
 // The plan limits of one key resolved ahead of its requests: each limit that applies once the
 // key's overrides are taken into account, with its bucket key, in the order check() takes them.
 // Build it once per key and config snapshot (it points into `plan` and `overrides`, which must
 // outlive it) and pass it in RequestScope::prepared; check() then neither walks the plan nor
 // formats a bucket key for it. It is used only for a scope of the same plan, overrides, key id
 // and tenant (the same objects); any other scope, and a plan with a limit scoped by endpoint or
-// model (its bucket depends on the request), takes the per-request path. Immutable once built:
-// share it read-only across threads.
+// model (its bucket depends on the request), takes the per-request path. On first use it is
+// resolved for the limiter's store (digests, LimitStore::prepare), once; what that store keeps in
+// it is guarded by the store. Share it across threads as a const object.
 class PreparedLimits {
  public:
   PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides, std::string_view key_id,
@@ -66,9 +71,16 @@ class PreparedLimits {
 
  private:
   friend class Limiter;
+  // Usable for `scope`: built for its plan, overrides, key id and tenant (the same objects).
+  bool fits(const RequestScope& scope) const;
   // The digests of the keys for `store` (LimitStore::digest), taken on first use by the first
   // store asked for; null for a store without digests, or another store.
   const KeyDigest* digests(const LimitStore& store) const;
+  // The items as checks for `store` (their costs unset), with its digests, and the store's own
+  // resolution of them (LimitStore::prepare); null for a store that has none, or another store.
+  const PreparedChecks* prepared(const LimitStore& store) const;
+  // Resolves digests_, checks_ and prepared_ for the first store asked for; true for that store.
+  bool resolved_for(const LimitStore& store) const;
   struct Item {
     const LimitSpec* spec;
     std::uint32_t key_begin;  // its bucket key: keys_[key_begin, +key_size)
@@ -82,12 +94,13 @@ class PreparedLimits {
   LimitSpec daily_;  // the plan's daily quota as a limit
   std::vector<Item> items_;
   std::string keys_;
-  // digests_ is written once, under digest_once_, before digest_store_ (or digest_tried_ alone,
-  // for a store without digests) is published: a request reads two atomics, not the once_flag.
-  mutable std::once_flag digest_once_;
-  mutable std::atomic<const LimitStore*> digest_store_{nullptr};
-  mutable std::atomic<bool> digest_tried_{false};
-  mutable std::vector<KeyDigest> digests_;  // one per item
+  // Written once, under resolve_once_, before resolved_for_ is published: a request reads one
+  // atomic, not the once_flag.
+  mutable std::once_flag resolve_once_;
+  mutable std::atomic<const LimitStore*> resolved_for_{nullptr};
+  mutable std::vector<KeyDigest> digests_;  // one per item; empty for a store without digests
+  mutable std::vector<LimitCheck> checks_;  // one per item
+  mutable std::unique_ptr<const PreparedChecks> prepared_;
 };
 
 struct RequestScope {

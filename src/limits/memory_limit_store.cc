@@ -216,11 +216,16 @@ struct alignas(64) MemoryLimitStore::Shard {
   Nanos last_full_sweep = std::numeric_limits<Nanos>::min();
   std::uint64_t evicted = 0;
   std::uint64_t one_shard_batches = 0;
+  // Buckets deleted and added so far, by any path: a prepared batch's entries stay valid while
+  // both are unchanged.
+  std::uint64_t erased = 0;
+  std::uint64_t added = 0;
 
   std::size_t sweep(Nanos now) {
     const std::size_t removed =
         std::erase_if(map, [now](const auto& kv) { return kv.second.idle_at <= now; });
     evicted += removed;
+    erased += removed;
     sweep_at = std::max(kMinSweepSize, 2 * map.size());
     return removed;
   }
@@ -237,7 +242,8 @@ struct alignas(64) MemoryLimitStore::Shard {
   }
 };
 
-MemoryLimitStore::MemoryLimitStore(MemoryLimitStoreOptions options) : options_(options) {
+MemoryLimitStore::MemoryLimitStore(MemoryLimitStoreOptions options)
+    : options_(options), id_(PreparedChecks::new_maker_id()) {
   const std::size_t n = std::bit_ceil(std::max<std::size_t>(options_.shards, 1));
   shard_mask_ = n - 1;
   shard_cap_ = std::max<std::size_t>(1, (options_.max_entries + n - 1) / n);
@@ -268,60 +274,63 @@ Nanos idle_from_decision(Nanos now, Nanos reset_after) {
 // written back where it is stored, or, for a bucket the batch creates, stored only if it is not
 // idle at once. `idle` is the decision's figure, or -1 to evaluate the state.
 template <class Algo, class State>
-void commit_small(ShardMap& map, const KeyHash& key, Entry* entry, const State& state,
-                  const LimitSpec& spec, Nanos idle, Nanos now) {
-  if (idle < 0) idle = Algo::idle_at(state, spec.params(), now);
+void commit_small(MemoryLimitStore::Shard& shard, const KeyHash& key, Entry*& entry,
+                  const State& state, const BucketParams& p, Nanos idle, Nanos now) {
+  if (idle < 0) idle = Algo::idle_at(state, p, now);
   if (entry != nullptr) {
     *std::get_if<State>(&entry->state) = state;
     entry->idle_at = idle;
   } else if (idle > now) {
-    map.emplace(key, Entry{idle, state});
+    entry = &shard.map.emplace(key, Entry{idle, state}).first->second;
+    ++shard.added;
   }
 }
 
-}  // namespace
+// One check of a one-shard batch as the shared decision reads it: its bucket, its spec and the
+// spec's parameters.
+struct ShardCheck {
+  KeyHash key;
+  const LimitSpec* spec = nullptr;
+  BucketParams params;
+};
 
-bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos now,
-                                       BatchResult& out) {
-  constexpr std::size_t kMax = 8;
-  const std::size_t n = checks.size();
-  if (n == 0 || n > kMax) return false;
-  // Every check with this store's digest, all of one shard, no bucket twice (a bucket checked
-  // twice sees the batch's own tentative charge: the general path's working copies).
-  const KeyDigest* d[kMax];
-  for (std::size_t i = 0; i < n; ++i) {
-    d[i] = checks[i].digest;
-    if (d[i] == nullptr || d[i]->store != this) return false;
-    if (((d[i]->hi ^ d[0]->hi) & shard_mask_) != 0) return false;
-    for (std::size_t j = 0; j < i; ++j) {
-      if (d[i]->lo == d[j]->lo && d[i]->hi == d[j]->hi) return false;
-    }
-  }
-  Shard& shard = shards_[static_cast<std::size_t>(d[0]->hi) & shard_mask_];
-  std::unique_lock lock(shard.mu);
-  shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+constexpr std::size_t kMaxOneShard = 8;
+
+// What the one-shard decision needs of its store.
+struct OneShard {
+  MemoryLimitStore::Shard& shard;
+  std::size_t cap;
+  const MemoryLimitStoreOptions& options;
+  std::atomic<std::uint64_t>& overflows;
+};
+
+// Decides a batch of distinct buckets of one shard, under its lock, on `entry` (each check's
+// stored bucket, or null). False, with nothing changed, when a bucket needs the general batch: a
+// sliding window to create, or a bucket stored with another algorithm than its check's (a reload
+// starts it afresh). Each bucket the batch creates is written to its `entry`.
+// `cost(i)` is check i's cost.
+template <class Cost>
+bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, const Cost& cost,
+                      Entry** entry, Nanos now, BatchResult& out) {
+  const std::size_t n = items.size();
   // Each bucket stored with its check's algorithm, or a GCRA or token bucket to create (a
-  // refund at settlement deletes a bucket it empties). Else the general path: a sliding window
-  // to create, or a bucket that a reload starts afresh.
-  Entry* entry[kMax];
+  // refund at settlement deletes a bucket it empties).
   bool any_new = false;
   for (std::size_t i = 0; i < n; ++i) {
-    const Algorithm algorithm = checks[i].spec->algorithm;
-    auto it = shard.map.find(KeyHash{d[i]->lo, d[i]->hi});
-    if (it == shard.map.end()) {
+    const Algorithm algorithm = items[i].spec->algorithm;
+    const Entry* e = entry[i];
+    if (e == nullptr) {
       if (algorithm == Algorithm::kSlidingWindow) return false;
-      entry[i] = nullptr;
       any_new = true;
       continue;
     }
-    Entry& e = it->second;
-    if (e.state.index() != variant_index(algorithm)) return false;
-    if (const auto* ring = std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state);
+    if (e->state.index() != variant_index(algorithm)) return false;
+    if (const auto* ring = std::get_if<std::unique_ptr<SlidingWindowState>>(&e->state);
         ring != nullptr && !*ring) {
       return false;
     }
-    entry[i] = &e;
   }
+  MemoryLimitStore::Shard& shard = o.shard;
   ++shard.one_shard_batches;
 
   // Each check decided on its own bucket: a GCRA or token bucket on a copy of its small state
@@ -332,26 +341,26 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     SlidingWindowCharge sw;
     Tentative() {}  // NOLINT(modernize-use-equals-default): set by the check's algorithm
   };
-  Tentative t[kMax];
+  Tentative t[kMaxOneShard];
   out.results.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const LimitSpec& spec = *checks[i].spec;
-    const BucketParams p = spec.params();
-    const std::int64_t cost = checks[i].cost;
+    const LimitSpec& spec = *items[i].spec;
+    const BucketParams& p = items[i].params;
+    const std::int64_t c = cost(i);
     CheckResult& r = out.results[i];
     switch (spec.algorithm) {
       case Algorithm::kGcra:
         t[i].gcra = entry[i] ? *std::get_if<GcraState>(&entry[i]->state) : GcraState{};
-        r.decision = Gcra::consume(t[i].gcra, p, cost, now);
+        r.decision = Gcra::consume(t[i].gcra, p, c, now);
         break;
       case Algorithm::kTokenBucket:
         t[i].tb = entry[i] ? *std::get_if<TokenBucketState>(&entry[i]->state) : TokenBucketState{};
-        r.decision = TokenBucket::consume(t[i].tb, p, cost, now);
+        r.decision = TokenBucket::consume(t[i].tb, p, c, now);
         break;
       case Algorithm::kSlidingWindow:
         new (&t[i].sw) SlidingWindowCharge();
         r.decision = SlidingWindow::check(
-            **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state), p, cost, now,
+            **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state), p, c, now,
             t[i].sw);
         break;
     }
@@ -360,20 +369,20 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
   }
 
   // Room for the new buckets this batch would create, in the order of the checks.
-  bool untracked[kMax] = {};
+  bool untracked[kMaxOneShard] = {};
   if (out.allowed && any_new) {
     std::size_t added = 0;
     for (std::size_t i = 0; i < n; ++i) {
       if (entry[i] != nullptr || !out.results[i].consumed) continue;
-      if (shard.map.size() + added < shard_cap_) {
+      if (shard.map.size() + added < o.cap) {
         ++added;
         continue;
       }
-      overflows_.fetch_add(1, std::memory_order_relaxed);
-      if (options_.overflow == OverflowPolicy::kReject) {
+      o.overflows.fetch_add(1, std::memory_order_relaxed);
+      if (o.options.overflow == OverflowPolicy::kReject) {
         out.allowed = false;
         out.overflow = true;
-        out.retry_after = options_.overflow_retry_after;
+        out.retry_after = o.options.overflow_retry_after;
         break;
       }
       untracked[i] = true;
@@ -387,10 +396,10 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
       CheckResult& r = out.results[i];
       r.consumed = false;
       if (!r.decision.allowed && !out.overflow) continue;
-      const BucketParams p = checks[i].spec->params();
+      const BucketParams& p = items[i].params;
       const Entry* e = entry[i];
       Decision current;
-      switch (checks[i].spec->algorithm) {
+      switch (items[i].spec->algorithm) {
         case Algorithm::kGcra:
           current = Gcra::check(e ? *std::get_if<GcraState>(&e->state) : GcraState{}, p, 0, now);
           break;
@@ -407,7 +416,7 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
       r.decision.reset_after = current.reset_after;
       if (out.overflow) {
         r.decision.allowed = false;
-        r.decision.retry_after = options_.overflow_retry_after;
+        r.decision.retry_after = o.options.overflow_retry_after;
       }
     }
     return true;
@@ -416,16 +425,14 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
   // Commit: each bucket that a check charged (a new one only if it is not idle at once).
   for (std::size_t i = 0; i < n; ++i) {
     if (!out.results[i].consumed || untracked[i]) continue;
-    const LimitSpec& spec = *checks[i].spec;
+    const BucketParams& p = items[i].params;
     Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
-    switch (spec.algorithm) {
+    switch (items[i].spec->algorithm) {
       case Algorithm::kGcra:
-        commit_small<Gcra>(shard.map, KeyHash{d[i]->lo, d[i]->hi}, entry[i], t[i].gcra, spec, idle,
-                           now);
+        commit_small<Gcra>(shard, items[i].key, entry[i], t[i].gcra, p, idle, now);
         break;
       case Algorithm::kTokenBucket:
-        commit_small<TokenBucket>(shard.map, KeyHash{d[i]->lo, d[i]->hi}, entry[i], t[i].tb, spec,
-                                  idle, now);
+        commit_small<TokenBucket>(shard, items[i].key, entry[i], t[i].tb, p, idle, now);
         break;
       case Algorithm::kSlidingWindow: {
         SlidingWindowState& s =
@@ -433,15 +440,114 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
         if (t[i].sw.ready) {
           SlidingWindow::charge(s, t[i].sw);
         } else {
-          SlidingWindow::consume(s, spec.params(), checks[i].cost, now);
+          SlidingWindow::consume(s, p, cost(i), now);
         }
-        if (idle < 0) idle = SlidingWindow::idle_at(s, spec.params(), now);
+        if (idle < 0) idle = SlidingWindow::idle_at(s, p, now);
         entry[i]->idle_at = idle;
         break;
       }
     }
   }
   return true;
+}
+
+// A key's checks resolved by MemoryLimitStore::prepare: distinct buckets of one shard, decided
+// by decide_one_shard without the checks' digests being compared or their parameters derived
+// per request. The entries found for them are kept (under the shard's lock) until the shard
+// deletes or adds a bucket.
+struct PreparedOneShard final : PreparedChecks {
+  using PreparedChecks::PreparedChecks;
+
+  std::uint64_t owner = 0;  // KeyHash::hi of every key: picks the shard
+  std::size_t n = 0;
+  ShardCheck items[kMaxOneShard];
+  bool tokens[kMaxOneShard] = {};  // the check's cost is the request's tokens (else 1)
+
+  // Guarded by the shard's mutex: the entries of `items` (null: none stored) as of the shard's
+  // `erased` and `added` counts.
+  mutable std::uint64_t erased = ~std::uint64_t{0};
+  mutable std::uint64_t added = ~std::uint64_t{0};
+  mutable Entry* entry[kMaxOneShard] = {};
+};
+
+}  // namespace
+
+bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos now,
+                                       BatchResult& out) {
+  const std::size_t n = checks.size();
+  if (n == 0 || n > kMaxOneShard) return false;
+  // Every check with this store's digest, all of one shard, no bucket twice (a bucket checked
+  // twice sees the batch's own tentative charge: the general path's working copies).
+  ShardCheck items[kMaxOneShard];
+  for (std::size_t i = 0; i < n; ++i) {
+    const KeyDigest* d = checks[i].digest;
+    if (d == nullptr || d->store != this) return false;
+    if (i > 0 && ((d->hi ^ items[0].key.hi) & shard_mask_) != 0) return false;
+    items[i].key = KeyHash{d->lo, d->hi};
+    for (std::size_t j = 0; j < i; ++j) {
+      if (items[i].key == items[j].key) return false;
+    }
+    items[i].spec = checks[i].spec;
+    items[i].params = checks[i].spec->params();
+  }
+  Shard& shard = shards_[static_cast<std::size_t>(items[0].key.hi) & shard_mask_];
+  std::unique_lock lock(shard.mu);
+  shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+  Entry* entry[kMaxOneShard];
+  for (std::size_t i = 0; i < n; ++i) {
+    auto it = shard.map.find(items[i].key);
+    entry[i] = it == shard.map.end() ? nullptr : &it->second;
+  }
+  return decide_one_shard(
+      OneShard{shard, shard_cap_, options_, overflows_}, std::span<const ShardCheck>(items, n),
+      [&](std::size_t i) { return checks[i].cost; }, entry, now, out);
+}
+
+std::unique_ptr<const PreparedChecks> MemoryLimitStore::prepare(
+    std::span<const LimitCheck> checks) const {
+  const std::size_t n = checks.size();
+  if (n == 0 || n > kMaxOneShard) return nullptr;
+  auto p = std::make_unique<PreparedOneShard>(checks, id_);
+  p->n = n;
+  for (std::size_t i = 0; i < n; ++i) {
+    const KeyHash h = hash_key(checks[i].key, seed_);
+    if (i > 0 && ((h.hi ^ p->owner) & shard_mask_) != 0) return nullptr;
+    for (std::size_t j = 0; j < i; ++j) {
+      if (p->items[j].key == h) return nullptr;  // a bucket twice: the general batch
+    }
+    p->owner = h.hi;
+    p->items[i] = ShardCheck{h, checks[i].spec, checks[i].spec->params()};
+    p->tokens[i] = checks[i].spec->unit == Unit::kTokens;
+  }
+  return p;
+}
+
+BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
+                                             std::int64_t token_cost, Nanos now) {
+  BatchResult out;  // the one object returned (no move of its inline results)
+  bool decided = false;
+  if (prepared.maker() == id_) {
+    const auto* p = static_cast<const PreparedOneShard*>(&prepared);
+    Shard& shard = shards_[static_cast<std::size_t>(p->owner) & shard_mask_];
+    std::unique_lock lock(shard.mu);
+    shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+    if (p->erased != shard.erased || p->added != shard.added) {
+      for (std::size_t i = 0; i < p->n; ++i) {
+        auto it = shard.map.find(p->items[i].key);
+        p->entry[i] = it == shard.map.end() ? nullptr : &it->second;
+      }
+      p->erased = shard.erased;
+    }
+    decided = decide_one_shard(
+        OneShard{shard, shard_cap_, options_, overflows_},
+        std::span<const ShardCheck>(p->items, p->n),
+        [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, now,
+        out);
+    // The buckets it created are in p->entry: nothing else was added meanwhile.
+    p->added = shard.added;
+  }
+  if (!decided) out = check_each(prepared, token_cost, now);
+  return out;
 }
 
 BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> checks, Nanos now) {
@@ -613,6 +719,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
       Entry e;
       store(e, w, idle);
       shards_[w.shard].map.emplace(w.key, std::move(e));
+      ++shards_[w.shard].added;
     }
   }
   return out;
@@ -643,6 +750,7 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
     if (idle <= now) {
       shard.map.erase(it);
       ++shard.evicted;
+      ++shard.erased;
     } else {
       store(*w.entry, w, idle);
     }
@@ -650,6 +758,7 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
     Entry e;
     store(e, w, idle);
     shard.map.emplace(h, std::move(e));
+    ++shard.added;
   }
 }
 

@@ -46,9 +46,9 @@ struct MemoryLimitStoreStats {
   std::size_t entries = 0;
   std::uint64_t evicted = 0;    // idle buckets deleted
   std::uint64_t overflows = 0;  // new buckets refused by the cap
-  // Batches decided by the one-shard path (every check with this store's digest, distinct
-  // buckets of one shard, all stored): the same decisions without the general batch's
-  // working copies.
+  // Batches decided by the one-shard path (every check with this store's digest, or prepared by
+  // this store; distinct buckets of one shard, all stored): the same decisions without the
+  // general batch's working copies.
   std::uint64_t one_shard_batches = 0;
 };
 
@@ -62,6 +62,12 @@ class MemoryLimitStore final : public LimitStore {
   BatchResult check_and_consume(std::span<const LimitCheck> checks, Nanos now) override;
   void adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta, Nanos now) override;
   bool digest(std::string_view key, KeyDigest& out) const override;
+  // Checks of distinct buckets of one shard (a key's plan limits), up to 8: resolved to their
+  // buckets' hashes and parameters, and then to the buckets themselves, which are kept (under
+  // the shard's lock) until the shard deletes or adds a bucket. Null for other checks.
+  std::unique_ptr<const PreparedChecks> prepare(std::span<const LimitCheck> checks) const override;
+  BatchResult check_prepared(const PreparedChecks& prepared, std::int64_t token_cost,
+                             Nanos now) override;
 
   // Deletes every bucket that is idle at `now`; returns how many.
   std::size_t evict_idle(Nanos now);
@@ -76,6 +82,7 @@ class MemoryLimitStore final : public LimitStore {
   bool check_one_shard(std::span<const LimitCheck> checks, Nanos now, BatchResult& out);
 
   MemoryLimitStoreOptions options_;
+  std::uint64_t id_;  // PreparedChecks::maker() of the checks this store prepared
   std::size_t shard_mask_;
   std::size_t shard_cap_;
   std::uint64_t seed_;

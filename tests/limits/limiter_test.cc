@@ -52,6 +52,16 @@ RequestScope scope(std::string_view key = "k1", std::string_view ip = "10.0.0.1"
   return s;
 }
 
+// The scope of key `key` of `tenant` on `plan`, its limits prepared ahead in `ready` if given.
+RequestScope plan_scope(std::string_view key, std::string_view tenant, const Plan& plan,
+                        const PreparedLimits* ready = nullptr) {
+  RequestScope s = scope(key);
+  s.tenant_id = tenant;
+  s.plan = &plan;
+  s.prepared = ready;
+  return s;
+}
+
 int admit(Limiter& l, const RequestScope& s, int n, Nanos now, std::int64_t tokens = 0) {
   int ok = 0;
   for (int i = 0; i < n; ++i) ok += l.check(s, tokens, now).allowed;
@@ -151,6 +161,23 @@ void expect_same(const Verdict& a, const Verdict& b, int step) {
   }
 }
 
+// `n` requests checked and settled on both limiters (`plain` with scope `s`, `fast` with `p`),
+// one every 97 ms: the verdicts must be the same. Returns how many were admitted.
+int same_verdicts(Limiter& plain, const RequestScope& s, Limiter& fast, const RequestScope& p,
+                  int n) {
+  int passed = 0;
+  for (int i = 0; i < n; ++i) {
+    const Nanos now = kT0 + i * 97 * kMs;
+    Verdict a = plain.check(s, 100 + i, now);
+    Verdict b = fast.check(p, 100 + i, now);
+    expect_same(a, b, i);
+    passed += a.allowed;
+    plain.settle(a.reservation, 30 + i, now + kMs);
+    fast.settle(b.reservation, 30 + i, now + kMs);
+  }
+  return passed;
+}
+
 TEST(Limiter, PreparedPlanLimitsGiveTheSameVerdicts) {
   Plan plan;
   plan.daily_requests = 40;
@@ -173,16 +200,7 @@ TEST(Limiter, PreparedPlanLimitsGiveTheSameVerdicts) {
   s.key_overrides = &overrides;
   RequestScope p = s;
   p.prepared = &ready;
-  int passed = 0;
-  for (int i = 0; i < 60; ++i) {
-    const Nanos now = kT0 + i * 97 * kMs;
-    Verdict a = plain.check(s, 100 + i, now);
-    Verdict b = fast.check(p, 100 + i, now);
-    expect_same(a, b, i);
-    passed += a.allowed;
-    plain.settle(a.reservation, 30 + i, now + kMs);
-    fast.settle(b.reservation, 30 + i, now + kMs);
-  }
+  const int passed = same_verdicts(plain, s, fast, p, 60);
   EXPECT_GT(passed, 0);
   EXPECT_LT(passed, 60);
 
@@ -262,6 +280,132 @@ TEST(Limiter, PreparedPlanLimitsLeaveRequestScopedPlansToTheRequest) {
   RequestScope e = s;
   e.endpoint = "/v1/embeddings";
   EXPECT_EQ(admit(l, e, 3, kT0), 2);  // only rps here (1 of 3 used above)
+}
+
+// A key's plan limits alone (no config limits): the store decides them as it prepared them, on
+// the same buckets as the per-request path, with the same verdicts.
+TEST(Limiter, PreparedPlanLimitsAloneGiveTheSameVerdicts) {
+  Plan plan;
+  plan.daily_requests = 40;
+  LimitSpec shadow = spec("shadow-rps", Scope::kKey, 2);
+  shadow.mode = Mode::kShadow;
+  LimitSpec tb = spec("tb-rps", Scope::kKey, 9);
+  tb.algorithm = Algorithm::kTokenBucket;
+  plan.limits = {spec("rps", Scope::kKey, 5), spec("tenant-rps", Scope::kTenant, 7),
+                 spec("tpm", Scope::kKey, 900, {}, Unit::kTokens, Period::kMinute), shadow, tb};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  Limiter plain(cfg({}), new_store());
+  Limiter fast(cfg({}), new_store());
+  const int passed = same_verdicts(plain, plan_scope(key, tenant, plan), fast,
+                                   plan_scope(key, tenant, plan, &ready), 80);
+  EXPECT_GT(passed, 0);
+  EXPECT_LT(passed, 80);
+}
+
+// A reload that changes a key's limits: the runtime prepares the new plan's limits, and the key's
+// buckets (by limit name) carry over; a config limit added by a reload is checked with them.
+TEST(Limiter, PreparedPlanLimitsFollowAReload) {
+  auto store = new_store();
+  Limiter l(cfg({}), store);
+  const std::string key = "k1", tenant = "t1";
+  Plan before;
+  before.limits = {spec("rps", Scope::kKey, 5)};
+  Plan after;
+  after.limits = {spec("rps", Scope::kKey, 4),
+                  spec("rpm", Scope::kKey, 6, {}, Unit::kRequests, Period::kMinute)};
+  auto with = [&](const Plan& plan, const PreparedLimits& ready) {
+    return plan_scope(key, tenant, plan, &ready);
+  };
+  const PreparedLimits ready_before(&before, nullptr, key, tenant);
+  EXPECT_EQ(admit(l, with(before, ready_before), 3, kT0), 3);
+  const PreparedLimits ready_after(&after, nullptr, key, tenant);
+  // rps keeps its 3 used units under its new rate of 4: one more passes; rpm is new.
+  EXPECT_EQ(admit(l, with(after, ready_after), 5, kT0), 1);
+  const Verdict v = l.check(with(after, ready_after), 0, kT0 + kNanosPerSecond);
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.requests.limit, 4);  // rps (3 left) before rpm (2 of 6 used, 1.9 drained: 4 left)
+  EXPECT_EQ(v.requests.remaining, 3);
+  l.reload(cfg({spec("global", Scope::kGlobal, 1)}));
+  EXPECT_EQ(admit(l, with(after, ready_after), 3, kT0 + 2 * kNanosPerSecond), 1);
+  l.reload(cfg({}));
+  // rpm (6 a minute): 3 used, 0.3 of them drained, 3 more fit; rps has room again.
+  EXPECT_EQ(admit(l, with(after, ready_after), 5, kT0 + 3 * kNanosPerSecond), 3);
+}
+
+// Two keys on one plan (two prepared sets of the same limit names) keep their own buckets.
+TEST(Limiter, PreparedPlanLimitsOfTwoKeysKeepTheirOwnBuckets) {
+  Limiter l(cfg({}), new_store());
+  Plan plan;
+  plan.limits = {spec("rps", Scope::kKey, 3)};
+  const std::string k1 = "k1", k2 = "k2", tenant = "t1";
+  const PreparedLimits r1(&plan, nullptr, k1, tenant), r2(&plan, nullptr, k2, tenant);
+  const RequestScope s1 = plan_scope(k1, tenant, plan, &r1), s2 = plan_scope(k2, tenant, plan, &r2);
+  EXPECT_EQ(admit(l, s1, 5, kT0), 3);
+  EXPECT_EQ(admit(l, s2, 5, kT0), 3);
+  EXPECT_EQ(admit(l, s1, 1, kT0), 0);
+}
+
+// A bucket the store deleted (idle, a refund that empties it, an eviction) is not used again by
+// the prepared checks: a bucket made afresh by another path is the one they see.
+TEST(Limiter, PreparedPlanLimitsSeeDeletedAndRecreatedBuckets) {
+  auto store = new_store();
+  Limiter l(cfg({}), store);
+  Plan plan;
+  plan.limits = {spec("rps", Scope::kKey, 5),
+                 spec("tpm", Scope::kKey, 1000, {}, Unit::kTokens, Period::kMinute)};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  const RequestScope s = plan_scope(key, tenant, plan), p = plan_scope(key, tenant, plan, &ready);
+  EXPECT_EQ(admit(l, p, 5, kT0, 10), 5);
+  EXPECT_EQ(store->size(), 2u);
+  // Both buckets drain and are evicted; the per-request path (same buckets) then uses rps up.
+  const Nanos later = kT0 + 100 * kNanosPerSecond;
+  EXPECT_EQ(store->evict_idle(later), 2u);
+  EXPECT_EQ(admit(l, s, 5, later, 10), 5);
+  EXPECT_EQ(admit(l, p, 1, later, 10), 0);  // the new bucket, not the evicted one
+  // The TPM refund empties and deletes the token bucket; the prepared checks make it again.
+  const Nanos t = later + 10 * kNanosPerSecond;
+  Verdict v = l.check(p, 600, t);
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.tokens.remaining, 400);
+  l.settle(v.reservation, 0, t);  // all 600 back: the bucket is empty and deleted
+  EXPECT_EQ(store->size(), 1u);
+  v = l.check(p, 900, t);
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.tokens.remaining, 100);
+  EXPECT_EQ(store->size(), 2u);
+  l.settle(v.reservation, 300, t);  // 600 back
+  v = l.check(p, 700, t);           // 300 used: 700 fits exactly
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.tokens.remaining, 0);
+  EXPECT_FALSE(l.check(s, 1, t).allowed);  // the per-request path sees the same bucket
+}
+
+// Threads checking and settling one key's prepared limits admit exactly its allowance.
+TEST(Limiter, PreparedPlanLimitsUnderConcurrentChecks) {
+  Limiter l(cfg({}), new_store());
+  Plan plan;
+  plan.limits = {spec("rpm", Scope::kKey, 3000, {}, Unit::kRequests, Period::kMinute),
+                 spec("tpm", Scope::kKey, 1'000'000, {}, Unit::kTokens, Period::kMinute)};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  const RequestScope s = plan_scope(key, tenant, plan, &ready);
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 2000; ++i) {
+        Verdict v = l.check(s, 50, kT0);
+        if (v.allowed) {
+          ++admitted;
+          l.settle(v.reservation, i % 2 ? 0 : 80, kT0);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(admitted.load(), 3000);
 }
 
 TEST(Limiter, HeadersShadowWaitAndSettle) {

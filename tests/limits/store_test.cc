@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -414,6 +415,25 @@ TEST(MemoryLimitStore, SlidingWindowChargedInPlaceKeepsTheBatchContract) {
 namespace bw::limits {
 namespace {
 
+// The same answer from two stores: the batch's outcome and every check's decision.
+void same_batch(const BatchResult& a, const BatchResult& b, int step) {
+  ASSERT_EQ(a.allowed, b.allowed) << step;
+  ASSERT_EQ(a.overflow, b.overflow) << step;
+  ASSERT_EQ(a.retry_after, b.retry_after) << step;
+  ASSERT_EQ(a.unavailable, b.unavailable) << step;
+  ASSERT_EQ(a.results.size(), b.results.size()) << step;
+  for (std::size_t i = 0; i < a.results.size(); ++i) {
+    const Decision& x = a.results[i].decision;
+    const Decision& y = b.results[i].decision;
+    ASSERT_EQ(a.results[i].consumed, b.results[i].consumed) << step << "/" << i;
+    ASSERT_EQ(x.allowed, y.allowed) << step << "/" << i;
+    ASSERT_EQ(x.limit, y.limit) << step << "/" << i;
+    ASSERT_EQ(x.remaining, y.remaining) << step << "/" << i;
+    ASSERT_EQ(x.retry_after, y.retry_after) << step << "/" << i;
+    ASSERT_EQ(x.reset_after, y.reset_after) << step << "/" << i;
+  }
+}
+
 // The one-shard path (every check with the store's digest, distinct stored buckets of one shard)
 // is held to the general batch: two stores with the same seed get the same random batches, one
 // with digests (the one-shard path whenever the batch is such a one), the other without (always
@@ -425,7 +445,17 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
                                std::uint64_t min_one_shard) {
   MemoryLimitStoreOptions o = opts(4, max_entries);
   o.overflow = overflow;
-  MemoryLimitStore fast(o), general(o);
+  MemoryLimitStore fast(o), general(o), ahead(o);
+  // `ahead` decides each batch through prepare/check_prepared, each batch's checks prepared once
+  // and kept (with its found entries) until a reload changes a spec: the prepared batches see
+  // every deletion and creation of buckets by the other paths (refunds, sweeps, evictions).
+  struct Ahead {
+    std::vector<std::string> keys;
+    std::vector<LimitCheck> checks;
+    std::unique_ptr<const PreparedChecks> prepared;
+  };
+  std::map<std::string, std::unique_ptr<Ahead>> prepared;
+  std::uint64_t prepared_batches = 0;
   std::vector<LimitSpec> specs = {
       spec("rps", 5, 2),
       spec("rpm", 40, 0, Algorithm::kGcra, Period::kMinute),
@@ -458,6 +488,7 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       } else {
         s.algorithm = static_cast<Algorithm>(rng() % 3);
       }
+      prepared.clear();  // the runtime prepares a reloaded config's checks afresh
     }
     const int owner = static_cast<int>(rng() % 3);
     std::vector<std::size_t> pick(specs.size());
@@ -484,22 +515,33 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
     }
     const BatchResult a = fast.check_and_consume(with, now);
     const BatchResult b = general.check_and_consume(without, now);
-    ASSERT_EQ(a.allowed, b.allowed) << step;
-    ASSERT_EQ(a.overflow, b.overflow) << step;
-    ASSERT_EQ(a.retry_after, b.retry_after) << step;
-    ASSERT_EQ(a.unavailable, b.unavailable) << step;
-    ASSERT_EQ(a.results.size(), b.results.size()) << step;
-    for (std::size_t i = 0; i < a.results.size(); ++i) {
-      const Decision& x = a.results[i].decision;
-      const Decision& y = b.results[i].decision;
-      ASSERT_EQ(a.results[i].consumed, b.results[i].consumed) << step << "/" << i;
-      ASSERT_EQ(x.allowed, y.allowed) << step << "/" << i;
-      ASSERT_EQ(x.limit, y.limit) << step << "/" << i;
-      ASSERT_EQ(x.remaining, y.remaining) << step << "/" << i;
-      ASSERT_EQ(x.retry_after, y.retry_after) << step << "/" << i;
-      ASSERT_EQ(x.reset_after, y.reset_after) << step << "/" << i;
-      ++compared;
+    std::string batch;
+    std::int64_t token_cost = 0;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      batch += keys[i] + "|";
+      if (with[i].spec->unit == Unit::kTokens) token_cost = with[i].cost;
     }
+    // Token checks of one batch cost the same (one request's tokens): else the general path.
+    bool one_token_cost = true;
+    for (const LimitCheck& c : with) {
+      one_token_cost = one_token_cost && (c.spec->unit != Unit::kTokens || c.cost == token_cost);
+    }
+    auto& slot = prepared[batch];
+    if (!slot) {
+      slot = std::make_unique<Ahead>();
+      slot->keys = keys;
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        slot->checks.push_back({slot->keys[i], with[i].spec, 0, nullptr});
+      }
+      slot->prepared = ahead.prepare(slot->checks);
+    }
+    const BatchResult c =
+        slot->prepared && one_token_cost
+            ? (++prepared_batches, ahead.check_prepared(*slot->prepared, token_cost, now))
+            : ahead.check_and_consume(without, now);
+    ASSERT_NO_FATAL_FAILURE(same_batch(a, b, step));
+    ASSERT_NO_FATAL_FAILURE(same_batch(c, b, step));
+    compared += static_cast<int>(a.results.size());
     if (rng() % 10 == 0) {  // settle: a refund or a charge after the fact
       const std::size_t i = rng() % keys.size();
       const LimitSpec& s = specs[i < pick.size() ? pick[i] : 0];
@@ -509,16 +551,24 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       as_digest.digest = &digests[i];
       fast.adjust(keys[i], as_digest, delta, now);
       general.adjust(keys[i], as, delta, now);
+      ahead.adjust(keys[i], as, delta, now);
     }
     if (rng() % 300 == 0) {
-      ASSERT_EQ(fast.evict_idle(now), general.evict_idle(now)) << step;
+      const std::size_t evicted = general.evict_idle(now);
+      ASSERT_EQ(fast.evict_idle(now), evicted) << step;
+      ASSERT_EQ(ahead.evict_idle(now), evicted) << step;
     }
     ASSERT_EQ(fast.size(), general.size()) << step;
+    ASSERT_EQ(ahead.size(), general.size()) << step;
   }
-  const MemoryLimitStoreStats fs = fast.stats(), gs = general.stats();
+  const MemoryLimitStoreStats fs = fast.stats(), gs = general.stats(), as = ahead.stats();
   EXPECT_EQ(fs.entries, gs.entries);
   EXPECT_EQ(fs.evicted, gs.evicted);
   EXPECT_EQ(fs.overflows, gs.overflows);
+  EXPECT_EQ(as.entries, gs.entries);
+  EXPECT_EQ(as.evicted, gs.evicted);
+  EXPECT_EQ(as.overflows, gs.overflows);
+  EXPECT_GT(prepared_batches, min_one_shard);
   EXPECT_EQ(gs.one_shard_batches, 0u);
   EXPECT_GT(fs.one_shard_batches, min_one_shard);  // the path under test was taken
   EXPECT_GT(compared, 15000);
