@@ -302,17 +302,25 @@ bool gcra_admit_fast(GcraState& s, const BucketParams& p, std::int64_t cost, Nan
   return true;
 }
 
-}  // namespace
-
-Decision Gcra::consume(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now) {
-  Decision fast;
-  if (gcra_admit_fast(s, p, cost, now, fast)) return fast;
+// Gcra::consume beyond gcra_admit_fast: out of line, so that the common call does not set up
+// the 128-bit path's registers and frame.
+[[gnu::noinline]] Decision gcra_consume_general(GcraState& s, const BucketParams& p,
+                                                std::int64_t cost, Nanos now) {
   const i128 level = gcra_level(s, p, now);
   Decision d = decide(level, p, cost);
   if (d.allowed) {
     gcra_set_level(s, p, now,
                    level + static_cast<i128>(std::max<std::int64_t>(cost, 0)) * p.period);
   }
+  return d;
+}
+
+}  // namespace
+
+Decision Gcra::consume(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now) {
+  Decision d;  // the one object returned
+  if (!gcra_admit_fast(s, p, cost, now, d)) [[unlikely]]
+    d = gcra_consume_general(s, p, cost, now);
   return d;
 }
 
