@@ -23,6 +23,9 @@
 // take Asio's usual path.
 //
 // Thread safety: as Asio's handler_work; nothing shared.
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <array>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/as_tuple.hpp>  // and detail::as_tuple_signature
@@ -31,11 +34,13 @@
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detail/handler_invoke_helpers.hpp>
 #include <boost/asio/detail/handler_work.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/version.hpp>
+#include <cerrno>
 #include <cstddef>
 #include <optional>
 #include <tuple>
@@ -109,6 +114,62 @@ class DirectWork {
   std::optional<std::pair<Any, Any>> tracked_;
 };
 
+// Drops the first `n` bytes of `buffers` (written ones become empty); whether any are left.
+template <std::size_t N>
+bool drop_written(std::array<boost::asio::const_buffer, N>& buffers, std::size_t n) {
+  bool left = false;
+  for (auto& b : buffers) {
+    if (n >= b.size()) {
+      n -= b.size();
+      b = boost::asio::const_buffer();
+    } else {
+      b += n;
+      n = 0;
+      left = true;
+    }
+  }
+  return left;
+}
+
+// A write of `buffers` tried at once on the stream socket `fd`, before an asynchronous write
+// (bw::async_write_all) is started: one sendmsg that does not wait. An answer, a request or an
+// event usually fits the socket's send buffer, and the asynchronous write makes the same call
+// first (Asio tries a write before it waits for readiness), but only after the coroutine has
+// suspended and its operation has been allocated, started in the reactor, queued as done,
+// dequeued and completed into the resumed coroutine. Returns true when this call settles the
+// write: every byte written (`written` of them), or the socket failed (`ec`, as the
+// asynchronous write would report it). False when the socket took part of the bytes or none:
+// they are dropped from `buffers` (counted in `written`), and the caller writes the rest
+// asynchronously (whose first attempt then usually waits: the send buffer is full).
+// The caller must have no other write pending on the socket.
+template <std::size_t N>
+bool write_now(int fd, std::array<boost::asio::const_buffer, N>& buffers,
+               boost::system::error_code& ec, std::size_t& written) {
+  std::array<iovec, N> iov;
+  std::size_t count = 0, total = 0;
+  for (const auto& b : buffers) {
+    if (b.size() == 0) continue;
+    iov[count].iov_base = const_cast<void*>(b.data());
+    iov[count].iov_len = b.size();
+    total += b.size();
+    ++count;
+  }
+  written = 0;
+  ec = {};
+  if (total == 0) return true;
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = count;
+  const ssize_t n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+    ec.assign(errno, boost::asio::error::get_system_category());
+    return true;
+  }
+  written = static_cast<std::size_t>(n);
+  return !drop_written(buffers, written);
+}
+
 // A write of every byte of `buffers` (as asio::async_write), for a stream socket and
 // bw::direct: `auto [ec, n] = co_await bw::async_write_all(socket, buffers, bw::direct);`.
 // Asio's write_op carries the buffers as consuming_buffers, a cancellation state of its own and
@@ -130,7 +191,7 @@ class WriteAll {
 
   void operator()(boost::system::error_code ec, std::size_t n) {
     written_ += n;
-    if (!ec && n > 0 && advance(n)) {
+    if (!ec && n > 0 && drop_written(buffers_, n)) {
       start();
       return;
     }
@@ -138,22 +199,6 @@ class WriteAll {
   }
 
  private:
-  // Drops the first `n` bytes; whether any are left.
-  bool advance(std::size_t n) {
-    bool left = false;
-    for (auto& b : buffers_) {
-      if (n >= b.size()) {
-        n -= b.size();
-        b = boost::asio::const_buffer();
-      } else {
-        b += n;
-        n = 0;
-        left = true;
-      }
-    }
-    return left;
-  }
-
   Stream* stream_;
   std::array<boost::asio::const_buffer, N> buffers_;
   std::size_t written_ = 0;
@@ -162,10 +207,11 @@ class WriteAll {
   Handler handler_;  // read by the associators
 };
 
-template <typename Stream, std::size_t N>
+// The token is bw::direct, or the DirectHandler of an operation that was started with it.
+template <typename Stream, std::size_t N, typename Token>
 auto async_write_all(Stream& stream, const std::array<boost::asio::const_buffer, N>& buffers,
-                     DirectToken token) {
-  return boost::asio::async_initiate<DirectToken, void(boost::system::error_code, std::size_t)>(
+                     Token&& token) {
+  return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
       [](auto handler, Stream* s, const std::array<boost::asio::const_buffer, N>& b) {
         WriteAll<Stream, N, std::decay_t<decltype(handler)>>(*s, b, std::move(handler)).start();
       },

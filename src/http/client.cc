@@ -161,6 +161,22 @@ struct UpstreamResponse::Impl {
         token, this, mb);
   }
 
+  // The write of a request's buffers, TLS or plain (one deferred operation type, awaited by
+  // the caller as read_op is); a plain one writes as bw::async_write_all.
+  template <std::size_t N>
+  auto write_op(const std::array<asio::const_buffer, N>& buffers) {
+    DirectToken token;
+    return asio::async_initiate<DirectToken, void(beast::error_code, std::size_t)>(
+        [](auto handler, Impl* self, const std::array<asio::const_buffer, N>& b) {
+          if (self->tls) {
+            asio::async_write(*self->tls, b, std::move(handler));
+          } else {
+            bw::async_write_all(*self->plain, b, std::move(handler));
+          }
+        },
+        token, this, buffers);
+  }
+
   bool received(Until until, const std::tuple<beast::error_code, std::size_t>& result,
                 beast::error_code& ec) {
     const auto& [rec, n] = result;
@@ -733,30 +749,27 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
     c.parser->header_limit(64 * 1024);
     c.parser->body_limit(boost::none);
 
-    // A response whose head never comes is bounded by connect + first byte from here.
-    c.deadline.arm(t.connect + t.first_byte);
-    beast::error_code wec;
+    std::array<asio::const_buffer, 2> b{asio::buffer(c.out), asio::const_buffer()};
     if (inline_body) {
       c.out.append(request.body);
       for (auto p : request.body_pieces) c.out.append(p);
-      const std::array<asio::const_buffer, 1> b{asio::buffer(c.out)};
-      if (c.tls) {
-        std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
-      } else {
-        std::tie(wec, std::ignore) = co_await bw::async_write_all(*c.plain, b, kDirect);
-      }
+      b[0] = asio::buffer(c.out);
     } else {
       const std::string_view body =
           request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
-      const std::array<asio::const_buffer, 2> b{asio::buffer(c.out),
-                                                asio::buffer(body.data(), body.size())};
-      if (c.tls) {
-        std::tie(wec, std::ignore) = co_await asio::async_write(*c.tls, b, kDirect);
-      } else {
-        std::tie(wec, std::ignore) = co_await bw::async_write_all(*c.plain, b, kDirect);
-      }
+      b[1] = asio::buffer(body.data(), body.size());
     }
-    if (c.deadline.expired()) wec = beast::error::timeout;
+    // A plain connection takes the request at once unless its send buffer is full (a
+    // suspension, the write's operation and its deadline saved: common/asio_direct.h's
+    // write_now); the rest, or a TLS connection's request, is written asynchronously under the
+    // deadline. A response whose head never comes is bounded by connect + first byte from there.
+    beast::error_code wec;
+    std::size_t now_written = 0;
+    if (c.tls || !write_now(c.plain->native_handle(), b, wec, now_written)) {
+      c.deadline.arm(t.connect + t.first_byte);
+      std::tie(wec, std::ignore) = co_await c.write_op(b);
+      if (c.deadline.expired()) wec = beast::error::timeout;
+    }
     stash::release(c.out);  // sent: warm for the next request
     if (wec) {
       c.failed = true;

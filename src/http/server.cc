@@ -327,12 +327,15 @@ class Session final : public ResponseWriter {
                                static_cast<std::int64_t>(r.body.size()), response_keep_alive());
     if (broken_) co_return false;
     // A small body goes into the same buffer: one contiguous write.
+    bool ok = false;
     if (head_only_ || r.body.size() <= kInlineBody) {
       if (!head_only_) out_.append(r.body);
-      const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+      std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+      if (wrote_now(b, ok)) co_return ok;
       co_return wrote(co_await start_write(b));
     }
-    const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(r.body)};
+    std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(r.body)};
+    if (wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -353,11 +356,11 @@ class Session final : public ResponseWriter {
       // As in send(): a small body goes into the same buffer, for one contiguous write.
       if (head_only_ || body.size() <= kInlineBody) {
         if (!head_only_) out_.append(body);
-        const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
-        ok = wrote(co_await start_write(b));
+        std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+        if (!wrote_now(b, ok)) ok = wrote(co_await start_write(b));
       } else {
-        const std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(body)};
-        ok = wrote(co_await start_write(b));
+        std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(body)};
+        if (!wrote_now(b, ok)) ok = wrote(co_await start_write(b));
       }
     }
     stash::give(body);  // as a Response's would be
@@ -371,7 +374,8 @@ class Session final : public ResponseWriter {
     wire::append_response_head(out_, status, server_.options_.server_name, headers, -1,
                                response_keep_alive());
     if (broken_) co_return false;
-    const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    if (bool ok = false; wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -392,7 +396,8 @@ class Session final : public ResponseWriter {
       co_return !broken_;
     }
     if (broken_) co_return false;
-    const std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+    if (bool ok = false; wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -412,9 +417,10 @@ class Session final : public ResponseWriter {
     if (data.empty() || head_only_) co_return true;  // an empty chunk would end the body
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
-    const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
-                                              asio::buffer(data.data(), data.size()),
-                                              asio::buffer("\r\n", 2)};
+    std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
+                                        asio::buffer(data.data(), data.size()),
+                                        asio::buffer("\r\n", 2)};
+    if (bool ok = false; wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -422,7 +428,8 @@ class Session final : public ResponseWriter {
     finished_ = true;
     if (broken_) co_return false;
     if (head_only_) co_return true;
-    const std::array<asio::const_buffer, 2> b{held_head(), asio::buffer("0\r\n\r\n", 5)};
+    std::array<asio::const_buffer, 2> b{held_head(), asio::buffer("0\r\n\r\n", 5)};
+    if (bool ok = false; wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -435,9 +442,10 @@ class Session final : public ResponseWriter {
     finished_ = true;
     char head[20];
     const std::size_t n = wire::chunk_header(head, data.size());
-    const std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
-                                              asio::buffer(data.data(), data.size()),
-                                              asio::buffer("\r\n0\r\n\r\n", 7)};
+    std::array<asio::const_buffer, 4> b{held_head(), asio::buffer(head, n),
+                                        asio::buffer(data.data(), data.size()),
+                                        asio::buffer("\r\n0\r\n\r\n", 7)};
+    if (bool ok = false; wrote_now(b, ok)) co_return ok;
     co_return wrote(co_await start_write(b));
   }
 
@@ -457,6 +465,7 @@ class Session final : public ResponseWriter {
       buffers[2 + i] = asio::buffer(pieces[i].data(), pieces[i].size());
     }
     buffers[2 + pieces.size()] = end ? asio::buffer("\r\n0\r\n\r\n", 7) : asio::buffer("\r\n", 2);
+    if (bool ok = false; wrote_now(buffers, ok)) co_return ok;
     co_return wrote(co_await start_write(buffers));
   }
 
@@ -620,9 +629,23 @@ class Session final : public ResponseWriter {
     return feed(p, whole, ec);
   }
 
-  // A write is start_write (the caller has checked broken_) and wrote(its result): the callers
-  // await the socket's write directly (a deferred operation, started when awaited), without a
-  // coroutine frame of its own per write.
+  // A write is wrote_now (the caller has checked broken_): the bytes the socket takes at once,
+  // which settles the write unless its send buffer is full, without the write deadline or a
+  // suspension (common/asio_direct.h's write_now); true with `ok` the write's result when it
+  // settled it. Otherwise the rest is start_write and wrote(its result), under the write
+  // deadline: the callers await the socket's write directly (a deferred operation, started when
+  // awaited), without a coroutine frame of its own per write.
+  template <std::size_t N>
+  bool wrote_now(std::array<asio::const_buffer, N>& buffers, bool& ok) {
+    beast::error_code ec;
+    std::size_t n = 0;
+    const bool settled = write_now(socket_.native_handle(), buffers, ec, n);
+    bytes_out_ += n;
+    if (!settled) return false;
+    if (ec) broken_ = true;
+    ok = !ec;
+    return true;
+  }
   template <class Buffers>
   auto start_write(const Buffers& buffers)
       -> decltype(bw::async_write_all(std::declval<tcp::socket&>(), buffers, kDirect)) {

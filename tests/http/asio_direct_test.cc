@@ -1,7 +1,9 @@
-// bw::direct and bw::async_write_all (src/common/asio_direct.h): a coroutine's socket reads and
-// writes complete with the same results as as_tuple(deferred) and asio::async_write; a write
-// larger than the socket's send buffer goes on until every byte of every buffer is written; a
-// coroutine on another io_context than its socket is resumed on its own io_context's thread.
+// bw::direct, bw::async_write_all and bw::write_now (src/common/asio_direct.h): a coroutine's
+// socket reads and writes complete with the same results as as_tuple(deferred) and
+// asio::async_write; a write larger than the socket's send buffer goes on until every byte of
+// every buffer is written; a coroutine on another io_context than its socket is resumed on its
+// own io_context's thread; a write tried at once settles what the socket takes whole, and leaves
+// the rest, in order, to the asynchronous write.
 #include "common/asio_direct.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
 #include <cstddef>
 #include <string>
 #include <thread>
@@ -92,6 +95,104 @@ TEST(AsioDirect, WriteAllToAClosedPeerFails) {
   ioc.run();
   EXPECT_TRUE(std::get<0>(wrote));
   EXPECT_LT(std::get<1>(wrote), big.size());
+}
+
+TEST(AsioDirect, WriteNowSettlesAWriteTheSocketTakesWhole) {
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  auto [writer, reader] = connected(ioc);
+  std::array<asio::const_buffer, 4> bufs{asio::buffer("head:", 5), asio::const_buffer(),
+                                         asio::buffer("body", 4), asio::buffer("\r\n", 2)};
+  boost::system::error_code ec = asio::error::would_block;
+  std::size_t written = 99;
+  EXPECT_TRUE(bw::write_now(writer.native_handle(), bufs, ec, written));
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(written, 11u);
+  std::string got(11, '\0');
+  asio::read(reader, asio::buffer(got));
+  EXPECT_EQ(got, "head:body\r\n");
+}
+
+TEST(AsioDirect, WriteNowOfNothingWritesNothing) {
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  auto [writer, reader] = connected(ioc);
+  std::array<asio::const_buffer, 2> bufs{};
+  boost::system::error_code ec;
+  std::size_t written = 99;
+  EXPECT_TRUE(bw::write_now(writer.native_handle(), bufs, ec, written));
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(written, 0u);
+}
+
+// Past the send buffer: the bytes the socket took are dropped from the buffers, and an
+// asynchronous write of what is left delivers the rest, every byte once and in order.
+TEST(AsioDirect, WriteNowPastTheSendBufferLeavesTheRestToTheAsynchronousWrite) {
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  auto [writer, reader] = connected(ioc);
+  const std::string a = pattern(100, 'a'), b = pattern(32 << 20, 'b'), c = pattern(333, 'c');
+  const std::string want = a + b + c;
+  std::array<asio::const_buffer, 3> bufs{asio::buffer(a), asio::buffer(b), asio::buffer(c)};
+  boost::system::error_code ec;
+  std::size_t now = 0;
+  ASSERT_FALSE(bw::write_now(writer.native_handle(), bufs, ec, now));
+  EXPECT_FALSE(ec);
+  EXPECT_GT(now, 0u);
+  EXPECT_LT(now, want.size());
+  // Another try takes what the peer has drained meanwhile, if anything.
+  std::size_t again = 0;
+  EXPECT_FALSE(bw::write_now(writer.native_handle(), bufs, ec, again));
+  EXPECT_FALSE(ec);
+  std::size_t left = 0;
+  for (const auto& x : bufs) left += x.size();
+  EXPECT_EQ(now + again + left, want.size());
+  std::tuple<boost::system::error_code, std::size_t> wrote{asio::error::would_block, 0};
+  std::string got(want.size(), '\0');
+  std::size_t read = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        wrote = co_await bw::async_write_all(writer, bufs, bw::direct);
+      },
+      asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        while (read < got.size()) {
+          auto [rec, n] = co_await reader.async_read_some(
+              asio::buffer(got.data() + read, std::min<std::size_t>(got.size() - read, 1 << 20)),
+              bw::direct);
+          if (rec) break;
+          read += n;
+        }
+      },
+      asio::detached);
+  ioc.run();
+  EXPECT_FALSE(std::get<0>(wrote));
+  EXPECT_EQ(std::get<1>(wrote), left);
+  EXPECT_EQ(read, want.size());
+  EXPECT_TRUE(got == want);
+}
+
+// A socket that cannot send fails at once with the error the asynchronous write reports (and
+// no SIGPIPE, which would end this test).
+TEST(AsioDirect, WriteNowOnAShutDownSocketFailsWithBrokenPipe) {
+  asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  auto [writer, reader] = connected(ioc);
+  writer.shutdown(tcp::socket::shutdown_send);
+  std::array<asio::const_buffer, 1> bufs{asio::buffer("x", 1)};
+  boost::system::error_code ec;
+  std::size_t written = 99;
+  EXPECT_TRUE(bw::write_now(writer.native_handle(), bufs, ec, written));
+  EXPECT_EQ(ec, asio::error::broken_pipe);
+  EXPECT_EQ(written, 0u);
+  std::tuple<boost::system::error_code, std::size_t> wrote{};
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        wrote = co_await bw::async_write_all(writer, bufs, bw::direct);
+      },
+      asio::detached);
+  ioc.run();
+  EXPECT_EQ(std::get<0>(wrote), ec);
 }
 
 TEST(AsioDirect, ReadOfAClosedPeerEndsWithEof) {

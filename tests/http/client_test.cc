@@ -298,6 +298,65 @@ TEST(ClientPool, LargeBodyIsSentWhole) {
   EXPECT_NE(server.requests[0].find("content-length: 102400\r\n"), std::string::npos);
 }
 
+// A request larger than the socket takes at once (its rest written asynchronously) reaches an
+// upstream that reads late, every byte in order; so does the next one on the kept connection.
+TEST(ClientPool, ARequestPastTheSendBufferReachesALateReaderWhole) {
+  asio::io_context ioc;
+  TestServer server(ioc, [](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+    co_await sleep_for(milliseconds(100));  // the client's send buffer fills meanwhile
+    std::string buf;
+    while (auto req = co_await TestServer::read_request(*s, buf)) {
+      srv.requests.push_back(*req);
+      if (!co_await TestServer::write(*s, kHello)) break;
+    }
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  const std::string target = "/big";
+  std::string big(8 << 20, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 2; ++i) {
+      auto r_req = post(target, big);
+      auto r = co_await pool.send(ep, r_req, fast_options());
+      EXPECT_TRUE(r);
+      if (!r) co_return;
+      auto body = co_await r->read_all(1024);
+      EXPECT_TRUE(body && *body == "hello");
+    }
+  });
+  ASSERT_EQ(server.requests.size(), 2u);
+  EXPECT_EQ(server.accepted, 1);
+  for (const auto& req : server.requests) EXPECT_TRUE(req.ends_with("\r\n\r\n" + big));
+}
+
+// An upstream that never reads holds a request's write no longer than connect + first byte:
+// the write fails as a timeout (504).
+TEST(ClientPool, AWriteTheUpstreamNeverTakesTimesOut) {
+  asio::io_context ioc;
+  TestServer server(ioc, [](TestServer&, TestServer::Socket) -> asio::awaitable<void> {
+    co_return;  // accepted, never read
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  const std::string target = "/big";
+  UpstreamOptions o = fast_options();
+  o.timeouts.connect = 150 * kNanosPerMilli;
+  o.timeouts.first_byte = 150 * kNanosPerMilli;
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    auto r_req = post(target, std::string(64 << 20, 'x'));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = co_await pool.send(ep, r_req, o);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_FALSE(r);
+    if (!r) {
+      EXPECT_EQ(r.error().code, kUpstreamTimeout);
+      EXPECT_EQ(r.error().status, 504);
+    }
+    EXPECT_GE(took, milliseconds(250));
+  });
+}
+
 TEST(ClientPool, ConnectionCloseIsNotPooled) {
   asio::io_context ioc;
   TestServer server(ioc,

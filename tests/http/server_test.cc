@@ -182,5 +182,71 @@ TEST(Server, AChunkInPiecesIsTheirJoinedBytes) {
   server.stop();
 }
 
+// ---- writes past the socket's send buffer -------------------------------------------------------
+
+std::string big_body(std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + static_cast<char>(i % 23));
+  return s;
+}
+
+// An answer larger than the socket takes at once reaches a client that reads late, every byte in
+// order, and the connection then serves its next request.
+TEST(Server, AnAnswerLargerThanTheSendBufferReachesALateReaderWhole) {
+  const std::string body = big_body(4 << 20);
+  test::RunningServer rs(test::RunningServer::one_worker(),
+                         [&](Request&, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                           Response r;
+                           r.body = body;
+                           co_await w.send(std::move(r));
+                         });
+  ASSERT_TRUE(rs.started);
+  int fd = connect_to(rs.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the send buffer fills
+  auto got = read_responses(fd, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0] == body);
+  ASSERT_TRUE(write_all(fd, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  got = read_responses(fd, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0] == body);
+  ::close(fd);
+}
+
+// A client that stops reading holds a write only until the write timeout: the write that the
+// socket could not take whole fails then, and the connection is closed.
+TEST(Server, AClientThatStopsReadingIsDroppedAtTheWriteTimeout) {
+  const std::string chunk = big_body(32 << 20);
+  std::atomic<int> result{-1};
+  std::atomic<std::int64_t> took_ms{0};
+  ServerOptions o = test::RunningServer::one_worker();
+  o.write_timeout = 300 * kNanosPerMilli;
+  test::RunningServer rs(o, [&](Request&, ResponseWriter& w) -> boost::asio::awaitable<void> {
+    Headers h;
+    h.add("content-type", "text/event-stream");
+    co_await w.begin_stream(200, h);
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool ok = co_await w.write_chunk(chunk);
+    took_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
+    result = ok ? 1 : 0;
+  });
+  ASSERT_TRUE(rs.started);
+  int fd = connect_to(rs.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const auto t0 = std::chrono::steady_clock::now();
+  while (result.load() < 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(result.load(), 0);
+  EXPECT_GE(took_ms.load(), 250);
+  EXPECT_LT(took_ms.load(), 5000);
+  ::close(fd);
+}
+
 }  // namespace
 }  // namespace bw::http
