@@ -267,7 +267,15 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
   stream_head_out(c, passed);
   // When the first body bytes came with the upstream's head, the client's head leaves with them
   // in one write; otherwise it leaves now, as the upstream's did.
-  const bool started = co_await c.w.start_stream(up.body_at_hand());
+  // The writes and reads below take no coroutine of their own when the bytes are at hand (the
+  // *_now calls): a stream whose events came with the head is relayed without one.
+  const bool held = up.body_at_hand();
+  bool started = false;
+  if (auto now = c.w.start_stream_now(held)) {
+    started = *now;
+  } else {
+    started = co_await c.w.start_stream(held);
+  }
   if (!started) {
     note_client_gone(c);
     up.abort();
@@ -282,7 +290,9 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
   SparePrefix spare;
   providers::ChunkPrefix& prefix = spare.get();  // the start that this stream's events share
   for (;;) {
-    auto piece = co_await up.read_some();
+    std::optional<Result<std::string_view>> got = up.read_some_now();
+    if (!got) got.emplace(co_await up.read_some());
+    Result<std::string_view>& piece = *got;
     if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
     if (!piece) {
       // The upstream failed after bytes reached the client: no retry is possible. End the stream
@@ -373,7 +383,12 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
       ended = last;
     } else if (send.size() != 0) {
       c.bytes_out += send.size();
-      const bool ok = co_await c.w.write_chunk_pieces(send.pieces(), last);
+      bool ok = false;
+      if (auto now = c.w.write_chunk_pieces_now(send.pieces(), last)) {
+        ok = *now;
+      } else {
+        ok = co_await c.w.write_chunk_pieces(send.pieces(), last);
+      }
       if (!ok) {
         // The client went away: drop the upstream connection so the provider stops generating.
         note_client_gone(c);
@@ -1234,7 +1249,7 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
       }
     }
     answer_head_out(c, a, up, all.value());
-    co_await c.w.send_body(std::move(all.value()));
+    if (!c.w.send_body_now(all.value())) co_await c.w.send_body(std::move(all.value()));
     verdict = Ok{};
     co_return;
   }

@@ -204,6 +204,19 @@ struct UpstreamResponse::Impl {
     return settle(until, ec);
   }
 
+  // Ends read_some (UpstreamResponse::read_some_now, read_some): the piece in the parser's
+  // in-place view, or the error.
+  Result<std::string_view> end_piece(const beast::error_code& ec) {
+    const std::string_view piece = parser->in_place_body();
+    parser->in_place(false);
+    if (ec) {
+      failed = true;
+      return classify(ec, "body read");
+    }
+    if (parser->is_done() || piece.empty()) done = true;
+    return piece;
+  }
+
   // Ends read_all (UpstreamResponse::read_all_now, read_all): the body, or the error.
   Result<std::string> end_all(const beast::error_code& ec) {
     reading_all = false;
@@ -386,46 +399,45 @@ void UpstreamResponse::abort() {
   impl_->drop();
 }
 
-asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
+std::optional<Result<std::string_view>> UpstreamResponse::read_some_now() {
   auto& im = *impl_;
   if (im.canned) {
-    if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+    if (im.failed) return upstream_error(kUpstreamReset, "upstream connection closed");
     if (im.canned_next < im.canned->pieces.size()) {
-      co_return std::string_view(im.canned->pieces[im.canned_next++]);
+      return std::string_view(im.canned->pieces[im.canned_next++]);
     }
     if (!im.canned->fail_after.empty()) {
       im.failed = true;
-      co_return upstream_error(im.canned->fail_after, "upstream body read failed");
+      return upstream_error(im.canned->fail_after, "upstream body read failed");
     }
     im.done = true;
-    co_return std::string_view{};
+    return std::string_view{};
   }
   if (im.done || im.parser->is_done()) {
     im.done = true;
-    co_return std::string_view{};
+    return std::string_view{};
   }
-  if (im.failed) co_return upstream_error(kUpstreamReset, "upstream connection closed");
+  if (im.failed) return upstream_error(kUpstreamReset, "upstream connection closed");
   // The piece is left in the connection's read buffer, its chunks' framing decoded in place:
   // the buffer does not move until the next read, which only the next call starts.
   im.parser->in_place(true);
+  beast::error_code ec;
+  if (!im.settle(Impl::Until::kPiece, ec)) return std::nullopt;  // read_some reads on
+  return im.end_piece(ec);
+}
+
+asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
+  if (auto now = read_some_now()) co_return std::move(*now);
+  // The parser is in place (read_some_now) and needs bytes from the upstream.
+  auto& im = *impl_;
   im.deadline.arm(im.timeouts.idle);
   beast::error_code ec;
-  if (!im.settle(Impl::Until::kPiece, ec)) {
-    for (;;) {
-      const auto r = co_await im.read_op();
-      if (im.received(Impl::Until::kPiece, r, ec)) break;
-    }
+  for (;;) {
+    const auto r = co_await im.read_op();
+    if (im.received(Impl::Until::kPiece, r, ec)) break;
   }
   im.deadline.disarm();
-  const std::string_view piece = im.parser->in_place_body();
-  im.parser->in_place(false);
-  if (ec) {
-    im.failed = true;
-    co_return classify(ec, "body read");
-  }
-  if (im.parser->is_done()) im.done = true;
-  if (piece.empty()) im.done = true;
-  co_return piece;
+  co_return im.end_piece(ec);
 }
 
 bool UpstreamResponse::body_at_hand() const {

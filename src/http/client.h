@@ -118,6 +118,10 @@ class UpstreamResponse {
   // the chunks in it), without waiting for more; an empty view means the body is complete. The
   // view is valid until the next call.
   boost::asio::awaitable<Result<std::string_view>> read_some();
+  // read_some() without a coroutine when its answer is at hand (body_at_hand() says whether it
+  // is): the piece, the end or the error; nothing when bytes must be read first, and then the
+  // caller awaits read_some().
+  std::optional<Result<std::string_view>> read_some_now();
   // Whether the next read_some() can answer without waiting for the upstream (body bytes, its
   // end or an error are already in hand).
   bool body_at_hand() const;

@@ -293,6 +293,12 @@ class Session final : public ResponseWriter {
       co_await server_.handler_(req_, *this);
       server_.in_flight_.fetch_sub(1);
       end_watch();
+      if (resume_) {
+        // A write that a *_now call began was never finished: the answer is cut short.
+        resume_ = false;
+        stash::release(body_);
+        broken_ = true;
+      }
       if (!finished_ && !broken_) {
         // A handler that forgot to answer still answers.
         if (started_) {
@@ -350,19 +356,33 @@ class Session final : public ResponseWriter {
                                static_cast<std::int64_t>(body_size), response_keep_alive());
   }
 
+  std::optional<bool> send_body_now(std::string& body) override {
+    if (broken_) return std::nullopt;  // send_body answers
+    // As in send(): a small body goes into the same buffer, for one contiguous write.
+    if (head_only_ || body.size() <= kInlineBody) {
+      if (!head_only_) out_.append(body);
+      stash::give(body);  // as a Response's would be
+      std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
+      return write_or_keep(b);
+    }
+    // Kept until written: the rest of a write that does not settle at once may lie in it.
+    body_ = std::move(body);
+    std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(body_)};
+    auto r = write_or_keep(b);
+    if (r) stash::release(body_);
+    return r;
+  }
+
   asio::awaitable<bool> send_body(std::string body) override {
     bool ok = false;
-    if (!broken_) {
-      // As in send(): a small body goes into the same buffer, for one contiguous write.
-      if (head_only_ || body.size() <= kInlineBody) {
-        if (!head_only_) out_.append(body);
-        std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
-        if (!wrote_now(b, ok)) ok = wrote(co_await start_write(b));
-      } else {
-        std::array<asio::const_buffer, 2> b{asio::buffer(out_), asio::buffer(body)};
-        if (!wrote_now(b, ok)) ok = wrote(co_await start_write(b));
-      }
+    if (resume_) {
+      ok = wrote(co_await write_rest());
+    } else if (auto r = send_body_now(body)) {
+      co_return *r;
+    } else if (resume_) {
+      ok = wrote(co_await write_rest());
     }
+    stash::release(body_);
     stash::give(body);  // as a Response's would be
     co_return ok;
   }
@@ -389,16 +409,22 @@ class Session final : public ResponseWriter {
                                response_keep_alive());
   }
 
-  asio::awaitable<bool> start_stream(bool held) override {
+  std::optional<bool> start_stream_now(bool held) override {
     // As begin_stream_held and begin_stream: a HEAD request's head leaves at once.
     if (held && !head_only_) {
       head_held_ = true;
-      co_return !broken_;
+      return !broken_;
     }
-    if (broken_) co_return false;
+    if (broken_) return false;
     std::array<asio::const_buffer, 1> b{asio::buffer(out_)};
-    if (bool ok = false; wrote_now(b, ok)) co_return ok;
-    co_return wrote(co_await start_write(b));
+    return write_or_keep(b);
+  }
+
+  asio::awaitable<bool> start_stream(bool held) override {
+    if (!resume_) {
+      if (auto r = start_stream_now(held)) co_return *r;
+    }
+    co_return wrote(co_await write_rest());
   }
 
   asio::awaitable<bool> begin_stream_held(int status, const Headers& headers) override {
@@ -449,24 +475,30 @@ class Session final : public ResponseWriter {
     co_return wrote(co_await start_write(b));
   }
 
-  asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
-                                           bool end) override {
+  std::optional<bool> write_chunk_pieces_now(std::span<const std::string_view> pieces,
+                                             bool end) override {
     std::size_t size = 0;
     for (auto p : pieces) size += p.size();
-    if (pieces.size() > kMaxChunkPieces || size == 0 || broken_ || head_only_) {
-      co_return co_await ResponseWriter::write_chunk_pieces(pieces, end);
-    }
+    // The rare cases go as write_chunk and end_stream_with do (write_chunk_pieces).
+    if (pieces.size() > kMaxChunkPieces || size == 0 || broken_ || head_only_) return std::nullopt;
     if (end) finished_ = true;
-    char head[20];
-    std::array<asio::const_buffer, kMaxChunkPieces + 3> buffers{};  // unused ones stay empty
+    RestBuffers buffers{};  // unused ones stay empty
     buffers[0] = held_head();
-    buffers[1] = asio::buffer(head, wire::chunk_header(head, size));
+    buffers[1] = asio::buffer(chunk_head_, wire::chunk_header(chunk_head_, size));
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       buffers[2 + i] = asio::buffer(pieces[i].data(), pieces[i].size());
     }
     buffers[2 + pieces.size()] = end ? asio::buffer("\r\n0\r\n\r\n", 7) : asio::buffer("\r\n", 2);
-    if (bool ok = false; wrote_now(buffers, ok)) co_return ok;
-    co_return wrote(co_await start_write(buffers));
+    return write_or_keep(buffers);
+  }
+
+  asio::awaitable<bool> write_chunk_pieces(std::span<const std::string_view> pieces,
+                                           bool end) override {
+    if (!resume_) {
+      if (auto r = write_chunk_pieces_now(pieces, end)) co_return *r;
+      if (!resume_) co_return co_await ResponseWriter::write_chunk_pieces(pieces, end);
+    }
+    co_return wrote(co_await write_rest());
   }
 
   void watch_disconnect(std::function<void()> on_gone) override {
@@ -497,6 +529,8 @@ class Session final : public ResponseWriter {
   // one buffer); a larger one is written from where it is, with the head in a gather write. A
   // copy costs more than the gather: the buffer's lines are written cold at many connections.
   static constexpr std::size_t kInlineBody = 256;
+  // The buffers of the largest write (write_chunk_pieces').
+  using RestBuffers = std::array<asio::const_buffer, kMaxChunkPieces + 3>;
   // The least a read of the client offers (read_size alone offers 512 bytes to an empty buffer:
   // three reads for a 1 KiB request). Kept per connection, so it bounds idle memory too.
   static constexpr std::size_t kReadBytes = 4 * 1024;
@@ -646,6 +680,24 @@ class Session final : public ResponseWriter {
     ok = !ec;
     return true;
   }
+  // A write of a *_now call: its result when it settled at once; otherwise the rest waits in
+  // rest_ for the call's awaited namesake, which writes it (write_rest).
+  template <std::size_t N>
+  std::optional<bool> write_or_keep(std::array<asio::const_buffer, N>& buffers) {
+    static_assert(N <= std::tuple_size_v<decltype(rest_)>);
+    bool ok = false;
+    if (wrote_now(buffers, ok)) return ok;
+    rest_ = {};
+    std::copy(buffers.begin(), buffers.end(), rest_.begin());
+    resume_ = true;
+    return std::nullopt;
+  }
+  auto write_rest() -> decltype(bw::async_write_all(std::declval<tcp::socket&>(),
+                                                    std::declval<const RestBuffers&>(), kDirect)) {
+    resume_ = false;
+    return start_write(rest_);
+  }
+
   template <class Buffers>
   auto start_write(const Buffers& buffers)
       -> decltype(bw::async_write_all(std::declval<tcp::socket&>(), buffers, kDirect)) {
@@ -723,6 +775,12 @@ class Session final : public ResponseWriter {
   std::vector<std::pair<std::size_t, std::size_t>> fields_;
   Request req_;
   std::string out_;
+  // The rest of a write that a *_now call began and its awaited namesake finishes (resume_),
+  // the chunk-size line and the body it may point into.
+  RestBuffers rest_{};
+  char chunk_head_[20];
+  std::string body_;
+  bool resume_ = false;
   std::shared_ptr<Watch> watch_;  // created at the first watch_disconnect of the connection
   bool idle_ = false;
   bool head_only_ = false;     // the current request is a HEAD: heads only, no body bytes

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -102,6 +103,27 @@ class ResponseWriter {
   // begin_stream or begin_stream_held.
   virtual void stream_head(int status, std::span<const std::string_view> lines);
   virtual boost::asio::awaitable<bool> start_stream(bool held);
+  // send_body, start_stream and write_chunk_pieces without a coroutine, for a caller whose
+  // bytes are at hand: each does what its awaited namesake does and returns the result when that
+  // settles at once (the socket took every byte, or failed, or nothing had to be written).
+  // Nothing when it did not: the caller then awaits the namesake with the same arguments, which
+  // writes what is left (the bytes of `pieces` stay where they are until it completes; a body
+  // may have been taken from `body`). A writer without such a path returns nothing and writes
+  // nothing.
+  virtual std::optional<bool> send_body_now(std::string& body) {
+    (void)body;
+    return std::nullopt;
+  }
+  virtual std::optional<bool> start_stream_now(bool held) {
+    (void)held;
+    return std::nullopt;
+  }
+  virtual std::optional<bool> write_chunk_pieces_now(std::span<const std::string_view> pieces,
+                                                     bool end) {
+    (void)pieces;
+    (void)end;
+    return std::nullopt;
+  }
   // True once any byte of the response has been written.
   virtual bool started() const = 0;
   // Ask to close the connection after this response.

@@ -42,6 +42,38 @@ std::string pattern(std::size_t n, char seed) {
   return s;
 }
 
+// Reads `got.size()` bytes from `reader` into `got` (`read` counts them), at most `step` a read,
+// in a coroutine on `ioc`.
+void spawn_reader(asio::io_context& ioc, tcp::socket& reader, std::string& got, std::size_t& read,
+                  std::size_t step) {
+  asio::co_spawn(
+      ioc,
+      [&reader, &got, &read, step]() -> asio::awaitable<void> {
+        while (read < got.size()) {
+          auto [ec, n] = co_await reader.async_read_some(
+              asio::buffer(got.data() + read, std::min<std::size_t>(got.size() - read, step)),
+              bw::direct);
+          if (ec) break;
+          read += n;
+        }
+      },
+      asio::detached);
+}
+
+// Writes `bufs` to `writer` with bw::async_write_all in a coroutine on `ioc`; its result goes to
+// `wrote`.
+template <std::size_t N>
+void spawn_write_all(asio::io_context& ioc, tcp::socket& writer,
+                     const std::array<asio::const_buffer, N>& bufs,
+                     std::tuple<boost::system::error_code, std::size_t>& wrote) {
+  asio::co_spawn(
+      ioc,
+      [&writer, bufs, &wrote]() -> asio::awaitable<void> {
+        wrote = co_await bw::async_write_all(writer, bufs, bw::direct);
+      },
+      asio::detached);
+}
+
 TEST(AsioDirect, WriteAllWritesEveryByteOfEveryBufferPastTheSendBuffer) {
   asio::io_context ioc{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   auto [writer, reader] = connected(ioc);
@@ -52,26 +84,10 @@ TEST(AsioDirect, WriteAllWritesEveryByteOfEveryBufferPastTheSendBuffer) {
   std::tuple<boost::system::error_code, std::size_t> wrote{asio::error::would_block, 0};
   std::string got(want.size(), '\0');
   std::size_t read = 0;
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        const std::array<asio::const_buffer, 4> bufs{asio::buffer(a), asio::const_buffer(),
-                                                     asio::buffer(b), asio::buffer(c)};
-        wrote = co_await bw::async_write_all(writer, bufs, bw::direct);
-      },
-      asio::detached);
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        while (read < got.size()) {
-          auto [ec, n] = co_await reader.async_read_some(
-              asio::buffer(got.data() + read, std::min<std::size_t>(got.size() - read, 16384)),
-              bw::direct);
-          if (ec) break;
-          read += n;
-        }
-      },
-      asio::detached);
+  const std::array<asio::const_buffer, 4> bufs{asio::buffer(a), asio::const_buffer(),
+                                               asio::buffer(b), asio::buffer(c)};
+  spawn_write_all(ioc, writer, bufs, wrote);
+  spawn_reader(ioc, reader, got, read, 16384);
   ioc.run();
   EXPECT_FALSE(std::get<0>(wrote));
   EXPECT_EQ(std::get<1>(wrote), want.size());
@@ -147,24 +163,8 @@ TEST(AsioDirect, WriteNowPastTheSendBufferLeavesTheRestToTheAsynchronousWrite) {
   std::tuple<boost::system::error_code, std::size_t> wrote{asio::error::would_block, 0};
   std::string got(want.size(), '\0');
   std::size_t read = 0;
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        wrote = co_await bw::async_write_all(writer, bufs, bw::direct);
-      },
-      asio::detached);
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        while (read < got.size()) {
-          auto [rec, n] = co_await reader.async_read_some(
-              asio::buffer(got.data() + read, std::min<std::size_t>(got.size() - read, 1 << 20)),
-              bw::direct);
-          if (rec) break;
-          read += n;
-        }
-      },
-      asio::detached);
+  spawn_write_all(ioc, writer, bufs, wrote);
+  spawn_reader(ioc, reader, got, read, 1 << 20);
   ioc.run();
   EXPECT_FALSE(std::get<0>(wrote));
   EXPECT_EQ(std::get<1>(wrote), left);

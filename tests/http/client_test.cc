@@ -491,6 +491,56 @@ TEST(ClientPool, MaxConnectionsReachedIs503) {
   EXPECT_EQ(server.accepted, 1);
 }
 
+// read_some_now answers without a coroutine what is at hand (body bytes that came with the head,
+// the end of the body) and nothing when the upstream has yet to send: read_some then waits.
+TEST(ClientPool, ReadSomeNowAnswersWhatIsAtHandAndLeavesTheRestToReadSome) {
+  asio::io_context ioc;
+  TestServer server(ioc, [](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+    std::string buf;
+    while (auto req = co_await TestServer::read_request(*s, buf)) {
+      srv.requests.push_back(*req);
+      if (!co_await TestServer::write(*s,
+                                      "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                      "3\r\nabc\r\n2\r\nde\r\n")) {
+        break;
+      }
+      co_await sleep_for(milliseconds(50));
+      if (!co_await TestServer::write(*s, "4\r\nfghi\r\n0\r\n\r\n")) break;
+    }
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  const std::string target = "/";
+  std::vector<std::string> pieces;
+  bool waited = false;
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    auto r_req = post(target, "{}");
+    auto r = co_await pool.send(ep, r_req, fast_options());
+    EXPECT_TRUE(r);
+    if (!r) co_return;
+    for (;;) {
+      std::optional<Result<std::string_view>> got = r->read_some_now();
+      if (!got) {
+        waited = true;
+        got.emplace(co_await r->read_some());
+      }
+      EXPECT_TRUE(*got);
+      if (!*got || (*got)->empty()) break;
+      pieces.emplace_back(**got);
+    }
+    EXPECT_TRUE(r->complete());
+    // Past the end, at once: the end again.
+    auto again = r->read_some_now();
+    EXPECT_TRUE(again && *again && (*again)->empty());
+  });
+  EXPECT_TRUE(waited);
+  std::string all;
+  for (const auto& p : pieces) all += p;
+  EXPECT_EQ(all, "abcdefghi");
+  ASSERT_GE(pieces.size(), 2u);
+  EXPECT_EQ(pieces.back(), "fghi");
+}
+
 TEST(ClientPool, ReadAllOverTheLimitIsAnError) {
   for (std::string response : {
            std::string("HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz"),

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -245,6 +246,111 @@ TEST(Server, AClientThatStopsReadingIsDroppedAtTheWriteTimeout) {
   EXPECT_EQ(result.load(), 0);
   EXPECT_GE(took_ms.load(), 250);
   EXPECT_LT(took_ms.load(), 5000);
+  ::close(fd);
+}
+
+// Reads from `fd` until `want` bytes came or the server closed; at most 30 s a read.
+std::string read_bytes(int fd, std::size_t want) {
+  timeval tv{};
+  tv.tv_sec = 30;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  std::string buf(1 << 16, '\0');
+  while (got.size() < want) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    got.append(buf.data(), static_cast<std::size_t>(n));
+  }
+  return got;
+}
+
+std::string hex(std::size_t n) {
+  std::ostringstream o;
+  o << std::hex << n;
+  return o.str();
+}
+
+// The *_now writes settle at once what the socket takes; a write past the send buffer returns
+// nothing and its awaited namesake writes the rest: the client gets every byte once, in order.
+TEST(Server, NowWritesSettleAtOnceOrLeaveTheRestToTheirAwaitedCall) {
+  const std::string big = big_body(8 << 20);
+  std::atomic<int> fast_paths{0}, rest_paths{0}, failures{0};
+  test::RunningServer rs(test::RunningServer::one_worker(),
+                         [&](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                           if (req.target == "/body") {
+                             const std::string_view lines[] = {"content-type: text/plain\r\n"};
+                             w.head(200, lines, big.size());
+                             std::string body = big;
+                             if (w.send_body_now(body)) {
+                               ++failures;  // 8 MiB do not fit a send buffer
+                               co_return;
+                             }
+                             if (!co_await w.send_body(std::move(body))) ++failures;
+                             ++rest_paths;
+                             co_return;
+                           }
+                           const std::string_view lines[] = {"content-type: text/event-stream\r\n"};
+                           w.stream_head(200, lines);
+                           auto started = w.start_stream_now(true);  // held: nothing to write yet
+                           if (!started || !*started) ++failures;
+                           const std::string_view small[] = {"data: a\n\n", "data: b\n\n"};
+                           if (auto r = w.write_chunk_pieces_now(small, false); r && *r) {
+                             ++fast_paths;
+                           } else {
+                             ++failures;
+                           }
+                           const std::string_view large[] = {"data: ", big, "\n\n"};
+                           if (w.write_chunk_pieces_now(large, true)) {
+                             ++failures;
+                             co_return;
+                           }
+                           if (!co_await w.write_chunk_pieces(large, true)) ++failures;
+                           ++rest_paths;
+                         });
+  ASSERT_TRUE(rs.started);
+  int fd = connect_to(rs.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the send buffer fills
+  const std::string body = "12\r\ndata: a\n\ndata: b\n\n\r\n" + hex(big.size() + 8) +
+                           "\r\ndata: " + big + "\n\n\r\n0\r\n\r\n";
+  std::string got = read_bytes(fd, 1);
+  const auto head_end = got.find("\r\n\r\n");
+  // The head came first, with the first chunk.
+  ASSERT_NE(head_end, std::string::npos);
+  got += read_bytes(fd, head_end + 4 + body.size() - got.size());
+  EXPECT_NE(got.find("transfer-encoding: chunked"), std::string::npos);
+  EXPECT_TRUE(got.substr(head_end + 4) == body);
+  ASSERT_TRUE(write_all(fd, "GET /body HTTP/1.1\r\nHost: x\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto bodies = read_responses(fd, 1);
+  ASSERT_EQ(bodies.size(), 1u);
+  EXPECT_TRUE(bodies[0] == big);
+  ::close(fd);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(fast_paths.load(), 1);
+  EXPECT_EQ(rest_paths.load(), 2);
+}
+
+// A handler that leaves a *_now write unfinished (its awaited call never made) has cut its
+// answer short: the connection is closed after the bytes that were written.
+TEST(Server, AnUnfinishedNowWriteClosesTheConnection) {
+  const std::string big = big_body(8 << 20);
+  test::RunningServer rs(test::RunningServer::one_worker(),
+                         [&](Request&, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                           const std::string_view lines[] = {"content-type: text/plain\r\n"};
+                           w.head(200, lines, big.size());
+                           std::string body = big;
+                           (void)w.send_body_now(body);
+                           co_return;
+                         });
+  ASSERT_TRUE(rs.started);
+  int fd = connect_to(rs.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const std::string got = read_bytes(fd, big.size() * 2);  // until the server closes
+  EXPECT_GT(got.size(), 0u);
+  EXPECT_LT(got.size(), big.size());
   ::close(fd);
 }
 
