@@ -7,6 +7,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -23,6 +24,10 @@
 #include <string_view>
 #include <vector>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -30,6 +35,7 @@ namespace bw::http {
 namespace {
 
 namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
 using std::chrono::milliseconds;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
@@ -166,6 +172,8 @@ void run(asio::io_context& ioc, TestServer* server, std::function<asio::awaitabl
   ASSERT_TRUE(finished) << "the test coroutine did not finish within 5 s";
   if (error) std::rethrow_exception(error);
 }
+
+const std::string kSmallJson = "{\"model\":\"m\"}";
 
 constexpr std::string_view kHello =
     "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello";
@@ -1022,6 +1030,139 @@ struct EndpointCase {
   std::string host_header;
   std::string key;
 };
+
+// ---- TLS upstreams ----------------------------------------------------------------------------
+
+// A self-signed certificate for 127.0.0.1 (an IP subjectAltName) and its key, in PEM.
+struct TestCert {
+  std::string cert_pem, key_pem;
+};
+
+std::string pem_of(const std::function<int(BIO*)>& write) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  std::string out;
+  if (write(bio) == 1) {
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(bio, &data);
+    out.assign(data, static_cast<std::size_t>(n));
+  }
+  BIO_free(bio);
+  return out;
+}
+
+TestCert self_signed_loopback_cert() {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, key);
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("127.0.0.1"), -1, -1, 0);
+  X509_set_issuer_name(x, name);
+  X509V3_CTX v3;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, x, x, nullptr, nullptr, 0);
+  for (auto [nid, value] : {std::pair{NID_subject_alt_name, "IP:127.0.0.1"},
+                            std::pair{NID_basic_constraints, "critical,CA:TRUE"}}) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  X509_sign(x, key, EVP_sha256());
+  TestCert c;
+  c.cert_pem = pem_of([x](BIO* b) { return PEM_write_bio_X509(b, x); });
+  c.key_pem = pem_of([key](BIO* b) {
+    return PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr);
+  });
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return c;
+}
+
+// Requests go to a TLS upstream whose certificate the trust store (SSL_CERT_FILE, read by the
+// pool's set_default_verify_paths) holds: a small one and one larger than a TLS record and the
+// socket's send buffer both arrive whole, each answered, on one kept connection.
+TEST(ClientPool, TlsUpstreamGetsEveryRequestWholeOnAKeptConnection) {
+  const TestCert cert = self_signed_loopback_cert();
+  ASSERT_FALSE(cert.cert_pem.empty());
+  char path[] = "/tmp/bw-tls-test-XXXXXX";
+  const int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, cert.cert_pem.data(), cert.cert_pem.size()),
+            static_cast<ssize_t>(cert.cert_pem.size()));
+  ::close(fd);
+  ::setenv("SSL_CERT_FILE", path, 1);
+
+  asio::io_context ioc;
+  ssl::context server_tls(ssl::context::tls_server);
+  server_tls.use_certificate_chain(asio::buffer(cert.cert_pem));
+  server_tls.use_private_key(asio::buffer(cert.key_pem), ssl::context::pem);
+  tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  int accepted = 0;
+  std::vector<std::string> requests;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        for (;;) {
+          auto [aec, sock] = co_await acceptor.async_accept(kNoThrow);
+          if (aec) co_return;
+          ++accepted;
+          ssl::stream<tcp::socket> s(std::move(sock), server_tls);
+          auto [hec] = co_await s.async_handshake(ssl::stream_base::server, kNoThrow);
+          if (hec) continue;
+          std::string buf;
+          char tmp[16384];
+          for (;;) {
+            const auto head_end = buf.find("\r\n\r\n");
+            if (head_end != std::string::npos) {
+              const auto cl = lower(buf.substr(0, head_end)).find("content-length: ");
+              const std::size_t len = cl == std::string::npos ? 0 : std::stoul(buf.substr(cl + 16));
+              if (buf.size() >= head_end + 4 + len) {
+                requests.push_back(buf.substr(0, head_end + 4 + len));
+                buf.erase(0, head_end + 4 + len);
+                auto [wec, wn] = co_await asio::async_write(
+                    s, asio::buffer(kHello.data(), kHello.size()), kNoThrow);
+                if (wec) break;
+                continue;
+              }
+            }
+            auto [rec, n] = co_await s.async_read_some(asio::buffer(tmp), kNoThrow);
+            if (rec) break;
+            buf.append(tmp, n);
+          }
+        }
+      },
+      asio::detached);
+  ClientPool pool;
+  const auto ep = Endpoint::make(true, "127.0.0.1", acceptor.local_endpoint().port(), "");
+  const std::string target = "/tls";
+  std::string big(4 << 20, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
+  std::vector<std::string> bodies;
+  run(ioc, nullptr, [&]() -> asio::awaitable<void> {
+    for (const std::string* body : {&kSmallJson, static_cast<const std::string*>(&big)}) {
+      auto r_req = post(target, *body);
+      auto r = co_await pool.send(ep, r_req, fast_options());
+      EXPECT_TRUE(r) << (r ? "" : r.error().message);
+      if (!r) co_return;
+      auto answer = co_await r->read_all(1024);
+      EXPECT_TRUE(answer);
+      if (answer) bodies.push_back(*answer);
+    }
+    boost::system::error_code ec;
+    acceptor.close(ec);
+  });
+  ::unlink(path);
+  ::unsetenv("SSL_CERT_FILE");
+  EXPECT_EQ(bodies, (std::vector<std::string>{"hello", "hello"}));
+  EXPECT_EQ(accepted, 1);
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_TRUE(requests[0].ends_with("\r\n\r\n" + kSmallJson));
+  EXPECT_TRUE(requests[1].ends_with("\r\n\r\n" + big));
+}
 
 TEST(Endpoint, Parse) {
   const std::vector<EndpointCase> cases = {
