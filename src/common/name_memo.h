@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/same_text.h"
+
 namespace bw {
 
 // A new owner id (never 0).
@@ -29,8 +31,7 @@ class NameMemo {
  public:
   static V find(std::uint64_t owner, std::string_view name) {
     for (const Entry& e : memo().entries) {
-      if (e.owner == owner && e.name.size() == name.size() &&
-          std::char_traits<char>::compare(e.name.data(), name.data(), name.size()) == 0) {
+      if (e.owner == owner && same_text(e.name, name)) {
         return e.value;
       }
     }

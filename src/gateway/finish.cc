@@ -4,6 +4,7 @@
 // batch request goes to the dead-letter queue, and the metrics and the access log are written.
 #include <spdlog/spdlog.h>
 
+#include "common/same_text.h"
 #include "gateway/phases.h"
 #include "gateway/routes.h"
 
@@ -64,8 +65,8 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
   // Each name compared once: the group's series serve the served and the routed model when they
   // are the group's, and a request served and routed within its group did not fall back.
-  const bool served_group = served == model;
-  const bool routed_group = c.route_model == model;
+  const bool served_group = same_text(served, model);
+  const bool routed_group = same_text(c.route_model, model);
   auto tokens = [&](std::size_t slot, std::string_view kind) -> telemetry::Counter& {
     return g && served_group ? g->tokens.get(m.tokens, slot, {served, kind})
                              : m.tokens.with({served, kind});
@@ -97,7 +98,7 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   queue_wait.observe(to_seconds(c.queue_wait));
   if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
   if (!c.model_served.empty() && !(served_group && routed_group) &&
-      c.model_served != c.route_model) {
+      !same_text(c.model_served, c.route_model)) {
     m.fallbacks.with({c.route_model, c.model_served}).inc();
   }
 }

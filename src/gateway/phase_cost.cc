@@ -15,6 +15,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/same_text.h"
 #include "gateway/ledger_wait.h"
 #include "gateway/phases.h"
 
@@ -290,7 +291,7 @@ asio::awaitable<void> settle_covered(Ctx& c) {
 std::optional<Verdict> phase_cost::try_now(Ctx& c) {
   auto& sh = c.sh;
   const auto& cfg = c.rt->config();
-  c.price = c.group != nullptr && c.route_model == c.group->cfg->name
+  c.price = c.group != nullptr && same_text(c.route_model, c.group->cfg->name)
                 ? c.group->price
                 : cfg.prices.find(c.route_model);
   if (!sh.budget_store) return Ok{};

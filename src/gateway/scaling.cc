@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "common/name_memo.h"
+#include "common/same_text.h"
 #include "gateway/shared.h"
 
 namespace bw::gateway {
@@ -224,7 +225,7 @@ void note_deployment_tokens(Shared& sh, const std::string& deployment, std::stri
   if (sh.scaling) sh.scaling->note_tokens(deployment, tokens);
   if (!sh.metrics) return;
   auto& family = sh.metrics->deployment_tokens;
-  auto& child = d && d->cfg->id == deployment && d->metrics->group == model
+  auto& child = d && same_text(d->cfg->id, deployment) && same_text(d->metrics->group, model)
                     ? d->metrics->tokens.get(family, 0, {deployment, model})
                     : family.with({deployment, model});
   child.add(static_cast<std::uint64_t>(tokens));
