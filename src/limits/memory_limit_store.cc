@@ -273,16 +273,26 @@ Nanos idle_from_decision(Nanos now, Nanos reset_after) {
 // The one-shard commit of a GCRA or token bucket that its check charged: the tentative state
 // written back where it is stored, or, for a bucket the batch creates, stored only if it is not
 // idle at once. `idle` is the decision's figure, or -1 to evaluate the state.
+// A bucket that a one-shard batch creates. Out of line: most batches charge stored buckets, and
+// the insertion's code would weigh on their commit.
+template <class State>
+[[gnu::noinline]] Entry* add_small(MemoryLimitStore::Shard& shard, const KeyHash& key,
+                                   const State& state, Nanos idle) {
+  Entry* e = &shard.map.emplace(key, Entry{idle, state}).first->second;
+  ++shard.added;
+  return e;
+}
+
 template <class Algo, class State>
-void commit_small(MemoryLimitStore::Shard& shard, const KeyHash& key, Entry*& entry,
-                  const State& state, const BucketParams& p, Nanos idle, Nanos now) {
+[[gnu::always_inline]] inline void commit_small(MemoryLimitStore::Shard& shard, const KeyHash& key,
+                                                Entry*& entry, const State& state,
+                                                const BucketParams& p, Nanos idle, Nanos now) {
   if (idle < 0) idle = Algo::idle_at(state, p, now);
   if (entry != nullptr) {
     *std::get_if<State>(&entry->state) = state;
     entry->idle_at = idle;
   } else if (idle > now) {
-    entry = &shard.map.emplace(key, Entry{idle, state}).first->second;
-    ++shard.added;
+    entry = add_small(shard, key, state, idle);
   }
 }
 
