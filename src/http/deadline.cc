@@ -1,6 +1,8 @@
 #include "http/deadline.h"
 
+#include <boost/asio/detail/call_stack.hpp>
 #include <boost/asio/detail/thread_context.hpp>
+#include <boost/asio/detail/thread_info_base.hpp>
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/query.hpp>
 #include <chrono>
@@ -22,10 +24,11 @@ Nanos coarse_now() {
   thread_local Nanos kept = 0;
   thread_local std::uint64_t kept_turn = 0;
   const std::uint64_t turn = loop::turn;
-  if (kept_turn == turn && turn != 0 &&
-      asio::detail::thread_context::top_of_thread_call_stack() != nullptr) {
-    return kept;
-  }
+  // The thread is inside an io_context's run: thread_context::top_of_thread_call_stack(), read
+  // inline (that function is compiled out of line with Asio: a call per read).
+  using ThreadCallStack =
+      asio::detail::call_stack<asio::detail::thread_context, asio::detail::thread_info_base>;
+  if (kept_turn == turn && turn != 0 && ThreadCallStack::top() != nullptr) return kept;
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   kept = static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;

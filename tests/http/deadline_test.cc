@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bw::http {
@@ -439,6 +440,25 @@ TEST(Deadline, CoarseNowIsMonotonicAndCloseToSteadyClock) {
   // steady_clock is CLOCK_MONOTONIC on Linux: the coarse clock lags it by at most a tick.
   EXPECT_LE(a, s);
   EXPECT_LT(s - a, millis(coarse_tick().count()) + millis(5));
+}
+
+// Inside an io_context's run the clock is read once per turn of the loop: two reads in one
+// handler agree however long it runs. Outside a run, each read reads the clock again, although
+// the thread's last turn is still the same.
+TEST(Deadline, CoarseNowIsKeptForATurnOfTheLoopOnlyInsideItsRun) {
+  boost::asio::io_context ioc;
+  boost::asio::steady_timer t(ioc, std::chrono::milliseconds(1));  // the reactor turns
+  Nanos first = 0, second = 0;
+  t.async_wait([&](const boost::system::error_code&) {
+    first = coarse_now();
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    second = coarse_now();
+  });
+  ioc.run();
+  EXPECT_EQ(first, second);
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  const Nanos after = coarse_now();
+  EXPECT_GE(after - second, millis(20));
 }
 
 }  // namespace
