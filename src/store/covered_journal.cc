@@ -55,23 +55,29 @@ std::uint64_t new_generation() {
   return g == 0 ? 1 : g;
 }
 
-std::uint32_t load32(const char* p) {
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
+// The first and the last sizeof(Word) bytes of `n` (sizeof(Word) <= n <= 2 * sizeof(Word)):
+// all of them, as two words that may overlap.
+template <class Word>
+void copy_ends(unsigned char* dst, const char* src, std::size_t n) {
+  Word ends[2];
+  std::memcpy(&ends[0], src, sizeof(Word));
+  std::memcpy(&ends[1], src + n - sizeof(Word), sizeof(Word));
+  std::memcpy(dst, &ends[0], sizeof(Word));
+  std::memcpy(dst + n - sizeof(Word), &ends[1], sizeof(Word));
 }
 
-// `n` bytes from `src` to `dst`. A row's ids and names are short (4 to 36 characters): those are
-// copied as words, the last one overlapping the one before it, without a call to memcpy.
+// `n` bytes from `src` to `dst`. A row's ids and names are short (4 to 32 characters): those are
+// copied as two words (or 16-byte blocks) that may overlap, without a call to memcpy.
 void copy_short(unsigned char* dst, const char* src, std::size_t n) {
-  const auto* s = reinterpret_cast<const unsigned char*>(src);
-  if (n >= 8) {
-    for (std::size_t i = 0; i + 8 < n; i += 8) store64(dst + i, load64(s + i));
-    store64(dst + n - 8, load64(s + n - 8));
-  } else if (n >= 4) {
-    const std::uint32_t first = load32(src), last = load32(src + n - 4);
-    std::memcpy(dst, &first, 4);
-    std::memcpy(dst + n - 4, &last, 4);
+  struct Block {
+    unsigned char b[16];
+  };
+  if (n >= 17 && n <= 32) {
+    copy_ends<Block>(dst, src, n);
+  } else if (n >= 8 && n <= 16) {
+    copy_ends<std::uint64_t>(dst, src, n);
+  } else if (n >= 4 && n < 8) {
+    copy_ends<std::uint32_t>(dst, src, n);
   } else {
     std::memcpy(dst, src, n);
   }
