@@ -17,25 +17,30 @@ void QueuedLedger::stop_writer() {
 
 bool QueuedLedger::append_reservation(cost::LedgerReservation record, cost::LedgerCallback done,
                                       Wake wake) {
+  ask_wake(wake);
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
 bool QueuedLedger::append_settlement(cost::LedgerSettlement record, cost::LedgerCallback done,
                                      Wake wake) {
+  ask_wake(wake);
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
 bool QueuedLedger::append_covered(cost::LedgerCovered&& record, cost::LedgerCallback done,
                                   Wake wake) {
   if (record.to_journal) journal_covered(record);
+  ask_wake(wake);
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
 void QueuedLedger::kick() {
+  ask_wake(Wake::kNow);
   queue_.kick();
 }
 
 void QueuedLedger::flush() {
+  ask_wake(Wake::kNow);
   queue_.flush();
 }
 

@@ -3,6 +3,9 @@
 // (GroupCommitQueue: bounded, never blocking); the backend writes each batch in commit_batch(),
 // on the queue's writer thread, and answers one result per record.
 
+#include <atomic>
+#include <cstdint>
+
 #include "cost/ledger.h"
 #include "store/ledger_rows.h"
 
@@ -35,9 +38,19 @@ class QueuedLedger : public cost::Ledger {
   virtual void journal_covered(cost::LedgerCovered& /*record*/) {}
   // The backend's journal counters (LedgerStats::journaled, journal_full).
   virtual void journal_stats(cost::LedgerStats& /*out*/) const {}
+  // Wake-ups asked for so far (kick(), flush(), records queued with Wake::kNow): when the count
+  // moves, somebody waits for a record queued since the writer last looked.
+  std::uint64_t wakes_asked() const { return wakes_asked_.load(std::memory_order_relaxed); }
+  // Records queued behind the batch the writer holds.
+  std::size_t queued() const { return queue_.stats().queue_depth; }
 
  private:
+  void ask_wake(cost::Ledger::Wake wake) {
+    if (wake == Wake::kNow) wakes_asked_.fetch_add(1, std::memory_order_relaxed);
+  }
+
   LedgerQueue queue_;
+  std::atomic<std::uint64_t> wakes_asked_{0};
 };
 
 }  // namespace bw::store

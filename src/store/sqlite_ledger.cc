@@ -1,6 +1,7 @@
 #include "store/sqlite_ledger.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 
 #include "store/sqlite_wal_gather.h"
@@ -676,6 +677,7 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       for (; k < rows.size(); ++k) results[rows[k]] = transaction_lost_error();
       return;
     }
+    if (k > 0) end_piece_if_due();
     const std::size_t n = rows_per_insert(rows.size() - k);
     // The rows of one lease (or one key) repeat the same strings: bound, and joined, once.
     const bool shared =
@@ -762,6 +764,28 @@ Result<Ok> SqliteLedger::flush_lease_lowering() {
   return Ok{};
 }
 
+void SqliteLedger::start_pieces() {
+  const std::uint64_t wakes = wakes_asked();
+  // A wake-up asked for since the last batch was taken: a record of this batch is waited for.
+  yielding_ = options_.yield_after.count() > 0 && wakes == wakes_at_take_;
+  wakes_at_take_ = wakes;
+  if (yielding_) piece_start_ = std::chrono::steady_clock::now();
+}
+
+void SqliteLedger::end_piece_if_due() {
+  if (!yielding_) return;
+  if (std::chrono::steady_clock::now() - piece_start_ < options_.yield_after) return;
+  // Somebody waits for a record queued behind this batch, or the records queued behind it would
+  // wake the writer at once (half a batch): the rest of the batch goes without a pause.
+  if (wakes_asked() != wakes_at_take_ || queued() >= options_.max_batch / 2) {
+    yielding_ = false;
+    return;
+  }
+  sched_yield();
+  yields_.fetch_add(1, std::memory_order_relaxed);
+  piece_start_ = std::chrono::steady_clock::now();
+}
+
 bool SqliteLedger::transaction_lost() const {
   return sqlite3_get_autocommit(writer_db_.get()) != 0;
 }
@@ -793,6 +817,7 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
     return out;
   }
   lowering_.clear();
+  start_pieces();
   out.results.assign(batch.size(), Result<Ok>(Ok{}));
   const std::size_t n = batch.size();
   std::size_t i = 0;
@@ -838,6 +863,8 @@ LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
     lowering_.clear();
     marks_.assign(marks_.size(), CoveredJournal::Position{});
   }
+  // The lease and journal rows and the COMMIT (the WAL's pages written): one more piece.
+  end_piece_if_due();
   auto lowered = flush_lease_lowering();
   if (lowered.ok() && !transaction_lost()) lowered = write_journal_marks(batch);
   auto commit = lowered.ok() ? step_once(commit_st_, "commit") : Result<Ok>(lowered.error());

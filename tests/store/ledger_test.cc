@@ -13,6 +13,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -714,7 +717,8 @@ namespace bw::store::testing {
 // A SQLite ledger (synchronous=NORMAL) in a fresh temporary file, removed with its WAL and
 // shared-memory files when the test ends.
 struct TempSqliteLedger {
-  explicit TempSqliteLedger(const std::string& name, int busy_timeout_ms = 5'000)
+  explicit TempSqliteLedger(const std::string& name, int busy_timeout_ms = 5'000,
+                            const std::function<void(SqliteLedgerOptions&)>& tweak = {})
       : path((std::filesystem::temp_directory_path() /
               (name + "_" + std::to_string(::getpid()) + ".db"))
                  .string()) {
@@ -723,6 +727,7 @@ struct TempSqliteLedger {
     o.path = path;
     o.synchronous_full = false;
     o.busy_timeout_ms = busy_timeout_ms;
+    if (tweak) tweak(o);
     auto opened = SqliteLedger::open(o);
     if (opened.ok()) {
       ledger = std::move(*opened);
@@ -841,6 +846,154 @@ namespace bw::store::testing {
 // Budget leases on the SQLite ledger: a lease row, covered rows written settled with the lease
 // lowered in the same transaction, a reused request id folded into the lease, the close; the
 // reports and the recovery count the spend once and the lease row never as a request.
+// Waits until the ledger has answered `n` records in all, without a kick or flush (which would
+// tell the writer that somebody waits).
+bool answered_without_waking(const Ledger& ledger, std::uint64_t n) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < until) {
+    const LedgerStats s = ledger.stats();
+    if (s.records_committed + s.records_failed >= n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
+void queue_deferred(Ledger& ledger, const std::string& prefix, int rows) {
+  for (int i = 0; i < rows; ++i) {
+    ASSERT_TRUE(ledger.append_reservation(
+        reservation(id_of(prefix, i), "key_a", "acme", "gpt-4.1", 10, kJan1 + i), {},
+        Ledger::Wake::kDeferred));
+  }
+}
+
+// Queues a record (a kick: somebody waits) whose callback holds the writer, after its commit,
+// until the promise returned is set; returns once the writer is held (its batch is that record
+// alone).
+std::promise<void> hold_writer(Ledger& ledger) {
+  std::promise<void> go;
+  std::shared_future<void> released = go.get_future().share();
+  auto held = std::make_shared<std::promise<void>>();
+  std::future<void> writer_held = held->get_future();
+  EXPECT_TRUE(ledger.append_reservation(reservation("gate", "key_a", "acme", "gpt-4.1", 1, kJan1),
+                                        [released, held](const Result<Ok>&) {
+                                          held->set_value();
+                                          released.wait();
+                                        }));
+  writer_held.wait();
+  return go;
+}
+
+// A batch of rows nobody waits for is written in pieces (the writer lets the core go between
+// its INSERT statements); a batch with a record somebody waits for (a kick, a flush) is written
+// through.
+TEST(SqliteWriterPieces, OnlyABatchNobodyWaitsForIsWrittenInPieces) {
+  TempSqliteLedger db("bw_pieces", 5'000, [](SqliteLedgerOptions& o) {
+    o.yield_after = std::chrono::microseconds(1);  // every statement boundary is due
+  });
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  ASSERT_TRUE(append_sync(ledger, reservation("first", "key_a", "acme", "gpt-4.1", 1, kJan1)).ok());
+  EXPECT_EQ(ledger.yields(), 0u);
+  // A batch taken after every wake-up asked for so far (the flush's may come after its take).
+  queue_deferred(ledger, "warm", 10);
+  ASSERT_TRUE(answered_without_waking(ledger, 11));
+  const std::uint64_t warm = ledger.yields();
+
+  // 1,000 rows: 64 a statement, 16 statements. Nobody waits: taken after the writer's own wait.
+  queue_deferred(ledger, "quiet", 1'000);
+  ASSERT_TRUE(answered_without_waking(ledger, 1'011));
+  const std::uint64_t quiet = ledger.yields();
+  EXPECT_GE(quiet, warm + 1);
+
+  // The same rows, and a kick before the writer takes them (it is held in a callback meanwhile):
+  // somebody waits, the batch goes through.
+  std::promise<void> go = hold_writer(ledger);
+  queue_deferred(ledger, "waited", 1'000);
+  ledger.kick();
+  go.set_value();
+  ledger.flush();
+  EXPECT_EQ(ledger.yields(), quiet);
+  for (const char* id : {"quiet999", "waited999"}) {
+    auto row = ledger.find(id);
+    ASSERT_TRUE(row.ok() && row->has_value()) << id;
+  }
+}
+
+// A writer that falls behind (half a batch queued behind the one it writes) writes through: of
+// two full batches taken one after the other, only the last (nothing queued behind it) is
+// written in pieces.
+TEST(SqliteWriterPieces, AWriterThatFallsBehindWritesThrough) {
+  TempSqliteLedger db("bw_pieces_behind", 5'000, [](SqliteLedgerOptions& o) {
+    o.yield_after = std::chrono::microseconds(1);
+    o.max_batch = 1'000;
+  });
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  // The first record's callback holds the writer until the rest are queued.
+  std::promise<void> go = hold_writer(ledger);
+  queue_deferred(ledger, "behind", 1'999);
+  go.set_value();
+  ASSERT_TRUE(answered_without_waking(ledger, 2'000));
+  // One batch of 999 rows in pieces: 17 statements (15 of 64 rows, 32, 7) and the COMMIT, at
+  // most 17 pauses (33 with the batch of 1,000 before it).
+  EXPECT_GE(ledger.yields(), 1u);
+  EXPECT_LE(ledger.yields(), 17u);
+  auto row = ledger.find("behind1998");
+  ASSERT_TRUE(row.ok() && row->has_value());
+}
+
+// The writer in pieces shares one CPU with a thread that never sleeps (an event loop at full
+// load): it keeps its share of the core, and a record somebody waits for, queued behind a
+// backlog of rows nobody waits for, is committed promptly.
+TEST(SqliteWriterPieces, AWaitedRecordIsCommittedPromptlyWhileABusyThreadSharesTheCore) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
+  int cpu = 0;
+  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &mine)) ++cpu;
+  CPU_SET(cpu, &one);
+  // The ledger's threads, and the busy one, start on this thread's CPU only.
+  ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  struct Restore {
+    cpu_set_t set;
+    ~Restore() { sched_setaffinity(0, sizeof set, &set); }
+  } restore{mine};
+  {
+    TempSqliteLedger db("bw_pieces_busy");
+    ASSERT_TRUE(db.ledger);
+    auto& ledger = *db.ledger;
+    ASSERT_TRUE(
+        append_sync(ledger, reservation("first", "key_a", "acme", "gpt-4.1", 1, kJan1)).ok());
+    std::atomic<bool> stop{false};
+    std::thread busy([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+    queue_deferred(ledger, "backlog", 3'000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));  // the writer's own wait
+    std::promise<std::chrono::steady_clock::time_point> done;
+    auto committed = done.get_future();
+    const auto asked = std::chrono::steady_clock::now();
+    ASSERT_TRUE(ledger.append_reservation(
+        reservation("waited", "key_a", "acme", "gpt-4.1", 1, kJan1), [&done](const Result<Ok>& r) {
+          EXPECT_TRUE(r.ok());
+          done.set_value(std::chrono::steady_clock::now());
+        }));
+    const bool in_time = committed.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    stop = true;
+    busy.join();
+    ASSERT_TRUE(in_time);
+    const auto took = committed.get() - asked;
+    // ~3,000 rows of backlog ahead of it: a few ms of CPU, at half the core.
+    EXPECT_LT(took, std::chrono::milliseconds(1'000))
+        << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+    ledger.flush();
+    auto row = ledger.find("backlog2999");
+    EXPECT_TRUE(row.ok() && row->has_value());
+  }
+}
+
 TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   TempSqliteLedger db("bw_lease");
   ASSERT_TRUE(db.ledger) << db.error;
