@@ -49,13 +49,16 @@ struct SqliteLedgerOptions {
   // this says. Not with synchronous_full: a journal is not synced, a machine-durable commit is.
   std::size_t journals = 0;
   std::uint64_t journal_bytes = 8u << 20;
-  // The writer shares the event loop's core when the gateway is pinned to one, and a group
-  // commit of a few hundred rows is 1-2 ms of CPU in one burst, which every request in flight
-  // waits out. While the writer writes rows nobody waits for (covered rows a journal holds), it
-  // lets whatever else wants the core run (sched_yield) each time it has run this long, between
-  // two INSERT statements; it writes the batch through once somebody waits for a record (a kick
-  // or flush since it took the batch before) or when it falls behind (half a batch queued behind
-  // it). 0: never.
+  // The writer and the checkpointer share the event loop's core when the gateway is pinned to
+  // one, and a group commit of a few hundred rows is 1-2 ms of CPU in one burst (a passive
+  // checkpoint of ~1,000 pages ~4 ms), which every request in flight waits out. While the
+  // writer writes rows nobody waits for (covered rows a journal holds), it lets whatever else
+  // wants the core run (sched_yield) each time it has run this long, between two INSERT
+  // statements; it writes the batch through once somebody waits for a record (a kick or flush
+  // since it took the batch before) or when it falls behind (half a batch queued behind it).
+  // The checkpointer does the same before and during a passive checkpoint: it starts the
+  // write-back of the WAL in pieces (write_back_wal), then lets the core go between the pages it
+  // copies (with gather_wal_writes). 0: never.
   std::chrono::microseconds yield_after{300};
 };
 
@@ -70,8 +73,12 @@ class SqliteLedger final : public QueuedLedger {
   static constexpr int kRestartFrames = 10'000;
   // Checkpoints run so far (PASSIVE and RESTART).
   std::uint64_t checkpoints() const { return checkpoints_.load(std::memory_order_relaxed); }
-  // Times the writer let the core go in the middle of a batch (options.yield_after).
+  // Times the writer let the core go in the middle of a batch, and the checkpointer in the
+  // middle of a passive checkpoint (options.yield_after).
   std::uint64_t yields() const { return yields_.load(std::memory_order_relaxed); }
+  std::uint64_t checkpoint_yields() const {
+    return checkpoint_yields_.load(std::memory_order_relaxed);
+  }
 
   bool supports_leases() const override { return true; }
   bool journal_room(const cost::LedgerCovered& row) override;
@@ -89,6 +96,10 @@ class SqliteLedger final : public QueuedLedger {
   // The writer connection's WAL hook: after each commit, with the WAL's size in frames.
   static int on_wal_commit(void* self, sqlite3* db, const char* name, int frames);
   void checkpoint_loop();
+  // Before a passive checkpoint, in pieces: starts writing back the WAL's dirty pages, so that
+  // the checkpoint's sync of the WAL (synchronous=NORMAL or FULL) waits for the device instead of
+  // submitting them all in one go (~1,000 pages, ms of CPU).
+  void write_back_wal();
   void stop_checkpointer();
   LedgerQueue::BatchOutcome commit_batch(const Batch& batch) override;
   void journal_covered(cost::LedgerCovered& record) override;
@@ -208,6 +219,7 @@ class SqliteLedger final : public QueuedLedger {
   std::condition_variable checkpoint_cv_;
   bool checkpoint_stop_ = false;  // guarded by checkpoint_mu_
   std::atomic<std::uint64_t> checkpoints_{0};
+  std::atomic<std::uint64_t> checkpoint_yields_{0};
   std::thread checkpointer_;
 };
 

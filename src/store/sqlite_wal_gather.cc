@@ -99,8 +99,12 @@ int main_close(sqlite3_file* f) {
 int main_read(sqlite3_file* f, void* p, int n, sqlite3_int64 off) {
   return real(f)->pMethods->xRead(real(f), p, n, off);
 }
+thread_local DatabaseWriteHook database_write_hook = nullptr;
+
 int main_write(sqlite3_file* f, const void* p, int n, sqlite3_int64 off) {
-  return real(f)->pMethods->xWrite(real(f), p, n, off);
+  const int rc = real(f)->pMethods->xWrite(real(f), p, n, off);
+  if (database_write_hook) database_write_hook();
+  return rc;
 }
 int main_truncate(sqlite3_file* f, sqlite3_int64 size) {
   return real(f)->pMethods->xTruncate(real(f), size);
@@ -359,6 +363,10 @@ const char* vfs_next_system_call(sqlite3_vfs* vfs, const char* name) {
 }
 
 }  // namespace
+
+void set_database_write_hook(DatabaseWriteHook hook) {
+  database_write_hook = hook;
+}
 
 const char* register_wal_gather_vfs(const char* name, const char* base_name) {
   static std::mutex mu;

@@ -34,6 +34,11 @@ const char* wal_gather_vfs();
 // counts what reaches it). Returns the name, or nullptr when `base` does not exist.
 const char* register_wal_gather_vfs(const char* name, const char* base);
 
+// While set on a thread, called there after each write to a database file (not a WAL) through a
+// gathering VFS. With journal_mode=WAL that is a checkpoint copying pages into the database.
+using DatabaseWriteHook = void (*)();
+void set_database_write_hook(DatabaseWriteHook hook);
+
 // A sqlite3_file_control() opcode for a connection's main database opened through a gathering
 // VFS: writes whatever its WAL handle still gathers (SQLITE_OK when nothing is).
 constexpr int kWalGatherFlushOp = 0x6277'0001;

@@ -994,6 +994,22 @@ TEST(SqliteWriterPieces, AWaitedRecordIsCommittedPromptlyWhileABusyThreadSharesT
   }
 }
 
+// A passive checkpoint copies its pages in pieces too, and still bounds the WAL.
+TEST(SqliteWriterPieces, APassiveCheckpointCopiesItsPagesInPieces) {
+  TempSqliteLedger db("bw_pieces_ckpt", 5'000,
+                      [](SqliteLedgerOptions& o) { o.yield_after = std::chrono::microseconds(1); });
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  // ~25 WAL pages a commit: a passive checkpoint after ~40 of them.
+  for (int c = 0; c < 300 && ledger.checkpoint_yields() == 0; ++c) {
+    queue_deferred(ledger, id_of("ck", c) + "-", 1'000);
+    ledger.flush();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_GT(ledger.checkpoints(), 0u);
+  EXPECT_GT(ledger.checkpoint_yields(), 0u);
+}
+
 TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
   TempSqliteLedger db("bw_lease");
   ASSERT_TRUE(db.ledger) << db.error;
