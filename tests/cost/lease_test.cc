@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 #include <variant>
 
 #include "support/ledger_without_rows.h"
@@ -218,6 +220,42 @@ TEST(Lease, ASetsKeptStateIsLeftOnceTheBookDropsIt) {
   EXPECT_EQ(f.book->begin(f.set, 10'000, kJan1, b), LeaseBook::Begin::kPlain);
   other.end_plain(f.set.key);
   f.book->end_plain(f.set.key);
+}
+
+// Several workers begin and settle covered requests of one set at once, through one LeaseSet
+// (whose kept state the book reads and writes under its mutex): each is covered by the lease
+// and charged once, in memory and in the ledger.
+TEST(Lease, WorkersCoverAndSettleRequestsOfOneSetAtOnce) {
+  Fixture f(100'000'000, closing_after(1'000));
+  LeaseClaim a, b;
+  f.open_beside(1'000, a, b);
+  constexpr int kThreads = 4;
+  constexpr int kEach = 200;
+  std::atomic<int> covered{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&f, &covered, t] {
+      for (int i = 0; i < kEach; ++i) {
+        LeaseClaim c;
+        const auto begun = f.book->begin(f.set, 1'000, kJan1, c);
+        if (begun != LeaseBook::Begin::kCovered) {
+          if (begun == LeaseBook::Begin::kOpen) f.book->open_failed(f.set.key);
+          f.book->end_plain(f.set.key);
+          continue;
+        }
+        const std::string id = "w" + std::to_string(t) + "-" + std::to_string(i);
+        if (f.book->settle(c, f.row(id, 700), {}, kJan1).queued) covered.fetch_add(1);
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  ASSERT_TRUE(f.book->settle(b, f.row("b", 700), {}, kJan1).queued);
+  f.ledger.commit();
+  // The lease has room for a thousand: every request was covered.
+  EXPECT_EQ(covered.load(), kThreads * kEach);
+  EXPECT_EQ(f.snap().spent_micro, (kThreads * kEach + 1) * 700);
+  EXPECT_EQ(f.ledger.settled(), f.snap().spent_micro);
+  f.expect_ledger_within(100'000'000);
 }
 
 // A lease id is copied into every covered row: it stays within a short string's inline room.
