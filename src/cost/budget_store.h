@@ -60,11 +60,22 @@ class BudgetStore {
       std::int64_t now_unix_ms) const = 0;
   // True while the store runs on a fallback (Redis unreachable: budgets on the local share).
   virtual bool degraded() const { return false; }
+  // False when should_downgrade() answers nothing whatever it is asked (no downgrade
+  // configured): it is asked per request, so the caller skips it.
+  bool may_downgrade() const { return may_downgrade_; }
+
+ protected:
+  BudgetStore() = default;
+  explicit BudgetStore(bool may_downgrade) : may_downgrade_(may_downgrade) {}
+
+ private:
+  bool may_downgrade_ = true;
 };
 
 class LocalBudgetStore final : public BudgetStore {
  public:
-  explicit LocalBudgetStore(BudgetManager& budgets) : budgets_(budgets) {}
+  explicit LocalBudgetStore(BudgetManager& budgets)
+      : BudgetStore(!budgets.options().downgrade.empty()), budgets_(budgets) {}
   boost::asio::awaitable<BudgetReserveResult> reserve(const std::vector<std::string>& budget_ids,
                                                       Micros amount_micro, BudgetHold& hold,
                                                       std::int64_t now_unix_ms, Nanos now) override;

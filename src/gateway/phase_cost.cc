@@ -77,6 +77,7 @@ Error budget_refused(const cost::BudgetRefusal& ref, std::int64_t now_ms) {
 
 // A cheaper model near a cap (the store's soft threshold), when the key has not opted out.
 void maybe_downgrade(Ctx& c, std::int64_t now_ms) {
+  if (!c.sh.budget_store->may_downgrade()) return;
   const auto& cfg = c.rt->config();
   auto cheaper = c.sh.budget_store->should_downgrade(c.key->budget_ids, c.route_model,
                                                      c.key->cfg->downgrade_opt_out, now_ms);

@@ -1,5 +1,7 @@
 #include "cost/budget_manager.h"
 
+#include "cost/budget_store.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -202,6 +204,17 @@ TEST(BudgetManager, CapUpdateKeepsCountersAndPeriodIsFixed) {
   EXPECT_FALSE(m.upsert_budget({"x", -1, BudgetPeriod::kDaily}));
   EXPECT_TRUE(m.remove_budget(kTenant));
   EXPECT_FALSE(m.has_budget(kTenant));
+}
+
+// The gateway skips should_downgrade() when the store says it cannot answer: only without a
+// downgrade configured, whatever the budgets' state.
+TEST(Downgrade, LocalStoreMayDowngradeOnlyWithAMap) {
+  auto plain = make_manager();
+  EXPECT_FALSE(LocalBudgetStore(*plain).may_downgrade());
+  CostGuardOptions o;
+  o.downgrade = {{"gpt-4.1", "deepseek-v3.2"}};
+  auto mapped = make_manager(o);
+  EXPECT_TRUE(LocalBudgetStore(*mapped).may_downgrade());
 }
 
 TEST(Downgrade, FollowsMapAboveSoftThreshold) {
