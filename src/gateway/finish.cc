@@ -109,44 +109,50 @@ void write_access_log(Ctx& c) {
   record_metrics(c, request_path, now);
   if (!c.sh.access_log->enabled()) return;
   const std::string error = c.outcome.label();
-  AccessRecord r;
   std::string trace_scratch, span_scratch;
-  r.trace_id = tracing::trace_id_hex(c, trace_scratch);
-  r.span_id = tracing::span_id_hex(c, span_scratch);
-  r.request_id = c.request_id;
-  r.key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{};
-  r.method = c.req.method;
-  r.path = request_path;
-  r.client_ip = c.client_ip;
-  r.model_requested = c.llm.model;
-  r.model_served = c.model_served;
-  r.upstream = c.upstream;
-  r.error_code = error;
-  r.status = c.status;
-  r.stream = c.llm.stream;
-  r.cancelled = c.cancelled;
-  r.latency_ns = now - c.start;
-  r.ttft_ns = c.ttft >= 0 ? c.ttft : -1;
-  r.prompt_tokens = c.usage.prompt_tokens;
-  r.completion_tokens = c.usage.completion_tokens;
-  r.attempts = c.attempts;
-  r.cost_micro_usd = c.cost_micro;
-  r.priority = c.key ? c.priority.priority : -1;
-  r.priority_lowered = c.priority.lowered;
-  r.queue_ns = c.queue_wait;
-  if (c.wait_reason != admission::WaitReason::kNone) {
-    r.wait_reason = admission::wait_reason_name(c.wait_reason);
-  }
-  r.bytes_in = c.req.body.size();
-  r.bytes_out = c.bytes_out;
-  r.cache = c.cache->status_text();
-  r.cached_tokens = c.usage.cached_tokens;
-  if (c.cache->status == CacheState::Status::kHit) {
-    const auto& e = *c.cache->entry;
-    r.cache_age_s = std::max<std::int64_t>(0, c.sh.clock.unix_millis() - e.created_unix_ms) / 1000;
-    r.cache_saved_micro_usd = e.cost_micro;
-    r.cache_similarity = c.cache->similarity;
-  }
+  const std::string_view trace_id = tracing::trace_id_hex(c, trace_scratch);
+  const std::string_view span_id = tracing::span_id_hex(c, span_scratch);
+  const cache::Entry* hit =
+      c.cache->status == CacheState::Status::kHit ? c.cache->entry.get() : nullptr;
+  // Every field named, each by an expression: GCC then stores each once instead of zeroing the
+  // whole record first (as it does when a field keeps its default or is a constant).
+  const AccessRecord r{
+      .request_id = c.request_id,
+      .key_id = c.key ? std::string_view(c.key->cfg->name) : std::string_view{},
+      .method = c.req.method,
+      .path = request_path,
+      .model_requested = c.llm.model,
+      .model_served = c.model_served,
+      .upstream = c.upstream,
+      .error_code = error,
+      .client_ip = c.client_ip,
+      .trace_id = trace_id,
+      .span_id = span_id,
+      .status = c.status,
+      .priority = c.key ? c.priority.priority : -1,
+      .priority_lowered = c.priority.lowered,
+      .stream = c.llm.stream,
+      .cancelled = c.cancelled,
+      .latency_ns = now - c.start,
+      .ttft_ns = c.ttft >= 0 ? c.ttft : -1,
+      .queue_ns = c.queue_wait,
+      .wait_reason = c.wait_reason != admission::WaitReason::kNone
+                         ? admission::wait_reason_name(c.wait_reason)
+                         : std::string_view{},
+      .prompt_tokens = c.usage.prompt_tokens,
+      .completion_tokens = c.usage.completion_tokens,
+      .cost_micro_usd = c.cost_micro,
+      .attempts = c.attempts,
+      .bytes_in = c.req.body.size(),
+      .bytes_out = c.bytes_out,
+      .cache = c.cache->status_text(),
+      .cache_age_s =
+          hit ? std::max<std::int64_t>(0, c.sh.clock.unix_millis() - hit->created_unix_ms) / 1000
+              : -1,
+      .cache_saved_micro_usd = hit ? hit->cost_micro : 0,
+      .cache_similarity = hit ? c.cache->similarity : -1,
+      .cached_tokens = c.usage.cached_tokens,
+  };
   c.sh.access_log->log(r);
 }
 
