@@ -74,7 +74,8 @@ struct UpstreamResponse::Impl {
   ClientPool::State* pool = nullptr;
   std::unique_ptr<tcp::socket> plain;
   std::unique_ptr<ssl::stream<tcp::socket>> tls;
-  beast::flat_buffer buffer;
+  // Its block goes back to the thread's stash while the connection sits in the pool.
+  beast::basic_flat_buffer<stash::ReadBlockAllocator<char>> buffer;
   Deadline deadline;
   const std::string* key = nullptr;  // the pool's copy of the endpoint key
   std::string out;                   // request head
@@ -145,8 +146,8 @@ struct UpstreamResponse::Impl {
   auto read_op() {
     // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which cut
     // a 1 KiB answer (or a burst of stream events) into several reads and writes.
-    const auto mb =
-        buffer.prepare(std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), 16 * 1024));
+    const auto mb = buffer.prepare(
+        std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), stash::kReadBlock));
     DirectToken token;
     return asio::async_initiate<DirectToken, void(beast::error_code, std::size_t)>(
         [](auto handler, Impl* self, asio::mutable_buffer b) {
@@ -316,6 +317,7 @@ struct ClientPool::State {
     // the thread's stash, for the next request on any connection.
     c->headers.release();
     stash::release(c->out);
+    if (c->buffer.size() == 0) c->buffer.shrink_to_fit();
     h.idle.push_back(std::move(c));
     h.wake_one();
   }

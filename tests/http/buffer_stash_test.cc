@@ -147,5 +147,36 @@ TEST(BufferStash, HeadersGiveTheirBufferBackWhenDestroyed) {
   EXPECT_EQ(stash::take(300).data(), buffer);
 }
 
+// Read blocks are kept per thread, last in, first out, up to kReadBlocksKept; other sizes are
+// not kept.
+TEST(ReadBlocks, TheBlockGivenBackLastIsTakenFirstAndTheShelfIsBounded) {
+  if (!stash::detail::kKeepBlocks) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  std::thread([] {  // a thread of its own: starts with no block kept
+    stash::ReadBlockAllocator<char> alloc;
+    EXPECT_EQ(stash::read_blocks_kept(), 0u);
+    char* a = alloc.allocate(stash::kReadBlock);
+    char* b = alloc.allocate(stash::kReadBlock);
+    a[stash::kReadBlock - 1] = 'a';
+    alloc.deallocate(a, stash::kReadBlock);
+    alloc.deallocate(b, stash::kReadBlock);
+    EXPECT_EQ(stash::read_blocks_kept(), 2u);
+    EXPECT_EQ(alloc.allocate(stash::kReadBlock), b);
+    EXPECT_EQ(alloc.allocate(stash::kReadBlock), a);
+    EXPECT_EQ(stash::read_blocks_kept(), 0u);
+    alloc.deallocate(a, stash::kReadBlock);
+    alloc.deallocate(b, stash::kReadBlock);
+    char* other = alloc.allocate(100);
+    alloc.deallocate(other, 100);
+    EXPECT_EQ(stash::read_blocks_kept(), 2u);
+    std::vector<char*> held;
+    for (std::size_t i = 0; i < stash::kReadBlocksKept + 3; ++i) {
+      held.push_back(alloc.allocate(stash::kReadBlock));
+    }
+    for (char* p : held) alloc.deallocate(p, stash::kReadBlock);
+    EXPECT_EQ(stash::read_blocks_kept(), stash::kReadBlocksKept);
+  })
+      .join();  // the thread's blocks are freed as it exits (LeakSanitizer would say otherwise)
+}
+
 }  // namespace
 }  // namespace bw

@@ -22,6 +22,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <openssl/evp.h>
@@ -30,6 +31,8 @@
 #include <openssl/x509v3.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "common/buffer_stash.h"
 
 namespace bw::http {
 namespace {
@@ -218,6 +221,41 @@ TEST(ClientPool, KeepAliveReusesTheConnection) {
                 "{\"n\":0}");
   EXPECT_EQ(server.requests[2].substr(server.requests[2].size() - 7), "{\"n\":2}");
   EXPECT_EQ(pool.idle_connections(), 1u);
+}
+
+// A connection back in the pool keeps no read buffer: its block goes to the thread's stash, and
+// the next request's read (on any connection) takes it again.
+TEST(ClientPool, APooledConnectionGivesItsReadBlockToTheThread) {
+  if (!stash::detail::kKeepBlocks) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  // On a thread of its own, which starts with no block kept.
+  std::thread([] {
+    asio::io_context ioc;
+    TestServer server(ioc, TestServer::respond_with(std::string(kHello)));
+    ClientPool pool;
+    const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+    std::vector<std::string> bodies;
+    run(ioc, &server, [&]() -> asio::awaitable<void> {
+      const std::size_t kept = stash::read_blocks_kept();
+      EXPECT_EQ(kept, 0u);
+      for (int i = 0; i < 2; ++i) {
+        auto r = co_await pool.send(ep, post("/v1/chat/completions", "{}"), fast_options());
+        if (!r) {
+          ADD_FAILURE() << r.error().message;
+          co_return;
+        }
+        auto body = co_await r->read_all(1024);
+        if (body) bodies.push_back(*body);
+        // The answer's read holds a block (the one given back by the first request, in the
+        // second) until the connection goes back to the pool.
+        EXPECT_EQ(stash::read_blocks_kept(), kept);
+        { auto done = std::move(r.value()); }
+        EXPECT_EQ(pool.idle_connections(), 1u);
+        EXPECT_EQ(stash::read_blocks_kept(), kept + 1);
+      }
+    });
+    EXPECT_EQ(bodies, (std::vector<std::string>{"hello", "hello"}));
+    EXPECT_EQ(server.accepted, 1);
+  }).join();
 }
 
 // read_all_now answers without waiting when the bytes already read settle the body: the whole
