@@ -374,14 +374,12 @@ class Session final : public ResponseWriter {
   }
 
   asio::awaitable<bool> send_body(std::string body) override {
-    bool ok = false;
-    if (resume_) {
-      ok = wrote(co_await write_rest());
-    } else if (auto r = send_body_now(body)) {
-      co_return *r;
-    } else if (resume_) {
-      ok = wrote(co_await write_rest());
+    if (!resume_) {
+      if (auto r = send_body_now(body)) co_return *r;
     }
+    // The rest of a write begun by send_body_now (here or by the caller); none when broken.
+    bool ok = false;
+    if (resume_) ok = wrote(co_await write_rest());
     stash::release(body_);
     stash::give(body);  // as a Response's would be
     co_return ok;
