@@ -290,6 +290,23 @@ std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer
         const std::size_t room = head_bytes_ < header_limit_ ? header_limit_ - head_bytes_ : 0;
         const std::size_t avail = static_cast<std::size_t>(end - p);
         const std::size_t window = avail < room ? avail : room;
+        if (state_ == State::kFields && scanned_ == 0) {
+          // The usual line, read without a search for its end first (see fast_line); anything
+          // else goes the general way below.
+          if (window >= 2 && p[0] == '\r' && p[1] == '\n') {
+            head_bytes_ += 2;
+            p += 2;
+            finish_head(ec);
+            if (ec || !eager_) return static_cast<std::size_t>(p - begin);
+            break;
+          }
+          if (const char* const eol = fast_line(p, p + window, ec)) {
+            head_bytes_ += static_cast<std::size_t>(eol + 1 - p);
+            if (ec) return static_cast<std::size_t>(p - begin);
+            p = eol + 1;
+            break;
+          }
+        }
         const char* eol =
             scanned_ < window
                 ? static_cast<const char*>(std::memchr(p + scanned_, '\n', window - scanned_))
@@ -467,6 +484,33 @@ void BasicParser<Derived, kRequest>::field_line(const char* p, const char* eol, 
     ec = *stop == '\r' ? bhttp::error::bad_line_ending : bhttp::error::bad_value;
     return;
   }
+  field(p, eol, name, v, stop, trailer, ec);
+}
+
+template <class Derived, bool kRequest>
+const char* BasicParser<Derived, kRequest>::fast_line(const char* p, const char* limit,
+                                                      error_code& ec) {
+  // The checks of field_line in one pass from the line's start: the name's tchars, its colon,
+  // OWS, then the value up to its first control byte, which must be the CR of a CRLF. No byte
+  // before that CR can be a LF, so this line ends where the general path's search would find
+  // its end, and the name, value and checks are the same as field_line's. Any other line
+  // (obs-fold, a bad byte, a line cut short by `limit`) is left to the general path.
+  if (*p == ' ' || *p == '\t') return nullptr;
+  const char* const n = token_end(p, limit);
+  if (n == p || n == limit || *n != ':') return nullptr;
+  const char* v = n + 1;
+  while (v < limit && (*v == ' ' || *v == '\t')) ++v;
+  const char* const stop = find_value_stop(v, limit, p);
+  if (limit - stop < 2 || stop[0] != '\r' || stop[1] != '\n') return nullptr;
+  const std::string_view name(p, static_cast<std::size_t>(n - p));
+  field(p, stop + 1, name, v, stop, false, ec);
+  return stop + 1;
+}
+
+template <class Derived, bool kRequest>
+void BasicParser<Derived, kRequest>::field(const char* p, const char* eol, std::string_view name,
+                                           const char* v, const char* stop, bool trailer,
+                                           error_code& ec) {
   const char* ve = stop;
   while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) --ve;
   const std::string_view value(v, static_cast<std::size_t>(ve - v));

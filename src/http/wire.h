@@ -105,6 +105,12 @@ class BasicParser {
   // One complete line [p, eol) (eol points at its LF).
   void start_line(const char* p, const char* eol, error_code& ec);
   void field_line(const char* p, const char* eol, bool trailer, error_code& ec);
+  // A field line whose end is not known yet, all of it before `limit`: parsed as field_line
+  // would, returning its LF, when it is a well-formed line; nullptr (nothing done) otherwise.
+  const char* fast_line(const char* p, const char* limit, error_code& ec);
+  // A checked field line: its name, its value's first byte `v` and the CR `stop` after it.
+  void field(const char* p, const char* eol, std::string_view name, const char* v, const char* stop,
+             bool trailer, error_code& ec);
   void framing_field(Field f, std::string_view value, error_code& ec);
   void finish_head(error_code& ec);
   // A chunk-size line (and, for the last chunk, the trailer section); returns the bytes used,

@@ -521,6 +521,82 @@ TEST(RequestParser, ObsFoldAndWhitespaceBeforeAFieldAreRefused) {
   }
 }
 
+// A head read at once takes each well-formed field line in one pass from its start (no search
+// for its end first); byte by byte, every line is found whole first. Both ways must give the
+// same answer: the same error for each malformed line, the same fields for the rest, and the
+// same header limit to the byte.
+TEST(RequestParser, LinesReadAtOnceAndByteByByteGetTheSameAnswer) {
+  const std::string_view lines[] = {
+      "X: a\r\n",
+      "X:a\r\n",
+      "X:   a \t \r\n",
+      "X:\r\n",
+      "X: \r\n",
+      "X: a\rb\r\n",
+      "X: a\r\r\n",
+      "X: a\n",
+      "X: a\nY: b\r\n",
+      "X: a\x7f\r\n",
+      "X: a\x01\r\n",
+      "X: a\xc3\xa9\r\n",
+      "X : a\r\n",
+      ": a\r\n",
+      "X\r\n",
+      "X;: a\r\n",
+      " X: a\r\n",
+      "\tX: a\r\n",
+      "X: a\r\n folded\r\n",
+      "X-Long-Name-Of-Thirty: v\r\n",
+      "Content-Length: 3\r\n",
+      "Content-Length: 3, 3\r\n",
+      "Transfer-Encoding: gzip\r\n",
+      "Connection: close\r\n",
+      "Connection: a b\r\n",
+      "X: a\r",
+  };
+  for (std::string_view line : lines) {
+    for (std::string_view before : {"", "Host: h\r\n"}) {
+      std::string req = "POST / HTTP/1.1\r\n";
+      req += before;
+      req += line;
+      req += "Content-Length: 3\r\n\r\nabc";
+      Storage s1, s2;
+      RequestParser whole(s1.arena, s1.fields, s1.body, 100);
+      RequestParser bytes(s2.arena, s2.fields, s2.body, 100);
+      configure(whole);
+      configure(bytes);
+      const auto a = feed(whole, req, 1 << 20);
+      const auto b = feed(bytes, req, 1);
+      EXPECT_EQ(a.ec, b.ec) << req;
+      if (!a.ec && !b.ec) {
+        EXPECT_EQ(headers_of(whole), headers_of(bytes)) << req;
+        EXPECT_EQ(s1.body, s2.body) << req;
+      }
+    }
+  }
+  // The header limit: a head (its blank line included) of exactly the limit is read, one byte
+  // more is refused, whichever way it arrives.
+  const std::string start = "GET / HTTP/1.1\r\n";
+  for (std::size_t limit : {64u, 100u}) {
+    for (std::size_t extra : {0u, 1u}) {
+      const std::size_t value = limit - start.size() - std::string_view("X: \r\n\r\n").size();
+      const std::string head = start + "X: " + std::string(value + extra, 'v') + "\r\n\r\n";
+      for (std::size_t step : {std::size_t{1}, std::size_t{1} << 20}) {
+        Storage s;
+        RequestParser p(s.arena, s.fields, s.body, 100);
+        configure(p);
+        p.header_limit(static_cast<std::uint32_t>(limit));
+        auto r = feed(p, head, step);
+        if (extra == 0) {
+          EXPECT_FALSE(r.ec) << limit << " step " << step << ": " << r.ec.message();
+        } else {
+          EXPECT_EQ(r.ec, bhttp::error::header_limit) << limit << " step " << step;
+        }
+      }
+    }
+  }
+}
+
 TEST(RequestParser, TruncatedInput) {
   {
     Storage s;
