@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace bw::providers::json_scan {
 namespace {
@@ -22,6 +24,21 @@ bool any_high(const char* p, const char* end) {
     if (static_cast<unsigned char>(*p) >= 0x80) return true;
   }
   return false;
+}
+
+using Finder = const char* (*)(const char*, const char*, std::uint64_t&);
+
+// Every variant of the search: the short one, the long one's SSE2 form and the long one as
+// callers get it (its AVX2 steps on a CPU that has AVX2).
+std::vector<std::pair<std::string, Finder>> finders() {
+  std::vector<std::pair<std::string, Finder>> out = {
+      {"short", &find_special},
+      {"long", &find_special_long},
+  };
+#if defined(__SSE2__)
+  out.emplace_back("long sse2", &find_special_long_sse2);
+#endif
+  return out;
 }
 
 // Texts of every length up to 300 bytes from every start offset within a 16-byte line, with a
@@ -46,17 +63,16 @@ TEST(FindSpecial, EverySpecialByteAtEveryPositionOfEveryLength) {
           if (high_at == 1 && at + 1 < len)
             p[at + 1 + (len - at - 1) / 2] = static_cast<char>(0xe9);
           const char* want = reference(p, end);
-          for (bool long_text : {false, true}) {
+          for (const auto& [name, find] : finders()) {
             std::uint64_t high = 0;
-            const char* got =
-                long_text ? find_special_long(p, end, high) : find_special(p, end, high);
-            ASSERT_EQ(got, want) << "len " << len << " offset " << offset << " at " << at
-                                 << (long_text ? " (long)" : "");
+            const char* got = find(p, end, high);
+            ASSERT_EQ(got, want) << "len " << len << " offset " << offset << " at " << at << " ("
+                                 << name << ")";
             if (any_high(p, want)) {
-              ASSERT_NE(high, 0u) << "len " << len << " at " << at << (long_text ? " (long)" : "");
+              ASSERT_NE(high, 0u) << "len " << len << " at " << at << " (" << name << ")";
             }
             if (!any_high(p, end)) {
-              ASSERT_EQ(high, 0u) << "len " << len << " at " << at << (long_text ? " (long)" : "");
+              ASSERT_EQ(high, 0u) << "len " << len << " at " << at << " (" << name << ")";
             }
             ++checked;
           }
