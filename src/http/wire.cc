@@ -291,21 +291,26 @@ std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer
         const std::size_t avail = static_cast<std::size_t>(end - p);
         const std::size_t window = avail < room ? avail : room;
         if (state_ == State::kFields && scanned_ == 0) {
-          // The usual line, read without a search for its end first (see fast_line); anything
-          // else goes the general way below.
-          if (window >= 2 && p[0] == '\r' && p[1] == '\n') {
-            head_bytes_ += 2;
-            p += 2;
-            finish_head(ec);
-            if (ec || !eager_) return static_cast<std::size_t>(p - begin);
-            break;
-          }
-          if (const char* const eol = fast_line(p, p + window, ec)) {
+          // The usual lines, each read without a search for its end first (see fast_line),
+          // one after another: the window's end stays where it is as lines are consumed (the
+          // room and the bytes left shrink alike). The first other line goes the general way.
+          const char* const limit = p + window;
+          const char* const from = p;
+          while (state_ == State::kFields) {
+            if (limit - p >= 2 && p[0] == '\r' && p[1] == '\n') {  // the end of the head
+              head_bytes_ += 2;
+              p += 2;
+              finish_head(ec);
+              if (ec || !eager_) return static_cast<std::size_t>(p - begin);
+              break;
+            }
+            const char* const eol = fast_line(p, limit, ec);
+            if (!eol) break;
             head_bytes_ += static_cast<std::size_t>(eol + 1 - p);
             if (ec) return static_cast<std::size_t>(p - begin);
             p = eol + 1;
-            break;
           }
+          if (p != from) break;
         }
         const char* eol =
             scanned_ < window
