@@ -26,6 +26,13 @@ bool equal_const_time(const char* a, const char* b, std::size_t n) {
     std::memcpy(&y, b + i, 8);
     diff |= x ^ y;
   }
+  if (i < n && n >= 8) {  // the last 1-7 bytes: the last 8, overlapping the step before
+    std::uint64_t x, y;
+    std::memcpy(&x, a + n - 8, 8);
+    std::memcpy(&y, b + n - 8, 8);
+    diff |= x ^ y;
+    i = n;
+  }
   for (; i < n; ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   // Keep the compiler from turning the accumulation into an early exit.
   __asm__ volatile("" : "+r"(diff));

@@ -104,6 +104,25 @@ TEST(Pipeline, AKeyIsLookedUpInTheSnapshotOfItsRequest) {
   EXPECT_EQ(p.chat().status, 200);
 }
 
+// A presented key is matched against the keys this thread saw before by a compare of all its
+// bytes: after the right key was taken, a key that differs from it in any one byte (the last
+// ones included, which are compared as the key's last word) is refused, and the right key is
+// still taken.
+TEST(Pipeline, AKeyThatDiffersInAnyByteFromAKnownOneIsRefused) {
+  Pipeline p(kBase);
+  const std::string key = kKey;
+  EXPECT_EQ(p.chat().status, 200);
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    for (char c : std::string("0189aAzZ-_")) {
+      if (c == key[i]) continue;
+      std::string other = key;
+      other[i] = c;
+      EXPECT_EQ(p.chat("m", {{"authorization", bearer(other)}}).status, 401) << other;
+    }
+    EXPECT_EQ(p.chat().status, 200) << i;
+  }
+}
+
 TEST(Pipeline, UnknownModelAndUrlAre404) {
   Pipeline p(kBase);
   auto model = p.chat("nope");
