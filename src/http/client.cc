@@ -144,22 +144,38 @@ struct UpstreamResponse::Impl {
   // allocated, pushed, resumed, popped and freed per call that reads). A passed deadline reads
   // as beast::error::timeout.
   auto read_op() {
-    // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which cut
-    // a 1 KiB answer (or a burst of stream events) into several reads and writes.
-    const auto mb = buffer.prepare(
-        std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), stash::kReadBlock));
     DirectToken token;
     return asio::async_initiate<DirectToken, void(beast::error_code, std::size_t)>(
-        [](auto handler, Impl* self, asio::mutable_buffer b) {
+        [](auto handler, Impl* self) {
           if (self->tls) {
-            self->tls->async_read_some(b, std::move(handler));
+            self->tls->async_read_some(self->prepare_read(), std::move(handler));
           } else {
-            // A short read makes the next one wait for the upstream's next bytes instead of
-            // trying (and failing) at once (common/read_buffer.h).
-            self->plain->async_read_some(ReadBuffer(b), std::move(handler));
+            // The read block is taken when the upstream's bytes are there, not while the
+            // connection waits for them (one emptied before goes back to the thread's stash
+            // now); a short read makes the next one wait for the upstream's next bytes instead
+            // of trying (and failing) at once (common/read_buffer.h).
+            if (self->buffer.size() == 0) self->buffer.shrink_to_fit();
+            self->plain->async_read_some(
+                LazyReadBuffer(self, &Impl::lazy_prepare, &Impl::lazy_unused, stash::kReadBlock),
+                std::move(handler));
           }
         },
-        token, this, mb);
+        token, this);
+  }
+  // At least 16 KiB per read: read_size alone offers 512 bytes to an empty buffer, which cut
+  // a 1 KiB answer (or a burst of stream events) into several reads and writes.
+  asio::mutable_buffer prepare_read() {
+    return buffer.prepare(
+        std::max<std::size_t>(beast::read_size(buffer, 64 * 1024), stash::kReadBlock));
+  }
+  // A plain read's buffer, asked for when the read is performed (an allocation that fails there
+  // ends the process), and given back when that read brought nothing.
+  static asio::mutable_buffer lazy_prepare(void* self) noexcept {
+    return static_cast<Impl*>(self)->prepare_read();
+  }
+  static void lazy_unused(void* self) noexcept {
+    auto& b = static_cast<Impl*>(self)->buffer;
+    if (b.size() == 0) b.shrink_to_fit();
   }
 
   // The write of a request's buffers, TLS or plain (one deferred operation type, awaited by

@@ -258,6 +258,61 @@ TEST(ClientPool, APooledConnectionGivesItsReadBlockToTheThread) {
   }).join();
 }
 
+// A connection that waits for its upstream's answer holds no read block either: its read takes
+// one only when the upstream's bytes are there (the one the thread was given back last).
+TEST(ClientPool, AWaitingConnectionTakesItsReadBlockOnlyWhenTheAnswerArrives) {
+  if (!stash::detail::kKeepBlocks) GTEST_SKIP() << "sanitizer builds keep no blocks";
+  std::thread([] {
+    asio::io_context ioc;
+    // The first request is answered at once, the second after 100 ms.
+    TestServer server(ioc, [](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+      std::string buf;
+      for (int n = 0; auto req = co_await TestServer::read_request(*s, buf); ++n) {
+        srv.requests.push_back(*req);
+        if (n > 0) co_await sleep_for(milliseconds(100));
+        if (!co_await TestServer::write(*s, kHello)) break;
+      }
+    });
+    ClientPool pool;
+    const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+    std::vector<std::size_t> waiting;  // blocks kept on the thread while the request waits
+    bool checking = false;
+    run(ioc, &server, [&]() -> asio::awaitable<void> {
+      for (int i = 0; i < 2; ++i) {
+        if (i == 1) {
+          // Looks every 20 ms while the second request waits for its answer.
+          checking = true;
+          asio::co_spawn(
+              co_await asio::this_coro::executor,
+              [&]() -> asio::awaitable<void> {
+                while (checking) {
+                  co_await sleep_for(milliseconds(20));
+                  if (checking) waiting.push_back(stash::read_blocks_kept());
+                }
+              },
+              asio::detached);
+        }
+        auto r = co_await pool.send(ep, post("/v1/chat/completions", "{}"), fast_options());
+        checking = false;
+        if (!r) {
+          ADD_FAILURE() << r.error().message;
+          co_return;
+        }
+        // The answer's bytes lie in the block.
+        EXPECT_EQ(stash::read_blocks_kept(), 0u);
+        auto body = co_await r->read_all(1024);
+        EXPECT_TRUE(body && *body == "hello");
+        { auto done = std::move(r.value()); }
+        EXPECT_EQ(stash::read_blocks_kept(), 1u);
+      }
+    });
+    // The block stayed with the thread while the connection waited.
+    ASSERT_GE(waiting.size(), 2u);
+    for (const std::size_t kept : waiting) EXPECT_EQ(kept, 1u);
+    EXPECT_EQ(server.accepted, 1);
+  }).join();
+}
+
 // read_all_now answers without waiting when the bytes already read settle the body: the whole
 // body, or its error (over the limit); a body still coming is kept for read_all, which reads the
 // rest after it. The connection is reused after both.
