@@ -207,6 +207,35 @@ void store(Entry& e, const Working& w, Nanos idle) {
   }
 }
 
+// A fresh bucket of `algorithm` (a sliding window keeps its ring's memory), idle at any time.
+void reset(Entry& e, Algorithm algorithm) {
+  e.idle_at = std::numeric_limits<Nanos>::min();
+  switch (algorithm) {
+    case Algorithm::kGcra:
+      e.state = GcraState{};
+      break;
+    case Algorithm::kTokenBucket:
+      e.state = TokenBucketState{};
+      break;
+    case Algorithm::kSlidingWindow:
+      if (auto* p = std::get_if<std::unique_ptr<SlidingWindowState>>(&e.state); p && *p) {
+        **p = SlidingWindowState{};
+      } else {
+        e.state = std::make_unique<SlidingWindowState>();
+      }
+      break;
+  }
+}
+
+// The bucket is empty at `now` for `spec` as it was for the charge that set its idle time: a
+// GCRA whose state has the spec's rate and period (its idle time is exact for them). A refund
+// then leaves it empty. False: evaluate it (other limits, a reload in between).
+bool drained(const Entry& e, const AdjustSpec& spec, Nanos now) {
+  if (e.idle_at > now || spec.algorithm != Algorithm::kGcra) return false;
+  const GcraState* s = std::get_if<GcraState>(&e.state);
+  return s != nullptr && s->rate == spec.params.rate && s->period == spec.params.period;
+}
+
 }  // namespace
 
 struct alignas(64) MemoryLimitStore::Shard {
@@ -216,6 +245,7 @@ struct alignas(64) MemoryLimitStore::Shard {
   Nanos last_full_sweep = std::numeric_limits<Nanos>::min();
   std::uint64_t evicted = 0;
   std::uint64_t one_shard_batches = 0;
+  std::uint64_t prepared_lookups = 0;
   // Buckets deleted and added so far, by any path: a prepared batch's entries stay valid while
   // both are unchanged.
   std::uint64_t erased = 0;
@@ -323,8 +353,8 @@ template <class Cost>
 bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, const Cost& cost,
                       Entry** entry, Nanos now, BatchResult& out) {
   const std::size_t n = items.size();
-  // Each bucket stored with its check's algorithm, or a GCRA or token bucket to create (a
-  // refund at settlement deletes a bucket it empties).
+  // Each bucket stored with its check's algorithm, or a GCRA or token bucket to create (a key's
+  // first request, or one after a sweep).
   bool any_new = false;
   for (std::size_t i = 0; i < n; ++i) {
     const Algorithm algorithm = items[i].spec->algorithm;
@@ -542,6 +572,7 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
     std::unique_lock lock(shard.mu);
     shard.maintain(now, shard_cap_, options_.full_sweep_interval);
     if (p->erased != shard.erased || p->added != shard.added) {
+      ++shard.prepared_lookups;
       for (std::size_t i = 0; i < p->n; ++i) {
         auto it = shard.map.find(p->items[i].key);
         p->entry[i] = it == shard.map.end() ? nullptr : &it->second;
@@ -743,32 +774,44 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
   Shard& shard = shards_[static_cast<std::size_t>(h.hi) & shard_mask_];
   std::lock_guard lock(shard.mu);
   auto it = shard.map.find(h);
-  if (it == shard.map.end()) {
+  Entry* const e = it == shard.map.end() ? nullptr : &it->second;
+  if (e == nullptr) {
     if (delta < 0) return;  // an untracked bucket is already empty
     if (shard.map.size() >= shard_cap_) {
       overflows_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
   }
-  Working w;
-  w.entry = it == shard.map.end() ? nullptr : &it->second;
-  load(w, spec.algorithm);
-  const BucketParams& p = spec.params;
-  adjust_working(w, p, delta, now);
-  const Nanos idle = idle_at(w, p, now);
-  if (w.entry) {
-    if (idle <= now) {
-      shard.map.erase(it);
-      ++shard.evicted;
-      ++shard.erased;
-    } else {
-      store(*w.entry, w, idle);
+  if (e == nullptr || delta > 0 || !drained(*e, spec, now)) {
+    Working w;
+    w.entry = e;
+    load(w, spec.algorithm);
+    const BucketParams& p = spec.params;
+    adjust_working(w, p, delta, now);
+    const Nanos idle = idle_at(w, p, now);
+    if (idle > now) {
+      if (e != nullptr) {
+        store(*e, w, idle);
+      } else {
+        Entry fresh;
+        store(fresh, w, idle);
+        shard.map.emplace(h, std::move(fresh));
+        ++shard.added;
+      }
+      return;
     }
-  } else if (idle > now) {
-    Entry e;
-    store(e, w, idle);
-    shard.map.emplace(h, std::move(e));
-    ++shard.added;
+    if (e == nullptr) return;
+  }
+  if (shard.map.size() < shard_cap_) {
+    // Emptied: kept as a fresh bucket, which decides as a deleted one would, for the sweep to
+    // delete. A deletion here would make every prepared batch of the shard look its buckets up
+    // again, and the next charge would add this one back.
+    reset(*e, spec.algorithm);
+  } else {
+    // In a full shard the room counts more: deleted at once.
+    shard.map.erase(it);
+    ++shard.evicted;
+    ++shard.erased;
   }
 }
 
@@ -803,6 +846,7 @@ MemoryLimitStoreStats MemoryLimitStore::stats() const {
     st.entries += shards_[s].map.size();
     st.evicted += shards_[s].evicted;
     st.one_shard_batches += shards_[s].one_shard_batches;
+    st.prepared_lookups += shards_[s].prepared_lookups;
   }
   st.overflows = overflows_.load(std::memory_order_relaxed);
   return st;

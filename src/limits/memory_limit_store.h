@@ -12,7 +12,9 @@
 // 90 bytes whatever the key length (sliding-window buckets add a 200-byte ring). A bucket whose
 // usage has fully drained equals a fresh one and is deleted: each shard sweeps itself whenever it
 // has doubled since its last sweep, and evict_idle() sweeps everything (call it from a timer).
-// `max_entries` is a hard cap; see OverflowPolicy for what happens at the cap.
+// A refund that empties a bucket resets it to a fresh one in place and leaves it to the sweep
+// (deleting it would send the shard's prepared batches to look their buckets up again), unless
+// its shard is full. `max_entries` is a hard cap; see OverflowPolicy for what happens at the cap.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -50,6 +52,9 @@ struct MemoryLimitStoreStats {
   // this store; distinct buckets of one shard, all stored): the same decisions without the
   // general batch's working copies.
   std::uint64_t one_shard_batches = 0;
+  // Prepared batches that looked their buckets up: on first use, and after their shard had
+  // deleted or added a bucket.
+  std::uint64_t prepared_lookups = 0;
 };
 
 class MemoryLimitStore final : public LimitStore {

@@ -364,12 +364,19 @@ TEST(Limiter, PreparedPlanLimitsSeeDeletedAndRecreatedBuckets) {
   EXPECT_EQ(store->evict_idle(later), 2u);
   EXPECT_EQ(admit(l, s, 5, later, 10), 5);
   EXPECT_EQ(admit(l, p, 1, later, 10), 0);  // the new bucket, not the evicted one
-  // The TPM refund empties and deletes the token bucket; the prepared checks make it again.
+  // The TPM refund empties the token bucket, kept as a fresh one; once the sweep deletes it, the
+  // prepared checks make it again.
   const Nanos t = later + 10 * kNanosPerSecond;
   Verdict v = l.check(p, 600, t);
   ASSERT_TRUE(v.allowed);
   EXPECT_EQ(v.tokens.remaining, 400);
-  l.settle(v.reservation, 0, t);  // all 600 back: the bucket is empty and deleted
+  l.settle(v.reservation, 0, t);  // all 600 back: the bucket is empty
+  EXPECT_EQ(store->size(), 2u);
+  v = l.check(p, 600, t);
+  ASSERT_TRUE(v.allowed);
+  EXPECT_EQ(v.tokens.remaining, 400);
+  l.settle(v.reservation, 0, t);
+  EXPECT_EQ(store->evict_idle(t), 1u);
   EXPECT_EQ(store->size(), 1u);
   v = l.check(p, 900, t);
   ASSERT_TRUE(v.allowed);

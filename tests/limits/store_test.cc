@@ -154,11 +154,101 @@ TEST(MemoryLimitStore, AdjustRefundsAndCharges) {
   store.adjust("tpm:k", tpm, -700, kT0);  // used 100 of the 800 reserved
   EXPECT_TRUE(store.check_and_consume(c, kT0).allowed);
   store.adjust("tpm:k", tpm, -5000, kT0);  // never below empty
-  EXPECT_EQ(store.size(), 0u);             // an empty bucket is dropped at once
-  store.adjust("tpm:k", tpm, 1100, kT0);   // post-paid usage above capacity: debt
+  EXPECT_EQ(store.size(), 1u);             // an emptied bucket is kept for the sweep
+  EXPECT_EQ(store.evict_idle(kT0), 1u);
+  store.adjust("tpm:k", tpm, 1100, kT0);  // post-paid usage above capacity: debt
   const BatchResult r = store.check_and_consume(std::span(c, 1), kT0);
   EXPECT_FALSE(r.allowed);
   EXPECT_EQ(r.results[0].decision.retry_after, 54 * kNanosPerSecond);  // 900 tokens at 1000/min
+}
+
+// A refund that empties a bucket resets it in place: it then decides as a fresh bucket (also for
+// a clock that went back), the shard's prepared batches keep their buckets, and the sweep
+// deletes it.
+TEST(MemoryLimitStore, RefundThatEmptiesABucketKeepsItFresh) {
+  LimitSpec tpm = spec("tpm", 1000, 0, Algorithm::kGcra, Period::kMinute);
+  tpm.unit = Unit::kTokens;
+  LimitSpec tb = spec("tb", 1000, 0, Algorithm::kTokenBucket, Period::kMinute);
+  tb.unit = Unit::kTokens;
+  LimitSpec sw = spec("sw", 1000, 0, Algorithm::kSlidingWindow, Period::kMinute);
+  sw.unit = Unit::kTokens;
+  for (const LimitSpec* s : {&tpm, &tb, &sw}) {
+    MemoryLimitStore store(opts()), fresh(opts());
+    const std::string key = "p\x1f" + s->name + "\x1fkey\x1fk";
+    const LimitCheck checks[] = {{key, s, 0}};
+    const auto prepared = store.prepare(checks);
+    ASSERT_NE(prepared, nullptr);
+    ASSERT_TRUE(store.check_prepared(*prepared, 800, kT0).allowed);
+    // Its bucket found (the general batch creates a sliding window): looked up no more.
+    ASSERT_TRUE(store.check_prepared(*prepared, 0, kT0).allowed);
+    const std::uint64_t looked_up = store.stats().prepared_lookups;
+    store.adjust(key, *s, -800, kT0 + kMs);
+    EXPECT_EQ(store.size(), 1u) << s->name;
+    for (const Nanos at : {kT0 - 10 * kNanosPerSecond, kT0 + 2 * kMs}) {
+      const LimitCheck c[] = {{key, s, 999}};
+      const BatchResult a = store.check_and_consume(c, at);
+      const BatchResult b = fresh.check_and_consume(c, at);
+      EXPECT_TRUE(a.allowed) << s->name;
+      EXPECT_EQ(a.results[0].decision.remaining, b.results[0].decision.remaining) << s->name;
+      EXPECT_EQ(a.results[0].decision.reset_after, b.results[0].decision.reset_after) << s->name;
+      store.adjust(key, *s, -999, at);
+      fresh.adjust(key, *s, -999, at);
+    }
+    ASSERT_TRUE(store.check_prepared(*prepared, 10, kT0 + 3 * kMs).allowed);
+    EXPECT_EQ(store.stats().prepared_lookups, looked_up) << s->name;
+    // A refund after the charge has drained finds the bucket empty, and leaves it fresh too: its
+    // whole capacity is there for a clock that went back to the charge.
+    store.adjust(key, *s, -5, kT0 + 2 * 60 * kNanosPerSecond);
+    EXPECT_EQ(store.size(), 1u) << s->name;
+    const LimitCheck whole[] = {{key, s, 1000}};
+    EXPECT_TRUE(store.check_and_consume(whole, kT0 + 3 * kMs).allowed) << s->name;
+    store.adjust(key, *s, -1000, kT0 + 3 * kMs);
+    EXPECT_EQ(store.evict_idle(kT0 + 3 * kMs), 1u) << s->name;
+    EXPECT_EQ(store.size(), 0u) << s->name;
+    ASSERT_TRUE(store.check_prepared(*prepared, 10, kT0 + 4 * kMs).allowed);
+    EXPECT_EQ(store.stats().prepared_lookups, looked_up + 1) << s->name;  // after the sweep
+  }
+}
+
+// A bucket drained for the limit that charged it may hold usage for the same limit reloaded: a
+// sliding window whose period grew keeps its usage in the current slot. A refund then takes its
+// share off that usage, not the whole bucket.
+TEST(MemoryLimitStore, RefundAfterAReloadEvaluatesTheBucket) {
+  MemoryLimitStore store(opts());
+  const LimitSpec second = spec("w", 10, 2, Algorithm::kSlidingWindow, Period::kSecond);
+  const LimitSpec minute = spec("w", 10, 2, Algorithm::kSlidingWindow, Period::kMinute);
+  const LimitCheck charge[] = {{"w:k", &second, 6}};
+  ASSERT_TRUE(store.check_and_consume(charge, kT0).allowed);
+  const Nanos later = kT0 + 2 * kNanosPerSecond;  // drained for the one-second window
+  store.adjust("w:k", minute, -1, later);
+  const LimitCheck look[] = {{"w:k", &minute, 0}};
+  const BatchResult r = store.check_and_consume(look, later);
+  EXPECT_EQ(r.results[0].decision.remaining, 12 - 5);
+}
+
+// In a full shard a refund that empties a bucket deletes it at once: the room goes to new
+// buckets.
+TEST(MemoryLimitStore, RefundThatEmptiesABucketInAFullShardDeletesIt) {
+  MemoryLimitStoreOptions o = opts(1, 2);
+  o.overflow = OverflowPolicy::kReject;
+  MemoryLimitStore store(o);
+  LimitSpec tpm = spec("tpm", 1000, 0, Algorithm::kGcra, Period::kMinute);
+  tpm.unit = Unit::kTokens;
+  const LimitCheck a[] = {{"a", &tpm, 100}};
+  const LimitCheck b[] = {{"b", &tpm, 100}};
+  const LimitCheck c[] = {{"c", &tpm, 100}};
+  ASSERT_TRUE(store.check_and_consume(a, kT0).allowed);
+  store.adjust("a", tpm, -100, kT0);  // room left: kept
+  EXPECT_EQ(store.size(), 1u);
+  ASSERT_TRUE(store.check_and_consume(a, kT0).allowed);
+  ASSERT_TRUE(store.check_and_consume(b, kT0).allowed);
+  EXPECT_TRUE(store.check_and_consume(c, kT0).overflow);
+  EXPECT_EQ(store.stats().evicted, 0u);
+  store.adjust("b", tpm, -100, kT0);  // full: deleted
+  EXPECT_EQ(store.size(), 1u);
+  EXPECT_EQ(store.stats().evicted, 1u);
+  EXPECT_TRUE(store.check_and_consume(c, kT0).allowed);
+  EXPECT_EQ(store.size(), 2u);
 }
 
 TEST(MemoryLimitStore, StateSurvivesReloadAndAlgorithmChangeResets) {
@@ -472,6 +562,12 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
   auto key_of = [](const LimitSpec& s, int owner) {
     return "p\x1f" + s.name + "\x1fkey\x1fk" + std::to_string(owner);
   };
+  struct Settle {
+    std::string key;
+    std::size_t spec;
+    KeyDigest digest;
+  };
+  std::vector<Settle> in_flight;
   Nanos now = kT0;
   int compared = 0;
   for (int step = 0; step < 6000; ++step) {
@@ -552,6 +648,23 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       fast.adjust(keys[i], as_digest, delta, now);
       general.adjust(keys[i], as, delta, now);
       ahead.adjust(keys[i], as, delta, now);
+    }
+    // A settlement of an earlier batch, whose charge may have drained since (a refund then
+    // finds its bucket empty).
+    if (!in_flight.empty() && rng() % 4 == 0) {
+      const std::size_t k = rng() % in_flight.size();
+      const Settle& late = in_flight[k];
+      const std::int64_t delta = static_cast<std::int64_t>(rng() % 70) - 60;
+      AdjustSpec as(specs[late.spec]);
+      AdjustSpec as_digest(specs[late.spec]);
+      as_digest.digest = &late.digest;
+      fast.adjust(late.key, as_digest, delta, now);
+      general.adjust(late.key, as, delta, now);
+      ahead.adjust(late.key, as, delta, now);
+      in_flight.erase(in_flight.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    for (std::size_t i = 0; i < pick.size() && in_flight.size() < 16; ++i) {
+      if (rng() % 3 == 0) in_flight.push_back(Settle{keys[i], pick[i], digests[i]});
     }
     if (rng() % 300 == 0) {
       const std::size_t evicted = general.evict_idle(now);
