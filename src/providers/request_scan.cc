@@ -332,7 +332,7 @@ class RequestScanner {
   const char* find_special(const char* p) { return json_scan::find_special_long(p, end_, high_); }
 
   // At '"'.
-  bool string(Str& s) {
+  [[gnu::always_inline]] bool string(Str& s) {
     const char* const start = p_ + 1;
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
     std::size_t extra = 0;  // bytes that minify's escapes take beyond what they stand for
