@@ -140,9 +140,9 @@ class Headers {
   // add() without the byte checks, for a field an HTTP parser has already validated (token
   // name, no CR/LF/NUL in the value).
   void add_parsed(std::string_view name, std::string_view value);
-  // add_parsed() of a field line that is already in this list's form: "name: value\r\n" with
-  // one space after the colon (a parser's line, validated). `framing`: the name is one of
-  // is_framing_header's.
+  // add_parsed() of field lines that are already in this list's form: "name: value\r\n" with
+  // one space after the colon (a parser's lines, validated), one or several. `framing`: a name
+  // is one of is_framing_header's.
   void add_parsed_line(std::string_view line, bool framing);
   // Replaces every header of this name with one (or adds it).
   void set(std::string_view name, std::string_view value);

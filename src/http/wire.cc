@@ -294,10 +294,13 @@ std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer
           // The usual lines, each read without a search for its end first (see fast_line),
           // one after another: the window's end stays where it is as lines are consumed (the
           // room and the bytes left shrink alike). The first other line goes the general way.
+          // The lines taken are copied together once the loop ends (run_).
           const char* const limit = p + window;
           const char* const from = p;
+          run_ = p;
           while (state_ == State::kFields) {
             if (limit - p >= 2 && p[0] == '\r' && p[1] == '\n') {  // the end of the head
+              end_run(p);
               head_bytes_ += 2;
               p += 2;
               finish_head(ec);
@@ -307,9 +310,13 @@ std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer
             const char* const eol = fast_line(p, limit, ec);
             if (!eol) break;
             head_bytes_ += static_cast<std::size_t>(eol + 1 - p);
-            if (ec) return static_cast<std::size_t>(p - begin);
+            if (ec) {
+              end_run(p);
+              return static_cast<std::size_t>(p - begin);
+            }
             p = eol + 1;
           }
+          end_run(p);
           if (p != from) break;
         }
         const char* eol =
@@ -879,9 +886,14 @@ void RequestParser::on_field(Field f, std::string_view name, std::string_view va
     default:
       break;
   }
-  // The whole line is kept with one copy; name and value are spans inside it.
-  const std::size_t at = arena_.size();
-  arena_.append(line);
+  // The whole line is kept with one copy (with the lines of its run when it has one); name and
+  // value are spans inside it.
+  std::size_t at = arena_.size();
+  if (run_) {
+    at += static_cast<std::size_t>(line.data() - run_);
+  } else {
+    arena_.append(line);
+  }
   fields_.emplace_back(at, name.size());
   fields_.emplace_back(at + static_cast<std::size_t>(value.data() - line.data()), value.size());
   names_ |= header_name_bit(name);

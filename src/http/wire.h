@@ -79,6 +79,16 @@ class BasicParser {
 
  protected:
   BasicParser() = default;
+  // While put() takes well-formed field lines one after another (its fast loop): where the
+  // lines begin that it has taken and the derived parser has not copied yet (they are copied
+  // with one copy_run(run_, end) when the loop ends); null otherwise (each line is copied by
+  // on_field). on_field accounts for a pending line as if the lines before it were copied.
+  const char* run_ = nullptr;
+  // Copies the pending lines, those before `to`, and ends the run.
+  void end_run(const char* to) {
+    if (run_ && to != run_) self().copy_run(run_, to);
+    run_ = nullptr;
+  }
 
  private:
   enum class State : std::uint8_t {
@@ -184,6 +194,9 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   // `line` is the whole field line with its CRLF; name and value are views into it.
   void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
                 error_code& ec);
+  void copy_run(const char* from, const char* to) {
+    arena_.append(from, static_cast<std::size_t>(to - from));
+  }
   // A body of known length gets a buffer of the thread's stash (common/buffer_stash.h), unless
   // it is left where it was read (in_place).
   void on_body_init(std::uint64_t length) {
@@ -261,13 +274,24 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
   void on_status(int code, int) { status_ = code; }
   void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
                 error_code&) {
-    const std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
     // The parser has validated name and value. A line already in the list's form ("name:
-    // value" with one space, no trailing whitespace) is copied as it is.
+    // value" with one space, no trailing whitespace) is copied as it is, with the lines of its
+    // run when it has one; any other line is written in that form, after the run so far.
     const bool framing =
         f == Field::kContentLength || f == Field::kTransferEncoding || f == Field::kConnection;
-    if (value.data() == name.data() + name.size() + 2 && name.data()[name.size() + 1] == ' ' &&
-        value.data() + value.size() + 2 == line.data() + line.size()) {
+    const bool as_is = value.data() == name.data() + name.size() + 2 &&
+                       name.data()[name.size() + 1] == ' ' &&
+                       value.data() + value.size() + 2 == line.data() + line.size();
+    std::size_t at = headers_.wire().size() + name.size() + 2;  // where the value lands
+    if (run_ && as_is) {
+      at += static_cast<std::size_t>(line.data() - run_);
+      run_framing_ = run_framing_ || framing;
+    } else if (run_) {
+      end_run(line.data());
+      at = headers_.wire().size() + name.size() + 2;
+      headers_.add_parsed(name, value);
+      run_ = line.data() + line.size();
+    } else if (as_is) {
       headers_.add_parsed_line(line, framing);
     } else {
       headers_.add_parsed(name, value);
@@ -283,6 +307,11 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
   }
   void on_body_init(std::uint64_t) {}
   std::size_t on_body(std::string_view body, error_code& ec);
+  void copy_run(const char* from, const char* to) {
+    headers_.add_parsed_line(std::string_view(from, static_cast<std::size_t>(to - from)),
+                             run_framing_);
+    run_framing_ = false;
+  }
 
   Headers& headers_;
   std::pair<std::size_t, std::size_t> content_type_{0, 0};
@@ -294,6 +323,7 @@ class ResponseParser final : public BasicParser<ResponseParser, false> {
   int status_ = 0;
   bool overflow_ = false;
   bool in_place_ = false;
+  bool run_framing_ = false;  // a pending line of the run is a framing header
 };
 
 extern template class BasicParser<RequestParser, true>;

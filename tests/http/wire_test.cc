@@ -1257,6 +1257,41 @@ TEST(ResponseParser, EveryControlByteAtEveryPositionOfTheReason) {
 
 // An answer's field lines already in the list's form are copied as they are; the others are
 // rewritten to it. Both give the same list, framing headers noted either way.
+// A head read at once is copied into the list a run of lines at a time: the list, its framing
+// flag and the Content-Type and Retry-After views are the same as when each line is copied by
+// itself (a head that arrives byte by byte), wherever those lines are among the others.
+TEST(ResponseParser, LinesCopiedInRunsGiveTheSameListAndViews) {
+  const std::string_view heads[] = {
+      "HTTP/1.1 429 Too Many\r\nContent-Length: 0\r\nX-A: 1\r\nContent-Type: a/b\r\n"
+      "Retry-After: 7\r\nX-B: 2\r\n\r\n",
+      "HTTP/1.1 429 Too Many\r\nX-A:1\r\nRetry-After: 7\r\nX-B:  2\r\nContent-Type: a/b\r\n"
+      "Connection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Type: a/b \r\nContent-Length: 0\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\n\r\n",
+  };
+  for (std::string_view head : heads) {
+    std::string wire[2], type[2], retry[2];
+    bool framing[2] = {};
+    for (int i = 0; i < 2; ++i) {
+      Headers h;
+      ResponseParser p(h);
+      p.eager(false);
+      auto r = feed(p, head, i == 0 ? std::size_t{1} << 20 : 1, /*whole=*/false);
+      ASSERT_FALSE(r.ec) << r.ec.message() << ": " << head;
+      wire[i] = h.wire();
+      type[i] = p.content_type();
+      retry[i] = p.retry_after();
+      framing[i] = h.may_have_framing();
+    }
+    EXPECT_EQ(wire[0], wire[1]) << head;
+    EXPECT_EQ(type[0], type[1]) << head;
+    EXPECT_EQ(retry[0], retry[1]) << head;
+    EXPECT_EQ(framing[0], framing[1]) << head;
+    EXPECT_EQ(type[0], head.find("Content-Type") != std::string_view::npos ? "a/b" : "") << head;
+    EXPECT_EQ(retry[0], head.find("Retry-After") != std::string_view::npos ? "7" : "") << head;
+  }
+}
+
 TEST(ResponseParser, FieldLinesInAndOutOfTheListsFormGiveTheSameList) {
   for (std::size_t step : {1u, 5u, 1u << 20}) {
     Headers h;
