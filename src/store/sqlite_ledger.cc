@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/same_text.h"
 #include "store/sqlite_wal_gather.h"
 
 #include <algorithm>
@@ -92,6 +93,12 @@ void bind_strings(Statement& st, int base, const Record& r, const std::string& b
       .bind_static(base + 4, budgets);
 }
 
+// A row's numbers go straight to SQLite rather than through Statement::bind, a call of its own
+// per value (seven values a covered row).
+void bind_int(Statement& st, int idx, std::int64_t v) {
+  sqlite3_bind_int64(st.get(), idx, v);
+}
+
 // The parameters of one row. The record and `budgets` outlive the step: bound without copies.
 void bind_open(Statement& st, RowParams at, const cost::LedgerReservation& r,
                const std::string& budgets) {
@@ -101,9 +108,9 @@ void bind_open(Statement& st, RowParams at, const cost::LedgerReservation& r,
     bind_strings(st, p, r, budgets);
     p += kSharedParams;
   }
-  st.bind(p + 1, std::max<cost::Micros>(r.reserved_micro, 0))
-      .bind(p + 2, r.created_unix_ms)
-      .bind(p + 3, std::int64_t{r.lease ? 1 : 0});
+  bind_int(st, p + 1, std::max<cost::Micros>(r.reserved_micro, 0));
+  bind_int(st, p + 2, r.created_unix_ms);
+  bind_int(st, p + 3, r.lease ? 1 : 0);
 }
 
 // What a covered row bills: nothing when released.
@@ -120,15 +127,16 @@ void bind_closed(Statement& st, RowParams at, const cost::LedgerCovered& c,
     bind_strings(st, p, c, budgets);
     p += kSharedParams;
   }
-  st.bind(p + 1, std::max<cost::Micros>(c.reserved_micro, 0))
-      .bind(p + 2, covered_actual(c))
-      .bind(p + 3, c.prompt_tokens)
-      .bind(p + 4, c.completion_tokens);
+  bind_int(st, p + 1, std::max<cost::Micros>(c.reserved_micro, 0));
+  bind_int(st, p + 2, covered_actual(c));
+  bind_int(st, p + 3, c.prompt_tokens);
+  bind_int(st, p + 4, c.completion_tokens);
   p += 4;
   if (!at.settled) {
     st.bind_static(++p, settled ? std::string_view("settled") : std::string_view("released"));
   }
-  st.bind(p + 1, c.created_unix_ms).bind(p + 2, c.settled_unix_ms);
+  bind_int(st, p + 1, c.created_unix_ms);
+  bind_int(st, p + 2, c.settled_unix_ms);
 }
 
 template <class Record>
@@ -615,9 +623,11 @@ Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
 // commit and before a close of a lease: the same sums at the commit, one UPDATE for them all.
 void SqliteLedger::lower_later(const std::string& lease_id, cost::Micros actual) {
   if (actual <= 0) return;
-  auto it = std::find_if(lowering_.begin(), lowering_.end(),
-                         [&](const auto& p) { return p.first == lease_id; });
-  if (it == lowering_.end()) {
+  // A lease id is 15 characters: compared as two words (same_text), the last lease first (the
+  // rows of a batch are nearly all of one lease).
+  const auto it = std::find_if(lowering_.rbegin(), lowering_.rend(),
+                               [&](const auto& p) { return same_text(p.first, lease_id); });
+  if (it == lowering_.rend()) {
     lowering_.emplace_back(lease_id, actual);
   } else {
     it->second = cost::sat_add(it->second, actual);

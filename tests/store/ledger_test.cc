@@ -1270,6 +1270,43 @@ TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
   EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
 }
 
+// One batch with the covered rows of three leases, interleaved: each lease row goes down by the
+// sum of its own rows only.
+TEST(SqliteBatches, CoveredRowsOfSeveralLeasesLowerEachLeaseByItsOwnRows) {
+  TempSqliteLedger db("bw_batch_leases");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  const std::vector<std::string> leases = {"lease:m-1", "lease:m-2", "lease:m-3"};
+  for (const auto& id : leases) {
+    auto lease = reservation(id, "key_a", "acme", "", 1'000'000, kJan1);
+    lease.budgets = {budget};
+    lease.lease = true;
+    ASSERT_TRUE(ledger.append_reservation(lease, {}));
+  }
+  ledger.flush();
+  std::vector<Micros> lowered(leases.size(), 0);
+  std::atomic<int> ok{0};
+  constexpr int kRows = 40;
+  for (int i = 0; i < kRows; ++i) {
+    // Runs of one lease, then another, then back to the first: m-1 x3, m-2 x2, m-3, m-1, ...
+    const std::size_t l = static_cast<std::size_t>((i % 6) < 3 ? 0 : (i % 6) < 5 ? 1 : 2);
+    const Micros actual = 10 * (i + 1);
+    lowered[l] += actual;
+    ASSERT_TRUE(ledger.append_covered(
+        covered_row(id_of("m", i), leases[l], budget, actual),
+        [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  for (std::size_t l = 0; l < leases.size(); ++l) {
+    auto row = ledger.find(leases[l]);
+    ASSERT_TRUE(row.ok() && row->has_value()) << leases[l];
+    EXPECT_EQ((*row)->reserved_micro, 1'000'000 - lowered[l]) << leases[l];
+    EXPECT_EQ((*row)->actual_micro, 0) << leases[l];
+  }
+}
+
 // An INSERT whose rows all have one key, tenant, model and budgets takes those once; one whose
 // rows differ in any of them binds each row's own. Either way every row keeps its own columns.
 TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
