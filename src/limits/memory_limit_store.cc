@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <variant>
 
+#include "common/light_mutex.h"
+
 namespace bw::limits {
 namespace {
 
@@ -239,7 +241,7 @@ bool drained(const Entry& e, const AdjustSpec& spec, Nanos now) {
 }  // namespace
 
 struct alignas(64) MemoryLimitStore::Shard {
-  std::mutex mu;
+  LightMutex mu;
   ShardMap map;
   std::size_t sweep_at = kMinSweepSize;
   Nanos last_full_sweep = std::numeric_limits<Nanos>::min();

@@ -2,9 +2,9 @@
 // MemoryLimitStore: the in-process LimitStore (single node).
 //
 // Thread safety: all methods may be called from any thread. State is split over N shards, each a
-// mutex + hash map; a batch locks the shards it touches in ascending order (no deadlock) and holds
-// them for a few hundred ns of pure arithmetic, never across I/O. A bucket's shard is chosen by
-// its key's owner (the part after the key's second 0x1f separator, the limiter's
+// LightMutex + hash map; a batch locks the shards it touches in ascending order (no deadlock) and
+// holds them for a few hundred ns of pure arithmetic, never across I/O. A bucket's shard is chosen
+// by its key's owner (the part after the key's second 0x1f separator, the limiter's
 // "<scope>\x1f<id>"), so the limits of one API key share a shard and a request's batch usually
 // takes one lock.
 //
