@@ -257,52 +257,7 @@ Decision Gcra::check(const GcraState& s, const BucketParams& p, std::int64_t cos
 
 namespace {
 
-// Gcra::consume when it admits and every quantity fits 64 bits (nearly always): the same
-// integers as the general path, without 128-bit products, comparisons and saturation. With
-// L = the level, c = the cost and C = the capacity, in units of 1/period: L + c*period <=
-// C*period exactly when ceil(L / period) <= C - c, and then (C*period - L - c*period) / period
-// rounded down is C - c - ceil(L / period), so the capacity in scaled units (beyond 64 bits for
-// day-long token limits) is never formed. False: take the general path (nothing is changed).
-bool gcra_admit_fast(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now,
-                     Decision& d) {
-  const std::int64_t rate = p.rate, period = p.period;
-  std::int64_t level = 0;
-  if (s.tat != kMinNanos) {
-    if (s.rate != rate || s.period != period) return false;  // reloaded: keep the units
-    if (s.frac < 0 || s.frac >= rate) return false;
-    std::int64_t ahead;
-    if (__builtin_sub_overflow(s.tat, now, &ahead)) return false;
-    if (ahead >= 0) {
-      // Else frac < rate: a TAT in the past leaves no level.
-      if (__builtin_mul_overflow(ahead, rate, &level) ||
-          __builtin_add_overflow(level, s.frac, &level)) {
-        return false;
-      }
-    }
-  }
-  const std::int64_t units = std::max<std::int64_t>(cost, 0);
-  std::int64_t capacity, need, after;
-  if (__builtin_add_overflow(rate, p.burst, &capacity) || units > capacity ||
-      __builtin_mul_overflow(units, period, &need) || __builtin_add_overflow(level, need, &after)) {
-    return false;
-  }
-  const std::int64_t used = level == 0 ? 0 : (level - 1) / period + 1;  // ceil(level / period)
-  if (used > capacity - units) return false;  // refused: the general path reports it
-  std::int64_t tat;
-  if (__builtin_add_overflow(now, after / rate, &tat)) return false;
-  d.allowed = true;
-  d.limit = capacity;
-  d.remaining = capacity - units - used;
-  d.retry_after = 0;
-  d.reset_after = after == 0 ? 0 : (after - 1) / rate + 1;
-  s.tat = tat;
-  s.frac = after % rate;
-  s.rate = rate;
-  s.period = period;
-  return true;
-}
-
-// Gcra::consume beyond gcra_admit_fast: out of line, so that the common call does not set up
+// Gcra::consume beyond Gcra::admit_fast: out of line, so that the common call does not set up
 // the 128-bit path's registers and frame.
 [[gnu::noinline]] Decision gcra_consume_general(GcraState& s, const BucketParams& p,
                                                 std::int64_t cost, Nanos now) {
@@ -319,7 +274,7 @@ bool gcra_admit_fast(GcraState& s, const BucketParams& p, std::int64_t cost, Nan
 
 Decision Gcra::consume(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now) {
   Decision d;  // the one object returned
-  if (!gcra_admit_fast(s, p, cost, now, d)) [[unlikely]]
+  if (!admit_fast(s, p, cost, now, d)) [[unlikely]]
     d = gcra_consume_general(s, p, cost, now);
   return d;
 }

@@ -393,7 +393,9 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
     switch (spec.algorithm) {
       case Algorithm::kGcra:
         t[i].gcra = entry[i] ? *std::get_if<GcraState>(&entry[i]->state) : GcraState{};
-        r.decision = Gcra::consume(t[i].gcra, p, c, now);
+        if (!Gcra::admit_fast(t[i].gcra, p, c, now, r.decision)) [[unlikely]] {
+          r.decision = Gcra::consume(t[i].gcra, p, c, now);
+        }
         break;
       case Algorithm::kTokenBucket:
         t[i].tb = entry[i] ? *std::get_if<TokenBucketState>(&entry[i]->state) : TokenBucketState{};
