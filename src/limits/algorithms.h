@@ -79,6 +79,12 @@ struct Gcra {
   // state and decision (in `d`). False, with nothing changed: call consume.
   static bool admit_fast(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now,
                          Decision& d);
+  // adjust when every quantity fits 64 bits (nearly always), inline: the same state, and `idle`
+  // = idle_at(s, p, now) after it. False, with nothing changed: call adjust.
+  static bool adjust_fast(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now,
+                          Nanos& idle);
+  // The level (in 1/period units) at `now` of a state of these parameters, when it fits 64 bits.
+  static bool level_fast(const GcraState& s, const BucketParams& p, Nanos now, std::int64_t& level);
   static void adjust(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now);
   // Time from which the state carries no information (equals a fresh state).
   static Nanos idle_at(const GcraState& s, const BucketParams& p, Nanos now);
@@ -92,20 +98,8 @@ struct Gcra {
 inline bool Gcra::admit_fast(GcraState& s, const BucketParams& p, std::int64_t cost, Nanos now,
                              Decision& d) {
   const std::int64_t rate = p.rate, period = p.period;
-  std::int64_t level = 0;
-  if (s.tat != std::numeric_limits<Nanos>::min()) {
-    if (s.rate != rate || s.period != period) return false;  // reloaded: keep the units
-    if (s.frac < 0 || s.frac >= rate) return false;
-    std::int64_t ahead;
-    if (__builtin_sub_overflow(s.tat, now, &ahead)) return false;
-    if (ahead >= 0) {
-      // Else frac < rate: a TAT in the past leaves no level.
-      if (__builtin_mul_overflow(ahead, rate, &level) ||
-          __builtin_add_overflow(level, s.frac, &level)) {
-        return false;
-      }
-    }
-  }
+  std::int64_t level;
+  if (!level_fast(s, p, now, level)) return false;
   const std::int64_t units = cost > 0 ? cost : 0;
   std::int64_t capacity, need, after;
   if (__builtin_add_overflow(rate, p.burst, &capacity) || units > capacity ||
@@ -125,6 +119,40 @@ inline bool Gcra::admit_fast(GcraState& s, const BucketParams& p, std::int64_t c
   s.frac = after % rate;
   s.rate = rate;
   s.period = period;
+  return true;
+}
+
+inline bool Gcra::level_fast(const GcraState& s, const BucketParams& p, Nanos now,
+                             std::int64_t& level) {
+  level = 0;
+  if (s.tat == std::numeric_limits<Nanos>::min()) return true;
+  if (s.rate != p.rate || s.period != p.period) return false;  // reloaded: keep the units
+  if (s.frac < 0 || s.frac >= p.rate) return false;
+  std::int64_t ahead;
+  if (__builtin_sub_overflow(s.tat, now, &ahead)) return false;
+  // A TAT in the past leaves no level (frac < rate).
+  return ahead < 0 || (!__builtin_mul_overflow(ahead, p.rate, &level) &&
+                       !__builtin_add_overflow(level, s.frac, &level));
+}
+
+inline bool Gcra::adjust_fast(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now,
+                              Nanos& idle) {
+  const std::int64_t rate = p.rate;
+  std::int64_t level, change, tat;
+  if (!level_fast(s, p, now, level) || __builtin_mul_overflow(delta, p.period, &change) ||
+      __builtin_add_overflow(level, change, &level)) {
+    return false;
+  }
+  if (level < 0) level = 0;  // never below empty
+  // idle = now + ceil(level / rate): at most tat + 1.
+  if (__builtin_add_overflow(now, level / rate, &tat) ||
+      __builtin_add_overflow(now, level == 0 ? 0 : (level - 1) / rate + 1, &idle)) {
+    return false;
+  }
+  s.tat = tat;
+  s.frac = level % rate;
+  s.rate = rate;
+  s.period = p.period;
   return true;
 }
 

@@ -791,8 +791,11 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
     w.entry = e;
     load(w, spec.algorithm);
     const BucketParams& p = spec.params;
-    adjust_working(w, p, delta, now);
-    const Nanos idle = idle_at(w, p, now);
+    Nanos idle;
+    if (w.algorithm != Algorithm::kGcra || !Gcra::adjust_fast(w.gcra, p, delta, now, idle)) {
+      adjust_working(w, p, delta, now);
+      idle = idle_at(w, p, now);
+    }
     if (idle > now) {
       if (e != nullptr) {
         store(*e, w, idle);

@@ -287,6 +287,54 @@ TEST(Randomized, GcraConsumeAgreesWithCheckAtEveryMagnitude) {
   }
 }
 
+// Gcra::adjust_fast (64-bit, inline) leaves the state Gcra::adjust leaves and says the idle time
+// Gcra::idle_at says then, whenever it takes the adjustment; at every magnitude, also after a
+// reload (other parameters: it declines), for refunds, charges and debt.
+TEST(Randomized, GcraAdjustFastAgreesWithAdjustAtEveryMagnitude) {
+  std::mt19937_64 rng(4343);
+  const std::int64_t rates[] = {
+      1, 7, 1'000, 1'000'000, 60'000'000, 1'000'000'000'000, 1'000'000'000'000'000};
+  const Nanos periods[] = {1, kNanosPerSecond, 60 * kNanosPerSecond, 3600 * kNanosPerSecond,
+                           86'400 * kNanosPerSecond};
+  int taken = 0, declined = 0;
+  for (const std::int64_t rate : rates) {
+    for (const Nanos period : periods) {
+      const BucketParams p{rate, period, 0};
+      const BucketParams reloaded{rate + 1, period, 0};
+      const std::int64_t cap = p.capacity();
+      GcraState s;
+      Nanos now = kT0;
+      for (int step = 0; step < 300; ++step) {
+        now += static_cast<Nanos>(rng() % static_cast<std::uint64_t>(3 * (period / rate) + 2));
+        const std::int64_t cost =
+            static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(cap));
+        Gcra::consume(s, rng() % 8 == 0 ? reloaded : p, cost, now);
+        const auto delta = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(2 * cap)) -
+                           cap + (rng() % 20 == 0 ? cap * 3 : 0);
+        GcraState want = s, got = s;
+        Gcra::adjust(want, p, delta, now);
+        Nanos idle = 0;
+        if (!Gcra::adjust_fast(got, p, delta, now, idle)) {
+          ++declined;
+          ASSERT_EQ(got.tat, s.tat);
+          ASSERT_EQ(got.frac, s.frac);
+          s = want;
+          continue;
+        }
+        ++taken;
+        ASSERT_EQ(got.tat, want.tat) << rate << "/" << period << "/" << step;
+        ASSERT_EQ(got.frac, want.frac) << rate << "/" << period << "/" << step;
+        ASSERT_EQ(got.rate, want.rate);
+        ASSERT_EQ(got.period, want.period);
+        ASSERT_EQ(idle, Gcra::idle_at(want, p, now)) << rate << "/" << period << "/" << step;
+        s = got;
+      }
+    }
+  }
+  EXPECT_GT(taken, 3000);
+  EXPECT_GT(declined, 300);
+}
+
 TEST(Randomized, SlidingWindowMatchesLogAndNeverExceedsAnyWindow) {
   std::mt19937_64 rng(777);
   for (int round = 0; round < 30; ++round) {
