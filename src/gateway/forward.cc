@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -850,6 +851,15 @@ void stream_head_out(Ctx& c, const http::Headers& passed) {
   c.w.stream_head(200, lines.lines());
 }
 
+// Room in forward::run's frame for the client's body spliced (providers::splice_request, which
+// sets every member it sends), left unset until then: constructing a SplicedBody zeroes its 16
+// pieces, four lines of the frame per request, most of which no request uses.
+union SpliceRoom {
+  SpliceRoom() {}
+  providers::SplicedBody body;
+};
+static_assert(std::is_trivially_destructible_v<providers::SplicedBody>);
+
 // forward::run's state across its awaits, kept in its frame. Every request in flight holds that
 // frame, so it keeps only what an await must outlive, and the rare paths' state behind pointers;
 // the work between two awaits is done by plain functions (below), whose locals live on the stack.
@@ -881,7 +891,7 @@ struct Attempts {
   UpstreamBody call;
   std::optional<http::OutboundRequest> out;   // while it is sent
   std::array<std::string_view, 3> out_lines;  // out's first header lines
-  providers::SplicedBody splice;              // out's body, when it is the client's spliced
+  SpliceRoom splice;                          // out's body, when it is the client's spliced
   http::Headers headers;     // the upstream's headers passed on; a stream's: the gateway's too
   routing::Outcome outcome;  // a buffered answer's, for the plan
   int status_out = 0;        // a buffered answer's status for the client
@@ -959,7 +969,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   Result<std::string> body = std::string();
   bool spliced = false;
   if (fast && providers::splice_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
-                                        c.forced_max_tokens, a.splice)) {
+                                        c.forced_max_tokens, a.splice.body)) {
     // The client's bytes are sent from where they are, with the replaced members between them.
     spliced = true;
     a.call.passthrough = true;
@@ -1001,7 +1011,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
   a.out.emplace(
       build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span, a.out_lines));
-  if (spliced) a.out->body_pieces = std::span(a.splice.pieces.data(), a.splice.count);
+  if (spliced) a.out->body_pieces = std::span(a.splice.body.pieces.data(), a.splice.body.count);
   return Next::kSend;
 }
 
