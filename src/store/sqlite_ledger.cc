@@ -797,12 +797,22 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
           std::min<std::size_t>(static_cast<std::size_t>(sqlite3_changes(writer_db_.get())), n - 1);
     }
     st->rewind();
-    for (std::size_t r = 0; r < written; ++r, ++k) {
-      if (covered) {
-        const auto& c = std::get<cost::LedgerCovered>(batch[rows[k]].record);
-        lower_later(c.lease_id, covered_actual(c));
+    if (covered) {
+      // The statement's rows come in runs of one lease: each run's sum is added once.
+      const std::string* lease = nullptr;
+      cost::Micros sum = 0;
+      for (std::size_t r = 0; r < written; ++r) {
+        const auto& c = std::get<cost::LedgerCovered>(batch[rows[k + r]].record);
+        if (lease && !same_text(*lease, c.lease_id)) {
+          lower_later(*lease, sum);
+          sum = 0;
+        }
+        lease = &c.lease_id;
+        sum = cost::sat_add(sum, covered_actual(c));
       }
+      if (lease) lower_later(*lease, sum);
     }
+    k += written;
     if (written < n) {
       // The row that failed (its request id is taken, say) gets its own result; the rows after
       // it were not tried and go on in the next statement.
