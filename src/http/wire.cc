@@ -825,8 +825,18 @@ bool istarts_with(std::string_view s, std::string_view prefix) {
 }  // namespace
 
 void RequestParser::on_request(std::string_view method, std::string_view target, int version) {
-  method_ = keep(method);
   version_ = version;
+  // The usual origin form ("/path?q"): the method, its space and the target kept with one copy
+  // (start_line's views are into one line).
+  if (target.starts_with('/')) {
+    const std::size_t at = arena_.size();
+    const auto gap = static_cast<std::size_t>(target.data() - method.data());
+    arena_.append(method.data(), gap + target.size());
+    method_ = {at, method.size()};
+    target_ = {at + gap, target.size()};
+    return;
+  }
+  method_ = keep(method);
   // RFC 9112 3.2.2: a server must accept the absolute form. Routing only needs the path and
   // query, so "http://host:port/path?q" becomes "/path?q" (and "http://host?q" becomes "/?q").
   std::string_view t = target;
