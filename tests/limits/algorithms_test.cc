@@ -241,18 +241,20 @@ TEST(Randomized, GcraAndTokenBucketMatchReference) {
   }
 }
 
+// Rates and periods from the smallest to beyond 64 bits in scaled units (a day-long token limit).
+constexpr std::int64_t kRates[] = {
+    1, 7, 1'000, 1'000'000, 60'000'000, 1'000'000'000'000, 1'000'000'000'000'000};
+constexpr Nanos kPeriods[] = {1, kNanosPerSecond, 60 * kNanosPerSecond, 3600 * kNanosPerSecond,
+                              86'400 * kNanosPerSecond};
+
 // Gcra::consume decides an admission in 64-bit arithmetic when every quantity fits and falls back
 // to the 128-bit arithmetic of check() otherwise (a day-long token limit's capacity in scaled
 // units is beyond 64 bits): at every magnitude, consume must say what check says of the same
 // state, and leave the level its decision reports.
 TEST(Randomized, GcraConsumeAgreesWithCheckAtEveryMagnitude) {
   std::mt19937_64 rng(4242);
-  const std::int64_t rates[] = {
-      1, 7, 1'000, 1'000'000, 60'000'000, 1'000'000'000'000, 1'000'000'000'000'000};
-  const Nanos periods[] = {1, kNanosPerSecond, 60 * kNanosPerSecond, 3600 * kNanosPerSecond,
-                           86'400 * kNanosPerSecond};
-  for (const std::int64_t rate : rates) {
-    for (const Nanos period : periods) {
+  for (const std::int64_t rate : kRates) {
+    for (const Nanos period : kPeriods) {
       for (const std::int64_t burst : {std::int64_t{0}, rate / 2 + 1}) {
         const BucketParams p{rate, period, burst};
         const std::int64_t cap = p.capacity();
@@ -292,13 +294,9 @@ TEST(Randomized, GcraConsumeAgreesWithCheckAtEveryMagnitude) {
 // reload (other parameters: it declines), for refunds, charges and debt.
 TEST(Randomized, GcraAdjustFastAgreesWithAdjustAtEveryMagnitude) {
   std::mt19937_64 rng(4343);
-  const std::int64_t rates[] = {
-      1, 7, 1'000, 1'000'000, 60'000'000, 1'000'000'000'000, 1'000'000'000'000'000};
-  const Nanos periods[] = {1, kNanosPerSecond, 60 * kNanosPerSecond, 3600 * kNanosPerSecond,
-                           86'400 * kNanosPerSecond};
   int taken = 0, declined = 0;
-  for (const std::int64_t rate : rates) {
-    for (const Nanos period : periods) {
+  for (const std::int64_t rate : kRates) {
+    for (const Nanos period : kPeriods) {
       const BucketParams p{rate, period, 0};
       const BucketParams reloaded{rate + 1, period, 0};
       const std::int64_t cap = p.capacity();
