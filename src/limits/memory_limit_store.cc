@@ -334,6 +334,16 @@ struct ShardCheck {
   KeyHash key;
   const LimitSpec* spec = nullptr;
   BucketParams params;
+  Algorithm algorithm = Algorithm::kGcra;  // the spec's, kept here with what the decision reads
+  bool enforce = true;                     // the spec's mode is kEnforce
+
+  ShardCheck() = default;
+  ShardCheck(const KeyHash& k, const LimitSpec* s)
+      : key(k),
+        spec(s),
+        params(s->params()),
+        algorithm(s->algorithm),
+        enforce(s->mode == Mode::kEnforce) {}
 };
 
 constexpr std::size_t kMaxOneShard = 8;
@@ -359,7 +369,7 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
   // first request, or one after a sweep).
   bool any_new = false;
   for (std::size_t i = 0; i < n; ++i) {
-    const Algorithm algorithm = items[i].spec->algorithm;
+    const Algorithm algorithm = items[i].algorithm;
     const Entry* e = entry[i];
     if (e == nullptr) {
       if (algorithm == Algorithm::kSlidingWindow) return false;
@@ -386,11 +396,10 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
   Tentative t[kMaxOneShard];
   out.results.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const LimitSpec& spec = *items[i].spec;
     const BucketParams& p = items[i].params;
     const std::int64_t c = cost(i);
     CheckResult& r = out.results[i];
-    switch (spec.algorithm) {
+    switch (items[i].algorithm) {
       case Algorithm::kGcra:
         t[i].gcra = entry[i] ? *std::get_if<GcraState>(&entry[i]->state) : GcraState{};
         if (!Gcra::admit_fast(t[i].gcra, p, c, now, r.decision)) [[unlikely]] {
@@ -409,7 +418,7 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
         break;
     }
     r.consumed = r.decision.allowed;
-    if (!r.decision.allowed && spec.mode == Mode::kEnforce) out.allowed = false;
+    if (!r.decision.allowed && items[i].enforce) out.allowed = false;
   }
 
   // Room for the new buckets this batch would create, in the order of the checks.
@@ -443,7 +452,7 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
       const BucketParams& p = items[i].params;
       const Entry* e = entry[i];
       Decision current;
-      switch (items[i].spec->algorithm) {
+      switch (items[i].algorithm) {
         case Algorithm::kGcra:
           current = Gcra::check(e ? *std::get_if<GcraState>(&e->state) : GcraState{}, p, 0, now);
           break;
@@ -471,7 +480,7 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
     if (!out.results[i].consumed || untracked[i]) continue;
     const BucketParams& p = items[i].params;
     Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
-    switch (items[i].spec->algorithm) {
+    switch (items[i].algorithm) {
       case Algorithm::kGcra:
         commit_small<Gcra>(shard, items[i].key, entry[i], t[i].gcra, p, idle, now);
         break;
@@ -531,8 +540,7 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     for (std::size_t j = 0; j < i; ++j) {
       if (items[i].key == items[j].key) return false;
     }
-    items[i].spec = checks[i].spec;
-    items[i].params = checks[i].spec->params();
+    items[i] = ShardCheck(items[i].key, checks[i].spec);
   }
   Shard& shard = shards_[static_cast<std::size_t>(items[0].key.hi) & shard_mask_];
   std::unique_lock lock(shard.mu);
@@ -560,7 +568,7 @@ std::unique_ptr<const PreparedChecks> MemoryLimitStore::prepare(
       if (p->items[j].key == h) return nullptr;  // a bucket twice: the general batch
     }
     p->owner = h.hi;
-    p->items[i] = ShardCheck{h, checks[i].spec, checks[i].spec->params()};
+    p->items[i] = ShardCheck(h, checks[i].spec);
     p->tokens[i] = checks[i].spec->unit == Unit::kTokens;
   }
   return p;
