@@ -148,7 +148,7 @@ bool same_strings(const Record& a, const Record& b) {
 // The gateway's covered rows of one key share its party (key, tenant, budgets): one pointer
 // compare instead of comparing those strings row by row (~0.2k instructions a row).
 bool same_strings(const cost::LedgerCovered& a, const cost::LedgerCovered& b) {
-  if (a.party && a.party == b.party) return a.model == b.model;
+  if (a.party && a.party == b.party) return same_text(a.model, b.model);
   return a.key() == b.key() && a.tenant() == b.tenant() && a.model == b.model &&
          a.budget_ids() == b.budget_ids();
 }

@@ -1307,6 +1307,39 @@ TEST(SqliteBatches, CoveredRowsOfSeveralLeasesLowerEachLeaseByItsOwnRows) {
   }
 }
 
+// Rows of one party whose models differ only in their last character (as long as each other) do
+// not share a statement's model: each keeps its own.
+TEST(SqliteBatches, CoveredRowsOfAPartyKeepModelsThatDifferInOneCharacter) {
+  TempSqliteLedger db("bw_batch_models");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_m", BudgetPeriod::kTotal);
+  ASSERT_TRUE(append_lease(ledger, "lease:n-1", "key_m", budget).ok());
+  const auto party = std::make_shared<const LedgerParty>(LedgerParty{"key_m", "acme", {budget}});
+  auto model_of = [](int i) { return std::string(i == 5 ? "gpt-4.2" : "gpt-4.1"); };
+  constexpr int kRows = 8;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kRows; ++i) {
+    LedgerCovered c;
+    c.request_id = id_of("n", i);
+    c.lease_id = "lease:n-1";
+    c.party = party;
+    c.model = model_of(i);
+    c.actual_micro = 10;
+    c.created_unix_ms = kJan1;
+    c.settled_unix_ms = kJan1 + 1;
+    ASSERT_TRUE(ledger.append_covered(
+        std::move(c), [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  for (int i = 0; i < kRows; ++i) {
+    auto c = ledger.find(id_of("n", i));
+    ASSERT_TRUE(c.ok() && c->has_value()) << i;
+    EXPECT_EQ((*c)->model, model_of(i)) << i;
+  }
+}
+
 // An INSERT whose rows all have one key, tenant, model and budgets takes those once; one whose
 // rows differ in any of them binds each row's own. Either way every row keeps its own columns.
 TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
