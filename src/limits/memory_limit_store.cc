@@ -229,15 +229,6 @@ void reset(Entry& e, Algorithm algorithm) {
   }
 }
 
-// The bucket is empty at `now` for `spec` as it was for the charge that set its idle time: a
-// GCRA whose state has the spec's rate and period (its idle time is exact for them). A refund
-// then leaves it empty. False: evaluate it (other limits, a reload in between).
-bool drained(const Entry& e, const AdjustSpec& spec, Nanos now) {
-  if (e.idle_at > now || spec.algorithm != Algorithm::kGcra) return false;
-  const GcraState* s = std::get_if<GcraState>(&e.state);
-  return s != nullptr && s->rate == spec.params.rate && s->period == spec.params.period;
-}
-
 }  // namespace
 
 struct alignas(64) MemoryLimitStore::Shard {
@@ -794,12 +785,21 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
       return;
     }
   }
-  if (e == nullptr || delta > 0 || !drained(*e, spec, now)) {
+  GcraState* const gcra = e != nullptr && spec.algorithm == Algorithm::kGcra
+                              ? std::get_if<GcraState>(&e->state)
+                              : nullptr;
+  Nanos idle;
+  if (gcra != nullptr && Gcra::adjust_fast(*gcra, spec.params, delta, now, idle)) {
+    // A stored GCRA adjusted where it is.
+    if (idle > now) {
+      e->idle_at = idle;
+      return;
+    }
+  } else {
     Working w;
     w.entry = e;
     load(w, spec.algorithm);
     const BucketParams& p = spec.params;
-    Nanos idle;
     if (w.algorithm != Algorithm::kGcra || !Gcra::adjust_fast(w.gcra, p, delta, now, idle)) {
       adjust_working(w, p, delta, now);
       idle = idle_at(w, p, now);
