@@ -154,7 +154,7 @@ struct UpstreamResponse::Impl {
             // connection waits for them (one emptied before goes back to the thread's stash
             // now); a short read makes the next one wait for the upstream's next bytes instead
             // of trying (and failing) at once (common/read_buffer.h).
-            if (self->buffer.size() == 0) self->buffer.shrink_to_fit();
+            self->release_empty_block();
             self->plain->async_read_some(
                 LazyReadBuffer(self, &Impl::lazy_prepare, &Impl::lazy_unused, stash::kReadBlock),
                 std::move(handler));
@@ -173,9 +173,10 @@ struct UpstreamResponse::Impl {
   static asio::mutable_buffer lazy_prepare(void* self) noexcept {
     return static_cast<Impl*>(self)->prepare_read();
   }
-  static void lazy_unused(void* self) noexcept {
-    auto& b = static_cast<Impl*>(self)->buffer;
-    if (b.size() == 0) b.shrink_to_fit();
+  static void lazy_unused(void* self) noexcept { static_cast<Impl*>(self)->release_empty_block(); }
+  // Gives an emptied read block back to the thread's stash (a call only when there is one).
+  void release_empty_block() noexcept {
+    if (buffer.capacity() != 0 && buffer.size() == 0) buffer.shrink_to_fit();
   }
 
   // The write of a request's buffers, TLS or plain (one deferred operation type, awaited by
