@@ -250,10 +250,8 @@ class Scanner {
       case '{':
       case '[':
         return container(depth);
-      case '"': {
-        Str s;
-        return string(s);
-      }
+      case '"':
+        return skip_string();
       case 't':
         return literal("true");
       case 'f':
@@ -332,6 +330,23 @@ class Scanner {
       p_ = at;
       if (!escape(saved)) return false;
       from = p_;
+    }
+  }
+
+  // At '"' of a string value that is only skipped: checked as string() checks it, searched with
+  // the long search (the value may be a whole answer's text), its length not counted.
+  bool skip_string() {
+    for (const char* from = p_ + 1;;) {
+      const char* at = json_scan::find_special_long(from, end_, high_);
+      if (at >= end_) return false;  // unterminated
+      if (*at == '"') {
+        p_ = at + 1;
+        return true;
+      }
+      if (*at != '\\') return false;  // a control character
+      const json_scan::Escape e = json_scan::read_escape(at, end_);
+      if (e.bytes == 0) return false;
+      from = at + e.bytes;
     }
   }
 

@@ -472,6 +472,61 @@ TEST(AnswerScan, UnusualUsageIsLeftToTheParse) {
   }
 }
 
+// A string value that is only skipped (the answer's text) is checked as the parse checks it, at
+// any length and wherever in it an escape, a control character or bad UTF-8 comes: before, in
+// and after the first 16 bytes and the 64-byte steps that follow.
+TEST(AnswerScan, SkippedTextIsCheckedAtAnyLength) {
+  struct Piece {
+    std::string text;
+    bool scanned;  // false: the scan must leave the answer to the parse
+  };
+  const std::vector<Piece> pieces = {
+      {"", true},
+      {R"(\")", true},
+      {R"(\\n)", true},
+      {R"(\u00e9)", true},
+      {R"(\ud83d\ude00)", true},
+      {"\xc3\xa9", true},
+      {"\x01", false},
+      {"\t", false},
+      {R"(\x)", false},
+      {R"(\u12g)", false},
+      {R"(\ud800)", false},
+      {R"(\ude00x)", false},
+      {"\xff", false},
+  };
+  const std::string filler =
+      "Order 48213-77 has not left the warehouse yet: the label was created but the parcel was "
+      "never handed to the carrier. You can cancel it now from the Orders page, and the refund "
+      "goes back to the card you paid with within three to five working days.";
+  for (std::size_t len : {0, 1, 15, 16, 17, 63, 64, 65, 79, 80, 81, 143, 144, 200}) {
+    for (std::size_t at : {0, 1, 14, 15, 16, 17, 31, 63, 64, 79, 80, 81, 95, 143, 144, 199, 200}) {
+      if (at > len) continue;
+      for (const Piece& piece : pieces) {
+        std::string text = filler.substr(0, len);
+        text.insert(at, piece.text);
+        for (const std::string& a : {
+                 R"({"choices":[{"message":{"content":")" + text +
+                     R"("}}],"usage":{"prompt_tokens":1,"completion_tokens":2}})",
+                 R"({"usage":{"prompt_tokens":1,"completion_tokens":2},"x":")" + text + R"("})",
+             }) {
+          const auto u = scan_answer_usage(a, Endpoint::kChat);
+          EXPECT_EQ(u.has_value(), piece.scanned) << show(a);
+          if (u) {
+            EXPECT_EQ(u->completion_tokens, 2) << show(a);
+          }
+          expect_answer_agrees(a);
+        }
+        // Unterminated: the text runs to the end of the body.
+        const std::string cut =
+            R"({"usage":{"prompt_tokens":1,"completion_tokens":2},"x":")" + text;
+        EXPECT_FALSE(scan_answer_usage(cut, Endpoint::kChat)) << show(cut);
+        expect_answer_agrees(cut);
+      }
+    }
+  }
+}
+
 // Builds random events near the real shape, then damages some of them: whatever comes out, the
 // scan and the parse must agree.
 class EventGen {
