@@ -506,8 +506,9 @@ const char* BasicParser<Derived, kRequest>::fast_line(const char* p, const char*
   // OWS, then the value up to its first control byte, which must be the CR of a CRLF. No byte
   // before that CR can be a LF, so this line ends where the general path's search would find
   // its end, and the name, value and checks are the same as field_line's. Any other line
-  // (obs-fold, a bad byte, a line cut short by `limit`) is left to the general path.
-  if (*p == ' ' || *p == '\t') return nullptr;
+  // (obs-fold, a bad byte, a line cut short by `limit`, no byte at all) is left to the general
+  // path.
+  if (p == limit || *p == ' ' || *p == '\t') return nullptr;
   const char* const n = token_end(p, limit);
   if (n == p || n == limit || *n != ':') return nullptr;
   const char* v = n + 1;
