@@ -174,6 +174,14 @@ class Scanner {
     }
   }
 
+  // Whether the next byte past any whitespace is c (p_ then at it). Between the tokens of
+  // compact JSON there is none: c is tried first.
+  bool at(char c) {
+    if (p_ != end_ && *p_ == c) return true;
+    ws();
+    return p_ != end_ && *p_ == c;
+  }
+
   void note_hole(const char* from, const char* to, std::int64_t Usage::*count, bool string) {
     if (holes_ == nullptr) return;
     if (holes_->n == Holes::kMax) {
@@ -198,24 +206,20 @@ class Scanner {
       }
     }
     for (;;) {
-      if (p_ == end_ || *p_ != '"') return false;
+      if (!at('"')) return false;
       if (depth == 1) key_at_ = p_;
       Str key;
-      if (!string(key)) return false;
-      ws();
-      if (p_ == end_ || *p_ != ':') return false;
+      if (!string(key) || !at(':')) return false;
       ++p_;
       ws();
       if (p_ == end_ || !on_member(key)) return false;
-      ws();
-      if (p_ == end_) return false;
-      if (*p_ == '}') {
+      if (at(',')) {
         ++p_;
-        return true;
+        continue;
       }
-      if (*p_ != ',') return false;
+      if (p_ == end_ || *p_ != '}') return false;
       ++p_;
-      ws();
+      return true;
     }
   }
 
@@ -231,16 +235,13 @@ class Scanner {
     }
     for (;;) {
       if (p_ == end_ || !on_element()) return false;
-      ws();
-      if (p_ == end_) return false;
-      if (*p_ == ']') {
-        ++p_;
-        return true;
-      }
-      if (*p_ != ',') return false;
+      if (!at(',')) break;
       ++p_;
       ws();
     }
+    if (p_ == end_ || *p_ != ']') return false;
+    ++p_;
+    return true;
   }
 
   // Any value, at its first byte (p_ != end_). Most are scalars, read here; a nested object or

@@ -472,6 +472,46 @@ TEST(AnswerScan, UnusualUsageIsLeftToTheParse) {
   }
 }
 
+// Whitespace between any two tokens is read as the parse reads it, one byte or several; a byte
+// that JSON does not take for whitespace there (a form feed, a vertical tab) is refused.
+TEST(AnswerScan, WhitespaceBetweenAnyTokens) {
+  const std::string answer =
+      R"({"id":"c-1","choices":[{"index":0,"message":{"content":"a, b: {c}","x":[1,[],{},"]"]}}],)"
+      R"("usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}})";
+  std::vector<std::size_t> gaps;  // offsets between two tokens: next to a structural byte
+  bool in_string = false;
+  for (std::size_t i = 0; i < answer.size(); ++i) {
+    const char c = answer[i];
+    if (in_string) {
+      in_string = c != '"';
+      continue;
+    }
+    if (c == '"') in_string = true;
+    if (std::string_view("{}[]:,").find(c) != std::string_view::npos) {
+      gaps.push_back(i);
+      gaps.push_back(i + 1);
+    }
+  }
+  for (const std::size_t at : gaps) {
+    for (const std::string ws : {" ", "\t", "\n", "\r", " \r\n\t  "}) {
+      std::string a = answer;
+      a.insert(at, ws);
+      const auto u = scan_answer_usage(a, Endpoint::kChat);
+      ASSERT_TRUE(u) << show(a);
+      EXPECT_EQ(u->prompt_tokens, 3) << show(a);
+      EXPECT_EQ(u->completion_tokens, 4) << show(a);
+      EXPECT_EQ(u->cached_tokens, 1) << show(a);
+      expect_answer_agrees(a);
+    }
+    for (const std::string bad : {"\f", "\v", " \f"}) {
+      std::string a = answer;
+      a.insert(at, bad);
+      EXPECT_FALSE(scan_answer_usage(a, Endpoint::kChat)) << show(a);
+      expect_answer_agrees(a);
+    }
+  }
+}
+
 // A string value that is only skipped (the answer's text) is checked as the parse checks it, at
 // any length and wherever in it an escape, a control character or bad UTF-8 comes: before, in
 // and after the first 16 bytes and the 64-byte steps that follow.
