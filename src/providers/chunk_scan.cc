@@ -194,7 +194,8 @@ class Scanner {
 
   // At '{'. on_member(key) reads the value, which starts at p_. resumed: p_ is already at a key
   // (event()'s resume).
-  template <typename OnMember>
+  // kReadKey false: the keys are only skipped (on_member is given an empty one).
+  template <bool kReadKey = true, typename OnMember>
   bool members(int depth, OnMember&& on_member, bool resumed = false) {
     if (depth > kMaxScanDepth) return false;
     if (!resumed) {
@@ -209,7 +210,12 @@ class Scanner {
       if (!at('"')) return false;
       if (depth == 1) key_at_ = p_;
       Str key;
-      if (!string(key) || !at(':')) return false;
+      if constexpr (kReadKey) {
+        if (!string(key)) return false;
+      } else if (!skip_string()) {
+        return false;
+      }
+      if (!at(':')) return false;
       ++p_;
       ws();
       if (p_ == end_ || !on_member(key)) return false;
@@ -265,7 +271,7 @@ class Scanner {
   }
 
   [[gnu::noinline]] bool container(int depth) {
-    if (*p_ == '{') return members(depth, [&](const Str&) { return value(depth + 1); });
+    if (*p_ == '{') return members<false>(depth, [&](const Str&) { return value(depth + 1); });
     return elements(depth, [&] { return value(depth + 1); });
   }
 

@@ -512,9 +512,9 @@ TEST(AnswerScan, WhitespaceBetweenAnyTokens) {
   }
 }
 
-// A string value that is only skipped (the answer's text) is checked as the parse checks it, at
-// any length and wherever in it an escape, a control character or bad UTF-8 comes: before, in
-// and after the first 16 bytes and the 64-byte steps that follow.
+// A string that is only skipped (the answer's text, a key of a skipped object) is checked as the
+// parse checks it, at any length and wherever in it an escape, a control character or bad UTF-8
+// comes: before, in and after the first 16 bytes and the 64-byte steps that follow.
 TEST(AnswerScan, SkippedTextIsCheckedAtAnyLength) {
   struct Piece {
     std::string text;
@@ -549,6 +549,9 @@ TEST(AnswerScan, SkippedTextIsCheckedAtAnyLength) {
                  R"({"choices":[{"message":{"content":")" + text +
                      R"("}}],"usage":{"prompt_tokens":1,"completion_tokens":2}})",
                  R"({"usage":{"prompt_tokens":1,"completion_tokens":2},"x":")" + text + R"("})",
+                 // a key of an object that is only skipped, too
+                 R"({"x":{"a":0,")" + text +
+                     R"(":[]},"usage":{"prompt_tokens":1,"completion_tokens":2}})",
              }) {
           const auto u = scan_answer_usage(a, Endpoint::kChat);
           EXPECT_EQ(u.has_value(), piece.scanned) << show(a);
