@@ -66,6 +66,10 @@ Decision decide(i128 level, const BucketParams& p, std::int64_t cost) {
   return d;
 }
 
+// Above every capacity a bucket can have (int64 units of a period of at most a day) and
+// low enough that adding a charge or a refund to it stays within 128 bits.
+constexpr i128 kLevelCeiling = static_cast<i128>(1) << 125;
+
 i128 gcra_level(const GcraState& s, const BucketParams& p, Nanos now) {
   if (s.tat == kMinNanos) return 0;
   if (s.rate <= 0 || (s.rate == p.rate && s.period == p.period)) {
@@ -73,9 +77,14 @@ i128 gcra_level(const GcraState& s, const BucketParams& p, Nanos now) {
     return level > 0 ? level : 0;
   }
   // Reloaded with other parameters: keep the units in use (rounded up), not the drain time.
+  // Whole old periods and the rest apart, so that no product leaves 128 bits; a level beyond any
+  // bucket's capacity is held at kLevelCeiling.
   const i128 old_level = (static_cast<i128>(s.tat) - now) * s.rate + s.frac;
   if (old_level <= 0) return 0;
-  return ceil_div(old_level * p.period, std::max<Nanos>(s.period, 1));
+  const i128 old_period = std::max<Nanos>(s.period, 1);
+  const i128 whole = div(old_level, old_period), rest = mod(old_level, old_period);
+  if (whole > kLevelCeiling / p.period) return kLevelCeiling;
+  return std::min(kLevelCeiling, whole * p.period + ceil_div(rest * p.period, old_period));
 }
 
 void gcra_set_level(GcraState& s, const BucketParams& p, Nanos now, i128 level) {

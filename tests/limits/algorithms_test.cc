@@ -72,6 +72,23 @@ TEST(Gcra, CheckDoesNotConsume) {
   EXPECT_FALSE(Gcra::check(s, p, 1, kT0).allowed);
 }
 
+// A level carried over a reload is the units in use times the new period: held at a ceiling
+// above every capacity when that product would leave 128 bits, so the bucket stays full.
+TEST(Gcra, AHugeLevelCarriedOverAReloadStaysFull) {
+  const BucketParams before{1'000'000'000'000'000, 1, 0};
+  GcraState s;
+  s.tat = kT0 + 1'000'000'000'000;  // 10^27 units of the old 1 ns period in use
+  s.rate = before.rate;
+  s.period = before.period;
+  const BucketParams after{1'000'000'000'000'000, 86'400 * kNanosPerSecond, 0};
+  const Decision d = Gcra::check(s, after, 1, kT0);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.remaining, 0);
+  EXPECT_FALSE(Gcra::consume(s, after, 1, kT0).allowed);
+  Gcra::adjust(s, after, -1'000'000, kT0);
+  EXPECT_FALSE(Gcra::check(s, after, 1, kT0).allowed);
+}
+
 TEST(Gcra, NoDoubleBurstAtWindowEdge) {
   // A fixed one-second window would admit 10 at 0.999 s and 10 more at 1.000 s.
   const BucketParams p{10, kNanosPerSecond, 0};
