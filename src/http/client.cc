@@ -334,7 +334,7 @@ struct ClientPool::State {
     // the thread's stash, for the next request on any connection.
     c->headers.release();
     stash::release(c->out);
-    if (c->buffer.size() == 0) c->buffer.shrink_to_fit();
+    c->release_empty_block();
     h.idle.push_back(std::move(c));
     h.wake_one();
   }
