@@ -53,18 +53,10 @@ inline const char* find_special(const char* p, const char* end, std::uint64_t& h
   }
 }
 
-// find_special for text that may be long (a prompt's): past the first 16 bytes, 64 a step
-// while that many are left, with one test for the four blocks. For short strings alone (an
-// answer's, an event's) the plain one is as fast and smaller.
-inline const char* find_special_long_sse2(const char* p, const char* end, std::uint64_t& high_out) {
-  if (end - p < 16 + 64) return find_special(p, end, high_out);
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  __m128i high = x;
-  if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)))) {
-    high_out |= static_cast<unsigned>(_mm_movemask_epi8(high));
-    return p + __builtin_ctz(mask);
-  }
-  p += 16;
+// The 64-byte steps of find_special_long from p, after a first 16-byte step that found nothing
+// (`high` holds what it read), with one test for the four blocks.
+inline const char* find_special_steps_sse2(const char* p, const char* end, __m128i high,
+                                           std::uint64_t& high_out) {
   while (end - p >= 64) {
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
@@ -135,20 +127,27 @@ inline bool has_avx2() {
 }
 #endif
 
-// find_special_long: the first 16 bytes here (a key or a short value ends in them), the rest
-// in 64-byte steps by AVX2 where the CPU has it.
+// find_special for text that may be long (a prompt's): the first 16 bytes here (a key or a
+// short value ends in them), the rest in 64-byte steps, by AVX2 where the CPU has it unless
+// kSse2Only. For short strings alone (an answer's, an event's) find_special is as fast and
+// smaller.
+template <bool kSse2Only = false>
 inline const char* find_special_long(const char* p, const char* end, std::uint64_t& high_out) {
-#if defined(BW_JSON_SCAN_AVX2)
-  if (end - p >= 16 + 64) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)))) {
-      high_out |= static_cast<unsigned>(_mm_movemask_epi8(x));
-      return p + __builtin_ctz(mask);
-    }
-    if (has_avx2()) return find_special_steps_avx2(p + 16, end, x, high_out);
+  if (end - p < 16 + 64) return find_special(p, end, high_out);
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)))) {
+    high_out |= static_cast<unsigned>(_mm_movemask_epi8(x));
+    return p + __builtin_ctz(mask);
   }
+#if defined(BW_JSON_SCAN_AVX2)
+  if (!kSse2Only && has_avx2()) return find_special_steps_avx2(p + 16, end, x, high_out);
 #endif
-  return find_special_long_sse2(p, end, high_out);
+  return find_special_steps_sse2(p + 16, end, x, high_out);
+}
+
+// The SSE2 form, whatever the CPU (for the tests).
+inline const char* find_special_long_sse2(const char* p, const char* end, std::uint64_t& high_out) {
+  return find_special_long<true>(p, end, high_out);
 }
 #else
 inline constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
