@@ -796,14 +796,13 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
       return;
     }
   } else {
+    // The general way: another algorithm, a new bucket, or a GCRA beyond 64 bits (adjust_fast
+    // declined and changed nothing).
     Working w;
     w.entry = e;
     load(w, spec.algorithm);
-    const BucketParams& p = spec.params;
-    if (w.algorithm != Algorithm::kGcra || !Gcra::adjust_fast(w.gcra, p, delta, now, idle)) {
-      adjust_working(w, p, delta, now);
-      idle = idle_at(w, p, now);
-    }
+    adjust_working(w, spec.params, delta, now);
+    idle = idle_at(w, spec.params, now);
     if (idle > now) {
       if (e != nullptr) {
         store(*e, w, idle);
