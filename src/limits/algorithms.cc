@@ -123,6 +123,8 @@ i128 tb_level(const TokenBucketState& r, const BucketParams& p) {
 }
 
 int ring_index(std::int64_t slot) {
+  // Slots of times since the epoch are never negative: one remainder then.
+  if (slot >= 0) return static_cast<int>(slot % SlidingWindowState::kRing);
   return static_cast<int>(((slot % SlidingWindowState::kRing) + SlidingWindowState::kRing) %
                           SlidingWindowState::kRing);
 }
@@ -193,6 +195,11 @@ SlidingWindowState advanced(const SlidingWindowState& s, const BucketParams& p, 
 
 // Slot `b` stops being counted at the start of slot b + kRing.
 Nanos slot_expiry(std::int64_t b, Nanos g, Nanos now) {
+  std::int64_t end, at;
+  if (!__builtin_add_overflow(b, std::int64_t{SlidingWindowState::kRing}, &end) &&
+      !__builtin_mul_overflow(end, g, &at) && !__builtin_sub_overflow(at, now, &at)) {
+    return at;  // the same figure in 64 bits (within them it needs no saturation)
+  }
   return saturate((static_cast<i128>(b) + SlidingWindowState::kRing) * g - now);
 }
 

@@ -108,15 +108,17 @@ inline bool Gcra::admit_fast(GcraState& s, const BucketParams& p, std::int64_t c
   }
   const std::int64_t used = level == 0 ? 0 : (level - 1) / period + 1;  // ceil(level / period)
   if (used > capacity - units) return false;  // refused: the general path reports it
+  // after >= 0: its quotient and remainder by the rate give both the TAT and ceil(after / rate).
+  const std::int64_t whole = after / rate, rest = after % rate;
   std::int64_t tat;
-  if (__builtin_add_overflow(now, after / rate, &tat)) return false;
+  if (__builtin_add_overflow(now, whole, &tat)) return false;
   d.allowed = true;
   d.limit = capacity;
   d.remaining = capacity - units - used;
   d.retry_after = 0;
-  d.reset_after = after == 0 ? 0 : (after - 1) / rate + 1;
+  d.reset_after = whole + (rest != 0 ? 1 : 0);
   s.tat = tat;
-  s.frac = after % rate;
+  s.frac = rest;
   s.rate = rate;
   s.period = period;
   return true;
@@ -145,12 +147,13 @@ inline bool Gcra::adjust_fast(GcraState& s, const BucketParams& p, std::int64_t 
   }
   if (level < 0) level = 0;  // never below empty
   // idle = now + ceil(level / rate): at most tat + 1.
-  if (__builtin_add_overflow(now, level / rate, &tat) ||
-      __builtin_add_overflow(now, level == 0 ? 0 : (level - 1) / rate + 1, &idle)) {
+  const std::int64_t whole = level / rate, rest = level % rate;
+  if (__builtin_add_overflow(now, whole, &tat) ||
+      __builtin_add_overflow(tat, rest != 0 ? 1 : 0, &idle)) {
     return false;
   }
   s.tat = tat;
-  s.frac = level % rate;
+  s.frac = rest;
   s.rate = rate;
   s.period = p.period;
   return true;
