@@ -44,6 +44,16 @@ struct LimitCheck {
   const KeyDigest* digest = nullptr;
 };
 
+// Where a store keeps a bucket that a check charged (BatchResult::bucket_of), for a later adjust()
+// of the same bucket (AdjustSpec::bucket): the store that made it reaches the bucket without
+// looking its key up, as long as it can tell that the bucket is still kept there (else it looks
+// the key up, as without a handle). Opaque to callers; any other store ignores it.
+struct BucketHandle {
+  std::uint64_t maker = 0;  // the store's maker id (PreparedChecks::new_maker_id); 0: no bucket
+  void* at = nullptr;
+  std::uint64_t generation = 0;
+};
+
 // What adjust() needs of a limit: its bucket parameters, and its name (the Redis store picks the
 // limit's failure policy by name). Converts implicitly from a LimitSpec; the name is borrowed.
 struct AdjustSpec {
@@ -51,6 +61,9 @@ struct AdjustSpec {
   Algorithm algorithm = Algorithm::kGcra;
   BucketParams params;
   const KeyDigest* digest = nullptr;  // as LimitCheck::digest
+  // Optional: the handle the check's batch gave for this bucket (BatchResult::bucket_of). Taken
+  // only with this store's digest of the key.
+  const BucketHandle* bucket = nullptr;
 
   AdjustSpec() = default;
   AdjustSpec(std::string_view n, Algorithm a, BucketParams p) : name(n), algorithm(a), params(p) {}
@@ -59,8 +72,9 @@ struct AdjustSpec {
 };
 
 struct CheckResult {
-  Decision decision;      // on an allowed batch: after consumption; else: state unchanged
-  bool consumed = false;  // this check's cost was charged (needed to refund it later)
+  Decision decision;       // on an allowed batch: after consumption; else: state unchanged
+  bool consumed = false;   // this check's cost was charged (needed to refund it later)
+  void* bucket = nullptr;  // where the store keeps its bucket, when it says: see bucket_of
 };
 
 struct BatchResult {
@@ -71,6 +85,15 @@ struct BatchResult {
   // gateway answers 503 with Retry-After rather than 429.
   bool unavailable = false;
   boost::container::small_vector<CheckResult, 8> results;  // same order as the checks
+  // The store's maker id and its count for the results' buckets (with CheckResult::bucket).
+  std::uint64_t bucket_maker = 0;
+  std::uint64_t bucket_generation = 0;
+
+  // The handle of check i's bucket for a later adjust (a default one when the store gave none).
+  BucketHandle bucket_of(std::size_t i) const {
+    void* at = results[i].bucket;
+    return at != nullptr ? BucketHandle{bucket_maker, at, bucket_generation} : BucketHandle{};
+  }
 };
 
 // Checks that a caller makes again and again with the same keys and specs (a key's plan limits),

@@ -346,10 +346,11 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
   v.overflow = r.overflow;
   v.unavailable = r.unavailable;
   Reservation& res = v.reservation;
+  const CheckResult* const results = r.results.data();
   bool all_wait = true;
   for (std::size_t i = 0; i < checks.size(); ++i) {
     const LimitSpec& spec = *checks[i].spec;
-    const Decision& d = r.results[i].decision;
+    const Decision& d = results[i].decision;
     if (spec.mode == Mode::kShadow) {
       if (!d.allowed && !r.overflow) v.shadow_rejections.push_back(spec.name);
     } else {
@@ -363,7 +364,7 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
         all_wait = all_wait && spec.on_exceed == OnExceed::kWait;
       }
     }
-    if (v.allowed && r.results[i].consumed && spec.unit == Unit::kTokens && token_cost > 0) {
+    if (v.allowed && results[i].consumed && spec.unit == Unit::kTokens && token_cost > 0) {
       const std::string_view key = checks[i].key;
       // Built where it is kept, and the key copied after one resize.
       ChargedLimit& c = res.token_limits.emplace_back();
@@ -378,6 +379,7 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
         c.has_digest = true;
         c.digest = *checks[i].digest;
       }
+      c.bucket = r.bucket_of(i);
       res.key_bytes.resize(begin + key.size(), boost::container::default_init);
       if (!key.empty()) std::memcpy(res.key_bytes.data() + begin, key.data(), key.size());
     }

@@ -135,6 +135,7 @@ struct ChargedLimit {
   std::int64_t charged = 0;  // tokens charged at check time
   bool has_digest = false;   // `digest` is the limiter's store's digest of the key
   KeyDigest digest;
+  BucketHandle bucket;  // where the store that charged it keeps the bucket (BatchResult::bucket_of)
 };
 
 // Bytes of a bucket key before the limit's name ("<source>\x1f<name>\x1f...").
@@ -154,6 +155,7 @@ struct Reservation {
   AdjustSpec adjust_spec(const ChargedLimit& c) const {
     AdjustSpec a{key(c).substr(kKeyNameOffset, c.name_size), c.algorithm, c.params};
     if (c.has_digest) a.digest = &c.digest;
+    if (c.bucket.maker != 0) a.bucket = &c.bucket;
     return a;
   }
 };

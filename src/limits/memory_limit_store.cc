@@ -345,39 +345,39 @@ struct OneShard {
   std::size_t cap;
   const MemoryLimitStoreOptions& options;
   std::atomic<std::uint64_t>& overflows;
+  std::uint64_t maker;  // the store's id, for the buckets' handles
 };
 
+// The state of a GCRA or token bucket to decide a one-shard check on: a copy of the stored one,
+// or a fresh one for a bucket to create (`any_new`). False for a bucket stored with another
+// algorithm.
+template <class State>
+bool load_small(const Entry* e, State& out, bool& any_new) {
+  if (e == nullptr) {
+    any_new = true;
+    out = State{};
+    return true;
+  }
+  const State* stored = std::get_if<State>(&e->state);
+  if (stored == nullptr) return false;
+  out = *stored;
+  return true;
+}
+
 // Decides a batch of distinct buckets of one shard, under its lock, on `entry` (each check's
-// stored bucket, or null). False, with nothing changed, when a bucket needs the general batch: a
+// stored bucket, or null). False, with no bucket changed, when a bucket needs the general batch: a
 // sliding window to create, or a bucket stored with another algorithm than its check's (a reload
-// starts it afresh). Each bucket the batch creates is written to its `entry`.
-// `cost(i)` is check i's cost.
+// starts it afresh); `out` then holds partial results, for the general batch to overwrite. Each
+// bucket the batch creates is written to its `entry`; an allowed batch gives each check's bucket
+// in its result (CheckResult::bucket). `cost(i)` is check i's cost.
 template <class Cost>
 bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, const Cost& cost,
                       Entry** entry, Nanos now, BatchResult& out) {
   const std::size_t n = items.size();
-  // Each bucket stored with its check's algorithm, or a GCRA or token bucket to create (a key's
-  // first request, or one after a sweep).
-  bool any_new = false;
-  for (std::size_t i = 0; i < n; ++i) {
-    const Algorithm algorithm = items[i].algorithm;
-    const Entry* e = entry[i];
-    if (e == nullptr) {
-      if (algorithm == Algorithm::kSlidingWindow) return false;
-      any_new = true;
-      continue;
-    }
-    if (e->state.index() != variant_index(algorithm)) return false;
-    if (const auto* ring = std::get_if<std::unique_ptr<SlidingWindowState>>(&e->state);
-        ring != nullptr && !*ring) {
-      return false;
-    }
-  }
-  MemoryLimitStore::Shard& shard = o.shard;
-  ++shard.one_shard_batches;
-
-  // Each check decided on its own bucket: a GCRA or token bucket on a copy of its small state
-  // (written back at commit), a ring where it is (its charge applied at commit).
+  // Each check decided on its own bucket, in one pass that also finds a bucket the general batch
+  // must decide: a GCRA or token bucket on a copy of its small state (written back at commit, or
+  // a fresh one for a bucket to create: a key's first request, or one after a sweep), a ring
+  // where it is (its charge applied at commit). Nothing is written to a bucket before the commit.
   union Tentative {
     GcraState gcra;
     TokenBucketState tb;
@@ -385,32 +385,44 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
     Tentative() {}  // NOLINT(modernize-use-equals-default): set by the check's algorithm
   };
   Tentative t[kMaxOneShard];
+  bool allowed = true;
+  bool any_new = false;
   out.results.resize(n);
+  CheckResult* const results = out.results.data();  // not through the vector's accessors
   for (std::size_t i = 0; i < n; ++i) {
-    const BucketParams& p = items[i].params;
-    const std::int64_t c = cost(i);
-    CheckResult& r = out.results[i];
-    switch (items[i].algorithm) {
-      case Algorithm::kGcra:
-        t[i].gcra = entry[i] ? *std::get_if<GcraState>(&entry[i]->state) : GcraState{};
+    const ShardCheck& item = items[i];
+    const Entry* const e = entry[i];
+    const BucketParams& p = item.params;
+    CheckResult& r = results[i];
+    switch (item.algorithm) {
+      case Algorithm::kGcra: {
+        if (!load_small(e, t[i].gcra, any_new)) return false;
+        const std::int64_t c = cost(i);
         if (!Gcra::admit_fast(t[i].gcra, p, c, now, r.decision)) [[unlikely]] {
           r.decision = Gcra::consume(t[i].gcra, p, c, now);
         }
         break;
-      case Algorithm::kTokenBucket:
-        t[i].tb = entry[i] ? *std::get_if<TokenBucketState>(&entry[i]->state) : TokenBucketState{};
-        r.decision = TokenBucket::consume(t[i].tb, p, c, now);
+      }
+      case Algorithm::kTokenBucket: {
+        if (!load_small(e, t[i].tb, any_new)) return false;
+        r.decision = TokenBucket::consume(t[i].tb, p, cost(i), now);
         break;
-      case Algorithm::kSlidingWindow:
+      }
+      case Algorithm::kSlidingWindow: {
+        const auto* ring =
+            e != nullptr ? std::get_if<std::unique_ptr<SlidingWindowState>>(&e->state) : nullptr;
+        if (ring == nullptr || !*ring) return false;
         new (&t[i].sw) SlidingWindowCharge();
-        r.decision = SlidingWindow::check(
-            **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state), p, c, now,
-            t[i].sw);
+        r.decision = SlidingWindow::check(**ring, p, cost(i), now, t[i].sw);
         break;
+      }
     }
     r.consumed = r.decision.allowed;
-    if (!r.decision.allowed && items[i].enforce) out.allowed = false;
+    if (!r.decision.allowed && item.enforce) allowed = false;
   }
+  MemoryLimitStore::Shard& shard = o.shard;
+  ++shard.one_shard_batches;
+  out.allowed = allowed;
 
   // Room for the new buckets this batch would create, in the order of the checks.
   bool untracked[kMaxOneShard] = {};
@@ -466,11 +478,19 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
     return true;
   }
 
-  // Commit: each bucket that a check charged (a new one only if it is not idle at once).
+  // Commit: each bucket that a check charged (a new one only if it is not idle at once), and
+  // where each is kept for an adjust of it later (BucketHandle: kept there until the shard
+  // deletes a bucket).
+  out.bucket_maker = o.maker;
+  out.bucket_generation = shard.erased;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!out.results[i].consumed || untracked[i]) continue;
+    CheckResult& r = results[i];
+    if (!r.consumed || untracked[i]) {
+      r.bucket = entry[i];
+      continue;
+    }
     const BucketParams& p = items[i].params;
-    Nanos idle = idle_from_decision(now, out.results[i].decision.reset_after);
+    Nanos idle = idle_from_decision(now, r.decision.reset_after);
     switch (items[i].algorithm) {
       case Algorithm::kGcra:
         commit_small<Gcra>(shard, items[i].key, entry[i], t[i].gcra, p, idle, now);
@@ -491,6 +511,7 @@ bool decide_one_shard(const OneShard& o, std::span<const ShardCheck> items, cons
         break;
       }
     }
+    r.bucket = entry[i];
   }
   return true;
 }
@@ -542,7 +563,7 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
     entry[i] = it == shard.map.end() ? nullptr : &it->second;
   }
   return decide_one_shard(
-      OneShard{shard, shard_cap_, options_, overflows_}, std::span<const ShardCheck>(items, n),
+      OneShard{shard, shard_cap_, options_, overflows_, id_}, std::span<const ShardCheck>(items, n),
       [&](std::size_t i) { return checks[i].cost; }, entry, now, out);
 }
 
@@ -583,7 +604,7 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
       p->erased = shard.erased;
     }
     decided = decide_one_shard(
-        OneShard{shard, shard_cap_, options_, overflows_},
+        OneShard{shard, shard_cap_, options_, overflows_, id_},
         std::span<const ShardCheck>(p->items, p->n),
         [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, now,
         out);
@@ -776,8 +797,15 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
   const KeyHash h = d && d->store == this ? KeyHash{d->lo, d->hi} : hash_key(key, seed_);
   Shard& shard = shards_[static_cast<std::size_t>(h.hi) & shard_mask_];
   std::lock_guard lock(shard.mu);
-  auto it = shard.map.find(h);
-  Entry* const e = it == shard.map.end() ? nullptr : &it->second;
+  Entry* e;
+  if (const BucketHandle* b = spec.bucket;
+      b != nullptr && b->maker == id_ && b->at != nullptr && b->generation == shard.erased) {
+    // Where the check's batch found or made it: the shard has deleted no bucket since.
+    e = static_cast<Entry*>(b->at);
+  } else {
+    auto it = shard.map.find(h);
+    e = it == shard.map.end() ? nullptr : &it->second;
+  }
   if (e == nullptr) {
     if (delta < 0) return;  // an untracked bucket is already empty
     if (shard.map.size() >= shard_cap_) {
@@ -823,7 +851,7 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
     reset(*e, spec.algorithm);
   } else {
     // In a full shard the room counts more: deleted at once.
-    shard.map.erase(it);
+    shard.map.erase(h);
     ++shard.evicted;
     ++shard.erased;
   }

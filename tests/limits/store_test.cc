@@ -251,6 +251,47 @@ TEST(MemoryLimitStore, RefundThatEmptiesABucketInAFullShardDeletesIt) {
   EXPECT_EQ(store.size(), 2u);
 }
 
+// A batch's bucket handle takes an adjust straight to the bucket the check charged; once the
+// shard has deleted a bucket (a sweep, or a refund in a full shard), the handle is not trusted and
+// the key is looked up (with the sanitizers, a deleted bucket reached through it would show).
+TEST(MemoryLimitStore, BucketHandleReachesTheChargedBucketUntilTheShardDeletesOne) {
+  LimitSpec tpm = spec("tpm", 1000, 0, Algorithm::kGcra, Period::kMinute);
+  tpm.unit = Unit::kTokens;
+  const LimitSpec rps = spec("rps", 5);
+  MemoryLimitStore store(opts(1)), other(opts(1));
+  const LimitCheck checks[] = {{"p\x1ftpm\x1fkey\x1fk", &tpm, 0},
+                               {"p\x1frps\x1fkey\x1fk", &rps, 0}};
+  const auto prepared = store.prepare(checks);
+  ASSERT_NE(prepared, nullptr);
+  const BatchResult r = store.check_prepared(*prepared, 800, kT0);
+  ASSERT_TRUE(r.allowed);
+  ASSERT_NE(r.results[0].bucket, nullptr);
+  ASSERT_NE(r.results[1].bucket, nullptr);
+  EXPECT_NE(r.results[0].bucket, r.results[1].bucket);
+  const BucketHandle handle = r.bucket_of(0);
+  AdjustSpec refund(tpm);
+  refund.bucket = &handle;
+  store.adjust(checks[0].key, refund, -700, kT0);  // 100 of the 800 used
+  const LimitCheck look[] = {{checks[0].key, &tpm, 0}};
+  EXPECT_EQ(store.check_and_consume(look, kT0).results[0].decision.remaining, 900);
+  // Another store ignores the handle: it has no such bucket, and a refund leaves none.
+  other.adjust(checks[0].key, refund, -100, kT0);
+  EXPECT_EQ(other.size(), 0u);
+  // The sweep deletes both buckets: the handle is stale, and a charge through it makes a new
+  // bucket where the key looks (not in the deleted one).
+  ASSERT_EQ(store.evict_idle(kT0 + 3600 * kNanosPerSecond), 2u);
+  store.adjust(checks[0].key, refund, 300, kT0 + 3600 * kNanosPerSecond);
+  EXPECT_EQ(store.size(), 1u);
+  EXPECT_EQ(
+      store.check_and_consume(look, kT0 + 3600 * kNanosPerSecond).results[0].decision.remaining,
+      700);
+  // A batch that the general path decides gives no handle.
+  const LimitCheck twice[] = {{checks[1].key, &rps, 1}, {checks[1].key, &rps, 1}};
+  const BatchResult g = store.check_and_consume(twice, kT0 + 3600 * kNanosPerSecond);
+  ASSERT_TRUE(g.allowed);
+  EXPECT_EQ(g.bucket_of(0).maker, 0u);
+}
+
 TEST(MemoryLimitStore, StateSurvivesReloadAndAlgorithmChangeResets) {
   MemoryLimitStore store(opts());
   auto v1 = std::make_unique<LimitSpec>(spec("rps", 2));
@@ -566,10 +607,12 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
     std::string key;
     std::size_t spec;
     KeyDigest digest;
+    BucketHandle handle;  // from `ahead`'s batch, when it gave one
   };
   std::vector<Settle> in_flight;
   Nanos now = kT0;
   int compared = 0;
+  int handled = 0;  // late settlements that had a handle
   for (int step = 0; step < 6000; ++step) {
     const auto dt = rng() % 16;
     if (dt == 0) {
@@ -645,9 +688,13 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       AdjustSpec as(s);
       AdjustSpec as_digest(s);
       as_digest.digest = &digests[i];
+      // `ahead` through the handle its batch gave (none from the general batch).
+      const BucketHandle handle = c.bucket_of(i);
+      AdjustSpec as_handle(s);
+      as_handle.bucket = &handle;
       fast.adjust(keys[i], as_digest, delta, now);
       general.adjust(keys[i], as, delta, now);
-      ahead.adjust(keys[i], as, delta, now);
+      ahead.adjust(keys[i], as_handle, delta, now);
     }
     // A settlement of an earlier batch, whose charge may have drained since (a refund then
     // finds its bucket empty).
@@ -658,13 +705,19 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       AdjustSpec as(specs[late.spec]);
       AdjustSpec as_digest(specs[late.spec]);
       as_digest.digest = &late.digest;
+      // A handle given steps ago: the shard may have deleted buckets since (sweeps, evictions,
+      // refunds in a full shard), then the key is looked up.
+      AdjustSpec as_handle(specs[late.spec]);
+      as_handle.bucket = &late.handle;
+      as_handle.digest = rng() % 2 == 0 ? &late.digest : nullptr;
       fast.adjust(late.key, as_digest, delta, now);
       general.adjust(late.key, as, delta, now);
-      ahead.adjust(late.key, as, delta, now);
+      ahead.adjust(late.key, as_handle, delta, now);
+      handled += late.handle.maker != 0 ? 1 : 0;
       in_flight.erase(in_flight.begin() + static_cast<std::ptrdiff_t>(k));
     }
     for (std::size_t i = 0; i < pick.size() && in_flight.size() < 16; ++i) {
-      if (rng() % 3 == 0) in_flight.push_back(Settle{keys[i], pick[i], digests[i]});
+      if (rng() % 3 == 0) in_flight.push_back(Settle{keys[i], pick[i], digests[i], c.bucket_of(i)});
     }
     if (rng() % 300 == 0) {
       const std::size_t evicted = general.evict_idle(now);
@@ -685,6 +738,7 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
   EXPECT_EQ(gs.one_shard_batches, 0u);
   EXPECT_GT(fs.one_shard_batches, min_one_shard);  // the path under test was taken
   EXPECT_GT(compared, 15000);
+  EXPECT_GT(handled, 100);
 }
 
 TEST(MemoryLimitStore, OneShardBatchDecidesAsTheGeneralBatch) {
