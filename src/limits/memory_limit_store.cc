@@ -817,7 +817,10 @@ void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std:
                               ? std::get_if<GcraState>(&e->state)
                               : nullptr;
   Nanos idle;
-  if (gcra != nullptr && Gcra::adjust_fast(*gcra, spec.params, delta, now, idle)) {
+  if (gcra != nullptr && delta < 0 && e->idle_at <= now) {
+    // A refund to a drained GCRA (its level is 0 from its idle time on, whatever a reload made of
+    // its parameters) leaves it empty: emptied, below.
+  } else if (gcra != nullptr && Gcra::adjust_fast(*gcra, spec.params, delta, now, idle)) {
     // A stored GCRA adjusted where it is.
     if (idle > now) {
       e->idle_at = idle;
