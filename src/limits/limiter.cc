@@ -465,6 +465,7 @@ struct KeptLines {
   bool requests = false;
   bool tokens = false;
   std::int64_t values[6] = {};  // each kind's limit, remaining and reset milliseconds
+  std::int64_t exact[6] = {};   // the same with the resets in nanoseconds, as last given
   std::size_t size = 0;
   // Room for format_reset's whole buffer at the last line's value.
   char text[6 * kRateHeaderLineMax + kFormatResetBuffer];
@@ -497,14 +498,21 @@ void append_rate_headers(std::string& out, const Verdict& v) {
   thread_local KeptLines kept;
   const RateHeaders& r = v.requests;
   const RateHeaders& t = v.tokens;
-  const std::int64_t values[6] = {r.present ? r.limit : 0,
-                                  r.present ? r.remaining : 0,
-                                  r.present ? reset_millis(r.reset_after) : 0,
-                                  t.present ? t.limit : 0,
-                                  t.present ? t.remaining : 0,
-                                  t.present ? reset_millis(t.reset_after) : 0};
-  // Compared inline, word by word: a memcmp call costs more than six compares.
+  const std::int64_t exact[6] = {r.present ? r.limit : 0,       r.present ? r.remaining : 0,
+                                 r.present ? r.reset_after : 0, t.present ? t.limit : 0,
+                                 t.present ? t.remaining : 0,   t.present ? t.reset_after : 0};
+  // Compared inline, word by word: a memcmp call costs more than six compares. The same exact
+  // figures give the same lines without the resets' milliseconds being worked out.
   std::int64_t differ = 0;
+  for (std::size_t i = 0; i < std::size(exact); ++i) differ |= kept.exact[i] ^ exact[i];
+  if (kept.written && kept.requests == r.present && kept.tokens == t.present && differ == 0) {
+    out.append(kept.text, kept.size);
+    return;
+  }
+  std::memcpy(kept.exact, exact, sizeof exact);
+  const std::int64_t values[6] = {exact[0], exact[1], reset_millis(exact[2]),
+                                  exact[3], exact[4], reset_millis(exact[5])};
+  differ = 0;
   for (std::size_t i = 0; i < std::size(values); ++i) differ |= kept.values[i] ^ values[i];
   if (!kept.written || kept.requests != r.present || kept.tokens != t.present || differ != 0) {
     char* p = kept.text;
