@@ -55,6 +55,7 @@ thread_local constinit RingCache ring_cache;
 
 AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
     : ring_bytes_(std::max(kMinRingBytes, std::bit_floor(max_buffer_bytes / 4))),
+      wake_bytes_(std::min(kWakeBytes, ring_bytes_ / 4)),
       id_(next_log_id.fetch_add(1, std::memory_order_relaxed)) {
   if (path == "off") return;
   if (path == "-" || path.empty()) {
@@ -62,6 +63,10 @@ AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
   } else {
     out_ = std::fopen(path.c_str(), "a");
     owns_ = out_ != nullptr;
+    // The writer hands whole runs of lines to fwrite: through stdio's 4 KiB buffer a run became
+    // three write calls (the buffer's rest, the whole blocks, the tail at the fflush), unbuffered
+    // it is one.
+    if (owns_) std::setvbuf(out_, nullptr, _IONBF, 0);
   }
   if (out_) writer_ = std::thread([this] { run(); });
 }
@@ -428,7 +433,7 @@ void AccessLog::log(const AccessRecord& r) {
   // piled up, so a busy gateway does not pay a futex wake (and a writer context switch) per
   // line. The mutex taken once between setting the flag and the notification: the writer has
   // either seen the flag or is waiting, so the wake is not lost.
-  if (used + size >= kWakeBytes && !wake_sent_.load(std::memory_order_relaxed) &&
+  if (used + size >= wake_bytes_ && !wake_sent_.load(std::memory_order_relaxed) &&
       !wake_sent_.exchange(true, std::memory_order_relaxed)) {
     { std::lock_guard lock(mu_); }
     cv_.notify_one();
