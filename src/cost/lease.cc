@@ -333,14 +333,23 @@ void LeaseBook::give_back(Lease& lease, Micros amount) {
 
 LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, LedgerCallback done,
                                      std::int64_t now_unix_ms) {
+  const LedgerCoveredFill move_row{
+      [](void* from, LedgerCovered& to) { to = std::move(*static_cast<LedgerCovered*>(from)); },
+      &row};
+  return settle_with(claim, row.status, row.actual_micro, move_row, std::move(done), now_unix_ms);
+}
+
+LeaseBook::Settled LeaseBook::settle_with(LeaseClaim& claim, LedgerStatus status,
+                                          Micros actual_micro, LedgerCoveredFill fill,
+                                          LedgerCallback done, std::int64_t now_unix_ms) {
   Settled out;
   if (!claim.lease_) return out;
   auto lease = std::move(claim.lease_);
   const Micros share = claim.amount_;
   claim.lease_.reset();
   claim.amount_ = 0;
-  const bool billed = row.status != LedgerStatus::kReleased;
-  const Micros actual = billed ? std::max<Micros>(row.actual_micro, 0) : 0;
+  const bool billed = status != LedgerStatus::kReleased;
+  const Micros actual = billed ? std::max<Micros>(actual_micro, 0) : 0;
   const bool own_callback = !done;
   if (own_callback) {
     // A bare pointer: std::function keeps it in its own room (see Lease::rows_pending).
@@ -351,9 +360,21 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, Led
   } else {
     out.lease = lease;
   }
-  row.lease_id = lease->id;
-  row.reserved_micro = share;
-  row.actual_micro = actual;
+  // The caller's fields, then the lease's.
+  struct LeaseFill {
+    LedgerCoveredFill fill;
+    const std::string& lease_id;
+    Micros share;
+    Micros actual;
+  } lease_fill{fill, lease->id, share, actual};
+  const LedgerCoveredFill row_fill{[](void* context, LedgerCovered& row) {
+                                     const auto& f = *static_cast<const LeaseFill*>(context);
+                                     f.fill(row);
+                                     row.lease_id = f.lease_id;
+                                     row.reserved_micro = f.share;
+                                     row.actual_micro = f.actual;
+                                   },
+                                   &lease_fill};
   std::lock_guard lock(mu_);
   give_back(*lease, share);
   if (actual > 0) {
@@ -365,7 +386,7 @@ LeaseBook::Settled LeaseBook::settle(LeaseClaim& claim, LedgerCovered&& row, Led
   }
   out.outcome.overshoot_micro = std::max<Micros>(actual - share, 0);
   if (own_callback) lease->rows_pending.fetch_add(1, std::memory_order_relaxed);
-  out.queued = ledger_.append_covered(std::move(row), std::move(done), Ledger::Wake::kDeferred);
+  out.queued = ledger_.append_covered_with(row_fill, std::move(done), Ledger::Wake::kDeferred);
   if (!out.queued) {
     // A refused record's callback never runs.
     if (own_callback) lease->rows_pending.fetch_sub(1, std::memory_order_relaxed);

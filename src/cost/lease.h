@@ -167,6 +167,11 @@ class LeaseBook {
   // learns of it from the ledger's callback itself.
   Settled settle(LeaseClaim& claim, LedgerCovered&& row, LedgerCallback done,
                  std::int64_t now_unix_ms);
+  // settle() of the row that `fill` sets, built in the ledger's own record
+  // (Ledger::append_covered_with); `status` and `actual_micro` are the row's, which `fill` sets
+  // too. The lease's fields (lease_id, reserved_micro, actual_micro) are set after `fill`.
+  Settled settle_with(LeaseClaim& claim, LedgerStatus status, Micros actual_micro,
+                      LedgerCoveredFill fill, LedgerCallback done, std::int64_t now_unix_ms);
   // A covered row of `lease` was not committed: the lease is retired at once (see above).
   void commit_failed(const std::shared_ptr<detail::Lease>& lease, std::int64_t now_unix_ms);
   // A covered request that ended without a row (nothing billed, nothing to show): its share

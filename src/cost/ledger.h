@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/inline_id.h"
@@ -90,6 +91,28 @@ struct LedgerCovered {
   const std::string& key() const { return party ? party->key_id : key_id; }
   const std::string& tenant() const { return party ? party->tenant_id : tenant_id; }
   const std::vector<std::string>& budget_ids() const { return party ? party->budgets : budgets; }
+};
+
+// The strings of a covered row, before the row is built: what its journal record's size depends
+// on (Ledger::journal_room).
+struct LedgerCoveredText {
+  std::string_view request_id;
+  std::string_view key;
+  std::string_view tenant;
+  std::string_view model;
+  const std::vector<std::string>* budgets = nullptr;  // not null
+
+  static LedgerCoveredText of(const LedgerCovered& row) {
+    return {row.request_id, row.key(), row.tenant(), row.model, &row.budget_ids()};
+  }
+};
+
+// Sets a covered row's fields in the ledger's own record (Ledger::append_covered_with): a plain
+// function and its context, called at most once, on the appending thread. It must not throw.
+struct LedgerCoveredFill {
+  void (*fill)(void* context, LedgerCovered& row) = nullptr;
+  void* context = nullptr;
+  void operator()(LedgerCovered& row) const { fill(context, row); }
 };
 
 struct LedgerSettlement {
@@ -166,13 +189,26 @@ class Ledger {
   // left as it was.
   [[nodiscard]] virtual bool append_covered(LedgerCovered&& record, LedgerCallback done,
                                             Wake wake = Wake::kNow) = 0;
+  // append_covered() of the row that `fill` sets on a default LedgerCovered: a ledger with a
+  // queue builds it in the queue's own room, where append_covered() moves a finished row in (a
+  // row is a few hundred bytes). A refused row is not filled, or filled and dropped.
+  [[nodiscard]] virtual bool append_covered_with(LedgerCoveredFill fill, LedgerCallback done,
+                                                 Wake wake = Wake::kNow) {
+    LedgerCovered row;
+    fill(row);
+    return append_covered(std::move(row), std::move(done), wake);
+  }
   virtual bool supports_leases() const { return false; }
   // Whether the calling thread has a journal with room for `row` (whose lease_id is not set yet):
   // a row then appended with to_journal set is durable as the ledger's durability says
   // (`process`) once append_covered() returns, and nobody needs to wait for its commit. The
   // SQLite ledger with `durability: process` has journals (store/covered_journal.h); a row that
   // finds its journal full is counted (LedgerStats::journal_full).
-  virtual bool journal_room(const LedgerCovered& /*row*/) { return false; }
+  // journal_room_for() takes the row's strings, before the row is built.
+  bool journal_room(const LedgerCovered& row) {
+    return journal_room_for(LedgerCoveredText::of(row));
+  }
+  virtual bool journal_room_for(const LedgerCoveredText& /*row*/) { return false; }
   // Wakes the writer for the records queued with Wake::kDeferred.
   virtual void kick() = 0;
   // Waits until every record queued before the call is committed (tests, shutdown).

@@ -231,11 +231,23 @@ asio::awaitable<bool> wait_for_lease(Ctx& c) {
   co_return true;
 }
 
-// A covered request's one ledger row, already settled (or released when nothing was billed);
-// LeaseBook::settle adds the lease's part.
-cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
-  const bool billed = c.usage.prompt_tokens + c.usage.completion_tokens > 0;
-  cost::LedgerCovered row;
+// Whether a covered request's row bills anything (settled) or not (released).
+bool covered_billed(const Ctx& c) {
+  return c.usage.prompt_tokens + c.usage.completion_tokens > 0;
+}
+
+// The strings of the request's covered row (covered_row), for the journal's room.
+cost::LedgerCoveredText covered_text(const Ctx& c) {
+  if (const auto& party = c.key->ledger_party) {
+    return {c.request_id, party->key_id, party->tenant_id, c.route_model, &party->budgets};
+  }
+  return {c.request_id, c.key->cfg->name, c.key->cfg->tenant, c.route_model, &c.key->budget_ids};
+}
+
+// A covered request's one ledger row, already settled (or released when nothing was billed),
+// set on a default row; LeaseBook::settle adds the lease's part.
+void fill_covered_row(const Ctx& c, std::int64_t now_ms, cost::LedgerCovered& row) {
+  const bool billed = covered_billed(c);
   row.request_id = c.request_id;
   if (c.key->ledger_party) {
     row.party = c.key->ledger_party;  // key, tenant and budgets: shared, not copied
@@ -251,6 +263,11 @@ cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
   row.completion_tokens = c.usage.completion_tokens;
   row.created_unix_ms = c.reserved_unix_ms;
   row.settled_unix_ms = now_ms;
+}
+
+cost::LedgerCovered covered_row(const Ctx& c, std::int64_t now_ms) {
+  cost::LedgerCovered row;
+  fill_covered_row(c, now_ms, row);
   return row;
 }
 
@@ -407,10 +424,22 @@ std::optional<cost::LedgerCovered> phase_cost::settle_before_answer_now(
   auto& sh = c.sh;
   compute_cost(c);
   const std::int64_t now_ms = sh.clock.unix_millis();
-  cost::LedgerCovered row = covered_row(c, now_ms);
-  if (!sh.ledger->journal_room(row)) return row;
-  row.to_journal = true;
-  const cost::LeaseBook::Settled out = sh.leases->settle(c.lease_claim, std::move(row), {}, now_ms);
+  if (!sh.ledger->journal_room_for(covered_text(c))) return covered_row(c, now_ms);
+  // The row is made in the ledger's queue, journaled.
+  struct Fill {
+    const Ctx& c;
+    std::int64_t now_ms;
+  } fill{c, now_ms};
+  const cost::LedgerCoveredFill journaled_row{[](void* context, cost::LedgerCovered& row) {
+                                                const auto& f = *static_cast<const Fill*>(context);
+                                                fill_covered_row(f.c, f.now_ms, row);
+                                                row.to_journal = true;
+                                              },
+                                              &fill};
+  const bool billed = covered_billed(c);
+  const cost::LeaseBook::Settled out = sh.leases->settle_with(
+      c.lease_claim, billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased,
+      billed ? c.cost_micro : 0, journaled_row, {}, now_ms);
   if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
       (sh.webhooks && !out.outcome.alerts.empty())) {
     after_covered(c, out, out.queued, ex);

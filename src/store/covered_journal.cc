@@ -158,15 +158,28 @@ std::uint64_t CoveredJournal::checksum(std::uint64_t generation, std::uint64_t s
   return h;
 }
 
-std::uint64_t CoveredJournal::payload_bytes(const cost::LedgerCovered& row) {
-  std::uint64_t n = kFixedPayload + 5 * 4 + row.request_id.size() + row.lease_id.size() +
-                    row.key().size() + row.tenant().size() + row.model.size() + 4;
-  for (const auto& b : row.budget_ids()) n += 4 + b.size();
+namespace {
+
+std::uint64_t text_payload_bytes(const cost::LedgerCoveredText& row, std::uint64_t lease_id_bytes) {
+  std::uint64_t n = kFixedPayload + 5 * 4 + row.request_id.size() + lease_id_bytes +
+                    row.key.size() + row.tenant.size() + row.model.size() + 4;
+  for (const auto& b : *row.budgets) n += 4 + b.size();
   return n;
+}
+
+}  // namespace
+
+std::uint64_t CoveredJournal::payload_bytes(const cost::LedgerCovered& row) {
+  return text_payload_bytes(cost::LedgerCoveredText::of(row), row.lease_id.size());
 }
 
 std::uint64_t CoveredJournal::record_bytes(const cost::LedgerCovered& row) {
   return kRecordHead + pad8(payload_bytes(row));
+}
+
+std::uint64_t CoveredJournal::record_bytes(const cost::LedgerCoveredText& row,
+                                           std::uint64_t lease_id_bytes) {
+  return kRecordHead + pad8(text_payload_bytes(row, lease_id_bytes));
 }
 
 void CoveredJournal::encode(const cost::LedgerCovered& row, unsigned char* out) {

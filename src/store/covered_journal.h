@@ -77,6 +77,9 @@ class CoveredJournal {
 
   // The bytes a record of `row` takes, wrap marker not counted.
   static std::uint64_t record_bytes(const cost::LedgerCovered& row);
+  // The same from the row's strings and its lease id's length, before the row is built.
+  static std::uint64_t record_bytes(const cost::LedgerCoveredText& row,
+                                    std::uint64_t lease_id_bytes);
   // Whether `bytes` (one record) can be appended now, a wrap included.
   bool fits(std::uint64_t bytes) const;
   // Appends and publishes `row` (whose lease_id and reserved_micro are set); false when there

@@ -11,12 +11,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "common/light_mutex.h"
@@ -38,6 +40,13 @@ class GroupCommitQueue {
  public:
   using Callback = std::function<void(const Result<Ok>&)>;
   struct Item {
+    template <class R>
+    requires std::constructible_from<Record, R&&> Item(R&& r, Callback d)
+        : record(std::forward<R>(r)), done(std::move(d)) {}
+    // A default T, made where the item is (push_made).
+    template <class T>
+    Item(std::in_place_type_t<T> t, Callback d) : record(t), done(std::move(d)) {}
+
     Record record;
     Callback done;
   };
@@ -95,6 +104,27 @@ class GroupCommitQueue {
         return false;
       }
       queue_.emplace_back(std::forward<R>(record), std::move(done));
+      ++enqueued_;
+      if (!wake && queue_.size() < max_batch_ / 2) return true;
+      urgent_ = true;
+    }
+    work_cv_.notify_one();
+    return true;
+  }
+
+  // Like push(), with the record made in the queue's own room instead of moved there: a default
+  // T, on which `fill(T&)` then sets what it holds, under the queue's lock (it must not throw nor
+  // push). A refused record is not made and `fill` not called.
+  template <class T, class Fill>
+  [[nodiscard]] bool push_made(Fill&& fill, Callback done, bool wake = true) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_ || queue_.size() >= capacity_) {
+        queue_full_.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      Item& item = queue_.emplace_back(std::in_place_type<T>, std::move(done));
+      fill(*std::get_if<T>(&item.record));
       ++enqueued_;
       if (!wake && queue_.size() < max_batch_ / 2) return true;
       urgent_ = true;

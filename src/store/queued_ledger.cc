@@ -34,6 +34,17 @@ bool QueuedLedger::append_covered(cost::LedgerCovered&& record, cost::LedgerCall
   return queue_.push(std::move(record), std::move(done), wake == Wake::kNow);
 }
 
+bool QueuedLedger::append_covered_with(cost::LedgerCoveredFill fill, cost::LedgerCallback done,
+                                       Wake wake) {
+  ask_wake(wake);
+  return queue_.push_made<cost::LedgerCovered>(
+      [&](cost::LedgerCovered& record) {
+        fill(record);
+        if (record.to_journal) journal_covered(record);
+      },
+      std::move(done), wake == Wake::kNow);
+}
+
 void QueuedLedger::kick() {
   ask_wake(Wake::kNow);
   queue_.kick();

@@ -19,6 +19,8 @@ class QueuedLedger : public cost::Ledger {
                          Wake wake = Wake::kNow) final;
   bool append_covered(cost::LedgerCovered&& record, cost::LedgerCallback done,
                       Wake wake = Wake::kNow) final;
+  bool append_covered_with(cost::LedgerCoveredFill fill, cost::LedgerCallback done,
+                           Wake wake = Wake::kNow) final;
   void kick() final;
   void flush() final;
   cost::LedgerStats stats() const final;

@@ -393,11 +393,11 @@ int SqliteLedger::thread_journal() {
 // Room for the row's lease id too, which the lease book sets after this check.
 constexpr std::uint64_t kLeaseIdRoom = 128;
 
-bool SqliteLedger::journal_room(const cost::LedgerCovered& row) {
+bool SqliteLedger::journal_room_for(const cost::LedgerCoveredText& row) {
   const int index = thread_journal();
   if (index < 0) return false;
-  if (journals_[static_cast<std::size_t>(index)].journal->fits(CoveredJournal::record_bytes(row) +
-                                                               kLeaseIdRoom)) {
+  if (journals_[static_cast<std::size_t>(index)].journal->fits(
+          CoveredJournal::record_bytes(row, kLeaseIdRoom))) {
     return true;
   }
   journal_full_.fetch_add(1, std::memory_order_relaxed);

@@ -81,7 +81,7 @@ class SqliteLedger final : public QueuedLedger {
   }
 
   bool supports_leases() const override { return true; }
-  bool journal_room(const cost::LedgerCovered& row) override;
+  bool journal_room_for(const cost::LedgerCoveredText& row) override;
   // Covered rows replayed from journals at open() (left by a process that died).
   std::uint64_t replayed() const { return replayed_; }
   Result<std::vector<cost::LedgerRow>> open_reservations() override;

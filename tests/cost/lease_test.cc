@@ -352,6 +352,50 @@ TEST(Lease, CoveredSettlementIsPartialAndTheLedgerStaysWithinTheCap) {
   EXPECT_EQ(f.book->stats().closed, 1u);
 }
 
+// The row made by the caller's fill in the ledger's record: the lease's fields are the book's,
+// whatever the fill set, and the sums are those of settle() with a finished row.
+TEST(Lease, ARowMadeByAFillTakesTheLeasesFields) {
+  constexpr Micros kCap = 100'000, kW = 10'000;
+  LeaseOptions o = closing_at_once();
+  o.slice_micro = 40'000;
+  Fixture f(kCap, o);
+  LeaseClaim a, b, c;
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, a), LeaseBook::Begin::kPlain);
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
+  ASSERT_TRUE(f.open(kW, b));
+  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
+  f.book->end_plain(f.set.key);
+  int fills = 0;
+  const LedgerCoveredFill fill{[](void* n, LedgerCovered& r) {
+                                 ++*static_cast<int*>(n);
+                                 r.request_id = "c";
+                                 r.status = LedgerStatus::kSettled;
+                                 r.lease_id = "not-the-lease";
+                                 r.reserved_micro = 1;
+                                 r.actual_micro = 123'456;  // the book's actual wins
+                               },
+                               &fills};
+  auto out = f.book->settle_with(c, LedgerStatus::kSettled, 7'000, fill, {}, kJan1);
+  EXPECT_TRUE(out.queued);
+  EXPECT_EQ(fills, 1);
+  EXPECT_FALSE(c.active());
+  EXPECT_EQ(f.snap().spent_micro, 7'000);
+  EXPECT_EQ(f.snap().reserved_micro, 33'000);
+  f.ledger.commit();
+  // Lowered on the lease's row: the row named the book's lease.
+  EXPECT_EQ(f.ledger.settled(), 7'000);
+  EXPECT_EQ(f.ledger.open_reserved(), 33'000);
+  EXPECT_EQ(f.ledger.rows.at("c").reserved, kW);
+  EXPECT_EQ(f.ledger.rows.at("c").actual, 7'000);
+  // A claim already settled: nothing is filled.
+  out = f.book->settle_with(c, LedgerStatus::kSettled, 7'000, fill, {}, kJan1);
+  EXPECT_FALSE(out.queued);
+  EXPECT_EQ(fills, 1);
+  f.book->settle(b, f.row("b", 1'000), {}, kJan1);
+  f.ledger.commit();
+  EXPECT_EQ(f.ledger.open_leases(), 0);
+}
+
 TEST(Lease, ReleasedRequestsCloseTheLeaseWhenQuiet) {
   Fixture f(1'000'000);
   LeaseClaim a, b;

@@ -353,12 +353,23 @@ std::int64_t query_int(const std::string& db, const std::string& sql) {
   return v;
 }
 
-// A covered row journaled on this thread (the gateway's way): durable once append_covered
-// returns.
-void append_journaled(cost::Ledger& ledger, LedgerCovered row) {
-  ASSERT_TRUE(ledger.journal_room(row));
-  row.to_journal = true;
-  ASSERT_TRUE(ledger.append_covered(std::move(row), {}, cost::Ledger::Wake::kDeferred));
+// A covered row journaled on this thread: durable once append_covered returns. `in_place`: the
+// gateway's way, the room asked for from the row's strings and the row made in the ledger's queue
+// (append_covered_with).
+void append_journaled(cost::Ledger& ledger, LedgerCovered row, bool in_place = false) {
+  if (!in_place) {
+    ASSERT_TRUE(ledger.journal_room(row));
+    row.to_journal = true;
+    ASSERT_TRUE(ledger.append_covered(std::move(row), {}, cost::Ledger::Wake::kDeferred));
+    return;
+  }
+  ASSERT_TRUE(ledger.journal_room_for(cost::LedgerCoveredText::of(row)));
+  const cost::LedgerCoveredFill fill{[](void* from, LedgerCovered& to) {
+                                       to = *static_cast<const LedgerCovered*>(from);
+                                       to.to_journal = true;
+                                     },
+                                     &row};
+  ASSERT_TRUE(ledger.append_covered_with(fill, {}, cost::Ledger::Wake::kDeferred));
 }
 
 // A process appends covered rows through its journal while the database is locked by another
@@ -389,7 +400,7 @@ TEST(SqliteJournal, AKilledProcessesRowsAreReplayedExactlyOnce) {
       ::_exit(4);
     }
     for (int i = 0; i < kPending; ++i)
-      append_journaled(ledger, row_of("p" + std::to_string(i), 10));
+      append_journaled(ledger, row_of("p" + std::to_string(i), 10), /*in_place=*/i % 2 == 0);
     // A client reused c0's id: its 7 micro stay on the lease row.
     append_journaled(ledger, row_of("c0", 7));
     ledger.kick();

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <memory>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace bw::store {
@@ -82,6 +83,35 @@ TEST(GroupCommitQueue, AFullQueueRefusesAndTheQueuedRecordsAreStillCommitted) {
   q.stop();
   // Stopped: refused at once.
   EXPECT_FALSE(q.push(4, {}, true));
+}
+
+// A record made in the queue's room: filled once, under the queue, committed like a pushed one;
+// a refused one is never made.
+TEST(GroupCommitQueue, ARecordMadeInPlaceIsFilledOnceAndARefusedOneNever) {
+  struct Rec {
+    int value = -1;
+  };
+  GroupCommitQueue<std::variant<int, Rec>> q(1, 8);
+  int fills = 0;
+  ASSERT_TRUE(q.push_made<Rec>(
+      [&](Rec& r) {
+        ++fills;
+        EXPECT_EQ(r.value, -1);  // a default record
+        r.value = 7;
+      },
+      {}, false));
+  EXPECT_FALSE(q.push_made<Rec>([&](Rec&) { ++fills; }, {}, false));  // full
+  EXPECT_EQ(fills, 1);
+  EXPECT_EQ(q.stats().queue_full, 1u);
+  std::vector<int> seen;
+  q.start([&](const GroupCommitQueue<std::variant<int, Rec>>::Batch& batch) {
+    for (const auto& item : batch) seen.push_back(std::get<Rec>(item.record).value);
+    GroupCommitQueue<std::variant<int, Rec>>::BatchOutcome out;
+    out.results.assign(batch.size(), Result<Ok>(Ok{}));
+    return out;
+  });
+  q.flush();
+  EXPECT_EQ(seen, std::vector<int>{7});
 }
 
 }  // namespace
