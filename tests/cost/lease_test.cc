@@ -355,16 +355,13 @@ TEST(Lease, CoveredSettlementIsPartialAndTheLedgerStaysWithinTheCap) {
 // The row made by the caller's fill in the ledger's record: the lease's fields are the book's,
 // whatever the fill set, and the sums are those of settle() with a finished row.
 TEST(Lease, ARowMadeByAFillTakesTheLeasesFields) {
-  constexpr Micros kCap = 100'000, kW = 10'000;
+  constexpr Micros kW = 10'000;
   LeaseOptions o = closing_at_once();
-  o.slice_micro = 40'000;
-  Fixture f(kCap, o);
+  o.slice_micro = 4 * kW;
+  Fixture f(100'000, o);
   LeaseClaim a, b, c;
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, a), LeaseBook::Begin::kPlain);
-  ASSERT_EQ(f.book->begin(f.set, kW, kJan1, b), LeaseBook::Begin::kOpen);
-  ASSERT_TRUE(f.open(kW, b));
+  f.open_beside(kW, a, b);
   ASSERT_EQ(f.book->begin(f.set, kW, kJan1, c), LeaseBook::Begin::kCovered);
-  f.book->end_plain(f.set.key);
   int fills = 0;
   const LedgerCoveredFill fill{[](void* n, LedgerCovered& r) {
                                  ++*static_cast<int*>(n);
