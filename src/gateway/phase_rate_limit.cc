@@ -15,7 +15,7 @@ limits::RequestScope limit_scope(const Ctx& c) {
   scope.key_id = c.key->cfg->name;
   scope.tenant_id = c.key->cfg->tenant;
   scope.client_ip = c.client_ip;
-  scope.endpoint = c.req.path();
+  scope.target = c.req.target;  // the endpoint is cut from it only if a limit needs it
   scope.model = c.llm.model;
   scope.plan = c.plan;
   scope.key_overrides =

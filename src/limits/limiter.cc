@@ -32,6 +32,12 @@ bool match_value(const LimitSpec& spec, std::string_view value, std::string_view
   return true;
 }
 
+// The scope's endpoint: given, or cut from its target.
+std::string_view endpoint_of(const RequestScope& s) {
+  if (!s.endpoint.empty() || s.target.empty()) return s.endpoint;
+  return s.target.substr(0, s.target.find('?'));
+}
+
 bool global_scope_id(const LimitSpec& spec, const RequestScope& s, std::string_view& id) {
   switch (spec.scope) {
     case Scope::kGlobal:
@@ -47,7 +53,7 @@ bool global_scope_id(const LimitSpec& spec, const RequestScope& s, std::string_v
       id = s.client_ip;
       return !id.empty();
     case Scope::kEndpoint:
-      return match_value(spec, s.endpoint, id);
+      return match_value(spec, endpoint_of(s), id);
     case Scope::kModel:
       return match_value(spec, s.model, id);
   }
@@ -291,7 +297,9 @@ void Limiter::gather(Gathered& g, const LimiterConfig& cfg, const RequestScope& 
     walk_plan(*s.plan, s.key_overrides, s.key_id, s.tenant_id, g.daily.emplace(),
               [&](const LimitSpec& spec, std::string_view owner) {
                 std::string_view sub;
-                if (spec.scope == Scope::kEndpoint && !match_value(spec, s.endpoint, sub)) return;
+                if (spec.scope == Scope::kEndpoint && !match_value(spec, endpoint_of(s), sub)) {
+                  return;
+                }
                 if (spec.scope == Scope::kModel && !match_value(spec, s.model, sub)) return;
                 add(spec, 'p', owner, sub);
               });

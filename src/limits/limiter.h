@@ -108,6 +108,10 @@ struct RequestScope {
   std::string_view tenant_id;
   std::string_view client_ip;  // from client_ip()
   std::string_view endpoint;   // route path, e.g. "/v1/chat/completions"
+  // Instead of `endpoint` (left empty): the request target, whose part before any '?' is the
+  // endpoint ("/v1/chat/completions?x=1"). Cut only for a limit scoped by endpoint: a key's
+  // prepared plan limits never need it.
+  std::string_view target;
   std::string_view model;      // requested model (after alias resolution)
   const Plan* plan = nullptr;  // nullptr: no plan limits
   const std::vector<LimitSpec>* key_overrides = nullptr;

@@ -93,6 +93,32 @@ TEST(Limiter, EndpointAndModelMatching) {
   EXPECT_EQ(v2.retry_after_ns, kNanosPerSecond);
 }
 
+// A scope may give the request target instead of its endpoint: the endpoint is the target's part
+// before any '?', for config and plan limits alike.
+TEST(Limiter, EndpointIsCutFromTheTarget) {
+  Plan plan;
+  plan.name = "p";
+  plan.limits = {spec("plan-chat", Scope::kEndpoint, 2, "/v1/chat/completions")};
+  Limiter l(cfg({spec("chat", Scope::kEndpoint, 3, "/v1/chat/*")}), new_store());
+  auto at = [&](std::string_view target) {
+    RequestScope s = plan_scope("k", "t", plan);
+    s.endpoint = {};
+    s.target = target;
+    return s;
+  };
+  EXPECT_EQ(admit(l, at("/v1/embeddings?x=/v1/chat/completions"), 4, kT0), 4);  // neither
+  EXPECT_EQ(admit(l, at("/v1/chat/completions?stream=1"), 1, kT0), 1);
+  EXPECT_EQ(admit(l, at("/v1/chat/completions"), 2, kT0), 1);  // the plan's 2 used
+  const Verdict v = l.check(at("/v1/chat/other?a=b"), 0, kT0);
+  EXPECT_TRUE(v.allowed);                                   // the config's third
+  EXPECT_FALSE(l.check(at("/v1/chat/x"), 0, kT0).allowed);  // the config's 3 used
+  EXPECT_EQ(l.check(at("/v1/chat/x"), 0, kT0).limit_name, "chat");
+  // A given endpoint is taken as it is.
+  RequestScope both = at("/v1/chat/completions");
+  both.endpoint = "/v1/embeddings";
+  EXPECT_TRUE(l.check(both, 0, kT0).allowed);
+}
+
 TEST(Limiter, PlanDailyQuotaAndKeyOverride) {
   Plan plan;
   plan.name = "tiny";
