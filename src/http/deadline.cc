@@ -50,7 +50,7 @@ void Deadline::arm(Nanos duration) {
 
 void Deadline::disarm() {
   expired_ = false;
-  if (service_ && queue_ != kNone) service_->unlink(*this);
+  if (service_ && node_ != nullptr) service_->unlink(*this);
 }
 
 DeadlineService::DeadlineService(asio::execution_context& ctx)
@@ -70,21 +70,20 @@ void DeadlineService::shutdown() {
   // Deadlines still linked belong to objects destroyed with the io_context's handlers; forget
   // them so their destructors do not touch freed queues.
   for (auto& q : queues_) {
-    for (Deadline* d = q.head; d != nullptr;) {
-      Deadline* next = d->next_;
-      d->prev_ = d->next_ = nullptr;
-      d->queue_ = Deadline::kNone;
-      d->service_ = nullptr;
-      d = next;
+    for (Node* n = q.head; n != nullptr; n = n->next) {
+      n->deadline->node_ = nullptr;
+      n->deadline->service_ = nullptr;
     }
     q.head = q.tail = nullptr;
   }
+  free_ = nullptr;
+  blocks_.clear();
   armed_ = 0;
   timer_.reset();
 }
 
 void DeadlineService::arm(Deadline& d, Nanos duration) {
-  if (d.queue_ != Deadline::kNone) unlink(d);
+  if (d.node_ != nullptr) unlink(d);
   if (shut_down_) return;
   const Nanos now = coarse_now();
   // Clamp so that now + duration cannot overflow (callers may pass "never"-like values).
@@ -93,18 +92,29 @@ void DeadlineService::arm(Deadline& d, Nanos duration) {
   if (duration < 0) duration = 0;
   const std::size_t qi = queue_for(duration);
   Queue& q = queues_[qi];
-  d.at_ = now + duration;
-  d.queue_ = qi;
-  d.next_ = nullptr;
-  d.prev_ = q.tail;
+  Node* const n = free_ ? free_ : grow();
+  free_ = n->next;
+  const Nanos at = now + duration;
+  *n = Node{at, &d, q.tail, nullptr};
   if (q.tail) {
-    q.tail->next_ = &d;
+    q.tail->next = n;
   } else {
-    q.head = &d;
+    q.head = n;
   }
-  q.tail = &d;
+  q.tail = n;
+  d.node_ = n;
+  d.queue_ = static_cast<std::uint32_t>(qi);
   ++armed_;
-  if (timer_at_ == 0 || d.at_ < timer_at_) schedule(d.at_);
+  if (timer_at_ == 0 || at < timer_at_) schedule(at);
+}
+
+[[gnu::noinline]] DeadlineService::Node* DeadlineService::grow() {
+  // Blocks of 64 nodes (2 KiB), linked into the free list in order.
+  constexpr std::size_t kBlock = 64;
+  blocks_.push_back(std::make_unique<Node[]>(kBlock));
+  Node* const b = blocks_.back().get();
+  for (std::size_t i = 0; i + 1 < kBlock; ++i) b[i].next = &b[i + 1];
+  return b;
 }
 
 std::size_t DeadlineService::queue_for(Nanos duration) {
@@ -135,19 +145,21 @@ std::size_t DeadlineService::queue_for(Nanos duration) {
 }
 
 void DeadlineService::unlink(Deadline& d) {
+  Node* const n = d.node_;
   Queue& q = queues_[d.queue_];
-  if (d.prev_) {
-    d.prev_->next_ = d.next_;
+  if (n->prev) {
+    n->prev->next = n->next;
   } else {
-    q.head = d.next_;
+    q.head = n->next;
   }
-  if (d.next_) {
-    d.next_->prev_ = d.prev_;
+  if (n->next) {
+    n->next->prev = n->prev;
   } else {
-    q.tail = d.prev_;
+    q.tail = n->prev;
   }
-  d.prev_ = d.next_ = nullptr;
-  d.queue_ = Deadline::kNone;
+  n->next = free_;
+  free_ = n;
+  d.node_ = nullptr;
   --armed_;
 }
 
@@ -167,13 +179,13 @@ void DeadlineService::on_timer() {
   const Nanos now = coarse_now();
   Nanos next = 0;
   for (std::size_t qi = 0; qi < queues_.size(); ++qi) {
-    while (queues_[qi].head != nullptr && queues_[qi].head->at_ <= now) {
-      Deadline& d = *queues_[qi].head;
+    while (queues_[qi].head != nullptr && queues_[qi].head->at <= now) {
+      Deadline& d = *queues_[qi].head->deadline;
       unlink(d);
       d.expired_ = true;
       d.cancel_(d.owner_);
     }
-    if (Deadline* h = queues_[qi].head; h != nullptr && (next == 0 || h->at_ < next)) next = h->at_;
+    if (Node* h = queues_[qi].head; h != nullptr && (next == 0 || h->at < next)) next = h->at;
   }
   // A cancel callback may have armed (and scheduled) a later deadline meanwhile.
   if (next != 0 && (timer_at_ == 0 || next < timer_at_)) schedule(next);

@@ -368,6 +368,58 @@ TEST(Deadline, RearmingItselfFromTheCallbackFiresAgain) {
   EXPECT_TRUE(p.deadline.expired());
 }
 
+// The queues link nodes that are reused once freed: deadlines disarmed from the middle, the
+// head and the tail of their queues, in another order than they were armed, and re-armed with
+// other durations, still fire each once, in time order, and the disarmed ones never.
+TEST(Deadline, FreedPlacesAreReusedWithoutMixingQueues) {
+  asio::io_context ioc;
+  std::vector<std::string> order;
+  std::vector<std::unique_ptr<Probe>> probes;
+  for (int i = 0; i < 12; ++i) {
+    probes.push_back(std::make_unique<Probe>("p" + std::to_string(i), ioc, &order));
+    probes.back()->arm(milliseconds(i % 2 == 0 ? 400 : 600));
+  }
+  auto& svc = DeadlineService::of(ioc.get_executor());
+  EXPECT_EQ(svc.armed(), 12u);
+  // Disarm a head, a tail and middles of both queues, in an order unlike arming.
+  for (int i : {7, 0, 10, 11, 3, 4}) probes[static_cast<std::size_t>(i)]->deadline.disarm();
+  EXPECT_EQ(svc.armed(), 6u);
+  // Their places are taken by deadlines of two new durations (due first) and a re-armed one.
+  probes[0]->arm(milliseconds(100));
+  probes[7]->arm(milliseconds(200));
+  probes[4]->arm(milliseconds(100));
+  auto extra = std::make_unique<Probe>("extra", ioc, &order);
+  extra->arm(milliseconds(200));
+  EXPECT_EQ(svc.armed(), 10u);
+  ioc.run();
+  EXPECT_EQ(order, (std::vector<std::string>{"p0", "p4", "p7", "extra", "p2", "p6", "p8", "p1",
+                                             "p5", "p9"}));
+  for (int i : {3, 10, 11}) EXPECT_EQ(probes[static_cast<std::size_t>(i)]->fired, 0) << i;
+  EXPECT_EQ(svc.armed(), 0u);
+}
+
+// A cancel callback that arms many deadlines (the service's table grows under the pass that
+// runs it) leaves the pass to fire the others that are due, and the new ones later.
+TEST(Deadline, ArmingManyFromACancelCallbackWhileOthersAreDue) {
+  asio::io_context ioc;
+  std::vector<std::string> order;
+  Probe first("first", ioc, &order), second("second", ioc, &order);
+  std::vector<std::unique_ptr<Probe>> armed_later;
+  first.arm(milliseconds(20));
+  second.arm(milliseconds(20));
+  first.on_fire = [&](Probe&) {
+    for (int i = 0; i < 200; ++i) {
+      armed_later.push_back(std::make_unique<Probe>("later", ioc));
+      armed_later.back()->arm(milliseconds(i % 2 == 0 ? 40 : 60));
+    }
+  };
+  ioc.run();
+  EXPECT_EQ(order, (std::vector<std::string>{"first", "second"}));
+  ASSERT_EQ(armed_later.size(), 200u);
+  for (const auto& p : armed_later) EXPECT_EQ(p->fired, 1);
+  EXPECT_EQ(DeadlineService::of(ioc.get_executor()).armed(), 0u);
+}
+
 TEST(Deadline, DestroyingTheIoContextWithArmedDeadlinesIsSafe) {
   // Declared before the io_context: outlives it.
   auto outlives = std::make_unique<Deadline>();
