@@ -3,6 +3,7 @@
 // (permits, budget holds) is still held.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "gateway/admin.h"
@@ -281,6 +282,63 @@ TEST(Pipeline, Upstream503WithALongRetryAfterIsPassedOnAtOnce) {
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.header("retry-after"), "1");
   EXPECT_EQ(p.upstream->seen.size(), 1u);
+}
+
+// The provider's headers are read whatever the case of their names: the ones passed to the
+// client (openai-processing-ms, openai-version, x-ratelimit-limit-requests-provider) in the
+// provider's order and no others, its rate-limit headers learned by the admission queue; a
+// name that only starts like a wanted one is neither.
+TEST(Pipeline, ProviderHeadersArePassedOnAndLearnedInAnyCase) {
+  Pipeline p(kBase);
+  for (const bool stream : {false, true}) {
+    p.upstream->answers = {[stream](const Seen&) -> Result<http::UpstreamResponse> {
+      http::UpstreamResponse::Canned c;
+      c.status = 200;
+      c.headers.add("content-type", stream ? "text/event-stream" : "application/json");
+      c.headers.add("OpenAI-Version", "2020-10-01");
+      c.headers.add("X-Request-Id", "from-the-provider");
+      c.headers.add("Openai-Processing-MS", "42");
+      c.headers.add("openai-processing", "no");
+      c.headers.add("Retry-After-Whatever", "no");
+      c.headers.add("X-RateLimit-Limit-Requests-Provider", "9");
+      c.headers.add("X-RATELIMIT-LIMIT-REQUESTS", "100");
+      c.headers.add("x-RateLimit-Remaining-Requests", "3");
+      c.headers.add("Anthropic-RateLimit-Tokens-Limit", "5000");
+      if (stream) {
+        c.pieces = {"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":"
+                    "1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n"};
+      } else {
+        c.pieces = {R"({"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,)"
+                    R"("message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],)"
+                    R"("usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}})"};
+      }
+      return http::UpstreamResponse::canned(std::move(c));
+    }};
+    auto r = stream ? p.chat("m", {{"authorization", bearer(kKey)}}, true) : p.chat();
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("openai-version"), "2020-10-01");
+    EXPECT_EQ(r.header("openai-processing-ms"), "42");
+    EXPECT_EQ(r.header("x-ratelimit-limit-requests-provider"), "9");
+    EXPECT_NE(r.header("x-request-id"), "from-the-provider");
+    std::vector<std::string> passed;
+    for (auto [n, v] : r.headers.items()) {
+      if (n.starts_with("openai") || n.starts_with("OpenAI") || n.starts_with("Openai") ||
+          n.starts_with("X-RateLimit") || n.starts_with("Retry") || n.starts_with("Anthropic") ||
+          n.starts_with("X-RATE") || n.starts_with("x-RateLimit")) {
+        passed.emplace_back(n);
+      }
+    }
+    EXPECT_EQ(passed, (std::vector<std::string>{"OpenAI-Version", "Openai-Processing-MS",
+                                                "X-RateLimit-Limit-Requests-Provider"}))
+        << (stream ? "stream" : "buffered");
+    const auto snap = p.sh.admission->snapshot();
+    const auto row = std::find_if(snap.deployments.begin(), snap.deployments.end(),
+                                  [](const auto& d) { return d.deployment == "m-a"; });
+    ASSERT_NE(row, snap.deployments.end());
+    EXPECT_TRUE(row->learned_fresh);
+    EXPECT_EQ(row->learned_remaining_requests, 3);
+  }
 }
 
 TEST(Pipeline, RetryGoesToTheOtherDeployment) {
