@@ -271,49 +271,150 @@ class Scanner {
   }
 
   [[gnu::noinline]] bool container(int depth) {
+    // Without holes to note, nothing inside is read: the same checks, without recursion.
+    if (holes_ == nullptr) return skip_container(depth);
     if (*p_ == '{') return members<false>(depth, [&](const Str&) { return value(depth + 1); });
     return elements(depth, [&] { return value(depth + 1); });
   }
 
-  bool literal(std::string_view word) {
-    if (static_cast<std::size_t>(end_ - p_) < word.size() ||
-        std::memcmp(p_, word.data(), word.size()) != 0) {
-      return false;
+  // At '{' or '[' of a value of a container at depth - 1 of which nothing is read: takes what
+  // members<false>() and elements() with value() take (the same tokens, whitespace, strings,
+  // numbers and depth bound), with the position in a local and the open containers in a bit
+  // stack instead of a call per value.
+  bool skip_container(int depth) {
+    const char* p = p_;
+    const char* const end = end_;
+    const auto skip_ws = [&] { p = json_scan::skip_ws(p, end); };
+    std::uint64_t objects = 0;  // bit i: the container open at level i is an object
+    int level = -1;
+  open:  // at '{' or '['
+    ++level;
+    if (depth + level > kMaxScanDepth) return false;
+    if (*p == '{') {
+      objects |= std::uint64_t{1} << level;
+      ++p;
+      skip_ws();
+      if (p != end && *p == '}') {
+        ++p;
+        goto closed;
+      }
+      goto key;
     }
-    p_ += word.size();
+    objects &= ~(std::uint64_t{1} << level);
+    ++p;
+    skip_ws();
+    if (p != end && *p == ']') {
+      ++p;
+      goto closed;
+    }
+    goto element;
+  key:
+    if (p == end || *p != '"') return false;
+    p = skip_string_at(p);
+    if (p == nullptr) return false;
+    skip_ws();
+    if (p == end || *p != ':') return false;
+    ++p;
+    skip_ws();
+  element:
+    if (p == end) return false;
+    switch (*p) {
+      case '{':
+      case '[':
+        goto open;
+      case '"':
+        p = skip_string_at(p);
+        if (p == nullptr) return false;
+        break;
+      case 't':
+        p = literal_at(p, "true");
+        if (p == nullptr) return false;
+        break;
+      case 'f':
+        p = literal_at(p, "false");
+        if (p == nullptr) return false;
+        break;
+      case 'n':
+        p = literal_at(p, "null");
+        if (p == nullptr) return false;
+        break;
+      default:
+        p = number_at(p);
+        if (p == nullptr) return false;
+        break;
+    }
+  after_value:
+    skip_ws();
+    if (p == end) return false;
+    if (*p == ',') {
+      ++p;
+      skip_ws();
+      if (objects >> level & 1) goto key;
+      goto element;
+    }
+    if (*p != ((objects >> level & 1) ? '}' : ']')) return false;
+    ++p;
+  closed:
+    if (level == 0) {
+      p_ = p;
+      return true;
+    }
+    --level;
+    goto after_value;
+  }
+
+  bool literal(std::string_view word) {
+    const char* const p = literal_at(p_, word);
+    if (p == nullptr) return false;
+    p_ = p;
     return true;
+  }
+  // The position past `word` at p, or null when another word is there.
+  const char* literal_at(const char* p, std::string_view word) const {
+    if (static_cast<std::size_t>(end_ - p) < word.size() ||
+        std::memcmp(p, word.data(), word.size()) != 0) {
+      return nullptr;
+    }
+    return p + word.size();
   }
 
   // Only numbers that any double or int64 reading takes: few digits, a short exponent.
   bool number() {
-    const char* p = p_;
+    const char* const p = number_at(p_);
+    if (p == nullptr) return false;
+    p_ = p;
+    return true;
+  }
+  // The position past the number at p (p != end_), or null when number() refuses it; an
+  // integer without a sign is noted as a hole.
+  const char* number_at(const char* const start) {
+    const char* p = start;
     if (*p == '-') ++p;
     const char* int_start = p;
-    if (p == end_ || !is_digit(*p)) return false;
+    if (p == end_ || !is_digit(*p)) return nullptr;
     if (*p == '0') {
       ++p;
     } else {
       while (p != end_ && is_digit(*p)) ++p;
     }
     const auto int_digits = p - int_start;
-    if (int_digits > 18) return false;
+    if (int_digits > 18) return nullptr;
     const char* const int_end = p;
     if (p != end_ && *p == '.') {
       ++p;
       const char* frac_start = p;
       while (p != end_ && is_digit(*p)) ++p;
-      if (p == frac_start || int_digits + (p - frac_start) > 19) return false;
+      if (p == frac_start || int_digits + (p - frac_start) > 19) return nullptr;
     }
     if (p != end_ && (*p == 'e' || *p == 'E')) {
       ++p;
       if (p != end_ && (*p == '+' || *p == '-')) ++p;
       const char* exp_start = p;
       while (p != end_ && is_digit(*p)) ++p;
-      if (p == exp_start || p - exp_start > 2) return false;
+      if (p == exp_start || p - exp_start > 2) return nullptr;
     }
-    if (p == int_end && int_start == p_) note_hole(p_, p, nullptr, false);
-    p_ = p;
-    return true;
+    if (p == int_end && int_start == start) note_hole(start, p, nullptr, false);
+    return p;
   }
 
   // The first quote, backslash or control character at or after p (json_scan::find_special).
@@ -343,16 +444,25 @@ class Scanner {
   // At '"' of a string value that is only skipped: checked as string() checks it, searched with
   // the long search (the value may be a whole answer's text), its length not counted.
   bool skip_string() {
-    for (const char* from = p_ + 1;;) {
+    const char* const p = skip_string_at(p_);
+    if (p == nullptr) return false;
+    p_ = p;
+    return true;
+  }
+  // The position past the string whose opening quote is at p, or null when skip_string()
+  // refuses it. A short plain string (a key, most values) is taken here, the others out of line.
+  [[gnu::always_inline]] const char* skip_string_at(const char* p) {
+    if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at + 1;
+    return skip_long_string_at(p);
+  }
+  [[gnu::noinline]] const char* skip_long_string_at(const char* p) {
+    for (const char* from = p + 1;;) {
       const char* at = json_scan::find_special_long(from, end_, high_);
-      if (at >= end_) return false;  // unterminated
-      if (*at == '"') {
-        p_ = at + 1;
-        return true;
-      }
-      if (*at != '\\') return false;  // a control character
+      if (at >= end_) return nullptr;  // unterminated
+      if (*at == '"') return at + 1;
+      if (*at != '\\') return nullptr;  // a control character
       const json_scan::Escape e = json_scan::read_escape(at, end_);
-      if (e.bytes == 0) return false;
+      if (e.bytes == 0) return nullptr;
       from = at + e.bytes;
     }
   }

@@ -149,6 +149,21 @@ inline const char* find_special_long(const char* p, const char* end, std::uint64
 inline const char* find_special_long_sse2(const char* p, const char* end, std::uint64_t& high_out) {
   return find_special_long<true>(p, end, high_out);
 }
+
+// The closing quote of a string whose text starts at p when it is among the 16 bytes there
+// with no backslash or control character before it (a key, a short value); null otherwise
+// (then find_special decides), and when fewer than 16 bytes are left before end. Notes non-ASCII
+// bytes as find_special does.
+inline const char* short_string_end(const char* p, const char* end, std::uint64_t& high_out) {
+  if (end - p < 16) return nullptr;
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special_bytes(x)));
+  if (mask == 0) return nullptr;
+  const char* const at = p + __builtin_ctz(mask);
+  if (*at != '"') return nullptr;
+  high_out |= static_cast<unsigned>(_mm_movemask_epi8(x));
+  return at;
+}
 #else
 inline constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
 inline constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
@@ -180,7 +195,19 @@ inline const char* find_special(const char* p, const char* end, std::uint64_t& h
 inline const char* find_special_long(const char* p, const char* end, std::uint64_t& high_out) {
   return find_special(p, end, high_out);
 }
+inline const char* short_string_end(const char*, const char*, std::uint64_t&) {
+  return nullptr;
+}
 #endif
+
+// The first byte at or after p that is not JSON whitespace, or end.
+inline const char* skip_ws(const char* p, const char* end) {
+  while (p != end && static_cast<unsigned char>(*p) <= ' ' &&
+         (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+    ++p;
+  }
+  return p;
+}
 
 inline int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -382,6 +383,108 @@ TEST(ChunkScan, DeepAndLargeEventsAgreeWithTheParse) {
     expect_answer_agrees(R"({"choices":[{"message":{"content":")" + std::string(n, 'x') +
                          R"("}}],"usage":{"prompt_tokens":1,"completion_tokens":2}})");
   }
+}
+
+// A value of which nothing is read (the answer's choices, any other member) is checked without
+// recursion: as deep as the scan goes (31 containers inside a top-level member, 32 are left to
+// the parse), and random values of every kind, whitespace and damage inside it agree with the
+// parse.
+TEST(AnswerScan, SkippedValuesAgreeWithTheParse) {
+  const std::string usage = R"("usage":{"prompt_tokens":1,"completion_tokens":2})";
+  for (int depth : {1, 2, 30, 31, 32, 33}) {
+    const std::string arrays = std::string(depth, '[') + "1" + std::string(depth, ']');
+    std::string objects;
+    for (int i = 0; i < depth; ++i) objects += R"({"k":)";
+    objects += "null" + std::string(depth, '}');
+    for (const std::string& v : {arrays, objects}) {
+      const std::string a = R"({"choices":)" + v + "," + usage + "}";
+      EXPECT_EQ(scan_answer_usage(a, Endpoint::kChat).has_value(), depth <= 31) << show(a);
+      expect_answer_agrees(a);
+    }
+  }
+  std::mt19937 rng(20261207);
+  const auto pick = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
+  const char* const kAtoms[] = {"0",
+                                "-0",
+                                "1",
+                                "-12",
+                                "3.25",
+                                "1e5",
+                                "2E-07",
+                                "1.5e+3",
+                                "01",
+                                "1.",
+                                "-",
+                                ".5",
+                                "1e",
+                                "1e123",
+                                "123456789012345678",
+                                "1234567890123456789",
+                                "true",
+                                "false",
+                                "null",
+                                "tru",
+                                "nul",
+                                "\"\"",
+                                "\"a\"",
+                                "\"\\n\\u00e9\"",
+                                "\"\\ud83d\\ude00\"",
+                                "\"\\x\"",
+                                "\"\xc3\xa9\"",
+                                "\"\xff\"",
+                                "\"\t\"",
+                                "[]",
+                                "{}",
+                                "[ ]",
+                                "{ }"};
+  const char* const kWs[] = {"", "", "", " ", "\n", "\r\n\t", "\f"};
+  std::function<std::string(int)> value = [&](int depth) -> std::string {
+    const std::size_t kind = depth > 6 ? 2 : pick(4);
+    std::string out;
+    if (kind == 0 || kind == 1) {
+      const bool object = kind == 0;
+      out += object ? '{' : '[';
+      const std::size_t n = pick(4);
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i) out += ',';
+        out += kWs[pick(std::size(kWs))];
+        if (object)
+          out +=
+              std::string("\"k") + std::to_string(pick(3)) + "\"" + kWs[pick(std::size(kWs))] + ":";
+        out += kWs[pick(std::size(kWs))];
+        out += value(depth + 1);
+        out += kWs[pick(std::size(kWs))];
+      }
+      out += object ? '}' : ']';
+      return out;
+    }
+    return kAtoms[pick(std::size(kAtoms))];
+  };
+  int scanned = 0;
+  constexpr int kAnswers = 20000;
+  for (int i = 0; i < kAnswers; ++i) {
+    std::string v = value(0);
+    if (pick(6) == 0 && !v.empty()) {  // damage: a byte cut, changed or added
+      const std::size_t at = pick(v.size());
+      switch (pick(3)) {
+        case 0:
+          v.erase(at, 1);
+          break;
+        case 1:
+          v[at] = "{}[],:\" 0-a"[pick(11)];
+          break;
+        default:
+          v.insert(at, 1, "{}[],:\" 0"[pick(9)]);
+          break;
+      }
+    }
+    const std::string a = pick(2) == 0 ? R"({"choices":)" + v + "," + usage + "}"
+                                       : "{" + usage + R"(,"x":[)" + v + "]}";
+    if (scan_answer_usage(a, Endpoint::kChat)) ++scanned;
+    expect_answer_agrees(a);
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(scanned, kAnswers / 4);
 }
 
 // A non-streamed answer as providers send it: its usage is read by the scan, not by a parse.
