@@ -76,7 +76,20 @@ class Scanner {
     } else {
       ws();
       if (p_ == end_ || *p_ != '{') return false;
-      ok = members(1, on_member);
+      if (answer_) {
+        // Only "usage" is read (on_member's reading of an answer), and where the first member
+        // read begins is not wanted.
+        ok = plain_members(1, [&](std::string_view key) {
+          if (key == "usage") {
+            if (saw_usage) return false;
+            saw_usage = true;
+            if (*p_ == '{') return usage(2, info.usage);
+          }
+          return value(2);
+        });
+      } else {
+        ok = members(1, on_member);
+      }
     }
     if (!ok) return false;
     // parse_chunk's rule: usage alone when "choices" is an empty array.
@@ -229,6 +242,47 @@ class Scanner {
     }
   }
 
+  // members() for an object whose keys are read and refused when escaped (a key written with
+  // escapes may equal one that is read): on_member(key) gets the key's text, p_ at the value.
+  // The position is kept in a local between the members.
+  template <typename OnMember>
+  bool plain_members(int depth, OnMember&& on_member) {
+    if (depth > kMaxScanDepth) return false;
+    const char* p = p_ + 1;
+    if (json_scan::at_byte(p, end_, '}')) {
+      p_ = p + 1;
+      return true;
+    }
+    for (;;) {
+      if (!json_scan::at_byte(p, end_, '"')) return false;
+      const char* const q = plain_key_end(p);
+      if (q == nullptr) return false;
+      const std::string_view key(p + 1, static_cast<std::size_t>(q - p - 1));
+      p = q + 1;
+      if (!json_scan::at_byte(p, end_, ':')) return false;
+      ++p;
+      if (!json_scan::at_value(p, end_)) return false;
+      p_ = p;
+      if (!on_member(key)) return false;
+      p = p_;
+      if (json_scan::at_byte(p, end_, ',')) {
+        ++p;
+        continue;
+      }
+      if (p == end_ || *p != '}') return false;
+      p_ = p + 1;
+      return true;
+    }
+  }
+
+  // The closing quote of the key whose opening quote is at p when it is written without an
+  // escape (and is a string: no control character, terminated); null otherwise.
+  const char* plain_key_end(const char* p) {
+    if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at;
+    const char* const at = find_special(p + 1);
+    return at < end_ && *at == '"' ? at : nullptr;
+  }
+
   // At '['. on_element() reads the element, which starts at p_.
   template <typename OnElement>
   bool elements(int depth, OnElement&& on_element) {
@@ -284,7 +338,6 @@ class Scanner {
   bool skip_container(int depth) {
     const char* p = p_;
     const char* const end = end_;
-    const auto skip_ws = [&] { p = json_scan::skip_ws(p, end); };
     std::uint64_t objects = 0;  // bit i: the container open at level i is an object
     int level = -1;
   open:  // at '{' or '['
@@ -293,8 +346,7 @@ class Scanner {
     if (*p == '{') {
       objects |= std::uint64_t{1} << level;
       ++p;
-      skip_ws();
-      if (p != end && *p == '}') {
+      if (json_scan::at_byte(p, end, '}')) {
         ++p;
         goto closed;
       }
@@ -302,57 +354,46 @@ class Scanner {
     }
     objects &= ~(std::uint64_t{1} << level);
     ++p;
-    skip_ws();
-    if (p != end && *p == ']') {
+    if (json_scan::at_byte(p, end, ']')) {
       ++p;
       goto closed;
     }
     goto element;
   key:
-    if (p == end || *p != '"') return false;
+    if (!json_scan::at_byte(p, end, '"')) return false;
     p = skip_string_at(p);
-    if (p == nullptr) return false;
-    skip_ws();
-    if (p == end || *p != ':') return false;
+    if (p == nullptr || !json_scan::at_byte(p, end, ':')) return false;
     ++p;
-    skip_ws();
   element:
-    if (p == end) return false;
+    if (!json_scan::at_value(p, end)) return false;
     switch (*p) {
       case '{':
       case '[':
         goto open;
       case '"':
         p = skip_string_at(p);
-        if (p == nullptr) return false;
         break;
       case 't':
         p = literal_at(p, "true");
-        if (p == nullptr) return false;
         break;
       case 'f':
         p = literal_at(p, "false");
-        if (p == nullptr) return false;
         break;
       case 'n':
         p = literal_at(p, "null");
-        if (p == nullptr) return false;
         break;
       default:
         p = number_at(p);
-        if (p == nullptr) return false;
         break;
     }
+    if (p == nullptr) return false;
   after_value:
-    skip_ws();
-    if (p == end) return false;
-    if (*p == ',') {
+    if (json_scan::at_byte(p, end, ',')) {
       ++p;
-      skip_ws();
       if (objects >> level & 1) goto key;
       goto element;
     }
-    if (*p != ((objects >> level & 1) ? '}' : ']')) return false;
+    if (p == end || *p != ((objects >> level & 1) ? '}' : ']')) return false;
     ++p;
   closed:
     if (level == 0) {
@@ -490,13 +531,12 @@ class Scanner {
   bool choice(int depth, ChunkInfo& info) {
     bool saw_delta = false, saw_text = false, output = false;
     std::optional<std::size_t> content, text;
-    const bool ok = members(depth, [&](const Str& key) {
-      if (key.escaped) return false;
-      if (key.raw == "delta") {
+    const bool ok = plain_members(depth, [&](std::string_view key) {
+      if (key == "delta") {
         if (saw_delta) return false;
         saw_delta = true;
         if (*p_ == '{') return delta(depth + 1, content, output);
-      } else if (key.raw == "text") {
+      } else if (key == "text") {
         if (saw_text) return false;
         saw_text = true;
         if (*p_ == '"') {
@@ -519,16 +559,15 @@ class Scanner {
 
   bool delta(int depth, std::optional<std::size_t>& content, bool& output) {
     bool saw_content = false;
-    return members(depth, [&](const Str& key) {
-      if (key.escaped) return false;
-      if (is_output_member(key.raw)) {
+    return plain_members(depth, [&](std::string_view key) {
+      if (is_output_member(key)) {
         const char* start = p_;
         if (!value(depth + 1)) return false;
         output =
             output || !empty_json(std::string_view(start, static_cast<std::size_t>(p_ - start)));
         return true;
       }
-      if (key.raw == "content") {
+      if (key == "content") {
         if (saw_content) return false;
         saw_content = true;
         if (*p_ == '"') {
@@ -577,23 +616,22 @@ class Scanner {
   bool usage(int depth, Usage& u) {
     bool saw_prompt = false, saw_completion = false, saw_in_details = false,
          saw_out_details = false;
-    const bool ok = members(depth, [&](const Str& key) {
-      if (key.escaped) return false;
-      if (key.raw == "prompt_tokens") {
+    const bool ok = plain_members(depth, [&](std::string_view key) {
+      if (key == "prompt_tokens") {
         if (saw_prompt) return false;
         saw_prompt = true;
         return count(u, &Usage::prompt_tokens);
       }
-      if (key.raw == "completion_tokens") {
+      if (key == "completion_tokens") {
         if (saw_completion) return false;
         saw_completion = true;
         return count(u, &Usage::completion_tokens);
       }
-      if (key.raw == "prompt_tokens_details") {
+      if (key == "prompt_tokens_details") {
         if (saw_in_details) return false;
         saw_in_details = true;
         if (*p_ == '{') return details(depth + 1, "cached_tokens", u, &Usage::cached_tokens);
-      } else if (key.raw == "completion_tokens_details") {
+      } else if (key == "completion_tokens_details") {
         if (saw_out_details) return false;
         saw_out_details = true;
         if (*p_ == '{') {
@@ -613,9 +651,8 @@ class Scanner {
   // A details object: `name` read as a count (missing: 0); anything else there to the parser.
   bool details(int depth, std::string_view name, Usage& u, std::int64_t Usage::*field) {
     bool saw = false;
-    return members(depth, [&](const Str& key) {
-      if (key.escaped) return false;
-      if (key.raw == name) {
+    return plain_members(depth, [&](std::string_view key) {
+      if (key == name) {
         if (saw) return false;
         saw = true;
         return count(u, field);

@@ -209,6 +209,22 @@ inline const char* skip_ws(const char* p, const char* end) {
   return p;
 }
 
+// Whether the byte at p, or past the whitespace there, is c (p then at it). Between the tokens
+// of compact JSON there is none: c is tried first.
+inline bool at_byte(const char*& p, const char* end, char c) {
+  if (p != end && *p == c) return true;
+  p = skip_ws(p, end);
+  return p != end && *p == c;
+}
+
+// p past the whitespace there, and whether a byte is left (where a value must start).
+inline bool at_value(const char*& p, const char* end) {
+  if (p == end) return false;
+  if (static_cast<unsigned char>(*p) > ' ') return true;
+  p = skip_ws(p, end);
+  return p != end;
+}
+
 inline int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
