@@ -277,8 +277,11 @@ class Scanner {
 
   // The closing quote of the key whose opening quote is at p when it is written without an
   // escape (and is a string: no control character, terminated); null otherwise.
-  const char* plain_key_end(const char* p) {
+  [[gnu::always_inline]] const char* plain_key_end(const char* p) {
     if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at;
+    return long_key_end(p);
+  }
+  [[gnu::noinline]] const char* long_key_end(const char* p) {
     const char* const at = find_special(p + 1);
     return at < end_ && *at == '"' ? at : nullptr;
   }

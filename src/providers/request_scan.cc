@@ -144,15 +144,15 @@ class RequestScanner {
 
   // At '{'. on_member(key, mini) reads the value, which starts at p_, and adds its size to mini.
   // Keys are unescaped and each is met once (the parse refuses a duplicate; an escaped key may
-  // equal another once unescaped: both go to the parse).
+  // equal another once unescaped: both go to the parse). The position is kept in a local
+  // between the members.
   template <typename OnMember>
   bool object(int depth, Mini& m, OnMember&& on_member) {
     if (depth > kMaxScanDepth) return false;
-    ++p_;
-    ws();
+    const char* p = p_ + 1;
     m.size += 2;
-    if (p_ != end_ && *p_ == '}') {
-      ++p_;
+    if (json_scan::at_byte(p, end_, '}')) {
+      p_ = p + 1;
       return true;
     }
     struct Key {
@@ -161,58 +161,77 @@ class RequestScanner {
     };
     Key keys[kMaxKeys];
     std::size_t n = 0;
+    std::uint64_t sizes = 0;  // bit i: a key of i bytes (63: of 63 or more) was met
     for (;;) {
-      if (p_ == end_ || *p_ != '"') return false;
-      Str key;
-      if (!string(key) || key.escaped || n == kMaxKeys) return false;
-      for (std::size_t i = 0; i < n; ++i) {
-        if (keys[i].size == key.raw.size() &&
-            std::memcmp(keys[i].data, key.raw.data(), key.raw.size()) == 0) {
-          return false;
+      if (!json_scan::at_byte(p, end_, '"')) return false;
+      const char* const q = plain_key_end(p);
+      if (q == nullptr || n == kMaxKeys) return false;
+      const std::string_view key(p + 1, static_cast<std::size_t>(q - p - 1));
+      // Only a key of a size met before may be met twice.
+      const std::uint64_t size_bit = std::uint64_t{1} << std::min<std::size_t>(key.size(), 63);
+      if (sizes & size_bit) {
+        for (std::size_t i = 0; i < n; ++i) {
+          if (keys[i].size == key.size() &&
+              std::memcmp(keys[i].data, key.data(), key.size()) == 0) {
+            return false;
+          }
         }
       }
-      keys[n++] = Key{key.raw.data(), key.raw.size()};
-      m.size += key.mini + 1 + (n > 1 ? 1 : 0);  // the key, its colon, the comma before it
-      ws();
-      if (p_ == end_ || *p_ != ':') return false;
-      ++p_;
-      ws();
-      if (p_ == end_ || !on_member(key.raw, m)) return false;
-      ws();
-      if (p_ == end_) return false;
-      if (*p_ == '}') {
-        ++p_;
-        return true;
+      sizes |= size_bit;
+      keys[n++] = Key{key.data(), key.size()};
+      // The key and its quotes, its colon, the comma before it.
+      m.size += key.size() + 3 + (n > 1 ? 1 : 0);
+      p = q + 1;
+      if (!json_scan::at_byte(p, end_, ':')) return false;
+      ++p;
+      if (!json_scan::at_value(p, end_)) return false;
+      p_ = p;
+      if (!on_member(key, m)) return false;
+      p = p_;
+      if (json_scan::at_byte(p, end_, ',')) {
+        ++p;
+        continue;
       }
-      if (*p_ != ',') return false;
-      ++p_;
-      ws();
+      if (p == end_ || *p != '}') return false;
+      p_ = p + 1;
+      return true;
     }
+  }
+
+  // The closing quote of the key whose opening quote is at p when it is written without an
+  // escape (and is a string: no control character, terminated); null otherwise.
+  [[gnu::always_inline]] const char* plain_key_end(const char* p) {
+    if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at;
+    return long_key_end(p);
+  }
+  [[gnu::noinline]] const char* long_key_end(const char* p) {
+    const char* const at = find_special(p + 1);
+    return at < end_ && *at == '"' ? at : nullptr;
   }
 
   // At '['. on_element(mini) reads the element, which starts at p_.
   template <typename OnElement>
   bool array(int depth, Mini& m, OnElement&& on_element) {
     if (depth > kMaxScanDepth) return false;
-    ++p_;
-    ws();
+    const char* p = p_ + 1;
     m.size += 2;
-    if (p_ != end_ && *p_ == ']') {
-      ++p_;
+    if (json_scan::at_byte(p, end_, ']')) {
+      p_ = p + 1;
       return true;
     }
     for (bool first = true;; first = false) {
       if (!first) m.size += 1;
-      if (p_ == end_ || !on_element(m)) return false;
-      ws();
-      if (p_ == end_) return false;
-      if (*p_ == ']') {
-        ++p_;
-        return true;
+      if (!json_scan::at_value(p, end_)) return false;
+      p_ = p;
+      if (!on_element(m)) return false;
+      p = p_;
+      if (json_scan::at_byte(p, end_, ',')) {
+        ++p;
+        continue;
       }
-      if (*p_ != ',') return false;
-      ++p_;
-      ws();
+      if (p == end_ || *p != ']') return false;
+      p_ = p + 1;
+      return true;
     }
   }
 
@@ -334,6 +353,13 @@ class RequestScanner {
   // At '"'.
   [[gnu::always_inline]] bool string(Str& s) {
     const char* const start = p_ + 1;
+    if (const char* at = json_scan::short_string_end(start, end_, high_)) {  // most values
+      s.raw = std::string_view(start, static_cast<std::size_t>(at - start));
+      s.bytes = s.raw.size();
+      s.mini = s.bytes + 2;
+      p_ = at + 1;
+      return true;
+    }
     std::size_t saved = 0;  // bytes that escapes take beyond what they stand for
     std::size_t extra = 0;  // bytes that minify's escapes take beyond what they stand for
     for (const char* from = start;;) {

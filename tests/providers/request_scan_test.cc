@@ -193,6 +193,17 @@ TEST(RequestScan, TrickyBodiesAgreeWithTheParse) {
       R"({"model":"m","messages":[{"role":"user","content":"a"}],"tools":[{"a":1,"a":2}]})",
       R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{"a":1,"\u0061":2}})",
       R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{"a":{"b":1},"b":{"b":1}}})",
+      // Keys of one size that differ, and that repeat after others of that size; long keys.
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{"ab":1,"ac":2,"ad":3}})",
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{"ab":1,"ac":2,"ab":3}})",
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{"a":1,"bc":2,"d":3,"a":4}})",
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{")" + std::string(70, 'k') +
+          R"(":1,")" + std::string(64, 'k') + R"(":2}})",
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{")" + std::string(70, 'k') +
+          R"(":1,")" + std::string(64, 'k') + R"(":2,")" + std::string(70, 'k') + R"(":3}})",
+      R"({"model":"m","messages":[{"role":"user","content":"a"}],"x":{")" + std::string(63, 'k') +
+          R"(":1,")" + std::string(63, 'k') + R"(":2}})",
+      R"({"messages":[{"role":"user","content":"a"}],"model":"m","stream":false,"model":"m"})",
       // Stream and stream_options.
       R"({"model":"m","messages":[{"role":"user","content":"a"}],"stream":1})",
       R"({"model":"m","messages":[{"role":"user","content":"a"}],"stream":null})",
