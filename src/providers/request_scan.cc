@@ -621,10 +621,14 @@ class RequestScanner {
 }  // namespace
 
 std::optional<LlmRequest> scan_request(Endpoint endpoint, std::string_view body) {
-  if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
   std::optional<LlmRequest> r(std::in_place);
-  if (!RequestScanner(endpoint, body).run(*r)) return std::nullopt;
+  if (!scan_request(endpoint, body, *r)) return std::nullopt;
   return r;
+}
+
+bool scan_request(Endpoint endpoint, std::string_view body, LlmRequest& out) {
+  if (body.empty() || body.size() > kMaxScanBytes) return false;
+  return RequestScanner(endpoint, body).run(out);
 }
 
 }  // namespace bw::providers

@@ -38,5 +38,8 @@ TopField top_field(std::string_view key);
 // an exponent inside a value priced by its JSON, more than 32 keys in one object, deep nesting,
 // a very large body).
 std::optional<LlmRequest> scan_request(Endpoint endpoint, std::string_view body);
+// The same into `out`, which holds what LlmRequest{} holds: true when the scan answered, false
+// (and `out` then holds any part of the answer) when the body needs the parse.
+bool scan_request(Endpoint endpoint, std::string_view body, LlmRequest& out);
 
 }  // namespace bw::providers
