@@ -255,35 +255,19 @@ class Scanner {
     }
     for (;;) {
       if (!json_scan::at_byte(p, end_, '"')) return false;
-      const char* const q = plain_key_end(p);
+      const char* const q = json_scan::plain_key_end(p, end_, high_);
       if (q == nullptr) return false;
       const std::string_view key(p + 1, static_cast<std::size_t>(q - p - 1));
-      p = q + 1;
-      if (!json_scan::at_byte(p, end_, ':')) return false;
-      ++p;
-      if (!json_scan::at_value(p, end_)) return false;
+      p = json_scan::member_value(q + 1, end_);
+      if (p == nullptr) return false;
       p_ = p;
       if (!on_member(key)) return false;
       p = p_;
-      if (json_scan::at_byte(p, end_, ',')) {
-        ++p;
-        continue;
-      }
-      if (p == end_ || *p != '}') return false;
-      p_ = p + 1;
-      return true;
+      const json_scan::Next next = json_scan::after_value(p, end_, '}');
+      if (next == json_scan::Next::kMore) continue;
+      p_ = p;
+      return next == json_scan::Next::kClosed;
     }
-  }
-
-  // The closing quote of the key whose opening quote is at p when it is written without an
-  // escape (and is a string: no control character, terminated); null otherwise.
-  [[gnu::always_inline]] const char* plain_key_end(const char* p) {
-    if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at;
-    return long_key_end(p);
-  }
-  [[gnu::noinline]] const char* long_key_end(const char* p) {
-    const char* const at = find_special(p + 1);
-    return at < end_ && *at == '"' ? at : nullptr;
   }
 
   // At '['. on_element() reads the element, which starts at p_.
@@ -365,8 +349,7 @@ class Scanner {
   key:
     if (!json_scan::at_byte(p, end, '"')) return false;
     p = skip_string_at(p);
-    if (p == nullptr || !json_scan::at_byte(p, end, ':')) return false;
-    ++p;
+    if (p == nullptr || (p = json_scan::member_value(p, end)) == nullptr) return false;
   element:
     if (!json_scan::at_value(p, end)) return false;
     switch (*p) {
@@ -391,13 +374,15 @@ class Scanner {
     }
     if (p == nullptr) return false;
   after_value:
-    if (json_scan::at_byte(p, end, ',')) {
-      ++p;
-      if (objects >> level & 1) goto key;
-      goto element;
+    switch (json_scan::after_value(p, end, (objects >> level & 1) ? '}' : ']')) {
+      case json_scan::Next::kMore:
+        if (objects >> level & 1) goto key;
+        goto element;
+      case json_scan::Next::kBad:
+        return false;
+      case json_scan::Next::kClosed:
+        break;
     }
-    if (p == end || *p != ((objects >> level & 1) ? '}' : ']')) return false;
-    ++p;
   closed:
     if (level == 0) {
       p_ = p;

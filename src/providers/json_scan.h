@@ -225,6 +225,40 @@ inline bool at_value(const char*& p, const char* end) {
   return p != end;
 }
 
+// After a member's key (p past its closing quote): the value's first byte past the colon and
+// the whitespace around it, or null.
+inline const char* member_value(const char* p, const char* end) {
+  if (!at_byte(p, end, ':')) return nullptr;
+  ++p;
+  return at_value(p, end) ? p : nullptr;
+}
+
+// After a value in an object or an array that closes with `close`: kMore past a comma, kClosed
+// past `close`, kBad for anything else.
+enum class Next { kMore, kClosed, kBad };
+inline Next after_value(const char*& p, const char* end, char close) {
+  if (at_byte(p, end, ',')) {
+    ++p;
+    return Next::kMore;
+  }
+  if (p == end || *p != close) return Next::kBad;
+  ++p;
+  return Next::kClosed;
+}
+
+// The closing quote of a key whose opening quote is at p, when the key is a string (terminated
+// before end, no control character) written without an escape; null otherwise.
+[[gnu::noinline]] inline const char* long_key_end(const char* p, const char* end,
+                                                  std::uint64_t& high_out) {
+  const char* const at = find_special(p + 1, end, high_out);
+  return at < end && *at == '"' ? at : nullptr;
+}
+[[gnu::always_inline]] inline const char* plain_key_end(const char* p, const char* end,
+                                                        std::uint64_t& high_out) {
+  if (const char* at = short_string_end(p + 1, end, high_out)) return at;
+  return long_key_end(p, end, high_out);
+}
+
 inline int hex_digit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;

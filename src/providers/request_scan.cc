@@ -164,7 +164,7 @@ class RequestScanner {
     std::uint64_t sizes = 0;  // bit i: a key of i bytes (63: of 63 or more) was met
     for (;;) {
       if (!json_scan::at_byte(p, end_, '"')) return false;
-      const char* const q = plain_key_end(p);
+      const char* const q = json_scan::plain_key_end(p, end_, high_);
       if (q == nullptr || n == kMaxKeys) return false;
       const std::string_view key(p + 1, static_cast<std::size_t>(q - p - 1));
       // Only a key of a size met before may be met twice.
@@ -181,32 +181,16 @@ class RequestScanner {
       keys[n++] = Key{key.data(), key.size()};
       // The key and its quotes, its colon, the comma before it.
       m.size += key.size() + 3 + (n > 1 ? 1 : 0);
-      p = q + 1;
-      if (!json_scan::at_byte(p, end_, ':')) return false;
-      ++p;
-      if (!json_scan::at_value(p, end_)) return false;
+      p = json_scan::member_value(q + 1, end_);
+      if (p == nullptr) return false;
       p_ = p;
       if (!on_member(key, m)) return false;
       p = p_;
-      if (json_scan::at_byte(p, end_, ',')) {
-        ++p;
-        continue;
-      }
-      if (p == end_ || *p != '}') return false;
-      p_ = p + 1;
-      return true;
+      const json_scan::Next next = json_scan::after_value(p, end_, '}');
+      if (next == json_scan::Next::kMore) continue;
+      p_ = p;
+      return next == json_scan::Next::kClosed;
     }
-  }
-
-  // The closing quote of the key whose opening quote is at p when it is written without an
-  // escape (and is a string: no control character, terminated); null otherwise.
-  [[gnu::always_inline]] const char* plain_key_end(const char* p) {
-    if (const char* at = json_scan::short_string_end(p + 1, end_, high_)) return at;
-    return long_key_end(p);
-  }
-  [[gnu::noinline]] const char* long_key_end(const char* p) {
-    const char* const at = find_special(p + 1);
-    return at < end_ && *at == '"' ? at : nullptr;
   }
 
   // At '['. on_element(mini) reads the element, which starts at p_.
@@ -225,13 +209,10 @@ class RequestScanner {
       p_ = p;
       if (!on_element(m)) return false;
       p = p_;
-      if (json_scan::at_byte(p, end_, ',')) {
-        ++p;
-        continue;
-      }
-      if (p == end_ || *p != ']') return false;
-      p_ = p + 1;
-      return true;
+      const json_scan::Next next = json_scan::after_value(p, end_, ']');
+      if (next == json_scan::Next::kMore) continue;
+      p_ = p;
+      return next == json_scan::Next::kClosed;
     }
   }
 
