@@ -607,7 +607,8 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
     std::string key;
     std::size_t spec;
     KeyDigest digest;
-    BucketHandle handle;  // from `ahead`'s batch, when it gave one
+    BucketHandle handle;       // from `ahead`'s batch, when it gave one
+    BucketHandle fast_handle;  // from `fast`'s batch (the one-shard path's), when it gave one
   };
   std::vector<Settle> in_flight;
   Nanos now = kT0;
@@ -705,6 +706,7 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       AdjustSpec as(specs[late.spec]);
       AdjustSpec as_digest(specs[late.spec]);
       as_digest.digest = &late.digest;
+      as_digest.bucket = &late.fast_handle;
       // A handle given steps ago: the shard may have deleted buckets since (sweeps, evictions,
       // refunds in a full shard), then the key is looked up.
       AdjustSpec as_handle(specs[late.spec]);
@@ -717,7 +719,9 @@ void one_shard_matches_general(std::uint64_t seed, std::size_t max_entries, Over
       in_flight.erase(in_flight.begin() + static_cast<std::ptrdiff_t>(k));
     }
     for (std::size_t i = 0; i < pick.size() && in_flight.size() < 16; ++i) {
-      if (rng() % 3 == 0) in_flight.push_back(Settle{keys[i], pick[i], digests[i], c.bucket_of(i)});
+      if (rng() % 3 == 0) {
+        in_flight.push_back(Settle{keys[i], pick[i], digests[i], c.bucket_of(i), a.bucket_of(i)});
+      }
     }
     if (rng() % 300 == 0) {
       const std::size_t evicted = general.evict_idle(now);
