@@ -184,7 +184,7 @@ class Session final : public ResponseWriter {
         socket_.get_executor(),
         [](void* self) {
           auto& s = *static_cast<Session*>(self);
-          if (s.watch_ && s.watch_->active && !s.watch_->pending) s.arm_watch();
+          if (s.watching_ && !s.wait_pending()) s.arm_watch();
         },
         this);
   }
@@ -503,12 +503,16 @@ class Session final : public ResponseWriter {
     if (broken_ || !socket_.is_open()) return;
     // Bytes already buffered are a pipelined request: EOF behind them cannot be seen.
     if (buffer_.size() > 0) return;
-    if (!watch_) watch_ = std::make_shared<Watch>();
-    watch_->on_gone = std::move(on_gone);
-    watch_->active = true;
+    on_gone_ = std::move(on_gone);
+    watching_ = true;
+    // A wait that an earlier request started and that is still pending watches for this one.
+    if (wait_pending()) {
+      watch_->active = true;
+      return;
+    }
     // A request that is answered within kWatchAfter costs no socket operation: the readiness
     // wait starts only once it has taken that long (a queue wait, an upstream that generates).
-    if (!watch_->pending) watch_after_.arm(kWatchAfter);
+    watch_after_.arm(kWatchAfter);
   }
 
   bool started() const override { return started_; }
@@ -547,25 +551,37 @@ class Session final : public ResponseWriter {
     return asio::buffer(out_);
   }
 
-  // Disconnect watch: a readiness wait on the client socket while the handler runs. Its state
-  // is shared with the wait's completion handler, which may run after the session is gone; the
-  // handler touches the session only while `active`, which the session clears when the handler
-  // returns and in its destructor (all on this worker's thread).
+  // Disconnect watch: a readiness wait on the client socket while the handler runs, started
+  // once the handler has run kWatchAfter. The wait's state is shared with its completion
+  // handler, which may run after the session is gone; the handler touches the session only
+  // while `active`, which the session clears when the handler returns and in its destructor
+  // (all on this worker's thread). A request answered sooner touches only the session's own
+  // members (on_gone_, watching_): the shared state, like the socket's wait, is cold by then at
+  // hundreds of connections.
   struct Watch {
-    bool active = false;   // a handler is running and wants to know
+    bool active = false;   // the wait is for a handler that is running
     bool pending = false;  // an async_wait is outstanding
-    std::function<void()> on_gone;
   };
 
+  // Whether a readiness wait may still be pending: wait_started_ says when it cannot be (read
+  // without touching watch_, which only requests that ran long have used).
+  bool wait_pending() const { return wait_started_ && watch_->pending; }
+
   void arm_watch() {
+    if (!watch_) watch_ = std::make_shared<Watch>();
+    watch_->active = true;
     watch_->pending = true;
+    wait_started_ = true;
     auto ready = [w = watch_, this](const beast::error_code& ec) {
       w->pending = false;
-      if (!w->active || ec) return;
+      if (!w->active) return;  // the handler returned (the session may be gone)
+      wait_started_ = false;
+      if (ec) return;
       char byte;
       const ssize_t n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
       if (n > 0) {  // a pipelined request: keep it for the next read, stop watching
         w->active = false;
+        watching_ = false;
         return;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
@@ -574,8 +590,9 @@ class Session final : public ResponseWriter {
       }
       // EOF or a reset: the client is gone.
       w->active = false;
-      auto f = std::move(w->on_gone);
-      w->on_gone = nullptr;
+      watching_ = false;
+      auto f = std::move(on_gone_);
+      on_gone_ = nullptr;
       if (f) f();
     };
     // The wait's memory comes from the thread's frame lists (common/asio_frames.h), as that of
@@ -586,10 +603,11 @@ class Session final : public ResponseWriter {
   }
 
   void end_watch() {
-    if (!watch_) return;
+    if (!watching_ && !wait_started_) return;
     watch_after_.disarm();
-    watch_->active = false;
-    watch_->on_gone = nullptr;
+    watching_ = false;
+    on_gone_ = nullptr;
+    if (wait_started_) watch_->active = false;
   }
 
   // A request's reads: feed() runs the parser over the bytes already read, and while it asks
@@ -779,7 +797,7 @@ class Session final : public ResponseWriter {
   char chunk_head_[20];
   std::string body_;
   bool resume_ = false;
-  std::shared_ptr<Watch> watch_;  // created at the first watch_disconnect of the connection
+  std::shared_ptr<Watch> watch_;  // created at the first wait of the connection
   bool idle_ = false;
   bool head_only_ = false;     // the current request is a HEAD: heads only, no body bytes
   std::string_view overflow_;  // the bound a body-phase read exceeded, if any
@@ -790,6 +808,11 @@ class Session final : public ResponseWriter {
   bool finished_ = false;
   bool head_held_ = false;  // begin_stream_held's head waits in out_ for the first write
   bool broken_ = false;
+  // The disconnect watch of the running handler: its callback, whether it is on, and whether a
+  // wait was started that may still be pending (watch_->pending says).
+  bool watching_ = false;
+  bool wait_started_ = false;
+  std::function<void()> on_gone_;
 };
 
 namespace {

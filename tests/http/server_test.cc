@@ -86,12 +86,16 @@ struct Disconnects {
   std::atomic<int> disconnects{0};
 };
 struct WatchingServer : Disconnects, test::RunningServer {
+  // How long the handler works on a request.
+  using Work = std::function<std::chrono::milliseconds(const Request&)>;
   explicit WatchingServer(std::chrono::milliseconds work)
+      : WatchingServer(Work([work](const Request&) { return work; })) {}
+  explicit WatchingServer(Work work)
       : RunningServer(
             one_worker(),
             [this, work](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
               auto ex = co_await boost::asio::this_coro::executor;
-              boost::asio::steady_timer t(ex, work);
+              boost::asio::steady_timer t(ex, work(req));
               bool gone = false;
               w.watch_disconnect([&] {
                 gone = true;
@@ -139,6 +143,47 @@ TEST(ServerWatch, PipelinedRequestsAreAnsweredAndNeverReadAsGone) {
   EXPECT_EQ(read_responses(fd, 2), (std::vector<std::string>{"\"/three\"", "\"/four\""}));
   EXPECT_EQ(ws.disconnects.load(), 0);
   ::close(fd);
+}
+
+// Every request of a keep-alive connection is watched, whether the one before it was answered
+// before its watch started (under 20 ms) or after (its readiness wait still pending when the
+// next request came); a request answered before its client closes is not told of it, and the
+// one running when it closes is, within a second.
+TEST(ServerWatch, EachRequestOfAKeepAliveConnectionIsWatched) {
+  auto gone_within = [](WatchingServer& ws, int expected, std::chrono::milliseconds limit) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (ws.disconnects.load() < expected && std::chrono::steady_clock::now() - t0 < limit)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return ws.disconnects.load() == expected;
+  };
+  // Works for the milliseconds its path names.
+  WatchingServer ws([](const Request& req) {
+    return std::chrono::milliseconds(std::stoi(std::string(req.target.substr(1))));
+  });
+  ASSERT_TRUE(ws.started);
+  for (const char* last : {"/1", "/80"}) {  // the last answered before and after its wait began
+    int fd = connect_to(ws.server.port());
+    ASSERT_GE(fd, 0);
+    for (const std::string path : {"/80", "/1", "/80", "/80", "/1", last}) {
+      ASSERT_TRUE(write_all(fd, "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+      EXPECT_EQ(read_responses(fd, 1), (std::vector<std::string>{"\"" + path + "\""}));
+    }
+    // Closed between requests: nobody is told.
+    ::close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(ws.disconnects.load(), 0) << last;
+  }
+  for (const char* before : {"/1", "/80"}) {
+    int fd = connect_to(ws.server.port());
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_all(fd, std::string("GET ") + before + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+    EXPECT_EQ(read_responses(fd, 1).size(), 1u);
+    const int seen = ws.disconnects.load();
+    ASSERT_TRUE(write_all(fd, "GET /5000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::close(fd);
+    EXPECT_TRUE(gone_within(ws, seen + 1, std::chrono::seconds(1))) << before;
+  }
 }
 
 // A chunk given in pieces goes out as the pieces joined: one chunk of their total size, the held
