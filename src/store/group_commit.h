@@ -209,8 +209,13 @@ class GroupCommitQueue {
       if (batch[i].done) batch[i].done(r);
     }
     batch.clear();
-    // The room of a burst is not kept: the two vectors take turns as the queue.
-    if (batch.capacity() > kKeptCapacity) Batch().swap(batch);
+    // The room of a burst is not kept: the two vectors take turns as the queue. The kept room is:
+    // a queue that started empty would move its records at every doubling on its way back up
+    // (~2,000 moves of a ~400-byte item for a batch of 2,000).
+    if (batch.capacity() > kKeptCapacity) {
+      Batch().swap(batch);
+      batch.reserve(kKeptCapacity);
+    }
   }
 
   static constexpr std::chrono::milliseconds kSafetyWake{10};
@@ -220,7 +225,9 @@ class GroupCommitQueue {
   // at 20 ms ~33 (ledger writer 11.6k -> 10.4k instructions per request). Such records are
   // durable already (a covered-row journal); only readers see them up to this much later.
   static constexpr std::chrono::milliseconds kLazyWait{20};
-  static constexpr std::size_t kKeptCapacity = 1'024;
+  // At ~40k covered rows a second a batch holds ~700 rows, often over 1,000: a vector kept at
+  // 1,024 moved ~0.6 records per request on its way up again.
+  static constexpr std::size_t kKeptCapacity = 2'048;
   const std::size_t capacity_;
   const std::size_t max_batch_;
   CommitFn commit_;

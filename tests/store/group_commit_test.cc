@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -112,6 +114,65 @@ TEST(GroupCommitQueue, ARecordMadeInPlaceIsFilledOnceAndARefusedOneNever) {
   });
   q.flush();
   EXPECT_EQ(seen, std::vector<int>{7});
+}
+
+// After a batch above the kept room, the vector that held it comes back as the queue with the
+// kept room (2,048 records) made already: a queue of 2,000 records then moves none of them on
+// its way up (it moved ~2,000 when it started empty).
+TEST(GroupCommitQueue, AQueueAfterALargeBatchStartsWithTheKeptRoom) {
+  static std::atomic<int> moves{0};
+  struct Counted {
+    int v = 0;
+    explicit Counted(int x) : v(x) {}
+    Counted(Counted&& o) noexcept : v(o.v) { moves.fetch_add(1); }
+    Counted& operator=(Counted&& o) noexcept {
+      v = o.v;
+      moves.fetch_add(1);
+      return *this;
+    }
+  };
+  using Q = GroupCommitQueue<Counted>;
+  Q q(1 << 16, 1 << 16);
+  std::mutex mu;
+  std::condition_variable cv;
+  int entered = 0, released = 0;
+  q.start([&](const Q::Batch& batch) {
+    std::unique_lock lock(mu);
+    const int me = ++entered;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released >= me; });
+    Q::BatchOutcome out;
+    out.results.assign(batch.size(), Result<Ok>(Ok{}));
+    return out;
+  });
+  // Holds the writer inside its `n`th commit until release(n).
+  const auto wait_entered = [&](int n) {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return entered >= n; });
+  };
+  const auto release = [&](int n) {
+    {
+      std::lock_guard lock(mu);
+      released = n;
+    }
+    cv.notify_all();
+  };
+  const auto push_n = [&](int n) {
+    for (int i = 0; i < n; ++i) ASSERT_TRUE(q.push(Counted(i), {}, true));
+  };
+  push_n(1);
+  wait_entered(1);  // the writer holds 1 record; 2,100 pile up behind it
+  push_n(2'100);
+  release(1);
+  wait_entered(2);  // the writer holds the 2,100 (more than the kept room)
+  push_n(2'000);
+  release(2);
+  wait_entered(3);  // the writer holds those 2,000; the queue is the 2,100's vector
+  moves.store(0);
+  push_n(2'000);
+  EXPECT_EQ(moves.load(), 2'000);  // each record once, into the queue: no reallocation
+  release(1 << 20);
+  q.flush();
 }
 
 }  // namespace
