@@ -23,12 +23,14 @@ static_assert(std::endian::native == std::endian::little);
 // string may be noted too: that only costs the caller a UTF-8 check).
 #if defined(__SSE2__)
 // 16 bytes a step, in locals.
+// A quote or a control character is a byte that, with bit 1 flipped, is at most 0x20: the
+// control characters stay below 0x20, the quote (0x22) becomes 0x20, every other byte (0x20
+// itself becomes 0x22) is above it. One test for both.
 inline __m128i special_bytes(__m128i x) {
-  const __m128i quote = _mm_set1_epi8('"');
   const __m128i backslash = _mm_set1_epi8('\\');
-  const __m128i k1f = _mm_set1_epi8(0x1f);
-  return _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                      _mm_cmpeq_epi8(_mm_min_epu8(x, k1f), x));
+  const __m128i y = _mm_xor_si128(x, _mm_set1_epi8(0x02));
+  return _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(y, _mm_set1_epi8(0x20)), y),
+                      _mm_cmpeq_epi8(x, backslash));
 }
 
 inline const char* find_special(const char* p, const char* end, std::uint64_t& high_out) {
@@ -83,12 +85,10 @@ inline const char* find_special_steps_sse2(const char* p, const char* end, __m12
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__AVX2__)
 #define BW_JSON_SCAN_AVX2 1
 [[gnu::target("avx2")]] inline __m256i special_bytes32(__m256i x) {
-  const __m256i quote = _mm256_set1_epi8('"');
   const __m256i backslash = _mm256_set1_epi8('\\');
-  const __m256i k1f = _mm256_set1_epi8(0x1f);
-  return _mm256_or_si256(
-      _mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, backslash)),
-      _mm256_cmpeq_epi8(_mm256_min_epu8(x, k1f), x));
+  const __m256i y = _mm256_xor_si256(x, _mm256_set1_epi8(0x02));  // as special_bytes
+  return _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_min_epu8(y, _mm256_set1_epi8(0x20)), y),
+                         _mm256_cmpeq_epi8(x, backslash));
 }
 
 // The 64-byte steps of find_special_long with 32-byte vectors, from p (after a first 16-byte
