@@ -511,7 +511,9 @@ const char* BasicParser<Derived, kRequest>::fast_line(const char* p, const char*
   if (p == limit || *p == ' ' || *p == '\t') return nullptr;
   const char* const n = token_end(p, limit);
   if (n == p || n == limit || *n != ':') return nullptr;
+  // OWS: usually one space; any run of SP and HTAB.
   const char* v = n + 1;
+  if (v < limit && *v == ' ') ++v;
   while (v < limit && (*v == ' ' || *v == '\t')) ++v;
   const char* const stop = find_value_stop(v, limit, p);
   if (limit - stop < 2 || stop[0] != '\r' || stop[1] != '\n') return nullptr;
@@ -541,7 +543,10 @@ void BasicParser<Derived, kRequest>::field(const char* p, const char* eol, std::
     }
     return;
   }
-  if (f != Field::kOther) {
+  // framing_field acts on these only (Host, Content-Type and the others are recognised for the
+  // derived parser).
+  if (f == Field::kContentLength || f == Field::kTransferEncoding || f == Field::kConnection ||
+      f == Field::kProxyConnection) {
     framing_field(f, value, ec);
     if (ec) return;
   }

@@ -117,10 +117,15 @@ class BasicParser {
   void field_line(const char* p, const char* eol, bool trailer, error_code& ec);
   // A field line whose end is not known yet, all of it before `limit`: parsed as field_line
   // would, returning its LF, when it is a well-formed line; nullptr (nothing done) otherwise.
-  const char* fast_line(const char* p, const char* limit, error_code& ec);
+  // Inline into put()'s loop of usual lines, its only caller.
+  [[gnu::always_inline]] inline const char* fast_line(const char* p, const char* limit,
+                                                      error_code& ec);
   // A checked field line: its name, its value's first byte `v` and the CR `stop` after it.
-  void field(const char* p, const char* eol, std::string_view name, const char* v, const char* stop,
-             bool trailer, error_code& ec);
+  // Inline into its two callers: the call, with its seven arguments, cost about as much as
+  // the work of a usual line.
+  [[gnu::always_inline]] inline void field(const char* p, const char* eol, std::string_view name,
+                                           const char* v, const char* stop, bool trailer,
+                                           error_code& ec);
   void framing_field(Field f, std::string_view value, error_code& ec);
   void finish_head(error_code& ec);
   // A chunk-size line (and, for the last chunk, the trailer section); returns the bytes used,
@@ -191,9 +196,11 @@ class RequestParser final : public BasicParser<RequestParser, true> {
 
   void on_request(std::string_view method, std::string_view target, int version);
   void on_status(int, int) {}
-  // `line` is the whole field line with its CRLF; name and value are views into it.
-  void on_field(Field f, std::string_view name, std::string_view value, std::string_view line,
-                error_code& ec);
+  // `line` is the whole field line with its CRLF; name and value are views into it. Inline into
+  // the parser's field() (defined with it in wire.cc, its only caller).
+  [[gnu::always_inline]] inline void on_field(Field f, std::string_view name,
+                                              std::string_view value, std::string_view line,
+                                              error_code& ec);
   void copy_run(const char* from, const char* to) {
     arena_.append(from, static_cast<std::size_t>(to - from));
   }
