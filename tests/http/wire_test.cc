@@ -597,6 +597,68 @@ TEST(RequestParser, LinesReadAtOnceAndByteByByteGetTheSameAnswer) {
   }
 }
 
+// The whitespace between a field's colon and its value, and after the value, in every mix of SP
+// and HTAB (the usual single space is taken first): dropped from the value, whole and byte by
+// byte, in requests and answers alike; the recognised fields that carry no framing (Host,
+// Expect, Upgrade, Content-Type, Retry-After) are kept like any other.
+TEST(RequestParser, OptionalWhitespaceAroundValuesIsDropped) {
+  const std::pair<std::string_view, std::string_view> cases[] = {
+      {"X: a\r\n", "a"},
+      {"X:a\r\n", "a"},
+      {"X:\ta\r\n", "a"},
+      {"X: \ta\r\n", "a"},
+      {"X:  a\r\n", "a"},
+      {"X:\t a\r\n", "a"},
+      {"X: \t \ta b\t \r\n", "a b"},
+      {"X: \r\n", ""},
+      {"X:\t\r\n", ""},
+      {"X:  \r\n", ""},
+      {"X: a \r\n", "a"},
+      {"X: a\t\r\n", "a"},
+      {"Host:  h2\r\n", "h2"},
+      {"Expect: \tx\r\n", "x"},
+      {"Upgrade:  websocket\r\n", "websocket"},
+      {"Content-Type:\ttext/plain \r\n", "text/plain"},
+      {"Retry-After: \t7\r\n", "7"},
+  };
+  for (const auto& [line, want] : cases) {
+    const std::string req =
+        std::string("POST / HTTP/1.1\r\n") + std::string(line) + "Content-Length: 3\r\n\r\nabc";
+    const std::string resp =
+        std::string("HTTP/1.1 200 OK\r\n") + std::string(line) + "Content-Length: 3\r\n\r\nabc";
+    for (std::size_t step : {std::size_t{1}, std::size_t{5}, std::size_t{1} << 20}) {
+      Storage s;
+      RequestParser p(s.arena, s.fields, s.body, 100);
+      configure(p);
+      const auto r = feed(p, req, step);
+      ASSERT_FALSE(r.ec) << req << " step " << step << ": " << r.ec.message();
+      const auto h = headers_of(p);
+      ASSERT_EQ(h.size(), 2u) << req;
+      EXPECT_EQ(h[0].second, want) << req << " step " << step;
+      EXPECT_EQ(h[1].second, "3") << req << " step " << step;
+      EXPECT_EQ(s.body, "abc") << req << " step " << step;
+
+      Headers list;
+      ResponseParser q(list);
+      std::string sink;
+      q.set_sink(&sink, 1024);
+      q.eager(true);
+      const auto rr = feed(q, resp, step);
+      ASSERT_FALSE(rr.ec) << resp << " step " << step << ": " << rr.ec.message();
+      const std::string name(line.substr(0, line.find(':')));
+      EXPECT_EQ(list.wire(), name + ": " + std::string(want) + "\r\nContent-Length: 3\r\n")
+          << resp << " step " << step;
+      EXPECT_EQ(sink, "abc") << resp << " step " << step;
+      if (name == "Content-Type") {
+        EXPECT_EQ(q.content_type(), want);
+      }
+      if (name == "Retry-After") {
+        EXPECT_EQ(q.retry_after(), want);
+      }
+    }
+  }
+}
+
 TEST(RequestParser, TruncatedInput) {
   {
     Storage s;
