@@ -165,6 +165,11 @@ struct Reservation {
 };
 
 struct Verdict {
+  // Every member is set by its own initialiser: a user-provided constructor, so that a
+  // value-initialised Verdict (Verdict{}, Lazy::mut, optional::emplace) is not first zeroed whole
+  // (~480 bytes, with the reservation's inline room).
+  Verdict() {}  // NOLINT(modernize-use-equals-default): = default would zero it first
+
   bool allowed = true;
   std::string limit_name;    // the enforced limit that blocked (longest wait)
   Nanos retry_after_ns = 0;  // until the request passes every limit; kNever if it can't

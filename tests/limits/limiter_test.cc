@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <utility>
@@ -66,6 +68,34 @@ int admit(Limiter& l, const RequestScope& s, int n, Nanos now, std::int64_t toke
   int ok = 0;
   for (int i = 0; i < n; ++i) ok += l.check(s, tokens, now).allowed;
   return ok;
+}
+
+// A Verdict is built without being zeroed first: every member has its default from its own
+// initialiser, also in memory that held something else.
+TEST(Limiter, AVerdictBuiltOverOtherBytesHasItsDefaults) {
+  alignas(Verdict) unsigned char room[sizeof(Verdict)];
+  std::memset(room, 0xab, sizeof room);
+  auto* v = new (room) Verdict{};
+  EXPECT_TRUE(v->allowed);
+  EXPECT_TRUE(v->limit_name.empty());
+  EXPECT_EQ(v->retry_after_ns, 0);
+  for (const RateHeaders* h : {&v->requests, &v->tokens}) {
+    EXPECT_FALSE(h->present);
+    EXPECT_EQ(h->limit, 0);
+    EXPECT_EQ(h->remaining, 0);
+    EXPECT_EQ(h->reset_after, 0);
+  }
+  EXPECT_TRUE(v->shadow_rejections.empty());
+  EXPECT_FALSE(v->wait_ok);
+  EXPECT_FALSE(v->overflow);
+  EXPECT_FALSE(v->unavailable);
+  EXPECT_TRUE(v->reservation.token_limits.empty());
+  EXPECT_TRUE(v->reservation.key_bytes.empty());
+  EXPECT_EQ(v->reservation.reserved_tokens, 0);
+  EXPECT_FALSE(v->reservation.settled);
+  v->reservation.token_limits.emplace_back();  // the inline room is usable
+  EXPECT_EQ(v->reservation.token_limits.front().charged, 0);
+  v->~Verdict();
 }
 
 TEST(Limiter, IpScopeIsPerAddress) {
