@@ -93,6 +93,41 @@ char* put_bool(char* p, bool v) {
 
 }  // namespace
 
+namespace {
+
+// The six digits of u < 10^6, with its leading zeros, in digits[0, 6).
+void six_digits(char (&digits)[8], std::uint64_t u) {
+  static constexpr char kPairs[] =
+      "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+      "8081828384858687888990919293949596979899";
+  std::memcpy(digits, kPairs + u / 10'000 * 2, 2);
+  std::memcpy(digits + 2, kPairs + u / 100 % 100 * 2, 2);
+  std::memcpy(digits + 4, kPairs + u % 100 * 2, 2);
+}
+
+// "0." and the six digits of a fraction that is not zero, without its trailing zeros.
+char* write_fraction(char* p, const char (&digits)[8]) {
+  std::memcpy(p, "0.", 2);
+  std::memcpy(p + 2, digits, 6);
+  char* end = p + 8;
+  while (end[-1] == '0') --end;
+  return end;
+}
+
+}  // namespace
+
+char* write_usd(char* p, std::int64_t micro) {
+  if (micro == 0) {
+    *p = '0';
+    return p + 1;
+  }
+  if (micro < 0 || micro >= 1'000'000) return write_decimal(p, micro, 6);
+  char digits[8] = {};
+  six_digits(digits, static_cast<std::uint64_t>(micro));
+  return write_fraction(p, digits);
+}
+
 char* write_ms(char* p, std::int64_t ns) {
   if (ns == 0) {  // a request that did not wait
     *p = '0';
@@ -134,35 +169,23 @@ char* write_ms(char* p, std::int64_t ns) {
     }
     u = t;
   }
-  static constexpr char kPairs[] =
-      "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-      "8081828384858687888990919293949596979899";
   char digits[8] = {};
-  std::memcpy(digits, kPairs + u / 10'000 * 2, 2);
-  std::memcpy(digits + 2, kPairs + u / 100 % 100 * 2, 2);
-  std::memcpy(digits + 4, kPairs + u % 100 * 2, 2);
+  six_digits(digits, u);
   if (whole >= 6) {  // a whole number of milliseconds: the digits, then zeros
     std::memcpy(p, digits, 6);
     p += 6;
     for (int i = 6; i < whole; ++i) *p++ = '0';
     return p;
   }
-  char* end;
-  if (whole == 0) {
-    std::memcpy(p, "0.", 2);
-    std::memcpy(p + 2, digits, 6);
-    end = p + 8;
-  } else {
-    // The point inserted after the first `whole` digits, in one 8-byte word.
-    std::uint64_t w;
-    std::memcpy(&w, digits, 8);
-    const int shift = 8 * whole;
-    const std::uint64_t low = w & ((std::uint64_t{1} << shift) - 1);
-    w = low | (std::uint64_t{'.'} << shift) | ((w >> shift) << (shift + 8));
-    std::memcpy(p, &w, 8);
-    end = p + 7;
-  }
+  if (whole == 0) return write_fraction(p, digits);
+  // The point inserted after the first `whole` digits, in one 8-byte word.
+  std::uint64_t w;
+  std::memcpy(&w, digits, 8);
+  const int shift = 8 * whole;
+  const std::uint64_t low = w & ((std::uint64_t{1} << shift) - 1);
+  w = low | (std::uint64_t{'.'} << shift) | ((w >> shift) << (shift + 8));
+  std::memcpy(p, &w, 8);
+  char* end = p + 7;
   while (end[-1] == '0') --end;
   if (end[-1] == '.') --end;
   return end;
@@ -202,11 +225,6 @@ char* put_status(char* p, int status) {
   p[1] = static_cast<char>('0' + s / 10 % 10);
   p[2] = static_cast<char>('0' + s % 10);
   return p + 3;
-}
-
-// Dollars from micro-dollars, exactly.
-char* put_usd(char* p, std::int64_t micro) {
-  return write_decimal(p, micro, 6);
 }
 
 // Room for every field name, separator and number of the longest line; the strings are added
@@ -372,7 +390,7 @@ void AccessLog::log(const AccessRecord& r) {
   p = write_literal(p, ",\"completion_tokens\":");
   p = write_int(p, r.completion_tokens);
   p = write_literal(p, ",\"cost_usd\":");
-  p = put_usd(p, r.cost_micro_usd);
+  p = write_usd(p, r.cost_micro_usd);
   p = write_literal(p, ",\"attempts\":");
   p = write_int(p, r.attempts);
   p = write_literal(p, ",\"bytes_in\":");
@@ -389,7 +407,7 @@ void AccessLog::log(const AccessRecord& r) {
   }
   if (r.cache_saved_micro_usd > 0) {
     p = write_literal(p, ",\"cache_saved_usd\":");
-    p = put_usd(p, r.cache_saved_micro_usd);
+    p = write_usd(p, r.cache_saved_micro_usd);
   }
   if (r.cache_similarity >= 0) {
     p = write_literal(p, ",\"cache_similarity\":");

@@ -68,6 +68,10 @@ char* write_unix_ms(char* p, std::int64_t ms);
 // latencies, with fewer steps than write_decimal's general ones.
 char* write_ms(char* p, std::int64_t ns);
 
+// Dollars from micro-dollars, exactly: the text write_decimal(p, micro, 6) writes, at `p` (room
+// for kDecimalMaxSize bytes); returns the end. A request's cost, below a dollar, in a few steps.
+char* write_usd(char* p, std::int64_t micro);
+
 class AccessLog {
  public:
   // path: "-" for stdout, "off" to disable, else a file opened for append. Each thread that

@@ -399,6 +399,13 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
   EXPECT_EQ(at, text.size());
 }
 
+// A number of `digits` random decimal digits (the first may be a zero).
+std::uint64_t random_digits(std::mt19937_64& rng, std::uint64_t digits) {
+  std::uint64_t v = rng() % 10;
+  for (std::uint64_t d = 1; d < digits; ++d) v = v * 10 + rng() % 10;
+  return v;
+}
+
 // A duration's milliseconds are write_decimal's text of its nanoseconds at six significant
 // digits: every magnitude, the roundings (half to even, a carry into a seventh digit), the
 // range past the fast one, negative values and the extremes.
@@ -435,8 +442,7 @@ TEST(AccessLog, DurationIsTheDecimalOfItsNanoseconds) {
   std::mt19937_64 rng(11);
   for (int i = 0; i < 200'000; ++i) {
     const auto digits = 1 + rng() % 17;
-    std::uint64_t v = rng() % 10;
-    for (std::uint64_t d = 1; d < digits; ++d) v = v * 10 + rng() % 10;
+    std::uint64_t v = random_digits(rng, digits);
     // Now and then the digits after the sixth a tie: ...5 then zeros.
     if (rng() % 4 == 0 && digits > 6) {
       std::uint64_t q = 1;
@@ -449,6 +455,45 @@ TEST(AccessLog, DurationIsTheDecimalOfItsNanoseconds) {
     char got[kDecimalMaxSize + 8], want[kDecimalMaxSize];
     const std::string_view g(got, static_cast<std::size_t>(write_ms(got, v) - got));
     const std::string_view w(want, static_cast<std::size_t>(write_decimal(want, v, 6, 6) - want));
+    ASSERT_EQ(g, w) << v;
+  }
+}
+
+// A cost's text is write_decimal's at six places: zero, every place's digit alone, trailing
+// zeros, just below and at a dollar, dollars with and without cents, negative amounts, the
+// extremes, and random amounts of every size.
+TEST(AccessLog, CostIsTheDecimalOfItsMicroDollars) {
+  std::vector<std::int64_t> micro = {0,
+                                     1,
+                                     9,
+                                     10,
+                                     100,
+                                     1'000,
+                                     10'000,
+                                     100'000,
+                                     120'000,
+                                     123'456,
+                                     100'001,
+                                     999'999,
+                                     1'000'000,
+                                     1'000'001,
+                                     1'500'000,
+                                     12'345'678,
+                                     -1,
+                                     -999'999,
+                                     -1'000'000,
+                                     std::numeric_limits<std::int64_t>::max(),
+                                     std::numeric_limits<std::int64_t>::min()};
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 100'000; ++i) {
+    const auto digits = 1 + rng() % 12;
+    const auto v = static_cast<std::int64_t>(random_digits(rng, digits));
+    micro.push_back(rng() % 8 == 0 ? -v : v);
+  }
+  for (std::int64_t v : micro) {
+    char got[kDecimalMaxSize + 8], want[kDecimalMaxSize];
+    const std::string_view g(got, static_cast<std::size_t>(write_usd(got, v) - got));
+    const std::string_view w(want, static_cast<std::size_t>(write_decimal(want, v, 6) - want));
     ASSERT_EQ(g, w) << v;
   }
 }
