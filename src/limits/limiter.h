@@ -131,6 +131,11 @@ struct RateHeaders {
 // bucket parameters are copied, its key lives in the Reservation), so a reload or the end of the
 // request's config snapshot cannot affect it.
 struct ChargedLimit {
+  // Every member is set by its own initialiser: not zeroed whole first when value-initialised
+  // (Reservation::token_limits.emplace_back()), so that the stores that make_verdict overwrites
+  // can go.
+  ChargedLimit() {}  // NOLINT(modernize-use-equals-default): = default would zero it first
+
   std::uint32_t key_begin = 0;  // bucket key: Reservation::key_bytes[key_begin, +key_size)
   std::uint32_t key_size = 0;
   std::uint32_t name_size = 0;  // the limit's name: the key's bytes from kKeyNameOffset

@@ -93,8 +93,25 @@ TEST(Limiter, AVerdictBuiltOverOtherBytesHasItsDefaults) {
   EXPECT_TRUE(v->reservation.key_bytes.empty());
   EXPECT_EQ(v->reservation.reserved_tokens, 0);
   EXPECT_FALSE(v->reservation.settled);
-  v->reservation.token_limits.emplace_back();  // the inline room is usable
-  EXPECT_EQ(v->reservation.token_limits.front().charged, 0);
+  // A charged limit made in the reservation's inline room (which held 0xab bytes) has its
+  // defaults too.
+  const ChargedLimit& c = v->reservation.token_limits.emplace_back();
+  const ChargedLimit fresh;
+  EXPECT_EQ(c.key_begin, 0u);
+  EXPECT_EQ(c.key_size, 0u);
+  EXPECT_EQ(c.name_size, 0u);
+  EXPECT_EQ(c.algorithm, Algorithm::kGcra);
+  EXPECT_EQ(c.params.rate, fresh.params.rate);
+  EXPECT_EQ(c.params.period, fresh.params.period);
+  EXPECT_EQ(c.params.burst, fresh.params.burst);
+  EXPECT_EQ(c.charged, 0);
+  EXPECT_FALSE(c.has_digest);
+  EXPECT_EQ(c.digest.store, nullptr);
+  EXPECT_EQ(c.digest.lo, 0u);
+  EXPECT_EQ(c.digest.hi, 0u);
+  EXPECT_EQ(c.bucket.maker, 0u);
+  EXPECT_EQ(c.bucket.at, nullptr);
+  EXPECT_EQ(c.bucket.generation, 0u);
   v->~Verdict();
 }
 
