@@ -227,6 +227,14 @@ char* put_status(char* p, int status) {
   return p + 3;
 }
 
+// A count that is usually one digit (attempts, a priority) written inline; any other as
+// write_int writes it.
+char* put_count(char* p, std::int64_t v) {
+  if (static_cast<std::uint64_t>(v) >= 10) return write_int(p, v);
+  *p = static_cast<char>('0' + v);
+  return p + 1;
+}
+
 // Room for every field name, separator and number of the longest line; the strings are added
 // per record.
 constexpr std::size_t kFixedBound = 2048;
@@ -392,7 +400,7 @@ void AccessLog::log(const AccessRecord& r) {
   p = write_literal(p, ",\"cost_usd\":");
   p = write_usd(p, r.cost_micro_usd);
   p = write_literal(p, ",\"attempts\":");
-  p = write_int(p, r.attempts);
+  p = put_count(p, r.attempts);
   p = write_literal(p, ",\"bytes_in\":");
   p = write_uint(p, r.bytes_in);
   p = write_literal(p, ",\"bytes_out\":");
@@ -419,7 +427,7 @@ void AccessLog::log(const AccessRecord& r) {
   }
   if (r.priority >= 0) {
     p = write_literal(p, ",\"priority\":");
-    p = write_int(p, r.priority);
+    p = put_count(p, r.priority);
   }
   if (r.priority_lowered) p = write_literal(p, ",\"priority_lowered\":true");
   if (r.cancelled) p = write_literal(p, ",\"cancelled\":true");

@@ -108,7 +108,8 @@ void write_access_log(Ctx& c) {
   const Nanos now = c.now();
   record_metrics(c, request_path, now);
   if (!c.sh.access_log->enabled()) return;
-  const std::string error = c.outcome.label();
+  // The usual request has no outcome to label: no call, an empty string.
+  const std::string error = c.outcome.none() ? std::string() : c.outcome.label();
   std::string trace_scratch, span_scratch;
   const std::string_view trace_id = tracing::trace_id_hex(c, trace_scratch);
   const std::string_view span_id = tracing::span_id_hex(c, span_scratch);

@@ -5,6 +5,7 @@
 #include <simdjson.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -345,6 +346,16 @@ TEST(AccessLog, EveryLineIsTheFieldByFieldText) {
                      std::numeric_limits<int>::min(), std::numeric_limits<int>::max()}) {
     add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
     table.back().status = status;
+  }
+  // Attempts and priorities of one digit, of more, and negative ones (a priority below zero is
+  // left out).
+  for (std::int64_t n :
+       {std::int64_t{0}, std::int64_t{1}, std::int64_t{9}, std::int64_t{10}, std::int64_t{12},
+        std::int64_t{-1}, std::int64_t{-10}, std::numeric_limits<std::int64_t>::max(),
+        std::numeric_limits<std::int64_t>::min()}) {
+    add("POST", "/v1/chat/completions", "gpt-4o-mini", "gpt-4o-mini", "sim");
+    table.back().attempts = n;
+    table.back().priority = static_cast<int>(std::clamp<std::int64_t>(n, -1, 1'000));
   }
   // Durations of every magnitude, the roundings at six digits (half to even, a carry into a
   // seventh digit), negative ones and the extremes.
