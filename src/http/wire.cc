@@ -92,17 +92,30 @@ const char* find_value_stop(const char* p, const char* end, const char* floor) {
 
 // The end of a request-target: SP, a control character or DEL (obs-text is allowed, as Beast
 // did).
-const char* find_target_stop(const char* p, const char* end) {
+// `floor` <= p starts readable bytes (the request line's start): the last step may be one
+// 16-byte load that ends at `end` and starts before p, instead of a byte loop.
+const char* find_target_stop(const char* p, const char* end, const char* floor) {
 #if defined(__SSE2__)
   const __m128i k20 = _mm_set1_epi8(0x20);
   const __m128i kdel = _mm_set1_epi8(0x7f);
-  while (end - p >= 16) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  auto stops16 = [&](const char* at) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
     const __m128i bad =
         _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(v, k20), v), _mm_cmpeq_epi8(v, kdel));
-    if (const int m = _mm_movemask_epi8(bad)) return p + __builtin_ctz(static_cast<unsigned>(m));
+    return static_cast<unsigned>(_mm_movemask_epi8(bad));
+  };
+  while (end - p >= 16) {
+    if (const unsigned m = stops16(p)) return p + __builtin_ctz(m);
     p += 16;
   }
+  if (p < end && end - floor >= 16) {
+    const char* const q = end - 16;
+    // [q, p) may hold stops (the method's space): only those at p or after count.
+    if (const unsigned m = stops16(q) >> (p - q)) return p + __builtin_ctz(m);
+    return end;
+  }
+#else
+  (void)floor;
 #endif
   for (; p < end; ++p) {
     const auto c = static_cast<unsigned char>(*p);
@@ -112,8 +125,9 @@ const char* find_target_stop(const char* p, const char* end) {
 }
 
 // `s` equals the lower-case `lower`, ignoring ASCII case. Only for names already checked to be
-// tokens: among tchars, c | 0x20 maps only letters onto letters and '-' onto itself.
-bool name_is(std::string_view s, std::string_view lower) {
+// tokens: among tchars, c | 0x20 maps only letters onto letters and '-' onto itself. From 4 bytes
+// on, it compares whole words.
+[[gnu::always_inline]] inline bool name_is(std::string_view s, std::string_view lower) {
   if (s.size() != lower.size()) return false;
   if (s.size() >= 8) {  // the same compare, 8 bytes a step (the last one overlapping)
     const std::size_t n = s.size();
@@ -125,6 +139,15 @@ bool name_is(std::string_view s, std::string_view lower) {
       if ((x | 0x2020202020202020ULL) != y) return false;
       if (at + 8 == n) return true;
     }
+  }
+  if (s.size() >= 4) {  // 4-7 bytes: the first 4 and the last 4 (overlapping)
+    const std::size_t n = s.size();
+    std::uint32_t x0, y0, x1, y1;
+    std::memcpy(&x0, s.data(), 4);
+    std::memcpy(&y0, lower.data(), 4);
+    std::memcpy(&x1, s.data() + n - 4, 4);
+    std::memcpy(&y1, lower.data() + n - 4, 4);
+    return ((x0 | 0x20202020U) == y0) & ((x1 | 0x20202020U) == y1);
   }
   for (std::size_t i = 0; i < s.size(); ++i) {
     if ((s[i] | 0x20) != lower[i]) return false;
@@ -437,7 +460,7 @@ void BasicParser<Derived, kRequest>::start_line(const char* p, const char* eol, 
       return;
     }
     const char* t = m + 1;
-    const char* te = find_target_stop(t, eol);
+    const char* te = find_target_stop(t, eol, p);
     if (te == t || te == eol || *te != ' ') {
       ec = bhttp::error::bad_target;
       return;

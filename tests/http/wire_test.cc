@@ -7,6 +7,7 @@
 #include <boost/beast/http/error.hpp>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
@@ -462,6 +463,44 @@ TEST(RequestParser, MethodsAndTargets) {
     EXPECT_EQ(p.method(), m);
     EXPECT_EQ(p.target(), t);
     EXPECT_EQ(headers_of(p), (Pairs{{"Host", "h"}}));
+  }
+}
+
+// The target's end is searched 16 bytes a step, its last step one load that ends at the line's
+// end and may start in the method (whose space must not count): targets of every length up to
+// 40, whole or with a stop byte (SP, a control character, DEL) at any place, each request line
+// alone in a heap buffer of its exact size (ASan reports a read past it).
+TEST(RequestParser, TargetsOfEveryLengthWithAStopAnywhere) {
+  for (std::string_view method : {"GET", "OPTIONS"}) {
+    for (std::size_t len = 1; len <= 40; ++len) {
+      std::string whole(len, 'a');
+      whole[0] = '/';
+      std::vector<std::pair<std::string, bool>> cases = {{whole, true}};
+      for (std::size_t i = 1; i < len; ++i) {
+        for (char c : {' ', '\x01', '\t', '\x7f'}) {
+          std::string t = whole;
+          t[i] = c;
+          cases.emplace_back(t, false);
+        }
+      }
+      for (const auto& [target, ok] : cases) {
+        const std::string line = std::string(method) + " " + target + " HTTP/1.1\r\n";
+        const auto bytes = std::make_unique<char[]>(line.size());
+        std::memcpy(bytes.get(), line.data(), line.size());
+        Storage s;
+        RequestParser p(s.arena, s.fields, s.body, 100);
+        configure(p);
+        beast::error_code ec;
+        p.put(boost::asio::const_buffer(bytes.get(), line.size()), ec);
+        if (ok) {
+          EXPECT_EQ(ec, bhttp::error::need_more) << line;
+          EXPECT_EQ(p.method(), method);
+          EXPECT_EQ(p.target(), target);
+        } else {
+          EXPECT_TRUE(ec && ec != bhttp::error::need_more) << line;
+        }
+      }
+    }
   }
 }
 
