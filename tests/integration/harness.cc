@@ -21,6 +21,7 @@
 #include <fstream>
 #include <latch>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -34,7 +35,7 @@ std::string binary() {
   return BW_BINARY;
 }
 
-int free_port() {
+static int unbound_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -45,6 +46,20 @@ int free_port() {
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   int port = ntohs(a.sin_port);
   ::close(fd);
+  return port;
+}
+
+// A port picked here is bound later by the process it is given to, so the kernel may hand the
+// same free port out twice before either is bound (a simulator and a gateway listener on one
+// port share it through SO_REUSEPORT, and the test talks to whichever answers). A port is
+// therefore never handed out twice by one test process.
+int free_port() {
+  static std::mutex mu;
+  static std::set<int> given;
+  std::lock_guard lock(mu);
+  int port = unbound_port();
+  for (int tries = 0; given.count(port) != 0 && tries < 64; ++tries) port = unbound_port();
+  given.insert(port);
   return port;
 }
 
