@@ -180,20 +180,10 @@ class Scanner {
     bool escaped = false;
   };
 
-  void ws() {
-    while (p_ != end_ && static_cast<unsigned char>(*p_) <= ' ' &&
-           (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) {
-      ++p_;
-    }
-  }
+  void ws() { p_ = json_scan::skip_ws(p_, end_); }
 
-  // Whether the next byte past any whitespace is c (p_ then at it). Between the tokens of
-  // compact JSON there is none: c is tried first.
-  bool at(char c) {
-    if (p_ != end_ && *p_ == c) return true;
-    ws();
-    return p_ != end_ && *p_ == c;
-  }
+  // Whether the next byte past any whitespace is c (p_ then at it): json_scan::at_byte.
+  bool at(char c) { return json_scan::at_byte(p_, end_, c); }
 
   void note_hole(const char* from, const char* to, std::int64_t Usage::*count, bool string) {
     if (holes_ == nullptr) return;

@@ -133,12 +133,7 @@ class RequestScanner {
     Count count;
   };
 
-  void ws() {
-    while (p_ != end_ && static_cast<unsigned char>(*p_) <= ' ' &&
-           (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) {
-      ++p_;
-    }
-  }
+  void ws() { p_ = json_scan::skip_ws(p_, end_); }
 
   std::uint32_t offset() const { return static_cast<std::uint32_t>(p_ - body_.data()); }
 
