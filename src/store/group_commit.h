@@ -97,19 +97,7 @@ class GroupCommitQueue {
   // is built from it in place, the record moved once. A refused record is left as it was.
   template <class R>
   [[nodiscard]] bool push(R&& record, Callback done, bool wake = true) {
-    {
-      std::lock_guard lock(mu_);
-      if (stopping_ || queue_.size() >= capacity_) {
-        queue_full_.fetch_add(1, std::memory_order_relaxed);
-        return false;
-      }
-      queue_.emplace_back(std::forward<R>(record), std::move(done));
-      ++enqueued_;
-      if (!wake && queue_.size() < max_batch_ / 2) return true;
-      urgent_ = true;
-    }
-    work_cv_.notify_one();
-    return true;
+    return enqueue([&] { queue_.emplace_back(std::forward<R>(record), std::move(done)); }, wake);
   }
 
   // Like push(), with the record made in the queue's own room instead of moved there: a default
@@ -117,20 +105,12 @@ class GroupCommitQueue {
   // push). A refused record is not made and `fill` not called.
   template <class T, class Fill>
   [[nodiscard]] bool push_made(Fill&& fill, Callback done, bool wake = true) {
-    {
-      std::lock_guard lock(mu_);
-      if (stopping_ || queue_.size() >= capacity_) {
-        queue_full_.fetch_add(1, std::memory_order_relaxed);
-        return false;
-      }
-      Item& item = queue_.emplace_back(std::in_place_type<T>, std::move(done));
-      fill(*std::get_if<T>(&item.record));
-      ++enqueued_;
-      if (!wake && queue_.size() < max_batch_ / 2) return true;
-      urgent_ = true;
-    }
-    work_cv_.notify_one();
-    return true;
+    return enqueue(
+        [&] {
+          Item& item = queue_.emplace_back(std::in_place_type<T>, std::move(done));
+          fill(*std::get_if<T>(&item.record));
+        },
+        wake);
   }
 
   void kick() {
@@ -162,6 +142,25 @@ class GroupCommitQueue {
   }
 
  private:
+  // push() and push_made(): `append` adds the item to the queue, under the lock, when there is
+  // room; the writer is woken as `wake` and the queue's size say.
+  template <class Append>
+  bool enqueue(Append&& append, bool wake) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_ || queue_.size() >= capacity_) {
+        queue_full_.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      append();
+      ++enqueued_;
+      if (!wake && queue_.size() < max_batch_ / 2) return true;
+      urgent_ = true;
+    }
+    work_cv_.notify_one();
+    return true;
+  }
+
   void writer_loop() {
     Batch batch;
     for (;;) {
