@@ -235,6 +235,12 @@ asio::awaitable<bool> wait_for_lease(Ctx& c) {
 bool covered_billed(const Ctx& c) {
   return c.usage.prompt_tokens + c.usage.completion_tokens > 0;
 }
+cost::LedgerStatus covered_status(bool billed) {
+  return billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased;
+}
+cost::Micros covered_actual(const Ctx& c, bool billed) {
+  return billed ? c.cost_micro : 0;
+}
 
 // The strings of the request's covered row (covered_row), for the journal's room.
 cost::LedgerCoveredText covered_text(const Ctx& c) {
@@ -257,8 +263,8 @@ void fill_covered_row(const Ctx& c, std::int64_t now_ms, cost::LedgerCovered& ro
     row.budgets = c.key->budget_ids;
   }
   row.model = c.route_model;
-  row.status = billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased;
-  row.actual_micro = billed ? c.cost_micro : 0;
+  row.status = covered_status(billed);
+  row.actual_micro = covered_actual(c, billed);
   row.prompt_tokens = c.usage.prompt_tokens;
   row.completion_tokens = c.usage.completion_tokens;
   row.created_unix_ms = c.reserved_unix_ms;
@@ -438,8 +444,7 @@ std::optional<cost::LedgerCovered> phase_cost::settle_before_answer_now(
                                               &fill};
   const bool billed = covered_billed(c);
   const cost::LeaseBook::Settled out = sh.leases->settle_with(
-      c.lease_claim, billed ? cost::LedgerStatus::kSettled : cost::LedgerStatus::kReleased,
-      billed ? c.cost_micro : 0, journaled_row, {}, now_ms);
+      c.lease_claim, covered_status(billed), covered_actual(c, billed), journaled_row, {}, now_ms);
   if (out.quiet || !out.queued || out.outcome.overshoot_micro > 0 ||
       (sh.webhooks && !out.outcome.alerts.empty())) {
     after_covered(c, out, out.queued, ex);
