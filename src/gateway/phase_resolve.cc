@@ -8,7 +8,6 @@
 #include "api/response_store.h"
 #include "api/responses.h"
 #include "gateway/phases.h"
-#include "providers/request_scan.h"
 
 namespace bw::gateway {
 
@@ -130,12 +129,9 @@ std::optional<Verdict> phase_resolve::try_now(Ctx& c, providers::Endpoint endpoi
     }
     if (auto v = finish_canonical(c, std::move(r)); !v) return v;
   } else {
-    // parse_request, read into the request's own LlmRequest where the scan answers (no copy).
     c.llm = providers::LlmRequest{};
-    if (!providers::scan_request(endpoint, c.req.body, c.llm)) {
-      auto parsed = providers::parse_request_full(endpoint, c.req.body);
-      if (!parsed) return parsed.error();
-      c.llm = std::move(parsed.value());
+    if (auto ok = providers::parse_request_into(endpoint, c.req.body, c.llm); !ok) {
+      return ok.error();
     }
     // Image URLs are checked before anything is sent, also on the passthrough path (the fast
     // parse does not read content parts).

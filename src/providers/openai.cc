@@ -156,9 +156,18 @@ void record_layout(std::string_view body, BodyLayout& l) {
 }  // namespace
 
 Result<LlmRequest> parse_request(Endpoint endpoint, std::string_view body) {
+  LlmRequest r;
+  if (auto ok = parse_request_into(endpoint, body, r); !ok) return ok.error();
+  return r;
+}
+
+Result<Ok> parse_request_into(Endpoint endpoint, std::string_view body, LlmRequest& out) {
   // The usual body: read by a scan, without a DOM (request_scan.h).
-  if (auto scanned = scan_request(endpoint, body)) return std::move(*scanned);
-  return parse_request_full(endpoint, body);
+  if (scan_request(endpoint, body, out)) return Ok{};
+  auto parsed = parse_request_full(endpoint, body);
+  if (!parsed) return parsed.error();
+  out = std::move(parsed.value());
+  return Ok{};
 }
 
 Result<LlmRequest> parse_request_full(Endpoint endpoint, std::string_view body) {
