@@ -8,6 +8,7 @@
 #include "api/response_store.h"
 #include "api/responses.h"
 #include "gateway/phases.h"
+#include "providers/request_scan.h"
 
 namespace bw::gateway {
 

@@ -161,15 +161,6 @@ Result<LlmRequest> parse_request(Endpoint endpoint, std::string_view body) {
   return r;
 }
 
-Result<Ok> parse_request_into(Endpoint endpoint, std::string_view body, LlmRequest& out) {
-  // The usual body: read by a scan, without a DOM (request_scan.h).
-  if (scan_request(endpoint, body, out)) return Ok{};
-  auto parsed = parse_request_full(endpoint, body);
-  if (!parsed) return parsed.error();
-  out = std::move(parsed.value());
-  return Ok{};
-}
-
 Result<LlmRequest> parse_request_full(Endpoint endpoint, std::string_view body) {
   simdjson::dom::element doc;
   auto err = parser().parse(body.data(), body.size()).get(doc);

@@ -71,9 +71,6 @@ inline constexpr std::size_t kMaxJsonDepth = 64;
 // depth is refused (code "duplicate_key", param = the key): parsers disagree on which of two
 // values wins, and the provider must read exactly what the gateway checked and priced.
 Result<LlmRequest> parse_request(Endpoint endpoint, std::string_view body);
-// parse_request into `out`, which holds what LlmRequest{} holds: the usual body is scanned into
-// it where it is, without the answer moved there afterwards.
-Result<Ok> parse_request_into(Endpoint endpoint, std::string_view body, LlmRequest& out);
 // parse_request by a parse of the whole body, for every body (parse_request reads the usual body
 // by a scan that gives the same answer, and leaves every other body, errors included, to this).
 Result<LlmRequest> parse_request_full(Endpoint endpoint, std::string_view body);

@@ -42,4 +42,14 @@ std::optional<LlmRequest> scan_request(Endpoint endpoint, std::string_view body)
 // (and `out` then holds any part of the answer) when the body needs the parse.
 bool scan_request(Endpoint endpoint, std::string_view body, LlmRequest& out);
 
+// parse_request into `out`, which holds what LlmRequest{} holds: the usual body is scanned into
+// it where it is (inline, on the request's path), any other parsed whole and moved there.
+inline Result<Ok> parse_request_into(Endpoint endpoint, std::string_view body, LlmRequest& out) {
+  if (scan_request(endpoint, body, out)) return Ok{};
+  auto parsed = parse_request_full(endpoint, body);
+  if (!parsed) return parsed.error();
+  out = std::move(parsed.value());
+  return Ok{};
+}
+
 }  // namespace bw::providers
