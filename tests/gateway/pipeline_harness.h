@@ -23,6 +23,7 @@
 #include "config/config.h"
 #include "gateway/pipeline.h"
 #include "gateway/shared.h"
+#include "support/temp_dir.h"
 
 namespace bw::gateway::test {
 
@@ -170,9 +171,8 @@ inline const char* kAdminKey = "sk-test-admin-0001";
 class Pipeline {
  public:
   explicit Pipeline(const std::string& yaml) {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("bw-gateway-test-" + std::to_string(::getpid()) + "-" + std::to_string(++counter()));
-    std::filesystem::create_directories(dir_);
+    dir_ = bw::testing::make_unique_dir("bw-gateway-test-");
+    if (dir_.empty()) throw std::runtime_error("cannot create a test directory");
     log_path_ = (dir_ / "access.log").string();
     auto cfg = config::load_string("access_log: {path: " + log_path_ + "}\n" + yaml, "<test>");
     if (!cfg) throw std::runtime_error(cfg.error().message);
@@ -294,10 +294,6 @@ class Pipeline {
   FakeUpstream* upstream = nullptr;
 
  private:
-  static int& counter() {
-    static int n = 0;
-    return n;
-  }
   std::filesystem::path dir_;
   std::string log_path_;
   std::shared_ptr<const config::Config> cfg_;

@@ -1,5 +1,7 @@
 #include "harness.h"
 
+#include "support/temp_dir.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -124,14 +126,13 @@ void remove_created_dirs() {
 }  // namespace
 
 std::string temp_dir() {
-  static std::atomic<int> n{0};
-  auto base = fs::temp_directory_path() /
-              ("bw-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
-  fs::create_directories(base);
+  const std::string base =
+      bw::testing::make_unique_dir("bw-test-" + std::to_string(::getpid()) + "-");
+  if (base.empty()) throw std::runtime_error("cannot create a test directory");
   std::lock_guard lock(dirs_mu());
   if (created_dirs().empty()) std::atexit(remove_created_dirs);
-  created_dirs().push_back(base.string());
-  return base.string();
+  created_dirs().push_back(base);
+  return base;
 }
 
 void write_file(const std::string& path, const std::string& text) {

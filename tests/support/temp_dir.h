@@ -8,12 +8,18 @@
 
 namespace bw::testing {
 
+// Creates a new directory under the temporary directory whose name starts with `prefix`, and
+// returns its path, or "" when it cannot be made. The name is made unique by mkdtemp, never from
+// the process id alone: process ids are reused during a long test run, and a directory kept from
+// an earlier process (a failed test keeps its logs) must not be found again by a new one.
+inline std::string make_unique_dir(const std::string& prefix) {
+  std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "XXXXXX")).string();
+  return ::mkdtemp(tmpl.data()) ? tmpl : std::string();
+}
+
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "bw_test_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data()) ? tmpl : std::string();
-  }
+  TempDir() : path_(make_unique_dir("bw_test_")) {}
   ~TempDir() {
     std::error_code ec;
     if (!path_.empty()) std::filesystem::remove_all(path_, ec);
