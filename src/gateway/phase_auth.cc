@@ -40,7 +40,7 @@ bool equal_const_time(const char* a, const char* b, std::size_t n) {
 }
 
 std::string_view bearer(const http::Request& req) {
-  auto auth = req.header("authorization");
+  auto auth = req.authorization();
   if (auth.size() > 7 && http::iequals(auth.substr(0, 7), "bearer ")) return auth.substr(7);
   return {};
 }

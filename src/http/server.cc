@@ -280,6 +280,7 @@ class Session final : public ResponseWriter {
       parser.headers(req_.headers);
       req_.header_names = parser.header_names();
       req_.header_names_count = req_.headers.size();
+      req_.authorization_at = parser.authorization_at();
       req_.keep_alive = parser.keep_alive();
       keep_alive_ = req_.keep_alive;
       // RFC 9110 9.3.2: a HEAD answer has the GET answer's head and no body.

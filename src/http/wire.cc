@@ -272,6 +272,9 @@ Field classify_field(std::string_view n) {
     case 12:
       if (name_is(n, "content-type")) return Field::kContentType;
       break;
+    case 13:
+      if (name_is(n, "authorization")) return Field::kAuthorization;
+      break;
     case 14:
       if (name_is(n, "content-length")) return Field::kContentLength;
       break;
@@ -915,6 +918,9 @@ void RequestParser::on_field(Field f, std::string_view name, std::string_view va
       break;
     case Field::kHost:
       ++hosts_;
+      break;
+    case Field::kAuthorization:
+      if (authorization_ == 0) authorization_ = fields_.size() / 2 + 1;
       break;
     case Field::kExpect:
       // A token list; "100-continue" compared case-insensitively.

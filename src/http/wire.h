@@ -26,6 +26,7 @@ using error_code = boost::system::error_code;
 // The header fields the parsers act on, recognised once per field (by length and first byte).
 enum class Field : std::uint8_t {
   kOther,
+  kAuthorization,
   kConnection,
   kContentLength,
   kContentType,
@@ -164,6 +165,11 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   void headers(std::vector<std::pair<std::string_view, std::string_view>>& out) const;
   // header_name_bit() of every field name so far (Request::header_names).
   std::uint64_t header_names() const { return names_; }
+  // The index among headers() of the first Authorization field; the number of fields when
+  // there is none (Request::authorization_at).
+  std::size_t authorization_at() const {
+    return authorization_ ? authorization_ - 1 : fields_.size() / 2;
+  }
   bool has_transfer_encoding() const { return saw_te_; }
   bool has_content_length() const { return saw_cl_; }
   // True when every Transfer-Encoding field there was is exactly "chunked" (one field, one
@@ -235,6 +241,7 @@ class RequestParser final : public BasicParser<RequestParser, true> {
   Span method_{0, 0};
   Span target_{0, 0};
   std::uint64_t names_ = 0;
+  std::size_t authorization_ = 0;  // 1 + the index of the first Authorization field; 0: none
   bool saw_te_ = false;
   bool te_other_ = false;
   bool saw_cl_ = false;

@@ -1445,6 +1445,36 @@ TEST(RequestParser, HeaderNamesIndexFindsEveryPresentName) {
   EXPECT_EQ(req.header("x-priority"), "2");
 }
 
+// The first Authorization field is remembered by its index during the parse; without one the
+// index is past the list. A list changed after the parse is searched.
+TEST(RequestParser, AuthorizationIndexIsTheFirstAuthorizationField) {
+  struct Case {
+    std::string_view fields;
+    std::string_view want;
+  };
+  for (const Case& k : {
+           Case{"Host: a\r\nAuthorization: Bearer one\r\n", "Bearer one"},
+           Case{"authorization: x\r\nHost: a\r\nAUTHORIZATION: y\r\n", "x"},
+           Case{"Host: a\r\nX-Api-Key: k\r\nAuthorizatio: n\r\nAuthorization2: m\r\n", ""},
+           Case{"Host: a\r\nAuthorization:\r\nAuthorization: later\r\n", ""},
+       }) {
+    Storage s;
+    RequestParser p(s.arena, s.fields, s.body, 100);
+    configure(p);
+    auto r = feed(p, "GET / HTTP/1.1\r\n" + std::string(k.fields) + "\r\n", 1 << 20);
+    ASSERT_FALSE(r.ec) << k.fields << r.ec.message();
+    Request req;
+    p.headers(req.headers);
+    req.header_names = p.header_names();
+    req.header_names_count = req.headers.size();
+    req.authorization_at = p.authorization_at();
+    EXPECT_EQ(req.authorization(), k.want) << k.fields;
+    EXPECT_EQ(req.authorization(), req.header("authorization")) << k.fields;
+    req.headers.insert(req.headers.begin(), {"Authorization", "Bearer added"});
+    EXPECT_EQ(req.authorization(), "Bearer added") << k.fields;
+  }
+}
+
 // A Content-Length of digits alone is read without the list walk; lists, 20 digits and more,
 // and repeated fields keep their answers.
 TEST(ResponseParser, ContentLengthValues) {
@@ -1487,6 +1517,7 @@ TEST(ClassifyField, KnownNamesInAnyCaseAndNearMisses) {
   const std::pair<std::string_view, Field> known[] = {
       {"host", Field::kHost},
       {"expect", Field::kExpect},
+      {"authorization", Field::kAuthorization},
       {"upgrade", Field::kUpgrade},
       {"connection", Field::kConnection},
       {"retry-after", Field::kRetryAfter},
