@@ -571,8 +571,27 @@ void BasicParser<Derived, kRequest>::field(const char* p, const char* eol, std::
   }
   // framing_field acts on these only (Host, Content-Type and the others are recognised for the
   // derived parser).
-  if (f == Field::kContentLength || f == Field::kTransferEncoding || f == Field::kConnection ||
-      f == Field::kProxyConnection) {
+  if (f == Field::kContentLength && !(flags_ & (kChunked | kContentLength)) && !value.empty() &&
+      value.size() <= 19) {
+    // The usual Content-Length, the message's only one, 1 to 19 digits alone (no overflow
+    // possible), read here instead of in a call of framing_field; any other is left to it.
+    std::uint64_t v = 0;
+    const char* d = value.data();
+    const char* const e = d + value.size();
+    while (d < e && static_cast<unsigned char>(*d - '0') <= 9) {
+      v = v * 10 + static_cast<std::uint64_t>(*d - '0');
+      ++d;
+    }
+    if (d == e) {
+      content_length_ = v;
+      remaining_ = v;
+      flags_ |= kContentLength;
+    } else {
+      framing_field(f, value, ec);
+      if (ec) return;
+    }
+  } else if (f == Field::kContentLength || f == Field::kTransferEncoding ||
+             f == Field::kConnection || f == Field::kProxyConnection) {
     framing_field(f, value, ec);
     if (ec) return;
   }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -1509,6 +1510,84 @@ TEST(ResponseParser, ContentLengthValues) {
       EXPECT_EQ(*p.content_length(), k.length) << k.fields;
     }
   }
+}
+
+// The message's first Content-Length is read in the parser's line loop, any other value by the
+// general path: every byte value at every position of 1 to 8 digits gives the answer of RFC
+// 9112's rule (1*DIGIT, a list of equal numbers, whitespace around it dropped), after any form
+// of the name.
+TEST(ResponseParser, ShortContentLengthEveryByteAtEveryPosition) {
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  // The reference: nullopt when refused.
+  auto expected = [&](std::string_view v) -> std::optional<std::uint64_t> {
+    for (char c : v) {
+      const auto u = static_cast<unsigned char>(c);
+      if ((u < 0x20 && u != '\t') || u == 0x7f) return std::nullopt;  // not a field value
+    }
+    std::optional<std::uint64_t> out;
+    v = trim(v);
+    for (;;) {
+      const auto comma = v.find(',');
+      const auto e = trim(v.substr(0, comma));
+      if (e.empty()) return std::nullopt;
+      std::uint64_t n = 0;
+      for (char c : e) {
+        if (c < '0' || c > '9') return std::nullopt;
+        n = n * 10 + static_cast<std::uint64_t>(c - '0');
+      }
+      if (out && *out != n) return std::nullopt;
+      out = n;
+      if (comma == std::string_view::npos) return out;
+      v.remove_prefix(comma + 1);
+    }
+  };
+  const std::string_view prefixes[] = {"Content-Length: ", "content-length:", "CONTENT-LENGTH:\t"};
+  for (std::size_t len = 1; len <= 8; ++len) {
+    for (std::size_t pos = 0; pos < len; ++pos) {
+      for (int b = 0; b < 256; ++b) {
+        std::string v = std::string("98765432").substr(8 - len);
+        v[pos] = static_cast<char>(b);
+        if (b == '\r' || b == '\n') continue;  // another line
+        const auto want = expected(v);
+        const std::string_view prefix = prefixes[(pos + static_cast<std::size_t>(b)) % 3];
+        Headers h;
+        ResponseParser p(h);
+        p.body_limit(boost::none);
+        p.eager(false);
+        auto r =
+            feed(p, "HTTP/1.1 200 OK\r\n" + std::string(prefix) + v + "\r\n\r\n", 1 << 20, false);
+        ASSERT_EQ(!r.ec, want.has_value()) << "byte " << b << " at " << pos << " of " << len;
+        if (want) {
+          ASSERT_TRUE(p.content_length());
+          EXPECT_EQ(*p.content_length(), *want) << v;
+        }
+      }
+    }
+  }
+  // Eight digits each, and repeated fields that differ in their last digit only.
+  for (std::string_view v : {"00000000", "99999999", "12345678", "10000000", "0", "7"}) {
+    Headers h;
+    ResponseParser p(h);
+    p.body_limit(boost::none);
+    p.eager(false);
+    auto r = feed(p, "HTTP/1.1 200 OK\r\nContent-Length: " + std::string(v) + "\r\n\r\n", 1 << 20,
+                  false);
+    ASSERT_FALSE(r.ec) << v;
+    std::uint64_t n = 0;
+    for (char c : v) n = n * 10 + static_cast<std::uint64_t>(c - '0');
+    EXPECT_EQ(*p.content_length(), n) << v;
+  }
+  Headers h;
+  ResponseParser p(h);
+  p.eager(false);
+  auto r =
+      feed(p, "HTTP/1.1 200 OK\r\nContent-Length: 12345678\r\nContent-Length: 12345679\r\n\r\n",
+           1 << 20, false);
+  EXPECT_EQ(r.ec, bhttp::error::multiple_content_length);
 }
 
 // The framing names are recognised in any case, 8 bytes a step from 8 bytes on; a name with
