@@ -95,15 +95,20 @@ char* put_bool(char* p, bool v) {
 
 namespace {
 
-// The six digits of u < 10^6, with its leading zeros, in digits[0, 6).
-void six_digits(char (&digits)[8], std::uint64_t u) {
+// The six digits of u < 10^6, with its leading zeros, in digits[0, 6): in 32 bits, two
+// divisions by constants (multiplications) and their remainders.
+void six_digits(char (&digits)[8], std::uint64_t v) {
   static constexpr char kPairs[] =
       "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
       "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
       "8081828384858687888990919293949596979899";
-  std::memcpy(digits, kPairs + u / 10'000 * 2, 2);
-  std::memcpy(digits + 2, kPairs + u / 100 % 100 * 2, 2);
-  std::memcpy(digits + 4, kPairs + u % 100 * 2, 2);
+  const auto u = static_cast<std::uint32_t>(v);
+  const std::uint32_t high = u / 10'000;
+  const std::uint32_t low = u - high * 10'000;
+  const std::uint32_t mid = low / 100;
+  std::memcpy(digits, kPairs + high * 2, 2);
+  std::memcpy(digits + 2, kPairs + mid * 2, 2);
+  std::memcpy(digits + 4, kPairs + (low - mid * 100) * 2, 2);
 }
 
 // "0." and the six digits of a fraction that is not zero, without its trailing zeros.

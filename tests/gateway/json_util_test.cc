@@ -67,6 +67,23 @@ TEST(WriteJsonString, SameAsAppendForLongerMixedStrings) {
   EXPECT_EQ(written(controls).size(), json_string_max_size(controls.size()));
 }
 
+// A plain string is copied in steps of 8 or 16 bytes (the last step overlapping): a byte that
+// needs escaping is found at every place of every length, and the bytes that need none at
+// the edges (0x1f / 0x20, 0x7f / 0x80) are told apart.
+TEST(WriteJsonString, EveryPlaceOfEveryLengthIsLookedAt) {
+  for (std::size_t n = 1; n <= 80; ++n) {
+    const std::string plain(n, 'a');
+    ASSERT_EQ(written(plain), "\"" + plain + "\"") << n;
+    for (std::size_t at = 0; at < n; ++at) {
+      for (const char c : {'"', '\\', '\n', '\x1f', '\x20', '\x7f', '\x80', '\xff'}) {
+        std::string s = plain;
+        s[at] = c;
+        ASSERT_EQ(written(s), appended(s)) << n << " " << at << " " << int(c);
+      }
+    }
+  }
+}
+
 std::string decimal(std::int64_t units, int scale, int significant = 0) {
   char buf[kDecimalMaxSize];
   return std::string(buf, write_decimal(buf, units, scale, significant));
