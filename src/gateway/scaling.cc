@@ -55,11 +55,20 @@ struct DeploymentCounters;
 }  // namespace
 
 // Counters are never removed: the one found for a name stays that name's, and a worker thread
-// remembers it.
+// remembers it. The memo's hit inline in the note_*() calls; the map's search (with its lock,
+// and the registers it saves) in a call of its own.
 template <class Tag>
 ScalingState::Counter* ScalingState::find(const CounterMap& map, std::string_view name) const {
   using Memo = NameMemo<Tag, Counter*>;
-  if (Counter* kept = Memo::find(memo_owner_, name)) return kept;
+  if (Counter* kept = Memo::find(memo_owner_, name)) [[likely]]
+    return kept;
+  return find_in_map<Tag>(map, name);
+}
+
+template <class Tag>
+ScalingState::Counter* ScalingState::find_in_map(const CounterMap& map,
+                                                 std::string_view name) const {
+  using Memo = NameMemo<Tag, Counter*>;
   std::shared_lock lock(mu_);
   auto it = map.find(name);
   if (it == map.end()) return nullptr;

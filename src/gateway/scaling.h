@@ -51,6 +51,8 @@ class ScalingState {
   using CounterMap = std::map<std::string, std::unique_ptr<Counter>, std::less<>>;
   template <class Tag>
   Counter* find(const CounterMap& map, std::string_view name) const;
+  template <class Tag>
+  [[gnu::noinline]] Counter* find_in_map(const CounterMap& map, std::string_view name) const;
   // The concurrency of a group served by one deployment with a capacity_concurrency follows
   // the replicas running (told by the controller): capacity_concurrency x running.
   void follow_replicas(Shared& sh, const config::Config& cfg, const telemetry::CapacityPlan& plan);
