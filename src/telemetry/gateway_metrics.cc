@@ -2,23 +2,6 @@
 
 namespace bw::telemetry {
 
-std::string_view status_class(int http_status) {
-  switch (http_status / 100) {
-    case 1:
-      return "1xx";
-    case 2:
-      return "2xx";
-    case 3:
-      return "3xx";
-    case 4:
-      return "4xx";
-    case 5:
-      return "5xx";
-    default:
-      return "other";
-  }
-}
-
 namespace {
 std::vector<double> ttft_buckets() {
   return {0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30};

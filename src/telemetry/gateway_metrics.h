@@ -4,6 +4,7 @@
 // once and keep the references; see metrics.h for the threading and cardinality contract.
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "telemetry/metrics.h"
 
@@ -19,7 +20,13 @@ struct GatewayMetricsOptions {
 };
 
 // Label values used by the gateway; kept here so every recorder spells them the same way.
-std::string_view status_class(int http_status);  // "2xx", "4xx", "5xx", ...; "other" if invalid
+// "2xx", "4xx", "5xx", ...; "other" if invalid. Inline: a recorder that needs the label only to
+// resolve a series it has not cached yet does not make it per request.
+inline std::string_view status_class(int http_status) {
+  static constexpr std::string_view kClasses[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+  const int c = http_status / 100;
+  return c >= 1 && c <= 5 ? kClasses[c - 1] : std::string_view("other");
+}
 
 struct GatewayMetrics {
   explicit GatewayMetrics(Registry& registry, const GatewayMetricsOptions& options = {});

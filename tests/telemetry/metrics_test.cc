@@ -339,6 +339,14 @@ TEST(Metrics, StatusClass) {
   EXPECT_EQ(status_class(503), "5xx");
   EXPECT_EQ(status_class(0), "other");
   EXPECT_EQ(status_class(700), "other");
+  // Every class at both ends, and the values just outside them.
+  EXPECT_EQ(status_class(100), "1xx");
+  EXPECT_EQ(status_class(199), "1xx");
+  EXPECT_EQ(status_class(300), "3xx");
+  EXPECT_EQ(status_class(599), "5xx");
+  EXPECT_EQ(status_class(99), "other");
+  EXPECT_EQ(status_class(600), "other");
+  EXPECT_EQ(status_class(-200), "other");
 }
 
 }  // namespace
