@@ -97,7 +97,7 @@ namespace {
 
 // The six digits of u < 10^6, with its leading zeros, in digits[0, 6): in 32 bits, two
 // divisions by constants (multiplications) and their remainders.
-void six_digits(char (&digits)[8], std::uint64_t v) {
+void six_digits(char* digits, std::uint64_t v) {
   static constexpr char kPairs[] =
       "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
       "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
@@ -112,7 +112,7 @@ void six_digits(char (&digits)[8], std::uint64_t v) {
 }
 
 // "0." and the six digits of a fraction that is not zero, without its trailing zeros.
-char* write_fraction(char* p, const char (&digits)[8]) {
+char* write_fraction(char* p, const char* digits) {
   std::memcpy(p, "0.", 2);
   std::memcpy(p + 2, digits, 6);
   char* end = p + 8;
@@ -174,7 +174,7 @@ char* write_ms(char* p, std::int64_t ns) {
     }
     u = t;
   }
-  char digits[8] = {};
+  char digits[16] = {};
   six_digits(digits, u);
   if (whole >= 6) {  // a whole number of milliseconds: the digits, then zeros
     std::memcpy(p, digits, 6);
@@ -183,13 +183,11 @@ char* write_ms(char* p, std::int64_t ns) {
     return p;
   }
   if (whole == 0) return write_fraction(p, digits);
-  // The point inserted after the first `whole` digits, in one 8-byte word.
-  std::uint64_t w;
-  std::memcpy(&w, digits, 8);
-  const int shift = 8 * whole;
-  const std::uint64_t low = w & ((std::uint64_t{1} << shift) - 1);
-  w = low | (std::uint64_t{'.'} << shift) | ((w >> shift) << (shift + 8));
-  std::memcpy(p, &w, 8);
+  // The point after the first `whole` digits (1-5): the digits, the rest of them again one
+  // place on, and the point between. Fixed-size copies: up to p + 14.
+  std::memcpy(p, digits, 8);
+  std::memcpy(p + whole + 1, digits + whole, 8);
+  p[whole] = '.';
   char* end = p + 7;
   while (end[-1] == '0') --end;
   if (end[-1] == '.') --end;
