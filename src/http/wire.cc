@@ -1,5 +1,6 @@
 #include "http/wire.h"
 
+#include <algorithm>
 #include <boost/beast/http/status.hpp>
 #include <cassert>
 #include <charconv>
@@ -345,6 +346,14 @@ std::size_t BasicParser<Derived, kRequest>::put(boost::asio::const_buffer buffer
           end_run(p);
           if (p != from) break;
         }
+        if (state_ == State::kStartLine && scanned_ == 0) {
+          if (const char* const eol = fast_start_line(p, p + window)) {
+            head_bytes_ += static_cast<std::size_t>(eol + 1 - p);
+            state_ = State::kFields;
+            p = eol + 1;
+            break;
+          }
+        }
         const char* eol =
             scanned_ < window
                 ? static_cast<const char*>(std::memchr(p + scanned_, '\n', window - scanned_))
@@ -497,6 +506,47 @@ void BasicParser<Derived, kRequest>::start_line(const char* p, const char* eol, 
     }
     if (version == 11) flags_ |= kHttp11;
     self().on_status(status, version);
+  }
+}
+
+template <class Derived, bool kRequest>
+const char* BasicParser<Derived, kRequest>::fast_start_line(const char* p, const char* limit) {
+  // No byte before the CRLF checked here can be a LF (a method is tchars, a target and a reason
+  // phrase hold no control byte, the rest is fixed), so this line ends where the general
+  // path's search would find its end, and the checks are start_line's. Any other line is left
+  // to the general path.
+  auto version_at = [&](const char* v) {
+    if (limit - v < 8 || std::memcmp(v, "HTTP/1.", 7) != 0 || (v[7] != '0' && v[7] != '1')) {
+      return 0;
+    }
+    return v[7] == '1' ? 11 : 10;
+  };
+  if constexpr (kRequest) {
+    const char* const m = token_end(p, limit);
+    if (m == p || m == limit || *m != ' ') return nullptr;
+    const char* const t = m + 1;
+    const char* const te = find_target_stop(t, limit, p);
+    if (te == t || te == limit || *te != ' ') return nullptr;
+    const char* const v = te + 1;
+    const int version = version_at(v);
+    if (version == 0 || limit - v < 10 || v[8] != '\r' || v[9] != '\n') return nullptr;
+    if (version == 11) flags_ |= kHttp11;
+    self().on_request(std::string_view(p, static_cast<std::size_t>(m - p)),
+                      std::string_view(t, static_cast<std::size_t>(te - t)), version);
+    return v + 9;
+  } else {
+    // "HTTP/1.x NNN " and the reason phrase up to its CRLF.
+    const int version = version_at(p);
+    if (version == 0 || limit - p < 13 || p[8] != ' ' || p[12] != ' ') return nullptr;
+    const char* const s = p + 9;
+    if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9' || s[2] < '0' || s[2] > '9') {
+      return nullptr;
+    }
+    const char* const stop = find_value_stop(s + 4, limit, p);
+    if (limit - stop < 2 || stop[0] != '\r' || stop[1] != '\n') return nullptr;
+    if (version == 11) flags_ |= kHttp11;
+    self().on_status((s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0'), version);
+    return stop + 1;
   }
 }
 
@@ -928,7 +978,7 @@ void RequestParser::on_field(Field f, std::string_view name, std::string_view va
       // A repeated Content-Length with the same value, and lists such as "5, 5", are allowed
       // by RFC 9112 but refused here: one field, one number, so that no intermediary in front
       // of Bellwether can have framed the body differently.
-      if (saw_cl_ || value.find(',') != std::string_view::npos) {
+      if (saw_cl_ || std::find(value.begin(), value.end(), ',') != value.end()) {
         saw_cl_ = true;
         ec = bhttp::error::multiple_content_length;
         return;

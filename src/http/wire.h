@@ -121,6 +121,10 @@ class BasicParser {
   // Inline into put()'s loop of usual lines, its only caller.
   [[gnu::always_inline]] inline const char* fast_line(const char* p, const char* limit,
                                                       error_code& ec);
+  // The start line read the same way, without a search for its end first: parsed as
+  // start_line would, returning its LF, when it is a well-formed line within `limit`; nullptr
+  // (nothing done) otherwise.
+  const char* fast_start_line(const char* p, const char* limit);
   // A checked field line: its name, its value's first byte `v` and the CR `stop` after it.
   // Inline into its two callers: the call, with its seven arguments, cost about as much as
   // the work of a usual line.

@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1509,6 +1510,78 @@ TEST(ResponseParser, ContentLengthValues) {
       ASSERT_TRUE(p.content_length()) << k.fields;
       EXPECT_EQ(*p.content_length(), k.length) << k.fields;
     }
+  }
+}
+
+// Calls f(input, what) for `line` with every byte value at each of its positions, then `rest`.
+template <class F>
+void each_byte_at_each_position(std::string_view line, std::string_view rest, F f) {
+  for (std::size_t pos = 0; pos < line.size(); ++pos) {
+    for (int b = 0; b < 256; ++b) {
+      std::string input(line);
+      input[pos] = static_cast<char>(b);
+      input += rest;
+      f(input, "byte " + std::to_string(b) + " at " + std::to_string(pos));
+    }
+  }
+}
+
+// A start line that arrives whole is read without a search for its end first; one that arrives
+// a byte at a time is read by the general path. Every byte value at every position of a start
+// line gets the same answer both ways.
+TEST(RequestParser, StartLineWholeOrByteByByteEveryByteAtEveryPosition) {
+  const auto check = [](const std::string& input, const std::string& what) {
+    struct Seen {
+      error_code ec;
+      std::string method, target;
+      int version = 0;
+      bool keep_alive = false;
+    };
+    auto run = [&](std::size_t step) {
+      Storage s;
+      RequestParser p(s.arena, s.fields, s.body, 100);
+      configure(p);
+      auto r = feed(p, input, step);
+      Seen out{r.ec, {}, {}, 0, false};
+      if (!r.ec) {
+        out.method = p.method();
+        out.target = p.target();
+        out.version = p.http_version();
+        out.keep_alive = p.keep_alive();
+      }
+      return out;
+    };
+    const Seen whole = run(1 << 20), bytes = run(1);
+    ASSERT_EQ(whole.ec, bytes.ec) << what;
+    EXPECT_EQ(whole.method, bytes.method) << what;
+    EXPECT_EQ(whole.target, bytes.target) << what;
+    EXPECT_EQ(whole.version, bytes.version) << what;
+    EXPECT_EQ(whole.keep_alive, bytes.keep_alive) << what;
+  };
+  each_byte_at_each_position("GET /a?b HTTP/1.1\r\n", "Host: h\r\n\r\n", check);
+}
+
+TEST(ResponseParser, StatusLineWholeOrByteByByteEveryByteAtEveryPosition) {
+  const auto check = [](const std::string& input, const std::string& what) {
+    auto run = [&](std::size_t step) {
+      Headers h;
+      ResponseParser p(h);
+      p.eager(true);
+      auto r = feed(p, input, step);
+      return std::make_tuple(r.ec, r.ec ? 0 : p.status(), !r.ec && p.keep_alive());
+    };
+    ASSERT_EQ(run(1 << 20), run(1)) << what;
+  };
+  each_byte_at_each_position("HTTP/1.1 200 OK\r\n", "Content-Length: 0\r\n\r\n", check);
+  // The forms around the usual one: HTTP/1.0, an empty reason, a 1xx.
+  for (std::string_view input : {"HTTP/1.0 404 Not Found\r\n\r\n", "HTTP/1.1 200 \r\n\r\n",
+                                 "HTTP/1.1 100 Continue\r\n\r\n"}) {
+    Headers h;
+    ResponseParser p(h);
+    p.eager(true);
+    auto r = feed(p, input, 1 << 20);
+    ASSERT_FALSE(r.ec) << input;
+    EXPECT_EQ(p.status(), input[9] == '4' ? 404 : input[9] == '2' ? 200 : 100) << input;
   }
 }
 
