@@ -527,6 +527,11 @@ struct PreparedOneShard final : PreparedChecks {
   std::size_t n = 0;
   ShardCheck items[kMaxOneShard];
   bool tokens[kMaxOneShard] = {};  // the check's cost is the request's tokens (else 1)
+  // For decide_stored: the checks' indexes, its sliding windows first and then its GCRAs, when
+  // every check is one of the two (else `stored_order` is false).
+  bool stored_order = false;
+  std::uint8_t windows = 0;
+  std::uint8_t order[kMaxOneShard] = {};
 
   // Guarded by the shard's mutex: the entries of `items` (null: none stored) as of the shard's
   // `erased` and `added` counts.
@@ -534,6 +539,81 @@ struct PreparedOneShard final : PreparedChecks {
   mutable std::uint64_t added = ~std::uint64_t{0};
   mutable Entry* entry[kMaxOneShard] = {};
 };
+
+// The batch of `p` in one pass, as decide_one_shard would decide it when every check passes from
+// its stored bucket (the common case): each sliding window checked where it is, then each GCRA
+// charged where it is, its previous state kept, and the windows charged once every check has
+// passed. False, with every bucket as it was, when it is not such a batch (a bucket to create or
+// stored with another algorithm, a check refused or past admit_fast, a window charge not
+// ready): decide_one_shard then decides it from the start. `out.results` has n entries.
+bool decide_stored(MemoryLimitStore::Shard& shard, const PreparedOneShard& p,
+                   std::int64_t token_cost, Nanos now, BatchResult& out) {
+  // Set for the checks of their algorithm only (not cleared whole first).
+  union Slot {
+    SlidingWindowCharge charge;  // a window's charge, applied once every check has passed
+    struct {
+      GcraState state;
+      Nanos idle_at;
+    } kept;    // a GCRA's bucket as it was, to put back
+    Slot() {}  // NOLINT(modernize-use-equals-default): set by the check's algorithm
+  };
+  Slot t[kMaxOneShard];
+  CheckResult* const results = out.results.data();
+  Entry* const* const entry = p.entry;
+  const std::size_t n = p.n;
+  std::size_t k = 0;
+  for (; k < p.windows; ++k) {
+    const std::size_t i = p.order[k];
+    const Entry* const e = entry[i];
+    const auto* ring =
+        e != nullptr ? std::get_if<std::unique_ptr<SlidingWindowState>>(&e->state) : nullptr;
+    if (ring == nullptr || !*ring) return false;
+    CheckResult& r = results[i];
+    new (&t[i].charge) SlidingWindowCharge();
+    r.decision = SlidingWindow::check(**ring, p.items[i].params,
+                                      p.tokens[i] ? token_cost : std::int64_t{1}, now, t[i].charge);
+    if (!r.decision.allowed || !t[i].charge.ready) return false;
+  }
+  for (; k < n; ++k) {
+    const std::size_t i = p.order[k];
+    Entry* const e = entry[i];
+    GcraState* const s = e != nullptr ? std::get_if<GcraState>(&e->state) : nullptr;
+    CheckResult& r = results[i];
+    if (s != nullptr) {
+      t[i].kept.state = *s;
+      t[i].kept.idle_at = e->idle_at;
+      if (Gcra::admit_fast(*s, p.items[i].params, p.tokens[i] ? token_cost : std::int64_t{1}, now,
+                           r.decision)) {
+        const Nanos idle = idle_from_decision(now, r.decision.reset_after);
+        e->idle_at = idle >= 0 ? idle : Gcra::idle_at(*s, p.items[i].params, now);
+        continue;
+      }
+    }
+    // Not such a batch: the GCRAs charged so far are put back.
+    while (k-- > p.windows) {
+      const std::size_t j = p.order[k];
+      *std::get_if<GcraState>(&entry[j]->state) = t[j].kept.state;
+      entry[j]->idle_at = t[j].kept.idle_at;
+    }
+    return false;
+  }
+  for (k = 0; k < p.windows; ++k) {
+    const std::size_t i = p.order[k];
+    SlidingWindowState& s = **std::get_if<std::unique_ptr<SlidingWindowState>>(&entry[i]->state);
+    SlidingWindow::charge(s, t[i].charge);
+    const Nanos idle = idle_from_decision(now, results[i].decision.reset_after);
+    entry[i]->idle_at = idle >= 0 ? idle : SlidingWindow::idle_at(s, p.items[i].params, now);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    results[i].consumed = true;
+    results[i].bucket = entry[i];
+  }
+  ++shard.one_shard_batches;
+  out.allowed = true;
+  out.bucket_maker = p.maker();
+  out.bucket_generation = shard.erased;
+  return true;
+}
 
 }  // namespace
 
@@ -583,6 +663,16 @@ std::unique_ptr<const PreparedChecks> MemoryLimitStore::prepare(
     p->items[i] = ShardCheck(h, checks[i].spec);
     p->tokens[i] = checks[i].spec->unit == Unit::kTokens;
   }
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (p->items[i].algorithm == Algorithm::kSlidingWindow)
+      p->order[k++] = static_cast<std::uint8_t>(i);
+  }
+  p->windows = static_cast<std::uint8_t>(k);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (p->items[i].algorithm == Algorithm::kGcra) p->order[k++] = static_cast<std::uint8_t>(i);
+  }
+  p->stored_order = k == n;
   return p;
 }
 
@@ -603,11 +693,20 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
       }
       p->erased = shard.erased;
     }
-    decided = decide_one_shard(
-        OneShard{shard, shard_cap_, options_, overflows_, id_},
-        std::span<const ShardCheck>(p->items, p->n),
-        [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, now,
-        out);
+    if (p->stored_order) {
+      out.results.resize(p->n);
+      decided = decide_stored(shard, *p, token_cost, now, out);
+      if (!decided) {
+        for (std::size_t i = 0; i < p->n; ++i) out.results[i] = CheckResult{};
+      }
+    }
+    if (!decided) {
+      decided = decide_one_shard(
+          OneShard{shard, shard_cap_, options_, overflows_, id_},
+          std::span<const ShardCheck>(p->items, p->n),
+          [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, now,
+          out);
+    }
     // The buckets it created are in p->entry: nothing else was added meanwhile.
     p->added = shard.added;
   }

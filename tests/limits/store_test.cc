@@ -755,5 +755,47 @@ TEST(MemoryLimitStore, OneShardBatchDecidesAsTheGeneralBatchAtTheCap) {
   one_shard_matches_general(10, 20, OverflowPolicy::kAllowUntracked, 300);
 }
 
+// A prepared batch of sliding windows and GCRAs whose buckets are all stored is decided in one
+// pass, each GCRA charged where it is stored: a later check's refusal puts the earlier GCRAs back
+// and the batch is decided as the general batch decides it, with no trace of the refused batch;
+// a batch whose GCRA fits no 64-bit figure goes the same way.
+TEST(MemoryLimitStore, PreparedBatchOfStoredBucketsRefusedLateLeavesNoTrace) {
+  MemoryLimitStore ahead(opts()), general(opts());
+  std::vector<LimitSpec> specs = {spec("rps", 5),
+                                  spec("daily", 60, 0, Algorithm::kSlidingWindow, Period::kMinute),
+                                  spec("rpm", 50, 0, Algorithm::kGcra, Period::kMinute),
+                                  spec("tight", 2, 0, Algorithm::kGcra, Period::kSecond)};
+  specs[2].unit = Unit::kTokens;
+  std::vector<std::string> keys;
+  for (const LimitSpec& s : specs) keys.push_back("p\x1f" + s.name + "\x1fkey\x1fk1");
+  std::vector<LimitCheck> checks;
+  for (std::size_t i = 0; i < specs.size(); ++i) checks.push_back({keys[i], &specs[i], 0, nullptr});
+  const auto prepared = ahead.prepare(checks);
+  ASSERT_NE(prepared, nullptr);
+  int allowed = 0, refused = 0;
+  for (int step = 0; step < 400; ++step) {
+    // Bursts of requests 0-3 ms apart, every 20th after a pause: "tight" refuses within bursts
+    // after rps, daily and rpm have been charged in place.
+    const Nanos now = kT0 + step * 3 * kMs + (step / 20) * 1100 * kMs;
+    const std::int64_t tokens = step % 7 == 0 ? std::int64_t{1} << 62 : step % 5;  // past 64 bits
+    std::vector<LimitCheck> costed = checks;
+    for (LimitCheck& c : costed) c.cost = c.spec->unit == Unit::kTokens ? tokens : 1;
+    const BatchResult a = ahead.check_prepared(*prepared, tokens, now);
+    const BatchResult b = general.check_and_consume(costed, now);
+    ASSERT_NO_FATAL_FAILURE(same_batch(a, b, step));
+    // Handles only from an allowed batch; every one once the buckets are stored.
+    for (std::size_t i = 0; i < a.results.size(); ++i) {
+      if (!a.allowed || step > 20) {
+        EXPECT_EQ(a.results[i].bucket != nullptr, a.allowed) << step;
+      }
+    }
+    (a.allowed ? allowed : refused) += 1;
+  }
+  EXPECT_GT(allowed, 20);
+  EXPECT_GT(refused, 20);
+  EXPECT_EQ(ahead.size(), general.size());
+  EXPECT_GT(ahead.stats().one_shard_batches, 300u);
+}
+
 }  // namespace
 }  // namespace bw::limits
