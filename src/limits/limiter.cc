@@ -238,6 +238,26 @@ bool PreparedLimits::resolved_for(const LimitStore& store) const {
                                 0, digests_.empty() ? nullptr : &digests_[i]};
       }
       prepared_ = store.prepare(checks_);
+      all_enforced_ = true;
+      tokens_.resize(items_.size());
+      for (std::size_t i = 0; i < items_.size(); ++i) {
+        const LimitSpec& spec = *items_[i].spec;
+        all_enforced_ = all_enforced_ && spec.mode == Mode::kEnforce;
+        tokens_[i] = spec.unit == Unit::kTokens ? 1 : 0;
+        if (spec.unit != Unit::kTokens) continue;
+        Charge& c = charges_.emplace_back();
+        c.item = static_cast<std::uint32_t>(i);
+        c.limit.key_begin = static_cast<std::uint32_t>(charge_keys_.size());
+        c.limit.key_size = static_cast<std::uint32_t>(checks_[i].key.size());
+        c.limit.name_size = static_cast<std::uint32_t>(spec.name.size());
+        c.limit.algorithm = spec.algorithm;
+        c.limit.params = spec.params();
+        if (checks_[i].digest != nullptr) {
+          c.limit.has_digest = true;
+          c.limit.digest = *checks_[i].digest;
+        }
+        charge_keys_.append(checks_[i].key);
+      }
       resolved_for_.store(&store, std::memory_order_release);
     });
     owner = resolved_for_.load(std::memory_order_acquire);
@@ -323,7 +343,11 @@ bool Limiter::check(const RequestScope& s, std::int64_t token_cost, Nanos now, L
     if (s.prepared->items_.empty()) return false;
     if (const PreparedChecks* ready = s.prepared->prepared(*store_)) {
       const BatchResult r = store_->check_prepared(*ready, token_cost, now);
-      make_verdict(fresh_verdict(out), ready->checks(), r, token_cost);
+      Verdict& v = fresh_verdict(out);
+      if (!r.allowed || !s.prepared->all_enforced_ ||
+          !make_allowed_verdict(v, *s.prepared, r, token_cost)) {
+        make_verdict(v, ready->checks(), r, token_cost);
+      }
       return true;
     }
   }
@@ -400,6 +424,38 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
   if (r.unavailable) all_wait = false;  // waiting does not bring Redis back
   v.wait_ok = !v.allowed && all_wait && v.retry_after_ns != kNever;
   if (v.allowed) res.reserved_tokens = token_cost;
+}
+
+bool Limiter::make_allowed_verdict(Verdict& v, const PreparedLimits& ready, const BatchResult& r,
+                                   std::int64_t token_cost) {
+  const CheckResult* const results = r.results.data();
+  const std::size_t n = ready.items_.size();
+  if (token_cost > 0) {
+    for (const PreparedLimits::Charge& c : ready.charges_) {
+      if (!results[c.item].consumed) return false;
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const Decision& d = results[i].decision;
+    RateHeaders& h = ready.tokens_[i] != 0 ? v.tokens : v.requests;
+    if (more_restrictive(d, h)) h = RateHeaders{true, d.limit, d.remaining, d.reset_after};
+  }
+  Reservation& res = v.reservation;
+  if (token_cost > 0 && !ready.charges_.empty()) {
+    // The keys after any already there (none in a default verdict), each charge as prepared.
+    const std::size_t base = res.key_bytes.size();
+    const std::string& keys = ready.charge_keys_;
+    res.key_bytes.resize(base + keys.size(), boost::container::default_init);
+    std::memcpy(res.key_bytes.data() + base, keys.data(), keys.size());
+    for (const PreparedLimits::Charge& p : ready.charges_) {
+      ChargedLimit& c = res.token_limits.emplace_back(p.limit);
+      c.key_begin += static_cast<std::uint32_t>(base);
+      c.charged = token_cost;
+      c.bucket = r.bucket_of(p.item);
+    }
+  }
+  res.reserved_tokens = token_cost;
+  return true;
 }
 
 void Limiter::settle(Reservation& reservation, std::int64_t actual_tokens, Nanos now) {

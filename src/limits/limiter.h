@@ -47,61 +47,7 @@ struct LimiterConfig {
   std::vector<LimitSpec> limits;
 };
 
-struct RequestScope;
-
-// The plan limits of one key resolved ahead of its requests: each limit that applies once the
-// key's overrides are taken into account, with its bucket key, in the order check() takes them.
-// Build it once per key and config snapshot (it points into `plan` and `overrides`, which must
-// outlive it) and pass it in RequestScope::prepared; check() then neither walks the plan nor
-// formats a bucket key for it. It is used only for a scope of the same plan, overrides, key id
-// and tenant (the same objects); any other scope, and a plan with a limit scoped by endpoint or
-// model (its bucket depends on the request), takes the per-request path. On first use it is
-// resolved for the limiter's store (digests, LimitStore::prepare), once; what that store keeps in
-// it is guarded by the store. Share it across threads as a const object.
-class PreparedLimits {
- public:
-  PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides, std::string_view key_id,
-                 std::string_view tenant_id);
-  PreparedLimits(const PreparedLimits&) = delete;  // items_ may point at daily_
-  PreparedLimits& operator=(const PreparedLimits&) = delete;
-
-  // False when a plan limit is scoped by endpoint or model.
-  bool usable() const { return usable_; }
-  std::size_t size() const { return items_.size(); }
-
- private:
-  friend class Limiter;
-  // Usable for `scope`: built for its plan, overrides, key id and tenant (the same objects).
-  bool fits(const RequestScope& scope) const;
-  // The digests of the keys for `store` (LimitStore::digest), taken on first use by the first
-  // store asked for; null for a store without digests, or another store.
-  const KeyDigest* digests(const LimitStore& store) const;
-  // The items as checks for `store` (their costs unset), with its digests, and the store's own
-  // resolution of them (LimitStore::prepare); null for a store that has none, or another store.
-  const PreparedChecks* prepared(const LimitStore& store) const;
-  // Resolves digests_, checks_ and prepared_ for the first store asked for; true for that store.
-  bool resolved_for(const LimitStore& store) const;
-  struct Item {
-    const LimitSpec* spec;
-    std::uint32_t key_begin;  // its bucket key: keys_[key_begin, +key_size)
-    std::uint32_t key_size;
-  };
-  const Plan* plan_;
-  const std::vector<LimitSpec>* overrides_;
-  std::string_view key_id_;
-  std::string_view tenant_id_;
-  bool usable_ = true;
-  LimitSpec daily_;  // the plan's daily quota as a limit
-  std::vector<Item> items_;
-  std::string keys_;
-  // Written once, under resolve_once_, before resolved_for_ is published: a request reads one
-  // atomic, not the once_flag.
-  mutable std::once_flag resolve_once_;
-  mutable std::atomic<const LimitStore*> resolved_for_{nullptr};
-  mutable std::vector<KeyDigest> digests_;  // one per item; empty for a store without digests
-  mutable std::vector<LimitCheck> checks_;  // one per item
-  mutable std::unique_ptr<const PreparedChecks> prepared_;
-};
+class PreparedLimits;
 
 struct RequestScope {
   std::string_view key_id;  // stable API key id (not the secret); "" = unauthenticated
@@ -189,6 +135,72 @@ struct Verdict {
   Reservation reservation;  // pass to settle() when the request ends
 };
 
+// The plan limits of one key resolved ahead of its requests: each limit that applies once the
+// key's overrides are taken into account, with its bucket key, in the order check() takes them.
+// Build it once per key and config snapshot (it points into `plan` and `overrides`, which must
+// outlive it) and pass it in RequestScope::prepared; check() then neither walks the plan nor
+// formats a bucket key for it. It is used only for a scope of the same plan, overrides, key id
+// and tenant (the same objects); any other scope, and a plan with a limit scoped by endpoint or
+// model (its bucket depends on the request), takes the per-request path. On first use it is
+// resolved for the limiter's store (digests, LimitStore::prepare), once; what that store keeps in
+// it is guarded by the store. Share it across threads as a const object.
+class PreparedLimits {
+ public:
+  PreparedLimits(const Plan* plan, const std::vector<LimitSpec>* overrides, std::string_view key_id,
+                 std::string_view tenant_id);
+  PreparedLimits(const PreparedLimits&) = delete;  // items_ may point at daily_
+  PreparedLimits& operator=(const PreparedLimits&) = delete;
+
+  // False when a plan limit is scoped by endpoint or model.
+  bool usable() const { return usable_; }
+  std::size_t size() const { return items_.size(); }
+
+ private:
+  friend class Limiter;
+  // Usable for `scope`: built for its plan, overrides, key id and tenant (the same objects).
+  bool fits(const RequestScope& scope) const;
+  // The digests of the keys for `store` (LimitStore::digest), taken on first use by the first
+  // store asked for; null for a store without digests, or another store.
+  const KeyDigest* digests(const LimitStore& store) const;
+  // The items as checks for `store` (their costs unset), with its digests, and the store's own
+  // resolution of them (LimitStore::prepare); null for a store that has none, or another store.
+  const PreparedChecks* prepared(const LimitStore& store) const;
+  // Resolves digests_, checks_ and prepared_ for the first store asked for; true for that store.
+  bool resolved_for(const LimitStore& store) const;
+  struct Item {
+    const LimitSpec* spec;
+    std::uint32_t key_begin;  // its bucket key: keys_[key_begin, +key_size)
+    std::uint32_t key_size;
+  };
+  const Plan* plan_;
+  const std::vector<LimitSpec>* overrides_;
+  std::string_view key_id_;
+  std::string_view tenant_id_;
+  bool usable_ = true;
+  LimitSpec daily_;  // the plan's daily quota as a limit
+  std::vector<Item> items_;
+  std::string keys_;
+  // Written once, under resolve_once_, before resolved_for_ is published: a request reads one
+  // atomic, not the once_flag.
+  mutable std::once_flag resolve_once_;
+  mutable std::atomic<const LimitStore*> resolved_for_{nullptr};
+  mutable std::vector<KeyDigest> digests_;  // one per item; empty for a store without digests
+  mutable std::vector<LimitCheck> checks_;  // one per item
+  mutable std::unique_ptr<const PreparedChecks> prepared_;
+  // The verdict of an allowed batch of the items (Limiter::make_allowed_verdict), where it does
+  // not depend on the request: whether every item is enforced (an allowed batch then charged
+  // each), which items count tokens, and the charge of each token item less its cost and bucket,
+  // its key at key_begin in charge_keys_.
+  struct Charge {
+    std::uint32_t item;
+    ChargedLimit limit;
+  };
+  mutable bool all_enforced_ = false;
+  mutable std::vector<std::uint8_t> tokens_;  // per item: 1 for a token limit
+  mutable std::vector<Charge> charges_;
+  mutable std::string charge_keys_;
+};
+
 class Limiter {
  public:
   Limiter(std::shared_ptr<const LimiterConfig> config, std::shared_ptr<LimitStore> store);
@@ -238,6 +250,10 @@ class Limiter {
               std::int64_t token_cost) const;
   static void make_verdict(Verdict& v, std::span<const LimitCheck> checks, const BatchResult& r,
                            std::int64_t token_cost);
+  // make_verdict of an allowed batch of `ready`'s items, every one enforced, in a default `v`,
+  // from the parts prepared for it. False, with `v` unchanged, when a token item was not charged.
+  static bool make_allowed_verdict(Verdict& v, const PreparedLimits& ready, const BatchResult& r,
+                                   std::int64_t token_cost);
   boost::asio::awaitable<Verdict> check_remote(std::shared_ptr<AsyncLimitStore> async,
                                                const RequestScope& scope, std::int64_t token_cost,
                                                Nanos now);

@@ -231,7 +231,12 @@ void expect_same(const Verdict& a, const Verdict& b, int step) {
     EXPECT_EQ(a.reservation.key(x), b.reservation.key(y));
     EXPECT_EQ(a.reservation.adjust_spec(x).name, b.reservation.adjust_spec(y).name);
     EXPECT_EQ(x.charged, y.charged);
+    EXPECT_EQ(x.algorithm, y.algorithm);
+    EXPECT_EQ(x.params.rate, y.params.rate);
+    EXPECT_EQ(x.params.period, y.params.period);
+    EXPECT_EQ(x.params.burst, y.params.burst);
   }
+  EXPECT_EQ(a.reservation.reserved_tokens, b.reservation.reserved_tokens);
 }
 
 // `n` requests checked and settled on both limiters (`plain` with scope `s`, `fast` with `p`),
@@ -355,6 +360,18 @@ TEST(Limiter, PreparedPlanLimitsLeaveRequestScopedPlansToTheRequest) {
   EXPECT_EQ(admit(l, e, 3, kT0), 2);  // only rps here (1 of 3 used above)
 }
 
+// A key's plan limits alone (no config limits) on `fast` with the key's limits prepared in `ready`
+// and on a limiter without: 80 requests with the same verdicts, some admitted and some refused.
+// `key` and `tenant` are those `ready` was built for (the same strings).
+void prepared_alone_same_verdicts(const Plan& plan, const PreparedLimits& ready, Limiter& fast,
+                                  const std::string& key, const std::string& tenant) {
+  Limiter plain(cfg({}), new_store());
+  const int passed = same_verdicts(plain, plan_scope(key, tenant, plan), fast,
+                                   plan_scope(key, tenant, plan, &ready), 80);
+  EXPECT_GT(passed, 0);
+  EXPECT_LT(passed, 80);
+}
+
 // A key's plan limits alone (no config limits): the store decides them as it prepared them, on
 // the same buckets as the per-request path, with the same verdicts.
 TEST(Limiter, PreparedPlanLimitsAloneGiveTheSameVerdicts) {
@@ -368,12 +385,47 @@ TEST(Limiter, PreparedPlanLimitsAloneGiveTheSameVerdicts) {
                  spec("tpm", Scope::kKey, 900, {}, Unit::kTokens, Period::kMinute), shadow, tb};
   const std::string key = "k1", tenant = "t1";
   const PreparedLimits ready(&plan, nullptr, key, tenant);
-  Limiter plain(cfg({}), new_store());
   Limiter fast(cfg({}), new_store());
-  const int passed = same_verdicts(plain, plan_scope(key, tenant, plan), fast,
-                                   plan_scope(key, tenant, plan, &ready), 80);
-  EXPECT_GT(passed, 0);
-  EXPECT_LT(passed, 80);
+  prepared_alone_same_verdicts(plan, ready, fast, key, tenant);
+}
+
+// Plan limits that are all enforced (no shadow limit): an allowed batch's verdict is made from
+// what was prepared for the key (headers, and each token limit's charge with its key, the
+// store's digest of it and the bucket's handle); a refused one as any other.
+TEST(Limiter, PreparedEnforcedPlanLimitsGiveTheSameVerdicts) {
+  Plan plan;
+  plan.daily_requests = 50;
+  LimitSpec tpd = spec("tpd", Scope::kKey, 20000, {}, Unit::kTokens, Period::kDay);
+  tpd.algorithm = Algorithm::kSlidingWindow;
+  // Every limit of the key's own (a tenant's limit would make a batch of two owners, which the
+  // store does not prepare).
+  plan.limits = {spec("rps", Scope::kKey, 5),
+                 spec("tpm", Scope::kKey, 900, {}, Unit::kTokens, Period::kMinute), tpd};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  Limiter fast(cfg({}), new_store());
+  prepared_alone_same_verdicts(plan, ready, fast, key, tenant);
+
+  // The charges of an allowed verdict reach their buckets by handle and digest.
+  const Verdict v =
+      fast.check(plan_scope(key, tenant, plan, &ready), 10, kT0 + 3600 * kNanosPerSecond);
+  ASSERT_TRUE(v.allowed);
+  ASSERT_EQ(v.reservation.token_limits.size(), 2u);
+  for (const ChargedLimit& c : v.reservation.token_limits) {
+    EXPECT_TRUE(c.has_digest);
+    EXPECT_NE(c.bucket.maker, 0u);
+    EXPECT_NE(c.bucket.at, nullptr);
+    EXPECT_EQ(c.charged, 10);
+  }
+  EXPECT_EQ(v.reservation.adjust_spec(v.reservation.token_limits[0]).name, "tpm");
+  EXPECT_EQ(v.reservation.adjust_spec(v.reservation.token_limits[1]).name, "tpd");
+  EXPECT_EQ(v.reservation.token_limits[1].algorithm, Algorithm::kSlidingWindow);
+  // Without token costs nothing is charged to settle.
+  const Verdict free =
+      fast.check(plan_scope(key, tenant, plan, &ready), 0, kT0 + 7200 * kNanosPerSecond);
+  ASSERT_TRUE(free.allowed);
+  EXPECT_TRUE(free.reservation.token_limits.empty());
+  EXPECT_TRUE(free.tokens.present);
 }
 
 // A reload that changes a key's limits: the runtime prepares the new plan's limits, and the key's
