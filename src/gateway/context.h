@@ -86,52 +86,73 @@ struct CacheState {
   std::string_view status_text() const;
 };
 
-struct Ctx {
+struct alignas(64) Ctx {
   Ctx(Shared& s, std::shared_ptr<const Runtime> r, http::Request& q, http::ResponseWriter& wr)
       : sh(s), rt(std::move(r)), req(q), w(wr) {}
+  // The members are in the order of their use, not of the phases (numbered in the comments):
+  // those that every request reads or writes are packed into as few cache lines as they fit,
+  // between the large ones that only some requests use, of which the others touch only a flag
+  // or a pointer. Hundreds of requests are in flight at once on a worker, and by the time a
+  // request's answer arrives its lines have left the core's caches: every line it touches
+  // again is a miss. The first member's flag lies at its end, in the line of the members after
+  // it; a Lazy's lies at its start.
+  //
+  // 2 decode: the canonical request (see `inbound`)
+  std::optional<api::Request> canon;
   Shared& sh;
   std::shared_ptr<const Runtime> rt;  // the config snapshot this request started with
   http::Request& req;
   http::ResponseWriter& w;
   Nanos start = 0;
-  std::string request_id;
-  std::string client_ip;
-  const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
-
-  // 1 authenticate, 2 decode, 3 resolve
+  // 1 authenticate, 3 resolve
   const KeyInfo* key = nullptr;
   const limits::Plan* plan = nullptr;
+  const ModelGroup* group = nullptr;
+  // 6 cost guard: the price of the model that answers (forward may change it)
+  const cost::ModelPrice* price = nullptr;
+  // Outcome, for the access log: the deployment that answered (its metric series are cached
+  // there)
+  const Deployment* deployment = nullptr;
+  const KeyInfo* replay_key = nullptr;  // set when an admin replays a dead letter
   admission::PriorityDecision priority;
-  providers::LlmRequest llm;
+  Nanos ttft = -1;
+  // 7 admission: how long the request waited, 8 forward: the last attempt's latency
+  Nanos queue_wait = 0;
+  Nanos upstream_latency = 0;
+  // 5 rate limit: the tokens reserved, settled by finish
+  std::int64_t reserved_tokens = 0;
+  std::int64_t reserved_unix_ms = 0;  // 6 cost guard, with a reservation or lease
+  // The output cap asked for (max_tokens, else the group's default; 0 = no cost guard), and the
+  // one forwarded to the answering model: the requested cap under that model's own limit.
+  std::int64_t completion_cap = 0;
+  std::int64_t forced_max_tokens = 0;
+  cost::Micros cost_micro = 0;
+  std::size_t bytes_out = 0;
+  std::int64_t attempts = 0;
+  int status = 0;           // the client's
+  int upstream_status = 0;  // last upstream answer (0 = none)
   // The client's API, and (for Responses, Messages, or a chat body bound for another provider
-  // type) its canonical request. history_expanded: previous_response_id was found in the store
-  // and its turns put before the input; history_unavailable: the store could not be asked;
-  // history_upstream: it is the caller's response stored by an `openai` provider (a marker), to
-  // be passed through.
+  // type) its canonical request (`canon`, above). history_expanded: previous_response_id was
+  // found in the store and its turns put before the input; history_unavailable: the store
+  // could not be asked; history_upstream: it is the caller's response stored by an `openai`
+  // provider (a marker), to be passed through.
   api::Format inbound = api::Format::kChat;
-  std::optional<api::Request> canon;
   bool history_expanded = false;
   bool history_unavailable = false;
   bool history_upstream = false;
-  Lazy<api::ResponseMeta> response_meta;  // Responses: this response's id and echoed fields
-  const ModelGroup* group = nullptr;
-  std::string route_model;  // the model routed to (differs after a downgrade)
-  // 4 cache: a hit answers after the rate limit counted it; a miss's answer is stored by finish.
-  Lazy<CacheState> cache;  // built by a group with a cache only
-  // 5 rate limit: the decision; its token reservation is settled by finish.
-  Lazy<limits::Verdict> verdict;  // built by a key with limits only
-  std::int64_t reserved_tokens = 0;
-  http::Headers extra;  // added to every response from the rate-limit phase on
-  // 6 cost guard: one hold on the budgets, settled by finish.
-  const cost::ModelPrice* price = nullptr;
-  Lazy<cost::BudgetHold> budget;    // built by a reservation only
-  bool reservation_logged = false;  // the ledger has the reservation's row
-  // Budget leases (cost/lease.h): a covered request holds a share of its set's lease instead
-  // of `budget`, and has no ledger row until it is settled. `lease_set` is non-empty while the
-  // request counts in its set's in-flight requests.
-  cost::LeaseClaim lease_claim;
-  std::string lease_set;
-  std::int64_t reserved_unix_ms = 0;
+  // What the request waited for (concurrency, deployment_rpm/_tpm, key_limit); kNone = no wait.
+  admission::WaitReason wait_reason = admission::WaitReason::kNone;
+  bool reservation_logged = false;  // the ledger has the reservation's row (`budget`)
+  bool forward_failed = false;      // every deployment and fallback failed (DLQ candidate)
+  // cost_micro is final: a covered request's settlement computed it before the answer's last
+  // bytes, and finish reuses it (the ledger row and the access log show the same figure).
+  bool cost_computed = false;
+  bool cancelled = false;
+  // The client closed its connection before the response ended (ResponseWriter's watch): the
+  // queue wait is cancelled through `gone_signal`, the upstream attempt through
+  // `upstream_cancel`, and nothing is retried.
+  bool client_gone = false;
+  bool finished = false;  // finish ran (it runs exactly once per request)
   // What phase_cost::try_now worked out for run(), when the request needs a reservation of its
   // own or opens a lease: its worst case, the time it reserves at, and whether it opens a lease.
   struct CostStep {
@@ -139,48 +160,42 @@ struct Ctx {
     std::int64_t now_ms = 0;
     bool open_lease = false;
   } cost_step;
-  // The output cap asked for (max_tokens, else the group's default; 0 = no cost guard), and the
-  // one forwarded to the answering model: the requested cap under that model's own limit.
-  std::int64_t completion_cap = 0;
-  std::int64_t forced_max_tokens = 0;
-  // 7 admission: the concurrency slot, released by finish.
-  admission::Permit permit;
-  Nanos queue_wait = 0;
-  // What the request waited for (concurrency, deployment_rpm/_tpm, key_limit); kNone = no wait.
-  admission::WaitReason wait_reason = admission::WaitReason::kNone;
-  // 8 forward
-  int upstream_status = 0;      // last upstream answer (0 = none)
-  Nanos upstream_latency = 0;   // of the last attempt
-  bool forward_failed = false;  // every deployment and fallback failed (DLQ candidate)
-  std::string last_failure;
-  std::string dropped_params;  // fields a translation could not carry (x-bellwether-dropped-params)
-  // The last provider answer's rate-limit headers, provider-neutral (translated routes).
-  providers::RateLimitInfo upstream_limits;
-
-  // Outcome, for the access log.
-  int status = 0;
-  Outcome outcome;
-  std::string model_served;
-  std::string upstream;
-  const Deployment* deployment = nullptr;  // upstream's (its metric series are cached there)
-  Nanos ttft = -1;
-  providers::Usage usage;
-  cost::Micros cost_micro = 0;
-  // cost_micro is final: a covered request's settlement computed it before the answer's last
-  // bytes, and finish reuses it (the ledger row and the access log show the same figure).
-  bool cost_computed = false;
-  std::size_t bytes_out = 0;
-  std::int64_t attempts = 0;
-  bool cancelled = false;
-  // The client closed its connection before the response ended (ResponseWriter's watch): the
-  // queue wait is cancelled through `gone_signal`, the upstream attempt through
-  // `upstream_cancel`, and nothing is retried.
-  bool client_gone = false;
-  boost::asio::cancellation_signal gone_signal;
-  http::UpstreamCancel upstream_cancel;
-  bool finished = false;  // finish ran (it runs exactly once per request)
   // The request's trace (request_tracing.h); null when there is none to record or pass on.
   std::unique_ptr<tracing::State> trace;
+  boost::asio::cancellation_signal gone_signal;
+  http::UpstreamCancel upstream_cancel;
+  std::string request_id;
+  std::string client_ip;
+  std::string route_model;  // the model routed to (differs after a downgrade)
+  // Outcome, for the access log.
+  std::string model_served;
+  std::string upstream;
+  Outcome outcome;
+  providers::Usage usage;
+  std::string last_failure;    // 8 forward
+  std::string dropped_params;  // fields a translation could not carry (x-bellwether-dropped-params)
+  http::Headers extra;         // added to every response from the rate-limit phase on
+  // Budget leases (cost/lease.h): a covered request holds a share of its set's lease instead
+  // of `budget`, and has no ledger row until it is settled. `lease_set` is non-empty while the
+  // request counts in its set's in-flight requests.
+  cost::LeaseClaim lease_claim;
+  std::string lease_set;
+  // 7 admission: the concurrency slot, released by finish.
+  admission::Permit permit;
+  // 2 decode
+  providers::LlmRequest llm;
+  // The members that only some requests use, each built on its first use: those that few
+  // requests build behind a pointer, the verdict (built by every request of a key with limits)
+  // last.
+  LazyBox<api::ResponseMeta> response_meta;  // Responses: this response's id and echoed fields
+  // 4 cache: a hit answers after the rate limit counted it; a miss's answer is stored by finish.
+  LazyBox<CacheState> cache;  // built by a group with a cache only
+  // 6 cost guard: one hold on the budgets, settled by finish.
+  LazyBox<cost::BudgetHold> budget;  // built by a reservation only
+  // The last provider answer's rate-limit headers, provider-neutral (translated routes).
+  LazyBox<providers::RateLimitInfo> upstream_limits;
+  // 5 rate limit: the decision; its token reservation is settled by finish.
+  Lazy<limits::Verdict> verdict;  // built by a key with limits only
 
   Nanos now() const { return sh.clock.now(); }
 };

@@ -778,9 +778,9 @@ class AnswerLines {
     add("\r\ncontent-type: ", translated || ct.empty() ? std::string_view("application/json") : ct);
     if (auto ra = up.retry_after(); !ra.empty() && up.status() >= 400) {
       add("\r\nretry-after: ", ra);
-    } else if (up.status() == 429 && c.upstream_limits.retry_after_s >= 0) {
+    } else if (up.status() == 429 && c.upstream_limits->retry_after_s >= 0) {
       const auto end = std::to_chars(digits_, digits_ + sizeof digits_,
-                                     static_cast<long>(std::ceil(c.upstream_limits.retry_after_s)))
+                                     static_cast<long>(std::ceil(c.upstream_limits->retry_after_s)))
                            .ptr;
       add("\r\nretry-after: ", std::string_view(digits_, static_cast<std::size_t>(end - digits_)));
     }
@@ -1078,9 +1078,9 @@ bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
                               up.status(), c.sh.clock.unix_millis()));
   }
   if (!a.fast) {
-    c.upstream_limits = providers::parse_rate_limits(
+    c.upstream_limits.set(providers::parse_rate_limits(
         a.d->provider->wire.wire, [&up](std::string_view n) { return up.headers().get(n); },
-        up.status(), {}, c.sh.clock.unix_millis());
+        up.status(), {}, c.sh.clock.unix_millis()));
   }
   const bool is_sse = up.content_type().starts_with("text/event-stream");
   const bool stream = up.status() == 200 && c.llm.stream && is_sse;
@@ -1155,9 +1155,9 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
   } else if (!a.call.passthrough) {
     // A provider's error in the client's API shape (its status and Retry-After kept).
     if (wire == providers::Wire::kGemini && up.status() == 429) {
-      c.upstream_limits = providers::parse_rate_limits(
+      c.upstream_limits.set(providers::parse_rate_limits(
           wire, [&up](std::string_view n) { return up.headers().get(n); }, 429, *all,
-          c.sh.clock.unix_millis());
+          c.sh.clock.unix_millis()));
     }
     const Error ue = providers::upstream_error(wire, up.status(), *all);
     a.status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
