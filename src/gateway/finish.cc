@@ -44,7 +44,7 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
         (route * GroupMetricCache::kClasses + static_cast<std::size_t>(cls - 1)) *
             GroupMetricCache::kPriorities +
         prio_index;
-    g->requests.get(m.requests, slot, {path, model, status, prio}).inc();
+    g->requests.get(m.requests, slot, path, model, status, prio).inc();
   } else {
     m.requests.with({path, model, status, prio}).inc();
   }
@@ -52,10 +52,10 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   c.sh.llm_completions.fetch_add(1, std::memory_order_relaxed);
   const double duration_s = to_seconds(now - c.start);
   auto& duration = g && route < kRoutes.size()
-                       ? g->duration.get(m.request_duration, route, {path, model})
+                       ? g->duration.get(m.request_duration, route, path, model)
                        : m.request_duration.with({path, model});
   duration.observe(duration_s);
-  auto& by_priority = g ? g->priority_duration.get(m.priority_duration, prio_index, {prio})
+  auto& by_priority = g ? g->priority_duration.get(m.priority_duration, prio_index, prio)
                         : m.priority_duration.with({prio});
   by_priority.observe(duration_s);
   if (c.ttft >= 0 && c.llm.stream) {
@@ -68,7 +68,7 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   const bool served_group = same_text(served, model);
   const bool routed_group = same_text(c.route_model, model);
   auto tokens = [&](std::size_t slot, std::string_view kind) -> telemetry::Counter& {
-    return g && served_group ? g->tokens.get(m.tokens, slot, {served, kind})
+    return g && served_group ? g->tokens.get(m.tokens, slot, served, kind)
                              : m.tokens.with({served, kind});
   };
   if (c.usage.prompt_tokens > 0) {
@@ -82,7 +82,7 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
                            c.usage.prompt_tokens + c.usage.completion_tokens, c.deployment);
   }
   if (c.cost_micro > 0) {
-    auto& cost = g && routed_group ? g->cost_usd.get(m.cost_usd, 0, {model})
+    auto& cost = g && routed_group ? g->cost_usd.get(m.cost_usd, 0, model)
                                    : m.cost_usd.with({c.route_model});
     cost.add(static_cast<std::uint64_t>(c.cost_micro));
   }
@@ -94,7 +94,7 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   }
   if (c.outcome.kind == OutcomeKind::kRateLimited) m.rate_limited.with({c.outcome.detail}).inc();
   auto& queue_wait =
-      g ? g->queue_wait.get(m.queue_wait, prio_index, {prio}) : m.queue_wait.with({prio});
+      g ? g->queue_wait.get(m.queue_wait, prio_index, prio) : m.queue_wait.with({prio});
   queue_wait.observe(to_seconds(c.queue_wait));
   if (c.attempts > 1) m.retries.with({model}).add(static_cast<std::uint64_t>(c.attempts - 1));
   if (!c.model_served.empty() && !(served_group && routed_group) &&

@@ -235,7 +235,7 @@ void note_deployment_tokens(Shared& sh, const std::string& deployment, std::stri
   if (!sh.metrics) return;
   auto& family = sh.metrics->deployment_tokens;
   auto& child = d && same_text(d->cfg->id, deployment) && same_text(d->metrics->group, model)
-                    ? d->metrics->tokens.get(family, 0, {deployment, model})
+                    ? d->metrics->tokens.get(family, 0, deployment, model)
                     : family.with({deployment, model});
   child.add(static_cast<std::uint64_t>(tokens));
 }

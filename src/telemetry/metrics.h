@@ -173,10 +173,25 @@ template <class T, std::size_t N>
 class ChildCache {
  public:
   T& get(Family<T>& family, std::size_t slot, std::initializer_list<std::string_view> values) {
+    if (T* c = cached(family, slot)) return *c;
+    return keep(family, slot, family.with(values));
+  }
+  // get() with the label values as arguments: their list is made only when the slot is empty,
+  // so that a hit (inlined into the caller) stores nothing.
+  template <class... Values>
+  T& get(Family<T>& family, std::size_t slot, const Values&... values) {
+    if (T* c = cached(family, slot)) return *c;
+    return keep(family, slot, family.with({std::string_view(values)...}));
+  }
+
+ private:
+  T* cached(const Family<T>& family, std::size_t slot) const {
     if (slot < N && family_.load(std::memory_order_acquire) == &family) {
-      if (T* c = slots_[slot].load(std::memory_order_acquire)) return *c;
+      return slots_[slot].load(std::memory_order_acquire);
     }
-    T& child = family.with(values);
+    return nullptr;
+  }
+  T& keep(Family<T>& family, std::size_t slot, T& child) {
     if (slot < N) {
       const void* none = nullptr;
       family_.compare_exchange_strong(none, &family, std::memory_order_acq_rel);
@@ -187,7 +202,6 @@ class ChildCache {
     return child;
   }
 
- private:
   std::atomic<const void*> family_{nullptr};
   std::array<std::atomic<T*>, N> slots_{};
 };

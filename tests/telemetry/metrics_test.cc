@@ -241,6 +241,27 @@ TEST(Metrics, ChildCacheResolvesOnceAndServesOneFamily) {
       << r.expose();
 }
 
+// The label values given as arguments: the same children as the list form, resolved once per
+// slot; another family or a slot out of range looked up as usual.
+TEST(Metrics, ChildCacheTakesTheLabelValuesAsArguments) {
+  Registry r;
+  auto& f = r.counter("args_total", "Args", {"route", "status"});
+  auto& other = r.counter("args_other_total", "Other", {"route", "status"});
+  ChildCache<Counter, 2> cache;
+  const std::string route = "/x";
+  Counter& a = cache.get(f, 0, route, std::string_view("2xx"));
+  EXPECT_EQ(&a, &f.with({"/x", "2xx"}));
+  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a) << "one slot for both forms";
+  // A filled slot serves its child whatever values are given (the caller numbers them).
+  EXPECT_EQ(&cache.get(f, 0, "/elsewhere", "4xx"), &a);
+  EXPECT_EQ(f.size(), 1u) << "a hit resolves nothing";
+  Counter& b = cache.get(f, 1, "/x", "5xx");
+  EXPECT_EQ(&b, &f.with({"/x", "5xx"}));
+  EXPECT_EQ(&cache.get(other, 0, "/y", "2xx"), &other.with({"/y", "2xx"}));
+  EXPECT_EQ(&cache.get(f, 9, "/z", "4xx"), &f.with({"/z", "4xx"}));
+  EXPECT_EQ(f.size(), 3u);
+}
+
 TEST(Metrics, ConcurrentRecordingIsExact) {
   Registry r;
   auto& c = r.counter("conc_total", "c", {"k"}).with({"x"});
