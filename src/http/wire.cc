@@ -69,7 +69,8 @@ inline unsigned value_stops16(const char* p) {
 // 16 bytes a step. `floor` <= p: the bytes in [floor, p) are known to hold no such byte (the
 // field name, its colon and whitespace, or the status line's start), so that the last step may
 // be one 16-byte load that ends at `end` and starts before p, instead of a byte loop.
-const char* find_value_stop(const char* p, const char* end, const char* floor) {
+[[gnu::always_inline]] inline const char* value_stop(const char* p, const char* end,
+                                                     const char* floor) {
 #if defined(__SSE2__)
   while (end - p >= 16) {
     if (const unsigned m = value_stops16(p)) return p + __builtin_ctz(m);
@@ -89,6 +90,12 @@ const char* find_value_stop(const char* p, const char* end, const char* floor) {
     if ((c < 0x20 && c != 0x09) || c == 0x7f) return p;
   }
   return end;
+}
+
+// value_stop out of line, for the start line and the general path: fast_line, which reads
+// nearly every field line, has it inline (inline everywhere, the parsers took more instructions).
+const char* find_value_stop(const char* p, const char* end, const char* floor) {
+  return value_stop(p, end, floor);
 }
 
 // The end of a request-target: SP, a control character or DEL (obs-text is allowed, as Beast
@@ -591,7 +598,7 @@ const char* BasicParser<Derived, kRequest>::fast_line(const char* p, const char*
   const char* v = n + 1;
   if (v < limit && *v == ' ') ++v;
   while (v < limit && (*v == ' ' || *v == '\t')) ++v;
-  const char* const stop = find_value_stop(v, limit, p);
+  const char* const stop = value_stop(v, limit, p);
   if (limit - stop < 2 || stop[0] != '\r' || stop[1] != '\n') return nullptr;
   const std::string_view name(p, static_cast<std::size_t>(n - p));
   field(p, stop + 1, name, v, stop, false, ec);
