@@ -8,7 +8,8 @@ QueuedLedger::QueuedLedger(std::size_t queue_capacity, std::size_t max_batch)
     : queue_(queue_capacity, max_batch) {}
 
 void QueuedLedger::start_writer() {
-  queue_.start([this](const Batch& batch) { return commit_batch(batch); });
+  queue_.start([this](const Batch& batch) { return commit_batch(batch); }, "bw-ledger",
+               [this] { writer_started(); });
 }
 
 void QueuedLedger::stop_writer() {

@@ -695,6 +695,7 @@ Statement* SqliteLedger::many(bool covered, bool shared, bool settled, std::size
   Statement& st = many_st_[slot];
   if (st.get()) return &st;
   if (many_failed_[slot]) return nullptr;
+  if (in_batch_) prepared_in_batches_.fetch_add(1, std::memory_order_relaxed);
   const int n = static_cast<int>(rows);
   auto prepared = Statement::prepare(
       writer_db_,
@@ -706,6 +707,13 @@ Statement* SqliteLedger::many(bool covered, bool shared, bool settled, std::size
   }
   st = std::move(*prepared);
   return &st;
+}
+
+void SqliteLedger::writer_started() {
+  // Every size rows_per_insert() gives; one row goes by write_one.
+  for (std::size_t rows = 2; rows <= kMaxRowsPerInsert; rows += rows < kExactRows ? 1 : kRowStep) {
+    (void)many(/*covered=*/true, /*shared=*/true, /*settled=*/true, rows);
+  }
 }
 
 // Whether rows [k, k + n) of `rows` all have the first one's key, tenant, model and budgets.
@@ -879,6 +887,11 @@ Result<Ok> SqliteLedger::step_once(Statement& st, std::string_view what) {
 }
 
 LedgerQueue::BatchOutcome SqliteLedger::commit_batch(const Batch& batch) {
+  in_batch_ = true;
+  struct Out {
+    bool& in;
+    ~Out() { in = false; }
+  } leave{in_batch_};
   LedgerQueue::BatchOutcome out;
   out.results.reserve(batch.size());
   auto begin = step_once(begin_st_, "begin");

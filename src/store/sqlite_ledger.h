@@ -79,6 +79,10 @@ class SqliteLedger final : public QueuedLedger {
   std::uint64_t checkpoint_yields() const {
     return checkpoint_yields_.load(std::memory_order_relaxed);
   }
+  // Multi-row statements prepared while a batch was being written (not ahead of it).
+  std::uint64_t prepared_in_batches() const {
+    return prepared_in_batches_.load(std::memory_order_relaxed);
+  }
 
   bool supports_leases() const override { return true; }
   bool journal_room_for(const cost::LedgerCoveredText& row) override;
@@ -159,11 +163,17 @@ class SqliteLedger final : public QueuedLedger {
   // The statement for `rows` rows (prepared at first use; null if it failed to prepare);
   // `settled` (covered rows only): every row is settled, and the status is a literal.
   Statement* many(bool covered, bool shared, bool settled, std::size_t rows);
+  // The statements of every size of the common kind (settled covered rows of one key): prepared
+  // before the first batch, not while rows wait (a 64-row statement is ~1M instructions to
+  // prepare, the set of them ~13M).
+  void writer_started() override;
   // [kind * (max + 1) + rows], kind = covered * 2 + shared + covered * settled * 2:
   // reservations, covered rows, then covered rows that are all settled.
   static constexpr std::size_t kStatementKinds = 6;
   std::vector<Statement> many_st_;
   std::vector<bool> many_failed_;
+  bool in_batch_ = false;  // writer thread: inside commit_batch
+  std::atomic<std::uint64_t> prepared_in_batches_{0};
   std::vector<std::size_t> run_;  // writer thread only: scratch of commit_batch
   // Puts a run of rows in the order of their request ids (see commit_batch).
   void order_by_request_id(const Batch& batch, std::vector<std::size_t>& rows);

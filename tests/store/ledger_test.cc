@@ -1270,6 +1270,35 @@ TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
   EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
 }
 
+// The multi-row statements of settled covered rows of one key, in every size a batch splits its
+// rows into, are prepared before the writer takes its first batch: none while rows wait.
+TEST(SqliteBatches, SettledCoveredRowsUseStatementsPreparedAhead) {
+  TempSqliteLedger db("bw_batch_prepared");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_a", BudgetPeriod::kTotal);
+  auto lease = reservation("lease:p-1", "key_a", "acme", "", 1'000'000'000, kJan1);
+  lease.budgets = {budget};
+  lease.lease = true;
+  ASSERT_TRUE(ledger.append_reservation(lease, {}));
+  ledger.flush();
+  std::atomic<int> ok{0};
+  int rows = 0;
+  for (int batch = 2; batch <= 140; batch += batch < 20 ? 1 : 7) {
+    for (int i = 0; i < batch; ++i) {
+      ASSERT_TRUE(ledger.append_covered(
+          covered_row(id_of("p", rows++), "lease:p-1", budget, 10),
+          [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+    }
+    ledger.flush();
+  }
+  EXPECT_EQ(ok.load(), rows);
+  EXPECT_EQ(ledger.prepared_in_batches(), 0u);
+  auto l = ledger.find("lease:p-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000'000 - 10 * rows);
+}
+
 // One batch with the covered rows of three leases, interleaved: each lease row goes down by the
 // sum of its own rows only.
 TEST(SqliteBatches, CoveredRowsOfSeveralLeasesLowerEachLeaseByItsOwnRows) {
