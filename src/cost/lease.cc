@@ -442,7 +442,7 @@ bool LeaseBook::release(LeaseClaim& claim, std::int64_t now_unix_ms) {
   return maybe_close(lease, now_unix_ms);
 }
 
-bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all) {
+bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all, std::size_t* closed) {
   std::lock_guard lock(mu_);
   std::vector<std::shared_ptr<Lease>> due;
   bool waiting = false;
@@ -456,6 +456,7 @@ bool LeaseBook::close_idle(std::int64_t now_unix_ms, bool all) {
     }
   }
   for (const auto& lease : due) close(lease, now_unix_ms);
+  if (closed) *closed = due.size();
   return waiting;
 }
 

@@ -179,8 +179,9 @@ class LeaseBook {
   bool release(LeaseClaim& claim, std::int64_t now_unix_ms);
   // Closes the leases that have been quiet for idle_close_ms, or every quiet one with `all` (a
   // graceful stop; the destructor does it too). Their close rows are queued with
-  // Wake::kDeferred: kick the ledger. True while a quiet lease remains open (call again later).
-  bool close_idle(std::int64_t now_unix_ms, bool all = false);
+  // Wake::kDeferred: kick the ledger when `closed` (if given) says some were. True while a quiet
+  // lease remains open (call again later).
+  bool close_idle(std::int64_t now_unix_ms, bool all = false, std::size_t* closed = nullptr);
 
   LeaseStats stats() const;
   const LeaseOptions& options() const { return options_; }

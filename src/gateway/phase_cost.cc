@@ -145,8 +145,11 @@ void close_leases_later(Shared& sh, const asio::any_io_executor& ex) {
   timer->async_wait([timer, &sh, &state, ex](const boost::system::error_code& ec) {
     state.armed = false;
     if (ec || !sh.leases) return;
-    const bool waiting = sh.leases->close_idle(sh.clock.unix_millis());
-    sh.ledger->kick();
+    std::size_t closed = 0;
+    const bool waiting = sh.leases->close_idle(sh.clock.unix_millis(), false, &closed);
+    // Only close rows need the writer now: a kick for nothing would cut short the batch of
+    // journaled covered rows that it lets grow (Wake::kDeferred).
+    if (closed > 0) sh.ledger->kick();
     if (waiting) close_leases_later(sh, ex);
   });
 }

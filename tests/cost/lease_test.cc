@@ -420,9 +420,12 @@ TEST(Lease, AQuietLeaseClosesAfterTheIdleTime) {
   EXPECT_FALSE(f.book->close_idle(kJan1 + 100)) << "a lease with a request in flight closed";
   out = f.book->settle(c, f.row("c", 1'000), {}, kJan1 + 30);
   EXPECT_TRUE(out.quiet);
-  EXPECT_TRUE(f.book->close_idle(kJan1 + 49));
+  std::size_t closed = 9;
+  EXPECT_TRUE(f.book->close_idle(kJan1 + 49, false, &closed));
+  EXPECT_EQ(closed, 0u);
   EXPECT_GT(f.snap().reserved_micro, 0);
-  EXPECT_FALSE(f.book->close_idle(kJan1 + 50));
+  EXPECT_FALSE(f.book->close_idle(kJan1 + 50, false, &closed));
+  EXPECT_EQ(closed, 1u);
   EXPECT_EQ(f.snap().reserved_micro, 0);
   EXPECT_EQ(f.snap().spent_micro, 2'000);
   f.ledger.commit();

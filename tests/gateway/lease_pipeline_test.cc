@@ -29,7 +29,7 @@ class HeldLedger final : public bw::testing::LedgerWithoutRows {
     return true;
   }
   bool supports_leases() const override { return true; }
-  void kick() override {}
+  void kick() override { ++kicks; }
   void flush() override {}
 
   void commit() {
@@ -59,6 +59,7 @@ class HeldLedger final : public bw::testing::LedgerWithoutRows {
 
   std::vector<std::pair<Record, cost::LedgerCallback>> queue;
   std::vector<Record> committed;
+  int kicks = 0;
 };
 
 const char* kLeaseYaml = R"(
@@ -248,6 +249,35 @@ TEST(LeasePipeline, AQuietLeaseClosesAfterAnEarlierLoopDiedWithItsTimerPending) 
     t.ledger->commit();
     p.check_invariants();
   }
+}
+
+// The close timer of a quiet lease wakes the ledger's writer only when it closed a lease (its
+// close row is queued): a wake-up for nothing would cut short the batch of covered rows that the
+// writer lets grow.
+TEST(LeasePipeline, TheCloseTimerKicksTheLedgerOnlyWhenItClosesALease) {
+  constexpr std::int64_t kIdleMs = 20;
+  LeasePipeline t(kIdleMs);
+  auto& p = t.p;
+  std::unique_ptr<Pipeline::Call> a, b;
+  t.open_lease(a, b);
+  p.upstream->held = false;
+  ASSERT_TRUE(p.run_until([&] { return a->done && t.ledger->queued<cost::LedgerCovered>() == 1; }));
+  t.ledger->commit();
+  ASSERT_TRUE(p.run_until([&] { return b->done; }));
+  ASSERT_EQ(p.sh.leases->stats().open_now, 1u);
+  // The timer fires several times (real time) while the book's clock stands still: the lease
+  // has not been quiet for the idle time, nothing closes, nothing is kicked.
+  const int kicks = t.ledger->kicks;
+  EXPECT_FALSE(p.run_until([] { return false; }, std::chrono::milliseconds(5 * kIdleMs)));
+  EXPECT_EQ(p.sh.leases->stats().open_now, 1u);
+  EXPECT_EQ(t.ledger->kicks, kicks) << "the writer was woken with nothing to write";
+  // Quiet long enough: the next firing closes it and kicks the ledger for its close row.
+  p.clock.advance(millis(kIdleMs));
+  ASSERT_TRUE(p.run_until([&] { return p.sh.leases->stats().open_now == 0; }));
+  EXPECT_EQ(t.ledger->queued<cost::LedgerSettlement>(), 1);
+  EXPECT_EQ(t.ledger->kicks, kicks + 1);
+  t.ledger->commit();
+  p.check_invariants();
 }
 
 }  // namespace
