@@ -573,6 +573,8 @@ bool decide_stored(MemoryLimitStore::Shard& shard, const PreparedOneShard& p,
     r.decision = SlidingWindow::check(**ring, p.items[i].params,
                                       p.tokens[i] ? token_cost : std::int64_t{1}, now, t[i].charge);
     if (!r.decision.allowed || !t[i].charge.ready) return false;
+    r.consumed = true;
+    r.bucket = entry[i];
   }
   for (; k < n; ++k) {
     const std::size_t i = p.order[k];
@@ -586,6 +588,8 @@ bool decide_stored(MemoryLimitStore::Shard& shard, const PreparedOneShard& p,
                            r.decision)) {
         const Nanos idle = idle_from_decision(now, r.decision.reset_after);
         e->idle_at = idle >= 0 ? idle : Gcra::idle_at(*s, p.items[i].params, now);
+        r.consumed = true;
+        r.bucket = e;
         continue;
       }
     }
@@ -603,10 +607,6 @@ bool decide_stored(MemoryLimitStore::Shard& shard, const PreparedOneShard& p,
     SlidingWindow::charge(s, t[i].charge);
     const Nanos idle = idle_from_decision(now, results[i].decision.reset_after);
     entry[i]->idle_at = idle >= 0 ? idle : SlidingWindow::idle_at(s, p.items[i].params, now);
-  }
-  for (std::size_t i = 0; i < n; ++i) {
-    results[i].consumed = true;
-    results[i].bucket = entry[i];
   }
   ++shard.one_shard_batches;
   out.allowed = true;
