@@ -771,11 +771,12 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
                              (!request.body_pieces.empty() && !request.body.empty());
     std::size_t lines_size = request.headers.wire().size();
     for (const auto l : request.head_lines) lines_size += l.size();
-    stash::room(c.out, kHeadRoom + ep.host_header.size() + request.target.size() + lines_size +
-                           (inline_body ? body_size : 0));
+    // At least the answer head's room: the buffer takes the answer's head once sent.
+    stash::room(
+        c.out, std::max(kAnswerHeadRoom, kHeadRoom + ep.host_header.size() + request.target.size() +
+                                             lines_size + (inline_body ? body_size : 0)));
     wire::append_request_head(c.out, request.method, request.target, ep.host_header,
                               request.head_lines, request.headers, body_size);
-    c.headers.reserve(kAnswerHeadRoom);
     c.parser.emplace(c.headers);
     c.parser->header_limit(64 * 1024);
     c.parser->body_limit(boost::none);
@@ -801,7 +802,8 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       std::tie(wec, std::ignore) = co_await c.write_op(b);
       if (c.deadline.expired()) wec = beast::error::timeout;
     }
-    stash::release(c.out);  // sent: warm for the next request
+    // Sent: the buffer, warm, takes the answer's head.
+    c.headers.reserve_from(c.out, kAnswerHeadRoom);
     if (wec) {
       c.failed = true;
       UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
