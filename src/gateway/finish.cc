@@ -59,8 +59,10 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
                         : m.priority_duration.with({prio});
   by_priority.observe(duration_s);
   if (c.ttft >= 0 && c.llm.stream) {
-    m.ttft.with({model}).observe(to_seconds(c.ttft));
-    m.priority_ttft.with({prio}).observe(to_seconds(c.ttft));
+    const double ttft_s = to_seconds(c.ttft);
+    (g ? g->ttft.get(m.ttft, 0, model) : m.ttft.with({model})).observe(ttft_s);
+    (g ? g->priority_ttft.get(m.priority_ttft, prio_index, prio) : m.priority_ttft.with({prio}))
+        .observe(ttft_s);
   }
   const std::string_view served = c.model_served.empty() ? model : std::string_view(c.model_served);
   // Each name compared once: the group's series serve the served and the routed model when they

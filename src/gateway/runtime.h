@@ -47,6 +47,8 @@ struct GroupMetricCache {
   telemetry::ChildCache<telemetry::Histogram, kRoutes> duration;  // {endpoint, the group}
   telemetry::ChildCache<telemetry::Histogram, kPriorities> priority_duration;  // {priority}
   telemetry::ChildCache<telemetry::Histogram, kPriorities> queue_wait;         // {priority}
+  telemetry::ChildCache<telemetry::Histogram, 1> ttft;                         // {the group}
+  telemetry::ChildCache<telemetry::Histogram, kPriorities> priority_ttft;      // {priority}
   telemetry::ChildCache<telemetry::Counter, 2> tokens;    // {the group, prompt | completion}
   telemetry::ChildCache<telemetry::Counter, 1> cost_usd;  // {the group}
 };

@@ -197,8 +197,11 @@ model_groups:
     deployments: [{provider: sim, model: sim-obs}]
   broken:
     deployments: [{provider: sim, model: sim-broken}]
+  obs-other:
+    deployments: [{provider: sim, model: sim-obs}]
 pricing:
   obs-model: {input: 1, output: 2}
+  obs-other: {input: 1, output: 2}
   broken: {input: 1, output: 2}
 cost_guard: {budget_metrics_per_key: true}
 keys:
@@ -442,6 +445,43 @@ TEST(Observability, PriorityLabelValuesAreSpelledAsDocumented) {
       select(e, "bellwether_requests_total", {{"model", "obs-model"}, {"priority", "p1"}}).size(),
       1u);
   EXPECT_EQ(select(e, "bellwether_queue_wait_seconds_count", {{"priority", "p1"}}).size(), 1u);
+}
+
+// Time to first token: one series per model and one per priority, each counting its own streams
+// (the series are resolved once per group and priority, then read from there).
+TEST(Observability, TimeToFirstTokenSeriesCountByModelAndByPriority) {
+  Stack st;
+  const std::vector<std::pair<std::string, std::string>> p0 = {{"x-priority", "0"}};
+  const std::vector<std::pair<std::string, std::string>> p2 = {{"x-priority", "2"}};
+  // obs-model: 2 at P1, 1 at P0; obs-other: 1 at P0, 3 at P2; one buffered (no TTFT).
+  struct Stream {
+    std::string model;
+    const std::vector<std::pair<std::string, std::string>>* prio;
+    int times;
+  };
+  const Stream streams[] = {{"obs-model", nullptr, 2},
+                            {"obs-model", &p0, 1},
+                            {"obs-other", &p0, 1},
+                            {"obs-other", &p2, 3}};
+  for (const auto& s : streams) {
+    for (int i = 0; i < s.times; ++i) {
+      auto r = post_json(st.port(), kChat, chat_body(s.model, true, 3), kMainKey,
+                         s.prio ? *s.prio : std::vector<std::pair<std::string, std::string>>{});
+      ASSERT_EQ(r.status, 200) << r.body;
+    }
+  }
+  ASSERT_EQ(post_json(st.port(), kChat, chat_body("obs-other", false, 3), kMainKey, p2).status,
+            200);
+  auto e = parse_exposition(request(st.port(), "GET", "/metrics").body);
+  EXPECT_EQ(value_of(e, "bellwether_ttft_seconds_count", {{"model", "obs-model"}}), 3);
+  EXPECT_EQ(value_of(e, "bellwether_ttft_seconds_count", {{"model", "obs-other"}}), 4);
+  EXPECT_EQ(select(e, "bellwether_ttft_seconds_count").size(), 2u);
+  EXPECT_EQ(value_of(e, "bellwether_ttft_priority_seconds_count", {{"priority", "p0"}}), 2);
+  EXPECT_EQ(value_of(e, "bellwether_ttft_priority_seconds_count", {{"priority", "p1"}}), 2);
+  EXPECT_EQ(value_of(e, "bellwether_ttft_priority_seconds_count", {{"priority", "p2"}}), 3);
+  EXPECT_EQ(select(e, "bellwether_ttft_priority_seconds_count").size(), 3u);
+  EXPECT_EQ(value_of(e, "bellwether_request_priority_duration_seconds_count", {{"priority", "p2"}}),
+            4);
 }
 
 // The endpoint label must not take client-chosen values: every unknown URL would otherwise add
