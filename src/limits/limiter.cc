@@ -174,6 +174,21 @@ bool more_restrictive(const Decision& a, const RateHeaders& b) {
   return a.reset_after > b.reset_after;
 }
 
+// The parts of a token limit's charge that come from its check, its key at `key_begin` of the
+// reservation's key bytes (the amount charged and the bucket are the request's).
+void describe_charge(ChargedLimit& c, const LimitCheck& check, std::size_t key_begin) {
+  const LimitSpec& spec = *check.spec;
+  c.key_begin = static_cast<std::uint32_t>(key_begin);
+  c.key_size = static_cast<std::uint32_t>(check.key.size());
+  c.name_size = static_cast<std::uint32_t>(spec.name.size());
+  c.algorithm = spec.algorithm;
+  c.params = spec.params();
+  if (check.digest != nullptr) {
+    c.has_digest = true;
+    c.digest = *check.digest;
+  }
+}
+
 }  // namespace
 
 Limiter::Limiter(std::shared_ptr<const LimiterConfig> config, std::shared_ptr<LimitStore> store)
@@ -247,15 +262,7 @@ bool PreparedLimits::resolved_for(const LimitStore& store) const {
         if (spec.unit != Unit::kTokens) continue;
         Charge& c = charges_.emplace_back();
         c.item = static_cast<std::uint32_t>(i);
-        c.limit.key_begin = static_cast<std::uint32_t>(charge_keys_.size());
-        c.limit.key_size = static_cast<std::uint32_t>(checks_[i].key.size());
-        c.limit.name_size = static_cast<std::uint32_t>(spec.name.size());
-        c.limit.algorithm = spec.algorithm;
-        c.limit.params = spec.params();
-        if (checks_[i].digest != nullptr) {
-          c.limit.has_digest = true;
-          c.limit.digest = *checks_[i].digest;
-        }
+        describe_charge(c.limit, checks_[i], charge_keys_.size());
         charge_keys_.append(checks_[i].key);
       }
       resolved_for_.store(&store, std::memory_order_release);
@@ -401,16 +408,8 @@ void Limiter::make_verdict(Verdict& v, std::span<const LimitCheck> checks, const
       // Built where it is kept, and the key copied after one resize.
       ChargedLimit& c = res.token_limits.emplace_back();
       const std::size_t begin = res.key_bytes.size();
-      c.key_begin = static_cast<std::uint32_t>(begin);
-      c.key_size = static_cast<std::uint32_t>(key.size());
-      c.name_size = static_cast<std::uint32_t>(spec.name.size());
-      c.algorithm = spec.algorithm;
-      c.params = spec.params();
+      describe_charge(c, checks[i], begin);
       c.charged = token_cost;
-      if (checks[i].digest) {
-        c.has_digest = true;
-        c.digest = *checks[i].digest;
-      }
       c.bucket = r.bucket_of(i);
       res.key_bytes.resize(begin + key.size(), boost::container::default_init);
       if (!key.empty()) std::memcpy(res.key_bytes.data() + begin, key.data(), key.size());
