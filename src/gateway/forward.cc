@@ -690,9 +690,9 @@ void record_attempt(Ctx& c, const std::string& deployment, int status, Nanos lat
   const int slot = status == 0 ? 0 : status / 100;
   if (cache && slot >= 0 && slot <= 5 && (status == 0 || (status >= 100 && status < 600))) {
     cache->upstream_requests
-        .get(m.upstream_requests, static_cast<std::size_t>(slot), {deployment, cls})
+        .get(m.upstream_requests, static_cast<std::size_t>(slot), deployment, cls)
         .inc();
-    cache->upstream_latency.get(m.upstream_latency, 0, {deployment}).observe(to_seconds(latency));
+    cache->upstream_latency.get(m.upstream_latency, 0, deployment).observe(to_seconds(latency));
   } else {
     m.upstream_requests.with({deployment, cls}).inc();
     m.upstream_latency.with({deployment}).observe(to_seconds(latency));

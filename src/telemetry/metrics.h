@@ -172,12 +172,8 @@ using HistogramFamily = Family<Histogram>;
 template <class T, std::size_t N>
 class ChildCache {
  public:
-  T& get(Family<T>& family, std::size_t slot, std::initializer_list<std::string_view> values) {
-    if (T* c = cached(family, slot)) return *c;
-    return keep(family, slot, family.with(values));
-  }
-  // get() with the label values as arguments: their list is made only when the slot is empty,
-  // so that a hit (inlined into the caller) stores nothing.
+  // The label values are arguments: their list is made only when the slot is empty, so that a
+  // hit (inlined into the caller) stores nothing.
   template <class... Values>
   T& get(Family<T>& family, std::size_t slot, const Values&... values) {
     if (T* c = cached(family, slot)) return *c;

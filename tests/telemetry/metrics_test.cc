@@ -225,24 +225,24 @@ TEST(Metrics, ChildCacheResolvesOnceAndServesOneFamily) {
   auto& f = r.counter("cached_total", "Cached", {"route", "status"});
   auto& other = r.counter("other_total", "Other", {"route", "status"});
   ChildCache<Counter, 2> cache;
-  Counter& a = cache.get(f, 0, {"/x", "2xx"});
+  Counter& a = cache.get(f, 0, "/x", "2xx");
   EXPECT_EQ(&a, &f.with({"/x", "2xx"}));
-  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a) << "the slot's child";
-  Counter& b = cache.get(f, 1, {"/x", "5xx"});
+  EXPECT_EQ(&cache.get(f, 0, "/x", "2xx"), &a) << "the slot's child";
+  Counter& b = cache.get(f, 1, "/x", "5xx");
   EXPECT_EQ(&b, &f.with({"/x", "5xx"}));
   EXPECT_NE(&a, &b);
   // Another family, or a slot out of range: looked up as usual, nothing cached.
-  EXPECT_EQ(&cache.get(other, 0, {"/y", "2xx"}), &other.with({"/y", "2xx"}));
-  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a);
-  EXPECT_EQ(&cache.get(f, 7, {"/z", "4xx"}), &f.with({"/z", "4xx"}));
+  EXPECT_EQ(&cache.get(other, 0, "/y", "2xx"), &other.with({"/y", "2xx"}));
+  EXPECT_EQ(&cache.get(f, 0, "/x", "2xx"), &a);
+  EXPECT_EQ(&cache.get(f, 7, "/z", "4xx"), &f.with({"/z", "4xx"}));
   a.inc();
-  cache.get(f, 0, {"/x", "2xx"}).add(2);
+  cache.get(f, 0, "/x", "2xx").add(2);
   EXPECT_NE(r.expose().find("cached_total{route=\"/x\",status=\"2xx\"} 3\n"), std::string::npos)
       << r.expose();
 }
 
-// The label values given as arguments: the same children as the list form, resolved once per
-// slot; another family or a slot out of range looked up as usual.
+// The label values given as arguments of any string type: the family's children, resolved once
+// per slot; another family or a slot out of range looked up as usual.
 TEST(Metrics, ChildCacheTakesTheLabelValuesAsArguments) {
   Registry r;
   auto& f = r.counter("args_total", "Args", {"route", "status"});
@@ -251,7 +251,7 @@ TEST(Metrics, ChildCacheTakesTheLabelValuesAsArguments) {
   const std::string route = "/x";
   Counter& a = cache.get(f, 0, route, std::string_view("2xx"));
   EXPECT_EQ(&a, &f.with({"/x", "2xx"}));
-  EXPECT_EQ(&cache.get(f, 0, {"/x", "2xx"}), &a) << "one slot for both forms";
+  EXPECT_EQ(&cache.get(f, 0, "/x", "2xx"), &a) << "one slot whatever the string type";
   // A filled slot serves its child whatever values are given (the caller numbers them).
   EXPECT_EQ(&cache.get(f, 0, "/elsewhere", "4xx"), &a);
   EXPECT_EQ(f.size(), 1u) << "a hit resolves nothing";
