@@ -23,8 +23,10 @@ namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// Deadlines are measured on CLOCK_MONOTONIC_COARSE, so one may fire up to one tick of that clock
-// earlier than a precise clock says.
+// Deadlines are measured on CLOCK_MONOTONIC_COARSE. On that clock a deadline never fires early;
+// on a precise clock it may seem to, by as much as the coarse clock's lag varies between arming
+// and firing: a tick on an idle machine, more on a virtual machine whose ticks arrive late. The
+// lower bounds below are therefore checked on the coarse clock, exactly.
 milliseconds coarse_tick() {
   timespec res{};
   clock_getres(CLOCK_MONOTONIC_COARSE, &res);
@@ -44,6 +46,9 @@ struct Probe {
   std::optional<milliseconds> fired_after;
   Clock::time_point due;
   Clock::time_point fire_time;
+  Nanos coarse_start = 0;  // the service's clock, read just before arming
+  Nanos coarse_due = 0;
+  Nanos coarse_fire = 0;
   int fired = 0;
   Deadline deadline;
   std::function<void(Probe&)> on_fire;
@@ -56,6 +61,7 @@ struct Probe {
     auto& p = *static_cast<Probe*>(self);
     ++p.fired;
     p.fire_time = Clock::now();
+    p.coarse_fire = coarse_now();
     p.fired_after = std::chrono::duration_cast<milliseconds>(p.fire_time - p.start);
     if (p.order) p.order->push_back(p.name);
     if (p.on_fire) p.on_fire(p);
@@ -63,8 +69,12 @@ struct Probe {
   void arm(milliseconds d) {
     start = Clock::now();
     due = start + d;
+    coarse_start = coarse_now();
+    coarse_due = coarse_start + millis(d.count());
     deadline.arm(millis(d.count()));
   }
+  // Since the last arm() on the service's clock; a deadline never fires before its duration.
+  [[nodiscard]] Nanos coarse_fired_after() const { return coarse_fire - coarse_start; }
 };
 
 // Runs `f` on the io_context after `after`.
@@ -87,7 +97,7 @@ TEST(Deadline, FiresAfterItsDuration) {
   const auto ran = Clock::now() - t0;
   ASSERT_EQ(p.fired, 1);
   ASSERT_TRUE(p.fired_after);
-  EXPECT_GE(*p.fired_after, milliseconds(50) - coarse_tick());
+  EXPECT_GE(p.coarse_fired_after(), millis(50));
   EXPECT_LT(*p.fired_after, milliseconds(50) + kSlack);
   EXPECT_LT(ran, milliseconds(50) + kSlack);  // nothing left waiting afterwards
   EXPECT_TRUE(p.deadline.expired());
@@ -156,15 +166,17 @@ TEST(Deadline, RearmMovesItLater) {
   p.deadline.arm(millis(20));
   // At 10 ms, push it out to 10 + 80 ms.
   Clock::time_point rearmed_at;
+  Nanos coarse_rearmed_at = 0;
   at(ioc, milliseconds(10), [&] {
     rearmed_at = Clock::now();
+    coarse_rearmed_at = coarse_now();
     p.deadline.arm(millis(80));
   });
   ioc.run();
   ASSERT_EQ(p.fired, 1);
   const auto since_rearm =
       std::chrono::duration_cast<milliseconds>(p.start + *p.fired_after - rearmed_at);
-  EXPECT_GE(since_rearm, milliseconds(80) - coarse_tick());
+  EXPECT_GE(p.coarse_fire - coarse_rearmed_at, millis(80));
   EXPECT_LT(since_rearm, milliseconds(80) + kSlack);
 }
 
@@ -177,7 +189,7 @@ TEST(Deadline, RearmMovesItEarlier) {
   ioc.run_for(milliseconds(30) + kSlack + milliseconds(500));
   EXPECT_LT(Clock::now() - t0, milliseconds(30) + kSlack);  // the 5 s wait is gone
   ASSERT_EQ(p.fired, 1);
-  EXPECT_GE(*p.fired_after, milliseconds(30) - coarse_tick());
+  EXPECT_GE(p.coarse_fired_after(), millis(30));
   EXPECT_LT(*p.fired_after, milliseconds(30) + kSlack);
 }
 
@@ -185,20 +197,19 @@ TEST(Deadline, RearmMovesItEarlier) {
 // one due later never fires before one due earlier, unless both were already overdue when the
 // first of them fired (one timer wake-up then cancels every overdue deadline at once).
 void expect_time_order(const std::vector<Probe*>& fired_in_order) {
-  const auto tick = coarse_tick();
+  const Nanos tick_ns = millis(coarse_tick().count());
   for (const Probe* p : fired_in_order) {
     ASSERT_TRUE(p->fired_after) << p->name;
-    EXPECT_GE(p->fire_time, p->due - tick) << p->name << " fired early";
+    EXPECT_GE(p->coarse_fire, p->coarse_due) << p->name << " fired early";
     EXPECT_LT(p->fire_time, p->due + kSlack) << p->name << " fired late";
   }
   for (std::size_t i = 0; i < fired_in_order.size(); ++i) {
     for (std::size_t j = i + 1; j < fired_in_order.size(); ++j) {
       const Probe& x = *fired_in_order[i];
       const Probe& y = *fired_in_order[j];
-      EXPECT_TRUE(x.due <= y.due + tick || y.due <= x.fire_time + tick)
+      EXPECT_TRUE(x.coarse_due <= y.coarse_due + tick_ns || y.coarse_due <= x.coarse_fire)
           << x.name << " fired before " << y.name << ", which was due "
-          << std::chrono::duration_cast<milliseconds>(x.due - y.due).count()
-          << " ms earlier and not yet overdue";
+          << (x.coarse_due - y.coarse_due) / millis(1) << " ms earlier and not yet overdue";
     }
   }
 }
@@ -291,7 +302,7 @@ TEST(Deadline, ManyDurations) {
   for (const auto& p : probes) {
     EXPECT_EQ(p->fired, 1) << p->name;
     ASSERT_TRUE(p->fired_after.has_value());
-    EXPECT_GE(*p->fired_after + coarse_tick(), p->due - p->start) << p->name;
+    EXPECT_GE(p->coarse_fired_after(), p->coarse_due - p->coarse_start) << p->name;
     EXPECT_LT(*p->fired_after, milliseconds(900)) << p->name << " fired with a deadline it left";
   }
   EXPECT_EQ(DeadlineService::of(ioc.get_executor()).armed(), 0u);
@@ -348,7 +359,7 @@ TEST(Deadline, ArmingFromACancelCallbackDoesNotDelayOtherDeadlines) {
                              << std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count()
                              << " ms after start";
   if (second.fired_after) {
-    EXPECT_GE(*second.fired_after, milliseconds(100) - coarse_tick());
+    EXPECT_GE(second.coarse_fired_after(), millis(100));
     EXPECT_LT(*second.fired_after, milliseconds(100) + kSlack);
   }
   EXPECT_EQ(rearmed.fired, 0);
@@ -489,9 +500,10 @@ TEST(Deadline, CoarseNowIsMonotonicAndCloseToSteadyClock) {
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
   const Nanos b = coarse_now();
   EXPECT_LE(a, b);
-  // steady_clock is CLOCK_MONOTONIC on Linux: the coarse clock lags it by at most a tick.
+  // steady_clock is CLOCK_MONOTONIC on Linux: the coarse clock lags it, by a tick on an idle
+  // machine; a virtual machine's late ticks and a descheduled thread add to that.
   EXPECT_LE(a, s);
-  EXPECT_LT(s - a, millis(coarse_tick().count()) + millis(5));
+  EXPECT_LT(s - a, millis(coarse_tick().count()) + millis(50));
 }
 
 // Inside an io_context's run the clock is read once per turn of the loop: two reads in one
