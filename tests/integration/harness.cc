@@ -1,5 +1,6 @@
 #include "harness.h"
 
+#include "support/free_port.h"
 #include "support/temp_dir.h"
 
 #include <arpa/inet.h>
@@ -23,7 +24,6 @@
 #include <fstream>
 #include <latch>
 #include <mutex>
-#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -37,32 +37,10 @@ std::string binary() {
   return BW_BINARY;
 }
 
-static int unbound_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
-}
-
-// A port picked here is bound later by the process it is given to, so the kernel may hand the
-// same free port out twice before either is bound (a simulator and a gateway listener on one
-// port share it through SO_REUSEPORT, and the test talks to whichever answers). A port is
-// therefore never handed out twice by one test process.
+// Reserved for this test process (support/free_port.h): a port is handed out once, and never to
+// two test processes that ctest runs at once.
 int free_port() {
-  static std::mutex mu;
-  static std::set<int> given;
-  std::lock_guard lock(mu);
-  int port = unbound_port();
-  for (int tries = 0; given.count(port) != 0 && tries < 64; ++tries) port = unbound_port();
-  given.insert(port);
-  return port;
+  return ::bw::testing::reserve_loopback_port();
 }
 
 static int connect_to(int port) {
@@ -448,19 +426,23 @@ Sim start_sim(const std::string& yaml) {
 Gw start_gateway(const std::string& yaml, std::map<std::string, std::string> env,
                  std::vector<std::string> args) {
   Gw g;
-  g.port = free_port();
   auto dir = temp_dir();
   g.config_path = dir + "/gateway.yaml";
   g.access_log = dir + "/access.log";
-  write_file(g.config_path, "listen: 127.0.0.1:" + std::to_string(g.port) +
-                                "\naccess_log: {path: " + g.access_log + "}\n" + yaml);
-  std::vector<std::string> argv = {binary(), "serve", "--config", g.config_path};
-  argv.insert(argv.end(), args.begin(), args.end());
-  g.proc = Process(std::move(argv), std::move(env), "gw-");
-  if (!wait_for_port(g.port)) {
-    throw std::runtime_error("gateway did not start: " + g.proc.stderr_text());
+  // A reserved port is still free only for test processes: another program may have bound it
+  // meanwhile. Then the gateway exits with "Address already in use", and another port is tried.
+  for (int attempt = 0;; ++attempt) {
+    g.port = free_port();
+    write_file(g.config_path, "listen: 127.0.0.1:" + std::to_string(g.port) +
+                                  "\naccess_log: {path: " + g.access_log + "}\n" + yaml);
+    std::vector<std::string> argv = {binary(), "serve", "--config", g.config_path};
+    argv.insert(argv.end(), args.begin(), args.end());
+    g.proc = Process(std::move(argv), env, "gw-");
+    if (wait_for_port(g.port)) return g;
+    const std::string err = g.proc.stderr_text();
+    if (attempt < 2 && err.find("Address already in use") != std::string::npos) continue;
+    throw std::runtime_error("gateway did not start: " + err);
   }
-  return g;
 }
 
 std::vector<HttpResponse> at_once(int n, const std::function<HttpResponse(int)>& call) {

@@ -8,8 +8,8 @@ import path from 'node:path';
 
 export const DEMO_KEY = 'sk-sdk-demo-key-000001';
 
-async function freePort() {
-  return await new Promise((resolve, reject) => {
+function kernelFreePort() {
+  return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.listen(0, '127.0.0.1', () => {
       const { port } = s.address();
@@ -17,6 +17,29 @@ async function freePort() {
     });
     s.on('error', reject);
   });
+}
+
+// Holds the abstract Unix socket name "bw-test-port-<port>" until this process exits: the C++
+// tests reserve their ports under the same names (tests/support/free_port.h), so no test process
+// that ctest runs at the same time is handed this port before the gateway binds it (the gateway
+// binds with SO_REUSEPORT: two gateways on one port would both listen, and share the clients).
+function reserve(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.on('error', () => resolve(false));
+    s.listen({ path: `\0bw-test-port-${port}` }, () => {
+      s.unref();
+      resolve(true);
+    });
+  });
+}
+
+async function freePort() {
+  for (let tries = 0; tries < 1000; ++tries) {
+    const port = await kernelFreePort();
+    if (await reserve(port)) return port;
+  }
+  throw new Error('no free loopback port could be reserved');
 }
 
 async function waitForPort(port, ms) {

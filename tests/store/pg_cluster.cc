@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/free_port.h"
+
 namespace bw::store::testing {
 
 namespace {
@@ -57,20 +59,9 @@ int run(const std::vector<std::string>& argv, const std::string& log) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Reserved for this test process (support/free_port.h): no other test process is handed it.
 int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  ::close(s);
-  return port;
+  return ::bw::testing::reserve_loopback_port();
 }
 
 std::string tail(const std::string& path) {

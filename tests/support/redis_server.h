@@ -13,23 +13,19 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "support/free_port.h"
+
 namespace bw::test {
 
+// A loopback port reserved for this test process (support/free_port.h).
 inline int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  return ::bw::testing::reserve_loopback_port();
 }
 
 class RedisServer {
@@ -49,22 +45,15 @@ class RedisServer {
   RedisServer& operator=(const RedisServer&) = delete;
 
   void start() {
-    const std::string port = std::to_string(port_);
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the test, also on a crash or a timeout
-      if (::getppid() != parent) ::_exit(127);
-      ::execl("/usr/bin/redis-server", "redis-server", "--port", port.c_str(), "--bind",
-              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir_.c_str(), "--logfile",
-              (dir_ + "/redis.log").c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
+    // The port is reserved against other test processes, not against every program: when it
+    // was taken meanwhile, redis-server exits at once, and a new port is tried (a first start
+    // only: a restarted server keeps the port its clients know).
+    for (int attempt = 0;; ++attempt) {
+      if (launch()) return;
+      if (!first_start_ || attempt == 2 || pid_ > 0) break;
+      port_ = free_loopback_port();
     }
-    for (int i = 0; i < 500; ++i) {  // up to 5 s for the server to answer
-      if (command({"PING"}) == "PONG") return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    ADD_FAILURE() << "redis-server did not start on port " << port_;
+    ADD_FAILURE() << "redis-server did not start on port " << port_ << ": " << log_text();
   }
   void stop() {
     if (pid_ <= 0) return;
@@ -72,7 +61,9 @@ class RedisServer {
     ::waitpid(pid_, nullptr, 0);
     pid_ = -1;
   }
-  void pause() { ::kill(pid_, SIGSTOP); }
+  void pause() {
+    if (pid_ > 0) ::kill(pid_, SIGSTOP);  // never kill(-1): that would stop every process
+  }
   void resume() {
     if (pid_ > 0) ::kill(pid_, SIGCONT);
   }
@@ -114,13 +105,47 @@ class RedisServer {
     return out;
   }
 
+  std::string log_text() const {
+    std::ifstream in(dir_ + "/redis.log");
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
 
  private:
+  // Starts redis-server on port_; true when it answers. pid_ stays > 0 when it is running but
+  // not answering yet after 5 s, -1 when it exited.
+  bool launch() {
+    const std::string port = std::to_string(port_);
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the test, also on a crash or a timeout
+      if (::getppid() != parent) ::_exit(127);
+      ::execl("/usr/bin/redis-server", "redis-server", "--port", port.c_str(), "--bind",
+              "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir_.c_str(), "--logfile",
+              (dir_ + "/redis.log").c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    for (int i = 0; i < 500; ++i) {  // up to 5 s for the server to answer
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      if (command({"PING"}) == "PONG") {
+        first_start_ = false;
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
   int port_;
   std::string dir_;
   pid_t pid_ = -1;
+  bool first_start_ = true;
 };
 
 }  // namespace bw::test
