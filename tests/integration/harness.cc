@@ -475,6 +475,24 @@ HttpResponse admin_request(int port, const std::string& admin_key, const std::st
   return request(port, method, path, body, h);
 }
 
+std::string access_log_line(const std::string& path, const std::string& request_id,
+                            std::chrono::milliseconds timeout) {
+  const std::string needle = "\"request_id\":\"" + request_id + "\"";
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const std::string log = read_file(path);
+    const auto at = log.find(needle);
+    if (at != std::string::npos) {
+      const auto start = log.rfind('\n', at);
+      const auto from = start == std::string::npos ? 0 : start + 1;
+      const auto end = log.find('\n', at);
+      if (end != std::string::npos) return log.substr(from, end - from);  // a whole line
+    }
+    if (std::chrono::steady_clock::now() > deadline) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 std::string budget_entry(int port, const std::string& admin_key, const std::string& id) {
   auto r = admin_request(port, admin_key, "GET", "/admin/budgets");
   if (r.status != 200) return {};

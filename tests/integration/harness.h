@@ -112,6 +112,11 @@ std::vector<HttpResponse> at_once(int n, const std::function<HttpResponse(int)>&
 std::string object_with(const std::string& body, const std::string& needle);
 double num(const std::string& obj, const std::string& field);
 
+// The access-log line of the request whose id (X-Request-Id) is `request_id`, once the gateway
+// has written it; "" when it is not written within `timeout`.
+std::string access_log_line(const std::string& path, const std::string& request_id,
+                            std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
 // The /admin/budgets entry of budget `id` (empty when it has none or the call fails).
 std::string budget_entry(int port, const std::string& admin_key, const std::string& id);
 

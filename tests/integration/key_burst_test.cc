@@ -17,9 +17,12 @@
 #include <vector>
 
 #include "harness.h"
+#include "support/eventually.h"
 
 namespace bw::test {
 namespace {
+
+using bw::testing::eventually;
 
 using Clock = std::chrono::steady_clock;
 
@@ -72,13 +75,17 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-void fire(int port, const char* key, Shot& s, Clock::time_point t0) {
+// `request_id`, when given, finds the request's line in the access log.
+void fire(int port, const char* key, Shot& s, Clock::time_point t0,
+          const std::string& request_id = {}) {
+  std::vector<std::pair<std::string, std::string>> headers = {
+      {"Content-Type", "application/json"},
+      {"Authorization", std::string("Bearer ") + key},
+      {"x-priority", std::to_string(s.priority)}};
+  if (!request_id.empty()) headers.emplace_back("X-Request-Id", request_id);
   s.sent_s = since(t0);
   auto r = request(port, "POST", "/v1/chat/completions", chat_body("burst-model", false, 1),
-                   {{"Content-Type", "application/json"},
-                    {"Authorization", std::string("Bearer ") + key},
-                    {"x-priority", std::to_string(s.priority)}},
-                   std::chrono::seconds(70));
+                   headers, std::chrono::seconds(70));
   s.done_s = since(t0);
   s.status = r.status;
   s.retry_after = r.header("retry-after");
@@ -128,14 +135,17 @@ TEST(KeyBurst, StarterKeyBurstOf300PassesAtThePlanRateP0First) {
   const auto t0 = Clock::now();
   // P1 and P2 first; P0 once they all wait, so P0 can only be first by priority.
   auto low = burst(gw.port, shots, kP0, kN, t0);
+  // 270 threads connect: on a loaded machine that can take seconds, hence the generous bound.
   double waiting = 0;
-  for (int i = 0; i < 100 && waiting < static_cast<double>(kP1 + kP2 - kPlanBucket - 20); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    auto q = request(gw.port, "GET", "/v1/metrics/queue", "",
-                     {{"Authorization", std::string("Bearer ") + kKey}});
-    auto p = q.body.find("\"waiting_by_reason\":");
-    waiting = p == std::string::npos ? 0 : number_after(q.body.substr(p), "key_limit");
-  }
+  eventually(
+      [&] {
+        auto q = request(gw.port, "GET", "/v1/metrics/queue", "",
+                         {{"Authorization", std::string("Bearer ") + kKey}});
+        auto p = q.body.find("\"waiting_by_reason\":");
+        waiting = p == std::string::npos ? 0 : number_after(q.body.substr(p), "key_limit");
+        return waiting >= static_cast<double>(kP1 + kP2 - kPlanBucket - 20);
+      },
+      std::chrono::seconds(20));
   ASSERT_GE(waiting, static_cast<double>(kP1 + kP2 - kPlanBucket - 20)) << "the burst never queued";
   const double p0_sent = since(t0);
   auto high = burst(gw.port, shots, 0, kP0, t0);
@@ -143,7 +153,7 @@ TEST(KeyBurst, StarterKeyBurstOf300PassesAtThePlanRateP0First) {
   // Another key of the plan, during the burst: its own limit, its own turn.
   Shot calm;
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  fire(gw.port, kOtherKey, calm, t0);
+  fire(gw.port, kOtherKey, calm, t0, "burst-calm-1");
 
   for (auto& t : high) t.join();
   for (auto& t : low) t.join();
@@ -192,13 +202,23 @@ TEST(KeyBurst, StarterKeyBurstOf300PassesAtThePlanRateP0First) {
   // P0 first: the 30 P0 pass within ~3 s of arriving, ahead of ~240 P1/P2 that came before them.
   EXPECT_LE(p0_max_latency, static_cast<double>(kP0) * kIntervalS + 1.5);
   EXPECT_GE(after_p0, static_cast<std::size_t>(200));
-  // One key's burst does not delay another key.
+  // One key's burst does not delay another key: it never waited for a key limit (the gateway's
+  // own record, which a slow machine cannot blur), and was not held behind the burst's ~28 s.
   EXPECT_EQ(calm.status, 200) << calm.body;
-  EXPECT_LT(calm.latency_s(), 0.5);
+  const auto calm_line = access_log_line(gw.access_log, "burst-calm-1");
+  ASSERT_FALSE(calm_line.empty()) << "no access-log line for the other key's request";
+  EXPECT_EQ(calm_line.find("\"wait_reason\":\"key_limit\""), std::string::npos) << calm_line;
+  EXPECT_LT(calm.latency_s(), 5.0);
 
-  // The waits are visible: the access log names the key limit as the reason.
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  const auto log = read_file(gw.access_log);
+  // The waits are visible: the access log names the key limit as the reason (a line is written
+  // after its answer: polled for).
+  std::string log;
+  eventually(
+      [&] {
+        log = read_file(gw.access_log);
+        return count(log, "\"wait_reason\":\"key_limit\"") >= kN - kPlanBucket - 10;
+      },
+      std::chrono::seconds(20));
   EXPECT_GE(count(log, "\"wait_reason\":\"key_limit\""), kN - kPlanBucket - 10)
       << log.substr(0, 2000);
 }
@@ -234,8 +254,8 @@ TEST(KeyBurst, BurstBeyondMaxWaitIs429AtOnceWithTheExactRetryAfter) {
     EXPECT_NE(s.body.find("\"code\":\"rate_limit_exceeded\""), std::string::npos) << s.body;
     ASSERT_FALSE(s.retry_after.empty()) << "429 without Retry-After";
     const double ra = std::strtod(s.retry_after.c_str(), nullptr);
-    // Refused at once, not after waiting out its max_wait.
-    EXPECT_LT(s.latency_s(), 0.5) << "refused after " << s.latency_s() << " s";
+    // Refused at once, not after waiting out its max_wait (3 s).
+    EXPECT_LT(s.latency_s(), 1.5) << "refused after " << s.latency_s() << " s";
     // Exact: not before the backlog ahead of it has passed, and at most a second (the rounding
     // up to whole seconds) plus its own interval after that.
     const double drained_in = last_ok - s.done_s;
@@ -265,9 +285,13 @@ TEST(KeyBurst, BurstBeyondMaxWaitIs429AtOnceWithTheExactRetryAfter) {
     std::this_thread::sleep_for(std::chrono::duration<double>(at - since(t0)));
   }
   Shot retry;
-  fire(gw.port, kKey, retry, t0);
+  fire(gw.port, kKey, retry, t0, "burst-retry-1");
   EXPECT_EQ(retry.status, 200) << retry.body;
-  EXPECT_LT(retry.latency_s(), 0.3);
+  // Without waiting: the gateway records a wait's reason for a request that was held at all.
+  const auto retry_line = access_log_line(gw.access_log, "burst-retry-1");
+  ASSERT_FALSE(retry_line.empty()) << "no access-log line for the retry";
+  EXPECT_EQ(retry_line.find("\"wait_reason\""), std::string::npos) << retry_line;
+  EXPECT_LT(retry.latency_s(), 2.0);
 
   const auto q = request(gw.port, "GET", "/v1/metrics/queue", "",
                          {{"Authorization", std::string("Bearer ") + kKey}});
