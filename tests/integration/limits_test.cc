@@ -84,18 +84,7 @@ double reset_ms(const std::string& s) {
 // record after it has settled the request's token reservation, so this orders "settled" before
 // whatever the test does next. Returns that line.
 std::string wait_access_line(const Gw& gw, const std::string& request_id) {
-  const auto deadline = Clock::now() + std::chrono::seconds(5);
-  while (Clock::now() < deadline) {
-    auto log = read_file(gw.access_log);
-    auto p = log.find("\"request_id\":\"" + request_id + "\"");
-    if (p != std::string::npos) {
-      auto b = log.rfind('\n', p);
-      b = b == std::string::npos ? 0 : b + 1;
-      return log.substr(b, log.find('\n', p) - b);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return {};
+  return access_log_line(gw.access_log, request_id);
 }
 
 std::int64_t json_int(const std::string& json, const std::string& field) {
@@ -136,23 +125,33 @@ Sim* Limits::sim_ = nullptr;
 // seconds; after waiting that long the key is admitted again. The key's override names only the
 // rate, so the burst of 3 must come from the plan's limit of the same name.
 TEST_F(Limits, BurstThenRejectThenRetryAfterAdmits) {
-  auto gw = gateway(R"(plans:
+  Gw gw;
+  std::vector<int> statuses;
+  HttpResponse rejected;
+  double elapsed = 0;
+  // The bucket regains one request every 200 ms; within that, the count is exact. A stalled
+  // machine (9 requests taking 200 ms or more) leaves nothing exact to check: then the run is
+  // done again, on a new gateway with full buckets.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    gw = gateway(R"(plans:
   tight:
     limits: [{name: rps, unit: requests, rate: 50, period: second, burst: 3}]
 keys:
   - {name: burst-key, key: sk-limits-key-0001, plan: tight, limits: [{name: rps, rate: 5}]}
   - {name: minute-key, key: sk-limits-key-0002, limits: [{name: two-per-minute, rate: 2, period: minute}]}
 )");
-  std::vector<int> statuses;
-  HttpResponse rejected;
-  const auto t0 = Clock::now();
-  for (int i = 0; i < 9; ++i) {
-    auto r = chat(gw, "model-x");
-    statuses.push_back(r.status);
-    if (r.status == 429) rejected = r;
+    statuses.clear();
+    rejected = HttpResponse{};
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 9; ++i) {
+      auto r = chat(gw, "model-x");
+      statuses.push_back(r.status);
+      if (r.status == 429) rejected = r;
+    }
+    elapsed = ms_since(t0);
+    if (elapsed < 200.0) break;
+    std::printf("9 requests took %.0f ms: too slow for an exact count, run again\n", elapsed);
   }
-  const double elapsed = ms_since(t0);
-  // The bucket regains one request every 200 ms; within that, the count is exact.
   ASSERT_LT(elapsed, 200.0) << "9 requests took " << elapsed << " ms: too slow for an exact count";
   EXPECT_EQ(statuses, (std::vector<int>{200, 200, 200, 200, 200, 200, 200, 200, 429}));
   expect_rate_limited(rejected, "rps");
@@ -178,7 +177,7 @@ keys:
 // 2. x-ratelimit-* headers: limit = rate + burst, remaining counts down by one, reset is the time
 // until the bucket is full again in OpenAI's format; token headers come from the token limit.
 TEST_F(Limits, RateLimitHeaders) {
-  auto gw = gateway(R"(plans:
+  const std::string config = R"(plans:
   bare: {limits: []}
 keys:
   - name: hdr-key
@@ -188,15 +187,28 @@ keys:
       - {name: rps, rate: 5, period: second, burst: 3}
       - {name: tpm, unit: tokens, rate: 10000, period: minute}
   - {name: minute-key, key: sk-limits-key-0002, plan: bare, limits: [{name: rpm, rate: 2, period: minute}]}
-)");
-  const auto t0 = Clock::now();
+)";
+  auto gw = gateway(config);
   std::vector<HttpResponse> rs;
   std::vector<double> done_at;  // ms from before the 1st request to the end of each
-  for (int i = 0; i < 9; ++i) {
-    rs.push_back(chat(gw, "model-x", kKey, {}, /*max_tokens=*/239));
-    done_at.push_back(ms_since(t0));
+  // As above: a run that a stalled machine made take 200 ms or more is done again, on a new
+  // gateway with full buckets.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) {
+      std::printf("9 requests took %.0f ms: too slow for exact header values, run again\n",
+                  done_at.back());
+      gw = gateway(config);
+    }
+    rs.clear();
+    done_at.clear();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 9; ++i) {
+      rs.push_back(chat(gw, "model-x", kKey, {}, /*max_tokens=*/239));
+      done_at.push_back(ms_since(t0));
+    }
+    if (done_at.back() < 200.0) break;
   }
-  ASSERT_LT(ms_since(t0), 200.0) << "too slow for exact header values";
+  ASSERT_LT(done_at.back(), 200.0) << "too slow for exact header values";
   for (int i = 0; i < 8; ++i) {
     SCOPED_TRACE("request " + std::to_string(i + 1));
     ASSERT_EQ(rs[i].status, 200) << rs[i].body;
@@ -429,7 +441,8 @@ keys:
 )");
   constexpr int kN = 4;
   std::vector<int> status(kN);
-  std::vector<double> latency(kN);
+  std::vector<std::string> ids(kN);
+  std::vector<double> done_at(kN);  // ms since the start, taken before any request was sent
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   const auto t0 = Clock::now();
@@ -438,25 +451,36 @@ keys:
     ts.emplace_back([&, i] {
       ++ready;
       while (!go) std::this_thread::yield();
-      const auto s = Clock::now();
-      status[i] = chat(gw, "model-x").status;
-      latency[i] = ms_since(s);
+      auto r = chat(gw, "model-x");
+      done_at[i] = ms_since(t0);
+      status[i] = r.status;
+      ids[i] = r.header("x-request-id");
     });
   }
   while (ready < kN) std::this_thread::yield();
   go = true;
   for (auto& t : ts) t.join();
-  const double total = ms_since(t0);
   EXPECT_EQ(status, std::vector<int>(kN, 200));
-  std::sort(latency.begin(), latency.end());
-  std::printf("[wait] latencies ms: %.0f %.0f %.0f %.0f (total %.0f)\n", latency[0], latency[1],
-              latency[2], latency[3], total);
-  // Two fit the bucket at once; the 3rd waits ~500 ms, the 4th ~1000 ms.
-  EXPECT_LT(latency[1], 300);
-  EXPECT_GE(latency[2], 450);
-  EXPECT_LT(latency[2], 900);
-  EXPECT_GE(latency[3], 950);
-  EXPECT_LT(latency[3], 1600);
+  // Two fit the bucket at once and never wait; the other two wait for the key limit. The gateway
+  // records the wait's reason in the access log: exact, whatever the machine's speed.
+  int waited = 0;
+  for (const auto& id : ids) {
+    const auto line = wait_access_line(gw, id);
+    ASSERT_FALSE(line.empty()) << "no access-log line for " << id;
+    if (line.find("\"wait_reason\":\"key_limit\"") != std::string::npos) ++waited;
+  }
+  EXPECT_EQ(waited, 2);
+  std::sort(done_at.begin(), done_at.end());
+  std::printf("[wait] answered after ms: %.0f %.0f %.0f %.0f\n", done_at[0], done_at[1], done_at[2],
+              done_at[3]);
+  // The bucket regains one request per 500 ms from the first one's arrival, which is after t0:
+  // the 3rd is answered 500 ms after t0 at the earliest, the 4th 1000 ms (lower bounds that a
+  // slow machine cannot break; 50 ms for the gateway's coarse clock). The upper bounds leave a
+  // stalled machine a second.
+  EXPECT_GE(done_at[2], 450);
+  EXPECT_LT(done_at[2], 500 + 1000);
+  EXPECT_GE(done_at[3], 950);
+  EXPECT_LT(done_at[3], 1000 + 1000);
 }
 
 // A top-level limit without a scope is global: every key draws from the one bucket (inside a
