@@ -7,8 +7,10 @@
 namespace bw::testing {
 
 // Calls `pred` every `poll` until it returns true (then true) or `timeout` has passed (then false).
+// The default timeout is generous: it costs nothing when the condition comes true (the call
+// returns then), and a loaded 2-core CI machine may stall a process for seconds.
 template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(5),
+bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(20),
                 std::chrono::milliseconds poll = std::chrono::milliseconds(20)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
