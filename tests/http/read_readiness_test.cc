@@ -58,7 +58,7 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 // Far shorter than any deadline involved (the idle and keep-alive deadlines here are 30 s): a
 // read that waited for an edge that never comes shows up as a timeout of the test's io_context.
-constexpr auto kPrompt = std::chrono::seconds(2);
+constexpr auto kPrompt = std::chrono::seconds(10);
 
 using test::connect_to;
 using test::write_all;
