@@ -324,7 +324,7 @@ TEST(DeadLetterQueue, ReplayFailsWhileBrokenAndSucceedsAfterRecovery) {
   // The replay ran as the original key: it shows up under that key in the access log (the
   // failure and both replays; the admin calls themselves carry no client key).
   std::string log;
-  for (int i = 0; i < 100 && count(log, "\"batcher\"") < 3; ++i) {
+  for (int i = 0; i < 1000 && count(log, "\"batcher\"") < 3; ++i) {     // 20 s
     if (i) std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the log is buffered
     log = read_file(e.gw.access_log);
   }

@@ -399,7 +399,7 @@ keys:
   if (elapsed < 1000) {
     // Within one second, 1 of the 5 fits the shadow bucket: 4 would have been rejected.
     std::size_t n = 0;
-    for (int i = 0; i < 200 && n < 4; ++i) {
+    for (int i = 0; i < 2000 && n < 4; ++i) {  // 20 s
       n = count(gw.proc.stdout_text() + gw.proc.stderr_text(), "shadow limit would reject");
       if (n < 4) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }

@@ -354,7 +354,7 @@ TEST(Tracing, ContinuesTheClientsTraceAndPropagatesItUpstream) {
 
   // The access log line carries the trace and the request's span.
   std::string log;
-  for (int i = 0; i < 50 && log.find(kClientTrace) == std::string::npos; ++i) {
+  for (int i = 0; i < 400 && log.find(kClientTrace) == std::string::npos; ++i) {  // 20 s
     std::this_thread::sleep_for(milliseconds(50));
     log = read_file(gw.access_log);
   }
@@ -511,7 +511,7 @@ TEST(Tracing, ADownCollectorNeverFailsARequestAndCountsDroppedSpans) {
     ASSERT_EQ(r.status, 200) << r.body;
   }
   double dropped = 0;
-  for (int i = 0; i < 100 && dropped < 20; ++i) {
+  for (int i = 0; i < 400 && dropped < 20; ++i) {  // 20 s
     std::this_thread::sleep_for(milliseconds(50));
     auto m = request(gw.port, "GET", "/metrics");
     auto p = m.body.find("bellwether_trace_spans_dropped_total{reason=\"export_failed\"}");
