@@ -260,6 +260,46 @@ TEST(ClientPool, APooledConnectionGivesItsReadBlockToTheThread) {
   }).join();
 }
 
+// An answer's body read whole goes into the buffer the previous answer's body gave back (sent at
+// once, its lines still in the core's caches), not into one a request kept until its end and
+// gave back after it, as long as both are given back to the thread's stash.
+TEST(ClientPool, AnAnswerBodyTakesTheBufferThePreviousBodyGaveBack) {
+  std::thread([] {  // a thread of its own: starts with an empty stash
+    asio::io_context ioc;
+    TestServer server(ioc,
+                      TestServer::respond_with("HTTP/1.1 200 OK\r\nContent-Length: 600\r\n\r\n" +
+                                               std::string(600, 'b')));
+    ClientPool pool;
+    const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+    std::vector<const char*> at;
+    run(ioc, &server, [&]() -> asio::awaitable<void> {
+      for (int i = 0; i < 2; ++i) {
+        auto r = co_await pool.send(ep, post("/v1/chat/completions", "{}"), fast_options());
+        if (!r) {
+          ADD_FAILURE() << r.error().message;
+          co_return;
+        }
+        auto body = co_await r->read_all(4096);
+        if (!body) {
+          ADD_FAILURE() << body.error().message;
+          co_return;
+        }
+        EXPECT_EQ(*body, std::string(600, 'b'));
+        at.push_back(body->data());
+        // As the server does: the body's buffer goes back once the answer is sent, and a buffer
+        // of the body's size that the request kept goes back after it.
+        std::string kept = stash::take(600);
+        kept.assign(600, 'k');
+        stash::give(*body);
+        stash::give(kept);
+      }
+    });
+    ASSERT_EQ(at.size(), 2u);
+    EXPECT_EQ(at[0], at[1]);
+  })
+      .join();
+}
+
 // A connection that waits for its upstream's answer holds no read block either: its read takes
 // one only when the upstream's bytes are there (the one the thread was given back last).
 TEST(ClientPool, AWaitingConnectionTakesItsReadBlockOnlyWhenTheAnswerArrives) {
