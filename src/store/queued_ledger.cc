@@ -8,8 +8,7 @@ QueuedLedger::QueuedLedger(std::size_t queue_capacity, std::size_t max_batch)
     : queue_(queue_capacity, max_batch) {}
 
 void QueuedLedger::start_writer() {
-  queue_.start([this](const Batch& batch) { return commit_batch(batch); }, "bw-ledger",
-               [this] { writer_started(); });
+  queue_.start([this](const Batch& batch) { return commit_batch(batch); }, "bw-ledger");
 }
 
 void QueuedLedger::stop_writer() {

@@ -35,8 +35,6 @@ class QueuedLedger : public cost::Ledger {
   void stop_writer();
   // One transaction for the whole batch, on the writer thread.
   virtual LedgerQueue::BatchOutcome commit_batch(const Batch& batch) = 0;
-  // On the writer thread, once, before its first batch: what the backend prepares ahead.
-  virtual void writer_started() {}
   // A covered row with to_journal set, before it is queued: the backend appends it to the
   // calling thread's journal (and says where in the record). The default has no journal.
   virtual void journal_covered(cost::LedgerCovered& /*record*/) {}

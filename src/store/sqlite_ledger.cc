@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/same_text.h"
+#include "store/covered_rows_table.h"
 #include "store/sqlite_wal_gather.h"
 
 #include <algorithm>
@@ -46,15 +47,11 @@ constexpr int kClosedParams = 12;
 // of one key repeat. A statement whose rows all share them takes them once, as ?1 to ?4.
 constexpr int kSharedParams = 4;
 
-// The status column of kInsertClosed.
-constexpr int kClosedStatusParam = 10;
-
 // `rows` value lists of `params` columns each; `open` puts the literal status 'open' after the
-// sixth, and `settled` the literal 'settled' in place of kInsertClosed's status parameter. Without
-// `shared` every column is a parameter of its own, numbered on; with it, columns 2-5 of every row
-// are ?1-?4 and each row's other columns are numbered on from ?5.
+// sixth. Without `shared` every column is a parameter of its own, numbered on; with it, columns
+// 2-5 of every row are ?1-?4 and each row's other columns are numbered on from ?5.
 std::string insert_sql(const char* verb, const char* head, int rows, int params, bool open,
-                       bool shared, bool settled = false) {
+                       bool shared) {
   std::string sql = verb;
   sql += head;
   int next = shared ? kSharedParams + 1 : 1;
@@ -62,10 +59,6 @@ std::string insert_sql(const char* verb, const char* head, int rows, int params,
     sql += r == 0 ? "(" : ", (";
     for (int p = 1; p <= params; ++p) {
       if (p > 1) sql += ", ";
-      if (settled && p == kClosedStatusParam) {
-        sql += "'settled'";
-        continue;
-      }
       const bool common = shared && p >= 2 && p <= 1 + kSharedParams;
       sql += "?" + std::to_string(common ? p - 1 : next++);
       if (open && p == 6) sql += ", 'open'";
@@ -75,13 +68,11 @@ std::string insert_sql(const char* verb, const char* head, int rows, int params,
   return sql;
 }
 
-// A row's own parameters in a statement: from `base` + 1 on, whether its key, tenant, model
-// and budgets are the statement's shared ?1-?4 (bound once, by bind_strings) or its own, and
-// (covered rows) whether its status is the statement's literal 'settled' or a parameter.
+// A row's own parameters in a statement: from `base` + 1 on, and whether its key, tenant, model
+// and budgets are the statement's shared ?1-?4 (bound once, by bind_strings) or its own.
 struct RowParams {
   int base;
   bool shared;
-  bool settled = false;
 };
 
 // Binds key, tenant, model and budgets: as ?1-?4 (shared), or as the row's columns 2-5.
@@ -113,30 +104,18 @@ void bind_open(Statement& st, RowParams at, const cost::LedgerReservation& r,
   bind_int(st, p + 3, r.lease ? 1 : 0);
 }
 
-// What a covered row bills: nothing when released.
-cost::Micros covered_actual(const cost::LedgerCovered& c) {
-  return c.status != cost::LedgerStatus::kReleased ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
-}
-
-void bind_closed(Statement& st, RowParams at, const cost::LedgerCovered& c,
-                 const std::string& budgets) {
+// The parameters of a covered row's one-row statement.
+void bind_closed(Statement& st, const cost::LedgerCovered& c, const std::string& budgets) {
   const bool settled = c.status != cost::LedgerStatus::kReleased;
-  int p = at.base;
-  st.bind_static(++p, c.request_id);
-  if (!at.shared) {
-    bind_strings(st, p, c, budgets);
-    p += kSharedParams;
-  }
-  bind_int(st, p + 1, std::max<cost::Micros>(c.reserved_micro, 0));
-  bind_int(st, p + 2, covered_actual(c));
-  bind_int(st, p + 3, c.prompt_tokens);
-  bind_int(st, p + 4, c.completion_tokens);
-  p += 4;
-  if (!at.settled) {
-    st.bind_static(++p, settled ? std::string_view("settled") : std::string_view("released"));
-  }
-  bind_int(st, p + 1, c.created_unix_ms);
-  bind_int(st, p + 2, c.settled_unix_ms);
+  st.bind_static(1, c.request_id);
+  bind_strings(st, 1, c, budgets);
+  bind_int(st, 6, std::max<cost::Micros>(c.reserved_micro, 0));
+  bind_int(st, 7, covered_actual(c));
+  bind_int(st, 8, c.prompt_tokens);
+  bind_int(st, 9, c.completion_tokens);
+  st.bind_static(10, settled ? std::string_view("settled") : std::string_view("released"));
+  bind_int(st, 11, c.created_unix_ms);
+  bind_int(st, 12, c.settled_unix_ms);
 }
 
 template <class Record>
@@ -201,6 +180,12 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   auto ins_closed = Statement::prepare(
       ledger->writer_db_, insert_sql(kInsertOne, kInsertClosed, 1, kClosedParams, false, false));
   if (!ins_closed.ok()) return ins_closed.error();
+  // Several covered rows: one statement reads them from the batch.
+  if (auto r = register_covered_rows_table(ledger->writer_db_); !r.ok()) return r.error();
+  auto ins_covered = Statement::prepare(ledger->writer_db_, kInsertCoveredRows);
+  if (!ins_covered.ok()) return ins_covered.error();
+  auto ins_shared = Statement::prepare(ledger->writer_db_, kInsertSharedSettledRows);
+  if (!ins_shared.ok()) return ins_shared.error();
   ledger->many_st_.resize(kStatementKinds * (kMaxRowsPerInsert + 1));
   ledger->many_failed_.assign(kStatementKinds * (kMaxRowsPerInsert + 1), false);
   auto lower = Statement::prepare(ledger->writer_db_,
@@ -230,6 +215,8 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::open(SqliteLedgerOptions opt
   ledger->insert_st_ = std::move(*ins);
   ledger->settle_st_ = std::move(*upd);
   ledger->insert_closed_st_ = std::move(*ins_closed);
+  ledger->insert_covered_st_ = std::move(*ins_covered);
+  ledger->insert_shared_settled_st_ = std::move(*ins_shared);
   ledger->lower_lease_st_ = std::move(*lower);
   ledger->fold_lease_st_ = std::move(*fold);
   ledger->close_lease_st_ = std::move(*close);
@@ -603,7 +590,7 @@ Result<Ok> SqliteLedger::write_one(const LedgerRecord& record) {
 Result<Ok> SqliteLedger::write_covered(const cost::LedgerCovered& c) {
   join_lines_into(budget_text_[0], c.budget_ids());
   const cost::Micros actual = covered_actual(c);
-  bind_closed(insert_closed_st_, {0, false}, c, budget_text_[0]);
+  bind_closed(insert_closed_st_, c, budget_text_[0]);
   int rc = insert_closed_st_.step();
   insert_closed_st_.rewind();
   if ((rc & 0xff) == SQLITE_CONSTRAINT) {
@@ -689,32 +676,21 @@ std::size_t SqliteLedger::rows_per_insert(std::size_t left) {
   return std::min(kMaxRowsPerInsert, left / kRowStep * kRowStep);
 }
 
-Statement* SqliteLedger::many(bool covered, bool shared, bool settled, std::size_t rows) {
-  const std::size_t kind = (covered ? 2 : 0) + (shared ? 1 : 0) + (covered && settled ? 2 : 0);
-  const std::size_t slot = kind * (kMaxRowsPerInsert + 1) + rows;
+Statement* SqliteLedger::many(bool shared, std::size_t rows) {
+  const std::size_t slot = (shared ? 1 : 0) * (kMaxRowsPerInsert + 1) + rows;
   Statement& st = many_st_[slot];
   if (st.get()) return &st;
   if (many_failed_[slot]) return nullptr;
   if (in_batch_) prepared_in_batches_.fetch_add(1, std::memory_order_relaxed);
-  const int n = static_cast<int>(rows);
   auto prepared = Statement::prepare(
       writer_db_,
-      covered ? insert_sql(kInsertMany, kInsertClosed, n, kClosedParams, false, shared, settled)
-              : insert_sql(kInsertMany, kInsertOpen, n, kOpenParams, true, shared));
+      insert_sql(kInsertMany, kInsertOpen, static_cast<int>(rows), kOpenParams, true, shared));
   if (!prepared.ok()) {
     many_failed_[slot] = true;  // the rows go one by one
     return nullptr;
   }
   st = std::move(*prepared);
   return &st;
-}
-
-void SqliteLedger::writer_started() {
-  // Every size rows_per_insert() gives (a size already prepared is found in many_st_); one row
-  // goes by write_one.
-  for (std::size_t left = 2; left <= kMaxRowsPerInsert; ++left) {
-    (void)many(/*covered=*/true, /*shared=*/true, /*settled=*/true, rows_per_insert(left));
-  }
 }
 
 // Whether rows [k, k + n) of `rows` all have the first one's key, tenant, model and budgets.
@@ -750,38 +726,42 @@ void SqliteLedger::write_rows(const Batch& batch, const std::vector<std::size_t>
       return;
     }
     if (k > 0) end_piece_if_due();
-    const std::size_t n = rows_per_insert(rows.size() - k);
-    // The rows of one lease (or one key) repeat the same strings: bound, and joined, once.
-    const bool shared =
-        n > 1 && (covered ? rows_share_strings<cost::LedgerCovered>(batch, rows, k, n)
-                          : rows_share_strings<cost::LedgerReservation>(batch, rows, k, n));
-    // Covered rows are nearly all settled: a statement of only settled rows writes the status
-    // as a literal instead of binding it per row.
-    const bool settled = n > 1 && covered && rows_all_settled(batch, rows, k, n);
-    Statement* st = n > 1 ? many(covered, shared, settled, n) : nullptr;
-    if (!st) {
-      results[rows[k]] = write_one(batch[rows[k]].record);
-      ++k;
-      continue;
-    }
-    const int own =
-        (covered ? kClosedParams - (settled ? 1 : 0) : kOpenParams) - (shared ? kSharedParams : 0);
-    const int first = shared ? kSharedParams : 0;
-    for (std::size_t r = 0; r < n; ++r) {
-      const LedgerRecord& rec = batch[rows[k + r]].record;
-      const RowParams at{first + static_cast<int>(r) * own, shared, settled};
-      std::string& budgets = budget_text_[shared ? 0 : r];
-      if (covered) {
-        const auto& c = std::get<cost::LedgerCovered>(rec);
-        if (r == 0 || !shared) join_lines_into(budgets, c.budget_ids());
-        if (r == 0 && shared) bind_strings(*st, 0, c, budgets);
-        bind_closed(*st, at, c, budgets);
-      } else {
-        const auto& res = std::get<cost::LedgerReservation>(rec);
+    // Covered rows: read from the batch by one statement, any number of them (the pieces stay
+    // as short as before).
+    const std::size_t n =
+        covered ? std::min(rows.size() - k, kMaxRowsPerInsert) : rows_per_insert(rows.size() - k);
+    const CoveredRowsSource source{&batch, rows.data() + k, n};
+    Statement* st = nullptr;
+    if (n > 1 && covered) {
+      // The rows of one key, nearly all settled: their common strings bound, and joined, once.
+      const bool shared = rows_share_strings<cost::LedgerCovered>(batch, rows, k, n) &&
+                          rows_all_settled(batch, rows, k, n);
+      st = shared ? &insert_shared_settled_st_ : &insert_covered_st_;
+      bind_covered_rows(*st, &source);
+      if (shared) {
+        const auto& first = std::get<cost::LedgerCovered>(batch[rows[k]].record);
+        join_lines_into(budget_text_[0], first.budget_ids());
+        bind_strings(*st, 1, first, budget_text_[0]);
+      }
+    } else if (n > 1) {
+      // The rows of one key repeat the same strings: bound, and joined, once.
+      const bool shared = rows_share_strings<cost::LedgerReservation>(batch, rows, k, n);
+      st = many(shared, n);
+      const int own = kOpenParams - (shared ? kSharedParams : 0);
+      const int first = shared ? kSharedParams : 0;
+      for (std::size_t r = 0; st && r < n; ++r) {
+        const auto& res = std::get<cost::LedgerReservation>(batch[rows[k + r]].record);
+        const RowParams at{first + static_cast<int>(r) * own, shared};
+        std::string& budgets = budget_text_[shared ? 0 : r];
         if (r == 0 || !shared) join_lines_into(budgets, res.budgets);
         if (r == 0 && shared) bind_strings(*st, 0, res, budgets);
         bind_open(*st, at, res, budgets);
       }
+    }
+    if (!st) {
+      results[rows[k]] = write_one(batch[rows[k]].record);
+      ++k;
+      continue;
     }
     const int rc = st->step();
     // The rows written: all, or (OR FAIL) those before the row that failed.

@@ -147,29 +147,28 @@ class SqliteLedger final : public QueuedLedger {
   Statement insert_st_;
   Statement settle_st_;
   Statement insert_closed_st_;
+  // Covered rows, any number (store/covered_rows_table.h); those of one key, all settled.
+  Statement insert_covered_st_;
+  Statement insert_shared_settled_st_;
   Statement lower_lease_st_;
-  // A batch's runs of rows go up to kMaxRowsPerInsert to one INSERT: SQLite's work per
+  // A batch's runs of rows go up to kMaxRowsPerInsert to one statement: SQLite's work per
   // statement (its start and end, opening and closing cursors) is about a quarter of a small
-  // row's cost. When every row of one INSERT has the same key, tenant, model and budgets (the
-  // rows of one lease, or of one key), a `shared` statement takes those four strings once.
-  // Statements of every size up to kExactRows, and above it of multiples of kRowStep: a run
-  // takes at most two statements below kMaxRowsPerInsert rows, and the prepared statements of
-  // one kind stay under ~0.6 MB (a 64-row statement is ~75 KB).
+  // row's cost. Covered rows go through insert_covered_st_ (store/covered_rows_table.h), one
+  // statement for any number of them. Reservations go through multi-row INSERT ... VALUES
+  // statements; when every row of one has the same key, tenant, model and budgets (the rows of
+  // one key), a `shared` statement takes those four strings once. Statements of every size up
+  // to kExactRows, and above it of multiples of kRowStep: a run takes at most two statements
+  // below kMaxRowsPerInsert rows.
   static constexpr std::size_t kMaxRowsPerInsert = 64;
   static constexpr std::size_t kExactRows = 16;
   static constexpr std::size_t kRowStep = 8;
   // The rows of the next INSERT when `left` rows of a run are left.
   static std::size_t rows_per_insert(std::size_t left);
-  // The statement for `rows` rows (prepared at first use; null if it failed to prepare);
-  // `settled` (covered rows only): every row is settled, and the status is a literal.
-  Statement* many(bool covered, bool shared, bool settled, std::size_t rows);
-  // The statements of every size of the common kind (settled covered rows of one key): prepared
-  // before the first batch, not while rows wait (a 64-row statement is ~1M instructions to
-  // prepare, the set of them ~13M).
-  void writer_started() override;
-  // [kind * (max + 1) + rows], kind = covered * 2 + shared + covered * settled * 2:
-  // reservations, covered rows, then covered rows that are all settled.
-  static constexpr std::size_t kStatementKinds = 6;
+  // The reservations' statement for `rows` rows (prepared at first use; null if it failed to
+  // prepare).
+  Statement* many(bool shared, std::size_t rows);
+  // [shared * (max + 1) + rows]
+  static constexpr std::size_t kStatementKinds = 2;
   std::vector<Statement> many_st_;
   std::vector<bool> many_failed_;
   bool in_batch_ = false;  // writer thread: inside commit_batch

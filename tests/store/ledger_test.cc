@@ -1536,6 +1536,86 @@ TEST(SqliteBatches, CoveredRowsOfAPartyKeepTheirStatusAndStrings) {
   EXPECT_EQ((*l)->reserved_micro, 1'000'000 - lowered);
 }
 
+// Every column of a ledger row, as one line.
+std::string row_text(const LedgerRow& r) {
+  std::string budgets;
+  for (const auto& b : r.budgets) budgets += b + ";";
+  return r.request_id + "|" + r.key_id + "|" + r.tenant_id + "|" + r.model + "|" + budgets + "|" +
+         std::to_string(r.reserved_micro) + "|" + std::to_string(r.actual_micro) + "|" +
+         std::to_string(r.prompt_tokens) + "|" + std::to_string(r.completion_tokens) + "|" +
+         to_string(r.status) + "|" + std::to_string(r.created_unix_ms) + "|" +
+         std::to_string(r.settled_unix_ms) + "|" + (r.lease ? "lease" : "request");
+}
+
+// One batch of more covered rows than one statement takes, in runs of two parties, one run with
+// a released row and one row without a party: every statement's rows keep every column, and a
+// row whose id is taken in the batch (in a later statement than the first) keeps its spend on
+// the lease row while the rows after it are written.
+TEST(SqliteBatches, ABatchOfManyCoveredRowsKeepsEveryColumnOfEveryRow) {
+  TempSqliteLedger db("bw_batch_many");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_p", BudgetPeriod::kTotal);
+  ASSERT_TRUE(append_lease(ledger, "lease:m-1", "key_p", budget).ok());
+  const auto first = std::make_shared<const LedgerParty>(LedgerParty{"key_p", "acme", {budget}});
+  const auto second = std::make_shared<const LedgerParty>(
+      LedgerParty{"key_q", "beta", {"global/total", "tenant:beta/monthly"}});
+  constexpr int kRows = 200;
+  constexpr int kTaken = 150;  // reuses row 7's id
+  auto party_of = [&](int i) { return (i / 50) % 2 == 0 ? first : second; };
+  auto released = [](int i) { return i == 70; };
+  auto bare = [](int i) { return i == 120; };  // its own strings, no party
+  auto model_of = [](int i) { return std::string(i % 40 == 39 ? "gpt-5" : "gpt-4.1"); };
+  auto id = [&](int i) { return id_of("m", i == kTaken ? 7 : i); };
+  std::atomic<int> ok{0};
+  Micros lowered = 0;
+  std::vector<std::string> want(kRows);  // each row's columns, as row_text() gives them
+  for (int i = 0; i < kRows; ++i) {
+    LedgerCovered c;
+    c.request_id = id(i);
+    c.lease_id = "lease:m-1";
+    if (bare(i)) {
+      c.key_id = "key_r";
+      c.tenant_id = "gamma";
+      c.budgets = {"global/total"};
+    } else {
+      c.party = party_of(i);
+    }
+    c.model = model_of(i);
+    c.reserved_micro = 5'000 + i;
+    c.status = released(i) ? LedgerStatus::kReleased : LedgerStatus::kSettled;
+    c.actual_micro = released(i) ? 0 : 10 + i;
+    c.prompt_tokens = i;
+    c.completion_tokens = 3 * i;
+    c.created_unix_ms = kJan1 + 100 + i;
+    c.settled_unix_ms = kJan1 + 300 + i;
+    if (i != kTaken) lowered += c.actual_micro;
+    want[i] =
+        row_text(LedgerRow{c.request_id.str(), c.key(), c.tenant(), c.model.str(), c.budget_ids(),
+                           c.reserved_micro, c.actual_micro, c.prompt_tokens, c.completion_tokens,
+                           c.status, c.created_unix_ms, c.settled_unix_ms, false});
+    ASSERT_TRUE(ledger.append_covered(
+        std::move(c), [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  for (int i = 0; i < kRows; ++i) {
+    if (i == kTaken) continue;
+    auto c = ledger.find(id_of("m", i));
+    ASSERT_TRUE(c.ok() && c->has_value()) << i;
+    EXPECT_EQ(row_text(**c), want[i]);
+  }
+  auto l = ledger.find("lease:m-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000 - lowered);
+  EXPECT_EQ((*l)->actual_micro, 10 + kTaken);
+  auto report = ledger.spend_report(SpendGroup::kKey, 0, kJan1 + 1'000);
+  ASSERT_TRUE(report.ok());
+  std::int64_t requests = 0;
+  for (const auto& r : *report) requests += r.requests;
+  EXPECT_EQ(requests, kRows - 1);
+}
+
 }  // namespace bw::store::testing
 
 namespace bw::store::testing {
