@@ -880,7 +880,10 @@ struct Attempts {
   explicit Attempts(Ctx& c)
       : rng(thread_rng(c.now())),
         plan(c.sh.router.plan(c.route_model, c.now())),
-        max_retry_wait(c.rt->config().retry.cap) {}
+        max_retry_wait(c.rt->config().retry.cap) {
+    // The admission queue reserved this deployment's rate capacity for the request.
+    if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
+  }
   routing::Rng& rng;
   routing::RequestPlan plan;
   // A retry that must wait longer than the backoff cap (a long upstream Retry-After) is not
@@ -896,18 +899,11 @@ struct Attempts {
   routing::RequestPlan::Step step;
   const Deployment* d = nullptr;
   bool fast = false;
-  bool translated_body = false;  // the buffered answer's body is one the gateway wrote
   Nanos sent_at = 0;
   tracing::SpanRef span = tracing::kNoSpan;
   UpstreamBody call;
   std::optional<http::OutboundRequest> out;  // while it is sent
-  http::Headers headers;     // the upstream's headers passed on; a stream's: the gateway's too
-  routing::Outcome outcome;  // a buffered answer's, for the plan
-  int status_out = 0;        // a buffered answer's status for the client
-  // A buffered answer that is not passed through: the client's body, and a translated answer
-  // of the Responses API to store before the client gets it.
-  std::optional<std::string> translated;
-  std::unique_ptr<ClientAnswer> answer;
+  http::Headers headers;  // the upstream's headers passed on; a stream's: the gateway's too
   // Last: read only while the request is sent, and not destroyed. Between the members above
   // (~350 bytes), they put the ones touched after the answer and by the destructor on more
   // cache lines, cold by then at hundreds of requests in flight.
@@ -916,6 +912,21 @@ struct Attempts {
 
   routing::Ticket& ticket() { return *step.ticket; }
   const routing::DeploymentConfig& dep_cfg() { return ticket().deployment(); }
+};
+
+// A buffered answer, from its body's arrival to the client's answer: in the frame of
+// answer_buffered, which is made when the answer has arrived and is gone when it is sent. That
+// frame's memory was given back by the request answered before, and is still in the caches;
+// what forward::run's frame holds across the wait for the upstream is not, by the time the
+// answer arrives, with hundreds of requests in flight.
+struct Buffered {
+  routing::Outcome outcome;      // for the plan
+  int status_out = 0;            // the status for the client
+  bool translated_body = false;  // the body is one the gateway wrote
+  // Not passed through: the client's body, and a translated answer of the Responses API to store
+  // before the client gets it.
+  std::optional<std::string> translated;
+  std::unique_ptr<ClientAnswer> answer;
 };
 
 // What forward::run does next, decided by the plain functions between its awaits.
@@ -1102,8 +1113,8 @@ void stream_relayed(Ctx& c, Attempts& a) {
 }
 
 // A buffered answer's body has arrived (or failed): its usage, or its translation into the
-// client's API (a.answer, a.translated). kSend: go on to answer_ready.
-Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
+// client's API (b.answer, b.translated). kSend: go on to answer_ready.
+Next answer_read(Ctx& c, Attempts& a, Buffered& b, const http::UpstreamResponse& up,
                  const Result<std::string>& all, std::optional<Verdict>& verdict) {
   const Nanos now = c.now();
   c.upstream_latency = now - a.sent_at;
@@ -1128,30 +1139,28 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
     return Next::kDone;
   }
   if (c.ttft < 0) c.ttft = now - c.start;
-  a.outcome = outcome_for_status(up.status(), up.headers(), *all, now - a.sent_at);
-  a.status_out = up.status();
-  a.translated.reset();
-  a.answer.reset();
+  b.outcome = outcome_for_status(up.status(), up.headers(), *all, now - a.sent_at);
+  b.status_out = up.status();
   const providers::Wire wire = a.d->provider->wire.wire;
   if (up.status() == 200 && a.fast) {
     c.usage = providers::extract_usage(*all, c.llm.endpoint);
     if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
-    a.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    b.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
   } else if (up.status() == 200) {
     auto answer =
         translate_response(c.inbound, a.call, *all, c.llm.model,
                            c.inbound == api::Format::kResponses ? &c.response_meta.get() : nullptr);
     if (!answer) {
-      a.outcome.status = 502;
-      a.outcome.kind = routing::OutcomeKind::kHttp5xx;
-      a.plan.finish(a.ticket(), a.outcome, now, false, a.rng);
+      b.outcome.status = 502;
+      b.outcome.kind = routing::OutcomeKind::kHttp5xx;
+      a.plan.finish(a.ticket(), b.outcome, now, false, a.rng);
       verdict = answer.error();
       return Next::kDone;
     }
     c.usage = answer->usage;
     if (!c.usage.usable()) note_usage_missing(c, providers::estimate_usage(c.llm, *all));
-    a.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
-    a.answer = std::make_unique<ClientAnswer>(std::move(answer.value()));
+    b.outcome.tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
+    b.answer = std::make_unique<ClientAnswer>(std::move(answer.value()));
   } else if (!a.call.passthrough) {
     // A provider's error in the client's API shape (its status and Retry-After kept).
     if (wire == providers::Wire::kGemini && up.status() == 429) {
@@ -1160,8 +1169,8 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
           c.sh.clock.unix_millis()));
     }
     const Error ue = providers::upstream_error(wire, up.status(), *all);
-    a.status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
-    a.translated = error_body(c.inbound, ue);
+    b.status_out = ue.status;  // Anthropic's 529 is a 503 to other clients
+    b.translated = error_body(c.inbound, ue);
   }
   return Next::kSend;
 }
@@ -1169,18 +1178,19 @@ Next answer_read(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
 // The client's answer from a buffered upstream answer, its body in `all` from here on (the
 // provider's, or the one the gateway wrote), unless the plan retries: then it is kept as the
 // last answer and the result is kRetry.
-Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<std::string>& all) {
-  if (a.answer) a.translated = std::move(a.answer->body);
-  a.translated_body = a.translated.has_value();
-  if (a.translated_body) all.value() = std::move(*a.translated);
-  a.answer.reset();
-  a.translated.reset();
-  const int status = a.status_out;
+Next answer_ready(Ctx& c, Attempts& a, Buffered& b, const http::UpstreamResponse& up,
+                  Result<std::string>& all) {
+  if (b.answer) b.translated = std::move(b.answer->body);
+  b.translated_body = b.translated.has_value();
+  if (b.translated_body) all.value() = std::move(*b.translated);
+  b.answer.reset();
+  b.translated.reset();
+  const int status = b.status_out;
   const Nanos now = c.now();
-  auto decision = a.plan.finish(a.ticket(), a.outcome, now, false, a.rng);
+  auto decision = a.plan.finish(a.ticket(), b.outcome, now, false, a.rng);
   if (decision.retry() && decision.delay <= a.max_retry_wait) {
     a.last_response = std::make_unique<Response>(
-        AnswerLines(c, a.headers, up, a.translated_body).response(status, std::move(all.value())));
+        AnswerLines(c, a.headers, up, b.translated_body).response(status, std::move(all.value())));
     a.last_error.reset();
     c.outcome.set(OutcomeKind::kUpstream, "upstream_" + std::to_string(up.status()));
     a.delay = decision.delay;
@@ -1196,7 +1206,7 @@ Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<
   if (phase_cache::capturing(c)) {
     const auto ct = up.content_type();
     phase_cache::capture_body(
-        c, status, a.translated_body || ct.empty() ? std::string_view("application/json") : ct,
+        c, status, b.translated_body || ct.empty() ? std::string_view("application/json") : ct,
         body);
   }
   c.bytes_out += body.size();
@@ -1205,18 +1215,46 @@ Next answer_ready(Ctx& c, Attempts& a, const http::UpstreamResponse& up, Result<
 }
 
 // The head of the answer that answer_ready made, written where the client's connection keeps it.
-void answer_head_out(Ctx& c, Attempts& a, const http::UpstreamResponse& up,
+void answer_head_out(Ctx& c, const Attempts& a, const Buffered& b, const http::UpstreamResponse& up,
                      const std::string& body) {
-  const AnswerLines lines(c, a.headers, up, a.translated_body);
-  c.w.head(a.status_out, lines.lines(), body.size());
+  const AnswerLines lines(c, a.headers, up, b.translated_body);
+  c.w.head(b.status_out, lines.lines(), body.size());
+}
+
+// Phase 9 for a buffered answer whose head has arrived: its body read, checked or translated, the
+// budget lease's ledger row, and the client's answer. kDone (the verdict is set) or kRetry (wait
+// a.delay, then the next step of the plan). Its own coroutine: see Buffered.
+asio::awaitable<Next> answer_buffered(Ctx& c, Attempts& a, http::UpstreamResponse& up,
+                                      std::optional<Verdict>& verdict) {
+  Buffered b;
+  // An answer read whole with its head is at hand without a coroutine for its body.
+  const std::size_t limit = c.rt->config().max_upstream_response_bytes;
+  std::optional<Result<std::string>> got = up.read_all_now(limit);
+  if (!got) got.emplace(co_await up.read_all(limit));
+  Result<std::string>& all = *got;
+  const Next next = answer_read(c, a, b, up, all, verdict);
+  if (next != Next::kSend) co_return next;
+  if (b.answer) {
+    if (b.answer->response) co_await store_response(c, *b.answer->response);
+    if (a.call.passthrough) co_await store_upstream_marker(c, b.answer->upstream_id);
+  }
+  if (answer_ready(c, a, b, up, all) == Next::kRetry) co_return Next::kRetry;
+  // A request covered by a budget lease: its ledger row before the answer.
+  if (b.status_out < 300 && phase_cost::covered(c)) {
+    if (auto row = phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
+      co_await phase_cost::settle_before_answer(c, std::move(*row));
+    }
+  }
+  answer_head_out(c, a, b, up, all.value());
+  if (!c.w.send_body_now(all.value())) co_await c.w.send_body(std::move(all.value()));
+  verdict = Ok{};
+  co_return Next::kDone;
 }
 
 }  // namespace
 
 asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
   Attempts a(c);
-  // The admission queue reserved this deployment's rate capacity for the request.
-  if (const auto& pinned = c.permit.deployment(); !pinned.empty()) a.plan.pin_first(pinned);
   for (;;) {
     Next next = start_attempt(c, a, verdict);
     if (next == Next::kDone) co_return;
@@ -1247,35 +1285,8 @@ asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
       co_return;
     }
     c.upstream_status = up.status();
-    // An answer read whole with its head is at hand without a coroutine for its body.
-    const std::size_t limit = c.rt->config().max_upstream_response_bytes;
-    std::optional<Result<std::string>> got = up.read_all_now(limit);
-    if (!got) got.emplace(co_await up.read_all(limit));
-    Result<std::string>& all = *got;
-    next = answer_read(c, a, up, all, verdict);
-    if (next == Next::kDone) co_return;
-    if (next == Next::kRetry) {
-      co_await sleep_for(a.delay);
-      continue;
-    }
-    if (a.answer) {
-      if (a.answer->response) co_await store_response(c, *a.answer->response);
-      if (a.call.passthrough) co_await store_upstream_marker(c, a.answer->upstream_id);
-    }
-    if (answer_ready(c, a, up, all) == Next::kRetry) {
-      co_await sleep_for(a.delay);
-      continue;
-    }
-    // A request covered by a budget lease: its ledger row before the answer.
-    if (a.status_out < 300 && phase_cost::covered(c)) {
-      if (auto row = phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
-        co_await phase_cost::settle_before_answer(c, std::move(*row));
-      }
-    }
-    answer_head_out(c, a, up, all.value());
-    if (!c.w.send_body_now(all.value())) co_await c.w.send_body(std::move(all.value()));
-    verdict = Ok{};
-    co_return;
+    if (co_await answer_buffered(c, a, up, verdict) == Next::kDone) co_return;
+    co_await sleep_for(a.delay);
   }
 }
 
