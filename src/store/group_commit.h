@@ -71,13 +71,10 @@ class GroupCommitQueue {
   // Starts the writer. `commit` may refer to its owner: the owner calls stop() before it goes.
   // `name` (at most 15 characters) names the writer thread, so that its CPU time and its waits
   // can be told apart from the event loop's (top -H, perf sched, /proc/<pid>/task/*/comm).
-  // `first`, if set, runs on the writer thread before it takes its first batch (records queued
-  // meanwhile wait for it; flush() returns after it).
-  void start(CommitFn commit, const char* name = "bw-ledger", std::function<void()> first = {}) {
+  void start(CommitFn commit, const char* name = "bw-ledger") {
     commit_ = std::move(commit);
-    writer_ = std::thread([this, name, first = std::move(first)] {
+    writer_ = std::thread([this, name] {
       pthread_setname_np(pthread_self(), name);
-      if (first) first();
       writer_loop();
     });
   }
