@@ -811,8 +811,11 @@ asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
       std::tie(wec, std::ignore) = co_await c.write_op(b);
       if (c.deadline.expired()) wec = beast::error::timeout;
     }
-    // Sent: the buffer, warm, takes the answer's head.
-    c.headers.reserve_from(c.out, kAnswerHeadRoom);
+    // Sent: the answer's head gets a buffer of its own, and the request's goes back to the
+    // thread's stash at once, warm, for the next request's head (and body) on the thread: kept
+    // for the answer's head, it would go back only after the answer, long cold.
+    c.headers.reserve(kAnswerHeadRoom);
+    stash::release(c.out);
     if (wec) {
       c.failed = true;
       UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot

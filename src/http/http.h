@@ -180,20 +180,6 @@ class Headers {
       wire_.reserve(bytes);
     }
   }
-  // reserve() with `buffer`'s heap buffer when it holds `bytes` and this list has less room (an
-  // answer's head read into the buffer its request was written from): one buffer less taken
-  // from the thread's stash, and one whose lines are warm. `buffer` is left empty and without
-  // a heap buffer either way (what it is not given goes back to the stash).
-  void reserve_from(std::string& buffer, std::size_t bytes) {
-    if (wire_.empty() && wire_.capacity() < bytes && buffer.capacity() >= bytes) {
-      stash::release(wire_);
-      wire_ = std::move(buffer);
-      wire_.clear();
-    } else {
-      reserve(bytes);
-    }
-    stash::release(buffer);
-  }
   // "name: value\r\n" for every header, in order.
   std::string_view wire() const { return wire_; }
 

@@ -178,50 +178,5 @@ TEST(ReadBlocks, TheBlockGivenBackLastIsTakenFirstAndTheShelfIsBounded) {
       .join();  // the thread's blocks are freed as it exits (LeakSanitizer would say otherwise)
 }
 
-TEST(BufferStash, HeadersReserveFromMovesInALargeEnoughBuffer) {
-  drain();
-  std::string sent = stash::take(600);
-  sent.assign(300, 'x');
-  const char* buffer = sent.data();
-  http::Headers h;
-  h.reserve_from(sent, 512);
-  EXPECT_EQ(h.wire().data(), buffer);  // the same heap buffer, not a copy
-  EXPECT_TRUE(h.empty());
-  EXPECT_LE(sent.capacity(), 15u);  // left without a heap buffer
-  EXPECT_TRUE(sent.empty());
-  h.add("a", "b");
-  EXPECT_EQ(h.wire(), "a: b\r\n");
-}
-
-TEST(BufferStash, HeadersReserveFromGivesBackABufferTooSmall) {
-  drain();
-  std::string sent = stash::take(200);
-  sent.assign(100, 'x');
-  const char* small = sent.data();
-  http::Headers h;
-  h.reserve_from(sent, 512);
-  EXPECT_NE(h.wire().data(), small);
-  EXPECT_TRUE(h.empty());
-  h.add("a", std::string(500, 'v'));
-  EXPECT_LE(sent.capacity(), 15u);
-  // The small buffer went back to the stash.
-  std::string again = stash::take(200);
-  EXPECT_EQ(again.data(), small);
-}
-
-TEST(BufferStash, HeadersReserveFromKeepsItsOwnRoom) {
-  drain();
-  http::Headers h;
-  h.reserve(1000);
-  const char* own = h.wire().data();
-  std::string sent = stash::take(1000);
-  const char* other = sent.data();
-  h.reserve_from(sent, 512);
-  EXPECT_EQ(h.wire().data(), own);
-  EXPECT_LE(sent.capacity(), 15u);
-  std::string again = stash::take(1000);
-  EXPECT_EQ(again.data(), other);
-}
-
 }  // namespace
 }  // namespace bw

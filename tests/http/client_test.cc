@@ -300,6 +300,36 @@ TEST(ClientPool, AnAnswerBodyTakesTheBufferThePreviousBodyGaveBack) {
       .join();
 }
 
+// A request's buffer goes back to the thread's stash as soon as the request is written (warm,
+// for the next request's head on the thread), not after its answer: the answer's head gets a
+// buffer of its own.
+TEST(ClientPool, ARequestsBufferIsGivenBackOnceWritten) {
+  std::thread([] {  // a thread of its own: starts with an empty stash
+    asio::io_context ioc;
+    TestServer server(ioc, TestServer::respond_with(std::string(kHello)));
+    ClientPool pool;
+    const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+    run(ioc, &server, [&]() -> asio::awaitable<void> {
+      // The buffer the request's head will be written into: the one its size class gave last.
+      std::string head = stash::take(512);
+      const char* at = head.data();
+      stash::give(head);
+      auto r = co_await pool.send(ep, post("/v1/chat/completions", "{}"), fast_options());
+      if (!r) {
+        ADD_FAILURE() << r.error().message;
+        co_return;
+      }
+      // Written and answered: the head's buffer is back while the answer is still held.
+      std::string again = stash::take(512);
+      EXPECT_EQ(again.data(), at);
+      EXPECT_EQ(r->headers().get("Content-Type"), "text/plain");
+      auto body = co_await r->read_all(1024);
+      EXPECT_TRUE(body && *body == "hello");
+    });
+  })
+      .join();
+}
+
 // A connection that waits for its upstream's answer holds no read block either: its read takes
 // one only when the upstream's bytes are there (the one the thread was given back last).
 TEST(ClientPool, AWaitingConnectionTakesItsReadBlockOnlyWhenTheAnswerArrives) {
