@@ -1010,8 +1010,12 @@ TEST(SqliteWriterPieces, APassiveCheckpointCopiesItsPagesInPieces) {
                       [](SqliteLedgerOptions& o) { o.yield_after = std::chrono::microseconds(1); });
   ASSERT_TRUE(db.ledger) << db.error;
   auto& ledger = *db.ledger;
-  // ~25 WAL pages a commit: a passive checkpoint after ~40 of them.
-  for (int c = 0; c < 300 && ledger.checkpoint_yields() == 0; ++c) {
+  // ~25 WAL pages a commit: a passive checkpoint after ~40 of them. The checkpointer is a thread
+  // of its own: on a loaded machine it may not run during 300 commits, so the commits go on for
+  // up to 20 s (a count of them bounded no time; ~160 ms when the machine is idle).
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int c = 0; ledger.checkpoint_yields() == 0 && std::chrono::steady_clock::now() < until;
+       ++c) {
     queue_deferred(ledger, id_of("ck", c) + "-", 1'000);
     ledger.flush();
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
