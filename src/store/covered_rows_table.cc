@@ -165,7 +165,7 @@ int cursor_column(sqlite3_vtab_cursor* base, sqlite3_context* ctx, int column) {
       sqlite3_result_int64(ctx, row.completion_tokens);
       break;
     case kStatus:
-      result_text(ctx, row.status != cost::LedgerStatus::kReleased ? "settled" : "released");
+      result_text(ctx, closed_status_text(row.status));
       break;
     case kCreatedUnixMs:
       sqlite3_result_int64(ctx, row.created_unix_ms);
@@ -221,7 +221,7 @@ const char* const kInsertSharedSettledRows =
     " completion_tokens, 'settled', created_unix_ms, settled_unix_ms FROM bw_covered_rows(?1)";
 
 cost::Micros covered_actual(const cost::LedgerCovered& c) {
-  return c.status != cost::LedgerStatus::kReleased ? std::max<cost::Micros>(c.actual_micro, 0) : 0;
+  return closed_actual(c.status, c.actual_micro);
 }
 
 Result<Ok> register_covered_rows_table(SqliteDb& db) {

@@ -1,7 +1,5 @@
 #include "store/ledger_rows.h"
 
-#include <algorithm>
-
 namespace bw::store {
 
 cost::LedgerStatus parse_ledger_status(std::string_view s) {
@@ -22,15 +20,6 @@ const char* spend_group_expr(cost::SpendGroup group, const char* day_expr) {
       return day_expr;
   }
   return "key_id";
-}
-
-std::string_view settlement_status_text(const cost::LedgerSettlement& s) {
-  return s.status == cost::LedgerStatus::kReleased ? "released" : "settled";
-}
-
-cost::Micros settlement_actual(const cost::LedgerSettlement& s) {
-  return s.status == cost::LedgerStatus::kReleased ? cost::Micros{0}
-                                                   : std::max<cost::Micros>(s.actual_micro, 0);
 }
 
 Error duplicate_request_error(const std::string& request_id) {

@@ -2,6 +2,7 @@
 // What the SQLite and PostgreSQL ledgers share: the record type of their write queue, the column
 // list and its encodings, the readers of a result row, and the per-record errors. Both backends
 // store the same rows in the same text form, so a database can move between them.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -75,9 +76,21 @@ cost::SpendReportRow read_spend_report_row(const Text& text, const Int& int64) {
 // The SQL expression a spend report groups by; `day_expr` is the backend's UTC-date expression.
 const char* spend_group_expr(cost::SpendGroup group, const char* day_expr);
 
-// Values written for a settlement: a released reservation bills nothing.
-std::string_view settlement_status_text(const cost::LedgerSettlement& s);
-cost::Micros settlement_actual(const cost::LedgerSettlement& s);
+// Values written for a closed row (a settlement, a covered row): its status column, and what it
+// bills: nothing when released.
+inline std::string_view closed_status_text(cost::LedgerStatus status) {
+  return status == cost::LedgerStatus::kReleased ? "released" : "settled";
+}
+inline cost::Micros closed_actual(cost::LedgerStatus status, cost::Micros actual_micro) {
+  return status == cost::LedgerStatus::kReleased ? cost::Micros{0}
+                                                 : std::max<cost::Micros>(actual_micro, 0);
+}
+inline std::string_view settlement_status_text(const cost::LedgerSettlement& s) {
+  return closed_status_text(s.status);
+}
+inline cost::Micros settlement_actual(const cost::LedgerSettlement& s) {
+  return closed_actual(s.status, s.actual_micro);
+}
 
 Error duplicate_request_error(const std::string& request_id);
 Error leases_unsupported_error(const std::string& request_id);

@@ -106,14 +106,13 @@ void bind_open(Statement& st, RowParams at, const cost::LedgerReservation& r,
 
 // The parameters of a covered row's one-row statement.
 void bind_closed(Statement& st, const cost::LedgerCovered& c, const std::string& budgets) {
-  const bool settled = c.status != cost::LedgerStatus::kReleased;
   st.bind_static(1, c.request_id);
   bind_strings(st, 1, c, budgets);
   bind_int(st, 6, std::max<cost::Micros>(c.reserved_micro, 0));
   bind_int(st, 7, covered_actual(c));
   bind_int(st, 8, c.prompt_tokens);
   bind_int(st, 9, c.completion_tokens);
-  st.bind_static(10, settled ? std::string_view("settled") : std::string_view("released"));
+  st.bind_static(10, closed_status_text(c.status));
   bind_int(st, 11, c.created_unix_ms);
   bind_int(st, 12, c.settled_unix_ms);
 }

@@ -1284,8 +1284,8 @@ TEST(SqliteBatches, CoveredRowsSharingAStatementLowerTheLeaseOnce) {
   EXPECT_EQ(report->front().requests, kRows - 2 + 1);  // "before" and the 35 written
 }
 
-// The multi-row statements of settled covered rows of one key, in every size a batch splits its
-// rows into, are prepared before the writer takes its first batch: none while rows wait.
+// Settled covered rows of one key, in every size a batch splits its rows into, are written by
+// statements prepared when the ledger opens: none is prepared while rows wait.
 TEST(SqliteBatches, SettledCoveredRowsUseStatementsPreparedAhead) {
   TempSqliteLedger db("bw_batch_prepared");
   ASSERT_TRUE(db.ledger) << db.error;
