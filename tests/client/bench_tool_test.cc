@@ -2,10 +2,17 @@
 // server.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include <boost/json.hpp>
 
@@ -374,6 +381,73 @@ TEST(BenchRun, InFlightBoundDropsInsteadOfDelaying) {
   EXPECT_EQ(r.errors, 7);
   // Latency counts from the intended send time, so the held requests show the full stall.
   EXPECT_GE(r.p50_ms, 1000);
+}
+
+// A loopback socket; with `reuse`, set up as the gateway's and the simulator's listeners are.
+int loopback_socket(bool reuse) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (reuse) {
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  }
+  return fd;
+}
+
+int bind_loopback(int fd, int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  return ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 ? 0 : errno;
+}
+
+TEST(BenchPortHold, KeepsThePortFromOthersAndLetsTheServerListen) {
+  PortHold hold;
+  ASSERT_GT(hold.port(), 0);
+  // Anyone else binding it is refused while it is held.
+  const int other = loopback_socket(false);
+  EXPECT_EQ(bind_loopback(other, hold.port()), EADDRINUSE);
+  ::close(other);
+  // Nor is it handed out as a free port.
+  std::vector<int> fds;
+  for (int i = 0; i < 64; ++i) {
+    fds.push_back(loopback_socket(true));
+    ASSERT_EQ(bind_loopback(fds.back(), 0), 0);
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    ASSERT_EQ(::getsockname(fds.back(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+    EXPECT_NE(ntohs(a.sin_port), hold.port());
+  }
+  for (int fd : fds) ::close(fd);
+  // The server binds and listens on it meanwhile, and connections reach that listener.
+  const int server = loopback_socket(true);
+  ASSERT_EQ(bind_loopback(server, hold.port()), 0);
+  ASSERT_EQ(::listen(server, 4), 0);
+  const int client = loopback_socket(false);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  to.sin_port = htons(static_cast<std::uint16_t>(hold.port()));
+  ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  const int accepted = ::accept(server, nullptr, nullptr);
+  EXPECT_GE(accepted, 0);
+  hold.release();
+  ::close(client);
+  if (accepted >= 0) ::close(accepted);
+  ::close(server);
+}
+
+TEST(BenchPortHold, ReleaseFreesThePort) {
+  PortHold hold;
+  ASSERT_GT(hold.port(), 0);
+  const int port = hold.port();
+  hold.release();
+  hold.release();  // a second release does nothing
+  EXPECT_EQ(hold.port(), port);
+  const int fd = loopback_socket(false);
+  EXPECT_EQ(bind_loopback(fd, port), 0);
+  ::close(fd);
 }
 
 TEST(BenchCompare, OrchestratesSimAndGatewayFromTemplates) {

@@ -3,8 +3,10 @@
 `fake_bellwether.py sim --config FILE --listen HOST:PORT` and
 `fake_bellwether.py serve --config FILE` (listen address read from a `listen: HOST:PORT` line of
 the rendered config). Answers chat completions; `serve` also answers GET /v1/metrics/queue and
-rejects every 5th request with 429 so the two runs differ."""
+rejects every 5th request with 429 so the two runs differ. Binds with SO_REUSEPORT, as bellwether
+does."""
 import json
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,4 +62,11 @@ class Handler(BaseHTTPRequestHandler):
                    [("x-bellwether-model", body["model"])])
 
 
-ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+class Server(ThreadingHTTPServer):
+    # As bellwether's listeners do: the bench tool keeps the port bound until this one listens.
+    def server_bind(self):
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+Server((host, int(port)), Handler).serve_forever()

@@ -205,4 +205,24 @@ struct LoadOptions {
 RunSummary run_load(const std::string& name, const LoadOptions& options,
                     const std::vector<PlannedRequest>& plan);
 
+// A loopback port for a server that a child process binds later. The kernel's free port is free
+// only while it is bound: released before the child binds it, it may be handed to another
+// process. The hold therefore keeps it bound (127.0.0.1, SO_REUSEPORT, not listening) until
+// release() or its end: no other process is given it by a bind to port 0 or as a connection's
+// local port, and a server that binds it with SO_REUSEPORT under the same user, as the gateway and
+// the simulator do, can bind and listen on it meanwhile. Connections reach only that listener.
+class PortHold {
+ public:
+  PortHold();  // port() == 0 when no port could be bound
+  PortHold(const PortHold&) = delete;
+  PortHold& operator=(const PortHold&) = delete;
+  ~PortHold() { release(); }
+  int port() const { return port_; }
+  void release();  // once the child listens on it
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
 }  // namespace bw::bench

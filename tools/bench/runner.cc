@@ -59,6 +59,28 @@ std::optional<double> poll_queue_depth(bellwether::Client& client, const std::st
 
 }  // namespace
 
+PortHold::PortHold() {
+  fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) return;
+  const int one = 1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
+      bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port_ = ntohs(addr.sin_port);
+  } else {
+    release();
+  }
+}
+
+void PortHold::release() {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
 RunSummary run_load(const std::string& name, const LoadOptions& options,
                     const std::vector<PlannedRequest>& plan) {
   std::vector<std::string> urls = options.base_urls;
@@ -254,20 +276,6 @@ class ChildProcess {
  private:
   pid_t pid_ = -1;
 };
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 bool wait_for_port(int port, double timeout_s, ChildProcess& child) {
   const auto deadline = SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(
@@ -533,7 +541,9 @@ int run_bench_compare(int argc, char** argv) {
   double startup_timeout = 30;
   double baseline_rate = 1200, baseline_duration = 30;
   bool skip_direct = false;
-  app.add_option("--bellwether", binary, "bellwether binary that provides `sim` and `serve`");
+  app.add_option("--bellwether", binary,
+                 "bellwether binary that provides `sim` and `serve` (their listeners bind with "
+                 "SO_REUSEPORT: each port stays bound here until its server listens)");
   app.add_option("--sim-config", sim_config, "simulator config template")
       ->required()
       ->check(CLI::ExistingFile);
@@ -614,7 +624,8 @@ int run_bench_compare(int argc, char** argv) {
   };
   auto start_sims = [&](Sims& sims, const std::string& tag) -> bool {
     for (int i = 1; i <= deployments; ++i) {
-      const int port = free_port();
+      PortHold hold;  // released once the simulator listens on the port
+      const int port = hold.port();
       const std::string id = tag + (deployments > 1 ? "-" + std::to_string(i) : "");
       const std::map<std::string, std::string> vars{
           {"{{SIM_PORT}}", std::to_string(port)},
@@ -634,6 +645,7 @@ int run_bench_compare(int argc, char** argv) {
                   << "/sim-" << id << ".log)\n";
         return false;
       }
+      hold.release();
       sims.procs.push_back(std::move(proc));
       sims.ports.push_back(port);
     }
@@ -647,7 +659,9 @@ int run_bench_compare(int argc, char** argv) {
     Sims sims;
     if (!start_sims(sims, tag)) return std::nullopt;
     ChildProcess gateway;
-    const int gport = gateway_port > 0 ? gateway_port : free_port();
+    std::optional<PortHold> hold;  // a free port, released once the gateway listens on it
+    if (gateway_port <= 0) hold.emplace();
+    const int gport = hold ? hold->port() : gateway_port;
     const auto urls = sims.urls();
     std::map<std::string, std::string> vars{{"{{SIM_PORT}}", std::to_string(sims.ports[0])},
                                             {"{{SIM_URL}}", urls[0]},
@@ -676,6 +690,7 @@ int run_bench_compare(int argc, char** argv) {
                 << "/" << tag << ".log)\n";
       return std::nullopt;
     }
+    hold.reset();
     LoadOptions lo = f.load;
     lo.base_url = "http://127.0.0.1:" + std::to_string(gport);
     lo.base_urls.clear();
