@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/same_text.h"
 #include "providers/json_scan.h"
 
 namespace bw::providers {
@@ -128,12 +129,16 @@ class Scanner {
     bool string;
   };
   struct Holes {
-    static constexpr std::size_t kMax = 8;
+    // A stream event has a few; a buffered answer (string holes too) a dozen or more.
+    static constexpr std::size_t kMax = 32;
     std::array<Hole, kMax> at;
     std::size_t n = 0;
     bool overflow = false;  // more than kMax of them
   };
   void note_holes(Holes* to) { holes_ = to; }
+  // The string values met inside the values skipped are noted as holes too (a buffered
+  // answer's: its id, its text), not only the integers.
+  void note_string_holes() { string_holes_ = true; }
 
   // Where event() would set checkpoint_: the opening quote of the first top-level key it reads
   // ("choices" or "usage"), the members before it scanned as event() scans them. 0 when there
@@ -288,8 +293,12 @@ class Scanner {
       case '{':
       case '[':
         return container(depth);
-      case '"':
-        return skip_string();
+      case '"': {
+        const char* const start = p_;
+        if (!skip_string()) return false;
+        if (string_holes_) note_hole(start + 1, p_ - 1, nullptr, true);
+        return true;
+      }
       case 't':
         return literal("true");
       case 'f':
@@ -475,15 +484,7 @@ class Scanner {
     return skip_long_string_at(p);
   }
   [[gnu::noinline]] const char* skip_long_string_at(const char* p) {
-    for (const char* from = p + 1;;) {
-      const char* at = json_scan::find_special_long(from, end_, high_);
-      if (at >= end_) return nullptr;  // unterminated
-      if (*at == '"') return at + 1;
-      if (*at != '\\') return nullptr;  // a control character
-      const json_scan::Escape e = json_scan::read_escape(at, end_);
-      if (e.bytes == 0) return nullptr;
-      from = at + e.bytes;
-    }
+    return json_scan::string_end_long(p + 1, end_, high_);
   }
 
   // At '\\'. Surrogates other than a well-formed pair are left to the parser.
@@ -651,6 +652,7 @@ class Scanner {
   Holes* holes_ = nullptr;
   bool read_usage_ = false;  // a usage object is read here, not left to the parse
   bool answer_ = false;      // a buffered answer: only its usage is read
+  bool string_holes_ = false;
 
  public:
   // Where the first top-level member the scan reads began (0: none was met).
@@ -756,9 +758,12 @@ struct Skeleton {
   // Whether `data` is these bytes with other values in the holes: all of it (`whole`), or its
   // start, whose length is then `matched`. An integer is 1 to 18 digits without a leading zero
   // (what follows one in `bytes` is not a digit, so a longer one does not match); a string's
-  // text is plain ASCII without an escape. `values` gets the integers, in the holes' order.
+  // text is plain ASCII without an escape, or with `high` any text the scan skips alike
+  // (json_scan::string_end_long: escapes, non-ASCII bytes noted in *high). `values` gets the
+  // integers, in the holes' order.
   bool fits(std::string_view data, bool whole,
-            std::array<std::int64_t, Scanner::Holes::kMax>& values, std::size_t& matched) const {
+            std::array<std::int64_t, Scanner::Holes::kMax>& values, std::size_t& matched,
+            std::uint64_t* high = nullptr) const {
     if (bytes.empty()) return false;
     const char* const t = bytes.data();
     const char* p = data.data();
@@ -767,15 +772,35 @@ struct Skeleton {
     for (std::size_t i = 0; i < n; ++i) {
       const auto& hole = holes[i];
       const std::size_t same = hole.at - from;
-      if (static_cast<std::size_t>(end - p) <= same || std::memcmp(p, t + from, same) != 0) {
+      // A value whose bytes are not read (a string, an integer that is not a count) is most
+      // often the one here (a model's name, a role, an index): the bytes as far as the one
+      // after it (a string's closing quote, the byte after an integer, which is no digit) are
+      // compared at once, and then it is that value.
+      if (hole.count == nullptr && hole.at + hole.len < bytes.size()) {
+        const std::size_t with = same + hole.len + 1;
+        if (static_cast<std::size_t>(end - p) >= with &&
+            same_text(std::string_view(p, with), std::string_view(t + from, with))) {
+          p += same + hole.len;
+          from = hole.at + hole.len;
+          continue;
+        }
+      }
+      if (static_cast<std::size_t>(end - p) <= same ||
+          !same_text(std::string_view(p, same), std::string_view(t + from, same))) {
         return false;
       }
       p += same;
       from = hole.at + hole.len;
       if (hole.string) {
-        std::uint64_t high = 0;
-        p = json_scan::find_special(p, end, high);
-        if (p == end || *p != '"' || high != 0) return false;
+        if (high != nullptr) {
+          p = json_scan::string_end_long(p, end, *high);
+          if (p == nullptr) return false;
+          --p;  // at the closing quote, where the bytes go on
+          continue;
+        }
+        std::uint64_t plain = 0;
+        p = json_scan::find_special(p, end, plain);
+        if (p == end || *p != '"' || plain != 0) return false;
         continue;
       }
       std::int64_t v = 0;
@@ -794,7 +819,7 @@ struct Skeleton {
     const std::size_t left = bytes.size() - from;
     if (static_cast<std::size_t>(end - p) < left + (whole ? 0 : 1) ||
         (whole && static_cast<std::size_t>(end - p) != left) ||
-        std::memcmp(p, t + from, left) != 0) {
+        !same_text(std::string_view(p, left), std::string_view(t + from, left))) {
       return false;
     }
     matched = static_cast<std::size_t>(p - data.data()) + left;
@@ -862,7 +887,7 @@ const ChunkInfo* recall_framing(std::string_view rest) {
 // which are read here from the integers in their places.
 std::optional<ChunkInfo> recall_counted(std::string_view rest) {
   for (const auto& c : recall().counted) {
-    std::array<std::int64_t, Scanner::Holes::kMax> values{};
+    std::array<std::int64_t, Scanner::Holes::kMax> values;
     std::size_t matched = 0;
     if (!c.rest.fits(rest, true, values, matched)) continue;
     ChunkInfo info = c.info;
@@ -1058,19 +1083,103 @@ bool next_shaped_event(std::string_view& rest, std::string_view& event, std::str
   return true;
 }
 
-std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {
-  if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
-  ChunkInfo info;
-  if (!Scanner(body, true, true, endpoint != Endpoint::kEmbeddings).event(info)) {
-    return std::nullopt;
+namespace {
+
+// The buffered answers of one thread. A provider's answers to one model are the same bytes
+// but for their values: the id, the time, the text, the counts. The scan of an answer is a
+// function of its bytes, and takes any string it skips (escaped or not, any text) and any
+// integer of one kind (non-negative, 1 to 18 digits, no leading zero) the same way: an answer
+// that is an earlier one's bytes with other such values in those places is scanned the same
+// way through the same bytes, and only the counts it reads differ, which are read from it
+// (Skeleton::fits). A few shapes, replaced in turn; one learned on a scan that missed, until
+// many misses in a row (answers of no common shape), then on one miss in kLearnEvery.
+struct AnswerRecall {
+  static constexpr std::size_t kEntries = 4;
+  static constexpr std::size_t kMaxBytes = 8 * 1024;
+  static constexpr std::uint32_t kLearnEvery = 16;
+  struct Entry {
+    Skeleton skeleton;
+    Usage usage;
+    bool output_always = true;  // learned for an endpoint whose usage has a completion count
+  };
+  std::array<Entry, kEntries> entries;
+  std::size_t next = 0;
+  std::uint32_t misses = 0;  // in a row
+  std::size_t recalled = 0;
+};
+
+AnswerRecall& answer_recall() {
+  thread_local AnswerRecall r;
+  return r;
+}
+
+// The usage of `body` as the scan reads it, from a recalled shape; nullopt when none fits (then
+// the scan decides).
+std::optional<Usage> recall_answer(std::string_view body, bool output_always) {
+  auto& r = answer_recall();
+  for (const auto& e : r.entries) {
+    std::array<std::int64_t, Scanner::Holes::kMax> values;
+    std::size_t matched = 0;
+    std::uint64_t high = 0;
+    if (e.output_always != output_always || !e.skeleton.fits(body, true, values, matched, &high)) {
+      continue;
+    }
+    // The shape is ASCII: the values decide whether the answer needs the UTF-8 check, which
+    // the scan then gives.
+    if (high != 0 && !simdjson::validate_utf8(body.data(), body.size())) return std::nullopt;
+    Usage u = e.usage;
+    for (std::size_t i = 0; i < e.skeleton.n; ++i) {
+      if (e.skeleton.holes[i].count != nullptr) u.*(e.skeleton.holes[i].count) = values[i];
+    }
+    r.misses = 0;
+    ++r.recalled;
+    return u;
   }
-  // No output tokens: the parse decides whether the answer generated output all the same (then
-  // the usage is not trusted).
-  if (endpoint != Endpoint::kEmbeddings && info.usage.usable() &&
-      info.usage.completion_tokens == 0) {
-    return std::nullopt;
+  return std::nullopt;
+}
+
+std::optional<Usage> scan_answer(std::string_view body, Endpoint endpoint) {
+  if (body.empty() || body.size() > kMaxScanBytes) return std::nullopt;
+  const bool output_always = endpoint != Endpoint::kEmbeddings;
+  if (auto u = recall_answer(body, output_always)) return u;
+  auto& r = answer_recall();
+  const bool learn =
+      body.size() <= AnswerRecall::kMaxBytes &&
+      (r.misses < AnswerRecall::kLearnEvery || r.misses % AnswerRecall::kLearnEvery == 0);
+  ++r.misses;
+  ChunkInfo info;
+  Scanner scanner(body, true, true, output_always);
+  Scanner::Holes holes;
+  if (learn) {
+    scanner.note_holes(&holes);
+    scanner.note_string_holes();
+  }
+  if (!scanner.event(info)) return std::nullopt;
+  if (learn && !holes.overflow && !scanner.non_ascii()) {
+    auto& e = r.entries[r.next];
+    r.next = (r.next + 1) % AnswerRecall::kEntries;
+    e.skeleton.assign(body, 0, body.size(), holes);
+    e.usage = info.usage;
+    e.output_always = output_always;
   }
   return info.usage;
+}
+
+}  // namespace
+
+std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint) {
+  auto usage = scan_answer(body, endpoint);
+  // No output tokens: the parse decides whether the answer generated output all the same (then
+  // the usage is not trusted).
+  if (usage && endpoint != Endpoint::kEmbeddings && usage->usable() &&
+      usage->completion_tokens == 0) {
+    return std::nullopt;
+  }
+  return usage;
+}
+
+std::size_t answers_recalled() {
+  return answer_recall().recalled;
 }
 
 }  // namespace bw::providers

@@ -3,6 +3,7 @@
 // one pass that checks the event is valid JSON and measures the text on the way. Anything
 // outside that shape is left to the parse, so the two always agree.
 // Thread safety: a pure function.
+#include <cstddef>
 #include <optional>
 #include <string_view>
 
@@ -32,5 +33,9 @@ std::optional<ChunkInfo> scan_chunk_with_usage(std::string_view data, ChunkPrefi
 // when the body needs the parse (the cases above, a large body, usage of 0 output tokens, which
 // is not trusted for an answer with output: api::check_output_counted).
 std::optional<Usage> scan_answer_usage(std::string_view body, Endpoint endpoint);
+// How many answers scan_answer_usage read on this thread from the shape of an earlier answer
+// (the same bytes with other values: a few shapes are kept a thread) instead of a scan; for
+// the tests.
+std::size_t answers_recalled();
 
 }  // namespace bw::providers

@@ -342,4 +342,20 @@ inline Escape read_escape(const char* p, const char* end) {
   return {6, u.cp < 0x80 ? 1 : u.cp < 0x800 ? 2 : 3, u.cp};
 }
 
+// Past the closing quote of a string whose text starts at p (before end), its escapes checked as
+// the scans check them (read_escape), by find_special_long; null when the scans leave it to the
+// parser: unterminated, a control character, an escape read_escape does not take. Notes
+// non-ASCII bytes as find_special does.
+inline const char* string_end_long(const char* p, const char* end, std::uint64_t& high_out) {
+  for (;;) {
+    const char* at = find_special_long(p, end, high_out);
+    if (at >= end) return nullptr;  // unterminated
+    if (*at == '"') return at + 1;
+    if (*at != '\\') return nullptr;  // a control character
+    const Escape e = read_escape(at, end);
+    if (e.bytes == 0) return nullptr;
+    p = at + e.bytes;
+  }
+}
+
 }  // namespace bw::providers::json_scan
