@@ -86,29 +86,12 @@ fixed_upstream_conf "$work/upstream" "$up_port"
 nginx_proxy_conf "$work/nginx" "$ngx_port" "$up_port"
 
 # Bellwether: the same providers and models in both configs.
-gw_common() {  # $1 port
-  cat <<YAML
-listen: 127.0.0.1:$1
-workers: 1
-providers:
-  up: {base_url: "http://127.0.0.1:$up_port/v1"}
-  upsse: {base_url: "http://127.0.0.1:$up_port/sse/v1"}
-model_groups:
-  bench:
-    deployments: [{provider: up, model: bench}]
-  bench-sse:
-    deployments: [{provider: upsse, model: bench}]
-pricing:
-  bench: {input: 0.10, output: 0.40}
-  bench-sse: {input: 0.10, output: 0.40}
-YAML
-}
 {
-  gw_common "$auth_port"
+  fixed_upstream_gateway_yaml "$auth_port" "$up_port"
   auth_policy_yaml "$KEY"
 } >"$work/auth.yaml"
 {
-  gw_common "$prod_port"
+  fixed_upstream_gateway_yaml "$prod_port" "$up_port"
   prod_policy_yaml "$KEY" "$work/access.log" "$ledger_dir/ledger.db" "$DURABILITY"
 } >"$work/prod.yaml"
 

@@ -172,6 +172,27 @@ fixed_upstream_conf() {
     }"
 }
 
+# The start of a gateway config in front of the fixed-answer upstream on 127.0.0.1:$2, listening
+# on 127.0.0.1:$1 with one worker: model bench gets the completion, bench-sse the stream. A policy
+# (auth_policy_yaml or prod_policy_yaml) completes it.
+fixed_upstream_gateway_yaml() {
+  cat <<YAML
+listen: 127.0.0.1:$1
+workers: 1
+providers:
+  up: {base_url: "http://127.0.0.1:$2/v1"}
+  upsse: {base_url: "http://127.0.0.1:$2/sse/v1"}
+model_groups:
+  bench:
+    deployments: [{provider: up, model: bench}]
+  bench-sse:
+    deployments: [{provider: upsse, model: bench}]
+pricing:
+  bench: {input: 0.10, output: 0.40}
+  bench-sse: {input: 0.10, output: 0.40}
+YAML
+}
+
 # Writes the reference nginx's config into $1: listens on 127.0.0.1:$2 and proxies to the upstream
 # on 127.0.0.1:$3 with a keep-alive pool (/sse/ unbuffered).
 nginx_proxy_conf() {
