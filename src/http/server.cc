@@ -204,111 +204,33 @@ class Session final : public ResponseWriter {
   }
 
   asio::awaitable<void> run() {
-    const auto& opt = server_.options_;
-    beast::error_code ec;
-    socket_.set_option(tcp::no_delay(true), ec);
-    {
-      auto ep = socket_.remote_endpoint(ec);
-      if (!ec) req_.peer_ip = ep.address().to_string();
-    }
+    open_connection();
     bool first = true;
     for (;;) {
       if (server_.draining_.load()) break;
-      wire::RequestParser parser(arena_, fields_, req_.body.own(), opt.max_headers);
-      // A body that arrives whole with its head stays in buffer_, which is not read into again
-      // before the handler returns.
-      parser.in_place(&req_.body);
-      parser.header_limit(static_cast<std::uint32_t>(opt.max_header_bytes));
-      parser.body_limit(opt.max_body_bytes);
-      parser.eager(true);
-      // The first request gets the header timeout; a keep-alive wait gets the idle timeout plus
-      // the header timeout, since the deadline covers the whole head.
-      deadline_.arm(first ? opt.header_timeout : opt.idle_timeout + opt.header_timeout);
-      idle_ = !first && buffer_.size() == 0;
-      bytes_in_ = buffer_.size();  // a pipelined request's bytes were read with the previous one
-      bytes_out_ = 0;
-      head_only_ = false;
-      overflow_ = {};
-      beast::error_code rec;
-      if (!feed(parser, false, rec)) {
-        for (;;) {
-          const auto r = co_await read_op();
-          if (received(parser, false, r, rec)) break;
-        }
-      }
-      idle_ = false;
+      begin_request(first);
       first = false;
-      if (rec) {
-        deadline_.disarm();
-        // A keep-alive connection that stays silent until its deadline is not a rejection.
-        if (rec == beast::error::timeout && !parser.got_some()) break;
-        co_await refuse(parser, parser.too_many_fields() ? std::string_view("too_many_headers")
-                                : !overflow_.empty()     ? overflow_
-                                                         : reason_for_error(rec, false));
+      // The request's reading, out of this frame but for the wait for its first bytes (a
+      // keep-alive connection's idle wait): the parser lives on the stack of read_now(), which
+      // settles a request that is at hand, and otherwise in read_rest()'s frame, which reads the
+      // rest. This frame, held across the handler's wait, keeps neither the parser nor the
+      // rare paths' temporaries (a refusal, 100-continue, an unanswered request).
+      Read got = Read::kMore;
+      if (buffer_.size() == 0) got = first_bytes(co_await read_op());
+      if (got == Read::kMore) {
+        asio::awaitable<Read> rest;
+        got = read_now(rest);
+        if (got == Read::kMore) got = co_await std::move(rest);
+      }
+      if (got != Read::kRequest) {
+        if (!refusal_.empty()) co_await refuse();
         break;
       }
-      if (auto bad = framing_problem(parser); !bad.empty()) {
-        deadline_.disarm();
-        co_await refuse(parser, bad);
-        break;
-      }
-      if (parser.expects_continue() && !parser.is_done()) {
-        deadline_.arm(opt.write_timeout);
-        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-        co_await asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
-                                   kNoThrow);
-      }
-      if (!parser.is_done()) {
-        deadline_.arm(opt.body_timeout);
-        beast::error_code bec;
-        if (!feed(parser, true, bec)) {
-          for (;;) {
-            const auto r = co_await read_op();
-            if (received(parser, true, r, bec)) break;
-          }
-        }
-        if (bec) {
-          deadline_.disarm();
-          co_await refuse(parser, !overflow_.empty() ? overflow_ : reason_for_error(bec, true));
-          break;
-        }
-      }
-      deadline_.disarm();
-
-      req_.method = parser.method();
-      req_.target = parser.target();
-      parser.headers(req_.headers);
-      req_.header_names = parser.header_names();
-      req_.header_names_count = req_.headers.size();
-      req_.authorization_at = parser.authorization_at();
-      req_.keep_alive = parser.keep_alive();
-      keep_alive_ = req_.keep_alive;
-      // RFC 9110 9.3.2: a HEAD answer has the GET answer's head and no body.
-      head_only_ = req_.method == "HEAD";
-      started_ = false;
-      finished_ = false;
-      broken_ = false;
-      head_held_ = false;
 
       server_.in_flight_.fetch_add(1);
       co_await server_.handler_(req_, *this);
       server_.in_flight_.fetch_sub(1);
-      end_watch();
-      if (resume_) {
-        // A write that a *_now call began was never finished: the answer is cut short.
-        resume_ = false;
-        stash::release(body_);
-        broken_ = true;
-      }
-      if (!finished_ && !broken_) {
-        // A handler that forgot to answer still answers.
-        if (started_) {
-          co_await end_stream();
-        } else {
-          co_await send(
-              Response::json(500, openai_error_body("Internal error", "server_error", "")));
-        }
-      }
+      if (!answered()) co_await answer_unanswered();
       if (broken_ || !keep_alive_ || server_.draining_.load()) break;
       // The request's buffers go back to the thread's stash: the connection keeps none while it
       // waits for its next request, and the next request of any connection takes a warm one.
@@ -317,11 +239,7 @@ class Session final : public ResponseWriter {
       stash::release(arena_);
       stash::release(out_);
     }
-    deadline_.disarm();
-    if (socket_.is_open()) {
-      socket_.shutdown(tcp::socket::shutdown_send, ec);
-      socket_.close(ec);
-    }
+    close_connection();
   }
 
   asio::awaitable<bool> send(Response r) override {
@@ -755,12 +673,167 @@ class Session final : public ResponseWriter {
     return {};
   }
 
-  // Answers a request refused at the framing level (unless the client is gone), reports it and
+  // How reading a request ended: the request is in req_; the parse needs bytes that are not
+  // read yet (read_rest reads them); or the connection ends, refused with refusal_ (empty when
+  // the client went away or stayed silent: nothing to answer or report).
+  enum class Read : std::uint8_t { kRequest, kMore, kClosed };
+
+  void open_connection() {
+    beast::error_code ec;
+    socket_.set_option(tcp::no_delay(true), ec);
+    auto ep = socket_.remote_endpoint(ec);
+    if (!ec) req_.peer_ip = ep.address().to_string();
+  }
+
+  void begin_request(bool first) {
+    const auto& opt = server_.options_;
+    // The first request gets the header timeout; a keep-alive wait gets the idle timeout plus
+    // the header timeout, since the deadline covers the whole head.
+    deadline_.arm(first ? opt.header_timeout : opt.idle_timeout + opt.header_timeout);
+    idle_ = !first && buffer_.size() == 0;
+    bytes_in_ = buffer_.size();  // a pipelined request's bytes were read with the previous one
+    bytes_out_ = 0;
+    head_only_ = false;
+    overflow_ = {};
+  }
+
+  // The read of a request's first bytes, into an empty buffer: kMore when they came (the parse
+  // follows), as received() would take them before the parser has seen a byte.
+  Read first_bytes(const std::tuple<beast::error_code, std::size_t>& result) {
+    const auto& [rec, n] = result;
+    const bool expired = deadline_.expired();
+    if (!rec && !expired) {
+      buffer_.commit(n);
+      bytes_in_ += n;
+      return Read::kMore;
+    }
+    idle_ = false;
+    deadline_.disarm();
+    // A keep-alive connection that stays silent until its deadline is not a rejection.
+    refusal_ = {};
+    refused_method_ = {};
+    refused_target_ = {};
+    if (!expired) refusal_ = reason_for_error(rec, false);  // empty at EOF
+    return Read::kClosed;
+  }
+
+  // The parse of the bytes at hand, with the parser on this function's stack: the request when
+  // they hold all of it, or a refusal. Otherwise (kMore) `rest` is read_rest() with a copy of
+  // the parser, to be awaited.
+  Read read_now(asio::awaitable<Read>& rest) {
+    const auto& opt = server_.options_;
+    wire::RequestParser p(arena_, fields_, req_.body.own(), opt.max_headers);
+    // A body that arrives whole with its head stays in buffer_, which is not read into again
+    // before the handler returns.
+    p.in_place(&req_.body);
+    p.header_limit(static_cast<std::uint32_t>(opt.max_header_bytes));
+    p.body_limit(opt.max_body_bytes);
+    p.eager(true);
+    beast::error_code ec;
+    if (!feed(p, false, ec)) {
+      rest = read_rest(p);
+      return Read::kMore;
+    }
+    if (const Read got = head_read(p, ec); got != Read::kRequest) return got;
+    if (!p.is_done()) {
+      // 100-continue is answered by read_rest.
+      if (!p.expects_continue()) {
+        deadline_.arm(opt.body_timeout);
+        if (feed(p, true, ec)) return ec ? body_refused(p, ec) : take(p);
+      }
+      rest = read_rest(p);
+      return Read::kMore;
+    }
+    return take(p);
+  }
+
+  // What read_now left: the rest of the head, then 100-continue and the body, reading as the
+  // parse asks (a parser whose body read_now began is fed again first: no byte is lost).
+  asio::awaitable<Read> read_rest(wire::RequestParser p) {
+    const auto& opt = server_.options_;
+    beast::error_code ec;
+    if (!p.is_header_done()) {
+      for (;;) {
+        const auto r = co_await read_op();
+        if (received(p, false, r, ec)) break;
+      }
+      if (const Read got = head_read(p, ec); got != Read::kRequest) co_return got;
+    }
+    if (!p.is_done()) {
+      if (p.expects_continue()) {
+        deadline_.arm(opt.write_timeout);
+        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        co_await asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
+                                   kNoThrow);
+      }
+      deadline_.arm(opt.body_timeout);
+      if (!feed(p, true, ec)) {
+        for (;;) {
+          const auto r = co_await read_op();
+          if (received(p, true, r, ec)) break;
+        }
+      }
+      if (ec) co_return body_refused(p, ec);
+    }
+    co_return take(p);
+  }
+
+  // The head's read ended with `ec`: kRequest when the head is complete and its framing
+  // accepted (the body follows), else the refusal.
+  Read head_read(const wire::RequestParser& p, const beast::error_code& ec) {
+    idle_ = false;
+    if (ec) {
+      deadline_.disarm();
+      // A keep-alive connection that stays silent until its deadline is not a rejection.
+      if (ec == beast::error::timeout && !p.got_some()) return closed(p, {});
+      return closed(p, p.too_many_fields()  ? std::string_view("too_many_headers")
+                       : !overflow_.empty() ? overflow_
+                                            : reason_for_error(ec, false));
+    }
+    if (const auto bad = framing_problem(p); !bad.empty()) {
+      deadline_.disarm();
+      return closed(p, bad);
+    }
+    return Read::kRequest;
+  }
+
+  Read body_refused(const wire::RequestParser& p, const beast::error_code& ec) {
+    deadline_.disarm();
+    return closed(p, !overflow_.empty() ? overflow_ : reason_for_error(ec, true));
+  }
+
+  Read closed(const wire::RequestParser& p, std::string_view reason) {
+    refusal_ = reason;
+    refused_method_ = p.method();  // views into arena_
+    refused_target_ = p.target();
+    return Read::kClosed;
+  }
+
+  // The parsed request into req_, for the handler.
+  Read take(const wire::RequestParser& p) {
+    deadline_.disarm();
+    req_.method = p.method();
+    req_.target = p.target();
+    p.headers(req_.headers);
+    req_.header_names = p.header_names();
+    req_.header_names_count = req_.headers.size();
+    req_.authorization_at = p.authorization_at();
+    req_.keep_alive = p.keep_alive();
+    keep_alive_ = req_.keep_alive;
+    // RFC 9110 9.3.2: a HEAD answer has the GET answer's head and no body.
+    head_only_ = req_.method == "HEAD";
+    started_ = false;
+    finished_ = false;
+    broken_ = false;
+    head_held_ = false;
+    return Read::kRequest;
+  }
+
+  // Answers a request refused at the framing level with refusal_ (not empty), reports it and
   // leaves the connection to be closed.
-  asio::awaitable<void> refuse(const wire::RequestParser& p, std::string_view reason) {
+  asio::awaitable<void> refuse() {
     keep_alive_ = false;
-    if (reason.empty()) co_return;  // the client went away: nothing to answer or report
-    const Refusal r = refusal(reason);
+    const Refusal r = refusal(refusal_);
     if (r.status != 0) {
       head_only_ = false;
       co_await send(
@@ -771,11 +844,41 @@ class Session final : public ResponseWriter {
       rej.status = r.status;
       rej.reason = r.reason;
       rej.peer_ip = req_.peer_ip;
-      rej.method = p.method();
-      rej.target = p.target();
+      rej.method = refused_method_;
+      rej.target = refused_target_;
       rej.bytes_in = bytes_in_;
       rej.bytes_out = bytes_out_;
       server_.options_.on_rejection(rej);
+    }
+  }
+
+  // After the handler: whether its answer is complete (or cannot be: the client is gone).
+  bool answered() {
+    end_watch();
+    if (resume_) {
+      // A write that a *_now call began was never finished: the answer is cut short.
+      resume_ = false;
+      stash::release(body_);
+      broken_ = true;
+    }
+    return finished_ || broken_;
+  }
+
+  // A handler that forgot to answer still answers.
+  asio::awaitable<void> answer_unanswered() {
+    if (started_) {
+      co_await end_stream();
+    } else {
+      co_await send(Response::json(500, openai_error_body("Internal error", "server_error", "")));
+    }
+  }
+
+  void close_connection() {
+    deadline_.disarm();
+    if (socket_.is_open()) {
+      beast::error_code ec;
+      socket_.shutdown(tcp::socket::shutdown_send, ec);
+      socket_.close(ec);
     }
   }
 
@@ -802,6 +905,10 @@ class Session final : public ResponseWriter {
   bool idle_ = false;
   bool head_only_ = false;     // the current request is a HEAD: heads only, no body bytes
   std::string_view overflow_;  // the bound a body-phase read exceeded, if any
+  // Why the connection is closed (read_now, read_rest), and the refused request's start line.
+  std::string_view refusal_;
+  std::string_view refused_method_;
+  std::string_view refused_target_;
   std::size_t bytes_in_ = 0;   // read for the current request
   std::size_t bytes_out_ = 0;  // written for the current request
   bool keep_alive_ = true;

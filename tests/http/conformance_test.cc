@@ -70,6 +70,8 @@ struct Rejections {
     int status;
     std::string reason;
     std::string peer;
+    std::string method;
+    std::string target;
     std::size_t bytes_in;
     std::size_t bytes_out;
   };
@@ -87,8 +89,8 @@ struct Rejections {
   ServerOptions observed(ServerOptions o) {
     o.on_rejection = [this](const Rejection& r) {
       std::lock_guard lock(mu);
-      rejections.push_back(
-          {r.status, std::string(r.reason), std::string(r.peer_ip), r.bytes_in, r.bytes_out});
+      rejections.push_back({r.status, std::string(r.reason), std::string(r.peer_ip),
+                            std::string(r.method), std::string(r.target), r.bytes_in, r.bytes_out});
     };
     return o;
   }
@@ -279,6 +281,113 @@ TEST(HttpConformance, TwoContentLengthsAreRefusedEvenWhenEqual) {
   auto seen = s.seen();
   ASSERT_FALSE(seen.empty());
   EXPECT_EQ(seen[0].reason, "multiple_content_length");
+}
+
+// Writes `pieces` one by one, 20 ms apart, so that the server reads them apart.
+bool write_pieces(int fd, const std::vector<std::string>& pieces) {
+  for (const auto& piece : pieces) {
+    if (!write_all(fd, piece)) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// A head that arrives whole, and one in pieces (refused after reads that follow its first).
+TEST(HttpBounds, ARefusalReportsTheRequestsMethodAndTarget) {
+  struct Case {
+    std::vector<std::string> pieces;
+    std::string reason, method, target;
+  };
+  const std::vector<Case> cases = {
+      {{"POST /v1/x?y HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"},
+       "multiple_content_length",
+       "POST",
+       "/v1/x?y"},
+      {{"PUT /a/b HTTP/1.1\r\nHost: a\r\n", "Host: b\r\n\r\n"}, "duplicate_host", "PUT", "/a/b"},
+  };
+  for (const auto& c : cases) {
+    EchoServer s;
+    ASSERT_TRUE(s.started);
+    int fd = connect_to(s.server.port());
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(write_pieces(fd, c.pieces));
+    const auto got = read_until_close(fd);
+    ::close(fd);
+    EXPECT_EQ(status_of(got), 400) << got;
+    auto seen = s.seen();
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].reason, c.reason);
+    EXPECT_EQ(seen[0].method, c.method);
+    EXPECT_EQ(seen[0].target, c.target);
+  }
+}
+
+// Answers every request with its body.
+struct BodyEchoServer : test::RunningServer {
+  BodyEchoServer()
+      : RunningServer(EchoServer::defaults(),
+                      [](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                        Response r;
+                        r.status = 200;
+                        r.body = std::string(req.body.view());
+                        co_await w.send(std::move(r));
+                      }) {}
+};
+
+// Reads until the server has sent `want` bytes or `limit` passed.
+std::string read_bytes(int fd, std::size_t want,
+                       std::chrono::milliseconds limit = std::chrono::seconds(3)) {
+  std::string got;
+  const auto end = Clock::now() + limit;
+  char buf[256];
+  while (got.size() < want && Clock::now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) continue;
+    const ssize_t n = ::recv(fd, buf, std::min(sizeof buf, want - got.size()), 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return got;
+}
+
+TEST(HttpConformance, ExpectContinueIsAnsweredBeforeTheBodyIsSent) {
+  BodyEchoServer s;
+  ASSERT_TRUE(s.started);
+  int fd = connect_to(s.server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(write_all(fd,
+                        "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                        "Content-Length: 5\r\n\r\n"));
+  constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+  EXPECT_EQ(read_bytes(fd, kContinue.size()), kContinue);
+  ASSERT_TRUE(write_all(fd, "hello"));
+  // A body sent with its head gets no interim answer: the next answer is the final one.
+  ASSERT_TRUE(write_all(fd,
+                        "POST /f HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                        "Content-Length: 3\r\n\r\nabc"));
+  const auto bodies = test::read_answers(fd, 2, std::chrono::seconds(3));
+  ::close(fd);
+  EXPECT_EQ(bodies, (std::vector<std::string>{"hello", "abc"}));
+}
+
+// Heads and bodies that arrive in several reads, each followed on the same connection by a
+// request that arrives whole.
+TEST(HttpConformance, ARequestInPiecesIsReadWhole) {
+  BodyEchoServer s;
+  ASSERT_TRUE(s.started);
+  int fd = connect_to(s.server.port());
+  ASSERT_GE(fd, 0);
+  const std::vector<std::vector<std::string>> requests = {
+      {"POST /p HTT", "P/1.1\r\nHost: x\r\nContent-Le", "ngth: 10\r\n\r\n01234", "56789"},
+      {"POST /q HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"},
+      {"POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n", "wx", "yz"},
+      {std::string(kChunkedHead) + "2\r\n{}", "\r\n3\r\n[1]\r\n", "0\r\n\r\n"},
+      {"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n!"},
+  };
+  for (const auto& pieces : requests) ASSERT_TRUE(write_pieces(fd, pieces));
+  const auto bodies = test::read_answers(fd, requests.size(), std::chrono::seconds(3));
+  ::close(fd);
+  EXPECT_EQ(bodies, (std::vector<std::string>{"0123456789", "abc", "wxyz", "{}[1]", "!"}));
 }
 
 // Resident set size of this process in bytes.
