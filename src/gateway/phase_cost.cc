@@ -261,9 +261,7 @@ void fill_covered_row(const Ctx& c, std::int64_t now_ms, cost::LedgerCovered& ro
   if (c.key->ledger_party) {
     row.party = c.key->ledger_party;  // key, tenant and budgets: shared, not copied
   } else {
-    row.key_id = c.key->cfg->name;
-    row.tenant_id = c.key->cfg->tenant;
-    row.budgets = c.key->budget_ids;
+    row.set_party(c.key->cfg->name, c.key->cfg->tenant, c.key->budget_ids);
   }
   row.model = c.route_model;
   row.status = covered_status(billed);

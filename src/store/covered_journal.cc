@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -17,7 +18,11 @@ namespace bw::store {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x314C4E524A574231ULL;  // "1BWJRNL1"
-constexpr std::uint32_t kVersion = 1;
+// Version 2: a 16-byte record head and variable-length integers (see the header). Version 1
+// files (a 24-byte head, fixed-width integers) are still replayed; reset() makes any file a
+// version 2 one.
+constexpr std::uint32_t kVersion = 2;
+constexpr std::uint32_t kVersion1 = 1;
 constexpr std::uint32_t kCovered = 1;
 constexpr std::uint32_t kWrap = 2;
 // Header fields (offsets in the first page).
@@ -25,12 +30,22 @@ constexpr std::uint64_t kMagicAt = 0;
 constexpr std::uint64_t kVersionAt = 8;
 constexpr std::uint64_t kGenerationAt = 16;
 constexpr std::uint64_t kCapacityAt = 24;
-// Fixed-size fields of a payload: seven integers.
-constexpr std::uint64_t kFixedPayload = 7 * 8;
+// Version 2: the status byte, the creation time (8 bytes) and five variable-length integers of
+// at most 10 bytes each.
+constexpr std::uint64_t kMaxFixedPayload = 1 + 8 + 5 * 10;
+// A version 2 head's length field: 24 bits.
+constexpr std::uint64_t kMaxPayload = (std::uint64_t{1} << 24) - 1;
 constexpr std::uint64_t kMinCapacity = 4'096;
 
 std::uint64_t pad8(std::uint64_t n) {
   return (n + 7) & ~std::uint64_t{7};
+}
+
+// A version 2 record head's first word: the sequence number's low 32 bits, the kind (8 bits) and
+// the payload's length (24 bits). The checksum covers the whole sequence number.
+std::uint64_t head_word(std::uint32_t kind, std::uint32_t len, std::uint64_t seq) {
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(seq)) << 32) |
+         (static_cast<std::uint64_t>(kind & 0xff) << 24) | (len & 0xffffff);
 }
 
 std::uint64_t load64(const unsigned char* p) {
@@ -83,17 +98,48 @@ void copy_short(unsigned char* dst, const char* src, std::size_t n) {
   }
 }
 
+// The bytes of `v` as a variable-length integer: 7 bits a byte, low bits first.
+std::uint64_t varint_bytes(std::uint64_t v) {
+  return (static_cast<std::uint64_t>(std::bit_width(v | 1)) + 6) / 7;
+}
+
+// A signed integer as an unsigned one whose magnitude is small when the integer's is.
+std::uint64_t zigzag(std::int64_t v) {
+  return (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63);
+}
+
+std::int64_t unzigzag(std::uint64_t u) {
+  return static_cast<std::int64_t>(u >> 1) ^ -static_cast<std::int64_t>(u & 1);
+}
+
 struct Writer {
   unsigned char* p;
   void u64(std::uint64_t v) {
     store64(p, v);
     p += 8;
   }
+  void var(std::uint64_t v) {
+    // Nearly every length and token count takes one byte, and most amounts two or three.
+    if (v < 0x80) {
+      *p++ = static_cast<unsigned char>(v);
+      return;
+    }
+    if (v < 0x4000) {
+      p[0] = static_cast<unsigned char>(v | 0x80);
+      p[1] = static_cast<unsigned char>(v >> 7);
+      p += 2;
+      return;
+    }
+    while (v >= 0x80) {
+      *p++ = static_cast<unsigned char>(v | 0x80);
+      v >>= 7;
+    }
+    *p++ = static_cast<unsigned char>(v);
+  }
   void str(std::string_view s) {
-    const auto n = static_cast<std::uint32_t>(s.size());
-    std::memcpy(p, &n, 4);
-    copy_short(p + 4, s.data(), s.size());
-    p += 4 + s.size();
+    var(s.size());
+    copy_short(p, s.data(), s.size());
+    p += s.size();
   }
 };
 
@@ -120,8 +166,18 @@ struct Reader {
     p += 4;
     return n;
   }
-  std::string str() {
-    const std::uint32_t n = u32();
+  std::uint64_t var() {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (p == end) break;
+      const unsigned char b = *p++;
+      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return v;
+    }
+    ok = false;
+    return 0;
+  }
+  std::string bytes(std::uint64_t n) {
     if (!ok || static_cast<std::uint64_t>(end - p) < n) {
       ok = false;
       return {};
@@ -130,6 +186,12 @@ struct Reader {
     p += n;
     return s;
   }
+  // Version 1: a 4-byte length.
+  std::string str_v1() {
+    const std::uint32_t n = u32();
+    return bytes(n);
+  }
+  std::string str() { return bytes(var()); }
 };
 
 }  // namespace
@@ -160,17 +222,53 @@ std::uint64_t CoveredJournal::checksum(std::uint64_t generation, std::uint64_t s
 
 namespace {
 
-std::uint64_t text_payload_bytes(const cost::LedgerCoveredText& row, std::uint64_t lease_id_bytes) {
-  std::uint64_t n = kFixedPayload + 5 * 4 + row.request_id.size() + lease_id_bytes +
-                    row.key.size() + row.tenant.size() + row.model.size() + 4;
-  for (const auto& b : *row.budgets) n += 4 + b.size();
+std::uint64_t str_bytes(std::string_view s) {
+  return varint_bytes(s.size()) + s.size();
+}
+
+// The payload's strings: the request id, the key, the tenant, the model and the budgets (the
+// lease id is not in `row`).
+std::uint64_t text_bytes(const cost::LedgerCoveredText& row) {
+  std::uint64_t n = str_bytes(row.request_id) + str_bytes(row.key) + str_bytes(row.tenant) +
+                    str_bytes(row.model) + varint_bytes(row.budgets->size());
+  for (const auto& b : *row.budgets) n += str_bytes(b);
   return n;
+}
+
+// The variable-length integers after the status byte and the creation time, in the payload's
+// order.
+struct Integers {
+  std::uint64_t v[5];
+};
+
+Integers integers_of(const cost::LedgerCovered& row) {
+  return {{zigzag(row.reserved_micro), zigzag(row.actual_micro), zigzag(row.prompt_tokens),
+           zigzag(row.completion_tokens),
+           // The settlement a few milliseconds or seconds after the reservation: 1-3 bytes.
+           zigzag(static_cast<std::int64_t>(static_cast<std::uint64_t>(row.settled_unix_ms) -
+                                            static_cast<std::uint64_t>(row.created_unix_ms)))}};
+}
+
+// At least a record's payload, from its strings and its lease id's length.
+// At least a record's payload, from its strings and its lease id's length, without the sizes of
+// the variable-length integers that count them: a count n takes at most 1 + n / 64 bytes (1
+// below 128, then 7 bits a byte), so the six counts (five strings' lengths and the budgets'
+// count) and the budgets' lengths take at most their number plus the sum of what they count / 64.
+std::uint64_t payload_bound(const cost::LedgerCoveredText& row, std::uint64_t lease_id_bytes) {
+  const std::uint64_t budgets = row.budgets->size();
+  std::uint64_t text = row.request_id.size() + lease_id_bytes + row.key.size() + row.tenant.size() +
+                       row.model.size();
+  for (const auto& b : *row.budgets) text += b.size();
+  return kMaxFixedPayload + text + 6 + budgets + (text + budgets) / 64;
 }
 
 }  // namespace
 
 std::uint64_t CoveredJournal::payload_bytes(const cost::LedgerCovered& row) {
-  return text_payload_bytes(cost::LedgerCoveredText::of(row), row.lease_id.size());
+  const Integers ints = integers_of(row);
+  std::uint64_t n = 1 + 8 + str_bytes(row.lease_id) + text_bytes(cost::LedgerCoveredText::of(row));
+  for (const std::uint64_t v : ints.v) n += varint_bytes(v);
+  return n;
 }
 
 std::uint64_t CoveredJournal::record_bytes(const cost::LedgerCovered& row) {
@@ -179,31 +277,75 @@ std::uint64_t CoveredJournal::record_bytes(const cost::LedgerCovered& row) {
 
 std::uint64_t CoveredJournal::record_bytes(const cost::LedgerCoveredText& row,
                                            std::uint64_t lease_id_bytes) {
-  return kRecordHead + pad8(text_payload_bytes(row, lease_id_bytes));
+  return kRecordHead + pad8(payload_bound(row, lease_id_bytes));
 }
 
-void CoveredJournal::encode(const cost::LedgerCovered& row, unsigned char* out) {
+std::uint64_t CoveredJournal::encode(const cost::LedgerCovered& row, unsigned char* out) {
+  const Integers ints = integers_of(row);
   Writer w{out};
-  w.u64(static_cast<std::uint64_t>(row.reserved_micro));
-  w.u64(static_cast<std::uint64_t>(row.actual_micro));
-  w.u64(static_cast<std::uint64_t>(row.prompt_tokens));
-  w.u64(static_cast<std::uint64_t>(row.completion_tokens));
+  *w.p++ = static_cast<unsigned char>(row.status);
   w.u64(static_cast<std::uint64_t>(row.created_unix_ms));
-  w.u64(static_cast<std::uint64_t>(row.settled_unix_ms));
-  w.u64(static_cast<std::uint64_t>(row.status));
+  for (const std::uint64_t v : ints.v) w.var(v);
   w.str(row.request_id);
   w.str(row.lease_id);
   w.str(row.key());
   w.str(row.tenant());
   w.str(row.model);
   const auto& budgets = row.budget_ids();
-  const auto n = static_cast<std::uint32_t>(budgets.size());
-  std::memcpy(w.p, &n, 4);
-  w.p += 4;
+  w.var(budgets.size());
   for (const auto& b : budgets) w.str(b);
+  return static_cast<std::uint64_t>(w.p - out);
 }
 
+namespace {
+
+bool closed_status(std::uint64_t status) {
+  return status == static_cast<std::uint64_t>(cost::LedgerStatus::kSettled) ||
+         status == static_cast<std::uint64_t>(cost::LedgerStatus::kReleased);
+}
+
+// The strings after the lease id, as `str` reads each: the key, the tenant, the model, then the
+// budgets after their count (`count`).
+template <class Str, class Count>
+bool decode_strings(Reader& r, std::uint64_t len, cost::LedgerCovered& row, Str str, Count count) {
+  std::string key = str();
+  std::string tenant = str();
+  row.model = str();
+  const std::uint64_t n = count();
+  if (!r.ok || n > len) return false;
+  std::vector<std::string> budgets;
+  budgets.reserve(n);
+  for (std::uint64_t i = 0; i < n && r.ok; ++i) budgets.push_back(str());
+  if (!r.ok || r.p != r.end) return false;
+  row.set_party(std::move(key), std::move(tenant), std::move(budgets));
+  return true;
+}
+
+}  // namespace
+
 bool CoveredJournal::decode(const unsigned char* in, std::uint64_t len, cost::LedgerCovered& row) {
+  Reader r{in, in + len};
+  row = cost::LedgerCovered{};
+  if (len == 0 || !closed_status(*r.p)) return false;
+  row.status = static_cast<cost::LedgerStatus>(*r.p++);
+  row.created_unix_ms = r.i64();
+  Integers ints;
+  for (std::uint64_t& v : ints.v) v = r.var();
+  if (!r.ok) return false;
+  row.reserved_micro = unzigzag(ints.v[0]);
+  row.actual_micro = unzigzag(ints.v[1]);
+  row.prompt_tokens = unzigzag(ints.v[2]);
+  row.completion_tokens = unzigzag(ints.v[3]);
+  row.settled_unix_ms = static_cast<std::int64_t>(static_cast<std::uint64_t>(row.created_unix_ms) +
+                                                  static_cast<std::uint64_t>(unzigzag(ints.v[4])));
+  row.request_id = r.str();
+  row.lease_id = r.str();
+  return decode_strings(
+      r, len, row, [&r] { return r.str(); }, [&r] { return r.var(); });
+}
+
+bool CoveredJournal::decode_v1(const unsigned char* in, std::uint64_t len,
+                               cost::LedgerCovered& row) {
   Reader r{in, in + len};
   row = cost::LedgerCovered{};
   row.reserved_micro = r.i64();
@@ -213,21 +355,12 @@ bool CoveredJournal::decode(const unsigned char* in, std::uint64_t len, cost::Le
   row.created_unix_ms = r.i64();
   row.settled_unix_ms = r.i64();
   const std::int64_t status = r.i64();
-  if (status != static_cast<std::int64_t>(cost::LedgerStatus::kSettled) &&
-      status != static_cast<std::int64_t>(cost::LedgerStatus::kReleased)) {
-    return false;
-  }
+  if (status < 0 || !closed_status(static_cast<std::uint64_t>(status))) return false;
   row.status = static_cast<cost::LedgerStatus>(status);
-  row.request_id = r.str();
-  row.lease_id = r.str();
-  row.key_id = r.str();
-  row.tenant_id = r.str();
-  row.model = r.str();
-  const std::uint32_t n = r.u32();
-  if (!r.ok || n > len) return false;
-  row.budgets.reserve(n);
-  for (std::uint32_t i = 0; i < n && r.ok; ++i) row.budgets.push_back(r.str());
-  return r.ok && r.p == r.end;
+  row.request_id = r.str_v1();
+  row.lease_id = r.str_v1();
+  return decode_strings(
+      r, len, row, [&r] { return r.str_v1(); }, [&r] { return r.u32(); });
 }
 
 CoveredJournal::CoveredJournal(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
@@ -263,11 +396,12 @@ Result<std::unique_ptr<CoveredJournal>> CoveredJournal::open(const std::string& 
     unsigned char head[kHeaderBytes];
     if (::pread(fd, head, sizeof head, 0) == static_cast<ssize_t>(sizeof head) &&
         load64(head + kMagicAt) == kMagic &&
-        static_cast<std::uint32_t>(load64(head + kVersionAt)) == kVersion &&
+        (load64(head + kVersionAt) == kVersion || load64(head + kVersionAt) == kVersion1) &&
         load64(head + kCapacityAt) + kHeaderBytes == size && load64(head + kCapacityAt) % 8 == 0) {
       auto m = j->map(load64(head + kCapacityAt));
       if (!m.ok()) return m.error();
       j->generation_ = load64(head + kGenerationAt);
+      j->version_ = static_cast<std::uint32_t>(load64(head + kVersionAt));
       return j;
     }
   }
@@ -303,6 +437,7 @@ Result<Ok> CoveredJournal::reset(std::uint64_t capacity) {
   auto m = map(capacity);
   if (!m.ok()) return m;
   generation_ = new_generation();
+  version_ = kVersion;
   store64(base_ + kVersionAt, kVersion);
   store64(base_ + kGenerationAt, generation_);
   store64(base_ + kCapacityAt, capacity);
@@ -317,11 +452,10 @@ Result<Ok> CoveredJournal::reset(std::uint64_t capacity) {
 void CoveredJournal::write_head(std::uint64_t off, std::uint32_t kind, std::uint32_t len,
                                 std::uint64_t seq, std::uint64_t sum) {
   unsigned char* h = data() + off;
-  store64(h + 8, seq);
-  store64(h + 16, sum);
+  store64(h + 8, sum);
   // Published last: before this store the record is not there for a reader.
   std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(h))
-      .store((std::uint64_t{kind} << 32) | len, std::memory_order_release);
+      .store(head_word(kind, len, seq), std::memory_order_release);
 }
 
 bool CoveredJournal::fits(std::uint64_t bytes) const {
@@ -332,13 +466,13 @@ bool CoveredJournal::fits(std::uint64_t bytes) const {
 }
 
 bool CoveredJournal::append(const cost::LedgerCovered& row, Position& at) {
-  const std::uint64_t plen = payload_bytes(row);
-  const std::uint64_t padded = pad8(plen);
-  const std::uint64_t size = kRecordHead + padded;
-  if (plen > 0xffffffffULL || !fits(size)) return false;
+  // Room for the most the row can take: its integers' sizes are known once it is written.
+  const std::uint64_t bound = payload_bound(cost::LedgerCoveredText::of(row), row.lease_id.size());
+  const std::uint64_t room = kRecordHead + pad8(bound);
+  if (version_ != kVersion || bound > kMaxPayload || !fits(room)) return false;
   std::uint64_t off = head_ % capacity_;
   const std::uint64_t left = capacity_ - off;
-  if (left < size) {
+  if (left < room) {
     // Not across the end: a marker (when a head fits) sends the reader back to the start.
     if (left >= kRecordHead) {
       write_head(off, kWrap, 0, next_seq_, checksum(generation_, next_seq_, kWrap, 0, nullptr, 0));
@@ -348,14 +482,17 @@ bool CoveredJournal::append(const cost::LedgerCovered& row, Position& at) {
     off = 0;
   }
   unsigned char* p = data() + off + kRecordHead;
-  // The padding (under 8 bytes, after a payload of at least 8) is zeroed by one word stored
-  // before the payload, which then overwrites the word's part that is its own.
-  store64(p + padded - 8, 0);
-  encode(row, p);
+  const std::uint64_t plen = encode(row, p);
+  const std::uint64_t padded = pad8(plen);
+  // The padding (under 8 bytes, after a payload of more than 8) zeroed over whatever the ring
+  // held there: the payload's last word keeps only its own bytes.
+  if (const std::uint64_t pad = padded - plen; pad != 0) {
+    store64(p + padded - 8, load64(p + padded - 8) & (~std::uint64_t{0} >> (8 * pad)));
+  }
   const auto len = static_cast<std::uint32_t>(plen);
   write_head(off, kCovered, len, next_seq_,
              checksum(generation_, next_seq_, kCovered, len, p, padded));
-  head_ += size;
+  head_ += kRecordHead + padded;
   at = Position{head_, next_seq_};
   ++next_seq_;
   return true;
@@ -369,6 +506,8 @@ void CoveredJournal::set_applied(std::uint64_t end) {
 }
 
 std::vector<CoveredJournal::Replayed> CoveredJournal::replay(Position from) const {
+  const bool v1 = version_ == kVersion1;
+  const std::uint64_t head_bytes = v1 ? kRecordHeadV1 : kRecordHead;
   std::vector<Replayed> out;
   std::uint64_t pos = from.end;
   std::uint64_t seq = from.seq + 1;
@@ -376,18 +515,29 @@ std::vector<CoveredJournal::Replayed> CoveredJournal::replay(Position from) cons
   while (pos - from.end < capacity_) {
     const std::uint64_t off = pos % capacity_;
     const std::uint64_t left = capacity_ - off;
-    if (left < kRecordHead) {
+    if (left < head_bytes) {
       pos += left;
       continue;
     }
     const unsigned char* h = data() + off;
-    const std::uint64_t kind_len =
+    const std::uint64_t word =
         std::atomic_ref<const std::uint64_t>(*reinterpret_cast<const std::uint64_t*>(h))
             .load(std::memory_order_acquire);
-    const auto kind = static_cast<std::uint32_t>(kind_len >> 32);
-    const auto len = static_cast<std::uint32_t>(kind_len);
-    if (load64(h + 8) != seq) break;
-    const std::uint64_t sum = load64(h + 16);
+    std::uint32_t kind;
+    std::uint32_t len;
+    std::uint64_t sum;
+    if (v1) {
+      // The kind and the length, the sequence number, the checksum.
+      kind = static_cast<std::uint32_t>(word >> 32);
+      len = static_cast<std::uint32_t>(word);
+      if (load64(h + 8) != seq) break;
+      sum = load64(h + 16);
+    } else {
+      kind = static_cast<std::uint32_t>(word >> 24) & 0xff;
+      len = static_cast<std::uint32_t>(word) & 0xffffff;
+      if (word != head_word(kind, len, seq)) break;
+      sum = load64(h + 8);
+    }
     if (kind == kWrap) {
       if (len != 0 || sum != checksum(generation_, seq, kWrap, 0, nullptr, 0)) break;
       pos += left;
@@ -396,11 +546,20 @@ std::vector<CoveredJournal::Replayed> CoveredJournal::replay(Position from) cons
     }
     if (kind != kCovered) break;
     const std::uint64_t padded = pad8(len);
-    if (kRecordHead + padded > left) break;
-    if (sum != checksum(generation_, seq, kCovered, len, h + kRecordHead, padded)) break;
+    if (head_bytes + padded > left) break;
+    if (sum != checksum(generation_, seq, kCovered, len, h + head_bytes, padded)) break;
     Replayed r;
-    if (!decode(h + kRecordHead, len, r.row)) break;
-    pos += kRecordHead + padded;
+    if (!(v1 ? decode_v1 : decode)(h + head_bytes, len, r.row)) break;
+    // Consecutive rows of one party (nearly all of them: one key's) share one copy of it.
+    if (!out.empty()) {
+      const auto& last = out.back().row.party;
+      const auto& party = *r.row.party;
+      if (last->key_id == party.key_id && last->tenant_id == party.tenant_id &&
+          last->budgets == party.budgets) {
+        r.row.party = last;
+      }
+    }
+    pos += head_bytes + padded;
     r.at = Position{pos, seq};
     out.push_back(std::move(r));
     ++seq;

@@ -11,13 +11,22 @@
 // position (replay()), so that a row is applied once, whatever the crash.
 //
 // Layout: a 4 KiB header (magic, version, generation, capacity) and a ring of `capacity` bytes.
-// A record is a 24-byte head (payload length, kind, sequence number, checksum) and its payload,
-// padded to 8 bytes. The length is stored last: a record is published once its length is. A
-// reader takes a record only if its sequence number is the next expected one and its checksum
-// (over the generation, the sequence number, the kind, the length and the payload) matches: a
-// record torn by a kill mid-append, a record of an earlier lap of the ring and a record of an
-// earlier generation of the file all end the replay. A record never straddles the ring's end: a
-// wrap marker (or, with less than a head left, nothing) sends the reader back to the start.
+// A record (version 2) is a 16-byte head and its payload, padded to 8 bytes. The head's first
+// word holds the sequence number's low 32 bits, the kind (8 bits) and the payload's length (24
+// bits); its second, the checksum. The first word is stored last: a record is published once it
+// is. A reader takes a record only if its sequence number is the next expected one and its
+// checksum (over the generation, the whole sequence number, the kind, the length and the payload)
+// matches: a record torn by a kill mid-append, a record of an earlier lap of the ring and a record
+// of an earlier generation of the file all end the replay. A record never straddles the ring's
+// end: a wrap marker (or, with less than a head left, nothing) sends the reader back to the start.
+// The payload: the status (one byte); the creation time (8 bytes); the reserved and actual
+// micros, the prompt and completion tokens and the settlement's time after the creation, each
+// zigzag-coded as a variable-length integer (7 bits a byte, low bits first); the request id, the
+// lease id, the key, the tenant and the model, each as its length (a variable-length integer) and
+// its bytes; the budgets' count and each budget the same way. A usual row's record of ~200 bytes in
+// version 1 is ~130. Version 1 (a 24-byte head: kind and length, sequence number, checksum; seven
+// 8-byte integers and 4-byte string lengths) is still replayed: a file left by an earlier build is
+// replayed and then reset(), which makes it version 2.
 //
 // Space: an append needs the bytes up to the applied position to be free; a full journal refuses
 // the append (the caller then waits for the commit instead).
@@ -41,7 +50,8 @@ namespace bw::store {
 class CoveredJournal {
  public:
   static constexpr std::uint64_t kHeaderBytes = 4'096;
-  static constexpr std::uint64_t kRecordHead = 24;
+  static constexpr std::uint64_t kRecordHead = 16;
+  static constexpr std::uint64_t kRecordHeadV1 = 24;
 
   enum class OpenOutcome { kOpened, kHeldElsewhere };
   // Opens (creating it if missing) and locks the journal file at `path`. A file that another
@@ -77,23 +87,26 @@ class CoveredJournal {
 
   // The bytes a record of `row` takes, wrap marker not counted.
   static std::uint64_t record_bytes(const cost::LedgerCovered& row);
-  // The same from the row's strings and its lease id's length, before the row is built.
+  // At most that, from the row's strings and its lease id's length, before the row is built.
   static std::uint64_t record_bytes(const cost::LedgerCoveredText& row,
                                     std::uint64_t lease_id_bytes);
-  // Whether `bytes` (one record) can be appended now, a wrap included.
+  // Whether `bytes` (one record) can be appended now, a wrap included. An append needs room for
+  // record_bytes() of the row's strings (the most it can take), not only its record_bytes().
   bool fits(std::uint64_t bytes) const;
   // Appends and publishes `row` (whose lease_id and reserved_micro are set); false when there
-  // is no room. `at` receives where it ends.
+  // is no room, or the file is a version 1 one not reset() yet. `at` receives where it ends.
   bool append(const cost::LedgerCovered& row, Position& at);
   // The writer thread: every record up to `end` is in the ledger (committed).
   void set_applied(std::uint64_t end);
   std::uint64_t applied() const { return applied_.load(std::memory_order_acquire); }
   std::uint64_t head() const { return head_; }
 
-  // The payload of a record (tests; also the append's encoding).
-  static void encode(const cost::LedgerCovered& row, unsigned char* out);
+  // The payload of a record (tests; also the append's encoding): its length.
+  static std::uint64_t encode(const cost::LedgerCovered& row, unsigned char* out);
   static std::uint64_t payload_bytes(const cost::LedgerCovered& row);
   static bool decode(const unsigned char* in, std::uint64_t len, cost::LedgerCovered& row);
+  // A version 1 payload.
+  static bool decode_v1(const unsigned char* in, std::uint64_t len, cost::LedgerCovered& row);
   static std::uint64_t checksum(std::uint64_t generation, std::uint64_t seq, std::uint32_t kind,
                                 std::uint32_t len, const unsigned char* payload,
                                 std::uint64_t padded);
@@ -112,6 +125,7 @@ class CoveredJournal {
   std::uint64_t mapped_ = 0;
   std::uint64_t capacity_ = 0;
   std::uint64_t generation_ = 0;
+  std::uint32_t version_ = 0;   // the file's format: 1 (replayed only) or 2
   std::uint64_t head_ = 0;      // the loop's thread: where the next record goes
   std::uint64_t next_seq_ = 1;  // the loop's thread
   std::atomic<std::uint64_t> applied_{0};

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,10 +31,8 @@ LedgerCovered row_of(const std::string& id, std::int64_t actual, const std::stri
   LedgerCovered c;
   c.request_id = id;
   c.lease_id = lease;
-  c.key_id = "key_a";
-  c.tenant_id = "acme";
+  c.set_party("key_a", "acme", {"key:key_a/total", "global/daily"});
   c.model = "gpt-4.1";
-  c.budgets = {"key:key_a/total", "global/daily"};
   c.reserved_micro = 10'000;
   c.actual_micro = actual;
   c.prompt_tokens = 3;
@@ -66,11 +65,11 @@ TEST(CoveredJournal, ChecksumKeepsItsFormat) {
   EXPECT_EQ(CoveredJournal::checksum(0x1234, 8, 2, 0, nullptr, 0), 0xcf3128e982807558ULL);
 }
 
-// A record's bytes as the format defines them: the head (kind and length, sequence number,
-// checksum) and the payload (seven integers, then each string as its length and its bytes, the
-// budgets after their count), zero-padded to 8 bytes.
-std::vector<unsigned char> reference_record(const LedgerCovered& r, std::uint64_t generation,
-                                            std::uint64_t seq) {
+// A version 1 record's bytes as that format defines them: the head (kind and length, sequence
+// number, checksum) and the payload (seven integers, then each string as its 4-byte length and
+// its bytes, the budgets after their count), zero-padded to 8 bytes.
+std::vector<unsigned char> reference_record_v1(const LedgerCovered& r, std::uint64_t generation,
+                                               std::uint64_t seq) {
   std::vector<unsigned char> payload;
   const auto put = [&payload](const void* p, std::size_t n) {
     const auto* b = static_cast<const unsigned char*>(p);
@@ -88,21 +87,75 @@ std::vector<unsigned char> reference_record(const LedgerCovered& r, std::uint64_
   };
   str(r.request_id.str());
   str(r.lease_id);
-  str(r.key_id);
-  str(r.tenant_id);
+  str(r.key());
+  str(r.tenant());
   str(r.model.str());
-  const auto count = static_cast<std::uint32_t>(r.budgets.size());
+  const auto count = static_cast<std::uint32_t>(r.budget_ids().size());
   put(&count, 4);
-  for (const auto& b : r.budgets) str(b);
+  for (const auto& b : r.budget_ids()) str(b);
   const auto len = static_cast<std::uint32_t>(payload.size());
   payload.resize((payload.size() + 7) / 8 * 8, 0);
-  std::vector<unsigned char> rec(CoveredJournal::kRecordHead);
+  std::vector<unsigned char> rec(CoveredJournal::kRecordHeadV1);
   const std::uint64_t kind_len = (std::uint64_t{1} << 32) | len;
   const std::uint64_t sum =
       CoveredJournal::checksum(generation, seq, 1, len, payload.data(), payload.size());
   std::memcpy(rec.data(), &kind_len, 8);
   std::memcpy(rec.data() + 8, &seq, 8);
   std::memcpy(rec.data() + 16, &sum, 8);
+  rec.insert(rec.end(), payload.begin(), payload.end());
+  return rec;
+}
+
+// A record's bytes as version 2 defines them: the head (the sequence number's low 32 bits, the
+// kind in 8 bits and the length in 24, then the checksum) and the payload (the status byte, the
+// creation time in 8 bytes, five zigzag variable-length integers, the last the settlement's time
+// after the creation's, then each string as its variable-length length and its bytes, the budgets
+// after their count), zero-padded to 8 bytes. Written out byte by byte, as the format's definition,
+// not with the journal's code.
+std::vector<unsigned char> reference_record(const LedgerCovered& r, std::uint64_t generation,
+                                            std::uint64_t seq) {
+  std::vector<unsigned char> payload;
+  const auto var = [&payload](std::uint64_t v) {
+    do {
+      unsigned char b = v & 0x7f;
+      v >>= 7;
+      if (v != 0) b |= 0x80;
+      payload.push_back(b);
+    } while (v != 0);
+  };
+  const auto zz = [](std::int64_t v) {
+    return v >= 0 ? static_cast<std::uint64_t>(v) * 2
+                  : static_cast<std::uint64_t>(-(v + 1)) * 2 + 1;
+  };
+  payload.push_back(static_cast<unsigned char>(r.status));
+  for (int i = 0; i < 8; ++i) {
+    payload.push_back(
+        static_cast<unsigned char>(static_cast<std::uint64_t>(r.created_unix_ms) >> (8 * i)));
+  }
+  for (std::int64_t v : {r.reserved_micro, r.actual_micro, r.prompt_tokens, r.completion_tokens,
+                         r.settled_unix_ms - r.created_unix_ms}) {
+    var(zz(v));
+  }
+  const auto str = [&](std::string_view s) {
+    var(s.size());
+    payload.insert(payload.end(), s.begin(), s.end());
+  };
+  str(r.request_id.str());
+  str(r.lease_id);
+  str(r.key());
+  str(r.tenant());
+  str(r.model.str());
+  var(r.budget_ids().size());
+  for (const auto& b : r.budget_ids()) str(b);
+  const auto len = static_cast<std::uint32_t>(payload.size());
+  payload.resize((payload.size() + 7) / 8 * 8, 0);
+  std::vector<unsigned char> rec(CoveredJournal::kRecordHead);
+  const std::uint64_t head =
+      (std::uint64_t{static_cast<std::uint32_t>(seq)} << 32) | (std::uint64_t{1} << 24) | len;
+  const std::uint64_t sum =
+      CoveredJournal::checksum(generation, seq, 1, len, payload.data(), payload.size());
+  std::memcpy(rec.data(), &head, 8);
+  std::memcpy(rec.data() + 8, &sum, 8);
   rec.insert(rec.end(), payload.begin(), payload.end());
   return rec;
 }
@@ -128,10 +181,9 @@ TEST(CoveredJournal, RecordsKeepTheirBytesForStringsOfEveryLength) {
   for (std::size_t n = 0; n <= 40; ++n) {
     LedgerCovered r = row_of(std::string(n, 'r'), 1'000 + static_cast<std::int64_t>(n));
     r.lease_id = std::string(n, 'l');
-    r.key_id = std::string(40 - n, 'k');
-    r.tenant_id = std::string(n / 2, 't');
+    r.set_party(std::string(40 - n, 'k'), std::string(n / 2, 't'),
+                {std::string(n, 'b'), std::string(40 - n, 'g')});
     r.model = std::string(n, 'm');
-    r.budgets = {std::string(n, 'b'), std::string(40 - n, 'g')};
     CoveredJournal::Position at;
     ASSERT_TRUE(j->append(r, at));
     const auto want = reference_record(r, j->generation(), at.seq);
@@ -147,6 +199,186 @@ TEST(CoveredJournal, RecordsKeepTheirBytesForStringsOfEveryLength) {
     off = at.end;
   }
   EXPECT_EQ(j->replay({}).size(), 41u);
+}
+
+// Every field of a replayed row is the appended one's.
+void expect_same_row(const LedgerCovered& got, const LedgerCovered& want, std::size_t i) {
+  EXPECT_EQ(got.request_id, want.request_id) << i;
+  EXPECT_EQ(got.lease_id, want.lease_id) << i;
+  EXPECT_EQ(got.key(), want.key()) << i;
+  EXPECT_EQ(got.tenant(), want.tenant()) << i;
+  EXPECT_EQ(got.model, want.model) << i;
+  EXPECT_EQ(got.budget_ids(), want.budget_ids()) << i;
+  EXPECT_EQ(got.reserved_micro, want.reserved_micro) << i;
+  EXPECT_EQ(got.actual_micro, want.actual_micro) << i;
+  EXPECT_EQ(got.prompt_tokens, want.prompt_tokens) << i;
+  EXPECT_EQ(got.completion_tokens, want.completion_tokens) << i;
+  EXPECT_EQ(got.created_unix_ms, want.created_unix_ms) << i;
+  EXPECT_EQ(got.settled_unix_ms, want.settled_unix_ms) << i;
+  EXPECT_EQ(got.status, want.status) << i;
+}
+
+// Integers of every size, negative ones and the extremes included, and a settlement before its
+// creation (a clock stepped back) replay exactly; a record of the gateway's usual row is less
+// than two thirds of its version 1 size.
+TEST(CoveredJournal, IntegersOfEverySizeReplayExactly) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  const std::vector<std::int64_t> values = {0,
+                                            1,
+                                            -1,
+                                            63,
+                                            64,
+                                            -64,
+                                            -65,
+                                            127,
+                                            128,
+                                            1'767'225'600'000,
+                                            -1'767'225'600'000,
+                                            std::numeric_limits<std::int64_t>::max(),
+                                            std::numeric_limits<std::int64_t>::min()};
+  std::vector<LedgerCovered> rows;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    for (std::size_t k = 0; k < values.size(); k += 3) {
+      LedgerCovered r = row_of("r" + std::to_string(rows.size()), values[i]);
+      r.reserved_micro = values[k];
+      r.prompt_tokens = values[(i + k) % values.size()];
+      r.completion_tokens = values[(i + 2 * k + 1) % values.size()];
+      r.created_unix_ms = values[(k + 5) % values.size()];
+      r.settled_unix_ms = values[(i + 7) % values.size()];
+      r.status = (i + k) % 2 ? LedgerStatus::kReleased : LedgerStatus::kSettled;
+      rows.push_back(r);
+    }
+  }
+  {
+    auto j = open_journal(path, 1 << 20);
+    ASSERT_TRUE(j);
+    CoveredJournal::Position at;
+    for (const auto& r : rows) {
+      ASSERT_TRUE(j->append(r, at));
+      ASSERT_LE(CoveredJournal::record_bytes(r),
+                CoveredJournal::record_bytes(cost::LedgerCoveredText::of(r), r.lease_id.size()));
+    }
+  }
+  auto j = open_journal(path, 1 << 20);
+  ASSERT_TRUE(j);
+  const auto all = j->replay({});
+  ASSERT_EQ(all.size(), rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) expect_same_row(all[i].row, rows[i], i);
+  LedgerCovered usual = row_of("req_0193a4c5e6f7a1b2c3d4e5f6", 1'234);
+  usual.lease_id = "lease:1a2b3c4d5";
+  EXPECT_LT(CoveredJournal::record_bytes(usual) * 3, reference_record_v1(usual, 1, 1).size() * 2);
+}
+
+// The room an append asks for (from the row's strings, before its integers are known) holds its
+// record, whatever the strings' lengths and the integers' sizes.
+TEST(CoveredJournal, TheRoomAskedForHoldsTheRecord) {
+  for (std::size_t n : {0, 1, 63, 64, 127, 128, 200, 8'191, 16'383, 16'384, 20'000}) {
+    for (std::size_t budgets : {0, 1, 3, 200}) {
+      LedgerCovered r = row_of(std::string(n, 'r'), std::numeric_limits<std::int64_t>::min());
+      r.lease_id = std::string(n / 2, 'l');
+      r.model = std::string(n, 'm');
+      r.set_party(std::string(n, 'k'), std::string(n / 3, 't'),
+                  std::vector<std::string>(budgets, std::string(n / 4 + 127, 'b')));
+      r.reserved_micro = std::numeric_limits<std::int64_t>::min();
+      r.prompt_tokens = std::numeric_limits<std::int64_t>::max();
+      r.completion_tokens = -1;
+      r.created_unix_ms = std::numeric_limits<std::int64_t>::min();
+      r.settled_unix_ms = std::numeric_limits<std::int64_t>::max();
+      EXPECT_LE(CoveredJournal::record_bytes(r),
+                CoveredJournal::record_bytes(cost::LedgerCoveredText::of(r), r.lease_id.size()))
+          << n << " " << budgets;
+    }
+  }
+}
+
+// A version 1 file (left by an earlier build) is replayed with every field, wrap markers
+// included, and from a position; it takes no appends until reset(), which makes it version 2.
+// Writes the journal file at `path` as version 1 did, with generation `generation`: its header,
+// and records of `rows` after position `from` (with a wrap marker where the next record would
+// cross the ring's end), while they take at most `bytes`. Returns where each record ends.
+std::vector<CoveredJournal::Position> write_v1_journal(
+    const std::string& path, std::uint64_t capacity, std::uint64_t generation,
+    CoveredJournal::Position from, const std::vector<LedgerCovered>& rows, std::uint64_t bytes) {
+  std::vector<unsigned char> file(CoveredJournal::kHeaderBytes + capacity, 0);
+  const auto put64 = [&file](std::uint64_t at, std::uint64_t v) {
+    std::memcpy(file.data() + at, &v, 8);
+  };
+  put64(0, 0x314C4E524A574231ULL);  // "1BWJRNL1"
+  put64(8, 1);
+  put64(16, generation);
+  put64(24, capacity);
+  std::uint64_t pos = from.end;
+  std::uint64_t seq = from.seq + 1;
+  std::vector<CoveredJournal::Position> ends;
+  for (const auto& r : rows) {
+    const std::uint64_t size = reference_record_v1(r, generation, seq).size();
+    std::uint64_t off = pos % capacity;
+    if (capacity - off < size) {
+      if (capacity - off >= CoveredJournal::kRecordHeadV1) {
+        const std::uint64_t wrap_kind_len = std::uint64_t{2} << 32;
+        put64(CoveredJournal::kHeaderBytes + off, wrap_kind_len);
+        put64(CoveredJournal::kHeaderBytes + off + 8, seq);
+        put64(CoveredJournal::kHeaderBytes + off + 16,
+              CoveredJournal::checksum(generation, seq, 2, 0, nullptr, 0));
+        ++seq;
+      }
+      pos += capacity - off;
+      off = 0;
+    }
+    const auto rec = reference_record_v1(r, generation, seq);
+    std::memcpy(file.data() + CoveredJournal::kHeaderBytes + off, rec.data(), rec.size());
+    pos += rec.size();
+    ends.push_back({pos, seq});
+    ++seq;
+    if (pos - from.end > bytes) break;
+  }
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::pwrite(fd, file.data(), file.size(), 0), static_cast<ssize_t>(file.size()));
+  ::close(fd);
+  return ends;
+}
+
+TEST(CoveredJournal, AVersion1FileIsReplayedThenResetToVersion2) {
+  testing::TempDir dir;
+  const std::string path = dir.file("j.covered.0");
+  constexpr std::uint64_t kCapacity = 4'096;
+  constexpr std::uint64_t kGeneration = 0x5eed;
+  std::vector<LedgerCovered> rows;
+  for (int i = 0; i < 30; ++i) {
+    LedgerCovered r = row_of("req_" + std::to_string(1000 + i), 100 * i);
+    r.created_unix_ms = kJan1 + i;
+    r.settled_unix_ms = kJan1 + 10 * i;
+    if (i == 4) r.status = LedgerStatus::kReleased;
+    if (i % 3 == 0) r.set_party("key_b" + std::to_string(i), "beta", {"global/total"});
+    rows.push_back(r);
+  }
+  constexpr std::uint64_t kStart = 3'000;  // the first unapplied record: an end of a position
+  const auto ends =
+      write_v1_journal(path, kCapacity, kGeneration, {kStart, 40}, rows, kCapacity - 400);
+  ASSERT_GE(ends.size(), 10u);
+  ASSERT_LT(ends.back().end % kCapacity, kStart) << "no wrap";
+  auto j = open_journal(path, kCapacity);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->generation(), kGeneration);
+  const auto all = j->replay({kStart, 40});
+  ASSERT_EQ(all.size(), ends.size());
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    expect_same_row(all[i].row, rows[i], i);
+    EXPECT_EQ(all[i].at.end, ends[i].end) << i;
+    EXPECT_EQ(all[i].at.seq, ends[i].seq) << i;
+  }
+  EXPECT_EQ(ids_of(j->replay(ends[4])).size(), ends.size() - 5);
+  // Not appended to as it is: a version 2 record there would end a version 1 replay.
+  CoveredJournal::Position at;
+  EXPECT_FALSE(j->append(row_of("new", 1), at));
+  ASSERT_TRUE(j->reset(kCapacity).ok());
+  ASSERT_TRUE(j->append(row_of("new", 1), at));
+  j.reset();
+  auto again = open_journal(path, kCapacity);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(ids_of(again->replay({})), std::vector<std::string>{"new"});
 }
 
 // Request ids of every length (rows keep up to InlineId::kInline characters in themselves, longer
@@ -188,10 +420,10 @@ TEST(CoveredJournal, AppendedRecordsReplayWithEveryFieldAndFromAPosition) {
   ASSERT_EQ(ids_of(all), (std::vector<std::string>{"r0", "r1", "r2"}));
   const LedgerCovered& r = all[1].row;
   EXPECT_EQ(r.lease_id, "L1");
-  EXPECT_EQ(r.key_id, "key_a");
-  EXPECT_EQ(r.tenant_id, "acme");
+  EXPECT_EQ(r.key(), "key_a");
+  EXPECT_EQ(r.tenant(), "acme");
   EXPECT_EQ(r.model, "gpt-4.1");
-  EXPECT_EQ(r.budgets, (std::vector<std::string>{"key:key_a/total", "global/daily"}));
+  EXPECT_EQ(r.budget_ids(), (std::vector<std::string>{"key:key_a/total", "global/daily"}));
   EXPECT_EQ(r.reserved_micro, 10'000);
   EXPECT_EQ(r.actual_micro, 2'000);
   EXPECT_EQ(r.prompt_tokens, 3);
@@ -270,7 +502,12 @@ TEST(CoveredJournal, AFullJournalRefusesAndWrapsOnceApplied) {
   const std::string path = dir.file("j.covered.0");
   auto j = open_journal(path, 4'096);
   ASSERT_TRUE(j);
-  const std::uint64_t bytes = CoveredJournal::record_bytes(row_of("r000", 1));
+  // What each record takes, and the room an append needs free (the most its row can take).
+  const LedgerCovered sample = row_of("r000", 1);
+  const std::uint64_t used = CoveredJournal::record_bytes(sample);
+  const std::uint64_t room =
+      CoveredJournal::record_bytes(cost::LedgerCoveredText::of(sample), sample.lease_id.size());
+  ASSERT_GE(room, used);
   std::vector<CoveredJournal::Position> at;
   int n = 0;
   for (;; ++n) {
@@ -281,27 +518,28 @@ TEST(CoveredJournal, AFullJournalRefusesAndWrapsOnceApplied) {
     at.push_back(p);
   }
   ASSERT_GT(n, 5);
-  EXPECT_EQ(static_cast<std::uint64_t>(n), 4'096 / bytes);
-  EXPECT_FALSE(j->fits(bytes));
+  EXPECT_EQ(static_cast<std::uint64_t>(n), (4'096 - room) / used + 1);
+  EXPECT_FALSE(j->fits(room));
   // The first three applied: their room (and the end of the ring, past the last record) is
   // free again.
   j->set_applied(at[2].end);
-  EXPECT_TRUE(j->fits(bytes));
+  EXPECT_TRUE(j->fits(room));
   std::vector<std::string> expect;
   for (int i = 3; i < n; ++i) {
     char id[16];
     std::snprintf(id, sizeof id, "r%03d", i);
     expect.push_back(id);
   }
-  for (int k = 0; j->fits(bytes); ++k) {
+  for (int k = 0; j->fits(room); ++k) {
     CoveredJournal::Position p;
     char id[16];
     std::snprintf(id, sizeof id, "w%03d", k);
     ASSERT_TRUE(j->append(row_of(id, k), p));
     expect.push_back(id);
   }
-  EXPECT_EQ(expect.size(), static_cast<std::size_t>(n));
-  EXPECT_LE(j->head() % j->capacity(), 3 * bytes) << "the new records did not wrap";
+  // After the wrap, the records that leave room for one more in the three applied ones' room.
+  EXPECT_EQ(expect.size(), static_cast<std::size_t>(n) - 3 + (3 * used - room) / used + 1);
+  EXPECT_LE(j->head() % j->capacity(), 3 * used) << "the new records did not wrap";
   const CoveredJournal::Position applied = at[2];
   j.reset();
   auto again = open_journal(path, 4'096);
@@ -433,6 +671,48 @@ TEST(SqliteJournal, AKilledProcessesRowsAreReplayedExactlyOnce) {
     EXPECT_EQ(query_int(db, "SELECT reserved_micro FROM ledger WHERE request_id = 'L1'"),
               1'000'000 - kCommitted * 100 - kPending * 10);
     EXPECT_EQ(query_int(db, "SELECT actual_micro FROM ledger WHERE request_id = 'L1'"), 7);
+  }
+}
+
+// A version 1 journal that a process of an earlier build left (killed before its rows were
+// committed) is replayed into the ledger at the next start, exactly once, and then emptied as a
+// version 2 file.
+TEST(SqliteJournal, AVersion1JournalLeftByAnEarlierBuildIsReplayedOnce) {
+  testing::TempDir dir;
+  const std::string db = dir.file("ledger.db");
+  {
+    auto opened = SqliteLedger::open(options_of(db, 1));
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    ASSERT_TRUE(append_sync_lease(**opened, "L1").ok());
+  }
+  constexpr int kRows = 25;
+  std::vector<LedgerCovered> rows;
+  for (int i = 0; i < kRows; ++i) rows.push_back(row_of("p" + std::to_string(i), 10 + i));
+  const std::string journal = db + ".covered.0";
+  const auto ends = write_v1_journal(journal, 1 << 16, 0x5eed, {}, rows, 1 << 16);
+  ASSERT_EQ(ends.size(), static_cast<std::size_t>(kRows));
+  for (int round = 0; round < 2; ++round) {
+    auto opened = SqliteLedger::open(options_of(db, 1));
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    EXPECT_EQ((*opened)->replayed(), round == 0 ? static_cast<std::uint64_t>(kRows) : 0u);
+    opened->reset();
+    EXPECT_EQ(query_int(db, "SELECT COUNT(*) FROM ledger WHERE lease = 0"), kRows);
+    EXPECT_EQ(query_int(db, "SELECT SUM(actual_micro) FROM ledger WHERE lease = 0"),
+              kRows * 10 + kRows * (kRows - 1) / 2);
+    EXPECT_EQ(query_int(db, "SELECT reserved_micro FROM ledger WHERE request_id = 'L1'"),
+              1'000'000 - kRows * 10 - kRows * (kRows - 1) / 2);
+    EXPECT_EQ(query_int(db,
+                        "SELECT COUNT(*) FROM ledger WHERE request_id = 'p7' AND"
+                        " key_id = 'key_a' AND tenant_id = 'acme' AND model = 'gpt-4.1' AND"
+                        " prompt_tokens = 3 AND completion_tokens = 4 AND status = 'settled'"),
+              1);
+    // Emptied as a version 2 file.
+    const int fd = ::open(journal.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    std::uint64_t version = 0;
+    EXPECT_EQ(::pread(fd, &version, 8, 8), 8);
+    ::close(fd);
+    EXPECT_EQ(version, 2u);
   }
 }
 

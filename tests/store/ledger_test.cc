@@ -763,10 +763,8 @@ LedgerCovered covered_row(std::string id, std::string lease_id, const std::strin
   LedgerCovered c;
   c.request_id = std::move(id);
   c.lease_id = std::move(lease_id);
-  c.key_id = "key_a";
-  c.tenant_id = "acme";
+  c.set_party("key_a", "acme", {budget});
   c.model = "gpt-4.1";
-  c.budgets = {budget};
   c.reserved_micro = 10'000;
   c.actual_micro = actual;
   c.prompt_tokens = 3;
@@ -1022,6 +1020,25 @@ TEST(SqliteWriterPieces, APassiveCheckpointCopiesItsPagesInPieces) {
   }
   EXPECT_GT(ledger.checkpoints(), 0u);
   EXPECT_GT(ledger.checkpoint_yields(), 0u);
+}
+
+// A covered row's queue item (the row, in the variant of records, and its callback) is what the
+// event loop writes and the writer reads per covered request: four cache lines.
+TEST(LedgerQueueItems, ACoveredRowsItemTakesFourCacheLines) {
+  EXPECT_LE(sizeof(LedgerQueue::Item), std::size_t{256});
+}
+
+// A covered row without a party has an empty key, tenant and budget list; set_party() gives it
+// one of its own.
+TEST(LedgerQueueItems, ACoveredRowsStringsAreItsParty) {
+  LedgerCovered c;
+  EXPECT_EQ(c.key(), "");
+  EXPECT_EQ(c.tenant(), "");
+  EXPECT_TRUE(c.budget_ids().empty());
+  c.set_party("key_a", "acme", {"global/total"});
+  EXPECT_EQ(c.key(), "key_a");
+  EXPECT_EQ(c.tenant(), "acme");
+  EXPECT_EQ(c.budget_ids(), std::vector<std::string>{"global/total"});
 }
 
 TEST(SqliteLeases, CoveredRowsLowerTheLeaseAndRecoveryCountsItExactly) {
@@ -1430,10 +1447,8 @@ TEST(SqliteBatches, RowsWithAndWithoutSharedStringsKeepTheirOwnColumns) {
   for (int i = 0; i < kRows; ++i) {
     const Strings s = strings(i);
     LedgerCovered c = covered_row(id_of("c", i), "lease:s-1", "", 10 + i);
-    c.key_id = s.key;
-    c.tenant_id = s.tenant;
+    c.set_party(s.key, s.tenant, s.budgets);
     c.model = s.model;
-    c.budgets = s.budgets;
     c.prompt_tokens = i;
     c.completion_tokens = 2 * i;
     c.created_unix_ms = kJan1 + 100 + i;
@@ -1552,9 +1567,9 @@ std::string row_text(const LedgerRow& r) {
 }
 
 // One batch of more covered rows than one statement takes, in runs of two parties, one run with
-// a released row and one row without a party: every statement's rows keep every column, and a
-// row whose id is taken in the batch (in a later statement than the first) keeps its spend on
-// the lease row while the rows after it are written.
+// a released row and one row with a party of its own: every statement's rows keep every column, and
+// a row whose id is taken in the batch (in a later statement than the first) keeps its spend on the
+// lease row while the rows after it are written.
 TEST(SqliteBatches, ABatchOfManyCoveredRowsKeepsEveryColumnOfEveryRow) {
   TempSqliteLedger db("bw_batch_many");
   ASSERT_TRUE(db.ledger) << db.error;
@@ -1568,7 +1583,7 @@ TEST(SqliteBatches, ABatchOfManyCoveredRowsKeepsEveryColumnOfEveryRow) {
   constexpr int kTaken = 150;  // reuses row 7's id
   auto party_of = [&](int i) { return (i / 50) % 2 == 0 ? first : second; };
   auto released = [](int i) { return i == 70; };
-  auto bare = [](int i) { return i == 120; };  // its own strings, no party
+  auto bare = [](int i) { return i == 120; };  // a party of its own, not shared
   auto model_of = [](int i) { return std::string(i % 40 == 39 ? "gpt-5" : "gpt-4.1"); };
   auto id = [&](int i) { return id_of("m", i == kTaken ? 7 : i); };
   std::atomic<int> ok{0};
@@ -1579,9 +1594,7 @@ TEST(SqliteBatches, ABatchOfManyCoveredRowsKeepsEveryColumnOfEveryRow) {
     c.request_id = id(i);
     c.lease_id = "lease:m-1";
     if (bare(i)) {
-      c.key_id = "key_r";
-      c.tenant_id = "gamma";
-      c.budgets = {"global/total"};
+      c.set_party("key_r", "gamma", {"global/total"});  // a party of its own
     } else {
       c.party = party_of(i);
     }
