@@ -105,9 +105,9 @@ void record_metrics(Ctx& c, std::string_view request_path, Nanos now) {
   }
 }
 
-void write_access_log(Ctx& c) {
+// `now`: the clock's time at the request's end.
+void write_access_log(Ctx& c, Nanos now) {
   const std::string_view request_path = c.req.path();
-  const Nanos now = c.now();
   record_metrics(c, request_path, now);
   if (!c.sh.access_log->enabled()) return;
   // The usual request has no outcome to label: no call, an empty string.
@@ -184,10 +184,10 @@ asio::awaitable<void> dead_letter(Ctx& c) {
   if (!r) spdlog::error("dead-letter queue: {}", r.error().message);
 }
 
-// The end of every finish: once per request.
-void close_request(Ctx& c) {
+// The end of every finish: once per request, at `now` (the clock's time).
+void close_request(Ctx& c, Nanos now) {
   tracing::finish(c);
-  write_access_log(c);
+  write_access_log(c, now);
   c.finished = true;
   c.sh.finished.fetch_add(1, std::memory_order_relaxed);
 }
@@ -195,23 +195,25 @@ void close_request(Ctx& c) {
 }  // namespace
 
 // Everything without a coroutine when nothing needs awaiting (in-process limits, no budget
-// hold, no dead letter): the common case.
+// hold, no dead letter): the common case. It awaits nothing, so one reading of the clock serves
+// the limits' settlement, the metrics and the access log.
 std::optional<Verdict> finish::try_now(Ctx& c) {
   if (c.finished) return Ok{};
-  if (!phase_rate_limit::settle_now(c)) return std::nullopt;
+  const Nanos now = c.now();
+  if (!phase_rate_limit::settle_now(c, now)) return std::nullopt;
   phase_cost::compute_cost(c);
   if (phase_cost::settle_needed(c) || dead_letter_needed(c) || phase_cache::store_needed(c))
     return std::nullopt;
   phase_cache::release(c);
   c.permit.release();
   settle_rate_tokens(c);
-  close_request(c);
+  close_request(c, now);
   return Ok{};
 }
 
 asio::awaitable<Verdict> finish::run(Ctx& c) {
   if (c.finished) co_return Ok{};
-  if (!phase_rate_limit::settle_now(c)) co_await phase_rate_limit::settle(c);
+  if (!phase_rate_limit::settle_now(c, c.now())) co_await phase_rate_limit::settle(c);
   phase_cost::compute_cost(c);
   if (phase_cost::settle_needed(c)) co_await phase_cost::settle(c);
   if (phase_cache::store_needed(c)) {
@@ -222,7 +224,7 @@ asio::awaitable<Verdict> finish::run(Ctx& c) {
   c.permit.release();
   settle_rate_tokens(c);
   if (dead_letter_needed(c)) co_await dead_letter(c);
-  close_request(c);
+  close_request(c, c.now());
   co_return Ok{};
 }
 

@@ -187,12 +187,13 @@ boost::asio::awaitable<Verdict> phase_rate_limit::run(Ctx& c) {
   }
 }
 
-bool phase_rate_limit::settle_now(Ctx& c) {
+bool phase_rate_limit::settle_now(Ctx& c, Nanos now) {
   const auto& r = c.verdict->reservation;
   if (r.token_limits.empty() || r.settled) return true;
   if (c.sh.limiter->remote()) return false;
   c.sh.limiter->settle(c.verdict.mut().reservation,
-                       c.usage.prompt_tokens + c.usage.completion_tokens, c.sh.limiter_now());
+                       c.usage.prompt_tokens + c.usage.completion_tokens,
+                       now + c.sh.limiter_clock_offset);  // as limiter_now() at `now`
   return true;
 }
 

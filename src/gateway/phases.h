@@ -69,8 +69,9 @@ namespace phase_rate_limit {
 std::optional<Verdict> try_now(Ctx& c);
 boost::asio::awaitable<Verdict> run(Ctx& c);
 // finish: the token reservation corrected to the real usage. settle_now settles in-process
-// limits (or finds nothing to settle) and returns true; false when settle() must be awaited.
-bool settle_now(Ctx& c);
+// limits (or finds nothing to settle) at `now`, the gateway clock's time (c.now()), and returns
+// true; false when settle() must be awaited.
+bool settle_now(Ctx& c, Nanos now);
 boost::asio::awaitable<void> settle(Ctx& c);
 }  // namespace phase_rate_limit
 
