@@ -778,15 +778,13 @@ struct Skeleton {
       // compared at once, and then it is that value.
       if (hole.count == nullptr && hole.at + hole.len < bytes.size()) {
         const std::size_t with = same + hole.len + 1;
-        if (static_cast<std::size_t>(end - p) >= with &&
-            same_text(std::string_view(p, with), std::string_view(t + from, with))) {
+        if (static_cast<std::size_t>(end - p) >= with && same_bytes(p, t + from, with)) {
           p += same + hole.len;
           from = hole.at + hole.len;
           continue;
         }
       }
-      if (static_cast<std::size_t>(end - p) <= same ||
-          !same_text(std::string_view(p, same), std::string_view(t + from, same))) {
+      if (static_cast<std::size_t>(end - p) <= same || !same_bytes(p, t + from, same)) {
         return false;
       }
       p += same;
@@ -818,8 +816,7 @@ struct Skeleton {
     }
     const std::size_t left = bytes.size() - from;
     if (static_cast<std::size_t>(end - p) < left + (whole ? 0 : 1) ||
-        (whole && static_cast<std::size_t>(end - p) != left) ||
-        !same_text(std::string_view(p, left), std::string_view(t + from, left))) {
+        (whole && static_cast<std::size_t>(end - p) != left) || !same_bytes(p, t + from, left)) {
       return false;
     }
     matched = static_cast<std::size_t>(p - data.data()) + left;
