@@ -114,12 +114,12 @@ constexpr std::array<std::string_view, 3> kForwardResponseHeaders = {
 static_assert(std::ranges::all_of(kForwardResponseHeaders,
                                   [](std::string_view n) { return n.size() >= 8; }));
 
-// `lines` holds the head's first lines, in pieces (http::OutboundRequest::head_lines): views of
-// literals, the request id and the provider's own lines, which outlive the send.
-http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::string body,
-                                             std::string_view target, tracing::SpanRef attempt,
-                                             std::array<std::string_view, 3>& lines) {
-  http::OutboundRequest out;
+// Fills `out`, made where it is sent from (no copy of it is moved there). `lines` holds the
+// head's first lines, in pieces (http::OutboundRequest::head_lines): views of literals, the
+// request id and the provider's own lines, which outlive the send. `body` is taken unless empty.
+void build_upstream_request(Ctx& c, const Deployment& d, std::string& body, std::string_view target,
+                            tracing::SpanRef attempt, std::array<std::string_view, 3>& lines,
+                            http::OutboundRequest& out) {
   out.method = "POST";
   // A view: `target` (the caller's UpstreamBody) and the Deployment outlive the send.
   out.target = target.empty() ? std::string_view(target_for(d, c.llm.endpoint)) : target;
@@ -144,9 +144,8 @@ http::OutboundRequest build_upstream_request(Ctx& c, const Deployment& d, std::s
     if (auto v = c.req.header(name); !v.empty()) out.headers.add(name, v);
   }
   tracing::add_upstream_headers(c, attempt, out.headers);
-  out.body = std::move(body);
+  if (!body.empty()) out.body = std::move(body);
   out.cancel = &c.upstream_cancel;
-  return out;
 }
 
 // Header names against names of at least 8 bytes, ignoring ASCII case: http::iequals_words
@@ -990,8 +989,9 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   if (c.completion_cap > 0 && c.price) {
     c.forced_max_tokens = cost::completion_token_limit(*c.price, c.completion_cap);
   }
-  a.call = UpstreamBody{};
-  Result<std::string> body = std::string();
+  // A previous attempt's; the first attempt's is as made.
+  if (c.attempts > 0) a.call = UpstreamBody{};
+  std::string body;
   bool spliced = false;
   if (fast && providers::splice_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
                                         c.forced_max_tokens, a.splice.body)) {
@@ -999,12 +999,13 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
     spliced = true;
     a.call.passthrough = true;
   } else if (fast) {
-    body = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model, c.llm.stream,
-                                      c.forced_max_tokens);
-    if (!body) {
-      verdict = body.error();
+    auto rewritten = providers::rewrite_request(c.req.body, c.llm.layout, dep_cfg.model,
+                                                c.llm.stream, c.forced_max_tokens);
+    if (!rewritten) {
+      verdict = rewritten.error();
       return Next::kDone;
     }
+    body = std::move(rewritten.value());
     a.call.passthrough = true;
   } else {
     auto prepared = upstream_body(c.inbound, c.req.body, c.canon, d->provider->wire, dep_cfg.model,
@@ -1034,8 +1035,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   a.fast = fast;
   a.sent_at = now;
   a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
-  a.out.emplace(
-      build_upstream_request(c, *d, std::move(body.value()), a.call.target, a.span, a.out_lines));
+  build_upstream_request(c, *d, body, a.call.target, a.span, a.out_lines, a.out.emplace());
   if (spliced) a.out->body_pieces = std::span(a.splice.body.pieces.data(), a.splice.body.count);
   return Next::kSend;
 }
