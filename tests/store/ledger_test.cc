@@ -1570,6 +1570,49 @@ std::string row_text(const LedgerRow& r) {
 // a released row and one row with a party of its own: every statement's rows keep every column, and
 // a row whose id is taken in the batch (in a later statement than the first) keeps its spend on the
 // lease row while the rows after it are written.
+// The writer's page cache is small (256 KiB): a group commit that dirties more pages than it holds
+// (here ~2,000 rows of ~300 bytes or more in one batch, over 150 pages) spills pages to the WAL
+// before its end, and still commits every row, with the lease lowered by them all.
+TEST(SqliteBatches, ABatchLargerThanTheWritersPageCacheCommitsEveryRow) {
+  TempSqliteLedger db("bw_batch_spill");
+  ASSERT_TRUE(db.ledger) << db.error;
+  auto& ledger = *db.ledger;
+  const std::string budget = key_budget_id("key_p", BudgetPeriod::kTotal);
+  ASSERT_TRUE(append_lease(ledger, "lease:s-1", "key_p", budget).ok());
+  const auto party = std::make_shared<const LedgerParty>(LedgerParty{"key_p", "acme", {budget}});
+  constexpr int kRows = 6'000;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kRows; ++i) {
+    LedgerCovered c;
+    c.request_id = id_of("s", i);
+    c.lease_id = "lease:s-1";
+    c.party = party;
+    c.model = std::string(200, 'm') + std::to_string(i % 7);
+    c.reserved_micro = 50;
+    c.actual_micro = 1 + i % 3;
+    c.created_unix_ms = kJan1 + i;
+    c.settled_unix_ms = kJan1 + i + 1;
+    ASSERT_TRUE(ledger.append_covered(
+        std::move(c), [&](const Result<Ok>& r) { ok += r.ok(); }, Ledger::Wake::kDeferred));
+  }
+  ledger.flush();
+  EXPECT_EQ(ok.load(), kRows);
+  EXPECT_GE(ledger.stats().max_batch, 2'048u);
+  Micros lowered = 0;
+  for (int i = 0; i < kRows; ++i) lowered += 1 + i % 3;
+  auto report = ledger.spend_report(SpendGroup::kKey, 0, kJan1 + kRows + 10);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->size(), 1u);
+  EXPECT_EQ((*report)[0].requests, kRows);
+  EXPECT_EQ((*report)[0].actual_micro, lowered);
+  auto l = ledger.find("lease:s-1");
+  ASSERT_TRUE(l.ok() && l->has_value());
+  EXPECT_EQ((*l)->reserved_micro, 1'000'000 - lowered);
+  auto last = ledger.find(id_of("s", kRows - 1));
+  ASSERT_TRUE(last.ok() && last->has_value());
+  EXPECT_EQ((*last)->model, std::string(200, 'm') + std::to_string((kRows - 1) % 7));
+}
+
 TEST(SqliteBatches, ABatchOfManyCoveredRowsKeepsEveryColumnOfEveryRow) {
   TempSqliteLedger db("bw_batch_many");
   ASSERT_TRUE(db.ledger) << db.error;
