@@ -98,11 +98,88 @@ struct UpstreamResponse::Impl {
   std::size_t canned_next = 0;
   bool done = false;
   bool failed = false;
+  bool pooled = false;  // it has been in the pool: a request on it may find it closed
   // read_all's body, filled by the parser's sink, while reading_all.
   std::string all;
   bool reading_all = false;
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
+
+  // Takes the request of an attempt: false (nothing done) when it is cancelled.
+  bool start(const OutboundRequest& request, const UpstreamOptions& opt) {
+    if (UpstreamCancel* const handle = request.cancel) {
+      if (handle->cancelled()) return false;
+      handle->conn_ = this;
+      cancel = handle;
+    }
+    timeouts = opt.timeouts;
+    limits = opt.pool;
+    done = false;
+    failed = false;
+    reading_all = false;
+    return true;
+  }
+
+  // A small body is written behind the head from its buffer; a larger one from where it is (a
+  // gather write), not copied into the connection's buffer. A body in pieces (a client's body
+  // with members replaced) is copied behind the head unless it is one piece: Asio gathers two
+  // buffers in place, more through a 64-entry array in the operation, which costs more than
+  // the copy into this buffer (sent and given back to the stash at once, so its lines are
+  // warm again for the next request).
+  static bool inline_body(const OutboundRequest& request, std::size_t body_size) {
+    return body_size <= 256 || request.body_pieces.size() > 1 ||
+           (!request.body_pieces.empty() && !request.body.empty());
+  }
+  // The request's bytes as written: the buffer's, and the body's from where it is unless it is
+  // in the buffer.
+  std::array<asio::const_buffer, 2> request_buffers(const OutboundRequest& request) const {
+    if (inline_body(request, request.body_size())) return {asio::buffer(out), {}};
+    const std::string_view body =
+        request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
+    return {asio::buffer(out), asio::buffer(body.data(), body.size())};
+  }
+
+  // write_request's result when it settled the write.
+  static constexpr std::size_t kSettled = static_cast<std::size_t>(-1);
+  // Prepares the answer's parser and writes the request as far as the socket takes it at once
+  // (common/asio_direct.h's write_now; a TLS connection's, none). kSettled when that settled
+  // the write, with `ec` its error; otherwise the bytes written, and write_rest writes the rest.
+  std::size_t write_request(const Endpoint& ep, const OutboundRequest& request,
+                            beast::error_code& ec) {
+    out.clear();
+    const std::size_t body_size = request.body_size();
+    const bool inline_b = inline_body(request, body_size);
+    std::size_t lines_size = request.headers.wire().size();
+    for (const auto l : request.head_lines) lines_size += l.size();
+    // At least the answer head's room: the buffer takes the answer's head once sent.
+    stash::room(
+        out, std::max(kAnswerHeadRoom, kHeadRoom + ep.host_header.size() + request.target.size() +
+                                           lines_size + (inline_b ? body_size : 0)));
+    wire::append_request_head(out, request.method, request.target, ep.host_header,
+                              request.head_lines, request.headers, body_size);
+    parser.emplace(headers);
+    parser->header_limit(64 * 1024);
+    parser->body_limit(boost::none);
+    std::array<asio::const_buffer, 2> b{};
+    if (inline_b) {
+      out.append(request.body);
+      for (auto p : request.body_pieces) out.append(p);
+      b[0] = asio::buffer(out);
+    } else {
+      b = request_buffers(request);
+    }
+    std::size_t written = 0;
+    if (tls || !write_now(plain->native_handle(), b, ec, written)) return written;
+    return kSettled;
+  }
+
+  // Sent (or failed): the answer's head gets a buffer of its own, and the request's goes back
+  // to the thread's stash at once, warm, for the next request's head (and body) on the thread:
+  // kept for the answer's head, it would go back only after the answer, long cold.
+  void written() {
+    headers.reserve(kAnswerHeadRoom);
+    stash::release(out);
+  }
 
   // Whether the parser has what a call asks for: the head, or the whole message.
   bool finished(bool header_only) const {
@@ -338,6 +415,7 @@ struct ClientPool::State {
       return;
     }
     c->last_used = coarse_now();
+    c->pooled = true;
     c->parser.reset();
     // An idle connection keeps no buffer but its socket's: the answer's headers go back to
     // the thread's stash, for the next request on any connection.
@@ -715,131 +793,126 @@ asio::awaitable<bool> wait_for_slot(ClientPool::State::Host& host, const PoolLim
 
 }  // namespace
 
+namespace {
+
+Error cancelled_error() {
+  return make_error(499, "upstream_error", std::string(kUpstreamCancelled),
+                    "the client closed the connection; the upstream request was cancelled");
+}
+
+// A connection for an attempt when the pool has no idle one: one that comes back within the
+// pool's bounds (wait_for_slot), or a new one. A coroutine of its own, as the rare paths of an
+// attempt are: send()'s frame, held across the upstream's answer, keeps none of their state.
+asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> open_or_wait(
+    ClientPool::State& st, ClientPool::State::Host& host, const Endpoint& ep,
+    const UpstreamOptions& opt) {
+  // Every slot busy: wait (FIFO, bounded in count and time) for one to come back.
+  if (host.open >= opt.pool.max_connections) {
+    if (!co_await wait_for_slot(host, opt.pool, opt.timeouts.connect)) {
+      co_return make_error(503, "upstream_error", std::string(kUpstreamConnectionLimit),
+                           "all " + std::to_string(opt.pool.max_connections) +
+                               " connections of this worker to " + ep.host +
+                               " are busy; retry later");
+    }
+    if (auto conn = st.take(host, opt.pool)) co_return std::move(conn);
+  }
+  ++host.open;  // counted while connecting, so concurrent connects respect the bound
+  auto c = co_await connect(st, ep, opt.timeouts);
+  if (!c) {
+    if (host.open > 0) --host.open;
+    co_return c.error();
+  }
+  c.value()->pool = &st;
+  c.value()->key = &host.key;
+  co_return std::move(c);
+}
+
+// The rest of a request's write that write_request() began: every byte after the `written`
+// first, under the connect + first-byte deadline. The write's error (a deadline that passed reads
+// as beast::error::timeout).
+asio::awaitable<beast::error_code> write_rest(UpstreamResponse::Impl& c,
+                                              const OutboundRequest& request, std::size_t written,
+                                              Nanos timeout) {
+  auto b = c.request_buffers(request);
+  drop_written(b, written);
+  c.deadline.arm(timeout);
+  auto [ec, n] = co_await c.write_op(b);
+  if (c.deadline.expired()) ec = beast::error::timeout;
+  co_return ec;
+}
+
+// The end of an attempt that failed with `ec` in `phase`: the connection is closed (its pool
+// slot released). Nothing when the attempt is to be made again on a fresh connection.
+std::optional<Result<UpstreamResponse>> failed_attempt(
+    std::unique_ptr<UpstreamResponse::Impl>& conn, const OutboundRequest& request, bool first,
+    const beast::error_code& ec, const char* phase) {
+  // A pooled connection the server already closed fails before any response byte; that request
+  // never reached the server, so it is sent once more on a fresh connection.
+  const bool again = first && conn->pooled && stale_connection_error(ec);
+  conn->failed = true;
+  UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
+  if (request.cancel && request.cancel->cancelled()) {
+    return Result<UpstreamResponse>(cancelled_error());
+  }
+  if (again) return std::nullopt;
+  return Result<UpstreamResponse>(classify(ec, phase));
+}
+
+}  // namespace
+
+// The frame of this coroutine is held across the upstream's answer, the longest wait of a
+// request: at hundreds of requests in flight it is cold when the answer comes. It keeps the
+// connection, the attempt and the read of the answer's head; the rest of an attempt runs in
+// functions, and its rare paths (a connection to open or to wait for, a write that the socket
+// did not take at once) in coroutines of their own.
 asio::awaitable<Result<UpstreamResponse>> ClientPool::send(const Endpoint& ep,
                                                            const OutboundRequest& request,
                                                            const UpstreamOptions& opt) {
-  auto& st = *state_;
-  auto& host = st.host(ep.key);
-  const auto& t = opt.timeouts;
-
-  // A pooled connection the server already closed fails before any response byte; that request
-  // never reached the server, so it is sent once more on a fresh connection.
-  UpstreamCancel* const cancel = request.cancel;
-  auto cancelled_error = [] {
-    return make_error(499, "upstream_error", std::string(kUpstreamCancelled),
-                      "the client closed the connection; the upstream request was cancelled");
-  };
+  auto& host = state_->host(ep.key);
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (cancel && cancel->cancelled_) co_return cancelled_error();
-    std::unique_ptr<UpstreamResponse::Impl> conn = st.take(host, opt.pool);
-    // Every slot busy: wait (FIFO, bounded in count and time) for one to come back.
-    if (!conn && host.open >= opt.pool.max_connections) {
-      if (!co_await wait_for_slot(host, opt.pool, t.connect)) {
-        co_return make_error(503, "upstream_error", std::string(kUpstreamConnectionLimit),
-                             "all " + std::to_string(opt.pool.max_connections) +
-                                 " connections of this worker to " + ep.host +
-                                 " are busy; retry later");
-      }
-      conn = st.take(host, opt.pool);
-    }
-    const bool reused = conn != nullptr;
+    if (request.cancel && request.cancel->cancelled()) co_return cancelled_error();
+    std::unique_ptr<UpstreamResponse::Impl> conn = state_->take(host, opt.pool);
     if (!conn) {
-      ++host.open;  // counted while connecting, so concurrent connects respect the bound
-      auto c = co_await connect(st, ep, t);
-      if (!c) {
-        if (host.open > 0) --host.open;
-        co_return c.error();
-      }
+      auto c = co_await open_or_wait(*state_, host, ep, opt);
+      if (!c) co_return c.error();
       conn = std::move(c.value());
-      conn->pool = &st;
-      conn->key = &host.key;
     }
-    if (cancel) {
-      if (cancel->cancelled_) {
-        UpstreamResponse{std::move(conn)};  // back to the pool (or closed), nothing sent
-        co_return cancelled_error();
-      }
-      cancel->conn_ = conn.get();
-      conn->cancel = cancel;
-    }
-    auto& c = *conn;
-    c.timeouts = t;
-    c.limits = opt.pool;
-    c.done = false;
-    c.failed = false;
-    c.reading_all = false;
-    c.out.clear();
-    // A small body behind the head in one buffer; a larger one written from where it is (a
-    // gather write), not copied into the connection's buffer. A body in pieces (a client's body
-    // with members replaced) is copied behind the head unless it is one piece: Asio gathers two
-    // buffers in place, more through a 64-entry array in the operation, which costs more than
-    // the copy into this buffer (sent and given back to the stash at once, so its lines are
-    // warm again for the next request).
-    const std::size_t body_size = request.body_size();
-    const bool inline_body = body_size <= 256 || request.body_pieces.size() > 1 ||
-                             (!request.body_pieces.empty() && !request.body.empty());
-    std::size_t lines_size = request.headers.wire().size();
-    for (const auto l : request.head_lines) lines_size += l.size();
-    // At least the answer head's room: the buffer takes the answer's head once sent.
-    stash::room(
-        c.out, std::max(kAnswerHeadRoom, kHeadRoom + ep.host_header.size() + request.target.size() +
-                                             lines_size + (inline_body ? body_size : 0)));
-    wire::append_request_head(c.out, request.method, request.target, ep.host_header,
-                              request.head_lines, request.headers, body_size);
-    c.parser.emplace(c.headers);
-    c.parser->header_limit(64 * 1024);
-    c.parser->body_limit(boost::none);
-
-    std::array<asio::const_buffer, 2> b{asio::buffer(c.out), asio::const_buffer()};
-    if (inline_body) {
-      c.out.append(request.body);
-      for (auto p : request.body_pieces) c.out.append(p);
-      b[0] = asio::buffer(c.out);
-    } else {
-      const std::string_view body =
-          request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
-      b[1] = asio::buffer(body.data(), body.size());
+    if (!conn->start(request, opt)) {
+      UpstreamResponse{std::move(conn)};  // back to the pool (or closed), nothing sent
+      co_return cancelled_error();
     }
     // A plain connection takes the request at once unless its send buffer is full (a
     // suspension, the write's operation and its deadline saved: common/asio_direct.h's
     // write_now); the rest, or a TLS connection's request, is written asynchronously under the
     // deadline. A response whose head never comes is bounded by connect + first byte from there.
-    beast::error_code wec;
-    std::size_t now_written = 0;
-    if (c.tls || !write_now(c.plain->native_handle(), b, wec, now_written)) {
-      c.deadline.arm(t.connect + t.first_byte);
-      std::tie(wec, std::ignore) = co_await c.write_op(b);
-      if (c.deadline.expired()) wec = beast::error::timeout;
+    beast::error_code ec;
+    if (const std::size_t written = conn->write_request(ep, request, ec);
+        written != UpstreamResponse::Impl::kSettled) {
+      ec = co_await write_rest(*conn, request, written,
+                               opt.timeouts.connect + opt.timeouts.first_byte);
     }
-    // Sent: the answer's head gets a buffer of its own, and the request's goes back to the
-    // thread's stash at once, warm, for the next request's head (and body) on the thread: kept
-    // for the answer's head, it would go back only after the answer, long cold.
-    c.headers.reserve(kAnswerHeadRoom);
-    stash::release(c.out);
-    if (wec) {
-      c.failed = true;
-      UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
-      if (cancel && cancel->cancelled_) co_return cancelled_error();
-      if (reused && attempt == 0 && stale_connection_error(wec)) continue;
-      co_return classify(wec, "write");
+    conn->written();
+    if (ec) {
+      if (auto end = failed_attempt(conn, request, attempt == 0, ec, "write")) {
+        co_return std::move(*end);
+      }
+      continue;
     }
-    c.deadline.arm(t.first_byte);
-    beast::error_code hec;
-    if (!c.settle(UpstreamResponse::Impl::Until::kHead, hec)) {
+    conn->deadline.arm(opt.timeouts.first_byte);
+    if (!conn->settle(UpstreamResponse::Impl::Until::kHead, ec)) {
       for (;;) {
-        const auto r = co_await c.read_op();
-        if (c.received(UpstreamResponse::Impl::Until::kHead, r, hec)) break;
+        const auto r = co_await conn->read_op();
+        if (conn->received(UpstreamResponse::Impl::Until::kHead, r, ec)) break;
       }
     }
-    c.deadline.disarm();
-    if (hec) {
-      c.failed = true;
-      UpstreamResponse{std::move(conn)};  // closes it and releases its pool slot
-      if (cancel && cancel->cancelled_) co_return cancelled_error();
-      if (reused && attempt == 0 && stale_connection_error(hec)) continue;
-      co_return classify(hec, "response");
+    conn->deadline.disarm();
+    if (ec) {
+      if (auto end = failed_attempt(conn, request, attempt == 0, ec, "response")) {
+        co_return std::move(*end);
+      }
+      continue;
     }
-    if (c.parser->is_done()) c.done = true;
+    if (conn->parser->is_done()) conn->done = true;
     co_return UpstreamResponse(std::move(conn));
   }
   co_return upstream_error(kUpstreamReset, "upstream closed the connection");

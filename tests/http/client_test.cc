@@ -634,6 +634,64 @@ TEST(ClientPool, StaleKeptAliveConnectionIsRetriedOnce) {
   EXPECT_TRUE(server.requests[1].ends_with("{\"i\":1}"));
 }
 
+// A request cancelled before it is sent is not sent (its pooled connection stays pooled); one
+// cancelled while it waits for the answer's head ends at once, its connection dropped.
+TEST(ClientPool, ACancelledRequestIsNotSentAndACancelEndsTheWaitForTheAnswer) {
+  asio::io_context ioc;
+  // Answers the first request, never the next ones.
+  TestServer server(ioc, [](TestServer& srv, TestServer::Socket s) -> asio::awaitable<void> {
+    std::string buf;
+    for (int n = 0; auto req = co_await TestServer::read_request(*s, buf); ++n) {
+      srv.requests.push_back(*req);
+      if (n == 0 && !co_await TestServer::write(*s, kHello)) break;
+    }
+  });
+  ClientPool pool;
+  const auto ep = Endpoint::make(false, "127.0.0.1", server.port(), "");
+  auto opt = fast_options();
+  opt.timeouts.first_byte = seconds(30);
+  std::chrono::steady_clock::duration took{};
+  run(ioc, &server, [&]() -> asio::awaitable<void> {
+    {
+      auto r = co_await pool.send(ep, post("/a", "{}"), opt);
+      EXPECT_TRUE(r && co_await r->read_all(1024));
+    }
+    EXPECT_EQ(pool.idle_connections(), 1u);
+    UpstreamCancel before;
+    before.cancel();
+    auto req = post("/b", "{}");
+    req.cancel = &before;
+    auto r = co_await pool.send(ep, req, opt);
+    EXPECT_FALSE(r);
+    if (!r) {
+      EXPECT_EQ(r.error().code, kUpstreamCancelled);
+    }
+    EXPECT_EQ(server.requests.size(), 1u);
+    EXPECT_EQ(pool.idle_connections(), 1u);
+
+    UpstreamCancel waiting;
+    req = post("/c", "{}");
+    req.cancel = &waiting;
+    asio::co_spawn(
+        co_await asio::this_coro::executor,
+        [&]() -> asio::awaitable<void> {
+          co_await sleep_for(milliseconds(50));
+          waiting.cancel();
+        },
+        asio::detached);
+    const auto t0 = std::chrono::steady_clock::now();
+    r = co_await pool.send(ep, req, opt);
+    took = std::chrono::steady_clock::now() - t0;
+    EXPECT_FALSE(r);
+    if (!r) {
+      EXPECT_EQ(r.error().code, kUpstreamCancelled);
+    }
+  });
+  EXPECT_EQ(server.requests.size(), 2u);
+  EXPECT_EQ(pool.idle_connections(), 0u);
+  EXPECT_LT(took, std::chrono::seconds(10));  // generous: the answer's own wait is 30 s
+}
+
 TEST(ClientPool, MaxConnectionsReachedIs503) {
   asio::io_context ioc;
   TestServer server(ioc, TestServer::respond_with(std::string(kHello)));
