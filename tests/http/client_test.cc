@@ -1376,9 +1376,12 @@ TEST(ClientPool, TlsUpstreamGetsEveryRequestWholeOnAKeptConnection) {
   std::string big(4 << 20, '\0');
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
   std::vector<std::string> bodies;
-  // The 4 MiB body takes seconds under a sanitizer on a busy machine; this test is about the
-  // bytes, not the write deadline.
+  // The 4 MiB body takes seconds under a sanitizer on a busy machine (its write is bounded by
+  // connect + first byte, the answer's head by first byte, its body by idle); this test is about
+  // the bytes, not the deadlines.
   UpstreamOptions options = fast_options();
+  options.timeouts.connect = seconds(30);
+  options.timeouts.first_byte = seconds(30);
   options.timeouts.idle = seconds(30);
   run(
       ioc, nullptr,
