@@ -59,6 +59,8 @@ struct LedgerParty {
   std::string key_id;
   std::string tenant_id;
   std::vector<std::string> budgets;
+
+  friend bool operator==(const LedgerParty&, const LedgerParty&) = default;
 };
 
 // A request covered by a lease: its one row, written already closed, and the lease row lowered.

@@ -192,8 +192,7 @@ bool phase_rate_limit::settle_now(Ctx& c, Nanos now) {
   if (r.token_limits.empty() || r.settled) return true;
   if (c.sh.limiter->remote()) return false;
   c.sh.limiter->settle(c.verdict.mut().reservation,
-                       c.usage.prompt_tokens + c.usage.completion_tokens,
-                       now + c.sh.limiter_clock_offset);  // as limiter_now() at `now`
+                       c.usage.prompt_tokens + c.usage.completion_tokens, c.sh.limiter_time(now));
   return true;
 }
 

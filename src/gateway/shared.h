@@ -96,7 +96,9 @@ struct Shared {
   // sampler thread stops before the state it reads goes away.
   std::unique_ptr<Console> console;
 
-  Nanos limiter_now() const { return clock.now() + limiter_clock_offset; }
+  // The limiter's time at the gateway clock's `now`.
+  Nanos limiter_time(Nanos now) const { return now + limiter_clock_offset; }
+  Nanos limiter_now() const { return limiter_time(clock.now()); }
 };
 
 // The /metrics body: gauges that are read at scrape time are refreshed first.

@@ -131,9 +131,10 @@ struct UpstreamResponse::Impl {
            (!request.body_pieces.empty() && !request.body.empty());
   }
   // The request's bytes as written: the buffer's, and the body's from where it is unless it is
-  // in the buffer.
-  std::array<asio::const_buffer, 2> request_buffers(const OutboundRequest& request) const {
-    if (inline_body(request, request.body_size())) return {asio::buffer(out), {}};
+  // in the buffer (`inline_b`: inline_body()).
+  std::array<asio::const_buffer, 2> request_buffers(const OutboundRequest& request,
+                                                    bool inline_b) const {
+    if (inline_b) return {asio::buffer(out), {}};
     const std::string_view body =
         request.body_pieces.empty() ? std::string_view(request.body) : request.body_pieces[0];
     return {asio::buffer(out), asio::buffer(body.data(), body.size())};
@@ -160,14 +161,11 @@ struct UpstreamResponse::Impl {
     parser.emplace(headers);
     parser->header_limit(64 * 1024);
     parser->body_limit(boost::none);
-    std::array<asio::const_buffer, 2> b{};
     if (inline_b) {
       out.append(request.body);
       for (auto p : request.body_pieces) out.append(p);
-      b[0] = asio::buffer(out);
-    } else {
-      b = request_buffers(request);
     }
+    auto b = request_buffers(request, inline_b);
     std::size_t written = 0;
     if (tls || !write_now(plain->native_handle(), b, ec, written)) return written;
     return kSettled;
@@ -833,7 +831,7 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> open_or_wait(
 asio::awaitable<beast::error_code> write_rest(UpstreamResponse::Impl& c,
                                               const OutboundRequest& request, std::size_t written,
                                               Nanos timeout) {
-  auto b = c.request_buffers(request);
+  auto b = c.request_buffers(request, c.inline_body(request, request.body_size()));
   drop_written(b, written);
   c.deadline.arm(timeout);
   auto [ec, n] = co_await c.write_op(b);

@@ -709,11 +709,9 @@ class Session final : public ResponseWriter {
     }
     idle_ = false;
     deadline_.disarm();
-    // A keep-alive connection that stays silent until its deadline is not a rejection.
-    refusal_ = {};
-    refused_method_ = {};
-    refused_target_ = {};
-    if (!expired) refusal_ = reason_for_error(rec, false);  // empty at EOF
+    // A keep-alive connection that stays silent until its deadline is not a rejection; at EOF
+    // the reason is empty too. Nothing was read: the refusal names no method or target.
+    if (!expired) refusal_ = reason_for_error(rec, false);
     return Read::kClosed;
   }
 

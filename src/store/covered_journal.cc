@@ -249,7 +249,6 @@ Integers integers_of(const cost::LedgerCovered& row) {
                                             static_cast<std::uint64_t>(row.created_unix_ms)))}};
 }
 
-// At least a record's payload, from its strings and its lease id's length.
 // At least a record's payload, from its strings and its lease id's length, without the sizes of
 // the variable-length integers that count them: a count n takes at most 1 + n / 64 bytes (1
 // below 128, then 7 bits a byte), so the six counts (five strings' lengths and the budgets'
@@ -551,14 +550,7 @@ std::vector<CoveredJournal::Replayed> CoveredJournal::replay(Position from) cons
     Replayed r;
     if (!(v1 ? decode_v1 : decode)(h + head_bytes, len, r.row)) break;
     // Consecutive rows of one party (nearly all of them: one key's) share one copy of it.
-    if (!out.empty()) {
-      const auto& last = out.back().row.party;
-      const auto& party = *r.row.party;
-      if (last->key_id == party.key_id && last->tenant_id == party.tenant_id &&
-          last->budgets == party.budgets) {
-        r.row.party = last;
-      }
-    }
+    if (!out.empty() && *out.back().row.party == *r.row.party) r.row.party = out.back().row.party;
     pos += head_bytes + padded;
     r.at = Position{pos, seq};
     out.push_back(std::move(r));
