@@ -64,26 +64,24 @@ stop_gateway() {
   wait "$1" || { echo "pgo-train: gateway $1 did not stop cleanly" >&2; return 1; }
 }
 
-# wrk for $1 s at $2 connections against $3, with the chat request (model $4, "1" to stream);
-# fails on socket errors or non-2xx answers.
+# wrk with the arguments after $1, stopping the training on socket errors or non-2xx answers
+# (wrk_check); prints the requests it made, with $1 saying what ran.
+drive() {
+  local what="$1" out
+  shift
+  out="$(wrk "$@")"
+  wrk_check "$out" "pgo-train: $what"
+  echo "pgo-train: $(awk '/requests in/ {print $1}' <<<"$out") requests, $what"
+}
+# wrk for $1 s at $2 connections against $3, with the chat request (model $4, "1" to stream).
 drive_chat() {
-  local out
-  out="$(wrk -t2 -c"$2" -d"$1s" --timeout 10s -s "$load/isolated_chat.lua" "$3" -- "$KEY" "$4" "${5:-0}")"
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    return 1
-  fi
-  echo "pgo-train: $(awk '/requests in/ {print $1}' <<<"$out") requests, $4${5:+ stream=$5}, c$2, $3"
+  drive "$4${5:+ stream=$5}, c$2, $3" -t2 -c"$2" -d"$1s" --timeout 10s \
+    -s "$load/isolated_chat.lua" "$3" -- "$KEY" "$4" "${5:-0}"
 }
 # wrk for $short s at 8 connections: POST the body file $3 to $1 with the key in header $2.
 drive_post() {
-  local out
-  out="$(wrk -t1 -c8 -d"${short}s" --timeout 10s -s "$load/pgo_post.lua" "$1" -- "$2" "$KEY" "$3")"
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    return 1
-  fi
-  echo "pgo-train: $(awk '/requests in/ {print $1}' <<<"$out") requests, $(basename "$3"), $1"
+  drive "$(basename "$3"), $1" -t1 -c8 -d"${short}s" --timeout 10s -s "$load/pgo_post.lua" "$1" \
+    -- "$2" "$KEY" "$3"
 }
 # One request; $1 the expected status, then curl's arguments.
 expect() {

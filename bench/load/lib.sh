@@ -98,15 +98,21 @@ proc_ticks() {
 }
 tick_hz="$(getconf CLK_TCK)"
 
+# Stops the script if a wrk run saw socket errors or non-2xx answers: $1 its output, $2 what ran
+# (for the error).
+wrk_check() {
+  if grep -qE 'Non-2xx|Socket errors' <<<"$1"; then
+    echo "$1" >&2
+    echo "$2: errors or non-2xx answers" >&2
+    exit 1
+  fi
+}
+
 # The figures of one `wrk --latency` run: $1 its output, $2 the server's CPU ticks over the run,
 # $3 what ran (for the error). Sets n, rps, p50 and p99 (ms) and cpu (µs per request); stops the
 # script if wrk saw socket errors or non-2xx answers.
 wrk_figures() {
-  if grep -qE 'Non-2xx|Socket errors' <<<"$1"; then
-    echo "$1" >&2
-    echo "$3: errors or non-2xx answers" >&2
-    exit 1
-  fi
+  wrk_check "$1" "$3"
   n="$(awk '/requests in/ {print $1}' <<<"$1")"
   cpu="$(awk -v d="$2" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
   rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$1")"

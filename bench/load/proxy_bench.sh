@@ -161,11 +161,7 @@ run() {
   t1="$(proxy_ticks "$t")"
   n="$(awk '/requests in/ {print $1}' <<<"$out")"
   cpu="$(awk -v d="$((t1 - t0))" -v hz="$tick_hz" -v n="$n" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')"
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$out" >&2
-    echo "$t at $c connections: errors or non-2xx answers" >&2
-    exit 1
-  fi
+  wrk_check "$out" "$t at $c connections"
   rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
   p50="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")"
   p99="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
