@@ -243,6 +243,21 @@ struct alignas(64) MemoryLimitStore::Shard {
   // both are unchanged.
   std::uint64_t erased = 0;
   std::uint64_t added = 0;
+  // The latest time this shard has decided at (see at()).
+  Nanos latest = std::numeric_limits<Nanos>::min();
+
+  // The time to decide at, under the lock, for a caller whose clock read `now`: `now`, or the
+  // latest time the shard has already decided at when `now` is older than that. Two threads'
+  // readings can reach the lock in the other order (the later one first); the older one then
+  // comes after a state of a later time, and decided at its own reading it would see that
+  // state's charges as not yet drained (a GCRA would hold or refuse a request that fits). The
+  // time is monotonic per shard instead: never later than the true time at the lock, since it
+  // is a reading taken before it.
+  Nanos at(Nanos now) {
+    if (now < latest) return latest;
+    latest = now;
+    return now;
+  }
 
   std::size_t sweep(Nanos now) {
     const std::size_t removed =
@@ -281,6 +296,18 @@ MemoryLimitStore::MemoryLimitStore(MemoryLimitStoreOptions options)
 MemoryLimitStore::~MemoryLimitStore() = default;
 
 namespace {
+
+// Decisions taken `late` ns after the caller's reading (Shard::at) as times from that reading: a
+// wait or a reset still to come is `late` longer from it.
+[[gnu::noinline]] void add_lateness(BatchResult& out, Nanos late) {
+  auto later = [late](Nanos& t) {
+    if (t > 0 && t < kNever && __builtin_add_overflow(t, late, &t)) t = kNever;
+  };
+  for (CheckResult& r : out.results) {
+    later(r.decision.retry_after);
+    later(r.decision.reset_after);
+  }
+}
 
 // Idle from `now` on, as a bucket charged by one check is: that check's decision says when it is
 // empty again (every algorithm's reset_after after a charge is exactly its idle_at, less `now`).
@@ -636,15 +663,22 @@ bool MemoryLimitStore::check_one_shard(std::span<const LimitCheck> checks, Nanos
   }
   Shard& shard = shards_[static_cast<std::size_t>(items[0].key.hi) & shard_mask_];
   std::unique_lock lock(shard.mu);
-  shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+  const Nanos at = shard.at(now);
+  shard.maintain(at, shard_cap_, options_.full_sweep_interval);
   Entry* entry[kMaxOneShard];
   for (std::size_t i = 0; i < n; ++i) {
     auto it = shard.map.find(items[i].key);
     entry[i] = it == shard.map.end() ? nullptr : &it->second;
   }
-  return decide_one_shard(
-      OneShard{shard, shard_cap_, options_, overflows_, id_}, std::span<const ShardCheck>(items, n),
-      [&](std::size_t i) { return checks[i].cost; }, entry, now, out);
+  if (!decide_one_shard(
+          OneShard{shard, shard_cap_, options_, overflows_, id_},
+          std::span<const ShardCheck>(items, n), [&](std::size_t i) { return checks[i].cost; },
+          entry, at, out)) {
+    return false;
+  }
+  if (at != now) [[unlikely]]
+    add_lateness(out, at - now);
+  return true;
 }
 
 std::unique_ptr<const PreparedChecks> MemoryLimitStore::prepare(
@@ -684,7 +718,8 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
     const auto* p = static_cast<const PreparedOneShard*>(&prepared);
     Shard& shard = shards_[static_cast<std::size_t>(p->owner) & shard_mask_];
     std::unique_lock lock(shard.mu);
-    shard.maintain(now, shard_cap_, options_.full_sweep_interval);
+    const Nanos at = shard.at(now);
+    shard.maintain(at, shard_cap_, options_.full_sweep_interval);
     if (p->erased != shard.erased || p->added != shard.added) {
       ++shard.prepared_lookups;
       for (std::size_t i = 0; i < p->n; ++i) {
@@ -695,7 +730,7 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
     }
     if (p->stored_order) {
       out.results.resize(p->n);
-      decided = decide_stored(shard, *p, token_cost, now, out);
+      decided = decide_stored(shard, *p, token_cost, at, out);
       if (!decided) {
         for (std::size_t i = 0; i < p->n; ++i) out.results[i] = CheckResult{};
       }
@@ -704,19 +739,21 @@ BatchResult MemoryLimitStore::check_prepared(const PreparedChecks& prepared,
       decided = decide_one_shard(
           OneShard{shard, shard_cap_, options_, overflows_, id_},
           std::span<const ShardCheck>(p->items, p->n),
-          [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, now,
+          [&](std::size_t i) { return p->tokens[i] ? token_cost : std::int64_t{1}; }, p->entry, at,
           out);
     }
     // The buckets it created are in p->entry: nothing else was added meanwhile.
     p->added = shard.added;
+    if (decided && at != now) [[unlikely]]
+      add_lateness(out, at - now);
   }
   if (!decided) out = check_each(prepared, token_cost, now);
   return out;
 }
 
-BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> checks, Nanos now) {
+BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> checks, Nanos reading) {
   BatchResult out;
-  if (check_one_shard(checks, now, out)) return out;
+  if (check_one_shard(checks, reading, out)) return out;
   out.results.resize(checks.size());
   if (checks.empty()) return out;
 
@@ -755,7 +792,11 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
     }
   } unlock{shards_.get(), locked};
 
+  // One time for the batch (Shard::at): the latest of its shards', theirs from now on.
+  Nanos now = reading;
+  for (std::size_t s : locked) now = std::max(now, shards_[s].latest);
   for (std::size_t s : locked) {
+    shards_[s].latest = now;
     shards_[s].maintain(now, shard_cap_, options_.full_sweep_interval);
   }
   bool any_new = false;  // a bucket the batch may create
@@ -844,6 +885,7 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
         r.decision.retry_after = options_.overflow_retry_after;
       }
     }
+    if (now != reading) add_lateness(out, now - reading);
     return out;
   }
 
@@ -886,16 +928,18 @@ BatchResult MemoryLimitStore::check_and_consume(std::span<const LimitCheck> chec
       ++shards_[w.shard].added;
     }
   }
+  if (now != reading) add_lateness(out, now - reading);
   return out;
 }
 
 void MemoryLimitStore::adjust(std::string_view key, const AdjustSpec& spec, std::int64_t delta,
-                              Nanos now) {
+                              Nanos reading) {
   if (delta == 0) return;
   const KeyDigest* d = spec.digest;
   const KeyHash h = d && d->store == this ? KeyHash{d->lo, d->hi} : hash_key(key, seed_);
   Shard& shard = shards_[static_cast<std::size_t>(h.hi) & shard_mask_];
   std::lock_guard lock(shard.mu);
+  const Nanos now = shard.at(reading);
   Entry* e;
   if (const BucketHandle* b = spec.bucket;
       b != nullptr && b->maker == id_ && b->at != nullptr && b->generation == shard.erased) {
@@ -969,7 +1013,7 @@ std::size_t MemoryLimitStore::evict_idle(Nanos now) {
   std::size_t removed = 0;
   for (std::size_t s = 0; s <= shard_mask_; ++s) {
     std::lock_guard lock(shards_[s].mu);
-    removed += shards_[s].sweep(now);
+    removed += shards_[s].sweep(shards_[s].at(now));
   }
   return removed;
 }

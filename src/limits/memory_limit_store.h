@@ -8,6 +8,11 @@
 // "<scope>\x1f<id>"), so the limits of one API key share a shard and a request's batch usually
 // takes one lock.
 //
+// Time: a shard decides at the caller's `now` or, for a reading older than one the shard has
+// already decided at (two threads' readings can reach its lock in the other order), at that later
+// time: a shard's time never goes back. The waits and resets of such a decision are given from
+// the caller's reading.
+//
 // Memory: a bucket is stored as a 128-bit hash of its key (no key string), so an entry costs about
 // 90 bytes whatever the key length (sliding-window buckets add a 200-byte ring). A bucket whose
 // usage has fully drained equals a fresh one and is deleted: each shard sweeps itself whenever it

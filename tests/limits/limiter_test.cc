@@ -586,6 +586,32 @@ TEST(Limiter, HeadersShadowWaitAndSettle) {
   EXPECT_EQ(v4.retry_after_ns, 60 * kNanosPerSecond);
 }
 
+// Two workers' requests whose clock readings reach the limiter in the other order (the later
+// reading checked first): the older one fits the limit as of the later reading, so it passes at
+// once; it is neither held (a limit set to wait) nor refused for the moments between the two
+// readings. A request that does not fit waits from its own reading until the limit lets it pass.
+TEST(Limiter, AnOlderReadingCheckedAfterALaterOneIsNotHeld) {
+  constexpr Nanos kLate = 20 * kNanosPerMicro;
+  LimitSpec rps = spec("wait-rps", Scope::kKey, 2);
+  rps.on_exceed = OnExceed::kWait;
+  Plan plan;
+  plan.limits = {rps};
+  const std::string key = "k1", tenant = "t1";
+  const PreparedLimits ready(&plan, nullptr, key, tenant);
+  for (const PreparedLimits* prepared : {&ready, static_cast<const PreparedLimits*>(nullptr)}) {
+    Limiter l(cfg({}), new_store());
+    const RequestScope s = plan_scope(key, tenant, plan, prepared);
+    ASSERT_TRUE(l.check(s, 0, kT0).allowed);
+    const Verdict second = l.check(s, 0, kT0 - kLate);
+    EXPECT_TRUE(second.allowed) << "held " << second.retry_after_ns << " ns";
+    EXPECT_EQ(second.retry_after_ns, 0);
+    const Verdict third = l.check(s, 0, kT0 - kLate);
+    EXPECT_FALSE(third.allowed);
+    EXPECT_TRUE(third.wait_ok);
+    EXPECT_EQ(third.retry_after_ns, 500 * kMs + kLate);
+  }
+}
+
 TEST(Limiter, StateSurvivesReload) {
   Limiter l(cfg({spec("g", Scope::kGlobal, 5)}), new_store());
   EXPECT_EQ(admit(l, scope(), 5, kT0), 5);

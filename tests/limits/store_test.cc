@@ -163,8 +163,8 @@ TEST(MemoryLimitStore, AdjustRefundsAndCharges) {
 }
 
 // A refund that empties a bucket resets it in place: it then decides as a fresh bucket (also for
-// a clock that went back), the shard's prepared batches keep their buckets, and the sweep
-// deletes it.
+// a reading older than the refund's, decided at the shard's latest time as the fresh store's is),
+// the shard's prepared batches keep their buckets, and the sweep deletes it.
 TEST(MemoryLimitStore, RefundThatEmptiesABucketKeepsItFresh) {
   LimitSpec tpm = spec("tpm", 1000, 0, Algorithm::kGcra, Period::kMinute);
   tpm.unit = Unit::kTokens;
@@ -183,7 +183,9 @@ TEST(MemoryLimitStore, RefundThatEmptiesABucketKeepsItFresh) {
     ASSERT_TRUE(store.check_prepared(*prepared, 0, kT0).allowed);
     const std::uint64_t looked_up = store.stats().prepared_lookups;
     store.adjust(key, *s, -800, kT0 + kMs);
+    fresh.adjust(key, *s, -800, kT0 + kMs);  // no bucket: only the shard's time
     EXPECT_EQ(store.size(), 1u) << s->name;
+    EXPECT_EQ(fresh.size(), 0u) << s->name;
     for (const Nanos at : {kT0 - 10 * kNanosPerSecond, kT0 + 2 * kMs}) {
       const LimitCheck c[] = {{key, s, 999}};
       const BatchResult a = store.check_and_consume(c, at);
@@ -290,6 +292,64 @@ TEST(MemoryLimitStore, BucketHandleReachesTheChargedBucketUntilTheShardDeletesOn
   const BatchResult g = store.check_and_consume(twice, kT0 + 3600 * kNanosPerSecond);
   ASSERT_TRUE(g.allowed);
   EXPECT_EQ(g.bucket_of(0).maker, 0u);
+}
+
+// Two threads' clock readings can reach a shard's lock in the other order: the later reading
+// decides first. The older one is then decided at the shard's latest time, never before it: what
+// has drained by then is drained for it too (a GCRA decided at the older reading would refuse, or
+// hold, a request that fits), and the wait it gets is counted from its own reading. Every
+// algorithm, by every path (the general batch, the one-shard batch, prepared checks).
+TEST(MemoryLimitStore, AnOlderReadingIsDecidedAtTheShardsLatestTime) {
+  constexpr Nanos kLate = 20 * kNanosPerMicro;
+  const Nanos later = kT0, older = kT0 - kLate;
+  for (const Algorithm a : {Algorithm::kGcra, Algorithm::kTokenBucket, Algorithm::kSlidingWindow}) {
+    for (int path = 0; path < 3; ++path) {
+      SCOPED_TRACE(testing::Message() << "algorithm " << static_cast<int>(a) << ", path " << path);
+      MemoryLimitStore store(opts());
+      const LimitSpec rps = spec("rps", 2, 0, a);  // two at once, one more every 500 ms
+      const std::string key = "p\x1frps\x1fkey\x1fk";
+      KeyDigest d;
+      ASSERT_TRUE(store.digest(key, d));
+      const LimitCheck checks[] = {{key, &rps, 1, path == 1 ? &d : nullptr}};
+      const auto prepared = store.prepare(checks);
+      ASSERT_NE(prepared, nullptr);
+      auto decide = [&](Nanos now) {
+        return path == 2 ? store.check_prepared(*prepared, 0, now)
+                         : store.check_and_consume(checks, now);
+      };
+      ASSERT_TRUE(decide(later).allowed);
+      const BatchResult second = decide(older);
+      EXPECT_TRUE(second.allowed);
+      EXPECT_EQ(second.results[0].decision.retry_after, 0);
+      EXPECT_EQ(second.results[0].decision.remaining, 0);
+      const BatchResult third = decide(older);
+      ASSERT_FALSE(third.allowed);
+      // It passes when a unit has drained after the later decision: a GCRA or token bucket 500
+      // ms after it, a sliding window when its slot of 50 ms leaves the window of one second.
+      const Nanos passes = a == Algorithm::kSlidingWindow ? later + 1050 * kMs : later + 500 * kMs;
+      EXPECT_EQ(third.results[0].decision.retry_after, passes - older);
+      // Nothing was charged meanwhile: the next unit passes then, not before.
+      EXPECT_FALSE(decide(passes - 1).allowed);
+      EXPECT_TRUE(decide(passes).allowed);
+    }
+  }
+}
+
+// A refund or a charge after the fact from an older reading is taken at the shard's latest time
+// too: charged at that time, a GCRA that had drained by then holds the charge from then on.
+TEST(MemoryLimitStore, AnAdjustFromAnOlderReadingIsTakenAtTheShardsLatestTime) {
+  MemoryLimitStore store(opts(1));
+  const LimitSpec rps = spec("rps", 2);
+  const LimitCheck first[] = {{"p\x1frps\x1fkey\x1fk", &rps, 1}};
+  const LimitCheck other[] = {{"p\x1frps\x1fkey\x1fother", &rps, 1}};
+  ASSERT_TRUE(store.check_and_consume(first, kT0).allowed);              // drained at +500 ms
+  ASSERT_TRUE(store.check_and_consume(other, kT0 + 600 * kMs).allowed);  // the shard's time
+  store.adjust(first[0].key, rps, 1, kT0 + 400 * kMs);                   // one more unit
+  // Charged at +600 ms on an empty bucket: one unit until +1100 ms (at +400 ms, with 100 ms
+  // of the first unit left, it would have lasted until +1000 ms).
+  const LimitCheck look[] = {{first[0].key, &rps, 0}};
+  const BatchResult r = store.check_and_consume(look, kT0 + 700 * kMs);
+  EXPECT_EQ(r.results[0].decision.reset_after, 400 * kMs);
 }
 
 TEST(MemoryLimitStore, StateSurvivesReloadAndAlgorithmChangeResets) {
