@@ -33,6 +33,9 @@
 #        STRACE_DIR=dir: `strace -c -f` of the server during each measured run (syscalls per
 #        request: divide by the "requests:" line; strace slows the server, ignore its figures)
 #        SPLIT=1: the server's user and system CPU per request apart, per run (stderr)
+#        TASKS=1: for Bellwether, the CPU per request of each of its threads by name (bw-worker-0,
+#        bw-ledger, bw-checkpoint, bw-access-log, ...), and the process's context switches and
+#        page faults per request (perf stat), per run (stderr)
 #        SYSCOUNT=1: system calls per request of the server during each measured run, counted
 #        by `perf stat` on the syscall tracepoints (no slowdown, unlike strace); printed per run
 # On a shared machine run it under the machine lock (flock -o /tmp/bw-machine.lock ...).
@@ -59,6 +62,7 @@ PERF_DIR="${PERF_DIR:-}"
 STRACE_DIR="${STRACE_DIR:-}"
 SYSCOUNT="${SYSCOUNT:-0}"
 SPLIT="${SPLIT:-0}"
+TASKS="${TASKS:-0}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 KEY=sk-isolated-bench-0001
@@ -162,6 +166,15 @@ server_ticks_split() {
   echo "$u $s"
 }
 
+# CPU ticks of each thread of a process, summed by thread name: "name ticks" lines.
+task_ticks() {
+  local f
+  for f in /proc/"$1"/task/*/stat; do
+    # comm is the 2nd field, in parentheses; utime and stime are the 12th and 13th after it.
+    sed -E 's/^[0-9]+ \(([^)]*)\) /\1 /' "$f" 2>/dev/null | awk '{print $1, $13 + $14}'
+  done | awk '{t[$1] += $2} END {for (n in t) print n, t[n]}'
+}
+
 # The production gateway's ledger counters: committed records and group commits.
 ledger_counts() {
   curl -s "http://127.0.0.1:$prod_port/metrics" | awk '
@@ -199,7 +212,13 @@ run() {
   fi
   local led0=""
   [[ "$t" == bw-prod ]] && led0="$(ledger_counts)"
-  local split0=""
+  local split0="" tasks0="" ev_pid="" ev_out="$work/events.txt"
+  if [[ "$TASKS" == 1 && "$t" == bw-* ]]; then
+    tasks0="$(task_ticks "${pid[$t]}")"
+    taskset -c "$CLIENT_CPU" perf stat -x, -e context-switches,cpu-migrations,page-faults \
+      -p "${pid[$t]}" -o "$ev_out" -- sleep "$DURATION" >/dev/null 2>&1 &
+    ev_pid=$!
+  fi
   [[ "$SPLIT" == 1 ]] && split0="$(server_ticks_split "$t")"
   t0="$(server_ticks "$t")"
   out="$(taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency "${args[@]}")"
@@ -212,6 +231,18 @@ run() {
       'BEGIN {printf "user %.1f system %.1f us/req", u / hz * 1e6 / n, s / hz * 1e6 / n}')" >&2
   fi
   [[ -n "$perf_pid" ]] && wait "$perf_pid"
+  if [[ -n "$tasks0" ]]; then
+    local n_req tasks1
+    tasks1="$(task_ticks "${pid[$t]}")"
+    n_req="$(awk '/requests in/ {print $1}' <<<"$out")"
+    wait "$ev_pid" || true
+    echo "threads, $t at $c connections, us/req: $(awk -v n="$n_req" -v hz="$tick_hz" '
+      NR == FNR {a[$1] = $2; next}
+      {d = $2 - a[$1]; if (d > 0) printf "%s %.2f\n", $1, d / hz * 1e6 / n}' \
+      <(echo "$tasks0") <(echo "$tasks1") | sort -k2 -g -r | paste -sd' ')" \
+      "; per request: $(awk -F, -v n="$n_req" '$1 ~ /^[0-9]+$/ {printf "%s %.3f ", $3, $1 / n}' \
+        "$ev_out")" >&2
+  fi
   if [[ -n "$sys_pid" ]]; then
     wait "$sys_pid" || true
     local n_req

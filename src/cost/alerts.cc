@@ -1,5 +1,6 @@
 #include "cost/alerts.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -75,7 +76,10 @@ std::chrono::milliseconds backoff_delay(const WebhookOptions& options, int attem
 
 WebhookSender::WebhookSender(WebhookOptions options, Poster poster)
     : options_(std::move(options)), poster_(std::move(poster)) {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "bw-alerts");
+    run();
+  });
 }
 
 WebhookSender::~WebhookSender() {

@@ -1,5 +1,6 @@
 #include "gateway/access_log.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -68,7 +69,12 @@ AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
     // it is one.
     if (owns_) std::setvbuf(out_, nullptr, _IONBF, 0);
   }
-  if (out_) writer_ = std::thread([this] { run(); });
+  if (out_) {
+    writer_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "bw-access-log");
+      run();
+    });
+  }
 }
 
 AccessLog::~AccessLog() {

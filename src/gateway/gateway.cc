@@ -1,5 +1,6 @@
 #include "gateway/gateway.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -274,6 +275,7 @@ void Gateway::start_pump_thread() {
   // the moment its capacity refills (woken earlier when a wait starts that ends sooner).
   shared_->admission->set_pump_notifier([this] { pump_cv_.notify_one(); });
   pump_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "bw-pump");
     auto& ac = *shared_->admission;
     std::unique_lock lock(scaler_mu_);
     while (!scaler_stop_) {
@@ -324,6 +326,7 @@ void Gateway::start_scaler_thread(const config::Config& cfg) {
   if (const char* r = std::getenv("BELLWETHER_REPLICAS"); r && std::atoi(r) > 0)
     replicas = std::atoi(r);
   scaler_thread_ = std::thread([this, replicas] {
+    pthread_setname_np(pthread_self(), "bw-scaler");
     std::unique_lock lock(scaler_mu_);
     while (!scaler_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return scaler_stop_; })) {
       const double conns = server_ ? static_cast<double>(server_->active_connections()) : 0;

@@ -1,5 +1,6 @@
 #include "telemetry/trace_exporter.h"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -34,7 +35,10 @@ TraceExporter::TraceExporter(TraceExporterOptions options)
 
 TraceExporter::TraceExporter(TraceExporterOptions options, PostFn post)
     : options_(std::move(options)), post_(std::move(post)) {
-  worker_ = std::thread([this] { run(); });
+  worker_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "bw-traces");
+    run();
+  });
 }
 
 TraceExporter::~TraceExporter() {
