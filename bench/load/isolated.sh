@@ -166,13 +166,22 @@ server_ticks_split() {
   echo "$u $s"
 }
 
-# CPU ticks of each thread of a process, summed by thread name: "name ticks" lines.
+# Each thread of a process, summed by thread name: "name ticks runqueue-wait-ns voluntary
+# involuntary" lines (CPU ticks from stat, the time spent runnable but waiting for a CPU from
+# schedstat, context switches from status).
 task_ticks() {
-  local f
-  for f in /proc/"$1"/task/*/stat; do
+  local d
+  for d in /proc/"$1"/task/*; do
     # comm is the 2nd field, in parentheses; utime and stime are the 12th and 13th after it.
-    sed -E 's/^[0-9]+ \(([^)]*)\) /\1 /' "$f" 2>/dev/null | awk '{print $1, $13 + $14}'
-  done | awk '{t[$1] += $2} END {for (n in t) print n, t[n]}'
+    echo "$(sed -E 's/^[0-9]+ \(([^)]*)\) /\1 /' "$d/stat" | awk '{print $1, $13 + $14}')" \
+      "$(awk '{print $2}' "$d/schedstat")" \
+      "$(awk '/^(non)?voluntary_ctxt_switches/ {printf "%s ", $2}' "$d/status")"
+  done 2>/dev/null | awk 'NF == 5 {t[$1] += $2; w[$1] += $3; v[$1] += $4; i[$1] += $5}
+    END {for (n in t) print n, t[n], w[n], v[n], i[n]}'
+}
+# Each CPU's busy, idle and stolen jiffies ("cpuN busy idle steal" lines) from /proc/stat.
+cpu_jiffies() {
+  awk '/^cpu[0-9]/ {print $1, $2 + $3 + $4 + $7 + $8, $5 + $6, $9}' /proc/stat
 }
 
 # The production gateway's ledger counters: committed records and group commits.
@@ -212,7 +221,8 @@ run() {
   fi
   local led0=""
   [[ "$t" == bw-prod ]] && led0="$(ledger_counts)"
-  local split0="" tasks0="" ev_pid="" ev_out="$work/events.txt"
+  local split0="" tasks0="" cpus0="" ev_pid="" ev_out="$work/events.txt"
+  [[ "$TASKS" == 1 ]] && cpus0="$(cpu_jiffies)"
   if [[ "$TASKS" == 1 && "$t" == bw-* ]]; then
     tasks0="$(task_ticks "${pid[$t]}")"
     taskset -c "$CLIENT_CPU" perf stat -x, -e context-switches,cpu-migrations,page-faults \
@@ -242,6 +252,21 @@ run() {
       <(echo "$tasks0") <(echo "$tasks1") | sort -k2 -g -r | paste -sd' ')" \
       "; per request: $(awk -F, -v n="$n_req" '$1 ~ /^[0-9]+$/ {printf "%s %.3f ", $3, $1 / n}' \
         "$ev_out")" >&2
+    # The event loop's waits for the CPU (runnable, not running) and its context switches:
+    # whether the gateway waited for work or for the CPU.
+    echo "  event loop: $(awk -v n="$n_req" -v s="$DURATION" '
+      NR == FNR {w[$1] = $3; v[$1] = $4; i[$1] = $5; next}
+      $1 ~ /^bw-worker/ {printf "%s runqueue wait %.1f ms/s, switches per request voluntary %.3f involuntary %.3f; ",
+        $1, ($3 - w[$1]) / 1e6 / s, ($4 - v[$1]) / n, ($5 - i[$1]) / n}' \
+      <(echo "$tasks0") <(echo "$tasks1"))" >&2
+  fi
+  if [[ -n "$cpus0" ]]; then
+    # How busy each CPU was over the run (every process on it, and the VM's steal).
+    echo "cpus, $t at $c connections: $(awk '
+      NR == FNR {b[$1] = $2; i[$1] = $3; s[$1] = $4; next}
+      {db = $2 - b[$1]; di = $3 - i[$1]; ds = $4 - s[$1]; t = db + di + ds
+       if (t > 0) printf "%s busy %.0f%% idle %.0f%% steal %.0f%%  ", $1, 100 * db / t, 100 * di / t, 100 * ds / t}' \
+      <(echo "$cpus0") <(cpu_jiffies))" >&2
   fi
   if [[ -n "$sys_pid" ]]; then
     wait "$sys_pid" || true
