@@ -83,6 +83,10 @@ struct Gcra {
   // = idle_at(s, p, now) after it. False, with nothing changed: call adjust.
   static bool adjust_fast(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now,
                           Nanos& idle);
+  // idle_at of a state that admit_fast has just charged: its TAT, rounded up to whole ns.
+  static Nanos idle_after_admit(const GcraState& s) {
+    return s.frac != 0 && s.tat != kNever ? s.tat + 1 : s.tat;
+  }
   // The level (in 1/period units) at `now` of a state of these parameters, when it fits 64 bits.
   static bool level_fast(const GcraState& s, const BucketParams& p, Nanos now, std::int64_t& level);
   static void adjust(GcraState& s, const BucketParams& p, std::int64_t delta, Nanos now);
@@ -129,7 +133,8 @@ inline bool Gcra::level_fast(const GcraState& s, const BucketParams& p, Nanos no
   level = 0;
   if (s.tat == std::numeric_limits<Nanos>::min()) return true;
   if (s.rate != p.rate || s.period != p.period) return false;  // reloaded: keep the units
-  if (s.frac < 0 || s.frac >= p.rate) return false;
+  // frac in [0, rate) (rate >= 1): one unsigned comparison.
+  if (static_cast<std::uint64_t>(s.frac) >= static_cast<std::uint64_t>(p.rate)) return false;
   std::int64_t ahead;
   if (__builtin_sub_overflow(s.tat, now, &ahead)) return false;
   // A TAT in the past leaves no level (frac < rate).

@@ -609,12 +609,14 @@ bool decide_stored(MemoryLimitStore::Shard& shard, const PreparedOneShard& p,
     GcraState* const s = e != nullptr ? std::get_if<GcraState>(&e->state) : nullptr;
     CheckResult& r = results[i];
     if (s != nullptr) {
-      t[i].kept.state = *s;
-      t[i].kept.idle_at = e->idle_at;
+      // The last check's bucket is not put back: admit_fast leaves it as it was when it declines.
+      if (k + 1 < n) {
+        t[i].kept.state = *s;
+        t[i].kept.idle_at = e->idle_at;
+      }
       if (Gcra::admit_fast(*s, p.items[i].params, p.tokens[i] ? token_cost : std::int64_t{1}, now,
                            r.decision)) {
-        const Nanos idle = idle_from_decision(now, r.decision.reset_after);
-        e->idle_at = idle >= 0 ? idle : Gcra::idle_at(*s, p.items[i].params, now);
+        e->idle_at = Gcra::idle_after_admit(*s);
         r.consumed = true;
         r.bucket = e;
         continue;

@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 #include <malloc.h>
 
+#include <atomic>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
@@ -241,6 +242,52 @@ void BM_AppendRateHeaders(benchmark::State& state) {
   report(state, t_allocs - before);
 }
 BENCHMARK(BM_AppendRateHeaders);
+
+// The production row of bench/load (lib.sh prod_policy_yaml): a key on a plan of rps, rpm and tpm
+// GCRA limits and a daily request quota, its limits prepared ahead as the gateway's runtime
+// prepares them, checked into a request's kept Lazy<Verdict>, its headers written and its tokens
+// settled: what phase_rate_limit::try_now and finish do per request.
+void BM_PreparedPlanPath(benchmark::State& state) {
+  static const Plan plan = [] {
+    Plan p;
+    p.name = "prod";
+    p.daily_requests = 1'000'000'000;
+    p.limits = {spec("rps", Algorithm::kGcra, 1'000'000, Period::kSecond),
+                spec("rpm", Algorithm::kGcra, 60'000'000, Period::kMinute),
+                spec("tpm", Algorithm::kGcra, 1'000'000'000'000, Period::kMinute, Unit::kTokens)};
+    for (LimitSpec& s : p.limits) s.scope = Scope::kKey;
+    return p;
+  }();
+  Limiter& limiter = path_limiter();
+  Request rq(false, state.thread_index());
+  RequestScope& scope = rq.scope;
+  scope.plan = &plan;
+  scope.key_overrides = nullptr;
+  const PreparedLimits ready(&plan, nullptr, scope.key_id, scope.tenant_id);
+  scope.prepared = &ready;
+  std::string head;
+  head.reserve(1024);
+  // The limiter outlives a run: each run's time goes on from the previous one's.
+  static std::atomic<Nanos> last{1000 * kNanosPerSecond};
+  Nanos now = last.load();
+  auto one = [&] {
+    now += 20'000;
+    Lazy<Verdict> verdict;  // a request's own (its context is made afresh)
+    limiter.check(scope, kReserve, now, verdict);
+    head.clear();
+    append_rate_headers(head, verdict.get());
+    benchmark::DoNotOptimize(head.data());
+    limiter.settle(verdict.mut().reservation, kActual, now);
+  };
+  for (int i = 0; i < 100; ++i) one();
+  const std::uint64_t before = t_allocs;
+  for (auto _ : state) one();
+  report(state, t_allocs - before);
+  Nanos seen = last.load();
+  while (seen < now && !last.compare_exchange_weak(seen, now)) {
+  }
+}
+BENCHMARK(BM_PreparedPlanPath)->Threads(1)->Threads(2)->UseRealTime();
 
 // The whole phase as the gateway will run it: check_async, the six headers, settle_async.
 void BM_RateLimitPhase(benchmark::State& state) {
