@@ -200,7 +200,9 @@ run() {
   local perf_pid=""
   if [[ -n "$PERF_DIR" ]]; then
     mkdir -p "$PERF_DIR"
-    taskset -c "$CLIENT_CPU" perf record -q -g -p "${pid[$t]}" -o "$PERF_DIR/$t-c$c-r$3.data" \
+    local rec_pids="${pid[$t]}"
+    [[ "$t" == nginx* ]] && rec_pids="$rec_pids,$(pgrep -P "${pid[$t]}" | paste -sd,)"
+    taskset -c "$CLIENT_CPU" perf record -q -g -p "$rec_pids" -o "$PERF_DIR/$t-c$c-r$3.data" \
       -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
