@@ -77,6 +77,8 @@ bool stale_connection_error(const beast::error_code& ec) {
 
 }  // namespace
 
+struct PoolHost;
+
 // One upstream connection with its reusable buffers; it is the UpstreamResponse while a
 // response is being read, and sits in the pool in between.
 struct UpstreamResponse::Impl {
@@ -86,8 +88,10 @@ struct UpstreamResponse::Impl {
   // Its block goes back to the thread's stash while the connection sits in the pool.
   beast::basic_flat_buffer<stash::ReadBlockAllocator<char>> buffer;
   Deadline deadline;
-  const std::string* key = nullptr;  // the pool's copy of the endpoint key
-  std::string out;                   // request head
+  // The pool's entry of the connection's upstream (its address stays put): found without a
+  // lookup by key when the connection goes back or closes.
+  PoolHost* host = nullptr;
+  std::string out;  // request head
   Headers headers;
   std::optional<wire::ResponseParser> parser;
   ClientTimeouts timeouts;
@@ -350,31 +354,36 @@ struct UpstreamResponse::Impl {
   }
 };
 
-struct ClientPool::State {
-  // A request waiting for a connection slot; lives in the waiting coroutine's frame.
-  struct Waiter {
-    asio::steady_timer* timer = nullptr;
-    bool woken = false;
-  };
-  struct Host {
-    std::string key;
-    std::vector<std::unique_ptr<UpstreamResponse::Impl>> idle;
-    std::size_t open = 0;
-    std::list<Waiter*> waiters;  // FIFO; bounded by PoolLimits::max_pending
+// A request waiting for a connection slot; lives in the waiting coroutine's frame.
+struct PoolWaiter {
+  asio::steady_timer* timer = nullptr;
+  bool woken = false;
+};
 
-    // A connection became idle or a slot was freed: the longest waiter tries again.
-    void wake_one() {
-      if (waiters.empty()) return;
-      Waiter* w = waiters.front();
-      waiters.pop_front();
-      w->woken = true;
-      w->timer->cancel();
-    }
-    void release_slot() {
-      if (open > 0) --open;
-      wake_one();
-    }
-  };
+// The pool's connections to one upstream (ClientPool::State::Host).
+struct PoolHost {
+  std::string key;
+  std::vector<std::unique_ptr<UpstreamResponse::Impl>> idle;
+  std::size_t open = 0;
+  std::list<PoolWaiter*> waiters;  // FIFO; bounded by PoolLimits::max_pending
+
+  // A connection became idle or a slot was freed: the longest waiter tries again.
+  void wake_one() {
+    if (waiters.empty()) return;
+    PoolWaiter* w = waiters.front();
+    waiters.pop_front();
+    w->woken = true;
+    w->timer->cancel();
+  }
+  void release_slot() {
+    if (open > 0) --open;
+    wake_one();
+  }
+};
+
+struct ClientPool::State {
+  using Waiter = PoolWaiter;
+  using Host = PoolHost;
   // Node-based: Host addresses (and their key strings) stay put.
   std::unordered_map<std::string, Host> hosts;
   std::unique_ptr<ssl::context> tls_context;
@@ -391,22 +400,23 @@ struct ClientPool::State {
     return *tls_context;
   }
 
+  // The entry of the upstream last asked for, asked for again before the key is hashed: a
+  // worker's requests mostly go to one upstream.
+  Host* last_host = nullptr;
+
   Host& host(const std::string& key) {
+    if (last_host && last_host->key == key) return *last_host;
     auto it = hosts.find(key);
     if (it == hosts.end()) {
       it = hosts.emplace(key, Host{}).first;
       it->second.key = key;
     }
+    last_host = &it->second;
     return it->second;
   }
 
-  void closed(const std::string& key) {
-    auto it = hosts.find(key);
-    if (it != hosts.end()) it->second.release_slot();
-  }
-
   void give_back(std::unique_ptr<UpstreamResponse::Impl> c, const PoolLimits& limits) {
-    auto& h = host(*c->key);
+    auto& h = *c->host;
     if (h.idle.size() >= limits.max_idle) {
       c->close();
       h.release_slot();
@@ -458,7 +468,7 @@ UpstreamResponse::~UpstreamResponse() {
     im.pool->give_back(std::move(impl_), im.limits);
   } else {
     im.close();
-    im.pool->closed(*im.key);
+    im.host->release_slot();
   }
 }
 
@@ -821,7 +831,7 @@ asio::awaitable<Result<std::unique_ptr<UpstreamResponse::Impl>>> open_or_wait(
     co_return c.error();
   }
   c.value()->pool = &st;
-  c.value()->key = &host.key;
+  c.value()->host = &host;
   co_return std::move(c);
 }
 

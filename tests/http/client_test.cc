@@ -225,6 +225,40 @@ TEST(ClientPool, KeepAliveReusesTheConnection) {
   EXPECT_EQ(pool.idle_connections(), 1u);
 }
 
+// Requests that alternate between two upstreams each reuse their own upstream's connection:
+// the pool's entry remembered for the last upstream is not taken for the other.
+TEST(ClientPool, AlternatingUpstreamsEachKeepTheirOwnConnection) {
+  asio::io_context ioc;
+  TestServer a(ioc, TestServer::respond_with(std::string(kHello)));
+  TestServer b(ioc,
+               TestServer::respond_with(
+                   "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nbye"));
+  ClientPool pool;
+  const auto ep_a = Endpoint::make(false, "127.0.0.1", a.port(), "");
+  const auto ep_b = Endpoint::make(false, "127.0.0.1", b.port(), "");
+  const std::string target = "/";
+  std::vector<std::string> bodies;
+  run(ioc, &a, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 6; ++i) {
+      auto req = post(target, "{}");
+      auto r = co_await pool.send(i % 2 == 0 ? ep_a : ep_b, req, fast_options());
+      if (!r) {
+        ADD_FAILURE() << r.error().message;
+        co_return;
+      }
+      auto body = co_await r->read_all(100);
+      bodies.push_back(body ? *body : body.error().message);
+    }
+    b.stop();
+  });
+  EXPECT_EQ(bodies, (std::vector<std::string>{"hello", "bye", "hello", "bye", "hello", "bye"}));
+  EXPECT_EQ(a.accepted, 1);
+  EXPECT_EQ(b.accepted, 1);
+  EXPECT_EQ(a.requests.size(), 3u);
+  EXPECT_EQ(b.requests.size(), 3u);
+  EXPECT_EQ(pool.idle_connections(), 2u);
+}
+
 // A connection back in the pool keeps no read buffer: its block goes to the thread's stash, and
 // the next request's read (on any connection) takes it again.
 TEST(ClientPool, APooledConnectionGivesItsReadBlockToTheThread) {
