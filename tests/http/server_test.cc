@@ -409,5 +409,47 @@ TEST(Server, AnUnfinishedNowWriteClosesTheConnection) {
   ::close(fd);
 }
 
+// ---- the field spans of a parse ---------------------------------------------------------------
+
+// A request head that arrives in pieces keeps its parse's field list while other connections'
+// requests are parsed and answered on the same worker (their parses use the worker's spare list
+// meanwhile): every request sees its own header fields.
+TEST(Server, AHeadThatWaitsForItsRestKeepsItsFieldsWhileOthersAreParsed) {
+  test::RunningServer rs(test::RunningServer::one_worker(),
+                         [](Request& req, ResponseWriter& w) -> boost::asio::awaitable<void> {
+                           std::string echo = "\"";
+                           for (const auto& [name, value] : req.headers) {
+                             echo.append(name).append("=").append(value).append(";");
+                           }
+                           echo += "\"";
+                           co_await w.send(Response::json(200, std::move(echo)));
+                         });
+  ASSERT_TRUE(rs.started);
+  const int a = connect_to(rs.server.port());
+  const int b = connect_to(rs.server.port());
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  const std::string head_a = "GET /a HTTP/1.1\r\nHost: a\r\nX-One: a1\r\nX-Two: a2\r\nX-Thr";
+  ASSERT_TRUE(write_all(a, head_a));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the server reads the piece
+  for (int i = 0; i < 3; ++i) {
+    const std::string n = std::to_string(i);
+    ASSERT_TRUE(
+        write_all(b, "GET /b HTTP/1.1\r\nHost: b\r\nX-B: " + n + "\r\nX-More: m" + n + "\r\n\r\n"));
+    EXPECT_EQ(read_responses(b, 1),
+              (std::vector<std::string>{"\"Host=b;X-B=" + n + ";X-More=m" + n + ";\""}));
+  }
+  ASSERT_TRUE(write_all(a, "ee: a3\r\nX-Four: a4\r\n\r\n"));
+  EXPECT_EQ(read_responses(a, 1),
+            (std::vector<std::string>{"\"Host=a;X-One=a1;X-Two=a2;X-Three=a3;X-Four=a4;\""}));
+  // Both connections go on as usual.
+  ASSERT_TRUE(write_all(a, "GET /a HTTP/1.1\r\nHost: a\r\nX-Again: 1\r\n\r\n"));
+  EXPECT_EQ(read_responses(a, 1), (std::vector<std::string>{"\"Host=a;X-Again=1;\""}));
+  ASSERT_TRUE(write_all(b, "GET /b HTTP/1.1\r\nHost: b\r\n\r\n"));
+  EXPECT_EQ(read_responses(b, 1), (std::vector<std::string>{"\"Host=b;\""}));
+  ::close(a);
+  ::close(b);
+}
+
 }  // namespace
 }  // namespace bw::http
