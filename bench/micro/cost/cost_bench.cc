@@ -38,6 +38,8 @@
 #include "store/sqlite_db.h"
 #include "store/sqlite_ledger.h"
 
+#include "../../ledger/served_id.h"
+
 namespace bw::cost {
 namespace {
 
@@ -231,15 +233,7 @@ BENCHMARK(BM_LedgerRequest)->Iterations(500)->Unit(benchmark::kMicrosecond);
 // An id as the gateway makes it: the millisecond, then 52 random bits; `per_ms` requests start in
 // each millisecond, their ids in no order within it (about 30 at the isolated benchmark's rate).
 std::string served_request_id(std::int64_t seq, std::int64_t per_ms) {
-  std::uint64_t z = static_cast<std::uint64_t>(seq) + 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  char id[48];
-  std::snprintf(id, sizeof id, "req_%011llx%013llx",
-                static_cast<unsigned long long>(kNowMs + seq / per_ms),
-                static_cast<unsigned long long>(z & 0xfffffffffffffULL));
-  return id;
+  return bench::served_request_id_at(seq, kNowMs + seq / per_ms);
 }
 
 // `served`: ids as served_request_id() makes them at 30 a millisecond; else time-ordered.
