@@ -12,11 +12,14 @@ namespace bw::gateway {
 
 // A thread's lines: bytes [tail, head) of a ring of mask + 1 bytes (positions grow without
 // bound; a byte's place is its position & mask). The thread that owns it writes the bytes and
-// then publishes head; the log's reader writes them out and then publishes tail.
+// then publishes head; the log's reader writes them out and then publishes tail. When the reader
+// has taken every byte, the owner's next line moves both to the start of the next lap.
 struct AccessLog::Ring {
   explicit Ring(std::size_t bytes)
       : data(std::make_unique_for_overwrite<char[]>(bytes)), mask(bytes - 1) {}
-  const std::unique_ptr<char[]> data;  // untouched until written: no memory for an idle log
+  // Untouched until written: no memory for an idle log, and a busy one touches about as much as
+  // piles up between two of the writer's batches.
+  const std::unique_ptr<char[]> data;
   const std::size_t mask;
   alignas(64) std::atomic<std::uint64_t> head{0};
   alignas(64) std::atomic<std::uint64_t> tail{0};
@@ -363,8 +366,20 @@ void AccessLog::log(const AccessRecord& r) {
   // otherwise (the ring wraps there, or is nearly full) into a per-thread scratch buffer that
   // keeps its size, and copied in if it fits.
   Ring& ring = ring_cache.log == id_ ? *ring_cache.ring : this->ring();
-  const std::uint64_t head = ring.head.load(std::memory_order_relaxed);
-  const std::uint64_t used = head - ring.tail.load(std::memory_order_acquire);
+  std::uint64_t head = ring.head.load(std::memory_order_relaxed);
+  std::uint64_t tail = ring.tail.load(std::memory_order_acquire);
+  if (tail == head && (head & ring.mask) != 0) {
+    // The writer has taken every line: this one starts the buffer again, so that the lines
+    // between two writes stay in the few kilobytes written last (still in the cache) instead of
+    // walking the whole buffer. The writer's tail moves with it (a compare and swap: the writer
+    // stores its tail only while lines are pending, and none is).
+    const std::uint64_t start = (head | ring.mask) + 1;
+    if (ring.tail.compare_exchange_strong(tail, start, std::memory_order_acquire)) {
+      head = start;
+      tail = start;
+    }
+  }
+  const std::uint64_t used = head - tail;
   const std::size_t room = ring.mask + 1 - used;
   const std::size_t at = head & ring.mask;
   const bool in_place = room >= bound && ring.mask + 1 - at >= bound;
@@ -498,6 +513,11 @@ AccessLog::Ring& AccessLog::ring() {
   return *memo.ring;
 }
 
+std::size_t AccessLog::buffer_offset() {
+  const Ring& r = ring();
+  return r.head.load(std::memory_order_relaxed) & r.mask;
+}
+
 std::size_t AccessLog::buffers() {
   std::lock_guard lock(mu_);
   return rings_.size();
@@ -512,8 +532,10 @@ void AccessLog::drain() {
       if (i >= rings_.size()) break;
       r = rings_[i].get();
     }
-    const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
+    // The head first: a line that restarted the buffer moved the tail before its head was
+    // published, so the tail read after that head is the moved one.
     const std::uint64_t head = r->head.load(std::memory_order_acquire);
+    const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
     if (head == tail) continue;
     const std::size_t at = tail & r->mask;
     const auto size = static_cast<std::size_t>(head - tail);

@@ -672,6 +672,59 @@ TEST(AccessLog, BuffersOfEndedThreadsAreReused) {
   for (int t = 0; t < 20; ++t) EXPECT_EQ(ids[t], "e" + std::to_string(t));
 }
 
+// Once the writer has taken every line, the next one starts its buffer again: a busy log keeps
+// writing the same few kilobytes instead of walking the whole buffer.
+TEST(AccessLog, ALineAfterEveryLineWasWrittenStartsTheBufferAgain) {
+  const std::string path = temp_path();
+  {
+    AccessLog log(path, 1);  // 64 KiB per thread
+    AccessRecord r;
+    r.request_id = "restart";  // every line the same size
+    EXPECT_EQ(log.buffer_offset(), 0u);
+    for (int i = 0; i < 100; ++i) log.log(r);
+    log.flush();
+    const std::size_t line = read_all(path).size() / 100;
+    ASSERT_GT(line, 0u);
+    log.log(r);
+    EXPECT_EQ(log.buffer_offset(), line);
+    log.log(r);
+    EXPECT_LE(log.buffer_offset(), 2 * line);  // the writer may have taken the first already
+  }
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  EXPECT_EQ(ids.size(), 102u);
+}
+
+// One thread logs while the writer takes its lines in small batches (the smallest buffer wakes
+// it every 16 KiB), so the buffer starts again while the writer is busy: every line is written
+// once, whole and in order, or counted as dropped.
+TEST(AccessLog, LinesStayInOrderWhileTheBufferStartsAgainUnderTheWriter) {
+  const std::string path = temp_path();
+  constexpr int kLines = 50'000;
+  std::uint64_t dropped = 0;
+  {
+    AccessLog log(path, 1);
+    for (int i = 0; i < kLines; ++i) {
+      const std::string id = "s" + std::to_string(i);
+      AccessRecord r;
+      r.request_id = id;
+      r.path = "/v1/chat/completions";
+      log.log(r);
+    }
+    dropped = log.dropped();
+  }
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  EXPECT_EQ(ids.size() + dropped, static_cast<std::size_t>(kLines));
+  int last = -1;
+  for (const std::string& id : ids) {
+    ASSERT_EQ(id[0], 's') << id;
+    const int n = std::stoi(id.substr(1));
+    ASSERT_GT(n, last) << id;
+    last = n;
+  }
+}
+
 // One thread logging to two logs in turn: each line lands in its own log's file.
 TEST(AccessLog, AThreadLoggingToTwoLogsWritesEachLineToItsOwn) {
   const std::string a_path = temp_path(), b_path = temp_path();
