@@ -1253,41 +1253,47 @@ asio::awaitable<Next> answer_buffered(Ctx& c, Attempts& a, http::UpstreamRespons
 
 }  // namespace
 
-asio::awaitable<void> forward::run(Ctx& c, std::optional<Verdict>& verdict) {
-  Attempts a(c);
-  for (;;) {
-    Next next = start_attempt(c, a, verdict);
-    if (next == Next::kDone) co_return;
-    if (next == Next::kSkip) continue;
-    if (next == Next::kSendLast) {
-      co_await c.w.send(std::move(*a.last_response));
-      verdict = Ok{};
-      co_return;
-    }
-    auto resp = co_await c.sh.upstream->send(*a.d->provider, *a.out);
-    a.out.reset();
-    if (!resp) {
-      next = attempt_failed(c, a, resp.error(), verdict);
-      if (next == Next::kDone) co_return;
-      if (next == Next::kRetry) co_await sleep_for(a.delay);
-      continue;
-    }
-    auto& up = resp.value();
-    if (answer_head(c, a, up)) {
-      c.upstream_status = 200;
-      if (a.fast) {
-        co_await relay_stream(c, up, a.headers);
-      } else {
-        co_await relay_translated(c, up, std::move(a.headers), a.call);
+asio::awaitable<void> forward::run(Ctx& c) {
+  std::optional<Verdict> verdict;
+  {
+    Attempts a(c);
+    for (;;) {
+      Next next = start_attempt(c, a, verdict);
+      if (next == Next::kDone) break;
+      if (next == Next::kSkip) continue;
+      if (next == Next::kSendLast) {
+        co_await c.w.send(std::move(*a.last_response));
+        verdict = Ok{};
+        break;
       }
-      stream_relayed(c, a);
-      verdict = Ok{};
-      co_return;
+      auto resp = co_await c.sh.upstream->send(*a.d->provider, *a.out);
+      a.out.reset();
+      if (!resp) {
+        next = attempt_failed(c, a, resp.error(), verdict);
+        if (next == Next::kDone) break;
+        if (next == Next::kRetry) co_await sleep_for(a.delay);
+        continue;
+      }
+      auto& up = resp.value();
+      if (answer_head(c, a, up)) {
+        c.upstream_status = 200;
+        if (a.fast) {
+          co_await relay_stream(c, up, a.headers);
+        } else {
+          co_await relay_translated(c, up, std::move(a.headers), a.call);
+        }
+        stream_relayed(c, a);
+        verdict = Ok{};
+        break;
+      }
+      c.upstream_status = up.status();
+      if (co_await answer_buffered(c, a, up, verdict) == Next::kDone) break;
+      co_await sleep_for(a.delay);
     }
-    c.upstream_status = up.status();
-    if (co_await answer_buffered(c, a, up, verdict) == Next::kDone) co_return;
-    co_await sleep_for(a.delay);
   }
+  // The attempts are over (their state gone): an error the flow answers.
+  if (!verdict->ok()) co_await reply_error(c, verdict->error());
+  c.permit.complete(c.upstream_latency, c.upstream_status);
 }
 
 }  // namespace bw::gateway

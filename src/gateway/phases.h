@@ -106,12 +106,12 @@ std::optional<Verdict> try_now(Ctx& c);
 boost::asio::awaitable<Verdict> run(Ctx& c);
 }  // namespace phase_admission
 
-// 8 forward and 9 respond: pick a deployment, send, retry or fall back, relay the answer.
-// Always waits (no try_now). Sets `verdict`: Ok when it answered the client; an error for the
-// flow to send. (An awaitable<Verdict> would hold a Verdict in its own frame and another in the
-// awaiting one's, for every request in flight.)
+// 8 forward and 9 respond: pick a deployment, send, retry or fall back, relay the answer, or
+// answer the client with the error that ended the attempts; then the concurrency slot is told
+// how the request went. Always waits (no try_now). The flow's last step: run_llm returns its
+// awaitable itself when no phase before it waited.
 namespace forward {
-boost::asio::awaitable<void> run(Ctx& c, std::optional<Verdict>& verdict);
+boost::asio::awaitable<void> run(Ctx& c);
 }  // namespace forward
 
 // 10 finish: runs once for every request that entered handle_request, whatever ended it.

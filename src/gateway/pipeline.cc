@@ -23,63 +23,114 @@ std::string_view operation_name(providers::Endpoint e) {
       return "chat";
   }
 }
-// Awaits a phase that must wait into the flow's verdict. A co_await's result is a temporary of
-// the awaiting coroutine's frame, one per co_await expression: six Verdicts (about 160 bytes
-// each) made run_llm's frame larger than Asio's recycling allocator keeps (1020 bytes), which
-// cost an aligned malloc and free per request. Only a request that waits pays this small frame.
-asio::awaitable<void> into(asio::awaitable<Verdict> phase, std::optional<Verdict>& v) {
-  v = co_await std::move(phase);
+
+// Where the flow stands: the phase whose verdict it has or waits for (1 authenticate to
+// 7 admission), or what is left to do once the phases before forward have decided.
+enum class Stage : std::uint8_t {
+  kAuth,
+  kResolve,
+  kCache,
+  kRateLimit,
+  kCost,
+  kAdmission,
+  kForward,  // every phase let the request through: 8 forward and 9 respond
+  kReply,    // a phase refused: its error is answered
+  kServe,    // a cache hit, answered from the cache
+};
+
+// The verdict `v` of the phase at `s` (none: that phase must wait, and is where the flow
+// stands), then the phases after it as far as they decide without waiting. The stage the flow
+// stands at: a phase to run(), or what is left once the phases have decided.
+Stage go_on(Ctx& c, providers::Endpoint endpoint, Stage s, std::optional<Verdict>& v) {
+  for (;;) {
+    if (!v) return s;
+    if (!v->ok()) return Stage::kReply;
+    switch (s) {
+      case Stage::kAuth:
+        c.w.watch_disconnect([&c] { on_client_gone(c); });
+        // 2 decode, 3 resolve: the body in the client's API, the model group
+        s = Stage::kResolve;
+        v = phase_resolve::try_now(c, endpoint);
+        break;
+      case Stage::kResolve:
+        // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
+        s = Stage::kCache;
+        v = phase_cache::try_now(c);
+        break;
+      case Stage::kCache:
+        // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
+        // request and reserves no tokens)
+        s = Stage::kRateLimit;
+        v = phase_rate_limit::try_now(c);
+        break;
+      case Stage::kRateLimit:
+        c.extra.add_known_valid(
+            "x-bellwether-priority",
+            admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
+        if (c.priority.lowered) c.extra.add_known_valid("x-bellwether-priority-lowered", "true");
+        phase_cache::note(c);
+        // A hit is answered here: no budget hold, no concurrency slot, no upstream.
+        if (phase_cache::hit(c)) return Stage::kServe;
+        // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
+        s = Stage::kCost;
+        v = phase_cost::try_now(c);
+        break;
+      case Stage::kCost:
+        // 7 admission: a slot of the model group's concurrency, waiting in priority order
+        s = Stage::kAdmission;
+        v = phase_admission::try_now(c);
+        break;
+      case Stage::kAdmission:
+        return Stage::kForward;
+      default:
+        return s;
+    }
+  }
+}
+
+// The wait of the phase at `s` (one that has a run()).
+asio::awaitable<Verdict> wait_for(Ctx& c, providers::Endpoint endpoint, Stage s) {
+  switch (s) {
+    case Stage::kResolve:
+      return phase_resolve::run(c, endpoint);
+    case Stage::kCache:
+      return phase_cache::run(c);
+    case Stage::kRateLimit:
+      return phase_rate_limit::run(c);
+    case Stage::kCost:
+      return phase_cost::run(c);
+    default:
+      return phase_admission::run(c);
+  }
+}
+
+// The flow from stage `s` on, for a request that waits for a phase, is refused or is a cache
+// hit. `v` is held here by value: the caller's is gone.
+asio::awaitable<void> rest_of_flow(Ctx& c, providers::Endpoint endpoint, Stage s,
+                                   std::optional<Verdict> v) {
+  while (s < Stage::kForward) {
+    v = co_await wait_for(c, endpoint, s);
+    s = go_on(c, endpoint, s, v);
+  }
+  if (s == Stage::kReply) co_return co_await reply_error(c, v->error());
+  if (s == Stage::kServe) co_return co_await phase_cache::serve(c);
+  co_await forward::run(c);
 }
 
 }  // namespace
 
+// Not a coroutine: the phases that decide at once run here, and a request that every phase lets
+// through without a wait gets forward::run's awaitable itself, one coroutine frame (and one
+// level of resumption) fewer for every such request.
 asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint) {
   c.sh.llm_arrivals.fetch_add(1, std::memory_order_relaxed);
   tracing::begin(c, operation_name(endpoint));
-  std::optional<Verdict> v;
-
   // 1 authenticate: the key, its plan and the request's priority
-  v = phase_auth::try_now(c);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-  c.w.watch_disconnect([&c] { on_client_gone(c); });
-
-  // 2 decode, 3 resolve: the body in the client's API, the model group
-  v = phase_resolve::try_now(c, endpoint);
-  if (!v) co_await into(phase_resolve::run(c, endpoint), v);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-
-  // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
-  v = phase_cache::try_now(c);
-  if (!v) co_await into(phase_cache::run(c), v);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-
-  // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
-  // request and reserves no tokens)
-  v = phase_rate_limit::try_now(c);
-  if (!v) co_await into(phase_rate_limit::run(c), v);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-  c.extra.add_known_valid(
-      "x-bellwether-priority",
-      admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
-  if (c.priority.lowered) c.extra.add_known_valid("x-bellwether-priority-lowered", "true");
-  phase_cache::note(c);
-  // A hit is answered here: no budget hold, no concurrency slot, no upstream.
-  if (phase_cache::hit(c)) co_return co_await phase_cache::serve(c);
-
-  // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
-  v = phase_cost::try_now(c);
-  if (!v) co_await into(phase_cost::run(c), v);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-
-  // 7 admission: a slot of the model group's concurrency, waiting in priority order
-  v = phase_admission::try_now(c);
-  if (!v) co_await into(phase_admission::run(c), v);
-  if (!v->ok()) co_return co_await reply_error(c, v->error());
-
+  std::optional<Verdict> v = phase_auth::try_now(c);
+  const Stage s = go_on(c, endpoint, Stage::kAuth, v);
   // 8 forward and 9 respond: deployment, retries, fallbacks, the answer relayed
-  co_await forward::run(c, v);
-  if (!v->ok()) co_await reply_error(c, v->error());
-  c.permit.complete(c.upstream_latency, c.upstream_status);
+  if (s == Stage::kForward) return forward::run(c);
+  return rest_of_flow(c, endpoint, s, std::move(v));
 }
 
 }  // namespace bw::gateway

@@ -16,7 +16,8 @@ struct Ctx;
 boost::asio::awaitable<void> handle_request(Shared& shared, http::Request& req,
                                             http::ResponseWriter& w, bool admin_listener);
 
-// The flow of one LLM request in phase order. Does not run finish: its caller does.
+// The flow of one LLM request in phase order. Does not run finish: its caller does. Not a
+// coroutine: the phases that decide at once run in the call, before the awaitable is returned.
 boost::asio::awaitable<void> run_llm(Ctx& c, providers::Endpoint endpoint);
 
 }  // namespace bw::gateway
