@@ -300,6 +300,9 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
   bool saw_done = false, ended = false;
   SparePrefix spare;
   providers::ChunkPrefix& prefix = spare.get();  // the start that this stream's events share
+  // A stream that the cache does not keep at its start is not kept later on: its events are
+  // not offered to the cache one by one.
+  const bool capture = phase_cache::capturing(c);
   for (;;) {
     std::optional<Result<std::string_view>> got = up.read_some_now();
     if (!got) got.emplace(co_await up.read_some());
@@ -348,7 +351,7 @@ asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
         ++text_chunks;
       }
       if (info.usage.present) c.usage = info.usage;
-      phase_cache::capture_event(c, event);
+      if (capture) phase_cache::capture_event(c, event);
       if (info.usage_only && !c.llm.client_wants_usage) {
         send.add(run);
         run = {};
