@@ -1,6 +1,9 @@
 #include "gateway/access_log.h"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -71,6 +74,7 @@ AccessLog::AccessLog(const std::string& path, std::size_t max_buffer_bytes)
     // three write calls (the buffer's rest, the whole blocks, the tail at the fflush), unbuffered
     // it is one.
     if (owns_) std::setvbuf(out_, nullptr, _IONBF, 0);
+    if (owns_) fd_ = ::fileno(out_);
   }
   if (out_) {
     writer_ = std::thread([this] {
@@ -540,6 +544,7 @@ void AccessLog::drain() {
     const std::size_t at = tail & r->mask;
     const auto size = static_cast<std::size_t>(head - tail);
     const std::size_t first = std::min(size, r->mask + 1 - at);
+    reserve(size);
     std::fwrite(r->data.get() + at, 1, first, out_);
     if (size > first) std::fwrite(r->data.get(), 1, size - first, out_);
     // fwrite has taken the bytes: the ring may reuse them.
@@ -547,6 +552,23 @@ void AccessLog::drain() {
     wrote = true;
   }
   if (wrote) std::fflush(out_);
+}
+
+void AccessLog::reserve(std::size_t bytes) {
+  if (fd_ < 0) return;
+  if (bytes <= reserved_) {
+    reserved_ -= bytes;
+    return;
+  }
+  // From the file's end as it is now (another process may have appended or truncated it).
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode) ||
+      ::fallocate(fd_, FALLOC_FL_KEEP_SIZE, st.st_size,
+                  static_cast<off_t>(kReserveBytes + bytes)) != 0) {
+    fd_ = -1;
+    return;
+  }
+  reserved_ = kReserveBytes;
 }
 
 void AccessLog::flush() {

@@ -97,13 +97,20 @@ class AccessLog {
  private:
   Ring& ring();  // this thread's buffer
   void run();
-  void drain();  // with drain_mu_ held
+  void drain();                     // with drain_mu_ held
+  void reserve(std::size_t bytes);  // with drain_mu_ held
   std::FILE* out_ = nullptr;
   bool owns_ = false;
   std::size_t ring_bytes_;
   std::size_t wake_bytes_;
-  const std::uint64_t id_;  // this log in the threads' memos of their buffers
-  std::mutex mu_;           // rings_, stop_; the writer's sleep
+  // The file's blocks are reserved kReserveBytes ahead of its end (its size unchanged): growing
+  // into reserved blocks costs the writer ~30 % less system time than allocating them per write.
+  // fd_ is -1 for stdout, or once the file system refuses.
+  static constexpr std::size_t kReserveBytes = 8 << 20;
+  int fd_ = -1;
+  std::size_t reserved_ = 0;  // bytes that can still be appended into reserved blocks
+  const std::uint64_t id_;    // this log in the threads' memos of their buffers
+  std::mutex mu_;             // rings_, stop_; the writer's sleep
   std::condition_variable cv_;
   // The writer is woken early once a thread's buffer holds this much (a quarter of the buffer at
   // most): at ~30k lines a second, 256 KiB is a wake-up (a futex call on the event loop, two

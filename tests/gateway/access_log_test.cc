@@ -1,8 +1,10 @@
 // The access log's line: one JSON object per request, every field under its documented name.
 #include "gateway/access_log.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <simdjson.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -723,6 +725,32 @@ TEST(AccessLog, LinesStayInOrderWhileTheBufferStartsAgainUnderTheWriter) {
     ASSERT_GT(n, last) << id;
     last = n;
   }
+}
+
+// The file's blocks are reserved megabytes ahead of its end, its size and text unchanged: the
+// writer grows it into them instead of allocating blocks per write.
+TEST(AccessLog, BlocksAheadOfTheFilesEndAreReservedWithoutGrowingIt) {
+  const std::string path = temp_path();
+  {
+    const int probe = ::open(path.c_str(), O_WRONLY);
+    ASSERT_GE(probe, 0);
+    const bool supported = ::fallocate(probe, FALLOC_FL_KEEP_SIZE, 0, 4096) == 0;
+    ::close(probe);
+    ::truncate(path.c_str(), 0);
+    if (!supported) GTEST_SKIP() << "the file system of /tmp reserves no blocks";
+  }
+  AccessLog log(path);
+  AccessRecord r;
+  r.request_id = "reserved";
+  log.log(r);
+  log.flush();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  const std::string text = read_all(path);
+  EXPECT_EQ(static_cast<std::size_t>(st.st_size), text.size());
+  EXPECT_EQ(request_ids(text), (std::vector<std::string>{"reserved"}));
+  EXPECT_GE(static_cast<std::int64_t>(st.st_blocks) * 512, 8 << 20);
+  ::unlink(path.c_str());
 }
 
 // One thread logging to two logs in turn: each line lands in its own log's file.
