@@ -38,53 +38,54 @@ enum class Stage : std::uint8_t {
   kServe,    // a cache hit, answered from the cache
 };
 
+// Whether a phase's verdict `r` lets the request go on; otherwise it becomes the flow's `v` (an
+// error to answer, or none: the phase must wait). A verdict that lets the request through is not
+// moved into `v` (an out-of-line assignment per phase).
+bool passes(std::optional<Verdict>&& r, std::optional<Verdict>& v) {
+  if (r && r->ok()) return true;
+  v = std::move(r);
+  return false;
+}
+
 // The verdict `v` of the phase at `s` (none: that phase must wait, and is where the flow
 // stands), then the phases after it as far as they decide without waiting. The stage the flow
 // stands at: a phase to run(), or what is left once the phases have decided.
 Stage go_on(Ctx& c, providers::Endpoint endpoint, Stage s, std::optional<Verdict>& v) {
-  for (;;) {
-    if (!v) return s;
-    if (!v->ok()) return Stage::kReply;
-    switch (s) {
-      case Stage::kAuth:
-        c.w.watch_disconnect([&c] { on_client_gone(c); });
-        // 2 decode, 3 resolve: the body in the client's API, the model group
-        s = Stage::kResolve;
-        v = phase_resolve::try_now(c, endpoint);
-        break;
-      case Stage::kResolve:
-        // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
-        s = Stage::kCache;
-        v = phase_cache::try_now(c);
-        break;
-      case Stage::kCache:
-        // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
-        // request and reserves no tokens)
-        s = Stage::kRateLimit;
-        v = phase_rate_limit::try_now(c);
-        break;
-      case Stage::kRateLimit:
-        c.extra.add_known_valid(
-            "x-bellwether-priority",
-            admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
-        if (c.priority.lowered) c.extra.add_known_valid("x-bellwether-priority-lowered", "true");
-        phase_cache::note(c);
-        // A hit is answered here: no budget hold, no concurrency slot, no upstream.
-        if (phase_cache::hit(c)) return Stage::kServe;
-        // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
-        s = Stage::kCost;
-        v = phase_cost::try_now(c);
-        break;
-      case Stage::kCost:
-        // 7 admission: a slot of the model group's concurrency, waiting in priority order
-        s = Stage::kAdmission;
-        v = phase_admission::try_now(c);
-        break;
-      case Stage::kAdmission:
-        return Stage::kForward;
-      default:
-        return s;
-    }
+  if (!v) return s;
+  if (!v->ok()) return Stage::kReply;
+  switch (s) {
+    case Stage::kAuth:
+      c.w.watch_disconnect([&c] { on_client_gone(c); });
+      // 2 decode, 3 resolve: the body in the client's API, the model group
+      if (!passes(phase_resolve::try_now(c, endpoint), v))
+        return v ? Stage::kReply : Stage::kResolve;
+      [[fallthrough]];
+    case Stage::kResolve:
+      // 4 cache: exact or semantic lookup; a miss may wait for an identical request in flight
+      if (!passes(phase_cache::try_now(c), v)) return v ? Stage::kReply : Stage::kCache;
+      [[fallthrough]];
+    case Stage::kCache:
+      // 5 rate limit: all limits at once; `wait` limits hold the request (a hit counts as a
+      // request and reserves no tokens)
+      if (!passes(phase_rate_limit::try_now(c), v)) return v ? Stage::kReply : Stage::kRateLimit;
+      [[fallthrough]];
+    case Stage::kRateLimit:
+      c.extra.add_known_valid(
+          "x-bellwether-priority",
+          admission::kPriorityDigits[static_cast<std::size_t>(c.priority.priority)]);
+      if (c.priority.lowered) c.extra.add_known_valid("x-bellwether-priority-lowered", "true");
+      phase_cache::note(c);
+      // A hit is answered here: no budget hold, no concurrency slot, no upstream.
+      if (phase_cache::hit(c)) return Stage::kServe;
+      // 6 cost guard: reserve the worst case against every budget (may downgrade the model)
+      if (!passes(phase_cost::try_now(c), v)) return v ? Stage::kReply : Stage::kCost;
+      [[fallthrough]];
+    case Stage::kCost:
+      // 7 admission: a slot of the model group's concurrency, waiting in priority order
+      if (!passes(phase_admission::try_now(c), v)) return v ? Stage::kReply : Stage::kAdmission;
+      [[fallthrough]];
+    default:
+      return Stage::kForward;
   }
 }
 
