@@ -537,10 +537,13 @@ void AccessLog::drain() {
       r = rings_[i].get();
     }
     // The head first: a line that restarted the buffer moved the tail before its head was
-    // published, so the tail read after that head is the moved one.
+    // published, so the tail read after that head is the moved one. A head read before that
+    // publication can still meet the moved tail, ahead of it: the line is not there yet, and
+    // nothing is taken (a length from those two would wrap, and the tail stored after it would
+    // go back to the old lap).
     const std::uint64_t head = r->head.load(std::memory_order_acquire);
     const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
-    if (head == tail) continue;
+    if (head == tail || static_cast<std::int64_t>(head - tail) < 0) continue;
     const std::size_t at = tail & r->mask;
     const auto size = static_cast<std::size_t>(head - tail);
     const std::size_t first = std::min(size, r->mask + 1 - at);
