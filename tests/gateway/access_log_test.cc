@@ -698,6 +698,32 @@ TEST(AccessLog, ALineAfterEveryLineWasWrittenStartsTheBufferAgain) {
   EXPECT_EQ(ids.size(), 102u);
 }
 
+// Logs lines with the request ids `prefix`0 .. `prefix`(n - 1), in that order.
+void log_numbered(AccessLog& log, char prefix, int n) {
+  for (int i = 0; i < n; ++i) {
+    const std::string id = prefix + std::to_string(i);
+    AccessRecord r;
+    r.request_id = id;
+    r.path = "/v1/chat/completions";
+    log.log(r);
+  }
+}
+
+// The file at `path` (removed after) holds each of log_numbered's `n` lines once, whole and in
+// order, except the `dropped` ones.
+void expect_numbered_in_order(const std::string& path, char prefix, int n, std::uint64_t dropped) {
+  const std::vector<std::string> ids = request_ids(read_all(path));
+  ::unlink(path.c_str());
+  EXPECT_EQ(ids.size() + dropped, static_cast<std::size_t>(n));
+  int last = -1;
+  for (const std::string& id : ids) {
+    ASSERT_EQ(id[0], prefix) << id;
+    const int i = std::stoi(id.substr(1));
+    ASSERT_GT(i, last) << id;
+    last = i;
+  }
+}
+
 // One thread logs while the writer takes its lines in small batches (the smallest buffer wakes
 // it every 16 KiB), so the buffer starts again while the writer is busy: every line is written
 // once, whole and in order, or counted as dropped.
@@ -707,25 +733,10 @@ TEST(AccessLog, LinesStayInOrderWhileTheBufferStartsAgainUnderTheWriter) {
   std::uint64_t dropped = 0;
   {
     AccessLog log(path, 1);
-    for (int i = 0; i < kLines; ++i) {
-      const std::string id = "s" + std::to_string(i);
-      AccessRecord r;
-      r.request_id = id;
-      r.path = "/v1/chat/completions";
-      log.log(r);
-    }
+    log_numbered(log, 's', kLines);
     dropped = log.dropped();
   }
-  const std::vector<std::string> ids = request_ids(read_all(path));
-  ::unlink(path.c_str());
-  EXPECT_EQ(ids.size() + dropped, static_cast<std::size_t>(kLines));
-  int last = -1;
-  for (const std::string& id : ids) {
-    ASSERT_EQ(id[0], 's') << id;
-    const int n = std::stoi(id.substr(1));
-    ASSERT_GT(n, last) << id;
-    last = n;
-  }
+  expect_numbered_in_order(path, 's', kLines, dropped);
 }
 
 // Another thread drains the buffer without pause while lines are logged, so nearly every line
@@ -742,27 +753,12 @@ TEST(AccessLog, ADrainBetweenARestartAndItsLineTakesNothing) {
     std::thread drainer([&] {
       while (!done.load(std::memory_order_relaxed)) log.flush();
     });
-    for (int i = 0; i < kLines; ++i) {
-      const std::string id = "d" + std::to_string(i);
-      AccessRecord r;
-      r.request_id = id;
-      r.path = "/v1/chat/completions";
-      log.log(r);
-    }
+    log_numbered(log, 'd', kLines);
     done = true;
     drainer.join();
     dropped = log.dropped();
   }
-  const std::vector<std::string> ids = request_ids(read_all(path));
-  ::unlink(path.c_str());
-  EXPECT_EQ(ids.size() + dropped, static_cast<std::size_t>(kLines));
-  int last = -1;
-  for (const std::string& id : ids) {
-    ASSERT_EQ(id[0], 'd') << id;
-    const int n = std::stoi(id.substr(1));
-    ASSERT_GT(n, last) << id;
-    last = n;
-  }
+  expect_numbered_in_order(path, 'd', kLines, dropped);
 }
 
 // The file's blocks are reserved megabytes ahead of its end, its size and text unchanged: the
