@@ -3,18 +3,45 @@
 #include <cstdio>
 #include <ctime>
 
+#include "common/loop_turn.h"
+
 namespace bw {
 
+namespace {
+
+// CLOCK_MONOTONIC and CLOCK_REALTIME are std::chrono::steady_clock's and system_clock's clocks,
+// read here without their calls in between.
+Nanos read_monotonic() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
+}
+
+std::int64_t read_unix_millis() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / kNanosPerMilli;
+}
+
+thread_local loop::TurnReading turn_steady;
+thread_local loop::TurnReading turn_wall;
+
+}  // namespace
+
 Nanos SteadyClock::now() const {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return turn_steady.keep(read_monotonic());
 }
 
 std::int64_t SteadyClock::unix_millis() const {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return turn_wall.keep(read_unix_millis());
+}
+
+Nanos SteadyClock::turn_now() const {
+  return turn_steady.get(read_monotonic);
+}
+
+std::int64_t SteadyClock::turn_unix_millis() const {
+  return turn_wall.get(read_unix_millis);
 }
 
 std::string utc_iso8601(std::int64_t unix_ms, bool with_millis) {

@@ -1,7 +1,8 @@
 #pragma once
 // Clock: the one place time is read. Pure algorithms (limits/, admission/, routing/, cost/) never
 // call it; they take `now` (monotonic nanoseconds) as an argument so tests are exact and instant.
-// Thread safety: SteadyClock is stateless; FakeClock is safe to read and advance from any thread.
+// Thread safety: SteadyClock keeps its turn readings per thread; FakeClock is safe to read and
+// advance from any thread.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -36,12 +37,25 @@ class Clock {
   virtual Nanos now() const = 0;
   // Wall clock, milliseconds since the Unix epoch (for ledgers, logs and daily resets).
   virtual std::int64_t unix_millis() const = 0;
+  // The same clocks read once per turn of the thread's event loop (common/loop_turn.h): the
+  // first use in a turn reads, the later ones in that turn get that reading, or a later one
+  // that now() or unix_millis() took meanwhile on this thread (so readings never go back within
+  // a turn). A turn's reading is no earlier than the reactor's return that began the turn, and
+  // at most the turn's length (a few milliseconds under load) older than a fresh one. For the
+  // time at which a handler decides (limits, admission, routing) and for the start of a
+  // duration; the end of a duration that the user or a policy sees, or a reading after an
+  // await that may not have left the turn, takes now(). Outside a loop's turn (other threads,
+  // tests) these read anew, and a FakeClock's are its now() and unix_millis().
+  virtual Nanos turn_now() const { return now(); }
+  virtual std::int64_t turn_unix_millis() const { return unix_millis(); }
 };
 
 class SteadyClock final : public Clock {
  public:
   Nanos now() const override;
   std::int64_t unix_millis() const override;
+  Nanos turn_now() const override;
+  std::int64_t turn_unix_millis() const override;
   static const SteadyClock& instance();
 };
 

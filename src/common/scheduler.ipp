@@ -30,6 +30,10 @@
 // through std::atomic_ref. On the way out (stopped, or a handler threw) the thread's queue goes
 // back in front of the shared one. run_one(), poll(), run_for() and the rest are Boost's.
 //
+// And in that loop: bw::loop::in_turn (common/loop_turn.h) is set when the reactor task returns
+// and cleared when run() starts and ends, so that a reading kept for a turn of the loop is used
+// only by the handlers that ran after the reactor's last return, on this thread.
+//
 
 #ifndef BOOST_ASIO_DETAIL_IMPL_SCHEDULER_IPP
 #define BOOST_ASIO_DETAIL_IMPL_SCHEDULER_IPP
@@ -41,6 +45,8 @@
 #include <boost/asio/detail/config.hpp>
 
 #include <atomic>  // Bellwether: std::atomic_ref
+
+#include "loop_turn.h"  // Bellwether
 
 #include <boost/asio/detail/concurrency_hint.hpp>
 #include <boost/asio/detail/event.hpp>
@@ -239,6 +245,16 @@ std::size_t scheduler::run(boost::system::error_code& ec)
   // Bellwether: one thread runs this scheduler; see the top of the file.
   if (one_thread_)
   {
+    // Bellwether: a reading kept for the loop's turn (common/loop_turn.h) is used from the
+    // reactor task's return to its next run, inside this run() only: not before its first
+    // turn, nor after it returns (or throws).
+    struct turn_scope
+    {
+      turn_scope() { bw::loop::in_turn = false; }
+      ~turn_scope() { bw::loop::in_turn = false; }
+    } in_loop;
+    (void)in_loop;
+
     op_queue<operation> ready;  // this thread's queue, in the shared queue's order
     long finished = 0;  // handlers run whose work is still on outstanding_work_
 
@@ -345,6 +361,8 @@ std::size_t scheduler::run(boost::system::error_code& ec)
         turn_cleanup c = { this, &lock, &this_thread, &ready };
         (void)c;
         task_->run(more_handlers ? 0 : -1, this_thread.private_op_queue);
+        // Bellwether: the handlers up to the task's next run are this turn's.
+        bw::loop::in_turn = true;
         continue;
       }
       lock.unlock();
