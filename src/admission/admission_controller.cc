@@ -562,7 +562,7 @@ void AdmissionController::wake_all(WakeList& wake) {
 void AdmissionController::release_slot(const std::shared_ptr<Group>& g,
                                        const ConcurrencyLimiter::Ticket& t, Nanos latency,
                                        SampleOutcome outcome) {
-  const Nanos now = clock_.now();
+  const Nanos now = clock_.turn_now();
   WakeList wake;
   {
     std::lock_guard lock(g->mu);
@@ -576,7 +576,7 @@ void AdmissionController::release_slot(const std::shared_ptr<Group>& g,
 
 Permit AdmissionController::try_acquire(std::string_view name, std::int64_t tokens) {
   auto g = group_for(name);
-  const Nanos now = clock_.now();
+  const Nanos now = clock_.turn_now();
   std::lock_guard lock(g->mu);
   if (!g->queue.empty() || !g->limiter.has_capacity()) return Permit();
   Permit p;

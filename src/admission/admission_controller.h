@@ -196,7 +196,9 @@ class AdmissionController {
   void note_refusal(WaitReason reason, int priority) { count_refusal(reason, priority); }
 
   // Takes a slot only if one is free right now and nobody of the group is waiting. No overload
-  // check: meant for deployment-level limits of a request that was already admitted.
+  // check: meant for deployment-level limits of a request that was already admitted. It and a
+  // slot's release take the clock's turn reading (Clock::turn_now): their times are the
+  // limiter's and the rate capacity's, not the end of a duration.
   Permit try_acquire(std::string_view group, std::int64_t tokens = 0);
 
   // acquire()'s immediate path without a coroutine: a slot if the overload policy admits the

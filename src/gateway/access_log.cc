@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/clock.h"
 #include "common/json_util.h"
 
 namespace bw::gateway {
@@ -355,9 +356,8 @@ char* put_route_fields(char* p, const std::string_view (&v)[RouteFields::kFields
 
 void AccessLog::log(const AccessRecord& r) {
   if (!out_) return;
-  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
+  // The line's time stamp: the wall clock's reading for this turn of the thread's loop.
+  const std::int64_t now_ms = SteadyClock::instance().turn_unix_millis();
   // Every string's json_string_max_size, from the sum of their sizes (no list of them built).
   constexpr std::size_t kStrings = 13;
   const std::size_t bytes =

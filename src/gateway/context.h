@@ -198,6 +198,9 @@ struct alignas(64) Ctx {
   Lazy<limits::Verdict> verdict;  // built by a key with limits only
 
   Nanos now() const { return sh.clock.now(); }
+  // This turn's reading of the clock (common/clock.h, Clock::turn_now): for decisions and the
+  // start of durations, not for their end.
+  Nanos turn_now() const { return sh.clock.turn_now(); }
 };
 
 // Who owns the Responses this key stores, and so who may continue them with previous_response_id

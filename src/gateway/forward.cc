@@ -631,8 +631,9 @@ asio::awaitable<void> relay_translated(Ctx& c, http::UpstreamResponse& up, http:
   if (!c.cancelled) co_await c.w.end_stream();
 }
 
-routing::Rng& thread_rng(Nanos now) {
-  thread_local routing::Rng rng(std::random_device{}() ^ static_cast<std::uint64_t>(now));
+// The clock is read for the seed only, on the thread's first use.
+routing::Rng& thread_rng(const Ctx& c) {
+  thread_local routing::Rng rng(std::random_device{}() ^ static_cast<std::uint64_t>(c.now()));
   return rng;
 }
 
@@ -880,8 +881,8 @@ static_assert(std::is_trivially_destructible_v<providers::SplicedBody>);
 // own room in the frame, whether or not it lives across an await.
 struct Attempts {
   explicit Attempts(Ctx& c)
-      : rng(thread_rng(c.now())),
-        plan(c.sh.router.plan(c.route_model, c.now())),
+      : rng(thread_rng(c)),
+        plan(c.sh.router.plan(c.route_model, c.turn_now())),
         max_retry_wait(c.rt->config().retry.cap) {
     // The admission queue reserved this deployment's rate capacity for the request.
     if (const auto& pinned = c.permit.deployment(); !pinned.empty()) plan.pin_first(pinned);
@@ -947,6 +948,8 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
     verdict = Ok{};
     return Next::kDone;
   }
+  // Read anew: the attempt is sent from here, and its time starts the upstream latency that
+  // the breakers and the balancer see (a turn's reading could be older by the turn's length).
   const Nanos now = c.now();
   a.step.ticket.reset();  // the previous attempt's, released before the next pick
   a.step = a.plan.next(now, a.rng);
@@ -1089,12 +1092,12 @@ bool answer_head(Ctx& c, Attempts& a, const http::UpstreamResponse& up) {
     c.sh.admission->learn(a.ticket().group(), a.dep_cfg().id,
                           admission::parse_provider_limits(
                               [&limits](std::string_view name) { return limits.get(name); },
-                              up.status(), c.sh.clock.unix_millis()));
+                              up.status(), c.sh.clock.turn_unix_millis()));
   }
   if (!a.fast) {
     c.upstream_limits.set(providers::parse_rate_limits(
         a.d->provider->wire.wire, [&up](std::string_view n) { return up.headers().get(n); },
-        up.status(), {}, c.sh.clock.unix_millis()));
+        up.status(), {}, c.sh.clock.turn_unix_millis()));
   }
   const bool is_sse = up.content_type().starts_with("text/event-stream");
   const bool stream = up.status() == 200 && c.llm.stream && is_sse;
@@ -1119,6 +1122,8 @@ void stream_relayed(Ctx& c, Attempts& a) {
 // client's API (b.answer, b.translated). kSend: go on to answer_ready.
 Next answer_read(Ctx& c, Attempts& a, Buffered& b, const http::UpstreamResponse& up,
                  const Result<std::string>& all, std::optional<Verdict>& verdict) {
+  // Read anew: it ends the upstream latency and the time to first token, after an await that
+  // may have completed in the attempt's own turn.
   const Nanos now = c.now();
   c.upstream_latency = now - a.sent_at;
   tracing::attempt_end(c, a.span, all ? up.status() : 0,
@@ -1189,7 +1194,8 @@ Next answer_ready(Ctx& c, Attempts& a, Buffered& b, const http::UpstreamResponse
   b.answer.reset();
   b.translated.reset();
   const int status = b.status_out;
-  const Nanos now = c.now();
+  // The plan's time for the outcome (its latency was measured by answer_read).
+  const Nanos now = c.turn_now();
   auto decision = a.plan.finish(a.ticket(), b.outcome, now, false, a.rng);
   if (decision.retry() && decision.delay <= a.max_retry_wait) {
     a.last_response = std::make_unique<Response>(

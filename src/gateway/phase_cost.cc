@@ -327,7 +327,8 @@ std::optional<Verdict> phase_cost::try_now(Ctx& c) {
                                     "' has no price, so its spend cannot be held to a budget. Add "
                                     "it to the pricing table."));
   }
-  const std::int64_t now_ms = sh.clock.unix_millis();
+  // The turn's reading: the reservation and its row are dated by it, and so is its period.
+  const std::int64_t now_ms = sh.clock.turn_unix_millis();
   maybe_downgrade(c, now_ms);
   const AnswerChain& chain =
       c.group->answers[static_cast<std::size_t>(std::clamp(c.priority.priority, 0, 2))];
@@ -430,7 +431,7 @@ std::optional<cost::LedgerCovered> phase_cost::settle_before_answer_now(
   if (!c.lease_claim.active()) return std::nullopt;
   auto& sh = c.sh;
   compute_cost(c);
-  const std::int64_t now_ms = sh.clock.unix_millis();
+  const std::int64_t now_ms = sh.clock.turn_unix_millis();  // the covered row's date
   if (!sh.ledger->journal_room_for(covered_text(c))) return covered_row(c, now_ms);
   // The row is made in the ledger's queue, journaled.
   struct Fill {

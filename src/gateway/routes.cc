@@ -287,9 +287,11 @@ asio::awaitable<void> handle_request(Shared& sh, Request& req, ResponseWriter& w
                                      bool admin_listener) {
   PooledCtx pooled(sh, sh.runtime->load(), req, w);
   Ctx& c = pooled.get();
-  c.start = c.now();
+  // The turn's reading: the request arrived when the reactor's return began this turn, so a
+  // reading taken earlier in it counts the time the request waited behind the turn's others.
+  c.start = c.turn_now();
   c.request_id = stash::take(28);
-  request_id_for(req, sh.clock.unix_millis(), c.request_id);
+  request_id_for(req, sh.clock.turn_unix_millis(), c.request_id);
   // Without trusted proxies the client is the peer; an IPv4 peer address from the socket is
   // already in canonical form (IPv6 ones are normalised by client_ip, e.g. v4-mapped).
   const auto& cfg = c.rt->config();

@@ -98,7 +98,9 @@ struct Shared {
 
   // The limiter's time at the gateway clock's `now`.
   Nanos limiter_time(Nanos now) const { return now + limiter_clock_offset; }
-  Nanos limiter_now() const { return limiter_time(clock.now()); }
+  // At this turn's reading: a shard decides at the latest time it has seen, so a reading a
+  // little older than another thread's is taken at that time.
+  Nanos limiter_now() const { return limiter_time(clock.turn_now()); }
 };
 
 // The /metrics body: gauges that are read at scrape time are refreshed first.
