@@ -271,173 +271,312 @@ class SparePrefix {
 void stream_head_out(Ctx& c, const http::Headers& passed);
 
 // Phase 8 for a stream: pass events through one by one, counting usage on the way. The extra
-// usage chunk is only shown to a client that asked for it.
-asio::awaitable<void> relay_stream(Ctx& c, http::UpstreamResponse& up,
-                                   const http::Headers& passed) {
-  // `passed`: the upstream's headers passed to the client (kForwardResponseHeaders).
-  stream_head_out(c, passed);
-  // When the first body bytes came with the upstream's head, the client's head leaves with them
-  // in one write; otherwise it leaves now, as the upstream's did.
-  // The writes and reads below take no coroutine of their own when the bytes are at hand (the
-  // *_now calls): a stream whose events came with the head is relayed without one.
-  const bool held = up.body_at_hand();
-  bool started = false;
-  if (auto now = c.w.start_stream_now(held)) {
-    started = *now;
-  } else {
-    started = co_await c.w.start_stream(held);
+// usage chunk is only shown to a client that asked for it. Made in forward::run's frame when
+// the answer is a stream to relay: now() relays what it can without a coroutine of its own
+// (the upstream's bytes at hand, the client's socket taking them at once: a short stream that
+// came whole with its head is relayed so), and rest() goes on from where it stopped, awaiting
+// what must be waited for (the upstream's next bytes, the client's socket) and the rare steps
+// (a broken stream's error event, a budget lease's ledger row, a truncated stream's end).
+// Either way each read's events leave as soon as they are in, in the same order and writes.
+class StreamRelay {
+ public:
+  StreamRelay(Ctx& c, http::UpstreamResponse& up)
+      : c_(c), up_(up), capture_(phase_cache::capturing(c)) {}
+  StreamRelay(const StreamRelay&) = delete;
+  StreamRelay& operator=(const StreamRelay&) = delete;
+
+  // Starts the stream (`passed`: the upstream's headers passed to the client,
+  // kForwardResponseHeaders) and relays as far as it can without waiting. True when the relay
+  // is over; false when rest() must follow.
+  bool now(const http::Headers& passed) {
+    stream_head_out(c_, passed);
+    // When the first body bytes came with the upstream's head, the client's head leaves with
+    // them in one write; otherwise it leaves now, as the upstream's did.
+    held_ = up_.body_at_hand();
+    return run();
   }
-  if (!started) {
-    note_client_gone(c);
-    up.abort();
-    co_return;
-  }
-  c.status = 200;
-  http::SseSplitter splitter;
-  Stretches send;
-  std::string scratch;
-  std::size_t text_chars = 0, text_chunks = 0;
-  bool saw_done = false, ended = false;
-  SparePrefix spare;
-  providers::ChunkPrefix& prefix = spare.get();  // the start that this stream's events share
-  // A stream that the cache does not keep at its start is not kept later on: its events are
-  // not offered to the cache one by one.
-  const bool capture = phase_cache::capturing(c);
-  for (;;) {
-    std::optional<Result<std::string_view>> got = up.read_some_now();
-    if (!got) got.emplace(co_await up.read_some());
-    Result<std::string_view>& piece = *got;
-    if (!piece && c.client_gone) break;  // we dropped the upstream ourselves
-    if (!piece) {
-      // The upstream failed after bytes reached the client: no retry is possible. End the stream
-      // cleanly with an error event so the client sees why it stopped.
-      c.outcome.set(OutcomeKind::kUpstream, piece.error().code);
-      std::string ev = "data: " +
-                       openai_error_body("The upstream stream failed: " + piece.error().message,
-                                         "upstream_error", piece.error().code) +
-                       "\n\n";
-      c.bytes_out += ev.size();
-      co_await c.w.write_chunk(ev);
-      break;
+
+  // The relay from where now() (or the step before) stopped.
+  asio::awaitable<void> rest() {
+    for (;;) {
+      switch (at_) {
+        case At::kStart:
+          started(co_await c_.w.start_stream(held_));
+          break;
+        case At::kRead: {
+          Result<std::string_view> piece = co_await up_.read_some();
+          at_ = take(piece);
+          break;
+        }
+        case At::kWrite:
+          at_ = written(co_await c_.w.write_chunk_pieces(send_.pieces(), last_));
+          break;
+        case At::kFail:
+          co_await c_.w.write_chunk(fail_);
+          at_ = At::kFinish;
+          break;
+        case At::kSettle:
+          at_ = written(co_await settle());
+          break;
+        case At::kFinish:
+          co_await finish();
+          co_return;
+        case At::kEnd:
+          co_await c_.w.end_stream();
+          co_return;
+        case At::kKeep:
+        case At::kDone:
+          break;
+      }
+      if (run()) co_return;
     }
-    if (piece->empty()) break;
-    if (c.ttft < 0) c.ttft = c.now() - c.start;
+  }
+
+ private:
+  // What the relay does next.
+  enum class At : std::uint8_t {
+    kStart,   // start the client's stream
+    kRead,    // read the upstream's next piece
+    kWrite,   // write the piece's events (send_)
+    kKeep,    // keep the piece's unfinished event for the next read
+    kFail,    // the upstream failed: write the error event (fail_)
+    kSettle,  // the events before [DONE], the budget lease's ledger row, then the rest
+    kFinish,  // the stream's end: charge it, end the client's stream
+    kEnd,     // charged: end the client's stream
+    kDone,
+  };
+
+  // The steps that settle without waiting; false at the first that must wait (or that only
+  // rest() takes), which is then at_. True when the relay is over.
+  bool run() {
+    for (;;) {
+      switch (at_) {
+        case At::kStart: {
+          const auto r = c_.w.start_stream_now(held_);
+          if (!r) return false;
+          started(*r);
+          break;
+        }
+        case At::kRead: {
+          auto got = up_.read_some_now();
+          if (!got) return false;
+          at_ = take(*got);
+          break;
+        }
+        case At::kWrite: {
+          const auto r = c_.w.write_chunk_pieces_now(send_.pieces(), last_);
+          if (!r) return false;
+          at_ = written(*r);
+          break;
+        }
+        case At::kKeep:
+          at_ = kept();
+          break;
+        case At::kFinish:
+          return finish_now();
+        case At::kDone:
+          return true;
+        case At::kFail:
+        case At::kSettle:
+        case At::kEnd:
+          return false;
+      }
+    }
+  }
+
+  void started(bool ok) {
+    if (!ok) {
+      note_client_gone(c_);
+      up_.abort();
+      at_ = At::kDone;
+      return;
+    }
+    c_.status = 200;
+    at_ = At::kRead;
+  }
+
+  // One read of the upstream: its complete events walked and made ready to leave (send_).
+  At take(Result<std::string_view>& piece) {
+    if (!piece && c_.client_gone) return At::kFinish;  // we dropped the upstream ourselves
+    if (!piece) {
+      // The upstream failed after bytes reached the client: no retry is possible. End the
+      // stream cleanly with an error event so the client sees why it stopped.
+      c_.outcome.set(OutcomeKind::kUpstream, piece.error().code);
+      fail_ = "data: " +
+              openai_error_body("The upstream stream failed: " + piece.error().message,
+                                "upstream_error", piece.error().code) +
+              "\n\n";
+      c_.bytes_out += fail_.size();
+      return At::kFail;
+    }
+    if (piece->empty()) return At::kFinish;
+    if (c_.ttft < 0) c_.ttft = c_.now() - c_.start;
     // Every complete event of this read leaves in one write. Events pass through as they came:
     // the bytes are written from the read itself (`run`, a contiguous stretch of it), in
     // several stretches around an event that is held back.
-    const std::string_view window = splitter.window(*piece);
-    std::string_view rest = window, event, run, data;
-    send.clear();
+    window_ = splitter_.window(*piece);
+    std::string_view rest = window_, event, run, data;
+    send_.clear();
     // A request covered by a budget lease gets its ledger row before [DONE]: the events before
-    // it leave first (pieces [0, settle_at)), so that a first token never waits.
-    std::size_t settle_at = kNoSettle;
+    // it leave first (pieces [0, settle_at_)), so that a first token never waits.
+    settle_at_ = kNoSettle;
+    providers::ChunkPrefix& prefix = spare_.get();  // the start that this stream's events share
     providers::ChunkInfo info;
     for (;;) {
       // A text event of the stream's usual shape is split and inspected in one pass.
       if (!providers::next_shaped_event(rest, event, data, info, prefix)) {
-        if (!http::next_event_data(rest, event, data, scratch)) break;
+        if (!http::next_event_data(rest, event, data, scratch_)) break;
         info = providers::inspect_chunk(data, prefix);
       }
-      if (info.done && !saw_done && phase_cost::covered(c)) {
-        send.add(run);
+      if (info.done && !saw_done_ && phase_cost::covered(c_)) {
+        send_.add(run);
         run = {};
-        settle_at = send.pieces().size();
+        settle_at_ = send_.pieces().size();
       }
-      if (info.done) saw_done = true;
+      if (info.done) saw_done_ = true;
       if (info.has_text || info.other_output) {
         // A tool call's bytes are not measured on the way: its whole event counts (more than
         // was generated; only charged when the usage is missing or unreadable).
-        text_chars += info.other_output ? data.size() : info.text_chars;
-        ++text_chunks;
+        text_chars_ += info.other_output ? data.size() : info.text_chars;
+        ++text_chunks_;
       }
-      if (info.usage.present) c.usage = info.usage;
-      if (capture) phase_cache::capture_event(c, event);
-      if (info.usage_only && !c.llm.client_wants_usage) {
-        send.add(run);
+      if (info.usage.present) c_.usage = info.usage;
+      // A stream that the cache does not keep at its start is not kept later on: its events
+      // are not offered to the cache one by one.
+      if (capture_) phase_cache::capture_event(c_, event);
+      if (info.usage_only && !c_.llm.client_wants_usage) {
+        send_.add(run);
         run = {};
         continue;
       }
       run = run.empty() ? event : std::string_view(run.data(), run.size() + event.size());
     }
-    send.add(run);
-    for (auto p : send.pieces()) tracing::observe_output(c, p);
-    // Before keep(): `send` may point into the splitter's buffer, which keep() rewrites.
-    const bool last = saw_done && up.complete();
-    if (settle_at != kNoSettle) {
-      // Stretches joins its pieces past kMaxChunkPieces: then all of them wait.
-      const auto all = send.pieces();
-      const std::size_t head = all.empty() ? 0 : std::min(settle_at, all.size() - 1);
-      bool ok = true;
-      if (head > 0) {
-        std::size_t head_bytes = 0;
-        for (std::size_t i = 0; i < head; ++i) head_bytes += all[i].size();
-        c.bytes_out += head_bytes;
-        ok = co_await c.w.write_chunk_pieces(all.first(head), false);
-      }
-      if (ok) {
-        // The usage as the end of the stream would take it (below), before the row is written.
-        api::check_output_counted(c.usage, text_chunks > 0);
-        if (!c.usage.usable()) charge_relayed(c, relayed_tokens(text_chunks, text_chars), true);
-        if (phase_cost::covered(c)) {
-          if (auto row =
-                  phase_cost::settle_before_answer_now(c, co_await asio::this_coro::executor)) {
-            co_await phase_cost::settle_before_answer(c, std::move(*row));
-          }
+    send_.add(run);
+    consumed_ = window_.size() - rest.size();
+    for (auto p : send_.pieces()) tracing::observe_output(c_, p);
+    // Before keep(): `send_` may point into the splitter's buffer, which keep() rewrites.
+    last_ = saw_done_ && up_.complete();
+    if (settle_at_ != kNoSettle) return At::kSettle;
+    if (send_.size() == 0) return At::kKeep;
+    c_.bytes_out += send_.size();
+    return At::kWrite;
+  }
+
+  // After the write of a read's events.
+  At written(bool ok) {
+    if (!ok) {
+      // The client went away: drop the upstream connection so the provider stops generating.
+      note_client_gone(c_);
+      up_.abort();
+      return At::kFinish;
+    }
+    ended_ = last_;
+    return kept();
+  }
+
+  // The read's unfinished event kept for the next one.
+  At kept() {
+    if (!splitter_.keep(window_, consumed_)) {
+      c_.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
+      up_.abort();
+      return At::kFinish;
+    }
+    return ended_ ? At::kFinish : At::kRead;
+  }
+
+  // A read with [DONE] for a request covered by a budget lease: the events before it, the
+  // ledger row, then [DONE] and what follows. False when the client is gone.
+  asio::awaitable<bool> settle() {
+    // Stretches joins its pieces past kMaxChunkPieces: then all of them wait.
+    const auto all = send_.pieces();
+    const std::size_t head = all.empty() ? 0 : std::min(settle_at_, all.size() - 1);
+    bool ok = true;
+    if (head > 0) {
+      std::size_t head_bytes = 0;
+      for (std::size_t i = 0; i < head; ++i) head_bytes += all[i].size();
+      c_.bytes_out += head_bytes;
+      ok = co_await c_.w.write_chunk_pieces(all.first(head), false);
+    }
+    if (ok) {
+      // The usage as the end of the stream would take it (finish), before the row is written.
+      api::check_output_counted(c_.usage, text_chunks_ > 0);
+      if (!c_.usage.usable()) charge_relayed(c_, relayed_tokens(text_chunks_, text_chars_), true);
+      if (phase_cost::covered(c_)) {
+        if (auto row =
+                phase_cost::settle_before_answer_now(c_, co_await asio::this_coro::executor)) {
+          co_await phase_cost::settle_before_answer(c_, std::move(*row));
         }
-        std::size_t tail_bytes = 0;
-        for (std::size_t i = head; i < all.size(); ++i) tail_bytes += all[i].size();
-        c.bytes_out += tail_bytes;
-        if (tail_bytes > 0) ok = co_await c.w.write_chunk_pieces(all.subspan(head), last);
       }
-      if (!ok) {
-        note_client_gone(c);
-        up.abort();
-        break;
-      }
-      ended = last;
-    } else if (send.size() != 0) {
-      c.bytes_out += send.size();
-      bool ok = false;
-      if (auto now = c.w.write_chunk_pieces_now(send.pieces(), last)) {
-        ok = *now;
-      } else {
-        ok = co_await c.w.write_chunk_pieces(send.pieces(), last);
-      }
-      if (!ok) {
-        // The client went away: drop the upstream connection so the provider stops generating.
-        note_client_gone(c);
-        up.abort();
-        break;
-      }
-      ended = last;
+      std::size_t tail_bytes = 0;
+      for (std::size_t i = head; i < all.size(); ++i) tail_bytes += all[i].size();
+      c_.bytes_out += tail_bytes;
+      if (tail_bytes > 0) ok = co_await c_.w.write_chunk_pieces(all.subspan(head), last_);
     }
-    if (!splitter.keep(window, window.size() - rest.size())) {
-      c.outcome.set(OutcomeKind::kUpstream, "sse_event_too_large");
-      up.abort();
-      break;
+    co_return ok;
+  }
+
+  // The stream's end without a write of its own (finish's, when it has none but end_stream,
+  // which is then left to rest()). False when rest() must take it (at_ says how).
+  bool finish_now() {
+    // A truncated stream's error event: finish() writes it, in its place.
+    if (truncated()) return false;
+    phase_cache::capture_stream_end(c_, saw_done_);
+    charge();
+    if (!c_.cancelled && !ended_) {
+      at_ = At::kEnd;
+      return false;
     }
-    if (ended) break;
+    at_ = At::kDone;
+    return true;
   }
-  phase_cache::capture_stream_end(c, saw_done);
-  if (!saw_done && !c.cancelled && c.outcome.none()) {
-    // The upstream ended the body without [DONE]: a truncated stream, not a success.
-    c.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
-    std::string ev = "data: " +
-                     openai_error_body("The upstream stream ended before it was complete.",
-                                       "upstream_error", "upstream_truncated") +
-                     "\n\n";
-    c.bytes_out += ev.size();
-    co_await c.w.write_chunk(ev);
+
+  asio::awaitable<void> finish() {
+    phase_cache::capture_stream_end(c_, saw_done_);
+    if (truncated()) {
+      // The upstream ended the body without [DONE]: a truncated stream, not a success.
+      c_.outcome.set(OutcomeKind::kUpstream, "upstream_truncated");
+      std::string ev = "data: " +
+                       openai_error_body("The upstream stream ended before it was complete.",
+                                         "upstream_error", "upstream_truncated") +
+                       "\n\n";
+      c_.bytes_out += ev.size();
+      co_await c_.w.write_chunk(ev);
+    }
+    charge();
+    if (!c_.cancelled && !ended_) co_await c_.w.end_stream();
   }
-  // A client that left while its stream ran is logged as 499, however it was noticed.
-  if (c.client_gone || c.cancelled) note_client_gone(c);
-  // Usage that counts no output for a stream that relayed some is unreadable, never free.
-  if (saw_done && !c.cancelled) api::check_output_counted(c.usage, text_chunks > 0);
-  if (!c.usage.usable()) {
-    charge_relayed(c, relayed_tokens(text_chunks, text_chars), saw_done && !c.cancelled);
+
+  bool truncated() const { return !saw_done_ && !c_.cancelled && c_.outcome.none(); }
+
+  // The stream's usage, as relayed.
+  void charge() {
+    // A client that left while its stream ran is logged as 499, however it was noticed.
+    if (c_.client_gone || c_.cancelled) note_client_gone(c_);
+    // Usage that counts no output for a stream that relayed some is unreadable, never free.
+    if (saw_done_ && !c_.cancelled) api::check_output_counted(c_.usage, text_chunks_ > 0);
+    if (!c_.usage.usable()) {
+      charge_relayed(c_, relayed_tokens(text_chunks_, text_chars_), saw_done_ && !c_.cancelled);
+    }
   }
-  if (!c.cancelled && !ended) co_await c.w.end_stream();
-}
+
+  Ctx& c_;
+  http::UpstreamResponse& up_;
+  At at_ = At::kStart;
+  bool held_ = false;
+  const bool capture_;
+  bool saw_done_ = false;
+  bool ended_ = false;
+  bool last_ = false;  // the read's events end the stream
+  std::size_t text_chars_ = 0, text_chunks_ = 0;
+  http::SseSplitter splitter_;
+  std::string_view window_;   // the read's bytes, after what was pending
+  std::size_t consumed_ = 0;  // of window_: its complete events
+  Stretches send_;
+  std::size_t settle_at_ = kNoSettle;
+  std::string scratch_;
+  std::string fail_;
+  SparePrefix spare_;
+};
 
 // A translated Responses answer with `store` is kept for previous_response_id, before the client
 // sees its end, so that the id can be continued at once (on any replica, with Redis). A store that
@@ -1287,7 +1426,8 @@ asio::awaitable<void> forward::run(Ctx& c) {
       if (answer_head(c, a, up)) {
         c.upstream_status = 200;
         if (a.fast) {
-          co_await relay_stream(c, up, a.headers);
+          StreamRelay relay(c, up);
+          if (!relay.now(a.headers)) co_await relay.rest();
         } else {
           co_await relay_translated(c, up, std::move(a.headers), a.call);
         }

@@ -518,6 +518,7 @@ std::optional<Result<std::string_view>> UpstreamResponse::read_some_now() {
   if (im.canned) {
     if (im.failed) return upstream_error(kUpstreamReset, "upstream connection closed");
     if (im.canned_next < im.canned->pieces.size()) {
+      if (im.canned_next >= im.canned->at_hand) return std::nullopt;  // on its way
       return std::string_view(im.canned->pieces[im.canned_next++]);
     }
     if (!im.canned->fail_after.empty()) {
@@ -542,8 +543,13 @@ std::optional<Result<std::string_view>> UpstreamResponse::read_some_now() {
 
 asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
   if (auto now = read_some_now()) co_return std::move(*now);
-  // The parser is in place (read_some_now) and needs bytes from the upstream.
   auto& im = *impl_;
+  if (im.canned) {  // the next piece arrives
+    if (im.canned->on_arrival) im.canned->on_arrival(im.canned_next);
+    im.canned->at_hand = im.canned_next + 1;
+    co_return std::move(*read_some_now());
+  }
+  // The parser is in place (read_some_now) and needs bytes from the upstream.
   im.deadline.arm(im.timeouts.idle);
   beast::error_code ec;
   for (;;) {
@@ -556,7 +562,10 @@ asio::awaitable<Result<std::string_view>> UpstreamResponse::read_some() {
 
 bool UpstreamResponse::body_at_hand() const {
   const auto& im = *impl_;
-  if (im.canned) return im.canned_next < im.canned->pieces.size() || !im.canned->fail_after.empty();
+  if (im.canned) {
+    if (im.canned_next < im.canned->pieces.size()) return im.canned_next < im.canned->at_hand;
+    return !im.canned->fail_after.empty();
+  }
   return im.done || im.failed || im.parser->is_done() || im.buffer.size() > 0;
 }
 

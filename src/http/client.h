@@ -7,6 +7,7 @@
 // UpstreamResponse must be used and destroyed on the thread that created it.
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -138,12 +139,17 @@ class UpstreamResponse {
 
   // An answer that does not come from a connection (the fake upstreams of in-process tests).
   // read_some() returns `pieces` one per call; with `fail_after` set, the read after the last
-  // piece fails with `fail_after` as its error code (a stream cut mid-way).
+  // piece fails with `fail_after` as its error code (a stream cut mid-way). The pieces from
+  // index `at_hand` on are still on their way: read_some_now() and body_at_hand() do not see
+  // the next one until an awaited read_some() has taken it, calling `on_arrival` with its index
+  // first (a stream whose events arrive one by one).
   struct Canned {
     int status = 200;
     Headers headers;  // content-type and retry-after are read from here
     std::vector<std::string> pieces;
     std::string fail_after;
+    std::size_t at_hand = static_cast<std::size_t>(-1);
+    std::function<void(std::size_t)> on_arrival;
   };
   static UpstreamResponse canned(Canned answer);
 

@@ -57,16 +57,55 @@ class RecordingWriter final : public http::ResponseWriter {
     co_return true;
   }
   asio::awaitable<bool> write_chunk(std::string_view data) override {
+    if (out_.writes.size() == fail_write_) co_return false;
     out_.body.append(data);
     out_.writes.emplace_back(data);
     co_return true;
   }
   asio::awaitable<bool> end_stream_with(std::string_view data) override {
+    if (out_.writes.size() == fail_write_) co_return false;
     out_.body.append(data);
     out_.writes.emplace_back(data);
     out_.ended = true;
     co_return true;
   }
+  // A stream's head, kept for start_stream (or start_stream_now).
+  void stream_head(int status, std::span<const std::string_view> lines) override {
+    head_status_ = status;
+    head_ = http::Headers();
+    for (const auto l : lines) head_.raw().append(l);
+  }
+  asio::awaitable<bool> start_stream(bool) override {
+    co_return co_await begin_stream(head_status_, head_);
+  }
+  // With settle_at_once(): the writes that a connection's socket takes at once.
+  std::optional<bool> start_stream_now(bool) override {
+    if (!at_once_) return std::nullopt;
+    out_.status = head_status_;
+    out_.headers = head_;
+    out_.streamed = true;
+    started_ = true;
+    return true;
+  }
+  std::optional<bool> write_chunk_pieces_now(std::span<const std::string_view> pieces,
+                                             bool end) override {
+    if (!at_once_ || out_.writes.size() == wait_write_) return std::nullopt;
+    if (out_.writes.size() == fail_write_) return false;
+    std::string joined;
+    for (auto p : pieces) joined.append(p);
+    out_.body.append(joined);
+    out_.writes.push_back(std::move(joined));
+    if (end) out_.ended = true;
+    return true;
+  }
+  // The *_now writes settle at once, but for the write numbered `wait_write` (from 0), which
+  // must be awaited (a socket that is full).
+  void settle_at_once(std::size_t wait_write = kNone) {
+    at_once_ = true;
+    wait_write_ = wait_write;
+  }
+  // The write numbered `n` (from 0) fails: the client has gone.
+  void fail_write(std::size_t n) { fail_write_ = n; }
   asio::awaitable<bool> end_stream() override {
     out_.ended = true;
     co_return true;
@@ -81,8 +120,14 @@ class RecordingWriter final : public http::ResponseWriter {
   }
 
  private:
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
   Recorded& out_;
   bool started_ = false;
+  int head_status_ = 0;
+  http::Headers head_;
+  bool at_once_ = false;
+  std::size_t wait_write_ = kNone;
+  std::size_t fail_write_ = kNone;
   std::function<void()> on_gone_;
 };
 

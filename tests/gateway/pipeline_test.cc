@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <string>
 
 #include "gateway/admin.h"
@@ -248,6 +249,151 @@ TEST(Pipeline, StreamHidesEveryUsageChunkOfAReadAndWritesTheRestTogether) {
   auto log = p.access_log();
   ASSERT_EQ(log.size(), 1u);
   EXPECT_TRUE(has(log[0], R"("completion_tokens":6)")) << log[0];
+}
+
+// A stream relayed the ways one can go: its reads at hand or awaited, its writes settling at
+// once or awaited (a full socket), its client gone mid-way, its upstream cut.
+struct StreamCase {
+  std::vector<std::string> pieces;
+  std::size_t at_hand = static_cast<std::size_t>(-1);  // Canned::at_hand
+  bool at_once = true;                                 // RecordingWriter::settle_at_once
+  std::size_t wait_write = static_cast<std::size_t>(-1);
+  std::size_t fail_write = static_cast<std::size_t>(-1);
+  std::string fail_after;
+  // As piece `i` arrives (Canned::on_arrival): what the client got so far.
+  std::function<void(std::size_t i, const Recorded& so_far)> on_arrival;
+};
+
+Recorded relay(Pipeline& p, const StreamCase& s, const std::string& key = kKey) {
+  Recorded* out = nullptr;
+  p.upstream->answers = {[&](const Seen&) {
+    http::UpstreamResponse::Canned c;
+    c.status = 200;
+    c.headers.add("content-type", "text/event-stream");
+    c.pieces = s.pieces;
+    c.fail_after = s.fail_after;
+    c.at_hand = s.at_hand;
+    if (s.on_arrival) c.on_arrival = [&](std::size_t i) { s.on_arrival(i, *out); };
+    return http::UpstreamResponse::canned(std::move(c));
+  }};
+  auto call = p.start("POST", "/v1/chat/completions", Pipeline::chat_body("m", true),
+                      {{"authorization", bearer(key)}});
+  out = &call->out;
+  if (s.at_once) call->w->settle_at_once(s.wait_write);
+  call->w->fail_write(s.fail_write);
+  EXPECT_TRUE(p.run_until([&] { return call->done; })) << "the request did not end";
+  EXPECT_FALSE(call->failed) << "the request threw";
+  p.check_invariants();
+  return call->out;
+}
+
+const std::string kRole = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+const std::string kHe = "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n";
+const std::string kLlo = "data: {\"choices\":[{\"delta\":{\"content\":\"llo\"}}]}\n\n";
+const std::string kUsage =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+const std::string kDone = "data: [DONE]\n\n";
+
+// A short stream that came whole in one read leaves in one write, which ends the client's
+// stream, whether that write settles at once or is awaited; its usage is billed.
+TEST(Pipeline, AStreamInOneReadIsRelayedWholeInOneWriteAndBilled) {
+  for (bool at_once : {true, false}) {
+    SCOPED_TRACE(at_once ? "writes settle at once" : "writes awaited");
+    Pipeline p(kBase);
+    StreamCase s;
+    s.pieces = {kRole + kHe + kLlo + kUsage + kDone};
+    s.at_once = at_once;
+    auto r = relay(p, s, "sk-test-rich-000001");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(r.streamed);
+    EXPECT_TRUE(r.ended);
+    EXPECT_EQ(r.writes, (std::vector<std::string>{kRole + kHe + kLlo + kDone})) << r.body;
+    auto log = p.access_log();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_TRUE(has(log[0], R"("status":200)")) << log[0];
+    EXPECT_TRUE(has(log[0], R"("prompt_tokens":3)")) << log[0];
+    EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
+    auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+    ASSERT_TRUE(snap);
+    EXPECT_GT(snap->spent_micro, 0);
+    EXPECT_EQ(snap->reserved_micro, 0);
+  }
+}
+
+// An event that arrives alone is written before the next one arrives, however the writes before
+// it went (at once, awaited, one of them awaited).
+TEST(Pipeline, AStreamEventThatArrivesAloneIsWrittenBeforeTheNextArrives) {
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE(mode);
+    Pipeline p(kBase);
+    StreamCase s;
+    s.pieces = {kRole, kHe, kLlo, kUsage + kDone};
+    s.at_hand = 1;  // the first piece came with the head; each other one comes later
+    s.at_once = mode != 1;
+    if (mode == 2) s.wait_write = 1;
+    std::vector<std::size_t> writes_at_arrival;
+    s.on_arrival = [&](std::size_t, const Recorded& so_far) {
+      writes_at_arrival.push_back(so_far.writes.size());
+    };
+    auto r = relay(p, s);
+    EXPECT_EQ(writes_at_arrival, (std::vector<std::size_t>{1, 2, 3}));
+    EXPECT_TRUE(r.ended);
+    EXPECT_EQ(r.writes, (std::vector<std::string>{kRole, kHe, kLlo, kDone})) << r.body;
+    auto log = p.access_log();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
+  }
+}
+
+// A client that leaves mid-stream (a write fails) is logged as 499 and billed what was relayed:
+// the prompt estimate and the text written, whichever way the reads and writes went.
+TEST(Pipeline, AStreamWhoseClientLeavesMidWayIsBilledWhatWasRelayed) {
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE(mode);
+    Pipeline p(kBase);
+    StreamCase s;
+    s.pieces = {kRole + kHe, kLlo, kUsage + kDone};
+    if (mode == 1) s.at_once = false;
+    if (mode == 2) s.at_hand = 1;
+    s.fail_write = 1;
+    auto r = relay(p, s, "sk-test-rich-000001");
+    EXPECT_FALSE(r.ended);
+    EXPECT_EQ(r.writes, (std::vector<std::string>{kRole + kHe})) << r.body;
+    auto log = p.access_log();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_TRUE(has(log[0], R"("status":499)")) << log[0];
+    EXPECT_TRUE(has(log[0], R"("error":"client_closed_request")")) << log[0];
+    // Not the upstream's usage, which never came: the relayed text's (2 chunks by then).
+    EXPECT_FALSE(has(log[0], R"("prompt_tokens":3)")) << log[0];
+    EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
+    auto snap = p.sh.budgets->snapshot("key:rich/total", p.clock.unix_millis());
+    ASSERT_TRUE(snap);
+    EXPECT_GT(snap->spent_micro, 0);
+  }
+}
+
+// An upstream that breaks off, or ends without [DONE], gets the client an error event and the
+// end of its stream, whichever way the reads and writes went.
+TEST(Pipeline, AStreamCutOrTruncatedEndsWithAnErrorEvent) {
+  for (int mode = 0; mode < 4; ++mode) {
+    SCOPED_TRACE(mode);
+    Pipeline p(kBase);
+    StreamCase s;
+    s.pieces = {kRole + kHe, kLlo};
+    if (mode % 2 == 1) s.at_once = false;
+    if (mode >= 2) s.fail_after = "upstream_reset";
+    auto r = relay(p, s);
+    EXPECT_TRUE(r.ended);
+    ASSERT_EQ(r.writes.size(), 3u) << r.body;
+    EXPECT_EQ(r.writes[0], kRole + kHe);
+    EXPECT_EQ(r.writes[1], kLlo);
+    const std::string code = mode >= 2 ? "upstream_reset" : "upstream_truncated";
+    EXPECT_TRUE(has(r.writes[2], code)) << r.writes[2];
+    auto log = p.access_log();
+    ASSERT_EQ(log.size(), 1u);
+    EXPECT_TRUE(has(log[0], "\"error\":\"" + code + "\"")) << log[0];
+    EXPECT_TRUE(has(log[0], R"("completion_tokens":2)")) << log[0];
+  }
 }
 
 TEST(Pipeline, FinishRunsWhenTheUpstreamThrows) {
