@@ -1090,8 +1090,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   // Read anew: the attempt is sent from here, and its time starts the upstream latency that
   // the breakers and the balancer see (a turn's reading could be older by the turn's length).
   const Nanos now = c.now();
-  a.step.ticket.reset();  // the previous attempt's, released before the next pick
-  a.step = a.plan.next(now, a.rng);
+  a.plan.next(a.step, now, a.rng);  // the previous attempt's ticket released before the pick
   if (!a.step.ticket) {
     c.forward_failed = true;
     if (a.last_response) {

@@ -153,7 +153,7 @@ Ticket::~Ticket() {
 }
 
 void Ticket::release() {
-  if (finished_ || !rt_) return;
+  if (finished_ || rt_ == nullptr) return;
   finished_ = true;
   if (started_) rt_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (admission_ == Admission::kProbe) {
@@ -234,7 +234,55 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     res.failure = PickFailure::kUnknownGroup;
     return res;
   }
+  pick_in(res, *g, &snap, now, exclude_mask, rng);
+  return res;
+}
+
+void Router::pick_in(PickResult& res, const GroupState& group,
+                     const std::shared_ptr<const RouterSnapshot>* keep, Nanos now,
+                     std::uint64_t exclude_mask, Rng& rng) {
+  const GroupState* g = &group;
   const std::size_t n = g->cfg.deployments.size();
+  // The ticket for deployment idx, its probe slot (if any) and RPM unit taken.
+  auto make_ticket = [&](std::uint32_t idx, DeploymentRuntime& rt, Admission a) {
+    Ticket& t = res.ticket.emplace(Ticket::Key{});
+    if (keep != nullptr) t.snap_ = *keep;
+    t.group_ = g;
+    t.rt_ = &rt;
+    t.index_ = idx;
+    t.admission_ = a;
+  };
+
+  const std::uint64_t all = n >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
+  const std::uint64_t open = all & ~exclude_mask;
+  if (open != 0 && (open & (open - 1)) == 0) {
+    // One deployment to consider (a group of one, or the others already failed): found eligible
+    // and claimed under one acquisition of its mutex, so no other thread can come between, and
+    // nothing found under it needs checking again.
+    const auto idx = static_cast<std::uint32_t>(std::countr_zero(open));
+    const DeploymentConfig& d = g->cfg.deployments[idx];
+    DeploymentRuntime& rt = *g->rts[idx];
+    std::lock_guard lock(rt.mu);
+    Admission a = rt.breaker.check(now);
+    if (a == Admission::kOpen || a == Admission::kCooling) {
+      res.failure = a == Admission::kOpen ? PickFailure::kAllOpen : PickFailure::kAllCooling;
+      res.available_at = rt.breaker.available_at(now);
+      return;
+    }
+    Nanos cap_free = now;
+    if (d.rpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageRequests, d.rpm));
+    if (d.tpm > 0) cap_free = std::max(cap_free, rt.usage.time_below(now, kUsageTokens, d.tpm));
+    if (cap_free > now) {
+      res.failure = PickFailure::kAllAtCapacity;
+      res.available_at = cap_free;
+      return;
+    }
+    if (a == Admission::kProbe) a = rt.breaker.acquire(now);  // the free slot check() saw
+    rt.usage.add(now, kUsageRequests, 1);
+    make_ticket(idx, rt, a);
+    return;
+  }
+
   PickFailure earliest_reason = PickFailure::kExhausted;
   Nanos earliest = 0;
   auto note_blocked = [&](PickFailure reason, Nanos at) {
@@ -264,36 +312,16 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
   // Takes deployment idx for this request (its mutex held): the probe slot if half-open, one
   // unit of its RPM. False if another thread took the last of either since it was found
   // eligible.
-  auto claim = [&](std::uint32_t idx, const std::shared_ptr<DeploymentRuntime>& rt) {
+  auto claim = [&](std::uint32_t idx, DeploymentRuntime& rt) {
     const DeploymentConfig& d = g->cfg.deployments[idx];
-    const bool has_capacity = (d.rpm == 0 || rt->usage.sum(now, kUsageRequests) < d.rpm) &&
-                              (d.tpm == 0 || rt->usage.sum(now, kUsageTokens) < d.tpm);
-    const Admission a = has_capacity ? rt->breaker.acquire(now) : Admission::kOpen;
+    const bool has_capacity = (d.rpm == 0 || rt.usage.sum(now, kUsageRequests) < d.rpm) &&
+                              (d.tpm == 0 || rt.usage.sum(now, kUsageTokens) < d.tpm);
+    const Admission a = has_capacity ? rt.breaker.acquire(now) : Admission::kOpen;
     if (a != Admission::kAllowed && a != Admission::kProbe) return false;
-    rt->usage.add(now, kUsageRequests, 1);
-    Ticket t;
-    t.snap_ = snap;
-    t.group_ = g;
-    t.rt_ = rt;
-    t.index_ = idx;
-    t.admission_ = a;
-    res.ticket.emplace(std::move(t));
+    rt.usage.add(now, kUsageRequests, 1);
+    make_ticket(idx, rt, a);
     return true;
   };
-
-  const std::uint64_t all = n >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
-  const std::uint64_t open = all & ~exclude_mask;
-  if (std::has_single_bit(open)) {
-    // One deployment to consider (a group of one, or the others already failed): found eligible
-    // and claimed under one acquisition of its mutex, so no other thread can come between.
-    const auto idx = static_cast<std::uint32_t>(std::countr_zero(open));
-    const auto& rt = g->rts[idx];
-    std::lock_guard lock(rt->mu);
-    if (eligible(idx, *rt) && claim(idx, rt)) return res;
-    res.failure = earliest_reason;
-    res.available_at = earliest;
-    return res;
-  }
 
   // Room for the candidates, not initialised (Candidate has no member initialisers): filling all
   // 64 would cost more than the scan of a small group.
@@ -329,7 +357,7 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
     const std::uint32_t idx = cands[chosen].index;
     {
       std::lock_guard lock(g->rts[idx]->mu);
-      if (claim(idx, g->rts[idx])) return res;
+      if (claim(idx, *g->rts[idx])) return;
     }
     raced = true;
     cands[chosen] = cands[--count];
@@ -341,17 +369,16 @@ PickResult Router::pick(const std::shared_ptr<const RouterSnapshot>& snap, std::
   }
   res.failure = earliest_reason;
   res.available_at = earliest;
-  return res;
 }
 
 void Router::on_start(Ticket& t, Nanos /*now*/) {
-  if (!t.rt_ || t.started_ || t.finished_) return;
+  if (t.rt_ == nullptr || t.started_ || t.finished_) return;
   t.rt_->in_flight.fetch_add(1, std::memory_order_relaxed);
   t.started_ = true;
 }
 
 void Router::on_finish(Ticket& t, const Outcome& o, Nanos now, Rng& rng) {
-  if (!t.rt_ || t.finished_) return;
+  if (t.rt_ == nullptr || t.finished_) return;
   if (o.kind == OutcomeKind::kCancelled) {
     t.release();
     return;
@@ -455,17 +482,26 @@ std::string status_json(const std::vector<DeploymentStatus>& all) {
 
 RequestPlan::RequestPlan(Router* router, std::shared_ptr<const RouterSnapshot> snap,
                          std::string_view model, Nanos now)
-    : router_(router), snap_(std::move(snap)), planner_(&snap_->fallbacks, model) {
+    : router_(router), snap_(std::move(snap)), group_(snap_->find(model)) {
   st_.deadline_at = now + snap_->cfg.retry.deadline;
-  if (const GroupState* g = snap_->find(model)) {
-    budget_ = g->budget.get();
+  if (group_ != nullptr) {
+    budget_ = group_->budget.get();
     budget_->record_request(now);
+  } else {
+    planner_ = std::make_unique<AttemptPlanner>(&snap_->fallbacks, model);
   }
+}
+
+AttemptPlanner& RequestPlan::planner() const {
+  if (!planner_) planner_ = std::make_unique<AttemptPlanner>(&snap_->fallbacks, group_->cfg.name);
+  return *planner_;
 }
 
 void RequestPlan::pin_first(std::string_view id) {
   pinned_ = -1;
-  if (const GroupState* g = snap_->find(planner_.model())) {
+  // Before the first attempt: the requested model's group.
+  const GroupState* g = planner_ ? snap_->find(planner_->model()) : group_;
+  if (g != nullptr) {
     for (std::size_t i = 0; i < g->cfg.deployments.size() && i < 64; ++i) {
       if (g->cfg.deployments[i].id == id) pinned_ = static_cast<int>(i);
     }
@@ -474,26 +510,66 @@ void RequestPlan::pin_first(std::string_view id) {
 
 RequestPlan::Step RequestPlan::next(Nanos now, Rng& rng) {
   Step step;
+  next(step, now, rng);
+  return step;
+}
+
+void RequestPlan::next(Step& step, Nanos now, Rng& rng) {
+  step.ticket.reset();
+  step.failure = PickFailure::kNone;
+  step.available_at = 0;
+  if (!planner_) {
+    // Nothing failed yet: the requested model's group, no exclusions.
+    if (pinned_ >= 0) {
+      const std::uint64_t only = ~(std::uint64_t{1} << pinned_);
+      pinned_ = -1;
+      Router::pick_in(step, *group_, nullptr, now, only, rng);
+      if (step.ticket) {
+        ++st_.attempts;
+        return;
+      }
+      step.failure = PickFailure::kNone;
+      step.available_at = 0;
+    }
+    Router::pick_in(step, *group_, nullptr, now, 0, rng);
+    if (step.ticket) {
+      ++st_.attempts;
+      return;
+    }
+    PickResult r;
+    r.failure = step.failure;
+    r.available_at = step.available_at;
+    step.failure = PickFailure::kNone;
+    step.available_at = 0;
+    walk(step, r, now, rng);
+    return;
+  }
   if (pinned_ >= 0) {
-    const std::uint64_t only = ~(std::uint64_t{1} << pinned_) | planner_.exclude_mask();
+    const std::uint64_t only = ~(std::uint64_t{1} << pinned_) | planner_->exclude_mask();
     pinned_ = -1;
-    PickResult r = router_->pick(snap_, planner_.model(), now, only, rng);
+    PickResult r = router_->pick(snap_, planner_->model(), now, only, rng);
     if (r.ticket) {
       ++st_.attempts;
       step.ticket = std::move(r.ticket);
-      return step;
+      return;
     }
   }
-  // Each iteration either returns or enters a model not visited before (or clears the exclusions
-  // once), so the loop is bounded by the number of groups.
-  for (std::size_t guard = 0; guard <= 2 * snap_->groups.size() + 2; ++guard) {
-    PickResult r = router_->pick(snap_, planner_.model(), now, planner_.exclude_mask(), rng);
+  PickResult r = router_->pick(snap_, planner_->model(), now, planner_->exclude_mask(), rng);
+  walk(step, r, now, rng);
+}
+
+void RequestPlan::walk(Step& step, PickResult& r, Nanos now, Rng& rng) {
+  AttemptPlanner& p = planner();
+  // Each round either returns or enters a model not visited before (or clears the exclusions
+  // once), so the walk is bounded by the number of groups.
+  const std::size_t last = 2 * snap_->groups.size() + 2;
+  for (std::size_t guard = 0;; ++guard) {
     if (r.ticket) {
       ++st_.attempts;
       step.ticket = std::move(r.ticket);
       step.failure = PickFailure::kNone;
       step.available_at = 0;
-      return step;
+      return;
     }
     // Report the blocking reason that clears soonest: a Retry-After should point at it.
     const bool blocked =
@@ -507,24 +583,28 @@ RequestPlan::Step RequestPlan::next(Nanos now, Rng& rng) {
       step.failure = r.failure;
       step.available_at = r.available_at;
     }
-    if (planner_.on_unavailable(r.failure == PickFailure::kExhausted) ==
+    if (p.on_unavailable(r.failure == PickFailure::kExhausted) ==
         AttemptPlanner::Move::kExhausted) {
-      break;
+      return;
     }
+    if (guard == last) return;
+    r = router_->pick(snap_, p.model(), now, p.exclude_mask(), rng);
   }
-  return step;
 }
 
 RetryDecision RequestPlan::finish(Ticket& t, const Outcome& o, Nanos now, bool response_started,
                                   Rng& rng) {
-  const RetryConfig& cfg = snap_->cfg.retry;
   router_->on_finish(t, o, now, rng);
   st_.response_started = response_started;
+  // Nothing to retry (what decide_retry answers first): the retry state is not needed.
+  if (o.kind == OutcomeKind::kSuccess) return {RetryVerdict::kSucceeded, 0};
+  if (o.kind == OutcomeKind::kCancelled) return {RetryVerdict::kNotRetryable, 0};
+  const RetryConfig& cfg = snap_->cfg.retry;
   if (o.kind == OutcomeKind::kClientError && o.context_overflow && !response_started) {
     // Re-routing a request that does not fit is not a retry of a failure: no backoff, no budget.
     if (st_.attempts >= cfg.max_attempts) return {RetryVerdict::kAttemptsExhausted, 0};
     if (now >= st_.deadline_at) return {RetryVerdict::kDeadline, 0};
-    if (planner_.on_context_overflow()) return {RetryVerdict::kRetry, 0};
+    if (planner().on_context_overflow()) return {RetryVerdict::kRetry, 0};
     return {RetryVerdict::kNotRetryable, 0};
   }
   // A Retry-After speaks for the deployment that sent it, and that deployment is excluded for the
@@ -534,19 +614,20 @@ RetryDecision RequestPlan::finish(Ticket& t, const Outcome& o, Nanos now, bool r
   Outcome eff = o;
   if (o.retry_after_ns > 0 && has_other_target(t.index())) eff.retry_after_ns = 0;
   RetryDecision d = decide_retry(cfg, st_, eff, now, budget_, rng);
-  if (d.retry()) planner_.on_failed(t.index());
+  if (d.retry()) planner().on_failed(t.index());
   return d;
 }
 
 bool RequestPlan::has_other_target(std::uint32_t failed_index) const {
-  if (const GroupState* g = snap_->find(planner_.model())) {
-    std::uint64_t mask = planner_.exclude_mask();
+  const AttemptPlanner& p = planner();
+  if (const GroupState* g = snap_->find(p.model())) {
+    std::uint64_t mask = p.exclude_mask();
     if (failed_index < 64) mask |= std::uint64_t{1} << failed_index;
     for (std::size_t i = 0; i < g->cfg.deployments.size() && i < 64; ++i) {
       if ((mask & (std::uint64_t{1} << i)) == 0) return true;
     }
   }
-  return planner_.has_pending_fallback();
+  return p.has_pending_fallback();
 }
 
 }  // namespace bw::routing

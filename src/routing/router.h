@@ -21,6 +21,12 @@
 // cache that reload() invalidates (no lock unless it changed). A Ticket and a RequestPlan
 // belong to one request (one coroutine). A Ticket dropped without on_finish() is reported as
 // cancelled by its destructor, so probe slots and in-flight counts never leak.
+// Lifetime: a Ticket from Router::pick() keeps the snapshot it was picked from; one from
+// RequestPlan::next() uses its plan's and must not outlive that plan.
+// Cost: a request that is answered at its first attempt builds no retry or fallback state (it
+// is made at the first failure), and a group of one deployment is checked and claimed under
+// one acquisition of its mutex: breaker, RPM/TPM, probe slot, in-flight count, as for any
+// group, without the balancer.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -88,7 +94,13 @@ struct RouterSnapshot;     // router.cc
 
 // One attempt on one deployment; move-only.
 class Ticket {
+  struct Key {
+    explicit Key() = default;
+  };
+
  public:
+  // Made by the Router only (Key is private).
+  explicit Ticket(Key) {}
   Ticket(Ticket&& o) noexcept;
   Ticket& operator=(Ticket&& o) noexcept;
   Ticket(const Ticket&) = delete;
@@ -102,12 +114,13 @@ class Ticket {
 
  private:
   friend class Router;
-  Ticket() = default;
   void release();
 
+  // The snapshot that group_ and rt_ live in, for a ticket of Router::pick(); empty for one of
+  // a RequestPlan, which keeps that snapshot itself (no shared count per attempt).
   std::shared_ptr<const RouterSnapshot> snap_;
   const GroupState* group_ = nullptr;
-  std::shared_ptr<DeploymentRuntime> rt_;
+  DeploymentRuntime* rt_ = nullptr;
   std::uint32_t index_ = 0;
   Admission admission_ = Admission::kAllowed;
   bool started_ = false;
@@ -167,19 +180,27 @@ class Router {
   std::pair<std::int64_t, std::int64_t> retry_budget_usage(std::string_view group, Nanos now) const;
 
  private:
+  friend class RequestPlan;
+  // Picks a deployment of `g` into `res` (empty). `keep`: the snapshot `g` is in, for the ticket
+  // to keep; null when the caller keeps it for as long as the ticket lives.
+  static void pick_in(PickResult& res, const GroupState& g,
+                      const std::shared_ptr<const RouterSnapshot>* keep, Nanos now,
+                      std::uint64_t exclude_mask, Rng& rng);
+
   Published<RouterSnapshot> snap_;
 };
 
 class RequestPlan {
  public:
-  struct Step {
-    std::optional<Ticket> ticket;
-    PickFailure failure = PickFailure::kNone;
-    Nanos available_at = 0;  // earliest availability over the models tried (0 = unknown)
-  };
+  // The ticket, or why nothing can be tried; available_at: the earliest availability over the
+  // models tried (0 = unknown).
+  using Step = PickResult;
 
   // The next attempt, or why nothing can be tried.
   Step next(Nanos now, Rng& rng);
+  // The same into `step` (its ticket released first), where the caller keeps it: the ticket is
+  // made in place.
+  void next(Step& step, Nanos now, Rng& rng);
   // Reports the outcome to the Router and decides about retrying (delay 0 for a context-window
   // move to a larger model).
   RetryDecision finish(Ticket& t, const Outcome& o, Nanos now, bool response_started, Rng& rng);
@@ -188,8 +209,8 @@ class RequestPlan {
   // admission queue reserved that deployment's rate capacity for this request).
   void pin_first(std::string_view id);
 
-  const std::string& model() const { return planner_.model(); }
-  const std::vector<std::string>& visited() const { return planner_.visited(); }
+  const std::string& model() const { return planner().model(); }
+  const std::vector<std::string>& visited() const { return planner().visited(); }
   int attempts() const { return st_.attempts; }
   Nanos deadline_at() const { return st_.deadline_at; }
 
@@ -197,13 +218,19 @@ class RequestPlan {
   friend class Router;
   RequestPlan(Router* router, std::shared_ptr<const RouterSnapshot> snap, std::string_view model,
               Nanos now);
+  // The fallback walk, made when first needed: until then the request is on the requested
+  // model with nothing excluded, which is where a new walk starts.
+  AttemptPlanner& planner() const;
+  // The walk over models and exclusions from a failed pick `r` on planner().model() on.
+  void walk(Step& step, PickResult& r, Nanos now, Rng& rng);
   // Whether a retry after a failure on deployment `failed_index` of model() has somewhere else
   // to go: another deployment not yet failed in this request, or a pending fallback model.
   bool has_other_target(std::uint32_t failed_index) const;
 
   Router* router_;
   std::shared_ptr<const RouterSnapshot> snap_;
-  AttemptPlanner planner_;
+  const GroupState* group_;  // the requested model's; null if unknown (then planner_ is made)
+  mutable std::unique_ptr<AttemptPlanner> planner_;
   AttemptState st_;
   RetryBudget* budget_ = nullptr;
   int pinned_ = -1;  // deployment index for the first pick; -1 = none

@@ -365,6 +365,222 @@ TEST(RequestPlan, ContextOverflowMovesToLargerModelWithoutDelay) {
   EXPECT_EQ(r.retry_budget_usage("gpt-4.1", kT0), (std::pair<std::int64_t, std::int64_t>{1, 0}));
 }
 
+// A model whose group has one deployment ("solo" -> s1), optionally backed by gemini-2.5-flash.
+RouterConfig solo_config(bool with_fallback, std::int64_t rpm = 0, std::int64_t tpm = 0) {
+  RouterConfig c = base_config();
+  ModelGroupConfig g;
+  g.name = "solo";
+  g.deployments = {dep("s1", 1, rpm, tpm)};
+  if (with_fallback) g.fallbacks = {"gemini-2.5-flash"};
+  c.groups.push_back(g);
+  return c;
+}
+
+DeploymentStatus status_of(const Router& r, std::string_view id, Nanos now) {
+  for (const auto& s : r.status(now)) {
+    if (s.id == id) return s;
+  }
+  ADD_FAILURE() << "no deployment " << id;
+  return {};
+}
+
+// Trips s1's breaker (3 consecutive failures) at `now`.
+void trip_solo(Router& r, Nanos now, Rng& rng) {
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(run(r, "solo", now, rng, failure(OutcomeKind::kHttp5xx, 503)), "s1");
+  }
+  ASSERT_EQ(status_of(r, "s1", now).state, BreakerState::kOpen);
+}
+
+TEST(RequestPlanOneDeployment, AttemptMovesTheDeploymentsCounters) {
+  Router r;
+  ASSERT_TRUE(r.reload(solo_config(false, /*rpm=*/10, /*tpm=*/1000)).ok());
+  Rng rng(5);
+  RequestPlan plan = r.plan("solo", kT0);
+  auto step = plan.next(kT0, rng);
+  ASSERT_TRUE(step.ticket) << to_string(step.failure);
+  EXPECT_EQ(step.ticket->deployment().id, "s1");
+  EXPECT_EQ(step.ticket->group(), "solo");
+  EXPECT_FALSE(step.ticket->probe());
+  DeploymentStatus s = status_of(r, "s1", kT0);
+  EXPECT_EQ(s.rpm_used, 1);   // claimed at the pick
+  EXPECT_EQ(s.in_flight, 0);  // not sent yet
+  r.on_start(*step.ticket, kT0);
+  EXPECT_EQ(status_of(r, "s1", kT0).in_flight, 1);
+  const RetryDecision d = plan.finish(*step.ticket, ok(millis(120), 250), kT0, false, rng);
+  EXPECT_EQ(d.verdict, RetryVerdict::kSucceeded);
+  s = status_of(r, "s1", kT0);
+  EXPECT_EQ(s.in_flight, 0);
+  EXPECT_EQ(s.rpm_used, 1);
+  EXPECT_EQ(s.tpm_used, 250);
+  EXPECT_DOUBLE_EQ(s.ewma_ms, 120.0);  // the balancer's latency, kept for a later second one
+  EXPECT_EQ(plan.attempts(), 1);
+  EXPECT_EQ(plan.visited(), (std::vector<std::string>{"solo"}));
+  EXPECT_EQ(plan.model(), "solo");
+  EXPECT_EQ(r.retry_budget_usage("solo", kT0), (std::pair<std::int64_t, std::int64_t>{1, 0}));
+
+  // A failure is counted by the breaker through the plan as well.
+  for (int i = 0; i < 3; ++i) {
+    RequestPlan p = r.plan("solo", kT0 + seconds(1));
+    auto st = p.next(kT0 + seconds(1), rng);
+    ASSERT_TRUE(st.ticket);
+    r.on_start(*st.ticket, kT0 + seconds(1));
+    p.finish(*st.ticket, failure(OutcomeKind::kHttp5xx, 500), kT0 + seconds(1), false, rng);
+    EXPECT_EQ(status_of(r, "s1", kT0 + seconds(1)).in_flight, 0);
+  }
+  EXPECT_EQ(status_of(r, "s1", kT0 + seconds(1)).state, BreakerState::kOpen);
+}
+
+TEST(RequestPlanOneDeployment, OpenBreakerFallsBackOrReportsWhenItOpens) {
+  {
+    Router r;
+    ASSERT_TRUE(r.reload(solo_config(true)).ok());
+    Rng rng(6);
+    trip_solo(r, kT0, rng);
+    RequestPlan plan = r.plan("solo", kT0 + seconds(1));
+    auto step = plan.next(kT0 + seconds(1), rng);
+    ASSERT_TRUE(step.ticket) << to_string(step.failure);
+    EXPECT_EQ(step.ticket->deployment().id, "g1");
+    EXPECT_EQ(plan.visited(), (std::vector<std::string>{"solo", "gemini-2.5-flash"}));
+    EXPECT_EQ(plan.attempts(), 1);
+    // The open deployment gave nothing: no RPM unit, no probe slot.
+    EXPECT_EQ(status_of(r, "s1", kT0 + seconds(1)).rpm_used, 3);
+  }
+  Router r;
+  ASSERT_TRUE(r.reload(solo_config(false)).ok());
+  Rng rng(7);
+  trip_solo(r, kT0, rng);
+  {
+    RequestPlan plan = r.plan("solo", kT0 + seconds(1));
+    auto step = plan.next(kT0 + seconds(1), rng);
+    ASSERT_FALSE(step.ticket);
+    EXPECT_EQ(step.failure, PickFailure::kAllOpen);
+    EXPECT_EQ(step.available_at, kT0 + seconds(5));  // open_base, no jitter
+    EXPECT_EQ(plan.attempts(), 0);
+  }
+  // Half-open: one probe (half_open_probes = 1). While it is out, nothing else is let through;
+  // dropped unfinished, its slot and in-flight count come back.
+  const Nanos later = kT0 + seconds(5);
+  {
+    RequestPlan plan = r.plan("solo", later);
+    auto probe = plan.next(later, rng);
+    ASSERT_TRUE(probe.ticket);
+    EXPECT_TRUE(probe.ticket->probe());
+    r.on_start(*probe.ticket, later);
+    EXPECT_EQ(status_of(r, "s1", later).in_flight, 1);
+    RequestPlan other = r.plan("solo", later);
+    auto none = other.next(later, rng);
+    EXPECT_FALSE(none.ticket);
+    EXPECT_EQ(none.failure, PickFailure::kAllOpen);
+  }
+  EXPECT_EQ(status_of(r, "s1", later).in_flight, 0);
+  RequestPlan plan = r.plan("solo", later);
+  auto probe = plan.next(later, rng);
+  ASSERT_TRUE(probe.ticket);
+  EXPECT_TRUE(probe.ticket->probe());
+  r.on_start(*probe.ticket, later);
+  EXPECT_EQ(plan.finish(*probe.ticket, ok(), later, false, rng).verdict, RetryVerdict::kSucceeded);
+  EXPECT_EQ(status_of(r, "s1", later).state, BreakerState::kClosed);
+}
+
+TEST(RequestPlanOneDeployment, RetryGoesBackToTheOnlyDeployment) {
+  Router r;
+  ASSERT_TRUE(r.reload(solo_config(false)).ok());
+  Rng rng(8);
+  RequestPlan plan = r.plan("solo", kT0);
+  auto step = plan.next(kT0, rng);
+  ASSERT_TRUE(step.ticket);
+  r.on_start(*step.ticket, kT0);
+  RetryDecision d = plan.finish(*step.ticket, failure(OutcomeKind::kHttp5xx, 503), kT0, false, rng);
+  ASSERT_EQ(d.verdict, RetryVerdict::kRetry);
+  EXPECT_LE(d.delay, millis(100));
+  plan.next(step, kT0 + d.delay, rng);  // in place: the same deployment, its exclusion cleared
+  ASSERT_TRUE(step.ticket) << to_string(step.failure);
+  EXPECT_EQ(step.ticket->deployment().id, "s1");
+  r.on_start(*step.ticket, kT0 + d.delay);
+  d = plan.finish(*step.ticket, ok(), kT0 + d.delay, false, rng);
+  EXPECT_EQ(d.verdict, RetryVerdict::kSucceeded);
+  EXPECT_EQ(plan.attempts(), 2);
+  EXPECT_EQ(plan.visited(), (std::vector<std::string>{"solo"}));
+  EXPECT_EQ(r.retry_budget_usage("solo", kT0), (std::pair<std::int64_t, std::int64_t>{1, 1}));
+  const DeploymentStatus s = status_of(r, "s1", kT0 + seconds(1));
+  EXPECT_EQ(s.consecutive_failures, 0);
+  EXPECT_EQ(s.rpm_used, 2);
+  EXPECT_EQ(s.in_flight, 0);
+}
+
+// A Retry-After is waited for when the retry must return to the deployment that sent it, and
+// not when a fallback can take the retry.
+TEST(RequestPlanOneDeployment, RetryAfterWaitedForOnlyWithoutAnotherTarget) {
+  for (const bool with_fallback : {false, true}) {
+    Router r;
+    ASSERT_TRUE(r.reload(solo_config(with_fallback)).ok());
+    Rng rng(9);
+    RequestPlan plan = r.plan("solo", kT0);
+    auto step = plan.next(kT0, rng);
+    ASSERT_TRUE(step.ticket);
+    r.on_start(*step.ticket, kT0);
+    const RetryDecision d =
+        plan.finish(*step.ticket, failure(OutcomeKind::kHttp429, 429, seconds(2)), kT0, false, rng);
+    ASSERT_EQ(d.verdict, RetryVerdict::kRetry) << with_fallback;
+    const Nanos at = kT0 + d.delay;
+    if (with_fallback) {
+      EXPECT_LE(d.delay, millis(100));
+      // s1 cools down for 2 s and is excluded: the fallback takes the retry.
+      plan.next(step, at, rng);
+      ASSERT_TRUE(step.ticket);
+      EXPECT_EQ(step.ticket->deployment().id, "g1");
+    } else {
+      EXPECT_GE(d.delay, seconds(2));
+      plan.next(step, at, rng);
+      ASSERT_TRUE(step.ticket) << to_string(step.failure);
+      EXPECT_EQ(step.ticket->deployment().id, "s1");
+    }
+  }
+}
+
+TEST(RequestPlanOneDeployment, AtCapacityReportsWhenItFreesUpOrFallsBack) {
+  for (const bool with_fallback : {false, true}) {
+    Router r;
+    ASSERT_TRUE(r.reload(solo_config(with_fallback, /*rpm=*/1)).ok());
+    Rng rng(10);
+    EXPECT_EQ(run(r, "solo", kT0, rng, ok()), "s1");
+    RequestPlan plan = r.plan("solo", kT0 + seconds(1));
+    auto step = plan.next(kT0 + seconds(1), rng);
+    if (with_fallback) {
+      ASSERT_TRUE(step.ticket);
+      EXPECT_EQ(step.ticket->deployment().id, "g1");
+    } else {
+      ASSERT_FALSE(step.ticket);
+      EXPECT_EQ(step.failure, PickFailure::kAllAtCapacity);
+      EXPECT_EQ(step.available_at, kT0 + seconds(60));
+    }
+    EXPECT_EQ(status_of(r, "s1", kT0 + seconds(1)).rpm_used, 1);
+  }
+}
+
+TEST(RequestPlanOneDeployment, PinnedAndUnknown) {
+  Router r;
+  ASSERT_TRUE(r.reload(solo_config(false)).ok());
+  Rng rng(11);
+  RequestPlan plan = r.plan("solo", kT0);
+  plan.pin_first("s1");
+  auto step = plan.next(kT0, rng);
+  ASSERT_TRUE(step.ticket);
+  EXPECT_EQ(step.ticket->deployment().id, "s1");
+  EXPECT_EQ(plan.attempts(), 1);
+  step.ticket.reset();  // unfinished: nothing stays counted
+  EXPECT_EQ(status_of(r, "s1", kT0).in_flight, 0);
+
+  RequestPlan unknown = r.plan("nope", kT0);
+  unknown.pin_first("s1");
+  auto none = unknown.next(kT0, rng);
+  EXPECT_FALSE(none.ticket);
+  EXPECT_EQ(none.failure, PickFailure::kUnknownGroup);
+  EXPECT_EQ(unknown.visited(), (std::vector<std::string>{"nope"}));
+  EXPECT_EQ(unknown.attempts(), 0);
+}
+
 TEST(RouterThreads, ConcurrentPickFinishKeepsCountsConsistent) {
   RouterConfig c = base_config();
   c.groups[0].deployments = {dep("a", 1, 0, 0), dep("b", 2), dep("c", 1)};
