@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common/json_util.h"
+#include "common/light_mutex.h"
 
 namespace bw::routing {
 
@@ -21,7 +22,9 @@ constexpr int kMinuteBuckets = 60;  // one-second resolution for RPM/TPM
 struct DeploymentRuntime {
   DeploymentRuntime(const BreakerConfig& b, Nanos tau)
       : breaker(b), ewma(tau), usage(kMinute, kMinuteBuckets) {}
-  std::mutex mu;  // guards breaker, ewma and usage
+  // Guards breaker, ewma and usage. Held for a few hundred instructions at most, twice per
+  // attempt: a LightMutex (no libpthread call when uncontended).
+  LightMutex mu;
   CircuitBreaker breaker;
   PeakEwma ewma;
   RollingWindow<2> usage;  // requests and tokens over the sliding minute
@@ -33,7 +36,7 @@ struct GroupState {
   ModelGroupConfig cfg;
   std::vector<std::shared_ptr<DeploymentRuntime>> rts;  // parallel to cfg.deployments
   std::shared_ptr<RetryBudget> budget;
-  mutable std::mutex wrr_mu;
+  mutable LightMutex wrr_mu;
   mutable SmoothWrr wrr;
 };
 
