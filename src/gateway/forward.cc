@@ -1127,7 +1127,8 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   // The answer is billed at the price of the model that gives it: a fallback model's own
   // (and the requested model's again when a later attempt goes back to it). That model is
   // sent its own output cap under the requested one, as the reservation assumed.
-  if (c.attempts > 0 || ticket.group() != c.route_model) {
+  const bool other_model = ticket.group() != c.route_model;  // a fallback's
+  if (c.attempts > 0 || other_model) {
     if (const auto* p = c.rt->config().prices.find(ticket.group())) c.price = p;
   }
   if (c.completion_cap > 0 && c.price) {
@@ -1178,7 +1179,7 @@ Next start_attempt(Ctx& c, Attempts& a, std::optional<Verdict>& verdict) {
   a.d = d;
   a.fast = fast;
   a.sent_at = now;
-  a.span = tracing::attempt_start(c, *d, ticket.group() != c.route_model);
+  a.span = tracing::attempt_start(c, *d, other_model);
   build_upstream_request(c, *d, body, a.call.target, a.span, a.out_lines, a.out.emplace());
   if (spliced) a.out->body_pieces = std::span(a.splice.body.pieces.data(), a.splice.body.count);
   return Next::kSend;
