@@ -9,24 +9,24 @@ namespace bw {
 
 namespace {
 
+thread_local loop::TurnReading turn_steady;
+thread_local loop::TurnReading turn_wall;
+
+}  // namespace
+
 // CLOCK_MONOTONIC and CLOCK_REALTIME are std::chrono::steady_clock's and system_clock's clocks,
 // read here without their calls in between.
-Nanos read_monotonic() {
+Nanos SteadyClock::read_monotonic() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
 }
 
-std::int64_t read_unix_millis() {
+std::int64_t SteadyClock::read_unix_millis() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / kNanosPerMilli;
 }
-
-thread_local loop::TurnReading turn_steady;
-thread_local loop::TurnReading turn_wall;
-
-}  // namespace
 
 Nanos SteadyClock::now() const {
   return turn_steady.keep(read_monotonic());

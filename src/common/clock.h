@@ -57,6 +57,9 @@ class SteadyClock final : public Clock {
   Nanos turn_now() const override;
   std::int64_t turn_unix_millis() const override;
   static const SteadyClock& instance();
+  // The two clocks read directly: nothing is kept for the turn.
+  static Nanos read_monotonic();
+  static std::int64_t read_unix_millis();
 };
 
 // A clock for tests: starts at a fixed point and only moves when told.

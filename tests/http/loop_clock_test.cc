@@ -19,22 +19,10 @@ namespace {
 
 namespace asio = boost::asio;
 
-// The clocks read directly, not through SteadyClock (whose fresh reads are kept for the turn).
-Nanos raw_monotonic() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<Nanos>(ts.tv_sec) * kNanosPerSecond + ts.tv_nsec;
-}
-
-std::int64_t raw_unix_millis() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / kNanosPerMilli;
-}
-
-// Spins until the monotonic clock is past `t` (and the wall clock past `ms`).
+// Spins until the monotonic clock is past `t` (and the wall clock past `ms`), read directly, not
+// through SteadyClock's now() (whose fresh reads are kept for the turn).
 void pass(Nanos t, std::int64_t ms = 0) {
-  while (raw_monotonic() <= t || raw_unix_millis() <= ms) {
+  while (SteadyClock::read_monotonic() <= t || SteadyClock::read_unix_millis() <= ms) {
   }
 }
 
@@ -65,7 +53,7 @@ TEST_P(LoopClock, OneReadingServesATurnAndTheNextTurnReadsAfterTheReactorReturne
     // A fresh reading is kept for the rest of the turn: readings never go back.
     fresh = steady().now();
     after_fresh = steady().turn_now();
-    posted_at = raw_monotonic();
+    posted_at = SteadyClock::read_monotonic();
     // What a handler posts runs in a later turn of the loop.
     asio::post(ioc, [&] { next = steady().turn_now(); });
   });
